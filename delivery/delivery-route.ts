@@ -1,0 +1,111 @@
+/*
+ * Where a recipient domain's mail goes next.
+ *
+ * A static route from the config wins (exact domain, then ".parent" entries from the closest
+ * parent up, then "*"). Otherwise the domain's MX records are looked up through the configured
+ * resolver, in preference order, with the domain's own address records when it has no MX
+ * (RFC 5321 5.1) and a permanent failure for a null MX (RFC 7505). With no resolver configured
+ * no lookup is ever made: a domain without a static route waits in the queue.
+ */
+import { Resolver } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import type { Config, RouteConfig } from '../mta/mta-config-schema.js';
+
+export interface NextHop {
+  /** The name the hop is known by (MX host or route host): used for TLS SNI and the transcript. */
+  name: string;
+  /** Addresses to try, in order. */
+  addresses: string[];
+  port: number;
+  protocol: 'smtp' | 'lmtp';
+}
+
+export type RouteDecision =
+  | { kind: 'hold' }
+  | { kind: 'hops'; hops: NextHop[] }
+  | { kind: 'fail'; permanent: boolean; status: string; reason: string };
+
+export function findStaticRoute(routes: Config['routes'], domain: string): RouteConfig | undefined {
+  if (routes[domain]) return routes[domain];
+  const labels = domain.split('.');
+  for (let i = 1; i < labels.length; i++) {
+    const parent = routes['.' + labels.slice(i).join('.')];
+    if (parent) return parent;
+  }
+  return routes['*'];
+}
+
+export function createResolver(config: Config): Resolver | null {
+  if (config.dns.servers.length === 0) return null;
+  const resolver = new Resolver({ timeout: config.dns.timeout, tries: 2 });
+  resolver.setServers([...config.dns.servers]);
+  return resolver;
+}
+
+function dnsCode(err: unknown): string {
+  return (err as NodeJS.ErrnoException)?.code ?? 'EUNKNOWN';
+}
+
+export class Router {
+  constructor(private readonly config: Config, private readonly resolver: Resolver | null) {}
+
+  async route(domain: string): Promise<RouteDecision> {
+    const fixed = findStaticRoute(this.config.routes, domain);
+    if (fixed) {
+      if ('hold' in fixed) return { kind: 'hold' };
+      const addresses = await this.#addresses(fixed.host);
+      if (!Array.isArray(addresses)) return addresses;
+      return { kind: 'hops', hops: [{ name: fixed.host, addresses, port: fixed.port, protocol: fixed.protocol }] };
+    }
+    if (!this.resolver) {
+      return { kind: 'fail', permanent: false, status: '4.4.4', reason: `no route for ${domain} (no static route and no dns.servers configured)` };
+    }
+    let mx: { exchange: string; priority: number }[];
+    try {
+      mx = await this.resolver.resolveMx(domain);
+    } catch (err) {
+      const code = dnsCode(err);
+      if (code === 'ENOTFOUND') return { kind: 'fail', permanent: true, status: '5.1.2', reason: `domain ${domain} does not exist (NXDOMAIN)` };
+      if (code !== 'ENODATA') return { kind: 'fail', permanent: false, status: '4.4.3', reason: `MX lookup for ${domain} failed: ${code}` };
+      mx = [];
+    }
+    if (mx.length === 1 && (mx[0].exchange === '' || mx[0].exchange === '.')) {
+      return { kind: 'fail', permanent: true, status: '5.1.10', reason: `${domain} does not accept mail (null MX, RFC 7505)` };
+    }
+    const names = mx.length > 0
+      ? [...mx].sort((a, b) => a.priority - b.priority).map((m) => m.exchange.replace(/\.$/, '').toLowerCase())
+      : [domain];
+    const hops: NextHop[] = [];
+    let lastFailure: RouteDecision | null = null;
+    for (const name of names) {
+      const addresses = await this.#addresses(name);
+      if (Array.isArray(addresses)) {
+        if (addresses.length > 0) hops.push({ name, addresses, port: 25, protocol: 'smtp' });
+      } else {
+        lastFailure = addresses;
+      }
+    }
+    if (hops.length > 0) return { kind: 'hops', hops };
+    if (mx.length === 0 && lastFailure && lastFailure.kind === 'fail' && lastFailure.permanent) return lastFailure;
+    return lastFailure ?? { kind: 'fail', permanent: false, status: '4.4.3', reason: `no address for the mail hosts of ${domain}` };
+  }
+
+  async #addresses(host: string): Promise<string[] | RouteDecision> {
+    const literal = host.replace(/^\[(.*)\]$/, '$1');
+    if (isIP(literal)) return [literal];
+    if (!this.resolver) {
+      return { kind: 'fail', permanent: false, status: '4.4.3', reason: `cannot resolve ${host}: no dns.servers configured` };
+    }
+    const [v4, v6] = await Promise.allSettled([this.resolver.resolve4(host), this.resolver.resolve6(host)]);
+    const found = [
+      ...(v4.status === 'fulfilled' ? v4.value : []),
+      ...(v6.status === 'fulfilled' ? v6.value : []),
+    ];
+    if (found.length > 0) return found;
+    const codes = [v4, v6].map((r) => (r.status === 'rejected' ? dnsCode(r.reason) : 'ENODATA'));
+    if (codes.every((c) => c === 'ENOTFOUND' || c === 'ENODATA')) {
+      return { kind: 'fail', permanent: true, status: '5.4.4', reason: `host ${host} has no address (${codes[0]})` };
+    }
+    return { kind: 'fail', permanent: false, status: '4.4.3', reason: `address lookup for ${host} failed: ${codes.join('/')}` };
+  }
+}

@@ -1,0 +1,200 @@
+/*
+ * One SMTP (or LMTP) transaction toward a next hop, on nodemailer's SMTP connection.
+ *
+ * Takes a hop, an envelope and a function that opens the message stream (Ichidan's stored
+ * headers followed by the unchanged spool file); tries the hop's addresses in order until one
+ * answers, sends with opportunistic STARTTLS, and returns one outcome per recipient:
+ * 2xx delivered, 4xx deferred, 5xx bounced, each with the reply that decided it. A hop that
+ * cannot be reached (refused, timeout, greeting refused) is reported as `unreachable` so the
+ * caller can try the next MX.
+ */
+import type { Readable } from 'node:stream';
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { NextHop } from './delivery-route.js';
+
+export interface OutboundRecipient {
+  id: number;
+  address: string;
+  notify: string | null;
+  orcpt: string | null;
+}
+
+export interface OutboundMessage {
+  sender: string;
+  recipients: OutboundRecipient[];
+  size: number;
+  ret: string | null;
+  envid: string | null;
+  body8bit: boolean;
+  open: () => Readable;
+}
+
+export interface SessionOptions {
+  heloName: string;
+  connectTimeout: number;
+  greetingTimeout: number;
+  replyTimeout: number;
+  opportunisticTls: boolean;
+}
+
+export type Verdict = 'delivered' | 'deferred' | 'bounced';
+
+export interface RecipientOutcome {
+  id: number;
+  verdict: Verdict;
+  code: number;
+  status: string;
+  reply: string;
+  host: string;
+}
+
+export type HopResult =
+  | { kind: 'done'; outcomes: RecipientOutcome[] }
+  | { kind: 'unreachable'; reason: string; code: number; status: string };
+
+interface SmtpError extends Error {
+  code?: string;
+  responseCode?: number;
+  response?: string;
+  recipient?: string;
+  rejectedErrors?: SmtpError[];
+}
+
+const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}/;
+
+/** Splits "550 5.1.1 no such user" into its parts; a reply without an enhanced code gets one from its class. */
+export function parseReply(reply: string, fallbackCode = 451): { code: number; status: string; text: string } {
+  const line = reply.trim().split(/\r?\n/).pop() ?? '';
+  const m = /^(\d{3})[ -]?(.*)$/.exec(line);
+  const code = m ? Number(m[1]) : fallbackCode;
+  const rest = m ? m[2] : line;
+  const enhanced = ENHANCED.exec(rest)?.[0];
+  const status = enhanced ?? `${Math.floor(code / 100)}.0.0`;
+  return { code, status, text: reply.trim().replace(/\s*\r?\n\s*/g, ' / ') };
+}
+
+function verdictOf(code: number): Verdict {
+  if (code >= 200 && code < 300) return 'delivered';
+  if (code >= 500) return 'bounced';
+  return 'deferred';
+}
+
+function connect(conn: SMTPConnection): Promise<void> {
+  return new Promise((resolve, reject) => {
+    conn.once('error', reject);
+    conn.connect(() => {
+      conn.removeListener('error', reject);
+      resolve();
+    });
+  });
+}
+
+function send(conn: SMTPConnection, envelope: object, message: Readable): Promise<{ accepted: string[]; rejected: string[]; rejectedErrors?: SmtpError[]; response: string }> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    conn.once('error', onError);
+    conn.send(envelope as never, message as never, (err: Error | null, info: unknown) => {
+      conn.removeListener('error', onError);
+      if (err) reject(err);
+      else resolve(info as never);
+    });
+  });
+}
+
+export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions): Promise<HopResult> {
+  let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: '4.4.1' };
+  for (const address of hop.addresses) {
+    const conn = new SMTPConnection({
+      host: address,
+      port: hop.port,
+      name: opts.heloName,
+      lmtp: hop.protocol === 'lmtp',
+      ignoreTLS: !opts.opportunisticTls,
+      opportunisticTLS: true,
+      tls: { rejectUnauthorized: false, servername: isNameForSni(hop.name) ? hop.name : undefined },
+      connectionTimeout: opts.connectTimeout,
+      greetingTimeout: opts.greetingTimeout,
+      socketTimeout: opts.replyTimeout,
+      socketCloseTimeout: 0,
+      allowInternalNetworkInterfaces: true,
+    } as never);
+    const where = `${hop.name}[${address}]:${hop.port}`;
+    try {
+      await connect(conn);
+    } catch (err) {
+      const e = err as SmtpError;
+      conn.close();
+      const reply = e.response ? parseReply(e.response) : null;
+      lastFailure = {
+        kind: 'unreachable',
+        reason: `${where}: ${e.response ? e.response.trim() : e.code ?? e.message}`,
+        code: reply?.code ?? 451,
+        status: reply && reply.code >= 400 ? reply.status.replace(/^5/, '4') : '4.4.1',
+      };
+      continue;
+    }
+    try {
+      return { kind: 'done', outcomes: await transact(conn, msg, where) };
+    } finally {
+      try { conn.quit(); } catch { conn.close(); }
+    }
+  }
+  return lastFailure;
+}
+
+function isNameForSni(name: string): boolean {
+  return /[a-z]/i.test(name) && !name.includes(':');
+}
+
+/** Groups recipients by their DSN parameters: nodemailer sends one NOTIFY/ORCPT per envelope. */
+function dsnGroups(recipients: OutboundRecipient[]): OutboundRecipient[][] {
+  const groups = new Map<string, OutboundRecipient[]>();
+  for (const r of recipients) {
+    const key = `${r.notify ?? ''}\0${r.orcpt ?? ''}`;
+    const g = groups.get(key);
+    if (g) g.push(r); else groups.set(key, [r]);
+  }
+  return [...groups.values()];
+}
+
+async function transact(conn: SMTPConnection, msg: OutboundMessage, where: string): Promise<RecipientOutcome[]> {
+  const outcomes: RecipientOutcome[] = [];
+  for (const group of dsnGroups(msg.recipients)) {
+    const first = group[0];
+    const dsn = (msg.ret || msg.envid || first.notify || first.orcpt)
+      ? { ret: msg.ret ?? undefined, envid: msg.envid ?? undefined, notify: first.notify ?? undefined, orcpt: first.orcpt ?? undefined }
+      : undefined;
+    const envelope = { from: msg.sender === '' ? false : msg.sender, to: group.map((r) => r.address), size: msg.size, dsn, use8BitMime: msg.body8bit };
+    const byAddress = new Map(group.map((r) => [r.address.toLowerCase(), r]));
+    const decided = new Set<number>();
+    const record = (r: OutboundRecipient, reply: string) => {
+      const { code, status, text } = parseReply(reply);
+      outcomes.push({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host: where });
+      decided.add(r.id);
+    };
+    try {
+      const info = await send(conn, envelope, msg.open());
+      for (const e of info.rejectedErrors ?? []) {
+        const r = e.recipient ? byAddress.get(e.recipient.toLowerCase()) : undefined;
+        if (r && e.response) record(r, e.response);
+      }
+      for (const r of group) if (!decided.has(r.id)) record(r, info.response || '250 2.0.0 OK');
+    } catch (err) {
+      const e = err as SmtpError;
+      for (const re of e.rejectedErrors ?? []) {
+        const r = re.recipient ? byAddress.get(re.recipient.toLowerCase()) : undefined;
+        if (r && re.response && !decided.has(r.id)) record(r, re.response);
+      }
+      // Whatever is left failed as a whole: MAIL FROM or DATA refused, or the connection broke.
+      const reply = e.response ?? `451 4.4.2 ${e.code ?? 'ERROR'}: ${e.message}`;
+      for (const r of group) if (!decided.has(r.id)) record(r, reply);
+      if (!e.response) break;
+    }
+  }
+  // Recipients of groups never tried because the connection broke are deferred.
+  const done = new Set(outcomes.map((o) => o.id));
+  for (const r of msg.recipients) {
+    if (!done.has(r.id)) outcomes.push({ id: r.id, verdict: 'deferred', code: 451, status: '4.4.2', reply: '451 4.4.2 connection lost before this recipient was tried', host: where });
+  }
+  return outcomes;
+}

@@ -1,0 +1,64 @@
+/*
+ * delivery/ — the egress, first version.
+ *
+ * Takes: a delivery job from the queue (one message, the recipients of one tenant × destination
+ *   domain that are due now) and the current config snapshot.
+ * Gives back: one outcome per recipient — delivered (2xx), deferred (4xx, unreachable, lookup
+ *   failure) or bounced (5xx, null MX, NXDOMAIN) — with the reply that decided it and the host
+ *   that gave it; or `hold` when the route says to keep the mail.
+ * Network: DNS only to `dns.servers` (none: static routes only); SMTP/LMTP to the next hops,
+ *   MX hosts tried in preference order, opportunistic STARTTLS.
+ * RFCs: 5321 (SMTP, MX fallback to address records), 7505 (null MX), 3461 (DSN parameters
+ *   passed on), 2033 (LMTP).
+ * Settings: routes, dns.*, delivery.*.
+ *
+ * The egress issue grows this into pooled sessions per (site, source IP); callers only see
+ * `Egress.deliver`.
+ */
+import type { Config } from '../mta/mta-config-schema.js';
+import { createResolver, Router } from './delivery-route.js';
+import { deliverToHop, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
+
+export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
+export { parseReply } from './delivery-smtp.js';
+
+export type DeliveryResult =
+  | { kind: 'hold' }
+  | { kind: 'outcomes'; outcomes: RecipientOutcome[] };
+
+export class Egress {
+  readonly #router: Router;
+  constructor(private readonly config: Config) {
+    this.#router = new Router(config, createResolver(config));
+  }
+
+  async deliver(domain: string, msg: OutboundMessage): Promise<DeliveryResult> {
+    const decision = await this.#router.route(domain);
+    if (decision.kind === 'hold') return { kind: 'hold' };
+    if (decision.kind === 'fail') {
+      const code = decision.permanent ? 550 : 451;
+      return { kind: 'outcomes', outcomes: msg.recipients.map((r) => ({
+        id: r.id, verdict: decision.permanent ? 'bounced' : 'deferred', code, status: decision.status,
+        reply: `${code} ${decision.status} ${decision.reason}`, host: domain,
+      })) };
+    }
+    const opts = {
+      heloName: this.config.delivery.heloName ?? this.config.hostname,
+      connectTimeout: this.config.delivery.connectTimeout,
+      greetingTimeout: this.config.delivery.greetingTimeout,
+      replyTimeout: this.config.delivery.replyTimeout,
+      opportunisticTls: this.config.delivery.opportunisticTls,
+    };
+    let last: { reason: string; code: number; status: string } | null = null;
+    for (const hop of decision.hops) {
+      const result = await deliverToHop(hop, msg, opts);
+      if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes };
+      last = result;
+    }
+    const status = last?.status ?? '4.4.1';
+    const reason = last?.reason ?? 'no next hop';
+    return { kind: 'outcomes', outcomes: msg.recipients.map((r) => ({
+      id: r.id, verdict: 'deferred', code: 451, status, reply: `451 ${status} ${reason}`, host: domain,
+    })) };
+  }
+}

@@ -1,0 +1,199 @@
+/*
+ * The configuration schema: the one source of truth for what an Ichidan YAML file may say.
+ *
+ * Every object is strict (an unknown key is an error naming its path), every field carries its
+ * default beside it, and durations ("30s", "5m", "4h", "5d") and sizes ("25MB") are parsed here so
+ * the rest of the process only ever sees milliseconds and bytes. The TypeScript types of the
+ * running configuration are derived from this schema (`Config`), never written by hand.
+ */
+import { isIP } from 'node:net';
+import { z } from 'zod';
+
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+const DURATION_UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "250ms", "30s", "5m", "4h", "5d" (or a number of milliseconds) → milliseconds. */
+export const duration = z.union([
+  z.number().int().nonnegative(),
+  z.string().regex(DURATION, 'a duration such as "500ms", "30s", "5m", "4h" or "5d"'),
+]).transform((v) => {
+  if (typeof v === 'number') return v;
+  const m = DURATION.exec(v)!;
+  return Math.round(Number(m[1]) * DURATION_UNIT_MS[m[2]]);
+});
+
+const SIZE = /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB)?$/i;
+const SIZE_UNIT: Record<string, number> = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
+
+/** "512KB", "25MB" (or a number of bytes) → bytes. */
+export const size = z.union([
+  z.number().int().positive(),
+  z.string().regex(SIZE, 'a size such as "512KB", "25MB" or a number of bytes'),
+]).transform((v) => {
+  if (typeof v === 'number') return v;
+  const m = SIZE.exec(v)!;
+  return Math.round(Number(m[1]) * SIZE_UNIT[(m[2] ?? 'B').toUpperCase()]);
+});
+
+const hostname = z.string().regex(/^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?$/i,
+  'a host name such as "mx.example.com"');
+
+const domain = z.string().transform((d) => d.toLowerCase().replace(/\.$/, ''))
+  .pipe(z.string().regex(/^(\*|\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)$/,
+    'a domain name such as "example.com" (or ".example.com" for its subdomains, or "*")'));
+
+const ipAddress = z.string().refine((s) => isIP(s) !== 0, 'an IPv4 or IPv6 address');
+
+const cidr = z.string().refine((s) => {
+  const [addr, bits, extra] = s.split('/');
+  if (extra !== undefined || isIP(addr) === 0) return false;
+  if (bits === undefined) return true;
+  const max = isIP(addr) === 4 ? 32 : 128;
+  return /^\d+$/.test(bits) && Number(bits) <= max;
+}, 'an address or network such as "127.0.0.1" or "10.0.0.0/8"');
+
+const port = z.number().int().min(1).max(65535);
+
+/** host:port where the port is optional ("127.0.0.1:5353", "[::1]:53", "127.0.0.1"). */
+const dnsServer = z.string().refine((s) => {
+  const m = /^(?:\[([^\]]+)\]|([^:]+))(?::(\d+))?$/.exec(s);
+  return !!m && isIP(m[1] ?? m[2]) !== 0 && (m[3] === undefined || (Number(m[3]) >= 1 && Number(m[3]) <= 65535));
+}, 'a resolver address such as "127.0.0.1:5353"');
+
+const listener = z.strictObject({
+  /** Name used in logs and Received headers. */
+  name: z.string().min(1),
+  /** mx: accepts mail for hosted domains (and relays for trusted networks); submission: AUTH required to relay. */
+  role: z.enum(['mx', 'submission']),
+  address: ipAddress.default('127.0.0.1'),
+  /** 0 picks a free port (tests). */
+  port: z.number().int().min(0).max(65535),
+  /** starttls: offered after EHLO; implicit: TLS from the first byte (port 465 style); none: plaintext only. */
+  tls: z.enum(['starttls', 'implicit', 'none']).default('starttls'),
+  /** Wait this long before the 220 greeting; a client that talks first is refused (pregreet check). */
+  greetingDelay: duration.default(0),
+  /** Most simultaneous connections on this listener; extra clients get 421. */
+  maxClients: z.number().int().positive().default(1000),
+});
+
+const user = z.strictObject({
+  /** The AUTH user name. */
+  name: z.string().min(1),
+  /** A bcrypt hash ("$2b$..."), as printed by `ichidan hash-password`. */
+  password: z.string().regex(/^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/, 'a bcrypt hash ("$2b$..."); make one with `ichidan hash-password`'),
+  /** The tenant whose queues this user's mail goes to. */
+  tenant: z.string().min(1),
+});
+
+const tenant = z.strictObject({
+  /** Domains this tenant hosts: the MX listener accepts mail for them. */
+  domains: z.array(domain).default([]),
+  /** Client networks (MSAs of this tenant) that may relay without AUTH. */
+  networks: z.array(cidr).default([]),
+});
+
+const route = z.union([
+  z.strictObject({
+    /** Next hop host (an address or a name resolved through dns.servers). */
+    host: z.string().min(1),
+    port: port.default(25),
+    /** smtp, or lmtp for a mailbox server speaking LMTP. */
+    protocol: z.enum(['smtp', 'lmtp']).default('smtp'),
+  }),
+  z.strictObject({
+    /** Keep the mail queued (held) until an operator releases it. */
+    hold: z.literal(true),
+  }),
+]);
+
+export const configSchema = z.strictObject({
+  /** The name this MTA gives in its greeting, its Received headers and its EHLO. */
+  hostname: hostname.default('localhost'),
+  /** Spool, queue database and generated certificate live under this folder. */
+  dataDir: z.string().min(1).default('./var'),
+  log: z.strictObject({
+    level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  }).prefault({}),
+  dns: z.strictObject({
+    /** Resolvers to ask for MX/A records. Empty: static routes only, no lookup ever. */
+    servers: z.array(dnsServer).default([]),
+    timeout: duration.prefault('5s'),
+    /** Resolve each client's address to a name for Received headers (through `servers` only). */
+    reverseLookup: z.boolean().default(false),
+  }).prefault({}),
+  tls: z.strictObject({
+    /** PEM certificate and key files; when both are absent a self-signed pair is made in dataDir/tls. */
+    cert: z.string().optional(),
+    key: z.string().optional(),
+  }).refine((t) => (t.cert === undefined) === (t.key === undefined), 'tls.cert and tls.key go together').prefault({}),
+  listeners: z.array(listener).min(1).default([
+    { name: 'mx', role: 'mx', port: 2525 },
+    { name: 'submission', role: 'submission', port: 2587 },
+  ] as never),
+  limits: z.strictObject({
+    /** Largest message accepted (SIZE is advertised; 552 beyond it). */
+    maxMessageSize: size.prefault('25MB'),
+    /** Most recipients per transaction (452 beyond). */
+    maxRecipients: z.number().int().positive().default(100),
+    /** Idle time allowed between commands. */
+    commandTimeout: duration.prefault('5m'),
+    /** Longest a DATA transfer may take. */
+    dataTimeout: duration.prefault('10m'),
+  }).prefault({}),
+  /** Networks that may relay anywhere without AUTH (and whose mail belongs to no tenant unless one lists them). */
+  trustedNetworks: z.array(cidr).default([]),
+  users: z.array(user).default([]),
+  tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'a tenant name of letters, digits, "-" and "_"'), tenant).default({}),
+  queue: z.strictObject({
+    /** fsync spool files and the queue database before 250 (turn off only for throwaway tests). */
+    fsync: z.boolean().default(true),
+    /** First retry delay; later ones grow by `retryFactor` up to `retryMax`, each with ±jitter. */
+    retryInitial: duration.prefault('5m'),
+    retryMax: duration.prefault('1h'),
+    retryFactor: z.number().min(1).default(2),
+    retryJitter: z.number().min(0).max(1).default(0.2),
+    /** Give up after this long in the queue and bounce. */
+    maxAge: duration.prefault('5d'),
+    /** Send a delay notice once a recipient has waited this long (0 = never). */
+    delayWarning: duration.default(0),
+    /** Most deliveries in flight in all. */
+    concurrency: z.number().int().positive().default(100),
+    /** Most deliveries in flight per lane (tenant × destination domain). */
+    laneConcurrency: z.number().int().positive().default(20),
+  }).prefault({}),
+  delivery: z.strictObject({
+    /** Name sent in EHLO; defaults to `hostname`. */
+    heloName: hostname.optional(),
+    connectTimeout: duration.prefault('30s'),
+    greetingTimeout: duration.prefault('60s'),
+    /** Idle time allowed while waiting for a reply. */
+    replyTimeout: duration.prefault('5m'),
+    /** Try STARTTLS when offered (certificates are not verified: opportunistic TLS). */
+    opportunisticTls: z.boolean().default(true),
+  }).prefault({}),
+  /** Next hop per recipient domain: exact "example.com", ".example.com" for subdomains, "*" for the rest. */
+  routes: z.record(domain, route).default({}),
+}).superRefine((cfg, ctx) => {
+  const owner = new Map<string, string>();
+  for (const [name, t] of Object.entries(cfg.tenants)) {
+    t.domains.forEach((d, i) => {
+      const prev = owner.get(d);
+      if (prev !== undefined) ctx.addIssue({ code: 'custom', path: ['tenants', name, 'domains', i], message: `domain "${d}" is already hosted by tenant "${prev}"` });
+      owner.set(d, name);
+    });
+  }
+  cfg.users.forEach((u, i) => {
+    if (!(u.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['users', i, 'tenant'], message: `no tenant "${u.tenant}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
+  });
+  const seen = new Set<string>();
+  cfg.listeners.forEach((l, i) => {
+    const key = `${l.address}:${l.port}`;
+    if (seen.has(key)) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'port'], message: `${key} is used by another listener` });
+    seen.add(key);
+  });
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type ListenerConfig = Config['listeners'][number];
+export type RouteConfig = Config['routes'][string];

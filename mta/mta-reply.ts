@@ -1,0 +1,42 @@
+/*
+ * SMTP replies as values, and the one place that turns them into what smtp-server expects.
+ *
+ * Every refusal Ichidan gives is an `SmtpReply { code, enhanced, text }` from this catalogue
+ * (RFC 5321 codes, RFC 3463 enhanced codes); `toSmtpError` makes the Error whose `responseCode`
+ * smtp-server sends. Internal failures never reach the peer as text: they go to the log and the
+ * peer gets the bland, correct reply for the situation.
+ */
+export interface SmtpReply {
+  code: number;
+  enhanced: string;
+  text: string;
+}
+
+export const reply = (code: number, enhanced: string, text: string): SmtpReply => ({ code, enhanced, text });
+
+export const REPLIES = {
+  relayDenied: reply(550, '5.7.1', 'relay denied'),
+  routingDenied: reply(550, '5.7.1', 'relay denied: sender-specified routing (%, !) is not allowed'),
+  authRequired: reply(530, '5.7.0', 'authentication required'),
+  tooManyRecipients: reply(452, '4.5.3', 'too many recipients'),
+  badLineEndings: reply(550, '5.6.0', 'message refused: bare CR or LF in message data (RFC 5321 section 2.3.8)'),
+  tooBig: reply(552, '5.3.4', 'message exceeds the maximum message size'),
+  storageFull: reply(452, '4.3.1', 'insufficient system storage, try again later'),
+  localError: reply(451, '4.3.0', 'local error in processing, try again later'),
+  dataTimeout: reply(451, '4.4.2', 'timeout while receiving message data'),
+  badSender: reply(553, '5.1.7', 'bad sender address syntax'),
+  badRecipient: reply(553, '5.1.3', 'bad recipient address syntax'),
+  shuttingDown: reply(421, '4.3.2', 'service shutting down, try again later'),
+} as const;
+
+export type SmtpError = Error & { responseCode: number };
+
+export function toSmtpError(r: SmtpReply): SmtpError {
+  const err = new Error(`${r.enhanced} ${r.text}`) as SmtpError;
+  err.responseCode = r.code;
+  return err;
+}
+
+export function formatReply(r: SmtpReply): string {
+  return `${r.code} ${r.enhanced} ${r.text}`;
+}

@@ -1,0 +1,242 @@
+/*
+ * The SMTP listeners, on smtp-server: this file is the one adapter between smtp-server's
+ * callbacks and Ichidan's policy, queue and engines.
+ *
+ * Per listener: TLS mode (STARTTLS, implicit, none), AUTH PLAIN/LOGIN only on submission and only
+ * once TLS is up, SIZE / PIPELINING / 8BITMIME / SMTPUTF8 / ENHANCEDSTATUSCODES / DSN advertised,
+ * no reverse lookup unless a resolver is configured for it, the greeting delay, the client limit.
+ * Per transaction: the runtime snapshot (config, policy, engines) current at MAIL FROM is kept to
+ * the end of that transaction.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import bcrypt from 'bcryptjs';
+import type { Logger } from 'pino';
+import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { EngineSet } from '../engines/index.js';
+import type { Queue, NewRecipient } from '../queue/index.js';
+import type { Config, ListenerConfig } from './mta-config-schema.js';
+import { isStorageError, receiveInto } from './mta-data.js';
+import type { Policy } from './mta-policy.js';
+import { buildReceived } from './mta-received.js';
+import { REPLIES, toSmtpError, type SmtpReply } from './mta-reply.js';
+import type { TlsMaterial } from './mta-tls.js';
+
+/** What a transaction borrows for its whole life; replaced as a whole on reload. */
+export interface Runtime {
+  generation: number;
+  config: Config;
+  policy: Policy;
+  engines: EngineSet;
+  reverse: ((ip: string) => Promise<string[]>) | null;
+}
+
+interface Transaction {
+  runtime: Runtime;
+  recipients: Map<string, NewRecipient>;
+}
+
+type Callback = (err?: Error | null) => void;
+
+/** A hash that no password matches, compared when the user is unknown so timing tells nothing. */
+const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
+
+export interface ListenerDeps {
+  runtime: () => Runtime;
+  queue: Queue;
+  tls: TlsMaterial;
+  log: Logger;
+}
+
+export class Listener {
+  readonly server: SMTPServer;
+  readonly #tx = new Map<string, Transaction>();
+  readonly #inFlight = new Set<Promise<unknown>>();
+
+  constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
+    const rt = deps.runtime();
+    const cfg = rt.config;
+    const submission = spec.role === 'submission';
+    const options: SMTPServerOptions & { greetingDelay: number } = {
+      name: cfg.hostname,
+      banner: 'ESMTP Ichidan',
+      secure: spec.tls === 'implicit',
+      key: deps.tls.key,
+      cert: deps.tls.cert,
+      hideSTARTTLS: spec.tls === 'none',
+      disabledCommands: submission ? (spec.tls === 'none' ? ['STARTTLS'] : []) : (spec.tls === 'none' ? ['AUTH', 'STARTTLS'] : ['AUTH']),
+      authMethods: ['PLAIN', 'LOGIN'],
+      allowInsecureAuth: false,
+      authOptional: true,
+      size: cfg.limits.maxMessageSize,
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: false,
+      disableReverseLookup: !rt.reverse,
+      resolver: rt.reverse ? { reverse: (ip: string, cb: (err: Error | null, names?: string[]) => void) => { rt.reverse!(ip).then((n) => cb(null, n), (e) => cb(e)); } } : undefined,
+      socketTimeout: cfg.limits.commandTimeout,
+      closeTimeout: 30_000,
+      maxClients: spec.maxClients,
+      greetingDelay: spec.greetingDelay,
+      logger: false,
+      onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, session, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, session, cb),
+      onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
+      onClose: (session) => { this.#tx.delete(session.id); },
+    };
+    this.server = new SMTPServer(options);
+    this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
+  }
+
+  listen(): Promise<{ address: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.spec.port, this.spec.address, () => {
+        this.server.removeListener('error', reject);
+        const a = this.server.server.address();
+        resolve(typeof a === 'object' && a ? { address: a.address, port: a.port } : { address: this.spec.address, port: this.spec.port });
+      });
+    });
+  }
+
+  /** Stops accepting, lets open transactions finish (up to closeTimeout), then resolves. */
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.allSettled([...this.#inFlight]);
+  }
+
+  #track<T>(p: Promise<T>): void {
+    this.#inFlight.add(p);
+    p.finally(() => this.#inFlight.delete(p)).catch(() => undefined);
+  }
+
+  #client(session: SMTPServerSession) {
+    return { address: session.remoteAddress, authUser: (session.user as string | undefined) ?? null, role: this.spec.role };
+  }
+
+  #onAuth(auth: SMTPServerAuthentication, _session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
+    const { config } = this.deps.runtime();
+    const user = config.users.find((u) => u.name === auth.username);
+    bcrypt.compare(auth.password ?? '', user?.password ?? DUMMY_HASH).then((ok) => {
+      if (ok && user) return cb(null, { user: user.name });
+      this.deps.log.info({ listener: this.spec.name, user: auth.username }, 'authentication failed');
+      cb(toSmtpError({ code: 535, enhanced: '5.7.8', text: 'authentication credentials invalid' }));
+    }, (err) => {
+      this.deps.log.error({ err }, 'password check failed');
+      cb(toSmtpError({ code: 454, enhanced: '4.7.0', text: 'temporary authentication failure' }));
+    });
+  }
+
+  #onMailFrom(_sender: string, session: SMTPServerSession, cb: Callback): void {
+    const runtime = this.deps.runtime();
+    const refusal = runtime.policy.checkSender(this.#client(session));
+    if (refusal) return cb(toSmtpError(refusal));
+    this.#tx.set(session.id, { runtime, recipients: new Map() });
+    cb();
+  }
+
+  #onRcptTo(address: string, session: SMTPServerSession, cb: Callback): void {
+    const tx = this.#tx.get(session.id);
+    if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
+    if (tx.recipients.size >= tx.runtime.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
+    const decision = tx.runtime.policy.checkRecipient(address, this.#client(session));
+    if (!decision.ok) {
+      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
+      return cb(toSmtpError(decision.reply));
+    }
+    tx.recipients.set(decision.address.toLowerCase(), {
+      tenant: decision.tenant, address: decision.address, domain: decision.domain, orcpt: null, notify: null,
+    });
+    cb();
+  }
+
+  async #onData(stream: Readable, session: SMTPServerSession, cb: (err: Error | null, message?: string) => void): Promise<void> {
+    const tx = this.#tx.get(session.id);
+    this.#tx.delete(session.id);
+    const fail = (r: SmtpReply) => cb(toSmtpError(r));
+    if (!tx) {
+      stream.resume();
+      return fail(REPLIES.localError);
+    }
+    const { config } = tx.runtime;
+    let writer;
+    try {
+      writer = await this.deps.queue.createWriter();
+    } catch (err) {
+      this.deps.log.error({ err }, 'cannot create a spool file');
+      stream.resume();
+      return fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
+    }
+    const timer = setTimeout(() => {
+      stream.destroy(new Error('DATA timeout'));
+      this.#dropConnection(session.id, REPLIES.dataTimeout);
+    }, config.limits.dataTimeout);
+    let received;
+    try {
+      received = await receiveInto(stream, writer, config.limits.maxMessageSize);
+    } catch (err) {
+      await writer.discard();
+      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, err: (err as Error).message }, 'DATA not completed');
+      return fail(REPLIES.dataTimeout);
+    } finally {
+      clearTimeout(timer);
+    }
+    const refuse = async (r: SmtpReply, why: string) => {
+      await writer.discard();
+      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, bytes: received.bytes, reply: `${r.code} ${r.enhanced}` }, why);
+      fail(r);
+    };
+    if (received.oversized) return refuse(REPLIES.tooBig, 'message too big');
+    if (received.bareLineEnding) return refuse(REPLIES.badLineEndings, 'bare CR or LF in message data');
+    if (received.writeError) {
+      this.deps.log.error({ err: received.writeError, qid: writer.id }, 'spool write failed');
+      return refuse(isStorageError(received.writeError) ? REPLIES.storageFull : REPLIES.localError, 'spool write failed');
+    }
+
+    const env = session.envelope as typeof session.envelope & { bodyType?: string; smtpUtf8?: boolean; dsn?: { ret?: string; envid?: string } };
+    const rcptArgs = new Map((env.rcptTo as unknown as Array<{ address: string; dsn?: { notify?: string[]; orcpt?: string } }>)
+      .map((r) => [r.address.toLowerCase(), r.dsn]));
+    const recipients = [...tx.recipients.values()].map((r) => {
+      const dsn = rcptArgs.get(r.address.toLowerCase());
+      return { ...r, notify: dsn?.notify?.join(',') ?? null, orcpt: dsn?.orcpt ?? null };
+    });
+    const sender = env.mailFrom ? env.mailFrom.address : '';
+    const context = {
+      queueId: writer.id, client: session.remoteAddress, helo: session.hostNameAppearsAs ?? '',
+      sender, recipients: recipients.map((r) => r.address), authUser: (session.user as string | undefined) ?? null,
+    };
+    let extraHeaders = '';
+    if (tx.runtime.engines.size > 0) {
+      const verdict = await tx.runtime.engines.scan(writer.path, context, AbortSignal.timeout(config.limits.dataTimeout));
+      if (verdict.action !== 'accept') return refuse(verdict.reply, `message ${verdict.action}ed by the engines`);
+      extraHeaders = verdict.headers;
+    }
+    const trace = buildReceived({
+      session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,
+      recipient: recipients.length === 1 ? recipients[0].address : null, now: new Date(),
+    }) + extraHeaders;
+    try {
+      const id = await this.deps.queue.accept(writer, {
+        sender, recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
+        smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
+        client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace,
+      });
+      this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: received.bytes }, 'queued');
+      cb(null, `2.0.0 Ok: queued as ${id}`);
+    } catch (err) {
+      this.deps.log.error({ err, qid: writer.id }, 'could not store the message');
+      fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
+    }
+  }
+
+  /** Ends a session whose DATA phase ran past limits.dataTimeout. */
+  #dropConnection(sessionId: string, r: SmtpReply): void {
+    const connections = (this.server as unknown as { connections: Set<{ id: string; send: (c: number, t: string) => void; close: () => void }> }).connections;
+    for (const c of connections) {
+      if (c.id !== sessionId) continue;
+      this.deps.log.info({ listener: this.spec.name, session: sessionId }, 'DATA phase timed out');
+      c.send(r.code, `${r.enhanced} ${r.text}`);
+      c.close();
+    }
+  }
+}

@@ -1,0 +1,150 @@
+/*
+ * The spool: one file per accepted message, holding the DATA bytes exactly as received (after
+ * dot-unstuffing), written once and never rewritten. Headers Ichidan adds live in the queue
+ * database and are streamed in front of this file at delivery.
+ *
+ * A writer streams DATA into `<dir>/<id>` as it arrives (bounded memory whatever the size), then
+ * `commit()` makes it durable: fdatasync of the file and an fsync of the folder, the folder sync
+ * shared by every writer that committed meanwhile (group commit). Files of messages that were
+ * never acknowledged, or whose metadata is missing, are moved to `<dir>/corrupt/`, never deleted.
+ */
+import { createReadStream, type ReadStream } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+
+/** Runs `fsync` on a folder, sharing one sync among all callers that arrive while one is running. */
+class GroupedDirSync {
+  #running: Promise<void> | null = null;
+  #next: Promise<void> | null = null;
+  constructor(private readonly dir: string) {}
+
+  sync(): Promise<void> {
+    if (!this.#running) {
+      this.#running = this.#syncOnce().finally(() => { this.#running = null; });
+      return this.#running;
+    }
+    // A sync already running may have started before our file's entry was made: wait for the next one.
+    if (!this.#next) {
+      this.#next = this.#running.catch(() => undefined).then(() => {
+        this.#next = null;
+        return this.sync();
+      });
+    }
+    return this.#next;
+  }
+
+  async #syncOnce(): Promise<void> {
+    const fh = await open(this.dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+export class SpoolWriter extends Writable {
+  bytes = 0;
+  #fh: FileHandle;
+  #closed = false;
+
+  constructor(readonly id: string, readonly path: string, fh: FileHandle, private readonly spool: Spool) {
+    super({ highWaterMark: 256 * 1024 });
+    this.#fh = fh;
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this._writev([{ chunk }], cb);
+  }
+
+  override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
+    const buffers = chunks.map((c) => c.chunk);
+    const total = buffers.reduce((n, b) => n + b.length, 0);
+    this.#writeAll(buffers, total).then(() => { this.bytes += total; cb(); }, cb);
+  }
+
+  async #writeAll(buffers: Buffer[], total: number): Promise<void> {
+    let written = 0;
+    while (written < total) {
+      const { bytesWritten } = await this.#fh.writev(written === 0 ? buffers : [Buffer.concat(buffers).subarray(written)]);
+      written += bytesWritten;
+    }
+  }
+
+  /** Waits for every queued write, then makes file and folder entry durable. */
+  async commit(): Promise<void> {
+    if (!this.writableFinished) {
+      await new Promise<void>((resolve, reject) => {
+        this.once('error', reject);
+        this.end(() => resolve());
+      });
+    }
+    if (this.spool.fsync) await this.#fh.datasync();
+    await this.#close();
+    if (this.spool.fsync) await this.spool.dirSync.sync();
+  }
+
+  /** Drops the file: the message was refused or could not be stored. */
+  async discard(): Promise<void> {
+    this.destroy();
+    await this.#close().catch(() => undefined);
+    await rm(this.path, { force: true });
+  }
+
+  async #close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#fh.close();
+  }
+}
+
+export class Spool {
+  readonly dirSync: GroupedDirSync;
+  readonly corruptDir: string;
+
+  constructor(readonly dir: string, readonly fsync: boolean) {
+    this.dirSync = new GroupedDirSync(dir);
+    this.corruptDir = join(dir, 'corrupt');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.corruptDir, { recursive: true });
+  }
+
+  path(id: string): string {
+    return join(this.dir, id);
+  }
+
+  async createWriter(id: string): Promise<SpoolWriter> {
+    const path = this.path(id);
+    const fh = await open(path, 'wx', 0o640);
+    return new SpoolWriter(id, path, fh, this);
+  }
+
+  read(id: string): ReadStream {
+    return createReadStream(this.path(id), { highWaterMark: 64 * 1024 });
+  }
+
+  async size(id: string): Promise<number | null> {
+    try {
+      return (await stat(this.path(id))).size;
+    } catch {
+      return null;
+    }
+  }
+
+  async remove(id: string): Promise<void> {
+    await rm(this.path(id), { force: true });
+  }
+
+  /** Message files in the spool (the corrupt folder excluded). */
+  async list(): Promise<string[]> {
+    const entries = await readdir(this.dir, { withFileTypes: true });
+    return entries.filter((e) => e.isFile()).map((e) => e.name);
+  }
+
+  async setAside(id: string): Promise<void> {
+    await rename(this.path(id), join(this.corruptDir, id));
+  }
+}
