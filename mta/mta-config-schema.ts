@@ -188,7 +188,7 @@ export const configSchema = z.strictObject({
   const seen = new Set<string>();
   cfg.listeners.forEach((l, i) => {
     const key = `${l.address}:${l.port}`;
-    if (seen.has(key)) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'port'], message: `${key} is used by another listener` });
+    if (l.port !== 0 && seen.has(key)) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'port'], message: `${key} is used by another listener` });
     seen.add(key);
   });
 });

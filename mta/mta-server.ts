@@ -50,7 +50,7 @@ export interface ListenerDeps {
 
 export class Listener {
   readonly server: SMTPServer;
-  readonly #tx = new Map<string, Transaction>();
+  readonly #tx = new WeakMap<SMTPServerSession, Transaction>();
   readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
@@ -59,7 +59,7 @@ export class Listener {
     const submission = spec.role === 'submission';
     const options: SMTPServerOptions & { greetingDelay: number } = {
       name: cfg.hostname,
-      banner: 'ESMTP Ichidan',
+      banner: 'Ichidan',
       secure: spec.tls === 'implicit',
       key: deps.tls.key,
       cert: deps.tls.cert,
@@ -82,7 +82,6 @@ export class Listener {
       onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, session, cb),
       onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
-      onClose: (session) => { this.#tx.delete(session.id); },
     };
     this.server = new SMTPServer(options);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
@@ -111,7 +110,7 @@ export class Listener {
   }
 
   #client(session: SMTPServerSession) {
-    return { address: session.remoteAddress, authUser: (session.user as string | undefined) ?? null, role: this.spec.role };
+    return { address: session.remoteAddress, authUser: typeof session.user === 'string' ? session.user : null, role: this.spec.role };
   }
 
   #onAuth(auth: SMTPServerAuthentication, _session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
@@ -131,12 +130,12 @@ export class Listener {
     const runtime = this.deps.runtime();
     const refusal = runtime.policy.checkSender(this.#client(session));
     if (refusal) return cb(toSmtpError(refusal));
-    this.#tx.set(session.id, { runtime, recipients: new Map() });
+    this.#tx.set(session, { runtime, recipients: new Map() });
     cb();
   }
 
   #onRcptTo(address: string, session: SMTPServerSession, cb: Callback): void {
-    const tx = this.#tx.get(session.id);
+    const tx = this.#tx.get(session);
     if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
     if (tx.recipients.size >= tx.runtime.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
     const decision = tx.runtime.policy.checkRecipient(address, this.#client(session));
@@ -151,8 +150,8 @@ export class Listener {
   }
 
   async #onData(stream: Readable, session: SMTPServerSession, cb: (err: Error | null, message?: string) => void): Promise<void> {
-    const tx = this.#tx.get(session.id);
-    this.#tx.delete(session.id);
+    const tx = this.#tx.get(session);
+    this.#tx.delete(session);
     const fail = (r: SmtpReply) => cb(toSmtpError(r));
     if (!tx) {
       stream.resume();
@@ -202,8 +201,8 @@ export class Listener {
     });
     const sender = env.mailFrom ? env.mailFrom.address : '';
     const context = {
-      queueId: writer.id, client: session.remoteAddress, helo: session.hostNameAppearsAs ?? '',
-      sender, recipients: recipients.map((r) => r.address), authUser: (session.user as string | undefined) ?? null,
+      queueId: writer.id, client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
+      sender, recipients: recipients.map((r) => r.address), authUser: typeof session.user === 'string' ? session.user : null,
     };
     let extraHeaders = '';
     if (tx.runtime.engines.size > 0) {
