@@ -78,6 +78,15 @@ export class Listener {
       maxClients: spec.maxClients,
       greetingDelay: spec.greetingDelay,
       logger: false,
+      // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
+      onConnect: (session, cb) => {
+        if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
+        cb();
+      },
+      onSecure: (_socket, session, cb) => {
+        if (submission) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = [];
+        cb();
+      },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
       onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, session, cb),
       onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, session, cb),
