@@ -80,7 +80,7 @@ export class Router {
     for (const name of names) {
       const addresses = await this.#addresses(name);
       if (Array.isArray(addresses)) {
-        if (addresses.length > 0) hops.push({ name, addresses, port: 25, protocol: 'smtp' });
+        if (addresses.length > 0) hops.push({ name, addresses, port: this.config.delivery.mxPort, protocol: 'smtp' });
       } else {
         lastFailure = addresses;
       }

@@ -168,6 +168,8 @@ export const configSchema = z.strictObject({
     greetingTimeout: duration.prefault('60s'),
     /** Idle time allowed while waiting for a reply. */
     replyTimeout: duration.prefault('5m'),
+    /** Port used for hosts found through MX/address records (a lab or test network may move it off 25). */
+    mxPort: port.default(25),
     /** Try STARTTLS when offered (certificates are not verified: opportunistic TLS). */
     opportunisticTls: z.boolean().default(true),
   }).prefault({}),

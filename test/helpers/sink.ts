@@ -3,7 +3,7 @@
  * they accept, and whose answers a test scripts per recipient and per attempt (4xx then 2xx, 5xx,
  * a refused DATA), so retries and bounces can be driven over real sockets.
  */
-import { SMTPServer } from 'smtp-server';
+import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 
 export interface SunkMessage {
   mailFrom: string;
@@ -32,7 +32,7 @@ export async function startSink(opts: { host?: string; port?: number; rcpt?: Rcp
   const rcptAttempts = new Map<string, number>();
   let dataAttempts = 0;
   const waiters: Array<() => void> = [];
-  const server = new SMTPServer({
+  const options: SMTPServerOptions & { greetingDelay: number } = {
     disableReverseLookup: true,
     authOptional: true,
     hideENHANCEDSTATUSCODES: false,
@@ -74,7 +74,8 @@ export async function startSink(opts: { host?: string; port?: number; rcpt?: Rcp
         cb(null, 'Ok: sunk');
       });
     },
-  } as never);
+  };
+  const server = new SMTPServer(options);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port ?? 0, host, () => resolve());
