@@ -1,0 +1,36 @@
+/*
+ * Ichidan as a child process (the built CLI), for tests that kill it: it reports its bound
+ * listeners on fd 3 once ready.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+
+export interface ChildIchidan {
+  proc: ChildProcess;
+  ports: Record<string, number>;
+  exited: Promise<number | null>;
+}
+
+const CLI = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-cli.js');
+
+export function startChild(configFile: string, logFile?: NodeJS.WritableStream): Promise<ChildIchidan> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [CLI, 'start', '-c', configFile], {
+      stdio: ['ignore', logFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ICHIDAN_READY_FD: '3' },
+    });
+    if (logFile) proc.stdout!.pipe(logFile, { end: false });
+    let stderr = '';
+    proc.stderr!.on('data', (d) => { stderr += d; });
+    const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+    let ready = '';
+    const fd3 = proc.stdio[3] as NodeJS.ReadableStream;
+    fd3.on('data', (d) => {
+      ready += d;
+      if (!ready.includes('\n')) return;
+      const msg = JSON.parse(ready.split('\n')[0]) as { listeners: Array<{ name: string; port: number }> };
+      resolve({ proc, exited, ports: Object.fromEntries(msg.listeners.map((l) => [l.name, l.port])) });
+    });
+    exited.then((code) => reject(new Error(`ichidan exited (${code}) before it was ready: ${stderr}`)));
+  });
+}
