@@ -242,7 +242,7 @@ export class Queue {
         retry.push(r.id);
         nextDue = Math.min(nextDue, due);
       }
-      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1 }, 'delivery attempt');
+      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at }, 'delivery attempt');
     }
 
     const notices: Array<Awaited<ReturnType<Queue['writeNotice']>>> = [];

@@ -1,0 +1,179 @@
+/*
+ * The relay benchmark: smtp-source → Ichidan → smtp-sink, durable (fsync before every 250).
+ *
+ * For each workload (2 KB and 64 KB messages; one message per connection, and connections reused)
+ * it prints messages/s end to end (first connection to last delivery), p50/p99 latency from the
+ * end of DATA to delivery (from Ichidan's own delivery records), and the bytes the disk device
+ * wrote per message divided by the message size (/proc/diskstats around a `sync`, so filesystem
+ * journal writes count too). The same load straight into smtp-sink runs first as the ceiling of
+ * the tools themselves, and every figure is also given as a ratio to it. Results go to stdout and
+ * to bench/results/relay-<date>.json.
+ *
+ * Everything binds to loopback; no DNS is configured, so no lookup can leave the machine.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createReadStream, existsSync, statSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const CLI = join(ROOT, 'dist', 'mta', 'mta-cli.js');
+const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 20);
+
+interface Workload { name: string; size: number; count: number; reuse: boolean }
+
+const WORKLOADS: Workload[] = [
+  { name: '2KB, one message per connection', size: 2048, count: Number(process.env.BENCH_COUNT_2K ?? 20000), reuse: false },
+  { name: '2KB, connections reused', size: 2048, count: Number(process.env.BENCH_COUNT_2K ?? 20000), reuse: true },
+  { name: '64KB, one message per connection', size: 65536, count: Number(process.env.BENCH_COUNT_64K ?? 4000), reuse: false },
+  { name: '64KB, connections reused', size: 65536, count: Number(process.env.BENCH_COUNT_64K ?? 4000), reuse: true },
+];
+
+async function freePort(host: string): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, host, () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** The block device holding `path`, as named in /proc/diskstats. */
+function deviceOf(path: string): string {
+  const dev = statSync(path).dev;
+  const major = dev >> 8, minor = dev & 0xff;
+  const line = execFileSync('cat', ['/proc/diskstats'], { encoding: 'utf8' }).split('\n')
+    .map((l) => l.trim().split(/\s+/)).find((f) => Number(f[0]) === major && Number(f[1]) === minor);
+  if (!line) throw new Error(`no /proc/diskstats entry for ${major}:${minor}`);
+  return line[2];
+}
+
+function sectorsWritten(device: string): number {
+  execFileSync('sync');
+  const f = execFileSync('cat', ['/proc/diskstats'], { encoding: 'utf8' }).split('\n').map((l) => l.trim().split(/\s+/)).find((x) => x[2] === device)!;
+  return Number(f[9]);
+}
+
+function run(cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} exited ${code}`))));
+  });
+}
+
+function startSink(port: number): ChildProcess {
+  // -c would print counters; plain is fastest. Backlog 1024.
+  return spawn('smtp-sink', ['-u', 'root', `127.0.0.2:${port}`, '1024'], { stdio: 'ignore' });
+}
+
+async function waitForPort(host: string, port: number): Promise<void> {
+  const { connect } = await import('node:net');
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((r) => { const s = connect(port, host, () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listening on ${host}:${port}`);
+}
+
+function smtpSourceArgs(w: Workload, target: string): string[] {
+  return [...(w.reuse ? ['-d'] : []), '-s', String(SESSIONS), '-m', String(w.count), '-l', String(w.size),
+    '-f', 'bench@source.test', '-t', 'sink@far.test', '-M', 'source.test', target];
+}
+
+interface Figures { seconds: number; rate: number; p50?: number; p99?: number; diskBytesPerMessage?: number; writeRatio?: number }
+
+async function baseline(w: Workload, sinkPort: number): Promise<Figures> {
+  const t0 = process.hrtime.bigint();
+  await run('smtp-source', smtpSourceArgs(w, `127.0.0.2:${sinkPort}`));
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return { seconds, rate: w.count / seconds };
+}
+
+async function ichidan(w: Workload, sinkPort: number): Promise<Figures> {
+  const dir = await mkdtemp(join(ROOT, 'var', 'bench-'));
+  const port = await freePort('127.0.0.1');
+  const config = join(dir, 'config.yaml');
+  await writeFile(config, [
+    `dataDir: ${dir}`,
+    'hostname: bench.ichidan.test',
+    'log: { level: info }',
+    `listeners: [{ name: mx, role: mx, port: ${port}, greetingDelay: 0 }]`,
+    'trustedNetworks: [127.0.0.1/32]',
+    'limits: { maxRecipients: 1000, maxMessageSize: 50MB }',
+    'queue: { fsync: true, concurrency: 100, laneConcurrency: 100 }',
+    `routes: { "*": { host: 127.0.0.2, port: ${sinkPort} } }`,
+    '',
+  ].join('\n'));
+  const logFile = join(dir, 'ichidan.log');
+  const { openSync } = await import('node:fs');
+  const out = openSync(logFile, 'w');
+  const proc = spawn(process.execPath, [CLI, 'start', '-c', config], { stdio: ['ignore', out, 'inherit'] });
+  await waitForPort('127.0.0.1', port);
+  const device = deviceOf(dir);
+  const before = sectorsWritten(device);
+  const t0 = Date.now();
+  await run('smtp-source', smtpSourceArgs(w, `127.0.0.1:${port}`));
+  // Wait until every message is delivered.
+  const latencies: number[] = [];
+  let lastDelivery = 0;
+  for (;;) {
+    latencies.length = 0;
+    const rl = createInterface({ input: createReadStream(logFile) });
+    for await (const line of rl) {
+      if (!line.includes('"verdict":"delivered"')) continue;
+      const rec = JSON.parse(line) as { time: string; delay: number };
+      latencies.push(rec.delay);
+      lastDelivery = Math.max(lastDelivery, Date.parse(rec.time));
+    }
+    if (latencies.length >= w.count) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  // Let the sweeper remove delivered files and rows, as in steady state, before reading the disk counter.
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = sectorsWritten(device);
+  proc.kill('SIGTERM');
+  await new Promise((r) => proc.on('exit', r));
+  await rm(dir, { recursive: true, force: true });
+  latencies.sort((a, b) => a - b);
+  const seconds = (lastDelivery - t0) / 1000;
+  const diskBytesPerMessage = ((after - before) * 512) / w.count;
+  return {
+    seconds, rate: w.count / seconds,
+    p50: latencies[Math.floor(latencies.length * 0.5)], p99: latencies[Math.floor(latencies.length * 0.99)],
+    diskBytesPerMessage, writeRatio: diskBytesPerMessage / w.size,
+  };
+}
+
+async function main(): Promise<void> {
+  for (const tool of ['smtp-source', 'smtp-sink']) {
+    try { execFileSync('which', [tool]); } catch { throw new Error(`${tool} not found: install Debian's postfix package`); }
+  }
+  if (!existsSync(CLI)) throw new Error('build first: npm run build');
+  await mkdir(join(ROOT, 'var'), { recursive: true });
+  const sinkPort = await freePort('127.0.0.2');
+  const sink = startSink(sinkPort);
+  await waitForPort('127.0.0.2', sinkPort);
+  const results = [];
+  try {
+    for (const w of WORKLOADS) {
+      const base = await baseline(w, sinkPort);
+      const ich = await ichidan(w, sinkPort);
+      const row = { workload: w.name, messages: w.count, sessions: SESSIONS, size: w.size, baseline: base, ichidan: ich, ratioToBaseline: ich.rate / base.rate };
+      results.push(row);
+      console.log(`${w.name.padEnd(34)} ichidan ${ich.rate.toFixed(0).padStart(6)} msg/s  p50 ${ich.p50} ms  p99 ${ich.p99} ms  disk ${(ich.diskBytesPerMessage! / 1024).toFixed(1)} KB/msg = ${ich.writeRatio!.toFixed(2)}x size  | smtp-source→smtp-sink direct ${base.rate.toFixed(0)} msg/s (ichidan = ${(row.ratioToBaseline * 100).toFixed(0)}%)`);
+    }
+  } finally {
+    sink.kill('SIGTERM');
+  }
+  const when = new Date().toISOString();
+  const file = join(ROOT, 'bench', 'results', `relay-${when.slice(0, 10)}.json`);
+  await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });
+  await writeFile(file, JSON.stringify({ when, node: process.version, cpus: (await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length, results }, null, 2) + '\n');
+  console.log(`results written to ${file}`);
+}
+
+await main();
