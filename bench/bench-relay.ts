@@ -104,7 +104,7 @@ async function ichidan(w: Workload, sinkPort: number): Promise<Figures> {
     `listeners: [{ name: mx, role: mx, port: ${port}, greetingDelay: 0 }]`,
     'trustedNetworks: [127.0.0.1/32]',
     'limits: { maxRecipients: 1000, maxMessageSize: 50MB }',
-    'queue: { fsync: true, concurrency: 100, laneConcurrency: 100 }',
+    `queue: { fsync: ${process.env.BENCH_FSYNC ?? 'true'}, concurrency: 100, laneConcurrency: 100 }`,
     `routes: { "*": { host: 127.0.0.2, port: ${sinkPort} } }`,
     '',
   ].join('\n'));

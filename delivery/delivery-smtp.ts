@@ -10,6 +10,7 @@
  */
 import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import { quit, type Lease, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
 
 export interface OutboundRecipient {
@@ -101,24 +102,36 @@ function send(conn: SMTPConnection, envelope: object, message: Readable): Promis
   });
 }
 
-export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions): Promise<HopResult> {
+function newConnection(hop: NextHop, address: string, opts: SessionOptions): SMTPConnection {
+  return new SMTPConnection({
+    host: address,
+    port: hop.port,
+    name: opts.heloName,
+    lmtp: hop.protocol === 'lmtp',
+    ignoreTLS: !opts.opportunisticTls,
+    opportunisticTLS: true,
+    tls: { rejectUnauthorized: false, servername: isNameForSni(hop.name) ? hop.name : undefined },
+    connectionTimeout: opts.connectTimeout,
+    greetingTimeout: opts.greetingTimeout,
+    socketTimeout: opts.replyTimeout,
+    socketCloseTimeout: 0,
+    allowInternalNetworkInterfaces: true,
+  } as never);
+}
+
+export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, cache: SessionCache): Promise<HopResult> {
   let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: '4.4.1' };
   for (const address of hop.addresses) {
-    const conn = new SMTPConnection({
-      host: address,
-      port: hop.port,
-      name: opts.heloName,
-      lmtp: hop.protocol === 'lmtp',
-      ignoreTLS: !opts.opportunisticTls,
-      opportunisticTLS: true,
-      tls: { rejectUnauthorized: false, servername: isNameForSni(hop.name) ? hop.name : undefined },
-      connectionTimeout: opts.connectTimeout,
-      greetingTimeout: opts.greetingTimeout,
-      socketTimeout: opts.replyTimeout,
-      socketCloseTimeout: 0,
-      allowInternalNetworkInterfaces: true,
-    } as never);
     const where = `${hop.name}[${address}]:${hop.port}`;
+    const key = `${address}|${hop.port}|${hop.protocol}`;
+    const cached = cache.take(key);
+    if (cached) {
+      const result = await transact(cached.conn, msg, where, true);
+      // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
+      if (result !== 'stale') return finish(cache, key, { ...cached, uses: cached.uses + 1 }, result);
+      cached.conn.close();
+    }
+    const conn = newConnection(hop, address, opts);
     try {
       await connect(conn);
     } catch (err) {
@@ -133,13 +146,25 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
       };
       continue;
     }
-    try {
-      return { kind: 'done', outcomes: await transact(conn, msg, where) };
-    } finally {
-      try { conn.quit(); } catch { conn.close(); }
-    }
+    const result = await transact(conn, msg, where, false);
+    return finish(cache, key, { conn, uses: 1, reused: false }, result as Transacted);
   }
   return lastFailure;
+}
+
+interface Transacted { outcomes: RecipientOutcome[]; clean: boolean; broken: boolean }
+
+/** Hands the session back to the cache when it is in a known state (RSET after a failed transaction). */
+async function finish(cache: SessionCache, key: string, lease: Lease, result: Transacted): Promise<HopResult> {
+  if (result.broken) {
+    lease.conn.close();
+  } else if (result.clean) {
+    cache.give(key, lease);
+  } else {
+    const ok = await new Promise<boolean>((resolve) => lease.conn.reset((err: Error | null) => resolve(!err)));
+    if (ok) cache.give(key, lease); else quit(lease.conn);
+  }
+  return { kind: 'done', outcomes: result.outcomes };
 }
 
 function isNameForSni(name: string): boolean {
@@ -157,8 +182,10 @@ function dsnGroups(recipients: OutboundRecipient[]): OutboundRecipient[][] {
   return [...groups.values()];
 }
 
-async function transact(conn: SMTPConnection, msg: OutboundMessage, where: string): Promise<RecipientOutcome[]> {
+async function transact(conn: SMTPConnection, msg: OutboundMessage, where: string, reused: boolean): Promise<Transacted | 'stale'> {
   const outcomes: RecipientOutcome[] = [];
+  let clean = true;
+  let broken = false;
   for (const group of dsnGroups(msg.recipients)) {
     const first = group[0];
     const dsn = (msg.ret || msg.envid || first.notify || first.orcpt)
@@ -181,6 +208,8 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
       for (const r of group) if (!decided.has(r.id)) record(r, info.response || '250 2.0.0 OK');
     } catch (err) {
       const e = err as SmtpError;
+      if (reused && !e.response && outcomes.length === 0) return 'stale';
+      clean = false;
       for (const re of e.rejectedErrors ?? []) {
         const r = re.recipient ? byAddress.get(re.recipient.toLowerCase()) : undefined;
         if (r && re.response && !decided.has(r.id)) record(r, re.response);
@@ -188,7 +217,10 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
       // Whatever is left failed as a whole: MAIL FROM or DATA refused, or the connection broke.
       const reply = e.response ?? `451 4.4.2 ${e.code ?? 'ERROR'}: ${e.message}`;
       for (const r of group) if (!decided.has(r.id)) record(r, reply);
-      if (!e.response) break;
+      if (!e.response) {
+        broken = true;
+        break;
+      }
     }
   }
   // Recipients of groups never tried because the connection broke are deferred.
@@ -196,5 +228,5 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
   for (const r of msg.recipients) {
     if (!done.has(r.id)) outcomes.push({ id: r.id, verdict: 'deferred', code: 451, status: '4.4.2', reply: '451 4.4.2 connection lost before this recipient was tried', host: where });
   }
-  return outcomes;
+  return { outcomes, clean, broken };
 }

@@ -17,6 +17,7 @@
  */
 import type { Config } from '../mta/mta-config-schema.js';
 import { createResolver, Router } from './delivery-route.js';
+import { SessionCache } from './delivery-cache.js';
 import { deliverToHop, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
 
 export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
@@ -26,9 +27,12 @@ export type DeliveryResult =
   | { kind: 'hold' }
   | { kind: 'outcomes'; outcomes: RecipientOutcome[] };
 
+export { SessionCache } from './delivery-cache.js';
+
 export class Egress {
   readonly #router: Router;
-  constructor(private readonly config: Config) {
+  /** Idle sessions outlive a config reload: the cache is shared by every Egress of one process. */
+  constructor(private readonly config: Config, private readonly cache: SessionCache = new SessionCache()) {
     this.#router = new Router(config, createResolver(config));
   }
 
@@ -51,7 +55,7 @@ export class Egress {
     };
     let last: { reason: string; code: number; status: string } | null = null;
     for (const hop of decision.hops) {
-      const result = await deliverToHop(hop, msg, opts);
+      const result = await deliverToHop(hop, msg, opts, this.cache);
       if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes };
       last = result;
     }

@@ -15,7 +15,7 @@ import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { emptyEngineSet } from '../engines/index.js';
 import { createResolver } from '../delivery/delivery-route.js';
-import { Egress } from '../delivery/index.js';
+import { Egress, SessionCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
 import { ConfigHandle } from './mta-config.js';
@@ -47,7 +47,7 @@ export class Ichidan {
   readonly #listeners: Listener[] = [];
   bound: BoundListener[] = [];
 
-  private constructor(config: Config, readonly queue: Queue, readonly log: Logger) {
+  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SessionCache) {
     this.#handle = new ConfigHandle(config);
     this.#runtime = buildRuntime(1, config);
   }
@@ -58,8 +58,9 @@ export class Ichidan {
 
   static async start(config: Config, log: Logger): Promise<Ichidan> {
     await mkdir(config.dataDir, { recursive: true });
-    const { queue, report } = await Queue.open(config, new Egress(config), log);
-    const app = new Ichidan(config, queue, log);
+    const sessions = new SessionCache();
+    const { queue, report } = await Queue.open(config, new Egress(config, sessions), log);
+    const app = new Ichidan(config, queue, log, sessions);
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     const tls = await loadTlsMaterial(config);
     for (const spec of config.listeners) {
@@ -82,13 +83,14 @@ export class Ichidan {
   reconfigure(config: Config): void {
     const snap = this.#handle.publish(config);
     this.#runtime = buildRuntime(snap.generation, config);
-    this.queue.reconfigure(config, new Egress(config));
+    this.queue.reconfigure(config, new Egress(config, this.sessions));
   }
 
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     await Promise.all(this.#listeners.map((l) => l.close()));
     await this.queue.close();
+    this.sessions.closeAll();
   }
 }
 
