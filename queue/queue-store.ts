@@ -196,23 +196,23 @@ export class QueueStore {
       for (const item of batch) item.reject(new Error('queue database is closed'));
       return;
     }
-    const failed = new Map<number, unknown>();
     try {
-      this.db.transaction(() => {
-        batch.forEach((item, i) => {
-          // A savepoint per item: one item's constraint failure must not undo the others'.
-          try {
-            this.db.transaction(item.run)();
-          } catch (err) {
-            failed.set(i, err);
-          }
-        });
-      })();
-    } catch (err) {
-      for (const item of batch) item.reject(err);
+      // The common case: everything in one transaction, one WAL fsync.
+      this.db.transaction(() => { for (const item of batch) item.run(); })();
+      for (const item of batch) item.resolve();
       return;
+    } catch {
+      // Something in the batch failed and the whole transaction rolled back: run each item on its
+      // own, so that one item's failure is that item's alone.
     }
-    batch.forEach((item, i) => (failed.has(i) ? item.reject(failed.get(i)) : item.resolve()));
+    for (const item of batch) {
+      try {
+        this.db.transaction(item.run)();
+        item.resolve();
+      } catch (err) {
+        item.reject(err);
+      }
+    }
   }
 
   /** Inside a batch: the message row and its recipients. */
