@@ -1,0 +1,70 @@
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, parseConfig } from './mta-config.js';
+
+function problems(input: unknown): string[] {
+  try {
+    parseConfig(input);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+}
+
+describe('configuration', () => {
+  it('loads the embedded default, which needs nothing installed', () => {
+    const c = loadConfig(join(import.meta.dirname, '..', 'config', 'default.yaml'));
+    expect(c.listeners.map((l) => `${l.role}@${l.address}:${l.port}`)).toEqual(['mx@127.0.0.1:2525', 'submission@127.0.0.1:2587']);
+    expect(c.dns.servers).toEqual([]);
+    expect(c.tenants.demo.domains).toEqual(['example.test']);
+    expect(c.routes['example.test']).toEqual({ hold: true });
+    expect(c.queue.fsync).toBe(true);
+    expect(Object.isFrozen(c.queue)).toBe(true);
+  });
+
+  it('fills defaults and parses durations and sizes', () => {
+    const c = parseConfig({ queue: { retryInitial: '90s', maxAge: '2d' }, limits: { maxMessageSize: '10MB' } });
+    expect(c.queue.retryInitial).toBe(90_000);
+    expect(c.queue.maxAge).toBe(2 * 86_400_000);
+    expect(c.queue.retryMax).toBe(3_600_000);
+    expect(c.limits.maxMessageSize).toBe(10 * 1024 * 1024);
+    expect(c.limits.commandTimeout).toBe(300_000);
+  });
+
+  it.each([
+    [{ listners: [] }, 'listners: unknown key'],
+    [{ queue: { retryInitial: '5 minutes' } }, 'queue.retryInitial: a duration such as'],
+    [{ queue: { concurrency: 'lots' } }, 'queue.concurrency:'],
+    [{ listeners: [{ name: 'mx', role: 'relay', port: 25 }] }, 'listeners[0].role: must be one of "mx", "submission"'],
+    [{ listeners: [{ name: 'mx', role: 'mx', port: 25, tls: 'yes' }] }, 'listeners[0].tls: must be one of "starttls", "implicit", "none"'],
+    [{ dns: { servers: ['resolver.example'] } }, 'dns.servers[0]: a resolver address'],
+    [{ trustedNetworks: ['10.0.0.0/33'] }, 'trustedNetworks[0]: an address or network'],
+    [{ users: [{ name: 'u', password: 'plain', tenant: 't' }] }, 'users[0].password: a bcrypt hash'],
+    [{ tenants: { a: { domains: ['x.test'] }, b: { domains: ['x.test'] } } }, 'tenants.b.domains[0]: domain "x.test" is already hosted by tenant "a"'],
+    [{ tenants: { a: { domanis: [] } } }, 'tenants.a.domanis: unknown key'],
+    [{ routes: { 'x.test': { host: '127.0.0.1', prot: 25 } } }, 'routes.x.test'],
+    [{ tls: { cert: '/x.pem' } }, 'tls: tls.cert and tls.key go together'],
+  ])('refuses %j naming the key', (input, expected) => {
+    const found = problems(input);
+    expect(found.join('\n')).toContain(expected);
+  });
+
+  it('refuses a user of an unknown tenant', () => {
+    expect(problems({ users: [{ name: 'u', password: '$2b$10$' + 'a'.repeat(53), tenant: 'nope' }] })).toEqual(['users[0].tenant: no tenant "nope" (tenants: none)']);
+  });
+
+  it('reports YAML syntax errors and unreadable files as config errors', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-cfg-'));
+    const bad = join(dir, 'bad.yaml');
+    await writeFile(bad, 'listeners: [\n  - name: mx\n');
+    expect(() => loadConfig(bad)).toThrow(ConfigError);
+    const dup = join(dir, 'dup.yaml');
+    await writeFile(dup, 'hostname: a.test\nhostname: b.test\n');
+    expect(() => loadConfig(dup)).toThrow(/YAML syntax/);
+    expect(() => loadConfig(join(dir, 'missing.yaml'))).toThrow(/cannot read the file/);
+    expect(await readFile(bad, 'utf8')).toContain('listeners');
+  });
+});
