@@ -23,27 +23,31 @@ describe('relay through real clients and sinks', () => {
   let mailboxA: Sink; // tenant alpha's mailbox server
   let mailboxB: Sink; // tenant beta's mailbox server
   let internet: Sink; // "everything else"
+  let lmtpBox: Sink; // tenant gamma's mailbox server speaks LMTP
 
   beforeAll(async () => {
     mailboxA = await startSink({ host: '127.0.0.2' });
     mailboxB = await startSink({ host: '127.0.0.3' });
     internet = await startSink({ host: '127.0.0.4' });
+    lmtpBox = await startSink({ host: '127.0.0.5', lmtp: true, rcpt: (a) => (a.startsWith('gone@') ? { code: 550, text: '5.1.1 no such mailbox' } : undefined) });
     t = await startApp((dir) => baseConfig(dir, {
       tenants: {
         alpha: { domains: ['alpha.test'] },
         beta: { domains: ['beta.test'], networks: ['127.0.0.9/32'] },
+        gamma: { domains: ['gamma.test'] },
       },
       users: [{ name: 'ann@alpha.test', password: TEST_HASH, tenant: 'alpha' }],
       routes: {
         'alpha.test': { host: '127.0.0.2', port: mailboxA.port },
         'beta.test': { host: '127.0.0.3', port: mailboxB.port },
+        'gamma.test': { host: '127.0.0.5', port: lmtpBox.port, protocol: 'lmtp' },
         '*': { host: '127.0.0.4', port: internet.port },
       },
     }));
   });
   afterAll(async () => {
     await t?.stop();
-    await Promise.all([mailboxA, mailboxB, internet].map((s) => s?.close()));
+    await Promise.all([mailboxA, mailboxB, internet, lmtpBox].map((s) => s?.close()));
   });
 
   it('delivers inbound MX mail to the hosted domain, body byte for byte, Received in front', async () => {
@@ -59,6 +63,19 @@ describe('relay through real clients and sinks', () => {
     expect(text.slice(text.indexOf('From: <x@remote.test>'))).toBe(raw);
     expect(m.rcptTo).toEqual(['ann@alpha.test']);
     expect(m.mailFrom).toBe('x@remote.test');
+    // The sink offers STARTTLS and delivery takes it (opportunistic TLS).
+    expect(m.secure).toBe(true);
+  });
+
+  it('delivers over LMTP with an outcome per recipient', async () => {
+    const info = await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
+      .sendMail({ from: 'x@remote.test', to: ['one@gamma.test', 'gone@gamma.test'], text: 'lmtp', dsn: { notify: ['NEVER'] } });
+    const qid = info.response.split(' ').pop()!;
+    const [m] = await lmtpBox.waitFor(1);
+    expect(m.rcptTo).toEqual(['one@gamma.test']);
+    await waitUntil(() => t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').length === 2, 10_000, 'both outcomes');
+    const byRcpt = Object.fromEntries(t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').map((l) => [l.rcpt, [l.verdict, l.status]]));
+    expect(byRcpt).toEqual({ 'one@gamma.test': ['delivered', '2.6.0'], 'gone@gamma.test': ['bounced', '5.1.1'] });
   });
 
   it('relays for an authenticated user after STARTTLS, and refuses a wrong password', async () => {
