@@ -31,6 +31,8 @@ export type { NewRecipient } from './queue-store.js';
 /** Largest original returned whole in a bounce; larger ones come back as headers only. */
 const RETURN_FULL_LIMIT = 50_000;
 const SWEEP_INTERVAL_MS = 250;
+/** Bytes of recently accepted small messages kept in memory, saving a file read at their first delivery. */
+const RECENT_BODIES_BUDGET = 16 * 1024 * 1024;
 
 export interface AcceptedEnvelope {
   sender: string;
@@ -65,6 +67,9 @@ export class Queue {
   readonly store: QueueStore;
   readonly scheduler: Scheduler;
   #sweepTimer: NodeJS.Timeout | null = null;
+  /** id → body of recently accepted small messages (insertion order = eviction order). */
+  readonly #recent = new Map<string, Buffer>();
+  #recentBytes = 0;
   #sweeping = false;
   #egress: Egress;
 
@@ -118,8 +123,32 @@ export class Queue {
       await writer.discard();
       throw err;
     }
+    if (writer.kept) this.#remember(writer.id, Buffer.concat(writer.kept));
     this.#schedule(writer.id, env.recipients.map((r, i) => ({ ...r, id: ids[i] })), receivedAt);
     return writer.id;
+  }
+
+  #remember(id: string, body: Buffer): void {
+    this.#recent.set(id, body);
+    this.#recentBytes += body.length;
+    for (const [oldId, old] of this.#recent) {
+      if (this.#recentBytes <= RECENT_BODIES_BUDGET) break;
+      this.#recent.delete(oldId);
+      this.#recentBytes -= old.length;
+    }
+  }
+
+  #forget(id: string): void {
+    const body = this.#recent.get(id);
+    if (!body) return;
+    this.#recent.delete(id);
+    this.#recentBytes -= body.length;
+  }
+
+  /** The message as delivered: Ichidan's trace headers, then the body from memory or the spool file. */
+  #open(msg: MessageRow): Readable {
+    const body = this.#recent.get(msg.id);
+    return messageStream(msg.trace, body ? Readable.from([body]) : this.spool.read(msg.id));
   }
 
   /** Held recipients back into the queue (by tenant and/or domain); returns how many. */
@@ -200,7 +229,7 @@ export class Queue {
       ret: msg.ret,
       envid: msg.envid,
       body8bit: msg.body8bit === 1,
-      open: () => messageStream(msg.trace, this.spool.read(msg.id)),
+      open: () => this.#open(msg),
     };
     const result = await this.#egress.deliver(job.domain, outbound);
     const now = Date.now();
@@ -268,7 +297,7 @@ export class Queue {
     const writer = await this.createWriter();
     try {
       writer.write(parts.head);
-      const original = messageStream(msg.trace, this.spool.read(msg.id));
+      const original = this.#open(msg);
       if (parts.returnBody) {
         for await (const chunk of original) if (!writer.write(chunk)) await new Promise((r) => writer.once('drain', r));
       } else {
@@ -299,6 +328,7 @@ export class Queue {
     try {
       const ids = this.store.doneMessages(2000);
       if (ids.length === 0) return;
+      for (const id of ids) this.#forget(id);
       await Promise.all(ids.map((id) => this.spool.remove(id)));
       await this.store.enqueue(() => { for (const id of ids) this.store.deleteMessage(id); });
     } catch (err) {

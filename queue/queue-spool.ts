@@ -44,8 +44,13 @@ class GroupedDirSync {
   }
 }
 
+/** Messages up to this size are also kept in memory for their first delivery attempt. */
+export const KEEP_IN_MEMORY_MAX = 64 * 1024;
+
 export class SpoolWriter extends Writable {
   bytes = 0;
+  /** The bytes written, while they fit in KEEP_IN_MEMORY_MAX (null once they do not). */
+  kept: Buffer[] | null = [];
   #fh: FileHandle;
   #closed = false;
 
@@ -61,6 +66,10 @@ export class SpoolWriter extends Writable {
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
     const buffers = chunks.map((c) => c.chunk);
     const total = buffers.reduce((n, b) => n + b.length, 0);
+    if (this.kept) {
+      if (this.bytes + total <= KEEP_IN_MEMORY_MAX) this.kept.push(...buffers);
+      else this.kept = null;
+    }
     this.#writeAll(buffers, total).then(() => { this.bytes += total; cb(); }, cb);
   }
 
