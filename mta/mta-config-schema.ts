@@ -147,6 +147,8 @@ export const configSchema = z.strictObject({
   queue: z.strictObject({
     /** fsync spool files and the queue database before 250 (turn off only for throwaway tests). */
     fsync: z.boolean().default(true),
+    /** Under load, queue-database commits happen at most this often, so more transactions share one fsync. */
+    commitWindow: duration.prefault('2ms'),
     /** First retry delay; later ones grow by `retryFactor` up to `retryMax`, each with ±jitter. */
     retryInitial: duration.prefault('5m'),
     retryMax: duration.prefault('1h'),

@@ -75,7 +75,7 @@ export class Queue {
 
   private constructor(private config: Config, egress: Egress, private readonly log: Logger) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
-    this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync);
+    this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
     this.#egress = egress;
     this.scheduler = new Scheduler(
       { concurrency: config.queue.concurrency, laneConcurrency: config.queue.laneConcurrency },

@@ -139,9 +139,10 @@ export class QueueStore {
   readonly db: Database.Database;
   #pending: Array<{ run: () => void; resolve: () => void; reject: (e: unknown) => void }> = [];
   #flushScheduled = false;
+  #lastFlush = 0;
   #stmts;
 
-  constructor(file: string, fsync: boolean) {
+  constructor(file: string, fsync: boolean, private readonly commitWindowMs = 0) {
     this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${fsync ? 'FULL' : 'OFF'}`);
@@ -182,13 +183,17 @@ export class QueueStore {
       this.#pending.push({ run: work, resolve, reject });
       if (!this.#flushScheduled) {
         this.#flushScheduled = true;
-        setImmediate(() => this.#flush());
+        // Under load, commits at most every commitWindowMs so that more transactions share one.
+        const wait = this.commitWindowMs - (performance.now() - this.#lastFlush);
+        if (wait > 0) setTimeout(() => this.#flush(), wait);
+        else setImmediate(() => this.#flush());
       }
     });
   }
 
   #flush(): void {
     this.#flushScheduled = false;
+    this.#lastFlush = performance.now();
     const batch = this.#pending;
     this.#pending = [];
     if (batch.length === 0) return;
