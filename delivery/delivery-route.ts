@@ -86,8 +86,11 @@ export class Router {
       }
     }
     if (hops.length > 0) return { kind: 'hops', hops };
-    if (mx.length === 0 && lastFailure && lastFailure.kind === 'fail' && lastFailure.permanent) return lastFailure;
-    return lastFailure ?? { kind: 'fail', permanent: false, status: '4.4.3', reason: `no address for the mail hosts of ${domain}` };
+    // The domain itself has no address and no MX: nothing to retry. MX hosts without an address are
+    // the destination's misconfiguration, which is often fixed within the retry period: defer.
+    if (mx.length === 0 && lastFailure?.kind === 'fail' && lastFailure.permanent) return lastFailure;
+    const why = lastFailure?.kind === 'fail' ? lastFailure.reason : 'no address';
+    return { kind: 'fail', permanent: false, status: '4.4.3', reason: `no usable mail host for ${domain}: ${why}` };
   }
 
   async #addresses(host: string): Promise<string[] | RouteDecision> {

@@ -8,7 +8,7 @@
  * cannot be reached (refused, timeout, greeting refused) is reported as `unreachable` so the
  * caller can try the next MX.
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { quit, type Lease, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
@@ -83,9 +83,10 @@ function verdictOf(code: number): Verdict {
 function connect(conn: SMTPConnection): Promise<void> {
   return new Promise((resolve, reject) => {
     conn.once('error', reject);
-    conn.connect(() => {
+    conn.connect((err?: Error | null) => {
       conn.removeListener('error', reject);
-      resolve();
+      if (err) reject(err);
+      else resolve();
     });
   });
 }
@@ -103,7 +104,7 @@ function send(conn: SMTPConnection, envelope: object, message: Readable): Promis
 }
 
 function newConnection(hop: NextHop, address: string, opts: SessionOptions): SMTPConnection {
-  return new SMTPConnection({
+  const conn = new SMTPConnection({
     host: address,
     port: hop.port,
     name: opts.heloName,
@@ -117,6 +118,27 @@ function newConnection(hop: NextHop, address: string, opts: SessionOptions): SMT
     socketCloseTimeout: 0,
     allowInternalNetworkInterfaces: true,
   } as never);
+  // Errors outside a command we wait for (the peer dropping the session during RSET, QUIT or while
+  // idle) are not ours to report; without a listener they would take the process down.
+  conn.on('error', () => undefined);
+  return conn;
+}
+
+/** RSET with a bound: resolves false if the session errors, ends or stays silent. */
+function resetSession(conn: SMTPConnection, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      conn.removeListener('error', onFail);
+      conn.removeListener('end', onFail);
+      resolve(ok);
+    };
+    const onFail = () => done(false);
+    const timer = setTimeout(onFail, timeoutMs);
+    conn.once('error', onFail);
+    conn.once('end', onFail);
+    conn.reset((err: Error | null) => done(!err));
+  });
 }
 
 export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, cache: SessionCache): Promise<HopResult> {
@@ -126,7 +148,7 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
     const key = `${address}|${hop.port}|${hop.protocol}`;
     const cached = cache.take(key);
     if (cached) {
-      const result = await transact(cached.conn, msg, where, true);
+      const result = await transact(cached.conn, msg, where, true, hop.protocol === 'lmtp');
       // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
       if (result !== 'stale') return finish(cache, key, { ...cached, uses: cached.uses + 1 }, result);
       cached.conn.close();
@@ -146,7 +168,7 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
       };
       continue;
     }
-    const result = await transact(conn, msg, where, false);
+    const result = await transact(conn, msg, where, false, hop.protocol === 'lmtp');
     return finish(cache, key, { conn, uses: 1, reused: false }, result as Transacted);
   }
   return lastFailure;
@@ -161,8 +183,8 @@ async function finish(cache: SessionCache, key: string, lease: Lease, result: Tr
   } else if (result.clean) {
     cache.give(key, lease);
   } else {
-    const ok = await new Promise<boolean>((resolve) => lease.conn.reset((err: Error | null) => resolve(!err)));
-    if (ok) cache.give(key, lease); else quit(lease.conn);
+    if (await resetSession(lease.conn, 30_000)) cache.give(key, lease);
+    else lease.conn.close();
   }
   return { kind: 'done', outcomes: result.outcomes };
 }
@@ -182,7 +204,25 @@ function dsnGroups(recipients: OutboundRecipient[]): OutboundRecipient[][] {
   return [...groups.values()];
 }
 
-async function transact(conn: SMTPConnection, msg: OutboundMessage, where: string, reused: boolean): Promise<Transacted | 'stale'> {
+/** The message stream, remembering whether the peer ever started reading it (DATA was under way). */
+function tracked(open: () => Readable): { stream: Readable; started: () => boolean } {
+  let started = false;
+  let source: Readable | null = null;
+  const stream = Readable.from((async function* () {
+    source = open();
+    try {
+      for await (const chunk of source) {
+        started = true;
+        yield chunk as Buffer;
+      }
+    } finally {
+      source.destroy();
+    }
+  })(), { objectMode: false });
+  return { stream, started: () => started };
+}
+
+async function transact(conn: SMTPConnection, msg: OutboundMessage, where: string, reused: boolean, lmtp: boolean): Promise<Transacted | 'stale'> {
   const outcomes: RecipientOutcome[] = [];
   let clean = true;
   let broken = false;
@@ -199,17 +239,30 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
       outcomes.push({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host: where });
       decided.add(r.id);
     };
+    const body = tracked(msg.open);
     try {
-      const info = await send(conn, envelope, msg.open());
+      const info = await send(conn, envelope, body.stream);
       for (const e of info.rejectedErrors ?? []) {
         const r = e.recipient ? byAddress.get(e.recipient.toLowerCase()) : undefined;
         if (r && e.response) record(r, e.response);
       }
-      for (const r of group) if (!decided.has(r.id)) record(r, info.response || '250 2.0.0 OK');
+      // LMTP answers per recipient after DATA; `response` is only the last of those answers.
+      const accepted = new Set(info.accepted.map((a) => a.toLowerCase()));
+      for (const r of group) {
+        if (decided.has(r.id)) continue;
+        if (!lmtp) record(r, info.response || '250 2.0.0 OK');
+        else if (accepted.has(r.address.toLowerCase())) record(r, '250 2.0.0 delivered (LMTP)');
+        else record(r, '451 4.4.2 no LMTP reply for this recipient');
+      }
     } catch (err) {
       const e = err as SmtpError;
-      if (reused && !e.response && outcomes.length === 0) return 'stale';
+      // A cached session that died before the peer read any of the message: nothing was sent, try a fresh one.
+      if (reused && !e.response && outcomes.length === 0 && !body.started()) return 'stale';
       clean = false;
+      if (e.code === 'EMESSAGE' && !e.response && /size/i.test(e.message)) {
+        for (const r of group) if (!decided.has(r.id)) record(r, '552 5.3.4 message larger than the next hop accepts (SIZE)');
+        continue;
+      }
       for (const re of e.rejectedErrors ?? []) {
         const r = re.recipient ? byAddress.get(re.recipient.toLowerCase()) : undefined;
         if (r && re.response && !decided.has(r.id)) record(r, re.response);
@@ -221,6 +274,8 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
         broken = true;
         break;
       }
+    } finally {
+      body.stream.destroy();
     }
   }
   // Recipients of groups never tried because the connection broke are deferred.

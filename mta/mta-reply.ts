@@ -23,7 +23,7 @@ export const REPLIES = {
   tooBig: reply(552, '5.3.4', 'message exceeds the maximum message size'),
   storageFull: reply(452, '4.3.1', 'insufficient system storage, try again later'),
   localError: reply(451, '4.3.0', 'local error in processing, try again later'),
-  dataTimeout: reply(451, '4.4.2', 'timeout while receiving message data'),
+  dataTimeout: reply(421, '4.4.2', 'timeout while receiving message data, closing connection'),
   badSender: reply(553, '5.1.7', 'bad sender address syntax'),
   badRecipient: reply(553, '5.1.3', 'bad recipient address syntax'),
   shuttingDown: reply(421, '4.3.2', 'service shutting down, try again later'),

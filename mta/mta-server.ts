@@ -14,10 +14,10 @@ import bcrypt from 'bcryptjs';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { EngineSet } from '../engines/index.js';
-import type { Queue, NewRecipient } from '../queue/index.js';
+import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 import { isStorageError, receiveInto } from './mta-data.js';
-import type { Policy } from './mta-policy.js';
+import { normalizeDomain, splitAddress, type Policy } from './mta-policy.js';
 import { buildReceived } from './mta-received.js';
 import { REPLIES, toSmtpError, type SmtpReply } from './mta-reply.js';
 import type { TlsMaterial } from './mta-tls.js';
@@ -37,6 +37,12 @@ interface Transaction {
 }
 
 type Callback = (err?: Error | null) => void;
+
+/** The recipient as the policy stores it: local part as given, domain normalised. */
+function normalizeAddress(address: string): string {
+  const parts = splitAddress(address);
+  return parts ? `${parts.local}@${normalizeDomain(parts.domain)}` : address;
+}
 
 /** A hash that no password matches, compared when the user is unknown so timing tells nothing. */
 const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
@@ -152,7 +158,8 @@ export class Listener {
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
       return cb(toSmtpError(decision.reply));
     }
-    tx.recipients.set(decision.address.toLowerCase(), {
+    // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
+    tx.recipients.set(decision.address, {
       tenant: decision.tenant, address: decision.address, domain: decision.domain, orcpt: null, notify: null,
     });
     cb();
@@ -201,11 +208,24 @@ export class Listener {
       return refuse(isStorageError(received.writeError) ? REPLIES.storageFull : REPLIES.localError, 'spool write failed');
     }
 
+    try {
+      await this.#queueMessage(session, tx, writer, received.bytes, cb);
+    } catch (err) {
+      // Anything unexpected after the data arrived: the client still gets an answer, nothing is kept.
+      this.deps.log.error({ err, qid: writer.id }, 'could not process the message');
+      await writer.discard().catch(() => undefined);
+      fail(REPLIES.localError);
+    }
+  }
+
+  async #queueMessage(session: SMTPServerSession, tx: Transaction, writer: SpoolWriter, bytes: number, cb: (err: Error | null, message?: string) => void): Promise<void> {
+    const { config } = tx.runtime;
+    const fail = (r: SmtpReply) => cb(toSmtpError(r));
     const env = session.envelope as typeof session.envelope & { bodyType?: string; smtpUtf8?: boolean; dsn?: { ret?: string; envid?: string } };
     const rcptArgs = new Map((env.rcptTo as unknown as Array<{ address: string; dsn?: { notify?: string[]; orcpt?: string } }>)
-      .map((r) => [r.address.toLowerCase(), r.dsn]));
+      .map((r) => [normalizeAddress(r.address), r.dsn]));
     const recipients = [...tx.recipients.values()].map((r) => {
-      const dsn = rcptArgs.get(r.address.toLowerCase());
+      const dsn = rcptArgs.get(r.address);
       return { ...r, notify: dsn?.notify?.join(',') ?? null, orcpt: dsn?.orcpt ?? null };
     });
     const sender = env.mailFrom ? env.mailFrom.address : '';
@@ -216,7 +236,11 @@ export class Listener {
     let extraHeaders = '';
     if (tx.runtime.engines.size > 0) {
       const verdict = await tx.runtime.engines.scan(writer.path, context, AbortSignal.timeout(config.limits.dataTimeout));
-      if (verdict.action !== 'accept') return refuse(verdict.reply, `message ${verdict.action}ed by the engines`);
+      if (verdict.action !== 'accept') {
+        await writer.discard();
+        this.deps.log.info({ listener: this.spec.name, qid: writer.id, reply: `${verdict.reply.code} ${verdict.reply.enhanced}` }, `message ${verdict.action}ed by the engines`);
+        return fail(verdict.reply);
+      }
       extraHeaders = verdict.headers;
     }
     const trace = buildReceived({
@@ -228,8 +252,8 @@ export class Listener {
         sender, recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
         smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
         client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace,
-      });
-      this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: received.bytes }, 'queued');
+      }, bytes);
+      this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes }, 'queued');
       cb(null, `2.0.0 Ok: queued as ${id}`);
     } catch (err) {
       this.deps.log.error({ err, qid: writer.id }, 'could not store the message');

@@ -14,6 +14,7 @@
  */
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import type { Egress, OutboundMessage, RecipientOutcome } from '../delivery/index.js';
 import type { Config } from '../mta/mta-config-schema.js';
@@ -22,7 +23,7 @@ import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { Scheduler, type Job } from './queue-scheduler.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
-import { QueueStore, type MessageRow, type NewRecipient, type RecipientRow, type RecipientUpdate } from './queue-store.js';
+import { QueueStore, type MessageRow, type NewMessage, type NewRecipient, type RecipientRow, type RecipientUpdate } from './queue-store.js';
 
 export { newQueueId } from './queue-id.js';
 export type { SpoolWriter } from './queue-spool.js';
@@ -49,16 +50,27 @@ export interface AcceptedEnvelope {
   trace: string;
 }
 
+interface Notice {
+  writer: SpoolWriter;
+  message: NewMessage;
+}
+
 export function retryDelay(config: Config['queue'], attempts: number, random = Math.random): number {
   const base = Math.min(config.retryMax, config.retryInitial * config.retryFactor ** Math.max(0, attempts - 1));
   const jitter = 1 + config.retryJitter * (2 * random() - 1);
   return Math.max(1, Math.round(base * jitter));
 }
 
-function messageStream(trace: string, body: Readable): Readable {
+/** Trace headers then the body; the body is opened only when read and always closed. */
+function messageStream(trace: string, openBody: () => Readable): Readable {
   return Readable.from((async function* () {
     if (trace) yield Buffer.from(trace, 'utf8');
-    yield* body;
+    const body = openBody();
+    try {
+      yield* body;
+    } finally {
+      body.destroy();
+    }
   })(), { objectMode: false });
 }
 
@@ -111,11 +123,11 @@ export class Queue {
    * Makes an accepted message durable and queues it; resolves when the 250 may be sent. On failure
    * the spool file is removed and nothing of the message remains.
    */
-  async accept(writer: SpoolWriter, env: AcceptedEnvelope): Promise<string> {
+  async accept(writer: SpoolWriter, env: AcceptedEnvelope, expectedBytes: number): Promise<string> {
     const receivedAt = Date.now();
     let ids: number[] = [];
     try {
-      await writer.commit();
+      await writer.commit(expectedBytes);
       await this.store.enqueue(() => {
         ids = this.store.insertMessage({ ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' });
       });
@@ -148,15 +160,20 @@ export class Queue {
   /** The message as delivered: Ichidan's trace headers, then the body from memory or the spool file. */
   #open(msg: MessageRow): Readable {
     const body = this.#recent.get(msg.id);
-    return messageStream(msg.trace, body ? Readable.from([body]) : this.spool.read(msg.id));
+    return messageStream(msg.trace, () => (body ? Readable.from([body]) : this.spool.read(msg.id)));
   }
 
   /** Held recipients back into the queue (by tenant and/or domain); returns how many. */
   async release(tenant: string | null, domain: string | null): Promise<number> {
-    let n = 0;
-    await this.store.enqueue(() => { n = this.store.release(tenant, domain, Date.now()); });
-    if (n > 0) this.#loadOpen();
-    return n;
+    let released: RecipientRow[] = [];
+    await this.store.enqueue(() => { released = this.store.release(tenant, domain, Date.now()); });
+    const byMessage = new Map<string, RecipientRow[]>();
+    for (const r of released) {
+      const list = byMessage.get(r.message_id);
+      if (list) list.push(r); else byMessage.set(r.message_id, [r]);
+    }
+    for (const [id, rows] of byMessage) this.#schedule(id, rows, Date.now());
+    return released.length;
   }
 
   /** Stops dispatching, waits up to `graceMs` for attempts in flight, then closes the database. */
@@ -204,24 +221,31 @@ export class Queue {
   readonly #inFlight = new Set<number>();
 
   async #attempt(job: Job): Promise<void> {
-    const msg = this.store.message(job.messageId);
-    if (!msg || msg.state !== 'active') return;
-    const wanted = new Set(job.recipientIds);
-    const rows = this.store.recipientsOf(job.messageId).filter((r) => wanted.has(r.id) && r.state === 'queued' && !this.#inFlight.has(r.id));
-    if (rows.length === 0) return;
-    for (const r of rows) this.#inFlight.add(r.id);
+    let rows: RecipientRow[] = [];
+    let retry: Job | null = null;
     try {
-      await this.#deliverRows(job, msg, rows);
+      const msg = this.store.message(job.messageId);
+      if (!msg || msg.state !== 'active') return;
+      const wanted = new Set(job.recipientIds);
+      const now = Date.now();
+      // A row that is not due belongs to another, later job; one already in flight to the running one.
+      rows = this.store.recipientsOf(job.messageId)
+        .filter((r) => wanted.has(r.id) && r.state === 'queued' && r.next_attempt <= now + 50 && !this.#inFlight.has(r.id));
+      if (rows.length === 0) return;
+      for (const r of rows) this.#inFlight.add(r.id);
+      retry = await this.#deliverRows(job, msg, rows);
     } catch (err) {
-      this.log.error({ err, qid: msg.id }, 'delivery attempt failed inside the queue; retrying later');
-      const due = Date.now() + retryDelay(this.config.queue, 1);
-      this.scheduler.add({ ...job, recipientIds: rows.map((r) => r.id), due });
+      this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
+      if (rows.length > 0) retry = { ...job, recipientIds: rows.map((r) => r.id), due: Date.now() + retryDelay(this.config.queue, 1) };
     } finally {
       for (const r of rows) this.#inFlight.delete(r.id);
     }
+    // Only now, with the rows out of flight, may their next attempt start.
+    if (retry) this.scheduler.add(retry);
   }
 
-  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[]): Promise<void> {
+  /** One attempt for some recipients of one message; returns the job for those to retry, if any. */
+  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[]): Promise<Job | null> {
     const outbound: OutboundMessage = {
       sender: msg.sender,
       recipients: rows.map((r) => ({ id: r.id, address: r.address, notify: r.notify, orcpt: r.orcpt })),
@@ -242,68 +266,79 @@ export class Queue {
         })), now);
       });
       this.log.info({ qid: msg.id, tenant: job.tenant, domain: job.domain, recipients: rows.length }, 'held');
-      return;
+      return null;
     }
 
     const byId = new Map<number, RecipientOutcome>(result.outcomes.map((o) => [o.id, o]));
-    const updates: RecipientUpdate[] = [];
+    const updates = new Map<number, RecipientUpdate>();
     const failed: RecipientRow[] = [];
     const delayed: RecipientRow[] = [];
-    const retry: number[] = [];
-    let nextDue = Infinity;
     const expiresAt = msg.received_at + q.maxAge;
+    const retryAt = (r: RecipientRow) => Math.min(now + retryDelay(q, r.attempts + 1), Math.max(expiresAt, now + 1));
 
     for (const r of rows) {
       const o = byId.get(r.id) ?? { id: r.id, verdict: 'deferred', code: 451, status: '4.4.2', reply: '451 4.4.2 no outcome reported', host: job.domain };
       const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: true };
       const after = { ...r, attempts: r.attempts + 1, last_code: o.code, last_status: o.status, last_reply: o.reply, last_host: o.host, updated_at: now };
       if (o.verdict === 'delivered') {
-        updates.push({ ...base, state: 'delivered', nextAttempt: now });
+        updates.set(r.id, { ...base, state: 'delivered', nextAttempt: now });
       } else if (o.verdict === 'bounced' || now >= expiresAt) {
         const reply = o.verdict === 'bounced' ? o.reply : `${o.reply} (gave up: in the queue longer than queue.maxAge)`;
-        updates.push({ ...base, reply, state: 'bounced', nextAttempt: now });
+        updates.set(r.id, { ...base, reply, state: 'bounced', nextAttempt: now });
         if (wantsNotice(msg, r, 'failed')) failed.push({ ...after, last_reply: reply });
       } else {
-        const due = Math.min(now + retryDelay(q, r.attempts + 1), expiresAt);
         const warn = q.delayWarning > 0 && r.warned === 0 && now - msg.received_at >= q.delayWarning && wantsNotice(msg, r, 'delayed');
-        updates.push({ ...base, state: 'queued', nextAttempt: due, warned: warn });
+        updates.set(r.id, { ...base, state: 'queued', nextAttempt: retryAt(r), warned: warn });
         if (warn) delayed.push(after);
-        retry.push(r.id);
-        nextDue = Math.min(nextDue, due);
       }
       this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at }, 'delivery attempt');
     }
 
-    const notices: Array<Awaited<ReturnType<Queue['writeNotice']>>> = [];
-    if (failed.length > 0) notices.push(await this.writeNotice(msg, failed, 'failed', now));
-    if (delayed.length > 0) notices.push(await this.writeNotice(msg, delayed, 'delayed', now));
+    // The notices are written before the outcomes are committed, and their queue records go in the
+    // same transaction: a recipient is never recorded as bounced without its bounce, nor bounced twice.
+    const notices: Notice[] = [];
+    for (const [list, action] of [[failed, 'failed'], [delayed, 'delayed']] as const) {
+      if (list.length === 0) continue;
+      try {
+        notices.push(await this.writeNotice(msg, list, action, now));
+      } catch (err) {
+        // No notice could be written (disk full, say): keep these recipients queued so that both the
+        // outcome and its notice are tried again later; the others' outcomes stand.
+        this.log.error({ err, qid: msg.id, action }, 'could not write a delivery status notice; retrying later');
+        for (const r of list) {
+          const u = updates.get(r.id)!;
+          updates.set(r.id, { ...u, state: 'queued', nextAttempt: retryAt(r), warned: false });
+        }
+      }
+    }
     const noticeIds: number[][] = [];
     try {
       await this.store.enqueue(() => {
-        this.store.updateRecipients(msg.id, updates, now);
-        for (const n of notices) noticeIds.push(this.store.insertMessage(n.message));
+        this.store.updateRecipients(msg.id, [...updates.values()], now);
+        notices.forEach((n, i) => { noticeIds[i] = this.store.insertMessage(n.message); });
       });
     } catch (err) {
       for (const n of notices) await n.writer.discard();
       throw err;
     }
     notices.forEach((n, i) => this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: noticeIds[i][j] })), now));
-    if (retry.length > 0) this.scheduler.add({ ...job, recipientIds: retry, due: nextDue });
+    const retry = [...updates.values()].filter((u) => u.state === 'queued');
+    if (retry.length === 0) return null;
+    return { ...job, recipientIds: retry.map((u) => u.id), due: Math.min(...retry.map((u) => u.nextAttempt)) };
   }
 
-  private async writeNotice(msg: MessageRow, recipients: RecipientRow[], action: NoticeAction, now: number) {
+  private async writeNotice(msg: MessageRow, recipients: RecipientRow[], action: NoticeAction, now: number): Promise<Notice> {
     const returnFull = msg.size <= RETURN_FULL_LIMIT;
     const parts = buildNotice({ hostname: this.config.hostname, message: msg, recipients, action, now, willRetryUntil: msg.received_at + this.config.queue.maxAge }, returnFull);
     const writer = await this.createWriter();
+    const open = () => this.#open(msg);
     try {
-      writer.write(parts.head);
-      const original = this.#open(msg);
-      if (parts.returnBody) {
-        for await (const chunk of original) if (!writer.write(chunk)) await new Promise((r) => writer.once('drain', r));
-      } else {
-        writer.write(await readHeaderSection(original));
-      }
-      writer.write(parts.tail);
+      await pipeline(Readable.from((async function* () {
+        yield Buffer.from(parts.head);
+        if (parts.returnBody) yield* open();
+        else yield await readHeaderSection(open());
+        yield Buffer.from(parts.tail);
+      })()), writer);
       await writer.commit();
     } catch (err) {
       await writer.discard();
@@ -315,7 +350,7 @@ export class Queue {
       writer,
       message: {
         id: writer.id, size: writer.bytes, sender: '', receivedAt: now, trace: '', ret: null, envid: null,
-        smtputf8: msg.smtputf8 === 1, body8bit: true, client: '', helo: '', authUser: null, listener: 'notice', kind: 'dsn' as const,
+        smtputf8: msg.smtputf8 === 1, body8bit: true, client: '', helo: '', authUser: null, listener: 'notice', kind: 'dsn',
         recipients: [{ tenant, address: msg.sender, domain, orcpt: null, notify: 'NEVER' }],
       },
     };

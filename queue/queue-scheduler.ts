@@ -173,7 +173,7 @@ export class Scheduler {
       this.#timer = null;
       this.#timerAt = Infinity;
       this.#pump();
-    }, Math.max(0, next.due - this.now()));
+    }, Math.min(Math.max(0, next.due - this.now()), 2 ** 31 - 1));
     this.#timer.unref();
   }
 }

@@ -81,13 +81,19 @@ export class SpoolWriter extends Writable {
     }
   }
 
-  /** Waits for every queued write, then makes file and folder entry durable. */
-  async commit(): Promise<void> {
+  /**
+   * Waits for every queued write, checks that all `expectedBytes` reached the file, then makes the
+   * file and its folder entry durable. Throws (and the message must be refused) on any write error.
+   */
+  async commit(expectedBytes?: number): Promise<void> {
     if (!this.writableFinished) {
       await new Promise<void>((resolve, reject) => {
-        this.once('error', reject);
-        this.end(() => resolve());
+        this.end((err?: Error | null) => (err ? reject(err) : resolve()));
       });
+    }
+    if (this.errored) throw this.errored;
+    if (expectedBytes !== undefined && this.bytes !== expectedBytes) {
+      throw Object.assign(new Error(`spool file ${this.id} holds ${this.bytes} of ${expectedBytes} bytes`), { code: 'EIO' });
     }
     if (this.spool.fsync) await this.#fh.datasync();
     await this.#close();

@@ -170,7 +170,7 @@ export class QueueStore {
       allIds: this.db.prepare(`SELECT id, state, size FROM messages`),
       setCorrupt: this.db.prepare(`UPDATE messages SET state = 'corrupt', note = ? WHERE id = ?`),
       insertCorrupt: this.db.prepare(`INSERT OR IGNORE INTO messages (id, size, sender, received_at, trace, state, note) VALUES (?, ?, '', ?, '', 'corrupt', ?)`),
-      release: this.db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ? WHERE state = 'held' AND (? IS NULL OR tenant = ?) AND (? IS NULL OR domain = ?)`),
+      release: this.db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ? WHERE state = 'held' AND (? IS NULL OR tenant = ?) AND (? IS NULL OR domain = ?) RETURNING *`),
       counts: this.db.prepare(`SELECT r.tenant, r.state, COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id WHERE m.state = 'active' GROUP BY r.tenant, r.state`),
       corrupt: this.db.prepare(`SELECT id, note FROM messages WHERE state = 'corrupt' ORDER BY id`),
     };
@@ -275,9 +275,9 @@ export class QueueStore {
     this.#stmts.insertCorrupt.run(id, size, receivedAt, note);
   }
 
-  /** Held recipients of a tenant and/or domain back to queued; returns how many. */
-  release(tenant: string | null, domain: string | null, now: number): number {
-    return this.#stmts.release.run(now, now, tenant, tenant, domain, domain).changes;
+  /** Inside a batch: held recipients of a tenant and/or domain back to queued; returns them. */
+  release(tenant: string | null, domain: string | null, now: number): RecipientRow[] {
+    return this.#stmts.release.all(now, now, tenant, tenant, domain, domain) as RecipientRow[];
   }
 
   counts(): Array<{ tenant: string; state: RecipientState; n: number }> {

@@ -9,7 +9,7 @@ import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink } from './helpers/sink.js';
 
 describe('timeouts', () => {
-  it('ends a DATA phase that runs past limits.dataTimeout with 451 and keeps nothing', async () => {
+  it('ends a DATA phase that runs past limits.dataTimeout with 421 and keeps nothing', async () => {
     const t = await startApp((dir) => baseConfig(dir, { limits: { dataTimeout: '400ms' }, tenants: { alpha: { domains: ['alpha.test'] } } }));
     try {
       const c = await RawSmtp.open(t.port());
@@ -19,7 +19,7 @@ describe('timeouts', () => {
       await c.command('RCPT TO:<ann@alpha.test>');
       await c.command('DATA');
       c.send('Subject: slow\r\n\r\nand then nothing more');
-      expect((await c.reply(5000))[0]).toMatch(/^451 4\.4\.2 timeout while receiving message data/);
+      expect((await c.reply(5000))[0]).toMatch(/^421 4\.4\.2 timeout while receiving message data/);
       await new Promise((r) => setTimeout(r, 200));
       expect(c.closed).toBe(true);
       expect(t.app.queue.store.allMessages()).toEqual([]);
