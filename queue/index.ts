@@ -23,7 +23,7 @@ import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { Scheduler, type Job } from './queue-scheduler.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
-import { QueueStore, type MessageRow, type NewMessage, type NewRecipient, type RecipientRow, type RecipientUpdate } from './queue-store.js';
+import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientUpdate } from './queue-store.js';
 
 export { newQueueId } from './queue-id.js';
 export type { SpoolWriter } from './queue-spool.js';
@@ -35,20 +35,8 @@ const SWEEP_INTERVAL_MS = 250;
 /** Bytes of recently accepted small messages kept in memory, saving a file read at their first delivery. */
 const RECENT_BODIES_BUDGET = 16 * 1024 * 1024;
 
-export interface AcceptedEnvelope {
-  sender: string;
-  recipients: NewRecipient[];
-  ret: string | null;
-  envid: string | null;
-  smtputf8: boolean;
-  body8bit: boolean;
-  client: string;
-  helo: string;
-  authUser: string | null;
-  listener: string;
-  /** Header lines Ichidan adds in front of the spool file (Received, ...), CRLF-terminated. */
-  trace: string;
-}
+/** What the DATA path hands over: the queue record less what the queue assigns itself. */
+export type AcceptedEnvelope = Omit<NewMessage, 'id' | 'size' | 'receivedAt' | 'kind'>;
 
 interface Notice {
   writer: SpoolWriter;

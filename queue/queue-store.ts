@@ -30,6 +30,7 @@ export interface NewMessage {
   size: number;
   sender: string;
   receivedAt: number;
+  /** Header lines Ichidan adds in front of the spool file (Received, ...), CRLF-terminated. */
   trace: string;
   ret: string | null;
   envid: string | null;
