@@ -25,12 +25,17 @@ const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 20);
 
 interface Workload { name: string; size: number; count: number; reuse: boolean }
 
-const WORKLOADS: Workload[] = [
+const ALL_WORKLOADS: Workload[] = [
   { name: '2KB, one message per connection', size: 2048, count: Number(process.env.BENCH_COUNT_2K ?? 20000), reuse: false },
   { name: '2KB, connections reused', size: 2048, count: Number(process.env.BENCH_COUNT_2K ?? 20000), reuse: true },
   { name: '64KB, one message per connection', size: 65536, count: Number(process.env.BENCH_COUNT_64K ?? 4000), reuse: false },
   { name: '64KB, connections reused', size: 65536, count: Number(process.env.BENCH_COUNT_64K ?? 4000), reuse: true },
 ];
+/** BENCH_ONLY=2,4 runs only those workloads (1-based), for quick experiments. */
+const WORKLOADS = process.env.BENCH_ONLY
+  ? process.env.BENCH_ONLY.split(',').map((n) => ALL_WORKLOADS[Number(n) - 1])
+  : ALL_WORKLOADS;
+const EXTRA_QUEUE = process.env.BENCH_QUEUE ? `, ${process.env.BENCH_QUEUE}` : '';
 
 async function freePort(host: string): Promise<number> {
   return new Promise((resolve) => {
@@ -104,7 +109,7 @@ async function ichidan(w: Workload, sinkPort: number): Promise<Figures> {
     `listeners: [{ name: mx, role: mx, port: ${port}, greetingDelay: 0 }]`,
     'trustedNetworks: [127.0.0.1/32]',
     'limits: { maxRecipients: 1000, maxMessageSize: 50MB }',
-    `queue: { fsync: ${process.env.BENCH_FSYNC ?? 'true'}, concurrency: 100, laneConcurrency: 100 }`,
+    `queue: { fsync: ${process.env.BENCH_FSYNC ?? 'true'}, concurrency: 100, laneConcurrency: 100${EXTRA_QUEUE} }`,
     `routes: { "*": { host: 127.0.0.2, port: ${sinkPort} } }`,
     '',
   ].join('\n'));
