@@ -26,7 +26,19 @@ export interface Sink {
   close(): Promise<void>;
 }
 
-export async function startSink(opts: { host?: string; port?: number; rcpt?: RcptScript; data?: (attempt: number) => { code: number; text: string } | undefined; lmtp?: boolean } = {}): Promise<Sink> {
+export interface SinkOptions {
+  host?: string;
+  port?: number;
+  rcpt?: RcptScript;
+  data?: (attempt: number) => { code: number; text: string } | undefined;
+  lmtp?: boolean;
+  /** LMTP only: the DATA answer for each recipient (undefined = 250). */
+  lmtpData?: (address: string, attempt: number) => { code: number; text: string } | undefined;
+  /** Advertised SIZE limit. */
+  size?: number;
+}
+
+export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   const host = opts.host ?? '127.0.0.1';
   const messages: SunkMessage[] = [];
   const rcptAttempts = new Map<string, number>();
@@ -38,6 +50,7 @@ export async function startSink(opts: { host?: string; port?: number; rcpt?: Rcp
     hideENHANCEDSTATUSCODES: false,
     hideDSN: false,
     lmtp: opts.lmtp ?? false,
+    size: opts.size,
     logger: false,
     greetingDelay: 0,
     onRcptTo(address, _session, cb) {
@@ -56,21 +69,28 @@ export async function startSink(opts: { host?: string; port?: number; rcpt?: Rcp
       stream.on('data', (c: Buffer) => chunks.push(c));
       stream.on('end', () => {
         dataAttempts++;
+        const perRecipient: Array<string | Error> = [];
         const r = opts.data?.(dataAttempts);
         if (r) {
           const err = new Error(r.text) as Error & { responseCode: number };
           err.responseCode = r.code;
           return cb(err);
         }
+        const delivered = session.envelope.rcptTo.filter((r) => {
+          const answer = opts.lmtpData?.(r.address, dataAttempts);
+          perRecipient.push(answer ? Object.assign(new Error(answer.text), { responseCode: answer.code }) : `2.0.0 <${r.address}> delivered`);
+          return !answer;
+        });
         messages.push({
           mailFrom: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
-          rcptTo: session.envelope.rcptTo.map((r) => r.address),
+          rcptTo: delivered.map((r) => r.address),
           data: Buffer.concat(chunks),
           secure: session.secure,
           params: (session.envelope.mailFrom && session.envelope.mailFrom.args) || {},
           rcptParams: session.envelope.rcptTo.map((r) => (r.args || {}) as Record<string, unknown>),
         });
         for (const w of waiters.splice(0)) w();
+        if (opts.lmtp) return cb(null, perRecipient as never);
         cb(null, 'Ok: sunk');
       });
     },
