@@ -85,9 +85,8 @@ export class Queue {
 
   /** Opens spool and database, reconciles them, and schedules every open recipient. */
   static async open(config: Config, egress: Egress, log: Logger): Promise<{ queue: Queue; report: ReconcileReport }> {
-    const spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
-    await spool.init();
     const queue = new Queue(config, egress, log);
+    await queue.spool.init();
     const report = await reconcile(queue.spool, queue.store);
     for (const c of report.corrupt) log.warn({ qid: c.id, reason: c.reason }, 'queue entry set aside as corrupt');
     queue.#loadOpen();
@@ -171,6 +170,7 @@ export class Queue {
     const until = Date.now() + graceMs;
     while ((this.scheduler.active > 0 || this.#sweeping) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     this.store.close();
+    await this.spool.close();
   }
 
   #schedule(messageId: string, recipients: Array<{ id: number; tenant: string; domain: string }>, due: number): void {

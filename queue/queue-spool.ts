@@ -17,6 +17,7 @@ import { Writable } from 'node:stream';
 class GroupedDirSync {
   #running: Promise<void> | null = null;
   #next: Promise<void> | null = null;
+  #handle: Promise<FileHandle> | null = null;
   constructor(private readonly dir: string) {}
 
   sync(): Promise<void> {
@@ -35,12 +36,20 @@ class GroupedDirSync {
   }
 
   async #syncOnce(): Promise<void> {
-    const fh = await open(this.dir, 'r');
+    // One handle on the folder, kept open: no open/close per sync.
+    this.#handle ??= open(this.dir, 'r');
     try {
-      await fh.sync();
-    } finally {
-      await fh.close();
+      await (await this.#handle).sync();
+    } catch (err) {
+      this.#handle = null;
+      throw err;
     }
+  }
+
+  async close(): Promise<void> {
+    const h = this.#handle;
+    this.#handle = null;
+    if (h) await (await h).close().catch(() => undefined);
   }
 }
 
@@ -157,6 +166,10 @@ export class Spool {
   async list(): Promise<string[]> {
     const entries = await readdir(this.dir, { withFileTypes: true });
     return entries.filter((e) => e.isFile()).map((e) => e.name);
+  }
+
+  async close(): Promise<void> {
+    await this.dirSync.close();
   }
 
   async setAside(id: string): Promise<void> {
