@@ -115,9 +115,7 @@ export class Queue {
     let ids: number[] = [];
     try {
       await writer.commit(expectedBytes);
-      await this.store.enqueue(() => {
-        ids = this.store.insertMessage({ ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' });
-      });
+      [ids] = await this.store.write([{ op: 'insertMessage', message: { ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' } }]) as [number[]];
     } catch (err) {
       await writer.discard();
       throw err;
@@ -152,8 +150,7 @@ export class Queue {
 
   /** Held recipients back into the queue (by tenant and/or domain); returns how many. */
   async release(tenant: string | null, domain: string | null): Promise<number> {
-    let released: RecipientRow[] = [];
-    await this.store.enqueue(() => { released = this.store.release(tenant, domain, Date.now()); });
+    const [released] = await this.store.write([{ op: 'release', tenant, domain, now: Date.now() }]) as [RecipientRow[]];
     const byMessage = new Map<string, RecipientRow[]>();
     for (const r of released) {
       const list = byMessage.get(r.message_id);
@@ -169,7 +166,7 @@ export class Queue {
     if (this.#sweepTimer) clearInterval(this.#sweepTimer);
     const until = Date.now() + graceMs;
     while ((this.scheduler.active > 0 || this.#sweeping) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
-    this.store.close();
+    await this.store.close();
     await this.spool.close();
   }
 
@@ -248,11 +245,9 @@ export class Queue {
     const q = this.config.queue;
 
     if (result.kind === 'hold') {
-      await this.store.enqueue(() => {
-        this.store.updateRecipients(msg.id, rows.map((r) => ({
-          id: r.id, state: 'held', nextAttempt: now, code: null, status: null, reply: 'held by route', host: null, attempted: false,
-        })), now);
-      });
+      await this.store.write([{ op: 'updateRecipients', messageId: msg.id, now, updates: rows.map((r) => ({
+        id: r.id, state: 'held', nextAttempt: now, code: null, status: null, reply: 'held by route', host: null, attempted: false,
+      })) }]);
       this.log.info({ qid: msg.id, tenant: job.tenant, domain: job.domain, recipients: rows.length }, 'held');
       return null;
     }
@@ -299,12 +294,13 @@ export class Queue {
         }
       }
     }
-    const noticeIds: number[][] = [];
+    let noticeIds: number[][];
     try {
-      await this.store.enqueue(() => {
-        this.store.updateRecipients(msg.id, [...updates.values()], now);
-        notices.forEach((n, i) => { noticeIds[i] = this.store.insertMessage(n.message); });
-      });
+      const results = await this.store.write([
+        { op: 'updateRecipients', messageId: msg.id, updates: [...updates.values()], now },
+        ...notices.map((n) => ({ op: 'insertMessage' as const, message: n.message })),
+      ]);
+      noticeIds = results.slice(1) as number[][];
     } catch (err) {
       for (const n of notices) await n.writer.discard();
       throw err;
@@ -353,7 +349,7 @@ export class Queue {
       if (ids.length === 0) return;
       for (const id of ids) this.#forget(id);
       await Promise.all(ids.map((id) => this.spool.remove(id)));
-      await this.store.enqueue(() => { for (const id of ids) this.store.deleteMessage(id); });
+      await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })));
     } catch (err) {
       this.log.error({ err }, 'queue sweep failed');
     } finally {

@@ -7,7 +7,7 @@
  * their cleanup interrupted: their leftover file and rows are removed.
  */
 import type { Spool } from './queue-spool.js';
-import type { QueueStore } from './queue-store.js';
+import type { QueueStore, WriteOp } from './queue-store.js';
 import { QUEUE_ID_PATTERN, queueIdTime } from './queue-id.js';
 
 export interface ReconcileReport {
@@ -20,7 +20,7 @@ export async function reconcile(spool: Spool, store: QueueStore): Promise<Reconc
   const files = new Set(await spool.list());
   const report: ReconcileReport = { active: 0, cleaned: 0, corrupt: [] };
   const done: string[] = [];
-  const work: Array<() => void> = [];
+  const work: WriteOp[] = [];
 
   for (const row of store.allMessages()) {
     const hasFile = files.delete(row.id);
@@ -32,7 +32,7 @@ export async function reconcile(spool: Spool, store: QueueStore): Promise<Reconc
     if (row.state === 'corrupt') continue;
     if (!hasFile) {
       const reason = 'spool file missing';
-      work.push(() => store.setCorrupt(row.id, reason));
+      work.push({ op: 'setCorrupt', id: row.id, note: reason });
       report.corrupt.push({ id: row.id, reason });
       continue;
     }
@@ -40,7 +40,7 @@ export async function reconcile(spool: Spool, store: QueueStore): Promise<Reconc
     if (size !== row.size) {
       const reason = `spool file is ${size} bytes, the record says ${row.size}`;
       await spool.setAside(row.id);
-      work.push(() => store.setCorrupt(row.id, reason));
+      work.push({ op: 'setCorrupt', id: row.id, note: reason });
       report.corrupt.push({ id: row.id, reason });
       continue;
     }
@@ -52,12 +52,12 @@ export async function reconcile(spool: Spool, store: QueueStore): Promise<Reconc
     const reason = 'spool file without a queue record (never acknowledged, or its record was lost)';
     await spool.setAside(id);
     const receivedAt = QUEUE_ID_PATTERN.test(id) ? queueIdTime(id) : Date.now();
-    work.push(() => store.insertCorrupt(id, size, receivedAt, reason));
+    work.push({ op: 'insertCorrupt', id, size, receivedAt, note: reason });
     report.corrupt.push({ id, reason });
   }
 
-  for (const id of done) work.push(() => store.deleteMessage(id));
+  for (const id of done) work.push({ op: 'deleteMessage', id });
   report.cleaned = done.length;
-  await Promise.all(work.map((w) => store.enqueue(w)));
+  if (work.length > 0) await store.write(work);
   return report;
 }
