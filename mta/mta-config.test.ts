@@ -68,3 +68,21 @@ describe('configuration', () => {
     expect(await readFile(bad, 'utf8')).toContain('listeners');
   });
 });
+
+describe('ichidan check-config', () => {
+  it('exits 0 for a good file and 1 naming the key for a bad one', async () => {
+    const { execFile } = await import('node:child_process');
+    const { promisify } = await import('node:util');
+    const run = promisify(execFile);
+    const cli = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+    const good = await run(process.execPath, [cli, 'check-config', join(import.meta.dirname, '..', 'config', 'default.yaml')]);
+    expect(good.stdout).toMatch(/: ok \(2 listeners, 1 tenants, 1 routes\)/);
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-cli-'));
+    const bad = join(dir, 'bad.yaml');
+    await writeFile(bad, 'listeners:\n  - { name: mx, role: mx, port: 25, greetingDelay: soon }\nqueue: { maxAge: 3 days }\n');
+    const err = await run(process.execPath, [cli, 'check-config', bad]).catch((e) => e);
+    expect(err.code).toBe(1);
+    expect(err.stderr).toContain('listeners[0].greetingDelay: a duration such as');
+    expect(err.stderr).toContain('queue.maxAge: a duration such as');
+  });
+});
