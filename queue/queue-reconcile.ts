@@ -58,6 +58,7 @@ export async function reconcile(spool: Spool, store: QueueStore): Promise<Reconc
 
   for (const id of done) work.push({ op: 'deleteMessage', id });
   report.cleaned = done.length;
-  if (work.length > 0) await store.write(work);
+  // One unit each: a failing entry must not undo the others.
+  await Promise.all(work.map((op) => store.write([op])));
   return report;
 }

@@ -15,6 +15,8 @@
  * delivered, bounced (permanent failure or expiry). A message whose recipients are all final is
  * marked done and swept: its spool file is removed, then its rows.
  */
+import { existsSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { configure, SCHEMA, type MessageRow, type RecipientRow, type RecipientState, type WriteOp } from './queue-store-sql.js';
@@ -25,7 +27,14 @@ export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientState
 /** The writer thread's code: beside this file once built; from dist/ when running the TypeScript sources. */
 function workerUrl(): URL {
   const here = new URL(import.meta.url);
-  return here.pathname.endsWith('.ts') ? new URL('../dist/queue/queue-store-worker.js', here) : new URL('./queue-store-worker.js', here);
+  if (!here.pathname.endsWith('.ts')) return new URL('./queue-store-worker.js', here);
+  const built = new URL('../dist/queue/queue-store-worker.js', here);
+  const builtSql = new URL('../dist/queue/queue-store-sql.js', here);
+  const sources = ['./queue-store-worker.ts', './queue-store-sql.ts'].map((f) => statSync(fileURLToPath(new URL(f, here))).mtimeMs);
+  if (!existsSync(built) || !existsSync(builtSql) || Math.max(...sources) > Math.min(statSync(built).mtimeMs, statSync(builtSql).mtimeMs)) {
+    throw new Error('the queue writer thread runs from dist/: run `npm run build` first (npm test does)');
+  }
+  return built;
 }
 
 interface Pending {
@@ -43,6 +52,9 @@ export class QueueStore {
   #lastStart = 0;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
+  #closing: Promise<void> | null = null;
+  /** Set when the writer thread died: every write from then on fails at once (and DATA gets a 4xx). */
+  #dead: Error | null = null;
   #stmts;
 
   constructor(file: string, private readonly fsync: boolean, private readonly commitWindowMs = 0) {
@@ -50,6 +62,7 @@ export class QueueStore {
     configure(this.db, fsync);
     this.db.exec(SCHEMA);
     this.#worker = new Worker(workerUrl(), { workerData: { file, fsync } });
+    // Referenced only while it has work: an idle writer must not keep the process alive, a busy one must.
     this.#worker.unref();
     this.#worker.on('message', (msg: { seq: number; results: UnitResult[] } | { closed: true }) => {
       if ('closed' in msg) return;
@@ -62,7 +75,14 @@ export class QueueStore {
       });
       this.#pump();
     });
-    this.#worker.on('error', (err) => this.#failAll(err));
+    const die = (err: Error) => {
+      if (this.#dead) return;
+      this.#dead = Object.assign(new Error(`queue database writer stopped: ${err.message}`, { cause: err }), { code: 'SQLITE_WRITER_DEAD' });
+      this.#failAll(this.#dead);
+    };
+    this.#worker.on('error', die);
+    this.#worker.on('messageerror', die);
+    this.#worker.on('exit', (code) => { if (!this.#closed) die(new Error(`exited with code ${code}`)); });
     this.#stmts = {
       message: this.db.prepare(`SELECT * FROM messages WHERE id = ?`),
       recipientsOf: this.db.prepare(`SELECT * FROM recipients WHERE message_id = ? ORDER BY id`),
@@ -80,7 +100,9 @@ export class QueueStore {
    * Units queued while a batch is committing go together in the next one.
    */
   write(unit: WriteOp[]): Promise<unknown[]> {
+    if (this.#dead) return Promise.reject(this.#dead);
     if (this.#closed) return Promise.reject(new Error('queue database is closed'));
+    this.#worker.ref();
     return new Promise((resolve, reject) => {
       this.#pending.push({ unit, resolve, reject });
       this.#pump();
@@ -88,6 +110,7 @@ export class QueueStore {
   }
 
   #pump(): void {
+    if (this.#inFlight.size === 0 && this.#pending.length === 0 && !this.#closing) this.#worker.unref();
     if (this.#inFlight.size > 0 || this.#pending.length === 0 || this.#timer) return;
     const wait = this.#lastStart === -Infinity ? 0 : this.commitWindowMs - (performance.now() - this.#lastStart);
     if (wait > 0) {
@@ -137,23 +160,30 @@ export class QueueStore {
   }
 
   /** Commits what is queued, stops the writer thread, closes both connections. */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#worker.ref();
     if (this.#timer) {
       clearTimeout(this.#timer);
       this.#timer = null;
     }
     this.#lastStart = -Infinity;
-    while (this.#pending.length > 0 || this.#inFlight.size > 0) {
+    while (!this.#dead && (this.#pending.length > 0 || this.#inFlight.size > 0)) {
       this.#pump();
       await new Promise((r) => setTimeout(r, 2));
     }
     this.#closed = true;
-    await new Promise<void>((resolve) => {
-      this.#worker.once('message', () => resolve());
-      this.#worker.once('exit', () => resolve());
-      this.#worker.postMessage({ close: true });
-    });
+    if (!this.#dead) {
+      await new Promise<void>((resolve) => {
+        this.#worker.once('message', () => resolve());
+        this.#worker.once('exit', () => resolve());
+        this.#worker.postMessage({ close: true });
+      });
+    }
     await this.#worker.terminate();
     this.db.close();
   }

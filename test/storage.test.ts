@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseConfig, startApp, type TestApp } from './helpers/app.js';
+import { startChild } from './helpers/child.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 
 const run = promisify(execFile);
@@ -118,3 +119,22 @@ async function writeConfig(dataDir: string): Promise<string> {
   await writeFile(file, `dataDir: ${dataDir}\nlisteners: [{ name: mx, role: mx, port: 0 }]\ntenants: { alpha: { domains: [alpha.test] } }\n`);
   return file;
 }
+
+describe('startup of the real process with entries to set aside', () => {
+  it('finishes reconciling, becomes ready, and stops cleanly', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'ichidan-start-'));
+    try {
+      await mkdir(join(dataDir, 'spool'), { recursive: true });
+      const orphan = '1M00000000000001';
+      await writeFile(join(dataDir, 'spool', orphan), 'Subject: orphan\r\n\r\nno record\r\n');
+      const child = await startChild(await writeConfig(dataDir));
+      expect(child.ports.mx).toBeGreaterThan(0);
+      child.proc.kill('SIGTERM');
+      expect(await child.exited).toBe(0);
+      const cli = await run('node', ['dist/mta/mta-cli.js', 'queue', '-c', join(dataDir, 'config.yaml')]);
+      expect(cli.stdout).toContain(`corrupt\t${orphan}\t`);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
