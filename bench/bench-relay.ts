@@ -35,6 +35,8 @@ const ALL_WORKLOADS: Workload[] = [
 const WORKLOADS = process.env.BENCH_ONLY
   ? process.env.BENCH_ONLY.split(',').map((n) => ALL_WORKLOADS[Number(n) - 1])
   : ALL_WORKLOADS;
+/** BENCH_POSTFIX=0 skips the Postfix relay runs (they need root and Debian's postfix package). */
+const WITH_POSTFIX = process.env.BENCH_POSTFIX !== '0';
 const EXTRA_QUEUE = process.env.BENCH_QUEUE ? `, ${process.env.BENCH_QUEUE}` : '';
 
 async function freePort(host: string): Promise<number> {
@@ -153,6 +155,82 @@ async function ichidan(w: Workload, sinkPort: number): Promise<Figures> {
   };
 }
 
+/** A private Postfix instance (its own config and queue under var/) relaying to the same sink. */
+async function postfix(w: Workload, sinkPort: number): Promise<Figures> {
+  const dir = await mkdtemp(join(ROOT, 'var', 'bench-postfix-'));
+  execFileSync('chmod', ['755', dir]); // Postfix's daemons run as its own user
+  const port = await freePort('127.0.0.1');
+  const etc = join(dir, 'etc'), queue = join(dir, 'queue'), data = join(dir, 'data'), maillog = join(dir, 'maillog');
+  await mkdir(etc, { recursive: true });
+  await mkdir(data, { recursive: true });
+  await writeFile(join(etc, 'main.cf'), [
+    'compatibility_level = 3.6',
+    `queue_directory = ${queue}`,
+    `data_directory = ${data}`,
+    'mail_owner = postfix',
+    'myhostname = postfix.bench.test',
+    'mydestination =',
+    'inet_interfaces = 127.0.0.1',
+    'inet_protocols = ipv4',
+    'mynetworks = 127.0.0.0/8',
+    'smtpd_relay_restrictions = permit_mynetworks, reject',
+    `relayhost = [127.0.0.2]:${sinkPort}`,
+    'smtp_dns_support_level = disabled',
+    'alias_maps =',
+    'alias_database =',
+    'local_recipient_maps =',
+    `maillog_file = ${maillog}`,
+    `maillog_file_prefixes = ${dir}`,
+    'default_process_limit = 100',
+    '',
+  ].join('\n'));
+  const master = (await readFile('/etc/postfix/master.cf', 'utf8')).split('\n').map((line) => {
+    if (/^smtp\s+inet\s/.test(line)) return `127.0.0.1:${port} inet n - n - - smtpd`;
+    // no chroot: the private queue is not set up as a chroot jail
+    return line.replace(/^(\S+\s+(?:unix|inet|fifo|pass|unix-dgram)\s+\S+\s+\S+\s+)y(\s)/, '$1n$2');
+  }).join('\n');
+  await writeFile(join(etc, 'master.cf'), master);
+  const owned = ['active', 'bounce', 'corrupt', 'defer', 'deferred', 'flush', 'hold', 'incoming', 'private', 'saved', 'trace'];
+  for (const d of [...owned, 'maildrop', 'public', 'pid']) await mkdir(join(queue, d), { recursive: true });
+  execFileSync('chown', ['postfix:root', ...owned.map((d) => join(queue, d)), data]);
+  execFileSync('chmod', ['700', ...owned.map((d) => join(queue, d))]);
+  execFileSync('chown', ['postfix:postdrop', join(queue, 'maildrop'), join(queue, 'public')]);
+  execFileSync('chmod', ['730', join(queue, 'maildrop')]);
+  execFileSync('chmod', ['710', join(queue, 'public')]);
+  execFileSync('/usr/lib/postfix/sbin/master', ['-c', etc, '-w']);
+  const masterPid = Number((await readFile(join(queue, 'pid', 'master.pid'), 'utf8')).trim());
+  try {
+    await waitForPort('127.0.0.1', port);
+    const device = deviceOf(dir);
+    const before = sectorsWritten(device);
+    const t0 = Date.now();
+    await run('smtp-source', smtpSourceArgs(w, `127.0.0.1:${port}`));
+    const delays: number[] = [];
+    let done = 0;
+    for (;;) {
+      delays.length = 0;
+      const text = existsSync(maillog) ? await readFile(maillog, 'utf8') : '';
+      for (const m of text.matchAll(/ delay=([\d.]+),.* status=sent /g)) delays.push(Number(m[1]) * 1000);
+      if (delays.length >= w.count) { done = Date.now(); break; }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    const after = sectorsWritten(device);
+    delays.sort((a, b) => a - b);
+    const seconds = (done - t0) / 1000;
+    const diskBytesPerMessage = ((after - before) * 512) / w.count;
+    return {
+      seconds, rate: w.count / seconds,
+      p50: Math.round(delays[Math.floor(delays.length * 0.5)]), p99: Math.round(delays[Math.floor(delays.length * 0.99)]),
+      diskBytesPerMessage, writeRatio: diskBytesPerMessage / w.size,
+    };
+  } finally {
+    process.kill(masterPid, 'SIGTERM');
+    for (let i = 0; i < 50 && existsSync(`/proc/${masterPid}`); i++) await new Promise((r) => setTimeout(r, 100));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   for (const tool of ['smtp-source', 'smtp-sink']) {
     try { execFileSync('which', [tool]); } catch { throw new Error(`${tool} not found: install Debian's postfix package`); }
@@ -167,9 +245,15 @@ async function main(): Promise<void> {
     for (const w of WORKLOADS) {
       const base = await baseline(w, sinkPort);
       const ich = await ichidan(w, sinkPort);
-      const row = { workload: w.name, messages: w.count, sessions: SESSIONS, size: w.size, baseline: base, ichidan: ich, ratioToBaseline: ich.rate / base.rate };
+      const pfx = WITH_POSTFIX ? await postfix(w, sinkPort) : null;
+      const row = { workload: w.name, messages: w.count, sessions: SESSIONS, size: w.size, baseline: base, ichidan: ich, postfix: pfx,
+        ratioToBaseline: ich.rate / base.rate, ratioToPostfix: pfx ? ich.rate / pfx.rate : null };
       results.push(row);
-      console.log(`${w.name.padEnd(34)} ichidan ${ich.rate.toFixed(0).padStart(6)} msg/s  p50 ${ich.p50} ms  p99 ${ich.p99} ms  disk ${(ich.diskBytesPerMessage! / 1024).toFixed(1)} KB/msg = ${ich.writeRatio!.toFixed(2)}x size  | smtp-source→smtp-sink direct ${base.rate.toFixed(0)} msg/s (ichidan = ${(row.ratioToBaseline * 100).toFixed(0)}%)`);
+      const fmt = (name: string, f: Figures) => `${name.padEnd(8)} ${f.rate.toFixed(0).padStart(6)} msg/s  p50 ${String(f.p50).padStart(4)} ms  p99 ${String(f.p99).padStart(4)} ms  disk ${(f.diskBytesPerMessage! / 1024).toFixed(1).padStart(5)} KB/msg = ${f.writeRatio!.toFixed(2)}x size`;
+      console.log(`${w.name} (${w.count} messages, ${SESSIONS} sessions)`);
+      console.log(`  ${fmt('ichidan', ich)}`);
+      if (pfx) console.log(`  ${fmt('postfix', pfx)}\n  ichidan / postfix = ${(ich.rate / pfx.rate).toFixed(2)}x rate, ${(ich.writeRatio! / pfx.writeRatio!).toFixed(2)}x disk`);
+      console.log(`  smtp-source → smtp-sink directly: ${base.rate.toFixed(0)} msg/s (the tools' ceiling)`);
     }
   } finally {
     sink.kill('SIGTERM');
