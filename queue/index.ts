@@ -185,7 +185,7 @@ export class Queue {
     const byMessage = new Map<string, RecipientRow[]>();
     const running = this.#inFlight;
     for (const r of this.store.openRecipients()) {
-      if (running.has(r.id)) continue;
+      if (running.has(`${r.message_id}/${r.id}`)) continue;
       const list = byMessage.get(r.message_id);
       if (list) list.push(r); else byMessage.set(r.message_id, [r]);
     }
@@ -202,8 +202,8 @@ export class Queue {
     }
   }
 
-  /** Recipient ids with an attempt running now (so a reload of open recipients skips them). */
-  readonly #inFlight = new Set<number>();
+  /** Recipients ("message id/recipient number") with an attempt running now. */
+  readonly #inFlight = new Set<string>();
 
   async #attempt(job: Job): Promise<void> {
     let rows: RecipientRow[] = [];
@@ -215,15 +215,15 @@ export class Queue {
       const now = Date.now();
       // A row that is not due belongs to another, later job; one already in flight to the running one.
       rows = this.store.recipientsOf(job.messageId)
-        .filter((r) => wanted.has(r.id) && r.state === 'queued' && r.next_attempt <= now + 50 && !this.#inFlight.has(r.id));
+        .filter((r) => wanted.has(r.id) && r.state === 'queued' && r.next_attempt <= now + 50 && !this.#inFlight.has(`${r.message_id}/${r.id}`));
       if (rows.length === 0) return;
-      for (const r of rows) this.#inFlight.add(r.id);
+      for (const r of rows) this.#inFlight.add(`${r.message_id}/${r.id}`);
       retry = await this.#deliverRows(job, msg, rows);
     } catch (err) {
       this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
       if (rows.length > 0) retry = { ...job, recipientIds: rows.map((r) => r.id), due: Date.now() + retryDelay(this.config.queue, 1) };
     } finally {
-      for (const r of rows) this.#inFlight.delete(r.id);
+      for (const r of rows) this.#inFlight.delete(`${r.message_id}/${r.id}`);
     }
     // Only now, with the rows out of flight, may their next attempt start.
     if (retry) this.scheduler.add(retry);

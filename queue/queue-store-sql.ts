@@ -55,6 +55,7 @@ export interface MessageRow {
 }
 
 export interface RecipientRow {
+  /** The recipient's number within its message (0, 1, …). */
   id: number;
   message_id: string;
   tenant: string;
@@ -75,6 +76,7 @@ export interface RecipientRow {
 }
 
 export interface RecipientUpdate {
+  /** The recipient's number within its message (0, 1, …). */
   id: number;
   state: RecipientState;
   nextAttempt: number;
@@ -113,8 +115,8 @@ CREATE TABLE IF NOT EXISTS messages (
   note TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recipients (
-  id INTEGER PRIMARY KEY,
   message_id TEXT NOT NULL,
+  id INTEGER NOT NULL,
   tenant TEXT NOT NULL,
   address TEXT NOT NULL,
   domain TEXT NOT NULL,
@@ -129,9 +131,9 @@ CREATE TABLE IF NOT EXISTS recipients (
   last_reply TEXT,
   last_host TEXT,
   warned INTEGER NOT NULL DEFAULT 0,
-  updated_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS recipients_by_message ON recipients(message_id);
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (message_id, id)
+) WITHOUT ROWID;
 `;
 
 /** Prepares the write statements on `db` and returns the function that applies one operation. */
@@ -139,13 +141,13 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
   const s = {
     insertMessage: db.prepare(`INSERT INTO messages (id, size, sender, received_at, trace, ret, envid, smtputf8, body8bit, client, helo, auth_user, listener, kind)
       VALUES (@id, @size, @sender, @receivedAt, @trace, @ret, @envid, @smtputf8, @body8bit, @client, @helo, @authUser, @listener, @kind)`),
-    insertRecipient: db.prepare(`INSERT INTO recipients (message_id, tenant, address, domain, orcpt, notify, state, next_attempt, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)`),
+    insertRecipient: db.prepare(`INSERT INTO recipients (message_id, id, tenant, address, domain, orcpt, notify, state, next_attempt, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)`),
     updateRecipient: db.prepare(`UPDATE recipients SET state = @state, next_attempt = @nextAttempt,
       attempts = attempts + @attempted, first_attempt = COALESCE(first_attempt, CASE WHEN @attempted = 1 THEN @now END),
       last_code = COALESCE(@code, last_code), last_status = COALESCE(@status, last_status),
       last_reply = COALESCE(@reply, last_reply), last_host = COALESCE(@host, last_host),
-      warned = MAX(warned, @warned), updated_at = @now WHERE id = @id`),
+      warned = MAX(warned, @warned), updated_at = @now WHERE message_id = @messageId AND id = @id`),
     openCount: db.prepare(`SELECT COUNT(*) AS n FROM recipients WHERE message_id = ? AND state IN ('queued', 'held')`),
     markDone: db.prepare(`UPDATE messages SET state = 'done' WHERE id = ? AND state = 'active'`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
@@ -160,13 +162,13 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'insertMessage': {
         const { recipients, ...row } = op.message;
         s.insertMessage.run({ ...row, smtputf8: row.smtputf8 ? 1 : 0, body8bit: row.body8bit ? 1 : 0 });
-        return recipients.map((r) => Number(
-          s.insertRecipient.run(row.id, r.tenant, r.address, r.domain, r.orcpt, r.notify, row.receivedAt, row.receivedAt).lastInsertRowid));
+        recipients.forEach((r, i) => s.insertRecipient.run(row.id, i, r.tenant, r.address, r.domain, r.orcpt, r.notify, row.receivedAt, row.receivedAt));
+        return recipients.map((_, i) => i);
       }
       case 'updateRecipients': {
         for (const u of op.updates) {
           s.updateRecipient.run({
-            id: u.id, state: u.state, nextAttempt: u.nextAttempt, attempted: u.attempted ? 1 : 0, now: op.now,
+            messageId: op.messageId, id: u.id, state: u.state, nextAttempt: u.nextAttempt, attempted: u.attempted ? 1 : 0, now: op.now,
             code: u.code, status: u.status, reply: u.reply, host: u.host, warned: u.warned ? 1 : 0,
           });
         }
