@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../mta/mta-config.js';
-import { createResolver, findStaticRoute, Router } from './delivery-route.js';
+import { createResolver, findStaticRoute, reverseName, Router } from './delivery-route.js';
 
 const routes = parseConfig({
   routes: {
@@ -35,5 +35,16 @@ describe('static routes', () => {
   it('uses literal addresses as they are', async () => {
     const router = new Router(parseConfig({ routes: { '*': { host: '[127.0.0.7]', port: 2600 } } }), null);
     expect(await router.route('x.test')).toEqual({ kind: 'hops', hops: [{ name: '[127.0.0.7]', addresses: ['127.0.0.7'], port: 2600, protocol: 'smtp' }] });
+  });
+});
+
+describe('reverse names', () => {
+  it.each([
+    ['127.0.0.1', '1.0.0.127.in-addr.arpa'],
+    ['::ffff:192.0.2.5', '5.2.0.192.in-addr.arpa'],
+    ['2001:db8::1', '1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa'],
+    ['::1', '1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa'],
+  ])('%s → %s', (ip, name) => {
+    expect(reverseName(ip)).toBe(name);
   });
 });

@@ -42,6 +42,25 @@ export function createResolver(config: Config): Resolver | null {
   return resolver;
 }
 
+/** The PTR query name of an address: 4.3.2.1.in-addr.arpa, or the nibble form under ip6.arpa. */
+export function reverseName(ip: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)?.[1] ?? ip;
+  if (isIP(mapped) === 4) return mapped.split('.').reverse().join('.') + '.in-addr.arpa';
+  const [head, tail = ''] = mapped.split('::');
+  const groups = (s: string) => (s ? s.split(':') : []);
+  const missing = 8 - groups(head).length - groups(tail).length;
+  const full = [...groups(head), ...Array(mapped.includes('::') ? missing : 0).fill('0'), ...groups(tail)];
+  return full.map((g) => g.padStart(4, '0')).join('').split('').reverse().join('.') + '.ip6.arpa';
+}
+
+/**
+ * Names of a client address through the configured resolver only. (Node's `Resolver.reverse`
+ * consults /etc/hosts first; a PTR query does not.)
+ */
+export function reverseLookup(resolver: Resolver): (ip: string) => Promise<string[]> {
+  return (ip) => resolver.resolvePtr(reverseName(ip));
+}
+
 function dnsCode(err: unknown): string {
   return (err as NodeJS.ErrnoException)?.code ?? 'EUNKNOWN';
 }

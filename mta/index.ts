@@ -14,7 +14,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { emptyEngineSet } from '../engines/index.js';
-import { createResolver } from '../delivery/delivery-route.js';
+import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
 import { Egress, SessionCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
@@ -37,7 +37,7 @@ function buildRuntime(generation: number, config: Config): Runtime {
     config,
     policy: new Policy(config),
     engines: emptyEngineSet,
-    reverse: resolver ? (ip) => resolver.reverse(ip) : null,
+    reverse: resolver ? reverseLookup(resolver) : null,
   };
 }
 

@@ -11,6 +11,7 @@ export interface Zone {
   mx?: Array<{ exchange: string; priority: number }>;
   a?: string[];
   aaaa?: string[];
+  ptr?: string[];
   servfail?: boolean;
 }
 
@@ -42,6 +43,8 @@ export async function startDns(zones: Record<string, Zone>): Promise<TestDns> {
         for (const mx of zone.mx ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.MX, class: Packet.CLASS.IN, ttl: 60, exchange: mx.exchange, priority: mx.priority });
       } else if (q.type === Packet.TYPE.A) {
         for (const address of zone.a ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.A, class: Packet.CLASS.IN, ttl: 60, address });
+      } else if (q.type === Packet.TYPE.PTR) {
+        for (const domain of zone.ptr ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.PTR, class: Packet.CLASS.IN, ttl: 60, domain });
       } else if (q.type === Packet.TYPE.AAAA) {
         for (const address of zone.aaaa ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.AAAA, class: Packet.CLASS.IN, ttl: 60, address });
       }
