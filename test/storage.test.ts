@@ -138,3 +138,55 @@ describe('startup of the real process with entries to set aside', () => {
     }
   });
 });
+
+describe('a full disk while writing a bounce', () => {
+  it('keeps the recipient queued, then bounces once there is room again', async () => {
+    const { startSink } = await import('./helpers/sink.js');
+    const { parseConfig } = await import('../mta/index.js');
+    const { waitUntil } = await import('./helpers/app.js');
+    const refusing = await startSink({ host: '127.0.0.3', rcpt: () => ({ code: 550, text: '5.1.1 no such user' }) });
+    const senderBox = await startSink({ host: '127.0.0.2' });
+    const dataDir = await mkdtemp(join(tmpdir(), 'ichidan-enospc-dsn-'));
+    await mkdir(join(dataDir, 'spool'), { recursive: true });
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', join(dataDir, 'spool')]);
+    const build = (dir: string, held: boolean) => baseConfig(dir, {
+      trustedNetworks: ['127.0.0.1/32'],
+      queue: { retryInitial: '200ms', retryMax: '200ms', retryJitter: 0 },
+      routes: {
+        'sender.test': { host: '127.0.0.2', port: senderBox.port },
+        'remote.test': held ? { hold: true } : { host: '127.0.0.3', port: refusing.port },
+      },
+    });
+    const t = await startApp((dir) => build(dir, true), { dataDir });
+    try {
+      const c = await RawSmtp.open(t.port());
+      await c.reply();
+      await c.command('EHLO client.test');
+      await c.command('MAIL FROM:<me@sender.test>');
+      await c.command('RCPT TO:<gone@remote.test>');
+      await c.command('DATA');
+      c.send(`Subject: doomed\r\n\r\n${'body line\r\n'.repeat(2000)}.\r\n`); // ~20 KB, returned whole in the bounce
+      const qid = (await c.reply())[0].split(' ').pop()!;
+      await c.command('QUIT');
+      await waitUntil(() => t.logs.some((l) => l.qid === qid && l.msg === 'held'));
+      // Fill what is left of the filesystem.
+      const filler = join(dataDir, 'spool', 'corrupt', 'filler');
+      await writeFile(filler, Buffer.alloc(512 * 1024)).catch(() => undefined);
+      t.app.reconfigure(parseConfig(build(dataDir, false), 'test'));
+      expect(await t.app.queue.release(null, 'remote.test')).toBe(1);
+      await waitUntil(() => t.logs.some((l) => l.msg === 'could not write a delivery status notice; retrying later'), 10_000, 'the failed notice');
+      expect(t.app.queue.store.recipientsOf(qid)[0].state).toBe('queued');
+      expect(senderBox.messages).toHaveLength(0);
+      await rm(filler);
+      const [dsn] = await senderBox.waitFor(1, 10_000);
+      expect(dsn.data.toString()).toMatch(/Final-Recipient: rfc822; gone@remote\.test\r\nAction: failed\r\nStatus: 5\.1\.1/);
+      await waitUntil(() => t.app.queue.store.message(qid) === undefined, 10_000, 'the message to be swept');
+    } finally {
+      await t.stop();
+      await run('umount', [join(dataDir, 'spool')]).catch(() => undefined);
+      await rm(dataDir, { recursive: true, force: true });
+      await refusing.close();
+      await senderBox.close();
+    }
+  });
+});
