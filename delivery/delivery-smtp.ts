@@ -226,7 +226,16 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
   const outcomes: RecipientOutcome[] = [];
   let clean = true;
   let broken = false;
+  let needReset = false;
   for (const group of dsnGroups(msg.recipients)) {
+    // A failed transaction may leave the peer inside MAIL (every RCPT refused): RSET before the next one.
+    if (needReset) {
+      if (!(await resetSession(conn, 30_000))) {
+        broken = true;
+        break;
+      }
+      needReset = false;
+    }
     const first = group[0];
     const dsn = (msg.ret || msg.envid || first.notify || first.orcpt)
       ? { ret: msg.ret ?? undefined, envid: msg.envid ?? undefined, notify: first.notify ?? undefined, orcpt: first.orcpt ?? undefined }
@@ -259,6 +268,7 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
       // A cached session that died before the peer read any of the message: nothing was sent, try a fresh one.
       if (reused && !e.response && outcomes.length === 0 && !body.started()) return 'stale';
       clean = false;
+      needReset = true;
       if (e.code === 'EMESSAGE' && !e.response && /size/i.test(e.message)) {
         for (const r of group) if (!decided.has(r.id)) record(r, '552 5.3.4 message larger than the next hop accepts (SIZE)');
         continue;

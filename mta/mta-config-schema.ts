@@ -109,6 +109,8 @@ const route = z.union([
 export const configSchema = z.strictObject({
   /** The name this MTA gives in its greeting, its Received headers and its EHLO. */
   hostname: hostname.default('localhost'),
+  /** Where mail for the bare `<postmaster>` recipient goes (RFC 5321 4.5.1); default postmaster@hostname. */
+  postmaster: z.email('an address such as "postmaster@example.com"').optional(),
   /** Spool, queue database and generated certificate live under this folder. */
   dataDir: z.string().min(1).default('./var'),
   log: z.strictObject({
@@ -140,7 +142,7 @@ export const configSchema = z.strictObject({
     /** Longest a DATA transfer may take. */
     dataTimeout: duration.prefault('10m'),
   }).prefault({}),
-  /** Networks that may relay anywhere without AUTH (and whose mail belongs to no tenant unless one lists them). */
+  /** Networks that may relay anywhere without AUTH; their mail is the hosting tenant's, or `_relay` for other domains. */
   trustedNetworks: z.array(cidr).default([]),
   users: z.array(user).default([]),
   tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'a tenant name of letters, digits, "-" and "_"'), tenant).default({}),

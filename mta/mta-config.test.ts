@@ -84,5 +84,9 @@ describe('ichidan check-config', () => {
     expect(err.code).toBe(1);
     expect(err.stderr).toContain('listeners[0].greetingDelay: a duration such as');
     expect(err.stderr).toContain('queue.maxAge: a duration such as');
+    // `start` refuses the same file before binding anything.
+    const start = await run(process.execPath, [cli, 'start', '-c', bad]).catch((e) => e);
+    expect(start.code).toBe(1);
+    expect(start.stderr).toContain('listeners[0].greetingDelay: a duration such as');
   });
 });

@@ -38,6 +38,12 @@ describe('relay policy and tenants', () => {
     else expect(`${d.reply.code} ${d.reply.enhanced}`).toBe(expected);
   });
 
+  it('accepts the bare <postmaster> from anyone, as the configured postmaster', () => {
+    expect(policy.checkRecipient('Postmaster', anon)).toEqual({ ok: true, tenant: RELAY_TENANT, domain: 'localhost', address: 'postmaster@localhost' });
+    const p2 = new Policy(parseConfig({ postmaster: 'hostmaster@alpha.test', tenants: { alpha: { domains: ['alpha.test'] } } }));
+    expect(p2.checkRecipient('postmaster', anon)).toEqual({ ok: true, tenant: 'alpha', domain: 'alpha.test', address: 'hostmaster@alpha.test' });
+  });
+
   it('normalises the recipient domain it stores', () => {
     const d = policy.checkRecipient('User@Bücher.TEST.', anon);
     expect(d).toEqual({ ok: true, tenant: 'alpha', domain: 'xn--bcher-kva.test', address: 'User@xn--bcher-kva.test' });

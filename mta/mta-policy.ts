@@ -67,8 +67,10 @@ export class Policy {
   readonly #tenantNetworks: Array<{ tenant: string; list: BlockList }>;
   readonly #domainTenant = new Map<string, string>();
   readonly #userTenant = new Map<string, string>();
+  readonly #postmaster: string;
 
   constructor(config: Config) {
+    this.#postmaster = config.postmaster ?? `postmaster@${config.hostname}`;
     this.#trusted = blockListOf(config.trustedNetworks);
     this.#tenantNetworks = Object.entries(config.tenants)
       .filter(([, t]) => t.networks.length > 0)
@@ -103,6 +105,12 @@ export class Policy {
   }
 
   checkRecipient(address: string, client: ClientContext): RecipientDecision {
+    // The bare <postmaster> must be accepted from anyone (RFC 5321 4.5.1).
+    if (address.toLowerCase() === 'postmaster') {
+      const p = splitAddress(this.#postmaster)!;
+      const domain = normalizeDomain(p.domain);
+      return { ok: true, tenant: this.tenantOfDomain(domain) ?? RELAY_TENANT, domain, address: `${p.local}@${domain}` };
+    }
     const parts = splitAddress(address);
     if (!parts) return { ok: false, reply: REPLIES.relayDenied };
     const domain = normalizeDomain(parts.domain);

@@ -17,7 +17,7 @@ import type { EngineSet } from '../engines/index.js';
 import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 import { isStorageError, receiveInto } from './mta-data.js';
-import { normalizeDomain, splitAddress, type Policy } from './mta-policy.js';
+import type { Policy } from './mta-policy.js';
 import { buildReceived } from './mta-received.js';
 import { REPLIES, toSmtpError, type SmtpReply } from './mta-reply.js';
 import type { TlsMaterial } from './mta-tls.js';
@@ -37,12 +37,6 @@ interface Transaction {
 }
 
 type Callback = (err?: Error | null) => void;
-
-/** The recipient as the policy stores it: local part as given, domain normalised. */
-function normalizeAddress(address: string): string {
-  const parts = splitAddress(address);
-  return parts ? `${parts.local}@${normalizeDomain(parts.domain)}` : address;
-}
 
 /** A hash that no password matches, compared when the user is unknown so timing tells nothing. */
 const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
@@ -95,7 +89,7 @@ export class Listener {
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
       onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, session, cb),
-      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, session, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
     };
     this.server = new SMTPServer(options);
@@ -149,7 +143,7 @@ export class Listener {
     cb();
   }
 
-  #onRcptTo(address: string, session: SMTPServerSession, cb: Callback): void {
+  #onRcptTo(address: string, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
     const tx = this.#tx.get(session);
     if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
     if (tx.recipients.size >= tx.runtime.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
@@ -160,7 +154,8 @@ export class Listener {
     }
     // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
     tx.recipients.set(decision.address, {
-      tenant: decision.tenant, address: decision.address, domain: decision.domain, orcpt: null, notify: null,
+      tenant: decision.tenant, address: decision.address, domain: decision.domain,
+      orcpt: dsn?.orcpt ?? null, notify: dsn?.notify?.join(',') ?? null,
     });
     cb();
   }
@@ -222,12 +217,7 @@ export class Listener {
     const { config } = tx.runtime;
     const fail = (r: SmtpReply) => cb(toSmtpError(r));
     const env = session.envelope as typeof session.envelope & { bodyType?: string; smtpUtf8?: boolean; dsn?: { ret?: string; envid?: string } };
-    const rcptArgs = new Map((env.rcptTo as unknown as Array<{ address: string; dsn?: { notify?: string[]; orcpt?: string } }>)
-      .map((r) => [normalizeAddress(r.address), r.dsn]));
-    const recipients = [...tx.recipients.values()].map((r) => {
-      const dsn = rcptArgs.get(r.address);
-      return { ...r, notify: dsn?.notify?.join(',') ?? null, orcpt: dsn?.orcpt ?? null };
-    });
+    const recipients = [...tx.recipients.values()];
     const sender = env.mailFrom ? env.mailFrom.address : '';
     const context = {
       queueId: writer.id, client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',

@@ -207,7 +207,7 @@ export class Queue {
 
   async #attempt(job: Job): Promise<void> {
     let rows: RecipientRow[] = [];
-    let retry: Job | null = null;
+    let retry: Job[] = [];
     try {
       const msg = this.store.message(job.messageId);
       if (!msg || msg.state !== 'active') return;
@@ -221,26 +221,29 @@ export class Queue {
       retry = await this.#deliverRows(job, msg, rows);
     } catch (err) {
       this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
-      if (rows.length > 0) retry = { ...job, recipientIds: rows.map((r) => r.id), due: Date.now() + retryDelay(this.config.queue, 1) };
+      if (rows.length > 0) retry = [{ ...job, recipientIds: rows.map((r) => r.id), due: Date.now() + retryDelay(this.config.queue, 1) }];
     } finally {
       for (const r of rows) this.#inFlight.delete(`${r.message_id}/${r.id}`);
     }
     // Only now, with the rows out of flight, may their next attempt start.
-    if (retry) this.scheduler.add(retry);
+    for (const j of retry) this.scheduler.add(j);
   }
 
-  /** One attempt for some recipients of one message; returns the job for those to retry, if any. */
-  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[]): Promise<Job | null> {
+  /** One attempt for some recipients of one message; returns the jobs (one per retry time) for those to retry. */
+  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[]): Promise<Job[]> {
+    // Recipients already refused for good whose bounce is still owed are not sent again.
+    const owed = rows.filter((r) => r.owed === 'failed');
+    const toSend = rows.filter((r) => r.owed !== 'failed');
     const outbound: OutboundMessage = {
       sender: msg.sender,
-      recipients: rows.map((r) => ({ id: r.id, address: r.address, notify: r.notify, orcpt: r.orcpt })),
+      recipients: toSend.map((r) => ({ id: r.id, address: r.address, notify: r.notify, orcpt: r.orcpt })),
       size: msg.size + Buffer.byteLength(msg.trace),
       ret: msg.ret,
       envid: msg.envid,
       body8bit: msg.body8bit === 1,
       open: () => this.#open(msg),
     };
-    const result = await this.#egress.deliver(job.domain, outbound);
+    const result = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound) : { kind: 'outcomes' as const, outcomes: [] };
     const now = Date.now();
     const q = this.config.queue;
 
@@ -249,10 +252,13 @@ export class Queue {
         id: r.id, state: 'held', nextAttempt: now, code: null, status: null, reply: 'held by route', host: null, attempted: false,
       })) }]);
       this.log.info({ qid: msg.id, tenant: job.tenant, domain: job.domain, recipients: rows.length }, 'held');
-      return null;
+      return [];
     }
 
     const byId = new Map<number, RecipientOutcome>(result.outcomes.map((o) => [o.id, o]));
+    for (const r of owed) {
+      byId.set(r.id, { id: r.id, verdict: 'bounced', code: r.last_code ?? 550, status: r.last_status ?? '5.0.0', reply: r.last_reply ?? '', host: r.last_host ?? job.domain });
+    }
     const updates = new Map<number, RecipientUpdate>();
     const failed: RecipientRow[] = [];
     const delayed: RecipientRow[] = [];
@@ -261,12 +267,12 @@ export class Queue {
 
     for (const r of rows) {
       const o = byId.get(r.id) ?? { id: r.id, verdict: 'deferred', code: 451, status: '4.4.2', reply: '451 4.4.2 no outcome reported', host: job.domain };
-      const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: true };
+      const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: r.owed !== 'failed' };
       const after = { ...r, attempts: r.attempts + 1, last_code: o.code, last_status: o.status, last_reply: o.reply, last_host: o.host, updated_at: now };
       if (o.verdict === 'delivered') {
         updates.set(r.id, { ...base, state: 'delivered', nextAttempt: now });
       } else if (o.verdict === 'bounced' || now >= expiresAt) {
-        const reply = o.verdict === 'bounced' ? o.reply : `${o.reply} (gave up: in the queue longer than queue.maxAge)`;
+        const reply = o.verdict === 'bounced' || r.owed === 'failed' ? o.reply : `${o.reply} (gave up: in the queue longer than queue.maxAge)`;
         updates.set(r.id, { ...base, reply, state: 'bounced', nextAttempt: now });
         if (wantsNotice(msg, r, 'failed')) failed.push({ ...after, last_reply: reply });
       } else {
@@ -274,7 +280,9 @@ export class Queue {
         updates.set(r.id, { ...base, state: 'queued', nextAttempt: retryAt(r), warned: warn });
         if (warn) delayed.push(after);
       }
-      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at }, 'delivery attempt');
+      if (r.owed !== 'failed') {
+        this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at }, 'delivery attempt');
+      }
     }
 
     // The notices are written before the outcomes are committed, and their queue records go in the
@@ -285,12 +293,15 @@ export class Queue {
       try {
         notices.push(await this.writeNotice(msg, list, action, now));
       } catch (err) {
-        // No notice could be written (disk full, say): keep these recipients queued so that both the
-        // outcome and its notice are tried again later; the others' outcomes stand.
+        // No notice could be written (disk full, say). A refused recipient stays queued with the
+        // bounce owed: later attempts only retry the notice, never the destination. A delay notice is
+        // simply tried again at the next deferral.
         this.log.error({ err, qid: msg.id, action }, 'could not write a delivery status notice; retrying later');
         for (const r of list) {
           const u = updates.get(r.id)!;
-          updates.set(r.id, { ...u, state: 'queued', nextAttempt: retryAt(r), warned: false });
+          updates.set(r.id, action === 'failed'
+            ? { ...u, state: 'queued', nextAttempt: retryAt(r), owed: 'failed' }
+            : { ...u, warned: false });
         }
       }
     }
@@ -306,9 +317,14 @@ export class Queue {
       throw err;
     }
     notices.forEach((n, i) => this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: noticeIds[i][j] })), now));
-    const retry = [...updates.values()].filter((u) => u.state === 'queued');
-    if (retry.length === 0) return null;
-    return { ...job, recipientIds: retry.map((u) => u.id), due: Math.min(...retry.map((u) => u.nextAttempt)) };
+    // One job per retry time: each recipient's backoff has its own jitter.
+    const byDue = new Map<number, number[]>();
+    for (const u of updates.values()) {
+      if (u.state !== 'queued') continue;
+      const ids = byDue.get(u.nextAttempt);
+      if (ids) ids.push(u.id); else byDue.set(u.nextAttempt, [u.id]);
+    }
+    return [...byDue].map(([due, recipientIds]) => ({ ...job, recipientIds, due }));
   }
 
   private async writeNotice(msg: MessageRow, recipients: RecipientRow[], action: NoticeAction, now: number): Promise<Notice> {

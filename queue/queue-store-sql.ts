@@ -72,6 +72,8 @@ export interface RecipientRow {
   last_reply: string | null;
   last_host: string | null;
   warned: number;
+  /** 'failed' when the recipient was refused for good but its bounce could not be written yet. */
+  owed: string | null;
   updated_at: number;
 }
 
@@ -86,6 +88,8 @@ export interface RecipientUpdate {
   host: string | null;
   attempted: boolean;
   warned?: boolean;
+  /** Set: the outcome is final but the notice is still owed (retried without contacting the destination). */
+  owed?: 'failed' | null;
 }
 export type WriteOp =
   | { op: 'insertMessage'; message: NewMessage }
@@ -131,6 +135,7 @@ CREATE TABLE IF NOT EXISTS recipients (
   last_reply TEXT,
   last_host TEXT,
   warned INTEGER NOT NULL DEFAULT 0,
+  owed TEXT,
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (message_id, id)
 ) WITHOUT ROWID;
@@ -147,7 +152,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       attempts = attempts + @attempted, first_attempt = COALESCE(first_attempt, CASE WHEN @attempted = 1 THEN @now END),
       last_code = COALESCE(@code, last_code), last_status = COALESCE(@status, last_status),
       last_reply = COALESCE(@reply, last_reply), last_host = COALESCE(@host, last_host),
-      warned = MAX(warned, @warned), updated_at = @now WHERE message_id = @messageId AND id = @id`),
+      warned = MAX(warned, @warned), owed = @owed, updated_at = @now WHERE message_id = @messageId AND id = @id`),
     openCount: db.prepare(`SELECT COUNT(*) AS n FROM recipients WHERE message_id = ? AND state IN ('queued', 'held')`),
     markDone: db.prepare(`UPDATE messages SET state = 'done' WHERE id = ? AND state = 'active'`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
@@ -169,7 +174,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         for (const u of op.updates) {
           s.updateRecipient.run({
             messageId: op.messageId, id: u.id, state: u.state, nextAttempt: u.nextAttempt, attempted: u.attempted ? 1 : 0, now: op.now,
-            code: u.code, status: u.status, reply: u.reply, host: u.host, warned: u.warned ? 1 : 0,
+            code: u.code, status: u.status, reply: u.reply, host: u.host, warned: u.warned ? 1 : 0, owed: u.owed ?? null,
           });
         }
         const { n } = s.openCount.get(op.messageId) as { n: number };

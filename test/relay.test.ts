@@ -132,6 +132,25 @@ describe('relay through real clients and sinks', () => {
     expect(bodies.some((b) => b.includes('auth swaks') && /with ESMTPSA id/.test(b))).toBe(true);
   });
 
+  it('offers AUTH at once on an implicit-TLS listener', async () => {
+    const tls = await startApp((dir) => baseConfig(dir, {
+      listeners: [{ name: 'smtps', role: 'submission', port: 0, tls: 'implicit' }],
+      tenants: { alpha: { domains: ['alpha.test'] } },
+      users: [{ name: 'ann@alpha.test', password: TEST_HASH, tenant: 'alpha' }],
+      routes: { '*': { host: '127.0.0.4', port: internet.port } },
+    }));
+    try {
+      const before = internet.messages.length;
+      const info = await nodemailer.createTransport({ host: '127.0.0.1', port: tls.port('smtps'), secure: true, tls: { rejectUnauthorized: false }, auth: { user: 'ann@alpha.test', pass: TEST_PASSWORD } })
+        .sendMail({ from: 'ann@alpha.test', to: 'far@elsewhere.test', text: 'over implicit TLS' });
+      expect(info.response).toMatch(/^250 2\.0\.0 /);
+      const got = await internet.waitFor(before + 1);
+      expect(got.at(-1)!.data.toString()).toMatch(/with ESMTPSA id /);
+    } finally {
+      await tls.stop();
+    }
+  });
+
   it('removes spool files and records once everything is delivered', async () => {
     await waitUntil(async () => (await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt').length === 0, 10_000, 'spool to empty');
     expect(t.app.queue.store.allMessages()).toEqual([]);

@@ -140,6 +140,54 @@ describe('expiry', () => {
   });
 });
 
+describe('retries with jitter and DSN groups', () => {
+  it('retries every deferred recipient of a lane, each at its own jittered time', async () => {
+    const remote = await startSink({ host: '127.0.0.3', rcpt: scripted });
+    const t = await startApp((dir) => baseConfig(dir, {
+      trustedNetworks: ['127.0.0.1/32'],
+      queue: { retryInitial: '150ms', retryMax: '300ms', retryJitter: 0.5 },
+      routes: { 'remote.test': { host: '127.0.0.3', port: remote.port } },
+    }));
+    try {
+      await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
+        .sendMail({ from: 'me@sender.test', to: ['soft-1a@remote.test', 'soft-1b@remote.test', 'soft-1c@remote.test'], text: 'jitter' });
+      await waitUntil(() => ['a', 'b', 'c'].every((x) => remote.messages.some((m) => m.rcptTo.includes(`soft-1${x}@remote.test`))), 10_000, 'all three after their retries');
+    } finally {
+      await t.stop();
+      await remote.close();
+    }
+  });
+
+  it('sends recipients with different NOTIFY in separate transactions, resetting after a refused one', async () => {
+    const remote = await startSink({ host: '127.0.0.3', rcpt: scripted });
+    const t = await startApp((dir) => baseConfig(dir, {
+      trustedNetworks: ['127.0.0.1/32'],
+      routes: { 'remote.test': { host: '127.0.0.3', port: remote.port } },
+    }));
+    try {
+      const c = await RawSmtp.open(t.port('mx'));
+      await c.reply();
+      await c.command('EHLO client.test');
+      await c.command('MAIL FROM:<>');
+      expect(await c.command('RCPT TO:<hard-x@remote.test> NOTIFY=NEVER')).toMatch(/^250/);
+      expect(await c.command('RCPT TO:<fine@remote.test> NOTIFY=FAILURE')).toMatch(/^250/);
+      await c.command('DATA');
+      c.send('Subject: two groups\r\n\r\nx\r\n.\r\n');
+      const qid = (await c.reply())[0].split(' ').pop()!;
+      await c.command('QUIT');
+      const [m] = await remote.waitFor(1);
+      expect(m.rcptTo).toEqual(['fine@remote.test']);
+      expect(m.rcptParams[0]).toMatchObject({ NOTIFY: 'FAILURE' });
+      await waitUntil(() => t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').length === 2);
+      const verdicts = Object.fromEntries(t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').map((l) => [l.rcpt, l.verdict]));
+      expect(verdicts).toEqual({ 'hard-x@remote.test': 'bounced', 'fine@remote.test': 'delivered' });
+    } finally {
+      await t.stop();
+      await remote.close();
+    }
+  });
+});
+
 describe('what the next hop says after DATA', () => {
   it('takes LMTP answers per recipient: one delivered, one deferred and retried alone', async () => {
     const lmtp = await startSink({ host: '127.0.0.5', lmtp: true, lmtpData: (a, n) => (a.startsWith('full@') && n === 1 ? { code: 452, text: '4.2.2 mailbox full' } : undefined) });

@@ -140,7 +140,7 @@ describe('startup of the real process with entries to set aside', () => {
 });
 
 describe('a full disk while writing a bounce', () => {
-  it('keeps the recipient queued, then bounces once there is room again', async () => {
+  it('keeps the bounce owed, then sends it once there is room again, without asking the destination twice', async () => {
     const { startSink } = await import('./helpers/sink.js');
     const { parseConfig } = await import('../mta/index.js');
     const { waitUntil } = await import('./helpers/app.js');
@@ -180,6 +180,8 @@ describe('a full disk while writing a bounce', () => {
       await rm(filler);
       const [dsn] = await senderBox.waitFor(1, 10_000);
       expect(dsn.data.toString()).toMatch(/Final-Recipient: rfc822; gone@remote\.test\r\nAction: failed\r\nStatus: 5\.1\.1/);
+      // Only the notice was retried: the destination that refused the recipient was asked once.
+      expect(refusing.rcptAttempts.get('gone@remote.test')).toBe(1);
       await waitUntil(() => t.app.queue.store.message(qid) === undefined, 10_000, 'the message to be swept');
     } finally {
       await t.stop();
