@@ -1,8 +1,9 @@
 /*
  * Idle SMTP sessions kept open for the next message to the same next hop (address, port,
  * protocol), as Postfix's connection cache does: a session is reused only after a clean
- * transaction, for at most `maxMessages` messages and `idleMs` of idleness, and a reused session
- * that turns out dead is never blamed on the destination (the caller opens a fresh one).
+ * transaction, for at most `maxMessages` messages and `idleMs` of idleness. A reused session
+ * found dead before the peer read any of the message is not blamed on the destination: the caller
+ * opens a fresh one.
  * The egress work grows this into pools per (site, source IP) with per-site limits.
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';

@@ -101,7 +101,7 @@ const route = z.union([
     protocol: z.enum(['smtp', 'lmtp']).default('smtp'),
   }),
   z.strictObject({
-    /** Keep the mail queued (held) until an operator releases it. */
+    /** Keep the mail queued (held, no expiry) until the route changes and the mail is released. */
     hold: z.literal(true),
   }),
 ]);

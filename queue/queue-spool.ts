@@ -5,8 +5,9 @@
  *
  * A writer streams DATA into `<dir>/<id>` as it arrives (bounded memory whatever the size), then
  * `commit()` makes it durable: fdatasync of the file and an fsync of the folder, the folder sync
- * shared by every writer that committed meanwhile (group commit). Files of messages that were
- * never acknowledged, or whose metadata is missing, are moved to `<dir>/corrupt/`, never deleted.
+ * shared by every writer that committed meanwhile (group commit). A writer whose message is refused
+ * deletes its file; at startup, a file without a queue record is moved to `<dir>/corrupt/`, never
+ * deleted.
  */
 import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
