@@ -100,6 +100,37 @@ async function baseline(w: Workload, sinkPort: number): Promise<Figures> {
   return { seconds, rate: w.count / seconds };
 }
 
+interface Deliveries { latencies: number[]; last: number }
+
+/**
+ * Runs the load against an MTA listening on `port`, polls `delivered()` until every message is
+ * delivered, and turns what it saw into figures (disk counter read around the whole run).
+ */
+async function measure(w: Workload, dir: string, port: number, delivered: () => Promise<Deliveries>): Promise<Figures> {
+  await waitForPort('127.0.0.1', port);
+  const device = deviceOf(dir);
+  const before = sectorsWritten(device);
+  const t0 = Date.now();
+  await run('smtp-source', smtpSourceArgs(w, `127.0.0.1:${port}`));
+  let seen: Deliveries;
+  for (;;) {
+    seen = await delivered();
+    if (seen.latencies.length >= w.count) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  // Let the MTA finish its cleanup (removing delivered files and records) before reading the disk counter.
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = sectorsWritten(device);
+  const latencies = [...seen.latencies].sort((a, b) => a - b);
+  const seconds = (seen.last - t0) / 1000;
+  const diskBytesPerMessage = ((after - before) * 512) / w.count;
+  return {
+    seconds, rate: w.count / seconds,
+    p50: Math.round(latencies[Math.floor(latencies.length * 0.5)]), p99: Math.round(latencies[Math.floor(latencies.length * 0.99)]),
+    diskBytesPerMessage, writeRatio: diskBytesPerMessage / w.size,
+  };
+}
+
 async function ichidan(w: Workload, sinkPort: number): Promise<Figures> {
   const dir = await mkdtemp(join(ROOT, 'var', 'bench-'));
   const port = await freePort('127.0.0.1');
@@ -119,40 +150,22 @@ async function ichidan(w: Workload, sinkPort: number): Promise<Figures> {
   const { openSync } = await import('node:fs');
   const out = openSync(logFile, 'w');
   const proc = spawn(process.execPath, [CLI, 'start', '-c', config], { stdio: ['ignore', out, 'inherit'] });
-  await waitForPort('127.0.0.1', port);
-  const device = deviceOf(dir);
-  const before = sectorsWritten(device);
-  const t0 = Date.now();
-  await run('smtp-source', smtpSourceArgs(w, `127.0.0.1:${port}`));
-  // Wait until every message is delivered.
-  const latencies: number[] = [];
-  let lastDelivery = 0;
-  for (;;) {
-    latencies.length = 0;
-    const rl = createInterface({ input: createReadStream(logFile) });
-    for await (const line of rl) {
-      if (!line.includes('"verdict":"delivered"')) continue;
-      const rec = JSON.parse(line) as { time: string; delay: number };
-      latencies.push(rec.delay);
-      lastDelivery = Math.max(lastDelivery, Date.parse(rec.time));
-    }
-    if (latencies.length >= w.count) break;
-    await new Promise((r) => setTimeout(r, 250));
+  try {
+    return await measure(w, dir, port, async () => {
+      const seen: Deliveries = { latencies: [], last: 0 };
+      for await (const line of createInterface({ input: createReadStream(logFile) })) {
+        if (!line.includes('"verdict":"delivered"')) continue;
+        const rec = JSON.parse(line) as { time: string; delay: number };
+        seen.latencies.push(rec.delay);
+        seen.last = Math.max(seen.last, Date.parse(rec.time));
+      }
+      return seen;
+    });
+  } finally {
+    proc.kill('SIGTERM');
+    await new Promise((r) => proc.on('exit', r));
+    await rm(dir, { recursive: true, force: true });
   }
-  // Let the sweeper remove delivered files and rows, as in steady state, before reading the disk counter.
-  await new Promise((r) => setTimeout(r, 1000));
-  const after = sectorsWritten(device);
-  proc.kill('SIGTERM');
-  await new Promise((r) => proc.on('exit', r));
-  await rm(dir, { recursive: true, force: true });
-  latencies.sort((a, b) => a - b);
-  const seconds = (lastDelivery - t0) / 1000;
-  const diskBytesPerMessage = ((after - before) * 512) / w.count;
-  return {
-    seconds, rate: w.count / seconds,
-    p50: latencies[Math.floor(latencies.length * 0.5)], p99: latencies[Math.floor(latencies.length * 0.99)],
-    diskBytesPerMessage, writeRatio: diskBytesPerMessage / w.size,
-  };
 }
 
 /** A private Postfix instance (its own config and queue under var/) relaying to the same sink. */
@@ -200,30 +213,12 @@ async function postfix(w: Workload, sinkPort: number): Promise<Figures> {
   execFileSync('/usr/lib/postfix/sbin/master', ['-c', etc, '-w']);
   const masterPid = Number((await readFile(join(queue, 'pid', 'master.pid'), 'utf8')).trim());
   try {
-    await waitForPort('127.0.0.1', port);
-    const device = deviceOf(dir);
-    const before = sectorsWritten(device);
-    const t0 = Date.now();
-    await run('smtp-source', smtpSourceArgs(w, `127.0.0.1:${port}`));
-    const delays: number[] = [];
-    let done = 0;
-    for (;;) {
-      delays.length = 0;
+    // Postfix logs whole seconds: the moment the last delivery is seen stands for its time.
+    return await measure(w, dir, port, async () => {
       const text = existsSync(maillog) ? await readFile(maillog, 'utf8') : '';
-      for (const m of text.matchAll(/ delay=([\d.]+),.* status=sent /g)) delays.push(Number(m[1]) * 1000);
-      if (delays.length >= w.count) { done = Date.now(); break; }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    await new Promise((r) => setTimeout(r, 1000));
-    const after = sectorsWritten(device);
-    delays.sort((a, b) => a - b);
-    const seconds = (done - t0) / 1000;
-    const diskBytesPerMessage = ((after - before) * 512) / w.count;
-    return {
-      seconds, rate: w.count / seconds,
-      p50: Math.round(delays[Math.floor(delays.length * 0.5)]), p99: Math.round(delays[Math.floor(delays.length * 0.99)]),
-      diskBytesPerMessage, writeRatio: diskBytesPerMessage / w.size,
-    };
+      const latencies = [...text.matchAll(/ delay=([\d.]+),.* status=sent /g)].map((m) => Number(m[1]) * 1000);
+      return { latencies, last: Date.now() };
+    });
   } finally {
     process.kill(masterPid, 'SIGTERM');
     for (let i = 0; i < 50 && existsSync(`/proc/${masterPid}`); i++) await new Promise((r) => setTimeout(r, 100));
