@@ -12,12 +12,7 @@ describe('timeouts', () => {
   it('ends a DATA phase that runs past limits.dataTimeout with 421 and keeps nothing', async () => {
     const t = await startApp((dir) => baseConfig(dir, { limits: { dataTimeout: '400ms' }, tenants: { alpha: { domains: ['alpha.test'] } } }));
     try {
-      const c = await RawSmtp.open(t.port());
-      await c.reply();
-      await c.command('EHLO client.test');
-      await c.command('MAIL FROM:<x@remote.test>');
-      await c.command('RCPT TO:<ann@alpha.test>');
-      await c.command('DATA');
+      const c = await RawSmtp.atData(t.port(), 'x@remote.test', ['ann@alpha.test']);
       c.send('Subject: slow\r\n\r\nand then nothing more');
       expect((await c.reply(5000))[0]).toMatch(/^421 4\.4\.2 timeout while receiving message data/);
       await new Promise((r) => setTimeout(r, 200));

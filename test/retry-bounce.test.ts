@@ -90,14 +90,8 @@ describe('retries and bounces', () => {
   });
 
   it('never bounces mail from the null sender', async () => {
-    const c = await RawSmtp.open(t.port('mx'));
-    await c.reply();
-    await c.command('EHLO client.test');
-    expect(await c.command('MAIL FROM:<>')).toMatch(/^250/);
-    expect(await c.command('RCPT TO:<hard-null@remote.test>')).toMatch(/^250/);
-    await c.command('DATA');
-    c.send('Subject: a bounce of someone else\r\n\r\nx\r\n.\r\n');
-    const qid = (await c.reply())[0].split(' ').pop()!;
+    const c = await RawSmtp.atData(t.port('mx'), '', ['hard-null@remote.test']);
+    const qid = await c.finishData('Subject: a bounce of someone else\r\n\r\nx\r\n');
     await c.command('QUIT');
     await waitUntil(() => t.logs.some((l) => l.qid === qid && l.verdict === 'bounced'));
     await waitUntil(() => t.app.queue.store.message(qid) === undefined, 5_000, 'the message to be swept');
@@ -165,15 +159,8 @@ describe('retries with jitter and DSN groups', () => {
       routes: { 'remote.test': { host: '127.0.0.3', port: remote.port } },
     }));
     try {
-      const c = await RawSmtp.open(t.port('mx'));
-      await c.reply();
-      await c.command('EHLO client.test');
-      await c.command('MAIL FROM:<>');
-      expect(await c.command('RCPT TO:<hard-x@remote.test> NOTIFY=NEVER')).toMatch(/^250/);
-      expect(await c.command('RCPT TO:<fine@remote.test> NOTIFY=FAILURE')).toMatch(/^250/);
-      await c.command('DATA');
-      c.send('Subject: two groups\r\n\r\nx\r\n.\r\n');
-      const qid = (await c.reply())[0].split(' ').pop()!;
+      const c = await RawSmtp.atData(t.port('mx'), '', ['hard-x@remote.test NOTIFY=NEVER', 'fine@remote.test NOTIFY=FAILURE']);
+      const qid = await c.finishData('Subject: two groups\r\n\r\nx\r\n');
       await c.command('QUIT');
       const [m] = await remote.waitFor(1);
       expect(m.rcptTo).toEqual(['fine@remote.test']);

@@ -159,14 +159,8 @@ describe('a full disk while writing a bounce', () => {
     });
     const t = await startApp((dir) => build(dir, true), { dataDir });
     try {
-      const c = await RawSmtp.open(t.port());
-      await c.reply();
-      await c.command('EHLO client.test');
-      await c.command('MAIL FROM:<me@sender.test>');
-      await c.command('RCPT TO:<gone@remote.test>');
-      await c.command('DATA');
-      c.send(`Subject: doomed\r\n\r\n${'body line\r\n'.repeat(2000)}.\r\n`); // ~20 KB, returned whole in the bounce
-      const qid = (await c.reply())[0].split(' ').pop()!;
+      const c = await RawSmtp.atData(t.port(), 'me@sender.test', ['gone@remote.test']);
+      const qid = await c.finishData(`Subject: doomed\r\n\r\n${'body line\r\n'.repeat(2000)}`); // ~20 KB, returned whole in the bounce
       await c.command('QUIT');
       await waitUntil(() => t.logs.some((l) => l.qid === qid && l.msg === 'held'));
       // Fill what is left of the filesystem.

@@ -36,6 +36,32 @@ export class RawSmtp {
     });
   }
 
+  /**
+   * A session up to DATA's 354: greeting, EHLO, MAIL FROM:<from>, one RCPT per entry of `to`
+   * (each may carry parameters after the address: "a@b.test NOTIFY=NEVER"). Every reply must be 2xx/3xx.
+   */
+  static async atData(port: number, from: string, to: string[]): Promise<RawSmtp> {
+    const c = await RawSmtp.open(port);
+    await c.reply();
+    const rcpt = (r: string) => {
+      const [address, ...params] = r.split(' ');
+      return [`RCPT TO:<${address}>`, ...params].join(' ');
+    };
+    for (const line of ['EHLO client.test', `MAIL FROM:<${from}>`, ...to.map(rcpt), 'DATA']) {
+      const reply = await c.command(line);
+      if (!/^[23]/.test(reply)) throw new Error(`${line} → ${reply}`);
+    }
+    return c;
+  }
+
+  /** Sends the message and returns the queue id from the 250 (throws on any other reply). */
+  async finishData(message: string): Promise<string> {
+    this.send(`${message}.\r\n`);
+    const reply = (await this.reply()).join('\n');
+    if (!/^250 /.test(reply)) throw new Error(`end of data → ${reply}`);
+    return reply.split(' ').pop()!;
+  }
+
   send(bytes: string | Buffer): void {
     this.transcript.push(`C: ${bytes.toString().replace(/\r\n$/, '')}`);
     this.socket.write(bytes);
