@@ -8,7 +8,7 @@
  * cannot be reached (refused, timeout, greeting refused) is reported as `unreachable` so the
  * caller can try the next MX.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { quit, type Lease, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
@@ -204,22 +204,10 @@ function dsnGroups(recipients: OutboundRecipient[]): OutboundRecipient[][] {
   return [...groups.values()];
 }
 
-/** The message stream, remembering whether the peer ever started reading it (DATA was under way). */
-function tracked(open: () => Readable): { stream: Readable; started: () => boolean } {
-  let started = false;
-  let source: Readable | null = null;
-  const stream = Readable.from((async function* () {
-    source = open();
-    try {
-      for await (const chunk of source) {
-        started = true;
-        yield chunk as Buffer;
-      }
-    } finally {
-      source.destroy();
-    }
-  })(), { objectMode: false });
-  return { stream, started: () => started };
+/** Every recipient given the same reply (a failed lookup, an unreachable hop, a lost session). */
+export function sameOutcome(recipients: OutboundRecipient[], reply: string, host: string): RecipientOutcome[] {
+  const { code, status, text } = parseReply(reply);
+  return recipients.map((r) => ({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host }));
 }
 
 async function transact(conn: SMTPConnection, msg: OutboundMessage, where: string, reused: boolean, lmtp: boolean): Promise<Transacted | 'stale'> {
@@ -248,9 +236,9 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
       outcomes.push({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host: where });
       decided.add(r.id);
     };
-    const body = tracked(msg.open);
+    const body = msg.open();
     try {
-      const info = await send(conn, envelope, body.stream);
+      const info = await send(conn, envelope, body);
       for (const e of info.rejectedErrors ?? []) {
         const r = e.recipient ? byAddress.get(e.recipient.toLowerCase()) : undefined;
         if (r && e.response) record(r, e.response);
@@ -266,7 +254,7 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
     } catch (err) {
       const e = err as SmtpError;
       // A cached session that died before the peer read any of the message: nothing was sent, try a fresh one.
-      if (reused && !e.response && outcomes.length === 0 && !body.started()) return 'stale';
+      if (reused && !e.response && outcomes.length === 0 && !body.readableDidRead) return 'stale';
       clean = false;
       needReset = true;
       if (e.code === 'EMESSAGE' && !e.response && /size/i.test(e.message)) {
@@ -285,13 +273,12 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
         break;
       }
     } finally {
-      body.stream.destroy();
+      body.destroy();
     }
   }
   // Recipients of groups never tried because the connection broke are deferred.
   const done = new Set(outcomes.map((o) => o.id));
-  for (const r of msg.recipients) {
-    if (!done.has(r.id)) outcomes.push({ id: r.id, verdict: 'deferred', code: 451, status: '4.4.2', reply: '451 4.4.2 connection lost before this recipient was tried', host: where });
-  }
+  const untried = msg.recipients.filter((r) => !done.has(r.id));
+  outcomes.push(...sameOutcome(untried, '451 4.4.2 connection lost before this recipient was tried', where));
   return { outcomes, clean, broken };
 }

@@ -18,10 +18,9 @@
 import type { Config } from '../mta/mta-config-schema.js';
 import { createResolver, Router } from './delivery-route.js';
 import { SessionCache } from './delivery-cache.js';
-import { deliverToHop, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
+import { deliverToHop, sameOutcome, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
 
 export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
-export { parseReply } from './delivery-smtp.js';
 
 export type DeliveryResult =
   | { kind: 'hold' }
@@ -40,11 +39,8 @@ export class Egress {
     const decision = await this.#router.route(domain);
     if (decision.kind === 'hold') return { kind: 'hold' };
     if (decision.kind === 'fail') {
-      const code = decision.permanent ? 550 : 451;
-      return { kind: 'outcomes', outcomes: msg.recipients.map((r) => ({
-        id: r.id, verdict: decision.permanent ? 'bounced' : 'deferred', code, status: decision.status,
-        reply: `${code} ${decision.status} ${decision.reason}`, host: domain,
-      })) };
+      const reply = `${decision.permanent ? 550 : 451} ${decision.status} ${decision.reason}`;
+      return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain) };
     }
     const opts = {
       heloName: this.config.delivery.heloName ?? this.config.hostname,
@@ -59,10 +55,7 @@ export class Egress {
       if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes };
       last = result;
     }
-    const status = last?.status ?? '4.4.1';
-    const reason = last?.reason ?? 'no next hop';
-    return { kind: 'outcomes', outcomes: msg.recipients.map((r) => ({
-      id: r.id, verdict: 'deferred', code: 451, status, reply: `451 ${status} ${reason}`, host: domain,
-    })) };
+    const reply = `451 ${last?.status ?? '4.4.1'} ${last?.reason ?? 'no next hop'}`;
+    return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain) };
   }
 }

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import bcrypt from 'bcryptjs';
 import Database from 'better-sqlite3';
+import { queueStatus } from '../queue/queue-store-sql.js';
 import { ConfigError, loadConfig } from './mta-config.js';
 import { Ichidan } from './index.js';
 import { createLogger } from './mta-log.js';
@@ -86,13 +87,11 @@ function hashPassword(args: string[]): void {
   process.stdout.write(bcrypt.hashSync(password, 10) + '\n');
 }
 
-function queueStatus(args: string[]): void {
+function showQueue(args: string[]): void {
   const config = loadOrExit(configPath(args));
   const db = new Database(join(config.dataDir, 'queue.db'), { readonly: true, fileMustExist: true });
-  const counts = db.prepare(`SELECT r.tenant, r.state, COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id
-    WHERE m.state = 'active' GROUP BY r.tenant, r.state ORDER BY r.tenant, r.state`).all() as Array<{ tenant: string; state: string; n: number }>;
+  const { counts, corrupt } = queueStatus(db);
   for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
-  const corrupt = db.prepare(`SELECT id, note FROM messages WHERE state = 'corrupt' ORDER BY id`).all() as Array<{ id: string; note: string }>;
   for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
   db.close();
 }
@@ -102,7 +101,7 @@ switch (command) {
   case 'start': await start(rest); break;
   case 'check-config': checkConfig(rest); break;
   case 'hash-password': hashPassword(rest); break;
-  case 'queue': queueStatus(rest); break;
+  case 'queue': showQueue(rest); break;
   default:
     process.stderr.write(USAGE + '\n');
     process.exit(command ? 2 : 0);

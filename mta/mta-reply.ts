@@ -24,9 +24,7 @@ export const REPLIES = {
   storageFull: reply(452, '4.3.1', 'insufficient system storage, try again later'),
   localError: reply(451, '4.3.0', 'local error in processing, try again later'),
   dataTimeout: reply(421, '4.4.2', 'timeout while receiving message data, closing connection'),
-  badSender: reply(553, '5.1.7', 'bad sender address syntax'),
   badRecipient: reply(553, '5.1.3', 'bad recipient address syntax'),
-  shuttingDown: reply(421, '4.3.2', 'service shutting down, try again later'),
 } as const;
 
 export type SmtpError = Error & { responseCode: number };
@@ -35,8 +33,4 @@ export function toSmtpError(r: SmtpReply): SmtpError {
   const err = new Error(`${r.enhanced} ${r.text}`) as SmtpError;
   err.responseCode = r.code;
   return err;
-}
-
-export function formatReply(r: SmtpReply): string {
-  return `${r.code} ${r.enhanced} ${r.text}`;
 }

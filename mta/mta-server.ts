@@ -221,7 +221,7 @@ export class Listener {
     const sender = env.mailFrom ? env.mailFrom.address : '';
     const context = {
       queueId: writer.id, client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
-      sender, recipients: recipients.map((r) => r.address), authUser: typeof session.user === 'string' ? session.user : null,
+      sender, recipients: recipients.map((r) => r.address), authUser: this.#client(session).authUser,
     };
     let extraHeaders = '';
     if (tx.runtime.engines.size > 0) {

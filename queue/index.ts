@@ -120,8 +120,9 @@ export class Queue {
       await writer.discard();
       throw err;
     }
+    // A copy, not the received chunks: those may be views into much larger socket buffers.
     if (writer.kept) this.#remember(writer.id, Buffer.concat(writer.kept));
-    this.#schedule(writer.id, env.recipients.map((r, i) => ({ ...r, id: ids[i] })), receivedAt);
+    this.#schedule(writer.id, env.recipients.map((r, i) => ({ ...r, id: ids[i], due: receivedAt })));
     return writer.id;
   }
 
@@ -151,12 +152,7 @@ export class Queue {
   /** Held recipients back into the queue (by tenant and/or domain); returns how many. */
   async release(tenant: string | null, domain: string | null): Promise<number> {
     const [released] = await this.store.write([{ op: 'release', tenant, domain, now: Date.now() }]) as [RecipientRow[]];
-    const byMessage = new Map<string, RecipientRow[]>();
-    for (const r of released) {
-      const list = byMessage.get(r.message_id);
-      if (list) list.push(r); else byMessage.set(r.message_id, [r]);
-    }
-    for (const [id, rows] of byMessage) this.#schedule(id, rows, Date.now());
+    this.#scheduleRows(released);
     return released.length;
   }
 
@@ -170,36 +166,30 @@ export class Queue {
     await this.spool.close();
   }
 
-  #schedule(messageId: string, recipients: Array<{ id: number; tenant: string; domain: string }>, due: number): void {
+  /** One job per lane (tenant × domain) and due time for these recipients of one message. */
+  #schedule(messageId: string, recipients: Array<{ id: number; tenant: string; domain: string; due: number }>): void {
     const jobs = new Map<string, Job>();
     for (const r of recipients) {
-      const key = `${r.tenant}\u0000${r.domain}`;
+      const key = `${r.tenant}\u0000${r.domain}\u0000${r.due}`;
       const job = jobs.get(key);
       if (job) job.recipientIds.push(r.id);
-      else jobs.set(key, { messageId, tenant: r.tenant, domain: r.domain, recipientIds: [r.id], due });
+      else jobs.set(key, { messageId, tenant: r.tenant, domain: r.domain, recipientIds: [r.id], due: r.due });
     }
     for (const job of jobs.values()) this.scheduler.add(job);
   }
 
-  #loadOpen(): void {
+  /** Schedules stored recipient rows, each at its next attempt. */
+  #scheduleRows(rows: RecipientRow[]): void {
     const byMessage = new Map<string, RecipientRow[]>();
-    const running = this.#inFlight;
-    for (const r of this.store.openRecipients()) {
-      if (running.has(`${r.message_id}/${r.id}`)) continue;
+    for (const r of rows) {
       const list = byMessage.get(r.message_id);
       if (list) list.push(r); else byMessage.set(r.message_id, [r]);
     }
-    for (const [id, rows] of byMessage) {
-      const lanes = new Map<string, RecipientRow[]>();
-      for (const r of rows) {
-        const key = `${r.tenant}\u0000${r.domain}\u0000${r.next_attempt}`;
-        const l = lanes.get(key);
-        if (l) l.push(r); else lanes.set(key, [r]);
-      }
-      for (const group of lanes.values()) {
-        this.#schedule(id, group.map((r) => ({ id: r.id, tenant: r.tenant, domain: r.domain })), group[0].next_attempt);
-      }
-    }
+    for (const [id, list] of byMessage) this.#schedule(id, list.map((r) => ({ ...r, due: r.next_attempt })));
+  }
+
+  #loadOpen(): void {
+    this.#scheduleRows(this.store.openRecipients());
   }
 
   /** Recipients ("message id/recipient number") with an attempt running now. */
@@ -207,7 +197,7 @@ export class Queue {
 
   async #attempt(job: Job): Promise<void> {
     let rows: RecipientRow[] = [];
-    let retry: Job[] = [];
+    let retry: Array<{ id: number; tenant: string; domain: string; due: number }> = [];
     try {
       const msg = this.store.message(job.messageId);
       if (!msg || msg.state !== 'active') return;
@@ -221,16 +211,17 @@ export class Queue {
       retry = await this.#deliverRows(job, msg, rows);
     } catch (err) {
       this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
-      if (rows.length > 0) retry = [{ ...job, recipientIds: rows.map((r) => r.id), due: Date.now() + retryDelay(this.config.queue, 1) }];
+      const due = Date.now() + retryDelay(this.config.queue, 1);
+      retry = rows.map((r) => ({ ...r, due }));
     } finally {
       for (const r of rows) this.#inFlight.delete(`${r.message_id}/${r.id}`);
     }
     // Only now, with the rows out of flight, may their next attempt start.
-    for (const j of retry) this.scheduler.add(j);
+    this.#schedule(job.messageId, retry);
   }
 
-  /** One attempt for some recipients of one message; returns the jobs (one per retry time) for those to retry. */
-  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[]): Promise<Job[]> {
+  /** One attempt for some recipients of one message; returns those to retry, each with its own retry time. */
+  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[]): Promise<Array<{ id: number; tenant: string; domain: string; due: number }>> {
     // Recipients already refused for good whose bounce is still owed are not sent again.
     const owed = rows.filter((r) => r.owed === 'failed');
     const toSend = rows.filter((r) => r.owed !== 'failed');
@@ -316,15 +307,8 @@ export class Queue {
       for (const n of notices) await n.writer.discard();
       throw err;
     }
-    notices.forEach((n, i) => this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: noticeIds[i][j] })), now));
-    // One job per retry time: each recipient's backoff has its own jitter.
-    const byDue = new Map<number, number[]>();
-    for (const u of updates.values()) {
-      if (u.state !== 'queued') continue;
-      const ids = byDue.get(u.nextAttempt);
-      if (ids) ids.push(u.id); else byDue.set(u.nextAttempt, [u.id]);
-    }
-    return [...byDue].map(([due, recipientIds]) => ({ ...job, recipientIds, due }));
+    notices.forEach((n, i) => this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: noticeIds[i][j], due: now }))));
+    return [...updates.values()].filter((u) => u.state === 'queued').map((u) => ({ id: u.id, tenant: job.tenant, domain: job.domain, due: u.nextAttempt }));
   }
 
   private async writeNotice(msg: MessageRow, recipients: RecipientRow[], action: NoticeAction, now: number): Promise<Notice> {

@@ -203,3 +203,15 @@ export function configure(db: Database.Database, fsync: boolean): void {
   db.pragma(`synchronous = ${fsync ? 'FULL' : 'OFF'}`);
   db.pragma('busy_timeout = 5000');
 }
+
+/** What `ichidan queue` shows: open recipients per tenant and state, and the entries set aside as corrupt. */
+export function queueStatus(db: Database.Database): {
+  counts: Array<{ tenant: string; state: RecipientState; n: number }>;
+  corrupt: Array<{ id: string; note: string | null }>;
+} {
+  return {
+    counts: db.prepare(`SELECT r.tenant, r.state, COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id
+      WHERE m.state = 'active' GROUP BY r.tenant, r.state ORDER BY r.tenant, r.state`).all() as Array<{ tenant: string; state: RecipientState; n: number }>,
+    corrupt: db.prepare(`SELECT id, note FROM messages WHERE state = 'corrupt' ORDER BY id`).all() as Array<{ id: string; note: string | null }>,
+  };
+}

@@ -19,7 +19,7 @@ import { existsSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import { configure, SCHEMA, type MessageRow, type RecipientRow, type RecipientState, type WriteOp } from './queue-store-sql.js';
+import { configure, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
 import type { UnitResult } from './queue-store-worker.js';
 
 export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
@@ -90,8 +90,6 @@ export class QueueStore {
         WHERE r.state = 'queued' AND m.state = 'active' ORDER BY r.message_id, r.id`),
       doneMessages: this.db.prepare(`SELECT id FROM messages WHERE state = 'done' LIMIT ?`),
       allIds: this.db.prepare(`SELECT id, state, size FROM messages`),
-      counts: this.db.prepare(`SELECT r.tenant, r.state, COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id WHERE m.state = 'active' GROUP BY r.tenant, r.state`),
-      corrupt: this.db.prepare(`SELECT id, note FROM messages WHERE state = 'corrupt' ORDER BY id`),
     };
   }
 
@@ -149,14 +147,6 @@ export class QueueStore {
 
   allMessages(): Array<{ id: string; state: MessageRow['state']; size: number }> {
     return this.#stmts.allIds.all() as Array<{ id: string; state: MessageRow['state']; size: number }>;
-  }
-
-  counts(): Array<{ tenant: string; state: RecipientState; n: number }> {
-    return this.#stmts.counts.all() as Array<{ tenant: string; state: RecipientState; n: number }>;
-  }
-
-  corrupt(): Array<{ id: string; note: string | null }> {
-    return this.#stmts.corrupt.all() as Array<{ id: string; note: string | null }>;
   }
 
   /** Commits what is queued, stops the writer thread, closes both connections. */
