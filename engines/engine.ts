@@ -1,0 +1,120 @@
+/*
+ * The engine contract: what every adapter (clamd, spamd, rspamd, ICAP, sender authentication,
+ * built-in policy) implements and what it returns.
+ *
+ * An adapter never throws from `scan()`: every outcome, a failure included, is a value. It reads
+ * the message from the spool file DATA just wrote (`message.open()` streams it from the page
+ * cache; nothing is copied to disk again) and stops promptly when `signal` aborts — the runner
+ * (`engines-run.ts`) aborts it at the engine's own deadline and records a timeout.
+ */
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
+
+export type EngineKind = 'av' | 'spam' | 'auth' | 'policy';
+
+/** What went wrong when an engine could not give an opinion. */
+export type EngineErrorKind = 'timeout' | 'refused' | 'protocol' | 'too-large' | 'io';
+
+/** The message as the engines see it: the spool file, its size, and a way to stream it. */
+export interface ScanMessage {
+  /** The spool file: the message exactly as received (CRLF line endings, no added headers). */
+  readonly path: string;
+  readonly size: number;
+  /** A fresh stream of the whole message; `start`/`end` are inclusive byte offsets as in fs. */
+  open(range?: { start?: number; end?: number }): Readable;
+}
+
+export function spoolMessage(path: string, size: number): ScanMessage {
+  return {
+    path,
+    size,
+    open: (range) => createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 }),
+  };
+}
+
+/** The SMTP transaction the message arrived in. */
+export interface ScanContext {
+  queueId: string;
+  /** Client IP address. */
+  client: string;
+  /** Client host name from a PTR lookup, when one was made and succeeded. */
+  clientName?: string | null;
+  helo: string;
+  /** Envelope sender ('' for the null sender). */
+  sender: string;
+  recipients: string[];
+  authUser: string | null;
+  /** The tenants the recipients belong to. */
+  tenants?: string[];
+}
+
+/** A spam engine's scoring, in its own units. */
+export interface SpamScore {
+  score: number;
+  /** The engine's own "this is spam" score (spamd's required score, rspamd's reject score). */
+  threshold: number;
+  symbols: string[];
+  /** rspamd's action, when the engine states one. */
+  action?: 'no action' | 'greylist' | 'add header' | 'rewrite subject' | 'soft reject' | 'reject';
+}
+
+export type EngineOutcome =
+  /** Nothing found. A spam engine also reports its score. */
+  | { status: 'clean'; score?: SpamScore }
+  /** An AV engine found malware. */
+  | { status: 'infected'; signature: string }
+  /** A spam engine judged the message spam (score ≥ its threshold, or its action says so). */
+  | { status: 'spam'; score: SpamScore }
+  /**
+   * A policy or authentication engine found the message breaks a rule: a dangerous attachment,
+   * a DMARC failure under a reject policy. `action` is what the engine's config asks for.
+   */
+  | { status: 'violation'; rule: string; action: 'reject' | 'quarantine' | 'tag' }
+  /** No opinion: the engine failed. */
+  | { status: 'error'; error: EngineErrorKind; message: string };
+
+export interface EngineResult {
+  outcome: EngineOutcome;
+  /** Header lines the engine contributes (e.g. Authentication-Results), without CRLF. */
+  headers?: string[];
+  /** Anything else worth recording (symbols, the server that answered, DMARC policy …). */
+  detail?: Record<string, unknown>;
+}
+
+export interface Engine {
+  readonly name: string;
+  readonly kind: EngineKind;
+  /**
+   * The engine's version as last seen (clamd `VERSION`, ICAP `ISTag`, spamd/rspamd server
+   * version); null until known.
+   */
+  version(): string | null;
+  scan(message: ScanMessage, context: ScanContext, signal: AbortSignal): Promise<EngineResult>;
+  /** A cheap liveness check (clamd PING, spamd PING, ICAP OPTIONS), never throws. */
+  ping?(signal: AbortSignal): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export function errorResult(error: EngineErrorKind, message: string, detail?: Record<string, unknown>): EngineResult {
+  return { outcome: { status: 'error', error, message }, detail };
+}
+
+/**
+ * Maps a socket-level failure to an error kind: ECONNREFUSED/ENOENT (nothing listening) →
+ * refused, an abort → timeout, anything else → io.
+ */
+export function socketErrorResult(err: unknown, signal: AbortSignal): EngineResult {
+  if (signal.aborted) return errorResult('timeout', 'deadline reached');
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code === 'ECONNREFUSED' || e?.code === 'ENOENT') return errorResult('refused', `${e.code}: ${e.message}`);
+  return errorResult('io', e?.message ?? String(err));
+}
+
+/** What an adapter may use from the process when it is built. */
+export interface EngineDeps {
+  /** This MTA's host name (the authserv-id of Authentication-Results, the ICAP request host). */
+  hostname: string;
+  /** DNS through the configured resolvers only (`dns.servers`); null when none are configured. */
+  resolver: import('node:dns').promises.Resolver | null;
+  log: import('pino').Logger;
+}

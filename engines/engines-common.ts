@@ -1,0 +1,54 @@
+/*
+ * Settings every engine has, whatever its type, and the pieces adapters use to describe where
+ * their daemon listens. Each adapter's options schema is `z.strictObject({ ...engineCommon(...),
+ * type: z.literal('…'), …its own keys })`.
+ */
+import { z } from 'zod';
+import { duration, size, port } from '../mta/mta-config-primitives.js';
+
+export const engineName = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'an engine name of letters, digits, "-" and "_"');
+
+/**
+ * The common keys, with per-type defaults for the deadline and the size limit (spamd is slow and
+ * meant for small messages; clamd's own StreamMaxLength default is 25 MB).
+ */
+export function engineCommon(defaults: { timeout: string; maxSize: string }) {
+  return {
+    /** Unique name: used in logs, records, statistics, and the per-tenant engine lists. */
+    name: engineName,
+    /** Longest a scan may take; past it the scan is abandoned and counts as a timeout. */
+    timeout: duration.prefault(defaults.timeout),
+    /** Larger messages are not sent to this engine and are recorded as unscanned-by-size. */
+    maxSize: size.prefault(defaults.maxSize),
+    /**
+     * When the engine fails (timeout, refused, protocol error): `skip` leaves the decision to the
+     * other engines and the quorum rule; `tempfail` answers 451 4.7.1 at once.
+     */
+    onError: z.enum(['skip', 'tempfail']).default('skip'),
+    /** Scanned and recorded, never counted in the verdict: for trying a new engine on live mail. */
+    shadow: z.boolean().default(false),
+    /** Weight of a spam engine's normalised score in the weighted mean. */
+    weight: z.number().positive().default(1),
+  };
+}
+
+/** A daemon reached over TCP (`host` + `port`) or a unix socket (`socket`). */
+export const daemonAddress = (defaultPort: number) => z.union([
+  z.strictObject({ host: z.string().min(1).default('127.0.0.1'), port: port.default(defaultPort) }),
+  z.strictObject({ socket: z.string().min(1) }),
+]);
+
+export type DaemonAddress = { host: string; port: number } | { socket: string };
+
+export function describeAddress(a: DaemonAddress): string {
+  return 'socket' in a ? `unix:${a.socket}` : `${a.host}:${a.port}`;
+}
+
+export interface CommonOptions {
+  name: string;
+  timeout: number;
+  maxSize: number;
+  onError: 'skip' | 'tempfail';
+  shadow: boolean;
+  weight: number;
+}
