@@ -7,7 +7,6 @@
  * running configuration are derived from this schema (`Config`), never written by hand.
  */
 import { z } from 'zod';
-import { engineList, verdictSchema } from '../engines/engines-config.js';
 import { cidr, dnsServer, domain, duration, hostname, ipAddress, port, size } from './mta-config-primitives.js';
 
 export { duration, size };
