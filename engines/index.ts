@@ -2,42 +2,56 @@
  * engines/ — scanning the accepted bytes before the reply to DATA.
  *
  * Takes: the spool file DATA just wrote (read back from the page cache, never copied) and the
- *   transaction's context (client, HELO, sender, recipients, queue id).
- * Gives: one verdict for the message — accept (optionally with headers to add in front of the
- *   body), reject (5xx, no bounce is ever sent for it) or tempfail (4xx).
- * Network: the engines' own daemons (none yet).
- * Settings: none yet; the scanning-engines work adds the `engines:` section, the adapters
- *   (clamd, spamd, rspamd, ICAP, sender authentication, built-in policy) and the aggregation.
- *
- * Today the engine set is empty and its verdict is always "accept": the DATA path already calls
- * it at the right moment so adapters slot in without touching the SMTP code.
+ *   transaction's context (client, HELO, sender, recipients, tenants, queue id).
+ * Gives: one decision for the message — accept (with the headers to add in front of the body),
+ *   tag, quarantine (accepted and held), reject (550 5.7.1; no bounce is ever sent for it) or
+ *   tempfail (451 4.7.1) — and a report of every engine's run for the records and statistics.
+ * Network: the engines' own daemons (clamd, spamd, rspamd, ICAP servers) at the addresses the
+ *   config gives; DNS for sender authentication only through `dns.servers`.
+ * RFCs: 3507 (ICAP), 7208 (SPF), 6376 (DKIM), 7489 (DMARC), 8617 (ARC), 8601
+ *   (Authentication-Results).
+ * Settings: `engines` (the list, each with a `type` from the registry), `scanning` (the verdict
+ *   policy), `tenants.NAME.scanning` (a tenant's engines and overrides).
  */
-import type { SmtpReply } from '../mta/mta-reply.js';
+import type { Config } from '../mta/mta-config-schema.js';
+import { spoolMessage, type EngineDeps, type ScanContext, type ScanMessage } from './engine.js';
+import { definitionOf } from './engines-registry.js';
+import { EngineRunner, type EngineEntry, type ScanDecision } from './engines-run.js';
 
-export interface ScanContext {
-  queueId: string;
-  client: string;
-  helo: string;
-  sender: string;
-  recipients: string[];
-  authUser: string | null;
-}
-
-export type ScanVerdict =
-  | { action: 'accept'; headers: string }
-  | { action: 'reject'; reply: SmtpReply }
-  | { action: 'tempfail'; reply: SmtpReply };
+export type { ScanContext, ScanMessage, ScanDecision };
+export { spoolMessage };
 
 export interface EngineSet {
   readonly size: number;
-  scan(spoolPath: string, context: ScanContext, signal: AbortSignal): Promise<ScanVerdict>;
+  /** The engines' names, in config order. */
+  readonly names: string[];
+  scan(message: ScanMessage, context: ScanContext, signal: AbortSignal): Promise<ScanDecision>;
   close(): Promise<void>;
 }
 
 export const emptyEngineSet: EngineSet = {
   size: 0,
+  names: [],
   async scan() {
-    return { action: 'accept', headers: '' };
+    throw new Error('no engines configured');
   },
   async close() {},
 };
+
+/** Builds every configured engine (no connection is made until the first scan). */
+export function buildEngineSet(config: Config, deps: EngineDeps): EngineSet {
+  if (config.engines.length === 0) return emptyEngineSet;
+  const entries: EngineEntry[] = config.engines.map((options) => ({
+    type: options.type,
+    options,
+    engine: definitionOf(options.type).create(options, deps),
+  }));
+  const tenants = Object.fromEntries(Object.entries(config.tenants).map(([name, t]) => [name, t.scanning]));
+  const runner = new EngineRunner(entries, config.scanning, tenants);
+  return {
+    size: entries.length,
+    names: entries.map((e) => e.options.name),
+    scan: (message, context, signal) => runner.scan(message, context, signal),
+    close: () => runner.close(),
+  };
+}

@@ -13,7 +13,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { emptyEngineSet } from '../engines/index.js';
+import { buildEngineSet } from '../engines/index.js';
 import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
 import { Egress, SessionCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
@@ -30,14 +30,14 @@ export interface BoundListener {
   port: number;
 }
 
-function buildRuntime(generation: number, config: Config): Runtime {
-  const resolver = config.dns.reverseLookup ? createResolver(config) : null;
+function buildRuntime(generation: number, config: Config, log: Logger): Runtime {
+  const resolver = createResolver(config);
   return {
     generation,
     config,
     policy: new Policy(config),
-    engines: emptyEngineSet,
-    reverse: resolver ? reverseLookup(resolver) : null,
+    engines: buildEngineSet(config, { hostname: config.hostname, resolver, log }),
+    reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
   };
 }
 
@@ -49,7 +49,7 @@ export class Ichidan {
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SessionCache) {
     this.#handle = new ConfigHandle(config);
-    this.#runtime = buildRuntime(1, config);
+    this.#runtime = buildRuntime(1, config, log);
   }
 
   get config(): Config {
@@ -82,7 +82,10 @@ export class Ichidan {
   /** Publishes a new config snapshot; transactions already open keep theirs. */
   reconfigure(config: Config): void {
     const snap = this.#handle.publish(config);
-    this.#runtime = buildRuntime(snap.generation, config);
+    const previous = this.#runtime;
+    this.#runtime = buildRuntime(snap.generation, config, this.log);
+    // Transactions that borrowed the previous snapshot may still be scanning with its engines.
+    setTimeout(() => void previous.engines.close(), previous.config.limits.dataTimeout).unref();
     this.queue.reconfigure(config, new Egress(config, this.sessions));
   }
 
@@ -90,6 +93,7 @@ export class Ichidan {
   async stop(): Promise<void> {
     await Promise.all(this.#listeners.map((l) => l.close()));
     await this.queue.close();
+    await this.#runtime.engines.close();
     this.sessions.closeAll();
   }
 }

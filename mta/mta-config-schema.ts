@@ -7,6 +7,7 @@
  * running configuration are derived from this schema (`Config`), never written by hand.
  */
 import { z } from 'zod';
+import { engineSchema, scanningSchema, tenantScanningSchema } from '../engines/engines-config.js';
 import { cidr, dnsServer, domain, duration, hostname, ipAddress, port, size } from './mta-config-primitives.js';
 
 export { duration, size };
@@ -41,6 +42,8 @@ const tenant = z.strictObject({
   domains: z.array(domain).default([]),
   /** Client networks (MSAs of this tenant) that may relay without AUTH. */
   networks: z.array(cidr).default([]),
+  /** The engines this tenant's mail goes through and its verdict overrides (see `scanning`). */
+  scanning: tenantScanningSchema.optional(),
 });
 
 const route = z.union([
@@ -130,7 +133,24 @@ export const configSchema = z.strictObject({
   }).prefault({}),
   /** Next hop per recipient domain: exact "example.com", ".example.com" for subdomains, "*" for the rest. */
   routes: z.record(domain, route).default({}),
+  /** Scanning engines, run in parallel on every message before the reply to DATA (empty: no scanning). */
+  engines: z.array(engineSchema).default([]),
+  /** How the engines' results make one verdict. */
+  scanning: scanningSchema.prefault({}),
 }).superRefine((cfg, ctx) => {
+  const engineNames = new Set<string>();
+  cfg.engines.forEach((e, i) => {
+    if (engineNames.has(e.name)) ctx.addIssue({ code: 'custom', path: ['engines', i, 'name'], message: `another engine is already named "${e.name}"` });
+    engineNames.add(e.name);
+    if ((e.type as string) === 'mailauth' && cfg.dns.servers.length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['engines', i, 'type'], message: 'sender authentication needs DNS: set dns.servers' });
+    }
+  });
+  for (const [name, t] of Object.entries(cfg.tenants)) {
+    t.scanning?.engines?.forEach((e, i) => {
+      if (!engineNames.has(e)) ctx.addIssue({ code: 'custom', path: ['tenants', name, 'scanning', 'engines', i], message: `no engine named "${e}" (engines: ${[...engineNames].join(', ') || 'none'})` });
+    });
+  }
   const owner = new Map<string, string>();
   for (const [name, t] of Object.entries(cfg.tenants)) {
     t.domains.forEach((d, i) => {

@@ -13,7 +13,8 @@ import type { Readable } from 'node:stream';
 import bcrypt from 'bcryptjs';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
-import type { EngineSet } from '../engines/index.js';
+import { spoolMessage, type EngineSet, type ScanContext } from '../engines/index.js';
+import { scanRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 import { isStorageError, receiveInto } from './mta-data.js';
@@ -219,19 +220,31 @@ export class Listener {
     const env = session.envelope as typeof session.envelope & { bodyType?: string; smtpUtf8?: boolean; dsn?: { ret?: string; envid?: string } };
     const recipients = [...tx.recipients.values()];
     const sender = env.mailFrom ? env.mailFrom.address : '';
-    const context = {
+    const context: ScanContext = {
       queueId: writer.id, client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
+      clientName: session.clientHostname && !session.clientHostname.startsWith('[') ? session.clientHostname : null,
       sender, recipients: recipients.map((r) => r.address), authUser: this.#client(session).authUser,
+      tenants: [...new Set(recipients.map((r) => r.tenant))],
     };
     let extraHeaders = '';
+    let quarantine: string | null = null;
+    let scan: ScanRecord | undefined;
     if (tx.runtime.engines.size > 0) {
-      const verdict = await tx.runtime.engines.scan(writer.path, context, AbortSignal.timeout(config.limits.dataTimeout));
-      if (verdict.action !== 'accept') {
+      const decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes), context, AbortSignal.timeout(config.limits.dataTimeout));
+      const { verdict } = decision;
+      scan = scanRecord(writer.id, context.tenants!, decision, Date.now());
+      this.deps.log.info({
+        qid: writer.id, listener: this.spec.name, verdict: verdict.action, reason: verdict.reason, ms: scan.ms,
+        engines: scan.runs.map((r) => `${r.engine}:${r.status}${r.error ? `(${r.error})` : ''}`).join(' '),
+      }, 'scanned');
+      if (decision.reply) {
         await writer.discard();
-        this.deps.log.info({ listener: this.spec.name, qid: writer.id, reply: `${verdict.reply.code} ${verdict.reply.enhanced}` }, `message ${verdict.action}ed by the engines`);
-        return fail(verdict.reply);
+        this.deps.queue.recordScan(scan);
+        return fail(decision.reply);
       }
-      extraHeaders = verdict.headers;
+      if (verdict.action === 'quarantine') quarantine = verdict.reason;
+      // A header line may be folded (CRLF + white space) but never broken into a second header.
+      extraHeaders = verdict.headers.map((h) => `${h.replace(/\r?\n(?![ \t])/g, ' ')}\r\n`).join('');
     }
     const trace = buildReceived({
       session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,
@@ -241,9 +254,9 @@ export class Listener {
       const id = await this.deps.queue.accept(writer, {
         sender, recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
         smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
-        client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace,
-      }, bytes);
-      this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes }, 'queued');
+        client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace, quarantine,
+      }, bytes, scan);
+      this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes, ...(quarantine ? { quarantine } : {}) }, quarantine ? 'quarantined' : 'queued');
       cb(null, `2.0.0 Ok: queued as ${id}`);
     } catch (err) {
       this.deps.log.error({ err, qid: writer.id }, 'could not store the message');

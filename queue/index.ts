@@ -17,13 +17,14 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import type { Egress, OutboundMessage, RecipientOutcome } from '../delivery/index.js';
+import { EngineStats, type ScanRecord } from '../engines/engines-records.js';
 import type { Config } from '../mta/mta-config-schema.js';
 import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from './queue-bounce.js';
 import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { Scheduler, type Job } from './queue-scheduler.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
-import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientUpdate } from './queue-store.js';
+import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientUpdate, type WriteOp } from './queue-store.js';
 
 export { newQueueId } from './queue-id.js';
 export type { SpoolWriter } from './queue-spool.js';
@@ -34,6 +35,9 @@ const RETURN_FULL_LIMIT = 50_000;
 const SWEEP_INTERVAL_MS = 250;
 /** Bytes of recently accepted small messages kept in memory, saving a file read at their first delivery. */
 const RECENT_BODIES_BUDGET = 16 * 1024 * 1024;
+/** Engine statistics are written this often (and at close); scan records past retention pruned hourly. */
+const STATS_FLUSH_MS = 10_000;
+const PRUNE_INTERVAL_MS = 3_600_000;
 
 /** What the DATA path hands over: the queue record less what the queue assigns itself. */
 export type AcceptedEnvelope = Omit<NewMessage, 'id' | 'size' | 'receivedAt' | 'kind'>;
@@ -72,6 +76,9 @@ export class Queue {
   #recentBytes = 0;
   #sweeping = false;
   #egress: Egress;
+  readonly #stats = new EngineStats();
+  #statsFlushedAt = Date.now();
+  #prunedAt = 0;
 
   private constructor(private config: Config, egress: Egress, private readonly log: Logger) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
@@ -90,6 +97,7 @@ export class Queue {
     const report = await reconcile(queue.spool, queue.store);
     for (const c of report.corrupt) log.warn({ qid: c.id, reason: c.reason }, 'queue entry set aside as corrupt');
     queue.#loadOpen();
+    queue.#stats.load(queue.store.engineStatsSince(new Date(Date.now() - 86_400_000).toISOString().slice(0, 10)));
     queue.#sweepTimer = setInterval(() => void queue.#sweep(), SWEEP_INTERVAL_MS);
     queue.#sweepTimer.unref();
     return { queue, report };
@@ -110,20 +118,31 @@ export class Queue {
    * Makes an accepted message durable and queues it; resolves when the 250 may be sent. On failure
    * the spool file is removed and nothing of the message remains.
    */
-  async accept(writer: SpoolWriter, env: AcceptedEnvelope, expectedBytes: number): Promise<string> {
+  async accept(writer: SpoolWriter, env: AcceptedEnvelope, expectedBytes: number, scan?: ScanRecord): Promise<string> {
     const receivedAt = Date.now();
     let ids: number[] = [];
     try {
       await writer.commit(expectedBytes);
-      [ids] = await this.store.write([{ op: 'insertMessage', message: { ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' } }]) as [number[]];
+      const unit: WriteOp[] = [{ op: 'insertMessage', message: { ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' } }];
+      if (scan) unit.push({ op: 'recordScans', records: [scan] });
+      [ids] = await this.store.write(unit) as [number[]];
     } catch (err) {
       await writer.discard();
       throw err;
     }
+    if (scan) this.#stats.add(scan);
+    // Quarantined: stored durably, held until an operator releases it.
+    if (env.quarantine) return writer.id;
     // A copy, not the received chunks: those may be views into much larger socket buffers.
     if (writer.kept) this.#remember(writer.id, Buffer.concat(writer.kept));
     this.#schedule(writer.id, env.recipients.map((r, i) => ({ ...r, id: ids[i], due: receivedAt })));
     return writer.id;
+  }
+
+  /** Records the scan of a message that was refused (accepted ones are recorded by `accept`). */
+  recordScan(scan: ScanRecord): void {
+    this.#stats.add(scan);
+    this.store.write([{ op: 'recordScans', records: [scan] }]).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record a scan'));
   }
 
   #remember(id: string, body: Buffer): void {
@@ -156,12 +175,21 @@ export class Queue {
     return released.length;
   }
 
+  /** A quarantined (or otherwise held) message's recipients back into the queue; returns how many. */
+  async releaseMessage(id: string): Promise<number> {
+    const [released] = await this.store.write([{ op: 'releaseMessage', id, now: Date.now() }]) as [RecipientRow[]];
+    this.#scheduleRows(released);
+    if (released.length > 0) this.log.info({ qid: id, recipients: released.length }, 'released');
+    return released.length;
+  }
+
   /** Stops dispatching, waits up to `graceMs` for attempts in flight, then closes the database. */
   async close(graceMs = 10_000): Promise<void> {
     this.scheduler.stop();
     if (this.#sweepTimer) clearInterval(this.#sweepTimer);
     const until = Date.now() + graceMs;
     while ((this.scheduler.active > 0 || this.#sweeping) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    await this.#flushStats().catch((err) => this.log.error({ err }, 'could not write engine statistics'));
     await this.store.close();
     await this.spool.close();
   }
@@ -340,11 +368,23 @@ export class Queue {
     };
   }
 
-  /** Removes finished messages: spool files first, then their rows. */
+  async #flushStats(): Promise<void> {
+    this.#statsFlushedAt = Date.now();
+    const rows = this.#stats.takeDirty();
+    if (rows.length > 0) await this.store.write([{ op: 'saveEngineStats', rows }]);
+  }
+
+  /** Removes finished messages (spool files first, then their rows); writes statistics; prunes old scan records. */
   async #sweep(): Promise<void> {
     if (this.#sweeping) return;
     this.#sweeping = true;
     try {
+      const now = Date.now();
+      if (now - this.#statsFlushedAt >= STATS_FLUSH_MS) await this.#flushStats();
+      if (now - this.#prunedAt >= PRUNE_INTERVAL_MS) {
+        this.#prunedAt = now;
+        await this.store.write([{ op: 'pruneScans', before: now - this.config.scanning.recordRetention }]);
+      }
       const ids = this.store.doneMessages(2000);
       if (ids.length === 0) return;
       for (const id of ids) this.#forget(id);

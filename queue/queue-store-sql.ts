@@ -5,6 +5,7 @@
  * the store's worker thread), so the main thread never waits for a WAL fsync.
  */
 import type Database from 'better-sqlite3';
+import type { ScanRecord, StatRow } from '../engines/engines-records.js';
 
 export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced';
 
@@ -32,6 +33,8 @@ export interface NewMessage {
   authUser: string | null;
   listener: string;
   kind: 'mail' | 'dsn';
+  /** Set: the engines quarantined the message (the reason); its recipients start held. */
+  quarantine?: string | null;
   recipients: NewRecipient[];
 }
 
@@ -52,6 +55,7 @@ export interface MessageRow {
   kind: 'mail' | 'dsn';
   state: 'active' | 'done' | 'corrupt';
   note: string | null;
+  quarantine: string | null;
 }
 
 export interface RecipientRow {
@@ -97,7 +101,11 @@ export type WriteOp =
   | { op: 'deleteMessage'; id: string }
   | { op: 'setCorrupt'; id: string; note: string }
   | { op: 'insertCorrupt'; id: string; size: number; receivedAt: number; note: string }
-  | { op: 'release'; tenant: string | null; domain: string | null; now: number };
+  | { op: 'release'; tenant: string | null; domain: string | null; now: number }
+  | { op: 'releaseMessage'; id: string; now: number }
+  | { op: 'recordScans'; records: ScanRecord[] }
+  | { op: 'saveEngineStats'; rows: StatRow[] }
+  | { op: 'pruneScans'; before: number };
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
@@ -116,7 +124,8 @@ CREATE TABLE IF NOT EXISTS messages (
   listener TEXT NOT NULL DEFAULT '',
   kind TEXT NOT NULL DEFAULT 'mail',
   state TEXT NOT NULL DEFAULT 'active',
-  note TEXT
+  note TEXT,
+  quarantine TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recipients (
   message_id TEXT NOT NULL,
@@ -139,15 +148,44 @@ CREATE TABLE IF NOT EXISTS recipients (
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (message_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scans (
+  queue_id TEXT PRIMARY KEY,
+  at INTEGER NOT NULL,
+  action TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  tenants TEXT NOT NULL,
+  ms REAL NOT NULL,
+  overhead_ms REAL NOT NULL,
+  runs TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scans_at ON scans (at);
+CREATE TABLE IF NOT EXISTS engine_stats (
+  day TEXT NOT NULL,
+  engine TEXT NOT NULL,
+  scanned INTEGER NOT NULL,
+  detected INTEGER NOT NULL,
+  detected_alone INTEGER NOT NULL,
+  errors INTEGER NOT NULL,
+  timeouts INTEGER NOT NULL,
+  skipped INTEGER NOT NULL,
+  histogram TEXT NOT NULL,
+  PRIMARY KEY (day, engine)
+) WITHOUT ROWID;
 `;
+
+/** Brings a queue database made by an earlier version up to this schema. */
+export function migrate(db: Database.Database): void {
+  const columns = (db.prepare(`PRAGMA table_info(messages)`).all() as Array<{ name: string }>).map((c) => c.name);
+  if (!columns.includes('quarantine')) db.exec(`ALTER TABLE messages ADD COLUMN quarantine TEXT`);
+}
 
 /** Prepares the write statements on `db` and returns the function that applies one operation. */
 export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
   const s = {
-    insertMessage: db.prepare(`INSERT INTO messages (id, size, sender, received_at, trace, ret, envid, smtputf8, body8bit, client, helo, auth_user, listener, kind)
-      VALUES (@id, @size, @sender, @receivedAt, @trace, @ret, @envid, @smtputf8, @body8bit, @client, @helo, @authUser, @listener, @kind)`),
-    insertRecipient: db.prepare(`INSERT INTO recipients (message_id, id, tenant, address, domain, orcpt, notify, state, next_attempt, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)`),
+    insertMessage: db.prepare(`INSERT INTO messages (id, size, sender, received_at, trace, ret, envid, smtputf8, body8bit, client, helo, auth_user, listener, kind, quarantine)
+      VALUES (@id, @size, @sender, @receivedAt, @trace, @ret, @envid, @smtputf8, @body8bit, @client, @helo, @authUser, @listener, @kind, @quarantine)`),
+    insertRecipient: db.prepare(`INSERT INTO recipients (message_id, id, tenant, address, domain, orcpt, notify, state, next_attempt, last_reply, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
     updateRecipient: db.prepare(`UPDATE recipients SET state = @state, next_attempt = @nextAttempt,
       attempts = attempts + @attempted, first_attempt = COALESCE(first_attempt, CASE WHEN @attempted = 1 THEN @now END),
       last_code = COALESCE(@code, last_code), last_status = COALESCE(@status, last_status),
@@ -160,14 +198,25 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     setCorrupt: db.prepare(`UPDATE messages SET state = 'corrupt', note = ? WHERE id = ?`),
     insertCorrupt: db.prepare(`INSERT OR IGNORE INTO messages (id, size, sender, received_at, trace, state, note) VALUES (?, ?, '', ?, '', 'corrupt', ?)`),
     release: db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?
-      WHERE state = 'held' AND (? IS NULL OR tenant = ?) AND (? IS NULL OR domain = ?) RETURNING *`),
+      WHERE state = 'held' AND (? IS NULL OR tenant = ?) AND (? IS NULL OR domain = ?)
+      AND message_id NOT IN (SELECT id FROM messages WHERE quarantine IS NOT NULL) RETURNING *`),
+    releaseMessage: db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?
+      WHERE message_id = ? AND state = 'held' RETURNING *`),
+    clearQuarantine: db.prepare(`UPDATE messages SET quarantine = NULL, note = 'released from quarantine: ' || quarantine WHERE id = ? AND quarantine IS NOT NULL`),
+    insertScan: db.prepare(`INSERT OR REPLACE INTO scans (queue_id, at, action, reason, tenants, ms, overhead_ms, runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+    saveStat: db.prepare(`INSERT OR REPLACE INTO engine_stats (day, engine, scanned, detected, detected_alone, errors, timeouts, skipped, histogram)
+      VALUES (@day, @engine, @scanned, @detected, @detectedAlone, @errors, @timeouts, @skipped, @histogram)`),
+    pruneScans: db.prepare(`DELETE FROM scans WHERE at < ?`),
   };
   return (op: WriteOp): unknown => {
     switch (op.op) {
       case 'insertMessage': {
         const { recipients, ...row } = op.message;
-        s.insertMessage.run({ ...row, smtputf8: row.smtputf8 ? 1 : 0, body8bit: row.body8bit ? 1 : 0 });
-        recipients.forEach((r, i) => s.insertRecipient.run(row.id, i, r.tenant, r.address, r.domain, r.orcpt, r.notify, row.receivedAt, row.receivedAt));
+        const quarantine = row.quarantine ?? null;
+        s.insertMessage.run({ ...row, quarantine, smtputf8: row.smtputf8 ? 1 : 0, body8bit: row.body8bit ? 1 : 0 });
+        const state = quarantine === null ? 'queued' : 'held';
+        const reply = quarantine === null ? null : `quarantined: ${quarantine}`;
+        recipients.forEach((r, i) => s.insertRecipient.run(row.id, i, r.tenant, r.address, r.domain, r.orcpt, r.notify, state, row.receivedAt, reply, row.receivedAt));
         return recipients.map((_, i) => i);
       }
       case 'updateRecipients': {
@@ -193,6 +242,17 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         return null;
       case 'release':
         return s.release.all(op.now, op.now, op.tenant, op.tenant, op.domain, op.domain);
+      case 'releaseMessage':
+        s.clearQuarantine.run(op.id);
+        return s.releaseMessage.all(op.now, op.now, op.id);
+      case 'recordScans':
+        for (const r of op.records) s.insertScan.run(r.queueId, r.at, r.action, r.reason, r.tenants.join(','), r.ms, r.overheadMs, JSON.stringify(r.runs));
+        return null;
+      case 'saveEngineStats':
+        for (const r of op.rows) s.saveStat.run({ ...r, histogram: JSON.stringify(r.histogram) });
+        return null;
+      case 'pruneScans':
+        return s.pruneScans.run(op.before).changes;
     }
   };
 }
@@ -214,4 +274,33 @@ export function queueStatus(db: Database.Database): {
       WHERE m.state = 'active' GROUP BY r.tenant, r.state ORDER BY r.tenant, r.state`).all() as Array<{ tenant: string; state: RecipientState; n: number }>,
     corrupt: db.prepare(`SELECT id, note FROM messages WHERE state = 'corrupt' ORDER BY id`).all() as Array<{ id: string; note: string | null }>,
   };
+}
+
+/** Engine statistics rows from `since` (a UTC date, "2026-11-25") on, oldest first. */
+export function readEngineStats(db: Database.Database, since: string): StatRow[] {
+  const rows = db.prepare(`SELECT day, engine, scanned, detected, detected_alone AS detectedAlone, errors, timeouts, skipped, histogram
+    FROM engine_stats WHERE day >= ? ORDER BY day, engine`).all(since) as Array<Omit<StatRow, 'histogram'> & { histogram: string }>;
+  return rows.map((r) => ({ ...r, histogram: JSON.parse(r.histogram) as number[] }));
+}
+
+export interface QuarantinedRow {
+  id: string;
+  received_at: number;
+  sender: string;
+  size: number;
+  quarantine: string;
+  recipients: number;
+}
+
+/** Messages in quarantine (held by the engines' verdict, not yet released). */
+export function readQuarantine(db: Database.Database): QuarantinedRow[] {
+  return db.prepare(`SELECT m.id, m.received_at, m.sender, m.size, m.quarantine, COUNT(*) AS recipients
+    FROM messages m JOIN recipients r ON r.message_id = m.id
+    WHERE m.quarantine IS NOT NULL AND m.state = 'active' AND r.state = 'held'
+    GROUP BY m.id ORDER BY m.id`).all() as QuarantinedRow[];
+}
+
+/** The stored scan record of one message. */
+export function readScan(db: Database.Database, queueId: string): { queue_id: string; at: number; action: string; reason: string; tenants: string; ms: number; overhead_ms: number; runs: string } | undefined {
+  return db.prepare(`SELECT * FROM scans WHERE queue_id = ?`).get(queueId) as never;
 }

@@ -19,7 +19,8 @@ import { existsSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import { configure, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
+import type { StatRow } from '../engines/engines-records.js';
+import { configure, migrate, readEngineStats, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
 import type { UnitResult } from './queue-store-worker.js';
 
 export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
@@ -61,6 +62,7 @@ export class QueueStore {
     this.db = new Database(file);
     configure(this.db, fsync);
     this.db.exec(SCHEMA);
+    migrate(this.db);
     this.#worker = new Worker(workerUrl(), { workerData: { file, fsync } });
     // Referenced only while it has work: an idle writer must not keep the process alive, a busy one must.
     this.#worker.unref();
@@ -91,6 +93,7 @@ export class QueueStore {
       doneMessages: this.db.prepare(`SELECT id FROM messages WHERE state = 'done' LIMIT ?`),
       allIds: this.db.prepare(`SELECT id, state, size FROM messages`),
     };
+    this.#readEngineStats = (since: string) => readEngineStats(this.db, since);
   }
 
   /**
@@ -143,6 +146,13 @@ export class QueueStore {
 
   doneMessages(limit: number): string[] {
     return (this.#stmts.doneMessages.all(limit) as { id: string }[]).map((r) => r.id);
+  }
+
+  readonly #readEngineStats: (since: string) => StatRow[];
+
+  /** Engine statistics rows from `since` (a UTC date) on. */
+  engineStatsSince(since: string): StatRow[] {
+    return this.#readEngineStats(since);
   }
 
   allMessages(): Array<{ id: string; state: MessageRow['state']; size: number }> {

@@ -1,0 +1,141 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CLEAN_MAIL, closedPort, eicarMail, fakeContract, realContract, spooled, startFakeServer, timedScan,
+  type ContractSubject, type FakeServer, type FaultBehaviour,
+} from '../../test/helpers/engine-contract.js';
+import { realDaemon } from '../../test/helpers/daemons.js';
+import { clamdOptions, createClamd } from './clamd.js';
+import { parseScanReply } from './clamd-protocol.js';
+
+const deps = { hostname: 'mx.ichidan.test', resolver: null, log: pino({ level: 'silent' }) };
+
+/** Reads a whole INSTREAM request (command, chunks, end chunk), then answers per behaviour. */
+function fakeClamd(socket: Socket, behaviour: FaultBehaviour): void {
+  let buf = Buffer.alloc(0);
+  let stage: 'command' | 'chunks' = 'command';
+  socket.on('data', (data: Buffer) => {
+    buf = Buffer.concat([buf, data]);
+    if (stage === 'command') {
+      const nul = buf.indexOf(0);
+      if (nul < 0) return;
+      const command = buf.subarray(0, nul).toString();
+      buf = buf.subarray(nul + 1);
+      if (command === 'zPING') return void socket.end('PONG\0');
+      if (command === 'zVERSION') return void socket.end('ClamAV 9.9.9/1/Wed Nov 25 00:00:00 2026\0');
+      stage = 'chunks';
+    }
+    if (behaviour === 'too-large') return void socket.end('INSTREAM size limit exceeded. ERROR\0');
+    while (buf.length >= 4) {
+      const n = buf.readUInt32BE(0);
+      if (buf.length < 4 + n) return;
+      buf = buf.subarray(4 + n);
+      if (n === 0) return answer();
+    }
+  });
+  const answer = () => {
+    switch (behaviour) {
+      case 'clean': return void socket.end('stream: OK\0');
+      case 'hit': return void socket.end('stream: Eicar-Test-Signature FOUND\0');
+      case 'hang': return;
+      case 'garbage': return void socket.end('\x16\x03\x01 what is this\0');
+      case 'close-mid-reply': return void socket.end('stream: ');
+    }
+  };
+}
+
+const subject: ContractSubject = {
+  name: 'clamd',
+  fake: fakeClamd,
+  make: (target, timeout) => createClamd(clamdOptions.parse({ name: 'clamav', type: 'clamd', servers: [target], timeout }), deps),
+  cleanMessage: CLEAN_MAIL,
+  hitMessage: eicarMail(),
+  expectHit(result) {
+    expect(result.outcome.status, JSON.stringify(result)).toBe('infected');
+    expect((result.outcome as { signature: string }).signature).toMatch(/Eicar/i);
+  },
+};
+
+fakeContract(subject);
+
+const clamd = realDaemon('clamd');
+describe.skipIf(!clamd)('clamd (real daemon; skipped: scripts/engines.sh start has not run)', () => {
+  realContract(subject, () => clamd!);
+
+  describe('over its unix socket, and past its StreamMaxLength', () => {
+    let dir: string;
+    beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), 'ichidan-clamd-')); });
+    afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+
+    it('finds EICAR over the unix socket', async () => {
+      const engine = createClamd(clamdOptions.parse({ name: 'c', type: 'clamd', servers: [{ socket: clamd!.socket }] }), deps);
+      const { result } = await timedScan(engine, await spooled(dir, 'e.eml', eicarMail()), 10_000);
+      expect(result.outcome).toMatchObject({ status: 'infected' });
+    });
+
+    it('reports a message above clamd\'s own limit as too large, never clean', async () => {
+      const engine = createClamd(clamdOptions.parse({ name: 'c', type: 'clamd', servers: [clamd!] }), deps);
+      const big = Buffer.alloc(26 * 1024 * 1024, 'a');
+      const { result } = await timedScan(engine, await spooled(dir, 'big.eml', big), 20_000);
+      expect(result.outcome).toMatchObject({ status: 'error', error: 'too-large' });
+    });
+  });
+});
+
+describe('clamd failover', () => {
+  let fake: FakeServer;
+  let dir: string;
+  beforeAll(async () => {
+    fake = await startFakeServer(fakeClamd);
+    fake.behaviour = 'hit';
+    dir = await mkdtemp(join(tmpdir(), 'ichidan-clamd-'));
+  });
+  afterAll(async () => {
+    await fake.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('skips a server that refuses and scans on the next, then prefers it', async () => {
+    const dead = await closedPort();
+    const engine = createClamd(clamdOptions.parse({
+      name: 'c', type: 'clamd', servers: [{ host: '127.0.0.1', port: dead }, { host: fake.host, port: fake.port }], timeout: 2000,
+    }), deps);
+    const msg = await spooled(dir, 'e.eml', eicarMail());
+    const first = await timedScan(engine, msg, 2000);
+    expect(first.result.outcome).toMatchObject({ status: 'infected', signature: 'Eicar-Test-Signature' });
+    expect(first.result.detail).toMatchObject({ server: `127.0.0.1:${fake.port}` });
+    const before = fake.accepted;
+    await timedScan(engine, msg, 2000);
+    expect(fake.accepted).toBeGreaterThan(before);
+    expect(await engine.ping!(AbortSignal.timeout(1000))).toBe(true);
+    expect(engine.version()).toMatch(/^ClamAV 9\.9\.9/);
+  });
+
+  it('reports refused when every server refuses', async () => {
+    const engine = createClamd(clamdOptions.parse({
+      name: 'c', type: 'clamd', servers: [{ host: '127.0.0.1', port: await closedPort() }, { socket: join(dir, 'none.sock') }],
+    }), deps);
+    const { result } = await timedScan(engine, await spooled(dir, 'c.eml', CLEAN_MAIL), 2000);
+    expect(result.outcome).toMatchObject({ status: 'error', error: 'refused' });
+  });
+});
+
+describe('clamd reply parsing', () => {
+  it.each([
+    ['stream: OK', { kind: 'clean' }],
+    ['stream: Eicar-Test-Signature FOUND', { kind: 'found', signature: 'Eicar-Test-Signature' }],
+    ['stream: Win.Test.EICAR_HDB-1 FOUND\n', { kind: 'found', signature: 'Win.Test.EICAR_HDB-1' }],
+    ['1: stream: OK', { kind: 'clean' }],
+    ['INSTREAM size limit exceeded. ERROR', { kind: 'size-limit' }],
+    ['stream: Can\'t allocate memory ERROR', { kind: 'error' }],
+    ['stream: ', { kind: 'garbled' }],
+    ['PONG', { kind: 'garbled' }],
+    ['', { kind: 'garbled' }],
+  ])('%j', (line, expected) => {
+    expect(parseScanReply(line)).toMatchObject(expected);
+  });
+});

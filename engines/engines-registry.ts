@@ -1,0 +1,26 @@
+/*
+ * The registry: every adapter, keyed by the config `type` that selects it.
+ *
+ * An adapter folder exports one definition — its type, its kind, its options schema and its
+ * factory. Adding an engine type is one line here.
+ */
+import type { z } from 'zod';
+import { clamdDefinition } from './clamd/clamd.js';
+import type { Engine, EngineDeps, EngineKind } from './engine.js';
+
+export interface EngineDefinition<S extends z.ZodType = z.ZodType> {
+  type: string;
+  kind: EngineKind;
+  schema: S;
+  create(options: z.output<S>, deps: EngineDeps): Engine;
+}
+
+export const ENGINE_DEFINITIONS = [
+  clamdDefinition,
+] as const;
+
+export function definitionOf(type: string): EngineDefinition {
+  const def = ENGINE_DEFINITIONS.find((d) => d.type === type);
+  if (!def) throw new Error(`no engine type "${type}"`);
+  return def as unknown as EngineDefinition;
+}

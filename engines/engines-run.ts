@@ -1,0 +1,118 @@
+/*
+ * Running the engines on one message: all in parallel, each under its own deadline, then one
+ * verdict per tenant of the message and the strongest of them.
+ *
+ * Takes: the spool file as a `ScanMessage`, the transaction's context, the caller's signal (the
+ *   DATA timeout), the built engines and the scanning policy of the snapshot the transaction
+ *   borrowed.
+ * Gives: a `ScanDecision` — the verdict, the SMTP reply for a refusal, and a report of every run
+ *   (for the per-message record and the daily statistics).
+ *
+ * Deadlines: an engine's scan gets a signal that aborts at its own `timeout` (or when the caller
+ * aborts). Adapters stop on it; the runner does not rely on that and answers the timeout itself
+ * when the signal fires, so an adapter that ignores it cannot hold the verdict.
+ *
+ * Tenants: a message's recipients may belong to several tenants whose overrides name different
+ * engines or thresholds. Each engine runs once (the union of their lists); each tenant's verdict
+ * is computed from its own engines with its own policy, and the strongest verdict answers DATA —
+ * one transaction gets one reply.
+ */
+import { reply, type SmtpReply } from '../mta/mta-reply.js';
+import { errorResult, type Engine, type EngineKind, type EngineResult, type ScanContext, type ScanMessage } from './engine.js';
+import type { CommonOptions } from './engines-common.js';
+import { tenantPolicy, type ScanningConfig, type TenantScanningConfig, type VerdictPolicy } from './engines-config.js';
+import { decide, stronger, type EngineRun, type Verdict } from './engines-verdict.js';
+
+export interface EngineEntry {
+  type: string;
+  options: CommonOptions;
+  engine: Engine;
+}
+
+export interface ScanDecision {
+  verdict: Verdict;
+  /** The refusal to send for `reject` and `tempfail`. */
+  reply: SmtpReply | null;
+  runs: EngineRun[];
+  /** Wall time of the whole scan, and what it added on top of the slowest engine. */
+  ms: number;
+  overheadMs: number;
+}
+
+const SAFE = /[^\x20-\x7e]/g;
+const printable = (s: string, max = 160) => s.replace(SAFE, '?').slice(0, max);
+
+export function replyFor(verdict: Verdict): SmtpReply | null {
+  if (verdict.action === 'tempfail') return reply(451, '4.7.1', 'message could not be scanned now, try again later');
+  if (verdict.action !== 'reject') return null;
+  const virus = /^virus (\S+) found/.exec(verdict.reason);
+  if (virus) return reply(550, '5.7.1', `message refused: virus found (${printable(virus[1], 100)})`);
+  if (verdict.reason.startsWith('spam')) return reply(550, '5.7.1', 'message refused as spam');
+  const rule = /^(?:policy|auth) [^:]+: (.*)$/.exec(verdict.reason);
+  return reply(550, '5.7.1', `message refused: ${printable(rule ? rule[1] : verdict.reason)}`);
+}
+
+/** Resolves (never rejects) with a timeout result when `signal` aborts. */
+function onAbort(signal: AbortSignal): { promise: Promise<EngineResult>; dispose(): void } {
+  let listener = () => undefined as void;
+  const promise = new Promise<EngineResult>((resolve) => {
+    listener = () => resolve(errorResult('timeout', 'deadline reached'));
+    if (signal.aborted) listener();
+    else signal.addEventListener('abort', listener, { once: true });
+  });
+  return { promise, dispose: () => signal.removeEventListener('abort', listener) };
+}
+
+export async function runEngine(entry: EngineEntry, message: ScanMessage, context: ScanContext, outer: AbortSignal): Promise<EngineRun> {
+  const { name, shadow, weight, onError, maxSize, timeout } = entry.options;
+  const base = { engine: name, kind: entry.engine.kind as EngineKind, shadow, weight, onError };
+  if (message.size > maxSize) return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
+  const deadline = AbortSignal.any([outer, AbortSignal.timeout(timeout)]);
+  const guard = onAbort(deadline);
+  const t0 = performance.now();
+  const scanned = entry.engine.scan(message, context, deadline).catch((err: unknown) =>
+    errorResult('protocol', `adapter failed: ${(err as Error)?.message ?? String(err)}`));
+  const result = await Promise.race([scanned, guard.promise]);
+  guard.dispose();
+  return { ...base, result, ms: performance.now() - t0, version: entry.engine.version() };
+}
+
+export class EngineRunner {
+  readonly #byName: Map<string, EngineEntry>;
+
+  constructor(
+    readonly entries: EngineEntry[],
+    private readonly scanning: ScanningConfig,
+    private readonly tenants: Record<string, TenantScanningConfig | undefined>,
+  ) {
+    this.#byName = new Map(entries.map((e) => [e.options.name, e]));
+  }
+
+  #enginesOf(tenant: string): string[] {
+    return this.tenants[tenant]?.engines ?? [...this.#byName.keys()];
+  }
+
+  #policyOf(tenant: string): VerdictPolicy {
+    return tenantPolicy(this.scanning, this.tenants[tenant]);
+  }
+
+  async scan(message: ScanMessage, context: ScanContext, signal: AbortSignal): Promise<ScanDecision> {
+    const t0 = performance.now();
+    const tenants = context.tenants?.length ? [...new Set(context.tenants)] : ['_relay'];
+    const wanted = new Set(tenants.flatMap((t) => this.#enginesOf(t)));
+    const runs = await Promise.all([...wanted].map((name) => runEngine(this.#byName.get(name)!, message, context, signal)));
+    let verdict: Verdict | null = null;
+    for (const tenant of tenants) {
+      const mine = new Set(this.#enginesOf(tenant));
+      const v = decide(runs.filter((r) => mine.has(r.engine)), this.#policyOf(tenant));
+      if (!verdict || stronger(v.action, verdict.action) !== verdict.action) verdict = v;
+    }
+    const ms = performance.now() - t0;
+    const slowest = runs.reduce((m, r) => Math.max(m, r.ms), 0);
+    return { verdict: verdict!, reply: replyFor(verdict!), runs, ms, overheadMs: Math.max(0, ms - slowest) };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.entries.map((e) => e.engine.close().catch(() => undefined)));
+  }
+}
