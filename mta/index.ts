@@ -12,6 +12,7 @@
  * Settings: all of them; see README "Configuration".
  */
 import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { buildEngineSet } from '../engines/index.js';
 import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
@@ -20,6 +21,7 @@ import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
 import { ConfigHandle } from './mta-config.js';
 import { Policy } from './mta-policy.js';
+import { AdminServer } from './mta-admin.js';
 import { Listener, type Runtime } from './mta-server.js';
 import { loadTlsMaterial } from './mta-tls.js';
 
@@ -41,10 +43,15 @@ function buildRuntime(generation: number, config: Config, log: Logger): Runtime 
   };
 }
 
+export function adminSocket(config: Config): string {
+  return config.admin.socket ?? join(config.dataDir, 'admin.sock');
+}
+
 export class Ichidan {
   readonly #handle: ConfigHandle;
   #runtime: Runtime;
   readonly #listeners: Listener[] = [];
+  #admin: AdminServer | null = null;
   bound: BoundListener[] = [];
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SessionCache) {
@@ -62,6 +69,7 @@ export class Ichidan {
     const { queue, report } = await Queue.open(config, new Egress(config, sessions), log);
     const app = new Ichidan(config, queue, log, sessions);
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
+    app.#admin = await AdminServer.listen(adminSocket(config), queue, log);
     const tls = await loadTlsMaterial(config);
     for (const spec of config.listeners) {
       const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log });
@@ -92,6 +100,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     await Promise.all(this.#listeners.map((l) => l.close()));
+    await this.#admin?.close();
     await this.queue.close();
     await this.#runtime.engines.close();
     this.sessions.closeAll();

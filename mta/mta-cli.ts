@@ -6,22 +6,32 @@
  *   ichidan check-config FILE        validate a config file; exit 0 if good, 1 with the problems if not
  *   ichidan hash-password [PASS]     print a bcrypt hash for `users[].password` (reads stdin without PASS)
  *   ichidan queue [-c FILE]          recipients per tenant and state, and entries set aside as corrupt
+ *   ichidan quarantine [list] [-c FILE]        messages the engines quarantined
+ *   ichidan quarantine release ID [-c FILE]    deliver a quarantined message after all
+ *   ichidan scans show ID [-c FILE]  which engines scanned a message, what each said, and the verdict
+ *   ichidan engines stats [-c FILE] [--days N]  per engine and day: scanned, detected, alone, errors, latency
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import bcrypt from 'bcryptjs';
 import Database from 'better-sqlite3';
-import { queueStatus } from '../queue/queue-store-sql.js';
+import { percentile } from '../engines/engines-records.js';
+import { migrate, queueStatus, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
+import { adminRequest } from './mta-admin.js';
 import { ConfigError, loadConfig } from './mta-config.js';
-import { Ichidan } from './index.js';
+import { adminSocket, Ichidan } from './index.js';
 import { createLogger } from './mta-log.js';
 
 const USAGE = `usage:
   ichidan start [-c FILE]
   ichidan check-config FILE
   ichidan hash-password [PASSWORD]
-  ichidan queue [-c FILE]`;
+  ichidan queue [-c FILE]
+  ichidan quarantine [list] [-c FILE]
+  ichidan quarantine release ID [-c FILE]
+  ichidan scans show ID [-c FILE]
+  ichidan engines stats [-c FILE] [--days N]`;
 
 function configPath(args: string[]): string {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
@@ -96,12 +106,114 @@ function showQueue(args: string[]): void {
   db.close();
 }
 
+function options(args: string[], extra: Record<string, { type: 'string' }> = {}) {
+  const { values, positionals } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, ...extra }, allowPositionals: true });
+  return { config: loadOrExit(values.config ?? 'config/default.yaml'), values: values as Record<string, string | undefined>, positionals };
+}
+
+function openDb(dataDir: string, readonly = true): Database.Database {
+  try {
+    return new Database(join(dataDir, 'queue.db'), { readonly, fileMustExist: true });
+  } catch (err) {
+    process.stderr.write(`cannot open the queue database in ${dataDir}: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+}
+
+const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
+
+async function quarantine(args: string[]): Promise<void> {
+  const { config, positionals } = options(args);
+  const [action = 'list', id] = positionals;
+  if (action === 'list') {
+    const db = openDb(config.dataDir);
+    const rows = readQuarantine(db);
+    for (const r of rows) process.stdout.write(`${r.id}\t${iso(r.received_at)}\t<${r.sender}>\t${r.recipients} rcpt\t${r.size} B\t${r.quarantine}\n`);
+    if (rows.length === 0) process.stdout.write('quarantine is empty\n');
+    db.close();
+    return;
+  }
+  if (action !== 'release' || !id) {
+    process.stderr.write(USAGE + '\n');
+    process.exit(2);
+  }
+  try {
+    const { status, body } = await adminRequest(adminSocket(config), 'POST', `/v1/messages/${encodeURIComponent(id)}/release`);
+    if (status !== 200) {
+      process.stderr.write(`${String(body.error ?? `status ${status}`)}\n`);
+      process.exit(1);
+    }
+    process.stdout.write(`${id}: ${String(body.released)} recipients released\n`);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;
+    // Not running: mark the recipients queued; the next start delivers them.
+    const db = openDb(config.dataDir, false);
+    db.exec(SCHEMA);
+    migrate(db);
+    const now = Date.now();
+    const n = db.transaction(() => {
+      db.prepare(`UPDATE messages SET quarantine = NULL, note = 'released from quarantine: ' || quarantine WHERE id = ? AND quarantine IS NOT NULL`).run(id);
+      return db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ? WHERE message_id = ? AND state = 'held'`).run(now, now, id).changes;
+    })();
+    db.close();
+    if (n === 0) {
+      process.stderr.write(`no held recipients in message ${id}\n`);
+      process.exit(1);
+    }
+    process.stdout.write(`${id}: ${n} recipients released (Ichidan is not running; they go out when it starts)\n`);
+  }
+}
+
+function scans(args: string[]): void {
+  const { config, positionals } = options(args);
+  const [action, id] = positionals;
+  if (action !== 'show' || !id) {
+    process.stderr.write(USAGE + '\n');
+    process.exit(2);
+  }
+  const db = openDb(config.dataDir);
+  const row = readScan(db, id);
+  db.close();
+  if (!row) {
+    process.stderr.write(`no scan record for ${id}\n`);
+    process.exit(1);
+  }
+  process.stdout.write(`${row.queue_id}\t${iso(row.at)}\t${row.action}\t${row.reason}\ttenants=${row.tenants}\t${row.ms} ms (overhead ${row.overhead_ms} ms)\n`);
+  for (const r of JSON.parse(row.runs) as Array<Record<string, unknown>>) {
+    const what = r.status === 'infected' ? r.signature : r.status === 'error' ? `${String(r.error)}: ${String(r.message)}`
+      : r.status === 'violation' ? r.rule : r.score !== undefined ? `${String(r.score)}/${String(r.threshold)}${r.action ? ` ${String(r.action)}` : ''}` : r.skipped ?? '';
+    process.stdout.write(`  ${String(r.engine)}\t${String(r.kind)}${r.shadow ? ' (shadow)' : ''}\t${String(r.status)}\t${String(what)}\t${String(r.ms)} ms\t${String(r.version ?? '')}\n`);
+  }
+}
+
+function engines(args: string[]): void {
+  const { config, values, positionals } = options(args, { days: { type: 'string' } });
+  if (positionals[0] !== 'stats') {
+    process.stderr.write(USAGE + '\n');
+    process.exit(2);
+  }
+  const days = Number(values.days ?? 7);
+  const since = new Date(Date.now() - (days - 1) * 86_400_000).toISOString().slice(0, 10);
+  const db = openDb(config.dataDir);
+  const rows = readEngineStats(db, since);
+  db.close();
+  const fmt = (n: number | null) => (n === null ? '-' : `${n}`);
+  process.stdout.write('day\tengine\tscanned\tdetected\talone\terrors\ttimeouts\tskipped\tp50_ms\tp99_ms\n');
+  for (const r of rows) {
+    process.stdout.write(`${r.day}\t${r.engine}\t${r.scanned}\t${r.detected}\t${r.detectedAlone}\t${r.errors}\t${r.timeouts}\t${r.skipped}\t${fmt(percentile(r.histogram, 0.5))}\t${fmt(percentile(r.histogram, 0.99))}\n`);
+  }
+}
+
 const [command, ...rest] = process.argv.slice(2);
 switch (command) {
   case 'start': await start(rest); break;
   case 'check-config': checkConfig(rest); break;
   case 'hash-password': hashPassword(rest); break;
   case 'queue': showQueue(rest); break;
+  case 'quarantine': await quarantine(rest); break;
+  case 'scans': scans(rest); break;
+  case 'engines': engines(rest); break;
   default:
     process.stderr.write(USAGE + '\n');
     process.exit(command ? 2 : 0);

@@ -133,6 +133,10 @@ export const configSchema = z.strictObject({
   }).prefault({}),
   /** Next hop per recipient domain: exact "example.com", ".example.com" for subdomains, "*" for the rest. */
   routes: z.record(domain, route).default({}),
+  admin: z.strictObject({
+    /** The admin API's unix socket (mode 0600); default dataDir/admin.sock. */
+    socket: z.string().min(1).optional(),
+  }).prefault({}),
   /** Scanning engines, run in parallel on every message before the reply to DATA (empty: no scanning). */
   engines: z.array(engineSchema).default([]),
   /** How the engines' results make one verdict. */

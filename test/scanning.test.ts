@@ -1,0 +1,200 @@
+// Scanning end to end: real SMTP clients, real engine daemons, fault-injecting fakes beside them.
+import Database from 'better-sqlite3';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import nodemailer from 'nodemailer';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { readEngineStats, readQuarantine, readScan } from '../queue/queue-store-sql.js';
+import type { ConfigInput } from '../mta/mta-config-schema.js';
+import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { realDaemon } from './helpers/daemons.js';
+import { CLEAN_MAIL, eicarMail, startFakeServer, type FakeServer } from './helpers/engine-contract.js';
+import { fakeClamd } from './helpers/fake-clamd.js';
+import { startSink, type Sink } from './helpers/sink.js';
+
+const clamd = realDaemon('clamd');
+
+async function send(t: TestApp, raw: string, to = 'bob@example.test'): Promise<{ ok: boolean; reply: string }> {
+  const tx = nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true });
+  try {
+    const info = await tx.sendMail({ envelope: { from: 'alice@sender.test', to: [to] }, raw });
+    return { ok: true, reply: info.response };
+  } catch (err) {
+    return { ok: false, reply: (err as { response?: string }).response ?? String(err) };
+  } finally {
+    tx.close();
+  }
+}
+
+const qidOf = (reply: string) => reply.split(' ').pop()!;
+
+function config(sink: Sink, extra: Partial<ConfigInput>) {
+  return (dir: string) => baseConfig(dir, {
+    tenants: { demo: { domains: ['example.test'] } },
+    routes: { 'example.test': { host: '127.0.0.2', port: sink.port } },
+    ...extra,
+  });
+}
+
+function db(t: TestApp): Database.Database {
+  return new Database(join(t.dataDir, 'queue.db'), { readonly: true });
+}
+
+describe.skipIf(!clamd)('scanning with the real clamd (skipped: scripts/engines.sh start has not run)', () => {
+  let sink: Sink;
+  let hang: FakeServer;
+  let hitter: FakeServer;
+  let t: TestApp | undefined;
+
+  beforeAll(async () => {
+    sink = await startSink({ host: '127.0.0.2' });
+    hang = await startFakeServer(fakeClamd);
+    hang.behaviour = 'hang';
+    hitter = await startFakeServer(fakeClamd);
+    hitter.behaviour = 'hit';
+  });
+  afterEach(async () => {
+    await t?.stop();
+    t = undefined;
+  });
+  afterAll(async () => {
+    await Promise.all([sink?.close(), hang?.close(), hitter?.close()]);
+  });
+
+  const real = () => ({ name: 'clamav', type: 'clamd' as const, servers: [{ host: clamd!.host, port: clamd!.port }] });
+
+  it('refuses EICAR with 550 5.7.1 naming the signature, keeps nothing, sends no bounce, records the scan', async () => {
+    t = await startApp(config(sink, { engines: [real()] }));
+    const before = sink.messages.length;
+    const res = await send(t, eicarMail());
+    expect(res.ok).toBe(false);
+    expect(res.reply).toMatch(/^550 5\.7\.1 message refused: virus found \(Eicar-Test-Signature(\.UNOFFICIAL)?\)/);
+    expect(await readdir(join(t.dataDir, 'spool'))).toEqual([]);
+    const rows = db(t);
+    try {
+      await waitUntil(() => (rows.prepare('SELECT COUNT(*) AS n FROM scans').get() as { n: number }).n === 1, 5_000, 'the scan record');
+      const scan = rows.prepare('SELECT * FROM scans').get() as { action: string; reason: string; runs: string };
+      expect(scan.action).toBe('reject');
+      expect(scan.reason).toMatch(/virus Eicar-Test-Signature\S* found by clamav/);
+      const [run] = JSON.parse(scan.runs);
+      expect(run).toMatchObject({ engine: 'clamav', kind: 'av', status: 'infected' });
+      expect(run.version).toMatch(/^ClamAV /);
+      expect((rows.prepare('SELECT COUNT(*) AS n FROM messages').get() as { n: number }).n).toBe(0);
+    } finally {
+      rows.close();
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    expect(sink.messages.length).toBe(before);
+  });
+
+  it('passes a clean message with X-Virus-Scanned added at delivery; the spool file stays as received', async () => {
+    t = await startApp(config(sink, { engines: [real()] }));
+    const before = sink.messages.length;
+    const res = await send(t, CLEAN_MAIL);
+    expect(res.reply).toMatch(/^250 /);
+    const qid = qidOf(res.reply);
+    const spoolBytes = await readFile(join(t.dataDir, 'spool', qid)).catch(() => null);
+    if (spoolBytes) expect(spoolBytes.toString()).toBe(CLEAN_MAIL);
+    const [m] = (await sink.waitFor(before + 1)).slice(before);
+    const text = m.data.toString();
+    expect(text).toMatch(/\r\nX-Virus-Scanned: clean by clamav\r\n/);
+    expect(text.endsWith(CLEAN_MAIL)).toBe(true);
+    const rows = db(t);
+    try {
+      const scan = readScan(rows, qid);
+      expect(scan?.action).toBe('accept');
+    } finally {
+      rows.close();
+    }
+  });
+
+  it('does not wait for an engine that hangs past its deadline', async () => {
+    t = await startApp(config(sink, {
+      engines: [real(), { name: 'stuck', type: 'clamd', servers: [{ host: hang.host, port: hang.port }], timeout: '500ms' }],
+    }));
+    const t0 = performance.now();
+    const res = await send(t, CLEAN_MAIL);
+    const ms = performance.now() - t0;
+    expect(res.reply).toMatch(/^250 /);
+    expect(ms).toBeLessThan(2_000);
+    const rows = db(t);
+    try {
+      await waitUntil(() => !!readScan(rows, qidOf(res.reply)), 5_000, 'the scan record');
+      const runs = JSON.parse(readScan(rows, qidOf(res.reply))!.runs) as Array<{ engine: string; status: string; error?: string; ms: number }>;
+      const stuck = runs.find((r) => r.engine === 'stuck')!;
+      expect(stuck).toMatchObject({ status: 'error', error: 'timeout' });
+      expect(stuck.ms).toBeGreaterThanOrEqual(450);
+      expect(stuck.ms).toBeLessThan(1_000);
+    } finally {
+      rows.close();
+    }
+  });
+
+  it('answers 451 4.7.1 when the only AV engine cannot answer (quorum), and keeps nothing', async () => {
+    t = await startApp(config(sink, { engines: [{ name: 'stuck', type: 'clamd', servers: [{ host: hang.host, port: hang.port }], timeout: '300ms' }] }));
+    const res = await send(t, CLEAN_MAIL);
+    expect(res.reply).toMatch(/^451 4\.7\.1 /);
+    expect(await readdir(join(t.dataDir, 'spool'))).toEqual([]);
+  });
+
+  it('accepts tagged unscanned when configured to, below quorum', async () => {
+    t = await startApp(config(sink, {
+      engines: [{ name: 'stuck', type: 'clamd', servers: [{ host: hang.host, port: hang.port }], timeout: '300ms' }],
+      scanning: { belowQuorum: 'accept' },
+    }));
+    const before = sink.messages.length;
+    const res = await send(t, CLEAN_MAIL);
+    expect(res.reply).toMatch(/^250 /);
+    const [m] = (await sink.waitFor(before + 1)).slice(before);
+    expect(m.data.toString()).toMatch(/\r\nX-Ichidan-Unscanned: av quorum not met\r\n/);
+    expect(m.data.toString()).toMatch(/\r\nX-Virus-Scanned: not scanned \(stuck timeout\)\r\n/);
+  });
+
+  it('records a shadow engine without letting it decide', async () => {
+    t = await startApp(config(sink, {
+      engines: [real(), { name: 'trial', type: 'clamd', servers: [{ host: hitter.host, port: hitter.port }], shadow: true }],
+    }));
+    const res = await send(t, CLEAN_MAIL);
+    expect(res.reply).toMatch(/^250 /);
+    const rows = db(t);
+    try {
+      await waitUntil(() => !!readScan(rows, qidOf(res.reply)), 5_000, 'the scan record');
+      const runs = JSON.parse(readScan(rows, qidOf(res.reply))!.runs) as Array<{ engine: string; status: string; shadow: boolean }>;
+      expect(runs.find((r) => r.engine === 'trial')).toMatchObject({ status: 'infected', shadow: true });
+      expect(runs.find((r) => r.engine === 'clamav')).toMatchObject({ status: 'clean', shadow: false });
+    } finally {
+      rows.close();
+    }
+    await t.stop();
+    const stats = db(t);
+    try {
+      const byEngine = Object.fromEntries(readEngineStats(stats, '2000-01-01').map((r) => [r.engine, r]));
+      expect(byEngine.trial).toMatchObject({ scanned: 1, detected: 1, detectedAlone: 1 });
+      expect(byEngine.clamav).toMatchObject({ scanned: 1, detected: 0 });
+    } finally {
+      stats.close();
+    }
+    t = undefined;
+  });
+
+  it('quarantines instead of refusing when configured; the message is listed and released on demand', async () => {
+    t = await startApp(config(sink, { engines: [real()], scanning: { virus: 'quarantine' } }));
+    const before = sink.messages.length;
+    const res = await send(t, eicarMail());
+    expect(res.reply).toMatch(/^250 /);
+    const qid = qidOf(res.reply);
+    const rows = db(t);
+    try {
+      const [q] = readQuarantine(rows);
+      expect(q).toMatchObject({ id: qid, recipients: 1 });
+      expect(q.quarantine).toMatch(/virus Eicar-Test-Signature\S* found by clamav/);
+    } finally {
+      rows.close();
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    expect(sink.messages.length).toBe(before);
+    expect(await t.app.queue.releaseMessage(qid)).toBe(1);
+    const [m] = (await sink.waitFor(before + 1)).slice(before);
+    expect(m.rcptTo).toEqual(['bob@example.test']);
+  });
+});
