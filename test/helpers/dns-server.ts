@@ -1,5 +1,5 @@
 /*
- * A DNS server on loopback for routing tests: serves MX, A and AAAA records from a zone map,
+ * A DNS server on loopback for routing tests: serves MX, A, AAAA, PTR and TXT records from a zone map,
  * NXDOMAIN for names it does not know, and can be told to SERVFAIL a name. Every query it
  * receives is recorded, so a test can show that lookups went here and nowhere else.
  */
@@ -12,6 +12,8 @@ export interface Zone {
   a?: string[];
   aaaa?: string[];
   ptr?: string[];
+  /** One TXT record per string; strings past 255 bytes are sent as several character-strings. */
+  txt?: string[];
   servfail?: boolean;
 }
 
@@ -22,6 +24,14 @@ export interface TestDns {
   queries: Array<{ name: string; type: number }>;
   zones: Map<string, Zone>;
   close(): Promise<void>;
+}
+
+/** RFC 1035 §3.3.14: a TXT record is a sequence of strings of at most 255 bytes each. */
+function characterStrings(text: string): Buffer[] {
+  const bytes = Buffer.from(text);
+  const parts: Buffer[] = [];
+  for (let i = 0; i < bytes.length; i += 255) parts.push(bytes.subarray(i, i + 255));
+  return parts.length ? parts : [Buffer.alloc(0)];
 }
 
 export async function startDns(zones: Record<string, Zone>): Promise<TestDns> {
@@ -45,6 +55,8 @@ export async function startDns(zones: Record<string, Zone>): Promise<TestDns> {
         for (const address of zone.a ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.A, class: Packet.CLASS.IN, ttl: 60, address });
       } else if (q.type === Packet.TYPE.PTR) {
         for (const domain of zone.ptr ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.PTR, class: Packet.CLASS.IN, ttl: 60, domain });
+      } else if (q.type === Packet.TYPE.TXT) {
+        for (const text of zone.txt ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.TXT, class: Packet.CLASS.IN, ttl: 60, data: characterStrings(text) });
       } else if (q.type === Packet.TYPE.AAAA) {
         for (const address of zone.aaaa ?? []) response.answers.push({ name: q.name, type: Packet.TYPE.AAAA, class: Packet.CLASS.IN, ttl: 60, address });
       }
