@@ -5,8 +5,13 @@
  * factory. Adding an engine type is one line here.
  */
 import type { z } from 'zod';
+import { mailauthDefinition } from './auth/auth.js';
 import { clamdDefinition } from './clamd/clamd.js';
 import type { Engine, EngineDeps, EngineKind } from './engine.js';
+import { icapDefinition } from './icap/icap.js';
+import { policyDefinition } from './policy/policy.js';
+import { rspamdDefinition } from './rspamd/rspamd.js';
+import { spamdDefinition } from './spamd/spamd.js';
 
 export interface EngineDefinition<S extends z.ZodType = z.ZodType> {
   type: string;
@@ -17,6 +22,11 @@ export interface EngineDefinition<S extends z.ZodType = z.ZodType> {
 
 export const ENGINE_DEFINITIONS = [
   clamdDefinition,
+  icapDefinition,
+  mailauthDefinition,
+  policyDefinition,
+  rspamdDefinition,
+  spamdDefinition,
 ] as const;
 
 export function definitionOf(type: string): EngineDefinition {

@@ -146,7 +146,7 @@ export const configSchema = z.strictObject({
   cfg.engines.forEach((e, i) => {
     if (engineNames.has(e.name)) ctx.addIssue({ code: 'custom', path: ['engines', i, 'name'], message: `another engine is already named "${e.name}"` });
     engineNames.add(e.name);
-    if ((e.type as string) === 'mailauth' && cfg.dns.servers.length === 0) {
+    if (e.type === 'mailauth' && cfg.dns.servers.length === 0) {
       ctx.addIssue({ code: 'custom', path: ['engines', i, 'type'], message: 'sender authentication needs DNS: set dns.servers' });
     }
   });

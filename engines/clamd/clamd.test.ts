@@ -17,7 +17,7 @@ const deps = { hostname: 'mx.ichidan.test', resolver: null, log: pino({ level: '
 const subject: ContractSubject = {
   name: 'clamd',
   fake: fakeClamd,
-  make: (target, timeout) => createClamd(clamdOptions.parse({ name: 'clamav', type: 'clamd', servers: [target], timeout }), deps),
+  make: (target, timeout) => createClamd(clamdOptions.parse({ name: 'clamav', type: 'clamd', servers: [{ host: target.host, port: target.port }], timeout }), deps),
   cleanMessage: CLEAN_MAIL,
   hitMessage: eicarMail(),
   expectHit(result) {
@@ -44,7 +44,7 @@ describe.skipIf(!clamd)('clamd (real daemon; skipped: scripts/engines.sh start h
     });
 
     it('reports a message above clamd\'s own limit as too large, never clean', async () => {
-      const engine = createClamd(clamdOptions.parse({ name: 'c', type: 'clamd', servers: [clamd!] }), deps);
+      const engine = createClamd(clamdOptions.parse({ name: 'c', type: 'clamd', servers: [{ host: clamd!.host, port: clamd!.port }] }), deps);
       const big = Buffer.alloc(26 * 1024 * 1024, 'a');
       const { result } = await timedScan(engine, await spooled(dir, 'big.eml', big), 20_000);
       expect(result.outcome).toMatchObject({ status: 'error', error: 'too-large' });

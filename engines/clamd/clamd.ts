@@ -109,10 +109,12 @@ export function createClamd(options: ClamdOptions, deps: EngineDeps): Engine {
       for (let i = 0; i < servers.length; i++) {
         const index = (preferred + i) % servers.length;
         const address = servers[index];
+        // Asked beside the scan (its own connection), so the version is known when the result is recorded.
+        const asking = refreshVersion(address, AbortSignal.timeout(2_000));
         try {
           const result = await scanOn(address, message, signal);
           preferred = index;
-          void refreshVersion(address, AbortSignal.timeout(2_000));
+          await Promise.race([asking, new Promise((r) => setTimeout(r, 0))]);
           return result;
         } catch (err) {
           last = (err as NodeJS.ErrnoException)?.code === 'EPROTO' && !signal.aborted
