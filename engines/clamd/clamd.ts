@@ -65,18 +65,25 @@ export function createClamd(options: ClamdOptions, deps: EngineDeps): Engine {
   let version: string | null = null;
   let versionAt = 0;
 
-  async function refreshVersion(address: DaemonAddress, signal: AbortSignal): Promise<void> {
-    if (Date.now() - versionAt < VERSION_TTL_MS) return;
-    versionAt = Date.now();
-    try {
-      version = (await exchange(address, signal, async (s) => {
-        const reply = readReply(s);
-        s.write('zVERSION\0');
-        return reply;
-      })).trim();
-    } catch (err) {
-      deps.log.debug({ engine: options.name, err: (err as Error).message }, 'clamd VERSION failed');
-    }
+  let asking: Promise<void> | null = null;
+  const triedAt = new Map<DaemonAddress, number>();
+
+  /** Asks `address` for its version when the one known is older than an hour; one question at a time, one try per server a minute. */
+  function refreshVersion(address: DaemonAddress): Promise<void> {
+    const now = Date.now();
+    if (now - versionAt < VERSION_TTL_MS || asking || now - (triedAt.get(address) ?? 0) < 60_000) return asking ?? Promise.resolve();
+    triedAt.set(address, now);
+    asking = exchange(address, AbortSignal.timeout(2_000), async (s) => {
+      const reply = readReply(s);
+      s.write('zVERSION\0');
+      return reply;
+    }).then((text) => {
+      version = text.trim();
+      versionAt = Date.now();
+    }, (err: Error) => {
+      deps.log.debug({ engine: options.name, err: err.message }, 'clamd VERSION failed');
+    }).finally(() => { asking = null; });
+    return asking;
   }
 
   async function scanOn(address: DaemonAddress, message: ScanMessage, signal: AbortSignal): Promise<EngineResult> {
@@ -110,11 +117,11 @@ export function createClamd(options: ClamdOptions, deps: EngineDeps): Engine {
         const index = (preferred + i) % servers.length;
         const address = servers[index];
         // Asked beside the scan (its own connection), so the version is known when the result is recorded.
-        const asking = refreshVersion(address, AbortSignal.timeout(2_000));
+        const versionAsked = refreshVersion(address);
         try {
           const result = await scanOn(address, message, signal);
           preferred = index;
-          await Promise.race([asking, new Promise((r) => setTimeout(r, 0))]);
+          await Promise.race([versionAsked, new Promise((r) => setTimeout(r, 0))]);
           return result;
         } catch (err) {
           last = (err as NodeJS.ErrnoException)?.code === 'EPROTO' && !signal.aborted
@@ -137,7 +144,7 @@ export function createClamd(options: ClamdOptions, deps: EngineDeps): Engine {
             return r;
           });
           if (reply.trim() === 'PONG') {
-            await refreshVersion(address, signal);
+            await refreshVersion(address);
             return true;
           }
         } catch {
