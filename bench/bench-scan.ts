@@ -6,9 +6,9 @@
  * 2. Scan overhead: the runner over clamd + rspamd + ICAP together, one message at a time and with
  *    BENCH_SESSIONS in flight: p50 / p99 of (verdict time − slowest engine's time), i.e. what
  *    running them in parallel and deciding costs on top of waiting for the slowest.
- * 3. Through SMTP: smtp-source → Ichidan (clamd + rspamd enabled, fsync on) → smtp-sink, messages
- *    per second from the first connection to the last delivery, as a fraction of the slowest
- *    engine's own rate from (1).
+ * 3. Through SMTP: smtp-source (connections reused) → Ichidan (fsync on) → smtp-sink, messages
+ *    per second from the first connection to the last delivery, without engines and with clamd +
+ *    rspamd, the latter as a fraction of the slower engine's own rate from (1).
  *
  * Results go to stdout and bench/results/scan-<date>.json. Everything is on loopback; no DNS is
  * configured.
@@ -17,6 +17,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { createReadStream, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
+import os from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import pino from 'pino';
@@ -65,6 +66,13 @@ function sample(): string {
   return lines.join('\r\n') + '\r\n';
 }
 
+/** Busy CPU seconds of the whole machine so far (all cores, from /proc/stat). */
+function machineCpu(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const idle = f[3] + f[4];
+  return (f.reduce((a, b) => a + b, 0) - idle) / 100;
+}
+
 async function pool(count: number, sessions: number, task: (i: number) => Promise<void>): Promise<number> {
   let next = 0;
   const t0 = performance.now();
@@ -74,14 +82,15 @@ async function pool(count: number, sessions: number, task: (i: number) => Promis
   return (performance.now() - t0) / 1000;
 }
 
-async function engineAlone(engine: Engine, file: string, size: number): Promise<{ rate: number; errors: number }> {
+async function engineAlone(engine: Engine, file: string, size: number): Promise<{ rate: number; errors: number; cpuMsPerMessage: number }> {
   const msg = spoolMessage(file, size);
   let errors = 0;
+  const cpu0 = machineCpu();
   const seconds = await pool(COUNT, SESSIONS, async () => {
     const r = await engine.scan(msg, context, AbortSignal.timeout(30_000));
     if (r.outcome.status === 'error') errors++;
   });
-  return { rate: COUNT / seconds, errors };
+  return { rate: COUNT / seconds, errors, cpuMsPerMessage: ((machineCpu() - cpu0) * 1000) / COUNT };
 }
 
 const pct = (xs: number[], p: number) => {
@@ -129,7 +138,7 @@ function run(cmd: string, args: string[]): Promise<void> {
 }
 
 /** smtp-source → Ichidan with the given engines → smtp-sink; messages/s first connection to last delivery. */
-async function throughSmtp(d: Daemons, file: string, engines: string): Promise<{ rate: number; delivered: number }> {
+async function throughSmtp(d: Daemons, file: string, engines: string): Promise<{ rate: number; delivered: number; cpuMsPerMessage: number }> {
   const dir = await mkdtemp(join(ROOT, 'var', 'bench-scan-'));
   const port = await freePort();
   const sinkPort = await freePort();
@@ -151,7 +160,8 @@ async function throughSmtp(d: Daemons, file: string, engines: string): Promise<{
     await waitForPort('127.0.0.1', port);
     await waitForPort('127.0.0.2', sinkPort);
     const t0 = Date.now();
-    await run('smtp-source', ['-s', String(SESSIONS), '-m', String(COUNT), '-F', file, '-f', 'bench@source.test', '-t', 'sink@far.test', '-M', 'source.test', `127.0.0.1:${port}`]);
+    const cpu0 = machineCpu();
+    await run('smtp-source', ['-d', '-s', String(SESSIONS), '-m', String(COUNT), '-F', file, '-f', 'bench@source.test', '-t', 'sink@far.test', '-M', 'source.test', `127.0.0.1:${port}`]);
     let delivered = 0;
     let last = 0;
     for (let waited = 0; waited < 120_000; waited += 250) {
@@ -165,7 +175,8 @@ async function throughSmtp(d: Daemons, file: string, engines: string): Promise<{
       await new Promise((r) => setTimeout(r, 250));
     }
     if (delivered < COUNT) throw new Error(`only ${delivered} of ${COUNT} delivered; see ${logFile}`);
-    return { rate: COUNT / ((last - t0) / 1000), delivered };
+    // CPU of the whole machine over the run (the log polling above is a small part of it).
+    return { rate: COUNT / ((last - t0) / 1000), delivered, cpuMsPerMessage: ((machineCpu() - cpu0) * 1000) / COUNT };
   } finally {
     proc.kill('SIGTERM');
     sink.kill('SIGTERM');
@@ -184,15 +195,18 @@ async function main(): Promise<void> {
   const text = sample();
   const file = join(work, 'sample.eml');
   await writeFile(file, text);
+  // smtp-source sends each line of its file with CRLF added: give it the same lines ending in LF.
+  const sourceFile = join(work, 'sample-lf.txt');
+  await writeFile(sourceFile, text.replace(/\r\n/g, '\n'));
   const size = Buffer.byteLength(text);
   const make = (c: EngineConfig): EngineEntry => ({ type: c.type, options: c, engine: definitionOf(c.type).create(c, deps) });
   const entries = { clamd: make(cfg.clamd), rspamd: make(cfg.rspamd), icap: make(cfg.icap) };
   try {
     console.log(`message: ${size} bytes; ${SESSIONS} in flight; ${COUNT} scans per engine`);
-    const alone: Record<string, { rate: number; errors: number }> = {};
+    const alone: Record<string, { rate: number; errors: number; cpuMsPerMessage: number }> = {};
     for (const [name, e] of Object.entries(entries)) {
       alone[name] = await engineAlone(e.engine, file, size);
-      console.log(`  ${name.padEnd(7)} alone: ${alone[name].rate.toFixed(0).padStart(6)} scans/s${alone[name].errors ? `  (${alone[name].errors} errors)` : ''}`);
+      console.log(`  ${name.padEnd(7)} alone: ${alone[name].rate.toFixed(0).padStart(6)} scans/s  machine CPU ${alone[name].cpuMsPerMessage.toFixed(2)} ms/scan${alone[name].errors ? `  (${alone[name].errors} errors)` : ''}`);
     }
     const all = Object.values(entries);
     const serial = await overhead(all, file, size, 1);
@@ -201,13 +215,18 @@ async function main(): Promise<void> {
     console.log(`  one at a time:   p50 ${serial.p50.toFixed(3)} ms  p99 ${serial.p99.toFixed(3)} ms  (verdict p50 ${serial.verdictP50.toFixed(2)} ms)`);
     console.log(`  ${SESSIONS} in flight:    p50 ${parallel.p50.toFixed(3)} ms  p99 ${parallel.p99.toFixed(3)} ms  (verdict p50 ${parallel.verdictP50.toFixed(2)} ms)`);
     const smtpEngines = `[{ name: clamav, type: clamd, servers: [{ host: ${d.clamd.host}, port: ${d.clamd.port} }] }, { name: rspamd, type: rspamd, url: "http://${d.rspamd.host}:${d.rspamd.port}" }]`;
-    const smtp = await throughSmtp(d, file, smtpEngines);
+    const bare = await throughSmtp(d, sourceFile, '[]');
+    const smtp = await throughSmtp(d, sourceFile, smtpEngines);
     const slowest = Math.min(alone.clamd.rate, alone.rspamd.rate);
-    console.log(`through SMTP with clamd + rspamd: ${smtp.rate.toFixed(0)} msg/s = ${(smtp.rate / slowest * 100).toFixed(0)}% of the slower engine alone (${slowest.toFixed(0)}/s)`);
+    console.log(`through SMTP (${SESSIONS} sessions, connections reused), durable, to smtp-sink:`);
+    console.log(`  no engines:       ${bare.rate.toFixed(0).padStart(5)} msg/s  machine CPU ${bare.cpuMsPerMessage.toFixed(2)} ms/msg`);
+    console.log(`  clamd + rspamd:   ${smtp.rate.toFixed(0).padStart(5)} msg/s  machine CPU ${smtp.cpuMsPerMessage.toFixed(2)} ms/msg = ${(smtp.rate / slowest * 100).toFixed(0)}% of the slower engine alone (${slowest.toFixed(0)}/s), ${(smtp.rate / bare.rate * 100).toFixed(0)}% of the rate without engines`);
+    const parts = bare.cpuMsPerMessage + alone.clamd.cpuMsPerMessage + alone.rspamd.cpuMsPerMessage;
+    console.log(`  CPU check: relay alone + clamd alone + rspamd alone = ${parts.toFixed(2)} ms/msg; ${os.cpus().length} cores allow at most ${(os.cpus().length * 1000 / parts).toFixed(0)} msg/s`);
     const when = new Date().toISOString();
     const out = join(ROOT, 'bench', 'results', `scan-${when.slice(0, 10)}.json`);
     await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });
-    await writeFile(out, JSON.stringify({ when, node: process.version, messageBytes: size, sessions: SESSIONS, count: COUNT, alone, overhead: { serial, parallel }, smtp: { ...smtp, ratioToSlowestEngine: smtp.rate / slowest } }, null, 2) + '\n');
+    await writeFile(out, JSON.stringify({ when, node: process.version, messageBytes: size, sessions: SESSIONS, count: COUNT, alone, overhead: { serial, parallel }, smtp: { ...smtp, ratioToSlowestEngine: smtp.rate / slowest, withoutEngines: bare.rate } }, null, 2) + '\n');
     console.log(`results written to ${out}`);
   } finally {
     await Promise.all(Object.values(entries).map((e) => e.engine.close()));

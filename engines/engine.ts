@@ -8,7 +8,7 @@
  * (`engines-run.ts`) aborts it at the engine's own deadline and records a timeout.
  */
 import { createReadStream } from 'node:fs';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 
 export type EngineKind = 'av' | 'spam' | 'auth' | 'policy';
 
@@ -24,11 +24,22 @@ export interface ScanMessage {
   open(range?: { start?: number; end?: number }): Readable;
 }
 
-export function spoolMessage(path: string, size: number): ScanMessage {
+/**
+ * The spool file as a `ScanMessage`. When the bytes are still in memory (`held`: small messages
+ * the DATA path kept), streams read them from there instead: the same bytes, no file I/O.
+ */
+export function spoolMessage(path: string, size: number, held?: Buffer[] | null): ScanMessage {
+  let whole: Buffer | null = null;
   return {
     path,
     size,
-    open: (range) => createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 }),
+    open: (range) => {
+      if (!held) return createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 });
+      whole ??= held.length === 1 ? held[0] : Buffer.concat(held);
+      const start = range?.start ?? 0;
+      const end = range?.end === undefined ? whole.length : range.end + 1;
+      return Readable.from([whole.subarray(start, end)], { objectMode: false });
+    },
   };
 }
 

@@ -230,7 +230,7 @@ export class Listener {
     let quarantine: string | null = null;
     let scan: ScanRecord | undefined;
     if (tx.runtime.engines.size > 0) {
-      const decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes), context, AbortSignal.timeout(config.limits.dataTimeout));
+      const decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept), context, AbortSignal.timeout(config.limits.dataTimeout));
       const { verdict } = decision;
       scan = scanRecord(writer.id, context.tenants!, decision, Date.now());
       this.deps.log.info({

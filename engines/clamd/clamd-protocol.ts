@@ -77,32 +77,42 @@ export function readReply(socket: Socket): Promise<string> {
   });
 }
 
-/** Writes `zINSTREAM\0`, the message in length-prefixed chunks, and the zero-length end chunk. */
+/**
+ * Writes `zINSTREAM\0`, the message in length-prefixed chunks, and the zero-length end chunk —
+ * corked, so a small message leaves in one write; a large one is flushed whenever the socket's
+ * buffer is full, waiting for it to drain.
+ */
 export async function sendInstream(socket: Socket, body: Readable, signal: AbortSignal): Promise<void> {
-  const write = (buf: Buffer) => new Promise<void>((resolve, reject) => {
-    if (socket.destroyed || !socket.writable) return reject(Object.assign(new Error('socket closed while sending'), { code: 'EPIPE' }));
-    if (socket.write(buf)) return resolve();
+  const drained = () => new Promise<void>((resolve, reject) => {
     const onDrain = () => { cleanup(); resolve(); };
     const onClose = () => { cleanup(); reject(Object.assign(new Error('socket closed while sending'), { code: 'EPIPE' })); };
     const cleanup = () => { socket.off('drain', onDrain); socket.off('close', onClose); };
     socket.once('drain', onDrain);
     socket.once('close', onClose);
   });
-  await write(Buffer.from('zINSTREAM\0', 'latin1'));
+  const closed = () => Object.assign(new Error('socket closed while sending'), { code: 'EPIPE' });
+  socket.cork();
   try {
+    socket.write('zINSTREAM\0', 'latin1');
     for await (const chunk of body) {
       if (signal.aborted) throw signal.reason;
+      if (socket.destroyed || !socket.writable) throw closed();
       const data = chunk as Buffer;
+      // A zero-length chunk would end the stream early.
+      if (data.length === 0) continue;
       const header = Buffer.allocUnsafe(4);
       header.writeUInt32BE(data.length, 0);
-      socket.cork();
       socket.write(header);
-      const sent = write(data);
-      socket.uncork();
-      await sent;
+      if (!socket.write(data)) {
+        socket.uncork();
+        await drained();
+        socket.cork();
+      }
     }
+    if (socket.destroyed || !socket.writable) throw closed();
+    socket.write(Buffer.alloc(4));
   } finally {
     body.destroy();
+    socket.uncork();
   }
-  await write(Buffer.alloc(4));
 }
