@@ -25,6 +25,13 @@ describe('configuration', () => {
     expect(Object.isFrozen(c.queue)).toBe(true);
   });
 
+  it('loads the default with every engine, as scripts/engines.sh runs them', () => {
+    const c = loadConfig(join(import.meta.dirname, '..', 'config', 'with-engines.yaml'));
+    expect(c.engines.map((e) => `${e.name}:${e.type}`)).toEqual(['clamav:clamd', 'icap-av:icap', 'spamassassin:spamd', 'rspamd:rspamd', 'attachments:policy']);
+    expect(c.engines[0]).toMatchObject({ timeout: 30_000, maxSize: 25 * 1024 * 1024, onError: 'skip', shadow: false });
+    expect(c.scanning).toMatchObject({ virus: 'reject', quorum: { av: 1, spam: 0 }, recordRetention: 30 * 86_400_000 });
+  });
+
   it('fills defaults and parses durations and sizes', () => {
     const c = parseConfig({ queue: { retryInitial: '90s', maxAge: '2d' }, limits: { maxMessageSize: '10MB' } });
     expect(c.queue.retryInitial).toBe(90_000);
@@ -47,6 +54,15 @@ describe('configuration', () => {
     [{ tenants: { a: { domanis: [] } } }, 'tenants.a.domanis: unknown key'],
     [{ routes: { 'x.test': { host: '127.0.0.1', prot: 25 } } }, 'routes.x.test'],
     [{ tls: { cert: '/x.pem' } }, 'tls: tls.cert and tls.key go together'],
+    [{ engines: [{ name: 'av', type: 'clamav' }] }, 'engines[0].type:'],
+    [{ engines: [{ name: 'av', type: 'clamd', server: { host: '127.0.0.1' } }] }, 'engines[0].server: unknown key'],
+    [{ engines: [{ name: 'av', type: 'clamd', timeout: 'soon' }] }, 'engines[0].timeout: a duration such as'],
+    [{ engines: [{ name: 'av', type: 'clamd' }, { name: 'av', type: 'icap', server: { host: '127.0.0.1' }, service: 'avscan' }] }, 'engines[1].name: another engine is already named "av"'],
+    [{ engines: [{ name: 'auth', type: 'mailauth' }] }, 'engines[0].type: sender authentication needs DNS: set dns.servers'],
+    [{ engines: [{ name: 'sa', type: 'spamd', onError: 'panic' }] }, 'engines[0].onError: must be one of "skip", "tempfail"'],
+    [{ scanning: { spam: { mode: 'most' } } }, 'scanning.spam.mode:'],
+    [{ scanning: { quorum: { av: -1 } } }, 'scanning.quorum.av:'],
+    [{ tenants: { a: { scanning: { engines: ['ghost'] } } } }, 'tenants.a.scanning.engines[0]: no engine named "ghost" (engines: none)'],
   ])('refuses %j naming the key', (input, expected) => {
     const found = problems(input);
     expect(found.join('\n')).toContain(expected);
