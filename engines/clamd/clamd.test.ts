@@ -47,7 +47,12 @@ describe.skipIf(!clamd)('clamd (real daemon; skipped: scripts/engines.sh start h
       const engine = createClamd(clamdOptions.parse({ name: 'c', type: 'clamd', servers: [{ host: clamd!.host, port: clamd!.port }] }), deps);
       const big = Buffer.alloc(26 * 1024 * 1024, 'a');
       const { result } = await timedScan(engine, await spooled(dir, 'big.eml', big), 20_000);
-      expect(result.outcome).toMatchObject({ status: 'error', error: 'too-large' });
+      // clamd answers "INSTREAM size limit exceeded" and closes while the rest is still on its way;
+      // the reset that the late bytes provoke can destroy that reply before it is read. Either way
+      // the result must be a failure, never clean.
+      expect(result.outcome.status).toBe('error');
+      const o = result.outcome as { error: string; message: string };
+      if (o.error !== 'too-large') expect(`${o.error}: ${o.message}`).toMatch(/^(protocol|io): .*(closed|reset|EPIPE)/i);
     });
   });
 });
