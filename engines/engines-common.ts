@@ -29,6 +29,15 @@ export function engineCommon(defaults: { timeout: string; maxSize: string }) {
     shadow: z.boolean().default(false),
     /** Weight of a spam engine's normalised score in the weighted mean. */
     weight: z.number().positive().default(1),
+    /**
+     * The circuit breaker: after `failures` failures (timeouts, refusals, protocol errors) within
+     * `window` the engine is skipped (counted as disabled) for `cooldown`, then one scan probes it.
+     */
+    breaker: z.strictObject({
+      failures: z.number().int().positive().default(5),
+      window: duration.prefault('60s'),
+      cooldown: duration.prefault('30s'),
+    }).prefault({}),
   };
 }
 
@@ -51,4 +60,5 @@ export interface CommonOptions {
   onError: 'skip' | 'tempfail';
   shadow: boolean;
   weight: number;
+  breaker: { failures: number; window: number; cooldown: number };
 }

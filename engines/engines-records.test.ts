@@ -4,7 +4,7 @@ import { BOUNDS, EngineStats, percentile, type RunRecord, type ScanRecord } from
 const at = Date.parse('2026-11-25T12:00:00Z');
 const run = (engine: string, status: RunRecord['status'], extra: Partial<RunRecord> = {}): RunRecord =>
   ({ engine, kind: 'av', shadow: false, status, version: null, ms: 2, ...extra });
-const record = (runs: RunRecord[], when = at): ScanRecord => ({ queueId: 'Q', at: when, action: 'accept', reason: '', tenants: ['t'], ms: 3, overheadMs: 0.1, runs });
+const record = (runs: RunRecord[], when = at): ScanRecord => ({ queueId: 'Q', at: when, generation: 1, action: 'accept', reason: '', tenants: ['t'], ms: 3, overheadMs: 0.1, runs });
 
 describe('EngineStats', () => {
   it('counts per engine and day, with detections by one engine alone', () => {

@@ -35,6 +35,8 @@ export interface RunRecord {
 export interface ScanRecord {
   queueId: string;
   at: number;
+  /** The config snapshot whose engines scanned it. */
+  generation: number;
   action: VerdictAction;
   reason: string;
   tenants: string[];
@@ -60,9 +62,9 @@ function runRecord(run: EngineRun): RunRecord {
   }
 }
 
-export function scanRecord(queueId: string, tenants: string[], decision: ScanDecision, at: number): ScanRecord {
+export function scanRecord(queueId: string, tenants: string[], decision: ScanDecision, at: number, generation: number): ScanRecord {
   return {
-    queueId, at, tenants,
+    queueId, at, tenants, generation,
     action: decision.verdict.action,
     reason: decision.verdict.reason,
     ms: round(decision.ms),

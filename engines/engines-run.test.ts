@@ -9,7 +9,7 @@ const context = { queueId: 'Q', client: '192.0.2.1', helo: 'h', sender: 's@x.tes
 function entry(name: string, kind: EngineKind, scan: Engine['scan'], extra: Partial<EngineEntry['options']> = {}): EngineEntry {
   return {
     type: 'test',
-    options: { name, timeout: 200, maxSize: 1000, onError: 'skip', shadow: false, weight: 1, ...extra },
+    options: { name, timeout: 200, maxSize: 1000, onError: 'skip', shadow: false, weight: 1, breaker: { failures: 5, window: 60_000, cooldown: 30_000 }, ...extra },
     engine: { name, kind, version: () => `${name}-1`, scan, close: async () => undefined },
   };
 }

@@ -19,6 +19,7 @@
  */
 import { reply, type SmtpReply } from '../mta/mta-reply.js';
 import { errorResult, type Engine, type EngineKind, type EngineResult, type ScanContext, type ScanMessage } from './engine.js';
+import type { Admission } from './engines-breaker.js';
 import type { CommonOptions } from './engines-common.js';
 import { tenantPolicy, type ScanningConfig, type TenantScanningConfig, type VerdictPolicy } from './engines-config.js';
 import { decide, stronger, type EngineRun, type Verdict } from './engines-verdict.js';
@@ -27,6 +28,14 @@ export interface EngineEntry {
   type: string;
   options: CommonOptions;
   engine: Engine;
+  /** The engine's breaker and operator switch; without one the engine is always used. */
+  health?: EngineHealth;
+}
+
+/** 'skip': switched off now (breaker open or half-open with its probe out, or an operator's switch). */
+export interface EngineHealth {
+  admit(now: number): Admission;
+  record(admission: Admission, result: EngineResult, now: number): void;
 }
 
 export interface ScanDecision {
@@ -67,6 +76,8 @@ export async function runEngine(entry: EngineEntry, message: ScanMessage, contex
   const { name, shadow, weight, onError, maxSize, timeout } = entry.options;
   const base = { engine: name, kind: entry.engine.kind as EngineKind, shadow, weight, onError };
   if (message.size > maxSize) return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
+  const admission = entry.health?.admit(Date.now()) ?? 'scan';
+  if (admission === 'skip') return { ...base, skipped: 'disabled', ms: 0, version: entry.engine.version() };
   const deadline = AbortSignal.any([outer, AbortSignal.timeout(timeout)]);
   const guard = onAbort(deadline);
   const t0 = performance.now();
@@ -74,6 +85,7 @@ export async function runEngine(entry: EngineEntry, message: ScanMessage, contex
     errorResult('protocol', `adapter failed: ${(err as Error)?.message ?? String(err)}`));
   const result = await Promise.race([scanned, guard.promise]);
   guard.dispose();
+  entry.health?.record(admission, result, Date.now());
   return { ...base, result, ms: performance.now() - t0, version: entry.engine.version() };
 }
 
@@ -112,7 +124,4 @@ export class EngineRunner {
     return { verdict: verdict!, reply: replyFor(verdict!), runs, ms, overheadMs: Math.max(0, ms - slowest) };
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.entries.map((e) => e.engine.close().catch(() => undefined)));
-  }
 }

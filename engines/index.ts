@@ -15,18 +15,19 @@
  */
 import type { Config } from '../mta/mta-config-schema.js';
 import { spoolMessage, type EngineDeps, type ScanContext, type ScanMessage } from './engine.js';
-import { definitionOf } from './engines-registry.js';
-import { EngineRunner, type EngineEntry, type ScanDecision } from './engines-run.js';
+import { EngineHost, type EngineEvent, type EngineInfo, type OperatorSwitch } from './engines-host.js';
+import { EngineRunner, type ScanDecision } from './engines-run.js';
 
-export type { ScanContext, ScanMessage, ScanDecision };
-export { spoolMessage };
+export type { ScanContext, ScanMessage, ScanDecision, EngineEvent, EngineInfo, OperatorSwitch };
+export { spoolMessage, EngineHost };
 
 export interface EngineSet {
   readonly size: number;
   /** The engines' names, in config order. */
   readonly names: string[];
   scan(message: ScanMessage, context: ScanContext, signal: AbortSignal): Promise<ScanDecision>;
-  close(): Promise<void>;
+  /** The snapshot that held this set is no longer used: engines no other snapshot uses are closed. */
+  release(): void;
 }
 
 export const emptyEngineSet: EngineSet = {
@@ -35,23 +36,19 @@ export const emptyEngineSet: EngineSet = {
   async scan() {
     throw new Error('no engines configured');
   },
-  async close() {},
+  release() {},
 };
 
-/** Builds every configured engine (no connection is made until the first scan). */
-export function buildEngineSet(config: Config, deps: EngineDeps): EngineSet {
+/** The engine set of one config snapshot, from the host's live instances. */
+export function buildEngineSet(config: Config, host: EngineHost, deps: EngineDeps): EngineSet {
   if (config.engines.length === 0) return emptyEngineSet;
-  const entries: EngineEntry[] = config.engines.map((options) => ({
-    type: options.type,
-    options,
-    engine: definitionOf(options.type).create(options, deps),
-  }));
+  const held = host.snapshot(config.engines, deps, JSON.stringify({ hostname: config.hostname, dns: config.dns }));
   const tenants = Object.fromEntries(Object.entries(config.tenants).map(([name, t]) => [name, t.scanning]));
-  const runner = new EngineRunner(entries, config.scanning, tenants);
+  const runner = new EngineRunner(held.entries, config.scanning, tenants);
   return {
-    size: entries.length,
-    names: entries.map((e) => e.options.name),
+    size: held.entries.length,
+    names: held.entries.map((e) => e.options.name),
     scan: (message, context, signal) => runner.scan(message, context, signal),
-    close: () => runner.close(),
+    release: () => held.release(),
   };
 }

@@ -14,12 +14,13 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { buildEngineSet } from '../engines/index.js';
+import { Counter, Gauge, Registry } from 'prom-client';
+import { buildEngineSet, EngineHost } from '../engines/index.js';
 import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
 import { Egress, SessionCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
-import { ConfigHandle } from './mta-config.js';
+import { ConfigError, ConfigHandle, loadConfig } from './mta-config.js';
 import { Policy } from './mta-policy.js';
 import { AdminServer } from './mta-admin.js';
 import { Listener, type Runtime } from './mta-server.js';
@@ -32,14 +33,21 @@ export interface BoundListener {
   port: number;
 }
 
-function buildRuntime(generation: number, config: Config, log: Logger): Runtime {
+function buildRuntime(generation: number, config: Config, host: EngineHost, log: Logger): Runtime {
   const resolver = createResolver(config);
+  const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
+  // One use belongs to Ichidan while this is the current snapshot; each transaction takes another.
+  let uses = 1;
   return {
     generation,
     config,
     policy: new Policy(config),
-    engines: buildEngineSet(config, { hostname: config.hostname, resolver, log }),
+    engines,
     reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
+    retain: () => { uses++; },
+    release: () => {
+      if (--uses === 0) engines.release();
+    },
   };
 }
 
@@ -47,29 +55,67 @@ export function adminSocket(config: Config): string {
   return config.admin.socket ?? join(config.dataDir, 'admin.sock');
 }
 
+/** Settings a reload cannot apply to a running process. */
+const RESTART_KEYS = ['dataDir', 'listeners', 'tls', 'admin', 'queue.fsync'] as const;
+
+function needsRestart(before: Config, after: Config): string[] {
+  const get = (c: Config, key: string) => key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)?.[k], c);
+  return RESTART_KEYS.filter((k) => JSON.stringify(get(before, k)) !== JSON.stringify(get(after, k)));
+}
+
+export type ReloadResult =
+  | { ok: true; generation: number; needsRestart: string[] }
+  | { ok: false; problems: string[] };
+
 export class Ichidan {
   readonly #handle: ConfigHandle;
   #runtime: Runtime;
   readonly #listeners: Listener[] = [];
   #admin: AdminServer | null = null;
+  readonly engines: EngineHost;
+  readonly metrics = new Registry();
   bound: BoundListener[] = [];
+  /** The file `reload()` reads by default (the one the process started from). */
+  configFile: string | null = null;
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SessionCache) {
     this.#handle = new ConfigHandle(config);
-    this.#runtime = buildRuntime(1, config, log);
+    const transitions = new Counter({
+      name: 'ichidan_engine_events_total', help: 'Engine breaker transitions and operator switches', labelNames: ['engine', 'event', 'to'], registers: [this.metrics],
+    });
+    this.engines = new EngineHost(queue.store.engineSwitches(), (e) => {
+      transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' });
+      const level = e.event === 'breaker' && e.to === 'open' ? 'warn' : 'info';
+      log[level]({ engine: e.engine, event: e.event, from: e.from, to: e.to, reason: e.reason }, `engine ${e.event}${e.to ? ` ${e.from} → ${e.to}` : ''}`);
+      queue.store.write([{ op: 'engineEvent', event: e }]).catch((err) => log.error({ err }, 'could not record an engine event'));
+    });
+    this.#runtime = buildRuntime(1, config, this.engines, log);
+    const engines = this.engines;
+    new Gauge({
+      name: 'ichidan_engine_up', help: '1 when the engine is used (enabled, breaker not open)', labelNames: ['engine', 'breaker', 'state'], registers: [this.metrics],
+      collect() {
+        this.reset();
+        for (const e of engines.list()) this.set({ engine: e.name, breaker: e.breaker, state: e.state }, e.state === 'enabled' && e.breaker !== 'open' ? 1 : 0);
+      },
+    });
   }
 
   get config(): Config {
     return this.#runtime.config;
   }
 
-  static async start(config: Config, log: Logger): Promise<Ichidan> {
+  get generation(): number {
+    return this.#runtime.generation;
+  }
+
+  static async start(config: Config, log: Logger, opts: { configFile?: string } = {}): Promise<Ichidan> {
     await mkdir(config.dataDir, { recursive: true });
     const sessions = new SessionCache();
     const { queue, report } = await Queue.open(config, new Egress(config, sessions), log);
     const app = new Ichidan(config, queue, log, sessions);
+    app.configFile = opts.configFile ?? null;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
-    app.#admin = await AdminServer.listen(adminSocket(config), queue, log);
+    app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const tls = await loadTlsMaterial(config);
     for (const spec of config.listeners) {
       const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log });
@@ -87,22 +133,43 @@ export class Ichidan {
     return l;
   }
 
-  /** Publishes a new config snapshot; transactions already open keep theirs. */
-  reconfigure(config: Config): void {
+  /**
+   * Publishes a new config snapshot: new transactions use it, open ones keep theirs; engines only
+   * the old snapshots named are closed once the last transaction using them ends.
+   */
+  reconfigure(config: Config): number {
     const snap = this.#handle.publish(config);
     const previous = this.#runtime;
-    this.#runtime = buildRuntime(snap.generation, config, this.log);
-    // Transactions that borrowed the previous snapshot may still be scanning with its engines.
-    setTimeout(() => void previous.engines.close(), previous.config.limits.dataTimeout).unref();
+    this.#runtime = buildRuntime(snap.generation, config, this.engines, this.log);
+    previous.release();
     this.queue.reconfigure(config, new Egress(config, this.sessions));
+    return snap.generation;
+  }
+
+  /** Reads and validates the config file; a bad file changes nothing and is reported, naming the keys. */
+  reload(file = this.configFile): ReloadResult {
+    if (!file) return { ok: false, problems: ['no config file to reload from'] };
+    let config: Config;
+    try {
+      config = loadConfig(file);
+    } catch (err) {
+      const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
+      this.log.error({ file, problems }, 'reload refused: the running configuration stays');
+      return { ok: false, problems };
+    }
+    const restart = needsRestart(this.config, config);
+    const generation = this.reconfigure(config);
+    this.log.info({ file, generation, engines: config.engines.map((e) => e.name), needsRestart: restart }, 'configuration reloaded');
+    if (restart.length > 0) this.log.warn({ needsRestart: restart }, 'some changed settings apply only after a restart');
+    return { ok: true, generation, needsRestart: restart };
   }
 
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     await Promise.all(this.#listeners.map((l) => l.close()));
     await this.#admin?.close();
+    this.#runtime.release();
     await this.queue.close();
-    await this.#runtime.engines.close();
     this.sessions.closeAll();
   }
 }

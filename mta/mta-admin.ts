@@ -1,44 +1,80 @@
 /*
- * The admin API: operator actions on the running process, over HTTP on a unix socket.
+ * The admin API: operator actions on the running process, as JSON over HTTP.
  *
- * Takes: requests on `admin.socket` (default dataDir/admin.sock, mode 0600: whoever may open it
- *   is the operator).
- * Gives: JSON. Routes:
- *   POST /v1/messages/ID/release   held (quarantined) recipients of message ID back into the queue
- * Reading (queue, quarantine, scan records, engine statistics) needs no running process: the
- * CLI reads the queue database directly.
- * Network: none (a unix socket).
+ * Takes: requests on the unix socket `admin.socket` (default dataDir/admin.sock, mode 0600) and,
+ *   when `admin.port` is set, on a loopback TCP port; with `admin.token` set, every request must
+ *   carry `Authorization: Bearer <token>`.
+ * Gives:
+ *   POST /v1/reload                     re-read the config file (200 with the new generation and
+ *                                       what needs a restart; 422 with the problems, nothing changed)
+ *   GET  /v1/engines                    each engine: state, breaker, last error, version, counters
+ *   POST /v1/engines/NAME/disable       body {"reason": "..."}: skipped from the next scan on (persisted)
+ *   POST /v1/engines/NAME/enable
+ *   POST /v1/messages/ID/release        held (quarantined) recipients of message ID back into the queue
+ *   GET  /metrics                       Prometheus text format
+ * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
+ * reads the queue database directly.
+ * Network: the unix socket; the optional TCP port binds to a loopback address only.
  */
+import { timingSafeEqual } from 'node:crypto';
 import { chmod, rm } from 'node:fs/promises';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import type { Queue } from '../queue/index.js';
+import type { Ichidan } from './index.js';
 
 const RELEASE = /^\/v1\/messages\/([0-9A-Za-z]{1,64})\/release$/;
+const ENGINE = /^\/v1\/engines\/([A-Za-z0-9_-]{1,64})\/(disable|enable)$/;
+const MAX_BODY = 16 * 1024;
 
 export class AdminServer {
-  private constructor(private readonly server: Server, readonly path: string) {}
+  private constructor(private readonly servers: Server[], readonly path: string) {}
 
-  static async listen(path: string, queue: Queue, log: Logger): Promise<AdminServer> {
-    await rm(path, { force: true });
-    const server = createServer((req, res) => {
-      handle(req, res, queue).catch((err) => {
+  static async listen(path: string, app: Ichidan, log: Logger): Promise<AdminServer> {
+    const { token, address, port } = app.config.admin;
+    const handler = (req: IncomingMessage, res: ServerResponse) => {
+      if (token !== undefined && !authorized(req, token)) return reply(res, 401, { error: 'a valid bearer token is required' });
+      handle(req, res, app).catch((err) => {
         log.error({ err }, 'admin request failed');
         reply(res, 500, { error: 'internal error' });
       });
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => resolve());
-    });
+    };
+    await rm(path, { force: true });
+    const servers = [createServer(handler)];
+    await listenOn(servers[0], (s, cb) => s.listen(path, cb));
     await chmod(path, 0o600);
-    return new AdminServer(server, path);
+    if (port !== undefined) {
+      servers.push(createServer(handler));
+      await listenOn(servers[1], (s, cb) => s.listen(port, address, cb));
+    }
+    return new AdminServer(servers, path);
+  }
+
+  /** The TCP port, when one is configured (0 in the config picks a free one). */
+  get port(): number | null {
+    const a = this.servers[1]?.address();
+    return typeof a === 'object' && a ? a.port : null;
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await rm(this.path, { force: true });
   }
+}
+
+function listenOn(server: Server, start: (s: Server, cb: () => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    start(server, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+function authorized(req: IncomingMessage, token: string): boolean {
+  const given = Buffer.from(/^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '');
+  const wanted = Buffer.from(token);
+  return given.length === wanted.length && timingSafeEqual(given, wanted);
 }
 
 function reply(res: ServerResponse, status: number, body: unknown): void {
@@ -46,20 +82,76 @@ function reply(res: ServerResponse, status: number, body: unknown): void {
   res.end(JSON.stringify(body) + '\n');
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, queue: Queue): Promise<void> {
-  req.resume();
-  const release = RELEASE.exec(req.url ?? '');
-  if (release && req.method === 'POST') {
-    const released = await queue.releaseMessage(release[1]);
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw Object.assign(new Error('request body too large'), { status: 413 });
+    parts.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(parts).toString('utf8').trim();
+  if (!text) return {};
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // answered below
+  }
+  throw Object.assign(new Error('the body must be a JSON object'), { status: 400 });
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse, app: Ichidan): Promise<void> {
+  const url = req.url ?? '';
+  const method = req.method ?? 'GET';
+  let body: Record<string, unknown> = {};
+  if (method === 'POST') {
+    try {
+      body = await readJson(req);
+    } catch (err) {
+      return reply(res, (err as { status?: number }).status ?? 400, { error: (err as Error).message });
+    }
+  } else {
+    req.resume();
+  }
+  if (method === 'POST' && url === '/v1/reload') {
+    const result = app.reload();
+    return reply(res, result.ok ? 200 : 422, result);
+  }
+  if (method === 'GET' && url === '/v1/engines') return reply(res, 200, { generation: app.generation, engines: app.engines.list() });
+  const engine = ENGINE.exec(url);
+  if (method === 'POST' && engine) {
+    const [, name, action] = engine;
+    if (action === 'disable') {
+      const reason = typeof body.reason === 'string' && body.reason.trim() ? body.reason.trim().slice(0, 500) : 'no reason given';
+      return app.engines.disable(name, reason)
+        ? reply(res, 200, { engine: name, state: 'disabled', reason })
+        : reply(res, 404, { error: `no engine named ${name}` });
+    }
+    return app.engines.enable(name)
+      ? reply(res, 200, { engine: name, state: 'enabled' })
+      : reply(res, 404, { error: `engine ${name} is not disabled` });
+  }
+  const release = RELEASE.exec(url);
+  if (method === 'POST' && release) {
+    const released = await app.queue.releaseMessage(release[1]);
     return reply(res, released > 0 ? 200 : 404, released > 0 ? { released } : { error: `no held recipients in message ${release[1]}` });
   }
-  reply(res, 404, { error: `no route ${req.method} ${req.url}` });
+  if (method === 'GET' && url === '/metrics') {
+    res.writeHead(200, { 'content-type': app.metrics.contentType });
+    res.end(await app.metrics.metrics());
+    return;
+  }
+  reply(res, 404, { error: `no route ${method} ${url}` });
 }
 
 /** A request to a running process's admin socket; rejects with ENOENT/ECONNREFUSED when none runs. */
-export function adminRequest(path: string, method: string, url: string): Promise<{ status: number; body: Record<string, unknown> }> {
+export function adminRequest(path: string, method: string, url: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
-    const req = request({ socketPath: path, method, path: url }, (res) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers: Record<string, string> = payload ? { 'content-type': 'application/json' } : {};
+    if (process.env.ICHIDAN_ADMIN_TOKEN) headers.authorization = `Bearer ${process.env.ICHIDAN_ADMIN_TOKEN}`;
+    const req = request({ socketPath: path, method, path: url, headers }, (res) => {
       const parts: Buffer[] = [];
       res.on('data', (c: Buffer) => parts.push(c));
       res.on('end', () => {
@@ -71,6 +163,6 @@ export function adminRequest(path: string, method: string, url: string): Promise
       });
     });
     req.on('error', reject);
-    req.end();
+    req.end(payload);
   });
 }

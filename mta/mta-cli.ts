@@ -10,6 +10,11 @@
  *   ichidan quarantine release ID [-c FILE]    deliver a quarantined message after all
  *   ichidan scans show ID [-c FILE]  which engines scanned a message, what each said, and the verdict
  *   ichidan engines stats [-c FILE] [--days N]  per engine and day: scanned, detected, alone, errors, latency
+ *   ichidan engines list [-c FILE]   each engine: operator state, breaker, last error, version, counters
+ *   ichidan engines disable NAME --reason TEXT [-c FILE]   skip an engine from the next scan on (persisted)
+ *   ichidan engines enable NAME [-c FILE]
+ *   ichidan engines events [-c FILE] [--last N]    breaker transitions and switches, newest first
+ *   ichidan reload [-c FILE]         re-read the config file in the running process (also: SIGHUP)
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,7 +22,9 @@ import { parseArgs } from 'node:util';
 import bcrypt from 'bcryptjs';
 import Database from 'better-sqlite3';
 import { percentile } from '../engines/engines-records.js';
-import { migrate, queueStatus, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
+import type { EngineInfo } from '../engines/index.js';
+import { migrate, queueStatus, readEngineEvents, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
+import type { Config } from './mta-config-schema.js';
 import { adminRequest } from './mta-admin.js';
 import { ConfigError, loadConfig } from './mta-config.js';
 import { adminSocket, Ichidan } from './index.js';
@@ -31,7 +38,12 @@ const USAGE = `usage:
   ichidan quarantine [list] [-c FILE]
   ichidan quarantine release ID [-c FILE]
   ichidan scans show ID [-c FILE]
-  ichidan engines stats [-c FILE] [--days N]`;
+  ichidan engines stats [-c FILE] [--days N]
+  ichidan engines list [-c FILE]
+  ichidan engines disable NAME --reason TEXT [-c FILE]
+  ichidan engines enable NAME [-c FILE]
+  ichidan engines events [-c FILE] [--last N]
+  ichidan reload [-c FILE]`;
 
 function configPath(args: string[]): string {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
@@ -51,9 +63,11 @@ function loadOrExit(file: string) {
 }
 
 async function start(args: string[]): Promise<void> {
-  const config = loadOrExit(configPath(args));
+  const file = configPath(args);
+  const config = loadOrExit(file);
   const log = createLogger(config.log.level);
-  const app = await Ichidan.start(config, log);
+  const app = await Ichidan.start(config, log, { configFile: file });
+  process.on('SIGHUP', () => { app.reload(); });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -187,9 +201,55 @@ function scans(args: string[]): void {
   }
 }
 
-function engines(args: string[]): void {
-  const { config, values, positionals } = options(args, { days: { type: 'string' } });
-  if (positionals[0] !== 'stats') {
+/** A request to the running process; exits 1 with a clear message when none runs or it refuses. */
+async function admin(config: Config, method: string, url: string, body?: unknown): Promise<Record<string, unknown>> {
+  try {
+    const res = await adminRequest(adminSocket(config), method, url, body);
+    if (res.status >= 400) {
+      const problems = Array.isArray(res.body.problems) ? (res.body.problems as string[]).join('\n') : String(res.body.error ?? `status ${res.status}`);
+      process.stderr.write(problems + '\n');
+      process.exit(1);
+    }
+    return res.body;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;
+    process.stderr.write(`Ichidan is not running (no admin socket at ${adminSocket(config)})\n`);
+    process.exit(1);
+  }
+}
+
+async function engines(args: string[]): Promise<void> {
+  const { config, values, positionals } = options(args, { days: { type: 'string' }, reason: { type: 'string' }, last: { type: 'string' } });
+  const [action, name] = positionals;
+  if (action === 'list') {
+    const body = await admin(config, 'GET', '/v1/engines');
+    process.stdout.write(`generation ${String(body.generation)}\n`);
+    process.stdout.write('name\ttype\tkind\tstate\tbreaker\tscans\tfailures\tskipped\tversion\tlast error / reason\n');
+    for (const e of body.engines as EngineInfo[]) {
+      const note = e.state === 'disabled' ? `disabled: ${e.disabledReason}` : (e.lastError ?? '');
+      process.stdout.write(`${e.name}${e.shadow ? ' (shadow)' : ''}\t${e.type}\t${e.kind}\t${e.state}\t${e.breaker}\t${e.scans}\t${e.failures}\t${e.skipped}\t${e.version ?? '-'}\t${note}\n`);
+    }
+    return;
+  }
+  if ((action === 'disable' || action === 'enable') && name) {
+    if (action === 'disable' && !values.reason) {
+      process.stderr.write('give a reason: ichidan engines disable NAME --reason TEXT\n');
+      process.exit(2);
+    }
+    const body = await admin(config, 'POST', `/v1/engines/${encodeURIComponent(name)}/${action}`, action === 'disable' ? { reason: values.reason } : undefined);
+    process.stdout.write(`${String(body.engine)}: ${String(body.state)}\n`);
+    return;
+  }
+  if (action === 'events') {
+    const db = openDb(config.dataDir);
+    for (const e of readEngineEvents(db, Number(values.last ?? 50))) {
+      process.stdout.write(`${iso(e.at)}\t${e.engine}\t${e.event}${e.to_state ? ` ${e.from_state} → ${e.to_state}` : ''}\t${e.reason}\n`);
+    }
+    db.close();
+    return;
+  }
+  if (action !== 'stats') {
     process.stderr.write(USAGE + '\n');
     process.exit(2);
   }
@@ -205,6 +265,13 @@ function engines(args: string[]): void {
   }
 }
 
+async function reload(args: string[]): Promise<void> {
+  const { config } = options(args);
+  const body = await admin(config, 'POST', '/v1/reload');
+  const restart = body.needsRestart as string[];
+  process.stdout.write(`reloaded: generation ${String(body.generation)}${restart.length ? `; needs a restart to apply: ${restart.join(', ')}` : ''}\n`);
+}
+
 const [command, ...rest] = process.argv.slice(2);
 switch (command) {
   case 'start': await start(rest); break;
@@ -213,7 +280,8 @@ switch (command) {
   case 'queue': showQueue(rest); break;
   case 'quarantine': await quarantine(rest); break;
   case 'scans': scans(rest); break;
-  case 'engines': engines(rest); break;
+  case 'engines': await engines(rest); break;
+  case 'reload': await reload(rest); break;
   default:
     process.stderr.write(USAGE + '\n');
     process.exit(command ? 2 : 0);

@@ -136,6 +136,11 @@ export const configSchema = z.strictObject({
   admin: z.strictObject({
     /** The admin API's unix socket (mode 0600); default dataDir/admin.sock. */
     socket: z.string().min(1).optional(),
+    /** Also serve the admin API on this loopback TCP port (0 = any free port). */
+    port: z.number().int().min(0).max(65535).optional(),
+    address: ipAddress.refine((a) => /^127\./.test(a) || a === '::1', 'a loopback address (127.0.0.0/8 or ::1)').default('127.0.0.1'),
+    /** When set, every admin request must carry `Authorization: Bearer <token>` (the CLI reads ICHIDAN_ADMIN_TOKEN). */
+    token: z.string().min(16, 'at least 16 characters').optional(),
   }).prefault({}),
   /** Scanning engines, run in parallel on every message before the reply to DATA (empty: no scanning). */
   engines: z.array(engineSchema).default([]),

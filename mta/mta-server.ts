@@ -30,6 +30,9 @@ export interface Runtime {
   policy: Policy;
   engines: EngineSet;
   reverse: ((ip: string) => Promise<string[]>) | null;
+  /** A transaction takes a use at MAIL FROM and gives it back when it ends (engines drain on it). */
+  retain(): void;
+  release(): void;
 }
 
 interface Transaction {
@@ -92,6 +95,7 @@ export class Listener {
       onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, session, cb),
       onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
+      onClose: (session) => this.#endTransaction(session),
     };
     this.server = new SMTPServer(options);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
@@ -140,8 +144,18 @@ export class Listener {
     const runtime = this.deps.runtime();
     const refusal = runtime.policy.checkSender(this.#client(session));
     if (refusal) return cb(toSmtpError(refusal));
+    this.#endTransaction(session);
+    runtime.retain();
     this.#tx.set(session, { runtime, recipients: new Map() });
     cb();
+  }
+
+  /** The transaction of `session` (if any) is over: its snapshot is given back. */
+  #endTransaction(session: SMTPServerSession): void {
+    const tx = this.#tx.get(session);
+    if (!tx) return;
+    this.#tx.delete(session);
+    tx.runtime.release();
   }
 
   #onRcptTo(address: string, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
@@ -169,6 +183,15 @@ export class Listener {
       stream.resume();
       return fail(REPLIES.localError);
     }
+    try {
+      await this.#receive(stream, session, tx, cb);
+    } finally {
+      tx.runtime.release();
+    }
+  }
+
+  async #receive(stream: Readable, session: SMTPServerSession, tx: Transaction, cb: (err: Error | null, message?: string) => void): Promise<void> {
+    const fail = (r: SmtpReply) => cb(toSmtpError(r));
     const { config } = tx.runtime;
     let writer;
     try {
@@ -210,7 +233,7 @@ export class Listener {
       // Anything unexpected after the data arrived: the client still gets an answer, nothing is kept.
       this.deps.log.error({ err, qid: writer.id }, 'could not process the message');
       await writer.discard().catch(() => undefined);
-      fail(REPLIES.localError);
+      fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
     }
   }
 
@@ -230,9 +253,12 @@ export class Listener {
     let quarantine: string | null = null;
     let scan: ScanRecord | undefined;
     if (tx.runtime.engines.size > 0) {
+      // The engines read the file (or the bytes kept in memory): every chunk must have reached it.
+      await writer.flush();
+      if (writer.bytes !== bytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${writer.bytes} of ${bytes} bytes`), { code: 'EIO' });
       const decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept), context, AbortSignal.timeout(config.limits.dataTimeout));
       const { verdict } = decision;
-      scan = scanRecord(writer.id, context.tenants!, decision, Date.now());
+      scan = scanRecord(writer.id, context.tenants!, decision, Date.now(), tx.runtime.generation);
       this.deps.log.info({
         qid: writer.id, listener: this.spec.name, verdict: verdict.action, reason: verdict.reason, ms: scan.ms,
         engines: scan.runs.map((r) => `${r.engine}:${r.status}${r.error ? `(${r.error})` : ''}`).join(' '),

@@ -92,6 +92,19 @@ export class SpoolWriter extends Writable {
   }
 
   /**
+   * Waits until every byte handed to the writer is in the file (and in `kept`), without syncing:
+   * what the engines read must be the whole message.
+   */
+  async flush(): Promise<void> {
+    if (!this.writableFinished) {
+      await new Promise<void>((resolve, reject) => {
+        this.end((err?: Error | null) => (err ? reject(err) : resolve()));
+      });
+    }
+    if (this.errored) throw this.errored;
+  }
+
+  /**
    * Waits for every queued write, checks that all `expectedBytes` reached the file, then makes the
    * file and its folder entry durable. Throws (and the message must be refused) on any write error.
    */

@@ -5,6 +5,7 @@
  * the store's worker thread), so the main thread never waits for a WAL fsync.
  */
 import type Database from 'better-sqlite3';
+import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
 import type { ScanRecord, StatRow } from '../engines/engines-records.js';
 
 export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced';
@@ -105,7 +106,8 @@ export type WriteOp =
   | { op: 'releaseMessage'; id: string; now: number }
   | { op: 'recordScans'; records: ScanRecord[] }
   | { op: 'saveEngineStats'; rows: StatRow[] }
-  | { op: 'pruneScans'; before: number };
+  | { op: 'pruneScans'; before: number }
+  | { op: 'engineEvent'; event: EngineEvent };
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
@@ -156,9 +158,24 @@ CREATE TABLE IF NOT EXISTS scans (
   tenants TEXT NOT NULL,
   ms REAL NOT NULL,
   overhead_ms REAL NOT NULL,
-  runs TEXT NOT NULL
+  runs TEXT NOT NULL,
+  generation INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS scans_at ON scans (at);
+CREATE TABLE IF NOT EXISTS engine_events (
+  at INTEGER NOT NULL,
+  engine TEXT NOT NULL,
+  event TEXT NOT NULL,
+  from_state TEXT,
+  to_state TEXT,
+  reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS engine_events_at ON engine_events (at);
+CREATE TABLE IF NOT EXISTS engine_switches (
+  engine TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS engine_stats (
   day TEXT NOT NULL,
   engine TEXT NOT NULL,
@@ -177,6 +194,8 @@ CREATE TABLE IF NOT EXISTS engine_stats (
 export function migrate(db: Database.Database): void {
   const columns = (db.prepare(`PRAGMA table_info(messages)`).all() as Array<{ name: string }>).map((c) => c.name);
   if (!columns.includes('quarantine')) db.exec(`ALTER TABLE messages ADD COLUMN quarantine TEXT`);
+  const scanColumns = (db.prepare(`PRAGMA table_info(scans)`).all() as Array<{ name: string }>).map((c) => c.name);
+  if (!scanColumns.includes('generation')) db.exec(`ALTER TABLE scans ADD COLUMN generation INTEGER NOT NULL DEFAULT 0`);
 }
 
 /** Prepares the write statements on `db` and returns the function that applies one operation. */
@@ -203,7 +222,10 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     releaseMessage: db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?
       WHERE message_id = ? AND state = 'held' RETURNING *`),
     clearQuarantine: db.prepare(`UPDATE messages SET quarantine = NULL, note = 'released from quarantine: ' || quarantine WHERE id = ? AND quarantine IS NOT NULL`),
-    insertScan: db.prepare(`INSERT OR REPLACE INTO scans (queue_id, at, action, reason, tenants, ms, overhead_ms, runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+    insertScan: db.prepare(`INSERT OR REPLACE INTO scans (queue_id, at, action, reason, tenants, ms, overhead_ms, runs, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+    insertEvent: db.prepare(`INSERT INTO engine_events (at, engine, event, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?)`),
+    setSwitch: db.prepare(`INSERT OR REPLACE INTO engine_switches (engine, reason, at) VALUES (?, ?, ?)`),
+    clearSwitch: db.prepare(`DELETE FROM engine_switches WHERE engine = ?`),
     saveStat: db.prepare(`INSERT OR REPLACE INTO engine_stats (day, engine, scanned, detected, detected_alone, errors, timeouts, skipped, histogram)
       VALUES (@day, @engine, @scanned, @detected, @detectedAlone, @errors, @timeouts, @skipped, @histogram)`),
     pruneScans: db.prepare(`DELETE FROM scans WHERE at < ?`),
@@ -246,10 +268,15 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         s.clearQuarantine.run(op.id);
         return s.releaseMessage.all(op.now, op.now, op.id);
       case 'recordScans':
-        for (const r of op.records) s.insertScan.run(r.queueId, r.at, r.action, r.reason, r.tenants.join(','), r.ms, r.overheadMs, JSON.stringify(r.runs));
+        for (const r of op.records) s.insertScan.run(r.queueId, r.at, r.action, r.reason, r.tenants.join(','), r.ms, r.overheadMs, JSON.stringify(r.runs), r.generation);
         return null;
       case 'saveEngineStats':
         for (const r of op.rows) s.saveStat.run({ ...r, histogram: JSON.stringify(r.histogram) });
+        return null;
+      case 'engineEvent':
+        s.insertEvent.run(op.event.at, op.event.engine, op.event.event, op.event.from ?? null, op.event.to ?? null, op.event.reason);
+        if (op.event.event === 'disabled') s.setSwitch.run(op.event.engine, op.event.reason, op.event.at);
+        if (op.event.event === 'enabled') s.clearSwitch.run(op.event.engine);
         return null;
       case 'pruneScans':
         return s.pruneScans.run(op.before).changes;
@@ -303,4 +330,14 @@ export function readQuarantine(db: Database.Database): QuarantinedRow[] {
 /** The stored scan record of one message. */
 export function readScan(db: Database.Database, queueId: string): { queue_id: string; at: number; action: string; reason: string; tenants: string; ms: number; overhead_ms: number; runs: string } | undefined {
   return db.prepare(`SELECT * FROM scans WHERE queue_id = ?`).get(queueId) as never;
+}
+
+/** Engines an operator switched off, as persisted (a restart keeps them off). */
+export function readSwitches(db: Database.Database): Map<string, OperatorSwitch> {
+  const rows = db.prepare(`SELECT engine, reason, at FROM engine_switches`).all() as Array<{ engine: string; reason: string; at: number }>;
+  return new Map(rows.map((r) => [r.engine, { reason: r.reason, at: r.at }]));
+}
+
+export function readEngineEvents(db: Database.Database, limit: number): Array<{ at: number; engine: string; event: string; from_state: string | null; to_state: string | null; reason: string }> {
+  return db.prepare(`SELECT * FROM engine_events ORDER BY at DESC, rowid DESC LIMIT ?`).all(limit) as never;
 }

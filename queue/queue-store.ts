@@ -20,7 +20,8 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type { StatRow } from '../engines/engines-records.js';
-import { configure, migrate, readEngineStats, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
+import type { OperatorSwitch } from '../engines/engines-host.js';
+import { configure, migrate, readEngineStats, readSwitches, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
 import type { UnitResult } from './queue-store-worker.js';
 
 export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
@@ -149,6 +150,11 @@ export class QueueStore {
   }
 
   readonly #readEngineStats: (since: string) => StatRow[];
+
+  /** The engines an operator switched off (persisted). */
+  engineSwitches(): Map<string, OperatorSwitch> {
+    return readSwitches(this.db);
+  }
 
   /** Engine statistics rows from `since` (a UTC date) on. */
   engineStatsSince(since: string): StatRow[] {

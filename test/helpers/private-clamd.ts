@@ -1,0 +1,78 @@
+/*
+ * A clamd of the test's own, on a free loopback port, that the test may kill (SIGKILL) and start
+ * again on the same port: the shared daemons of scripts/engines.sh must never be killed by a test.
+ * Its database holds only a signature written here (the EICAR text anywhere in a stream).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { EICAR } from './engine-contract.js';
+
+export interface PrivateClamd {
+  host: string;
+  port: number;
+  pid(): number | undefined;
+  /** SIGKILL, and wait until it is gone. */
+  kill(): Promise<void>;
+  /** Starts it again on the same port and waits until it answers PING. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as { port: number };
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+function ping(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1', () => s.end('zPING\0'));
+    let got = '';
+    s.on('data', (d) => { got += d; });
+    s.on('close', () => resolve(got.startsWith('PONG')));
+    s.on('error', () => resolve(false));
+  });
+}
+
+export async function startPrivateClamd(): Promise<PrivateClamd> {
+  const dir = await mkdtemp(join(tmpdir(), 'ichidan-clamd-'));
+  await mkdir(join(dir, 'db'));
+  await writeFile(join(dir, 'db', 'test.ndb'), `Private-Eicar:0:*:${Buffer.from(EICAR).toString('hex')}\n`);
+  const port = await freePort();
+  await writeFile(join(dir, 'clamd.conf'), [
+    'Foreground yes', `DatabaseDirectory ${join(dir, 'db')}`, `TemporaryDirectory ${dir}`, `TCPSocket ${port}`, 'TCPAddr 127.0.0.1',
+    'MaxThreads 8', 'Bytecode no', 'SelfCheck 0', `LogFile ${join(dir, 'clamd.log')}`, ...(process.getuid?.() === 0 ? ['User root'] : []), '',
+  ].join('\n'));
+  let proc: ChildProcess | null = null;
+  const clamd: PrivateClamd = {
+    host: '127.0.0.1',
+    port,
+    pid: () => proc?.pid,
+    async kill() {
+      if (!proc || proc.exitCode !== null) return;
+      const gone = new Promise((r) => proc!.once('exit', r));
+      proc.kill('SIGKILL');
+      await gone;
+    },
+    async start() {
+      proc = spawn('clamd', ['-c', join(dir, 'clamd.conf')], { stdio: 'ignore' });
+      const until = Date.now() + 20_000;
+      while (!(await ping(port))) {
+        if (proc.exitCode !== null) throw new Error(`private clamd exited with ${proc.exitCode}; see ${join(dir, 'clamd.log')}`);
+        if (Date.now() > until) throw new Error('private clamd did not answer PING within 20 s');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    async stop() {
+      await clamd.kill();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  await clamd.start();
+  return clamd;
+}
