@@ -34,7 +34,15 @@ export function spoolMessage(path: string, size: number, held?: Buffer[] | null)
     path,
     size,
     open: (range) => {
-      if (!held) return createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 });
+      if (!held) {
+        const stream = createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 });
+        // Registered first, so every consumer sees it: a spool read error is never "nothing listening" (ENOENT).
+        stream.on('error', (err: NodeJS.ErrnoException) => {
+          err.message = `cannot read the message: ${err.message}`;
+          err.code = 'ESPOOL';
+        });
+        return stream;
+      }
       whole ??= held.length === 1 ? held[0] : Buffer.concat(held);
       const start = range?.start ?? 0;
       const end = range?.end === undefined ? whole.length : range.end + 1;
@@ -118,6 +126,7 @@ export function socketErrorResult(err: unknown, signal: AbortSignal): EngineResu
   if (signal.aborted) return errorResult('timeout', 'deadline reached');
   const e = err as NodeJS.ErrnoException;
   if (e?.code === 'ECONNREFUSED' || e?.code === 'ENOENT') return errorResult('refused', `${e.code}: ${e.message}`);
+  if (e?.code === 'ESPOOL') return errorResult('io', e.message);
   return errorResult('io', e?.message ?? String(err));
 }
 

@@ -79,6 +79,11 @@ export class Breaker {
     }
   }
 
+  /** An admitted scan ended without telling anything about the engine: a probe may be sent again. */
+  abandon(admission: Admission): void {
+    if (admission === 'probe') this.#probing = false;
+  }
+
   #move(to: BreakerState, reason: string, at: number): void {
     const from = this.state;
     this.state = to;

@@ -80,6 +80,10 @@ class Slot implements EngineHealth {
     this.breaker.record(admission, failure, now);
   }
 
+  abandon(admission: Admission): void {
+    this.breaker.abandon(admission);
+  }
+
   entry(): EngineEntry {
     return { type: this.type, options: this.options, engine: this.engine, health: this };
   }

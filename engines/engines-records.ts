@@ -146,6 +146,14 @@ export class EngineStats {
     }
   }
 
+  /** Rows whose write failed: written again at the next flush. */
+  restore(rows: StatRow[]): void {
+    for (const r of rows) {
+      const key = `${r.day}\0${r.engine}`;
+      if (this.#rows.has(key)) this.#dirty.add(key);
+    }
+  }
+
   /** Rows changed since the last call (absolute values, to be upserted). */
   takeDirty(): StatRow[] {
     const out = [...this.#dirty].map((k) => this.#rows.get(k)!).map((r) => ({ ...r, histogram: [...r.histogram] }));

@@ -36,6 +36,8 @@ export interface EngineEntry {
 export interface EngineHealth {
   admit(now: number): Admission;
   record(admission: Admission, result: EngineResult, now: number): void;
+  /** The scan ended without a judgement of the engine (the caller aborted). */
+  abandon(admission: Admission): void;
 }
 
 export interface ScanDecision {
@@ -85,7 +87,9 @@ export async function runEngine(entry: EngineEntry, message: ScanMessage, contex
     errorResult('protocol', `adapter failed: ${(err as Error)?.message ?? String(err)}`));
   const result = await Promise.race([scanned, guard.promise]);
   guard.dispose();
-  entry.health?.record(admission, result, Date.now());
+  // When the caller gave up (the DATA deadline), the engine is not to blame.
+  if (outer.aborted) entry.health?.abandon(admission);
+  else entry.health?.record(admission, result, Date.now());
   return { ...base, result, ms: performance.now() - t0, version: entry.engine.version() };
 }
 

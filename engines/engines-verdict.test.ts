@@ -77,6 +77,9 @@ describe('decide()', () => {
     ]);
     const tagged = decide([spam('spamd', 3, 5)], base);
     expect(tagged.headers).toContain('X-Spam-Flag: YES');
+    const tag = decide([run('auth', 'auth', { status: 'violation', rule: 'dmarc=fail (p=reject)\r\nBcc: x@evil.test', action: 'tag' })], base);
+    expect(tag.headers).toEqual(['X-Ichidan-Tag: auth auth: dmarc=fail (p=reject)??Bcc: x@evil.test']);
+    expect(decide([virus('clamav', 'Evil\x1b]0;x\x07 Sig')], base).reason).toBe('virus Evil?]0;x?_Sig found by clamav');
     const unscanned = decide([failed('clamav', 'av'), run('big', 'av', null, { skipped: 'size' })], policy({ belowQuorum: 'accept' }));
     expect(unscanned.headers).toContain('X-Ichidan-Unscanned: av quorum not met; too large for big');
   });
@@ -87,5 +90,19 @@ describe('tenant overrides', () => {
     const global = scanningSchema.parse({ spam: { tag: 0.4, reject: 2 }, quorum: { spam: 1 } });
     const p = tenantPolicy(global, { spam: { reject: 1.5 }, virus: 'quarantine' });
     expect(p).toEqual({ virus: 'quarantine', spam: { mode: 'score', tag: 0.4, quarantine: null, reject: 1.5 }, quorum: { av: 1, spam: 1, auth: 0, policy: 0 }, belowQuorum: 'tempfail' });
+  });
+});
+
+describe('headerField', () => {
+  it.each([
+    ['X-Spam-Status: No, score=0', 'X-Spam-Status: No, score=0\r\n'],
+    ['Authentication-Results: mx.test;\r\n spf=pass', 'Authentication-Results: mx.test;\r\n spf=pass\r\n'],
+    ['X-A: a\r\nBcc: evil@x.test', 'X-A: a\r\n Bcc: evil@x.test\r\n'],
+    ['X-A: a\nB: b', 'X-A: a\r\n B: b\r\n'],
+    ['X-A: a\r\n \r\n\r\nbody', 'X-A: a\r\n body\r\n'],
+    ['X-A: a\rB\u0000c\u001b[0m', 'X-A: a\r\n B c [0m\r\n'],
+  ])('%j', async (input, expected) => {
+    const { headerField } = await import('../mta/mta-server.js');
+    expect(headerField(input)).toBe(expected);
   });
 });

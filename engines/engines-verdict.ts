@@ -58,6 +58,8 @@ interface Finding {
 }
 
 const fmt = (n: number) => (Math.round(n * 100) / 100).toString();
+/** Engine-supplied text (signature names, rules naming files) as one safe line: no control characters, bounded. */
+const clean = (s: string, max = 200) => s.replace(/[\x00-\x1f\x7f-\x9f]/g, '?').slice(0, max);
 
 /** One spam engine's score in units of its own threshold, raised to what its stated action implies. */
 function normalised(run: EngineRun, policy: VerdictPolicy): { n: number; softReject: boolean } | null {
@@ -97,9 +99,12 @@ export function decide(runs: EngineRun[], policy: VerdictPolicy): Verdict {
   for (const run of counted) {
     const o = run.result?.outcome;
     if (!o) continue;
-    if (o.status === 'infected') findings.push({ action: policy.virus, reason: `virus ${o.signature} found by ${run.engine}` });
-    if (o.status === 'violation') findings.push({ action: o.action, reason: `${run.kind} ${run.engine}: ${o.rule}` });
-    if (o.status === 'error' && run.onError === 'tempfail') findings.push({ action: 'tempfail', reason: `${run.engine} failed (${o.error}: ${o.message})` });
+    if (o.status === 'infected') findings.push({ action: policy.virus, reason: `virus ${clean(o.signature, 100).replace(/\s/g, '_')} found by ${run.engine}` });
+    if (o.status === 'violation') {
+      findings.push({ action: o.action, reason: `${run.kind} ${run.engine}: ${clean(o.rule)}` });
+      if (o.action === 'tag') headers.push(`X-Ichidan-Tag: ${run.kind} ${run.engine}: ${clean(o.rule)}`);
+    }
+    if (o.status === 'error' && run.onError === 'tempfail') findings.push({ action: 'tempfail', reason: `${run.engine} failed (${o.error}: ${clean(o.message)})` });
     for (const h of run.result?.headers ?? []) headers.push(h);
   }
 

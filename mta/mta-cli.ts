@@ -134,6 +134,9 @@ function openDb(dataDir: string, readonly = true): Database.Database {
   }
 }
 
+/** Text that came from mail or engines, safe on a terminal and in tab-separated output. */
+const safe = (s: unknown) => String(s).replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+
 const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
 
 async function quarantine(args: string[]): Promise<void> {
@@ -142,7 +145,7 @@ async function quarantine(args: string[]): Promise<void> {
   if (action === 'list') {
     const db = openDb(config.dataDir);
     const rows = readQuarantine(db);
-    for (const r of rows) process.stdout.write(`${r.id}\t${iso(r.received_at)}\t<${r.sender}>\t${r.recipients} rcpt\t${r.size} B\t${r.quarantine}\n`);
+    for (const r of rows) process.stdout.write(`${r.id}\t${iso(r.received_at)}\t<${safe(r.sender)}>\t${r.recipients} rcpt\t${r.size} B\t${safe(r.quarantine)}\n`);
     if (rows.length === 0) process.stdout.write('quarantine is empty\n');
     db.close();
     return;
@@ -193,11 +196,11 @@ function scans(args: string[]): void {
     process.stderr.write(`no scan record for ${id}\n`);
     process.exit(1);
   }
-  process.stdout.write(`${row.queue_id}\t${iso(row.at)}\t${row.action}\t${row.reason}\ttenants=${row.tenants}\t${row.ms} ms (overhead ${row.overhead_ms} ms)\n`);
+  process.stdout.write(`${row.queue_id}\t${iso(row.at)}\t${row.action}\t${safe(row.reason)}\ttenants=${row.tenants}\t${row.ms} ms (overhead ${row.overhead_ms} ms)\n`);
   for (const r of JSON.parse(row.runs) as Array<Record<string, unknown>>) {
     const what = r.status === 'infected' ? r.signature : r.status === 'error' ? `${String(r.error)}: ${String(r.message)}`
       : r.status === 'violation' ? r.rule : r.score !== undefined ? `${String(r.score)}/${String(r.threshold)}${r.action ? ` ${String(r.action)}` : ''}` : r.skipped ?? '';
-    process.stdout.write(`  ${String(r.engine)}\t${String(r.kind)}${r.shadow ? ' (shadow)' : ''}\t${String(r.status)}\t${String(what)}\t${String(r.ms)} ms\t${String(r.version ?? '')}\n`);
+    process.stdout.write(`  ${String(r.engine)}\t${String(r.kind)}${r.shadow ? ' (shadow)' : ''}\t${String(r.status)}\t${safe(what)}\t${String(r.ms)} ms\t${String(r.version ?? '')}\n`);
   }
 }
 
@@ -228,7 +231,7 @@ async function engines(args: string[]): Promise<void> {
     process.stdout.write('name\ttype\tkind\tstate\tbreaker\tscans\tfailures\tskipped\tversion\tlast error / reason\n');
     for (const e of body.engines as EngineInfo[]) {
       const note = e.state === 'disabled' ? `disabled: ${e.disabledReason}` : (e.lastError ?? '');
-      process.stdout.write(`${e.name}${e.shadow ? ' (shadow)' : ''}\t${e.type}\t${e.kind}\t${e.state}\t${e.breaker}\t${e.scans}\t${e.failures}\t${e.skipped}\t${e.version ?? '-'}\t${note}\n`);
+      process.stdout.write(`${e.name}${e.shadow ? ' (shadow)' : ''}\t${e.type}\t${e.kind}\t${e.state}\t${e.breaker}\t${e.scans}\t${e.failures}\t${e.skipped}\t${safe(e.version ?? '-')}\t${safe(note)}\n`);
     }
     return;
   }
@@ -244,7 +247,7 @@ async function engines(args: string[]): Promise<void> {
   if (action === 'events') {
     const db = openDb(config.dataDir);
     for (const e of readEngineEvents(db, Number(values.last ?? 50))) {
-      process.stdout.write(`${iso(e.at)}\t${e.engine}\t${e.event}${e.to_state ? ` ${e.from_state} → ${e.to_state}` : ''}\t${e.reason}\n`);
+      process.stdout.write(`${iso(e.at)}\t${e.engine}\t${e.event}${e.to_state ? ` ${e.from_state} → ${e.to_state}` : ''}\t${safe(e.reason)}\n`);
     }
     db.close();
     return;

@@ -42,6 +42,17 @@ interface Transaction {
 
 type Callback = (err?: Error | null) => void;
 
+/**
+ * One header field, safe to put in front of a message: its lines (folded with CRLF + white
+ * space as the engine folded them) without control characters, no line left blank, every
+ * continuation starting with white space — engine output can never start a second field or end
+ * the header section.
+ */
+export function headerField(text: string): string {
+  const lines = text.split(/\r\n|\r|\n/).map((l) => l.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, ' ')).filter((l, i) => i === 0 || l.trim() !== '');
+  return lines.map((l, i) => (i === 0 || /^[ \t]/.test(l) ? l : ` ${l}`)).join('\r\n') + '\r\n';
+}
+
 /** A hash that no password matches, compared when the user is unknown so timing tells nothing. */
 const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
 
@@ -269,8 +280,7 @@ export class Listener {
         return fail(decision.reply);
       }
       if (verdict.action === 'quarantine') quarantine = verdict.reason;
-      // A header line may be folded (CRLF + white space) but never broken into a second header.
-      extraHeaders = verdict.headers.map((h) => `${h.replace(/\r?\n(?![ \t])/g, ' ')}\r\n`).join('');
+      extraHeaders = verdict.headers.map(headerField).join('');
     }
     const trace = buildReceived({
       session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,

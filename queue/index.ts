@@ -371,7 +371,13 @@ export class Queue {
   async #flushStats(): Promise<void> {
     this.#statsFlushedAt = Date.now();
     const rows = this.#stats.takeDirty();
-    if (rows.length > 0) await this.store.write([{ op: 'saveEngineStats', rows }]);
+    if (rows.length === 0) return;
+    try {
+      await this.store.write([{ op: 'saveEngineStats', rows }]);
+    } catch (err) {
+      this.#stats.restore(rows);
+      throw err;
+    }
   }
 
   /** Removes finished messages (spool files first, then their rows); writes statistics; prunes old scan records. */
