@@ -262,6 +262,7 @@ export class Listener {
     };
     let extraHeaders = '';
     let quarantine: string | null = null;
+    let strip: string | null = null;
     let scan: ScanRecord | undefined;
     if (tx.runtime.engines.size > 0) {
       // The engines read the file (or the bytes kept in memory): every chunk must have reached it.
@@ -281,6 +282,9 @@ export class Listener {
       }
       if (verdict.action === 'quarantine') quarantine = verdict.reason;
       extraHeaders = verdict.headers.map(headerField).join('');
+      // The sender's own copies of what Ichidan now says (and anything claiming to be this host's) are left out at delivery.
+      const ours = new Set(verdict.headers.map((h) => h.slice(0, h.indexOf(':')).trim().toLowerCase()).filter((n) => n !== 'authentication-results'));
+      strip = [...ours, 'x-ichidan-*', `authentication-results=${config.hostname.toLowerCase()}`].join(',');
     }
     const trace = buildReceived({
       session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,
@@ -290,7 +294,7 @@ export class Listener {
       const id = await this.deps.queue.accept(writer, {
         sender, recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
         smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
-        client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace, quarantine,
+        client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace, quarantine, strip,
       }, bytes, scan);
       this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes, ...(quarantine ? { quarantine } : {}) }, quarantine ? 'quarantined' : 'queued');
       cb(null, `2.0.0 Ok: queued as ${id}`);

@@ -20,6 +20,7 @@ import type { Egress, OutboundMessage, RecipientOutcome } from '../delivery/inde
 import { EngineStats, type ScanRecord } from '../engines/engines-records.js';
 import type { Config } from '../mta/mta-config-schema.js';
 import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from './queue-bounce.js';
+import { HeaderStrip, parseStripRule, type StripRule } from './queue-headers.js';
 import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { Scheduler, type Job } from './queue-scheduler.js';
@@ -53,14 +54,20 @@ export function retryDelay(config: Config['queue'], attempts: number, random = M
   return Math.max(1, Math.round(base * jitter));
 }
 
-/** Trace headers then the body; the body is opened only when read and always closed. */
-function messageStream(trace: string, openBody: () => Readable): Readable {
+/**
+ * Trace headers then the body; the body is opened only when read and always closed. With a
+ * strip rule, the body's own copies of the fields Ichidan added are left out (queue-headers.ts).
+ */
+function messageStream(trace: string, openBody: () => Readable, strip: StripRule | null): Readable {
   return Readable.from((async function* () {
     if (trace) yield Buffer.from(trace, 'utf8');
-    const body = openBody();
+    const raw = openBody();
+    const body = strip ? raw.pipe(new HeaderStrip(strip)) : raw;
+    if (strip) raw.on('error', (err) => body.destroy(err));
     try {
       yield* body;
     } finally {
+      raw.destroy();
       body.destroy();
     }
   })(), { objectMode: false });
@@ -165,7 +172,7 @@ export class Queue {
   /** The message as delivered: Ichidan's trace headers, then the body from memory or the spool file. */
   #open(msg: MessageRow): Readable {
     const body = this.#recent.get(msg.id);
-    return messageStream(msg.trace, () => (body ? Readable.from([body]) : this.spool.read(msg.id)));
+    return messageStream(msg.trace, () => (body ? Readable.from([body]) : this.spool.read(msg.id)), parseStripRule(msg.strip));
   }
 
   /** Held recipients back into the queue (by tenant and/or domain); returns how many. */

@@ -36,6 +36,8 @@ export interface NewMessage {
   kind: 'mail' | 'dsn';
   /** Set: the engines quarantined the message (the reason); its recipients start held. */
   quarantine?: string | null;
+  /** Header fields of the message itself left out at delivery (queue-headers.ts rule). */
+  strip?: string | null;
   recipients: NewRecipient[];
 }
 
@@ -57,6 +59,7 @@ export interface MessageRow {
   state: 'active' | 'done' | 'corrupt';
   note: string | null;
   quarantine: string | null;
+  strip: string | null;
 }
 
 export interface RecipientRow {
@@ -127,7 +130,8 @@ CREATE TABLE IF NOT EXISTS messages (
   kind TEXT NOT NULL DEFAULT 'mail',
   state TEXT NOT NULL DEFAULT 'active',
   note TEXT,
-  quarantine TEXT
+  quarantine TEXT,
+  strip TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recipients (
   message_id TEXT NOT NULL,
@@ -194,6 +198,7 @@ CREATE TABLE IF NOT EXISTS engine_stats (
 export function migrate(db: Database.Database): void {
   const columns = (db.prepare(`PRAGMA table_info(messages)`).all() as Array<{ name: string }>).map((c) => c.name);
   if (!columns.includes('quarantine')) db.exec(`ALTER TABLE messages ADD COLUMN quarantine TEXT`);
+  if (!columns.includes('strip')) db.exec(`ALTER TABLE messages ADD COLUMN strip TEXT`);
   const scanColumns = (db.prepare(`PRAGMA table_info(scans)`).all() as Array<{ name: string }>).map((c) => c.name);
   if (!scanColumns.includes('generation')) db.exec(`ALTER TABLE scans ADD COLUMN generation INTEGER NOT NULL DEFAULT 0`);
 }
@@ -201,8 +206,8 @@ export function migrate(db: Database.Database): void {
 /** Prepares the write statements on `db` and returns the function that applies one operation. */
 export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
   const s = {
-    insertMessage: db.prepare(`INSERT INTO messages (id, size, sender, received_at, trace, ret, envid, smtputf8, body8bit, client, helo, auth_user, listener, kind, quarantine)
-      VALUES (@id, @size, @sender, @receivedAt, @trace, @ret, @envid, @smtputf8, @body8bit, @client, @helo, @authUser, @listener, @kind, @quarantine)`),
+    insertMessage: db.prepare(`INSERT INTO messages (id, size, sender, received_at, trace, ret, envid, smtputf8, body8bit, client, helo, auth_user, listener, kind, quarantine, strip)
+      VALUES (@id, @size, @sender, @receivedAt, @trace, @ret, @envid, @smtputf8, @body8bit, @client, @helo, @authUser, @listener, @kind, @quarantine, @strip)`),
     insertRecipient: db.prepare(`INSERT INTO recipients (message_id, id, tenant, address, domain, orcpt, notify, state, next_attempt, last_reply, updated_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
     updateRecipient: db.prepare(`UPDATE recipients SET state = @state, next_attempt = @nextAttempt,
@@ -235,7 +240,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'insertMessage': {
         const { recipients, ...row } = op.message;
         const quarantine = row.quarantine ?? null;
-        s.insertMessage.run({ ...row, quarantine, smtputf8: row.smtputf8 ? 1 : 0, body8bit: row.body8bit ? 1 : 0 });
+        s.insertMessage.run({ ...row, quarantine, strip: row.strip ?? null, smtputf8: row.smtputf8 ? 1 : 0, body8bit: row.body8bit ? 1 : 0 });
         const state = quarantine === null ? 'queued' : 'held';
         const reply = quarantine === null ? null : `quarantined: ${quarantine}`;
         recipients.forEach((r, i) => s.insertRecipient.run(row.id, i, r.tenant, r.address, r.domain, r.orcpt, r.notify, state, row.receivedAt, reply, row.receivedAt));

@@ -114,6 +114,28 @@ describe.skipIf(!clamd)('scanning with the real clamd (skipped: scripts/engines.
     }
   });
 
+  it("leaves out the sender's copies of the fields Ichidan adds, and any Authentication-Results claiming this host", async () => {
+    t = await startApp(config(sink, { engines: [real()] }));
+    const before = sink.messages.length;
+    const forged = CLEAN_MAIL.replace('Subject: Lunch on Friday\r\n', [
+      'Subject: Lunch on Friday', 'X-Virus-Scanned: clean by everyone', 'Authentication-Results: mx.ichidan.test; dmarc=pass',
+      'X-Ichidan-Unscanned: no', 'Authentication-Results: mx.elsewhere.test; spf=pass', '',
+    ].join('\r\n'));
+    const res = await send(t, forged);
+    expect(res.reply).toMatch(/^250 /);
+    const [m] = (await sink.waitFor(before + 1)).slice(before);
+    const text = m.data.toString();
+    expect(text.match(/^X-Virus-Scanned: .*$/gm)).toEqual(['X-Virus-Scanned: clean by clamav']);
+    expect(text).not.toContain('dmarc=pass');
+    expect(text).not.toContain('X-Ichidan-Unscanned');
+    expect(text).toContain('Authentication-Results: mx.elsewhere.test; spf=pass\r\n');
+    expect(text.endsWith(CLEAN_MAIL.slice(CLEAN_MAIL.indexOf('\r\n\r\n')))).toBe(true);
+    // The spool file keeps the message exactly as received.
+    const qid = qidOf(res.reply);
+    const kept = await readFile(join(t.dataDir, 'spool', qid)).catch(() => null);
+    if (kept) expect(kept.toString()).toBe(forged);
+  });
+
   it('does not wait for an engine that hangs past its deadline', async () => {
     t = await startApp(config(sink, {
       engines: [real(), { name: 'stuck', type: 'clamd', servers: [{ host: hang.host, port: hang.port }], timeout: '500ms' }],
