@@ -142,6 +142,7 @@ export class Ichidan {
     const previous = this.#runtime;
     this.#runtime = buildRuntime(snap.generation, config, this.engines, this.log);
     previous.release();
+    for (const l of this.#listeners) l.apply(config);
     this.queue.reconfigure(config, new Egress(config, this.sessions));
     return snap.generation;
   }

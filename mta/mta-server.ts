@@ -123,6 +123,14 @@ export class Listener {
     });
   }
 
+  /** A reloaded config: the SIZE limit, the idle timeout and the greeting name apply to new commands and connections. */
+  apply(config: Config): void {
+    const options = this.server.options as SMTPServerOptions;
+    options.size = config.limits.maxMessageSize;
+    options.socketTimeout = config.limits.commandTimeout;
+    options.name = config.hostname;
+  }
+
   /** Stops accepting, lets open transactions finish (up to closeTimeout), then resolves. */
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));

@@ -18,6 +18,7 @@ import { CLEAN_MAIL, startFakeServer, type FakeServer } from './helpers/engine-c
 import { fakeClamd } from './helpers/fake-clamd.js';
 import { startLoad, type Sent } from './helpers/load.js';
 import { startPrivateClamd, type PrivateClamd } from './helpers/private-clamd.js';
+import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
 const exec = promisify(execFile);
@@ -333,8 +334,13 @@ describe.skipIf(!clamd || !rspamd)('operator switches from the CLI while traffic
     const file = join(dir, 'ichidan.yaml');
     const good = (await import('node:fs/promises')).readFile(file, 'utf8');
     const text = await good;
-    await writeFile(file, text.replace('engines:', 'scanning:\n  virus: quarantine\nengines:'));
+    await writeFile(file, text.replace('engines:', 'scanning:\n  virus: quarantine\nlimits:\n  maxMessageSize: 1MB\nengines:'));
     expect((await cli('reload')).stdout).toBe('reloaded: generation 2\n');
+    // Live settings reach the listener: a new session is offered the new SIZE.
+    const smtp = await RawSmtp.open(child!.ports.mx);
+    await smtp.reply();
+    expect(await smtp.command('EHLO client.test')).toMatch(/^250[- ]SIZE 1048576$/m);
+    smtp.socket.destroy();
     await writeFile(file, text.replace('engines:', 'scanning:\n  virus: shred\nengines:'));
     const bad = await cli('reload').then(() => null, (e: { code: number; stderr: string }) => e);
     expect(bad?.code).toBe(1);
