@@ -4,7 +4,8 @@
  * Takes: a file name (an attachment's, or an entry's inside an archive) and the first bytes of
  *   an attachment.
  * Gives: the broken rule as words for the violation text ("double extension", "blocked
- *   extension .exe", "executable content (PE)"), or null.
+ *   extension .exe", "executable content (PE)"), or null; and a name made fit to print in that
+ *   text, which ends up in logs, headers and terminals.
  * Names are judged the way Windows opens them: case does not matter, and trailing dots and
  *   spaces are dropped ("invoice.exe." runs as invoice.exe); a path inside an archive counts
  *   by its last component.
@@ -28,6 +29,21 @@ const DOCUMENT_LIKE = new Set([
   'htm', 'html', 'jpg', 'jpeg', 'png', 'gif', 'bmp', 'tif', 'tiff', 'svg', 'mp3', 'mp4', 'wav', 'avi', 'mov', 'zip',
   'rar', '7z', 'eml', 'msg', 'ics', 'vcf',
 ]);
+
+const DISPLAY_LENGTH = 100;
+const HEAD_LENGTH = 70;
+
+/**
+ * A name as the violation text shows it: C0 and C1 controls, DEL, and the bidirectional and
+ * line-separator marks (U+202E and friends) become '?', so that a
+ * crafted file name cannot move a terminal's cursor, set its title or forge a log line; past
+ * 100 characters the middle gives way to '…', keeping the end where the extensions are.
+ */
+export function displayName(name: string): string {
+  const chars = Array.from(name.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]/g, '?'));
+  if (chars.length <= DISPLAY_LENGTH) return chars.join('');
+  return `${chars.slice(0, HEAD_LENGTH).join('')}…${chars.slice(chars.length - (DISPLAY_LENGTH - HEAD_LENGTH - 1)).join('')}`;
+}
 
 export function baseName(name: string): string {
   return name.split(/[/\\]/).pop()!.replace(/[.\s]+$/, '');

@@ -1,6 +1,8 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { crc32 } from 'node:zlib';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,12 +12,25 @@ import { createPolicy, policyOptions } from './policy.js';
 
 const CRLF = '\r\n';
 
-interface Part { type: string; name?: string; body: Buffer | string; encoding?: 'base64' | '7bit'; disposition?: string }
+/**
+ * One MIME part. With a name, the Content-Type carries it as `name` and, unless `disposition` is
+ * false, the Content-Disposition (attachment by default) as `filename`; `headers` replaces both.
+ */
+interface Part {
+  type: string;
+  name?: string;
+  body: Buffer | string;
+  encoding?: 'base64' | '7bit';
+  disposition?: string | false;
+  headers?: string[];
+}
 
 function part(p: Part): string {
   const name = p.name ? `; name="${p.name}"` : '';
-  const lines = [`Content-Type: ${p.type}${name}`];
-  if (p.name || p.disposition) lines.push(`Content-Disposition: ${p.disposition ?? 'attachment'}${p.name ? `; filename="${p.name}"` : ''}`);
+  const lines = p.headers ? [...p.headers] : [`Content-Type: ${p.type}${name}`];
+  if (!p.headers && p.disposition !== false && (p.name || p.disposition)) {
+    lines.push(`Content-Disposition: ${p.disposition ?? 'attachment'}${p.name ? `; filename="${p.name}"` : ''}`);
+  }
   const encoding = p.encoding ?? (Buffer.isBuffer(p.body) ? 'base64' : '7bit');
   lines.push(`Content-Transfer-Encoding: ${encoding}`, '');
   const body = encoding === 'base64'
@@ -118,6 +133,13 @@ function forwarded(inner: string, encoding: '7bit' | 'base64'): Part {
   return { type: 'message/rfc822', body: encoding === 'base64' ? Buffer.from(inner) : inner, encoding };
 }
 
+/** `inner` forwarded as an attachment `levels` times, alternately 7bit and base64. */
+function nest(levels: number, inner: string): string {
+  let message = inner;
+  for (let n = 0; n < levels; n++) message = mail([forwarded(message, n % 2 ? 'base64' : '7bit')], `Level${n}`);
+  return message;
+}
+
 const violation = (rule: string, action = 'reject'): EngineOutcome => ({ status: 'violation', rule, action } as EngineOutcome);
 const clean: EngineOutcome = { status: 'clean' };
 
@@ -148,6 +170,19 @@ const CASES: Array<{ title: string; message: string | Buffer; options?: Record<s
   { title: 'a base64 attached message holding PE content', message: mail([forwarded(mail([{ type: 'text/plain', name: 'readme.txt', body: peImage() }], 'Inner2'), 'base64')]), expected: violation('attachment "readme.txt": executable content (PE)') },
   { title: 'an operator list', options: { blockedExtensions: ['.PDF'] }, message: mail([{ type: 'application/octet-stream', name: 'setup.exe', body: 'x' }, { type: 'application/pdf', name: 'report.pdf', body: PDF }]), expected: violation('attachment "report.pdf": blocked extension .pdf') },
   { title: 'quarantine as the action', options: { action: 'quarantine' }, message: mail([{ type: 'application/octet-stream', name: 'setup.exe', body: 'x' }]), expected: violation('attachment "setup.exe": blocked extension .exe', 'quarantine') },
+  { title: 'an inline text/plain named with a double extension', message: mail([{ type: 'text/plain', name: 'invoice.pdf.js', disposition: 'inline', body: 'WScript.Echo(1)' }]), expected: violation('attachment "invoice.pdf.js": double extension') },
+  { title: 'a text/plain named .js without a disposition', message: mail([{ type: 'text/plain', name: 'invoice.js', disposition: false, body: 'WScript.Echo(1)' }]), expected: violation('attachment "invoice.js": blocked extension .js') },
+  { title: 'an inline text/html named .hta', message: mail([{ type: 'text/html', name: 'update.hta', disposition: 'inline', body: '<script>x()</script>' }]), expected: violation('attachment "update.hta": blocked extension .hta') },
+  { title: 'an inline text/plain named .txt', message: mail([{ type: 'text/plain', name: 'notes.txt', disposition: 'inline', body: 'hello' }]), expected: clean },
+  { title: 'a harmless filename over a blocked Content-Type name', message: mail([{ type: 'application/pdf', body: PDF, headers: ['Content-Type: application/pdf; name="report.exe"', 'Content-Disposition: attachment; filename="report.pdf"'] }]), expected: violation('attachment "report.exe": blocked extension .exe') },
+  { title: 'an RFC 2047 encoded name', message: mail([{ type: 'application/octet-stream', body: 'x', headers: ['Content-Type: application/octet-stream; name="=?UTF-8?B?0YHRh9C10YIuZXhl?="'] }]), expected: violation('attachment "счет.exe": blocked extension .exe') },
+  { title: 'an RFC 2231 encoded filename', message: mail([{ type: 'text/plain', body: 'x', headers: ['Content-Type: text/plain', "Content-Disposition: inline; filename*=UTF-8''facture%2Epdf%2Evbs"] }]), expected: violation('attachment "facture.pdf.vbs": double extension') },
+  { title: 'ESC, BEL and a newline in the name', message: mail([{ type: 'text/plain', body: 'x', headers: ['Content-Type: text/plain', "Content-Disposition: inline; filename*=UTF-8''%1B%5D0%3Bowned%07%1B%5B2Jreport%0D%0Aforged%C2%9B.exe"] }]), expected: violation('attachment "?]0;owned??[2Jreport??forged?.exe": blocked extension .exe') },
+  { title: 'a name past 100 characters', message: mail([{ type: 'application/octet-stream', name: `${'a'.repeat(150)}.pdf.exe`, body: 'x' }]), expected: violation(`attachment "${'a'.repeat(70)}…${'a'.repeat(21)}.pdf.exe": double extension`) },
+  { title: 'an escape in a name inside a zip', message: mail([{ type: 'application/zip', name: 'z.zip', body: zip([{ name: 'a\x1b[31m.exe', data: 'x' }]) }]), expected: violation('attachment "z.zip": contains "a?[31m.exe" (blocked extension .exe)') },
+  { title: 'an inline attached message holding a named text part', message: mail([{ type: 'message/rfc822', disposition: 'inline', body: mail([{ type: 'text/plain', name: 'run.cmd', disposition: false, body: 'del *' }], 'Inner3') }]), expected: violation('attachment "run.cmd": blocked extension .cmd') },
+  { title: 'an .exe five attached messages deep', message: nest(5, mail([{ type: 'application/octet-stream', name: 'deep.exe', body: 'x' }], 'Deep')), expected: violation('attachment "deep.exe": blocked extension .exe') },
+  { title: 'an .exe six attached messages deep (past the depth judged)', message: nest(6, mail([{ type: 'application/octet-stream', name: 'deep.exe', body: 'x' }], 'Deep')), expected: clean },
   { title: 'malformed MIME: binary garbage', message: Buffer.from([0, 1, 2, 0xff, 0xfe, 13, 10, 0x80, ...Buffer.alloc(300, 0x41), 13, 10]), expected: clean },
   {
     title: 'malformed MIME: no closing boundary, broken base64',
@@ -187,6 +222,26 @@ describe('policy engine', () => {
     expect(performance.now() - t0).toBeLessThan(1_000);
     const whole = await engine().scan(msg, CONTEXT, AbortSignal.timeout(20_000));
     expect(whole.outcome).toEqual(clean);
+  });
+
+  it('splits a 20 MB text message without holding its text', async () => {
+    const line = 'All work and no play makes Jack a dull boy, all work and no play makes Jack.\r\n';
+    const text = line.repeat(Math.ceil(20_000_000 / line.length));
+    const path = join(dir, 'big-text.eml');
+    await writeFile(path, ['From: a@sender.test', 'To: b@example.test', 'Subject: long', 'Content-Type: text/plain', '', text].join(CRLF));
+    const msg = spoolMessage(path, (await stat(path)).size);
+    // The live set, not the garbage a stream leaves behind it: a full collection at each sample.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const live = () => { gc(); const m = process.memoryUsage(); return m.heapUsed + m.arrayBuffers; };
+    const before = live();
+    let peak = before;
+    const sampling = setInterval(() => { peak = Math.max(peak, live()); }, 25);
+    const result = await engine().scan(msg, CONTEXT, AbortSignal.timeout(30_000));
+    clearInterval(sampling);
+    expect(result.outcome).toEqual(clean);
+    // Holding the text would cost at least its 20 MB; streaming it, a few read chunks.
+    expect(peak - before).toBeLessThan(msg.size / 4);
   });
 
   it('answers protocol for MIME the parser gives up on (a header block past 1 MiB)', async () => {

@@ -2,34 +2,39 @@
  * policy — the built-in attachment policy: dangerous file types are refused (or quarantined, or
  * tagged) whatever the AV engines say.
  *
- * Takes: the spool file, streamed through mailparser's MailParser. Attachment content is streamed
- *   too and only samples are kept: the first 64 KiB (magic numbers, RAR headers, a zip's first
- *   local headers) and the last 1 MiB (a zip's central directory, a 7z header), so one attachment
- *   costs at most about 1.1 MiB whatever its size; attachments are read one after another, and an
- *   attached message (message/rfc822) is parsed the same way, up to 5 levels deep. MailParser
- *   itself keeps the text parts of the message, which the size limit bounds.
- * Gives: the first rule broken, as a violation naming the file:
+ * Takes: the spool file, split into its MIME parts by mailsplit's Splitter as it streams by.
+ *   Every part that carries a name (Content-Disposition filename or Content-Type name, both
+ *   when they differ, RFC 2047 and RFC 2231 decoded), whatever its type and disposition, is
+ *   judged by that name: mail clients list an inline text/plain part named "invoice.js" as an
+ *   attachment. The content of every part that is not message text (text/plain or text/html,
+ *   unnamed, inline) is decoded as it streams and only samples are kept: the first 64 KiB
+ *   (magic numbers, RAR headers, a zip's first local headers) and the last 1 MiB (a zip's
+ *   central directory, a 7z header), so one part costs at most about 1.1 MiB whatever its size.
+ *   Message text is not decoded nor kept. Parts are read one after another, and an attached
+ *   message (message/rfc822) is split the same way, up to 5 levels deep.
+ * Gives: the first rule broken, as a violation naming the file (control characters shown as
+ *   '?', at most 100 characters, see policy-rules.ts):
  *   `attachment "invoice.pdf.exe": double extension`, `attachment "setup.exe": blocked extension
  *   .exe`, `attachment "notes.txt": executable content (PE)`, `attachment "files.zip": contains
  *   "run.exe" (blocked extension .exe)`, `attachment "secret.zip": encrypted archive`; else clean.
  *   An archive whose listing could not be read whole is named in `detail.uninspected`. A message
- *   MailParser cannot parse is an error `protocol` (the other engines still judge it).
+ *   the Splitter cannot split (a header block past 1 MiB, more than 1000 parts) is an error
+ *   `protocol` (the other engines still judge it).
  *   Archives are listed, never extracted (policy-archive.ts: zip, RAR, and 7z encryption only);
- *   archives inside archives are judged by name only. Text parts shown inline (text/plain or
- *   text/html without an attachment disposition) are message text to MailParser and are not
- *   judged by name.
+ *   archives inside archives are judged by name only.
  * Network: none.
  * Settings: engines[].action (reject), blockedExtensions (replaces the default list of
  *   policy-rules.ts), allowEncryptedArchives (false), checkArchives (true), timeout (10s),
  *   maxSize (25MB).
  */
-import type { Readable } from 'node:stream';
-import { MailParser, type AttachmentStream } from 'mailparser';
+import { once } from 'node:events';
+import { addAbortSignal, type Readable, type Transform } from 'node:stream';
+import { MimeNode, Splitter, type SplitterChunk } from '@zone-eu/mailsplit';
 import { z } from 'zod';
 import { engineCommon } from '../engines-common.js';
 import { errorResult, type Engine, type EngineDeps } from '../engine.js';
 import { listArchive, type Sample } from './policy-archive.js';
-import { DEFAULT_BLOCKED_EXTENSIONS, executableKind, nameRule } from './policy-rules.js';
+import { DEFAULT_BLOCKED_EXTENSIONS, displayName, executableKind, nameRule } from './policy-rules.js';
 
 const extension = z.string().regex(/^\.?[a-z0-9_$~-]+$/i, 'an extension such as "exe" or ".exe"')
   .transform((e) => e.replace(/^\./, '').toLowerCase());
@@ -80,75 +85,142 @@ class Sampler {
 
 class ParseError extends Error {}
 
+type PartNode = Extract<SplitterChunk, { type: 'node' }>;
+
+/** What every level of one message reports to; `stop` ends them all. */
+interface Scan {
+  stop: AbortSignal;
+  found(rule: string): void;
+  uninspected: string[];
+}
+
+/** A part whose content is being judged: its body goes in, decoded, as it streams by. */
+interface Leaf {
+  write(body: Buffer): Promise<void>;
+  /** Ends the body and waits for the judgement. */
+  close(): Promise<void>;
+}
+
+const MESSAGE_TEXT_TYPES = new Set(['text/plain', 'text/html']);
+
+/** Parts a mail client shows as the message itself, the ones MailParser reads as text. */
+function isMessageText(node: PartNode): boolean {
+  return !node.filename && MESSAGE_TEXT_TYPES.has(node.contentType || 'text/plain') && (!node.disposition || node.disposition === 'inline');
+}
+
+/**
+ * The names a part carries. mailsplit gives the Content-Disposition filename before the
+ * Content-Type name, but clients differ on which one they show and save under, so a part that
+ * has both is judged by both. The Content-Type line alone is put through a MimeNode of its own
+ * to decode its name exactly as the part's filename was.
+ */
+function partNames(node: PartNode): string[] {
+  if (!node.filename) return [];
+  const names = new Set([node.filename]);
+  const line = node.headers ? node.headers.getList().find((l) => l.key === 'content-type') : undefined;
+  if (line) {
+    const probe = new MimeNode(false);
+    probe.addHeaderChunk(Buffer.from(`${line.line}\r\n`, 'binary'));
+    probe.addHeaderChunk(Buffer.from('\r\n'));
+    probe.parseHeaders();
+    if (probe.filename) names.add(probe.filename);
+  }
+  return [...names];
+}
+
 export function createPolicy(options: PolicyOptions, _deps: EngineDeps): Engine {
   const blocked: ReadonlySet<string> = new Set(options.blockedExtensions);
 
-  function label(a: AttachmentStream): string {
-    return a.filename ? `attachment "${a.filename}"` : `attachment (unnamed ${a.contentType})`;
+  function label(node: PartNode, name = node.filename): string {
+    return name ? `attachment "${displayName(name)}"` : `attachment (unnamed ${displayName(node.contentType || 'text/plain')})`;
   }
 
-  /** The rule an attachment's content breaks, judged once it has been read. */
-  function contentRule(a: AttachmentStream, sample: Sample, uninspected: string[]): string | null {
+  /** The rule a part's content breaks, judged once it has been read. */
+  function contentRule(node: PartNode, sample: Sample, uninspected: string[]): string | null {
     const kind = executableKind(sample.head);
-    if (kind) return `${label(a)}: executable content (${kind})`;
+    if (kind) return `${label(node)}: executable content (${kind})`;
     if (!options.checkArchives && options.allowEncryptedArchives) return null;
     const listing = listArchive(sample);
     if (!listing) return null;
-    if (listing.encrypted && !options.allowEncryptedArchives) return `${label(a)}: encrypted archive`;
+    if (listing.encrypted && !options.allowEncryptedArchives) return `${label(node)}: encrypted archive`;
     if (options.checkArchives) {
       for (const name of listing.names) {
         const rule = nameRule(name, blocked);
-        if (rule) return `${label(a)}: contains "${name}" (${rule})`;
+        if (rule) return `${label(node)}: contains "${displayName(name)}" (${rule})`;
       }
-      if (!listing.complete) uninspected.push(a.filename ?? a.contentType);
+      if (!listing.complete) uninspected.push(displayName(node.filename || node.contentType || 'text/plain'));
     }
     return null;
   }
 
-  /**
-   * Parses one message (the spool file, or an attached message) and resolves with the first rule
-   * broken, or null. `stop` ends every level at once.
-   */
-  function inspect(source: Readable, depth: number, stop: AbortSignal, uninspected: string[]): Promise<string | null> {
-    return new Promise((resolve, reject) => {
-      const parser = new MailParser({ checksumAlgo: false, skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true });
-      let settled = false;
-      const finish = (rule: string | null, err?: Error) => {
-        if (settled) return;
-        settled = true;
-        stop.removeEventListener('abort', onStop);
-        if (rule !== null || err) { source.unpipe(parser); parser.destroy(); }
-        if (err) reject(err); else resolve(rule);
-      };
-      const onStop = () => { parser.destroy(); finish(null); };
-      if (stop.aborted) return finish(null);
-      stop.addEventListener('abort', onStop, { once: true });
-
-      parser.on('data', (part: AttachmentStream | { type: 'text' }) => {
-        if (part.type !== 'attachment' || settled) return;
-        const named = part.filename ? nameRule(part.filename, blocked) : null;
-        if (named) return finish(`${label(part)}: ${named}`);
-        if (part.contentType === 'message/rfc822' && depth < MAX_DEPTH) {
-          inspect(part.content, depth + 1, stop, uninspected).then(
-            (rule) => rule ? finish(rule) : part.release?.(),
-            (err: Error) => finish(null, err),
-          );
-          return;
-        }
-        const sampler = new Sampler();
-        part.content.on('error', (err: Error) => finish(null, new ParseError(err.message, { cause: err })));
-        part.content.on('data', (chunk: Buffer) => sampler.push(chunk));
-        part.content.on('end', () => {
-          const rule = contentRule(part, sampler.sample(), uninspected);
-          if (rule) finish(rule); else part.release?.();
+  /** Starts judging a part's content: an attached message is split in turn, anything else sampled. */
+  function openLeaf(node: PartNode, depth: number, scan: Scan): Leaf {
+    const decoder: Transform = addAbortSignal(scan.stop, node.getDecoder());
+    let verdict: Promise<void>;
+    if (node.contentType === 'message/rfc822' && depth < MAX_DEPTH) {
+      verdict = inspect(decoder, depth + 1, scan);
+    } else {
+      const sampler = new Sampler();
+      verdict = new Promise((resolve, reject) => {
+        decoder.on('data', (chunk: Buffer) => sampler.push(chunk));
+        decoder.on('error', (err: Error) => reject(new ParseError(err.message, { cause: err })));
+        decoder.on('end', () => {
+          const rule = contentRule(node, sampler.sample(), scan.uninspected);
+          if (rule) scan.found(rule);
+          resolve();
         });
       });
-      parser.on('error', (err: Error) => finish(null, new ParseError(err.message, { cause: err })));
-      parser.on('end', () => finish(null));
-      // Below the top level the source is an attachment's decoder, whose failures are the MIME's.
-      source.on('error', (err: Error) => finish(null, depth === 0 ? err : new ParseError(err.message, { cause: err })));
-      source.pipe(parser);
-    });
+    }
+    // Awaited at close, or not at all when the scan stops first: that rejection is no news.
+    verdict.catch(() => {});
+    return {
+      async write(body) {
+        // An attached message's own failure ends the wait for room as well.
+        if (!decoder.write(body)) await Promise.race([once(decoder, 'drain'), verdict]);
+      },
+      async close() {
+        decoder.end();
+        await verdict;
+      },
+    };
+  }
+
+  /**
+   * Splits one message (the spool file, or an attached message) and judges its parts one after
+   * another, reporting the first rule broken to `scan`. Returns once the message has been read
+   * or the scan stopped; throws ParseError for MIME the Splitter gives up on, and the source's
+   * own error for a spool file that cannot be read.
+   */
+  async function inspect(source: Readable, depth: number, scan: Scan): Promise<void> {
+    const splitter = addAbortSignal(scan.stop, new Splitter({ ignoreEmbedded: true }));
+    let sourceError: Error | null = null;
+    source.on('error', (err: Error) => { sourceError = err; splitter.destroy(err); });
+    source.pipe(splitter);
+    let leaf: Leaf | null = null;
+    try {
+      for await (const chunk of splitter as AsyncIterable<SplitterChunk>) {
+        if (chunk.type === 'node') {
+          await leaf?.close();
+          leaf = null;
+          for (const name of partNames(chunk)) {
+            const rule = nameRule(name, blocked);
+            if (rule) return scan.found(`${label(chunk, name)}: ${rule}`);
+          }
+          if (!chunk.multipart && !isMessageText(chunk)) leaf = openLeaf(chunk, depth, scan);
+        } else if (chunk.type === 'body' && leaf) {
+          await leaf.write(chunk.value);
+        }
+      }
+      await leaf?.close();
+    } catch (err) {
+      if (scan.stop.aborted) return;
+      // Below the top level the source is a part's decoder, whose failures are the MIME's.
+      if (sourceError && depth === 0) throw sourceError;
+      throw err instanceof ParseError ? err : new ParseError((err as Error).message, { cause: err });
+    } finally {
+      source.unpipe(splitter);
+      splitter.destroy();
+    }
   }
 
   return {
@@ -158,14 +230,18 @@ export function createPolicy(options: PolicyOptions, _deps: EngineDeps): Engine 
     async scan(message, _context, signal) {
       if (signal.aborted) return errorResult('timeout', 'deadline reached');
       const done = new AbortController();
-      const stop = AbortSignal.any([signal, done.signal]);
+      let rule: string | null = null;
+      const scan: Scan = {
+        stop: AbortSignal.any([signal, done.signal]),
+        found: (r) => { rule ??= r; done.abort(); },
+        uninspected: [],
+      };
       const input = message.open();
-      const uninspected: string[] = [];
       try {
-        const rule = await inspect(input, 0, stop, uninspected);
+        await inspect(input, 0, scan);
+        const detail = scan.uninspected.length ? { uninspected: scan.uninspected } : undefined;
+        if (rule !== null) return { outcome: { status: 'violation', rule, action: options.action }, detail };
         if (signal.aborted) return errorResult('timeout', 'deadline reached');
-        const detail = uninspected.length ? { uninspected } : undefined;
-        if (rule) return { outcome: { status: 'violation', rule, action: options.action }, detail };
         return { outcome: { status: 'clean' }, detail };
       } catch (err) {
         if (signal.aborted) return errorResult('timeout', 'deadline reached');
