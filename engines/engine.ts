@@ -8,6 +8,7 @@
  * (`engines-run.ts`) aborts it at the engine's own deadline and records a timeout.
  */
 import { createReadStream } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 
 export type EngineKind = 'av' | 'spam' | 'auth' | 'policy';
@@ -28,14 +29,17 @@ export interface ScanMessage {
  * The spool file as a `ScanMessage`. When the bytes are still in memory (`held`: small messages
  * the DATA path kept), streams read them from there instead: the same bytes, no file I/O.
  */
-export function spoolMessage(path: string, size: number, held?: Buffer[] | null): ScanMessage {
+export function spoolMessage(path: string, size: number, held?: Buffer[] | null, handle?: FileHandle): ScanMessage {
   let whole: Buffer | null = null;
   return {
     path,
     size,
     open: (range) => {
       if (!held) {
-        const stream = createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 });
+        // Through a handle opened beforehand when there is one: reads still work once the file is removed.
+        const stream = handle
+          ? createReadStream(path, { fd: handle, autoClose: false, start: range?.start ?? 0, end: range?.end, highWaterMark: 64 * 1024 })
+          : createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 });
         // Registered first, so every consumer sees it: a spool read error is never "nothing listening" (ENOENT).
         stream.on('error', (err: NodeJS.ErrnoException) => {
           err.message = `cannot read the message: ${err.message}`;

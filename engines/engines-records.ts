@@ -47,7 +47,7 @@ export interface ScanRecord {
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
-function runRecord(run: EngineRun): RunRecord {
+export function runRecord(run: EngineRun): RunRecord {
   const base = { engine: run.engine, kind: run.kind, shadow: run.shadow, version: run.version ?? null, ms: round(run.ms) };
   if (!run.result) return { ...base, status: 'skipped', skipped: run.skipped };
   const o = run.result.outcome;
@@ -114,10 +114,20 @@ export class EngineStats {
     for (const r of rows) this.#rows.set(`${r.day}\0${r.engine}`, { ...r, histogram: [...r.histogram] });
   }
 
+  /** Counts runs that ended after the record was made (shadow engines), judged against the record's. */
+  addLate(record: ScanRecord, late: RunRecord[]): void {
+    this.#count(record.at, [...record.runs, ...late], late);
+  }
+
   add(record: ScanRecord): void {
+    this.#count(record.at, record.runs, record.runs);
+  }
+
+  #count(at: number, all: RunRecord[], counting: RunRecord[]): void {
+    const record = { at, runs: all };
     const day = dayOf(record.at);
     const detectors = (kind: EngineKind) => record.runs.filter((r) => !r.shadow && r.kind === kind && DETECTED.has(r.status)).length;
-    for (const run of record.runs) {
+    for (const run of counting) {
       const key = `${day}\0${run.engine}`;
       let row = this.#rows.get(key);
       if (!row) {

@@ -5,6 +5,8 @@
  * Takes: the spool file as a `ScanMessage`, the transaction's context, the caller's signal (the
  *   DATA timeout), the built engines and the scanning policy of the snapshot the transaction
  *   borrowed.
+ * Shadow engines never hold the reply: the verdict waits for the counted engines only, and a
+ * shadow engine still running then is handed back as `late`, to be recorded when it ends.
  * Gives: a `ScanDecision` — the verdict, the SMTP reply for a refusal, and a report of every run
  *   (for the per-message record and the daily statistics).
  *
@@ -45,6 +47,8 @@ export interface ScanDecision {
   /** The refusal to send for `reject` and `tempfail`. */
   reply: SmtpReply | null;
   runs: EngineRun[];
+  /** Shadow engines still running when the verdict was made; their runs, once they end. */
+  late: Promise<EngineRun[]> | null;
   /** Wall time of the whole scan, and what it added on top of the slowest engine. */
   ms: number;
   overheadMs: number;
@@ -116,7 +120,17 @@ export class EngineRunner {
     const t0 = performance.now();
     const tenants = context.tenants?.length ? [...new Set(context.tenants)] : ['_relay'];
     const wanted = new Set(tenants.flatMap((t) => this.#enginesOf(t)));
-    const runs = await Promise.all([...wanted].map((name) => runEngine(this.#byName.get(name)!, message, context, signal)));
+    const started = [...wanted].map((name) => {
+      const entry = this.#byName.get(name)!;
+      const run = { shadow: entry.options.shadow, result: null as EngineRun | null, promise: runEngine(entry, message, context, signal) };
+      void run.promise.then((r) => { run.result = r; });
+      return run;
+    });
+    // The verdict waits for the counted engines only; a shadow engine still running then is recorded when it ends.
+    await Promise.all(started.filter((r) => !r.shadow).map((r) => r.promise));
+    await new Promise((r) => setImmediate(r));
+    const pending = started.filter((r) => r.result === null);
+    const runs = started.filter((r) => r.result !== null).map((r) => r.result!);
     let verdict: Verdict | null = null;
     for (const tenant of tenants) {
       const mine = new Set(this.#enginesOf(tenant));
@@ -125,7 +139,8 @@ export class EngineRunner {
     }
     const ms = performance.now() - t0;
     const slowest = runs.reduce((m, r) => Math.max(m, r.ms), 0);
-    return { verdict: verdict!, reply: replyFor(verdict!), runs, ms, overheadMs: Math.max(0, ms - slowest) };
+    const late = pending.length > 0 ? Promise.all(pending.map((r) => r.promise)) : null;
+    return { verdict: verdict!, reply: replyFor(verdict!), runs, late, ms, overheadMs: Math.max(0, ms - slowest) };
   }
 
 }

@@ -9,12 +9,13 @@
  * the end of that transaction.
  */
 import { randomBytes } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import bcrypt from 'bcryptjs';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { spoolMessage, type EngineSet, type ScanContext } from '../engines/index.js';
-import { scanRecord, type ScanRecord } from '../engines/engines-records.js';
+import { runRecord, scanRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 import { isStorageError, receiveInto } from './mta-data.js';
@@ -272,13 +273,33 @@ export class Listener {
     let quarantine: string | null = null;
     let strip: string | null = null;
     let scan: ScanRecord | undefined;
+    let markRecorded = () => undefined as void;
+    const recorded = new Promise<void>((resolve) => { markRecorded = resolve; });
     if (tx.runtime.engines.size > 0) {
       // The engines read the file (or the bytes kept in memory): every chunk must have reached it.
       await writer.flush();
       if (writer.bytes !== bytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${writer.bytes} of ${bytes} bytes`), { code: 'EIO' });
-      const decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept), context, AbortSignal.timeout(config.limits.dataTimeout));
+      // A message not kept in memory is read through one handle, which outlives the file's removal
+      // (a refused message, or one delivered before a shadow engine has finished).
+      const handle = writer.kept ? null : await open(writer.path, 'r');
+      let decision;
+      try {
+        decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout));
+      } catch (err) {
+        await handle?.close();
+        throw err;
+      }
       const { verdict } = decision;
       scan = scanRecord(writer.id, context.tenants!, decision, Date.now(), tx.runtime.generation);
+      const record = scan;
+      if (decision.late) {
+        // Recorded after the message's own record is written.
+        const late = decision.late;
+        void recorded.then(() => late).then((runs) => this.deps.queue.recordLateRuns(record, runs.map(runRecord)))
+          .finally(() => handle?.close()).catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not record late scans'));
+      } else {
+        await handle?.close();
+      }
       this.deps.log.info({
         qid: writer.id, listener: this.spec.name, verdict: verdict.action, reason: verdict.reason, ms: scan.ms,
         engines: scan.runs.map((r) => `${r.engine}:${r.status}${r.error ? `(${r.error})` : ''}`).join(' '),
@@ -286,6 +307,7 @@ export class Listener {
       if (decision.reply) {
         await writer.discard();
         this.deps.queue.recordScan(scan);
+        markRecorded();
         return fail(decision.reply);
       }
       if (verdict.action === 'quarantine') quarantine = verdict.reason;
@@ -304,11 +326,14 @@ export class Listener {
         smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
         client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace, quarantine, strip,
       }, bytes, scan);
+      markRecorded();
       this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes, ...(quarantine ? { quarantine } : {}) }, quarantine ? 'quarantined' : 'queued');
       cb(null, `2.0.0 Ok: queued as ${id}`);
     } catch (err) {
       this.deps.log.error({ err, qid: writer.id }, 'could not store the message');
       fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
+    } finally {
+      markRecorded();
     }
   }
 

@@ -17,7 +17,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import type { Egress, OutboundMessage, RecipientOutcome } from '../delivery/index.js';
-import { EngineStats, type ScanRecord } from '../engines/engines-records.js';
+import { EngineStats, type RunRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Config } from '../mta/mta-config-schema.js';
 import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from './queue-bounce.js';
 import { HeaderStrip, parseStripRule, type StripRule } from './queue-headers.js';
@@ -144,6 +144,12 @@ export class Queue {
     if (writer.kept) this.#remember(writer.id, Buffer.concat(writer.kept));
     this.#schedule(writer.id, env.recipients.map((r, i) => ({ ...r, id: ids[i], due: receivedAt })));
     return writer.id;
+  }
+
+  /** Runs of shadow engines that ended after the verdict: added to the message's record and the statistics. */
+  recordLateRuns(scan: ScanRecord, runs: RunRecord[]): void {
+    this.#stats.addLate(scan, runs);
+    this.store.write([{ op: 'appendScanRuns', queueId: scan.queueId, runs }]).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record late scans'));
   }
 
   /** Records the scan of a message that was refused (accepted ones are recorded by `accept`). */

@@ -6,7 +6,7 @@
  */
 import type Database from 'better-sqlite3';
 import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
-import type { ScanRecord, StatRow } from '../engines/engines-records.js';
+import type { RunRecord, ScanRecord, StatRow } from '../engines/engines-records.js';
 
 export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced';
 
@@ -110,7 +110,8 @@ export type WriteOp =
   | { op: 'recordScans'; records: ScanRecord[] }
   | { op: 'saveEngineStats'; rows: StatRow[] }
   | { op: 'pruneScans'; before: number }
-  | { op: 'engineEvent'; event: EngineEvent };
+  | { op: 'engineEvent'; event: EngineEvent }
+  | { op: 'appendScanRuns'; queueId: string; runs: RunRecord[] };
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
@@ -234,6 +235,8 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     saveStat: db.prepare(`INSERT OR REPLACE INTO engine_stats (day, engine, scanned, detected, detected_alone, errors, timeouts, skipped, histogram)
       VALUES (@day, @engine, @scanned, @detected, @detectedAlone, @errors, @timeouts, @skipped, @histogram)`),
     pruneScans: db.prepare(`DELETE FROM scans WHERE at < ?`),
+    scanRuns: db.prepare(`SELECT runs FROM scans WHERE queue_id = ?`),
+    setScanRuns: db.prepare(`UPDATE scans SET runs = ? WHERE queue_id = ?`),
   };
   return (op: WriteOp): unknown => {
     switch (op.op) {
@@ -278,6 +281,11 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'saveEngineStats':
         for (const r of op.rows) s.saveStat.run({ ...r, histogram: JSON.stringify(r.histogram) });
         return null;
+      case 'appendScanRuns': {
+        const row = s.scanRuns.get(op.queueId) as { runs: string } | undefined;
+        if (row) s.setScanRuns.run(JSON.stringify([...(JSON.parse(row.runs) as RunRecord[]), ...op.runs]), op.queueId);
+        return null;
+      }
       case 'engineEvent':
         s.insertEvent.run(op.event.at, op.event.engine, op.event.event, op.event.from ?? null, op.event.to ?? null, op.event.reason);
         if (op.event.event === 'disabled') s.setSwitch.run(op.event.engine, op.event.reason, op.event.at);

@@ -69,7 +69,7 @@ function summary(label: string, sent: Sent[], extra: Record<string, unknown> = {
   console.log(`${label}: ${sent.length} transactions, ${accepted} accepted, ${tempfailed} tempfailed, ${refused} refused, ${broken} failed at the connection`, extra);
 }
 
-describe.skipIf(!clamd || !rspamd)('hot swap by reload under continuous traffic (skipped: scripts/engines.sh start has not run)', () => {
+describe.skipIf(!clamd || !rspamd)('hot swap by reload under continuous traffic (real daemons; skipped unless scripts/engines.sh start has run)', () => {
   let sink: Sink;
   let second: PrivateClamd;
   let t: TestApp;
@@ -207,7 +207,7 @@ describe('circuit breaker with a real clamd killed and restarted under traffic',
   });
 });
 
-describe.skipIf(!clamd)('fakes that hang or answer garbage (skipped: scripts/engines.sh start has not run)', () => {
+describe.skipIf(!clamd)('fakes that hang or answer garbage (real daemons; skipped unless scripts/engines.sh start has run)', () => {
   let sink: Sink;
   let hang: FakeServer;
   let garbage: FakeServer;
@@ -258,7 +258,7 @@ describe.skipIf(!clamd)('fakes that hang or answer garbage (skipped: scripts/eng
   });
 });
 
-describe.skipIf(!clamd || !rspamd)('operator switches from the CLI while traffic flows (skipped: scripts/engines.sh start has not run)', () => {
+describe.skipIf(!clamd || !rspamd)('operator switches from the CLI while traffic flows (real daemons; skipped unless scripts/engines.sh start has run)', () => {
   let sink: Sink;
   let dir: string;
   let child: ChildIchidan | null = null;

@@ -46,7 +46,7 @@ function db(t: TestApp): Database.Database {
   return new Database(join(t.dataDir, 'queue.db'), { readonly: true });
 }
 
-describe.skipIf(!clamd)('scanning with the real clamd (skipped: scripts/engines.sh start has not run)', () => {
+describe.skipIf(!clamd)('scanning with the real clamd (real daemons; skipped unless scripts/engines.sh start has run)', () => {
   let sink: Sink;
   let hang: FakeServer;
   let hitter: FakeServer;
@@ -207,6 +207,46 @@ describe.skipIf(!clamd)('scanning with the real clamd (skipped: scripts/engines.
     t = undefined;
   });
 
+  it('does not hold the reply for a slow shadow engine; its result is added to the record when it ends', async () => {
+    const slow = await startFakeServer((socket) => {
+      let buf = Buffer.alloc(0);
+      socket.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.subarray(-4).equals(Buffer.alloc(4))) setTimeout(() => socket.end('stream: Slow.Vendor.Sig FOUND\0'), 1_500);
+      });
+    });
+    const dataDir = await mkdtemp(join(tmpdir(), 'ichidan-test-'));
+    try {
+      t = await startApp(config(sink, {
+        engines: [real(), { name: 'slow-trial', type: 'clamd', servers: [{ host: slow.host, port: slow.port }], shadow: true, timeout: '5s' }],
+      }), { dataDir });
+      const t0 = performance.now();
+      const res = await send(t, CLEAN_MAIL);
+      expect(res.reply).toMatch(/^250 /);
+      expect(performance.now() - t0).toBeLessThan(1_000);
+      const rows = db(t);
+      try {
+        await waitUntil(() => (readScan(rows, qidOf(res.reply))?.runs ?? '').includes('slow-trial'), 5_000, 'the shadow run to be recorded');
+        const runs = JSON.parse(readScan(rows, qidOf(res.reply))!.runs) as Array<{ engine: string; status: string; signature?: string; ms: number }>;
+        expect(runs.map((r) => `${r.engine}:${r.status}`)).toEqual(['clamav:clean', 'slow-trial:infected']);
+        expect(runs[1].ms).toBeGreaterThan(1_400);
+      } finally {
+        rows.close();
+      }
+      await t.stop();
+      t = undefined;
+      const stats = new Database(join(dataDir, 'queue.db'), { readonly: true });
+      try {
+        expect(readEngineStats(stats, '2000-01-01').find((r) => r.engine === 'slow-trial')).toMatchObject({ scanned: 1, detected: 1, detectedAlone: 1 });
+      } finally {
+        stats.close();
+      }
+    } finally {
+      await slow.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
   it('quarantines instead of refusing when configured; the message is listed and released on demand', async () => {
     t = await startApp(config(sink, { engines: [real()], scanning: { virus: 'quarantine' } }));
     const before = sink.messages.length;
@@ -229,7 +269,7 @@ describe.skipIf(!clamd)('scanning with the real clamd (skipped: scripts/engines.
   });
 });
 
-describe.skipIf(!clamd || !spamd || !rspamd || !icap)('every engine type together (skipped: scripts/engines.sh start has not run)', () => {
+describe.skipIf(!clamd || !spamd || !rspamd || !icap)('every engine type together (real daemons; skipped unless scripts/engines.sh start has run)', () => {
   let sink: Sink;
   let dns: TestDns;
   let t: TestApp;

@@ -26,7 +26,7 @@ export interface RealDaemonAddress {
   service?: string;
 }
 
-export const SKIP_REASON = 'skipped: the real daemon is not running (start it with scripts/engines.sh start)';
+export const SKIP_REASON = 'real daemon; skipped unless it runs (scripts/engines.sh start)';
 
 interface Entry extends RealDaemonAddress {
   pidFile?: string;
