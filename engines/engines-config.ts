@@ -35,6 +35,8 @@ const spamPolicy = {
   quarantine: level.nullable(),
   /** Refuse with 550 5.7.1 at or above this (null: never). */
   reject: level.nullable(),
+  /** Put this in front of the Subject of mail judged spam but delivered, e.g. "[SPAM]" (null: leave it). */
+  subjectTag: z.string().min(1).max(64).regex(/^[^\x00-\x1f\x7f]*$/, 'text without control characters').nullable(),
 };
 
 const quorumPolicy = { av: quorum, spam: quorum, auth: quorum, policy: quorum };
@@ -47,6 +49,7 @@ export const scanningSchema = z.strictObject({
     tag: spamPolicy.tag.default(0.5),
     quarantine: spamPolicy.quarantine.default(null),
     reject: spamPolicy.reject.default(1),
+    subjectTag: spamPolicy.subjectTag.default(null),
   }).prefault({}),
   /**
    * Engines of each kind that must have answered (size-skipped engines excepted). With fewer, the
@@ -75,6 +78,7 @@ export const tenantScanningSchema = z.strictObject({
     tag: spamPolicy.tag.optional(),
     quarantine: spamPolicy.quarantine.optional(),
     reject: spamPolicy.reject.optional(),
+    subjectTag: spamPolicy.subjectTag.optional(),
   }).optional(),
   quorum: z.strictObject({
     av: quorumPolicy.av.optional(),

@@ -77,6 +77,9 @@ describe('decide()', () => {
     ]);
     const tagged = decide([spam('spamd', 3, 5)], base);
     expect(tagged.headers).toContain('X-Spam-Flag: YES');
+    expect(tagged.subjectTag).toBeNull();
+    expect(decide([spam('spamd', 3, 5)], policy({ spam: { subjectTag: '[SPAM]' } })).subjectTag).toBe('[SPAM]');
+    expect(decide([spam('spamd', 1, 5)], policy({ spam: { subjectTag: '[SPAM]' } })).subjectTag).toBeNull();
     const tag = decide([run('auth', 'auth', { status: 'violation', rule: 'dmarc=fail (p=reject)\r\nBcc: x@evil.test', action: 'tag' })], base);
     expect(tag.headers).toEqual(['X-Ichidan-Tag: auth auth: dmarc=fail (p=reject)??Bcc: x@evil.test']);
     expect(decide([virus('clamav', 'Evil\x1b]0;x\x07 Sig')], base).reason).toBe('virus Evil?]0;x?_Sig found by clamav');
@@ -89,7 +92,7 @@ describe('tenant overrides', () => {
   it('keeps the global settings a tenant does not name', () => {
     const global = scanningSchema.parse({ spam: { tag: 0.4, reject: 2 }, quorum: { spam: 1 } });
     const p = tenantPolicy(global, { spam: { reject: 1.5 }, virus: 'quarantine' });
-    expect(p).toEqual({ virus: 'quarantine', spam: { mode: 'score', tag: 0.4, quarantine: null, reject: 1.5 }, quorum: { av: 1, spam: 1, auth: 0, policy: 0 }, belowQuorum: 'tempfail' });
+    expect(p).toEqual({ virus: 'quarantine', spam: { mode: 'score', tag: 0.4, quarantine: null, reject: 1.5, subjectTag: null }, quorum: { av: 1, spam: 1, auth: 0, policy: 0 }, belowQuorum: 'tempfail' });
   });
 });
 

@@ -44,6 +44,8 @@ export interface Verdict {
   spamScore: number | null;
   /** Kinds that were below quorum (accepted unscanned, or the reason for a tempfail). */
   unscanned: string[];
+  /** Put in front of the Subject at delivery: the message was judged spam and the policy asks for it. */
+  subjectTag: string | null;
 }
 
 const RANK: Record<VerdictAction, number> = { accept: 0, tag: 1, tempfail: 2, quarantine: 3, reject: 4 };
@@ -112,6 +114,7 @@ export function decide(runs: EngineRun[], policy: VerdictPolicy): Verdict {
   const spamRuns = counted.filter((r) => r.kind === 'spam');
   const scored = spamRuns.map((r) => ({ run: r, s: normalised(r, policy) })).filter((x) => x.s !== null) as Array<{ run: EngineRun; s: { n: number; softReject: boolean } }>;
   let spamScore: number | null = null;
+  let subjectTag: string | null = null;
   if (scored.length > 0) {
     const { level, combined } = spamLevel(scored.map((x) => x.s.n), scored.map((x) => x.run.weight), policy);
     spamScore = combined;
@@ -123,6 +126,7 @@ export function decide(runs: EngineRun[], policy: VerdictPolicy): Verdict {
     headers.push(`X-Spam-Status: ${level === 'accept' ? 'No' : 'Yes'}, score=${fmt(combined)} tag=${fmt(tag)}${reject === null ? '' : ` reject=${fmt(reject)}`} mode=${policy.spam.mode} engines=${parts.join(',')}`);
     if (level !== 'accept') {
       headers.push('X-Spam-Flag: YES');
+      subjectTag = policy.spam.subjectTag;
       findings.push({ action: level, reason: `spam (score ${fmt(combined)}, ${policy.spam.mode} mode; ${parts.join(', ')})` });
     }
     for (const x of scored) {
@@ -166,5 +170,5 @@ export function decide(runs: EngineRun[], policy: VerdictPolicy): Verdict {
     }
   }
   if (action === 'accept' && unscanned.length > 0) reason = `accepted unscanned: ${unscanned.join(', ')} quorum not met`;
-  return { action, reason, headers, spamScore, unscanned };
+  return { action, reason, headers, spamScore, unscanned, subjectTag };
 }

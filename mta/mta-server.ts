@@ -17,6 +17,7 @@ import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type
 import { spoolMessage, type EngineSet, type ScanContext } from '../engines/index.js';
 import { runRecord, scanRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
+import { stripRuleText } from '../queue/queue-headers.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 import { isStorageError, receiveInto } from './mta-data.js';
 import type { Policy } from './mta-policy.js';
@@ -314,7 +315,7 @@ export class Listener {
       extraHeaders = verdict.headers.map(headerField).join('');
       // The sender's own copies of what Ichidan now says (and anything claiming to be this host's) are left out at delivery.
       const ours = new Set(verdict.headers.map((h) => h.slice(0, h.indexOf(':')).trim().toLowerCase()).filter((n) => n !== 'authentication-results'));
-      strip = [...ours, 'x-ichidan-*', `authentication-results=${config.hostname.toLowerCase()}`].join(',');
+      strip = stripRuleText([...ours, 'x-ichidan-*', `authentication-results=${config.hostname.toLowerCase()}`], verdict.subjectTag);
     }
     const trace = buildReceived({
       session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,

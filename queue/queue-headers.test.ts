@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { describe, expect, it } from 'vitest';
-import { HeaderStrip, parseStripRule, stripHeaderSection } from './queue-headers.js';
+import { HeaderStrip, parseStripRule, stripHeaderSection, stripRuleText } from './queue-headers.js';
 
 const rule = parseStripRule('X-Spam-Status,x-spam-flag,x-ichidan-*,authentication-results=mx.ichidan.test')!;
 
@@ -26,6 +26,14 @@ describe('stripping header fields at delivery', () => {
       const out = await buffer(Readable.from(chunks).pipe(new HeaderStrip(rule)));
       expect(out.toString()).toBe('From: a@x.test\r\nSubject: hi\r\n\r\nX-Spam-Flag: in the body stays\r\n');
     }
+  });
+
+  it('tags the Subject once when the rule asks for it', () => {
+    const tagging = parseStripRule(stripRuleText(['x-spam-flag'], '[SPAM]'))!;
+    expect(stripHeaderSection('From: a@x.test\r\nSubject: Cheap watches\r\nX-Spam-Flag: NO', tagging)).toBe('From: a@x.test\r\nSubject: [SPAM] Cheap watches');
+    expect(stripHeaderSection('subject:[SPAM] again', tagging)).toBe('subject:[SPAM] again');
+    expect(stripHeaderSection('Subject: folded\r\n long one', tagging)).toBe('Subject: [SPAM] folded\r\n long one');
+    expect(stripHeaderSection('Subject:', tagging)).toBe('Subject: [SPAM]');
   });
 
   it('handles a message that is only a header section', async () => {

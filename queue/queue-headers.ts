@@ -5,7 +5,7 @@
  *   (case-insensitive; "x-ichidan-*" for a prefix), and "authentication-results=HOST" for
  *   Authentication-Results fields whose authserv-id is HOST.
  * Gives: the same bytes with those fields (and their folded continuation lines) left out of the
- *   header section; the body untouched.
+ *   header section, the Subject tagged when the rule says so (spam tagging); the body untouched.
  * Why: Ichidan puts its own X-Spam-*, X-Virus-Scanned, X-Ichidan-* and Authentication-Results
  *   fields in front of the message at delivery; copies a sender wrote into the message must not
  *   sit beside them pretending to be ours (RFC 8601 section 5: a border MTA removes fields that
@@ -21,18 +21,28 @@ export interface StripRule {
   names: Set<string>;
   prefixes: string[];
   authservIds: Set<string>;
+  /** Put in front of the Subject (spam tagging), unless it is already there. */
+  subjectTag: string | null;
 }
 
-/** Parses the stored rule ("x-spam-status,x-ichidan-*,authentication-results=mx.example"). */
+/**
+ * Parses the stored rule: items separated by commas ("x-spam-status,x-ichidan-*,
+ * authentication-results=mx.example"), and after a newline, the subject tag if any.
+ */
 export function parseStripRule(text: string | null): StripRule | null {
   if (!text) return null;
-  const rule: StripRule = { names: new Set(), prefixes: [], authservIds: new Set() };
-  for (const item of text.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean)) {
+  const [list, subjectTag] = text.split('\n');
+  const rule: StripRule = { names: new Set(), prefixes: [], authservIds: new Set(), subjectTag: subjectTag || null };
+  for (const item of list.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean)) {
     if (item.startsWith('authentication-results=')) rule.authservIds.add(item.slice('authentication-results='.length));
     else if (item.endsWith('*')) rule.prefixes.push(item.slice(0, -1));
     else rule.names.add(item);
   }
   return rule;
+}
+
+export function stripRuleText(fields: string[], subjectTag: string | null): string {
+  return fields.join(',') + (subjectTag ? `\n${subjectTag}` : '');
 }
 
 function removes(field: string, rule: StripRule): boolean {
@@ -48,13 +58,22 @@ function removes(field: string, rule: StripRule): boolean {
   return false;
 }
 
-/** The header section with the rule's fields removed. */
+/** A Subject field with the tag in front of its value (once); other fields unchanged. */
+function tagged(field: string[], tag: string | null): string[] {
+  if (!tag || !/^subject\s*:/i.test(field[0])) return field;
+  const colon = field[0].indexOf(':');
+  const value = field[0].slice(colon + 1).trimStart();
+  if (value.startsWith(tag)) return field;
+  return [`${field[0].slice(0, colon + 1)} ${tag} ${value}`.replace(/ +$/, ''), ...field.slice(1)];
+}
+
+/** The header section with the rule's fields removed (and the Subject tagged when asked). */
 export function stripHeaderSection(head: string, rule: StripRule): string {
   const lines = head.split('\r\n');
   const out: string[] = [];
   let field: string[] = [];
   const flush = () => {
-    if (field.length > 0 && !removes(field.join('\r\n'), rule)) out.push(...field);
+    if (field.length > 0 && !removes(field.join('\r\n'), rule)) out.push(...tagged(field, rule.subjectTag));
     field = [];
   };
   for (const line of lines) {

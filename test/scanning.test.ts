@@ -288,8 +288,13 @@ describe.skipIf(!clamd || !spamd || !rspamd || !icap)('every engine type togethe
         demo: { domains: ['example.test'] },
         // A tenant that trials nothing but the attachment policy, with its own spam threshold.
         lax: { domains: ['lax.test'], scanning: { engines: ['attachments'], spam: { reject: null } } },
+        // A tenant that tags spam in the Subject instead of refusing it.
+        tagged: { domains: ['tagged.test'], scanning: { engines: ['spamassassin'], spam: { reject: null, subjectTag: '[SPAM]' } } },
       },
-      routes: { 'example.test': { host: '127.0.0.2', port: sink.port }, 'lax.test': { host: '127.0.0.2', port: sink.port } },
+      routes: {
+        'example.test': { host: '127.0.0.2', port: sink.port }, 'lax.test': { host: '127.0.0.2', port: sink.port },
+        'tagged.test': { host: '127.0.0.2', port: sink.port },
+      },
       engines: [
         { name: 'clamav', type: 'clamd', servers: [{ host: clamd!.host, port: clamd!.port }] },
         { name: 'icap-av', type: 'icap', server: { host: icap!.host, port: icap!.port }, service: icap!.service! },
@@ -365,6 +370,17 @@ describe.skipIf(!clamd || !spamd || !rspamd || !icap)('every engine type togethe
     tx.close();
     expect((err as { response: string }).response).toMatch(/^550 5\.7\.1 message refused: dmarc=fail \(p=reject\) header\.from=strict\.test/);
     expect(dns.queries.map((q) => q.name)).toContain('_dmarc.strict.test');
+  });
+
+  it("tags spam in the Subject for a tenant that asks for it, instead of refusing it", async () => {
+    const before = sink.messages.length;
+    const res = await send(t, gtubeMail(), 'dave@tagged.test');
+    expect(res.reply).toMatch(/^250 /);
+    const [m] = (await sink.waitFor(before + 1)).slice(before);
+    const head = m.data.toString().split('\r\n\r\n')[0];
+    expect(head).toMatch(/\r\nSubject: \[SPAM\] Cheap watches\r\n/);
+    expect(head).toMatch(/\r\nX-Spam-Flag: YES\r\n/);
+    expect(head).toMatch(/\r\nX-Spam-Status: Yes, score=[\d.]+ tag=0\.5 mode=any engines=spamassassin=1000\/5\r\n/);
   });
 
   it('runs a tenant through its own engines only', async () => {
