@@ -3,14 +3,14 @@
  * protocol), as Postfix's connection cache does: a session is reused only after a clean
  * transaction, for at most `maxMessages` messages and `idleMs` of idleness. A reused session
  * found dead before the peer read any of the message is not blamed on the destination: the caller
- * opens a fresh one.
+ * opens a fresh one. A session's transcript travels with it through the cache.
  * The egress work grows this into pools per (site, source IP) with per-site limits.
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { Transcript } from './delivery-transcript.js';
 
 interface Idle {
-  conn: SMTPConnection;
-  uses: number;
+  lease: Lease;
   timer: NodeJS.Timeout;
 }
 
@@ -18,6 +18,7 @@ export interface Lease {
   conn: SMTPConnection;
   uses: number;
   reused: boolean;
+  transcript: Transcript | null;
 }
 
 export class SessionCache {
@@ -30,8 +31,8 @@ export class SessionCache {
     while (list && list.length > 0) {
       const idle = list.pop()!;
       clearTimeout(idle.timer);
-      const c = idle.conn as unknown as { _destroyed: boolean; _closing: boolean };
-      if (!c._destroyed && !c._closing) return { conn: idle.conn, uses: idle.uses, reused: true };
+      const c = idle.lease.conn as unknown as { _destroyed: boolean; _closing: boolean };
+      if (!c._destroyed && !c._closing) return { ...idle.lease, reused: true };
     }
     return undefined;
   }
@@ -45,8 +46,7 @@ export class SessionCache {
       return;
     }
     const entry: Idle = {
-      conn: lease.conn,
-      uses: lease.uses,
+      lease,
       timer: setTimeout(() => {
         const l = this.#idle.get(key);
         const i = l ? l.indexOf(entry) : -1;
@@ -61,14 +61,23 @@ export class SessionCache {
     list.push(entry);
   }
 
-  closeAll(): void {
+  /** QUITs every idle session; resolves when all have ended (their transcripts complete), or after `graceMs`. */
+  closeAll(graceMs = 1_000): Promise<void> {
+    const ended: Array<Promise<void>> = [];
     for (const list of this.#idle.values()) {
       for (const idle of list) {
         clearTimeout(idle.timer);
-        quit(idle.conn);
+        const conn = idle.lease.conn;
+        if ((conn as unknown as { _destroyed: boolean })._destroyed) continue;
+        ended.push(new Promise((resolve) => conn.once('end', () => resolve())));
+        quit(conn);
       }
     }
     this.#idle.clear();
+    if (ended.length === 0) return Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs); });
+    return Promise.race([Promise.all(ended).then(() => undefined), grace]).finally(() => clearTimeout(timer));
   }
 }
 

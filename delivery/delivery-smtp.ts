@@ -7,11 +7,14 @@
  * 2xx delivered, 4xx deferred, 5xx bounced, each with the reply that decided it. A hop that
  * cannot be reached (refused, timeout, greeting refused) is reported as `unreachable` so the
  * caller can try the next MX.
+ * With transcripts on, each new session gets a Transcript (delivery-transcript.ts) fed by
+ * nodemailer's transaction log; each message it carries is tied to it by queue id.
  */
 import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { quit, type Lease, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
+import { Transcript, type TranscriptSink } from './delivery-transcript.js';
 
 export interface OutboundRecipient {
   id: number;
@@ -21,6 +24,9 @@ export interface OutboundRecipient {
 }
 
 export interface OutboundMessage {
+  /** For the transcript: the queue id and the tenant whose lane sends it. */
+  queueId: string;
+  tenant: string;
   sender: string;
   recipients: OutboundRecipient[];
   size: number;
@@ -36,6 +42,8 @@ export interface SessionOptions {
   greetingTimeout: number;
   replyTimeout: number;
   opportunisticTls: boolean;
+  /** Where new sessions' transcripts go, and the most text stored per session; null: not recorded. */
+  transcripts: { sink: TranscriptSink; maxBytes: number } | null;
 }
 
 export type Verdict = 'delivered' | 'deferred' | 'bounced';
@@ -103,7 +111,10 @@ function send(conn: SMTPConnection, envelope: object, message: Readable): Promis
   });
 }
 
-function newConnection(hop: NextHop, address: string, opts: SessionOptions): SMTPConnection {
+function newConnection(hop: NextHop, address: string, opts: SessionOptions): { conn: SMTPConnection; transcript: Transcript | null } {
+  const transcript = opts.transcripts
+    ? new Transcript({ host: hop.name, protocol: hop.protocol, address, port: hop.port, helo: opts.heloName, maxBytes: opts.transcripts.maxBytes }, opts.transcripts.sink)
+    : null;
   const conn = new SMTPConnection({
     host: address,
     port: hop.port,
@@ -117,11 +128,15 @@ function newConnection(hop: NextHop, address: string, opts: SessionOptions): SMT
     socketTimeout: opts.replyTimeout,
     socketCloseTimeout: 0,
     allowInternalNetworkInterfaces: true,
+    // Commands and replies only: `debug` would also log the message itself.
+    logger: transcript?.logger ?? false,
+    transactionLog: transcript !== null,
   } as never);
+  transcript?.watch(conn);
   // Errors outside a command we wait for (the peer dropping the session during RSET, QUIT or while
   // idle) are not ours to report; without a listener they would take the process down.
   conn.on('error', () => undefined);
-  return conn;
+  return { conn, transcript };
 }
 
 /** RSET with a bound: resolves false if the session errors, ends or stays silent. */
@@ -148,12 +163,13 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
     const key = `${address}|${hop.port}|${hop.protocol}`;
     const cached = cache.take(key);
     if (cached) {
+      carry(cached, msg);
       const result = await transact(cached.conn, msg, where, true, hop.protocol === 'lmtp');
       // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
       if (result !== 'stale') return finish(cache, key, { ...cached, uses: cached.uses + 1 }, result);
       cached.conn.close();
     }
-    const conn = newConnection(hop, address, opts);
+    const { conn, transcript } = newConnection(hop, address, opts);
     try {
       await connect(conn);
     } catch (err) {
@@ -168,24 +184,33 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
       };
       continue;
     }
+    const lease: Lease = { conn, uses: 1, reused: false, transcript };
+    carry(lease, msg);
     const result = await transact(conn, msg, where, false, hop.protocol === 'lmtp');
-    return finish(cache, key, { conn, uses: 1, reused: false }, result as Transacted);
+    return finish(cache, key, lease, result as Transacted);
   }
   return lastFailure;
 }
 
 interface Transacted { outcomes: RecipientOutcome[]; clean: boolean; broken: boolean }
 
-/** Hands the session back to the cache when it is in a known state (RSET after a failed transaction). */
+function carry(lease: Lease, msg: OutboundMessage): void {
+  lease.transcript?.carry(msg.queueId, msg.tenant, msg.recipients.map((r) => r.address));
+}
+
+/**
+ * Hands the session back to the cache when it is in a known state (RSET after a failed
+ * transaction). A broken session's transcript is handed over by its end.
+ */
 async function finish(cache: SessionCache, key: string, lease: Lease, result: Transacted): Promise<HopResult> {
   if (result.broken) {
     lease.conn.close();
-  } else if (result.clean) {
-    cache.give(key, lease);
-  } else {
-    if (await resetSession(lease.conn, 30_000)) cache.give(key, lease);
-    else lease.conn.close();
+    return { kind: 'done', outcomes: result.outcomes };
   }
+  const usable = result.clean || await resetSession(lease.conn, 30_000);
+  lease.transcript?.release();
+  if (usable) cache.give(key, lease);
+  else lease.conn.close();
   return { kind: 'done', outcomes: result.outcomes };
 }
 

@@ -5,12 +5,13 @@
  *   domain that are due now) and the current config snapshot.
  * Gives back: one outcome per recipient — delivered (2xx), deferred (4xx, unreachable, lookup
  *   failure) or bounced (5xx, null MX, NXDOMAIN) — with the reply that decided it and the host
- *   that gave it; or `hold` when the route says to keep the mail.
+ *   that gave it; or `hold` when the route says to keep the mail. With transcripts on, every
+ *   session's commands and replies go to the sink the caller passes (delivery-transcript.ts).
  * Network: DNS only to `dns.servers` (none: static routes only); SMTP/LMTP to the next hops,
  *   MX hosts tried in preference order, opportunistic STARTTLS.
  * RFCs: 5321 (SMTP, MX fallback to address records), 7505 (null MX), 3461 (DSN parameters
  *   passed on), 2033 (LMTP).
- * Settings: routes, dns.*, delivery.*.
+ * Settings: routes, dns.*, delivery.* (delivery.transcripts.* for the transcripts).
  *
  * The egress issue grows this into pooled sessions per (site, source IP); callers only see
  * `Egress.deliver`.
@@ -19,8 +20,10 @@ import type { Config } from '../mta/mta-config-schema.js';
 import { createResolver, Router } from './delivery-route.js';
 import { SessionCache } from './delivery-cache.js';
 import { deliverToHop, sameOutcome, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
+import type { TranscriptSink } from './delivery-transcript.js';
 
 export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
+export type { TranscriptChunk, TranscriptConnection, TranscriptLine, TranscriptMessage, TranscriptSink } from './delivery-transcript.js';
 
 export type DeliveryResult =
   | { kind: 'hold' }
@@ -35,7 +38,11 @@ export class Egress {
     this.#router = new Router(config, createResolver(config));
   }
 
-  async deliver(domain: string, msg: OutboundMessage): Promise<DeliveryResult> {
+  /**
+   * `transcripts` receives the transcripts of the sessions this delivery opens (a reused session
+   * keeps the sink and the size cap it was opened with).
+   */
+  async deliver(domain: string, msg: OutboundMessage, transcripts: TranscriptSink | null = null): Promise<DeliveryResult> {
     const decision = await this.#router.route(domain);
     if (decision.kind === 'hold') return { kind: 'hold' };
     if (decision.kind === 'fail') {
@@ -48,6 +55,9 @@ export class Egress {
       greetingTimeout: this.config.delivery.greetingTimeout,
       replyTimeout: this.config.delivery.replyTimeout,
       opportunisticTls: this.config.delivery.opportunisticTls,
+      transcripts: transcripts && this.config.delivery.transcripts.enabled
+        ? { sink: transcripts, maxBytes: this.config.delivery.transcripts.maxBytesPerSession }
+        : null,
     };
     let last: { reason: string; code: number; status: string } | null = null;
     for (const hop of decision.hops) {
@@ -57,5 +67,10 @@ export class Egress {
     }
     const reply = `451 ${last?.status ?? '4.4.1'} ${last?.reason ?? 'no next hop'}`;
     return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain) };
+  }
+
+  /** QUITs the idle sessions and waits (briefly) for them to end, so their transcripts are complete. */
+  closeIdleSessions(): Promise<void> {
+    return this.cache.closeAll();
   }
 }

@@ -15,6 +15,8 @@
  *   ichidan engines enable NAME [-c FILE]
  *   ichidan engines events [-c FILE] [--last N]    breaker transitions and switches, newest first
  *   ichidan reload [-c FILE]         re-read the config file in the running process (also: SIGHUP)
+ *   ichidan sessions list [-c FILE] [--last N] [--host H]   outbound sessions, newest first
+ *   ichidan sessions show ID [-c FILE]   one session: the messages it carried and its transcript
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,6 +26,7 @@ import Database from 'better-sqlite3';
 import { percentile } from '../engines/engines-records.js';
 import type { EngineInfo } from '../engines/index.js';
 import { migrate, queueStatus, readEngineEvents, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
+import { readConnection, readConnections } from '../queue/queue-store-transcripts.js';
 import type { Config } from './mta-config-schema.js';
 import { adminRequest } from './mta-admin.js';
 import { ConfigError, loadConfig } from './mta-config.js';
@@ -43,7 +46,9 @@ const USAGE = `usage:
   ichidan engines disable NAME --reason TEXT [-c FILE]
   ichidan engines enable NAME [-c FILE]
   ichidan engines events [-c FILE] [--last N]
-  ichidan reload [-c FILE]`;
+  ichidan reload [-c FILE]
+  ichidan sessions list [-c FILE] [--last N] [--host H]
+  ichidan sessions show ID [-c FILE]`;
 
 function configPath(args: string[]): string {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
@@ -275,6 +280,60 @@ async function reload(args: string[]): Promise<void> {
   process.stdout.write(`reloaded: generation ${String(body.generation)}${restart.length ? `; needs a restart to apply: ${restart.join(', ')}` : ''}\n`);
 }
 
+const isoMs = (ms: number) => new Date(ms).toISOString();
+
+function sessions(args: string[]): void {
+  const { config, values, positionals } = options(args, { last: { type: 'string' }, host: { type: 'string' } });
+  const [action = 'list', id] = positionals;
+  if (action === 'list') {
+    const last = Number(values.last ?? 20);
+    if (!Number.isInteger(last) || last < 1) {
+      process.stderr.write('--last takes a positive number\n');
+      process.exit(2);
+    }
+    const db = openDb(config.dataDir);
+    const rows = hasTranscripts(db) ? readConnections(db, { last, host: values.host }) : [];
+    db.close();
+    process.stdout.write('id\tstarted\tduration_ms\thost\taddress\ttls\tmessages\tcommands\tstored\tended\n');
+    for (const c of rows) {
+      const ms = c.ended_at === null ? '-' : `${c.ended_at - c.started_at}`;
+      const stored = `${c.bytes_stored} B${c.truncated ? ' (truncated)' : ''}`;
+      process.stdout.write(`${c.id}\t${iso(c.started_at)}\t${ms}\t${safe(c.host)}\t${c.address}:${c.port}\t${c.tls ?? 'none'}\t${c.messages}\t${c.commands}\t${stored}\t${safe(c.ended ?? 'open')}\n`);
+    }
+    return;
+  }
+  if (action !== 'show' || !id) {
+    process.stderr.write(USAGE + '\n');
+    process.exit(2);
+  }
+  const db = openDb(config.dataDir);
+  const session = hasTranscripts(db) ? readConnection(db, id) : undefined;
+  db.close();
+  if (!session) {
+    process.stderr.write(`no session ${id}\n`);
+    process.exit(1);
+  }
+  const { connection: c, messages, commands } = session;
+  const out = [
+    `session ${c.id} (${c.protocol}) to ${safe(c.host)} [${c.address}]:${c.port} from ${c.local_address ?? '?'}:${c.local_port ?? '?'} as ${safe(c.helo)}`,
+    `started ${isoMs(c.started_at)}, ${c.ended_at === null ? 'still open' : `ended ${isoMs(c.ended_at)}: ${safe(c.ended ?? '')}`}`,
+    `tls ${c.tls ?? 'none'}; tenant ${c.tenant ?? '-'}; ${c.messages} messages, ${c.commands} commands, ${c.lines} lines, ${c.bytes_stored} bytes stored${c.truncated ? ' (truncated: maxBytesPerSession reached)' : ''}`,
+  ];
+  for (const m of messages) out.push(`message ${m.n}\t${m.queue_id}\t${m.tenant}\t${safe(m.recipients)}`);
+  for (const l of commands) {
+    const who = l.dir === 'client' ? 'C:' : 'S:';
+    for (const text of l.text.split('\n')) out.push(`${isoMs(l.at)}\t${l.queue_id ?? '-'}\t${who} ${safe(text)}`);
+  }
+  const unstored = c.lines - commands.length;
+  if (unstored > 0) out.push(`... ${unstored} more lines counted but not stored`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+/** A database last written by a version without transcripts has no such tables. */
+function hasTranscripts(db: Database.Database): boolean {
+  return db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get() !== undefined;
+}
+
 const [command, ...rest] = process.argv.slice(2);
 switch (command) {
   case 'start': await start(rest); break;
@@ -285,6 +344,7 @@ switch (command) {
   case 'scans': scans(rest); break;
   case 'engines': await engines(rest); break;
   case 'reload': await reload(rest); break;
+  case 'sessions': sessions(rest); break;
   default:
     process.stderr.write(USAGE + '\n');
     process.exit(command ? 2 : 0);

@@ -130,6 +130,14 @@ export const configSchema = z.strictObject({
     mxPort: port.default(25),
     /** Try STARTTLS when offered (certificates are not verified: opportunistic TLS). */
     opportunisticTls: z.boolean().default(true),
+    /** Every command and reply of every outbound session, stored in the queue database (`ichidan sessions`). */
+    transcripts: z.strictObject({
+      enabled: z.boolean().default(true),
+      /** Text stored per session; later lines are counted, not stored, and the session is marked truncated. */
+      maxBytesPerSession: size.prefault('64KB'),
+      /** Sessions that ended longer ago than this are deleted (checked hourly). */
+      retention: duration.prefault('7d'),
+    }).prefault({}),
   }).prefault({}),
   /** Next hop per recipient domain: exact "example.com", ".example.com" for subdomains, "*" for the rest. */
   routes: z.record(domain, route).default({}),

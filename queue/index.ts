@@ -10,13 +10,14 @@
  *   outcome; failures retry with exponential backoff and jitter until `queue.maxAge`, then bounce.
  * Network: none itself (delivery/ does the talking).
  * RFCs: 3464 (delivery status notifications), 3461 (NOTIFY, RET, ENVID, ORCPT).
- * Settings: dataDir, queue.*.
+ * Also stores the transcripts of delivery's sessions (delivery.transcripts.*), pruned hourly.
+ * Settings: dataDir, queue.*, delivery.transcripts.retention.
  */
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
-import type { Egress, OutboundMessage, RecipientOutcome } from '../delivery/index.js';
+import type { Egress, OutboundMessage, RecipientOutcome, TranscriptChunk } from '../delivery/index.js';
 import { EngineStats, type RunRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Config } from '../mta/mta-config-schema.js';
 import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from './queue-bounce.js';
@@ -36,7 +37,7 @@ const RETURN_FULL_LIMIT = 50_000;
 const SWEEP_INTERVAL_MS = 250;
 /** Bytes of recently accepted small messages kept in memory, saving a file read at their first delivery. */
 const RECENT_BODIES_BUDGET = 16 * 1024 * 1024;
-/** Engine statistics are written this often (and at close); scan records past retention pruned hourly. */
+/** Engine statistics are written this often (and at close); scan records and session transcripts past retention pruned hourly. */
 const STATS_FLUSH_MS = 10_000;
 const PRUNE_INTERVAL_MS = 3_600_000;
 
@@ -152,6 +153,12 @@ export class Queue {
     this.store.write([{ op: 'appendScanRuns', queueId: scan.queueId, runs }]).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record late scans'));
   }
 
+  /** Session transcripts from delivery/: stored without holding delivery up; a failed write is logged. */
+  readonly #recordTranscript = (chunk: TranscriptChunk): void => {
+    this.store.write([{ op: 'recordTranscript', chunk }])
+      .catch((err) => this.log.error({ err, session: chunk.connection.id }, 'could not record a session transcript'));
+  };
+
   /** Records the scan of a message that was refused (accepted ones are recorded by `accept`). */
   recordScan(scan: ScanRecord): void {
     this.#stats.add(scan);
@@ -202,6 +209,8 @@ export class Queue {
     if (this.#sweepTimer) clearInterval(this.#sweepTimer);
     const until = Date.now() + graceMs;
     while ((this.scheduler.active > 0 || this.#sweeping) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    // Idle sessions QUIT while the database is still open, so their transcripts end complete.
+    await this.#egress.closeIdleSessions();
     await this.#flushStats().catch((err) => this.log.error({ err }, 'could not write engine statistics'));
     await this.store.close();
     await this.spool.close();
@@ -267,6 +276,8 @@ export class Queue {
     const owed = rows.filter((r) => r.owed === 'failed');
     const toSend = rows.filter((r) => r.owed !== 'failed');
     const outbound: OutboundMessage = {
+      queueId: msg.id,
+      tenant: job.tenant,
       sender: msg.sender,
       recipients: toSend.map((r) => ({ id: r.id, address: r.address, notify: r.notify, orcpt: r.orcpt })),
       size: msg.size + Buffer.byteLength(msg.trace),
@@ -275,7 +286,7 @@ export class Queue {
       body8bit: msg.body8bit === 1,
       open: () => this.#open(msg),
     };
-    const result = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound) : { kind: 'outcomes' as const, outcomes: [] };
+    const result = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound, this.#recordTranscript) : { kind: 'outcomes' as const, outcomes: [] };
     const now = Date.now();
     const q = this.config.queue;
 
@@ -393,7 +404,7 @@ export class Queue {
     }
   }
 
-  /** Removes finished messages (spool files first, then their rows); writes statistics; prunes old scan records. */
+  /** Removes finished messages (spool files first, then their rows); writes statistics; prunes old scan records and transcripts. */
   async #sweep(): Promise<void> {
     if (this.#sweeping) return;
     this.#sweeping = true;
@@ -402,7 +413,10 @@ export class Queue {
       if (now - this.#statsFlushedAt >= STATS_FLUSH_MS) await this.#flushStats();
       if (now - this.#prunedAt >= PRUNE_INTERVAL_MS) {
         this.#prunedAt = now;
-        await this.store.write([{ op: 'pruneScans', before: now - this.config.scanning.recordRetention }]);
+        await this.store.write([
+          { op: 'pruneScans', before: now - this.config.scanning.recordRetention },
+          { op: 'pruneTranscripts', before: now - this.config.delivery.transcripts.retention },
+        ]);
       }
       const ids = this.store.doneMessages(2000);
       if (ids.length === 0) return;

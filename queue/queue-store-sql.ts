@@ -5,6 +5,7 @@
  * the store's worker thread), so the main thread never waits for a WAL fsync.
  */
 import type Database from 'better-sqlite3';
+import type { TranscriptChunk } from '../delivery/index.js';
 import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
 import type { RunRecord, ScanRecord, StatRow } from '../engines/engines-records.js';
 
@@ -110,6 +111,8 @@ export type WriteOp =
   | { op: 'recordScans'; records: ScanRecord[] }
   | { op: 'saveEngineStats'; rows: StatRow[] }
   | { op: 'pruneScans'; before: number }
+  | { op: 'recordTranscript'; chunk: TranscriptChunk }
+  | { op: 'pruneTranscripts'; before: number }
   | { op: 'engineEvent'; event: EngineEvent }
   | { op: 'appendScanRuns'; queueId: string; runs: RunRecord[] };
 
@@ -181,6 +184,51 @@ CREATE TABLE IF NOT EXISTS engine_switches (
   reason TEXT NOT NULL,
   at INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Outbound session transcripts. A session may carry many messages: connection_messages ties each
+-- (its queue id, tenant, recipients) to the session, and each command line also names the queue id
+-- of the message it was part of (NULL for greeting, EHLO, STARTTLS, RSET between messages, QUIT).
+-- commands.seq counts every line of the session; lines past the size cap are counted, not stored.
+CREATE TABLE IF NOT EXISTS connections (
+  id TEXT PRIMARY KEY,
+  started_at INTEGER NOT NULL,
+  ended_at INTEGER,
+  host TEXT NOT NULL,
+  protocol TEXT NOT NULL,
+  address TEXT NOT NULL,
+  port INTEGER NOT NULL,
+  local_address TEXT,
+  local_port INTEGER,
+  tls TEXT,
+  helo TEXT NOT NULL,
+  tenant TEXT,
+  messages INTEGER NOT NULL,
+  commands INTEGER NOT NULL,
+  lines INTEGER NOT NULL,
+  bytes_stored INTEGER NOT NULL,
+  truncated INTEGER NOT NULL,
+  ended TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS connections_started ON connections (started_at);
+CREATE INDEX IF NOT EXISTS connections_host ON connections (host);
+CREATE TABLE IF NOT EXISTS connection_messages (
+  connection_id TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  queue_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  recipients TEXT NOT NULL,
+  PRIMARY KEY (connection_id, n)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS connection_messages_queue_id ON connection_messages (queue_id);
+CREATE TABLE IF NOT EXISTS commands (
+  connection_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  dir TEXT NOT NULL,
+  queue_id TEXT,
+  text TEXT NOT NULL,
+  PRIMARY KEY (connection_id, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS engine_stats (
   day TEXT NOT NULL,
   engine TEXT NOT NULL,
@@ -235,6 +283,18 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     saveStat: db.prepare(`INSERT OR REPLACE INTO engine_stats (day, engine, scanned, detected, detected_alone, errors, timeouts, skipped, histogram)
       VALUES (@day, @engine, @scanned, @detected, @detectedAlone, @errors, @timeouts, @skipped, @histogram)`),
     pruneScans: db.prepare(`DELETE FROM scans WHERE at < ?`),
+    saveConnection: db.prepare(`INSERT INTO connections (id, started_at, ended_at, host, protocol, address, port, local_address, local_port, tls, helo, tenant,
+      messages, commands, lines, bytes_stored, truncated, ended)
+      VALUES (@id, @startedAt, @endedAt, @host, @protocol, @address, @port, @localAddress, @localPort, @tls, @helo, @tenant,
+      @messages, @commands, @lines, @bytesStored, @truncated, @ended)
+      ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, local_address = excluded.local_address, local_port = excluded.local_port,
+      tls = excluded.tls, tenant = excluded.tenant, messages = excluded.messages, commands = excluded.commands, lines = excluded.lines,
+      bytes_stored = excluded.bytes_stored, truncated = excluded.truncated, ended = excluded.ended`),
+    insertConnectionMessage: db.prepare(`INSERT OR REPLACE INTO connection_messages (connection_id, n, at, queue_id, tenant, recipients) VALUES (?, ?, ?, ?, ?, ?)`),
+    insertCommand: db.prepare(`INSERT OR REPLACE INTO commands (connection_id, seq, at, dir, queue_id, text) VALUES (?, ?, ?, ?, ?, ?)`),
+    pruneCommands: db.prepare(`DELETE FROM commands WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
+    pruneConnectionMessages: db.prepare(`DELETE FROM connection_messages WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
+    pruneConnections: db.prepare(`DELETE FROM connections WHERE COALESCE(ended_at, started_at) < ?`),
     scanRuns: db.prepare(`SELECT runs FROM scans WHERE queue_id = ?`),
     setScanRuns: db.prepare(`UPDATE scans SET runs = ? WHERE queue_id = ?`),
   };
@@ -293,6 +353,17 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         return null;
       case 'pruneScans':
         return s.pruneScans.run(op.before).changes;
+      case 'recordTranscript': {
+        const { connection: c, lines, messages } = op.chunk;
+        s.saveConnection.run({ ...c, truncated: c.truncated ? 1 : 0 });
+        for (const m of messages) s.insertConnectionMessage.run(c.id, m.n, m.at, m.queueId, m.tenant, m.recipients.join(','));
+        for (const l of lines) s.insertCommand.run(c.id, l.seq, l.at, l.dir, l.queueId, l.text);
+        return null;
+      }
+      case 'pruneTranscripts':
+        s.pruneCommands.run(op.before);
+        s.pruneConnectionMessages.run(op.before);
+        return s.pruneConnections.run(op.before).changes;
     }
   };
 }
@@ -354,3 +425,4 @@ export function readSwitches(db: Database.Database): Map<string, OperatorSwitch>
 export function readEngineEvents(db: Database.Database, limit: number): Array<{ at: number; engine: string; event: string; from_state: string | null; to_state: string | null; reason: string }> {
   return db.prepare(`SELECT * FROM engine_events ORDER BY at DESC, rowid DESC LIMIT ?`).all(limit) as never;
 }
+
