@@ -12,7 +12,8 @@
  * Settings: all of them; see README "Configuration".
  */
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { buildEngineSet, EngineHost } from '../engines/index.js';
@@ -116,6 +117,7 @@ export class Ichidan {
     app.configFile = opts.configFile ?? null;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
+    if (config.admin.watchConfig && app.configFile) app.#watch(app.configFile);
     const tls = await loadTlsMaterial(config);
     for (const spec of config.listeners) {
       const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log });
@@ -165,8 +167,40 @@ export class Ichidan {
     return { ok: true, generation, needsRestart: restart };
   }
 
+  #watcher: FSWatcher | null = null;
+
+  /** Reloads when the file changes: editors write in bursts (truncate, write, rename), so wait for quiet. */
+  #watch(file: string): void {
+    let timer: NodeJS.Timeout | null = null;
+    let last = '';
+    const check = () => {
+      timer = null;
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch {
+        return;
+      }
+      if (text === last) return;
+      last = text;
+      this.reload(file);
+    };
+    try {
+      last = readFileSync(file, 'utf8');
+    } catch {
+      // reported at the first reload
+    }
+    // The folder is watched, not the file: an editor that renames a new file into place replaces the inode.
+    this.#watcher = watch(dirname(file), (_event, name) => {
+      if (name !== null && name !== basename(file)) return;
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(check, 300);
+    });
+  }
+
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
+    this.#watcher?.close();
     await Promise.all(this.#listeners.map((l) => l.close()));
     await this.#admin?.close();
     this.#runtime.release();

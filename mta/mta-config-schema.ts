@@ -147,6 +147,8 @@ export const configSchema = z.strictObject({
     /** Also serve the admin API on this loopback TCP port (0 = any free port). */
     port: z.number().int().min(0).max(65535).optional(),
     address: ipAddress.refine((a) => /^127\./.test(a) || a === '::1', 'a loopback address (127.0.0.0/8 or ::1)').default('127.0.0.1'),
+    /** Reload by itself when the config file changes (as SIGHUP does); a bad file is reported and ignored. */
+    watchConfig: z.boolean().default(false),
     /** When set, every admin request must carry `Authorization: Bearer <token>` (the CLI reads ICHIDAN_ADMIN_TOKEN). */
     token: z.string().min(16, 'at least 16 characters').optional(),
   }).prefault({}),

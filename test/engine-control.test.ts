@@ -353,3 +353,40 @@ describe.skipIf(!clamd || !rspamd)('operator switches from the CLI while traffic
     await waitUntil(async () => (await cli('engines', 'list')).stdout.startsWith('generation 4\n'), 5_000, 'the reload by SIGHUP');
   });
 });
+
+describe('admin.watchConfig', () => {
+  let dir: string;
+  let child: ChildIchidan | null = null;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ichidan-test-'));
+  });
+  afterAll(async () => {
+    if (child) {
+      child.proc.kill('SIGTERM');
+      await child.exited;
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reloads when the file changes, and ignores a bad version of it', async () => {
+    const file = join(dir, 'ichidan.yaml');
+    const config = (virus: string) => stringify(baseConfig(join(dir, 'data'), {
+      listeners: [{ name: 'mx', role: 'mx', port: 0 }], admin: { watchConfig: true }, scanning: { virus } as never,
+    }));
+    await writeFile(file, config('reject'));
+    // The CLI reads a config of its own (to find the admin socket): the watched one will be broken on purpose.
+    const cliFile = join(dir, 'cli.yaml');
+    await writeFile(cliFile, config('reject'));
+    child = await startChild(file);
+    const generation = async () => Number(/^generation (\d+)/.exec((await exec(process.execPath, [CLI, 'engines', 'list', '-c', cliFile])).stdout)?.[1]);
+    expect(await generation()).toBe(1);
+    await writeFile(file, config('quarantine'));
+    await waitUntil(async () => (await generation()) === 2, 10_000, 'the reload after the change');
+    await writeFile(file, config('shred'));
+    await sleep(1_000);
+    expect(await generation()).toBe(2);
+    expect(child.proc.exitCode).toBeNull();
+    await writeFile(file, config('reject'));
+    await waitUntil(async () => (await generation()) === 3, 10_000, 'the reload after the fix');
+  });
+});
