@@ -34,7 +34,7 @@ describe('static routes', () => {
 
   it('uses literal addresses as they are', async () => {
     const router = new Router(parseConfig({ routes: { '*': { host: '[127.0.0.7]', port: 2600 } } }), null);
-    expect(await router.route('x.test')).toEqual({ kind: 'hops', hops: [{ name: '[127.0.0.7]', addresses: ['127.0.0.7'], port: 2600, protocol: 'smtp' }] });
+    expect(await router.route('x.test')).toEqual({ kind: 'hops', via: 'route', hops: [{ name: '[127.0.0.7]', addresses: ['127.0.0.7'], port: 2600, protocol: 'smtp' }] });
   });
 });
 

@@ -22,7 +22,8 @@ export interface NextHop {
 
 export type RouteDecision =
   | { kind: 'hold' }
-  | { kind: 'hops'; hops: NextHop[] }
+  /** `via`: a static route (an operator's choice of host) or the domain's MX / address records. */
+  | { kind: 'hops'; via: 'route' | 'mx'; hops: NextHop[] }
   | { kind: 'fail'; permanent: boolean; status: string; reason: string };
 
 export function findStaticRoute(routes: Config['routes'], domain: string): RouteConfig | undefined {
@@ -74,7 +75,7 @@ export class Router {
       if ('hold' in fixed) return { kind: 'hold' };
       const addresses = await this.#addresses(fixed.host);
       if (!Array.isArray(addresses)) return addresses;
-      return { kind: 'hops', hops: [{ name: fixed.host, addresses, port: fixed.port, protocol: fixed.protocol }] };
+      return { kind: 'hops', via: 'route', hops: [{ name: fixed.host, addresses, port: fixed.port, protocol: fixed.protocol }] };
     }
     if (!this.resolver) {
       return { kind: 'fail', permanent: false, status: '4.4.4', reason: `no route for ${domain} (no static route and no dns.servers configured)` };
@@ -104,7 +105,7 @@ export class Router {
         lastFailure = addresses;
       }
     }
-    if (hops.length > 0) return { kind: 'hops', hops };
+    if (hops.length > 0) return { kind: 'hops', via: 'mx', hops };
     // The domain itself has no address and no MX: nothing to retry. MX hosts without an address are
     // the destination's misconfiguration, which is often fixed within the retry period: defer.
     if (mx.length === 0 && lastFailure?.kind === 'fail' && lastFailure.permanent) return lastFailure;

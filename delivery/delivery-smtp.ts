@@ -3,10 +3,14 @@
  *
  * Takes a hop, an envelope and a function that opens the message stream (Ichidan's stored
  * headers followed by the unchanged spool file); tries the hop's addresses in order until one
- * answers, sends with opportunistic STARTTLS, and returns one outcome per recipient:
+ * answers, sends with the STARTTLS the hop's TLS level demands (delivery-tls.ts), and returns one
+ * outcome per recipient:
  * 2xx delivered, 4xx deferred, 5xx bounced, each with the reply that decided it. A hop that
  * cannot be reached (refused, timeout, greeting refused) is reported as `unreachable` so the
- * caller can try the next MX.
+ * caller can try the next MX; so is a hop whose TLS falls short of what its level requires,
+ * with a 4.7.x reply naming the rule — the message is never sent over such a session.
+ * Sessions are cached per TLS level and name, so a reused session always meets the requirement
+ * it was opened for.
  * With transcripts on, each new session gets a Transcript (delivery-transcript.ts) fed by
  * nodemailer's transaction log; each message it carries is tied to it by queue id.
  */
@@ -14,6 +18,7 @@ import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { quit, type Lease, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
+import { tlsProblem, type HopTls } from './delivery-tls.js';
 import { Transcript, type TranscriptSink } from './delivery-transcript.js';
 
 export interface OutboundRecipient {
@@ -41,7 +46,6 @@ export interface SessionOptions {
   connectTimeout: number;
   greetingTimeout: number;
   replyTimeout: number;
-  opportunisticTls: boolean;
   /** Where new sessions' transcripts go, and the most text stored per session; null: not recorded. */
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
 }
@@ -111,7 +115,7 @@ function send(conn: SMTPConnection, envelope: object, message: Readable): Promis
   });
 }
 
-function newConnection(hop: NextHop, address: string, opts: SessionOptions): { conn: SMTPConnection; transcript: Transcript | null } {
+function newConnection(hop: NextHop, address: string, opts: SessionOptions, tls: HopTls): { conn: SMTPConnection; transcript: Transcript | null } {
   const transcript = opts.transcripts
     ? new Transcript({ host: hop.name, protocol: hop.protocol, address, port: hop.port, helo: opts.heloName, maxBytes: opts.transcripts.maxBytes }, opts.transcripts.sink)
     : null;
@@ -120,9 +124,11 @@ function newConnection(hop: NextHop, address: string, opts: SessionOptions): { c
     port: hop.port,
     name: opts.heloName,
     lmtp: hop.protocol === 'lmtp',
-    ignoreTLS: !opts.opportunisticTls,
-    opportunisticTLS: true,
-    tls: { rejectUnauthorized: false, servername: isNameForSni(hop.name) ? hop.name : undefined },
+    ignoreTLS: tls.level === 'none',
+    opportunisticTLS: tls.level === 'opportunistic',
+    requireTLS: tls.level === 'require' || tls.level === 'require-verified',
+    // Unverified levels still check, so an MTA-STS testing policy can be told what would fail.
+    tls: { rejectUnauthorized: tls.level === 'require-verified', servername: isNameForSni(hop.name) ? hop.name : undefined, ca: tls.ca },
     connectionTimeout: opts.connectTimeout,
     greetingTimeout: opts.greetingTimeout,
     socketTimeout: opts.replyTimeout,
@@ -156,25 +162,33 @@ function resetSession(conn: SMTPConnection, timeoutMs: number): Promise<boolean>
   });
 }
 
-export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, cache: SessionCache): Promise<HopResult> {
+export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, cache: SessionCache, tls: HopTls): Promise<HopResult> {
   let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: '4.4.1' };
+  const required = tls.level === 'require' || tls.level === 'require-verified' ? tls.level : null;
   for (const address of hop.addresses) {
     const where = `${hop.name}[${address}]:${hop.port}`;
-    const key = `${address}|${hop.port}|${hop.protocol}`;
+    const key = `${address}|${hop.port}|${hop.protocol}|${tls.level}|${hop.name}`;
     const cached = cache.take(key);
     if (cached) {
+      audit(cached.conn, tls);
       carry(cached, msg);
       const result = await transact(cached.conn, msg, where, true, hop.protocol === 'lmtp');
       // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
       if (result !== 'stale') return finish(cache, key, { ...cached, uses: cached.uses + 1 }, result);
       cached.conn.close();
     }
-    const { conn, transcript } = newConnection(hop, address, opts);
+    const { conn, transcript } = newConnection(hop, address, opts, tls);
     try {
       await connect(conn);
     } catch (err) {
       const e = err as SmtpError;
+      // A failed handshake (an untrusted or misnamed certificate) surfaces as a socket error.
+      const duringTls = e.code === 'ETLS' || (conn as unknown as { upgrading?: boolean }).upgrading === true;
       conn.close();
+      if (required && duringTls) {
+        lastFailure = tlsFailure(tls, where, e.response ? `STARTTLS refused: ${e.response.trim()}` : e.message);
+        continue;
+      }
       const reply = e.response ? parseReply(e.response) : null;
       lastFailure = {
         kind: 'unreachable',
@@ -184,12 +198,30 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
       };
       continue;
     }
+    // requireTLS and rejectUnauthorized already refuse; this check is the guarantee that holds
+    // whatever the library does with its options.
+    const problem = required ? tlsProblem(conn, required) : null;
+    if (problem) {
+      quit(conn);
+      lastFailure = tlsFailure(tls, where, problem);
+      continue;
+    }
+    audit(conn, tls);
     const lease: Lease = { conn, uses: 1, reused: false, transcript };
     carry(lease, msg);
     const result = await transact(conn, msg, where, false, hop.protocol === 'lmtp');
     return finish(cache, key, lease, result as Transacted);
   }
   return lastFailure;
+}
+
+function tlsFailure(tls: HopTls, where: string, problem: string): HopResult {
+  return { kind: 'unreachable', reason: `${tls.rule} requires ${tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${where}: ${problem}; not sent`, code: 451, status: '4.7.5' };
+}
+
+function audit(conn: SMTPConnection, tls: HopTls): void {
+  const problem = tls.audit ? tlsProblem(conn, 'require-verified') : null;
+  if (problem) tls.audit!(problem);
 }
 
 interface Transacted { outcomes: RecipientOutcome[]; clean: boolean; broken: boolean }

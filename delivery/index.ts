@@ -7,19 +7,24 @@
  *   failure) or bounced (5xx, null MX, NXDOMAIN) — with the reply that decided it and the host
  *   that gave it; or `hold` when the route says to keep the mail. With transcripts on, every
  *   session's commands and replies go to the sink the caller passes (delivery-transcript.ts).
- * Network: DNS only to `dns.servers` (none: static routes only); SMTP/LMTP to the next hops,
- *   MX hosts tried in preference order, opportunistic STARTTLS.
+ * Network: DNS only to `dns.servers` (none: static routes only, no MTA-STS); SMTP/LMTP to the
+ *   next hops, MX hosts tried in preference order, STARTTLS as delivery-tls.ts decides per
+ *   domain (tlsPolicy, MTA-STS, else opportunistic); HTTPS to mta-sts.<domain> for policies.
  * RFCs: 5321 (SMTP, MX fallback to address records), 7505 (null MX), 3461 (DSN parameters
- *   passed on), 2033 (LMTP).
- * Settings: routes, dns.*, delivery.* (delivery.transcripts.* for the transcripts).
+ *   passed on), 2033 (LMTP), 3207 (STARTTLS), 8461 (MTA-STS).
+ * Settings: routes, dns.*, delivery.* (delivery.transcripts.* for the transcripts,
+ *   delivery.tlsPolicy, delivery.mtaSts.*, delivery.tls.caFile for TLS).
  *
  * The egress issue grows this into pooled sessions per (site, source IP); callers only see
  * `Egress.deliver`.
  */
+import type { Logger } from 'pino';
 import type { Config } from '../mta/mta-config-schema.js';
 import { createResolver, Router } from './delivery-route.js';
 import { SessionCache } from './delivery-cache.js';
+import { StsPolicyCache } from './delivery-mtasts.js';
 import { deliverToHop, sameOutcome, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
+import { TlsPlanner } from './delivery-tls.js';
 import type { TranscriptSink } from './delivery-transcript.js';
 
 export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
@@ -30,12 +35,23 @@ export type DeliveryResult =
   | { kind: 'outcomes'; outcomes: RecipientOutcome[] };
 
 export { SessionCache } from './delivery-cache.js';
+export { StsPolicyCache } from './delivery-mtasts.js';
+
+export interface EgressShared {
+  /** MTA-STS policies; pass the same one to every Egress of a process so a reload keeps them. */
+  policies?: StsPolicyCache;
+  /** Where MTA-STS `testing` findings are logged (warn); null: not logged. */
+  log?: Logger | null;
+}
 
 export class Egress {
   readonly #router: Router;
+  readonly #tls: TlsPlanner;
   /** Idle sessions outlive a config reload: the cache is shared by every Egress of one process. */
-  constructor(private readonly config: Config, private readonly cache: SessionCache = new SessionCache()) {
-    this.#router = new Router(config, createResolver(config));
+  constructor(private readonly config: Config, private readonly cache: SessionCache = new SessionCache(), shared: EgressShared = {}) {
+    const resolver = createResolver(config);
+    this.#router = new Router(config, resolver);
+    this.#tls = new TlsPlanner(config, resolver, shared.policies ?? new StsPolicyCache(), shared.log ?? null);
   }
 
   /**
@@ -54,14 +70,17 @@ export class Egress {
       connectTimeout: this.config.delivery.connectTimeout,
       greetingTimeout: this.config.delivery.greetingTimeout,
       replyTimeout: this.config.delivery.replyTimeout,
-      opportunisticTls: this.config.delivery.opportunisticTls,
       transcripts: transcripts && this.config.delivery.transcripts.enabled
         ? { sink: transcripts, maxBytes: this.config.delivery.transcripts.maxBytesPerSession }
         : null,
     };
+    const plan = await this.#tls.plan(domain, decision.via, decision.hops);
+    if (plan.kind === 'defer') {
+      return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, `451 ${plan.status} ${plan.reason}`, domain) };
+    }
     let last: { reason: string; code: number; status: string } | null = null;
-    for (const hop of decision.hops) {
-      const result = await deliverToHop(hop, msg, opts, this.cache);
+    for (const { hop, tls } of plan.hops) {
+      const result = await deliverToHop(hop, msg, opts, this.cache, tls);
       if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes };
       last = result;
     }

@@ -18,7 +18,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { buildEngineSet, EngineHost } from '../engines/index.js';
 import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
-import { Egress, SessionCache } from '../delivery/index.js';
+import { Egress, SessionCache, StsPolicyCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
 import { ConfigError, ConfigHandle, loadConfig } from './mta-config.js';
@@ -73,6 +73,7 @@ export class Ichidan {
   #runtime: Runtime;
   readonly #listeners: Listener[] = [];
   #admin: AdminServer | null = null;
+  #policies = new StsPolicyCache();
   readonly engines: EngineHost;
   readonly metrics = new Registry();
   bound: BoundListener[] = [];
@@ -112,8 +113,11 @@ export class Ichidan {
   static async start(config: Config, log: Logger, opts: { configFile?: string } = {}): Promise<Ichidan> {
     await mkdir(config.dataDir, { recursive: true });
     const sessions = new SessionCache();
-    const { queue, report } = await Queue.open(config, new Egress(config, sessions), log);
+    // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
+    const policies = new StsPolicyCache();
+    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log);
     const app = new Ichidan(config, queue, log, sessions);
+    app.#policies = policies;
     app.configFile = opts.configFile ?? null;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
@@ -145,7 +149,7 @@ export class Ichidan {
     this.#runtime = buildRuntime(snap.generation, config, this.engines, this.log);
     previous.release();
     for (const l of this.#listeners) l.apply(config);
-    this.queue.reconfigure(config, new Egress(config, this.sessions));
+    this.queue.reconfigure(config, new Egress(config, this.sessions, { policies: this.#policies, log: this.log }));
     return snap.generation;
   }
 

@@ -128,8 +128,35 @@ export const configSchema = z.strictObject({
     replyTimeout: duration.prefault('5m'),
     /** Port used for hosts found through MX/address records (a lab or test network may move it off 25). */
     mxPort: port.default(25),
-    /** Try STARTTLS when offered (certificates are not verified: opportunistic TLS). */
+    /**
+     * Try STARTTLS when offered, without verifying the certificate (opportunistic TLS). This is the
+     * level of every destination that neither `tlsPolicy` nor an MTA-STS policy says more about.
+     */
     opportunisticTls: z.boolean().default(true),
+    /** Certificate verification for outbound TLS (MTA-STS, `require-verified`, the policy fetch). */
+    tls: z.strictObject({
+      /** A PEM file of extra CA certificates trusted besides Node's store (a private CA, a test CA). */
+      caFile: z.string().min(1).optional(),
+    }).prefault({}),
+    /**
+     * TLS per recipient domain, keys as in `routes` (exact, ".parent", "*"): `require-verified`
+     * (STARTTLS with a certificate valid for the next hop's name, else defer), `require` (STARTTLS
+     * without a certificate check, else defer), `opportunistic` (STARTTLS when offered, not
+     * verified: for a named private host with a broken certificate), `none` (never STARTTLS).
+     * An exact or ".parent" entry is the operator's word for that domain and replaces MTA-STS;
+     * "*" only changes the default level, and MTA-STS still applies on top of it.
+     */
+    tlsPolicy: z.record(domain, z.enum(['require-verified', 'require', 'opportunistic', 'none'])).default({}),
+    /**
+     * MTA-STS (RFC 8461) for mail delivered through MX records (never for static routes): the
+     * `_mta-sts` TXT record through dns.servers (none configured: no lookups), the policy over
+     * HTTPS, kept in memory for its max_age.
+     */
+    mtaSts: z.strictObject({
+      enabled: z.boolean().default(true),
+      /** Port of the policy host's HTTPS server (443; a lab or test network may move it). */
+      policyPort: port.default(443),
+    }).prefault({}),
     /** Every command and reply of every outbound session, stored in the queue database (`ichidan sessions`). */
     transcripts: z.strictObject({
       enabled: z.boolean().default(true),

@@ -36,6 +36,11 @@ export interface SinkOptions {
   lmtpData?: (address: string, attempt: number) => { code: number; text: string } | undefined;
   /** Advertised SIZE limit. */
   size?: number;
+  /** PEM key and certificate offered after STARTTLS (default: smtp-server's built-in self-signed pair). */
+  key?: string;
+  cert?: string;
+  /** Neither offer nor accept STARTTLS. */
+  hideStartTls?: boolean;
 }
 
 export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
@@ -53,6 +58,8 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
     size: opts.size,
     logger: false,
     greetingDelay: 0,
+    ...(opts.key && opts.cert ? { key: opts.key, cert: opts.cert } : {}),
+    ...(opts.hideStartTls ? { hideSTARTTLS: true, disabledCommands: ['STARTTLS'] } : {}),
     onRcptTo(address, _session, cb) {
       const n = (rcptAttempts.get(address.address) ?? 0) + 1;
       rcptAttempts.set(address.address, n);

@@ -1,0 +1,120 @@
+/*
+ * Which TLS each next hop of a delivery must offer.
+ *
+ * Takes a recipient domain and its next hops (from a static route or from MX records); gives each
+ * usable hop its TLS level — none, opportunistic (STARTTLS when offered, not verified), require
+ * (STARTTLS, not verified) or require-verified (STARTTLS with a certificate valid for the hop's
+ * name) — or, when no hop may be used, the reason to defer.
+ * Order of authority:
+ *   1. an exact or ".parent" entry of delivery.tlsPolicy: the operator's word, used as it is;
+ *   2. a static route: the operator chose the host, so MTA-STS (which is about MX records,
+ *      RFC 8461 4) does not apply; the "*" entry or delivery.opportunisticTls sets the level;
+ *   3. MX delivery: the domain's MTA-STS policy. `enforce` drops MX hosts outside the policy and
+ *      requires verified TLS on the others; `testing` delivers at the default level and logs
+ *      (pino warn: domain, mx, reason) what enforce would have refused; `none` or no policy: the
+ *      default level ("*" entry, else delivery.opportunisticTls).
+ * Network: through delivery-mtasts.ts (DNS via dns.servers, HTTPS); none here.
+ * RFCs: 8461 (MTA-STS), 3207 (STARTTLS), 6125 (the name a certificate must carry).
+ * Settings: delivery.tlsPolicy, delivery.opportunisticTls, delivery.mtaSts.*, delivery.tls.caFile.
+ */
+import { readFileSync } from 'node:fs';
+import { rootCertificates, type TLSSocket } from 'node:tls';
+import type { Resolver } from 'node:dns/promises';
+import type { Logger } from 'pino';
+import type SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { Config } from '../mta/mta-config-schema.js';
+import { MtaSts, mxMatches, type StsPolicyCache } from './delivery-mtasts.js';
+import type { NextHop } from './delivery-route.js';
+
+export type TlsLevel = Config['delivery']['tlsPolicy'][string];
+
+export interface HopTls {
+  level: TlsLevel;
+  /** CA certificates to verify against; undefined: Node's store. */
+  ca: string[] | undefined;
+  /** Whose rule demands TLS, for the deferral text ("MTA-STS policy of example.com"). */
+  rule: string;
+  /** MTA-STS testing: told what an enforced policy would refuse on this hop's session. */
+  audit: ((problem: string) => void) | null;
+}
+
+export type TlsPlan =
+  | { kind: 'hops'; hops: Array<{ hop: NextHop; tls: HopTls }> }
+  | { kind: 'defer'; status: string; reason: string };
+
+/** Node's CA store plus the configured file: a private CA is trusted besides, not instead. */
+export function loadCa(caFile: string | undefined): string[] | undefined {
+  if (!caFile) return undefined;
+  try {
+    return [...rootCertificates, readFileSync(caFile, 'utf8')];
+  } catch (err) {
+    throw new Error(`delivery.tls.caFile: cannot read ${caFile}`, { cause: err });
+  }
+}
+
+/** The tlsPolicy entry for a domain: exact, then ".parent" from the closest parent up, then "*". */
+export function findTlsOverride(policy: Config['delivery']['tlsPolicy'], domain: string): { level: TlsLevel; key: string } | undefined {
+  const d = domain.toLowerCase();
+  if (policy[d]) return { level: policy[d], key: d };
+  const labels = d.split('.');
+  for (let i = 1; i < labels.length; i++) {
+    const key = '.' + labels.slice(i).join('.');
+    if (policy[key]) return { level: policy[key], key };
+  }
+  return policy['*'] ? { level: policy['*'], key: '*' } : undefined;
+}
+
+/**
+ * What is wrong with a connected session's TLS for `level` (null: nothing). Node checks the
+ * chain and the name (SNI = the hop's name) even when it does not reject, so the verdict is on
+ * the socket.
+ */
+export function tlsProblem(conn: SMTPConnection, level: 'require' | 'require-verified'): string | null {
+  const socket = (conn as unknown as { _socket?: TLSSocket })._socket;
+  if (!conn.secure || !socket || typeof socket.authorized !== 'boolean') return 'STARTTLS not offered or not completed';
+  if (level === 'require-verified' && !socket.authorized) return `certificate not valid: ${String(socket.authorizationError ?? 'unverified')}`;
+  return null;
+}
+
+export class TlsPlanner {
+  readonly #ca: string[] | undefined;
+  readonly #sts: MtaSts | null;
+
+  constructor(private readonly config: Config, resolver: Resolver | null, policies: StsPolicyCache, private readonly log: Logger | null) {
+    this.#ca = loadCa(config.delivery.tls.caFile);
+    this.#sts = resolver && config.delivery.mtaSts.enabled
+      ? new MtaSts(resolver, policies, { ca: this.#ca, port: config.delivery.mtaSts.policyPort })
+      : null;
+  }
+
+  async plan(domain: string, via: 'route' | 'mx', hops: NextHop[]): Promise<TlsPlan> {
+    const override = findTlsOverride(this.config.delivery.tlsPolicy, domain);
+    const fallback: TlsLevel = override?.level ?? (this.config.delivery.opportunisticTls ? 'opportunistic' : 'none');
+    const rule = override ? `TLS policy "${override.key}" (${override.level}) for ${domain}` : `TLS policy for ${domain}`;
+    const plain = (level: TlsLevel, audit: HopTls['audit'] = null) => (hop: NextHop) => ({ hop, tls: { level, ca: this.#ca, rule, audit } });
+    if ((override && override.key !== '*') || via === 'route' || !this.#sts) {
+      return { kind: 'hops', hops: hops.map(plain(fallback)) };
+    }
+    const found = await this.#sts.lookup(domain);
+    if (found.policy === null || found.policy.mode === 'none') return { kind: 'hops', hops: hops.map(plain(fallback)) };
+    const { mode, mx } = found.policy;
+    if (mode === 'testing') {
+      return {
+        kind: 'hops',
+        hops: hops.map((hop) => {
+          const warn = (reason: string) => this.log?.warn({ domain, mx: hop.name, reason, mtaSts: 'testing' }, 'MTA-STS testing policy would refuse this MX');
+          if (!mxMatches(mx, hop.name)) warn(`MX not in the policy (mx: ${mx.join(', ')})`);
+          return plain(fallback, warn)(hop);
+        }),
+      };
+    }
+    const allowed = hops.filter((hop) => mxMatches(mx, hop.name));
+    if (allowed.length === 0) {
+      return { kind: 'defer', status: '4.7.5', reason: `MTA-STS policy of ${domain} (enforce): no MX host matches its mx patterns (${mx.join(', ')}); not sent` };
+    }
+    return {
+      kind: 'hops',
+      hops: allowed.map((hop) => ({ hop, tls: { level: 'require-verified' as const, ca: this.#ca, rule: `MTA-STS policy of ${domain} (enforce)`, audit: null } })),
+    };
+  }
+}
