@@ -25,6 +25,31 @@ export interface ScanMessage {
   open(range?: { start?: number; end?: number }): Readable;
 }
 
+const CHUNK = 64 * 1024;
+
+/**
+ * Reads through a shared handle with positional reads and never closes it: every engine gets its
+ * own stream, and one engine finishing (or being aborted) must not close the others' file. The
+ * caller closes the handle once all of them are done.
+ */
+function handleStream(handle: FileHandle, size: number, range?: { start?: number; end?: number }): Readable {
+  let position = range?.start ?? 0;
+  const last = Math.min(range?.end ?? size - 1, size - 1);
+  return new Readable({
+    highWaterMark: CHUNK,
+    read() {
+      if (position > last) return void this.push(null);
+      const length = Math.min(CHUNK, last - position + 1);
+      const buf = Buffer.allocUnsafe(length);
+      handle.read(buf, 0, length, position).then(({ bytesRead }) => {
+        if (bytesRead === 0) return void this.push(null);
+        position += bytesRead;
+        this.push(bytesRead === length ? buf : buf.subarray(0, bytesRead));
+      }, (err: Error) => this.destroy(err));
+    },
+  });
+}
+
 /**
  * The spool file as a `ScanMessage`. When the bytes are still in memory (`held`: small messages
  * the DATA path kept), streams read them from there instead: the same bytes, no file I/O.
@@ -37,9 +62,7 @@ export function spoolMessage(path: string, size: number, held?: Buffer[] | null,
     open: (range) => {
       if (!held) {
         // Through a handle opened beforehand when there is one: reads still work once the file is removed.
-        const stream = handle
-          ? createReadStream(path, { fd: handle, autoClose: false, start: range?.start ?? 0, end: range?.end, highWaterMark: 64 * 1024 })
-          : createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: 64 * 1024 });
+        const stream = handle ? handleStream(handle, size, range) : createReadStream(path, { start: range?.start, end: range?.end, highWaterMark: CHUNK });
         // Registered first, so every consumer sees it: a spool read error is never "nothing listening" (ENOENT).
         stream.on('error', (err: NodeJS.ErrnoException) => {
           err.message = `cannot read the message: ${err.message}`;

@@ -70,4 +70,18 @@ describe('EngineHost', () => {
     expect(e.health!.admit(Date.now())).toBe('skip');
     expect(events.at(-1)).toMatchObject({ engine: 'a', event: 'breaker', from: 'closed', to: 'open' });
   });
+
+  it('learns through buildEngineSet that a config with no engines removed them all', async () => {
+    const { buildEngineSet } = await import('./index.js');
+    const { parseConfig } = await import('../mta/mta-config.js');
+    const { h, log } = host();
+    const withOne = buildEngineSet(parseConfig({ engines: [{ name: 'a', type: 'clamd' }] }), h, deps);
+    const none = buildEngineSet(parseConfig({}), h, deps);
+    expect(none.size).toBe(0);
+    expect(h.list()).toEqual([]);
+    expect(h.disable('a', 'gone')).toBe(false);
+    withOne.release();
+    expect(log()).toEqual(['a added', 'a removed', 'a closed']);
+    none.release();
+  });
 });

@@ -110,19 +110,14 @@ export class EngineHost {
    */
   snapshot(configs: EngineConfig[], deps: EngineDeps, context = ''): HeldEngines {
     const next = new Map<string, Slot>();
-    for (const options of configs) {
-      const key = JSON.stringify(options) + context;
-      const existing = this.#current.get(options.name);
-      let slot: Slot;
-      if (existing && existing.key === key) {
-        slot = existing;
-      } else {
-        const engine = definitionOf(options.type).create(options, deps);
-        slot = new Slot(key, options.type, options, engine, this.#switches, this.onEvent);
-        this.onEvent({ at: Date.now(), engine: options.name, event: existing ? 'replaced' : 'added', reason: existing ? 'settings changed' : `type ${options.type}` });
+    try {
+      this.#fill(next, configs, deps, context);
+    } catch (err) {
+      // A factory failed: give back the uses taken so far and close what was built for nothing.
+      for (const slot of next.values()) {
+        if (--slot.users === 0 && this.#current.get(slot.options.name) !== slot) slot.engine.close().catch(() => undefined);
       }
-      slot.users++;
-      next.set(options.name, slot);
+      throw err;
     }
     for (const [name, slot] of this.#current) {
       if (!next.has(name)) this.onEvent({ at: Date.now(), engine: name, event: 'removed', reason: `draining (${slot.users} snapshot${slot.users === 1 ? '' : 's'} still use it)` });
@@ -142,6 +137,23 @@ export class EngineHost {
         }
       },
     };
+  }
+
+  #fill(next: Map<string, Slot>, configs: EngineConfig[], deps: EngineDeps, context: string): void {
+    for (const options of configs) {
+      const key = JSON.stringify(options) + context;
+      const existing = this.#current.get(options.name);
+      let slot: Slot;
+      if (existing && existing.key === key) {
+        slot = existing;
+      } else {
+        const engine = definitionOf(options.type).create(options, deps);
+        slot = new Slot(key, options.type, options, engine, this.#switches, this.onEvent);
+        this.onEvent({ at: Date.now(), engine: options.name, event: existing ? 'replaced' : 'added', reason: existing ? 'settings changed' : `type ${options.type}` });
+      }
+      slot.users++;
+      next.set(options.name, slot);
+    }
   }
 
   /** An operator's switch: the engine is skipped (counted as disabled) from the next scan on. */

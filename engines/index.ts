@@ -41,8 +41,9 @@ export const emptyEngineSet: EngineSet = {
 
 /** The engine set of one config snapshot, from the host's live instances. */
 export function buildEngineSet(config: Config, host: EngineHost, deps: EngineDeps): EngineSet {
-  if (config.engines.length === 0) return emptyEngineSet;
+  // Always through the host, with no engines too: it must learn that the previous ones are gone.
   const held = host.snapshot(config.engines, deps, JSON.stringify({ hostname: config.hostname, dns: config.dns }));
+  if (config.engines.length === 0) return { ...emptyEngineSet, release: () => held.release() };
   const tenants = Object.fromEntries(Object.entries(config.tenants).map(([name, t]) => [name, t.scanning]));
   const runner = new EngineRunner(held.entries, config.scanning, tenants);
   return {

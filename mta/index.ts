@@ -144,12 +144,15 @@ export class Ichidan {
    * the old snapshots named are closed once the last transaction using them ends.
    */
   reconfigure(config: Config): number {
+    // Everything that can fail is built before anything is published: a failure changes nothing.
+    const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
+    const runtime = buildRuntime(this.#handle.current.generation + 1, config, this.engines, this.log);
     const snap = this.#handle.publish(config);
     const previous = this.#runtime;
-    this.#runtime = buildRuntime(snap.generation, config, this.engines, this.log);
+    this.#runtime = runtime;
     previous.release();
     for (const l of this.#listeners) l.apply(config);
-    this.queue.reconfigure(config, new Egress(config, this.sessions, { policies: this.#policies, log: this.log }));
+    this.queue.reconfigure(config, egress);
     return snap.generation;
   }
 
@@ -165,7 +168,14 @@ export class Ichidan {
       return { ok: false, problems };
     }
     const restart = needsRestart(this.config, config);
-    const generation = this.reconfigure(config);
+    let generation: number;
+    try {
+      generation = this.reconfigure(config);
+    } catch (err) {
+      const problems = [(err as Error).message];
+      this.log.error({ file, problems }, 'reload failed: the running configuration stays');
+      return { ok: false, problems };
+    }
     this.log.info({ file, generation, engines: config.engines.map((e) => e.name), needsRestart: restart }, 'configuration reloaded');
     if (restart.length > 0) this.log.warn({ needsRestart: restart }, 'some changed settings apply only after a restart');
     return { ok: true, generation, needsRestart: restart };
@@ -200,6 +210,8 @@ export class Ichidan {
       if (timer) clearTimeout(timer);
       timer = setTimeout(check, 300);
     });
+    this.#watcher.on('error', (err) => this.log.warn({ err, file }, 'cannot watch the config file any more; reload with SIGHUP or ichidan reload'));
+    this.#watcher.on('close', () => { if (timer) clearTimeout(timer); });
   }
 
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */

@@ -35,7 +35,8 @@ export class AdminServer {
       if (token !== undefined && !authorized(req, token)) return reply(res, 401, { error: 'a valid bearer token is required' });
       handle(req, res, app).catch((err) => {
         log.error({ err }, 'admin request failed');
-        reply(res, 500, { error: 'internal error' });
+        if (res.headersSent) res.destroy();
+        else reply(res, 500, { error: 'internal error' });
       });
     };
     await rm(path, { force: true });
@@ -138,8 +139,9 @@ async function handle(req: IncomingMessage, res: ServerResponse, app: Ichidan): 
     return reply(res, released > 0 ? 200 : 404, released > 0 ? { released } : { error: `no held recipients in message ${release[1]}` });
   }
   if (method === 'GET' && url === '/metrics') {
+    const text = await app.metrics.metrics();
     res.writeHead(200, { 'content-type': app.metrics.contentType });
-    res.end(await app.metrics.metrics());
+    res.end(text);
     return;
   }
   reply(res, 404, { error: `no route ${method} ${url}` });

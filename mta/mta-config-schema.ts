@@ -6,6 +6,7 @@
  * the rest of the process only ever sees milliseconds and bytes. The TypeScript types of the
  * running configuration are derived from this schema (`Config`), never written by hand.
  */
+import { accessSync, constants } from 'node:fs';
 import { z } from 'zod';
 import { engineSchema, scanningSchema, tenantScanningSchema } from '../engines/engines-config.js';
 import { cidr, dnsServer, domain, duration, hostname, ipAddress, port, size } from './mta-config-primitives.js';
@@ -184,6 +185,13 @@ export const configSchema = z.strictObject({
   /** How the engines' results make one verdict. */
   scanning: scanningSchema.prefault({}),
 }).superRefine((cfg, ctx) => {
+  if (cfg.delivery.tls.caFile !== undefined) {
+    try {
+      accessSync(cfg.delivery.tls.caFile, constants.R_OK);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: ['delivery', 'tls', 'caFile'], message: `cannot read ${cfg.delivery.tls.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+    }
+  }
   const engineNames = new Set<string>();
   cfg.engines.forEach((e, i) => {
     if (engineNames.has(e.name)) ctx.addIssue({ code: 'custom', path: ['engines', i, 'name'], message: `another engine is already named "${e.name}"` });

@@ -61,6 +61,7 @@ describe('configuration', () => {
     [{ engines: [{ name: 'auth', type: 'mailauth' }] }, 'engines[0].type: sender authentication needs DNS: set dns.servers'],
     [{ engines: [{ name: 'sa', type: 'spamd', onError: 'panic' }] }, 'engines[0].onError: must be one of "skip", "tempfail"'],
     [{ scanning: { spam: { mode: 'most' } } }, 'scanning.spam.mode:'],
+    [{ delivery: { tls: { caFile: '/nonexistent/ca.pem' } } }, 'delivery.tls.caFile: cannot read /nonexistent/ca.pem: ENOENT'],
     [{ scanning: { quorum: { av: -1 } } }, 'scanning.quorum.av:'],
     [{ tenants: { a: { scanning: { engines: ['ghost'] } } } }, 'tenants.a.scanning.engines[0]: no engine named "ghost" (engines: none)'],
   ])('refuses %j naming the key', (input, expected) => {

@@ -230,14 +230,14 @@ export class Listener {
     try {
       received = await receiveInto(stream, writer, config.limits.maxMessageSize);
     } catch (err) {
-      await writer.discard();
+      await writer.discard().catch((e) => this.deps.log.error({ err: e, qid: writer.id }, 'could not remove an incomplete message'));
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, err: (err as Error).message }, 'DATA not completed');
       return fail(REPLIES.dataTimeout);
     } finally {
       clearTimeout(timer);
     }
     const refuse = async (r: SmtpReply, why: string) => {
-      await writer.discard();
+      await writer.discard().catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not remove a refused message'));
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, bytes: received.bytes, reply: `${r.code} ${r.enhanced}` }, why);
       fail(r);
     };
@@ -276,63 +276,70 @@ export class Listener {
     let scan: ScanRecord | undefined;
     let markRecorded = () => undefined as void;
     const recorded = new Promise<void>((resolve) => { markRecorded = resolve; });
-    if (tx.runtime.engines.size > 0) {
-      // The engines read the file (or the bytes kept in memory): every chunk must have reached it.
-      await writer.flush();
-      if (writer.bytes !== bytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${writer.bytes} of ${bytes} bytes`), { code: 'EIO' });
-      // A message not kept in memory is read through one handle, which outlives the file's removal
-      // (a refused message, or one delivered before a shadow engine has finished).
-      const handle = writer.kept ? null : await open(writer.path, 'r');
-      let decision;
-      try {
-        decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout));
-      } catch (err) {
-        await handle?.close();
-        throw err;
-      }
-      const { verdict } = decision;
-      scan = scanRecord(writer.id, context.tenants!, decision, Date.now(), tx.runtime.generation);
-      const record = scan;
-      if (decision.late) {
-        // Recorded after the message's own record is written.
-        const late = decision.late;
-        void recorded.then(() => late).then((runs) => this.deps.queue.recordLateRuns(record, runs.map(runRecord)))
-          .finally(() => handle?.close()).catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not record late scans'));
-      } else {
-        await handle?.close();
-      }
-      this.deps.log.info({
-        qid: writer.id, listener: this.spec.name, verdict: verdict.action, reason: verdict.reason, ms: scan.ms,
-        engines: scan.runs.map((r) => `${r.engine}:${r.status}${r.error ? `(${r.error})` : ''}`).join(' '),
-      }, 'scanned');
-      if (decision.reply) {
-        await writer.discard();
-        this.deps.queue.recordScan(scan);
-        markRecorded();
-        return fail(decision.reply);
-      }
-      if (verdict.action === 'quarantine') quarantine = verdict.reason;
-      extraHeaders = verdict.headers.map(headerField).join('');
-      // The sender's own copies of what Ichidan now says (and anything claiming to be this host's) are left out at delivery.
-      const ours = new Set(verdict.headers.map((h) => h.slice(0, h.indexOf(':')).trim().toLowerCase()).filter((n) => n !== 'authentication-results'));
-      strip = stripRuleText([...ours, 'x-ichidan-*', `authentication-results=${config.hostname.toLowerCase()}`], verdict.subjectTag);
-    }
-    const trace = buildReceived({
-      session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,
-      recipient: recipients.length === 1 ? recipients[0].address : null, now: new Date(),
-    }) + extraHeaders;
     try {
-      const id = await this.deps.queue.accept(writer, {
-        sender, recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
-        smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
-        client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace, quarantine, strip,
-      }, bytes, scan);
-      markRecorded();
-      this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes, ...(quarantine ? { quarantine } : {}) }, quarantine ? 'quarantined' : 'queued');
-      cb(null, `2.0.0 Ok: queued as ${id}`);
-    } catch (err) {
-      this.deps.log.error({ err, qid: writer.id }, 'could not store the message');
-      fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
+      if (tx.runtime.engines.size > 0) {
+        // The engines read the file (or the bytes kept in memory): every chunk must have reached it.
+        await writer.flush();
+        if (writer.bytes !== bytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${writer.bytes} of ${bytes} bytes`), { code: 'EIO' });
+        // A message not kept in memory is read through one handle, which outlives the file's removal
+        // (a refused message, or one delivered before a shadow engine has finished).
+        const handle = writer.kept ? null : await open(writer.path, 'r');
+        let decision;
+        try {
+          decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout));
+        } catch (err) {
+          await handle?.close();
+          throw err;
+        }
+        let record: ScanRecord | undefined;
+        if (decision.late) {
+          // Shadow engines still scanning keep the snapshot (and the handle) until they end; their
+          // runs are added once the message's own record is written.
+          const { late } = decision;
+          const runtime = tx.runtime;
+          runtime.retain();
+          void recorded.then(() => late).then((runs) => { if (record) this.deps.queue.recordLateRuns(record, runs.map(runRecord)); })
+            .catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not record late scans'))
+            .finally(() => {
+              runtime.release();
+              handle?.close().catch(() => undefined);
+            });
+        } else {
+          await handle?.close();
+        }
+        const { verdict } = decision;
+        scan = record = scanRecord(writer.id, context.tenants!, decision, Date.now(), tx.runtime.generation);
+        this.deps.log.info({
+          qid: writer.id, listener: this.spec.name, verdict: verdict.action, reason: verdict.reason, ms: scan.ms,
+          engines: scan.runs.map((r) => `${r.engine}:${r.status}${r.error ? `(${r.error})` : ''}`).join(' '),
+        }, 'scanned');
+        if (decision.reply) {
+          await writer.discard().catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not remove a refused message'));
+          this.deps.queue.recordScan(scan);
+          return fail(decision.reply);
+        }
+        if (verdict.action === 'quarantine') quarantine = verdict.reason;
+        extraHeaders = verdict.headers.map(headerField).join('');
+        // The sender's own copies of what Ichidan now says (and anything claiming to be this host's) are left out at delivery.
+        const ours = new Set(verdict.headers.map((h) => h.slice(0, h.indexOf(':')).trim().toLowerCase()).filter((n) => n !== 'authentication-results'));
+        strip = stripRuleText([...ours, 'x-ichidan-*', `authentication-results=${config.hostname.toLowerCase()}`], verdict.subjectTag);
+      }
+      const trace = buildReceived({
+        session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,
+        recipient: recipients.length === 1 ? recipients[0].address : null, now: new Date(),
+      }) + extraHeaders;
+      try {
+        const id = await this.deps.queue.accept(writer, {
+          sender, recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
+          smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
+          client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace, quarantine, strip,
+        }, bytes, scan);
+        this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes, ...(quarantine ? { quarantine } : {}) }, quarantine ? 'quarantined' : 'queued');
+        cb(null, `2.0.0 Ok: queued as ${id}`);
+      } catch (err) {
+        this.deps.log.error({ err, qid: writer.id }, 'could not store the message');
+        fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
+      }
     } finally {
       markRecorded();
     }

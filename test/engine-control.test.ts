@@ -345,6 +345,11 @@ describe.skipIf(!clamd || !rspamd)('operator switches from the CLI while traffic
     const bad = await cli('reload').then(() => null, (e: { code: number; stderr: string }) => e);
     expect(bad?.code).toBe(1);
     expect(bad?.stderr).toMatch(/scanning\.virus: must be one of "reject", "quarantine"/);
+    // A file the schema accepts but whose CA file is missing: refused, naming the key, and nothing changes.
+    await writeFile(file, text.replace('engines:', 'delivery:\n  tls:\n    caFile: /nonexistent/ca.pem\nengines:'));
+    const missingCa = await cli('reload').then(() => null, (e: { code: number; stderr: string }) => e);
+    expect(missingCa?.stderr).toMatch(/delivery\.tls\.caFile: cannot read \/nonexistent\/ca\.pem/);
+    expect(child!.proc.exitCode).toBeNull();
     await writeFile(file, text.replace('port: 0', 'port: 0\n    greetingDelay: 1s'));
     expect((await cli('reload')).stdout).toBe('reloaded: generation 3; needs a restart to apply: listeners\n');
     // SIGHUP reloads too.

@@ -355,6 +355,19 @@ describe.skipIf(!clamd || !spamd || !rspamd || !icap)('every engine type togethe
     for (const engine of finders) expect(['infected', 'spam']).toContain(scan.runs.find((r) => r.engine === engine)?.status);
   });
 
+  it('scans a message larger than what stays in memory with every engine, each reading it whole', async () => {
+    const filler = Array.from({ length: 4_000 }, (_, i) => `line ${i} of a long report that makes this message bigger than 64 KB.`).join('\n');
+    const raw = eicarMail().replace('Please see the attached invoice.', filler);
+    expect(raw.length).toBeGreaterThan(200_000);
+    const res = await send(t, raw);
+    expect(res.reply).toMatch(/^550 5\.7\.1 message refused: virus found/);
+    const scan = await lastScan(null);
+    const by = Object.fromEntries(scan.runs.map((r) => [r.engine, r.status]));
+    // The attachment at the very end is named invoice.com: the policy engine read that far too.
+    expect(by).toMatchObject({ clamav: 'infected', 'icap-av': 'infected', attachments: 'violation', auth: 'clean' });
+    expect(['clean', 'spam']).toContain(by.rspamd);
+  });
+
   it('refuses an executable attachment through the policy engine', async () => {
     const raw = message({ From: 'alice@sender.test', To: 'bob@example.test', Subject: 'invoice', 'MIME-Version': '1.0', 'Content-Type': 'multipart/mixed; boundary="b"' },
       ['--b', 'Content-Type: text/plain', '', 'see attached', '--b', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="invoice.pdf.exe"',
