@@ -14,7 +14,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, existsSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { freePort, run, waitForPort } from './bench-util.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -39,15 +39,6 @@ const WORKLOADS = process.env.BENCH_ONLY
 const WITH_POSTFIX = process.env.BENCH_POSTFIX !== '0';
 const EXTRA_QUEUE = process.env.BENCH_QUEUE ? `, ${process.env.BENCH_QUEUE}` : '';
 
-async function freePort(host: string): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, host, () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 /** The block device holding `path`, as named in /proc/diskstats. */
 function deviceOf(path: string): string {
   const dev = statSync(path).dev;
@@ -64,26 +55,9 @@ function sectorsWritten(device: string): number {
   return Number(f[9]);
 }
 
-function run(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} exited ${code}`))));
-  });
-}
-
 function startSink(port: number): ChildProcess {
   // -c would print counters; plain is fastest. Backlog 1024.
   return spawn('smtp-sink', ['-u', 'root', `127.0.0.2:${port}`, '1024'], { stdio: 'ignore' });
-}
-
-async function waitForPort(host: string, port: number): Promise<void> {
-  const { connect } = await import('node:net');
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((r) => { const s = connect(port, host, () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nothing listening on ${host}:${port}`);
 }
 
 function smtpSourceArgs(w: Workload, target: string): string[] {

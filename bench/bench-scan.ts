@@ -16,7 +16,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createReadStream, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, connect } from 'node:net';
+
 import os from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -25,6 +25,7 @@ import { spoolMessage, type Engine, type ScanContext } from '../engines/engine.j
 import { engineSchema, scanningSchema, type EngineConfig } from '../engines/engines-config.js';
 import { definitionOf } from '../engines/engines-registry.js';
 import { EngineRunner, type EngineEntry } from '../engines/engines-run.js';
+import { freePort, run, waitForPort } from './bench-util.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'mta', 'mta-cli.js');
@@ -110,31 +111,6 @@ async function overhead(entries: EngineEntry[], file: string, size: number, sess
     total.push(d.ms);
   });
   return { p50: pct(over, 0.5), p99: pct(over, 0.99), verdictP50: pct(total, 0.5) };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(host: string, port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    const ok = await new Promise<boolean>((r) => { const s = connect(port, host, () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nothing listening on ${host}:${port}`);
-}
-
-function run(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} exited ${code}`))));
-  });
 }
 
 /** smtp-source → Ichidan with the given engines → smtp-sink; messages/s first connection to last delivery. */

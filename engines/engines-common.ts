@@ -3,6 +3,7 @@
  * their daemon listens. Each adapter's options schema is `z.strictObject({ ...engineCommon(...),
  * type: z.literal('…'), …its own keys })`.
  */
+import { connect, type Socket } from 'node:net';
 import { z } from 'zod';
 import { duration, size, port } from '../mta/mta-config-primitives.js';
 
@@ -48,6 +49,25 @@ export const daemonAddress = (defaultPort: number) => z.union([
 ]);
 
 export type DaemonAddress = { host: string; port: number } | { socket: string };
+
+/** Connects to a daemon; the attempt is abandoned (socket destroyed) when `signal` aborts. */
+export function openSocket(address: DaemonAddress, signal: AbortSignal): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = 'socket' in address ? connect({ path: address.socket }) : connect({ host: address.host, port: address.port });
+    const onAbort = () => { socket.destroy(); reject(signal.reason); };
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    socket.once('connect', () => {
+      signal.removeEventListener('abort', onAbort);
+      if ('host' in address) socket.setNoDelay(true);
+      resolve(socket);
+    });
+    socket.once('error', (err) => {
+      signal.removeEventListener('abort', onAbort);
+      reject(err);
+    });
+  });
+}
 
 export function describeAddress(a: DaemonAddress): string {
   return 'socket' in a ? `unix:${a.socket}` : `${a.host}:${a.port}`;

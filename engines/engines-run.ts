@@ -127,8 +127,8 @@ export class EngineRunner {
       return run;
     });
     // The verdict waits for the counted engines only; a shadow engine still running then is recorded when it ends.
+    // A shadow run that ended before them has already set its result (its reaction ran first).
     await Promise.all(started.filter((r) => !r.shadow).map((r) => r.promise));
-    await new Promise((r) => setImmediate(r));
     const pending = started.filter((r) => r.result === null);
     const runs = started.filter((r) => r.result !== null).map((r) => r.result!);
     let verdict: Verdict | null = null;

@@ -95,17 +95,3 @@ describe('tenant overrides', () => {
     expect(p).toEqual({ virus: 'quarantine', spam: { mode: 'score', tag: 0.4, quarantine: null, reject: 1.5, subjectTag: null }, quorum: { av: 1, spam: 1, auth: 0, policy: 0 }, belowQuorum: 'tempfail' });
   });
 });
-
-describe('headerField', () => {
-  it.each([
-    ['X-Spam-Status: No, score=0', 'X-Spam-Status: No, score=0\r\n'],
-    ['Authentication-Results: mx.test;\r\n spf=pass', 'Authentication-Results: mx.test;\r\n spf=pass\r\n'],
-    ['X-A: a\r\nBcc: evil@x.test', 'X-A: a\r\n Bcc: evil@x.test\r\n'],
-    ['X-A: a\nB: b', 'X-A: a\r\n B: b\r\n'],
-    ['X-A: a\r\n \r\n\r\nbody', 'X-A: a\r\n body\r\n'],
-    ['X-A: a\rB\u0000c\u001b[0m', 'X-A: a\r\n B c [0m\r\n'],
-  ])('%j', async (input, expected) => {
-    const { headerField } = await import('../mta/mta-server.js');
-    expect(headerField(input)).toBe(expected);
-  });
-});

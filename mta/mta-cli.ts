@@ -25,7 +25,7 @@ import bcrypt from 'bcryptjs';
 import Database from 'better-sqlite3';
 import { percentile } from '../engines/engines-records.js';
 import type { EngineInfo } from '../engines/index.js';
-import { migrate, queueStatus, readEngineEvents, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
+import { createWriter, migrate, queueStatus, readEngineEvents, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
 import { readConnection, readConnections } from '../queue/queue-store-transcripts.js';
 import type { Config } from './mta-config-schema.js';
 import { adminRequest } from './mta-admin.js';
@@ -117,8 +117,8 @@ function hashPassword(args: string[]): void {
 }
 
 function showQueue(args: string[]): void {
-  const config = loadOrExit(configPath(args));
-  const db = new Database(join(config.dataDir, 'queue.db'), { readonly: true, fileMustExist: true });
+  const { config } = options(args);
+  const db = openDb(config.dataDir);
   const { counts, corrupt } = queueStatus(db);
   for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
   for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
@@ -173,11 +173,9 @@ async function quarantine(args: string[]): Promise<void> {
     const db = openDb(config.dataDir, false);
     db.exec(SCHEMA);
     migrate(db);
-    const now = Date.now();
-    const n = db.transaction(() => {
-      db.prepare(`UPDATE messages SET quarantine = NULL, note = 'released from quarantine: ' || quarantine WHERE id = ? AND quarantine IS NOT NULL`).run(id);
-      return db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ? WHERE message_id = ? AND state = 'held'`).run(now, now, id).changes;
-    })();
+    // The same write the running queue makes (queue-store-sql.ts).
+    const apply = createWriter(db);
+    const n = db.transaction(() => (apply({ op: 'releaseMessage', id, now: Date.now() }) as unknown[]).length)();
     db.close();
     if (n === 0) {
       process.stderr.write(`no held recipients in message ${id}\n`);

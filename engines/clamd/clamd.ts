@@ -12,9 +12,9 @@
  * Settings: engines[].servers (list of {host, port} or {socket}), timeout, maxSize.
  * Version: clamd's `VERSION` (engine and signature database), asked on first use and every hour.
  */
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { z } from 'zod';
-import { daemonAddress, describeAddress, engineCommon, type DaemonAddress } from '../engines-common.js';
+import { daemonAddress, describeAddress, engineCommon, openSocket, type DaemonAddress } from '../engines-common.js';
 import { errorResult, socketErrorResult, type Engine, type EngineDeps, type EngineResult, type ScanMessage } from '../engine.js';
 import { parseScanReply, readReply, sendInstream } from './clamd-protocol.js';
 
@@ -28,27 +28,9 @@ export type ClamdOptions = z.output<typeof clamdOptions>;
 
 const VERSION_TTL_MS = 3_600_000;
 
-function open(address: DaemonAddress, signal: AbortSignal): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = 'socket' in address ? connect({ path: address.socket }) : connect({ host: address.host, port: address.port });
-    const onAbort = () => { socket.destroy(); reject(signal.reason); };
-    if (signal.aborted) return onAbort();
-    signal.addEventListener('abort', onAbort, { once: true });
-    socket.once('connect', () => {
-      signal.removeEventListener('abort', onAbort);
-      if ('host' in address) socket.setNoDelay(true);
-      resolve(socket);
-    });
-    socket.once('error', (err) => {
-      signal.removeEventListener('abort', onAbort);
-      reject(err);
-    });
-  });
-}
-
 /** Runs one exchange on a fresh connection, destroying it when done or when `signal` aborts. */
 async function exchange<T>(address: DaemonAddress, signal: AbortSignal, talk: (socket: Socket) => Promise<T>): Promise<T> {
-  const socket = await open(address, signal);
+  const socket = await openSocket(address, signal);
   const onAbort = () => socket.destroy();
   signal.addEventListener('abort', onAbort, { once: true });
   try {
@@ -116,12 +98,13 @@ export function createClamd(options: ClamdOptions, deps: EngineDeps): Engine {
       for (let i = 0; i < servers.length; i++) {
         const index = (preferred + i) % servers.length;
         const address = servers[index];
-        // Asked beside the scan (its own connection), so the version is known when the result is recorded.
+        // Asked beside the scan (its own connection). Only while no version is known yet is it waited
+        // for, so that the first results are recorded with one; later scans never wait on it.
         const versionAsked = refreshVersion(address);
         try {
           const result = await scanOn(address, message, signal);
           preferred = index;
-          await Promise.race([versionAsked, new Promise((r) => setTimeout(r, 0))]);
+          if (version === null) await versionAsked;
           return result;
         } catch (err) {
           last = (err as NodeJS.ErrnoException)?.code === 'EPROTO' && !signal.aborted

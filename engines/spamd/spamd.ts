@@ -20,10 +20,10 @@
  *   every hour), followed by the protocol version of spamd's last reply line:
  *   `SpamAssassin 4.0.1 (2024-03-25); SPAMD/1.1`.
  */
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
-import { daemonAddress, describeAddress, engineCommon, type DaemonAddress } from '../engines-common.js';
+import { daemonAddress, describeAddress, engineCommon, openSocket, type DaemonAddress } from '../engines-common.js';
 import { errorResult, socketErrorResult, type Engine, type EngineDeps, type EngineResult, type ScanMessage } from '../engine.js';
 import {
   EX_TOOBIG, PING_REQUEST, checkerVersion, exitName, parseReply, parseSpamHeader, parseStatusLine, parseSymbols,
@@ -49,24 +49,6 @@ const VERSION_PROBE = Buffer.from('Subject: version probe\r\n\r\n.\r\n');
 
 /** spamd's reply passed any sane length: a protocol error, not a reason to try another server. */
 class ReplyTooLong extends Error {}
-
-function open(address: DaemonAddress, signal: AbortSignal): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = 'socket' in address ? connect({ path: address.socket }) : connect({ host: address.host, port: address.port });
-    const onAbort = () => { socket.destroy(); reject(signal.reason); };
-    if (signal.aborted) return onAbort();
-    signal.addEventListener('abort', onAbort, { once: true });
-    socket.once('connect', () => {
-      signal.removeEventListener('abort', onAbort);
-      if ('host' in address) socket.setNoDelay(true);
-      resolve(socket);
-    });
-    socket.once('error', (err) => {
-      signal.removeEventListener('abort', onAbort);
-      reject(err);
-    });
-  });
-}
 
 /** Everything spamd sends until it closes the connection (it always does after one reply). */
 function readToClose(socket: Socket): Promise<Buffer> {
@@ -126,7 +108,7 @@ async function sendBody(socket: Socket, body: Readable): Promise<void> {
  * The socket is destroyed when done or on abort.
  */
 async function request(address: DaemonAddress, head: string, openBody: (() => Readable) | null, signal: AbortSignal): Promise<Buffer> {
-  const socket = await open(address, signal);
+  const socket = await openSocket(address, signal);
   // Opened only once connected, so that a refused connection leaves no file stream behind.
   const body = openBody?.() ?? null;
   const onAbort = () => socket.destroy();

@@ -5,10 +5,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EICAR } from './engine-contract.js';
+import { closedPort, EICAR } from './engine-contract.js';
 
 export interface PrivateClamd {
   host: string;
@@ -19,14 +19,6 @@ export interface PrivateClamd {
   /** Starts it again on the same port and waits until it answers PING. */
   start(): Promise<void>;
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
 }
 
 function ping(port: number): Promise<boolean> {
@@ -43,7 +35,7 @@ export async function startPrivateClamd(): Promise<PrivateClamd> {
   const dir = await mkdtemp(join(tmpdir(), 'ichidan-clamd-'));
   await mkdir(join(dir, 'db'));
   await writeFile(join(dir, 'db', 'test.ndb'), `Private-Eicar:0:*:${Buffer.from(EICAR).toString('hex')}\n`);
-  const port = await freePort();
+  const port = await closedPort();
   await writeFile(join(dir, 'clamd.conf'), [
     'Foreground yes', `DatabaseDirectory ${join(dir, 'db')}`, `TemporaryDirectory ${dir}`, `TCPSocket ${port}`, 'TCPAddr 127.0.0.1',
     'MaxThreads 8', 'Bytecode no', 'SelfCheck 0', `LogFile ${join(dir, 'clamd.log')}`, ...(process.getuid?.() === 0 ? ['User root'] : []), '',
