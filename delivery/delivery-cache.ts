@@ -1,15 +1,25 @@
 /*
- * Idle SMTP sessions kept open for the next message to the same next hop (address, port,
- * protocol), as Postfix's connection cache does: a session is reused only after a clean
- * transaction, for at most `maxMessages` messages and `idleMs` of idleness. A reused session
- * found dead before the peer read any of the message is not blamed on the destination: the caller
- * opens a fresh one. A session's transcript travels with it through the cache.
- * The egress work grows this into pools per (site, source IP) with per-site limits.
+ * The connection pools: SMTP sessions kept open for the next message to the same next hop, per
+ * (site, source address) pair, as Postfix's connection cache does for a destination.
+ *
+ * A session is reused only after a clean transaction (or a successful RSET), for at most the
+ * site's `messagesPerConnection` messages and `idleTimeout` of idleness; its key names the
+ * address, port, protocol, TLS level, name and source it was opened with, so a reused session
+ * always meets what it was opened for. A reused session found dead before the peer read any of
+ * the message is not blamed on the destination: the caller opens a fresh one.
+ *
+ * Every connection of a pair is counted from its opening to its end, idle ones included: before
+ * a new one opens while the pair is at its `maxConnections`, an idle one of the pair is closed
+ * first, so a destination never sees more connections from one source address than the site's
+ * limit (the scheduler already keeps deliveries in flight within it). A session's transcript and
+ * reply clock travel with it through the pool.
  */
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { ReplyClock } from './delivery-throttle.js';
 import type { Transcript } from './delivery-transcript.js';
 
 interface Idle {
+  key: string;
   lease: Lease;
   timer: NodeJS.Timeout;
 }
@@ -19,46 +29,116 @@ export interface Lease {
   uses: number;
   reused: boolean;
   transcript: Transcript | null;
+  clock: ReplyClock;
+  /** The (site, source address) pair whose limits the connection counts against. */
+  pair: string;
+}
+
+export interface PoolLimits {
+  maxConnections: number;
+  messagesPerConnection: number;
+  idleTimeout: number;
+}
+
+function gone(conn: SMTPConnection): boolean {
+  const c = conn as unknown as { _destroyed: boolean; _closing: boolean };
+  return c._destroyed || c._closing;
 }
 
 export class SessionCache {
   readonly #idle = new Map<string, Idle[]>();
+  /** Idle sessions per pair, oldest first: the first to close when the pair needs room. */
+  readonly #idleByPair = new Map<string, Idle[]>();
+  readonly #open = new Map<string, number>();
 
-  constructor(private readonly idleMs = 2_000, private readonly maxIdlePerKey = 50, private readonly maxMessages = 100) {}
+  constructor(private readonly maxIdlePerKey = 50) {}
+
+  /** Connections of the pair open now (in use or idle). */
+  openCount(pair: string): number {
+    return this.#open.get(pair) ?? 0;
+  }
 
   take(key: string): Lease | undefined {
     const list = this.#idle.get(key);
     while (list && list.length > 0) {
       const idle = list.pop()!;
-      clearTimeout(idle.timer);
-      const c = idle.lease.conn as unknown as { _destroyed: boolean; _closing: boolean };
-      if (!c._destroyed && !c._closing) return { ...idle.lease, reused: true };
+      this.#forget(idle);
+      if (!gone(idle.lease.conn)) return { ...idle.lease, reused: true };
     }
     return undefined;
   }
 
-  give(key: string, lease: Lease): void {
-    const c = lease.conn as unknown as { _destroyed: boolean; _closing: boolean };
+  /** Counts a new connection against its pair until it ends. */
+  opened(pair: string, conn: SMTPConnection): void {
+    this.#open.set(pair, this.openCount(pair) + 1);
+    let counted = true;
+    const end = () => {
+      if (!counted) return;
+      counted = false;
+      const n = this.openCount(pair) - 1;
+      if (n > 0) this.#open.set(pair, n); else this.#open.delete(pair);
+    };
+    conn.once('end', end);
+    conn.once('close', end);
+  }
+
+  /**
+   * Before opening one more connection for the pair: while it is at `max`, closes its oldest idle
+   * session and waits (up to `graceMs`) for that one to end.
+   */
+  async makeRoom(pair: string, max: number, graceMs = 1_000): Promise<void> {
+    while (this.openCount(pair) >= max) {
+      const idle = this.#idleByPair.get(pair)?.[0];
+      if (!idle) return;
+      const list = this.#idle.get(idle.key);
+      const i = list ? list.indexOf(idle) : -1;
+      if (i >= 0) list!.splice(i, 1);
+      this.#forget(idle);
+      const conn = idle.lease.conn;
+      if ((conn as unknown as { _destroyed: boolean })._destroyed) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => { conn.close(); resolve(); }, graceMs);
+        conn.once('end', () => { clearTimeout(timer); resolve(); });
+        quit(conn);
+      });
+    }
+  }
+
+  give(key: string, lease: Lease, limits: PoolLimits): void {
     let list = this.#idle.get(key);
     if (!list) this.#idle.set(key, (list = []));
-    if (c._destroyed || c._closing || lease.uses >= this.maxMessages || list.length >= this.maxIdlePerKey) {
+    if (gone(lease.conn) || lease.uses >= limits.messagesPerConnection || list.length >= this.maxIdlePerKey
+      || this.openCount(lease.pair) > limits.maxConnections) {
       quit(lease.conn);
       return;
     }
     const entry: Idle = {
+      key,
       lease,
       timer: setTimeout(() => {
         const l = this.#idle.get(key);
         const i = l ? l.indexOf(entry) : -1;
         if (i >= 0) l!.splice(i, 1);
+        this.#forget(entry);
         quit(lease.conn);
-      }, this.idleMs),
+      }, limits.idleTimeout),
     };
     entry.timer.unref();
     // Errors on an idle session (the peer closing it) must not crash the process.
     lease.conn.removeAllListeners('error');
     lease.conn.on('error', () => undefined);
     list.push(entry);
+    let byPair = this.#idleByPair.get(lease.pair);
+    if (!byPair) this.#idleByPair.set(lease.pair, (byPair = []));
+    byPair.push(entry);
+  }
+
+  #forget(idle: Idle): void {
+    clearTimeout(idle.timer);
+    const byPair = this.#idleByPair.get(idle.lease.pair);
+    const i = byPair ? byPair.indexOf(idle) : -1;
+    if (i >= 0) byPair!.splice(i, 1);
+    if (byPair && byPair.length === 0) this.#idleByPair.delete(idle.lease.pair);
   }
 
   /** QUITs every idle session; resolves when all have ended (their transcripts complete), or after `graceMs`. */
@@ -66,7 +146,7 @@ export class SessionCache {
     const ended: Array<Promise<void>> = [];
     for (const list of this.#idle.values()) {
       for (const idle of list) {
-        clearTimeout(idle.timer);
+        this.#forget(idle);
         const conn = idle.lease.conn;
         if ((conn as unknown as { _destroyed: boolean })._destroyed) continue;
         ended.push(new Promise((resolve) => conn.once('end', () => resolve())));

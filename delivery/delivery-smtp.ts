@@ -16,8 +16,9 @@
  */
 import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { quit, type Lease, type SessionCache } from './delivery-cache.js';
+import { quit, type Lease, type PoolLimits, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
+import { errorSignal, ReplyClock, worse, type Signal } from './delivery-throttle.js';
 import { tlsProblem, type HopTls } from './delivery-tls.js';
 import { Transcript, type TranscriptSink } from './delivery-transcript.js';
 
@@ -48,6 +49,13 @@ export interface SessionOptions {
   replyTimeout: number;
   /** Where new sessions' transcripts go, and the most text stored per session; null: not recorded. */
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
+  /** The local address to connect from (null: the system's choice). */
+  localAddress: string | null;
+  /** The (site, source address) pair the sessions count against, and its limits. */
+  pair: string;
+  pool: PoolLimits;
+  /** A reply slower than this is a `slow` signal. */
+  slowReply: number;
 }
 
 export type Verdict = 'delivered' | 'deferred' | 'bounced';
@@ -61,9 +69,10 @@ export interface RecipientOutcome {
   host: string;
 }
 
+/** `signal`: what the attempt showed of the destination's attitude (delivery-throttle.ts). */
 export type HopResult =
-  | { kind: 'done'; outcomes: RecipientOutcome[] }
-  | { kind: 'unreachable'; reason: string; code: number; status: string };
+  | { kind: 'done'; outcomes: RecipientOutcome[]; signal: Signal }
+  | { kind: 'unreachable'; reason: string; code: number; status: string; signal: Signal };
 
 interface SmtpError extends Error {
   code?: string;
@@ -115,14 +124,16 @@ function send(conn: SMTPConnection, envelope: object, message: Readable): Promis
   });
 }
 
-function newConnection(hop: NextHop, address: string, opts: SessionOptions, tls: HopTls): { conn: SMTPConnection; transcript: Transcript | null } {
+function newConnection(hop: NextHop, address: string, opts: SessionOptions, tls: HopTls): { conn: SMTPConnection; transcript: Transcript | null; clock: ReplyClock } {
   const transcript = opts.transcripts
     ? new Transcript({ host: hop.name, protocol: hop.protocol, address, port: hop.port, helo: opts.heloName, maxBytes: opts.transcripts.maxBytes }, opts.transcripts.sink)
     : null;
+  const clock = new ReplyClock(transcript?.logger ?? null);
   const conn = new SMTPConnection({
     host: address,
     port: hop.port,
     name: opts.heloName,
+    ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
     lmtp: hop.protocol === 'lmtp',
     ignoreTLS: tls.level === 'none',
     opportunisticTLS: tls.level === 'opportunistic',
@@ -134,15 +145,16 @@ function newConnection(hop: NextHop, address: string, opts: SessionOptions, tls:
     socketTimeout: opts.replyTimeout,
     socketCloseTimeout: 0,
     allowInternalNetworkInterfaces: true,
-    // Commands and replies only: `debug` would also log the message itself.
-    logger: transcript?.logger ?? false,
-    transactionLog: transcript !== null,
+    // Commands and replies only (`debug` would also log the message itself): the reply clock
+    // always reads them, the transcript when there is one.
+    logger: clock.logger,
+    transactionLog: true,
   } as never);
   transcript?.watch(conn);
   // Errors outside a command we wait for (the peer dropping the session during RSET, QUIT or while
   // idle) are not ours to report; without a listener they would take the process down.
   conn.on('error', () => undefined);
-  return { conn, transcript };
+  return { conn, transcript, clock };
 }
 
 /** RSET with a bound: resolves false if the session errors, ends or stays silent. */
@@ -163,21 +175,24 @@ function resetSession(conn: SMTPConnection, timeoutMs: number): Promise<boolean>
 }
 
 export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, cache: SessionCache, tls: HopTls): Promise<HopResult> {
-  let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: '4.4.1' };
+  let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: '4.4.1', signal: { kind: 'failed', detail: 'no address' } };
   const required = tls.level === 'require' || tls.level === 'require-verified' ? tls.level : null;
+  let signal: Signal | null = null;
   for (const address of hop.addresses) {
     const where = `${hop.name}[${address}]:${hop.port}`;
-    const key = `${address}|${hop.port}|${hop.protocol}|${tls.level}|${hop.name}`;
+    const key = `${address}|${hop.port}|${hop.protocol}|${tls.level}|${hop.name}|${opts.localAddress ?? ''}|${opts.heloName}`;
     const cached = cache.take(key);
     if (cached) {
       audit(cached.conn, tls);
       carry(cached, msg);
       const result = await transact(cached.conn, msg, where, true, hop.protocol === 'lmtp');
       // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
-      if (result !== 'stale') return finish(cache, key, { ...cached, uses: cached.uses + 1 }, result);
+      if (result !== 'stale') return finish(cache, key, { ...cached, uses: cached.uses + 1 }, result, opts);
       cached.conn.close();
     }
-    const { conn, transcript } = newConnection(hop, address, opts, tls);
+    await cache.makeRoom(opts.pair, opts.pool.maxConnections);
+    const { conn, transcript, clock } = newConnection(hop, address, opts, tls);
+    cache.opened(opts.pair, conn);
     try {
       await connect(conn);
     } catch (err) {
@@ -190,11 +205,13 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
         continue;
       }
       const reply = e.response ? parseReply(e.response) : null;
+      signal = worse(signal, reply ? replySignal(clock, reply.code, e.response!, opts.slowReply) : errorSignal(e.code, e.message));
       lastFailure = {
         kind: 'unreachable',
         reason: `${where}: ${e.response ? e.response.trim() : e.code ?? e.message}`,
         code: reply?.code ?? 451,
         status: reply && reply.code >= 400 ? reply.status.replace(/^5/, '4') : '4.4.1',
+        signal,
       };
       continue;
     }
@@ -207,16 +224,24 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
       continue;
     }
     audit(conn, tls);
-    const lease: Lease = { conn, uses: 1, reused: false, transcript };
-    carry(lease, msg);
+    const lease: Lease = { conn, uses: 1, reused: false, transcript, clock, pair: opts.pair };
+    carry(lease, msg, false);
     const result = await transact(conn, msg, where, false, hop.protocol === 'lmtp');
-    return finish(cache, key, lease, result as Transacted);
+    return finish(cache, key, lease, result as Transacted, opts);
   }
   return lastFailure;
 }
 
+/** A reply that ended a connection attempt (a 4xx/5xx banner or EHLO answer). */
+function replySignal(clock: ReplyClock, code: number, text: string, slowReply: number): Signal {
+  const seen = clock.signal(slowReply);
+  if (seen.kind !== 'ok') return seen;
+  return { kind: 'failed', detail: `${code} ${text.trim()}` };
+}
+
 function tlsFailure(tls: HopTls, where: string, problem: string): HopResult {
-  return { kind: 'unreachable', reason: `${tls.rule} requires ${tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${where}: ${problem}; not sent`, code: 451, status: '4.7.5' };
+  const reason = `${tls.rule} requires ${tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${where}: ${problem}; not sent`;
+  return { kind: 'unreachable', reason, code: 451, status: '4.7.5', signal: { kind: 'failed', detail: reason } };
 }
 
 function audit(conn: SMTPConnection, tls: HopTls): void {
@@ -224,9 +249,12 @@ function audit(conn: SMTPConnection, tls: HopTls): void {
   if (problem) tls.audit!(problem);
 }
 
-interface Transacted { outcomes: RecipientOutcome[]; clean: boolean; broken: boolean }
+/** `error`: how the connection broke, when it did without a reply. */
+interface Transacted { outcomes: RecipientOutcome[]; clean: boolean; broken: boolean; error?: Signal }
 
-function carry(lease: Lease, msg: OutboundMessage): void {
+/** The session carries this message now; its replies are judged from here (`fresh`: not the connection's own). */
+function carry(lease: Lease, msg: OutboundMessage, fresh = true): void {
+  if (fresh) lease.clock.reset();
   lease.transcript?.carry(msg.queueId, msg.tenant, msg.recipients.map((r) => r.address));
 }
 
@@ -234,16 +262,18 @@ function carry(lease: Lease, msg: OutboundMessage): void {
  * Hands the session back to the cache when it is in a known state (RSET after a failed
  * transaction). A broken session's transcript is handed over by its end.
  */
-async function finish(cache: SessionCache, key: string, lease: Lease, result: Transacted): Promise<HopResult> {
+async function finish(cache: SessionCache, key: string, lease: Lease, result: Transacted, opts: SessionOptions): Promise<HopResult> {
+  let signal = lease.clock.signal(opts.slowReply);
   if (result.broken) {
     lease.conn.close();
-    return { kind: 'done', outcomes: result.outcomes };
+    if (result.error) signal = worse(signal, result.error);
+    return { kind: 'done', outcomes: result.outcomes, signal };
   }
   const usable = result.clean || await resetSession(lease.conn, 30_000);
   lease.transcript?.release();
-  if (usable) cache.give(key, lease);
+  if (usable) cache.give(key, lease, opts.pool);
   else lease.conn.close();
-  return { kind: 'done', outcomes: result.outcomes };
+  return { kind: 'done', outcomes: result.outcomes, signal };
 }
 
 function isNameForSni(name: string): boolean {
@@ -271,6 +301,7 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
   const outcomes: RecipientOutcome[] = [];
   let clean = true;
   let broken = false;
+  let error: Signal | undefined;
   let needReset = false;
   for (const group of dsnGroups(msg.recipients)) {
     // A failed transaction may leave the peer inside MAIL (every RCPT refused): RSET before the next one.
@@ -327,6 +358,7 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
       for (const r of group) if (!decided.has(r.id)) record(r, reply);
       if (!e.response) {
         broken = true;
+        error = errorSignal(e.code, e.message);
         break;
       }
     } finally {
@@ -337,5 +369,5 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
   const done = new Set(outcomes.map((o) => o.id));
   const untried = msg.recipients.filter((r) => !done.has(r.id));
   outcomes.push(...sameOutcome(untried, '451 4.4.2 connection lost before this recipient was tried', where));
-  return { outcomes, clean, broken };
+  return { outcomes, clean, broken, error };
 }

@@ -15,13 +15,16 @@
  * Settings: routes, dns.*, delivery.* (delivery.transcripts.* for the transcripts,
  *   delivery.tlsPolicy, delivery.mtaSts.*, delivery.tls.caFile for TLS).
  *
- * The egress issue grows this into pooled sessions per (site, source IP); callers only see
- * `Egress.deliver`.
+ * Sessions are pooled per (destination site, source address) (delivery-cache.ts); sites are named
+ * in delivery-sites.ts; every delivery also returns the signal it left about the destination's
+ * attitude (delivery-throttle.ts), which the queue's scheduler and throttle control act on.
  */
 import type { Logger } from 'pino';
 import type { Config } from '../mta/mta-config-schema.js';
 import { createResolver, Router } from './delivery-route.js';
 import { SessionCache } from './delivery-cache.js';
+import { Sites, type SiteInfo } from './delivery-sites.js';
+import type { Signal } from './delivery-throttle.js';
 import { StsPolicyCache } from './delivery-mtasts.js';
 import { deliverToHop, sameOutcome, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
 import { TlsPlanner } from './delivery-tls.js';
@@ -30,9 +33,19 @@ import type { TranscriptSink } from './delivery-transcript.js';
 export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
 export type { TranscriptChunk, TranscriptConnection, TranscriptLine, TranscriptMessage, TranscriptSink } from './delivery-transcript.js';
 
+/** `signal` is absent when nothing was attempted on the network. */
 export type DeliveryResult =
   | { kind: 'hold' }
-  | { kind: 'outcomes'; outcomes: RecipientOutcome[] };
+  | { kind: 'outcomes'; outcomes: RecipientOutcome[]; signal?: Signal };
+
+/** Where a delivery counts and leaves from: its site and its source address (from the scheduler). */
+export interface Via {
+  site: string;
+  source: { address: string | null; helo: string | null };
+}
+
+export type { SiteInfo } from './delivery-sites.js';
+export type { Signal, SignalKind } from './delivery-throttle.js';
 
 export { SessionCache } from './delivery-cache.js';
 export { StsPolicyCache } from './delivery-mtasts.js';
@@ -45,12 +58,12 @@ export interface EgressShared {
 }
 
 export class Egress {
-  readonly #router: Router;
   readonly #tls: TlsPlanner;
+  readonly sites: Sites;
   /** Idle sessions outlive a config reload: the cache is shared by every Egress of one process. */
   constructor(private readonly config: Config, private readonly cache: SessionCache = new SessionCache(), shared: EgressShared = {}) {
     const resolver = createResolver(config);
-    this.#router = new Router(config, resolver);
+    this.sites = new Sites(config, new Router(config, resolver));
     this.#tls = new TlsPlanner(config, resolver, shared.policies ?? new StsPolicyCache(), shared.log ?? null);
   }
 
@@ -58,15 +71,22 @@ export class Egress {
    * `transcripts` receives the transcripts of the sessions this delivery opens (a reused session
    * keeps the sink and the size cap it was opened with).
    */
-  async deliver(domain: string, msg: OutboundMessage, transcripts: TranscriptSink | null = null): Promise<DeliveryResult> {
-    const decision = await this.#router.route(domain);
+  async deliver(domain: string, msg: OutboundMessage, transcripts: TranscriptSink | null = null, via: Via | null = null): Promise<DeliveryResult> {
+    const { decision, site: routed } = await this.sites.route(domain);
     if (decision.kind === 'hold') return { kind: 'hold' };
     if (decision.kind === 'fail') {
       const reply = `${decision.permanent ? 550 : 451} ${decision.status} ${decision.reason}`;
       return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain) };
     }
+    // The site the scheduler counted the delivery against, even should the route have moved since.
+    const site: SiteInfo = via && via.site !== routed.key ? this.sites.limits(via.site) : routed;
+    const localAddress = via?.source.address ?? null;
     const opts = {
-      heloName: this.config.delivery.heloName ?? this.config.hostname,
+      heloName: via?.source.helo ?? this.config.delivery.heloName ?? this.config.hostname,
+      localAddress,
+      pair: `${site.key}\u0000${localAddress ?? ''}`,
+      pool: { maxConnections: site.limits.maxConnections, messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout },
+      slowReply: site.slowReply,
       connectTimeout: this.config.delivery.connectTimeout,
       greetingTimeout: this.config.delivery.greetingTimeout,
       replyTimeout: this.config.delivery.replyTimeout,
@@ -78,18 +98,28 @@ export class Egress {
     if (plan.kind === 'defer') {
       return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, `451 ${plan.status} ${plan.reason}`, domain) };
     }
-    let last: { reason: string; code: number; status: string } | null = null;
+    let last: { reason: string; code: number; status: string; signal: Signal } | null = null;
     for (const { hop, tls } of plan.hops) {
       const result = await deliverToHop(hop, msg, opts, this.cache, tls);
-      if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes };
-      last = result;
+      if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes, signal: result.signal };
+      // A host that refused says nothing of the next one; the worst of them counts only if none took the mail.
+      last = !last || rank(result.signal) >= rank(last.signal) ? result : { ...result, signal: last.signal };
     }
     const reply = `451 ${last?.status ?? '4.4.1'} ${last?.reason ?? 'no next hop'}`;
-    return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain) };
+    return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain), signal: last?.signal };
+  }
+
+  /** The scheduler's view of a domain's site (cached route; a lookup when not). */
+  site(domain: string): SiteInfo | Promise<SiteInfo> {
+    return this.sites.site(domain);
   }
 
   /** QUITs the idle sessions and waits (briefly) for them to end, so their transcripts are complete. */
   closeIdleSessions(): Promise<void> {
     return this.cache.closeAll();
   }
+}
+
+function rank(signal: Signal): number {
+  return ['ok', 'failed', 'slow', 'refused', 'throttled'].indexOf(signal.kind);
 }

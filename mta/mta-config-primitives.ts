@@ -18,6 +18,14 @@ export const duration = z.union([
   return Math.round(Number(m[1]) * DURATION_UNIT_MS[m[2]]);
 });
 
+const RATE = /^(\d+)\s*\/\s*(\d*)\s*(ms|s|m|h|d)$/;
+
+/** "600/m", "20/s", "5000/h", "100/10s" → { count, perMs }. */
+export const rate = z.string().regex(RATE, 'a rate such as "600/m", "20/s" or "100/10s"').transform((v) => {
+  const m = RATE.exec(v)!;
+  return { count: Number(m[1]), perMs: (m[2] === '' ? 1 : Number(m[2])) * DURATION_UNIT_MS[m[3]] };
+}).refine((r) => r.count > 0 && r.perMs > 0, 'a rate above zero');
+
 const SIZE = /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB)?$/i;
 const SIZE_UNIT: Record<string, number> = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
 

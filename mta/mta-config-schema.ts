@@ -9,7 +9,7 @@
 import { accessSync, constants } from 'node:fs';
 import { z } from 'zod';
 import { engineSchema, scanningSchema, tenantScanningSchema } from '../engines/engines-config.js';
-import { cidr, dnsServer, domain, duration, hostname, ipAddress, port, size } from './mta-config-primitives.js';
+import { cidr, dnsServer, domain, duration, hostname, ipAddress, port, rate, size } from './mta-config-primitives.js';
 
 export { duration, size };
 
@@ -45,7 +45,36 @@ const tenant = z.strictObject({
   networks: z.array(cidr).default([]),
   /** The engines this tenant's mail goes through and its verdict overrides (see `scanning`). */
   scanning: tenantScanningSchema.optional(),
+  /** How this tenant's outbound mail is scheduled: its share, its caps, its source addresses. */
+  egress: z.strictObject({
+    /** Share of each site's capacity relative to the other tenants with mail for it (deficit round robin). */
+    weight: z.number().positive().max(1000).default(1),
+    /** Most deliveries of this tenant in flight at once, over all destinations (default: no cap of its own). */
+    concurrency: z.number().int().positive().optional(),
+    /** Most messages this tenant may hand to destinations per hour (default: no cap). */
+    messagesPerHour: z.number().int().positive().optional(),
+    /** Name of a `delivery.sourcePools` entry: the local addresses (and HELO names) its mail leaves from. */
+    sourcePool: z.string().min(1).optional(),
+    /** Keep this tenant's mail queued without delivering it (as `ichidan tenants suspend` does, persistently). */
+    suspended: z.boolean().default(false),
+  }).prefault({}),
 });
+
+/** Limits of one destination site, as seen from one source address (what the destination's per-client limits count). */
+const siteLimitFields = {
+  /** Most connections open to the site from one source address, idle ones included. */
+  maxConnections: z.number().int().positive().max(10_000),
+  /** Slow start: the connection limit a site starts at; it grows with successes up to `maxConnections`. */
+  initialConnections: z.number().int().positive().max(10_000),
+  /** Messages one connection carries before it is closed and a new one opened. */
+  messagesPerConnection: z.number().int().positive(),
+  /** An unused connection is closed after this long. */
+  idleTimeout: duration,
+  /** Most messages per interval from one source address, e.g. "600/m", "20/s", "10000/h" (default: no limit). */
+  messageRate: rate.optional(),
+  /** A reply that takes longer than this is a throttle signal (the site is slowed down). */
+  slowReply: duration,
+};
 
 const route = z.union([
   z.strictObject({
@@ -60,6 +89,38 @@ const route = z.union([
     hold: z.literal(true),
   }),
 ]);
+
+const siteDefaults = z.strictObject({
+  maxConnections: siteLimitFields.maxConnections.default(20),
+  initialConnections: siteLimitFields.initialConnections.default(5),
+  messagesPerConnection: siteLimitFields.messagesPerConnection.default(100),
+  idleTimeout: siteLimitFields.idleTimeout.prefault('5s'),
+  messageRate: siteLimitFields.messageRate,
+  slowReply: siteLimitFields.slowReply.prefault('30s'),
+});
+
+const namedSite = z.strictObject({
+  /**
+   * MX host name patterns ("mx.example.net", "*.google.com"): a domain whose mail hosts include a
+   * match belongs to this site. Static-route hosts are matched the same way.
+   */
+  mx: z.array(z.string().regex(/^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?\.?$/i, 'a host name, or "*." and a domain')).default([]),
+  /** Recipient domain patterns ("example.com", "*.example.com") that belong to this site whatever their MX. */
+  domains: z.array(z.string().regex(/^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?\.?$/i, 'a domain, or "*." and a domain')).default([]),
+  maxConnections: siteLimitFields.maxConnections.optional(),
+  initialConnections: siteLimitFields.initialConnections.optional(),
+  messagesPerConnection: siteLimitFields.messagesPerConnection.optional(),
+  idleTimeout: siteLimitFields.idleTimeout.optional(),
+  messageRate: siteLimitFields.messageRate,
+  slowReply: siteLimitFields.slowReply.optional(),
+}).refine((s) => s.mx.length + s.domains.length > 0, 'a site needs at least one `mx` or `domains` pattern');
+
+const sourceAddress = z.strictObject({
+  /** A local address to bind outbound connections to. */
+  address: ipAddress,
+  /** The EHLO name used from this address (its PTR name, usually); default delivery.heloName. */
+  helo: hostname.optional(),
+});
 
 export const configSchema = z.strictObject({
   /** The name this MTA gives in its greeting, its Received headers and its EHLO. */
@@ -158,6 +219,29 @@ export const configSchema = z.strictObject({
       /** Port of the policy host's HTTPS server (443; a lab or test network may move it). */
       policyPort: port.default(443),
     }).prefault({}),
+    /** Limits of every destination site, per source address (see `sites` for sites with their own). */
+    site: siteDefaults.prefault({}),
+    /**
+     * Named sites: domains grouped by MX host patterns or domain patterns, with their own limits
+     * (unset ones come from `site`). Other domains form one site per set of MX hosts.
+     */
+    sites: z.record(z.string().regex(/^[a-z0-9][a-z0-9_.-]*$/i, 'a site name of letters, digits, ".", "-" and "_"'), namedSite).default({}),
+    /** Named sets of local addresses that tenants deliver from (`tenants.NAME.egress.sourcePool`). */
+    sourcePools: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'a pool name of letters, digits, "-" and "_"'), z.array(sourceAddress).min(1)).default({}),
+    /** Reactions to a destination throttling a (site, source address) pair. */
+    throttle: z.strictObject({
+      /** First pause of a throttled pair; each further throttle within `window` doubles it, up to `maxPause`. */
+      pause: duration.prefault('1m'),
+      maxPause: duration.prefault('30m'),
+      /** Signals are counted over this window, for the doubling and for attribution. */
+      window: duration.prefault('10m'),
+      /** A tenant is blamed once the site has had this many throttle signals in `window`… */
+      minSignals: z.number().int().positive().default(3),
+      /** …and that tenant's share of those signals (or of the site's deliveries in the window) reaches this. */
+      attributionShare: z.number().gt(0).max(1).default(0.6),
+      /** How long a blamed tenant stays suspended for the site (0: never suspend automatically). */
+      tenantSuspension: duration.prefault('30m'),
+    }).prefault({}),
     /** Every command and reply of every outbound session, stored in the queue database (`ichidan sessions`). */
     transcripts: z.strictObject({
       enabled: z.boolean().default(true),
@@ -213,6 +297,20 @@ export const configSchema = z.strictObject({
       owner.set(d, name);
     });
   }
+  for (const [name, t] of Object.entries(cfg.tenants)) {
+    const pool = t.egress.sourcePool;
+    if (pool !== undefined && !(pool in cfg.delivery.sourcePools)) {
+      ctx.addIssue({ code: 'custom', path: ['tenants', name, 'egress', 'sourcePool'], message: `no source pool "${pool}" (delivery.sourcePools: ${Object.keys(cfg.delivery.sourcePools).join(', ') || 'none'})` });
+    }
+  }
+  for (const [name, s] of Object.entries(cfg.delivery.sites)) {
+    const max = s.maxConnections ?? cfg.delivery.site.maxConnections;
+    const initial = s.initialConnections ?? cfg.delivery.site.initialConnections;
+    if (initial > max) ctx.addIssue({ code: 'custom', path: ['delivery', 'sites', name, 'initialConnections'], message: `initialConnections (${initial}) is above maxConnections (${max})` });
+  }
+  if (cfg.delivery.site.initialConnections > cfg.delivery.site.maxConnections) {
+    ctx.addIssue({ code: 'custom', path: ['delivery', 'site', 'initialConnections'], message: `initialConnections (${cfg.delivery.site.initialConnections}) is above maxConnections (${cfg.delivery.site.maxConnections})` });
+  }
   cfg.users.forEach((u, i) => {
     if (!(u.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['users', i, 'tenant'], message: `no tenant "${u.tenant}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
   });
@@ -228,3 +326,6 @@ export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;
 export type ListenerConfig = Config['listeners'][number];
 export type RouteConfig = Config['routes'][string];
+export type SiteLimits = Config['delivery']['site'];
+export type NamedSiteConfig = Config['delivery']['sites'][string];
+export type TenantConfig = Config['tenants'][string];

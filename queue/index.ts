@@ -17,18 +17,23 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
-import type { Egress, OutboundMessage, RecipientOutcome, TranscriptChunk } from '../delivery/index.js';
+import type { Egress, OutboundMessage, RecipientOutcome, TranscriptChunk, Via } from '../delivery/index.js';
 import { EngineStats, type RunRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Config } from '../mta/mta-config-schema.js';
 import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from './queue-bounce.js';
 import { HeaderStrip, parseStripRule, type StripRule } from './queue-headers.js';
 import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
-import { Scheduler, type Job } from './queue-scheduler.js';
+import { Scheduler, type Dispatch, type Job, type Source, type TenantPolicy } from './queue-scheduler.js';
+import { openDomains, type RecipientSelector } from './queue-store-egress.js';
+import { EgressControl } from './queue-throttle.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientUpdate, type WriteOp } from './queue-store.js';
 
 export { newQueueId } from './queue-id.js';
+export type { EgressEvent } from './queue-store-egress.js';
+export type { HoldRequest } from './queue-throttle.js';
+export type { PairView } from './queue-scheduler.js';
 export type { SpoolWriter } from './queue-spool.js';
 export type { NewRecipient } from './queue-store.js';
 
@@ -74,10 +79,31 @@ function messageStream(trace: string, openBody: () => Readable, strip: StripRule
   })(), { objectMode: false });
 }
 
+const DEFAULT_SOURCE: Source = { address: null, helo: null };
+const DEFAULT_POLICY: TenantPolicy = { weight: 1, sources: [DEFAULT_SOURCE] };
+
+/** Each configured tenant's share, caps and source addresses, as the scheduler reads them. */
+function tenantPolicies(config: Config): Map<string, TenantPolicy> {
+  const out = new Map<string, TenantPolicy>();
+  for (const [name, t] of Object.entries(config.tenants)) {
+    const pool = t.egress.sourcePool ? config.delivery.sourcePools[t.egress.sourcePool] : undefined;
+    out.set(name, {
+      weight: t.egress.weight,
+      concurrency: t.egress.concurrency,
+      messagesPerHour: t.egress.messagesPerHour,
+      suspended: t.egress.suspended,
+      sources: pool ? pool.map((p) => ({ address: p.address, helo: p.helo ?? null })) : [DEFAULT_SOURCE],
+    });
+  }
+  return out;
+}
+
 export class Queue {
   readonly spool: Spool;
   readonly store: QueueStore;
   readonly scheduler: Scheduler;
+  readonly control: EgressControl;
+  #policies = new Map<string, TenantPolicy>();
   #sweepTimer: NodeJS.Timeout | null = null;
   /** id → body of recently accepted small messages (insertion order = eviction order). */
   readonly #recent = new Map<string, Buffer>();
@@ -94,8 +120,14 @@ export class Queue {
     this.#egress = egress;
     this.scheduler = new Scheduler(
       { concurrency: config.queue.concurrency, laneConcurrency: config.queue.laneConcurrency },
-      (job) => this.#attempt(job),
+      {
+        run: (dispatch) => this.#attempt(dispatch),
+        resolveSite: (domain) => this.#egress.site(domain),
+        tenantPolicy: (tenant) => this.#policies.get(tenant) ?? DEFAULT_POLICY,
+      },
     );
+    this.#policies = tenantPolicies(config);
+    this.control = new EgressControl(config, this.scheduler, this.store, log);
   }
 
   /** Opens spool and database, reconciles them, and schedules every open recipient. */
@@ -104,6 +136,8 @@ export class Queue {
     await queue.spool.init();
     const report = await reconcile(queue.spool, queue.store);
     for (const c of report.corrupt) log.warn({ qid: c.id, reason: c.reason }, 'queue entry set aside as corrupt');
+    const restored = queue.control.restore();
+    if (restored > 0) log.info({ events: restored }, 'egress holds and pauses still in force restored');
     queue.#loadOpen();
     queue.#stats.load(queue.store.engineStatsSince(new Date(Date.now() - 86_400_000).toISOString().slice(0, 10)));
     queue.#sweepTimer = setInterval(() => void queue.#sweep(), SWEEP_INTERVAL_MS);
@@ -115,7 +149,30 @@ export class Queue {
   reconfigure(config: Config, egress: Egress): void {
     this.config = config;
     this.#egress = egress;
+    this.#policies = tenantPolicies(config);
+    this.control.reconfigure(config);
+    for (const site of this.scheduler.knownSites()) this.scheduler.updateSite(egress.sites.limits(site));
     this.scheduler.setLimits({ concurrency: config.queue.concurrency, laneConcurrency: config.queue.laneConcurrency });
+  }
+
+  /** Holds recipients (one message's, a tenant's, a site's) so they stay queued until released; resolves with how many. */
+  async holdRecipients(select: RecipientSelector): Promise<number> {
+    const [n] = await this.store.write([{ op: 'holdRecipients', select, now: Date.now() }]) as [number];
+    return n;
+  }
+
+  /** Removes recipients from the queue without a notice (as postsuper -d does); resolves with how many. */
+  async purge(select: RecipientSelector, reason: string): Promise<number> {
+    const [n] = await this.store.write([{ op: 'purgeRecipients', select, now: Date.now(), reason }]) as [number];
+    if (n > 0) this.log.warn({ ...select, recipients: n, reason }, 'purged');
+    return n;
+  }
+
+  /** The destination domains with queued or held mail that belong to a site (looked up as delivery would). */
+  async domainsOfSite(site: string): Promise<string[]> {
+    const domains = openDomains(this.store.db);
+    const sites = await Promise.all(domains.map((d) => Promise.resolve(this.#egress.site(d)).then((s) => s.key, () => null)));
+    return domains.filter((_, i) => sites[i] === site);
   }
 
   async createWriter(): Promise<SpoolWriter> {
@@ -245,7 +302,8 @@ export class Queue {
   /** Recipients ("message id/recipient number") with an attempt running now. */
   readonly #inFlight = new Set<string>();
 
-  async #attempt(job: Job): Promise<void> {
+  async #attempt(dispatch: Dispatch): Promise<void> {
+    const { job } = dispatch;
     let rows: RecipientRow[] = [];
     let retry: Array<{ id: number; tenant: string; domain: string; due: number }> = [];
     try {
@@ -258,7 +316,7 @@ export class Queue {
         .filter((r) => wanted.has(r.id) && r.state === 'queued' && r.next_attempt <= now + 50 && !this.#inFlight.has(`${r.message_id}/${r.id}`));
       if (rows.length === 0) return;
       for (const r of rows) this.#inFlight.add(`${r.message_id}/${r.id}`);
-      retry = await this.#deliverRows(job, msg, rows);
+      retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source });
     } catch (err) {
       this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
       const due = Date.now() + retryDelay(this.config.queue, 1);
@@ -271,7 +329,7 @@ export class Queue {
   }
 
   /** One attempt for some recipients of one message; returns those to retry, each with its own retry time. */
-  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[]): Promise<Array<{ id: number; tenant: string; domain: string; due: number }>> {
+  async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[], via: Via): Promise<Array<{ id: number; tenant: string; domain: string; due: number }>> {
     // Recipients already refused for good whose bounce is still owed are not sent again.
     const owed = rows.filter((r) => r.owed === 'failed');
     const toSend = rows.filter((r) => r.owed !== 'failed');
@@ -286,8 +344,9 @@ export class Queue {
       body8bit: msg.body8bit === 1,
       open: () => this.#open(msg),
     };
-    const result = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound, this.#recordTranscript) : { kind: 'outcomes' as const, outcomes: [] };
+    const result = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound, this.#recordTranscript, via) : { kind: 'outcomes' as const, outcomes: [] };
     const now = Date.now();
+    if (result.kind === 'outcomes' && result.signal) this.control.onSignal(via.site, via.source.address, job.tenant, result.signal, now);
     const q = this.config.queue;
 
     if (result.kind === 'hold') {

@@ -1,11 +1,26 @@
 /*
- * The scheduler: which delivery job runs next.
+ * The scheduler: which delivery job runs next, from which source address.
  *
  * A job is one message's due recipients for one lane, a lane being (tenant, destination domain).
- * Jobs that are due wait in their lane's FIFO; jobs due later wait in one timer heap and move to
- * their lane when due. Dispatch goes round-robin over the lanes that have work, never past the
- * total concurrency nor a lane's own concurrency, so a lane whose destination is slow or down
- * holds at most its own share and every other lane keeps moving.
+ * Jobs due later wait in one timer heap. A job that comes due is placed under its destination
+ * site (domains grouped by their mail hosts, as the egress names them), then under its tenant
+ * within that site, then in its lane's FIFO:
+ *
+ *   site ─▶ tenants with mail for it (deficit round robin, weighted) ─▶ that tenant's lanes (in turn)
+ *
+ * A site's capacity is counted per (site, source address) pair — what a destination's
+ * per-client limits see: at most `window` deliveries in flight, where the window starts at the
+ * site's `initialConnections` and grows with successes up to `maxConnections` (Postfix's slow
+ * start), shrinks on trouble, and can be paused. An optional message rate per pair is a token
+ * bucket. Sites are served in turn, one job per visit, and each site hands its next slot to the
+ * tenant whose turn it is, so tenants sending to one destination share it by their weights and
+ * a site that is full or paused holds no slot that another site could use: a tarpit stalls only
+ * the lanes that go there.
+ *
+ * Also enforced here: total concurrency, per-lane concurrency, per-tenant concurrency and hourly
+ * message caps, and blocks (holds and suspensions) on a tenant, a site, a tenant at a site, or a
+ * pair. Blocks with an end time lift by themselves. Nothing here talks to the network: the site
+ * of a domain comes from `resolveSite`, and what happened on the wire comes back as `feedback`.
  */
 export interface Job {
   messageId: string;
@@ -20,16 +35,122 @@ export interface SchedulerLimits {
   laneConcurrency: number;
 }
 
-interface Lane {
+/** A local address to deliver from; `address: null` lets the system choose. */
+export interface Source {
+  address: string | null;
+  helo: string | null;
+}
+
+export interface SiteLimits {
+  maxConnections: number;
+  initialConnections: number;
+  messageRate?: { count: number; perMs: number };
+}
+
+export interface SiteRef {
   key: string;
+  limits: SiteLimits;
+}
+
+export interface TenantPolicy {
+  weight: number;
+  concurrency?: number;
+  messagesPerHour?: number;
+  /** Kept queued, not delivered (the config's own suspension). */
+  suspended?: boolean;
+  /** At least one. */
+  sources: Source[];
+}
+
+/** What a job is run with: the site it was counted against and the source address chosen for it. */
+export interface Dispatch {
+  job: Job;
+  site: string;
+  source: Source;
+}
+
+/** A hold or suspension. Unset fields match everything; `until` null: until lifted. */
+export interface Block {
+  id: string;
+  tenant?: string;
+  site?: string;
+  /** A source address ('' for the system's choice); with `site`, pauses that pair. */
+  source?: string;
+  until: number | null;
+}
+
+export type Feedback = 'ok' | 'slow' | 'throttled';
+
+export interface SchedulerDeps {
+  run(dispatch: Dispatch): Promise<void>;
+  /** The site of a destination domain; may answer at once (cached) or later (a lookup). */
+  resolveSite(domain: string): SiteRef | Promise<SiteRef>;
+  tenantPolicy(tenant: string): TenantPolicy;
+  now?: () => number;
+}
+
+export interface PairView {
+  site: string;
+  source: string;
+  window: number;
+  active: number;
+  maxConnections: number;
+}
+
+interface Lane {
+  domain: string;
   ready: Job[];
   head: number;
   active: number;
 }
 
+interface SiteTenant {
+  tenant: string;
+  lanes: Map<string, Lane>;
+  /** Domains of lanes with ready jobs, visited in turn. */
+  ring: string[];
+  pos: number;
+  deficit: number;
+}
+
+interface Site {
+  key: string;
+  limits: SiteLimits;
+  tenants: Map<string, SiteTenant>;
+  /** Tenants with ready jobs here, visited in turn. */
+  ring: string[];
+  pos: number;
+  active: number;
+}
+
+interface Pair {
+  window: number;
+  /** The site's maxConnections when last seen. */
+  max: number;
+  active: number;
+  /** Token bucket for the site's message rate. */
+  tokens: number;
+  refilledAt: number;
+  usedAt: number;
+}
+
+interface TenantState {
+  active: number;
+  tokens: number;
+  refilledAt: number;
+}
+
 export function laneKey(tenant: string, domain: string): string {
   return `${tenant}\u0000${domain}`;
 }
+
+function pairKey(site: string, source: string | null): string {
+  return `${site}\u0000${source ?? ''}`;
+}
+
+const HOUR_MS = 3_600_000;
+/** Pair state (the learned window) is forgotten after this long unused. */
+const PAIR_IDLE_MS = 30 * 60_000;
 
 /** A binary min-heap of jobs by due time. */
 class DueHeap {
@@ -68,27 +189,39 @@ class DueHeap {
   }
 }
 
+/** Why a visit could not start a job: never, or not before `until`. */
+type Wait = { until: number };
+const NEVER: Wait = { until: Infinity };
+
 export class Scheduler {
-  readonly #lanes = new Map<string, Lane>();
-  /** Lanes with ready jobs, visited in turn. */
+  readonly #sites = new Map<string, Site>();
+  /** Sites with ready jobs, visited in turn. */
   #ring: string[] = [];
   #ringPos = 0;
+  readonly #pairs = new Map<string, Pair>();
+  readonly #tenants = new Map<string, TenantState>();
+  readonly #blocks = new Map<string, Block>();
+  /** Jobs whose domain's site is being looked up. */
+  readonly #resolving = new Map<string, Job[]>();
   readonly #later = new DueHeap();
   #active = 0;
   #timer: NodeJS.Timeout | null = null;
   #timerAt = Infinity;
   #stopped = false;
+  #pumping = false;
+  readonly #now: () => number;
 
-  constructor(
-    private limits: SchedulerLimits,
-    private readonly run: (job: Job) => Promise<void>,
-    private readonly now: () => number = Date.now,
-  ) {}
+  constructor(private limits: SchedulerLimits, private readonly deps: SchedulerDeps) {
+    this.#now = deps.now ?? Date.now;
+  }
 
   get active(): number { return this.#active; }
   get waiting(): number {
     let n = this.#later.size;
-    for (const lane of this.#lanes.values()) n += lane.ready.length - lane.head;
+    for (const jobs of this.#resolving.values()) n += jobs.length;
+    for (const site of this.#sites.values()) {
+      for (const st of site.tenants.values()) for (const lane of st.lanes.values()) n += lane.ready.length - lane.head;
+    }
     return n;
   }
 
@@ -97,8 +230,25 @@ export class Scheduler {
     this.#pump();
   }
 
+  /** New limits for a known site (after a config reload); its learned window is kept within them. */
+  updateSite(ref: SiteRef): void {
+    const site = this.#sites.get(ref.key);
+    if (site) site.limits = ref.limits;
+    for (const [key, pair] of this.#pairs) {
+      if (!key.startsWith(ref.key + '\u0000')) continue;
+      pair.max = ref.limits.maxConnections;
+      pair.window = Math.min(pair.window, pair.max);
+    }
+    this.#pump();
+  }
+
+  /** The site keys jobs are currently placed under (for operator commands by site). */
+  knownSites(): string[] {
+    return [...this.#sites.keys()];
+  }
+
   add(job: Job): void {
-    if (job.due <= this.now()) this.#makeReady(job);
+    if (job.due <= this.#now()) this.#makeReady(job);
     else this.#later.push(job);
     this.#pump();
   }
@@ -109,71 +259,331 @@ export class Scheduler {
     this.#timer = null;
   }
 
+  /** Adds or replaces a block; returns nothing, lifts by `unblock(id)` or by its end time. */
+  block(block: Block): void {
+    this.#blocks.set(block.id, block);
+    this.#pump();
+  }
+
+  unblock(id: string): boolean {
+    const had = this.#blocks.delete(id);
+    if (had) this.#pump();
+    return had;
+  }
+
+  blocks(): Block[] {
+    this.#expireBlocks();
+    return [...this.#blocks.values()];
+  }
+
+  /**
+   * What a delivery on (site, source) showed: success grows the window by 1/window while it is
+   * in full use (one more connection per window's worth of successes); a slow reply takes one
+   * off; a throttle halves it. Never below 1 nor above the site's maximum.
+   */
+  feedback(site: string, source: string | null, kind: Feedback): void {
+    const pair = this.#pairs.get(pairKey(site, source));
+    if (!pair) return;
+    if (kind === 'ok') {
+      if (pair.active >= Math.floor(pair.window)) pair.window = Math.min(pair.max, pair.window + 1 / pair.window);
+    } else if (kind === 'slow') {
+      pair.window = Math.max(1, pair.window - 1);
+    } else {
+      pair.window = Math.max(1, pair.window / 2);
+    }
+  }
+
+  /** The pair's current window (undefined: not known yet). */
+  window(site: string, source: string | null): number | undefined {
+    return this.#pairs.get(pairKey(site, source))?.window;
+  }
+
+  /** Puts a pair's window back (an operator undoing a reduction), within the site's maximum. */
+  setWindow(site: string, source: string | null, window: number): void {
+    const pair = this.#pairs.get(pairKey(site, source));
+    if (pair) pair.window = Math.max(1, Math.min(pair.max, window));
+    this.#pump();
+  }
+
+  pairs(): PairView[] {
+    const out: PairView[] = [];
+    for (const [key, pair] of this.#pairs) {
+      const [site, source] = key.split('\u0000');
+      out.push({ site, source, window: Math.floor(pair.window), active: pair.active, maxConnections: pair.max });
+    }
+    return out;
+  }
+
   #makeReady(job: Job): void {
-    const key = laneKey(job.tenant, job.domain);
-    let lane = this.#lanes.get(key);
-    if (!lane) {
-      lane = { key, ready: [], head: 0, active: 0 };
-      this.#lanes.set(key, lane);
+    const pending = this.#resolving.get(job.domain);
+    if (pending) {
+      pending.push(job);
+      return;
     }
-    if (lane.ready.length === lane.head) this.#ring.push(key);
-    lane.ready.push(job);
-  }
-
-  #promoteDue(): void {
-    const now = this.now();
-    while (this.#later.size > 0 && this.#later.peek()!.due <= now) this.#makeReady(this.#later.pop()!);
-  }
-
-  #pump(): void {
-    if (this.#stopped) return;
-    this.#promoteDue();
-    let idleVisits = 0;
-    while (this.#active < this.limits.concurrency && this.#ring.length > 0 && idleVisits < this.#ring.length) {
-      if (this.#ringPos >= this.#ring.length) this.#ringPos = 0;
-      const key = this.#ring[this.#ringPos];
-      const lane = this.#lanes.get(key)!;
-      if (lane.active >= this.limits.laneConcurrency) {
-        this.#ringPos++;
-        idleVisits++;
-        continue;
-      }
-      idleVisits = 0;
-      const job = lane.ready[lane.head++];
-      if (lane.head === lane.ready.length) {
-        lane.ready = [];
-        lane.head = 0;
-        this.#ring.splice(this.#ringPos, 1);
-      } else {
-        this.#ringPos++;
-      }
-      this.#start(lane, job);
+    let found: SiteRef | Promise<SiteRef>;
+    try {
+      found = this.deps.resolveSite(job.domain);
+    } catch {
+      found = fallbackSite(job.domain);
     }
-    this.#armTimer();
-  }
-
-  #start(lane: Lane, job: Job): void {
-    this.#active++;
-    lane.active++;
-    this.run(job).catch(() => undefined).finally(() => {
-      this.#active--;
-      lane.active--;
-      if (lane.active === 0 && lane.ready.length === lane.head) this.#lanes.delete(lane.key);
+    if (!(found instanceof Promise)) {
+      this.#place(found, job);
+      return;
+    }
+    const jobs = [job];
+    this.#resolving.set(job.domain, jobs);
+    found.catch(() => fallbackSite(job.domain)).then((ref) => {
+      this.#resolving.delete(job.domain);
+      for (const j of jobs) this.#place(ref, j);
       this.#pump();
     });
   }
 
-  #armTimer(): void {
-    const next = this.#later.peek();
-    if (!next) return;
-    if (this.#timer && this.#timerAt <= next.due) return;
+  #place(ref: SiteRef, job: Job): void {
+    let site = this.#sites.get(ref.key);
+    if (!site) {
+      site = { key: ref.key, limits: ref.limits, tenants: new Map(), ring: [], pos: 0, active: 0 };
+      this.#sites.set(ref.key, site);
+    }
+    let st = site.tenants.get(job.tenant);
+    if (!st) {
+      st = { tenant: job.tenant, lanes: new Map(), ring: [], pos: 0, deficit: 0 };
+      site.tenants.set(job.tenant, st);
+    }
+    let lane = st.lanes.get(job.domain);
+    if (!lane) {
+      lane = { domain: job.domain, ready: [], head: 0, active: 0 };
+      st.lanes.set(job.domain, lane);
+    }
+    if (lane.ready.length === lane.head) {
+      if (st.ring.length === 0) {
+        if (site.ring.length === 0) this.#ring.push(site.key);
+        site.ring.push(st.tenant);
+      }
+      st.ring.push(lane.domain);
+    }
+    lane.ready.push(job);
+  }
+
+  #promoteDue(): void {
+    const now = this.#now();
+    while (this.#later.size > 0 && this.#later.peek()!.due <= now) this.#makeReady(this.#later.pop()!);
+  }
+
+  #pump(): void {
+    if (this.#stopped || this.#pumping) return;
+    this.#pumping = true;
+    try {
+      this.#promoteDue();
+      const now = this.#now();
+      this.#expireBlocks(now);
+      let wake = Infinity;
+      let idleVisits = 0;
+      while (this.#active < this.limits.concurrency && this.#ring.length > 0 && idleVisits < this.#ring.length) {
+        if (this.#ringPos >= this.#ring.length) this.#ringPos = 0;
+        const site = this.#sites.get(this.#ring[this.#ringPos])!;
+        const outcome = this.#visit(site, now);
+        if (outcome === 'started') {
+          idleVisits = 0;
+          if (site.ring.length === 0) this.#ring.splice(this.#ringPos, 1);
+          else this.#ringPos++;
+        } else {
+          wake = Math.min(wake, outcome.until);
+          idleVisits++;
+          this.#ringPos++;
+        }
+      }
+      this.#armTimer(wake);
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  /** Starts one job at this site if any tenant whose turn it is may send now. */
+  #visit(site: Site, now: number): 'started' | Wait {
+    const siteBlock = this.#blockedUntil(now, undefined, site.key);
+    if (siteBlock > now) return { until: siteBlock };
+    let wake = Infinity;
+    for (let tried = 0; tried < site.ring.length; tried++) {
+      if (site.pos >= site.ring.length) site.pos = 0;
+      const st = site.tenants.get(site.ring[site.pos])!;
+      const policy = this.deps.tenantPolicy(st.tenant);
+      if (st.deficit < 1) st.deficit += policy.weight;
+      const can = this.#tenantMay(st, site, policy, now);
+      if (can !== true) {
+        wake = Math.min(wake, can.until);
+        site.pos++;
+        continue;
+      }
+      const source = this.#chooseSource(site, policy.sources, now);
+      if ('until' in source) {
+        wake = Math.min(wake, source.until);
+        site.pos++;
+        continue;
+      }
+      const lane = this.#nextLane(st);
+      if (!lane) {
+        site.pos++;
+        continue;
+      }
+      const job = lane.ready[lane.head++];
+      if (lane.head === lane.ready.length) {
+        lane.ready = [];
+        lane.head = 0;
+        st.ring.splice(st.ring.indexOf(lane.domain), 1);
+      }
+      st.deficit -= 1;
+      const empty = st.ring.length === 0;
+      if (empty) {
+        st.deficit = 0;
+        site.ring.splice(site.pos, 1);
+      } else if (st.deficit < 1) {
+        site.pos++;
+      }
+      this.#start(site, st, lane, source.pair, source.source, job, policy, now);
+      return 'started';
+    }
+    return { until: wake };
+  }
+
+  #tenantMay(st: SiteTenant, site: Site, policy: TenantPolicy, now: number): true | Wait {
+    const blocked = this.#blockedUntil(now, st.tenant, site.key);
+    if (blocked > now) return { until: blocked };
+    if (policy.suspended) return NEVER;
+    const state = this.#tenant(st.tenant, policy, now);
+    if (policy.concurrency !== undefined && state.active >= policy.concurrency) return NEVER;
+    if (policy.messagesPerHour !== undefined && state.tokens < 1) {
+      return { until: now + Math.ceil((1 - state.tokens) * HOUR_MS / policy.messagesPerHour) };
+    }
+    return true;
+  }
+
+  #tenant(name: string, policy: TenantPolicy, now: number): TenantState {
+    let state = this.#tenants.get(name);
+    const cap = policy.messagesPerHour ?? 0;
+    if (!state) {
+      state = { active: 0, tokens: cap, refilledAt: now };
+      this.#tenants.set(name, state);
+    } else if (cap > 0) {
+      state.tokens = Math.min(cap, state.tokens + (now - state.refilledAt) * cap / HOUR_MS);
+      state.refilledAt = now;
+    }
+    return state;
+  }
+
+  /** The least loaded pair of this site among the tenant's sources that may take one more delivery now. */
+  #chooseSource(site: Site, sources: Source[], now: number): { pair: Pair; source: Source } | Wait {
+    let best: { pair: Pair; source: Source; load: number } | null = null;
+    let wake = Infinity;
+    for (const source of sources) {
+      const paused = this.#blockedUntil(now, undefined, site.key, source.address ?? '');
+      if (paused > now) {
+        wake = Math.min(wake, paused);
+        continue;
+      }
+      const pair = this.#pair(site, source.address, now);
+      if (pair.active >= Math.floor(pair.window)) continue;
+      const rate = site.limits.messageRate;
+      if (rate && pair.tokens < 1) {
+        wake = Math.min(wake, now + Math.ceil((1 - pair.tokens) * rate.perMs / rate.count));
+        continue;
+      }
+      const load = pair.active / pair.window;
+      if (!best || load < best.load) best = { pair, source, load };
+    }
+    return best ?? { until: wake };
+  }
+
+  #pair(site: Site, source: string | null, now: number): Pair {
+    const key = pairKey(site.key, source);
+    let pair = this.#pairs.get(key);
+    const rate = site.limits.messageRate;
+    if (!pair) {
+      pair = { window: Math.min(site.limits.initialConnections, site.limits.maxConnections), max: site.limits.maxConnections, active: 0, tokens: rate?.count ?? 0, refilledAt: now, usedAt: now };
+      this.#pairs.set(key, pair);
+    } else if (rate) {
+      pair.tokens = Math.min(rate.count, pair.tokens + (now - pair.refilledAt) * rate.count / rate.perMs);
+      pair.refilledAt = now;
+    }
+    return pair;
+  }
+
+  #nextLane(st: SiteTenant): Lane | null {
+    for (let tried = 0; tried < st.ring.length; tried++) {
+      if (st.pos >= st.ring.length) st.pos = 0;
+      const lane = st.lanes.get(st.ring[st.pos++])!;
+      if (lane.active < this.limits.laneConcurrency) return lane;
+    }
+    return null;
+  }
+
+  #start(site: Site, st: SiteTenant, lane: Lane, pair: Pair, source: Source, job: Job, policy: TenantPolicy, now: number): void {
+    const tenant = this.#tenant(st.tenant, policy, now);
+    this.#active++;
+    site.active++;
+    lane.active++;
+    pair.active++;
+    pair.usedAt = now;
+    tenant.active++;
+    if (site.limits.messageRate) pair.tokens -= 1;
+    if (policy.messagesPerHour !== undefined) tenant.tokens -= 1;
+    this.deps.run({ job, site: site.key, source }).catch(() => undefined).finally(() => {
+      this.#active--;
+      site.active--;
+      lane.active--;
+      pair.active--;
+      pair.usedAt = this.#now();
+      tenant.active--;
+      this.#tidy(site, st, lane);
+      this.#pump();
+    });
+  }
+
+  /** Drops the structures of a lane, a tenant at a site and a site once nothing is queued or running there. */
+  #tidy(site: Site, st: SiteTenant, lane: Lane): void {
+    if (lane.active === 0 && lane.ready.length === lane.head) st.lanes.delete(lane.domain);
+    if (st.lanes.size === 0) site.tenants.delete(st.tenant);
+    if (site.tenants.size === 0 && site.active === 0 && this.#sites.get(site.key) === site) this.#sites.delete(site.key);
+  }
+
+  #blockedUntil(now: number, tenant: string | undefined, site: string | undefined, source?: string): number {
+    let until = 0;
+    for (const b of this.#blocks.values()) {
+      if (b.until !== null && b.until <= now) continue;
+      // A tenant block applies to every site of that tenant; a site block to every tenant; a pair block only when asked for the pair.
+      if (b.tenant !== undefined && b.tenant !== tenant) continue;
+      if (b.site !== undefined && b.site !== site) continue;
+      if (b.source !== undefined && b.source !== source) continue;
+      if (b.source === undefined && source !== undefined) continue;
+      if (b.tenant === undefined && b.site === undefined && b.source === undefined) continue;
+      until = Math.max(until, b.until ?? Infinity);
+    }
+    return until;
+  }
+
+  #expireBlocks(now = this.#now()): void {
+    for (const [id, b] of this.#blocks) if (b.until !== null && b.until <= now) this.#blocks.delete(id);
+    for (const [key, pair] of this.#pairs) {
+      if (pair.active === 0 && now - pair.usedAt > PAIR_IDLE_MS) this.#pairs.delete(key);
+    }
+  }
+
+  #armTimer(wake: number): void {
+    const next = Math.min(wake, this.#later.peek()?.due ?? Infinity);
+    if (next === Infinity) return;
+    if (this.#timer && this.#timerAt <= next) return;
     if (this.#timer) clearTimeout(this.#timer);
-    this.#timerAt = next.due;
+    this.#timerAt = next;
     this.#timer = setTimeout(() => {
       this.#timer = null;
       this.#timerAt = Infinity;
       this.#pump();
-    }, Math.min(Math.max(0, next.due - this.now()), 2 ** 31 - 1));
+    }, Math.min(Math.max(0, next - this.#now()), 2 ** 31 - 1));
     this.#timer.unref();
   }
+}
+
+/** Where a job goes when its site cannot be named (the lookup failed): a site of its own, so delivery can report why. */
+export function fallbackSite(domain: string): SiteRef {
+  return { key: `domain:${domain}`, limits: { maxConnections: 5, initialConnections: 5 } };
 }

@@ -8,8 +8,10 @@ import type Database from 'better-sqlite3';
 import type { TranscriptChunk } from '../delivery/index.js';
 import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
 import type { RunRecord, ScanRecord, StatRow } from '../engines/engines-records.js';
+import { createEgressWriter, EGRESS_SCHEMA, type EgressWriteOp } from './queue-store-egress.js';
 
-export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced';
+/** purged: removed by an operator, no notice sent. */
+export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced' | 'purged';
 
 export interface NewRecipient {
   tenant: string;
@@ -114,9 +116,10 @@ export type WriteOp =
   | { op: 'recordTranscript'; chunk: TranscriptChunk }
   | { op: 'pruneTranscripts'; before: number }
   | { op: 'engineEvent'; event: EngineEvent }
-  | { op: 'appendScanRuns'; queueId: string; runs: RunRecord[] };
+  | { op: 'appendScanRuns'; queueId: string; runs: RunRecord[] }
+  | EgressWriteOp;
 
-export const SCHEMA = `
+export const SCHEMA = EGRESS_SCHEMA + `
 CREATE TABLE IF NOT EXISTS messages (
   id TEXT PRIMARY KEY,
   size INTEGER NOT NULL,
@@ -298,8 +301,14 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     scanRuns: db.prepare(`SELECT runs FROM scans WHERE queue_id = ?`),
     setScanRuns: db.prepare(`UPDATE scans SET runs = ? WHERE queue_id = ?`),
   };
+  const egress = createEgressWriter(db);
   return (op: WriteOp): unknown => {
     switch (op.op) {
+      case 'egressEvent':
+      case 'undoEgressEvent':
+      case 'holdRecipients':
+      case 'purgeRecipients':
+        return egress(op);
       case 'insertMessage': {
         const { recipients, ...row } = op.message;
         const quarantine = row.quarantine ?? null;

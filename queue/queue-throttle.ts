@@ -1,0 +1,218 @@
+/*
+ * Throttle control: what the egress does when a destination pushes back, and the operator's
+ * holds — every action an event that can be listed and undone.
+ *
+ * Takes the signal each delivery left (delivery/delivery-throttle.ts) with its (site, source
+ * address) pair and tenant:
+ *   ok         the pair's window may grow (slow start, in the scheduler);
+ *   slow       the window shrinks by one; recorded as a `slowed` event (at most one a minute a pair);
+ *   throttled, refused
+ *              the window halves and the pair is paused: `delivery.throttle.pause`, doubled for
+ *              each further pause within `window`, up to `maxPause` (a `paused` event, lifting
+ *              by itself). Signals that arrive while the pair is paused only count.
+ * Attribution: once a site has had `minSignals` throttle signals within `window`, from at least
+ *   two tenants' traffic, the tenant whose share of those signals — or of the site's deliveries
+ *   in the window — reaches `attributionShare` is suspended for that site for `tenantSuspension`
+ *   (a `suspended` event). The other tenants keep flowing: on another source address of their
+ *   pool at once, on the paused one when its pause ends. With one tenant at a site there is no
+ *   one else to protect: the pair's pause is the whole reaction.
+ * Undo: lifts the block the event installed, and puts back the window it lowered.
+ * Settings: delivery.throttle.*
+ */
+import type { Logger } from 'pino';
+import type { Signal } from '../delivery/index.js';
+import type { Config } from '../mta/mta-config-schema.js';
+import type { Scheduler } from './queue-scheduler.js';
+import { readEgressEvent, readEgressEvents, type EgressEvent, type EgressEventKind, type NewEgressEvent } from './queue-store-egress.js';
+import type { QueueStore } from './queue-store.js';
+
+interface Seen {
+  at: number;
+  tenant: string;
+  throttled: boolean;
+}
+
+interface PairMemory {
+  /** Pauses within the throttle window, for the doubling. */
+  pauses: number;
+  lastPauseAt: number;
+  pausedUntil: number;
+  lastSlowEventAt: number;
+}
+
+export interface HoldRequest {
+  tenant?: string;
+  site?: string;
+  source?: string;
+  /** Milliseconds; absent: until released. */
+  forMs?: number;
+  reason: string;
+  kind?: 'hold' | 'suspended';
+}
+
+const MAX_SEEN_PER_SITE = 10_000;
+const SLOW_EVENT_EVERY_MS = 60_000;
+
+export class EgressControl {
+  readonly #seen = new Map<string, Seen[]>();
+  readonly #pairs = new Map<string, PairMemory>();
+  /** (tenant, site) suspended by this control, until when. */
+  readonly #suspended = new Map<string, number>();
+  #blockSeq = 0;
+
+  constructor(private config: Config, private readonly scheduler: Scheduler, private readonly store: QueueStore, private readonly log: Logger) {}
+
+  reconfigure(config: Config): void {
+    this.config = config;
+  }
+
+  /** Puts the events still in force back into the scheduler (at startup). */
+  restore(now = Date.now()): number {
+    const open = readEgressEvents(this.store.db, { limit: 100_000, open: true, now });
+    for (const e of open) {
+      if (!e.block_id) continue;
+      this.scheduler.block({ id: e.block_id, tenant: e.tenant ?? undefined, site: e.site ?? undefined, source: e.source ?? undefined, until: e.until });
+      if (e.kind === 'suspended' && e.tenant && e.site) this.#suspended.set(`${e.tenant}\u0000${e.site}`, e.until ?? Infinity);
+    }
+    return open.length;
+  }
+
+  /** What one delivery on (site, source) for `tenant` showed. */
+  onSignal(site: string, source: string | null, tenant: string, signal: Signal, now = Date.now()): void {
+    const t = this.config.delivery.throttle;
+    const throttled = signal.kind === 'throttled' || signal.kind === 'refused';
+    this.#remember(site, { at: now, tenant, throttled }, now - t.window);
+    const pairKey = `${site}\u0000${source ?? ''}`;
+    if (signal.kind === 'ok') {
+      this.scheduler.feedback(site, source, 'ok');
+      return;
+    }
+    if (signal.kind === 'slow') {
+      const before = this.scheduler.window(site, source);
+      this.scheduler.feedback(site, source, 'slow');
+      const mem = this.#pair(pairKey);
+      if (now - mem.lastSlowEventAt >= SLOW_EVENT_EVERY_MS && before !== undefined) {
+        mem.lastSlowEventAt = now;
+        this.#record({ at: now, kind: 'slowed', actor: 'auto', tenant, site, source: source ?? '', until: null, reason: signal.detail,
+          detail: JSON.stringify({ windowBefore: before, windowAfter: this.scheduler.window(site, source) }), block_id: null });
+      }
+      return;
+    }
+    if (!throttled) return;
+    const mem = this.#pair(pairKey);
+    if (mem.pausedUntil > now) return;
+    const before = this.scheduler.window(site, source);
+    this.scheduler.feedback(site, source, 'throttled');
+    mem.pauses = now - mem.lastPauseAt <= t.window ? mem.pauses + 1 : 0;
+    mem.lastPauseAt = now;
+    const pause = Math.min(t.maxPause, t.pause * 2 ** mem.pauses);
+    mem.pausedUntil = now + pause;
+    const blockId = this.#blockId();
+    this.scheduler.block({ id: blockId, site, source: source ?? '', until: now + pause });
+    this.log.warn({ site, source, tenant, signal: signal.kind, reason: signal.detail, pauseMs: pause }, 'destination throttling: pair paused');
+    this.#record({ at: now, kind: 'paused', actor: 'auto', tenant, site, source: source ?? '', until: now + pause, reason: `${signal.kind}: ${signal.detail}`,
+      detail: JSON.stringify({ windowBefore: before, windowAfter: this.scheduler.window(site, source) }), block_id: blockId });
+    this.#attribute(site, now);
+  }
+
+  /** Suspends the tenant that dominates a site's throttle signals or its volume, when there is one. */
+  #attribute(site: string, now: number): void {
+    const t = this.config.delivery.throttle;
+    if (t.tenantSuspension <= 0) return;
+    const seen = (this.#seen.get(site) ?? []).filter((s) => s.at >= now - t.window);
+    const throttles = seen.filter((s) => s.throttled);
+    const tenants = new Set(seen.map((s) => s.tenant));
+    if (throttles.length < t.minSignals || tenants.size < 2) return;
+    const share = (list: Seen[], tenant: string) => list.filter((s) => s.tenant === tenant).length / list.length;
+    let blamed: { tenant: string; of: string; share: number } | null = null;
+    for (const tenant of tenants) {
+      const bySignals = share(throttles, tenant);
+      const byVolume = share(seen, tenant);
+      const best = bySignals >= byVolume ? { of: 'throttle signals', share: bySignals } : { of: 'deliveries', share: byVolume };
+      if (best.share >= t.attributionShare && (!blamed || best.share > blamed.share)) blamed = { tenant, ...best };
+    }
+    if (!blamed) return;
+    const key = `${blamed.tenant}\u0000${site}`;
+    if ((this.#suspended.get(key) ?? 0) > now) return;
+    const until = now + t.tenantSuspension;
+    this.#suspended.set(key, until);
+    const blockId = this.#blockId();
+    this.scheduler.block({ id: blockId, tenant: blamed.tenant, site, until });
+    const reason = `${Math.round(blamed.share * 100)}% of the site's ${blamed.of} in the last ${Math.round(t.window / 1000)} s (${throttles.length} throttle signals)`;
+    this.log.warn({ site, tenant: blamed.tenant, until, reason }, 'destination throttling: tenant suspended for the site');
+    this.#record({ at: now, kind: 'suspended', actor: 'auto', tenant: blamed.tenant, site, source: null, until, reason, detail: null, block_id: blockId });
+  }
+
+  /** An operator's hold (or suspension) of a tenant, a site, a tenant at a site, or a pair. Resolves with the event id. */
+  async hold(req: HoldRequest, now = Date.now()): Promise<number> {
+    if (req.tenant === undefined && req.site === undefined && req.source === undefined) throw new Error('a hold needs a tenant, a site or a source');
+    const until = req.forMs === undefined ? null : now + req.forMs;
+    const blockId = this.#blockId();
+    this.scheduler.block({ id: blockId, tenant: req.tenant, site: req.site, source: req.source, until });
+    return this.#record({ at: now, kind: req.kind ?? 'hold', actor: 'operator', tenant: req.tenant ?? null, site: req.site ?? null, source: req.source ?? null,
+      until, reason: req.reason, detail: null, block_id: blockId });
+  }
+
+  /** Undoes an event: lifts its block and restores the window it lowered. Resolves with the event, or null when there was nothing to undo. */
+  async undo(id: number, by: string, now = Date.now()): Promise<EgressEvent | null> {
+    const [row] = await this.store.write([{ op: 'undoEgressEvent', id, now, by }]) as [EgressEvent | null];
+    if (!row) return null;
+    if (row.block_id) this.scheduler.unblock(row.block_id);
+    if (row.site && row.source !== null && row.detail) {
+      const { windowBefore } = JSON.parse(row.detail) as { windowBefore?: number };
+      if (windowBefore !== undefined) this.scheduler.setWindow(row.site, row.source || null, windowBefore);
+      const mem = this.#pairs.get(`${row.site}\u0000${row.source}`);
+      if (mem && row.kind === 'paused') mem.pausedUntil = 0;
+    }
+    if (row.kind === 'suspended' && row.tenant && row.site) this.#suspended.delete(`${row.tenant}\u0000${row.site}`);
+    this.log.info({ event: id, kind: row.kind, by }, 'egress event undone');
+    return row;
+  }
+
+  /** Undoes the operator holds in force that match exactly this tenant/site. Resolves with how many. */
+  async release(tenant: string | undefined, site: string | undefined, by: string, now = Date.now()): Promise<number> {
+    const open = readEgressEvents(this.store.db, { limit: 100_000, open: true, now })
+      .filter((e) => (e.kind === 'hold' || e.kind === 'suspended') && (e.tenant ?? undefined) === tenant && (site === undefined || e.site === site));
+    let n = 0;
+    for (const e of open) if (await this.undo(e.id, by, now)) n++;
+    return n;
+  }
+
+  events(opts: { limit: number; open?: boolean }): EgressEvent[] {
+    return readEgressEvents(this.store.db, opts);
+  }
+
+  event(id: number): EgressEvent | undefined {
+    return readEgressEvent(this.store.db, id);
+  }
+
+  #pair(key: string): PairMemory {
+    let mem = this.#pairs.get(key);
+    if (!mem) this.#pairs.set(key, (mem = { pauses: 0, lastPauseAt: 0, pausedUntil: 0, lastSlowEventAt: 0 }));
+    return mem;
+  }
+
+  #remember(site: string, seen: Seen, since: number): void {
+    let list = this.#seen.get(site);
+    if (!list) this.#seen.set(site, (list = []));
+    list.push(seen);
+    let drop = 0;
+    while (drop < list.length && (list[drop].at < since || list.length - drop > MAX_SEEN_PER_SITE)) drop++;
+    if (drop > 0) list.splice(0, drop);
+  }
+
+  #blockId(): string {
+    return `b${Date.now().toString(36)}-${++this.#blockSeq}`;
+  }
+
+  /** Writes the event; the block it describes is already in force. Resolves with its id (0 if it could not be written). */
+  async #record(event: NewEgressEvent & { kind: EgressEventKind }): Promise<number> {
+    try {
+      const [id] = await this.store.write([{ op: 'egressEvent', event }]) as [number];
+      return id;
+    } catch (err) {
+      this.log.error({ err, event }, 'could not record an egress event');
+      return 0;
+    }
+  }
+}
