@@ -12,6 +12,8 @@
  *   POST /v1/engines/NAME/enable
  *   POST /v1/messages/ID/release        held (quarantined) recipients of message ID back into the queue
  *   GET  /metrics                       Prometheus text format
+ *   /v1/egress…, /v1/queue/…, /v1/tenants/… outbound holds, purges, suspensions, throttle events
+ *                                       (mta-admin-egress.ts)
  * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
  * reads the queue database directly.
  * Network: the unix socket; the optional TCP port binds to a loopback address only.
@@ -21,6 +23,7 @@ import { chmod, rm } from 'node:fs/promises';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Ichidan } from './index.js';
+import { handleEgress } from './mta-admin-egress.js';
 
 const RELEASE = /^\/v1\/messages\/([0-9A-Za-z]{1,64})\/release$/;
 const ENGINE = /^\/v1\/engines\/([A-Za-z0-9_-]{1,64})\/(disable|enable)$/;
@@ -144,6 +147,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, app: Ichidan): 
     res.end(text);
     return;
   }
+  const egress = await handleEgress(method, url, body, app);
+  if (egress) return reply(res, egress[0], egress[1]);
   reply(res, 404, { error: `no route ${method} ${url}` });
 }
 

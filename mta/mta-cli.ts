@@ -6,6 +6,8 @@
  *   ichidan check-config FILE        validate a config file; exit 0 if good, 1 with the problems if not
  *   ichidan hash-password [PASS]     print a bcrypt hash for `users[].password` (reads stdin without PASS)
  *   ichidan queue [-c FILE]          recipients per tenant and state, and entries set aside as corrupt
+ *   ichidan queue hold|release|purge, ichidan tenants suspend|resume, ichidan egress [status|events|undo]
+ *                                    the outbound side (mta-cli-egress.ts)
  *   ichidan quarantine [list] [-c FILE]        messages the engines quarantined
  *   ichidan quarantine release ID [-c FILE]    deliver a quarantined message after all
  *   ichidan scans show ID [-c FILE]  which engines scanned a message, what each said, and the verdict
@@ -19,17 +21,16 @@
  *   ichidan sessions show ID [-c FILE]   one session: the messages it carried and its transcript
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import bcrypt from 'bcryptjs';
 import Database from 'better-sqlite3';
 import { percentile } from '../engines/engines-records.js';
 import type { EngineInfo } from '../engines/index.js';
-import { createWriter, migrate, queueStatus, readEngineEvents, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
+import { createWriter, migrate, readEngineEvents, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
 import { readConnection, readConnections } from '../queue/queue-store-transcripts.js';
-import type { Config } from './mta-config-schema.js';
 import { adminRequest } from './mta-admin.js';
-import { ConfigError, loadConfig } from './mta-config.js';
+import { admin, iso, loadOrExit, openDb, options, safe } from './mta-cli-common.js';
+import { EGRESS_USAGE, egress, queueCommand, tenants } from './mta-cli-egress.js';
 import { adminSocket, Ichidan } from './index.js';
 import { createLogger } from './mta-log.js';
 
@@ -37,7 +38,7 @@ const USAGE = `usage:
   ichidan start [-c FILE]
   ichidan check-config FILE
   ichidan hash-password [PASSWORD]
-  ichidan queue [-c FILE]
+${EGRESS_USAGE}
   ichidan quarantine [list] [-c FILE]
   ichidan quarantine release ID [-c FILE]
   ichidan scans show ID [-c FILE]
@@ -55,17 +56,6 @@ function configPath(args: string[]): string {
   return values.config ?? 'config/default.yaml';
 }
 
-function loadOrExit(file: string) {
-  try {
-    return loadConfig(file);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(err.message + '\n');
-      process.exit(1);
-    }
-    throw err;
-  }
-}
 
 async function start(args: string[]): Promise<void> {
   const file = configPath(args);
@@ -116,33 +106,10 @@ function hashPassword(args: string[]): void {
   process.stdout.write(bcrypt.hashSync(password, 10) + '\n');
 }
 
-function showQueue(args: string[]): void {
-  const { config } = options(args);
-  const db = openDb(config.dataDir);
-  const { counts, corrupt } = queueStatus(db);
-  for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
-  for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
-  db.close();
-}
 
-function options(args: string[], extra: Record<string, { type: 'string' }> = {}) {
-  const { values, positionals } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, ...extra }, allowPositionals: true });
-  return { config: loadOrExit(values.config ?? 'config/default.yaml'), values: values as Record<string, string | undefined>, positionals };
-}
 
-function openDb(dataDir: string, readonly = true): Database.Database {
-  try {
-    return new Database(join(dataDir, 'queue.db'), { readonly, fileMustExist: true });
-  } catch (err) {
-    process.stderr.write(`cannot open the queue database in ${dataDir}: ${(err as Error).message}\n`);
-    process.exit(1);
-  }
-}
 
-/** Text that came from mail or engines, safe on a terminal and in tab-separated output. */
-const safe = (s: unknown) => String(s).replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
 
-const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
 
 async function quarantine(args: string[]): Promise<void> {
   const { config, positionals } = options(args);
@@ -207,23 +174,6 @@ function scans(args: string[]): void {
   }
 }
 
-/** A request to the running process; exits 1 with a clear message when none runs or it refuses. */
-async function admin(config: Config, method: string, url: string, body?: unknown): Promise<Record<string, unknown>> {
-  try {
-    const res = await adminRequest(adminSocket(config), method, url, body);
-    if (res.status >= 400) {
-      const problems = Array.isArray(res.body.problems) ? (res.body.problems as string[]).join('\n') : String(res.body.error ?? `status ${res.status}`);
-      process.stderr.write(problems + '\n');
-      process.exit(1);
-    }
-    return res.body;
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;
-    process.stderr.write(`Ichidan is not running (no admin socket at ${adminSocket(config)})\n`);
-    process.exit(1);
-  }
-}
 
 async function engines(args: string[]): Promise<void> {
   const { config, values, positionals } = options(args, { days: { type: 'string' }, reason: { type: 'string' }, last: { type: 'string' } });
@@ -337,7 +287,9 @@ switch (command) {
   case 'start': await start(rest); break;
   case 'check-config': checkConfig(rest); break;
   case 'hash-password': hashPassword(rest); break;
-  case 'queue': showQueue(rest); break;
+  case 'queue': await queueCommand(rest); break;
+  case 'tenants': await tenants(rest); break;
+  case 'egress': await egress(rest); break;
   case 'quarantine': await quarantine(rest); break;
   case 'scans': scans(rest); break;
   case 'engines': await engines(rest); break;

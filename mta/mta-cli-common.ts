@@ -1,0 +1,66 @@
+/*
+ * What the `ichidan` subcommands share: loading the config (exit 1 with the problems), options,
+ * the queue database opened read-only, requests to the running process, and safe output.
+ */
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import Database from 'better-sqlite3';
+import type { Config } from './mta-config-schema.js';
+import { adminRequest } from './mta-admin.js';
+import { ConfigError, loadConfig } from './mta-config.js';
+import { adminSocket } from './index.js';
+
+export function loadOrExit(file: string) {
+  try {
+    return loadConfig(file);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(err.message + '\n');
+      process.exit(1);
+    }
+    throw err;
+  }
+}
+
+export function options(args: string[], extra: Record<string, { type: 'string' }> = {}) {
+  const { values, positionals } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, ...extra }, allowPositionals: true });
+  return { config: loadOrExit(values.config ?? 'config/default.yaml'), values: values as Record<string, string | undefined>, positionals };
+}
+
+export function openDb(dataDir: string, readonly = true): Database.Database {
+  try {
+    return new Database(join(dataDir, 'queue.db'), { readonly, fileMustExist: true });
+  } catch (err) {
+    process.stderr.write(`cannot open the queue database in ${dataDir}: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+}
+
+/** Text that came from mail or engines, safe on a terminal and in tab-separated output. */
+export const safe = (s: unknown) => String(s).replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+
+export const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
+
+/** A request to the running process; exits 1 with a clear message when none runs or it refuses. */
+export async function admin(config: Config, method: string, url: string, body?: unknown): Promise<Record<string, unknown>> {
+  try {
+    const res = await adminRequest(adminSocket(config), method, url, body);
+    if (res.status >= 400) {
+      const problems = Array.isArray(res.body.problems) ? (res.body.problems as string[]).join('\n') : String(res.body.error ?? `status ${res.status}`);
+      process.stderr.write(problems + '\n');
+      process.exit(1);
+    }
+    return res.body;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;
+    process.stderr.write(`Ichidan is not running (no admin socket at ${adminSocket(config)})\n`);
+    process.exit(1);
+  }
+}
+
+/** Exits 2 with the usage text. */
+export function usage(text: string): never {
+  process.stderr.write(text + '\n');
+  process.exit(2);
+}
