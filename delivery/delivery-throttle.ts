@@ -4,7 +4,7 @@
  *
  *   throttled  421 at the banner or after any command (the server is closing on us), or a 4xx
  *              whose text speaks of rates, volumes or limits (450, 451, 4.7.x, ...); greylisting
- *              is not throttling
+ *              and a transaction's recipient limit are not throttling
  *   refused    the connection was refused, or reset by the peer
  *   slow       a reply took longer than the site's `slowReply`, or never came (timeout)
  *   failed     anything else that went wrong (TLS, DNS, a 5xx): no reaction
@@ -26,12 +26,14 @@ export interface Signal {
 
 const RATE_WORDING = /\b(rate|rates|too many|too fast|throttl\w*|slow down|exceed\w*|volume|limit\w*|deferred due to|temporarily (deferred|restricted|blocked))\b/i;
 const GREYLIST = /grey ?list|gray ?list/i;
+/** A transaction's recipient limit (RFC 5321 4.5.3.1.10) asks for another transaction, not for less traffic. */
+const RECIPIENT_LIMIT = /\b4\.5\.3\b|too many recipients/i;
 
 /** Is this reply a destination slowing us down? */
 export function isThrottleReply(code: number, text: string): boolean {
   if (code === 421) return true;
   if (code < 400 || code >= 500) return false;
-  if (GREYLIST.test(text)) return false;
+  if (GREYLIST.test(text) || RECIPIENT_LIMIT.test(text)) return false;
   return RATE_WORDING.test(text);
 }
 

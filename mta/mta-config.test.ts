@@ -32,6 +32,27 @@ describe('configuration', () => {
     expect(c.scanning).toMatchObject({ virus: 'reject', quorum: { av: 1, spam: 0 }, recordRetention: 30 * 86_400_000 });
   });
 
+  it('reads the egress settings: sites, source pools, tenant shares and caps, rates; names the key of each problem', () => {
+    const c = parseConfig({
+      tenants: { a: { egress: { weight: 2, concurrency: 30, messagesPerHour: 5000, sourcePool: 'out' } } },
+      delivery: {
+        site: { maxConnections: 10, messageRate: '600/m' },
+        sites: { google: { mx: ['*.google.com'], maxConnections: 40, messageRate: '100/10s' } },
+        sourcePools: { out: [{ address: '127.0.0.10', helo: 'out1.example.net' }, { address: '127.0.0.11' }] },
+        throttle: { pause: '2m' },
+      },
+    });
+    expect(c.delivery.site).toMatchObject({ maxConnections: 10, initialConnections: 5, messagesPerConnection: 100, idleTimeout: 5_000, slowReply: 30_000, messageRate: { count: 600, perMs: 60_000 } });
+    expect(c.delivery.sites.google.messageRate).toEqual({ count: 100, perMs: 10_000 });
+    expect(c.delivery.throttle).toMatchObject({ pause: 120_000, maxPause: 1_800_000, minSignals: 3, attributionShare: 0.6 });
+    expect(c.tenants.a.egress).toMatchObject({ weight: 2, concurrency: 30, messagesPerHour: 5000, sourcePool: 'out', suspended: false });
+    expect(problems({ tenants: { a: { egress: { sourcePool: 'nope' } } } })).toEqual(['tenants.a.egress.sourcePool: no source pool "nope" (delivery.sourcePools: none)']);
+    expect(problems({ delivery: { site: { messageRate: 'lots' } } })[0]).toMatch(/^delivery\.site\.messageRate: a rate such as "600\/m"/);
+    expect(problems({ delivery: { sites: { x: { maxConnections: 3 } } } })[0]).toMatch(/^delivery\.sites\.x: a site needs at least one `mx` or `domains` pattern/);
+    expect(problems({ delivery: { sites: { x: { domains: ['x.test'], maxConnections: 3, initialConnections: 4 } } } })).toEqual(['delivery.sites.x.initialConnections: initialConnections (4) is above maxConnections (3)']);
+    expect(problems({ delivery: { sourcePools: { out: [{ address: 'localhost' }] } } })[0]).toMatch(/^delivery\.sourcePools\.out\[0\]\.address: an IPv4 or IPv6 address/);
+  });
+
   it('fills defaults and parses durations and sizes', () => {
     const c = parseConfig({ queue: { retryInitial: '90s', maxAge: '2d' }, limits: { maxMessageSize: '10MB' } });
     expect(c.queue.retryInitial).toBe(90_000);
