@@ -100,6 +100,30 @@ export class Ichidan {
         for (const e of engines.list()) this.set({ engine: e.name, breaker: e.breaker, state: e.state }, e.state === 'enabled' && e.breaker !== 'open' ? 1 : 0);
       },
     });
+    const scheduler = queue.scheduler;
+    const egressEvents = new Counter({
+      name: 'ichidan_egress_events_total', help: 'Throttle reactions and operator holds on the delivery side', labelNames: ['kind', 'actor'], registers: [this.metrics],
+    });
+    queue.control.onEvent = (e) => egressEvents.inc({ kind: e.kind, actor: e.actor });
+    new Gauge({
+      name: 'ichidan_deliveries_in_flight', help: 'Delivery attempts running now', registers: [this.metrics],
+      collect() { this.set(scheduler.active); },
+    });
+    new Gauge({
+      name: 'ichidan_deliveries_waiting', help: 'Delivery jobs due or scheduled, not running', registers: [this.metrics],
+      collect() { this.set(scheduler.waiting); },
+    });
+    new Gauge({
+      name: 'ichidan_egress_pair_window', help: 'Connections allowed now per (destination site, source address): the slow-start window', labelNames: ['site', 'source'], registers: [this.metrics],
+      collect() {
+        this.reset();
+        for (const p of scheduler.pairs()) this.set({ site: p.site, source: p.source || 'default' }, p.window);
+      },
+    });
+    new Gauge({
+      name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers: [this.metrics],
+      collect() { this.set(scheduler.blocks().length); },
+    });
   }
 
   get config(): Config {

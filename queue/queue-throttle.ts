@@ -59,6 +59,8 @@ export class EgressControl {
   /** (tenant, site) suspended by this control, until when. */
   readonly #suspended = new Map<string, number>();
   #blockSeq = 0;
+  /** Told of every event as it is recorded (the metrics count them). */
+  onEvent: (event: NewEgressEvent) => void = () => undefined;
 
   constructor(private config: Config, private readonly scheduler: Scheduler, private readonly store: QueueStore, private readonly log: Logger) {}
 
@@ -207,6 +209,7 @@ export class EgressControl {
 
   /** Writes the event; the block it describes is already in force. Resolves with its id (0 if it could not be written). */
   async #record(event: NewEgressEvent & { kind: EgressEventKind }): Promise<number> {
+    this.onEvent(event);
     try {
       const [id] = await this.store.write([{ op: 'egressEvent', event }]) as [number];
       return id;

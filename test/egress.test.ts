@@ -2,6 +2,7 @@
 // site scheduler to sink MX servers on 127.0.0.x found through a loopback DNS server.
 import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
@@ -98,6 +99,16 @@ async function cliConfig(t: TestApp): Promise<string> {
   return file;
 }
 
+function metrics(t: TestApp): Promise<string> {
+  return new Promise((resolve, reject) => {
+    request({ socketPath: join(t.dataDir, 'admin.sock'), path: '/metrics' }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => { text += c; });
+      res.on('end', () => resolve(text));
+    }).on('error', reject).end();
+  });
+}
+
 async function api(t: TestApp, method: string, url: string, body?: unknown) {
   return adminRequest(join(t.dataDir, 'admin.sock'), method, url, body);
 }
@@ -187,6 +198,10 @@ describe('egress', () => {
     const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'egress', 'events', '--open', '-c', cli]);
     expect(stdout).toMatch(new RegExp(`^${suspended.id}\t.*\tsuspended\tauto\ttenant=c site=mx:mx.busy.test\tuntil `, 'm'));
     expect(stdout).toMatch(/\tpaused\tauto\t.*source=127\.0\.0\.41\t.*Too many messages/);
+    const text = await metrics(t);
+    expect(text).toMatch(/^ichidan_egress_events_total\{kind="suspended",actor="auto"\} 1$/m);
+    expect(text).toMatch(/^ichidan_egress_blocks 2$/m);
+    expect(text).toMatch(/^ichidan_egress_pair_window\{site="mx:mx.busy.test",source="127.0.0.41"\} 1$/m);
     const undone = await api(t, 'POST', `/v1/egress/events/${suspended.id}/undo`, { by: 'test' });
     expect(undone.status).toBe(200);
     await waitUntil(() => mx.messages.filter((m) => header(m.data, 'X-Tenant') === 'c').length === 40, 20_000, 'C\'s mail after the undo');

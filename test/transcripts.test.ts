@@ -46,6 +46,7 @@ describe('session transcripts', () => {
     t = await startApp((dir) => baseConfig(dir, {
       trustedNetworks: ['127.0.0.1/32'],
       routes: { 'remote.test': { host: '127.0.0.2', port: sink.port } },
+      delivery: { site: { idleTimeout: '1s' } },
     }));
   });
   afterAll(async () => {
@@ -59,7 +60,7 @@ describe('session transcripts', () => {
       qids.push(await send(t.port('mx'), rcpt, `BODY-MARKER-${i} must never reach the transcript`));
       await sink.waitFor(i + 1);
     }
-    // The session goes idle, is QUIT after the cache's idle time, and its row is completed.
+    // The session goes idle, is QUIT after the site's idle time (1 s here), and its row is completed.
     await waitUntil(() => readTables(t.dataDir).connections.some((c) => c.ended !== null), 10_000, 'the session to end');
     const { connections, links, commands } = readTables(t.dataDir);
 
