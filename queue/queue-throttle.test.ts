@@ -85,6 +85,17 @@ describe('throttle control', () => {
     expect(await control.undo(suspended.id, 'ops')).toBeNull();
   });
 
+  it('pauses on refused connections but blames no tenant for them (the host may be down)', async () => {
+    const { control, settle } = await setup();
+    const now = Date.now();
+    control.onSignal(SITE, null, 'a', ok, now);
+    for (let i = 0; i < 5; i++) control.onSignal(SITE, `127.0.0.${i + 2}`, 'c', { kind: 'refused', detail: 'ECONNREFUSED' }, now + i);
+    await settle();
+    const kinds = control.events({ limit: 20 }).map((e) => e.kind);
+    expect(kinds.filter((k) => k === 'paused')).toHaveLength(5);
+    expect(kinds).not.toContain('suspended');
+  });
+
   it('blames nobody when the throttled traffic is evenly spread', async () => {
     const { control, settle } = await setup();
     const now = Date.now();

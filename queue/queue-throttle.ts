@@ -10,7 +10,8 @@
  *              the window halves and the pair is paused: `delivery.throttle.pause`, doubled for
  *              each further pause within `window`, up to `maxPause` (a `paused` event, lifting
  *              by itself). Signals that arrive while the pair is paused only count.
- * Attribution: once a site has had `minSignals` throttle signals within `window`, from at least
+ * Attribution: once a site has had `minSignals` throttle replies within `window` (a refused
+ *   connection is as likely a host that is down, and blames no one), from at least
  *   two tenants' traffic, the tenant whose share of those signals — or of the site's deliveries
  *   in the window — reaches `attributionShare` is suspended for that site for `tenantSuspension`
  *   (a `suspended` event). The other tenants keep flowing: on another source address of their
@@ -82,8 +83,9 @@ export class EgressControl {
   /** What one delivery on (site, source) for `tenant` showed. */
   onSignal(site: string, source: string | null, tenant: string, signal: Signal, now = Date.now()): void {
     const t = this.config.delivery.throttle;
+    // A refused connection is as likely a host that is down as a limit: it pauses, but blames no one.
     const throttled = signal.kind === 'throttled' || signal.kind === 'refused';
-    this.#remember(site, { at: now, tenant, throttled }, now - t.window);
+    this.#remember(site, { at: now, tenant, throttled: signal.kind === 'throttled' }, now - t.window);
     const pairKey = `${site}\u0000${source ?? ''}`;
     if (signal.kind === 'ok') {
       this.scheduler.feedback(site, source, 'ok');
@@ -114,7 +116,7 @@ export class EgressControl {
     this.log.warn({ site, source, tenant, signal: signal.kind, reason: signal.detail, pauseMs: pause }, 'destination throttling: pair paused');
     this.#record({ at: now, kind: 'paused', actor: 'auto', tenant, site, source: source ?? '', until: now + pause, reason: `${signal.kind}: ${signal.detail}`,
       detail: JSON.stringify({ windowBefore: before, windowAfter: this.scheduler.window(site, source) }), block_id: blockId });
-    this.#attribute(site, now);
+    if (signal.kind === 'throttled') this.#attribute(site, now);
   }
 
   /** Suspends the tenant that dominates a site's throttle signals or its volume, when there is one. */
