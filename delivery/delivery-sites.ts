@@ -41,6 +41,8 @@ export function hostMatches(pattern: string, name: string): boolean {
 export class Sites {
   readonly #cache = new Map<string, { decision: RouteDecision; site: SiteInfo; expires: number }>();
   readonly #pending = new Map<string, Promise<{ decision: RouteDecision; site: SiteInfo }>>();
+  /** Mail host addresses seen in routes → their host name and site (what the proxy knows of an address). */
+  readonly #byAddress = new Map<string, { name: string; site: SiteInfo }>();
 
   constructor(private readonly config: Config, private readonly router: Router, private readonly now: () => number = Date.now) {}
 
@@ -73,13 +75,24 @@ export class Sites {
     if (!pending) {
       pending = this.router.route(domain).then((decision) => {
         const site = this.limits(this.#name(domain, decision));
-        if (this.#cache.size >= MAX_CACHED) this.#cache.clear();
+        if (this.#cache.size >= MAX_CACHED) {
+          this.#cache.clear();
+          this.#byAddress.clear();
+        }
         this.#cache.set(domain, { decision, site, expires: this.now() + (decision.kind === 'hops' ? ROUTE_TTL_MS : FAILED_ROUTE_TTL_MS) });
+        if (decision.kind === 'hops') {
+          for (const hop of decision.hops) for (const a of hop.addresses) this.#byAddress.set(`${a}|${hop.port}`, { name: hop.name, site });
+        }
         return { decision, site };
       }).finally(() => this.#pending.delete(domain));
       this.#pending.set(domain, pending);
     }
     return pending;
+  }
+
+  /** The mail host name and site an address:port was last seen under in a route, if any. */
+  byAddress(address: string, port: number): { name: string; site: SiteInfo } | undefined {
+    return this.#byAddress.get(`${address}|${port}`);
   }
 
   #fresh(domain: string): { decision: RouteDecision; site: SiteInfo } | undefined {

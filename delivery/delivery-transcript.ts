@@ -133,11 +133,16 @@ export class Transcript {
 
   /** Follows the connection to its end, and reads the TLS parameters from its socket after STARTTLS. */
   watch(conn: SMTPConnection): void {
+    this.follow(() => (conn as unknown as { _socket: TLSSocket | false })._socket || null, (end) => conn.once('end', end));
+  }
+
+  /** As `watch`, for any client: where its (TLS) socket is, and how to hear of its end. */
+  follow(socketOf: () => TLSSocket | object | null, onEnd: (end: () => void) => void): void {
     this.#socketOf = () => {
-      const socket = (conn as unknown as { _socket: TLSSocket | false })._socket;
+      const socket = socketOf() as TLSSocket | null;
       return socket && socket.encrypted ? socket : null;
     };
-    conn.once('end', () => this.end());
+    onEnd(() => this.end());
   }
 
   /** From now on the session carries this message; the lines that follow are tied to it. */

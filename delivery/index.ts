@@ -27,7 +27,8 @@ import { Sites, type SiteInfo } from './delivery-sites.js';
 import type { Signal } from './delivery-throttle.js';
 import { StsPolicyCache } from './delivery-mtasts.js';
 import { deliverToHop, sameOutcome, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
-import { TlsPlanner } from './delivery-tls.js';
+import { loadCa, TlsPlanner, type TlsPlan } from './delivery-tls.js';
+import type { NextHop } from './delivery-route.js';
 import type { TranscriptSink } from './delivery-transcript.js';
 
 export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
@@ -60,10 +61,13 @@ export interface EgressShared {
 export class Egress {
   readonly #tls: TlsPlanner;
   readonly sites: Sites;
+  /** CA certificates for verified outbound TLS (undefined: Node's store). */
+  readonly ca: string[] | undefined;
   /** Idle sessions outlive a config reload: the cache is shared by every Egress of one process. */
   constructor(private readonly config: Config, private readonly cache: SessionCache = new SessionCache(), shared: EgressShared = {}) {
     const resolver = createResolver(config);
     this.sites = new Sites(config, new Router(config, resolver));
+    this.ca = loadCa(config.delivery.tls.caFile);
     this.#tls = new TlsPlanner(config, resolver, shared.policies ?? new StsPolicyCache(), shared.log ?? null);
   }
 
@@ -107,6 +111,11 @@ export class Egress {
     }
     const reply = `451 ${last?.status ?? '4.4.1'} ${last?.reason ?? 'no next hop'}`;
     return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain), signal: last?.signal };
+  }
+
+  /** The TLS each of these hops of a recipient domain must offer (delivery-tls.ts), for the proxy. */
+  tlsPlan(domain: string, via: 'route' | 'mx', hops: NextHop[]): Promise<TlsPlan> {
+    return this.#tls.plan(domain, via, hops);
   }
 
   /** The scheduler's view of a domain's site (cached route; a lookup when not). */

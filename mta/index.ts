@@ -25,11 +25,15 @@ import { ConfigError, ConfigHandle, loadConfig } from './mta-config.js';
 import { Policy } from './mta-policy.js';
 import { AdminServer } from './mta-admin.js';
 import { Listener, type Runtime } from './mta-server.js';
+import { ProxyListener } from '../delivery/proxy-listener.js';
+import { loadOriginalDst, type OriginalDstReader } from '../delivery/proxy-origdst.js';
+import type { ProxyDeps } from '../delivery/proxy-session.js';
+import { RELAY_TENANT } from './mta-policy.js';
 import { loadTlsMaterial } from './mta-tls.js';
 
 export interface BoundListener {
   name: string;
-  role: 'mx' | 'submission';
+  role: 'mx' | 'submission' | 'proxy';
   address: string;
   port: number;
 }
@@ -72,6 +76,7 @@ export class Ichidan {
   readonly #handle: ConfigHandle;
   #runtime: Runtime;
   readonly #listeners: Listener[] = [];
+  readonly #proxies: ProxyListener[] = [];
   #admin: AdminServer | null = null;
   #policies = new StsPolicyCache();
   readonly engines: EngineHost;
@@ -134,7 +139,11 @@ export class Ichidan {
     return this.#runtime.generation;
   }
 
-  static async start(config: Config, log: Logger, opts: { configFile?: string } = {}): Promise<Ichidan> {
+  /**
+   * `originalDst` stands in for the kernel's answer to where a proxied connection was going (on
+   * a system without netfilter, or in a test on loopback); by default the native addon is asked.
+   */
+  static async start(config: Config, log: Logger, opts: { configFile?: string; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
     await mkdir(config.dataDir, { recursive: true });
     const sessions = new SessionCache();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
@@ -148,6 +157,10 @@ export class Ichidan {
     if (config.admin.watchConfig && app.configFile) app.#watch(app.configFile);
     const tls = await loadTlsMaterial(config);
     for (const spec of config.listeners) {
+      if (spec.role === 'proxy') {
+        await app.#startProxy(spec, tls, opts.originalDst);
+        continue;
+      }
       const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log });
       const where = await listener.listen();
       app.#listeners.push(listener);
@@ -155,6 +168,48 @@ export class Ichidan {
       log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
     }
     return app;
+  }
+
+  /** A proxy listener, when the kernel can say where its connections were going; else reported, and everything else runs. */
+  async #startProxy(spec: Config['listeners'][number], tls: { key: string | Buffer; cert: string | Buffer }, given?: OriginalDstReader): Promise<void> {
+    const reader = given ?? loadOriginalDst();
+    if ('error' in reader) {
+      this.log.error({ listener: spec.name, reason: reader.error }, 'proxy listener not started: the original destination of redirected connections cannot be read');
+      return;
+    }
+    const proxy = new ProxyListener(spec, {
+      config: () => this.config,
+      tenantOf: (address) => {
+        const policy = this.#runtime.policy;
+        return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
+      },
+      session: (config) => this.#proxyDeps(config),
+      ownEndpoints: () => this.bound.map((b) => ({ address: b.address, port: b.port })),
+      reader,
+      tls: { key: tls.key, cert: tls.cert },
+      log: this.log,
+    });
+    const where = await proxy.listen();
+    this.#proxies.push(proxy);
+    this.bound.push({ name: spec.name, role: spec.role, ...where });
+    this.log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
+  }
+
+  #proxyDeps(config: Config): ProxyDeps {
+    const egress = this.queue.egress;
+    const transcripts = config.delivery.transcripts;
+    return {
+      heloName: config.delivery.heloName ?? config.hostname,
+      connectTimeout: config.delivery.connectTimeout,
+      replyTimeout: config.delivery.replyTimeout,
+      ca: egress.ca,
+      route: (domain) => egress.sites.route(domain),
+      tlsPlan: (domain, via, hops) => egress.tlsPlan(domain, via, hops),
+      siteLimits: (key) => egress.sites.limits(key),
+      acquire: (tenant, site) => this.queue.acquireLive(tenant, site, config.proxy.slotWait),
+      transcripts: transcripts.enabled ? { sink: this.queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
+      signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
+    };
   }
 
   listener(name: string): BoundListener {
@@ -241,7 +296,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
-    await Promise.all(this.#listeners.map((l) => l.close()));
+    await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
     this.#runtime.release();
     await this.queue.close();

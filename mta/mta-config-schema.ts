@@ -16,8 +16,11 @@ export { duration, size };
 const listener = z.strictObject({
   /** Name used in logs and Received headers. */
   name: z.string().min(1),
-  /** mx: accepts mail for hosted domains (and relays for trusted networks); submission: AUTH required to relay. */
-  role: z.enum(['mx', 'submission']),
+  /**
+   * mx: accepts mail for hosted domains (and relays for trusted networks); submission: AUTH
+   * required to relay; proxy: the transparent proxy for redirected port-25 traffic (see `proxy`).
+   */
+  role: z.enum(['mx', 'submission', 'proxy']),
   address: ipAddress.default('127.0.0.1'),
   /** 0 picks a free port (tests). */
   port: z.number().int().min(0).max(65535),
@@ -263,6 +266,18 @@ export const configSchema = z.strictObject({
     watchConfig: z.boolean().default(false),
     /** When set, every admin request must carry `Authorization: Bearer <token>` (the CLI reads ICHIDAN_ADMIN_TOKEN). */
     token: z.string().min(16, 'at least 16 characters').optional(),
+  }).prefault({}),
+  /** The transparent proxy (listeners with role proxy): legacy MTAs' redirected sessions relayed live. */
+  proxy: z.strictObject({
+    /** How long a proxied session waits for a turn at its destination site; then its client gets 451 4.4.5. */
+    slotWait: duration.prefault('30s'),
+    /** One JSON line per relayed transaction is appended to this file. */
+    eventsFile: z.string().min(1).optional(),
+    /** Selected outcomes are posted to this URL as a Slack-compatible payload ({"text": ...}). */
+    webhook: z.strictObject({
+      url: z.url({ protocol: /^https?$/, error: 'an http(s) URL' }),
+      on: z.array(z.enum(['delivered', 'rejected', 'deferred', 'failed'])).default(['rejected', 'deferred', 'failed']),
+    }).optional(),
   }).prefault({}),
   /** Scanning engines, run in parallel on every message before the reply to DATA (empty: no scanning). */
   engines: z.array(engineSchema).default([]),

@@ -23,7 +23,7 @@ export const RELAY_TENANT = '_relay';
 export interface ClientContext {
   address: string;
   authUser: string | null;
-  role: 'mx' | 'submission';
+  role: 'mx' | 'submission' | 'proxy';
 }
 
 export type RecipientDecision =

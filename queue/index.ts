@@ -24,7 +24,7 @@ import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from '
 import { HeaderStrip, parseStripRule, type StripRule } from './queue-headers.js';
 import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
-import { Scheduler, type Dispatch, type Job, type Source, type TenantPolicy } from './queue-scheduler.js';
+import { Scheduler, type Dispatch, type Job, type SiteRef, type Source, type TenantPolicy } from './queue-scheduler.js';
 import { openDomains, type RecipientSelector } from './queue-store-egress.js';
 import { EgressControl } from './queue-throttle.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
@@ -155,6 +155,40 @@ export class Queue {
     this.scheduler.setLimits({ concurrency: config.queue.concurrency, laneConcurrency: config.queue.laneConcurrency });
   }
 
+  /** The egress of the current config snapshot. */
+  get egress(): Egress {
+    return this.#egress;
+  }
+
+  /**
+   * A turn for a live session (the transparent proxy) at a site, taken through the scheduler like
+   * a delivery: the same caps, fairness and blocks. Resolves with the source address to connect
+   * from and the function that gives the turn back; rejects after `waitMs` without one.
+   */
+  acquireLive(tenant: string, site: SiteRef, waitMs: number): Promise<{ site: string; source: Source; release: () => void }> {
+    return new Promise((resolve, reject) => {
+      let state: 'waiting' | 'given' | 'gave up' = 'waiting';
+      const timer = setTimeout(() => {
+        if (state !== 'waiting') return;
+        state = 'gave up';
+        reject(new Error(`no turn at ${site.key} within ${waitMs} ms (the site is at its limit, paused or held)`));
+      }, waitMs);
+      this.scheduler.add({
+        messageId: '', tenant, domain: site.key, recipientIds: [], due: 0,
+        live: {
+          site,
+          run: (d) => {
+            // Dispatched after its client gave up: the turn goes straight back.
+            if (state !== 'waiting') return Promise.resolve();
+            state = 'given';
+            clearTimeout(timer);
+            return new Promise<void>((release) => resolve({ site: d.site, source: d.source, release: () => release() }));
+          },
+        },
+      });
+    });
+  }
+
   /** Holds recipients (one message's, a tenant's, a site's) so they stay queued until released; resolves with how many. */
   async holdRecipients(select: RecipientSelector): Promise<number> {
     const [n] = await this.store.write([{ op: 'holdRecipients', select, now: Date.now() }]) as [number];
@@ -210,8 +244,8 @@ export class Queue {
     this.store.write([{ op: 'appendScanRuns', queueId: scan.queueId, runs }]).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record late scans'));
   }
 
-  /** Session transcripts from delivery/: stored without holding delivery up; a failed write is logged. */
-  readonly #recordTranscript = (chunk: TranscriptChunk): void => {
+  /** Session transcripts from delivery/ (and the proxy): stored without holding delivery up; a failed write is logged. */
+  readonly recordTranscript = (chunk: TranscriptChunk): void => {
     this.store.write([{ op: 'recordTranscript', chunk }])
       .catch((err) => this.log.error({ err, session: chunk.connection.id }, 'could not record a session transcript'));
   };
@@ -344,7 +378,7 @@ export class Queue {
       body8bit: msg.body8bit === 1,
       open: () => this.#open(msg),
     };
-    const result = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound, this.#recordTranscript, via) : { kind: 'outcomes' as const, outcomes: [] };
+    const result = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound, this.recordTranscript, via) : { kind: 'outcomes' as const, outcomes: [] };
     const now = Date.now();
     if (result.kind === 'outcomes' && result.signal) this.control.onSignal(via.site, via.source.address, job.tenant, result.signal, now);
     const q = this.config.queue;

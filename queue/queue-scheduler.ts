@@ -28,6 +28,11 @@ export interface Job {
   domain: string;
   recipientIds: number[];
   due: number;
+  /**
+   * A live session's turn (the transparent proxy): run instead of the queue's delivery, it holds
+   * its slot at `site` until the promise it returns settles.
+   */
+  live?: { site: SiteRef; run: (dispatch: Dispatch) => Promise<void> };
 }
 
 export interface SchedulerLimits {
@@ -315,6 +320,10 @@ export class Scheduler {
   }
 
   #makeReady(job: Job): void {
+    if (job.live) {
+      this.#place(job.live.site, job);
+      return;
+    }
     const pending = this.#resolving.get(job.domain);
     if (pending) {
       pending.push(job);
@@ -527,7 +536,8 @@ export class Scheduler {
     tenant.active++;
     if (site.limits.messageRate) pair.tokens -= 1;
     if (policy.messagesPerHour !== undefined) tenant.tokens -= 1;
-    this.deps.run({ job, site: site.key, source }).catch(() => undefined).finally(() => {
+    const dispatch = { job, site: site.key, source };
+    (job.live ? job.live.run(dispatch) : this.deps.run(dispatch)).catch(() => undefined).finally(() => {
       this.#active--;
       site.active--;
       lane.active--;

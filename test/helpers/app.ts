@@ -6,6 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import type { OriginalDstReader } from '../../delivery/proxy-origdst.js';
 import { Ichidan, parseConfig } from '../../mta/index.js';
 import type { ConfigInput } from '../../mta/mta-config-schema.js';
 import { createLogger } from '../../mta/mta-log.js';
@@ -36,7 +37,7 @@ export function baseConfig(dataDir: string, extra: Partial<ConfigInput> = {}): C
   };
 }
 
-export async function startApp(build: (dataDir: string) => ConfigInput, opts: { dataDir?: string } = {}): Promise<TestApp> {
+export async function startApp(build: (dataDir: string) => ConfigInput, opts: { dataDir?: string; originalDst?: OriginalDstReader } = {}): Promise<TestApp> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'ichidan-test-'));
   const logs: Array<Record<string, unknown>> = [];
   const sinkStream = new Writable({
@@ -46,7 +47,7 @@ export async function startApp(build: (dataDir: string) => ConfigInput, opts: { 
     },
   });
   const config = parseConfig(build(dataDir), 'test');
-  const app = await Ichidan.start(config, createLogger(config.log.level, sinkStream));
+  const app = await Ichidan.start(config, createLogger(config.log.level, sinkStream), { originalDst: opts.originalDst });
   return {
     app, dataDir, logs,
     port: (name = 'mx') => app.listener(name).port,

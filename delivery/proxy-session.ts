@@ -1,0 +1,340 @@
+/*
+ * The destination side of one proxied client connection.
+ *
+ * A legacy MTA's connection was redirected to the proxy; its original destination (address,
+ * port) is where this session relays, command by command, for as long as the client stays:
+ *   - the first RCPT of the session names a recipient domain, so the destination's site (the
+ *     same site the queued path would count it under, when the address is one of the domain's
+ *     mail hosts) and its host name (for SNI and the certificate check) are known; only then is a
+ *     slot taken at that site for the tenant (the scheduler's fairness and caps, waiting at most
+ *     `proxy.slotWait`), the connection opened from the source address the slot came with, EHLO
+ *     and STARTTLS (verified against the CA store, checked by name later) said, and the MAIL FROM
+ *     the client gave relayed. Later transactions relay MAIL at once.
+ *   - each RCPT is relayed and its reply passed back, after the recipient domain's TLS rule
+ *     (delivery.tlsPolicy, MTA-STS) is checked against this session: a domain that requires
+ *     (verified) TLS this session does not have, or an MX outside an enforced policy, gets
+ *     451 4.7.5 and is never sent to;
+ *   - DATA streams through (bounded memory), the destination's final reply goes back; a
+ *     destination that fails or stays silent gives the client a 4xx, never a silent loss.
+ * Everything said on the destination side is recorded by the same Transcript as queued sessions,
+ * and each delivery leaves the same throttle signal.
+ * Network: TCP/TLS to the original destination only.
+ */
+import type { Readable } from 'node:stream';
+import { checkServerIdentity, type PeerCertificate, type TLSSocket } from 'node:tls';
+import type { Dispatch, Source } from '../queue/queue-scheduler.js';
+import type { RouteDecision } from './delivery-route.js';
+import type { SiteInfo } from './delivery-sites.js';
+import { errorSignal, ReplyClock, type Signal } from './delivery-throttle.js';
+import type { HopTls, TlsPlan } from './delivery-tls.js';
+import { Transcript, type TranscriptSink } from './delivery-transcript.js';
+import { replyText, SmtpClient, type Reply } from './proxy-client.js';
+
+export interface Destination {
+  address: string;
+  port: number;
+}
+
+export interface Slot {
+  site: string;
+  source: Source;
+  release(): void;
+}
+
+export interface ProxyDeps {
+  heloName: string;
+  connectTimeout: number;
+  replyTimeout: number;
+  ca: string[] | undefined;
+  /** Route and site of a recipient domain (the egress's cache). */
+  route(domain: string): Promise<{ decision: RouteDecision; site: SiteInfo }>;
+  /** The TLS rule of a recipient domain for the given hops. */
+  tlsPlan(domain: string, via: 'route' | 'mx', hops: Array<{ name: string; addresses: string[]; port: number; protocol: 'smtp' | 'lmtp' }>): Promise<TlsPlan>;
+  /** The default limits of a site by key (for an address no route names). */
+  siteLimits(key: string): SiteInfo;
+  /** A turn at the site for the tenant: resolves when the scheduler gives one, rejects after the wait. */
+  acquire(tenant: string, site: SiteInfo): Promise<Slot>;
+  transcripts: { sink: TranscriptSink; maxBytes: number } | null;
+  signal(site: string, source: string | null, tenant: string, signal: Signal): void;
+}
+
+export interface TransactionSummary {
+  sender: string;
+  recipients: Array<{ address: string; reply: string }>;
+  /** Milliseconds from the client's MAIL FROM to the destination's 354 (null: DATA never started). */
+  msTo354: number | null;
+  final: string | null;
+  bytes: number;
+}
+
+/** The ESMTP parameters a destination understands, by the extensions it offered (others are dropped, not refused). */
+export function keepParams(params: string, extensions: Map<string, string>): string {
+  const needs: Record<string, string> = { SIZE: 'SIZE', BODY: '8BITMIME', SMTPUTF8: 'SMTPUTF8', RET: 'DSN', ENVID: 'DSN', NOTIFY: 'DSN', ORCPT: 'DSN' };
+  return params.split(/\s+/).filter((w) => {
+    const key = w.split('=')[0].toUpperCase();
+    return w !== '' && needs[key] !== undefined && extensions.has(needs[key]);
+  }).join(' ');
+}
+
+/** 4xx said to the client for a destination that failed; the detail is for the log and transcript. */
+function tempfail(status: string, detail: string): Reply {
+  const text = `${status} destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400);
+  return { code: 451, lines: [text], raw: `451 ${text}` };
+}
+
+export class ProxySession {
+  #client: SmtpClient | null = null;
+  #slot: Slot | null = null;
+  #site: SiteInfo | null = null;
+  #hostName: string | null = null;
+  #clock: ReplyClock | null = null;
+  #transcript: Transcript | null = null;
+  #mail: { from: string; params: string } | null = null;
+  #mailReply: Reply | null = null;
+  #inTransaction = false;
+  #failed: Reply | null = null;
+  #startedAt = 0;
+  #summary: TransactionSummary | null = null;
+  #seq = 0;
+
+  constructor(readonly destination: Destination, readonly tenant: string, private readonly deps: ProxyDeps) {}
+
+  get site(): string | null {
+    return this.#site?.key ?? null;
+  }
+
+  /** The source address the session's slot came with (null: the system's choice, or no slot yet). */
+  get source(): string | null {
+    return this.#slot?.source.address ?? null;
+  }
+
+  /** MAIL FROM: relayed at once when the session is open, else kept for the first RCPT. */
+  async mail(from: string, params: string): Promise<Reply> {
+    this.#mail = { from, params };
+    this.#mailReply = null;
+    this.#summary = { sender: from, recipients: [], msTo354: null, final: null, bytes: 0 };
+    this.#startedAt = Date.now();
+    if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
+    if (this.#failed) return this.#failed;
+    return this.#relayMail();
+  }
+
+  async rcpt(to: string, params: string): Promise<Reply> {
+    const domain = to.slice(to.lastIndexOf('@') + 1).toLowerCase();
+    const reply = await this.#rcpt(to, domain, params);
+    this.#summary?.recipients.push({ address: to, reply: reply.raw });
+    return reply;
+  }
+
+  async #rcpt(to: string, domain: string, params: string): Promise<Reply> {
+    if (!this.#client && !this.#failed) {
+      const opened = await this.#open(domain);
+      if (opened) return (this.#failed = opened);
+    }
+    if (this.#failed) return this.#failed;
+    if (!this.#mailReply) {
+      const mailReply = await this.#relayMail();
+      if (mailReply.code !== 250) return mailReply;
+    } else if (this.#mailReply.code !== 250) {
+      return this.#mailReply;
+    }
+    const refused = await this.#tlsRefusal(domain);
+    if (refused) return refused;
+    const kept = keepParams(params, this.#client!.extensions);
+    return this.#command(`RCPT TO:<${to}>${kept ? ' ' + kept : ''}`);
+  }
+
+  /** Streams the message; resolves with the destination's final reply (or a 4xx when it failed). */
+  async data(body: Readable, queueId: string, recipients: string[]): Promise<Reply> {
+    const client = this.#client;
+    if (!client || this.#failed) {
+      body.resume();
+      return this.#failed ?? tempfail('4.4.1', 'not connected');
+    }
+    this.#transcript?.carry(queueId, this.tenant, recipients);
+    this.#clock?.reset();
+    let reply: Reply;
+    try {
+      reply = await client.data(body, (bytes) => {
+        if (!this.#summary) return;
+        if (this.#summary.msTo354 === null) this.#summary.msTo354 = Date.now() - this.#startedAt;
+        this.#summary.bytes = bytes;
+      });
+      this.#inTransaction = false;
+    } catch (err) {
+      reply = this.#broken(err);
+    }
+    this.#transcript?.release();
+    if (this.#summary) this.#summary.final = reply.raw;
+    this.#signal(reply);
+    return reply;
+  }
+
+  /** What the last transaction did, once (for the event sinks); null when already taken or none began. */
+  takeSummary(): TransactionSummary | null {
+    const summary = this.#summary;
+    this.#summary = null;
+    return summary && summary.recipients.length > 0 ? summary : null;
+  }
+
+  /** The client left: QUIT toward the destination, give the slot back. */
+  async close(): Promise<void> {
+    const client = this.#client;
+    this.#client = null;
+    if (client) await client.quit();
+    this.#slot?.release();
+    this.#slot = null;
+  }
+
+  async #relayMail(): Promise<Reply> {
+    const m = this.#mail!;
+    if (this.#inTransaction) {
+      // The client started over (RSET or a new MAIL): so does the destination.
+      const reset = await this.#command('RSET');
+      if (reset.code !== 250) return reset;
+    }
+    const kept = keepParams(m.params, this.#client!.extensions);
+    const reply = await this.#command(`MAIL FROM:<${m.from}>${kept ? ' ' + kept : ''}`);
+    this.#mailReply = reply;
+    this.#inTransaction = reply.code === 250;
+    return reply;
+  }
+
+  /** Takes a slot and opens the destination session; resolves with a reply to refuse with, or null when open. */
+  async #open(domain: string): Promise<Reply | null> {
+    const { address, port } = this.destination;
+    let hostName: string | null = null;
+    let site: SiteInfo | null = null;
+    try {
+      const { decision, site: routed } = await this.deps.route(domain);
+      const hop = decision.kind === 'hops' ? decision.hops.find((h) => h.port === port && h.addresses.includes(address)) : undefined;
+      if (hop) {
+        hostName = hop.name;
+        site = routed;
+      }
+    } catch {
+      // no route knowledge: the address stands for itself
+    }
+    this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
+    this.#hostName = hostName;
+    try {
+      this.#slot = await this.deps.acquire(this.tenant, this.#site);
+    } catch (err) {
+      return tempfail('4.4.5', (err as Error).message);
+    }
+    const source = this.#slot.source;
+    this.#transcript = this.deps.transcripts
+      ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo: source.helo ?? this.deps.heloName, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
+      : null;
+    this.#clock = new ReplyClock(this.#transcript?.logger ?? null);
+    try {
+      const client = await SmtpClient.open({
+        address, port, localAddress: source.address, connectTimeout: this.deps.connectTimeout, replyTimeout: this.deps.replyTimeout, logger: this.#clock.logger,
+      });
+      this.#client = client;
+      this.#transcript?.follow(() => client.socket, (end) => client.once('end', end));
+      const greeting = client.greeting!;
+      if (greeting.code !== 220) return this.#refusedOpen(greeting);
+      const helo = source.helo ?? this.deps.heloName;
+      let hello = await client.hello(helo);
+      if (hello.code !== 250) return this.#refusedOpen(hello);
+      if (client.extensions.has('STARTTLS')) {
+        const tls = await client.starttls({
+          ca: this.deps.ca, servername: hostName && /[a-z]/i.test(hostName) ? hostName : undefined,
+          rejectUnauthorized: false, checkServerIdentity: () => undefined,
+        });
+        if (tls.code === 220) {
+          hello = await client.hello(helo);
+          if (hello.code !== 250) return this.#refusedOpen(hello);
+        }
+      }
+      return null;
+    } catch (err) {
+      return this.#broken(err);
+    }
+  }
+
+  #refusedOpen(reply: Reply): Reply {
+    this.#signal(reply);
+    void this.close();
+    // A 5xx at the banner or to EHLO is the destination's answer; anything else is a deferral.
+    return reply.code >= 500 ? reply : tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
+  }
+
+  /** Is this session fit for the domain's TLS rule? A reply to refuse the recipient with, or null. */
+  async #tlsRefusal(domain: string): Promise<Reply | null> {
+    const { address, port } = this.destination;
+    let decision: RouteDecision | null = null;
+    try {
+      decision = (await this.deps.route(domain)).decision;
+    } catch {
+      decision = null;
+    }
+    const hops = decision?.kind === 'hops' ? decision.hops.filter((h) => h.port === port && h.addresses.includes(address)) : [];
+    const hop = hops[0] ?? { name: this.#hostName ?? address, addresses: [address], port, protocol: 'smtp' as const };
+    const plan = await this.deps.tlsPlan(domain, decision?.kind === 'hops' ? decision.via : 'mx', [hop]);
+    const refuse = (reason: string): Reply => {
+      const text = `4.7.5 ${reason}; not sent`;
+      return { code: 451, lines: [text], raw: `451 ${text}` };
+    };
+    if (plan.kind === 'defer') return refuse(plan.reason);
+    const planned = plan.hops[0];
+    if (!planned) return refuse(`no usable mail host of ${domain} is ${address}`);
+    const problem = this.#tlsProblem(planned.tls, planned.hop.name);
+    if (problem) return refuse(`${planned.tls.rule} requires ${planned.tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${problem}`);
+    if (planned.tls.audit) {
+      const audit = this.#tlsProblem({ ...planned.tls, level: 'require-verified' }, planned.hop.name);
+      if (audit) planned.tls.audit(audit);
+    }
+    return null;
+  }
+
+  #tlsProblem(tls: HopTls, name: string): string | null {
+    if (tls.level !== 'require' && tls.level !== 'require-verified') return null;
+    const socket = this.#client?.socket as TLSSocket | undefined;
+    if (!socket?.encrypted) return 'STARTTLS not offered or not completed';
+    if (tls.level === 'require') return null;
+    if (!socket.authorized) return `certificate not valid: ${String(socket.authorizationError ?? 'unverified')}`;
+    const mismatch = checkServerIdentity(name, socket.getPeerCertificate() as PeerCertificate);
+    return mismatch ? `certificate not valid for ${name}: ${mismatch.message}` : null;
+  }
+
+  async #command(line: string): Promise<Reply> {
+    try {
+      const reply = await this.#client!.command(line);
+      if (reply.code === 421) {
+        this.#failed = reply;
+        this.#signal(reply);
+      }
+      return reply;
+    } catch (err) {
+      return this.#broken(err);
+    }
+  }
+
+  /** The destination broke or went silent: every later command of this client gets a 4xx. */
+  #broken(err: unknown): Reply {
+    const e = err as NodeJS.ErrnoException;
+    this.#signalRaw(errorSignal(e.code, e.message));
+    this.#client?.close();
+    this.#failed = tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${e.code ?? 'error'}: ${e.message}`);
+    return this.#failed;
+  }
+
+  #signal(reply: Reply): void {
+    const seen = this.#clock?.signal(this.#site?.slowReply ?? Infinity) ?? { kind: 'ok' as const, detail: '' };
+    this.#signalRaw(reply.code === 421 && seen.kind !== 'throttled' ? { kind: 'throttled', detail: replyText(reply) } : seen);
+  }
+
+  #signalRaw(signal: Signal): void {
+    if (!this.#site || !this.#slot) return;
+    this.deps.signal(this.#site.key, this.#slot.source.address, this.tenant, signal);
+  }
+
+  /** A per-session number for transcript message links (proxied mail has no queue id). */
+  nextId(prefix: string): string {
+    return `${prefix}.${++this.#seq}`;
+  }
+}
+
+export type { Dispatch };
