@@ -14,6 +14,7 @@
  * Settings: listeners[] with role proxy, proxy.*, delivery.* (timeouts, TLS, transcripts).
  */
 import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from '../mta/mta-config-schema.js';
@@ -22,13 +23,32 @@ import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ProxySession, type Destination, type ProxyDeps } from './proxy-session.js';
 import type { Reply } from './proxy-client.js';
 
+export interface ScanInput {
+  tenant: string;
+  client: string;
+  helo: string;
+  sender: string;
+  recipients: string[];
+  stream: Readable;
+  listener: string;
+}
+
+/** What scanning decided: an answer for the client (refused, or held in quarantine), or the message to relay. */
+export type ScanOutcome =
+  | { kind: 'answer' | 'held'; reply: Reply }
+  | { kind: 'relay'; open: () => Readable; done: () => Promise<void> };
+
 export interface ProxyListenerDeps {
+  /** The scanning step for a tenant whose proxied mail is scanned; null: streamed through unscanned. */
+  scanner: (tenant: string) => ((input: ScanInput) => Promise<ScanOutcome>) | null;
   config: () => Config;
   /** The tenant of a client allowed to use the proxy; undefined: not allowed. */
   tenantOf: (address: string) => string | undefined;
   session: (config: Config) => ProxyDeps;
   /** Addresses and ports Ichidan listens on: a destination among them is a loop. */
   ownEndpoints: () => Array<{ address: string; port: number }>;
+  /** The proxy's own open destination connections ("address|port"): a client among them is a loop. */
+  outbound: Set<string>;
   reader: OriginalDstReader;
   tls: { key: string | Buffer; cert: string | Buffer };
   log: Logger;
@@ -123,6 +143,7 @@ export class ProxyListener {
   #onConnect(session: SMTPServerSession, cb: Callback): void {
     const client = unmapped(session.remoteAddress);
     const refuse = (code: number, text: string) => cb(Object.assign(new Error(text), { responseCode: code }));
+    if (this.deps.outbound.has(`${client}|${session.remotePort}`)) return refuse(554, '5.4.6 routing loop: this connection comes from the proxy itself');
     const tenant = this.deps.tenantOf(client);
     if (tenant === undefined) return refuse(554, `5.7.1 ${client} may not use this proxy`);
     const destination = this.#destinations.get(`${client}|${session.remotePort}`);
@@ -154,7 +175,22 @@ export class ProxyListener {
       return cb(Object.assign(new Error('4.3.0 no proxy session'), { responseCode: 451 }));
     }
     const recipients = session.envelope.rcptTo.map((r) => r.address);
-    s.data(stream as never, s.nextId(session.id), recipients).then((reply) => {
+    const scanner = this.deps.scanner(s.tenant);
+    const relay = async (): Promise<Reply> => {
+      if (!scanner) return s.data(stream as unknown as Readable, s.nextId(session.id), recipients);
+      const mailFrom = session.envelope.mailFrom;
+      const outcome = await scanner({
+        tenant: s.tenant, client: unmapped(session.remoteAddress), helo: String(session.hostNameAppearsAs ?? ''), sender: mailFrom ? mailFrom.address : '',
+        recipients, stream: stream as unknown as Readable, listener: this.spec.name,
+      });
+      if (outcome.kind !== 'relay') return s.abort(outcome.reply);
+      try {
+        return await s.data(outcome.open(), s.nextId(session.id), recipients);
+      } finally {
+        await outcome.done().catch((err) => this.deps.log.error({ err }, 'could not remove a relayed message from the spool'));
+      }
+    };
+    relay().then((reply) => {
       this.#report(session, s);
       // smtp-server refuses the transaction itself when the data was larger than SIZE allows.
       if ((stream as unknown as { sizeExceeded?: boolean }).sizeExceeded) return cb(Object.assign(new Error('5.3.4 message too big'), { responseCode: 552 }));

@@ -56,6 +56,8 @@ export interface ProxyDeps {
   acquire(tenant: string, site: SiteInfo): Promise<Slot>;
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
   signal(site: string, source: string | null, tenant: string, signal: Signal): void;
+  /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
+  outbound: Set<string>;
 }
 
 export interface TransactionSummary {
@@ -170,6 +172,16 @@ export class ProxySession {
     return reply;
   }
 
+  /** The message will not be relayed (scanning refused or held it): the destination's transaction is reset; `reply` goes to the client. */
+  async abort(reply: Reply): Promise<Reply> {
+    if (this.#client && !this.#failed && this.#inTransaction) {
+      const reset = await this.#command('RSET');
+      if (reset.code === 250) this.#inTransaction = false;
+    }
+    if (this.#summary) this.#summary.final = reply.raw;
+    return reply;
+  }
+
   /** What the last transaction did, once (for the event sinks); null when already taken or none began. */
   takeSummary(): TransactionSummary | null {
     const summary = this.#summary;
@@ -232,6 +244,9 @@ export class ProxySession {
         address, port, localAddress: source.address, connectTimeout: this.deps.connectTimeout, replyTimeout: this.deps.replyTimeout, logger: this.#clock.logger,
       });
       this.#client = client;
+      const local = `${client.socket.localAddress?.replace(/^::ffff:/i, '')}|${client.socket.localPort}`;
+      this.deps.outbound.add(local);
+      client.once('end', () => this.deps.outbound.delete(local));
       this.#transcript?.follow(() => client.socket, (end) => client.once('end', end));
       const greeting = client.greeting!;
       if (greeting.code !== 220) return this.#refusedOpen(greeting);

@@ -29,6 +29,7 @@ import { ProxyListener } from '../delivery/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from '../delivery/proxy-origdst.js';
 import type { ProxyDeps } from '../delivery/proxy-session.js';
 import { RELAY_TENANT } from './mta-policy.js';
+import { proxyScans, scanProxied } from './mta-proxy-scan.js';
 import { loadTlsMaterial } from './mta-tls.js';
 
 export interface BoundListener {
@@ -77,6 +78,7 @@ export class Ichidan {
   #runtime: Runtime;
   readonly #listeners: Listener[] = [];
   readonly #proxies: ProxyListener[] = [];
+  readonly #proxyOutbound = new Set<string>();
   #admin: AdminServer | null = null;
   #policies = new StsPolicyCache();
   readonly engines: EngineHost;
@@ -184,7 +186,13 @@ export class Ichidan {
         return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
       },
       session: (config) => this.#proxyDeps(config),
+      scanner: (tenant) => {
+        const runtime = this.#runtime;
+        if (!proxyScans(runtime.config.proxy.scan, tenant) || runtime.engines.size === 0) return null;
+        return (input) => scanProxied(input, runtime, this.queue, this.log);
+      },
       ownEndpoints: () => this.bound.map((b) => ({ address: b.address, port: b.port })),
+      outbound: this.#proxyOutbound,
       reader,
       tls: { key: tls.key, cert: tls.cert },
       log: this.log,
@@ -209,6 +217,7 @@ export class Ichidan {
       acquire: (tenant, site) => this.queue.acquireLive(tenant, site, config.proxy.slotWait),
       transcripts: transcripts.enabled ? { sink: this.queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
       signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
+      outbound: this.#proxyOutbound,
     };
   }
 

@@ -271,6 +271,11 @@ export const configSchema = z.strictObject({
   proxy: z.strictObject({
     /** How long a proxied session waits for a turn at its destination site; then its client gets 451 4.4.5. */
     slotWait: duration.prefault('30s'),
+    /**
+     * Scan proxied mail (true: every tenant's; or a list of tenant names): spooled, scanned by the
+     * engines, refused to the client before the destination sees it. Otherwise streamed through.
+     */
+    scan: z.union([z.boolean(), z.array(z.string().min(1))]).default(false),
     /** One JSON line per relayed transaction is appended to this file. */
     eventsFile: z.string().min(1).optional(),
     /** Selected outcomes are posted to this URL as a Slack-compatible payload ({"text": ...}). */
@@ -325,6 +330,11 @@ export const configSchema = z.strictObject({
   }
   if (cfg.delivery.site.initialConnections > cfg.delivery.site.maxConnections) {
     ctx.addIssue({ code: 'custom', path: ['delivery', 'site', 'initialConnections'], message: `initialConnections (${cfg.delivery.site.initialConnections}) is above maxConnections (${cfg.delivery.site.maxConnections})` });
+  }
+  if (Array.isArray(cfg.proxy.scan)) {
+    cfg.proxy.scan.forEach((t, i) => {
+      if (!(t in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['proxy', 'scan', i], message: `no tenant "${t}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
+    });
   }
   cfg.users.forEach((u, i) => {
     if (!(u.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['users', i, 'tenant'], message: `no tenant "${u.tenant}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });

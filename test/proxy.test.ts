@@ -3,7 +3,7 @@
 // else is real: swaks and nodemailer as legacy MTAs, sink MX servers, DNS, TLS from a test CA.
 import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -179,6 +179,33 @@ describe('transparent proxy (loopback)', () => {
     expect(rows.map((r) => r.host)).toEqual(['mx.secure.test', 'mx.spoofed.test']);
     expect(rows.every((r) => /^TLSv1\.[23] /.test(r.tls))).toBe(true);
     expect(lines.map((l) => `${l.dir} ${l.text}`)).toContain('client RCPT TO:<x@secure.test>');
+  });
+
+  it('scans a tenant\'s proxied mail when asked: a refused message never reaches the destination, a clean one is relayed', async () => {
+    const mx = await sink({ host: '127.0.0.60' });
+    const t = await proxy(() => to(mx), () => ({
+      tenants: { legacy: { networks: ['127.0.0.1/32'] } },
+      engines: [{ name: 'attachments', type: 'policy' }],
+      proxy: { scan: ['legacy'] },
+    }));
+    const exe = join(t.dataDir, 'exe.eml');
+    writeFileSync(exe, ['From: a@legacy.test', 'To: x@dest.test', 'Subject: invoice', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary="b"', '',
+      '--b', 'Content-Type: text/plain', '', 'see attached', '--b', 'Content-Type: application/octet-stream',
+      'Content-Disposition: attachment; filename="invoice.pdf.exe"', 'Content-Transfer-Encoding: base64', '', 'TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAA', '--b--', ''].join('\r\n'));
+    const refused = await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@dest.test', '--data', exe]);
+    expect(refused).toMatch(/<\*\* 550 5\.7\.1 message refused: .*invoice\.pdf\.exe/);
+    const clean = await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@dest.test', '--body', 'nothing attached']);
+    expect(clean).toMatch(/<-  250 2\.6\.0 Ok: sunk/);
+    await mx.waitFor(1);
+    expect(mx.messages).toHaveLength(1);
+    expect(mx.messages[0].data.toString()).toContain('nothing attached');
+    const db = new Database(join(t.dataDir, 'queue.db'), { readonly: true });
+    await waitUntil(() => (db.prepare(`SELECT COUNT(*) AS n FROM scans`).get() as { n: number }).n === 2, 5_000, 'both scan records');
+    const actions = (db.prepare(`SELECT action FROM scans ORDER BY at`).all() as Array<{ action: string }>).map((r) => r.action);
+    db.close();
+    expect(actions).toEqual(['reject', 'accept']);
+    // nothing of either message is left in the spool
+    await waitUntil(async () => (await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt').length === 0, 5_000, 'an empty spool');
   });
 
   it('writes one JSON line per transaction and posts the selected outcomes to a webhook', async () => {
