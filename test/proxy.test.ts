@@ -110,6 +110,15 @@ describe('transparent proxy (loopback)', () => {
     expect(mx.messages).toHaveLength(0);
   });
 
+  it('offers STARTTLS to the client when the listener says so', async () => {
+    const mx = await sink({ host: '127.0.0.50' });
+    const t = await proxy(() => to(mx), () => ({ listeners: [{ name: 'proxy', role: 'proxy', port: 0, tls: 'starttls' }] }));
+    const out = await swaks(t.port('proxy'), ['--tls', '--from', 'a@legacy.test', '--to', 'x@dest.test']);
+    expect(out).toMatch(/<-  220 .*TLS/i);
+    expect(out).toMatch(/<~  250 2\.6\.0 Ok: sunk/);
+    await mx.waitFor(1);
+  });
+
   it('refuses clients outside the trusted and tenant networks', async () => {
     const mx = await sink({ host: '127.0.0.55' });
     const t = await proxy(() => to(mx), () => ({ trustedNetworks: [] }));
