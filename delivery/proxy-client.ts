@@ -68,10 +68,40 @@ async function* dotStuffed(body: Readable): AsyncGenerator<Buffer> {
   yield Buffer.from(lastTwo === '\r\n' ? '.\r\n' : '\r\n.\r\n');
 }
 
-export class SmtpClient extends EventEmitter {
-  #socket: Socket | TLSSocket;
+/**
+ * Cuts a stream of reply bytes into whole replies ("250-a", "250 b" make one); a line that is not
+ * a reply line, or too many or too long lines, is a protocol error.
+ */
+export class ReplyReader {
   #buffer = '';
   #lines: string[] = [];
+
+  /** The replies completed by this chunk, in order. */
+  push(chunk: Buffer): Reply[] {
+    this.#buffer += chunk.toString('latin1');
+    const done: Reply[] = [];
+    let nl: number;
+    while ((nl = this.#buffer.indexOf('\n')) >= 0) {
+      const line = this.#buffer.slice(0, nl).replace(/\r$/, '');
+      this.#buffer = this.#buffer.slice(nl + 1);
+      this.#lines.push(line);
+      if (this.#lines.length > MAX_REPLY_LINES) throw Object.assign(new Error('reply too long'), { code: 'EPROTOCOL' });
+      if (/^\d{3}(?: |$)/.test(line)) {
+        const lines = this.#lines;
+        this.#lines = [];
+        done.push({ code: Number(line.slice(0, 3)), lines: lines.map((l) => l.slice(4)), raw: lines.join('\r\n') });
+      } else if (!/^\d{3}-/.test(line)) {
+        throw Object.assign(new Error(`not an SMTP reply: ${line.slice(0, 80)}`), { code: 'EPROTOCOL' });
+      }
+    }
+    if (this.#buffer.length > MAX_LINE) throw Object.assign(new Error('reply line too long'), { code: 'EPROTOCOL' });
+    return done;
+  }
+}
+
+export class SmtpClient extends EventEmitter {
+  #socket: Socket | TLSSocket;
+  readonly #reader = new ReplyReader();
   #waiter: { resolve: (r: Reply) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | null = null;
   /** Replies that came before anyone asked (a server answering DATA early). */
   #early: Reply[] = [];
@@ -166,12 +196,20 @@ export class SmtpClient extends EventEmitter {
     }
     let bytes = 0;
     try {
+      const socket = this.#socket;
       for await (const chunk of dotStuffed(body)) {
         this.#check();
         bytes += chunk.length;
         onProgress?.(bytes);
-        if (!this.#socket.write(chunk)) await new Promise<void>((resolve) => this.#socket.once('drain', resolve));
+        if (socket.write(chunk)) continue;
+        // A destination that goes away while its buffers are full never drains: the close ends the wait too.
+        await new Promise<void>((resolve) => {
+          const done = () => { socket.off('drain', done); socket.off('close', done); resolve(); };
+          socket.on('drain', done);
+          socket.on('close', done);
+        });
       }
+      this.#check();
     } catch (err) {
       // The client's data broke off: the destination must not take a partial message.
       this.close();
@@ -216,25 +254,17 @@ export class SmtpClient extends EventEmitter {
   }
 
   #onData(d: Buffer): void {
-    this.#buffer += d.toString('latin1');
-    let nl: number;
-    while ((nl = this.#buffer.indexOf('\n')) >= 0) {
-      const line = this.#buffer.slice(0, nl).replace(/\r$/, '');
-      this.#buffer = this.#buffer.slice(nl + 1);
-      this.#lines.push(line);
-      if (this.#lines.length > MAX_REPLY_LINES) return this.#fail(Object.assign(new Error('reply too long'), { code: 'EPROTOCOL' }));
-      if (/^\d{3}(?: |$)/.test(line)) this.#deliver();
-      else if (!/^\d{3}-/.test(line)) return this.#fail(Object.assign(new Error(`not an SMTP reply: ${line.slice(0, 80)}`), { code: 'EPROTOCOL' }));
+    let replies: Reply[];
+    try {
+      replies = this.#reader.push(d);
+    } catch (err) {
+      return this.#fail(err as Error);
     }
-    if (this.#buffer.length > MAX_LINE) this.#fail(Object.assign(new Error('reply line too long'), { code: 'EPROTOCOL' }));
+    for (const reply of replies) this.#deliver(reply);
   }
 
-  #deliver(): void {
-    const lines = this.#lines;
-    this.#lines = [];
-    const code = Number(lines[lines.length - 1].slice(0, 3));
-    const reply: Reply = { code, lines: lines.map((l) => l.slice(4)), raw: lines.join('\r\n') };
-    this.opts.logger.debug({ tnx: 'server' }, lines.join('\n'));
+  #deliver(reply: Reply): void {
+    this.opts.logger.debug({ tnx: 'server' }, reply.raw.replace(/\r\n/g, '\n'));
     const w = this.#waiter;
     this.#waiter = null;
     if (w) {

@@ -160,7 +160,8 @@ export class ProxyListener {
     const s = this.#sessions.get(session.id);
     if (!s) return cb(Object.assign(new Error('4.3.0 no proxy session'), { responseCode: 451 }));
     step(s).then((reply) => {
-      if (reply.code >= 200 && reply.code < 300) cb();
+      // The destination's own text goes back with its 250 (smtp-server patched to take it).
+      if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
       else cb(smtpError(reply));
     }, (err) => {
       this.deps.log.error({ err }, 'proxy step failed');

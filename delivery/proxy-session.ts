@@ -52,8 +52,8 @@ export interface ProxyDeps {
   tlsPlan(domain: string, via: 'route' | 'mx', hops: Array<{ name: string; addresses: string[]; port: number; protocol: 'smtp' | 'lmtp' }>): Promise<TlsPlan>;
   /** The default limits of a site by key (for an address no route names). */
   siteLimits(key: string): SiteInfo;
-  /** A turn at the site for the tenant: resolves when the scheduler gives one, rejects after the wait. */
-  acquire(tenant: string, site: SiteInfo): Promise<Slot>;
+  /** A turn at the site for the tenant: resolves when the scheduler gives one, rejects after the wait or when `leave` aborts. */
+  acquire(tenant: string, site: SiteInfo, leave: AbortSignal): Promise<Slot>;
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
   signal(site: string, source: string | null, tenant: string, signal: Signal): void;
   /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
@@ -98,6 +98,10 @@ export class ProxySession {
   #startedAt = 0;
   #summary: TransactionSummary | null = null;
   #seq = 0;
+  #closed = false;
+  /** Aborted when the client leaves: a wait for a turn ends with it. */
+  readonly #leave = new AbortController();
+  #opening: Promise<Reply | null> | null = null;
 
   constructor(readonly destination: Destination, readonly tenant: string, private readonly deps: ProxyDeps) {}
 
@@ -130,7 +134,9 @@ export class ProxySession {
 
   async #rcpt(to: string, domain: string, params: string): Promise<Reply> {
     if (!this.#client && !this.#failed) {
-      const opened = await this.#open(domain);
+      this.#opening = this.#open(domain);
+      const opened = await this.#opening;
+      this.#opening = null;
       if (opened) return (this.#failed = opened);
     }
     if (this.#failed) return this.#failed;
@@ -189,8 +195,15 @@ export class ProxySession {
     return summary && summary.recipients.length > 0 ? summary : null;
   }
 
-  /** The client left: QUIT toward the destination, give the slot back. */
+  /**
+   * The client left: a wait for a turn is given up, an opening under way is let finish (its
+   * connection then counts against the site until it is closed here), QUIT toward the
+   * destination, and the turn given back.
+   */
   async close(): Promise<void> {
+    this.#closed = true;
+    this.#leave.abort();
+    await this.#opening?.catch(() => undefined);
     const client = this.#client;
     this.#client = null;
     if (client) await client.quit();
@@ -230,10 +243,11 @@ export class ProxySession {
     this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
     this.#hostName = hostName;
     try {
-      this.#slot = await this.deps.acquire(this.tenant, this.#site);
+      this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
     } catch (err) {
       return tempfail('4.4.5', (err as Error).message);
     }
+    if (this.#closed) return tempfail('4.4.5', 'the client left');
     const source = this.#slot.source;
     this.#transcript = this.deps.transcripts
       ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo: source.helo ?? this.deps.heloName, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)

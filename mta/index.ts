@@ -214,7 +214,7 @@ export class Ichidan {
       route: (domain) => egress.sites.route(domain),
       tlsPlan: (domain, via, hops) => egress.tlsPlan(domain, via, hops),
       siteLimits: (key) => egress.sites.limits(key),
-      acquire: (tenant, site) => this.queue.acquireLive(tenant, site, config.proxy.slotWait),
+      acquire: (tenant, site, leave) => this.queue.acquireLive(tenant, site, config.proxy.slotWait, leave),
       transcripts: transcripts.enabled ? { sink: this.queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
       signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
       outbound: this.#proxyOutbound,

@@ -163,16 +163,21 @@ export class Queue {
   /**
    * A turn for a live session (the transparent proxy) at a site, taken through the scheduler like
    * a delivery: the same caps, fairness and blocks. Resolves with the source address to connect
-   * from and the function that gives the turn back; rejects after `waitMs` without one.
+   * from and the function that gives the turn back; rejects after `waitMs` without one, or when
+   * `leave` aborts (the scheduler's turn, when it comes, then goes straight back).
    */
-  acquireLive(tenant: string, site: SiteRef, waitMs: number): Promise<{ site: string; source: Source; release: () => void }> {
+  acquireLive(tenant: string, site: SiteRef, waitMs: number, leave?: AbortSignal): Promise<{ site: string; source: Source; release: () => void }> {
     return new Promise((resolve, reject) => {
       let state: 'waiting' | 'given' | 'gave up' = 'waiting';
-      const timer = setTimeout(() => {
+      const giveUp = (why: string) => {
         if (state !== 'waiting') return;
         state = 'gave up';
-        reject(new Error(`no turn at ${site.key} within ${waitMs} ms (the site is at its limit, paused or held)`));
-      }, waitMs);
+        clearTimeout(timer);
+        reject(new Error(why));
+      };
+      const timer = setTimeout(() => giveUp(`no turn at ${site.key} within ${waitMs} ms (the site is at its limit, paused or held)`), waitMs);
+      if (leave?.aborted) return giveUp('the session ended while waiting for a turn');
+      leave?.addEventListener('abort', () => giveUp('the session ended while waiting for a turn'), { once: true });
       this.scheduler.add({
         messageId: '', tenant, domain: site.key, recipientIds: [], due: 0,
         live: {

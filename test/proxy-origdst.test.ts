@@ -13,8 +13,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadOriginalDst } from '../delivery/proxy-origdst.js';
-import { canUseIp6Nat, canUseNetns, NetnsLab, type NetnsSupport } from './helpers/netns.js';
+import { canUseIp6Nat, canUseNetns, canUseOriginalDst, NetnsLab } from './helpers/netns.js';
 
 const SERVER_SCRIPT = join(import.meta.dirname, '..', 'dist', 'test', 'helpers', 'origdst-server.js');
 
@@ -31,15 +30,8 @@ socket.resume();
 socket.on('error', (error) => { console.error(error.message); process.exitCode = 1; });
 `;
 
-function addonSupport(): NetnsSupport {
-  const reader = loadOriginalDst();
-  if (typeof reader === 'function') return { ok: true };
-  if (process.env.CI) throw new Error(`the SO_ORIGINAL_DST addon is unusable: ${reader.error}`);
-  return { ok: false, reason: reader.error };
-}
-
 const netns = canUseNetns();
-const support = netns.ok ? addonSupport() : netns;
+const support = netns.ok ? canUseOriginalDst() : netns;
 const ip6Nat = support.ok ? canUseIp6Nat() : support;
 
 interface Report {

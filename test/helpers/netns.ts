@@ -13,6 +13,7 @@
  * Network: none outside its own namespaces; it never changes the root namespace.
  */
 import { execFile, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { loadOriginalDst } from '../../delivery/proxy-origdst.js';
 
 export type NetnsSupport = { ok: true } | { ok: false; reason: string };
 
@@ -215,4 +216,12 @@ async function stop(child: ChildProcess): Promise<void> {
   const timer = setTimeout(() => signal(pid, 'SIGKILL'), 2_000);
   await exited;
   clearTimeout(timer);
+}
+
+/** Whether the SO_ORIGINAL_DST addon loads (in CI it must). */
+export function canUseOriginalDst(): NetnsSupport {
+  const reader = loadOriginalDst();
+  if (typeof reader === 'function') return { ok: true };
+  if (process.env.CI) throw new Error(`the SO_ORIGINAL_DST addon is unusable: ${reader.error}`);
+  return { ok: false, reason: reader.error };
 }

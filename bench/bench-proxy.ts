@@ -1,0 +1,242 @@
+/*
+ * The transparent proxy benchmark: relay throughput through the proxy against the same load sent
+ * straight to the destination, in the same run, and the latency the proxy adds per transaction.
+ *
+ * Run: `npm run build && npm run bench:proxy` (as root: it makes network namespaces; under a
+ * minute with the defaults). Two namespaces joined by a veth: the server one holds Ichidan (the
+ * built CLI, its defaults but for one proxy listener on port 10025, the client subnet trusted and
+ * MTA-STS off, data in a temporary folder under var/, log in its folder) and Postfix's smtp-sink
+ * bound to 203.0.113.25:25, an address only that namespace has; in the client one,
+ * test/helpers/pipelined-load.ts plays the legacy MTA and sends to 203.0.113.25:25 with
+ * PIPELINING. With an iptables REDIRECT of that traffic to port 10025 in the server namespace,
+ * the load goes through the proxy; without the rule, straight to smtp-sink.
+ *
+ * Takes: BENCH_PROXY_N messages of 2 KB (default 2000) over BENCH_PROXY_SESSIONS sessions at once
+ * (default 10), in two workloads: one message per connection, and connections reused. Each
+ * workload runs three times through the proxy and three times straight, alternating (the order
+ * swaps every repetition), after one uncounted warm-up through the proxy; every run must have
+ * every message accepted, and every connection greeted by the side it was meant to reach.
+ * Gives: per workload and way the median of the three runs' messages/s (first connection to the
+ * last final reply) and per-transaction latency p50 / p99 (from writing MAIL FROM to reading the
+ * final reply, as the client sees it), the ratio of the rates and the added latency; on stdout
+ * and in bench/results/proxy-<date>.json. Every process is stopped by its pid and the
+ * namespaces deleted at the end, after a failure and on SIGINT / SIGTERM too.
+ * Network: only inside its namespaces (192.0.2.0/24 on the veth, 203.0.113.25 in the server one).
+ */
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { canUseNetns, NetnsLab } from '../test/helpers/netns.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const CLI = join(ROOT, 'dist', 'mta', 'mta-cli.js');
+const LOAD = join(ROOT, 'dist', 'test', 'helpers', 'pipelined-load.js');
+const MESSAGES = Number(process.env.BENCH_PROXY_N ?? 2000);
+const SESSIONS = Number(process.env.BENCH_PROXY_SESSIONS ?? 10);
+const MESSAGE_SIZE = 2048;
+const REPETITIONS = 3;
+const WARM_UP_MESSAGES = 200;
+// Far beyond any healthy run (the generator itself gives up on a reply after 60 s).
+const RUN_TIMEOUT_MS = 180_000;
+
+const DESTINATION = '203.0.113.25';
+const PROXY_PORT = 10025;
+const SERVER_ADDRESS = '192.0.2.1';
+const CLIENT_ADDRESS = '192.0.2.2';
+const SERVER_VETH = 'to-legacy';
+// Every greeting says who gave it: Ichidan's proxy listener names itself, smtp-sink too.
+const GREETING = { proxy: /Ichidan proxy$/, direct: /^smtp-sink ESMTP/ };
+
+type Way = keyof typeof GREETING;
+
+interface Workload { name: string; reuse: boolean }
+const WORKLOADS: Workload[] = [
+  { name: 'one message per connection', reuse: false },
+  { name: 'connections reused', reuse: true },
+];
+
+interface LoadReport {
+  accepted: number;
+  failed: number;
+  failures: string[];
+  greetings: Record<string, number>;
+  elapsedMs: number;
+  latencies: number[];
+}
+
+interface Figures { rate: number; p50: number; p99: number }
+interface Run extends Figures { way: Way; repetition: number; elapsedMs: number; connections: number }
+
+const lab = new NetnsLab();
+let dataDir: string | undefined;
+
+async function cleanUp(): Promise<void> {
+  await lab.cleanup();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+}
+
+function percentile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))];
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/** Waits until something in `ns` listens on TCP `port` (smtp-sink says nothing when it is ready). */
+async function listening(ns: string, port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (lab.exec(ns, 'ss', ['-Hltn', `sport = :${port}`]).trim() !== '') return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing listens on port ${port} in ${ns}`);
+}
+
+/** Starts Ichidan in `ns`; resolves with its log file once its proxy listener is bound. */
+async function startIchidan(ns: string, dir: string): Promise<string> {
+  const config = {
+    hostname: 'proxy.bench.test',
+    dataDir: dir,
+    listeners: [{ name: 'proxy', role: 'proxy', address: '0.0.0.0', port: PROXY_PORT, tls: 'none' }],
+    trustedNetworks: ['192.0.2.0/24'],
+    delivery: { mtaSts: { enabled: false } },
+  };
+  const file = join(dir, 'config.yaml');
+  // JSON is YAML.
+  await writeFile(file, JSON.stringify(config, null, 2));
+  const logFile = join(dir, 'ichidan.log');
+  const log = openSync(logFile, 'w');
+  const child = lab.spawn(ns, process.execPath, [CLI, 'start', '-c', file], {
+    stdio: ['ignore', log, log, 'pipe'],
+    env: { ...process.env, ICHIDAN_READY_FD: '3' },
+  });
+  closeSync(log);
+  const ready = await new Promise<{ listeners: Array<{ name: string }> }>((resolve, reject) => {
+    createInterface({ input: child.stdio[3] as NodeJS.ReadableStream }).once('line', (line) => resolve(JSON.parse(line)));
+    child.once('exit', (code) => reject(new Error(`Ichidan exited (${code}) before it was ready; its log ends:\n${readFileSync(logFile, 'utf8').slice(-2000)}`)));
+  });
+  if (!ready.listeners.some((l) => l.name === 'proxy')) {
+    throw new Error(`Ichidan started without its proxy listener; its log ends:\n${readFileSync(logFile, 'utf8').slice(-2000)}`);
+  }
+  return logFile;
+}
+
+/** Ichidan's warnings and errors, one line per distinct message with its count. */
+function logProblems(logFile: string): string[] {
+  const counts = new Map<string, number>();
+  for (const line of readFileSync(logFile, 'utf8').split('\n')) {
+    let record: { level?: number; msg?: string };
+    try {
+      record = JSON.parse(line) as typeof record;
+    } catch {
+      continue; // not a log record (blank, or cut off)
+    }
+    if ((record.level ?? 0) >= 40) counts.set(record.msg ?? '?', (counts.get(record.msg ?? '?') ?? 0) + 1);
+  }
+  return [...counts].map(([msg, n]) => `${n} × ${msg}`);
+}
+
+/** The REDIRECT that sends the client's port-25 traffic to the proxy; `false` removes it (it is the only NAT rule there). */
+function redirect(server: string, on: boolean): void {
+  if (on) lab.redirect(server, { family: 4, destination: DESTINATION, port: 25, inInterface: SERVER_VETH }, PROXY_PORT);
+  else lab.iptables(server, 4, ['-t', 'nat', '-F', 'PREROUTING']);
+}
+
+async function load(client: string, way: Way, messages: number, reuse: boolean): Promise<LoadReport> {
+  const args = [LOAD, DESTINATION, '25', String(messages), String(SESSIONS), String(MESSAGE_SIZE), reuse ? '1' : '0'];
+  const run = await lab.run(client, process.execPath, args, RUN_TIMEOUT_MS);
+  if (run.code !== 0) throw new Error(`the load generator failed (${run.code ?? 'timed out'}): ${run.stderr.trim()}`);
+  const report = JSON.parse(run.stdout) as LoadReport;
+  if (report.accepted !== messages) {
+    throw new Error(`${way}: ${report.accepted} of ${messages} messages accepted; ${report.failed} failed, e.g. ${report.failures.join(' | ')}`);
+  }
+  const strangers = Object.keys(report.greetings).filter((g) => !GREETING[way].test(g));
+  if (strangers.length > 0) throw new Error(`${way}: connections greeted by the wrong side: ${strangers.join(' | ')}`);
+  return report;
+}
+
+async function measure(client: string, server: string, workload: Workload, way: Way, repetition: number): Promise<Run> {
+  if (way === 'proxy') redirect(server, true);
+  try {
+    const report = await load(client, way, MESSAGES, workload.reuse);
+    const sorted = [...report.latencies].sort((a, b) => a - b);
+    const connections = Object.values(report.greetings).reduce((a, b) => a + b, 0);
+    return { way, repetition, elapsedMs: report.elapsedMs, connections, rate: MESSAGES / (report.elapsedMs / 1000), p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99) };
+  } finally {
+    if (way === 'proxy') redirect(server, false);
+  }
+}
+
+function summary(runs: Run[], way: Way): Figures {
+  const mine = runs.filter((r) => r.way === way);
+  return { rate: median(mine.map((r) => r.rate)), p50: median(mine.map((r) => r.p50)), p99: median(mine.map((r) => r.p99)) };
+}
+
+const ms = (v: number) => `${v.toFixed(1)} ms`;
+
+async function main(): Promise<void> {
+  const support = canUseNetns();
+  if (!support.ok) throw new Error(`the proxy benchmark needs network namespaces: ${support.reason}`);
+  dataDir = await mkdtemp(join(ROOT, 'var', 'bench-proxy-'));
+  const server = lab.namespace('proxy');
+  const client = lab.namespace('legacy');
+  lab.veth({ ns: server, name: SERVER_VETH, addresses: [`${SERVER_ADDRESS}/24`] }, { ns: client, name: 'to-proxy', addresses: [`${CLIENT_ADDRESS}/24`] });
+  lab.route(client, 'default', SERVER_ADDRESS);
+  lab.address(server, 'lo', `${DESTINATION}/32`);
+  lab.spawn(server, 'smtp-sink', ['-u', 'root', `${DESTINATION}:25`, '1024'], { stdio: 'ignore' });
+  await listening(server, 25);
+  const logFile = await startIchidan(server, dataDir);
+
+  console.log(`${MESSAGES} messages of ${MESSAGE_SIZE} bytes, ${SESSIONS} sessions, pipelined, to ${DESTINATION}:25; median of ${REPETITIONS} runs each way`);
+  redirect(server, true);
+  await load(client, 'proxy', WARM_UP_MESSAGES, true);
+  redirect(server, false);
+
+  const results = [];
+  for (const workload of WORKLOADS) {
+    const runs: Run[] = [];
+    for (let repetition = 1; repetition <= REPETITIONS; repetition++) {
+      const order: Way[] = repetition % 2 === 1 ? ['proxy', 'direct'] : ['direct', 'proxy'];
+      for (const way of order) runs.push(await measure(client, server, workload, way, repetition));
+    }
+    const proxy = summary(runs, 'proxy');
+    const direct = summary(runs, 'direct');
+    const result = { workload: workload.name, reuse: workload.reuse, runs, proxy, direct, ratio: proxy.rate / direct.rate, addedP50: proxy.p50 - direct.p50, addedP99: proxy.p99 - direct.p99 };
+    results.push(result);
+    console.log(`\n${workload.name}:`);
+    console.log(`  through the proxy  ${proxy.rate.toFixed(0).padStart(6)} msg/s   p50 ${ms(proxy.p50).padStart(9)}   p99 ${ms(proxy.p99).padStart(9)}`);
+    console.log(`  straight           ${direct.rate.toFixed(0).padStart(6)} msg/s   p50 ${ms(direct.p50).padStart(9)}   p99 ${ms(direct.p99).padStart(9)}`);
+    console.log(`  proxy ÷ straight   ${result.ratio.toFixed(2)}×; added per transaction: p50 ${ms(result.addedP50)}, p99 ${ms(result.addedP99)}`);
+    console.log(`  runs (msg/s): proxy ${runs.filter((r) => r.way === 'proxy').map((r) => r.rate.toFixed(0)).join(', ')}; straight ${runs.filter((r) => r.way === 'direct').map((r) => r.rate.toFixed(0)).join(', ')}`);
+  }
+  const problems = logProblems(logFile);
+  if (problems.length > 0) console.log(`\nIchidan logged: ${problems.join('; ')}`);
+
+  const when = new Date().toISOString();
+  const dir = join(ROOT, 'bench', 'results');
+  await mkdir(dir, { recursive: true });
+  const file = join(dir, `proxy-${when.slice(0, 10)}.json`);
+  await writeFile(file, JSON.stringify({
+    when, node: process.version, cpus: (await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length,
+    settings: { messages: MESSAGES, sessions: SESSIONS, messageSize: MESSAGE_SIZE, repetitions: REPETITIONS, warmUpMessages: WARM_UP_MESSAGES },
+    workloads: results, ichidanLog: problems,
+  }, null, 2) + '\n');
+  console.log(`\nresults written to ${file.slice(ROOT.length + 1)}`);
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    cleanUp().finally(() => process.exit(130));
+  });
+}
+
+main().then(async () => {
+  await cleanUp();
+  process.exit(0);
+}, async (err: Error) => {
+  console.error(err.stack ?? err.message);
+  await cleanUp().catch((e: Error) => console.error(`cleanup: ${e.message}`));
+  process.exit(1);
+});

@@ -1,0 +1,170 @@
+/*
+ * A pipelining SMTP load generator that times every transaction, run as a process of its own
+ * inside a benchmark's client namespace (bench/bench-proxy.ts). It sends as a legacy MTA's client
+ * does when PIPELINING is offered: MAIL FROM, RCPT TO and DATA in one write, the body after 354.
+ * smtp-source cannot stand in: it neither pipelines nor reports per-transaction times.
+ *
+ * Takes: argv `<host> <port> <messages> <sessions> <bytes> <reuse: 0|1>`: that many messages of about
+ * that size, over that many sessions at once, each session carrying one message per connection
+ * (reuse 0) or all its messages over one connection (reuse 1).
+ * Gives: one JSON line on stdout when done: { accepted, failed, failures (the first few replies or
+ * errors), greetings (connections per distinct greeting text: whom the client really talked to),
+ * finals (replies per distinct final text), elapsedMs (first connection to last final reply),
+ * latencies (ms per accepted transaction, from writing MAIL FROM to reading the final reply) }.
+ * Exits 1 only when it cannot run at all; refused transactions are data, not errors.
+ */
+import { connect, type Socket } from 'node:net';
+import { ReplyReader } from '../../delivery/proxy-client.js';
+
+interface Reply { code: number; text: string }
+
+const REPLY_TIMEOUT_MS = 60_000;
+const FAILURES_KEPT = 5;
+
+/** Reads whole (possibly multi-line) replies off a socket, one at a time. */
+class Replies {
+  readonly #reader = new ReplyReader();
+  #ready: Reply[] = [];
+  #waiter: ((r: Reply | Error) => void) | null = null;
+  #failure: Error | null = null;
+
+  constructor(socket: Socket) {
+    socket.on('data', (d: Buffer) => {
+      try {
+        for (const r of this.#reader.push(d)) this.#push({ code: r.code, text: r.lines.join(' / ') });
+      } catch (err) {
+        this.#fail(err as Error);
+      }
+    });
+    socket.on('error', (err) => this.#fail(err));
+    socket.on('close', () => this.#fail(new Error('connection closed')));
+  }
+
+  next(): Promise<Reply> {
+    const ready = this.#ready.shift();
+    if (ready) return Promise.resolve(ready);
+    if (this.#failure) return Promise.reject(this.#failure);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.#fail(new Error(`no reply within ${REPLY_TIMEOUT_MS} ms`)), REPLY_TIMEOUT_MS);
+      this.#waiter = (r) => {
+        clearTimeout(timer);
+        if (r instanceof Error) reject(r);
+        else resolve(r);
+      };
+    });
+  }
+
+  #push(reply: Reply): void {
+    const w = this.#waiter;
+    this.#waiter = null;
+    if (w) w(reply);
+    else this.#ready.push(reply);
+  }
+
+  #fail(err: Error): void {
+    this.#failure ??= err;
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.(err);
+  }
+}
+
+interface Connection { socket: Socket; replies: Replies }
+
+const [host, portArg, messagesArg, sessionsArg, bytesArg, reuseArg] = process.argv.slice(2);
+if (reuseArg === undefined) {
+  process.stderr.write('usage: pipelined-load <host> <port> <messages> <sessions> <bytes> <reuse 0|1>\n');
+  process.exit(1);
+}
+const port = Number(portArg);
+const messages = Number(messagesArg);
+const reuse = reuseArg === '1';
+
+const filler = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n';
+function body(n: number): Buffer {
+  const head = `From: <load@legacy.test>\r\nTo: <sink@dest.test>\r\nSubject: load ${n}\r\nMessage-ID: <load.${n}.${process.pid}@legacy.test>\r\n\r\n`;
+  return Buffer.from(head + filler.repeat(Math.max(1, Math.ceil((Number(bytesArg) - head.length) / filler.length))) + '.\r\n');
+}
+
+const latencies: number[] = [];
+const failures: string[] = [];
+const greetings: Record<string, number> = {};
+const finals: Record<string, number> = {};
+let failed = 0;
+let nextMessage = 0;
+let lastFinal = 0;
+
+function fail(what: string): void {
+  failed++;
+  if (failures.length < FAILURES_KEPT) failures.push(what);
+}
+
+async function open(): Promise<Connection> {
+  const socket = connect({ host, port });
+  socket.setNoDelay(true);
+  const replies = new Replies(socket);
+  const greeting = await replies.next();
+  // The greeting names whoever answered: the proxy or the destination itself.
+  greetings[greeting.text] = (greetings[greeting.text] ?? 0) + 1;
+  if (greeting.code !== 220) throw new Error(`greeting: ${greeting.code} ${greeting.text}`);
+  socket.write('EHLO legacy.test\r\n');
+  const ehlo = await replies.next();
+  if (ehlo.code !== 250) throw new Error(`EHLO: ${ehlo.code} ${ehlo.text}`);
+  if (!/\bPIPELINING\b/i.test(ehlo.text)) throw new Error('the server does not offer PIPELINING');
+  return { socket, replies };
+}
+
+async function quit(c: Connection): Promise<void> {
+  c.socket.write('QUIT\r\n');
+  await c.replies.next().catch(() => undefined);
+  c.socket.destroy();
+}
+
+/** One transaction; true when it was accepted. */
+async function transaction(c: Connection, n: number): Promise<boolean> {
+  const started = performance.now();
+  c.socket.write(`MAIL FROM:<load@legacy.test>\r\nRCPT TO:<sink${n}@dest.test>\r\nDATA\r\n`);
+  const mail = await c.replies.next();
+  const rcpt = await c.replies.next();
+  const data = await c.replies.next();
+  if (data.code !== 354) {
+    fail(`MAIL ${mail.code}, RCPT ${rcpt.code} ${rcpt.text}, DATA ${data.code} ${data.text}`);
+    return false;
+  }
+  c.socket.write(body(n));
+  const final = await c.replies.next();
+  lastFinal = performance.now();
+  finals[`${final.code} ${final.text}`] = (finals[`${final.code} ${final.text}`] ?? 0) + 1;
+  if (final.code !== 250) {
+    fail(`end of data: ${final.code} ${final.text}`);
+    return false;
+  }
+  latencies.push(Math.round((performance.now() - started) * 100) / 100);
+  return true;
+}
+
+async function session(): Promise<void> {
+  let c: Connection | null = null;
+  while (nextMessage < messages) {
+    const n = nextMessage++;
+    try {
+      c ??= await open();
+      const accepted = await transaction(c, n);
+      // After a refused transaction the connection's state is uncertain: start over.
+      if (!reuse || !accepted) {
+        await quit(c);
+        c = null;
+      }
+    } catch (err) {
+      fail((err as Error).message);
+      c?.socket.destroy();
+      c = null;
+    }
+  }
+  if (c) await quit(c);
+}
+
+const t0 = performance.now();
+await Promise.all(Array.from({ length: Number(sessionsArg) }, () => session()));
+const elapsedMs = Math.round(lastFinal - t0);
+process.stdout.write(`${JSON.stringify({ accepted: latencies.length, failed, failures, greetings, finals, elapsedMs, latencies })}\n`);
