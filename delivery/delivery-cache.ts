@@ -40,9 +40,10 @@ export interface PoolLimits {
   idleTimeout: number;
 }
 
+/** Closed or closing: nodemailer's connection says so in its own fields, the proxy's client by `ended`. */
 function gone(conn: SMTPConnection): boolean {
-  const c = conn as unknown as { _destroyed: boolean; _closing: boolean };
-  return c._destroyed || c._closing;
+  const c = conn as unknown as { _destroyed?: boolean; _closing?: boolean; ended?: boolean };
+  return c._destroyed === true || c._closing === true || c.ended === true;
 }
 
 export class SessionCache {
@@ -95,7 +96,7 @@ export class SessionCache {
       if (i >= 0) list!.splice(i, 1);
       this.#forget(idle);
       const conn = idle.lease.conn;
-      if ((conn as unknown as { _destroyed: boolean })._destroyed) continue;
+      if (gone(conn)) continue;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => { conn.close(); resolve(); }, graceMs);
         conn.once('end', () => { clearTimeout(timer); resolve(); });
@@ -148,7 +149,7 @@ export class SessionCache {
       for (const idle of list) {
         this.#forget(idle);
         const conn = idle.lease.conn;
-        if ((conn as unknown as { _destroyed: boolean })._destroyed) continue;
+        if (gone(conn)) continue;
         ended.push(new Promise((resolve) => conn.once('end', () => resolve())));
         quit(conn);
       }

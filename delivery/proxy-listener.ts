@@ -151,7 +151,7 @@ export class ProxyListener {
     const dst = { address: unmapped(destination.address), port: destination.port };
     const own = this.deps.ownEndpoints().some((e) => e.port === dst.port && (unmapped(e.address) === dst.address || e.address === '0.0.0.0' || e.address === '::'));
     if (own) return refuse(554, `5.4.6 routing loop: ${dst.address}:${dst.port} is this MTA`);
-    this.#sessions.set(session.id, new ProxySession(dst, tenant, this.deps.session(this.deps.config())));
+    this.#sessions.set(session.id, new ProxySession(session.id, dst, tenant, this.deps.session(this.deps.config())));
     this.deps.log.info({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
     cb();
   }
@@ -178,7 +178,7 @@ export class ProxyListener {
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const scanner = this.deps.scanner(s.tenant);
     const relay = async (): Promise<Reply> => {
-      if (!scanner) return s.data(stream as unknown as Readable, s.nextId(session.id), recipients);
+      if (!scanner) return s.data(stream as unknown as Readable);
       const mailFrom = session.envelope.mailFrom;
       const outcome = await scanner({
         tenant: s.tenant, client: unmapped(session.remoteAddress), helo: String(session.hostNameAppearsAs ?? ''), sender: mailFrom ? mailFrom.address : '',
@@ -186,7 +186,7 @@ export class ProxyListener {
       });
       if (outcome.kind !== 'relay') return s.abort(outcome.reply);
       try {
-        return await s.data(outcome.open(), s.nextId(session.id), recipients);
+        return await s.data(outcome.open());
       } finally {
         await outcome.done().catch((err) => this.deps.log.error({ err }, 'could not remove a relayed message from the spool'));
       }

@@ -17,12 +17,15 @@
  *   - DATA streams through (bounded memory), the destination's final reply goes back; a
  *     destination that fails or stays silent gives the client a 4xx, never a silent loss.
  * Everything said on the destination side is recorded by the same Transcript as queued sessions,
- * and each delivery leaves the same throttle signal.
+ * and each delivery leaves the same throttle signal. Destination sessions go to the same pools as
+ * queued delivery's when the client leaves (after RSET), so the next client for that destination
+ * and source reuses one, and every open connection counts against the site's limit.
  * Network: TCP/TLS to the original destination only.
  */
 import type { Readable } from 'node:stream';
 import { checkServerIdentity, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Dispatch, Source } from '../queue/queue-scheduler.js';
+import type { Lease, SessionCache } from './delivery-cache.js';
 import type { RouteDecision } from './delivery-route.js';
 import type { SiteInfo } from './delivery-sites.js';
 import { errorSignal, ReplyClock, type Signal } from './delivery-throttle.js';
@@ -58,6 +61,8 @@ export interface ProxyDeps {
   signal(site: string, source: string | null, tenant: string, signal: Signal): void;
   /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
   outbound: Set<string>;
+  /** The pools shared with queued delivery: idle destination sessions, and every connection counted per (site, source). */
+  cache: SessionCache;
 }
 
 export interface TransactionSummary {
@@ -98,12 +103,19 @@ export class ProxySession {
   #startedAt = 0;
   #summary: TransactionSummary | null = null;
   #seq = 0;
+  /** Recipients of the current transaction the destination took (the transcript's link holds this array). */
+  #accepted: string[] = [];
   #closed = false;
   /** Aborted when the client leaves: a wait for a turn ends with it. */
   readonly #leave = new AbortController();
   #opening: Promise<Reply | null> | null = null;
+  /** The (site, source) pair and pool key of the destination session; its messages so far. */
+  #pair = '';
+  #poolKey = '';
+  #uses = 0;
 
-  constructor(readonly destination: Destination, readonly tenant: string, private readonly deps: ProxyDeps) {}
+  /** `id` names the client's session: its transactions are `<id>.1`, `<id>.2`… in the transcript. */
+  constructor(readonly id: string, readonly destination: Destination, readonly tenant: string, private readonly deps: ProxyDeps) {}
 
   get site(): string | null {
     return this.#site?.key ?? null;
@@ -149,20 +161,22 @@ export class ProxySession {
     const refused = await this.#tlsRefusal(domain);
     if (refused) return refused;
     const kept = keepParams(params, this.#client!.extensions);
-    return this.#command(`RCPT TO:<${to}>${kept ? ' ' + kept : ''}`);
+    const reply = await this.#command(`RCPT TO:<${to}>${kept ? ' ' + kept : ''}`);
+    if (reply.code >= 200 && reply.code < 300) this.#accepted.push(to);
+    return reply;
   }
 
   /** Streams the message; resolves with the destination's final reply (or a 4xx when it failed). */
-  async data(body: Readable, queueId: string, recipients: string[]): Promise<Reply> {
+  async data(body: Readable): Promise<Reply> {
     const client = this.#client;
     if (!client || this.#failed) {
       body.resume();
       return this.#failed ?? tempfail('4.4.1', 'not connected');
     }
-    this.#transcript?.carry(queueId, this.tenant, recipients);
     this.#clock?.reset();
     let reply: Reply;
     try {
+      this.#uses++;
       reply = await client.data(body, (bytes) => {
         if (!this.#summary) return;
         if (this.#summary.msTo354 === null) this.#summary.msTo354 = Date.now() - this.#startedAt;
@@ -206,9 +220,46 @@ export class ProxySession {
     await this.#opening?.catch(() => undefined);
     const client = this.#client;
     this.#client = null;
-    if (client) await client.quit();
+    if (client) await this.#putBack(client);
     this.#slot?.release();
     this.#slot = null;
+  }
+
+  /**
+   * An idle destination session kept by an earlier client of the same destination, source and
+   * name: reused after an RSET shows it alive (saving the connect, greeting, EHLO and TLS).
+   */
+  async #reuse(): Promise<boolean> {
+    for (;;) {
+      const lease = this.deps.cache.take(this.#poolKey);
+      if (!lease) return false;
+      const client = lease.conn as unknown as SmtpClient;
+      this.#transcript = lease.transcript;
+      this.#clock = lease.clock;
+      this.#client = client;
+      this.#uses = lease.uses;
+      try {
+        if ((await client.command('RSET')).code === 250) return true;
+      } catch {
+        // gone while idle: try the next one, or open a fresh connection
+      }
+      this.#client = null;
+      client.close();
+    }
+  }
+
+  /** Back to the pool when the destination is in a known state and has carried fewer than its share; else QUIT. */
+  async #putBack(client: SmtpClient): Promise<void> {
+    const site = this.#site;
+    let usable = !this.#failed && !client.ended && site !== null;
+    if (usable && this.#inTransaction) {
+      usable = await client.command('RSET').then((r) => r.code === 250, () => false);
+      this.#inTransaction = false;
+    }
+    if (!usable || !site) return client.quit();
+    const lease: Lease = { conn: client as unknown as Lease['conn'], uses: this.#uses, reused: false, transcript: this.#transcript, clock: this.#clock!, pair: this.#pair };
+    this.#transcript?.release();
+    this.deps.cache.give(this.#poolKey, lease, { maxConnections: site.limits.maxConnections, messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
   }
 
   async #relayMail(): Promise<Reply> {
@@ -218,6 +269,10 @@ export class ProxySession {
       const reset = await this.#command('RSET');
       if (reset.code !== 250) return reset;
     }
+    // The transaction's lines are tied to it in the transcript; its link lists the recipients the destination takes.
+    this.#transcript?.release();
+    this.#accepted = [];
+    this.#transcript?.carry(`${this.id}.${++this.#seq}`, this.tenant, this.#accepted);
     const kept = keepParams(m.params, this.#client!.extensions);
     const reply = await this.#command(`MAIL FROM:<${m.from}>${kept ? ' ' + kept : ''}`);
     this.#mailReply = reply;
@@ -249,6 +304,11 @@ export class ProxySession {
     }
     if (this.#closed) return tempfail('4.4.5', 'the client left');
     const source = this.#slot.source;
+    const helo = source.helo ?? this.deps.heloName;
+    this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;
+    this.#poolKey = `proxy|${address}|${port}|${source.address ?? ''}|${helo}|${hostName ?? ''}`;
+    if (await this.#reuse()) return null;
+    await this.deps.cache.makeRoom(this.#pair, this.#site.limits.maxConnections);
     this.#transcript = this.deps.transcripts
       ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo: source.helo ?? this.deps.heloName, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
       : null;
@@ -258,13 +318,14 @@ export class ProxySession {
         address, port, localAddress: source.address, connectTimeout: this.deps.connectTimeout, replyTimeout: this.deps.replyTimeout, logger: this.#clock.logger,
       });
       this.#client = client;
+      this.#uses = 0;
+      this.deps.cache.opened(this.#pair, client as unknown as Lease['conn']);
       const local = `${client.socket.localAddress?.replace(/^::ffff:/i, '')}|${client.socket.localPort}`;
       this.deps.outbound.add(local);
       client.once('end', () => this.deps.outbound.delete(local));
       this.#transcript?.follow(() => client.socket, (end) => client.once('end', end));
       const greeting = client.greeting!;
       if (greeting.code !== 220) return this.#refusedOpen(greeting);
-      const helo = source.helo ?? this.deps.heloName;
       let hello = await client.hello(helo);
       if (hello.code !== 250) return this.#refusedOpen(hello);
       if (client.extensions.has('STARTTLS')) {
@@ -360,10 +421,6 @@ export class ProxySession {
     this.deps.signal(this.#site.key, this.#slot.source.address, this.tenant, signal);
   }
 
-  /** A per-session number for transcript message links (proxied mail has no queue id). */
-  nextId(prefix: string): string {
-    return `${prefix}.${++this.#seq}`;
-  }
 }
 
 export type { Dispatch };

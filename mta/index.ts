@@ -218,6 +218,7 @@ export class Ichidan {
       transcripts: transcripts.enabled ? { sink: this.queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
       signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
       outbound: this.#proxyOutbound,
+      cache: this.sessions,
     };
   }
 

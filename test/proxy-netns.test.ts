@@ -241,12 +241,14 @@ describe.skipIf(!support.ok)(`transparent proxy against real netfilter${support.
   }
 
   /**
-   * The proxied sessions that carried a MAIL FROM of `sender`, once that many have ended: the
-   * transcripts are stored without holding the relay up, so they land a moment later.
+   * The proxied transactions whose MAIL FROM named `sender`, each with the destination session that
+   * carried it and its tenant, once that many are stored: transcripts are written without holding
+   * the relay up, so they land a moment later. (A destination session may carry the transactions
+   * of several client connections in turn.)
    */
-  async function transcriptsOf(sender: string, sessions: number): Promise<Array<{ address: string; port: number; tenant: string }>> {
-    const query = `SELECT DISTINCT c.id, c.address, c.port, c.tenant FROM connections c JOIN commands m ON m.connection_id = c.id
-      WHERE c.ended_at IS NOT NULL AND m.dir = 'client' AND m.text LIKE ?`;
+  async function transcriptsOf(sender: string, count: number): Promise<Array<{ address: string; port: number; tenant: string }>> {
+    const query = `SELECT c.address, c.port, l.tenant FROM connection_messages l JOIN connections c ON c.id = l.connection_id
+      WHERE l.queue_id IN (SELECT queue_id FROM commands WHERE dir = 'client' AND queue_id IS NOT NULL AND text LIKE ?)`;
     const until = Date.now() + 10_000;
     for (;;) {
       const db = new Database(join(dataDir, 'queue.db'), { readonly: true });
@@ -256,7 +258,7 @@ describe.skipIf(!support.ok)(`transparent proxy against real netfilter${support.
       } finally {
         db.close();
       }
-      if (rows.length >= sessions || Date.now() > until) return rows;
+      if (rows.length >= count || Date.now() > until) return rows;
       await new Promise((r) => setTimeout(r, 100));
     }
   }
@@ -293,7 +295,7 @@ describe.skipIf(!support.ok)(`transparent proxy against real netfilter${support.
     }
   });
 
-  it('relays smtp-source\'s sessions to 203.0.113.25:25: every message arrives, each answered with the destination\'s own 250, each session in a transcript naming 203.0.113.25:25', async () => {
+  it('relays smtp-source\'s sessions to 203.0.113.25:25: every message arrives, each answered with the destination\'s own 250, each transaction in a transcript naming 203.0.113.25:25', async () => {
     const messages = 50;
     const run = await lab.run(client, 'smtp-source', ['-v', '-m', String(messages), '-s', '5', '-l', '2048', '-c', '-f', 'a@legacy.test', '-t', 'x@dest.test', `${DESTINATION}:25`], 60_000);
     // smtp-source stops at the first reply it did not expect, and -v logs every reply on stderr.
@@ -310,7 +312,7 @@ describe.skipIf(!support.ok)(`transparent proxy against real netfilter${support.
     // Through the proxy, not past it: the sink saw the proxy's address, never the legacy client's.
     expect(sunk.some((m) => m.clientAddress === CLIENT_ADDRESS)).toBe(false);
 
-    // smtp-source sends one message per connection, so one proxied session each.
+    // Every transaction is in a transcript of a session to the destination it was addressed to.
     const sessions = await transcriptsOf('a@legacy.test', messages);
     expect(sessions).toHaveLength(messages);
     expect(new Set(sessions.map((s) => `${s.address}:${s.port}`))).toEqual(new Set([`${DESTINATION}:25`]));

@@ -69,7 +69,7 @@ describe('transparent proxy (loopback)', () => {
     expect(new Set(mx.messages.map((m) => m.connection)).size).toBe(1);
   });
 
-  it('passes a refused sender and a refused message back as the destination gave them; a pipelined transaction then goes through', async () => {
+  it('passes a refused sender and a refused message back as the destination gave them; a pipelined transaction then goes through; one destination session serves the three clients in turn', async () => {
     const mx = await sink({ host: '127.0.0.52', mail: (_ip, n) => (n === 1 ? { code: 553, text: '5.7.1 sender not welcome' } : undefined), data: (n) => (n === 1 ? { code: 554, text: '5.7.0 content refused' } : undefined) });
     const t = await proxy(() => to(mx));
     const out = await swaks(t.port('proxy'), ['--from', 'bad@legacy.test', '--to', 'x@dest.test']);
@@ -79,6 +79,8 @@ describe('transparent proxy (loopback)', () => {
     const third = await swaks(t.port('proxy'), ['--from', 'good@legacy.test', '--to', 'x@dest.test', '--pipeline']);
     expect(third).toMatch(/<-  250 2\.6\.0 Ok: sunk/);
     expect(mx.messages).toHaveLength(1);
+    // the three client connections were carried by one destination session, kept between them
+    expect(mx.connections).toBe(1);
   });
 
   it('gives the client a 4xx when the destination drops mid-DATA, and refuses loops and connections that were not redirected', async () => {
@@ -164,7 +166,7 @@ describe('transparent proxy (loopback)', () => {
       writeFileSync(join(dataDir, 'ca.pem'), ca.cert);
       return {
       dns: { servers: [d.server] },
-      delivery: { mxPort: mxGood.port, mtaSts: { enabled: false }, tls: { caFile: join(dataDir, 'ca.pem') }, tlsPolicy: { 'secure.test': 'require-verified', 'spoofed.test': 'require-verified' } },
+      delivery: { mxPort: mxGood.port, mtaSts: { enabled: false }, tls: { caFile: join(dataDir, 'ca.pem') }, tlsPolicy: { 'secure.test': 'require-verified', 'spoofed.test': 'require-verified' }, site: { idleTimeout: '300ms' } },
       };
     });
     const ok = await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@secure.test']);
