@@ -16,6 +16,7 @@
  * workload runs three times through the proxy and three times straight, alternating (the order
  * swaps every repetition), after one uncounted warm-up through the proxy; every run must have
  * every message accepted, and every connection greeted by the side it was meant to reach.
+ * BENCH_PROXY_PROFILE=DIR runs Ichidan with --cpu-prof, its profiles written to DIR.
  * Gives: per workload and way the median of the three runs' messages/s (first connection to the
  * last final reply) and per-transaction latency p50 / p99 (from writing MAIL FROM to reading the
  * final reply, as the client sees it), the ratio of the rates and the added latency; on stdout
@@ -108,7 +109,7 @@ async function startIchidan(ns: string, dir: string): Promise<string> {
   await writeFile(file, JSON.stringify(config, null, 2));
   const logFile = join(dir, 'ichidan.log');
   const log = openSync(logFile, 'w');
-  const child = lab.spawn(ns, process.execPath, [CLI, 'start', '-c', file], {
+  const child = lab.spawn(ns, process.execPath, [...(process.env.BENCH_PROXY_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROXY_PROFILE}`] : []), CLI, 'start', '-c', file], {
     stdio: ['ignore', log, log, 'pipe'],
     env: { ...process.env, ICHIDAN_READY_FD: '3' },
   });
