@@ -51,7 +51,7 @@ const tenant = z.strictObject({
   /** How this tenant's outbound mail is scheduled: its share, its caps, its source addresses. */
   egress: z.strictObject({
     /** Share of each site's capacity relative to the other tenants with mail for it (deficit round robin). */
-    weight: z.number().positive().max(1000).default(1),
+    weight: z.number().min(0.01).max(1000).default(1),
     /** Most deliveries of this tenant in flight at once, over all destinations (default: no cap of its own). */
     concurrency: z.number().int().positive().optional(),
     /** Most messages this tenant may hand to destinations per hour (default: no cap). */

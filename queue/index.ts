@@ -182,6 +182,7 @@ export class Queue {
         messageId: '', tenant, domain: site.key, recipientIds: [], due: 0,
         live: {
           site,
+          cancelled: () => state === 'gave up',
           run: (d) => {
             // Dispatched after its client gave up: the turn goes straight back.
             if (state !== 'waiting') return Promise.resolve();

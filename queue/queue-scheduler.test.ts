@@ -102,6 +102,58 @@ describe('scheduler', () => {
     await h.finishAll();
   });
 
+  it('gives a tenant with a weight below 1 its smaller share', async () => {
+    const h = harness({ siteOf: () => 'one', limits: () => ({ maxConnections: 1, initialConnections: 1 }), policies: { a: { weight: 0.25 } } });
+    h.s.block({ id: 'held', site: 'one', until: null });
+    for (let i = 0; i < 40; i++) { h.s.add(job('a', 'a.test', i)); h.s.add(job('b', 'b.test', i)); }
+    h.s.unblock('held');
+    for (let i = 0; i < 40; i++) await h.finish(h.running[0]);
+    const a = h.started.slice(0, 40).filter((d) => d.job.tenant === 'a').length;
+    expect(a).toBeGreaterThanOrEqual(7);
+    expect(a).toBeLessThanOrEqual(9);
+    await h.finishAll();
+  });
+
+  it('applies a lowered site limit to a pair it already knows', async () => {
+    let max = 5;
+    const h = harness({ limits: () => ({ maxConnections: max, initialConnections: max }) });
+    for (let i = 0; i < 5; i++) h.s.add(job('a', 'x.test', i));
+    expect(h.running).toHaveLength(5);
+    await h.finishAll();
+    max = 2;
+    for (let i = 5; i < 10; i++) h.s.add(job('a', 'x.test', i));
+    expect(h.running).toHaveLength(2);
+    await h.finishAll();
+  });
+
+  it('drops live turns whose session gave up, without spending the rate on them', async () => {
+    const h = harness({ limits: () => ({ maxConnections: 5, initialConnections: 5, messageRate: { count: 1, perMs: 60_000 } }) });
+    const site = { key: 'x.test', limits: { maxConnections: 5, initialConnections: 5, messageRate: { count: 1, perMs: 60_000 } } };
+    h.s.block({ id: 'held', site: 'x.test', until: null });
+    let ran = 0;
+    for (let i = 0; i < 5; i++) h.s.add({ ...job('p', 'x.test', i), live: { site, cancelled: () => true, run: async () => { ran++; } } });
+    h.s.add(job('a', 'x.test', 99));
+    h.s.unblock('held');
+    await tick();
+    // four of the given-up turns were dropped, one ran at no cost, and the real job still found the rate's token
+    expect(ran).toBe(1);
+    expect(h.started.map((d) => d.job.messageId)).toEqual(['a-x.test-99']);
+    await h.finishAll();
+  });
+
+  it('admits a live session\'s further transactions by the same blocks and rates', async () => {
+    const h = harness({ limits: () => ({ maxConnections: 5, initialConnections: 5, messageRate: { count: 2, perMs: 60_000 } }), policies: { c: { suspended: true } } });
+    h.s.add(job('a', 'x.test', 1));
+    expect(h.s.admit('x.test', null, 'a')).toBeNull();
+    expect(h.s.admit('x.test', null, 'a')).toBe('the message rate of x.test is reached');
+    expect(h.s.admit('x.test', null, 'c')).toBe('tenant c is suspended');
+    h.s.block({ id: 'h', tenant: 'b', site: 'x.test', until: null });
+    expect(h.s.admit('x.test', null, 'b')).toBe('held or suspended at x.test');
+    h.s.block({ id: 'p', site: 'x.test', source: '', until: null });
+    expect(h.s.admit('x.test', null, 'a')).toBe('x.test is paused for the default source');
+    await h.finishAll();
+  });
+
   it('keeps a full site (a tarpit) from taking the slots of other sites', async () => {
     const h = harness({ concurrency: 8, limits: (site) => site === 'tarpit.test' ? { maxConnections: 3, initialConnections: 3 } : { maxConnections: 20, initialConnections: 20 } });
     for (let i = 0; i < 100; i++) h.s.add(job('c', 'tarpit.test', i));

@@ -32,7 +32,7 @@ export interface Job {
    * A live session's turn (the transparent proxy): run instead of the queue's delivery, it holds
    * its slot at `site` until the promise it returns settles.
    */
-  live?: { site: SiteRef; run: (dispatch: Dispatch) => Promise<void> };
+  live?: { site: SiteRef; run: (dispatch: Dispatch) => Promise<void>; cancelled: () => boolean };
 }
 
 export interface SchedulerLimits {
@@ -130,8 +130,9 @@ interface Site {
 
 interface Pair {
   window: number;
-  /** The site's maxConnections when last seen. */
+  /** The site's maxConnections and message rate when last seen. */
   max: number;
+  rate?: { count: number; perMs: number };
   active: number;
   /** Token bucket for the site's message rate. */
   tokens: number;
@@ -156,6 +157,7 @@ function pairKey(site: string, source: string | null): string {
 const HOUR_MS = 3_600_000;
 /** Pair state (the learned window) is forgotten after this long unused. */
 const PAIR_IDLE_MS = 30 * 60_000;
+const PAIR_PRUNE_EVERY_MS = 60_000;
 
 /** A binary min-heap of jobs by due time. */
 class DueHeap {
@@ -214,6 +216,7 @@ export class Scheduler {
   #timerAt = Infinity;
   #stopped = false;
   #pumping = false;
+  #prunedAt = 0;
   readonly #now: () => number;
 
   constructor(private limits: SchedulerLimits, private readonly deps: SchedulerDeps) {
@@ -413,46 +416,83 @@ export class Scheduler {
     const siteBlock = this.#blockedUntil(now, undefined, site.key);
     if (siteBlock > now) return { until: siteBlock };
     let wake = Infinity;
-    for (let tried = 0; tried < site.ring.length; tried++) {
-      if (site.pos >= site.ring.length) site.pos = 0;
-      const st = site.tenants.get(site.ring[site.pos])!;
-      const policy = this.deps.tenantPolicy(st.tenant);
-      if (st.deficit < 1) st.deficit += policy.weight;
-      const can = this.#tenantMay(st, site, policy, now);
-      if (can !== true) {
-        wake = Math.min(wake, can.until);
-        site.pos++;
-        continue;
+    // A tenant whose weight is below 1 waits some rounds for its deficit to reach one job; the
+    // rounds repeat (weights are at least 0.01) while such waiting is all that stops every tenant.
+    for (let round = 0; round <= 100; round++) {
+      let waitedForDeficit = false;
+      for (let tried = 0; tried < site.ring.length; tried++) {
+        if (site.pos >= site.ring.length) site.pos = 0;
+        const st = site.tenants.get(site.ring[site.pos])!;
+        const policy = this.deps.tenantPolicy(st.tenant);
+        const can = this.#tenantMay(st, site, policy, now);
+        if (can !== true) {
+          wake = Math.min(wake, can.until);
+          site.pos++;
+          continue;
+        }
+        // Only a tenant that could send now earns its quantum: a full or paused site earns no one credit.
+        const source = this.#chooseSource(site, policy.sources, now);
+        if ('until' in source) {
+          wake = Math.min(wake, source.until);
+          site.pos++;
+          continue;
+        }
+        if (st.deficit < 1) st.deficit += policy.weight;
+        if (st.deficit < 1) {
+          waitedForDeficit = true;
+          site.pos++;
+          continue;
+        }
+        const lane = this.#nextLane(st);
+        if (!lane) {
+          site.pos++;
+          continue;
+        }
+        // Live turns whose session already gave up are dropped; the last one still runs, at no cost.
+        let job = lane.ready[lane.head++];
+        while (job.live?.cancelled() && lane.head < lane.ready.length) job = lane.ready[lane.head++];
+        if (lane.head === lane.ready.length) {
+          lane.ready = [];
+          lane.head = 0;
+          st.ring.splice(st.ring.indexOf(lane.domain), 1);
+        }
+        st.deficit -= 1;
+        if (st.ring.length === 0) {
+          st.deficit = 0;
+          site.ring.splice(site.pos, 1);
+        } else if (st.deficit < 1) {
+          site.pos++;
+        }
+        this.#start(site, st, lane, source.pair, source.source, job, policy, now);
+        return 'started';
       }
-      const source = this.#chooseSource(site, policy.sources, now);
-      if ('until' in source) {
-        wake = Math.min(wake, source.until);
-        site.pos++;
-        continue;
-      }
-      const lane = this.#nextLane(st);
-      if (!lane) {
-        site.pos++;
-        continue;
-      }
-      const job = lane.ready[lane.head++];
-      if (lane.head === lane.ready.length) {
-        lane.ready = [];
-        lane.head = 0;
-        st.ring.splice(st.ring.indexOf(lane.domain), 1);
-      }
-      st.deficit -= 1;
-      const empty = st.ring.length === 0;
-      if (empty) {
-        st.deficit = 0;
-        site.ring.splice(site.pos, 1);
-      } else if (st.deficit < 1) {
-        site.pos++;
-      }
-      this.#start(site, st, lane, source.pair, source.source, job, policy, now);
-      return 'started';
+      if (!waitedForDeficit) break;
     }
     return { until: wake };
+  }
+
+  /**
+   * May a live session already holding its turn start another transaction now? The blocks in force
+   * and the message rates (the pair's, the tenant's hourly cap) are checked and one token taken,
+   * as a delivery would. Returns null, or why not.
+   */
+  admit(site: string, source: string | null, tenant: string): string | null {
+    const now = this.#now();
+    this.#expireBlocks(now);
+    if (this.#blockedUntil(now, undefined, site) > now || this.#blockedUntil(now, tenant, site) > now) return `held or suspended at ${site}`;
+    if (this.#blockedUntil(now, undefined, site, source ?? '') > now) return `${site} is paused for ${source ?? 'the default source'}`;
+    const policy = this.deps.tenantPolicy(tenant);
+    if (policy.suspended) return `tenant ${tenant} is suspended`;
+    const pair = this.#pairs.get(pairKey(site, source));
+    if (pair?.rate) {
+      this.#refill(pair, now);
+      if (pair.tokens < 1) return `the message rate of ${site} is reached`;
+    }
+    const state = this.#tenant(tenant, policy, now);
+    if (policy.messagesPerHour !== undefined && state.tokens < 1) return `tenant ${tenant} reached its messages per hour`;
+    if (pair?.rate) pair.tokens -= 1;
+    if (policy.messagesPerHour !== undefined) state.tokens -= 1;
+    return null;
   }
 
   #tenantMay(st: SiteTenant, site: Site, policy: TenantPolicy, now: number): true | Wait {
@@ -492,7 +532,7 @@ export class Scheduler {
       }
       const pair = this.#pair(site, source.address, now);
       if (pair.active >= Math.floor(pair.window)) continue;
-      const rate = site.limits.messageRate;
+      const rate = pair.rate;
       if (rate && pair.tokens < 1) {
         wake = Math.min(wake, now + Math.ceil((1 - pair.tokens) * rate.perMs / rate.count));
         continue;
@@ -506,15 +546,25 @@ export class Scheduler {
   #pair(site: Site, source: string | null, now: number): Pair {
     const key = pairKey(site.key, source);
     let pair = this.#pairs.get(key);
-    const rate = site.limits.messageRate;
+    const { maxConnections, messageRate } = site.limits;
     if (!pair) {
-      pair = { window: Math.min(site.limits.initialConnections, site.limits.maxConnections), max: site.limits.maxConnections, active: 0, tokens: rate?.count ?? 0, refilledAt: now, usedAt: now };
+      pair = { window: Math.min(site.limits.initialConnections, maxConnections), max: maxConnections, rate: messageRate, active: 0, tokens: messageRate?.count ?? 0, refilledAt: now, usedAt: now };
       this.#pairs.set(key, pair);
-    } else if (rate) {
-      pair.tokens = Math.min(rate.count, pair.tokens + (now - pair.refilledAt) * rate.count / rate.perMs);
-      pair.refilledAt = now;
+      return pair;
     }
+    // The site's limits as they are now (a reload may have lowered them since the pair was learnt).
+    pair.max = maxConnections;
+    pair.window = Math.min(pair.window, maxConnections);
+    if (!pair.rate && messageRate) pair.tokens = messageRate.count;
+    pair.rate = messageRate;
+    this.#refill(pair, now);
     return pair;
+  }
+
+  #refill(pair: Pair, now: number): void {
+    if (!pair.rate) return;
+    pair.tokens = Math.min(pair.rate.count, pair.tokens + (now - pair.refilledAt) * pair.rate.count / pair.rate.perMs);
+    pair.refilledAt = now;
   }
 
   #nextLane(st: SiteTenant): Lane | null {
@@ -534,8 +584,10 @@ export class Scheduler {
     pair.active++;
     pair.usedAt = now;
     tenant.active++;
-    if (site.limits.messageRate) pair.tokens -= 1;
-    if (policy.messagesPerHour !== undefined) tenant.tokens -= 1;
+    if (!job.live?.cancelled()) {
+      if (pair.rate) pair.tokens -= 1;
+      if (policy.messagesPerHour !== undefined) tenant.tokens -= 1;
+    }
     const dispatch = { job, site: site.key, source };
     (job.live ? job.live.run(dispatch) : this.deps.run(dispatch)).catch(() => undefined).finally(() => {
       this.#active--;
@@ -573,6 +625,8 @@ export class Scheduler {
 
   #expireBlocks(now = this.#now()): void {
     for (const [id, b] of this.#blocks) if (b.until !== null && b.until <= now) this.#blocks.delete(id);
+    if (now - this.#prunedAt < PAIR_PRUNE_EVERY_MS) return;
+    this.#prunedAt = now;
     for (const [key, pair] of this.#pairs) {
       if (pair.active === 0 && now - pair.usedAt > PAIR_IDLE_MS) this.#pairs.delete(key);
     }
