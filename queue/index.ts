@@ -355,6 +355,13 @@ export class Queue {
       rows = this.store.recipientsOf(job.messageId)
         .filter((r) => wanted.has(r.id) && r.state === 'queued' && r.next_attempt <= now + 50 && !this.#inFlight.has(`${r.message_id}/${r.id}`));
       if (rows.length === 0) return;
+      // The job was placed under a site its domain no longer belongs to (a reload named a new site,
+      // or its lookup had failed): it goes back, now due, to be counted where it is delivered.
+      const current = this.#egress.site(job.domain);
+      if (!(current instanceof Promise) && current.key !== dispatch.site) {
+        this.scheduler.add({ ...job, due: Date.now() });
+        return;
+      }
       for (const r of rows) this.#inFlight.add(`${r.message_id}/${r.id}`);
       retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source });
     } catch (err) {
@@ -371,7 +378,7 @@ export class Queue {
   /** One attempt for some recipients of one message; returns those to retry, each with its own retry time. */
   async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[], via: Via): Promise<Array<{ id: number; tenant: string; domain: string; due: number }>> {
     // Recipients already refused for good whose bounce is still owed are not sent again.
-    const owed = rows.filter((r) => r.owed === 'failed');
+    let owed = rows.filter((r) => r.owed === 'failed');
     const toSend = rows.filter((r) => r.owed !== 'failed');
     const outbound: OutboundMessage = {
       queueId: msg.id,
@@ -388,6 +395,12 @@ export class Queue {
     const now = Date.now();
     if (result.kind === 'outcomes' && result.signal) this.control.onSignal(via.site, via.source.address, job.tenant, result.signal, now);
     const q = this.config.queue;
+    // An operator may have held or purged some of these recipients while the attempt ran: their
+    // state is the operator's (the store's update also only touches queued rows), and no notice
+    // is written for them.
+    const stillQueued = new Set(this.store.recipientsOf(msg.id).filter((r) => r.state === 'queued').map((r) => r.id));
+    rows = rows.filter((r) => stillQueued.has(r.id));
+    owed = owed.filter((r) => stillQueued.has(r.id));
 
     if (result.kind === 'hold') {
       await this.store.write([{ op: 'updateRecipients', messageId: msg.id, now, updates: rows.map((r) => ({

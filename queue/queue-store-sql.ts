@@ -266,7 +266,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       attempts = attempts + @attempted, first_attempt = COALESCE(first_attempt, CASE WHEN @attempted = 1 THEN @now END),
       last_code = COALESCE(@code, last_code), last_status = COALESCE(@status, last_status),
       last_reply = COALESCE(@reply, last_reply), last_host = COALESCE(@host, last_host),
-      warned = MAX(warned, @warned), owed = @owed, updated_at = @now WHERE message_id = @messageId AND id = @id`),
+      warned = MAX(warned, @warned), owed = @owed, updated_at = @now WHERE message_id = @messageId AND id = @id AND state = 'queued'`),
     openCount: db.prepare(`SELECT COUNT(*) AS n FROM recipients WHERE message_id = ? AND state IN ('queued', 'held')`),
     markDone: db.prepare(`UPDATE messages SET state = 'done' WHERE id = ? AND state = 'active'`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),

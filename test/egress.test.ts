@@ -5,6 +5,7 @@ import { writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import nodemailer from 'nodemailer';
 import { afterEach, describe, expect, it } from 'vitest';
 import { adminRequest } from '../mta/mta-admin.js';
@@ -208,6 +209,30 @@ describe('egress', () => {
     const afterPause = mx.messages.filter((m) => header(m.data, 'X-Tenant') === 'c').slice(cDelivered);
     expect(afterPause.every((m) => m.clientAddress === '127.0.0.42')).toBe(true);
     expect((await api(t, 'POST', `/v1/egress/events/${suspended.id}/undo`, {})).status).toBe(404);
+  });
+
+  it('keeps an operator\'s purge and hold made while the attempt was in flight', async () => {
+    const [mx] = await sinks([{ host: '127.0.0.39', replyDelay: 600, rcpt: () => ({ code: 451, text: '4.3.0 try later' }) }]);
+    const d = await dns({ 'slow.test': '127.0.0.39' });
+    const t = await app(d, mx.port, () => ({}));
+    await send(t, 'a', 'one@slow.test', 1, 1);
+    await send(t, 'b', 'two@slow.test', 1, 1);
+    await waitUntil(() => mx.open >= 2, 5_000, 'both attempts in flight');
+    expect((await api(t, 'POST', '/v1/queue/purge', { tenant: 'a' })).body).toEqual({ purged: 1 });
+    const held = t.app.queue.store.openRecipients().find((r) => r.tenant === 'b')!;
+    expect((await api(t, 'POST', '/v1/queue/hold', { message: held.message_id })).body).toEqual({ held: 1 });
+    // the destination's 451 comes back after the operator's word, and does not undo it
+    await waitUntil(() => mx.rcptAttempts.size === 2 && t.app.queue.scheduler.active === 0, 10_000, 'the attempts to end');
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect([...mx.rcptAttempts.values()]).toEqual([1, 1]);
+    const states = new Database(join(t.dataDir, 'queue.db'), { readonly: true });
+    try {
+      const rows = states.prepare(`SELECT tenant, state FROM recipients ORDER BY tenant`).all();
+      // the purged message is gone (swept as done); the held one waits
+      expect(rows).toEqual([{ tenant: 'b', state: 'held' }]);
+    } finally {
+      states.close();
+    }
   });
 
   it('holds, releases and purges by tenant, by site and by message', async () => {
