@@ -204,7 +204,13 @@ export class SmtpClient extends EventEmitter {
         if (socket.write(chunk)) continue;
         // A destination that goes away while its buffers are full never drains: the close ends the wait too.
         await new Promise<void>((resolve) => {
-          const done = () => { socket.off('drain', done); socket.off('close', done); resolve(); };
+          const done = () => { clearTimeout(timer); socket.off('drain', done); socket.off('close', done); resolve(); };
+          // A destination that stops reading is as silent as one that stops answering.
+          const timer = setTimeout(() => {
+            this.#fail(Object.assign(new Error(`the destination took no data for ${this.opts.replyTimeout} ms`), { code: 'ETIMEDOUT' }));
+            this.close();
+            done();
+          }, this.opts.replyTimeout);
           socket.on('drain', done);
           socket.on('close', done);
         });

@@ -14,7 +14,8 @@
  * Settings: listeners[] with role proxy, proxy.*, delivery.* (timeouts, TLS, transcripts).
  */
 import type { Socket } from 'node:net';
-import type { Readable } from 'node:stream';
+import { networkInterfaces } from 'node:os';
+import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from '../mta/mta-config-schema.js';
@@ -50,6 +51,8 @@ export interface ProxyListenerDeps {
   /** The proxy's own open destination connections ("address|port"): a client among them is a loop. */
   outbound: Set<string>;
   reader: OriginalDstReader;
+  /** A bare CR or LF finder for the data of unscanned messages (mta-data.ts's LineEndingGuard). */
+  lineGuard: () => { feed(chunk: Buffer): void; finish(): void; bare: boolean };
   tls: { key: string | Buffer; cert: string | Buffer };
   log: Logger;
 }
@@ -63,10 +66,22 @@ function smtpError(reply: Reply): Error {
 /** smtp-server's parsed ESMTP parameters back into "KEY=VALUE" words. */
 function paramWords(args: unknown): string[] {
   if (!args || typeof args !== 'object') return [];
-  return Object.entries(args as Record<string, unknown>).map(([k, v]) => (v === true || v === undefined ? k.toUpperCase() : `${k.toUpperCase()}=${String(v)}`));
+  return Object.entries(args as Record<string, unknown>).map(([k, v]) => (v === true || v === undefined ? k.toUpperCase() : `${k.toUpperCase()}=${xtext(String(v))}`));
 }
 
 const unmapped = (a: string) => a.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1');
+const isWildcard = (a: string) => a === '0.0.0.0' || a === '::';
+
+/** An address of this host: a listener bound to every address listens on it. */
+function isLocalAddress(address: string): boolean {
+  if (/^127\./.test(address) || address === '::1') return true;
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => unmapped(i.address) === address));
+}
+
+/** RFC 3461 xtext: what smtp-server decoded goes back encoded ("+", "=" and bytes outside 33–126 as +XX). */
+export function xtext(value: string): string {
+  return Buffer.from(value, 'utf8').reduce((out, b) => out + (b < 33 || b > 126 || b === 0x2b || b === 0x3d ? `+${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b)), '');
+}
 
 export class ProxyListener {
   readonly server: SMTPServer;
@@ -123,6 +138,14 @@ export class ProxyListener {
     });
   }
 
+  /** A reloaded config: the size advertised, the idle timeout and the name in the greeting. */
+  apply(config: Config): void {
+    const options = this.server.options as SMTPServerOptions;
+    options.size = config.limits.maxMessageSize;
+    options.socketTimeout = config.limits.commandTimeout;
+    options.name = config.hostname;
+  }
+
   listen(): Promise<{ address: string; port: number }> {
     return new Promise((resolve, reject) => {
       this.server.server.once('error', reject);
@@ -149,7 +172,7 @@ export class ProxyListener {
     const destination = this.#destinations.get(`${client}|${session.remotePort}`);
     if (!destination) return refuse(554, '5.4.6 no original destination: this connection was not redirected to the proxy');
     const dst = { address: unmapped(destination.address), port: destination.port };
-    const own = this.deps.ownEndpoints().some((e) => e.port === dst.port && (unmapped(e.address) === dst.address || e.address === '0.0.0.0' || e.address === '::'));
+    const own = this.deps.ownEndpoints().some((e) => e.port === dst.port && (unmapped(e.address) === dst.address || (isWildcard(e.address) && isLocalAddress(dst.address))));
     if (own) return refuse(554, `5.4.6 routing loop: ${dst.address}:${dst.port} is this MTA`);
     this.#sessions.set(session.id, new ProxySession(session.id, dst, tenant, this.deps.session(this.deps.config())));
     this.deps.log.info({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
@@ -177,8 +200,12 @@ export class ProxyListener {
     }
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const scanner = this.deps.scanner(s.tenant);
+    let refusal: Reply | null = null;
     const relay = async (): Promise<Reply> => {
-      if (!scanner) return s.data(stream as unknown as Readable);
+      if (!scanner) {
+        const reply = await s.data(this.#guarded(stream as unknown as Readable, (r) => { refusal = r; }));
+        return refusal ?? reply;
+      }
       const mailFrom = session.envelope.mailFrom;
       const outcome = await scanner({
         tenant: s.tenant, client: unmapped(session.remoteAddress), helo: String(session.hostNameAppearsAs ?? ''), sender: mailFrom ? mailFrom.address : '',
@@ -193,14 +220,51 @@ export class ProxyListener {
     };
     relay().then((reply) => {
       this.#report(session, s);
-      // smtp-server refuses the transaction itself when the data was larger than SIZE allows.
-      if ((stream as unknown as { sizeExceeded?: boolean }).sizeExceeded) return cb(Object.assign(new Error('5.3.4 message too big'), { responseCode: 552 }));
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
       else cb(smtpError(reply));
     }, (err) => {
       this.deps.log.error({ err }, 'proxy data failed');
       cb(Object.assign(new Error('4.3.0 proxy error'), { responseCode: 451 }));
     });
+  }
+
+  /**
+   * The client's data as relayed: refused on the way (and the destination's transaction broken off
+   * before its final dot) when it grows past the size limit or carries a bare CR or LF, as the
+   * listeners refuse it (552 5.3.4, 550 5.6.0); the rest of the client's data is read and dropped.
+   */
+  #guarded(stream: Readable, refuse: (r: Reply) => void): Readable {
+    const max = this.deps.config().limits.maxMessageSize;
+    const guard = this.deps.lineGuard();
+    let bytes = 0;
+    const stop = (code: number, text: string, cb: (err: Error) => void) => {
+      refuse({ code, lines: [text], raw: `${code} ${text}` });
+      stream.unpipe(out);
+      stream.resume();
+      cb(Object.assign(new Error(text), { code: 'EREFUSED' }));
+    };
+    const out = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        bytes += chunk.length;
+        guard.feed(chunk);
+        if (bytes > max) return stop(552, '5.3.4 message too big', cb);
+        if (guard.bare) return stop(550, '5.6.0 bare CR or LF in the message data', cb);
+        cb(null, chunk);
+      },
+      flush(cb) {
+        guard.finish();
+        if (guard.bare) return stop(550, '5.6.0 bare CR or LF in the message data', cb);
+        cb();
+      },
+    });
+    stream.on('error', (err) => out.destroy(err));
+    // However the relay ends (refused, the destination gone), the client's data is read to its end,
+    // or smtp-server would never see the end of it and never answer.
+    out.on('close', () => {
+      stream.unpipe(out);
+      stream.resume();
+    });
+    return stream.pipe(out);
   }
 
   #report(session: SMTPServerSession, s: ProxySession): void {

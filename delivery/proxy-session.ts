@@ -59,6 +59,8 @@ export interface ProxyDeps {
   acquire(tenant: string, site: SiteInfo, leave: AbortSignal): Promise<Slot>;
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
   signal(site: string, source: string | null, tenant: string, signal: Signal): void;
+  /** May a session already holding its turn start another transaction (null), or why not. */
+  admit(site: string, source: string | null, tenant: string): string | null;
   /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
   outbound: Set<string>;
   /** The pools shared with queued delivery: idle destination sessions, and every connection counted per (site, source). */
@@ -134,6 +136,12 @@ export class ProxySession {
     this.#startedAt = Date.now();
     if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
     if (this.#failed) return this.#failed;
+    // Each further transaction is admitted as a delivery would be: holds, pauses and rates in force now.
+    const refusal = this.#site && this.#slot ? this.deps.admit(this.#site.key, this.#slot.source.address, this.tenant) : null;
+    if (refusal) {
+      const text = `4.7.1 ${refusal}; try again later`;
+      return { code: 451, lines: [text], raw: `451 ${text}` };
+    }
     return this.#relayMail();
   }
 
@@ -347,8 +355,9 @@ export class ProxySession {
   #refusedOpen(reply: Reply): Reply {
     this.#signal(reply);
     void this.close();
-    // A 5xx at the banner or to EHLO is the destination's answer; anything else is a deferral.
-    return reply.code >= 500 ? reply : tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
+    // Even a 5xx at the banner or to EHLO (a blocklisted source address, say) is about this
+    // connection, not the recipients: the client defers, as queued delivery does.
+    return tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
   }
 
   /** Is this session fit for the domain's TLS rule? A reply to refuse the recipient with, or null. */
@@ -407,6 +416,9 @@ export class ProxySession {
     const e = err as NodeJS.ErrnoException;
     this.#signalRaw(errorSignal(e.code, e.message));
     this.#client?.close();
+    // Nothing more goes to this destination for this client: the turn is free for others.
+    this.#slot?.release();
+    this.#slot = null;
     this.#failed = tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${e.code ?? 'error'}: ${e.message}`);
     return this.#failed;
   }

@@ -30,6 +30,7 @@ import { loadOriginalDst, type OriginalDstReader } from '../delivery/proxy-origd
 import type { ProxyDeps } from '../delivery/proxy-session.js';
 import { RELAY_TENANT } from './mta-policy.js';
 import { proxyScans, scanProxied } from './mta-proxy-scan.js';
+import { LineEndingGuard } from './mta-data.js';
 import { loadTlsMaterial } from './mta-tls.js';
 
 export interface BoundListener {
@@ -62,7 +63,7 @@ export function adminSocket(config: Config): string {
 }
 
 /** Settings a reload cannot apply to a running process. */
-const RESTART_KEYS = ['dataDir', 'listeners', 'tls', 'admin', 'queue.fsync'] as const;
+const RESTART_KEYS = ['dataDir', 'listeners', 'tls', 'admin', 'queue.fsync', 'proxy.eventsFile', 'proxy.webhook'] as const;
 
 function needsRestart(before: Config, after: Config): string[] {
   const get = (c: Config, key: string) => key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)?.[k], c);
@@ -194,6 +195,7 @@ export class Ichidan {
       ownEndpoints: () => this.bound.map((b) => ({ address: b.address, port: b.port })),
       outbound: this.#proxyOutbound,
       reader,
+      lineGuard: () => new LineEndingGuard(),
       tls: { key: tls.key, cert: tls.cert },
       log: this.log,
     });
@@ -219,6 +221,7 @@ export class Ichidan {
       signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
       outbound: this.#proxyOutbound,
       cache: this.sessions,
+      admit: (site, source, tenant) => this.queue.scheduler.admit(site, source, tenant),
     };
   }
 
@@ -240,7 +243,7 @@ export class Ichidan {
     const previous = this.#runtime;
     this.#runtime = runtime;
     previous.release();
-    for (const l of this.#listeners) l.apply(config);
+    for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
     this.queue.reconfigure(config, egress);
     return snap.generation;
   }

@@ -38,6 +38,16 @@ function forMs(body: Record<string, unknown>): number | undefined {
   return parsed.data;
 }
 
+const SITE_KEY = /^(mx|route|site|domain|addr):\S+$/;
+
+/** A tenant the config knows (or `_relay`), and a site key in the form `ichidan egress` shows. */
+function checkScope(app: Ichidan, tenant: string | undefined, site: string | undefined): void {
+  if (tenant !== undefined && tenant !== '_relay' && !(tenant in app.config.tenants)) {
+    throw new BadRequest(`no tenant "${tenant}" (tenants: ${['_relay', ...Object.keys(app.config.tenants)].join(', ')})`);
+  }
+  if (site !== undefined && !SITE_KEY.test(site)) throw new BadRequest(`"${site}" is not a site: sites look like "mx:mx1.example.net", "site:NAME", "route:host:port" (see ichidan egress)`);
+}
+
 export async function handleEgress(method: string, url: string, body: Record<string, unknown>, app: Ichidan): Promise<AdminAnswer | null> {
   try {
     return await route(method, url, body, app);
@@ -68,6 +78,7 @@ async function route(method: string, url: string, body: Record<string, unknown>,
   if (method === 'POST' && tenantAction) {
     const [, tenant, action] = tenantAction;
     const site = text(body, 'site');
+    checkScope(app, tenant, site);
     if (action === 'suspend') {
       const id = await queue.control.hold({ tenant, site, forMs: forMs(body), reason: text(body, 'reason') ?? 'suspended by an operator', kind: 'suspended' });
       return [200, { event: id, tenant, site: site ?? null }];
@@ -81,6 +92,8 @@ async function route(method: string, url: string, body: Record<string, unknown>,
   const site = text(body, 'site');
   if (message !== undefined && (tenant !== undefined || site !== undefined)) throw new BadRequest('give a message, or a tenant and/or a site, not both');
   if (message === undefined && tenant === undefined && site === undefined) throw new BadRequest('give a message, a tenant or a site');
+  if (message !== undefined && body.for !== undefined) throw new BadRequest('"for" applies to a tenant or a site; a held message waits until released');
+  checkScope(app, tenant, site);
   if (path === '/v1/queue/hold') {
     if (message !== undefined) {
       const n = await queue.holdRecipients({ messageId: message });

@@ -66,7 +66,7 @@ export async function tenants(args: string[]): Promise<void> {
 }
 
 function eventLine(e: EgressEvent): string {
-  const scope = [e.tenant && `tenant=${e.tenant}`, e.site && `site=${e.site}`, e.source !== null && e.site && `source=${e.source || 'default'}`].filter(Boolean).join(' ');
+  const scope = safe([e.tenant && `tenant=${e.tenant}`, e.site && `site=${e.site}`, e.source !== null && e.site && `source=${e.source || 'default'}`].filter(Boolean).join(' '));
   const until = e.until === null ? (e.kind === 'slowed' ? '' : 'until lifted') : `until ${iso(e.until)}`;
   const undone = e.undone_at === null ? '' : `\tundone ${iso(e.undone_at)} by ${safe(e.undone_by ?? '?')}`;
   return `${e.id}\t${iso(e.at)}\t${e.kind}\t${e.actor}\t${scope}\t${until}\t${safe(e.reason)}${undone}`;
@@ -85,7 +85,7 @@ export async function egress(args: string[]): Promise<void> {
     const blocks = body.blocks as Array<{ id: string; tenant?: string; site?: string; source?: string; until: number | null }>;
     if (blocks.length > 0) process.stdout.write('blocks in force:\n');
     for (const b of blocks) {
-      const scope = [b.tenant && `tenant=${b.tenant}`, b.site && `site=${b.site}`, b.source !== undefined && `source=${b.source || 'default'}`].filter(Boolean).join(' ');
+      const scope = safe([b.tenant && `tenant=${b.tenant}`, b.site && `site=${b.site}`, b.source !== undefined && `source=${b.source || 'default'}`].filter(Boolean).join(' '));
       process.stdout.write(`  ${scope}\t${b.until === null ? 'until lifted' : `until ${iso(b.until)}`}\n`);
     }
     return;

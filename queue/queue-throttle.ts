@@ -53,6 +53,7 @@ export interface HoldRequest {
 
 const MAX_SEEN_PER_SITE = 10_000;
 const SLOW_EVENT_EVERY_MS = 60_000;
+const PRUNE_EVERY_MS = 60_000;
 
 export class EgressControl {
   readonly #seen = new Map<string, Seen[]>();
@@ -60,6 +61,7 @@ export class EgressControl {
   /** (tenant, site) suspended by this control, until when. */
   readonly #suspended = new Map<string, number>();
   #blockSeq = 0;
+  #prunedAt = 0;
   /** Told of every event as it is recorded (the metrics count them). */
   onEvent: (event: NewEgressEvent) => void = () => undefined;
 
@@ -83,6 +85,7 @@ export class EgressControl {
   /** What one delivery on (site, source) for `tenant` showed. */
   onSignal(site: string, source: string | null, tenant: string, signal: Signal, now = Date.now()): void {
     const t = this.config.delivery.throttle;
+    if (now - this.#prunedAt >= PRUNE_EVERY_MS) this.#prune(now, t.window);
     // A refused connection is as likely a host that is down as a limit: it pauses, but blames no one.
     const throttled = signal.kind === 'throttled' || signal.kind === 'refused';
     this.#remember(site, { at: now, tenant, throttled: signal.kind === 'throttled' }, now - t.window);
@@ -188,6 +191,16 @@ export class EgressControl {
 
   event(id: number): EgressEvent | undefined {
     return readEgressEvent(this.store.db, id);
+  }
+
+  /** Forgets what the window no longer needs: sites and pairs with nothing recent, suspensions that ended. */
+  #prune(now: number, window: number): void {
+    this.#prunedAt = now;
+    for (const [site, list] of this.#seen) if (list.length === 0 || list[list.length - 1].at < now - window) this.#seen.delete(site);
+    for (const [key, mem] of this.#pairs) {
+      if (mem.pausedUntil <= now && now - Math.max(mem.lastPauseAt, mem.lastSlowEventAt) > window) this.#pairs.delete(key);
+    }
+    for (const [key, until] of this.#suspended) if (until <= now) this.#suspended.delete(key);
   }
 
   #pair(key: string): PairMemory {

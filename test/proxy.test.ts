@@ -12,7 +12,10 @@ import nodemailer from 'nodemailer';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { OriginalDst } from '../delivery/proxy-origdst.js';
 import type { ConfigInput } from '../mta/mta-config-schema.js';
+import { adminRequest } from '../mta/mta-admin.js';
+import { xtext } from '../delivery/proxy-listener.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { RawSmtp } from './helpers/raw-smtp.js';
 import { startDns } from './helpers/dns-server.js';
 import { startSink, type Sink, type SinkOptions } from './helpers/sink.js';
 import { makeTestCa } from './helpers/test-ca.js';
@@ -49,6 +52,12 @@ async function swaks(port: number, args: string[]): Promise<string> {
 }
 
 describe('transparent proxy (loopback)', () => {
+  it('encodes ESMTP parameter values again as xtext (RFC 3461) when it passes them on', () => {
+    expect(xtext('rfc822;john+news@example.com')).toBe('rfc822;john+2Bnews@example.com');
+    expect(xtext('a b=c')).toBe('a+20b+3Dc');
+    expect(xtext('QWE123')).toBe('QWE123');
+  });
+
   it('relays transactions live: several per connection, the null sender, many recipients, the destination\'s own replies', async () => {
     const mx = await sink({ host: '127.0.0.51', rcpt: (a) => (a.startsWith('nobody@') ? { code: 550, text: '5.1.1 no such user here' } : undefined) });
     const t = await proxy(() => to(mx));
@@ -119,6 +128,40 @@ describe('transparent proxy (loopback)', () => {
     expect(out).toMatch(/<-  220 .*TLS/i);
     expect(out).toMatch(/<~  250 2\.6\.0 Ok: sunk/);
     await mx.waitFor(1);
+  });
+
+  it('refuses data past the size limit or with a bare LF as the listeners do, breaking off the destination\'s transaction before its final dot', async () => {
+    const mx = await sink({ host: '127.0.0.49' });
+    const t = await proxy(() => to(mx), () => ({ limits: { maxMessageSize: '4KB' } }));
+    const big = await RawSmtp.atData(t.port('proxy'), 'a@legacy.test', ['x@dest.test']);
+    big.send(`Subject: big\r\n\r\n${'0123456789abcdef\r\n'.repeat(600)}.\r\n`);
+    expect((await big.reply()).join('\n')).toMatch(/^552 5\.3\.4 message too big/);
+    big.socket.destroy();
+    const bare = await RawSmtp.atData(t.port('proxy'), 'a@legacy.test', ['x@dest.test']);
+    bare.send('Subject: bare\r\n\r\none\ntwo\r\n.\r\n');
+    expect((await bare.reply()).join('\n')).toMatch(/^550 5\.6\.0 bare CR or LF/);
+    bare.socket.destroy();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(mx.messages).toHaveLength(0);
+  });
+
+  it('defers (4xx) when the destination refuses the connection at its banner with a 5xx', async () => {
+    const mx = await sink({ host: '127.0.0.48', connect: () => ({ code: 554, text: '5.7.1 your address is listed' }) });
+    const t = await proxy(() => to(mx));
+    const out = await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@dest.test']);
+    expect(out).toMatch(/<\*\* 451 4\.4\.2 destination failed: 127\.0\.0\.48:\d+: 5\.7\.1 your address is listed \(554\)/);
+  });
+
+  it('admits each further transaction of an open session as a delivery: a tenant held meanwhile gets 451 4.7.1', async () => {
+    const mx = await sink({ host: '127.0.0.47' });
+    const t = await proxy(() => to(mx), () => ({ tenants: { legacy: { networks: ['127.0.0.1/32'] } } }));
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.port('proxy'), ignoreTLS: true, pool: true, maxConnections: 1 } as never);
+    cleanup.push(async () => transport.close());
+    await transport.sendMail({ from: 'a@legacy.test', to: 'x@dest.test', text: 'first' });
+    expect((await adminRequest(join(t.dataDir, 'admin.sock'), 'POST', '/v1/queue/hold', { tenant: 'legacy' })).status).toBe(200);
+    const second = await transport.sendMail({ from: 'a@legacy.test', to: 'x@dest.test', text: 'second' }).catch((e: { response: string }) => e);
+    expect((second as { response: string }).response).toMatch(/^451 4\.7\.1 held or suspended at addr:127\.0\.0\.47:\d+; try again later/);
+    expect(mx.messages).toHaveLength(1);
   });
 
   it('refuses clients outside the trusted and tenant networks', async () => {
