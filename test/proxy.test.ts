@@ -18,6 +18,7 @@ import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js'
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { startDns } from './helpers/dns-server.js';
 import { startSink, type Sink, type SinkOptions } from './helpers/sink.js';
+import { startPolicyServer } from './helpers/policy-server.js';
 import { makeTestCa } from './helpers/test-ca.js';
 
 const run = promisify(execFile);
@@ -233,6 +234,35 @@ describe('transparent proxy (loopback)', () => {
     expect(rows.map((r) => r.host)).toEqual(['mx.secure.test', 'mx.spoofed.test']);
     expect(rows.every((r) => /^TLSv1\.[23] /.test(r.tls))).toBe(true);
     expect(lines.map((l) => `${l.dir} ${l.text}`)).toContain('client RCPT TO:<x@secure.test>');
+  });
+
+  it('applies MTA-STS enforce per recipient domain: the policy\'s MX with a valid certificate delivers, an MX outside the policy is refused with 4.7.5', async () => {
+    const ca = await makeTestCa();
+    const mxGood = await sink({ host: '127.0.0.45', ...(await ca.issue(['mx.sts.test'])) });
+    const mxOther = await sink({ host: '127.0.0.44', port: mxGood.port, ...(await ca.issue(['mx.other.test'])) });
+    const policy = (mx: string) => `version: STSv1\r\nmode: enforce\r\nmx: ${mx}\r\nmax_age: 86400\r\n`;
+    const policies = await startPolicyServer('127.0.0.46', await ca.issue(['mta-sts.enforced.test', 'mta-sts.outside.test']), {
+      'mta-sts.enforced.test': policy('mx.sts.test'), 'mta-sts.outside.test': policy('mx.sts.test'),
+    });
+    cleanup.push(() => policies.close());
+    const d = await startDns({
+      'enforced.test': { mx: [{ exchange: 'mx.sts.test', priority: 10 }] }, 'mx.sts.test': { a: ['127.0.0.45'] },
+      'outside.test': { mx: [{ exchange: 'mx.other.test', priority: 10 }] }, 'mx.other.test': { a: ['127.0.0.44'] },
+      '_mta-sts.enforced.test': { txt: ['v=STSv1; id=1;'] }, '_mta-sts.outside.test': { txt: ['v=STSv1; id=1;'] },
+      'mta-sts.enforced.test': { a: ['127.0.0.46'] }, 'mta-sts.outside.test': { a: ['127.0.0.46'] },
+    });
+    cleanup.push(() => d.close());
+    let dst = to(mxGood);
+    const t = await proxy(() => dst, (dataDir) => {
+      writeFileSync(join(dataDir, 'ca.pem'), ca.cert);
+      return { dns: { servers: [d.server] }, delivery: { mxPort: mxGood.port, tls: { caFile: join(dataDir, 'ca.pem') }, mtaSts: { policyPort: policies.port } } };
+    });
+    expect(await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@enforced.test'])).toMatch(/<-  250 2\.6\.0 Ok: sunk/);
+    expect(mxGood.messages[0].secure).toBe(true);
+    dst = to(mxOther);
+    const refused = await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@outside.test']);
+    expect(refused).toMatch(/<\*\* 451 4\.7\.5 MTA-STS policy of outside\.test \(enforce\): no MX host matches its mx patterns \(mx\.sts\.test\); not sent/);
+    expect(mxOther.rcptAttempts.size).toBe(0);
   });
 
   it('scans a tenant\'s proxied mail when asked: a refused message never reaches the destination, a clean one is relayed', async () => {
