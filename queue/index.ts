@@ -45,6 +45,9 @@ const RECENT_BODIES_BUDGET = 16 * 1024 * 1024;
 /** Engine statistics are written this often (and at close); scan records and session transcripts past retention pruned hourly. */
 const STATS_FLUSH_MS = 10_000;
 const PRUNE_INTERVAL_MS = 3_600_000;
+/** Session transcripts wait at most this long, or until this many, to be written together. */
+const TRANSCRIPT_FLUSH_MS = 500;
+const TRANSCRIPT_BATCH = 500;
 
 /** What the DATA path hands over: the queue record less what the queue assigns itself. */
 export type AcceptedEnvelope = Omit<NewMessage, 'id' | 'size' | 'receivedAt' | 'kind'>;
@@ -105,6 +108,8 @@ export class Queue {
   readonly control: EgressControl;
   #policies = new Map<string, TenantPolicy>();
   #sweepTimer: NodeJS.Timeout | null = null;
+  #transcripts: TranscriptChunk[] = [];
+  #transcriptTimer: NodeJS.Timeout | null = null;
   /** id → body of recently accepted small messages (insertion order = eviction order). */
   readonly #recent = new Map<string, Buffer>();
   #recentBytes = 0;
@@ -252,9 +257,26 @@ export class Queue {
 
   /** Session transcripts from delivery/ (and the proxy): stored without holding delivery up; a failed write is logged. */
   readonly recordTranscript = (chunk: TranscriptChunk): void => {
-    this.store.write([{ op: 'recordTranscript', chunk }])
-      .catch((err) => this.log.error({ err, session: chunk.connection.id }, 'could not record a session transcript'));
+    this.#transcripts.push(chunk);
+    if (this.#transcripts.length >= TRANSCRIPT_BATCH) void this.#flushTranscripts();
+    else if (!this.#transcriptTimer) {
+      this.#transcriptTimer = setTimeout(() => void this.#flushTranscripts(), TRANSCRIPT_FLUSH_MS);
+      this.#transcriptTimer.unref();
+    }
   };
+
+  /**
+   * Transcripts are written in batches: many sessions' lines share their database pages and one
+   * commit, instead of each message's few lines rewriting whole pages of their own.
+   */
+  #flushTranscripts(): Promise<void> {
+    if (this.#transcriptTimer) clearTimeout(this.#transcriptTimer);
+    this.#transcriptTimer = null;
+    const chunks = this.#transcripts.splice(0);
+    if (chunks.length === 0) return Promise.resolve();
+    return this.store.write(chunks.map((chunk) => ({ op: 'recordTranscript' as const, chunk })))
+      .then(() => undefined, (err) => this.log.error({ err, sessions: chunks.length }, 'could not record session transcripts'));
+  }
 
   /** Records the scan of a message that was refused (accepted ones are recorded by `accept`). */
   recordScan(scan: ScanRecord): void {
@@ -308,6 +330,7 @@ export class Queue {
     while ((this.scheduler.active > 0 || this.#sweeping) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     // Idle sessions QUIT while the database is still open, so their transcripts end complete.
     await this.#egress.closeIdleSessions();
+    await this.#flushTranscripts();
     await this.#flushStats().catch((err) => this.log.error({ err }, 'could not write engine statistics'));
     await this.store.close();
     await this.spool.close();
