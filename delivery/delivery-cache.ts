@@ -8,12 +8,14 @@
  * always meets what it was opened for. A reused session found dead before the peer read any of
  * the message is not blamed on the destination: the caller opens a fresh one.
  *
- * Every connection of a pair is counted from its opening to its end, idle ones included: before
- * a new one opens while the pair is at its `maxConnections`, an idle one of the pair is closed
- * first, so a destination never sees more connections from one source address than the site's
- * limit (the scheduler already keeps deliveries in flight within it). A session's transcript and
+ * Every connection of a pair is counted from its opening to its end, idle and closing ones
+ * included: before a new one opens while the pair is at its `maxConnections`, an idle one of the
+ * pair is closed first, or one still closing is waited for, so a destination never sees more
+ * connections from one source address than the site's limit (the scheduler already keeps
+ * deliveries in flight within it). A session's transcript and
  * reply clock travel with it through the pool.
  */
+import { EventEmitter } from 'node:events';
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { ReplyClock } from './delivery-throttle.js';
 import type { Transcript } from './delivery-transcript.js';
@@ -51,6 +53,8 @@ export class SessionCache {
   /** Idle sessions per pair, oldest first: the first to close when the pair needs room. */
   readonly #idleByPair = new Map<string, Idle[]>();
   readonly #open = new Map<string, number>();
+  /** Emits a pair's name when one of its connections ends. */
+  readonly #ended = new EventEmitter().setMaxListeners(0);
 
   constructor(private readonly maxIdlePerKey = 50) {}
 
@@ -78,6 +82,7 @@ export class SessionCache {
       counted = false;
       const n = this.openCount(pair) - 1;
       if (n > 0) this.#open.set(pair, n); else this.#open.delete(pair);
+      this.#ended.emit(pair);
     };
     conn.once('end', end);
     conn.once('close', end);
@@ -88,9 +93,14 @@ export class SessionCache {
    * session and waits (up to `graceMs`) for that one to end.
    */
   async makeRoom(pair: string, max: number, graceMs = 1_000): Promise<void> {
-    while (this.openCount(pair) >= max) {
+    const until = Date.now() + graceMs;
+    while (this.openCount(pair) >= max && Date.now() < until) {
       const idle = this.#idleByPair.get(pair)?.[0];
-      if (!idle) return;
+      if (!idle) {
+        // Connections still saying QUIT (done with their share of messages) count until they end.
+        await this.#nextEnd(pair, until - Date.now());
+        continue;
+      }
       const list = this.#idle.get(idle.key);
       const i = list ? list.indexOf(idle) : -1;
       if (i >= 0) list!.splice(i, 1);
@@ -103,6 +113,18 @@ export class SessionCache {
         quit(conn);
       });
     }
+  }
+
+  #nextEnd(pair: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#ended.off(pair, done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, ms));
+      this.#ended.on(pair, done);
+    });
   }
 
   give(key: string, lease: Lease, limits: PoolLimits): void {
