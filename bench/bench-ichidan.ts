@@ -1,0 +1,72 @@
+/*
+ * Ichidan as a child process for the comparison benchmark: the built CLI (`mta-cli start`) with a
+ * config written here, its data folder under var/, its JSON log in a file.
+ *
+ * Takes: the config (an object; written as JSON, which YAML reads as it is) without `dataDir` and
+ * the listener, which are added here: one MX listener on 127.0.0.1, plaintext, like the Postfix
+ * relay it is compared with.
+ * Gives: the running process (pid, port, log file, folder) and `stop()`: SIGTERM, then SIGKILL if a
+ * graceful stop (which waits for deliveries in flight, long ones at a tarpit) takes over 3 s; then
+ * the folder is removed.
+ * ICHIDAN_CLI=path/to/mta-cli.js runs another build.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, openSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { onCleanup, sleep } from './bench-cleanup.js';
+import { freePort, waitForPort } from './bench-util.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+export const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-cli.js');
+
+export interface IchidanInstance {
+  pid: number;
+  port: number;
+  dir: string;
+  logFile: string;
+  /** Throws with the end of the log when the process has exited. */
+  assertRunning(): void;
+  stop(): Promise<void>;
+}
+
+export async function startIchidan(config: Record<string, unknown>, nodeArgs: string[] = []): Promise<IchidanInstance> {
+  if (!existsSync(CLI)) throw new Error(`${CLI} not found: build first (npm run build)`);
+  await mkdir(join(ROOT, 'var'), { recursive: true });
+  const dir = await mkdtemp(join(ROOT, 'var', 'bench-ichidan-'));
+  const removeDir = onCleanup(() => rm(dir, { recursive: true, force: true }));
+  const port = await freePort('127.0.0.1');
+  const configFile = join(dir, 'config.yaml');
+  await writeFile(configFile, JSON.stringify({
+    ...config, dataDir: dir,
+    listeners: [{ name: 'mx', role: 'mx', address: '127.0.0.1', port, tls: 'none' }],
+  }, null, 2) + '\n');
+  const logFile = join(dir, 'ichidan.log');
+  const out = openSync(logFile, 'w');
+  const proc = spawn(process.execPath, [...nodeArgs, CLI, 'start', '-c', configFile], { stdio: ['ignore', out, out], cwd: dir });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const running = () => proc.exitCode === null && proc.signalCode === null;
+  const assertRunning = () => {
+    if (!running()) throw new Error(`Ichidan exited (${proc.exitCode ?? proc.signalCode}); its log ends:\n${readFileSync(logFile, 'utf8').slice(-2000)}`);
+  };
+  const stopProcess = onCleanup(async () => {
+    if (!running() || proc.pid === undefined) return;
+    process.kill(proc.pid, 'SIGTERM');
+    if (await Promise.race([exited.then(() => true), sleep(3000).then(() => false)])) return;
+    process.kill(proc.pid, 'SIGKILL');
+    await exited;
+  });
+  try {
+    await waitForPort('127.0.0.1', port);
+  } catch (err) {
+    assertRunning();
+    throw err;
+  }
+  return {
+    pid: proc.pid!, port, dir, logFile, assertRunning,
+    async stop() {
+      await stopProcess();
+      await removeDir();
+    },
+  };
+}
