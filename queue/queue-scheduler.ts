@@ -19,9 +19,18 @@
  *
  * Also enforced here: total concurrency, per-lane concurrency, per-tenant concurrency and hourly
  * message caps, and blocks (holds and suspensions) on a tenant, a site, a tenant at a site, or a
- * pair. Blocks with an end time lift by themselves. Nothing here talks to the network: the site
- * of a domain comes from `resolveSite`, and what happened on the wire comes back as `feedback`.
+ * pair (queue-blocks.ts); the pairs' windows and buckets are kept in queue-pairs.ts, the jobs not
+ * yet due in queue-due-heap.ts. Blocks with an end time lift by themselves. Nothing here talks to
+ * the network: the site of a domain comes from `resolveSite`, and what happened on the wire comes
+ * back as `feedback`.
  */
+import { Blocks, type Block } from './queue-blocks.js';
+import { DueHeap } from './queue-due-heap.js';
+import { Pairs, refill, type Feedback, type Pair, type PairView } from './queue-pairs.js';
+
+export type { Block } from './queue-blocks.js';
+export type { Feedback, PairView } from './queue-pairs.js';
+
 export interface Job {
   messageId: string;
   tenant: string;
@@ -74,32 +83,12 @@ export interface Dispatch {
   source: Source;
 }
 
-/** A hold or suspension. Unset fields match everything; `until` null: until lifted. */
-export interface Block {
-  id: string;
-  tenant?: string;
-  site?: string;
-  /** A source address ('' for the system's choice); with `site`, pauses that pair. */
-  source?: string;
-  until: number | null;
-}
-
-export type Feedback = 'ok' | 'slow' | 'throttled';
-
 export interface SchedulerDeps {
   run(dispatch: Dispatch): Promise<void>;
   /** The site of a destination domain; may answer at once (cached) or later (a lookup). */
   resolveSite(domain: string): SiteRef | Promise<SiteRef>;
   tenantPolicy(tenant: string): TenantPolicy;
   now?: () => number;
-}
-
-export interface PairView {
-  site: string;
-  source: string;
-  window: number;
-  active: number;
-  maxConnections: number;
 }
 
 interface Lane {
@@ -128,18 +117,6 @@ interface Site {
   active: number;
 }
 
-interface Pair {
-  window: number;
-  /** The site's maxConnections and message rate when last seen. */
-  max: number;
-  rate?: { count: number; perMs: number };
-  active: number;
-  /** Token bucket for the site's message rate. */
-  tokens: number;
-  refilledAt: number;
-  usedAt: number;
-}
-
 interface TenantState {
   active: number;
   tokens: number;
@@ -150,51 +127,7 @@ export function laneKey(tenant: string, domain: string): string {
   return `${tenant}\u0000${domain}`;
 }
 
-function pairKey(site: string, source: string | null): string {
-  return `${site}\u0000${source ?? ''}`;
-}
-
 const HOUR_MS = 3_600_000;
-/** Pair state (the learned window) is forgotten after this long unused. */
-const PAIR_IDLE_MS = 30 * 60_000;
-const PAIR_PRUNE_EVERY_MS = 60_000;
-
-/** A binary min-heap of jobs by due time. */
-class DueHeap {
-  #items: Job[] = [];
-  get size(): number { return this.#items.length; }
-  peek(): Job | undefined { return this.#items[0]; }
-  push(job: Job): void {
-    const a = this.#items;
-    a.push(job);
-    let i = a.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (a[p].due <= a[i].due) break;
-      [a[p], a[i]] = [a[i], a[p]];
-      i = p;
-    }
-  }
-  pop(): Job | undefined {
-    const a = this.#items;
-    const top = a[0];
-    const last = a.pop();
-    if (a.length > 0 && last) {
-      a[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1, r = l + 1;
-        let m = i;
-        if (l < a.length && a[l].due < a[m].due) m = l;
-        if (r < a.length && a[r].due < a[m].due) m = r;
-        if (m === i) break;
-        [a[m], a[i]] = [a[i], a[m]];
-        i = m;
-      }
-    }
-    return top;
-  }
-}
 
 /** Why a visit could not start a job: never, or not before `until`. */
 type Wait = { until: number };
@@ -205,9 +138,9 @@ export class Scheduler {
   /** Sites with ready jobs, visited in turn. */
   #ring: string[] = [];
   #ringPos = 0;
-  readonly #pairs = new Map<string, Pair>();
+  readonly #pairs = new Pairs();
   readonly #tenants = new Map<string, TenantState>();
-  readonly #blocks = new Map<string, Block>();
+  readonly #blocks = new Blocks();
   /** Jobs whose domain's site is being looked up. */
   readonly #resolving = new Map<string, Job[]>();
   readonly #later = new DueHeap();
@@ -216,7 +149,6 @@ export class Scheduler {
   #timerAt = Infinity;
   #stopped = false;
   #pumping = false;
-  #prunedAt = 0;
   readonly #now: () => number;
 
   constructor(private limits: SchedulerLimits, private readonly deps: SchedulerDeps) {
@@ -242,11 +174,7 @@ export class Scheduler {
   updateSite(ref: SiteRef): void {
     const site = this.#sites.get(ref.key);
     if (site) site.limits = ref.limits;
-    for (const [key, pair] of this.#pairs) {
-      if (!key.startsWith(ref.key + '\u0000')) continue;
-      pair.max = ref.limits.maxConnections;
-      pair.window = Math.min(pair.window, pair.max);
-    }
+    this.#pairs.limit(ref.key, ref.limits);
     this.#pump();
   }
 
@@ -269,7 +197,7 @@ export class Scheduler {
 
   /** Adds or replaces a block; returns nothing, lifts by `unblock(id)` or by its end time. */
   block(block: Block): void {
-    this.#blocks.set(block.id, block);
+    this.#blocks.set(block);
     this.#pump();
   }
 
@@ -280,8 +208,7 @@ export class Scheduler {
   }
 
   blocks(): Block[] {
-    this.#expireBlocks();
-    return [...this.#blocks.values()];
+    return this.#blocks.list(this.#now());
   }
 
   /**
@@ -290,36 +217,22 @@ export class Scheduler {
    * off; a throttle halves it. Never below 1 nor above the site's maximum.
    */
   feedback(site: string, source: string | null, kind: Feedback): void {
-    const pair = this.#pairs.get(pairKey(site, source));
-    if (!pair) return;
-    if (kind === 'ok') {
-      if (pair.active >= Math.floor(pair.window)) pair.window = Math.min(pair.max, pair.window + 1 / pair.window);
-    } else if (kind === 'slow') {
-      pair.window = Math.max(1, pair.window - 1);
-    } else {
-      pair.window = Math.max(1, pair.window / 2);
-    }
+    this.#pairs.feedback(site, source, kind);
   }
 
   /** The pair's current window (undefined: not known yet). */
   window(site: string, source: string | null): number | undefined {
-    return this.#pairs.get(pairKey(site, source))?.window;
+    return this.#pairs.get(site, source)?.window;
   }
 
   /** Puts a pair's window back (an operator undoing a reduction), within the site's maximum. */
   setWindow(site: string, source: string | null, window: number): void {
-    const pair = this.#pairs.get(pairKey(site, source));
-    if (pair) pair.window = Math.max(1, Math.min(pair.max, window));
+    this.#pairs.setWindow(site, source, window);
     this.#pump();
   }
 
   pairs(): PairView[] {
-    const out: PairView[] = [];
-    for (const [key, pair] of this.#pairs) {
-      const [site, source] = key.split('\u0000');
-      out.push({ site, source, window: Math.floor(pair.window), active: pair.active, maxConnections: pair.max });
-    }
-    return out;
+    return this.#pairs.views();
   }
 
   #makeReady(job: Job): void {
@@ -483,9 +396,9 @@ export class Scheduler {
     if (this.#blockedUntil(now, undefined, site, source ?? '') > now) return `${site} is paused for ${source ?? 'the default source'}`;
     const policy = this.deps.tenantPolicy(tenant);
     if (policy.suspended) return `tenant ${tenant} is suspended`;
-    const pair = this.#pairs.get(pairKey(site, source));
+    const pair = this.#pairs.get(site, source);
     if (pair?.rate) {
-      this.#refill(pair, now);
+      refill(pair, now);
       if (pair.tokens < 1) return `the message rate of ${site} is reached`;
     }
     const state = this.#tenant(tenant, policy, now);
@@ -530,7 +443,7 @@ export class Scheduler {
         wake = Math.min(wake, paused);
         continue;
       }
-      const pair = this.#pair(site, source.address, now);
+      const pair = this.#pairs.take(site.key, site.limits, source.address, now);
       if (pair.active >= Math.floor(pair.window)) continue;
       const rate = pair.rate;
       if (rate && pair.tokens < 1) {
@@ -541,30 +454,6 @@ export class Scheduler {
       if (!best || load < best.load) best = { pair, source, load };
     }
     return best ?? { until: wake };
-  }
-
-  #pair(site: Site, source: string | null, now: number): Pair {
-    const key = pairKey(site.key, source);
-    let pair = this.#pairs.get(key);
-    const { maxConnections, messageRate } = site.limits;
-    if (!pair) {
-      pair = { window: Math.min(site.limits.initialConnections, maxConnections), max: maxConnections, rate: messageRate, active: 0, tokens: messageRate?.count ?? 0, refilledAt: now, usedAt: now };
-      this.#pairs.set(key, pair);
-      return pair;
-    }
-    // The site's limits as they are now (a reload may have lowered them since the pair was learnt).
-    pair.max = maxConnections;
-    pair.window = Math.min(pair.window, maxConnections);
-    if (!pair.rate && messageRate) pair.tokens = messageRate.count;
-    pair.rate = messageRate;
-    this.#refill(pair, now);
-    return pair;
-  }
-
-  #refill(pair: Pair, now: number): void {
-    if (!pair.rate) return;
-    pair.tokens = Math.min(pair.rate.count, pair.tokens + (now - pair.refilledAt) * pair.rate.count / pair.rate.perMs);
-    pair.refilledAt = now;
   }
 
   #nextLane(st: SiteTenant): Lane | null {
@@ -609,27 +498,12 @@ export class Scheduler {
   }
 
   #blockedUntil(now: number, tenant: string | undefined, site: string | undefined, source?: string): number {
-    let until = 0;
-    for (const b of this.#blocks.values()) {
-      if (b.until !== null && b.until <= now) continue;
-      // A tenant block applies to every site of that tenant; a site block to every tenant; a pair block only when asked for the pair.
-      if (b.tenant !== undefined && b.tenant !== tenant) continue;
-      if (b.site !== undefined && b.site !== site) continue;
-      if (b.source !== undefined && b.source !== source) continue;
-      if (b.source === undefined && source !== undefined) continue;
-      if (b.tenant === undefined && b.site === undefined && b.source === undefined) continue;
-      until = Math.max(until, b.until ?? Infinity);
-    }
-    return until;
+    return this.#blocks.until(now, tenant, site, source);
   }
 
   #expireBlocks(now = this.#now()): void {
-    for (const [id, b] of this.#blocks) if (b.until !== null && b.until <= now) this.#blocks.delete(id);
-    if (now - this.#prunedAt < PAIR_PRUNE_EVERY_MS) return;
-    this.#prunedAt = now;
-    for (const [key, pair] of this.#pairs) {
-      if (pair.active === 0 && now - pair.usedAt > PAIR_IDLE_MS) this.#pairs.delete(key);
-    }
+    this.#blocks.expire(now);
+    this.#pairs.prune(now);
   }
 
   #armTimer(wake: number): void {
