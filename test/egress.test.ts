@@ -185,7 +185,8 @@ describe('egress', () => {
     expect(paused.source).toBe('127.0.0.41');
     const suspended = open.find((e) => e.kind === 'suspended')!;
     expect(suspended.tenant).toBe('c');
-    // tenant A keeps flowing, from the address that is not paused
+    // tenant A keeps flowing, from the address that is not paused (once C's deliveries already under way have ended)
+    await waitUntil(() => t.app.queue.scheduler.active === 0, 10_000, 'the deliveries under way to end');
     const before = mx.messages.length;
     await send(t, 'a', 'rcpt@busy.test', 5);
     await mx.waitFor(before + 5, 10_000);
