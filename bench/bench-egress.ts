@@ -31,10 +31,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { startDns, type TestDns, type Zone } from '../test/helpers/dns-server.js';
 import { startSink, type Sink, type SinkOptions, type SunkMessage } from '../test/helpers/sink.js';
 import { linePlot } from './bench-plot.js';
+import { Submitter } from './bench-submit.js';
 import { freePort, waitForPort } from './bench-util.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -64,93 +64,10 @@ async function cleanUp(): Promise<void> {
   for (const stop of cleanups.splice(0).reverse()) await stop().catch((err: Error) => console.error(`cleanup: ${err.message}`));
 }
 
-/** A ~2 KB message whose X-Bench header gives its tenant, its number and when the MUA sent it. */
-function message(tenant: Tenant, seq: number, to: string): Buffer {
-  const head = [`From: <mua@${tenant}.bench.test>`, `To: <${to}>`, `Subject: egress bench ${tenant} ${seq}`,
-    `Date: ${new Date().toUTCString()}`, `Message-ID: <${tenant}.${seq}.${Date.now()}@${tenant}.bench.test>`,
-    `X-Bench: ${tenant} ${seq} ${Date.now()}`, '', ''].join('\r\n');
-  const line = 'The quick brown fox jumps over the lazy dog, and then does it again for good measure.\r\n';
-  return Buffer.from(head + line.repeat(Math.ceil((MESSAGE_SIZE - head.length) / line.length)));
-}
-
 function benchTag(m: SunkMessage): { tenant: Tenant; seq: number } | undefined {
   const headerEnd = m.data.indexOf('\r\n\r\n');
   const match = /^X-Bench: ([abc]) (\d+) /m.exec(m.data.subarray(0, headerEnd < 0 ? undefined : headerEnd).toString('latin1'));
   return match ? { tenant: match[1] as Tenant, seq: Number(match[2]) } : undefined;
-}
-
-/**
- * One tenant's MUA: a few SMTP connections from the tenant's address, reused, sending whatever is
- * queued; records when each message got its 250.
- */
-class Submitter {
-  readonly accepted = new Map<number, number>();
-  failed = 0;
-  firstSubmission = 0;
-  #queue: Array<{ seq: number; to: string }> = [];
-  #busy = 0;
-  #wake: Array<() => void> = [];
-  #stopped = false;
-  #workers: Array<Promise<void>>;
-
-  constructor(readonly tenant: Tenant, private port: number, connections: number) {
-    this.#workers = Array.from({ length: connections }, () => this.#work());
-  }
-
-  submit(items: Array<{ seq: number; to: string }>): void {
-    this.firstSubmission ||= Date.now();
-    this.#queue.push(...items);
-    for (const w of this.#wake.splice(0)) w();
-  }
-
-  /** Waits until everything queued has its answer, for at most timeoutMs. */
-  async drain(timeoutMs: number): Promise<void> {
-    const until = Date.now() + timeoutMs;
-    while ((this.#queue.length > 0 || this.#busy > 0) && Date.now() < until) await sleep(20);
-  }
-
-  /** Drops what is still queued; returns how many were dropped. */
-  async stop(): Promise<number> {
-    this.#stopped = true;
-    const dropped = this.#queue.splice(0).length;
-    for (const w of this.#wake.splice(0)) w();
-    await Promise.all(this.#workers);
-    return dropped;
-  }
-
-  async #connect(): Promise<SMTPConnection> {
-    const conn = new SMTPConnection({ host: '127.0.0.1', port: this.port, localAddress: CLIENT_ADDRESS[this.tenant], name: `mua.${this.tenant}.bench.test`,
-      ignoreTLS: true, connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 30_000 });
-    conn.on('error', () => undefined);
-    await new Promise<void>((resolve, reject) => conn.connect((err?: Error | null) => (err ? reject(err) : resolve())));
-    return conn;
-  }
-
-  async #work(): Promise<void> {
-    let conn: SMTPConnection | undefined;
-    while (!this.#stopped) {
-      const item = this.#queue.shift();
-      if (!item) {
-        await new Promise<void>((r) => this.#wake.push(r));
-        continue;
-      }
-      this.#busy++;
-      try {
-        conn ??= await this.#connect();
-        const c = conn;
-        await new Promise<void>((resolve, reject) => c.send({ from: `mua@${this.tenant}.bench.test`, to: [item.to] },
-          message(this.tenant, item.seq, item.to), (err) => (err ? reject(err) : resolve())));
-        this.accepted.set(item.seq, Date.now());
-      } catch {
-        this.failed++;
-        conn?.close();
-        conn = undefined;
-      } finally {
-        this.#busy--;
-      }
-    }
-    conn?.quit();
-  }
 }
 
 /** Sinks on several addresses and one port (Ichidan's delivery.mxPort is a single number). */
@@ -269,7 +186,7 @@ async function isolationRun(dns: TestDns, tarpit: boolean): Promise<IsolationRun
   const name = tarpit ? 'tarpit' : 'healthy';
   const { port: mxPort, sinks } = await startMxSinks({ a: {}, b: {}, c: tarpit ? { replyDelay: TARPIT_MS } : {} });
   const mta = await startIchidan(dns, mxPort);
-  const submitters = { a: new Submitter('a', mta.port, 2), b: new Submitter('b', mta.port, 2), c: new Submitter('c', mta.port, 5) };
+  const submitters = { a: new Submitter('a', CLIENT_ADDRESS.a, mta.port, 2, MESSAGE_SIZE), b: new Submitter('b', CLIENT_ADDRESS.b, mta.port, 2, MESSAGE_SIZE), c: new Submitter('c', CLIENT_ADDRESS.c, mta.port, 5, MESSAGE_SIZE) };
   const seq: Record<Tenant, number> = { a: 0, b: 0, c: 0 };
   const t0 = Date.now();
   for (let tick = 0; tick * PERIOD_MS < DURATION_MS; tick++) {
@@ -363,7 +280,7 @@ async function fairnessRun(dns: TestDns): Promise<FairnessResult> {
   const { port: mxPort, sinks } = await startMxSinks({ capped: { maxConnectionsPerClient: 10 } });
   const sink = sinks.capped!;
   const mta = await startIchidan(dns, mxPort);
-  const submitters = Object.fromEntries(TENANTS.map((t) => [t, new Submitter(t, mta.port, 5)])) as Record<Tenant, Submitter>;
+  const submitters = Object.fromEntries(TENANTS.map((t) => [t, new Submitter(t, CLIENT_ADDRESS[t], mta.port, 5, MESSAGE_SIZE)])) as Record<Tenant, Submitter>;
   for (const t of TENANTS) submitters[t].submit(Array.from({ length: FAIR_N }, (_, i) => ({ seq: i + 1, to: `${t}${i + 1}@capped.example` })));
   const until = Date.now() + FAIR_TIMEOUT_MS;
   await Promise.all(TENANTS.map((t) => submitters[t].drain(FAIR_TIMEOUT_MS)));
