@@ -183,6 +183,19 @@ export const configSchema = z.strictObject({
     concurrency: z.number().int().positive().default(100),
     /** Most deliveries in flight per lane (tenant × destination domain). */
     laneConcurrency: z.number().int().positive().default(20),
+    /**
+     * New mail is refused with 452 4.3.1 (at MAIL FROM, and at DATA) while the spool's or the queue
+     * database's filesystem has less free space than this plus the declared SIZE, so the queue can
+     * always record outcomes. Default: the larger of 64MB and 1.5 × limits.maxMessageSize. 0: no check.
+     */
+    minFree: z.union([z.literal(0), size]).optional(),
+    /**
+     * Space held in dataDir/reserve and given back when the queue database cannot record an outcome or
+     * a removal for want of space (made again once there is room). 0: none.
+     */
+    reserve: z.union([z.literal(0), size]).prefault('16MB'),
+    /** Spool files set aside at startup that were never acknowledged (no 250 was sent) are removed after this long. */
+    leftoverRetention: duration.prefault('1d'),
   }).prefault({}),
   delivery: z.strictObject({
     /** Name sent in EHLO; defaults to `hostname`. */

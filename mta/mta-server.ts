@@ -105,7 +105,7 @@ export class Listener {
         cb();
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, Number((address.args || {}).SIZE ?? 0) || 0, session, cb),
       onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
       onClose: (session) => this.#endTransaction(session),
@@ -161,10 +161,12 @@ export class Listener {
     });
   }
 
-  #onMailFrom(_sender: string, session: SMTPServerSession, cb: Callback): void {
+  #onMailFrom(_sender: string, declaredSize: number, session: SMTPServerSession, cb: Callback): void {
     const runtime = this.deps.runtime();
     const refusal = runtime.policy.checkSender(this.#client(session));
     if (refusal) return cb(toSmtpError(refusal));
+    // Below queue.minFree new mail waits (RFC 5321 4.2.2: 452), so the queue keeps room for outcomes.
+    if (this.deps.queue.lowOnSpace(declaredSize)) return cb(toSmtpError(REPLIES.storageFull));
     this.#endTransaction(session);
     runtime.retain();
     this.#tx.set(session, { runtime, recipients: new Map() });
@@ -214,6 +216,10 @@ export class Listener {
   async #receive(stream: Readable, session: SMTPServerSession, tx: Transaction, cb: (err: Error | null, message?: string) => void): Promise<void> {
     const fail = (r: SmtpReply) => cb(toSmtpError(r));
     const { config } = tx.runtime;
+    if (this.deps.queue.lowOnSpace()) {
+      stream.resume();
+      return fail(REPLIES.storageFull);
+    }
     let writer;
     try {
       writer = await this.deps.queue.createWriter();

@@ -26,6 +26,8 @@ import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { Scheduler, type Dispatch, type Job, type SiteRef, type Source, type TenantPolicy } from './queue-scheduler.js';
 import { openDomains, type RecipientSelector } from './queue-store-egress.js';
+import { PendingOutcomes } from './queue-outcomes.js';
+import { SpaceGuard } from './queue-space.js';
 import { EgressControl } from './queue-throttle.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientUpdate, type WriteOp } from './queue-store.js';
@@ -55,6 +57,7 @@ export type AcceptedEnvelope = Omit<NewMessage, 'id' | 'size' | 'receivedAt' | '
 interface Notice {
   writer: SpoolWriter;
   message: NewMessage;
+  action: NoticeAction;
 }
 
 export function retryDelay(config: Config['queue'], attempts: number, random = Math.random): number {
@@ -106,6 +109,9 @@ export class Queue {
   readonly store: QueueStore;
   readonly scheduler: Scheduler;
   readonly control: EgressControl;
+  readonly space: SpaceGuard;
+  /** Outcomes the database could not take yet: their recipients are not attempted again meanwhile. */
+  readonly pendingOutcomes: PendingOutcomes;
   #policies = new Map<string, TenantPolicy>();
   #sweepTimer: NodeJS.Timeout | null = null;
   #transcripts: TranscriptChunk[] = [];
@@ -133,12 +139,19 @@ export class Queue {
     );
     this.#policies = tenantPolicies(config);
     this.control = new EgressControl(config, this.scheduler, this.store, log);
+    this.space = new SpaceGuard([this.spool.dir, config.dataDir], join(config.dataDir, 'reserve'), config, log);
+    this.store.onFull = () => this.space.release();
+    this.pendingOutcomes = new PendingOutcomes(this.store, log, (id, recipientIds) => {
+      const ids = new Set(recipientIds);
+      this.#scheduleRows(this.store.recipientsOf(id).filter((r) => ids.has(r.id) && r.state === 'queued'));
+    });
   }
 
   /** Opens spool and database, reconciles them, and schedules every open recipient. */
   static async open(config: Config, egress: Egress, log: Logger): Promise<{ queue: Queue; report: ReconcileReport }> {
     const queue = new Queue(config, egress, log);
     await queue.spool.init();
+    await queue.space.start();
     const report = await reconcile(queue.spool, queue.store);
     for (const c of report.corrupt) log.warn({ qid: c.id, reason: c.reason }, 'queue entry set aside as corrupt');
     const restored = queue.control.restore();
@@ -156,6 +169,7 @@ export class Queue {
     this.#egress = egress;
     this.#policies = tenantPolicies(config);
     this.control.reconfigure(config);
+    this.space.reconfigure(config);
     for (const site of this.scheduler.knownSites()) this.scheduler.updateSite(egress.sites.limits(site));
     this.scheduler.setLimits({ concurrency: config.queue.concurrency, laneConcurrency: config.queue.laneConcurrency });
   }
@@ -206,9 +220,20 @@ export class Queue {
     return n;
   }
 
-  /** Removes recipients from the queue without a notice (as postsuper -d does); resolves with how many. */
+  /**
+   * Whether new mail of `declaredSize` bytes is to be refused (452 4.3.1) because the queue's
+   * filesystems are below `queue.minFree`.
+   */
+  lowOnSpace(declaredSize = 0): boolean {
+    return this.space.low(declaredSize);
+  }
+
+  /**
+   * Removes recipients from the queue without a notice (as postsuper -d does); resolves with how
+   * many. It may use the space reserve: a purge is how an operator makes room on a full disk.
+   */
   async purge(select: RecipientSelector, reason: string): Promise<number> {
-    const [n] = await this.store.write([{ op: 'purgeRecipients', select, now: Date.now(), reason }]) as [number];
+    const [n] = await this.store.write([{ op: 'purgeRecipients', select, now: Date.now(), reason }], { essential: true }) as [number];
     if (n > 0) this.log.warn({ ...select, recipients: n, reason }, 'purged');
     return n;
   }
@@ -332,6 +357,8 @@ export class Queue {
     await this.#egress.closeIdleSessions();
     await this.#flushTranscripts();
     await this.#flushStats().catch((err) => this.log.error({ err }, 'could not write engine statistics'));
+    await this.pendingOutcomes.close();
+    this.space.stop();
     await this.store.close();
     await this.spool.close();
   }
@@ -376,7 +403,8 @@ export class Queue {
       const now = Date.now();
       // A row that is not due belongs to another, later job; one already in flight to the running one.
       rows = this.store.recipientsOf(job.messageId)
-        .filter((r) => wanted.has(r.id) && r.state === 'queued' && r.next_attempt <= now + 50 && !this.#inFlight.has(`${r.message_id}/${r.id}`));
+        .filter((r) => wanted.has(r.id) && r.state === 'queued' && r.next_attempt <= now + 50 && !this.#inFlight.has(`${r.message_id}/${r.id}`)
+          && !this.pendingOutcomes.owes(r.message_id, r.id));
       if (rows.length === 0) return;
       // The job was placed under a site its domain no longer belongs to (a reload named a new site,
       // or its lookup had failed): it goes back, now due, to be counted where it is delivered.
@@ -488,11 +516,25 @@ export class Queue {
       const results = await this.store.write([
         { op: 'updateRecipients', messageId: msg.id, updates: [...updates.values()], now },
         ...notices.map((n) => ({ op: 'insertMessage' as const, message: n.message })),
-      ]);
+      ], { essential: true });
       noticeIds = results.slice(1) as number[][];
     } catch (err) {
+      // The destination has answered; that answer must not be lost, or a delivered message would be
+      // sent again at every retry. The outcomes stay in memory and are committed later; the notices'
+      // files go (they take room), and a refused recipient's bounce becomes owed instead, as when
+      // its notice could not be written.
       for (const n of notices) await n.writer.discard();
-      throw err;
+      // Only deferrals: nothing was delivered or refused, so trying the destination again is harmless.
+      if ([...updates.values()].every((u) => u.state === 'queued' && !u.owed)) throw err;
+      for (const [list, action] of [[failed, 'failed'], [delayed, 'delayed']] as const) {
+        for (const r of list) {
+          if (!notices.some((n) => n.action === action)) continue;
+          const u = updates.get(r.id)!;
+          updates.set(r.id, action === 'failed' ? { ...u, state: 'queued', nextAttempt: now, owed: 'failed' } : { ...u, warned: false });
+        }
+      }
+      this.pendingOutcomes.keep(msg.id, [...updates.values()], now, err);
+      return [];
     }
     notices.forEach((n, i) => this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: noticeIds[i][j], due: now }))));
     return [...updates.values()].filter((u) => u.state === 'queued').map((u) => ({ id: u.id, tenant: job.tenant, domain: job.domain, due: u.nextAttempt }));
@@ -519,6 +561,7 @@ export class Queue {
     const tenant = recipients[0].tenant;
     return {
       writer,
+      action,
       message: {
         id: writer.id, size: writer.bytes, sender: '', receivedAt: now, trace: '', ret: null, envid: null,
         smtputf8: msg.smtputf8 === 1, body8bit: true, client: '', helo: '', authUser: null, listener: 'notice', kind: 'dsn',
@@ -557,7 +600,7 @@ export class Queue {
       if (ids.length === 0) return;
       for (const id of ids) this.#forget(id);
       await Promise.all(ids.map((id) => this.spool.remove(id)));
-      await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })));
+      await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })), { essential: true });
     } catch (err) {
       this.log.error({ err }, 'queue sweep failed');
     } finally {

@@ -22,6 +22,7 @@ import Database from 'better-sqlite3';
 import type { StatRow } from '../engines/engines-records.js';
 import type { OperatorSwitch } from '../engines/engines-host.js';
 import { configure, migrate, readEngineStats, readSwitches, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
+import { isSpaceError } from './queue-space.js';
 import type { UnitResult } from './queue-store-worker.js';
 
 export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
@@ -43,6 +44,8 @@ interface Pending {
   unit: WriteOp[];
   resolve: (results: unknown[]) => void;
   reject: (err: Error) => void;
+  /** An outcome or a removal: may use the space reserve (see `onFull`). */
+  essential: boolean;
 }
 
 export class QueueStore {
@@ -58,6 +61,11 @@ export class QueueStore {
   /** Set when the writer thread died: every write from then on fails at once (and DATA gets a 4xx). */
   #dead: Error | null = null;
   #stmts;
+  /**
+   * Called when an essential unit failed for want of space: true when room was made (the space
+   * reserve given back), and the unit is then tried once more.
+   */
+  onFull: (() => boolean) | null = null;
 
   constructor(file: string, private readonly fsync: boolean, private readonly commitWindowMs = 0) {
     this.db = new Database(file);
@@ -73,8 +81,10 @@ export class QueueStore {
       this.#inFlight.delete(msg.seq);
       batch.forEach((p, i) => {
         const r = msg.results[i];
-        if (r.ok) p.resolve(r.results);
-        else p.reject(Object.assign(new Error(r.error.message), { code: r.error.code, name: r.error.name ?? 'Error' }));
+        if (r.ok) return p.resolve(r.results);
+        const err = Object.assign(new Error(r.error.message), { code: r.error.code, name: r.error.name ?? 'Error' });
+        if (p.essential && isSpaceError(err) && this.onFull?.()) this.#pending.push({ ...p, essential: false });
+        else p.reject(err);
       });
       this.#pump();
     });
@@ -99,14 +109,16 @@ export class QueueStore {
 
   /**
    * Commits one unit of operations (all or none) and resolves with their results once durable.
-   * Units queued while a batch is committing go together in the next one.
+   * Units queued while a batch is committing go together in the next one. An `essential` unit (a
+   * delivery outcome, a removal) that fails for want of space is tried again once `onFull` made
+   * room; new mail is not essential, so it can never use up the reserve.
    */
-  write(unit: WriteOp[]): Promise<unknown[]> {
+  write(unit: WriteOp[], opts: { essential?: boolean } = {}): Promise<unknown[]> {
     if (this.#dead) return Promise.reject(this.#dead);
     if (this.#closed) return Promise.reject(new Error('queue database is closed'));
     this.#worker.ref();
     return new Promise((resolve, reject) => {
-      this.#pending.push({ unit, resolve, reject });
+      this.#pending.push({ unit, resolve, reject, essential: opts.essential ?? false });
       this.#pump();
     });
   }

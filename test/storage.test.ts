@@ -38,7 +38,8 @@ describe('a full disk during DATA', () => {
     await mkdir(join(dataDir, 'spool'), { recursive: true });
     // A real filesystem that really fills up: a 512 KB tmpfs under the spool.
     await run('mount', ['-t', 'tmpfs', '-o', 'size=512k', 'tmpfs', join(dataDir, 'spool')]);
-    t = await startApp(config, { dataDir });
+    // No free-space threshold: this is about the disk filling up during DATA, past any threshold.
+    t = await startApp((dir) => ({ ...config(dir), queue: { ...config(dir).queue, minFree: 0 } }), { dataDir });
   });
   afterAll(async () => {
     await t?.stop();
@@ -151,7 +152,8 @@ describe('a full disk while writing a bounce', () => {
     await run('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', join(dataDir, 'spool')]);
     const build = (dir: string, held: boolean) => baseConfig(dir, {
       trustedNetworks: ['127.0.0.1/32'],
-      queue: { retryInitial: '200ms', retryMax: '200ms', retryJitter: 0 },
+      // No free-space threshold: the disk is filled past it on purpose, to make the notice fail.
+      queue: { retryInitial: '200ms', retryMax: '200ms', retryJitter: 0, minFree: 0 },
       routes: {
         'sender.test': { host: '127.0.0.2', port: senderBox.port },
         'remote.test': held ? { hold: true } : { host: '127.0.0.3', port: refusing.port },

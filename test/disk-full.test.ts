@@ -1,0 +1,144 @@
+// A full disk after mail was accepted: each message reaches its destination once however long the
+// disk stays full, outcomes are recorded once there is room, new mail waits (452 4.3.1) below
+// queue.minFree, and an operator can purge on a full disk. The data folder is a real small tmpfs.
+// Needs root to mount it; without root the suite is skipped, saying so, except under CI.
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, rm, statfs, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { adminRequest } from '../mta/mta-admin.js';
+import { adminSocket } from '../mta/index.js';
+import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { RawSmtp } from './helpers/raw-smtp.js';
+import { startSink, type Sink } from './helpers/sink.js';
+
+const run = promisify(execFile);
+const CAN_MOUNT = process.getuid?.() === 0 || Boolean(process.env.CI);
+const TMPFS = '4m';
+
+async function mountTmpfs(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'ichidan-full-'));
+  await run('mount', ['-t', 'tmpfs', '-o', `size=${TMPFS},mode=0700`, 'tmpfs', dir]);
+  return dir;
+}
+
+async function freeBytes(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return s.bavail * s.bsize;
+}
+
+/** Fills the filesystem to the last block (the write stops at ENOSPC and keeps what fit). */
+async function fill(file: string): Promise<void> {
+  await writeFile(file, Buffer.alloc(64 * 1024 * 1024)).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOSPC') throw err;
+  });
+}
+
+/** Sends one message; resolves with its queue id (rejects unless the reply is 250). */
+async function send(port: number, token: string): Promise<string> {
+  const c = await RawSmtp.atData(port, 'me@sender.test', [`${token}@far.test`]);
+  const id = await c.finishData(`Subject: ${token}\r\nX-Token: ${token}\r\n\r\n${'body line\r\n'.repeat(150)}`);
+  await c.command('QUIT');
+  c.close();
+  return id;
+}
+
+async function mailFrom(port: number): Promise<string> {
+  const c = await RawSmtp.open(port);
+  await c.reply();
+  await c.command('EHLO client.test');
+  const reply = await c.command('MAIL FROM:<me@sender.test> SIZE=2000');
+  await c.command('QUIT');
+  c.close();
+  return reply;
+}
+
+const tokensAt = (sink: Sink) => sink.messages.map((m) => /X-Token: (\S+)/.exec(m.data.toString())?.[1]);
+
+describe.skipIf(!CAN_MOUNT)(`a full disk after mail was accepted${CAN_MOUNT ? '' : ' (skipped: needs root to mount a tmpfs)'}`, () => {
+  let t: TestApp | null = null;
+  let sink: Sink | null = null;
+  let dataDir: string | null = null;
+  afterEach(async () => {
+    await t?.stop();
+    await sink?.close();
+    if (dataDir) {
+      await run('umount', [dataDir]).catch(() => undefined);
+      await rm(dataDir, { recursive: true, force: true });
+    }
+    t = null; sink = null; dataDir = null;
+  });
+
+  it('delivers each message once over many retry cycles, records the outcomes once there is room, and refuses new mail below minFree', async () => {
+    let accepting = false;
+    sink = await startSink({ host: '127.0.0.2', data: () => (accepting ? undefined : { code: 451, text: '4.3.0 not yet' }) });
+    dataDir = await mountTmpfs();
+    const port = sink.port;
+    t = await startApp((dir) => baseConfig(dir, {
+      trustedNetworks: ['127.0.0.1/32'],
+      queue: { retryInitial: '200ms', retryMax: '200ms', retryJitter: 0, minFree: '1MB', reserve: 0 },
+      routes: { 'far.test': { host: '127.0.0.2', port } },
+    }), { dataDir });
+    const N = 20;
+    const ids: string[] = [];
+    for (let i = 0; i < N; i++) ids.push(await send(t.port(), `m${i}`));
+    const store = t.app.queue.store;
+    await waitUntil(() => ids.every((id) => store.recipientsOf(id)[0]?.attempts >= 1), 20_000, 'a first, deferred attempt of each');
+
+    const filler = join(dataDir, 'filler');
+    await fill(filler);
+    expect(await freeBytes(dataDir)).toBeLessThan(64 * 1024);
+    accepting = true;
+    await sink.waitFor(N, 20_000);
+    // About fifteen retry cycles of 200 ms with the disk still full.
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(tokensAt(sink).sort()).toEqual(ids.map((_, i) => `m${i}`).sort());
+    expect(t.logs.some((l) => l.msg === 'could not record delivery outcomes; kept in memory and retried without contacting the destination again')).toBe(true);
+    expect(ids.some((id) => store.recipientsOf(id)[0]?.state === 'queued')).toBe(true);
+    expect(await mailFrom(t.port())).toMatch(/^452 4\.3\.1 /);
+
+    // Some room again, still below minFree: outcomes are recorded, new mail still waits.
+    await rm(filler);
+    await writeFile(filler, Buffer.alloc(Math.max(0, (await freeBytes(dataDir)) - 400 * 1024)));
+    await waitUntil(() => ids.every((id) => store.message(id) === undefined), 20_000, 'the delivered messages to be recorded and swept');
+    expect(t.logs.some((l) => l.msg === 'delivery outcomes recorded after a failed commit')).toBe(true);
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(await mailFrom(t.port())).toMatch(/^452 4\.3\.1 /);
+    expect(sink.messages).toHaveLength(N);
+
+    await rm(filler);
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(await mailFrom(t.port())).toMatch(/^250 /);
+    await send(t.port(), 'after');
+    await sink.waitFor(N + 1, 10_000);
+    expect(sink.messages).toHaveLength(N + 1);
+  }, 90_000);
+
+  it('purges on a full disk, with the space reserve, and makes the reserve again once there is room', async () => {
+    dataDir = await mountTmpfs();
+    t = await startApp((dir) => baseConfig(dir, {
+      trustedNetworks: ['127.0.0.1/32'],
+      queue: { minFree: '512KB', reserve: '256KB' },
+      routes: { 'far.test': { hold: true } },
+    }), { dataDir });
+    const reserve = join(dataDir, 'reserve');
+    expect(existsSync(reserve)).toBe(true);
+    const ids: string[] = [];
+    for (let i = 0; i < 10; i++) ids.push(await send(t.port(), `p${i}`));
+    await waitUntil(() => ids.every((id) => t!.app.queue.store.recipientsOf(id)[0]?.state === 'held'), 10_000, 'the messages to be held');
+
+    const filler = join(dataDir, 'filler');
+    await fill(filler);
+    const res = await adminRequest(adminSocket(t.app.config), 'POST', '/v1/queue/purge', { tenant: '_relay' });
+    expect(res).toEqual({ status: 200, body: { purged: 10 } });
+    expect(existsSync(reserve)).toBe(false);
+    await waitUntil(async () => ids.every((id) => t!.app.queue.store.message(id) === undefined)
+      && (await readdir(join(dataDir!, 'spool'))).every((f) => !ids.includes(f)), 10_000, 'the purged messages to be swept');
+
+    await rm(filler);
+    await waitUntil(() => existsSync(reserve) && t!.app.queue.space.reserveHeld, 5000, 'the reserve to be made again');
+  }, 60_000);
+});
