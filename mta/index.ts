@@ -11,7 +11,6 @@
  *   (8BITMIME), 6531 (SMTPUTF8), 2034/3463 (enhanced status codes), 3461 (DSN parameters).
  * Settings: all of them; see README "Configuration".
  */
-import { mkdir } from 'node:fs/promises';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
@@ -32,6 +31,7 @@ import { RELAY_TENANT } from './mta-policy.js';
 import { proxyScans, scanProxied } from './mta-proxy-scan.js';
 import { LineEndingGuard } from './mta-data.js';
 import { loadTlsMaterial } from './mta-tls.js';
+import { secureDataDir } from './mta-datadir.js';
 
 export interface BoundListener {
   name: string;
@@ -147,7 +147,7 @@ export class Ichidan {
    * a system without netfilter, or in a test on loopback); by default the native addon is asked.
    */
   static async start(config: Config, log: Logger, opts: { configFile?: string; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
-    await mkdir(config.dataDir, { recursive: true });
+    await secureDataDir(config.dataDir, log);
     const sessions = new SessionCache();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();

@@ -44,7 +44,7 @@ export async function loadTlsMaterial(config: Config): Promise<TlsMaterial> {
     ],
   } as never);
   await writeFile(keyFile + '.tmp', pems.private, { mode: 0o600 });
-  await writeFile(certFile + '.tmp', pems.cert, { mode: 0o644 });
+  await writeFile(certFile + '.tmp', pems.cert, { mode: 0o600 });
   await rename(keyFile + '.tmp', keyFile);
   await rename(certFile + '.tmp', certFile);
   return { cert: pems.cert, key: pems.private, source: `${certFile} (generated)` };

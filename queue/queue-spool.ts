@@ -147,7 +147,7 @@ export class Spool {
   }
 
   async init(): Promise<void> {
-    await mkdir(this.corruptDir, { recursive: true });
+    await mkdir(this.corruptDir, { recursive: true, mode: 0o700 });
   }
 
   path(id: string): string {
@@ -156,7 +156,7 @@ export class Spool {
 
   async createWriter(id: string): Promise<SpoolWriter> {
     const path = this.path(id);
-    const fh = await open(path, 'wx', 0o640);
+    const fh = await open(path, 'wx', 0o600);
     return new SpoolWriter(id, path, fh, this);
   }
 

@@ -15,7 +15,7 @@
  * delivered, bounced (permanent failure or expiry). A message whose recipients are all final is
  * marked done and swept: its spool file is removed, then its rows.
  */
-import { existsSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
@@ -68,6 +68,8 @@ export class QueueStore {
   onFull: (() => boolean) | null = null;
 
   constructor(file: string, private readonly fsync: boolean, private readonly commitWindowMs = 0) {
+    // Made by us at 0600 first: SQLite gives its WAL and shared-memory files the database file's mode.
+    closeSync(openSync(file, 'a', 0o600));
     this.db = new Database(file);
     configure(this.db, fsync);
     this.db.exec(SCHEMA);
