@@ -11,9 +11,11 @@
  *   POST /v1/queue/purge    {message} | {tenant?, site?}   removed from the queue, no notice sent
  *   POST /v1/tenants/NAME/suspend  {site?, for?, reason}   as a hold, recorded as a suspension
  *   POST /v1/tenants/NAME/resume   {site?}
+ *   /v1/queue/corrupt…             entries set aside as corrupt (mta-admin-corrupt.ts)
  * Sites are named as `ichidan egress` lists them ("mx:mx1.example.net", "site:google", ...).
  * Every hold, suspension and undo is an event in the queue database.
  */
+import { handleCorrupt } from './mta-admin-corrupt.js';
 import { duration } from './mta-config-primitives.js';
 import type { Ichidan } from './index.js';
 
@@ -60,6 +62,8 @@ export async function handleEgress(method: string, url: string, body: Record<str
 async function route(method: string, url: string, body: Record<string, unknown>, app: Ichidan): Promise<AdminAnswer | null> {
   const queue = app.queue;
   const [path, query = ''] = url.split('?');
+  const corrupt = await handleCorrupt(method, path, app);
+  if (corrupt) return corrupt;
   if (method === 'GET' && path === '/v1/egress') {
     return [200, { pairs: queue.scheduler.pairs(), blocks: queue.scheduler.blocks(), waiting: queue.scheduler.waiting, active: queue.scheduler.active }];
   }
@@ -94,6 +98,11 @@ async function route(method: string, url: string, body: Record<string, unknown>,
   if (message === undefined && tenant === undefined && site === undefined) throw new BadRequest('give a message, a tenant or a site');
   if (message !== undefined && body.for !== undefined) throw new BadRequest('"for" applies to a tenant or a site; a held message waits until released');
   checkScope(app, tenant, site);
+  // A corrupt entry is not in the queue: hold, release and purge would report recipients and leave it.
+  const entry = message === undefined ? undefined : queue.store.message(message);
+  if (entry?.state === 'corrupt') {
+    return [409, { error: `message ${message} is set aside as corrupt (${entry.corrupt_kind}: ${entry.note ?? ''}); see ichidan queue corrupt show ${message}, then requeue or delete it` }];
+  }
   if (path === '/v1/queue/hold') {
     if (message !== undefined) {
       const n = await queue.holdRecipients({ messageId: message });

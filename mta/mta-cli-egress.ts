@@ -5,6 +5,7 @@
  *   ichidan queue hold (--message ID | --tenant T | --site S) [--for D] [--reason R]
  *   ichidan queue release (--message ID | --tenant T | --site S)
  *   ichidan queue purge (--message ID | --tenant T | --site S) [--reason R]
+ *   ichidan queue corrupt [list] | show|requeue|delete ID   entries set aside as corrupt (mta-cli-corrupt.ts)
  *   ichidan tenants suspend NAME [--site S] [--for D] --reason R
  *   ichidan tenants resume NAME [--site S]
  *   ichidan egress [status]                       pairs (site, source): window, limit, in flight; blocks in force
@@ -16,11 +17,13 @@
 import { queueStatus } from '../queue/queue-store-sql.js';
 import { readEgressEvents, type EgressEvent } from '../queue/queue-store-egress.js';
 import { admin, iso, openDb, options, safe, usage } from './mta-cli-common.js';
+import { CORRUPT_USAGE, corruptCommand } from './mta-cli-corrupt.js';
 
 export const EGRESS_USAGE = `  ichidan queue [-c FILE]
   ichidan queue hold (--message ID | --tenant T | --site S) [--for DURATION] [--reason TEXT] [-c FILE]
   ichidan queue release (--message ID | --tenant T | --site S) [-c FILE]
   ichidan queue purge (--message ID | --tenant T | --site S) [--reason TEXT] [-c FILE]
+${CORRUPT_USAGE}
   ichidan tenants suspend NAME [--site S] [--for DURATION] --reason TEXT [-c FILE]
   ichidan tenants resume NAME [--site S] [-c FILE]
   ichidan egress [status] [-c FILE]
@@ -40,6 +43,7 @@ export async function queueCommand(args: string[]): Promise<void> {
     db.close();
     return;
   }
+  if (action === 'corrupt') return corruptCommand(config, positionals.slice(1));
   if (!['hold', 'release', 'purge'].includes(action)) usage(EGRESS_USAGE);
   const { message, tenant, site, reason } = values;
   const body = await admin(config, 'POST', `/v1/queue/${action}`, { message, tenant, site, reason, for: values.for });

@@ -8,6 +8,7 @@
  *   ichidan queue [-c FILE]          recipients per tenant and state, and entries set aside as corrupt
  *   ichidan queue hold|release|purge, ichidan tenants suspend|resume, ichidan egress [status|events|undo]
  *                                    the outbound side (mta-cli-egress.ts)
+ *   ichidan queue corrupt [list] | show|requeue|delete ID   entries set aside as corrupt (mta-cli-corrupt.ts)
  *   ichidan quarantine [list] [-c FILE]        messages the engines quarantined
  *   ichidan quarantine release ID [-c FILE]    deliver a quarantined message after all
  *   ichidan scans show ID [-c FILE]  which engines scanned a message, what each said, and the verdict

@@ -24,6 +24,7 @@ import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from '
 import { HeaderStrip, parseStripRule, type StripRule } from './queue-headers.js';
 import { newQueueId } from './queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
+import { CorruptEntries } from './queue-corrupt-entries.js';
 import { Scheduler, type Dispatch, type Job, type SiteRef, type Source, type TenantPolicy } from './queue-scheduler.js';
 import { openDomains, type RecipientSelector } from './queue-store-egress.js';
 import { PendingOutcomes } from './queue-outcomes.js';
@@ -112,6 +113,8 @@ export class Queue {
   readonly space: SpaceGuard;
   /** Outcomes the database could not take yet: their recipients are not attempted again meanwhile. */
   readonly pendingOutcomes: PendingOutcomes;
+  /** Entries set aside at startup: listed, requeued and deleted by an operator, leftovers expired. */
+  readonly corrupt: CorruptEntries;
   #policies = new Map<string, TenantPolicy>();
   #sweepTimer: NodeJS.Timeout | null = null;
   #transcripts: TranscriptChunk[] = [];
@@ -124,6 +127,7 @@ export class Queue {
   readonly #stats = new EngineStats();
   #statsFlushedAt = Date.now();
   #prunedAt = 0;
+  #leftoversAt = Date.now();
 
   private constructor(private config: Config, egress: Egress, private readonly log: Logger) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
@@ -141,6 +145,7 @@ export class Queue {
     this.control = new EgressControl(config, this.scheduler, this.store, log);
     this.space = new SpaceGuard([this.spool.dir, config.dataDir], join(config.dataDir, 'reserve'), config, log);
     this.store.onFull = () => this.space.release();
+    this.corrupt = new CorruptEntries(this.spool, this.store, log, (rows) => this.#scheduleRows(rows), () => this.config.queue.leftoverRetention);
     this.pendingOutcomes = new PendingOutcomes(this.store, log, (id, recipientIds) => {
       const ids = new Set(recipientIds);
       this.#scheduleRows(this.store.recipientsOf(id).filter((r) => ids.has(r.id) && r.state === 'queued'));
@@ -153,7 +158,8 @@ export class Queue {
     await queue.spool.init();
     await queue.space.start();
     const report = await reconcile(queue.spool, queue.store);
-    for (const c of report.corrupt) log.warn({ qid: c.id, reason: c.reason }, 'queue entry set aside as corrupt');
+    for (const c of report.corrupt) log.warn({ qid: c.id, kind: c.kind, reason: c.reason }, 'queue entry set aside as corrupt');
+    await queue.corrupt.removeLeftovers(Date.now()).catch((err) => log.error({ err }, 'could not remove never-acknowledged leftovers'));
     const restored = queue.control.restore();
     if (restored > 0) log.info({ events: restored }, 'egress holds and pauses still in force restored');
     queue.#loadOpen();
@@ -595,6 +601,10 @@ export class Queue {
           { op: 'pruneScans', before: now - this.config.scanning.recordRetention },
           { op: 'pruneTranscripts', before: now - this.config.delivery.transcripts.retention },
         ]);
+      }
+      if (now - this.#leftoversAt >= Math.min(PRUNE_INTERVAL_MS, this.config.queue.leftoverRetention)) {
+        this.#leftoversAt = now;
+        await this.corrupt.removeLeftovers(now);
       }
       const ids = this.store.doneMessages(2000);
       if (ids.length === 0) return;

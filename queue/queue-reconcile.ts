@@ -1,11 +1,13 @@
 /*
  * Startup reconciliation of spool files against queue records.
  *
- * Before any listener opens: a record whose file is missing or of the wrong size, and a file
- * without a record, are set aside in the `corrupt` state (the file moved to spool/corrupt/) and
- * reported; nothing is silently dropped or delivered. Messages already marked done only had
- * their cleanup interrupted: their leftover file and rows are removed.
+ * Before any listener opens: a record whose file is missing or of the wrong size ("damaged": the
+ * message was acknowledged), and a file without a record ("unacknowledged": no 250 was sent),
+ * are set aside in the `corrupt` state with their kind (queue-corrupt.ts), the file moved to
+ * spool/corrupt/, and reported; nothing is silently dropped or delivered. Messages already marked
+ * done only had their cleanup interrupted: their leftover file and rows are removed.
  */
+import { classify } from './queue-corrupt.js';
 import type { Spool } from './queue-spool.js';
 import type { QueueStore, WriteOp } from './queue-store.js';
 import { QUEUE_ID_PATTERN, queueIdTime } from './queue-id.js';
@@ -13,10 +15,10 @@ import { QUEUE_ID_PATTERN, queueIdTime } from './queue-id.js';
 export interface ReconcileReport {
   active: number;
   cleaned: number;
-  corrupt: Array<{ id: string; reason: string }>;
+  corrupt: Array<{ id: string; kind: string; reason: string }>;
 }
 
-export async function reconcile(spool: Spool, store: QueueStore): Promise<ReconcileReport> {
+export async function reconcile(spool: Spool, store: QueueStore, now = Date.now()): Promise<ReconcileReport> {
   const files = new Set(await spool.list());
   const report: ReconcileReport = { active: 0, cleaned: 0, corrupt: [] };
   const done: string[] = [];
@@ -29,31 +31,25 @@ export async function reconcile(spool: Spool, store: QueueStore): Promise<Reconc
       done.push(row.id);
       continue;
     }
+    // Already set aside: it waits for an operator (or its retention), whatever is in the spool now.
     if (row.state === 'corrupt') continue;
-    if (!hasFile) {
-      const reason = 'spool file missing';
-      work.push({ op: 'setCorrupt', id: row.id, note: reason });
-      report.corrupt.push({ id: row.id, reason });
+    const verdict = classify({ recordSize: row.size, fileSize: hasFile ? await spool.size(row.id) : null });
+    if (!verdict) {
+      report.active++;
       continue;
     }
-    const size = await spool.size(row.id);
-    if (size !== row.size) {
-      const reason = `spool file is ${size} bytes, the record says ${row.size}`;
-      await spool.setAside(row.id);
-      work.push({ op: 'setCorrupt', id: row.id, note: reason });
-      report.corrupt.push({ id: row.id, reason });
-      continue;
-    }
-    report.active++;
+    if (hasFile) await spool.setAside(row.id);
+    work.push({ op: 'setCorrupt', id: row.id, note: verdict.reason, at: now });
+    report.corrupt.push({ id: row.id, ...verdict });
   }
 
   for (const id of files) {
     const size = (await spool.size(id)) ?? 0;
-    const reason = 'spool file without a queue record (never acknowledged, or its record was lost)';
+    const verdict = classify({ recordSize: null, fileSize: size })!;
     await spool.setAside(id);
-    const receivedAt = QUEUE_ID_PATTERN.test(id) ? queueIdTime(id) : Date.now();
-    work.push({ op: 'insertCorrupt', id, size, receivedAt, note: reason });
-    report.corrupt.push({ id, reason });
+    const receivedAt = QUEUE_ID_PATTERN.test(id) ? queueIdTime(id) : now;
+    work.push({ op: 'insertCorrupt', id, size, receivedAt, note: verdict.reason, at: now });
+    report.corrupt.push({ id, ...verdict });
   }
 
   for (const id of done) work.push({ op: 'deleteMessage', id });

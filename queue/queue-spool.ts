@@ -187,6 +187,29 @@ export class Spool {
   }
 
   async setAside(id: string): Promise<void> {
-    await rename(this.path(id), join(this.corruptDir, id));
+    await rename(this.path(id), this.asidePath(id));
+  }
+
+  /** Where a file set aside as corrupt is kept. */
+  asidePath(id: string): string {
+    return join(this.corruptDir, id);
+  }
+
+  async asideSize(id: string): Promise<number | null> {
+    try {
+      return (await stat(this.asidePath(id))).size;
+    } catch {
+      return null;
+    }
+  }
+
+  /** A file set aside goes back into the spool, durably (an operator requeued its entry). */
+  async restore(id: string): Promise<void> {
+    await rename(this.asidePath(id), this.path(id));
+    if (this.fsync) await this.dirSync.sync();
+  }
+
+  async removeAside(id: string): Promise<void> {
+    await rm(this.asidePath(id), { force: true });
   }
 }

@@ -71,6 +71,8 @@ function where(select: RecipientSelector): { sql: string; params: unknown[] } {
   if (select.tenant !== undefined) { parts.push('tenant = ?'); params.push(select.tenant); }
   if (select.domains !== undefined) { parts.push(`domain IN (SELECT value FROM json_each(?))`); params.push(JSON.stringify(select.domains)); }
   if (parts.length === 0) throw new Error('a recipient selection needs a message, a tenant or domains');
+  // Entries set aside as corrupt are an operator's to requeue or delete (queue-corrupt.ts), not to hold or purge.
+  parts.push(`message_id IN (SELECT id FROM messages WHERE state = 'active')`);
   return { sql: parts.join(' AND '), params };
 }
 

@@ -8,6 +8,7 @@ import type Database from 'better-sqlite3';
 import type { TranscriptChunk } from '../delivery/index.js';
 import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
 import type { RunRecord, ScanRecord, StatRow } from '../engines/engines-records.js';
+import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWriteOp } from './queue-corrupt.js';
 import { createEgressWriter, EGRESS_SCHEMA, type EgressWriteOp } from './queue-store-egress.js';
 
 /** purged: removed by an operator, no notice sent. */
@@ -61,6 +62,9 @@ export interface MessageRow {
   kind: 'mail' | 'dsn';
   state: 'active' | 'done' | 'corrupt';
   note: string | null;
+  /** Set while state is 'corrupt' (queue-corrupt.ts). */
+  corrupt_kind: CorruptKind | null;
+  set_aside_at: number | null;
   quarantine: string | null;
   strip: string | null;
 }
@@ -106,8 +110,6 @@ export type WriteOp =
   | { op: 'insertMessage'; message: NewMessage }
   | { op: 'updateRecipients'; messageId: string; updates: RecipientUpdate[]; now: number }
   | { op: 'deleteMessage'; id: string }
-  | { op: 'setCorrupt'; id: string; note: string }
-  | { op: 'insertCorrupt'; id: string; size: number; receivedAt: number; note: string }
   | { op: 'release'; tenant: string | null; domain: string | null; now: number }
   | { op: 'releaseMessage'; id: string; now: number }
   | { op: 'recordScans'; records: ScanRecord[] }
@@ -117,7 +119,8 @@ export type WriteOp =
   | { op: 'pruneTranscripts'; before: number }
   | { op: 'engineEvent'; event: EngineEvent }
   | { op: 'appendScanRuns'; queueId: string; runs: RunRecord[] }
-  | EgressWriteOp;
+  | EgressWriteOp
+  | CorruptWriteOp;
 
 export const SCHEMA = EGRESS_SCHEMA + `
 CREATE TABLE IF NOT EXISTS messages (
@@ -138,7 +141,9 @@ CREATE TABLE IF NOT EXISTS messages (
   state TEXT NOT NULL DEFAULT 'active',
   note TEXT,
   quarantine TEXT,
-  strip TEXT
+  strip TEXT,
+  corrupt_kind TEXT,
+  set_aside_at INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recipients (
   message_id TEXT NOT NULL,
@@ -251,6 +256,7 @@ export function migrate(db: Database.Database): void {
   const columns = (db.prepare(`PRAGMA table_info(messages)`).all() as Array<{ name: string }>).map((c) => c.name);
   if (!columns.includes('quarantine')) db.exec(`ALTER TABLE messages ADD COLUMN quarantine TEXT`);
   if (!columns.includes('strip')) db.exec(`ALTER TABLE messages ADD COLUMN strip TEXT`);
+  migrateCorrupt(db, columns);
   const scanColumns = (db.prepare(`PRAGMA table_info(scans)`).all() as Array<{ name: string }>).map((c) => c.name);
   if (!scanColumns.includes('generation')) db.exec(`ALTER TABLE scans ADD COLUMN generation INTEGER NOT NULL DEFAULT 0`);
 }
@@ -271,8 +277,6 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     markDone: db.prepare(`UPDATE messages SET state = 'done' WHERE id = ? AND state = 'active'`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
     deleteMessage: db.prepare(`DELETE FROM messages WHERE id = ?`),
-    setCorrupt: db.prepare(`UPDATE messages SET state = 'corrupt', note = ? WHERE id = ?`),
-    insertCorrupt: db.prepare(`INSERT OR IGNORE INTO messages (id, size, sender, received_at, trace, state, note) VALUES (?, ?, '', ?, '', 'corrupt', ?)`),
     release: db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?
       WHERE state = 'held' AND (? IS NULL OR tenant = ?) AND (? IS NULL OR domain = ?)
       AND message_id NOT IN (SELECT id FROM messages WHERE quarantine IS NOT NULL) RETURNING *`),
@@ -302,6 +306,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     setScanRuns: db.prepare(`UPDATE scans SET runs = ? WHERE queue_id = ?`),
   };
   const egress = createEgressWriter(db);
+  const corrupt = createCorruptWriter(db);
   return (op: WriteOp): unknown => {
     switch (op.op) {
       case 'egressEvent':
@@ -309,6 +314,11 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'holdRecipients':
       case 'purgeRecipients':
         return egress(op);
+      case 'setCorrupt':
+      case 'insertCorrupt':
+      case 'requeueCorrupt':
+      case 'deleteCorrupt':
+        return corrupt(op);
       case 'insertMessage': {
         const { recipients, ...row } = op.message;
         const quarantine = row.quarantine ?? null;
@@ -332,12 +342,6 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'deleteMessage':
         s.deleteRecipients.run(op.id);
         s.deleteMessage.run(op.id);
-        return null;
-      case 'setCorrupt':
-        s.setCorrupt.run(op.note, op.id);
-        return null;
-      case 'insertCorrupt':
-        s.insertCorrupt.run(op.id, op.size, op.receivedAt, op.note);
         return null;
       case 'release':
         return s.release.all(op.now, op.now, op.tenant, op.tenant, op.domain, op.domain);
