@@ -129,6 +129,14 @@ export class Ichidan {
       },
     });
     new Gauge({
+      name: 'ichidan_queue_free_bytes', help: 'Least free space on the spool\'s and the queue database\'s filesystems (new mail waits below queue.minFree)', registers: [this.metrics],
+      collect() { if (Number.isFinite(queue.space.free)) this.set(queue.space.free); },
+    });
+    new Gauge({
+      name: 'ichidan_queue_outcomes_uncommitted', help: 'Delivery outcomes held in memory because the queue database could not commit them yet', registers: [this.metrics],
+      collect() { this.set(queue.pendingOutcomes.size); },
+    });
+    new Gauge({
       name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers: [this.metrics],
       collect() { this.set(scheduler.blocks().length); },
     });

@@ -6,8 +6,9 @@
  * A writer streams DATA into `<dir>/<id>` as it arrives (bounded memory whatever the size), then
  * `commit()` makes it durable: fdatasync of the file and an fsync of the folder, the folder sync
  * shared by every writer that committed meanwhile (group commit). A writer whose message is refused
- * deletes its file; at startup, a file without a queue record is moved to `<dir>/corrupt/`, never
- * deleted.
+ * deletes its file; at startup, a file without a queue record is moved to `<dir>/corrupt/`, where
+ * it stays until an operator deletes it or, never acknowledged, queue.leftoverRetention has passed
+ * (queue-corrupt.ts). Files are made 0600 and folders 0700, whatever the umask.
  */
 import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';

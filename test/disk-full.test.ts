@@ -98,6 +98,7 @@ describe.skipIf(!CAN_MOUNT)(`a full disk after mail was accepted${CAN_MOUNT ? ''
     expect(tokensAt(sink).sort()).toEqual(ids.map((_, i) => `m${i}`).sort());
     expect(t.logs.some((l) => l.msg === 'could not record delivery outcomes; kept in memory and retried without contacting the destination again')).toBe(true);
     expect(ids.some((id) => store.recipientsOf(id)[0]?.state === 'queued')).toBe(true);
+    expect(await t.app.metrics.metrics()).toMatch(/^ichidan_queue_outcomes_uncommitted [1-9]/m);
     expect(await mailFrom(t.port())).toMatch(/^452 4\.3\.1 /);
 
     // Some room again, still below minFree: outcomes are recorded, new mail still waits.
