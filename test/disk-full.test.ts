@@ -82,6 +82,10 @@ describe.skipIf(!CAN_MOUNT)(`a full disk after mail was accepted${CAN_MOUNT ? ''
       queue: { retryInitial: '200ms', retryMax: '200ms', retryJitter: 0, minFree: '1MB', reserve: 0 },
       routes: { 'far.test': { host: '127.0.0.2', port } },
     }), { dataDir });
+    // A transaction that reached RCPT while there was room; its DATA comes once the disk is low.
+    const early = await RawSmtp.open(t.port());
+    await early.reply();
+    for (const line of ['EHLO client.test', 'MAIL FROM:<me@sender.test>', 'RCPT TO:<early@far.test>']) expect(await early.command(line)).toMatch(/^250/);
     const N = 20;
     const ids: string[] = [];
     for (let i = 0; i < N; i++) ids.push(await send(t.port(), `m${i}`));
@@ -108,6 +112,11 @@ describe.skipIf(!CAN_MOUNT)(`a full disk after mail was accepted${CAN_MOUNT ? ''
     expect(t.logs.some((l) => l.msg === 'delivery outcomes recorded after a failed commit')).toBe(true);
     await new Promise((r) => setTimeout(r, 1200));
     expect(await mailFrom(t.port())).toMatch(/^452 4\.3\.1 /);
+    // There would be room for it, but below minFree the DATA of a transaction begun earlier waits too.
+    expect(await early.command('DATA')).toMatch(/^354/);
+    early.send('Subject: early\r\n\r\nsmall\r\n.\r\n');
+    expect((await early.reply()).join('\n')).toMatch(/^452 4\.3\.1 /);
+    early.close();
     expect(sink.messages).toHaveLength(N);
 
     await rm(filler);
