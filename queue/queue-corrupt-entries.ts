@@ -64,7 +64,7 @@ export class CorruptEntries {
     const entry = readCorruptEntry(this.store.db, id);
     if (!entry) return { ok: false, missing: true, error: `no corrupt entry ${id}` };
     const file = await this.#corruptFile(entry);
-    const problem = requeueProblem(entry.kind, { recordSize: entry.size, fileSize: file?.size ?? null });
+    const problem = requeueProblem(entry.kind, { recordSize: entry.size, fileSize: file?.size ?? null }, entry.recipients);
     if (problem) return { ok: false, missing: false, error: `${id} cannot be requeued: ${problem}` };
     if (file!.where === 'corrupt') await this.spool.restore(id);
     else await this.spool.removeAside(id);

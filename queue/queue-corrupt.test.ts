@@ -18,17 +18,20 @@ describe('corrupt entry kinds', () => {
     ['a record without its file', { recordSize: 10, fileSize: null }, { kind: 'damaged', reason: 'spool file missing' }],
     ['a truncated file', { recordSize: 10, fileSize: 4 }, { kind: 'damaged', reason: 'spool file is 4 bytes, the record says 10' }],
     ['a file longer than recorded', { recordSize: 10, fileSize: 12 }, { kind: 'damaged', reason: 'spool file is 12 bytes, the record says 10' }],
+    ['a file without a record in a new database (records lost, kept for an operator)', { recordSize: null, fileSize: 7, newDatabase: true },
+      { kind: 'damaged', reason: expect.stringMatching(/queue database is new: its record was lost/) as unknown as string }],
   ])('%s', (_name, sides, want) => {
     expect(classify(sides)).toEqual(want);
   });
 
-  it.each<[string, 'unacknowledged' | 'damaged', Sides, RegExp | null]>([
-    ['unacknowledged, whatever its file', 'unacknowledged', { recordSize: 10, fileSize: 10 }, /^never acknowledged/],
-    ['damaged, file still missing', 'damaged', { recordSize: 10, fileSize: null }, /still missing/],
-    ['damaged, file still the wrong size', 'damaged', { recordSize: 10, fileSize: 4 }, /4 bytes and the record says 10/],
-    ['damaged, file of the recorded size back', 'damaged', { recordSize: 10, fileSize: 10 }, null],
-  ])('requeue: %s', (_name, kind, sides, want) => {
-    const problem = requeueProblem(kind, sides);
+  it.each<[string, 'unacknowledged' | 'damaged', Sides, number, RegExp | null]>([
+    ['unacknowledged, whatever its file', 'unacknowledged', { recordSize: 10, fileSize: 10 }, 0, /^never acknowledged/],
+    ['damaged, file still missing', 'damaged', { recordSize: 10, fileSize: null }, 1, /still missing/],
+    ['damaged, file still the wrong size', 'damaged', { recordSize: 10, fileSize: 4 }, 1, /4 bytes and the record says 10/],
+    ['damaged, record lost with its recipients', 'damaged', { recordSize: 10, fileSize: 10 }, 0, /no recipient is left/],
+    ['damaged, file of the recorded size back', 'damaged', { recordSize: 10, fileSize: 10 }, 1, null],
+  ])('requeue: %s', (_name, kind, sides, recipients, want) => {
+    const problem = requeueProblem(kind, sides, recipients);
     if (want === null) expect(problem).toBeNull();
     else expect(problem).toMatch(want);
   });
@@ -39,6 +42,8 @@ describe('reconciliation records the kind of each entry', () => {
     const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
     const spool = new Spool(join(dir, 'spool'), false);
     await spool.init();
+    // A database from an earlier start: a file without a record is then a leftover, not a lost record.
+    await new QueueStore(join(dir, 'queue.db'), false).close();
     const store = new QueueStore(join(dir, 'queue.db'), false);
     try {
       const message = (id: string, size: number): NewMessage => ({
@@ -63,6 +68,30 @@ describe('reconciliation records the kind of each entry', () => {
       expect(await spool.asideSize(short)).toBe(3);
       expect(await spool.asideSize(orphan)).toBeGreaterThan(0);
       expect(await spool.list()).toEqual([good]);
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps a file without a record as damaged when the queue database is new (its records were lost)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
+    const spool = new Spool(join(dir, 'spool'), false);
+    await spool.init();
+    const lost = newQueueId();
+    await writeFile(spool.path(lost), 'Subject: acknowledged once\r\n\r\nbody\r\n');
+    let store = new QueueStore(join(dir, 'queue.db'), false);
+    try {
+      expect(store.newDatabase).toBe(true);
+      await reconcile(spool, store);
+      await store.close();
+      // The same database at the next start: a new leftover is an ordinary unacknowledged one.
+      const leftover = newQueueId();
+      await writeFile(spool.path(leftover), 'Subject: partial\r\n');
+      store = new QueueStore(join(dir, 'queue.db'), false);
+      expect(store.newDatabase).toBe(false);
+      await reconcile(spool, store);
+      expect(Object.fromEntries(readCorrupt(store.db).map((e) => [e.id, e.kind]))).toEqual({ [lost]: 'damaged', [leftover]: 'unacknowledged' });
     } finally {
       await store.close();
       await rm(dir, { recursive: true, force: true });

@@ -13,6 +13,9 @@
  *   damaged         a record (the message was acknowledged) whose spool file is missing or not
  *                   the size recorded. It is kept until an operator decides: requeue it once a
  *                   file of the recorded size is back (restored from a backup, say), or delete it.
+ *                   Also a file without a record when the queue database itself is new (lost,
+ *                   deleted): then records were lost, the file may hold acknowledged mail, and it
+ *                   is never removed by itself.
  *   The listing, one entry's details (record, recipients, file, its first header lines), the
  *   requeue check, and the write operations for both.
  * Touches: the queue database (messages.corrupt_kind, messages.set_aside_at); the spool's
@@ -29,23 +32,28 @@ export const CORRUPT_COLUMNS = ['corrupt_kind TEXT', 'set_aside_at INTEGER'];
 export interface Sides {
   recordSize: number | null;
   fileSize: number | null;
+  /** The queue database was made anew at this start: a missing record may have been lost. */
+  newDatabase?: boolean;
 }
 
 /** Whether the record and the file disagree, and how; null when they agree (or neither exists). */
 export function classify(s: Sides): { kind: CorruptKind; reason: string } | null {
   if (s.recordSize === null) {
-    return s.fileSize === null ? null : { kind: 'unacknowledged', reason: 'spool file without a queue record: never acknowledged (no 250 was sent)' };
+    if (s.fileSize === null) return null;
+    if (s.newDatabase) return { kind: 'damaged', reason: 'spool file without a queue record, and the queue database is new: its record was lost (it may have been acknowledged)' };
+    return { kind: 'unacknowledged', reason: 'spool file without a queue record: never acknowledged (no 250 was sent)' };
   }
   if (s.fileSize === null) return { kind: 'damaged', reason: 'spool file missing' };
   if (s.fileSize !== s.recordSize) return { kind: 'damaged', reason: `spool file is ${s.fileSize} bytes, the record says ${s.recordSize}` };
   return null;
 }
 
-/** Why an entry cannot go back into the queue as it is, or null when it can. */
-export function requeueProblem(kind: CorruptKind, s: Sides): string | null {
+/** Why an entry with `openRecipients` still to deliver cannot go back into the queue as it is, or null when it can. */
+export function requeueProblem(kind: CorruptKind, s: Sides, openRecipients: number): string | null {
   if (kind === 'unacknowledged') {
     return 'never acknowledged: no envelope was recorded, so there is nothing to deliver (the sender got no 250 and keeps its copy); delete it, or leave it to queue.leftoverRetention';
   }
+  if (openRecipients === 0) return 'no recipient is left to deliver to (its record was lost, or all were done): `show` its headers, resend it by hand if needed, then delete it';
   if (s.fileSize === null) return 'its spool file is still missing: put the message file back (in the spool or its corrupt/ folder) first, or delete the entry';
   if (s.fileSize !== s.recordSize) return `its spool file is ${s.fileSize} bytes and the record says ${s.recordSize}: it cannot be delivered as it is; restore the whole file, or delete the entry`;
   return null;
@@ -93,7 +101,7 @@ export function migrateCorrupt(db: Database.Database, columns: string[]): void {
 
 export type CorruptWriteOp =
   | { op: 'setCorrupt'; id: string; note: string; at: number }
-  | { op: 'insertCorrupt'; id: string; size: number; receivedAt: number; note: string; at: number }
+  | { op: 'insertCorrupt'; id: string; kind: CorruptKind; size: number; receivedAt: number; note: string; at: number }
   | { op: 'requeueCorrupt'; id: string; now: number }
   | { op: 'deleteCorrupt'; id: string };
 
@@ -101,7 +109,7 @@ export function createCorruptWriter(db: Database.Database): (op: CorruptWriteOp)
   const s = {
     setCorrupt: db.prepare(`UPDATE messages SET state = 'corrupt', corrupt_kind = 'damaged', note = ?, set_aside_at = ? WHERE id = ?`),
     insertCorrupt: db.prepare(`INSERT OR IGNORE INTO messages (id, size, sender, received_at, trace, state, note, corrupt_kind, set_aside_at)
-      VALUES (?, ?, '', ?, '', 'corrupt', ?, 'unacknowledged', ?)`),
+      VALUES (?, ?, '', ?, '', 'corrupt', ?, ?, ?)`),
     requeue: db.prepare(`UPDATE messages SET state = 'active', corrupt_kind = NULL, set_aside_at = NULL,
       note = 'requeued by an operator after: ' || COALESCE(note, '') WHERE id = ? AND state = 'corrupt' AND corrupt_kind = 'damaged'`),
     due: db.prepare(`UPDATE recipients SET next_attempt = ?, updated_at = ? WHERE message_id = ? AND state = 'queued' RETURNING *`),
@@ -113,7 +121,7 @@ export function createCorruptWriter(db: Database.Database): (op: CorruptWriteOp)
       case 'setCorrupt':
         return s.setCorrupt.run(op.note, op.at, op.id).changes;
       case 'insertCorrupt':
-        return s.insertCorrupt.run(op.id, op.size, op.receivedAt, op.note, op.at).changes;
+        return s.insertCorrupt.run(op.id, op.size, op.receivedAt, op.note, op.kind, op.at).changes;
       case 'requeueCorrupt':
         // The queued recipients come back due now; held ones stay held.
         return s.requeue.run(op.id).changes === 0 ? null : s.due.all(op.now, op.now, op.id);

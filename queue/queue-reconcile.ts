@@ -3,7 +3,8 @@
  *
  * Before any listener opens: a record whose file is missing or of the wrong size ("damaged": the
  * message was acknowledged), and a file without a record ("unacknowledged": no 250 was sent),
- * are set aside in the `corrupt` state with their kind (queue-corrupt.ts), the file moved to
+ * are set aside in the `corrupt` state with their kind (queue-corrupt.ts; a file without a record
+ * is "damaged" instead when the database is new, its records lost), the file moved to
  * spool/corrupt/, and reported; nothing is silently dropped or delivered. Messages already marked
  * done only had their cleanup interrupted: their leftover file and rows are removed.
  */
@@ -45,10 +46,10 @@ export async function reconcile(spool: Spool, store: QueueStore, now = Date.now(
 
   for (const id of files) {
     const size = (await spool.size(id)) ?? 0;
-    const verdict = classify({ recordSize: null, fileSize: size })!;
+    const verdict = classify({ recordSize: null, fileSize: size, newDatabase: store.newDatabase })!;
     await spool.setAside(id);
     const receivedAt = QUEUE_ID_PATTERN.test(id) ? queueIdTime(id) : now;
-    work.push({ op: 'insertCorrupt', id, size, receivedAt, note: verdict.reason, at: now });
+    work.push({ op: 'insertCorrupt', id, kind: verdict.kind, size, receivedAt, note: verdict.reason, at: now });
     report.corrupt.push({ id, ...verdict });
   }
 

@@ -50,6 +50,8 @@ interface Pending {
 
 export class QueueStore {
   readonly db: Database.Database;
+  /** The database file did not exist (or was empty) when opened: any record it should hold was lost. */
+  readonly newDatabase: boolean;
   readonly #worker: Worker;
   #pending: Pending[] = [];
   #inFlight: Map<number, Pending[]> = new Map();
@@ -68,6 +70,8 @@ export class QueueStore {
   onFull: (() => boolean) | null = null;
 
   constructor(file: string, private readonly fsync: boolean, private readonly commitWindowMs = 0) {
+    const empty = (f: string) => !existsSync(f) || statSync(f).size === 0;
+    this.newDatabase = empty(file) && empty(`${file}-wal`);
     // Made by us at 0600 first: SQLite gives its WAL and shared-memory files the database file's mode.
     closeSync(openSync(file, 'a', 0o600));
     this.db = new Database(file);
