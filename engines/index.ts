@@ -11,7 +11,8 @@
  * RFCs: 3507 (ICAP), 7208 (SPF), 6376 (DKIM), 7489 (DMARC), 8617 (ARC), 8601
  *   (Authentication-Results).
  * Settings: `engines` (the list, each with a `type` from the registry), `scanning` (the verdict
- *   policy), `tenants.NAME.scanning` (a tenant's engines and overrides).
+ *   policy; `scanning.unscannable` also for structure past `limits`), `tenants.NAME.scanning` (a
+ *   tenant's engines and overrides).
  */
 import type { Config } from '../mta/mta-config-schema.js';
 import { spoolMessage, type EngineDeps, type ScanContext, type ScanMessage } from './engine.js';
@@ -25,31 +26,25 @@ export interface EngineSet {
   readonly size: number;
   /** The engines' names, in config order. */
   readonly names: string[];
-  scan(message: ScanMessage, context: ScanContext, signal: AbortSignal): Promise<ScanDecision>;
+  /**
+   * Runs the engines (none, when none are configured) and decides; `structure` is what the
+   * structure check of DATA found past `limits` (null: nothing), judged even without engines.
+   */
+  scan(message: ScanMessage, context: ScanContext, signal: AbortSignal, structure?: string | null): Promise<ScanDecision>;
   /** The snapshot that held this set is no longer used: engines no other snapshot uses are closed. */
   release(): void;
 }
-
-export const emptyEngineSet: EngineSet = {
-  size: 0,
-  names: [],
-  async scan() {
-    throw new Error('no engines configured');
-  },
-  release() {},
-};
 
 /** The engine set of one config snapshot, from the host's live instances. */
 export function buildEngineSet(config: Config, host: EngineHost, deps: EngineDeps): EngineSet {
   // Always through the host, with no engines too: it must learn that the previous ones are gone.
   const held = host.snapshot(config.engines, deps, JSON.stringify({ hostname: config.hostname, dns: config.dns }));
-  if (config.engines.length === 0) return { ...emptyEngineSet, release: () => held.release() };
   const tenants = Object.fromEntries(Object.entries(config.tenants).map(([name, t]) => [name, t.scanning]));
   const runner = new EngineRunner(held.entries, config.scanning, tenants);
   return {
     size: held.entries.length,
     names: held.entries.map((e) => e.options.name),
-    scan: (message, context, signal) => runner.scan(message, context, signal),
+    scan: (message, context, signal, structure) => runner.scan(message, context, signal, structure ?? null),
     release: () => held.release(),
   };
 }
