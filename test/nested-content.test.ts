@@ -2,6 +2,7 @@
 // the recommended clamd limits of scripts/clamd-limits.conf: refused as not fully scanned, never
 // passed as clean and never reported as a virus named after the limit.
 import Database from 'better-sqlite3';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -81,6 +82,14 @@ describe('nested content and archive bombs, real clamd and c-icap with the recom
       expect(await send(t, zipped('reports.zip', zip([{ name: 'report.txt', data: Buffer.alloc(2_000_000, 'quarterly figures ') }])))).toMatch(/^250 /);
       expect(t.app.engines.list()[0]).toMatchObject({ breaker: 'closed', failures: 0 });
     }, 60_000);
+
+    it(`${engine}: clam_cache_emax.tgz of clamav-testfiles (tgz in tgz) mailed as an attachment is refused, not passed as clean`, async () => {
+      // Scanned alone clamd reaches the test file; inside a message it sits past MaxRecursion, where
+      // clamd without AlertExceedsMax answered OK: the one of the 44 test files that used to pass.
+      t = await startApp(config(engine));
+      const file = readFileSync('/usr/share/clamav-testfiles/clam_cache_emax.tgz');
+      expect(await send(t, attachmentMail({ name: 'clam_cache_emax.tgz', type: 'application/gzip', body: file }))).toMatch(NOT_FULLY(engine, 'MaxRecursion'));
+    });
   }
 
   it('quarantines a bomb when scanning.unscannable says so', async () => {
