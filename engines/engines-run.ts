@@ -80,7 +80,11 @@ function onAbort(signal: AbortSignal): { promise: Promise<EngineResult>; dispose
   return { promise, dispose: () => signal.removeEventListener('abort', listener) };
 }
 
-export async function runEngine(entry: EngineEntry, message: ScanMessage, context: ScanContext, outer: AbortSignal): Promise<EngineRun> {
+/**
+ * `suspect`: the message is past Ichidan's structure limits, so an engine failing on it tells
+ * nothing about the engine; its breaker does not count the run (a sender could otherwise open it).
+ */
+export async function runEngine(entry: EngineEntry, message: ScanMessage, context: ScanContext, outer: AbortSignal, suspect = false): Promise<EngineRun> {
   const { name, shadow, weight, onError, maxSize, timeout } = entry.options;
   const base = { engine: name, kind: entry.engine.kind as EngineKind, shadow, weight, onError };
   if (message.size > maxSize) return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
@@ -94,7 +98,7 @@ export async function runEngine(entry: EngineEntry, message: ScanMessage, contex
   const result = await Promise.race([scanned, guard.promise]);
   guard.dispose();
   // When the caller gave up (the DATA deadline), the engine is not to blame.
-  if (outer.aborted) entry.health?.abandon(admission);
+  if (outer.aborted || suspect) entry.health?.abandon(admission);
   else entry.health?.record(admission, result, Date.now());
   return { ...base, result, ms: performance.now() - t0, version: entry.engine.version() };
 }
@@ -132,7 +136,7 @@ export class EngineRunner {
     const wanted = new Set(tenants.flatMap((t) => this.#enginesOf(t)));
     const started = [...wanted].map((name) => {
       const entry = this.#byName.get(name)!;
-      const run = { shadow: entry.options.shadow, result: null as EngineRun | null, promise: runEngine(entry, message, context, signal) };
+      const run = { shadow: entry.options.shadow, result: null as EngineRun | null, promise: runEngine(entry, message, context, signal, structure !== null) };
       void run.promise.then((r) => { run.result = r; });
       return run;
     });

@@ -128,6 +128,16 @@ describe('a sender cannot open an engine\'s circuit breaker', () => {
     expect(exe.reply).toMatch(/^550 5\.7\.1 message refused: attachment "setup\.exe": blocked extension \.exe/);
   });
 
+  it('messages past the structure limits, quarantined and still scanned, never count against a breaker', async () => {
+    t = await startApp(config({
+      limits: {},
+      engines: [{ name: 'hangs', type: 'clamd', servers: [{ host: hang.host, port: hang.port }], timeout: '300ms', breaker }],
+      scanning: { unscannable: 'quarantine' },
+    }));
+    for (let n = 0; n < 2 * breaker.failures; n++) expect((await send(t, nestedMail({ name: 'report.pdf', body: '%PDF-1.4' }, 30))).reply).toMatch(/^250 /);
+    expect(t.app.engines.list()[0]).toMatchObject({ breaker: 'closed', failures: 0 });
+  });
+
   it('failures of the engine itself still open it: a daemon that is down, one that hangs', async () => {
     const down = await closedPort();
     t = await startApp(config({
