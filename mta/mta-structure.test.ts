@@ -39,6 +39,19 @@ describe('structure check', () => {
     expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(body.length);
   });
 
+  it('splits a base64 attached message too: its own depth counts, and a large one streams through', async () => {
+    const wrap = (inner: string) => [
+      'Subject: fwd', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary="w"', '', '--w',
+      'Content-Type: message/rfc822', 'Content-Transfer-Encoding: base64', 'Content-Disposition: attachment; filename="fwd.eml"', '',
+      Buffer.from(inner).toString('base64').replace(/.{76}/g, '$&\r\n'), '--w--', '',
+    ].join('\r\n');
+    // The wrapper adds two levels (its multipart, the attached message's own top).
+    expect(await check(wrap(nestedMail(EXE, 14)))).toBeNull();
+    expect(await check(wrap(nestedMail(EXE, 15)))).toBe('MIME nesting deeper than 16 levels');
+    const big = wrap(attachmentMail({ name: 'data.bin', body: Buffer.alloc(8_000_000, 5) }));
+    expect(await check(big, 65536)).toBeNull();
+  });
+
   it('stops at once when abandoned, and answers nothing', async () => {
     const c = new StructureCheck(LIMITS);
     await c.write(Buffer.from(attachmentMail(EXE).slice(0, 200)));

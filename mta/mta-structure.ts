@@ -96,7 +96,11 @@ export class StructureCheck {
     else if (node.contentType === 'message/rfc822' && !node.messageNode) {
       const check = new StructureCheck(this.limits, depth + 1, this.parts);
       const decoder: Transform = node.getDecoder();
-      decoder.on('data', (d: Buffer) => void check.write(d));
+      // One chunk at a time: the attached message's splitter sets the pace, so nothing piles up.
+      decoder.on('data', (d: Buffer) => {
+        decoder.pause();
+        void check.write(d).then(() => decoder.resume());
+      });
       decoder.on('error', () => check.abandon());
       this.#attached = { decoder, check };
     }
