@@ -59,16 +59,11 @@ export class StructureCheck {
     this.#splitter = new Splitter({ ignoreEmbedded: false, maxHeadSize: limits.maxHeaderSize, maxChildNodes: limits.maxMimeParts + 1 });
     this.#ended = this.#pump().catch((err: NodeJS.ErrnoException) => {
       // Destroyed here once a verdict was made (or the message was refused anyway): no news.
-      if (err.code === 'ERR_STREAM_PREMATURE_CLOSE' || this.#splitter.destroyed && !err.code) return;
+      if (err.code === 'ERR_STREAM_PREMATURE_CLOSE') return;
       this.#problem ??= err.code === 'EMAXLEN' && /header/i.test(err.message)
         ? `a header block larger than ${limits.maxHeaderSize} bytes`
         : err.code === 'EMAXLEN' ? `more than ${limits.maxMimeParts} MIME parts` : `MIME structure that cannot be parsed (${err.message})`;
     }).finally(() => this.#attached?.check.abandon());
-  }
-
-  /** What was found so far; null while the message is within the limits. */
-  get problem(): string | null {
-    return this.#problem;
   }
 
   async #pump(): Promise<void> {
@@ -101,7 +96,10 @@ export class StructureCheck {
         decoder.pause();
         void check.write(d).then(() => decoder.resume());
       });
-      decoder.on('error', () => check.abandon());
+      decoder.on('error', (err: Error) => {
+        check.abandon();
+        this.#fail(`an attached message that cannot be decoded (${err.message})`);
+      });
       this.#attached = { decoder, check };
     }
   }
