@@ -4,8 +4,9 @@
  * Takes: the spool file DATA just wrote (read back from the page cache, never copied) and the
  *   transaction's context (client, HELO, sender, recipients, tenants, queue id).
  * Gives: one decision for the message — accept (with the headers to add in front of the body),
- *   tag, quarantine (accepted and held), reject (550 5.7.1; no bounce is ever sent for it) or
- *   tempfail (451 4.7.1) — and a report of every engine's run for the records and statistics.
+ *   tag, quarantine (accepted and held), reject (550 5.7.1; 550 5.6.0 for structure past `limits`;
+ *   no bounce is ever sent for it) or tempfail (451 4.7.1) — and a report of every engine's run for
+ *   the records and statistics.
  * Network: the engines' own daemons (clamd, spamd, rspamd, ICAP servers) at the addresses the
  *   config gives; DNS for sender authentication only through `dns.servers`.
  * RFCs: 3507 (ICAP), 7208 (SPF), 6376 (DKIM), 7489 (DMARC), 8617 (ARC), 8601
