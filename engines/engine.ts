@@ -116,7 +116,14 @@ export type EngineOutcome =
    * a DMARC failure under a reject policy. `action` is what the engine's config asks for.
    */
   | { status: 'violation'; rule: string; action: 'reject' | 'quarantine' | 'tag' }
-  /** No opinion: the engine failed. */
+  /**
+   * The engine works but cannot judge this message, because of the message: MIME it cannot
+   * parse, a limit of its own exceeded (clamd's Heuristics.Limits.Exceeded.*: recursion, files,
+   * scan size). Not a failure of the engine (its circuit breaker does not count it) and never a
+   * clean result: the verdict treats it as `scanning.unscannable` says.
+   */
+  | { status: 'unscannable'; reason: string }
+  /** No opinion: the engine failed (down, timed out, answered garbage). Counted by its breaker. */
   | { status: 'error'; error: EngineErrorKind; message: string };
 
 export interface EngineResult {
@@ -143,6 +150,24 @@ export interface Engine {
 
 export function errorResult(error: EngineErrorKind, message: string, detail?: Record<string, unknown>): EngineResult {
   return { outcome: { status: 'error', error, message }, detail };
+}
+
+/**
+ * ClamAV names what it could not scan whole `Heuristics.Limits.Exceeded.<limit>` (with
+ * AlertExceedsMax: MaxRecursion, MaxFiles, MaxScanSize, MaxFileSize, MaxScanTime …), through clamd
+ * and through ICAP servers backed by it. That is no virus and no clean result: the content was
+ * not fully scanned.
+ */
+const LIMITS_EXCEEDED = /^Heuristics\.Limits\.Exceeded\b/i;
+
+/** An AV engine's finding: infected, or unscannable when the name only says a limit was reached. */
+export function avFinding(signature: string, detail?: Record<string, unknown>): EngineResult {
+  if (LIMITS_EXCEEDED.test(signature)) return unscannableResult(`limit of the scanner exceeded (${signature})`, detail);
+  return { outcome: { status: 'infected', signature }, detail };
+}
+
+export function unscannableResult(reason: string, detail?: Record<string, unknown>): EngineResult {
+  return { outcome: { status: 'unscannable', reason }, detail };
 }
 
 /**

@@ -44,6 +44,14 @@ const quorumPolicy = { av: quorum, spam: quorum, auth: quorum, policy: quorum };
 export const scanningSchema = z.strictObject({
   /** What an AV hit does: refuse the message (550 5.7.1) or accept it into quarantine. */
   virus: z.enum(['reject', 'quarantine']).default('reject'),
+  /**
+   * What a message that cannot be fully checked does: one whose structure is past Ichidan's own
+   * limits (`limits.maxHeaderSize`, `maxHeaderFields`, `maxMimeDepth`, `maxMimeParts`), or one an
+   * engine could not judge because of the message (MIME it cannot parse, clamd's
+   * Heuristics.Limits.Exceeded.* for nesting, file count or scan size). reject: 550; quarantine:
+   * accepted and held. Never passed as clean.
+   */
+  unscannable: z.enum(['reject', 'quarantine']).default('reject'),
   spam: z.strictObject({
     mode: spamPolicy.mode.default('score'),
     tag: spamPolicy.tag.default(0.5),
@@ -73,6 +81,7 @@ export const tenantScanningSchema = z.strictObject({
   /** Names from `engines` (default: all of them). */
   engines: z.array(engineName).optional(),
   virus: z.enum(['reject', 'quarantine']).optional(),
+  unscannable: z.enum(['reject', 'quarantine']).optional(),
   spam: z.strictObject({
     mode: spamPolicy.mode.optional(),
     tag: spamPolicy.tag.optional(),
@@ -98,6 +107,7 @@ export function tenantPolicy(global: ScanningConfig, override: TenantScanningCon
   if (!override) return base;
   return {
     virus: override.virus ?? base.virus,
+    unscannable: override.unscannable ?? base.unscannable,
     spam: { ...base.spam, ...definedOnly(override.spam) },
     quorum: { ...base.quorum, ...definedOnly(override.quorum) },
     belowQuorum: override.belowQuorum ?? base.belowQuorum,

@@ -33,6 +33,19 @@ describe('EngineHost', () => {
     expect(log().slice(6)).toEqual(['a closed']);
   });
 
+  it('opens the breaker on failures of the engine, never on messages it cannot judge', () => {
+    const { h } = host();
+    const held = h.snapshot([clamd('a', 3310, { breaker: { failures: 3, window: '60s', cooldown: '10m' } })], deps);
+    const [a] = held.entries;
+    const now = Date.now();
+    for (let n = 0; n < 20; n++) {
+      a.health!.record(a.health!.admit(now), { outcome: { status: 'unscannable', reason: 'limit of the scanner exceeded (Heuristics.Limits.Exceeded.MaxRecursion)' } }, now);
+    }
+    expect(h.list()[0]).toMatchObject({ breaker: 'closed', scans: 20, failures: 0 });
+    for (const error of ['timeout', 'refused', 'protocol'] as const) a.health!.record(a.health!.admit(now), { outcome: { status: 'error', error, message: error } }, now);
+    expect(h.list()[0]).toMatchObject({ breaker: 'open', failures: 3 });
+  });
+
   it('rebuilds every engine when what they depend on changes', () => {
     const { h } = host();
     const one = h.snapshot([clamd('a')], deps, 'dns=1');

@@ -75,6 +75,8 @@ class Slot implements EngineHealth {
   record(admission: Admission, result: EngineResult, now: number): void {
     this.scans++;
     const o = result.outcome;
+    // Only the engine's own failures count. What the message causes (too large for the engine,
+    // unscannable) says nothing about the engine, and a sender must not be able to switch it off.
     const failure = o.status === 'error' && o.error !== 'too-large' ? `${o.error}: ${o.message}` : null;
     if (failure) this.failures++;
     this.breaker.record(admission, failure, now);

@@ -17,7 +17,9 @@ export interface RunRecord {
   engine: string;
   kind: EngineKind;
   shadow: boolean;
-  status: 'clean' | 'infected' | 'spam' | 'violation' | 'error' | 'skipped';
+  status: 'clean' | 'infected' | 'spam' | 'violation' | 'unscannable' | 'error' | 'skipped';
+  /** Why an engine could not judge the message (status unscannable). */
+  reason?: string;
   error?: EngineErrorKind;
   message?: string;
   signature?: string;
@@ -58,6 +60,7 @@ export function runRecord(run: EngineRun): RunRecord {
       return { ...base, status: o.status, detail, ...(o.score ? { score: o.score.score, threshold: o.score.threshold, action: o.score.action, symbols: o.score.symbols } : {}) };
     case 'infected': return { ...base, status: 'infected', signature: o.signature, detail };
     case 'violation': return { ...base, status: 'violation', rule: o.rule, action: o.action, detail };
+    case 'unscannable': return { ...base, status: 'unscannable', reason: o.reason, detail };
     case 'error': return { ...base, status: 'error', error: o.error, message: o.message, detail };
   }
 }

@@ -19,12 +19,12 @@
  * is computed from its own engines with its own policy, and the strongest verdict answers DATA —
  * one transaction gets one reply.
  */
-import { reply, type SmtpReply } from '../mta/mta-reply.js';
+import { notFullyScanned, reply, structureRefused, type SmtpReply } from '../mta/mta-reply.js';
 import { errorResult, type Engine, type EngineKind, type EngineResult, type ScanContext, type ScanMessage } from './engine.js';
 import type { Admission } from './engines-breaker.js';
 import type { CommonOptions } from './engines-common.js';
 import { tenantPolicy, type ScanningConfig, type TenantScanningConfig, type VerdictPolicy } from './engines-config.js';
-import { decide, stronger, type EngineRun, type Verdict } from './engines-verdict.js';
+import { decide, stronger, STRUCTURE_REASON, UNSCANNABLE_REASON, type EngineRun, type Verdict } from './engines-verdict.js';
 
 export interface EngineEntry {
   type: string;
@@ -63,6 +63,8 @@ export function replyFor(verdict: Verdict): SmtpReply | null {
   const virus = /^virus (\S+) found/.exec(verdict.reason);
   if (virus) return reply(550, '5.7.1', `message refused: virus found (${printable(virus[1], 100)})`);
   if (verdict.reason.startsWith('spam')) return reply(550, '5.7.1', 'message refused as spam');
+  if (verdict.reason.startsWith(STRUCTURE_REASON)) return structureRefused(printable(verdict.reason.slice(STRUCTURE_REASON.length)));
+  if (verdict.reason.startsWith(UNSCANNABLE_REASON)) return notFullyScanned(printable(verdict.reason.slice(UNSCANNABLE_REASON.length), 120));
   const rule = /^(?:policy|auth) [^:]+: (.*)$/.exec(verdict.reason);
   return reply(550, '5.7.1', `message refused: ${printable(rule ? rule[1] : verdict.reason)}`);
 }
@@ -78,7 +80,11 @@ function onAbort(signal: AbortSignal): { promise: Promise<EngineResult>; dispose
   return { promise, dispose: () => signal.removeEventListener('abort', listener) };
 }
 
-export async function runEngine(entry: EngineEntry, message: ScanMessage, context: ScanContext, outer: AbortSignal): Promise<EngineRun> {
+/**
+ * `suspect`: the message is past Ichidan's structure limits, so an engine failing on it tells
+ * nothing about the engine; its breaker does not count the run (a sender could otherwise open it).
+ */
+export async function runEngine(entry: EngineEntry, message: ScanMessage, context: ScanContext, outer: AbortSignal, suspect = false): Promise<EngineRun> {
   const { name, shadow, weight, onError, maxSize, timeout } = entry.options;
   const base = { engine: name, kind: entry.engine.kind as EngineKind, shadow, weight, onError };
   if (message.size > maxSize) return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
@@ -92,7 +98,7 @@ export async function runEngine(entry: EngineEntry, message: ScanMessage, contex
   const result = await Promise.race([scanned, guard.promise]);
   guard.dispose();
   // When the caller gave up (the DATA deadline), the engine is not to blame.
-  if (outer.aborted) entry.health?.abandon(admission);
+  if (outer.aborted || suspect) entry.health?.abandon(admission);
   else entry.health?.record(admission, result, Date.now());
   return { ...base, result, ms: performance.now() - t0, version: entry.engine.version() };
 }
@@ -116,13 +122,21 @@ export class EngineRunner {
     return tenantPolicy(this.scanning, this.tenants[tenant]);
   }
 
-  async scan(message: ScanMessage, context: ScanContext, signal: AbortSignal): Promise<ScanDecision> {
+  /**
+   * `structure` is what Ichidan's own structure check found wrong with the message (null: nothing).
+   * When every tenant refuses such a message, the engines are not asked.
+   */
+  async scan(message: ScanMessage, context: ScanContext, signal: AbortSignal, structure: string | null = null): Promise<ScanDecision> {
     const t0 = performance.now();
     const tenants = context.tenants?.length ? [...new Set(context.tenants)] : ['_relay'];
+    if (structure !== null && tenants.every((t) => this.#policyOf(t).unscannable === 'reject')) {
+      const verdict = decide([], this.#policyOf(tenants[0]), structure);
+      return { verdict, reply: replyFor(verdict), runs: [], late: null, ms: performance.now() - t0, overheadMs: 0 };
+    }
     const wanted = new Set(tenants.flatMap((t) => this.#enginesOf(t)));
     const started = [...wanted].map((name) => {
       const entry = this.#byName.get(name)!;
-      const run = { shadow: entry.options.shadow, result: null as EngineRun | null, promise: runEngine(entry, message, context, signal) };
+      const run = { shadow: entry.options.shadow, result: null as EngineRun | null, promise: runEngine(entry, message, context, signal, structure !== null) };
       void run.promise.then((r) => { run.result = r; });
       return run;
     });
@@ -134,7 +148,7 @@ export class EngineRunner {
     let verdict: Verdict | null = null;
     for (const tenant of tenants) {
       const mine = new Set(this.#enginesOf(tenant));
-      const v = decide(runs.filter((r) => mine.has(r.engine)), this.#policyOf(tenant));
+      const v = decide(runs.filter((r) => mine.has(r.engine)), this.#policyOf(tenant), structure);
       if (!verdict || stronger(v.action, verdict.action) !== verdict.action) verdict = v;
     }
     const ms = performance.now() - t0;

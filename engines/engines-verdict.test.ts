@@ -13,6 +13,8 @@ const clean = (engine = 'clamav') => run(engine, 'av', { status: 'clean' });
 const virus = (engine = 'clamav', signature = 'Eicar-Test-Signature') => run(engine, 'av', { status: 'infected', signature });
 const failed = (engine: string, kind: EngineKind, error: 'timeout' | 'refused' = 'timeout', extra: Partial<EngineRun> = {}) =>
   run(engine, kind, { status: 'error', error, message: error }, extra);
+const unscannable = (engine: string, kind: EngineKind, reason = 'unparseable MIME: Max header size for a MIME node exceeded') =>
+  run(engine, kind, { status: 'unscannable', reason });
 const spam = (engine: string, score: number, threshold: number, extra: Partial<EngineRun> = {}, action?: 'reject' | 'add header' | 'soft reject' | 'no action') =>
   run(engine, 'spam', score >= threshold
     ? { status: 'spam', score: { score, threshold, symbols: [], action } }
@@ -58,11 +60,29 @@ const table: Array<[string, EngineRun[], VerdictPolicy, VerdictAction, RegExp?]>
   ['a tag violation only tags', [run('auth', 'auth', { status: 'violation', rule: 'dmarc=fail (p=reject)', action: 'tag' })], base, 'tag'],
   ['quarantine beats tempfail', [virus(), failed('spamd', 'spam', 'timeout', { onError: 'tempfail' })], policy({ virus: 'quarantine' }), 'quarantine'],
   ['spam reject beats an AV tempfail', [failed('clamav', 'av'), spam('spamd', 1000, 5)], base, 'reject'],
+  ['an unscannable result is never clean: refused by default', [unscannable('attachments', 'policy')], base, 'reject', /^not fully scanned by attachments: unparseable MIME/],
+  ['unscannable quarantines when configured', [clean(), unscannable('attachments', 'policy')], policy({ unscannable: 'quarantine' }), 'quarantine'],
+  ['an AV limit exceeded beside a clean AV still refuses', [clean('icap'), unscannable('clamav', 'av', 'limit of the scanner exceeded (Heuristics.Limits.Exceeded.MaxRecursion)')], base, 'reject', /MaxRecursion/],
+  ['an AV hit is the reason given over an unscannable one', [unscannable('clamav', 'av'), virus('icap')], base, 'reject', /^virus .* found by icap/],
+];
+
+/** Structure past Ichidan's own limits, with whatever engines ran. */
+const structured: Array<[string, EngineRun[], VerdictPolicy, VerdictAction, RegExp?]> = [
+  ['no engines at all: refused', [], base, 'reject', /^structure: MIME nesting deeper than 16 levels$/],
+  ['every engine clean: still refused', [clean(), run('attachments', 'policy', { status: 'clean' })], base, 'reject', /^structure: /],
+  ['quarantine when configured', [clean()], policy({ unscannable: 'quarantine' }), 'quarantine', /^structure: /],
+  ['a virus found is the reason given', [virus()], policy({ unscannable: 'quarantine' }), 'reject', /^virus /],
 ];
 
 describe('decide()', () => {
   it.each(table)('%s', (_title, runs, p, action, reason) => {
     const v = decide(runs, p);
+    expect(v.action).toBe(action);
+    if (reason) expect(v.reason).toMatch(reason);
+  });
+
+  it.each(structured)('structure past the limits: %s', (_title, runs, p, action, reason) => {
+    const v = decide(runs, p, 'MIME nesting deeper than 16 levels');
     expect(v.action).toBe(action);
     if (reason) expect(v.reason).toMatch(reason);
   });
@@ -92,6 +112,6 @@ describe('tenant overrides', () => {
   it('keeps the global settings a tenant does not name', () => {
     const global = scanningSchema.parse({ spam: { tag: 0.4, reject: 2 }, quorum: { spam: 1 } });
     const p = tenantPolicy(global, { spam: { reject: 1.5 }, virus: 'quarantine' });
-    expect(p).toEqual({ virus: 'quarantine', spam: { mode: 'score', tag: 0.4, quarantine: null, reject: 1.5, subjectTag: null }, quorum: { av: 1, spam: 1, auth: 0, policy: 0 }, belowQuorum: 'tempfail' });
+    expect(p).toEqual({ virus: 'quarantine', unscannable: 'reject', spam: { mode: 'score', tag: 0.4, quarantine: null, reject: 1.5, subjectTag: null }, quorum: { av: 1, spam: 1, auth: 0, policy: 0 }, belowQuorum: 'tempfail' });
   });
 });

@@ -3,12 +3,14 @@
  * A pure function — no I/O, no clock — tested from a table (engines-verdict.test.ts).
  *
  * Takes: the runs (engine name, kind, shadow, weight, onError, and its result or why it did not
- *   run) and a `VerdictPolicy` (engines-config.ts).
+ *   run), a `VerdictPolicy` (engines-config.ts), and what Ichidan's own structure check found
+ *   (mta-structure.ts: a header block, header count, MIME depth or part count past `limits`).
  * Gives: accept / tag / quarantine / reject / tempfail, the reason in words, and the header lines
  *   to add (X-Virus-Scanned, X-Spam-Status, X-Spam-Flag, Authentication-Results, X-Ichidan-*).
  *
  * Order of precedence, strongest first: reject (an AV hit under `virus: reject`, a policy or
- * authentication violation asking for it, spam at the reject level) > quarantine > tempfail (an
+ * authentication violation asking for it, spam at the reject level, a message that cannot be
+ * fully checked under `unscannable: reject`) > quarantine > tempfail (an
  * engine with `onError: tempfail` failed, a kind below its quorum under `belowQuorum: tempfail`,
  * or a spam engine asking for a soft reject) > tag > accept. A definite finding about the content
  * beats a missing opinion; a missing opinion beats a mild one.
@@ -91,11 +93,16 @@ function spamLevel(levels: number[], weights: number[], policy: VerdictPolicy): 
   return { level, combined };
 }
 
-export function decide(runs: EngineRun[], policy: VerdictPolicy): Verdict {
+/** Reasons that begin so are answered by replyFor (engines-run.ts) with their own replies. */
+export const STRUCTURE_REASON = 'structure: ';
+export const UNSCANNABLE_REASON = 'not fully scanned by ';
+
+export function decide(runs: EngineRun[], policy: VerdictPolicy, structure: string | null = null): Verdict {
   const counted = runs.filter((r) => !r.shadow);
   const findings: Finding[] = [];
   const headers: string[] = [];
   const unscanned: string[] = [];
+  const unjudged: Finding[] = [];
 
   // Findings about the content.
   for (const run of counted) {
@@ -106,9 +113,14 @@ export function decide(runs: EngineRun[], policy: VerdictPolicy): Verdict {
       findings.push({ action: o.action, reason: `${run.kind} ${run.engine}: ${clean(o.rule)}` });
       if (o.action === 'tag') headers.push(`X-Ichidan-Tag: ${run.kind} ${run.engine}: ${clean(o.rule)}`);
     }
+    if (o.status === 'unscannable') unjudged.push({ action: policy.unscannable, reason: `${UNSCANNABLE_REASON}${run.engine}: ${clean(o.reason)}` });
     if (o.status === 'error' && run.onError === 'tempfail') findings.push({ action: 'tempfail', reason: `${run.engine} failed (${o.error}: ${clean(o.message)})` });
     for (const h of run.result?.headers ?? []) headers.push(h);
   }
+
+  // After the engines' findings: a virus found is the better reason to give.
+  if (structure !== null) findings.push({ action: policy.unscannable, reason: `${STRUCTURE_REASON}${clean(structure)}` });
+  findings.push(...unjudged);
 
   // Spam: the combined score of the spam engines that answered.
   const spamRuns = counted.filter((r) => r.kind === 'spam');
@@ -151,8 +163,8 @@ export function decide(runs: EngineRun[], policy: VerdictPolicy): Verdict {
   const av = counted.filter((r) => r.kind === 'av');
   if (av.length > 0) {
     const clean = av.filter((r) => r.result?.outcome.status === 'clean').map((r) => r.engine);
-    const missing = av.filter((r) => !r.result || r.result.outcome.status === 'error')
-      .map((r) => `${r.engine} ${r.skipped ? `skipped: ${r.skipped}` : (r.result!.outcome as { error: string }).error}`);
+    const missing = av.filter((r) => !r.result || r.result.outcome.status === 'error' || r.result.outcome.status === 'unscannable')
+      .map((r) => `${r.engine} ${r.skipped ? `skipped: ${r.skipped}` : r.result!.outcome.status === 'unscannable' ? 'could not scan it whole' : (r.result!.outcome as { error: string }).error}`);
     headers.push(`X-Virus-Scanned: ${clean.length > 0 ? `clean by ${clean.join(', ')}` : 'not scanned'}${missing.length > 0 ? ` (${missing.join('; ')})` : ''}`);
   }
   const bySize = counted.filter((r) => r.skipped === 'size').map((r) => r.engine);

@@ -4,14 +4,16 @@
  * Takes: the spool file DATA just wrote (read back from the page cache, never copied) and the
  *   transaction's context (client, HELO, sender, recipients, tenants, queue id).
  * Gives: one decision for the message — accept (with the headers to add in front of the body),
- *   tag, quarantine (accepted and held), reject (550 5.7.1; no bounce is ever sent for it) or
- *   tempfail (451 4.7.1) — and a report of every engine's run for the records and statistics.
+ *   tag, quarantine (accepted and held), reject (550 5.7.1; 550 5.6.0 for structure past `limits`;
+ *   no bounce is ever sent for it) or tempfail (451 4.7.1) — and a report of every engine's run for
+ *   the records and statistics.
  * Network: the engines' own daemons (clamd, spamd, rspamd, ICAP servers) at the addresses the
  *   config gives; DNS for sender authentication only through `dns.servers`.
  * RFCs: 3507 (ICAP), 7208 (SPF), 6376 (DKIM), 7489 (DMARC), 8617 (ARC), 8601
  *   (Authentication-Results).
  * Settings: `engines` (the list, each with a `type` from the registry), `scanning` (the verdict
- *   policy), `tenants.NAME.scanning` (a tenant's engines and overrides).
+ *   policy; `scanning.unscannable` also for structure past `limits`), `tenants.NAME.scanning` (a
+ *   tenant's engines and overrides).
  */
 import type { Config } from '../mta/mta-config-schema.js';
 import { spoolMessage, type EngineDeps, type ScanContext, type ScanMessage } from './engine.js';
@@ -25,31 +27,25 @@ export interface EngineSet {
   readonly size: number;
   /** The engines' names, in config order. */
   readonly names: string[];
-  scan(message: ScanMessage, context: ScanContext, signal: AbortSignal): Promise<ScanDecision>;
+  /**
+   * Runs the engines (none, when none are configured) and decides; `structure` is what the
+   * structure check of DATA found past `limits` (null: nothing), judged even without engines.
+   */
+  scan(message: ScanMessage, context: ScanContext, signal: AbortSignal, structure?: string | null): Promise<ScanDecision>;
   /** The snapshot that held this set is no longer used: engines no other snapshot uses are closed. */
   release(): void;
 }
-
-export const emptyEngineSet: EngineSet = {
-  size: 0,
-  names: [],
-  async scan() {
-    throw new Error('no engines configured');
-  },
-  release() {},
-};
 
 /** The engine set of one config snapshot, from the host's live instances. */
 export function buildEngineSet(config: Config, host: EngineHost, deps: EngineDeps): EngineSet {
   // Always through the host, with no engines too: it must learn that the previous ones are gone.
   const held = host.snapshot(config.engines, deps, JSON.stringify({ hostname: config.hostname, dns: config.dns }));
-  if (config.engines.length === 0) return { ...emptyEngineSet, release: () => held.release() };
   const tenants = Object.fromEntries(Object.entries(config.tenants).map(([name, t]) => [name, t.scanning]));
   const runner = new EngineRunner(held.entries, config.scanning, tenants);
   return {
     size: held.entries.length,
     names: held.entries.map((e) => e.options.name),
-    scan: (message, context, signal) => runner.scan(message, context, signal),
+    scan: (message, context, signal, structure) => runner.scan(message, context, signal, structure ?? null),
     release: () => held.release(),
   };
 }

@@ -170,7 +170,7 @@ function scans(args: string[]): void {
   process.stdout.write(`${row.queue_id}\t${iso(row.at)}\t${row.action}\t${safe(row.reason)}\ttenants=${row.tenants}\t${row.ms} ms (overhead ${row.overhead_ms} ms)\n`);
   for (const r of JSON.parse(row.runs) as Array<Record<string, unknown>>) {
     const what = r.status === 'infected' ? r.signature : r.status === 'error' ? `${String(r.error)}: ${String(r.message)}`
-      : r.status === 'violation' ? r.rule : r.score !== undefined ? `${String(r.score)}/${String(r.threshold)}${r.action ? ` ${String(r.action)}` : ''}` : r.skipped ?? '';
+      : r.status === 'violation' ? r.rule : r.status === 'unscannable' ? r.reason : r.score !== undefined ? `${String(r.score)}/${String(r.threshold)}${r.action ? ` ${String(r.action)}` : ''}` : r.skipped ?? '';
     process.stdout.write(`  ${String(r.engine)}\t${String(r.kind)}${r.shadow ? ' (shadow)' : ''}\t${String(r.status)}\t${safe(what)}\t${String(r.ms)} ms\t${String(r.version ?? '')}\n`);
   }
 }

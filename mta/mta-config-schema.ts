@@ -160,6 +160,20 @@ export const configSchema = z.strictObject({
     commandTimeout: duration.prefault('5m'),
     /** Longest a DATA transfer may take. */
     dataTimeout: duration.prefault('10m'),
+    /*
+     * The structure a message may have (mta-structure.ts). Past any of them the message follows
+     * `scanning.unscannable` (default: 550 5.6.0), with or without engines. The defaults sit below
+     * what the engines handle (mailsplit: 1 MiB per header block, 1000 parts; clamd: MaxRecursion
+     * 17), so a padded message is judged here before an engine gives up on it.
+     */
+    /** Largest header block, of the message or of any MIME part (Exchange's MaxHeaderSize is 256 KB too). */
+    maxHeaderSize: size.prefault('256KB'),
+    /** Most header fields in one header block. */
+    maxHeaderFields: z.number().int().positive().default(1000),
+    /** Deepest MIME nesting: multiparts and attached messages inside each other. */
+    maxMimeDepth: z.number().int().positive().max(100).default(16),
+    /** Most MIME parts in the whole message, containers and attached messages' parts included. */
+    maxMimeParts: z.number().int().positive().max(10000).default(500),
   }).prefault({}),
   /** Networks that may relay anywhere without AUTH; their mail is the hosting tenant's, or `_relay` for other domains. */
   trustedNetworks: z.array(cidr).default([]),

@@ -6,10 +6,13 @@
  * a bare LF or bare CR anywhere in the data refuses the whole message, so `\n.\n`-style endings
  * can never be read as the end of one message and the start of another (SMTP smuggling,
  * CVE-2023-51764). Write errors (disk full) are remembered and the stream is still read to its
- * end, so the session stays in step with the client.
+ * end, so the session stays in step with the client. The same bytes go through the structure
+ * check (mta-structure.ts: header block, header fields, MIME depth and parts against `limits`)
+ * as they arrive, so it costs no second read.
  */
 import type { Readable } from 'node:stream';
 import type { SpoolWriter } from '../queue/index.js';
+import { StructureCheck, type StructureLimits } from './mta-structure.js';
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -50,28 +53,46 @@ export interface ReceiveResult {
   bareLineEnding: boolean;
   oversized: boolean;
   writeError: NodeJS.ErrnoException | null;
+  /** The first structure limit the message passes (null: within them, or refused for another reason). */
+  structure: string | null;
 }
 
-export async function receiveInto(stream: Readable, writer: SpoolWriter, maxSize: number): Promise<ReceiveResult> {
+export async function receiveInto(stream: Readable, writer: SpoolWriter, limits: StructureLimits & { maxMessageSize: number }): Promise<ReceiveResult> {
+  const maxSize = limits.maxMessageSize;
   const guard = new LineEndingGuard();
+  const check = new StructureCheck(limits);
   let bytes = 0;
   let writeError: NodeJS.ErrnoException | null = null;
   writer.on('error', (err) => { writeError ??= err; });
-  for await (const chunk of stream as AsyncIterable<Buffer>) {
-    bytes += chunk.length;
-    guard.feed(chunk);
-    if (writeError || guard.bare || bytes > maxSize) continue;
-    if (!writer.write(chunk)) {
-      await new Promise<void>((resolve) => {
-        const done = () => { writer.off('drain', done); writer.off('error', done); writer.off('close', done); resolve(); };
-        writer.on('drain', done);
-        writer.on('error', done);
-        writer.on('close', done);
-      });
-    }
+  try {
+    await receiveChunks();
+  } catch (err) {
+    check.abandon();
+    throw err;
   }
   guard.finish();
-  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, writeError };
+  const refused = writeError !== null || guard.bare || bytes > maxSize;
+  if (refused) check.abandon();
+  const structure = refused ? null : await check.finish();
+  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, writeError, structure };
+
+  async function receiveChunks(): Promise<void> {
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      bytes += chunk.length;
+      guard.feed(chunk);
+      if (writeError || guard.bare || bytes > maxSize) continue;
+      const checked = check.write(chunk);
+      if (!writer.write(chunk)) {
+        await new Promise<void>((resolve) => {
+          const done = () => { writer.off('drain', done); writer.off('error', done); writer.off('close', done); resolve(); };
+          writer.on('drain', done);
+          writer.on('error', done);
+          writer.on('close', done);
+        });
+      }
+      await checked;
+    }
+  }
 }
 
 /** Disk full, quota, I/O error or a failing database: the 452 4.3.1 family. */

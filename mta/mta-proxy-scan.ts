@@ -10,7 +10,8 @@
  *                       gets 250 with its queue id;
  *   accept / tag        relayed: the verdict's headers, then the spool file as received.
  * Every scan is recorded (`ichidan scans show ID`), refused ones too. Bad data is refused as the
- * listeners refuse it: too big (552 5.3.4), bare CR or LF (550 5.6.0), spool write failure (452).
+ * listeners refuse it: too big (552 5.3.4), bare CR or LF (550 5.6.0), spool write failure (452);
+ * structure past `limits` is judged with the engines' verdict (scanning.unscannable).
  * Takes: the client's data stream and envelope; gives what the proxy says or relays.
  */
 import { createReadStream } from 'node:fs';
@@ -39,7 +40,7 @@ export function proxyScans(setting: boolean | string[], tenant: string): boolean
 export async function scanProxied(input: ScanInput, runtime: Runtime, queue: Queue, log: Logger): Promise<ScanOutcome> {
   const { config } = runtime;
   const writer = await queue.createWriter();
-  const received = await receiveInto(input.stream, writer, config.limits.maxMessageSize);
+  const received = await receiveInto(input.stream, writer, config.limits);
   const refuse = async (r: SmtpReply, why: string) => {
     await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a refused message'));
     log.info({ qid: writer.id, client: input.client, reply: `${r.code} ${r.enhanced}` }, why);
@@ -56,7 +57,7 @@ export async function scanProxied(input: ScanInput, runtime: Runtime, queue: Que
   runtime.retain();
   let decision;
   try {
-    decision = await runtime.engines.scan(spoolMessage(writer.path, received.bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout));
+    decision = await runtime.engines.scan(spoolMessage(writer.path, received.bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout), received.structure);
   } catch (err) {
     await handle?.close();
     runtime.release();

@@ -27,6 +27,12 @@ export const REPLIES = {
   badRecipient: reply(553, '5.1.3', 'bad recipient address syntax'),
 } as const;
 
+/** Structure past Ichidan's own limits (limits.maxHeaderSize …): a media error, RFC 3463 X.6.0. */
+export const structureRefused = (why: string): SmtpReply => reply(550, '5.6.0', `message refused: ${why}`);
+
+/** An engine could not judge the message (a limit of its own, MIME it cannot parse): a security refusal. */
+export const notFullyScanned = (why: string): SmtpReply => reply(550, '5.7.1', `message refused: content could not be fully scanned (${why})`);
+
 export type SmtpError = Error & { responseCode: number };
 
 export function toSmtpError(r: SmtpReply): SmtpError {

@@ -234,7 +234,7 @@ export class Listener {
     }, config.limits.dataTimeout);
     let received;
     try {
-      received = await receiveInto(stream, writer, config.limits.maxMessageSize);
+      received = await receiveInto(stream, writer, config.limits);
     } catch (err) {
       await writer.discard().catch((e) => this.deps.log.error({ err: e, qid: writer.id }, 'could not remove an incomplete message'));
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, err: (err as Error).message }, 'DATA not completed');
@@ -255,7 +255,7 @@ export class Listener {
     }
 
     try {
-      await this.#queueMessage(session, tx, writer, received.bytes, cb);
+      await this.#queueMessage(session, tx, writer, received.bytes, received.structure, cb);
     } catch (err) {
       // Anything unexpected after the data arrived: the client still gets an answer, nothing is kept.
       this.deps.log.error({ err, qid: writer.id }, 'could not process the message');
@@ -264,7 +264,8 @@ export class Listener {
     }
   }
 
-  async #queueMessage(session: SMTPServerSession, tx: Transaction, writer: SpoolWriter, bytes: number, cb: (err: Error | null, message?: string) => void): Promise<void> {
+  /** `structure`: the structure limit the message passes (null: none), judged with the engines' verdict. */
+  async #queueMessage(session: SMTPServerSession, tx: Transaction, writer: SpoolWriter, bytes: number, structure: string | null, cb: (err: Error | null, message?: string) => void): Promise<void> {
     const { config } = tx.runtime;
     const fail = (r: SmtpReply) => cb(toSmtpError(r));
     const env = session.envelope as typeof session.envelope & { bodyType?: string; smtpUtf8?: boolean; dsn?: { ret?: string; envid?: string } };
@@ -283,7 +284,7 @@ export class Listener {
     let markRecorded = () => undefined as void;
     const recorded = new Promise<void>((resolve) => { markRecorded = resolve; });
     try {
-      if (tx.runtime.engines.size > 0) {
+      if (tx.runtime.engines.size > 0 || structure !== null) {
         // The engines read the file (or the bytes kept in memory): every chunk must have reached it.
         await writer.flush();
         if (writer.bytes !== bytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${writer.bytes} of ${bytes} bytes`), { code: 'EIO' });
@@ -292,7 +293,7 @@ export class Listener {
         const handle = writer.kept ? null : await open(writer.path, 'r');
         let decision;
         try {
-          decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout));
+          decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout), structure);
         } catch (err) {
           await handle?.close();
           throw err;

@@ -8,7 +8,8 @@
 #
 # Takes: the Debian packages clamav-daemon, spamd, rspamd, c-icap, libc-icap-mod-virus-scan.
 # Gives: var/engines/daemons.json with each daemon's address (read by test/helpers/daemons.ts);
-#   config, data, logs and pid file of each daemon under var/engines/<daemon>/.
+#   config, data, logs and pid file of each daemon under var/engines/<daemon>/. clamd (and c-icap
+#   through it) alerts when a scanning limit is reached: the limits are scripts/clamd-limits.conf.
 # Network: listens on 127.0.0.1 only and sends nothing off the machine: clamd loads only the test
 #   signatures written here (freshclam never runs), spamd runs local tests only, rspamd's resolver is
 #   127.0.0.1:53 and its network and Redis modules are off.
@@ -188,12 +189,13 @@ write_clamd() {
     echo "TCPAddr $HOST"
     echo "LocalSocket $dir/clamd.sock"
     echo "LocalSocketMode 660"
-    echo "StreamMaxLength 25M"
     echo "MaxThreads 8"
     echo "Bytecode no"
     echo "SelfCheck 0"
     echo "ConcurrentDatabaseReload no"
     if $IS_ROOT; then echo "User clamav"; fi
+    # Alert when a limit is reached instead of answering OK for content not read (the limits and why).
+    grep -v '^#' "$ROOT/scripts/clamd-limits.conf"
   } >"$dir/clamd.conf"
   own clamav:clamav "$dir"
 }
@@ -288,6 +290,9 @@ write_icap() {
     echo "ServiceAlias avscan virus_scan?allow204=on&sizelimit=off&mode=simple"
     echo "virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE DOCUMENT"
     echo "virus_scan.MaxObjectSize 25M"
+    # A scan that fails is an ICAP error, never the body passed on unscanned. The limits are
+    # clamd's (scripts/clamd-limits.conf): clamd_mod hands it the file.
+    echo "virus_scan.PassOnError off"
     echo "virus_scan.DefaultEngine clamd"
   } >"$dir/c-icap.conf"
   if $IS_ROOT; then chown -R c-icap:clamav "$dir" && chmod 750 "$dir/tmp"; fi

@@ -15,6 +15,7 @@ import type { ConfigInput } from '../mta/mta-config-schema.js';
 import { adminRequest } from '../mta/mta-admin.js';
 import { xtext } from '../delivery/proxy-listener.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { nestedMail } from './helpers/padded-mail.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { startDns } from './helpers/dns-server.js';
 import { startSink, type Sink, type SinkOptions } from './helpers/sink.js';
@@ -290,6 +291,20 @@ describe('transparent proxy (loopback)', () => {
     expect(actions).toEqual(['reject', 'accept']);
     // nothing of either message is left in the spool
     await waitUntil(async () => (await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt').length === 0, 5_000, 'an empty spool');
+  });
+
+  it('refuses a scanned tenant\'s proxied message whose structure is past the limits, before the destination sees it', async () => {
+    const mx = await sink({ host: '127.0.0.61' });
+    const t = await proxy(() => to(mx), () => ({
+      tenants: { legacy: { networks: ['127.0.0.1/32'] } },
+      engines: [{ name: 'attachments', type: 'policy' }],
+      proxy: { scan: ['legacy'] },
+    }));
+    const deep = join(t.dataDir, 'deep.eml');
+    writeFileSync(deep, nestedMail({ name: 'report.pdf', body: '%PDF-1.4' }, 30));
+    const refused = await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@dest.test', '--data', deep]);
+    expect(refused).toMatch(/<\*\* 550 5\.6\.0 message refused: MIME nesting deeper than 16 levels/);
+    expect(mx.messages).toHaveLength(0);
   });
 
   it('writes one JSON line per transaction and posts the selected outcomes to a webhook', async () => {

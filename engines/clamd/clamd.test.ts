@@ -9,6 +9,7 @@ import {
 } from '../../test/helpers/engine-contract.js';
 import { realDaemon } from '../../test/helpers/daemons.js';
 import { fakeClamd } from '../../test/helpers/fake-clamd.js';
+import { avFinding } from '../engine.js';
 import { clamdOptions, createClamd } from './clamd.js';
 import { parseScanReply } from './clamd-protocol.js';
 
@@ -108,5 +109,17 @@ describe('clamd reply parsing', () => {
     ['', { kind: 'garbled' }],
   ])('%j', (line, expected) => {
     expect(parseScanReply(line)).toMatchObject(expected);
+  });
+});
+
+describe('AV findings', () => {
+  it.each([
+    ['Heuristics.Limits.Exceeded.MaxRecursion', { status: 'unscannable', reason: 'limit of the scanner exceeded (Heuristics.Limits.Exceeded.MaxRecursion)' }],
+    ['Heuristics.Limits.Exceeded.MaxScanSize', { status: 'unscannable', reason: 'limit of the scanner exceeded (Heuristics.Limits.Exceeded.MaxScanSize)' }],
+    ['Eicar-Test-Signature', { status: 'infected', signature: 'Eicar-Test-Signature' }],
+    ['Heuristics.Encrypted.Zip', { status: 'infected', signature: 'Heuristics.Encrypted.Zip' }],
+    ['Heuristics.Zip.OverlappingFiles', { status: 'infected', signature: 'Heuristics.Zip.OverlappingFiles' }],
+  ])('%s', (signature, outcome) => {
+    expect(avFinding(signature).outcome).toEqual(outcome);
   });
 });

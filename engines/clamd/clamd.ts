@@ -3,7 +3,9 @@
  *
  * Takes: the spool file, streamed to clamd in chunks (clamd never needs to share a filesystem
  *   with Ichidan).
- * Gives: clean, infected (the signature name), or an error: refused (no server answered),
+ * Gives: clean, infected (the signature name), unscannable (Heuristics.Limits.Exceeded.*: clamd
+ *   with AlertExceedsMax met one of its Max* limits and did not scan the content whole; not a
+ *   failure of clamd), or an error: refused (no server answered),
  *   too-large (clamd's StreamMaxLength), protocol (any other reply), timeout.
  * Network: the configured clamd servers, tried in order: a server that refuses the connection
  *   (nothing listening) is skipped for the next one, within the one deadline; a server that
@@ -15,7 +17,7 @@
 import type { Socket } from 'node:net';
 import { z } from 'zod';
 import { daemonAddress, describeAddress, engineCommon, openSocket, type DaemonAddress } from '../engines-common.js';
-import { errorResult, socketErrorResult, type Engine, type EngineDeps, type EngineResult, type ScanMessage } from '../engine.js';
+import { avFinding, errorResult, socketErrorResult, type Engine, type EngineDeps, type EngineResult, type ScanMessage } from '../engine.js';
 import { parseScanReply, readReply, sendInstream } from './clamd-protocol.js';
 
 export const clamdOptions = z.strictObject({
@@ -82,7 +84,7 @@ export function createClamd(options: ClamdOptions, deps: EngineDeps): Engine {
     const detail = { server: describeAddress(address) };
     switch (reply.kind) {
       case 'clean': return { outcome: { status: 'clean' }, detail };
-      case 'found': return { outcome: { status: 'infected', signature: reply.signature }, detail };
+      case 'found': return avFinding(reply.signature, detail);
       case 'size-limit': return errorResult('too-large', reply.text, detail);
       case 'error': return errorResult('protocol', `clamd: ${reply.text}`, detail);
       case 'garbled': return errorResult('protocol', `unexpected clamd reply "${reply.text.slice(0, 120)}"`, detail);

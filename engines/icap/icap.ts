@@ -8,7 +8,9 @@
  *   rest only if it answers `100 Continue`.
  * Gives: clean (`204`, or a `200` whose encapsulated body is the message unchanged), infected
  *   (a threat name from `X-Infection-Found`, `X-Violations-Found`, `X-Virus-ID` or the block page;
- *   'unknown' for an encapsulated `403` or a changed body that names nothing), or an error:
+ *   'unknown' for an encapsulated `403` or a changed body that names nothing), unscannable (the
+ *   name is ClamAV's Heuristics.Limits.Exceeded.*: the server could not scan the content whole),
+ *   or an error:
  *   refused (nothing listening, or ICAP `503`: the server is up but takes no work), too-large
  *   (ICAP `413`, or a `5xx` whose reason speaks of size or limits), protocol (any other ICAP
  *   `4xx`/`5xx`, a service without RESPMOD, a malformed reply), io (the connection broke),
@@ -30,7 +32,7 @@ import { connect, type Socket } from 'node:net';
 import { z } from 'zod';
 import { duration, port } from '../../mta/mta-config-primitives.js';
 import { engineCommon } from '../engines-common.js';
-import { errorResult, socketErrorResult, type Engine, type EngineDeps, type EngineResult, type ScanContext, type ScanMessage } from '../engine.js';
+import { avFinding, errorResult, socketErrorResult, type Engine, type EngineDeps, type EngineResult, type ScanContext, type ScanMessage } from '../engine.js';
 import {
   IcapClosedError, IcapProtocolError, IEOF_CHUNK, LAST_CHUNK, optionsRequest, parseOptions, readerFor, readReply,
   respmodHead, sendChunks, serviceUri, threatFromHeaders, threatFromPage, unquote, write,
@@ -255,11 +257,11 @@ export function createIcap(options: IcapOptions, deps: EngineDeps): Engine {
     if (reply.status === 204) return { outcome: { status: 'clean' }, detail };
     if (reply.status !== 200) return statusResult(new IcapStatusError(reply.status, reply.reason, 'RESPMOD'), detail);
     const named = threatFromHeaders(reply.headers) ?? (reply.http && threatFromHeaders(reply.http.headers));
-    if (named) return { outcome: { status: 'infected', signature: named }, detail };
+    if (named) return avFinding(named, detail);
     if (!reply.http) return errorResult('protocol', 'ICAP 200 without an encapsulated HTTP response', detail);
     detail.httpStatus = reply.http.status;
     const fromPage = () => (reply.body && threatFromPage(reply.body.sample)) ?? 'unknown';
-    if (reply.http.status === 403) return { outcome: { status: 'infected', signature: fromPage() }, detail };
+    if (reply.http.status === 403) return avFinding(fromPage(), detail);
     if (reply.http.status !== 200) return errorResult('protocol', `ICAP 200 carrying an HTTP ${reply.http.status} ${reply.http.reason}`, detail);
     // Without 204 the server echoes the message; a changed body means it removed something.
     if (await sameAsMessage(reply, message, signal)) return { outcome: { status: 'clean' }, detail };

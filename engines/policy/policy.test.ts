@@ -182,7 +182,8 @@ const CASES: Array<{ title: string; message: string | Buffer; options?: Record<s
   { title: 'an escape in a name inside a zip', message: mail([{ type: 'application/zip', name: 'z.zip', body: zip([{ name: 'a\x1b[31m.exe', data: 'x' }]) }]), expected: violation('attachment "z.zip": contains "a?[31m.exe" (blocked extension .exe)') },
   { title: 'an inline attached message holding a named text part', message: mail([{ type: 'message/rfc822', disposition: 'inline', body: mail([{ type: 'text/plain', name: 'run.cmd', disposition: false, body: 'del *' }], 'Inner3') }]), expected: violation('attachment "run.cmd": blocked extension .cmd') },
   { title: 'an .exe five attached messages deep', message: nest(5, mail([{ type: 'application/octet-stream', name: 'deep.exe', body: 'x' }], 'Deep')), expected: violation('attachment "deep.exe": blocked extension .exe') },
-  { title: 'an .exe six attached messages deep (past the depth judged)', message: nest(6, mail([{ type: 'application/octet-stream', name: 'deep.exe', body: 'x' }], 'Deep')), expected: clean },
+  { title: 'an .exe twenty attached messages deep', message: nest(20, mail([{ type: 'application/octet-stream', name: 'deep.exe', body: 'x' }], 'Deep')), expected: violation('attachment "deep.exe": blocked extension .exe') },
+  { title: 'an .exe 21 attached messages deep (past the depth judged): unscannable, never clean', message: nest(21, mail([{ type: 'application/octet-stream', name: 'deep.exe', body: 'x' }], 'Deep')), expected: { status: 'unscannable', reason: 'attached messages nested deeper than 20 levels' } },
   { title: 'malformed MIME: binary garbage', message: Buffer.from([0, 1, 2, 0xff, 0xfe, 13, 10, 0x80, ...Buffer.alloc(300, 0x41), 13, 10]), expected: clean },
   {
     title: 'malformed MIME: no closing boundary, broken base64',
@@ -244,11 +245,18 @@ describe('policy engine', () => {
     expect(peak - before).toBeLessThan(msg.size / 4);
   });
 
-  it('answers protocol for MIME the parser gives up on (a header block past 1 MiB)', async () => {
+  it('answers unscannable, not an engine error, for MIME the parser gives up on (a header block past 1 MiB)', async () => {
     const junk = Array.from({ length: 20_000 }, (_, n) => `X-Junk-${n}: ${'j'.repeat(60)}`).join(CRLF);
     const msg = await spooled(dir, 'huge-head.eml', `${junk}${CRLF}Subject: hi${CRLF}${CRLF}body${CRLF}`);
     const result = await engine().scan(msg, CONTEXT, AbortSignal.timeout(10_000));
-    expect(result.outcome).toMatchObject({ status: 'error', error: 'protocol' });
+    expect(result.outcome).toMatchObject({ status: 'unscannable', reason: expect.stringMatching(/^unparseable MIME: .*header size/) });
+  });
+
+  it('answers unscannable for more parts than the parser takes (an .exe after 1,200 padding parts)', async () => {
+    const padding = Array.from({ length: 1_200 }, (_, n) => ({ type: 'text/plain', body: `pad ${n}` }));
+    const msg = await spooled(dir, 'many-parts.eml', mail([...padding, { type: 'application/octet-stream', name: 'setup.exe', body: 'x' }]));
+    const result = await engine().scan(msg, CONTEXT, AbortSignal.timeout(10_000));
+    expect(result.outcome).toMatchObject({ status: 'unscannable', reason: expect.stringMatching(/^unparseable MIME: .*child nodes/) });
   });
 
   it('answers timeout for a signal already aborted', async () => {

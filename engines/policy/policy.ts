@@ -11,15 +11,17 @@
  *   (magic numbers, RAR headers, a zip's first local headers) and the last 1 MiB (a zip's
  *   central directory, a 7z header), so one part costs at most about 1.1 MiB whatever its size.
  *   Message text is not decoded nor kept. Parts are read one after another, and an attached
- *   message (message/rfc822) is split the same way, up to 5 levels deep.
+ *   message (message/rfc822) is split the same way, up to 20 levels deep (above the default of
+ *   limits.maxMimeDepth, so Ichidan's own structure check refuses deeper mail first).
  * Gives: the first rule broken, as a violation naming the file (control characters shown as
  *   '?', at most 100 characters, see policy-rules.ts):
  *   `attachment "invoice.pdf.exe": double extension`, `attachment "setup.exe": blocked extension
  *   .exe`, `attachment "notes.txt": executable content (PE)`, `attachment "files.zip": contains
  *   "run.exe" (blocked extension .exe)`, `attachment "secret.zip": encrypted archive`; else clean.
  *   An archive whose listing could not be read whole is named in `detail.uninspected`. A message
- *   the Splitter cannot split (a header block past 1 MiB, more than 1000 parts) is an error
- *   `protocol` (the other engines still judge it).
+ *   it cannot judge whole — one the Splitter cannot split (a header block past 1 MiB, more than
+ *   1000 parts), attached messages nested deeper than it reads — is `unscannable`: the
+ *   message's fault, not the engine's (its breaker does not count it), and never clean.
  *   Archives are listed, never extracted (policy-archive.ts: zip, RAR, and 7z encryption only);
  *   archives inside archives are judged by name only.
  * Network: none.
@@ -27,12 +29,12 @@
  *   policy-rules.ts), allowEncryptedArchives (false), checkArchives (true), timeout (10s),
  *   maxSize (25MB).
  */
-import { once } from 'node:events';
+import { once, setMaxListeners } from 'node:events';
 import { addAbortSignal, type Readable, type Transform } from 'node:stream';
 import { MimeNode, Splitter, type SplitterChunk } from '@zone-eu/mailsplit';
 import { z } from 'zod';
 import { engineCommon } from '../engines-common.js';
-import { errorResult, type Engine, type EngineDeps } from '../engine.js';
+import { errorResult, unscannableResult, type Engine, type EngineDeps } from '../engine.js';
 import { listArchive, type Sample } from './policy-archive.js';
 import { DEFAULT_BLOCKED_EXTENSIONS, displayName, executableKind, nameRule } from './policy-rules.js';
 
@@ -55,7 +57,7 @@ export type PolicyOptions = z.output<typeof policyOptions>;
 
 const HEAD_BYTES = 64 * 1024;
 const TAIL_BYTES = 1024 * 1024;
-const MAX_DEPTH = 5;
+const MAX_DEPTH = 20;
 
 /** Keeps the first HEAD_BYTES and the last TAIL_BYTES of a stream. */
 class Sampler {
@@ -91,6 +93,8 @@ type PartNode = Extract<SplitterChunk, { type: 'node' }>;
 interface Scan {
   stop: AbortSignal;
   found(rule: string): void;
+  /** The message cannot be judged whole (nested past MAX_DEPTH). */
+  unjudged(reason: string): void;
   uninspected: string[];
 }
 
@@ -157,8 +161,9 @@ export function createPolicy(options: PolicyOptions, _deps: EngineDeps): Engine 
   function openLeaf(node: PartNode, depth: number, scan: Scan): Leaf {
     const decoder: Transform = addAbortSignal(scan.stop, node.getDecoder());
     let verdict: Promise<void>;
-    if (node.contentType === 'message/rfc822' && depth < MAX_DEPTH) {
-      verdict = inspect(decoder, depth + 1, scan);
+    if (node.contentType === 'message/rfc822') {
+      if (depth >= MAX_DEPTH) scan.unjudged(`attached messages nested deeper than ${MAX_DEPTH} levels`);
+      verdict = depth >= MAX_DEPTH ? Promise.resolve() : inspect(decoder, depth + 1, scan);
     } else {
       const sampler = new Sampler();
       verdict = new Promise((resolve, reject) => {
@@ -231,9 +236,14 @@ export function createPolicy(options: PolicyOptions, _deps: EngineDeps): Engine 
       if (signal.aborted) return errorResult('timeout', 'deadline reached');
       const done = new AbortController();
       let rule: string | null = null;
+      let unjudged: string | null = null;
+      const stop = AbortSignal.any([signal, done.signal]);
+      // Every level of attached messages listens on it (its splitter and its part's decoder).
+      setMaxListeners(4 * MAX_DEPTH + 10, stop);
       const scan: Scan = {
-        stop: AbortSignal.any([signal, done.signal]),
+        stop,
         found: (r) => { rule ??= r; done.abort(); },
+        unjudged: (r) => { unjudged ??= r; done.abort(); },
         uninspected: [],
       };
       const input = message.open();
@@ -241,11 +251,13 @@ export function createPolicy(options: PolicyOptions, _deps: EngineDeps): Engine 
         await inspect(input, 0, scan);
         const detail = scan.uninspected.length ? { uninspected: scan.uninspected } : undefined;
         if (rule !== null) return { outcome: { status: 'violation', rule, action: options.action }, detail };
+        if (unjudged !== null) return unscannableResult(unjudged, detail);
         if (signal.aborted) return errorResult('timeout', 'deadline reached');
         return { outcome: { status: 'clean' }, detail };
       } catch (err) {
         if (signal.aborted) return errorResult('timeout', 'deadline reached');
-        if (err instanceof ParseError) return errorResult('protocol', `unparseable MIME: ${err.message}`);
+        // The message's fault: a sender must not be able to open this engine's breaker with it.
+        if (err instanceof ParseError) return unscannableResult(`unparseable MIME: ${err.message}`);
         return errorResult('io', `reading the spool file: ${(err as Error).message}`);
       } finally {
         done.abort();
