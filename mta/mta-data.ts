@@ -6,7 +6,8 @@
  * a bare LF or bare CR anywhere in the data refuses the whole message, so `\n.\n`-style endings
  * can never be read as the end of one message and the start of another (SMTP smuggling,
  * CVE-2023-51764). Write errors (disk full) are remembered and the stream is still read to its
- * end, so the session stays in step with the client.
+ * end, so the session stays in step with the client. NUL bytes are noted (`nul`): the caller
+ * refuses them unless limits.allowNul says otherwise.
  */
 import type { Readable } from 'node:stream';
 import type { SpoolWriter } from '../queue/index.js';
@@ -49,17 +50,20 @@ export interface ReceiveResult {
   bytes: number;
   bareLineEnding: boolean;
   oversized: boolean;
+  nul: boolean;
   writeError: NodeJS.ErrnoException | null;
 }
 
 export async function receiveInto(stream: Readable, writer: SpoolWriter, maxSize: number): Promise<ReceiveResult> {
   const guard = new LineEndingGuard();
   let bytes = 0;
+  let nul = false;
   let writeError: NodeJS.ErrnoException | null = null;
   writer.on('error', (err) => { writeError ??= err; });
   for await (const chunk of stream as AsyncIterable<Buffer>) {
     bytes += chunk.length;
     guard.feed(chunk);
+    nul ||= chunk.includes(0);
     if (writeError || guard.bare || bytes > maxSize) continue;
     if (!writer.write(chunk)) {
       await new Promise<void>((resolve) => {
@@ -71,7 +75,7 @@ export async function receiveInto(stream: Readable, writer: SpoolWriter, maxSize
     }
   }
   guard.finish();
-  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, writeError };
+  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, nul, writeError };
 }
 
 /** Disk full, quota, I/O error or a failing database: the 452 4.3.1 family. */

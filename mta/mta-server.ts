@@ -5,21 +5,27 @@
  * Per listener: TLS mode (STARTTLS, implicit, none), AUTH PLAIN/LOGIN only on submission and only
  * once TLS is up, SIZE / PIPELINING / 8BITMIME / SMTPUTF8 / ENHANCEDSTATUSCODES / DSN advertised,
  * no reverse lookup unless a resolver is configured for it, the greeting delay, the client limit.
+ * Per connection: the per-address limits (mta-anvil.ts) at connect and MAIL FROM, the deadlines
+ * bytes do not reset (mta-deadline.ts), the AUTH penalties (mta-auth.ts), the envelope's bytes
+ * (mta-envelope.ts).
  * Per transaction: the runtime snapshot (config, policy, engines) current at MAIL FROM is kept to
  * the end of that transaction.
  */
-import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import bcrypt from 'bcryptjs';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { spoolMessage, type EngineSet, type ScanContext } from '../engines/index.js';
 import { runRecord, scanRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
 import { stripRuleText } from '../queue/queue-headers.js';
+import { Anvil, isExempt } from './mta-anvil.js';
+import type { AuthGuard } from './mta-auth.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 import { isStorageError, receiveInto } from './mta-data.js';
+import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
+import { addressRefusal } from './mta-envelope.js';
 import type { Policy } from './mta-policy.js';
 import { buildReceived } from './mta-received.js';
 import { REPLIES, toSmtpError, type SmtpReply } from './mta-reply.js';
@@ -44,6 +50,34 @@ interface Transaction {
 
 type Callback = (err?: Error | null) => void;
 
+/** What smtp-server's connection object offers that the guards need. */
+interface Connection {
+  id: string;
+  send(code: number, text: string): void;
+  close(): void;
+}
+
+/** Per connection: its guards and counters, from the socket's arrival to its close. */
+interface ConnectionState {
+  connection: Connection;
+  guard: SlowClientGuard;
+  authFailures: number;
+  /** The DATA stream being read, destroyed when its deadline passes. */
+  data: Readable | null;
+}
+
+/** smtp-server, telling its owner about each connection it creates, with the socket it reads. */
+class WatchedServer extends SMTPServer {
+  onConnection: (connection: Connection, socket: Socket) => void = () => undefined;
+
+  override connect(...args: Parameters<SMTPServer['connect']>): void {
+    super.connect(...args);
+    let created: Connection | undefined;
+    for (const c of this.connections as unknown as Set<Connection>) created = c;
+    if (created) this.onConnection(created, args[0]);
+  }
+}
+
 /**
  * One header field, safe to put in front of a message: its lines (folded with CRLF + white
  * space as the engine folded them) without control characters, no line left blank, every
@@ -55,19 +89,21 @@ export function headerField(text: string): string {
   return lines.map((l, i) => (i === 0 || /^[ \t]/.test(l) ? l : ` ${l}`)).join('\r\n') + '\r\n';
 }
 
-/** A hash that no password matches, compared when the user is unknown so timing tells nothing. */
-const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
-
 export interface ListenerDeps {
   runtime: () => Runtime;
   queue: Queue;
   tls: TlsMaterial;
   log: Logger;
+  auth: AuthGuard;
 }
 
 export class Listener {
-  readonly server: SMTPServer;
+  readonly server: WatchedServer;
   readonly #tx = new WeakMap<SMTPServerSession, Transaction>();
+  readonly #connections = new Map<string, ConnectionState>();
+  readonly #anvil = new Anvil();
+  /** Sessions the anvil counts (admitted, not exempt), with the address to give back at close. */
+  readonly #counted = new Map<string, string>();
   readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
@@ -97,20 +133,24 @@ export class Listener {
       logger: false,
       // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
       onConnect: (session, cb) => {
+        const refusal = this.#admit(session);
+        if (refusal) return cb(toSmtpError(refusal));
         if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
         cb();
       },
-      onSecure: (_socket, session, cb) => {
+      onSecure: (socket, session, cb) => {
+        this.#connections.get(session.id)?.guard.watch(socket as Socket);
         if (submission) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = [];
         cb();
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, session, cb),
-      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, rawCommand(address), session, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, rawCommand(address), (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
-      onClose: (session) => this.#endTransaction(session),
+      onClose: (session) => this.#closed(session),
     };
-    this.server = new SMTPServer(options);
+    this.server = new WatchedServer(options);
+    this.server.onConnection = (connection, socket) => this.#watch(connection, socket);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
   }
 
@@ -148,22 +188,75 @@ export class Listener {
     return { address: session.remoteAddress, authUser: typeof session.user === 'string' ? session.user : null, role: this.spec.role };
   }
 
-  #onAuth(auth: SMTPServerAuthentication, _session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
-    const { config } = this.deps.runtime();
-    const user = config.users.find((u) => u.name === auth.username);
-    bcrypt.compare(auth.password ?? '', user?.password ?? DUMMY_HASH).then((ok) => {
-      if (ok && user) return cb(null, { user: user.name });
-      this.deps.log.info({ listener: this.spec.name, user: auth.username }, 'authentication failed');
-      cb(toSmtpError({ code: 535, enhanced: '5.7.8', text: 'authentication credentials invalid' }));
+  #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
+    const { config, policy } = this.deps.runtime();
+    const state = this.#connections.get(session.id);
+    const where = { listener: this.spec.name, client: session.remoteAddress, user: auth.username };
+    this.deps.auth.authenticate({
+      username: auth.username ?? '', password: auth.password ?? '', address: session.remoteAddress,
+      sessionFailures: state?.authFailures ?? 0, exempt: isExempt(session.remoteAddress, config, policy),
+    }, config).then((outcome) => {
+      if (outcome.ok) {
+        this.deps.log.info(where, 'authenticated');
+        return cb(null, { user: outcome.user });
+      }
+      if (state && outcome.why === 'invalid') state.authFailures++;
+      this.deps.log.info({ ...where, reason: outcome.why, failures: state?.authFailures, delayMs: outcome.delayMs }, 'authentication failed');
+      const answer = () => cb(toSmtpError(outcome.reply));
+      if (outcome.delayMs > 0) setTimeout(answer, outcome.delayMs).unref();
+      else answer();
     }, (err) => {
       this.deps.log.error({ err }, 'password check failed');
-      cb(toSmtpError({ code: 454, enhanced: '4.7.0', text: 'temporary authentication failure' }));
+      cb(toSmtpError(REPLIES.authUnavailable));
     });
   }
 
-  #onMailFrom(_sender: string, session: SMTPServerSession, cb: Callback): void {
+  /** A socket smtp-server has just wrapped: its deadlines start now, before the greeting. */
+  #watch(connection: Connection, socket: Socket): void {
+    const guard = new SlowClientGuard(() => this.deps.runtime().config.limits, (breach) => this.#breach(connection, breach));
+    this.#connections.set(connection.id, { connection, guard, authFailures: 0, data: null });
+    guard.watch(socket);
+  }
+
+  /** The per-address limits at connect: null to greet the client, else the 421. */
+  #admit(session: SMTPServerSession): SmtpReply | null {
+    const { config, policy } = this.deps.runtime();
+    if (isExempt(session.remoteAddress, config, policy)) return null;
+    const refusal = this.#anvil.connect(session.remoteAddress, config.limits.client);
+    if (refusal) {
+      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, reply: `${refusal.code} ${refusal.enhanced}` }, 'connection refused: per-client limit');
+      return refusal;
+    }
+    this.#counted.set(session.id, session.remoteAddress);
+    return null;
+  }
+
+  #breach(connection: Connection, breach: DeadlineBreach): void {
+    const state = this.#connections.get(connection.id);
+    const r = breach === 'data' ? REPLIES.dataTooSlow : REPLIES.commandDeadline;
+    this.deps.log.info({ listener: this.spec.name, session: connection.id, breach }, breach === 'data' ? 'message data too slow' : 'command line not complete in time');
+    state?.data?.destroy(new Error('DATA too slow'));
+    connection.send(r.code, `${r.enhanced} ${r.text}`);
+    connection.close();
+  }
+
+  #closed(session: SMTPServerSession): void {
+    this.#endTransaction(session);
+    const counted = this.#counted.get(session.id);
+    if (counted !== undefined) {
+      this.#counted.delete(session.id);
+      this.#anvil.disconnect(counted);
+    }
+    this.#connections.get(session.id)?.guard.stop();
+    this.#connections.delete(session.id);
+  }
+
+  #onMailFrom(_sender: string, raw: Buffer | undefined, session: SMTPServerSession, cb: Callback): void {
     const runtime = this.deps.runtime();
-    const refusal = runtime.policy.checkSender(this.#client(session));
+    const { config, policy } = runtime;
+    const refusal = (isExempt(session.remoteAddress, config, policy) ? null : this.#anvil.mail(session.remoteAddress, config.limits.client))
+      ?? addressRefusal(raw, !!(session.envelope as { smtpUtf8?: boolean }).smtpUtf8)
+      ?? runtime.policy.checkSender(this.#client(session));
     if (refusal) return cb(toSmtpError(refusal));
     this.#endTransaction(session);
     runtime.retain();
@@ -179,9 +272,11 @@ export class Listener {
     tx.runtime.release();
   }
 
-  #onRcptTo(address: string, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
+  #onRcptTo(address: string, raw: Buffer | undefined, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
     const tx = this.#tx.get(session);
     if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
+    const bad = addressRefusal(raw, !!(session.envelope as { smtpUtf8?: boolean }).smtpUtf8);
+    if (bad) return cb(toSmtpError(bad));
     if (tx.recipients.size >= tx.runtime.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
     const decision = tx.runtime.policy.checkRecipient(address, this.#client(session));
     if (!decision.ok) {
@@ -226,6 +321,9 @@ export class Listener {
       stream.destroy(new Error('DATA timeout'));
       this.#dropConnection(session.id, REPLIES.dataTimeout);
     }, config.limits.dataTimeout);
+    const state = this.#connections.get(session.id);
+    if (state) state.data = stream;
+    state?.guard.dataStarted();
     let received;
     try {
       received = await receiveInto(stream, writer, config.limits.maxMessageSize);
@@ -235,6 +333,8 @@ export class Listener {
       return fail(REPLIES.dataTimeout);
     } finally {
       clearTimeout(timer);
+      state?.guard.dataEnded();
+      if (state) state.data = null;
     }
     const refuse = async (r: SmtpReply, why: string) => {
       await writer.discard().catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not remove a refused message'));
@@ -243,6 +343,7 @@ export class Listener {
     };
     if (received.oversized) return refuse(REPLIES.tooBig, 'message too big');
     if (received.bareLineEnding) return refuse(REPLIES.badLineEndings, 'bare CR or LF in message data');
+    if (received.nul && !config.limits.allowNul) return refuse(REPLIES.nulInData, 'NUL in message data');
     if (received.writeError) {
       this.deps.log.error({ err: received.writeError, qid: writer.id }, 'spool write failed');
       return refuse(isStorageError(received.writeError) ? REPLIES.storageFull : REPLIES.localError, 'spool write failed');
@@ -355,4 +456,9 @@ export class Listener {
       c.close();
     }
   }
+}
+
+/** The MAIL FROM / RCPT TO line's bytes as received (the smtp-server patch keeps them). */
+function rawCommand(address: object): Buffer | undefined {
+  return (address as { rawCommand?: Buffer }).rawCommand;
 }
