@@ -196,8 +196,12 @@ export const configSchema = z.strictObject({
     maxDelay: duration.prefault('15s'),
     /** Failures in one session before it is closed with 421 4.7.0. */
     sessionFailures: z.number().int().positive().default(3),
-    /** Threads that check passwords (bcrypt), so the main thread never does. */
-    workers: z.number().int().min(1).max(16).default(2),
+    /**
+     * Threads that check passwords (bcrypt), so the main thread never does. One thread checks about
+     * 15 passwords a second at cost 10 and caps what guessers can burn at one core; more suit a
+     * machine with cores to spare and many legitimate logins.
+     */
+    workers: z.number().int().min(1).max(16).default(1),
     /** Checks waiting for a thread; past this, 454 4.7.0. */
     queue: z.number().int().positive().default(64),
   }).prefault({}),
