@@ -230,6 +230,11 @@ export class Ichidan {
     };
   }
 
+  /** The admin API's TCP port, when admin.port is set. */
+  get adminPort(): number | null {
+    return this.#admin?.port ?? null;
+  }
+
   listener(name: string): BoundListener {
     const l = this.bound.find((b) => b.name === name);
     if (!l) throw new Error(`no listener named ${name}`);

@@ -303,7 +303,7 @@ export const configSchema = z.strictObject({
   admin: z.strictObject({
     /** The admin API's unix socket (mode 0600); default dataDir/admin.sock. */
     socket: z.string().min(1).optional(),
-    /** Also serve the admin API on this loopback TCP port (0 = any free port). */
+    /** Also serve the admin API on this loopback TCP port (0 = any free port); needs `token`. */
     port: z.number().int().min(0).max(65535).optional(),
     address: ipAddress.refine((a) => /^127\./.test(a) || a === '::1', 'a loopback address (127.0.0.0/8 or ::1)').default('127.0.0.1'),
     /** Reload by itself when the config file changes (as SIGHUP does); a bad file is reported and ignored. */
@@ -383,6 +383,9 @@ export const configSchema = z.strictObject({
   cfg.users.forEach((u, i) => {
     if (!(u.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['users', i, 'tenant'], message: `no tenant "${u.tenant}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
   });
+  if (cfg.admin.port !== undefined && cfg.admin.token === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['admin', 'token'], message: 'admin.port needs admin.token: any local user (and any web page the operator opens) can reach a loopback port' });
+  }
   const seen = new Set<string>();
   cfg.listeners.forEach((l, i) => {
     const key = `${l.address}:${l.port}`;
