@@ -89,6 +89,18 @@ describe('edge limits', () => {
     expect(reply).toMatch(/^421 4\.4\.2 /);
     await waitUntil(() => c.closed, 2000, 'the connection to close');
     expect(Date.now() - started).toBeLessThan(2500);
+    // The same inside TLS: after STARTTLS the deadline watches the decrypted bytes.
+    const { c: tls } = await connect('127.0.0.29');
+    expect(await tls.command('EHLO client.test')).toMatch(/^250/);
+    expect(await tls.command('STARTTLS')).toMatch(/^220 /);
+    await tls.startTls();
+    expect(await tls.command('EHLO client.test')).toMatch(/^250/);
+    for (const ch of line) {
+      if (tls.closed) break;
+      tls.send(ch);
+      await sleep(150);
+    }
+    expect((await tls.reply()).join('\n')).toMatch(/^421 4\.4\.2 /);
     // Whole lines, however slowly they follow each other, are not a breach.
     const { c: calm } = await connect('127.0.0.28');
     for (let i = 0; i < 3; i++) {
