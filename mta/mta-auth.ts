@@ -10,7 +10,8 @@
  * the replies do not tell which names exist) over `auth.window`:
  * - each failure's 535 5.7.8 waits `failureDelay`, doubled per recent failure of the address or
  *   account, up to `maxDelay` (Dovecot's auth penalty);
- * - the `sessionFailures`-th failure in one session is answered 421 4.7.0 and the session closed;
+ * - the `sessionFailures`-th failure (or refusal while blocked) in one session is answered
+ *   421 4.7.0 and the session closed;
  * - `maxFailures` within the window blocks the address (unless exempt: trusted networks share an
  *   address among many users) and the account (never exempt) for `auth.block`. While blocked,
  *   every attempt gets 454 4.7.0 after the same delay whatever the password — no password is
@@ -60,8 +61,9 @@ export class AuthGuard {
     const accountKey = `u:${attempt.username.slice(0, MAX_NAME).toLowerCase()}`;
     const keys = attempt.exempt ? [accountKey] : [addressKey, accountKey];
     const recent = () => Math.max(this.#byAccount.count(accountKey, settings.window), attempt.exempt ? 0 : this.#byAddress.count(addressKey, settings.window));
+    const close = attempt.sessionFailures + 1 >= settings.sessionFailures;
     if (keys.some((k) => this.#isBlocked(k, now))) {
-      return { ok: false, reply: REPLIES.authUnavailable, delayMs: delayFor(recent(), settings), close: false, why: 'blocked' };
+      return { ok: false, reply: close ? REPLIES.authTooManyFailures : REPLIES.authUnavailable, delayMs: delayFor(recent(), settings), close, why: 'blocked' };
     }
     const user = config.users.find((u) => u.name === attempt.username);
     const check = this.verifier.verify(attempt.password, user?.password ?? DUMMY_HASH);
@@ -81,7 +83,6 @@ export class AuthGuard {
     if (accountFailures >= settings.maxFailures) this.#block(accountKey, now + settings.block);
     if (addressFailures >= settings.maxFailures) this.#block(addressKey, now + settings.block);
     const worst = Math.max(accountFailures, addressFailures);
-    const close = attempt.sessionFailures + 1 >= settings.sessionFailures;
     return { ok: false, reply: close ? REPLIES.authTooManyFailures : REPLIES.authInvalid, delayMs: delayFor(worst, settings), close, why: 'invalid' };
   }
 

@@ -200,7 +200,7 @@ export class Listener {
         this.deps.log.info(where, 'authenticated');
         return cb(null, { user: outcome.user });
       }
-      if (state && outcome.why === 'invalid') state.authFailures++;
+      if (state && (outcome.why === 'invalid' || outcome.why === 'blocked')) state.authFailures++;
       this.deps.log.info({ ...where, reason: outcome.why, failures: state?.authFailures, delayMs: outcome.delayMs }, 'authentication failed');
       const answer = () => cb(toSmtpError(outcome.reply));
       if (outcome.delayMs > 0) setTimeout(answer, outcome.delayMs).unref();
