@@ -25,7 +25,7 @@ import type { AuthGuard } from './mta-auth.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 import { isStorageError, receiveInto } from './mta-data.js';
 import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
-import { addressRefusal } from './mta-envelope.js';
+import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './mta-envelope.js';
 import type { Policy } from './mta-policy.js';
 import { buildReceived } from './mta-received.js';
 import { REPLIES, toSmtpError, type SmtpReply } from './mta-reply.js';
@@ -144,8 +144,8 @@ export class Listener {
         cb();
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, rawCommand(address), session, cb),
-      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, rawCommand(address), (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(mailFromRefusal(address), session, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, rcptToRefusal(address, session), (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
       onClose: (session) => this.#closed(session),
     };
@@ -251,13 +251,16 @@ export class Listener {
     this.#connections.delete(session.id);
   }
 
-  #onMailFrom(_sender: string, raw: Buffer | undefined, session: SMTPServerSession, cb: Callback): void {
+  #onMailFrom(badAddress: SmtpReply | null, session: SMTPServerSession, cb: Callback): void {
     const runtime = this.deps.runtime();
     const { config, policy } = runtime;
     const refusal = (isExempt(session.remoteAddress, config, policy) ? null : this.#anvil.mail(session.remoteAddress, config.limits.client))
-      ?? addressRefusal(raw, !!(session.envelope as { smtpUtf8?: boolean }).smtpUtf8)
+      ?? badAddress
       ?? runtime.policy.checkSender(this.#client(session));
-    if (refusal) return cb(toSmtpError(refusal));
+    if (refusal) {
+      clearMailParameters(session.envelope);
+      return cb(toSmtpError(refusal));
+    }
     this.#endTransaction(session);
     runtime.retain();
     this.#tx.set(session, { runtime, recipients: new Map() });
@@ -272,11 +275,10 @@ export class Listener {
     tx.runtime.release();
   }
 
-  #onRcptTo(address: string, raw: Buffer | undefined, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
+  #onRcptTo(address: string, badAddress: SmtpReply | null, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
     const tx = this.#tx.get(session);
     if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
-    const bad = addressRefusal(raw, !!(session.envelope as { smtpUtf8?: boolean }).smtpUtf8);
-    if (bad) return cb(toSmtpError(bad));
+    if (badAddress) return cb(toSmtpError(badAddress));
     if (tx.recipients.size >= tx.runtime.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
     const decision = tx.runtime.policy.checkRecipient(address, this.#client(session));
     if (!decision.ok) {
@@ -456,9 +458,4 @@ export class Listener {
       c.close();
     }
   }
-}
-
-/** The MAIL FROM / RCPT TO line's bytes as received (the smtp-server patch keeps them). */
-function rawCommand(address: object): Buffer | undefined {
-  return (address as { rawCommand?: Buffer }).rawCommand;
 }

@@ -1,8 +1,10 @@
 // Envelope bytes and message bytes no mailbox should get: invalid UTF-8 in MAIL FROM / RCPT TO,
-// 8-bit addresses without SMTPUTF8 (RFC 6531), NUL in DATA.
+// 8-bit addresses without SMTPUTF8 (RFC 6531), NUL in DATA; the transparent proxy refuses the
+// same addresses instead of passing them on.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseConfig, startApp, type TestApp } from './helpers/app.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
+import { startSink } from './helpers/sink.js';
 
 describe('envelope and data bytes', () => {
   let t: TestApp;
@@ -58,6 +60,9 @@ describe('envelope and data bytes', () => {
     const c = await session();
     expect(await raw(c, 'MAIL FROM:<', U_UMLAUT, 'ser@remote.test>')).toMatch(/^553 5\.6\.7 /);
     expect(await raw(c, 'MAIL FROM:<user@b', U_UMLAUT, 'cher.test>')).toMatch(/^553 5\.6\.7 /);
+    // A refused MAIL FROM's SMTPUTF8 does not carry over to the next one.
+    expect(await raw(c, 'MAIL FROM:<a', BAD, '@remote.test> SMTPUTF8')).toMatch(/^501 5\.5\.4 /);
+    expect(await raw(c, 'MAIL FROM:<', U_UMLAUT, 'ser@remote.test>')).toMatch(/^553 5\.6\.7 /);
     // The A-label of the same domain is ASCII, and fine without SMTPUTF8.
     expect(await c.command('MAIL FROM:<user@xn--bcher-kva.test>')).toMatch(/^250 /);
     expect(await raw(c, 'RCPT TO:<', U_UMLAUT, 'ser@alpha.test>')).toMatch(/^553 5\.6\.7 /);
@@ -65,6 +70,17 @@ describe('envelope and data bytes', () => {
     expect(await raw(c, 'MAIL FROM:<', U_UMLAUT, 'ser@remote.test> SMTPUTF8')).toMatch(/^250 /);
     expect(await raw(c, 'RCPT TO:<', U_UMLAUT, 'ser@alpha.test>')).toMatch(/^250 /);
     c.close();
+  });
+
+  it('keeps no parameter of a refused MAIL FROM for the next transaction', async () => {
+    const c = await session();
+    expect(await raw(c, 'MAIL FROM:<a', BAD, '@remote.test> SMTPUTF8 BODY=8BITMIME RET=HDRS ENVID=refused')).toMatch(/^501 5\.5\.4 /);
+    expect(await c.command('MAIL FROM:<a@remote.test>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user@alpha.test>')).toMatch(/^250 /);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    const id = await c.finishData('Subject: plain\r\n\r\nascii\r\n');
+    c.close();
+    expect(t.app.queue.store.message(id)).toMatchObject({ smtputf8: 0, body8bit: 0, ret: null, envid: null });
   });
 
   it('refuses NUL in message data with 550 5.6.0 unless limits.allowNul', async () => {
@@ -77,5 +93,30 @@ describe('envelope and data bytes', () => {
     d.send(message);
     expect((await d.reply()).join('\n')).toMatch(/^250 /);
     d.close();
+  });
+
+  it('the transparent proxy refuses the same addresses instead of passing them on', async () => {
+    const mx = await startSink({ host: '127.0.0.52' });
+    const p = await startApp((dir) => baseConfig(dir, {
+      listeners: [{ name: 'proxy', role: 'proxy', port: 0, tls: 'none' }],
+      trustedNetworks: ['127.0.0.1/32'],
+    }), { originalDst: () => ({ address: mx.host, port: mx.port, family: 4 }) });
+    try {
+      const c = await RawSmtp.open(p.port('proxy'));
+      await c.reply();
+      expect(await c.command('EHLO legacy.test')).toMatch(/^250/);
+      expect(await raw(c, 'MAIL FROM:<a', BAD, '@legacy.test> SMTPUTF8')).toMatch(/^501 5\.5\.4 /);
+      expect(await raw(c, 'MAIL FROM:<', U_UMLAUT, 'ser@legacy.test>')).toMatch(/^553 5\.6\.7 /);
+      expect(await c.command('MAIL FROM:<a@legacy.test>')).toMatch(/^250 /);
+      expect(await raw(c, 'RCPT TO:<u', OVERLONG, '@dest.test>')).toMatch(/^501 5\.5\.4 /);
+      expect(await raw(c, 'RCPT TO:<', U_UMLAUT, 'ser@dest.test>')).toMatch(/^553 5\.6\.7 /);
+      expect(await c.command('RCPT TO:<user@dest.test>')).toMatch(/^250 /);
+      expect(await c.command('QUIT')).toMatch(/^221/);
+      c.close();
+      expect(mx.messages).toEqual([]);
+    } finally {
+      await p.stop();
+      await mx.close();
+    }
   });
 });
