@@ -5,8 +5,8 @@
  * Per listener: TLS mode (STARTTLS, implicit, none), AUTH PLAIN/LOGIN only on submission and only
  * once TLS is up, SIZE / PIPELINING / 8BITMIME / SMTPUTF8 / ENHANCEDSTATUSCODES / DSN advertised,
  * no reverse lookup unless a resolver is configured for it, the greeting delay, the client limit.
- * Per connection: the per-address limits (mta-anvil.ts) at connect and MAIL FROM, the deadlines
- * bytes do not reset (mta-deadline.ts), the AUTH penalties (mta-auth.ts), the envelope's bytes
+ * Per connection (mta-connections.ts): the per-address limits at connect and MAIL FROM, the
+ * deadlines bytes do not reset, the AUTH penalties (mta-auth.ts); the envelope's bytes
  * (mta-envelope.ts).
  * Per transaction: the runtime snapshot (config, policy, engines) current at MAIL FROM is kept to
  * the end of that transaction.
@@ -15,16 +15,15 @@ import { open } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { spoolMessage, type EngineSet, type ScanContext } from '../engines/index.js';
 import { runRecord, scanRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
 import { stripRuleText } from '../queue/queue-headers.js';
-import { Anvil, isExempt } from './mta-anvil.js';
 import type { AuthGuard } from './mta-auth.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
+import { ConnectionTable, WatchedServer } from './mta-connections.js';
 import { isStorageError, receiveInto } from './mta-data.js';
-import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './mta-envelope.js';
 import type { Policy } from './mta-policy.js';
 import { buildReceived } from './mta-received.js';
@@ -50,34 +49,6 @@ interface Transaction {
 
 type Callback = (err?: Error | null) => void;
 
-/** What smtp-server's connection object offers that the guards need. */
-interface Connection {
-  id: string;
-  send(code: number, text: string): void;
-  close(): void;
-}
-
-/** Per connection: its guards and counters, from the socket's arrival to its close. */
-interface ConnectionState {
-  connection: Connection;
-  guard: SlowClientGuard;
-  authFailures: number;
-  /** The DATA stream being read, destroyed when its deadline passes. */
-  data: Readable | null;
-}
-
-/** smtp-server, telling its owner about each connection it creates, with the socket it reads. */
-class WatchedServer extends SMTPServer {
-  onConnection: (connection: Connection, socket: Socket) => void = () => undefined;
-
-  override connect(...args: Parameters<SMTPServer['connect']>): void {
-    super.connect(...args);
-    let created: Connection | undefined;
-    for (const c of this.connections as unknown as Set<Connection>) created = c;
-    if (created) this.onConnection(created, args[0]);
-  }
-}
-
 /**
  * One header field, safe to put in front of a message: its lines (folded with CRLF + white
  * space as the engine folded them) without control characters, no line left blank, every
@@ -100,16 +71,14 @@ export interface ListenerDeps {
 export class Listener {
   readonly server: WatchedServer;
   readonly #tx = new WeakMap<SMTPServerSession, Transaction>();
-  readonly #connections = new Map<string, ConnectionState>();
-  readonly #anvil = new Anvil();
-  /** Sessions the anvil counts (admitted, not exempt), with the address to give back at close. */
-  readonly #counted = new Map<string, string>();
+  readonly #connections: ConnectionTable;
   readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.runtime();
     const cfg = rt.config;
     const submission = spec.role === 'submission';
+    this.#connections = new ConnectionTable(spec.name, deps.runtime, deps.log);
     const options: SMTPServerOptions & { greetingDelay: number } = {
       name: cfg.hostname,
       banner: 'Ichidan',
@@ -133,13 +102,13 @@ export class Listener {
       logger: false,
       // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
       onConnect: (session, cb) => {
-        const refusal = this.#admit(session);
+        const refusal = this.#connections.admit(session);
         if (refusal) return cb(toSmtpError(refusal));
         if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
         cb();
       },
       onSecure: (socket, session, cb) => {
-        this.#connections.get(session.id)?.guard.watch(socket as Socket);
+        this.#connections.secured(session.id, socket as Socket);
         if (submission) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = [];
         cb();
       },
@@ -150,7 +119,7 @@ export class Listener {
       onClose: (session) => this.#closed(session),
     };
     this.server = new WatchedServer(options);
-    this.server.onConnection = (connection, socket) => this.#watch(connection, socket);
+    this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
   }
 
@@ -189,19 +158,18 @@ export class Listener {
   }
 
   #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
-    const { config, policy } = this.deps.runtime();
-    const state = this.#connections.get(session.id);
+    const { config } = this.deps.runtime();
     const where = { listener: this.spec.name, client: session.remoteAddress, user: auth.username };
     this.deps.auth.authenticate({
       username: auth.username ?? '', password: auth.password ?? '', address: session.remoteAddress,
-      sessionFailures: state?.authFailures ?? 0, exempt: isExempt(session.remoteAddress, config, policy),
+      sessionFailures: this.#connections.authFailures(session.id), exempt: this.#connections.exempt(session.remoteAddress),
     }, config).then((outcome) => {
       if (outcome.ok) {
         this.deps.log.info(where, 'authenticated');
         return cb(null, { user: outcome.user });
       }
-      if (state && (outcome.why === 'invalid' || outcome.why === 'blocked')) state.authFailures++;
-      this.deps.log.info({ ...where, reason: outcome.why, failures: state?.authFailures, delayMs: outcome.delayMs }, 'authentication failed');
+      if (outcome.why === 'invalid' || outcome.why === 'blocked') this.#connections.authFailed(session.id);
+      this.deps.log.info({ ...where, reason: outcome.why, failures: this.#connections.authFailures(session.id), delayMs: outcome.delayMs }, 'authentication failed');
       const answer = () => cb(toSmtpError(outcome.reply));
       if (outcome.delayMs > 0) setTimeout(answer, outcome.delayMs).unref();
       else answer();
@@ -211,50 +179,14 @@ export class Listener {
     });
   }
 
-  /** A socket smtp-server has just wrapped: its deadlines start now, before the greeting. */
-  #watch(connection: Connection, socket: Socket): void {
-    const guard = new SlowClientGuard(() => this.deps.runtime().config.limits, (breach) => this.#breach(connection, breach));
-    this.#connections.set(connection.id, { connection, guard, authFailures: 0, data: null });
-    guard.watch(socket);
-  }
-
-  /** The per-address limits at connect: null to greet the client, else the 421. */
-  #admit(session: SMTPServerSession): SmtpReply | null {
-    const { config, policy } = this.deps.runtime();
-    if (isExempt(session.remoteAddress, config, policy)) return null;
-    const refusal = this.#anvil.connect(session.remoteAddress, config.limits.client);
-    if (refusal) {
-      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, reply: `${refusal.code} ${refusal.enhanced}` }, 'connection refused: per-client limit');
-      return refusal;
-    }
-    this.#counted.set(session.id, session.remoteAddress);
-    return null;
-  }
-
-  #breach(connection: Connection, breach: DeadlineBreach): void {
-    const state = this.#connections.get(connection.id);
-    const r = breach === 'data' ? REPLIES.dataTooSlow : REPLIES.commandDeadline;
-    this.deps.log.info({ listener: this.spec.name, session: connection.id, breach }, breach === 'data' ? 'message data too slow' : 'command line not complete in time');
-    state?.data?.destroy(new Error('DATA too slow'));
-    connection.send(r.code, `${r.enhanced} ${r.text}`);
-    connection.close();
-  }
-
   #closed(session: SMTPServerSession): void {
     this.#endTransaction(session);
-    const counted = this.#counted.get(session.id);
-    if (counted !== undefined) {
-      this.#counted.delete(session.id);
-      this.#anvil.disconnect(counted);
-    }
-    this.#connections.get(session.id)?.guard.stop();
-    this.#connections.delete(session.id);
+    this.#connections.closed(session.id);
   }
 
   #onMailFrom(badAddress: SmtpReply | null, session: SMTPServerSession, cb: Callback): void {
     const runtime = this.deps.runtime();
-    const { config, policy } = runtime;
-    const refusal = (isExempt(session.remoteAddress, config, policy) ? null : this.#anvil.mail(session.remoteAddress, config.limits.client))
+    const refusal = this.#connections.mail(session)
       ?? badAddress
       ?? runtime.policy.checkSender(this.#client(session));
     if (refusal) {
@@ -323,9 +255,7 @@ export class Listener {
       stream.destroy(new Error('DATA timeout'));
       this.#dropConnection(session.id, REPLIES.dataTimeout);
     }, config.limits.dataTimeout);
-    const state = this.#connections.get(session.id);
-    if (state) state.data = stream;
-    state?.guard.dataStarted();
+    this.#connections.dataStarted(session.id, stream);
     let received;
     try {
       received = await receiveInto(stream, writer, config.limits.maxMessageSize);
@@ -335,8 +265,7 @@ export class Listener {
       return fail(REPLIES.dataTimeout);
     } finally {
       clearTimeout(timer);
-      state?.guard.dataEnded();
-      if (state) state.data = null;
+      this.#connections.dataEnded(session.id);
     }
     const refuse = async (r: SmtpReply, why: string) => {
       await writer.discard().catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not remove a refused message'));
