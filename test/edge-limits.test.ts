@@ -39,6 +39,25 @@ describe('edge limits', () => {
     expect((await connect('127.0.0.20')).greeting).toMatch(/^220 /);
   });
 
+  it('does not let tricklers from one address take every slot of the listener (defaults)', async () => {
+    t = await startApp((dir) => baseConfig(dir, {
+      listeners: [{ name: 'mx', role: 'mx', port: 0, maxClients: 60 }],
+      tenants: { alpha: { domains: ['alpha.test'] } },
+      routes: { 'alpha.test': { hold: true } },
+    }));
+    const greetings: string[] = [];
+    for (let i = 0; i < 70; i++) {
+      const { c, greeting } = await connect('127.0.0.40');
+      greetings.push(greeting.slice(0, 9));
+      if (!c.closed) c.send('E');
+    }
+    expect(greetings.filter((g) => g.startsWith('220')).length).toBe(50);
+    expect(greetings.filter((g) => g === '421 4.7.0').length).toBe(20);
+    const legit = await RawSmtp.atData(t.port('mx'), 'a@remote.test', ['user@alpha.test']);
+    open.push(legit);
+    expect(await legit.finishData('Subject: still served\r\n\r\nhello\r\n')).toMatch(/^\w+$/);
+  });
+
   it('refuses a client past its new connections per minute with 421 4.7.0', async () => {
     t = await start({ limits: { client: { connectionRate: 4 } } });
     for (let i = 0; i < 4; i++) {
