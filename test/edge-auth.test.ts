@@ -92,6 +92,26 @@ describe('AUTH penalties', () => {
     ]);
   });
 
+  it('does not block a trusted address, but does block an account guessed from it', async () => {
+    t = await startApp((dir) => baseConfig(dir, {
+      tenants: { alpha: { domains: ['alpha.test'] } },
+      users: [{ name: 'ann@alpha.test', password: TEST_HASH, tenant: 'alpha' }],
+      routes: { 'alpha.test': { hold: true } },
+      trustedNetworks: ['127.0.0.50'],
+      auth: { failureDelay: '10ms', maxDelay: '50ms', sessionFailures: 10, maxFailures: 3, block: '1m' },
+    }));
+    const c = await submission(t, '127.0.0.50');
+    for (const name of ['x@alpha.test', 'y@alpha.test', 'z@alpha.test']) expect((await c.command(plain(name, 'guess'))).slice(0, 3)).toBe('535');
+    for (let i = 0; i < 3; i++) expect((await c.command(plain('ann@alpha.test', `guess-${i}`))).slice(0, 3)).toBe('535');
+    // ann's account is blocked, from the trusted address as from any other; the address itself is not.
+    expect(await c.command(plain('ann@alpha.test', TEST_PASSWORD))).toMatch(/^454 4\.7\.0 /);
+    c.close();
+    const other = await submission(t, '127.0.0.51');
+    expect(await other.command(plain('ann@alpha.test', TEST_PASSWORD))).toMatch(/^454 4\.7\.0 /);
+    other.close();
+    expect(t.logs.filter((l) => l.msg === 'authentication failed' && l.reason === 'blocked').length).toBe(2);
+  });
+
   it('keeps other senders fast while eight clients guess passwords', async () => {
     // No penalties here: what is measured is the cost of the password checks themselves.
     t = await start({ failureDelay: 0, maxDelay: 0, sessionFailures: 1000, maxFailures: 100_000 });
