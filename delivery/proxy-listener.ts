@@ -19,6 +19,8 @@ import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from '../mta/mta-config-schema.js';
+import { mailFromRefusal, rcptToRefusal } from '../mta/mta-envelope.js';
+import { toSmtpError, type SmtpReply } from '../mta/mta-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ProxySession, type Destination, type ProxyDeps } from './proxy-session.js';
@@ -114,12 +116,12 @@ export class ProxyListener {
       greetingDelay: spec.greetingDelay,
       logger: false,
       onConnect: (session, cb) => this.#onConnect(session, cb),
-      onMailFrom: (address, session, cb) => this.#run(session, cb, (s) => {
+      onMailFrom: (address, session, cb) => this.#refused(mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
         // A transaction that ended without data (every recipient refused, or RSET) is reported now.
         this.#report(session, s);
         return s.mail(address.address, paramWords(address.args).join(' '));
       }),
-      onRcptTo: (address, session, cb) => this.#run(session, cb, (s) => s.rcpt(address.address, paramWords(address.args).join(' '))),
+      onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session), cb) || this.#run(session, cb, (s) => s.rcpt(address.address, paramWords(address.args).join(' '))),
       onData: (stream, session, cb) => this.#onData(stream, session, cb),
       onClose: (session) => this.#onClose(session),
     };
@@ -177,6 +179,12 @@ export class ProxyListener {
     this.#sessions.set(session.id, new ProxySession(session.id, dst, tenant, this.deps.session(this.deps.config())));
     this.deps.log.info({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
     cb();
+  }
+
+  /** An address that is not valid UTF-8, or 8-bit without SMTPUTF8, is refused here, never passed on. */
+  #refused(refusal: SmtpReply | null, cb: Callback): boolean {
+    if (refusal) cb(toSmtpError(refusal));
+    return refusal !== null;
   }
 
   #run(session: SMTPServerSession, cb: Callback, step: (s: ProxySession) => Promise<Reply>): void {

@@ -23,6 +23,8 @@ import type { Config } from './mta-config-schema.js';
 import { ConfigError, ConfigHandle, loadConfig } from './mta-config.js';
 import { Policy } from './mta-policy.js';
 import { AdminServer } from './mta-admin.js';
+import { AuthGuard } from './mta-auth.js';
+import { PasswordVerifier } from './mta-auth-hash.js';
 import { Listener, type Runtime } from './mta-server.js';
 import { ProxyListener } from '../delivery/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from '../delivery/proxy-origdst.js';
@@ -63,7 +65,7 @@ export function adminSocket(config: Config): string {
 }
 
 /** Settings a reload cannot apply to a running process. */
-const RESTART_KEYS = ['dataDir', 'listeners', 'tls', 'admin', 'queue.fsync', 'proxy.eventsFile', 'proxy.webhook'] as const;
+const RESTART_KEYS = ['dataDir', 'listeners', 'tls', 'admin', 'queue.fsync', 'proxy.eventsFile', 'proxy.webhook', 'auth.workers', 'auth.queue'] as const;
 
 function needsRestart(before: Config, after: Config): string[] {
   const get = (c: Config, key: string) => key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)?.[k], c);
@@ -81,6 +83,7 @@ export class Ichidan {
   readonly #proxies: ProxyListener[] = [];
   readonly #proxyOutbound = new Set<string>();
   #admin: AdminServer | null = null;
+  #passwords: PasswordVerifier | null = null;
   #policies = new StsPolicyCache();
   readonly engines: EngineHost;
   readonly metrics = new Registry();
@@ -167,12 +170,14 @@ export class Ichidan {
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     if (config.admin.watchConfig && app.configFile) app.#watch(app.configFile);
     const tls = await loadTlsMaterial(config);
+    const passwords = app.#passwords = new PasswordVerifier(config.auth);
+    const auth = new AuthGuard(passwords);
     for (const spec of config.listeners) {
       if (spec.role === 'proxy') {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log });
+      const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log, auth });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -231,6 +236,11 @@ export class Ichidan {
       cache: this.sessions,
       admit: (site, source, tenant) => this.queue.scheduler.admit(site, source, tenant),
     };
+  }
+
+  /** The admin API's TCP port, when admin.port is set. */
+  get adminPort(): number | null {
+    return this.#admin?.port ?? null;
   }
 
   listener(name: string): BoundListener {
@@ -319,6 +329,7 @@ export class Ichidan {
     this.#watcher?.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
+    await this.#passwords?.close();
     this.#runtime.release();
     await this.queue.close();
     this.sessions.closeAll();

@@ -2,8 +2,10 @@
  * The admin API: operator actions on the running process, as JSON over HTTP.
  *
  * Takes: requests on the unix socket `admin.socket` (default dataDir/admin.sock, mode 0600) and,
- *   when `admin.port` is set, on a loopback TCP port; with `admin.token` set, every request must
- *   carry `Authorization: Bearer <token>`.
+ *   when `admin.port` is set, on a loopback TCP port (which needs `admin.token`); with `admin.token`
+ *   set, every request must carry `Authorization: Bearer <token>`. Every request must name the
+ *   listener in its Host header, and every request that changes something must be JSON
+ *   (mta-admin-guard.ts), so a web page in the operator's browser cannot drive the API.
  * Gives:
  *   POST /v1/reload                     re-read the config file (200 with the new generation and
  *                                       what needs a restart; 422 with the problems, nothing changed)
@@ -24,6 +26,7 @@ import { createServer, request, type IncomingMessage, type Server, type ServerRe
 import type { Logger } from 'pino';
 import type { Ichidan } from './index.js';
 import { handleEgress } from './mta-admin-egress.js';
+import { refuseRequest, tcpHost } from './mta-admin-guard.js';
 
 const RELEASE = /^\/v1\/messages\/([0-9A-Za-z]{1,64})\/release$/;
 const ENGINE = /^\/v1\/engines\/([A-Za-z0-9_-]{1,64})\/(disable|enable)$/;
@@ -34,8 +37,13 @@ export class AdminServer {
 
   static async listen(path: string, app: Ichidan, log: Logger): Promise<AdminServer> {
     const { token, address, port } = app.config.admin;
-    const handler = (req: IncomingMessage, res: ServerResponse) => {
+    const handler = (hosts: () => string[]) => (req: IncomingMessage, res: ServerResponse) => {
       if (token !== undefined && !authorized(req, token)) return reply(res, 401, { error: 'a valid bearer token is required' });
+      const refusal = refuseRequest(req.method ?? 'GET', req.headers, hosts());
+      if (refusal) {
+        req.resume();
+        return reply(res, refusal.status, { error: refusal.error });
+      }
       handle(req, res, app).catch((err) => {
         log.error({ err }, 'admin request failed');
         if (res.headersSent) res.destroy();
@@ -43,11 +51,15 @@ export class AdminServer {
       });
     };
     await rm(path, { force: true });
-    const servers = [createServer(handler)];
+    const servers = [createServer(handler(() => ['localhost']))];
     await listenOn(servers[0], (s, cb) => s.listen(path, cb));
     await chmod(path, 0o600);
     if (port !== undefined) {
-      servers.push(createServer(handler));
+      const tcp: Server = createServer(handler((): string[] => {
+        const a = tcp.address();
+        return typeof a === 'object' && a ? [tcpHost(a.address, a.port)] : [];
+      }));
+      servers.push(tcp);
       await listenOn(servers[1], (s, cb) => s.listen(port, address, cb));
     }
     return new AdminServer(servers, path);
@@ -155,7 +167,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, app: Ichidan): 
 /** A request to a running process's admin socket; rejects with ENOENT/ECONNREFUSED when none runs. */
 export function adminRequest(path: string, method: string, url: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
+    // Every request that changes something is JSON, with or without a body (mta-admin-guard.ts).
+    const payload = body === undefined ? (method === 'GET' ? undefined : '{}') : JSON.stringify(body);
     const headers: Record<string, string> = payload ? { 'content-type': 'application/json' } : {};
     if (process.env.ICHIDAN_ADMIN_TOKEN) headers.authorization = `Bearer ${process.env.ICHIDAN_ADMIN_TOKEN}`;
     const req = request({ socketPath: path, method, path: url, headers }, (res) => {

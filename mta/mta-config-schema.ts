@@ -174,6 +174,50 @@ export const configSchema = z.strictObject({
     maxMimeDepth: z.number().int().positive().max(100).default(16),
     /** Most MIME parts in the whole message, containers and attached messages' parts included. */
     maxMimeParts: z.number().int().positive().max(10000).default(500),
+    /**
+     * A command line must arrive whole within this, however its bytes trickle in (bytes reset
+     * `commandTimeout`, not this); past it, 421 4.4.2 and the connection is closed (0 = off).
+     */
+    commandDeadline: duration.prefault('5m'),
+    /**
+     * During DATA the deadline is `commandDeadline` plus the bytes received so far divided by this
+     * rate (bytes per second, Postfix's smtpd_min_data_rate); a slower client gets 421 4.4.2 (0 = off).
+     */
+    minDataRate: z.number().int().min(0).default(500),
+    /** Accept NUL bytes in message data (refused with 550 5.6.0 otherwise: RFC 5321 section 4.5.2 text has none). */
+    allowNul: z.boolean().default(false),
+    /** Per client address and listener (Postfix's anvil); past a limit the client gets 421 4.7.0 (450 4.7.1 for mail). */
+    client: z.strictObject({
+      /** Most simultaneous connections from one address (0 = no limit). */
+      maxConnections: z.number().int().min(0).default(50),
+      /** Most new connections from one address per minute (0 = no limit). */
+      connectionRate: z.number().int().min(0).default(0),
+      /** Most MAIL FROM commands from one address per minute, accepted or not (0 = no limit). */
+      messageRate: z.number().int().min(0).default(0),
+      /** Addresses these limits (and the per-address AUTH limits) leave alone; default: trustedNetworks and tenants' networks. */
+      exceptions: z.array(cidr).optional(),
+    }).prefault({}),
+  }).prefault({}),
+  /** Failed AUTH attempts, counted per client address and per account (Dovecot's auth penalty, fail2ban's ban). */
+  auth: z.strictObject({
+    /** Failures within `window` from one address, or for one account, before it is blocked for `block`. */
+    maxFailures: z.number().int().positive().default(10),
+    window: duration.prefault('10m'),
+    /** While blocked, every attempt gets 454 4.7.0 whatever the password, and no password is checked. */
+    block: duration.prefault('10m'),
+    /** The first failure's 535 waits this long; each further recent failure doubles it, up to `maxDelay`. */
+    failureDelay: duration.prefault('1s'),
+    maxDelay: duration.prefault('15s'),
+    /** Failures in one session before it is closed with 421 4.7.0. */
+    sessionFailures: z.number().int().positive().default(3),
+    /**
+     * Threads that check passwords (bcrypt), so the main thread never does. One thread checks about
+     * 15 passwords a second at cost 10 and caps what guessers can burn at one core; more suit a
+     * machine with cores to spare and many legitimate logins.
+     */
+    workers: z.number().int().min(1).max(16).default(1),
+    /** Checks waiting for a thread; past this, 454 4.7.0. */
+    queue: z.number().int().positive().default(64),
   }).prefault({}),
   /** Networks that may relay anywhere without AUTH; their mail is the hosting tenant's, or `_relay` for other domains. */
   trustedNetworks: z.array(cidr).default([]),
@@ -286,7 +330,7 @@ export const configSchema = z.strictObject({
   admin: z.strictObject({
     /** The admin API's unix socket (mode 0600); default dataDir/admin.sock. */
     socket: z.string().min(1).optional(),
-    /** Also serve the admin API on this loopback TCP port (0 = any free port). */
+    /** Also serve the admin API on this loopback TCP port (0 = any free port); needs `token`. */
     port: z.number().int().min(0).max(65535).optional(),
     address: ipAddress.refine((a) => /^127\./.test(a) || a === '::1', 'a loopback address (127.0.0.0/8 or ::1)').default('127.0.0.1'),
     /** Reload by itself when the config file changes (as SIGHUP does); a bad file is reported and ignored. */
@@ -366,6 +410,9 @@ export const configSchema = z.strictObject({
   cfg.users.forEach((u, i) => {
     if (!(u.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['users', i, 'tenant'], message: `no tenant "${u.tenant}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
   });
+  if (cfg.admin.port !== undefined && cfg.admin.token === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['admin', 'token'], message: 'admin.port needs admin.token: any local user (and any web page the operator opens) can reach a loopback port' });
+  }
   const seen = new Set<string>();
   cfg.listeners.forEach((l, i) => {
     const key = `${l.address}:${l.port}`;

@@ -85,6 +85,9 @@ describe('configuration', () => {
     [{ delivery: { tls: { caFile: '/nonexistent/ca.pem' } } }, 'delivery.tls.caFile: cannot read /nonexistent/ca.pem: ENOENT'],
     [{ scanning: { quorum: { av: -1 } } }, 'scanning.quorum.av:'],
     [{ tenants: { a: { scanning: { engines: ['ghost'] } } } }, 'tenants.a.scanning.engines[0]: no engine named "ghost" (engines: none)'],
+    [{ admin: { port: 0 } }, 'admin.token: admin.port needs admin.token'],
+    [{ limits: { client: { maxConnections: -1 } } }, 'limits.client.maxConnections:'],
+    [{ auth: { workers: 0 } }, 'auth.workers:'],
   ])('refuses %j naming the key', (input, expected) => {
     const found = problems(input);
     expect(found.join('\n')).toContain(expected);

@@ -8,7 +8,8 @@
  * CVE-2023-51764). Write errors (disk full) are remembered and the stream is still read to its
  * end, so the session stays in step with the client. The same bytes go through the structure
  * check (mta-structure.ts: header block, header fields, MIME depth and parts against `limits`)
- * as they arrive, so it costs no second read.
+ * as they arrive, so it costs no second read. NUL bytes are noted (`nul`): the caller refuses
+ * them unless limits.allowNul says otherwise.
  */
 import type { Readable } from 'node:stream';
 import type { SpoolWriter } from '../queue/index.js';
@@ -52,6 +53,7 @@ export interface ReceiveResult {
   bytes: number;
   bareLineEnding: boolean;
   oversized: boolean;
+  nul: boolean;
   writeError: NodeJS.ErrnoException | null;
   /** The first structure limit the message passes (null: within them, or refused for another reason). */
   structure: string | null;
@@ -62,6 +64,7 @@ export async function receiveInto(stream: Readable, writer: SpoolWriter, limits:
   const guard = new LineEndingGuard();
   const check = new StructureCheck(limits);
   let bytes = 0;
+  let nul = false;
   let writeError: NodeJS.ErrnoException | null = null;
   writer.on('error', (err) => { writeError ??= err; });
   try {
@@ -74,12 +77,13 @@ export async function receiveInto(stream: Readable, writer: SpoolWriter, limits:
   const refused = writeError !== null || guard.bare || bytes > maxSize;
   if (refused) check.abandon();
   const structure = refused ? null : await check.finish();
-  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, writeError, structure };
+  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, nul, writeError, structure };
 
   async function receiveChunks(): Promise<void> {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       bytes += chunk.length;
       guard.feed(chunk);
+      nul ||= chunk.includes(0);
       if (writeError || guard.bare || bytes > maxSize) continue;
       const checked = check.write(chunk);
       if (!writer.write(chunk)) {

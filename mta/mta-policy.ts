@@ -30,7 +30,7 @@ export type RecipientDecision =
   | { ok: true; tenant: string; domain: string; address: string }
   | { ok: false; reply: SmtpReply };
 
-function blockListOf(networks: readonly string[]): BlockList {
+export function blockListOf(networks: readonly string[]): BlockList {
   const list = new BlockList();
   for (const n of networks) {
     const [addr, bits] = n.split('/');
@@ -41,7 +41,7 @@ function blockListOf(networks: readonly string[]): BlockList {
   return list;
 }
 
-function inList(list: BlockList, address: string): boolean {
+export function inList(list: BlockList, address: string): boolean {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
   const a = mapped ?? address;
   if (isIPv4(a)) return list.check(a, 'ipv4');

@@ -25,6 +25,17 @@ export const REPLIES = {
   localError: reply(451, '4.3.0', 'local error in processing, try again later'),
   dataTimeout: reply(421, '4.4.2', 'timeout while receiving message data, closing connection'),
   badRecipient: reply(553, '5.1.3', 'bad recipient address syntax'),
+  nulInData: reply(550, '5.6.0', 'message refused: NUL characters in message data'),
+  invalidUtf8Address: reply(501, '5.5.4', 'address is not valid UTF-8'),
+  utf8AddressNeedsSmtputf8: reply(553, '5.6.7', 'non-ASCII addresses need the SMTPUTF8 parameter on MAIL FROM (RFC 6531)'),
+  tooManyConnections: reply(421, '4.7.0', 'too many connections from your address, try again later'),
+  connectionRate: reply(421, '4.7.0', 'too many connections from your address in a short time, try again later'),
+  messageRate: reply(450, '4.7.1', 'too much mail from your address, try again later'),
+  authInvalid: reply(535, '5.7.8', 'authentication credentials invalid'),
+  authUnavailable: reply(454, '4.7.0', 'temporary authentication failure, try again later'),
+  authTooManyFailures: reply(421, '4.7.0', 'too many failed authentication attempts, closing connection'),
+  commandDeadline: reply(421, '4.4.2', 'timeout: command line not complete in time, closing connection'),
+  dataTooSlow: reply(421, '4.4.2', 'timeout: message data arriving too slowly, closing connection'),
 } as const;
 
 /** Structure past Ichidan's own limits (limits.maxHeaderSize …): a media error, RFC 3463 X.6.0. */

@@ -5,21 +5,26 @@
  * Per listener: TLS mode (STARTTLS, implicit, none), AUTH PLAIN/LOGIN only on submission and only
  * once TLS is up, SIZE / PIPELINING / 8BITMIME / SMTPUTF8 / ENHANCEDSTATUSCODES / DSN advertised,
  * no reverse lookup unless a resolver is configured for it, the greeting delay, the client limit.
+ * Per connection (mta-connections.ts): the per-address limits at connect and MAIL FROM, the
+ * deadlines bytes do not reset, the AUTH penalties (mta-auth.ts); the envelope's bytes
+ * (mta-envelope.ts).
  * Per transaction: the runtime snapshot (config, policy, engines) current at MAIL FROM is kept to
  * the end of that transaction.
  */
-import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import bcrypt from 'bcryptjs';
 import type { Logger } from 'pino';
-import { SMTPServer, type SMTPServerAuthentication, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { spoolMessage, type EngineSet, type ScanContext } from '../engines/index.js';
 import { runRecord, scanRecord, type ScanRecord } from '../engines/engines-records.js';
 import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
 import { stripRuleText } from '../queue/queue-headers.js';
+import type { AuthGuard } from './mta-auth.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
+import { ConnectionTable, WatchedServer } from './mta-connections.js';
 import { isStorageError, receiveInto } from './mta-data.js';
+import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './mta-envelope.js';
 import type { Policy } from './mta-policy.js';
 import { buildReceived } from './mta-received.js';
 import { REPLIES, toSmtpError, type SmtpReply } from './mta-reply.js';
@@ -55,25 +60,25 @@ export function headerField(text: string): string {
   return lines.map((l, i) => (i === 0 || /^[ \t]/.test(l) ? l : ` ${l}`)).join('\r\n') + '\r\n';
 }
 
-/** A hash that no password matches, compared when the user is unknown so timing tells nothing. */
-const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
-
 export interface ListenerDeps {
   runtime: () => Runtime;
   queue: Queue;
   tls: TlsMaterial;
   log: Logger;
+  auth: AuthGuard;
 }
 
 export class Listener {
-  readonly server: SMTPServer;
+  readonly server: WatchedServer;
   readonly #tx = new WeakMap<SMTPServerSession, Transaction>();
+  readonly #connections: ConnectionTable;
   readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.runtime();
     const cfg = rt.config;
     const submission = spec.role === 'submission';
+    this.#connections = new ConnectionTable(spec.name, deps.runtime, deps.log);
     const options: SMTPServerOptions & { greetingDelay: number } = {
       name: cfg.hostname,
       banner: 'Ichidan',
@@ -97,20 +102,24 @@ export class Listener {
       logger: false,
       // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
       onConnect: (session, cb) => {
+        const refusal = this.#connections.admit(session);
+        if (refusal) return cb(toSmtpError(refusal));
         if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
         cb();
       },
-      onSecure: (_socket, session, cb) => {
+      onSecure: (socket, session, cb) => {
+        this.#connections.secured(session.id, socket as Socket);
         if (submission) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = [];
         cb();
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, Number((address.args || {}).SIZE ?? 0) || 0, session, cb),
-      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(mailFromRefusal(address), Number((address.args || {}).SIZE ?? 0) || 0, session, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, rcptToRefusal(address, session), (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
-      onClose: (session) => this.#endTransaction(session),
+      onClose: (session) => this.#closed(session),
     };
-    this.server = new SMTPServer(options);
+    this.server = new WatchedServer(options);
+    this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
   }
 
@@ -148,25 +157,44 @@ export class Listener {
     return { address: session.remoteAddress, authUser: typeof session.user === 'string' ? session.user : null, role: this.spec.role };
   }
 
-  #onAuth(auth: SMTPServerAuthentication, _session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
+  #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
     const { config } = this.deps.runtime();
-    const user = config.users.find((u) => u.name === auth.username);
-    bcrypt.compare(auth.password ?? '', user?.password ?? DUMMY_HASH).then((ok) => {
-      if (ok && user) return cb(null, { user: user.name });
-      this.deps.log.info({ listener: this.spec.name, user: auth.username }, 'authentication failed');
-      cb(toSmtpError({ code: 535, enhanced: '5.7.8', text: 'authentication credentials invalid' }));
+    const where = { listener: this.spec.name, client: session.remoteAddress, user: auth.username };
+    this.deps.auth.authenticate({
+      username: auth.username ?? '', password: auth.password ?? '', address: session.remoteAddress,
+      sessionFailures: this.#connections.authFailures(session.id), exempt: this.#connections.exempt(session.remoteAddress),
+    }, config).then((outcome) => {
+      if (outcome.ok) {
+        this.deps.log.info(where, 'authenticated');
+        return cb(null, { user: outcome.user });
+      }
+      if (outcome.why === 'invalid' || outcome.why === 'blocked') this.#connections.authFailed(session.id);
+      this.deps.log.info({ ...where, reason: outcome.why, failures: this.#connections.authFailures(session.id), delayMs: outcome.delayMs }, 'authentication failed');
+      const answer = () => cb(toSmtpError(outcome.reply));
+      if (outcome.delayMs > 0) setTimeout(answer, outcome.delayMs).unref();
+      else answer();
     }, (err) => {
       this.deps.log.error({ err }, 'password check failed');
-      cb(toSmtpError({ code: 454, enhanced: '4.7.0', text: 'temporary authentication failure' }));
+      cb(toSmtpError(REPLIES.authUnavailable));
     });
   }
 
-  #onMailFrom(_sender: string, declaredSize: number, session: SMTPServerSession, cb: Callback): void {
+  #closed(session: SMTPServerSession): void {
+    this.#endTransaction(session);
+    this.#connections.closed(session.id);
+  }
+
+  #onMailFrom(badAddress: SmtpReply | null, declaredSize: number, session: SMTPServerSession, cb: Callback): void {
     const runtime = this.deps.runtime();
-    const refusal = runtime.policy.checkSender(this.#client(session));
-    if (refusal) return cb(toSmtpError(refusal));
-    // Below queue.minFree new mail waits (RFC 5321 4.2.2: 452), so the queue keeps room for outcomes.
-    if (this.deps.queue.lowOnSpace(declaredSize)) return cb(toSmtpError(REPLIES.storageFull));
+    const refusal = this.#connections.mail(session)
+      ?? badAddress
+      ?? runtime.policy.checkSender(this.#client(session))
+      // Below queue.minFree new mail waits (RFC 5321 4.2.2: 452), so the queue keeps room for outcomes.
+      ?? (this.deps.queue.lowOnSpace(declaredSize) ? REPLIES.storageFull : null);
+    if (refusal) {
+      clearMailParameters(session.envelope);
+      return cb(toSmtpError(refusal));
+    }
     this.#endTransaction(session);
     runtime.retain();
     this.#tx.set(session, { runtime, recipients: new Map() });
@@ -181,9 +209,10 @@ export class Listener {
     tx.runtime.release();
   }
 
-  #onRcptTo(address: string, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
+  #onRcptTo(address: string, badAddress: SmtpReply | null, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
     const tx = this.#tx.get(session);
     if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
+    if (badAddress) return cb(toSmtpError(badAddress));
     if (tx.recipients.size >= tx.runtime.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
     const decision = tx.runtime.policy.checkRecipient(address, this.#client(session));
     if (!decision.ok) {
@@ -232,6 +261,7 @@ export class Listener {
       stream.destroy(new Error('DATA timeout'));
       this.#dropConnection(session.id, REPLIES.dataTimeout);
     }, config.limits.dataTimeout);
+    this.#connections.dataStarted(session.id, stream);
     let received;
     try {
       received = await receiveInto(stream, writer, config.limits);
@@ -241,6 +271,7 @@ export class Listener {
       return fail(REPLIES.dataTimeout);
     } finally {
       clearTimeout(timer);
+      this.#connections.dataEnded(session.id);
     }
     const refuse = async (r: SmtpReply, why: string) => {
       await writer.discard().catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not remove a refused message'));
@@ -249,6 +280,7 @@ export class Listener {
     };
     if (received.oversized) return refuse(REPLIES.tooBig, 'message too big');
     if (received.bareLineEnding) return refuse(REPLIES.badLineEndings, 'bare CR or LF in message data');
+    if (received.nul && !config.limits.allowNul) return refuse(REPLIES.nulInData, 'NUL in message data');
     if (received.writeError) {
       this.deps.log.error({ err: received.writeError, qid: writer.id }, 'spool write failed');
       return refuse(isStorageError(received.writeError) ? REPLIES.storageFull : REPLIES.localError, 'spool write failed');

@@ -29,9 +29,10 @@ export class RawSmtp {
     socket.on('error', () => undefined);
   }
 
-  static open(port: number, host = '127.0.0.1'): Promise<RawSmtp> {
+  /** `localAddress` picks the client's own address (127.0.0.x), for per-client limits. */
+  static open(port: number, host = '127.0.0.1', localAddress?: string): Promise<RawSmtp> {
     return new Promise((resolve, reject) => {
-      const s = connect(port, host, () => resolve(new RawSmtp(s)));
+      const s = connect({ port, host, localAddress }, () => resolve(new RawSmtp(s)));
       s.once('error', reject);
     });
   }

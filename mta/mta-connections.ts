@@ -1,0 +1,138 @@
+/*
+ * One listener's open connections, from the socket's arrival to its close: the per-address
+ * counts (mta-anvil.ts), the deadlines bytes do not reset (mta-deadline.ts) and the AUTH failures
+ * of each session.
+ *
+ * Takes: smtp-server's connection objects and sockets (through `WatchedServer`), session ids from
+ * the listener's callbacks, the current runtime's config and policy. Gives: the refusals at connect
+ * (421 4.7.0) and MAIL FROM (450 4.7.1), and ends a connection past a deadline with 421 4.4.2 (the
+ * DATA stream being read is destroyed first, so the transaction ends too). Every entry is removed
+ * when smtp-server reports the session closed.
+ * Settings: limits.client.*, limits.commandDeadline, limits.minDataRate.
+ */
+import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { SMTPServer, type SMTPServerSession } from 'smtp-server';
+import { Anvil, isExempt } from './mta-anvil.js';
+import type { Config } from './mta-config-schema.js';
+import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
+import type { Policy } from './mta-policy.js';
+import { REPLIES, type SmtpReply } from './mta-reply.js';
+
+/** What smtp-server's connection object offers that the guards need. */
+export interface Connection {
+  id: string;
+  send(code: number, text: string): void;
+  close(): void;
+}
+
+/** smtp-server, telling its owner about each connection it creates, with the socket it reads. */
+export class WatchedServer extends SMTPServer {
+  onConnection: (connection: Connection, socket: Socket) => void = () => undefined;
+
+  override connect(...args: Parameters<SMTPServer['connect']>): void {
+    super.connect(...args);
+    let created: Connection | undefined;
+    for (const c of this.connections as unknown as Set<Connection>) created = c;
+    if (created) this.onConnection(created, args[0]);
+  }
+}
+
+interface ConnectionState {
+  connection: Connection;
+  guard: SlowClientGuard;
+  authFailures: number;
+  /** The DATA stream being read, destroyed when its deadline passes. */
+  data: Readable | null;
+}
+
+export class ConnectionTable {
+  readonly #open = new Map<string, ConnectionState>();
+  readonly #anvil = new Anvil();
+  /** Sessions the anvil counts (admitted, not exempt), with the address to give back at close. */
+  readonly #counted = new Map<string, string>();
+
+  constructor(
+    private readonly listener: string,
+    private readonly runtime: () => { config: Config; policy: Policy },
+    private readonly log: Logger,
+  ) {}
+
+  /** A socket smtp-server has just wrapped: its deadlines start now, before the greeting. */
+  watch(connection: Connection, socket: Socket): void {
+    const guard = new SlowClientGuard(() => this.runtime().config.limits, (breach) => this.#breach(connection, breach));
+    this.#open.set(connection.id, { connection, guard, authFailures: 0, data: null });
+    guard.watch(socket);
+  }
+
+  /** After STARTTLS the deadlines watch the decrypted bytes. */
+  secured(sessionId: string, socket: Socket): void {
+    this.#open.get(sessionId)?.guard.watch(socket);
+  }
+
+  exempt(address: string): boolean {
+    const { config, policy } = this.runtime();
+    return isExempt(address, config, policy);
+  }
+
+  /** The per-address limits at connect: null to greet the client, else the 421. */
+  admit(session: SMTPServerSession): SmtpReply | null {
+    if (this.exempt(session.remoteAddress)) return null;
+    const refusal = this.#anvil.connect(session.remoteAddress, this.runtime().config.limits.client);
+    if (refusal) {
+      this.log.info({ listener: this.listener, client: session.remoteAddress, reply: `${refusal.code} ${refusal.enhanced}` }, 'connection refused: per-client limit');
+      return refusal;
+    }
+    this.#counted.set(session.id, session.remoteAddress);
+    return null;
+  }
+
+  /** The message rate at MAIL FROM: null to go on, else the 450. */
+  mail(session: SMTPServerSession): SmtpReply | null {
+    if (this.exempt(session.remoteAddress)) return null;
+    return this.#anvil.mail(session.remoteAddress, this.runtime().config.limits.client);
+  }
+
+  authFailures(sessionId: string): number {
+    return this.#open.get(sessionId)?.authFailures ?? 0;
+  }
+
+  authFailed(sessionId: string): void {
+    const state = this.#open.get(sessionId);
+    if (state) state.authFailures++;
+  }
+
+  /** The 354 went out and `stream` carries the data: the data rate counts from now. */
+  dataStarted(sessionId: string, stream: Readable): void {
+    const state = this.#open.get(sessionId);
+    if (!state) return;
+    state.data = stream;
+    state.guard.dataStarted();
+  }
+
+  dataEnded(sessionId: string): void {
+    const state = this.#open.get(sessionId);
+    if (!state) return;
+    state.data = null;
+    state.guard.dataEnded();
+  }
+
+  closed(sessionId: string): void {
+    const counted = this.#counted.get(sessionId);
+    if (counted !== undefined) {
+      this.#counted.delete(sessionId);
+      this.#anvil.disconnect(counted);
+    }
+    this.#open.get(sessionId)?.guard.stop();
+    this.#open.delete(sessionId);
+  }
+
+  #breach(connection: Connection, breach: DeadlineBreach): void {
+    const r = breach === 'data' ? REPLIES.dataTooSlow : REPLIES.commandDeadline;
+    this.log.info({ listener: this.listener, session: connection.id, breach }, breach === 'data' ? 'message data too slow' : 'command line not complete in time');
+    this.#open.get(connection.id)?.data?.destroy(new Error('DATA too slow'));
+    connection.send(r.code, `${r.enhanced} ${r.text}`);
+    connection.close();
+  }
+}
