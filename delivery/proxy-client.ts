@@ -168,7 +168,10 @@ export class SmtpClient extends EventEmitter {
     plain.removeAllListeners('data');
     const secure = tlsConnect({ ...tls, socket: plain });
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(Object.assign(new Error('TLS handshake timed out'), { code: 'ETIMEDOUT' })), this.opts.replyTimeout);
+      const timer = setTimeout(() => {
+        secure.destroy();
+        reject(Object.assign(new Error('TLS handshake timed out'), { code: 'ETIMEDOUT' }));
+      }, this.opts.replyTimeout);
       secure.once('secureConnect', () => { clearTimeout(timer); resolve(); });
       secure.once('error', (err) => { clearTimeout(timer); reject(Object.assign(err, { code: (err as NodeJS.ErrnoException).code ?? 'ETLS' })); });
     });
@@ -181,6 +184,9 @@ export class SmtpClient extends EventEmitter {
   /** Sends one command line and reads its reply. */
   async command(line: string): Promise<Reply> {
     this.#check();
+    // Replies are matched to commands by order alone: a second command before the first's reply
+    // would take that reply as its own.
+    if (this.#waiter) throw Object.assign(new Error('a command is still waiting for its reply'), { code: 'EBUSY' });
     this.opts.logger.debug({ tnx: 'client' }, line);
     const reply = this.#read(this.opts.replyTimeout);
     this.#socket.write(line + '\r\n');

@@ -86,6 +86,9 @@ export function keepParams(params: string, extensions: Map<string, string>): str
 }
 
 /** 4xx said to the client for a destination that failed; the detail is for the log and transcript. */
+/** The error code the listener's guard gives the client's data it refused on the way. */
+export const REFUSED_BY_PROXY = 'EREFUSED';
+
 function tempfail(status: string, detail: string): Reply {
   const text = `${status} destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400);
   return { code: 451, lines: [text], raw: `451 ${text}` };
@@ -108,6 +111,8 @@ export class ProxySession {
   /** Recipients of the current transaction the destination took (the transcript's link holds this array). */
   #accepted: string[] = [];
   #closed = false;
+  /** The command under way toward the destination (settled when none is). */
+  #step: Promise<unknown> = Promise.resolve();
   /** Aborted when the client leaves: a wait for a turn ends with it. */
   readonly #leave = new AbortController();
   #opening: Promise<Reply | null> | null = null;
@@ -129,7 +134,11 @@ export class ProxySession {
   }
 
   /** MAIL FROM: relayed at once when the session is open, else kept for the first RCPT. */
-  async mail(from: string, params: string): Promise<Reply> {
+  mail(from: string, params: string): Promise<Reply> {
+    return this.#track(this.#mailNow(from, params));
+  }
+
+  async #mailNow(from: string, params: string): Promise<Reply> {
     this.#mail = { from, params };
     this.#mailReply = null;
     this.#summary = { sender: from, recipients: [], msTo354: null, final: null, bytes: 0 };
@@ -145,7 +154,11 @@ export class ProxySession {
     return this.#relayMail();
   }
 
-  async rcpt(to: string, params: string): Promise<Reply> {
+  rcpt(to: string, params: string): Promise<Reply> {
+    return this.#track(this.#rcptNow(to, params));
+  }
+
+  async #rcptNow(to: string, params: string): Promise<Reply> {
     const domain = to.slice(to.lastIndexOf('@') + 1).toLowerCase();
     const reply = await this.#rcpt(to, domain, params);
     this.#summary?.recipients.push({ address: to, reply: reply.raw });
@@ -175,7 +188,11 @@ export class ProxySession {
   }
 
   /** Streams the message; resolves with the destination's final reply (or a 4xx when it failed). */
-  async data(body: Readable): Promise<Reply> {
+  data(body: Readable): Promise<Reply> {
+    return this.#track(this.#dataNow(body));
+  }
+
+  async #dataNow(body: Readable): Promise<Reply> {
     const client = this.#client;
     if (!client || this.#failed) {
       body.resume();
@@ -192,7 +209,7 @@ export class ProxySession {
       });
       this.#inTransaction = false;
     } catch (err) {
-      reply = this.#broken(err);
+      reply = (err as NodeJS.ErrnoException).code === REFUSED_BY_PROXY ? this.#cutOff() : this.#broken(err);
     }
     this.#transcript?.release();
     if (this.#summary) this.#summary.final = reply.raw;
@@ -201,7 +218,11 @@ export class ProxySession {
   }
 
   /** The message will not be relayed (scanning refused or held it): the destination's transaction is reset; `reply` goes to the client. */
-  async abort(reply: Reply): Promise<Reply> {
+  abort(reply: Reply): Promise<Reply> {
+    return this.#track(this.#abortNow(reply));
+  }
+
+  async #abortNow(reply: Reply): Promise<Reply> {
     if (this.#client && !this.#failed && this.#inTransaction) {
       const reset = await this.#command('RSET');
       if (reset.code === 250) this.#inTransaction = false;
@@ -226,11 +247,19 @@ export class ProxySession {
     this.#closed = true;
     this.#leave.abort();
     await this.#opening?.catch(() => undefined);
+    // A command still waiting for the destination's reply (the client left after its final dot)
+    // gets it first: a connection is pooled only between commands, never with a reply owed.
+    await this.#step;
     const client = this.#client;
     this.#client = null;
     if (client) await this.#putBack(client);
     this.#slot?.release();
     this.#slot = null;
+  }
+
+  #track(step: Promise<Reply>): Promise<Reply> {
+    this.#step = step.catch(() => undefined);
+    return step;
   }
 
   /**
@@ -303,12 +332,15 @@ export class ProxySession {
     } catch {
       // no route knowledge: the address stands for itself
     }
-    this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
-    this.#hostName = hostName;
-    try {
-      this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
-    } catch (err) {
-      return tempfail('4.4.5', (err as Error).message);
+    // A session whose data was cut off opens again on the turn it holds.
+    if (!this.#slot || !this.#site) {
+      this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
+      this.#hostName = hostName;
+      try {
+        this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
+      } catch (err) {
+        return tempfail('4.4.5', (err as Error).message);
+      }
     }
     if (this.#closed) return tempfail('4.4.5', 'the client left');
     const source = this.#slot.source;
@@ -354,7 +386,8 @@ export class ProxySession {
 
   #refusedOpen(reply: Reply): Reply {
     this.#signal(reply);
-    void this.close();
+    // close() ends in QUIT and the pool, both of which swallow their own failures.
+    void this.close().catch(() => undefined);
     // Even a 5xx at the banner or to EHLO (a blocklisted source address, say) is about this
     // connection, not the recipients: the client defers, as queued delivery does.
     return tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
@@ -409,6 +442,31 @@ export class ProxySession {
     } catch (err) {
       return this.#broken(err);
     }
+  }
+
+  /**
+   * The client's data was refused on the way (a bare line ending, too big): the destination's
+   * connection was closed before the final dot, which says nothing about the destination. The
+   * client keeps its turn; its next transaction opens a fresh connection.
+   */
+  #cutOff(): Reply {
+    this.#client?.close();
+    this.#client = null;
+    this.#inTransaction = false;
+    return tempfail('4.4.2', 'the message data was refused');
+  }
+
+  /**
+   * The session failed inside the proxy: the destination connection is dropped at once (it may
+   * be in the middle of anything) and the turn given back. `close()` then has nothing left to do.
+   */
+  abandon(): void {
+    this.#closed = true;
+    this.#leave.abort();
+    this.#client?.close();
+    this.#client = null;
+    this.#slot?.release();
+    this.#slot = null;
   }
 
   /** The destination broke or went silent: every later command of this client gets a 4xx. */
