@@ -28,7 +28,7 @@ import type { Dispatch, Source } from '../queue/queue-scheduler.js';
 import type { Lease, SessionCache } from './delivery-cache.js';
 import type { RouteDecision } from './delivery-route.js';
 import type { SiteInfo } from './delivery-sites.js';
-import { errorSignal, ReplyClock, type Signal } from './delivery-throttle.js';
+import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from './delivery-throttle.js';
 import type { HopTls, TlsPlan } from './delivery-tls.js';
 import { Transcript, type TranscriptSink } from './delivery-transcript.js';
 import { replyText, SmtpClient, type Reply } from './proxy-client.js';
@@ -59,6 +59,8 @@ export interface ProxyDeps {
   acquire(tenant: string, site: SiteInfo, leave: AbortSignal): Promise<Slot>;
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
   signal(site: string, source: string | null, tenant: string, signal: Signal): void;
+  /** Connections the pair may have open when a learnt cap holds it below the site's limit (undefined: the site's limit). */
+  connections(site: string, source: string | null): number | undefined;
   /** May a session already holding its turn start another transaction (null), or why not. */
   admit(site: string, source: string | null, tenant: string): string | null;
   /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
@@ -296,7 +298,7 @@ export class ProxySession {
     if (!usable || !site) return client.quit();
     const lease: Lease = { conn: client as unknown as Lease['conn'], uses: this.#uses, reused: false, transcript: this.#transcript, clock: this.#clock!, pair: this.#pair };
     this.#transcript?.release();
-    this.deps.cache.give(this.#poolKey, lease, { maxConnections: site.limits.maxConnections, messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
+    this.deps.cache.give(this.#poolKey, lease, { maxConnections: this.#maxConnections(), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
   }
 
   async #relayMail(): Promise<Reply> {
@@ -348,7 +350,7 @@ export class ProxySession {
     this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;
     this.#poolKey = `proxy|${address}|${port}|${source.address ?? ''}|${helo}|${hostName ?? ''}`;
     if (await this.#reuse()) return null;
-    await this.deps.cache.makeRoom(this.#pair, this.#site.limits.maxConnections);
+    await this.deps.cache.makeRoom(this.#pair, this.#maxConnections());
     this.#transcript = this.deps.transcripts
       ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo: source.helo ?? this.deps.heloName, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
       : null;
@@ -360,12 +362,18 @@ export class ProxySession {
       this.#client = client;
       this.#uses = 0;
       this.deps.cache.opened(this.#pair, client as unknown as Lease['conn']);
+      const openWithThis = this.deps.cache.openCount(this.#pair);
       const local = `${client.socket.localAddress?.replace(/^::ffff:/i, '')}|${client.socket.localPort}`;
       this.deps.outbound.add(local);
       client.once('end', () => this.deps.outbound.delete(local));
       this.#transcript?.follow(() => client.socket, (end) => client.once('end', end));
       const greeting = client.greeting!;
-      if (greeting.code !== 220) return this.#refusedOpen(greeting);
+      if (greeting.code !== 220) {
+        // A refusal for the number of our connections teaches the pair's cap; the client retries.
+        const capped = bannerCapSignal(greeting.code, replyText(greeting), openWithThis);
+        if (capped) this.#signalRaw(capped);
+        return this.#refusedOpen(greeting, capped === null);
+      }
       let hello = await client.hello(helo);
       if (hello.code !== 250) return this.#refusedOpen(hello);
       if (client.extensions.has('STARTTLS')) {
@@ -384,8 +392,8 @@ export class ProxySession {
     }
   }
 
-  #refusedOpen(reply: Reply): Reply {
-    this.#signal(reply);
+  #refusedOpen(reply: Reply, signal = true): Reply {
+    if (signal) this.#signal(reply);
     // close() ends in QUIT and the pool, both of which swallow their own failures.
     void this.close().catch(() => undefined);
     // Even a 5xx at the banner or to EHLO (a blocklisted source address, say) is about this
@@ -479,6 +487,12 @@ export class ProxySession {
     this.#slot = null;
     this.#failed = tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${e.code ?? 'error'}: ${e.message}`);
     return this.#failed;
+  }
+
+  /** The site's limit, or the pair's learnt cap when that is lower. */
+  #maxConnections(): number {
+    const site = this.#site!;
+    return Math.min(site.limits.maxConnections, this.deps.connections(site.key, this.#slot?.source.address ?? null) ?? Infinity);
   }
 
   #signal(reply: Reply): void {

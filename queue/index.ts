@@ -386,7 +386,7 @@ export class Queue {
         return;
       }
       for (const r of rows) this.#inFlight.add(`${r.message_id}/${r.id}`);
-      retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source });
+      retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source, connections: this.scheduler.connections(dispatch.site, dispatch.source.address) });
     } catch (err) {
       this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
       const due = Date.now() + retryDelay(this.config.queue, 1);
@@ -424,6 +424,13 @@ export class Queue {
     const stillQueued = new Set(this.store.recipientsOf(msg.id).filter((r) => r.state === 'queued').map((r) => r.id));
     rows = rows.filter((r) => stillQueued.has(r.id));
     owed = owed.filter((r) => stillQueued.has(r.id));
+    // Turned away at the banner for the number of connections we had open: not an attempt on the
+    // message. It goes back due now and waits for a turn within the pair's lowered window, which
+    // an open connection gives it.
+    if (result.kind === 'outcomes' && result.signal?.kind === 'capped' && owed.length === 0) {
+      this.log.info({ qid: msg.id, tenant: job.tenant, domain: job.domain, reason: result.signal.detail }, 'connection cap reached; retried on an open connection');
+      return rows.map((r) => ({ id: r.id, tenant: job.tenant, domain: job.domain, due: now }));
+    }
 
     if (result.kind === 'hold') {
       await this.store.write([{ op: 'updateRecipients', messageId: msg.id, now, updates: rows.map((r) => ({
