@@ -9,7 +9,13 @@
  *     slot taken at that site for the tenant (the scheduler's fairness and caps, waiting at most
  *     `proxy.slotWait`), the connection opened from the source address the slot came with, EHLO
  *     and STARTTLS (verified against the CA store, checked by name later) said, and the MAIL FROM
- *     the client gave relayed. Later transactions relay MAIL at once.
+ *     the client gave relayed. The turn is held for one transaction: after its final reply the
+ *     destination connection goes back to the pool and the turn to the scheduler, so a client
+ *     that keeps its connection open holds no share of the site while idle; its next transaction
+ *     is admitted (holds, pauses) and takes a turn and a pooled connection again. A transaction
+ *     that failed toward the destination, or found no turn, leaves the next one to start afresh.
+ *     A destination that refuses the connection at its banner for the number we have open teaches
+ *     the pair its cap (delivery-throttle.ts, `capped`); the client gets a 4xx and retries.
  *   - each RCPT is relayed and its reply passed back, after the recipient domain's TLS rule
  *     (delivery.tlsPolicy, MTA-STS) is checked against this session: a domain that requires
  *     (verified) TLS this session does not have, or an MX outside an enforced policy, gets
@@ -18,8 +24,9 @@
  *     destination that fails or stays silent gives the client a 4xx, never a silent loss.
  * Everything said on the destination side is recorded by the same Transcript as queued sessions,
  * and each delivery leaves the same throttle signal. Destination sessions go to the same pools as
- * queued delivery's when the client leaves (after RSET), so the next client for that destination
- * and source reuses one, and every open connection counts against the site's limit.
+ * queued delivery's between transactions and when the client leaves (after RSET), so the next
+ * transaction for that destination and source reuses one, and every open connection counts
+ * against the site's limit (or the pair's learnt cap).
  * Network: TCP/TLS to the original destination only.
  */
 import type { Readable } from 'node:stream';
@@ -99,6 +106,8 @@ function tempfail(status: string, detail: string): Reply {
 export class ProxySession {
   #client: SmtpClient | null = null;
   #slot: Slot | null = null;
+  /** The source address of the session's last turn (undefined: it has had none). */
+  #lastSource: string | null | undefined = undefined;
   #site: SiteInfo | null = null;
   #hostName: string | null = null;
   #clock: ReplyClock | null = null;
@@ -141,18 +150,27 @@ export class ProxySession {
   }
 
   async #mailNow(from: string, params: string): Promise<Reply> {
+    if (this.#failed) {
+      // An earlier transaction failed toward the destination (or found no turn): this one starts
+      // afresh, on a new turn and a pooled or new connection.
+      this.#client?.close();
+      this.#client = null;
+      this.#failed = null;
+      this.#slot?.release();
+      this.#slot = null;
+    }
     this.#mail = { from, params };
     this.#mailReply = null;
     this.#summary = { sender: from, recipients: [], msTo354: null, final: null, bytes: 0 };
     this.#startedAt = Date.now();
-    if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
-    if (this.#failed) return this.#failed;
     // Each further transaction is admitted as a delivery would be: holds, pauses and rates in force now.
-    const refusal = this.#site && this.#slot ? this.deps.admit(this.#site.key, this.#slot.source.address, this.tenant) : null;
+    const source = this.#slot ? this.#slot.source.address : this.#lastSource;
+    const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
     if (refusal) {
       const text = `4.7.1 ${refusal}; try again later`;
       return { code: 451, lines: [text], raw: `451 ${text}` };
     }
+    if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
     return this.#relayMail();
   }
 
@@ -216,6 +234,7 @@ export class ProxySession {
     this.#transcript?.release();
     if (this.#summary) this.#summary.final = reply.raw;
     this.#signal(reply);
+    await this.#yieldTurn();
     return reply;
   }
 
@@ -262,6 +281,21 @@ export class ProxySession {
   #track(step: Promise<Reply>): Promise<Reply> {
     this.#step = step.catch(() => undefined);
     return step;
+  }
+
+  /**
+   * Between transactions the destination connection goes back to the pool and the turn back to
+   * the scheduler: a client that keeps its connection open, idle, holds neither, and the site's
+   * turns go round the tenants per message, as queued delivery's do. The next transaction takes a
+   * turn and a pooled connection again (most often this same one).
+   */
+  async #yieldTurn(): Promise<void> {
+    const client = this.#client;
+    if (!client || this.#failed || this.#closed) return;
+    this.#client = null;
+    await this.#putBack(client);
+    this.#slot?.release();
+    this.#slot = null;
   }
 
   /**
@@ -340,6 +374,7 @@ export class ProxySession {
       this.#hostName = hostName;
       try {
         this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
+        this.#lastSource = this.#slot.source.address;
       } catch (err) {
         return tempfail('4.4.5', (err as Error).message);
       }
@@ -394,8 +429,12 @@ export class ProxySession {
 
   #refusedOpen(reply: Reply, signal = true): Reply {
     if (signal) this.#signal(reply);
-    // close() ends in QUIT and the pool, both of which swallow their own failures.
-    void this.close().catch(() => undefined);
+    // The connection and the turn go; the client's next transaction asks for both again.
+    const client = this.#client;
+    this.#client = null;
+    if (client) void client.quit();
+    this.#slot?.release();
+    this.#slot = null;
     // Even a 5xx at the banner or to EHLO (a blocklisted source address, say) is about this
     // connection, not the recipients: the client defers, as queued delivery does.
     return tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
