@@ -258,9 +258,19 @@ export class SmtpClient extends EventEmitter {
     socket.on('close', () => {
       this.#ended = true;
       const err = Object.assign(new Error('the destination closed the connection'), { code: 'ECONNRESET' });
-      // After QUIT, or between commands, a close ends the session; it fails only a call that waits.
-      if (this.#waiter && !this.#quitting) this.#fail(err);
-      else this.#failure ??= err;
+      // Between commands a close ends the session; a call that waits fails with it. After QUIT the
+      // wait for the 221 ends quietly: left pending, it would hold its reply timer for minutes.
+      const w = this.#waiter;
+      if (w && this.#quitting) {
+        this.#waiter = null;
+        clearTimeout(w.timer);
+        this.#failure ??= err;
+        w.reject(err);
+      } else if (w) {
+        this.#fail(err);
+      } else {
+        this.#failure ??= err;
+      }
       this.emit('end');
     });
   }

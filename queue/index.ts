@@ -174,15 +174,18 @@ export class Queue {
   acquireLive(tenant: string, site: SiteRef, waitMs: number, leave?: AbortSignal): Promise<{ site: string; source: Source; release: () => void }> {
     return new Promise((resolve, reject) => {
       let state: 'waiting' | 'given' | 'gave up' = 'waiting';
+      const left = () => giveUp('the session ended while waiting for a turn');
       const giveUp = (why: string) => {
         if (state !== 'waiting') return;
         state = 'gave up';
         clearTimeout(timer);
+        leave?.removeEventListener('abort', left);
         reject(new Error(why));
       };
       const timer = setTimeout(() => giveUp(`no turn at ${site.key} within ${waitMs} ms (the site is at its limit, paused or held)`), waitMs);
-      if (leave?.aborted) return giveUp('the session ended while waiting for a turn');
-      leave?.addEventListener('abort', () => giveUp('the session ended while waiting for a turn'), { once: true });
+      if (leave?.aborted) return left();
+      // A session asks for a turn per transaction: each wait takes its listener off again.
+      leave?.addEventListener('abort', left, { once: true });
       this.scheduler.add({
         messageId: '', tenant, domain: site.key, recipientIds: [], due: 0,
         live: {
@@ -193,6 +196,7 @@ export class Queue {
             if (state !== 'waiting') return Promise.resolve();
             state = 'given';
             clearTimeout(timer);
+            leave?.removeEventListener('abort', left);
             return new Promise<void>((release) => resolve({ site: d.site, source: d.source, release: () => release() }));
           },
         },
