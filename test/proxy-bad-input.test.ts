@@ -136,7 +136,10 @@ const DATA_BAD: Record<string, Bad> = {
   'pipelined garbage after the data': async (c) => { c.send('Subject: p\r\n\r\nbody\r\n.\r\nFOO\r\n\0\0\0\r\nMAIL FROM:<\n>\r\n'); return answer(c); },
 };
 
-describe('transparent proxy: bad client input in every state (child process)', () => {
+describe.each([
+  ['streamed through', {}],
+  ['scanned first (proxy.scan)', { proxy: { scan: true }, engines: [{ name: 'attachments', type: 'policy' }] }],
+])('transparent proxy, %s: bad client input in every state (child process)', (_mode, extra) => {
   let dir: string;
   let dest: Destination;
   let child: ProxyChild;
@@ -157,6 +160,7 @@ describe('transparent proxy: bad client input in every state (child process)', (
       trustedNetworks: ['127.0.0.1/32'],
       queue: { fsync: false },
       limits: { maxMessageSize: '1MB' },
+      ...extra,
     }));
     start = async () => {
       child = await startProxyChild(configFile, `127.0.0.61:${destPort}`);
