@@ -7,7 +7,7 @@
  * fd 3 once ready, as `ichidan start` does; logs go to stdout. `startProxyChild` spawns it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, readFileSync } from 'node:fs';
+import { createWriteStream, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ichidan, parseConfig } from '../../mta/index.js';
@@ -24,6 +24,7 @@ export interface ProxyChild {
 const SCRIPT = join(import.meta.dirname, '..', '..', 'dist', 'test', 'helpers', 'proxy-child.js');
 
 export function startProxyChild(configFile: string, destination: string, logFile?: NodeJS.WritableStream): Promise<ProxyChild> {
+  if (!existsSync(SCRIPT)) return Promise.reject(new Error(`${SCRIPT} is missing: build with "npx tsc -p tsconfig.json" first`));
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [SCRIPT, configFile, destination], {
       stdio: ['ignore', logFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
