@@ -20,7 +20,8 @@ import { onCleanup, sleep } from './bench-cleanup.js';
 import { processTree } from './bench-proc.js';
 import { freePort } from './bench-util.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
+/** The project folder, whether this runs built (dist/bench) or from source (a test under vitest). */
+const ROOT = [join(import.meta.dirname, '..'), join(import.meta.dirname, '..', '..')].find((d) => existsSync(join(d, 'package.json')))!;
 const MASTER = '/usr/lib/postfix/sbin/master';
 
 export interface PostfixInstance {

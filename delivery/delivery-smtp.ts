@@ -18,7 +18,7 @@ import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { quit, type Lease, type PoolLimits, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
-import { errorSignal, ReplyClock, worse, type Signal } from './delivery-throttle.js';
+import { bannerCapSignal, errorSignal, ReplyClock, worse, type Signal } from './delivery-throttle.js';
 import { tlsProblem, type HopTls } from './delivery-tls.js';
 import { Transcript, type TranscriptSink } from './delivery-transcript.js';
 
@@ -76,6 +76,8 @@ export type HopResult =
 
 interface SmtpError extends Error {
   code?: string;
+  /** nodemailer's name of the step that failed: CONN for the greeting. */
+  command?: string;
   responseCode?: number;
   response?: string;
   recipient?: string;
@@ -193,6 +195,7 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
     await cache.makeRoom(opts.pair, opts.pool.maxConnections);
     const { conn, transcript, clock } = newConnection(hop, address, opts, tls);
     cache.opened(opts.pair, conn);
+    const openWithThis = cache.openCount(opts.pair);
     try {
       await connect(conn);
     } catch (err) {
@@ -205,7 +208,8 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
         continue;
       }
       const reply = e.response ? parseReply(e.response) : null;
-      signal = worse(signal, reply ? replySignal(clock, reply.code, e.response!, opts.slowReply) : errorSignal(e.code, e.message));
+      const capped = reply && e.command === 'CONN' ? bannerCapSignal(reply.code, e.response!, openWithThis) : null;
+      signal = worse(signal, capped ?? (reply ? replySignal(clock, reply.code, e.response!, opts.slowReply) : errorSignal(e.code, e.message)));
       lastFailure = {
         kind: 'unreachable',
         reason: `${where}: ${e.response ? e.response.trim() : e.code ?? e.message}`,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { errorSignal, isThrottleReply, ReplyClock, worse } from './delivery-throttle.js';
+import { bannerCapSignal, errorSignal, isThrottleReply, ReplyClock, worse } from './delivery-throttle.js';
 
 describe('throttle signals', () => {
   it.each([
@@ -16,6 +16,20 @@ describe('throttle signals', () => {
     [250, '2.0.0 ok', false],
   ])('%i %s → %s', (code, text, expected) => {
     expect(isThrottleReply(code, text)).toBe(expected);
+  });
+
+  it.each([
+    [421, '4.7.0 mx.example Error: too many connections from 127.0.0.1', 11, 'capped'],
+    [421, '4.7.0 mx.example Error: too many connections from 127.0.0.1', 1, null],
+    [421, '4.3.2 The maximum number of concurrent server connections has exceeded a limit, closing transmission channel', 4, 'capped'],
+    [421, 'Too many concurrent SMTP connections from this IP address; please try again later.', 3, 'capped'],
+    [421, '4.7.0 Service not available, closing transmission channel', 11, null],
+    [421, '4.7.0 Rate limit exceeded: too many messages', 11, null],
+    [554, '5.7.1 too many connections', 11, null],
+  ])('banner %i %s with %i open → %s', (code, text, open, kind) => {
+    const signal = bannerCapSignal(code, text, open);
+    expect(signal?.kind ?? null).toBe(kind);
+    if (signal) expect(signal.open).toBe(open);
   });
 
   it('names connection errors', () => {

@@ -5,6 +5,10 @@
  *   throttled  421 at the banner or after any command (the server is closing on us), or a 4xx
  *              whose text speaks of rates, volumes or limits (450, 451, 4.7.x, ...); greylisting
  *              and a transaction's recipient limit are not throttling
+ *   capped     a 4xx greeting (before EHLO) that speaks of too many connections, while other
+ *              connections of ours to the same (site, source) were open: the destination's cap on
+ *              connections per client address (Postfix's smtpd_client_connection_count_limit) is
+ *              below the count we had open — a limit to stay under, not a rate to back off from
  *   refused    the connection was refused, or reset by the peer
  *   slow       a reply took longer than the site's `slowReply`, or never came (timeout)
  *   failed     anything else that went wrong (TLS, DNS, a 5xx): no reaction
@@ -16,12 +20,14 @@
  */
 import type { WireLogger } from './delivery-transcript.js';
 
-export type SignalKind = 'ok' | 'slow' | 'throttled' | 'refused' | 'failed';
+export type SignalKind = 'ok' | 'slow' | 'capped' | 'throttled' | 'refused' | 'failed';
 
 export interface Signal {
   kind: SignalKind;
   /** The reply or error that made it, for the event log. */
   detail: string;
+  /** `capped`: connections of the pair open when the refused one was opened (itself included). */
+  open?: number;
 }
 
 const RATE_WORDING = /\b(rate|rates|too many|too fast|throttl\w*|slow down|exceed\w*|volume|limit\w*|deferred due to|temporarily (deferred|restricted|blocked))\b/i;
@@ -37,6 +43,20 @@ export function isThrottleReply(code: number, text: string): boolean {
   return RATE_WORDING.test(text);
 }
 
+/** How servers word a refusal of one more connection from an address (Postfix, Exim, Exchange, ...). */
+const CONNECTION_CAP_WORDING = /too many (?:concurrent |simultaneous |open )?(?:smtp )?(?:connections|sessions)|(?:concurrent|simultaneous) (?:server )?connections|connection (?:count )?limit|maximum number of (?:concurrent )?connections|concurrency limit/i;
+
+/**
+ * The greeting of a connection the destination refused for the number of connections we have
+ * open: a 4xx banner in a connection-cap wording, `open` being our connections to the pair when
+ * this one opened (itself included). With no other connection of ours open there is no cap to
+ * learn (the server turns everyone away): null, and the reply is judged as any other.
+ */
+export function bannerCapSignal(code: number, text: string, open: number): Signal | null {
+  if (code < 400 || code >= 500 || open < 2 || !CONNECTION_CAP_WORDING.test(text)) return null;
+  return { kind: 'capped', detail: `${code} ${text.trim()}`.replace(/\s*\r?\n\s*/g, ' / '), open };
+}
+
 /** A connection-level error (no reply to read) as a signal. */
 export function errorSignal(code: string | undefined, message: string): Signal {
   if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || /ECONNREFUSED|ECONNRESET|EPIPE/.test(message)) return { kind: 'refused', detail: code ?? message };
@@ -44,7 +64,7 @@ export function errorSignal(code: string | undefined, message: string): Signal {
   return { kind: 'failed', detail: `${code ?? 'error'}: ${message}` };
 }
 
-const RANK: Record<SignalKind, number> = { ok: 0, failed: 1, slow: 2, refused: 3, throttled: 4 };
+const RANK: Record<SignalKind, number> = { ok: 0, failed: 1, slow: 2, capped: 3, refused: 4, throttled: 5 };
 
 /** The more telling of two signals. */
 export function worse(a: Signal | null, b: Signal): Signal {

@@ -43,6 +43,8 @@ export type DeliveryResult =
 export interface Via {
   site: string;
   source: { address: string | null; helo: string | null };
+  /** Connections the pair may have open, when a learnt cap holds it below the site's maxConnections. */
+  connections?: number;
 }
 
 export type { SiteInfo } from './delivery-sites.js';
@@ -89,7 +91,7 @@ export class Egress {
       heloName: via?.source.helo ?? this.config.delivery.heloName ?? this.config.hostname,
       localAddress,
       pair: `${site.key}\u0000${localAddress ?? ''}`,
-      pool: { maxConnections: site.limits.maxConnections, messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout },
+      pool: { maxConnections: Math.min(site.limits.maxConnections, via?.connections ?? Infinity), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout },
       slowReply: site.slowReply,
       connectTimeout: this.config.delivery.connectTimeout,
       greetingTimeout: this.config.delivery.greetingTimeout,
@@ -130,5 +132,5 @@ export class Egress {
 }
 
 function rank(signal: Signal): number {
-  return ['ok', 'failed', 'slow', 'refused', 'throttled'].indexOf(signal.kind);
+  return ['ok', 'failed', 'slow', 'capped', 'refused', 'throttled'].indexOf(signal.kind);
 }

@@ -168,7 +168,10 @@ export class SmtpClient extends EventEmitter {
     plain.removeAllListeners('data');
     const secure = tlsConnect({ ...tls, socket: plain });
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(Object.assign(new Error('TLS handshake timed out'), { code: 'ETIMEDOUT' })), this.opts.replyTimeout);
+      const timer = setTimeout(() => {
+        secure.destroy();
+        reject(Object.assign(new Error('TLS handshake timed out'), { code: 'ETIMEDOUT' }));
+      }, this.opts.replyTimeout);
       secure.once('secureConnect', () => { clearTimeout(timer); resolve(); });
       secure.once('error', (err) => { clearTimeout(timer); reject(Object.assign(err, { code: (err as NodeJS.ErrnoException).code ?? 'ETLS' })); });
     });
@@ -181,6 +184,9 @@ export class SmtpClient extends EventEmitter {
   /** Sends one command line and reads its reply. */
   async command(line: string): Promise<Reply> {
     this.#check();
+    // Replies are matched to commands by order alone: a second command before the first's reply
+    // would take that reply as its own.
+    if (this.#waiter) throw Object.assign(new Error('a command is still waiting for its reply'), { code: 'EBUSY' });
     this.opts.logger.debug({ tnx: 'client' }, line);
     const reply = this.#read(this.opts.replyTimeout);
     this.#socket.write(line + '\r\n');
@@ -252,9 +258,19 @@ export class SmtpClient extends EventEmitter {
     socket.on('close', () => {
       this.#ended = true;
       const err = Object.assign(new Error('the destination closed the connection'), { code: 'ECONNRESET' });
-      // After QUIT, or between commands, a close ends the session; it fails only a call that waits.
-      if (this.#waiter && !this.#quitting) this.#fail(err);
-      else this.#failure ??= err;
+      // Between commands a close ends the session; a call that waits fails with it. After QUIT the
+      // wait for the 221 ends quietly: left pending, it would hold its reply timer for minutes.
+      const w = this.#waiter;
+      if (w && this.#quitting) {
+        this.#waiter = null;
+        clearTimeout(w.timer);
+        this.#failure ??= err;
+        w.reject(err);
+      } else if (w) {
+        this.#fail(err);
+      } else {
+        this.#failure ??= err;
+      }
       this.emit('end');
     });
   }

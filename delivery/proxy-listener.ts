@@ -10,6 +10,9 @@
  * Each accepted connection's original destination is read from its socket (proxy-origdst.ts);
  * a connection that was not redirected, or whose destination is one of Ichidan's own
  * listeners, is refused with 554 5.4.6 (a loop). The destination side is a ProxySession.
+ * Nothing a client sends may end the process: every handler runs under a guard, and an
+ * unexpected error in one session is logged and closes that session's two connections (421 4.3.0
+ * to the client when it can still be said), never the others'.
  * Network: the listener; TCP/TLS to the original destinations; the events webhook.
  * Settings: listeners[] with role proxy, proxy.*, delivery.* (timeouts, TLS, transcripts).
  */
@@ -20,10 +23,10 @@ import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from '../mta/mta-config-schema.js';
 import { mailFromRefusal, rcptToRefusal } from '../mta/mta-envelope.js';
-import { toSmtpError, type SmtpReply } from '../mta/mta-reply.js';
+import { REPLIES, toSmtpError, type SmtpReply } from '../mta/mta-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
-import { ProxySession, type Destination, type ProxyDeps } from './proxy-session.js';
+import { ProxySession, REFUSED_BY_PROXY, type Destination, type ProxyDeps } from './proxy-session.js';
 import type { Reply } from './proxy-client.js';
 
 export interface ScanInput {
@@ -89,6 +92,8 @@ export class ProxyListener {
   readonly server: SMTPServer;
   readonly #destinations = new Map<string, Destination | null>();
   readonly #sessions = new Map<string, ProxySession>();
+  /** The clients' TCP sockets by "address|port", to close a session that failed. */
+  readonly #sockets = new Map<string, Socket>();
   readonly #events: ProxyEvents;
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ProxyListenerDeps) {
@@ -115,15 +120,15 @@ export class ProxyListener {
       closeTimeout: 30_000,
       greetingDelay: spec.greetingDelay,
       logger: false,
-      onConnect: (session, cb) => this.#onConnect(session, cb),
+      onConnect: (session, cb) => this.#guard(session, cb, () => this.#onConnect(session, cb)),
       onMailFrom: (address, session, cb) => this.#refused(mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
         // A transaction that ended without data (every recipient refused, or RSET) is reported now.
         this.#report(session, s);
         return s.mail(address.address, paramWords(address.args).join(' '));
       }),
       onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session), cb) || this.#run(session, cb, (s) => s.rcpt(address.address, paramWords(address.args).join(' '))),
-      onData: (stream, session, cb) => this.#onData(stream, session, cb),
-      onClose: (session) => this.#onClose(session),
+      onData: (stream, session, cb) => this.#guard(session, cb, () => this.#onData(stream, session, cb), stream),
+      onClose: (session) => this.#guard(session, null, () => this.#onClose(session)),
     };
     this.server = new SMTPServer(options);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'proxy client connection error'));
@@ -136,7 +141,11 @@ export class ProxyListener {
         deps.log.warn({ err, client: socket.remoteAddress }, 'cannot read the original destination');
         this.#destinations.set(key, null);
       }
-      socket.once('close', () => this.#destinations.delete(key));
+      this.#sockets.set(key, socket);
+      socket.once('close', () => {
+        this.#destinations.delete(key);
+        this.#sockets.delete(key);
+      });
     });
   }
 
@@ -187,17 +196,55 @@ export class ProxyListener {
     return refusal !== null;
   }
 
+  /**
+   * Runs one of smtp-server's handlers for a session: a throw fails that session alone (the
+   * client's data, when there is some, is drained so smtp-server is not left waiting on it).
+   */
+  #guard(session: SMTPServerSession, cb: Callback | null, handler: () => void, data?: NodeJS.ReadableStream): void {
+    try {
+      handler();
+    } catch (err) {
+      data?.resume();
+      this.#fail(session, err, cb);
+    }
+  }
+
+  /**
+   * An unexpected error in one client's session: logged, 421 4.3.0 to the client when a reply is
+   * still owed (smtp-server closes after a 421), the destination connection dropped, and the
+   * client's socket closed: both sides of that session end, nothing else does.
+   */
+  #fail(session: SMTPServerSession, err: unknown, cb: Callback | null): void {
+    this.deps.log.error({ err, session: session.id, client: unmapped(session.remoteAddress ?? '') }, 'proxy session failed; closing it');
+    this.#sessions.get(session.id)?.abandon();
+    const socket = this.#sockets.get(`${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`);
+    if (cb) {
+      try {
+        cb(toSmtpError(REPLIES.sessionFailed));
+      } catch (again) {
+        this.deps.log.error({ err: again, session: session.id }, 'could not answer a failed proxy session');
+      }
+      // The 421 closes the connection; one that does not close soon is closed here.
+      if (socket) setTimeout(() => socket.destroy(), 2_000).unref();
+    } else {
+      socket?.destroy();
+    }
+  }
+
   #run(session: SMTPServerSession, cb: Callback, step: (s: ProxySession) => Promise<Reply>): void {
     const s = this.#sessions.get(session.id);
     if (!s) return cb(Object.assign(new Error('4.3.0 no proxy session'), { responseCode: 451 }));
-    step(s).then((reply) => {
+    let pending: Promise<Reply>;
+    try {
+      pending = step(s);
+    } catch (err) {
+      return this.#fail(session, err, cb);
+    }
+    pending.then((reply) => {
       // The destination's own text goes back with its 250 (smtp-server patched to take it).
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
       else cb(smtpError(reply));
-    }, (err) => {
-      this.deps.log.error({ err }, 'proxy step failed');
-      cb(Object.assign(new Error('4.3.0 proxy error'), { responseCode: 451 }));
-    });
+    }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null));
   }
 
   #onData(stream: NodeJS.ReadableStream, session: SMTPServerSession, cb: Callback): void {
@@ -231,9 +278,9 @@ export class ProxyListener {
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
       else cb(smtpError(reply));
     }, (err) => {
-      this.deps.log.error({ err }, 'proxy data failed');
-      cb(Object.assign(new Error('4.3.0 proxy error'), { responseCode: 451 }));
-    });
+      stream.resume();
+      this.#fail(session, err, cb);
+    }).catch((err) => this.#fail(session, err, null));
   }
 
   /**
@@ -249,7 +296,7 @@ export class ProxyListener {
       refuse({ code, lines: [text], raw: `${code} ${text}` });
       stream.unpipe(out);
       stream.resume();
-      cb(Object.assign(new Error(text), { code: 'EREFUSED' }));
+      cb(Object.assign(new Error(text), { code: REFUSED_BY_PROXY }));
     };
     const out = new Transform({
       transform(chunk: Buffer, _enc, cb) {
@@ -266,6 +313,9 @@ export class ProxyListener {
       },
     });
     stream.on('error', (err) => out.destroy(err));
+    // A refusal can come before the destination has answered DATA, when nothing reads `out` yet:
+    // its error is then only the refusal already recorded, and must not go unheard.
+    out.on('error', () => undefined);
     // However the relay ends (refused, the destination gone), the client's data is read to its end,
     // or smtp-server would never see the end of it and never answer.
     out.on('close', () => {
@@ -292,6 +342,6 @@ export class ProxyListener {
     this.#sessions.delete(session.id);
     if (!s) return;
     this.#report(session, s);
-    void s.close();
+    s.close().catch((err) => this.deps.log.error({ err, session: session.id }, 'could not close a proxy session\'s destination side'));
   }
 }

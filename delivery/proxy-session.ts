@@ -9,7 +9,13 @@
  *     slot taken at that site for the tenant (the scheduler's fairness and caps, waiting at most
  *     `proxy.slotWait`), the connection opened from the source address the slot came with, EHLO
  *     and STARTTLS (verified against the CA store, checked by name later) said, and the MAIL FROM
- *     the client gave relayed. Later transactions relay MAIL at once.
+ *     the client gave relayed. The turn is held for one transaction: after its final reply the
+ *     destination connection goes back to the pool and the turn to the scheduler, so a client
+ *     that keeps its connection open holds no share of the site while idle; its next transaction
+ *     is admitted (holds, pauses) and takes a turn and a pooled connection again. A transaction
+ *     that failed toward the destination, or found no turn, leaves the next one to start afresh.
+ *     A destination that refuses the connection at its banner for the number we have open teaches
+ *     the pair its cap (delivery-throttle.ts, `capped`); the client gets a 4xx and retries.
  *   - each RCPT is relayed and its reply passed back, after the recipient domain's TLS rule
  *     (delivery.tlsPolicy, MTA-STS) is checked against this session: a domain that requires
  *     (verified) TLS this session does not have, or an MX outside an enforced policy, gets
@@ -18,8 +24,9 @@
  *     destination that fails or stays silent gives the client a 4xx, never a silent loss.
  * Everything said on the destination side is recorded by the same Transcript as queued sessions,
  * and each delivery leaves the same throttle signal. Destination sessions go to the same pools as
- * queued delivery's when the client leaves (after RSET), so the next client for that destination
- * and source reuses one, and every open connection counts against the site's limit.
+ * queued delivery's between transactions and when the client leaves (after RSET), so the next
+ * transaction for that destination and source reuses one, and every open connection counts
+ * against the site's limit (or the pair's learnt cap).
  * Network: TCP/TLS to the original destination only.
  */
 import type { Readable } from 'node:stream';
@@ -28,7 +35,7 @@ import type { Dispatch, Source } from '../queue/queue-scheduler.js';
 import type { Lease, SessionCache } from './delivery-cache.js';
 import type { RouteDecision } from './delivery-route.js';
 import type { SiteInfo } from './delivery-sites.js';
-import { errorSignal, ReplyClock, type Signal } from './delivery-throttle.js';
+import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from './delivery-throttle.js';
 import type { HopTls, TlsPlan } from './delivery-tls.js';
 import { Transcript, type TranscriptSink } from './delivery-transcript.js';
 import { replyText, SmtpClient, type Reply } from './proxy-client.js';
@@ -59,6 +66,8 @@ export interface ProxyDeps {
   acquire(tenant: string, site: SiteInfo, leave: AbortSignal): Promise<Slot>;
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
   signal(site: string, source: string | null, tenant: string, signal: Signal): void;
+  /** Connections the pair may have open when a learnt cap holds it below the site's limit (undefined: the site's limit). */
+  connections(site: string, source: string | null): number | undefined;
   /** May a session already holding its turn start another transaction (null), or why not. */
   admit(site: string, source: string | null, tenant: string): string | null;
   /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
@@ -86,6 +95,9 @@ export function keepParams(params: string, extensions: Map<string, string>): str
 }
 
 /** 4xx said to the client for a destination that failed; the detail is for the log and transcript. */
+/** The error code the listener's guard gives the client's data it refused on the way. */
+export const REFUSED_BY_PROXY = 'EREFUSED';
+
 function tempfail(status: string, detail: string): Reply {
   const text = `${status} destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400);
   return { code: 451, lines: [text], raw: `451 ${text}` };
@@ -94,6 +106,8 @@ function tempfail(status: string, detail: string): Reply {
 export class ProxySession {
   #client: SmtpClient | null = null;
   #slot: Slot | null = null;
+  /** The source address of the session's last turn (undefined: it has had none). */
+  #lastSource: string | null | undefined = undefined;
   #site: SiteInfo | null = null;
   #hostName: string | null = null;
   #clock: ReplyClock | null = null;
@@ -108,6 +122,8 @@ export class ProxySession {
   /** Recipients of the current transaction the destination took (the transcript's link holds this array). */
   #accepted: string[] = [];
   #closed = false;
+  /** The command under way toward the destination (settled when none is). */
+  #step: Promise<unknown> = Promise.resolve();
   /** Aborted when the client leaves: a wait for a turn ends with it. */
   readonly #leave = new AbortController();
   #opening: Promise<Reply | null> | null = null;
@@ -129,23 +145,40 @@ export class ProxySession {
   }
 
   /** MAIL FROM: relayed at once when the session is open, else kept for the first RCPT. */
-  async mail(from: string, params: string): Promise<Reply> {
+  mail(from: string, params: string): Promise<Reply> {
+    return this.#track(this.#mailNow(from, params));
+  }
+
+  async #mailNow(from: string, params: string): Promise<Reply> {
+    if (this.#failed) {
+      // An earlier transaction failed toward the destination (or found no turn): this one starts
+      // afresh, on a new turn and a pooled or new connection.
+      this.#client?.close();
+      this.#client = null;
+      this.#failed = null;
+      this.#slot?.release();
+      this.#slot = null;
+    }
     this.#mail = { from, params };
     this.#mailReply = null;
     this.#summary = { sender: from, recipients: [], msTo354: null, final: null, bytes: 0 };
     this.#startedAt = Date.now();
-    if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
-    if (this.#failed) return this.#failed;
     // Each further transaction is admitted as a delivery would be: holds, pauses and rates in force now.
-    const refusal = this.#site && this.#slot ? this.deps.admit(this.#site.key, this.#slot.source.address, this.tenant) : null;
+    const source = this.#slot ? this.#slot.source.address : this.#lastSource;
+    const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
     if (refusal) {
       const text = `4.7.1 ${refusal}; try again later`;
       return { code: 451, lines: [text], raw: `451 ${text}` };
     }
+    if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
     return this.#relayMail();
   }
 
-  async rcpt(to: string, params: string): Promise<Reply> {
+  rcpt(to: string, params: string): Promise<Reply> {
+    return this.#track(this.#rcptNow(to, params));
+  }
+
+  async #rcptNow(to: string, params: string): Promise<Reply> {
     const domain = to.slice(to.lastIndexOf('@') + 1).toLowerCase();
     const reply = await this.#rcpt(to, domain, params);
     this.#summary?.recipients.push({ address: to, reply: reply.raw });
@@ -175,7 +208,11 @@ export class ProxySession {
   }
 
   /** Streams the message; resolves with the destination's final reply (or a 4xx when it failed). */
-  async data(body: Readable): Promise<Reply> {
+  data(body: Readable): Promise<Reply> {
+    return this.#track(this.#dataNow(body));
+  }
+
+  async #dataNow(body: Readable): Promise<Reply> {
     const client = this.#client;
     if (!client || this.#failed) {
       body.resume();
@@ -192,16 +229,21 @@ export class ProxySession {
       });
       this.#inTransaction = false;
     } catch (err) {
-      reply = this.#broken(err);
+      reply = (err as NodeJS.ErrnoException).code === REFUSED_BY_PROXY ? this.#cutOff() : this.#broken(err);
     }
     this.#transcript?.release();
     if (this.#summary) this.#summary.final = reply.raw;
     this.#signal(reply);
+    await this.#yieldTurn();
     return reply;
   }
 
   /** The message will not be relayed (scanning refused or held it): the destination's transaction is reset; `reply` goes to the client. */
-  async abort(reply: Reply): Promise<Reply> {
+  abort(reply: Reply): Promise<Reply> {
+    return this.#track(this.#abortNow(reply));
+  }
+
+  async #abortNow(reply: Reply): Promise<Reply> {
     if (this.#client && !this.#failed && this.#inTransaction) {
       const reset = await this.#command('RSET');
       if (reset.code === 250) this.#inTransaction = false;
@@ -226,9 +268,32 @@ export class ProxySession {
     this.#closed = true;
     this.#leave.abort();
     await this.#opening?.catch(() => undefined);
+    // A command still waiting for the destination's reply (the client left after its final dot)
+    // gets it first: a connection is pooled only between commands, never with a reply owed.
+    await this.#step;
     const client = this.#client;
     this.#client = null;
     if (client) await this.#putBack(client);
+    this.#slot?.release();
+    this.#slot = null;
+  }
+
+  #track(step: Promise<Reply>): Promise<Reply> {
+    this.#step = step.catch(() => undefined);
+    return step;
+  }
+
+  /**
+   * Between transactions the destination connection goes back to the pool and the turn back to
+   * the scheduler: a client that keeps its connection open, idle, holds neither, and the site's
+   * turns go round the tenants per message, as queued delivery's do. The next transaction takes a
+   * turn and a pooled connection again (most often this same one).
+   */
+  async #yieldTurn(): Promise<void> {
+    const client = this.#client;
+    if (!client || this.#failed || this.#closed) return;
+    this.#client = null;
+    await this.#putBack(client);
     this.#slot?.release();
     this.#slot = null;
   }
@@ -267,7 +332,7 @@ export class ProxySession {
     if (!usable || !site) return client.quit();
     const lease: Lease = { conn: client as unknown as Lease['conn'], uses: this.#uses, reused: false, transcript: this.#transcript, clock: this.#clock!, pair: this.#pair };
     this.#transcript?.release();
-    this.deps.cache.give(this.#poolKey, lease, { maxConnections: site.limits.maxConnections, messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
+    this.deps.cache.give(this.#poolKey, lease, { maxConnections: this.#maxConnections(), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
   }
 
   async #relayMail(): Promise<Reply> {
@@ -303,12 +368,16 @@ export class ProxySession {
     } catch {
       // no route knowledge: the address stands for itself
     }
-    this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
-    this.#hostName = hostName;
-    try {
-      this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
-    } catch (err) {
-      return tempfail('4.4.5', (err as Error).message);
+    // A session whose data was cut off opens again on the turn it holds.
+    if (!this.#slot || !this.#site) {
+      this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
+      this.#hostName = hostName;
+      try {
+        this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
+        this.#lastSource = this.#slot.source.address;
+      } catch (err) {
+        return tempfail('4.4.5', (err as Error).message);
+      }
     }
     if (this.#closed) return tempfail('4.4.5', 'the client left');
     const source = this.#slot.source;
@@ -316,7 +385,7 @@ export class ProxySession {
     this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;
     this.#poolKey = `proxy|${address}|${port}|${source.address ?? ''}|${helo}|${hostName ?? ''}`;
     if (await this.#reuse()) return null;
-    await this.deps.cache.makeRoom(this.#pair, this.#site.limits.maxConnections);
+    await this.deps.cache.makeRoom(this.#pair, this.#maxConnections());
     this.#transcript = this.deps.transcripts
       ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo: source.helo ?? this.deps.heloName, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
       : null;
@@ -328,12 +397,18 @@ export class ProxySession {
       this.#client = client;
       this.#uses = 0;
       this.deps.cache.opened(this.#pair, client as unknown as Lease['conn']);
+      const openWithThis = this.deps.cache.openCount(this.#pair);
       const local = `${client.socket.localAddress?.replace(/^::ffff:/i, '')}|${client.socket.localPort}`;
       this.deps.outbound.add(local);
       client.once('end', () => this.deps.outbound.delete(local));
       this.#transcript?.follow(() => client.socket, (end) => client.once('end', end));
       const greeting = client.greeting!;
-      if (greeting.code !== 220) return this.#refusedOpen(greeting);
+      if (greeting.code !== 220) {
+        // A refusal for the number of our connections teaches the pair's cap; the client retries.
+        const capped = bannerCapSignal(greeting.code, replyText(greeting), openWithThis);
+        if (capped) this.#signalRaw(capped);
+        return this.#refusedOpen(greeting, capped === null);
+      }
       let hello = await client.hello(helo);
       if (hello.code !== 250) return this.#refusedOpen(hello);
       if (client.extensions.has('STARTTLS')) {
@@ -352,9 +427,14 @@ export class ProxySession {
     }
   }
 
-  #refusedOpen(reply: Reply): Reply {
-    this.#signal(reply);
-    void this.close();
+  #refusedOpen(reply: Reply, signal = true): Reply {
+    if (signal) this.#signal(reply);
+    // The connection and the turn go; the client's next transaction asks for both again.
+    const client = this.#client;
+    this.#client = null;
+    if (client) void client.quit();
+    this.#slot?.release();
+    this.#slot = null;
     // Even a 5xx at the banner or to EHLO (a blocklisted source address, say) is about this
     // connection, not the recipients: the client defers, as queued delivery does.
     return tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
@@ -411,6 +491,31 @@ export class ProxySession {
     }
   }
 
+  /**
+   * The client's data was refused on the way (a bare line ending, too big): the destination's
+   * connection was closed before the final dot, which says nothing about the destination. The
+   * client keeps its turn; its next transaction opens a fresh connection.
+   */
+  #cutOff(): Reply {
+    this.#client?.close();
+    this.#client = null;
+    this.#inTransaction = false;
+    return tempfail('4.4.2', 'the message data was refused');
+  }
+
+  /**
+   * The session failed inside the proxy: the destination connection is dropped at once (it may
+   * be in the middle of anything) and the turn given back. `close()` then has nothing left to do.
+   */
+  abandon(): void {
+    this.#closed = true;
+    this.#leave.abort();
+    this.#client?.close();
+    this.#client = null;
+    this.#slot?.release();
+    this.#slot = null;
+  }
+
   /** The destination broke or went silent: every later command of this client gets a 4xx. */
   #broken(err: unknown): Reply {
     const e = err as NodeJS.ErrnoException;
@@ -421,6 +526,12 @@ export class ProxySession {
     this.#slot = null;
     this.#failed = tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${e.code ?? 'error'}: ${e.message}`);
     return this.#failed;
+  }
+
+  /** The site's limit, or the pair's learnt cap when that is lower. */
+  #maxConnections(): number {
+    const site = this.#site!;
+    return Math.min(site.limits.maxConnections, this.deps.connections(site.key, this.#slot?.source.address ?? null) ?? Infinity);
   }
 
   #signal(reply: Reply): void {

@@ -235,6 +235,7 @@ export class Ichidan {
       outbound: this.#proxyOutbound,
       cache: this.sessions,
       admit: (site, source, tenant) => this.queue.scheduler.admit(site, source, tenant),
+      connections: (site, source) => this.queue.scheduler.connections(site, source),
     };
   }
 

@@ -315,6 +315,11 @@ export const configSchema = z.strictObject({
       attributionShare: z.number().gt(0).max(1).default(0.6),
       /** How long a blamed tenant stays suspended for the site (0: never suspend automatically). */
       tenantSuspension: duration.prefault('30m'),
+      /**
+       * A pair whose destination refused a connection at its banner for the number we had open
+       * (a per-address connection cap) stays one below that count, and tries one more after this long.
+       */
+      capProbe: duration.prefault('1m'),
     }).prefault({}),
     /** Every command and reply of every outbound session, stored in the queue database (`ichidan sessions`). */
     transcripts: z.strictObject({

@@ -40,7 +40,14 @@ export function proxyScans(setting: boolean | string[], tenant: string): boolean
 export async function scanProxied(input: ScanInput, runtime: Runtime, queue: Queue, log: Logger): Promise<ScanOutcome> {
   const { config } = runtime;
   const writer = await queue.createWriter();
-  const received = await receiveInto(input.stream, writer, config.limits);
+  let received;
+  try {
+    received = await receiveInto(input.stream, writer, config.limits);
+  } catch (err) {
+    // The client's data broke off (it left mid-DATA): nothing was accepted, nothing is kept.
+    await writer.discard().catch(() => undefined);
+    throw err;
+  }
   const refuse = async (r: SmtpReply, why: string) => {
     await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a refused message'));
     log.info({ qid: writer.id, client: input.client, reply: `${r.code} ${r.enhanced}` }, why);
@@ -73,7 +80,11 @@ export async function scanProxied(input: ScanInput, runtime: Runtime, queue: Que
     .catch((err) => log.error({ err, qid: writer.id }, 'could not record late scans'))
     .finally(() => {
       handle?.close().catch(() => undefined);
-      runtime.release();
+      try {
+        runtime.release();
+      } catch (err) {
+        log.error({ err, qid: writer.id }, 'could not release the engine snapshot');
+      }
     });
   if (decision.reply) {
     queue.recordScan(record);

@@ -24,6 +24,7 @@ export const REPLIES = {
   storageFull: reply(452, '4.3.1', 'insufficient system storage, try again later'),
   localError: reply(451, '4.3.0', 'local error in processing, try again later'),
   dataTimeout: reply(421, '4.4.2', 'timeout while receiving message data, closing connection'),
+  sessionFailed: reply(421, '4.3.0', 'local error in processing, closing connection'),
   badRecipient: reply(553, '5.1.3', 'bad recipient address syntax'),
   nulInData: reply(550, '5.6.0', 'message refused: NUL characters in message data'),
   invalidUtf8Address: reply(501, '5.5.4', 'address is not valid UTF-8'),

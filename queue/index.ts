@@ -194,15 +194,18 @@ export class Queue {
   acquireLive(tenant: string, site: SiteRef, waitMs: number, leave?: AbortSignal): Promise<{ site: string; source: Source; release: () => void }> {
     return new Promise((resolve, reject) => {
       let state: 'waiting' | 'given' | 'gave up' = 'waiting';
+      const left = () => giveUp('the session ended while waiting for a turn');
       const giveUp = (why: string) => {
         if (state !== 'waiting') return;
         state = 'gave up';
         clearTimeout(timer);
+        leave?.removeEventListener('abort', left);
         reject(new Error(why));
       };
       const timer = setTimeout(() => giveUp(`no turn at ${site.key} within ${waitMs} ms (the site is at its limit, paused or held)`), waitMs);
-      if (leave?.aborted) return giveUp('the session ended while waiting for a turn');
-      leave?.addEventListener('abort', () => giveUp('the session ended while waiting for a turn'), { once: true });
+      if (leave?.aborted) return left();
+      // A session asks for a turn per transaction: each wait takes its listener off again.
+      leave?.addEventListener('abort', left, { once: true });
       this.scheduler.add({
         messageId: '', tenant, domain: site.key, recipientIds: [], due: 0,
         live: {
@@ -213,6 +216,7 @@ export class Queue {
             if (state !== 'waiting') return Promise.resolve();
             state = 'given';
             clearTimeout(timer);
+            leave?.removeEventListener('abort', left);
             return new Promise<void>((release) => resolve({ site: d.site, source: d.source, release: () => release() }));
           },
         },
@@ -420,7 +424,7 @@ export class Queue {
         return;
       }
       for (const r of rows) this.#inFlight.add(`${r.message_id}/${r.id}`);
-      retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source });
+      retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source, connections: this.scheduler.connections(dispatch.site, dispatch.source.address) });
     } catch (err) {
       this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
       const due = Date.now() + retryDelay(this.config.queue, 1);
@@ -458,6 +462,13 @@ export class Queue {
     const stillQueued = new Set(this.store.recipientsOf(msg.id).filter((r) => r.state === 'queued').map((r) => r.id));
     rows = rows.filter((r) => stillQueued.has(r.id));
     owed = owed.filter((r) => stillQueued.has(r.id));
+    // Turned away at the banner for the number of connections we had open: not an attempt on the
+    // message. It goes back due now and waits for a turn within the pair's lowered window, which
+    // an open connection gives it.
+    if (result.kind === 'outcomes' && result.signal?.kind === 'capped' && owed.length === 0) {
+      this.log.info({ qid: msg.id, tenant: job.tenant, domain: job.domain, reason: result.signal.detail }, 'connection cap reached; retried on an open connection');
+      return rows.map((r) => ({ id: r.id, tenant: job.tenant, domain: job.domain, due: now }));
+    }
 
     if (result.kind === 'hold') {
       await this.store.write([{ op: 'updateRecipients', messageId: msg.id, now, updates: rows.map((r) => ({

@@ -5,6 +5,11 @@
  * reply, halves on a throttle, never below 1 nor above `maxConnections`), and a token bucket for
  * the site's message rate. A pair keeps what it learnt while in use; it is forgotten after half an
  * hour unused (checked at most once a minute).
+ *
+ * A destination that refused a connection at its banner for the number we had open (a per-client
+ * connection cap) gives the pair a `cap`: one below the count it refused. The window stays within
+ * it, and after each quiet `probe` interval in full use the cap is raised by one, so a cap the
+ * destination raised is found again, one connection at a time; a refusal lowers it back.
  */
 import type { SiteLimits } from './queue-scheduler.js';
 
@@ -14,6 +19,11 @@ export interface Pair {
   max: number;
   rate?: { count: number; perMs: number };
   active: number;
+  /** The destination's cap on our connections, learnt from refusals (undefined: none known). */
+  cap?: number;
+  /** When the cap was last set or raised, and how long it then holds before one more is tried. */
+  cappedAt: number;
+  probe: number;
   tokens: number;
   refilledAt: number;
   usedAt: number;
@@ -46,7 +56,7 @@ export class Pairs {
     let pair = this.#pairs.get(key);
     const { maxConnections, messageRate } = limits;
     if (!pair) {
-      pair = { window: Math.min(limits.initialConnections, maxConnections), max: maxConnections, rate: messageRate, active: 0, tokens: messageRate?.count ?? 0, refilledAt: now, usedAt: now };
+      pair = { window: Math.min(limits.initialConnections, maxConnections), max: maxConnections, rate: messageRate, active: 0, cappedAt: 0, probe: 0, tokens: messageRate?.count ?? 0, refilledAt: now, usedAt: now };
       this.#pairs.set(key, pair);
       return pair;
     }
@@ -71,11 +81,16 @@ export class Pairs {
     }
   }
 
-  feedback(site: string, source: string | null, kind: Feedback): void {
+  feedback(site: string, source: string | null, kind: Feedback, now = Date.now()): void {
     const pair = this.get(site, source);
     if (!pair) return;
     if (kind === 'ok') {
-      if (pair.active >= Math.floor(pair.window)) pair.window = Math.min(pair.max, pair.window + 1 / pair.window);
+      if (pair.active < Math.floor(pair.window)) return;
+      if (pair.cap !== undefined && pair.window >= pair.cap && now - pair.cappedAt >= pair.probe) {
+        pair.cap = pair.cap + 1 >= pair.max ? undefined : pair.cap + 1;
+        pair.cappedAt = now;
+      }
+      pair.window = Math.min(pair.max, pair.cap ?? Infinity, pair.window + 1 / pair.window);
     } else if (kind === 'slow') {
       pair.window = Math.max(1, pair.window - 1);
     } else {
@@ -83,9 +98,29 @@ export class Pairs {
     }
   }
 
+  /**
+   * The destination refused a connection at its banner while `open` of ours were open (that one
+   * included): the pair holds below that count from now on, trying one more after `probeMs`.
+   * Returns the cap now in force (undefined: the pair is unknown).
+   */
+  cap(site: string, source: string | null, open: number, probeMs: number, now: number): number | undefined {
+    const pair = this.get(site, source);
+    if (!pair) return undefined;
+    pair.cap = Math.max(1, Math.min(pair.cap ?? Infinity, pair.max, open - 1));
+    pair.window = Math.min(pair.window, pair.cap);
+    pair.cappedAt = now;
+    pair.probe = probeMs;
+    return pair.cap;
+  }
+
+  /** Connections the pair may have open: its learnt cap, when one holds it below the site's maximum. */
+  connections(site: string, source: string | null): number | undefined {
+    return this.get(site, source)?.cap;
+  }
+
   setWindow(site: string, source: string | null, window: number): void {
     const pair = this.get(site, source);
-    if (pair) pair.window = Math.max(1, Math.min(pair.max, window));
+    if (pair) pair.window = Math.max(1, Math.min(pair.max, pair.cap ?? Infinity, window));
   }
 
   views(): PairView[] {

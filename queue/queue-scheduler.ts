@@ -217,7 +217,20 @@ export class Scheduler {
    * off; a throttle halves it. Never below 1 nor above the site's maximum.
    */
   feedback(site: string, source: string | null, kind: Feedback): void {
-    this.#pairs.feedback(site, source, kind);
+    this.#pairs.feedback(site, source, kind, this.#now());
+  }
+
+  /**
+   * The destination refused one more connection of the pair at its banner, `open` being open:
+   * its window holds below that (queue-pairs.ts), no pause. Returns the cap now in force.
+   */
+  cap(site: string, source: string | null, open: number, probeMs: number): number | undefined {
+    return this.#pairs.cap(site, source, open, probeMs, this.#now());
+  }
+
+  /** Connections the pair may have open, when a learnt cap is below the site's maxConnections. */
+  connections(site: string, source: string | null): number | undefined {
+    return this.#pairs.connections(site, source);
   }
 
   /** The pair's current window (undefined: not known yet). */

@@ -39,6 +39,20 @@ const ok = { kind: 'ok' as const, detail: '' };
 const throttled = { kind: 'throttled' as const, detail: '421 4.7.0 too many connections' };
 
 describe('throttle control', () => {
+  it('holds a pair below a connection cap the destination showed at its banner: no pause, no suspension, whichever tenants sent', async () => {
+    const { control, scheduler, settle } = await setup();
+    const now = Date.now();
+    const capped = { kind: 'capped' as const, detail: '421 4.7.0 mx.test Error: too many connections from 127.0.0.1', open: 6 };
+    for (let i = 0; i < 8; i++) control.onSignal(SITE, null, 'c', ok, now);
+    control.onSignal(SITE, null, 'a', ok, now);
+    for (let i = 0; i < 6; i++) control.onSignal(SITE, null, i % 2 ? 'c' : 'a', capped, now + i);
+    await settle();
+    expect(control.events({ limit: 10 })).toEqual([]);
+    expect(scheduler.blocks()).toEqual([]);
+    expect(scheduler.window(SITE, null)).toBe(5);
+    expect(scheduler.connections(SITE, null)).toBe(5);
+  });
+
   it('pauses the pair and halves its window; a tenant alone at a site is not suspended', async () => {
     const { control, scheduler, settle } = await setup();
     const t0 = 1_000_000;

@@ -6,6 +6,10 @@
  * address) pair and tenant:
  *   ok         the pair's window may grow (slow start, in the scheduler);
  *   slow       the window shrinks by one; recorded as a `slowed` event (at most one a minute a pair);
+ *   capped     the destination refused one more connection at its banner (a cap on connections per
+ *              client address): the pair's window is held below the count it refused, one more
+ *              tried after `capProbe` (queue-pairs.ts). No pause and no blame: the limit is the
+ *              address's, shared by every tenant sending from it, and the open connections go on;
  *   throttled, refused
  *              the window halves and the pair is paused: `delivery.throttle.pause`, doubled for
  *              each further pause within `window`, up to `maxPause` (a `paused` event, lifting
@@ -92,6 +96,12 @@ export class EgressControl {
     const pairKey = `${site}\u0000${source ?? ''}`;
     if (signal.kind === 'ok') {
       this.scheduler.feedback(site, source, 'ok');
+      return;
+    }
+    if (signal.kind === 'capped') {
+      const before = this.scheduler.connections(site, source);
+      const cap = this.scheduler.cap(site, source, signal.open ?? 2, t.capProbe);
+      if (cap !== before) this.log.info({ site, source, cap, refusedAt: signal.open, reason: signal.detail }, 'destination caps connections per address: pair held below it');
       return;
     }
     if (signal.kind === 'slow') {
