@@ -1,6 +1,8 @@
+import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { Engine, EngineKind, EngineResult, ScanMessage } from './engine.js';
-import { scanningSchema } from './engines-config.js';
+import { engineSchema, scanningSchema } from './engines-config.js';
+import { EngineHost } from './engines-host.js';
 import { EngineRunner, replyFor, runEngine, type EngineEntry } from './engines-run.js';
 
 const message = (size = 100): ScanMessage => ({ path: '/nonexistent', size, open: () => { throw new Error('not read in these tests'); } });
@@ -43,6 +45,30 @@ describe('runEngine', () => {
     const run = await runEngine(entry('small', 'av', async () => { called = true; return clean; }, { maxSize: 50 }), message(51), context, new AbortController().signal);
     expect(run).toMatchObject({ skipped: 'size', version: 'small-1' });
     expect(called).toBe(false);
+  });
+
+  it("judges the message unscannable when a local engine's deadline passes, and its breaker does not count it; a daemon's deadline still counts", async () => {
+    const host = new EngineHost(new Map(), () => undefined);
+    const breaker = { failures: 2, window: '1m', cooldown: '10m' };
+    const held = host.snapshot([
+      engineSchema.parse({ name: 'attachments', type: 'policy', timeout: '30ms', breaker }),
+      engineSchema.parse({ name: 'clamav', type: 'clamd', timeout: '30ms', breaker }),
+    ], { hostname: 'mx.test', resolver: null, log: pino({ level: 'silent' }) });
+    const hangs: Engine['scan'] = () => new Promise(() => undefined);
+    const [policy, clamd] = held.entries.map((e) => ({ ...e, engine: { ...e.engine, scan: hangs } }));
+    expect(policy.local).toBe(true);
+    expect(clamd.local).toBe(false);
+    for (let n = 0; n < 4; n++) {
+      const run = await runEngine(policy, message(), context, new AbortController().signal);
+      expect(run.result?.outcome).toEqual({ status: 'unscannable', reason: 'not judged within its timeout of 30 ms' });
+    }
+    for (let n = 0; n < 2; n++) {
+      expect((await runEngine(clamd, message(), context, new AbortController().signal)).result?.outcome).toMatchObject({ status: 'error', error: 'timeout' });
+    }
+    expect(host.list().map((e) => [e.name, e.breaker, e.failures])).toEqual([['attachments', 'closed', 0], ['clamav', 'open', 2]]);
+    const verdict = await new EngineRunner([policy], scanningSchema.parse({}), {}).scan(message(), context, new AbortController().signal);
+    expect(verdict.reply).toMatchObject({ code: 550, enhanced: '5.7.1' });
+    held.release();
   });
 
   it('gives the engine a signal that aborts at its deadline', async () => {
