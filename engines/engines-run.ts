@@ -10,6 +10,8 @@
  * Gives: a `ScanDecision` — the verdict, the SMTP reply for a refusal, and a report of every run
  *   (for the per-message record and the daily statistics).
  *
+ * Size: a message above an engine's maxSize is not sent to it; under `oversize: unscannable` (AV
+ * and policy engines by default) it is judged not fully scanned, under `skip` left to the others.
  * Deadlines: an engine's scan gets a signal that aborts at its own `timeout` (or when the caller
  * aborts). Adapters stop on it; the runner does not rely on that and answers the timeout itself
  * when the signal fires, so an adapter that ignores it cannot hold the verdict. A local engine
@@ -90,9 +92,13 @@ function onAbort(signal: AbortSignal): { promise: Promise<EngineResult>; dispose
  * nothing about the engine; its breaker does not count the run (a sender could otherwise open it).
  */
 export async function runEngine(entry: EngineEntry, message: ScanMessage, context: ScanContext, outer: AbortSignal, suspect = false): Promise<EngineRun> {
-  const { name, shadow, weight, onError, maxSize, timeout } = entry.options;
+  const { name, shadow, weight, onError, maxSize, oversize, timeout } = entry.options;
   const base = { engine: name, kind: entry.engine.kind as EngineKind, shadow, weight, onError };
-  if (message.size > maxSize) return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
+  if (message.size > maxSize) {
+    // Not the engine's doing either: its breaker is not asked.
+    if (oversize === 'skip') return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
+    return { ...base, result: unscannableResult(`a message of ${message.size} bytes is larger than its maxSize of ${maxSize}`), ms: 0, version: entry.engine.version() };
+  }
   const admission = entry.health?.admit(Date.now()) ?? 'scan';
   if (admission === 'skip') return { ...base, skipped: 'disabled', ms: 0, version: entry.engine.version() };
   const deadline = AbortSignal.any([outer, AbortSignal.timeout(timeout)]);

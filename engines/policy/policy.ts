@@ -45,7 +45,7 @@ const extension = z.string().regex(/^\.?[a-z0-9_$~-]+$/i, 'an extension such as 
   .transform((e) => e.replace(/^\./, '').toLowerCase());
 
 export const policyOptions = z.strictObject({
-  ...engineCommon({ timeout: '10s', maxSize: '25MB' }),
+  ...engineCommon({ timeout: '10s', maxSize: '25MB', oversize: 'unscannable' }),
   type: z.literal('policy'),
   /** What a dangerous attachment does to the message. */
   action: z.enum(['reject', 'quarantine', 'tag']).default('reject'),
