@@ -119,7 +119,8 @@ export type EngineOutcome =
   /**
    * The engine works but cannot judge this message, because of the message: MIME it cannot
    * parse, a limit of its own exceeded (clamd's Heuristics.Limits.Exceeded.*: recursion, files,
-   * scan size). Not a failure of the engine (its circuit breaker does not count it) and never a
+   * scan size); also set by the runner for a local engine past its deadline and for a message
+   * above an engine's maxSize under `oversize: unscannable` (engines-run.ts). Not a failure of the engine (its circuit breaker does not count it) and never a
    * clean result: the verdict treats it as `scanning.unscannable` says.
    */
   | { status: 'unscannable'; reason: string }

@@ -7,7 +7,8 @@
  *
  * Failures are the engine's own: timeout, refused, protocol error, broken connection. What the
  * message causes is not one: a message the engine's server refuses as too large, or one it
- * cannot judge (`unscannable`: MIME it cannot parse, a limit of its own exceeded). Otherwise any
+ * cannot judge (`unscannable`: MIME it cannot parse, a limit of its own exceeded, a local engine's
+ * deadline passed, engines-run.ts). Otherwise any
  * sender could open the breaker, and switch the engine off for everyone, with a few bad messages. While
  * open, the engine is skipped and the verdict counts it as disabled (quorum). In half-open,
  * exactly one scan is let through as the probe; the others skip the engine until it answers.

@@ -11,16 +11,25 @@ export const engineName = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'an engine 
 
 /**
  * The common keys, with per-type defaults for the deadline and the size limit (spamd is slow and
- * meant for small messages; clamd's own StreamMaxLength default is 25 MB).
+ * meant for small messages; clamd's own StreamMaxLength default is 25 MB), and for what a larger
+ * message does: a safety check (AV, the attachment policy) that is not run must not wave the
+ * message through, while spam scoring and sender authentication commonly skip large mail.
  */
-export function engineCommon(defaults: { timeout: string; maxSize: string }) {
+export function engineCommon(defaults: { timeout: string; maxSize: string; oversize: Oversize }) {
   return {
     /** Unique name: used in logs, records, statistics, and the per-tenant engine lists. */
     name: engineName,
     /** Longest a scan may take; past it the scan is abandoned and counts as a timeout. */
     timeout: duration.prefault(defaults.timeout),
-    /** Larger messages are not sent to this engine and are recorded as unscanned-by-size. */
+    /** Larger messages are not sent to this engine; `oversize` says what they do. */
     maxSize: size.prefault(defaults.maxSize),
+    /**
+     * A message larger than `maxSize`: `unscannable` — judged as a message that could not be fully
+     * checked (`scanning.unscannable`: refused by default, or quarantined); `skip` — left to the
+     * other engines, recorded as unscanned-by-size (X-Ichidan-Unscanned). Default: unscannable for
+     * clamd, icap and policy; skip for spamd, rspamd and mailauth.
+     */
+    oversize: z.enum(['unscannable', 'skip']).default(defaults.oversize),
     /**
      * When the engine fails (timeout, refused, protocol error): `skip` leaves the decision to the
      * other engines and the quorum rule; `tempfail` answers 451 4.7.1 at once.
@@ -73,10 +82,13 @@ export function describeAddress(a: DaemonAddress): string {
   return 'socket' in a ? `unix:${a.socket}` : `${a.host}:${a.port}`;
 }
 
+export type Oversize = 'unscannable' | 'skip';
+
 export interface CommonOptions {
   name: string;
   timeout: number;
   maxSize: number;
+  oversize: Oversize;
   onError: 'skip' | 'tempfail';
   shadow: boolean;
   weight: number;

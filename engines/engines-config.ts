@@ -11,7 +11,7 @@
 import { z } from 'zod';
 import { duration } from '../mta/mta-config-primitives.js';
 import { engineName } from './engines-common.js';
-import { ENGINE_DEFINITIONS } from './engines-registry.js';
+import { definitionOf, ENGINE_DEFINITIONS } from './engines-registry.js';
 
 const definitions = ENGINE_DEFINITIONS.map((d) => d.schema);
 export const engineSchema = z.discriminatedUnion('type', definitions as unknown as [typeof definitions[number], ...typeof definitions]);
@@ -48,7 +48,8 @@ export const scanningSchema = z.strictObject({
    * What a message that cannot be fully checked does: one whose structure is past Ichidan's own
    * limits (`limits.maxHeaderSize`, `maxHeaderFields`, `maxMimeDepth`, `maxMimeParts`), or one an
    * engine could not judge because of the message (MIME it cannot parse, clamd's
-   * Heuristics.Limits.Exceeded.* for nesting, file count or scan size). reject: 550; quarantine:
+   * Heuristics.Limits.Exceeded.* for nesting, file count or scan size, the attachment policy's
+   * deadline), or one larger than an engine's maxSize under `oversize: unscannable`. reject: 550; quarantine:
    * accepted and held. Never passed as clean.
    */
   unscannable: z.enum(['reject', 'quarantine']).default('reject'),
@@ -117,4 +118,25 @@ export function tenantPolicy(global: ScanningConfig, override: TenantScanningCon
 function definedOnly<T extends object>(o: T | undefined): Partial<T> {
   if (!o) return {};
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/**
+ * Engines whose `maxSize` is below the largest message accepted (`limits.maxMessageSize`): mail in
+ * between is refused (or quarantined) as not fully scanned, or, for an AV or policy engine under
+ * `oversize: skip`, not checked by it at all. Both are worth an operator's second look; a spam or
+ * authentication engine skipping large mail is ordinary and not reported. One line per engine,
+ * naming the keys.
+ */
+export function oversizeWarnings(engines: readonly EngineConfig[], maxMessageSize: number): string[] {
+  const out: string[] = [];
+  engines.forEach((e, i) => {
+    if (e.maxSize >= maxMessageSize) return;
+    const gap = `engines[${i}].maxSize (${e.maxSize} bytes) is below limits.maxMessageSize (${maxMessageSize} bytes)`;
+    if (e.oversize === 'unscannable') {
+      out.push(`${gap}: larger messages are judged not fully scanned by "${e.name}" (scanning.unscannable); raise engines[${i}].maxSize or lower limits.maxMessageSize`);
+    } else if (definitionOf(e.type).kind === 'av' || definitionOf(e.type).kind === 'policy') {
+      out.push(`${gap}: larger messages are not checked by "${e.name}" at all (engines[${i}].oversize: skip)`);
+    }
+  });
+  return out;
 }

@@ -87,7 +87,7 @@ class Slot implements EngineHealth {
   }
 
   entry(): EngineEntry {
-    return { type: this.type, options: this.options, engine: this.engine, health: this };
+    return { type: this.type, local: definitionOf(this.type).local ?? false, options: this.options, engine: this.engine, health: this };
   }
 }
 

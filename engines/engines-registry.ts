@@ -16,6 +16,12 @@ import { spamdDefinition } from './spamd/spamd.js';
 export interface EngineDefinition<S extends z.ZodType = z.ZodType> {
   type: string;
   kind: EngineKind;
+  /**
+   * The engine works in this process on the message alone (no daemon, no network): its deadline
+   * passing is the message's doing (too many parts, a huge encoded body), so the runner judges
+   * the message unscannable and its breaker does not count the run.
+   */
+  local?: boolean;
   schema: S;
   create(options: z.output<S>, deps: EngineDeps): Engine;
 }

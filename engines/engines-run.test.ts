@@ -1,6 +1,8 @@
+import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { Engine, EngineKind, EngineResult, ScanMessage } from './engine.js';
-import { scanningSchema } from './engines-config.js';
+import { engineSchema, scanningSchema } from './engines-config.js';
+import { EngineHost } from './engines-host.js';
 import { EngineRunner, replyFor, runEngine, type EngineEntry } from './engines-run.js';
 
 const message = (size = 100): ScanMessage => ({ path: '/nonexistent', size, open: () => { throw new Error('not read in these tests'); } });
@@ -9,7 +11,7 @@ const context = { queueId: 'Q', client: '192.0.2.1', helo: 'h', sender: 's@x.tes
 function entry(name: string, kind: EngineKind, scan: Engine['scan'], extra: Partial<EngineEntry['options']> = {}): EngineEntry {
   return {
     type: 'test',
-    options: { name, timeout: 200, maxSize: 1000, onError: 'skip', shadow: false, weight: 1, breaker: { failures: 5, window: 60_000, cooldown: 30_000 }, ...extra },
+    options: { name, timeout: 200, maxSize: 1000, oversize: 'skip', onError: 'skip', shadow: false, weight: 1, breaker: { failures: 5, window: 60_000, cooldown: 30_000 }, ...extra },
     engine: { name, kind, version: () => `${name}-1`, scan, close: async () => undefined },
   };
 }
@@ -43,6 +45,42 @@ describe('runEngine', () => {
     const run = await runEngine(entry('small', 'av', async () => { called = true; return clean; }, { maxSize: 50 }), message(51), context, new AbortController().signal);
     expect(run).toMatchObject({ skipped: 'size', version: 'small-1' });
     expect(called).toBe(false);
+  });
+
+  it('judges a message above maxSize not fully scanned under oversize: unscannable, without calling the engine or its breaker', async () => {
+    let called = false;
+    const health = { admit: () => { throw new Error('not asked'); }, record: () => undefined, abandon: () => undefined };
+    const policy = { ...entry('attachments', 'policy', async () => { called = true; return clean; }, { maxSize: 50, oversize: 'unscannable' }), health };
+    const run = await runEngine(policy, message(51), context, new AbortController().signal);
+    expect(run.result?.outcome).toEqual({ status: 'unscannable', reason: 'a message of 51 bytes is larger than its maxSize of 50' });
+    expect(called).toBe(false);
+    const decision = await new EngineRunner([policy, entry('clamav', 'av', answer(clean), { maxSize: 100 })], scanningSchema.parse({}), {})
+      .scan(message(51), context, new AbortController().signal);
+    expect(decision.reply).toMatchObject({ code: 550, enhanced: '5.7.1', text: 'message refused: content could not be fully scanned (attachments: a message of 51 bytes is larger than its maxSize of 50)' });
+  });
+
+  it("judges the message unscannable when a local engine's deadline passes, and its breaker does not count it; a daemon's deadline still counts", async () => {
+    const host = new EngineHost(new Map(), () => undefined);
+    const breaker = { failures: 2, window: '1m', cooldown: '10m' };
+    const held = host.snapshot([
+      engineSchema.parse({ name: 'attachments', type: 'policy', timeout: '30ms', breaker }),
+      engineSchema.parse({ name: 'clamav', type: 'clamd', timeout: '30ms', breaker }),
+    ], { hostname: 'mx.test', resolver: null, log: pino({ level: 'silent' }) });
+    const hangs: Engine['scan'] = () => new Promise(() => undefined);
+    const [policy, clamd] = held.entries.map((e) => ({ ...e, engine: { ...e.engine, scan: hangs } }));
+    expect(policy.local).toBe(true);
+    expect(clamd.local).toBe(false);
+    for (let n = 0; n < 4; n++) {
+      const run = await runEngine(policy, message(), context, new AbortController().signal);
+      expect(run.result?.outcome).toEqual({ status: 'unscannable', reason: 'not judged within its timeout of 30 ms' });
+    }
+    for (let n = 0; n < 2; n++) {
+      expect((await runEngine(clamd, message(), context, new AbortController().signal)).result?.outcome).toMatchObject({ status: 'error', error: 'timeout' });
+    }
+    expect(host.list().map((e) => [e.name, e.breaker, e.failures])).toEqual([['attachments', 'closed', 0], ['clamav', 'open', 2]]);
+    const verdict = await new EngineRunner([policy], scanningSchema.parse({}), {}).scan(message(), context, new AbortController().signal);
+    expect(verdict.reply).toMatchObject({ code: 550, enhanced: '5.7.1' });
+    held.release();
   });
 
   it('gives the engine a signal that aborts at its deadline', async () => {

@@ -10,9 +10,14 @@
  * Gives: a `ScanDecision` — the verdict, the SMTP reply for a refusal, and a report of every run
  *   (for the per-message record and the daily statistics).
  *
+ * Size: a message above an engine's maxSize is not sent to it; under `oversize: unscannable` (AV
+ * and policy engines by default) it is judged not fully scanned, under `skip` left to the others.
  * Deadlines: an engine's scan gets a signal that aborts at its own `timeout` (or when the caller
  * aborts). Adapters stop on it; the runner does not rely on that and answers the timeout itself
- * when the signal fires, so an adapter that ignores it cannot hold the verdict.
+ * when the signal fires, so an adapter that ignores it cannot hold the verdict. A local engine
+ * (the attachment policy: no daemon, no network) that runs out of time was slowed by the message
+ * (many parts, a huge encoded body, a long archive listing): the message is `unscannable`, never
+ * clean, and the engine's breaker does not count it, or a sender could switch the engine off.
  *
  * Tenants: a message's recipients may belong to several tenants whose overrides name different
  * engines or thresholds. Each engine runs once (the union of their lists); each tenant's verdict
@@ -20,7 +25,7 @@
  * one transaction gets one reply.
  */
 import { notFullyScanned, reply, structureRefused, type SmtpReply } from '../mta/mta-reply.js';
-import { errorResult, type Engine, type EngineKind, type EngineResult, type ScanContext, type ScanMessage } from './engine.js';
+import { errorResult, unscannableResult, type Engine, type EngineKind, type EngineResult, type ScanContext, type ScanMessage } from './engine.js';
 import type { Admission } from './engines-breaker.js';
 import type { CommonOptions } from './engines-common.js';
 import { tenantPolicy, type ScanningConfig, type TenantScanningConfig, type VerdictPolicy } from './engines-config.js';
@@ -28,6 +33,8 @@ import { decide, stronger, STRUCTURE_REASON, UNSCANNABLE_REASON, type EngineRun,
 
 export interface EngineEntry {
   type: string;
+  /** The engine works on the message alone, in this process (engines-registry.ts): its deadline is the message's doing. */
+  local?: boolean;
   options: CommonOptions;
   engine: Engine;
   /** The engine's breaker and operator switch; without one the engine is always used. */
@@ -85,9 +92,13 @@ function onAbort(signal: AbortSignal): { promise: Promise<EngineResult>; dispose
  * nothing about the engine; its breaker does not count the run (a sender could otherwise open it).
  */
 export async function runEngine(entry: EngineEntry, message: ScanMessage, context: ScanContext, outer: AbortSignal, suspect = false): Promise<EngineRun> {
-  const { name, shadow, weight, onError, maxSize, timeout } = entry.options;
+  const { name, shadow, weight, onError, maxSize, oversize, timeout } = entry.options;
   const base = { engine: name, kind: entry.engine.kind as EngineKind, shadow, weight, onError };
-  if (message.size > maxSize) return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
+  if (message.size > maxSize) {
+    // Not the engine's doing either: its breaker is not asked.
+    if (oversize === 'skip') return { ...base, skipped: 'size', ms: 0, version: entry.engine.version() };
+    return { ...base, result: unscannableResult(`a message of ${message.size} bytes is larger than its maxSize of ${maxSize}`), ms: 0, version: entry.engine.version() };
+  }
   const admission = entry.health?.admit(Date.now()) ?? 'scan';
   if (admission === 'skip') return { ...base, skipped: 'disabled', ms: 0, version: entry.engine.version() };
   const deadline = AbortSignal.any([outer, AbortSignal.timeout(timeout)]);
@@ -95,8 +106,11 @@ export async function runEngine(entry: EngineEntry, message: ScanMessage, contex
   const t0 = performance.now();
   const scanned = entry.engine.scan(message, context, deadline).catch((err: unknown) =>
     errorResult('protocol', `adapter failed: ${(err as Error)?.message ?? String(err)}`));
-  const result = await Promise.race([scanned, guard.promise]);
+  let result = await Promise.race([scanned, guard.promise]);
   guard.dispose();
+  if (entry.local && !outer.aborted && result.outcome.status === 'error' && result.outcome.error === 'timeout') {
+    result = unscannableResult(`not judged within its timeout of ${timeout} ms`, result.detail);
+  }
   // When the caller gave up (the DATA deadline), the engine is not to blame.
   if (outer.aborted || suspect) entry.health?.abandon(admission);
   else entry.health?.record(admission, result, Date.now());

@@ -19,9 +19,10 @@ import type { Config } from '../mta/mta-config-schema.js';
 import { spoolMessage, type EngineDeps, type ScanContext, type ScanMessage } from './engine.js';
 import { EngineHost, type EngineEvent, type EngineInfo, type OperatorSwitch } from './engines-host.js';
 import { EngineRunner, type ScanDecision } from './engines-run.js';
+import { oversizeWarnings } from './engines-config.js';
 
 export type { ScanContext, ScanMessage, ScanDecision, EngineEvent, EngineInfo, OperatorSwitch };
-export { spoolMessage, EngineHost };
+export { spoolMessage, EngineHost, oversizeWarnings };
 
 export interface EngineSet {
   readonly size: number;

@@ -15,7 +15,7 @@ import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Registry } from 'prom-client';
-import { buildEngineSet, EngineHost } from '../engines/index.js';
+import { buildEngineSet, EngineHost, oversizeWarnings } from '../engines/index.js';
 import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
 import { Egress, SessionCache, StsPolicyCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
@@ -45,6 +45,8 @@ export interface BoundListener {
 function buildRuntime(generation: number, config: Config, host: EngineHost, log: Logger): Runtime {
   const resolver = createResolver(config);
   const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
+  // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
+  for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) log.warn({ setting: 'engines[].maxSize' }, warning);
   // One use belongs to Ichidan while this is the current snapshot; each transaction takes another.
   let uses = 1;
   return {

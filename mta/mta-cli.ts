@@ -3,7 +3,7 @@
  * The `ichidan` command.
  *
  *   ichidan start [-c FILE]          run the MTA (default config: config/default.yaml)
- *   ichidan check-config FILE        validate a config file; exit 0 if good, 1 with the problems if not
+ *   ichidan check-config FILE        validate a config file; exit 0 if good (warnings on stderr), 1 with the problems if not
  *   ichidan hash-password [PASS]     print a bcrypt hash for `users[].password` (reads stdin without PASS)
  *   ichidan queue [-c FILE]          recipients per tenant and state, and entries set aside as corrupt
  *   ichidan queue hold|release|purge, ichidan tenants suspend|resume, ichidan egress [status|events|undo]
@@ -26,7 +26,7 @@ import { parseArgs } from 'node:util';
 import bcrypt from 'bcryptjs';
 import Database from 'better-sqlite3';
 import { percentile } from '../engines/engines-records.js';
-import type { EngineInfo } from '../engines/index.js';
+import { oversizeWarnings, type EngineInfo } from '../engines/index.js';
 import { createWriter, migrate, readEngineEvents, readEngineStats, readQuarantine, readScan, SCHEMA } from '../queue/queue-store-sql.js';
 import { readConnection, readConnections } from '../queue/queue-store-transcripts.js';
 import { adminRequest } from './mta-admin.js';
@@ -94,6 +94,7 @@ function checkConfig(args: string[]): void {
     process.exit(2);
   }
   const config = loadOrExit(file);
+  for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) process.stderr.write(`${file}: warning: ${warning}\n`);
   const tenants = Object.keys(config.tenants).length;
   process.stdout.write(`${file}: ok (${config.listeners.length} listeners, ${tenants} tenants, ${Object.keys(config.routes).length} routes)\n`);
 }

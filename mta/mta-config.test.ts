@@ -130,4 +130,15 @@ describe('ichidan check-config', () => {
     expect(start.code).toBe(1);
     expect(start.stderr).toContain('listeners[0].greetingDelay: a duration such as');
   });
+
+  it("warns, exiting 0, when an engine's maxSize is below limits.maxMessageSize", async () => {
+    const { execFile } = await import('node:child_process');
+    const { promisify } = await import('node:util');
+    const cli = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+    const file = join(await mkdtemp(join(tmpdir(), 'ichidan-cli-')), 'big.yaml');
+    await writeFile(file, 'limits: { maxMessageSize: 50MB }\nengines:\n  - { name: attachments, type: policy }\n');
+    const out = await promisify(execFile)(process.execPath, [cli, 'check-config', file]);
+    expect(out.stdout).toMatch(/: ok /);
+    expect(out.stderr).toContain('warning: engines[0].maxSize (26214400 bytes) is below limits.maxMessageSize (52428800 bytes)');
+  });
 });

@@ -14,6 +14,7 @@ import { startDns, type TestDns } from './helpers/dns-server.js';
 import { fakeClamd } from './helpers/fake-clamd.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
+import { attachmentMail, EXE } from './helpers/padded-mail.js';
 
 const clamd = realDaemon('clamd');
 const spamd = realDaemon('spamd');
@@ -163,6 +164,33 @@ describe.skipIf(!clamd)('scanning with the real clamd (real daemons; skipped unl
     const res = await send(t, CLEAN_MAIL);
     expect(res.reply).toMatch(/^451 4\.7\.1 /);
     expect((await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt')).toEqual([]);
+  });
+
+  it("refuses mail above the AV and policy engines' maxSize (limits.maxMessageSize above it) as not fully scanned, and warns at start naming the keys", async () => {
+    const small = { maxSize: '1MB' } as const;
+    const engines = (extra: object) => [{ ...real(), ...small, ...extra }, { name: 'attachments', type: 'policy' as const, ...small, ...extra }];
+    t = await startApp(config(sink, { limits: { maxMessageSize: '4MB' }, engines: engines({}) }));
+    const warnings = t.logs.filter((l) => l.level === 40).map((l) => String(l.msg));
+    expect(warnings).toEqual([
+      'engines[0].maxSize (1048576 bytes) is below limits.maxMessageSize (4194304 bytes): larger messages are judged not fully scanned by "clamav" (scanning.unscannable); raise engines[0].maxSize or lower limits.maxMessageSize',
+      'engines[1].maxSize (1048576 bytes) is below limits.maxMessageSize (4194304 bytes): larger messages are judged not fully scanned by "attachments" (scanning.unscannable); raise engines[1].maxSize or lower limits.maxMessageSize',
+    ]);
+    const big = attachmentMail({ ...EXE, body: Buffer.concat([Buffer.from(EXE.body), Buffer.alloc(1_500_000)]) });
+    const res = await send(t, big);
+    expect(res.reply).toMatch(/^550 5\.7\.1 message refused: content could not be fully scanned \(clamav: a message of \d+ bytes is larger than its maxSize of 1048576\)/);
+    expect((await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt')).toEqual([]);
+    expect((await send(t, attachmentMail(EXE))).reply).toMatch(/^550 5\.7\.1 message refused: attachment "setup\.exe": blocked extension \.exe/);
+    await t.stop();
+    // Skipping large mail is an operator's explicit choice, marked on the message and warned about.
+    t = await startApp(config(sink, { limits: { maxMessageSize: '4MB' }, engines: engines({ oversize: 'skip' }) }));
+    expect(t.logs.filter((l) => l.level === 40).map((l) => String(l.msg))).toEqual([
+      'engines[0].maxSize (1048576 bytes) is below limits.maxMessageSize (4194304 bytes): larger messages are not checked by "clamav" at all (engines[0].oversize: skip)',
+      'engines[1].maxSize (1048576 bytes) is below limits.maxMessageSize (4194304 bytes): larger messages are not checked by "attachments" at all (engines[1].oversize: skip)',
+    ]);
+    const before = sink.messages.length;
+    expect((await send(t, big)).reply).toMatch(/^250 /);
+    const [m] = (await sink.waitFor(before + 1)).slice(before);
+    expect(m.data.toString()).toMatch(/\r\nX-Ichidan-Unscanned: too large for clamav, attachments\r\n/);
   });
 
   it('accepts tagged unscanned when configured to, below quorum', async () => {

@@ -10,7 +10,7 @@ import { readQuarantine } from '../queue/queue-store-sql.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { closedPort, startFakeServer, type FakeServer } from './helpers/engine-contract.js';
 import { fakeClamd } from './helpers/fake-clamd.js';
-import { attachmentMail, EXE, nestedMail, paddingHeaders } from './helpers/padded-mail.js';
+import { attachmentMail, EXE, nestedMail, paddingHeaders, slowMail } from './helpers/padded-mail.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
 async function send(t: TestApp, raw: string): Promise<{ ok: boolean; reply: string }> {
@@ -126,6 +126,20 @@ describe('a sender cannot open an engine\'s circuit breaker', () => {
     expect(info).toMatchObject({ name: 'attachments', breaker: 'closed', failures: 0 });
     const exe = await send(t, attachmentMail(EXE));
     expect(exe.reply).toMatch(/^550 5\.7\.1 message refused: attachment "setup\.exe": blocked extension \.exe/);
+  });
+
+  it('messages too slow for the policy engine\'s deadline are refused, its breaker stays closed, and the next .exe is refused', async () => {
+    // The engine works alone on the message, in this process: running out of time is the message's doing.
+    t = await startApp(config({ limits: {}, engines: [{ ...POLICY, timeout: '25ms', breaker }] }));
+    const slow = slowMail();
+    for (let n = 0; n < 2 * breaker.failures; n++) {
+      const res = await send(t, slow);
+      expect(res.reply, `message ${n + 1}`).toMatch(/^550 5\.7\.1 message refused: content could not be fully scanned \(attachments: not judged within its timeout of 25 ms/);
+    }
+    expect(t.app.engines.list()[0]).toMatchObject({ name: 'attachments', breaker: 'closed', failures: 0 });
+    const exe = await send(t, attachmentMail(EXE));
+    expect(exe.reply).toMatch(/^550 5\.7\.1 message refused: attachment "setup\.exe": blocked extension \.exe/);
+    expect((await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt')).toEqual([]);
   });
 
   it('messages past the structure limits, quarantined and still scanned, never count against a breaker', async () => {

@@ -36,7 +36,7 @@ const dmarcAction = z.enum(['reject', 'quarantine', 'tag', 'ignore']);
 type DmarcAction = z.output<typeof dmarcAction>;
 
 export const mailauthOptions = z.strictObject({
-  ...engineCommon({ timeout: '10s', maxSize: '25MB' }),
+  ...engineCommon({ timeout: '10s', maxSize: '25MB', oversize: 'skip' }),
   type: z.literal('mailauth'),
   /** What a DMARC failure does when the sender's domain publishes p=reject. */
   onDmarcReject: dmarcAction.default('reject'),

@@ -21,7 +21,7 @@ import { avFinding, errorResult, socketErrorResult, type Engine, type EngineDeps
 import { parseScanReply, readReply, sendInstream } from './clamd-protocol.js';
 
 export const clamdOptions = z.strictObject({
-  ...engineCommon({ timeout: '30s', maxSize: '25MB' }),
+  ...engineCommon({ timeout: '30s', maxSize: '25MB', oversize: 'unscannable' }),
   type: z.literal('clamd'),
   /** clamd servers, tried in order (failover); TCP `{host, port}` or `{socket: path}`. */
   servers: z.array(daemonAddress(3310)).min(1).default([{ host: '127.0.0.1', port: 3310 }] as never),

@@ -42,7 +42,7 @@ import {
 const icapServer = z.strictObject({ host: z.string().min(1).default('127.0.0.1'), port: port.default(1344) });
 
 export const icapOptions = z.strictObject({
-  ...engineCommon({ timeout: '30s', maxSize: '25MB' }),
+  ...engineCommon({ timeout: '30s', maxSize: '25MB', oversize: 'unscannable' }),
   type: z.literal('icap'),
   /** The ICAP server; give an address: a name would be looked up with the system resolver. */
   server: icapServer.optional(),

@@ -24,7 +24,10 @@
  *   message's fault, not the engine's (its breaker does not count it), and never clean.
  *   Archives are listed, never extracted (policy-archive.ts: zip, RAR, and 7z encryption only);
  *   archives inside archives are judged by name only.
- * Network: none.
+ * Network: none. The engine is `local` (engines-registry.ts): it works on the message alone, so
+ *   a scan that runs past `timeout` was slowed by the message (many parts, huge encoded bodies,
+ *   long archive listings), and the runner judges the message unscannable, never clean, without
+ *   counting it against the breaker.
  * Settings: engines[].action (reject), blockedExtensions (replaces the default list of
  *   policy-rules.ts), allowEncryptedArchives (false), checkArchives (true), timeout (10s),
  *   maxSize (25MB).
@@ -42,7 +45,7 @@ const extension = z.string().regex(/^\.?[a-z0-9_$~-]+$/i, 'an extension such as 
   .transform((e) => e.replace(/^\./, '').toLowerCase());
 
 export const policyOptions = z.strictObject({
-  ...engineCommon({ timeout: '10s', maxSize: '25MB' }),
+  ...engineCommon({ timeout: '10s', maxSize: '25MB', oversize: 'unscannable' }),
   type: z.literal('policy'),
   /** What a dangerous attachment does to the message. */
   action: z.enum(['reject', 'quarantine', 'tag']).default('reject'),
@@ -268,4 +271,4 @@ export function createPolicy(options: PolicyOptions, _deps: EngineDeps): Engine 
   };
 }
 
-export const policyDefinition = { type: 'policy', kind: 'policy', schema: policyOptions, create: createPolicy } as const;
+export const policyDefinition = { type: 'policy', kind: 'policy', local: true, schema: policyOptions, create: createPolicy } as const;

@@ -29,7 +29,7 @@ import { errorResult, socketErrorResult, type Engine, type EngineDeps, type Engi
 import { errorText, isKnownAction, parseCheckReply, requestHeaders } from './rspamd-protocol.js';
 
 export const rspamdOptions = z.strictObject({
-  ...engineCommon({ timeout: '20s', maxSize: '50MB' }),
+  ...engineCommon({ timeout: '20s', maxSize: '50MB', oversize: 'skip' }),
   type: z.literal('rspamd'),
   /** The normal worker (not the controller): scheme, host, port and an optional path prefix. */
   url: z.string().refine((s) => URL.canParse(s) && new URL(s).protocol === 'http:', 'an http:// URL such as "http://127.0.0.1:11333"')

@@ -31,7 +31,7 @@ import {
 } from './spamd-protocol.js';
 
 export const spamdOptions = z.strictObject({
-  ...engineCommon({ timeout: '30s', maxSize: '512KB' }),
+  ...engineCommon({ timeout: '30s', maxSize: '512KB', oversize: 'skip' }),
   type: z.literal('spamd'),
   /** spamd servers, tried in order (failover); TCP `{host, port}` or `{socket: path}`. */
   servers: z.array(daemonAddress(783)).min(1).default([{ host: '127.0.0.1', port: 783 }] as never),

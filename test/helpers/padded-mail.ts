@@ -34,6 +34,16 @@ export function attachmentMail(a: Attachment, opts: { subject?: string; extraHea
     ...parts.map((p) => `--${b}${CRLF}${p}`), `--${b}--`, ''].join(CRLF);
 }
 
+/**
+ * Slow to judge, within every structure limit: `count` harmless base64 attachments of `size` bytes
+ * each, every one decoded and sampled by the attachment policy (about 100 ms for 400 of 20 KB).
+ */
+export function slowMail(count = 400, size = 20_000): string {
+  const b = 'slow-boundary';
+  const parts = Array.from({ length: count }, (_, n) => attachmentPart({ name: `scan-${n}.bin`, body: Buffer.alloc(size, n % 251) }));
+  return [...HEAD, 'Subject: Many attachments', `Content-Type: multipart/mixed; boundary="${b}"`, '', ...parts.map((p) => `--${b}${CRLF}${p}`), `--${b}--`, ''].join(CRLF);
+}
+
 /** `count` header fields of `length` bytes each in front of the message's own. */
 export function paddingHeaders(count: number, length = 60): string[] {
   return Array.from({ length: count }, (_, n) => `X-Padding-${n}: ${'p'.repeat(length)}`);
