@@ -17,13 +17,23 @@
  *   every attempt gets 454 4.7.0 after the same delay whatever the password — no password is
  *   checked, so a guess made during the block cannot be confirmed, and the right password gets
  *   through once the block ends. A success clears the account's failures, not the address's.
+ * - the penalty belongs to the address and the account, not to the session: every answer (a
+ *   success too) waits until the previous failure's delay for its address or account has run out
+ *   (at most `maxDelay`), so hanging up during a delay and trying again on a new connection, or
+ *   guessing on many connections at once, gains nothing. A failure is counted when its check
+ *   ends, before its delay, whether or not the client stays for the answer.
+ * An IPv6 client's address is counted by its prefix (limits.client.ipv6Prefix, default /64).
+ * Memory: failure counters per key for `window` (the longest-unseen forgotten first past 100,000
+ *   keys), swept once a minute; blocks and pending delays until they end, swept likewise. Blocks are
+ *   never dropped early: each costs `maxFailures` password checks, which the thread pool
+ *   (auth.workers, auth.queue) bounds, so their number is bounded too.
  * Password checks run on the thread pool (mta-auth-hash.ts); a saturated pool gives 454 4.7.0.
  * An unknown user is checked against a hash nothing matches, so timing tells nothing either.
- * RFC 4954 (AUTH replies), RFC 3463. Settings: auth.*, users.
+ * RFC 4954 (AUTH replies), RFC 3463. Settings: auth.*, users, limits.client.ipv6Prefix.
  */
 import { randomBytes } from 'node:crypto';
 import bcrypt from 'bcryptjs';
-import { RecentEvents, clientKey } from './mta-anvil.js';
+import { RecentEvents, SWEEP_EVERY, clientKey } from './mta-anvil.js';
 import type { PasswordVerifier } from './mta-auth-hash.js';
 import type { Config } from './mta-config-schema.js';
 import { REPLIES, type SmtpReply } from './mta-reply.js';
@@ -35,7 +45,7 @@ const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);
 const MAX_NAME = 256;
 
 export type AuthOutcome =
-  | { ok: true; user: string }
+  | { ok: true; user: string; delayMs: number }
   | { ok: false; reply: SmtpReply; delayMs: number; close: boolean; why: 'invalid' | 'blocked' | 'busy' | 'error' };
 
 export interface AuthAttempt {
@@ -47,58 +57,83 @@ export interface AuthAttempt {
   exempt: boolean;
 }
 
+/** Times until which keys stay marked (blocks, pending delays); ended ones are swept once a minute. */
+export class Expiring {
+  readonly #until = new Map<string, number>();
+  #swept = 0;
+
+  get size(): number {
+    return this.#until.size;
+  }
+
+  /** The time `key` is marked until, or 0 when it is not (any more). */
+  until(key: string, now: number): number {
+    this.#sweep(now);
+    const until = this.#until.get(key) ?? 0;
+    if (until > now) return until;
+    this.#until.delete(key);
+    return 0;
+  }
+
+  mark(key: string, until: number, now: number): void {
+    this.#sweep(now);
+    if (until > (this.#until.get(key) ?? 0)) this.#until.set(key, until);
+  }
+
+  #sweep(now: number): void {
+    if (now - this.#swept < SWEEP_EVERY) return;
+    this.#swept = now;
+    for (const [key, until] of this.#until) if (until <= now) this.#until.delete(key);
+  }
+}
+
 export class AuthGuard {
   readonly #byAddress = new RecentEvents();
   readonly #byAccount = new RecentEvents();
-  readonly #blocked = new Map<string, number>();
+  readonly #blocked = new Expiring();
+  /** When the last failure's delay for a key runs out: the next answer for that key waits for it. */
+  readonly #answerAt = new Expiring();
 
-  constructor(private readonly verifier: PasswordVerifier) {}
+  constructor(private readonly verifier: PasswordVerifier, private readonly clock: () => number = Date.now) {}
 
   async authenticate(attempt: AuthAttempt, config: Config): Promise<AuthOutcome> {
     const settings = config.auth;
-    const now = Date.now();
-    const addressKey = `a:${clientKey(attempt.address)}`;
+    const now = this.clock();
+    const addressKey = `a:${clientKey(attempt.address, config.limits.client.ipv6Prefix)}`;
     const accountKey = `u:${attempt.username.slice(0, MAX_NAME).toLowerCase()}`;
     const keys = attempt.exempt ? [accountKey] : [addressKey, accountKey];
-    const recent = () => Math.max(this.#byAccount.count(accountKey, settings.window), attempt.exempt ? 0 : this.#byAddress.count(addressKey, settings.window));
+    const recent = () => Math.max(this.#byAccount.count(accountKey, settings.window, now), attempt.exempt ? 0 : this.#byAddress.count(addressKey, settings.window, now));
     const close = attempt.sessionFailures + 1 >= settings.sessionFailures;
-    if (keys.some((k) => this.#isBlocked(k, now))) {
-      return { ok: false, reply: close ? REPLIES.authTooManyFailures : REPLIES.authUnavailable, delayMs: delayFor(recent(), settings), close, why: 'blocked' };
+    const answerFrom = now + Math.min(settings.maxDelay, Math.max(0, ...keys.map((k) => this.#answerAt.until(k, now) - now)));
+    /** The wait, from `at`, for an answer given at `at`; a failure's own delay also holds back the next answers for its keys. */
+    const waitFrom = (at: number, delay = 0) => {
+      const delayMs = Math.max(0, answerFrom - at) + delay;
+      if (delay > 0) for (const k of keys) this.#answerAt.mark(k, at + delayMs, at);
+      return delayMs;
+    };
+    if (keys.some((k) => this.#blocked.until(k, now) > 0)) {
+      return { ok: false, reply: close ? REPLIES.authTooManyFailures : REPLIES.authUnavailable, delayMs: waitFrom(now, delayFor(recent(), settings)), close, why: 'blocked' };
     }
     const user = config.users.find((u) => u.name === attempt.username);
     const check = this.verifier.verify(attempt.password, user?.password ?? DUMMY_HASH);
-    if (check === null) return { ok: false, reply: REPLIES.authUnavailable, delayMs: 0, close: false, why: 'busy' };
+    if (check === null) return { ok: false, reply: REPLIES.authUnavailable, delayMs: waitFrom(now), close: false, why: 'busy' };
     let ok: boolean;
     try {
       ok = await check;
     } catch {
-      return { ok: false, reply: REPLIES.authUnavailable, delayMs: 0, close: false, why: 'error' };
+      return { ok: false, reply: REPLIES.authUnavailable, delayMs: waitFrom(this.clock()), close: false, why: 'error' };
     }
+    const checked = this.clock();
     if (ok && user) {
       this.#byAccount.clear(accountKey);
-      return { ok: true, user: user.name };
+      return { ok: true, user: user.name, delayMs: waitFrom(checked) };
     }
-    const accountFailures = this.#byAccount.add(accountKey, settings.window);
-    const addressFailures = attempt.exempt ? 0 : this.#byAddress.add(addressKey, settings.window);
-    if (accountFailures >= settings.maxFailures) this.#block(accountKey, now + settings.block);
-    if (addressFailures >= settings.maxFailures) this.#block(addressKey, now + settings.block);
+    const accountFailures = this.#byAccount.add(accountKey, settings.window, checked);
+    const addressFailures = attempt.exempt ? 0 : this.#byAddress.add(addressKey, settings.window, checked);
+    if (accountFailures >= settings.maxFailures) this.#blocked.mark(accountKey, checked + settings.block, checked);
+    if (addressFailures >= settings.maxFailures) this.#blocked.mark(addressKey, checked + settings.block, checked);
     const worst = Math.max(accountFailures, addressFailures);
-    return { ok: false, reply: close ? REPLIES.authTooManyFailures : REPLIES.authInvalid, delayMs: delayFor(worst, settings), close, why: 'invalid' };
-  }
-
-  #isBlocked(key: string, now: number): boolean {
-    const until = this.#blocked.get(key);
-    if (until === undefined) return false;
-    if (until > now) return true;
-    this.#blocked.delete(key);
-    return false;
-  }
-
-  #block(key: string, until: number): void {
-    this.#blocked.delete(key);
-    this.#blocked.set(key, until);
-    // Blocks end by themselves; the oldest are dropped first if an attacker makes too many.
-    if (this.#blocked.size > 100_000) this.#blocked.delete(this.#blocked.keys().next().value!);
+    return { ok: false, reply: close ? REPLIES.authTooManyFailures : REPLIES.authInvalid, delayMs: waitFrom(checked, delayFor(worst, settings)), close, why: 'invalid' };
   }
 }
 

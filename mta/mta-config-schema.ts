@@ -180,8 +180,9 @@ export const configSchema = z.strictObject({
      */
     commandDeadline: duration.prefault('5m'),
     /**
-     * During DATA the deadline is `commandDeadline` plus the bytes received so far divided by this
-     * rate (bytes per second, Postfix's smtpd_min_data_rate); a slower client gets 421 4.4.2 (0 = off).
+     * During DATA the deadline is a grace plus the bytes received so far divided by this rate
+     * (bytes per second, Postfix's smtpd_min_data_rate); a slower client gets 421 4.4.2 (0 = off).
+     * The grace is `commandDeadline`, or `commandTimeout` when `commandDeadline` is 0.
      */
     minDataRate: z.number().int().min(0).default(500),
     /** Accept NUL bytes in message data (refused with 550 5.6.0 otherwise: RFC 5321 section 4.5.2 text has none). */
@@ -194,6 +195,11 @@ export const configSchema = z.strictObject({
       connectionRate: z.number().int().min(0).default(0),
       /** Most MAIL FROM commands from one address per minute, accepted or not (0 = no limit). */
       messageRate: z.number().int().min(0).default(0),
+      /**
+       * IPv6 clients are counted (here and by AUTH's per-address limits) by this many leading bits
+       * of their address, as a site gets a whole /64; IPv4 clients by their whole address.
+       */
+      ipv6Prefix: z.number().int().min(16).max(128).default(64),
       /** Addresses these limits (and the per-address AUTH limits) leave alone; default: trustedNetworks and tenants' networks. */
       exceptions: z.array(cidr).optional(),
     }).prefault({}),

@@ -7,14 +7,14 @@
  * the listener's callbacks, the current runtime's config and policy. Gives: the refusals at connect
  * (421 4.7.0) and MAIL FROM (450 4.7.1), and ends a connection past a deadline with 421 4.4.2 (the
  * DATA stream being read is destroyed first, so the transaction ends too). Every entry is removed
- * when smtp-server reports the session closed.
+ * when smtp-server reports the session closed, and an AUTH answer still held back is dropped.
  * Settings: limits.client.*, limits.commandDeadline, limits.minDataRate.
  */
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
-import { Anvil, isExempt } from './mta-anvil.js';
+import { Anvil, clientKey, isExempt } from './mta-anvil.js';
 import type { Config } from './mta-config-schema.js';
 import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
 import type { Policy } from './mta-policy.js';
@@ -45,12 +45,14 @@ interface ConnectionState {
   authFailures: number;
   /** The DATA stream being read, destroyed when its deadline passes. */
   data: Readable | null;
+  /** An AUTH answer held back by its penalty, dropped if the client leaves first. */
+  penalty: NodeJS.Timeout | null;
 }
 
 export class ConnectionTable {
   readonly #open = new Map<string, ConnectionState>();
   readonly #anvil = new Anvil();
-  /** Sessions the anvil counts (admitted, not exempt), with the address to give back at close. */
+  /** Sessions the anvil counts (admitted, not exempt), with the key to give back at close (the prefix may be reloaded meanwhile). */
   readonly #counted = new Map<string, string>();
 
   constructor(
@@ -62,7 +64,7 @@ export class ConnectionTable {
   /** A socket smtp-server has just wrapped: its deadlines start now, before the greeting. */
   watch(connection: Connection, socket: Socket): void {
     const guard = new SlowClientGuard(() => this.runtime().config.limits, (breach) => this.#breach(connection, breach));
-    this.#open.set(connection.id, { connection, guard, authFailures: 0, data: null });
+    this.#open.set(connection.id, { connection, guard, authFailures: 0, data: null, penalty: null });
     guard.watch(socket);
   }
 
@@ -79,19 +81,22 @@ export class ConnectionTable {
   /** The per-address limits at connect: null to greet the client, else the 421. */
   admit(session: SMTPServerSession): SmtpReply | null {
     if (this.exempt(session.remoteAddress)) return null;
-    const refusal = this.#anvil.connect(session.remoteAddress, this.runtime().config.limits.client);
+    const limits = this.runtime().config.limits.client;
+    const key = clientKey(session.remoteAddress, limits.ipv6Prefix);
+    const refusal = this.#anvil.connect(key, limits);
     if (refusal) {
       this.log.info({ listener: this.listener, client: session.remoteAddress, reply: `${refusal.code} ${refusal.enhanced}` }, 'connection refused: per-client limit');
       return refusal;
     }
-    this.#counted.set(session.id, session.remoteAddress);
+    this.#counted.set(session.id, key);
     return null;
   }
 
   /** The message rate at MAIL FROM: null to go on, else the 450. */
   mail(session: SMTPServerSession): SmtpReply | null {
     if (this.exempt(session.remoteAddress)) return null;
-    return this.#anvil.mail(session.remoteAddress, this.runtime().config.limits.client);
+    const limits = this.runtime().config.limits.client;
+    return this.#anvil.mail(clientKey(session.remoteAddress, limits.ipv6Prefix), limits);
   }
 
   authFailures(sessionId: string): number {
@@ -101,6 +106,18 @@ export class ConnectionTable {
   authFailed(sessionId: string): void {
     const state = this.#open.get(sessionId);
     if (state) state.authFailures++;
+  }
+
+  /** Gives an AUTH answer after `delayMs`, unless the session closes first. */
+  answerLater(sessionId: string, delayMs: number, answer: () => void): void {
+    const state = this.#open.get(sessionId);
+    if (!state) return;
+    if (delayMs <= 0) return answer();
+    state.penalty = setTimeout(() => {
+      state.penalty = null;
+      answer();
+    }, delayMs);
+    state.penalty.unref();
   }
 
   /** The 354 went out and `stream` carries the data: the data rate counts from now. */
@@ -124,7 +141,9 @@ export class ConnectionTable {
       this.#counted.delete(sessionId);
       this.#anvil.disconnect(counted);
     }
-    this.#open.get(sessionId)?.guard.stop();
+    const state = this.#open.get(sessionId);
+    if (state?.penalty) clearTimeout(state.penalty);
+    state?.guard.stop();
     this.#open.delete(sessionId);
   }
 

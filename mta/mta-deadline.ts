@@ -7,11 +7,14 @@
  * plaintext socket, then the TLS socket after STARTTLS) and ends the session with 421 4.4.2:
  * - outside DATA, when a command line has been incomplete for `limits.commandDeadline`
  *   (from its first byte to its LF);
- * - during DATA, when the time since the 354 exceeds `commandDeadline` plus the bytes received so
- *   far divided by `limits.minDataRate` bytes per second.
+ * - during DATA, when the time since the 354 exceeds a grace plus the bytes received so far divided
+ *   by `limits.minDataRate` bytes per second. The grace is `commandDeadline`, or `commandTimeout`
+ *   when the line deadline is off (0), as Postfix's smtpd_timeout is the base of its data rate:
+ *   turning one limit off never turns the other into an instant breach.
  * Waiting for a reply (the client has sent whole lines and is idle) is never counted: that is the
  * idle timeout's business (limits.commandTimeout). RFC 5321 section 4.5.3.2, RFC 3463 (4.4.2).
- * Settings: limits.commandDeadline, limits.minDataRate (read at each event, so a reload applies).
+ * Settings: limits.commandDeadline, limits.minDataRate, limits.commandTimeout (read at each event,
+ * so a reload applies).
  */
 import type { Socket } from 'node:net';
 
@@ -20,6 +23,7 @@ const LF = 0x0a;
 export interface DeadlineSettings {
   commandDeadline: number;
   minDataRate: number;
+  commandTimeout: number;
 }
 
 export type DeadlineBreach = 'command' | 'data';
@@ -83,9 +87,10 @@ export class SlowClientGuard {
   #armData(): void {
     const data = this.#data;
     if (!data) return;
-    const { commandDeadline, minDataRate } = this.settings();
+    const { commandDeadline, minDataRate, commandTimeout } = this.settings();
     if (minDataRate <= 0) return;
-    const allowed = commandDeadline + (data.bytes * 1000) / minDataRate;
+    const grace = commandDeadline > 0 ? commandDeadline : commandTimeout;
+    const allowed = grace + (data.bytes * 1000) / minDataRate;
     const left = data.started + allowed - Date.now();
     if (left <= 0) return this.#breach('data');
     data.timer = setTimeout(() => this.#armData(), Math.ceil(left));

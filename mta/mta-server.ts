@@ -166,13 +166,11 @@ export class Listener {
     }, config).then((outcome) => {
       if (outcome.ok) {
         this.deps.log.info(where, 'authenticated');
-        return cb(null, { user: outcome.user });
+        return this.#connections.answerLater(session.id, outcome.delayMs, () => cb(null, { user: outcome.user }));
       }
       if (outcome.why === 'invalid' || outcome.why === 'blocked') this.#connections.authFailed(session.id);
       this.deps.log.info({ ...where, reason: outcome.why, failures: this.#connections.authFailures(session.id), delayMs: outcome.delayMs }, 'authentication failed');
-      const answer = () => cb(toSmtpError(outcome.reply));
-      if (outcome.delayMs > 0) setTimeout(answer, outcome.delayMs).unref();
-      else answer();
+      this.#connections.answerLater(session.id, outcome.delayMs, () => cb(toSmtpError(outcome.reply)));
     }, (err) => {
       this.deps.log.error({ err }, 'password check failed');
       cb(toSmtpError(REPLIES.authUnavailable));

@@ -92,6 +92,21 @@ describe('AUTH penalties', () => {
     ]);
   });
 
+  it('does not let a guesser skip the delay by hanging up and coming back', async () => {
+    t = await start({ failureDelay: '1500ms', maxDelay: '1500ms', sessionFailures: 3, maxFailures: 100 });
+    const quitter = await submission(t, '127.0.0.60');
+    quitter.send(plain('ann@alpha.test', 'guess') + '\r\n');
+    await waitUntil(() => t!.logs.some((l) => l.msg === 'authentication failed' && l.client === '127.0.0.60'), 5000, 'the guess to be checked');
+    const failedAt = performance.now();
+    quitter.close();
+    const back = await submission(t, '127.0.0.60');
+    const retry = await timed(back, plain('ann@alpha.test', TEST_PASSWORD));
+    expect(retry.reply).toMatch(/^235 /);
+    // The answer waited for what was left of the first failure's delay.
+    expect(performance.now() - failedAt).toBeGreaterThanOrEqual(1400);
+    back.close();
+  });
+
   it('does not block a trusted address, but does block an account guessed from it', async () => {
     t = await startApp((dir) => baseConfig(dir, {
       tenants: { alpha: { domains: ['alpha.test'] } },

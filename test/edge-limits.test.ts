@@ -58,6 +58,96 @@ describe('edge limits', () => {
     expect(await legit.finishData('Subject: still served\r\n\r\nhello\r\n')).toMatch(/^\w+$/);
   });
 
+  async function atData(from: string): Promise<RawSmtp> {
+    const { c, greeting } = await connect(from);
+    expect(greeting).toMatch(/^220 /);
+    for (const line of ['EHLO client.test', 'MAIL FROM:<a@remote.test>', 'RCPT TO:<user@alpha.test>', 'DATA']) expect(await c.command(line)).toMatch(/^[23]/);
+    return c;
+  }
+
+  /** `limit` new connections from `from` are greeted and the next one is refused: every slot is free again. */
+  async function slotsFree(from: string, limit: number): Promise<void> {
+    const fresh: RawSmtp[] = [];
+    for (let i = 0; i < limit; i++) {
+      const { c, greeting } = await connect(from);
+      expect(greeting).toMatch(/^220 /);
+      fresh.push(c);
+    }
+    expect((await connect(from)).greeting).toMatch(/^421 4\.7\.0 /);
+    for (const c of fresh) c.close();
+    await sleep(200);
+  }
+
+  it('gives a slot back after a deadline breach, a reset in the middle of DATA and a refused connection', async () => {
+    t = await start({ limits: { commandDeadline: '500ms', minDataRate: 1000, client: { maxConnections: 2 } } });
+    // Deadline breaches: one on a command line, one in DATA.
+    const { c: line } = await connect('127.0.0.30');
+    line.send('NOOP');
+    const data = await atData('127.0.0.30');
+    data.send('Subject: stalled\r\n');
+    expect((await line.reply()).join('\n')).toMatch(/^421 4\.4\.2 /);
+    expect((await data.reply()).join('\n')).toMatch(/^421 4\.4\.2 /);
+    await waitUntil(() => line.closed && data.closed, 2000, 'the breached connections to close');
+    await sleep(200);
+    await slotsFree('127.0.0.30', 2);
+    // A reset while the message streams in.
+    const reset = await atData('127.0.0.31');
+    reset.send('Subject: cut\r\n\r\n' + 'x'.repeat(10_000));
+    await sleep(100);
+    (reset.socket as import('node:net').Socket).resetAndDestroy();
+    await sleep(300);
+    await slotsFree('127.0.0.31', 2);
+    // Refused connections (past maxConnections) do not take a slot, nor give one back twice.
+    const kept = [await connect('127.0.0.32'), await connect('127.0.0.32')];
+    for (let i = 0; i < 3; i++) expect((await connect('127.0.0.32')).greeting).toMatch(/^421 4\.7\.0 /);
+    for (const k of kept) k.c.close();
+    await sleep(300);
+    await slotsFree('127.0.0.32', 2);
+  });
+
+  it('frees the slots of tricklers its deadline ends', async () => {
+    t = await start({ limits: { commandDeadline: '1s', client: { maxConnections: 3 } } });
+    const tricklers: RawSmtp[] = [];
+    for (let i = 0; i < 3; i++) {
+      const { c, greeting } = await connect('127.0.0.41');
+      expect(greeting).toMatch(/^220 /);
+      c.send('E');
+      tricklers.push(c);
+    }
+    expect((await connect('127.0.0.41')).greeting).toMatch(/^421 4\.7\.0 /);
+    for (const c of tricklers) expect((await c.reply()).join('\n')).toMatch(/^421 4\.4\.2 /);
+    await waitUntil(() => tricklers.every((c) => c.closed), 2000, 'the tricklers to be closed');
+    await sleep(200);
+    await slotsFree('127.0.0.41', 3);
+  });
+
+  it('takes mail with limits.commandDeadline 0 (line deadline off), and still ends a DATA slower than minDataRate', async () => {
+    t = await start({ limits: { commandDeadline: 0, commandTimeout: '1s', minDataRate: 1000 } });
+    const c = await atData('127.0.0.33');
+    expect(await c.finishData('Subject: deadline off\r\n\r\nhello\r\n')).toMatch(/^\w+$/);
+    // The data rate's grace is then commandTimeout: bytes trickling in keep the idle timeout away, not the rate.
+    const slow = await atData('127.0.0.34');
+    const started = Date.now();
+    for (let i = 0; i < 30 && !slow.closed; i++) {
+      slow.send('0123456789');
+      await sleep(200);
+    }
+    expect((await slow.reply()).join('\n')).toMatch(/^421 4\.4\.2 /);
+    expect(Date.now() - started).toBeGreaterThan(900);
+  });
+
+  it('lets a slow DATA finish with limits.minDataRate 0', async () => {
+    t = await start({ limits: { commandDeadline: '500ms', minDataRate: 0 } });
+    const c = await atData('127.0.0.35');
+    c.send('Subject: slow but allowed\r\n\r\n');
+    for (let i = 0; i < 8; i++) {
+      c.send('0123456789');
+      await sleep(200);
+    }
+    expect(c.closed).toBe(false);
+    expect(await c.finishData('\r\n')).toMatch(/^\w+$/);
+  });
+
   it('refuses a client past its new connections per minute with 421 4.7.0', async () => {
     t = await start({ limits: { client: { connectionRate: 4 } } });
     for (let i = 0; i < 4; i++) {

@@ -1,0 +1,44 @@
+// A connection's state ends with it: an AUTH answer held back by its penalty is dropped when the
+// client leaves, and its per-address slot is given back.
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import pino from 'pino';
+import type { SMTPServerSession } from 'smtp-server';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { parseConfig } from './mta-config.js';
+import { ConnectionTable, type Connection } from './mta-connections.js';
+import type { Policy } from './mta-policy.js';
+
+describe('ConnectionTable', () => {
+  beforeEach(() => { vi.useFakeTimers(); });
+  afterEach(() => { vi.useRealTimers(); });
+
+  const config = parseConfig({ limits: { client: { maxConnections: 1, exceptions: [] } } });
+  const table = () => new ConnectionTable('mx', () => ({ config, policy: {} as Policy }), pino({ level: 'silent' }));
+  const connection = (id: string): Connection => ({ id, send: () => undefined, close: () => undefined });
+  const session = (id: string, remoteAddress: string) => ({ id, remoteAddress }) as SMTPServerSession;
+
+  it('drops a held-back AUTH answer when the session closes', () => {
+    const t = table();
+    t.watch(connection('s1'), new EventEmitter() as unknown as Socket);
+    const answered: string[] = [];
+    t.answerLater('s1', 5000, () => answered.push('s1'));
+    t.watch(connection('s2'), new EventEmitter() as unknown as Socket);
+    t.answerLater('s2', 5000, () => answered.push('s2'));
+    vi.advanceTimersByTime(1000);
+    t.closed('s1');
+    vi.advanceTimersByTime(10_000);
+    expect(answered).toEqual(['s2']);
+  });
+
+  it('gives the slot back at close, under the key it was counted by', () => {
+    const t = table();
+    t.watch(connection('s1'), new EventEmitter() as unknown as Socket);
+    expect(t.admit(session('s1', '2001:db8::1'))).toBeNull();
+    expect(t.admit(session('s2', '2001:db8::2'))?.enhanced).toBe('4.7.0');
+    t.closed('s2');
+    expect(t.admit(session('s3', '2001:db8::3'))?.enhanced).toBe('4.7.0');
+    t.closed('s1');
+    expect(t.admit(session('s4', '2001:db8::4'))).toBeNull();
+  });
+});
