@@ -85,12 +85,16 @@ export class QueueStore {
       if ('closed' in msg) return;
       const batch = this.#inFlight.get(msg.seq)!;
       this.#inFlight.delete(msg.seq);
+      const errors = msg.results.map((r) => (r.ok ? null : Object.assign(new Error(r.error.message), { code: r.error.code, name: r.error.name ?? 'Error' })));
+      const full = (i: number) => batch[i].essential && isSpaceError(errors[i]);
+      // Room is made once for the batch, and every essential unit that failed for want of it is
+      // tried again: a purge beside an outcome in the same batch needs it as much.
+      const room = batch.some((_, i) => full(i)) && (this.onFull?.() ?? false);
       batch.forEach((p, i) => {
         const r = msg.results[i];
         if (r.ok) return p.resolve(r.results);
-        const err = Object.assign(new Error(r.error.message), { code: r.error.code, name: r.error.name ?? 'Error' });
-        if (p.essential && isSpaceError(err) && this.onFull?.()) this.#pending.push({ ...p, essential: false });
-        else p.reject(err);
+        if (room && full(i)) this.#pending.push({ ...p, essential: false });
+        else p.reject(errors[i]!);
       });
       this.#pump();
     });
