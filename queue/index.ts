@@ -145,6 +145,8 @@ export class Queue {
     this.control = new EgressControl(config, this.scheduler, this.store, log);
     this.space = new SpaceGuard([this.spool.dir, config.dataDir], join(config.dataDir, 'reserve'), config, log);
     this.store.onFull = () => this.space.release();
+    // The room a released reserve gave back is for outcomes and removals, not for new records.
+    this.store.refuseNewMail = () => this.space.released;
     this.corrupt = new CorruptEntries(this.spool, this.store, log, (rows) => this.#scheduleRows(rows), () => this.config.queue.leftoverRetention);
     this.pendingOutcomes = new PendingOutcomes(this.store, log, (id, recipientIds) => {
       const ids = new Set(recipientIds);
@@ -265,8 +267,6 @@ export class Queue {
     let ids: number[] = [];
     try {
       await writer.commit(expectedBytes);
-      // The room a released reserve gave back is for outcomes and removals, not for new records.
-      if (this.space.released) throw Object.assign(new Error('the space reserve is released: new mail is refused until it is made again'), { code: 'ENOSPC' });
       const unit: WriteOp[] = [{ op: 'insertMessage', message: { ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' } }];
       if (scan) unit.push({ op: 'recordScans', records: [scan] });
       [ids] = await this.store.write(unit) as [number[]];
