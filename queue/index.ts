@@ -145,6 +145,8 @@ export class Queue {
     this.control = new EgressControl(config, this.scheduler, this.store, log);
     this.space = new SpaceGuard([this.spool.dir, config.dataDir], join(config.dataDir, 'reserve'), config, log);
     this.store.onFull = () => this.space.release();
+    // The room a released reserve gave back is for outcomes and removals, not for new records.
+    this.store.refuseNewMail = () => this.space.released;
     this.corrupt = new CorruptEntries(this.spool, this.store, log, (rows) => this.#scheduleRows(rows), () => this.config.queue.leftoverRetention);
     this.pendingOutcomes = new PendingOutcomes(this.store, log, (id, recipientIds) => {
       const ids = new Set(recipientIds);
@@ -255,8 +257,9 @@ export class Queue {
     return domains.filter((_, i) => sites[i] === site);
   }
 
+  /** A spool file for new mail: its writes stop (ENOSPC, so 452) where they would go below queue.minFree. */
   async createWriter(): Promise<SpoolWriter> {
-    return this.spool.createWriter(newQueueId());
+    return this.spool.createWriter(newQueueId(), (bytes) => this.space.take(bytes));
   }
 
   /**
@@ -539,10 +542,15 @@ export class Queue {
       // The destination has answered; that answer must not be lost, or a delivered message would be
       // sent again at every retry. The outcomes stay in memory and are committed later; the notices'
       // files go (they take room), and a refused recipient's bounce becomes owed instead, as when
-      // its notice could not be written.
-      for (const n of notices) await n.writer.discard();
+      // its notice could not be written. The outcomes are kept before the files go: a file that
+      // cannot be removed must not make the destination be tried again.
+      const discard = () => Promise.all(notices.map((n) => n.writer.discard()
+        .catch((e: unknown) => this.log.error({ err: e, qid: n.writer.id }, 'could not remove an unrecorded delivery status notice'))));
       // Only deferrals: nothing was delivered or refused, so trying the destination again is harmless.
-      if ([...updates.values()].every((u) => u.state === 'queued' && !u.owed)) throw err;
+      if ([...updates.values()].every((u) => u.state === 'queued' && !u.owed)) {
+        await discard();
+        throw err;
+      }
       for (const [list, action] of [[failed, 'failed'], [delayed, 'delayed']] as const) {
         for (const r of list) {
           if (!notices.some((n) => n.action === action)) continue;
@@ -551,6 +559,7 @@ export class Queue {
         }
       }
       this.pendingOutcomes.keep(msg.id, [...updates.values()], now, err);
+      await discard();
       return [];
     }
     notices.forEach((n, i) => this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: noticeIds[i][j], due: now }))));
@@ -560,7 +569,8 @@ export class Queue {
   private async writeNotice(msg: MessageRow, recipients: RecipientRow[], action: NoticeAction, now: number): Promise<Notice> {
     const returnFull = msg.size <= RETURN_FULL_LIMIT;
     const parts = buildNotice({ hostname: this.config.hostname, message: msg, recipients, action, now, willRetryUntil: msg.received_at + this.config.queue.maxAge }, returnFull);
-    const writer = await this.createWriter();
+    // A notice is not new mail: it may use the room below queue.minFree.
+    const writer = await this.spool.createWriter(newQueueId());
     const open = () => this.#open(msg);
     try {
       await pipeline(Readable.from((async function* () {

@@ -97,4 +97,36 @@ describe('reconciliation records the kind of each entry', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('adopts a file set aside without its record, and finishes a move a stop interrupted', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
+    const spool = new Spool(join(dir, 'spool'), false);
+    await spool.init();
+    await new QueueStore(join(dir, 'queue.db'), false).close();
+    let store = new QueueStore(join(dir, 'queue.db'), false);
+    try {
+      // Moved to corrupt/ by a start that was killed before it committed the record.
+      const stray = newQueueId();
+      await writeFile(spool.asidePath(stray), 'Subject: stray\r\n');
+      // Recorded by a start that was killed before it moved the file.
+      const unmoved = newQueueId();
+      await writeFile(spool.path(unmoved), 'Subject: unmoved\r\n');
+      await store.write([{ op: 'insertCorrupt', id: unmoved, kind: 'unacknowledged', size: 18, receivedAt: Date.now(), note: 'x', at: Date.now() }]);
+
+      const report = await reconcile(spool, store);
+      expect(report.corrupt).toEqual([{ id: stray, kind: 'unacknowledged', reason: expect.stringMatching(/never acknowledged/) as unknown as string }]);
+      expect(Object.fromEntries(readCorrupt(store.db).map((e) => [e.id, [e.kind, e.size]]))).toEqual({ [stray]: ['unacknowledged', 16], [unmoved]: ['unacknowledged', 18] });
+      expect(await spool.list()).toEqual([]);
+      expect(await spool.asideSize(unmoved)).toBe(18);
+
+      // Nothing changes at the next start: each is listed once.
+      await store.close();
+      store = new QueueStore(join(dir, 'queue.db'), false);
+      expect((await reconcile(spool, store)).corrupt).toEqual([]);
+      expect(readCorrupt(store.db).map((e) => e.id).sort()).toEqual([stray, unmoved].sort());
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -7,8 +7,13 @@
  * is "damaged" instead when the database is new, its records lost), the file moved to
  * spool/corrupt/, and reported; nothing is silently dropped or delivered. Messages already marked
  * done only had their cleanup interrupted: their leftover file and rows are removed.
+ *
+ * The record is committed before its file moves, so a stop in between leaves a file the next start
+ * finds again: one in spool/ beside its corrupt record of an unacknowledged entry is moved then,
+ * and a file in spool/corrupt/ without any record (left by a start that moved first) is adopted
+ * as an entry of its own, so that every file set aside is listed and can expire.
  */
-import { classify } from './queue-corrupt.js';
+import { classify, readCorruptEntry } from './queue-corrupt.js';
 import type { Spool } from './queue-spool.js';
 import type { QueueStore, WriteOp } from './queue-store.js';
 import { QUEUE_ID_PATTERN, queueIdTime } from './queue-id.js';
@@ -21,41 +26,56 @@ export interface ReconcileReport {
 
 export async function reconcile(spool: Spool, store: QueueStore, now = Date.now()): Promise<ReconcileReport> {
   const files = new Set(await spool.list());
+  const aside = new Set(await spool.listAside());
   const report: ReconcileReport = { active: 0, cleaned: 0, corrupt: [] };
   const done: string[] = [];
-  const work: WriteOp[] = [];
+  /** Each op, and the file to move to spool/corrupt/ once it is committed. */
+  const work: Array<{ op: WriteOp; move: string | null }> = [];
+  const moves: string[] = [];
 
   for (const row of store.allMessages()) {
     const hasFile = files.delete(row.id);
+    const hasAside = aside.delete(row.id);
     if (row.state === 'done') {
       if (hasFile) await spool.remove(row.id);
       done.push(row.id);
       continue;
     }
-    // Already set aside: it waits for an operator (or its retention), whatever is in the spool now.
-    if (row.state === 'corrupt') continue;
+    // Already set aside: it waits for an operator (or its retention), whatever is in the spool now;
+    // only a move a stop interrupted is finished (a damaged entry's file in spool/ may be one an
+    // operator put back).
+    if (row.state === 'corrupt') {
+      if (hasFile && !hasAside && readCorruptEntry(store.db, row.id)?.kind === 'unacknowledged') moves.push(row.id);
+      continue;
+    }
     const verdict = classify({ recordSize: row.size, fileSize: hasFile ? await spool.size(row.id) : null });
     if (!verdict) {
       report.active++;
       continue;
     }
-    if (hasFile) await spool.setAside(row.id);
-    work.push({ op: 'setCorrupt', id: row.id, note: verdict.reason, at: now });
+    work.push({ op: { op: 'setCorrupt', id: row.id, note: verdict.reason, at: now }, move: hasFile ? row.id : null });
     report.corrupt.push({ id: row.id, ...verdict });
   }
 
-  for (const id of files) {
-    const size = (await spool.size(id)) ?? 0;
+  const orphan = async (id: string, size: number, move: boolean) => {
     const verdict = classify({ recordSize: null, fileSize: size, newDatabase: store.newDatabase })!;
-    await spool.setAside(id);
     const receivedAt = QUEUE_ID_PATTERN.test(id) ? queueIdTime(id) : now;
-    work.push({ op: 'insertCorrupt', id, kind: verdict.kind, size, receivedAt, note: verdict.reason, at: now });
+    work.push({ op: { op: 'insertCorrupt', id, kind: verdict.kind, size, receivedAt, note: verdict.reason, at: now }, move: move ? id : null });
     report.corrupt.push({ id, ...verdict });
-  }
+  };
+  for (const id of files) await orphan(id, (await spool.size(id)) ?? 0, true);
+  for (const id of aside) await orphan(id, (await spool.asideSize(id)) ?? 0, false);
 
-  for (const id of done) work.push({ op: 'deleteMessage', id });
+  for (const id of done) work.push({ op: { op: 'deleteMessage', id }, move: null });
   report.cleaned = done.length;
-  // One unit each: a failing entry must not undo the others.
-  await Promise.all(work.map((op) => store.write([op])));
+  // One unit each: a failing entry must not undo the others. A file whose record did not commit
+  // stays where it is, to be found again at the next start.
+  const committed = await Promise.allSettled(work.map((w) => store.write([w.op])));
+  committed.forEach((c, i) => {
+    if (c.status === 'fulfilled' && work[i].move) moves.push(work[i].move!);
+  });
+  for (const id of moves) await spool.setAside(id);
+  const failed = committed.find((c): c is PromiseRejectedResult => c.status === 'rejected');
+  if (failed) throw failed.reason;
   return report;
 }

@@ -1,4 +1,4 @@
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -54,6 +54,62 @@ describe('the space guard', () => {
       expect(low.low()).toBe(true);
       expect(low.reserveHeld).toBe(false);
       low.stop();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('holds the reserve in real blocks of bytes that do not compress', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-space-'));
+    const reserve = join(dir, 'reserve');
+    try {
+      const g = new SpaceGuard([dir], reserve, parseConfig({ queue: { minFree: '1MB', reserve: '2MB' } }), pino({ level: 'silent' }));
+      await g.start();
+      g.stop();
+      const s = await stat(reserve);
+      expect(s.size).toBe(2 * MB);
+      expect(s.blocks * 512).toBeGreaterThanOrEqual(2 * MB);
+      const bytes = await readFile(reserve);
+      // Random bytes: about 1 in 256 is zero; zeros everywhere would compress to nothing.
+      expect(bytes.filter((b) => b === 0).length).toBeLessThan(bytes.length / 64);
+      for (let at = 0; at < bytes.length; at += 64 * 1024) expect(bytes.subarray(at, at + 4096).some((b) => b !== 0)).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('counts what concurrent transfers write against the free space, and refuses new mail while the reserve is released', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-space-'));
+    const reserve = join(dir, 'reserve');
+    try {
+      const log = pino({ level: 'silent' });
+      const g = new SpaceGuard([dir], reserve, parseConfig({ queue: { minFree: '1MB', reserve: '128KB' } }), log);
+      await g.start();
+      g.stop();
+      // The threshold 1 MB below the free space of the last look (the cached figure is not looked at again here).
+      g.reconfigure(parseConfig({ queue: { minFree: g.free - MB, reserve: '128KB' } }));
+      expect(g.low()).toBe(false);
+      // Four transfers, each small enough on its own: together they stop at the threshold.
+      const granted = Array.from({ length: 4 }, () => g.take(300 * 1024));
+      expect(granted).toEqual([true, true, true, false]);
+      expect(g.low()).toBe(false);
+      expect(g.take(MB - 900 * 1024)).toBe(true);
+      expect(g.take(1)).toBe(false);
+      expect(g.low(1)).toBe(true);
+
+      // A released reserve: new mail is refused whatever the free space, until it is made again.
+      g.reconfigure(parseConfig({ queue: { minFree: '1MB', reserve: '128KB' } }));
+      await g.refresh();
+      expect(g.low()).toBe(false);
+      expect(g.release()).toBe(true);
+      expect(g.released).toBe(true);
+      expect(g.low()).toBe(true);
+      expect(g.take(1)).toBe(false);
+      await g.refresh();
+      expect(g.reserveHeld).toBe(true);
+      expect(g.released).toBe(false);
+      expect(g.low()).toBe(false);
+      expect(g.take(1)).toBe(true);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

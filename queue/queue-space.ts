@@ -3,19 +3,26 @@
  * lets the queue record outcomes and removals on a full disk.
  *
  * Takes: the folders the queue writes to (the spool's and the queue database's), `queue.minFree`
- *   and `queue.reserve`.
- * Gives: `refusal(declaredSize)`, the 452 4.3.1 to answer MAIL FROM or DATA with while free space is
- *   below the threshold (Postfix's queue_minfree: new mail stops well before the last byte, so
- *   outcomes, notices and removals still have room); `release()`, which gives the reserve back
- *   when the queue database cannot commit an outcome or a removal for want of space.
+ *   and `queue.reserve`; the bytes new mail is about to write to the spool.
+ * Gives: `low(declaredSize)`, whether MAIL FROM or DATA is to be answered 452 4.3.1 (Postfix's
+ *   queue_minfree: new mail stops well before the last byte, so outcomes, notices and removals
+ *   still have room); `take(bytes)`, asked before each spool write of new mail, so that many
+ *   transfers at once cannot together write past the threshold between two looks at the disk;
+ *   `release()`, which gives the reserve back when the queue database cannot commit an outcome or
+ *   a removal for want of space. From a release until the reserve is made again, new mail is
+ *   refused outright (`low()`, `take()` and `released`): the room given back is for outcomes,
+ *   purges and removals only.
  * Touches: statfs on each folder (cached, refreshed once a second off the SMTP path, so a
- *   command never waits for it); the file dataDir/reserve, written in full (not sparse) so its
- *   blocks are really held, and made again once free space is back above the threshold.
+ *   command never waits for it; what new mail wrote since is counted against it); the file
+ *   dataDir/reserve, written in full with random bytes (not sparse, and not compressible: a
+ *   compressing or deduplicating filesystem would keep zeros in no blocks) so its blocks are
+ *   really held, and made again once free space is back above the threshold plus its size.
  * Settings: queue.minFree (default the larger of 64MB and 1.5 × limits.maxMessageSize, as Postfix
  *   advises for queue_minfree), queue.reserve, limits.maxMessageSize.
  */
 import { open, rm, stat, statfs } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
+import { randomFillSync } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Config } from '../mta/mta-config-schema.js';
 
@@ -41,6 +48,10 @@ export class SpaceGuard {
   #timer: NodeJS.Timeout | null = null;
   #refreshing: Promise<void> | null = null;
   #reserveHeld = false;
+  /** The reserve was given back and is not made again yet: new mail is refused meanwhile. */
+  #released = false;
+  /** Bytes new mail wrote since the last look (not yet in `#free`). */
+  #written = 0;
   #making: Promise<void> | null = null;
 
   constructor(
@@ -72,11 +83,29 @@ export class SpaceGuard {
     return this.#reserveHeld;
   }
 
+  /** The reserve was given back and is not made again yet. */
+  get released(): boolean {
+    return this.#released;
+  }
+
   /** Whether new mail of `declaredSize` bytes would leave less than the threshold free. */
   low(declaredSize = 0): boolean {
+    if (this.#released) return true;
     const min = minFreeBytes(this.config);
     if (min === 0) return false;
-    return this.#free < min + 1.5 * declaredSize;
+    return this.#free - this.#written < min + 1.5 * declaredSize;
+  }
+
+  /**
+   * New mail is about to write `bytes` to the spool: counted and true when that leaves the
+   * threshold free, false (nothing counted) when it does not or while the reserve is released.
+   */
+  take(bytes: number): boolean {
+    if (this.#released) return false;
+    const min = minFreeBytes(this.config);
+    if (min > 0 && this.#free - this.#written - bytes < min) return false;
+    this.#written += bytes;
+    return true;
   }
 
   refresh(): Promise<void> {
@@ -85,6 +114,9 @@ export class SpaceGuard {
   }
 
   async #look(): Promise<void> {
+    // Writes counted before the look are in what statfs says; those counted during it may be
+    // too, and stay counted until the next look (erring on the side of less room).
+    const counted = this.#written;
     let free = Infinity;
     for (const dir of this.dirs) {
       try {
@@ -96,11 +128,14 @@ export class SpaceGuard {
     }
     const wasLow = this.low();
     this.#free = free;
+    this.#written -= counted;
     if (!wasLow && this.low()) this.log.error({ free, minFree: minFreeBytes(this.config) }, 'free space below queue.minFree: new mail is refused with 452 4.3.1');
     if (wasLow && !this.low()) this.log.info({ free }, 'free space back above queue.minFree: new mail is accepted again');
     const want = this.config.queue.reserve;
+    // No reserve is configured any more (a reload): there is nothing to wait for.
+    if (this.#released && want === 0) this.#released = false;
     // The reserve is made only when it leaves the threshold intact: it must never be what makes the disk low.
-    if (!this.#reserveHeld && want > 0 && !this.#making && free - want >= minFreeBytes(this.config)) {
+    if (!this.#reserveHeld && want > 0 && !this.#making && free - this.#written - want >= minFreeBytes(this.config)) {
       this.#making = this.#makeReserve(want).finally(() => { this.#making = null; });
       await this.#making;
     }
@@ -112,6 +147,7 @@ export class SpaceGuard {
       fh = await open(this.reserveFile, 'w', 0o600);
       const chunk = Buffer.alloc(Math.min(RESERVE_CHUNK, bytes));
       for (let written = 0; written < bytes;) {
+        randomFillSync(chunk);
         const { bytesWritten } = await fh.write(chunk, 0, Math.min(chunk.length, bytes - written));
         written += bytesWritten;
       }
@@ -119,6 +155,10 @@ export class SpaceGuard {
       await fh.close();
       this.#reserveHeld = true;
       this.log.info({ file: this.reserveFile, bytes }, 'space reserve held for the queue');
+      if (this.#released) {
+        this.#released = false;
+        this.log.info({ free: this.#free }, 'space reserve made again: new mail is accepted again');
+      }
     } catch (err) {
       await fh?.close().catch(() => undefined);
       await rm(this.reserveFile, { force: true }).catch(() => undefined);
@@ -139,7 +179,8 @@ export class SpaceGuard {
       this.log.error({ err, file: this.reserveFile }, 'could not remove the space reserve');
       return false;
     }
-    this.log.warn({ file: this.reserveFile }, 'disk full: space reserve released so the queue can record outcomes and removals');
+    this.#released = true;
+    this.log.warn({ file: this.reserveFile }, 'disk full: space reserve released so the queue can record outcomes and removals; new mail is refused until it is made again');
     return true;
   }
 

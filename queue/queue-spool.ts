@@ -65,7 +65,11 @@ export class SpoolWriter extends Writable {
   #fh: FileHandle;
   #closed = false;
 
-  constructor(readonly id: string, readonly path: string, fh: FileHandle, private readonly spool: Spool) {
+  /**
+   * `room`, for new mail, is asked before each write whether it may take that many bytes
+   * (queue-space.ts); a refusal fails the write with ENOSPC, so the message is refused with 452.
+   */
+  constructor(readonly id: string, readonly path: string, fh: FileHandle, private readonly spool: Spool, private readonly room?: (bytes: number) => boolean) {
     super({ highWaterMark: 256 * 1024 });
     this.#fh = fh;
   }
@@ -77,6 +81,9 @@ export class SpoolWriter extends Writable {
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
     const buffers = chunks.map((c) => c.chunk);
     const total = buffers.reduce((n, b) => n + b.length, 0);
+    if (this.room && !this.room(total)) {
+      return cb(Object.assign(new Error('free space below queue.minFree: new mail is refused'), { code: 'ENOSPC' }));
+    }
     if (this.kept) {
       if (this.bytes + total <= KEEP_IN_MEMORY_MAX) this.kept.push(...buffers);
       else this.kept = null;
@@ -155,10 +162,10 @@ export class Spool {
     return join(this.dir, id);
   }
 
-  async createWriter(id: string): Promise<SpoolWriter> {
+  async createWriter(id: string, room?: (bytes: number) => boolean): Promise<SpoolWriter> {
     const path = this.path(id);
     const fh = await open(path, 'wx', 0o600);
-    return new SpoolWriter(id, path, fh, this);
+    return new SpoolWriter(id, path, fh, this, room);
   }
 
   read(id: string): ReadStream {
@@ -180,6 +187,12 @@ export class Spool {
   /** Message files in the spool (the corrupt folder excluded). */
   async list(): Promise<string[]> {
     const entries = await readdir(this.dir, { withFileTypes: true });
+    return entries.filter((e) => e.isFile()).map((e) => e.name);
+  }
+
+  /** Files in the corrupt folder. */
+  async listAside(): Promise<string[]> {
+    const entries = await readdir(this.corruptDir, { withFileTypes: true });
     return entries.filter((e) => e.isFile()).map((e) => e.name);
   }
 

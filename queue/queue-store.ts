@@ -46,6 +46,8 @@ interface Pending {
   reject: (err: Error) => void;
   /** An outcome or a removal: may use the space reserve (see `onFull`). */
   essential: boolean;
+  /** Already tried again once room was made: a second failure is final. */
+  retried?: boolean;
 }
 
 export class QueueStore {
@@ -68,6 +70,12 @@ export class QueueStore {
    * reserve given back), and the unit is then tried once more.
    */
   onFull: (() => boolean) | null = null;
+  /**
+   * True while new mail is to be kept out (the space reserve is released): a unit that inserts a
+   * message and is not essential (new mail; a notice goes with an outcome) is then refused with
+   * ENOSPC when its batch is formed, however long ago it was queued.
+   */
+  refuseNewMail: (() => boolean) | null = null;
 
   constructor(file: string, private readonly fsync: boolean, private readonly commitWindowMs = 0) {
     const empty = (f: string) => !existsSync(f) || statSync(f).size === 0;
@@ -85,12 +93,16 @@ export class QueueStore {
       if ('closed' in msg) return;
       const batch = this.#inFlight.get(msg.seq)!;
       this.#inFlight.delete(msg.seq);
+      const errors = msg.results.map((r) => (r.ok ? null : Object.assign(new Error(r.error.message), { code: r.error.code, name: r.error.name ?? 'Error' })));
+      const full = (i: number) => batch[i].essential && !batch[i].retried && isSpaceError(errors[i]);
+      // Room is made once for the batch, and every essential unit that failed for want of it is
+      // tried again: a purge beside an outcome in the same batch needs it as much.
+      const room = batch.some((_, i) => full(i)) && (this.onFull?.() ?? false);
       batch.forEach((p, i) => {
         const r = msg.results[i];
         if (r.ok) return p.resolve(r.results);
-        const err = Object.assign(new Error(r.error.message), { code: r.error.code, name: r.error.name ?? 'Error' });
-        if (p.essential && isSpaceError(err) && this.onFull?.()) this.#pending.push({ ...p, essential: false });
-        else p.reject(err);
+        if (room && full(i)) this.#pending.push({ ...p, retried: true });
+        else p.reject(errors[i]!);
       });
       this.#pump();
     });
@@ -117,7 +129,8 @@ export class QueueStore {
    * Commits one unit of operations (all or none) and resolves with their results once durable.
    * Units queued while a batch is committing go together in the next one. An `essential` unit (a
    * delivery outcome, a removal) that fails for want of space is tried again once `onFull` made
-   * room; new mail is not essential, so it can never use up the reserve.
+   * room; new mail is not essential, so it can never use up the reserve, and it is refused while
+   * `refuseNewMail` says so.
    */
   write(unit: WriteOp[], opts: { essential?: boolean } = {}): Promise<unknown[]> {
     if (this.#dead) return Promise.reject(this.#dead);
@@ -137,8 +150,16 @@ export class QueueStore {
       this.#timer = setTimeout(() => { this.#timer = null; this.#pump(); }, wait);
       return;
     }
-    const batch = this.#pending;
+    let batch = this.#pending;
     this.#pending = [];
+    if (this.refuseNewMail?.()) {
+      const isNewMail = (p: Pending) => !p.essential && p.unit.some((op) => op.op === 'insertMessage');
+      for (const p of batch.filter(isNewMail)) {
+        p.reject(Object.assign(new Error('the space reserve is released: new mail is refused until it is made again'), { code: 'ENOSPC' }));
+      }
+      batch = batch.filter((p) => !isNewMail(p));
+      if (batch.length === 0) return this.#pump();
+    }
     const seq = ++this.#seq;
     this.#inFlight.set(seq, batch);
     this.#lastStart = performance.now();

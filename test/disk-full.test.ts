@@ -3,13 +3,16 @@
 // queue.minFree, and an operator can purge on a full disk. The data folder is a real small tmpfs.
 // Needs root to mount it; without root the suite is skipped, saying so, except under CI.
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, readdir, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { adminRequest } from '../mta/mta-admin.js';
+import { QueueStore, type NewMessage } from '../queue/queue-store.js';
+import { newQueueId } from '../queue/queue-id.js';
+import type { SpoolWriter } from '../queue/queue-spool.js';
 import { adminSocket } from '../mta/index.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
@@ -148,7 +151,134 @@ describe.skipIf(!CAN_MOUNT)(`a full disk after mail was accepted${CAN_MOUNT ? ''
     await waitUntil(async () => ids.every((id) => t!.app.queue.store.message(id) === undefined)
       && (await readdir(join(dataDir!, 'spool'))).every((f) => !ids.includes(f)), 10_000, 'the purged messages to be swept');
 
+    // Room above minFree again, but not yet for the reserve: what the release gave back is not for
+    // new mail, which waits (452) until the reserve is made again.
+    await rm(filler);
+    await writeFile(filler, Buffer.alloc(Math.max(0, (await freeBytes(dataDir)) - 640 * 1024)));
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(await freeBytes(dataDir)).toBeGreaterThan(512 * 1024);
+    expect(t.app.queue.space.reserveHeld).toBe(false);
+    expect(await mailFrom(t.port())).toMatch(/^452 4\.3\.1 /);
+    await expect(send(t.port(), 'while-released')).rejects.toThrow(/452 4\.3\.1/);
+
     await rm(filler);
     await waitUntil(() => existsSync(reserve) && t!.app.queue.space.reserveHeld, 5000, 'the reserve to be made again');
+    expect(await mailFrom(t.port())).toMatch(/^250 /);
+    await send(t.port(), 'after');
   }, 60_000);
+
+  it('keeps concurrent transfers from writing past minFree together', async () => {
+    dataDir = await mountTmpfs();
+    t = await startApp((dir) => baseConfig(dir, {
+      trustedNetworks: ['127.0.0.1/32'],
+      queue: { minFree: '1MB', reserve: '128KB' },
+      routes: { 'far.test': { hold: true } },
+    }), { dataDir });
+    // 700 KB above the threshold, looked at before the transfers start.
+    const filler = join(dataDir, 'filler');
+    await writeFile(filler, Buffer.alloc((await freeBytes(dataDir)) - 1024 * 1024 - 700 * 1024));
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(await mailFrom(t.port())).toMatch(/^250 /);
+    // Five transfers of 300 KB at once: each alone fits, together they do not.
+    const clients = await Promise.all(Array.from({ length: 5 }, (_, i) => RawSmtp.atData(t!.port(), 'me@sender.test', [`c${i}@far.test`])));
+    const body = 'x'.repeat(998) + '\r\n';
+    const replies = await Promise.all(clients.map(async (c, i) => {
+      c.send(`Subject: c${i}\r\n\r\n${body.repeat(300)}.\r\n`);
+      const reply = (await c.reply()).join('\n');
+      c.close();
+      return reply;
+    }));
+    const accepted = replies.filter((r) => /^250 /.test(r)).length;
+    expect(replies.filter((r) => /^452 4\.3\.1 /.test(r))).toHaveLength(5 - accepted);
+    // At most what fits in the 700 KB; interleaved, they may all run out of it before one ends.
+    expect(accepted).toBeLessThanOrEqual(2);
+    // What is left is above the threshold, less the queue records' own pages.
+    expect(await freeBytes(dataDir)).toBeGreaterThan(1024 * 1024 - 64 * 1024);
+  }, 60_000);
+
+  it('tries every outcome and removal of a failed batch again once the reserve is released', async () => {
+    dataDir = await mountTmpfs();
+    const store = new QueueStore(join(dataDir, 'queue.db'), false);
+    try {
+      const message = (id: string): NewMessage => ({
+        id, size: 10, sender: 's@x.test', receivedAt: Date.now(), trace: '', ret: null, envid: null, smtputf8: false, body8bit: false,
+        client: '127.0.0.1', helo: 'x', authUser: null, listener: 'mx', kind: 'mail',
+        recipients: [{ tenant: 't', address: 'r@far.test', domain: 'far.test', orcpt: null, notify: null }],
+      });
+      const [a, b] = [newQueueId(), newQueueId()];
+      for (const id of [a, b]) await store.write([{ op: 'insertMessage', message: message(id) }]);
+      // The log emptied, so any further commit needs new blocks; then the disk is filled to the last one.
+      store.db.pragma('wal_checkpoint(TRUNCATE)');
+      const reserve = join(dataDir, 'reserve');
+      await writeFile(reserve, Buffer.alloc(256 * 1024, 1));
+      await fill(join(dataDir, 'filler'));
+      let releases = 0;
+      store.onFull = () => {
+        if (existsSync(reserve)) { rmSync(reserve); releases++; return true; }
+        return false;
+      };
+      // A unit in flight, so that the next two go together in one batch.
+      const first = store.write([{ op: 'pruneScans', before: 0 }]).catch(() => undefined);
+      const purge = store.write([{ op: 'purgeRecipients', select: { messageId: a }, now: Date.now(), reason: 'test' }], { essential: true });
+      const remove = store.write([{ op: 'deleteMessage', id: b }], { essential: true });
+      await first;
+      const settled = await Promise.allSettled([purge, remove]);
+      expect(settled.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
+      expect(await purge).toEqual([1]);
+      expect(releases).toBe(1);
+      expect(store.message(b)).toBeUndefined();
+      expect(store.recipientsOf(a)[0].state).not.toBe('queued');
+    } finally {
+      await store.close();
+    }
+  }, 30_000);
 });
+
+// The outcomes of an attempt are kept before its notices' files go: a file that cannot be removed
+// must not make a delivered message go again. No tmpfs needed: the faults are injected.
+describe('an outcome commit that fails, and a notice file that cannot be removed', () => {
+  let t: TestApp | null = null;
+  let sink: Sink | null = null;
+  afterEach(async () => {
+    await t?.stop();
+    await sink?.close();
+    t = null; sink = null;
+  });
+
+  it('sends a delivered message once', async () => {
+    sink = await startSink({ host: '127.0.0.2', rcpt: (address) => (address.startsWith('bad@') ? { code: 550, text: '5.1.1 no such user' } : undefined) });
+    const port = sink.port;
+    t = await startApp((dir) => baseConfig(dir, {
+      trustedNetworks: ['127.0.0.1/32'],
+      queue: { retryInitial: '200ms', retryMax: '200ms', retryJitter: 0 },
+      routes: { 'far.test': { host: '127.0.0.2', port } },
+    }));
+    const { queue } = t.app;
+    const createWriter = queue.spool.createWriter.bind(queue.spool);
+    queue.spool.createWriter = async (id: string, room?: (bytes: number) => boolean): Promise<SpoolWriter> => {
+      const w = await createWriter(id, room);
+      const discard = w.discard.bind(w);
+      w.discard = async () => { await discard(); throw Object.assign(new Error('injected: cannot remove'), { code: 'EIO' }); };
+      return w;
+    };
+    const write = queue.store.write.bind(queue.store);
+    let failed = 0;
+    queue.store.write = (unit, opts) => {
+      if (unit[0]?.op === 'updateRecipients' && failed++ === 0) return Promise.reject(Object.assign(new Error('injected: database or disk is full'), { code: 'SQLITE_FULL' }));
+      return write(unit, opts);
+    };
+    const c = await RawSmtp.atData(t.port(), 'me@sender.test', ['ok@far.test', 'bad@far.test']);
+    await c.finishData('Subject: once\r\n\r\nbody\r\n');
+    c.close();
+    await sink.waitFor(1, 10_000);
+    // Several retry cycles, and the first retry of the commit (after 1 s).
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(failed).toBeGreaterThanOrEqual(1);
+    expect(sink.messages.filter((m) => m.rcptTo.includes('ok@far.test'))).toHaveLength(1);
+    expect(sink.rcptAttempts.get('ok@far.test')).toBe(1);
+    expect(sink.rcptAttempts.get('bad@far.test')).toBe(1);
+    await waitUntil(() => t!.logs.some((l) => l.msg === 'delivery outcomes recorded after a failed commit'), 10_000, 'the outcomes to be recorded');
+    expect(t.logs.some((l) => l.msg === 'could not remove an unrecorded delivery status notice')).toBe(true);
+  }, 30_000);
+});
+

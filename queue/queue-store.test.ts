@@ -1,0 +1,54 @@
+// The queue database's batching against the space reserve: while the reserve is released, new
+// mail's records are refused however long ago they were queued, and everything else goes on.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { newQueueId } from './queue-id.js';
+import { QueueStore, type NewMessage } from './queue-store.js';
+
+const message = (id: string, kind: NewMessage['kind'] = 'mail'): NewMessage => ({
+  id, size: 10, sender: 's@x.test', receivedAt: Date.now(), trace: '', ret: null, envid: null, smtputf8: false, body8bit: false,
+  client: '127.0.0.1', helo: 'x', authUser: null, listener: 'mx', kind,
+  recipients: [{ tenant: 't', address: 'r@y.test', domain: 'y.test', orcpt: null, notify: null }],
+});
+
+describe('new mail while the space reserve is released', () => {
+  it('is refused with ENOSPC, also when queued before the release; outcomes, notices and the rest go on', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
+    const store = new QueueStore(join(dir, 'queue.db'), false);
+    try {
+      const old = newQueueId();
+      await store.write([{ op: 'insertMessage', message: message(old) }]);
+      let released = false;
+      store.refuseNewMail = () => released;
+
+      // Queued behind a batch in flight, then the reserve goes before its own batch is formed.
+      const inFlight = store.write([{ op: 'pruneScans', before: 0 }]);
+      const early = store.write([{ op: 'insertMessage', message: message(newQueueId()) }]);
+      released = true;
+      await inFlight;
+      await expect(early).rejects.toMatchObject({ code: 'ENOSPC' });
+      await expect(store.write([{ op: 'insertMessage', message: message(newQueueId()) }])).rejects.toMatchObject({ code: 'ENOSPC' });
+
+      // An outcome with its notice, a removal and housekeeping are not new mail.
+      const [recipient] = store.recipientsOf(old);
+      const notice = newQueueId();
+      await store.write([
+        { op: 'updateRecipients', messageId: old, updates: [{ id: recipient.id, state: 'bounced', nextAttempt: Date.now(), code: 550, status: '5.1.1', reply: 'no', host: 'y.test', attempted: true }], now: Date.now() },
+        { op: 'insertMessage', message: message(notice, 'dsn') },
+      ], { essential: true });
+      expect(store.message(notice)).toBeDefined();
+      await store.write([{ op: 'pruneScans', before: 0 }]);
+      await store.write([{ op: 'deleteMessage', id: notice }], { essential: true });
+
+      released = false;
+      const after = newQueueId();
+      await store.write([{ op: 'insertMessage', message: message(after) }]);
+      expect(store.message(after)).toBeDefined();
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
