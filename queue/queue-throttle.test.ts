@@ -65,6 +65,20 @@ describe('throttle control', () => {
     expect(scheduler.blocks()).toHaveLength(0); // expired: these events are in the past of the real clock
   });
 
+  it('does not grow a paused pair\'s window again with the successes of deliveries that began before the throttle', async () => {
+    const { control, scheduler } = await setup();
+    const t0 = Date.now();
+    scheduler.setWindow(SITE, null, 1);
+    control.onSignal(SITE, null, 'c', throttled, t0);
+    expect(scheduler.window(SITE, null)).toBe(1);
+    // the delivery already under way on the pair ends well while the pause lasts
+    control.onSignal(SITE, null, 'c', ok, t0 + 10);
+    expect(scheduler.window(SITE, null)).toBe(1);
+    // once the pause is over, successes grow it as usual
+    control.onSignal(SITE, null, 'c', ok, t0 + 61_000);
+    expect(scheduler.window(SITE, null)).toBe(2);
+  });
+
   it('doubles the pause for each further throttle within the window', async () => {
     const { control, settle } = await setup();
     const t0 = Date.now();

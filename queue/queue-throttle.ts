@@ -4,7 +4,8 @@
  *
  * Takes the signal each delivery left (delivery/delivery-throttle.ts) with its (site, source
  * address) pair and tenant:
- *   ok         the pair's window may grow (slow start, in the scheduler);
+ *   ok         the pair's window may grow (slow start, in the scheduler), except while the pair is
+ *              paused: those successes are of deliveries that began before the throttle;
  *   slow       the window shrinks by one; recorded as a `slowed` event (at most one a minute a pair);
  *   capped     the destination refused one more connection at its banner (a cap on connections per
  *              client address): the pair's window is held below the count it refused, one more
@@ -95,7 +96,8 @@ export class EgressControl {
     this.#remember(site, { at: now, tenant, throttled: signal.kind === 'throttled' }, now - t.window);
     const pairKey = `${site}\u0000${source ?? ''}`;
     if (signal.kind === 'ok') {
-      this.scheduler.feedback(site, source, 'ok');
+      // A delivery that began before the pair was throttled says nothing about the lowered window.
+      if (!((this.#pairs.get(pairKey)?.pausedUntil ?? 0) > now)) this.scheduler.feedback(site, source, 'ok');
       return;
     }
     if (signal.kind === 'capped') {
