@@ -20,11 +20,11 @@ interface Destination {
   port: number;
   /** Messages ended with the final dot. */
   messages: string[];
-  /** How each transaction that reached DATA ended. */
+  /** How each transaction ended (from its MAIL FROM on). */
   endings: Ending[];
 }
 
-/** A destination taking any transaction, recording how each one that reached DATA ended. */
+/** A destination taking any transaction, recording how each one ended. */
 async function destination(host: string): Promise<Destination> {
   const d: Destination = { port: 0, messages: [], endings: [] };
   const connections = new Set<Socket>();
@@ -33,10 +33,11 @@ async function destination(host: string): Promise<Destination> {
     s.on('close', () => connections.delete(s));
     let buf = '';
     let inData = false;
+    let inTransaction = false;
     let body = '';
     s.on('error', () => undefined);
     s.write('220 dest.test ESMTP\r\n');
-    s.on('close', () => { if (inData) d.endings.push('dropped'); });
+    s.on('close', () => { if (inTransaction) d.endings.push('dropped'); });
     s.on('data', (chunk) => {
       buf += chunk.toString('latin1');
       for (;;) {
@@ -47,6 +48,7 @@ async function destination(host: string): Promise<Destination> {
         if (inData) {
           if (line === '.') {
             inData = false;
+            inTransaction = false;
             d.messages.push(body);
             d.endings.push('dot');
             body = '';
@@ -58,8 +60,12 @@ async function destination(host: string): Promise<Destination> {
         }
         if (/^EHLO/i.test(line)) s.write('250-dest.test\r\n250 PIPELINING\r\n');
         else if (/^DATA/i.test(line)) { inData = true; s.write('354 go\r\n'); }
-        else if (/^QUIT/i.test(line)) { s.write('221 bye\r\n'); s.end(); }
-        else s.write('250 ok\r\n');
+        else if (/^QUIT/i.test(line)) { if (inTransaction) d.endings.push('quit'); inTransaction = false; s.write('221 bye\r\n'); s.end(); }
+        else if (/^RSET/i.test(line)) { if (inTransaction) d.endings.push('rset'); inTransaction = false; s.write('250 ok\r\n'); }
+        else {
+          if (/^MAIL/i.test(line)) inTransaction = true;
+          s.write('250 ok\r\n');
+        }
       }
     });
   });
@@ -69,12 +75,13 @@ async function destination(host: string): Promise<Destination> {
   return d;
 }
 
-async function proxy(dst: Destination, host: string, limits: Record<string, unknown>): Promise<TestApp> {
+async function proxy(dst: Destination, host: string, limits: Record<string, unknown>, extra: Partial<ConfigInput> = {}): Promise<TestApp> {
   const t = await startApp((dataDir) => baseConfig(dataDir, {
     listeners: [{ name: 'proxy', role: 'proxy', port: 0, tls: 'none' }],
     trustedNetworks: ['127.0.0.1/32'],
     queue: { fsync: false },
     limits: limits as ConfigInput['limits'],
+    ...extra,
   }), { originalDst: () => ({ address: host, port: dst.port, family: 4 }) });
   cleanup.push(() => t.stop());
   return t;
@@ -146,6 +153,31 @@ describe('transparent proxy: per-client limits and deadlines', () => {
     expect(signals.filter((k) => k !== 'ok')).toEqual([]);
     await relayOne(t.port('proxy'), dst, 'after the slow one');
     expect(dst.endings).toEqual(['dropped', 'dot']);
+  });
+
+  it('ends a scanned tenant\'s DATA slower than limits.minDataRate with 421 4.4.2: nothing is relayed, the destination\'s transaction is reset', async () => {
+    const dst = await destination('127.0.0.75');
+    const t = await proxy(dst, '127.0.0.75', { commandDeadline: '1s', minDataRate: 100 }, {
+      tenants: { legacy: { networks: ['127.0.0.1/32'] } },
+      engines: [{ name: 'attachments', type: 'policy' }],
+      proxy: { scan: ['legacy'] },
+    });
+    const c = await RawSmtp.atData(t.port('proxy'), 'slow@legacy.test', ['x@dest.test']);
+    cleanup.push(async () => c.close());
+    c.send('Subject: slow\r\n\r\n');
+    const trickle = setInterval(() => { if (!c.closed) c.socket.write('x'); }, 200);
+    try {
+      expect((await c.reply(8_000)).join('\n')).toMatch(/^421 4\.4\.2 timeout: message data arriving too slowly/);
+    } finally {
+      clearInterval(trickle);
+    }
+    await waitUntil(() => dst.endings.length > 0, 5_000, 'the destination\'s transaction to end');
+    expect(dst.messages).toHaveLength(0);
+    expect(dst.endings).toEqual(['rset']);
+    // a client too slow is not a failure of the proxy session
+    expect(t.logs.filter((l) => l.msg === 'proxy session failed; closing it')).toEqual([]);
+    await relayOne(t.port('proxy'), dst, 'scanned after the slow one');
+    expect(dst.endings).toEqual(['rset', 'dot']);
   });
 
   it('counts proxy clients by address once limits.client.exceptions is set: the third connection past maxConnections 2 gets 421 4.7.0', async () => {
