@@ -17,8 +17,9 @@
  * do not reset (a command line, DATA's minimum rate: 421 4.4.2) for every client, and the
  * per-address counts (421 4.7.0 at connect, 450 4.7.1 at MAIL FROM) for clients outside
  * `limits.client.exceptions`, which by default holds the trusted and tenants' networks, so the
- * proxy's own clients are counted only when the exceptions are set. Data cut off by a deadline is
- * never ended with the final dot toward the destination: its connection is dropped instead.
+ * proxy's own clients are counted only when the exceptions are set. Data that breaks off (a
+ * deadline, the client gone) never gets the final dot toward the destination: streamed data's
+ * destination connection is dropped; a scanned message's destination transaction is reset.
  * Network: the listener; TCP/TLS to the original destinations; the events webhook.
  * Settings: listeners[] with role proxy, proxy.*, delivery.* (timeouts, TLS, transcripts),
  * limits.commandDeadline, limits.minDataRate, limits.client.*.
@@ -104,10 +105,11 @@ function cutOffError(err: Error): Error {
   return Object.assign(new Error(`the client's data broke off: ${err.message}`), { code: REFUSED_BY_PROXY });
 }
 
-/** The client's answer for data that broke off (it has most often gone already). */
-function cutOff(err: unknown): Reply {
-  const text = `4.4.2 the client's data broke off: ${(err as Error).message}`;
-  return { code: 451, lines: [text], raw: `451 ${text}` };
+/** The client's answer for data that broke off, as the listeners give it (the client has most often gone already). */
+function cutOff(): Reply {
+  const r = REPLIES.dataTimeout;
+  const text = `${r.enhanced} ${r.text}`;
+  return { code: r.code, lines: [text], raw: `${r.code} ${text}` };
 }
 
 export class ProxyListener {
@@ -309,7 +311,8 @@ export class ProxyListener {
         // The client's data broke off (a deadline, a reset): nothing went to the destination
         // past its RCPTs, and its transaction is reset. Any other failure is the session's.
         if ((stream as unknown as Readable).readableEnded) throw err;
-        return s.abort(cutOff(err));
+        this.deps.log.info({ listener: this.spec.name, session: session.id, err: (err as Error).message }, 'proxied DATA not completed');
+        return s.abort(cutOff());
       }
       if (outcome.kind !== 'relay') return s.abort(outcome.reply);
       try {
