@@ -25,7 +25,7 @@ interface Destination {
 }
 
 /** A destination taking any transaction, recording how each one ended. */
-async function destination(host: string): Promise<Destination> {
+async function destination(host: string, dotDelayMs = 0): Promise<Destination> {
   const d: Destination = { port: 0, messages: [], endings: [] };
   const connections = new Set<Socket>();
   const server: Server = createServer((s) => {
@@ -52,7 +52,7 @@ async function destination(host: string): Promise<Destination> {
             d.messages.push(body);
             d.endings.push('dot');
             body = '';
-            s.write('250 2.6.0 taken\r\n');
+            setTimeout(() => { if (!s.destroyed) s.write('250 2.6.0 taken\r\n'); }, dotDelayMs);
           } else {
             body += `${line}\r\n`;
           }
@@ -178,6 +178,12 @@ describe('transparent proxy: per-client limits and deadlines', () => {
     expect(t.logs.filter((l) => l.msg === 'proxy session failed; closing it')).toEqual([]);
     await relayOne(t.port('proxy'), dst, 'scanned after the slow one');
     expect(dst.endings).toEqual(['rset', 'dot']);
+  });
+
+  it('does not count the destination\'s time after the client\'s final dot against the client\'s data rate', async () => {
+    const dst = await destination('127.0.0.76', 2_500);
+    const t = await proxy(dst, '127.0.0.76', { commandDeadline: '1s', minDataRate: 100 });
+    await relayOne(t.port('proxy'), dst, 'a slow destination');
   });
 
   it('counts proxy clients by address once limits.client.exceptions is set: the third connection past maxConnections 2 gets 421 4.7.0', async () => {
