@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../mta/index.js';
 import { RawSmtp } from '../test/helpers/raw-smtp.js';
 import { SessionCache } from './delivery-cache.js';
+import { Policy } from '../mta/mta-policy.js';
 import { ProxyListener } from './proxy-listener.js';
 import type { ProxyDeps } from './proxy-session.js';
 
@@ -55,6 +56,7 @@ async function listener(destPort: number, badPort: { value: number }) {
   const proxy = new ProxyListener(config.listeners[0], {
     scanner: () => null,
     config: () => config,
+    policy: () => new Policy(config),
     tenantOf: (address) => {
       if (badPort.value !== 0) throw new Error('tenant table corrupt');
       return address ? 'legacy' : undefined;

@@ -13,15 +13,25 @@
  * Nothing a client sends may end the process: every handler runs under a guard, and an
  * unexpected error in one session is logged and closes that session's two connections (421 4.3.0
  * to the client when it can still be said), never the others'.
+ * Per connection (mta-connections.ts, as on the MX and submission listeners): the deadlines bytes
+ * do not reset (a command line, DATA's minimum rate: 421 4.4.2) for every client, and the
+ * per-address counts (421 4.7.0 at connect, 450 4.7.1 at MAIL FROM) for clients outside
+ * `limits.client.exceptions`, which by default holds the trusted and tenants' networks, so the
+ * proxy's own clients are counted only when the exceptions are set. Data that breaks off (a
+ * deadline, the client gone) never gets the final dot toward the destination: streamed data's
+ * destination connection is dropped; a scanned message's destination transaction is reset.
  * Network: the listener; TCP/TLS to the original destinations; the events webhook.
- * Settings: listeners[] with role proxy, proxy.*, delivery.* (timeouts, TLS, transcripts).
+ * Settings: listeners[] with role proxy, proxy.*, delivery.* (timeouts, TLS, transcripts),
+ * limits.commandDeadline, limits.minDataRate, limits.client.*.
  */
 import type { Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from '../mta/mta-config-schema.js';
+import { ConnectionTable, WatchedServer } from '../mta/mta-connections.js';
+import type { Policy } from '../mta/mta-policy.js';
 import { mailFromRefusal, rcptToRefusal } from '../mta/mta-envelope.js';
 import { REPLIES, toSmtpError, type SmtpReply } from '../mta/mta-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
@@ -48,6 +58,8 @@ export interface ProxyListenerDeps {
   /** The scanning step for a tenant whose proxied mail is scanned; null: streamed through unscanned. */
   scanner: (tenant: string) => ((input: ScanInput) => Promise<ScanOutcome>) | null;
   config: () => Config;
+  /** The current relay policy: whose addresses are exempt from the per-address limits by default. */
+  policy: () => Policy;
   /** The tenant of a client allowed to use the proxy; undefined: not allowed. */
   tenantOf: (address: string) => string | undefined;
   session: (config: Config) => ProxyDeps;
@@ -88,8 +100,21 @@ export function xtext(value: string): string {
   return Buffer.from(value, 'utf8').reduce((out, b) => out + (b < 33 || b > 126 || b === 0x2b || b === 0x3d ? `+${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b)), '');
 }
 
+/** The client's data broke off before its final dot: for the session, data refused on the way. */
+function cutOffError(err: Error): Error {
+  return Object.assign(new Error(`the client's data broke off: ${err.message}`), { code: REFUSED_BY_PROXY });
+}
+
+/** The client's answer for data that broke off, as the listeners give it (the client has most often gone already). */
+function cutOff(): Reply {
+  const r = REPLIES.dataTimeout;
+  const text = `${r.enhanced} ${r.text}`;
+  return { code: r.code, lines: [text], raw: `${r.code} ${text}` };
+}
+
 export class ProxyListener {
-  readonly server: SMTPServer;
+  readonly server: WatchedServer;
+  readonly #connections: ConnectionTable;
   readonly #destinations = new Map<string, Destination | null>();
   readonly #sessions = new Map<string, ProxySession>();
   /** The clients' TCP sockets by "address|port", to close a session that failed. */
@@ -99,6 +124,7 @@ export class ProxyListener {
   constructor(readonly spec: ListenerConfig, private readonly deps: ProxyListenerDeps) {
     const config = deps.config();
     this.#events = new ProxyEvents({ eventsFile: config.proxy.eventsFile, webhook: config.proxy.webhook }, deps.log);
+    this.#connections = new ConnectionTable(spec.name, () => ({ config: deps.config(), policy: deps.policy() }), deps.log);
     const options: SMTPServerOptions & { greetingDelay: number } = {
       name: config.hostname,
       banner: 'Ichidan proxy',
@@ -121,7 +147,11 @@ export class ProxyListener {
       greetingDelay: spec.greetingDelay,
       logger: false,
       onConnect: (session, cb) => this.#guard(session, cb, () => this.#onConnect(session, cb)),
-      onMailFrom: (address, session, cb) => this.#refused(mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
+      onSecure: (socket, session, cb) => this.#guard(session, cb, () => {
+        this.#connections.secured(session.id, socket as Socket);
+        cb();
+      }),
+      onMailFrom: (address, session, cb) => this.#refused(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
         // A transaction that ended without data (every recipient refused, or RSET) is reported now.
         this.#report(session, s);
         return s.mail(address.address, paramWords(address.args).join(' '));
@@ -130,7 +160,8 @@ export class ProxyListener {
       onData: (stream, session, cb) => this.#guard(session, cb, () => this.#onData(stream, session, cb), stream),
       onClose: (session) => this.#guard(session, null, () => this.#onClose(session)),
     };
-    this.server = new SMTPServer(options);
+    this.server = new WatchedServer(options);
+    this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'proxy client connection error'));
     // Read before smtp-server wraps the socket: the descriptor is only on the plain TCP socket.
     this.server.server.on('connection', (socket: Socket) => {
@@ -175,6 +206,9 @@ export class ProxyListener {
   }
 
   #onConnect(session: SMTPServerSession, cb: Callback): void {
+    // Past the per-address limits a client is refused before anything else costs a lookup.
+    const limited = this.#connections.admit(session);
+    if (limited) return cb(toSmtpError(limited));
     const client = unmapped(session.remoteAddress);
     const refuse = (code: number, text: string) => cb(Object.assign(new Error(text), { responseCode: code }));
     if (this.deps.outbound.has(`${client}|${session.remotePort}`)) return refuse(554, '5.4.6 routing loop: this connection comes from the proxy itself');
@@ -253,6 +287,11 @@ export class ProxyListener {
       stream.resume();
       return cb(Object.assign(new Error('4.3.0 no proxy session'), { responseCode: 451 }));
     }
+    // smtp-server has sent its 354: the data rate counts until the client's final dot, not while
+    // the destination or the scanner takes its time afterwards.
+    this.#connections.dataStarted(session.id, stream as unknown as Readable);
+    const ended = () => this.#connections.dataEnded(session.id);
+    stream.once('end', ended);
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const scanner = this.deps.scanner(s.tenant);
     let refusal: Reply | null = null;
@@ -262,10 +301,19 @@ export class ProxyListener {
         return refusal ?? reply;
       }
       const mailFrom = session.envelope.mailFrom;
-      const outcome = await scanner({
-        tenant: s.tenant, client: unmapped(session.remoteAddress), helo: String(session.hostNameAppearsAs ?? ''), sender: mailFrom ? mailFrom.address : '',
-        recipients, stream: stream as unknown as Readable, listener: this.spec.name,
-      });
+      let outcome: ScanOutcome;
+      try {
+        outcome = await scanner({
+          tenant: s.tenant, client: unmapped(session.remoteAddress), helo: String(session.hostNameAppearsAs ?? ''), sender: mailFrom ? mailFrom.address : '',
+          recipients, stream: stream as unknown as Readable, listener: this.spec.name,
+        });
+      } catch (err) {
+        // The client's data broke off (a deadline, a reset): nothing went to the destination
+        // past its RCPTs, and its transaction is reset. Any other failure is the session's.
+        if ((stream as unknown as Readable).readableEnded) throw err;
+        this.deps.log.info({ listener: this.spec.name, session: session.id, err: (err as Error).message }, 'proxied DATA not completed');
+        return s.abort(cutOff());
+      }
       if (outcome.kind !== 'relay') return s.abort(outcome.reply);
       try {
         return await s.data(outcome.open());
@@ -273,7 +321,7 @@ export class ProxyListener {
         await outcome.done().catch((err) => this.deps.log.error({ err }, 'could not remove a relayed message from the spool'));
       }
     };
-    relay().then((reply) => {
+    relay().finally(ended).then((reply) => {
       this.#report(session, s);
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
       else cb(smtpError(reply));
@@ -312,7 +360,12 @@ export class ProxyListener {
         cb();
       },
     });
-    stream.on('error', (err) => out.destroy(err));
+    // Input that ends without its final dot (destroyed past the data-rate deadline, the client
+    // gone) is refused like bad data: the destination's connection is dropped before the dot.
+    stream.on('error', (err) => out.destroy(cutOffError(err)));
+    stream.on('close', () => {
+      if (!stream.readableEnded) out.destroy(cutOffError(new Error('closed before the end of data')));
+    });
     // A refusal can come before the destination has answered DATA, when nothing reads `out` yet:
     // its error is then only the refusal already recorded, and must not go unheard.
     out.on('error', () => undefined);
@@ -338,6 +391,7 @@ export class ProxyListener {
   }
 
   #onClose(session: SMTPServerSession): void {
+    this.#connections.closed(session.id);
     const s = this.#sessions.get(session.id);
     this.#sessions.delete(session.id);
     if (!s) return;

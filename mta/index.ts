@@ -197,6 +197,7 @@ export class Ichidan {
     }
     const proxy = new ProxyListener(spec, {
       config: () => this.config,
+      policy: () => this.#runtime.policy,
       tenantOf: (address) => {
         const policy = this.#runtime.policy;
         return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
