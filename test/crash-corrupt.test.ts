@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startChild, type ChildIchidan } from './helpers/child.js';
+import { CrashLoad } from './helpers/crash-load.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
@@ -58,36 +59,9 @@ describe('corrupt entries after SIGKILLs', () => {
   });
 
   it('tells unacknowledged leftovers from damaged messages and lets an operator deal with each', async () => {
+    // Large enough that a kill often lands while a file is being written.
+    const load = new CrashLoad(() => `Subject: load\r\n\r\n${'body line of some length to fill the spool file\r\n'.repeat(2000)}`);
     const acknowledged = new Set<string>();
-    let seq = 0;
-    async function oneSession(port: number, until: { stop: boolean }): Promise<void> {
-      while (!until.stop) {
-        let c: RawSmtp;
-        try {
-          c = await RawSmtp.open(port);
-          await c.reply(2000);
-        } catch {
-          return;
-        }
-        try {
-          await c.command('EHLO load.test');
-          for (let i = 0; i < 5 && !until.stop; i++) {
-            if (!/^250/.test(await c.command('MAIL FROM:<load@sender.test>'))) break;
-            if (!/^250/.test(await c.command(`RCPT TO:<t${++seq}@far.test>`))) break;
-            if (!/^354/.test(await c.command('DATA'))) break;
-            // Large enough that a kill often lands while a file is being written.
-            c.send(`Subject: load\r\n\r\n${'body line of some length to fill the spool file\r\n'.repeat(2000)}.\r\n`);
-            const reply = (await c.reply(5000)).join('\n');
-            if (/^250 /.test(reply)) acknowledged.add(reply.split(' ').pop()!);
-          }
-          await c.command('QUIT');
-        } catch {
-          // killed mid-session
-        } finally {
-          c.close();
-        }
-      }
-    }
     const unacknowledged = async () => (await cli(['queue', 'corrupt', 'list', '-c', configFile])).stdout
       .split('\n').filter((l) => l.split('\t')[1] === 'unacknowledged').map((l) => l.split('\t')[0]);
 
@@ -103,12 +77,13 @@ describe('corrupt entries after SIGKILLs', () => {
     while (rounds < MAX_ROUNDS && (await unacknowledged()).length === 0) {
       rounds++;
       const until = { stop: false };
-      const load = Array.from({ length: SESSIONS }, () => oneSession(child.ports.mx, until));
+      const sessions = load.run(child.ports.mx, SESSIONS, until);
       await new Promise((r) => setTimeout(r, 400 + Math.random() * 800));
       child.proc.kill('SIGKILL');
       await child.exited;
       until.stop = true;
-      await Promise.all(load);
+      await sessions;
+      for (const id of load.acknowledged.values()) acknowledged.add(id);
       // The next start sets aside what the kill left behind.
       child = await startChild(configFile);
     }

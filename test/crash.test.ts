@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startChild, type ChildIchidan } from './helpers/child.js';
-import { RawSmtp } from './helpers/raw-smtp.js';
+import { CrashLoad } from './helpers/crash-load.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
 const ROUNDS = 6;
@@ -38,64 +38,32 @@ describe('crash safety', () => {
   });
 
   it('loses no acknowledged message across repeated SIGKILLs', async () => {
-    const acknowledged = new Set<string>();
-    let sent = 0;
-    let seq = 0;
-
-    async function oneSession(port: number, until: { stop: boolean }): Promise<void> {
-      while (!until.stop) {
-        let c: RawSmtp;
-        try {
-          c = await RawSmtp.open(port);
-          await c.reply(2000);
-        } catch {
-          return;
-        }
-        try {
-          await c.command('EHLO load.test');
-          for (let i = 0; i < 5 && !until.stop; i++) {
-            const token = `t${++seq}`;
-            sent++;
-            if (!/^250/.test(await c.command('MAIL FROM:<load@sender.test>'))) break;
-            if (!/^250/.test(await c.command(`RCPT TO:<${token}@far.test>`))) break;
-            if (!/^354/.test(await c.command('DATA'))) break;
-            c.send(`Subject: ${token}\r\nX-Token: ${token}\r\n\r\n${'body line\r\n'.repeat(20)}.\r\n`);
-            const reply = (await c.reply(5000)).join('\n');
-            if (/^250 /.test(reply)) acknowledged.add(token);
-          }
-          await c.command('QUIT');
-        } catch {
-          // killed mid-session: whatever was not acknowledged may be lost
-        } finally {
-          c.close();
-        }
-      }
-    }
+    const load = new CrashLoad((token) => `Subject: ${token}\r\nX-Token: ${token}\r\n\r\n${'body line\r\n'.repeat(20)}`);
 
     let child: ChildIchidan | null = null;
     for (let round = 0; round < ROUNDS; round++) {
       child = await startChild(configFile);
       const until = { stop: false };
-      const load = Array.from({ length: SESSIONS }, () => oneSession(child!.ports.mx, until));
+      const sessions = load.run(child.ports.mx, SESSIONS, until);
       await new Promise((r) => setTimeout(r, 300 + Math.random() * 900));
       child.proc.kill('SIGKILL');
       await child.exited;
       until.stop = true;
-      await Promise.all(load);
+      await sessions;
     }
     // Last start: no load, just let the queue drain.
     child = await startChild(configFile);
     const received = () => new Set(sink.messages.map((m) => /X-Token: (t\d+)/.exec(m.data.toString())?.[1]).filter(Boolean) as string[]);
     const until = Date.now() + 60_000;
-    while ([...acknowledged].some((t) => !received().has(t)) && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+    while ([...load.acknowledged.keys()].some((t) => !received().has(t)) && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
     child.proc.kill('SIGTERM');
     await child.exited;
 
     const got = received();
-    const lost = [...acknowledged].filter((t) => !got.has(t));
+    const lost = [...load.acknowledged.keys()].filter((t) => !got.has(t));
     const duplicates = sink.messages.length - got.size;
-    console.log(`crash test: ${ROUNDS} SIGKILL rounds, ${sent} messages attempted, ${acknowledged.size} acknowledged with 250, ${got.size} delivered, ${lost.length} lost, ${duplicates} duplicate deliveries`);
-    expect(acknowledged.size).toBeGreaterThan(ROUNDS * 20);
+    console.log(`crash test: ${ROUNDS} SIGKILL rounds, ${load.sent} messages attempted, ${load.acknowledged.size} acknowledged with 250, ${got.size} delivered, ${lost.length} lost, ${duplicates} duplicate deliveries`);
+    expect(load.acknowledged.size).toBeGreaterThan(ROUNDS * 20);
     expect(lost).toEqual([]);
   }, 180_000);
 });
