@@ -94,10 +94,10 @@ export function keepParams(params: string, extensions: Map<string, string>): str
   }).join(' ');
 }
 
-/** 4xx said to the client for a destination that failed; the detail is for the log and transcript. */
 /** The error code the listener's guard gives the client's data it refused on the way. */
 export const REFUSED_BY_PROXY = 'EREFUSED';
 
+/** 4xx said to the client for a destination that failed; the detail is for the log and transcript. */
 function tempfail(status: string, detail: string): Reply {
   const text = `${status} destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400);
   return { code: 451, lines: [text], raw: `451 ${text}` };
