@@ -2,6 +2,7 @@
 // client leaves, and its per-address slot is given back.
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
 import pino from 'pino';
 import type { SMTPServerSession } from 'smtp-server';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
@@ -29,6 +30,22 @@ describe('ConnectionTable', () => {
     t.closed('s1');
     vi.advanceTimersByTime(10_000);
     expect(answered).toEqual(['s2']);
+  });
+
+  it('ends DATA that is too slow before anything reads it without an unheard error event', async () => {
+    const slow = parseConfig({ limits: { commandDeadline: '1s', minDataRate: 1000 } });
+    const t = new ConnectionTable('proxy', () => ({ config: slow, policy: {} as Policy }), pino({ level: 'silent' }));
+    const sent: string[] = [];
+    t.watch({ id: 's1', send: (code, text) => sent.push(`${code} ${text}`), close: () => undefined }, new EventEmitter() as unknown as Socket);
+    const data = new PassThrough();
+    t.dataStarted('s1', data);
+    // Nothing listens on the stream yet (the handler is still opening its spool file): an 'error'
+    // emitted now with no listener would end the process.
+    vi.advanceTimersByTime(5_000);
+    await vi.runAllTimersAsync();
+    expect(data.destroyed).toBe(true);
+    expect(sent[0]).toMatch(/^421 4\.4\.2 /);
+    t.closed('s1');
   });
 
   it('gives the slot back at close, under the key it was counted by', () => {

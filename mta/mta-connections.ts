@@ -150,7 +150,10 @@ export class ConnectionTable {
   #breach(connection: Connection, breach: DeadlineBreach): void {
     const r = breach === 'data' ? REPLIES.dataTooSlow : REPLIES.commandDeadline;
     this.log.info({ listener: this.listener, session: connection.id, breach }, breach === 'data' ? 'message data too slow' : 'command line not complete in time');
-    this.#open.get(connection.id)?.data?.destroy(new Error('DATA too slow'));
+    const data = this.#open.get(connection.id)?.data;
+    // The breach may come before the DATA handler reads the stream: its error must have a listener.
+    data?.once('error', () => undefined);
+    data?.destroy(new Error('DATA too slow'));
     connection.send(r.code, `${r.enhanced} ${r.text}`);
     connection.close();
   }

@@ -161,6 +161,7 @@ export class Queue {
     await queue.space.start();
     const report = await reconcile(queue.spool, queue.store);
     for (const c of report.corrupt) log.warn({ qid: c.id, kind: c.kind, reason: c.reason }, 'queue entry set aside as corrupt');
+    if (report.deferred > 0) log.error({ entries: report.deferred }, 'no room to record what reconciliation found: those entries are left as they are until the next start');
     await queue.corrupt.removeLeftovers(Date.now()).catch((err) => log.error({ err }, 'could not remove never-acknowledged leftovers'));
     const restored = queue.control.restore();
     if (restored > 0) log.info({ events: restored }, 'egress holds and pauses still in force restored');

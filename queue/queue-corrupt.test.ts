@@ -74,6 +74,32 @@ describe('reconciliation records the kind of each entry', () => {
     }
   });
 
+  it('comes up on a full disk: its records may use the reserve, and what finds no room stays for the next start', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
+    const spool = new Spool(join(dir, 'spool'), false);
+    await spool.init();
+    await new QueueStore(join(dir, 'queue.db'), false).close();
+    const store = new QueueStore(join(dir, 'queue.db'), false);
+    try {
+      const leftover = newQueueId();
+      await writeFile(spool.path(leftover), 'Subject: partial\r\n');
+      const asked: Array<boolean | undefined> = [];
+      const write = store.write.bind(store);
+      store.write = (unit, opts = {}) => {
+        asked.push(opts.essential);
+        if (unit.some((op) => op.op === 'insertCorrupt')) return Promise.reject(Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' }));
+        return write(unit, opts);
+      };
+      const report = await reconcile(spool, store);
+      expect(report.deferred).toBe(1);
+      expect(asked).toEqual([true]);
+      expect(await spool.list()).toEqual([leftover]);
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('keeps a file without a record as damaged when the queue database is new (its records were lost)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
     const spool = new Spool(join(dir, 'spool'), false);

@@ -14,6 +14,7 @@
  * as an entry of its own, so that every file set aside is listed and can expire.
  */
 import { classify, readCorruptEntry } from './queue-corrupt.js';
+import { isSpaceError } from './queue-space.js';
 import type { Spool } from './queue-spool.js';
 import type { QueueStore, WriteOp } from './queue-store.js';
 import { QUEUE_ID_PATTERN, queueIdTime } from './queue-id.js';
@@ -22,12 +23,14 @@ export interface ReconcileReport {
   active: number;
   cleaned: number;
   corrupt: Array<{ id: string; kind: string; reason: string }>;
+  /** Entries whose record could not be written for want of space: left as they are for the next start. */
+  deferred: number;
 }
 
 export async function reconcile(spool: Spool, store: QueueStore, now = Date.now()): Promise<ReconcileReport> {
   const files = new Set(await spool.list());
   const aside = new Set(await spool.listAside());
-  const report: ReconcileReport = { active: 0, cleaned: 0, corrupt: [] };
+  const report: ReconcileReport = { active: 0, cleaned: 0, corrupt: [], deferred: 0 };
   const done: string[] = [];
   /** Each op, and the file to move to spool/corrupt/ once it is committed. */
   const work: Array<{ op: WriteOp; move: string | null }> = [];
@@ -70,12 +73,16 @@ export async function reconcile(spool: Spool, store: QueueStore, now = Date.now(
   report.cleaned = done.length;
   // One unit each: a failing entry must not undo the others. A file whose record did not commit
   // stays where it is, to be found again at the next start.
-  const committed = await Promise.allSettled(work.map((w) => store.write([w.op])));
+  // They may use the space reserve: a start on a full disk must still come up so that an operator
+  // can purge, and what finds no room even so waits for the next start.
+  const committed = await Promise.allSettled(work.map((w) => store.write([w.op], { essential: true })));
   committed.forEach((c, i) => {
     if (c.status === 'fulfilled' && work[i].move) moves.push(work[i].move!);
   });
   for (const id of moves) await spool.setAside(id);
-  const failed = committed.find((c): c is PromiseRejectedResult => c.status === 'rejected');
-  if (failed) throw failed.reason;
+  const failures = committed.filter((c): c is PromiseRejectedResult => c.status === 'rejected');
+  const other = failures.find((f) => !isSpaceError(f.reason));
+  if (other) throw other.reason;
+  report.deferred = failures.length;
   return report;
 }

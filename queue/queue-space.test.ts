@@ -30,6 +30,26 @@ describe('space errors', () => {
 });
 
 describe('the space guard', () => {
+  it('keeps new mail off the reserve\'s room while the reserve is not held (a start that found it missing)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-space-'));
+    const log = pino({ level: 'silent' });
+    try {
+      const probe = new SpaceGuard([dir], join(dir, 'none'), parseConfig({ queue: { minFree: 0, reserve: 0 } }), log);
+      await probe.start();
+      probe.stop();
+      // Free space sits between minFree and minFree + reserve: the reserve cannot be made.
+      const minFree = probe.free - 32 * MB;
+      const g = new SpaceGuard([dir], join(dir, 'reserve'), parseConfig({ queue: { minFree, reserve: '64MB' } }), log);
+      await g.start();
+      expect(g.reserveHeld).toBe(false);
+      expect(g.low()).toBe(true);
+      expect(g.take(1024)).toBe(false);
+      g.stop();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses when free space is below the threshold plus 1.5 × the declared size, and holds and gives back the reserve', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ichidan-space-'));
     const reserve = join(dir, 'reserve');

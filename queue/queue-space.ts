@@ -91,7 +91,7 @@ export class SpaceGuard {
   /** Whether new mail of `declaredSize` bytes would leave less than the threshold free. */
   low(declaredSize = 0): boolean {
     if (this.#released) return true;
-    const min = minFreeBytes(this.config);
+    const min = this.#newMailMin();
     if (min === 0) return false;
     return this.#free - this.#written < min + 1.5 * declaredSize;
   }
@@ -102,10 +102,21 @@ export class SpaceGuard {
    */
   take(bytes: number): boolean {
     if (this.#released) return false;
-    const min = minFreeBytes(this.config);
+    const min = this.#newMailMin();
     if (min > 0 && this.#free - this.#written - bytes < min) return false;
     this.#written += bytes;
     return true;
+  }
+
+  /**
+   * The free space new mail must leave: the threshold, plus the reserve's size while the reserve is
+   * not held (not made yet, or given back), so new mail never takes the room it needs, also after a
+   * restart that found it missing.
+   */
+  #newMailMin(): number {
+    const min = minFreeBytes(this.config);
+    if (min === 0) return 0;
+    return this.#reserveHeld ? min : min + this.config.queue.reserve;
   }
 
   refresh(): Promise<void> {
