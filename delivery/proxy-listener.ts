@@ -290,8 +290,12 @@ export class ProxyListener {
     // smtp-server has sent its 354: the data rate counts until the client's final dot, not while
     // the destination or the scanner takes its time afterwards.
     this.#connections.dataStarted(session.id, stream as unknown as Readable);
+    // Only the client's final dot (or the stream's end) stops it: a relay that finished early (the
+    // destination refused DATA, the data was refused on the way) still reads the rest, and a
+    // client trickling that rest is still held to the rate.
     const ended = () => this.#connections.dataEnded(session.id);
     stream.once('end', ended);
+    stream.once('close', ended);
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const scanner = this.deps.scanner(s.tenant);
     let refusal: Reply | null = null;
@@ -321,7 +325,7 @@ export class ProxyListener {
         await outcome.done().catch((err) => this.deps.log.error({ err }, 'could not remove a relayed message from the spool'));
       }
     };
-    relay().finally(ended).then((reply) => {
+    relay().finally(() => stream.resume()).then((reply) => {
       this.#report(session, s);
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
       else cb(smtpError(reply));

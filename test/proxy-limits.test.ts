@@ -25,7 +25,7 @@ interface Destination {
 }
 
 /** A destination taking any transaction, recording how each one ended. */
-async function destination(host: string, dotDelayMs = 0): Promise<Destination> {
+async function destination(host: string, dotDelayMs = 0, dataReply = '354 go'): Promise<Destination> {
   const d: Destination = { port: 0, messages: [], endings: [] };
   const connections = new Set<Socket>();
   const server: Server = createServer((s) => {
@@ -59,7 +59,11 @@ async function destination(host: string, dotDelayMs = 0): Promise<Destination> {
           continue;
         }
         if (/^EHLO/i.test(line)) s.write('250-dest.test\r\n250 PIPELINING\r\n');
-        else if (/^DATA/i.test(line)) { inData = true; s.write('354 go\r\n'); }
+        else if (/^DATA/i.test(line)) {
+          if (dataReply.startsWith('354')) inData = true;
+          else inTransaction = false;
+          s.write(`${dataReply}\r\n`);
+        }
         else if (/^QUIT/i.test(line)) { if (inTransaction) d.endings.push('quit'); inTransaction = false; s.write('221 bye\r\n'); s.end(); }
         else if (/^RSET/i.test(line)) { if (inTransaction) d.endings.push('rset'); inTransaction = false; s.write('250 ok\r\n'); }
         else {
@@ -153,6 +157,22 @@ describe('transparent proxy: per-client limits and deadlines', () => {
     expect(signals.filter((k) => k !== 'ok')).toEqual([]);
     await relayOne(t.port('proxy'), dst, 'after the slow one');
     expect(dst.endings).toEqual(['dropped', 'dot']);
+  });
+
+  it('keeps the data rate when the relay ended early (the destination refused DATA): a client trickling the rest line by line gets 421 4.4.2', async () => {
+    const dst = await destination('127.0.0.76', 0, '554 5.3.0 no data today');
+    const t = await proxy(dst, '127.0.0.76', { commandDeadline: '1s', minDataRate: 100 });
+    const c = await RawSmtp.atData(t.port('proxy'), 'early@legacy.test', ['x@dest.test']);
+    cleanup.push(async () => c.close());
+    c.send('Subject: early\r\n\r\n');
+    // Short whole lines, each well within the line deadline, 10 bytes a second against 100 allowed.
+    const trickle = setInterval(() => { if (!c.closed) c.socket.write('x\r\n'); }, 300);
+    try {
+      expect((await c.reply(8_000)).join('\n')).toMatch(/^421 4\.4\.2 timeout: message data arriving too slowly/);
+    } finally {
+      clearInterval(trickle);
+    }
+    expect(dst.messages).toHaveLength(0);
   });
 
   it('ends a scanned tenant\'s DATA slower than limits.minDataRate with 421 4.4.2: nothing is relayed, the destination\'s transaction is reset', async () => {
