@@ -37,14 +37,21 @@ describe('corrupt entry kinds', () => {
   });
 });
 
+/**
+ * A spool and a queue database from an earlier start (not a new database: a file without a record
+ * is then a leftover, not a lost record).
+ */
+async function earlierQueue(): Promise<{ dir: string; spool: Spool; store: QueueStore }> {
+  const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
+  const spool = new Spool(join(dir, 'spool'), false);
+  await spool.init();
+  await new QueueStore(join(dir, 'queue.db'), false).close();
+  return { dir, spool, store: new QueueStore(join(dir, 'queue.db'), false) };
+}
+
 describe('reconciliation records the kind of each entry', () => {
   it('sets aside files without records as unacknowledged and records without a matching file as damaged', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
-    const spool = new Spool(join(dir, 'spool'), false);
-    await spool.init();
-    // A database from an earlier start: a file without a record is then a leftover, not a lost record.
-    await new QueueStore(join(dir, 'queue.db'), false).close();
-    const store = new QueueStore(join(dir, 'queue.db'), false);
+    const { dir, spool, store } = await earlierQueue();
     try {
       const message = (id: string, size: number): NewMessage => ({
         id, size, sender: 's@x.test', receivedAt: Date.now(), trace: '', ret: null, envid: null, smtputf8: false, body8bit: false,
@@ -75,11 +82,7 @@ describe('reconciliation records the kind of each entry', () => {
   });
 
   it('comes up on a full disk: its records may use the reserve, and what finds no room stays for the next start', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
-    const spool = new Spool(join(dir, 'spool'), false);
-    await spool.init();
-    await new QueueStore(join(dir, 'queue.db'), false).close();
-    const store = new QueueStore(join(dir, 'queue.db'), false);
+    const { dir, spool, store } = await earlierQueue();
     try {
       const leftover = newQueueId();
       await writeFile(spool.path(leftover), 'Subject: partial\r\n');
@@ -125,11 +128,9 @@ describe('reconciliation records the kind of each entry', () => {
   });
 
   it('adopts a file set aside without its record, and finishes a move a stop interrupted', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'ichidan-corrupt-'));
-    const spool = new Spool(join(dir, 'spool'), false);
-    await spool.init();
-    await new QueueStore(join(dir, 'queue.db'), false).close();
-    let store = new QueueStore(join(dir, 'queue.db'), false);
+    const earlier = await earlierQueue();
+    const { dir, spool } = earlier;
+    let store = earlier.store;
     try {
       // Moved to corrupt/ by a start that was killed before it committed the record.
       const stray = newQueueId();
