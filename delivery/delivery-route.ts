@@ -9,7 +9,7 @@
  */
 import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import type { Config, RouteConfig } from '../mta/mta-config-schema.js';
+import type { EgressConfig, RouteConfig } from './delivery-config.js';
 
 export interface NextHop {
   /** The name the hop is known by (MX host or route host): used for TLS SNI and the transcript. */
@@ -26,7 +26,7 @@ export type RouteDecision =
   | { kind: 'hops'; via: 'route' | 'mx'; hops: NextHop[] }
   | { kind: 'fail'; permanent: boolean; status: string; reason: string };
 
-export function findStaticRoute(routes: Config['routes'], domain: string): RouteConfig | undefined {
+export function findStaticRoute(routes: EgressConfig['routes'], domain: string): RouteConfig | undefined {
   if (routes[domain]) return routes[domain];
   const labels = domain.split('.');
   for (let i = 1; i < labels.length; i++) {
@@ -36,7 +36,7 @@ export function findStaticRoute(routes: Config['routes'], domain: string): Route
   return routes['*'];
 }
 
-export function createResolver(config: Config): Resolver | null {
+export function createResolver(config: EgressConfig): Resolver | null {
   if (config.dns.servers.length === 0) return null;
   const resolver = new Resolver({ timeout: config.dns.timeout, tries: 2 });
   resolver.setServers([...config.dns.servers]);
@@ -67,7 +67,7 @@ function dnsCode(err: unknown): string {
 }
 
 export class Router {
-  constructor(private readonly config: Config, private readonly resolver: Resolver | null) {}
+  constructor(private readonly config: EgressConfig, private readonly resolver: Resolver | null) {}
 
   async route(domain: string): Promise<RouteDecision> {
     const fixed = findStaticRoute(this.config.routes, domain);

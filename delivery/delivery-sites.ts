@@ -15,8 +15,8 @@
  * costs one lookup; failures are kept only briefly, so a fixed DNS problem is seen soon.
  * Settings: delivery.site (the default limits), delivery.sites (named sites and their limits).
  */
-import type { Config } from '../mta/mta-config-schema.js';
-import type { SiteRef } from '../queue/queue-scheduler.js';
+import type { EgressConfig } from './delivery-config.js';
+import type { SiteRef } from '../base/base-site.js';
 import type { RouteDecision, Router } from './delivery-route.js';
 
 export interface SiteInfo extends SiteRef {
@@ -44,7 +44,7 @@ export class Sites {
   /** Mail host addresses seen in routes → their host name and site (what the proxy knows of an address). */
   readonly #byAddress = new Map<string, { name: string; site: SiteInfo }>();
 
-  constructor(private readonly config: Config, private readonly router: Router, private readonly now: () => number = Date.now) {}
+  constructor(private readonly config: EgressConfig, private readonly router: Router, private readonly now: () => number = Date.now) {}
 
   /** The limits of a site by its key (named sites have their own, the rest the defaults). */
   limits(key: string): SiteInfo {

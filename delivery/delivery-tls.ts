@@ -22,11 +22,11 @@ import { rootCertificates, type TLSSocket } from 'node:tls';
 import type { Resolver } from 'node:dns/promises';
 import type { Logger } from 'pino';
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
-import type { Config } from '../mta/mta-config-schema.js';
+import type { EgressConfig } from './delivery-config.js';
 import { MtaSts, mxMatches, type StsPolicyCache } from './delivery-mtasts.js';
 import type { NextHop } from './delivery-route.js';
 
-export type TlsLevel = Config['delivery']['tlsPolicy'][string];
+export type TlsLevel = EgressConfig['delivery']['tlsPolicy'][string];
 
 export interface HopTls {
   level: TlsLevel;
@@ -53,7 +53,7 @@ export function loadCa(caFile: string | undefined): string[] | undefined {
 }
 
 /** The tlsPolicy entry for a domain: exact, then ".parent" from the closest parent up, then "*". */
-export function findTlsOverride(policy: Config['delivery']['tlsPolicy'], domain: string): { level: TlsLevel; key: string } | undefined {
+export function findTlsOverride(policy: EgressConfig['delivery']['tlsPolicy'], domain: string): { level: TlsLevel; key: string } | undefined {
   const d = domain.toLowerCase();
   if (policy[d]) return { level: policy[d], key: d };
   const labels = d.split('.');
@@ -80,7 +80,7 @@ export class TlsPlanner {
   readonly #ca: string[] | undefined;
   readonly #sts: MtaSts | null;
 
-  constructor(private readonly config: Config, resolver: Resolver | null, policies: StsPolicyCache, private readonly log: Logger | null) {
+  constructor(private readonly config: EgressConfig, resolver: Resolver | null, policies: StsPolicyCache, private readonly log: Logger | null) {
     this.#ca = loadCa(config.delivery.tls.caFile);
     this.#sts = resolver && config.delivery.mtaSts.enabled
       ? new MtaSts(resolver, policies, { ca: this.#ca, port: config.delivery.mtaSts.policyPort })

@@ -24,7 +24,7 @@
 import { format } from 'node:util';
 import type { TLSSocket } from 'node:tls';
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { newQueueId } from '../queue/queue-id.js';
+import { newQueueId } from '../base/base-queue-id.js';
 
 export type Direction = 'client' | 'server';
 

@@ -20,7 +20,7 @@
  * attitude (delivery-throttle.ts), which the queue's scheduler and throttle control act on.
  */
 import type { Logger } from 'pino';
-import type { Config } from '../mta/mta-config-schema.js';
+import type { EgressConfig } from './delivery-config.js';
 import { createResolver, Router } from './delivery-route.js';
 import { SessionCache } from './delivery-cache.js';
 import { Sites, type SiteInfo } from './delivery-sites.js';
@@ -66,7 +66,7 @@ export class Egress {
   /** CA certificates for verified outbound TLS (undefined: Node's store). */
   readonly ca: string[] | undefined;
   /** Idle sessions outlive a config reload: the cache is shared by every Egress of one process. */
-  constructor(private readonly config: Config, private readonly cache: SessionCache = new SessionCache(), shared: EgressShared = {}) {
+  constructor(private readonly config: EgressConfig, private readonly cache: SessionCache = new SessionCache(), shared: EgressShared = {}) {
     const resolver = createResolver(config);
     this.sites = new Sites(config, new Router(config, resolver));
     this.ca = loadCa(config.delivery.tls.caFile);

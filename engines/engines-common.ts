@@ -5,7 +5,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { z } from 'zod';
-import { duration, size, port } from '../mta/mta-config-primitives.js';
+import { duration, size, port } from '../base/base-config.js';
 
 export const engineName = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'an engine name of letters, digits, "-" and "_"');
 

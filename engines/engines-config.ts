@@ -9,7 +9,7 @@
  * override any verdict setting.
  */
 import { z } from 'zod';
-import { duration } from '../mta/mta-config-primitives.js';
+import { duration } from '../base/base-config.js';
 import { engineName } from './engines-common.js';
 import { definitionOf, ENGINE_DEFINITIONS } from './engines-registry.js';
 
@@ -139,4 +139,14 @@ export function oversizeWarnings(engines: readonly EngineConfig[], maxMessageSiz
     }
   });
   return out;
+}
+
+/** What engines/ reads of the whole configuration (a whole `Config` is one). */
+export interface EnginesConfig {
+  hostname: string;
+  /** Part of what makes two snapshots' engines the same: an engine that resolves names keeps its resolver's settings. */
+  dns: unknown;
+  engines: EngineConfig[];
+  scanning: ScanningConfig;
+  tenants: Record<string, { scanning?: TenantScanningConfig }>;
 }

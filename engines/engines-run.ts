@@ -24,7 +24,7 @@
  * is computed from its own engines with its own policy, and the strongest verdict answers DATA —
  * one transaction gets one reply.
  */
-import { notFullyScanned, reply, structureRefused, type SmtpReply } from '../mta/mta-reply.js';
+import { notFullyScanned, reply, structureRefused, type SmtpReply } from '../base/base-reply.js';
 import { errorResult, unscannableResult, type Engine, type EngineKind, type EngineResult, type ScanContext, type ScanMessage } from './engine.js';
 import type { Admission } from './engines-breaker.js';
 import type { CommonOptions } from './engines-common.js';

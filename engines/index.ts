@@ -15,7 +15,7 @@
  *   policy; `scanning.unscannable` also for structure past `limits`), `tenants.NAME.scanning` (a
  *   tenant's engines and overrides).
  */
-import type { Config } from '../mta/mta-config-schema.js';
+import type { EnginesConfig } from './engines-config.js';
 import { spoolMessage, type EngineDeps, type ScanContext, type ScanMessage } from './engine.js';
 import { EngineHost, type EngineEvent, type EngineInfo, type OperatorSwitch } from './engines-host.js';
 import { EngineRunner, type ScanDecision } from './engines-run.js';
@@ -38,7 +38,7 @@ export interface EngineSet {
 }
 
 /** The engine set of one config snapshot, from the host's live instances. */
-export function buildEngineSet(config: Config, host: EngineHost, deps: EngineDeps): EngineSet {
+export function buildEngineSet(config: EnginesConfig, host: EngineHost, deps: EngineDeps): EngineSet {
   // Always through the host, with no engines too: it must learn that the previous ones are gone.
   const held = host.snapshot(config.engines, deps, JSON.stringify({ hostname: config.hostname, dns: config.dns }));
   const tenants = Object.fromEntries(Object.entries(config.tenants).map(([name, t]) => [name, t.scanning]));

@@ -16,7 +16,7 @@
  * Every hold, suspension and undo is an event in the queue database.
  */
 import { handleCorrupt } from './mta-admin-corrupt.js';
-import { duration } from './mta-config-primitives.js';
+import { duration } from '../base/base-config.js';
 import type { Ichidan } from './index.js';
 
 const UNDO = /^\/v1\/egress\/events\/(\d{1,12})\/undo$/;

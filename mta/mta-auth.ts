@@ -36,7 +36,7 @@ import bcrypt from 'bcryptjs';
 import { RecentEvents, SWEEP_EVERY, clientKey } from './mta-anvil.js';
 import type { PasswordVerifier } from './mta-auth-hash.js';
 import type { Config } from './mta-config-schema.js';
-import { REPLIES, type SmtpReply } from './mta-reply.js';
+import { REPLIES, type SmtpReply } from '../base/base-reply.js';
 
 /** A hash that no password matches, compared when the user is unknown. */
 const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);

@@ -6,10 +6,12 @@
  * the rest of the process only ever sees milliseconds and bytes. The TypeScript types of the
  * running configuration are derived from this schema (`Config`), never written by hand.
  */
-import { accessSync, constants } from 'node:fs';
 import { z } from 'zod';
 import { engineSchema, scanningSchema, tenantScanningSchema } from '../engines/engines-config.js';
-import { cidr, dnsServer, domain, duration, hostname, ipAddress, port, rate, size } from './mta-config-primitives.js';
+import { cidr, domain, duration, hostname, ipAddress, size } from '../base/base-config.js';
+import { deliverySchema, dnsSchema, routesSchema } from '../delivery/delivery-config.js';
+import { queueSchema, tenantEgressSchema } from '../queue/queue-config.js';
+import { proxySchema } from './proxy/proxy-config.js';
 
 export { duration, size };
 
@@ -49,81 +51,13 @@ const tenant = z.strictObject({
   /** The engines this tenant's mail goes through and its verdict overrides (see `scanning`). */
   scanning: tenantScanningSchema.optional(),
   /** How this tenant's outbound mail is scheduled: its share, its caps, its source addresses. */
-  egress: z.strictObject({
-    /** Share of each site's capacity relative to the other tenants with mail for it (deficit round robin). */
-    weight: z.number().min(0.01).max(1000).default(1),
-    /** Most deliveries of this tenant in flight at once, over all destinations (default: no cap of its own). */
-    concurrency: z.number().int().positive().optional(),
-    /** Most messages this tenant may hand to destinations per hour (default: no cap). */
-    messagesPerHour: z.number().int().positive().optional(),
-    /** Name of a `delivery.sourcePools` entry: the local addresses (and HELO names) its mail leaves from. */
-    sourcePool: z.string().min(1).optional(),
-    /** Keep this tenant's mail queued without delivering it (as `ichidan tenants suspend` does, persistently). */
-    suspended: z.boolean().default(false),
-  }).prefault({}),
+  egress: tenantEgressSchema,
 });
 
-/** Limits of one destination site, as seen from one source address (what the destination's per-client limits count). */
-const siteLimitFields = {
-  /** Most connections open to the site from one source address, idle ones included. */
-  maxConnections: z.number().int().positive().max(10_000),
-  /** Slow start: the connection limit a site starts at; it grows with successes up to `maxConnections`. */
-  initialConnections: z.number().int().positive().max(10_000),
-  /** Messages one connection carries before it is closed and a new one opened. */
-  messagesPerConnection: z.number().int().positive(),
-  /** An unused connection is closed after this long. */
-  idleTimeout: duration,
-  /** Most messages per interval from one source address, e.g. "600/m", "20/s", "10000/h" (default: no limit). */
-  messageRate: rate.optional(),
-  /** A reply that takes longer than this is a throttle signal (the site is slowed down). */
-  slowReply: duration,
-};
 
-const route = z.union([
-  z.strictObject({
-    /** Next hop host (an address or a name resolved through dns.servers). */
-    host: z.string().min(1),
-    port: port.default(25),
-    /** smtp, or lmtp for a mailbox server speaking LMTP. */
-    protocol: z.enum(['smtp', 'lmtp']).default('smtp'),
-  }),
-  z.strictObject({
-    /** Keep the mail queued (held, no expiry) until the route changes and the mail is released. */
-    hold: z.literal(true),
-  }),
-]);
 
-const siteDefaults = z.strictObject({
-  maxConnections: siteLimitFields.maxConnections.default(20),
-  initialConnections: siteLimitFields.initialConnections.default(5),
-  messagesPerConnection: siteLimitFields.messagesPerConnection.default(100),
-  idleTimeout: siteLimitFields.idleTimeout.prefault('5s'),
-  messageRate: siteLimitFields.messageRate,
-  slowReply: siteLimitFields.slowReply.prefault('30s'),
-});
 
-const namedSite = z.strictObject({
-  /**
-   * MX host name patterns ("mx.example.net", "*.google.com"): a domain whose mail hosts include a
-   * match belongs to this site. Static-route hosts are matched the same way.
-   */
-  mx: z.array(z.string().regex(/^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?\.?$/i, 'a host name, or "*." and a domain')).default([]),
-  /** Recipient domain patterns ("example.com", "*.example.com") that belong to this site whatever their MX. */
-  domains: z.array(z.string().regex(/^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?\.?$/i, 'a domain, or "*." and a domain')).default([]),
-  maxConnections: siteLimitFields.maxConnections.optional(),
-  initialConnections: siteLimitFields.initialConnections.optional(),
-  messagesPerConnection: siteLimitFields.messagesPerConnection.optional(),
-  idleTimeout: siteLimitFields.idleTimeout.optional(),
-  messageRate: siteLimitFields.messageRate,
-  slowReply: siteLimitFields.slowReply.optional(),
-}).refine((s) => s.mx.length + s.domains.length > 0, 'a site needs at least one `mx` or `domains` pattern');
 
-const sourceAddress = z.strictObject({
-  /** A local address to bind outbound connections to. */
-  address: ipAddress,
-  /** The EHLO name used from this address (its PTR name, usually); default delivery.heloName. */
-  helo: hostname.optional(),
-});
 
 export const configSchema = z.strictObject({
   /** The name this MTA gives in its greeting, its Received headers and its EHLO. */
@@ -135,13 +69,7 @@ export const configSchema = z.strictObject({
   log: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   }).prefault({}),
-  dns: z.strictObject({
-    /** Resolvers to ask for MX/A records. Empty: static routes only, no lookup ever. */
-    servers: z.array(dnsServer).default([]),
-    timeout: duration.prefault('5s'),
-    /** Resolve each client's address to a name for Received headers (through `servers` only). */
-    reverseLookup: z.boolean().default(false),
-  }).prefault({}),
+  dns: dnsSchema,
   tls: z.strictObject({
     /** PEM certificate and key files; when both are absent a self-signed pair is made in dataDir/tls. */
     cert: z.string().optional(),
@@ -229,115 +157,9 @@ export const configSchema = z.strictObject({
   trustedNetworks: z.array(cidr).default([]),
   users: z.array(user).default([]),
   tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'a tenant name of letters, digits, "-" and "_"'), tenant).default({}),
-  queue: z.strictObject({
-    /** fsync spool files and the queue database before 250 (turn off only for throwaway tests). */
-    fsync: z.boolean().default(true),
-    /** Under load, queue-database commits happen at most this often, so more transactions share one fsync. */
-    commitWindow: duration.prefault('2ms'),
-    /** First retry delay; later ones grow by `retryFactor` up to `retryMax`, each with ±jitter. */
-    retryInitial: duration.prefault('5m'),
-    retryMax: duration.prefault('1h'),
-    retryFactor: z.number().min(1).default(2),
-    retryJitter: z.number().min(0).max(1).default(0.2),
-    /** Give up after this long in the queue and bounce. */
-    maxAge: duration.prefault('5d'),
-    /** Send a delay notice once a recipient has waited this long (0 = never). */
-    delayWarning: duration.default(0),
-    /** Most deliveries in flight in all. */
-    concurrency: z.number().int().positive().default(100),
-    /** Most deliveries in flight per lane (tenant × destination domain). */
-    laneConcurrency: z.number().int().positive().default(20),
-    /**
-     * New mail is refused with 452 4.3.1 (at MAIL FROM, and at DATA) while the spool's or the queue
-     * database's filesystem has less free space than this plus the declared SIZE, so the queue can
-     * always record outcomes. Default: the larger of 64MB and 1.5 × limits.maxMessageSize. 0: no check.
-     */
-    minFree: z.union([z.literal(0), size]).optional(),
-    /**
-     * Space held in dataDir/reserve and given back when the queue database cannot record an outcome or
-     * a removal for want of space (made again once there is room). 0: none.
-     */
-    reserve: z.union([z.literal(0), size]).prefault('16MB'),
-    /** Spool files set aside at startup that were never acknowledged (no 250 was sent) are removed after this long. */
-    leftoverRetention: duration.prefault('1d'),
-  }).prefault({}),
-  delivery: z.strictObject({
-    /** Name sent in EHLO; defaults to `hostname`. */
-    heloName: hostname.optional(),
-    connectTimeout: duration.prefault('30s'),
-    greetingTimeout: duration.prefault('60s'),
-    /** Idle time allowed while waiting for a reply. */
-    replyTimeout: duration.prefault('5m'),
-    /** Port used for hosts found through MX/address records (a lab or test network may move it off 25). */
-    mxPort: port.default(25),
-    /**
-     * Try STARTTLS when offered, without verifying the certificate (opportunistic TLS). This is the
-     * level of every destination that neither `tlsPolicy` nor an MTA-STS policy says more about.
-     */
-    opportunisticTls: z.boolean().default(true),
-    /** Certificate verification for outbound TLS (MTA-STS, `require-verified`, the policy fetch). */
-    tls: z.strictObject({
-      /** A PEM file of extra CA certificates trusted besides Node's store (a private CA, a test CA). */
-      caFile: z.string().min(1).optional(),
-    }).prefault({}),
-    /**
-     * TLS per recipient domain, keys as in `routes` (exact, ".parent", "*"): `require-verified`
-     * (STARTTLS with a certificate valid for the next hop's name, else defer), `require` (STARTTLS
-     * without a certificate check, else defer), `opportunistic` (STARTTLS when offered, not
-     * verified: for a named private host with a broken certificate), `none` (never STARTTLS).
-     * An exact or ".parent" entry is the operator's word for that domain and replaces MTA-STS;
-     * "*" only changes the default level, and MTA-STS still applies on top of it.
-     */
-    tlsPolicy: z.record(domain, z.enum(['require-verified', 'require', 'opportunistic', 'none'])).default({}),
-    /**
-     * MTA-STS (RFC 8461) for mail delivered through MX records (never for static routes): the
-     * `_mta-sts` TXT record through dns.servers (none configured: no lookups), the policy over
-     * HTTPS, kept in memory for its max_age.
-     */
-    mtaSts: z.strictObject({
-      enabled: z.boolean().default(true),
-      /** Port of the policy host's HTTPS server (443; a lab or test network may move it). */
-      policyPort: port.default(443),
-    }).prefault({}),
-    /** Limits of every destination site, per source address (see `sites` for sites with their own). */
-    site: siteDefaults.prefault({}),
-    /**
-     * Named sites: domains grouped by MX host patterns or domain patterns, with their own limits
-     * (unset ones come from `site`). Other domains form one site per set of MX hosts.
-     */
-    sites: z.record(z.string().regex(/^[a-z0-9][a-z0-9_.-]*$/i, 'a site name of letters, digits, ".", "-" and "_"'), namedSite).default({}),
-    /** Named sets of local addresses that tenants deliver from (`tenants.NAME.egress.sourcePool`). */
-    sourcePools: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'a pool name of letters, digits, "-" and "_"'), z.array(sourceAddress).min(1)).default({}),
-    /** Reactions to a destination throttling a (site, source address) pair. */
-    throttle: z.strictObject({
-      /** First pause of a throttled pair; each further throttle within `window` doubles it, up to `maxPause`. */
-      pause: duration.prefault('1m'),
-      maxPause: duration.prefault('30m'),
-      /** Signals are counted over this window, for the doubling and for attribution. */
-      window: duration.prefault('10m'),
-      /** A tenant is blamed once the site has had this many throttle signals in `window`… */
-      minSignals: z.number().int().positive().default(3),
-      /** …and that tenant's share of those signals (or of the site's deliveries in the window) reaches this. */
-      attributionShare: z.number().gt(0).max(1).default(0.6),
-      /** How long a blamed tenant stays suspended for the site (0: never suspend automatically). */
-      tenantSuspension: duration.prefault('30m'),
-      /**
-       * A pair whose destination refused a connection at its banner for the number we had open
-       * (a per-address connection cap) stays one below that count, and tries one more after this long.
-       */
-      capProbe: duration.prefault('1m'),
-    }).prefault({}),
-    /** Every command and reply of every outbound session, stored in the queue database (`ichidan sessions`). */
-    transcripts: z.strictObject({
-      enabled: z.boolean().default(true),
-      /** Text stored per session; later lines are counted, not stored, and the session is marked truncated. */
-      maxBytesPerSession: size.prefault('64KB'),
-      /** Sessions that ended longer ago than this are deleted (checked hourly). */
-      retention: duration.prefault('7d'),
-    }).prefault({}),
-  }).prefault({}),
-  /** Next hop per recipient domain: exact "example.com", ".example.com" for subdomains, "*" for the rest. */
-  routes: z.record(domain, route).default({}),
+  queue: queueSchema,
+  delivery: deliverySchema,
+  routes: routesSchema,
   admin: z.strictObject({
     /** The admin API's unix socket (mode 0600); default dataDir/admin.sock. */
     socket: z.string().min(1).optional(),
@@ -349,35 +171,12 @@ export const configSchema = z.strictObject({
     /** When set, every admin request must carry `Authorization: Bearer <token>` (the CLI reads ICHIDAN_ADMIN_TOKEN). */
     token: z.string().min(16, 'at least 16 characters').optional(),
   }).prefault({}),
-  /** The transparent proxy (listeners with role proxy): legacy MTAs' redirected sessions relayed live. */
-  proxy: z.strictObject({
-    /** How long a proxied session waits for a turn at its destination site; then its client gets 451 4.4.5. */
-    slotWait: duration.prefault('30s'),
-    /**
-     * Scan proxied mail (true: every tenant's; or a list of tenant names): spooled, scanned by the
-     * engines, refused to the client before the destination sees it. Otherwise streamed through.
-     */
-    scan: z.union([z.boolean(), z.array(z.string().min(1))]).default(false),
-    /** One JSON line per relayed transaction is appended to this file. */
-    eventsFile: z.string().min(1).optional(),
-    /** Selected outcomes are posted to this URL as a Slack-compatible payload ({"text": ...}). */
-    webhook: z.strictObject({
-      url: z.url({ protocol: /^https?$/, error: 'an http(s) URL' }),
-      on: z.array(z.enum(['delivered', 'rejected', 'deferred', 'failed'])).default(['rejected', 'deferred', 'failed']),
-    }).optional(),
-  }).prefault({}),
+  proxy: proxySchema,
   /** Scanning engines, run in parallel on every message before the reply to DATA (empty: no scanning). */
   engines: z.array(engineSchema).default([]),
   /** How the engines' results make one verdict. */
   scanning: scanningSchema.prefault({}),
 }).superRefine((cfg, ctx) => {
-  if (cfg.delivery.tls.caFile !== undefined) {
-    try {
-      accessSync(cfg.delivery.tls.caFile, constants.R_OK);
-    } catch (err) {
-      ctx.addIssue({ code: 'custom', path: ['delivery', 'tls', 'caFile'], message: `cannot read ${cfg.delivery.tls.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
-    }
-  }
   const engineNames = new Set<string>();
   cfg.engines.forEach((e, i) => {
     if (engineNames.has(e.name)) ctx.addIssue({ code: 'custom', path: ['engines', i, 'name'], message: `another engine is already named "${e.name}"` });
@@ -405,14 +204,6 @@ export const configSchema = z.strictObject({
       ctx.addIssue({ code: 'custom', path: ['tenants', name, 'egress', 'sourcePool'], message: `no source pool "${pool}" (delivery.sourcePools: ${Object.keys(cfg.delivery.sourcePools).join(', ') || 'none'})` });
     }
   }
-  for (const [name, s] of Object.entries(cfg.delivery.sites)) {
-    const max = s.maxConnections ?? cfg.delivery.site.maxConnections;
-    const initial = s.initialConnections ?? cfg.delivery.site.initialConnections;
-    if (initial > max) ctx.addIssue({ code: 'custom', path: ['delivery', 'sites', name, 'initialConnections'], message: `initialConnections (${initial}) is above maxConnections (${max})` });
-  }
-  if (cfg.delivery.site.initialConnections > cfg.delivery.site.maxConnections) {
-    ctx.addIssue({ code: 'custom', path: ['delivery', 'site', 'initialConnections'], message: `initialConnections (${cfg.delivery.site.initialConnections}) is above maxConnections (${cfg.delivery.site.maxConnections})` });
-  }
   if (Array.isArray(cfg.proxy.scan)) {
     cfg.proxy.scan.forEach((t, i) => {
       if (!(t in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['proxy', 'scan', i], message: `no tenant "${t}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
@@ -435,7 +226,4 @@ export const configSchema = z.strictObject({
 export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;
 export type ListenerConfig = Config['listeners'][number];
-export type RouteConfig = Config['routes'][string];
-export type SiteLimits = Config['delivery']['site'];
-export type NamedSiteConfig = Config['delivery']['sites'][string];
 export type TenantConfig = Config['tenants'][string];

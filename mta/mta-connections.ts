@@ -18,7 +18,7 @@ import { Anvil, clientKey, isExempt } from './mta-anvil.js';
 import type { Config } from './mta-config-schema.js';
 import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
 import type { Policy } from './mta-policy.js';
-import { REPLIES, type SmtpReply } from './mta-reply.js';
+import { REPLIES, type SmtpReply } from '../base/base-reply.js';
 
 /** What smtp-server's connection object offers that the guards need. */
 export interface Connection {

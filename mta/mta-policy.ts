@@ -16,7 +16,7 @@
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { domainToASCII } from 'node:url';
 import type { Config } from './mta-config-schema.js';
-import { REPLIES, type SmtpReply } from './mta-reply.js';
+import { REPLIES, type SmtpReply } from '../base/base-reply.js';
 
 export const RELAY_TENANT = '_relay';
 

@@ -27,7 +27,7 @@ import { isStorageError, receiveInto } from './mta-data.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './mta-envelope.js';
 import type { Policy } from './mta-policy.js';
 import { buildReceived } from './mta-received.js';
-import { REPLIES, toSmtpError, type SmtpReply } from './mta-reply.js';
+import { REPLIES, toSmtpError, type SmtpReply } from '../base/base-reply.js';
 import type { TlsMaterial } from './mta-tls.js';
 
 /** What a transaction borrows for its whole life; replaced as a whole on reload. */

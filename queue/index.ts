@@ -19,10 +19,10 @@ import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import type { Egress, OutboundMessage, RecipientOutcome, TranscriptChunk, Via } from '../delivery/index.js';
 import { EngineStats, type RunRecord, type ScanRecord } from '../engines/engines-records.js';
-import type { Config } from '../mta/mta-config-schema.js';
+import type { QueueConfig } from './queue-config.js';
 import { buildNotice, readHeaderSection, wantsNotice, type NoticeAction } from './queue-bounce.js';
 import { HeaderStrip, parseStripRule, type StripRule } from './queue-headers.js';
-import { newQueueId } from './queue-id.js';
+import { newQueueId } from '../base/base-queue-id.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { CorruptEntries } from './queue-corrupt-entries.js';
 import { Scheduler, type Dispatch, type Job, type SiteRef, type Source, type TenantPolicy } from './queue-scheduler.js';
@@ -33,7 +33,7 @@ import { EgressControl } from './queue-throttle.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientUpdate, type WriteOp } from './queue-store.js';
 
-export { newQueueId } from './queue-id.js';
+export { newQueueId } from '../base/base-queue-id.js';
 export type { EgressEvent } from './queue-store-egress.js';
 export type { HoldRequest } from './queue-throttle.js';
 export type { PairView } from './queue-scheduler.js';
@@ -61,7 +61,7 @@ interface Notice {
   action: NoticeAction;
 }
 
-export function retryDelay(config: Config['queue'], attempts: number, random = Math.random): number {
+export function retryDelay(config: QueueConfig['queue'], attempts: number, random = Math.random): number {
   const base = Math.min(config.retryMax, config.retryInitial * config.retryFactor ** Math.max(0, attempts - 1));
   const jitter = 1 + config.retryJitter * (2 * random() - 1);
   return Math.max(1, Math.round(base * jitter));
@@ -90,7 +90,7 @@ const DEFAULT_SOURCE: Source = { address: null, helo: null };
 const DEFAULT_POLICY: TenantPolicy = { weight: 1, sources: [DEFAULT_SOURCE] };
 
 /** Each configured tenant's share, caps and source addresses, as the scheduler reads them. */
-function tenantPolicies(config: Config): Map<string, TenantPolicy> {
+function tenantPolicies(config: QueueConfig): Map<string, TenantPolicy> {
   const out = new Map<string, TenantPolicy>();
   for (const [name, t] of Object.entries(config.tenants)) {
     const pool = t.egress.sourcePool ? config.delivery.sourcePools[t.egress.sourcePool] : undefined;
@@ -129,7 +129,7 @@ export class Queue {
   #prunedAt = 0;
   #leftoversAt = Date.now();
 
-  private constructor(private config: Config, egress: Egress, private readonly log: Logger) {
+  private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
     this.#egress = egress;
@@ -155,7 +155,7 @@ export class Queue {
   }
 
   /** Opens spool and database, reconciles them, and schedules every open recipient. */
-  static async open(config: Config, egress: Egress, log: Logger): Promise<{ queue: Queue; report: ReconcileReport }> {
+  static async open(config: QueueConfig, egress: Egress, log: Logger): Promise<{ queue: Queue; report: ReconcileReport }> {
     const queue = new Queue(config, egress, log);
     await queue.spool.init();
     await queue.space.start();
@@ -173,7 +173,7 @@ export class Queue {
   }
 
   /** A new config snapshot: new limits and a new egress for the attempts that start from now on. */
-  reconfigure(config: Config, egress: Egress): void {
+  reconfigure(config: QueueConfig, egress: Egress): void {
     this.config = config;
     this.#egress = egress;
     this.#policies = tenantPolicies(config);

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { classify, readCorrupt, requeueProblem, type Sides } from './queue-corrupt.js';
-import { newQueueId } from './queue-id.js';
+import { newQueueId } from '../base/base-queue-id.js';
 import { reconcile } from './queue-reconcile.js';
 import { Spool } from './queue-spool.js';
 import { QueueStore, type NewMessage } from './queue-store.js';

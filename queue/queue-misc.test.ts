@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../mta/mta-config.js';
 import { retryDelay } from './index.js';
 import { wantsNotice } from './queue-bounce.js';
-import { newQueueId, QUEUE_ID_PATTERN, queueIdTime } from './queue-id.js';
+import { newQueueId, QUEUE_ID_PATTERN, queueIdTime } from '../base/base-queue-id.js';
 
 describe('queue ids', () => {
   it('are unique, well-formed and sort in arrival order', () => {

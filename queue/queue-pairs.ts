@@ -11,7 +11,7 @@
  * it, and after each quiet `probe` interval in full use the cap is raised by one, so a cap the
  * destination raised is found again, one connection at a time; a refusal lowers it back.
  */
-import type { SiteLimits } from './queue-scheduler.js';
+import type { SiteCapacity } from '../base/base-site.js';
 
 export interface Pair {
   window: number;
@@ -51,7 +51,7 @@ export class Pairs {
   #prunedAt = 0;
 
   /** The pair, created at the site's initial window, or brought to the site's limits as they are now (a reload may have lowered them). */
-  take(site: string, limits: SiteLimits, source: string | null, now: number): Pair {
+  take(site: string, limits: SiteCapacity, source: string | null, now: number): Pair {
     const key = pairKey(site, source);
     let pair = this.#pairs.get(key);
     const { maxConnections, messageRate } = limits;
@@ -73,7 +73,7 @@ export class Pairs {
   }
 
   /** New limits for every pair of a site. */
-  limit(site: string, limits: SiteLimits): void {
+  limit(site: string, limits: SiteCapacity): void {
     for (const [key, pair] of this.#pairs) {
       if (!key.startsWith(site + '\u0000')) continue;
       pair.max = limits.maxConnections;

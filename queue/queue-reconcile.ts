@@ -17,7 +17,7 @@ import { classify, readCorruptEntry } from './queue-corrupt.js';
 import { isSpaceError } from './queue-space.js';
 import type { Spool } from './queue-spool.js';
 import type { QueueStore, WriteOp } from './queue-store.js';
-import { QUEUE_ID_PATTERN, queueIdTime } from './queue-id.js';
+import { QUEUE_ID_PATTERN, queueIdTime } from '../base/base-queue-id.js';
 
 export interface ReconcileReport {
   active: number;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Scheduler, type Dispatch, type Job, type SiteLimits, type TenantPolicy } from './queue-scheduler.js';
+import { Scheduler, type Dispatch, type Job, type SiteCapacity, type TenantPolicy } from './queue-scheduler.js';
 
 function job(tenant: string, domain: string, n: number, due = 0): Job {
   return { messageId: `${tenant}-${domain}-${n}`, tenant, domain, recipientIds: [n], due };
@@ -11,7 +11,7 @@ const tick = () => new Promise((r) => setImmediate(r));
 function harness(opts: {
   concurrency?: number;
   laneConcurrency?: number;
-  limits?: (site: string) => SiteLimits;
+  limits?: (site: string) => SiteCapacity;
   siteOf?: (domain: string) => string;
   policies?: Record<string, Partial<TenantPolicy>>;
   async?: boolean;

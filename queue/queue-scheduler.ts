@@ -24,12 +24,14 @@
  * the network: the site of a domain comes from `resolveSite`, and what happened on the wire comes
  * back as `feedback`.
  */
+import type { SiteCapacity, SiteRef, Source } from '../base/base-site.js';
 import { Blocks, type Block } from './queue-blocks.js';
 import { DueHeap } from './queue-due-heap.js';
 import { Pairs, refill, type Feedback, type Pair, type PairView } from './queue-pairs.js';
 
 export type { Block } from './queue-blocks.js';
 export type { Feedback, PairView } from './queue-pairs.js';
+export type { SiteCapacity, SiteRef, Source } from '../base/base-site.js';
 
 export interface Job {
   messageId: string;
@@ -49,22 +51,6 @@ export interface SchedulerLimits {
   laneConcurrency: number;
 }
 
-/** A local address to deliver from; `address: null` lets the system choose. */
-export interface Source {
-  address: string | null;
-  helo: string | null;
-}
-
-export interface SiteLimits {
-  maxConnections: number;
-  initialConnections: number;
-  messageRate?: { count: number; perMs: number };
-}
-
-export interface SiteRef {
-  key: string;
-  limits: SiteLimits;
-}
 
 export interface TenantPolicy {
   weight: number;
@@ -109,7 +95,7 @@ interface SiteTenant {
 
 interface Site {
   key: string;
-  limits: SiteLimits;
+  limits: SiteCapacity;
   tenants: Map<string, SiteTenant>;
   /** Tenants with ready jobs here, visited in turn. */
   ring: string[];

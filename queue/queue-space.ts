@@ -24,7 +24,7 @@ import { open, rm, stat, statfs } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Config } from '../mta/mta-config-schema.js';
+import type { QueueConfig } from './queue-config.js';
 
 const REFRESH_MS = 1000;
 const RESERVE_CHUNK = 1024 * 1024;
@@ -38,7 +38,7 @@ export function isSpaceError(err: unknown): boolean {
 }
 
 /** The free-space threshold in bytes (0: no check). */
-export function minFreeBytes(config: Config): number {
+export function minFreeBytes(config: QueueConfig): number {
   return config.queue.minFree ?? Math.max(DEFAULT_MIN_FREE, Math.ceil(1.5 * config.limits.maxMessageSize));
 }
 
@@ -57,7 +57,7 @@ export class SpaceGuard {
   constructor(
     private readonly dirs: string[],
     private readonly reserveFile: string,
-    private config: Config,
+    private config: QueueConfig,
     private readonly log: Logger,
   ) {}
 
@@ -71,7 +71,7 @@ export class SpaceGuard {
     this.#timer.unref();
   }
 
-  reconfigure(config: Config): void {
+  reconfigure(config: QueueConfig): void {
     this.config = config;
   }
 

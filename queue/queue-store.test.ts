@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { newQueueId } from './queue-id.js';
+import { newQueueId } from '../base/base-queue-id.js';
 import { QueueStore, type NewMessage } from './queue-store.js';
 
 const message = (id: string, kind: NewMessage['kind'] = 'mail'): NewMessage => ({

@@ -27,7 +27,7 @@
  */
 import type { Logger } from 'pino';
 import type { Signal } from '../delivery/index.js';
-import type { Config } from '../mta/mta-config-schema.js';
+import type { QueueConfig } from './queue-config.js';
 import type { Scheduler } from './queue-scheduler.js';
 import { readEgressEvent, readEgressEvents, type EgressEvent, type EgressEventKind, type NewEgressEvent } from './queue-store-egress.js';
 import type { QueueStore } from './queue-store.js';
@@ -70,9 +70,9 @@ export class EgressControl {
   /** Told of every event as it is recorded (the metrics count them). */
   onEvent: (event: NewEgressEvent) => void = () => undefined;
 
-  constructor(private config: Config, private readonly scheduler: Scheduler, private readonly store: QueueStore, private readonly log: Logger) {}
+  constructor(private config: QueueConfig, private readonly scheduler: Scheduler, private readonly store: QueueStore, private readonly log: Logger) {}
 
-  reconfigure(config: Config): void {
+  reconfigure(config: QueueConfig): void {
     this.config = config;
   }
 

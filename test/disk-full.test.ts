@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { adminRequest } from '../mta/mta-admin.js';
 import { QueueStore, type NewMessage } from '../queue/queue-store.js';
-import { newQueueId } from '../queue/queue-id.js';
+import { newQueueId } from '../base/base-queue-id.js';
 import type { SpoolWriter } from '../queue/queue-spool.js';
 import { adminSocket } from '../mta/index.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';

@@ -30,7 +30,7 @@
 import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { z } from 'zod';
-import { duration, port } from '../../mta/mta-config-primitives.js';
+import { duration, port } from '../../base/base-config.js';
 import { engineCommon } from '../engines-common.js';
 import { avFinding, errorResult, socketErrorResult, type Engine, type EngineDeps, type EngineResult, type ScanContext, type ScanMessage } from '../engine.js';
 import {

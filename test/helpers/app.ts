@@ -6,7 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import type { OriginalDstReader } from '../../delivery/proxy-origdst.js';
+import type { OriginalDstReader } from '../../mta/proxy/proxy-origdst.js';
 import { Ichidan, parseConfig } from '../../mta/index.js';
 import type { ConfigInput } from '../../mta/mta-config-schema.js';
 import { createLogger } from '../../mta/mta-log.js';

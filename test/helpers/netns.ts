@@ -13,7 +13,7 @@
  * Network: none outside its own namespaces; it never changes the root namespace.
  */
 import { execFile, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { loadOriginalDst } from '../../delivery/proxy-origdst.js';
+import { loadOriginalDst } from '../../mta/proxy/proxy-origdst.js';
 
 export type NetnsSupport = { ok: true } | { ok: false; reason: string };
 

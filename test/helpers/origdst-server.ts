@@ -11,7 +11,7 @@
  * error } and exit 1 when the addon cannot load. Each connection is closed once reported.
  */
 import { createServer } from 'node:net';
-import { loadOriginalDst } from '../../delivery/proxy-origdst.js';
+import { loadOriginalDst } from '../../mta/proxy/proxy-origdst.js';
 
 function report(line: object): void {
   process.stdout.write(`${JSON.stringify(line)}\n`);

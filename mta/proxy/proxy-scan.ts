@@ -18,14 +18,14 @@ import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import type { ScanInput, ScanOutcome } from '../delivery/proxy-listener.js';
-import { spoolMessage } from '../engines/index.js';
-import { runRecord, scanRecord } from '../engines/engines-records.js';
-import type { Queue } from '../queue/index.js';
-import { isStorageError, receiveInto } from './mta-data.js';
-import type { Runtime } from './mta-server.js';
-import { headerField } from './mta-server.js';
-import { REPLIES, type SmtpReply } from './mta-reply.js';
+import type { ScanInput, ScanOutcome } from './proxy-listener.js';
+import { spoolMessage } from '../../engines/index.js';
+import { runRecord, scanRecord } from '../../engines/engines-records.js';
+import type { Queue } from '../../queue/index.js';
+import { isStorageError, receiveInto } from '../mta-data.js';
+import type { Runtime } from '../mta-server.js';
+import { headerField } from '../mta-server.js';
+import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
 function reply(r: SmtpReply): ScanOutcome {
   const text = `${r.enhanced} ${r.text}`;

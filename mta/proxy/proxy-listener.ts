@@ -29,15 +29,15 @@ import { networkInterfaces } from 'node:os';
 import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerOptions, SMTPServerSession } from 'smtp-server';
-import type { Config, ListenerConfig } from '../mta/mta-config-schema.js';
-import { ConnectionTable, WatchedServer } from '../mta/mta-connections.js';
-import type { Policy } from '../mta/mta-policy.js';
-import { mailFromRefusal, rcptToRefusal } from '../mta/mta-envelope.js';
-import { REPLIES, toSmtpError, type SmtpReply } from '../mta/mta-reply.js';
+import type { Config, ListenerConfig } from '../mta-config-schema.js';
+import { ConnectionTable, WatchedServer } from '../mta-connections.js';
+import type { Policy } from '../mta-policy.js';
+import { mailFromRefusal, rcptToRefusal } from '../mta-envelope.js';
+import { REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ProxySession, REFUSED_BY_PROXY, type Destination, type ProxyDeps } from './proxy-session.js';
-import type { Reply } from './proxy-client.js';
+import type { Reply } from '../../delivery/proxy-client.js';
 
 export interface ScanInput {
   tenant: string;

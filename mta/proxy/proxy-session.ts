@@ -31,14 +31,15 @@
  */
 import type { Readable } from 'node:stream';
 import { checkServerIdentity, type PeerCertificate, type TLSSocket } from 'node:tls';
-import type { Dispatch, Source } from '../queue/queue-scheduler.js';
-import type { Lease, SessionCache } from './delivery-cache.js';
-import type { RouteDecision } from './delivery-route.js';
-import type { SiteInfo } from './delivery-sites.js';
-import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from './delivery-throttle.js';
-import type { HopTls, TlsPlan } from './delivery-tls.js';
-import { Transcript, type TranscriptSink } from './delivery-transcript.js';
-import { replyText, SmtpClient, type Reply } from './proxy-client.js';
+import type { Source } from '../../base/base-site.js';
+import type { Dispatch } from '../../queue/queue-scheduler.js';
+import type { Lease, SessionCache } from '../../delivery/delivery-cache.js';
+import type { RouteDecision } from '../../delivery/delivery-route.js';
+import type { SiteInfo } from '../../delivery/delivery-sites.js';
+import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from '../../delivery/delivery-throttle.js';
+import type { HopTls, TlsPlan } from '../../delivery/delivery-tls.js';
+import { Transcript, type TranscriptSink } from '../../delivery/delivery-transcript.js';
+import { replyText, SmtpClient, type Reply } from '../../delivery/proxy-client.js';
 
 export interface Destination {
   address: string;

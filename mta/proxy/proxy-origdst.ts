@@ -57,7 +57,7 @@ export function loadOriginalDst(): OriginalDstReader | { error: string } {
     return { error: `the original destination (SO_ORIGINAL_DST) exists only on Linux, this is ${process.platform}` };
   }
   const root = packageRoot();
-  if (root === null) return { error: 'no package.json above delivery/proxy-origdst, so the addon cannot be found' };
+  if (root === null) return { error: 'no package.json above mta/proxy/proxy-origdst, so the addon cannot be found' };
   const file = join(root, 'native', 'original-dst', 'build', 'Release', 'original_dst.node');
   if (!existsSync(file)) {
     return {

@@ -1,10 +1,10 @@
 import { createServer, type Server } from 'node:net';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { parseConfig } from '../mta/index.js';
-import { RawSmtp } from '../test/helpers/raw-smtp.js';
-import { SessionCache } from './delivery-cache.js';
-import { Policy } from '../mta/mta-policy.js';
+import { parseConfig } from '../index.js';
+import { RawSmtp } from '../../test/helpers/raw-smtp.js';
+import { SessionCache } from '../../delivery/delivery-cache.js';
+import { Policy } from '../mta-policy.js';
 import { ProxyListener } from './proxy-listener.js';
 import type { ProxyDeps } from './proxy-session.js';
 
