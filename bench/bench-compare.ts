@@ -14,7 +14,7 @@
  * Experiment 4: BENCH_COUNT_2K (3000), BENCH_COUNT_64K (800), BENCH_SESSIONS (20).
  * BENCH_DIAGNOSTICS=0 skips the two closing Ichidan runs that explain its figures: the first
  * throughput workload under `node --cpu-prof`, and experiment 2 with `delivery.transcripts` off.
- * ICHIDAN_CLI=/path/to/dist/mta/mta-cli.js measures another build: a copy of dist/ taken before
+ * ICHIDAN_CLI=/path/to/dist/mta/mta-main.js measures another build: a copy of dist/ taken before
  * the run keeps a rebuild during the run from mixing two versions into one table.
  *
  * Gives: a line per run as it ends; then bench/results/compare-<date>.md (the headline table,

@@ -4,7 +4,7 @@
  *
  * Run: `npm run build && npm run bench:egress` (about 75 s with the defaults, under 4 minutes
  * even when deliveries stall, every wait being bounded; everything on loopback, nothing needs
- * root; BENCH_ONLY=1 or 2 runs one experiment alone, its files named egress-<date>-only<N>). Ichidan runs as a child (`mta-cli start`, fsync off, log level
+ * root; BENCH_ONLY=1 or 2 runs one experiment alone, its files named egress-<date>-only<N>). Ichidan runs as a child (`mta-main start`, fsync off, log level
  * warn) behind a DNS server and MX sinks started here, all on 127.0.0.x; tenants are told apart by
  * the address their MUA connects from (A 127.0.0.21, B .22, C .23).
  *
@@ -38,7 +38,7 @@ import { Submitter } from './bench-submit.js';
 import { freePort, waitForPort } from './bench-util.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
-const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-cli.js');
+const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
 const PERIOD_MS = Number(process.env.BENCH_PERIOD_MS ?? 2000);
 const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 30_000);
 const AB_BURST = 10;

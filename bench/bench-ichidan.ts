@@ -1,5 +1,5 @@
 /*
- * Ichidan as a child process for the comparison benchmark: the built CLI (`mta-cli start`) with a
+ * Ichidan as a child process for the comparison benchmark: the built CLI (`mta-main start`) with a
  * config written here, its data folder under var/, its JSON log in a file.
  *
  * Takes: the config (an object; written as JSON, which YAML reads as it is) without `dataDir` and
@@ -8,7 +8,7 @@
  * Gives: the running process (pid, port, log file, folder) and `stop()`: SIGTERM, then SIGKILL if a
  * graceful stop (which waits for deliveries in flight, long ones at a tarpit) takes over 3 s; then
  * the folder is removed.
- * ICHIDAN_CLI=path/to/mta-cli.js runs another build.
+ * ICHIDAN_CLI=path/to/mta-main.js runs another build.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, readFileSync } from 'node:fs';
@@ -18,7 +18,7 @@ import { onCleanup, sleep } from './bench-cleanup.js';
 import { freePort, waitForPort } from './bench-util.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
-export const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-cli.js');
+export const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
 
 export interface IchidanInstance {
   pid: number;

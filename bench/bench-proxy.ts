@@ -31,7 +31,7 @@ import { createInterface } from 'node:readline';
 import { canUseNetns, NetnsLab } from '../test/helpers/netns.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
-const CLI = join(ROOT, 'dist', 'mta', 'mta-cli.js');
+const CLI = join(ROOT, 'dist', 'mta', 'mta-main.js');
 const LOAD = join(ROOT, 'dist', 'test', 'helpers', 'pipelined-load.js');
 const MESSAGES = Number(process.env.BENCH_PROXY_N ?? 2000);
 const SESSIONS = Number(process.env.BENCH_PROXY_SESSIONS ?? 10);

@@ -28,7 +28,7 @@ import { EngineRunner, type EngineEntry } from '../engines/engines-run.js';
 import { freePort, run, waitForPort } from './bench-util.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
-const CLI = join(ROOT, 'dist', 'mta', 'mta-cli.js');
+const CLI = join(ROOT, 'dist', 'mta', 'mta-main.js');
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 20);
 const COUNT = Number(process.env.BENCH_COUNT ?? 3000);
 const OVERHEAD_COUNT = Number(process.env.BENCH_OVERHEAD_COUNT ?? 1000);

@@ -115,7 +115,7 @@ describe('ichidan check-config', () => {
     const { execFile } = await import('node:child_process');
     const { promisify } = await import('node:util');
     const run = promisify(execFile);
-    const cli = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+    const cli = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
     const good = await run(process.execPath, [cli, 'check-config', join(import.meta.dirname, '..', 'config', 'default.yaml')]);
     expect(good.stdout).toMatch(/: ok \(2 listeners, 1 tenants, 1 routes\)/);
     const dir = await mkdtemp(join(tmpdir(), 'ichidan-cli-'));
@@ -134,7 +134,7 @@ describe('ichidan check-config', () => {
   it("warns, exiting 0, when an engine's maxSize is below limits.maxMessageSize", async () => {
     const { execFile } = await import('node:child_process');
     const { promisify } = await import('node:util');
-    const cli = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+    const cli = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
     const file = join(await mkdtemp(join(tmpdir(), 'ichidan-cli-')), 'big.yaml');
     await writeFile(file, 'limits: { maxMessageSize: 50MB }\nengines:\n  - { name: attachments, type: policy }\n');
     const out = await promisify(execFile)(process.execPath, [cli, 'check-config', file]);

@@ -6,8 +6,10 @@
  * `ConfigHandle` holds the snapshot in force with a generation number; an SMTP transaction borrows
  * the snapshot current when it starts and keeps it to its end, so a reload is "publish a new
  * snapshot", never "change flags in place".
+ * `adminSocket` says where the admin API listens, for the process and the CLI alike.
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { configSchema, type Config, type ConfigInput } from './mta-config-schema.js';
@@ -86,6 +88,11 @@ export class ConfigHandle {
     this.#current = Object.freeze({ generation: this.#current.generation + 1, config });
     return this.#current;
   }
+}
+
+/** The admin API's unix socket: `admin.socket`, else admin.sock in the data folder. */
+export function adminSocket(config: Config): string {
+  return config.admin.socket ?? join(config.dataDir, 'admin.sock');
 }
 
 export type { Config, ConfigInput };

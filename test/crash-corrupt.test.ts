@@ -16,7 +16,7 @@ import { CrashLoad } from './helpers/crash-load.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
 const MAX_ROUNDS = 8;
 const SESSIONS = 12;
 

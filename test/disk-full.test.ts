@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { adminRequest } from '../mta/mta-admin.js';
+import { adminRequest } from '../mta/admin/admin-client.js';
 import { QueueStore, type NewMessage } from '../queue/queue-store.js';
 import { newQueueId } from '../base/base-queue-id.js';
 import type { SpoolWriter } from '../queue/queue-spool.js';

@@ -3,7 +3,7 @@
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adminRequest } from '../mta/mta-admin.js';
+import { adminRequest } from '../mta/admin/admin-client.js';
 import { parseConfig } from '../mta/index.js';
 import { baseConfig, startApp, type TestApp } from './helpers/app.js';
 

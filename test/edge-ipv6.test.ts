@@ -14,7 +14,7 @@ import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canUseNetns, NetnsLab } from './helpers/netns.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
 const SAME_64 = ['fd00:64:1:1::a', 'fd00:64:1:1::b', 'fd00:64:1:1:ffff::c', 'fd00:64:1:1:1234::d'];
 const OTHER_64 = 'fd00:64:1:2::a';
 

@@ -8,13 +8,13 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import nodemailer from 'nodemailer';
 import { afterEach, describe, expect, it } from 'vitest';
-import { adminRequest } from '../mta/mta-admin.js';
+import { adminRequest } from '../mta/admin/admin-client.js';
 import type { ConfigInput } from '../mta/mta-config-schema.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { startDns, type TestDns } from './helpers/dns-server.js';
 import { startSink, type Sink, type SinkOptions } from './helpers/sink.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
 const TENANT_NET = { a: '127.0.0.21', b: '127.0.0.22', c: '127.0.0.23' } as const;
 
 const cleanup: Array<() => Promise<unknown>> = [];

@@ -22,7 +22,7 @@ import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
 const exec = promisify(execFile);
-const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
 const clamd = realDaemon('clamd');
 const rspamd = realDaemon('rspamd');
 

@@ -26,7 +26,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canUseNetns, canUseOriginalDst, NetnsLab } from './helpers/netns.js';
 
 const DIST = join(import.meta.dirname, '..', 'dist');
-const CLI = join(DIST, 'mta', 'mta-cli.js');
+const CLI = join(DIST, 'mta', 'mta-main.js');
 const SINK_SCRIPT = join(DIST, 'test', 'helpers', 'netns-sink.js');
 
 const DESTINATION = '203.0.113.25';

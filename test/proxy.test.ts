@@ -12,7 +12,7 @@ import nodemailer from 'nodemailer';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { OriginalDst } from '../mta/proxy/proxy-origdst.js';
 import type { ConfigInput } from '../mta/mta-config-schema.js';
-import { adminRequest } from '../mta/mta-admin.js';
+import { adminRequest } from '../mta/admin/admin-client.js';
 import { xtext } from '../mta/proxy/proxy-listener.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { nestedMail } from './helpers/padded-mail.js';

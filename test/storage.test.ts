@@ -102,7 +102,7 @@ describe('startup reconciliation', () => {
       await t.stop();
 
       // The CLI reports them too.
-      const cli = await run('node', ['dist/mta/mta-cli.js', 'queue', '-c', await writeConfig(dataDir)]);
+      const cli = await run('node', ['dist/mta/mta-main.js', 'queue', '-c', await writeConfig(dataDir)]);
       expect(cli.stdout).toContain(`corrupt\t${ids[0]}\tspool file missing`);
       expect(cli.stdout).toContain(`corrupt\t${orphan}\t`);
       expect(cli.stdout).toMatch(/alpha\tqueued\t1|alpha\theld\t1/);
@@ -132,7 +132,7 @@ describe('startup of the real process with entries to set aside', () => {
       expect(child.ports.mx).toBeGreaterThan(0);
       child.proc.kill('SIGTERM');
       expect(await child.exited).toBe(0);
-      const cli = await run('node', ['dist/mta/mta-cli.js', 'queue', '-c', join(dataDir, 'config.yaml')]);
+      const cli = await run('node', ['dist/mta/mta-main.js', 'queue', '-c', join(dataDir, 'config.yaml')]);
       expect(cli.stdout).toContain(`corrupt\t${orphan}\t`);
     } finally {
       await rm(dataDir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js'
 import { startSink, type Sink } from './helpers/sink.js';
 
 const exec = promisify(execFile);
-const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-cli.js');
+const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
 
 function readTables(dataDir: string): { connections: ConnectionRow[]; links: Array<ConnectionMessageRow & { connection_id: string }>; commands: Array<CommandRow & { connection_id: string }> } {
   const db = new Database(join(dataDir, 'queue.db'), { readonly: true });

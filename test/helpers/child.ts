@@ -11,7 +11,7 @@ export interface ChildIchidan {
   exited: Promise<number | null>;
 }
 
-const CLI = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-cli.js');
+const CLI = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-main.js');
 
 export function startChild(configFile: string, logFile?: NodeJS.WritableStream): Promise<ChildIchidan> {
   return new Promise((resolve, reject) => {

@@ -5,38 +5,50 @@
  *   when `admin.port` is set, on a loopback TCP port (which needs `admin.token`); with `admin.token`
  *   set, every request must carry `Authorization: Bearer <token>`. Every request must name the
  *   listener in its Host header, and every request that changes something must be JSON
- *   (mta-admin-guard.ts), so a web page in the operator's browser cannot drive the API.
- * Gives:
- *   POST /v1/reload                     re-read the config file (200 with the new generation and
- *                                       what needs a restart; 422 with the problems, nothing changed)
- *   GET  /v1/engines                    each engine: state, breaker, last error, version, counters
- *   POST /v1/engines/NAME/disable       body {"reason": "..."}: skipped from the next scan on (persisted)
- *   POST /v1/engines/NAME/enable
- *   POST /v1/messages/ID/release        held (quarantined) recipients of message ID back into the queue
- *   GET  /metrics                       Prometheus text format
- *   /v1/egress…, /v1/queue/…, /v1/tenants/… outbound holds, purges, suspensions, throttle events
- *                                       (mta-admin-egress.ts)
+ *   (admin-guard.ts), so a web page in the operator's browser cannot drive the API.
+ *   The running process, as the `AdminTarget` the resources declare (the composition root passes
+ *   itself).
+ * Gives: one route per resource, each in its own file:
+ *   /v1/reload                               admin-reload.ts
+ *   /v1/engines…                             admin-engines.ts
+ *   /v1/messages/ID/release, /v1/queue/…     admin-queue.ts (hold, release, purge)
+ *   /v1/queue/corrupt…                       admin-corrupt.ts
+ *   /v1/egress…                              admin-egress.ts
+ *   /v1/tenants/…                            admin-tenants.ts
+ *   /metrics                                 admin-metrics.ts
+ *   a body of at most 16 KB that must be a JSON object; 400 for a bad field, 404 for no route.
  * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
  * reads the queue database directly.
  * Network: the unix socket; the optional TCP port binds to a loopback address only.
  */
 import { timingSafeEqual } from 'node:crypto';
 import { chmod, rm } from 'node:fs/promises';
-import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import type { Ichidan } from './index.js';
-import { handleEgress } from './mta-admin-egress.js';
-import { refuseRequest, tcpHost } from './mta-admin-guard.js';
+import type { Config } from '../mta-config-schema.js';
+import { corruptRoute, type CorruptTarget } from './admin-corrupt.js';
+import { egressRoute, type EgressTarget } from './admin-egress.js';
+import { enginesRoute, type EnginesTarget } from './admin-engines.js';
+import { refuseRequest, tcpHost } from './admin-guard.js';
+import { metricsRoute, type MetricsTarget } from './admin-metrics.js';
+import { queueRoute, type QueueTarget } from './admin-queue.js';
+import { reloadRoute, type ReloadTarget } from './admin-reload.js';
+import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.js';
+import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 
-const RELEASE = /^\/v1\/messages\/([0-9A-Za-z]{1,64})\/release$/;
-const ENGINE = /^\/v1\/engines\/([A-Za-z0-9_-]{1,64})\/(disable|enable)$/;
+/** What the admin API needs of the running process. */
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & MetricsTarget & {
+  readonly config: Pick<Config, 'admin'>;
+};
+
+const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, metricsRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {
   private constructor(private readonly servers: Server[], readonly path: string) {}
 
-  static async listen(path: string, app: Ichidan, log: Logger): Promise<AdminServer> {
-    const { token, address, port } = app.config.admin;
+  static async listen(path: string, target: AdminTarget, log: Logger): Promise<AdminServer> {
+    const { token, address, port } = target.config.admin;
     const handler = (hosts: () => string[]) => (req: IncomingMessage, res: ServerResponse) => {
       if (token !== undefined && !authorized(req, token)) return reply(res, 401, { error: 'a valid bearer token is required' });
       const refusal = refuseRequest(req.method ?? 'GET', req.headers, hosts());
@@ -44,7 +56,7 @@ export class AdminServer {
         req.resume();
         return reply(res, refusal.status, { error: refusal.error });
       }
-      handle(req, res, app).catch((err) => {
+      handle(req, res, target).catch((err) => {
         log.error({ err }, 'admin request failed');
         if (res.headersSent) res.destroy();
         else reply(res, 500, { error: 'internal error' });
@@ -117,7 +129,7 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   throw Object.assign(new Error('the body must be a JSON object'), { status: 400 });
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, app: Ichidan): Promise<void> {
+async function handle(req: IncomingMessage, res: ServerResponse, target: AdminTarget): Promise<void> {
   const url = req.url ?? '';
   const method = req.method ?? 'GET';
   let body: Record<string, unknown> = {};
@@ -130,59 +142,20 @@ async function handle(req: IncomingMessage, res: ServerResponse, app: Ichidan): 
   } else {
     req.resume();
   }
-  if (method === 'POST' && url === '/v1/reload') {
-    const result = app.reload();
-    return reply(res, result.ok ? 200 : 422, result);
-  }
-  if (method === 'GET' && url === '/v1/engines') return reply(res, 200, { generation: app.generation, engines: app.engines.list() });
-  const engine = ENGINE.exec(url);
-  if (method === 'POST' && engine) {
-    const [, name, action] = engine;
-    if (action === 'disable') {
-      const reason = typeof body.reason === 'string' && body.reason.trim() ? body.reason.trim().slice(0, 500) : 'no reason given';
-      return app.engines.disable(name, reason)
-        ? reply(res, 200, { engine: name, state: 'disabled', reason })
-        : reply(res, 404, { error: `no engine named ${name}` });
+  const [path, query = ''] = url.split('?');
+  const request = { method, path, query: new URLSearchParams(query), body };
+  let answer: AdminAnswer | null = null;
+  try {
+    for (const route of ROUTES) {
+      answer = await route(request, target);
+      if (answer) break;
     }
-    return app.engines.enable(name)
-      ? reply(res, 200, { engine: name, state: 'enabled' })
-      : reply(res, 404, { error: `engine ${name} is not disabled` });
+  } catch (err) {
+    if (err instanceof BadRequest) return reply(res, 400, { error: err.message });
+    throw err;
   }
-  const release = RELEASE.exec(url);
-  if (method === 'POST' && release) {
-    const released = await app.queue.releaseMessage(release[1]);
-    return reply(res, released > 0 ? 200 : 404, released > 0 ? { released } : { error: `no held recipients in message ${release[1]}` });
-  }
-  if (method === 'GET' && url === '/metrics') {
-    const text = await app.metrics.metrics();
-    res.writeHead(200, { 'content-type': app.metrics.contentType });
-    res.end(text);
-    return;
-  }
-  const egress = await handleEgress(method, url, body, app);
-  if (egress) return reply(res, egress[0], egress[1]);
-  reply(res, 404, { error: `no route ${method} ${url}` });
-}
-
-/** A request to a running process's admin socket; rejects with ENOENT/ECONNREFUSED when none runs. */
-export function adminRequest(path: string, method: string, url: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  return new Promise((resolve, reject) => {
-    // Every request that changes something is JSON, with or without a body (mta-admin-guard.ts).
-    const payload = body === undefined ? (method === 'GET' ? undefined : '{}') : JSON.stringify(body);
-    const headers: Record<string, string> = payload ? { 'content-type': 'application/json' } : {};
-    if (process.env.ICHIDAN_ADMIN_TOKEN) headers.authorization = `Bearer ${process.env.ICHIDAN_ADMIN_TOKEN}`;
-    const req = request({ socketPath: path, method, path: url, headers }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (c: Buffer) => parts.push(c));
-      res.on('end', () => {
-        try {
-          resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(parts).toString() || '{}') });
-        } catch (err) {
-          reject(err);
-        }
-      });
-    });
-    req.on('error', reject);
-    req.end(payload);
-  });
+  if (!answer) return reply(res, 404, { error: `no route ${method} ${url}` });
+  if (Array.isArray(answer)) return reply(res, answer[0], answer[1]);
+  res.writeHead(answer.status, { 'content-type': answer.contentType });
+  res.end(answer.text);
 }

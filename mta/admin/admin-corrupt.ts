@@ -8,17 +8,21 @@
  *   POST /v1/queue/corrupt/ID/requeue   back into the queue (a damaged entry whose file of the
  *                                       recorded size is back); 409 with the reason otherwise
  *   POST /v1/queue/corrupt/ID/delete    record and files removed
- * Network: none of its own (served by mta-admin.ts).
+ * Takes: the queue's corrupt-entry actions and its database (for the list).
  */
-import { readCorrupt } from '../queue/queue-corrupt.js';
-import type { AdminAnswer } from './mta-admin-egress.js';
-import type { Ichidan } from './index.js';
+import type { Queue } from '../../queue/index.js';
+import { readCorrupt } from '../../queue/queue-corrupt.js';
+import type { AdminRoute } from './admin-request.js';
+
+export interface CorruptTarget {
+  readonly queue: Pick<Queue, 'corrupt' | 'store'>;
+}
 
 const ENTRY = /^\/v1\/queue\/corrupt\/([0-9A-Za-z]{1,64})(?:\/(requeue|delete))?$/;
 
-export async function handleCorrupt(method: string, path: string, app: Ichidan): Promise<AdminAnswer | null> {
-  const corrupt = app.queue.corrupt;
-  if (method === 'GET' && path === '/v1/queue/corrupt') return [200, { entries: readCorrupt(app.queue.store.db) }];
+export const corruptRoute: AdminRoute<CorruptTarget> = async ({ method, path }, { queue }) => {
+  const corrupt = queue.corrupt;
+  if (method === 'GET' && path === '/v1/queue/corrupt') return [200, { entries: readCorrupt(queue.store.db) }];
   const m = ENTRY.exec(path);
   if (!m) return null;
   const [, id, action] = m;
@@ -33,4 +37,4 @@ export async function handleCorrupt(method: string, path: string, app: Ichidan):
   const result = await corrupt.requeue(id);
   if (result.ok) return [200, { requeued: id, recipients: result.recipients }];
   return [result.missing ? 404 : 409, { error: result.error }];
-}
+};

@@ -8,11 +8,11 @@
  *   ichidan queue corrupt delete ID [-c FILE]  record and files removed
  * Kinds: "unacknowledged" (a spool file without a record: no 250 was sent; removed by itself after
  * queue.leftoverRetention) and "damaged" (an acknowledged message whose file is missing or of the
- * wrong size). show, requeue and delete go to the running process (admin API).
+ * wrong size). show, requeue and delete go to the running process (admin/admin-corrupt.ts).
  */
-import { readCorrupt, type CorruptEntry } from '../queue/queue-corrupt.js';
-import type { Config } from './mta-config-schema.js';
-import { admin, iso, openDb, safe, usage } from './mta-cli-common.js';
+import { readCorrupt, type CorruptEntry } from '../../queue/queue-corrupt.js';
+import type { Config } from '../mta-config-schema.js';
+import { admin, iso, openDb, safe, usage } from './cli-common.js';
 
 export const CORRUPT_USAGE = `  ichidan queue corrupt [list] [-c FILE]
   ichidan queue corrupt show|requeue|delete ID [-c FILE]`;

@@ -1,14 +1,16 @@
 /*
- * What the `ichidan` subcommands share: loading the config (exit 1 with the problems), options,
- * the queue database opened read-only, requests to the running process, and safe output.
+ * What the `ichidan` commands share: loading the config (exit 1 with the problems), options, the
+ * queue database opened read-only, requests to the running process's admin API (admin-client.ts),
+ * and safe output.
+ * Touches: the config file, the queue database in dataDir, the admin socket (mta-config.ts
+ * `adminSocket`). Nothing here loads the daemon.
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
-import type { Config } from './mta-config-schema.js';
-import { adminRequest } from './mta-admin.js';
-import { ConfigError, loadConfig } from './mta-config.js';
-import { adminSocket } from './index.js';
+import type { Config } from '../mta-config-schema.js';
+import { adminRequest } from '../admin/admin-client.js';
+import { adminSocket, ConfigError, loadConfig } from '../mta-config.js';
 
 export function loadOrExit(file: string) {
   try {
@@ -26,6 +28,9 @@ export function options(args: string[], extra: Record<string, { type: 'string' }
   const { values, positionals } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, ...extra }, allowPositionals: true });
   return { config: loadOrExit(values.config ?? 'config/default.yaml'), values: values as Record<string, string | undefined>, positionals };
 }
+
+/** Options that name what an operator action applies to (ichidan queue, ichidan tenants). */
+export const SCOPE_OPTIONS = { message: { type: 'string' }, tenant: { type: 'string' }, site: { type: 'string' }, for: { type: 'string' }, reason: { type: 'string' } } as const;
 
 export function openDb(dataDir: string, readonly = true): Database.Database {
   try {

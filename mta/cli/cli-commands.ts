@@ -1,0 +1,61 @@
+/*
+ * The `ichidan` commands other than `start` (mta-main.ts runs that one through the daemon):
+ * dispatch by the first word, one file per command group, and the usage text.
+ *
+ *   check-config, hash-password         cli-config.ts
+ *   queue (hold, release, purge)        cli-queue.ts; queue corrupt: cli-corrupt.ts
+ *   tenants (suspend, resume)           cli-tenants.ts
+ *   egress (status, events, undo)       cli-egress.ts
+ *   quarantine (list, release)          cli-quarantine.ts
+ *   scans show                          cli-scans.ts
+ *   engines (list, disable, enable, events, stats)   cli-engines.ts
+ *   reload                              cli-reload.ts
+ *   sessions (list, show)               cli-sessions.ts
+ * Every command talks to the running process's admin API (admin/admin-client.ts) or reads the
+ * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
+ */
+import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
+import { EGRESS_USAGE, egress } from './cli-egress.js';
+import { ENGINES_USAGE, engines } from './cli-engines.js';
+import { QUARANTINE_USAGE, quarantine } from './cli-quarantine.js';
+import { QUEUE_USAGE, queueCommand } from './cli-queue.js';
+import { RELOAD_USAGE, reload } from './cli-reload.js';
+import { SCANS_USAGE, scans } from './cli-scans.js';
+import { SESSIONS_USAGE, sessions } from './cli-sessions.js';
+import { TENANTS_USAGE, tenants } from './cli-tenants.js';
+
+export const USAGE = `usage:
+  ichidan start [-c FILE]
+${CONFIG_USAGE}
+${QUEUE_USAGE}
+${TENANTS_USAGE}
+${EGRESS_USAGE}
+${QUARANTINE_USAGE}
+${SCANS_USAGE}
+${ENGINES_USAGE}
+${RELOAD_USAGE}
+${SESSIONS_USAGE}`;
+
+const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
+  'check-config': checkConfig,
+  'hash-password': hashPassword,
+  queue: queueCommand,
+  tenants,
+  egress,
+  quarantine,
+  scans,
+  engines,
+  reload,
+  sessions,
+};
+
+export async function runCommand(command: string | undefined, args: string[]): Promise<void> {
+  const run = command === undefined ? undefined : COMMANDS[command];
+  if (run) return run(args);
+  if (command === 'help' || command === '--help' || command === '-h') {
+    process.stdout.write(USAGE + '\n');
+    return;
+  }
+  process.stderr.write(USAGE + '\n');
+  process.exit(command ? 2 : 0);
+}

@@ -1,0 +1,31 @@
+/*
+ * What goes into a config file: checking one, and hashing a password for it.
+ *
+ *   ichidan check-config FILE        exit 0 if good (warnings on stderr), 1 with the problems if not
+ *   ichidan hash-password [PASS]     a bcrypt hash for `users[].password` (reads stdin without PASS)
+ */
+import { readFileSync } from 'node:fs';
+import bcrypt from 'bcryptjs';
+import { oversizeWarnings } from '../../engines/index.js';
+import { loadOrExit, usage } from './cli-common.js';
+
+export const CONFIG_USAGE = `  ichidan check-config FILE
+  ichidan hash-password [PASSWORD]`;
+
+export function checkConfig(args: string[]): void {
+  const file = args[0];
+  if (!file) usage(CONFIG_USAGE);
+  const config = loadOrExit(file);
+  for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) process.stderr.write(`${file}: warning: ${warning}\n`);
+  const tenants = Object.keys(config.tenants).length;
+  process.stdout.write(`${file}: ok (${config.listeners.length} listeners, ${tenants} tenants, ${Object.keys(config.routes).length} routes)\n`);
+}
+
+export function hashPassword(args: string[]): void {
+  const password = args[0] ?? readFileSync(0, 'utf8').replace(/\r?\n$/, '');
+  if (!password) {
+    process.stderr.write('empty password\n');
+    process.exit(2);
+  }
+  process.stdout.write(bcrypt.hashSync(password, 10) + '\n');
+}

@@ -1,0 +1,242 @@
+/*
+ * The composition root: one running Ichidan, built from a config and stopped gracefully.
+ *
+ * Takes: one validated config snapshot (mta-config.ts), the file it came from (for reloads), and
+ *   optionally a reader of proxied connections' original destination (tests on loopback).
+ * Gives: `Ichidan.start`, which secures the data folder, opens and reconciles the queue (which
+ *   delivers through `delivery/`), starts the admin API (admin/), the config watcher
+ *   (mta-reload.ts), the SMTP listeners (mta-server.ts, mail accepted into `queue/` after
+ *   `engines/` had their say) and the transparent proxy listeners (proxy/); `reconfigure`, which
+ *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
+ *   close the queue. Metrics are registered in mta-metrics.ts.
+ * Reads: the config file (reload), the TLS key and certificate, the data folder.
+ * Network: the listeners (MX, submission and proxy, on loopback in the default), the admin
+ *   socket and optional loopback port, DNS only to `dns.servers`.
+ * RFCs: 5321 (SMTP), 3207 (STARTTLS), 4954 (AUTH), 1870 (SIZE), 2920 (PIPELINING), 6152
+ *   (8BITMIME), 6531 (SMTPUTF8), 2034/3463 (enhanced status codes), 3461 (DSN parameters).
+ * Settings: all of them; see README "Configuration".
+ */
+import type { FSWatcher } from 'node:fs';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import { buildEngineSet, EngineHost, oversizeWarnings } from '../engines/index.js';
+import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
+import { Egress, SessionCache, StsPolicyCache } from '../delivery/index.js';
+import { Queue } from '../queue/index.js';
+import type { Config } from './mta-config-schema.js';
+import { adminSocket, ConfigHandle } from './mta-config.js';
+import { Policy } from './mta-policy.js';
+import { AdminServer } from './admin/admin-server.js';
+import { AuthGuard } from './mta-auth.js';
+import { PasswordVerifier } from './mta-auth-hash.js';
+import { processMetrics } from './mta-metrics.js';
+import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
+import { Listener, type Runtime } from './mta-server.js';
+import { ProxyListener } from './proxy/proxy-listener.js';
+import { loadOriginalDst, type OriginalDstReader } from './proxy/proxy-origdst.js';
+import type { ProxyDeps } from './proxy/proxy-session.js';
+import { RELAY_TENANT } from './mta-policy.js';
+import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
+import { LineEndingGuard } from './mta-data.js';
+import { loadTlsMaterial } from './mta-tls.js';
+import { secureDataDir } from './mta-datadir.js';
+
+export interface BoundListener {
+  name: string;
+  role: 'mx' | 'submission' | 'proxy';
+  address: string;
+  port: number;
+}
+
+function buildRuntime(generation: number, config: Config, host: EngineHost, log: Logger): Runtime {
+  const resolver = createResolver(config);
+  const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
+  // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
+  for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) log.warn({ setting: 'engines[].maxSize' }, warning);
+  // One use belongs to Ichidan while this is the current snapshot; each transaction takes another.
+  let uses = 1;
+  return {
+    generation,
+    config,
+    policy: new Policy(config),
+    engines,
+    reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
+    retain: () => { uses++; },
+    release: () => {
+      if (--uses === 0) engines.release();
+    },
+  };
+}
+
+export class Ichidan {
+  readonly #handle: ConfigHandle;
+  #runtime: Runtime;
+  readonly #listeners: Listener[] = [];
+  readonly #proxies: ProxyListener[] = [];
+  readonly #proxyOutbound = new Set<string>();
+  #admin: AdminServer | null = null;
+  #watcher: FSWatcher | null = null;
+  #passwords: PasswordVerifier | null = null;
+  #policies = new StsPolicyCache();
+  readonly engines: EngineHost;
+  readonly metrics: Registry;
+  bound: BoundListener[] = [];
+  /** The file `reload()` reads by default (the one the process started from). */
+  configFile: string | null = null;
+
+  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SessionCache) {
+    this.#handle = new ConfigHandle(config);
+    const metrics = processMetrics({ engines: () => this.engines.list(), queue });
+    this.metrics = metrics.registry;
+    this.engines = new EngineHost(queue.store.engineSwitches(), (e) => {
+      metrics.engineEvent(e);
+      const level = e.event === 'breaker' && e.to === 'open' ? 'warn' : 'info';
+      log[level]({ engine: e.engine, event: e.event, from: e.from, to: e.to, reason: e.reason }, `engine ${e.event}${e.to ? ` ${e.from} → ${e.to}` : ''}`);
+      queue.store.write([{ op: 'engineEvent', event: e }]).catch((err) => log.error({ err }, 'could not record an engine event'));
+    });
+    queue.control.onEvent = (e) => metrics.egressEvent(e);
+    this.#runtime = buildRuntime(1, config, this.engines, log);
+  }
+
+  get config(): Config {
+    return this.#runtime.config;
+  }
+
+  get generation(): number {
+    return this.#runtime.generation;
+  }
+
+  /**
+   * `originalDst` stands in for the kernel's answer to where a proxied connection was going (on
+   * a system without netfilter, or in a test on loopback); by default the native addon is asked.
+   */
+  static async start(config: Config, log: Logger, opts: { configFile?: string; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
+    await secureDataDir(config.dataDir, log);
+    const sessions = new SessionCache();
+    // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
+    const policies = new StsPolicyCache();
+    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log);
+    const app = new Ichidan(config, queue, log, sessions);
+    app.#policies = policies;
+    app.configFile = opts.configFile ?? null;
+    log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
+    app.#admin = await AdminServer.listen(adminSocket(config), app, log);
+    const file = app.configFile;
+    if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
+    const tls = await loadTlsMaterial(config);
+    const passwords = app.#passwords = new PasswordVerifier(config.auth);
+    const auth = new AuthGuard(passwords);
+    for (const spec of config.listeners) {
+      if (spec.role === 'proxy') {
+        await app.#startProxy(spec, tls, opts.originalDst);
+        continue;
+      }
+      const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log, auth });
+      const where = await listener.listen();
+      app.#listeners.push(listener);
+      app.bound.push({ name: spec.name, role: spec.role, ...where });
+      log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
+    }
+    return app;
+  }
+
+  /** A proxy listener, when the kernel can say where its connections were going; else reported, and everything else runs. */
+  async #startProxy(spec: Config['listeners'][number], tls: { key: string | Buffer; cert: string | Buffer }, given?: OriginalDstReader): Promise<void> {
+    const reader = given ?? loadOriginalDst();
+    if ('error' in reader) {
+      this.log.error({ listener: spec.name, reason: reader.error }, 'proxy listener not started: the original destination of redirected connections cannot be read');
+      return;
+    }
+    const proxy = new ProxyListener(spec, {
+      config: () => this.config,
+      policy: () => this.#runtime.policy,
+      tenantOf: (address) => {
+        const policy = this.#runtime.policy;
+        return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
+      },
+      session: (config) => this.#proxyDeps(config),
+      scanner: (tenant) => {
+        const runtime = this.#runtime;
+        if (!proxyScans(runtime.config.proxy.scan, tenant) || runtime.engines.size === 0) return null;
+        return (input) => scanProxied(input, runtime, this.queue, this.log);
+      },
+      ownEndpoints: () => this.bound.map((b) => ({ address: b.address, port: b.port })),
+      outbound: this.#proxyOutbound,
+      reader,
+      lineGuard: () => new LineEndingGuard(),
+      tls: { key: tls.key, cert: tls.cert },
+      log: this.log,
+    });
+    const where = await proxy.listen();
+    this.#proxies.push(proxy);
+    this.bound.push({ name: spec.name, role: spec.role, ...where });
+    this.log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
+  }
+
+  #proxyDeps(config: Config): ProxyDeps {
+    const egress = this.queue.egress;
+    const transcripts = config.delivery.transcripts;
+    return {
+      heloName: config.delivery.heloName ?? config.hostname,
+      connectTimeout: config.delivery.connectTimeout,
+      replyTimeout: config.delivery.replyTimeout,
+      ca: egress.ca,
+      route: (domain) => egress.sites.route(domain),
+      tlsPlan: (domain, via, hops) => egress.tlsPlan(domain, via, hops),
+      siteLimits: (key) => egress.sites.limits(key),
+      acquire: (tenant, site, leave) => this.queue.acquireLive(tenant, site, config.proxy.slotWait, leave),
+      transcripts: transcripts.enabled ? { sink: this.queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
+      signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
+      outbound: this.#proxyOutbound,
+      cache: this.sessions,
+      admit: (site, source, tenant) => this.queue.scheduler.admit(site, source, tenant),
+      connections: (site, source) => this.queue.scheduler.connections(site, source),
+    };
+  }
+
+  /** The admin API's TCP port, when admin.port is set. */
+  get adminPort(): number | null {
+    return this.#admin?.port ?? null;
+  }
+
+  listener(name: string): BoundListener {
+    const l = this.bound.find((b) => b.name === name);
+    if (!l) throw new Error(`no listener named ${name}`);
+    return l;
+  }
+
+  /**
+   * Publishes a new config snapshot: new transactions use it, open ones keep theirs; engines only
+   * the old snapshots named are closed once the last transaction using them ends.
+   */
+  reconfigure(config: Config): number {
+    // Everything that can fail is built before anything is published: a failure changes nothing.
+    const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
+    const runtime = buildRuntime(this.#handle.current.generation + 1, config, this.engines, this.log);
+    const snap = this.#handle.publish(config);
+    const previous = this.#runtime;
+    this.#runtime = runtime;
+    previous.release();
+    for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    this.queue.reconfigure(config, egress);
+    return snap.generation;
+  }
+
+  /** Reads, validates and publishes the config file (mta-reload.ts); a bad file changes nothing. */
+  reload(file = this.configFile): ReloadResult {
+    if (!file) return { ok: false, problems: ['no config file to reload from'] };
+    return reloadConfig(file, this.config, (config) => this.reconfigure(config), this.log);
+  }
+
+  /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
+  async stop(): Promise<void> {
+    this.#watcher?.close();
+    await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
+    await this.#admin?.close();
+    await this.#passwords?.close();
+    this.#runtime.release();
+    await this.queue.close();
+    this.sessions.closeAll();
+  }
+}
+

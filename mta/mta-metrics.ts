@@ -1,0 +1,79 @@
+/*
+ * The process's metrics: every Prometheus counter and gauge, registered here and nowhere else.
+ *
+ * Takes: the engines' list (state and breaker) and the queue (scheduler, free space, outcomes
+ *   not yet committed), read when the metrics are collected; engine and egress events as they
+ *   happen (the composition root passes them on).
+ * Gives: the registry the admin API serves at GET /metrics (admin/admin-metrics.ts):
+ *   ichidan_engine_events_total{engine,event,to}   breaker transitions and operator switches
+ *   ichidan_engine_up{engine,breaker,state}        1 when the engine is used
+ *   ichidan_egress_events_total{kind,actor}        throttle reactions and operator holds
+ *   ichidan_deliveries_in_flight, ichidan_deliveries_waiting
+ *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
+ *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
+ */
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { EngineEvent, EngineInfo } from '../engines/index.js';
+import type { Queue } from '../queue/index.js';
+
+export interface MetricSources {
+  engines(): EngineInfo[];
+  queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes'>;
+}
+
+export interface ProcessMetrics {
+  readonly registry: Registry;
+  engineEvent(e: EngineEvent): void;
+  egressEvent(e: { kind: string; actor: string }): void;
+}
+
+export function processMetrics({ engines, queue }: MetricSources): ProcessMetrics {
+  const registry = new Registry();
+  const registers = [registry];
+  const transitions = new Counter({
+    name: 'ichidan_engine_events_total', help: 'Engine breaker transitions and operator switches', labelNames: ['engine', 'event', 'to'], registers,
+  });
+  new Gauge({
+    name: 'ichidan_engine_up', help: '1 when the engine is used (enabled, breaker not open)', labelNames: ['engine', 'breaker', 'state'], registers,
+    collect() {
+      this.reset();
+      for (const e of engines()) this.set({ engine: e.name, breaker: e.breaker, state: e.state }, e.state === 'enabled' && e.breaker !== 'open' ? 1 : 0);
+    },
+  });
+  const scheduler = queue.scheduler;
+  const egressEvents = new Counter({
+    name: 'ichidan_egress_events_total', help: 'Throttle reactions and operator holds on the delivery side', labelNames: ['kind', 'actor'], registers,
+  });
+  new Gauge({
+    name: 'ichidan_deliveries_in_flight', help: 'Delivery attempts running now', registers,
+    collect() { this.set(scheduler.active); },
+  });
+  new Gauge({
+    name: 'ichidan_deliveries_waiting', help: 'Delivery jobs due or scheduled, not running', registers,
+    collect() { this.set(scheduler.waiting); },
+  });
+  new Gauge({
+    name: 'ichidan_egress_pair_window', help: 'Connections allowed now per (destination site, source address): the slow-start window', labelNames: ['site', 'source'], registers,
+    collect() {
+      this.reset();
+      for (const p of scheduler.pairs()) this.set({ site: p.site, source: p.source || 'default' }, p.window);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_queue_free_bytes', help: 'Least free space on the spool\'s and the queue database\'s filesystems (new mail waits below queue.minFree)', registers,
+    collect() { if (Number.isFinite(queue.space.free)) this.set(queue.space.free); },
+  });
+  new Gauge({
+    name: 'ichidan_queue_outcomes_uncommitted', help: 'Delivery outcomes held in memory because the queue database could not commit them yet', registers,
+    collect() { this.set(queue.pendingOutcomes.size); },
+  });
+  new Gauge({
+    name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
+    collect() { this.set(scheduler.blocks().length); },
+  });
+  return {
+    registry,
+    engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
+    egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
+  };
+}
