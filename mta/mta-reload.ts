@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { Config } from './mta-config-schema.js';
 import { ConfigError, loadConfig } from './mta-config.js';
 
-/** Settings a reload cannot apply to a running process, by the name the README gives them. */
+/** Settings a reload cannot apply to a running process, each by its key in the config file. */
 export const RESTART_ONLY = {
   dataDir: (c) => c.dataDir,
   listeners: (c) => c.listeners,
