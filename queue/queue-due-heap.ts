@@ -2,13 +2,14 @@
  * The jobs not yet due, in a binary min-heap by due time: the scheduler takes them out as their
  * time comes and arms one timer for the earliest.
  */
-import type { Job } from './queue-scheduler.js';
+/** Anything with a due time (ms since the epoch). */
+export interface Due { readonly due: number }
 
-export class DueHeap {
-  #items: Job[] = [];
+export class DueHeap<T extends Due> {
+  #items: T[] = [];
   get size(): number { return this.#items.length; }
-  peek(): Job | undefined { return this.#items[0]; }
-  push(job: Job): void {
+  peek(): T | undefined { return this.#items[0]; }
+  push(job: T): void {
     const a = this.#items;
     a.push(job);
     let i = a.length - 1;
@@ -19,7 +20,7 @@ export class DueHeap {
       i = p;
     }
   }
-  pop(): Job | undefined {
+  pop(): T | undefined {
     const a = this.#items;
     const top = a[0];
     const last = a.pop();

@@ -129,7 +129,7 @@ export class Scheduler {
   readonly #blocks = new Blocks();
   /** Jobs whose domain's site is being looked up. */
   readonly #resolving = new Map<string, Job[]>();
-  readonly #later = new DueHeap();
+  readonly #later = new DueHeap<Job>();
   #active = 0;
   #timer: NodeJS.Timeout | null = null;
   #timerAt = Infinity;
