@@ -1,6 +1,7 @@
 /*
  * Starting Ichidan in-process for a scenario: a temporary data folder, listeners on free ports,
- * logs kept in memory for the test to read.
+ * logs kept in memory for the test to read. This is the scenarios' way in to the daemon: the config
+ * input type, the config parser and the admin socket's path come from here too.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -10,6 +11,10 @@ import type { OriginalDstReader } from '../../mta/proxy/proxy-origdst.js';
 import { Ichidan, parseConfig } from '../../mta/index.js';
 import type { ConfigInput } from '../../mta/mta-config-schema.js';
 import { createLogger } from '../../mta/mta-log.js';
+
+export type { ConfigInput };
+export { adminSocket, parseConfig } from '../../mta/index.js';
+export { createLogger };
 
 export interface TestApp {
   app: Ichidan;
@@ -64,4 +69,13 @@ export async function waitUntil(check: () => boolean | Promise<boolean>, timeout
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** baseConfig with one tenant, demo, whose domain example.test is routed to `sink` (on 127.0.0.2). */
+export function demoConfig(sink: { port: number }, extra: Partial<ConfigInput> = {}): (dataDir: string) => ConfigInput {
+  return (dir) => baseConfig(dir, {
+    tenants: { demo: { domains: ['example.test'] } },
+    routes: { 'example.test': { host: '127.0.0.2', port: sink.port } },
+    ...extra,
+  });
 }

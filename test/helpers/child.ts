@@ -11,7 +11,8 @@ export interface ChildIchidan {
   exited: Promise<number | null>;
 }
 
-const CLI = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-main.js');
+/** The built ichidan executable (mta-main), as `node CLI ...` runs it. */
+export const CLI = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-main.js');
 
 export function startChild(configFile: string, logFile?: NodeJS.WritableStream): Promise<ChildIchidan> {
   return new Promise((resolve, reject) => {
