@@ -1,20 +1,12 @@
-// Retries, partial failures, bounces (RFC 3464), delay notices and expiry, against scripted sinks.
+// Retries, partial failures, bounces (RFC 3464) and delay notices on one Ichidan, against a sink
+// scripted by recipient (helpers/scripted-rcpt.ts) and the sender's own mailbox for the notices.
 import { simpleParser } from 'mailparser';
 import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { scripted } from './helpers/scripted-rcpt.js';
 import { startSink, type Sink } from './helpers/sink.js';
-
-/** Sink behaviour by local part: soft-N answers 451 for the first N attempts; hard answers 550; always-soft never accepts. */
-function scripted(address: string, attempt: number) {
-  const local = address.split('@')[0];
-  const soft = /^soft-(\d+)/.exec(local);
-  if (soft && attempt <= Number(soft[1])) return { code: 451, text: '4.2.1 mailbox busy, try later' };
-  if (local.startsWith('hard')) return { code: 550, text: '5.1.1 no such user here' };
-  if (local.startsWith('always-soft')) return { code: 451, text: '4.3.2 come back later' };
-  return undefined;
-}
 
 describe('retries and bounces', () => {
   let t: TestApp;
@@ -106,115 +98,5 @@ describe('retries and bounces', () => {
     expect(text).toContain('Will-Retry-Until: ');
     await new Promise((r) => setTimeout(r, 800));
     expect(dsnsFor('always-soft@remote.test')).toHaveLength(1);
-  });
-});
-
-describe('expiry', () => {
-  it('gives up after queue.maxAge and bounces with the last reply', async () => {
-    const remote = await startSink({ host: '127.0.0.3', rcpt: scripted });
-    const senderBox = await startSink({ host: '127.0.0.2' });
-    const t = await startApp((dir) => baseConfig(dir, {
-      trustedNetworks: ['127.0.0.1/32'],
-      queue: { retryInitial: '100ms', retryMax: '200ms', retryJitter: 0, maxAge: '1s' },
-      routes: { 'sender.test': { host: '127.0.0.2', port: senderBox.port }, 'remote.test': { host: '127.0.0.3', port: remote.port } },
-    }));
-    try {
-      await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
-        .sendMail({ from: 'me@sender.test', to: 'always-soft-x@remote.test', text: 'never arrives' });
-      const [dsn] = await senderBox.waitFor(1, 10_000);
-      const text = dsn.data.toString();
-      expect(text).toMatch(/Action: failed\r\nStatus: 4\.3\.2\r\n/);
-      expect(text).toMatch(/gave up: in the queue longer than queue\.maxAge/);
-      expect(remote.rcptAttempts.get('always-soft-x@remote.test')).toBeGreaterThanOrEqual(3);
-    } finally {
-      await t.stop();
-      await remote.close();
-      await senderBox.close();
-    }
-  });
-});
-
-describe('retries with jitter and DSN groups', () => {
-  it('retries every deferred recipient of a lane, each at its own jittered time', async () => {
-    const remote = await startSink({ host: '127.0.0.3', rcpt: scripted });
-    const t = await startApp((dir) => baseConfig(dir, {
-      trustedNetworks: ['127.0.0.1/32'],
-      queue: { retryInitial: '150ms', retryMax: '300ms', retryJitter: 0.5 },
-      routes: { 'remote.test': { host: '127.0.0.3', port: remote.port } },
-    }));
-    try {
-      await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
-        .sendMail({ from: 'me@sender.test', to: ['soft-1a@remote.test', 'soft-1b@remote.test', 'soft-1c@remote.test'], text: 'jitter' });
-      await waitUntil(() => ['a', 'b', 'c'].every((x) => remote.messages.some((m) => m.rcptTo.includes(`soft-1${x}@remote.test`))), 10_000, 'all three after their retries');
-    } finally {
-      await t.stop();
-      await remote.close();
-    }
-  });
-
-  it('sends recipients with different NOTIFY in separate transactions, resetting after a refused one', async () => {
-    const remote = await startSink({ host: '127.0.0.3', rcpt: scripted });
-    const t = await startApp((dir) => baseConfig(dir, {
-      trustedNetworks: ['127.0.0.1/32'],
-      routes: { 'remote.test': { host: '127.0.0.3', port: remote.port } },
-    }));
-    try {
-      const c = await RawSmtp.atData(t.port('mx'), '', ['hard-x@remote.test NOTIFY=NEVER', 'fine@remote.test NOTIFY=FAILURE']);
-      const qid = await c.finishData('Subject: two groups\r\n\r\nx\r\n');
-      await c.command('QUIT');
-      const [m] = await remote.waitFor(1);
-      expect(m.rcptTo).toEqual(['fine@remote.test']);
-      expect(m.rcptParams[0]).toMatchObject({ NOTIFY: 'FAILURE' });
-      await waitUntil(() => t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').length === 2);
-      const verdicts = Object.fromEntries(t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').map((l) => [l.rcpt, l.verdict]));
-      expect(verdicts).toEqual({ 'hard-x@remote.test': 'bounced', 'fine@remote.test': 'delivered' });
-    } finally {
-      await t.stop();
-      await remote.close();
-    }
-  });
-});
-
-describe('what the next hop says after DATA', () => {
-  it('takes LMTP answers per recipient: one delivered, one deferred and retried alone', async () => {
-    const lmtp = await startSink({ host: '127.0.0.5', lmtp: true, lmtpData: (a, n) => (a.startsWith('full@') && n === 1 ? { code: 452, text: '4.2.2 mailbox full' } : undefined) });
-    const t = await startApp((dir) => baseConfig(dir, {
-      tenants: { gamma: { domains: ['gamma.test'] } },
-      queue: { retryInitial: '100ms', retryJitter: 0 },
-      routes: { 'gamma.test': { host: '127.0.0.5', port: lmtp.port, protocol: 'lmtp' } },
-    }));
-    try {
-      const info = await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
-        .sendMail({ from: 'x@remote.test', to: ['ok@gamma.test', 'full@gamma.test'], text: 'per recipient' });
-      const qid = info.response.split(' ').pop()!;
-      const got = await lmtp.waitFor(2);
-      expect(got.map((m) => m.rcptTo)).toEqual([['ok@gamma.test'], ['full@gamma.test']]);
-      await waitUntil(() => t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').length === 3);
-      const attempts = t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').map((l) => `${l.rcpt}:${l.verdict}`);
-      expect(attempts).toEqual(['ok@gamma.test:delivered', 'full@gamma.test:deferred', 'full@gamma.test:delivered']);
-    } finally {
-      await t.stop();
-      await lmtp.close();
-    }
-  });
-
-  it('bounces a message larger than the next hop advertises, without retrying it', async () => {
-    const small = await startSink({ host: '127.0.0.3', size: 1000 });
-    const senderBox = await startSink({ host: '127.0.0.2' });
-    const t = await startApp((dir) => baseConfig(dir, {
-      trustedNetworks: ['127.0.0.1/32'],
-      routes: { 'sender.test': { host: '127.0.0.2', port: senderBox.port }, 'small.test': { host: '127.0.0.3', port: small.port } },
-    }));
-    try {
-      await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
-        .sendMail({ from: 'me@sender.test', to: 'u@small.test', text: 'z'.repeat(5000) });
-      const [dsn] = await senderBox.waitFor(1);
-      expect(dsn.data.toString()).toMatch(/Action: failed\r\nStatus: 5\.3\.4\r\n/);
-      expect(small.messages).toHaveLength(0);
-    } finally {
-      await t.stop();
-      await small.close();
-      await senderBox.close();
-    }
   });
 });
