@@ -1,4 +1,6 @@
 // Mail in through real SMTP clients (nodemailer, swaks), out to real sink servers on 127.0.0.x.
+// The Ichidan and the sinks are shared, but each test sends the mail it checks and reads only what
+// arrived after it started, so any one of them passes alone (vitest -t).
 import { execFile } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -52,11 +54,12 @@ describe('relay through real clients and sinks', () => {
 
   it('delivers inbound MX mail to the hosted domain, body byte for byte, Received in front', async () => {
     const raw = 'From: <x@remote.test>\r\nTo: <ann@alpha.test>\r\nSubject: hello\r\nMessage-ID: <m1@remote.test>\r\n\r\nline one\r\n.leading dot\r\n\u00e9t\u00e9 8bit\r\n';
+    const before = mailboxA.messages.length;
     const tx = nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), secure: false, ignoreTLS: true });
     const info = await tx.sendMail({ envelope: { from: 'x@remote.test', to: ['ann@alpha.test'] }, raw });
     expect(info.response).toMatch(/^250 2\.0\.0 Ok: queued as [0-9A-Z]{16}$/);
     const qid = info.response.split(' ').pop()!;
-    const [m] = await mailboxA.waitFor(1);
+    const m = (await mailboxA.waitFor(before + 1))[before];
     const text = m.data.toString('utf8');
     expect(text.startsWith('Received: from ')).toBe(true);
     expect(text).toContain(`by mx.ichidan.test (Ichidan) with ESMTP id ${qid}`);
@@ -68,10 +71,11 @@ describe('relay through real clients and sinks', () => {
   });
 
   it('delivers over LMTP with an outcome per recipient', async () => {
+    const before = lmtpBox.messages.length;
     const info = await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
       .sendMail({ from: 'x@remote.test', to: ['one@gamma.test', 'gone@gamma.test'], text: 'lmtp', dsn: { notify: ['NEVER'] } });
     const qid = info.response.split(' ').pop()!;
-    const [m] = await lmtpBox.waitFor(1);
+    const m = (await lmtpBox.waitFor(before + 1))[before];
     expect(m.rcptTo).toEqual(['one@gamma.test']);
     await waitUntil(() => t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').length === 2, 10_000, 'both outcomes');
     const byRcpt = Object.fromEntries(t.logs.filter((l) => l.qid === qid && l.msg === 'delivery attempt').map((l) => [l.rcpt, [l.verdict, l.status]]));
@@ -79,10 +83,11 @@ describe('relay through real clients and sinks', () => {
   });
 
   it('relays for an authenticated user after STARTTLS, and refuses a wrong password', async () => {
+    const before = internet.messages.length;
     const ok = nodemailer.createTransport({ host: '127.0.0.1', port: t.port('submission'), secure: false, requireTLS: true, tls: { rejectUnauthorized: false }, auth: { user: 'ann@alpha.test', pass: TEST_PASSWORD } });
     const info = await ok.sendMail({ from: 'ann@alpha.test', to: 'someone@elsewhere.test', subject: 'out', text: 'outbound' });
     expect(info.response).toMatch(/^250 2\.0\.0 Ok: queued as /);
-    const [m] = await internet.waitFor(1);
+    const m = (await internet.waitFor(before + 1))[before];
     expect(m.rcptTo).toEqual(['someone@elsewhere.test']);
     expect(m.data.toString()).toMatch(/with ESMTPSA id /);
     const bad = nodemailer.createTransport({ host: '127.0.0.1', port: t.port('submission'), secure: false, requireTLS: true, tls: { rejectUnauthorized: false }, auth: { user: 'ann@alpha.test', pass: 'wrong' } });
@@ -152,6 +157,10 @@ describe('relay through real clients and sinks', () => {
   });
 
   it('removes spool files and records once everything is delivered', async () => {
+    const info = await nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true })
+      .sendMail({ from: 'x@remote.test', to: ['ann@alpha.test', 'bo@beta.test'], text: 'to be cleaned up' });
+    const qid = info.response.split(' ').pop()!;
+    await waitUntil(() => t.logs.filter((l) => l.qid === qid && l.verdict === 'delivered').length === 2, 10_000, 'both deliveries');
     await waitUntil(async () => (await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt').length === 0, 10_000, 'spool to empty');
     expect(t.app.queue.store.allMessages()).toEqual([]);
   });
