@@ -4,14 +4,30 @@
  * running writer. Scenarios read records through here, so where the queue keeps its record readers
  * is named once for all of test/.
  *
- * Takes: a data folder. Gives: recordsDb() and the record readers of the queue's SQL module.
+ * Takes: a data folder. Gives: recordsDb(), the record readers of the queue's SQL module, and
+ * readTranscriptTables() for the outbound session transcripts.
  */
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
+import type { CommandRow, ConnectionMessageRow, ConnectionRow } from '../../queue/queue-store-transcripts.js';
 
 export { readEngineEvents, readEngineStats, readQuarantine, readScan } from '../../queue/queue-store-sql.js';
 
 /** The data folder's queue.db, read-only; the caller closes it. */
 export function recordsDb(dataDir: string): Database.Database {
   return new Database(join(dataDir, 'queue.db'), { readonly: true });
+}
+
+/** The outbound session transcripts: sessions, their message links and their command lines, in order. */
+export function readTranscriptTables(dataDir: string): { connections: ConnectionRow[]; links: Array<ConnectionMessageRow & { connection_id: string }>; commands: Array<CommandRow & { connection_id: string }> } {
+  const db = recordsDb(dataDir);
+  try {
+    return {
+      connections: db.prepare(`SELECT * FROM connections ORDER BY started_at, id`).all() as ConnectionRow[],
+      links: db.prepare(`SELECT * FROM connection_messages ORDER BY connection_id, n`).all() as never,
+      commands: db.prepare(`SELECT * FROM commands ORDER BY connection_id, seq`).all() as never,
+    };
+  } finally {
+    db.close();
+  }
 }

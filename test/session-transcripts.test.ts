@@ -1,5 +1,6 @@
-// Outbound session transcripts: one session carrying several messages, stored, listed and shown by the CLI; retention.
-import Database from 'better-sqlite3';
+// Outbound session transcripts: one session carrying several messages recorded command by command
+// (never the body), listed and shown by the CLI; an idle session's transcript completed when
+// Ichidan stops; nothing recorded when transcripts are off.
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,27 +9,12 @@ import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { TranscriptChunk } from '../delivery/index.js';
-import { createWriter, migrate, SCHEMA } from '../queue/queue-store-sql.js';
-import type { CommandRow, ConnectionMessageRow, ConnectionRow } from '../queue/queue-store-transcripts.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { CLI } from './helpers/child.js';
+import { readTranscriptTables } from './helpers/records.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
 const exec = promisify(execFile);
-const CLI = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-main.js');
-
-function readTables(dataDir: string): { connections: ConnectionRow[]; links: Array<ConnectionMessageRow & { connection_id: string }>; commands: Array<CommandRow & { connection_id: string }> } {
-  const db = new Database(join(dataDir, 'queue.db'), { readonly: true });
-  try {
-    return {
-      connections: db.prepare(`SELECT * FROM connections ORDER BY started_at, id`).all() as ConnectionRow[],
-      links: db.prepare(`SELECT * FROM connection_messages ORDER BY connection_id, n`).all() as never,
-      commands: db.prepare(`SELECT * FROM commands ORDER BY connection_id, seq`).all() as never,
-    };
-  } finally {
-    db.close();
-  }
-}
 
 async function send(port: number, to: string, text: string): Promise<string> {
   const mailer = nodemailer.createTransport({ host: '127.0.0.1', port, ignoreTLS: true });
@@ -61,8 +47,8 @@ describe('session transcripts', () => {
       await sink.waitFor(i + 1);
     }
     // The session goes idle, is QUIT after the site's idle time (1 s here), and its row is completed.
-    await waitUntil(() => readTables(t.dataDir).connections.some((c) => c.ended !== null), 10_000, 'the session to end');
-    const { connections, links, commands } = readTables(t.dataDir);
+    await waitUntil(() => readTranscriptTables(t.dataDir).connections.some((c) => c.ended !== null), 10_000, 'the session to end');
+    const { connections, links, commands } = readTranscriptTables(t.dataDir);
 
     expect(connections).toHaveLength(1);
     const c = connections[0];
@@ -79,7 +65,7 @@ describe('session transcripts', () => {
     expect(commands.map((l) => l.seq)).toEqual(commands.map((_, i) => i + 1));
     for (let i = 1; i < commands.length; i++) expect(commands[i].at).toBeGreaterThanOrEqual(commands[i - 1].at);
 
-    const line = (l: CommandRow) => `${l.dir === 'client' ? 'C' : 'S'} ${l.text.split('\n')[0]}`;
+    const line = (l: (typeof commands)[number]) => `${l.dir === 'client' ? 'C' : 'S'} ${l.text.split('\n')[0]}`;
     // Before any message: greeting, EHLO, STARTTLS and its 220, EHLO again over TLS.
     const opening = commands.filter((l) => l.queue_id === null).slice(0, 6).map(line);
     expect(opening[0]).toMatch(/^S 220 /);
@@ -139,11 +125,11 @@ describe('session transcripts', () => {
     try {
       const qid = await send(app.port('mx'), 'one@remote.test', 'hello');
       await other.waitFor(1);
-      await waitUntil(() => readTables(app.dataDir).links.length === 1, 5_000, 'the first transcript chunk');
+      await waitUntil(() => readTranscriptTables(app.dataDir).links.length === 1, 5_000, 'the first transcript chunk');
       // Well within the cache's idle time: the session is still open when the stop begins.
-      expect(readTables(app.dataDir).connections[0].ended).toBeNull();
+      expect(readTranscriptTables(app.dataDir).connections[0].ended).toBeNull();
       await app.stop();
-      const { connections, links, commands } = readTables(app.dataDir);
+      const { connections, links, commands } = readTranscriptTables(app.dataDir);
       expect(connections).toMatchObject([{ ended: 'quit', messages: 1 }]);
       expect(links.map((l) => l.queue_id)).toEqual([qid]);
       expect(commands.at(-2)?.text).toBe('QUIT');
@@ -166,52 +152,12 @@ describe('session transcripts', () => {
       await send(app.port('mx'), 'one@remote.test', 'hello');
       await other.waitFor(1);
       await app.stop();
-      const { connections, commands } = readTables(app.dataDir);
+      const { connections, commands } = readTranscriptTables(app.dataDir);
       expect(connections).toEqual([]);
       expect(commands).toEqual([]);
     } finally {
       await other.close();
       await rm(app.dataDir, { recursive: true, force: true });
-    }
-  });
-});
-
-describe('transcript retention', () => {
-  function session(id: string, endedAt: number): TranscriptChunk {
-    return {
-      connection: {
-        id, startedAt: endedAt - 1000, endedAt, host: 'mx.remote.test', protocol: 'smtp', address: '127.0.0.9', port: 25, localAddress: '127.0.0.1', localPort: 4000,
-        tls: null, helo: 'mx.ichidan.test', tenant: 'alpha', messages: 1, commands: 1, lines: 2, bytesStored: 20, truncated: false, ended: 'quit',
-      },
-      lines: [
-        { seq: 1, at: endedAt - 900, dir: 'client', queueId: 'Q1', text: 'MAIL FROM:<a@b.test>' },
-        { seq: 2, at: endedAt - 800, dir: 'server', queueId: 'Q1', text: '250 ok' },
-      ],
-      messages: [{ n: 1, at: endedAt - 950, queueId: 'Q1', tenant: 'alpha', recipients: ['x@remote.test'] }],
-    };
-  }
-
-  it('deletes sessions that ended before the retention period, with their lines and message links, and keeps the rest', async () => {
-    const dataDir = await mkdtemp(join(tmpdir(), 'ichidan-test-'));
-    const day = 86_400_000;
-    const db = new Database(join(dataDir, 'queue.db'));
-    db.exec(SCHEMA);
-    migrate(db);
-    const apply = createWriter(db);
-    apply({ op: 'recordTranscript', chunk: session('OLD', Date.now() - 3 * day) });
-    apply({ op: 'recordTranscript', chunk: session('RECENT', Date.now() - day / 2) });
-    db.close();
-    const t = await startApp((dir) => baseConfig(dir, { delivery: { transcripts: { retention: '2d' } } }), { dataDir });
-    try {
-      // The first sweep after the start prunes; then hourly.
-      await waitUntil(() => readTables(dataDir).connections.length === 1, 5_000, 'the prune');
-      const { connections, links, commands } = readTables(dataDir);
-      expect(connections.map((c) => c.id)).toEqual(['RECENT']);
-      expect([...new Set(links.map((l) => l.connection_id))]).toEqual(['RECENT']);
-      expect([...new Set(commands.map((l) => l.connection_id))]).toEqual(['RECENT']);
-    } finally {
-      await t.stop();
-      await rm(dataDir, { recursive: true, force: true });
     }
   });
 });
