@@ -1,7 +1,7 @@
 /*
  * Starting Ichidan in-process for a scenario: a temporary data folder, listeners on free ports,
  * logs kept in memory for the test to read. This is the scenarios' way in to the daemon: the config
- * input type, the config parser and the admin socket's path come from here too.
+ * input type, the config parser, the admin socket's path and the admin API client come from here too.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,7 @@ import { createLogger } from '../../mta/mta-log.js';
 
 export type { ConfigInput };
 export { adminSocket, parseConfig } from '../../mta/index.js';
+export { adminRequest } from '../../mta/admin/admin-client.js';
 export { createLogger };
 
 export interface TestApp {
