@@ -7,11 +7,15 @@
  */
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { baseConfig } from './app.js';
+import { baseConfig, type ConfigInput } from './app.js';
 import { RawSmtp } from './raw-smtp.js';
 
-/** baseConfig with tenant alpha (alpha.test), its mail held in the queue. */
-export const heldConfig = (dir: string) => baseConfig(dir, { tenants: { alpha: { domains: ['alpha.test'] } }, routes: { 'alpha.test': { hold: true } } });
+/** baseConfig with tenant alpha (alpha.test), its mail held in the queue, and `extra` on top. */
+export const heldConfig = (dir: string, extra: Partial<ConfigInput> = {}) => baseConfig(dir, {
+  tenants: { alpha: { domains: ['alpha.test'] } },
+  routes: { 'alpha.test': { hold: true } },
+  ...extra,
+});
 
 /** One message from x@remote.test to ann@alpha.test; resolves with the reply to its final dot. */
 export async function sendOne(port: number, body: string): Promise<string> {
