@@ -9,10 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { adminRequest } from '../mta/admin/admin-client.js';
 import { QueueStore, type NewMessage } from '../queue/queue-store.js';
 import { newQueueId } from '../base/base-queue-id.js';
-import { adminSocket, baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { adminRequest, adminSocket, baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
 

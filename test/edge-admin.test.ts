@@ -3,9 +3,7 @@
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adminRequest } from '../mta/admin/admin-client.js';
-import { parseConfig } from '../mta/index.js';
-import { baseConfig, startApp, type TestApp } from './helpers/app.js';
+import { adminRequest, baseConfig, parseConfig, startApp, type TestApp } from './helpers/app.js';
 
 const TOKEN = 'a-token-of-some-length';
 

@@ -8,9 +8,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import nodemailer from 'nodemailer';
 import { afterEach, describe, expect, it } from 'vitest';
-import { adminRequest } from '../mta/admin/admin-client.js';
-import type { ConfigInput } from '../mta/mta-config-schema.js';
-import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { adminRequest, baseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
 import { startDns, type TestDns } from './helpers/dns-server.js';
 import { startSink, type Sink, type SinkOptions } from './helpers/sink.js';
 

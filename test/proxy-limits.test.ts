@@ -5,8 +5,7 @@
 // dropped), so a truncated message ended with a dot would show.
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { ConfigInput } from '../mta/mta-config-schema.js';
-import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { baseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 
 const cleanup: Array<() => Promise<unknown>> = [];
