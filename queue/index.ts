@@ -27,15 +27,15 @@ import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { CorruptEntries } from './queue-corrupt-entries.js';
 import { Scheduler, type Dispatch, type Job, type SiteRef, type Source, type TenantPolicy } from './queue-scheduler.js';
 import { openDomains, type RecipientSelector } from './queue-store-egress.js';
-import { PendingOutcomes } from './queue-outcomes.js';
+import { PendingOutcomes } from './queue-pending.js';
 import { SpaceGuard } from './queue-space.js';
-import { EgressControl } from './queue-throttle.js';
+import { EgressControl } from './queue-egress-control.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientUpdate, type WriteOp } from './queue-store.js';
 
 export { newQueueId } from '../base/base-queue-id.js';
 export type { EgressEvent } from './queue-store-egress.js';
-export type { HoldRequest } from './queue-throttle.js';
+export type { HoldRequest } from './queue-egress-control.js';
 export type { PairView } from './queue-scheduler.js';
 export type { SpoolWriter } from './queue-spool.js';
 export type { NewRecipient } from './queue-store.js';

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../mta/index.js';
 import { Scheduler } from './queue-scheduler.js';
 import { QueueStore } from './queue-store.js';
-import { EgressControl } from './queue-throttle.js';
+import { EgressControl } from './queue-egress-control.js';
 
 const SITE = 'mx:mx.test';
 const log = pino({ level: 'silent' });
