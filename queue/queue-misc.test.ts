@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../mta/mta-config.js';
-import { retryDelay } from './index.js';
+import { retryDelay } from './queue-attempt.js';
 import { wantsNotice } from './queue-bounce.js';
 import { newQueueId, QUEUE_ID_PATTERN, queueIdTime } from '../base/base-queue-id.js';
 

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../mta/mta-config-schema.js';
-import { readEngineEvents } from '../queue/queue-store-sql.js';
+import { readEngineEvents } from '../queue/queue-records-sql.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { startChild, type ChildIchidan } from './helpers/child.js';
 import { realDaemon } from './helpers/daemons.js';

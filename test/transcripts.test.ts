@@ -10,7 +10,7 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TranscriptChunk } from '../delivery/index.js';
 import { createWriter, migrate, SCHEMA } from '../queue/queue-store-sql.js';
-import type { CommandRow, ConnectionMessageRow, ConnectionRow } from '../queue/queue-store-transcripts.js';
+import type { CommandRow, ConnectionMessageRow, ConnectionRow } from '../queue/queue-records-transcripts.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
