@@ -5,7 +5,8 @@
  *
  * Writes are data (`WriteOp`), applied by `createWriter` on the connection that owns writing (in
  * the store's worker thread, queue-store-worker.ts), so the main thread never waits for a WAL
- * fsync. The reads here are the CLI's, which opens the database read-only.
+ * fsync. `createReader` gives the main thread's reads; the others here are the CLI's, which opens
+ * the database read-only.
  */
 import type Database from 'better-sqlite3';
 import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWriteOp } from './queue-corrupt.js';
@@ -278,6 +279,33 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         s.clearQuarantine.run(op.id);
         return s.releaseMessage.all(op.now, op.now, op.id);
     }
+  };
+}
+
+export interface QueueReader {
+  message(id: string): MessageRow | undefined;
+  recipientsOf(id: string): RecipientRow[];
+  openRecipients(): RecipientRow[];
+  doneMessages(limit: number): string[];
+  allMessages(): Array<{ id: string; state: MessageRow['state']; size: number }>;
+}
+
+/** Prepares the main thread's read statements on `db` (the queue's own; the records have theirs). */
+export function createReader(db: Database.Database): QueueReader {
+  const s = {
+    message: db.prepare(`SELECT * FROM messages WHERE id = ?`),
+    recipientsOf: db.prepare(`SELECT * FROM recipients WHERE message_id = ? ORDER BY id`),
+    openRecipients: db.prepare(`SELECT r.* FROM recipients r JOIN messages m ON m.id = r.message_id
+      WHERE r.state = 'queued' AND m.state = 'active' ORDER BY r.message_id, r.id`),
+    doneMessages: db.prepare(`SELECT id FROM messages WHERE state = 'done' LIMIT ?`),
+    allIds: db.prepare(`SELECT id, state, size FROM messages`),
+  };
+  return {
+    message: (id) => s.message.get(id) as MessageRow | undefined,
+    recipientsOf: (id) => s.recipientsOf.all(id) as RecipientRow[],
+    openRecipients: () => s.openRecipients.all() as RecipientRow[],
+    doneMessages: (limit) => (s.doneMessages.all(limit) as { id: string }[]).map((r) => r.id),
+    allMessages: () => s.allIds.all() as Array<{ id: string; state: MessageRow['state']; size: number }>,
   };
 }
 

@@ -21,7 +21,7 @@ import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import { configure, migrate, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
+import { configure, createReader, migrate, SCHEMA, type MessageRow, type QueueReader, type RecipientRow, type WriteOp } from './queue-store-sql.js';
 import { isSpaceError } from './queue-space.js';
 import type { UnitResult } from './queue-store-worker.js';
 
@@ -66,7 +66,7 @@ export class QueueStore {
   #closing: Promise<void> | null = null;
   /** Set when the writer thread died: every write from then on fails at once (and DATA gets a 4xx). */
   #dead: Error | null = null;
-  #stmts;
+  readonly #read: QueueReader;
   /**
    * Called when an essential unit failed for want of space: true when room was made (the space
    * reserve given back), and the unit is then tried once more.
@@ -116,14 +116,7 @@ export class QueueStore {
     this.#worker.on('error', die);
     this.#worker.on('messageerror', die);
     this.#worker.on('exit', (code) => { if (!this.#closed) die(new Error(`exited with code ${code}`)); });
-    this.#stmts = {
-      message: this.db.prepare(`SELECT * FROM messages WHERE id = ?`),
-      recipientsOf: this.db.prepare(`SELECT * FROM recipients WHERE message_id = ? ORDER BY id`),
-      openRecipients: this.db.prepare(`SELECT r.* FROM recipients r JOIN messages m ON m.id = r.message_id
-        WHERE r.state = 'queued' AND m.state = 'active' ORDER BY r.message_id, r.id`),
-      doneMessages: this.db.prepare(`SELECT id FROM messages WHERE state = 'done' LIMIT ?`),
-      allIds: this.db.prepare(`SELECT id, state, size FROM messages`),
-    };
+    this.#read = createReader(this.db);
   }
 
   /**
@@ -174,23 +167,25 @@ export class QueueStore {
   }
 
   message(id: string): MessageRow | undefined {
-    return this.#stmts.message.get(id) as MessageRow | undefined;
+    return this.#read.message(id);
   }
 
   recipientsOf(id: string): RecipientRow[] {
-    return this.#stmts.recipientsOf.all(id) as RecipientRow[];
+    return this.#read.recipientsOf(id);
   }
 
+  /** Queued recipients of active messages: what is scheduled at startup. */
   openRecipients(): RecipientRow[] {
-    return this.#stmts.openRecipients.all() as RecipientRow[];
+    return this.#read.openRecipients();
   }
 
+  /** Messages whose recipients are all final: to be swept. */
   doneMessages(limit: number): string[] {
-    return (this.#stmts.doneMessages.all(limit) as { id: string }[]).map((r) => r.id);
+    return this.#read.doneMessages(limit);
   }
 
   allMessages(): Array<{ id: string; state: MessageRow['state']; size: number }> {
-    return this.#stmts.allIds.all() as Array<{ id: string; state: MessageRow['state']; size: number }>;
+    return this.#read.allMessages();
   }
 
   /** Commits what is queued, stops the writer thread, closes both connections. */
