@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { DeliveryResult, RecipientOutcome } from '../delivery/index.js';
-import { attemptOutcome, type AttemptPlan } from './queue-attempt.js';
+import { attemptOutcome, retryDelay, type AttemptPlan } from './queue-attempt.js';
 import { queueSchema } from './queue-config.js';
 import type { MessageRow, RecipientRow } from './queue-store.js';
 
@@ -188,6 +188,19 @@ const table: Array<[string, Row]> = [
     },
   }],
 ];
+
+describe('retry delay', () => {
+  it.each([
+    [1, 0.5, 300_000],
+    [2, 0.5, 600_000],
+    [5, 0.5, 3_600_000],
+    [30, 0.5, 3_600_000],
+    [1, 0, 240_000],
+    [1, 1, 360_000],
+  ])('attempt %i with random %f → %i ms', (attempts, random, expected) => {
+    expect(retryDelay(q, attempts, () => random)).toBe(expected);
+  });
+});
 
 describe('attempt outcomes', () => {
   it.each(table)('%s', (_name, row) => {
