@@ -88,11 +88,11 @@ export class Ichidan {
     this.#handle = new ConfigHandle(config);
     const metrics = processMetrics({ engines: () => this.engines.list(), queue });
     this.metrics = metrics.registry;
-    this.engines = new EngineHost(queue.store.engineSwitches(), (e) => {
+    this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);
       const level = e.event === 'breaker' && e.to === 'open' ? 'warn' : 'info';
       log[level]({ engine: e.engine, event: e.event, from: e.from, to: e.to, reason: e.reason }, `engine ${e.event}${e.to ? ` ${e.from} → ${e.to}` : ''}`);
-      queue.store.write([{ op: 'engineEvent', event: e }]).catch((err) => log.error({ err }, 'could not record an engine event'));
+      queue.records.recordEngineEvent(e);
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     this.#runtime = buildRuntime(1, config, this.engines, log);

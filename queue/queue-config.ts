@@ -3,11 +3,13 @@
  * their defaults beside them; the root schema (mta/mta-config-schema.ts) assembles them.
  *
  * `QueueConfig` is the slice of the whole configuration queue/ reads (with delivery/'s, since the
- * queue opens the egress); a whole `Config` is one.
+ * queue opens the egress); a whole `Config` is one. `tenantPolicies` turns the tenants' egress
+ * settings into what the scheduler reads.
  */
 import { z } from 'zod';
 import { duration, size } from '../base/base-config.js';
 import type { EgressConfig } from '../delivery/delivery-config.js';
+import type { Source, TenantPolicy } from './queue-scheduler.js';
 
 export const queueSchema = z.strictObject({
   /** fsync spool files and the queue database before 250 (turn off only for throwaway tests). */
@@ -66,4 +68,23 @@ export interface QueueConfig extends EgressConfig {
   tenants: Record<string, { egress: TenantEgress }>;
   limits: { maxMessageSize: number };
   scanning: { recordRetention: number };
+}
+
+const DEFAULT_SOURCE: Source = { address: null, helo: null };
+export const DEFAULT_TENANT_POLICY: TenantPolicy = { weight: 1, sources: [DEFAULT_SOURCE] };
+
+/** Each configured tenant's share, caps and source addresses, as the scheduler reads them. */
+export function tenantPolicies(config: QueueConfig): Map<string, TenantPolicy> {
+  const out = new Map<string, TenantPolicy>();
+  for (const [name, t] of Object.entries(config.tenants)) {
+    const pool = t.egress.sourcePool ? config.delivery.sourcePools[t.egress.sourcePool] : undefined;
+    out.set(name, {
+      weight: t.egress.weight,
+      concurrency: t.egress.concurrency,
+      messagesPerHour: t.egress.messagesPerHour,
+      suspended: t.egress.suspended,
+      sources: pool ? pool.map((p) => ({ address: p.address, helo: p.helo ?? null })) : [DEFAULT_SOURCE],
+    });
+  }
+  return out;
 }

@@ -1,6 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from '../mta/mta-config.js';
-import { retryDelay } from './index.js';
 import { wantsNotice } from './queue-bounce.js';
 import { newQueueId, QUEUE_ID_PATTERN, queueIdTime } from '../base/base-queue-id.js';
 
@@ -12,20 +10,6 @@ describe('queue ids', () => {
     expect([...ids].sort()).toEqual(ids);
     const t = Date.now();
     expect(Math.abs(queueIdTime(newQueueId(t)) - t)).toBeLessThanOrEqual(1);
-  });
-});
-
-describe('retry delay', () => {
-  const q = parseConfig({ queue: { retryInitial: '5m', retryMax: '1h', retryFactor: 2, retryJitter: 0.2 } }).queue;
-  it.each([
-    [1, 0.5, 300_000],
-    [2, 0.5, 600_000],
-    [5, 0.5, 3_600_000],
-    [30, 0.5, 3_600_000],
-    [1, 0, 240_000],
-    [1, 1, 360_000],
-  ])('attempt %i with random %f → %i ms', (attempts, random, expected) => {
-    expect(retryDelay(q, attempts, () => random)).toBe(expected);
   });
 });
 

@@ -1,15 +1,16 @@
 /*
- * The queue database's schema, row types and write operations.
+ * The queue database's schema, row types and write operations: messages and their recipients,
+ * the operator's recipient commands (hold, purge, release), and — composed from their own files —
+ * the entries set aside as corrupt (queue-corrupt.ts) and the records (queue-records-sql.ts).
  *
  * Writes are data (`WriteOp`), applied by `createWriter` on the connection that owns writing (in
- * the store's worker thread), so the main thread never waits for a WAL fsync.
+ * the store's worker thread, queue-store-worker.ts), so the main thread never waits for a WAL
+ * fsync. `createReader` gives the main thread's reads; the others here are the CLI's, which opens
+ * the database read-only.
  */
 import type Database from 'better-sqlite3';
-import type { TranscriptChunk } from '../delivery/index.js';
-import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
-import type { RunRecord, ScanRecord, StatRow } from '../engines/engines-records.js';
 import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWriteOp } from './queue-corrupt.js';
-import { createEgressWriter, EGRESS_SCHEMA, type EgressWriteOp } from './queue-store-egress.js';
+import { createRecordsWriter, migrateRecords, RECORDS_SCHEMA, type RecordsWriteOp } from './queue-records-sql.js';
 
 /** purged: removed by an operator, no notice sent. */
 export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced' | 'purged';
@@ -106,23 +107,26 @@ export interface RecipientUpdate {
   /** Set: the outcome is final but the notice is still owed (retried without contacting the destination). */
   owed?: 'failed' | null;
 }
+
+/** Which recipients an operator command applies to: one message, a tenant's, some domains' (all given ones must match). */
+export interface RecipientSelector {
+  messageId?: string;
+  tenant?: string;
+  domains?: string[];
+}
+
 export type WriteOp =
   | { op: 'insertMessage'; message: NewMessage }
   | { op: 'updateRecipients'; messageId: string; updates: RecipientUpdate[]; now: number }
   | { op: 'deleteMessage'; id: string }
+  | { op: 'holdRecipients'; select: RecipientSelector; now: number }
+  | { op: 'purgeRecipients'; select: RecipientSelector; now: number; reason: string }
   | { op: 'release'; tenant: string | null; domain: string | null; now: number }
   | { op: 'releaseMessage'; id: string; now: number }
-  | { op: 'recordScans'; records: ScanRecord[] }
-  | { op: 'saveEngineStats'; rows: StatRow[] }
-  | { op: 'pruneScans'; before: number }
-  | { op: 'recordTranscript'; chunk: TranscriptChunk }
-  | { op: 'pruneTranscripts'; before: number }
-  | { op: 'engineEvent'; event: EngineEvent }
-  | { op: 'appendScanRuns'; queueId: string; runs: RunRecord[] }
-  | EgressWriteOp
+  | RecordsWriteOp
   | CorruptWriteOp;
 
-export const SCHEMA = EGRESS_SCHEMA + `
+export const SCHEMA = RECORDS_SCHEMA + `
 CREATE TABLE IF NOT EXISTS messages (
   id TEXT PRIMARY KEY,
   size INTEGER NOT NULL,
@@ -166,89 +170,6 @@ CREATE TABLE IF NOT EXISTS recipients (
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (message_id, id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scans (
-  queue_id TEXT PRIMARY KEY,
-  at INTEGER NOT NULL,
-  action TEXT NOT NULL,
-  reason TEXT NOT NULL,
-  tenants TEXT NOT NULL,
-  ms REAL NOT NULL,
-  overhead_ms REAL NOT NULL,
-  runs TEXT NOT NULL,
-  generation INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS scans_at ON scans (at);
-CREATE TABLE IF NOT EXISTS engine_events (
-  at INTEGER NOT NULL,
-  engine TEXT NOT NULL,
-  event TEXT NOT NULL,
-  from_state TEXT,
-  to_state TEXT,
-  reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS engine_events_at ON engine_events (at);
-CREATE TABLE IF NOT EXISTS engine_switches (
-  engine TEXT PRIMARY KEY,
-  reason TEXT NOT NULL,
-  at INTEGER NOT NULL
-) WITHOUT ROWID;
--- Outbound session transcripts. A session may carry many messages: connection_messages ties each
--- (its queue id, tenant, recipients) to the session, and each command line also names the queue id
--- of the message it was part of (NULL for greeting, EHLO, STARTTLS, RSET between messages, QUIT).
--- commands.seq counts every line of the session; lines past the size cap are counted, not stored.
-CREATE TABLE IF NOT EXISTS connections (
-  id TEXT PRIMARY KEY,
-  started_at INTEGER NOT NULL,
-  ended_at INTEGER,
-  host TEXT NOT NULL,
-  protocol TEXT NOT NULL,
-  address TEXT NOT NULL,
-  port INTEGER NOT NULL,
-  local_address TEXT,
-  local_port INTEGER,
-  tls TEXT,
-  helo TEXT NOT NULL,
-  tenant TEXT,
-  messages INTEGER NOT NULL,
-  commands INTEGER NOT NULL,
-  lines INTEGER NOT NULL,
-  bytes_stored INTEGER NOT NULL,
-  truncated INTEGER NOT NULL,
-  ended TEXT
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS connections_started ON connections (started_at);
-CREATE INDEX IF NOT EXISTS connections_host ON connections (host);
-CREATE TABLE IF NOT EXISTS connection_messages (
-  connection_id TEXT NOT NULL,
-  n INTEGER NOT NULL,
-  at INTEGER NOT NULL,
-  queue_id TEXT NOT NULL,
-  tenant TEXT NOT NULL,
-  recipients TEXT NOT NULL,
-  PRIMARY KEY (connection_id, n)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS connection_messages_queue_id ON connection_messages (queue_id);
-CREATE TABLE IF NOT EXISTS commands (
-  connection_id TEXT NOT NULL,
-  seq INTEGER NOT NULL,
-  at INTEGER NOT NULL,
-  dir TEXT NOT NULL,
-  queue_id TEXT,
-  text TEXT NOT NULL,
-  PRIMARY KEY (connection_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS engine_stats (
-  day TEXT NOT NULL,
-  engine TEXT NOT NULL,
-  scanned INTEGER NOT NULL,
-  detected INTEGER NOT NULL,
-  detected_alone INTEGER NOT NULL,
-  errors INTEGER NOT NULL,
-  timeouts INTEGER NOT NULL,
-  skipped INTEGER NOT NULL,
-  histogram TEXT NOT NULL,
-  PRIMARY KEY (day, engine)
-) WITHOUT ROWID;
 `;
 
 /** Brings a queue database made by an earlier version up to this schema. */
@@ -257,8 +178,19 @@ export function migrate(db: Database.Database): void {
   if (!columns.includes('quarantine')) db.exec(`ALTER TABLE messages ADD COLUMN quarantine TEXT`);
   if (!columns.includes('strip')) db.exec(`ALTER TABLE messages ADD COLUMN strip TEXT`);
   migrateCorrupt(db, columns);
-  const scanColumns = (db.prepare(`PRAGMA table_info(scans)`).all() as Array<{ name: string }>).map((c) => c.name);
-  if (!scanColumns.includes('generation')) db.exec(`ALTER TABLE scans ADD COLUMN generation INTEGER NOT NULL DEFAULT 0`);
+  migrateRecords(db);
+}
+
+function where(select: RecipientSelector): { sql: string; params: unknown[] } {
+  const parts: string[] = [];
+  const params: unknown[] = [];
+  if (select.messageId !== undefined) { parts.push('message_id = ?'); params.push(select.messageId); }
+  if (select.tenant !== undefined) { parts.push('tenant = ?'); params.push(select.tenant); }
+  if (select.domains !== undefined) { parts.push(`domain IN (SELECT value FROM json_each(?))`); params.push(JSON.stringify(select.domains)); }
+  if (parts.length === 0) throw new Error('a recipient selection needs a message, a tenant or domains');
+  // Entries set aside as corrupt are an operator's to requeue or delete (queue-corrupt.ts), not to hold or purge.
+  parts.push(`message_id IN (SELECT id FROM messages WHERE state = 'active')`);
+  return { sql: parts.join(' AND '), params };
 }
 
 /** Prepares the write statements on `db` and returns the function that applies one operation. */
@@ -283,37 +215,21 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
     releaseMessage: db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?
       WHERE message_id = ? AND state = 'held' RETURNING *`),
     clearQuarantine: db.prepare(`UPDATE messages SET quarantine = NULL, note = 'released from quarantine: ' || quarantine WHERE id = ? AND quarantine IS NOT NULL`),
-    insertScan: db.prepare(`INSERT OR REPLACE INTO scans (queue_id, at, action, reason, tenants, ms, overhead_ms, runs, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-    insertEvent: db.prepare(`INSERT INTO engine_events (at, engine, event, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?)`),
-    setSwitch: db.prepare(`INSERT OR REPLACE INTO engine_switches (engine, reason, at) VALUES (?, ?, ?)`),
-    clearSwitch: db.prepare(`DELETE FROM engine_switches WHERE engine = ?`),
-    saveStat: db.prepare(`INSERT OR REPLACE INTO engine_stats (day, engine, scanned, detected, detected_alone, errors, timeouts, skipped, histogram)
-      VALUES (@day, @engine, @scanned, @detected, @detectedAlone, @errors, @timeouts, @skipped, @histogram)`),
-    pruneScans: db.prepare(`DELETE FROM scans WHERE at < ?`),
-    saveConnection: db.prepare(`INSERT INTO connections (id, started_at, ended_at, host, protocol, address, port, local_address, local_port, tls, helo, tenant,
-      messages, commands, lines, bytes_stored, truncated, ended)
-      VALUES (@id, @startedAt, @endedAt, @host, @protocol, @address, @port, @localAddress, @localPort, @tls, @helo, @tenant,
-      @messages, @commands, @lines, @bytesStored, @truncated, @ended)
-      ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, local_address = excluded.local_address, local_port = excluded.local_port,
-      tls = excluded.tls, tenant = excluded.tenant, messages = excluded.messages, commands = excluded.commands, lines = excluded.lines,
-      bytes_stored = excluded.bytes_stored, truncated = excluded.truncated, ended = excluded.ended`),
-    insertConnectionMessage: db.prepare(`INSERT OR REPLACE INTO connection_messages (connection_id, n, at, queue_id, tenant, recipients) VALUES (?, ?, ?, ?, ?, ?)`),
-    insertCommand: db.prepare(`INSERT OR REPLACE INTO commands (connection_id, seq, at, dir, queue_id, text) VALUES (?, ?, ?, ?, ?, ?)`),
-    pruneCommands: db.prepare(`DELETE FROM commands WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
-    pruneConnectionMessages: db.prepare(`DELETE FROM connection_messages WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
-    pruneConnections: db.prepare(`DELETE FROM connections WHERE COALESCE(ended_at, started_at) < ?`),
-    scanRuns: db.prepare(`SELECT runs FROM scans WHERE queue_id = ?`),
-    setScanRuns: db.prepare(`UPDATE scans SET runs = ? WHERE queue_id = ?`),
   };
-  const egress = createEgressWriter(db);
+  const records = createRecordsWriter(db);
   const corrupt = createCorruptWriter(db);
   return (op: WriteOp): unknown => {
     switch (op.op) {
+      case 'recordScans':
+      case 'appendScanRuns':
+      case 'pruneScans':
+      case 'saveEngineStats':
+      case 'engineEvent':
+      case 'recordTranscript':
+      case 'pruneTranscripts':
       case 'egressEvent':
       case 'undoEgressEvent':
-      case 'holdRecipients':
-      case 'purgeRecipients':
-        return egress(op);
+        return records(op);
       case 'setCorrupt':
       case 'insertCorrupt':
       case 'requeueCorrupt':
@@ -343,41 +259,53 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         s.deleteRecipients.run(op.id);
         s.deleteMessage.run(op.id);
         return null;
+      case 'holdRecipients': {
+        const w = where(op.select);
+        return db.prepare(`UPDATE recipients SET state = 'held', last_reply = 'held by an operator', updated_at = ?
+          WHERE state = 'queued' AND ${w.sql} RETURNING message_id, id`).all(op.now, ...w.params).length;
+      }
+      case 'purgeRecipients': {
+        const w = where(op.select);
+        const rows = db.prepare(`UPDATE recipients SET state = 'purged', last_reply = ?, updated_at = ?
+          WHERE state IN ('queued', 'held') AND ${w.sql} RETURNING message_id`).all(op.reason, op.now, ...w.params) as Array<{ message_id: string }>;
+        for (const id of new Set(rows.map((r) => r.message_id))) {
+          if ((s.openCount.get(id) as { n: number }).n === 0) s.markDone.run(id);
+        }
+        return rows.length;
+      }
       case 'release':
         return s.release.all(op.now, op.now, op.tenant, op.tenant, op.domain, op.domain);
       case 'releaseMessage':
         s.clearQuarantine.run(op.id);
         return s.releaseMessage.all(op.now, op.now, op.id);
-      case 'recordScans':
-        for (const r of op.records) s.insertScan.run(r.queueId, r.at, r.action, r.reason, r.tenants.join(','), r.ms, r.overheadMs, JSON.stringify(r.runs), r.generation);
-        return null;
-      case 'saveEngineStats':
-        for (const r of op.rows) s.saveStat.run({ ...r, histogram: JSON.stringify(r.histogram) });
-        return null;
-      case 'appendScanRuns': {
-        const row = s.scanRuns.get(op.queueId) as { runs: string } | undefined;
-        if (row) s.setScanRuns.run(JSON.stringify([...(JSON.parse(row.runs) as RunRecord[]), ...op.runs]), op.queueId);
-        return null;
-      }
-      case 'engineEvent':
-        s.insertEvent.run(op.event.at, op.event.engine, op.event.event, op.event.from ?? null, op.event.to ?? null, op.event.reason);
-        if (op.event.event === 'disabled') s.setSwitch.run(op.event.engine, op.event.reason, op.event.at);
-        if (op.event.event === 'enabled') s.clearSwitch.run(op.event.engine);
-        return null;
-      case 'pruneScans':
-        return s.pruneScans.run(op.before).changes;
-      case 'recordTranscript': {
-        const { connection: c, lines, messages } = op.chunk;
-        s.saveConnection.run({ ...c, truncated: c.truncated ? 1 : 0 });
-        for (const m of messages) s.insertConnectionMessage.run(c.id, m.n, m.at, m.queueId, m.tenant, m.recipients.join(','));
-        for (const l of lines) s.insertCommand.run(c.id, l.seq, l.at, l.dir, l.queueId, l.text);
-        return null;
-      }
-      case 'pruneTranscripts':
-        s.pruneCommands.run(op.before);
-        s.pruneConnectionMessages.run(op.before);
-        return s.pruneConnections.run(op.before).changes;
     }
+  };
+}
+
+export interface QueueReader {
+  message(id: string): MessageRow | undefined;
+  recipientsOf(id: string): RecipientRow[];
+  openRecipients(): RecipientRow[];
+  doneMessages(limit: number): string[];
+  allMessages(): Array<{ id: string; state: MessageRow['state']; size: number }>;
+}
+
+/** Prepares the main thread's read statements on `db` (the queue's own; the records have theirs). */
+export function createReader(db: Database.Database): QueueReader {
+  const s = {
+    message: db.prepare(`SELECT * FROM messages WHERE id = ?`),
+    recipientsOf: db.prepare(`SELECT * FROM recipients WHERE message_id = ? ORDER BY id`),
+    openRecipients: db.prepare(`SELECT r.* FROM recipients r JOIN messages m ON m.id = r.message_id
+      WHERE r.state = 'queued' AND m.state = 'active' ORDER BY r.message_id, r.id`),
+    doneMessages: db.prepare(`SELECT id FROM messages WHERE state = 'done' LIMIT ?`),
+    allIds: db.prepare(`SELECT id, state, size FROM messages`),
+  };
+  return {
+    message: (id) => s.message.get(id) as MessageRow | undefined,
+    recipientsOf: (id) => s.recipientsOf.all(id) as RecipientRow[],
+    openRecipients: () => s.openRecipients.all() as RecipientRow[],
+    doneMessages: (limit) => (s.doneMessages.all(limit) as { id: string }[]).map((r) => r.id),
+    allMessages: () => s.allIds.all() as Array<{ id: string; state: MessageRow['state']; size: number }>,
   };
 }
 
@@ -400,13 +328,6 @@ export function queueStatus(db: Database.Database): {
   };
 }
 
-/** Engine statistics rows from `since` (a UTC date, "2026-11-25") on, oldest first. */
-export function readEngineStats(db: Database.Database, since: string): StatRow[] {
-  const rows = db.prepare(`SELECT day, engine, scanned, detected, detected_alone AS detectedAlone, errors, timeouts, skipped, histogram
-    FROM engine_stats WHERE day >= ? ORDER BY day, engine`).all(since) as Array<Omit<StatRow, 'histogram'> & { histogram: string }>;
-  return rows.map((r) => ({ ...r, histogram: JSON.parse(r.histogram) as number[] }));
-}
-
 export interface QuarantinedRow {
   id: string;
   received_at: number;
@@ -424,18 +345,7 @@ export function readQuarantine(db: Database.Database): QuarantinedRow[] {
     GROUP BY m.id ORDER BY m.id`).all() as QuarantinedRow[];
 }
 
-/** The stored scan record of one message. */
-export function readScan(db: Database.Database, queueId: string): { queue_id: string; at: number; action: string; reason: string; tenants: string; ms: number; overhead_ms: number; runs: string } | undefined {
-  return db.prepare(`SELECT * FROM scans WHERE queue_id = ?`).get(queueId) as never;
+/** Destination domains with recipients still queued or held (for commands by site). */
+export function openDomains(db: Database.Database): string[] {
+  return (db.prepare(`SELECT DISTINCT domain FROM recipients WHERE state IN ('queued', 'held')`).all() as Array<{ domain: string }>).map((r) => r.domain);
 }
-
-/** Engines an operator switched off, as persisted (a restart keeps them off). */
-export function readSwitches(db: Database.Database): Map<string, OperatorSwitch> {
-  const rows = db.prepare(`SELECT engine, reason, at FROM engine_switches`).all() as Array<{ engine: string; reason: string; at: number }>;
-  return new Map(rows.map((r) => [r.engine, { reason: r.reason, at: r.at }]));
-}
-
-export function readEngineEvents(db: Database.Database, limit: number): Array<{ at: number; engine: string; event: string; from_state: string | null; to_state: string | null; reason: string }> {
-  return db.prepare(`SELECT * FROM engine_events ORDER BY at DESC, rowid DESC LIMIT ?`).all(limit) as never;
-}
-

@@ -9,7 +9,9 @@
  * batch commits in the writer thread (queue-store-worker.ts) and then go together in one
  * transaction, so concurrent SMTP transactions share one WAL fsync (group commit) while each
  * caller still waits for its own durable commit, and the main thread never blocks on an fsync.
- * Reads run on the main thread's own connection (WAL: readers see every committed batch).
+ * Reads run on the main thread's own connection (WAL: readers see every committed batch). The
+ * records (scans, engine statistics and events, transcripts, egress events: queue-records.ts)
+ * are written through this same `write`: one database, one writer thread.
  *
  * Recipient states: queued (waiting for its next attempt), held (kept until released),
  * delivered, bounced (permanent failure or expiry). A message whose recipients are all final is
@@ -19,25 +21,25 @@ import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import type { StatRow } from '../engines/engines-records.js';
-import type { OperatorSwitch } from '../engines/engines-host.js';
-import { configure, migrate, readEngineStats, readSwitches, SCHEMA, type MessageRow, type RecipientRow, type WriteOp } from './queue-store-sql.js';
+import { configure, createReader, migrate, SCHEMA, type MessageRow, type QueueReader, type RecipientRow, type WriteOp } from './queue-store-sql.js';
 import { isSpaceError } from './queue-space.js';
 import type { UnitResult } from './queue-store-worker.js';
 
-export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
+export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientSelector, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
+
+/** The files the writer thread runs: the queue's operations and the records' (and the corrupt entries'). */
+const WRITER_SOURCES = ['queue-store-worker', 'queue-store-sql', 'queue-records-sql', 'queue-records-egress', 'queue-records-transcripts', 'queue-corrupt'];
 
 /** The writer thread's code: beside this file once built; from dist/ when running the TypeScript sources. */
 function workerUrl(): URL {
   const here = new URL(import.meta.url);
   if (!here.pathname.endsWith('.ts')) return new URL('./queue-store-worker.js', here);
-  const built = new URL('../dist/queue/queue-store-worker.js', here);
-  const builtSql = new URL('../dist/queue/queue-store-sql.js', here);
-  const sources = ['./queue-store-worker.ts', './queue-store-sql.ts'].map((f) => statSync(fileURLToPath(new URL(f, here))).mtimeMs);
-  if (!existsSync(built) || !existsSync(builtSql) || Math.max(...sources) > Math.min(statSync(built).mtimeMs, statSync(builtSql).mtimeMs)) {
+  const built = WRITER_SOURCES.map((f) => new URL(`../dist/queue/${f}.js`, here));
+  const newestSource = Math.max(...WRITER_SOURCES.map((f) => statSync(fileURLToPath(new URL(`./${f}.ts`, here))).mtimeMs));
+  if (built.some((u) => !existsSync(u)) || newestSource > Math.min(...built.map((u) => statSync(u).mtimeMs))) {
     throw new Error('the queue writer thread runs from dist/: run `npm run build` first (npm test does)');
   }
-  return built;
+  return built[0];
 }
 
 interface Pending {
@@ -64,7 +66,7 @@ export class QueueStore {
   #closing: Promise<void> | null = null;
   /** Set when the writer thread died: every write from then on fails at once (and DATA gets a 4xx). */
   #dead: Error | null = null;
-  #stmts;
+  readonly #read: QueueReader;
   /**
    * Called when an essential unit failed for want of space: true when room was made (the space
    * reserve given back), and the unit is then tried once more.
@@ -114,15 +116,7 @@ export class QueueStore {
     this.#worker.on('error', die);
     this.#worker.on('messageerror', die);
     this.#worker.on('exit', (code) => { if (!this.#closed) die(new Error(`exited with code ${code}`)); });
-    this.#stmts = {
-      message: this.db.prepare(`SELECT * FROM messages WHERE id = ?`),
-      recipientsOf: this.db.prepare(`SELECT * FROM recipients WHERE message_id = ? ORDER BY id`),
-      openRecipients: this.db.prepare(`SELECT r.* FROM recipients r JOIN messages m ON m.id = r.message_id
-        WHERE r.state = 'queued' AND m.state = 'active' ORDER BY r.message_id, r.id`),
-      doneMessages: this.db.prepare(`SELECT id FROM messages WHERE state = 'done' LIMIT ?`),
-      allIds: this.db.prepare(`SELECT id, state, size FROM messages`),
-    };
-    this.#readEngineStats = (since: string) => readEngineStats(this.db, since);
+    this.#read = createReader(this.db);
   }
 
   /**
@@ -173,35 +167,25 @@ export class QueueStore {
   }
 
   message(id: string): MessageRow | undefined {
-    return this.#stmts.message.get(id) as MessageRow | undefined;
+    return this.#read.message(id);
   }
 
   recipientsOf(id: string): RecipientRow[] {
-    return this.#stmts.recipientsOf.all(id) as RecipientRow[];
+    return this.#read.recipientsOf(id);
   }
 
+  /** Queued recipients of active messages: what is scheduled at startup. */
   openRecipients(): RecipientRow[] {
-    return this.#stmts.openRecipients.all() as RecipientRow[];
+    return this.#read.openRecipients();
   }
 
+  /** Messages whose recipients are all final: to be swept. */
   doneMessages(limit: number): string[] {
-    return (this.#stmts.doneMessages.all(limit) as { id: string }[]).map((r) => r.id);
-  }
-
-  readonly #readEngineStats: (since: string) => StatRow[];
-
-  /** The engines an operator switched off (persisted). */
-  engineSwitches(): Map<string, OperatorSwitch> {
-    return readSwitches(this.db);
-  }
-
-  /** Engine statistics rows from `since` (a UTC date) on. */
-  engineStatsSince(since: string): StatRow[] {
-    return this.#readEngineStats(since);
+    return this.#read.doneMessages(limit);
   }
 
   allMessages(): Array<{ id: string; state: MessageRow['state']; size: number }> {
-    return this.#stmts.allIds.all() as Array<{ id: string; state: MessageRow['state']; size: number }>;
+    return this.#read.allMessages();
   }
 
   /** Commits what is queued, stops the writer thread, closes both connections. */

@@ -4,7 +4,7 @@
  *   GET  /v1/egress                       pairs (site, source): window, limit, in flight; blocks in force
  *   GET  /v1/egress/events?open=1&last=N  throttle reactions and holds, newest first
  *   POST /v1/egress/events/ID/undo        lift what the event did (a pause, a suspension, a hold, a slow-down)
- * Takes: the queue's scheduler and egress control (queue/queue-throttle.ts). Every undo is an
+ * Takes: the queue's scheduler and egress control (queue/queue-egress-control.ts). Every undo is an
  * event in the queue database.
  */
 import type { Queue } from '../../queue/index.js';

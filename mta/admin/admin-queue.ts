@@ -8,7 +8,7 @@
  *   POST /v1/queue/release  {message} | {tenant?, site?}   the reverse (a tenant's held recipients too)
  *   POST /v1/queue/purge    {message} | {tenant?, site?}   removed from the queue, no notice sent
  * Takes: the queue (its operator actions and egress control) and the tenants the config names.
- * Every hold of a tenant or a site is an event in the queue database (queue/queue-throttle.ts).
+ * Every hold of a tenant or a site is an event in the queue database (queue/queue-egress-control.ts).
  */
 import type { Queue } from '../../queue/index.js';
 import type { Config } from '../mta-config-schema.js';

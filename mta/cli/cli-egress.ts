@@ -7,7 +7,7 @@
  * status and undo go to the running process (admin/admin-egress.ts); the events are read from the
  * queue database.
  */
-import { readEgressEvents, type EgressEvent } from '../../queue/queue-store-egress.js';
+import { readEgressEvents, type EgressEvent } from '../../queue/queue-records-egress.js';
 import { admin, iso, openDb, options, safe, usage } from './cli-common.js';
 
 export const EGRESS_USAGE = `  ichidan egress [status] [-c FILE]

@@ -11,7 +11,7 @@
  */
 import { percentile } from '../../engines/engines-records.js';
 import type { EngineInfo } from '../../engines/index.js';
-import { readEngineEvents, readEngineStats } from '../../queue/queue-store-sql.js';
+import { readEngineEvents, readEngineStats } from '../../queue/queue-records-sql.js';
 import { admin, iso, openDb, options, safe, usage } from './cli-common.js';
 
 export const ENGINES_USAGE = `  ichidan engines stats [-c FILE] [--days N]

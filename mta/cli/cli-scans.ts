@@ -2,7 +2,7 @@
  * `ichidan scans show ID`: which engines scanned a message, what each said, and the verdict.
  * Read from the queue database (no process needed).
  */
-import { readScan } from '../../queue/queue-store-sql.js';
+import { readScan } from '../../queue/queue-records-sql.js';
 import { iso, openDb, options, safe, usage } from './cli-common.js';
 
 export const SCANS_USAGE = `  ichidan scans show ID [-c FILE]`;

@@ -6,7 +6,7 @@
  * Read from the queue database (no process needed).
  */
 import type Database from 'better-sqlite3';
-import { readConnection, readConnections } from '../../queue/queue-store-transcripts.js';
+import { readConnection, readConnections } from '../../queue/queue-records-transcripts.js';
 import { iso, openDb, options, safe, usage } from './cli-common.js';
 
 export const SESSIONS_USAGE = `  ichidan sessions list [-c FILE] [--last N] [--host H]

@@ -9,9 +9,10 @@
  */
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
-import type { CommandRow, ConnectionMessageRow, ConnectionRow } from '../../queue/queue-store-transcripts.js';
+import type { CommandRow, ConnectionMessageRow, ConnectionRow } from '../../queue/queue-records-transcripts.js';
 
-export { readEngineEvents, readEngineStats, readQuarantine, readScan } from '../../queue/queue-store-sql.js';
+export { readEngineEvents, readEngineStats, readScan } from '../../queue/queue-records-sql.js';
+export { readQuarantine } from '../../queue/queue-store-sql.js';
 
 /** The data folder's queue.db, read-only; the caller closes it. */
 export function recordsDb(dataDir: string): Database.Database {

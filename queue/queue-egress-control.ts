@@ -1,6 +1,7 @@
 /*
- * Throttle control: what the egress does when a destination pushes back, and the operator's
- * holds — every action an event that can be listed and undone.
+ * Egress control (`EgressControl`): what the egress does when a destination pushes back, and the
+ * operator's holds — every action an event that can be listed and undone (recorded through the
+ * records store, queue-records.ts).
  *
  * Takes the signal each delivery left (delivery/delivery-throttle.ts) with its (site, source
  * address) pair and tenant:
@@ -29,8 +30,8 @@ import type { Logger } from 'pino';
 import type { Signal } from '../delivery/index.js';
 import type { QueueConfig } from './queue-config.js';
 import type { Scheduler } from './queue-scheduler.js';
-import { readEgressEvent, readEgressEvents, type EgressEvent, type EgressEventKind, type NewEgressEvent } from './queue-store-egress.js';
-import type { QueueStore } from './queue-store.js';
+import type { EgressEvent, EgressEventKind, NewEgressEvent } from './queue-records-egress.js';
+import type { QueueRecords } from './queue-records.js';
 
 interface Seen {
   at: number;
@@ -70,7 +71,7 @@ export class EgressControl {
   /** Told of every event as it is recorded (the metrics count them). */
   onEvent: (event: NewEgressEvent) => void = () => undefined;
 
-  constructor(private config: QueueConfig, private readonly scheduler: Scheduler, private readonly store: QueueStore, private readonly log: Logger) {}
+  constructor(private config: QueueConfig, private readonly scheduler: Scheduler, private readonly records: QueueRecords, private readonly log: Logger) {}
 
   reconfigure(config: QueueConfig): void {
     this.config = config;
@@ -78,7 +79,7 @@ export class EgressControl {
 
   /** Puts the events still in force back into the scheduler (at startup). */
   restore(now = Date.now()): number {
-    const open = readEgressEvents(this.store.db, { limit: 100_000, open: true, now });
+    const open = this.records.egressEvents({ limit: 100_000, open: true, now });
     for (const e of open) {
       if (!e.block_id) continue;
       this.scheduler.block({ id: e.block_id, tenant: e.tenant ?? undefined, site: e.site ?? undefined, source: e.source ?? undefined, until: e.until });
@@ -174,7 +175,7 @@ export class EgressControl {
 
   /** Undoes an event: lifts its block and restores the window it lowered. Resolves with the event, or null when there was nothing to undo. */
   async undo(id: number, by: string, now = Date.now()): Promise<EgressEvent | null> {
-    const [row] = await this.store.write([{ op: 'undoEgressEvent', id, now, by }]) as [EgressEvent | null];
+    const row = await this.records.undoEgressEvent(id, now, by);
     if (!row) return null;
     if (row.block_id) this.scheduler.unblock(row.block_id);
     if (row.site && row.source !== null && row.detail) {
@@ -190,7 +191,7 @@ export class EgressControl {
 
   /** Undoes the operator holds in force that match exactly this tenant/site. Resolves with how many. */
   async release(tenant: string | undefined, site: string | undefined, by: string, now = Date.now()): Promise<number> {
-    const open = readEgressEvents(this.store.db, { limit: 100_000, open: true, now })
+    const open = this.records.egressEvents({ limit: 100_000, open: true, now })
       .filter((e) => (e.kind === 'hold' || e.kind === 'suspended') && (e.tenant ?? undefined) === tenant && (site === undefined || e.site === site));
     let n = 0;
     for (const e of open) if (await this.undo(e.id, by, now)) n++;
@@ -198,11 +199,11 @@ export class EgressControl {
   }
 
   events(opts: { limit: number; open?: boolean }): EgressEvent[] {
-    return readEgressEvents(this.store.db, opts);
+    return this.records.egressEvents(opts);
   }
 
   event(id: number): EgressEvent | undefined {
-    return readEgressEvent(this.store.db, id);
+    return this.records.egressEvent(id);
   }
 
   /** Forgets what the window no longer needs: sites and pairs with nothing recent, suspensions that ended. */
@@ -238,8 +239,7 @@ export class EgressControl {
   async #record(event: NewEgressEvent & { kind: EgressEventKind }): Promise<number> {
     this.onEvent(event);
     try {
-      const [id] = await this.store.write([{ op: 'egressEvent', event }]) as [number];
-      return id;
+      return await this.records.recordEgressEvent(event);
     } catch (err) {
       this.log.error({ err, event }, 'could not record an egress event');
       return 0;

@@ -6,7 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../mta/index.js';
 import { Scheduler } from './queue-scheduler.js';
 import { QueueStore } from './queue-store.js';
-import { EgressControl } from './queue-throttle.js';
+import { EgressControl } from './queue-egress-control.js';
+import { QueueRecords } from './queue-records.js';
 
 const SITE = 'mx:mx.test';
 const log = pino({ level: 'silent' });
@@ -30,7 +31,7 @@ async function setup(throttle: Record<string, unknown> = {}, dir?: string) {
   });
   // place a pair so its window exists
   scheduler.add({ messageId: 'm', tenant: 'x', domain: 'mx.test', recipientIds: [0], due: 0 });
-  const control = new EgressControl(config, scheduler, store, log);
+  const control = new EgressControl(config, scheduler, new QueueRecords(store, log, () => ({ scans: 0, transcripts: 0 })), log);
   const settle = () => store.write([]);
   return { store, scheduler, control, settle, dataDir };
 }
