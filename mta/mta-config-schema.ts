@@ -89,7 +89,7 @@ export const configSchema = z.strictObject({
     /** Longest a DATA transfer may take. */
     dataTimeout: duration.prefault('10m'),
     /*
-     * The structure a message may have (mta-structure.ts). Past any of them the message follows
+     * The structure a message may have (queue/accept/accept-structure.ts). Past any of them the message follows
      * `scanning.unscannable` (default: 550 5.6.0), with or without engines. The defaults sit below
      * what the engines handle (mailsplit: 1 MiB per header block, 1000 parts; clamd: MaxRecursion
      * 17), so a padded message is judged here before an engine gives up on it.

@@ -5,7 +5,7 @@
  *   optionally a reader of proxied connections' original destination (tests on loopback).
  * Gives: `Ichidan.start`, which secures the data folder, opens and reconciles the queue (which
  *   delivers through `delivery/`), starts the admin API (admin/), the config watcher
- *   (mta-reload.ts), the SMTP listeners (mta-server.ts, mail accepted into `queue/` after
+ *   (mta-reload.ts), the SMTP listeners (ingress/, mail accepted into `queue/` after
  *   `engines/` had their say) and the transparent proxy listeners (proxy/); `reconfigure`, which
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
  *   close the queue. Metrics are registered in mta-metrics.ts.
@@ -25,20 +25,20 @@ import { Egress, SessionCache, StsPolicyCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
 import { adminSocket, ConfigHandle } from './mta-config.js';
-import { Policy } from './mta-policy.js';
+import { Policy } from './ingress/ingress-policy.js';
 import { AdminServer } from './admin/admin-server.js';
-import { AuthGuard } from './mta-auth.js';
-import { PasswordVerifier } from './mta-auth-hash.js';
+import { AuthGuard } from './ingress/ingress-auth.js';
+import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { processMetrics } from './mta-metrics.js';
 import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
-import { Listener, type Runtime } from './mta-server.js';
+import { Listener, type Runtime } from './ingress/ingress-server.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from './proxy/proxy-origdst.js';
 import type { ProxyDeps } from './proxy/proxy-session.js';
-import { RELAY_TENANT } from './mta-policy.js';
+import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
-import { LineEndingGuard } from './mta-data.js';
-import { loadTlsMaterial } from './mta-tls.js';
+import { LineEndingGuard } from '../queue/accept/accept-receive.js';
+import { loadTlsMaterial } from './ingress/ingress-tls.js';
 import { secureDataDir } from './mta-datadir.js';
 
 export interface BoundListener {

@@ -22,9 +22,10 @@ import type { ScanInput, ScanOutcome } from './proxy-listener.js';
 import { spoolMessage } from '../../engines/index.js';
 import { runRecord, scanRecord } from '../../engines/engines-records.js';
 import type { Queue } from '../../queue/index.js';
-import { isStorageError, receiveInto } from '../mta-data.js';
-import type { Runtime } from '../mta-server.js';
-import { headerField } from '../mta-server.js';
+import { receiveInto } from '../../queue/accept/accept-receive.js';
+import { isStorageError } from '../../base/base-errors.js';
+import type { Runtime } from '../ingress/ingress-server.js';
+import { headerField } from '../ingress/ingress-server.js';
 import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
 function reply(r: SmtpReply): ScanOutcome {

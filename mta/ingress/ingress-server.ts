@@ -5,9 +5,9 @@
  * Per listener: TLS mode (STARTTLS, implicit, none), AUTH PLAIN/LOGIN only on submission and only
  * once TLS is up, SIZE / PIPELINING / 8BITMIME / SMTPUTF8 / ENHANCEDSTATUSCODES / DSN advertised,
  * no reverse lookup unless a resolver is configured for it, the greeting delay, the client limit.
- * Per connection (mta-connections.ts): the per-address limits at connect and MAIL FROM, the
- * deadlines bytes do not reset, the AUTH penalties (mta-auth.ts); the envelope's bytes
- * (mta-envelope.ts).
+ * Per connection (ingress-connections.ts): the per-address limits at connect and MAIL FROM, the
+ * deadlines bytes do not reset, the AUTH penalties (ingress-auth.ts); the envelope's bytes
+ * (ingress-envelope.ts).
  * Per transaction: the runtime snapshot (config, policy, engines) current at MAIL FROM is kept to
  * the end of that transaction.
  */
@@ -16,19 +16,20 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
-import { spoolMessage, type EngineSet, type ScanContext } from '../engines/index.js';
-import { runRecord, scanRecord, type ScanRecord } from '../engines/engines-records.js';
-import type { Queue, NewRecipient, SpoolWriter } from '../queue/index.js';
-import { stripRuleText } from '../queue/queue-headers.js';
-import type { AuthGuard } from './mta-auth.js';
-import type { Config, ListenerConfig } from './mta-config-schema.js';
-import { ConnectionTable, WatchedServer } from './mta-connections.js';
-import { isStorageError, receiveInto } from './mta-data.js';
-import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './mta-envelope.js';
-import type { Policy } from './mta-policy.js';
-import { buildReceived } from './mta-received.js';
-import { REPLIES, toSmtpError, type SmtpReply } from '../base/base-reply.js';
-import type { TlsMaterial } from './mta-tls.js';
+import { spoolMessage, type EngineSet, type ScanContext } from '../../engines/index.js';
+import { runRecord, scanRecord, type ScanRecord } from '../../engines/engines-records.js';
+import type { Queue, NewRecipient, SpoolWriter } from '../../queue/index.js';
+import { stripRuleText } from '../../queue/queue-headers.js';
+import type { AuthGuard } from './ingress-auth.js';
+import type { Config, ListenerConfig } from '../mta-config-schema.js';
+import { ConnectionTable, WatchedServer } from './ingress-connections.js';
+import { receiveInto } from '../../queue/accept/accept-receive.js';
+import { isStorageError } from '../../base/base-errors.js';
+import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
+import type { Policy } from './ingress-policy.js';
+import { buildReceived } from './ingress-received.js';
+import { REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
+import type { TlsMaterial } from './ingress-tls.js';
 
 /** What a transaction borrows for its whole life; replaced as a whole on reload. */
 export interface Runtime {

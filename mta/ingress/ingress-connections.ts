@@ -1,6 +1,6 @@
 /*
  * One listener's open connections, from the socket's arrival to its close: the per-address
- * counts (mta-anvil.ts), the deadlines bytes do not reset (mta-deadline.ts) and the AUTH failures
+ * counts (ingress-anvil.ts), the deadlines bytes do not reset (ingress-deadline.ts) and the AUTH failures
  * of each session.
  *
  * Takes: smtp-server's connection objects and sockets (through `WatchedServer`), session ids from
@@ -14,11 +14,11 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
-import { Anvil, clientKey, isExempt } from './mta-anvil.js';
-import type { Config } from './mta-config-schema.js';
-import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
-import type { Policy } from './mta-policy.js';
-import { REPLIES, type SmtpReply } from '../base/base-reply.js';
+import { Anvil, clientKey, isExempt } from './ingress-anvil.js';
+import type { Config } from '../mta-config-schema.js';
+import { SlowClientGuard, type DeadlineBreach } from './ingress-deadline.js';
+import type { Policy } from './ingress-policy.js';
+import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
 /** What smtp-server's connection object offers that the guards need. */
 export interface Connection {
