@@ -39,16 +39,25 @@ export const REPLIES = {
   dataTooSlow: reply(421, '4.4.2', 'timeout: message data arriving too slowly, closing connection'),
 } as const;
 
+/** The message is durable in the queue (RFC 5321 4.2.5: the 250 is sent only then). */
+export const queued = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: queued as ${queueId}`);
+
+/** A proxied message held in quarantine: its client learns that no destination has seen it. */
+export const heldInQuarantine = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: held in quarantine as ${queueId}`);
+
 /** Structure past Ichidan's own limits (limits.maxHeaderSize …): a media error, RFC 3463 X.6.0. */
 export const structureRefused = (why: string): SmtpReply => reply(550, '5.6.0', `message refused: ${why}`);
 
 /** An engine could not judge the message (a limit of its own, MIME it cannot parse): a security refusal. */
 export const notFullyScanned = (why: string): SmtpReply => reply(550, '5.7.1', `message refused: content could not be fully scanned (${why})`);
 
+/** A reply as smtp-server's DATA callback takes a success message: the text after the code. */
+export const replyText = (r: SmtpReply): string => `${r.enhanced} ${r.text}`;
+
 export type SmtpError = Error & { responseCode: number };
 
 export function toSmtpError(r: SmtpReply): SmtpError {
-  const err = new Error(`${r.enhanced} ${r.text}`) as SmtpError;
+  const err = new Error(replyText(r)) as SmtpError;
   err.responseCode = r.code;
   return err;
 }

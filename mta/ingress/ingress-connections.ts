@@ -4,7 +4,7 @@
  * of each session.
  *
  * Takes: smtp-server's connection objects and sockets (through `WatchedServer`), session ids from
- * the listener's callbacks, the current runtime's config and policy. Gives: the refusals at connect
+ * the listener's callbacks, the current snapshot's config and policy. Gives: the refusals at connect
  * (421 4.7.0) and MAIL FROM (450 4.7.1), and ends a connection past a deadline with 421 4.4.2 (the
  * DATA stream being read is destroyed first, so the transaction ends too). Every entry is removed
  * when smtp-server reports the session closed, and an AUTH answer still held back is dropped.
@@ -57,13 +57,13 @@ export class ConnectionTable {
 
   constructor(
     private readonly listener: string,
-    private readonly runtime: () => { config: Config; policy: Policy },
+    private readonly snapshot: () => { config: Config; policy: Policy },
     private readonly log: Logger,
   ) {}
 
   /** A socket smtp-server has just wrapped: its deadlines start now, before the greeting. */
   watch(connection: Connection, socket: Socket): void {
-    const guard = new SlowClientGuard(() => this.runtime().config.limits, (breach) => this.#breach(connection, breach));
+    const guard = new SlowClientGuard(() => this.snapshot().config.limits, (breach) => this.#breach(connection, breach));
     this.#open.set(connection.id, { connection, guard, authFailures: 0, data: null, penalty: null });
     guard.watch(socket);
   }
@@ -74,14 +74,14 @@ export class ConnectionTable {
   }
 
   exempt(address: string): boolean {
-    const { config, policy } = this.runtime();
+    const { config, policy } = this.snapshot();
     return isExempt(address, config, policy);
   }
 
   /** The per-address limits at connect: null to greet the client, else the 421. */
   admit(session: SMTPServerSession): SmtpReply | null {
     if (this.exempt(session.remoteAddress)) return null;
-    const limits = this.runtime().config.limits.client;
+    const limits = this.snapshot().config.limits.client;
     const key = clientKey(session.remoteAddress, limits.ipv6Prefix);
     const refusal = this.#anvil.connect(key, limits);
     if (refusal) {
@@ -95,7 +95,7 @@ export class ConnectionTable {
   /** The message rate at MAIL FROM: null to go on, else the 450. */
   mail(session: SMTPServerSession): SmtpReply | null {
     if (this.exempt(session.remoteAddress)) return null;
-    const limits = this.runtime().config.limits.client;
+    const limits = this.snapshot().config.limits.client;
     return this.#anvil.mail(clientKey(session.remoteAddress, limits.ipv6Prefix), limits);
   }
 

@@ -8,61 +8,36 @@
  * Per connection (ingress-connections.ts): the per-address limits at connect and MAIL FROM, the
  * deadlines bytes do not reset, the AUTH penalties (ingress-auth.ts); the envelope's bytes
  * (ingress-envelope.ts).
- * Per transaction: the runtime snapshot (config, policy, engines) current at MAIL FROM is kept to
- * the end of that transaction.
+ * Per transaction: the config snapshot (config, policy, engines) current at MAIL FROM is kept to
+ * the end of that transaction; its DATA goes through the accept step (queue/accept/accept-step.ts),
+ * which this adapter gives the envelope, the Received field (ingress-received.ts) and the DATA
+ * deadline (limits.dataTimeout: 421 4.4.2 and the connection closed).
  */
-import { open } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
-import { spoolMessage, type EngineSet, type ScanContext } from '../../engines/index.js';
-import { runRecord, scanRecord, type ScanRecord } from '../../engines/engines-records.js';
-import type { Queue, NewRecipient, SpoolWriter } from '../../queue/index.js';
-import { stripRuleText } from '../../queue/queue-headers.js';
+import { REPLIES, replyText, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
+import type { Queue, NewRecipient } from '../../queue/index.js';
+import { acceptMessage, type AcceptInput } from '../../queue/accept/accept-step.js';
+import type { ListenerConfig, Config } from '../mta-config-schema.js';
+import type { Snapshot } from '../mta-snapshot.js';
 import type { AuthGuard } from './ingress-auth.js';
-import type { Config, ListenerConfig } from '../mta-config-schema.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
-import { receiveInto } from '../../queue/accept/accept-receive.js';
-import { isStorageError } from '../../base/base-errors.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
-import type { Policy } from './ingress-policy.js';
 import { buildReceived } from './ingress-received.js';
-import { REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { TlsMaterial } from './ingress-tls.js';
 
-/** What a transaction borrows for its whole life; replaced as a whole on reload. */
-export interface Runtime {
-  generation: number;
-  config: Config;
-  policy: Policy;
-  engines: EngineSet;
-  reverse: ((ip: string) => Promise<string[]>) | null;
-  /** A transaction takes a use at MAIL FROM and gives it back when it ends (engines drain on it). */
-  retain(): void;
-  release(): void;
-}
-
+/** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
 interface Transaction {
-  runtime: Runtime;
+  snapshot: Snapshot;
   recipients: Map<string, NewRecipient>;
 }
 
 type Callback = (err?: Error | null) => void;
 
-/**
- * One header field, safe to put in front of a message: its lines (folded with CRLF + white
- * space as the engine folded them) without control characters, no line left blank, every
- * continuation starting with white space — engine output can never start a second field or end
- * the header section.
- */
-export function headerField(text: string): string {
-  const lines = text.split(/\r\n|\r|\n/).map((l) => l.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, ' ')).filter((l, i) => i === 0 || l.trim() !== '');
-  return lines.map((l, i) => (i === 0 || /^[ \t]/.test(l) ? l : ` ${l}`)).join('\r\n') + '\r\n';
-}
-
 export interface ListenerDeps {
-  runtime: () => Runtime;
+  snapshot: () => Snapshot;
   queue: Queue;
   tls: TlsMaterial;
   log: Logger;
@@ -76,10 +51,10 @@ export class Listener {
   readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
-    const rt = deps.runtime();
+    const rt = deps.snapshot();
     const cfg = rt.config;
     const submission = spec.role === 'submission';
-    this.#connections = new ConnectionTable(spec.name, deps.runtime, deps.log);
+    this.#connections = new ConnectionTable(spec.name, deps.snapshot, deps.log);
     const options: SMTPServerOptions & { greetingDelay: number } = {
       name: cfg.hostname,
       banner: 'Ichidan',
@@ -159,7 +134,7 @@ export class Listener {
   }
 
   #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
-    const { config } = this.deps.runtime();
+    const { config } = this.deps.snapshot();
     const where = { listener: this.spec.name, client: session.remoteAddress, user: auth.username };
     this.deps.auth.authenticate({
       username: auth.username ?? '', password: auth.password ?? '', address: session.remoteAddress,
@@ -184,10 +159,10 @@ export class Listener {
   }
 
   #onMailFrom(badAddress: SmtpReply | null, declaredSize: number, session: SMTPServerSession, cb: Callback): void {
-    const runtime = this.deps.runtime();
+    const snapshot = this.deps.snapshot();
     const refusal = this.#connections.mail(session)
       ?? badAddress
-      ?? runtime.policy.checkSender(this.#client(session))
+      ?? snapshot.policy.checkSender(this.#client(session))
       // Below queue.minFree new mail waits (RFC 5321 4.2.2: 452), so the queue keeps room for outcomes.
       ?? (this.deps.queue.lowOnSpace(declaredSize) ? REPLIES.storageFull : null);
     if (refusal) {
@@ -195,8 +170,8 @@ export class Listener {
       return cb(toSmtpError(refusal));
     }
     this.#endTransaction(session);
-    runtime.retain();
-    this.#tx.set(session, { runtime, recipients: new Map() });
+    snapshot.retain();
+    this.#tx.set(session, { snapshot, recipients: new Map() });
     cb();
   }
 
@@ -205,15 +180,15 @@ export class Listener {
     const tx = this.#tx.get(session);
     if (!tx) return;
     this.#tx.delete(session);
-    tx.runtime.release();
+    tx.snapshot.release();
   }
 
   #onRcptTo(address: string, badAddress: SmtpReply | null, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
     const tx = this.#tx.get(session);
     if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
     if (badAddress) return cb(toSmtpError(badAddress));
-    if (tx.recipients.size >= tx.runtime.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
-    const decision = tx.runtime.policy.checkRecipient(address, this.#client(session));
+    if (tx.recipients.size >= tx.snapshot.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
+    const decision = tx.snapshot.policy.checkRecipient(address, this.#client(session));
     if (!decision.ok) {
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
       return cb(toSmtpError(decision.reply));
@@ -229,158 +204,53 @@ export class Listener {
   async #onData(stream: Readable, session: SMTPServerSession, cb: (err: Error | null, message?: string) => void): Promise<void> {
     const tx = this.#tx.get(session);
     this.#tx.delete(session);
-    const fail = (r: SmtpReply) => cb(toSmtpError(r));
     if (!tx) {
       stream.resume();
-      return fail(REPLIES.localError);
+      return cb(toSmtpError(REPLIES.localError));
     }
     try {
-      await this.#receive(stream, session, tx, cb);
+      const { reply } = await acceptMessage(this.#acceptInput(stream, session, tx), this.deps.queue, this.deps.log);
+      if (reply.code < 400) cb(null, replyText(reply));
+      else cb(toSmtpError(reply));
     } finally {
-      tx.runtime.release();
+      tx.snapshot.release();
     }
   }
 
-  async #receive(stream: Readable, session: SMTPServerSession, tx: Transaction, cb: (err: Error | null, message?: string) => void): Promise<void> {
-    const fail = (r: SmtpReply) => cb(toSmtpError(r));
-    const { config } = tx.runtime;
-    if (this.deps.queue.lowOnSpace()) {
-      stream.resume();
-      return fail(REPLIES.storageFull);
-    }
-    let writer;
-    try {
-      writer = await this.deps.queue.createWriter();
-    } catch (err) {
-      this.deps.log.error({ err }, 'cannot create a spool file');
-      stream.resume();
-      return fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
-    }
-    const timer = setTimeout(() => {
-      stream.destroy(new Error('DATA timeout'));
-      this.#dropConnection(session.id, REPLIES.dataTimeout);
-    }, config.limits.dataTimeout);
-    this.#connections.dataStarted(session.id, stream);
-    let received;
-    try {
-      received = await receiveInto(stream, writer, config.limits);
-    } catch (err) {
-      await writer.discard().catch((e) => this.deps.log.error({ err: e, qid: writer.id }, 'could not remove an incomplete message'));
-      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, err: (err as Error).message }, 'DATA not completed');
-      return fail(REPLIES.dataTimeout);
-    } finally {
-      clearTimeout(timer);
-      this.#connections.dataEnded(session.id);
-    }
-    const refuse = async (r: SmtpReply, why: string) => {
-      await writer.discard().catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not remove a refused message'));
-      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, bytes: received.bytes, reply: `${r.code} ${r.enhanced}` }, why);
-      fail(r);
-    };
-    if (received.oversized) return refuse(REPLIES.tooBig, 'message too big');
-    if (received.bareLineEnding) return refuse(REPLIES.badLineEndings, 'bare CR or LF in message data');
-    if (received.nul && !config.limits.allowNul) return refuse(REPLIES.nulInData, 'NUL in message data');
-    if (received.writeError) {
-      this.deps.log.error({ err: received.writeError, qid: writer.id }, 'spool write failed');
-      return refuse(isStorageError(received.writeError) ? REPLIES.storageFull : REPLIES.localError, 'spool write failed');
-    }
-
-    try {
-      await this.#queueMessage(session, tx, writer, received.bytes, received.structure, cb);
-    } catch (err) {
-      // Anything unexpected after the data arrived: the client still gets an answer, nothing is kept.
-      this.deps.log.error({ err, qid: writer.id }, 'could not process the message');
-      await writer.discard().catch(() => undefined);
-      fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
-    }
-  }
-
-  /** `structure`: the structure limit the message passes (null: none), judged with the engines' verdict. */
-  async #queueMessage(session: SMTPServerSession, tx: Transaction, writer: SpoolWriter, bytes: number, structure: string | null, cb: (err: Error | null, message?: string) => void): Promise<void> {
-    const { config } = tx.runtime;
-    const fail = (r: SmtpReply) => cb(toSmtpError(r));
+  /** The transaction as the accept step takes it: the envelope, the Received field, the DATA deadline. */
+  #acceptInput(stream: Readable, session: SMTPServerSession, tx: Transaction): AcceptInput & { mode: 'queue' } {
+    const { config } = tx.snapshot;
     const env = session.envelope as typeof session.envelope & { bodyType?: string; smtpUtf8?: boolean; dsn?: { ret?: string; envid?: string } };
     const recipients = [...tx.recipients.values()];
-    const sender = env.mailFrom ? env.mailFrom.address : '';
-    const context: ScanContext = {
-      queueId: writer.id, client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
+    return {
+      mode: 'queue',
+      stream,
+      envelope: {
+        sender: env.mailFrom ? env.mailFrom.address : '', recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
+        smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
+        client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
+        authUser: this.#client(session).authUser, listener: this.spec.name,
+      },
       clientName: session.clientHostname && !session.clientHostname.startsWith('[') ? session.clientHostname : null,
-      sender, recipients: recipients.map((r) => r.address), authUser: this.#client(session).authUser,
-      tenants: [...new Set(recipients.map((r) => r.tenant))],
-    };
-    let extraHeaders = '';
-    let quarantine: string | null = null;
-    let strip: string | null = null;
-    let scan: ScanRecord | undefined;
-    let markRecorded = () => undefined as void;
-    const recorded = new Promise<void>((resolve) => { markRecorded = resolve; });
-    try {
-      if (tx.runtime.engines.size > 0 || structure !== null) {
-        // The engines read the file (or the bytes kept in memory): every chunk must have reached it.
-        await writer.flush();
-        if (writer.bytes !== bytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${writer.bytes} of ${bytes} bytes`), { code: 'EIO' });
-        // A message not kept in memory is read through one handle, which outlives the file's removal
-        // (a refused message, or one delivered before a shadow engine has finished).
-        const handle = writer.kept ? null : await open(writer.path, 'r');
-        let decision;
-        try {
-          decision = await tx.runtime.engines.scan(spoolMessage(writer.path, bytes, writer.kept, handle ?? undefined), context, AbortSignal.timeout(config.limits.dataTimeout), structure);
-        } catch (err) {
-          await handle?.close();
-          throw err;
-        }
-        let record: ScanRecord | undefined;
-        if (decision.late) {
-          // Shadow engines still scanning keep the snapshot (and the handle) until they end; their
-          // runs are added once the message's own record is written.
-          const { late } = decision;
-          const runtime = tx.runtime;
-          runtime.retain();
-          void recorded.then(() => late).then((runs) => { if (record) this.deps.queue.recordLateRuns(record, runs.map(runRecord)); })
-            .catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not record late scans'))
-            .finally(() => {
-              runtime.release();
-              handle?.close().catch(() => undefined);
-            });
-        } else {
-          await handle?.close();
-        }
-        const { verdict } = decision;
-        scan = record = scanRecord(writer.id, context.tenants!, decision, Date.now(), tx.runtime.generation);
-        this.deps.log.info({
-          qid: writer.id, listener: this.spec.name, verdict: verdict.action, reason: verdict.reason, ms: scan.ms,
-          engines: scan.runs.map((r) => `${r.engine}:${r.status}${r.error ? `(${r.error})` : ''}`).join(' '),
-        }, 'scanned');
-        if (decision.reply) {
-          await writer.discard().catch((err) => this.deps.log.error({ err, qid: writer.id }, 'could not remove a refused message'));
-          this.deps.queue.recordScan(scan);
-          return fail(decision.reply);
-        }
-        if (verdict.action === 'quarantine') quarantine = verdict.reason;
-        extraHeaders = verdict.headers.map(headerField).join('');
-        // The sender's own copies of what Ichidan now says (and anything claiming to be this host's) are left out at delivery.
-        const ours = new Set(verdict.headers.map((h) => h.slice(0, h.indexOf(':')).trim().toLowerCase()).filter((n) => n !== 'authentication-results'));
-        strip = stripRuleText([...ours, 'x-ichidan-*', `authentication-results=${config.hostname.toLowerCase()}`], verdict.subjectTag);
-      }
-      const trace = buildReceived({
-        session, hostname: config.hostname, queueId: writer.id, listener: this.spec.name,
+      snapshot: tx.snapshot,
+      limits: config.limits,
+      hostname: config.hostname,
+      trace: (queueId) => buildReceived({
+        session, hostname: config.hostname, queueId, listener: this.spec.name,
         recipient: recipients.length === 1 ? recipients[0].address : null, now: new Date(),
-      }) + extraHeaders;
-      try {
-        const id = await this.deps.queue.accept(writer, {
-          sender, recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
-          smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
-          client: session.remoteAddress, helo: context.helo, authUser: context.authUser, listener: this.spec.name, trace, quarantine, strip,
-        }, bytes, scan);
-        this.deps.log.info({ qid: id, listener: this.spec.name, client: session.remoteAddress, sender, recipients: recipients.length, size: bytes, ...(quarantine ? { quarantine } : {}) }, quarantine ? 'quarantined' : 'queued');
-        cb(null, `2.0.0 Ok: queued as ${id}`);
-      } catch (err) {
-        this.deps.log.error({ err, qid: writer.id }, 'could not store the message');
-        fail(isStorageError(err) ? REPLIES.storageFull : REPLIES.localError);
-      }
-    } finally {
-      markRecorded();
-    }
+      }),
+      receiving: () => {
+        const timer = setTimeout(() => {
+          stream.destroy(new Error('DATA timeout'));
+          this.#dropConnection(session.id, REPLIES.dataTimeout);
+        }, config.limits.dataTimeout);
+        this.#connections.dataStarted(session.id, stream);
+        return () => {
+          clearTimeout(timer);
+          this.#connections.dataEnded(session.id);
+        };
+      },
+    };
   }
 
   /** Ends a session whose DATA phase ran past limits.dataTimeout. */
