@@ -34,18 +34,11 @@ import type { ScanRecord } from '../../engines/engines-records.js';
 import type { AcceptedEnvelope, Queue } from '../index.js';
 import type { SpoolWriter } from '../queue-spool.js';
 import { receiveInto, type ReceiveResult } from './accept-receive.js';
-import type { StructureLimits } from './accept-structure.js';
+import type { AcceptLimits } from './accept-config.js';
 import { verdictFields, verdictStripRule } from './accept-headers.js';
 import { scanSpooled, type ScanSnapshot } from './accept-scan.js';
 
 export type { ScanSnapshot } from './accept-scan.js';
-
-export interface AcceptLimits extends StructureLimits {
-  maxMessageSize: number;
-  /** Bounds the scan (the data's own deadline is the caller's: `receiving`). */
-  dataTimeout: number;
-  allowNul: boolean;
-}
 
 export interface AcceptInput {
   mode: 'queue' | 'relay';
@@ -55,6 +48,7 @@ export interface AcceptInput {
   clientName: string | null;
   /** The snapshot the transaction borrowed: its engines scan the message; a use is held while they do. */
   snapshot: ScanSnapshot;
+  /** limits.dataTimeout bounds the scan here; the data's own deadline is the caller's (`receiving`). */
   limits: AcceptLimits;
   /** The name Ichidan receives as: its own Authentication-Results are stripped from the sender's copy. */
   hostname: string;
