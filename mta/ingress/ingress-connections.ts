@@ -18,7 +18,7 @@ import { Anvil, clientKey, isExempt } from './ingress-anvil.js';
 import type { Config } from '../mta-config-schema.js';
 import { SlowClientGuard, type DeadlineBreach } from './ingress-deadline.js';
 import type { Policy } from './ingress-policy.js';
-import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
+import { REPLIES, replyText, type SmtpReply } from '../../base/base-reply.js';
 
 /** What smtp-server's connection object offers that the guards need. */
 export interface Connection {
@@ -154,7 +154,7 @@ export class ConnectionTable {
     // The breach may come before the DATA handler reads the stream: its error must have a listener.
     data?.once('error', () => undefined);
     data?.destroy(new Error('DATA too slow'));
-    connection.send(r.code, `${r.enhanced} ${r.text}`);
+    connection.send(r.code, replyText(r));
     connection.close();
   }
 }

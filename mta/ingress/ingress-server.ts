@@ -185,7 +185,7 @@ export class Listener {
 
   #onRcptTo(address: string, badAddress: SmtpReply | null, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
     const tx = this.#tx.get(session);
-    if (!tx) return cb(toSmtpError({ code: 503, enhanced: '5.5.1', text: 'need MAIL command' }));
+    if (!tx) return cb(toSmtpError(REPLIES.needMail));
     if (badAddress) return cb(toSmtpError(badAddress));
     if (tx.recipients.size >= tx.snapshot.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
     const decision = tx.snapshot.policy.checkRecipient(address, this.#client(session));
@@ -259,7 +259,7 @@ export class Listener {
     for (const c of connections) {
       if (c.id !== sessionId) continue;
       this.deps.log.info({ listener: this.spec.name, session: sessionId }, 'DATA phase timed out');
-      c.send(r.code, `${r.enhanced} ${r.text}`);
+      c.send(r.code, replyText(r));
       c.close();
     }
   }
