@@ -1,9 +1,10 @@
 /*
  * SMTP replies as values, and the one place that turns them into what smtp-server expects.
  *
- * Every refusal Ichidan gives is an `SmtpReply { code, enhanced, text }` from this catalogue
- * (RFC 5321 codes, RFC 3463 enhanced codes); `toSmtpError` makes the Error whose `responseCode`
- * smtp-server sends. Internal failures never reach the peer as text: they go to the log and the
+ * Every reply Ichidan itself gives to a client is an `SmtpReply { code, enhanced, text }` from this
+ * catalogue (RFC 5321 codes, RFC 3463 enhanced codes): the fixed ones in `REPLIES`, the ones that
+ * carry a detail as the functions below it. `toSmtpError` makes the Error whose `responseCode`
+ * smtp-server sends; `replyText` the text of a success. Internal failures never reach the peer as text: they go to the log and the
  * peer gets the bland, correct reply for the situation.
  */
 export interface SmtpReply {
@@ -37,18 +38,36 @@ export const REPLIES = {
   authTooManyFailures: reply(421, '4.7.0', 'too many failed authentication attempts, closing connection'),
   commandDeadline: reply(421, '4.4.2', 'timeout: command line not complete in time, closing connection'),
   dataTooSlow: reply(421, '4.4.2', 'timeout: message data arriving too slowly, closing connection'),
+  needMail: reply(503, '5.5.1', 'need MAIL command'),
+  scanTempfail: reply(451, '4.7.1', 'message could not be scanned now, try again later'),
+  spam: reply(550, '5.7.1', 'message refused as spam'),
 } as const;
+
+/** The message is durable in the queue (RFC 5321 4.2.5: the 250 is sent only then). */
+export const queued = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: queued as ${queueId}`);
+
+/** A proxied message held in quarantine: its client learns that no destination has seen it. */
+export const heldInQuarantine = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: held in quarantine as ${queueId}`);
 
 /** Structure past Ichidan's own limits (limits.maxHeaderSize …): a media error, RFC 3463 X.6.0. */
 export const structureRefused = (why: string): SmtpReply => reply(550, '5.6.0', `message refused: ${why}`);
 
+/** An engine found a virus (its signature's name, made printable by the caller). */
+export const virusFound = (signature: string): SmtpReply => reply(550, '5.7.1', `message refused: virus found (${signature})`);
+
+/** A policy or sender-authentication rule refused the message (the rule's own words). */
+export const contentRefused = (why: string): SmtpReply => reply(550, '5.7.1', `message refused: ${why}`);
+
 /** An engine could not judge the message (a limit of its own, MIME it cannot parse): a security refusal. */
 export const notFullyScanned = (why: string): SmtpReply => reply(550, '5.7.1', `message refused: content could not be fully scanned (${why})`);
+
+/** A reply as smtp-server's DATA callback takes a success message: the text after the code. */
+export const replyText = (r: SmtpReply): string => `${r.enhanced} ${r.text}`;
 
 export type SmtpError = Error & { responseCode: number };
 
 export function toSmtpError(r: SmtpReply): SmtpError {
-  const err = new Error(`${r.enhanced} ${r.text}`) as SmtpError;
+  const err = new Error(replyText(r)) as SmtpError;
   err.responseCode = r.code;
   return err;
 }

@@ -8,7 +8,7 @@
  *   snapshots is the same instance (its breaker, version and connections carry over); a changed
  *   one is a new instance; a removed one stays usable by the snapshots that still name it.
  * Drain: every snapshot holds a use of each of its engines; a transaction holds its snapshot from
- *   MAIL FROM to its end (mta-server.ts). When the last snapshot naming an instance is released —
+ *   MAIL FROM to its end (mta/ingress/ingress-server.ts). When the last snapshot naming an instance is released —
  *   so no transaction can still scan with it — the instance is closed.
  * Events: breaker transitions and switch changes go to `onEvent` (logged, counted and stored by
  *   the caller).

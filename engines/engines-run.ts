@@ -24,7 +24,7 @@
  * is computed from its own engines with its own policy, and the strongest verdict answers DATA —
  * one transaction gets one reply.
  */
-import { notFullyScanned, reply, structureRefused, type SmtpReply } from '../base/base-reply.js';
+import { contentRefused, notFullyScanned, REPLIES, structureRefused, virusFound, type SmtpReply } from '../base/base-reply.js';
 import { errorResult, unscannableResult, type Engine, type EngineKind, type EngineResult, type ScanContext, type ScanMessage } from './engine.js';
 import type { Admission } from './engines-breaker.js';
 import type { CommonOptions } from './engines-common.js';
@@ -65,15 +65,15 @@ const SAFE = /[^\x20-\x7e]/g;
 const printable = (s: string, max = 160) => s.replace(SAFE, '?').slice(0, max);
 
 export function replyFor(verdict: Verdict): SmtpReply | null {
-  if (verdict.action === 'tempfail') return reply(451, '4.7.1', 'message could not be scanned now, try again later');
+  if (verdict.action === 'tempfail') return REPLIES.scanTempfail;
   if (verdict.action !== 'reject') return null;
   const virus = /^virus (\S+) found/.exec(verdict.reason);
-  if (virus) return reply(550, '5.7.1', `message refused: virus found (${printable(virus[1], 100)})`);
-  if (verdict.reason.startsWith('spam')) return reply(550, '5.7.1', 'message refused as spam');
+  if (virus) return virusFound(printable(virus[1], 100));
+  if (verdict.reason.startsWith('spam')) return REPLIES.spam;
   if (verdict.reason.startsWith(STRUCTURE_REASON)) return structureRefused(printable(verdict.reason.slice(STRUCTURE_REASON.length)));
   if (verdict.reason.startsWith(UNSCANNABLE_REASON)) return notFullyScanned(printable(verdict.reason.slice(UNSCANNABLE_REASON.length), 120));
   const rule = /^(?:policy|auth) [^:]+: (.*)$/.exec(verdict.reason);
-  return reply(550, '5.7.1', `message refused: ${printable(rule ? rule[1] : verdict.reason)}`);
+  return contentRefused(printable(rule ? rule[1] : verdict.reason));
 }
 
 /** Resolves (never rejects) with a timeout result when `signal` aborts. */

@@ -4,7 +4,7 @@
  *
  * Takes: the runs (engine name, kind, shadow, weight, onError, and its result or why it did not
  *   run), a `VerdictPolicy` (engines-config.ts), and what Ichidan's own structure check found
- *   (mta-structure.ts: a header block, header count, MIME depth or part count past `limits`).
+ *   (queue/accept/accept-structure.ts: a header block, header count, MIME depth or part count past `limits`).
  * Gives: accept / tag / quarantine / reject / tempfail, the reason in words, and the header lines
  *   to add (X-Virus-Scanned, X-Spam-Status, X-Spam-Flag, Authentication-Results, X-Ichidan-*).
  *

@@ -5,7 +5,7 @@
  *   optionally a reader of proxied connections' original destination (tests on loopback).
  * Gives: `Ichidan.start`, which secures the data folder, opens and reconciles the queue (which
  *   delivers through `delivery/`), starts the admin API (admin/), the config watcher
- *   (mta-reload.ts), the SMTP listeners (mta-server.ts, mail accepted into `queue/` after
+ *   (mta-reload.ts), the SMTP listeners (ingress/, mail accepted into `queue/` after
  *   `engines/` had their say) and the transparent proxy listeners (proxy/); `reconfigure`, which
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
  *   close the queue. Metrics are registered in mta-metrics.ts.
@@ -25,20 +25,21 @@ import { Egress, SessionCache, StsPolicyCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
 import { adminSocket, ConfigHandle } from './mta-config.js';
-import { Policy } from './mta-policy.js';
+import { Policy } from './ingress/ingress-policy.js';
 import { AdminServer } from './admin/admin-server.js';
-import { AuthGuard } from './mta-auth.js';
-import { PasswordVerifier } from './mta-auth-hash.js';
+import { AuthGuard } from './ingress/ingress-auth.js';
+import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { processMetrics } from './mta-metrics.js';
 import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
-import { Listener, type Runtime } from './mta-server.js';
+import { Listener } from './ingress/ingress-server.js';
+import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from './proxy/proxy-origdst.js';
 import type { ProxyDeps } from './proxy/proxy-session.js';
-import { RELAY_TENANT } from './mta-policy.js';
+import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
-import { LineEndingGuard } from './mta-data.js';
-import { loadTlsMaterial } from './mta-tls.js';
+import { LineEndingGuard } from '../queue/accept/accept-receive.js';
+import { loadTlsMaterial } from './ingress/ingress-tls.js';
 import { secureDataDir } from './mta-datadir.js';
 
 export interface BoundListener {
@@ -48,7 +49,7 @@ export interface BoundListener {
   port: number;
 }
 
-function buildRuntime(generation: number, config: Config, host: EngineHost, log: Logger): Runtime {
+function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger): Snapshot {
   const resolver = createResolver(config);
   const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
   // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
@@ -70,7 +71,7 @@ function buildRuntime(generation: number, config: Config, host: EngineHost, log:
 
 export class Ichidan {
   readonly #handle: ConfigHandle;
-  #runtime: Runtime;
+  #snapshot: Snapshot;
   readonly #listeners: Listener[] = [];
   readonly #proxies: ProxyListener[] = [];
   readonly #proxyOutbound = new Set<string>();
@@ -95,15 +96,15 @@ export class Ichidan {
       queue.records.recordEngineEvent(e);
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
-    this.#runtime = buildRuntime(1, config, this.engines, log);
+    this.#snapshot = buildSnapshot(1, config, this.engines, log);
   }
 
   get config(): Config {
-    return this.#runtime.config;
+    return this.#snapshot.config;
   }
 
   get generation(): number {
-    return this.#runtime.generation;
+    return this.#snapshot.generation;
   }
 
   /**
@@ -131,7 +132,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { runtime: () => app.#runtime, queue, tls, log, auth });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -149,16 +150,16 @@ export class Ichidan {
     }
     const proxy = new ProxyListener(spec, {
       config: () => this.config,
-      policy: () => this.#runtime.policy,
+      policy: () => this.#snapshot.policy,
       tenantOf: (address) => {
-        const policy = this.#runtime.policy;
+        const policy = this.#snapshot.policy;
         return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
       },
       session: (config) => this.#proxyDeps(config),
       scanner: (tenant) => {
-        const runtime = this.#runtime;
-        if (!proxyScans(runtime.config.proxy.scan, tenant) || runtime.engines.size === 0) return null;
-        return (input) => scanProxied(input, runtime, this.queue, this.log);
+        const snapshot = this.#snapshot;
+        if (!proxyScans(snapshot.config.proxy.scan, tenant) || snapshot.engines.size === 0) return null;
+        return (input) => scanProxied(input, snapshot, this.queue, this.log);
       },
       ownEndpoints: () => this.bound.map((b) => ({ address: b.address, port: b.port })),
       outbound: this.#proxyOutbound,
@@ -212,10 +213,10 @@ export class Ichidan {
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
-    const runtime = buildRuntime(this.#handle.current.generation + 1, config, this.engines, this.log);
+    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log);
     const snap = this.#handle.publish(config);
-    const previous = this.#runtime;
-    this.#runtime = runtime;
+    const previous = this.#snapshot;
+    this.#snapshot = snapshot;
     previous.release();
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
     this.queue.reconfigure(config, egress);
@@ -234,7 +235,7 @@ export class Ichidan {
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
     await this.#passwords?.close();
-    this.#runtime.release();
+    this.#snapshot.release();
     await this.queue.close();
     this.sessions.closeAll();
   }

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../index.js';
 import { RawSmtp } from '../../test/helpers/raw-smtp.js';
 import { SessionCache } from '../../delivery/delivery-cache.js';
-import { Policy } from '../mta-policy.js';
+import { Policy } from '../ingress/ingress-policy.js';
 import { ProxyListener } from './proxy-listener.js';
 import type { ProxyDeps } from './proxy-session.js';
 

@@ -15,8 +15,8 @@
  */
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { domainToASCII } from 'node:url';
-import type { Config } from './mta-config-schema.js';
-import { REPLIES, type SmtpReply } from '../base/base-reply.js';
+import type { Config } from '../mta-config-schema.js';
+import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
 export const RELAY_TENANT = '_relay';
 

@@ -8,7 +8,7 @@
  * otherwise carry a blocked attachment or a virus through as "clean". Ichidan's limits sit below
  * the engines' own, so the message is judged here before any engine can give up on it.
  *
- * Takes: the DATA bytes as they arrive (receiveInto, mta-data.ts), fed to a mailsplit Splitter
+ * Takes: the DATA bytes as they arrive (receiveInto, accept-receive.ts), fed to a mailsplit Splitter
  *   that reads headers and boundaries only; bodies stream through and are dropped. Attached
  *   messages (message/rfc822) are split too, decoded first when mailsplit leaves them as a body
  *   (an attachment, or base64), since scanners and mail clients open those as well. Memory: one

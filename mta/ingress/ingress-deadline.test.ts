@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { SlowClientGuard, type DeadlineBreach, type DeadlineSettings } from './mta-deadline.js';
+import { SlowClientGuard, type DeadlineBreach, type DeadlineSettings } from './ingress-deadline.js';
 
 describe('SlowClientGuard', () => {
   beforeEach(() => { vi.useFakeTimers(); });

@@ -15,9 +15,9 @@
  * Settings: limits.client.*.
  */
 import type { BlockList } from 'node:net';
-import type { Config } from './mta-config-schema.js';
-import { blockListOf, inList, type Policy } from './mta-policy.js';
-import { REPLIES, type SmtpReply } from '../base/base-reply.js';
+import type { Config } from '../mta-config-schema.js';
+import { blockListOf, inList, type Policy } from './ingress-policy.js';
+import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
 const MINUTE = 60_000;
 const MAX_TRACKED = 100_000;

@@ -2,10 +2,10 @@
 // the address and the account (a new connection does not reset it), IPv6 addresses count by their
 // prefix, blocks outlive a flood of other names, and ended entries are swept.
 import { describe, expect, it } from 'vitest';
-import { SWEEP_EVERY } from './mta-anvil.js';
-import { AuthGuard, Expiring, type AuthAttempt } from './mta-auth.js';
-import type { PasswordVerifier } from './mta-auth-hash.js';
-import { parseConfig } from './mta-config.js';
+import { SWEEP_EVERY } from './ingress-anvil.js';
+import { AuthGuard, Expiring, type AuthAttempt } from './ingress-auth.js';
+import type { PasswordVerifier } from './ingress-auth-hash.js';
+import { parseConfig } from '../mta-config.js';
 
 const RIGHT = 'right';
 const verifier = { verify: (password: string) => Promise.resolve(password === RIGHT) } as unknown as PasswordVerifier;

@@ -8,7 +8,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
-import type { Config } from './mta-config-schema.js';
+import type { Config } from '../mta-config-schema.js';
 
 export interface TlsMaterial {
   key: string;

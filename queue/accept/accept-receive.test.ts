@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { LineEndingGuard } from './mta-data.js';
+import { LineEndingGuard } from './accept-receive.js';
 
 function bare(...chunks: string[]): boolean {
   const g = new LineEndingGuard();

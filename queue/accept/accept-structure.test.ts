@@ -1,8 +1,8 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
-import { attachmentMail, EXE, nestedMail, paddingHeaders } from '../test/helpers/padded-mail.js';
-import { StructureCheck, type StructureLimits } from './mta-structure.js';
+import { attachmentMail, EXE, nestedMail, paddingHeaders } from '../../test/helpers/padded-mail.js';
+import { StructureCheck, type StructureLimits } from './accept-structure.js';
 
 const LIMITS: StructureLimits = { maxHeaderSize: 256 * 1024, maxHeaderFields: 1000, maxMimeDepth: 16, maxMimeParts: 500 };
 

@@ -1,8 +1,8 @@
 // Per-client keys and counts: an IPv6 client is one client per /64, so picking new addresses from
 // its prefix does not buy more connections; expired entries are swept without being touched again.
 import { describe, expect, it } from 'vitest';
-import { Anvil, RecentEvents, SWEEP_EVERY, clientKey } from './mta-anvil.js';
-import { parseConfig } from './mta-config.js';
+import { Anvil, RecentEvents, SWEEP_EVERY, clientKey } from './ingress-anvil.js';
+import { parseConfig } from '../mta-config.js';
 
 const limits = (client: Record<string, unknown>) => parseConfig({ limits: { client } }).limits.client;
 

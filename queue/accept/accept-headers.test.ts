@@ -1,6 +1,6 @@
 // The header fields Ichidan puts in front of a message are always well-formed.
 import { describe, expect, it } from 'vitest';
-import { headerField } from './mta-server.js';
+import { headerField } from './accept-headers.js';
 
 describe('headerField', () => {
   it.each([

@@ -27,16 +27,16 @@
  *   keys), swept once a minute; blocks and pending delays until they end, swept likewise. Blocks are
  *   never dropped early: each costs `maxFailures` password checks, which the thread pool
  *   (auth.workers, auth.queue) bounds, so their number is bounded too.
- * Password checks run on the thread pool (mta-auth-hash.ts); a saturated pool gives 454 4.7.0.
+ * Password checks run on the thread pool (ingress-auth-hash.ts); a saturated pool gives 454 4.7.0.
  * An unknown user is checked against a hash nothing matches, so timing tells nothing either.
  * RFC 4954 (AUTH replies), RFC 3463. Settings: auth.*, users, limits.client.ipv6Prefix.
  */
 import { randomBytes } from 'node:crypto';
 import bcrypt from 'bcryptjs';
-import { RecentEvents, SWEEP_EVERY, clientKey } from './mta-anvil.js';
-import type { PasswordVerifier } from './mta-auth-hash.js';
-import type { Config } from './mta-config-schema.js';
-import { REPLIES, type SmtpReply } from '../base/base-reply.js';
+import { RecentEvents, SWEEP_EVERY, clientKey } from './ingress-anvil.js';
+import type { PasswordVerifier } from './ingress-auth-hash.js';
+import type { Config } from '../mta-config-schema.js';
+import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
 /** A hash that no password matches, compared when the user is unknown. */
 const DUMMY_HASH = bcrypt.hashSync(randomBytes(16).toString('hex'), 10);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from './mta-config.js';
-import { Policy, RELAY_TENANT } from './mta-policy.js';
+import { parseConfig } from '../mta-config.js';
+import { Policy, RELAY_TENANT } from './ingress-policy.js';
 
 const policy = new Policy(parseConfig({
   trustedNetworks: ['10.1.0.0/16'],

@@ -1,10 +1,10 @@
 /*
  * One listener's open connections, from the socket's arrival to its close: the per-address
- * counts (mta-anvil.ts), the deadlines bytes do not reset (mta-deadline.ts) and the AUTH failures
+ * counts (ingress-anvil.ts), the deadlines bytes do not reset (ingress-deadline.ts) and the AUTH failures
  * of each session.
  *
  * Takes: smtp-server's connection objects and sockets (through `WatchedServer`), session ids from
- * the listener's callbacks, the current runtime's config and policy. Gives: the refusals at connect
+ * the listener's callbacks, the current snapshot's config and policy. Gives: the refusals at connect
  * (421 4.7.0) and MAIL FROM (450 4.7.1), and ends a connection past a deadline with 421 4.4.2 (the
  * DATA stream being read is destroyed first, so the transaction ends too). Every entry is removed
  * when smtp-server reports the session closed, and an AUTH answer still held back is dropped.
@@ -14,11 +14,11 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
-import { Anvil, clientKey, isExempt } from './mta-anvil.js';
-import type { Config } from './mta-config-schema.js';
-import { SlowClientGuard, type DeadlineBreach } from './mta-deadline.js';
-import type { Policy } from './mta-policy.js';
-import { REPLIES, type SmtpReply } from '../base/base-reply.js';
+import { Anvil, clientKey, isExempt } from './ingress-anvil.js';
+import type { Config } from '../mta-config-schema.js';
+import { SlowClientGuard, type DeadlineBreach } from './ingress-deadline.js';
+import type { Policy } from './ingress-policy.js';
+import { REPLIES, replyText, type SmtpReply } from '../../base/base-reply.js';
 
 /** What smtp-server's connection object offers that the guards need. */
 export interface Connection {
@@ -57,13 +57,13 @@ export class ConnectionTable {
 
   constructor(
     private readonly listener: string,
-    private readonly runtime: () => { config: Config; policy: Policy },
+    private readonly snapshot: () => { config: Config; policy: Policy },
     private readonly log: Logger,
   ) {}
 
   /** A socket smtp-server has just wrapped: its deadlines start now, before the greeting. */
   watch(connection: Connection, socket: Socket): void {
-    const guard = new SlowClientGuard(() => this.runtime().config.limits, (breach) => this.#breach(connection, breach));
+    const guard = new SlowClientGuard(() => this.snapshot().config.limits, (breach) => this.#breach(connection, breach));
     this.#open.set(connection.id, { connection, guard, authFailures: 0, data: null, penalty: null });
     guard.watch(socket);
   }
@@ -74,14 +74,14 @@ export class ConnectionTable {
   }
 
   exempt(address: string): boolean {
-    const { config, policy } = this.runtime();
+    const { config, policy } = this.snapshot();
     return isExempt(address, config, policy);
   }
 
   /** The per-address limits at connect: null to greet the client, else the 421. */
   admit(session: SMTPServerSession): SmtpReply | null {
     if (this.exempt(session.remoteAddress)) return null;
-    const limits = this.runtime().config.limits.client;
+    const limits = this.snapshot().config.limits.client;
     const key = clientKey(session.remoteAddress, limits.ipv6Prefix);
     const refusal = this.#anvil.connect(key, limits);
     if (refusal) {
@@ -95,7 +95,7 @@ export class ConnectionTable {
   /** The message rate at MAIL FROM: null to go on, else the 450. */
   mail(session: SMTPServerSession): SmtpReply | null {
     if (this.exempt(session.remoteAddress)) return null;
-    const limits = this.runtime().config.limits.client;
+    const limits = this.snapshot().config.limits.client;
     return this.#anvil.mail(clientKey(session.remoteAddress, limits.ipv6Prefix), limits);
   }
 
@@ -154,7 +154,7 @@ export class ConnectionTable {
     // The breach may come before the DATA handler reads the stream: its error must have a listener.
     data?.once('error', () => undefined);
     data?.destroy(new Error('DATA too slow'));
-    connection.send(r.code, `${r.enhanced} ${r.text}`);
+    connection.send(r.code, replyText(r));
     connection.close();
   }
 }

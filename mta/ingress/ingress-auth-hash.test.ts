@@ -1,7 +1,7 @@
 // The password thread pool: checks give the right answer off the main thread, and a saturated pool
 // says so at once instead of queueing without bound.
 import { afterEach, describe, expect, it } from 'vitest';
-import { PasswordVerifier } from './mta-auth-hash.js';
+import { PasswordVerifier } from './ingress-auth-hash.js';
 
 const HASH = '$2b$10$TEDCb/Iks/50BtWEkXbvJ.RjnH8OjvAEP5opDiqXfo1cmxivF9mz2'; // "correct horse"
 

@@ -6,9 +6,9 @@ import { PassThrough } from 'node:stream';
 import pino from 'pino';
 import type { SMTPServerSession } from 'smtp-server';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { parseConfig } from './mta-config.js';
-import { ConnectionTable, type Connection } from './mta-connections.js';
-import type { Policy } from './mta-policy.js';
+import { parseConfig } from '../mta-config.js';
+import { ConnectionTable, type Connection } from './ingress-connections.js';
+import type { Policy } from './ingress-policy.js';
 
 describe('ConnectionTable', () => {
   beforeEach(() => { vi.useFakeTimers(); });

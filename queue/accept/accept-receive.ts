@@ -7,13 +7,13 @@
  * can never be read as the end of one message and the start of another (SMTP smuggling,
  * CVE-2023-51764). Write errors (disk full) are remembered and the stream is still read to its
  * end, so the session stays in step with the client. The same bytes go through the structure
- * check (mta-structure.ts: header block, header fields, MIME depth and parts against `limits`)
+ * check (accept-structure.ts: header block, header fields, MIME depth and parts against `limits`)
  * as they arrive, so it costs no second read. NUL bytes are noted (`nul`): the caller refuses
  * them unless limits.allowNul says otherwise.
  */
 import type { Readable } from 'node:stream';
-import type { SpoolWriter } from '../queue/index.js';
-import { StructureCheck, type StructureLimits } from './mta-structure.js';
+import type { SpoolWriter } from '../queue-spool.js';
+import { StructureCheck, type StructureLimits } from './accept-structure.js';
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -97,11 +97,4 @@ export async function receiveInto(stream: Readable, writer: SpoolWriter, limits:
       await checked;
     }
   }
-}
-
-/** Disk full, quota, I/O error or a failing database: the 452 4.3.1 family. */
-export function isStorageError(err: unknown): boolean {
-  const e = err as { code?: string; name?: string };
-  if (e?.code && ['ENOSPC', 'EDQUOT', 'EIO', 'EROFS', 'EMFILE', 'ENFILE'].includes(e.code)) return true;
-  return e?.name === 'SqliteError' || (typeof e?.code === 'string' && e.code.startsWith('SQLITE_'));
 }

@@ -13,7 +13,7 @@
  * RFC 6531, RFC 6532 section 3.2 (UTF-8 only where SMTPUTF8 was given), RFC 3463.
  */
 import { isUtf8 } from 'node:buffer';
-import { REPLIES, type SmtpReply } from '../base/base-reply.js';
+import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
 type Parsed = { rawCommand?: Buffer; args?: Record<string, unknown> | false };
 

@@ -1,0 +1,266 @@
+/*
+ * The SMTP listeners, on smtp-server: this file is the one adapter between smtp-server's
+ * callbacks and Ichidan's policy, queue and engines.
+ *
+ * Per listener: TLS mode (STARTTLS, implicit, none), AUTH PLAIN/LOGIN only on submission and only
+ * once TLS is up, SIZE / PIPELINING / 8BITMIME / SMTPUTF8 / ENHANCEDSTATUSCODES / DSN advertised,
+ * no reverse lookup unless a resolver is configured for it, the greeting delay, the client limit.
+ * Per connection (ingress-connections.ts): the per-address limits at connect and MAIL FROM, the
+ * deadlines bytes do not reset, the AUTH penalties (ingress-auth.ts); the envelope's bytes
+ * (ingress-envelope.ts).
+ * Per transaction: the config snapshot (config, policy, engines) current at MAIL FROM is kept to
+ * the end of that transaction; its DATA goes through the accept step (queue/accept/accept-step.ts),
+ * which this adapter gives the envelope, the Received field (ingress-received.ts) and the DATA
+ * deadline (limits.dataTimeout: 421 4.4.2 and the connection closed).
+ */
+import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import { REPLIES, replyText, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
+import type { Queue, NewRecipient } from '../../queue/index.js';
+import { acceptMessage, type AcceptInput } from '../../queue/accept/accept-step.js';
+import type { ListenerConfig, Config } from '../mta-config-schema.js';
+import type { Snapshot } from '../mta-snapshot.js';
+import type { AuthGuard } from './ingress-auth.js';
+import { ConnectionTable, WatchedServer } from './ingress-connections.js';
+import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
+import { buildReceived } from './ingress-received.js';
+import type { TlsMaterial } from './ingress-tls.js';
+
+/** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
+interface Transaction {
+  snapshot: Snapshot;
+  recipients: Map<string, NewRecipient>;
+}
+
+type Callback = (err?: Error | null) => void;
+
+export interface ListenerDeps {
+  snapshot: () => Snapshot;
+  queue: Queue;
+  tls: TlsMaterial;
+  log: Logger;
+  auth: AuthGuard;
+}
+
+export class Listener {
+  readonly server: WatchedServer;
+  readonly #tx = new WeakMap<SMTPServerSession, Transaction>();
+  readonly #connections: ConnectionTable;
+  readonly #inFlight = new Set<Promise<unknown>>();
+
+  constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
+    const rt = deps.snapshot();
+    const cfg = rt.config;
+    const submission = spec.role === 'submission';
+    this.#connections = new ConnectionTable(spec.name, deps.snapshot, deps.log);
+    const options: SMTPServerOptions & { greetingDelay: number } = {
+      name: cfg.hostname,
+      banner: 'Ichidan',
+      secure: spec.tls === 'implicit',
+      key: deps.tls.key,
+      cert: deps.tls.cert,
+      hideSTARTTLS: spec.tls === 'none',
+      disabledCommands: submission ? (spec.tls === 'none' ? ['STARTTLS'] : []) : (spec.tls === 'none' ? ['AUTH', 'STARTTLS'] : ['AUTH']),
+      authMethods: ['PLAIN', 'LOGIN'],
+      allowInsecureAuth: false,
+      authOptional: true,
+      size: cfg.limits.maxMessageSize,
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: false,
+      disableReverseLookup: !rt.reverse,
+      resolver: rt.reverse ? { reverse: (ip: string, cb: (err: Error | null, names?: string[]) => void) => { rt.reverse!(ip).then((n) => cb(null, n), (e) => cb(e)); } } : undefined,
+      socketTimeout: cfg.limits.commandTimeout,
+      closeTimeout: 30_000,
+      maxClients: spec.maxClients,
+      greetingDelay: spec.greetingDelay,
+      logger: false,
+      // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
+      onConnect: (session, cb) => {
+        const refusal = this.#connections.admit(session);
+        if (refusal) return cb(toSmtpError(refusal));
+        if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
+        cb();
+      },
+      onSecure: (socket, session, cb) => {
+        this.#connections.secured(session.id, socket as Socket);
+        if (submission) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = [];
+        cb();
+      },
+      onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(mailFromRefusal(address), Number((address.args || {}).SIZE ?? 0) || 0, session, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, rcptToRefusal(address, session), (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
+      onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
+      onClose: (session) => this.#closed(session),
+    };
+    this.server = new WatchedServer(options);
+    this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
+    this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
+  }
+
+  listen(): Promise<{ address: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.spec.port, this.spec.address, () => {
+        this.server.removeListener('error', reject);
+        const a = this.server.server.address();
+        resolve(typeof a === 'object' && a ? { address: a.address, port: a.port } : { address: this.spec.address, port: this.spec.port });
+      });
+    });
+  }
+
+  /** A reloaded config: the SIZE limit, the idle timeout and the greeting name apply to new commands and connections. */
+  apply(config: Config): void {
+    const options = this.server.options as SMTPServerOptions;
+    options.size = config.limits.maxMessageSize;
+    options.socketTimeout = config.limits.commandTimeout;
+    options.name = config.hostname;
+  }
+
+  /** Stops accepting, lets open transactions finish (up to closeTimeout), then resolves. */
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.allSettled([...this.#inFlight]);
+  }
+
+  #track<T>(p: Promise<T>): void {
+    this.#inFlight.add(p);
+    p.finally(() => this.#inFlight.delete(p)).catch(() => undefined);
+  }
+
+  #client(session: SMTPServerSession) {
+    return { address: session.remoteAddress, authUser: typeof session.user === 'string' ? session.user : null, role: this.spec.role };
+  }
+
+  #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
+    const { config } = this.deps.snapshot();
+    const where = { listener: this.spec.name, client: session.remoteAddress, user: auth.username };
+    this.deps.auth.authenticate({
+      username: auth.username ?? '', password: auth.password ?? '', address: session.remoteAddress,
+      sessionFailures: this.#connections.authFailures(session.id), exempt: this.#connections.exempt(session.remoteAddress),
+    }, config).then((outcome) => {
+      if (outcome.ok) {
+        this.deps.log.info(where, 'authenticated');
+        return this.#connections.answerLater(session.id, outcome.delayMs, () => cb(null, { user: outcome.user }));
+      }
+      if (outcome.why === 'invalid' || outcome.why === 'blocked') this.#connections.authFailed(session.id);
+      this.deps.log.info({ ...where, reason: outcome.why, failures: this.#connections.authFailures(session.id), delayMs: outcome.delayMs }, 'authentication failed');
+      this.#connections.answerLater(session.id, outcome.delayMs, () => cb(toSmtpError(outcome.reply)));
+    }, (err) => {
+      this.deps.log.error({ err }, 'password check failed');
+      cb(toSmtpError(REPLIES.authUnavailable));
+    });
+  }
+
+  #closed(session: SMTPServerSession): void {
+    this.#endTransaction(session);
+    this.#connections.closed(session.id);
+  }
+
+  #onMailFrom(badAddress: SmtpReply | null, declaredSize: number, session: SMTPServerSession, cb: Callback): void {
+    const snapshot = this.deps.snapshot();
+    const refusal = this.#connections.mail(session)
+      ?? badAddress
+      ?? snapshot.policy.checkSender(this.#client(session))
+      // Below queue.minFree new mail waits (RFC 5321 4.2.2: 452), so the queue keeps room for outcomes.
+      ?? (this.deps.queue.lowOnSpace(declaredSize) ? REPLIES.storageFull : null);
+    if (refusal) {
+      clearMailParameters(session.envelope);
+      return cb(toSmtpError(refusal));
+    }
+    this.#endTransaction(session);
+    snapshot.retain();
+    this.#tx.set(session, { snapshot, recipients: new Map() });
+    cb();
+  }
+
+  /** The transaction of `session` (if any) is over: its snapshot is given back. */
+  #endTransaction(session: SMTPServerSession): void {
+    const tx = this.#tx.get(session);
+    if (!tx) return;
+    this.#tx.delete(session);
+    tx.snapshot.release();
+  }
+
+  #onRcptTo(address: string, badAddress: SmtpReply | null, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
+    const tx = this.#tx.get(session);
+    if (!tx) return cb(toSmtpError(REPLIES.needMail));
+    if (badAddress) return cb(toSmtpError(badAddress));
+    if (tx.recipients.size >= tx.snapshot.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
+    const decision = tx.snapshot.policy.checkRecipient(address, this.#client(session));
+    if (!decision.ok) {
+      this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
+      return cb(toSmtpError(decision.reply));
+    }
+    // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
+    tx.recipients.set(decision.address, {
+      tenant: decision.tenant, address: decision.address, domain: decision.domain,
+      orcpt: dsn?.orcpt ?? null, notify: dsn?.notify?.join(',') ?? null,
+    });
+    cb();
+  }
+
+  async #onData(stream: Readable, session: SMTPServerSession, cb: (err: Error | null, message?: string) => void): Promise<void> {
+    const tx = this.#tx.get(session);
+    this.#tx.delete(session);
+    if (!tx) {
+      stream.resume();
+      return cb(toSmtpError(REPLIES.localError));
+    }
+    try {
+      const { reply } = await acceptMessage(this.#acceptInput(stream, session, tx), this.deps.queue, this.deps.log);
+      if (reply.code < 400) cb(null, replyText(reply));
+      else cb(toSmtpError(reply));
+    } finally {
+      tx.snapshot.release();
+    }
+  }
+
+  /** The transaction as the accept step takes it: the envelope, the Received field, the DATA deadline. */
+  #acceptInput(stream: Readable, session: SMTPServerSession, tx: Transaction): AcceptInput & { mode: 'queue' } {
+    const { config } = tx.snapshot;
+    const env = session.envelope as typeof session.envelope & { bodyType?: string; smtpUtf8?: boolean; dsn?: { ret?: string; envid?: string } };
+    const recipients = [...tx.recipients.values()];
+    return {
+      mode: 'queue',
+      stream,
+      envelope: {
+        sender: env.mailFrom ? env.mailFrom.address : '', recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
+        smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
+        client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
+        authUser: this.#client(session).authUser, listener: this.spec.name,
+      },
+      clientName: session.clientHostname && !session.clientHostname.startsWith('[') ? session.clientHostname : null,
+      snapshot: tx.snapshot,
+      limits: config.limits,
+      hostname: config.hostname,
+      trace: (queueId) => buildReceived({
+        session, hostname: config.hostname, queueId, listener: this.spec.name,
+        recipient: recipients.length === 1 ? recipients[0].address : null, now: new Date(),
+      }),
+      receiving: () => {
+        const timer = setTimeout(() => {
+          stream.destroy(new Error('DATA timeout'));
+          this.#dropConnection(session.id, REPLIES.dataTimeout);
+        }, config.limits.dataTimeout);
+        this.#connections.dataStarted(session.id, stream);
+        return () => {
+          clearTimeout(timer);
+          this.#connections.dataEnded(session.id);
+        };
+      },
+    };
+  }
+
+  /** Ends a session whose DATA phase ran past limits.dataTimeout. */
+  #dropConnection(sessionId: string, r: SmtpReply): void {
+    const connections = (this.server as unknown as { connections: Set<{ id: string; send: (c: number, t: string) => void; close: () => void }> }).connections;
+    for (const c of connections) {
+      if (c.id !== sessionId) continue;
+      this.deps.log.info({ listener: this.spec.name, session: sessionId }, 'DATA phase timed out');
+      c.send(r.code, replyText(r));
+      c.close();
+    }
+  }
+}
