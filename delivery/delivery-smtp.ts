@@ -16,7 +16,7 @@
  */
 import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { quit, type Lease, type PoolLimits, type SessionCache } from './delivery-cache.js';
+import { quit, type Lease, type PoolLimits, type SessionCache } from './smtp/smtp-pool.js';
 import type { NextHop } from './delivery-route.js';
 import { bannerCapSignal, errorSignal, ReplyClock, worse, type Signal } from './delivery-throttle.js';
 import { tlsProblem, type HopTls } from './delivery-tls.js';

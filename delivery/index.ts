@@ -22,7 +22,7 @@
 import type { Logger } from 'pino';
 import type { EgressConfig } from './delivery-config.js';
 import { createResolver, Router } from './delivery-route.js';
-import { SessionCache } from './delivery-cache.js';
+import { SessionCache } from './smtp/smtp-pool.js';
 import { Sites, type SiteInfo } from './delivery-sites.js';
 import type { Signal } from './delivery-throttle.js';
 import { StsPolicyCache } from './delivery-mtasts.js';
@@ -50,7 +50,7 @@ export interface Via {
 export type { SiteInfo } from './delivery-sites.js';
 export type { Signal, SignalKind } from './delivery-throttle.js';
 
-export { SessionCache } from './delivery-cache.js';
+export { SessionCache } from './smtp/smtp-pool.js';
 export { StsPolicyCache } from './delivery-mtasts.js';
 
 export interface EgressShared {

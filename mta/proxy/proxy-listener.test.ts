@@ -3,7 +3,7 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../index.js';
 import { RawSmtp } from '../../test/helpers/raw-smtp.js';
-import { SessionCache } from '../../delivery/delivery-cache.js';
+import { SessionCache } from '../../delivery/smtp/smtp-pool.js';
 import { Policy } from '../mta-policy.js';
 import { ProxyListener } from './proxy-listener.js';
 import type { ProxyDeps } from './proxy-session.js';

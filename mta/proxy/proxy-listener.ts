@@ -37,7 +37,7 @@ import { REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ProxySession, REFUSED_BY_PROXY, type Destination, type ProxyDeps } from './proxy-session.js';
-import type { Reply } from '../../delivery/proxy-client.js';
+import type { Reply } from '../../delivery/smtp/smtp-connection.js';
 
 export interface ScanInput {
   tenant: string;

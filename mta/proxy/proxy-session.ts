@@ -33,13 +33,13 @@ import type { Readable } from 'node:stream';
 import { checkServerIdentity, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Source } from '../../base/base-site.js';
 import type { Dispatch } from '../../queue/queue-scheduler.js';
-import type { Lease, SessionCache } from '../../delivery/delivery-cache.js';
+import type { Lease, SessionCache } from '../../delivery/smtp/smtp-pool.js';
 import type { RouteDecision } from '../../delivery/delivery-route.js';
 import type { SiteInfo } from '../../delivery/delivery-sites.js';
 import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from '../../delivery/delivery-throttle.js';
 import type { HopTls, TlsPlan } from '../../delivery/delivery-tls.js';
 import { Transcript, type TranscriptSink } from '../../delivery/delivery-transcript.js';
-import { replyText, SmtpClient, type Reply } from '../../delivery/proxy-client.js';
+import { replyText, SmtpClient, type Reply } from '../../delivery/smtp/smtp-connection.js';
 
 export interface Destination {
   address: string;

@@ -17,8 +17,8 @@
  */
 import { EventEmitter } from 'node:events';
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
-import type { ReplyClock } from './delivery-throttle.js';
-import type { Transcript } from './delivery-transcript.js';
+import type { ReplyClock } from '../delivery-throttle.js';
+import type { Transcript } from '../delivery-transcript.js';
 
 interface Idle {
   key: string;

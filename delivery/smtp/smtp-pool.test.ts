@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
-import { SessionCache } from './delivery-cache.js';
+import { SessionCache } from './smtp-pool.js';
 
 /** Enough of a connection for the pool: it ends when told to QUIT (after `lag` ms) or closed. */
 function fakeConnection(lag = 0) {

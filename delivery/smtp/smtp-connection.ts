@@ -19,7 +19,7 @@ import { EventEmitter } from 'node:events';
 import { connect as tcpConnect, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
-import type { WireLogger } from './delivery-transcript.js';
+import type { WireLogger } from '../delivery-transcript.js';
 
 export interface Reply {
   code: number;

@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SmtpClient } from './proxy-client.js';
+import { SmtpClient } from './smtp-connection.js';
 
 const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, fatal() {} };
 const servers: Server[] = [];
