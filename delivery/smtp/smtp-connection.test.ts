@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SmtpClient } from './smtp-connection.js';
+import { SmtpConnection } from './smtp-connection.js';
 
 const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, fatal() {} };
 const servers: Server[] = [];
@@ -23,10 +23,11 @@ async function dropsOnQuit(): Promise<number> {
   return (server.address() as { port: number }).port;
 }
 
-describe('proxy SMTP client', () => {
+describe('SMTP connection', () => {
   it('ends QUIT at once when the destination closes without its 221, leaving no reply timer behind', async () => {
     const port = await dropsOnQuit();
-    const client = await SmtpClient.open({ address: '127.0.0.1', port, connectTimeout: 5_000, replyTimeout: 60_000, logger: quiet });
+    const client = new SmtpConnection({ address: '127.0.0.1', port, connectTimeout: 5_000, replyTimeout: 60_000, logger: quiet });
+    await client.connect();
     expect((await client.hello('proxy.test')).code).toBe(250);
     const started = Date.now();
     await client.quit();
@@ -36,7 +37,8 @@ describe('proxy SMTP client', () => {
 
   it('refuses a second command while one still waits for its reply, so replies never pair with the wrong command', async () => {
     const port = await dropsOnQuit();
-    const client = await SmtpClient.open({ address: '127.0.0.1', port, connectTimeout: 5_000, replyTimeout: 60_000, logger: quiet });
+    const client = new SmtpConnection({ address: '127.0.0.1', port, connectTimeout: 5_000, replyTimeout: 60_000, logger: quiet });
+    await client.connect();
     const first = client.command('NOOP');
     await expect(client.command('RSET')).rejects.toMatchObject({ code: 'EBUSY' });
     expect((await first).code).toBe(250);

@@ -30,16 +30,15 @@
  * Network: TCP/TLS to the original destination only.
  */
 import type { Readable } from 'node:stream';
-import { checkServerIdentity, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Source } from '../../base/base-site.js';
 import type { Dispatch } from '../../queue/queue-scheduler.js';
-import type { Lease, SessionCache } from '../../delivery/smtp/smtp-pool.js';
 import type { RouteDecision } from '../../delivery/delivery-route.js';
 import type { SiteInfo } from '../../delivery/delivery-sites.js';
 import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from '../../delivery/delivery-throttle.js';
-import type { HopTls, TlsPlan } from '../../delivery/delivery-tls.js';
+import { checkHopTls, starttlsOptions, tlsRefusal, type TlsPlan } from '../../delivery/delivery-tls.js';
 import { Transcript, type TranscriptSink } from '../../delivery/delivery-transcript.js';
-import { replyText, SmtpClient, type Reply } from '../../delivery/smtp/smtp-connection.js';
+import { replyText, SmtpConnection, type Reply } from '../../delivery/smtp/smtp-connection.js';
+import type { Lease, SmtpPool } from '../../delivery/smtp/smtp-pool.js';
 
 export interface Destination {
   address: string;
@@ -74,7 +73,7 @@ export interface ProxyDeps {
   /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
   outbound: Set<string>;
   /** The pools shared with queued delivery: idle destination sessions, and every connection counted per (site, source). */
-  cache: SessionCache;
+  pool: SmtpPool;
 }
 
 export interface TransactionSummary {
@@ -105,7 +104,7 @@ function tempfail(status: string, detail: string): Reply {
 }
 
 export class ProxySession {
-  #client: SmtpClient | null = null;
+  #client: SmtpConnection | null = null;
   #slot: Slot | null = null;
   /** The source address of the session's last turn (undefined: it has had none). */
   #lastSource: string | null | undefined = undefined;
@@ -305,9 +304,9 @@ export class ProxySession {
    */
   async #reuse(): Promise<boolean> {
     for (;;) {
-      const lease = this.deps.cache.take(this.#poolKey);
+      const lease = this.deps.pool.take(this.#poolKey);
       if (!lease) return false;
-      const client = lease.conn as unknown as SmtpClient;
+      const client = lease.conn;
       this.#transcript = lease.transcript;
       this.#clock = lease.clock;
       this.#client = client;
@@ -323,7 +322,7 @@ export class ProxySession {
   }
 
   /** Back to the pool when the destination is in a known state and has carried fewer than its share; else QUIT. */
-  async #putBack(client: SmtpClient): Promise<void> {
+  async #putBack(client: SmtpConnection): Promise<void> {
     const site = this.#site;
     let usable = !this.#failed && !client.ended && site !== null;
     if (usable && this.#inTransaction) {
@@ -331,9 +330,9 @@ export class ProxySession {
       this.#inTransaction = false;
     }
     if (!usable || !site) return client.quit();
-    const lease: Lease = { conn: client as unknown as Lease['conn'], uses: this.#uses, reused: false, transcript: this.#transcript, clock: this.#clock!, pair: this.#pair };
+    const lease: Lease = { conn: client, uses: this.#uses, reused: false, transcript: this.#transcript, clock: this.#clock!, pair: this.#pair };
     this.#transcript?.release();
-    this.deps.cache.give(this.#poolKey, lease, { maxConnections: this.#maxConnections(), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
+    this.deps.pool.give(this.#poolKey, lease, { maxConnections: this.#maxConnections(), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
   }
 
   async #relayMail(): Promise<Reply> {
@@ -386,43 +385,33 @@ export class ProxySession {
     this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;
     this.#poolKey = `proxy|${address}|${port}|${source.address ?? ''}|${helo}|${hostName ?? ''}`;
     if (await this.#reuse()) return null;
-    await this.deps.cache.makeRoom(this.#pair, this.#maxConnections());
-    this.#transcript = this.deps.transcripts
-      ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo: source.helo ?? this.deps.heloName, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
+    const transcript = this.deps.transcripts
+      ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
       : null;
-    this.#clock = new ReplyClock(this.#transcript?.logger ?? null);
+    const clock = new ReplyClock(transcript?.logger ?? null);
+    this.#transcript = transcript;
+    this.#clock = clock;
+    const create = () => {
+      const conn = new SmtpConnection({ address, port, localAddress: source.address, connectTimeout: this.deps.connectTimeout, replyTimeout: this.deps.replyTimeout, logger: clock.logger });
+      transcript?.watch(conn);
+      return conn;
+    };
     try {
-      const client = await SmtpClient.open({
-        address, port, localAddress: source.address, connectTimeout: this.deps.connectTimeout, replyTimeout: this.deps.replyTimeout, logger: this.#clock.logger,
-      });
-      this.#client = client;
+      const { conn, openWithThis } = await this.deps.pool.open(this.#pair, this.#maxConnections(), create);
+      this.#client = conn;
       this.#uses = 0;
-      this.deps.cache.opened(this.#pair, client as unknown as Lease['conn']);
-      const openWithThis = this.deps.cache.openCount(this.#pair);
-      const local = `${client.socket.localAddress?.replace(/^::ffff:/i, '')}|${client.socket.localPort}`;
+      const local = `${conn.socket?.localAddress?.replace(/^::ffff:/i, '')}|${conn.socket?.localPort}`;
       this.deps.outbound.add(local);
-      client.once('end', () => this.deps.outbound.delete(local));
-      this.#transcript?.follow(() => client.socket, (end) => client.once('end', end));
-      const greeting = client.greeting!;
-      if (greeting.code !== 220) {
+      conn.once('end', () => this.deps.outbound.delete(local));
+      // STARTTLS whenever offered; whether the session is fit for a recipient domain is judged per RCPT.
+      const refusal = await conn.handshake({ name: helo, lmtp: false, starttls: 'offered', tls: starttlsOptions(hostName ?? address, this.deps.ca) });
+      if (refusal?.step === 'greeting') {
         // A refusal for the number of our connections teaches the pair's cap; the client retries.
-        const capped = bannerCapSignal(greeting.code, replyText(greeting), openWithThis);
+        const capped = bannerCapSignal(refusal.reply.code, replyText(refusal.reply), openWithThis);
         if (capped) this.#signalRaw(capped);
-        return this.#refusedOpen(greeting, capped === null);
+        return this.#refusedOpen(refusal.reply, capped === null);
       }
-      let hello = await client.hello(helo);
-      if (hello.code !== 250) return this.#refusedOpen(hello);
-      if (client.extensions.has('STARTTLS')) {
-        const tls = await client.starttls({
-          ca: this.deps.ca, servername: hostName && /[a-z]/i.test(hostName) ? hostName : undefined,
-          rejectUnauthorized: false, checkServerIdentity: () => undefined,
-        });
-        if (tls.code === 220) {
-          hello = await client.hello(helo);
-          if (hello.code !== 250) return this.#refusedOpen(hello);
-        }
-      }
-      return null;
+      return refusal ? this.#refusedOpen(refusal.reply) : null;
     } catch (err) {
       return this.#broken(err);
     }
@@ -460,23 +449,8 @@ export class ProxySession {
     if (plan.kind === 'defer') return refuse(plan.reason);
     const planned = plan.hops[0];
     if (!planned) return refuse(`no usable mail host of ${domain} is ${address}`);
-    const problem = this.#tlsProblem(planned.tls, planned.hop.name);
-    if (problem) return refuse(`${planned.tls.rule} requires ${planned.tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${problem}`);
-    if (planned.tls.audit) {
-      const audit = this.#tlsProblem({ ...planned.tls, level: 'require-verified' }, planned.hop.name);
-      if (audit) planned.tls.audit(audit);
-    }
-    return null;
-  }
-
-  #tlsProblem(tls: HopTls, name: string): string | null {
-    if (tls.level !== 'require' && tls.level !== 'require-verified') return null;
-    const socket = this.#client?.socket as TLSSocket | undefined;
-    if (!socket?.encrypted) return 'STARTTLS not offered or not completed';
-    if (tls.level === 'require') return null;
-    if (!socket.authorized) return `certificate not valid: ${String(socket.authorizationError ?? 'unverified')}`;
-    const mismatch = checkServerIdentity(name, socket.getPeerCertificate() as PeerCertificate);
-    return mismatch ? `certificate not valid for ${name}: ${mismatch.message}` : null;
+    const problem = checkHopTls(planned.tls, this.#client?.socket ?? null, planned.hop.name);
+    return problem ? refuse(tlsRefusal(planned.tls, problem)) : null;
   }
 
   async #command(line: string): Promise<Reply> {
