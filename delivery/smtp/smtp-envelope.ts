@@ -12,7 +12,8 @@
  *   non-ASCII address (SMTPUTF8, RFC 6531), RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT
  *   (DSN, RFC 3461, values as xtext); each only when the server offered its extension.
  */
-import { xtext, type Reply, type SmtpConnection } from './smtp-connection.js';
+import type { SmtpConnection } from './smtp-connection.js';
+import { xtext, type Reply } from './smtp-wire.js';
 
 export interface EnvelopeRecipient {
   address: string;
