@@ -19,8 +19,8 @@ export const REPLIES = {
   routingDenied: reply(550, '5.7.1', 'relay denied: sender-specified routing (%, !) is not allowed'),
   authRequired: reply(530, '5.7.0', 'authentication required'),
   tooManyRecipients: reply(452, '4.5.3', 'too many recipients'),
-  badLineEndings: reply(550, '5.6.0', 'message refused: bare CR or LF in message data (RFC 5321 section 2.3.8)'),
-  tooBig: reply(552, '5.3.4', 'message exceeds the maximum message size'),
+  badLineEndings: reply(550, '5.6.0', 'bare CR or LF in message data, message refused (RFC 5321 section 2.3.8)'),
+  tooBig: reply(552, '5.3.4', 'message too big: it exceeds the maximum message size'),
   storageFull: reply(452, '4.3.1', 'insufficient system storage, try again later'),
   localError: reply(451, '4.3.0', 'local error in processing, try again later'),
   dataTimeout: reply(421, '4.4.2', 'timeout while receiving message data, closing connection'),
@@ -37,7 +37,15 @@ export const REPLIES = {
   authTooManyFailures: reply(421, '4.7.0', 'too many failed authentication attempts, closing connection'),
   commandDeadline: reply(421, '4.4.2', 'timeout: command line not complete in time, closing connection'),
   dataTooSlow: reply(421, '4.4.2', 'timeout: message data arriving too slowly, closing connection'),
+  proxyLoop: reply(554, '5.4.6', 'routing loop: this connection comes from the proxy itself'),
+  notRedirected: reply(554, '5.4.6', 'no original destination: this connection was not redirected to the proxy'),
 } as const;
+
+/** The transparent proxy: a client outside the trusted and tenants' networks. */
+export const proxyNotAllowed = (client: string): SmtpReply => reply(554, '5.7.1', `${client} may not use this proxy`);
+
+/** The transparent proxy: a connection whose original destination is one of Ichidan's own listeners. */
+export const destinationIsSelf = (destination: string): SmtpReply => reply(554, '5.4.6', `routing loop: ${destination} is this MTA`);
 
 /** Structure past Ichidan's own limits (limits.maxHeaderSize …): a media error, RFC 3463 X.6.0. */
 export const structureRefused = (why: string): SmtpReply => reply(550, '5.6.0', `message refused: ${why}`);

@@ -5,6 +5,7 @@
  * and so do the tests' own SMTP peers.
  */
 import type { Readable } from 'node:stream';
+import type { SmtpReply } from '../../base/base-reply.js';
 
 export interface Reply {
   code: number;
@@ -12,6 +13,12 @@ export interface Reply {
   lines: string[];
   /** The whole reply as it would be sent on: "250-first\r\n250 last". */
   raw: string;
+}
+
+/** A catalogue reply (base/base-reply.ts) in its wire form, to say on a relayed session. */
+export function toReply(r: SmtpReply): Reply {
+  const text = `${r.enhanced} ${r.text}`;
+  return { code: r.code, lines: [text], raw: `${r.code} ${text}` };
 }
 
 /** A failure without a reply; `duringTls`: it broke the TLS handshake after STARTTLS. */

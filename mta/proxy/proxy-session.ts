@@ -30,6 +30,7 @@
  * Network: TCP/TLS to the original destination only.
  */
 import type { Readable } from 'node:stream';
+import { reply } from '../../base/base-reply.js';
 import type { Source } from '../../base/base-site.js';
 import type { Dispatch } from '../../queue/queue-scheduler.js';
 import type { RouteDecision } from '../../delivery/delivery-route.js';
@@ -38,6 +39,7 @@ import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from '../../del
 import { checkHopTls, starttlsOptions, tlsRefusal, type TlsPlan } from '../../delivery/delivery-tls.js';
 import { Transcript, type TranscriptSink } from '../../delivery/delivery-transcript.js';
 import { replyText, SmtpConnection, type Reply } from '../../delivery/smtp/smtp-connection.js';
+import { toReply } from '../../delivery/smtp/smtp-wire.js';
 import type { Lease, SmtpPool } from '../../delivery/smtp/smtp-pool.js';
 
 export interface Destination {
@@ -99,8 +101,8 @@ export const REFUSED_BY_PROXY = 'EREFUSED';
 
 /** 4xx said to the client for a destination that failed; the detail is for the log and transcript. */
 function tempfail(status: string, detail: string): Reply {
-  const text = `${status} destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400);
-  return { code: 451, lines: [text], raw: `451 ${text}` };
+  const text = `destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400 - status.length - 1);
+  return toReply(reply(451, status, text));
 }
 
 export class ProxySession {
@@ -166,11 +168,8 @@ export class ProxySession {
     // Each further transaction is admitted as a delivery would be: holds, pauses and rates in force now.
     const source = this.#slot ? this.#slot.source.address : this.#lastSource;
     const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
-    if (refusal) {
-      const text = `4.7.1 ${refusal}; try again later`;
-      return { code: 451, lines: [text], raw: `451 ${text}` };
-    }
-    if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
+    if (refusal) return toReply(reply(451, '4.7.1', `${refusal}; try again later`));
+    if (!this.#client) return toReply(reply(250, '2.1.0', 'Ok'));
     return this.#relayMail();
   }
 
@@ -442,10 +441,7 @@ export class ProxySession {
     const hops = decision?.kind === 'hops' ? decision.hops.filter((h) => h.port === port && h.addresses.includes(address)) : [];
     const hop = hops[0] ?? { name: this.#hostName ?? address, addresses: [address], port, protocol: 'smtp' as const };
     const plan = await this.deps.tlsPlan(domain, decision?.kind === 'hops' ? decision.via : 'mx', [hop]);
-    const refuse = (reason: string): Reply => {
-      const text = `4.7.5 ${reason}; not sent`;
-      return { code: 451, lines: [text], raw: `451 ${text}` };
-    };
+    const refuse = (reason: string): Reply => toReply(reply(451, '4.7.5', `${reason}; not sent`));
     if (plan.kind === 'defer') return refuse(plan.reason);
     const planned = plan.hops[0];
     if (!planned) return refuse(`no usable mail host of ${domain} is ${address}`);
