@@ -1,5 +1,5 @@
 /*
- * delivery/ — the egress, first version.
+ * delivery/ — the egress: routes, sites, TLS rules, the SMTP client and its pools, transcripts.
  *
  * Takes: a delivery job from the queue (one message, the recipients of one tenant × destination
  *   domain that are due now) and the current config snapshot.
