@@ -20,8 +20,8 @@ export const REPLIES = {
   routingDenied: reply(550, '5.7.1', 'relay denied: sender-specified routing (%, !) is not allowed'),
   authRequired: reply(530, '5.7.0', 'authentication required'),
   tooManyRecipients: reply(452, '4.5.3', 'too many recipients'),
-  badLineEndings: reply(550, '5.6.0', 'message refused: bare CR or LF in message data (RFC 5321 section 2.3.8)'),
-  tooBig: reply(552, '5.3.4', 'message exceeds the maximum message size'),
+  badLineEndings: reply(550, '5.6.0', 'bare CR or LF in message data, message refused (RFC 5321 section 2.3.8)'),
+  tooBig: reply(552, '5.3.4', 'message too big: it exceeds the maximum message size'),
   storageFull: reply(452, '4.3.1', 'insufficient system storage, try again later'),
   localError: reply(451, '4.3.0', 'local error in processing, try again later'),
   dataTimeout: reply(421, '4.4.2', 'timeout while receiving message data, closing connection'),
@@ -41,6 +41,8 @@ export const REPLIES = {
   needMail: reply(503, '5.5.1', 'need MAIL command'),
   scanTempfail: reply(451, '4.7.1', 'message could not be scanned now, try again later'),
   spam: reply(550, '5.7.1', 'message refused as spam'),
+  proxyLoop: reply(554, '5.4.6', 'routing loop: this connection comes from the proxy itself'),
+  notRedirected: reply(554, '5.4.6', 'no original destination: this connection was not redirected to the proxy'),
 } as const;
 
 /** The message is durable in the queue (RFC 5321 4.2.5: the 250 is sent only then). */
@@ -48,6 +50,12 @@ export const queued = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: q
 
 /** A proxied message held in quarantine: its client learns that no destination has seen it. */
 export const heldInQuarantine = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: held in quarantine as ${queueId}`);
+
+/** The transparent proxy: a client outside the trusted and tenants' networks. */
+export const proxyNotAllowed = (client: string): SmtpReply => reply(554, '5.7.1', `${client} may not use this proxy`);
+
+/** The transparent proxy: a connection whose original destination is one of Ichidan's own listeners. */
+export const destinationIsSelf = (destination: string): SmtpReply => reply(554, '5.4.6', `routing loop: ${destination} is this MTA`);
 
 /** Structure past Ichidan's own limits (limits.maxHeaderSize …): a media error, RFC 3463 X.6.0. */
 export const structureRefused = (why: string): SmtpReply => reply(550, '5.6.0', `message refused: ${why}`);

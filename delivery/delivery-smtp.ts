@@ -1,26 +1,32 @@
 /*
- * One SMTP (or LMTP) transaction toward a next hop, on nodemailer's SMTP connection.
+ * One SMTP (or LMTP) transaction toward a next hop, on a pooled SmtpConnection (smtp/).
  *
  * Takes a hop, an envelope and a function that opens the message stream (Ichidan's stored
  * headers followed by the unchanged spool file); tries the hop's addresses in order until one
  * answers, sends with the STARTTLS the hop's TLS level demands (delivery-tls.ts), and returns one
  * outcome per recipient:
- * 2xx delivered, 4xx deferred, 5xx bounced, each with the reply that decided it. A hop that
- * cannot be reached (refused, timeout, greeting refused) is reported as `unreachable` so the
- * caller can try the next MX; so is a hop whose TLS falls short of what its level requires,
- * with a 4.7.x reply naming the rule — the message is never sent over such a session.
- * Sessions are cached per TLS level and name, so a reused session always meets the requirement
- * it was opened for.
- * With transcripts on, each new session gets a Transcript (delivery-transcript.ts) fed by
- * nodemailer's transaction log; each message it carries is tied to it by queue id.
+ * 2xx delivered, 4xx deferred, 5xx bounced, each with the reply that decided it (a recipient
+ * refused at RCPT keeps its own reply; LMTP gives each accepted recipient its own reply after
+ * the final dot). A hop that cannot be reached (refused, timeout, greeting or EHLO refused) is
+ * reported as `unreachable` so the caller can try the next MX; so is a hop whose TLS falls short
+ * of what its level requires, with a 4.7.x reply naming the rule — the message is never sent
+ * over such a session.
+ * Sessions are pooled per TLS level and name (smtp/smtp-pool.ts), so a reused session always
+ * meets the requirement it was opened for; one the peer dropped while idle, found dead before
+ * it read any of the message, is not held against the destination: a fresh one is opened.
+ * With transcripts on, each new session gets a Transcript (delivery-transcript.ts) fed by the
+ * connection's wire log; each message it carries is tied to it by queue id. The same log feeds
+ * the ReplyClock, whose signal (delivery-throttle.ts) every result carries.
+ * RFCs: 5321, 2920 (PIPELINING), 2033 (LMTP), 3461 (DSN), 1870 (SIZE), 3207 (STARTTLS).
  */
 import type { Readable } from 'node:stream';
-import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { quit, type Lease, type PoolLimits, type SessionCache } from './delivery-cache.js';
 import type { NextHop } from './delivery-route.js';
 import { bannerCapSignal, errorSignal, ReplyClock, worse, type Signal } from './delivery-throttle.js';
-import { tlsProblem, type HopTls } from './delivery-tls.js';
+import { checkHopTls, sniName, starttlsOptions, tlsRefusal, type HopTls, type TlsLevel } from './delivery-tls.js';
 import { Transcript, type TranscriptSink } from './delivery-transcript.js';
+import { replyString, SmtpConnection, type ConnectionError, type HandshakeRefusal, type Reply, type StartTls } from './smtp/smtp-connection.js';
+import { isPositive, sendEnvelope } from './smtp/smtp-envelope.js';
+import type { Lease, PoolLimits, SmtpPool } from './smtp/smtp-pool.js';
 
 export interface OutboundRecipient {
   id: number;
@@ -74,17 +80,9 @@ export type HopResult =
   | { kind: 'done'; outcomes: RecipientOutcome[]; signal: Signal }
   | { kind: 'unreachable'; reason: string; code: number; status: string; signal: Signal };
 
-interface SmtpError extends Error {
-  code?: string;
-  /** nodemailer's name of the step that failed: CONN for the greeting. */
-  command?: string;
-  responseCode?: number;
-  response?: string;
-  recipient?: string;
-  rejectedErrors?: SmtpError[];
-}
-
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}/;
+/** How long an RSET between transactions may take before the session is given up. */
+const RESET_TIMEOUT = 30_000;
 
 /** Splits "550 5.1.1 no such user" into its parts; a reply without an enhanced code gets one from its class. */
 export function parseReply(reply: string, fallbackCode = 451): { code: number; status: string; text: string } {
@@ -103,137 +101,114 @@ function verdictOf(code: number): Verdict {
   return 'deferred';
 }
 
-function connect(conn: SMTPConnection): Promise<void> {
-  return new Promise((resolve, reject) => {
-    conn.once('error', reject);
-    conn.connect((err?: Error | null) => {
-      conn.removeListener('error', reject);
-      if (err) reject(err);
-      else resolve();
-    });
-  });
-}
+const STARTTLS_OF: Record<TlsLevel, StartTls> = { none: 'never', opportunistic: 'offered', require: 'always', 'require-verified': 'always' };
 
-function send(conn: SMTPConnection, envelope: object, message: Readable): Promise<{ accepted: string[]; rejected: string[]; rejectedErrors?: SmtpError[]; response: string }> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    conn.once('error', onError);
-    conn.send(envelope as never, message as never, (err: Error | null, info: unknown) => {
-      conn.removeListener('error', onError);
-      if (err) reject(err);
-      else resolve(info as never);
-    });
-  });
-}
-
-function newConnection(hop: NextHop, address: string, opts: SessionOptions, tls: HopTls): { conn: SMTPConnection; transcript: Transcript | null; clock: ReplyClock } {
+/** A new connection toward the hop's address, its transcript and reply clock listening. */
+function newConnection(hop: NextHop, address: string, opts: SessionOptions): { create: () => SmtpConnection; transcript: Transcript | null; clock: ReplyClock } {
   const transcript = opts.transcripts
     ? new Transcript({ host: hop.name, protocol: hop.protocol, address, port: hop.port, helo: opts.heloName, maxBytes: opts.transcripts.maxBytes }, opts.transcripts.sink)
     : null;
   const clock = new ReplyClock(transcript?.logger ?? null);
-  const conn = new SMTPConnection({
-    host: address,
-    port: hop.port,
-    name: opts.heloName,
-    ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
-    lmtp: hop.protocol === 'lmtp',
-    ignoreTLS: tls.level === 'none',
-    opportunisticTLS: tls.level === 'opportunistic',
-    requireTLS: tls.level === 'require' || tls.level === 'require-verified',
-    // Unverified levels still check, so an MTA-STS testing policy can be told what would fail.
-    tls: { rejectUnauthorized: tls.level === 'require-verified', servername: isNameForSni(hop.name) ? hop.name : undefined, ca: tls.ca },
-    connectionTimeout: opts.connectTimeout,
-    greetingTimeout: opts.greetingTimeout,
-    socketTimeout: opts.replyTimeout,
-    socketCloseTimeout: 0,
-    allowInternalNetworkInterfaces: true,
-    // Commands and replies only (`debug` would also log the message itself): the reply clock
-    // always reads them, the transcript when there is one.
-    logger: clock.logger,
-    transactionLog: true,
-  } as never);
-  transcript?.watch(conn);
-  // Errors outside a command we wait for (the peer dropping the session during RSET, QUIT or while
-  // idle) are not ours to report; without a listener they would take the process down.
-  conn.on('error', () => undefined);
-  return { conn, transcript, clock };
+  const create = () => {
+    const conn = new SmtpConnection({
+      address, port: hop.port, localAddress: opts.localAddress,
+      connectTimeout: opts.connectTimeout, greetingTimeout: opts.greetingTimeout, replyTimeout: opts.replyTimeout,
+      // Commands and replies only, never the message: the reply clock always reads them, the transcript when there is one.
+      logger: clock.logger,
+    });
+    transcript?.watch(conn);
+    return conn;
+  };
+  return { create, transcript, clock };
 }
 
-/** RSET with a bound: resolves false if the session errors, ends or stays silent. */
-function resetSession(conn: SMTPConnection, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      conn.removeListener('error', onFail);
-      conn.removeListener('end', onFail);
-      resolve(ok);
-    };
-    const onFail = () => done(false);
-    const timer = setTimeout(onFail, timeoutMs);
-    conn.once('error', onFail);
-    conn.once('end', onFail);
-    conn.reset((err: Error | null) => done(!err));
-  });
+/** RSET with a bound: false if the session errors, ends or stays silent (it is then closed). */
+async function resetSession(conn: SmtpConnection): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const silent = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), RESET_TIMEOUT); });
+  const ok = await Promise.race([conn.command('RSET').then((r) => r.code === 250, () => false), silent]).finally(() => clearTimeout(timer));
+  if (!ok) conn.close();
+  return ok;
 }
 
-export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, cache: SessionCache, tls: HopTls): Promise<HopResult> {
+export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, pool: SmtpPool, tls: HopTls): Promise<HopResult> {
   let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: '4.4.1', signal: { kind: 'failed', detail: 'no address' } };
-  const required = tls.level === 'require' || tls.level === 'require-verified' ? tls.level : null;
+  const required = tls.level === 'require' || tls.level === 'require-verified';
+  const lmtp = hop.protocol === 'lmtp';
   let signal: Signal | null = null;
   for (const address of hop.addresses) {
     const where = `${hop.name}[${address}]:${hop.port}`;
     const key = `${address}|${hop.port}|${hop.protocol}|${tls.level}|${hop.name}|${opts.localAddress ?? ''}|${opts.heloName}`;
-    const cached = cache.take(key);
+    // The name the certificate must carry: the hop's, or the address when the hop has no name.
+    const certName = sniName(hop.name) ?? address;
+    const cached = pool.take(key);
     if (cached) {
-      audit(cached.conn, tls);
-      carry(cached, msg);
-      const result = await transact(cached.conn, msg, where, true, hop.protocol === 'lmtp');
-      // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
-      if (result !== 'stale') return finish(cache, key, { ...cached, uses: cached.uses + 1 }, result, opts);
+      if (checkHopTls(tls, cached.conn.socket, certName) === null) {
+        carry(cached, msg);
+        const result = await transact(cached.conn, msg, where, true, lmtp);
+        // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
+        if (result !== 'stale') return finish(pool, key, { ...cached, uses: cached.uses + 1 }, result, opts);
+      }
       cached.conn.close();
     }
-    await cache.makeRoom(opts.pair, opts.pool.maxConnections);
-    const { conn, transcript, clock } = newConnection(hop, address, opts, tls);
-    cache.opened(opts.pair, conn);
-    const openWithThis = cache.openCount(opts.pair);
+    const { create, transcript, clock } = newConnection(hop, address, opts);
+    let conn: SmtpConnection | null = null;
+    let refusal: HandshakeRefusal | null;
+    let openWithThis = 0;
     try {
-      await connect(conn);
+      const opened = await pool.open(opts.pair, opts.pool.maxConnections, create);
+      conn = opened.conn;
+      openWithThis = opened.openWithThis;
+      refusal = await conn.handshake({ name: opts.heloName, lmtp, starttls: STARTTLS_OF[tls.level], tls: starttlsOptions(hop.name, tls.ca) });
     } catch (err) {
-      const e = err as SmtpError;
-      // A failed handshake (an untrusted or misnamed certificate) surfaces as a socket error.
-      const duringTls = e.code === 'ETLS' || (conn as unknown as { upgrading?: boolean }).upgrading === true;
-      conn.close();
-      if (required && duringTls) {
-        lastFailure = tlsFailure(tls, where, e.response ? `STARTTLS refused: ${e.response.trim()}` : e.message);
+      const e = err as ConnectionError;
+      conn?.close();
+      // A failed handshake (a broken TLS negotiation) on a hop that requires TLS is a TLS failure.
+      if (required && e.duringTls) {
+        lastFailure = tlsFailure(tls, where, e.message);
         continue;
       }
-      const reply = e.response ? parseReply(e.response) : null;
-      const capped = reply && e.command === 'CONN' ? bannerCapSignal(reply.code, e.response!, openWithThis) : null;
-      signal = worse(signal, capped ?? (reply ? replySignal(clock, reply.code, e.response!, opts.slowReply) : errorSignal(e.code, e.message)));
-      lastFailure = {
-        kind: 'unreachable',
-        reason: `${where}: ${e.response ? e.response.trim() : e.code ?? e.message}`,
-        code: reply?.code ?? 451,
-        status: reply && reply.code >= 400 ? reply.status.replace(/^5/, '4') : '4.4.1',
-        signal,
-      };
+      signal = worse(signal, errorSignal(e.code, e.message));
+      lastFailure = { kind: 'unreachable', reason: `${where}: ${e.code ?? e.message}`, code: 451, status: '4.4.1', signal };
       continue;
     }
-    // requireTLS and rejectUnauthorized already refuse; this check is the guarantee that holds
-    // whatever the library does with its options.
-    const problem = required ? tlsProblem(conn, required) : null;
+    if (refusal) {
+      conn.close();
+      if (refusal.step === 'starttls') {
+        lastFailure = tlsFailure(tls, where, `STARTTLS refused: ${replyString(refusal.reply).trim()}`);
+        continue;
+      }
+      lastFailure = refusedFailure(refusal, where, clock, openWithThis, opts.slowReply, signal);
+      signal = lastFailure.signal;
+      continue;
+    }
+    const problem = checkHopTls(tls, conn.socket, certName);
     if (problem) {
-      quit(conn);
+      void conn.quit();
       lastFailure = tlsFailure(tls, where, problem);
       continue;
     }
-    audit(conn, tls);
     const lease: Lease = { conn, uses: 1, reused: false, transcript, clock, pair: opts.pair };
     carry(lease, msg, false);
-    const result = await transact(conn, msg, where, false, hop.protocol === 'lmtp');
-    return finish(cache, key, lease, result as Transacted, opts);
+    const result = await transact(conn, msg, where, false, lmtp);
+    return finish(pool, key, lease, result as Transacted, opts);
   }
   return lastFailure;
+}
+
+/** A greeting or hello that refused the session: unreachable, with the reply's class kept temporary. */
+function refusedFailure(refusal: HandshakeRefusal, where: string, clock: ReplyClock, openWithThis: number, slowReply: number, before: Signal | null): HopResult & { kind: 'unreachable' } {
+  const text = replyString(refusal.reply);
+  const reply = parseReply(text);
+  const capped = refusal.step === 'greeting' ? bannerCapSignal(reply.code, text, openWithThis) : null;
+  const signal = worse(before, capped ?? replySignal(clock, reply.code, text, slowReply));
+  return {
+    kind: 'unreachable',
+    reason: `${where}: ${text.trim()}`,
+    code: reply.code,
+    status: reply.code >= 400 ? reply.status.replace(/^5/, '4') : '4.4.1',
+    signal,
+  };
 }
 
 /** A reply that ended a connection attempt (a 4xx/5xx banner or EHLO answer). */
@@ -244,13 +219,8 @@ function replySignal(clock: ReplyClock, code: number, text: string, slowReply: n
 }
 
 function tlsFailure(tls: HopTls, where: string, problem: string): HopResult {
-  const reason = `${tls.rule} requires ${tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${where}: ${problem}; not sent`;
+  const reason = `${tlsRefusal(tls, `${where}: ${problem}`)}; not sent`;
   return { kind: 'unreachable', reason, code: 451, status: '4.7.5', signal: { kind: 'failed', detail: reason } };
-}
-
-function audit(conn: SMTPConnection, tls: HopTls): void {
-  const problem = tls.audit ? tlsProblem(conn, 'require-verified') : null;
-  if (problem) tls.audit!(problem);
 }
 
 /** `error`: how the connection broke, when it did without a reply. */
@@ -263,28 +233,24 @@ function carry(lease: Lease, msg: OutboundMessage, fresh = true): void {
 }
 
 /**
- * Hands the session back to the cache when it is in a known state (RSET after a failed
+ * Hands the session back to the pool when it is in a known state (RSET after a failed
  * transaction). A broken session's transcript is handed over by its end.
  */
-async function finish(cache: SessionCache, key: string, lease: Lease, result: Transacted, opts: SessionOptions): Promise<HopResult> {
+async function finish(pool: SmtpPool, key: string, lease: Lease, result: Transacted, opts: SessionOptions): Promise<HopResult> {
   let signal = lease.clock.signal(opts.slowReply);
   if (result.broken) {
     lease.conn.close();
     if (result.error) signal = worse(signal, result.error);
     return { kind: 'done', outcomes: result.outcomes, signal };
   }
-  const usable = result.clean || await resetSession(lease.conn, 30_000);
+  const usable = result.clean || await resetSession(lease.conn);
   lease.transcript?.release();
-  if (usable) cache.give(key, lease, opts.pool);
+  if (usable) pool.give(key, lease, opts.pool);
   else lease.conn.close();
   return { kind: 'done', outcomes: result.outcomes, signal };
 }
 
-function isNameForSni(name: string): boolean {
-  return /[a-z]/i.test(name) && !name.includes(':');
-}
-
-/** Groups recipients by their DSN parameters: nodemailer sends one NOTIFY/ORCPT per envelope. */
+/** Groups recipients by their DSN parameters, one transaction each (as deliveries have always been grouped). */
 function dsnGroups(recipients: OutboundRecipient[]): OutboundRecipient[][] {
   const groups = new Map<string, OutboundRecipient[]>();
   for (const r of recipients) {
@@ -301,7 +267,48 @@ export function sameOutcome(recipients: OutboundRecipient[], reply: string, host
   return recipients.map((r) => ({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host }));
 }
 
-async function transact(conn: SMTPConnection, msg: OutboundMessage, where: string, reused: boolean, lmtp: boolean): Promise<Transacted | 'stale'> {
+/** How one group's transaction went: `clean` when the session is left outside a transaction. */
+type GroupResult = { clean: boolean };
+
+async function transactGroup(conn: SmtpConnection, msg: OutboundMessage, group: OutboundRecipient[], body: Readable, lmtp: boolean, record: (r: OutboundRecipient, reply: Reply | string) => void): Promise<GroupResult> {
+  if (conn.maxSize > 0 && msg.size > conn.maxSize) {
+    for (const r of group) record(r, '552 5.3.4 message larger than the next hop accepts (SIZE)');
+    return { clean: false };
+  }
+  const replies = await sendEnvelope(conn, { ...msg, recipients: group });
+  if (!isPositive(replies.mail)) {
+    // A server that took DATA for a refused sender cannot be trusted with the session.
+    if (replies.data && replies.data.code >= 300 && replies.data.code < 400) conn.close();
+    for (const r of group) record(r, replies.mail);
+    return { clean: false };
+  }
+  const accepted: OutboundRecipient[] = [];
+  group.forEach((r, i) => {
+    const reply = replies.rcpt[i];
+    if (reply && isPositive(reply)) accepted.push(r);
+    else if (reply) record(r, reply);
+  });
+  const data = replies.data;
+  if (accepted.length === 0) {
+    // A server that took DATA with no recipient gets an empty message, which goes nowhere.
+    if (data && data.code >= 300 && data.code < 400) await conn.command('.');
+    return { clean: false };
+  }
+  if (!data || !/^[23]/.test(String(data.code))) {
+    for (const r of accepted) record(r, data ?? '451 4.4.2 DATA not sent');
+    return { clean: false };
+  }
+  const finals = await conn.body(body, lmtp ? accepted.length : 1);
+  if (lmtp) {
+    // LMTP answers once per accepted recipient, in the order of their RCPTs.
+    accepted.forEach((r, i) => record(r, finals[i]));
+    return { clean: true };
+  }
+  for (const r of accepted) record(r, finals[0]);
+  return { clean: isPositive(finals[0]) };
+}
+
+async function transact(conn: SmtpConnection, msg: OutboundMessage, where: string, reused: boolean, lmtp: boolean): Promise<Transacted | 'stale'> {
   const outcomes: RecipientOutcome[] = [];
   let clean = true;
   let broken = false;
@@ -310,61 +317,35 @@ async function transact(conn: SMTPConnection, msg: OutboundMessage, where: strin
   for (const group of dsnGroups(msg.recipients)) {
     // A failed transaction may leave the peer inside MAIL (every RCPT refused): RSET before the next one.
     if (needReset) {
-      if (!(await resetSession(conn, 30_000))) {
+      if (!(await resetSession(conn))) {
         broken = true;
         break;
       }
       needReset = false;
     }
-    const first = group[0];
-    const dsn = (msg.ret || msg.envid || first.notify || first.orcpt)
-      ? { ret: msg.ret ?? undefined, envid: msg.envid ?? undefined, notify: first.notify ?? undefined, orcpt: first.orcpt ?? undefined }
-      : undefined;
-    const envelope = { from: msg.sender === '' ? false : msg.sender, to: group.map((r) => r.address), size: msg.size, dsn, use8BitMime: msg.body8bit };
-    const byAddress = new Map(group.map((r) => [r.address.toLowerCase(), r]));
     const decided = new Set<number>();
-    const record = (r: OutboundRecipient, reply: string) => {
-      const { code, status, text } = parseReply(reply);
+    const record = (r: OutboundRecipient, reply: Reply | string) => {
+      const { code, status, text } = parseReply(typeof reply === 'string' ? reply : replyString(reply));
       outcomes.push({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host: where });
       decided.add(r.id);
     };
     const body = msg.open();
     try {
-      const info = await send(conn, envelope, body);
-      for (const e of info.rejectedErrors ?? []) {
-        const r = e.recipient ? byAddress.get(e.recipient.toLowerCase()) : undefined;
-        if (r && e.response) record(r, e.response);
-      }
-      // LMTP answers per recipient after DATA; `response` is only the last of those answers.
-      const accepted = new Set(info.accepted.map((a) => a.toLowerCase()));
-      for (const r of group) {
-        if (decided.has(r.id)) continue;
-        if (!lmtp) record(r, info.response || '250 2.0.0 OK');
-        else if (accepted.has(r.address.toLowerCase())) record(r, '250 2.0.0 delivered (LMTP)');
-        else record(r, '451 4.4.2 no LMTP reply for this recipient');
+      const result = await transactGroup(conn, msg, group, body, lmtp, record);
+      if (!result.clean) {
+        clean = false;
+        needReset = true;
       }
     } catch (err) {
-      const e = err as SmtpError;
-      // A cached session that died before the peer read any of the message: nothing was sent, try a fresh one.
-      if (reused && !e.response && outcomes.length === 0 && !body.readableDidRead) return 'stale';
+      const e = err as ConnectionError;
+      // A pooled session that died before the peer read any of the message: nothing was sent, try a fresh one.
+      if (reused && outcomes.length === 0 && !body.readableDidRead) return 'stale';
+      // Whatever is left failed with the connection.
+      for (const r of group) if (!decided.has(r.id)) record(r, `451 4.4.2 ${e.code ?? 'ERROR'}: ${e.message}`);
       clean = false;
-      needReset = true;
-      if (e.code === 'EMESSAGE' && !e.response && /size/i.test(e.message)) {
-        for (const r of group) if (!decided.has(r.id)) record(r, '552 5.3.4 message larger than the next hop accepts (SIZE)');
-        continue;
-      }
-      for (const re of e.rejectedErrors ?? []) {
-        const r = re.recipient ? byAddress.get(re.recipient.toLowerCase()) : undefined;
-        if (r && re.response && !decided.has(r.id)) record(r, re.response);
-      }
-      // Whatever is left failed as a whole: MAIL FROM or DATA refused, or the connection broke.
-      const reply = e.response ?? `451 4.4.2 ${e.code ?? 'ERROR'}: ${e.message}`;
-      for (const r of group) if (!decided.has(r.id)) record(r, reply);
-      if (!e.response) {
-        broken = true;
-        error = errorSignal(e.code, e.message);
-        break;
-      }
+      broken = true;
+      error = errorSignal(e.code, e.message);
+      break;
     } finally {
       body.destroy();
     }

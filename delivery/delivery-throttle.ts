@@ -14,11 +14,11 @@
  *   failed     anything else that went wrong (TLS, DNS, a 5xx): no reaction
  *   ok         the transaction ran to its replies
  *
- * Reply times are taken from nodemailer's transaction log (every command written and every reply
- * read, in order): the wait of each reply since the command (or the connection) before it. The
+ * Reply times are taken from the connection's wire log (smtp/smtp-connection.ts: every command
+ * written and every reply read, in order): the wait of each reply since the command (or the connection) before it. The
  * log is always on for this; when transcripts are on, the same lines also go to the transcript.
  */
-import type { WireLogger } from './delivery-transcript.js';
+import type { WireLogger } from './smtp/smtp-connection.js';
 
 export type SignalKind = 'ok' | 'slow' | 'capped' | 'throttled' | 'refused' | 'failed';
 

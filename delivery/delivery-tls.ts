@@ -13,15 +13,17 @@
  *      requires verified TLS on the others; `testing` delivers at the default level and logs
  *      (pino warn: domain, mx, reason) what enforce would have refused; `none` or no policy: the
  *      default level ("*" entry, else delivery.opportunisticTls).
+ * The one check of a session's TLS against a hop's level (tlsProblem, checkHopTls) is here too,
+ * for queued delivery and the proxy alike; every STARTTLS uses starttlsOptions.
  * Network: through delivery-mtasts.ts (DNS via dns.servers, HTTPS); none here.
  * RFCs: 8461 (MTA-STS), 3207 (STARTTLS), 6125 (the name a certificate must carry).
  * Settings: delivery.tlsPolicy, delivery.opportunisticTls, delivery.mtaSts.*, delivery.tls.caFile.
  */
 import { readFileSync } from 'node:fs';
-import { rootCertificates, type TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import { checkServerIdentity, rootCertificates, TLSSocket, type ConnectionOptions, type PeerCertificate } from 'node:tls';
 import type { Resolver } from 'node:dns/promises';
 import type { Logger } from 'pino';
-import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { EgressConfig } from './delivery-config.js';
 import { MtaSts, mxMatches, type StsPolicyCache } from './delivery-mtasts.js';
 import type { NextHop } from './delivery-route.js';
@@ -64,16 +66,47 @@ export function findTlsOverride(policy: EgressConfig['delivery']['tlsPolicy'], d
   return policy['*'] ? { level: policy['*'], key: '*' } : undefined;
 }
 
+/** A host name to send as SNI (an address literal is not one). */
+export function sniName(name: string): string | undefined {
+  return /[a-z]/i.test(name) && !name.includes(':') ? name : undefined;
+}
+
 /**
- * What is wrong with a connected session's TLS for `level` (null: nothing). Node checks the
- * chain and the name (SNI = the hop's name) even when it does not reject, so the verdict is on
- * the socket.
+ * The options of every outbound STARTTLS, queued or proxied: the hop's name as SNI and the CA
+ * store, and no verdict in the handshake itself — `tlsProblem` judges the socket afterwards, so
+ * one check decides for every level (and can tell an MTA-STS testing policy what would fail).
  */
-export function tlsProblem(conn: SMTPConnection, level: 'require' | 'require-verified'): string | null {
-  const socket = (conn as unknown as { _socket?: TLSSocket })._socket;
-  if (!conn.secure || !socket || typeof socket.authorized !== 'boolean') return 'STARTTLS not offered or not completed';
-  if (level === 'require-verified' && !socket.authorized) return `certificate not valid: ${String(socket.authorizationError ?? 'unverified')}`;
+export function starttlsOptions(name: string, ca: string[] | undefined): ConnectionOptions {
+  return { ca, servername: sniName(name), rejectUnauthorized: false, checkServerIdentity: () => undefined };
+}
+
+/**
+ * What is wrong with a session's TLS for `level` (null: nothing): `socket` is the session's
+ * socket, `name` the host the certificate must be valid for (the hop's name, or its address when
+ * the hop has no name). `require` wants TLS; `require-verified` a chain to a trusted CA and the name
+ * (RFC 6125).
+ */
+export function tlsProblem(socket: Socket | null, level: TlsLevel, name: string): string | null {
+  if (level !== 'require' && level !== 'require-verified') return null;
+  if (!(socket instanceof TLSSocket) || !socket.encrypted) return 'STARTTLS not offered or not completed';
+  if (level === 'require') return null;
+  if (!socket.authorized) return `certificate not valid: ${String(socket.authorizationError ?? 'unverified')}`;
+  const mismatch = checkServerIdentity(name, socket.getPeerCertificate() as PeerCertificate);
+  return mismatch ? `certificate not valid for ${name}: ${mismatch.message}` : null;
+}
+
+/** The hop's TLS rule against the session: the reason it falls short (null: it does not); an MTA-STS testing policy is told what enforce would refuse. */
+export function checkHopTls(tls: HopTls, socket: Socket | null, name: string): string | null {
+  const problem = tlsProblem(socket, tls.level, name);
+  if (problem) return problem;
+  const audit = tls.audit ? tlsProblem(socket, 'require-verified', name) : null;
+  if (audit) tls.audit!(audit);
   return null;
+}
+
+/** The deferral text of a hop whose session falls short of its TLS rule. */
+export function tlsRefusal(tls: HopTls, problem: string): string {
+  return `${tls.rule} requires ${tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${problem}`;
 }
 
 export class TlsPlanner {

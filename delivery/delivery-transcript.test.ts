@@ -1,8 +1,9 @@
 import { Readable } from 'node:stream';
-import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { SMTPServer } from 'smtp-server';
 import { describe, expect, it } from 'vitest';
 import { Transcript, type TranscriptChunk, type TranscriptLine } from './delivery-transcript.js';
+import { SmtpConnection } from './smtp/smtp-connection.js';
+import { sendEnvelope } from './smtp/smtp-envelope.js';
 
 const INIT = { host: 'mx.remote.test', protocol: 'smtp' as const, address: '127.0.0.1', port: 25, helo: 'out.ichidan.test', maxBytes: 64 * 1024 };
 
@@ -11,7 +12,7 @@ function collect(): { chunks: TranscriptChunk[]; lines: () => TranscriptLine[]; 
   return { chunks, lines: () => chunks.flatMap((c) => c.lines), sink: (c) => chunks.push(c) };
 }
 
-/** Feeds a transcript the way nodemailer's transaction log does. */
+/** Feeds a transcript the way an SmtpConnection's wire log does. */
 function wire(t: Transcript) {
   return {
     connected: () => t.logger.info({ tnx: 'network', localAddress: '127.0.0.1', localPort: 40000, remoteAddress: '127.0.0.1', remotePort: 25 }, '%s established', 'Connection'),
@@ -20,7 +21,7 @@ function wire(t: Transcript) {
   };
 }
 
-describe('transcript recorder, fed as nodemailer feeds it', () => {
+describe('transcript recorder, fed as the connection feeds it', () => {
   it('masks AUTH arguments and every answer to a 334 challenge, and nothing after', () => {
     const out = collect();
     const t = new Transcript(INIT, out.sink);
@@ -104,7 +105,7 @@ describe('transcript recorder, fed as nodemailer feeds it', () => {
   });
 });
 
-describe('transcript recorder on a real nodemailer session', () => {
+describe('transcript recorder on a real session', () => {
   it('records the dialogue, STARTTLS, masked AUTH, and of DATA only its size, ties lines to the queue id', async () => {
     const received: string[] = [];
     const server = new SMTPServer({
@@ -120,17 +121,27 @@ describe('transcript recorder on a real nodemailer session', () => {
     const port = (server.server.address() as { port: number }).port;
     const out = collect();
     const t = new Transcript({ ...INIT, port }, out.sink);
-    // `debug` on purpose: nodemailer then logs the message body too, which must still not be kept.
-    const conn = new SMTPConnection({ host: '127.0.0.1', port, name: INIT.helo, tls: { rejectUnauthorized: false }, logger: t.logger, debug: true, transactionLog: true } as never);
+    const logger = {
+      ...t.logger,
+      // A logger that also sees the body as `tnx: 'message'` debug lines must still not keep it.
+      info: (entry: Record<string, unknown>, message?: string, ...args: unknown[]) => {
+        if (entry.tnx === 'message') t.logger.debug({ tnx: 'message' }, body);
+        t.logger.info(entry, message, ...args);
+      },
+    };
+    const conn = new SmtpConnection({ address: '127.0.0.1', port, connectTimeout: 5_000, replyTimeout: 5_000, logger });
     t.watch(conn);
     const body = 'Subject: secret plans\r\n\r\nTHE-BODY-MARKER line\r\n.dotted line\r\n';
     try {
-      await new Promise<void>((resolve, reject) => conn.connect((err?: Error | null) => (err ? reject(err) : resolve())));
-      await new Promise<void>((resolve, reject) => conn.login({ user: 'ann', pass: 'hunter2-password' }, (err?: Error | null) => (err ? reject(err) : resolve())));
+      await conn.connect();
+      expect(await conn.handshake({ name: INIT.helo, lmtp: false, starttls: 'always', tls: { rejectUnauthorized: false } })).toBeNull();
+      expect((await conn.command(`AUTH PLAIN ${Buffer.from('\u0000ann\u0000hunter2-password').toString('base64')}`)).code).toBe(235);
       t.carry('0QUEUEID00000001', 'alpha', ['bob@remote.test']);
-      await new Promise<void>((resolve, reject) => conn.send({ from: 'ann@alpha.test', to: ['bob@remote.test'] }, Readable.from([body]) as never, (err) => (err ? reject(err) : resolve())));
+      const replies = await sendEnvelope(conn, { sender: 'ann@alpha.test', recipients: [{ address: 'bob@remote.test', notify: null, orcpt: null }], size: 0, body8bit: false, ret: null, envid: null });
+      expect(replies.data?.code).toBe(354);
+      expect((await conn.body(Readable.from([body]), 1))[0].code).toBe(250);
       t.release();
-      await new Promise<void>((resolve) => { conn.once('end', () => resolve()); conn.quit(); });
+      await new Promise<void>((resolve) => { conn.once('end', () => resolve()); void conn.quit(); });
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }

@@ -3,18 +3,18 @@
  * got, in order, each with its direction, a timestamp in milliseconds and the queue id of the
  * message it belonged to, plus one summary row for the connection.
  *
- * Takes: the lines nodemailer's SMTPConnection logs with `transactionLog: true` (`tnx: 'client'`
- *   for each command as written, `tnx: 'server'` for each complete reply, multi-line replies
- *   joined by "\n"), its network record (addresses), its byte count of the DATA payload, the
- *   errors that end a session, and its 'end' event. The caller says which message (queue id,
- *   tenant, recipients) the session carries from now on; one session may carry many.
+ * Takes: the wire log of an SmtpConnection (smtp/smtp-connection.ts: `tnx: 'client'` for each
+ *   command as written, `tnx: 'server'` for each complete reply, multi-line replies joined by
+ *   "\n"), its network record (addresses), its byte count of the DATA payload, the errors that
+ *   end a session, and its 'end' event. The caller says which message (queue id, tenant,
+ *   recipients) the session carries from now on; one session may carry many.
  * Gives: chunks to a `TranscriptSink` — the connection row as it stands, the lines and message
  *   links recorded since the previous chunk — after each message and when the session ends.
  *   The sink stores them (queue/ writes them to SQLite); delivery/ holds no storage of its own.
  * Never recorded: the message itself (DATA gives "DATA", the 354, one "<N bytes>" client line
- *   and the final reply; nodemailer's `debug` body lines are ignored should they ever arrive),
- *   and AUTH secrets (the argument of AUTH and every client line of the exchange that follows,
- *   up to the first reply that is not a 334 challenge, are masked here whatever nodemailer did).
+ *   and the final reply; body lines logged as `tnx: 'message'` debug entries are ignored), and
+ *   AUTH secrets (the argument of AUTH and every client line of the exchange that follows, up to
+ *   the first reply that is not a 334 challenge, are masked here whatever the client logged).
  * Bounded: past `maxBytes` of stored text, lines are still counted but no longer stored, and
  *   the connection row says the transcript was truncated.
  * Ids: sessions are numbered like queue ids (time-ordered, unique within the process, never
@@ -23,8 +23,8 @@
  */
 import { format } from 'node:util';
 import type { TLSSocket } from 'node:tls';
-import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { newQueueId } from '../base/base-queue-id.js';
+import type { SmtpConnection, WireLogger } from './smtp/smtp-connection.js';
 
 export type Direction = 'client' | 'server';
 
@@ -82,9 +82,6 @@ export interface TranscriptChunk {
 
 export type TranscriptSink = (chunk: TranscriptChunk) => void;
 
-/** The bunyan-style logger nodemailer calls: level(entry, message, ...args). */
-export type WireLogger = Record<'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal', (entry: Record<string, unknown>, message?: string, ...args: unknown[]) => void>;
-
 export interface TranscriptInit {
   host: string;
   protocol: 'smtp' | 'lmtp';
@@ -132,17 +129,12 @@ export class Transcript {
   }
 
   /** Follows the connection to its end, and reads the TLS parameters from its socket after STARTTLS. */
-  watch(conn: SMTPConnection): void {
-    this.follow(() => (conn as unknown as { _socket: TLSSocket | false })._socket || null, (end) => conn.once('end', end));
-  }
-
-  /** As `watch`, for any client: where its (TLS) socket is, and how to hear of its end. */
-  follow(socketOf: () => TLSSocket | object | null, onEnd: (end: () => void) => void): void {
+  watch(conn: SmtpConnection): void {
     this.#socketOf = () => {
-      const socket = socketOf() as TLSSocket | null;
-      return socket && socket.encrypted ? socket : null;
+      const socket = conn.socket;
+      return socket && 'encrypted' in socket && socket.encrypted ? socket : null;
     };
-    onEnd(() => this.end());
+    conn.once('end', () => this.end());
   }
 
   /** From now on the session carries this message; the lines that follow are tied to it. */
@@ -159,7 +151,7 @@ export class Transcript {
     this.#flush();
   }
 
-  /** The session is over (nodemailer's 'end'); idempotent. */
+  /** The session is over (the connection's 'end'); idempotent. */
   end(): void {
     if (this.#row.endedAt !== null) return;
     this.#row.endedAt = this.#now();
@@ -232,7 +224,7 @@ export class Transcript {
     }
   }
 
-  /** Only errors that end the session carry `err` (nodemailer's _onError); other warnings are not about the session. */
+  /** Only errors that end the session carry `err`; other warnings are not about the session. */
   #onError(entry: Record<string, unknown>): void {
     if (entry.err instanceof Error) this.#error = entry.err.message;
   }

@@ -1,5 +1,5 @@
 /*
- * delivery/ — the egress, first version.
+ * delivery/ — the egress: routes, sites, TLS rules, the SMTP client and its pools, transcripts.
  *
  * Takes: a delivery job from the queue (one message, the recipients of one tenant × destination
  *   domain that are due now) and the current config snapshot.
@@ -15,14 +15,15 @@
  * Settings: routes, dns.*, delivery.* (delivery.transcripts.* for the transcripts,
  *   delivery.tlsPolicy, delivery.mtaSts.*, delivery.tls.caFile for TLS).
  *
- * Sessions are pooled per (destination site, source address) (delivery-cache.ts); sites are named
+ * Sessions are pooled per (destination site, source address) (smtp/smtp-pool.ts, over the one SMTP
+ * client smtp/smtp-connection.ts, which the transparent proxy leases from too); sites are named
  * in delivery-sites.ts; every delivery also returns the signal it left about the destination's
  * attitude (delivery-throttle.ts), which the queue's scheduler and throttle control act on.
  */
 import type { Logger } from 'pino';
 import type { EgressConfig } from './delivery-config.js';
 import { createResolver, Router } from './delivery-route.js';
-import { SessionCache } from './delivery-cache.js';
+import { SmtpPool } from './smtp/smtp-pool.js';
 import { Sites, type SiteInfo } from './delivery-sites.js';
 import type { Signal } from './delivery-throttle.js';
 import { StsPolicyCache } from './delivery-mtasts.js';
@@ -50,7 +51,9 @@ export interface Via {
 export type { SiteInfo } from './delivery-sites.js';
 export type { Signal, SignalKind } from './delivery-throttle.js';
 
-export { SessionCache } from './delivery-cache.js';
+export { SmtpPool } from './smtp/smtp-pool.js';
+/** The pools' earlier name, still used by test/mta-sts.test.ts. */
+export { SmtpPool as SessionCache } from './smtp/smtp-pool.js';
 export { StsPolicyCache } from './delivery-mtasts.js';
 
 export interface EgressShared {
@@ -65,8 +68,8 @@ export class Egress {
   readonly sites: Sites;
   /** CA certificates for verified outbound TLS (undefined: Node's store). */
   readonly ca: string[] | undefined;
-  /** Idle sessions outlive a config reload: the cache is shared by every Egress of one process. */
-  constructor(private readonly config: EgressConfig, private readonly cache: SessionCache = new SessionCache(), shared: EgressShared = {}) {
+  /** Idle sessions outlive a config reload: the pools are shared by every Egress of one process. */
+  constructor(private readonly config: EgressConfig, private readonly pool: SmtpPool = new SmtpPool(), shared: EgressShared = {}) {
     const resolver = createResolver(config);
     this.sites = new Sites(config, new Router(config, resolver));
     this.ca = loadCa(config.delivery.tls.caFile);
@@ -106,7 +109,7 @@ export class Egress {
     }
     let last: { reason: string; code: number; status: string; signal: Signal } | null = null;
     for (const { hop, tls } of plan.hops) {
-      const result = await deliverToHop(hop, msg, opts, this.cache, tls);
+      const result = await deliverToHop(hop, msg, opts, this.pool, tls);
       if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes, signal: result.signal };
       // A host that refused says nothing of the next one; the worst of them counts only if none took the mail.
       last = !last || rank(result.signal) >= rank(last.signal) ? result : { ...result, signal: last.signal };
@@ -127,7 +130,7 @@ export class Egress {
 
   /** QUITs the idle sessions and waits (briefly) for them to end, so their transcripts are complete. */
   closeIdleSessions(): Promise<void> {
-    return this.cache.closeAll();
+    return this.pool.closeAll();
   }
 }
 

@@ -21,7 +21,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { buildEngineSet, EngineHost, oversizeWarnings } from '../engines/index.js';
 import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
-import { Egress, SessionCache, StsPolicyCache } from '../delivery/index.js';
+import { Egress, SmtpPool, StsPolicyCache } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
 import { adminSocket, ConfigHandle } from './mta-config.js';
@@ -85,7 +85,7 @@ export class Ichidan {
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
 
-  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SessionCache) {
+  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool) {
     this.#handle = new ConfigHandle(config);
     const metrics = processMetrics({ engines: () => this.engines.list(), queue });
     this.metrics = metrics.registry;
@@ -113,7 +113,7 @@ export class Ichidan {
    */
   static async start(config: Config, log: Logger, opts: { configFile?: string; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
-    const sessions = new SessionCache();
+    const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
     const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log);
@@ -189,7 +189,7 @@ export class Ichidan {
       transcripts: transcripts.enabled ? { sink: this.queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
       signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
       outbound: this.#proxyOutbound,
-      cache: this.sessions,
+      pool: this.sessions,
       admit: (site, source, tenant) => this.queue.scheduler.admit(site, source, tenant),
       connections: (site, source) => this.queue.scheduler.connections(site, source),
     };

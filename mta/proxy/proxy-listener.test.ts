@@ -3,7 +3,7 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../index.js';
 import { RawSmtp } from '../../test/helpers/raw-smtp.js';
-import { SessionCache } from '../../delivery/delivery-cache.js';
+import { SmtpPool } from '../../delivery/smtp/smtp-pool.js';
 import { Policy } from '../ingress/ingress-policy.js';
 import { ProxyListener } from './proxy-listener.js';
 import type { ProxyDeps } from './proxy-session.js';
@@ -51,7 +51,7 @@ async function listener(destPort: number, badPort: { value: number }) {
     admit: () => null,
     connections: () => undefined,
     outbound: new Set(),
-    cache: new SessionCache(),
+    pool: new SmtpPool(),
   });
   const proxy = new ProxyListener(config.listeners[0], {
     scanner: () => null,

@@ -33,11 +33,14 @@ import type { Config, ListenerConfig } from '../mta-config-schema.js';
 import { ConnectionTable, WatchedServer } from '../ingress/ingress-connections.js';
 import type { Policy } from '../ingress/ingress-policy.js';
 import { mailFromRefusal, rcptToRefusal } from '../ingress/ingress-envelope.js';
-import { REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
+import { destinationIsSelf, proxyNotAllowed, REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ProxySession, REFUSED_BY_PROXY, type Destination, type ProxyDeps } from './proxy-session.js';
-import type { Reply } from '../../delivery/proxy-client.js';
+import { toReply, xtext, type Reply } from '../../delivery/smtp/smtp-wire.js';
+
+/** ESMTP parameter values go back on as xtext (RFC 3461): what smtp-server decoded is encoded again. */
+export { xtext };
 
 export interface ScanInput {
   tenant: string;
@@ -76,7 +79,8 @@ export interface ProxyListenerDeps {
 
 type Callback = (err?: Error | null, message?: string) => void;
 
-function smtpError(reply: Reply): Error {
+/** The destination's own reply (or the session's in its stead), passed to smtp-server as it came. */
+function relayedError(reply: Reply): Error {
   return Object.assign(new Error(reply.lines.join(' ')), { responseCode: reply.code });
 }
 
@@ -95,21 +99,9 @@ function isLocalAddress(address: string): boolean {
   return Object.values(networkInterfaces()).some((list) => list?.some((i) => unmapped(i.address) === address));
 }
 
-/** RFC 3461 xtext: what smtp-server decoded goes back encoded ("+", "=" and bytes outside 33–126 as +XX). */
-export function xtext(value: string): string {
-  return Buffer.from(value, 'utf8').reduce((out, b) => out + (b < 33 || b > 126 || b === 0x2b || b === 0x3d ? `+${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b)), '');
-}
-
 /** The client's data broke off before its final dot: for the session, data refused on the way. */
 function cutOffError(err: Error): Error {
   return Object.assign(new Error(`the client's data broke off: ${err.message}`), { code: REFUSED_BY_PROXY });
-}
-
-/** The client's answer for data that broke off, as the listeners give it (the client has most often gone already). */
-function cutOff(): Reply {
-  const r = REPLIES.dataTimeout;
-  const text = `${r.enhanced} ${r.text}`;
-  return { code: r.code, lines: [text], raw: `${r.code} ${text}` };
 }
 
 export class ProxyListener {
@@ -210,15 +202,15 @@ export class ProxyListener {
     const limited = this.#connections.admit(session);
     if (limited) return cb(toSmtpError(limited));
     const client = unmapped(session.remoteAddress);
-    const refuse = (code: number, text: string) => cb(Object.assign(new Error(text), { responseCode: code }));
-    if (this.deps.outbound.has(`${client}|${session.remotePort}`)) return refuse(554, '5.4.6 routing loop: this connection comes from the proxy itself');
+    const refuse = (r: SmtpReply) => cb(toSmtpError(r));
+    if (this.deps.outbound.has(`${client}|${session.remotePort}`)) return refuse(REPLIES.proxyLoop);
     const tenant = this.deps.tenantOf(client);
-    if (tenant === undefined) return refuse(554, `5.7.1 ${client} may not use this proxy`);
+    if (tenant === undefined) return refuse(proxyNotAllowed(client));
     const destination = this.#destinations.get(`${client}|${session.remotePort}`);
-    if (!destination) return refuse(554, '5.4.6 no original destination: this connection was not redirected to the proxy');
+    if (!destination) return refuse(REPLIES.notRedirected);
     const dst = { address: unmapped(destination.address), port: destination.port };
     const own = this.deps.ownEndpoints().some((e) => e.port === dst.port && (unmapped(e.address) === dst.address || (isWildcard(e.address) && isLocalAddress(dst.address))));
-    if (own) return refuse(554, `5.4.6 routing loop: ${dst.address}:${dst.port} is this MTA`);
+    if (own) return refuse(destinationIsSelf(`${dst.address}:${dst.port}`));
     this.#sessions.set(session.id, new ProxySession(session.id, dst, tenant, this.deps.session(this.deps.config())));
     this.deps.log.info({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
     cb();
@@ -267,7 +259,8 @@ export class ProxyListener {
 
   #run(session: SMTPServerSession, cb: Callback, step: (s: ProxySession) => Promise<Reply>): void {
     const s = this.#sessions.get(session.id);
-    if (!s) return cb(Object.assign(new Error('4.3.0 no proxy session'), { responseCode: 451 }));
+    // A handler for a session never opened: internal inconsistency, a bland reply to the client.
+    if (!s) return cb(toSmtpError(REPLIES.localError));
     let pending: Promise<Reply>;
     try {
       pending = step(s);
@@ -277,7 +270,7 @@ export class ProxyListener {
     pending.then((reply) => {
       // The destination's own text goes back with its 250 (smtp-server patched to take it).
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
-      else cb(smtpError(reply));
+      else cb(relayedError(reply));
     }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null));
   }
 
@@ -285,7 +278,7 @@ export class ProxyListener {
     const s = this.#sessions.get(session.id);
     if (!s) {
       stream.resume();
-      return cb(Object.assign(new Error('4.3.0 no proxy session'), { responseCode: 451 }));
+      return cb(toSmtpError(REPLIES.localError));
     }
     // smtp-server has sent its 354: the data rate counts until the client's final dot, not while
     // the destination or the scanner takes its time afterwards.
@@ -316,7 +309,7 @@ export class ProxyListener {
         // past its RCPTs, and its transaction is reset. Any other failure is the session's.
         if ((stream as unknown as Readable).readableEnded) throw err;
         this.deps.log.info({ listener: this.spec.name, session: session.id, err: (err as Error).message }, 'proxied DATA not completed');
-        return s.abort(cutOff());
+        return s.abort(toReply(REPLIES.dataTimeout));
       }
       if (outcome.kind !== 'relay') return s.abort(outcome.reply);
       try {
@@ -328,7 +321,7 @@ export class ProxyListener {
     relay().finally(() => stream.resume()).then((reply) => {
       this.#report(session, s);
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
-      else cb(smtpError(reply));
+      else cb(relayedError(reply));
     }, (err) => {
       stream.resume();
       this.#fail(session, err, cb);
@@ -337,30 +330,31 @@ export class ProxyListener {
 
   /**
    * The client's data as relayed: refused on the way (and the destination's transaction broken off
-   * before its final dot) when it grows past the size limit or carries a bare CR or LF, as the
-   * listeners refuse it (552 5.3.4, 550 5.6.0); the rest of the client's data is read and dropped.
+   * before its final dot) when it grows past the size limit or carries a bare CR or LF, with the
+   * listeners' replies (REPLIES.tooBig, REPLIES.badLineEndings); the rest of the client's data is
+   * read and dropped.
    */
   #guarded(stream: Readable, refuse: (r: Reply) => void): Readable {
     const max = this.deps.config().limits.maxMessageSize;
     const guard = this.deps.lineGuard();
     let bytes = 0;
-    const stop = (code: number, text: string, cb: (err: Error) => void) => {
-      refuse({ code, lines: [text], raw: `${code} ${text}` });
+    const stop = (r: SmtpReply, cb: (err: Error) => void) => {
+      refuse(toReply(r));
       stream.unpipe(out);
       stream.resume();
-      cb(Object.assign(new Error(text), { code: REFUSED_BY_PROXY }));
+      cb(Object.assign(new Error(`${r.enhanced} ${r.text}`), { code: REFUSED_BY_PROXY }));
     };
     const out = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         bytes += chunk.length;
         guard.feed(chunk);
-        if (bytes > max) return stop(552, '5.3.4 message too big', cb);
-        if (guard.bare) return stop(550, '5.6.0 bare CR or LF in the message data', cb);
+        if (bytes > max) return stop(REPLIES.tooBig, cb);
+        if (guard.bare) return stop(REPLIES.badLineEndings, cb);
         cb(null, chunk);
       },
       flush(cb) {
         guard.finish();
-        if (guard.bare) return stop(550, '5.6.0 bare CR or LF in the message data', cb);
+        if (guard.bare) return stop(REPLIES.badLineEndings, cb);
         cb();
       },
     });

@@ -30,16 +30,17 @@
  * Network: TCP/TLS to the original destination only.
  */
 import type { Readable } from 'node:stream';
-import { checkServerIdentity, type PeerCertificate, type TLSSocket } from 'node:tls';
+import { reply } from '../../base/base-reply.js';
 import type { Source } from '../../base/base-site.js';
 import type { Dispatch } from '../../queue/queue-scheduler.js';
-import type { Lease, SessionCache } from '../../delivery/delivery-cache.js';
 import type { RouteDecision } from '../../delivery/delivery-route.js';
 import type { SiteInfo } from '../../delivery/delivery-sites.js';
 import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from '../../delivery/delivery-throttle.js';
-import type { HopTls, TlsPlan } from '../../delivery/delivery-tls.js';
+import { checkHopTls, starttlsOptions, tlsRefusal, type TlsPlan } from '../../delivery/delivery-tls.js';
 import { Transcript, type TranscriptSink } from '../../delivery/delivery-transcript.js';
-import { replyText, SmtpClient, type Reply } from '../../delivery/proxy-client.js';
+import { replyText, SmtpConnection, type Reply } from '../../delivery/smtp/smtp-connection.js';
+import { toReply } from '../../delivery/smtp/smtp-wire.js';
+import type { Lease, SmtpPool } from '../../delivery/smtp/smtp-pool.js';
 
 export interface Destination {
   address: string;
@@ -74,7 +75,7 @@ export interface ProxyDeps {
   /** "address|port" of every open destination connection: one that comes back to the proxy is a loop. */
   outbound: Set<string>;
   /** The pools shared with queued delivery: idle destination sessions, and every connection counted per (site, source). */
-  cache: SessionCache;
+  pool: SmtpPool;
 }
 
 export interface TransactionSummary {
@@ -100,12 +101,12 @@ export const REFUSED_BY_PROXY = 'EREFUSED';
 
 /** 4xx said to the client for a destination that failed; the detail is for the log and transcript. */
 function tempfail(status: string, detail: string): Reply {
-  const text = `${status} destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400);
-  return { code: 451, lines: [text], raw: `451 ${text}` };
+  const text = `destination failed: ${detail}`.replace(/[\r\n]+/g, ' ').slice(0, 400 - status.length - 1);
+  return toReply(reply(451, status, text));
 }
 
 export class ProxySession {
-  #client: SmtpClient | null = null;
+  #client: SmtpConnection | null = null;
   #slot: Slot | null = null;
   /** The source address of the session's last turn (undefined: it has had none). */
   #lastSource: string | null | undefined = undefined;
@@ -167,11 +168,8 @@ export class ProxySession {
     // Each further transaction is admitted as a delivery would be: holds, pauses and rates in force now.
     const source = this.#slot ? this.#slot.source.address : this.#lastSource;
     const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
-    if (refusal) {
-      const text = `4.7.1 ${refusal}; try again later`;
-      return { code: 451, lines: [text], raw: `451 ${text}` };
-    }
-    if (!this.#client) return { code: 250, lines: ['2.1.0 Ok'], raw: '250 2.1.0 Ok' };
+    if (refusal) return toReply(reply(451, '4.7.1', `${refusal}; try again later`));
+    if (!this.#client) return toReply(reply(250, '2.1.0', 'Ok'));
     return this.#relayMail();
   }
 
@@ -305,9 +303,9 @@ export class ProxySession {
    */
   async #reuse(): Promise<boolean> {
     for (;;) {
-      const lease = this.deps.cache.take(this.#poolKey);
+      const lease = this.deps.pool.take(this.#poolKey);
       if (!lease) return false;
-      const client = lease.conn as unknown as SmtpClient;
+      const client = lease.conn;
       this.#transcript = lease.transcript;
       this.#clock = lease.clock;
       this.#client = client;
@@ -323,7 +321,7 @@ export class ProxySession {
   }
 
   /** Back to the pool when the destination is in a known state and has carried fewer than its share; else QUIT. */
-  async #putBack(client: SmtpClient): Promise<void> {
+  async #putBack(client: SmtpConnection): Promise<void> {
     const site = this.#site;
     let usable = !this.#failed && !client.ended && site !== null;
     if (usable && this.#inTransaction) {
@@ -331,9 +329,9 @@ export class ProxySession {
       this.#inTransaction = false;
     }
     if (!usable || !site) return client.quit();
-    const lease: Lease = { conn: client as unknown as Lease['conn'], uses: this.#uses, reused: false, transcript: this.#transcript, clock: this.#clock!, pair: this.#pair };
+    const lease: Lease = { conn: client, uses: this.#uses, reused: false, transcript: this.#transcript, clock: this.#clock!, pair: this.#pair };
     this.#transcript?.release();
-    this.deps.cache.give(this.#poolKey, lease, { maxConnections: this.#maxConnections(), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
+    this.deps.pool.give(this.#poolKey, lease, { maxConnections: this.#maxConnections(), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
   }
 
   async #relayMail(): Promise<Reply> {
@@ -386,43 +384,33 @@ export class ProxySession {
     this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;
     this.#poolKey = `proxy|${address}|${port}|${source.address ?? ''}|${helo}|${hostName ?? ''}`;
     if (await this.#reuse()) return null;
-    await this.deps.cache.makeRoom(this.#pair, this.#maxConnections());
-    this.#transcript = this.deps.transcripts
-      ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo: source.helo ?? this.deps.heloName, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
+    const transcript = this.deps.transcripts
+      ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
       : null;
-    this.#clock = new ReplyClock(this.#transcript?.logger ?? null);
+    const clock = new ReplyClock(transcript?.logger ?? null);
+    this.#transcript = transcript;
+    this.#clock = clock;
+    const create = () => {
+      const conn = new SmtpConnection({ address, port, localAddress: source.address, connectTimeout: this.deps.connectTimeout, replyTimeout: this.deps.replyTimeout, logger: clock.logger });
+      transcript?.watch(conn);
+      return conn;
+    };
     try {
-      const client = await SmtpClient.open({
-        address, port, localAddress: source.address, connectTimeout: this.deps.connectTimeout, replyTimeout: this.deps.replyTimeout, logger: this.#clock.logger,
-      });
-      this.#client = client;
+      const { conn, openWithThis } = await this.deps.pool.open(this.#pair, this.#maxConnections(), create);
+      this.#client = conn;
       this.#uses = 0;
-      this.deps.cache.opened(this.#pair, client as unknown as Lease['conn']);
-      const openWithThis = this.deps.cache.openCount(this.#pair);
-      const local = `${client.socket.localAddress?.replace(/^::ffff:/i, '')}|${client.socket.localPort}`;
+      const local = `${conn.socket?.localAddress?.replace(/^::ffff:/i, '')}|${conn.socket?.localPort}`;
       this.deps.outbound.add(local);
-      client.once('end', () => this.deps.outbound.delete(local));
-      this.#transcript?.follow(() => client.socket, (end) => client.once('end', end));
-      const greeting = client.greeting!;
-      if (greeting.code !== 220) {
+      conn.once('end', () => this.deps.outbound.delete(local));
+      // STARTTLS whenever offered; whether the session is fit for a recipient domain is judged per RCPT.
+      const refusal = await conn.handshake({ name: helo, lmtp: false, starttls: 'offered', tls: starttlsOptions(hostName ?? address, this.deps.ca) });
+      if (refusal?.step === 'greeting') {
         // A refusal for the number of our connections teaches the pair's cap; the client retries.
-        const capped = bannerCapSignal(greeting.code, replyText(greeting), openWithThis);
+        const capped = bannerCapSignal(refusal.reply.code, replyText(refusal.reply), openWithThis);
         if (capped) this.#signalRaw(capped);
-        return this.#refusedOpen(greeting, capped === null);
+        return this.#refusedOpen(refusal.reply, capped === null);
       }
-      let hello = await client.hello(helo);
-      if (hello.code !== 250) return this.#refusedOpen(hello);
-      if (client.extensions.has('STARTTLS')) {
-        const tls = await client.starttls({
-          ca: this.deps.ca, servername: hostName && /[a-z]/i.test(hostName) ? hostName : undefined,
-          rejectUnauthorized: false, checkServerIdentity: () => undefined,
-        });
-        if (tls.code === 220) {
-          hello = await client.hello(helo);
-          if (hello.code !== 250) return this.#refusedOpen(hello);
-        }
-      }
-      return null;
+      return refusal ? this.#refusedOpen(refusal.reply) : null;
     } catch (err) {
       return this.#broken(err);
     }
@@ -453,30 +441,12 @@ export class ProxySession {
     const hops = decision?.kind === 'hops' ? decision.hops.filter((h) => h.port === port && h.addresses.includes(address)) : [];
     const hop = hops[0] ?? { name: this.#hostName ?? address, addresses: [address], port, protocol: 'smtp' as const };
     const plan = await this.deps.tlsPlan(domain, decision?.kind === 'hops' ? decision.via : 'mx', [hop]);
-    const refuse = (reason: string): Reply => {
-      const text = `4.7.5 ${reason}; not sent`;
-      return { code: 451, lines: [text], raw: `451 ${text}` };
-    };
+    const refuse = (reason: string): Reply => toReply(reply(451, '4.7.5', `${reason}; not sent`));
     if (plan.kind === 'defer') return refuse(plan.reason);
     const planned = plan.hops[0];
     if (!planned) return refuse(`no usable mail host of ${domain} is ${address}`);
-    const problem = this.#tlsProblem(planned.tls, planned.hop.name);
-    if (problem) return refuse(`${planned.tls.rule} requires ${planned.tls.level === 'require' ? 'TLS' : 'verified TLS'}: ${problem}`);
-    if (planned.tls.audit) {
-      const audit = this.#tlsProblem({ ...planned.tls, level: 'require-verified' }, planned.hop.name);
-      if (audit) planned.tls.audit(audit);
-    }
-    return null;
-  }
-
-  #tlsProblem(tls: HopTls, name: string): string | null {
-    if (tls.level !== 'require' && tls.level !== 'require-verified') return null;
-    const socket = this.#client?.socket as TLSSocket | undefined;
-    if (!socket?.encrypted) return 'STARTTLS not offered or not completed';
-    if (tls.level === 'require') return null;
-    if (!socket.authorized) return `certificate not valid: ${String(socket.authorizationError ?? 'unverified')}`;
-    const mismatch = checkServerIdentity(name, socket.getPeerCertificate() as PeerCertificate);
-    return mismatch ? `certificate not valid for ${name}: ${mismatch.message}` : null;
+    const problem = checkHopTls(planned.tls, this.#client?.socket ?? null, planned.hop.name);
+    return problem ? refuse(tlsRefusal(planned.tls, problem)) : null;
   }
 
   async #command(line: string): Promise<Reply> {

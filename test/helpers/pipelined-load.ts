@@ -14,7 +14,7 @@
  * Exits 1 only when it cannot run at all; refused transactions are data, not errors.
  */
 import { connect, type Socket } from 'node:net';
-import { ReplyReader } from '../../delivery/proxy-client.js';
+import { ReplyReader } from '../../delivery/smtp/smtp-wire.js';
 
 interface Reply { code: number; text: string }
 

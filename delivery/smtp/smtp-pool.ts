@@ -1,6 +1,9 @@
 /*
- * The connection pools: SMTP sessions kept open for the next message to the same next hop, per
- * (site, source address) pair, as Postfix's connection cache does for a destination.
+ * The connection pools: SMTP sessions (smtp-connection.ts) kept open for the next message to the
+ * same next hop, per (site, source address) pair, as Postfix's connection cache does for a
+ * destination. Queued delivery (delivery-smtp.ts) and the transparent proxy
+ * (mta/proxy/proxy-session.ts) lease from the same pools: `open` a new connection (counted from
+ * here), `take` an idle one, `give` it back after a transaction.
  *
  * A session is reused only after a clean transaction (or a successful RSET), for at most the
  * site's `messagesPerConnection` messages and `idleTimeout` of idleness; its key names the
@@ -16,9 +19,9 @@
  * reply clock travel with it through the pool.
  */
 import { EventEmitter } from 'node:events';
-import type SMTPConnection from 'nodemailer/lib/smtp-connection';
-import type { ReplyClock } from './delivery-throttle.js';
-import type { Transcript } from './delivery-transcript.js';
+import type { ReplyClock } from '../delivery-throttle.js';
+import type { Transcript } from '../delivery-transcript.js';
+import type { Reply, SmtpConnection } from './smtp-connection.js';
 
 interface Idle {
   key: string;
@@ -27,7 +30,7 @@ interface Idle {
 }
 
 export interface Lease {
-  conn: SMTPConnection;
+  conn: SmtpConnection;
   uses: number;
   reused: boolean;
   transcript: Transcript | null;
@@ -42,13 +45,14 @@ export interface PoolLimits {
   idleTimeout: number;
 }
 
-/** Closed or closing: nodemailer's connection says so in its own fields, the proxy's client by `ended`. */
-function gone(conn: SMTPConnection): boolean {
-  const c = conn as unknown as { _destroyed?: boolean; _closing?: boolean; ended?: boolean };
-  return c._destroyed === true || c._closing === true || c.ended === true;
+/** A new connection, connected and greeted, and the connections of its pair open with it (itself included). */
+export interface Opened {
+  conn: SmtpConnection;
+  greeting: Reply;
+  openWithThis: number;
 }
 
-export class SessionCache {
+export class SmtpPool {
   readonly #idle = new Map<string, Idle[]>();
   /** Idle sessions per pair, oldest first: the first to close when the pair needs room. */
   readonly #idleByPair = new Map<string, Idle[]>();
@@ -68,13 +72,27 @@ export class SessionCache {
     while (list && list.length > 0) {
       const idle = list.pop()!;
       this.#forget(idle);
-      if (!gone(idle.lease.conn)) return { ...idle.lease, reused: true };
+      if (!idle.lease.conn.closing) return { ...idle.lease, reused: true };
     }
     return undefined;
   }
 
+  /**
+   * Opens one more connection for the pair once there is room (`makeRoom`), counted against it
+   * from before the connect until it ends, and reads its greeting. Rejects as the connect does
+   * (the connection has then ended, and is no longer counted).
+   */
+  async open(pair: string, max: number, create: () => SmtpConnection): Promise<Opened> {
+    await this.makeRoom(pair, max);
+    const conn = create();
+    this.#count(pair, conn);
+    const openWithThis = this.openCount(pair);
+    const greeting = await conn.connect();
+    return { conn, greeting, openWithThis };
+  }
+
   /** Counts a new connection against its pair until it ends. */
-  opened(pair: string, conn: SMTPConnection): void {
+  #count(pair: string, conn: SmtpConnection): void {
     this.#open.set(pair, this.openCount(pair) + 1);
     let counted = true;
     const end = () => {
@@ -85,7 +103,6 @@ export class SessionCache {
       this.#ended.emit(pair);
     };
     conn.once('end', end);
-    conn.once('close', end);
   }
 
   /**
@@ -106,11 +123,11 @@ export class SessionCache {
       if (i >= 0) list!.splice(i, 1);
       this.#forget(idle);
       const conn = idle.lease.conn;
-      if (gone(conn)) continue;
+      if (conn.closing) continue;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => { conn.close(); resolve(); }, graceMs);
         conn.once('end', () => { clearTimeout(timer); resolve(); });
-        quit(conn);
+        void conn.quit();
       });
     }
   }
@@ -130,9 +147,9 @@ export class SessionCache {
   give(key: string, lease: Lease, limits: PoolLimits): void {
     let list = this.#idle.get(key);
     if (!list) this.#idle.set(key, (list = []));
-    if (gone(lease.conn) || lease.uses >= limits.messagesPerConnection || list.length >= this.maxIdlePerKey
+    if (lease.conn.closing || lease.uses >= limits.messagesPerConnection || list.length >= this.maxIdlePerKey
       || this.openCount(lease.pair) > limits.maxConnections) {
-      quit(lease.conn);
+      void lease.conn.quit();
       return;
     }
     const entry: Idle = {
@@ -143,13 +160,10 @@ export class SessionCache {
         const i = l ? l.indexOf(entry) : -1;
         if (i >= 0) l!.splice(i, 1);
         this.#forget(entry);
-        quit(lease.conn);
+        void lease.conn.quit();
       }, limits.idleTimeout),
     };
     entry.timer.unref();
-    // Errors on an idle session (the peer closing it) must not crash the process.
-    lease.conn.removeAllListeners('error');
-    lease.conn.on('error', () => undefined);
     list.push(entry);
     let byPair = this.#idleByPair.get(lease.pair);
     if (!byPair) this.#idleByPair.set(lease.pair, (byPair = []));
@@ -171,9 +185,9 @@ export class SessionCache {
       for (const idle of list) {
         this.#forget(idle);
         const conn = idle.lease.conn;
-        if (gone(conn)) continue;
+        if (conn.closing) continue;
         ended.push(new Promise((resolve) => conn.once('end', () => resolve())));
-        quit(conn);
+        void conn.quit();
       }
     }
     this.#idle.clear();
@@ -181,13 +195,5 @@ export class SessionCache {
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs); });
     return Promise.race([Promise.all(ended).then(() => undefined), grace]).finally(() => clearTimeout(timer));
-  }
-}
-
-export function quit(conn: SMTPConnection): void {
-  try {
-    conn.quit();
-  } catch {
-    conn.close();
   }
 }
