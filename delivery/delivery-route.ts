@@ -10,6 +10,7 @@
 import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { EgressConfig, RouteConfig } from './delivery-config.js';
+import { STATUS } from '../base/base-outcome.js';
 
 export interface NextHop {
   /** The name the hop is known by (MX host or route host): used for TLS SNI and the transcript. */
@@ -78,19 +79,19 @@ export class Router {
       return { kind: 'hops', via: 'route', hops: [{ name: fixed.host, addresses, port: fixed.port, protocol: fixed.protocol }] };
     }
     if (!this.resolver) {
-      return { kind: 'fail', permanent: false, status: '4.4.4', reason: `no route for ${domain} (no static route and no dns.servers configured)` };
+      return { kind: 'fail', permanent: false, status: STATUS.noRoute, reason: `no route for ${domain} (no static route and no dns.servers configured)` };
     }
     let mx: { exchange: string; priority: number }[];
     try {
       mx = await this.resolver.resolveMx(domain);
     } catch (err) {
       const code = dnsCode(err);
-      if (code === 'ENOTFOUND') return { kind: 'fail', permanent: true, status: '5.1.2', reason: `domain ${domain} does not exist (NXDOMAIN)` };
-      if (code !== 'ENODATA') return { kind: 'fail', permanent: false, status: '4.4.3', reason: `MX lookup for ${domain} failed: ${code}` };
+      if (code === 'ENOTFOUND') return { kind: 'fail', permanent: true, status: STATUS.noSuchDomain, reason: `domain ${domain} does not exist (NXDOMAIN)` };
+      if (code !== 'ENODATA') return { kind: 'fail', permanent: false, status: STATUS.lookupFailed, reason: `MX lookup for ${domain} failed: ${code}` };
       mx = [];
     }
     if (mx.length === 1 && (mx[0].exchange === '' || mx[0].exchange === '.')) {
-      return { kind: 'fail', permanent: true, status: '5.1.10', reason: `${domain} does not accept mail (null MX, RFC 7505)` };
+      return { kind: 'fail', permanent: true, status: STATUS.nullMx, reason: `${domain} does not accept mail (null MX, RFC 7505)` };
     }
     const names = mx.length > 0
       ? [...mx].sort((a, b) => a.priority - b.priority).map((m) => m.exchange.replace(/\.$/, '').toLowerCase())
@@ -110,14 +111,14 @@ export class Router {
     // the destination's misconfiguration, which is often fixed within the retry period: defer.
     if (mx.length === 0 && lastFailure?.kind === 'fail' && lastFailure.permanent) return lastFailure;
     const why = lastFailure?.kind === 'fail' ? lastFailure.reason : 'no address';
-    return { kind: 'fail', permanent: false, status: '4.4.3', reason: `no usable mail host for ${domain}: ${why}` };
+    return { kind: 'fail', permanent: false, status: STATUS.lookupFailed, reason: `no usable mail host for ${domain}: ${why}` };
   }
 
   async #addresses(host: string): Promise<string[] | RouteDecision> {
     const literal = host.replace(/^\[(.*)\]$/, '$1');
     if (isIP(literal)) return [literal];
     if (!this.resolver) {
-      return { kind: 'fail', permanent: false, status: '4.4.3', reason: `cannot resolve ${host}: no dns.servers configured` };
+      return { kind: 'fail', permanent: false, status: STATUS.lookupFailed, reason: `cannot resolve ${host}: no dns.servers configured` };
     }
     const [v4, v6] = await Promise.allSettled([this.resolver.resolve4(host), this.resolver.resolve6(host)]);
     const found = [
@@ -127,8 +128,8 @@ export class Router {
     if (found.length > 0) return found;
     const codes = [v4, v6].map((r) => (r.status === 'rejected' ? dnsCode(r.reason) : 'ENODATA'));
     if (codes.every((c) => c === 'ENOTFOUND' || c === 'ENODATA')) {
-      return { kind: 'fail', permanent: true, status: '5.4.4', reason: `host ${host} has no address (${codes[0]})` };
+      return { kind: 'fail', permanent: true, status: STATUS.hostWithoutAddress, reason: `host ${host} has no address (${codes[0]})` };
     }
-    return { kind: 'fail', permanent: false, status: '4.4.3', reason: `address lookup for ${host} failed: ${codes.join('/')}` };
+    return { kind: 'fail', permanent: false, status: STATUS.lookupFailed, reason: `address lookup for ${host} failed: ${codes.join('/')}` };
   }
 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../mta/index.js';
 import type { Router, RouteDecision } from './delivery-route.js';
-import { hostMatches, Sites } from './delivery-sites.js';
+import { hostMatches, SiteDirectory } from './delivery-sites.js';
 
 const mx = (...names: string[]): RouteDecision => ({ kind: 'hops', via: 'mx', hops: names.map((name) => ({ name, addresses: ['127.0.0.9'], port: 25, protocol: 'smtp' as const })) });
 
@@ -10,7 +10,7 @@ function sites(routes: Record<string, RouteDecision>, delivery: Record<string, u
   let now = 0;
   const router = { route: async (d: string) => { lookups++; return routes[d] ?? { kind: 'fail', permanent: true, status: '5.1.2', reason: 'nx' }; } } as unknown as Router;
   const config = parseConfig({ delivery } as never, 'test');
-  const s = new Sites(config, router, () => now);
+  const s = new SiteDirectory(config, router, () => now);
   return { s, lookups: () => lookups, advance: (ms: number) => { now += ms; } };
 }
 

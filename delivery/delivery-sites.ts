@@ -19,7 +19,8 @@ import type { EgressConfig } from './delivery-config.js';
 import type { SiteRef } from '../base/base-site.js';
 import type { RouteDecision, Router } from './delivery-route.js';
 
-export interface SiteInfo extends SiteRef {
+/** A site as delivery knows it: the scheduler's SiteRef and what the pools need besides. */
+export interface DeliverySite extends SiteRef {
   /** What the scheduler does not need but the pools do. */
   messagesPerConnection: number;
   idleTimeout: number;
@@ -38,16 +39,17 @@ export function hostMatches(pattern: string, name: string): boolean {
   return p === n;
 }
 
-export class Sites {
-  readonly #cache = new Map<string, { decision: RouteDecision; site: SiteInfo; expires: number }>();
-  readonly #pending = new Map<string, Promise<{ decision: RouteDecision; site: SiteInfo }>>();
+/** Names the site of each destination domain (cached route decisions) and gives a site's limits by its key. */
+export class SiteDirectory {
+  readonly #cache = new Map<string, { decision: RouteDecision; site: DeliverySite; expires: number }>();
+  readonly #pending = new Map<string, Promise<{ decision: RouteDecision; site: DeliverySite }>>();
   /** Mail host addresses seen in routes → their host name and site (what the proxy knows of an address). */
-  readonly #byAddress = new Map<string, { name: string; site: SiteInfo }>();
+  readonly #byAddress = new Map<string, { name: string; site: DeliverySite }>();
 
   constructor(private readonly config: EgressConfig, private readonly router: Router, private readonly now: () => number = Date.now) {}
 
   /** The limits of a site by its key (named sites have their own, the rest the defaults). */
-  limits(key: string): SiteInfo {
+  limits(key: string): DeliverySite {
     const base = this.config.delivery.site;
     const named = key.startsWith('site:') ? this.config.delivery.sites[key.slice(5)] : undefined;
     const pick = <K extends keyof typeof base>(k: K) => (named?.[k] ?? base[k]) as (typeof base)[K];
@@ -61,14 +63,14 @@ export class Sites {
   }
 
   /** The site of a domain, at once when its route is cached. */
-  site(domain: string): SiteInfo | Promise<SiteInfo> {
+  site(domain: string): DeliverySite | Promise<DeliverySite> {
     const hit = this.#fresh(domain);
     if (hit) return hit.site;
     return this.route(domain).then((r) => r.site);
   }
 
   /** The route decision and site of a domain (cached). */
-  async route(domain: string): Promise<{ decision: RouteDecision; site: SiteInfo }> {
+  async route(domain: string): Promise<{ decision: RouteDecision; site: DeliverySite }> {
     const hit = this.#fresh(domain);
     if (hit) return hit;
     let pending = this.#pending.get(domain);
@@ -91,11 +93,11 @@ export class Sites {
   }
 
   /** The mail host name and site an address:port was last seen under in a route, if any. */
-  byAddress(address: string, port: number): { name: string; site: SiteInfo } | undefined {
+  byAddress(address: string, port: number): { name: string; site: DeliverySite } | undefined {
     return this.#byAddress.get(`${address}|${port}`);
   }
 
-  #fresh(domain: string): { decision: RouteDecision; site: SiteInfo } | undefined {
+  #fresh(domain: string): { decision: RouteDecision; site: DeliverySite } | undefined {
     const hit = this.#cache.get(domain);
     if (hit && hit.expires > this.now()) return hit;
     return undefined;

@@ -27,6 +27,7 @@ import { Transcript, type TranscriptSink } from './delivery-transcript.js';
 import { replyString, SmtpConnection, type ConnectionError, type HandshakeRefusal, type Reply, type StartTls } from './smtp/smtp-connection.js';
 import { isPositive, sendEnvelope } from './smtp/smtp-envelope.js';
 import type { Lease, PoolLimits, SmtpPool } from './smtp/smtp-pool.js';
+import { deferReply, STATUS } from '../base/base-outcome.js';
 
 export interface OutboundRecipient {
   id: number;
@@ -132,7 +133,7 @@ async function resetSession(conn: SmtpConnection): Promise<boolean> {
 }
 
 export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: SessionOptions, pool: SmtpPool, tls: HopTls): Promise<HopResult> {
-  let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: '4.4.1', signal: { kind: 'failed', detail: 'no address' } };
+  let lastFailure: HopResult = { kind: 'unreachable', reason: `${hop.name}: no address`, code: 451, status: STATUS.noAnswer, signal: { kind: 'failed', detail: 'no address' } };
   const required = tls.level === 'require' || tls.level === 'require-verified';
   const lmtp = hop.protocol === 'lmtp';
   let signal: Signal | null = null;
@@ -169,7 +170,7 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
         continue;
       }
       signal = worse(signal, errorSignal(e.code, e.message));
-      lastFailure = { kind: 'unreachable', reason: `${where}: ${e.code ?? e.message}`, code: 451, status: '4.4.1', signal };
+      lastFailure = { kind: 'unreachable', reason: `${where}: ${e.code ?? e.message}`, code: 451, status: STATUS.noAnswer, signal };
       continue;
     }
     if (refusal) {
@@ -206,7 +207,7 @@ function refusedFailure(refusal: HandshakeRefusal, where: string, clock: ReplyCl
     kind: 'unreachable',
     reason: `${where}: ${text.trim()}`,
     code: reply.code,
-    status: reply.code >= 400 ? reply.status.replace(/^5/, '4') : '4.4.1',
+    status: reply.code >= 400 ? reply.status.replace(/^5/, '4') : STATUS.noAnswer,
     signal,
   };
 }
@@ -220,7 +221,7 @@ function replySignal(clock: ReplyClock, code: number, text: string, slowReply: n
 
 function tlsFailure(tls: HopTls, where: string, problem: string): HopResult {
   const reason = `${tlsRefusal(tls, `${where}: ${problem}`)}; not sent`;
-  return { kind: 'unreachable', reason, code: 451, status: '4.7.5', signal: { kind: 'failed', detail: reason } };
+  return { kind: 'unreachable', reason, code: 451, status: STATUS.tlsRequired, signal: { kind: 'failed', detail: reason } };
 }
 
 /** `error`: how the connection broke, when it did without a reply. */
@@ -272,7 +273,7 @@ type GroupResult = { clean: boolean };
 
 async function transactGroup(conn: SmtpConnection, msg: OutboundMessage, group: OutboundRecipient[], body: Readable, lmtp: boolean, record: (r: OutboundRecipient, reply: Reply | string) => void): Promise<GroupResult> {
   if (conn.maxSize > 0 && msg.size > conn.maxSize) {
-    for (const r of group) record(r, '552 5.3.4 message larger than the next hop accepts (SIZE)');
+    for (const r of group) record(r, `552 ${STATUS.tooBigForHop} message larger than the next hop accepts (SIZE)`);
     return { clean: false };
   }
   const replies = await sendEnvelope(conn, { ...msg, recipients: group });
@@ -295,7 +296,7 @@ async function transactGroup(conn: SmtpConnection, msg: OutboundMessage, group: 
     return { clean: false };
   }
   if (!data || !/^[23]/.test(String(data.code))) {
-    for (const r of accepted) record(r, data ?? '451 4.4.2 DATA not sent');
+    for (const r of accepted) record(r, data ?? deferReply(STATUS.badConnection, 'DATA not sent'));
     return { clean: false };
   }
   const finals = await conn.body(body, lmtp ? accepted.length : 1);
@@ -341,7 +342,7 @@ async function transact(conn: SmtpConnection, msg: OutboundMessage, where: strin
       // A pooled session that died before the peer read any of the message: nothing was sent, try a fresh one.
       if (reused && outcomes.length === 0 && !body.readableDidRead) return 'stale';
       // Whatever is left failed with the connection.
-      for (const r of group) if (!decided.has(r.id)) record(r, `451 4.4.2 ${e.code ?? 'ERROR'}: ${e.message}`);
+      for (const r of group) if (!decided.has(r.id)) record(r, deferReply(STATUS.badConnection, `${e.code ?? 'ERROR'}: ${e.message}`));
       clean = false;
       broken = true;
       error = errorSignal(e.code, e.message);
@@ -353,6 +354,6 @@ async function transact(conn: SmtpConnection, msg: OutboundMessage, where: strin
   // Recipients of groups never tried because the connection broke are deferred.
   const done = new Set(outcomes.map((o) => o.id));
   const untried = msg.recipients.filter((r) => !done.has(r.id));
-  outcomes.push(...sameOutcome(untried, '451 4.4.2 connection lost before this recipient was tried', where));
+  outcomes.push(...sameOutcome(untried, deferReply(STATUS.badConnection, 'connection lost before this recipient was tried'), where));
   return { outcomes, clean, broken, error };
 }

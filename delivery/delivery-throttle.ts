@@ -1,6 +1,6 @@
 /*
  * What an outbound session tells about the destination's attitude toward us: the signal each
- * delivery attempt leaves for the scheduler and the throttle control (queue/queue-throttle.ts).
+ * delivery attempt leaves for the scheduler and the throttle control (queue/queue-egress-control.ts).
  *
  *   throttled  421 at the banner or after any command (the server is closing on us), or a 4xx
  *              whose text speaks of rates, volumes or limits (450, 451, 4.7.x, ...); greylisting

@@ -27,6 +27,7 @@ import type { Logger } from 'pino';
 import type { EgressConfig } from './delivery-config.js';
 import { MtaSts, mxMatches, type StsPolicyCache } from './delivery-mtasts.js';
 import type { NextHop } from './delivery-route.js';
+import { STATUS } from '../base/base-outcome.js';
 
 export type TlsLevel = EgressConfig['delivery']['tlsPolicy'][string];
 
@@ -143,7 +144,7 @@ export class TlsPlanner {
     }
     const allowed = hops.filter((hop) => mxMatches(mx, hop.name));
     if (allowed.length === 0) {
-      return { kind: 'defer', status: '4.7.5', reason: `MTA-STS policy of ${domain} (enforce): no MX host matches its mx patterns (${mx.join(', ')}); not sent` };
+      return { kind: 'defer', status: STATUS.tlsRequired, reason: `MTA-STS policy of ${domain} (enforce): no MX host matches its mx patterns (${mx.join(', ')}); not sent` };
     }
     return {
       kind: 'hops',

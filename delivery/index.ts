@@ -24,13 +24,14 @@ import type { Logger } from 'pino';
 import type { EgressConfig } from './delivery-config.js';
 import { createResolver, Router } from './delivery-route.js';
 import { SmtpPool } from './smtp/smtp-pool.js';
-import { Sites, type SiteInfo } from './delivery-sites.js';
+import { SiteDirectory, type DeliverySite } from './delivery-sites.js';
 import type { Signal } from './delivery-throttle.js';
 import { StsPolicyCache } from './delivery-mtasts.js';
 import { deliverToHop, sameOutcome, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
 import { loadCa, TlsPlanner, type TlsPlan } from './delivery-tls.js';
 import type { NextHop } from './delivery-route.js';
 import type { TranscriptSink } from './delivery-transcript.js';
+import { deferReply, STATUS } from '../base/base-outcome.js';
 
 export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
 export type { TranscriptChunk, TranscriptConnection, TranscriptLine, TranscriptMessage, TranscriptSink } from './delivery-transcript.js';
@@ -48,12 +49,10 @@ export interface Via {
   connections?: number;
 }
 
-export type { SiteInfo } from './delivery-sites.js';
+export type { DeliverySite } from './delivery-sites.js';
 export type { Signal, SignalKind } from './delivery-throttle.js';
 
 export { SmtpPool } from './smtp/smtp-pool.js';
-/** The pools' earlier name, still used by test/mta-sts.test.ts. */
-export { SmtpPool as SessionCache } from './smtp/smtp-pool.js';
 export { StsPolicyCache } from './delivery-mtasts.js';
 
 export interface EgressShared {
@@ -65,13 +64,13 @@ export interface EgressShared {
 
 export class Egress {
   readonly #tls: TlsPlanner;
-  readonly sites: Sites;
+  readonly sites: SiteDirectory;
   /** CA certificates for verified outbound TLS (undefined: Node's store). */
   readonly ca: string[] | undefined;
   /** Idle sessions outlive a config reload: the pools are shared by every Egress of one process. */
   constructor(private readonly config: EgressConfig, private readonly pool: SmtpPool = new SmtpPool(), shared: EgressShared = {}) {
     const resolver = createResolver(config);
-    this.sites = new Sites(config, new Router(config, resolver));
+    this.sites = new SiteDirectory(config, new Router(config, resolver));
     this.ca = loadCa(config.delivery.tls.caFile);
     this.#tls = new TlsPlanner(config, resolver, shared.policies ?? new StsPolicyCache(), shared.log ?? null);
   }
@@ -88,7 +87,7 @@ export class Egress {
       return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain) };
     }
     // The site the scheduler counted the delivery against, even should the route have moved since.
-    const site: SiteInfo = via && via.site !== routed.key ? this.sites.limits(via.site) : routed;
+    const site: DeliverySite = via && via.site !== routed.key ? this.sites.limits(via.site) : routed;
     const localAddress = via?.source.address ?? null;
     const opts = {
       heloName: via?.source.helo ?? this.config.delivery.heloName ?? this.config.hostname,
@@ -105,7 +104,7 @@ export class Egress {
     };
     const plan = await this.#tls.plan(domain, decision.via, decision.hops);
     if (plan.kind === 'defer') {
-      return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, `451 ${plan.status} ${plan.reason}`, domain) };
+      return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, deferReply(plan.status, plan.reason), domain) };
     }
     let last: { reason: string; code: number; status: string; signal: Signal } | null = null;
     for (const { hop, tls } of plan.hops) {
@@ -114,7 +113,7 @@ export class Egress {
       // A host that refused says nothing of the next one; the worst of them counts only if none took the mail.
       last = !last || rank(result.signal) >= rank(last.signal) ? result : { ...result, signal: last.signal };
     }
-    const reply = `451 ${last?.status ?? '4.4.1'} ${last?.reason ?? 'no next hop'}`;
+    const reply = deferReply(last?.status ?? STATUS.noAnswer, last?.reason ?? 'no next hop');
     return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain), signal: last?.signal };
   }
 
@@ -124,7 +123,7 @@ export class Egress {
   }
 
   /** The scheduler's view of a domain's site (cached route; a lookup when not). */
-  site(domain: string): SiteInfo | Promise<SiteInfo> {
+  site(domain: string): DeliverySite | Promise<DeliverySite> {
     return this.sites.site(domain);
   }
 

@@ -35,7 +35,7 @@ import { Listener } from './ingress/ingress-server.js';
 import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from './proxy/proxy-origdst.js';
-import type { ProxyDeps } from './proxy/proxy-session.js';
+import { proxySessionDeps } from './proxy/proxy-deps.js';
 import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
@@ -155,7 +155,7 @@ export class Ichidan {
         const policy = this.#snapshot.policy;
         return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
       },
-      session: (config) => this.#proxyDeps(config),
+      session: (config) => proxySessionDeps(config, this.queue, this.sessions, this.#proxyOutbound),
       scanner: (tenant) => {
         const snapshot = this.#snapshot;
         if (!proxyScans(snapshot.config.proxy.scan, tenant) || snapshot.engines.size === 0) return null;
@@ -172,27 +172,6 @@ export class Ichidan {
     this.#proxies.push(proxy);
     this.bound.push({ name: spec.name, role: spec.role, ...where });
     this.log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
-  }
-
-  #proxyDeps(config: Config): ProxyDeps {
-    const egress = this.queue.egress;
-    const transcripts = config.delivery.transcripts;
-    return {
-      heloName: config.delivery.heloName ?? config.hostname,
-      connectTimeout: config.delivery.connectTimeout,
-      replyTimeout: config.delivery.replyTimeout,
-      ca: egress.ca,
-      route: (domain) => egress.sites.route(domain),
-      tlsPlan: (domain, via, hops) => egress.tlsPlan(domain, via, hops),
-      siteLimits: (key) => egress.sites.limits(key),
-      acquire: (tenant, site, leave) => this.queue.acquireLive(tenant, site, config.proxy.slotWait, leave),
-      transcripts: transcripts.enabled ? { sink: this.queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
-      signal: (site, source, tenant, signal) => this.queue.control.onSignal(site, source, tenant, signal),
-      outbound: this.#proxyOutbound,
-      pool: this.sessions,
-      admit: (site, source, tenant) => this.queue.scheduler.admit(site, source, tenant),
-      connections: (site, source) => this.queue.scheduler.connections(site, source),
-    };
   }
 
   /** The admin API's TCP port, when admin.port is set. */

@@ -32,6 +32,7 @@ import type { DeliveryResult, RecipientOutcome } from '../delivery/index.js';
 import { wantsNotice, type NoticeAction } from './queue-bounce.js';
 import type { QueueConfig } from './queue-config.js';
 import type { MessageRow, RecipientRow, RecipientUpdate } from './queue-store.js';
+import { deferReply, STATUS } from '../base/base-outcome.js';
 
 export type QueueSettings = QueueConfig['queue'];
 
@@ -90,7 +91,7 @@ export function attemptOutcome(input: AttemptInput): AttemptPlan {
 
   const byId = new Map<number, RecipientOutcome>(result.outcomes.map((o) => [o.id, o]));
   for (const r of owed) {
-    byId.set(r.id, { id: r.id, verdict: 'bounced', code: r.last_code ?? 550, status: r.last_status ?? '5.0.0', reply: r.last_reply ?? '', host: r.last_host ?? domain });
+    byId.set(r.id, { id: r.id, verdict: 'bounced', code: r.last_code ?? 550, status: r.last_status ?? STATUS.otherPermanent, reply: r.last_reply ?? '', host: r.last_host ?? domain });
   }
   const expiresAt = msg.received_at + q.maxAge;
   const retryAt = (r: RecipientRow) => Math.min(now + retryDelay(q, r.attempts + 1, random), Math.max(expiresAt, now + 1));
@@ -100,7 +101,7 @@ export function attemptOutcome(input: AttemptInput): AttemptPlan {
   const attempted: Array<{ recipient: RecipientRow; outcome: RecipientOutcome }> = [];
 
   for (const r of rows) {
-    const o = byId.get(r.id) ?? { id: r.id, verdict: 'deferred', code: 451, status: '4.4.2', reply: '451 4.4.2 no outcome reported', host: domain };
+    const o = byId.get(r.id) ?? { id: r.id, verdict: 'deferred', code: 451, status: STATUS.badConnection, reply: deferReply(STATUS.badConnection, 'no outcome reported'), host: domain };
     const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: r.owed !== 'failed' };
     const after: RecipientRow = { ...r, attempts: r.attempts + 1, last_code: o.code, last_status: o.status, last_reply: o.reply, last_host: o.host, updated_at: now };
     let update: RecipientUpdate;

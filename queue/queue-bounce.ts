@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { MessageRow, RecipientRow } from './queue-store.js';
+import { STATUS } from '../base/base-outcome.js';
 
 export type NoticeAction = 'failed' | 'delayed';
 
@@ -64,7 +65,7 @@ export function buildNotice(input: NoticeInput, returnFull: boolean): NoticePart
     if (r.orcpt) status += `Original-Recipient: ${r.orcpt.includes(';') ? r.orcpt : `rfc822;${r.orcpt}`}\r\n`;
     status += `Final-Recipient: rfc822; ${r.address}\r\n`;
     status += `Action: ${action}\r\n`;
-    status += `Status: ${r.last_status ?? (action === 'failed' ? '5.0.0' : '4.0.0')}\r\n`;
+    status += `Status: ${r.last_status ?? (action === 'failed' ? STATUS.otherPermanent : STATUS.otherTransient)}\r\n`;
     if (r.last_host) status += `Remote-MTA: dns; ${r.last_host.replace(/\[.*$/, '')}\r\n`;
     if (r.last_reply) status += `Diagnostic-Code: smtp; ${r.last_reply.replace(/\r?\n/g, ' ')}\r\n`;
     status += `Last-Attempt-Date: ${rfc5322Date(r.updated_at || now)}\r\n`;

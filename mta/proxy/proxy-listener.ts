@@ -13,7 +13,7 @@
  * Nothing a client sends may end the process: every handler runs under a guard, and an
  * unexpected error in one session is logged and closes that session's two connections (421 4.3.0
  * to the client when it can still be said), never the others'.
- * Per connection (mta-connections.ts, as on the MX and submission listeners): the deadlines bytes
+ * Per connection (ingress/ingress-connections.ts, as on the MX and submission listeners): the deadlines bytes
  * do not reset (a command line, DATA's minimum rate: 421 4.4.2) for every client, and the
  * per-address counts (421 4.7.0 at connect, 450 4.7.1 at MAIL FROM) for clients outside
  * `limits.client.exceptions`, which by default holds the trusted and tenants' networks, so the
@@ -71,7 +71,7 @@ export interface ProxyListenerDeps {
   /** The proxy's own open destination connections ("address|port"): a client among them is a loop. */
   outbound: Set<string>;
   reader: OriginalDstReader;
-  /** A bare CR or LF finder for the data of unscanned messages (mta-data.ts's LineEndingGuard). */
+  /** A bare CR or LF finder for the data of unscanned messages (queue/accept/accept-receive.ts's LineEndingGuard). */
   lineGuard: () => { feed(chunk: Buffer): void; finish(): void; bare: boolean };
   tls: { key: string | Buffer; cert: string | Buffer };
   log: Logger;

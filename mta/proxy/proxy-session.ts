@@ -34,13 +34,14 @@ import { reply } from '../../base/base-reply.js';
 import type { Source } from '../../base/base-site.js';
 import type { Dispatch } from '../../queue/queue-scheduler.js';
 import type { RouteDecision } from '../../delivery/delivery-route.js';
-import type { SiteInfo } from '../../delivery/delivery-sites.js';
+import type { DeliverySite } from '../../delivery/delivery-sites.js';
 import { bannerCapSignal, errorSignal, ReplyClock, type Signal } from '../../delivery/delivery-throttle.js';
 import { checkHopTls, starttlsOptions, tlsRefusal, type TlsPlan } from '../../delivery/delivery-tls.js';
 import { Transcript, type TranscriptSink } from '../../delivery/delivery-transcript.js';
 import { replyText, SmtpConnection, type Reply } from '../../delivery/smtp/smtp-connection.js';
 import { toReply } from '../../delivery/smtp/smtp-wire.js';
 import type { Lease, SmtpPool } from '../../delivery/smtp/smtp-pool.js';
+import { STATUS } from '../../base/base-outcome.js';
 
 export interface Destination {
   address: string;
@@ -59,13 +60,13 @@ export interface ProxyDeps {
   replyTimeout: number;
   ca: string[] | undefined;
   /** Route and site of a recipient domain (the egress's cache). */
-  route(domain: string): Promise<{ decision: RouteDecision; site: SiteInfo }>;
+  route(domain: string): Promise<{ decision: RouteDecision; site: DeliverySite }>;
   /** The TLS rule of a recipient domain for the given hops. */
   tlsPlan(domain: string, via: 'route' | 'mx', hops: Array<{ name: string; addresses: string[]; port: number; protocol: 'smtp' | 'lmtp' }>): Promise<TlsPlan>;
   /** The default limits of a site by key (for an address no route names). */
-  siteLimits(key: string): SiteInfo;
+  siteLimits(key: string): DeliverySite;
   /** A turn at the site for the tenant: resolves when the scheduler gives one, rejects after the wait or when `leave` aborts. */
-  acquire(tenant: string, site: SiteInfo, leave: AbortSignal): Promise<Slot>;
+  acquire(tenant: string, site: DeliverySite, leave: AbortSignal): Promise<Slot>;
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
   signal(site: string, source: string | null, tenant: string, signal: Signal): void;
   /** Connections the pair may have open when a learnt cap holds it below the site's limit (undefined: the site's limit). */
@@ -110,7 +111,7 @@ export class ProxySession {
   #slot: Slot | null = null;
   /** The source address of the session's last turn (undefined: it has had none). */
   #lastSource: string | null | undefined = undefined;
-  #site: SiteInfo | null = null;
+  #site: DeliverySite | null = null;
   #hostName: string | null = null;
   #clock: ReplyClock | null = null;
   #transcript: Transcript | null = null;
@@ -168,7 +169,7 @@ export class ProxySession {
     // Each further transaction is admitted as a delivery would be: holds, pauses and rates in force now.
     const source = this.#slot ? this.#slot.source.address : this.#lastSource;
     const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
-    if (refusal) return toReply(reply(451, '4.7.1', `${refusal}; try again later`));
+    if (refusal) return toReply(reply(451, STATUS.notAllowedNow, `${refusal}; try again later`));
     if (!this.#client) return toReply(reply(250, '2.1.0', 'Ok'));
     return this.#relayMail();
   }
@@ -215,7 +216,7 @@ export class ProxySession {
     const client = this.#client;
     if (!client || this.#failed) {
       body.resume();
-      return this.#failed ?? tempfail('4.4.1', 'not connected');
+      return this.#failed ?? tempfail(STATUS.noAnswer, 'not connected');
     }
     this.#clock?.reset();
     let reply: Reply;
@@ -356,7 +357,7 @@ export class ProxySession {
   async #open(domain: string): Promise<Reply | null> {
     const { address, port } = this.destination;
     let hostName: string | null = null;
-    let site: SiteInfo | null = null;
+    let site: DeliverySite | null = null;
     try {
       const { decision, site: routed } = await this.deps.route(domain);
       const hop = decision.kind === 'hops' ? decision.hops.find((h) => h.port === port && h.addresses.includes(address)) : undefined;
@@ -375,10 +376,10 @@ export class ProxySession {
         this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
         this.#lastSource = this.#slot.source.address;
       } catch (err) {
-        return tempfail('4.4.5', (err as Error).message);
+        return tempfail(STATUS.congestion, (err as Error).message);
       }
     }
-    if (this.#closed) return tempfail('4.4.5', 'the client left');
+    if (this.#closed) return tempfail(STATUS.congestion, 'the client left');
     const source = this.#slot.source;
     const helo = source.helo ?? this.deps.heloName;
     this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;
@@ -426,7 +427,7 @@ export class ProxySession {
     this.#slot = null;
     // Even a 5xx at the banner or to EHLO (a blocklisted source address, say) is about this
     // connection, not the recipients: the client defers, as queued delivery does.
-    return tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
+    return tempfail(STATUS.badConnection, `${this.destination.address}:${this.destination.port}: ${replyText(reply)} (${reply.code})`);
   }
 
   /** Is this session fit for the domain's TLS rule? A reply to refuse the recipient with, or null. */
@@ -441,7 +442,7 @@ export class ProxySession {
     const hops = decision?.kind === 'hops' ? decision.hops.filter((h) => h.port === port && h.addresses.includes(address)) : [];
     const hop = hops[0] ?? { name: this.#hostName ?? address, addresses: [address], port, protocol: 'smtp' as const };
     const plan = await this.deps.tlsPlan(domain, decision?.kind === 'hops' ? decision.via : 'mx', [hop]);
-    const refuse = (reason: string): Reply => toReply(reply(451, '4.7.5', `${reason}; not sent`));
+    const refuse = (reason: string): Reply => toReply(reply(451, STATUS.tlsRequired, `${reason}; not sent`));
     if (plan.kind === 'defer') return refuse(plan.reason);
     const planned = plan.hops[0];
     if (!planned) return refuse(`no usable mail host of ${domain} is ${address}`);
@@ -471,7 +472,7 @@ export class ProxySession {
     this.#client?.close();
     this.#client = null;
     this.#inTransaction = false;
-    return tempfail('4.4.2', 'the message data was refused');
+    return tempfail(STATUS.badConnection, 'the message data was refused');
   }
 
   /**
@@ -495,7 +496,7 @@ export class ProxySession {
     // Nothing more goes to this destination for this client: the turn is free for others.
     this.#slot?.release();
     this.#slot = null;
-    this.#failed = tempfail('4.4.2', `${this.destination.address}:${this.destination.port}: ${e.code ?? 'error'}: ${e.message}`);
+    this.#failed = tempfail(STATUS.badConnection, `${this.destination.address}:${this.destination.port}: ${e.code ?? 'error'}: ${e.message}`);
     return this.#failed;
   }
 

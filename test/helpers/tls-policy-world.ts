@@ -13,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
-import { Egress, SessionCache, StsPolicyCache, type OutboundMessage, type RecipientOutcome } from '../../delivery/index.js';
+import { Egress, SmtpPool, StsPolicyCache, type OutboundMessage, type RecipientOutcome } from '../../delivery/index.js';
 import { createLogger, parseConfig, type ConfigInput } from './app.js';
 import { startDns, type TestDns } from './dns-server.js';
 import { startPolicyServer, type PolicyServer } from './policy-server.js';
@@ -36,7 +36,7 @@ export interface TlsWorld {
   /** 127.0.0.24, no STARTTLS at all. */
   plain: Sink;
   logs: Array<Record<string, unknown>>;
-  sessions: SessionCache;
+  sessions: SmtpPool;
   makeEgress(extra?: Partial<ConfigInput['delivery']>, top?: Partial<ConfigInput>): Egress;
   deliver(e: Egress, to: string): Promise<RecipientOutcome>;
   close(): Promise<void>;
@@ -50,7 +50,7 @@ export const sts = (id: string) => ({ txt: [`v=STSv1; id=${id};`] });
 export async function startTlsWorld(): Promise<TlsWorld> {
   const PORT = 20000 + Math.floor(Math.random() * 20000);
   const logs: Array<Record<string, unknown>> = [];
-  const sessions = new SessionCache();
+  const sessions = new SmtpPool();
   const stsCache = new StsPolicyCache();
   let n = 0;
 
