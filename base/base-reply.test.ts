@@ -1,6 +1,6 @@
 // The reply catalogue: every entry is a well-formed SMTP reply whose enhanced code agrees with its code.
 import { describe, expect, it } from 'vitest';
-import { contentRefused, heldInQuarantine, notFullyScanned, queued, REPLIES, replyText, structureRefused, toSmtpError, virusFound, type SmtpReply } from './base-reply.js';
+import { contentRefused, destinationIsSelf, heldInQuarantine, notFullyScanned, proxyNotAllowed, queued, REPLIES, replyText, structureRefused, toSmtpError, virusFound, type SmtpReply } from './base-reply.js';
 
 const entries: Array<[string, SmtpReply]> = [
   ...Object.entries(REPLIES),
@@ -10,6 +10,8 @@ const entries: Array<[string, SmtpReply]> = [
   ['notFullyScanned', notFullyScanned('encrypted archive')],
   ['virusFound', virusFound('Eicar-Signature')],
   ['contentRefused', contentRefused('executable attachment')],
+  ['proxyNotAllowed', proxyNotAllowed('192.0.2.7')],
+  ['destinationIsSelf', destinationIsSelf('127.0.0.1:25')],
 ];
 
 describe('the reply catalogue', () => {
@@ -26,7 +28,7 @@ describe('the reply catalogue', () => {
   it('gives smtp-server an error carrying the code, and a success its text after the code', () => {
     const err = toSmtpError(REPLIES.tooBig);
     expect(err.responseCode).toBe(552);
-    expect(err.message).toBe('5.3.4 message exceeds the maximum message size');
+    expect(err.message).toBe('5.3.4 message too big: it exceeds the maximum message size');
     expect(replyText(queued('X'))).toBe('2.0.0 Ok: queued as X');
   });
 });
