@@ -16,7 +16,8 @@
  * workload runs three times through the proxy and three times straight, alternating (the order
  * swaps every repetition), after one uncounted warm-up through the proxy; every run must have
  * every message accepted, and every connection greeted by the side it was meant to reach.
- * BENCH_PROXY_PROFILE=DIR runs Ichidan with --cpu-prof, its profiles written to DIR.
+ * BENCH_PROXY_PROFILE=DIR runs Ichidan with --cpu-prof, its profiles written to DIR; ICHIDAN_CLI=path/to/mta-main.js
+ * runs another build (for before / after comparisons).
  * Gives: per workload and way the median of the three runs' messages/s (first connection to the
  * last final reply) and per-transaction latency p50 / p99 (from writing MAIL FROM to reading the
  * final reply, as the client sees it), the ratio of the rates and the added latency; on stdout
@@ -31,7 +32,7 @@ import { createInterface } from 'node:readline';
 import { canUseNetns, NetnsLab } from '../test/helpers/netns.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
-const CLI = join(ROOT, 'dist', 'mta', 'mta-main.js');
+const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
 const LOAD = join(ROOT, 'dist', 'test', 'helpers', 'pipelined-load.js');
 const MESSAGES = Number(process.env.BENCH_PROXY_N ?? 2000);
 const SESSIONS = Number(process.env.BENCH_PROXY_SESSIONS ?? 10);
