@@ -39,6 +39,7 @@ import { CLI } from './bench-ichidan.js';
 import { summarizeProfiles } from './bench-profile.js';
 import { TENANT_ADDRESS, TENANTS, type RelayKind } from './bench-relays.js';
 import { Submitter } from './bench-submit.js';
+import { printResult } from './bench-result.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -171,6 +172,7 @@ async function main(): Promise<void> {
   const prefix = `compare-${results.when.slice(0, 10)}${ONLY ? `-only${ONLY.join('')}` : ''}`;
   await writeFile(join(dir, `${prefix}.json`), JSON.stringify(results, null, 2) + '\n');
   await writeReport(results, dir, prefix);
+  printResult({ isolation: results.isolation, resources: results.resources, fairness: results.fairness, throughput: results.throughput });
 }
 
 /** The Markdown report and the plots beside the JSON, and the headline table on stdout. */

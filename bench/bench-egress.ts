@@ -36,6 +36,7 @@ import { startSink, type Sink, type SinkOptions, type SunkMessage } from '../tes
 import { linePlot } from './bench-plot.js';
 import { Submitter } from './bench-submit.js';
 import { freePort, waitForPort } from './bench-util.js';
+import { printResult } from './bench-result.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
@@ -362,6 +363,7 @@ async function main(): Promise<void> {
     }
     await writeFile(`${prefix}.json`, JSON.stringify(results, null, 2) + '\n');
     console.log(`\nresults written to ${[`${prefix}.json`, ...written].map((f) => f.slice(dir.length + 1)).join(', ')} in ${dir}`);
+    printResult({ isolation: results.isolation && { p99Ratio: (results.isolation as { p99Ratio: unknown }).p99Ratio }, fairness: results.fairness });
   } finally {
     await cleanUp();
     await dns.close();

@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { printResult } from './bench-result.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
@@ -84,6 +85,7 @@ async function main(): Promise<void> {
     }
     const when = new Date().toISOString();
     await writeFile(join(ROOT, 'bench', 'results', `memory-${when.slice(0, 10)}.json`), JSON.stringify({ when, node: process.version, rows }, null, 2) + '\n');
+    printResult(rows);
   } finally {
     proc.kill('SIGTERM');
     await new Promise((r) => proc.on('exit', r));

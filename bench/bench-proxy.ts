@@ -30,6 +30,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { canUseNetns, NetnsLab } from '../test/helpers/netns.js';
+import { printResult } from './bench-result.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
@@ -226,6 +227,7 @@ async function main(): Promise<void> {
     workloads: results, ichidanLog: problems,
   }, null, 2) + '\n');
   console.log(`\nresults written to ${file.slice(ROOT.length + 1)}`);
+  printResult(results);
 }
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

@@ -18,6 +18,7 @@ import { freePort, run, waitForPort } from './bench-util.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { printResult } from './bench-result.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
@@ -232,6 +233,7 @@ async function main(): Promise<void> {
   await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });
   await writeFile(file, JSON.stringify({ when, node: process.version, cpus: (await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length, results }, null, 2) + '\n');
   console.log(`results written to ${file}`);
+  printResult(results);
 }
 
 await main();

@@ -26,6 +26,7 @@ import { engineSchema, scanningSchema, type EngineConfig } from '../engines/engi
 import { definitionOf } from '../engines/engines-registry.js';
 import { EngineRunner, type EngineEntry } from '../engines/engines-run.js';
 import { freePort, run, waitForPort } from './bench-util.js';
+import { printResult } from './bench-result.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'mta', 'mta-main.js');
@@ -204,6 +205,7 @@ async function main(): Promise<void> {
     await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });
     await writeFile(out, JSON.stringify({ when, node: process.version, messageBytes: size, sessions: SESSIONS, count: COUNT, alone, overhead: { serial, parallel }, smtp: { ...smtp, ratioToSlowestEngine: smtp.rate / slowest, withoutEngines: bare.rate } }, null, 2) + '\n');
     console.log(`results written to ${out}`);
+    printResult({ alone, overhead: { serial, parallel }, smtp: { ...smtp, ratioToSlowestEngine: smtp.rate / slowest, withoutEngines: bare.rate } });
   } finally {
     await Promise.all(Object.values(entries).map((e) => e.engine.close()));
     await rm(work, { recursive: true, force: true });
