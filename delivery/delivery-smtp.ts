@@ -295,7 +295,7 @@ async function transactGroup(conn: SmtpConnection, msg: OutboundMessage, group: 
     if (data && data.code >= 300 && data.code < 400) await conn.command('.');
     return { clean: false };
   }
-  if (!data || !/^[23]/.test(String(data.code))) {
+  if (!data || data.code >= 400) {
     for (const r of accepted) record(r, data ?? deferReply(STATUS.badConnection, 'DATA not sent'));
     return { clean: false };
   }

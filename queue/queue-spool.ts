@@ -100,23 +100,10 @@ export class SpoolWriter extends Writable {
   }
 
   /**
-   * Waits until every byte handed to the writer is in the file (and in `kept`), without syncing:
-   * what the engines read must be the whole message.
+   * Waits until every byte handed to the writer is in the file (and in `kept`), without syncing,
+   * and checks that all `expectedBytes` reached it: what the engines read must be the whole message.
    */
-  async flush(): Promise<void> {
-    if (!this.writableFinished) {
-      await new Promise<void>((resolve, reject) => {
-        this.end((err?: Error | null) => (err ? reject(err) : resolve()));
-      });
-    }
-    if (this.errored) throw this.errored;
-  }
-
-  /**
-   * Waits for every queued write, checks that all `expectedBytes` reached the file, then makes the
-   * file and its folder entry durable. Throws (and the message must be refused) on any write error.
-   */
-  async commit(expectedBytes?: number): Promise<void> {
+  async flush(expectedBytes?: number): Promise<void> {
     if (!this.writableFinished) {
       await new Promise<void>((resolve, reject) => {
         this.end((err?: Error | null) => (err ? reject(err) : resolve()));
@@ -126,6 +113,14 @@ export class SpoolWriter extends Writable {
     if (expectedBytes !== undefined && this.bytes !== expectedBytes) {
       throw Object.assign(new Error(`spool file ${this.id} holds ${this.bytes} of ${expectedBytes} bytes`), { code: 'EIO' });
     }
+  }
+
+  /**
+   * Waits for every queued write, checks that all `expectedBytes` reached the file, then makes the
+   * file and its folder entry durable. Throws (and the message must be refused) on any write error.
+   */
+  async commit(expectedBytes?: number): Promise<void> {
+    await this.flush(expectedBytes);
     if (this.spool.fsync) await this.#fh.datasync();
     await this.#close();
     if (this.spool.fsync) await this.spool.dirSync.sync();

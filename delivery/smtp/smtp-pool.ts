@@ -21,7 +21,7 @@
 import { EventEmitter } from 'node:events';
 import type { ReplyClock } from '../delivery-throttle.js';
 import type { Transcript } from '../delivery-transcript.js';
-import type { Reply, SmtpConnection } from './smtp-connection.js';
+import type { SmtpConnection } from './smtp-connection.js';
 
 interface Idle {
   key: string;
@@ -48,7 +48,6 @@ export interface PoolLimits {
 /** A new connection, connected and greeted, and the connections of its pair open with it (itself included). */
 export interface Opened {
   conn: SmtpConnection;
-  greeting: Reply;
   openWithThis: number;
 }
 
@@ -87,8 +86,8 @@ export class SmtpPool {
     const conn = create();
     this.#count(pair, conn);
     const openWithThis = this.openCount(pair);
-    const greeting = await conn.connect();
-    return { conn, greeting, openWithThis };
+    await conn.connect();
+    return { conn, openWithThis };
   }
 
   /** Counts a new connection against its pair until it ends. */

@@ -45,27 +45,43 @@ export function connectionError(message: string, code: string, extra: Partial<Co
   return Object.assign(new Error(message), { code }, extra);
 }
 
-/** Adds a dot to every line that begins with one and ends the data with CRLF "." CRLF. */
+const DOT = Buffer.from('.');
+const LF = 0x0a;
+const PERIOD = 0x2e;
+
+/**
+ * Adds a dot to every line that begins with one and ends the data with CRLF "." CRLF. Jumps from
+ * line feed to line feed, and passes a chunk on as it is when no line in it begins with a dot.
+ */
 export async function* dotStuffed(body: Readable): AsyncGenerator<Buffer> {
   let atLineStart = true;
-  let lastTwo = '\r\n';
+  /** The last two bytes sent (CR LF before anything is sent: an empty body needs no extra line end). */
+  let beforeLast = 0x0d;
+  let last = LF;
   for await (const raw of body) {
     const chunk = typeof raw === 'string' ? Buffer.from(raw) : raw as Buffer;
     if (chunk.length === 0) continue;
-    const parts: Buffer[] = [];
+    let parts: Buffer[] | null = null;
     let from = 0;
-    for (let i = 0; i < chunk.length; i++) {
-      if (atLineStart && chunk[i] === 0x2e) {
-        parts.push(chunk.subarray(from, i), Buffer.from('.'));
+    // i: the start of the next line in this chunk, -1 when there is none.
+    let i = atLineStart ? 0 : chunk.indexOf(LF);
+    if (!atLineStart && i >= 0) i += 1;
+    while (i >= 0 && i < chunk.length) {
+      if (chunk[i] === PERIOD) {
+        (parts ??= []).push(chunk.subarray(from, i), DOT);
         from = i;
       }
-      atLineStart = chunk[i] === 0x0a;
+      const next = chunk.indexOf(LF, i);
+      i = next < 0 ? -1 : next + 1;
     }
+    atLineStart = chunk[chunk.length - 1] === LF;
+    beforeLast = chunk.length > 1 ? chunk[chunk.length - 2] : last;
+    last = chunk[chunk.length - 1];
+    if (parts === null) { yield chunk; continue; }
     parts.push(chunk.subarray(from));
-    lastTwo = (lastTwo + chunk.subarray(Math.max(0, chunk.length - 2)).toString('latin1')).slice(-2);
     yield Buffer.concat(parts);
   }
-  yield Buffer.from(lastTwo === '\r\n' ? '.\r\n' : '\r\n.\r\n');
+  yield Buffer.from(beforeLast === 0x0d && last === LF ? '.\r\n' : '\r\n.\r\n');
 }
 
 /**

@@ -17,7 +17,7 @@ import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { ScanInput, ScanOutcome } from './proxy-listener.js';
-import { replyText, type SmtpReply } from '../../base/base-reply.js';
+import { toReply } from '../../delivery/smtp/smtp-wire.js';
 import type { Queue } from '../../queue/index.js';
 import { acceptMessage, type RelayedMessage } from '../../queue/accept/accept-step.js';
 import type { Snapshot } from '../mta-snapshot.js';
@@ -49,16 +49,10 @@ export async function scanProxied(input: ScanInput, snapshot: Snapshot, queue: Q
   switch (result.kind) {
     // The client's data broke off (it left mid-DATA): nothing was accepted, nothing is kept.
     case 'incomplete': throw result.error;
-    case 'refused': return { kind: 'answer', reply: proxyReply(result.reply) };
-    case 'queued': return { kind: 'held', reply: proxyReply(result.reply) };
+    case 'refused': return { kind: 'answer', reply: toReply(result.reply) };
+    case 'queued': return { kind: 'held', reply: toReply(result.reply) };
     case 'relay': return { kind: 'relay', open: () => relayed(result.message), done: () => result.message.done() };
   }
-}
-
-/** The proxy's own answer to its client, in the shape its listener sends. */
-function proxyReply(r: SmtpReply): Exclude<ScanOutcome, { kind: 'relay' }>['reply'] {
-  const text = replyText(r);
-  return { code: r.code, lines: [text], raw: `${r.code} ${text}` };
 }
 
 /** The verdict's header fields, then the message as received. */

@@ -36,8 +36,7 @@ export async function scanSpooled(
   writer: SpoolWriter, bytes: number, context: ScanContext & { tenants: string[] }, snapshot: ScanSnapshot,
   timeoutMs: number, structure: string | null, lateRuns: (record: ScanRecord, runs: RunRecord[]) => void, log: Logger,
 ): Promise<Scanned> {
-  await writer.flush();
-  if (writer.bytes !== bytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${writer.bytes} of ${bytes} bytes`), { code: 'EIO' });
+  await writer.flush(bytes);
   // A message not kept in memory is read through one handle, which outlives the file's removal
   // (a refused message, or one delivered before a shadow engine has finished).
   const handle = writer.kept ? null : await open(writer.path, 'r');
