@@ -10,7 +10,8 @@
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
  *   close the queue. Metrics are registered in mta-metrics.ts.
  * Reads: the config file (reload), the TLS key and certificate, the data folder.
- * Network: the listeners (MX, submission and proxy, on loopback in the default), the admin
+ * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
+ *   submission and proxy, on loopback in the default), the admin
  *   socket and optional loopback port, DNS only to `dns.servers`.
  * RFCs: 5321 (SMTP), 3207 (STARTTLS), 4954 (AUTH), 1870 (SIZE), 2920 (PIPELINING), 6152
  *   (8BITMIME), 6531 (SMTPUTF8), 2034/3463 (enhanced status codes), 3461 (DSN parameters).
@@ -41,6 +42,7 @@ import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
 import { loadTlsMaterial } from './ingress/ingress-tls.js';
 import { secureDataDir } from './mta-datadir.js';
+import { Cluster } from './mta-cluster.js';
 
 export interface BoundListener {
   name: string;
@@ -82,6 +84,10 @@ export class Ichidan {
   readonly engines: EngineHost;
   readonly metrics: Registry;
   bound: BoundListener[] = [];
+  /** This node's part in a cluster (mta-cluster.ts); null when cluster.redis is not set. */
+  cluster: Cluster | null = null;
+  /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
+  draining = false;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
 
@@ -121,6 +127,14 @@ export class Ichidan {
     app.#policies = policies;
     app.configFile = opts.configFile ?? null;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
+    app.cluster = await Cluster.join(config, {
+      queue,
+      smtp: () => {
+        const mx = app.bound.find((b) => b.role === 'mx');
+        return mx && { address: mx.address, port: mx.port };
+      },
+      draining: () => app.draining,
+    }, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -217,6 +231,7 @@ export class Ichidan {
     this.#snapshot.release();
     await this.queue.close();
     this.sessions.closeAll();
+    await this.cluster?.close();
   }
 }
 

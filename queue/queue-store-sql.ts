@@ -288,6 +288,8 @@ export interface QueueReader {
   openRecipients(): RecipientRow[];
   doneMessages(limit: number): string[];
   allMessages(): Array<{ id: string; state: MessageRow['state']; size: number }>;
+  /** Recipients of messages still in the queue, by state (queued, held, ...). */
+  openCounts(): Record<string, number>;
 }
 
 /** Prepares the main thread's read statements on `db` (the queue's own; the records have theirs). */
@@ -299,6 +301,8 @@ export function createReader(db: Database.Database): QueueReader {
       WHERE r.state = 'queued' AND m.state = 'active' ORDER BY r.message_id, r.id`),
     doneMessages: db.prepare(`SELECT id FROM messages WHERE state = 'done' LIMIT ?`),
     allIds: db.prepare(`SELECT id, state, size FROM messages`),
+    openCounts: db.prepare(`SELECT r.state, count(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id
+      WHERE m.state = 'active' AND r.state IN ('queued', 'held') GROUP BY r.state`),
   };
   return {
     message: (id) => s.message.get(id) as MessageRow | undefined,
@@ -306,6 +310,7 @@ export function createReader(db: Database.Database): QueueReader {
     openRecipients: () => s.openRecipients.all() as RecipientRow[],
     doneMessages: (limit) => (s.doneMessages.all(limit) as { id: string }[]).map((r) => r.id),
     allMessages: () => s.allIds.all() as Array<{ id: string; state: MessageRow['state']; size: number }>,
+    openCounts: () => Object.fromEntries((s.openCounts.all() as Array<{ state: string; n: number }>).map((r) => [r.state, r.n])),
   };
 }
 

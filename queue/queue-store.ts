@@ -188,6 +188,10 @@ export class QueueStore {
     return this.#read.allMessages();
   }
 
+  openCounts(): Record<string, number> {
+    return this.#read.openCounts();
+  }
+
   /** Commits what is queued, stops the writer thread, closes both connections. */
   close(): Promise<void> {
     this.#closing ??= this.#close();
