@@ -12,9 +12,9 @@ import type { Config } from '../mta-config-schema.js';
 import { adminRequest } from '../admin/admin-client.js';
 import { adminSocket, ConfigError, loadConfig } from '../mta-config.js';
 
-export function loadOrExit(file: string) {
+export function loadOrExit(file: string, load: (file: string) => Config = loadConfig): Config {
   try {
-    return loadConfig(file);
+    return load(file);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(err.message + '\n');
