@@ -36,6 +36,16 @@ const STABLE_MS = 30_000;
 const FIRST_BACKOFF_MS = 250;
 const MAX_BACKOFF_MS = 30_000;
 
+/**
+ * How long a dead worker waits before it is started again: at once after a stable life, then
+ * 250 ms, 500 ms, 1 s … up to 30 s while it keeps dying within STABLE_MS of its start.
+ * Returns the new streak (restarts in a row of a worker that died young) with the delay.
+ */
+export function restartDelay(streak: number, livedMs: number): { streak: number; delayMs: number } {
+  const next = livedMs >= STABLE_MS ? 0 : streak + 1;
+  return { streak: next, delayMs: next === 0 ? 0 : Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (next - 1)) };
+}
+
 interface ReadyMessage { ichidan: 'ready'; listeners: BoundListener[] }
 
 /** How many node processes the config asks for on this machine ("auto": one per core). */
@@ -172,8 +182,8 @@ export async function runPrimary(config: Config, count: number, log: Logger): Pr
         stopAll('start failed');
         return;
       }
-      slot.streak = lived >= STABLE_MS ? 0 : slot.streak + 1;
-      const delay = slot.streak === 0 ? 0 : Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (slot.streak - 1));
+      const { streak, delayMs: delay } = restartDelay(slot.streak, lived);
+      slot.streak = streak;
       slot.state = 'restarting';
       slot.restarts++;
       log.warn({ worker: slot.index, code, signal, livedMs: lived, restartInMs: delay, restarts: slot.restarts }, 'worker exited: restarting it');
