@@ -102,12 +102,14 @@ interface Slot extends WorkerStatus {
  */
 export async function runPrimary(config: Config, count: number, log: Logger): Promise<void> {
   await secureDataDir(config.dataDir, log);
-  // Round-robin in the primary, measured against the kernel's choice (SCHED_NONE) with
-  // `npm run bench:cluster`: with SCHED_NONE the kernel woke the same worker for most of a burst
-  // of connections, so one worker took most of the sessions and the other idled (sessions are
-  // long-lived and reused, so an early imbalance lasts); round-robin splits them evenly and its
-  // cost, one handle passed per connection, is small beside an SMTP session. NODE_CLUSTER_SCHED_POLICY
-  // still chooses when set, for measuring.
+  // Round-robin in the primary (SCHED_RR), chosen by measuring it against the kernel's choice
+  // (SCHED_NONE): 2 workers, 3,000 messages of 2 KB from 20 smtp-source sessions, reused and one
+  // per connection, twice each, on this 2-core machine. Throughput was the same within the noise
+  // of a shared machine (RR 150-421 msg/s, kernel 267-385); the split was not: RR gave each
+  // worker 49-53 % of the mail, the kernel gave one worker 54-55 % in three runs of four (the
+  // worker it wakes keeps winning the accept race while busy). Passing each connection from the
+  // primary costs little beside an SMTP session. NODE_CLUSTER_SCHED_POLICY=none|rr still decides
+  // when set, for measuring again (npm run bench:cluster).
   if (process.env.NODE_CLUSTER_SCHED_POLICY === undefined) cluster.schedulingPolicy = cluster.SCHED_RR;
   const startedAt = Date.now();
   const base = nodeName(config.cluster, config.dataDir);
