@@ -24,7 +24,6 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { nodeName } from '../queue/cluster/cluster-link.js';
 import type { Config } from './mta-config-schema.js';
-import type { BoundListener } from './mta-daemon.js';
 import { secureDataDir } from './mta-datadir.js';
 import { removeWorkersStatus, writeWorkersStatus, type WorkerStatus } from './mta-workers-status.js';
 
@@ -46,7 +45,10 @@ export function restartDelay(streak: number, livedMs: number): { streak: number;
   return { streak: next, delayMs: next === 0 ? 0 : Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (next - 1)) };
 }
 
-interface ReadyMessage { ichidan: 'ready'; listeners: BoundListener[] }
+/** A bound listener as a node reports it (mta-daemon.ts BoundListener; not imported: the CLI reaches this file, never the daemon). */
+interface Listening { name: string; role: string; address: string; port: number }
+
+interface ReadyMessage { ichidan: 'ready'; listeners: Listening[] }
 
 /** How many node processes the config asks for on this machine ("auto": one per core). */
 export function workerCount(config: Config): number {
@@ -79,7 +81,7 @@ export function workerConfig(config: Config, index: number): Config {
 }
 
 /** Says a node is listening: to the primary when this is a worker, else on ICHIDAN_READY_FD=3 (supervisors, tests). */
-export function announceReady(listeners: BoundListener[], extra: Record<string, unknown> = {}): void {
+export function announceReady(listeners: Listening[], extra: Record<string, unknown> = {}): void {
   if (cluster.isWorker) {
     process.send?.({ ichidan: 'ready', listeners } satisfies ReadyMessage);
     return;
