@@ -106,7 +106,8 @@ export class Queue {
     this.gate = shared ? new ClusterGate(shared.link, {
       trim: (site, source, keep) => this.#egress.trimPair(site, source, keep),
       nodes: shared.nodes,
-      wake: () => this.scheduler.wake(),
+      // The scheduler is built next: a wake before that has nothing to wake.
+      wake: () => this.scheduler?.wake(),
     }, log) : null;
     this.scheduler = new Scheduler(
       { concurrency: config.queue.concurrency, laneConcurrency: config.queue.laneConcurrency },

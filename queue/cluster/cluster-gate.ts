@@ -4,7 +4,8 @@
  * what this node holds, asked of Redis in the background.
  *
  * Leases. A delivery on (site, source) for a tenant starts only while the node's deliveries there
- * for that tenant are fewer than the leases it holds (and the fair share it was last told to keep).
+ * for that tenant are fewer than the leases it holds (and, while another tenant waits, its fair share;
+ * a lease above the share, granted in turn, serves one delivery and goes back).
  * When it holds too few, the gate asks Redis for one more (ACQUIRE, cluster-scripts.ts), at most one
  * question at a time per lease, again every `RETRY_MS` while refused, and wakes the scheduler when
  * the answer may start something. Leases stay held while in use, so a steady flow costs no Redis
@@ -37,10 +38,12 @@ interface Lease {
   cap: number;
   /** Leases this node holds in Redis. */
   held: number;
-  /** How many it may keep (its fair share while another tenant waits below its own). */
+  /** How many it may keep once its deliveries end (its fair share while another tenant waits). */
   keep: number;
   /** Deliveries running on them. */
   active: number;
+  /** Leases granted and not used yet: the one above the share is used once even while another tenant waits. */
+  fresh: number;
   asking: boolean;
   /** Counts every local change of `held` (an answer that crossed a release re-asserts). */
   changes: number;
@@ -87,8 +90,8 @@ export class ClusterGate implements SharedGate {
   fallbackDecisions = 0;
 
   constructor(private readonly link: ClusterLink, private readonly deps: GateDeps, private readonly log: Logger) {
-    link.redis.defineCommand('ichidanAcquire', { numberOfKeys: 4, lua: ACQUIRE });
-    link.redis.defineCommand('ichidanAssert', { numberOfKeys: 4, lua: ASSERT });
+    link.redis.defineCommand('ichidanAcquire', { numberOfKeys: 5, lua: ACQUIRE });
+    link.redis.defineCommand('ichidanAssert', { numberOfKeys: 5, lua: ASSERT });
     link.redis.defineCommand('ichidanRate', { numberOfKeys: 1, lua: GCRA });
     link.on('up', () => void this.#resync());
     link.on('down', () => {
@@ -132,7 +135,7 @@ export class ClusterGate implements SharedGate {
     const lease = this.#lease(site, source, tenant);
     lease.weight = weight;
     lease.cap = cap;
-    if (lease.active < Math.min(lease.held, lease.keep)) return true;
+    if (lease.active < lease.held && (lease.active < lease.keep || lease.fresh > 0)) return true;
     if (lease.active >= lease.keep && lease.keep < lease.held) return false;
     this.#ask(lease);
     return false;
@@ -151,6 +154,7 @@ export class ClusterGate implements SharedGate {
     this.#pairActive.set(pair, (this.#pairActive.get(pair) ?? 0) + 1);
     const lease = this.#lease(site, source, tenant);
     lease.active++;
+    lease.fresh = Math.max(0, lease.fresh - 1);
     if (lease.linger) {
       clearTimeout(lease.linger);
       lease.linger = null;
@@ -213,14 +217,14 @@ export class ClusterGate implements SharedGate {
     const key = leaseKey(site, source, tenant);
     let lease = this.#leases.get(key);
     if (!lease) {
-      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, asking: false, changes: 0, retryAt: 0, linger: null };
+      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, changes: 0, retryAt: 0, linger: null };
       this.#leases.set(key, lease);
     }
     return lease;
   }
 
   #keys(site: string): string[] {
-    return ['held', 'alive', 'want', 'weight'].map((k) => this.link.siteKey(site, 'leases', k));
+    return ['held', 'alive', 'want', 'weight', 'extra'].map((k) => this.link.siteKey(site, 'leases', k));
   }
 
   #ask(lease: Lease): void {
@@ -239,13 +243,14 @@ export class ClusterGate implements SharedGate {
       lease.asking = false;
       if (answer && answer[0] === 1 && this.shared) {
         lease.held++;
-        lease.keep = answer[3] === 1 ? Math.max(answer[2], lease.active) : Infinity;
+        lease.fresh++;
+        lease.keep = answer[3] >= 0 ? Math.max(answer[3], 1) : Infinity;
         // Redis counted from the leases held when the question left; a release since then is told again.
         if (lease.changes !== changes) void this.#assert(lease.site, lease.source);
         this.deps.wake();
         return;
       }
-      if (answer && answer[3] === 1) lease.keep = Math.min(lease.keep, Math.max(answer[2], 1));
+      if (answer && answer[3] >= 0) lease.keep = Math.max(answer[3], 1);
       lease.retryAt = Date.now() + RETRY_MS;
       this.#wakeIn(RETRY_MS);
     });
@@ -273,6 +278,7 @@ export class ClusterGate implements SharedGate {
   async #release(lease: Lease, keep: number): Promise<void> {
     if (keep >= lease.held) return;
     lease.held = keep;
+    lease.fresh = Math.min(lease.fresh, Math.max(0, keep - lease.active));
     lease.changes++;
     if (lease.keep !== Infinity && lease.keep >= lease.held) lease.keep = Infinity;
     try {

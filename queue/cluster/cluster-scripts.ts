@@ -8,9 +8,13 @@
  *   KEYS[2] alive   zset  node → until when its leases at this site stand (ms)
  *   KEYS[3] want    hash  "source|tenant" → until when that tenant is waiting for a lease (ms)
  *   KEYS[4] weight  hash  tenant → its weight
+ *   KEYS[5] extra   hash  tenant → when it last got a lease above its share (ms)
  * A node that stops renewing its `alive` entry loses its leases at the next step anyone takes there.
  * A tenant's fair share of a pair's cap is cap × weight ÷ the weights of the tenants holding or
- * waiting there; a lease above its share is granted only while no waiting tenant is below its own.
+ * waiting there, rounded down (at least one). A lease above its share is granted only while no
+ * waiting tenant is below its own, and then to the waiting tenant that had one longest ago; while
+ * another tenant waits, a tenant keeps no more than its share, so the leases the rounding leaves
+ * over pass from tenant to tenant, one delivery each.
  *
  * Rates (cluster-gate.ts): GCRA on one key, taking up to n messages at once.
  */
@@ -67,13 +71,18 @@ local function starving(share, except)
   end
   return false
 end
+local function contended(except)
+  for ten, _ in pairs(waiting) do if ten ~= except then return true end end
+  return false
+end
 `;
 
 /**
  * ARGV: node, source, ttl, tenant, weight, cap, wantTtl, leases the node holds for the tenant now
  * (what Redis has of this node is replaced by that, so a restarted node leaves nothing stale).
  * Asks for one lease for the tenant.
- * Returns { granted (0/1), leases of the pair cluster-wide, the tenant's fair share, others starving (0/1) }.
+ * Returns { granted (0/1), leases of the pair cluster-wide, the tenant's fair share, how many it may
+ * keep (its share while another tenant waits; -1: no limit) }.
  */
 export const ACQUIRE = `${LEASE_PRELUDE}
 local tenant, weight, cap, wantTtl, holds = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -89,21 +98,39 @@ waiting[tenant] = true
 local share = shares(cap)
 local have = byTenant[tenant] or 0
 local granted = 0
-if total < cap and (have < share[tenant] or not starving(share, tenant)) then
-  granted = 1
+if total < cap then
+  if have < share[tenant] then
+    granted = 1
+  elseif not starving(share, tenant) then
+    -- Above its share: the waiting tenant that had a lease above its share longest ago goes first.
+    local mine = tonumber(redis.call('HGET', KEYS[5], tenant) or '0')
+    local first = true
+    for ten, _ in pairs(waiting) do
+      if ten ~= tenant and tonumber(redis.call('HGET', KEYS[5], ten) or '0') < mine then first = false end
+    end
+    if first then
+      granted = 1
+      redis.call('HSET', KEYS[5], tenant, now)
+      redis.call('PEXPIRE', KEYS[5], 86400000)
+    end
+  end
+end
+if granted == 1 then
   redis.call('HSET', KEYS[1], field, holds + 1)
   redis.call('PEXPIRE', KEYS[1], ttl * 3)
   total = total + 1
 end
-return { granted, total, share[tenant], starving(share, tenant) and 1 or 0 }
+local keep = -1
+if contended(tenant) then keep = share[tenant] end
+return { granted, total, share[tenant], keep }
 `;
 
 /**
  * ARGV: node, source, ttl, then triples (tenant, leases this node holds, cap). Sets this node's
  * leases at the pair to what it holds (renewal, release, and the re-assertion after Redis came
  * back); this node's leases at the pair for tenants not named are dropped.
- * Returns, per tenant, how many leases it may keep: its fair share while another waiting tenant
- * is below its own, else what it holds.
+ * Returns, per tenant, how many leases it may keep: its fair share while another tenant waits,
+ * else what it holds.
  */
 export const ASSERT = `${LEASE_PRELUDE}
 local out = {}
@@ -122,7 +149,7 @@ for i = 4, #ARGV, 3 do
   if held > 0 then redis.call('HSET', KEYS[1], field, held) else redis.call('HDEL', KEYS[1], field) end
   byTenant[tenant] = (byTenant[tenant] or 0) - before + held
   local share = shares(cap)
-  if starving(share, tenant) then out[#out + 1] = math.min(held, share[tenant] or 1) else out[#out + 1] = held end
+  if contended(tenant) then out[#out + 1] = math.min(held, share[tenant] or 1) else out[#out + 1] = held end
 end
 redis.call('PEXPIRE', KEYS[1], ttl * 3)
 return out
