@@ -95,7 +95,7 @@ export class Ichidan {
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool) {
     this.#handle = new ConfigHandle(config);
-    const metrics = processMetrics({ engines: () => this.engines.list(), queue });
+    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);

@@ -7,7 +7,8 @@
  * for that tenant are fewer than the leases it holds (and, while another tenant waits, its fair share;
  * a lease above the share, granted in turn, serves one delivery and goes back).
  * When it holds too few, the gate asks Redis for one more (ACQUIRE, cluster-scripts.ts), at most one
- * question at a time per lease, again every `RETRY_MS` while refused, and wakes the scheduler when
+ * question at a time per lease, again after `RETRY_MS` while refused (doubling up to `MAX_RETRY_MS`
+ * while refusals go on, so a tenant waiting at a full destination costs a few commands a second), and wakes the scheduler when
  * the answer may start something. Leases stay held while in use, so a steady flow costs no Redis
  * command per message. One that stays unused for `LINGER_MS`, or that the fair share takes back
  * (another tenant is waiting below its share), is released: the node's idle connections to the
@@ -47,6 +48,8 @@ interface Lease {
   /** Leases granted and not used yet: the one above the share is used once even while another tenant waits. */
   fresh: number;
   asking: boolean;
+  /** Refusals in a row (the next question waits longer). */
+  refusals: number;
   /** Counts every local change of `held` (an answer that crossed a release re-asserts). */
   changes: number;
   retryAt: number;
@@ -72,6 +75,7 @@ export interface GateDeps {
 }
 
 const RETRY_MS = 100;
+const MAX_RETRY_MS = 800;
 const LINGER_MS = 1_000;
 const RATE_BATCH_MS = 200;
 /** After closing connections for a release: the destination counts a connection until it has seen it end. */
@@ -100,6 +104,12 @@ export class ClusterGate implements SharedGate {
    * to it (their idle connections are closed at once).
    */
   #lostAt = 0;
+  /**
+   * When Redis last confirmed this node's leases. A node whose renewals fail (Redis slow, this
+   * process stalled) starts nothing new once half a lease time has passed without one: the others
+   * may soon count its leases as lapsed.
+   */
+  #renewedAt = Date.now();
   readonly #heldAtLoss = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
@@ -150,6 +160,11 @@ export class ClusterGate implements SharedGate {
     const lease = this.#lease(site, source, tenant);
     lease.weight = weight;
     lease.cap = cap;
+    const unconfirmed = Date.now() - this.#renewedAt - this.link.config.leaseTtl / 2;
+    if (unconfirmed > 0 && lease.held > 0) {
+      this.#wakeIn(this.link.config.heartbeat);
+      return false;
+    }
     if (lease.active < lease.held && (lease.active < lease.keep || lease.fresh > 0)) return true;
     if (lease.active >= lease.keep && lease.keep < lease.held) return false;
     if (Date.now() < this.#settledAt && this.#heldAt(site, source) >= Math.max(1, Math.floor(cap / this.#nodes()))) {
@@ -263,7 +278,7 @@ export class ClusterGate implements SharedGate {
     const key = leaseKey(site, source, tenant);
     let lease = this.#leases.get(key);
     if (!lease) {
-      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, changes: 0, retryAt: 0, linger: null };
+      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, refusals: 0, changes: 0, retryAt: 0, linger: null };
       this.#leases.set(key, lease);
     }
     return lease;
@@ -284,12 +299,13 @@ export class ClusterGate implements SharedGate {
     const changes = lease.changes;
     const ttl = this.link.config.leaseTtl;
     void this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAcquire(
-      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, RETRY_MS * 5, lease.held,
+      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, MAX_RETRY_MS * 3, lease.held,
     )).then((answer) => {
       lease.asking = false;
       if (answer && answer[0] === 1 && this.shared) {
         lease.held++;
         lease.fresh++;
+        lease.refusals = 0;
         lease.keep = answer[3] >= 0 ? answer[3] : Infinity;
         // Redis counted from the leases held when the question left; a release since then is told again.
         if (lease.changes !== changes) void this.#assert(lease.site, lease.source);
@@ -297,8 +313,9 @@ export class ClusterGate implements SharedGate {
         return;
       }
       if (answer && answer[3] >= 0) lease.keep = answer[3];
-      lease.retryAt = Date.now() + RETRY_MS;
-      this.#wakeIn(RETRY_MS);
+      const wait = Math.min(MAX_RETRY_MS, RETRY_MS * 2 ** lease.refusals++);
+      lease.retryAt = Date.now() + wait;
+      this.#wakeIn(wait);
     });
   }
 
@@ -359,13 +376,17 @@ export class ClusterGate implements SharedGate {
   /** Renews every lease this node holds (one command per pair, one round trip) and takes back the shares. */
   async #heartbeat(): Promise<void> {
     if (!this.shared) return;
+    const sentAt = Date.now();
     const pairs = new Map<string, Lease[]>();
     for (const l of this.#leases.values()) {
       const key = `${l.site}\u0000${l.source}`;
       const list = pairs.get(key);
       if (list) list.push(l); else pairs.set(key, [l]);
     }
-    if (pairs.size === 0) return;
+    if (pairs.size === 0) {
+      this.#renewedAt = sentAt;
+      return;
+    }
     const entries = [...pairs.values()];
     const answers = await this.link.call(entries.length, async (r) => {
       const pipe = r.pipeline();
@@ -375,6 +396,7 @@ export class ClusterGate implements SharedGate {
       }
       return pipe.exec();
     });
+    if (answers && answers.every(([err]) => !err)) this.#renewedAt = sentAt;
     answers?.forEach(([err, keep], i) => { if (!err) this.#applyKeep(entries[i], keep as number[]); });
   }
 
@@ -404,6 +426,7 @@ export class ClusterGate implements SharedGate {
       await this.#assert(site, source);
     }
     if (!this.link.up) return;
+    this.#renewedAt = Date.now();
     this.#synced = true;
     this.log.info({ pairs: pairs.size }, 'cluster: leases in Redis re-asserted');
     this.deps.wake();
