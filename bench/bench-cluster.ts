@@ -9,8 +9,7 @@
  * workers1, workers1 / postfix and workers2 / postfix, and the Redis commands per delivered
  * message, counted at the server (INFO's total_commands_processed from the start of the load to
  * the last delivery, every node's heartbeat included), with the commands that made them.
- * Then the capped-MX fairness figures across three nodes, when that run is present (see
- * `fairness` below). Ends with `RESULT {json}`: `workers1_msgs`, `workers2_msgs`, `postfix_msgs`
+ * Then the capped-MX fairness figures across three nodes (see `fairness` below). Ends with `RESULT {json}`: `workers1_msgs`, `workers2_msgs`, `postfix_msgs`
  * and `redis_ops_per_msg` (2 KB, connections reused), every figure per workload, and the
  * fairness figures (`cap`, `peak`, `refusals`, `jain`, `lost`) when measured.
  *
@@ -27,6 +26,7 @@ import type { RelayPlan, RelayKind } from './bench-relays.js';
 import { printResult } from './bench-result.js';
 import type { Redis } from 'ioredis';
 import { startRedis, type TestRedis } from '../test/helpers/redis.js';
+import { CAP, runCappedCluster } from '../test/helpers/cluster-world.js';
 
 const COUNT = Number(process.env.BENCH_COUNT ?? 10_000);
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 20);
@@ -51,10 +51,18 @@ const CONTENDERS: Contender[] = [
 export interface FairnessFigures { cap: number; peak: number; refusals: number; jain: number; lost: number }
 
 /**
- * The capped-MX fairness run (three nodes, three tenants, one MX capped per client address, with
- * a Redis of its own); null until it is plugged in here. Its figures are printed and join RESULT.
+ * The capped-MX fairness run (test/helpers/cluster-world.ts: three nodes as processes, three
+ * tenants, a real Postfix MX capped at 10 connections per client address, a Redis of its own):
+ * `BENCH_CAPPED` messages per node and tenant (250), queued everywhere before delivery starts.
+ * Its figures are printed and join RESULT; BENCH_CAPPED=0 leaves it out.
  */
-const fairness: (() => Promise<FairnessFigures>) | null = null;
+const CAPPED = Number(process.env.BENCH_CAPPED ?? 250);
+const fairness: (() => Promise<FairnessFigures>) | null = CAPPED > 0 ? async () => {
+  const run = await runCappedCluster(CAPPED, TIMEOUT_MS);
+  console.log(`  ${run.arrived}/${run.total} arrived in ${(run.ms / 1000).toFixed(1)} s; shares until the first tenant was done ${JSON.stringify(run.shares)}; `
+    + `${run.perConnection.toFixed(1)} messages per connection; ${(run.redisCommands / run.arrived).toFixed(3)} Redis commands sent per message`);
+  return { cap: CAP, peak: run.peak, refusals: run.refused, jain: run.jain, lost: run.total - run.unique };
+} : null;
 
 async function redisCommands(client: Redis): Promise<number> {
   const info = await client.info('stats');
@@ -119,8 +127,9 @@ async function main(): Promise<void> {
     workloads: rows,
   };
   if (fairness) {
+    console.log('capped MX across three nodes:');
     const f = await fairness();
-    console.log(`capped MX across three nodes: cap ${f.cap}, peak ${f.peak}, ${f.refusals} refusals, Jain ${f.jain.toFixed(3)}, ${f.lost} lost`);
+    console.log(`  cap ${f.cap}, peak ${f.peak}, ${f.refusals} refusals, Jain ${f.jain.toFixed(4)}, ${f.lost} lost`);
     Object.assign(result, f);
   }
   await sink.stop();
