@@ -48,6 +48,8 @@ interface Lease {
   /** Leases granted and not used yet: the one above the share is used once even while another tenant waits. */
   fresh: number;
   asking: boolean;
+  /** Leases given back whose connections are still being closed: Redis counts them until they are. */
+  draining: number;
   /** Refusals in a row (the next question waits longer). */
   refusals: number;
   /** Counts every local change of `held` (an answer that crossed a release re-asserts). */
@@ -75,7 +77,7 @@ export interface GateDeps {
 }
 
 const RETRY_MS = 100;
-const MAX_RETRY_MS = 800;
+const MAX_RETRY_MS = 400;
 const LINGER_MS = 1_000;
 const RATE_BATCH_MS = 200;
 /** After closing connections for a release: the destination counts a connection until it has seen it end. */
@@ -137,7 +139,9 @@ export class ClusterGate implements SharedGate {
     if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
     for (const l of this.#leases.values()) {
       if (l.linger) clearTimeout(l.linger);
-      l.held = 0;
+      l.linger = null;
+      // Deliveries that outlived the queue's grace still hold theirs.
+      l.held = l.active;
     }
     if (!this.shared) return;
     const pairs = new Set([...this.#leases.values()].map((l) => `${l.site}\u0000${l.source}`));
@@ -206,15 +210,18 @@ export class ClusterGate implements SharedGate {
     const lease = this.#leases.get(leaseKey(site, source, tenant));
     if (!lease) return;
     lease.active = Math.max(0, lease.active - 1);
-    if (lease.held > lease.keep && lease.active < lease.held) {
-      void this.#release(lease, Math.max(lease.active, lease.keep));
-    } else if (lease.active < lease.held && !lease.linger) {
-      lease.linger = setTimeout(() => {
-        lease.linger = null;
-        if (lease.active < lease.held) void this.#release(lease, lease.active);
-      }, LINGER_MS);
-      lease.linger.unref();
-    }
+    if (lease.held > lease.keep && lease.active < lease.held) void this.#release(lease, Math.max(lease.active, lease.keep));
+    else this.#linger(lease);
+  }
+
+  /** A lease held and unused goes back after LINGER_MS, unless a delivery takes it first. */
+  #linger(lease: Lease): void {
+    if (lease.linger || lease.active >= lease.held) return;
+    lease.linger = setTimeout(() => {
+      lease.linger = null;
+      if (lease.active < lease.held) void this.#release(lease, lease.active);
+    }, LINGER_MS);
+    lease.linger.unref();
   }
 
   rate(key: string, rate: { count: number; perMs: number }): boolean {
@@ -278,7 +285,7 @@ export class ClusterGate implements SharedGate {
     const key = leaseKey(site, source, tenant);
     let lease = this.#leases.get(key);
     if (!lease) {
-      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, refusals: 0, changes: 0, retryAt: 0, linger: null };
+      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, draining: 0, refusals: 0, changes: 0, retryAt: 0, linger: null };
       this.#leases.set(key, lease);
     }
     return lease;
@@ -298,8 +305,11 @@ export class ClusterGate implements SharedGate {
     lease.asking = true;
     const changes = lease.changes;
     const ttl = this.link.config.leaseTtl;
+    // What Redis has of this node at the pair is replaced by what it counts now (every tenant's).
+    const others = [...this.#leases.values()].filter((l) => l !== lease && l.site === lease.site && l.source === lease.source)
+      .flatMap((l) => [l.tenant, String(counted(l) + (l.asking ? 1 : 0))]);
     void this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAcquire(
-      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, MAX_RETRY_MS * 3, lease.held,
+      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, MAX_RETRY_MS * 3, counted(lease), ...others,
     )).then((answer) => {
       lease.asking = false;
       if (answer && answer[0] === 1 && this.shared) {
@@ -309,6 +319,8 @@ export class ClusterGate implements SharedGate {
         lease.keep = answer[3] >= 0 ? answer[3] : Infinity;
         // Redis counted from the leases held when the question left; a release since then is told again.
         if (lease.changes !== changes) void this.#assert(lease.site, lease.source);
+        // A lease no job takes (the tenant was held meanwhile, another source was chosen) goes back.
+        this.#linger(lease);
         this.deps.wake();
         return;
       }
@@ -340,7 +352,10 @@ export class ClusterGate implements SharedGate {
   /** Gives leases back down to `keep`: the pair's idle connections are closed first, then Redis is told. */
   async #release(lease: Lease, keep: number): Promise<void> {
     if (keep >= lease.held) return;
+    const given = lease.held - keep;
     lease.held = keep;
+    // No new delivery uses them from now, but Redis counts them until their connections are closed.
+    lease.draining += given;
     lease.fresh = Math.min(lease.fresh, Math.max(0, keep - lease.active));
     lease.changes++;
     if (lease.keep !== Infinity && lease.keep >= lease.held) lease.keep = Infinity;
@@ -352,14 +367,16 @@ export class ClusterGate implements SharedGate {
       }
     } catch (err) {
       this.log.debug({ err }, 'cluster: closing idle connections before a release failed');
+    } finally {
+      lease.draining -= given;
     }
     await this.#assert(lease.site, lease.source);
   }
 
   /** Tells Redis what this node holds at one pair and takes back each tenant's share. */
   async #assert(site: string, source: string): Promise<void> {
+    // With no lease left at the pair, the assertion names no tenant: Redis drops this node's fields there.
     const leases = [...this.#leases.values()].filter((l) => l.site === site && l.source === source);
-    if (leases.length === 0) return;
     const args = leases.flatMap((l) => assertArgs(l));
     const answer = await this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAssert(...this.#keys(site), this.link.node, source, this.link.config.leaseTtl, ...args));
     if (answer) this.#applyKeep(leases, answer);
@@ -369,7 +386,8 @@ export class ClusterGate implements SharedGate {
     leases.forEach((l, i) => {
       l.keep = keep[i] < l.held ? keep[i] : Infinity;
       if (l.held > l.keep && l.active < l.held) void this.#release(l, Math.max(l.active, l.keep));
-      if (l.held === 0 && l.active === 0 && !l.asking) this.#leases.delete(leaseKey(l.site, l.source, l.tenant));
+      // Forgotten once nothing is held, running, draining or asked for (a refused tenant keeps its backoff).
+      if (l.held === 0 && l.active === 0 && l.draining === 0 && !l.asking && l.retryAt <= Date.now() && !l.linger) this.#leases.delete(leaseKey(l.site, l.source, l.tenant));
     });
   }
 
@@ -418,6 +436,7 @@ export class ClusterGate implements SharedGate {
       idle.set(pair, 0);
       l.keep = Infinity;
       l.changes++;
+      this.#linger(l);
     }
     // Leases of this node from before a restart are replaced at the first question about their pair, or lapse with its alive entry there.
     const pairs = new Set([...this.#leases.values()].map((l) => `${l.site}\u0000${l.source}`));
@@ -451,7 +470,12 @@ export class ClusterGate implements SharedGate {
  * as held (too many for a moment is safe; too few would let another node past the cap).
  */
 function assertArgs(l: Lease): string[] {
-  return [l.tenant, String(l.held + (l.asking ? 1 : 0)), String(l.cap)];
+  return [l.tenant, String(counted(l) + (l.asking ? 1 : 0)), String(l.cap)];
+}
+
+/** The leases Redis must count for this one: held (or in use, after a fallback), and those whose connections are still closing. */
+function counted(l: Lease): number {
+  return Math.max(l.held, l.active) + l.draining;
 }
 
 interface AcquireCommands {

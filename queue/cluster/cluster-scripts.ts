@@ -11,10 +11,12 @@
  *   KEYS[5] extra   hash  tenant → when it last got a lease above its share (ms)
  * A node that stops renewing its `alive` entry loses its leases at the next step anyone takes there.
  * A tenant's fair share of a pair's cap is cap × weight ÷ the weights of the tenants holding or
- * waiting there, rounded down (at least one). A lease above its share is granted only while no
- * waiting tenant is below its own, and then to the waiting tenant that had one longest ago; while
- * another tenant waits, a tenant keeps no more than its share, so the leases the rounding leaves
- * over pass from tenant to tenant, one delivery each.
+ * waiting there, rounded down (zero when there are more tenants than the cap). A lease above its
+ * share is granted only while no waiting tenant is below its own, and then to the waiting tenant
+ * that had one longest ago; while another tenant waits, a tenant keeps no more than its share, so
+ * the leases the rounding leaves over pass from tenant to tenant, one delivery each. Leases above
+ * the cap (a node that stalled past its lease time and came back) are taken back from the node
+ * that says it holds them.
  *
  * Rates (cluster-gate.ts): GCRA on one key, taking up to n messages at once.
  */
@@ -66,19 +68,22 @@ for i = 1, #wants, 2 do
   if tonumber(wants[i + 1]) < now then redis.call('HDEL', KEYS[3], wants[i])
   elseif src == source then waiting[ten] = true end
 end
-local function weightOf(ten) return tonumber(redis.call('HGET', KEYS[4], ten) or '1') end
+local weights = {}
+local w = redis.call('HGETALL', KEYS[4])
+for i = 1, #w, 2 do weights[w[i]] = tonumber(w[i + 1]) end
+local function weightOf(ten) return weights[ten] or 1 end
 local function shares(cap)
   local present, sum = {}, 0
   for ten, c in pairs(byTenant) do if c > 0 then present[ten] = true end end
   for ten, _ in pairs(waiting) do present[ten] = true end
   for ten, _ in pairs(present) do sum = sum + weightOf(ten) end
   local share = {}
-  for ten, _ in pairs(present) do share[ten] = math.max(1, math.floor(cap * weightOf(ten) / sum + 1e-9)) end
+  for ten, _ in pairs(present) do share[ten] = math.floor(cap * weightOf(ten) / sum + 1e-9) end
   return share
 end
 local function starving(share, except)
   for ten, _ in pairs(waiting) do
-    if ten ~= except and (byTenant[ten] or 0) < (share[ten] or 1) then return true end
+    if ten ~= except and (byTenant[ten] or 0) < (share[ten] or 0) then return true end
   end
   return false
 end
@@ -88,7 +93,7 @@ local function contended(except)
 end
 -- How many of its leases for the tenant this node keeps: -1 (no limit) unless another tenant waits;
 -- else what brings the tenant down to its share, taken first from the nodes that hold the most.
-local function keepFor(ten, share)
+local function shareKeep(ten, share)
   local mine = mineByTenant[ten] or 0
   if not contended(ten) then return -1 end
   local excess = (byTenant[ten] or 0) - share
@@ -104,11 +109,21 @@ local function keepFor(ten, share)
   end
   return mine
 end
+-- The same, and never above the cap: a node told to hold more than the cap leaves sheds the excess.
+local function keepFor(ten, share, cap)
+  local keep = shareKeep(ten, share)
+  if total <= cap then return keep end
+  local mine = mineByTenant[ten] or 0
+  local most = math.max(0, mine - (total - cap))
+  if keep < 0 or keep > most then return most end
+  return keep
+end
 `;
 
 /**
- * ARGV: node, source, ttl, tenant, weight, cap, wantTtl, leases the node holds for the tenant now
- * (what Redis has of this node is replaced by that, so a restarted node leaves nothing stale).
+ * ARGV: node, source, ttl, tenant, weight, cap, wantTtl, leases the node holds for the tenant now,
+ * then pairs (another tenant, leases the node holds for it) at the same pair: what Redis has of
+ * this node at the pair is replaced by that, so a restarted node leaves nothing stale.
  * Asks for one lease for the tenant.
  * Returns { granted (0/1), leases of the pair cluster-wide, the tenant's fair share, how many of its
  * leases for the tenant this node may keep (while another tenant waits; -1: no limit) }.
@@ -116,8 +131,23 @@ end
 export const ACQUIRE = `${LEASE_PRELUDE}
 local tenant, weight, cap, wantTtl, holds = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local field = source .. '|' .. tenant .. '|' .. node
+local named = { [tenant] = true }
+for i = 9, #ARGV, 2 do named[ARGV[i]] = true end
+for ten, _ in pairs(mineByTenant) do
+  if not named[ten] then
+    redis.call('HDEL', KEYS[1], source .. '|' .. ten .. '|' .. node)
+    setMine(ten, 0)
+  end
+end
+for i = 9, #ARGV, 2 do
+  local c = tonumber(ARGV[i + 1])
+  if c > 0 then redis.call('HSET', KEYS[1], source .. '|' .. ARGV[i] .. '|' .. node, c) else redis.call('HDEL', KEYS[1], source .. '|' .. ARGV[i] .. '|' .. node) end
+  setMine(ARGV[i], c)
+end
+if holds > 0 then redis.call('HSET', KEYS[1], field, holds) else redis.call('HDEL', KEYS[1], field) end
 setMine(tenant, holds)
 redis.call('HSET', KEYS[4], tenant, weight)
+weights[tenant] = tonumber(weight)
 redis.call('PEXPIRE', KEYS[4], 86400000)
 redis.call('HSET', KEYS[3], source .. '|' .. tenant, now + wantTtl)
 redis.call('PEXPIRE', KEYS[3], wantTtl * 4)
@@ -147,7 +177,7 @@ if granted == 1 then
   redis.call('PEXPIRE', KEYS[1], ttl * 3)
   setMine(tenant, holds + 1)
 end
-return { granted, total, share[tenant], keepFor(tenant, share[tenant]) }
+return { granted, total, share[tenant], keepFor(tenant, share[tenant], cap) }
 `;
 
 /**
@@ -173,10 +203,11 @@ for i = 4, #ARGV, 3 do
   if held > 0 then redis.call('HSET', KEYS[1], field, held) else redis.call('HDEL', KEYS[1], field) end
   setMine(tenant, held)
 end
+local share = nil
 for i = 4, #ARGV, 3 do
   local tenant, held, cap = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local share = shares(cap)
-  local keep = keepFor(tenant, share[tenant] or 1)
+  share = share or shares(cap)
+  local keep = keepFor(tenant, share[tenant] or 0, cap)
   if keep < 0 then out[#out + 1] = held else out[#out + 1] = math.min(held, keep) end
 end
 redis.call('PEXPIRE', KEYS[1], ttl * 3)
