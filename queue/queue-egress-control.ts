@@ -104,6 +104,11 @@ export class EgressControl {
     this.config = config;
   }
 
+  /** delivery.throttle.window of the config in force. */
+  get throttleWindow(): number {
+    return this.config.delivery.throttle.window;
+  }
+
   /** Puts the events still in force back into the scheduler (at startup). */
   restore(now = Date.now()): number {
     const open = this.records.egressEvents({ limit: 100_000, open: true, now });

@@ -239,12 +239,14 @@ export class ClusterState extends EventEmitter {
       const known = this.#position.epoch;
       this.#position = { ...this.#position, epoch };
       await this.#flush();
+      if (this.#outboxed > 0) throw new Error('the changes made while Redis was away could not all be published');
       const bornAt = Number(epoch.split('-')[0]);
       if (known === null || now - bornAt <= SEED_WINDOW_MS) await this.#seed();
       await this.#reload();
       return;
     }
     await this.#flush();
+    if (this.#outboxed > 0) throw new Error('the changes made while Redis was away could not all be published');
     let first = true;
     for (;;) {
       const entries = (await r.xrange(this.#key('changes'), `(${this.#position.lastId}`, '+', 'COUNT', BATCH)) as Entry[];
