@@ -118,7 +118,9 @@ export class EgressControl {
 
   #enforce(e: Pick<EgressEvent, 'kind' | 'tenant' | 'site' | 'source' | 'until' | 'block_id'>): void {
     if (!e.block_id) return;
-    this.scheduler.block({ id: e.block_id, tenant: e.tenant ?? undefined, site: e.site ?? undefined, source: e.source ?? undefined, until: e.until });
+    // A pause names the tenant whose delivery drew the reply, but pauses the pair for every tenant.
+    const tenant = e.kind === 'paused' ? undefined : e.tenant ?? undefined;
+    this.scheduler.block({ id: e.block_id, tenant, site: e.site ?? undefined, source: e.source ?? undefined, until: e.until });
     if (e.kind === 'suspended' && e.tenant && e.site) this.#suspended.set(`${e.tenant}\u0000${e.site}`, e.until ?? Infinity);
   }
 
