@@ -9,7 +9,7 @@
  *   up, or on its next start while the request lasts, a day), answering with a `released` change
  *   that removes the request. The asking node waits up to `waitMs` for that answer.
  */
-import type { ClusterState, StateApplier, StateChange } from './cluster-state.js';
+import { expiresAt, type ClusterState, type StateApplier, type StateChange } from './cluster-state.js';
 
 export type ReleaseAnswer =
   | { released: number; node: string }
@@ -28,7 +28,8 @@ export class SharedRelease implements StateApplier {
   }
 
   async apply(change: StateChange): Promise<void> {
-    if (change.type !== 'release') return;
+    // A request replayed after it lapsed is not acted on (the operator may have held the message again since).
+    if (change.type !== 'release' || (expiresAt(change) ?? Infinity) <= Date.now()) return;
     const n = await this.releaseHere(change.message);
     if (n > 0) await this.state.publish({ type: 'released', message: change.message, node: this.state.node, recipients: n });
   }

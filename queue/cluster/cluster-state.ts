@@ -164,7 +164,12 @@ export class ClusterState extends EventEmitter {
    */
   async publish(change: StateChange): Promise<boolean> {
     if (this.#outboxed === 0 && this.#synced && (await this.#send(change))) return true;
-    await this.copy.queue(change);
+    try {
+      await this.copy.queue(change);
+    } catch (err) {
+      this.log.error({ err, change: change.type }, 'cluster: a change could not be kept for Redis; it is in force on this node only');
+      return false;
+    }
     this.#outboxed++;
     if (this.#synced) await this.#flush();
     if (this.#outboxed === 0) return true;
@@ -222,7 +227,8 @@ export class ClusterState extends EventEmitter {
       } catch (err) {
         if (this.#closed) break;
         this.#synced = false;
-        this.log.debug({ err: (err as Error).message }, 'cluster: the shared state reader lost Redis');
+        const level = this.#reader.status === 'ready' ? 'warn' : 'debug';
+        this.log[level]({ err: (err as Error).message }, 'cluster: the shared state could not be read or applied; catching up again');
         await sleep(100);
       }
     }
