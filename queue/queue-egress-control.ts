@@ -244,7 +244,6 @@ export class EgressControl {
       mem.lastPauseAt = event.at;
       mem.pausedUntil = Math.max(mem.pausedUntil, event.until);
     }
-    this.onEvent(event);
     this.log.info({ event: id, uid: event.uid, kind: event.kind, origin: event.origin, tenant: event.tenant, site: event.site }, 'egress event from another node in force');
   }
 

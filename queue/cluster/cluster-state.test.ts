@@ -131,6 +131,23 @@ describe.skipIf(!support.ok)('cluster shared state (real Redis)', () => {
     expect(again.replica.applied.length).toBe(4);
   });
 
+  it('a node whose Redis link was down while changes happened replays them when it comes back', async () => {
+    const a = await start('a');
+    const b = await start('b');
+    b.link.redis.disconnect();
+    await until(() => !b.link.up && !b.state.synced, 3000, 'b cut off');
+    await act(a, hold('h1'));
+    await act(a, { type: 'engine', engine: 'clamav', off: { reason: 'broken', at: 1 } });
+    // Meanwhile b acts on its own: in force there, shared once it is back.
+    expect(await act(b, hold('hb'))).toBe(false);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(b.replica.items.has('event:h1')).toBe(false);
+    await b.link.redis.connect();
+    await until(() => b.replica.items.has('event:h1') && b.replica.items.has('engine:clamav') && a.replica.items.has('event:hb'), 3000, 'both caught up');
+    expect(b.replica.reloads).toBe(1);
+    expect(b.state.position.version).toBe(a.state.position.version);
+  });
+
   it('loads the whole desired state when the stream no longer reaches back to its last entry', async () => {
     const a = await start('a');
     const b = await start('b');
