@@ -9,13 +9,14 @@
 import { hostname } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import type { Queue } from '../queue/index.js';
+import type { Queue, SharedLimits } from '../queue/index.js';
 import { ClusterLink, nodeName } from '../queue/cluster/cluster-link.js';
 import { NodeRegistry, type NodeReport } from '../queue/cluster/cluster-nodes.js';
 import type { Config } from './mta-config-schema.js';
 
 export interface ClusterDeps {
-  queue: Queue;
+  /** The node's queue, once open (the cluster is joined before it, so its first deliveries are already shared). */
+  queue: () => Queue | null;
   /** Where this node takes mail from peers (its first MX listener), once bound. */
   smtp: () => { address: string; port: number } | undefined;
   draining: () => boolean;
@@ -45,6 +46,11 @@ export class Cluster {
     return cluster;
   }
 
+  /** What the queue needs to share its limits (queue/cluster/cluster-gate.ts). */
+  get shared(): SharedLimits {
+    return { link: this.link, nodes: () => this.nodes.liveNodes };
+  }
+
   get node(): string {
     return this.link.node;
   }
@@ -57,9 +63,10 @@ export class Cluster {
 
   #report(): NodeReport {
     const now = Date.now();
-    if (now - this.#counts.at >= COUNT_EVERY_MS) {
+    const queue = this.deps.queue();
+    if (queue && now - this.#counts.at >= COUNT_EVERY_MS) {
       try {
-        this.#counts = { at: now, value: this.deps.queue.store.openCounts() };
+        this.#counts = { at: now, value: queue.store.openCounts() };
       } catch {
         /* the database is closing: keep the last counts */
       }
@@ -72,8 +79,8 @@ export class Cluster {
       pid: process.pid,
       smtp: this.deps.smtp(),
       startedAt: this.#startedAt,
-      active: this.deps.queue.scheduler.active,
-      waiting: this.deps.queue.scheduler.waiting,
+      active: queue?.scheduler.active ?? 0,
+      waiting: queue?.scheduler.waiting ?? 0,
       queue: this.#counts.value,
       draining: this.deps.draining(),
       loopDelayMs: Math.round(delay * 10) / 10,

@@ -125,20 +125,22 @@ export class Ichidan {
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
-    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log);
-    const app = new Ichidan(config, queue, log, sessions);
+    let app: Ichidan | null = null;
+    const cluster = await Cluster.join(config, {
+      queue: () => app?.queue ?? null,
+      smtp: () => {
+        const mx = app?.bound.find((b) => b.role === 'mx');
+        return mx && { address: mx.address, port: mx.port };
+      },
+      draining: () => app?.draining ?? false,
+    }, log);
+    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log, cluster?.shared);
+    app = new Ichidan(config, queue, log, sessions);
+    app.cluster = cluster;
     app.#policies = policies;
     app.configFile = opts.configFile ?? null;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
-    app.cluster = await Cluster.join(config, {
-      queue,
-      smtp: () => {
-        const mx = app.bound.find((b) => b.role === 'mx');
-        return mx && { address: mx.address, port: mx.port };
-      },
-      draining: () => app.draining,
-    }, log);
-    app.shared = app.cluster && SharedState.start(app.cluster, queue, app.engines, log);
+    app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
