@@ -108,6 +108,8 @@ export class ClusterState extends EventEmitter {
   readonly #reader: Redis;
   readonly #appliers: StateApplier[] = [];
   #position: Position;
+  /** The Redis incarnation publishes go to: the position's, or the new one while a sync moves to it. */
+  #epoch: string | null;
   #synced = false;
   #closed = false;
   #outboxed: number;
@@ -122,6 +124,7 @@ export class ClusterState extends EventEmitter {
     super();
     this.#reader = link.duplicate();
     this.#position = copy.position() ?? { lastId: '0-0', version: 0, epoch: null };
+    this.#epoch = this.#position.epoch;
     this.#outboxed = copy.outbox().length;
     link.on('up', () => { this.#synced = false; });
   }
@@ -173,7 +176,7 @@ export class ClusterState extends EventEmitter {
     this.#outboxed++;
     if (this.#synced) await this.#flush();
     if (this.#outboxed === 0) return true;
-    this.log.warn({ change: change.type, waiting: this.#outboxed }, 'cluster: Redis is away; the change is in force here and is shared when Redis returns');
+    if (!this.link.up) this.log.warn({ change: change.type, waiting: this.#outboxed }, 'cluster: Redis is away; the change is in force here and is shared when Redis returns');
     return false;
   }
 
@@ -201,7 +204,7 @@ export class ClusterState extends EventEmitter {
   async #send(change: StateChange): Promise<boolean> {
     const { field, op } = itemOf(change);
     const id = await this.link.call(1, (r) => r.eval(PUBLISH, 4, this.#key('items'), this.#key('version'), this.#key('changes'), this.#key('epoch'),
-      this.#position.epoch ?? '', this.link.node, field, op, JSON.stringify(change), this.streamLength));
+      this.#epoch ?? '', this.link.node, field, op, JSON.stringify(change), this.streamLength));
     if (typeof id !== 'string') return false;
     this.published++;
     return true;
@@ -241,9 +244,10 @@ export class ClusterState extends EventEmitter {
     const now = Number(sec) * 1000 + Math.floor(Number(micro) / 1000);
     await r.set(this.#key('epoch'), `${now}-${randomBytes(6).toString('hex')}`, 'NX');
     const epoch = (await r.get(this.#key('epoch')))!;
+    this.#epoch = epoch;
+    // The position is moved to a new incarnation only by the reload that ends this: a sync cut short starts over here.
     if (epoch !== this.#position.epoch) {
       const known = this.#position.epoch;
-      this.#position = { ...this.#position, epoch };
       await this.#flush();
       if (this.#outboxed > 0) throw new Error('the changes made while Redis was away could not all be published');
       const bornAt = Number(epoch.split('-')[0]);
@@ -311,7 +315,7 @@ export class ClusterState extends EventEmitter {
     }
     if (expired.length > 0) await this.#reader.hdel(this.#key('items'), ...expired);
     for (const a of this.#appliers) await a.reload(changes);
-    this.#position = { lastId: last[0]?.[0] ?? '0-0', version: Number(version ?? 0), epoch: this.#position.epoch };
+    this.#position = { lastId: last[0]?.[0] ?? '0-0', version: Number(version ?? 0), epoch: this.#epoch };
     await this.copy.savePosition(this.#position);
     this.reloads++;
     this.log.info({ items: changes.length, version: this.#position.version }, 'cluster: shared state loaded');
