@@ -28,6 +28,8 @@ export interface ClusterWorld {
   /** Starts node i (0-based) on its data folder, again after a kill. */
   node(i: number): Promise<ChildIchidan>;
   kill(i: number, signal?: NodeJS.Signals): Promise<void>;
+  /** Lets every node deliver its tenants' mail (rewrites the configs without `suspended`, SIGHUP). */
+  resume(): Promise<void>;
   tally(): Promise<MxTally>;
   stop(): Promise<void>;
 }
@@ -44,6 +46,8 @@ export interface WorldOptions {
   leaseTtl?: string;
   /** Extra config for every node. */
   extra?: Record<string, unknown>;
+  /** Start with every tenant's delivery suspended (queued mail waits for `resume()`). */
+  suspended?: boolean;
 }
 
 export async function startClusterWorld(opts: WorldOptions): Promise<ClusterWorld> {
@@ -51,6 +55,7 @@ export async function startClusterWorld(opts: WorldOptions): Promise<ClusterWorl
   const redis = await startRedis();
   const mx = await cappedMx();
   const nodes: Array<ChildIchidan | null> = Array.from({ length: opts.nodes }, () => null);
+  let suspended = opts.suspended ?? false;
   const configFile = async (i: number) => {
     const file = join(dir, `node${i + 1}.yaml`);
     await writeFile(file, stringify({
@@ -59,7 +64,7 @@ export async function startClusterWorld(opts: WorldOptions): Promise<ClusterWorl
       log: { level: 'info' },
       listeners: [{ name: 'mx', role: 'mx', address: '127.0.0.1', port: 0, tls: 'none' }],
       admin: { socket: join(dir, `node${i + 1}.sock`) },
-      tenants: Object.fromEntries(Object.entries(TENANTS).map(([name, address]) => [name, { networks: [`${address}/32`] }])),
+      tenants: Object.fromEntries(Object.entries(TENANTS).map(([name, address]) => [name, { networks: [`${address}/32`], egress: { suspended } }])),
       routes: { 'capped.example': { host: MX, port: mx.port } },
       queue: { fsync: false, retryInitial: '500ms', retryMax: '2s', retryJitter: 0 },
       // The operator knows the destination's cap: it is the site's, for the whole cluster.
@@ -82,6 +87,13 @@ export async function startClusterWorld(opts: WorldOptions): Promise<ClusterWorl
       child.proc.kill(signal);
       await child.exited;
       nodes[i] = null;
+    },
+    async resume() {
+      suspended = false;
+      for (let i = 0; i < nodes.length; i++) {
+        await configFile(i);
+        nodes[i]?.proc.kill('SIGHUP');
+      }
     },
     async tally() {
       const text = existsSync(mx.maillog) ? await readFile(mx.maillog, 'utf8') : '';
