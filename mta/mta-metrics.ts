@@ -11,14 +11,19 @@
  *   ichidan_deliveries_in_flight, ichidan_deliveries_waiting
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
+ *   ichidan_cluster_state_changes_total{direction}  shared state (mta-shared.ts): changes published, applied from other nodes
+ *   ichidan_cluster_state_reloads_total, ichidan_cluster_state_unpublished, ichidan_cluster_state_synced
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { EngineEvent, EngineInfo } from '../engines/index.js';
 import type { Queue } from '../queue/index.js';
+import type { ClusterState } from '../queue/cluster/cluster-state.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
   queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes'>;
+  /** The shared state, in a cluster. */
+  shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
 }
 
 export interface ProcessMetrics {
@@ -27,7 +32,7 @@ export interface ProcessMetrics {
   egressEvent(e: { kind: string; actor: string }): void;
 }
 
-export function processMetrics({ engines, queue }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, shared = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -70,6 +75,31 @@ export function processMetrics({ engines, queue }: MetricSources): ProcessMetric
   new Gauge({
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
+  });
+  new Counter({
+    name: 'ichidan_cluster_state_changes_total', help: 'Shared-state changes this node published, and applied from other nodes', labelNames: ['direction'], registers,
+    collect() {
+      const state = shared();
+      this.reset();
+      if (!state) return;
+      this.inc({ direction: 'published' }, state.published);
+      this.inc({ direction: 'applied' }, state.applied);
+    },
+  });
+  new Counter({
+    name: 'ichidan_cluster_state_reloads_total', help: 'Times this node loaded the whole shared state (first join, or the stream no longer reached back)', registers,
+    collect() {
+      this.reset();
+      this.inc(shared()?.reloads ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_cluster_state_unpublished', help: 'Changes made here while Redis was away, waiting to be shared', registers,
+    collect() { this.set(shared()?.outboxed ?? 0); },
+  });
+  new Gauge({
+    name: 'ichidan_cluster_state_synced', help: '1 while this node is in step with the shared state in Redis', registers,
+    collect() { this.set(shared()?.synced ? 1 : 0); },
   });
   return {
     registry,

@@ -8,6 +8,7 @@
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -34,6 +35,14 @@ describe.skipIf(!support.ok)('operator state shared by three nodes (real Redis, 
   const api = async (i: number, method: string, url: string, body?: unknown) => adminRequest(join(dir, `n${i + 1}`, 'admin.sock'), method, url, body);
   const blocks = async (i: number) => (await api(i, 'GET', '/v1/egress')).body.blocks as Block[];
   const engine = async (i: number) => ((await api(i, 'GET', '/v1/engines')).body.engines as Array<{ name: string; state: string; disabledReason: string | null }>)[0];
+  const metrics = (i: number) => new Promise<string>((resolve, reject) => {
+    request({ socketPath: join(dir, `n${i + 1}`, 'admin.sock'), path: '/metrics' }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => { text += c; });
+      res.on('end', () => resolve(text));
+    }).on('error', reject).end();
+  });
+  const metric = (text: string, name: string) => Number(new RegExp(`^${name.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
   const events = async (i: number) => (await api(i, 'GET', '/v1/egress/events?open=1')).body.events as Event[];
 
   async function start(i: number): Promise<void> {
@@ -124,6 +133,13 @@ describe.skipIf(!support.ok)('operator state shared by three nodes (real Redis, 
     const release = await inForce([0, 1], async (i) => !(await blocks(i)).some((b) => b.site === SITE2));
     console.log(`shared state: in force on the other nodes after suspension ${suspension} ms, hold ${hold} ms, engine disable ${disable} ms, undo ${undo} ms, enable ${enable} ms, release ${release} ms`);
     for (const ms of [suspension, hold, disable, undo, enable, release]) expect(ms).toBeLessThan(1000);
+    // Node 3 applied what the others did and published nothing; node 1 published what it did.
+    const three = await metrics(2);
+    expect(metric(three, 'ichidan_cluster_state_changes_total{direction="applied"}')).toBeGreaterThanOrEqual(6);
+    expect(metric(three, 'ichidan_cluster_state_changes_total{direction="published"}')).toBe(1);
+    expect(metric(three, 'ichidan_cluster_state_synced')).toBe(1);
+    expect(metric(three, 'ichidan_cluster_state_unpublished')).toBe(0);
+    expect(metric(await metrics(0), 'ichidan_cluster_state_changes_total{direction="published"}')).toBeGreaterThanOrEqual(5);
   });
 
   it('a message held on node 2 is released by asking node 1', async () => {
