@@ -76,6 +76,8 @@ const RELEASE_TTL_MS = 86_400_000;
 /** Nodes reconnecting this soon after Redis came back empty put their state back into it. */
 const SEED_WINDOW_MS = 30_000;
 const BATCH = 500;
+/** Items that lapsed (a pause's end, a release's day) are removed from the desired state this often. */
+const PRUNE_EVERY_MS = 600_000;
 
 const PUBLISH = `
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then return false end
@@ -115,6 +117,7 @@ export class ClusterState extends EventEmitter {
   #outboxed: number;
   #running: Promise<void> | null = null;
   #flushing: Promise<void> | null = null;
+  #prunedAt = Date.now();
   /** Changes this node published and applied from others (for the metrics and the tests). */
   published = 0;
   applied = 0;
@@ -225,6 +228,7 @@ export class ClusterState extends EventEmitter {
           this.emit('synced');
         }
         if (this.#outboxed > 0) await this.#flush();
+        if (Date.now() - this.#prunedAt >= PRUNE_EVERY_MS) await this.#prune();
         const res = (await this.#reader.xread('COUNT', BATCH, 'BLOCK', 1000, 'STREAMS', this.#key('changes'), this.#position.lastId)) as Array<[string, Entry[]]> | null;
         if (res) await this.#applyEntries(res[0][1]);
       } catch (err) {
@@ -304,21 +308,33 @@ export class ClusterState extends EventEmitter {
       .xrevrange(this.#key('changes'), '+', '-', 'COUNT', 1)
       .exec();
     const [[, items], [, version], [, last]] = res as [[null, Record<string, string>], [null, string | null], [null, Entry[]]];
-    const now = Date.now();
-    const changes: StateChange[] = [];
-    const expired: string[] = [];
-    for (const [field, json] of Object.entries(items)) {
-      const change = JSON.parse(json) as StateChange;
-      const end = expiresAt(change);
-      if (end !== null && end <= now) expired.push(field);
-      else changes.push(change);
-    }
-    if (expired.length > 0) await this.#reader.hdel(this.#key('items'), ...expired);
+    const changes = await this.#dropLapsed(items);
     for (const a of this.#appliers) await a.reload(changes);
     this.#position = { lastId: last[0]?.[0] ?? '0-0', version: Number(version ?? 0), epoch: this.#epoch };
     await this.copy.savePosition(this.#position);
     this.reloads++;
     this.log.info({ items: changes.length, version: this.#position.version }, 'cluster: shared state loaded');
+  }
+
+  /** Removes the items that lapsed from the desired state (every node does it now and then; it is idempotent). */
+  async #prune(): Promise<void> {
+    this.#prunedAt = Date.now();
+    await this.#dropLapsed(await this.#reader.hgetall(this.#key('items')));
+  }
+
+  /** The items still in force; the lapsed ones are removed from Redis. */
+  async #dropLapsed(items: Record<string, string>): Promise<StateChange[]> {
+    const now = Date.now();
+    const changes: StateChange[] = [];
+    const lapsed: string[] = [];
+    for (const [field, json] of Object.entries(items)) {
+      const change = JSON.parse(json) as StateChange;
+      const end = expiresAt(change);
+      if (end !== null && end <= now) lapsed.push(field);
+      else changes.push(change);
+    }
+    if (lapsed.length > 0) await this.#reader.hdel(this.#key('items'), ...lapsed);
+    return changes;
   }
 
   /** Publishes the changes made while Redis was away, in order (one flush at a time); stops at the first that fails. */
