@@ -96,7 +96,7 @@ export class Ichidan {
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool) {
     this.#handle = new ConfigHandle(config);
-    const metrics = processMetrics({ engines: () => this.engines.list(), queue, shared: () => this.shared?.state ?? null });
+    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);

@@ -7,7 +7,8 @@
  * for that tenant are fewer than the leases it holds (and, while another tenant waits, its fair share;
  * a lease above the share, granted in turn, serves one delivery and goes back).
  * When it holds too few, the gate asks Redis for one more (ACQUIRE, cluster-scripts.ts), at most one
- * question at a time per lease, again every `RETRY_MS` while refused, and wakes the scheduler when
+ * question at a time per lease, again after `RETRY_MS` while refused (doubling up to `MAX_RETRY_MS`
+ * while refusals go on, so a tenant waiting at a full destination costs a few commands a second), and wakes the scheduler when
  * the answer may start something. Leases stay held while in use, so a steady flow costs no Redis
  * command per message. One that stays unused for `LINGER_MS`, or that the fair share takes back
  * (another tenant is waiting below its share), is released: the node's idle connections to the
@@ -47,6 +48,8 @@ interface Lease {
   /** Leases granted and not used yet: the one above the share is used once even while another tenant waits. */
   fresh: number;
   asking: boolean;
+  /** Refusals in a row (the next question waits longer). */
+  refusals: number;
   /** Counts every local change of `held` (an answer that crossed a release re-asserts). */
   changes: number;
   retryAt: number;
@@ -72,6 +75,7 @@ export interface GateDeps {
 }
 
 const RETRY_MS = 100;
+const MAX_RETRY_MS = 800;
 const LINGER_MS = 1_000;
 const RATE_BATCH_MS = 200;
 /** After closing connections for a release: the destination counts a connection until it has seen it end. */
@@ -263,7 +267,7 @@ export class ClusterGate implements SharedGate {
     const key = leaseKey(site, source, tenant);
     let lease = this.#leases.get(key);
     if (!lease) {
-      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, changes: 0, retryAt: 0, linger: null };
+      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, refusals: 0, changes: 0, retryAt: 0, linger: null };
       this.#leases.set(key, lease);
     }
     return lease;
@@ -284,12 +288,13 @@ export class ClusterGate implements SharedGate {
     const changes = lease.changes;
     const ttl = this.link.config.leaseTtl;
     void this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAcquire(
-      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, RETRY_MS * 5, lease.held,
+      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, MAX_RETRY_MS * 3, lease.held,
     )).then((answer) => {
       lease.asking = false;
       if (answer && answer[0] === 1 && this.shared) {
         lease.held++;
         lease.fresh++;
+        lease.refusals = 0;
         lease.keep = answer[3] >= 0 ? answer[3] : Infinity;
         // Redis counted from the leases held when the question left; a release since then is told again.
         if (lease.changes !== changes) void this.#assert(lease.site, lease.source);
@@ -297,8 +302,9 @@ export class ClusterGate implements SharedGate {
         return;
       }
       if (answer && answer[3] >= 0) lease.keep = answer[3];
-      lease.retryAt = Date.now() + RETRY_MS;
-      this.#wakeIn(RETRY_MS);
+      const wait = Math.min(MAX_RETRY_MS, RETRY_MS * 2 ** lease.refusals++);
+      lease.retryAt = Date.now() + wait;
+      this.#wakeIn(wait);
     });
   }
 
