@@ -83,6 +83,7 @@ export class Cluster {
       waiting: queue?.scheduler.waiting ?? 0,
       queue: this.#counts.value,
       draining: this.deps.draining(),
+      leases: queue?.gate?.holdings().reduce((n, h) => n + h.held, 0) ?? 0,
       loopDelayMs: Math.round(delay * 10) / 10,
       rssMb: Math.round(process.memoryUsage.rss() / 1048576),
     };

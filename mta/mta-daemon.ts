@@ -93,6 +93,8 @@ export class Ichidan {
   draining = false;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
+  /** How `reload()` turns the file into this process's config (a worker derives its own). */
+  #load: ((file: string) => Config) | undefined;
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool) {
     this.#handle = new ConfigHandle(config);
@@ -120,7 +122,7 @@ export class Ichidan {
    * `originalDst` stands in for the kernel's answer to where a proxied connection was going (on
    * a system without netfilter, or in a test on loopback); by default the native addon is asked.
    */
-  static async start(config: Config, log: Logger, opts: { configFile?: string; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
+  static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
@@ -139,6 +141,7 @@ export class Ichidan {
     app.cluster = cluster;
     app.#policies = policies;
     app.configFile = opts.configFile ?? null;
+    app.#load = opts.load;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
@@ -225,7 +228,7 @@ export class Ichidan {
   /** Reads, validates and publishes the config file (mta-reload.ts); a bad file changes nothing. */
   reload(file = this.configFile): ReloadResult {
     if (!file) return { ok: false, problems: ['no config file to reload from'] };
-    return reloadConfig(file, this.config, (config) => this.reconfigure(config), this.log);
+    return reloadConfig(file, this.config, (config) => this.reconfigure(config), this.log, this.#load);
   }
 
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */

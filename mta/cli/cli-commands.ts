@@ -11,7 +11,9 @@
  *   engines (list, disable, enable, events, stats)   cli-engines.ts
  *   reload                              cli-reload.ts
  *   sessions (list, show)               cli-sessions.ts
- * Every command talks to the running process's admin API (admin/admin-client.ts) or reads the
+ *   workers                             cli-workers.ts
+ * Every command talks to the running process's admin API (admin/admin-client.ts), reads the
+ * workers' status file (mta-workers-status.ts) or reads the
  * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
  */
 import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
@@ -23,9 +25,10 @@ import { RELOAD_USAGE, reload } from './cli-reload.js';
 import { SCANS_USAGE, scans } from './cli-scans.js';
 import { SESSIONS_USAGE, sessions } from './cli-sessions.js';
 import { TENANTS_USAGE, tenants } from './cli-tenants.js';
+import { WORKERS_USAGE, workers } from './cli-workers.js';
 
 export const USAGE = `usage:
-  ichidan start [-c FILE]
+  ichidan start [-c FILE] [--workers N|auto]
 ${CONFIG_USAGE}
 ${QUEUE_USAGE}
 ${TENANTS_USAGE}
@@ -34,7 +37,8 @@ ${QUARANTINE_USAGE}
 ${SCANS_USAGE}
 ${ENGINES_USAGE}
 ${RELOAD_USAGE}
-${SESSIONS_USAGE}`;
+${SESSIONS_USAGE}
+${WORKERS_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'check-config': checkConfig,
@@ -47,6 +51,7 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   engines,
   reload,
   sessions,
+  workers,
 };
 
 export async function runCommand(command: string | undefined, args: string[]): Promise<void> {
