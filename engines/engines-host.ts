@@ -11,7 +11,8 @@
  *   MAIL FROM to its end (mta/ingress/ingress-server.ts). When the last snapshot naming an instance is released —
  *   so no transaction can still scan with it — the instance is closed.
  * Events: breaker transitions and switch changes go to `onEvent` (logged, counted and stored by
- *   the caller).
+ *   the caller). An operator's switch made here also goes to `onOperatorSwitch` (a cluster shares
+ *   it, mta/mta-shared.ts); one made on another node arrives through `applySwitch`.
  */
 import { Breaker, type Admission, type BreakerState } from './engines-breaker.js';
 import type { CommonOptions } from './engines-common.js';
@@ -101,6 +102,8 @@ export class EngineHost {
   /** The instances the newest snapshot uses, by engine name. */
   #current = new Map<string, Slot>();
   readonly #switches: Map<string, OperatorSwitch>;
+  /** Told of each switch an operator makes on this node (null: enabled again). */
+  onOperatorSwitch: (engine: string, off: OperatorSwitch | null) => void = () => undefined;
 
   constructor(switches: Map<string, OperatorSwitch>, private readonly onEvent: (e: EngineEvent) => void) {
     this.#switches = switches;
@@ -164,6 +167,7 @@ export class EngineHost {
     const sw = { reason, at: Date.now() };
     this.#switches.set(name, sw);
     this.onEvent({ at: sw.at, engine: name, event: 'disabled', reason });
+    this.onOperatorSwitch(name, sw);
     return true;
   }
 
@@ -171,7 +175,31 @@ export class EngineHost {
     if (!this.#switches.has(name)) return false;
     this.#switches.delete(name);
     this.onEvent({ at: Date.now(), engine: name, event: 'enabled', reason: 'operator' });
+    this.onOperatorSwitch(name, null);
     return true;
+  }
+
+  /**
+   * A switch made elsewhere (another node of the cluster): kept even for an engine this node's
+   * config does not name, so it applies if one is added. Returns whether anything changed.
+   */
+  applySwitch(name: string, off: OperatorSwitch | null, by: string): boolean {
+    const current = this.#switches.get(name);
+    if (off === null) {
+      if (!current) return false;
+      this.#switches.delete(name);
+      this.onEvent({ at: Date.now(), engine: name, event: 'enabled', reason: by });
+      return true;
+    }
+    if (current && current.reason === off.reason && current.at === off.at) return false;
+    this.#switches.set(name, { ...off });
+    this.onEvent({ at: off.at, engine: name, event: 'disabled', reason: off.reason });
+    return true;
+  }
+
+  /** The switches in force, by engine name. */
+  switches(): Map<string, OperatorSwitch> {
+    return new Map(this.#switches);
   }
 
   list(): EngineInfo[] {

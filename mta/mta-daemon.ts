@@ -43,6 +43,7 @@ import { LineEndingGuard } from '../queue/accept/accept-receive.js';
 import { loadTlsMaterial } from './ingress/ingress-tls.js';
 import { secureDataDir } from './mta-datadir.js';
 import { Cluster } from './mta-cluster.js';
+import { SharedState } from './mta-shared.js';
 
 export interface BoundListener {
   name: string;
@@ -86,6 +87,8 @@ export class Ichidan {
   bound: BoundListener[] = [];
   /** This node's part in a cluster (mta-cluster.ts); null when cluster.redis is not set. */
   cluster: Cluster | null = null;
+  /** The holds, suspensions, pauses, engine switches and releases shared with the cluster (mta-shared.ts); null without one. */
+  shared: SharedState | null = null;
   /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
   draining = false;
   /** The file `reload()` reads by default (the one the process started from). */
@@ -95,7 +98,7 @@ export class Ichidan {
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool) {
     this.#handle = new ConfigHandle(config);
-    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster });
+    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);
@@ -140,6 +143,7 @@ export class Ichidan {
     app.configFile = opts.configFile ?? null;
     app.#load = opts.load;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
+    app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -234,6 +238,7 @@ export class Ichidan {
     await this.#admin?.close();
     await this.#passwords?.close();
     this.#snapshot.release();
+    await this.shared?.close();
     await this.queue.close();
     this.sessions.closeAll();
     await this.cluster?.close();

@@ -17,16 +17,21 @@
  *   ichidan_cluster_fallback_decisions_total         limits decided locally because Redis was away
  *   ichidan_cluster_leases_held                      connection leases this node holds
  *   ichidan_cluster_nodes_live                       live nodes in the registry
+ *   ichidan_cluster_state_changes_total{direction}  shared state (mta-shared.ts): changes published, applied from other nodes
+ *   ichidan_cluster_state_reloads_total, ichidan_cluster_state_unpublished, ichidan_cluster_state_synced
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { EngineEvent, EngineInfo } from '../engines/index.js';
 import type { Queue } from '../queue/index.js';
+import type { ClusterState } from '../queue/cluster/cluster-state.js';
 import type { Cluster } from './mta-cluster.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
   queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes' | 'gate'>;
   cluster?: () => Cluster | null;
+  /** The shared state, in a cluster. */
+  shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
 }
 
 export interface ProcessMetrics {
@@ -35,7 +40,7 @@ export interface ProcessMetrics {
   egressEvent(e: { kind: string; actor: string }): void;
 }
 
-export function processMetrics({ engines, queue, cluster }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -79,7 +84,10 @@ export function processMetrics({ engines, queue, cluster }: MetricSources): Proc
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
   });
-  if (cluster) clusterMetrics(registers, cluster, queue);
+  if (cluster) {
+    clusterMetrics(registers, cluster, queue);
+    sharedStateMetrics(registers, shared);
+  }
   return {
     registry,
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
@@ -108,5 +116,34 @@ function clusterMetrics(registers: Registry[], cluster: () => Cluster | null, qu
   new Gauge({
     name: 'ichidan_cluster_nodes_live', help: 'Live nodes in the cluster registry (this one included)', registers,
     collect() { const c = cluster(); if (c) this.set(c.nodes.liveNodes); },
+  });
+}
+
+/** The shared state's counters (mta-shared.ts), read when collected. */
+function sharedStateMetrics(registers: Registry[], shared: NonNullable<MetricSources['shared']>): void {
+  new Counter({
+    name: 'ichidan_cluster_state_changes_total', help: 'Shared-state changes this node published, and applied from other nodes', labelNames: ['direction'], registers,
+    collect() {
+      const state = shared();
+      this.reset();
+      if (!state) return;
+      this.inc({ direction: 'published' }, state.published);
+      this.inc({ direction: 'applied' }, state.applied);
+    },
+  });
+  new Counter({
+    name: 'ichidan_cluster_state_reloads_total', help: 'Times this node loaded the whole shared state (first join, or the stream no longer reached back)', registers,
+    collect() {
+      this.reset();
+      this.inc(shared()?.reloads ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_cluster_state_unpublished', help: 'Changes made here while Redis was away, waiting to be shared', registers,
+    collect() { this.set(shared()?.outboxed ?? 0); },
+  });
+  new Gauge({
+    name: 'ichidan_cluster_state_synced', help: '1 while this node is in step with the shared state in Redis', registers,
+    collect() { this.set(shared()?.synced ? 1 : 0); },
   });
 }

@@ -165,4 +165,21 @@ describe('throttle control', () => {
     expect(again.control.event(kept)?.reason).toBe('billing');
     await again.store.close();
   });
+
+  it('a pause put back after a restart (or adopted from another node) pauses the pair for every tenant, not only the one it names', async () => {
+    const first = await setup();
+    first.control.onSignal(SITE, null, 'c', throttled, Date.now());
+    await first.settle();
+    const [paused] = first.control.events({ limit: 1 });
+    expect(paused).toMatchObject({ kind: 'paused', tenant: 'c' });
+    const again = await setup({}, first.dataDir);
+    expect(again.control.restore()).toBe(1);
+    expect(again.scheduler.blocks()).toEqual([expect.objectContaining({ site: SITE, source: '' })]);
+    expect(again.scheduler.blocks()[0].tenant).toBeUndefined();
+    const other = await setup();
+    await other.control.adopt({ ...paused, uid: 'u1', origin: 'n1' });
+    expect(other.scheduler.blocks()[0]).toMatchObject({ site: SITE, source: '' });
+    expect(other.scheduler.blocks()[0].tenant).toBeUndefined();
+    await again.store.close();
+  });
 });

@@ -24,10 +24,15 @@
  *   pool at once, on the paused one when its pause ends. With one tenant at a site there is no
  *   one else to protect: the pair's pause is the whole reaction.
  * Undo: lifts the block the event installed, and puts back the window it lowered.
+ * In a cluster (`sharing`, `evidence`, wired in queue/cluster/cluster-egress.ts): every event has
+ *   a `uid`; the blocking ones and every undo are shared, other nodes' are put in force here
+ *   (`adopt`, `undoShared`); attribution counts every node's evidence (queue-attribution.ts).
  * Settings: delivery.throttle.*
  */
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Signal } from '../delivery/index.js';
+import { blame, type TenantEvidence } from './queue-attribution.js';
 import type { QueueConfig } from './queue-config.js';
 import type { Scheduler } from './queue-scheduler.js';
 import type { EgressEvent, EgressEventKind, NewEgressEvent } from './queue-records-egress.js';
@@ -57,6 +62,25 @@ export interface HoldRequest {
   kind?: 'hold' | 'suspended';
 }
 
+/** How the events of this node reach the cluster's other nodes (queue/cluster/cluster-egress.ts). */
+export interface EgressSharing {
+  /** This node's name: the `origin` of its events. */
+  readonly node: string;
+  /** An event that blocks delivery, recorded here. */
+  recorded(event: NewEgressEvent & { uid: string; origin: string }): void;
+  /** An event undone here. */
+  undone(uid: string, at: number, by: string): void;
+}
+
+/** The cluster's evidence for attribution (queue/cluster/cluster-signals.ts). */
+export interface SiteEvidence {
+  note(site: string, tenant: string, throttled: boolean): void;
+  /** Each tenant's deliveries and throttle replies at the site over `window`, every node's; undefined when Redis is away. */
+  sums(site: string, now: number, window: number): Promise<Map<string, TenantEvidence> | undefined>;
+}
+
+const BLOCKING: ReadonlySet<EgressEventKind> = new Set(['paused', 'suspended', 'hold']);
+
 const MAX_SEEN_PER_SITE = 10_000;
 const SLOW_EVENT_EVERY_MS = 60_000;
 const PRUNE_EVERY_MS = 60_000;
@@ -66,10 +90,13 @@ export class EgressControl {
   readonly #pairs = new Map<string, PairMemory>();
   /** (tenant, site) suspended by this control, until when. */
   readonly #suspended = new Map<string, number>();
-  #blockSeq = 0;
   #prunedAt = 0;
   /** Told of every event as it is recorded (the metrics count them). */
   onEvent: (event: NewEgressEvent) => void = () => undefined;
+  /** Set in a cluster: events shared with the other nodes. */
+  sharing: EgressSharing | null = null;
+  /** Set in a cluster: attribution counts every node's evidence. */
+  evidence: SiteEvidence | null = null;
 
   constructor(private config: QueueConfig, private readonly scheduler: Scheduler, private readonly records: QueueRecords, private readonly log: Logger) {}
 
@@ -77,15 +104,24 @@ export class EgressControl {
     this.config = config;
   }
 
+  /** delivery.throttle.window of the config in force. */
+  get throttleWindow(): number {
+    return this.config.delivery.throttle.window;
+  }
+
   /** Puts the events still in force back into the scheduler (at startup). */
   restore(now = Date.now()): number {
     const open = this.records.egressEvents({ limit: 100_000, open: true, now });
-    for (const e of open) {
-      if (!e.block_id) continue;
-      this.scheduler.block({ id: e.block_id, tenant: e.tenant ?? undefined, site: e.site ?? undefined, source: e.source ?? undefined, until: e.until });
-      if (e.kind === 'suspended' && e.tenant && e.site) this.#suspended.set(`${e.tenant}\u0000${e.site}`, e.until ?? Infinity);
-    }
+    for (const e of open) this.#enforce(e);
     return open.length;
+  }
+
+  #enforce(e: Pick<EgressEvent, 'kind' | 'tenant' | 'site' | 'source' | 'until' | 'block_id'>): void {
+    if (!e.block_id) return;
+    // A pause names the tenant whose delivery drew the reply, but pauses the pair for every tenant.
+    const tenant = e.kind === 'paused' ? undefined : e.tenant ?? undefined;
+    this.scheduler.block({ id: e.block_id, tenant, site: e.site ?? undefined, source: e.source ?? undefined, until: e.until });
+    if (e.kind === 'suspended' && e.tenant && e.site) this.#suspended.set(`${e.tenant}\u0000${e.site}`, e.until ?? Infinity);
   }
 
   /** What one delivery on (site, source) for `tenant` showed. */
@@ -95,6 +131,7 @@ export class EgressControl {
     // A refused connection is as likely a host that is down as a limit: it pauses, but blames no one.
     const throttled = signal.kind === 'throttled' || signal.kind === 'refused';
     this.#remember(site, { at: now, tenant, throttled: signal.kind === 'throttled' }, now - t.window);
+    this.evidence?.note(site, tenant, signal.kind === 'throttled');
     const pairKey = `${site}\u0000${source ?? ''}`;
     if (signal.kind === 'ok') {
       // A delivery that began before the pair was throttled says nothing about the lowered window.
@@ -114,7 +151,7 @@ export class EgressControl {
       if (now - mem.lastSlowEventAt >= SLOW_EVENT_EVERY_MS && before !== undefined) {
         mem.lastSlowEventAt = now;
         this.#record({ at: now, kind: 'slowed', actor: 'auto', tenant, site, source: source ?? '', until: null, reason: signal.detail,
-          detail: JSON.stringify({ windowBefore: before, windowAfter: this.scheduler.window(site, source) }), block_id: null });
+          detail: JSON.stringify({ windowBefore: before, windowAfter: this.scheduler.window(site, source) }), block_id: null, uid: newUid() });
       }
       return;
     }
@@ -127,11 +164,12 @@ export class EgressControl {
     mem.lastPauseAt = now;
     const pause = Math.min(t.maxPause, t.pause * 2 ** mem.pauses);
     mem.pausedUntil = now + pause;
-    const blockId = this.#blockId();
+    const uid = newUid();
+    const blockId = `b${uid}`;
     this.scheduler.block({ id: blockId, site, source: source ?? '', until: now + pause });
     this.log.warn({ site, source, tenant, signal: signal.kind, reason: signal.detail, pauseMs: pause }, 'destination throttling: pair paused');
     this.#record({ at: now, kind: 'paused', actor: 'auto', tenant, site, source: source ?? '', until: now + pause, reason: `${signal.kind}: ${signal.detail}`,
-      detail: JSON.stringify({ windowBefore: before, windowAfter: this.scheduler.window(site, source) }), block_id: blockId });
+      detail: JSON.stringify({ windowBefore: before, windowAfter: this.scheduler.window(site, source) }), block_id: blockId, uid });
     if (signal.kind === 'throttled') this.#attribute(site, now);
   }
 
@@ -139,54 +177,111 @@ export class EgressControl {
   #attribute(site: string, now: number): void {
     const t = this.config.delivery.throttle;
     if (t.tenantSuspension <= 0) return;
-    const seen = (this.#seen.get(site) ?? []).filter((s) => s.at >= now - t.window);
-    const throttles = seen.filter((s) => s.throttled);
-    const tenants = new Set(seen.map((s) => s.tenant));
-    if (throttles.length < t.minSignals || tenants.size < 2) return;
-    const share = (list: Seen[], tenant: string) => list.filter((s) => s.tenant === tenant).length / list.length;
-    let blamed: { tenant: string; of: string; share: number } | null = null;
-    for (const tenant of tenants) {
-      const bySignals = share(throttles, tenant);
-      const byVolume = share(seen, tenant);
-      const best = bySignals >= byVolume ? { of: 'throttle signals', share: bySignals } : { of: 'deliveries', share: byVolume };
-      if (best.share >= t.attributionShare && (!blamed || best.share > blamed.share)) blamed = { tenant, ...best };
+    if (!this.evidence) {
+      this.#suspendBlamed(site, this.#localEvidence(site, now), now);
+      return;
     }
+    this.evidence.sums(site, now, t.window)
+      .then((sums) => this.#suspendBlamed(site, sums ?? this.#localEvidence(site, now), now))
+      .catch((err) => this.log.error({ err, site }, 'throttle attribution failed'));
+  }
+
+  #localEvidence(site: string, now: number): Map<string, TenantEvidence> {
+    const since = now - this.config.delivery.throttle.window;
+    const evidence = new Map<string, TenantEvidence>();
+    for (const s of this.#seen.get(site) ?? []) {
+      if (s.at < since) continue;
+      let e = evidence.get(s.tenant);
+      if (!e) evidence.set(s.tenant, (e = { deliveries: 0, throttles: 0 }));
+      e.deliveries++;
+      if (s.throttled) e.throttles++;
+    }
+    return evidence;
+  }
+
+  #suspendBlamed(site: string, evidence: Map<string, TenantEvidence>, now: number): void {
+    const t = this.config.delivery.throttle;
+    const blamed = blame(evidence, t);
     if (!blamed) return;
     const key = `${blamed.tenant}\u0000${site}`;
     if ((this.#suspended.get(key) ?? 0) > now) return;
     const until = now + t.tenantSuspension;
     this.#suspended.set(key, until);
-    const blockId = this.#blockId();
+    const uid = newUid();
+    const blockId = `b${uid}`;
     this.scheduler.block({ id: blockId, tenant: blamed.tenant, site, until });
-    const reason = `${Math.round(blamed.share * 100)}% of the site's ${blamed.of} in the last ${Math.round(t.window / 1000)} s (${throttles.length} throttle signals)`;
+    const reason = `${Math.round(blamed.share * 100)}% of the site's ${blamed.of} in the last ${Math.round(t.window / 1000)} s (${blamed.throttles} throttle signals)`;
     this.log.warn({ site, tenant: blamed.tenant, until, reason }, 'destination throttling: tenant suspended for the site');
-    this.#record({ at: now, kind: 'suspended', actor: 'auto', tenant: blamed.tenant, site, source: null, until, reason, detail: null, block_id: blockId });
+    void this.#record({ at: now, kind: 'suspended', actor: 'auto', tenant: blamed.tenant, site, source: null, until, reason, detail: null, block_id: blockId, uid });
   }
 
   /** An operator's hold (or suspension) of a tenant, a site, a tenant at a site, or a pair. Resolves with the event id. */
   async hold(req: HoldRequest, now = Date.now()): Promise<number> {
     if (req.tenant === undefined && req.site === undefined && req.source === undefined) throw new Error('a hold needs a tenant, a site or a source');
     const until = req.forMs === undefined ? null : now + req.forMs;
-    const blockId = this.#blockId();
+    const uid = newUid();
+    const blockId = `b${uid}`;
     this.scheduler.block({ id: blockId, tenant: req.tenant, site: req.site, source: req.source, until });
     return this.#record({ at: now, kind: req.kind ?? 'hold', actor: 'operator', tenant: req.tenant ?? null, site: req.site ?? null, source: req.source ?? null,
-      until, reason: req.reason, detail: null, block_id: blockId });
+      until, reason: req.reason, detail: null, block_id: blockId, uid });
+  }
+
+  /**
+   * Another node's event: recorded here under its uid (once, however often it arrives) and put in
+   * force. A pause also counts in this node's memory of the pair (its doubling, and no second pause
+   * while it lasts); a suspension keeps attribution from suspending the same tenant again.
+   */
+  async adopt(event: NewEgressEvent & { uid: string; origin: string }, now = Date.now()): Promise<void> {
+    if (!BLOCKING.has(event.kind) || (event.until !== null && event.until <= now)) return;
+    const known = this.records.egressEventByUid(event.uid);
+    if (known) return;
+    const id = await this.records.recordEgressEvent(event);
+    if (this.records.egressEvent(id)?.undone_at != null) return;
+    this.#enforce(event);
+    if (event.kind === 'paused' && event.site && event.source !== null && event.until !== null) {
+      const mem = this.#pair(`${event.site}\u0000${event.source}`);
+      mem.pauses = event.at - mem.lastPauseAt <= this.config.delivery.throttle.window ? mem.pauses + 1 : 0;
+      mem.lastPauseAt = event.at;
+      mem.pausedUntil = Math.max(mem.pausedUntil, event.until);
+    }
+    this.log.info({ event: id, uid: event.uid, kind: event.kind, origin: event.origin, tenant: event.tenant, site: event.site }, 'egress event from another node in force');
+  }
+
+  /** Another node undid an event (by its uid): lifted here too. Resolves with the row, or null when nothing was in force. */
+  async undoShared(uid: string, by: string, now = Date.now()): Promise<EgressEvent | null> {
+    const row = await this.records.undoEgressEventByUid(uid, now, by);
+    if (!row) return null;
+    this.#lift(row);
+    this.log.info({ event: row.id, uid, kind: row.kind, by }, 'egress event undone on another node');
+    return row;
+  }
+
+  /** The events in force here that the cluster shares (made in a cluster: they have an origin). */
+  sharedInForce(now = Date.now()): EgressEvent[] {
+    return this.records.egressEvents({ limit: 100_000, open: true, now }).filter((e) => e.uid !== null && e.origin !== null);
   }
 
   /** Undoes an event: lifts its block and restores the window it lowered. Resolves with the event, or null when there was nothing to undo. */
   async undo(id: number, by: string, now = Date.now()): Promise<EgressEvent | null> {
     const row = await this.records.undoEgressEvent(id, now, by);
     if (!row) return null;
+    this.#lift(row);
+    if (row.uid !== null && row.origin !== null && this.sharing) this.sharing.undone(row.uid, now, by);
+    this.log.info({ event: id, kind: row.kind, by }, 'egress event undone');
+    return row;
+  }
+
+  /** Lifts what an undone event did here; the window it lowered is put back only where it was lowered. */
+  #lift(row: EgressEvent): void {
     if (row.block_id) this.scheduler.unblock(row.block_id);
-    if (row.site && row.source !== null && row.detail) {
-      const { windowBefore } = JSON.parse(row.detail) as { windowBefore?: number };
-      if (windowBefore !== undefined) this.scheduler.setWindow(row.site, row.source || null, windowBefore);
+    if (row.site && row.source !== null) {
+      const mine = row.origin === null || row.origin === this.sharing?.node;
+      const { windowBefore } = row.detail ? JSON.parse(row.detail) as { windowBefore?: number } : {};
+      if (mine && windowBefore !== undefined) this.scheduler.setWindow(row.site, row.source || null, windowBefore);
       const mem = this.#pairs.get(`${row.site}\u0000${row.source}`);
       if (mem && row.kind === 'paused') mem.pausedUntil = 0;
     }
     if (row.kind === 'suspended' && row.tenant && row.site) this.#suspended.delete(`${row.tenant}\u0000${row.site}`);
-    this.log.info({ event: id, kind: row.kind, by }, 'egress event undone');
-    return row;
   }
 
   /** Undoes the operator holds in force that match exactly this tenant/site. Resolves with how many. */
@@ -231,18 +326,26 @@ export class EgressControl {
     if (drop > 0) list.splice(0, drop);
   }
 
-  #blockId(): string {
-    return `b${Date.now().toString(36)}-${++this.#blockSeq}`;
-  }
-
-  /** Writes the event; the block it describes is already in force. Resolves with its id (0 if it could not be written). */
-  async #record(event: NewEgressEvent & { kind: EgressEventKind }): Promise<number> {
-    this.onEvent(event);
+  /**
+   * Writes the event; the block it describes is already in force. Resolves with its id (0 if it
+   * could not be written). In a cluster a blocking event is then shared.
+   */
+  async #record(event: NewEgressEvent & { kind: EgressEventKind; uid: string }): Promise<number> {
+    const sharing = this.sharing;
+    const row = sharing ? { ...event, origin: sharing.node } : event;
+    this.onEvent(row);
+    let id = 0;
     try {
-      return await this.records.recordEgressEvent(event);
+      id = await this.records.recordEgressEvent(row);
     } catch (err) {
       this.log.error({ err, event }, 'could not record an egress event');
-      return 0;
     }
+    if (sharing && BLOCKING.has(event.kind)) sharing.recorded({ ...event, origin: sharing.node });
+    return id;
   }
+}
+
+/** An event's name across the cluster: unique without coordination. */
+function newUid(): string {
+  return `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
 }

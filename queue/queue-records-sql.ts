@@ -12,7 +12,7 @@
 import type Database from 'better-sqlite3';
 import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
 import type { RunRecord, ScanRecord, StatRow } from '../engines/engines-records.js';
-import { createEgressWriter, EGRESS_SCHEMA, type EgressWriteOp } from './queue-records-egress.js';
+import { createEgressWriter, EGRESS_SCHEMA, migrateEgress, type EgressWriteOp } from './queue-records-egress.js';
 import { createTranscriptWriter, TRANSCRIPTS_SCHEMA, type TranscriptWriteOp } from './queue-records-transcripts.js';
 
 export type RecordsWriteOp =
@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS engine_stats (
 export function migrateRecords(db: Database.Database): void {
   const scanColumns = (db.prepare(`PRAGMA table_info(scans)`).all() as Array<{ name: string }>).map((c) => c.name);
   if (!scanColumns.includes('generation')) db.exec(`ALTER TABLE scans ADD COLUMN generation INTEGER NOT NULL DEFAULT 0`);
+  migrateEgress(db);
 }
 
 /** Prepares the records' write statements on `db` and returns the function that applies one operation. */
@@ -93,6 +94,7 @@ export function createRecordsWriter(db: Database.Database): (op: RecordsWriteOp)
         return transcripts(op);
       case 'egressEvent':
       case 'undoEgressEvent':
+      case 'undoEgressEventByUid':
         return egress(op);
       case 'recordScans':
         for (const r of op.records) s.insertScan.run(r.queueId, r.at, r.action, r.reason, r.tenants.join(','), r.ms, r.overheadMs, JSON.stringify(r.runs), r.generation);

@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import type { TranscriptChunk } from '../delivery/index.js';
 import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
 import { EngineStats, type RunRecord, type ScanRecord } from '../engines/engines-records.js';
-import { readEgressEvent, readEgressEvents, type EgressEvent, type NewEgressEvent } from './queue-records-egress.js';
+import { readEgressEvent, readEgressEventByUid, readEgressEvents, type EgressEvent, type NewEgressEvent } from './queue-records-egress.js';
 import { readEngineStats, readSwitches } from './queue-records-sql.js';
 import type { QueueStore } from './queue-store.js';
 
@@ -102,6 +102,12 @@ export class QueueRecords {
     return row;
   }
 
+  /** Marks the event with this cluster-wide uid undone; resolves with it, or null when nothing was in force. */
+  async undoEgressEventByUid(uid: string, now: number, by: string): Promise<EgressEvent | null> {
+    const [row] = await this.store.write([{ op: 'undoEgressEventByUid', uid, now, by }]) as [EgressEvent | null];
+    return row;
+  }
+
   /** Egress events, newest first; `open`: only those in force at `now`. */
   egressEvents(opts: { limit: number; open?: boolean; now?: number }): EgressEvent[] {
     return readEgressEvents(this.store.db, opts);
@@ -109,6 +115,10 @@ export class QueueRecords {
 
   egressEvent(id: number): EgressEvent | undefined {
     return readEgressEvent(this.store.db, id);
+  }
+
+  egressEventByUid(uid: string): EgressEvent | undefined {
+    return readEgressEventByUid(this.store.db, uid);
   }
 
   /** The records' part of the queue's sweep: statistics written when due, old records pruned hourly. */

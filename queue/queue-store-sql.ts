@@ -11,6 +11,7 @@
 import type Database from 'better-sqlite3';
 import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWriteOp } from './queue-corrupt.js';
 import { createRecordsWriter, migrateRecords, RECORDS_SCHEMA, type RecordsWriteOp } from './queue-records-sql.js';
+import { CLUSTER_STATE_SCHEMA, createClusterStateWriter, type ClusterStateWriteOp } from './cluster/cluster-state-sql.js';
 
 /** purged: removed by an operator, no notice sent. */
 export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced' | 'purged';
@@ -124,9 +125,10 @@ export type WriteOp =
   | { op: 'release'; tenant: string | null; domain: string | null; now: number }
   | { op: 'releaseMessage'; id: string; now: number }
   | RecordsWriteOp
-  | CorruptWriteOp;
+  | CorruptWriteOp
+  | ClusterStateWriteOp;
 
-export const SCHEMA = RECORDS_SCHEMA + `
+export const SCHEMA = RECORDS_SCHEMA + CLUSTER_STATE_SCHEMA + `
 CREATE TABLE IF NOT EXISTS messages (
   id TEXT PRIMARY KEY,
   size INTEGER NOT NULL,
@@ -218,8 +220,13 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
   };
   const records = createRecordsWriter(db);
   const corrupt = createCorruptWriter(db);
+  const clusterState = createClusterStateWriter(db);
   return (op: WriteOp): unknown => {
     switch (op.op) {
+      case 'clusterPosition':
+      case 'outboxAdd':
+      case 'outboxDelete':
+        return clusterState(op);
       case 'recordScans':
       case 'appendScanRuns':
       case 'pruneScans':
@@ -229,6 +236,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'pruneTranscripts':
       case 'egressEvent':
       case 'undoEgressEvent':
+      case 'undoEgressEventByUid':
         return records(op);
       case 'setCorrupt':
       case 'insertCorrupt':

@@ -9,26 +9,40 @@
  *   POST /v1/queue/purge    {message} | {tenant?, site?}   removed from the queue, no notice sent
  * Takes: the queue (its operator actions and egress control) and the tenants the config names.
  * Every hold of a tenant or a site is an event in the queue database (queue/queue-egress-control.ts).
+ * In a cluster a message this node does not hold is released by the node that holds it
+ * (mta/mta-shared.ts): 200 with that node's name once it answers, 202 when none answered in time.
  */
 import type { Queue } from '../../queue/index.js';
 import type { Config } from '../mta-config-schema.js';
-import { BadRequest, checkScope, forMs, text, type AdminRoute } from './admin-request.js';
+import type { SharedState } from '../mta-shared.js';
+import { BadRequest, checkScope, forMs, text, type AdminAnswer, type AdminRoute } from './admin-request.js';
 
 export interface QueueTarget {
   readonly config: Pick<Config, 'tenants'>;
   readonly queue: Pick<Queue, 'releaseMessage' | 'holdRecipients' | 'release' | 'purge' | 'domainsOfSite' | 'store' | 'control'>;
+  readonly shared: Pick<SharedState, 'release'> | null;
 }
 
 const RELEASE = /^\/v1\/messages\/([0-9A-Za-z]{1,64})\/release$/;
 const ACTIONS = ['/v1/queue/hold', '/v1/queue/release', '/v1/queue/purge'];
 
-export const queueRoute: AdminRoute<QueueTarget> = async ({ method, path, body }, { config, queue }) => {
+/** One message's held recipients released, here or (in a cluster) on the node that holds it. */
+async function releaseMessage(id: string, { queue, shared }: QueueTarget): Promise<AdminAnswer> {
+  // Only a message this node has never had is asked of the cluster.
+  if (shared && queue.store.message(id) === undefined) {
+    const answer = await shared.release(id, 'operator');
+    if ('released' in answer) return [200, answer];
+    return [202, { asked: true, shared: answer.shared, error: `message ${id} is not held here; ${answer.shared ? 'the cluster was asked: the node that holds it releases it' : 'Redis is away: the request is shared when it returns'}` }];
+  }
+  const released = await queue.releaseMessage(id);
+  return released > 0 ? [200, { released }] : [404, { error: `no held recipients in message ${id}` }];
+}
+
+export const queueRoute: AdminRoute<QueueTarget> = async ({ method, path, body }, target) => {
+  const { config, queue } = target;
   if (method !== 'POST') return null;
   const release = RELEASE.exec(path);
-  if (release) {
-    const released = await queue.releaseMessage(release[1]);
-    return [released > 0 ? 200 : 404, released > 0 ? { released } : { error: `no held recipients in message ${release[1]}` }];
-  }
+  if (release) return releaseMessage(release[1], target);
   if (!ACTIONS.includes(path)) return null;
   const message = text(body, 'message', 64);
   const tenant = text(body, 'tenant', 64);
@@ -51,10 +65,7 @@ export const queueRoute: AdminRoute<QueueTarget> = async ({ method, path, body }
     return [200, { event: id }];
   }
   if (path === '/v1/queue/release') {
-    if (message !== undefined) {
-      const n = await queue.releaseMessage(message);
-      return n > 0 ? [200, { released: n }] : [404, { error: `no held recipients in message ${message}` }];
-    }
+    if (message !== undefined) return releaseMessage(message, target);
     const lifted = await queue.control.release(tenant, site, 'operator');
     const released = site === undefined ? await queue.release(tenant ?? null, null) : 0;
     return lifted + released > 0 ? [200, { lifted, released }] : [404, { error: 'nothing held there' }];

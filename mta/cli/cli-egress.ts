@@ -5,7 +5,8 @@
  *   ichidan egress events [--open] [--last N]     throttle reactions and holds, newest first (no process needed)
  *   ichidan egress undo ID                        lift what an event did
  * status and undo go to the running process (admin/admin-egress.ts); the events are read from the
- * queue database.
+ * queue database. In a cluster the actor shows the node that acted ("operator@n1"); an id is this
+ * node's, and undoing it lifts the event on every node.
  */
 import { readEgressEvents, type EgressEvent } from '../../queue/queue-records-egress.js';
 import { admin, iso, openDb, options, safe, usage } from './cli-common.js';
@@ -18,7 +19,8 @@ function eventLine(e: EgressEvent): string {
   const scope = safe([e.tenant && `tenant=${e.tenant}`, e.site && `site=${e.site}`, e.source !== null && e.site && `source=${e.source || 'default'}`].filter(Boolean).join(' '));
   const until = e.until === null ? (e.kind === 'slowed' ? '' : 'until lifted') : `until ${iso(e.until)}`;
   const undone = e.undone_at === null ? '' : `\tundone ${iso(e.undone_at)} by ${safe(e.undone_by ?? '?')}`;
-  return `${e.id}\t${iso(e.at)}\t${e.kind}\t${e.actor}\t${scope}\t${until}\t${safe(e.reason)}${undone}`;
+  const actor = e.origin ? `${e.actor}@${safe(e.origin)}` : e.actor;
+  return `${e.id}\t${iso(e.at)}\t${e.kind}\t${actor}\t${scope}\t${until}\t${safe(e.reason)}${undone}`;
 }
 
 export async function egress(args: string[]): Promise<void> {

@@ -3,7 +3,8 @@
  *
  *   ichidan quarantine [list] [-c FILE]        read from the queue database (no process needed)
  *   ichidan quarantine release ID [-c FILE]    deliver a quarantined message after all
- * A release goes to the running process (admin/admin-queue.ts); when none runs, the held
+ * A release goes to the running process (admin/admin-queue.ts), which in a cluster hands a message
+ * it does not hold to the node that does; when none runs, the held
  * recipients are marked queued in the database with the same write the queue makes
  * (queue/queue-store-sql.ts), and go out when Ichidan starts.
  */
@@ -29,11 +30,15 @@ export async function quarantine(args: string[]): Promise<void> {
   if (action !== 'release' || !id) usage(QUARANTINE_USAGE);
   try {
     const { status, body } = await adminRequest(adminSocket(config), 'POST', `/v1/messages/${encodeURIComponent(id)}/release`);
+    if (status === 202) {
+      process.stdout.write(`${id}: ${String(body.error)}\n`);
+      return;
+    }
     if (status !== 200) {
       process.stderr.write(`${String(body.error ?? `status ${status}`)}\n`);
       process.exit(1);
     }
-    process.stdout.write(`${id}: ${String(body.released)} recipients released\n`);
+    process.stdout.write(`${id}: ${String(body.released)} recipients released${body.node ? ` (on node ${String(body.node)})` : ''}\n`);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err;

@@ -39,7 +39,7 @@ export async function queueCommand(args: string[]): Promise<void> {
     process.stdout.write(body.held !== undefined ? `${what}: ${String(body.held)} recipients held\n` : `${what}: held (event ${String(body.event)})\n`);
   } else if (action === 'release') {
     process.stdout.write(body.released !== undefined && body.lifted === undefined
-      ? `${what}: ${String(body.released)} recipients released\n`
+      ? `${what}: ${body.asked ? String(body.error) : `${String(body.released)} recipients released`}\n`
       : `${what}: ${String(body.lifted)} holds lifted, ${String(body.released)} held recipients released\n`);
   } else {
     process.stdout.write(`${what}: ${String(body.purged)} recipients purged\n`);
