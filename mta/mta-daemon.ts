@@ -146,7 +146,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
