@@ -42,7 +42,8 @@ import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
 import { loadTlsMaterial } from './ingress/ingress-tls.js';
 import { secureDataDir } from './mta-datadir.js';
-import { Cluster } from './mta-cluster.js';
+import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
+import { Drain } from './mta-drain.js';
 
 export interface BoundListener {
   name: string;
@@ -88,6 +89,9 @@ export class Ichidan {
   cluster: Cluster | null = null;
   /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
   draining = false;
+  /** `ichidan node drain` / `undrain` (mta-drain.ts). */
+  readonly drain: Drain;
+  #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
 
@@ -103,6 +107,27 @@ export class Ichidan {
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.#clusterDeps = {
+      queue,
+      smtp: () => {
+        const mx = this.bound.find((b) => b.role === 'mx');
+        return mx && { address: mx.address, port: mx.port };
+      },
+      draining: () => this.draining,
+    };
+    this.drain = new Drain({
+      queue, log, cluster: () => this.cluster, config: () => this.config,
+      setDraining: (on) => {
+        this.draining = on;
+        // The peers learn it now, not at the next heartbeat: none should hand this node mail meanwhile.
+        void this.cluster?.nodes.beat();
+      },
+    });
+  }
+
+  /** `ichidan cluster status` (mta-cluster.ts). */
+  clusterStatus(): Promise<ClusterStatus> {
+    return this.cluster ? this.cluster.status() : Promise.resolve(localStatus(this.config, this.#clusterDeps));
   }
 
   get config(): Config {
@@ -127,14 +152,7 @@ export class Ichidan {
     app.#policies = policies;
     app.configFile = opts.configFile ?? null;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
-    app.cluster = await Cluster.join(config, {
-      queue,
-      smtp: () => {
-        const mx = app.bound.find((b) => b.role === 'mx');
-        return mx && { address: mx.address, port: mx.port };
-      },
-      draining: () => app.draining,
-    }, log);
+    app.cluster = await Cluster.join(config, app.#clusterDeps, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -225,6 +243,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
+    await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
     await this.#passwords?.close();

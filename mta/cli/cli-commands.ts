@@ -11,9 +11,11 @@
  *   engines (list, disable, enable, events, stats)   cli-engines.ts
  *   reload                              cli-reload.ts
  *   sessions (list, show)               cli-sessions.ts
+ *   cluster status, node (drain, undrain)   cli-cluster.ts
  * Every command talks to the running process's admin API (admin/admin-client.ts) or reads the
  * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
  */
+import { CLUSTER_USAGE, cluster, node } from './cli-cluster.js';
 import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
 import { EGRESS_USAGE, egress } from './cli-egress.js';
 import { ENGINES_USAGE, engines } from './cli-engines.js';
@@ -34,7 +36,8 @@ ${QUARANTINE_USAGE}
 ${SCANS_USAGE}
 ${ENGINES_USAGE}
 ${RELOAD_USAGE}
-${SESSIONS_USAGE}`;
+${SESSIONS_USAGE}
+${CLUSTER_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'check-config': checkConfig,
@@ -47,6 +50,8 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   engines,
   reload,
   sessions,
+  cluster,
+  node,
 };
 
 export async function runCommand(command: string | undefined, args: string[]): Promise<void> {
