@@ -7,6 +7,7 @@
  *   delivered by the peers to the sink, each recipient once, with its sender, DSN parameters
  *   (RET, ENVID, NOTIFY, ORCPT), tenant and original queue id; `--status` reports it done;
  *   `undrain` takes mail again.
+ * - the peers do not judge transferred mail again (their structure limit would refuse it);
  * - transfer parameters from a client that is not a peer (outside cluster.peers, a forged
  *   signature, a stray recipient parameter) are refused with 555 5.5.4; a genuine transfer
  *   repeated is queued once.
@@ -81,7 +82,8 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
     n1 = await startChild(n1File, logs);
     for (const node of ['n2', 'n3']) {
       const dir = join(root, node);
-      const build = (d: string) => nodeConfig(d, node, { host: '127.0.0.2', port: sink.port });
+      // A limit every transferred message is past (node 1's Received field and its Subject): were it checked again, it would be refused.
+      const build = (d: string) => nodeConfig(d, node, { host: '127.0.0.2', port: sink.port }, { limits: { maxHeaderFields: 1 } } as Partial<ConfigInput>);
       await writeConfig(node, build(dir));
       peers.push(await startApp(build, { dataDir: dir }));
     }
@@ -202,11 +204,13 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
       expect(await c.command(mail(SECRET))).toMatch(/^250 /);
       expect(await c.command(rcpt(SECRET, 'x@held.test', 'beta'))).toMatch(/^250 /);
       expect(await c.command('DATA')).toMatch(/^354 /);
-      c.send('Subject: moved\r\n\r\nbody\r\n.\r\n');
+      c.send('Received: from n1.test by n1.test; Sun, 6 Dec 2026 20:00:00 +0000\r\nSubject: moved\r\n\r\nbody\r\n.\r\n');
       const reply = (await c.reply()).join('\n');
       c.close();
       return reply;
     };
+    // The same message sent as ordinary mail is past the peer's structure limit; transferred, it is not judged again.
+    await expect(sendMail(port, 'x@src.test', ['x@alpha.test'], { subject: 'plain\r\nX-Extra: 1' })).rejects.toThrow(/550 5\.6\.0/);
     expect(await send()).toBe(`250 2.0.0 Ok: queued as ${id}`);
     expect(await send()).toBe(`250 2.0.0 Ok: already queued as ${id}`);
     const rows = peers[0].app.queue.store.recipientsOf(id);
