@@ -9,8 +9,9 @@
  * Gives: `start()` — refused, changing nothing, when the node is not in a cluster (no
  *   cluster.redis), has no cluster.secret, cannot reach Redis, or has no live peer; else the node
  *   drains: a pass every PASS_EVERY_MS over the live peers (alive, not draining, not itself, with
- *   an SMTP listener), until no recipient is queued and no attempt runs (held ones stay: an
- *   operator releases or purges them). The node keeps refusing mail after that, until `stop()`.
+ *   an SMTP listener); it is done (`finishedAt`) while no recipient is queued and no attempt runs
+ *   (held ones stay: an operator releases or purges them), and passes go on in case a
+ *   transaction under way at the start queues more. The node refuses mail until `stop()`.
  *   `status()` — progress: passes, recipients transferred, failed transactions, what is left, the
  *   peers of the last pass, why a pass could not run.
  * Settings: cluster.redis, cluster.secret (cluster.peers on the receiving side).
@@ -129,10 +130,13 @@ export class Drain {
       }
     }
     if (generation !== this.#generation) return;
-    if (this.#queued() === 0 && this.deps.queue.scheduler.active === 0) {
+    // Passes go on while draining: a transaction that was under way when the drain began may queue mail later.
+    const empty = this.#queued() === 0 && this.deps.queue.scheduler.active === 0;
+    if (empty && this.#status.finishedAt === null) {
       this.#status.finishedAt = Date.now();
       this.deps.log.warn({ transferred: this.#status.transferred, remaining: this.#remaining() }, 'drained: no queued mail left');
-      return;
+    } else if (!empty) {
+      this.#status.finishedAt = null;
     }
     this.#schedule(generation, PASS_EVERY_MS);
   }

@@ -3,7 +3,8 @@
  * destination is down, so its mail stays queued; nodes 2 and 3 run in this process and deliver
  * to a sink on 127.0.0.2. Real redis-server (test/helpers/redis.ts).
  *
- * - `ichidan node drain`: node 1 refuses new connections (421 4.3.2), its queue ends up
+ * - `ichidan node drain`: node 1 refuses new connections (421 4.3.2) and new transactions (451
+ *   4.3.2), lets the one under way finish, and its queue (that one's mail too) ends up
  *   delivered by the peers to the sink, each recipient once, with its sender, DSN parameters
  *   (RET, ENVID, NOTIFY, ORCPT), tenant and original queue id; `--status` reports it done;
  *   `undrain` takes mail again.
@@ -112,6 +113,16 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
     await waitUntil(() => n1Logs.some((l) => l.includes('"msg":"delivery attempt"') && l.includes('"verdict":"deferred"')), 10_000, 'node 1 tried and failed');
     expect(sink.messages).toHaveLength(0);
 
+    // One transaction under way when the drain begins, and one connection open with none.
+    const busy = await RawSmtp.open(port);
+    await busy.reply();
+    await busy.command('EHLO client.test');
+    expect(await busy.command('MAIL FROM:<late@src.test>')).toMatch(/^250 /);
+    expect(await busy.command('RCPT TO:<fay@alpha.test>')).toMatch(/^250 /);
+    const idle = await RawSmtp.open(port);
+    await idle.reply();
+    await idle.command('EHLO client.test');
+
     const drain = await runCli(['node', 'drain', '-c', files.n1]);
     expect(drain.stderr).toBe('');
     expect(drain.code).toBe(0);
@@ -123,10 +134,16 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
       expect((await c.reply())[0]).toMatch(/^421 4\.3\.2 /);
       c.close();
     }
+    // The open connection starts no new transaction; the one under way finishes, and its mail goes too.
+    expect(await idle.command('MAIL FROM:<new@src.test>')).toMatch(/^451 4\.3\.2 /);
+    idle.close();
+    expect(await busy.command('DATA')).toMatch(/^354 /);
+    sent.push({ qid: await busy.finishData('Subject: late\r\n\r\nbody\r\n'), to: ['fay@alpha.test'] });
+    busy.close();
 
-    await sink.waitFor(7, 20_000);
+    await sink.waitFor(8, 20_000);
     await new Promise((r) => setTimeout(r, 1500));
-    expect(sink.messages).toHaveLength(7);
+    expect(sink.messages).toHaveLength(8);
     for (const { qid, to } of sent) {
       const got = carrying(qid);
       expect(got.flatMap((m) => m.rcptTo).sort()).toEqual([...to].sort());
@@ -153,10 +170,10 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
       return JSON.parse(s.stdout).finishedAt !== null;
     }, 10_000, 'the drain to finish');
     const status = JSON.parse((await runCli(['node', 'drain', '--status', '--json', '-c', files.n1])).stdout);
-    expect(status).toMatchObject({ draining: true, transferred: 7, remaining: {} });
+    expect(status).toMatchObject({ draining: true, transferred: 8, remaining: {} });
     const human = await runCli(['node', 'drain', '--status', '-c', files.n1]);
-    expect(human.stdout).toMatch(/^drained at .*\n.*7 recipients transferred/);
-    expect(n1Logs.filter((l) => l.includes('"msg":"transferred"')).length).toBe(6);
+    expect(human.stdout).toMatch(/^drained at .*\n.*8 recipients transferred/);
+    expect(n1Logs.filter((l) => l.includes('"msg":"transferred"')).length).toBe(7);
 
     const undrain = await runCli(['node', 'undrain', '-c', files.n1]);
     expect(undrain.code).toBe(0);
