@@ -162,6 +162,11 @@ export class Egress {
     return this.sites.site(domain);
   }
 
+  /** Closes idle sessions of the (site, source) pair until at most `keep` are open (a cluster lease given back). */
+  trimPair(site: string, source: string, keep: number): Promise<void> {
+    return this.pool.trim(`${site}\u0000${source}`, keep);
+  }
+
   /** QUITs the idle sessions and waits (briefly) for them to end, so their transcripts are complete. */
   closeIdleSessions(): Promise<void> {
     return this.pool.closeAll();

@@ -12,13 +12,14 @@
 import { hostname } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import type { Queue } from '../queue/index.js';
+import type { Queue, SharedLimits } from '../queue/index.js';
 import { ClusterLink, nodeName, redact } from '../queue/cluster/cluster-link.js';
 import { NodeRegistry, type NodeReport, type NodeView } from '../queue/cluster/cluster-nodes.js';
 import type { Config } from './mta-config-schema.js';
 
 export interface ClusterDeps {
-  queue: Queue;
+  /** The node's queue, once open (the cluster is joined before it, so its first deliveries are already shared). */
+  queue: () => Queue | null;
   /** Where this node takes mail from peers (its first MX listener), once bound. */
   smtp: () => { address: string; port: number } | undefined;
   draining: () => boolean;
@@ -52,9 +53,10 @@ export interface ClusterStatus {
 /** The same status for a node without cluster.redis: only itself. */
 export function localStatus(config: Config, deps: ClusterDeps): ClusterStatus {
   const node = nodeName(config.cluster, config.dataDir);
+  const q = deps.queue();
   let queue: Record<string, number> = {};
   try {
-    queue = deps.queue.store.openCounts();
+    queue = q?.store.openCounts() ?? {};
   } catch {
     /* the database is closing */
   }
@@ -62,7 +64,7 @@ export function localStatus(config: Config, deps: ClusterDeps): ClusterStatus {
     clustered: false,
     node,
     local: {
-      node, host: hostname(), pid: process.pid, smtp: deps.smtp(), startedAt: 0, active: deps.queue.scheduler.active, waiting: deps.queue.scheduler.waiting,
+      node, host: hostname(), pid: process.pid, smtp: deps.smtp(), startedAt: 0, active: q?.scheduler.active ?? 0, waiting: q?.scheduler.waiting ?? 0,
       queue, draining: deps.draining(), loopDelayMs: null, rssMb: Math.round(process.memoryUsage.rss() / 1048576),
     },
     redis: null,
@@ -97,6 +99,11 @@ export class Cluster {
     await cluster.link.connect();
     cluster.nodes.start();
     return cluster;
+  }
+
+  /** What the queue needs to share its limits (queue/cluster/cluster-gate.ts). */
+  get shared(): SharedLimits {
+    return { link: this.link, nodes: () => this.nodes.liveNodes };
   }
 
   get node(): string {
@@ -135,9 +142,10 @@ export class Cluster {
   /** This node's report; `heartbeat`: the loop-delay window restarts (each heartbeat reports its own). */
   #report(heartbeat = true): NodeReport {
     const now = Date.now();
-    if (now - this.#counts.at >= COUNT_EVERY_MS) {
+    const queue = this.deps.queue();
+    if (queue && now - this.#counts.at >= COUNT_EVERY_MS) {
       try {
-        this.#counts = { at: now, value: this.deps.queue.store.openCounts() };
+        this.#counts = { at: now, value: queue.store.openCounts() };
       } catch {
         /* the database is closing: keep the last counts */
       }
@@ -150,8 +158,8 @@ export class Cluster {
       pid: process.pid,
       smtp: this.deps.smtp(),
       startedAt: this.#startedAt,
-      active: this.deps.queue.scheduler.active,
-      waiting: this.deps.queue.scheduler.waiting,
+      active: queue?.scheduler.active ?? 0,
+      waiting: queue?.scheduler.waiting ?? 0,
       queue: this.#counts.value,
       draining: this.deps.draining(),
       loopDelayMs: Math.round(delay * 10) / 10,

@@ -91,12 +91,13 @@ export class Ichidan {
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
   readonly drain: Drain;
-  #clusterDeps: ClusterDeps;
+  readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
 
-  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool) {
+  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool, clusterDeps: ClusterDeps) {
     this.#handle = new ConfigHandle(config);
+    this.#clusterDeps = clusterDeps;
     const metrics = processMetrics({ engines: () => this.engines.list(), queue });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
@@ -107,14 +108,6 @@ export class Ichidan {
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
-    this.#clusterDeps = {
-      queue,
-      smtp: () => {
-        const mx = this.bound.find((b) => b.role === 'mx');
-        return mx && { address: mx.address, port: mx.port };
-      },
-      draining: () => this.draining,
-    };
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {
@@ -147,12 +140,22 @@ export class Ichidan {
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
-    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log);
-    const app = new Ichidan(config, queue, log, sessions);
+    let app: Ichidan | null = null;
+    const clusterDeps: ClusterDeps = {
+      queue: () => app?.queue ?? null,
+      smtp: () => {
+        const mx = app?.bound.find((b) => b.role === 'mx');
+        return mx && { address: mx.address, port: mx.port };
+      },
+      draining: () => app?.draining ?? false,
+    };
+    const cluster = await Cluster.join(config, clusterDeps, log);
+    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log, cluster?.shared);
+    app = new Ichidan(config, queue, log, sessions, clusterDeps);
+    app.cluster = cluster;
     app.#policies = policies;
     app.configFile = opts.configFile ?? null;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
-    app.cluster = await Cluster.join(config, app.#clusterDeps, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);

@@ -42,6 +42,8 @@ import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { QueueRecords } from './queue-records.js';
 import { Scheduler, type Dispatch, type Job, type SiteRef, type TenantPolicy } from './queue-scheduler.js';
 import { SpaceGuard } from './queue-space.js';
+import { ClusterGate } from './cluster/cluster-gate.js';
+import type { ClusterLink } from './cluster/cluster-link.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
 import { transferPass, type PassResult } from './queue-transfer.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientSelector, type WriteOp } from './queue-store.js';
@@ -58,6 +60,12 @@ const SWEEP_INTERVAL_MS = 250;
 const LEFTOVERS_INTERVAL_MS = 3_600_000;
 
 /** What the DATA path hands over: the queue record less what the queue assigns itself. */
+/** A cluster's Redis, when the node shares its limits: the link and how many nodes are live. */
+export interface SharedLimits {
+  link: ClusterLink;
+  nodes: () => number;
+}
+
 export type AcceptedEnvelope = Omit<NewMessage, 'id' | 'size' | 'receivedAt' | 'kind'>;
 
 /** Recipients to schedule, each at its own due time. */
@@ -87,19 +95,29 @@ export class Queue {
   /** Recipients ("message id/recipient number") with an attempt running now. */
   readonly #inFlight = new Set<string>();
 
-  private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger) {
+  /** The limits shared with the cluster's other nodes (cluster/cluster-gate.ts); null when alone. */
+  readonly gate: ClusterGate | null;
+
+  private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger, shared?: SharedLimits) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
     this.records = new QueueRecords(this.store, log, () => ({ scans: this.config.scanning.recordRetention, transcripts: this.config.delivery.transcripts.retention }));
     this.recordTranscript = this.records.recordTranscript;
     this.#bodies = new MessageBodies(this.spool);
     this.#egress = egress;
+    this.gate = shared ? new ClusterGate(shared.link, {
+      trim: (site, source, keep) => this.#egress.trimPair(site, source, keep),
+      nodes: shared.nodes,
+      // The scheduler is built next: a wake before that has nothing to wake.
+      wake: () => this.scheduler?.wake(),
+    }, log) : null;
     this.scheduler = new Scheduler(
       { concurrency: config.queue.concurrency, laneConcurrency: config.queue.laneConcurrency },
       {
         run: (dispatch) => this.#attempt(dispatch),
         resolveSite: (domain) => this.#egress.site(domain),
         tenantPolicy: (tenant) => this.#policies.get(tenant) ?? DEFAULT_TENANT_POLICY,
+        gate: this.gate ?? undefined,
       },
     );
     this.#policies = tenantPolicies(config);
@@ -118,8 +136,9 @@ export class Queue {
   }
 
   /** Opens spool and database, reconciles them, and schedules every open recipient. */
-  static async open(config: QueueConfig, egress: Egress, log: Logger): Promise<{ queue: Queue; report: ReconcileReport }> {
-    const queue = new Queue(config, egress, log);
+  static async open(config: QueueConfig, egress: Egress, log: Logger, shared?: SharedLimits): Promise<{ queue: Queue; report: ReconcileReport }> {
+    const queue = new Queue(config, egress, log, shared);
+    queue.gate?.start();
     await queue.spool.init();
     await queue.space.start();
     const report = await reconcile(queue.spool, queue.store);
@@ -250,6 +269,7 @@ export class Queue {
     while ((this.scheduler.active > 0 || this.#sweeping) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     // Idle sessions QUIT while the database is still open, so their transcripts end complete.
     await this.#egress.closeIdleSessions();
+    await this.gate?.close();
     await this.records.close();
     await this.pendingOutcomes.close();
     this.space.stop();
@@ -301,7 +321,7 @@ export class Queue {
         return;
       }
       for (const r of rows) this.#inFlight.add(`${r.message_id}/${r.id}`);
-      retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source, connections: this.scheduler.connections(dispatch.site, dispatch.source.address) });
+      retry = await this.#deliverRows(job, msg, rows, { site: dispatch.site, source: dispatch.source, connections: this.#connections(dispatch) });
     } catch (err) {
       this.log.error({ err, qid: job.messageId }, 'delivery attempt failed inside the queue; retrying later');
       const due = Date.now() + retryDelay(this.config.queue, 1);
@@ -311,6 +331,14 @@ export class Queue {
     }
     // Only now, with the rows out of flight, may their next attempt start.
     this.#schedule(job.messageId, retry);
+  }
+
+  /** Connections the attempt's pair may have open: a learnt cap, and in a cluster the leases this node holds. */
+  #connections(dispatch: Dispatch): number | undefined {
+    const learnt = this.scheduler.connections(dispatch.site, dispatch.source.address);
+    if (!this.gate) return learnt;
+    const cap = this.#egress.sites.limits(dispatch.site).limits.maxConnections;
+    return Math.min(learnt ?? Infinity, this.gate.connections(dispatch.site, dispatch.source.address ?? '', cap));
   }
 
   /** One attempt for some recipients of one message; returns those to retry, each with its own retry time. */

@@ -69,8 +69,24 @@ export interface Dispatch {
   source: Source;
 }
 
+/**
+ * What other nodes of a cluster hold (queue/cluster/cluster-gate.ts): connection leases per
+ * (site, source, tenant) and shared message rates. Asked synchronously; when it says no, it asks
+ * the cluster and calls the scheduler's `wake()` once the answer may have changed.
+ */
+export interface SharedGate {
+  /** May `tenant` start one more delivery on (site, source), up to `cap` in flight cluster-wide? */
+  may(site: string, source: string, tenant: string, weight: number, cap: number): boolean;
+  /** Takes one message of a shared rate (`key` names it); false: not now. */
+  rate(key: string, rate: { count: number; perMs: number }): boolean;
+  started(site: string, source: string, tenant: string): void;
+  finished(site: string, source: string, tenant: string): void;
+}
+
 export interface SchedulerDeps {
   run(dispatch: Dispatch): Promise<void>;
+  /** Limits shared with other nodes; absent: this node's own counts are the whole truth. */
+  gate?: SharedGate;
   /** The site of a destination domain; may answer at once (cached) or later (a lookup). */
   resolveSite(domain: string): SiteRef | Promise<SiteRef>;
   tenantPolicy(tenant: string): TenantPolicy;
@@ -343,7 +359,7 @@ export class Scheduler {
           continue;
         }
         // Only a tenant that could send now earns its quantum: a full or paused site earns no one credit.
-        const source = this.#chooseSource(site, policy.sources, now);
+        const source = this.#chooseSource(site, st.tenant, policy, now);
         if ('until' in source) {
           wake = Math.min(wake, source.until);
           site.pos++;
@@ -402,6 +418,8 @@ export class Scheduler {
     }
     const state = this.#tenant(tenant, policy, now);
     if (policy.messagesPerHour !== undefined && state.tokens < 1) return `tenant ${tenant} reached its messages per hour`;
+    const gate = this.deps.gate;
+    if (gate && !this.#sharedRates(gate, site, source ?? '', tenant, pair?.rate, policy)) return `a shared message rate of ${site} or of tenant ${tenant} is reached`;
     if (pair?.rate) pair.tokens -= 1;
     if (policy.messagesPerHour !== undefined) state.tokens -= 1;
     return null;
@@ -419,6 +437,18 @@ export class Scheduler {
     return true;
   }
 
+  /** The shared rates a start takes (the pair's message rate, the tenant's hourly cap); false when one says not now (it wakes us). */
+  #sharedRates(gate: SharedGate, site: string, source: string, tenant: string, pairRate: Pair['rate'], policy: TenantPolicy): boolean {
+    if (pairRate && !gate.rate(`site\u0000${site}\u0000${source}`, pairRate)) return false;
+    if (policy.messagesPerHour !== undefined && !gate.rate(`tenant\u0000${tenant}`, { count: policy.messagesPerHour, perMs: HOUR_MS })) return false;
+    return true;
+  }
+
+  /** Asks the scheduler to look again (the shared gate's answer may have changed). */
+  wake(): void {
+    this.#pump();
+  }
+
   #tenant(name: string, policy: TenantPolicy, now: number): TenantState {
     let state = this.#tenants.get(name);
     const cap = policy.messagesPerHour ?? 0;
@@ -432,11 +462,16 @@ export class Scheduler {
     return state;
   }
 
-  /** The least loaded pair of this site among the tenant's sources that may take one more delivery now. */
-  #chooseSource(site: Site, sources: Source[], now: number): { pair: Pair; source: Source } | Wait {
+  /**
+   * The least loaded pair of this site among the tenant's sources that may take one more delivery
+   * now (and, in a cluster, for which this node holds a lease: the gate wakes the scheduler when
+   * one is granted).
+   */
+  #chooseSource(site: Site, tenant: string, policy: TenantPolicy, now: number): { pair: Pair; source: Source } | Wait {
     let best: { pair: Pair; source: Source; load: number } | null = null;
     let wake = Infinity;
-    for (const source of sources) {
+    const gate = this.deps.gate;
+    for (const source of policy.sources) {
       const paused = this.#blockedUntil(now, undefined, site.key, source.address ?? '');
       if (paused > now) {
         wake = Math.min(wake, paused);
@@ -450,8 +485,11 @@ export class Scheduler {
         continue;
       }
       const load = pair.active / pair.window;
-      if (!best || load < best.load) best = { pair, source, load };
+      if (best && load >= best.load) continue;
+      if (gate && !gate.may(site.key, source.address ?? '', tenant, policy.weight, pair.max)) continue;
+      best = { pair, source, load };
     }
+    if (best && gate && !this.#sharedRates(gate, site.key, best.source.address ?? '', tenant, best.pair.rate, policy)) return NEVER;
     return best ?? { until: wake };
   }
 
@@ -477,7 +515,10 @@ export class Scheduler {
       if (policy.messagesPerHour !== undefined) tenant.tokens -= 1;
     }
     const dispatch = { job, site: site.key, source };
+    const gate = this.deps.gate;
+    gate?.started(site.key, source.address ?? '', st.tenant);
     (job.live ? job.live.run(dispatch) : this.deps.run(dispatch)).catch(() => undefined).finally(() => {
+      gate?.finished(site.key, source.address ?? '', st.tenant);
       this.#active--;
       site.active--;
       lane.active--;

@@ -104,6 +104,11 @@ export class SmtpPool {
     conn.once('end', end);
   }
 
+  /** Closes idle connections of the pair (waiting for closing ones) until at most `keep` are open. */
+  trim(pair: string, keep: number, graceMs = 1_000): Promise<void> {
+    return this.makeRoom(pair, keep + 1, graceMs);
+  }
+
   /**
    * Before opening one more connection for the pair: while it is at `max`, closes its oldest idle
    * session and waits (up to `graceMs`) for that one to end.

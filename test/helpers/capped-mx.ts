@@ -19,8 +19,8 @@ import { Submitter } from '../../bench/bench-submit.js';
 import { baseConfig, startApp, type TestApp } from './app.js';
 
 export const CAP = 10;
-const MX = '127.0.0.134';
-const TENANTS = { a: '127.0.0.121', b: '127.0.0.122', c: '127.0.0.123' } as const;
+export const MX = '127.0.0.134';
+export const TENANTS = { a: '127.0.0.121', b: '127.0.0.122', c: '127.0.0.123' } as const;
 
 export interface CappedRun {
   total: number;
@@ -39,7 +39,7 @@ export function postfixSupport(): { ok: true } | { ok: false; reason: string } {
   return { ok: true };
 }
 
-function cappedMx(): Promise<PostfixInstance> {
+export function cappedMx(): Promise<PostfixInstance> {
   return startPostfix('capped', MX, {
     mynetworks: `${MX}/32`,
     relay_domains: 'capped.example',

@@ -1,0 +1,372 @@
+/*
+ * The scheduler's shared gate (queue-scheduler.ts `SharedGate`) on a cluster's Redis: connection
+ * leases per (site, source address, tenant) and shared message rates, answered synchronously from
+ * what this node holds, asked of Redis in the background.
+ *
+ * Leases. A delivery on (site, source) for a tenant starts only while the node's deliveries there
+ * for that tenant are fewer than the leases it holds (and, while another tenant waits, its fair share;
+ * a lease above the share, granted in turn, serves one delivery and goes back).
+ * When it holds too few, the gate asks Redis for one more (ACQUIRE, cluster-scripts.ts), at most one
+ * question at a time per lease, again every `RETRY_MS` while refused, and wakes the scheduler when
+ * the answer may start something. Leases stay held while in use, so a steady flow costs no Redis
+ * command per message. One that stays unused for `LINGER_MS`, or that the fair share takes back
+ * (another tenant is waiting below its share), is released: the node's idle connections to the
+ * pair are closed down to the leases it keeps first (`trim`), then Redis is told — so the
+ * destination never sees more connections from the address than leases cluster-wide. Every
+ * heartbeat renews the node's leases (ASSERT, one command per pair, pipelined) and brings back each
+ * tenant's fair share; a node that stops renewing loses its leases after `cluster.leaseTtl`.
+ *
+ * Rates. A shared rate (a pair's message rate, a tenant's messages per hour) is a GCRA in Redis;
+ * the node takes up to a fifth of a second's worth of messages at once and spends them locally.
+ *
+ * Redis away (or not yet answered since this node started): each node takes an equal part of each
+ * cap (`cluster.fallbackNodes`, else the live nodes last seen) and of each rate, counts it, and
+ * when Redis returns re-asserts the leases its deliveries actually use. Nothing waits for Redis to
+ * accept or deliver mail.
+ * Settings: cluster.leaseTtl, cluster.heartbeat, cluster.fallbackNodes.
+ */
+import type { Logger } from 'pino';
+import type { SharedGate } from '../queue-scheduler.js';
+import type { ClusterLink } from './cluster-link.js';
+import { ACQUIRE, ASSERT, GCRA } from './cluster-scripts.js';
+
+interface Lease {
+  site: string;
+  source: string;
+  tenant: string;
+  weight: number;
+  cap: number;
+  /** Leases this node holds in Redis. */
+  held: number;
+  /** How many it may keep once its deliveries end (its fair share while another tenant waits). */
+  keep: number;
+  /** Deliveries running on them. */
+  active: number;
+  /** Leases granted and not used yet: the one above the share is used once even while another tenant waits. */
+  fresh: number;
+  asking: boolean;
+  /** Counts every local change of `held` (an answer that crossed a release re-asserts). */
+  changes: number;
+  retryAt: number;
+  linger: NodeJS.Timeout | null;
+}
+
+interface Bucket {
+  tokens: number;
+  asking: boolean;
+  retryAt: number;
+  /** The local bucket used while Redis is away. */
+  refilledAt: number;
+}
+
+export interface GateDeps {
+  /** Closes this node's idle connections to the pair until at most `keep` are open. */
+  trim(site: string, source: string, keep: number): Promise<void>;
+  /** How many nodes share each cap while Redis is away. */
+  nodes(): number;
+  wake(): void;
+}
+
+const RETRY_MS = 200;
+const LINGER_MS = 1_000;
+const RATE_BATCH_MS = 200;
+const MAX_RATE_BATCH = 50;
+
+function leaseKey(site: string, source: string, tenant: string): string {
+  return `${site}\u0000${source}\u0000${tenant}`;
+}
+
+export class ClusterGate implements SharedGate {
+  readonly #leases = new Map<string, Lease>();
+  /** Deliveries in flight per pair (site, source), every tenant. */
+  readonly #pairActive = new Map<string, number>();
+  readonly #buckets = new Map<string, Bucket>();
+  /** False until this node has put its leases in Redis in order after (re)connecting. */
+  #synced = false;
+  #timer: NodeJS.Timeout | null = null;
+  #wakeTimer: NodeJS.Timeout | null = null;
+  #wakeAt = Infinity;
+  /** Decisions taken on the local fallback (for the metrics). */
+  fallbackDecisions = 0;
+
+  constructor(private readonly link: ClusterLink, private readonly deps: GateDeps, private readonly log: Logger) {
+    link.redis.defineCommand('ichidanAcquire', { numberOfKeys: 5, lua: ACQUIRE });
+    link.redis.defineCommand('ichidanAssert', { numberOfKeys: 5, lua: ASSERT });
+    link.redis.defineCommand('ichidanRate', { numberOfKeys: 1, lua: GCRA });
+    link.on('up', () => void this.#resync());
+    link.on('down', () => {
+      this.#synced = false;
+      this.deps.wake();
+    });
+    if (link.up) void this.#resync();
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => void this.#heartbeat(), this.link.config.heartbeat);
+    this.#timer.unref();
+  }
+
+  /** Stops renewing and gives every lease back at once (a node stopping gracefully), so the others need not wait for them to lapse. */
+  async close(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
+    for (const l of this.#leases.values()) {
+      if (l.linger) clearTimeout(l.linger);
+      l.held = 0;
+    }
+    if (!this.shared) return;
+    const pairs = new Set([...this.#leases.values()].map((l) => `${l.site}\u0000${l.source}`));
+    await Promise.all([...pairs].map((p) => {
+      const [site, source] = p.split('\u0000');
+      return this.#assert(site, source);
+    }));
+  }
+
+  /** Whether the limits in force come from Redis (false: the local fallback). */
+  get shared(): boolean {
+    return this.link.up && this.#synced;
+  }
+
+  may(site: string, source: string, tenant: string, weight: number, cap: number): boolean {
+    if (!this.shared) {
+      this.fallbackDecisions++;
+      return (this.#pairActive.get(`${site}\u0000${source}`) ?? 0) < this.#fallbackCap(cap);
+    }
+    const lease = this.#lease(site, source, tenant);
+    lease.weight = weight;
+    lease.cap = cap;
+    if (lease.active < lease.held && (lease.active < lease.keep || lease.fresh > 0)) return true;
+    if (lease.active >= lease.keep && lease.keep < lease.held) return false;
+    this.#ask(lease);
+    return false;
+  }
+
+  /** Connections this node may have open to the pair: the leases it holds there (or its fallback part of `cap`). */
+  connections(site: string, source: string, cap: number): number {
+    if (!this.shared) return this.#fallbackCap(cap);
+    let held = 0;
+    for (const l of this.#leases.values()) if (l.site === site && l.source === source) held += l.held;
+    return Math.max(held, this.#pairActive.get(`${site}\u0000${source}`) ?? 0);
+  }
+
+  started(site: string, source: string, tenant: string): void {
+    const pair = `${site}\u0000${source}`;
+    this.#pairActive.set(pair, (this.#pairActive.get(pair) ?? 0) + 1);
+    const lease = this.#lease(site, source, tenant);
+    lease.active++;
+    lease.fresh = Math.max(0, lease.fresh - 1);
+    if (lease.linger) {
+      clearTimeout(lease.linger);
+      lease.linger = null;
+    }
+  }
+
+  finished(site: string, source: string, tenant: string): void {
+    const pair = `${site}\u0000${source}`;
+    const n = (this.#pairActive.get(pair) ?? 1) - 1;
+    if (n > 0) this.#pairActive.set(pair, n); else this.#pairActive.delete(pair);
+    const lease = this.#leases.get(leaseKey(site, source, tenant));
+    if (!lease) return;
+    lease.active = Math.max(0, lease.active - 1);
+    if (lease.held > lease.keep && lease.active < lease.held) {
+      void this.#release(lease, Math.max(lease.active, lease.keep));
+    } else if (lease.active < lease.held && !lease.linger) {
+      lease.linger = setTimeout(() => {
+        lease.linger = null;
+        if (lease.active < lease.held) void this.#release(lease, lease.active);
+      }, LINGER_MS);
+      lease.linger.unref();
+    }
+  }
+
+  rate(key: string, rate: { count: number; perMs: number }): boolean {
+    let bucket = this.#buckets.get(key);
+    const now = Date.now();
+    if (!bucket) this.#buckets.set(key, (bucket = { tokens: 0, asking: false, retryAt: 0, refilledAt: now }));
+    if (!this.shared) {
+      // An equal part of the rate, in a bucket of this node's own.
+      this.fallbackDecisions++;
+      const count = rate.count / this.#nodes();
+      bucket.tokens = Math.min(Math.max(1, count), bucket.tokens + (now - bucket.refilledAt) * count / rate.perMs);
+      bucket.refilledAt = now;
+    }
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return true;
+    }
+    if (this.shared && !bucket.asking && now >= bucket.retryAt) void this.#askRate(key, bucket, rate);
+    else if (!this.shared) this.#wakeIn(Math.ceil((1 - bucket.tokens) * rate.perMs * this.#nodes() / rate.count));
+    return false;
+  }
+
+  /** Leases this node holds, for status and tests. */
+  holdings(): Array<{ site: string; source: string; tenant: string; held: number; keep: number; active: number }> {
+    return [...this.#leases.values()].filter((l) => l.held > 0 || l.active > 0)
+      .map(({ site, source, tenant, held, keep, active }) => ({ site, source, tenant, held, keep, active }));
+  }
+
+  #nodes(): number {
+    return Math.max(1, this.link.config.fallbackNodes ?? this.deps.nodes());
+  }
+
+  #fallbackCap(cap: number): number {
+    return Math.max(1, Math.floor(cap / this.#nodes()));
+  }
+
+  #lease(site: string, source: string, tenant: string): Lease {
+    const key = leaseKey(site, source, tenant);
+    let lease = this.#leases.get(key);
+    if (!lease) {
+      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, changes: 0, retryAt: 0, linger: null };
+      this.#leases.set(key, lease);
+    }
+    return lease;
+  }
+
+  #keys(site: string): string[] {
+    return ['held', 'alive', 'want', 'weight', 'extra'].map((k) => this.link.siteKey(site, 'leases', k));
+  }
+
+  #ask(lease: Lease): void {
+    const now = Date.now();
+    if (lease.asking) return;
+    if (now < lease.retryAt) {
+      this.#wakeIn(lease.retryAt - now);
+      return;
+    }
+    lease.asking = true;
+    const changes = lease.changes;
+    const ttl = this.link.config.leaseTtl;
+    void this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAcquire(
+      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, RETRY_MS * 5, lease.held,
+    )).then((answer) => {
+      lease.asking = false;
+      if (answer && answer[0] === 1 && this.shared) {
+        lease.held++;
+        lease.fresh++;
+        lease.keep = answer[3] >= 0 ? Math.max(answer[3], 1) : Infinity;
+        // Redis counted from the leases held when the question left; a release since then is told again.
+        if (lease.changes !== changes) void this.#assert(lease.site, lease.source);
+        this.deps.wake();
+        return;
+      }
+      if (answer && answer[3] >= 0) lease.keep = Math.max(answer[3], 1);
+      lease.retryAt = Date.now() + RETRY_MS;
+      this.#wakeIn(RETRY_MS);
+    });
+  }
+
+  async #askRate(key: string, bucket: Bucket, rate: { count: number; perMs: number }): Promise<void> {
+    bucket.asking = true;
+    const interval = rate.perMs / rate.count;
+    const batch = Math.max(1, Math.min(MAX_RATE_BATCH, Math.floor(RATE_BATCH_MS / interval)));
+    const [kind, a, b] = key.split('\u0000');
+    const redisKey = kind === 'site' ? this.link.siteKey(a, 'rate', b || 'default') : this.link.key('rate', kind, a);
+    const answer = await this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanRate(redisKey, interval, Math.max(0, rate.perMs - interval), batch));
+    bucket.asking = false;
+    if (answer && answer[0] > 0) {
+      bucket.tokens += answer[0];
+      this.deps.wake();
+      return;
+    }
+    const wait = answer ? Math.max(10, answer[1]) : RETRY_MS;
+    bucket.retryAt = Date.now() + wait;
+    this.#wakeIn(wait);
+  }
+
+  /** Gives leases back down to `keep`: the pair's idle connections are closed first, then Redis is told. */
+  async #release(lease: Lease, keep: number): Promise<void> {
+    if (keep >= lease.held) return;
+    lease.held = keep;
+    lease.fresh = Math.min(lease.fresh, Math.max(0, keep - lease.active));
+    lease.changes++;
+    if (lease.keep !== Infinity && lease.keep >= lease.held) lease.keep = Infinity;
+    try {
+      await this.deps.trim(lease.site, lease.source, this.connections(lease.site, lease.source, lease.cap));
+    } catch (err) {
+      this.log.debug({ err }, 'cluster: closing idle connections before a release failed');
+    }
+    await this.#assert(lease.site, lease.source);
+  }
+
+  /** Tells Redis what this node holds at one pair and takes back each tenant's share. */
+  async #assert(site: string, source: string): Promise<void> {
+    const leases = [...this.#leases.values()].filter((l) => l.site === site && l.source === source);
+    if (leases.length === 0) return;
+    const args = leases.flatMap((l) => [l.tenant, String(l.held), String(l.cap)]);
+    const answer = await this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAssert(...this.#keys(site), this.link.node, source, this.link.config.leaseTtl, ...args));
+    if (answer) this.#applyKeep(leases, answer);
+  }
+
+  #applyKeep(leases: Lease[], keep: number[]): void {
+    leases.forEach((l, i) => {
+      l.keep = keep[i] < l.held ? keep[i] : Infinity;
+      if (l.held > l.keep && l.active < l.held) void this.#release(l, Math.max(l.active, l.keep));
+      if (l.held === 0 && l.active === 0 && !l.asking) this.#leases.delete(leaseKey(l.site, l.source, l.tenant));
+    });
+  }
+
+  /** Renews every lease this node holds (one command per pair, one round trip) and takes back the shares. */
+  async #heartbeat(): Promise<void> {
+    if (!this.shared) return;
+    const pairs = new Map<string, Lease[]>();
+    for (const l of this.#leases.values()) {
+      const key = `${l.site}\u0000${l.source}`;
+      const list = pairs.get(key);
+      if (list) list.push(l); else pairs.set(key, [l]);
+    }
+    if (pairs.size === 0) return;
+    const entries = [...pairs.values()];
+    const answers = await this.link.call(entries.length, async (r) => {
+      const pipe = r.pipeline();
+      for (const list of entries) {
+        const { site, source } = list[0];
+        (pipe as unknown as AcquireCommands).ichidanAssert(...this.#keys(site), this.link.node, source, this.link.config.leaseTtl, ...list.flatMap((l) => [l.tenant, String(l.held), String(l.cap)]));
+      }
+      return pipe.exec();
+    });
+    answers?.forEach(([err, keep], i) => { if (!err) this.#applyKeep(entries[i], keep as number[]); });
+  }
+
+  /**
+   * After (re)connecting: the leases this node's deliveries use now are what it holds, and Redis is
+   * told so (a Redis that restarted forgot them; a node that restarted left stale ones). Until then
+   * the fallback decides.
+   */
+  async #resync(): Promise<void> {
+    for (const l of this.#leases.values()) {
+      l.held = l.active;
+      l.keep = Infinity;
+      l.changes++;
+    }
+    // Leases of this node from before a restart are replaced at the first question about their pair, or lapse with its alive entry there.
+    const pairs = new Set([...this.#leases.values()].map((l) => `${l.site}\u0000${l.source}`));
+    for (const pair of pairs) {
+      const [site, source] = pair.split('\u0000');
+      await this.#assert(site, source);
+    }
+    if (!this.link.up) return;
+    this.#synced = true;
+    this.log.info({ pairs: pairs.size }, 'cluster: leases in Redis re-asserted');
+    this.deps.wake();
+  }
+
+  #wakeIn(ms: number): void {
+    const at = Date.now() + ms;
+    if (this.#wakeTimer && this.#wakeAt <= at) return;
+    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
+    this.#wakeAt = at;
+    this.#wakeTimer = setTimeout(() => {
+      this.#wakeTimer = null;
+      this.#wakeAt = Infinity;
+      this.deps.wake();
+    }, ms);
+    this.#wakeTimer.unref();
+  }
+}
+
+interface AcquireCommands {
+  ichidanAcquire(...args: Array<string | number>): Promise<[number, number, number, number]>;
+  ichidanAssert(...args: Array<string | number>): Promise<number[]>;
+  ichidanRate(...args: Array<string | number>): Promise<[number, number]>;
+}
