@@ -205,11 +205,7 @@ export class Queue {
     return this.#operator.domainsOfSite(site);
   }
 
-  /**
-   * A spool file for new mail: its writes stop (ENOSPC, so 452) where they would go below
-   * queue.minFree. `id`: a message a cluster peer transferred keeps its queue id (the file is
-   * created exclusively, so an id already here is refused, never overwritten).
-   */
+  /** A spool file for new mail (`id`: a transfer's; created exclusively): writes stop (ENOSPC, so 452) below queue.minFree. */
   async createWriter(id = newQueueId()): Promise<SpoolWriter> {
     return this.spool.createWriter(id, (bytes) => this.space.take(bytes));
   }
@@ -217,11 +213,8 @@ export class Queue {
   /** A drain pass: queued recipients handed to these peers, signed with the cluster's secret (queue-transfer.ts). */
   transferToPeers(peers: PeerAddress[], cluster: { node: string; secret: string }): Promise<PassResult> {
     return transferPass({
-      store: this.store, log: this.log, ...cluster, inFlight: this.#inFlight,
-      owes: (id, r) => this.pendingOutcomes.owes(id, r),
-      open: (msg) => this.#bodies.open(msg),
-      send: (peer, msg) => this.#egress.transfer(peer, msg),
-      reschedule: (rows) => this.#scheduleRows(rows),
+      store: this.store, log: this.log, ...cluster, inFlight: this.#inFlight, owes: (id, r) => this.pendingOutcomes.owes(id, r),
+      open: (msg) => this.#bodies.open(msg), send: (peer, msg) => this.#egress.transfer(peer, msg), reschedule: (rows) => this.#scheduleRows(rows),
     }, peers);
   }
 
