@@ -122,7 +122,7 @@ async function offer(deps: TransferDeps, peer: PeerAddress, msg: MessageRow, row
     ret: null,
     envid: null,
     body8bit: msg.body8bit === 1,
-    parameters: [transferParameter(deps.secret, { id: msg.id, from: deps.node, at: now, sender: msg.sender, ret: msg.ret, envid: msg.envid })],
+    parameters: [transferParameter(deps.secret, { id: msg.id, from: deps.node, at: now, sender: msg.sender, ret: msg.ret, envid: msg.envid, smtputf8: msg.smtputf8 === 1 })],
     open: () => deps.open(msg),
   };
   let outcomes: RecipientOutcome[];

@@ -186,7 +186,7 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
   it('refuses transfer parameters from a client that is not a peer, and queues a genuine transfer repeated once', async () => {
     const port = peers[0].port('mx');
     const id = newQueueId();
-    const mail = (secret: string, sender = 'x@src.test') => `MAIL FROM:<${sender}> ${transferParameter(secret, { id, from: 'n1', at: Date.now(), sender, ret: null, envid: null })}`;
+    const mail = (secret: string, sender = 'x@src.test') => `MAIL FROM:<${sender}> ${transferParameter(secret, { id, from: 'n1', at: Date.now(), sender, ret: null, envid: null, smtputf8: false })}`;
     const rcpt = (secret: string, address: string, tenant: string) => `RCPT TO:<${address}> ${recipientParameter(secret, id, address, { tenant, notify: null, orcpt: null })}`;
     const session = async (localAddress: string) => {
       const c = await RawSmtp.open(port, '127.0.0.1', localAddress);

@@ -266,7 +266,7 @@ export class Listener {
       envelope: {
         sender: env.mailFrom ? env.mailFrom.address : '', recipients,
         ret: tx.transfer ? tx.transfer.ret : env.dsn?.ret ?? null, envid: tx.transfer ? tx.transfer.envid : env.dsn?.envid ?? null,
-        smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
+        smtputf8: !!env.smtpUtf8 || !!tx.transfer?.smtputf8, body8bit: env.bodyType === '8bitmime',
         client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
         authUser: this.#client(session).authUser, listener: this.spec.name,
       },

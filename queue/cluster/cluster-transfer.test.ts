@@ -3,7 +3,7 @@ import { readRecipient, readTransfer, recipientParameter, TRANSFER_MAX_AGE_MS, t
 
 const SECRET = 'a cluster secret of some length';
 const NOW = 1_800_000_000_000;
-const MSG = { id: '01ABCDEFGH234567', from: 'n1', at: NOW, sender: 's@x.test', ret: 'HDRS', envid: 'env 1' };
+const MSG = { id: '01ABCDEFGH234567', from: 'n1', at: NOW, sender: 's@x.test', ret: 'HDRS', envid: 'env 1', smtputf8: false };
 const value = (param: string, name: string) => {
   expect(param.startsWith(`${name}=`)).toBe(true);
   return param.slice(name.length + 1);

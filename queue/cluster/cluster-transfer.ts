@@ -4,7 +4,7 @@
  * A transfer is an ordinary SMTP transaction to the peer's MX listener (delivery's client, as any
  * delivery) with two ESMTP parameters that only a cluster member can make:
  *   MAIL FROM:<s> XICHIDAN-XFER=<payload>.<mac>   the original queue id, the draining node, the
- *                                                 time, the sender, RET and ENVID;
+ *                                                 time, the sender, RET, ENVID, SMTPUTF8;
  *   RCPT TO:<r> XICHIDAN-RCPT=<payload>.<mac>     that recipient's tenant, NOTIFY and ORCPT.
  * Each payload is base64url JSON (xtext-safe, no "=") and each mac an HMAC-SHA256 under
  * `cluster.secret`: a RCPT's over the queue id, the address and its payload, so a recipient's
@@ -39,6 +39,8 @@ export interface TransferMessage {
   sender: string;
   ret: string | null;
   envid: string | null;
+  /** The message was accepted with SMTPUTF8 (its headers may be UTF-8 whatever its addresses are). */
+  smtputf8: boolean;
 }
 
 export interface TransferRecipient {
@@ -88,7 +90,7 @@ export function recipientParameter(secret: string, id: string, address: string, 
 /** The transfer a MAIL FROM parameter vouches for, or null when it is forged, stale or malformed. */
 export function readTransfer(secret: string, param: unknown, sender: string, now: number): TransferMessage | null {
   const m = open(secret, param, 'mail\n') as Partial<TransferMessage> | null;
-  if (!m || !str(m.id) || !QUEUE_ID.test(m.id) || !str(m.from) || typeof m.at !== 'number' || !str(m.sender) || !strOrNull(m.ret) || !strOrNull(m.envid)) return null;
+  if (!m || !str(m.id) || !QUEUE_ID.test(m.id) || !str(m.from) || typeof m.at !== 'number' || !str(m.sender) || !strOrNull(m.ret) || !strOrNull(m.envid) || typeof m.smtputf8 !== 'boolean') return null;
   if (Math.abs(now - m.at) > TRANSFER_MAX_AGE_MS || m.sender !== sender) return null;
   return m as TransferMessage;
 }
