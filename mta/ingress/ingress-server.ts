@@ -12,6 +12,10 @@
  * the end of that transaction; its DATA goes through the accept step (queue/accept/accept-step.ts),
  * which this adapter gives the envelope, the Received field (ingress-received.ts) and the DATA
  * deadline (limits.dataTimeout: 421 4.4.2 and the connection closed).
+ * Cluster: while the node is drained, new connections get 421 4.3.2 and new transactions 451
+ * 4.3.2 (those under way finish); a transaction a peer signed as a transfer takes its tenants and
+ * DSN parameters from the signature, keeps the original queue id and skips the scan
+ * (ingress-transfer.ts says who counts as a peer).
  */
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
