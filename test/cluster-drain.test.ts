@@ -15,6 +15,8 @@
  * - a peer that drops the connection after the data: nothing lost, each message delivered once.
  * - `ichidan cluster status`: three nodes, one SIGKILLed listed as gone, --json parses; exit 1
  *   with a one-line reason when not clustered or Redis is away, the local node still shown.
+ * - a drain is refused, changing nothing, without cluster.redis, without cluster.secret, with
+ *   Redis away or with no live peer; a node without cluster.secret takes no transfer.
  */
 import { createServer } from 'node:net';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -232,6 +234,19 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
     expect(await send()).toBe(`250 2.0.0 Ok: already queued as ${id}`);
     const rows = peers[0].app.queue.store.recipientsOf(id);
     expect(rows.map((r) => [r.address, r.tenant])).toEqual([['x@held.test', 'beta']]);
+    // The same id with a recipient not in it yet (a transfer the peer had only partly taken): queued under a new id.
+    const other = await session('127.0.0.1');
+    expect(await other.command(mail(SECRET))).toMatch(/^250 /);
+    expect(await other.command(rcpt(SECRET, 'w@held.test', 'alpha'))).toMatch(/^250 /);
+    expect(await other.command('DATA')).toMatch(/^354 /);
+    other.send('Subject: more\r\n\r\nbody\r\n.\r\n');
+    const reply = (await other.reply()).join('\n');
+    other.close();
+    const newId = /^250 2\.0\.0 Ok: queued as (\w+)$/.exec(reply)?.[1];
+    expect(newId).toBeDefined();
+    expect(newId).not.toBe(id);
+    expect(peers[0].app.queue.store.recipientsOf(newId!).map((r) => [r.address, r.tenant])).toEqual([['w@held.test', 'alpha']]);
+    expect(peers[0].app.queue.store.recipientsOf(id)).toHaveLength(1);
   });
 
   it('loses nothing when a peer drops the connection mid-transfer', async () => {
@@ -281,6 +296,16 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
       return s.nodes.find((n: { node: string }) => n.node === 'n1').alive === false;
     }, 10_000, 'n1 listed as gone');
     expect((await runCli(['cluster', 'status', '-c', files.n3])).stdout).toMatch(/^n1\tgone\t/m);
+
+    // n3 draining and n1 gone: n2 has no peer to drain to, and nothing changes on it.
+    expect((await runCli(['node', 'drain', '-c', files.n3])).code).toBe(0);
+    await waitUntil(async () => (await peers[0].app.cluster!.nodes.list())?.find((n) => n.node === 'n3')?.draining === true, 5000, 'n3 listed as draining');
+    const none = await runCli(['node', 'drain', '-c', files.n2]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toBe('no live peer to drain to (every other node is gone or draining)\n');
+    expect(peers[0].app.draining).toBe(false);
+    expect((await runCli(['node', 'undrain', '-c', files.n3])).code).toBe(0);
+    expect(peers[1].app.draining).toBe(false);
   });
 
   it('says so, exit 1, when the node is not clustered or Redis is away, and still shows the node itself', async () => {
@@ -299,8 +324,28 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
       const c = await RawSmtp.open(alone.port('mx'));
       expect((await c.reply())[0]).toMatch(/^220 /);
       c.close();
+      // A transfer, however well signed, to a node without cluster.secret: refused.
+      const c2 = await RawSmtp.open(alone.port('mx'));
+      await c2.reply();
+      await c2.command('EHLO client.test');
+      const param = transferParameter(SECRET, { id: newQueueId(), from: 'n1', at: Date.now(), sender: 'x@src.test', ret: null, envid: null, smtputf8: false });
+      expect(await c2.command(`MAIL FROM:<x@src.test> ${param}`)).toMatch(/^555 5\.5\.4 /);
+      c2.close();
     } finally {
       await alone.stop();
+    }
+
+    // Clustered, but without cluster.secret: the drain is refused, saying so.
+    const bare = (d: string) => baseConfig(d, { tenants: TENANTS, cluster: { redis: redis.url, node: 'bare', heartbeat: '200ms', leaseTtl: '1s' } } as Partial<ConfigInput>);
+    const bareDir = join(root, 'bare');
+    const bareNode = await startApp(bare, { dataDir: bareDir });
+    try {
+      const drain = await runCli(['node', 'drain', '-c', await writeConfig('bare', bare(bareDir))]);
+      expect(drain.code).toBe(1);
+      expect(drain.stderr).toBe('cluster.secret is not set: peers would not take the transfer\n');
+      expect(bareNode.app.draining).toBe(false);
+    } finally {
+      await bareNode.stop();
     }
 
     await redis.kill();
