@@ -81,7 +81,12 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
     const n1Dir = join(root, 'n1');
     const n1File = await writeConfig('n1', nodeConfig(n1Dir, 'n1', down));
     const logs = new PassThrough();
-    logs.on('data', (d) => n1Logs.push(...String(d).split('\n').filter(Boolean)));
+    let partial = '';
+    logs.on('data', (d) => {
+      const lines = (partial + String(d)).split('\n');
+      partial = lines.pop()!;
+      n1Logs.push(...lines.filter(Boolean));
+    });
     n1 = await startChild(n1File, logs);
     for (const node of ['n2', 'n3']) {
       const dir = join(root, node);
@@ -175,7 +180,9 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
     expect(status).toMatchObject({ draining: true, transferred: 8, remaining: {} });
     const human = await runCli(['node', 'drain', '--status', '-c', files.n1]);
     expect(human.stdout).toMatch(/^drained at .*\n.*8 recipients transferred/);
-    expect(n1Logs.filter((l) => l.includes('"msg":"transferred"')).length).toBe(7);
+    const transferredLines = () => n1Logs.filter((l) => l.includes('"msg":"transferred"')).length;
+    await waitUntil(() => transferredLines() >= 7, 5000, 'node 1 to log each transfer');
+    expect(transferredLines()).toBe(7);
 
     const undrain = await runCli(['node', 'undrain', '-c', files.n1]);
     expect(undrain.code).toBe(0);
