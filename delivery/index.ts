@@ -65,7 +65,7 @@ export interface PeerAddress {
 }
 
 /** Sessions kept open to one peer during a drain. */
-const PEER_LIMITS = { maxConnections: 4, messagesPerConnection: 1000, idleTimeout: 10_000 };
+const PEER_LIMITS = { maxConnections: 8, messagesPerConnection: 1000, idleTimeout: 10_000 };
 
 export interface EgressShared {
   /** MTA-STS policies; pass the same one to every Egress of a process so a reload keeps them. */

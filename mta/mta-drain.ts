@@ -85,7 +85,7 @@ export class Drain {
     this.#timer = null;
     this.deps.setDraining(false);
     if (this.#status.draining) this.deps.log.warn({ transferred: this.#status.transferred }, 'undrained: taking mail again');
-    this.#status = { ...this.#status, draining: false };
+    this.#status.draining = false;
     await this.#running;
     return this.status();
   }
@@ -119,10 +119,9 @@ export class Drain {
         this.#status.problem = null;
         this.#status.peers = peers.map((p) => p.node);
         try {
-          const pass = await this.deps.queue.transferToPeers(peers, { node: cluster.node, secret });
+          // The status is the tally: `--status` sees each transaction as it ends.
+          await this.deps.queue.transferToPeers(peers, { node: cluster.node, secret }, this.#status);
           this.#status.passes++;
-          this.#status.transferred += pass.transferred;
-          this.#status.failed += pass.failed;
         } catch (err) {
           this.deps.log.error({ err }, 'drain pass failed');
           this.#status.problem = `the last pass failed: ${(err as Error).message}`;

@@ -45,7 +45,7 @@ import { SpaceGuard } from './queue-space.js';
 import { ClusterGate } from './cluster/cluster-gate.js';
 import type { ClusterLink } from './cluster/cluster-link.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
-import { transferPass, type PassResult } from './queue-transfer.js';
+import { transferPass, type TransferTally } from './queue-transfer.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientSelector, type WriteOp } from './queue-store.js';
 
 export { newQueueId } from '../base/base-queue-id.js';
@@ -211,11 +211,11 @@ export class Queue {
   }
 
   /** A drain pass: queued recipients handed to these peers, signed with the cluster's secret (queue-transfer.ts). */
-  transferToPeers(peers: PeerAddress[], cluster: { node: string; secret: string }): Promise<PassResult> {
+  transferToPeers(peers: PeerAddress[], cluster: { node: string; secret: string }, tally: TransferTally): Promise<number> {
     return transferPass({
       store: this.store, log: this.log, ...cluster, inFlight: this.#inFlight, owes: (id, r) => this.pendingOutcomes.owes(id, r),
       open: (msg) => this.#bodies.open(msg), send: (peer, msg) => this.#egress.transfer(peer, msg), reschedule: (rows) => this.#scheduleRows(rows),
-    }, peers);
+    }, peers, tally);
   }
 
   /**

@@ -6,7 +6,8 @@
  * Takes: the live peers (not this node, not draining: mta/mta-drain.ts chooses them), the
  *   store's queued recipients, the claims the queue's own attempts take (a recipient an attempt
  *   is delivering is left to it, and one being transferred is not attempted meanwhile).
- * Gives: per pass, how many recipients a peer took and how many transactions failed. A recipient
+ * Gives: how many recipients a peer took and how many transactions failed, counted into the
+ *   drain's tally as each transaction ends. A recipient
  *   is marked `transferred` (final, no notice: the peer answers for it now) only after the
  *   peer's 250, in the same write as an outcome. Anything else — the peer unreachable, a 4xx or
  *   5xx, the connection lost mid-DATA — leaves it queued, scheduled as before, for the next pass
@@ -40,43 +41,41 @@ export interface TransferDeps {
   reschedule: (rows: RecipientRow[]) => void;
 }
 
-export interface PassResult {
-  /** Recipients a peer took in this pass. */
+/** What a drain counts, updated as each transaction ends (so progress shows during a long pass). */
+export interface TransferTally {
+  /** Recipients a peer took. */
   transferred: number;
   /** Transactions that failed (the message stayed here). */
   failed: number;
-  /** Messages with queued recipients when the pass began. */
-  messages: number;
 }
 
 /** How many messages are in transfer at once (each on its own pooled session). */
-const CONCURRENCY = 4;
+const CONCURRENCY = 8;
 
 const key = (r: RecipientRow) => `${r.message_id}/${r.id}`;
 
-export async function transferPass(deps: TransferDeps, peers: PeerAddress[]): Promise<PassResult> {
-  const result: PassResult = { transferred: 0, failed: 0, messages: 0 };
+/** One pass over the queued messages; resolves with how many messages it looked at. */
+export async function transferPass(deps: TransferDeps, peers: PeerAddress[], tally: TransferTally): Promise<number> {
   const byMessage = new Map<string, RecipientRow[]>();
   for (const r of deps.store.openRecipients()) {
     const list = byMessage.get(r.message_id);
     if (list) list.push(r); else byMessage.set(r.message_id, [r]);
   }
-  result.messages = byMessage.size;
   const healthy = [...peers];
   const ids = [...byMessage.keys()];
   let next = 0;
   const worker = async () => {
     while (next < ids.length && healthy.length > 0) {
       const i = next++;
-      await transferMessage(deps, ids[i], i, healthy, result);
+      await transferMessage(deps, ids[i], i, healthy, tally);
     }
   };
   await Promise.all(Array.from({ length: Math.min(CONCURRENCY, ids.length) }, worker));
-  return result;
+  return ids.length;
 }
 
 /** One message to the first peer that takes it (starting at a different one per message). */
-async function transferMessage(deps: TransferDeps, id: string, index: number, healthy: PeerAddress[], result: PassResult): Promise<void> {
+async function transferMessage(deps: TransferDeps, id: string, index: number, healthy: PeerAddress[], tally: TransferTally): Promise<void> {
   const msg = deps.store.message(id);
   if (!msg || msg.state !== 'active') return;
   const rows = deps.store.recipientsOf(id).filter((r) => r.state === 'queued' && r.owed === null && !deps.inFlight.has(key(r)) && !deps.owes(id, r.id));
@@ -88,12 +87,12 @@ async function transferMessage(deps: TransferDeps, id: string, index: number, he
       const peer = healthy[(index + tried) % healthy.length];
       const taken = await offer(deps, peer, msg, left);
       if (taken === null) {
-        result.failed++;
+        tally.failed++;
         const at = healthy.indexOf(peer);
         if (at >= 0 && healthy.length > 1) healthy.splice(at, 1);
         continue;
       }
-      result.transferred += taken.size;
+      tally.transferred += taken.size;
       left = left.filter((r) => !taken.has(r.id));
     }
   } finally {
