@@ -83,8 +83,11 @@ async function transferMessage(deps: TransferDeps, id: string, index: number, he
   for (const r of rows) deps.inFlight.add(key(r));
   let left = rows;
   try {
-    for (let tried = 0; tried < healthy.length && left.length > 0; tried++) {
-      const peer = healthy[(index + tried) % healthy.length];
+    const order = healthy.map((_, k) => healthy[(index + k) % healthy.length]);
+    for (const peer of order) {
+      // Done, or a peer another transaction of this pass found failing.
+      if (left.length === 0) break;
+      if (!healthy.includes(peer)) continue;
       const taken = await offer(deps, peer, msg, left);
       if (taken === null) {
         tally.failed++;
