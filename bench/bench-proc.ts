@@ -147,18 +147,24 @@ function hexAddress(address: string, port: number): string {
 
 /**
  * The most connections any one client held open at once to address:port, sampled. Brief ones (a
- * connection refused at the banner lives a millisecond or so) can fall between samples.
+ * connection refused at the banner lives a millisecond or so) can fall between samples. `side`
+ * says whose sockets are counted: the server's (as the destination sees them; a socket the client
+ * has just closed may still count for a moment) or the clients' (as the senders hold them).
  */
-export function sampleConnections(address: string, port: number, intervalMs = 20): { stop(): number } {
-  const local = hexAddress(address, port);
+export function sampleConnections(address: string, port: number, intervalMs = 20, side: 'server' | 'client' = 'server'): { stop(): number } {
+  const target = hexAddress(address, port);
   let peak = 0;
   const sample = () => {
     const perClient = new Map<string, number>();
+    // The table is read in pieces while it changes: a socket can be listed twice, so each counts once.
+    const seen = new Set<string>();
     for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
+      if (seen.has(`${f[1]} ${f[2]}`)) continue;
+      seen.add(`${f[1]} ${f[2]}`);
       // State 01 is ESTABLISHED.
-      if (f[1] !== local || f[3] !== '01') continue;
-      const client = f[2].split(':')[0];
+      if (f[side === 'server' ? 1 : 2] !== target || f[3] !== '01') continue;
+      const client = f[side === 'server' ? 2 : 1].split(':')[0];
       perClient.set(client, (perClient.get(client) ?? 0) + 1);
     }
     peak = Math.max(peak, ...perClient.values());

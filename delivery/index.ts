@@ -162,6 +162,11 @@ export class Egress {
     return this.sites.site(domain);
   }
 
+  /** Connections open to the (site, source) pair, idle ones included. */
+  openToPair(site: string, source: string): number {
+    return this.pool.openCount(`${site}\u0000${source}`);
+  }
+
   /** Closes idle sessions of the (site, source) pair until at most `keep` are open (a cluster lease given back). */
   trimPair(site: string, source: string, keep: number): Promise<void> {
     return this.pool.trim(`${site}\u0000${source}`, keep);

@@ -98,7 +98,7 @@ export class Ichidan {
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool, clusterDeps: ClusterDeps) {
     this.#handle = new ConfigHandle(config);
     this.#clusterDeps = clusterDeps;
-    const metrics = processMetrics({ engines: () => this.engines.list(), queue });
+    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);

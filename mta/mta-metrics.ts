@@ -11,14 +11,22 @@
  *   ichidan_deliveries_in_flight, ichidan_deliveries_waiting
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
+ *   with a cluster (mta-cluster.ts):
+ *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
+ *   ichidan_cluster_redis_commands_total             Redis commands this node sent
+ *   ichidan_cluster_fallback_decisions_total         limits decided locally because Redis was away
+ *   ichidan_cluster_leases_held                      connection leases this node holds
+ *   ichidan_cluster_nodes_live                       live nodes in the registry
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { EngineEvent, EngineInfo } from '../engines/index.js';
 import type { Queue } from '../queue/index.js';
+import type { Cluster } from './mta-cluster.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
-  queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes'>;
+  queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes' | 'gate'>;
+  cluster?: () => Cluster | null;
 }
 
 export interface ProcessMetrics {
@@ -27,7 +35,7 @@ export interface ProcessMetrics {
   egressEvent(e: { kind: string; actor: string }): void;
 }
 
-export function processMetrics({ engines, queue }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -71,9 +79,34 @@ export function processMetrics({ engines, queue }: MetricSources): ProcessMetric
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
   });
+  if (cluster) clusterMetrics(registers, cluster, queue);
   return {
     registry,
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
   };
+}
+
+/** The cluster's gauges and counters (read from the link, the gate and the registry when collected). */
+function clusterMetrics(registers: Registry[], cluster: () => Cluster | null, queue: Pick<Queue, 'gate'>): void {
+  new Gauge({
+    name: 'ichidan_cluster_redis_up', help: '1 while the cluster\'s Redis answers (0: limits are decided locally)', registers,
+    collect() { const c = cluster(); if (c) this.set(c.link.up ? 1 : 0); },
+  });
+  new Counter({
+    name: 'ichidan_cluster_redis_commands_total', help: 'Redis commands this node sent (leases, rates, state, registry)', registers,
+    collect() { const c = cluster(); if (c) { this.reset(); this.inc(c.link.commands); } },
+  });
+  new Counter({
+    name: 'ichidan_cluster_fallback_decisions_total', help: 'Leases and rates decided locally because Redis was away or slow', registers,
+    collect() { const c = cluster(); if (c) { this.reset(); this.inc(c.link.fallbacks + (queue.gate?.fallbackDecisions ?? 0)); } },
+  });
+  new Gauge({
+    name: 'ichidan_cluster_leases_held', help: 'Connection leases this node holds at destination sites', registers,
+    collect() { if (queue.gate) this.set(queue.gate.holdings().reduce((n, h) => n + h.held, 0)); },
+  });
+  new Gauge({
+    name: 'ichidan_cluster_nodes_live', help: 'Live nodes in the cluster registry (this one included)', registers,
+    collect() { const c = cluster(); if (c) this.set(c.nodes.liveNodes); },
+  });
 }

@@ -107,6 +107,7 @@ export class Queue {
     this.#egress = egress;
     this.gate = shared ? new ClusterGate(shared.link, {
       trim: (site, source, keep) => this.#egress.trimPair(site, source, keep),
+      open: (site, source) => this.#egress.openToPair(site, source),
       nodes: shared.nodes,
       // The scheduler is built next: a wake before that has nothing to wake.
       wake: () => this.scheduler?.wake(),

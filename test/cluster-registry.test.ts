@@ -35,6 +35,23 @@ describe.skipIf(!support.ok)('cluster registry (real Redis)', () => {
     await waitUntil(async () => (await nodes.list())?.find((n) => n.node === 'n2')?.alive === false, 8000, 'n2 listed as gone');
   });
 
+  it('reports Redis going away and coming back in its log and metrics', async () => {
+    const node = apps[0];
+    const metric = async (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(await node.app.metrics.metrics())?.[1]);
+    expect(await metric('ichidan_cluster_redis_up')).toBe(1);
+    expect(await metric('ichidan_cluster_redis_commands_total')).toBeGreaterThan(0);
+    await redis.kill('SIGKILL');
+    await waitUntil(() => !node.app.cluster!.link.up, 5000, 'the link to notice');
+    expect(await metric('ichidan_cluster_redis_up')).toBe(0);
+    expect(node.logs.some((l) => /Redis connection lost/.test(String(l.msg)))).toBe(true);
+    await redis.restart();
+    await waitUntil(() => node.app.cluster!.link.up, 10_000, 'the link to come back');
+    expect(await metric('ichidan_cluster_redis_up')).toBe(1);
+    expect(await metric('ichidan_cluster_fallback_decisions_total')).toBeGreaterThan(0);
+    // It reports itself again to the Redis that came back empty.
+    await waitUntil(async () => (await redis.client().hexists('ichidan:nodes', 'n1')) === 1, 5000, 'n1 in the registry again');
+  });
+
   it('refuses more than one worker without Redis, naming the key', () => {
     expect(() => parseConfig(baseConfig('/tmp/x', { cluster: { workers: 2 } }), 'test')).toThrow(/cluster\.workers.*cluster\.redis/s);
     expect(() => parseConfig(baseConfig('/tmp/x', { cluster: { redis: 'http://x' } }), 'test')).toThrow(/cluster\.redis.*Redis URL/s);

@@ -51,6 +51,8 @@ export interface Opened {
   openWithThis: number;
 }
 
+const CLOSE_SETTLE_MS = 100;
+
 export class SmtpPool {
   readonly #idle = new Map<string, Idle[]>();
   /** Idle sessions per pair, oldest first: the first to close when the pair needs room. */
@@ -115,6 +117,7 @@ export class SmtpPool {
    */
   async makeRoom(pair: string, max: number, graceMs = 1_000): Promise<void> {
     const until = Date.now() + graceMs;
+    let closed = false;
     while (this.openCount(pair) >= max && Date.now() < until) {
       const idle = this.#idleByPair.get(pair)?.[0];
       if (!idle) {
@@ -133,7 +136,11 @@ export class SmtpPool {
         conn.once('end', () => { clearTimeout(timer); resolve(); });
         void conn.quit();
       });
+      closed = true;
     }
+    // A destination counts a connection until its own process has seen it end (Postfix's anvil
+    // hears of it a moment after the socket closes): the one that replaces it waits that moment.
+    if (closed) await new Promise((r) => setTimeout(r, CLOSE_SETTLE_MS));
   }
 
   #nextEnd(pair: string, ms: number): Promise<void> {

@@ -37,11 +37,11 @@ describe.skipIf(!support.ok)('cluster gate (real Redis)', () => {
   });
 
   async function node(name: string, prefix: string, opts: { fallbackNodes?: number } = {}): Promise<Node> {
-    const config = clusterSchema.parse({ redis: redis.url, node: name, prefix, leaseTtl: '1s', heartbeat: '200ms', ...opts }) as ReturnType<typeof clusterSchema.parse> & { redis: string };
+    const config = clusterSchema.parse({ redis: redis.url, node: name, prefix, leaseTtl: '300ms', heartbeat: '100ms', ...opts }) as ReturnType<typeof clusterSchema.parse> & { redis: string };
     const link = new ClusterLink(config, name, log);
     await link.connect();
     const n: Node = { link, gate: null as unknown as ClusterGate, running: new Map(), demand: new Map() };
-    n.gate = new ClusterGate(link, { trim: async () => undefined, nodes: () => 3, wake: () => pump(n) }, log);
+    n.gate = new ClusterGate(link, { trim: async () => undefined, open: () => 0, nodes: () => 3, wake: () => pump(n) }, log);
     n.gate.start();
     nodes.push(n);
     return n;
@@ -107,8 +107,8 @@ describe.skipIf(!support.ok)('cluster gate (real Redis)', () => {
     const t0 = Date.now();
     while (total([b]) < 10 && Date.now() - t0 < 5000) { pump(b); await sleep(50); }
     expect(total([b])).toBe(10);
-    // Not before a's leases lapsed (leaseTtl 1 s), and soon after.
-    expect(Date.now() - t0).toBeGreaterThan(600);
+    // Not before a's leases lapsed (leaseTtl 300 ms), and soon after.
+    expect(Date.now() - t0).toBeGreaterThan(200);
     expect(Date.now() - t0).toBeLessThan(3000);
     finishAll(b);
   });
@@ -129,10 +129,18 @@ describe.skipIf(!support.ok)('cluster gate (real Redis)', () => {
 
   it('falls back to an equal part of the cap while Redis is away', async () => {
     const a = await node('a', 't4', { fallbackNodes: 3 });
+    a.demand.set('alpha', 2);
+    for (let i = 0; i < 10 && total([a]) < 2; i++) { pump(a); await sleep(20); }
+    expect(total([a])).toBe(2);
     a.link.redis.disconnect();
     await sleep(50);
     expect(a.gate.shared).toBe(false);
+    // For one lease time (300 ms) it keeps within the 2 it had when Redis was lost ...
     a.demand.set('alpha', 10);
+    pump(a);
+    expect(total([a])).toBe(2);
+    // ... then takes its part of the cap: 10 / 3 nodes.
+    await sleep(350);
     pump(a);
     expect(total([a])).toBe(3);
     finishAll(a);

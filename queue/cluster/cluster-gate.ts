@@ -7,7 +7,8 @@
  * for that tenant are fewer than the leases it holds (and, while another tenant waits, its fair share;
  * a lease above the share, granted in turn, serves one delivery and goes back).
  * When it holds too few, the gate asks Redis for one more (ACQUIRE, cluster-scripts.ts), at most one
- * question at a time per lease, again every `RETRY_MS` while refused, and wakes the scheduler when
+ * question at a time per lease, again after `RETRY_MS` while refused (doubling up to `MAX_RETRY_MS`
+ * while refusals go on, so a tenant waiting at a full destination costs a few commands a second), and wakes the scheduler when
  * the answer may start something. Leases stay held while in use, so a steady flow costs no Redis
  * command per message. One that stays unused for `LINGER_MS`, or that the fair share takes back
  * (another tenant is waiting below its share), is released: the node's idle connections to the
@@ -21,7 +22,9 @@
  *
  * Redis away (or not yet answered since this node started): each node takes an equal part of each
  * cap (`cluster.fallbackNodes`, else the live nodes last seen) and of each rate, counts it, and
- * when Redis returns re-asserts the leases its deliveries actually use. Nothing waits for Redis to
+ * when Redis returns re-asserts the leases its deliveries actually use. For one lease time after
+ * Redis was lost a node also keeps within what it had then, while the nodes that had more than
+ * their part close their idle connections and finish down to it. Nothing waits for Redis to
  * accept or deliver mail.
  * Settings: cluster.leaseTtl, cluster.heartbeat, cluster.fallbackNodes.
  */
@@ -45,6 +48,8 @@ interface Lease {
   /** Leases granted and not used yet: the one above the share is used once even while another tenant waits. */
   fresh: number;
   asking: boolean;
+  /** Refusals in a row (the next question waits longer). */
+  refusals: number;
   /** Counts every local change of `held` (an answer that crossed a release re-asserts). */
   changes: number;
   retryAt: number;
@@ -62,14 +67,19 @@ interface Bucket {
 export interface GateDeps {
   /** Closes this node's idle connections to the pair until at most `keep` are open. */
   trim(site: string, source: string, keep: number): Promise<void>;
+  /** This node's connections open to the pair now, idle ones included. */
+  open(site: string, source: string): number;
   /** How many nodes share each cap while Redis is away. */
   nodes(): number;
   wake(): void;
 }
 
-const RETRY_MS = 200;
+const RETRY_MS = 100;
+const MAX_RETRY_MS = 800;
 const LINGER_MS = 1_000;
 const RATE_BATCH_MS = 200;
+/** After closing connections for a release: the destination counts a connection until it has seen it end. */
+const CLOSE_SETTLE_MS = 150;
 const MAX_RATE_BATCH = 50;
 
 function leaseKey(site: string, source: string, tenant: string): string {
@@ -83,6 +93,18 @@ export class ClusterGate implements SharedGate {
   readonly #buckets = new Map<string, Bucket>();
   /** False until this node has put its leases in Redis in order after (re)connecting. */
   #synced = false;
+  /**
+   * Until then, after (re)connecting, the node asks for no more than its fallback part of a cap:
+   * a Redis that restarted empty learns the other nodes' leases only as they reconnect.
+   */
+  #settledAt = 0;
+  /**
+   * When Redis was lost, and what this node then held or had open per pair: for one lease time the
+   * node keeps within that as well as its part of the cap, while the nodes above their part shrink
+   * to it (their idle connections are closed at once).
+   */
+  #lostAt = 0;
+  readonly #heldAtLoss = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
   #wakeAt = Infinity;
@@ -94,10 +116,7 @@ export class ClusterGate implements SharedGate {
     link.redis.defineCommand('ichidanAssert', { numberOfKeys: 5, lua: ASSERT });
     link.redis.defineCommand('ichidanRate', { numberOfKeys: 1, lua: GCRA });
     link.on('up', () => void this.#resync());
-    link.on('down', () => {
-      this.#synced = false;
-      this.deps.wake();
-    });
+    link.on('down', () => this.#lost());
     if (link.up) void this.#resync();
   }
 
@@ -130,23 +149,31 @@ export class ClusterGate implements SharedGate {
   may(site: string, source: string, tenant: string, weight: number, cap: number): boolean {
     if (!this.shared) {
       this.fallbackDecisions++;
-      return (this.#pairActive.get(`${site}\u0000${source}`) ?? 0) < this.#fallbackCap(cap);
+      return (this.#pairActive.get(`${site}\u0000${source}`) ?? 0) < this.#fallbackCap(cap, site, source);
     }
     const lease = this.#lease(site, source, tenant);
     lease.weight = weight;
     lease.cap = cap;
     if (lease.active < lease.held && (lease.active < lease.keep || lease.fresh > 0)) return true;
     if (lease.active >= lease.keep && lease.keep < lease.held) return false;
+    if (Date.now() < this.#settledAt && this.#heldAt(site, source) >= Math.max(1, Math.floor(cap / this.#nodes()))) {
+      this.#wakeIn(this.#settledAt - Date.now());
+      return false;
+    }
     this.#ask(lease);
     return false;
   }
 
   /** Connections this node may have open to the pair: the leases it holds there (or its fallback part of `cap`). */
   connections(site: string, source: string, cap: number): number {
-    if (!this.shared) return this.#fallbackCap(cap);
+    if (!this.shared) return this.#fallbackCap(cap, site, source);
+    return Math.max(this.#heldAt(site, source), this.#pairActive.get(`${site}\u0000${source}`) ?? 0);
+  }
+
+  #heldAt(site: string, source: string): number {
     let held = 0;
     for (const l of this.#leases.values()) if (l.site === site && l.source === source) held += l.held;
-    return Math.max(held, this.#pairActive.get(`${site}\u0000${source}`) ?? 0);
+    return held;
   }
 
   started(site: string, source: string, tenant: string): void {
@@ -209,15 +236,38 @@ export class ClusterGate implements SharedGate {
     return Math.max(1, this.link.config.fallbackNodes ?? this.deps.nodes());
   }
 
-  #fallbackCap(cap: number): number {
-    return Math.max(1, Math.floor(cap / this.#nodes()));
+  /** This node's part of a cap while Redis is away (and, just after it was lost, no more than it had then). */
+  #fallbackCap(cap: number, site?: string, source?: string): number {
+    const part = Math.max(1, Math.floor(cap / this.#nodes()));
+    const since = Date.now() - this.#lostAt;
+    if (site === undefined || since >= this.link.config.leaseTtl) return part;
+    this.#wakeIn(this.link.config.leaseTtl - since);
+    return Math.min(part, this.#heldAtLoss.get(`${site}\u0000${source}`) ?? 0);
+  }
+
+  /** Redis is gone: the fallback decides, and connections above this node's part are closed as they come idle. */
+  #lost(): void {
+    const wasShared = this.#synced;
+    this.#synced = false;
+    if (wasShared) {
+      this.#lostAt = Date.now();
+      this.#heldAtLoss.clear();
+      for (const l of this.#leases.values()) {
+        const pair = `${l.site}\u0000${l.source}`;
+        this.#heldAtLoss.set(pair, Math.max(this.#heldAtLoss.get(pair) ?? 0, this.#heldAt(l.site, l.source), this.deps.open(l.site, l.source)));
+      }
+      for (const l of this.#leases.values()) {
+        void this.deps.trim(l.site, l.source, Math.max(this.#pairActive.get(`${l.site}\u0000${l.source}`) ?? 0, this.#fallbackCap(l.cap, l.site, l.source))).catch(() => undefined);
+      }
+    }
+    this.deps.wake();
   }
 
   #lease(site: string, source: string, tenant: string): Lease {
     const key = leaseKey(site, source, tenant);
     let lease = this.#leases.get(key);
     if (!lease) {
-      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, changes: 0, retryAt: 0, linger: null };
+      lease = { site, source, tenant, weight: 1, cap: 1, held: 0, keep: Infinity, active: 0, fresh: 0, asking: false, refusals: 0, changes: 0, retryAt: 0, linger: null };
       this.#leases.set(key, lease);
     }
     return lease;
@@ -238,21 +288,23 @@ export class ClusterGate implements SharedGate {
     const changes = lease.changes;
     const ttl = this.link.config.leaseTtl;
     void this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAcquire(
-      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, RETRY_MS * 5, lease.held,
+      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, MAX_RETRY_MS * 3, lease.held,
     )).then((answer) => {
       lease.asking = false;
       if (answer && answer[0] === 1 && this.shared) {
         lease.held++;
         lease.fresh++;
-        lease.keep = answer[3] >= 0 ? Math.max(answer[3], 1) : Infinity;
+        lease.refusals = 0;
+        lease.keep = answer[3] >= 0 ? answer[3] : Infinity;
         // Redis counted from the leases held when the question left; a release since then is told again.
         if (lease.changes !== changes) void this.#assert(lease.site, lease.source);
         this.deps.wake();
         return;
       }
-      if (answer && answer[3] >= 0) lease.keep = Math.max(answer[3], 1);
-      lease.retryAt = Date.now() + RETRY_MS;
-      this.#wakeIn(RETRY_MS);
+      if (answer && answer[3] >= 0) lease.keep = answer[3];
+      const wait = Math.min(MAX_RETRY_MS, RETRY_MS * 2 ** lease.refusals++);
+      lease.retryAt = Date.now() + wait;
+      this.#wakeIn(wait);
     });
   }
 
@@ -282,7 +334,11 @@ export class ClusterGate implements SharedGate {
     lease.changes++;
     if (lease.keep !== Infinity && lease.keep >= lease.held) lease.keep = Infinity;
     try {
-      await this.deps.trim(lease.site, lease.source, this.connections(lease.site, lease.source, lease.cap));
+      const keepOpen = this.connections(lease.site, lease.source, lease.cap);
+      if (this.deps.open(lease.site, lease.source) > keepOpen) {
+        await this.deps.trim(lease.site, lease.source, keepOpen);
+        await new Promise((r) => setTimeout(r, CLOSE_SETTLE_MS));
+      }
     } catch (err) {
       this.log.debug({ err }, 'cluster: closing idle connections before a release failed');
     }
@@ -293,7 +349,7 @@ export class ClusterGate implements SharedGate {
   async #assert(site: string, source: string): Promise<void> {
     const leases = [...this.#leases.values()].filter((l) => l.site === site && l.source === source);
     if (leases.length === 0) return;
-    const args = leases.flatMap((l) => [l.tenant, String(l.held), String(l.cap)]);
+    const args = leases.flatMap((l) => assertArgs(l));
     const answer = await this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAssert(...this.#keys(site), this.link.node, source, this.link.config.leaseTtl, ...args));
     if (answer) this.#applyKeep(leases, answer);
   }
@@ -321,7 +377,7 @@ export class ClusterGate implements SharedGate {
       const pipe = r.pipeline();
       for (const list of entries) {
         const { site, source } = list[0];
-        (pipe as unknown as AcquireCommands).ichidanAssert(...this.#keys(site), this.link.node, source, this.link.config.leaseTtl, ...list.flatMap((l) => [l.tenant, String(l.held), String(l.cap)]));
+        (pipe as unknown as AcquireCommands).ichidanAssert(...this.#keys(site), this.link.node, source, this.link.config.leaseTtl, ...list.flatMap((l) => assertArgs(l)));
       }
       return pipe.exec();
     });
@@ -334,8 +390,16 @@ export class ClusterGate implements SharedGate {
    * the fallback decides.
    */
   async #resync(): Promise<void> {
+    // After Redis was lost (it may have restarted empty), the others' leases come back as they reconnect.
+    if (this.#lostAt > 0) this.#settledAt = Date.now() + this.link.config.leaseTtl;
+    // What the deliveries use, and the idle connections still open beside them, count as held.
+    const idle = new Map<string, number>();
     for (const l of this.#leases.values()) {
-      l.held = l.active;
+      const pair = `${l.site}\u0000${l.source}`;
+      if (!idle.has(pair)) idle.set(pair, Math.max(0, this.deps.open(l.site, l.source) - (this.#pairActive.get(pair) ?? 0)));
+      const extra = idle.get(pair)!;
+      l.held = l.active + extra;
+      idle.set(pair, 0);
       l.keep = Infinity;
       l.changes++;
     }
@@ -363,6 +427,14 @@ export class ClusterGate implements SharedGate {
     }, ms);
     this.#wakeTimer.unref();
   }
+}
+
+/**
+ * What ASSERT is told of a lease: a question still out may have been granted already, so it counts
+ * as held (too many for a moment is safe; too few would let another node past the cap).
+ */
+function assertArgs(l: Lease): string[] {
+  return [l.tenant, String(l.held + (l.asking ? 1 : 0)), String(l.cap)];
 }
 
 interface AcquireCommands {

@@ -37,6 +37,8 @@ const FORGET_AFTER_MS = 86_400_000;
 export class NodeRegistry {
   #timer: NodeJS.Timeout | null = null;
   #lastLive = 1;
+  /** The most live nodes counted lately: a Redis that restarted empty undercounts until every node reported again. */
+  #most = { n: 1, at: 0 };
 
   constructor(private readonly link: ClusterLink, private readonly report: () => NodeReport) {}
 
@@ -52,9 +54,10 @@ export class NodeRegistry {
     this.#timer = null;
   }
 
-  /** The number of live nodes last seen (at least 1: this one). */
+  /** The number of live nodes (at least 1: this one): the most counted within three leases' time. */
   get liveNodes(): number {
-    return this.#lastLive;
+    if (Date.now() - this.#most.at > 3 * this.link.config.leaseTtl) return this.#lastLive;
+    return Math.max(this.#lastLive, this.#most.n);
   }
 
   /** Writes this node's report and counts the live nodes. */
@@ -71,7 +74,9 @@ export class NodeRegistry {
         .exec();
       return Number(res?.[2]?.[1] ?? 1);
     });
-    if (result !== undefined) this.#lastLive = Math.max(1, result);
+    if (result === undefined) return;
+    this.#lastLive = Math.max(1, result);
+    if (this.#lastLive >= this.#most.n || Date.now() - this.#most.at > 3 * this.link.config.leaseTtl) this.#most = { n: this.#lastLive, at: Date.now() };
   }
 
   /** Every node the cluster knows, this one included; undefined when Redis is away. */

@@ -37,7 +37,7 @@ if #dead > 0 then
 end
 redis.call('ZADD', KEYS[2], now + ttl, node)
 redis.call('PEXPIRE', KEYS[2], ttl * 3)
-local total, byTenant, mineByTenant = 0, {}, {}
+local total, byTenant, mineByTenant, nodeCounts = 0, {}, {}, {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local src, ten, n = string.match(all[i], '^([^|]*)|([^|]*)|(.*)$')
@@ -45,8 +45,19 @@ for i = 1, #all, 2 do
     local c = tonumber(all[i + 1])
     total = total + c
     byTenant[ten] = (byTenant[ten] or 0) + c
-    if n == node then mineByTenant[ten] = (mineByTenant[ten] or 0) + c end
+    nodeCounts[ten] = nodeCounts[ten] or {}
+    nodeCounts[ten][n] = c
+    if n == node then mineByTenant[ten] = c end
   end
+end
+-- This node's leases for a tenant are now \`c\` (what it holds, as it says).
+local function setMine(ten, c)
+  local before = mineByTenant[ten] or 0
+  total = total - before + c
+  byTenant[ten] = (byTenant[ten] or 0) - before + c
+  mineByTenant[ten] = c
+  nodeCounts[ten] = nodeCounts[ten] or {}
+  nodeCounts[ten][node] = c
 end
 local waiting = {}
 local wants = redis.call('HGETALL', KEYS[3])
@@ -75,21 +86,37 @@ local function contended(except)
   for ten, _ in pairs(waiting) do if ten ~= except then return true end end
   return false
 end
+-- How many of its leases for the tenant this node keeps: -1 (no limit) unless another tenant waits;
+-- else what brings the tenant down to its share, taken first from the nodes that hold the most.
+local function keepFor(ten, share)
+  local mine = mineByTenant[ten] or 0
+  if not contended(ten) then return -1 end
+  local excess = (byTenant[ten] or 0) - share
+  if excess <= 0 then return mine end
+  local list = {}
+  for n, c in pairs(nodeCounts[ten] or {}) do list[#list + 1] = { n, c } end
+  table.sort(list, function(x, y) if x[2] ~= y[2] then return x[2] > y[2] end return x[1] < y[1] end)
+  for _, e in ipairs(list) do
+    local cut = math.min(e[2], excess)
+    if e[1] == node then return e[2] - cut end
+    excess = excess - cut
+    if excess <= 0 then break end
+  end
+  return mine
+end
 `;
 
 /**
  * ARGV: node, source, ttl, tenant, weight, cap, wantTtl, leases the node holds for the tenant now
  * (what Redis has of this node is replaced by that, so a restarted node leaves nothing stale).
  * Asks for one lease for the tenant.
- * Returns { granted (0/1), leases of the pair cluster-wide, the tenant's fair share, how many it may
- * keep (its share while another tenant waits; -1: no limit) }.
+ * Returns { granted (0/1), leases of the pair cluster-wide, the tenant's fair share, how many of its
+ * leases for the tenant this node may keep (while another tenant waits; -1: no limit) }.
  */
 export const ACQUIRE = `${LEASE_PRELUDE}
 local tenant, weight, cap, wantTtl, holds = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local field = source .. '|' .. tenant .. '|' .. node
-local stored = mineByTenant[tenant] or 0
-total = total - stored + holds
-byTenant[tenant] = (byTenant[tenant] or 0) - stored + holds
+setMine(tenant, holds)
 redis.call('HSET', KEYS[4], tenant, weight)
 redis.call('PEXPIRE', KEYS[4], 86400000)
 redis.call('HSET', KEYS[3], source .. '|' .. tenant, now + wantTtl)
@@ -118,38 +145,39 @@ end
 if granted == 1 then
   redis.call('HSET', KEYS[1], field, holds + 1)
   redis.call('PEXPIRE', KEYS[1], ttl * 3)
-  total = total + 1
+  setMine(tenant, holds + 1)
 end
-local keep = -1
-if contended(tenant) then keep = share[tenant] end
-return { granted, total, share[tenant], keep }
+return { granted, total, share[tenant], keepFor(tenant, share[tenant]) }
 `;
 
 /**
  * ARGV: node, source, ttl, then triples (tenant, leases this node holds, cap). Sets this node's
  * leases at the pair to what it holds (renewal, release, and the re-assertion after Redis came
  * back); this node's leases at the pair for tenants not named are dropped.
- * Returns, per tenant, how many leases it may keep: its fair share while another tenant waits,
- * else what it holds.
+ * Returns, per tenant, how many of its leases this node may keep: while another tenant waits, what
+ * brings the tenant down to its fair share (cut first where it holds most), else what it holds.
  */
 export const ASSERT = `${LEASE_PRELUDE}
 local out = {}
 local named = {}
 for i = 4, #ARGV, 3 do named[ARGV[i]] = true end
-for ten, c in pairs(mineByTenant) do
+for ten, _ in pairs(mineByTenant) do
   if not named[ten] then
     redis.call('HDEL', KEYS[1], source .. '|' .. ten .. '|' .. node)
-    byTenant[ten] = byTenant[ten] - c
+    setMine(ten, 0)
   end
 end
 for i = 4, #ARGV, 3 do
-  local tenant, held, cap = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local tenant, held = ARGV[i], tonumber(ARGV[i + 1])
   local field = source .. '|' .. tenant .. '|' .. node
-  local before = mineByTenant[tenant] or 0
   if held > 0 then redis.call('HSET', KEYS[1], field, held) else redis.call('HDEL', KEYS[1], field) end
-  byTenant[tenant] = (byTenant[tenant] or 0) - before + held
+  setMine(tenant, held)
+end
+for i = 4, #ARGV, 3 do
+  local tenant, held, cap = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local share = shares(cap)
-  if contended(tenant) then out[#out + 1] = math.min(held, share[tenant] or 1) else out[#out + 1] = held end
+  local keep = keepFor(tenant, share[tenant] or 1)
+  if keep < 0 then out[#out + 1] = held else out[#out + 1] = math.min(held, keep) end
 end
 redis.call('PEXPIRE', KEYS[1], ttl * 3)
 return out
