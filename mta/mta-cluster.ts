@@ -65,7 +65,7 @@ export function localStatus(config: Config, deps: ClusterDeps): ClusterStatus {
     node,
     local: {
       node, host: hostname(), pid: process.pid, smtp: deps.smtp(), startedAt: 0, active: q?.scheduler.active ?? 0, waiting: q?.scheduler.waiting ?? 0,
-      queue, draining: deps.draining(), loopDelayMs: null, rssMb: Math.round(process.memoryUsage.rss() / 1048576),
+      queue, draining: deps.draining(), loopDelayMs: null, rssMb: Math.round(process.memoryUsage.rss() / 1048576), leases: 0,
     },
     redis: null,
     nodes: null,
@@ -162,6 +162,7 @@ export class Cluster {
       waiting: queue?.scheduler.waiting ?? 0,
       queue: this.#counts.value,
       draining: this.deps.draining(),
+      leases: queue?.gate?.holdings().reduce((n, h) => n + h.held, 0) ?? 0,
       loopDelayMs: Math.round(delay * 10) / 10,
       rssMb: Math.round(process.memoryUsage.rss() / 1048576),
     };

@@ -17,6 +17,10 @@
  * a site that is full or paused holds no slot that another site could use: a tarpit stalls only
  * the lanes that go there.
  *
+ * In a cluster, a shared gate (`SharedGate`, queue/cluster/cluster-gate.ts) also has its say
+ * before a start: the node must hold a lease for (site, source, tenant) in Redis, and the shared
+ * message rates must allow one more; it wakes the scheduler when its answer may have changed.
+ *
  * Also enforced here: total concurrency, per-lane concurrency, per-tenant concurrency and hourly
  * message caps, and blocks (holds and suspensions) on a tenant, a site, a tenant at a site, or a
  * pair (queue-blocks.ts); the pairs' windows and buckets are kept in queue-pairs.ts, the jobs not

@@ -127,6 +127,30 @@ describe.skipIf(!support.ok)('cluster gate (real Redis)', () => {
     expect(taken).toBeLessThanOrEqual(62);
   });
 
+  it('starts nothing new on its leases once Redis has not confirmed them for half a lease time', async () => {
+    const a = await node('a', 't5');
+    a.demand.set('alpha', 2);
+    for (let i = 0; i < 10 && total([a]) < 2; i++) { pump(a); await sleep(20); }
+    expect(total([a])).toBe(2);
+    // One delivery ends: the lease it used is still held, and would be used again at once ...
+    a.gate.finished('mx:capped', '127.0.0.9', 'alpha');
+    a.running.set('alpha', 1);
+    a.demand.set('alpha', 1);
+    expect(a.gate.may('mx:capped', '127.0.0.9', 'alpha', 1, 10)).toBe(true);
+    // ... but not while Redis does not answer (stopped, the connection still up) for more than half of leaseTtl.
+    process.kill(redis.pid, 'SIGSTOP');
+    try {
+      await sleep(350);
+      expect(a.link.up).toBe(true);
+      expect(a.gate.may('mx:capped', '127.0.0.9', 'alpha', 1, 10)).toBe(false);
+    } finally {
+      process.kill(redis.pid, 'SIGCONT');
+    }
+    await sleep(400);
+    expect(a.gate.may('mx:capped', '127.0.0.9', 'alpha', 1, 10)).toBe(true);
+    finishAll(a);
+  });
+
   it('falls back to an equal part of the cap while Redis is away', async () => {
     const a = await node('a', 't4', { fallbackNodes: 3 });
     a.demand.set('alpha', 2);

@@ -104,6 +104,12 @@ export class ClusterGate implements SharedGate {
    * to it (their idle connections are closed at once).
    */
   #lostAt = 0;
+  /**
+   * When Redis last confirmed this node's leases. A node whose renewals fail (Redis slow, this
+   * process stalled) starts nothing new once half a lease time has passed without one: the others
+   * may soon count its leases as lapsed.
+   */
+  #renewedAt = Date.now();
   readonly #heldAtLoss = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
@@ -154,6 +160,11 @@ export class ClusterGate implements SharedGate {
     const lease = this.#lease(site, source, tenant);
     lease.weight = weight;
     lease.cap = cap;
+    const unconfirmed = Date.now() - this.#renewedAt - this.link.config.leaseTtl / 2;
+    if (unconfirmed > 0 && lease.held > 0) {
+      this.#wakeIn(this.link.config.heartbeat);
+      return false;
+    }
     if (lease.active < lease.held && (lease.active < lease.keep || lease.fresh > 0)) return true;
     if (lease.active >= lease.keep && lease.keep < lease.held) return false;
     if (Date.now() < this.#settledAt && this.#heldAt(site, source) >= Math.max(1, Math.floor(cap / this.#nodes()))) {
@@ -365,13 +376,17 @@ export class ClusterGate implements SharedGate {
   /** Renews every lease this node holds (one command per pair, one round trip) and takes back the shares. */
   async #heartbeat(): Promise<void> {
     if (!this.shared) return;
+    const sentAt = Date.now();
     const pairs = new Map<string, Lease[]>();
     for (const l of this.#leases.values()) {
       const key = `${l.site}\u0000${l.source}`;
       const list = pairs.get(key);
       if (list) list.push(l); else pairs.set(key, [l]);
     }
-    if (pairs.size === 0) return;
+    if (pairs.size === 0) {
+      this.#renewedAt = sentAt;
+      return;
+    }
     const entries = [...pairs.values()];
     const answers = await this.link.call(entries.length, async (r) => {
       const pipe = r.pipeline();
@@ -381,6 +396,7 @@ export class ClusterGate implements SharedGate {
       }
       return pipe.exec();
     });
+    if (answers && answers.every(([err]) => !err)) this.#renewedAt = sentAt;
     answers?.forEach(([err, keep], i) => { if (!err) this.#applyKeep(entries[i], keep as number[]); });
   }
 
@@ -410,6 +426,7 @@ export class ClusterGate implements SharedGate {
       await this.#assert(site, source);
     }
     if (!this.link.up) return;
+    this.#renewedAt = Date.now();
     this.#synced = true;
     this.log.info({ pairs: pairs.size }, 'cluster: leases in Redis re-asserted');
     this.deps.wake();

@@ -92,7 +92,7 @@ export async function startDropper(host = '127.0.0.1'): Promise<{ port: number; 
 
 /** Keeps a node entry in the registry (`prefix:nodes`) fresh until stopped, then removes it. */
 export function fakeNode(redis: Redis, prefix: string, node: string, smtp: { address: string; port: number }): { stop(): Promise<void> } {
-  const report = JSON.stringify({ node, host: 'fake', pid: 0, smtp, startedAt: Date.now(), active: 0, waiting: 0, queue: {}, draining: false, loopDelayMs: 0, rssMb: 0 });
+  const report = JSON.stringify({ node, host: 'fake', pid: 0, smtp, startedAt: Date.now(), active: 0, waiting: 0, queue: {}, draining: false, loopDelayMs: 0, rssMb: 0, leases: 0 });
   const beat = async () => {
     const [s, us] = await redis.time();
     await redis.multi().hset(`${prefix}:nodes`, node, report).zadd(`${prefix}:nodes:seen`, Number(s) * 1000 + Math.floor(Number(us) / 1000), node).exec();
