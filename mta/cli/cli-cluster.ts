@@ -3,9 +3,10 @@
  *
  *   ichidan cluster status [--json]    every node the registry knows (alive or gone, in flight,
  *                                      waiting, loop delay, memory, connection leases held,
- *                                      queued and held recipients, draining) and Redis's health; exit 1 with a one-line reason
- *                                      when the node is not clustered or Redis is away (what is
- *                                      known locally is still shown)
+ *                                      queued and held recipients, draining) and Redis's health;
+ *                                      exit 1 with a one-line reason when the node is not
+ *                                      clustered or Redis is away (what is known locally is
+ *                                      still shown)
  *   ichidan node drain [--json]        stop taking mail and hand the queue to the peers
  *   ichidan node drain --status [--json]   the drain's progress
  *   ichidan node undrain               take mail again
