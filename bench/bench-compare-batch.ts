@@ -14,7 +14,8 @@
  * bytes the disk device wrote (/proc/diskstats around a `sync`, so the filesystem journal counts;
  * anything else writing to that disk at the time counts too) and bytes the relay's own processes
  * wrote (/proc/PID/io, blind to the journal but not to neighbours), peak summed RSS and PSS;
- * everything also per message.
+ * everything also per message; and, given a counter read outside the relay (e.g. the commands a
+ * Redis has processed), how much it grew over the same span.
  * Network: the relay on 127.0.0.1, smtp-sink on 127.0.0.2.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -44,6 +45,8 @@ export interface BatchResult {
   processWriteBytesPerMessage: number;
   peakRss: number;
   peakPss: number;
+  /** How much `opts.counter` grew from the start of the load to the last delivery (when given). */
+  counted?: number;
 }
 
 export interface SmtpSink { route: Route; stop(): Promise<void> }
@@ -74,6 +77,7 @@ export async function runBatch(kind: RelayKind, opts: {
   messages: number;
   timeoutMs: number;
   plan?: Omit<RelayPlan, 'routes'>;
+  counter?: () => Promise<number>;
 }): Promise<BatchResult> {
   const relay = await startRelay(kind, { ...opts.plan, routes: opts.routes });
   const memory = sampleMemory(relay.rootPid);
@@ -84,6 +88,7 @@ export async function runBatch(kind: RelayKind, opts: {
     const cpuBefore = cpuSeconds(processTree(relay.rootPid));
     const ioBefore = ioWriteBytes(processTree(relay.rootPid));
     const threadsBefore = threadCpu(processTree(relay.rootPid));
+    const countedBefore = await opts.counter?.();
     const t0 = Date.now();
     let loadError: Error | undefined;
     const loaded = opts.load(relay.port).catch((err: Error) => { loadError = err; });
@@ -95,6 +100,7 @@ export async function runBatch(kind: RelayKind, opts: {
     }
     await loaded;
     if (loadError) throw loadError;
+    const countedAfter = await opts.counter?.();
     const last = relay.deliveries.reduce((m, d) => Math.max(m, d.seenAt), t0);
     const seconds = (last - t0) / 1000;
     // Read at the end of the deliveries, not after the settling pause, so the share is of the busy time.
@@ -117,6 +123,7 @@ export async function runBatch(kind: RelayKind, opts: {
       cpuSeconds: cpu, cpuMsPerMessage: (cpu * 1000) / delivered, busiestThread,
       diskBytesPerMessage: disk / delivered, processWriteBytesPerMessage: io / delivered,
       peakRss: peak.rss, peakPss: peak.pss,
+      ...(countedBefore !== undefined && countedAfter !== undefined ? { counted: countedAfter - countedBefore } : {}),
     };
   } finally {
     memory.stop();

@@ -5,9 +5,12 @@
  * Takes: the config (an object; written as JSON, which YAML reads as it is) without `dataDir` and
  * the listener, which are added here: one MX listener on 127.0.0.1, plaintext, like the Postfix
  * relay it is compared with.
- * Gives: the running process (pid, port, log file, folder) and `stop()`: SIGTERM, then SIGKILL if a
- * graceful stop (which waits for deliveries in flight, long ones at a tarpit) takes over 3 s; then
- * the folder is removed.
+ * `args` are added to `start -c FILE` (e.g. --workers 2: the pid is then the primary's, whose
+ * process tree holds the workers).
+ * Gives: the running process (pid, port, log file, folder), once it reports ready on
+ * ICHIDAN_READY_FD (a primary: once every worker listens), and `stop()`: SIGTERM, then SIGKILL if
+ * a graceful stop (which waits for deliveries in flight, long ones at a tarpit) takes over 3 s;
+ * then the folder is removed.
  * ICHIDAN_CLI=path/to/mta-main.js runs another build.
  */
 import { spawn } from 'node:child_process';
@@ -15,7 +18,7 @@ import { existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { onCleanup, sleep } from './bench-cleanup.js';
-import { freePort, waitForPort } from './bench-util.js';
+import { freePort } from './bench-util.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 export const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
@@ -30,7 +33,7 @@ export interface IchidanInstance {
   stop(): Promise<void>;
 }
 
-export async function startIchidan(config: Record<string, unknown>, nodeArgs: string[] = []): Promise<IchidanInstance> {
+export async function startIchidan(config: Record<string, unknown>, nodeArgs: string[] = [], args: string[] = []): Promise<IchidanInstance> {
   if (!existsSync(CLI)) throw new Error(`${CLI} not found: build first (npm run build)`);
   await mkdir(join(ROOT, 'var'), { recursive: true });
   const dir = await mkdtemp(join(ROOT, 'var', 'bench-ichidan-'));
@@ -43,7 +46,9 @@ export async function startIchidan(config: Record<string, unknown>, nodeArgs: st
   }, null, 2) + '\n');
   const logFile = join(dir, 'ichidan.log');
   const out = openSync(logFile, 'w');
-  const proc = spawn(process.execPath, [...nodeArgs, CLI, 'start', '-c', configFile], { stdio: ['ignore', out, out], cwd: dir });
+  const proc = spawn(process.execPath, [...nodeArgs, CLI, 'start', '-c', configFile, ...args], {
+    stdio: ['ignore', out, out, 'pipe'], cwd: dir, env: { ...process.env, ICHIDAN_READY_FD: '3' },
+  });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   const running = () => proc.exitCode === null && proc.signalCode === null;
   const assertRunning = () => {
@@ -56,12 +61,15 @@ export async function startIchidan(config: Record<string, unknown>, nodeArgs: st
     process.kill(proc.pid, 'SIGKILL');
     await exited;
   });
-  try {
-    await waitForPort('127.0.0.1', port);
-  } catch (err) {
-    assertRunning();
-    throw err;
-  }
+  const ready = await new Promise<boolean>((resolve) => {
+    let text = '';
+    (proc.stdio[3] as NodeJS.ReadableStream).on('data', (d) => {
+      text += d;
+      if (text.includes('\n')) resolve(true);
+    });
+    exited.then(() => resolve(false));
+  });
+  if (!ready) assertRunning();
   return {
     pid: proc.pid!, port, dir, logFile, assertRunning,
     async stop() {

@@ -5,7 +5,8 @@
  * `queue.fsync: true`).
  *
  * Takes: which relay, static routes (domain → host and port), and settings that differ from
- * the defaults per experiment (Postfix main.cf lines; an Ichidan `delivery` section).
+ * the defaults per experiment (Postfix main.cf lines; Ichidan's `delivery` and `cluster`
+ * sections and start arguments such as --workers).
  * Gives: a Relay: its port, root pid (Postfix's master or the Ichidan process), folder, the
  * deliveries its log shows so far (each with the relay's own latency, end of DATA to the next
  * hop's 250, and the time a poll of the log first saw it: Postfix logs whole seconds only, so both
@@ -48,6 +49,10 @@ export interface RelayPlan {
   ichidanDelivery?: Record<string, unknown>;
   /** Extra node options for the Ichidan process (e.g. --cpu-prof). */
   ichidanNodeArgs?: string[];
+  /** Ichidan's `cluster` section (e.g. the Redis workers share). */
+  ichidanCluster?: Record<string, unknown>;
+  /** Arguments after `ichidan start -c FILE` (e.g. --workers 2). */
+  ichidanArgs?: string[];
 }
 
 const POSTFIX_SENT = / delay=([\d.]+),.* status=sent /;
@@ -80,7 +85,8 @@ export async function startRelay(kind: RelayKind, plan: RelayPlan): Promise<Rela
     tenants: Object.fromEntries(TENANTS.map((t) => [t, { networks: [`${TENANT_ADDRESS[t]}/32`] }])),
     routes: plan.routes,
     ...(plan.ichidanDelivery ? { delivery: plan.ichidanDelivery } : {}),
-  }, plan.ichidanNodeArgs);
+    ...(plan.ichidanCluster ? { cluster: plan.ichidanCluster } : {}),
+  }, plan.ichidanNodeArgs, plan.ichidanArgs);
   const tail = new LogTail(ich.logFile, (line) => {
     if (line.includes('"verdict":"delivered"')) deliveries.push({ latencyMs: (JSON.parse(line) as { delay: number }).delay, seenAt: Date.now() });
     else if (line.includes('"verdict":"deferred"')) deferred++;

@@ -56,7 +56,11 @@ export function parseConfig(input: unknown, source = 'config'): Config {
   return deepFreeze(result.data);
 }
 
-export function loadConfig(file: string): Config {
+/**
+ * `override` changes the parsed file before it is validated (a command-line flag that stands for a
+ * key, such as `start --workers`), so the flag's value is checked, and named, as that key.
+ */
+export function loadConfig(file: string, override?: (input: Record<string, unknown>) => Record<string, unknown>): Config {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -67,7 +71,9 @@ export function loadConfig(file: string): Config {
   if (doc.errors.length > 0) {
     throw new ConfigError(file, doc.errors.map((e) => `YAML syntax (line ${e.linePos?.[0].line ?? '?'}): ${e.message.split('\n')[0]}`));
   }
-  return parseConfig(doc.toJS(), file);
+  const input: unknown = doc.toJS();
+  const isObject = input !== null && typeof input === 'object' && !Array.isArray(input);
+  return parseConfig(override && (isObject || input == null) ? override((input ?? {}) as Record<string, unknown>) : input, file);
 }
 
 export interface ConfigSnapshot {

@@ -94,6 +94,8 @@ export class Ichidan {
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
+  /** How `reload()` turns the file into this process's config (a worker derives its own). */
+  #load: ((file: string) => Config) | undefined;
 
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool, clusterDeps: ClusterDeps) {
     this.#handle = new ConfigHandle(config);
@@ -135,7 +137,7 @@ export class Ichidan {
    * `originalDst` stands in for the kernel's answer to where a proxied connection was going (on
    * a system without netfilter, or in a test on loopback); by default the native addon is asked.
    */
-  static async start(config: Config, log: Logger, opts: { configFile?: string; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
+  static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
@@ -155,6 +157,7 @@ export class Ichidan {
     app.cluster = cluster;
     app.#policies = policies;
     app.configFile = opts.configFile ?? null;
+    app.#load = opts.load;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
@@ -240,7 +243,7 @@ export class Ichidan {
   /** Reads, validates and publishes the config file (mta-reload.ts); a bad file changes nothing. */
   reload(file = this.configFile): ReloadResult {
     if (!file) return { ok: false, problems: ['no config file to reload from'] };
-    return reloadConfig(file, this.config, (config) => this.reconfigure(config), this.log);
+    return reloadConfig(file, this.config, (config) => this.reconfigure(config), this.log, this.#load);
   }
 
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */

@@ -2,26 +2,53 @@
 /*
  * The `ichidan` executable.
  *
- *   ichidan start [-c FILE]   run the MTA (default config: config/default.yaml) until SIGTERM or
- *                             SIGINT (graceful stop); SIGHUP reloads the config file
+ *   ichidan start [-c FILE] [--workers N|auto]
+ *                             run the MTA (default config: config/default.yaml) until SIGTERM or
+ *                             SIGINT (graceful stop); SIGHUP reloads the config file. With more
+ *                             than one worker (--workers, else cluster.workers) this process is
+ *                             the primary of that many nodes sharing the ports (mta-workers.ts).
  *   ichidan COMMAND ...       every other command is the CLI (cli/cli-commands.ts lists them)
  * With ICHIDAN_READY_FD=3, `start` writes one JSON line to fd 3 once every listener is bound
- * (`{"ready":true,"listeners":[...]}`), for supervisors and tests.
+ * (`{"ready":true,"listeners":[...]}`; a primary adds `"workers":[{index,pid}]` once every worker
+ * listens), for supervisors and tests.
  * The daemon is loaded only for `start`, so the CLI's commands never load it.
  */
-import { createWriteStream } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { loadOrExit } from './cli/cli-common.js';
 import { runCommand } from './cli/cli-commands.js';
+import { loadConfig, type Config } from './mta-config.js';
 import { createLogger } from './mta-log.js';
+import { announceReady, workerConfig, workerCount, workerIndex } from './mta-workers.js';
+
+/** `--workers N|auto` stands for cluster.workers, and is validated as that key. */
+function workersFlag(value: string | undefined) {
+  if (value === undefined) return undefined;
+  const workers = /^\d+$/.test(value) ? Number(value) : value;
+  return (input: Record<string, unknown>) => ({ ...input, cluster: { ...(input.cluster as object | undefined), workers } });
+}
 
 async function start(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, allowPositionals: false });
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string' } }, allowPositionals: false });
   const file = values.config ?? 'config/default.yaml';
-  const config = loadOrExit(file);
-  const log = createLogger(config.log.level);
+  const override = workersFlag(values.workers);
+  const index = workerIndex();
+  // A worker derives its own config from the file at start and at every reload.
+  const load = (f: string): Config => {
+    const config = loadConfig(f, override);
+    return index === null ? config : workerConfig(config, index);
+  };
+  const config = loadOrExit(file, load);
+  const root = createLogger(config.log.level);
+  if (index === null && workerCount(config) > 1) {
+    const { runPrimary } = await import('./mta-workers.js');
+    await runPrimary(config, workerCount(config), root);
+    root.flush?.();
+    setTimeout(() => process.exit(), 50).unref();
+    return;
+  }
+  const log = index === null ? root : root.child({ worker: index });
   const { Ichidan } = await import('./mta-daemon.js');
-  const app = await Ichidan.start(config, log, { configFile: file });
+  const app = await Ichidan.start(config, log, { configFile: file, load });
   process.on('SIGHUP', () => { app.reload(); });
   let stopping = false;
   const stop = (signal: string) => {
@@ -39,9 +66,7 @@ async function start(args: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  if (process.env.ICHIDAN_READY_FD === '3') {
-    createWriteStream('', { fd: 3 }).end(JSON.stringify({ ready: true, listeners: app.bound }) + '\n');
-  }
+  announceReady(app.bound);
 }
 
 const [command, ...rest] = process.argv.slice(2);

@@ -3,7 +3,8 @@
  *
  * Takes: the config file (the one the process started from, unless told another), the config in
  *   force, and `publish`, the composition root's way to put a validated config into force (it
- *   builds everything that can fail before anything changes).
+ *   builds everything that can fail before anything changes), and how the file becomes this
+ *   process's config (a worker's has its own data folder: mta-workers.ts).
  * Gives: `reloadConfig`, which reads and validates the file and publishes it, or changes nothing
  *   and names the problems; `needsRestart`, the changed settings a running process cannot apply
  *   (`RESTART_ONLY`, one typed accessor per documented key); `watchConfig`, which reloads when
@@ -41,10 +42,10 @@ export type ReloadResult =
   | { ok: false; problems: string[] };
 
 /** Reads and validates `file`; a bad file changes nothing and is reported, naming the keys. */
-export function reloadConfig(file: string, current: Config, publish: (config: Config) => number, log: Logger): ReloadResult {
+export function reloadConfig(file: string, current: Config, publish: (config: Config) => number, log: Logger, load: (file: string) => Config = loadConfig): ReloadResult {
   let config: Config;
   try {
-    config = loadConfig(file);
+    config = load(file);
   } catch (err) {
     const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
     log.error({ file, problems }, 'reload refused: the running configuration stays');

@@ -58,6 +58,8 @@ export class SmtpPool {
   /** Idle sessions per pair, oldest first: the first to close when the pair needs room. */
   readonly #idleByPair = new Map<string, Idle[]>();
   readonly #open = new Map<string, number>();
+  /** The connections counted per pair (to cut short those whose QUIT takes too long). */
+  readonly #conns = new Map<string, Set<SmtpConnection>>();
   /** Emits a pair's name when one of its connections ends. */
   readonly #ended = new EventEmitter().setMaxListeners(0);
 
@@ -95,12 +97,17 @@ export class SmtpPool {
   /** Counts a new connection against its pair until it ends. */
   #count(pair: string, conn: SmtpConnection): void {
     this.#open.set(pair, this.openCount(pair) + 1);
+    let set = this.#conns.get(pair);
+    if (!set) this.#conns.set(pair, (set = new Set()));
+    set.add(conn);
     let counted = true;
     const end = () => {
       if (!counted) return;
       counted = false;
       const n = this.openCount(pair) - 1;
       if (n > 0) this.#open.set(pair, n); else this.#open.delete(pair);
+      set.delete(conn);
+      if (set.size === 0 && this.#conns.get(pair) === set) this.#conns.delete(pair);
       this.#ended.emit(pair);
     };
     conn.once('end', end);
@@ -113,7 +120,8 @@ export class SmtpPool {
 
   /**
    * Before opening one more connection for the pair: while it is at `max`, closes its oldest idle
-   * session and waits (up to `graceMs`) for that one to end.
+   * session and waits (up to `graceMs`) for that one to end; sessions whose QUIT is still unanswered
+   * after the grace are closed without waiting more.
    */
   async makeRoom(pair: string, max: number, graceMs = 1_000): Promise<void> {
     const until = Date.now() + graceMs;
@@ -137,6 +145,17 @@ export class SmtpPool {
         void conn.quit();
       });
       closed = true;
+    }
+    // Sessions still saying QUIT after the grace (a slow destination) are cut short: they must not
+    // count at the destination beside the one that replaces them.
+    if (this.openCount(pair) >= max) {
+      for (const conn of [...(this.#conns.get(pair) ?? [])]) {
+        if (!conn.closing || this.openCount(pair) < max) continue;
+        const ended = this.#nextEnd(pair, graceMs);
+        conn.close();
+        await ended;
+        closed = true;
+      }
     }
     // A destination counts a connection until its own process has seen it end (Postfix's anvil
     // hears of it a moment after the socket closes): the one that replaces it waits that moment.

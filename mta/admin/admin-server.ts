@@ -66,7 +66,8 @@ export class AdminServer {
     };
     await rm(path, { force: true });
     const servers = [createServer(handler(() => ['localhost']))];
-    await listenOn(servers[0], (s, cb) => s.listen(path, cb));
+    // exclusive: in a worker (mta-workers.ts) the socket is its own, not held by the primary.
+    await listenOn(servers[0], (s, cb) => s.listen({ path, exclusive: true }, cb));
     await chmod(path, 0o600);
     if (port !== undefined) {
       const tcp: Server = createServer(handler((): string[] => {

@@ -11,8 +11,10 @@
  *   engines (list, disable, enable, events, stats)   cli-engines.ts
  *   reload                              cli-reload.ts
  *   sessions (list, show)               cli-sessions.ts
+ *   workers                             cli-workers.ts
  *   cluster status, node (drain, undrain)   cli-cluster.ts
- * Every command talks to the running process's admin API (admin/admin-client.ts) or reads the
+ * Every command talks to the running process's admin API (admin/admin-client.ts), reads the
+ * workers' status file (mta-workers-status.ts) or reads the
  * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
  */
 import { CLUSTER_USAGE, cluster, node } from './cli-cluster.js';
@@ -25,9 +27,10 @@ import { RELOAD_USAGE, reload } from './cli-reload.js';
 import { SCANS_USAGE, scans } from './cli-scans.js';
 import { SESSIONS_USAGE, sessions } from './cli-sessions.js';
 import { TENANTS_USAGE, tenants } from './cli-tenants.js';
+import { WORKERS_USAGE, workers } from './cli-workers.js';
 
 export const USAGE = `usage:
-  ichidan start [-c FILE]
+  ichidan start [-c FILE] [--workers N|auto]
 ${CONFIG_USAGE}
 ${QUEUE_USAGE}
 ${TENANTS_USAGE}
@@ -37,6 +40,7 @@ ${SCANS_USAGE}
 ${ENGINES_USAGE}
 ${RELOAD_USAGE}
 ${SESSIONS_USAGE}
+${WORKERS_USAGE}
 ${CLUSTER_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
@@ -50,6 +54,7 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   engines,
   reload,
   sessions,
+  workers,
   cluster,
   node,
 };

@@ -1,20 +1,23 @@
 /*
- * What the `ichidan` commands share: loading the config (exit 1 with the problems), options, the
+ * What the `ichidan` commands share: loading the config (exit 1 with the problems), options (and
+ * `--worker I`, which points a command at one worker's data folder and socket), the
  * queue database opened read-only, requests to the running process's admin API (admin-client.ts),
  * and safe output.
  * Touches: the config file, the queue database in dataDir, the admin socket (mta-config.ts
  * `adminSocket`). Nothing here loads the daemon.
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
 import type { Config } from '../mta-config-schema.js';
 import { adminRequest } from '../admin/admin-client.js';
 import { adminSocket, ConfigError, loadConfig } from '../mta-config.js';
+import { workerConfig, workerDataDir } from '../mta-workers.js';
 
-export function loadOrExit(file: string) {
+export function loadOrExit(file: string, load: (file: string) => Config = loadConfig): Config {
   try {
-    return loadConfig(file);
+    return load(file);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(err.message + '\n');
@@ -24,9 +27,19 @@ export function loadOrExit(file: string) {
   }
 }
 
+/**
+ * `-c FILE`, and `--worker I`: the command is about worker I of a primary (start --workers N), so
+ * its data folder and admin socket are that worker's (mta-workers.ts `workerConfig`).
+ */
 export function options(args: string[], extra: Record<string, { type: 'string' }> = {}) {
-  const { values, positionals } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, ...extra }, allowPositionals: true });
-  return { config: loadOrExit(values.config ?? 'config/default.yaml'), values: values as Record<string, string | undefined>, positionals };
+  const { values, positionals } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, worker: { type: 'string' }, ...extra }, allowPositionals: true });
+  const config = loadOrExit(values.config ?? 'config/default.yaml');
+  const worker = values.worker === undefined ? null : Number(values.worker);
+  if (worker !== null && !(Number.isInteger(worker) && worker >= 1 && existsSync(workerDataDir(config.dataDir, worker)))) {
+    process.stderr.write(`--worker ${values.worker}: no such worker (no folder ${workerDataDir(config.dataDir, Number(values.worker) || 0)}; see ichidan workers)\n`);
+    process.exit(2);
+  }
+  return { config: worker === null ? config : workerConfig(config, worker), values: values as Record<string, string | undefined>, positionals };
 }
 
 /** Options that name what an operator action applies to (ichidan queue, ichidan tenants). */

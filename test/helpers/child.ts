@@ -1,6 +1,7 @@
 /*
  * Ichidan as a child process (the built CLI), for tests that kill it: it reports its bound
- * listeners on fd 3 once ready.
+ * listeners on fd 3 once ready (a primary of workers also lists its workers' pids). `args` are
+ * added to `start -c FILE` (e.g. --workers 2).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -8,15 +9,17 @@ import { join } from 'node:path';
 export interface ChildIchidan {
   proc: ChildProcess;
   ports: Record<string, number>;
+  /** The workers a primary (start --workers N) reported, by index; empty for a single process. */
+  workers: Array<{ index: number; pid: number }>;
   exited: Promise<number | null>;
 }
 
 /** The built ichidan executable (mta-main), as `node CLI ...` runs it. */
 export const CLI = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-main.js');
 
-export function startChild(configFile: string, logFile?: NodeJS.WritableStream): Promise<ChildIchidan> {
+export function startChild(configFile: string, logFile?: NodeJS.WritableStream, args: string[] = []): Promise<ChildIchidan> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [CLI, 'start', '-c', configFile], {
+    const proc = spawn(process.execPath, [CLI, 'start', '-c', configFile, ...args], {
       stdio: ['ignore', logFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
       env: { ...process.env, ICHIDAN_READY_FD: '3' },
     });
@@ -29,8 +32,8 @@ export function startChild(configFile: string, logFile?: NodeJS.WritableStream):
     fd3.on('data', (d) => {
       ready += d;
       if (!ready.includes('\n')) return;
-      const msg = JSON.parse(ready.split('\n')[0]) as { listeners: Array<{ name: string; port: number }> };
-      resolve({ proc, exited, ports: Object.fromEntries(msg.listeners.map((l) => [l.name, l.port])) });
+      const msg = JSON.parse(ready.split('\n')[0]) as { listeners: Array<{ name: string; port: number }>; workers?: ChildIchidan['workers'] };
+      resolve({ proc, exited, ports: Object.fromEntries(msg.listeners.map((l) => [l.name, l.port])), workers: msg.workers ?? [] });
     });
     exited.then((code) => reject(new Error(`ichidan exited (${code}) before it was ready: ${stderr}`)));
   });
