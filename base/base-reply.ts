@@ -39,6 +39,11 @@ export const REPLIES = {
   commandDeadline: reply(421, '4.4.2', 'timeout: command line not complete in time, closing connection'),
   dataTooSlow: reply(421, '4.4.2', 'timeout: message data arriving too slowly, closing connection'),
   needMail: reply(503, '5.5.1', 'need MAIL command'),
+  /** A node being drained (`ichidan node drain`): new connections are turned away, the client tries another MX. */
+  draining: reply(421, '4.3.2', 'this server is being drained and takes no new mail, try another'),
+  drainingMail: reply(451, '4.3.2', 'this server is being drained and takes no new mail, try another'),
+  /** A cluster transfer's parameters from a client that is not a peer, or that do not hold (queue/cluster/cluster-transfer.ts). */
+  transferRefused: reply(555, '5.5.4', 'parameter not recognized'),
   scanTempfail: reply(451, '4.7.1', 'message could not be scanned now, try again later'),
   spam: reply(550, '5.7.1', 'message refused as spam'),
   proxyLoop: reply(554, '5.4.6', 'routing loop: this connection comes from the proxy itself'),
@@ -47,6 +52,9 @@ export const REPLIES = {
 
 /** The message is durable in the queue (RFC 5321 4.2.5: the 250 is sent only then). */
 export const queued = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: queued as ${queueId}`);
+
+/** A message a peer transferred that is already queued here under its id (a transfer repeated after a lost 250). */
+export const alreadyQueued = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: already queued as ${queueId}`);
 
 /** A proxied message held in quarantine: its client learns that no destination has seen it. */
 export const heldInQuarantine = (queueId: string): SmtpReply => reply(250, '2.0.0', `Ok: held in quarantine as ${queueId}`);

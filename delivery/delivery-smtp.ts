@@ -34,6 +34,8 @@ export interface OutboundRecipient {
   address: string;
   notify: string | null;
   orcpt: string | null;
+  /** Further RCPT parameters (a cluster transfer's). */
+  parameters?: string[];
 }
 
 export interface OutboundMessage {
@@ -46,6 +48,8 @@ export interface OutboundMessage {
   ret: string | null;
   envid: string | null;
   body8bit: boolean;
+  /** Further MAIL parameters (a cluster transfer's). */
+  parameters?: string[];
   open: () => Readable;
 }
 

@@ -19,6 +19,8 @@
  * client smtp/smtp-connection.ts, which the transparent proxy leases from too); sites are named
  * in delivery-sites.ts; every delivery also returns the signal it left about the destination's
  * attitude (delivery-throttle.ts), which the queue's scheduler and throttle control act on.
+ * A drain hands messages to a cluster peer through the same client (`transfer`): no route, MX or
+ * MTA-STS, the peer's SMTP listener straight, opportunistic TLS, sessions pooled per peer.
  */
 import type { Logger } from 'pino';
 import type { EgressConfig } from './delivery-config.js';
@@ -54,6 +56,16 @@ export type { Signal, SignalKind } from './delivery-throttle.js';
 
 export { SmtpPool } from './smtp/smtp-pool.js';
 export { StsPolicyCache } from './delivery-mtasts.js';
+
+/** A cluster peer's SMTP listener (queue/cluster/cluster-nodes.ts). */
+export interface PeerAddress {
+  node: string;
+  address: string;
+  port: number;
+}
+
+/** Sessions kept open to one peer during a drain. */
+const PEER_LIMITS = { maxConnections: 8, messagesPerConnection: 1000, idleTimeout: 10_000 };
 
 export interface EgressShared {
   /** MTA-STS policies; pass the same one to every Egress of a process so a reload keeps them. */
@@ -115,6 +127,29 @@ export class Egress {
     }
     const reply = deferReply(last?.status ?? STATUS.noAnswer, last?.reason ?? 'no next hop');
     return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain), signal: last?.signal };
+  }
+
+  /**
+   * One transaction handing `msg` to a cluster peer (a drain; the message carries the transfer's
+   * parameters). The outcomes are the peer's replies, one per recipient; an unreachable peer
+   * gives every recipient its 4xx. What they mean is the caller's business (queue-transfer.ts).
+   */
+  async transfer(peer: PeerAddress, msg: OutboundMessage): Promise<RecipientOutcome[]> {
+    const hop: NextHop = { name: peer.address, addresses: [peer.address], port: peer.port, protocol: 'smtp' };
+    const opts = {
+      heloName: this.config.delivery.heloName ?? this.config.hostname,
+      localAddress: null,
+      pair: `cluster-peer\u0000${peer.node}`,
+      pool: PEER_LIMITS,
+      slowReply: Infinity,
+      connectTimeout: this.config.delivery.connectTimeout,
+      greetingTimeout: this.config.delivery.greetingTimeout,
+      replyTimeout: this.config.delivery.replyTimeout,
+      transcripts: null,
+    };
+    const result = await deliverToHop(hop, msg, opts, this.pool, { level: 'opportunistic', ca: this.ca, rule: 'cluster transfer', audit: null });
+    if (result.kind === 'done') return result.outcomes;
+    return sameOutcome(msg.recipients, deferReply(result.status, result.reason), peer.node);
   }
 
   /** The TLS each of these hops of a recipient domain must offer (delivery-tls.ts), for the proxy. */

@@ -3,15 +3,18 @@
  * is set (null otherwise: the node shares nothing and behaves exactly as a single process).
  *
  * Takes: the config, the queue (for the load report), the bound listeners (where peers reach it).
- * Gives: `Cluster` — `link` (queue/cluster/cluster-link.ts), `nodes` (the registry), `close()`.
+ * Gives: `Cluster` — `link` (queue/cluster/cluster-link.ts), `nodes` (the registry), `close()`;
+ *   `status()` for `ichidan cluster status`: every node the registry knows, this node's own load
+ *   as of now, and Redis's health (connected, a PING's round trip, the server's version and used
+ *   memory from INFO); `localStatus()` the same for a node without Redis (only itself).
  * Settings: cluster.*
  */
 import { hostname } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Queue, SharedLimits } from '../queue/index.js';
-import { ClusterLink, nodeName } from '../queue/cluster/cluster-link.js';
-import { NodeRegistry, type NodeReport } from '../queue/cluster/cluster-nodes.js';
+import { ClusterLink, nodeName, redact } from '../queue/cluster/cluster-link.js';
+import { NodeRegistry, type NodeReport, type NodeView } from '../queue/cluster/cluster-nodes.js';
 import type { Config } from './mta-config-schema.js';
 
 export interface ClusterDeps {
@@ -23,6 +26,58 @@ export interface ClusterDeps {
 }
 
 const COUNT_EVERY_MS = 10_000;
+
+export interface RedisHealth {
+  /** The Redis URL, password hidden. */
+  url: string;
+  connected: boolean;
+  /** A PING's round trip, ms; null when it got no answer. */
+  rttMs: number | null;
+  version: string | null;
+  usedMemoryBytes: number | null;
+  usedMemoryHuman: string | null;
+}
+
+/** What `ichidan cluster status` shows; `problem` is set when the node is not clustered or Redis is away. */
+export interface ClusterStatus {
+  clustered: boolean;
+  node: string;
+  /** This node now (its loop delay unknown without the cluster's monitor). */
+  local: Omit<NodeReport, 'loopDelayMs'> & { loopDelayMs: number | null };
+  redis: RedisHealth | null;
+  /** Every node the registry knows; null when Redis could not be asked. */
+  nodes: NodeView[] | null;
+  problem: string | null;
+}
+
+/** The same status for a node without cluster.redis: only itself. */
+export function localStatus(config: Config, deps: ClusterDeps): ClusterStatus {
+  const node = nodeName(config.cluster, config.dataDir);
+  const q = deps.queue();
+  let queue: Record<string, number> = {};
+  try {
+    queue = q?.store.openCounts() ?? {};
+  } catch {
+    /* the database is closing */
+  }
+  return {
+    clustered: false,
+    node,
+    local: {
+      node, host: hostname(), pid: process.pid, smtp: deps.smtp(), startedAt: 0, active: q?.scheduler.active ?? 0, waiting: q?.scheduler.waiting ?? 0,
+      queue, draining: deps.draining(), loopDelayMs: null, rssMb: Math.round(process.memoryUsage.rss() / 1048576), leases: 0,
+    },
+    redis: null,
+    nodes: null,
+    problem: 'not clustered: cluster.redis is not set, so this node has no peers',
+  };
+}
+
+/** "key:value" lines of a Redis INFO reply. */
+function infoField(info: string, key: string): string | null {
+  const m = new RegExp(`^${key}:(.*)$`, 'm').exec(info);
+  return m ? m[1].trim() : null;
+}
 
 export class Cluster {
   readonly link: ClusterLink;
@@ -61,7 +116,31 @@ export class Cluster {
     await this.link.close();
   }
 
-  #report(): NodeReport {
+  /** Every node the registry knows, this node as of now, and Redis's health. */
+  async status(): Promise<ClusterStatus> {
+    const local = this.#report(false);
+    const health = await this.link.call(3, async (r) => {
+      const t0 = performance.now();
+      await r.ping();
+      const rttMs = Math.round((performance.now() - t0) * 100) / 100;
+      const info = await r.info('server') + '\n' + await r.info('memory');
+      return { rttMs, info };
+    });
+    const redis: RedisHealth = {
+      url: redact(this.link.config.redis),
+      connected: this.link.up && health !== undefined,
+      rttMs: health?.rttMs ?? null,
+      version: health ? infoField(health.info, 'valkey_version') ?? infoField(health.info, 'redis_version') : null,
+      usedMemoryBytes: health && infoField(health.info, 'used_memory') !== null ? Number(infoField(health.info, 'used_memory')) : null,
+      usedMemoryHuman: health ? infoField(health.info, 'used_memory_human') : null,
+    };
+    const nodes = redis.connected ? await this.nodes.list() ?? null : null;
+    const problem = nodes === null ? `Redis is not reachable at ${redis.url}: only this node is shown` : null;
+    return { clustered: true, node: this.node, local, redis, nodes, problem };
+  }
+
+  /** This node's report; `heartbeat`: the loop-delay window restarts (each heartbeat reports its own). */
+  #report(heartbeat = true): NodeReport {
     const now = Date.now();
     const queue = this.deps.queue();
     if (queue && now - this.#counts.at >= COUNT_EVERY_MS) {
@@ -72,7 +151,7 @@ export class Cluster {
       }
     }
     const delay = this.#delay.percentile(99) / 1e6;
-    this.#delay.reset();
+    if (heartbeat) this.#delay.reset();
     return {
       node: this.link.node,
       host: hostname(),

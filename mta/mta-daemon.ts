@@ -42,8 +42,9 @@ import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
 import { loadTlsMaterial } from './ingress/ingress-tls.js';
 import { secureDataDir } from './mta-datadir.js';
-import { Cluster } from './mta-cluster.js';
+import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
+import { Drain } from './mta-drain.js';
 
 export interface BoundListener {
   name: string;
@@ -91,13 +92,17 @@ export class Ichidan {
   shared: SharedState | null = null;
   /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
   draining = false;
+  /** `ichidan node drain` / `undrain` (mta-drain.ts). */
+  readonly drain: Drain;
+  readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
   /** How `reload()` turns the file into this process's config (a worker derives its own). */
   #load: ((file: string) => Config) | undefined;
 
-  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool) {
+  private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool, clusterDeps: ClusterDeps) {
     this.#handle = new ConfigHandle(config);
+    this.#clusterDeps = clusterDeps;
     const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
@@ -108,6 +113,19 @@ export class Ichidan {
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.drain = new Drain({
+      queue, log, cluster: () => this.cluster, config: () => this.config,
+      setDraining: (on) => {
+        this.draining = on;
+        // The peers learn it now, not at the next heartbeat: none should hand this node mail meanwhile.
+        void this.cluster?.nodes.beat();
+      },
+    });
+  }
+
+  /** `ichidan cluster status` (mta-cluster.ts). */
+  clusterStatus(): Promise<ClusterStatus> {
+    return this.cluster ? this.cluster.status() : Promise.resolve(localStatus(this.config, this.#clusterDeps));
   }
 
   get config(): Config {
@@ -128,16 +146,17 @@ export class Ichidan {
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
     let app: Ichidan | null = null;
-    const cluster = await Cluster.join(config, {
+    const clusterDeps: ClusterDeps = {
       queue: () => app?.queue ?? null,
       smtp: () => {
         const mx = app?.bound.find((b) => b.role === 'mx');
         return mx && { address: mx.address, port: mx.port };
       },
       draining: () => app?.draining ?? false,
-    }, log);
+    };
+    const cluster = await Cluster.join(config, clusterDeps, log);
     const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log, cluster?.shared);
-    app = new Ichidan(config, queue, log, sessions);
+    app = new Ichidan(config, queue, log, sessions, clusterDeps);
     app.cluster = cluster;
     app.#policies = policies;
     app.configFile = opts.configFile ?? null;
@@ -155,7 +174,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -234,6 +253,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
+    await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
     await this.#passwords?.close();

@@ -7,7 +7,8 @@
  *   parameters, the trace headers Ichidan adds, a quarantine or strip rule) and its scan record;
  *   the scan records of refused messages, shadow engines' late runs, engine events and delivery's
  *   session transcripts (records, queue-records.ts); operator commands (queue-operator.ts,
- *   queue-egress-control.ts); turns asked for by the proxy (queue-live.ts).
+ *   queue-egress-control.ts); turns asked for by the proxy (queue-live.ts); a drain's passes,
+ *   which hand queued recipients to cluster peers (queue-transfer.ts).
  * Gives: `accept()` resolves only when the spool file and the queue record are durable (fsync;
  *   concurrent transactions share one commit), which is when the 250 may be sent. Then each
  *   (tenant × destination domain) lane hands jobs to `delivery/` through the egress of the current
@@ -25,7 +26,7 @@
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { DeliveryResult, Egress, OutboundMessage, Via } from '../delivery/index.js';
+import type { DeliveryResult, Egress, OutboundMessage, PeerAddress, Via } from '../delivery/index.js';
 import type { RunRecord, ScanRecord } from '../engines/engines-records.js';
 import { newQueueId } from '../base/base-queue-id.js';
 import { attemptOutcome, retryDelay } from './queue-attempt.js';
@@ -44,6 +45,7 @@ import { SpaceGuard } from './queue-space.js';
 import { ClusterGate } from './cluster/cluster-gate.js';
 import type { ClusterLink } from './cluster/cluster-link.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
+import { transferPass, type TransferTally } from './queue-transfer.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientSelector, type WriteOp } from './queue-store.js';
 
 export { newQueueId } from '../base/base-queue-id.js';
@@ -204,9 +206,17 @@ export class Queue {
     return this.#operator.domainsOfSite(site);
   }
 
-  /** A spool file for new mail: its writes stop (ENOSPC, so 452) where they would go below queue.minFree. */
-  async createWriter(): Promise<SpoolWriter> {
-    return this.spool.createWriter(newQueueId(), (bytes) => this.space.take(bytes));
+  /** A spool file for new mail (`id`: a transfer's; created exclusively): writes stop (ENOSPC, so 452) below queue.minFree. */
+  async createWriter(id = newQueueId()): Promise<SpoolWriter> {
+    return this.spool.createWriter(id, (bytes) => this.space.take(bytes));
+  }
+
+  /** A drain pass: queued recipients handed to these peers, signed with the cluster's secret (queue-transfer.ts). */
+  transferToPeers(peers: PeerAddress[], cluster: { node: string; secret: string }, tally: TransferTally): Promise<number> {
+    return transferPass({
+      store: this.store, log: this.log, ...cluster, inFlight: this.#inFlight, owes: (id, r) => this.pendingOutcomes.owes(id, r),
+      open: (msg) => this.#bodies.open(msg), send: (peer, msg) => this.#egress.transfer(peer, msg), reschedule: (rows) => this.#scheduleRows(rows),
+    }, peers, tally);
   }
 
   /**

@@ -51,6 +51,21 @@ const update = (id: number, over: Partial<RecipientUpdate>): RecipientUpdate => 
 });
 
 describe('queue database statements', () => {
+  it('marks recipients a peer took as transferred (final, queued ones only) and the message done when none is left open', () => {
+    write({ op: 'insertMessage', message: message('M1') });
+    write({ op: 'holdRecipients', select: { messageId: 'M1', domains: ['two.test'] }, now: T0 });
+    expect(write({ op: 'transferRecipients', messageId: 'M1', ids: [0, 1], host: 'n2', reply: 'transferred to n2: 250 2.0.0 Ok', now: T0 + 5 })).toBe(1);
+    expect(read.recipientsOf('M1')).toMatchObject([
+      { id: 0, state: 'transferred', last_code: 250, last_host: 'n2', last_reply: 'transferred to n2: 250 2.0.0 Ok' },
+      { id: 1, state: 'held' },
+    ]);
+    expect(read.message('M1')!.state).toBe('active');
+    expect(queueStatus(db).counts).toEqual([{ tenant: 'a', state: 'transferred', n: 1 }, { tenant: 'b', state: 'held', n: 1 }]);
+    write({ op: 'release', tenant: 'b', domain: null, now: T0 + 6 });
+    expect(write({ op: 'transferRecipients', messageId: 'M1', ids: [1], host: 'n3', reply: 'transferred to n3: 250 ok', now: T0 + 7 })).toBe(1);
+    expect(read.message('M1')!.state).toBe('done');
+  });
+
   it('inserts a message with its recipients, numbered from 0, queued and due at arrival', () => {
     expect(write({ op: 'insertMessage', message: message('M1') })).toEqual([0, 1]);
     expect(read.message('M1')).toMatchObject({ id: 'M1', size: 123, sender: 'alice@src.test', received_at: T0, trace: 'Received: x\r\n', state: 'active', smtputf8: 0, quarantine: null });

@@ -13,8 +13,8 @@ import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWrit
 import { createRecordsWriter, migrateRecords, RECORDS_SCHEMA, type RecordsWriteOp } from './queue-records-sql.js';
 import { CLUSTER_STATE_SCHEMA, createClusterStateWriter, type ClusterStateWriteOp } from './cluster/cluster-state-sql.js';
 
-/** purged: removed by an operator, no notice sent. */
-export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced' | 'purged';
+/** purged: removed by an operator, no notice sent; transferred: handed to a cluster peer by a drain (the peer's now, no notice). */
+export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced' | 'purged' | 'transferred';
 
 export interface NewRecipient {
   tenant: string;
@@ -124,6 +124,8 @@ export type WriteOp =
   | { op: 'purgeRecipients'; select: RecipientSelector; now: number; reason: string }
   | { op: 'release'; tenant: string | null; domain: string | null; now: number }
   | { op: 'releaseMessage'; id: string; now: number }
+  /** Recipients a peer took (its 250): final, only those still queued; `reply` names the peer and its reply. */
+  | { op: 'transferRecipients'; messageId: string; ids: number[]; host: string; reply: string; now: number }
   | RecordsWriteOp
   | CorruptWriteOp
   | ClusterStateWriteOp;
@@ -216,6 +218,8 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       AND message_id NOT IN (SELECT id FROM messages WHERE quarantine IS NOT NULL) RETURNING *`),
     releaseMessage: db.prepare(`UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?
       WHERE message_id = ? AND state = 'held' RETURNING *`),
+    transfer: db.prepare(`UPDATE recipients SET state = 'transferred', last_code = 250, last_status = '2.0.0', last_reply = ?, last_host = ?, updated_at = ?
+      WHERE message_id = ? AND id = ? AND state = 'queued'`),
     clearQuarantine: db.prepare(`UPDATE messages SET quarantine = NULL, note = 'released from quarantine: ' || quarantine WHERE id = ? AND quarantine IS NOT NULL`),
   };
   const records = createRecordsWriter(db);
@@ -280,6 +284,12 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
           if ((s.openCount.get(id) as { n: number }).n === 0) s.markDone.run(id);
         }
         return rows.length;
+      }
+      case 'transferRecipients': {
+        let n = 0;
+        for (const id of op.ids) n += s.transfer.run(op.reply, op.host, op.now, op.messageId, id).changes;
+        if ((s.openCount.get(op.messageId) as { n: number }).n === 0) s.markDone.run(op.messageId);
+        return n;
       }
       case 'release':
         return s.release.all(op.now, op.now, op.tenant, op.tenant, op.domain, op.domain);

@@ -10,7 +10,8 @@
  *   business (delivery-smtp.ts). A connection that breaks rejects, as its calls do.
  * Parameters: SIZE=n (SIZE, RFC 1870), BODY=8BITMIME (8BITMIME, RFC 6152), SMTPUTF8 for a
  *   non-ASCII address (SMTPUTF8, RFC 6531), RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT
- *   (DSN, RFC 3461, values as xtext); each only when the server offered its extension.
+ *   (DSN, RFC 3461, values as xtext); each only when the server offered its extension; and
+ *   the parameters the envelope itself carries (a cluster transfer's), always.
  */
 import type { SmtpConnection } from './smtp-connection.js';
 import { xtext, type Reply } from './smtp-wire.js';
@@ -19,6 +20,8 @@ export interface EnvelopeRecipient {
   address: string;
   notify: string | null;
   orcpt: string | null;
+  /** Further RCPT parameters, said as given (a cluster transfer's: queue/cluster/cluster-transfer.ts). */
+  parameters?: string[];
 }
 
 export interface Envelope {
@@ -28,6 +31,8 @@ export interface Envelope {
   body8bit: boolean;
   ret: string | null;
   envid: string | null;
+  /** Further MAIL parameters, said as given (a cluster transfer's). */
+  parameters?: string[];
 }
 
 export interface EnvelopeReplies {
@@ -54,6 +59,7 @@ export function mailLine(conn: SmtpConnection, e: Envelope): string {
     if (e.ret) args.push(`RET=${xtext(dsnRet(e.ret))}`);
     if (e.envid) args.push(`ENVID=${xtext(e.envid)}`);
   }
+  if (e.parameters) args.push(...e.parameters);
   return `MAIL FROM:<${e.sender}>${args.length ? ' ' + args.join(' ') : ''}`;
 }
 
@@ -64,6 +70,7 @@ export function rcptLine(conn: SmtpConnection, r: EnvelopeRecipient): string {
     if (r.notify) args.push(`NOTIFY=${xtext(r.notify.split(',').map((n) => n.trim().toUpperCase()).join(','))}`);
     if (r.orcpt) args.push(`ORCPT=${xtext(r.orcpt.includes(';') ? r.orcpt : `rfc822;${r.orcpt}`)}`);
   }
+  if (r.parameters) args.push(...r.parameters);
   return `RCPT TO:<${r.address}>${args.length ? ' ' + args.join(' ') : ''}`;
 }
 

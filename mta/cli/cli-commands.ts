@@ -12,10 +12,12 @@
  *   reload                              cli-reload.ts
  *   sessions (list, show)               cli-sessions.ts
  *   workers                             cli-workers.ts
+ *   cluster status, node (drain, undrain)   cli-cluster.ts
  * Every command talks to the running process's admin API (admin/admin-client.ts), reads the
  * workers' status file (mta-workers-status.ts) or reads the
  * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
  */
+import { CLUSTER_USAGE, cluster, node } from './cli-cluster.js';
 import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
 import { EGRESS_USAGE, egress } from './cli-egress.js';
 import { ENGINES_USAGE, engines } from './cli-engines.js';
@@ -38,7 +40,8 @@ ${SCANS_USAGE}
 ${ENGINES_USAGE}
 ${RELOAD_USAGE}
 ${SESSIONS_USAGE}
-${WORKERS_USAGE}`;
+${WORKERS_USAGE}
+${CLUSTER_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'check-config': checkConfig,
@@ -52,6 +55,8 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   reload,
   sessions,
   workers,
+  cluster,
+  node,
 };
 
 export async function runCommand(command: string | undefined, args: string[]): Promise<void> {

@@ -12,12 +12,17 @@
  * the end of that transaction; its DATA goes through the accept step (queue/accept/accept-step.ts),
  * which this adapter gives the envelope, the Received field (ingress-received.ts) and the DATA
  * deadline (limits.dataTimeout: 421 4.4.2 and the connection closed).
+ * Cluster: while the node is drained, new connections get 421 4.3.2 and new transactions 451
+ * 4.3.2 (those under way finish); a transaction a peer signed as a transfer takes its tenants and
+ * DSN parameters from the signature, keeps the original queue id and skips the scan
+ * (ingress-transfer.ts says who counts as a peer).
  */
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
-import { REPLIES, replyText, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
+import { alreadyQueued, REPLIES, replyText, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
+import type { TransferMessage } from '../../queue/cluster/cluster-transfer.js';
 import type { Queue, NewRecipient } from '../../queue/index.js';
 import { acceptMessage, type AcceptInput } from '../../queue/accept/accept-step.js';
 import type { ListenerConfig, Config } from '../mta-config-schema.js';
@@ -26,12 +31,15 @@ import type { AuthGuard } from './ingress-auth.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
 import { buildReceived } from './ingress-received.js';
+import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
 
 /** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
 interface Transaction {
   snapshot: Snapshot;
   recipients: Map<string, NewRecipient>;
+  /** Set: a cluster peer is handing this message over (ingress-transfer.ts). */
+  transfer: TransferMessage | null;
 }
 
 type Callback = (err?: Error | null) => void;
@@ -42,6 +50,8 @@ export interface ListenerDeps {
   tls: TlsMaterial;
   log: Logger;
   auth: AuthGuard;
+  /** True while the node is drained: new connections get 421 4.3.2, new transactions 451 4.3.2. */
+  draining: () => boolean;
 }
 
 export class Listener {
@@ -78,6 +88,7 @@ export class Listener {
       logger: false,
       // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
       onConnect: (session, cb) => {
+        if (deps.draining()) return cb(toSmtpError(REPLIES.draining));
         const refusal = this.#connections.admit(session);
         if (refusal) return cb(toSmtpError(refusal));
         if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
@@ -89,8 +100,8 @@ export class Listener {
         cb();
       },
       onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
-      onMailFrom: (address, session, cb) => this.#onMailFrom(mailFromRefusal(address), Number((address.args || {}).SIZE ?? 0) || 0, session, cb),
-      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, rcptToRefusal(address, session), (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(address.address, address.args, mailFromRefusal(address), Number((address.args || {}).SIZE ?? 0) || 0, session, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address.address, address.args, rcptToRefusal(address, session), (address as { dsn?: { notify?: string[]; orcpt?: string } }).dsn, session, cb),
       onData: (stream, session, cb) => this.#track(this.#onData(stream, session, cb as never)),
       onClose: (session) => this.#closed(session),
     };
@@ -158,11 +169,18 @@ export class Listener {
     this.#connections.closed(session.id);
   }
 
-  #onMailFrom(badAddress: SmtpReply | null, declaredSize: number, session: SMTPServerSession, cb: Callback): void {
+  #onMailFrom(sender: string, args: Record<string, unknown> | false | undefined, badAddress: SmtpReply | null, declaredSize: number, session: SMTPServerSession, cb: Callback): void {
     const snapshot = this.deps.snapshot();
-    const refusal = this.#connections.mail(session)
+    const transfer = checkTransfer(args, sender, session.remoteAddress, snapshot.config, Date.now());
+    if (transfer.kind === 'refused') {
+      this.deps.log.warn({ listener: this.spec.name, client: session.remoteAddress, reason: transfer.why }, 'cluster transfer refused');
+    }
+    const refusal = (this.deps.draining() ? REPLIES.drainingMail : null)
+      ?? this.#connections.mail(session)
       ?? badAddress
-      ?? snapshot.policy.checkSender(this.#client(session))
+      ?? (transfer.kind === 'refused' ? REPLIES.transferRefused : null)
+      // A transfer's sender was judged where the message was first accepted.
+      ?? (transfer.kind === 'transfer' ? null : snapshot.policy.checkSender(this.#client(session)))
       // Below queue.minFree new mail waits (RFC 5321 4.2.2: 452), so the queue keeps room for outcomes.
       ?? (this.deps.queue.lowOnSpace(declaredSize) ? REPLIES.storageFull : null);
     if (refusal) {
@@ -171,7 +189,7 @@ export class Listener {
     }
     this.#endTransaction(session);
     snapshot.retain();
-    this.#tx.set(session, { snapshot, recipients: new Map() });
+    this.#tx.set(session, { snapshot, recipients: new Map(), transfer: transfer.kind === 'transfer' ? transfer.transfer : null });
     cb();
   }
 
@@ -183,11 +201,22 @@ export class Listener {
     tx.snapshot.release();
   }
 
-  #onRcptTo(address: string, badAddress: SmtpReply | null, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
+  #onRcptTo(address: string, args: Record<string, unknown> | false | undefined, badAddress: SmtpReply | null, dsn: { notify?: string[]; orcpt?: string } | undefined, session: SMTPServerSession, cb: Callback): void {
     const tx = this.#tx.get(session);
     if (!tx) return cb(toSmtpError(REPLIES.needMail));
     if (badAddress) return cb(toSmtpError(badAddress));
     if (tx.recipients.size >= tx.snapshot.config.limits.maxRecipients) return cb(toSmtpError(REPLIES.tooManyRecipients));
+    if (tx.transfer) {
+      // The peer judged the relay when it accepted the message: the signed tenant and DSN parameters stand.
+      const r = transferRecipient(args, tx.transfer, address, tx.snapshot.config);
+      if (!r) {
+        this.deps.log.warn({ listener: this.spec.name, client: session.remoteAddress, rcpt: address }, 'cluster transfer recipient refused');
+        return cb(toSmtpError(REPLIES.transferRefused));
+      }
+      tx.recipients.set(r.address, r);
+      return cb();
+    }
+    if (strayRecipientParameter(args)) return cb(toSmtpError(REPLIES.transferRefused));
     const decision = tx.snapshot.policy.checkRecipient(address, this.#client(session));
     if (!decision.ok) {
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
@@ -209,7 +238,20 @@ export class Listener {
       return cb(toSmtpError(REPLIES.localError));
     }
     try {
-      const { reply } = await acceptMessage(this.#acceptInput(stream, session, tx), this.deps.queue, this.deps.log);
+      const input = this.#acceptInput(stream, session, tx);
+      if (tx.transfer) {
+        const place = transferPlacement(this.deps.queue.store, tx.transfer.id, input.envelope.recipients);
+        if (!place) {
+          stream.resume();
+          await new Promise((resolve) => stream.once('end', resolve));
+          this.deps.log.info({ qid: tx.transfer.id, peer: tx.transfer.from }, 'cluster transfer already queued here');
+          return cb(null, replyText(alreadyQueued(tx.transfer.id)));
+        }
+        input.envelope.recipients = place.recipients;
+        input.transfer = { queueId: place.queueId };
+        if (!place.queueId) this.deps.log.warn({ qid: tx.transfer.id, peer: tx.transfer.from }, 'cluster transfer: its id is already queued here with other recipients; these go under a new id');
+      }
+      const { reply } = await acceptMessage(input, this.deps.queue, this.deps.log);
       if (reply.code < 400) cb(null, replyText(reply));
       else cb(toSmtpError(reply));
     } finally {
@@ -226,8 +268,9 @@ export class Listener {
       mode: 'queue',
       stream,
       envelope: {
-        sender: env.mailFrom ? env.mailFrom.address : '', recipients, ret: env.dsn?.ret ?? null, envid: env.dsn?.envid ?? null,
-        smtputf8: !!env.smtpUtf8, body8bit: env.bodyType === '8bitmime',
+        sender: env.mailFrom ? env.mailFrom.address : '', recipients,
+        ret: tx.transfer ? tx.transfer.ret : env.dsn?.ret ?? null, envid: tx.transfer ? tx.transfer.envid : env.dsn?.envid ?? null,
+        smtputf8: !!env.smtpUtf8 || !!tx.transfer?.smtputf8, body8bit: env.bodyType === '8bitmime',
         client: session.remoteAddress, helo: session.hostNameAppearsAs ? String(session.hostNameAppearsAs) : '',
         authUser: this.#client(session).authUser, listener: this.spec.name,
       },

@@ -12,6 +12,8 @@
  *   headers   the verdict's fields in front of the message (accept-headers.ts), after the caller's
  *             Received field, and the strip rule for the sender's own copies of them;
  *   queue     `queue.accept` resolves when the message is durable: only then the 250.
+ * A message a cluster peer transferred keeps its queue id and skips the scan (it was scanned
+ * where it was first accepted); the receive guards still apply.
  * Every scan is recorded, refused mail's too, and shadow engines' late runs are added to it.
  * Nothing of a refused or broken-off message is kept.
  *
@@ -56,6 +58,11 @@ export interface AcceptInput {
   trace: (queueId: string) => string;
   /** Called as the data starts to arrive; the function it returns, when the data has ended (deadlines). */
   receiving?: () => () => void;
+  /**
+   * A message a cluster peer transferred (queue/cluster/cluster-transfer.ts): queued under
+   * `queueId` (a new one when not given), and not scanned again (it was where it was first accepted).
+   */
+  transfer?: { queueId?: string };
 }
 
 /** The message handed back to be relayed: the verdict's fields, then the spool file (or the bytes kept in memory). */
@@ -108,7 +115,7 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
   }
   let writer: SpoolWriter;
   try {
-    writer = await queue.createWriter();
+    writer = await queue.createWriter(input.transfer?.queueId);
   } catch (err) {
     log.error({ err }, 'cannot create a spool file');
     stream.resume();
@@ -163,7 +170,7 @@ async function judgeAndQueue(input: AcceptInput, writer: SpoolWriter, received: 
   let record: ScanRecord | undefined;
   let written = () => undefined as void;
   try {
-    if (snapshot.engines.size > 0 || structure !== null) {
+    if (!input.transfer && (snapshot.engines.size > 0 || structure !== null)) {
       const context = {
         queueId: writer.id, client: envelope.client, clientName: input.clientName, helo: envelope.helo, sender: envelope.sender,
         recipients: envelope.recipients.map((r) => r.address), authUser: envelope.authUser,

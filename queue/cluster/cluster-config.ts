@@ -5,7 +5,7 @@
  * before; the root schema (mta/mta-config-schema.ts) refuses more than one worker without Redis.
  */
 import { z } from 'zod';
-import { duration } from '../../base/base-config.js';
+import { cidr, duration } from '../../base/base-config.js';
 
 const redisUrl = z.string().refine((s) => {
   try {
@@ -36,6 +36,14 @@ export const clusterSchema = z.strictObject({
    * the number of live nodes last seen in Redis.
    */
   fallbackNodes: z.number().int().min(1).max(10_000).optional(),
+  /**
+   * The secret every node of the cluster shares: a drain signs what it hands a peer (tenant,
+   * original queue id, DSN parameters) with it, and a node honours such a transfer only when the
+   * signature is right. Absent: this node neither drains to peers nor takes transfers.
+   */
+  secret: z.string().min(16, 'at least 16 characters').max(512).optional(),
+  /** Addresses or networks peers connect from; when given, a transfer from anywhere else is refused whatever it carries. */
+  peers: z.array(cidr).default([]),
 }).prefault({});
 
 export type ClusterConfig = z.output<typeof clusterSchema>;
