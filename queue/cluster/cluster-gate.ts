@@ -77,7 +77,7 @@ export interface GateDeps {
 }
 
 const RETRY_MS = 100;
-const MAX_RETRY_MS = 400;
+const MAX_RETRY_MS = 800;
 const LINGER_MS = 1_000;
 const RATE_BATCH_MS = 200;
 /** After closing connections for a release: the destination counts a connection until it has seen it end. */
@@ -93,6 +93,8 @@ export class ClusterGate implements SharedGate {
   /** Deliveries in flight per pair (site, source), every tenant. */
   readonly #pairActive = new Map<string, number>();
   readonly #buckets = new Map<string, Bucket>();
+  /** Pairs this process has asked about (its first question at one drops stale fields of an earlier life). */
+  readonly #askedAt = new Set<string>();
   /** False until this node has put its leases in Redis in order after (re)connecting. */
   #synced = false;
   /**
@@ -305,11 +307,12 @@ export class ClusterGate implements SharedGate {
     lease.asking = true;
     const changes = lease.changes;
     const ttl = this.link.config.leaseTtl;
-    // What Redis has of this node at the pair is replaced by what it counts now (every tenant's).
-    const others = [...this.#leases.values()].filter((l) => l !== lease && l.site === lease.site && l.source === lease.source)
-      .flatMap((l) => [l.tenant, String(counted(l) + (l.asking ? 1 : 0))]);
+    // The first question at a pair since this process started drops what an earlier life left there.
+    const pair = `${lease.site}\u0000${lease.source}`;
+    const first = !this.#askedAt.has(pair);
+    this.#askedAt.add(pair);
     void this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanAcquire(
-      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, MAX_RETRY_MS * 3, counted(lease), ...others,
+      ...this.#keys(lease.site), this.link.node, lease.source, ttl, lease.tenant, lease.weight, lease.cap, MAX_RETRY_MS * 3, counted(lease), first ? '1' : '0',
     )).then((answer) => {
       lease.asking = false;
       if (answer && answer[0] === 1 && this.shared) {
@@ -386,8 +389,7 @@ export class ClusterGate implements SharedGate {
     leases.forEach((l, i) => {
       l.keep = keep[i] < l.held ? keep[i] : Infinity;
       if (l.held > l.keep && l.active < l.held) void this.#release(l, Math.max(l.active, l.keep));
-      // Forgotten once nothing is held, running, draining or asked for (a refused tenant keeps its backoff).
-      if (l.held === 0 && l.active === 0 && l.draining === 0 && !l.asking && l.retryAt <= Date.now() && !l.linger) this.#leases.delete(leaseKey(l.site, l.source, l.tenant));
+      if (l.held === 0 && l.active === 0 && l.draining === 0 && !l.asking) this.#leases.delete(leaseKey(l.site, l.source, l.tenant));
     });
   }
 
@@ -473,9 +475,9 @@ function assertArgs(l: Lease): string[] {
   return [l.tenant, String(counted(l) + (l.asking ? 1 : 0)), String(l.cap)];
 }
 
-/** The leases Redis must count for this one: held (or in use, after a fallback), and those whose connections are still closing. */
+/** The leases Redis must count for this one: those held, and those whose connections are still closing. */
 function counted(l: Lease): number {
-  return Math.max(l.held, l.active) + l.draining;
+  return l.held + l.draining;
 }
 
 interface AcquireCommands {

@@ -121,9 +121,10 @@ end
 `;
 
 /**
- * ARGV: node, source, ttl, tenant, weight, cap, wantTtl, leases the node holds for the tenant now,
- * then pairs (another tenant, leases the node holds for it) at the same pair: what Redis has of
- * this node at the pair is replaced by that, so a restarted node leaves nothing stale.
+ * ARGV: node, source, ttl, tenant, weight, cap, wantTtl, leases the node holds for the tenant now
+ * (what Redis has of it is replaced by that), and "1" on the node's first question at the pair
+ * since it started: then its other fields there are dropped, so a restarted node leaves nothing
+ * stale (its first question goes out before any other of its own at the pair is answered).
  * Asks for one lease for the tenant.
  * Returns { granted (0/1), leases of the pair cluster-wide, the tenant's fair share, how many of its
  * leases for the tenant this node may keep (while another tenant waits; -1: no limit) }.
@@ -131,18 +132,13 @@ end
 export const ACQUIRE = `${LEASE_PRELUDE}
 local tenant, weight, cap, wantTtl, holds = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local field = source .. '|' .. tenant .. '|' .. node
-local named = { [tenant] = true }
-for i = 9, #ARGV, 2 do named[ARGV[i]] = true end
-for ten, _ in pairs(mineByTenant) do
-  if not named[ten] then
-    redis.call('HDEL', KEYS[1], source .. '|' .. ten .. '|' .. node)
-    setMine(ten, 0)
+if ARGV[9] == '1' then
+  for ten, _ in pairs(mineByTenant) do
+    if ten ~= tenant then
+      redis.call('HDEL', KEYS[1], source .. '|' .. ten .. '|' .. node)
+      setMine(ten, 0)
+    end
   end
-end
-for i = 9, #ARGV, 2 do
-  local c = tonumber(ARGV[i + 1])
-  if c > 0 then redis.call('HSET', KEYS[1], source .. '|' .. ARGV[i] .. '|' .. node, c) else redis.call('HDEL', KEYS[1], source .. '|' .. ARGV[i] .. '|' .. node) end
-  setMine(ARGV[i], c)
 end
 if holds > 0 then redis.call('HSET', KEYS[1], field, holds) else redis.call('HDEL', KEYS[1], field) end
 setMine(tenant, holds)
