@@ -4,7 +4,7 @@
  * added to `start -c FILE` (e.g. --workers 2).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
+import { join, sep } from 'node:path';
 
 export interface ChildIchidan {
   proc: ChildProcess;
@@ -14,8 +14,11 @@ export interface ChildIchidan {
   exited: Promise<number | null>;
 }
 
+/** The checkout's root: above test/helpers, or above dist/test/helpers when a benchmark runs this built. */
+const ROOT = join(import.meta.dirname, '..', '..', ...(import.meta.dirname.split(sep).includes('dist') ? ['..'] : []));
+
 /** The built ichidan executable (mta-main), as `node CLI ...` runs it. */
-export const CLI = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-main.js');
+export const CLI = join(ROOT, 'dist', 'mta', 'mta-main.js');
 
 export function startChild(configFile: string, logFile?: NodeJS.WritableStream, args: string[] = []): Promise<ChildIchidan> {
   return new Promise((resolve, reject) => {
