@@ -17,8 +17,7 @@
  * heartbeat renews the node's leases (ASSERT, one command per pair, pipelined) and brings back each
  * tenant's fair share; a node that stops renewing loses its leases after `cluster.leaseTtl`.
  *
- * Rates. A shared rate (a pair's message rate, a tenant's messages per hour) is a GCRA in Redis;
- * the node takes up to a fifth of a second's worth of messages at once and spends them locally.
+ * Rates: the shared message rates are cluster-rates.ts's; the gate answers for them too.
  *
  * Redis away (or not yet answered since this node started): each node takes an equal part of each
  * cap (`cluster.fallbackNodes`, else the live nodes last seen) and of each rate, counts it, and
@@ -31,7 +30,8 @@
 import type { Logger } from 'pino';
 import type { SharedGate } from '../queue-scheduler.js';
 import type { ClusterLink } from './cluster-link.js';
-import { ACQUIRE, ASSERT, GCRA } from './cluster-scripts.js';
+import { ACQUIRE, ASSERT } from './cluster-scripts.js';
+import { SharedRates, type Rate } from './cluster-rates.js';
 
 interface Lease {
   site: string;
@@ -58,14 +58,6 @@ interface Lease {
   linger: NodeJS.Timeout | null;
 }
 
-interface Bucket {
-  tokens: number;
-  asking: boolean;
-  retryAt: number;
-  /** The local bucket used while Redis is away. */
-  refilledAt: number;
-}
-
 export interface GateDeps {
   /** Closes this node's idle connections to the pair until at most `keep` are open. */
   trim(site: string, source: string, keep: number): Promise<void>;
@@ -79,10 +71,8 @@ export interface GateDeps {
 const RETRY_MS = 100;
 const MAX_RETRY_MS = 800;
 const LINGER_MS = 1_000;
-const RATE_BATCH_MS = 200;
 /** After closing connections for a release: the destination counts a connection until it has seen it end. */
 const CLOSE_SETTLE_MS = 150;
-const MAX_RATE_BATCH = 50;
 
 function leaseKey(site: string, source: string, tenant: string): string {
   return `${site}\u0000${source}\u0000${tenant}`;
@@ -92,7 +82,7 @@ export class ClusterGate implements SharedGate {
   readonly #leases = new Map<string, Lease>();
   /** Deliveries in flight per pair (site, source), every tenant. */
   readonly #pairActive = new Map<string, number>();
-  readonly #buckets = new Map<string, Bucket>();
+  readonly #rates: SharedRates;
   /** Pairs this process has asked about (its first question at one drops stale fields of an earlier life). */
   readonly #askedAt = new Set<string>();
   /** False until this node has put its leases in Redis in order after (re)connecting. */
@@ -118,13 +108,12 @@ export class ClusterGate implements SharedGate {
   #timer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
   #wakeAt = Infinity;
-  /** Decisions taken on the local fallback (for the metrics). */
-  fallbackDecisions = 0;
+  #leaseFallbacks = 0;
 
   constructor(private readonly link: ClusterLink, private readonly deps: GateDeps, private readonly log: Logger) {
     link.redis.defineCommand('ichidanAcquire', { numberOfKeys: 5, lua: ACQUIRE });
     link.redis.defineCommand('ichidanAssert', { numberOfKeys: 5, lua: ASSERT });
-    link.redis.defineCommand('ichidanRate', { numberOfKeys: 1, lua: GCRA });
+    this.#rates = new SharedRates(link, { shared: () => this.shared, nodes: () => this.#nodes(), wake: () => this.deps.wake(), wakeIn: (ms) => this.#wakeIn(ms) });
     link.on('up', () => void this.#resync());
     link.on('down', () => this.#lost());
     if (link.up) void this.#resync();
@@ -160,7 +149,7 @@ export class ClusterGate implements SharedGate {
 
   may(site: string, source: string, tenant: string, weight: number, cap: number): boolean {
     if (!this.shared) {
-      this.fallbackDecisions++;
+      this.#leaseFallbacks++;
       return (this.#pairActive.get(`${site}\u0000${source}`) ?? 0) < this.#fallbackCap(cap, site, source);
     }
     const lease = this.#lease(site, source, tenant);
@@ -226,24 +215,13 @@ export class ClusterGate implements SharedGate {
     lease.linger.unref();
   }
 
-  rate(key: string, rate: { count: number; perMs: number }): boolean {
-    let bucket = this.#buckets.get(key);
-    const now = Date.now();
-    if (!bucket) this.#buckets.set(key, (bucket = { tokens: 0, asking: false, retryAt: 0, refilledAt: now }));
-    if (!this.shared) {
-      // An equal part of the rate, in a bucket of this node's own.
-      this.fallbackDecisions++;
-      const count = rate.count / this.#nodes();
-      bucket.tokens = Math.min(Math.max(1, count), bucket.tokens + (now - bucket.refilledAt) * count / rate.perMs);
-      bucket.refilledAt = now;
-    }
-    if (bucket.tokens >= 1) {
-      bucket.tokens -= 1;
-      return true;
-    }
-    if (this.shared && !bucket.asking && now >= bucket.retryAt) void this.#askRate(key, bucket, rate);
-    else if (!this.shared) this.#wakeIn(Math.ceil((1 - bucket.tokens) * rate.perMs * this.#nodes() / rate.count));
-    return false;
+  rate(key: string, rate: Rate): boolean {
+    return this.#rates.take(key, rate);
+  }
+
+  /** Leases and rates decided locally because Redis was away (for the metrics). */
+  get fallbackDecisions(): number {
+    return this.#leaseFallbacks + this.#rates.fallbackDecisions;
   }
 
   /** Leases this node holds, for status and tests. */
@@ -332,24 +310,6 @@ export class ClusterGate implements SharedGate {
       lease.retryAt = Date.now() + wait;
       this.#wakeIn(wait);
     });
-  }
-
-  async #askRate(key: string, bucket: Bucket, rate: { count: number; perMs: number }): Promise<void> {
-    bucket.asking = true;
-    const interval = rate.perMs / rate.count;
-    const batch = Math.max(1, Math.min(MAX_RATE_BATCH, Math.floor(RATE_BATCH_MS / interval)));
-    const [kind, a, b] = key.split('\u0000');
-    const redisKey = kind === 'site' ? this.link.siteKey(a, 'rate', b || 'default') : this.link.key('rate', kind, a);
-    const answer = await this.link.call(1, (r) => (r as unknown as AcquireCommands).ichidanRate(redisKey, interval, Math.max(0, rate.perMs - interval), batch));
-    bucket.asking = false;
-    if (answer && answer[0] > 0) {
-      bucket.tokens += answer[0];
-      this.deps.wake();
-      return;
-    }
-    const wait = answer ? Math.max(10, answer[1]) : RETRY_MS;
-    bucket.retryAt = Date.now() + wait;
-    this.#wakeIn(wait);
   }
 
   /** Gives leases back down to `keep`: the pair's idle connections are closed first, then Redis is told. */
@@ -483,5 +443,4 @@ function counted(l: Lease): number {
 interface AcquireCommands {
   ichidanAcquire(...args: Array<string | number>): Promise<[number, number, number, number]>;
   ichidanAssert(...args: Array<string | number>): Promise<number[]>;
-  ichidanRate(...args: Array<string | number>): Promise<[number, number]>;
 }
