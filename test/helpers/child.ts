@@ -30,6 +30,10 @@ export function startChild(configFile: string, logFile?: NodeJS.WritableStream, 
     let stderr = '';
     proc.stderr!.on('data', (d) => { stderr += d; });
     const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+    // A test process that ends without stopping it (a failed or timed-out suite) takes it along.
+    const orphan = () => { proc.kill('SIGKILL'); };
+    process.once('exit', orphan);
+    proc.on('exit', () => process.off('exit', orphan));
     let ready = '';
     const fd3 = proc.stdio[3] as NodeJS.ReadableStream;
     fd3.on('data', (d) => {

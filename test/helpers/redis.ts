@@ -56,6 +56,10 @@ export async function startRedis(): Promise<TestRedis> {
       '--pidfile', join(dir, 'redis.pid'), '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning'], { stdio: 'ignore' });
     const p = proc;
     exited = new Promise((r) => p.on('exit', () => r()));
+    // A test process that ends without stop() (a failed or timed-out suite) takes its Redis with it.
+    const orphan = () => { p.kill('SIGKILL'); };
+    process.once('exit', orphan);
+    p.on('exit', () => process.off('exit', orphan));
     const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
     probe.on('error', () => undefined);
     for (let i = 0; i < 100; i++) {
