@@ -172,6 +172,7 @@ async function main(): Promise<void> {
   const prefix = `compare-${results.when.slice(0, 10)}${ONLY ? `-only${ONLY.join('')}` : ''}`;
   await writeFile(join(dir, `${prefix}.json`), JSON.stringify(results, null, 2) + '\n');
   await writeReport(results, dir, prefix);
+  // Last, after the report's table: the figures by name.
   printResult({ isolation: results.isolation, resources: results.resources, fairness: results.fairness, throughput: results.throughput });
 }
 

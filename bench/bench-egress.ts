@@ -363,7 +363,10 @@ async function main(): Promise<void> {
     }
     await writeFile(`${prefix}.json`, JSON.stringify(results, null, 2) + '\n');
     console.log(`\nresults written to ${[`${prefix}.json`, ...written].map((f) => f.slice(dir.length + 1)).join(', ')} in ${dir}`);
-    printResult({ isolation: results.isolation && { p99Ratio: (results.isolation as { p99Ratio: unknown }).p99Ratio }, fairness: results.fairness });
+    const p99Ratio = (results.isolation as { p99Ratio?: { a: number; b: number } } | undefined)?.p99Ratio;
+    const fairness = results.fairness as { jain?: number; refused?: number; peakConnections?: number } | undefined;
+    printResult({ isolation: results.isolation && { p99Ratio }, fairness: results.fairness },
+      { p99_ratio_a: p99Ratio?.a, p99_ratio_b: p99Ratio?.b, jain: fairness?.jain, refused: fairness?.refused, peak: fairness?.peakConnections });
   } finally {
     await cleanUp();
     await dns.close();

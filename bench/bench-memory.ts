@@ -85,7 +85,8 @@ async function main(): Promise<void> {
     }
     const when = new Date().toISOString();
     await writeFile(join(ROOT, 'bench', 'results', `memory-${when.slice(0, 10)}.json`), JSON.stringify({ when, node: process.version, rows }, null, 2) + '\n');
-    printResult(rows);
+    const peak = (prefix: string) => rows.find((r) => r.message.startsWith(prefix))?.peakMB;
+    printResult(rows, { peak_rss_mb_1mb: peak('1 MB'), peak_rss_mb_40mb: peak('40 MB'), peak_rss_mb_200mb: peak('200 MB') });
   } finally {
     proc.kill('SIGTERM');
     await new Promise((r) => proc.on('exit', r));

@@ -227,7 +227,12 @@ async function main(): Promise<void> {
     workloads: results, ichidanLog: problems,
   }, null, 2) + '\n');
   console.log(`\nresults written to ${file.slice(ROOT.length + 1)}`);
-  printResult(results);
+  const named: Record<string, number> = {};
+  for (const r of results) {
+    const suffix = r.reuse ? '_reused' : '';
+    Object.assign(named, { [`proxy_msgs${suffix}`]: r.proxy.rate, [`straight_msgs${suffix}`]: r.direct.rate, [`added_p50_ms${suffix}`]: r.addedP50, [`added_p99_ms${suffix}`]: r.addedP99 });
+  }
+  printResult(results, named);
 }
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

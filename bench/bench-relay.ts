@@ -210,7 +210,7 @@ async function main(): Promise<void> {
   const sinkPort = await freePort('127.0.0.2');
   const sink = startSink(sinkPort);
   await waitForPort('127.0.0.2', sinkPort);
-  const results = [];
+  const results: Array<{ workload: string; ichidan: Figures; postfix: Figures | null } & Record<string, unknown>> = [];
   try {
     for (const w of WORKLOADS) {
       const base = await baseline(w, sinkPort);
@@ -233,7 +233,18 @@ async function main(): Promise<void> {
   await mkdir(join(ROOT, 'bench', 'results'), { recursive: true });
   await writeFile(file, JSON.stringify({ when, node: process.version, cpus: (await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length, results }, null, 2) + '\n');
   console.log(`results written to ${file}`);
-  printResult(results);
+  const row = (size: string, reuse: boolean) => results.find((r) => r.workload.startsWith(size) && r.workload.includes('reused') === reuse);
+  const kb = (f: Figures | null | undefined) => (f?.diskBytesPerMessage === undefined ? undefined : f.diskBytesPerMessage / 1024);
+  const named: Record<string, number | undefined> = {};
+  for (const [size, reuse, suffix] of [['2KB', false, '2k'], ['2KB', true, '2k_reused'], ['64KB', false, '64k'], ['64KB', true, '64k_reused']] as const) {
+    const r = row(size, reuse);
+    Object.assign(named, {
+      [`msgs_${suffix}`]: r?.ichidan.rate, [`postfix_msgs_${suffix}`]: r?.postfix?.rate,
+      [`disk_kb_per_msg_${suffix}`]: kb(r?.ichidan), [`postfix_disk_kb_per_msg_${suffix}`]: kb(r?.postfix),
+      [`disk_ratio_${suffix}`]: r?.ichidan.writeRatio, [`postfix_disk_ratio_${suffix}`]: r?.postfix?.writeRatio,
+    });
+  }
+  printResult(results, { msgs: named.msgs_2k, postfix_msgs: named.postfix_msgs_2k, ...named });
 }
 
 await main();

@@ -37,8 +37,13 @@ function collect(value: unknown, path: string[], out: Record<string, number>): v
   }
 }
 
-export function printResult(figures: unknown): void {
+/**
+ * Prints the line. `named` are the headline figures under the names the issues give them (first in
+ * the line, absent ones left out); every other number of `figures` follows under its path.
+ */
+export function printResult(figures: unknown, named: Record<string, number | null | undefined> = {}): void {
   const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(named)) if (typeof v === 'number' && Number.isFinite(v)) out[k] = Number(v.toPrecision(6));
   collect(figures, [], out);
   console.log(`RESULT ${JSON.stringify(out)}`);
 }
