@@ -57,8 +57,7 @@ export class SmtpPool {
   readonly #idle = new Map<string, Idle[]>();
   /** Idle sessions per pair, oldest first: the first to close when the pair needs room. */
   readonly #idleByPair = new Map<string, Idle[]>();
-  readonly #open = new Map<string, number>();
-  /** The connections counted per pair (to cut short those whose QUIT takes too long). */
+  /** The connections counted per pair, from before their connect until they end. */
   readonly #conns = new Map<string, Set<SmtpConnection>>();
   /** Emits a pair's name when one of its connections ends. */
   readonly #ended = new EventEmitter().setMaxListeners(0);
@@ -67,7 +66,7 @@ export class SmtpPool {
 
   /** Connections of the pair open now (in use or idle). */
   openCount(pair: string): number {
-    return this.#open.get(pair) ?? 0;
+    return this.#conns.get(pair)?.size ?? 0;
   }
 
   take(key: string): Lease | undefined {
@@ -96,7 +95,6 @@ export class SmtpPool {
 
   /** Counts a new connection against its pair until it ends. */
   #count(pair: string, conn: SmtpConnection): void {
-    this.#open.set(pair, this.openCount(pair) + 1);
     let set = this.#conns.get(pair);
     if (!set) this.#conns.set(pair, (set = new Set()));
     set.add(conn);
@@ -104,8 +102,6 @@ export class SmtpPool {
     const end = () => {
       if (!counted) return;
       counted = false;
-      const n = this.openCount(pair) - 1;
-      if (n > 0) this.#open.set(pair, n); else this.#open.delete(pair);
       set.delete(conn);
       if (set.size === 0 && this.#conns.get(pair) === set) this.#conns.delete(pair);
       this.#ended.emit(pair);

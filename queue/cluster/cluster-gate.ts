@@ -105,6 +105,8 @@ export class ClusterGate implements SharedGate {
    */
   #renewedAt = Date.now();
   readonly #heldAtLoss = new Map<string, number>();
+  /** Leases held per pair (site, source), every tenant: the sum of the pair's `held`. */
+  readonly #heldByPair = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
   #wakeTimer: NodeJS.Timeout | null = null;
   #wakeAt = Infinity;
@@ -132,7 +134,7 @@ export class ClusterGate implements SharedGate {
       if (l.linger) clearTimeout(l.linger);
       l.linger = null;
       // Deliveries that outlived the queue's grace still hold theirs.
-      l.held = l.active;
+      this.#setHeld(l, l.active);
     }
     if (!this.shared) return;
     const pairs = new Set([...this.#leases.values()].map((l) => `${l.site}\u0000${l.source}`));
@@ -177,9 +179,15 @@ export class ClusterGate implements SharedGate {
   }
 
   #heldAt(site: string, source: string): number {
-    let held = 0;
-    for (const l of this.#leases.values()) if (l.site === site && l.source === source) held += l.held;
-    return held;
+    return this.#heldByPair.get(`${site}\u0000${source}`) ?? 0;
+  }
+
+  /** Every change of a lease's `held` goes through here, so the pair's sum is kept, not recounted. */
+  #setHeld(lease: Lease, held: number): void {
+    const pair = `${lease.site}\u0000${lease.source}`;
+    const sum = (this.#heldByPair.get(pair) ?? 0) - lease.held + held;
+    if (sum > 0) this.#heldByPair.set(pair, sum); else this.#heldByPair.delete(pair);
+    lease.held = held;
   }
 
   started(site: string, source: string, tenant: string): void {
@@ -294,7 +302,7 @@ export class ClusterGate implements SharedGate {
     )).then((answer) => {
       lease.asking = false;
       if (answer && answer[0] === 1 && this.shared) {
-        lease.held++;
+        this.#setHeld(lease, lease.held + 1);
         lease.fresh++;
         lease.refusals = 0;
         lease.keep = answer[3] >= 0 ? answer[3] : Infinity;
@@ -316,7 +324,7 @@ export class ClusterGate implements SharedGate {
   async #release(lease: Lease, keep: number): Promise<void> {
     if (keep >= lease.held) return;
     const given = lease.held - keep;
-    lease.held = keep;
+    this.#setHeld(lease, keep);
     // No new delivery uses them from now, but Redis counts them until their connections are closed.
     lease.draining += given;
     lease.fresh = Math.min(lease.fresh, Math.max(0, keep - lease.active));
@@ -394,7 +402,7 @@ export class ClusterGate implements SharedGate {
       const pair = `${l.site}\u0000${l.source}`;
       if (!idle.has(pair)) idle.set(pair, Math.max(0, this.deps.open(l.site, l.source) - (this.#pairActive.get(pair) ?? 0)));
       const extra = idle.get(pair)!;
-      l.held = l.active + extra;
+      this.#setHeld(l, l.active + extra);
       idle.set(pair, 0);
       l.keep = Infinity;
       l.changes++;
