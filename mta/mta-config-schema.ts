@@ -9,7 +9,7 @@
  * Each stage owns its sections (ingress/ingress-config.ts: listeners, tls, limits, auth, users,
  * trustedNetworks; admin/admin-config.ts; proxy/proxy-config.ts; queue/queue-config.ts;
  * queue/accept/accept-config.ts: the message limits; delivery/delivery-config.ts;
- * engines/engines-config.ts; queue/cluster/cluster-config.ts). This file assembles them, with the few settings of the process
+ * engines/engines-config.ts; queue/cluster/cluster-config.ts; admission/admission-config.ts). This file assembles them, with the few settings of the process
  * itself and the tenants (whose record holds other stages' sections), and checks what spans
  * sections: names that must refer to something defined elsewhere, ports used twice.
  */
@@ -21,6 +21,7 @@ import { queueSchema, tenantEgressSchema } from '../queue/queue-config.js';
 import { proxySchema } from './proxy/proxy-config.js';
 import { adminSchema } from './admin/admin-config.js';
 import { clusterSchema } from '../queue/cluster/cluster-config.js';
+import { admissionSchema } from './admission/admission-config.js';
 import { authSchema, limitsSchema, listenersSchema, tlsSchema, trustedNetworksSchema, usersSchema } from './ingress/ingress-config.js';
 
 export { duration, size };
@@ -61,6 +62,8 @@ export const configSchema = z.strictObject({
   proxy: proxySchema,
   /** Nodes sharing limits and operator state through Redis; workers on this machine. */
   cluster: clusterSchema,
+  /** Known senders first under overload: learning, pressure levels, admission by level, DNS steering. */
+  admission: admissionSchema,
   /** Scanning engines, run in parallel on every message before the reply to DATA (empty: no scanning). */
   engines: z.array(engineSchema).default([]),
   /** How the engines' results make one verdict. */
@@ -107,6 +110,9 @@ export const configSchema = z.strictObject({
   if (cfg.cluster.workers !== 1 && cfg.cluster.redis === undefined) {
     ctx.addIssue({ code: 'custom', path: ['cluster', 'workers'], message: 'more than one worker shares its limits through Redis: set cluster.redis (or workers: 1)' });
   }
+  cfg.admission.listeners?.forEach((n, i) => {
+    if (!cfg.listeners.some((l) => l.name === n)) ctx.addIssue({ code: 'custom', path: ['admission', 'listeners', i], message: `no listener named "${n}" (listeners: ${cfg.listeners.map((l) => l.name).join(', ')})` });
+  });
   const seen = new Set<string>();
   cfg.listeners.forEach((l, i) => {
     const key = `${l.address}:${l.port}`;

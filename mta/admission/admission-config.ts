@@ -1,0 +1,145 @@
+/*
+ * The admission settings (`admission`), with their defaults beside them: how known senders are
+ * learned, how pressure is measured and turned into a level, what each level does to unknown
+ * senders at the door, and the optional DNS responder that steers them by MX answers.
+ *
+ * Known senders are learned per client network, per authenticated user and per aligned sending
+ * domain; pressure is a set of measured signals, each with a `busy` and an `overload` threshold
+ * (the level is the worst signal's, entered after `rise` and left after `fall`). Trusted networks
+ * and tenants' networks always count as known.
+ */
+import { z } from 'zod';
+import { duration, hostname, ipAddress, domain } from '../../base/base-config.js';
+
+const fraction = z.number().min(0).max(1);
+
+/** A signal's thresholds: at or past `busy` the node is busy, at or past `overload` overloaded. */
+const thresholds = <T extends z.ZodTypeAny>(value: T, busy: z.input<T>, overload: z.input<T>) => z.strictObject({
+  busy: value.default(busy as never),
+  overload: value.default(overload as never),
+}).prefault({});
+
+/** A signal where less is worse (free disk, free memory): at or below `busy` the node is busy. */
+const floor = (busy: number, overload: number) => z.strictObject({
+  busy: fraction.default(busy),
+  overload: fraction.default(overload),
+}).refine((t) => t.overload <= t.busy, 'overload must be at or below busy (less free is worse)').prefault({});
+
+const ratio = z.number().positive();
+
+const sendersSchema = z.strictObject({
+  /** IPv4 clients are learned and judged by this many leading bits (a /24 by default). */
+  ipv4Prefix: z.number().int().min(8).max(32).default(24),
+  /** IPv6 clients likewise (a /64 by default). */
+  ipv6Prefix: z.number().int().min(16).max(128).default(64),
+  /** Counts halve over this time, so a sender that stopped sending fades. */
+  halfLife: duration.prefault('14d'),
+  /** A sender is known once it has this many (decayed) messages accepted clean ... */
+  minClean: z.number().positive().default(3),
+  /** ... and no more than this share of its messages refused or scored as spam. */
+  maxBadShare: fraction.default(0.2),
+  /** Entries not seen for this long are forgotten (pinned and blocked ones are kept). */
+  forgetAfter: duration.prefault('90d'),
+  /** Most entries kept; the least recently seen unpinned ones go first. */
+  maxEntries: z.number().int().positive().default(200_000),
+  /** What was learned is written to SQLite (and shared through Redis in a cluster) this often. */
+  flushEvery: duration.prefault('5s'),
+}).prefault({});
+
+const pressureSchema = z.strictObject({
+  /** How often the signals are read. */
+  interval: duration.prefault('1s'),
+  /** A level is entered once the signals have stayed at or past its threshold this long. */
+  rise: duration.prefault('2s'),
+  /** A level is left once the signals have stayed below its threshold (less `hysteresis`) this long. */
+  fall: duration.prefault('15s'),
+  /** How far below a threshold a signal must fall (as a share of the threshold) to count as below it. */
+  hysteresis: fraction.default(0.2),
+  /** The event loop's delay (p99 over the last interval). */
+  eventLoopDelay: thresholds(duration, '150ms', '500ms'),
+  /** Sessions open on the admission listeners, as a share of their maxClients. */
+  sessions: thresholds(fraction, 0.7, 0.9),
+  /** How long scans waited for a slot (p90 over the last interval). */
+  scanWait: thresholds(duration, '500ms', '3s'),
+  /** How long scans took (p90 over the last interval). */
+  scanLatency: thresholds(duration, '5s', '20s'),
+  /** Spool fsync time (p99 over the last interval). */
+  fsync: thresholds(duration, '100ms', '500ms'),
+  /** Free space on the spool's file system, as a share of its size. */
+  diskFree: floor(0.1, 0.05),
+  /** Memory the system has available, as a share of all of it. */
+  memoryFree: floor(0.1, 0.05),
+  /** MX queries to the DNS responder per second, as a multiple of their normal rate. */
+  mxQueries: thresholds(ratio, 3, 6),
+}).prefault({});
+
+const dnsHost = z.strictObject({
+  /** The MX host name in answers. */
+  name: hostname,
+  /** Its address (A or AAAA in the additional section). */
+  address: ipAddress,
+});
+
+const dnsSchema = z.strictObject({
+  /** Off by default: the provider's own DNS answers for its MX names. */
+  enabled: z.boolean().default(false),
+  /** Where the responder listens, on UDP and TCP alike. */
+  address: ipAddress.default('127.0.0.1'),
+  port: z.number().int().min(0).max(65535).default(53),
+  /** Domains whose MX the responder answers (default: every tenant's domains). */
+  domains: z.array(domain).optional(),
+  /** TTL of every answer: short, so a change of level reaches senders soon. */
+  ttl: duration.prefault('30s'),
+  /** The nodes that serve known senders (in a cluster, the live nodes are added and ordered by load). */
+  primary: z.array(dnsHost).default([]),
+  /** The nodes that take unknown senders under high load (the overflow group); none: they are told to retry later. */
+  overflow: z.array(dnsHost).default([]),
+  /**
+   * Addresses this node also answers SMTP on, handed out one per resolver so the MTA that then
+   * connects can be paired with the resolver that asked (the listener takes them all); none:
+   * resolvers and MTAs are paired by timing.
+   */
+  pairingAddresses: z.array(ipAddress).default([]),
+  /** An MTA connecting within this time of a resolver's answer is paired with it. */
+  pairingWindow: duration.prefault('30s'),
+}).prefault({});
+
+export const admissionSchema = z.strictObject({
+  /**
+   * on: unknown senders are delayed, limited and deferred by level; observe: everything is learned,
+   * measured and counted (as `would_*`) but nobody is treated differently; off: none of it.
+   */
+  mode: z.enum(['on', 'observe', 'off']).default('on'),
+  /** Listeners whose clients are admitted by level (default: every mx listener). */
+  listeners: z.array(z.string().min(1)).optional(),
+  senders: sendersSchema,
+  pressure: pressureSchema,
+  /** Shares kept for known senders at every level: unknown ones never take the last of them. */
+  reserve: z.strictObject({
+    /** Of each admission listener's maxClients. */
+    sessions: z.number().min(0).max(0.9).default(0.2),
+    /** Of `scans`. */
+    scans: z.number().min(0).max(0.9).default(0.25),
+  }).prefault({}),
+  /** Most messages scanned at once; more wait for a slot (known senders' first). */
+  scans: z.number().int().positive().default(32),
+  /** What unknown senders get while the node is busy. */
+  busy: z.strictObject({
+    /** Wait before the greeting; a client that talks first is refused (pregreet). */
+    greetingDelay: duration.prefault('3s'),
+    /** Most simultaneous connections from one unknown network. */
+    maxConnections: z.number().int().min(1).default(2),
+    /** Most MAIL FROM commands per minute from one unknown network. */
+    messageRate: z.number().int().min(1).default(30),
+  }).prefault({}),
+  overload: z.strictObject({
+    /** connect: 421 4.7.0 before the greeting; rcpt: greeted, then 451 4.7.1 at each RCPT. */
+    refuse: z.enum(['connect', 'rcpt']).default('connect'),
+  }).prefault({}),
+  dns: dnsSchema,
+}).prefault({});
+
+export type AdmissionConfig = z.output<typeof admissionSchema>;
+export type PressureConfig = AdmissionConfig['pressure'];
+export type SendersConfig = AdmissionConfig['senders'];
+export type DnsResponderConfig = AdmissionConfig['dns'];
