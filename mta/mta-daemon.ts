@@ -115,6 +115,8 @@ export class Ichidan {
       queue.records.recordEngineEvent(e);
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
+    // The tenant label stays bounded: tenants no longer configured count as one.
+    queue.suppressions.onBounce = (tenant, cls) => metrics.bounce(tenant in this.config.tenants || tenant === RELAY_TENANT ? tenant : '_other', cls);
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
     this.admission = new Admission(config, {
       senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },

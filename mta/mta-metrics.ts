@@ -12,6 +12,9 @@
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
+ *   ichidan_bounces_total{tenant,class}              bounces by class (queue/queue-classify.ts; 'suppressed':
+ *                                                    stopped by the suppression list); tenant: a configured
+ *                                                    one, `_relay`, or `_other` (the caller bounds it)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -40,6 +43,7 @@ export interface ProcessMetrics {
   engineEvent(e: EngineEvent): void;
   egressEvent(e: { kind: string; actor: string }): void;
   admissionDecision(point: string, action: string, reason: string): void;
+  bounce(tenant: string, cls: string): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
@@ -89,6 +93,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
+  const bounces = new Counter({
+    name: 'ichidan_bounces_total', help: 'Recipients bounced, by tenant and bounce class (suppressed: stopped by the tenant\'s suppression list)', labelNames: ['tenant', 'class'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -98,6 +105,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    bounce: (tenant, cls) => bounces.inc({ tenant, class: cls }),
   };
 }
 

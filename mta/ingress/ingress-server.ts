@@ -32,6 +32,7 @@ import type { Admission, DoorDecision } from '../admission/admission.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
 import { buildReceived } from './ingress-received.js';
+import { suppressedAtRcpt } from './ingress-suppression.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
 
@@ -243,6 +244,8 @@ export class Listener {
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
       return cb(toSmtpError(decision.reply));
     }
+    const suppressed = suppressedAtRcpt(this.deps.queue, tx.snapshot.policy, decision, this.#client(session), this.deps.log);
+    if (suppressed) return cb(toSmtpError(suppressed));
     // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
     tx.recipients.set(decision.address, {
       tenant: decision.tenant, address: decision.address, domain: decision.domain,
