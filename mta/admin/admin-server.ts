@@ -15,6 +15,7 @@
  *   /v1/queue/corrupt…                       admin-corrupt.ts
  *   /v1/egress…                              admin-egress.ts
  *   /v1/tenants/…                            admin-tenants.ts
+ *   /v1/suppression…                         admin-suppression.ts (list, add, import, remove)
  *   /v1/cluster, /v1/node/drain, /undrain    admin-cluster.ts (cluster status, drain)
  *   /metrics                                 admin-metrics.ts
  *   a body of at most 16 KB that must be a JSON object; 400 for a bad field, 404 for no route.
@@ -37,13 +38,14 @@ import { queueRoute, type QueueTarget } from './admin-queue.js';
 import { reloadRoute, type ReloadTarget } from './admin-reload.js';
 import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.js';
 import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
+import { suppressionRoute, type SuppressionTarget } from './admin-suppression.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & MetricsTarget & ClusterTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, metricsRoute, clusterRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {

@@ -5,6 +5,7 @@
  *   check-config, hash-password         cli-config.ts
  *   queue (hold, release, purge)        cli-queue.ts; queue corrupt: cli-corrupt.ts
  *   tenants (suspend, resume)           cli-tenants.ts
+ *   suppression (list, add, remove, import)   cli-suppression.ts
  *   egress (status, events, undo)       cli-egress.ts
  *   quarantine (list, release)          cli-quarantine.ts
  *   scans show                          cli-scans.ts
@@ -27,6 +28,7 @@ import { RELOAD_USAGE, reload } from './cli-reload.js';
 import { SCANS_USAGE, scans } from './cli-scans.js';
 import { SESSIONS_USAGE, sessions } from './cli-sessions.js';
 import { TENANTS_USAGE, tenants } from './cli-tenants.js';
+import { SUPPRESSION_USAGE, suppression } from './cli-suppression.js';
 import { WORKERS_USAGE, workers } from './cli-workers.js';
 
 export const USAGE = `usage:
@@ -34,6 +36,7 @@ export const USAGE = `usage:
 ${CONFIG_USAGE}
 ${QUEUE_USAGE}
 ${TENANTS_USAGE}
+${SUPPRESSION_USAGE}
 ${EGRESS_USAGE}
 ${QUARANTINE_USAGE}
 ${SCANS_USAGE}
@@ -48,6 +51,7 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'hash-password': hashPassword,
   queue: queueCommand,
   tenants,
+  suppression,
   egress,
   quarantine,
   scans,
