@@ -47,7 +47,7 @@ function classOf(body: Record<string, unknown>): BounceClass {
 function expiresAt(body: Record<string, unknown>, fallback: number, now: number): number | null {
   let ms = fallback;
   if (body.expire !== undefined && body.expire !== null && body.expire !== '') {
-    const parsed = duration.safeParse(body.expire);
+    const parsed = duration.safeParse(body.expire === '0' ? 0 : body.expire);
     if (!parsed.success) throw new BadRequest('"expire" must be a duration such as "30d" or "12h" ("0": until removed)');
     ms = parsed.data;
   }
