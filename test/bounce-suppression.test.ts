@@ -31,6 +31,7 @@ describe('bounce classification and suppression', () => {
       rcpt: (address, attempt) => {
         const local = address.split('@')[0];
         if (local.startsWith('hard')) return { code: 550, text: '5.1.1 The email account that you tried to reach does not exist.' };
+        if (local.startsWith('later')) return { code: 451, text: '4.3.2 come back later' };
         if (local.startsWith('quota')) return attempt === 1 ? { code: 452, text: '4.2.2 The email account that you tried to reach is over quota.' } : { code: 552, text: '5.2.2 mailbox full' };
         return undefined;
       },
@@ -168,5 +169,14 @@ describe('bounce classification and suppression', () => {
     await expect(ichidan('remove', '--tenant', 'shop', 'two@remote.test')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('tenant shop has no suppression for two@remote.test') });
     await expect(ichidan('add', '--tenant', 'shop', 'x@remote.test', '--class', 'grumpy')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('"class" must be one of') });
     await expect(ichidan('add', '--tenant', 'shop', 'not-an-address')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('"address" must be an address') });
+  });
+
+  it('shows bounced recipients by class where `ichidan queue` shows the queue', async () => {
+    expect((await send(SHOP, ['hard-2@remote.test', 'later@remote.test'])).final).toMatch(/^250/);
+    await waitUntil(() => t.logs.some((l) => l.msg === 'bounced' && l.rcpt === 'hard-2@remote.test'));
+    // The message stays in the queue for its deferred recipient, so its bounced one is still shown.
+    const { stdout } = await run(process.execPath, [CLI, 'queue', '-c', cli]);
+    expect(stdout).toContain('bounced\tshop\tbad-mailbox\t1\n');
+    expect(stdout).toMatch(/^shop\tqueued\t1$/m);
   });
 });
