@@ -16,13 +16,16 @@
  *   `queue.maxAge`, notices — is decided by queue-attempt.ts, and applied here: notices written
  *   (queue-notices.ts) and committed with the outcomes, outcomes the database cannot take kept
  *   (queue-pending.ts). A sweep removes finished messages, expires leftovers and ticks the records.
+ *   Bounces carry their class; hard ones go on their tenant's suppression list, whose recipients
+ *   are bounced before delivery without contacting the destination (queue-suppression.ts).
  * Reads: the queue database (queue-store.ts, one writer thread shared with the records), the
  *   spool and recently accepted bodies (queue-bodies.ts), free space (queue-space.ts), entries set
  *   aside at startup (queue-reconcile.ts, queue-corrupt-entries.ts).
  * Network: none itself (delivery/ does the talking).
  * RFCs: 3464 (delivery status notifications), 3461 (NOTIFY, RET, ENVID, ORCPT).
  * Settings: dataDir, hostname, queue.*, tenants.*.egress, delivery.sourcePools,
- *   delivery.throttle.*, delivery.transcripts.retention, scanning.recordRetention.
+ *   delivery.throttle.*, delivery.transcripts.retention, scanning.recordRetention, suppression.*,
+ *   tenants.*.suppression.
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
