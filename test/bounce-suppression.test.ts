@@ -179,4 +179,23 @@ describe('bounce classification and suppression', () => {
     expect(stdout).toContain('bounced\tshop\tbad-mailbox\t1\n');
     expect(stdout).toMatch(/^shop\tqueued\t1$/m);
   });
+
+  it('refuses a bad admin request with 400 naming the field, and changes nothing', async () => {
+    const before = ((await api('GET', '/v1/suppression')).body.entries as unknown[]).length;
+    const bad: Array<[string, unknown, RegExp]> = [
+      ['/v1/suppression/import', { tenant: 'shop', addresses: [] }, /"addresses" must be a list of 1 to 500/],
+      ['/v1/suppression/import', { tenant: 'shop', addresses: ['ok@remote.test', 'no at sign'] }, /"addresses\[1\]" must be an address/],
+      ['/v1/suppression/add', { tenant: 'shop', address: 'ok@remote.test', expire: 'soon' }, /"expire" must be a duration/],
+      ['/v1/suppression/add', { address: 'ok@remote.test' }, /"tenant" is required/],
+      ['/v1/suppression/remove', { tenant: 'shop', address: 42 }, /"address" must be an address/],
+    ];
+    for (const [url, body, error] of bad) {
+      const res = await api('POST', url, body);
+      expect(res.status, url).toBe(400);
+      expect(String(res.body.error)).toMatch(error);
+    }
+    expect((await api('GET', '/v1/suppression?limit=0')).status).toBe(400);
+    expect((await api('GET', '/v1/suppression?tenant=nobody')).status).toBe(400);
+    expect(((await api('GET', '/v1/suppression')).body.entries as unknown[]).length).toBe(before);
+  });
 });
