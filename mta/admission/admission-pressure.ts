@@ -1,0 +1,214 @@
+/*
+ * Pressure: this node's measured signals, read every admission.pressure.interval and turned into a
+ * level (admission-levels.ts), and whether the queue takes new mail.
+ *
+ * Takes: the admission.pressure settings; sources for what other parts measure — sessions open
+ *   against the admission listeners' maxClients, scans' wait and latency p90 over the last interval
+ *   (the scan slots), the MX query ratio (the DNS responder, optional); the spool's fsync p99 and its
+ *   file system's free share (queue/); a logger.
+ * Gives: `level` and its 'level' event (level, previous, why — `why` names the signals that drove
+ *   it and their values), logged at every change; `signals()`, each signal's last value and own
+ *   level; `status()` for the admin API; `intake()`: 'paused' while free disk or free memory is at
+ *   its overload floor (entered at once, left once above the floor plus hysteresis), so the queue
+ *   stops taking new mail before the spool runs out (KumoMTA's load shedding; MAIL FROM answers
+ *   452 4.3.1 meanwhile), with an 'intake' event (state, why) at each change.
+ * Reads itself: the event loop's delay (perf_hooks, p99 over the interval, reset at each read) and
+ *   the memory the system has available (os.freemem, which is MemAvailable on Linux, over
+ *   os.totalmem). Timers are unref'd; `stop()` ends them and drops the level back to normal.
+ * Settings: admission.pressure.*
+ */
+import { EventEmitter } from 'node:events';
+import { freemem, totalmem } from 'node:os';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import type { PressureConfig } from './admission-config.js';
+import {
+  clearOf, initialLevels, isFloor, readings, SIGNALS, stepLevels,
+  type Level, type LevelState, type SignalName, type SignalReading, type SignalValues,
+} from './admission-levels.js';
+
+export type { Level, SignalName } from './admission-levels.js';
+export type { PressureConfig } from './admission-config.js';
+
+export interface PressureSources {
+  /** Sessions open on the admission listeners, and the sum of their maxClients. */
+  sessions(): { open: number; limit: number };
+  /** Scans' wait for a slot and their latency, p90 over the last interval. */
+  scans(): { waitP90Ms: number | null; latencyP90Ms: number | null };
+  /** MX queries per second against their normal rate; null until a normal rate is known. */
+  mxQueryRatio?(): number | null;
+}
+
+export interface SpoolSignals {
+  fsyncP99Ms(): number | null;
+  diskFree(): number | null;
+}
+
+export type Intake = 'open' | 'paused';
+
+/** What the admin API and `ichidan admission status` show. */
+export interface PressureStatus {
+  level: Level;
+  /** When the level was entered (epoch ms). */
+  since: number;
+  intake: Intake;
+  /** Each signal: its last value (ms for times, a share for sessions and free space, a multiple for MX queries), thresholds and own level. */
+  signals: Record<SignalName, SignalReading & { busy: number; overload: number; floor: boolean }>;
+}
+
+/** Clock and readers that tests replace; the defaults are the real ones. */
+export interface PressureProbes {
+  now(): number;
+  memoryFree(): number | null;
+  /** The event loop's delay p99 since the last call, ms (null: not measured). */
+  loopDelayP99Ms(): number | null;
+}
+
+const INTAKE_SIGNALS: readonly SignalName[] = ['diskFree', 'memoryFree'];
+
+export class Pressure extends EventEmitter {
+  #config: PressureConfig;
+  #state: LevelState;
+  #signals: Record<SignalName, SignalReading>;
+  #intake: Intake = 'open';
+  #timer: NodeJS.Timeout | null = null;
+  #loop: IntervalHistogram | null = null;
+  readonly #probes: PressureProbes;
+
+  constructor(config: PressureConfig, private readonly sources: PressureSources, private readonly spool: SpoolSignals, private readonly log: Logger, probes: Partial<PressureProbes> = {}) {
+    super();
+    this.#config = config;
+    this.#probes = {
+      now: probes.now ?? Date.now,
+      memoryFree: probes.memoryFree ?? (() => {
+        const total = totalmem();
+        return total > 0 ? freemem() / total : null;
+      }),
+      loopDelayP99Ms: probes.loopDelayP99Ms ?? (() => this.#loopDelay()),
+    };
+    this.#state = initialLevels(this.#probes.now());
+    this.#signals = readings({}, config);
+  }
+
+  get level(): Level {
+    return this.#state.level;
+  }
+
+  /** When the current level was entered (epoch ms). */
+  get since(): number {
+    return this.#state.since;
+  }
+
+  signals(): Record<string, SignalReading> {
+    return { ...this.#signals };
+  }
+
+  /** 'paused' while free disk or memory is at its overload floor: new mail is to be refused with 452 4.3.1. */
+  intake(): Intake {
+    return this.#intake;
+  }
+
+  status(): PressureStatus {
+    const signals = {} as PressureStatus['signals'];
+    for (const s of SIGNALS) signals[s] = { ...this.#signals[s], busy: this.#config[s].busy, overload: this.#config[s].overload, floor: isFloor(s) };
+    return { level: this.level, since: this.since, intake: this.#intake, signals };
+  }
+
+  start(): void {
+    if (this.#timer) return;
+    this.#state = initialLevels(this.#probes.now());
+    this.#loop = monitorEventLoopDelay({ resolution: 10 });
+    this.#loop.enable();
+    this.#schedule();
+  }
+
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    this.#loop?.disable();
+    this.#loop = null;
+    this.#state = initialLevels(this.#probes.now());
+    this.#intake = 'open';
+  }
+
+  /** A reloaded config: new thresholds at the next read, a new interval from now. */
+  apply(config: PressureConfig): void {
+    const interval = config.interval !== this.#config.interval;
+    this.#config = config;
+    if (interval && this.#timer) {
+      clearInterval(this.#timer);
+      this.#schedule();
+    }
+  }
+
+  /** Reads every signal once and moves the level (the timer calls it; tests may too). */
+  read(): void {
+    const values = this.#measure();
+    const now = this.#probes.now();
+    const { state, change, signals } = stepLevels(this.#state, values, this.#config, now);
+    this.#state = state;
+    this.#signals = signals;
+    this.#updateIntake(values);
+    if (change) {
+      const shown = Object.fromEntries(SIGNALS.filter((s) => values[s] !== null && values[s] !== undefined).map((s) => [s, values[s]]));
+      this.log.info({ level: change.level, previous: change.previous, why: change.why, signals: shown }, `pressure ${change.previous} → ${change.level}: ${change.why}`);
+      this.emit('level', change.level, change.previous, change.why);
+    }
+  }
+
+  #schedule(): void {
+    this.#timer = setInterval(() => {
+      try {
+        this.read();
+      } catch (err) {
+        this.log.error({ err }, 'could not read the pressure signals');
+      }
+    }, this.#config.interval);
+    this.#timer.unref();
+  }
+
+  #measure(): SignalValues {
+    const sessions = this.sources.sessions();
+    const scans = this.sources.scans();
+    return {
+      eventLoopDelay: this.#probes.loopDelayP99Ms(),
+      sessions: sessions.limit > 0 ? sessions.open / sessions.limit : null,
+      scanWait: scans.waitP90Ms,
+      scanLatency: scans.latencyP90Ms,
+      fsync: this.spool.fsyncP99Ms(),
+      diskFree: this.spool.diskFree(),
+      memoryFree: this.#probes.memoryFree(),
+      mxQueries: this.sources.mxQueryRatio?.() ?? null,
+    };
+  }
+
+  /** The event loop's delay p99 since the last read, ms; the histogram starts again. */
+  #loopDelay(): number | null {
+    const h = this.#loop;
+    if (!h || h.count === 0) return null;
+    const p99 = h.percentile(99) / 1e6;
+    h.reset();
+    return p99;
+  }
+
+  /** Paused at once when free disk or memory reaches its overload floor; open again once clear of it by the hysteresis. */
+  #updateIntake(values: SignalValues): void {
+    const pressed = INTAKE_SIGNALS.filter((s) => this.#signals[s].level === 'overload');
+    let next = this.#intake;
+    if (pressed.length > 0) next = 'paused';
+    else if (INTAKE_SIGNALS.every((s) => clearOf(s, values[s], 'overload', this.#config))) next = 'open';
+    if (next === this.#intake) return;
+    this.#intake = next;
+    const why = next === 'paused'
+      ? pressed.map((s) => `${s}=${round(values[s])} ≤ ${this.#config[s].overload}`).join(', ')
+      : INTAKE_SIGNALS.map((s) => `${s}=${round(values[s])}`).join(', ');
+    const text = next === 'paused' ? `queue intake paused (new mail is refused with 452 4.3.1): ${why}` : `queue intake open again: ${why}`;
+    if (next === 'paused') this.log.warn({ intake: next, why }, text);
+    else this.log.info({ intake: next, why }, text);
+    this.emit('intake', next, why);
+  }
+}
+
+function round(value: number | null | undefined): string {
+  return value === null || value === undefined ? 'unknown' : String(Math.round(value * 1000) / 1000);
+}
