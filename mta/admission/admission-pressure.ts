@@ -56,6 +56,9 @@ export interface PressureStatus {
   signals: Record<SignalName, SignalReading & { busy: number; overload: number; floor: boolean }>;
 }
 
+/** What GET /v1/admission answers: the mode, and the pressure as measured (all normal while not measuring). */
+export type AdmissionStatus = PressureStatus & { mode: 'on' | 'observe' | 'off'; measuring: boolean };
+
 /** Clock and readers that tests replace; the defaults are the real ones. */
 export interface PressureProbes {
   now(): number;
@@ -128,7 +131,13 @@ export class Pressure extends EventEmitter {
     this.#loop?.disable();
     this.#loop = null;
     this.#state = initialLevels(this.#probes.now());
+    this.#signals = readings({}, this.#config);
     this.#intake = 'open';
+  }
+
+  /** Whether the signals are being read (start() was called and stop() not since). */
+  get running(): boolean {
+    return this.#timer !== null;
   }
 
   /** A reloaded config: new thresholds at the next read, a new interval from now. */
