@@ -20,7 +20,7 @@ function world() {
   p.on('level', (level: string, previous: string, why: string) => events.push([level, previous, why]));
   /** Reads every second from now to now + seconds. */
   const tick = (seconds: number) => { for (let i = 0; i < seconds; i++) { v.now += 1000; p.read(); } };
-  return { p, v, logs, events, tick };
+  return { p, v, logs, events, tick, sources };
 }
 
 describe('Pressure', () => {
@@ -92,6 +92,25 @@ describe('Pressure', () => {
     tick(2);
     expect(p.level).toBe('overload');
     expect(p.status()).toMatchObject({ level: 'overload', since: v.now, intake: 'open', signals: { eventLoopDelay: { value: 100, level: 'overload', busy: 50, overload: 90, floor: false }, diskFree: { floor: true } } });
+  });
+
+  it('reads the other signals when a source throws, counts that one as normal, and logs it once until it answers again', () => {
+    const { p, v, logs, tick, sources } = world();
+    let broken = true;
+    const sessions = sources.sessions;
+    sources.sessions = () => { if (broken) throw new Error('listener gone'); return sessions(); };
+    v.open = 9; v.loop = 600;
+    tick(3);
+    expect(p.level).toBe('overload');
+    expect(p.signals().sessions).toEqual({ value: null, level: 'normal' });
+    expect(p.signals().eventLoopDelay).toEqual({ value: 600, level: 'overload' });
+    expect(logs.filter((l) => l.source === 'sessions').map((l) => l.msg)).toEqual(['pressure signal sessions cannot be read: it counts as normal until it can']);
+    broken = false;
+    tick(1);
+    expect(p.signals().sessions).toEqual({ value: 0.9, level: 'overload' });
+    broken = true;
+    tick(1);
+    expect(logs.filter((l) => l.source === 'sessions')).toHaveLength(2);
   });
 
   it('runs its own timer and event-loop monitor, unref\'d, and stop() ends them and drops back to normal', async () => {

@@ -76,6 +76,8 @@ export class Pressure extends EventEmitter {
   #intake: Intake = 'open';
   #timer: NodeJS.Timeout | null = null;
   #loop: IntervalHistogram | null = null;
+  /** Sources that threw at their last read (logged once). */
+  readonly #failing = new Set<string>();
   readonly #probes: PressureProbes;
 
   constructor(config: PressureConfig, private readonly sources: PressureSources, private readonly spool: SpoolSignals, private readonly log: Logger, probes: Partial<PressureProbes> = {}) {
@@ -166,29 +168,36 @@ export class Pressure extends EventEmitter {
   }
 
   #schedule(): void {
-    this.#timer = setInterval(() => {
-      try {
-        this.read();
-      } catch (err) {
-        this.log.error({ err }, 'could not read the pressure signals');
-      }
-    }, this.#config.interval);
+    this.#timer = setInterval(() => this.read(), this.#config.interval);
     this.#timer.unref();
   }
 
   #measure(): SignalValues {
-    const sessions = this.sources.sessions();
-    const scans = this.sources.scans();
+    const sessions = this.#safely('sessions', () => this.sources.sessions());
+    const scans = this.#safely('scans', () => this.sources.scans());
     return {
-      eventLoopDelay: this.#probes.loopDelayP99Ms(),
-      sessions: sessions.limit > 0 ? sessions.open / sessions.limit : null,
-      scanWait: scans.waitP90Ms,
-      scanLatency: scans.latencyP90Ms,
-      fsync: this.spool.fsyncP99Ms(),
-      diskFree: this.spool.diskFree(),
-      memoryFree: this.#probes.memoryFree(),
-      mxQueries: this.sources.mxQueryRatio?.() ?? null,
+      eventLoopDelay: this.#safely('eventLoopDelay', () => this.#probes.loopDelayP99Ms()),
+      sessions: sessions && sessions.limit > 0 ? sessions.open / sessions.limit : null,
+      scanWait: scans?.waitP90Ms ?? null,
+      scanLatency: scans?.latencyP90Ms ?? null,
+      fsync: this.#safely('fsync', () => this.spool.fsyncP99Ms()),
+      diskFree: this.#safely('diskFree', () => this.spool.diskFree()),
+      memoryFree: this.#safely('memoryFree', () => this.#probes.memoryFree()),
+      mxQueries: this.#safely('mxQueries', () => this.sources.mxQueryRatio?.() ?? null),
     };
+  }
+
+  /** One source read; one that throws gives no value (its signal counts as normal), logged once until it answers again. */
+  #safely<T>(source: string, read: () => T): T | null {
+    try {
+      const value = read();
+      this.#failing.delete(source);
+      return value;
+    } catch (err) {
+      if (!this.#failing.has(source)) this.log.warn({ err, source }, `pressure signal ${source} cannot be read: it counts as normal until it can`);
+      this.#failing.add(source);
+      return null;
+    }
   }
 
   /** The event loop's delay p99 since the last read, ms; the histogram starts again. */
