@@ -46,7 +46,8 @@ import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
-import { Pressure, type AdmissionStatus } from './admission/admission-pressure.js';
+import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admission-pressure.js';
+import { Admission } from './admission/admission.js';
 
 export interface BoundListener {
   name: string;
@@ -98,6 +99,8 @@ export class Ichidan {
   readonly drain: Drain;
   /** This node's pressure level and signals (admission/admission-pressure.ts); read only while admission.mode is not off. */
   readonly pressure: Pressure;
+  /** Known senders first under pressure (admission/admission.ts). */
+  readonly admission: Admission;
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
@@ -120,16 +123,23 @@ export class Ichidan {
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     queue.spool.fsyncs.onSample = (ms) => metrics.fsync(ms);
+    const scanTimes = new ScanTimings();
     this.pressure = new Pressure(config.admission.pressure, {
       sessions: () => admissionSessions(this.#listeners, this.config),
-      // The scan slots (queue/accept/) measure these once they exist.
-      scans: () => ({ waitP90Ms: null, latencyP90Ms: null }),
+      scans: () => scanTimes.p90(this.config.admission.pressure.interval),
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),
       diskFree: () => queue.diskFree(),
     }, log);
     this.pressure.on('level', (to) => metrics.levelChange(to));
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.admission = new Admission(config, {
+      senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
+      pressure: this.pressure,
+      slots: scanTimes,
+      count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
+      log,
+    });
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {
@@ -197,7 +207,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -264,6 +274,7 @@ export class Ichidan {
     this.#snapshot = snapshot;
     previous.release();
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    this.admission.apply(config);
     this.queue.reconfigure(config, egress);
     this.pressure.apply(config.admission.pressure);
     if (config.admission.mode === 'off') this.pressure.stop();

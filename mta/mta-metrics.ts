@@ -17,6 +17,7 @@
  *   ichidan_admission_signal{signal}                each signal's last value (ms, a share or a multiple)
  *   ichidan_admission_signal_level{signal}          each signal's own level (0, 1, 2)
  *   ichidan_admission_level_changes_total{to}       changes of level, by the level entered
+ *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -52,6 +53,7 @@ export interface ProcessMetrics {
   fsync(ms: number): void;
   /** The pressure level changed to `to`. */
   levelChange(to: Level): void;
+  admissionDecision(point: string, action: string, reason: string): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null }: MetricSources): ProcessMetrics {
@@ -103,6 +105,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
   });
   const levelChanges = pressureMetrics(registers, pressure);
+  const admissionDecisions = new Counter({
+    name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -113,6 +118,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
     fsync: (ms) => fsyncs.observe(ms / 1000),
     levelChange: (to) => levelChanges.inc({ to }),
+    admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
   };
 }
 

@@ -2,13 +2,14 @@
 // event loop held busy in-process, real idle SMTP connections against a small maxClients, the real
 // disk's free share against a floor set above it — seen as a level in the admin API
 // (GET /v1/admission), `ichidan admission status`, the metrics and the log, and back down after
-// `fall`; queue intake paused and opened again by a reload; admission.mode off measures nothing.
+// `fall`; queue intake paused (MAIL FROM gets 452 4.3.1) and opened again by a reload;
+// admission.mode off measures nothing.
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { adminRequest, adminSocket, parseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
 import { runCli } from './helpers/drain-world.js';
-import { heldConfig, sendOne } from './helpers/held-mail.js';
+import { heldConfig } from './helpers/held-mail.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 
 type Pressure = NonNullable<ConfigInput['admission']>['pressure'];
@@ -106,8 +107,8 @@ describe('pressure in a running Ichidan', () => {
     expect(pressureLogs()[1].msg).toBe('pressure busy → normal: sessions=0 below busy for 1000ms');
   });
 
-  it('pauses queue intake while free disk is at its overload floor, times the spool\'s fsyncs, and opens intake again on a reload', async () => {
-    const build = (dir: string, pressure: Pressure) => heldConfig(dir, { admission: { pressure } });
+  it('pauses queue intake while free disk is at its overload floor (452 4.3.1 at MAIL FROM), opens it again on a reload, and times the spool\'s fsyncs', async () => {
+    const build = (dir: string, pressure: Pressure) => heldConfig(dir, { trustedNetworks: ['127.0.0.80/32'], admission: { pressure } });
     // Floors above the real disk's free share: the signal is past them at once.
     t = await startApp((dir) => build(dir, quiet({ diskFree: { busy: 0.99999, overload: 0.9999 } })));
     await waitUntil(() => t!.app.pressure.intake() === 'paused', 5000, 'intake to pause');
@@ -117,14 +118,28 @@ describe('pressure in a running Ichidan', () => {
     expect(paused.signals.diskFree.value).toBeLessThan(0.9999);
     expect(t.logs.find((l) => l.intake === 'paused')?.msg).toMatch(/^queue intake paused \(new mail is refused with 452 4\.3\.1\): diskFree=[\d.]+ ≤ 0\.9999$/);
     await waitUntil(() => t!.app.pressure.level === 'overload', 5000, 'overload after rise');
+    // The door reads the level: an unknown sender is refused at connect.
+    const unknown = await RawSmtp.open(t.port('mx'));
+    clients.push(unknown);
+    expect((await unknown.reply())[0]).toMatch(/^421 4\.7\.0 /);
 
-    // A message still goes through (refusing it is the ingress's part): its fsyncs are timed.
-    expect(await sendOne(t.port('mx'), 'hello')).toMatch(/^250 /);
-    expect(await metric('ichidan_spool_fsync_seconds_count')).toBeGreaterThanOrEqual(2);
+    // Paused: new mail is refused at MAIL FROM, also from a known (trusted) sender the door lets in at overload.
+    const known = await RawSmtp.open(t.port('mx'), '127.0.0.1', '127.0.0.80');
+    clients.push(known);
+    expect((await known.reply())[0]).toMatch(/^220 /);
+    await known.command('EHLO client.test');
+    expect(await known.command('MAIL FROM:<x@remote.test>')).toMatch(/^452 4\.3\.1 /);
+    expect(await metric('ichidan_spool_fsync_seconds_count')).toBe(0);
 
     t.app.reconfigure(parseConfig(build(t.dataDir, quiet()), 'test'));
     await waitUntil(() => t!.app.pressure.intake() === 'open', 5000, 'intake to open after the reload');
     expect(t.logs.find((l) => l.intake === 'open')?.msg).toMatch(/^queue intake open again: diskFree=[\d.]+, memoryFree=[\d.]+$/);
+    // Open again: the same session's next transaction is taken, and its spool fsyncs (the file's and the folder's) are timed.
+    expect(await known.command('MAIL FROM:<x@remote.test>')).toMatch(/^250 /);
+    expect(await known.command('RCPT TO:<ann@alpha.test>')).toMatch(/^250 /);
+    expect(await known.command('DATA')).toMatch(/^354 /);
+    expect(await known.finishData('Subject: intake\r\n\r\nhello\r\n')).toMatch(/^\w+$/);
+    expect(await metric('ichidan_spool_fsync_seconds_count')).toBeGreaterThanOrEqual(2);
     expect((await status()).signals.diskFree).toMatchObject({ level: 'normal', busy: 0, overload: 0 });
   });
 

@@ -4,7 +4,7 @@
  *
  * Takes: the admission.pressure settings; sources for what other parts measure — sessions open
  *   against the admission listeners' maxClients, scans' wait and latency p90 over the last interval
- *   (the scan slots), the MX query ratio (the DNS responder, optional); the spool's fsync p99 and its
+ *   (the scan slots, heard through `ScanTimings`), the MX query ratio (the DNS responder, optional); the spool's fsync p99 and its
  *   file system's free share (queue/); a logger.
  * Gives: `level` and its 'level' event (level, previous, why — `why` names the signals that drove
  *   it and their values), logged at every change; `signals()`, each signal's last value and own
@@ -21,6 +21,8 @@ import { EventEmitter } from 'node:events';
 import { freemem, totalmem } from 'node:os';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from 'pino';
+import { LatencyWindow } from '../../base/base-latency-window.js';
+import type { SlotObserver } from '../../queue/accept/accept-slots.js';
 import type { PressureConfig } from './admission-config.js';
 import {
   clearOf, initialLevels, isFloor, readings, SIGNALS, stepLevels,
@@ -45,6 +47,25 @@ export interface SpoolSignals {
 }
 
 export type Intake = 'open' | 'paused';
+
+/** The scan slots' observer (queue/accept/accept-slots.ts): each wait for a slot and each scan, kept for the scans source. */
+export class ScanTimings implements SlotObserver {
+  readonly #waits = new LatencyWindow();
+  readonly #scans = new LatencyWindow();
+
+  waited(ms: number): void {
+    this.#waits.record(ms);
+  }
+
+  scanned(ms: number): void {
+    this.#scans.record(ms);
+  }
+
+  /** The scans source: wait and latency p90 over the last `windowMs` (null when none ended in it). */
+  p90(windowMs: number): ReturnType<PressureSources['scans']> {
+    return { waitP90Ms: this.#waits.percentile(90, windowMs), latencyP90Ms: this.#scans.percentile(90, windowMs) };
+  }
+}
 
 /** What the admin API and `ichidan admission status` show. */
 export interface PressureStatus {
