@@ -12,14 +12,17 @@
  *   its overload floor (entered at once, left once above the floor plus hysteresis), so the queue
  *   stops taking new mail before the spool runs out (KumoMTA's load shedding; MAIL FROM answers
  *   452 4.3.1 meanwhile), with an 'intake' event (state, why) at each change.
- * Reads itself: the event loop's delay (perf_hooks, p99 over the interval, reset at each read) and
- *   the memory the system has available (os.freemem, which is MemAvailable on Linux, over
- *   os.totalmem). Timers are unref'd; `stop()` ends them and drops the level back to normal.
+ * Reads itself: the event loop's delay — a timer every 20 ms records how late it fired (p99 over
+ *   the interval, or how late the next one is already, when that is more: a loop held for the
+ *   whole interval fires no timer at all). perf_hooks' monitorEventLoopDelay is not used: after
+ *   each reset its first tick only primes it, so a loop held between every two reads showed no
+ *   delay at all. And the memory the system has available (os.freemem, which is MemAvailable on
+ *   Linux, over os.totalmem). Timers are unref'd; `stop()` ends them and drops the level back to
+ *   normal.
  * Settings: admission.pressure.*
  */
 import { EventEmitter } from 'node:events';
 import { freemem, totalmem } from 'node:os';
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { LatencyWindow } from '../../base/base-latency-window.js';
 import type { SlotObserver } from '../../queue/accept/accept-slots.js';
@@ -84,11 +87,13 @@ export type AdmissionStatus = PressureStatus & { mode: 'on' | 'observe' | 'off';
 export interface PressureProbes {
   now(): number;
   memoryFree(): number | null;
-  /** The event loop's delay p99 since the last call, ms (null: not measured). */
+  /** The event loop's delay p99 over the last interval, ms (null: not measured). */
   loopDelayP99Ms(): number | null;
 }
 
 const INTAKE_SIGNALS: readonly SignalName[] = ['diskFree', 'memoryFree'];
+/** How often the event-loop sampler's timer is due. */
+const LOOP_SAMPLE_MS = 20;
 
 export class Pressure extends EventEmitter {
   #config: PressureConfig;
@@ -96,7 +101,10 @@ export class Pressure extends EventEmitter {
   #signals: Record<SignalName, SignalReading>;
   #intake: Intake = 'open';
   #timer: NodeJS.Timeout | null = null;
-  #loop: IntervalHistogram | null = null;
+  #sampler: NodeJS.Timeout | null = null;
+  /** When the sampler last fired (performance.now()). */
+  #lastSample = 0;
+  readonly #loopDelays = new LatencyWindow(512);
   /** Sources that threw at their last read (logged once). */
   readonly #failing = new Set<string>();
   readonly #probes: PressureProbes;
@@ -143,16 +151,21 @@ export class Pressure extends EventEmitter {
   start(): void {
     if (this.#timer) return;
     this.#state = initialLevels(this.#probes.now());
-    this.#loop = monitorEventLoopDelay({ resolution: 10 });
-    this.#loop.enable();
+    this.#lastSample = performance.now();
+    this.#sampler = setInterval(() => {
+      const now = performance.now();
+      this.#loopDelays.record(Math.max(0, now - this.#lastSample - LOOP_SAMPLE_MS), now);
+      this.#lastSample = now;
+    }, LOOP_SAMPLE_MS);
+    this.#sampler.unref();
     this.#schedule();
   }
 
   stop(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
-    this.#loop?.disable();
-    this.#loop = null;
+    if (this.#sampler) clearInterval(this.#sampler);
+    this.#sampler = null;
     this.#state = initialLevels(this.#probes.now());
     this.#signals = readings({}, this.#config);
     this.#intake = 'open';
@@ -221,13 +234,13 @@ export class Pressure extends EventEmitter {
     }
   }
 
-  /** The event loop's delay p99 since the last read, ms; the histogram starts again. */
+  /** The event loop's delay over the last interval, ms: the p99 of the sampler's lateness, or how late it is now if more. */
   #loopDelay(): number | null {
-    const h = this.#loop;
-    if (!h || h.count === 0) return null;
-    const p99 = h.percentile(99) / 1e6;
-    h.reset();
-    return p99;
+    if (!this.#sampler) return null;
+    const now = performance.now();
+    const overdue = Math.max(0, now - this.#lastSample - LOOP_SAMPLE_MS);
+    const p99 = this.#loopDelays.percentile(99, this.#config.interval);
+    return p99 === null ? overdue : Math.max(p99, overdue);
   }
 
   /** Paused at once when free disk or memory reaches its overload floor; open again once clear of it by the hysteresis. */
