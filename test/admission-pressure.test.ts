@@ -101,6 +101,10 @@ describe('pressure in a running Ichidan', () => {
     expect(human.stdout).toMatch(/^diskFree\t[\d.]+%\t≤0%\t≤0%\tnormal$/m);
     expect(human.stdout).toMatch(/^scanWait\t-\t≥500ms\t≥3000ms\tnormal$/m);
     expect(pressureLogs()[0].msg).toBe('pressure normal → busy: sessions=0.6 ≥ 0.5');
+    expect(await metric('ichidan_admission_signal{signal="sessions"}')).toBe(0.6);
+    expect(await metric('ichidan_admission_signal_level{signal="sessions"}')).toBe(1);
+    expect(await metric('ichidan_admission_signal_level{signal="diskFree"}')).toBe(0);
+    expect(await metric('ichidan_admission_signal{signal="scanWait"}')).toBeNull();
 
     for (const c of clients.splice(0)) c.close();
     await waitUntil(() => t!.app.pressure.level === 'normal', 5000, 'normal once the sessions closed');

@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../mta-log.js';
 import { admissionSchema } from './admission-config.js';
-import { Pressure, type PressureSources } from './admission-pressure.js';
+import { Pressure, ScanTimings, type PressureSources } from './admission-pressure.js';
 
 const config = admissionSchema.parse({ pressure: { interval: '100ms', rise: '1s', fall: '2s', hysteresis: 0.2 } }).pressure;
 
@@ -132,5 +132,12 @@ describe('Pressure', () => {
     const count = logs.length;
     await new Promise((r) => setTimeout(r, 200));
     expect(logs.length).toBe(count);
+  });
+
+  it('keeps the scan slots\' waits and scans for the scans source (p90 over the window asked)', () => {
+    const t = new ScanTimings();
+    expect(t.p90(1000)).toEqual({ waitP90Ms: null, latencyP90Ms: null });
+    for (let i = 1; i <= 10; i++) { t.waited(i * 100); t.scanned(i); }
+    expect(t.p90(1000)).toEqual({ waitP90Ms: 900, latencyP90Ms: 9 });
   });
 });
