@@ -125,7 +125,7 @@ export class Ichidan {
     queue.spool.fsyncs.onSample = (ms) => metrics.fsync(ms);
     const scanTimes = new ScanTimings();
     this.pressure = new Pressure(config.admission.pressure, {
-      sessions: () => admissionSessions(this.#listeners, this.config),
+      sessions: () => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec))),
       scans: () => scanTimes.p90(this.config.admission.pressure.interval),
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),
@@ -304,17 +304,14 @@ export class Ichidan {
   }
 }
 
-
 /**
- * Admission's sessions signal: connections open on the admission listeners (admission.listeners,
- * or every mx listener) against the sum of their maxClients.
+ * Admission's sessions signal: connections open on the admission listeners (those the door guards:
+ * admission.listeners, or every mx listener) against the sum of their maxClients.
  */
-function admissionSessions(listeners: readonly Listener[], config: Config): { open: number; limit: number } {
-  const names = config.admission.listeners;
+function admissionSessions(listeners: readonly Listener[]): { open: number; limit: number } {
   let open = 0;
   let limit = 0;
   for (const l of listeners) {
-    if (names ? !names.includes(l.spec.name) : l.spec.role !== 'mx') continue;
     open += (l.server as unknown as { connections: { size: number } }).connections.size;
     limit += l.spec.maxClients;
   }

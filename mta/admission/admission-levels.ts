@@ -14,8 +14,9 @@
  * Settings: admission.pressure.* (rise, fall, hysteresis, and the thresholds per signal).
  */
 import type { PressureConfig } from './admission-config.js';
+import type { Level } from './admission-decide.js';
 
-export type Level = 'normal' | 'busy' | 'overload';
+export type { Level } from './admission-decide.js';
 export const LEVELS: readonly Level[] = ['normal', 'busy', 'overload'];
 
 /** Every signal, as named in admission.pressure, the metrics and the log. */
