@@ -17,6 +17,7 @@
  *   /v1/tenants/…                            admin-tenants.ts
  *   /v1/suppression…                         admin-suppression.ts (list, add, import, remove)
  *   /v1/cluster, /v1/node/drain, /undrain    admin-cluster.ts (cluster status, drain)
+ *   /v1/admission                            admin-admission.ts (pressure level and signals)
  *   /metrics                                 admin-metrics.ts
  *   a body of at most 16 KB that must be a JSON object; 400 for a bad field, 404 for no route.
  * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
@@ -28,6 +29,7 @@ import { chmod, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Config } from '../mta-config-schema.js';
+import { admissionRoute, type AdmissionTarget } from './admin-admission.js';
 import { clusterRoute, type ClusterTarget } from './admin-cluster.js';
 import { corruptRoute, type CorruptTarget } from './admin-corrupt.js';
 import { egressRoute, type EgressTarget } from './admin-egress.js';
@@ -41,11 +43,11 @@ import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 import { suppressionRoute, type SuppressionTarget } from './admin-suppression.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {
