@@ -169,6 +169,9 @@ describe('bounce classification and suppression', () => {
     await expect(ichidan('remove', '--tenant', 'shop', 'two@remote.test')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('tenant shop has no suppression for two@remote.test') });
     await expect(ichidan('add', '--tenant', 'shop', 'x@remote.test', '--class', 'grumpy')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('"class" must be one of') });
     await expect(ichidan('add', '--tenant', 'shop', 'not-an-address')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('"address" must be an address') });
+    await expect(ichidan('import', '--tenant', 'shop', join(t.dataDir, 'missing.csv'))).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('cannot read') });
+    await writeFile(join(t.dataDir, 'empty.csv'), 'email\n# none yet\n');
+    await expect(ichidan('import', '--tenant', 'shop', join(t.dataDir, 'empty.csv'))).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('no addresses found') });
   });
 
   it('shows bounced recipients by class where `ichidan queue` shows the queue', async () => {
