@@ -53,6 +53,11 @@ describe('suppression list in the queue database', () => {
     expect(lookup('a', 'GONE@dst.TEST', T0 + 1)).toBeDefined();
     expect(lookup('a', 'gone@dst.test', T0 + 90 * DAY)).toBeUndefined();
     expect(queueStatus(db).bounced).toEqual([]);
+    // An SMTPUTF8 address is kept under the same key the lookups make.
+    write({ op: 'insertMessage', message: { ...message('M2', ['a']), recipients: [{ tenant: 'a', address: 'Ünïcode@Dst.test', domain: 'dst.test', orcpt: null, notify: null }] } });
+    write({ op: 'updateRecipients', messageId: 'M2', now: T0, updates: [bounced(0)] });
+    expect(lookup('a', 'ünïcode@dst.test', T0 + 1)).toMatchObject({ address: 'ünïcode@dst.test' });
+    expect(readSuppressions(db, { match: 'ÜNÏ' }, T0 + 1).map((e) => e.address)).toEqual(['ünïcode@dst.test']);
     db.close();
   });
 

@@ -84,11 +84,13 @@ export function createSuppressionWriter(db: Database.Database): (op: Suppression
  * takes the recipient's tenant and address from its row, so it cannot name another tenant.
  */
 export function prepareBounceSuppression(db: Database.Database): (messageId: string, id: number, cls: string, reason: string, now: number, expiresAt: number | null) => void {
-  const stmt = db.prepare(`INSERT INTO suppressions (tenant, address, class, reason, source, created_at, expires_at)
-    SELECT tenant, lower(address), ?, ?, 'bounce', ?, ? FROM recipients WHERE message_id = ? AND id = ?
-    ON CONFLICT (tenant, address) DO UPDATE SET class = excluded.class, reason = excluded.reason, source = excluded.source,
-      created_at = excluded.created_at, expires_at = excluded.expires_at`);
-  return (messageId, id, cls, reason, now, expiresAt) => { stmt.run(cls, reason, now, expiresAt, messageId, id); };
+  const recipient = db.prepare(`SELECT tenant, address FROM recipients WHERE message_id = ? AND id = ?`);
+  const upsert = db.prepare(UPSERT);
+  return (messageId, id, cls, reason, now, expiresAt) => {
+    const r = recipient.get(messageId, id) as { tenant: string; address: string } | undefined;
+    // The key is made here, not by SQLite's lower(), which folds ASCII only (SMTPUTF8 addresses).
+    if (r) upsert.run({ tenant: r.tenant, address: suppressionKey(r.address), class: cls, reason, source: 'bounce', created_at: now, expires_at: expiresAt });
+  };
 }
 
 export interface SuppressionFilter {
@@ -109,9 +111,9 @@ function hasTable(db: Database.Database): boolean {
 export function readSuppressions(db: Database.Database, f: SuppressionFilter, now: number): SuppressionEntry[] {
   if (!hasTable(db)) return [];
   return db.prepare(`SELECT * FROM suppressions WHERE (@tenant IS NULL OR tenant = @tenant) AND (@class IS NULL OR class = @class)
-    AND (@match IS NULL OR instr(address, lower(@match)) > 0) AND (@expired = 1 OR expires_at IS NULL OR expires_at > @now)
+    AND (@match IS NULL OR instr(address, @match) > 0) AND (@expired = 1 OR expires_at IS NULL OR expires_at > @now)
     ORDER BY created_at DESC, tenant, address LIMIT @limit`).all({
-    tenant: f.tenant ?? null, class: f.class ?? null, match: f.match ?? null, expired: f.expired ? 1 : 0, now, limit: f.limit ?? -1,
+    tenant: f.tenant ?? null, class: f.class ?? null, match: f.match === undefined ? null : suppressionKey(f.match), expired: f.expired ? 1 : 0, now, limit: f.limit ?? -1,
   }) as SuppressionEntry[];
 }
 
