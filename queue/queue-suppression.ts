@@ -14,6 +14,8 @@
  *               queued before the entry, or accepted under action bounce)
  *   report      the log lines and the counter of what an attempt bounced, by class
  *   add, remove, list, prune   the operator's side (CLI and admin API) and the hourly clean-up
+ *   sharing, applyShared       in a cluster, every entry made or removed here is shared, and the
+ *               other nodes' are written here (cluster/cluster-suppression.ts)
  * Settings: suppression.*, tenants.*.suppression.
  */
 import type { Logger } from 'pino';
@@ -21,7 +23,7 @@ import type { RecipientOutcome } from '../delivery/index.js';
 import { recipientSuppressed, type SmtpReply } from '../base/base-reply.js';
 import { suppressionRule, type SuppressionConfig, type SuppressionRule } from './queue-suppression-config.js';
 import { readSuppressions, type SuppressionEntry, type SuppressionFilter } from './queue-suppression-sql.js';
-import type { QueueStore, RecipientRow, RecipientUpdate } from './queue-store.js';
+import type { QueueStore, RecipientRow, RecipientUpdate, WriteOp } from './queue-store.js';
 
 export type { SuppressionEntry, SuppressionFilter } from './queue-suppression-sql.js';
 
@@ -39,6 +41,8 @@ export class Suppressions {
   #prunedAt = 0;
   /** Called with each bounce's tenant and class (the metric). */
   onBounce: ((tenant: string, cls: string) => void) | null = null;
+  /** In a cluster: called with every entry made (or removed: null) on this node. */
+  sharing: ((tenant: string, address: string, entry: SuppressionEntry | null) => void) | null = null;
 
   constructor(private readonly store: QueueStore, private readonly config: () => SuppressionConfig & { hostname: string }, private readonly log: Logger) {}
 
@@ -71,27 +75,37 @@ export class Suppressions {
   }
 
   /** The bounces of a committed attempt: logged with their class, counted, and the suppressions they made logged. */
-  report(qid: string, tenant: string, rows: RecipientRow[], updates: RecipientUpdate[]): void {
+  report(qid: string, tenant: string, rows: RecipientRow[], updates: RecipientUpdate[], now: number): void {
     const byId = new Map(rows.map((r) => [r.id, r]));
     for (const u of updates) {
       if (u.state !== 'bounced' || !u.bounceClass) continue;
       const rcpt = byId.get(u.id)?.address;
       this.log.info({ qid, tenant, rcpt, class: u.bounceClass, status: u.status, reply: u.reply }, 'bounced');
       this.onBounce?.(tenant, u.bounceClass);
-      if (u.suppress) this.log.info({ qid, tenant, rcpt, class: u.bounceClass, until: u.suppress.expiresAt }, 'recipient suppressed');
+      if (!u.suppress || rcpt === undefined) continue;
+      this.log.info({ qid, tenant, rcpt, class: u.bounceClass, until: u.suppress.expiresAt }, 'recipient suppressed');
+      this.sharing?.(tenant, rcpt, { tenant, address: rcpt, class: u.bounceClass, reason: u.suppress.reason, source: 'bounce', created_at: now, expires_at: u.suppress.expiresAt });
     }
   }
 
   /** Operator entries (add, import): written, resolves with how many. */
   async add(entries: SuppressionEntry[]): Promise<number> {
     const [n] = await this.store.write([{ op: 'suppressionAdd', entries }]) as [number];
+    for (const e of entries) this.sharing?.(e.tenant, e.address, e);
     return n;
   }
 
   /** Resolves with whether there was an entry. */
   async remove(tenant: string, address: string): Promise<boolean> {
     const [n] = await this.store.write([{ op: 'suppressionRemove', tenant, address }]) as [number];
+    if (n > 0) this.sharing?.(tenant, address, null);
     return n > 0;
+  }
+
+  /** Entries other nodes of the cluster made or removed: written here, not shared again. */
+  async applyShared(changes: Array<{ tenant: string; address: string; entry: SuppressionEntry | null }>): Promise<void> {
+    const ops: WriteOp[] = changes.map((c) => (c.entry ? { op: 'suppressionAdd', entries: [c.entry] } : { op: 'suppressionRemove', tenant: c.tenant, address: c.address }));
+    if (ops.length > 0) await this.store.write(ops);
   }
 
   list(filter: SuppressionFilter, now = Date.now()): SuppressionEntry[] {
