@@ -12,6 +12,8 @@
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
+ *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
+ *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -40,6 +42,7 @@ export interface ProcessMetrics {
   engineEvent(e: EngineEvent): void;
   egressEvent(e: { kind: string; actor: string }): void;
   admissionDecision(point: string, action: string, reason: string): void;
+  dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
@@ -89,6 +92,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
+  const dkimSignatures = new Counter({
+    name: 'ichidan_dkim_signatures_total', help: 'DKIM signatures made, and keys that failed to sign, per key', labelNames: ['tenant', 'domain', 'selector', 'result'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -98,6 +104,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };
 }
 

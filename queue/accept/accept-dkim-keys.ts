@@ -9,6 +9,8 @@
  *   none. `tenant` null is a trusted network no tenant claims (global trustedNetworks): such a
  *   relay signs for whichever tenant has keys for the domain, as OpenDKIM signs for its
  *   InternalHosts. An authenticated user of one tenant never gets another tenant's keys.
+ * `signingFor(tenant)` is what the accept step is given for one sender's mail (null: that sender's
+ * tenant has no keys, so its mail needs no header block kept and no body hash).
  * A key file that cannot be read when the snapshot is built throws with the key's path named, so
  * the reload fails and the snapshot in force stays.
  */
@@ -26,11 +28,20 @@ export interface DkimKey {
   privateKey: KeyObject;
 }
 
+/** What the accept step is given for mail that may be signed: its keys by From: domain, and the counter. */
+export interface DkimSigning {
+  keys(fromDomain: string): DkimKey[];
+  /** One key's outcome on one message (the metrics); null: no key was tried. */
+  count(key: DkimKey | null, result: 'signed' | 'failed'): void;
+}
+
+export type DkimCount = (key: DkimKey | null, result: 'signed' | 'failed') => void;
+
 export class DkimKeys {
   /** domain → its keys, in config order; `sub` those that also sign for subdomains. */
   readonly #byDomain = new Map<string, Array<DkimKey & { sub: boolean }>>();
 
-  constructor(tenants: Record<string, { dkim: readonly DkimKeyConfig[] }>) {
+  constructor(tenants: Record<string, { dkim: readonly DkimKeyConfig[] }>, private readonly count: DkimCount = () => undefined) {
     for (const [tenant, t] of Object.entries(tenants)) {
       t.dkim.forEach((entry, i) => {
         const loaded = readSigningKey(entry.key, entry.algorithm);
@@ -64,5 +75,10 @@ export class DkimKeys {
       if (parent.length > 0) return parent;
     }
     return [];
+  }
+
+  signingFor(tenant: string | null): DkimSigning | null {
+    if (!this.signs(tenant)) return null;
+    return { keys: (domain) => this.keysFor(tenant, domain), count: this.count };
   }
 }

@@ -156,7 +156,7 @@ describe('the DKIM collector', () => {
     const big = new DkimCollector((d) => keys.keysFor('acme', d), 64);
     big.feed(Buffer.from(MESSAGE));
     big.finish();
-    expect(big.sign('', null, new Date())).toMatchObject({ kind: 'failed', why: 'the header block is larger than 64 bytes' });
+    expect(big.sign('', null, new Date())).toMatchObject({ kind: 'failed', why: 'a header block larger than 64 bytes cannot be DKIM-signed' });
   });
 
   it('reports a key that fails at signing and signs with the others', () => {

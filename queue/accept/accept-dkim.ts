@@ -15,6 +15,12 @@
  * Canonicalization is relaxed/relaxed (survives the folding and whitespace changes relays make);
  * t= is the signing time, x= t= plus the key's `expire` when set.
  *
+ * When no signature can be made for mail that should carry one, the client gets 451 4.7.5 and
+ * keeps the message (unsigned mail from a domain that publishes DMARC would be refused or
+ * filed as spam by its recipients: better held by the sender than sent); a header block past
+ * the limit gets 550 5.6.0. With several keys, one that fails is logged and counted and the
+ * others' signatures go out.
+ *
  * Takes: the DATA chunks as the spool writer gets them; the keys; at the end the trace fields and
  *   the strip rule. Gives: the DKIM-Signature fields (CRLF-terminated), or why none could be made.
  * Memory: the header block only (bounded by `headLimit`); the body is hashed, never kept.
@@ -22,7 +28,11 @@
  */
 import { createHash, sign as cryptoSign } from 'node:crypto';
 import { createRequire } from 'node:module';
-import type { DkimKey } from './accept-dkim-keys.js';
+import type { Logger } from 'pino';
+import { REPLIES, structureRefused, type SmtpReply } from '../../base/base-reply.js';
+import type { DkimKey, DkimSigning } from './accept-dkim-keys.js';
+
+export type { DkimSigning } from './accept-dkim-keys.js';
 import { stripHeaderSection, type StripRule } from '../queue-headers.js';
 
 const mailauth = createRequire(import.meta.url);
@@ -122,7 +132,7 @@ export class DkimCollector {
    * in front of the header block, with `strip` applied to it as delivery applies it.
    */
   sign(trace: string, strip: StripRule | null, now: Date): SignResult {
-    if (this.#tooLong) return { kind: 'failed', why: `the header block is larger than ${this.headLimit} bytes`, keys: [], failed: [] };
+    if (this.#tooLong) return { kind: 'failed', why: `a header block larger than ${this.headLimit} bytes cannot be DKIM-signed`, keys: [], failed: [] };
     if (!this.#block || this.#keys.length === 0 || !this.#hasher) return { kind: 'unsigned' };
     const bodyHash = this.#hasher.digest('base64');
     const block = strip ? Buffer.from(stripHeaderSection(this.#block.subarray(0, -2).toString('latin1'), strip) + '\r\n', 'latin1') : this.#block;
@@ -156,4 +166,23 @@ function signatureField(key: DkimKey, parsed: ParsedField[], bodyHash: string, n
     ? cryptoSign('sha256', canonicalizedHeader, key.privateKey)
     : cryptoSign(null, createHash('sha256').update(canonicalizedHeader).digest(), key.privateKey);
   return tools.formatSignatureHeaderLine('DKIM', { ...dkimHeaderOpts, b: signature.toString('base64') }, true);
+}
+
+/** The signatures to put in front of the message, or the reply that refuses it; logged and counted. */
+export function signatures(collector: DkimCollector, signing: DkimSigning, trace: string, strip: StripRule | null, qid: string, log: Logger): { fields: string } | { reply: SmtpReply } {
+  const result = collector.sign(trace, strip, new Date());
+  if (result.kind === 'unsigned') return { fields: '' };
+  for (const { key, error } of result.failed) {
+    signing.count(key, 'failed');
+    log.error({ qid, err: error, domain: key.domain, selector: key.selector, tenant: key.tenant }, 'DKIM signing failed');
+  }
+  if (result.kind === 'failed') {
+    if (result.failed.length === 0) signing.count(null, 'failed');
+    log.warn({ qid, why: result.why }, 'message not signed');
+    return { reply: result.keys.length === 0 ? structureRefused(result.why) : REPLIES.signingFailed };
+  }
+  const done = result.keys.filter((k) => !result.failed.some((f) => f.key === k));
+  for (const key of done) signing.count(key, 'signed');
+  log.info({ qid, dkim: done.map((k) => `${k.selector}._domainkey.${k.domain}`).join(' ') }, 'DKIM-signed');
+  return { fields: result.fields };
 }
