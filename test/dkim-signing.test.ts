@@ -13,7 +13,7 @@ import { authenticate } from 'mailauth';
 import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dkimTxtRecord, readSigningKey } from '../queue/accept/accept-dkim-config.js';
-import { baseConfig, startApp, TEST_HASH, TEST_PASSWORD, waitUntil, type TestApp } from './helpers/app.js';
+import { baseConfig, startApp, TEST_HASH, TEST_PASSWORD, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
 import { startDns, type TestDns } from './helpers/dns-server.js';
 import { rspamdInstalled, startPrivateRspamd, type PrivateRspamd } from './helpers/private-rspamd.js';
 import { startSink, type Sink } from './helpers/sink.js';
@@ -45,6 +45,7 @@ describe('DKIM signing of outbound mail', () => {
   let mailbox: Sink;
   let dns: TestDns;
   let resolver: dnsPromises.Resolver;
+  let build: (dir: string) => ConfigInput;
 
   beforeAll(async () => {
     keyDir = await mkdtemp(join(tmpdir(), 'ichidan-dkim-keys-'));
@@ -58,7 +59,7 @@ describe('DKIM signing of outbound mail', () => {
     // The first attempt at remote.test is deferred, so the queued spool file can be looked at.
     internet = await startSink({ host: '127.0.0.4', rcpt: (a, n) => (a.startsWith('hold@') && n === 1 ? { code: 451, text: '4.3.0 later' } : undefined) });
     mailbox = await startSink({ host: '127.0.0.2' });
-    t = await startApp((dir) => baseConfig(dir, {
+    t = await startApp(build = (dir) => baseConfig(dir, {
       tenants: {
         acme: {
           domains: ['acme.test'], networks: ['127.0.0.9/32'],
@@ -152,6 +153,19 @@ describe('DKIM signing of outbound mail', () => {
     await submit(RAW.replace('ann@acme.test', 'ann@beta.test'), 'erin@remote.test');
     const other = (await internet.waitFor(sent + 1, 10_000))[sent];
     expect(other.data.toString('latin1')).not.toContain('DKIM-Signature');
+  });
+
+  it('refuses a reload whose key file is gone, naming the key, and keeps signing with the keys in force', async () => {
+    const input = build(t.dataDir) as unknown as { tenants: { acme: { dkim: Array<{ key: string }> } } };
+    input.tenants.acme.dkim[0].key = join(keyDir, 'rotated-away.pem');
+    const file = join(keyDir, 'reload.yaml');
+    await writeFile(file, JSON.stringify(input));
+    const result = t.app.reload(file);
+    expect(result).toEqual({ ok: false, problems: [`tenants.acme.dkim[0].key: cannot read the key file ${join(keyDir, 'rotated-away.pem')} (ENOENT)`] });
+    const before = internet.messages.length;
+    await submit(RAW, 'gina@remote.test');
+    const got = (await internet.waitFor(before + 1, 10_000))[before];
+    expect(await verify(got.data)).toEqual(['s2026:pass', 'ed2026:pass']);
   });
 
   describe.skipIf(!rspamdInstalled() && !process.env.CI)('verified by a real rspamd (private: its resolver asks the test DNS server)', () => {
