@@ -134,6 +134,17 @@ describe('the DKIM collector', () => {
     expect(collect(MESSAGE.replace('alice@acme.test', 'alice@elsewhere.test'), keys, 'acme').sign('', null, new Date())).toEqual({ kind: 'unsigned' });
   });
 
+  it('makes the same signatures however the data is cut into chunks (the blank line across chunks)', () => {
+    const keys = new DkimKeys({ acme: { dkim: [entry({}), entry({ selector: 'ed1', key: files.ed, algorithm: 'ed25519-sha256' })] } });
+    const now = new Date('2026-12-07T00:00:00Z');
+    const made = [1, 2, 3, 4, 5, 13, 64, 1 << 20].map((size) => {
+      const r = collect(MESSAGE, keys, 'acme', size).sign('', null, now);
+      return r.kind === 'signed' ? r.fields : r.kind;
+    });
+    expect(new Set(made).size).toBe(1);
+    expect(made[0]).toMatch(/^DKIM-Signature: /);
+  });
+
   it('reads the one From: domain, or none when there are several', () => {
     expect(fromDomain(Buffer.from('From: "Doe, J" <j@Acme.Test>\r\n'))).toBe('acme.test');
     expect(fromDomain(Buffer.from('From: a@x.test, b@x.test\r\n'))).toBe('x.test');

@@ -89,26 +89,35 @@ export class DkimCollector {
       return;
     }
     if (this.#tooLong) return;
+    // The blank line may straddle chunks: look in the new chunk with the last 3 bytes before it.
+    const before = this.#headBytes;
+    const tail = this.#tail(3);
     this.#head.push(chunk);
     this.#headBytes += chunk.length;
-    const all = Buffer.concat(this.#head);
-    this.#head = [all];
-    const end = all.indexOf(BLANK_LINE);
-    if (end === -1) {
-      if (this.#headBytes > this.headLimit) {
-        this.#tooLong = true;
-        this.#head = [];
-      }
-      return;
-    }
-    if (end > this.headLimit) {
+    const at = Buffer.concat([tail, chunk]).indexOf(BLANK_LINE);
+    const end = at === -1 ? -1 : before - tail.length + at;
+    if (end === -1 ? this.#headBytes > this.headLimit : end > this.headLimit) {
       this.#tooLong = true;
       this.#head = [];
       return;
     }
+    if (end === -1) return;
+    const all = Buffer.concat(this.#head);
     this.#headComplete(all.subarray(0, end + 2));
     // The body starts after the blank line (RFC 5322 section 2.1).
     this.#hasher?.update(all.subarray(end + 4));
+  }
+
+  /** The last `n` bytes kept of the header block so far. */
+  #tail(n: number): Buffer {
+    const parts: Buffer[] = [];
+    let have = 0;
+    for (let i = this.#head.length - 1; i >= 0 && have < n; i--) {
+      parts.unshift(this.#head[i]);
+      have += this.#head[i].length;
+    }
+    const joined = Buffer.concat(parts);
+    return joined.subarray(Math.max(0, joined.length - n));
   }
 
   #headComplete(block: Buffer): void {
