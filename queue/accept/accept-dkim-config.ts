@@ -30,7 +30,9 @@ export const DEFAULT_SIGNED_HEADERS = [
 /** Fields oversigned when `oversign` is not given: those a replayer would most like to add. */
 export const DEFAULT_OVERSIGNED_HEADERS = ['From', 'Reply-To', 'Subject', 'Date', 'To', 'Cc', 'Message-ID', 'List-Unsubscribe'];
 
-const fieldName = z.string().regex(/^[\x21-\x39\x3b-\x7e]+$/, 'a header field name such as "Subject"');
+// A signature never covers another: each is made over the message without the others (RFC 6376 5.4).
+const fieldName = z.string().regex(/^[\x21-\x39\x3b-\x7e]+$/, 'a header field name such as "Subject"')
+  .refine((f) => f.toLowerCase() !== 'dkim-signature', 'not DKIM-Signature: each signature is made without the others');
 
 const label = '[a-z0-9]([a-z0-9-]*[a-z0-9])?';
 

@@ -204,6 +204,7 @@ describe('the DKIM key settings', () => {
     expect(problems({ algorithm: 'ed25519-sha256' })).toEqual([`key: ${files.rsa} holds an RSA key, but algorithm ed25519-sha256 needs an ED25519 key`]);
     expect(problems({ key: files.tiny })).toEqual([`key: ${files.tiny} holds an RSA key of 512 bits: at least 1024 (2048 recommended, RFC 8301)`]);
     expect(problems({ headers: ['Subject'] })).toEqual(['headers: must include "From" (RFC 6376 section 5.4)']);
+    expect(problems({ oversign: ['From', 'DKIM-Signature'] })).toEqual(['oversign.1: not DKIM-Signature: each signature is made without the others']);
     expect(problems({ algorithm: 'rsa-sha1' })[0]).toMatch(/^algorithm: /);
     expect(problems({ domain: 'localhost' })[0]).toMatch(/^domain: /);
     expect(problems({ selector: 'bad selector' })[0]).toMatch(/^selector: /);
