@@ -15,6 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dkimTxtRecord, readSigningKey } from '../queue/accept/accept-dkim-config.js';
 import { baseConfig, startApp, TEST_HASH, TEST_PASSWORD, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
 import { startDns, type TestDns } from './helpers/dns-server.js';
+import { realDaemon, SKIP_REASON } from './helpers/daemons.js';
+import { GTUBE } from './helpers/engine-contract.js';
 import { rspamdInstalled, startPrivateRspamd, type PrivateRspamd } from './helpers/private-rspamd.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
@@ -189,5 +191,68 @@ describe('DKIM signing of outbound mail', () => {
       expect(forged.R_DKIM_ALLOW).toBeUndefined();
       expect(forged.R_DKIM_REJECT).toBeDefined();
     });
+  });
+});
+
+const spamd = realDaemon('spamd');
+
+// The signature covers the header block as delivery sends it: with a scanning engine, Ichidan's
+// verdict fields go in front, the sender's own copies of them are left out, and spam gets its
+// Subject tagged — all at delivery, from the unchanged spool file.
+describe.skipIf(!spamd)(`DKIM signing of scanned, spam-tagged mail (${SKIP_REASON})`, () => {
+  let t: TestApp;
+  let internet: Sink;
+  let dns: TestDns;
+  let dir: string;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ichidan-dkim-tag-'));
+    const keyFile = join(dir, 'rsa.pem');
+    await writeFile(keyFile, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'pem', type: 'pkcs8' }) as string);
+    const loaded = readSigningKey(keyFile, 'rsa-sha256');
+    if ('problem' in loaded) throw new Error(loaded.problem);
+    dns = await startDns({ 'tag1._domainkey.acme.test': { txt: [dkimTxtRecord(loaded.key, 'rsa-sha256')] } });
+    internet = await startSink({ host: '127.0.0.4' });
+    t = await startApp((d) => baseConfig(d, {
+      tenants: {
+        acme: {
+          domains: ['acme.test'],
+          dkim: [{ domain: 'acme.test', selector: 'tag1', key: keyFile }],
+          scanning: { engines: ['spamassassin'], spam: { reject: null, subjectTag: '[SPAM]' } },
+        },
+      },
+      users: [{ name: 'ann@acme.test', password: TEST_HASH, tenant: 'acme' }],
+      routes: { '*': { host: '127.0.0.4', port: internet.port } },
+      engines: [{ name: 'spamassassin', type: 'spamd', servers: [{ host: spamd!.host, port: spamd!.port }] }],
+    }));
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await Promise.all([internet?.close(), dns?.close()]);
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('signs the Subject as delivery tags it, with the sender\'s own X-Spam-Flag left out; mailauth verifies it', async () => {
+    const raw = RAW.replace('Subject: the quarterly', 'X-Spam-Flag: NO\r\nSubject: the quarterly').replace('Dear Bob,', `Dear Bob, ${GTUBE}`);
+    const info = await nodemailer.createTransport({
+      host: '127.0.0.1', port: t.port('submission'), secure: false, requireTLS: true, tls: { rejectUnauthorized: false },
+      auth: { user: 'ann@acme.test', pass: TEST_PASSWORD },
+    }).sendMail({ envelope: { from: 'ann@acme.test', to: ['hal@remote.test'] }, raw });
+    const qid = info.response.split(' ').pop()!;
+    const [got] = await internet.waitFor(1, 15_000);
+    const text = got.data.toString('latin1');
+    expect(text).toMatch(/^Subject: \[SPAM\] the quarterly/m);
+    expect(text).not.toContain('X-Spam-Flag: NO');
+    const resolver = new dnsPromises.Resolver({ timeout: 2000, tries: 1 });
+    resolver.setServers([dns.server]);
+    const res = await authenticate(got.data, {
+      ip: '203.0.113.5', helo: 'mx.ichidan.test', sender: 'ann@acme.test', mta: 'mx.remote.test',
+      resolver: (name: string, type: string) => resolver.resolve(name, type) as Promise<string[][]>,
+      disableArc: true, disableDmarc: true, disableBimi: true,
+    });
+    expect(res.dkim.results.map((r) => `${r.selector}:${r.status.result}`)).toEqual(['tag1:pass']);
+    // The spool file was the message as sent (it is gone once delivered; its size was recorded).
+    expect(got.data.subarray(got.data.length - Buffer.byteLength(raw.slice(raw.indexOf('\r\n\r\n')))).toString('latin1')).toBe(raw.slice(raw.indexOf('\r\n\r\n')));
+    expect(qid).toMatch(/^[0-9A-Z]{16}$/);
   });
 });
