@@ -164,6 +164,11 @@ describe('the DKIM collector', () => {
     const signed = collect(bare, keys, 'acme').sign('', null, new Date());
     if (signed.kind !== 'signed') throw new Error(signed.kind);
     expect(signed.fields.replace(/\r\n\s+/g, '')).toContain('bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=');
+    // A message opening with a blank line has no header block: unsigned, however long its body.
+    const headless = new DkimCollector((d) => keys.keysFor('acme', d), 64);
+    for (const part of ['\r', '\n', 'x'.repeat(200), '\r\n']) headless.feed(Buffer.from(part));
+    headless.finish();
+    expect(headless.sign('', null, new Date())).toEqual({ kind: 'unsigned' });
     const big = new DkimCollector((d) => keys.keysFor('acme', d), 64);
     big.feed(Buffer.from(MESSAGE));
     big.finish();

@@ -53,6 +53,7 @@ const { generateCanonicalizedHeader } = mailauth('mailauth/lib/dkim/header') as 
 const addressparser = createRequire(mailauth.resolve('mailauth/lib/tools'))('nodemailer/lib/addressparser') as (value: string) => Array<{ address?: string; group?: Array<{ address?: string }> }>;
 
 const BLANK_LINE = Buffer.from('\r\n\r\n');
+const CRLF = Buffer.from('\r\n');
 
 /** The one domain of the From: field (RFC 5322 section 3.6.2), or null when there is none or several. */
 export function fromDomain(head: Buffer): string | null {
@@ -94,6 +95,11 @@ export class DkimCollector {
     const tail = this.#tail(3);
     this.#head.push(chunk);
     this.#headBytes += chunk.length;
+    // A message opening with a blank line has no header block, so no From: to sign for.
+    if (before < 2 && this.#headBytes >= 2 && Buffer.concat(this.#head).subarray(0, 2).equals(CRLF)) {
+      this.#headComplete(Buffer.alloc(0));
+      return;
+    }
     const at = Buffer.concat([tail, chunk]).indexOf(BLANK_LINE);
     const end = at === -1 ? -1 : before - tail.length + at;
     if (end === -1 ? this.#headBytes > this.headLimit : end > this.headLimit) {
@@ -133,7 +139,7 @@ export class DkimCollector {
     if (this.#block || this.#tooLong) return;
     const all = Buffer.concat(this.#head);
     if (all.length === 0) return;
-    this.#headComplete(all.subarray(-2).equals(Buffer.from('\r\n')) ? all : Buffer.concat([all, Buffer.from('\r\n')]));
+    this.#headComplete(all.subarray(-2).equals(CRLF) ? all : Buffer.concat([all, CRLF]));
   }
 
   /**
