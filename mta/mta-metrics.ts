@@ -21,6 +21,8 @@
  *   ichidan_bounces_total{tenant,class}              bounces by class (queue/queue-classify.ts; 'suppressed':
  *                                                    stopped by the suppression list); tenant: a configured
  *                                                    one, `_relay`, or `_other` (the caller bounds it)
+ *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
+ *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -58,6 +60,7 @@ export interface ProcessMetrics {
   levelChange(to: Level): void;
   admissionDecision(point: string, action: string, reason: string): void;
   bounce(tenant: string, cls: string): void;
+  dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null }: MetricSources): ProcessMetrics {
@@ -115,6 +118,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   const bounces = new Counter({
     name: 'ichidan_bounces_total', help: 'Recipients bounced, by tenant and bounce class (suppressed: stopped by the tenant\'s suppression list)', labelNames: ['tenant', 'class'], registers,
   });
+  const dkimSignatures = new Counter({
+    name: 'ichidan_dkim_signatures_total', help: 'DKIM signatures made, and keys that failed to sign, per key', labelNames: ['tenant', 'domain', 'selector', 'result'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -127,6 +133,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     levelChange: (to) => levelChanges.inc({ to }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
     bounce: (tenant, cls) => bounces.inc({ tenant, class: cls }),
+    dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };
 }
 
