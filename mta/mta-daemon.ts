@@ -34,6 +34,7 @@ import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { processMetrics } from './mta-metrics.js';
 import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
+import { suppressedLive } from './ingress/ingress-suppression.js';
 import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from './proxy/proxy-origdst.js';
@@ -241,6 +242,7 @@ export class Ichidan {
         return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
       },
       session: (config) => proxySessionDeps(config, this.queue, this.sessions, this.#proxyOutbound),
+      suppressed: (tenant, address) => suppressedLive(this.queue, { tenant, address }, 'proxy', this.log),
       scanner: (tenant) => {
         const snapshot = this.#snapshot;
         if (!proxyScans(snapshot.config.proxy.scan, tenant) || snapshot.engines.size === 0) return null;

@@ -55,9 +55,9 @@ export class Suppressions {
     return this.store.suppressed(tenant, address, now);
   }
 
-  /** At RCPT: the refusal for a suppressed recipient when the tenant's action is refuse; null otherwise. */
-  refusal(tenant: string, address: string, now = Date.now()): SmtpReply | null {
-    if (this.rule(tenant).action !== 'refuse') return null;
+  /** At RCPT: the refusal for a suppressed recipient when the tenant's action is refuse (or `always`: a live relay); null otherwise. */
+  refusal(tenant: string, address: string, now = Date.now(), always = false): SmtpReply | null {
+    if (!always && this.rule(tenant).action !== 'refuse') return null;
     const entry = this.lookup(tenant, address, now);
     return entry ? recipientSuppressed(address, suppressionWhy(entry)) : null;
   }

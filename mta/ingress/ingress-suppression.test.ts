@@ -4,7 +4,7 @@ import { REPLIES, reply } from '../../base/base-reply.js';
 import { ConfigError, parseConfig } from '../mta-config.js';
 import { suppressionRule } from '../../queue/queue-suppression-config.js';
 import { Policy } from './ingress-policy.js';
-import { suppressedAtRcpt } from './ingress-suppression.js';
+import { suppressedAtRcpt, suppressedLive } from './ingress-suppression.js';
 
 const config = parseConfig({
   trustedNetworks: ['10.0.0.0/8'],
@@ -17,7 +17,7 @@ const refused = reply(550, '5.1.1', '<gone@dst.test>: recipient suppressed after
 
 function queue(answer: () => ReturnType<typeof reply> | null) {
   const asked: string[] = [];
-  return { asked, q: { suppressions: { refusal: (tenant: string, address: string) => { asked.push(`${tenant}/${address}`); return answer(); } } } as never };
+  return { asked, q: { suppressions: { refusal: (tenant: string, address: string, _now?: number, always = false) => { asked.push(`${tenant}/${address}${always ? ' always' : ''}`); return answer(); } } } as never };
 }
 
 describe('the suppression list at RCPT', () => {
@@ -41,6 +41,13 @@ describe('the suppression list at RCPT', () => {
   it('answers 451 4.3.0 when the list cannot be read', () => {
     const { q } = queue(() => { throw new Error('SQLITE_IOERR'); });
     expect(suppressedAtRcpt(q, policy, rcpt, { address: '192.0.2.7', authUser: null, role: 'mx' }, log)).toBe(REPLIES.localError);
+    expect(suppressedLive(q, rcpt, '192.0.2.7', log)).toBe(REPLIES.localError);
+  });
+
+  it('asks for the proxy whatever the tenant\'s action (a live relay bounces nothing later)', () => {
+    const { asked, q } = queue(() => refused);
+    expect(suppressedLive(q, rcpt, '192.0.2.7', log)).toBe(refused);
+    expect(asked).toEqual(['shop/gone@dst.test always']);
   });
 });
 

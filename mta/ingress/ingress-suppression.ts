@@ -6,6 +6,9 @@
  * (the queue stops a suppressed recipient before delivery whatever the path), and a lookup is
  * always by the recipient's own tenant, never across tenants.
  *
+ * The transparent proxy relays live, so it can bounce nothing later: its tenants' suppressed
+ * recipients are refused at RCPT whatever the action (`suppressedLive`), and the legacy MTA
+ * bounces them.
  * Takes: the queue's suppressions, the snapshot's policy, the RCPT decision, the client.
  * Gives: the refusal, or null; the lookup failing (the database unreadable) gives 451 4.3.0, logged.
  * Settings: suppression.action, tenants.*.suppression.action.
@@ -17,10 +20,19 @@ import type { ClientContext, Policy } from './ingress-policy.js';
 
 export function suppressedAtRcpt(queue: Pick<Queue, 'suppressions'>, policy: Policy, rcpt: { tenant: string; address: string }, client: ClientContext, log: Logger): SmtpReply | null {
   if (client.authUser === null && !policy.isTrusted(client.address)) return null;
+  return lookup(() => queue.suppressions.refusal(rcpt.tenant, rcpt.address), rcpt, client.address, log);
+}
+
+/** The proxy's RCPT: refused whatever the tenant's action. */
+export function suppressedLive(queue: Pick<Queue, 'suppressions'>, rcpt: { tenant: string; address: string }, client: string, log: Logger): SmtpReply | null {
+  return lookup(() => queue.suppressions.refusal(rcpt.tenant, rcpt.address, Date.now(), true), rcpt, client, log);
+}
+
+function lookup(refusal: () => SmtpReply | null, rcpt: { tenant: string; address: string }, client: string, log: Logger): SmtpReply | null {
   try {
-    const refusal = queue.suppressions.refusal(rcpt.tenant, rcpt.address);
-    if (refusal) log.info({ client: client.address, tenant: rcpt.tenant, rcpt: rcpt.address, reply: refusal.text }, 'recipient refused: suppressed');
-    return refusal;
+    const r = refusal();
+    if (r) log.info({ client, tenant: rcpt.tenant, rcpt: rcpt.address, reply: r.text }, 'recipient refused: suppressed');
+    return r;
   } catch (err) {
     log.error({ err, tenant: rcpt.tenant, rcpt: rcpt.address }, 'suppression lookup failed');
     return REPLIES.localError;
