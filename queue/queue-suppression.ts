@@ -8,7 +8,8 @@
  *   queue-store-sql.ts), the config (each tenant's rule, queue-suppression-config.ts).
  * Gives:
  *   refusal     what RCPT answers for a suppressed recipient when the tenant's action is refuse
- *               (550 5.1.1 naming the suppression); mta/ingress asks it for submitted and relayed mail
+ *               (550 5.1.1 naming the suppression); mta/ingress asks it for submitted and relayed mail,
+ *               the transparent proxy whatever the action (it relays live)
  *   stop        before a delivery, the outcomes of the recipients on their tenant's list (the same
  *               550 5.1.1, bounced without contacting the destination, whatever the action: mail
  *               queued before the entry, or accepted under action bounce)
