@@ -77,12 +77,13 @@ export class RecentEvents {
 /**
  * The key a client is counted under: an IPv4 address (IPv4-mapped IPv6 included) as itself, an
  * IPv6 address as its first `ipv6Prefix` bits ("2001:db8:0:0:0:0:0:0/64"), since one host or site
- * is given a whole /64 and picks a new address from it at will.
+ * is given a whole /64 and picks a new address from it at will. With `ipv4Prefix` below 32 an IPv4
+ * address is keyed by its network likewise ("192.0.2.0/24").
  */
-export function clientKey(address: string, ipv6Prefix = 64): string {
+export function clientKey(address: string, ipv6Prefix = 64, ipv4Prefix = 32): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return mapped[1];
-  if (!address.includes(':')) return address;
+  const v4 = mapped ? mapped[1] : address.includes(':') ? null : address;
+  if (v4 !== null) return ipv4Prefix >= 32 ? v4 : ipv4Network(v4, ipv4Prefix);
   const groups = ipv6Groups(address);
   if (!groups) return address.toLowerCase();
   const masked = groups.map((g, i) => {
@@ -90,6 +91,15 @@ export function clientKey(address: string, ipv6Prefix = 64): string {
     return keep === 0 ? 0 : g & (0xffff << (16 - keep)) & 0xffff;
   });
   return `${masked.map((g) => g.toString(16)).join(':')}/${ipv6Prefix}`;
+}
+
+/** An IPv4 address's first `bits` bits as "a.b.c.d/bits" (the address itself when it is not one). */
+function ipv4Network(address: string, bits: number): string {
+  const octets = address.split('.').map(Number);
+  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) return address;
+  const value = ((octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]) >>> 0;
+  const masked = bits === 0 ? 0 : (value & (0xffffffff << (32 - bits))) >>> 0;
+  return `${[24, 16, 8, 0].map((s) => (masked >>> s) & 255).join('.')}/${bits}`;
 }
 
 /** The eight 16-bit groups of an IPv6 address (zone id dropped), or null if it is not one. */
