@@ -1,0 +1,484 @@
+/*
+ * The known senders: who usually sends here, learned in normal times so that under pressure they
+ * can be served first (issue 15, seed 003).
+ *
+ * Takes: one `SenderEvent` per message accepted or refused (admission-learn.ts makes it from the
+ *   accept step's result), resolver pairings from the DNS responder, operators' pins, blocks and
+ *   forgets (admin/admin-senders.ts).
+ * Gives: `standing(address)` — synchronous, from memory, on every connection: a client network's
+ *   standing (trusted networks and tenants' networks count as pinned); `standingOf`, and
+ *   `resolverStanding` (a resolver is known when a client it was paired with stands known or
+ *   pinned); `list` / `show` for operators; `counts()` per kind and standing, kept up to date as
+ *   entries change (the metrics read them without a scan).
+ * Entries (admission-senders-key.ts): per client network, AUTH user, aligned sending domain and
+ *   resolver, each with a tally (admission-senders-tally.ts: decayed clean / refused / spam counts,
+ *   spam score, first and last seen) and an operator's mark.
+ * Memory and disk: at most maxEntries entries (the least recently seen unmarked one goes when a
+ *   new one would pass it); every flushEvery the changed tallies go to SQLite
+ *   (admission-senders-sql.ts), a slice of the entries is judged again (decay moves a sender from
+ *   known to unknown with time) and entries not seen for forgetAfter are dropped (marked ones are
+ *   kept). In a cluster the entries are shared (admission-senders-share.ts).
+ * Settings: admission.senders.*
+ */
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { ClusterLink } from '../../queue/cluster/cluster-link.js';
+import type { SendersConfig } from './admission-config.js';
+import { displayKey, networkKey, resolverKey, SENDER_KINDS, type SenderKind, type SenderRef } from './admission-senders-key.js';
+import { OWN, SendersDb, type SendersBatch } from './admission-senders-sql.js';
+import { SendersShare, type ShareHost } from './admission-senders-share.js';
+import {
+  counted, emptyTally, merged, paired, standingFrom, STANDINGS, type Mark, type Standing, type Tally,
+} from './admission-senders-tally.js';
+
+export type { Standing } from './admission-senders-tally.js';
+export type { SenderKind } from './admission-senders-key.js';
+export type { SendersConfig } from './admission-config.js';
+
+export interface SenderEvent {
+  /** The client's IP. */
+  address: string;
+  /** The AUTH user, when the session authenticated. */
+  authUser: string | null;
+  /** The sending domain when DKIM- or SPF-aligned (else null). */
+  domain: string | null;
+  outcome: 'clean' | 'refused' | 'spam';
+  /** The aggregated spam score, when the engines gave one. */
+  score: number | null;
+}
+
+/** An entry as operators see it. */
+export interface SenderView {
+  kind: SenderKind;
+  key: string;
+  standing: Standing;
+  clean: number;
+  refused: number;
+  spam: number;
+  /** The mean spam score, when any was given. */
+  score: number | null;
+  firstSeen: number | null;
+  lastSeen: number | null;
+  mark: Mark | null;
+  /** Nodes whose counts are in it (this one included). */
+  nodes: number;
+  pairs?: string[];
+}
+
+interface Entry extends SenderRef {
+  own: Tally | null;
+  peers: Map<string, Tally> | null;
+  mark: Mark | null;
+  /** The standing last judged (what counts() holds it under). */
+  standing: Standing;
+}
+
+/** Entries judged again (and forgotten when stale) per flush. */
+const SLICE = 2000;
+
+const idOf = (ref: SenderRef) => `${ref.kind}|${ref.key}`;
+
+export class KnownSenders implements ShareHost {
+  readonly #entries = new Map<string, Entry>();
+  readonly #counts = new Map<SenderKind, Record<Standing, number>>(SENDER_KINDS.map((k) => [k, { pinned: 0, known: 0, unknown: 0, blocked: 0 }]));
+  /** Own tallies changed since the last write, peers' likewise (id → nodes), entries removed whole. */
+  readonly #dirty = new Set<string>();
+  readonly #dirtyPeers = new Map<string, Set<string>>();
+  readonly #removed = new Map<string, SenderRef>();
+  #config: SendersConfig;
+  #timer: NodeJS.Timeout | null = null;
+  #slice: Iterator<Entry> | null = null;
+  #closed = false;
+  readonly #share: SendersShare | null;
+
+  private constructor(private readonly db: SendersDb, config: SendersConfig, private readonly trusted: (address: string) => boolean,
+    link: ClusterLink | null, private readonly log: Logger) {
+    this.#config = config;
+    this.#share = link && new SendersShare(link, db, this, () => this.#config.forgetAfter, log);
+  }
+
+  static open(opts: { dataDir: string; config: SendersConfig; trusted: (address: string) => boolean; link: ClusterLink | null; log: Logger }): KnownSenders {
+    const db = SendersDb.open(join(opts.dataDir, 'senders.sqlite'));
+    const senders = new KnownSenders(db, opts.config, opts.trusted, opts.link, opts.log);
+    senders.#load();
+    senders.#schedule();
+    opts.log.info({ entries: senders.#entries.size, shared: opts.link !== null }, 'known senders loaded');
+    return senders;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** In step with the cluster's Redis (false without a cluster). */
+  get synced(): boolean {
+    return this.#share?.synced ?? false;
+  }
+
+  standing(address: string): Standing {
+    if (this.trusted(address)) return 'pinned';
+    const entry = this.#entries.get(idOf({ kind: 'network', key: networkKey(address, this.#config) }));
+    return entry ? this.#judge(entry, Date.now()) : 'unknown';
+  }
+
+  standingOf(kind: SenderKind, key: string): Standing {
+    if (kind === 'resolver') return this.resolverStanding(key);
+    if (kind === 'network' && isIP(key)) return this.standing(key);
+    const entry = this.#entries.get(idOf({ kind, key }));
+    return entry ? this.#judge(entry, Date.now()) : 'unknown';
+  }
+
+  record(e: SenderEvent): void {
+    if (this.#closed || isIP(e.address) === 0) return;
+    const now = Date.now();
+    const refs: SenderRef[] = [{ kind: 'network', key: networkKey(e.address, this.#config) }];
+    if (e.authUser) refs.push({ kind: 'user', key: e.authUser });
+    if (e.domain) refs.push({ kind: 'domain', key: e.domain.toLowerCase() });
+    for (const ref of refs) {
+      this.#learn(ref, now, (t) => counted(t, e.outcome, e.score, now, this.#config.halfLife));
+    }
+  }
+
+  pairResolver(resolver: string, client: string): void {
+    if (this.#closed || isIP(resolver) === 0 || isIP(client) === 0) return;
+    const now = Date.now();
+    this.#learn({ kind: 'resolver', key: resolverKey(resolver) }, now, (t) => paired(t, client, now, this.#config.halfLife));
+  }
+
+  resolverStanding(resolver: string): Standing {
+    if (isIP(resolver) && this.trusted(resolver)) return 'pinned';
+    const key = isIP(resolver) ? resolverKey(resolver) : resolver;
+    const entry = this.#entries.get(idOf({ kind: 'resolver', key }));
+    return entry ? this.#judge(entry, Date.now()) : 'unknown';
+  }
+
+  apply(config: SendersConfig): void {
+    const reschedule = config.flushEvery !== this.#config.flushEvery;
+    this.#config = config;
+    if (reschedule) this.#schedule();
+  }
+
+  // --- operators ---------------------------------------------------------------------------
+
+  /** Pins or blocks an entry (one never seen is created: a partner can be pinned before it sends). Resolves whether the cluster has it already. */
+  async mark(ref: SenderRef, flag: Mark['flag'], note: string | null, by: string): Promise<{ view: SenderView; shared: boolean }> {
+    const mark: Mark = { flag, note, at: Date.now(), by };
+    this.applyMark(ref, mark);
+    const shared = this.#share ? await this.#share.publish({ t: 'mark', kind: ref.kind, key: ref.key, mark }) : false;
+    this.log.info({ sender: displayKey(ref), flag, note, by }, `known senders: ${flag}`);
+    return { view: this.show(ref)!, shared };
+  }
+
+  /** Forgets an entry everywhere: its counts, its mark. Resolves null when there is no such entry. */
+  async forget(ref: SenderRef, by: string): Promise<{ view: SenderView; shared: boolean } | null> {
+    const view = this.show(ref);
+    if (!view) return null;
+    const at = Date.now();
+    this.#remove(this.#entries.get(idOf(ref))!);
+    const shared = this.#share ? await this.#share.publish({ t: 'forget', kind: ref.kind, key: ref.key, at, by }) : false;
+    this.log.info({ sender: displayKey(ref), by }, 'known senders: forgotten');
+    return { view, shared };
+  }
+
+  show(ref: SenderRef): SenderView | null {
+    const entry = this.#entries.get(idOf(ref));
+    return entry ? this.#view(entry, Date.now()) : null;
+  }
+
+  /** Entries, most recently seen first. */
+  list(filter: { kind?: SenderKind; standing?: Standing; limit?: number } = {}): { total: number; senders: SenderView[] } {
+    const now = Date.now();
+    const views: SenderView[] = [];
+    for (const entry of this.#entries.values()) {
+      if (filter.kind && entry.kind !== filter.kind) continue;
+      const view = this.#view(entry, now);
+      if (filter.standing && view.standing !== filter.standing) continue;
+      views.push(view);
+    }
+    views.sort((a, b) => (b.lastSeen ?? b.mark?.at ?? 0) - (a.lastSeen ?? a.mark?.at ?? 0));
+    return { total: views.length, senders: views.slice(0, filter.limit ?? 100) };
+  }
+
+  /** Entries per kind and standing, as last judged. */
+  counts(): Array<{ kind: SenderKind; standing: Standing; n: number }> {
+    return SENDER_KINDS.flatMap((kind) => STANDINGS.map((standing) => ({ kind, standing, n: this.#counts.get(kind)![standing] })));
+  }
+
+  /** Writes what changed, judges a slice again, shares. */
+  async flush(): Promise<void> {
+    const now = Date.now();
+    this.#refreshSlice(now);
+    this.#write();
+    await this.#share?.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    try {
+      this.#write();
+      await this.#share?.flush();
+    } finally {
+      this.db.close();
+    }
+  }
+
+  // --- ShareHost: what the cluster applies ----------------------------------------------------
+
+  ownTally(ref: SenderRef): Tally | null {
+    return this.#entries.get(idOf(ref))?.own ?? null;
+  }
+
+  allOwn(): Array<SenderRef & { tally: Tally }> {
+    return [...this.#entries.values()].flatMap((e) => (e.own ? [{ kind: e.kind, key: e.key, tally: e.own }] : []));
+  }
+
+  localMarks(): Array<SenderRef & { mark: Mark }> {
+    return [...this.#entries.values()].flatMap((e) => (e.mark ? [{ kind: e.kind, key: e.key, mark: e.mark }] : []));
+  }
+
+  peerTallies(node: string, rows: Array<SenderRef & { tally: Tally | null }>): void {
+    for (const { tally, ...ref } of rows) {
+      const id = idOf(ref);
+      let entry = this.#entries.get(id);
+      if (!entry && !tally) continue;
+      entry ??= this.#create(ref);
+      entry.peers ??= new Map();
+      if (tally) entry.peers.set(node, tally);
+      else entry.peers.delete(node);
+      this.#peerDirty(id, node);
+      this.#touch(entry, tally?.lastSeen ?? 0);
+      this.#judge(entry, Date.now());
+      this.#dropIfEmpty(entry);
+    }
+  }
+
+  replacePeers(rows: Array<SenderRef & { node: string; tally: Tally }>): void {
+    for (const [id, entry] of this.#entries) {
+      if (!entry.peers) continue;
+      for (const node of entry.peers.keys()) this.#peerDirty(id, node);
+      entry.peers = null;
+    }
+    const byNode = new Map<string, Array<SenderRef & { tally: Tally }>>();
+    for (const { node, ...row } of rows) {
+      if (!byNode.has(node)) byNode.set(node, []);
+      byNode.get(node)!.push(row);
+    }
+    for (const [node, list] of byNode) this.peerTallies(node, list);
+    const now = Date.now();
+    for (const entry of [...this.#entries.values()]) {
+      this.#judge(entry, now);
+      this.#dropIfEmpty(entry);
+    }
+  }
+
+  applyMark(ref: SenderRef, mark: Mark): void {
+    const entry = this.#entries.get(idOf(ref)) ?? this.#create(ref);
+    entry.mark = mark;
+    this.db.setMark(ref, mark);
+    this.#judge(entry, Date.now());
+  }
+
+  applyForget(ref: SenderRef, at: number): void {
+    const entry = this.#entries.get(idOf(ref));
+    if (!entry) return;
+    // A sender this node saw again after the forget keeps this node's own count of it.
+    if (entry.own && entry.own.lastSeen > at) {
+      entry.mark = null;
+      this.db.setMark(ref, null);
+      for (const node of entry.peers?.keys() ?? []) this.#peerDirty(idOf(ref), node);
+      entry.peers = null;
+      this.#judge(entry, Date.now());
+      return;
+    }
+    this.#remove(entry);
+  }
+
+  replaceMarks(marks: Array<SenderRef & { mark: Mark }>, forgets: Array<SenderRef & { at: number }>): void {
+    const wanted = new Map(marks.map((m) => [idOf(m), m.mark]));
+    for (const entry of [...this.#entries.values()]) {
+      if (entry.mark && !wanted.has(idOf(entry))) {
+        entry.mark = null;
+        this.db.setMark(entry, null);
+        this.#judge(entry, Date.now());
+        this.#dropIfEmpty(entry);
+      }
+    }
+    for (const { mark, ...ref } of marks) {
+      const have = this.#entries.get(idOf(ref))?.mark;
+      if (!have || have.at !== mark.at || have.flag !== mark.flag || have.note !== mark.note) this.applyMark(ref, mark);
+    }
+    for (const { at, ...ref } of forgets) this.applyForget(ref, at);
+  }
+
+  // --- inside ------------------------------------------------------------------------------
+
+  #load(): void {
+    for (const { node, tally, ...ref } of this.db.tallies()) {
+      const entry = this.#entries.get(idOf(ref)) ?? this.#create(ref);
+      if (node === OWN) entry.own = tally;
+      else (entry.peers ??= new Map()).set(node, tally);
+      this.#touch(entry, tally.lastSeen);
+    }
+    for (const { mark, ...ref } of this.db.marks()) (this.#entries.get(idOf(ref)) ?? this.#create(ref)).mark = mark;
+    const now = Date.now();
+    for (const entry of this.#entries.values()) this.#judge(entry, now);
+  }
+
+  #schedule(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = setInterval(() => {
+      this.flush().catch((err: Error) => this.log.error({ err }, 'known senders: could not be written'));
+    }, this.#config.flushEvery);
+    this.#timer.unref();
+  }
+
+  #learn(ref: SenderRef, now: number, change: (t: Tally) => Tally): void {
+    const id = idOf(ref);
+    const entry = this.#entries.get(id) ?? this.#create(ref);
+    entry.own = change(entry.own ?? emptyTally(now));
+    this.#dirty.add(id);
+    this.#share?.changed(ref);
+    this.#touch(entry, now);
+    this.#judge(entry, now);
+  }
+
+  #create(ref: SenderRef): Entry {
+    while (this.#entries.size >= this.#config.maxEntries && this.#evictOne()) { /* until there is room */ }
+    const entry: Entry = { kind: ref.kind, key: ref.key, own: null, peers: null, mark: null, standing: 'unknown' };
+    this.#entries.set(idOf(ref), entry);
+    this.#counts.get(ref.kind)!.unknown++;
+    return entry;
+  }
+
+  /** Moves an entry to the end of the map (the most recently seen end) when `seen` is its newest sighting. */
+  #touch(entry: Entry, seen: number): void {
+    const id = idOf(entry);
+    const last = this.#lastSeen(entry);
+    if (seen < last) return;
+    this.#entries.delete(id);
+    this.#entries.set(id, entry);
+  }
+
+  /** The least recently seen unmarked entry goes; false when every entry is marked. */
+  #evictOne(): boolean {
+    for (const entry of this.#entries.values()) {
+      if (entry.mark) continue;
+      this.#remove(entry);
+      return true;
+    }
+    return false;
+  }
+
+  #remove(entry: Entry): void {
+    const id = idOf(entry);
+    if (!this.#entries.delete(id)) return;
+    this.#counts.get(entry.kind)![entry.standing]--;
+    this.#dirty.delete(id);
+    this.#dirtyPeers.delete(id);
+    this.#removed.set(id, { kind: entry.kind, key: entry.key });
+    if (entry.own) this.#share?.changed(entry);
+  }
+
+  #dropIfEmpty(entry: Entry): void {
+    if (!entry.own && !entry.mark && (!entry.peers || entry.peers.size === 0)) this.#remove(entry);
+  }
+
+  #peerDirty(id: string, node: string): void {
+    if (!this.#dirtyPeers.has(id)) this.#dirtyPeers.set(id, new Set());
+    this.#dirtyPeers.get(id)!.add(node);
+  }
+
+  #tally(entry: Entry, now: number): Tally | null {
+    const all = entry.peers ? [...(entry.own ? [entry.own] : []), ...entry.peers.values()] : entry.own ? [entry.own] : [];
+    return merged(all, now, this.#config.halfLife);
+  }
+
+  #lastSeen(entry: Entry): number {
+    let last = entry.own?.lastSeen ?? 0;
+    for (const t of entry.peers?.values() ?? []) last = Math.max(last, t.lastSeen);
+    return last;
+  }
+
+  /** The entry's standing now; the counts follow it. */
+  #judge(entry: Entry, now: number): Standing {
+    let standing = standingFrom(entry.mark, this.#tally(entry, now), this.#config);
+    if (entry.kind === 'resolver' && !entry.mark) {
+      const pairs = this.#tally(entry, now)?.pairs ?? [];
+      standing = pairs.some((client) => ['known', 'pinned'].includes(this.standing(client))) ? 'known' : 'unknown';
+    }
+    if (standing !== entry.standing && this.#entries.get(idOf(entry)) === entry) {
+      const counts = this.#counts.get(entry.kind)!;
+      counts[entry.standing]--;
+      counts[standing]++;
+    }
+    entry.standing = standing;
+    return standing;
+  }
+
+  #view(entry: Entry, now: number): SenderView {
+    const t = this.#tally(entry, now);
+    const round = (n: number) => Math.round(n * 100) / 100;
+    return {
+      kind: entry.kind,
+      key: displayKey(entry),
+      standing: this.#judge(entry, now),
+      clean: round(t?.clean ?? 0),
+      refused: round(t?.refused ?? 0),
+      spam: round(t?.spam ?? 0),
+      score: t && t.scored > 0 ? round(t.scoreSum / t.scored) : null,
+      firstSeen: t?.firstSeen ?? null,
+      lastSeen: t?.lastSeen ?? null,
+      mark: entry.mark,
+      nodes: (entry.own ? 1 : 0) + (entry.peers?.size ?? 0),
+      ...(t?.pairs ? { pairs: t.pairs } : {}),
+    };
+  }
+
+  /** Judges the next slice of entries again, and drops the unmarked ones not seen for forgetAfter. */
+  #refreshSlice(now: number): void {
+    const oldest = now - this.#config.forgetAfter;
+    this.#slice ??= this.#entries.values();
+    for (let i = 0; i < SLICE; i++) {
+      const next = this.#slice.next();
+      if (next.done) {
+        this.#slice = null;
+        break;
+      }
+      const entry = next.value;
+      if (!entry.mark && this.#lastSeen(entry) < oldest) this.#remove(entry);
+      else this.#judge(entry, now);
+    }
+    while (this.#entries.size > this.#config.maxEntries && this.#evictOne()) { /* maxEntries lowered by a reload */ }
+  }
+
+  #write(): void {
+    if (this.#dirty.size === 0 && this.#dirtyPeers.size === 0 && this.#removed.size === 0) return;
+    const batch: SendersBatch = { tallies: [], removed: [...this.#removed.values()] };
+    for (const id of this.#dirty) {
+      const entry = this.#entries.get(id);
+      if (entry) batch.tallies.push({ kind: entry.kind, key: entry.key, node: OWN, tally: entry.own });
+    }
+    for (const [id, nodes] of this.#dirtyPeers) {
+      const entry = this.#entries.get(id);
+      if (!entry) continue;
+      for (const node of nodes) batch.tallies.push({ kind: entry.kind, key: entry.key, node, tally: entry.peers?.get(node) ?? null });
+    }
+    // An entry removed and made again since the last write: its old rows go, then all it has now is written.
+    const remade: Entry[] = [];
+    for (const [id, ref] of this.#removed) {
+      const entry = this.#entries.get(id);
+      if (!entry) continue;
+      remade.push(entry);
+      if (!this.#dirty.has(id)) batch.tallies.push({ ...ref, node: OWN, tally: entry.own });
+      for (const [node, tally] of entry.peers ?? []) if (!this.#dirtyPeers.get(id)?.has(node)) batch.tallies.push({ ...ref, node, tally });
+    }
+    this.db.write(batch);
+    for (const entry of remade) if (entry.mark) this.db.setMark(entry, entry.mark);
+    this.#dirty.clear();
+    this.#dirtyPeers.clear();
+    this.#removed.clear();
+  }
+}
