@@ -196,7 +196,7 @@ export class KnownSenders implements ShareHost {
       if (filter.standing && view.standing !== filter.standing) continue;
       views.push(view);
     }
-    views.sort((a, b) => (b.lastSeen ?? b.mark?.at ?? 0) - (a.lastSeen ?? a.mark?.at ?? 0));
+    views.sort((a, b) => (b.lastSeen ?? b.mark?.at ?? 0) - (a.lastSeen ?? a.mark?.at ?? 0) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     return { total: views.length, senders: views.slice(0, filter.limit ?? 100) };
   }
 
