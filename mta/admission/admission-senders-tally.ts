@@ -117,7 +117,9 @@ export function badShare(t: Tally): number {
 export function standingFrom(mark: Mark | null, tally: Tally | null, config: Pick<SendersConfig, 'minClean' | 'maxBadShare'>): Standing {
   if (mark) return mark.flag;
   if (!tally) return 'unknown';
-  return tally.clean >= config.minClean && badShare(tally) <= config.maxBadShare ? 'known' : 'unknown';
+  // Judged at the precision shown to operators: three messages a moment ago are "3", not 2.9999.
+  const clean = Math.round(tally.clean * 100) / 100;
+  return clean >= config.minClean && badShare(tally) <= config.maxBadShare ? 'known' : 'unknown';
 }
 
 /** A tally from JSON a peer or the database gave; null when it is not one. */
