@@ -45,6 +45,8 @@ import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
+import { KnownSenders } from './admission/admission-senders.js';
+import { learnedFrom } from './admission/admission-learn.js';
 
 export interface BoundListener {
   name: string;
@@ -90,6 +92,8 @@ export class Ichidan {
   cluster: Cluster | null = null;
   /** The holds, suspensions, pauses, engine switches and releases shared with the cluster (mta-shared.ts); null without one. */
   shared: SharedState | null = null;
+  /** The known senders (admission/admission-senders.ts): learned from every message, shared in a cluster. */
+  senders: KnownSenders | null = null;
   /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
@@ -103,7 +107,9 @@ export class Ichidan {
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool, clusterDeps: ClusterDeps) {
     this.#handle = new ConfigHandle(config);
     this.#clusterDeps = clusterDeps;
-    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null });
+    const metrics = processMetrics({
+      engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null, senders: () => this.senders,
+    });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);
@@ -163,6 +169,15 @@ export class Ichidan {
     app.#load = opts.load;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
+    // Known senders: trusted networks and tenants' networks stand pinned without being learned.
+    app.senders = KnownSenders.open({
+      dataDir: config.dataDir, config: config.admission.senders, link: cluster?.link ?? null, log,
+      trusted: (address) => {
+        const policy = app!.#snapshot.policy;
+        return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
+      },
+    });
+    const learning = learningQueue(queue, app.senders);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -174,7 +189,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue: learning, tls, log, auth, draining: () => app.draining });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -241,6 +256,7 @@ export class Ichidan {
     previous.release();
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
     this.queue.reconfigure(config, egress);
+    this.senders?.apply(config.admission.senders);
     return snap.generation;
   }
 
@@ -260,8 +276,33 @@ export class Ichidan {
     this.#snapshot.release();
     await this.shared?.close();
     await this.queue.close();
+    await this.senders?.close();
     this.sessions.closeAll();
     await this.cluster?.close();
   }
 }
 
+
+/**
+ * Until the ingress records each accept step's result itself (`senders.record(learnedFrom(…))`):
+ * the known senders learn from every message an MX or submission listener queues, as the accept
+ * step hands it to the queue. Refusals are not seen here.
+ */
+function learningQueue(queue: Queue, senders: KnownSenders): Queue {
+  return new Proxy(queue, {
+    get(target, prop) {
+      if (prop === 'accept') {
+        return async (...args: Parameters<Queue['accept']>) => {
+          const id = await target.accept(...args);
+          const [, env, , record] = args;
+          const result = { kind: 'queued' as const, reply: { code: 250, enhanced: '2.0.0', text: '' }, queueId: id, quarantined: env.quarantine !== null, ...(record ? { scan: { record, spamScore: null } } : {}) };
+          const event = learnedFrom({ address: env.client, authUser: env.authUser, result });
+          if (event) senders.record(event);
+          return id;
+        };
+      }
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}

@@ -11,6 +11,7 @@
  *   ichidan_deliveries_in_flight, ichidan_deliveries_waiting
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
+ *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -25,6 +26,7 @@ import type { EngineEvent, EngineInfo } from '../engines/index.js';
 import type { Queue } from '../queue/index.js';
 import type { ClusterState } from '../queue/cluster/cluster-state.js';
 import type { Cluster } from './mta-cluster.js';
+import type { KnownSenders } from './admission/admission-senders.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
@@ -32,6 +34,8 @@ export interface MetricSources {
   cluster?: () => Cluster | null;
   /** The shared state, in a cluster. */
   shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
+  /** The known senders, once open. */
+  senders?: () => Pick<KnownSenders, 'counts'> | null;
 }
 
 export interface ProcessMetrics {
@@ -40,7 +44,7 @@ export interface ProcessMetrics {
   egressEvent(e: { kind: string; actor: string }): void;
 }
 
-export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster, shared = () => null, senders = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -83,6 +87,14 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
   new Gauge({
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
+  });
+  new Gauge({
+    name: 'ichidan_admission_senders', help: 'Known-sender entries by kind (network, user, domain, resolver) and standing', labelNames: ['kind', 'standing'], registers,
+    collect() {
+      const known = senders();
+      if (!known) return;
+      for (const c of known.counts()) this.set({ kind: c.kind, standing: c.standing }, c.n);
+    },
   });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);

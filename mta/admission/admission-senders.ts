@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ClusterLink } from '../../queue/cluster/cluster-link.js';
 import type { SendersConfig } from './admission-config.js';
-import { displayKey, networkKey, resolverKey, SENDER_KINDS, type SenderKind, type SenderRef } from './admission-senders-key.js';
+import { displayKey, networkKey, parseSenderKey, resolverKey, SENDER_KINDS, type SenderKind, type SenderRef } from './admission-senders-key.js';
 import { OWN, SendersDb, type SendersBatch } from './admission-senders-sql.js';
 import { SendersShare, type ShareHost } from './admission-senders-share.js';
 import {
@@ -33,7 +33,7 @@ import {
 } from './admission-senders-tally.js';
 
 export type { Standing } from './admission-senders-tally.js';
-export type { SenderKind } from './admission-senders-key.js';
+export type { SenderKind, SenderRef } from './admission-senders-key.js';
 export type { SendersConfig } from './admission-config.js';
 
 export interface SenderEvent {
@@ -160,6 +160,11 @@ export class KnownSenders implements ShareHost {
   }
 
   // --- operators ---------------------------------------------------------------------------
+
+  /** The entry an operator's KEY names under the prefixes in force (admission-senders-key.ts). */
+  parseKey(text: string): SenderRef | { error: string } {
+    return parseSenderKey(text, this.#config);
+  }
 
   /** Pins or blocks an entry (one never seen is created: a partner can be pinned before it sends). Resolves whether the cluster has it already. */
   async mark(ref: SenderRef, flag: Mark['flag'], note: string | null, by: string): Promise<{ view: SenderView; shared: boolean }> {
