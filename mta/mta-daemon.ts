@@ -177,7 +177,7 @@ export class Ichidan {
         return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
       },
     });
-    const learning = learningQueue(queue, app.senders);
+    const learning = learningQueue(queue, app.senders, () => app!.config.admission.mode !== 'off');
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -286,14 +286,15 @@ export class Ichidan {
 /**
  * Until the ingress records each accept step's result itself (`senders.record(learnedFrom(…))`):
  * the known senders learn from every message an MX or submission listener queues, as the accept
- * step hands it to the queue. Refusals are not seen here.
+ * step hands it to the queue (not with admission.mode off). Refusals are not seen here.
  */
-function learningQueue(queue: Queue, senders: KnownSenders): Queue {
+function learningQueue(queue: Queue, senders: KnownSenders, learning: () => boolean): Queue {
   return new Proxy(queue, {
     get(target, prop) {
       if (prop === 'accept') {
         return async (...args: Parameters<Queue['accept']>) => {
           const id = await target.accept(...args);
+          if (!learning()) return id;
           const [, env, , record] = args;
           const result = { kind: 'queued' as const, reply: { code: 250, enhanced: '2.0.0', text: '' }, queueId: id, quarantined: env.quarantine !== null, ...(record ? { scan: { record, spamScore: null } } : {}) };
           const event = learnedFrom({ address: env.client, authUser: env.authUser, result });

@@ -19,7 +19,9 @@
  * changes made meanwhile (the outbox), take the stream's position, load all marks (the desired
  * state: marks not in it are lifted, forgets applied), load every other node's hash, and push all
  * own tallies changed since the last push — all of them when Redis is a new incarnation (restarted
- * empty, or joined for the first time), which also seeds it with this node's marks.
+ * empty, or joined for the first time), which also seeds it with this node's marks, and when more
+ * than MAX_UNSHARED changed while it was away (a flood of new senders: the node's hash is then
+ * written anew, without the entries it dropped meanwhile).
  * Redis away: the node goes on with what it has (its own SQLite, admission-senders-sql.ts); pins,
  * blocks and forgets wait in the outbox; all of it is shared when Redis returns.
  * Settings: cluster.* (the link), admission.senders.flushEvery, forgetAfter.
@@ -34,6 +36,8 @@ import { markOf, tallyOf, type Mark, type Tally } from './admission-senders-tall
 
 export const STREAM_LENGTH = 10_000;
 const ROWS_PER_ENTRY = 500;
+/** Changes kept for the next push while Redis is away; past this the node's whole hash is written again instead. */
+const MAX_UNSHARED = 100_000;
 const READ_BATCH = 500;
 
 /** What travels in the stream. */
@@ -78,6 +82,8 @@ export class SendersShare {
   #lastId = '0-0';
   /** Own tallies changed since they were last pushed (entry fields; a removed one pushes null). */
   readonly #unshared = new Set<string>();
+  /** Too much changed while Redis was away: the next sync replaces this node's hash with all it has. */
+  #rewrite = false;
   #busy: Promise<void> | null = null;
   /** Stream entries of other nodes applied, and own pushes (for tests and logs). */
   applied = 0;
@@ -95,7 +101,13 @@ export class SendersShare {
 
   /** This node's tally of `ref` changed (or was removed): it is pushed at the next flush. */
   changed(ref: SenderRef): void {
+    if (this.#rewrite) return;
     this.#unshared.add(field(ref));
+    if (this.#unshared.size > MAX_UNSHARED) {
+      this.#unshared.clear();
+      this.#rewrite = true;
+      this.#synced = false;
+    }
   }
 
   /** One round: synchronise if needed, push, read. Never throws; Redis trouble leaves it for the next round. */
@@ -165,8 +177,11 @@ export class SendersShare {
     this.#lastId = last[0]?.[0] ?? '0-0';
     await this.#loadMarks(r);
     await this.#loadPeers(r);
-    const own = fresh ? this.host.allOwn().map(field) : [];
+    const all = fresh || this.#rewrite;
+    if (this.#rewrite) await r.del(this.#key('of', this.link.node));
+    const own = all ? this.host.allOwn().map(field) : [];
     await this.#push(r, [...new Set([...own, ...this.#unshared])]);
+    this.#rewrite = false;
     this.db.setMeta('epoch', epoch ?? '');
     this.log.info({ node: this.link.node, fresh }, 'known senders: in step with the cluster');
     return true;
