@@ -34,10 +34,11 @@ describe.skipIf(!support.ok)('known senders across a cluster (real Redis)', () =
   let redis: TestRedis;
   const nodes: Node[] = [];
 
-  async function node(name: string, dir = mkdtempSync(join(tmpdir(), `ichidan-senders-${name}-`))): Promise<Node> {
+  async function node(name: string, dir = mkdtempSync(join(tmpdir(), `ichidan-senders-${name}-`)), opts: { config?: typeof config; maxUnshared?: number } = {}): Promise<Node> {
     const link = new ClusterLink({ ...clusterSchema.parse({ redis: redis.url, node: name }), redis: redis.url }, name, log);
     await link.connect();
-    const senders = KnownSenders.open({ dataDir: dir, config, trusted: () => false, link, log });
+    const shareLimits = { streamLength: 10_000, maxUnshared: opts.maxUnshared ?? 100_000 };
+    const senders = KnownSenders.open({ dataDir: dir, config: opts.config ?? config, trusted: () => false, link, log, shareLimits });
     const n = { name, dir, link, senders };
     nodes.push(n);
     return n;
@@ -130,4 +131,60 @@ describe.skipIf(!support.ok)('known senders across a cluster (real Redis)', () =
     expect(c.senders.standing('198.51.100.7')).toBe('known');
     expect(c.senders.standingOf('user', 'alice')).toBe('blocked');
   }, 40_000);
+
+  it('a node that fell behind the trimmed stream loads everything again', async () => {
+    const a = await node('a');
+    const slow = parseConfig({ admission: { senders: { flushEvery: '1h', minClean: 3 } } }).admission.senders;
+    const b = await node('b', undefined, { config: slow });
+    await b.senders.flush();
+    expect(b.senders.synced).toBe(true);
+    const r = redis.client();
+    for (let i = 0; i < 3; i++) a.senders.record(clean('192.0.2.7'));
+    await until(() => a.senders.synced, 5000, 'a in step');
+    await a.senders.flush();
+    a.senders.record(clean('198.51.100.7'));
+    await a.senders.flush();
+    expect(await r.hlen('ichidan:senders:of:a')).toBe(2);
+    // Only the last push is left in the stream: b missed the one about 192.0.2.0/24.
+    await r.xtrim('ichidan:senders:changes', 'MAXLEN', 1);
+    await b.senders.flush();
+    await b.senders.flush();
+    expect(b.senders.show({ kind: 'network', key: '198.51.100.0/24' })).toMatchObject({ clean: 1 });
+    expect(b.senders.standing('192.0.2.7')).toBe('known');
+  });
+
+  it('after more changes than it keeps while Redis is away, a node writes its whole hash anew', async () => {
+    const small = parseConfig({ admission: { senders: { flushEvery: '100ms', maxEntries: 10 } } }).admission.senders;
+    const a = await node('a', undefined, { config: small, maxUnshared: 5 });
+    await until(() => a.senders.synced, 5000, 'a in step');
+    a.senders.record(clean('10.0.0.1'));
+    await a.senders.flush();
+    const r = redis.client();
+    expect(await r.hkeys('ichidan:senders:of:a')).toEqual(['network|10.0.0.0/24']);
+    // Redis stops answering writes (the link stays up, every command times out).
+    await r.client('PAUSE', 3000, 'WRITE');
+    for (let i = 1; i <= 30; i++) a.senders.record(clean(`10.0.${i}.1`));
+    await a.senders.flush();
+    expect(a.senders.synced).toBe(false);
+    await until(() => a.senders.synced, 10_000, 'a in step again');
+    const want = a.senders.list({ limit: 100 }).senders.map((v) => `network|${v.key}`).sort();
+    expect(want).toHaveLength(10);
+    expect((await r.hkeys('ichidan:senders:of:a')).sort()).toEqual(want);
+  }, 20_000);
+
+  it('goes on past malformed entries in Redis', async () => {
+    const r = redis.client();
+    await r.sadd('ichidan:senders:nodes', 'evil');
+    await r.hset('ichidan:senders:of:evil', 'network|192.0.2.0/24', 'not json', 'nonsense', '{}', 'network|198.51.100.0/24', '{"clean":-5}');
+    await r.hset('ichidan:senders:marks', 'network|192.0.2.0/24', '{"mark":{"flag":"crowned"}}', 'x', '[');
+    const a = await node('a');
+    await until(() => a.senders.synced, 5000, 'a in step');
+    await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', 'not json');
+    await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', JSON.stringify({ t: 'tallies', rows: [['network', '192.0.2.0/24', { clean: 'lots' }], ['planet', 'x', null]] }));
+    await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', JSON.stringify({ t: 'mark', kind: 'network', key: '192.0.2.0/24', mark: { flag: 'pinned' } }));
+    await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', JSON.stringify({ t: 'tallies', rows: [['network', '203.0.113.0/24', { clean: 3, refused: 0, spam: 0, scoreSum: 0, scored: 0, at: Date.now(), firstSeen: Date.now(), lastSeen: Date.now() }]] }));
+    await until(() => a.senders.standing('203.0.113.9') === 'known', 5000, 'the well-formed entry applied');
+    expect(a.senders.show({ kind: 'network', key: '192.0.2.0/24' })).toBeNull();
+    expect(a.senders.size).toBe(1);
+  });
 });

@@ -6,7 +6,7 @@
  *   <prefix>:senders:of:<node>  hash, one per node: "<kind>|<key>" → that node's own tally (JSON)
  *   <prefix>:senders:nodes      set: the nodes that have a hash
  *   <prefix>:senders:marks      hash: "<kind>|<key>" → {mark} (pinned/blocked) or {forgotten, by} (a forget, kept forgetAfter)
- *   <prefix>:senders:changes    stream (about STREAM_LENGTH entries): fields node, body — tallies a
+ *   <prefix>:senders:changes    stream (about `streamLength` entries): fields node, body — tallies a
  *                               node pushed, or a mark / forget
  *   <prefix>:senders:epoch      which incarnation of Redis this is (set by the first node to see it empty)
  * No double counting: a node writes only its own tally of a sender, whole, under its own name;
@@ -20,7 +20,7 @@
  * state: marks not in it are lifted, forgets applied), load every other node's hash, and push all
  * own tallies changed since the last push — all of them when Redis is a new incarnation (restarted
  * empty, or joined for the first time), which also seeds it with this node's marks, and when more
- * than MAX_UNSHARED changed while it was away (a flood of new senders: the node's hash is then
+ * than `maxUnshared` changed while it was away (a flood of new senders: the node's hash is then
  * written anew, without the entries it dropped meanwhile).
  * Redis away: the node goes on with what it has (its own SQLite, admission-senders-sql.ts); pins,
  * blocks and forgets wait in the outbox; all of it is shared when Redis returns.
@@ -34,11 +34,17 @@ import type { SendersDb } from './admission-senders-sql.js';
 import type { SenderKind, SenderRef } from './admission-senders-key.js';
 import { markOf, tallyOf, type Mark, type Tally } from './admission-senders-tally.js';
 
-export const STREAM_LENGTH = 10_000;
 const ROWS_PER_ENTRY = 500;
-/** Changes kept for the next push while Redis is away; past this the node's whole hash is written again instead. */
-const MAX_UNSHARED = 100_000;
 const READ_BATCH = 500;
+
+export interface ShareLimits {
+  /** The stream is trimmed to about this many entries; a node further behind loads everything again. */
+  streamLength: number;
+  /** Changes kept for the next push while Redis is away; past this the node's whole hash is written again instead. */
+  maxUnshared: number;
+}
+
+export const SHARE_LIMITS: ShareLimits = { streamLength: 10_000, maxUnshared: 100_000 };
 
 /** What travels in the stream. */
 export type SendersChange =
@@ -80,6 +86,8 @@ function idAfter(a: string, b: string): boolean {
 export class SendersShare {
   #synced = false;
   #lastId = '0-0';
+  /** How many entries the stream had been given up to the last one read (Redis 7's entries-added); null before Redis 7. */
+  #seen: number | null = null;
   /** Own tallies changed since they were last pushed (entry fields; a removed one pushes null). */
   readonly #unshared = new Set<string>();
   /** Too much changed while Redis was away: the next sync replaces this node's hash with all it has. */
@@ -90,7 +98,7 @@ export class SendersShare {
   pushed = 0;
 
   constructor(private readonly link: ClusterLink, private readonly db: SendersDb, private readonly host: ShareHost,
-    private readonly forgetAfter: () => number, private readonly log: Logger) {
+    private readonly forgetAfter: () => number, private readonly log: Logger, private readonly limits: ShareLimits = SHARE_LIMITS) {
     link.on('up', () => { this.#synced = false; });
     link.on('down', () => { this.#synced = false; });
   }
@@ -103,7 +111,7 @@ export class SendersShare {
   changed(ref: SenderRef): void {
     if (this.#rewrite) return;
     this.#unshared.add(field(ref));
-    if (this.#unshared.size > MAX_UNSHARED) {
+    if (this.#unshared.size > this.limits.maxUnshared) {
       this.#unshared.clear();
       this.#rewrite = true;
       this.#synced = false;
@@ -155,7 +163,7 @@ export class SendersShare {
       // Every node's count of it goes at once, so no node loads it back before it applied the forget.
       for (const node of await r.smembers(this.#key('nodes'))) tx.hdel(this.#key('of', node), f);
     }
-    tx.xadd(this.#key('changes'), 'MAXLEN', '~', STREAM_LENGTH, '*', 'node', this.link.node, 'body', JSON.stringify(change));
+    tx.xadd(this.#key('changes'), 'MAXLEN', '~', this.limits.streamLength, '*', 'node', this.link.node, 'body', JSON.stringify(change));
     await tx.exec();
     return true;
   }
@@ -173,8 +181,10 @@ export class SendersShare {
       for (const m of this.host.localMarks()) seed.hsetnx(this.#key('marks'), field(m), JSON.stringify({ mark: m.mark }));
       await seed.exec();
     }
-    const last = (await r.xrevrange(this.#key('changes'), '+', '-', 'COUNT', 1)) as Array<[string, string[]]>;
+    const [[, last], [noStream, info]] = (await r.multi().xrevrange(this.#key('changes'), '+', '-', 'COUNT', 1).xinfo('STREAM', this.#key('changes')).exec()) as
+      [[null, Array<[string, string[]]>], [Error | null, unknown[]]];
     this.#lastId = last[0]?.[0] ?? '0-0';
+    this.#seen = noStream ? 0 : streamInfo(info).added;
     await this.#loadMarks(r);
     await this.#loadPeers(r);
     const all = fresh || this.#rewrite;
@@ -241,7 +251,7 @@ export class SendersShare {
         if (tally) tx.hset(this.#key('of', this.link.node), f, JSON.stringify(tally));
         else tx.hdel(this.#key('of', this.link.node), f);
       }
-      tx.xadd(this.#key('changes'), 'MAXLEN', '~', STREAM_LENGTH, '*', 'node', this.link.node, 'body', JSON.stringify({ t: 'tallies', rows }));
+      tx.xadd(this.#key('changes'), 'MAXLEN', '~', this.limits.streamLength, '*', 'node', this.link.node, 'body', JSON.stringify({ t: 'tallies', rows }));
       await tx.exec();
       for (const f of chunk) this.#unshared.delete(f);
       this.pushed += rows.length;
@@ -250,18 +260,16 @@ export class SendersShare {
 
   /** Applies the other nodes' stream entries since the last read; a gap (the stream was trimmed past it) means a new sync. */
   async #read(r: Redis): Promise<void> {
-    if (this.#lastId !== '0-0') {
-      const first = (await r.xrange(this.#key('changes'), '-', '+', 'COUNT', 1)) as Array<[string, string[]]>;
-      if (first.length > 0 && idAfter(first[0][0], this.#lastId)) {
-        this.log.info('known senders: the changes missed are no longer in the stream; loading everything again');
-        this.#synced = false;
-        return;
-      }
+    if (await this.#behind(r)) {
+      this.log.info('known senders: the changes missed are no longer in the stream; loading everything again');
+      this.#synced = false;
+      return;
     }
     for (;;) {
       const entries = (await r.xrange(this.#key('changes'), `(${this.#lastId}`, '+', 'COUNT', READ_BATCH)) as Array<[string, string[]]>;
       for (const [id, fields] of entries) {
         this.#lastId = id;
+        if (this.#seen !== null) this.#seen++;
         const f: Record<string, string> = {};
         for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]] = fields[i + 1];
         if (f.node === this.link.node || !f.body) continue;
@@ -269,6 +277,22 @@ export class SendersShare {
       }
       if (entries.length < READ_BATCH) return;
     }
+  }
+
+  /**
+   * Whether entries after the last one read were trimmed away: on Redis 7 more entries were removed
+   * than this node had seen (entries-added less the length); before it, the first entry left is
+   * after the last one read.
+   */
+  async #behind(r: Redis): Promise<boolean> {
+    let info: { added: number | null; length: number; first: string | null };
+    try {
+      info = streamInfo((await r.xinfo('STREAM', this.#key('changes'))) as unknown[]);
+    } catch {
+      return false; // no stream yet
+    }
+    if (info.added !== null && this.#seen !== null) return info.added - info.length > this.#seen;
+    return this.#lastId !== '0-0' && info.first !== null && idAfter(info.first, this.#lastId);
   }
 
   #apply(node: string, body: string): void {
@@ -297,6 +321,17 @@ export class SendersShare {
       this.host.applyForget(ref, change.at);
     }
   }
+}
+
+/** The fields of XINFO STREAM this needs. */
+function streamInfo(info: unknown[]): { added: number | null; length: number; first: string | null } {
+  const get = (name: string) => {
+    const at = info.indexOf(name);
+    return at >= 0 ? info[at + 1] : undefined;
+  };
+  const added = get('entries-added');
+  const first = get('first-entry') as [string, string[]] | null | undefined;
+  return { added: typeof added === 'number' ? added : null, length: Number(get('length') ?? 0), first: first ? first[0] : null };
 }
 
 function parseTally(json: string): Tally | null {

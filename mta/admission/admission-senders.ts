@@ -27,7 +27,7 @@ import type { ClusterLink } from '../../queue/cluster/cluster-link.js';
 import type { SendersConfig } from './admission-config.js';
 import { displayKey, networkKey, parseSenderKey, resolverKey, SENDER_KINDS, type SenderKind, type SenderRef } from './admission-senders-key.js';
 import { OWN, SendersDb, type SendersBatch } from './admission-senders-sql.js';
-import { SendersShare, type ShareHost } from './admission-senders-share.js';
+import { SendersShare, type ShareHost, type ShareLimits } from './admission-senders-share.js';
 import {
   counted, emptyTally, merged, paired, standingFrom, STANDINGS, type Mark, type Standing, type Tally,
 } from './admission-senders-tally.js';
@@ -93,14 +93,15 @@ export class KnownSenders implements ShareHost {
   readonly #share: SendersShare | null;
 
   private constructor(private readonly db: SendersDb, config: SendersConfig, private readonly trusted: (address: string) => boolean,
-    link: ClusterLink | null, private readonly log: Logger) {
+    link: ClusterLink | null, private readonly log: Logger, limits?: ShareLimits) {
     this.#config = config;
-    this.#share = link && new SendersShare(link, db, this, () => this.#config.forgetAfter, log);
+    this.#share = link && new SendersShare(link, db, this, () => this.#config.forgetAfter, log, limits);
   }
 
-  static open(opts: { dataDir: string; config: SendersConfig; trusted: (address: string) => boolean; link: ClusterLink | null; log: Logger }): KnownSenders {
+  /** `shareLimits`: the stream's length and the pushes kept while Redis is away (tests make them small). */
+  static open(opts: { dataDir: string; config: SendersConfig; trusted: (address: string) => boolean; link: ClusterLink | null; log: Logger; shareLimits?: ShareLimits }): KnownSenders {
     const db = SendersDb.open(join(opts.dataDir, 'senders.sqlite'));
-    const senders = new KnownSenders(db, opts.config, opts.trusted, opts.link, opts.log);
+    const senders = new KnownSenders(db, opts.config, opts.trusted, opts.link, opts.log, opts.shareLimits);
     senders.#load();
     senders.#schedule();
     opts.log.info({ entries: senders.#entries.size, shared: opts.link !== null }, 'known senders loaded');
