@@ -13,11 +13,11 @@
  * Entries (admission-senders-key.ts): per client network, AUTH user, aligned sending domain and
  *   resolver, each with a tally (admission-senders-tally.ts: decayed clean / refused / spam counts,
  *   spam score, first and last seen) and an operator's mark.
- * Memory and disk: at most maxEntries entries (the least recently seen unmarked one goes when a
- *   new one would pass it); every flushEvery the changed tallies go to SQLite
- *   (admission-senders-sql.ts), a slice of the entries is judged again (decay moves a sender from
- *   known to unknown with time) and entries not seen for forgetAfter are dropped (marked ones are
- *   kept). In a cluster the entries are shared (admission-senders-share.ts).
+ * Memory and disk: the entries in memory (admission-senders-entries.ts: at most maxEntries, the
+ *   least recently seen unmarked one goes first; those not seen for forgetAfter are dropped,
+ *   marked ones kept); every flushEvery what changed goes to SQLite (admission-senders-sql.ts) and
+ *   a slice of the entries is judged again, since decay moves a sender from known to unknown with
+ *   time. In a cluster the entries are shared (admission-senders-share.ts).
  * Settings: admission.senders.*
  */
 import { isIP } from 'node:net';
@@ -25,12 +25,11 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ClusterLink } from '../../queue/cluster/cluster-link.js';
 import type { SendersConfig } from './admission-config.js';
-import { displayKey, networkKey, parseSenderKey, resolverKey, SENDER_KINDS, type SenderKind, type SenderRef } from './admission-senders-key.js';
-import { OWN, SendersDb, type SendersBatch } from './admission-senders-sql.js';
+import { idOf, SenderEntries, type Entry } from './admission-senders-entries.js';
+import { displayKey, networkKey, parseSenderKey, resolverKey, type SenderKind, type SenderRef } from './admission-senders-key.js';
+import { OWN, SendersDb } from './admission-senders-sql.js';
 import { SendersShare, type ShareHost, type ShareLimits } from './admission-senders-share.js';
-import {
-  counted, emptyTally, merged, paired, standingFrom, STANDINGS, type Mark, type Standing, type Tally,
-} from './admission-senders-tally.js';
+import { counted, emptyTally, paired, standingFrom, type Mark, type Standing, type Tally } from './admission-senders-tally.js';
 
 export type { Standing } from './admission-senders-tally.js';
 export type { SenderKind, SenderRef } from './admission-senders-key.js';
@@ -66,29 +65,10 @@ export interface SenderView {
   pairs?: string[];
 }
 
-interface Entry extends SenderRef {
-  own: Tally | null;
-  peers: Map<string, Tally> | null;
-  mark: Mark | null;
-  /** The standing last judged (what counts() holds it under). */
-  standing: Standing;
-}
-
-/** Entries judged again (and forgotten when stale) per flush. */
-const SLICE = 2000;
-
-const idOf = (ref: SenderRef) => `${ref.kind}|${ref.key}`;
-
 export class KnownSenders implements ShareHost {
-  readonly #entries = new Map<string, Entry>();
-  readonly #counts = new Map<SenderKind, Record<Standing, number>>(SENDER_KINDS.map((k) => [k, { pinned: 0, known: 0, unknown: 0, blocked: 0 }]));
-  /** Own tallies changed since the last write, peers' likewise (id → nodes), entries removed whole. */
-  readonly #dirty = new Set<string>();
-  readonly #dirtyPeers = new Map<string, Set<string>>();
-  readonly #removed = new Map<string, SenderRef>();
+  readonly #entries: SenderEntries;
   #config: SendersConfig;
   #timer: NodeJS.Timeout | null = null;
-  #slice: Iterator<Entry> | null = null;
   #closed = false;
   readonly #share: SendersShare | null;
 
@@ -96,6 +76,8 @@ export class KnownSenders implements ShareHost {
     link: ClusterLink | null, private readonly log: Logger, limits?: ShareLimits) {
     this.#config = config;
     this.#share = link && new SendersShare(link, db, this, () => this.#config.forgetAfter, log, limits);
+    // A dropped entry this node had counted: the cluster is told it no longer counts it.
+    this.#entries = new SenderEntries(() => this.#config, (entry) => { if (entry.own) this.#share?.changed(entry); });
   }
 
   /** `shareLimits`: the stream's length and the pushes kept while Redis is away (tests make them small). */
@@ -119,14 +101,14 @@ export class KnownSenders implements ShareHost {
 
   standing(address: string): Standing {
     if (this.trusted(address)) return 'pinned';
-    const entry = this.#entries.get(idOf({ kind: 'network', key: networkKey(address, this.#config) }));
+    const entry = this.#entries.get({ kind: 'network', key: networkKey(address, this.#config) });
     return entry ? this.#judge(entry, Date.now()) : 'unknown';
   }
 
   standingOf(kind: SenderKind, key: string): Standing {
     if (kind === 'resolver') return this.resolverStanding(key);
     if (kind === 'network' && isIP(key)) return this.standing(key);
-    const entry = this.#entries.get(idOf({ kind, key }));
+    const entry = this.#entries.get({ kind, key });
     return entry ? this.#judge(entry, Date.now()) : 'unknown';
   }
 
@@ -150,7 +132,7 @@ export class KnownSenders implements ShareHost {
   resolverStanding(resolver: string): Standing {
     if (isIP(resolver) && this.trusted(resolver)) return 'pinned';
     const key = isIP(resolver) ? resolverKey(resolver) : resolver;
-    const entry = this.#entries.get(idOf({ kind: 'resolver', key }));
+    const entry = this.#entries.get({ kind: 'resolver', key });
     return entry ? this.#judge(entry, Date.now()) : 'unknown';
   }
 
@@ -181,14 +163,14 @@ export class KnownSenders implements ShareHost {
     const view = this.show(ref);
     if (!view) return null;
     const at = Date.now();
-    this.#remove(this.#entries.get(idOf(ref))!);
+    this.#entries.remove(this.#entries.get(ref)!);
     const shared = this.#share ? await this.#share.publish({ t: 'forget', kind: ref.kind, key: ref.key, at, by }) : false;
     this.log.info({ sender: displayKey(ref), by }, 'known senders: forgotten');
     return { view, shared };
   }
 
   show(ref: SenderRef): SenderView | null {
-    const entry = this.#entries.get(idOf(ref));
+    const entry = this.#entries.get(ref);
     return entry ? this.#view(entry, Date.now()) : null;
   }
 
@@ -208,14 +190,14 @@ export class KnownSenders implements ShareHost {
 
   /** Entries per kind and standing, as last judged. */
   counts(): Array<{ kind: SenderKind; standing: Standing; n: number }> {
-    return SENDER_KINDS.flatMap((kind) => STANDINGS.map((standing) => ({ kind, standing, n: this.#counts.get(kind)![standing] })));
+    return this.#entries.counts();
   }
 
   /** Writes what changed, judges a slice again, shares. */
   async flush(): Promise<void> {
     const now = Date.now();
-    this.#refreshSlice(now);
-    this.#write();
+    this.#entries.refresh(now, (entry) => this.#judge(entry, now));
+    this.#entries.write(this.db);
     await this.#share?.flush();
   }
 
@@ -224,7 +206,7 @@ export class KnownSenders implements ShareHost {
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     try {
-      this.#write();
+      this.#entries.write(this.db);
       await this.#share?.flush();
     } finally {
       this.db.close();
@@ -234,7 +216,7 @@ export class KnownSenders implements ShareHost {
   // --- ShareHost: what the cluster applies ----------------------------------------------------
 
   ownTally(ref: SenderRef): Tally | null {
-    return this.#entries.get(idOf(ref))?.own ?? null;
+    return this.#entries.get(ref)?.own ?? null;
   }
 
   allOwn(): Array<SenderRef & { tally: Tally }> {
@@ -246,25 +228,24 @@ export class KnownSenders implements ShareHost {
   }
 
   peerTallies(node: string, rows: Array<SenderRef & { tally: Tally | null }>): void {
+    const now = Date.now();
     for (const { tally, ...ref } of rows) {
-      const id = idOf(ref);
-      let entry = this.#entries.get(id);
-      if (!entry && !tally) continue;
-      entry ??= this.#create(ref);
+      if (!tally && !this.#entries.get(ref)) continue;
+      const entry = this.#entries.ensure(ref);
       entry.peers ??= new Map();
       if (tally) entry.peers.set(node, tally);
       else entry.peers.delete(node);
-      this.#peerDirty(id, node);
-      this.#touch(entry, tally?.lastSeen ?? 0);
-      this.#judge(entry, Date.now());
-      this.#dropIfEmpty(entry);
+      this.#entries.peerChanged(entry, node);
+      this.#entries.touch(entry, tally?.lastSeen ?? 0);
+      this.#judge(entry, now);
+      this.#entries.dropIfEmpty(entry);
     }
   }
 
   replacePeers(rows: Array<SenderRef & { node: string; tally: Tally }>): void {
-    for (const [id, entry] of this.#entries) {
+    for (const entry of this.#entries.values()) {
       if (!entry.peers) continue;
-      for (const node of entry.peers.keys()) this.#peerDirty(id, node);
+      for (const node of entry.peers.keys()) this.#entries.peerChanged(entry, node);
       entry.peers = null;
     }
     const byNode = new Map<string, Array<SenderRef & { tally: Tally }>>();
@@ -276,44 +257,44 @@ export class KnownSenders implements ShareHost {
     const now = Date.now();
     for (const entry of [...this.#entries.values()]) {
       this.#judge(entry, now);
-      this.#dropIfEmpty(entry);
+      this.#entries.dropIfEmpty(entry);
     }
   }
 
   applyMark(ref: SenderRef, mark: Mark): void {
-    const entry = this.#entries.get(idOf(ref)) ?? this.#create(ref);
+    const entry = this.#entries.ensure(ref);
     entry.mark = mark;
     this.db.setMark(ref, mark);
     this.#judge(entry, Date.now());
   }
 
   applyForget(ref: SenderRef, at: number): void {
-    const entry = this.#entries.get(idOf(ref));
+    const entry = this.#entries.get(ref);
     if (!entry) return;
     // A sender this node saw again after the forget keeps this node's own count of it.
     if (entry.own && entry.own.lastSeen > at) {
       entry.mark = null;
       this.db.setMark(ref, null);
-      for (const node of entry.peers?.keys() ?? []) this.#peerDirty(idOf(ref), node);
+      for (const node of entry.peers?.keys() ?? []) this.#entries.peerChanged(entry, node);
       entry.peers = null;
       this.#judge(entry, Date.now());
       return;
     }
-    this.#remove(entry);
+    this.#entries.remove(entry);
   }
 
   replaceMarks(marks: Array<SenderRef & { mark: Mark }>, forgets: Array<SenderRef & { at: number }>): void {
-    const wanted = new Map(marks.map((m) => [idOf(m), m.mark]));
+    const wanted = new Set(marks.map((m) => idOf(m)));
     for (const entry of [...this.#entries.values()]) {
       if (entry.mark && !wanted.has(idOf(entry))) {
         entry.mark = null;
         this.db.setMark(entry, null);
         this.#judge(entry, Date.now());
-        this.#dropIfEmpty(entry);
+        this.#entries.dropIfEmpty(entry);
       }
     }
     for (const { mark, ...ref } of marks) {
-      const have = this.#entries.get(idOf(ref))?.mark;
+      const have = this.#entries.get(ref)?.mark;
       if (!have || have.at !== mark.at || have.flag !== mark.flag || have.note !== mark.note) this.applyMark(ref, mark);
     }
     for (const { at, ...ref } of forgets) this.applyForget(ref, at);
@@ -323,12 +304,12 @@ export class KnownSenders implements ShareHost {
 
   #load(): void {
     for (const { node, tally, ...ref } of this.db.tallies()) {
-      const entry = this.#entries.get(idOf(ref)) ?? this.#create(ref);
+      const entry = this.#entries.ensure(ref);
       if (node === OWN) entry.own = tally;
       else (entry.peers ??= new Map()).set(node, tally);
-      this.#touch(entry, tally.lastSeen);
+      this.#entries.touch(entry, tally.lastSeen);
     }
-    for (const { mark, ...ref } of this.db.marks()) (this.#entries.get(idOf(ref)) ?? this.#create(ref)).mark = mark;
+    for (const { mark, ...ref } of this.db.marks()) this.#entries.ensure(ref).mark = mark;
     const now = Date.now();
     for (const entry of this.#entries.values()) this.#judge(entry, now);
   }
@@ -342,90 +323,27 @@ export class KnownSenders implements ShareHost {
   }
 
   #learn(ref: SenderRef, now: number, change: (t: Tally) => Tally): void {
-    const id = idOf(ref);
-    const entry = this.#entries.get(id) ?? this.#create(ref);
+    const entry = this.#entries.ensure(ref);
     entry.own = change(entry.own ?? emptyTally(now));
-    this.#dirty.add(id);
+    this.#entries.ownChanged(entry);
     this.#share?.changed(ref);
-    this.#touch(entry, now);
+    this.#entries.touch(entry, now);
     this.#judge(entry, now);
   }
 
-  #create(ref: SenderRef): Entry {
-    while (this.#entries.size >= this.#config.maxEntries && this.#evictOne()) { /* until there is room */ }
-    const entry: Entry = { kind: ref.kind, key: ref.key, own: null, peers: null, mark: null, standing: 'unknown' };
-    this.#entries.set(idOf(ref), entry);
-    this.#counts.get(ref.kind)!.unknown++;
-    return entry;
-  }
-
-  /** Moves an entry to the end of the map (the most recently seen end) when `seen` is its newest sighting. */
-  #touch(entry: Entry, seen: number): void {
-    const id = idOf(entry);
-    const last = this.#lastSeen(entry);
-    if (seen < last) return;
-    this.#entries.delete(id);
-    this.#entries.set(id, entry);
-  }
-
-  /** The least recently seen unmarked entry goes; false when every entry is marked. */
-  #evictOne(): boolean {
-    for (const entry of this.#entries.values()) {
-      if (entry.mark) continue;
-      this.#remove(entry);
-      return true;
-    }
-    return false;
-  }
-
-  #remove(entry: Entry): void {
-    const id = idOf(entry);
-    if (!this.#entries.delete(id)) return;
-    this.#counts.get(entry.kind)![entry.standing]--;
-    this.#dirty.delete(id);
-    this.#dirtyPeers.delete(id);
-    this.#removed.set(id, { kind: entry.kind, key: entry.key });
-    if (entry.own) this.#share?.changed(entry);
-  }
-
-  #dropIfEmpty(entry: Entry): void {
-    if (!entry.own && !entry.mark && (!entry.peers || entry.peers.size === 0)) this.#remove(entry);
-  }
-
-  #peerDirty(id: string, node: string): void {
-    if (!this.#dirtyPeers.has(id)) this.#dirtyPeers.set(id, new Set());
-    this.#dirtyPeers.get(id)!.add(node);
-  }
-
-  #tally(entry: Entry, now: number): Tally | null {
-    const all = entry.peers ? [...(entry.own ? [entry.own] : []), ...entry.peers.values()] : entry.own ? [entry.own] : [];
-    return merged(all, now, this.#config.halfLife);
-  }
-
-  #lastSeen(entry: Entry): number {
-    let last = entry.own?.lastSeen ?? 0;
-    for (const t of entry.peers?.values() ?? []) last = Math.max(last, t.lastSeen);
-    return last;
-  }
-
-  /** The entry's standing now; the counts follow it. */
+  /** The entry's standing now (a resolver's from the clients it was paired with); the counts follow it. */
   #judge(entry: Entry, now: number): Standing {
-    let standing = standingFrom(entry.mark, this.#tally(entry, now), this.#config);
+    let standing = standingFrom(entry.mark, this.#entries.tally(entry, now), this.#config);
     if (entry.kind === 'resolver' && !entry.mark) {
-      const pairs = this.#tally(entry, now)?.pairs ?? [];
+      const pairs = this.#entries.tally(entry, now)?.pairs ?? [];
       standing = pairs.some((client) => ['known', 'pinned'].includes(this.standing(client))) ? 'known' : 'unknown';
     }
-    if (standing !== entry.standing && this.#entries.get(idOf(entry)) === entry) {
-      const counts = this.#counts.get(entry.kind)!;
-      counts[entry.standing]--;
-      counts[standing]++;
-    }
-    entry.standing = standing;
+    this.#entries.setStanding(entry, standing);
     return standing;
   }
 
   #view(entry: Entry, now: number): SenderView {
-    const t = this.#tally(entry, now);
+    const t = this.#entries.tally(entry, now);
     const round = (n: number) => Math.round(n * 100) / 100;
     return {
       kind: entry.kind,
@@ -441,50 +359,5 @@ export class KnownSenders implements ShareHost {
       nodes: (entry.own ? 1 : 0) + (entry.peers?.size ?? 0),
       ...(t?.pairs ? { pairs: t.pairs } : {}),
     };
-  }
-
-  /** Judges the next slice of entries again, and drops the unmarked ones not seen for forgetAfter. */
-  #refreshSlice(now: number): void {
-    const oldest = now - this.#config.forgetAfter;
-    this.#slice ??= this.#entries.values();
-    for (let i = 0; i < SLICE; i++) {
-      const next = this.#slice.next();
-      if (next.done) {
-        this.#slice = null;
-        break;
-      }
-      const entry = next.value;
-      if (!entry.mark && this.#lastSeen(entry) < oldest) this.#remove(entry);
-      else this.#judge(entry, now);
-    }
-    while (this.#entries.size > this.#config.maxEntries && this.#evictOne()) { /* maxEntries lowered by a reload */ }
-  }
-
-  #write(): void {
-    if (this.#dirty.size === 0 && this.#dirtyPeers.size === 0 && this.#removed.size === 0) return;
-    const batch: SendersBatch = { tallies: [], removed: [...this.#removed.values()] };
-    for (const id of this.#dirty) {
-      const entry = this.#entries.get(id);
-      if (entry) batch.tallies.push({ kind: entry.kind, key: entry.key, node: OWN, tally: entry.own });
-    }
-    for (const [id, nodes] of this.#dirtyPeers) {
-      const entry = this.#entries.get(id);
-      if (!entry) continue;
-      for (const node of nodes) batch.tallies.push({ kind: entry.kind, key: entry.key, node, tally: entry.peers?.get(node) ?? null });
-    }
-    // An entry removed and made again since the last write: its old rows go, then all it has now is written.
-    const remade: Entry[] = [];
-    for (const [id, ref] of this.#removed) {
-      const entry = this.#entries.get(id);
-      if (!entry) continue;
-      remade.push(entry);
-      if (!this.#dirty.has(id)) batch.tallies.push({ ...ref, node: OWN, tally: entry.own });
-      for (const [node, tally] of entry.peers ?? []) if (!this.#dirtyPeers.get(id)?.has(node)) batch.tallies.push({ ...ref, node, tally });
-    }
-    this.db.write(batch);
-    for (const entry of remade) if (entry.mark) this.db.setMark(entry, entry.mark);
-    this.#dirty.clear();
-    this.#dirtyPeers.clear();
-    this.#removed.clear();
   }
 }
