@@ -45,6 +45,7 @@ import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
+import { Admission } from './admission/admission.js';
 import { KnownSenders } from './admission/admission-senders.js';
 import { learnedFrom } from './admission/admission-learn.js';
 
@@ -98,6 +99,8 @@ export class Ichidan {
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
   readonly drain: Drain;
+  /** Known senders first under pressure (admission/admission.ts). */
+  readonly admission: Admission;
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
@@ -119,6 +122,16 @@ export class Ichidan {
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.admission = new Admission(config, {
+      // The known senders once open (Ichidan.start); before that, trusted networks only.
+      senders: {
+        standing: (address) => this.senders?.standing(address) ?? (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'),
+        standingOf: (kind, key) => this.senders?.standingOf(kind, key) ?? 'unknown',
+      },
+      pressure: { level: 'normal', intake: () => 'open' },
+      count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
+      log,
+    });
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {
@@ -189,7 +202,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue: learning, tls, log, auth, draining: () => app.draining });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue: learning, tls, log, auth, draining: () => app.draining, admission: app.admission });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -255,6 +268,7 @@ export class Ichidan {
     this.#snapshot = snapshot;
     previous.release();
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    this.admission.apply(config);
     this.queue.reconfigure(config, egress);
     this.senders?.apply(config.admission.senders);
     return snap.generation;

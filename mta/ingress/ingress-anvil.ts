@@ -75,15 +75,24 @@ export class RecentEvents {
 }
 
 /**
- * The key a client is counted under: an IPv4 address (IPv4-mapped IPv6 included) as itself, an
- * IPv6 address as its first `ipv6Prefix` bits ("2001:db8:0:0:0:0:0:0/64"), since one host or site
- * is given a whole /64 and picks a new address from it at will. With `ipv4Prefix` below 32 an IPv4
- * address is keyed by its network likewise ("192.0.2.0/24").
+ * The key a client is counted under: an IPv4 address (IPv4-mapped IPv6 included) as itself, or
+ * as its first `ipv4Prefix` bits ("192.0.2.0/24") when that is under 32; an IPv6 address as its
+ * first `ipv6Prefix` bits ("2001:db8:0:0:0:0:0:0/64"), since one host or site is given a whole
+ * /64 and picks a new address from it at will.
  */
 export function clientKey(address: string, ipv6Prefix = 64, ipv4Prefix = 32): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  const v4 = mapped ? mapped[1] : address.includes(':') ? null : address;
-  if (v4 !== null) return ipv4Prefix >= 32 ? v4 : ipv4Network(v4, ipv4Prefix);
+  if (mapped || !address.includes(':')) {
+    const v4 = mapped ? mapped[1] : address;
+    if (ipv4Prefix >= 32) return v4;
+    const bytes = v4.split('.').map(Number);
+    if (bytes.length !== 4 || bytes.some((b) => !(b >= 0 && b <= 255))) return v4;
+    const masked = bytes.map((b, i) => {
+      const keep = Math.max(0, Math.min(8, ipv4Prefix - i * 8));
+      return b & (0xff << (8 - keep)) & 0xff;
+    });
+    return `${masked.join('.')}/${ipv4Prefix}`;
+  }
   const groups = ipv6Groups(address);
   if (!groups) return address.toLowerCase();
   const masked = groups.map((g, i) => {
@@ -91,15 +100,6 @@ export function clientKey(address: string, ipv6Prefix = 64, ipv4Prefix = 32): st
     return keep === 0 ? 0 : g & (0xffff << (16 - keep)) & 0xffff;
   });
   return `${masked.map((g) => g.toString(16)).join(':')}/${ipv6Prefix}`;
-}
-
-/** An IPv4 address's first `bits` bits as "a.b.c.d/bits" (the address itself when it is not one). */
-function ipv4Network(address: string, bits: number): string {
-  const octets = address.split('.').map(Number);
-  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) return address;
-  const value = ((octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]) >>> 0;
-  const masked = bits === 0 ? 0 : (value & (0xffffffff << (32 - bits))) >>> 0;
-  return `${[24, 16, 8, 0].map((s) => (masked >>> s) & 255).join('.')}/${bits}`;
 }
 
 /** The eight 16-bit groups of an IPv6 address (zone id dropped), or null if it is not one. */
