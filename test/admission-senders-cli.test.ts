@@ -1,6 +1,6 @@
 // Known senders end to end, against a running Ichidan (a child process): real mail (swaks) from a
 // client address is learned, `ichidan senders list` shows its network known, the metric counts it;
-// then pin, block and forget it from the CLI; bad keys and absent entries are exit 1 with the reason.
+// then pin, block (the door then turns it away) and forget it from the CLI; bad keys and absent entries are exit 1 with the reason.
 import { execFile } from 'node:child_process';
 import { request } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -38,7 +38,7 @@ describe('ichidan senders against a running Ichidan', () => {
     (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
   );
   const send = (from: string) => exec('swaks', ['--server', `127.0.0.1:${child.ports.mx}`, '--local-interface', from, '--helo', 'sender.test',
-    '--from', 'someone@sender.test', '--to', 'user@example.test', '--hide-all']);
+    '--from', 'someone@sender.test', '--to', 'user@example.test', '--hide-informational']);
 
   beforeAll(async () => {
     sink = await startSink({ host: '127.0.0.2' });
@@ -81,6 +81,8 @@ describe('ichidan senders against a running Ichidan', () => {
     expect((await cli('block', '127.0.0.7')).stdout).toBe('127.0.0.0/24: blocked\n');
     expect(JSON.parse((await cli('show', '127.0.0.7', '--json')).stdout)).toMatchObject({ standing: 'blocked', clean: 3, mark: { flag: 'blocked', note: null } });
     await waitUntil(async () => /standing="blocked"\} 1$/m.test(await metrics(socket)), 5000, 'the metric to count the block');
+    // The door turns a blocked network away at connect.
+    await expect(send('127.0.0.8')).rejects.toMatchObject({ stdout: expect.stringMatching(/<\*\* 554 5\.7\.1/) });
     expect((await cli('forget', '127.0.0.7')).stdout).toBe('127.0.0.0/24: forgotten\n');
     expect(await fails('show', '127.0.0.7')).toEqual({ code: 1, stderr: 'no known-sender entry for 127.0.0.7\n' });
     expect(await fails('forget', '127.0.0.7')).toEqual({ code: 1, stderr: 'no known-sender entry for 127.0.0.7\n' });

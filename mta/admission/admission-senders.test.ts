@@ -217,4 +217,17 @@ describe('KnownSenders', () => {
     expect(s.standingOf('resolver', '198.51.100.53')).toBe('blocked');
     await s.close();
   });
+
+  it('judges by the settings in force after a reload', async () => {
+    const s = open(senders({ minClean: 3 }));
+    for (let i = 0; i < 2; i++) s.record(clean('192.0.2.7'));
+    expect(s.standing('192.0.2.7')).toBe('unknown');
+    s.apply(senders({ minClean: 2 }));
+    expect(s.standing('192.0.2.7')).toBe('known');
+    s.apply(senders({ minClean: 2, maxEntries: 1 }));
+    s.record(clean('198.51.100.1'));
+    expect(s.size).toBe(1);
+    expect(s.standing('192.0.2.7')).toBe('unknown');
+    await s.close();
+  });
 });
