@@ -4,7 +4,8 @@
  *
  * Takes: entries made, touched, judged and removed by KnownSenders (admission-senders.ts).
  * Gives: the map in least-recently-seen-first order (an entry seen again moves to the end, so the
- *   one evicted when a new entry would pass maxEntries is the least recently seen unmarked one);
+ *   ones evicted when a new entry would pass maxEntries are the least recently seen unmarked ones,
+ *   a hundredth of maxEntries at a time);
  *   `counts()`, kept as standings change, never a scan; `write(db)`, one batch per flush; `refresh`,
  *   which judges the next slice of entries again (decay moves senders from known to unknown with
  *   time) and drops unmarked entries not seen for forgetAfter, so the whole map is gone over every
@@ -14,7 +15,7 @@
 import type { SendersConfig } from './admission-config.js';
 import { SENDER_KINDS, type SenderKind, type SenderRef } from './admission-senders-key.js';
 import { OWN, type SendersBatch, type SendersDb } from './admission-senders-sql.js';
-import { merged, STANDINGS, type Mark, type Standing, type Tally } from './admission-senders-tally.js';
+import { decayFactor, merged, STANDINGS, type Mark, type Standing, type Tally } from './admission-senders-tally.js';
 
 export interface Entry extends SenderRef {
   /** This node's own count. */
@@ -28,6 +29,8 @@ export interface Entry extends SenderRef {
 
 /** Entries judged again (and forgotten when stale) per flush. */
 const SLICE = 2000;
+/** Rows written to SQLite per transaction. */
+const WRITE_CHUNK = 2000;
 
 export const idOf = (ref: SenderRef) => `${ref.kind}|${ref.key}`;
 
@@ -59,7 +62,7 @@ export class SenderEntries {
   ensure(ref: SenderRef): Entry {
     const have = this.#map.get(idOf(ref));
     if (have) return have;
-    while (this.#map.size >= this.config().maxEntries && this.#evictOne()) { /* until there is room */ }
+    if (this.#map.size >= this.config().maxEntries) this.#evict(this.#map.size - this.config().maxEntries + 1 + Math.floor(this.config().maxEntries / 100));
     const entry: Entry = { kind: ref.kind, key: ref.key, own: null, peers: null, mark: null, standing: 'unknown' };
     this.#map.set(idOf(ref), entry);
     this.#counts.get(ref.kind)!.unknown++;
@@ -107,6 +110,21 @@ export class SenderEntries {
     return merged(all, now, this.config().halfLife);
   }
 
+  /** The decayed clean and bad (refused + spam) counts of every node at `now`, without building a tally. */
+  decayedCounts(entry: Entry, now: number): { clean: number; bad: number } {
+    const halfLife = this.config().halfLife;
+    let clean = 0;
+    let bad = 0;
+    const add = (t: Tally) => {
+      const f = decayFactor(t.at, now, halfLife);
+      clean += t.clean * f;
+      bad += (t.refused + t.spam) * f;
+    };
+    if (entry.own) add(entry.own);
+    if (entry.peers) for (const t of entry.peers.values()) add(t);
+    return { clean, bad };
+  }
+
   lastSeen(entry: Entry): number {
     let last = entry.own?.lastSeen ?? 0;
     for (const t of entry.peers?.values() ?? []) last = Math.max(last, t.lastSeen);
@@ -141,11 +159,15 @@ export class SenderEntries {
       if (!entry.mark && this.lastSeen(entry) < oldest) this.remove(entry);
       else judge(entry);
     }
-    while (this.#map.size > this.config().maxEntries && this.#evictOne()) { /* until within bounds */ }
+    if (this.#map.size > this.config().maxEntries) this.#evict(this.#map.size - this.config().maxEntries);
   }
 
-  /** Writes what changed since the last write, in one transaction. */
-  write(db: SendersDb): void {
+  /**
+   * Writes what changed since the last write: the removals and the changed tallies, in
+   * transactions of WRITE_CHUNK rows; `pause` runs between them (the flush lets the event loop
+   * serve connections there; close writes at once).
+   */
+  async write(db: SendersDb, pause: () => Promise<void> = async () => undefined): Promise<void> {
     if (this.#dirty.size === 0 && this.#dirtyPeers.size === 0 && this.#removed.size === 0) return;
     const batch: SendersBatch = { tallies: [], removed: [...this.#removed.values()] };
     for (const id of this.#dirty) {
@@ -166,20 +188,31 @@ export class SenderEntries {
       if (!this.#dirty.has(id)) batch.tallies.push({ ...ref, node: OWN, tally: entry.own });
       for (const [node, tally] of entry.peers ?? []) if (!this.#dirtyPeers.get(id)?.has(node)) batch.tallies.push({ ...ref, node, tally });
     }
-    db.write(batch);
-    for (const entry of remade) if (entry.mark) db.setMark(entry, entry.mark);
+    // Taken now: what changes while the chunks are written waits for the next write.
     this.#dirty.clear();
     this.#dirtyPeers.clear();
     this.#removed.clear();
+    for (let i = 0; i < batch.removed.length; i += WRITE_CHUNK) {
+      db.write({ tallies: [], removed: batch.removed.slice(i, i + WRITE_CHUNK) });
+      await pause();
+    }
+    for (const entry of remade) if (entry.mark) db.setMark(entry, entry.mark);
+    for (let i = 0; i < batch.tallies.length; i += WRITE_CHUNK) {
+      db.write({ tallies: batch.tallies.slice(i, i + WRITE_CHUNK), removed: [] });
+      if (i + WRITE_CHUNK < batch.tallies.length) await pause();
+    }
   }
 
-  /** The least recently seen unmarked entry goes; false when every entry is marked. */
-  #evictOne(): boolean {
+  /**
+   * The `n` least recently seen unmarked entries go. Room is made a hundredth of maxEntries at a
+   * time: each walk from the front of the map passes over the slots earlier removals left there.
+   */
+  #evict(n: number): void {
+    const victims: Entry[] = [];
     for (const entry of this.#map.values()) {
-      if (entry.mark) continue;
-      this.remove(entry);
-      return true;
+      if (victims.length >= n) break;
+      if (!entry.mark) victims.push(entry);
     }
-    return false;
+    for (const entry of victims) this.remove(entry);
   }
 }

@@ -115,11 +115,16 @@ export function badShare(t: Tally): number {
 
 /** How a sender stands by its mark and its (merged, decayed) counts. */
 export function standingFrom(mark: Mark | null, tally: Tally | null, config: Pick<SendersConfig, 'minClean' | 'maxBadShare'>): Standing {
+  return standingByCounts(mark, tally?.clean ?? 0, tally ? tally.refused + tally.spam : 0, config);
+}
+
+/** The same from the decayed clean and bad (refused + spam) counts alone (the per-connection path: nothing allocated). */
+export function standingByCounts(mark: Mark | null, clean: number, bad: number, config: Pick<SendersConfig, 'minClean' | 'maxBadShare'>): Standing {
   if (mark) return mark.flag;
-  if (!tally) return 'unknown';
   // Judged at the precision shown to operators: three messages a moment ago are "3", not 2.9999.
-  const clean = Math.round(tally.clean * 100) / 100;
-  return clean >= config.minClean && badShare(tally) <= config.maxBadShare ? 'known' : 'unknown';
+  const shown = Math.round(clean * 100) / 100;
+  const all = clean + bad;
+  return shown >= config.minClean && (all > 0 ? bad / all : 0) <= config.maxBadShare ? 'known' : 'unknown';
 }
 
 /** A tally from JSON a peer or the database gave; null when it is not one. */

@@ -29,7 +29,7 @@ import { idOf, SenderEntries, type Entry } from './admission-senders-entries.js'
 import { displayKey, networkKey, parseSenderKey, resolverKey, type SenderKind, type SenderRef } from './admission-senders-key.js';
 import { OWN, SendersDb } from './admission-senders-sql.js';
 import { SendersShare, type ShareHost, type ShareLimits } from './admission-senders-share.js';
-import { counted, emptyTally, paired, standingFrom, type Mark, type Standing, type Tally } from './admission-senders-tally.js';
+import { counted, emptyTally, paired, standingByCounts, type Mark, type Standing, type Tally } from './admission-senders-tally.js';
 
 export type { Standing } from './admission-senders-tally.js';
 export type { SenderKind, SenderRef } from './admission-senders-key.js';
@@ -70,6 +70,7 @@ export class KnownSenders implements ShareHost {
   #config: SendersConfig;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
+  #flushing: Promise<void> | null = null;
   readonly #share: SendersShare | null;
 
   private constructor(private readonly db: SendersDb, config: SendersConfig, private readonly trusted: (address: string) => boolean,
@@ -174,18 +175,17 @@ export class KnownSenders implements ShareHost {
     return entry ? this.#view(entry, Date.now()) : null;
   }
 
-  /** Entries, most recently seen first. */
+  /** Entries, most recently seen first (views are built only for those shown). */
   list(filter: { kind?: SenderKind; standing?: Standing; limit?: number } = {}): { total: number; senders: SenderView[] } {
     const now = Date.now();
-    const views: SenderView[] = [];
+    const found: Array<{ entry: Entry; at: number }> = [];
     for (const entry of this.#entries.values()) {
       if (filter.kind && entry.kind !== filter.kind) continue;
-      const view = this.#view(entry, now);
-      if (filter.standing && view.standing !== filter.standing) continue;
-      views.push(view);
+      if (filter.standing && this.#judge(entry, now) !== filter.standing) continue;
+      found.push({ entry, at: this.#entries.lastSeen(entry) || entry.mark?.at || 0 });
     }
-    views.sort((a, b) => (b.lastSeen ?? b.mark?.at ?? 0) - (a.lastSeen ?? a.mark?.at ?? 0) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    return { total: views.length, senders: views.slice(0, filter.limit ?? 100) };
+    found.sort((a, b) => b.at - a.at || (displayKey(a.entry) < displayKey(b.entry) ? -1 : 1));
+    return { total: found.length, senders: found.slice(0, filter.limit ?? 100).map((f) => this.#view(f.entry, now)) };
   }
 
   /** Entries per kind and standing, as last judged. */
@@ -193,12 +193,15 @@ export class KnownSenders implements ShareHost {
     return this.#entries.counts();
   }
 
-  /** Writes what changed, judges a slice again, shares. */
-  async flush(): Promise<void> {
-    const now = Date.now();
-    this.#entries.refresh(now, (entry) => this.#judge(entry, now));
-    this.#entries.write(this.db);
-    await this.#share?.flush();
+  /** Judges a slice again, writes what changed, shares; one flush at a time. */
+  flush(): Promise<void> {
+    this.#flushing ??= (async () => {
+      const now = Date.now();
+      this.#entries.refresh(now, (entry) => this.#judge(entry, now));
+      await this.#entries.write(this.db, () => new Promise((resolve) => setImmediate(resolve)));
+      await this.#share?.flush();
+    })().finally(() => { this.#flushing = null; });
+    return this.#flushing;
   }
 
   async close(): Promise<void> {
@@ -206,7 +209,8 @@ export class KnownSenders implements ShareHost {
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     try {
-      this.#entries.write(this.db);
+      await this.#flushing?.catch(() => undefined);
+      await this.#entries.write(this.db);
       await this.#share?.flush();
     } finally {
       this.db.close();
@@ -305,9 +309,9 @@ export class KnownSenders implements ShareHost {
   #load(): void {
     for (const { node, tally, ...ref } of this.db.tallies()) {
       const entry = this.#entries.ensure(ref);
+      // Rows come least recently seen first: the map is in that order without moving entries.
       if (node === OWN) entry.own = tally;
       else (entry.peers ??= new Map()).set(node, tally);
-      this.#entries.touch(entry, tally.lastSeen);
     }
     for (const { mark, ...ref } of this.db.marks()) this.#entries.ensure(ref).mark = mark;
     const now = Date.now();
@@ -333,7 +337,8 @@ export class KnownSenders implements ShareHost {
 
   /** The entry's standing now (a resolver's from the clients it was paired with); the counts follow it. */
   #judge(entry: Entry, now: number): Standing {
-    let standing = standingFrom(entry.mark, this.#entries.tally(entry, now), this.#config);
+    const { clean, bad } = this.#entries.decayedCounts(entry, now);
+    let standing = standingByCounts(entry.mark, clean, bad, this.#config);
     if (entry.kind === 'resolver' && !entry.mark) {
       const pairs = this.#entries.tally(entry, now)?.pairs ?? [];
       standing = pairs.some((client) => ['known', 'pinned'].includes(this.standing(client))) ? 'known' : 'unknown';
