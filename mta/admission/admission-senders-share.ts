@@ -44,7 +44,7 @@ export interface ShareLimits {
   maxUnshared: number;
 }
 
-export const SHARE_LIMITS: ShareLimits = { streamLength: 10_000, maxUnshared: 100_000 };
+export const SHARE_LIMITS: ShareLimits = { streamLength: 2000, maxUnshared: 100_000 };
 
 /** What travels in the stream. */
 export type SendersChange =
