@@ -311,8 +311,7 @@ function learningQueue(queue: Queue, senders: KnownSenders, learning: () => bool
           if (!learning()) return id;
           const [, env, , record] = args;
           const result = { kind: 'queued' as const, reply: { code: 250, enhanced: '2.0.0', text: '' }, queueId: id, quarantined: env.quarantine !== null, ...(record ? { scan: { record, spamScore: null } } : {}) };
-          const event = learnedFrom({ address: env.client, authUser: env.authUser, result });
-          if (event) senders.record(event);
+          senders.record(learnedFrom({ address: env.client, authUser: env.authUser, result }));
           return id;
         };
       }

@@ -113,8 +113,9 @@ export class KnownSenders implements ShareHost {
     return entry ? this.#judge(entry, Date.now()) : 'unknown';
   }
 
-  record(e: SenderEvent): void {
-    if (this.#closed || isIP(e.address) === 0) return;
+  /** Learns from one message (null: nothing to learn, as learnedFrom says for some results). */
+  record(e: SenderEvent | null): void {
+    if (!e || this.#closed || isIP(e.address) === 0) return;
     const now = Date.now();
     const refs: SenderRef[] = [{ kind: 'network', key: networkKey(e.address, this.#config) }];
     if (e.authUser) refs.push({ kind: 'user', key: e.authUser });
