@@ -156,11 +156,13 @@ describe.skipIf(!support.ok)('known senders across a cluster (real Redis)', () =
   it('after more changes than it keeps while Redis is away, a node writes its whole hash anew', async () => {
     const small = parseConfig({ admission: { senders: { flushEvery: '100ms', maxEntries: 10 } } }).admission.senders;
     const a = await node('a', undefined, { config: small, maxUnshared: 5 });
-    await until(() => a.senders.synced, 5000, 'a in step');
+    const b = await node('b');
+    await until(() => a.senders.synced && b.senders.synced, 5000, 'both in step');
     a.senders.record(clean('10.0.0.1'));
     await a.senders.flush();
     const r = redis.client();
     expect(await r.hkeys('ichidan:senders:of:a')).toEqual(['network|10.0.0.0/24']);
+    await until(() => b.senders.show({ kind: 'network', key: '10.0.0.0/24' }) !== null, 5000, 'b has it');
     // Redis stops answering writes (the link stays up, every command times out).
     await r.client('PAUSE', 3000, 'WRITE');
     for (let i = 1; i <= 30; i++) a.senders.record(clean(`10.0.${i}.1`));
@@ -170,6 +172,10 @@ describe.skipIf(!support.ok)('known senders across a cluster (real Redis)', () =
     const want = a.senders.list({ limit: 100 }).senders.map((v) => `network|${v.key}`).sort();
     expect(want).toHaveLength(10);
     expect((await r.hkeys('ichidan:senders:of:a')).sort()).toEqual(want);
+    // The other node dropped what a no longer counts, and has what it does.
+    await until(() => b.senders.size === 10, 5000, 'b in step with a');
+    expect(b.senders.show({ kind: 'network', key: '10.0.0.0/24' })).toBeNull();
+    expect(b.senders.list({ limit: 100 }).senders.map((v) => `network|${v.key}`).sort()).toEqual(want);
   }, 20_000);
 
   it('goes on past malformed entries in Redis', async () => {

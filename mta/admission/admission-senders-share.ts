@@ -21,7 +21,8 @@
  * own tallies changed since the last push — all of them when Redis is a new incarnation (restarted
  * empty, or joined for the first time), which also seeds it with this node's marks, and when more
  * than `maxUnshared` changed while it was away (a flood of new senders: the node's hash is then
- * written anew, without the entries it dropped meanwhile).
+ * written anew, without the entries it dropped meanwhile, after a `reset` in the stream that has
+ * the others drop what they had from it).
  * Redis away: the node goes on with what it has (its own SQLite, admission-senders-sql.ts); pins,
  * blocks and forgets wait in the outbox; all of it is shared when Redis returns.
  * Settings: cluster.* (the link), admission.senders.flushEvery, forgetAfter.
@@ -50,7 +51,9 @@ export const SHARE_LIMITS: ShareLimits = { streamLength: 2000, maxUnshared: 100_
 export type SendersChange =
   | { t: 'tallies'; rows: Array<[kind: SenderKind, key: string, tally: Tally | null]> }
   | { t: 'mark'; kind: SenderKind; key: string; mark: Mark }
-  | { t: 'forget'; kind: SenderKind; key: string; at: number; by: string };
+  | { t: 'forget'; kind: SenderKind; key: string; at: number; by: string }
+  /** The node's hash is written anew: drop all that was had from it (its tallies follow). */
+  | { t: 'reset' };
 
 /** What the shared state is applied to and read from (KnownSenders). */
 export interface ShareHost {
@@ -59,6 +62,8 @@ export interface ShareHost {
   localMarks(): Array<SenderRef & { mark: Mark }>;
   /** A peer's tallies (null: it no longer counts that sender). */
   peerTallies(node: string, rows: Array<SenderRef & { tally: Tally | null }>): void;
+  /** Everything had from one peer goes (it writes all it has again). */
+  dropPeer(node: string): void;
   /** Every peer's tallies, replacing all that was had from peers. */
   replacePeers(rows: Array<SenderRef & { node: string; tally: Tally }>): void;
   applyMark(ref: SenderRef, mark: Mark): void;
@@ -188,7 +193,11 @@ export class SendersShare {
     await this.#loadMarks(r);
     await this.#loadPeers(r);
     const all = fresh || this.#rewrite;
-    if (this.#rewrite) await r.del(this.#key('of', this.link.node));
+    if (this.#rewrite) {
+      await r.multi().del(this.#key('of', this.link.node))
+        .xadd(this.#key('changes'), 'MAXLEN', '~', this.limits.streamLength, '*', 'node', this.link.node, 'body', JSON.stringify({ t: 'reset' }))
+        .exec();
+    }
     const own = all ? this.host.allOwn().map(field) : [];
     await this.#push(r, [...new Set([...own, ...this.#unshared])]);
     this.#rewrite = false;
@@ -303,6 +312,10 @@ export class SendersShare {
       return;
     }
     this.applied++;
+    if (change.t === 'reset') {
+      this.host.dropPeer(node);
+      return;
+    }
     if (change.t === 'tallies' && Array.isArray(change.rows)) {
       const rows: Array<SenderRef & { tally: Tally | null }> = [];
       for (const [kind, key, tally] of change.rows) {

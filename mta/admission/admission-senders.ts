@@ -247,6 +247,16 @@ export class KnownSenders implements ShareHost {
     }
   }
 
+  dropPeer(node: string): void {
+    const now = Date.now();
+    for (const entry of [...this.#entries.values()]) {
+      if (!entry.peers?.delete(node)) continue;
+      this.#entries.peerChanged(entry, node);
+      this.#judge(entry, now);
+      this.#entries.dropIfEmpty(entry);
+    }
+  }
+
   replacePeers(rows: Array<SenderRef & { node: string; tally: Tally }>): void {
     for (const entry of this.#entries.values()) {
       if (!entry.peers) continue;
