@@ -178,19 +178,29 @@ describe.skipIf(!support.ok)('known senders across a cluster (real Redis)', () =
     expect(b.senders.list({ limit: 100 }).senders.map((v) => `network|${v.key}`).sort()).toEqual(want);
   }, 20_000);
 
-  it('goes on past malformed entries in Redis', async () => {
+  it('goes on past malformed entries in Redis, and prunes them and the stale ones', async () => {
     const r = redis.client();
     await r.sadd('ichidan:senders:nodes', 'evil');
     await r.hset('ichidan:senders:of:evil', 'network|192.0.2.0/24', 'not json', 'nonsense', '{}', 'network|198.51.100.0/24', '{"clean":-5}');
     await r.hset('ichidan:senders:marks', 'network|192.0.2.0/24', '{"mark":{"flag":"crowned"}}', 'x', '[');
+    // A node that left long ago: what it last saw is past forgetAfter (90 days), save one entry.
+    const tally = (lastSeen: number) => JSON.stringify({ clean: 5, refused: 0, spam: 0, scoreSum: 0, scored: 0, at: lastSeen, firstSeen: lastSeen, lastSeen });
+    await r.sadd('ichidan:senders:nodes', 'gone');
+    await r.hset('ichidan:senders:of:gone', 'network|10.9.0.0/24', tally(Date.now() - 100 * 86_400_000), 'network|10.8.0.0/24', tally(Date.now() - 86_400_000));
     const a = await node('a');
     await until(() => a.senders.synced, 5000, 'a in step');
+    // The unreadable and the stale are gone from Redis, and so is a node left with nothing.
+    expect(await r.hlen('ichidan:senders:of:evil')).toBe(0);
+    expect(await r.sismember('ichidan:senders:nodes', 'evil')).toBe(0);
+    expect(await r.hkeys('ichidan:senders:of:gone')).toEqual(['network|10.8.0.0/24']);
+    expect(a.senders.show({ kind: 'network', key: '10.9.0.0/24' })).toBeNull();
+    expect(a.senders.show({ kind: 'network', key: '10.8.0.0/24' })).toMatchObject({ nodes: 1 });
     await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', 'not json');
     await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', JSON.stringify({ t: 'tallies', rows: [['network', '192.0.2.0/24', { clean: 'lots' }], ['planet', 'x', null]] }));
     await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', JSON.stringify({ t: 'mark', kind: 'network', key: '192.0.2.0/24', mark: { flag: 'pinned' } }));
     await r.xadd('ichidan:senders:changes', '*', 'node', 'evil', 'body', JSON.stringify({ t: 'tallies', rows: [['network', '203.0.113.0/24', { clean: 3, refused: 0, spam: 0, scoreSum: 0, scored: 0, at: Date.now(), firstSeen: Date.now(), lastSeen: Date.now() }]] }));
     await until(() => a.senders.standing('203.0.113.9') === 'known', 5000, 'the well-formed entry applied');
     expect(a.senders.show({ kind: 'network', key: '192.0.2.0/24' })).toBeNull();
-    expect(a.senders.size).toBe(1);
+    expect(a.senders.size).toBe(2);
   });
 });

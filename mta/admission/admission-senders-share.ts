@@ -24,7 +24,10 @@
  * written anew, without the entries it dropped meanwhile, after a `reset` in the stream that has
  * the others drop what they had from it).
  * Redis away: the node goes on with what it has (its own SQLite, admission-senders-sql.ts); pins,
- * blocks and forgets wait in the outbox; all of it is shared when Redis returns.
+ * blocks and forgets wait in the outbox; all of it is shared when Redis returns (an operator change
+ * kept in an outbox then wins over one made on the same entry meanwhile: the later to reach Redis).
+ * A sync also removes from the other nodes' hashes the tallies not seen for forgetAfter, so a node
+ * that left the cluster leaves nothing behind for ever.
  * Settings: cluster.* (the link), admission.senders.flushEvery, forgetAfter.
  */
 import { randomBytes } from 'node:crypto';
@@ -227,10 +230,13 @@ export class SendersShare {
     this.host.replaceMarks(marks, forgets);
   }
 
+  /** Every other node's hash; tallies not seen for forgetAfter (a node that left keeps none for ever) and unreadable ones are removed from it. */
   async #loadPeers(r: Redis): Promise<void> {
     const rows: Array<SenderRef & { node: string; tally: Tally }> = [];
+    const oldest = Date.now() - this.forgetAfter();
     for (const node of await r.smembers(this.#key('nodes'))) {
       if (node === this.link.node) continue;
+      const stale: string[] = [];
       let cursor = '0';
       do {
         const [next, flat] = await r.hscan(this.#key('of', node), cursor, 'COUNT', 1000);
@@ -238,9 +244,12 @@ export class SendersShare {
         for (let i = 0; i + 1 < flat.length; i += 2) {
           const ref = refOf(flat[i]);
           const tally = ref && parseTally(flat[i + 1]);
-          if (ref && tally) rows.push({ ...ref, node, tally });
+          if (ref && tally && tally.lastSeen >= oldest) rows.push({ ...ref, node, tally });
+          else stale.push(flat[i]);
         }
       } while (cursor !== '0');
+      if (stale.length > 0) await r.hdel(this.#key('of', node), ...stale);
+      if (stale.length > 0 && (await r.hlen(this.#key('of', node))) === 0) await r.srem(this.#key('nodes'), node);
     }
     this.host.replacePeers(rows);
   }
