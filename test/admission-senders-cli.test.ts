@@ -95,6 +95,8 @@ describe('ichidan senders against a running Ichidan', () => {
     expect(await fails('show', 'mail.example.com')).toEqual({ code: 1, stderr: expect.stringMatching(/"mail\.example\.com" is not a sender key: use an address or network .*user:NAME, domain:example\.com or resolver:ADDR/) });
     expect(await fails('pin', '127.0.0.0/16')).toEqual({ code: 1, stderr: expect.stringMatching(/kept per \/24 \(admission\.senders\.ipv4Prefix\)/) });
     expect(await fails('list', '--standing', 'famous')).toEqual({ code: 1, stderr: '"standing" must be one of pinned, known, unknown, blocked\n' });
+    expect(await fails('list', '--kind', 'planet')).toEqual({ code: 1, stderr: '"kind" must be one of network, user, domain, resolver\n' });
+    expect(await fails('list', '--limit', '0')).toEqual({ code: 1, stderr: '"limit" must be a number from 1 to 10000\n' });
     await expect(cli('frobnicate', 'x')).rejects.toMatchObject({ code: 2, stderr: expect.stringMatching(/ichidan senders list/) });
   });
 
