@@ -1,6 +1,7 @@
 // Known senders end to end, against a running Ichidan (a child process): real mail (swaks) from a
 // client address is learned, `ichidan senders list` shows its network known, the metric counts it;
-// then pin, block (the door then turns it away) and forget it from the CLI; bad keys and absent entries are exit 1 with the reason.
+// then pin, block (the door then turns it away) and forget it from the CLI; bad keys and absent entries are exit 1
+// with the reason; with admission.mode off nothing is learned.
 import { execFile } from 'node:child_process';
 import { request } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -9,7 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { baseConfig, waitUntil } from './helpers/app.js';
+import { baseConfig, startApp, waitUntil } from './helpers/app.js';
 import { CLI, startChild, type ChildIchidan } from './helpers/child.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
@@ -108,4 +109,25 @@ describe('ichidan senders against a running Ichidan', () => {
     expect(JSON.parse((await cli('show', 'domain:partner.example', '--json')).stdout)).toMatchObject({ standing: 'pinned', mark: { note: 'contract 12' } });
     expect(JSON.parse((await cli('show', '127.1.2.3', '--json')).stdout)).toMatchObject({ standing: 'unknown', clean: 1 });
   }, 30_000);
+});
+
+describe('known senders with admission.mode off', () => {
+  it('learns nothing', async () => {
+    const sink = await startSink({ host: '127.0.0.2' });
+    const t = await startApp((dir) => baseConfig(dir, {
+      tenants: { demo: { domains: ['example.test'] } },
+      routes: { 'example.test': { host: '127.0.0.2', port: sink.port } },
+      admission: { mode: 'off' },
+    }));
+    try {
+      await exec('swaks', ['--server', `127.0.0.1:${t.port()}`, '--local-interface', '127.0.0.7', '--from', 'a@sender.test', '--to', 'user@example.test', '--hide-all']);
+      expect(t.app.senders?.size).toBe(0);
+      t.app.reconfigure({ ...t.app.config, admission: { ...t.app.config.admission, mode: 'on' } });
+      await exec('swaks', ['--server', `127.0.0.1:${t.port()}`, '--local-interface', '127.0.0.7', '--from', 'a@sender.test', '--to', 'user@example.test', '--hide-all']);
+      expect(t.app.senders?.show({ kind: 'network', key: '127.0.0.0/24' })).toMatchObject({ clean: 1 });
+    } finally {
+      await t.stop();
+      await sink.close();
+    }
+  });
 });
