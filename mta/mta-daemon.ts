@@ -48,6 +48,8 @@ import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
 import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admission-pressure.js';
 import { Admission } from './admission/admission.js';
+import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
+import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 import { KnownSenders } from './admission/admission-senders.js';
 import { learnedFrom } from './admission/admission-learn.js';
 
@@ -58,11 +60,13 @@ export interface BoundListener {
   port: number;
 }
 
-function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger): Snapshot {
+function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger, dkimCount: DkimCount): Snapshot {
   const resolver = createResolver(config);
   const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
   // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
   for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) log.warn({ setting: 'engines[].maxSize' }, warning);
+  for (const warning of dkimWarnings(config.tenants)) log.warn({ setting: 'tenants.<name>.dkim[].key' }, warning);
+  const dkim = new DkimKeys(config.tenants, dkimCount);
   // One use belongs to Ichidan while this is the current snapshot; each transaction takes another.
   let uses = 1;
   return {
@@ -71,6 +75,7 @@ function buildSnapshot(generation: number, config: Config, host: EngineHost, log
     policy: new Policy(config),
     engines,
     reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
+    dkim,
     retain: () => { uses++; },
     release: () => {
       if (--uses === 0) engines.release();
@@ -88,6 +93,7 @@ export class Ichidan {
   #watcher: FSWatcher | null = null;
   #passwords: PasswordVerifier | null = null;
   #policies = new StsPolicyCache();
+  readonly #dkimCount: DkimCount;
   readonly engines: EngineHost;
   readonly metrics: Registry;
   bound: BoundListener[] = [];
@@ -136,7 +142,8 @@ export class Ichidan {
       diskFree: () => queue.diskFree(),
     }, log);
     this.pressure.on('level', (to) => metrics.levelChange(to));
-    this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.#dkimCount = (key, result) => metrics.dkimSignature(key, result);
+    this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount);
     this.admission = new Admission(config, {
       // The known senders once open (Ichidan.start); before that, trusted networks only.
       senders: {
@@ -285,7 +292,7 @@ export class Ichidan {
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
-    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log);
+    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;

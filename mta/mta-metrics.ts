@@ -19,6 +19,8 @@
  *   ichidan_admission_level_changes_total{to}       changes of level, by the level entered
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
  *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
+ *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
+ *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -58,6 +60,7 @@ export interface ProcessMetrics {
   /** The pressure level changed to `to`. */
   levelChange(to: Level): void;
   admissionDecision(point: string, action: string, reason: string): void;
+  dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null, senders = () => null }: MetricSources): ProcessMetrics {
@@ -120,6 +123,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
+  const dkimSignatures = new Counter({
+    name: 'ichidan_dkim_signatures_total', help: 'DKIM signatures made, and keys that failed to sign, per key', labelNames: ['tenant', 'domain', 'selector', 'result'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -131,6 +137,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     fsync: (ms) => fsyncs.observe(ms / 1000),
     levelChange: (to) => levelChanges.inc({ to }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };
 }
 

@@ -14,6 +14,7 @@
  *   workers                             cli-workers.ts
  *   cluster status, node (drain, undrain)   cli-cluster.ts
  *   admission status                    cli-admission.ts
+ *   dkim record                         cli-dkim.ts
  *   senders (list, show, pin, block, forget)   cli-senders.ts
  * Every command talks to the running process's admin API (admin/admin-client.ts), reads the
  * workers' status file (mta-workers-status.ts) or reads the
@@ -22,6 +23,7 @@
 import { ADMISSION_USAGE, admission } from './cli-admission.js';
 import { CLUSTER_USAGE, cluster, node } from './cli-cluster.js';
 import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
+import { DKIM_USAGE, dkim } from './cli-dkim.js';
 import { EGRESS_USAGE, egress } from './cli-egress.js';
 import { ENGINES_USAGE, engines } from './cli-engines.js';
 import { QUARANTINE_USAGE, quarantine } from './cli-quarantine.js';
@@ -47,6 +49,7 @@ ${SESSIONS_USAGE}
 ${WORKERS_USAGE}
 ${CLUSTER_USAGE}
 ${ADMISSION_USAGE}
+${DKIM_USAGE}
 ${SENDERS_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
@@ -64,6 +67,7 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   cluster,
   node,
   admission,
+  dkim,
   senders,
 };
 
