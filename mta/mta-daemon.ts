@@ -51,6 +51,8 @@ import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admissi
 import { Admission } from './admission/admission.js';
 import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
+import { KnownSenders } from './admission/admission-senders.js';
+import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 
 export interface BoundListener {
   name: string;
@@ -100,6 +102,8 @@ export class Ichidan {
   cluster: Cluster | null = null;
   /** The holds, suspensions, pauses, engine switches and releases shared with the cluster (mta-shared.ts); null without one. */
   shared: SharedState | null = null;
+  /** The known senders (admission/admission-senders.ts): learned from every message, shared in a cluster. */
+  senders: KnownSenders | null = null;
   /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
@@ -119,7 +123,7 @@ export class Ichidan {
     this.#clusterDeps = clusterDeps;
     const metrics = processMetrics({
       engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
-      pressure: () => this.pressure,
+      pressure: () => this.pressure, senders: () => this.senders,
     });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
@@ -144,7 +148,11 @@ export class Ichidan {
     this.#dkimCount = (key, result) => metrics.dkimSignature(key, result);
     this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount);
     this.admission = new Admission(config, {
-      senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
+      // The known senders once open (Ichidan.start); before that, trusted networks only.
+      senders: {
+        standing: (address) => this.senders?.standing(address) ?? (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'),
+        standingOf: (kind, key) => this.senders?.standingOf(kind, key) ?? 'unknown',
+      },
       pressure: this.pressure,
       slots: scanTimes,
       count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
@@ -206,6 +214,18 @@ export class Ichidan {
     app.#load = opts.load;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
+    // Known senders: trusted networks and tenants' networks stand pinned without being learned.
+    app.senders = KnownSenders.open({
+      dataDir: config.dataDir, config: config.admission.senders, link: cluster?.link ?? null, log,
+      trusted: (address) => {
+        const policy = app!.#snapshot.policy;
+        return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
+      },
+    });
+    // The known senders learn from each message's outcome (not with admission.mode off).
+    const learn = (input: LearnInput) => {
+      if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom(input));
+    };
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -217,7 +237,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission, learn });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -290,6 +310,7 @@ export class Ichidan {
     this.pressure.apply(config.admission.pressure);
     if (config.admission.mode === 'off') this.pressure.stop();
     else this.pressure.start();
+    this.senders?.apply(config.admission.senders);
     return snap.generation;
   }
 
@@ -310,6 +331,7 @@ export class Ichidan {
     this.#snapshot.release();
     await this.shared?.close();
     await this.queue.close();
+    await this.senders?.close();
     this.sessions.closeAll();
     await this.cluster?.close();
   }
