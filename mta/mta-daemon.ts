@@ -9,7 +9,8 @@
  *   `engines/` had their say) and the transparent proxy listeners (proxy/); `reconfigure`, which
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
  *   close the queue. Metrics are registered in mta-metrics.ts.
- * Reads: the config file (reload), the TLS key and certificate, the data folder.
+ * Reads: the config file (reload), the TLS keys and certificates (at start and at every reload:
+ *   ingress/ingress-certificates.ts), the data folder.
  * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
  *   submission and proxy, on loopback in the default), the admin
  *   socket and optional loopback port, DNS only to `dns.servers`.
@@ -40,7 +41,8 @@ import { proxySessionDeps } from './proxy/proxy-deps.js';
 import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
-import { loadTlsMaterial } from './ingress/ingress-tls.js';
+import { ensureSelfSigned, type TlsMaterial } from './ingress/ingress-tls.js';
+import { loadCertificates, offerCertificates, type Certificates } from './ingress/ingress-certificates.js';
 import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
@@ -175,15 +177,17 @@ export class Ichidan {
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
-    const tls = await loadTlsMaterial(config);
+    if (config.tls.cert === undefined) await ensureSelfSigned(config);
+    const certs = loadCertificates(config);
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
     const auth = new AuthGuard(passwords);
     for (const spec of config.listeners) {
       if (spec.role === 'proxy') {
-        await app.#startProxy(spec, tls, opts.originalDst);
+        await app.#startProxy(spec, certs, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission });
+      offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -193,7 +197,8 @@ export class Ichidan {
   }
 
   /** A proxy listener, when the kernel can say where its connections were going; else reported, and everything else runs. */
-  async #startProxy(spec: Config['listeners'][number], tls: { key: string | Buffer; cert: string | Buffer }, given?: OriginalDstReader): Promise<void> {
+  async #startProxy(spec: Config['listeners'][number], certs: Certificates, given?: OriginalDstReader): Promise<void> {
+    const tls: TlsMaterial = certs.of(spec.name).pair;
     const reader = given ?? loadOriginalDst();
     if ('error' in reader) {
       this.log.error({ listener: spec.name, reason: reader.error }, 'proxy listener not started: the original destination of redirected connections cannot be read');
@@ -219,6 +224,7 @@ export class Ichidan {
       tls: { key: tls.key, cert: tls.cert },
       log: this.log,
     });
+    offerCertificates(proxy.server, certs.of(spec.name));
     const where = await proxy.listen();
     this.#proxies.push(proxy);
     this.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -242,13 +248,18 @@ export class Ichidan {
    */
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
+    // The certificate files are read again, so a renewed pair is offered to new connections.
+    const certs = loadCertificates(config);
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
     const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;
     previous.release();
-    for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    for (const l of [...this.#listeners, ...this.#proxies]) {
+      l.apply(config);
+      offerCertificates(l.server, certs.of(l.spec.name));
+    }
     this.admission.apply(config);
     this.queue.reconfigure(config, egress);
     return snap.generation;

@@ -21,8 +21,8 @@ import { ConfigError, loadConfig } from './mta-config.js';
 /** Settings a reload cannot apply to a running process, each by its key in the config file. */
 export const RESTART_ONLY = {
   dataDir: (c) => c.dataDir,
-  listeners: (c) => c.listeners,
-  tls: (c) => c.tls,
+  // A listener's certificate and PROXY settings are applied live (as `tls` is); the rest needs new sockets.
+  listeners: (c) => c.listeners.map(({ cert: _c, key: _k, proxyProtocol: _p, ...rest }) => rest),
   admin: (c) => c.admin,
   'queue.fsync': (c) => c.queue.fsync,
   'proxy.eventsFile': (c) => c.proxy.eventsFile,
@@ -56,7 +56,8 @@ export function reloadConfig(file: string, current: Config, publish: (config: Co
   try {
     generation = publish(config);
   } catch (err) {
-    const problems = [(err as Error).message];
+    // A certificate that cannot be offered (ingress-certificates.ts) names its key in each problem.
+    const problems = (err as { problems?: string[] }).problems ?? [(err as Error).message];
     log.error({ file, problems }, 'reload failed: the running configuration stays');
     return { ok: false, problems };
   }
