@@ -153,6 +153,9 @@ export class Ichidan {
    */
   static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
+    // Before anything opens: a certificate that cannot be offered stops the start, naming its key.
+    if (config.tls.cert === undefined) await ensureSelfSigned(config);
+    const certs = loadCertificates(config);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
@@ -177,8 +180,6 @@ export class Ichidan {
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
-    if (config.tls.cert === undefined) await ensureSelfSigned(config);
-    const certs = loadCertificates(config);
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
     const auth = new AuthGuard(passwords);
     for (const spec of config.listeners) {

@@ -92,12 +92,16 @@ describe('certificate files', () => {
     expect(pickByName(byName, 'example.test')).toBeUndefined();
   });
 
-  it('`ichidan check-config` exits 1 naming the key of a certificate file that is not one', async () => {
+  it('`ichidan check-config` and `start` exit 1 naming the key of a certificate file that is not one', async () => {
     const file = path('bad-cert.yaml');
-    await writeFile(file, `tls:\n  cert: ${path('garbage')}\n  key: ${path('good.key')}\n`);
+    await writeFile(file, `dataDir: ${path('data')}\ntls:\n  cert: ${path('garbage')}\n  key: ${path('good.key')}\n`);
     const cli = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'mta-main.js');
     const err = await promisify(execFile)(process.execPath, [cli, 'check-config', file]).catch((e: { code: number; stderr: string }) => e);
     expect((err as { code: number }).code).toBe(1);
     expect((err as { stderr: string }).stderr).toContain(`tls.cert: ${path('garbage')} holds no PEM certificate`);
+    // `start` refuses it too, before it listens, with the same words.
+    const start = await promisify(execFile)(process.execPath, [cli, 'start', '-c', file]).catch((e: { code: number; stderr: string }) => e);
+    expect((start as { code: number }).code).toBe(1);
+    expect((start as { stderr: string }).stderr).toBe(`${file}: invalid configuration\n  - tls.cert: ${path('garbage')} holds no PEM certificate\n`);
   });
 });
