@@ -32,7 +32,7 @@ import { AdminServer } from './admin/admin-server.js';
 import { AuthGuard } from './ingress/ingress-auth.js';
 import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { processMetrics } from './mta-metrics.js';
-import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
+import { FileWatch, reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
 import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
@@ -42,7 +42,7 @@ import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
 import { ensureSelfSigned, type TlsMaterial } from './ingress/ingress-tls.js';
-import { loadCertificates, offerCertificates, type Certificates } from './ingress/ingress-certificates.js';
+import { certificateFiles, loadCertificates, offerCertificates, type Certificates } from './ingress/ingress-certificates.js';
 import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
@@ -84,6 +84,8 @@ export class Ichidan {
   readonly #proxyOutbound = new Set<string>();
   #admin: AdminServer | null = null;
   #watcher: FSWatcher | null = null;
+  /** The certificate files, reloaded when renewed (admin.watchConfig). */
+  #certificateWatch: FileWatch | null = null;
   #passwords: PasswordVerifier | null = null;
   #policies = new StsPolicyCache();
   readonly engines: EngineHost;
@@ -179,7 +181,14 @@ export class Ichidan {
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
-    if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
+    if (config.admin.watchConfig && file) {
+      app.#watcher = watchConfig(file, () => app.reload(file), log);
+      app.#certificateWatch = new FileWatch(() => {
+        log.info('a certificate file changed: reloading');
+        app.reload(file);
+      });
+      app.#certificateWatch.set(certificateFiles(config));
+    }
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
     const auth = new AuthGuard(passwords);
     for (const spec of config.listeners) {
@@ -263,6 +272,7 @@ export class Ichidan {
     }
     this.admission.apply(config);
     this.queue.reconfigure(config, egress);
+    this.#certificateWatch?.set(certificateFiles(config));
     return snap.generation;
   }
 
@@ -275,6 +285,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
+    this.#certificateWatch?.close();
     await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();

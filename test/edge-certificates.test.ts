@@ -3,7 +3,7 @@
 // (in process, SIGHUP, `ichidan reload`) swaps a renewed pair in for new connections while open
 // ones go on, and a broken renewal is refused naming its key while the pair in force stays.
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
@@ -144,6 +144,9 @@ describe('certificates: SNI, per listener, reload', () => {
 describe('certificates: SIGHUP and `ichidan reload` on a running process', () => {
   let dir: string;
   let child: ChildIchidan | null = null;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ichidan-certs-'));
+  });
   afterAll(async () => {
     if (child) {
       child.proc.kill('SIGTERM');
@@ -153,7 +156,6 @@ describe('certificates: SIGHUP and `ichidan reload` on a running process', () =>
   });
 
   it('takes a renewed certificate on SIGHUP, and `ichidan reload` names the key of a broken one', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'ichidan-certs-'));
     const ca = await makeTestCa();
     const renew = async () => {
       const pair = await ca.issue(['mx.ichidan.test']);
@@ -177,5 +179,37 @@ describe('certificates: SIGHUP and `ichidan reload` on a running process', () =>
     expect((failed as { code: number }).code).not.toBe(0);
     expect(`${(failed as { stderr: string }).stderr}${(failed as { stdout: string }).stdout}`).toMatch(/tls\.cert: .*mx\.crt holds no PEM certificate/);
     expect((await offeredAndClosed(child.ports.mx, 'starttls')).fingerprint).toBe(renewed.fingerprint);
+  }, 60_000);
+
+  it('with admin.watchConfig, takes a renewed certificate by itself (certbot swapping the symlinks), the config file unchanged', async () => {
+    const live = join(dir, 'live');
+    await mkdir(live);
+    const ca = await makeTestCa();
+    // certbot's layout: live/ holds symlinks to the current files of archive/, replaced at each renewal.
+    const renew = async (n: number) => {
+      const pair = await ca.issue(['mx.ichidan.test']);
+      await writeFile(join(dir, `cert${n}.pem`), pair.cert);
+      await writeFile(join(dir, `key${n}.pem`), pair.key);
+      for (const what of ['cert', 'key']) {
+        await symlink(join(dir, `${what}${n}.pem`), join(live, `${what}.new`));
+        await rename(join(live, `${what}.new`), join(live, `${what}.pem`));
+      }
+    };
+    await renew(1);
+    const file = join(dir, 'watched.yaml');
+    await writeFile(file, stringify(baseConfig(join(dir, 'data-watched'), {
+      listeners: [{ name: 'mx', role: 'mx', port: 0 }],
+      admin: { watchConfig: true, socket: join(dir, 'watched.sock') },
+      tls: { cert: join(live, 'cert.pem'), key: join(live, 'key.pem') },
+    })));
+    const watched = await startChild(file);
+    try {
+      const first = await offeredAndClosed(watched.ports.mx, 'starttls');
+      await renew(2);
+      await waitUntil(async () => (await offeredAndClosed(watched.ports.mx, 'starttls')).fingerprint !== first.fingerprint, 15_000, 'the renewed certificate without a command');
+    } finally {
+      watched.proc.kill('SIGTERM');
+      await watched.exited;
+    }
   }, 60_000);
 });

@@ -115,6 +115,12 @@ export function loadCertificates(config: Config, selfSigned: TlsMaterial | null 
   };
 }
 
+/** Every certificate and key file the config names (watched for renewals under admin.watchConfig). */
+export function certificateFiles(config: Config): string[] {
+  const pairs = [config.tls, ...Object.values(config.tls.sni), ...config.listeners];
+  return [...new Set(pairs.flatMap((p) => [p.cert, p.key]).filter((f): f is string => f !== undefined))];
+}
+
 /** The problems `loadCertificates` would report, for `ichidan check-config` (no self-signed pair is needed there). */
 export function certificateProblems(config: Config): string[] {
   try {
