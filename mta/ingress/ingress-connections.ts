@@ -42,7 +42,7 @@ export class WatchedServer extends SMTPServer {
     let created: Connection | undefined;
     for (const c of this.connections as unknown as Set<Connection>) created = c;
     if (!created) return;
-    this.door?.guard(created as Connection & { remoteAddress: string });
+    this.door?.guard(created as Connection & { remoteAddress: string }, args[0]);
     this.onConnection(created, args[0]);
   }
 

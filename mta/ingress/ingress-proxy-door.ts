@@ -10,8 +10,8 @@
  *   policy, tenants, per-client limits, the admission, SPF, the Received field and the logs all see
  *   the client. A socket from `from` that sends no whole header in time, or a malformed or
  *   oversized one, gets `421 4.7.0` and is closed (as Postfix's smtpd_upstream_proxy_protocol).
- *   A session whose client sends a PROXY line as a command (anyone not in `from`, or a second
- *   header through the balancer) gets `554 5.7.1` and is closed.
+ *   A session whose client sends a PROXY header after the greeting (anyone not in `from`, or a
+ *   second header through the balancer), v1 or v2, gets `554 5.7.1` and is closed.
  * Settings: listeners[].proxyProtocol.
  */
 import { randomBytes } from 'node:crypto';
@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import { proxyHeaderNotAllowed, proxyHeaderRefused, replyText } from '../../base/base-reply.js';
 import type { ListenerConfig } from '../mta-config-schema.js';
 import { blockListOf, inList } from './ingress-policy.js';
-import { readProxyHeader } from './ingress-proxy-header.js';
+import { isV2Start, readProxyHeader } from './ingress-proxy-header.js';
 
 type ProxySettings = NonNullable<ListenerConfig['proxyProtocol']>;
 
@@ -88,18 +88,29 @@ export class ProxyDoor {
     });
   }
 
-  /** A PROXY line as an SMTP command on a listener behind a balancer: a forged or repeated header. */
-  guard(connection: SessionConnection): void {
+  /**
+   * A header after the greeting, on a listener behind a balancer: a forged one (a client not in
+   * `from`) or a repeated one (through the balancer). A v1 line arrives as a PROXY command; a v2
+   * header is caught in the first bytes of `socket`, before the parser reads its lines.
+   */
+  guard(connection: SessionConnection, socket: Socket): void {
+    const refuse = () => {
+      this.log.warn({ listener: this.listener, client: connection.remoteAddress, session: connection.id }, 'PROXY header from a client not allowed to send one: connection closed');
+      const r = proxyHeaderNotAllowed(connection.remoteAddress);
+      connection.send(r.code, replyText(r));
+      // Closing stops the parser: the rest of this chunk is not read as commands.
+      connection.close();
+    };
+    socket.prependOnceListener('data', (chunk: Buffer) => {
+      if (this.settings() && isV2Start(chunk)) refuse();
+    });
     Object.assign(connection, {
       handler_PROXY: (_command: Buffer, next: () => void) => {
         if (!this.settings()) {
           connection.send(500, '5.5.2 Error: command not recognized');
           return next();
         }
-        this.log.warn({ listener: this.listener, client: connection.remoteAddress, session: connection.id }, 'PROXY header from a client not allowed to send one: connection closed');
-        const r = proxyHeaderNotAllowed(connection.remoteAddress);
-        connection.send(r.code, replyText(r));
-        connection.close();
+        refuse();
       },
     });
   }

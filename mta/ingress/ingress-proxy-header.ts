@@ -35,6 +35,11 @@ export const MAX_HEADER = 4096;
 
 const PORT = /^(0|[1-9]\d{0,4})$/;
 
+/** Whether a chunk begins as a v2 header does (its first six bytes, "\r\n\r\n\0\r", are no SMTP command). */
+export function isV2Start(chunk: Buffer): boolean {
+  return chunk.length >= 6 && chunk.subarray(0, 6).equals(V2_SIGNATURE.subarray(0, 6));
+}
+
 /** Whether `data` (the first bytes of the connection) begins with a header of an accepted version. */
 export function parseProxyHeader(data: Buffer, version: ProxyVersion = 'any'): ProxyHeader {
   const couldBe = (prefix: Buffer) => data.subarray(0, prefix.length).equals(prefix.subarray(0, Math.min(prefix.length, data.length)));
