@@ -9,6 +9,7 @@ import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js'
 import { HAPROXY_SKIP, haproxyAvailable, startHaproxy, type Haproxy } from './helpers/haproxy.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
+import { startDns, type TestDns } from './helpers/dns-server.js';
 
 const available = haproxyAvailable();
 
@@ -145,5 +146,55 @@ describe.skipIf(!available)(`behind HAProxy (skipped when ${HAPROXY_SKIP})`, () 
     const next = await through('v2', '127.0.0.15');
     expect(next.greeting).toMatch(/^220 /);
     await next.c.command('QUIT');
+  });
+});
+
+describe.skipIf(!available)(`SPF behind HAProxy (skipped when ${HAPROXY_SKIP})`, () => {
+  let t: TestApp;
+  let sink: Sink;
+  let dns: TestDns;
+  let lb: Haproxy;
+
+  beforeAll(async () => {
+    sink = await startSink({ host: '127.0.0.2' });
+    // Only 127.0.0.30 may send for strict.test, whose DMARC policy is reject: HAProxy's own address may not.
+    dns = await startDns({
+      'strict.test': { txt: ['v=spf1 ip4:127.0.0.30 -all'] },
+      '_dmarc.strict.test': { txt: ['v=DMARC1; p=reject'] },
+    });
+    t = await startApp((dir) => baseConfig(dir, {
+      listeners: [{ name: 'mx', role: 'mx', port: 0, proxyProtocol: { from: ['127.0.0.1'], version: 'v2' } }],
+      dns: { servers: [dns.server], timeout: '1s' },
+      tenants: { demo: { domains: ['example.test'] } },
+      routes: { 'example.test': { host: '127.0.0.2', port: sink.port } },
+      engines: [{ name: 'auth', type: 'mailauth' }],
+    }));
+    lb = await startHaproxy([{ name: 'v2', send: 'send-proxy-v2', to: t.port('mx') }]);
+  }, 30_000);
+
+  afterAll(async () => {
+    await lb?.stop();
+    await t?.stop();
+    await Promise.all([sink?.close(), dns?.close()]);
+  });
+
+  async function sendAs(client: string, subject: string): Promise<string> {
+    const c = await RawSmtp.open(lb.port('v2'), '127.0.0.1', client);
+    try {
+      expect((await c.reply()).join('\n')).toMatch(/^220 /);
+      for (const line of ['EHLO client.test', 'MAIL FROM:<ceo@strict.test>', 'RCPT TO:<bob@example.test>', 'DATA']) expect(await c.command(line)).toMatch(/^[23]/);
+      c.send(`From: ceo@strict.test\r\nTo: bob@example.test\r\nSubject: ${subject}\r\nMessage-ID: <${subject}@strict.test>\r\nDate: Mon, 07 Dec 2026 00:00:00 +0000\r\n\r\nPlease pay.\r\n.\r\n`);
+      return (await c.reply()).join('\n');
+    } finally {
+      c.close();
+    }
+  }
+
+  it("checks SPF against the client's address, not the balancer's", async () => {
+    expect(await sendAs('127.0.0.30', 'allowed')).toMatch(/^250 /);
+    await waitUntil(() => sink.messages.some((m) => m.data.includes('Subject: allowed')), 15_000, 'the message at the sink');
+    const head = sink.messages.find((m) => m.data.includes('Subject: allowed'))!.data.toString().split('\r\n\r\n')[0];
+    expect(head).toMatch(/Authentication-Results: mx\.ichidan\.test;[\s\S]*spf=pass[\s\S]*smtp\.mailfrom=ceo@strict\.test/);
+    expect(await sendAs('127.0.0.31', 'forged')).toMatch(/^550 5\.7\.1 message refused: dmarc=fail \(p=reject\) header\.from=strict\.test/);
   });
 });
