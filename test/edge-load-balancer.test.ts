@@ -22,7 +22,11 @@ describe.skipIf(!available)(`behind HAProxy (skipped when ${HAPROXY_SKIP})`, () 
   beforeAll(async () => {
     sink = await startSink({ host: '127.0.0.2' });
     t = await startApp((dir) => baseConfig(dir, {
-      listeners: [{ name: 'mx', role: 'mx', port: 0, proxyProtocol: { from: ['127.0.0.1'], timeout: '700ms' } }],
+      listeners: [
+        { name: 'mx', role: 'mx', port: 0, proxyProtocol: { from: ['127.0.0.1'], timeout: '700ms' } },
+        // Port 465 style: the header comes first, then the TLS handshake.
+        { name: 'smtps', role: 'submission', port: 0, tls: 'implicit', proxyProtocol: { from: ['127.0.0.1'], version: 'v2' } },
+      ],
       tenants: {
         demo: { domains: ['example.test'] },
         // Its MSA relays by network: only its own address may, and only if Ichidan sees that address.
@@ -34,6 +38,7 @@ describe.skipIf(!available)(`behind HAProxy (skipped when ${HAPROXY_SKIP})`, () 
     lb = await startHaproxy([
       { name: 'v1', send: 'send-proxy', to: t.port('mx') },
       { name: 'v2', send: 'send-proxy-v2', to: t.port('mx') },
+      { name: 'smtps', send: 'send-proxy-v2', to: t.port('smtps') },
     ]);
   }, 30_000);
 
@@ -82,6 +87,21 @@ describe.skipIf(!available)(`behind HAProxy (skipped when ${HAPROXY_SKIP})`, () 
     expect(other.greeting).toMatch(/^220 /);
     for (const c of [first.c, other.c]) await c.command('QUIT');
     await waitUntil(() => t.logs.some((l) => l.msg === 'connection refused: per-client limit' && l.client === '127.0.0.20'), 5000, 'the refusal logged with the client address');
+  });
+
+  it('reads the header before the TLS handshake of an implicit-TLS listener, and limits the client behind it', async () => {
+    const tlsThrough = async () => {
+      const c = await RawSmtp.open(lb.port('smtps'), '127.0.0.1', '127.0.0.16');
+      open.push(c);
+      await c.startTls('mx.ichidan.test');
+      return { c, greeting: (await c.reply()).join('\n') };
+    };
+    const first = await tlsThrough();
+    expect(first.greeting).toMatch(/^220 /);
+    expect(await first.c.command('EHLO client.test')).toMatch(/^250-/);
+    expect((await tlsThrough()).greeting).toMatch(/^421 4\.7\.0 /);
+    await first.c.command('QUIT');
+    await waitUntil(() => t.logs.some((l) => l.msg === 'connection refused: per-client limit' && l.client === '127.0.0.16' && l.listener === 'smtps'), 5000, 'the refusal logged with the client address');
   });
 
   it("applies a tenant's network to the client behind the balancer, not to the balancer", async () => {
