@@ -181,6 +181,7 @@ export class Ichidan {
     // Before anything opens: a certificate that cannot be offered stops the start, naming its key.
     if (config.tls.cert === undefined) await ensureSelfSigned(config);
     const certs = loadCertificates(config);
+    for (const warning of certs.warnings) log.warn(warning);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
@@ -285,6 +286,7 @@ export class Ichidan {
     // Everything that can fail is built before anything is published: a failure changes nothing.
     // The certificate files are read again, so a renewed pair is offered to new connections.
     const certs = loadCertificates(config);
+    for (const warning of certs.warnings) this.log.warn(warning);
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
     const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log);
     const snap = this.#handle.publish(config);

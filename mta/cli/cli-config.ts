@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { oversizeWarnings } from '../../engines/index.js';
-import { certificateProblems } from '../ingress/ingress-certificates.js';
+import { checkCertificates } from '../ingress/ingress-certificates.js';
 import { loadOrExit, usage } from './cli-common.js';
 
 export const CONFIG_USAGE = `  ichidan check-config FILE
@@ -19,12 +19,12 @@ export function checkConfig(args: string[]): void {
   if (!file) usage(CONFIG_USAGE);
   const config = loadOrExit(file);
   // The files the config names must hold what it says: a certificate, its key (as a reload would find them).
-  const problems = certificateProblems(config);
+  const { problems, warnings } = checkCertificates(config);
   if (problems.length > 0) {
     process.stderr.write(`${file}: invalid configuration\n${problems.map((p) => `  - ${p}`).join('\n')}\n`);
     process.exit(1);
   }
-  for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) process.stderr.write(`${file}: warning: ${warning}\n`);
+  for (const warning of [...oversizeWarnings(config.engines, config.limits.maxMessageSize), ...warnings]) process.stderr.write(`${file}: warning: ${warning}\n`);
   const tenants = Object.keys(config.tenants).length;
   process.stdout.write(`${file}: ok (${config.listeners.length} listeners, ${tenants} tenants, ${Object.keys(config.routes).length} routes)\n`);
 }

@@ -7,7 +7,9 @@ import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeTestCa } from '../../test/helpers/test-ca.js';
 import { ConfigError, parseConfig } from '../mta-config.js';
-import { certificateProblems, pickByName } from './ingress-certificates.js';
+import { checkCertificates, pickByName } from './ingress-certificates.js';
+
+const certificateProblems = (config: Parameters<typeof checkCertificates>[0]) => checkCertificates(config).problems;
 
 function problems(input: unknown): string[] {
   try {
@@ -67,6 +69,23 @@ describe('certificate files', () => {
   it('finds nothing wrong with readable, matching pairs', () => {
     expect(certificateProblems(withTls({ cert: path('good.crt'), key: path('good.key'), sni: { 'mx.example.test': { cert: path('good.crt'), key: path('good.key') } } }))).toEqual([]);
     expect(certificateProblems(withTls({}))).toEqual([]);
+  });
+
+  it('warns, naming the key, about an SNI pair that is not for its name', () => {
+    const sni = { 'mx.example.test': { cert: path('good.crt'), key: path('good.key') }, 'mail.example.test': { cert: path('good.crt'), key: path('good.key') } };
+    expect(checkCertificates(withTls({ sni }))).toEqual({ problems: [], warnings: [`tls.sni["mail.example.test"].cert: the certificate in ${path('good.crt')} is not for mail.example.test`] });
+  });
+
+  it('warns, naming the key, about an expired certificate', async () => {
+    const { generate } = await import('selfsigned');
+    const old = await generate([{ name: 'commonName', value: 'mx.example.test' }], {
+      keySize: 2048, notBeforeDate: new Date(Date.now() - 3 * 86_400_000), notAfterDate: new Date(Date.now() - 86_400_000),
+    } as never);
+    await writeFile(path('old.crt'), old.cert);
+    await writeFile(path('old.key'), old.private);
+    const { problems, warnings } = checkCertificates(withTls({ cert: path('old.crt'), key: path('old.key') }));
+    expect(problems).toEqual([]);
+    expect(warnings).toEqual([expect.stringMatching(new RegExp(`^tls\\.cert: the certificate in ${path('old.crt').replace(/[.]/g, '\\.')} expired on `))]);
   });
 
   it('names the key of every problem, all at once', () => {

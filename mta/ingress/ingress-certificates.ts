@@ -38,10 +38,15 @@ export interface ListenerCertificates {
 export interface Certificates {
   /** The set for a listener, by its name. */
   of(listener: string): ListenerCertificates;
+  /** What is offered but looks wrong (expired, not for its SNI name), each naming its key. */
+  warnings: string[];
 }
 
-/** Reads one pair; its problems name `where.cert` / `where.key`. */
-function readPair(certFile: string, keyFile: string, where: { cert: string; key: string }, problems: string[]): { material: TlsMaterial; context: SecureContext } | null {
+/**
+ * Reads one pair; its problems name `where.cert` / `where.key`. A certificate past its end, or not
+ * for `name` (an SNI name), is a warning: it is still offered.
+ */
+function readPair(certFile: string, keyFile: string, where: { cert: string; key: string; name?: string }, problems: string[], warnings: string[]): { material: TlsMaterial; context: SecureContext } | null {
   const read = (file: string, key: string) => {
     try {
       return readFileSync(file, 'utf8');
@@ -55,7 +60,11 @@ function readPair(certFile: string, keyFile: string, where: { cert: string; key:
   if (cert === null || key === null) return null;
   let good = true;
   try {
-    new X509Certificate(cert);
+    const x509 = new X509Certificate(cert);
+    if (Date.parse(x509.validTo) < Date.now()) warnings.push(`${where.cert}: the certificate in ${certFile} expired on ${x509.validTo}`);
+    // A wildcard name is checked with a name it covers.
+    const probe = where.name?.startsWith('*.') ? `sni-check${where.name.slice(1)}` : where.name;
+    if (probe && x509.checkHost(probe) === undefined) warnings.push(`${where.cert}: the certificate in ${certFile} is not for ${where.name}`);
   } catch {
     problems.push(`${where.cert}: ${certFile} holds no PEM certificate`);
     good = false;
@@ -83,9 +92,10 @@ const normalName = (name: string) => domainToASCII(name.replace(/\.$/, '')).toLo
  */
 export function loadCertificates(config: Config, selfSigned: TlsMaterial | null = readSelfSigned(config)): Certificates {
   const problems: string[] = [];
+  const warnings: string[] = [];
   let fallback: TlsMaterial | null = null;
   if (config.tls.cert !== undefined && config.tls.key !== undefined) {
-    fallback = readPair(config.tls.cert, config.tls.key, { cert: 'tls.cert', key: 'tls.key' }, problems)?.material ?? null;
+    fallback = readPair(config.tls.cert, config.tls.key, { cert: 'tls.cert', key: 'tls.key' }, problems, warnings)?.material ?? null;
   } else if (selfSigned) {
     fallback = selfSigned;
   } else {
@@ -94,19 +104,20 @@ export function loadCertificates(config: Config, selfSigned: TlsMaterial | null 
   const byName = new Map<string, SecureContext>();
   for (const [name, pair] of Object.entries(config.tls.sni)) {
     const where = `tls.sni["${name}"]`;
-    const read = readPair(pair.cert, pair.key, { cert: `${where}.cert`, key: `${where}.key` }, problems);
+    const read = readPair(pair.cert, pair.key, { cert: `${where}.cert`, key: `${where}.key`, name }, problems, warnings);
     if (read) byName.set(normalName(name), read.context);
   }
   const own = new Map<string, TlsMaterial>();
   config.listeners.forEach((l, i) => {
     if (l.cert === undefined || l.key === undefined) return;
-    const read = readPair(l.cert, l.key, { cert: `listeners[${i}].cert`, key: `listeners[${i}].key` }, problems);
+    const read = readPair(l.cert, l.key, { cert: `listeners[${i}].cert`, key: `listeners[${i}].key` }, problems, warnings);
     if (read) own.set(l.name, read.material);
   });
   if (problems.length > 0 || !fallback) throw new CertificateError(problems);
   const base = fallback;
   const sets = new Map<string, ListenerCertificates>();
   return {
+    warnings,
     of(listener) {
       let set = sets.get(listener);
       if (!set) sets.set(listener, set = { pair: own.get(listener) ?? base, byName });
@@ -121,13 +132,12 @@ export function certificateFiles(config: Config): string[] {
   return [...new Set(pairs.flatMap((p) => [p.cert, p.key]).filter((f): f is string => f !== undefined))];
 }
 
-/** The problems `loadCertificates` would report, for `ichidan check-config` (no self-signed pair is needed there). */
-export function certificateProblems(config: Config): string[] {
+/** What `loadCertificates` would report, for `ichidan check-config` (no self-signed pair is needed there). */
+export function checkCertificates(config: Config): { problems: string[]; warnings: string[] } {
   try {
-    loadCertificates(config, { cert: '', key: '', source: '(self-signed, made at start)' });
-    return [];
+    return { problems: [], warnings: loadCertificates(config, { cert: '', key: '', source: '(self-signed, made at start)' }).warnings };
   } catch (err) {
-    return err instanceof CertificateError ? err.problems : [(err as Error).message];
+    return { problems: err instanceof CertificateError ? err.problems : [(err as Error).message], warnings: [] };
   }
 }
 
