@@ -6,7 +6,9 @@
  *   self-signed pair (ingress-tls.ts) for when `tls.cert` is not set.
  * Gives: `loadCertificates`, which reads every file and checks each pair (a PEM certificate, a PEM
  *   key, the key belonging to the certificate) or throws a `CertificateError` whose problems each
- *   name the key at fault, so a reload with a broken renewal keeps the pairs in force;
+ *   name the key at fault, so a reload with a broken renewal keeps the pairs in force (and warns,
+ *   naming the key, of a certificate past its end or not for its SNI name); `checkCertificates`,
+ *   the same for `ichidan check-config`; `certificateFiles`, the files to watch for renewals;
  *   `offerCertificates`, which makes a listener's smtp-server offer a set to its next handshakes
  *   (connections already encrypted keep theirs).
  * Choosing: a client's SNI name picks the pair of `tls.sni` for that name, or for "*.<parent>"; any
