@@ -74,7 +74,8 @@ export class ProxyDoor {
     if (!s) return done(null, { id: sessionId() });
     void readProxyHeader(socket, s.version, s.timeout).then((outcome) => {
       if (!outcome.ok) {
-        this.log.warn({ listener: this.listener, peer, reason: outcome.why }, 'PROXY header refused: connection closed');
+        // A balancer's TCP health check connects and leaves: no warning every few seconds.
+        this.log[outcome.empty ? 'debug' : 'warn']({ listener: this.listener, peer, reason: outcome.why }, 'PROXY header refused: connection closed');
         if (!socket.destroyed && socket.writable) {
           const r = proxyHeaderRefused();
           socket.end(`${r.code} ${replyText(r).replace(/^(\S+) /, `$1 ${this.hostname()} `)}\r\n`);

@@ -113,6 +113,14 @@ describe('readProxyHeader', () => {
     close();
   });
 
+  it('tells a peer that leaves without a byte (a health check) from one that breaks off', async () => {
+    const { server, client, close } = await pair();
+    const reading = readProxyHeader(server, 'any', 2000);
+    client.end();
+    expect(await reading).toEqual({ ok: false, why: 'the connection closed before sending anything', empty: true });
+    close();
+  });
+
   it('refuses garbage at once, without waiting for the timeout', async () => {
     const { server, client, close } = await pair();
     const reading = readProxyHeader(server, 'any', 5000);

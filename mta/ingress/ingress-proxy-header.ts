@@ -117,7 +117,8 @@ const printable = (s: string) => s.replace(/[^\x21-\x7e]/g, '?').slice(0, 16);
 
 export type HeaderOutcome =
   | { ok: true; header: Extract<ProxyHeader, { kind: 'header' }> }
-  | { ok: false; why: string };
+  /** `empty`: the peer closed without sending a byte (a balancer's plain TCP health check). */
+  | { ok: false; why: string; empty?: boolean };
 
 /**
  * Reads one header off `socket` within `timeoutMs`; the bytes after it are put back for the SMTP
@@ -134,7 +135,9 @@ export function readProxyHeader(socket: Socket, version: ProxyVersion, timeoutMs
       socket.removeListener('error', ended);
       resolve(outcome);
     };
-    const ended = () => finish({ ok: false, why: 'the connection closed before its PROXY header was complete' });
+    const ended = () => finish(data.length === 0
+      ? { ok: false, why: 'the connection closed before sending anything', empty: true }
+      : { ok: false, why: 'the connection closed before its PROXY header was complete' });
     const read = () => {
       let chunk: Buffer | null;
       while ((chunk = socket.read() as Buffer | null) !== null) {
