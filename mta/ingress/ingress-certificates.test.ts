@@ -31,6 +31,7 @@ describe('certificate and PROXY protocol settings', () => {
     [{ listeners: [{ ...mx, proxyProtocol: { from: ['10.0.0.0/33'] } }] }, 'listeners[0].proxyProtocol.from[0]: an address or network'],
     [{ listeners: [{ ...mx, proxyProtocol: { from: ['10.0.0.1'], version: 'v3' } }] }, 'listeners[0].proxyProtocol.version: must be one of "v1", "v2", "any"'],
     [{ listeners: [{ ...mx, proxyProtocol: { from: ['10.0.0.1'], timeout: 'soon' } }] }, 'listeners[0].proxyProtocol.timeout: a duration such as'],
+    [{ listeners: [{ ...mx, proxyProtocol: { from: ['10.0.0.1'], timeout: 0 } }] }, 'listeners[0].proxyProtocol.timeout: a duration above 0'],
     [{ listeners: [{ ...mx, proxyProtocol: { from: ['10.0.0.1'], form: [] } }] }, 'listeners[0].proxyProtocol.form: unknown key'],
     [{ listeners: [{ name: 'p', role: 'proxy', port: 10025, proxyProtocol: { from: ['10.0.0.1'] } }] }, 'listeners[0].proxyProtocol: a proxy listener learns where connections go from the kernel'],
     [{ tls: { sni: { 'bad name!': { cert: '/c', key: '/k' } } } }, 'tls.sni.bad name!: a host name such as "mx.example.com" or "*.example.com"'],

@@ -39,7 +39,7 @@ const listener = z.strictObject({
     /** v1 (text), v2 (binary) or any. */
     version: z.enum(['v1', 'v2', 'any']).default('any'),
     /** The whole header must arrive within this (Postfix's smtpd_upstream_proxy_timeout); else 421 and closed. */
-    timeout: duration.prefault('5s'),
+    timeout: duration.refine((ms) => ms > 0, 'a duration above 0, such as "5s"').prefault('5s'),
   }).optional(),
 }).superRefine((l, ctx) => {
   if ((l.cert === undefined) !== (l.key === undefined)) {
