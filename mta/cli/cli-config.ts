@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { oversizeWarnings } from '../../engines/index.js';
 import { checkCertificates } from '../ingress/ingress-certificates.js';
+import { dkimWarnings } from '../../queue/accept/accept-dkim-config.js';
 import { loadOrExit, usage } from './cli-common.js';
 
 export const CONFIG_USAGE = `  ichidan check-config FILE
@@ -25,6 +26,7 @@ export function checkConfig(args: string[]): void {
     process.exit(1);
   }
   for (const warning of [...oversizeWarnings(config.engines, config.limits.maxMessageSize), ...warnings]) process.stderr.write(`${file}: warning: ${warning}\n`);
+  for (const warning of dkimWarnings(config.tenants)) process.stderr.write(`${file}: warning: ${warning}\n`);
   const tenants = Object.keys(config.tenants).length;
   process.stdout.write(`${file}: ok (${config.listeners.length} listeners, ${tenants} tenants, ${Object.keys(config.routes).length} routes)\n`);
 }
