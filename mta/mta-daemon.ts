@@ -53,7 +53,7 @@ import { Admission } from './admission/admission.js';
 import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 import { KnownSenders } from './admission/admission-senders.js';
-import { learnedFrom } from './admission/admission-learn.js';
+import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 
 export interface BoundListener {
   name: string;
@@ -227,7 +227,10 @@ export class Ichidan {
         return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
       },
     });
-    const learning = learningQueue(queue, app.senders, () => app!.config.admission.mode !== 'off');
+    // The known senders learn from each message's outcome (not with admission.mode off).
+    const learn = (input: LearnInput) => {
+      if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom(input));
+    };
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) {
@@ -245,7 +248,7 @@ export class Ichidan {
         await app.#startProxy(spec, certs, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue: learning, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn });
       offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
       app.#listeners.push(listener);
@@ -367,28 +370,4 @@ function admissionSessions(listeners: readonly Listener[]): { open: number; limi
     limit += l.spec.maxClients;
   }
   return { open, limit };
-}
-
-/**
- * Until the ingress records each accept step's result itself (`senders.record(learnedFrom(…))`):
- * the known senders learn from every message an MX or submission listener queues, as the accept
- * step hands it to the queue (not with admission.mode off). Refusals are not seen here.
- */
-function learningQueue(queue: Queue, senders: KnownSenders, learning: () => boolean): Queue {
-  return new Proxy(queue, {
-    get(target, prop) {
-      if (prop === 'accept') {
-        return async (...args: Parameters<Queue['accept']>) => {
-          const id = await target.accept(...args);
-          if (!learning()) return id;
-          const [, env, , record] = args;
-          const result = { kind: 'queued' as const, reply: { code: 250, enhanced: '2.0.0', text: '' }, queueId: id, quarantined: env.quarantine !== null, ...(record ? { scan: { record, spamScore: null } } : {}) };
-          senders.record(learnedFrom({ address: env.client, authUser: env.authUser, result }));
-          return id;
-        };
-      }
-      const value = Reflect.get(target, prop, target) as unknown;
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  });
 }

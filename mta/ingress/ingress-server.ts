@@ -31,6 +31,7 @@ import type { ListenerConfig, Config } from '../mta-config-schema.js';
 import type { Snapshot } from '../mta-snapshot.js';
 import type { AuthGuard } from './ingress-auth.js';
 import type { Admission, DoorDecision } from '../admission/admission.js';
+import type { LearnInput } from '../admission/admission-learn.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
 import { buildReceived } from './ingress-received.js';
@@ -59,6 +60,8 @@ export interface ListenerDeps {
   draining: () => boolean;
   /** Known senders first under pressure (mta/admission/): the door, MAIL FROM, RCPT, scan priority. */
   admission: Admission;
+  /** Each message's outcome, for the known senders to learn from (not a transfer's). */
+  learn: (input: LearnInput) => void;
 }
 
 export class Listener {
@@ -281,7 +284,9 @@ export class Listener {
         input.transfer = { queueId: place.queueId };
         if (!place.queueId) this.deps.log.warn({ qid: tx.transfer.id, peer: tx.transfer.from }, 'cluster transfer: its id is already queued here with other recipients; these go under a new id');
       }
-      const { reply } = await acceptMessage(input, this.deps.queue, this.deps.log);
+      const result = await acceptMessage(input, this.deps.queue, this.deps.log);
+      const { reply } = result;
+      if (!tx.transfer) this.deps.learn({ address: session.remoteAddress, authUser: this.#client(session).authUser, result });
       if (reply.code < 400) cb(null, replyText(reply));
       else cb(toSmtpError(reply));
     } finally {
