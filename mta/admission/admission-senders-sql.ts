@@ -12,7 +12,7 @@
  * Takes: batches from KnownSenders (one transaction per flush), marks as operators set them.
  * Gives: everything back at open, least recently seen first.
  */
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { SenderKind, SenderRef } from './admission-senders-key.js';
@@ -71,7 +71,9 @@ export class SendersDb {
   }
 
   static open(path: string): SendersDb {
-    mkdirSync(dirname(path), { recursive: true });
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    // Made at 0600 first, as everything in the data folder: SQLite gives its WAL and shared-memory files the database's mode.
+    closeSync(openSync(path, 'a', 0o600));
     const db = new Database(path);
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
