@@ -23,6 +23,8 @@ import { adminSchema } from './admin/admin-config.js';
 import { clusterSchema } from '../queue/cluster/cluster-config.js';
 import { admissionSchema } from './admission/admission-config.js';
 import { authSchema, limitsSchema, listenersSchema, tlsSchema, trustedNetworksSchema, usersSchema } from './ingress/ingress-config.js';
+import { recipientsSchema } from './ingress/ingress-recipients-config.js';
+import { recipientsIssues } from './ingress/ingress-recipients-check-config.js';
 
 export { duration, size };
 
@@ -35,6 +37,8 @@ const tenant = z.strictObject({
   scanning: tenantScanningSchema.optional(),
   /** How this tenant's outbound mail is scheduled: its share, its caps, its source addresses. */
   egress: tenantEgressSchema,
+  /** Recipient validation at RCPT for this tenant's domains (absent: every local part is accepted). */
+  recipients: recipientsSchema.optional(),
 });
 
 export const configSchema = z.strictObject({
@@ -95,6 +99,9 @@ export const configSchema = z.strictObject({
     if (pool !== undefined && !(pool in cfg.delivery.sourcePools)) {
       ctx.addIssue({ code: 'custom', path: ['tenants', name, 'egress', 'sourcePool'], message: `no source pool "${pool}" (delivery.sourcePools: ${Object.keys(cfg.delivery.sourcePools).join(', ') || 'none'})` });
     }
+  }
+  for (const [name, t] of Object.entries(cfg.tenants)) {
+    if (t.recipients) for (const i of recipientsIssues(t.recipients, t.domains)) ctx.addIssue({ code: 'custom', path: ['tenants', name, 'recipients', ...i.path], message: i.message });
   }
   if (Array.isArray(cfg.proxy.scan)) {
     cfg.proxy.scan.forEach((t, i) => {

@@ -46,6 +46,8 @@ import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mt
 import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
 import { Admission } from './admission/admission.js';
+import { RecipientCheck } from './ingress/ingress-recipients.js';
+import { RecipientVerifier } from './ingress/ingress-recipients-verify.js';
 
 export interface BoundListener {
   name: string;
@@ -54,7 +56,13 @@ export interface BoundListener {
   port: number;
 }
 
-function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger): Snapshot {
+/** What the snapshots' recipient checks share across reloads: the probe cache and the metrics. */
+interface RecipientDeps {
+  verifier: RecipientVerifier;
+  count: (result: string, by: string) => void;
+}
+
+function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger, recipients: RecipientDeps): Snapshot {
   const resolver = createResolver(config);
   const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
   // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
@@ -65,6 +73,7 @@ function buildSnapshot(generation: number, config: Config, host: EngineHost, log
     generation,
     config,
     policy: new Policy(config),
+    recipients: new RecipientCheck(config, { ...recipients, log }),
     engines,
     reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
     retain: () => { uses++; },
@@ -84,6 +93,7 @@ export class Ichidan {
   #watcher: FSWatcher | null = null;
   #passwords: PasswordVerifier | null = null;
   #policies = new StsPolicyCache();
+  readonly #recipients: RecipientDeps;
   readonly engines: EngineHost;
   readonly metrics: Registry;
   bound: BoundListener[] = [];
@@ -115,7 +125,8 @@ export class Ichidan {
       queue.records.recordEngineEvent(e);
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
-    this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.#recipients = { verifier: new RecipientVerifier(log, (answer) => metrics.recipientProbe(answer)), count: (result, by) => metrics.recipientCheck(result, by) };
+    this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#recipients);
     this.admission = new Admission(config, {
       senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
       pressure: { level: 'normal', intake: () => 'open' },
@@ -243,7 +254,7 @@ export class Ichidan {
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
-    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log);
+    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#recipients);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;

@@ -12,6 +12,8 @@
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
+ *   ichidan_recipient_checks_total{result,by}       recipient validation at RCPT (ingress/ingress-recipients.ts)
+ *   ichidan_recipient_probes_total{answer}          probes sent to mailbox servers (known, unknown, unavailable)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -40,6 +42,8 @@ export interface ProcessMetrics {
   engineEvent(e: EngineEvent): void;
   egressEvent(e: { kind: string; actor: string }): void;
   admissionDecision(point: string, action: string, reason: string): void;
+  recipientCheck(result: string, by: string): void;
+  recipientProbe(answer: string): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
@@ -89,6 +93,12 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
+  const recipientChecks = new Counter({
+    name: 'ichidan_recipient_checks_total', help: 'Recipients checked at RCPT, by result (accepted, unknown, unavailable) and what answered (list, file, catchall, postmaster, verify, cache)', labelNames: ['result', 'by'], registers,
+  });
+  const recipientProbes = new Counter({
+    name: 'ichidan_recipient_probes_total', help: 'Recipient verification probes sent to mailbox servers, by answer', labelNames: ['answer'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -98,6 +108,8 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    recipientCheck: (result, by) => recipientChecks.inc({ result, by }),
+    recipientProbe: (answer) => recipientProbes.inc({ answer }),
   };
 }
 

@@ -10,11 +10,14 @@
 import type { ScanSnapshot } from '../queue/accept/accept-step.js';
 import type { Config } from './mta-config-schema.js';
 import type { Policy } from './ingress/ingress-policy.js';
+import type { RecipientCheck } from './ingress/ingress-recipients.js';
 
 export interface Snapshot extends ScanSnapshot {
   generation: number;
   config: Config;
   policy: Policy;
+  /** Recipient validation at RCPT (ingress/ingress-recipients.ts). */
+  recipients: RecipientCheck;
   reverse: ((ip: string) => Promise<string[]>) | null;
   /** A use taken (a transaction at MAIL FROM, a scan) and given back when it ends (engines drain on it). */
   retain(): void;
