@@ -108,6 +108,18 @@ export const configSchema = z.strictObject({
       if (!(t in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['proxy', 'scan', i], message: `no tenant "${t}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
     });
   }
+  const backend = cfg.auth.backend;
+  if (backend.type === 'dovecot') {
+    const noTenant = (t: string) => `no tenant "${t}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})`;
+    if (backend.tenant !== undefined && !(backend.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['auth', 'backend', 'tenant'], message: noTenant(backend.tenant) });
+    for (const [d, t] of Object.entries(backend.domains)) {
+      if (!(t in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['auth', 'backend', 'domains', d], message: noTenant(t) });
+    }
+    if (backend.tenant === undefined && Object.keys(backend.domains).length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'backend', 'tenant'], message: 'say whose mail a Dovecot login sends: a tenant, or tenants by the login\'s domain (auth.backend.domains)' });
+    }
+    if (cfg.users.length > 0) ctx.addIssue({ code: 'custom', path: ['users'], message: 'with auth.backend dovecot, Dovecot checks every login: give these users to Dovecot instead' });
+  }
   cfg.users.forEach((u, i) => {
     if (!(u.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['users', i, 'tenant'], message: `no tenant "${u.tenant}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
   });

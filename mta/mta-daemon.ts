@@ -30,6 +30,7 @@ import { Policy } from './ingress/ingress-policy.js';
 import { AdminServer } from './admin/admin-server.js';
 import { AuthGuard } from './ingress/ingress-auth.js';
 import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
+import { DovecotClients } from './ingress/ingress-auth-dovecot.js';
 import { processMetrics } from './mta-metrics.js';
 import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
@@ -92,6 +93,8 @@ export class Ichidan {
   #admin: AdminServer | null = null;
   #watcher: FSWatcher | null = null;
   #passwords: PasswordVerifier | null = null;
+  /** Dovecot's auth service, when auth.backend says so (ingress/ingress-auth-dovecot.ts). */
+  readonly #dovecot = new DovecotClients();
   #policies = new StsPolicyCache();
   readonly #recipients: RecipientDeps;
   readonly engines: EngineHost;
@@ -188,7 +191,7 @@ export class Ichidan {
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
     const tls = await loadTlsMaterial(config);
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
-    const auth = new AuthGuard(passwords);
+    const auth = new AuthGuard(passwords, undefined, app.#dovecot, (entry, message) => log.warn(entry, message));
     for (const spec of config.listeners) {
       if (spec.role === 'proxy') {
         await app.#startProxy(spec, tls, opts.originalDst);
@@ -278,6 +281,7 @@ export class Ichidan {
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
     await this.#passwords?.close();
+    this.#dovecot.close();
     this.#snapshot.release();
     await this.shared?.close();
     await this.queue.close();
