@@ -80,7 +80,7 @@ describe('Dovecot auth client', () => {
     expect(ann).toEqual({ ok: true, user: 'Ann@a.test' });
     expect(bad).toEqual({ ok: false, reason: 'Password mismatch' });
     expect(s.connections).toBe(1);
-    expect(s.requests[1].line).toMatch(/^AUTH\t\d+\tPLAIN\tservice=smtp\tnologin\tsecured\trip=192\.0\.2\.7\tresp=/);
+    expect(s.requests[1].line).toMatch(/^AUTH\t\d+\tPLAIN\tservice=smtp\tnologin\tno-penalty\tsecured\trip=192\.0\.2\.7\tresp=/);
     expect(s.requests.map((r) => [r.user, r.password])).toContainEqual(['ann@a.test', 'right']);
   });
 

@@ -6,11 +6,13 @@
  * The dialogue, one line each way per step, fields split by TAB:
  *   C: VERSION 1 2          C: CPID <pid>
  *   S: VERSION 1 <minor>    S: MECH <name> …  S: SPID / CUID / COOKIE …   S: DONE
- *   C: AUTH <id> PLAIN service=smtp nologin secured rip=<client> resp=<base64 of \0user\0password>
+ *   C: AUTH <id> PLAIN service=smtp nologin no-penalty secured rip=<client> resp=<base64 of \0user\0password>
  *   S: OK <id> user=<name> …  |  FAIL <id> [reason=<text>] [temp] …
  * One connection carries any number of requests at once, told apart by their ids; it is opened at
  * the first request and again after it ends. smtp-server has already collected the user name and
- * the password of either PLAIN or LOGIN, so Dovecot is always asked with PLAIN.
+ * the password of either PLAIN or LOGIN, so Dovecot is always asked with PLAIN. `no-penalty`: the
+ * AUTH guard (ingress-auth.ts) already delays and blocks guessers by address and account; Dovecot's
+ * own penalty by address (2 s doubling to 15 s) on top would turn wrong passwords into timeouts.
  * Gives: `authenticate()` → { ok, user } (the name Dovecot returns), { ok: false, reason } for a
  * wrong password or unknown user; it rejects (the caller answers 454 4.7.0) when the answer is
  * temporary (`temp`), late (`timeout`), or the socket cannot be reached, closes mid-request or
@@ -81,7 +83,7 @@ export class DovecotAuthClient {
         if (!this.#pending.has(id)) return;
         const resp = Buffer.from(`\0${r.username}\0${r.password}`).toString('base64');
         const rip = /^[0-9a-f:.]+$/i.test(r.address) ? `\trip=${r.address}` : '';
-        this.#socket!.write(`AUTH\t${id}\tPLAIN\tservice=smtp\tnologin\tsecured${rip}\tresp=${resp}\n`);
+        this.#socket!.write(`AUTH\t${id}\tPLAIN\tservice=smtp\tnologin\tno-penalty\tsecured${rip}\tresp=${resp}\n`);
       }, (err: Error) => this.#settle(id, (p) => p.reject(err)));
     });
   }

@@ -2,7 +2,8 @@
  * A real Dovecot (Debian's dovecot-core and dovecot-lmtpd) of a test's own: its config folder,
  * base_dir and log in a temporary folder, LMTP on 127.0.0.9 at a free port, the auth service's
  * client socket (the one Postfix's SASL uses) in the folder, users from a passwd-file with plain
- * passwords. Started as a child (`dovecot -F -c <conf>`), stopped by its pid.
+ * passwords. Started as a child (`dovecot -F -c <conf>`) in a process group of its own, stopped by
+ * that group's id.
  *
  * Gives: `startDovecot(users)` (the LMTP address, the auth socket, `lmtpConnections()` counted from
  * Dovecot's own log, `stop()`), and `dovecotSupport()` — with CI set, a missing Dovecot is an error
@@ -98,20 +99,29 @@ service auth {
   }
 }
 `);
-  const proc: ChildProcess = spawn(DOVECOT, ['-F', '-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Its own process group: Dovecot's master leaves a child serving an open client (auth) when it
+  // exits, so stop() ends the whole group, which holds only this instance.
+  const proc: ChildProcess = spawn(DOVECOT, ['-F', '-c', conf], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  const group = (signal: NodeJS.Signals) => {
+    try {
+      process.kill(-proc.pid!, signal);
+    } catch {
+      // the group is already gone
+    }
+  };
   let stderr = '';
   proc.stderr!.on('data', (d) => { stderr += String(d); });
   const exited = new Promise<void>((r) => proc.on('exit', () => r()));
   // A test process that ends without stop() takes its Dovecot with it.
-  const orphan = () => { proc.kill('SIGKILL'); };
+  const orphan = () => group('SIGKILL');
   process.once('exit', orphan);
-  proc.on('exit', () => process.off('exit', orphan));
+  let stopped = false;
   const logFile = join(dir, 'dovecot.log');
   const log = () => (existsSync(logFile) ? readFileSync(logFile, 'utf8') : '');
   for (let i = 0; ; i++) {
     if (existsSync(authSocket) && await reachable(port, LMTP_HOST)) break;
     if (i > 100 || proc.exitCode !== null) {
-      proc.kill('SIGKILL');
+      group('SIGKILL');
       throw new Error(`dovecot did not start: ${stderr}${log()}`);
     }
     await sleep(50);
@@ -123,8 +133,12 @@ service auth {
     lmtpConnections: () => log().split('\n').filter((l) => /lmtp\(\d+\): Info: Connect from/.test(l)).length,
     log,
     stop: async () => {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      if (stopped) return;
+      stopped = true;
+      group('SIGTERM');
       await exited;
+      group('SIGKILL');
+      process.off('exit', orphan);
       rmSync(dir, { recursive: true, force: true });
     },
   };
