@@ -107,7 +107,7 @@ export const authSchema = z.strictObject({
       /** The tenant of a login by its domain (the part after "@"). */
       domains: z.record(z.string().transform((d) => d.toLowerCase()), z.string().min(1)).default({}),
     }),
-  ], { error: (i) => (i.code === 'invalid_union' ? 'type must be "yaml" or "dovecot"' : undefined) }).prefault({ type: 'yaml' }),
+  ], { error: (i) => (i.code === 'invalid_union' ? 'must be "yaml" or "dovecot"' : undefined) }).prefault({ type: 'yaml' }),
 }).prefault({});
 
 const user = z.strictObject({

@@ -5,7 +5,7 @@
  * (so `check-config`, `start` and a reload refuse it, rather than the domain answering 450 later).
  */
 import { readFileSync } from 'node:fs';
-import { isEmptyRule, type RecipientRule, type RecipientsConfig } from './ingress-recipients-config.js';
+import { isEmptyRule, RECIPIENT_ENTRY, type RecipientRule, type RecipientsConfig } from './ingress-recipients-config.js';
 import { parseRecipientFile } from './ingress-recipients-list.js';
 
 export interface KeyedIssue {
@@ -19,6 +19,8 @@ export function recipientsIssues(r: RecipientsConfig, tenantDomains: readonly st
   const hostedList = tenantDomains.join(', ') || 'none';
   const ruleIssues = (rule: RecipientRule, at: Array<string | number>, domains: ReadonlySet<string>) => {
     rule.list?.forEach((e, i) => {
+      // A malformed entry is already reported by the schema.
+      if (!RECIPIENT_ENTRY.test(e)) return;
       const d = e.slice(e.lastIndexOf('@') + 1).toLowerCase();
       if (!domains.has(d)) issues.push({ path: [...at, 'list', i], message: `"${e}" is not in ${[...domains].join(', ') || 'no domain'}, which this rule is for` });
     });
