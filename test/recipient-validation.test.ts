@@ -10,6 +10,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { baseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
 import { dovecotSupport, LMTP_HOST, startDovecot, type TestDovecot } from './helpers/dovecot.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
+import { scripted } from './helpers/scripted-rcpt.js';
+import { startSink } from './helpers/sink.js';
 
 const support = dovecotSupport();
 
@@ -145,6 +147,28 @@ describe('recipient lists', () => {
     expect((await rcpts(t, ['bob@mbx.test']))[0]).toMatch(/^250 /);
     expect(t.logs.some((l) => l.msg === 'recipient file not read again: the entries last read stay in use')).toBe(true);
     expect(await metric(t, 'ichidan_recipient_probes_total', { answer: 'known' })).toBe(0);
+  });
+
+  it('probes an SMTP next hop with EHLO, MAIL, RCPT: 250 known, 5xx unknown, 4xx or a refused greeting or MAIL unavailable; a reload keeps the answers', async () => {
+    const sink = await startSink({ host: '127.0.0.2', rcpt: scripted });
+    const refusing = await startSink({ host: '127.0.0.2', connect: () => ({ code: 554, text: '5.3.2 not now' }) });
+    const noMail = await startSink({ host: '127.0.0.2', mail: () => ({ code: 451, text: '4.3.0 not now' }) });
+    try {
+      const smtp = (port: number) => ({ host: '127.0.0.2', port, protocol: 'smtp', timeout: '3s' });
+      t = await app({
+        domains: ['mbx.test', 'open.test', 'x.test'],
+        recipients: { verify: smtp(sink.port), domains: { 'open.test': { verify: smtp(refusing.port) }, 'x.test': { verify: smtp(noMail.port) } } },
+      }, { routes: { 'mbx.test': { hold: true }, 'open.test': { hold: true }, 'x.test': { hold: true } } });
+      expect((await rcpts(t, ['someone@mbx.test', 'hard-1@mbx.test', 'always-soft-1@mbx.test', 'a@open.test', 'a@x.test'])).map((r) => r.slice(0, 9)))
+        .toEqual(['250 2.1.5', '550 5.1.1', '450 4.1.1', '450 4.1.1', '450 4.1.1']);
+      expect(sink.messages).toHaveLength(0);
+      const probes = sink.connections;
+      expect(t.app.reconfigure(t.app.config)).toBeGreaterThan(1);
+      expect((await rcpts(t, ['someone@mbx.test', 'hard-1@mbx.test'])).map((r) => r.slice(0, 3))).toEqual(['250', '550']);
+      expect(sink.connections).toBe(probes);
+    } finally {
+      await Promise.all([sink.close(), refusing.close(), noMail.close()]);
+    }
   });
 
   it('a catch-all domain takes every local part, and "@domain" in the list does too', async () => {
