@@ -6,7 +6,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DovecotAuthClient } from './ingress-auth-dovecot.js';
+import { DovecotAuthClient, DovecotClients } from './ingress-auth-dovecot.js';
 
 const HANDSHAKE = 'VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\nSPID\t1\nCUID\t7\nCOOKIE\tabc\nDONE\n';
 
@@ -151,5 +151,17 @@ describe('Dovecot auth client', () => {
     c.close();
     await expect(a).rejects.toThrow('closed');
     expect(await client(s.path).authenticate(req('a\tb', 'x'))).toEqual({ ok: false, reason: 'name or password with control characters' });
+  });
+
+  it('one client per socket and settings: a reload naming another socket closes the old one', async () => {
+    const s = await scripted(() => undefined);
+    const clients = new DovecotClients();
+    const a = clients.client(s.path, { timeout: 1000, maxPending: 4 });
+    expect(clients.client(s.path, { timeout: 1000, maxPending: 4 })).toBe(a);
+    const waiting = a.authenticate(req('a', 'b'))!;
+    const b = clients.client(`${s.path}-other`, { timeout: 1000, maxPending: 4 });
+    expect(b).not.toBe(a);
+    await expect(waiting).rejects.toThrow('closed');
+    clients.close();
   });
 });

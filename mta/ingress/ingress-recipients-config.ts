@@ -24,7 +24,7 @@ const verify = z.strictObject({
   /** The whole probe (connect, greeting, LHLO/EHLO, MAIL, RCPT); past it the check is unavailable. */
   timeout: duration.prefault('10s'),
   /** The probe's MAIL FROM (default the null sender, so nothing can bounce to anyone). */
-  sender: z.string().default(''),
+  sender: z.string().regex(/^$|^[^@\s<>]+@[^@\s<>]+$/, 'an address such as "verify@example.com", or "" for the null sender').default(''),
   /** Most answers kept in memory; the least recently used go first. */
   cacheSize: z.number().int().positive().default(100_000),
 });

@@ -156,6 +156,7 @@ describe('recipient settings', () => {
       expect.stringMatching(/^tenants\.t\.recipients\.verify\.port: /),
       'tenants.t.recipients.unavailable: must be one of "tempfail-450", "tempfail-451"',
     ]));
+    expect(problems({ recipients: { verify: { host: 'mbx', sender: 'x> RCPT TO:<y@z' } } })).toEqual(['tenants.t.recipients.verify.sender: an address such as "verify@example.com", or "" for the null sender']);
     expect(problems({ recipients: { catchAll: true, verfy: {} } })).toEqual(['tenants.t.recipients.verfy: unknown key']);
   });
 
