@@ -51,6 +51,8 @@ import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admissi
 import { Admission } from './admission/admission.js';
 import { RecipientCheck } from './ingress/ingress-recipients.js';
 import { RecipientVerifier } from './ingress/ingress-recipients-verify.js';
+import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
+import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 
 export interface BoundListener {
   name: string;
@@ -65,11 +67,13 @@ interface RecipientDeps {
   count: (result: string, by: string) => void;
 }
 
-function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger, recipients: RecipientDeps): Snapshot {
+function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger, dkimCount: DkimCount, recipients: RecipientDeps): Snapshot {
   const resolver = createResolver(config);
   const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
   // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
   for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) log.warn({ setting: 'engines[].maxSize' }, warning);
+  for (const warning of dkimWarnings(config.tenants)) log.warn({ setting: 'tenants.<name>.dkim[].key' }, warning);
+  const dkim = new DkimKeys(config.tenants, dkimCount);
   // One use belongs to Ichidan while this is the current snapshot; each transaction takes another.
   let uses = 1;
   return {
@@ -79,6 +83,7 @@ function buildSnapshot(generation: number, config: Config, host: EngineHost, log
     recipients: new RecipientCheck(config, { ...recipients, log }),
     engines,
     reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
+    dkim,
     retain: () => { uses++; },
     release: () => {
       if (--uses === 0) engines.release();
@@ -99,6 +104,7 @@ export class Ichidan {
   readonly #dovecot = new DovecotClients();
   #policies = new StsPolicyCache();
   readonly #recipients: RecipientDeps;
+  readonly #dkimCount: DkimCount;
   readonly engines: EngineHost;
   readonly metrics: Registry;
   bound: BoundListener[] = [];
@@ -146,7 +152,8 @@ export class Ichidan {
     }, log);
     this.pressure.on('level', (to) => metrics.levelChange(to));
     this.#recipients = { verifier: new RecipientVerifier(log, (answer) => metrics.recipientProbe(answer)), count: (result, by) => metrics.recipientCheck(result, by) };
-    this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#recipients);
+    this.#dkimCount = (key, result) => metrics.dkimSignature(key, result);
+    this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount, this.#recipients);
     this.admission = new Admission(config, {
       senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
       pressure: this.pressure,
@@ -282,7 +289,7 @@ export class Ichidan {
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
-    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#recipients);
+    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount, this.#recipients);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;

@@ -20,6 +20,8 @@
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
  *   ichidan_recipient_checks_total{result,by}       recipient validation at RCPT (ingress/ingress-recipients.ts)
  *   ichidan_recipient_probes_total{answer}          probes sent to mailbox servers (known, unknown, unavailable)
+ *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
+ *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -58,6 +60,7 @@ export interface ProcessMetrics {
   admissionDecision(point: string, action: string, reason: string): void;
   recipientCheck(result: string, by: string): void;
   recipientProbe(answer: string): void;
+  dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null }: MetricSources): ProcessMetrics {
@@ -118,6 +121,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   const recipientProbes = new Counter({
     name: 'ichidan_recipient_probes_total', help: 'Recipient verification probes sent to mailbox servers, by answer', labelNames: ['answer'], registers,
   });
+  const dkimSignatures = new Counter({
+    name: 'ichidan_dkim_signatures_total', help: 'DKIM signatures made, and keys that failed to sign, per key', labelNames: ['tenant', 'domain', 'selector', 'result'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -131,6 +137,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
     recipientCheck: (result, by) => recipientChecks.inc({ result, by }),
     recipientProbe: (answer) => recipientProbes.inc({ answer }),
+    dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };
 }
 

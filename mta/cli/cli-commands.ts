@@ -14,6 +14,7 @@
  *   workers                             cli-workers.ts
  *   cluster status, node (drain, undrain)   cli-cluster.ts
  *   admission status                    cli-admission.ts
+ *   dkim record                         cli-dkim.ts
  * Every command talks to the running process's admin API (admin/admin-client.ts), reads the
  * workers' status file (mta-workers-status.ts) or reads the
  * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
@@ -21,6 +22,7 @@
 import { ADMISSION_USAGE, admission } from './cli-admission.js';
 import { CLUSTER_USAGE, cluster, node } from './cli-cluster.js';
 import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
+import { DKIM_USAGE, dkim } from './cli-dkim.js';
 import { EGRESS_USAGE, egress } from './cli-egress.js';
 import { ENGINES_USAGE, engines } from './cli-engines.js';
 import { QUARANTINE_USAGE, quarantine } from './cli-quarantine.js';
@@ -44,7 +46,8 @@ ${RELOAD_USAGE}
 ${SESSIONS_USAGE}
 ${WORKERS_USAGE}
 ${CLUSTER_USAGE}
-${ADMISSION_USAGE}`;
+${ADMISSION_USAGE}
+${DKIM_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'check-config': checkConfig,
@@ -61,6 +64,7 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   cluster,
   node,
   admission,
+  dkim,
 };
 
 export async function runCommand(command: string | undefined, args: string[]): Promise<void> {

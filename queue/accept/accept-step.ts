@@ -13,6 +13,9 @@
  *             quarantine: queued and held; accept / tag: queued, or handed back to be relayed;
  *   headers   the verdict's fields in front of the message (accept-headers.ts), after the caller's
  *             Received field, and the strip rule for the sender's own copies of them;
+ *   sign      outbound mail the caller marks for signing (`dkim`): the DKIM-Signature fields go in
+ *             front of those, made from what was gathered while the data streamed in
+ *             (accept-dkim.ts); the spool file is still written once and never rewritten;
  *   queue     `queue.accept` resolves when the message is durable: only then the 250.
  * A message a cluster peer transferred keeps its queue id and skips the scan (it was scanned
  * where it was first accepted); the receive guards still apply.
@@ -40,6 +43,8 @@ import type { SpoolWriter } from '../queue-spool.js';
 import { receiveInto, type ReceiveResult } from './accept-receive.js';
 import type { AcceptLimits } from './accept-config.js';
 import { verdictFields, verdictStripRule } from './accept-headers.js';
+import { DkimCollector, signatures, type DkimSigning } from './accept-dkim.js';
+import { parseStripRule, HEADER_LIMIT } from '../queue-headers.js';
 import { scanSpooled, type ScanSnapshot } from './accept-scan.js';
 import type { ScanPriority, ScanSlots } from './accept-slots.js';
 
@@ -71,6 +76,8 @@ export interface AcceptInput {
    * wait is bounded by limits.dataTimeout, past which the client gets 451 4.3.2 and nothing is kept.
    */
   scanSlot?: { slots: ScanSlots; priority: ScanPriority };
+  /** Outbound mail that is DKIM-signed when its From: domain has keys (`queue` mode; not for transfers). */
+  dkim?: DkimSigning;
 }
 
 /** The message handed back to be relayed: the verdict's fields, then the spool file (or the bytes kept in memory). */
@@ -132,9 +139,12 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
   const discard = (why: string) => writer.discard().catch((err) => log.error({ err, qid: writer.id }, why));
 
   const ended = input.receiving?.();
+  const signing = input.mode === 'queue' && !input.transfer && input.dkim ? input.dkim : null;
+  const collector = signing ? new DkimCollector((domain) => signing.keys(domain), Math.min(input.limits.maxHeaderSize, HEADER_LIMIT)) : null;
   let received: ReceiveResult;
   try {
-    received = await receiveInto(stream, writer, input.limits);
+    received = await receiveInto(stream, writer, input.limits, collector ? (chunk) => collector.feed(chunk) : undefined);
+    collector?.finish();
   } catch (err) {
     await discard('could not remove an incomplete message');
     log.info({ ...where, err: (err as Error).message }, 'DATA not completed');
@@ -151,7 +161,7 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
   }
 
   try {
-    return await judgeAndQueue(input, writer, received, queue, log);
+    return await judgeAndQueue(input, writer, received, queue, log, collector && signing ? { collector, signing } : null);
   } catch (err) {
     // Anything unexpected after the data arrived: the client still gets an answer, nothing is kept.
     log.error({ err, qid: writer.id }, 'could not process the message');
@@ -178,7 +188,10 @@ function guardRefusal(received: ReceiveResult, nulAllowed: boolean): { reply: Sm
   return null;
 }
 
-async function judgeAndQueue(input: AcceptInput, writer: SpoolWriter, received: ReceiveResult, queue: AcceptQueue, log: Logger): Promise<AcceptResult> {
+async function judgeAndQueue(
+  input: AcceptInput, writer: SpoolWriter, received: ReceiveResult, queue: AcceptQueue, log: Logger,
+  dkim: { collector: DkimCollector; signing: DkimSigning } | null,
+): Promise<AcceptResult> {
   const { envelope, snapshot } = input;
   const { bytes, structure } = received;
   let fields = '';
@@ -225,7 +238,17 @@ async function judgeAndQueue(input: AcceptInput, writer: SpoolWriter, received: 
       const kept = writer.kept ? Buffer.concat(writer.kept) : null;
       return { kind: 'relay', message: { headers: fields, path: writer.path, bytes, kept, done: () => writer.discard() } };
     }
-    const id = await queue.accept(writer, { ...envelope, trace: input.trace(writer.id) + fields, quarantine, strip }, bytes, record);
+    let trace = input.trace(writer.id) + fields;
+    if (dkim) {
+      const signed = signatures(dkim.collector, dkim.signing, trace, parseStripRule(strip), writer.id, log);
+      if ('reply' in signed) {
+        await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove an unsigned message'));
+        if (record) queue.recordScan(record);
+        return { kind: 'refused', reply: signed.reply };
+      }
+      trace = signed.fields + trace;
+    }
+    const id = await queue.accept(writer, { ...envelope, trace, quarantine, strip }, bytes, record);
     log.info({
       qid: id, listener: envelope.listener, client: envelope.client, sender: envelope.sender, recipients: envelope.recipients.length, size: bytes,
       ...(quarantine ? { quarantine } : {}),
