@@ -32,13 +32,13 @@ export function recipientsIssues(r: RecipientsConfig, tenantDomains: readonly st
       }
     }
   };
-  const whole = { list: r.list, file: r.file, catchAll: r.catchAll, verify: r.verify, unavailable: r.unavailable };
-  const own = Object.keys(r.domains);
+  const { domains, ...whole } = r;
+  const own = Object.keys(domains);
   if (isEmptyRule(whole) && own.length === 0) {
     issues.push({ path: [], message: 'give list, file, verify or catchAll (or rules under domains): with none, every recipient would be refused' });
   }
   if (!isEmptyRule(whole)) ruleIssues(whole, [], hosted);
-  for (const [d, rule] of Object.entries(r.domains)) {
+  for (const [d, rule] of Object.entries(domains)) {
     if (!hosted.has(d)) issues.push({ path: ['domains', d], message: `the tenant does not host "${d}" (domains: ${hostedList})` });
     else if (isEmptyRule(rule)) issues.push({ path: ['domains', d], message: 'give list, file, verify or catchAll: with none, every recipient would be refused' });
     else ruleIssues(rule, ['domains', d], new Set([d]));

@@ -34,6 +34,12 @@ const rule = {
   list: z.array(z.string().regex(RECIPIENT_ENTRY, 'an address such as "user@example.com", or "@example.com" for a whole domain')).optional(),
   /** A file of such entries, one a line ("#" starts a comment); read again when it changes and on reload. */
   file: z.string().min(1).optional(),
+  /**
+   * Characters that start an address extension (Postfix's recipient_delimiter, e.g. "+"): an
+   * address not listed as given is looked up again without it ("ann+news@" as "ann@"). The probe
+   * always asks for the address as given.
+   */
+  delimiter: z.string().regex(/^[^@\s\w"<>]{1,8}$/, 'one to eight characters such as "+" or "+-" (not letters, digits, "@" or spaces)').default(''),
   /** Every local part is accepted (the domain has a catch-all mailbox): nothing is checked. */
   catchAll: z.boolean().default(false),
   /** Ask the mailbox server with a real RCPT (after the list and the file said no). */

@@ -1,6 +1,7 @@
 /*
  * Known recipients from the config's `list` and from a file, as Postfix's relay_recipient_maps
- * looks them up: the address, then "@domain" for every user of the domain. Lookups fold case
+ * looks them up: the address, then without its extension (`delimiter`), then "@domain" for every
+ * user of the domain. Lookups fold case
  * (as Postfix's tables do): mailbox servers do not keep two users apart by case.
  *
  * The file: one entry a line, "#" to the end of a line is a comment, blank lines ignored. It is
@@ -30,10 +31,19 @@ export function parseRecipientFile(text: string): string[] {
   return entries;
 }
 
-/** Is `address` (or its whole domain) among `entries`? */
-export function listed(entries: ReadonlySet<string>, address: string): boolean {
+/**
+ * Is `address` among `entries`: itself, then without its extension (the local part cut at the
+ * first of the `delimiter` characters, as Postfix's recipient_delimiter: "ann+news@" is "ann@"),
+ * then its whole domain ("@domain")?
+ */
+export function listed(entries: ReadonlySet<string>, address: string, delimiter = ''): boolean {
   const a = address.toLowerCase();
-  return entries.has(a) || entries.has(a.slice(a.lastIndexOf('@')));
+  const at = a.lastIndexOf('@');
+  if (entries.has(a) || entries.has(a.slice(at))) return true;
+  if (!delimiter) return false;
+  const local = a.slice(0, at);
+  const cut = [...delimiter].map((d) => local.indexOf(d)).filter((i) => i > 0);
+  return cut.length > 0 && entries.has(local.slice(0, Math.min(...cut)) + a.slice(at));
 }
 
 export class RecipientFile {
@@ -54,9 +64,9 @@ export class RecipientFile {
   }
 
   /** True or false once the file was read; null while it never was. */
-  async has(address: string): Promise<boolean | null> {
+  async has(address: string, delimiter = ''): Promise<boolean | null> {
     await this.#fresh();
-    return this.#entries ? listed(this.#entries, address) : null;
+    return this.#entries ? listed(this.#entries, address, delimiter) : null;
   }
 
   #fresh(): Promise<void> {

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../mta-config.js';
 import { RecipientCheck } from './ingress-recipients.js';
 import { RecipientVerifier, type ProbeAnswer, type ProbeFn } from './ingress-recipients-verify.js';
-import { parseRecipientFile } from './ingress-recipients-list.js';
+import { listed, parseRecipientFile } from './ingress-recipients-list.js';
 
 const log = pino({ level: 'silent' });
 const dir = mkdtempSync(join(tmpdir(), 'ichidan-rcpt-unit-'));
@@ -36,7 +36,7 @@ describe('recipient rules', () => {
       t: {
         domains: ['a.test', 'b.test', 'c.test', 'd.test'],
         recipients: {
-          list: ['listed@a.test', '@c.test'], file,
+          list: ['listed@a.test', '@c.test'], file, delimiter: '+',
           domains: { 'b.test': { catchAll: true }, 'd.test': { verify, unavailable: 'tempfail-451' } },
         },
       },
@@ -51,6 +51,8 @@ describe('recipient rules', () => {
     ['listed@a.test', 'a.test', null, 'accepted/list'],
     ['LISTED@A.test', 'a.test', null, 'accepted/list'],
     ['filed@a.test', 'a.test', null, 'accepted/file'],
+    ['listed+tag@a.test', 'a.test', null, 'accepted/list'],
+    ['filed+tag@a.test', 'a.test', null, 'accepted/file'],
     ['Postmaster@a.test', 'a.test', null, 'accepted/postmaster'],
     ['stranger@a.test', 'a.test', '550 5.1.1', 'unknown/file'],
     ['anyone@b.test', 'b.test', null, 'accepted/catchall'],
@@ -158,6 +160,19 @@ describe('recipient settings', () => {
     ]));
     expect(problems({ recipients: { verify: { host: 'mbx', sender: 'x> RCPT TO:<y@z' } } })).toEqual(['tenants.t.recipients.verify.sender: an address such as "verify@example.com", or "" for the null sender']);
     expect(problems({ recipients: { catchAll: true, verfy: {} } })).toEqual(['tenants.t.recipients.verfy: unknown key']);
+  });
+
+  it('looks an address up without its extension when a delimiter is set', () => {
+    const entries = new Set(['ann@a.test', 'bob-x@a.test']);
+    expect(listed(entries, 'ann+news@a.test')).toBe(false);
+    expect(listed(entries, 'ann+news@a.test', '+')).toBe(true);
+    expect(listed(entries, 'ANN-list+x@a.test', '+-')).toBe(true);
+    expect(listed(entries, 'bob-x+y@a.test', '+')).toBe(true);
+    expect(listed(entries, '+ann@a.test', '+')).toBe(false);
+    expect(listed(entries, 'carol+ann@a.test', '+')).toBe(false);
+    expect(problems({ recipients: { list: ['ann@a.test'], delimiter: 'x' } })).toEqual([
+      'tenants.t.recipients.delimiter: one to eight characters such as "+" or "+-" (not letters, digits, "@" or spaces)',
+    ]);
   });
 
   it('parses a recipient file: comments, blank lines, case', () => {

@@ -92,8 +92,8 @@ export class RecipientCheck {
   async #answer(c: CompiledRule, address: string): Promise<{ result: CheckResult; by: CheckedBy }> {
     if (address.slice(0, address.lastIndexOf('@')).toLowerCase() === 'postmaster') return { result: 'accepted', by: 'postmaster' };
     if (c.rule.catchAll) return { result: 'accepted', by: 'catchall' };
-    if (listed(c.entries, address)) return { result: 'accepted', by: 'list' };
-    const inFile = c.file ? await c.file.has(address) : false;
+    if (listed(c.entries, address, c.rule.delimiter)) return { result: 'accepted', by: 'list' };
+    const inFile = c.file ? await c.file.has(address, c.rule.delimiter) : false;
     if (inFile) return { result: 'accepted', by: 'file' };
     if (c.rule.verify) {
       const { answer, source } = await this.deps.verifier.verify(c.rule.verify, address, this.#helo);
