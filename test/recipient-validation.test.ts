@@ -11,6 +11,7 @@ import { baseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from 
 import { dovecotSupport, LMTP_HOST, startDovecot, type TestDovecot } from './helpers/dovecot.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 import { scripted } from './helpers/scripted-rcpt.js';
+import { probe } from '../mta/ingress/ingress-recipients-verify.js';
 import { startSink } from './helpers/sink.js';
 
 const support = dovecotSupport();
@@ -109,6 +110,13 @@ describe.skipIf(!support.ok)(`recipient validation with Dovecot LMTP${support.ok
     expect(await metric(t, 'ichidan_recipient_probes_total', { answer: 'unavailable' })).toBe(2);
     await rcpts(t, ['alice@mbx.test']);
     expect(await metric(t, 'ichidan_recipient_probes_total', { answer: 'unavailable' })).toBe(3);
+  });
+
+  it('the probe itself: LHLO, MAIL, RCPT, RSET, QUIT; a non-ASCII address to a server without SMTPUTF8 is unavailable, not unknown', async () => {
+    const v = { host: LMTP_HOST, port: dovecot.lmtp.port, protocol: 'lmtp' as const, positiveTtl: 1, negativeTtl: 1, timeout: 3000, sender: '', cacheSize: 10 };
+    expect(await probe(v, 'alice@mbx.test', 'mx.ichidan.test')).toEqual({ answer: 'known', detail: 'RCPT: 250 2.1.5 OK' });
+    expect(await probe(v, 'nobody@mbx.test', 'mx.ichidan.test')).toMatchObject({ answer: 'unknown', detail: expect.stringMatching(/^RCPT: 550 5\.1\.1 /) });
+    expect(await probe(v, 'jörg@mbx.test', 'mx.ichidan.test')).toEqual({ answer: 'unavailable', detail: 'the server does not offer SMTPUTF8' });
   });
 
   it('a server that never answers is given up after the timeout: 450 4.1.1', async () => {
