@@ -50,7 +50,7 @@ import { Drain } from './mta-drain.js';
 import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admission-pressure.js';
 import { Admission } from './admission/admission.js';
 import { RecipientCheck } from './ingress/ingress-recipients.js';
-import { RecipientVerifier } from './ingress/ingress-recipients-verify.js';
+import { RecipientVerifier, redisAnswers, type SharedAnswers } from './ingress/ingress-recipients-verify.js';
 import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 
@@ -151,7 +151,10 @@ export class Ichidan {
       diskFree: () => queue.diskFree(),
     }, log);
     this.pressure.on('level', (to) => metrics.levelChange(to));
-    this.#recipients = { verifier: new RecipientVerifier(log, (answer) => metrics.recipientProbe(answer)), count: (result, by) => metrics.recipientCheck(result, by) };
+    // In a cluster the probes' answers are shared through its Redis (joined after this is built).
+    let answers: SharedAnswers | null = null;
+    const shared = () => (this.cluster ? (answers ??= redisAnswers(this.cluster.link)) : null);
+    this.#recipients = { verifier: new RecipientVerifier(log, (answer) => metrics.recipientProbe(answer), undefined, undefined, shared), count: (result, by) => metrics.recipientCheck(result, by) };
     this.#dkimCount = (key, result) => metrics.dkimSignature(key, result);
     this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount, this.#recipients);
     this.admission = new Admission(config, {

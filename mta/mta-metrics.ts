@@ -116,7 +116,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
   const recipientChecks = new Counter({
-    name: 'ichidan_recipient_checks_total', help: 'Recipients checked at RCPT, by result (accepted, unknown, unavailable) and what answered (list, file, catchall, postmaster, verify, cache)', labelNames: ['result', 'by'], registers,
+    name: 'ichidan_recipient_checks_total', help: 'Recipients checked at RCPT, by result (accepted, unknown, unavailable) and what answered (list, file, catchall, postmaster, verify, cache, cluster)', labelNames: ['result', 'by'], registers,
   });
   const recipientProbes = new Counter({
     name: 'ichidan_recipient_probes_total', help: 'Recipient verification probes sent to mailbox servers, by answer', labelNames: ['answer'], registers,

@@ -13,8 +13,10 @@ import { RawSmtp } from './helpers/raw-smtp.js';
 import { scripted } from './helpers/scripted-rcpt.js';
 import { probe } from '../mta/ingress/ingress-recipients-verify.js';
 import { startSink } from './helpers/sink.js';
+import { redisSupport, startRedis } from './helpers/redis.js';
 
 const support = dovecotSupport();
+const redisOk = redisSupport();
 
 /** One transaction from an unauthenticated client on the MX listener: the RCPT replies, in order. */
 async function rcpts(t: TestApp, to: string[]): Promise<string[]> {
@@ -117,6 +119,32 @@ describe.skipIf(!support.ok)(`recipient validation with Dovecot LMTP${support.ok
     expect(await probe(v, 'alice@mbx.test', 'mx.ichidan.test')).toEqual({ answer: 'known', detail: 'RCPT: 250 2.1.5 OK' });
     expect(await probe(v, 'nobody@mbx.test', 'mx.ichidan.test')).toMatchObject({ answer: 'unknown', detail: expect.stringMatching(/^RCPT: 550 5\.1\.1 /) });
     expect(await probe(v, 'jörg@mbx.test', 'mx.ichidan.test')).toEqual({ answer: 'unavailable', detail: 'the server does not offer SMTPUTF8' });
+  });
+
+  it.skipIf(!redisOk.ok)(`two nodes of a cluster share the answers through Redis: one probe serves both${redisOk.ok ? '' : ' (skipped: no redis-server)'}`, async () => {
+    const redis = await startRedis();
+    let b: TestApp | undefined;
+    try {
+      const node = (name: string) => app({ recipients: { verify: { host: LMTP_HOST, port: dovecot.lmtp.port } } }, { cluster: { redis: redis.url, node: name } });
+      t = await node('a');
+      b = await node('b');
+      await waitUntil(() => t!.app.cluster!.link.up && b!.app.cluster!.link.up, 5000, 'both nodes on Redis');
+      const before = dovecot.lmtpConnections();
+      expect((await rcpts(t, ['alice@mbx.test', 'ghost@mbx.test'])).map((r) => r.slice(0, 3))).toEqual(['250', '550']);
+      expect((await rcpts(b, ['alice@mbx.test', 'ghost@mbx.test'])).map((r) => r.slice(0, 3))).toEqual(['250', '550']);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(dovecot.lmtpConnections()).toBe(before + 2);
+      expect(await metric(b, 'ichidan_recipient_checks_total', { result: 'accepted', by: 'cluster' })).toBe(1);
+      expect(await metric(b, 'ichidan_recipient_checks_total', { result: 'unknown', by: 'cluster' })).toBe(1);
+      expect(await metric(b, 'ichidan_recipient_probes_total', { answer: 'known' })).toBe(0);
+      // Redis gone: each node probes by itself, nothing is refused for it.
+      await redis.kill();
+      expect((await rcpts(b, ['bob@mbx.test']))[0]).toMatch(/^250 /);
+      expect(await metric(b, 'ichidan_recipient_probes_total', { answer: 'known' })).toBe(1);
+    } finally {
+      await b?.stop();
+      await redis.stop();
+    }
   });
 
   it('a server that never answers is given up after the timeout: 450 4.1.1', async () => {

@@ -11,10 +11,15 @@
  * The cache: "known" for `positiveTtl`, "unknown" for `negativeTtl`, "unavailable" never; keyed by
  * the server and the address (case folded), at most `cacheSize` answers, the least recently used
  * dropped first. Probes for the same key at the same time share one connection and one answer.
+ * In a cluster (cluster.redis), answers are shared: a node that has none asks Redis before it
+ * probes and stores what its probes learn there with the same TTL, so one probe serves every node.
+ * Redis away or slow is only a miss (queue/cluster/cluster-link.ts): the node probes by itself.
  * Takes: the `verify` settings of a rule (ingress-recipients-config.ts), the address. Gives: the
- * answer and whether it came from the cache. Network: TCP to `verify.host`:`verify.port`.
+ * answer and where it came from. Network: TCP to `verify.host`:`verify.port`; the cluster's Redis.
  */
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { ClusterLink } from '../../queue/cluster/cluster-link.js';
 import { SmtpConnection, type WireLogger } from '../../delivery/smtp/smtp-connection.js';
 import type { VerifyConfig } from './ingress-recipients-config.js';
 
@@ -22,7 +27,30 @@ export type ProbeAnswer = 'known' | 'unknown' | 'unavailable';
 
 export interface VerifyResult {
   answer: ProbeAnswer;
-  source: 'cache' | 'probe';
+  source: 'cache' | 'cluster' | 'probe';
+}
+
+/** Answers shared by the nodes of a cluster; a miss (or Redis away) is undefined. */
+export interface SharedAnswers {
+  get(key: string): Promise<{ answer: ProbeAnswer; ttlMs: number } | undefined>;
+  set(key: string, answer: ProbeAnswer, ttlMs: number): Promise<void>;
+}
+
+/** The cluster's Redis as SharedAnswers: `<prefix>:rcpt:<sha256 of the key>`, expiring with the answer. */
+export function redisAnswers(link: ClusterLink): SharedAnswers {
+  const name = (key: string) => link.key('rcpt', createHash('sha256').update(key).digest('hex'));
+  return {
+    async get(key) {
+      const got = await link.call(2, (r) => r.pipeline().get(name(key)).pttl(name(key)).exec());
+      const answer = got?.[0]?.[1];
+      const ttlMs = Number(got?.[1]?.[1]);
+      if ((answer !== 'known' && answer !== 'unknown') || !(ttlMs > 0)) return undefined;
+      return { answer, ttlMs };
+    },
+    async set(key, answer, ttlMs) {
+      await link.call(1, (r) => r.set(name(key), answer, 'PX', ttlMs));
+    },
+  };
 }
 
 const quiet: WireLogger = { trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, fatal: () => undefined };
@@ -59,13 +87,14 @@ export type ProbeFn = typeof probe;
 /** The answers of the mailbox servers, for the life of the process (a reload keeps them). */
 export class RecipientVerifier {
   readonly #cache = new Map<string, { answer: ProbeAnswer; until: number }>();
-  readonly #pending = new Map<string, Promise<ProbeAnswer>>();
+  readonly #pending = new Map<string, Promise<VerifyResult>>();
 
   constructor(
     private readonly log: Logger,
     private readonly count: (answer: ProbeAnswer) => void = () => undefined,
     private readonly run: ProbeFn = probe,
     private readonly clock: () => number = Date.now,
+    private readonly shared: () => SharedAnswers | null = () => null,
   ) {}
 
   get size(): number {
@@ -85,23 +114,34 @@ export class RecipientVerifier {
     if (hit) this.#cache.delete(key);
     let pending = this.#pending.get(key);
     if (!pending) {
-      pending = this.#probe(v, key, address, helo);
+      pending = this.#learn(v, key, address, helo);
       this.#pending.set(key, pending);
       void pending.finally(() => this.#pending.delete(key));
     }
-    return { answer: await pending, source: 'probe' };
+    return pending;
   }
 
-  async #probe(v: VerifyConfig, key: string, address: string, helo: string): Promise<ProbeAnswer> {
+  async #learn(v: VerifyConfig, key: string, address: string, helo: string): Promise<VerifyResult> {
+    const shared = this.shared();
+    const known = await shared?.get(key);
+    if (known) {
+      this.#keep(v, key, known.answer, Math.min(known.ttlMs, known.answer === 'known' ? v.positiveTtl : v.negativeTtl));
+      return { answer: known.answer, source: 'cluster' };
+    }
     const { answer, detail } = await this.run(v, address, helo);
     this.count(answer);
     const level = answer === 'unavailable' ? 'warn' : 'info';
     this.log[level]({ rcpt: address, server: `${v.host}:${portOf(v)}`, answer, detail }, 'recipient verified by probe');
     const ttl = answer === 'known' ? v.positiveTtl : answer === 'unknown' ? v.negativeTtl : 0;
     if (ttl > 0) {
-      this.#cache.set(key, { answer, until: this.clock() + ttl });
-      while (this.#cache.size > v.cacheSize) this.#cache.delete(this.#cache.keys().next().value!);
+      this.#keep(v, key, answer, ttl);
+      await shared?.set(key, answer, ttl);
     }
-    return answer;
+    return { answer, source: 'probe' };
+  }
+
+  #keep(v: VerifyConfig, key: string, answer: ProbeAnswer, ttl: number): void {
+    this.#cache.set(key, { answer, until: this.clock() + ttl });
+    while (this.#cache.size > v.cacheSize) this.#cache.delete(this.#cache.keys().next().value!);
   }
 }

@@ -8,7 +8,7 @@
  *   postmaster@ the domain      accepted (RFC 5321 4.5.1: every domain has one)
  *   catchAll                    accepted
  *   `list`, then the file       accepted when the address or "@domain" is listed (ingress-recipients-list.ts)
- *   `verify`                    the mailbox server's answer to a probe, cached (ingress-recipients-verify.ts)
+ *   `verify`                    the mailbox server's answer to a probe, cached, shared in a cluster (ingress-recipients-verify.ts)
  *   otherwise                   550 5.1.1
  * and when it cannot answer (the probe failed or timed out; the file was never read and there is
  * no probe), `unavailable`: 450 4.1.1 or 451 4.3.0, so the client tries again later.
@@ -27,7 +27,7 @@ import type { RecipientVerifier } from './ingress-recipients-verify.js';
 import { normalizeDomain } from './ingress-policy.js';
 
 export type CheckResult = 'accepted' | 'unknown' | 'unavailable';
-export type CheckedBy = 'postmaster' | 'catchall' | 'list' | 'file' | 'verify' | 'cache' | 'none';
+export type CheckedBy = 'postmaster' | 'catchall' | 'list' | 'file' | 'verify' | 'cache' | 'cluster';
 
 interface CompiledRule {
   rule: RecipientRule;
@@ -97,7 +97,7 @@ export class RecipientCheck {
     if (inFile) return { result: 'accepted', by: 'file' };
     if (c.rule.verify) {
       const { answer, source } = await this.deps.verifier.verify(c.rule.verify, address, this.#helo);
-      const by = source === 'cache' ? 'cache' : 'verify';
+      const by = source === 'probe' ? 'verify' : source;
       return { result: answer === 'known' ? 'accepted' : answer, by };
     }
     // A file never read cannot say who is unknown.
