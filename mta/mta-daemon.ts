@@ -10,7 +10,8 @@
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
  *   close the queue. Metrics are registered in mta-metrics.ts. `pressure` (admission/admission-pressure.ts)
  *   measures this node's load once the listeners are up, unless admission.mode is off.
- * Reads: the config file (reload), the TLS key and certificate, the data folder.
+ * Reads: the config file (reload), the TLS keys and certificates (at start and at every reload:
+ *   ingress/ingress-certificates.ts), the data folder.
  * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
  *   submission and proxy, on loopback in the default), the admin
  *   socket and optional loopback port, DNS only to `dns.servers`.
@@ -33,7 +34,7 @@ import { AuthGuard } from './ingress/ingress-auth.js';
 import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { DovecotClients } from './ingress/ingress-auth-dovecot.js';
 import { processMetrics } from './mta-metrics.js';
-import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
+import { FileWatch, reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
 import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
@@ -42,7 +43,8 @@ import { proxySessionDeps } from './proxy/proxy-deps.js';
 import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
-import { loadTlsMaterial } from './ingress/ingress-tls.js';
+import { ensureSelfSigned, type TlsMaterial } from './ingress/ingress-tls.js';
+import { certificateFiles, loadCertificates, offerCertificates, type Certificates } from './ingress/ingress-certificates.js';
 import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
@@ -53,6 +55,8 @@ import { RecipientCheck } from './ingress/ingress-recipients.js';
 import { RecipientVerifier, redisAnswers, type SharedAnswers } from './ingress/ingress-recipients-verify.js';
 import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
+import { KnownSenders } from './admission/admission-senders.js';
+import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 
 export interface BoundListener {
   name: string;
@@ -99,6 +103,8 @@ export class Ichidan {
   readonly #proxyOutbound = new Set<string>();
   #admin: AdminServer | null = null;
   #watcher: FSWatcher | null = null;
+  /** The certificate files, reloaded when renewed (admin.watchConfig). */
+  #certificateWatch: FileWatch | null = null;
   #passwords: PasswordVerifier | null = null;
   /** Dovecot's auth service, when auth.backend says so (ingress/ingress-auth-dovecot.ts). */
   readonly #dovecot = new DovecotClients();
@@ -112,6 +118,8 @@ export class Ichidan {
   cluster: Cluster | null = null;
   /** The holds, suspensions, pauses, engine switches and releases shared with the cluster (mta-shared.ts); null without one. */
   shared: SharedState | null = null;
+  /** The known senders (admission/admission-senders.ts): learned from every message, shared in a cluster. */
+  senders: KnownSenders | null = null;
   /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
@@ -131,7 +139,7 @@ export class Ichidan {
     this.#clusterDeps = clusterDeps;
     const metrics = processMetrics({
       engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
-      pressure: () => this.pressure,
+      pressure: () => this.pressure, senders: () => this.senders,
     });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
@@ -158,7 +166,11 @@ export class Ichidan {
     this.#dkimCount = (key, result) => metrics.dkimSignature(key, result);
     this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount, this.#recipients);
     this.admission = new Admission(config, {
-      senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
+      // The known senders once open (Ichidan.start); before that, trusted networks only.
+      senders: {
+        standing: (address) => this.senders?.standing(address) ?? (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'),
+        standingOf: (kind, key) => this.senders?.standingOf(kind, key) ?? 'unknown',
+      },
       pressure: this.pressure,
       slots: scanTimes,
       count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
@@ -198,6 +210,10 @@ export class Ichidan {
    */
   static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
+    // Before anything opens: a certificate that cannot be offered stops the start, naming its key.
+    if (config.tls.cert === undefined) await ensureSelfSigned(config);
+    const certs = loadCertificates(config);
+    for (const warning of certs.warnings) log.warn(warning);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
@@ -220,18 +236,37 @@ export class Ichidan {
     app.#load = opts.load;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
+    // Known senders: trusted networks and tenants' networks stand pinned without being learned.
+    app.senders = KnownSenders.open({
+      dataDir: config.dataDir, config: config.admission.senders, link: cluster?.link ?? null, log,
+      trusted: (address) => {
+        const policy = app!.#snapshot.policy;
+        return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
+      },
+    });
+    // The known senders learn from each message's outcome (not with admission.mode off).
+    const learn = (input: LearnInput) => {
+      if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom(input));
+    };
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
-    if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
-    const tls = await loadTlsMaterial(config);
+    if (config.admin.watchConfig && file) {
+      app.#watcher = watchConfig(file, () => app.reload(file), log);
+      app.#certificateWatch = new FileWatch(() => {
+        log.info('a certificate file changed: reloading');
+        app.reload(file);
+      });
+      app.#certificateWatch.set(certificateFiles(config));
+    }
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
     const auth = new AuthGuard(passwords, undefined, app.#dovecot, (entry, message) => log.warn(entry, message));
     for (const spec of config.listeners) {
       if (spec.role === 'proxy') {
-        await app.#startProxy(spec, tls, opts.originalDst);
+        await app.#startProxy(spec, certs, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn });
+      offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -242,7 +277,8 @@ export class Ichidan {
   }
 
   /** A proxy listener, when the kernel can say where its connections were going; else reported, and everything else runs. */
-  async #startProxy(spec: Config['listeners'][number], tls: { key: string | Buffer; cert: string | Buffer }, given?: OriginalDstReader): Promise<void> {
+  async #startProxy(spec: Config['listeners'][number], certs: Certificates, given?: OriginalDstReader): Promise<void> {
+    const tls: TlsMaterial = certs.of(spec.name).pair;
     const reader = given ?? loadOriginalDst();
     if ('error' in reader) {
       this.log.error({ listener: spec.name, reason: reader.error }, 'proxy listener not started: the original destination of redirected connections cannot be read');
@@ -268,6 +304,7 @@ export class Ichidan {
       tls: { key: tls.key, cert: tls.cert },
       log: this.log,
     });
+    offerCertificates(proxy.server, certs.of(spec.name));
     const where = await proxy.listen();
     this.#proxies.push(proxy);
     this.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -291,18 +328,26 @@ export class Ichidan {
    */
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
+    // The certificate files are read again, so a renewed pair is offered to new connections.
+    const certs = loadCertificates(config);
+    for (const warning of certs.warnings) this.log.warn(warning);
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
     const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount, this.#recipients);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;
     previous.release();
-    for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    for (const l of [...this.#listeners, ...this.#proxies]) {
+      l.apply(config);
+      offerCertificates(l.server, certs.of(l.spec.name));
+    }
     this.admission.apply(config);
     this.queue.reconfigure(config, egress);
     this.pressure.apply(config.admission.pressure);
     if (config.admission.mode === 'off') this.pressure.stop();
     else this.pressure.start();
+    this.senders?.apply(config.admission.senders);
+    this.#certificateWatch?.set(certificateFiles(config));
     return snap.generation;
   }
 
@@ -315,6 +360,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
+    this.#certificateWatch?.close();
     this.pressure.stop();
     await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
@@ -324,6 +370,7 @@ export class Ichidan {
     this.#snapshot.release();
     await this.shared?.close();
     await this.queue.close();
+    await this.senders?.close();
     this.sessions.closeAll();
     await this.cluster?.close();
   }

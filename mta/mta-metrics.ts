@@ -20,6 +20,7 @@
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
  *   ichidan_recipient_checks_total{result,by}       recipient validation at RCPT (ingress/ingress-recipients.ts)
  *   ichidan_recipient_probes_total{answer}          probes sent to mailbox servers (known, unknown, unavailable)
+ *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
  *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
  *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
@@ -38,6 +39,7 @@ import type { ClusterState } from '../queue/cluster/cluster-state.js';
 import type { Cluster } from './mta-cluster.js';
 import { rank, type Level } from './admission/admission-levels.js';
 import type { Pressure } from './admission/admission-pressure.js';
+import type { KnownSenders } from './admission/admission-senders.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
@@ -47,6 +49,8 @@ export interface MetricSources {
   shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
   /** Admission's pressure, once started (null while admission.mode is off). */
   pressure?: () => Pick<Pressure, 'level' | 'signals'> | null;
+  /** The known senders, once open. */
+  senders?: () => Pick<KnownSenders, 'counts'> | null;
 }
 
 export interface ProcessMetrics {
@@ -63,7 +67,7 @@ export interface ProcessMetrics {
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
-export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null, senders = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -106,6 +110,14 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   new Gauge({
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
+  });
+  new Gauge({
+    name: 'ichidan_admission_senders', help: 'Known-sender entries by kind (network, user, domain, resolver) and standing', labelNames: ['kind', 'standing'], registers,
+    collect() {
+      const known = senders();
+      if (!known) return;
+      for (const c of known.counts()) this.set({ kind: c.kind, standing: c.standing }, c.n);
+    },
   });
   const fsyncs = new Histogram({
     name: 'ichidan_spool_fsync_seconds', help: 'Time of each spool fsync (a message file\'s, or the spool folder\'s shared one)', registers,

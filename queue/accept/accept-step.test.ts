@@ -132,6 +132,16 @@ describe('the verdict, in each mode', () => {
     }
   });
 
+  it('hands back what the engines made of the message, for the known senders to learn from', async () => {
+    const scored = (action: VerdictAction): ScanDecision => ({ ...decision(action), verdict: { ...decision(action).verdict, spamScore: 0.7 } });
+    const queued = await acceptMessage(input('queue', engines(() => scored('tag'))), queue, log);
+    expect(queued).toMatchObject({ kind: 'queued', scan: { spamScore: 0.7, record: { action: 'tag', queueId: (queued as { queueId: string }).queueId } } });
+    const refused = await acceptMessage(input('queue', engines(() => scored('reject'))), queue, log);
+    expect(refused).toMatchObject({ kind: 'refused', scan: { spamScore: 0.7, record: { action: 'reject' } } });
+    const unscanned = await acceptMessage(input('queue', engines(() => { throw new Error('not scanned'); }, 0)), queue, log);
+    expect(unscanned).not.toHaveProperty('scan');
+  });
+
   it('queues without a scan when there are no engines and the structure is within the limits', async () => {
     const result = await acceptMessage(input('queue', engines(() => { throw new Error('not scanned'); }, 0)), queue, log);
     expect(result).toMatchObject({ kind: 'queued', quarantined: false });

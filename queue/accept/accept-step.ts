@@ -90,13 +90,20 @@ export interface RelayedMessage {
   done(): Promise<void>;
 }
 
+/** What the engines made of a message they scanned (the known senders learn from it). */
+export interface ScanOutcome {
+  record: ScanRecord;
+  /** The combined spam level in normalised units (1: the engines' threshold), when a spam engine answered. */
+  spamScore: number | null;
+}
+
 export type AcceptResult =
-  /** Refused: nothing of the message is kept. */
-  | { kind: 'refused'; reply: SmtpReply }
+  /** Refused: nothing of the message is kept (`scan`: when the engines' verdict refused it). */
+  | { kind: 'refused'; reply: SmtpReply; scan?: ScanOutcome }
   /** The data broke off before its end (a deadline, the client gone): nothing is kept. */
   | { kind: 'incomplete'; reply: SmtpReply; error: Error }
   /** Durable in the queue (quarantined: held until an operator releases it). */
-  | { kind: 'queued'; reply: SmtpReply; queueId: string; quarantined: boolean }
+  | { kind: 'queued'; reply: SmtpReply; queueId: string; quarantined: boolean; scan?: ScanOutcome }
   /** `relay` mode, accepted or tagged: the caller relays it; its destination gives the reply. */
   | { kind: 'relay'; message: RelayedMessage };
 
@@ -198,6 +205,7 @@ async function judgeAndQueue(
   let quarantine: string | null = null;
   let strip: string | null = null;
   let record: ScanRecord | undefined;
+  let spamScore: number | null = null;
   let written = () => undefined as void;
   try {
     if (!input.transfer && (snapshot.engines.size > 0 || structure !== null)) {
@@ -227,8 +235,9 @@ async function judgeAndQueue(
       if (reply) {
         await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a refused message'));
         queue.recordScan(record);
-        return { kind: 'refused', reply };
+        return { kind: 'refused', reply, scan: { record, spamScore: verdict.spamScore } };
       }
+      spamScore = verdict.spamScore;
       if (verdict.action === 'quarantine') quarantine = verdict.reason;
       fields = verdictFields(verdict);
       if (input.mode === 'queue') strip = verdictStripRule(verdict, input.hostname);
@@ -254,7 +263,7 @@ async function judgeAndQueue(
       ...(quarantine ? { quarantine } : {}),
     }, quarantine ? 'quarantined' : 'queued');
     const reply = quarantine && input.mode === 'relay' ? heldInQuarantine(id) : queued(id);
-    return { kind: 'queued', reply, queueId: id, quarantined: quarantine !== null };
+    return { kind: 'queued', reply, queueId: id, quarantined: quarantine !== null, ...(record ? { scan: { record, spamScore } } : {}) };
   } finally {
     written();
   }
