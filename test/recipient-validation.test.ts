@@ -207,6 +207,26 @@ describe('recipient lists', () => {
     }
   });
 
+  it('a client that hangs up while its recipient is being checked leaves nothing behind', async () => {
+    const slow = await startSink({ host: '127.0.0.2', replyDelay: 500 });
+    try {
+      t = await app({ recipients: { verify: { host: '127.0.0.2', port: slow.port, protocol: 'smtp', timeout: '5s' } } });
+      const c = await RawSmtp.open(t.port('mx'));
+      await c.reply();
+      await c.command('EHLO client.test');
+      await c.command('MAIL FROM:<sender@far.test>');
+      c.send('RCPT TO:<gone@mbx.test>\r\n');
+      await new Promise((r) => setTimeout(r, 100));
+      c.close();
+      await waitUntil(async () => await metric(t!, 'ichidan_recipient_probes_total', { answer: 'known' }) === 1, 10_000, 'the probe to end');
+      // The answer is kept for the next client, and the process is none the worse.
+      expect((await rcpts(t, ['gone@mbx.test']))[0]).toMatch(/^250 /);
+      expect(t.logs.filter((l) => Number(l.level) >= 50)).toEqual([]);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('a catch-all domain takes every local part, and "@domain" in the list does too', async () => {
     t = await app({
       domains: ['mbx.test', 'open.test', 'any.test'],
