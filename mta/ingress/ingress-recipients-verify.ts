@@ -135,7 +135,8 @@ export class RecipientVerifier {
     const ttl = answer === 'known' ? v.positiveTtl : answer === 'unknown' ? v.negativeTtl : 0;
     if (ttl > 0) {
       this.#keep(v, key, answer, ttl);
-      await shared?.set(key, answer, ttl);
+      // Not awaited: the client's RCPT does not wait for Redis (a failed write only costs another node a probe).
+      void shared?.set(key, answer, ttl);
     }
     return { answer, source: 'probe' };
   }
