@@ -20,6 +20,9 @@
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
  *   ichidan_recipient_checks_total{result,by}       recipient validation at RCPT (ingress/ingress-recipients.ts)
  *   ichidan_recipient_probes_total{answer}          probes sent to mailbox servers (known, unknown, unavailable)
+ *   ichidan_bounces_total{tenant,class}              bounces by class (queue/queue-classify.ts; 'suppressed':
+ *                                                    stopped by the suppression list); tenant: a configured
+ *                                                    one, `_relay`, or `_other` (the caller bounds it)
  *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
  *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
  *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
@@ -64,6 +67,7 @@ export interface ProcessMetrics {
   admissionDecision(point: string, action: string, reason: string): void;
   recipientCheck(result: string, by: string): void;
   recipientProbe(answer: string): void;
+  bounce(tenant: string, cls: string): void;
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
@@ -133,6 +137,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   const recipientProbes = new Counter({
     name: 'ichidan_recipient_probes_total', help: 'Recipient verification probes sent to mailbox servers, by answer', labelNames: ['answer'], registers,
   });
+  const bounces = new Counter({
+    name: 'ichidan_bounces_total', help: 'Recipients bounced, by tenant and bounce class (suppressed: stopped by the tenant\'s suppression list)', labelNames: ['tenant', 'class'], registers,
+  });
   const dkimSignatures = new Counter({
     name: 'ichidan_dkim_signatures_total', help: 'DKIM signatures made, and keys that failed to sign, per key', labelNames: ['tenant', 'domain', 'selector', 'result'], registers,
   });
@@ -149,6 +156,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
     recipientCheck: (result, by) => recipientChecks.inc({ result, by }),
     recipientProbe: (answer) => recipientProbes.inc({ answer }),
+    bounce: (tenant, cls) => bounces.inc({ tenant, class: cls }),
     dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };
 }
