@@ -58,6 +58,12 @@ export const REPLIES = {
   signingFailed: reply(451, '4.7.5', 'message could not be DKIM-signed now, try again later'),
   proxyLoop: reply(554, '5.4.6', 'routing loop: this connection comes from the proxy itself'),
   notRedirected: reply(554, '5.4.6', 'no original destination: this connection was not redirected to the proxy'),
+  /** Recipient validation at RCPT (mta/ingress/ingress-recipients.ts): unknown here, so never accepted and bounced later. */
+  unknownRecipient: reply(550, '5.1.1', 'recipient address rejected: user unknown'),
+  /** The recipient could not be checked now (probe failed, list unreadable): `unavailable: tempfail-450` … */
+  recipientUnverified: reply(450, '4.1.1', 'recipient address rejected: address verification unavailable, try again later'),
+  /** … or `unavailable: tempfail-451`. */
+  recipientCheckFailed: reply(451, '4.3.0', 'recipient address could not be checked now, try again later'),
 } as const;
 
 /** The message is durable in the queue (RFC 5321 4.2.5: the 250 is sent only then). */

@@ -25,6 +25,8 @@ import { adminSchema } from './admin/admin-config.js';
 import { clusterSchema } from '../queue/cluster/cluster-config.js';
 import { admissionSchema } from './admission/admission-config.js';
 import { authSchema, limitsSchema, listenersSchema, tlsSchema, trustedNetworksSchema, usersSchema } from './ingress/ingress-config.js';
+import { recipientsSchema } from './ingress/ingress-recipients-config.js';
+import { recipientsIssues } from './ingress/ingress-recipients-check-config.js';
 
 export { duration, size };
 
@@ -37,6 +39,8 @@ const tenant = z.strictObject({
   scanning: tenantScanningSchema.optional(),
   /** How this tenant's outbound mail is scheduled: its share, its caps, its source addresses. */
   egress: tenantEgressSchema,
+  /** Recipient validation at RCPT for this tenant's domains (absent: every local part is accepted). */
+  recipients: recipientsSchema.optional(),
   /** This tenant's own suppression settings, over the global `suppression` (any of its keys). */
   suppression: tenantSuppressionSchema,
   /** The keys that DKIM-sign the mail this tenant sends, by From: domain (queue/accept/accept-dkim-config.ts). */
@@ -116,10 +120,25 @@ export const configSchema = z.strictObject({
       ctx.addIssue({ code: 'custom', path: ['tenants', name, 'egress', 'sourcePool'], message: `no source pool "${pool}" (delivery.sourcePools: ${Object.keys(cfg.delivery.sourcePools).join(', ') || 'none'})` });
     }
   }
+  for (const [name, t] of Object.entries(cfg.tenants)) {
+    if (t.recipients) for (const i of recipientsIssues(t.recipients, t.domains)) ctx.addIssue({ code: 'custom', path: ['tenants', name, 'recipients', ...i.path], message: i.message });
+  }
   if (Array.isArray(cfg.proxy.scan)) {
     cfg.proxy.scan.forEach((t, i) => {
       if (!(t in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['proxy', 'scan', i], message: `no tenant "${t}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });
     });
+  }
+  const backend = cfg.auth.backend;
+  if (backend.type === 'dovecot') {
+    const noTenant = (t: string) => `no tenant "${t}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})`;
+    if (backend.tenant !== undefined && !(backend.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['auth', 'backend', 'tenant'], message: noTenant(backend.tenant) });
+    for (const [d, t] of Object.entries(backend.domains)) {
+      if (!(t in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['auth', 'backend', 'domains', d], message: noTenant(t) });
+    }
+    if (backend.tenant === undefined && Object.keys(backend.domains).length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['auth', 'backend', 'tenant'], message: 'say whose mail a Dovecot login sends: a tenant, or tenants by the login\'s domain (auth.backend.domains)' });
+    }
+    if (cfg.users.length > 0) ctx.addIssue({ code: 'custom', path: ['users'], message: 'with auth.backend dovecot, Dovecot checks every login: give these users to Dovecot instead' });
   }
   cfg.users.forEach((u, i) => {
     if (!(u.tenant in cfg.tenants)) ctx.addIssue({ code: 'custom', path: ['users', i, 'tenant'], message: `no tenant "${u.tenant}" (tenants: ${Object.keys(cfg.tenants).join(', ') || 'none'})` });

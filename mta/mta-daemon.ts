@@ -32,6 +32,7 @@ import { Policy } from './ingress/ingress-policy.js';
 import { AdminServer } from './admin/admin-server.js';
 import { AuthGuard } from './ingress/ingress-auth.js';
 import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
+import { DovecotClients } from './ingress/ingress-auth-dovecot.js';
 import { processMetrics } from './mta-metrics.js';
 import { FileWatch, reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
@@ -51,6 +52,8 @@ import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
 import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admission-pressure.js';
 import { Admission } from './admission/admission.js';
+import { RecipientCheck } from './ingress/ingress-recipients.js';
+import { RecipientVerifier, redisAnswers, type SharedAnswers } from './ingress/ingress-recipients-verify.js';
 import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 import { KnownSenders } from './admission/admission-senders.js';
@@ -63,7 +66,13 @@ export interface BoundListener {
   port: number;
 }
 
-function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger, dkimCount: DkimCount): Snapshot {
+/** What the snapshots' recipient checks share across reloads: the probe cache and the metrics. */
+interface RecipientDeps {
+  verifier: RecipientVerifier;
+  count: (result: string, by: string) => void;
+}
+
+function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger, dkimCount: DkimCount, recipients: RecipientDeps): Snapshot {
   const resolver = createResolver(config);
   const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
   // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
@@ -76,6 +85,7 @@ function buildSnapshot(generation: number, config: Config, host: EngineHost, log
     generation,
     config,
     policy: new Policy(config),
+    recipients: new RecipientCheck(config, { ...recipients, log }),
     engines,
     reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
     dkim,
@@ -97,7 +107,10 @@ export class Ichidan {
   /** The certificate files, reloaded when renewed (admin.watchConfig). */
   #certificateWatch: FileWatch | null = null;
   #passwords: PasswordVerifier | null = null;
+  /** Dovecot's auth service, when auth.backend says so (ingress/ingress-auth-dovecot.ts). */
+  readonly #dovecot = new DovecotClients();
   #policies = new StsPolicyCache();
+  readonly #recipients: RecipientDeps;
   readonly #dkimCount: DkimCount;
   readonly engines: EngineHost;
   readonly metrics: Registry;
@@ -149,8 +162,12 @@ export class Ichidan {
       diskFree: () => queue.diskFree(),
     }, log);
     this.pressure.on('level', (to) => metrics.levelChange(to));
+    // In a cluster the probes' answers are shared through its Redis (joined after this is built).
+    let answers: SharedAnswers | null = null;
+    const shared = () => (this.cluster ? (answers ??= redisAnswers(this.cluster.link)) : null);
+    this.#recipients = { verifier: new RecipientVerifier(log, (answer) => metrics.recipientProbe(answer), undefined, undefined, shared), count: (result, by) => metrics.recipientCheck(result, by) };
     this.#dkimCount = (key, result) => metrics.dkimSignature(key, result);
-    this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount);
+    this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount, this.#recipients);
     this.admission = new Admission(config, {
       // The known senders once open (Ichidan.start); before that, trusted networks only.
       senders: {
@@ -245,7 +262,7 @@ export class Ichidan {
       app.#certificateWatch.set(certificateFiles(config));
     }
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
-    const auth = new AuthGuard(passwords);
+    const auth = new AuthGuard(passwords, undefined, app.#dovecot, (entry, message) => log.warn(entry, message));
     for (const spec of config.listeners) {
       if (spec.role === 'proxy') {
         await app.#startProxy(spec, certs, opts.originalDst);
@@ -319,7 +336,7 @@ export class Ichidan {
     const certs = loadCertificates(config);
     for (const warning of certs.warnings) this.log.warn(warning);
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
-    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount);
+    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount, this.#recipients);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;
@@ -353,6 +370,7 @@ export class Ichidan {
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
     await this.#passwords?.close();
+    this.#dovecot.close();
     this.#snapshot.release();
     await this.shared?.close();
     await this.queue.close();

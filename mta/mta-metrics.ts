@@ -18,6 +18,8 @@
  *   ichidan_admission_signal_level{signal}          each signal's own level (0, 1, 2)
  *   ichidan_admission_level_changes_total{to}       changes of level, by the level entered
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
+ *   ichidan_recipient_checks_total{result,by}       recipient validation at RCPT (ingress/ingress-recipients.ts)
+ *   ichidan_recipient_probes_total{answer}          probes sent to mailbox servers (known, unknown, unavailable)
  *   ichidan_bounces_total{tenant,class}              bounces by class (queue/queue-classify.ts; 'suppressed':
  *                                                    stopped by the suppression list); tenant: a configured
  *                                                    one, `_relay`, or `_other` (the caller bounds it)
@@ -63,6 +65,8 @@ export interface ProcessMetrics {
   /** The pressure level changed to `to`. */
   levelChange(to: Level): void;
   admissionDecision(point: string, action: string, reason: string): void;
+  recipientCheck(result: string, by: string): void;
+  recipientProbe(answer: string): void;
   bounce(tenant: string, cls: string): void;
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
@@ -127,6 +131,12 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
+  const recipientChecks = new Counter({
+    name: 'ichidan_recipient_checks_total', help: 'Recipients checked at RCPT, by result (accepted, unknown, unavailable) and what answered (list, file, catchall, postmaster, verify, cache, cluster)', labelNames: ['result', 'by'], registers,
+  });
+  const recipientProbes = new Counter({
+    name: 'ichidan_recipient_probes_total', help: 'Recipient verification probes sent to mailbox servers, by answer', labelNames: ['answer'], registers,
+  });
   const bounces = new Counter({
     name: 'ichidan_bounces_total', help: 'Recipients bounced, by tenant and bounce class (suppressed: stopped by the tenant\'s suppression list)', labelNames: ['tenant', 'class'], registers,
   });
@@ -144,6 +154,8 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     fsync: (ms) => fsyncs.observe(ms / 1000),
     levelChange: (to) => levelChanges.inc({ to }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    recipientCheck: (result, by) => recipientChecks.inc({ result, by }),
+    recipientProbe: (answer) => recipientProbes.inc({ answer }),
     bounce: (tenant, cls) => bounces.inc({ tenant, class: cls }),
     dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };

@@ -10,12 +10,15 @@
 import type { ScanSnapshot } from '../queue/accept/accept-step.js';
 import type { Config } from './mta-config-schema.js';
 import type { Policy } from './ingress/ingress-policy.js';
+import type { RecipientCheck } from './ingress/ingress-recipients.js';
 import type { DkimKeys } from '../queue/accept/accept-dkim-keys.js';
 
 export interface Snapshot extends ScanSnapshot {
   generation: number;
   config: Config;
   policy: Policy;
+  /** Recipient validation at RCPT (ingress/ingress-recipients.ts). */
+  recipients: RecipientCheck;
   reverse: ((ip: string) => Promise<string[]>) | null;
   /** The tenants' DKIM keys, read when the snapshot was built (a reload picks up rotated key files). */
   dkim: DkimKeys;

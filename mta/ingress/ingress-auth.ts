@@ -29,12 +29,19 @@
  *   (auth.workers, auth.queue) bounds, so their number is bounded too.
  * Password checks run on the thread pool (ingress-auth-hash.ts); a saturated pool gives 454 4.7.0.
  * An unknown user is checked against a hash nothing matches, so timing tells nothing either.
+ * With `auth.backend: dovecot` Dovecot's auth service checks every login instead
+ * (ingress-auth-dovecot.ts), under the same penalties and blocks; at most `auth.queue` checks wait
+ * for its answers (past that, 454 4.7.0), a temporary failure, a late answer or an unreachable
+ * Dovecot give 454 4.7.0, and a login Dovecot accepts whose tenant cannot be told (auth.backend
+ * tenant, domains) is refused as invalid, with a warning.
  * RFC 4954 (AUTH replies), RFC 3463. Settings: auth.*, users, limits.client.ipv6Prefix.
  */
 import { randomBytes } from 'node:crypto';
 import bcrypt from 'bcryptjs';
 import { RecentEvents, SWEEP_EVERY, clientKey } from './ingress-anvil.js';
 import type { PasswordVerifier } from './ingress-auth-hash.js';
+import type { DovecotClients } from './ingress-auth-dovecot.js';
+import { tenantOfLogin } from './ingress-policy.js';
 import type { Config } from '../mta-config-schema.js';
 import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 
@@ -94,7 +101,31 @@ export class AuthGuard {
   /** When the last failure's delay for a key runs out: the next answer for that key waits for it. */
   readonly #answerAt = new Expiring();
 
-  constructor(private readonly verifier: PasswordVerifier, private readonly clock: () => number = Date.now) {}
+  constructor(
+    private readonly verifier: PasswordVerifier,
+    private readonly clock: () => number = Date.now,
+    private readonly dovecot: DovecotClients | null = null,
+    private readonly warn: (entry: Record<string, unknown>, message: string) => void = () => undefined,
+  ) {}
+
+  /** The check of one password: the user's name when it is right, null when not; null when no check could start (busy). */
+  #check(attempt: AuthAttempt, config: Config): Promise<string | null> | null {
+    const backend = config.auth.backend;
+    if (backend.type === 'dovecot' && this.dovecot) {
+      const client = this.dovecot.client(backend.socket, { timeout: backend.timeout, maxPending: config.auth.queue });
+      const answer = client.authenticate(attempt);
+      return answer && answer.then((a) => {
+        if (!a.ok) return null;
+        const user = a.user || attempt.username;
+        if (tenantOfLogin(user, backend) !== undefined) return user;
+        this.warn({ user }, 'Dovecot accepted a login whose tenant is not configured (auth.backend.tenant, auth.backend.domains): refused');
+        return null;
+      });
+    }
+    const user = config.users.find((u) => u.name === attempt.username);
+    const check = this.verifier.verify(attempt.password, user?.password ?? DUMMY_HASH);
+    return check && check.then((ok) => (ok && user ? user.name : null));
+  }
 
   async authenticate(attempt: AuthAttempt, config: Config): Promise<AuthOutcome> {
     const settings = config.auth;
@@ -114,19 +145,19 @@ export class AuthGuard {
     if (keys.some((k) => this.#blocked.until(k, now) > 0)) {
       return { ok: false, reply: close ? REPLIES.authTooManyFailures : REPLIES.authUnavailable, delayMs: waitFrom(now, delayFor(recent(), settings)), close, why: 'blocked' };
     }
-    const user = config.users.find((u) => u.name === attempt.username);
-    const check = this.verifier.verify(attempt.password, user?.password ?? DUMMY_HASH);
+    const check = this.#check(attempt, config);
     if (check === null) return { ok: false, reply: REPLIES.authUnavailable, delayMs: waitFrom(now), close: false, why: 'busy' };
-    let ok: boolean;
+    let user: string | null;
     try {
-      ok = await check;
-    } catch {
+      user = await check;
+    } catch (err) {
+      this.warn({ err: (err as Error).message }, 'password check failed');
       return { ok: false, reply: REPLIES.authUnavailable, delayMs: waitFrom(this.clock()), close: false, why: 'error' };
     }
     const checked = this.clock();
-    if (ok && user) {
+    if (user !== null) {
       this.#byAccount.clear(accountKey);
-      return { ok: true, user: user.name, delayMs: waitFrom(checked) };
+      return { ok: true, user, delayMs: waitFrom(checked) };
     }
     const accountFailures = this.#byAccount.add(accountKey, settings.window, checked);
     const addressFailures = attempt.exempt ? 0 : this.#byAddress.add(addressKey, settings.window, checked);

@@ -132,8 +132,23 @@ export const authSchema = z.strictObject({
    * machine with cores to spare and many legitimate logins.
    */
   workers: z.number().int().min(1).max(16).default(1),
-  /** Checks waiting for a thread; past this, 454 4.7.0. */
+  /** Checks waiting for a thread (or for Dovecot's answer); past this, 454 4.7.0. */
   queue: z.number().int().positive().default(64),
+  /** Where passwords are checked: `users` below (yaml), or Dovecot's auth service (ingress-auth-dovecot.ts). */
+  backend: z.discriminatedUnion('type', [
+    z.strictObject({ type: z.literal('yaml') }),
+    z.strictObject({
+      type: z.literal('dovecot'),
+      /** Dovecot's auth client socket (service auth { unix_listener … }), or "host:port" of an inet_listener. */
+      socket: z.string().min(1).refine((s) => s.startsWith('/') || /^(?:\[[^\]]+\]|[^:/]+):\d{1,5}$/.test(s), 'an absolute path of a unix socket, or "host:port"'),
+      /** An answer later than this is a temporary failure (454 4.7.0). */
+      timeout: duration.prefault('5s'),
+      /** The tenant of a login whose domain is not in `domains`. */
+      tenant: z.string().min(1).optional(),
+      /** The tenant of a login by its domain (the part after "@"). */
+      domains: z.record(z.string().transform((d) => d.toLowerCase()), z.string().min(1)).default({}),
+    }),
+  ], { error: (i) => (i.code === 'invalid_union' ? 'must be "yaml" or "dovecot"' : undefined) }).prefault({ type: 'yaml' }),
 }).prefault({});
 
 const user = z.strictObject({
@@ -153,3 +168,4 @@ export const trustedNetworksSchema = z.array(cidr).default([]);
 export type ListenerConfig = z.output<typeof listener>;
 export type LimitsConfig = z.output<typeof limitsSchema>;
 export type AuthConfig = z.output<typeof authSchema>;
+export type AuthBackendConfig = AuthConfig['backend'];

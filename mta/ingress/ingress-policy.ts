@@ -8,7 +8,8 @@
  * local parts holding "@" never get here: smtp-server strips the first (RFC 5321 4.1.2) and
  * refuses the second.
  *
- * Whose mail it is (the tenant): the AUTH user's tenant, else the tenant listing the client's
+ * Whose mail it is (the tenant): the AUTH user's tenant (a Dovecot login's by its domain,
+ * `auth.backend.domains`, else `auth.backend.tenant`), else the tenant listing the client's
  * network, else the tenant hosting the recipient's domain; mail relayed by a trusted network that
  * no tenant claims goes to the `_relay` tenant. Each recipient carries its own tenant, so a
  * message for several tenants is split per tenant at queue time.
@@ -62,6 +63,14 @@ export function splitAddress(address: string): { local: string; domain: string }
   return { local: address.slice(0, at), domain: address.slice(at + 1) };
 }
 
+/** The tenant of a login Dovecot authenticated: by the login's domain, else the backend's tenant. */
+export function tenantOfLogin(login: string, backend: Config['auth']['backend']): string | undefined {
+  if (backend.type !== 'dovecot') return undefined;
+  const at = login.lastIndexOf('@');
+  const byDomain = at >= 0 ? backend.domains[normalizeDomain(login.slice(at + 1))] : undefined;
+  return byDomain ?? backend.tenant;
+}
+
 export class Policy {
   readonly #trusted: BlockList;
   readonly #tenantNetworks: Array<{ tenant: string; list: BlockList }>;
@@ -79,10 +88,13 @@ export class Policy {
       for (const d of t.domains) this.#domainTenant.set(normalizeDomain(d), tenant);
     }
     for (const u of config.users) this.#userTenant.set(u.name, u.tenant);
+    this.#backend = config.auth.backend;
   }
 
+  readonly #backend: Config['auth']['backend'];
+
   tenantOfUser(user: string): string | undefined {
-    return this.#userTenant.get(user);
+    return this.#userTenant.get(user) ?? tenantOfLogin(user, this.#backend);
   }
 
   tenantOfClient(address: string): string | undefined {

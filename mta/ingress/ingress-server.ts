@@ -258,12 +258,35 @@ export class Listener {
     }
     const suppressed = suppressedAtRcpt(this.deps.queue, tx.snapshot.policy, decision, this.#client(session), this.deps.log);
     if (suppressed) return cb(toSmtpError(suppressed));
-    // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
-    tx.recipients.set(decision.address, {
-      tenant: decision.tenant, address: decision.address, domain: decision.domain,
-      orcpt: dsn?.orcpt ?? null, notify: dsn?.notify?.join(',') ?? null,
+    this.#whenKnown(address, decision, tx, session, cb, () => {
+      // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
+      tx.recipients.set(decision.address, {
+        tenant: decision.tenant, address: decision.address, domain: decision.domain,
+        orcpt: dsn?.orcpt ?? null, notify: dsn?.notify?.join(',') ?? null,
+      });
+      cb();
     });
-    cb();
+  }
+
+  /**
+   * Recipient validation (ingress-recipients.ts): `accept` runs once the recipient is known to the
+   * hosted domain; an unknown one gets 550 5.1.1 now, never a bounce later. The bare <postmaster> is
+   * never checked (RFC 5321 4.5.1).
+   */
+  #whenKnown(given: string, decision: { address: string; domain: string }, tx: Transaction, session: SMTPServerSession, cb: Callback, accept: () => void): void {
+    if (given.toLowerCase() === 'postmaster' || !tx.snapshot.recipients.active) return accept();
+    tx.snapshot.recipients.check(decision.address, decision.domain).then((refusal) => {
+      if (refusal) {
+        this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: decision.address, reply: refusal.text }, 'recipient refused');
+        return cb(toSmtpError(refusal));
+      }
+      // The transaction may have ended (RSET, a new MAIL, a closed connection) while the check ran.
+      if (this.#tx.get(session) !== tx) return cb(toSmtpError(REPLIES.needMail));
+      accept();
+    }, (err) => {
+      this.deps.log.error({ err, rcpt: decision.address }, 'recipient check failed');
+      cb(toSmtpError(REPLIES.localError));
+    });
   }
 
   async #onData(stream: Readable, session: SMTPServerSession, cb: (err: Error | null, message?: string) => void): Promise<void> {
