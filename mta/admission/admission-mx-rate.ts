@@ -4,8 +4,8 @@
  *
  * Takes: one `hit()` per MX question answered for a hosted domain, and the clock (injectable).
  * Gives: `ratio()`: queries per second over the last WINDOW seconds divided by the normal rate, an
- * exponentially weighted mean of the per-second counts with a time constant of NORMAL_TAU seconds;
- * null until LEARN_AFTER seconds of history exist. Compared with admission.pressure.mxQueries.
+ * exponentially weighted mean of the per-second counts with a time constant of NORMAL_TAU seconds
+ * (the plain mean while less history exists); null until LEARN_AFTER seconds of history exist. Compared with admission.pressure.mxQueries.
  *
  * The normal rate is floored at MIN_NORMAL queries per second, so that on a quiet domain a couple
  * of queries in a row are no surge. While the short-window rate is past SURGE_RATIO times the normal
@@ -71,9 +71,12 @@ export class MxQueryRate {
         break;
       }
       const count = this.#counts[s % WINDOW];
-      const windowRate = this.#counts.reduce((a, b) => a + b, 0) / WINDOW;
-      const surging = this.#normal > 0 && windowRate > SURGE_RATIO * Math.max(this.#normal, MIN_NORMAL);
-      this.#normal += (surging ? alpha / 10 : alpha) * (count - this.#normal);
+      const seen = s - this.#start + 1;
+      const windowRate = this.#counts.reduce((a, b) => a + b, 0) / Math.min(WINDOW, seen);
+      const surging = seen > LEARN_AFTER && windowRate > SURGE_RATIO * Math.max(this.#normal, MIN_NORMAL);
+      // The plain mean of the seconds seen until there are NORMAL_TAU of them, so the start is not biased to zero.
+      const weight = Math.max(alpha, 1 / seen);
+      this.#normal += (surging ? weight / 10 : weight) * (count - this.#normal);
       this.#counts[slot] = 0;
     }
     if (second > this.#second) {
