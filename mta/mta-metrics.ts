@@ -19,12 +19,15 @@
  *   ichidan_cluster_nodes_live                       live nodes in the registry
  *   ichidan_cluster_state_changes_total{direction}  shared state (mta-shared.ts): changes published, applied from other nodes
  *   ichidan_cluster_state_reloads_total, ichidan_cluster_state_unpublished, ichidan_cluster_state_synced
+ *   with the DNS responder (admission/admission-dns.ts):
+ *   ichidan_dns_answers_total{mode,mechanism}       answers by mode (normal, high) and what chose them
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { EngineEvent, EngineInfo } from '../engines/index.js';
 import type { Queue } from '../queue/index.js';
 import type { ClusterState } from '../queue/cluster/cluster-state.js';
 import type { Cluster } from './mta-cluster.js';
+import type { DnsResponder } from './admission/admission-dns.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
@@ -32,6 +35,8 @@ export interface MetricSources {
   cluster?: () => Cluster | null;
   /** The shared state, in a cluster. */
   shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
+  /** The DNS responder, when admission.dns.enabled. */
+  dns?: () => Pick<DnsResponder, 'answers'> | null;
 }
 
 export interface ProcessMetrics {
@@ -40,7 +45,7 @@ export interface ProcessMetrics {
   egressEvent(e: { kind: string; actor: string }): void;
 }
 
-export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster, shared = () => null, dns = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -88,6 +93,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
   }
+  dnsMetrics(registers, dns);
   return {
     registry,
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
@@ -145,5 +151,17 @@ function sharedStateMetrics(registers: Registry[], shared: NonNullable<MetricSou
   new Gauge({
     name: 'ichidan_cluster_state_synced', help: '1 while this node is in step with the shared state in Redis', registers,
     collect() { this.set(shared()?.synced ? 1 : 0); },
+  });
+}
+
+/** The DNS responder's answers, read when collected (a responder restarted by a reload counts from zero again). */
+function dnsMetrics(registers: Registry[], dns: NonNullable<MetricSources['dns']>): void {
+  new Counter({
+    name: 'ichidan_dns_answers_total', help: 'DNS responder answers by mode (normal, high load) and mechanism (primary, known, overflow, servfail, host, zone, nodata, nxdomain, refused, formerr, notimp)', labelNames: ['mode', 'mechanism'], registers,
+    collect() {
+      const responder = dns();
+      this.reset();
+      for (const a of responder?.answers() ?? []) this.inc({ mode: a.mode, mechanism: a.mechanism }, a.count);
+    },
   });
 }

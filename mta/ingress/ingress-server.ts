@@ -17,7 +17,7 @@
  * DSN parameters from the signature, keeps the original queue id and skips the scan
  * (ingress-transfer.ts says who counts as a peer).
  */
-import type { Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
@@ -52,6 +52,15 @@ export interface ListenerDeps {
   auth: AuthGuard;
   /** True while the node is drained: new connections get 421 4.3.2, new transactions 451 4.3.2. */
   draining: () => boolean;
+  /** The DNS responder (admission.dns.enabled): its pairing addresses, and each connection told to it. */
+  dns?: () => PairingListener | null;
+}
+
+/** What an mx listener does for the DNS responder's resolver pairing (admission/admission-dns.ts). */
+export interface PairingListener {
+  /** Addresses the listener also takes, on its own port. */
+  pairingAddresses(): string[];
+  connected(localAddress: string, remoteAddress: string): void;
 }
 
 export class Listener {
@@ -59,6 +68,8 @@ export class Listener {
   readonly #tx = new WeakMap<SMTPServerSession, Transaction>();
   readonly #connections: ConnectionTable;
   readonly #inFlight = new Set<Promise<unknown>>();
+  /** The DNS responder's pairing addresses, taken by an mx listener besides its own. */
+  readonly #pairing: Server[] = [];
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.snapshot();
@@ -106,12 +117,15 @@ export class Listener {
       onClose: (session) => this.#closed(session),
     };
     this.server = new WatchedServer(options);
-    this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
+    this.server.onConnection = (connection, socket) => {
+      this.#connections.watch(connection, socket);
+      this.#toldToDns(socket);
+    };
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
   }
 
-  listen(): Promise<{ address: string; port: number }> {
-    return new Promise((resolve, reject) => {
+  async listen(): Promise<{ address: string; port: number }> {
+    const where = await new Promise<{ address: string; port: number }>((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen(this.spec.port, this.spec.address, () => {
         this.server.removeListener('error', reject);
@@ -119,6 +133,36 @@ export class Listener {
         resolve(typeof a === 'object' && a ? { address: a.address, port: a.port } : { address: this.spec.address, port: this.spec.port });
       });
     });
+    await this.#listenForPairing(where.port);
+    return where;
+  }
+
+  /**
+   * An mx listener also takes the DNS responder's pairing addresses on its port: their connections
+   * go to the same smtp-server, as if they had arrived on the listener's own address.
+   */
+  async #listenForPairing(port: number): Promise<void> {
+    const addresses = this.spec.role === 'mx' ? this.deps.dns?.()?.pairingAddresses() ?? [] : [];
+    for (const address of addresses) {
+      const server = createServer((socket) => this.server.server.emit('connection', socket));
+      server.on('error', (err) => this.deps.log.warn({ err, listener: this.spec.name, address }, 'pairing address error'));
+      try {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(port, address, () => { server.off('error', reject); resolve(); });
+        });
+      } catch (err) {
+        throw new Error(`admission.dns.pairingAddresses: listener ${this.spec.name} cannot listen on ${address}:${port}`, { cause: err });
+      }
+      this.#pairing.push(server);
+      this.deps.log.info({ listener: this.spec.name, address, port }, 'listening on a pairing address');
+    }
+  }
+
+  /** The DNS responder learns each connection's local and remote address (resolver pairing). */
+  #toldToDns(socket: Socket): void {
+    if (this.spec.role !== 'mx' || !socket.localAddress || !socket.remoteAddress) return;
+    this.deps.dns?.()?.connected(socket.localAddress, socket.remoteAddress);
   }
 
   /** A reloaded config: the SIZE limit, the idle timeout and the greeting name apply to new commands and connections. */
@@ -131,6 +175,7 @@ export class Listener {
 
   /** Stops accepting, lets open transactions finish (up to closeTimeout), then resolves. */
   async close(): Promise<void> {
+    for (const p of this.#pairing.splice(0)) p.close();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     await Promise.allSettled([...this.#inFlight]);
   }
