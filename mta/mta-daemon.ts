@@ -12,7 +12,8 @@
  * Reads: the config file (reload), the TLS key and certificate, the data folder.
  * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
  *   submission and proxy, on loopback in the default), the admin
- *   socket and optional loopback port, DNS only to `dns.servers`.
+ *   socket and optional loopback port, DNS only to `dns.servers`; with admission.dns.enabled the
+ *   DNS responder (admission/admission-dns.ts) on UDP and TCP, and the pairing addresses.
  * RFCs: 5321 (SMTP), 3207 (STARTTLS), 4954 (AUTH), 1870 (SIZE), 2920 (PIPELINING), 6152
  *   (8BITMIME), 6531 (SMTPUTF8), 2034/3463 (enhanced status codes), 3461 (DSN parameters).
  * Settings: all of them; see README "Configuration".
@@ -45,6 +46,15 @@ import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
+import { Admission } from './admission/admission.js';
+import { DnsResponder, type ResolverStandings } from './admission/admission-dns.js';
+import type { Level } from './admission/admission-decide.js';
+
+/** What the DNS responder is started with (tests give their own; by default see `#dnsInputs`). */
+export interface DnsInputs {
+  senders: ResolverStandings;
+  level: () => Level;
+}
 
 export interface BoundListener {
   name: string;
@@ -94,6 +104,15 @@ export class Ichidan {
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
   readonly drain: Drain;
+  /** Known senders first under pressure (admission/admission.ts). */
+  readonly admission: Admission;
+  /** The DNS responder (admission-dns.ts), when admission.dns.enabled. */
+  dns: DnsResponder | null = null;
+  #dnsInputs: DnsInputs = {
+    // Until the known senders and the pressure are in, every resolver is unknown and the level stays normal.
+    senders: { resolverStanding: () => 'unknown', pairResolver: () => undefined },
+    level: () => 'normal',
+  };
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
@@ -103,7 +122,7 @@ export class Ichidan {
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool, clusterDeps: ClusterDeps) {
     this.#handle = new ConfigHandle(config);
     this.#clusterDeps = clusterDeps;
-    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null });
+    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null, dns: () => this.dns });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);
@@ -113,6 +132,12 @@ export class Ichidan {
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.admission = new Admission(config, {
+      senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
+      pressure: { level: 'normal', intake: () => 'open' },
+      count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
+      log,
+    });
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {
@@ -140,7 +165,7 @@ export class Ichidan {
    * `originalDst` stands in for the kernel's answer to where a proxied connection was going (on
    * a system without netfilter, or in a test on loopback); by default the native addon is asked.
    */
-  static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
+  static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader; dns?: DnsInputs } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
@@ -164,6 +189,8 @@ export class Ichidan {
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
+    if (opts.dns) app.#dnsInputs = opts.dns;
+    await app.#applyDns(config);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
     const tls = await loadTlsMaterial(config);
@@ -174,7 +201,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission, dns: () => app.dns });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -240,6 +267,8 @@ export class Ichidan {
     this.#snapshot = snapshot;
     previous.release();
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    this.admission.apply(config);
+    void this.#applyDns(config).catch((err) => this.log.error({ err }, 'dns responder not restarted'));
     this.queue.reconfigure(config, egress);
     return snap.generation;
   }
@@ -248,6 +277,24 @@ export class Ichidan {
   reload(file = this.configFile): ReloadResult {
     if (!file) return { ok: false, problems: ['no config file to reload from'] };
     return reloadConfig(file, this.config, (config) => this.reconfigure(config), this.log, this.#load);
+  }
+
+  /**
+   * The DNS responder follows admission.dns: started when enabled, stopped when not, restarted
+   * when its address or port changes, else given the new config. (Pairing addresses the listeners
+   * take apply at the next start.)
+   */
+  async #applyDns(config: Config): Promise<void> {
+    const want = config.admission.dns;
+    const running = this.dns;
+    if (running && want.enabled && running.address.address === want.address && (want.port === 0 || running.address.port === want.port)) {
+      running.apply(config);
+      return;
+    }
+    this.dns = null;
+    await running?.close();
+    if (!want.enabled) return;
+    this.dns = await DnsResponder.start({ config, ...this.#dnsInputs, log: this.log });
   }
 
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
@@ -259,6 +306,8 @@ export class Ichidan {
     await this.#passwords?.close();
     this.#snapshot.release();
     await this.shared?.close();
+    await this.dns?.close();
+    this.dns = null;
     await this.queue.close();
     this.sessions.closeAll();
     await this.cluster?.close();

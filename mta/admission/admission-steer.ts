@@ -20,11 +20,9 @@
  *           suggests naming a host that does not exist; a sender may take that as permanent and
  *           bounce, and a null MX (RFC 7505) is permanent by definition, so neither is used.)
  */
+import type { Level, Standing } from './admission-decide.js';
 
-/** The same union as admission-pressure.ts `Level`. */
-export type Level = 'normal' | 'busy' | 'overload';
-/** The same union as admission-senders.ts `Standing`. */
-export type Standing = 'pinned' | 'known' | 'unknown' | 'blocked';
+export type { Level, Standing };
 
 export interface NodeInfo { name: string; address: string; load: number; level: Level }
 export interface HostSpec { name: string; address: string }
