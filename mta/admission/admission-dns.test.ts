@@ -179,7 +179,8 @@ describe.skipIf(!support.ok)(`DNS responder with dig${support.ok ? '' : ` (skipp
     const [a1, a2] = [first.answers[0][3], second.answers[0][3]];
     expect(new Set([a1, a2])).toEqual(new Set(['127.0.0.41', '127.0.0.42']));
     expect(again.additional).toContainEqual(['mx1.example.test.', '30', 'A', a1]);
-    expect(dns.pairingAddresses()).toEqual(['127.0.0.41', '127.0.0.42']);
+    expect(dns.pairingAddresses('mx')).toEqual(['127.0.0.41', '127.0.0.42']);
+    expect(dns.pairingAddresses('other')).toEqual([]);
     dns.connected(a2, '::ffff:198.51.100.25');
     expect(pairs).toEqual([['127.0.0.6', '198.51.100.25']]);
   });

@@ -10,7 +10,8 @@
  * SMTP listeners each connection's local and remote address (`connected`).
  * Gives: the answers (admission-dns-answer.ts), the MX query rate against its normal level
  * (`mxQueryRatio()`, admission-mx-rate.ts) for the pressure signals, the pairing addresses the
- * listeners also take (`pairingAddresses`), and the answers counted by mode and mechanism
+ * listener also takes (`pairingAddresses`: the first mx listener at a primary host's address, or
+ * the first mx listener; that host's A/AAAA answers name them), and the answers counted by mode and mechanism
  * (`answers()`, exported as ichidan_dns_answers_total by mta-metrics.ts).
  * Network: UDP and TCP on admission.dns.address:port. TCP (RFC 1035 4.2.2, RFC 7766): each
  * message preceded by its two-byte length, several queries per connection answered in order, a
@@ -122,9 +123,19 @@ export class DnsResponder {
     return this.#rate.ratio();
   }
 
-  /** The addresses the SMTP listeners also take, so a pairing address handed out reaches this node. */
-  pairingAddresses(): string[] {
-    return this.#config.admission.dns.pairingAddresses;
+  /**
+   * The addresses an SMTP listener also takes, so a pairing address handed out reaches this node:
+   * all of them for the listener that takes them, none for the others.
+   */
+  pairingAddresses(listener: string): string[] {
+    return this.#pairingListener()?.name === listener ? this.#config.admission.dns.pairingAddresses : [];
+  }
+
+  /** The mx listener whose host the pairing addresses stand in for: the first at a primary host's address, else the first. */
+  #pairingListener(): { name: string; address: string } | null {
+    const mx = this.#config.listeners.filter((l) => l.role === 'mx');
+    const primary = new Set(this.#config.admission.dns.primary.map((h) => plainAddress(h.address)));
+    return mx.find((l) => primary.has(plainAddress(l.address))) ?? mx[0] ?? null;
   }
 
   /** An SMTP connection arrived (called by the listeners): pairs its client with the resolver that led it here. */
@@ -182,15 +193,15 @@ export class DnsResponder {
     };
   }
 
-  /** The addresses of a host handed out; one of this node's own is replaced by the resolver's pairing address. */
+  /** The addresses of a host handed out; the pairing listener's own is replaced by the resolver's pairing address. */
   #addresses(name: string, resolver: string): string[] | null {
     const dns = this.#config.admission.dns;
     const input = this.#steerInput();
     const hosts = [...primaryHosts(input), ...dns.overflow].filter((h) => h.name.toLowerCase().replace(/\.$/, '') === name);
     if (hosts.length === 0) return null;
-    const own = new Set(this.#config.listeners.filter((l) => l.role === 'mx').map((l) => plainAddress(l.address)));
+    const own = this.#pairingListener()?.address;
     return [...new Set(hosts.map((h) => {
-      if (!this.#pairing.byAddress || !own.has(plainAddress(h.address))) return h.address;
+      if (!this.#pairing.byAddress || own === undefined || plainAddress(own) !== plainAddress(h.address)) return h.address;
       return this.#pairing.addressFor(resolver, isIP(h.address) === 6 ? 6 : 4) ?? h.address;
     }))];
   }

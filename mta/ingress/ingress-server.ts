@@ -61,8 +61,8 @@ export interface ListenerDeps {
 
 /** What an mx listener does for the DNS responder's resolver pairing (admission/admission-dns.ts). */
 export interface PairingListener {
-  /** Addresses the listener also takes, on its own port. */
-  pairingAddresses(): string[];
+  /** Addresses the listener of this name also takes, on its own port. */
+  pairingAddresses(listener: string): string[];
   connected(localAddress: string, remoteAddress: string): void;
 }
 
@@ -156,7 +156,7 @@ export class Listener {
    * go to the same smtp-server, as if they had arrived on the listener's own address.
    */
   async #listenForPairing(port: number): Promise<void> {
-    const addresses = this.spec.role === 'mx' ? this.deps.dns?.()?.pairingAddresses() ?? [] : [];
+    const addresses = this.spec.role === 'mx' ? this.deps.dns?.()?.pairingAddresses(this.spec.name) ?? [] : [];
     for (const address of addresses) {
       const server = createServer((socket) => this.server.server.emit('connection', socket));
       server.on('error', (err) => this.deps.log.warn({ err, listener: this.spec.name, address }, 'pairing address error'));
