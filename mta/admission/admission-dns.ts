@@ -91,10 +91,15 @@ export class DnsResponder {
   }
 
   async #listen(address: string, port: number): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      this.#tcp.once('error', reject);
-      this.#tcp.listen(port, address, () => { this.#tcp.off('error', reject); resolve(); });
-    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#tcp.once('error', reject);
+        this.#tcp.listen(port, address, () => { this.#tcp.off('error', reject); resolve(); });
+      });
+    } catch (err) {
+      this.#udp.close();
+      throw new Error(`admission.dns: cannot listen on TCP ${address}:${port}`, { cause: err });
+    }
     const bound = this.#tcp.address();
     const actual = typeof bound === 'object' && bound ? bound.port : port;
     try {
