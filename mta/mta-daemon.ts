@@ -113,6 +113,8 @@ export class Ichidan {
     senders: { resolverStanding: () => 'unknown', pairResolver: () => undefined },
     level: () => 'normal',
   };
+  /** The pairing addresses the mx listener took at start (none when the responder was off then). */
+  #pairingTaken: string[] = [];
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
@@ -190,6 +192,7 @@ export class Ichidan {
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     if (opts.dns) app.#dnsInputs = opts.dns;
+    app.#pairingTaken = config.admission.dns.enabled ? config.admission.dns.pairingAddresses : [];
     await app.#applyDns(config);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -281,8 +284,8 @@ export class Ichidan {
 
   /**
    * The DNS responder follows admission.dns: started when enabled, stopped when not, restarted
-   * when its address or port changes, else given the new config. (Pairing addresses the listeners
-   * take apply at the next start.)
+   * when its address or port changes, else given the new config. (Pairing addresses apply at the
+   * process's next start: the listener takes them once.)
    */
   async #applyDns(config: Config): Promise<void> {
     const want = config.admission.dns;
@@ -294,7 +297,9 @@ export class Ichidan {
     this.dns = null;
     await running?.close();
     if (!want.enabled) return;
-    this.dns = await DnsResponder.start({ config, ...this.#dnsInputs, log: this.log });
+    // A responder started later hands out only the pairing addresses the listener took at start.
+    const taken = { ...config, admission: { ...config.admission, dns: { ...want, pairingAddresses: this.#pairingTaken } } };
+    this.dns = await DnsResponder.start({ config: taken, ...this.#dnsInputs, log: this.log });
   }
 
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */

@@ -77,6 +77,11 @@ describe.skipIf(!support.ok)(`DNS responder in the daemon${support.ok ? '' : ` (
     const other = PAIRING.find((a) => a !== handed)!;
     expect(await greeted(other, running.port('mx'), '127.0.0.9')).toMatch(/^220 /);
     expect(dns.pairs).toHaveLength(1);
+    // The listener took its pairing addresses at start: a reload naming others hands out only those it took.
+    app.reconfigure(parseConfig(dnsConfig({ pairingAddresses: ['127.0.0.43'] })(running.dataDir), 'test'));
+    const after = await dig('127.0.0.1', app.dns!.address.port, ['-b', '127.0.0.11', 'mx1.example.test', 'A']);
+    expect(PAIRING).toContain(after.answers[0]?.[3]);
+    expect(running.logs.some((l) => l.setting === 'admission.dns.pairingAddresses')).toBe(true);
   });
 
   it('pairs by timing when there are no pairing addresses', async () => {
@@ -96,7 +101,8 @@ describe('DNS responder settings that cannot be met', () => {
       const config = parseConfig(dnsConfig(dns)(dir), 'test');
       return await Ichidan.start(config, createLogger('silent'), { dns: inputs() });
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      // A failed start leaves the queue it had opened behind; its folder may still be written to.
+      await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 }).catch(() => undefined);
     }
   }
 

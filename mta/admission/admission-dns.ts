@@ -18,7 +18,8 @@
  * connection idle for TCP_IDLE_MS closed, at most TCP_MAX_CONNECTIONS at once. Nothing a peer
  * sends can end the process: undecodable queries get FORMERR, fragments are dropped.
  * Settings: admission.dns.* (address and port apply at the next start: the composition root
- * restarts the responder when they change), admission.pressure.mxQueries.
+ * restarts the responder when they change; pairing addresses at the process's next start, as the
+ * listeners take them once), admission.pressure.mxQueries.
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, isIP, type Server, type Socket } from 'node:net';
@@ -63,12 +64,15 @@ export class DnsResponder {
   readonly #udp: UdpSocket;
   readonly #sockets = new Set<Socket>();
   readonly #serial: number;
+  /** The listener takes these when it starts: they stay what they were at this responder's start. */
+  readonly #pairingAddresses: string[];
   address: { address: string; port: number } = { address: '', port: 0 };
 
   private constructor(private readonly opts: DnsResponderOptions) {
     this.#config = opts.config;
     const now = opts.now ?? Date.now;
     this.#rate = new MxQueryRate(now);
+    this.#pairingAddresses = opts.config.admission.dns.pairingAddresses;
     this.#pairing = new ResolverPairing(opts.config.admission.dns, opts.senders, now);
     this.#serial = Math.floor(now() / 1000) >>> 0;
     this.apply(opts.config);
@@ -119,7 +123,11 @@ export class DnsResponder {
   apply(config: Config): void {
     this.#config = config;
     this.#zones = dnsZones(config);
-    this.#pairing.apply(config.admission.dns);
+    const dns = config.admission.dns;
+    this.#pairing.apply({ pairingAddresses: this.#pairingAddresses, pairingWindow: dns.pairingWindow });
+    if (dns.pairingAddresses.join() !== this.#pairingAddresses.join()) {
+      this.opts.log.warn({ setting: 'admission.dns.pairingAddresses' }, 'dns responder: pairing addresses change at the next start');
+    }
     if (this.#zones.length === 0) this.opts.log.warn({ setting: 'admission.dns.domains' }, 'dns responder: no domains to answer for');
   }
 
@@ -133,7 +141,7 @@ export class DnsResponder {
    * all of them for the listener that takes them, none for the others.
    */
   pairingAddresses(listener: string): string[] {
-    return this.#pairingListener()?.name === listener ? this.#config.admission.dns.pairingAddresses : [];
+    return this.#pairingListener()?.name === listener ? this.#pairingAddresses : [];
   }
 
   /** The mx listener whose host the pairing addresses stand in for: the first at a primary host's address, else the first. */
