@@ -242,6 +242,27 @@ describe('DNS responder and malformed input', () => {
     })).rejects.toThrow(/^admission\.dns\.primary: /);
   });
 
+  it('enters high-load mode on a surge of MX queries against their learned normal rate', async () => {
+    let now = 1_000_000_000;
+    const responder = await DnsResponder.start({
+      config: config(), senders: { resolverStanding: () => 'unknown', pairResolver: () => undefined }, level: () => 'normal', log, now: () => now,
+    });
+    open.push(responder);
+    const port = responder.address.port;
+    const exchange = async (id: number) => (decode((await udpRaw(port, query(id, 'example.test')))!).answers?.[0] as { data: { exchange: string } }).data;
+    // Half an hour at one MX query every ten seconds: the normal rate, and the answers name the primary host.
+    for (let i = 0; i < 180; i++) {
+      expect((await exchange(i)).exchange).toBe('mx1.example.test');
+      now += 10_000;
+    }
+    expect(responder.mxQueryRatio()).toBeLessThan(2);
+    // Then sixty in one second: far past admission.pressure.mxQueries.overload (6) times normal.
+    for (let i = 0; i < 60; i++) await udpRaw(port, query(1000 + i, 'example.test'));
+    expect(responder.mxQueryRatio()).toBeGreaterThan(6);
+    expect((await exchange(2000)).exchange).toBe('mxc.example.test');
+    expect(responder.answers()).toContainEqual({ mode: 'high', mechanism: 'overflow', count: expect.any(Number) });
+  });
+
   it('gives no MX query ratio until a normal rate is known', async () => {
     const { dns } = await world();
     expect(dns.mxQueryRatio()).toBeNull();
