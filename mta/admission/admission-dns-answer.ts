@@ -27,7 +27,8 @@ import { isIP } from 'node:net';
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import type { SteerMode, Steering } from './admission-steer.js';
 
-export type DnsMechanism = Steering['mechanism'] | 'host' | 'zone' | 'nodata' | 'nxdomain' | 'refused' | 'formerr' | 'notimp';
+/** What chose the answer; `dropped`: nothing was sent (too short for a header, or a response, not a query). */
+export type DnsMechanism = Steering['mechanism'] | 'host' | 'zone' | 'nodata' | 'nxdomain' | 'refused' | 'formerr' | 'notimp' | 'dropped';
 
 export interface DnsZoneView {
   /** Plain domains, lower case, without the trailing dot. */
@@ -64,7 +65,7 @@ type Question = NonNullable<Packet['questions']>[number];
 /** Decodes and answers one query; never throws. */
 export function answerQuery(bytes: Buffer, resolver: string, transport: 'udp' | 'tcp', view: DnsZoneView): DnsResult {
   const mode = safeMode(view);
-  if (bytes.length < 12 || (bytes[2] & 0x80) !== 0) return { response: null, mode, mechanism: 'formerr' };
+  if (bytes.length < 12 || (bytes[2] & 0x80) !== 0) return { response: null, mode, mechanism: 'dropped' };
   let query: Packet;
   try {
     query = dnsPacket.decode(bytes);
