@@ -115,6 +115,8 @@ export class Ichidan {
   };
   /** The pairing addresses the mx listener took at start (none when the responder was off then). */
   #pairingTaken: string[] = [];
+  /** Reloads change the responder one after another. */
+  #dnsChange: Promise<void> = Promise.resolve();
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
@@ -271,7 +273,7 @@ export class Ichidan {
     previous.release();
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
     this.admission.apply(config);
-    void this.#applyDns(config).catch((err) => this.log.error({ err }, 'dns responder not restarted'));
+    this.#dnsChange = this.#dnsChange.then(() => this.#applyDns(config)).catch((err) => this.log.error({ err }, 'dns responder not restarted'));
     this.queue.reconfigure(config, egress);
     return snap.generation;
   }
@@ -311,6 +313,7 @@ export class Ichidan {
     await this.#passwords?.close();
     this.#snapshot.release();
     await this.shared?.close();
+    await this.#dnsChange;
     await this.dns?.close();
     this.dns = null;
     await this.queue.close();

@@ -228,7 +228,13 @@ export class DnsResponder {
 
   #serveUdp(msg: Buffer, address: string, port: number): void {
     const response = this.#answer(msg, address, 'udp');
-    if (response) this.#udp.send(response, port, address, (err) => { if (err) this.opts.log.debug({ err }, 'dns responder: udp send failed'); });
+    if (!response) return;
+    try {
+      this.#udp.send(response, port, address, (err) => { if (err) this.opts.log.debug({ err }, 'dns responder: udp send failed'); });
+    } catch (err) {
+      // The socket closed meanwhile (the responder is stopping).
+      this.opts.log.debug({ err }, 'dns responder: udp send failed');
+    }
   }
 
   #serveTcp(socket: Socket): void {
