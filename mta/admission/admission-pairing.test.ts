@@ -56,6 +56,13 @@ describe('resolver pairing by timing', () => {
     wait(2_000);
     expect(pairing.connected('192.0.2.25', '203.0.113.7')).toBe('192.0.2.53');
     expect(pairs).toEqual([['192.0.2.53', '203.0.113.7']]);
+    // Paired: its next connections are not used again (another resolver's answer just before is chance).
+    pairing.answered('198.51.100.53');
+    expect(pairing.connected('192.0.2.25', '203.0.113.7')).toBeNull();
+    wait(REPORT_AGAIN);
+    pairing.answered('198.51.100.53');
+    expect(pairing.connected('192.0.2.25', '203.0.113.7')).toBe('198.51.100.53');
+    expect(pairs).toHaveLength(2);
   });
 
   it('narrows several candidates down over the client\'s connections', () => {

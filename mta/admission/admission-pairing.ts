@@ -14,8 +14,8 @@
  * connection arriving on a pairing address within pairingWindow of it being handed to exactly one
  * resolver pairs that resolver with the client; an address handed to two resolvers within the
  * window (more resolvers than addresses) pairs nobody.
- * By timing (none configured): a connection pairs its client with the resolver that got an MX
- * answer within pairingWindow before it, when exactly one did. When several did, the client's
+ * By timing (none configured): a connection from a client not paired yet (or not for REPORT_AGAIN)
+ * pairs it with the resolver that got an MX answer within pairingWindow before it, when exactly one did. When several did, the client's
  * next connections narrow it down: only resolvers that preceded every one of them stay
  * candidates, and the client is paired once one remains. With more than MAX_CANDIDATES recent
  * resolvers the timing tells nothing and the connection is not used.
@@ -58,6 +58,8 @@ export class ResolverPairing {
   /** Timing: clients whose resolver is not told apart yet, with the candidates left. */
   readonly #pending = new Map<string, Set<string>>();
   readonly #reported = new Map<string, number>();
+  /** Timing: clients already paired, with when; their connections are not used again for REPORT_AGAIN. */
+  readonly #timed = new Map<string, number>();
 
   constructor(config: { pairingAddresses: readonly string[]; pairingWindow: number }, private readonly sink: PairingSink, private readonly now: () => number = Date.now) {
     this.apply(config);
@@ -135,6 +137,8 @@ export class ResolverPairing {
 
   #byTiming(client: string): string | null {
     const now = this.now();
+    const paired = this.#timed.get(client);
+    if (paired !== undefined && now - paired < REPORT_AGAIN) return null;
     const candidates = new Set([...this.#answered].filter(([, at]) => now - at <= this.#window).map(([r]) => r));
     if (candidates.size === 0 || candidates.size > MAX_CANDIDATES) return null;
     const before = this.#pending.get(client);
@@ -143,6 +147,7 @@ export class ResolverPairing {
     if (left.size === 0) left = candidates;
     if (left.size === 1) {
       this.#pending.delete(client);
+      touch(this.#timed, client, now);
       return [...left][0];
     }
     touch(this.#pending, client, left);
