@@ -66,7 +66,7 @@ export class DnsResponder {
   readonly #serial: number;
   /** The listener takes these when it starts: they stay what they were at this responder's start. */
   readonly #pairingAddresses: string[];
-  address: { address: string; port: number } = { address: '', port: 0 };
+  #address = { address: '', port: 0 };
 
   private constructor(private readonly opts: DnsResponderOptions) {
     this.#config = opts.config;
@@ -81,6 +81,11 @@ export class DnsResponder {
     this.#tcp.on('error', (err) => opts.log.warn({ err }, 'dns responder: tcp error'));
     this.#udp = createSocket({ type: isIP(opts.config.admission.dns.address) === 6 ? 'udp6' : 'udp4' });
     this.#udp.on('message', (msg, rinfo) => this.#serveUdp(msg, rinfo.address, rinfo.port));
+  }
+
+  /** Where it listens (the port bound when admission.dns.port is 0). */
+  get address(): { address: string; port: number } {
+    return this.#address;
   }
 
   static async start(opts: DnsResponderOptions): Promise<DnsResponder> {
@@ -116,7 +121,7 @@ export class DnsResponder {
       throw new Error(`admission.dns: cannot listen on UDP ${address}:${actual}`, { cause: err });
     }
     this.#udp.on('error', (err) => this.opts.log.warn({ err }, 'dns responder: udp error'));
-    this.address = { address, port: actual };
+    this.#address = { address, port: actual };
   }
 
   /** A reloaded config: zones, hosts, TTL and pairing apply to the next query. */
