@@ -16,6 +16,9 @@
  * 4.3.2 (those under way finish); a transaction a peer signed as a transfer takes its tenants and
  * DSN parameters from the signature, keeps the original queue id and skips the scan
  * (ingress-transfer.ts says who counts as a peer).
+ * Steering by DNS (admission.dns.enabled): an mx listener also takes the responder's pairing
+ * addresses on its port, and tells the responder each connection's local and remote address
+ * (admission/admission-dns.ts pairs resolvers with the MTAs that connect).
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
