@@ -1,5 +1,6 @@
 /*
  * The DNS responder inside a running Ichidan, on loopback: started when admission.dns.enabled,
+ * steering by the measured pressure level,
  * its answers in /metrics, stopped and started again by reloads; an MTA connecting on the pairing
  * address handed to a resolver pairs them, and without pairing addresses the timing does; a
  * pairing address or responder port that cannot be taken fails the start, naming the setting.
@@ -61,6 +62,23 @@ describe.skipIf(!support.ok)(`DNS responder in the daemon${support.ok ? '' : ` (
     app.reconfigure(config);
     await waitUntil(() => app.dns !== null, 5_000, 'the responder to start');
     expect((await dig('127.0.0.1', app.dns!.address.port, ['example.test', 'MX'])).status).toBe('NOERROR');
+  });
+
+  it('follows the measured pressure: overloaded, an unknown resolver is sent to the overflow host', async () => {
+    running = await startApp((dir) => {
+      const built = dnsConfig({ overflow: [{ name: 'mxc.example.test', address: '127.0.0.30' }] })(dir);
+      // Sessions at 0 of maxClients reach a threshold of 0: overload after rise; every other signal out of the way.
+      const pressure = {
+        interval: '100ms', rise: '300ms', sessions: { busy: 0, overload: 0 },
+        eventLoopDelay: { busy: '10s', overload: '20s' }, diskFree: { busy: 0, overload: 0 }, memoryFree: { busy: 0, overload: 0 },
+      };
+      return { ...built, admission: { ...built.admission, pressure } } as ConfigInput;
+    });
+    const { app } = running;
+    await waitUntil(() => app.pressure.level === 'overload', 5_000, 'overload');
+    const answer = await dig('127.0.0.1', app.dns!.address.port, ['example.test', 'MX']);
+    expect(answer.answers).toEqual([['example.test.', '30', 'MX', '10 mxc.example.test.']]);
+    expect(await app.metrics.metrics()).toContain('ichidan_dns_answers_total{mode="high",mechanism="overflow"} 1');
   });
 
   it('pairs the resolver with the MTA that connects on the pairing address it was handed', async () => {
