@@ -19,6 +19,7 @@
  *   a name in a zone that does not exist        NXDOMAIN (the SOA in the authority section)
  *   a name outside the zones, or class not IN   REFUSED (not authoritative)
  *   undecodable, not exactly one question       FORMERR;   opcode other than QUERY: NOTIMP
+ *   EDNS version other than 0                   BADVERS (RFC 6891 6.1.3)
  * Answers carry the AA bit; an oversized UDP answer first loses its additional section, then is
  * sent empty with TC set, so the resolver asks again over TCP (RFC 1035 4.2.1, RFC 2181 9).
  * RFCs: 1035, 2181, 2308 (negative answers), 6891 (EDNS), 5321 5.1 (MX).
@@ -28,7 +29,7 @@ import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import type { SteerMode, Steering } from './admission-steer.js';
 
 /** What chose the answer; `dropped`: nothing was sent (too short for a header, or a response, not a query). */
-export type DnsMechanism = Steering['mechanism'] | 'host' | 'zone' | 'nodata' | 'nxdomain' | 'refused' | 'formerr' | 'notimp' | 'dropped';
+export type DnsMechanism = Steering['mechanism'] | 'host' | 'zone' | 'nodata' | 'nxdomain' | 'refused' | 'formerr' | 'notimp' | 'badvers' | 'dropped';
 
 export interface DnsZoneView {
   /** Plain domains, lower case, without the trailing dot. */
@@ -98,10 +99,10 @@ function encodeHeaderOnly(bytes: Buffer, rcode: number): Buffer {
 }
 
 function respond(query: Packet, resolver: string, transport: 'udp' | 'tcp', view: DnsZoneView, mode: SteerMode): DnsResult {
-  const opt = (query.additionals ?? []).find((a) => a.type === 'OPT') as { udpPayloadSize?: number } | undefined;
+  const opt = (query.additionals ?? []).find((a) => a.type === 'OPT') as { udpPayloadSize?: number; ednsVersion?: number } | undefined;
   const limit = transport === 'tcp' ? 65535 : opt ? Math.min(Math.max(opt.udpPayloadSize ?? UDP_PLAIN, UDP_PLAIN), UDP_EDNS_MAX) : UDP_PLAIN;
   const questions = query.questions ?? [];
-  const reply = (rcode: number, mechanism: DnsMechanism, records: Partial<Record<'answers' | 'authorities' | 'additionals', Answer[]>> = {}, authoritative = true): DnsResult => {
+  const reply = (rcode: number, mechanism: DnsMechanism, records: Partial<Record<'answers' | 'authorities' | 'additionals', Answer[]>> = {}, authoritative = true, extendedRcode = 0): DnsResult => {
     const packet: Packet = {
       type: 'response',
       id: query.id,
@@ -109,12 +110,14 @@ function respond(query: Packet, resolver: string, transport: 'udp' | 'tcp', view
       questions: questions.length === 1 ? questions : [],
       answers: records.answers ?? [],
       authorities: records.authorities ?? [],
-      additionals: [...(records.additionals ?? []), ...(opt ? [{ type: 'OPT', name: '.', udpPayloadSize: UDP_EDNS_MAX, extendedRcode: 0, ednsVersion: 0, flags: 0, flag_do: false, options: [] } as Answer] : [])],
+      additionals: [...(records.additionals ?? []), ...(opt ? [{ type: 'OPT', name: '.', udpPayloadSize: UDP_EDNS_MAX, extendedRcode, ednsVersion: 0, flags: 0, flag_do: false, options: [] } as Answer] : [])],
     };
     return { response: fit(packet, limit, !!opt), mode, mechanism };
   };
 
   if (((query.flags ?? 0) & OPCODE_MASK) !== 0) return reply(RCODE.NOTIMP, 'notimp', {}, false);
+  // BADVERS is 16: its upper eight bits go in the OPT record, the lower four (0) in the header.
+  if ((opt?.ednsVersion ?? 0) !== 0) return reply(RCODE.NOERROR, 'badvers', {}, false, 1);
   if (questions.length !== 1) return reply(RCODE.FORMERR, 'formerr', {}, false);
   const q = questions[0];
   const name = q.name.toLowerCase().replace(/\.$/, '');

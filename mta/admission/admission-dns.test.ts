@@ -121,13 +121,15 @@ describe.skipIf(!support.ok)(`DNS responder with dig${support.ok ? '' : ` (skipp
     const nx = await dig('127.0.0.1', port, ['+tcp', 'nope.example.test', 'A']);
     expect([nx.status, nx.authority[0]?.[2]]).toEqual(['NXDOMAIN', 'SOA']);
     expect(nx.flags).toContain('aa');
+    const badvers = await dig('127.0.0.1', port, ['+edns=1', '+noednsnegotiation', 'example.test', 'MX']);
+    expect([badvers.status, badvers.answers]).toEqual(['BADVERS', []]);
     const refused = await dig('127.0.0.1', port, ['example.org', 'MX']);
     expect(refused.status).toBe('REFUSED');
     expect(refused.flags).not.toContain('aa');
     // "sub.example.test" came as ".sub.example.test" (its subdomains): not a zone of its own.
     expect((await dig('127.0.0.1', port, ['x.sub.example.test', 'MX'])).status).toBe('NXDOMAIN');
     const counted = Object.fromEntries(dns.answers().map((c) => [c.mechanism, c.count]));
-    expect(counted).toEqual({ host: 1, zone: 2, nodata: 2, nxdomain: 2, refused: 1 });
+    expect(counted).toEqual({ host: 1, zone: 2, nodata: 2, nxdomain: 2, refused: 1, badvers: 1 });
   });
 
   it('in high-load mode gives known resolvers the primary host, others the overflow host, and SERVFAIL when there is none', async () => {
