@@ -118,6 +118,7 @@ export class DnsResponder {
       });
     } catch (err) {
       await new Promise((resolve) => this.#tcp.close(resolve));
+      try { this.#udp.close(); } catch { /* never bound */ }
       throw new Error(`admission.dns: cannot listen on UDP ${address}:${actual}`, { cause: err });
     }
     this.#udp.on('error', (err) => this.opts.log.warn({ err }, 'dns responder: udp error'));
@@ -134,6 +135,7 @@ export class DnsResponder {
       this.opts.log.warn({ setting: 'admission.dns.pairingAddresses' }, 'dns responder: pairing addresses change at the next start');
     }
     if (this.#zones.length === 0) this.opts.log.warn({ setting: 'admission.dns.domains' }, 'dns responder: no domains to answer for');
+    if (dns.primary.length === 0 && !this.opts.nodes) this.opts.log.warn({ setting: 'admission.dns.primary' }, 'dns responder: no primary hosts; MX questions get SERVFAIL');
   }
 
   /** MX queries per second against their normal rate; null until a normal rate is known. */
