@@ -172,6 +172,18 @@ describe.skipIf(!support.ok)(`DNS responder with dig${support.ok ? '' : ` (skipp
     expect(tcp.additional.filter((r) => r[2] === 'A')).toHaveLength(30);
   });
 
+  it('listens on IPv6 and answers AAAA for an IPv6 host, in the additional section too', async () => {
+    const { dns } = await world({ address: '::1', primary: [{ name: 'mx6.example.test', address: '2001:db8::25' }] });
+    for (const transport of ['+notcp', '+tcp']) {
+      const mx = await dig('::1', dns.address.port, [transport, 'example.test', 'MX']);
+      expect(mx.answers).toEqual([['example.test.', '30', 'MX', '10 mx6.example.test.']]);
+      expect(mx.additional).toContainEqual(['mx6.example.test.', '30', 'AAAA', '2001:db8::25']);
+    }
+    const aaaa = await dig('::1', dns.address.port, ['mx6.example.test', 'AAAA']);
+    expect(aaaa.answers).toEqual([['mx6.example.test.', '30', 'AAAA', '2001:db8::25']]);
+    expect((await dig('::1', dns.address.port, ['mx6.example.test', 'A'])).answers).toEqual([]);
+  });
+
   it('hands a resolver its pairing address for this node\'s host, and pairs the MTA that connects on it', async () => {
     const { dns, pairs } = await world({ primary: [{ name: 'mx1.example.test', address: '127.0.0.1' }], pairingAddresses: ['127.0.0.41', '127.0.0.42'] });
     const port = dns.address.port;
