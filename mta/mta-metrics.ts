@@ -207,7 +207,7 @@ function sharedStateMetrics(registers: Registry[], shared: NonNullable<MetricSou
 /** The DNS responder's answers, read when collected (a responder restarted by a reload counts from zero again). */
 function dnsMetrics(registers: Registry[], dns: NonNullable<MetricSources['dns']>): void {
   new Counter({
-    name: 'ichidan_dns_answers_total', help: 'DNS responder answers by mode (normal, high load) and mechanism (primary, known, overflow, servfail, host, zone, nodata, nxdomain, refused, formerr, notimp, badvers; dropped: nothing sent)', labelNames: ['mode', 'mechanism'], registers,
+    name: 'ichidan_dns_answers_total', help: 'DNS responder answers by mode (normal, high load) and mechanism (primary, known, overflow, servfail, host, zone, nodata, nxdomain, refused, formerr, notimp, badvers, ratelimited; dropped: nothing sent)', labelNames: ['mode', 'mechanism'], registers,
     collect() {
       const responder = dns();
       this.reset();

@@ -29,7 +29,7 @@ import dnsPacket, { type Answer, type Packet } from 'dns-packet';
 import type { SteerMode, Steering } from './admission-steer.js';
 
 /** What chose the answer; `dropped`: nothing was sent (too short for a header, or a response, not a query). */
-export type DnsMechanism = Steering['mechanism'] | 'host' | 'zone' | 'nodata' | 'nxdomain' | 'refused' | 'formerr' | 'notimp' | 'badvers' | 'dropped';
+export type DnsMechanism = Steering['mechanism'] | 'host' | 'zone' | 'nodata' | 'nxdomain' | 'refused' | 'formerr' | 'notimp' | 'badvers' | 'ratelimited' | 'dropped';
 
 export interface DnsZoneView {
   /** Plain domains, lower case, without the trailing dot. */
@@ -86,6 +86,18 @@ function safeMode(view: DnsZoneView): SteerMode {
     return view.mode();
   } catch {
     return 'normal';
+  }
+}
+
+/** An empty answer with TC set, the question echoed: "ask again over TCP" (a rate-limited slip); null when the query does not decode. */
+export function truncatedReply(bytes: Buffer): Buffer | null {
+  try {
+    if (bytes.length < 12 || (bytes[2] & 0x80) !== 0) return null;
+    const query = dnsPacket.decode(bytes);
+    const flags = ((query.flags ?? 0) & (OPCODE_MASK | dnsPacket.RECURSION_DESIRED)) | dnsPacket.TRUNCATED_RESPONSE;
+    return dnsPacket.encode({ type: 'response', id: query.id, flags, questions: (query.questions ?? []).slice(0, 1) });
+  } catch {
+    return null;
   }
 }
 

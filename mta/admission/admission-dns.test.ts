@@ -12,6 +12,7 @@ import { dig, dnsPeersSupport } from '../../test/helpers/dns-peers.js';
 import { parseConfig } from '../mta-config.js';
 import type { ConfigInput } from '../mta-config.js';
 import { DnsResponder, TCP_IDLE_MS, type ResolverStandings } from './admission-dns.js';
+import { BURST } from './admission-dns-ratelimit.js';
 import type { Level, Standing } from './admission-steer.js';
 
 const support = dnsPeersSupport(['dig']);
@@ -79,7 +80,7 @@ function tcpRaw(port: number, bytes: Buffer, waitMs = 500): Promise<{ data: Buff
 
 /** dns-packet decodes the rcode too; its types do not say so. */
 function decode(bytes: Buffer) {
-  return dnsPacket.decode(bytes) as ReturnType<typeof dnsPacket.decode> & { rcode: string };
+  return dnsPacket.decode(bytes) as ReturnType<typeof dnsPacket.decode> & { rcode: string; flag_tc: boolean };
 }
 
 function framed(...messages: Buffer[]): Buffer {
@@ -249,6 +250,21 @@ describe('DNS responder and malformed input', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(TCP_IDLE_MS - 100);
     const fine = decode((await udpRaw(port, query(3, 'example.test')))!);
     expect(fine.rcode).toBe('NOERROR');
+  });
+
+  it('limits UDP answers per network past the burst (a truncated slip, then nothing, alternately), while TCP still answers', async () => {
+    const standings: ResolverStandings = { resolverStanding: () => 'unknown', pairResolver: () => undefined };
+    const responder = await DnsResponder.start({ config: config(), senders: standings, level: () => 'normal', log, now: () => 1_000_000_000 });
+    open.push(responder);
+    const port = responder.address.port;
+    for (let i = 0; i < BURST; i++) expect(decode((await udpRaw(port, query(i, 'example.test')))!).answers).toHaveLength(1);
+    const slip = decode((await udpRaw(port, query(5000, 'example.test')))!);
+    expect([slip.id, slip.flag_tc, slip.answers, slip.questions?.[0]?.name]).toEqual([5000, true, [], 'example.test']);
+    expect(await udpRaw(port, query(5001, 'example.test'), 200)).toBeNull();
+    expect(decode((await udpRaw(port, query(5002, 'example.test')))!).flag_tc).toBe(true);
+    const { data } = await tcpRaw(port, framed(query(5003, 'example.test')));
+    expect(decode(data.subarray(2)).answers).toHaveLength(1);
+    expect(responder.answers()).toContainEqual({ mode: 'normal', mechanism: 'ratelimited', count: 3 });
   });
 
   it('refuses to start without primary hosts or a cluster, naming the setting', async () => {

@@ -16,7 +16,8 @@
  * Network: UDP and TCP on admission.dns.address:port. TCP (RFC 1035 4.2.2, RFC 7766): each
  * message preceded by its two-byte length, several queries per connection answered in order, a
  * connection idle for TCP_IDLE_MS closed, at most TCP_MAX_CONNECTIONS at once. Nothing a peer
- * sends can end the process: undecodable queries get FORMERR, fragments are dropped.
+ * sends can end the process: undecodable queries get FORMERR, fragments are dropped. UDP answers
+ * are rate limited per network (admission-dns-ratelimit.ts), so forged sources gain no reflector.
  * Settings: admission.dns.* (address and port apply at the next start: the composition root
  * restarts the responder when they change; pairing addresses at the process's next start, as the
  * listeners take them once), admission.pressure.mxQueries.
@@ -25,7 +26,8 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, isIP, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../mta-config-schema.js';
-import { answerQuery, type DnsMechanism, type DnsZoneView } from './admission-dns-answer.js';
+import { answerQuery, truncatedReply, type DnsMechanism, type DnsZoneView } from './admission-dns-answer.js';
+import { UdpRateLimit } from './admission-dns-ratelimit.js';
 import { MxQueryRate } from './admission-mx-rate.js';
 import { plainAddress, ResolverPairing } from './admission-pairing.js';
 import { highLoad, primaryHosts, steer, type Level, type NodeInfo, type Standing, type SteerMode, type SteerInput } from './admission-steer.js';
@@ -60,6 +62,7 @@ export class DnsResponder {
   readonly #rate: MxQueryRate;
   readonly #pairing: ResolverPairing;
   readonly #counts = new Map<string, number>();
+  readonly #limit: UdpRateLimit;
   readonly #tcp: Server;
   readonly #udp: UdpSocket;
   readonly #sockets = new Set<Socket>();
@@ -72,6 +75,7 @@ export class DnsResponder {
     this.#config = opts.config;
     const now = opts.now ?? Date.now;
     this.#rate = new MxQueryRate(now);
+    this.#limit = new UdpRateLimit(now);
     this.#pairingAddresses = opts.config.admission.dns.pairingAddresses;
     this.#pairing = new ResolverPairing(opts.config.admission.dns, opts.senders, now);
     this.#serial = Math.floor(now() / 1000) >>> 0;
@@ -228,13 +232,19 @@ export class DnsResponder {
 
   #answer(msg: Buffer, resolver: string, transport: 'udp' | 'tcp'): Buffer | null {
     const result = answerQuery(msg, resolver, transport, this.#view());
-    const key = `${result.mode}\t${result.mechanism}`;
-    this.#counts.set(key, (this.#counts.get(key) ?? 0) + 1);
+    this.#count(result.mode, result.mechanism);
     return result.response;
   }
 
+  #count(mode: SteerMode, mechanism: DnsMechanism): void {
+    const key = `${mode}\t${mechanism}`;
+    this.#counts.set(key, (this.#counts.get(key) ?? 0) + 1);
+  }
+
   #serveUdp(msg: Buffer, address: string, port: number): void {
-    const response = this.#answer(msg, address, 'udp');
+    const verdict = this.#limit.take(address);
+    if (verdict !== 'send') this.#count(this.#view().mode(), 'ratelimited');
+    const response = verdict === 'send' ? this.#answer(msg, address, 'udp') : verdict === 'slip' ? truncatedReply(msg) : null;
     if (!response) return;
     try {
       this.#udp.send(response, port, address, (err) => { if (err) this.opts.log.debug({ err }, 'dns responder: udp send failed'); });
