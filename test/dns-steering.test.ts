@@ -1,6 +1,7 @@
 /*
  * The DNS responder inside a running Ichidan, on loopback: started when admission.dns.enabled,
- * steering by the measured pressure level,
+ * steering by the measured pressure level and the known senders (a resolver paired with a pinned
+ * client keeps the primary host under overload),
  * its answers in /metrics, stopped and started again by reloads; an MTA connecting on the pairing
  * address handed to a resolver pairs them, and without pairing addresses the timing does; a
  * pairing address or responder port that cannot be taken fails the start, naming the setting.
@@ -79,6 +80,29 @@ describe.skipIf(!support.ok)(`DNS responder in the daemon${support.ok ? '' : ` (
     const answer = await dig('127.0.0.1', app.dns!.address.port, ['example.test', 'MX']);
     expect(answer.answers).toEqual([['example.test.', '30', 'MX', '10 mxc.example.test.']]);
     expect(await app.metrics.metrics()).toContain('ichidan_dns_answers_total{mode="high",mechanism="overflow"} 1');
+  });
+
+  it('learns by default from the known senders: a resolver paired with a pinned client keeps the primary host under overload', async () => {
+    const overflow = { overflow: [{ name: 'mxc.example.test', address: '127.0.0.30' }] };
+    const build = (overloaded: boolean) => (dir: string) => {
+      const built = dnsConfig(overflow)(dir);
+      // At a sessions threshold of 0 the node is overloaded after rise; every other signal out of the way.
+      const pressure = {
+        interval: '100ms', rise: '300ms', sessions: overloaded ? { busy: 0, overload: 0 } : { busy: 0.98, overload: 0.99 },
+        eventLoopDelay: { busy: '10s', overload: '20s' }, diskFree: { busy: 0, overload: 0 }, memoryFree: { busy: 0, overload: 0 },
+      };
+      return { ...built, trustedNetworks: ['127.0.0.13/32'], admission: { ...built.admission, pressure } } as ConfigInput;
+    };
+    running = await startApp(build(false));
+    const { app } = running;
+    const port = () => app.dns!.address.port;
+    expect((await dig('127.0.0.1', port(), ['-b', '127.0.0.12', 'example.test', 'MX'])).answers[0][3]).toBe('10 mx1.example.test.');
+    await greeted('127.0.0.1', running.port('mx'), '127.0.0.13');
+    await waitUntil(() => app.senders!.resolverStanding('127.0.0.12') === 'known', 5_000, 'the resolver known');
+    app.reconfigure(parseConfig(build(true)(running.dataDir), 'test'));
+    await waitUntil(() => app.pressure.level === 'overload', 5_000, 'overload');
+    expect((await dig('127.0.0.1', port(), ['-b', '127.0.0.12', 'example.test', 'MX'])).answers[0][3]).toBe('10 mx1.example.test.');
+    expect((await dig('127.0.0.1', port(), ['-b', '127.0.0.14', 'example.test', 'MX'])).answers[0][3]).toBe('10 mxc.example.test.');
   });
 
   it('pairs the resolver with the MTA that connects on the pairing address it was handed', async () => {
