@@ -10,7 +10,8 @@
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
  *   close the queue. Metrics are registered in mta-metrics.ts. `pressure` (admission/admission-pressure.ts)
  *   measures this node's load once the listeners are up, unless admission.mode is off.
- * Reads: the config file (reload), the TLS key and certificate, the data folder.
+ * Reads: the config file (reload), the TLS keys and certificates (at start and at every reload:
+ *   ingress/ingress-certificates.ts), the data folder.
  * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
  *   submission and proxy, on loopback in the default), the admin
  *   socket and optional loopback port, DNS only to `dns.servers`; with admission.dns.enabled the
@@ -33,7 +34,7 @@ import { AdminServer } from './admin/admin-server.js';
 import { AuthGuard } from './ingress/ingress-auth.js';
 import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { processMetrics } from './mta-metrics.js';
-import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
+import { FileWatch, reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
 import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
@@ -42,7 +43,8 @@ import { proxySessionDeps } from './proxy/proxy-deps.js';
 import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
-import { loadTlsMaterial } from './ingress/ingress-tls.js';
+import { ensureSelfSigned, type TlsMaterial } from './ingress/ingress-tls.js';
+import { certificateFiles, loadCertificates, offerCertificates, type Certificates } from './ingress/ingress-certificates.js';
 import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
@@ -52,7 +54,7 @@ import { Admission } from './admission/admission.js';
 import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 import { KnownSenders } from './admission/admission-senders.js';
-import { learnedFrom } from './admission/admission-learn.js';
+import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 import { DnsResponder, type ResolverStandings } from './admission/admission-dns.js';
 import type { Level } from './admission/admission-decide.js';
 
@@ -100,6 +102,8 @@ export class Ichidan {
   readonly #proxyOutbound = new Set<string>();
   #admin: AdminServer | null = null;
   #watcher: FSWatcher | null = null;
+  /** The certificate files, reloaded when renewed (admin.watchConfig). */
+  #certificateWatch: FileWatch | null = null;
   #passwords: PasswordVerifier | null = null;
   #policies = new StsPolicyCache();
   readonly #dkimCount: DkimCount;
@@ -207,6 +211,10 @@ export class Ichidan {
    */
   static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader; dns?: DnsInputs } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
+    // Before anything opens: a certificate that cannot be offered stops the start, naming its key.
+    if (config.tls.cert === undefined) await ensureSelfSigned(config);
+    const certs = loadCertificates(config);
+    for (const warning of certs.warnings) log.warn(warning);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
@@ -237,22 +245,32 @@ export class Ichidan {
         return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
       },
     });
-    const learning = learningQueue(queue, app.senders, () => app!.config.admission.mode !== 'off');
+    // The known senders learn from each message's outcome (not with admission.mode off).
+    const learn = (input: LearnInput) => {
+      if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom(input));
+    };
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     app.#dnsInputs = opts.dns ?? { senders: app.senders, level: () => app.pressure.level };
     app.#pairingTaken = config.admission.dns.enabled ? config.admission.dns.pairingAddresses : [];
     await app.#applyDns(config);
     const file = app.configFile;
-    if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
-    const tls = await loadTlsMaterial(config);
+    if (config.admin.watchConfig && file) {
+      app.#watcher = watchConfig(file, () => app.reload(file), log);
+      app.#certificateWatch = new FileWatch(() => {
+        log.info('a certificate file changed: reloading');
+        app.reload(file);
+      });
+      app.#certificateWatch.set(certificateFiles(config));
+    }
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
     const auth = new AuthGuard(passwords);
     for (const spec of config.listeners) {
       if (spec.role === 'proxy') {
-        await app.#startProxy(spec, tls, opts.originalDst);
+        await app.#startProxy(spec, certs, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue: learning, tls, log, auth, draining: () => app.draining, admission: app.admission, dns: () => app.dns });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn, dns: () => app.dns });
+      offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -263,7 +281,8 @@ export class Ichidan {
   }
 
   /** A proxy listener, when the kernel can say where its connections were going; else reported, and everything else runs. */
-  async #startProxy(spec: Config['listeners'][number], tls: { key: string | Buffer; cert: string | Buffer }, given?: OriginalDstReader): Promise<void> {
+  async #startProxy(spec: Config['listeners'][number], certs: Certificates, given?: OriginalDstReader): Promise<void> {
+    const tls: TlsMaterial = certs.of(spec.name).pair;
     const reader = given ?? loadOriginalDst();
     if ('error' in reader) {
       this.log.error({ listener: spec.name, reason: reader.error }, 'proxy listener not started: the original destination of redirected connections cannot be read');
@@ -289,6 +308,7 @@ export class Ichidan {
       tls: { key: tls.key, cert: tls.cert },
       log: this.log,
     });
+    offerCertificates(proxy.server, certs.of(spec.name));
     const where = await proxy.listen();
     this.#proxies.push(proxy);
     this.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -312,13 +332,19 @@ export class Ichidan {
    */
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
+    // The certificate files are read again, so a renewed pair is offered to new connections.
+    const certs = loadCertificates(config);
+    for (const warning of certs.warnings) this.log.warn(warning);
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
     const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;
     previous.release();
-    for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    for (const l of [...this.#listeners, ...this.#proxies]) {
+      l.apply(config);
+      offerCertificates(l.server, certs.of(l.spec.name));
+    }
     this.admission.apply(config);
     this.#dnsChange = this.#dnsChange.then(() => this.#applyDns(config)).catch((err) => this.log.error({ err }, 'dns responder not restarted'));
     this.queue.reconfigure(config, egress);
@@ -326,6 +352,7 @@ export class Ichidan {
     if (config.admission.mode === 'off') this.pressure.stop();
     else this.pressure.start();
     this.senders?.apply(config.admission.senders);
+    this.#certificateWatch?.set(certificateFiles(config));
     return snap.generation;
   }
 
@@ -358,6 +385,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
+    this.#certificateWatch?.close();
     this.pressure.stop();
     await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
@@ -387,28 +415,4 @@ function admissionSessions(listeners: readonly Listener[]): { open: number; limi
     limit += l.spec.maxClients;
   }
   return { open, limit };
-}
-
-/**
- * Until the ingress records each accept step's result itself (`senders.record(learnedFrom(…))`):
- * the known senders learn from every message an MX or submission listener queues, as the accept
- * step hands it to the queue (not with admission.mode off). Refusals are not seen here.
- */
-function learningQueue(queue: Queue, senders: KnownSenders, learning: () => boolean): Queue {
-  return new Proxy(queue, {
-    get(target, prop) {
-      if (prop === 'accept') {
-        return async (...args: Parameters<Queue['accept']>) => {
-          const id = await target.accept(...args);
-          if (!learning()) return id;
-          const [, env, , record] = args;
-          const result = { kind: 'queued' as const, reply: { code: 250, enhanced: '2.0.0', text: '' }, queueId: id, quarantined: env.quarantine !== null, ...(record ? { scan: { record, spamScore: null } } : {}) };
-          senders.record(learnedFrom({ address: env.client, authUser: env.authUser, result }));
-          return id;
-        };
-      }
-      const value = Reflect.get(target, prop, target) as unknown;
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  });
 }
