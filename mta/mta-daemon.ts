@@ -36,6 +36,7 @@ import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { processMetrics } from './mta-metrics.js';
 import { FileWatch, reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
+import { suppressedLive } from './ingress/ingress-suppression.js';
 import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from './proxy/proxy-origdst.js';
@@ -153,6 +154,8 @@ export class Ichidan {
       queue.records.recordEngineEvent(e);
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
+    // The tenant label stays bounded: tenants no longer configured count as one.
+    queue.suppressions.onBounce = (tenant, cls) => metrics.bounce(tenant in this.config.tenants || tenant === RELAY_TENANT ? tenant : '_other', cls);
     queue.spool.fsyncs.onSample = (ms) => metrics.fsync(ms);
     const scanTimes = new ScanTimings();
     this.pressure = new Pressure(config.admission.pressure, {
@@ -296,6 +299,7 @@ export class Ichidan {
         return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
       },
       session: (config) => proxySessionDeps(config, this.queue, this.sessions, this.#proxyOutbound),
+      suppressed: (tenant, address) => suppressedLive(this.queue, { tenant, address }, 'proxy', this.log),
       scanner: (tenant) => {
         const snapshot = this.#snapshot;
         if (!proxyScans(snapshot.config.proxy.scan, tenant) || snapshot.engines.size === 0) return null;

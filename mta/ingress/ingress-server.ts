@@ -38,6 +38,7 @@ import type { LearnInput } from '../admission/admission-learn.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
 import { buildReceived } from './ingress-received.js';
+import { suppressedAtRcpt } from './ingress-suppression.js';
 import { dkimSigningFor } from './ingress-dkim.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
@@ -307,6 +308,8 @@ export class Listener {
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
       return cb(toSmtpError(decision.reply));
     }
+    const suppressed = suppressedAtRcpt(this.deps.queue, tx.snapshot.policy, decision, this.#client(session), this.deps.log);
+    if (suppressed) return cb(toSmtpError(suppressed));
     // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
     tx.recipients.set(decision.address, {
       tenant: decision.tenant, address: decision.address, domain: decision.domain,
