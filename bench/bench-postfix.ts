@@ -105,7 +105,12 @@ function ownProcess(pid: number, etc: string): boolean {
   }
 }
 
-export async function startPostfix(name: string, address: string, extra: Record<string, string>): Promise<PostfixInstance> {
+/**
+ * `opts.netns`: the instance runs inside that network namespace (`ip netns exec`), where `address`
+ * is one of the namespace's and the system resolver reads /etc/netns/<name>/resolv.conf (a test
+ * that turns DNS on for the SMTP client points it at a resolver of its own there).
+ */
+export async function startPostfix(name: string, address: string, extra: Record<string, string>, opts: { netns?: string } = {}): Promise<PostfixInstance> {
   await mkdir(join(ROOT, 'var'), { recursive: true });
   const dir = await mkdtemp(join(ROOT, 'var', `bench-postfix-${name}-`));
   // Postfix's daemons run as its own user and must reach the queue below.
@@ -117,7 +122,8 @@ export async function startPostfix(name: string, address: string, extra: Record<
   await writeFile(join(etc, 'main.cf'), mainCf(dir, name, extra));
   await writeFile(join(etc, 'master.cf'), await masterCf(address, port));
   await makeQueue(dir);
-  execFileSync(MASTER, ['-c', etc, '-w']);
+  if (opts.netns) execFileSync('ip', ['netns', 'exec', opts.netns, MASTER, '-c', etc, '-w']);
+  else execFileSync(MASTER, ['-c', etc, '-w']);
   const masterPid = Number((await readFile(join(dir, 'queue', 'pid', 'master.pid'), 'utf8')).trim());
   const stopMaster = onCleanup(async () => {
     const tree = processTree(masterPid);

@@ -14,7 +14,8 @@
  *   ingress/ingress-certificates.ts), the data folder.
  * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
  *   submission and proxy, on loopback in the default), the admin
- *   socket and optional loopback port, DNS only to `dns.servers`.
+ *   socket and optional loopback port, DNS only to `dns.servers`; with admission.dns.enabled the
+ *   DNS responder (admission/admission-dns.ts) on UDP and TCP, and the pairing addresses.
  * RFCs: 5321 (SMTP), 3207 (STARTTLS), 4954 (AUTH), 1870 (SIZE), 2920 (PIPELINING), 6152
  *   (8BITMIME), 6531 (SMTPUTF8), 2034/3463 (enhanced status codes), 3461 (DSN parameters).
  * Settings: all of them; see README "Configuration".
@@ -58,6 +59,14 @@ import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 import { KnownSenders } from './admission/admission-senders.js';
 import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
+import { DnsResponder, type ResolverStandings } from './admission/admission-dns.js';
+import type { Level } from './admission/admission-decide.js';
+
+/** What the DNS responder is started with: by default the known senders and the measured level (tests give their own). */
+export interface DnsInputs {
+  senders: ResolverStandings;
+  level: () => Level;
+}
 
 export interface BoundListener {
   name: string;
@@ -129,6 +138,14 @@ export class Ichidan {
   readonly pressure: Pressure;
   /** Known senders first under pressure (admission/admission.ts). */
   readonly admission: Admission;
+  /** The DNS responder (admission-dns.ts), when admission.dns.enabled. */
+  dns: DnsResponder | null = null;
+  /** The known senders and the measured level (set in `start`, before the responder). */
+  #dnsInputs!: DnsInputs;
+  /** The pairing addresses the mx listener took at start (none when the responder was off then). */
+  #pairingTaken: string[] = [];
+  /** Reloads change the responder one after another. */
+  #dnsChange: Promise<void> = Promise.resolve();
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
@@ -140,7 +157,7 @@ export class Ichidan {
     this.#clusterDeps = clusterDeps;
     const metrics = processMetrics({
       engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
-      pressure: () => this.pressure, senders: () => this.senders,
+      pressure: () => this.pressure, senders: () => this.senders, dns: () => this.dns,
     });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
@@ -157,6 +174,7 @@ export class Ichidan {
     this.pressure = new Pressure(config.admission.pressure, {
       sessions: () => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec))),
       scans: () => scanTimes.p90(this.config.admission.pressure.interval),
+      mxQueryRatio: () => this.dns?.mxQueryRatio() ?? null,
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),
       diskFree: () => queue.diskFree(),
@@ -211,7 +229,7 @@ export class Ichidan {
    * `originalDst` stands in for the kernel's answer to where a proxied connection was going (on
    * a system without netfilter, or in a test on loopback); by default the native addon is asked.
    */
-  static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
+  static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader; dns?: DnsInputs } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
     // Before anything opens: a certificate that cannot be offered stops the start, naming its key.
     if (config.tls.cert === undefined) await ensureSelfSigned(config);
@@ -252,6 +270,9 @@ export class Ichidan {
       if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom(input));
     };
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
+    app.#dnsInputs = opts.dns ?? { senders: app.senders, level: () => app.pressure.level };
+    app.#pairingTaken = config.admission.dns.enabled ? config.admission.dns.pairingAddresses : [];
+    await app.#applyDns(config);
     const file = app.configFile;
     if (config.admin.watchConfig && file) {
       app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -268,7 +289,7 @@ export class Ichidan {
         await app.#startProxy(spec, certs, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn, dns: () => app.dns });
       offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
       app.#listeners.push(listener);
@@ -346,6 +367,7 @@ export class Ichidan {
       offerCertificates(l.server, certs.of(l.spec.name));
     }
     this.admission.apply(config);
+    this.#dnsChange = this.#dnsChange.then(() => this.#applyDns(config)).catch((err) => this.log.error({ err }, 'dns responder not restarted'));
     this.queue.reconfigure(config, egress);
     this.pressure.apply(config.admission.pressure);
     if (config.admission.mode === 'off') this.pressure.stop();
@@ -361,6 +383,26 @@ export class Ichidan {
     return reloadConfig(file, this.config, (config) => this.reconfigure(config), this.log, this.#load);
   }
 
+  /**
+   * The DNS responder follows admission.dns: started when enabled, stopped when not, restarted
+   * when its address or port changes, else given the new config. (Pairing addresses apply at the
+   * process's next start: the listener takes them once.)
+   */
+  async #applyDns(config: Config): Promise<void> {
+    const want = config.admission.dns;
+    const running = this.dns;
+    if (running && want.enabled && running.address.address === want.address && (want.port === 0 || running.address.port === want.port)) {
+      running.apply(config);
+      return;
+    }
+    this.dns = null;
+    await running?.close();
+    if (!want.enabled) return;
+    // A responder started later hands out only the pairing addresses the listener took at start.
+    const taken = { ...config, admission: { ...config.admission, dns: { ...want, pairingAddresses: this.#pairingTaken } } };
+    this.dns = await DnsResponder.start({ config: taken, ...this.#dnsInputs, log: this.log });
+  }
+
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
@@ -373,6 +415,9 @@ export class Ichidan {
     this.#dovecot.close();
     this.#snapshot.release();
     await this.shared?.close();
+    await this.#dnsChange;
+    await this.dns?.close();
+    this.dns = null;
     await this.queue.close();
     await this.senders?.close();
     this.sessions.closeAll();

@@ -34,12 +34,15 @@
  *   ichidan_cluster_nodes_live                       live nodes in the registry
  *   ichidan_cluster_state_changes_total{direction}  shared state (mta-shared.ts): changes published, applied from other nodes
  *   ichidan_cluster_state_reloads_total, ichidan_cluster_state_unpublished, ichidan_cluster_state_synced
+ *   with the DNS responder (admission/admission-dns.ts):
+ *   ichidan_dns_answers_total{mode,mechanism}       answers by mode (normal, high) and what chose them
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EngineEvent, EngineInfo } from '../engines/index.js';
 import type { Queue } from '../queue/index.js';
 import type { ClusterState } from '../queue/cluster/cluster-state.js';
 import type { Cluster } from './mta-cluster.js';
+import type { DnsResponder } from './admission/admission-dns.js';
 import { rank, type Level } from './admission/admission-levels.js';
 import type { Pressure } from './admission/admission-pressure.js';
 import type { KnownSenders } from './admission/admission-senders.js';
@@ -54,6 +57,8 @@ export interface MetricSources {
   pressure?: () => Pick<Pressure, 'level' | 'signals'> | null;
   /** The known senders, once open. */
   senders?: () => Pick<KnownSenders, 'counts'> | null;
+  /** The DNS responder, when admission.dns.enabled. */
+  dns?: () => Pick<DnsResponder, 'answers'> | null;
 }
 
 export interface ProcessMetrics {
@@ -71,7 +76,7 @@ export interface ProcessMetrics {
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
-export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null, senders = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null, senders = () => null, dns = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -147,6 +152,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
   }
+  dnsMetrics(registers, dns);
   return {
     registry,
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
@@ -234,5 +240,17 @@ function sharedStateMetrics(registers: Registry[], shared: NonNullable<MetricSou
   new Gauge({
     name: 'ichidan_cluster_state_synced', help: '1 while this node is in step with the shared state in Redis', registers,
     collect() { this.set(shared()?.synced ? 1 : 0); },
+  });
+}
+
+/** The DNS responder's answers, read when collected (a responder restarted by a reload counts from zero again). */
+function dnsMetrics(registers: Registry[], dns: NonNullable<MetricSources['dns']>): void {
+  new Counter({
+    name: 'ichidan_dns_answers_total', help: 'DNS responder answers by mode (normal, high load) and mechanism (primary, known, overflow, servfail, host, zone, nodata, nxdomain, refused, formerr, notimp, badvers, ratelimited; dropped: nothing sent)', labelNames: ['mode', 'mechanism'], registers,
+    collect() {
+      const responder = dns();
+      this.reset();
+      for (const a of responder?.answers() ?? []) this.inc({ mode: a.mode, mechanism: a.mechanism }, a.count);
+    },
   });
 }

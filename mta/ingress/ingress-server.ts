@@ -18,8 +18,11 @@
  * 4.3.2 (those under way finish); a transaction a peer signed as a transfer takes its tenants and
  * DSN parameters from the signature, keeps the original queue id and skips the scan
  * (ingress-transfer.ts says who counts as a peer).
+ * Steering by DNS (admission.dns.enabled): an mx listener also takes the responder's pairing
+ * addresses on its port, and tells the responder each connection's local and remote address
+ * (admission/admission-dns.ts pairs resolvers with the MTAs that connect).
  */
-import type { Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
@@ -63,6 +66,15 @@ export interface ListenerDeps {
   admission: Admission;
   /** Each message's outcome, for the known senders to learn from (not a transfer's). */
   learn: (input: LearnInput) => void;
+  /** The DNS responder (admission.dns.enabled): its pairing addresses, and each connection told to it. */
+  dns?: () => PairingListener | null;
+}
+
+/** What an mx listener does for the DNS responder's resolver pairing (admission/admission-dns.ts). */
+export interface PairingListener {
+  /** Addresses the listener of this name also takes, on its own port. */
+  pairingAddresses(listener: string): string[];
+  connected(localAddress: string, remoteAddress: string): void;
 }
 
 export class Listener {
@@ -74,6 +86,8 @@ export class Listener {
   readonly #door = new Map<string, DoorDecision>();
   /** Behind a load balancer: the PROXY protocol settings in force (ingress-proxy-door.ts). */
   #proxyProtocol: ListenerConfig['proxyProtocol'];
+  /** The DNS responder's pairing addresses, taken by an mx listener besides its own. */
+  readonly #pairing: Server[] = [];
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.snapshot();
@@ -130,14 +144,17 @@ export class Listener {
       onClose: (session) => this.#closed(session),
     };
     this.server = new WatchedServer(options);
-    this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
+    this.server.onConnection = (connection, socket) => {
+      this.#connections.watch(connection, socket);
+      this.#toldToDns(connection, socket);
+    };
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
     this.#proxyProtocol = spec.proxyProtocol;
     this.server.door = new ProxyDoor(spec.name, () => deps.snapshot().config.hostname, () => this.#proxyProtocol, deps.log);
   }
 
-  listen(): Promise<{ address: string; port: number }> {
-    return new Promise((resolve, reject) => {
+  async listen(): Promise<{ address: string; port: number }> {
+    const where = await new Promise<{ address: string; port: number }>((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen(this.spec.port, this.spec.address, () => {
         this.server.removeListener('error', reject);
@@ -145,6 +162,40 @@ export class Listener {
         resolve(typeof a === 'object' && a ? { address: a.address, port: a.port } : { address: this.spec.address, port: this.spec.port });
       });
     });
+    await this.#listenForPairing(where.port);
+    return where;
+  }
+
+  /**
+   * An mx listener also takes the DNS responder's pairing addresses on its port: their connections
+   * go to the same smtp-server, as if they had arrived on the listener's own address.
+   */
+  async #listenForPairing(port: number): Promise<void> {
+    const addresses = this.spec.role === 'mx' ? this.deps.dns?.()?.pairingAddresses(this.spec.name) ?? [] : [];
+    for (const address of addresses) {
+      const server = createServer((socket) => this.server.server.emit('connection', socket));
+      server.on('error', (err) => this.deps.log.warn({ err, listener: this.spec.name, address }, 'pairing address error'));
+      try {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(port, address, () => { server.off('error', reject); resolve(); });
+        });
+      } catch (err) {
+        throw new Error(`admission.dns.pairingAddresses: listener ${this.spec.name} cannot listen on ${address}:${port}`, { cause: err });
+      }
+      this.#pairing.push(server);
+      this.deps.log.info({ listener: this.spec.name, address, port }, 'listening on a pairing address');
+    }
+  }
+
+  /**
+   * The DNS responder learns each connection's local and remote address (resolver pairing); the
+   * remote one as smtp-server gives the session, i.e. the client's behind a PROXY protocol balancer.
+   */
+  #toldToDns(connection: object, socket: Socket): void {
+    const remote = (connection as { remoteAddress?: string }).remoteAddress || socket.remoteAddress;
+    if (this.spec.role !== 'mx' || !socket.localAddress || !remote) return;
+    this.deps.dns?.()?.connected(socket.localAddress, remote);
   }
 
   /** A reloaded config: the SIZE limit, the idle timeout, the greeting name and the PROXY settings apply to new commands and connections. */
@@ -158,6 +209,7 @@ export class Listener {
 
   /** Stops accepting, lets open transactions finish (up to closeTimeout), then resolves. */
   async close(): Promise<void> {
+    for (const p of this.#pairing.splice(0)) p.close();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     await Promise.allSettled([...this.#inFlight]);
   }

@@ -11,6 +11,7 @@ import type { OriginalDstReader } from '../../mta/proxy/proxy-origdst.js';
 import { Ichidan, parseConfig } from '../../mta/index.js';
 import type { ConfigInput } from '../../mta/mta-config-schema.js';
 import { createLogger } from '../../mta/mta-log.js';
+import type { DnsInputs } from '../../mta/mta-daemon.js';
 
 export type { ConfigInput };
 export { adminSocket, parseConfig } from '../../mta/index.js';
@@ -43,7 +44,7 @@ export function baseConfig(dataDir: string, extra: Partial<ConfigInput> = {}): C
   };
 }
 
-export async function startApp(build: (dataDir: string) => ConfigInput, opts: { dataDir?: string; originalDst?: OriginalDstReader } = {}): Promise<TestApp> {
+export async function startApp(build: (dataDir: string) => ConfigInput, opts: { dataDir?: string; originalDst?: OriginalDstReader; dns?: DnsInputs } = {}): Promise<TestApp> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'ichidan-test-'));
   const logs: Array<Record<string, unknown>> = [];
   const sinkStream = new Writable({
@@ -53,7 +54,7 @@ export async function startApp(build: (dataDir: string) => ConfigInput, opts: { 
     },
   });
   const config = parseConfig(build(dataDir), 'test');
-  const app = await Ichidan.start(config, createLogger(config.log.level, sinkStream), { originalDst: opts.originalDst });
+  const app = await Ichidan.start(config, createLogger(config.log.level, sinkStream), { originalDst: opts.originalDst, dns: opts.dns });
   return {
     app, dataDir, logs,
     port: (name = 'mx') => app.listener(name).port,

@@ -1,0 +1,64 @@
+import { describe, expect, it } from 'vitest';
+import { LEARN_AFTER, MIN_NORMAL, MxQueryRate, WINDOW } from './admission-mx-rate.js';
+
+/** A clock the test moves, and a rate fed `perSecond` queries each second for `seconds`. */
+function world() {
+  let now = 1_000_000_000;
+  const rate = new MxQueryRate(() => now);
+  const run = (seconds: number, perSecond: number) => {
+    for (let s = 0; s < seconds; s++) {
+      for (let i = 0; i < perSecond; i++) rate.hit();
+      now += 1000;
+    }
+  };
+  return { rate, run, wait: (ms: number) => { now += ms; } };
+}
+
+describe('MX query rate', () => {
+  it('gives no ratio until enough history exists', () => {
+    const { rate, run } = world();
+    run(LEARN_AFTER - 1, 2);
+    expect(rate.ratio()).toBeNull();
+    run(1, 2);
+    expect(rate.ratio()).not.toBeNull();
+  });
+
+  it('learns the normal rate and sees a surge as a multiple of it', () => {
+    const { rate, run } = world();
+    run(1800, 2);
+    expect(rate.normal()).toBeGreaterThan(1.8);
+    // The window holds the current second too, which has only begun.
+    expect(rate.ratio()).toBeGreaterThan(0.85);
+    expect(rate.ratio()).toBeLessThan(1.15);
+    run(WINDOW, 20);
+    expect(rate.ratio()).toBeGreaterThan(8);
+  });
+
+  it('does not take a surge for normal within minutes', () => {
+    const { rate, run } = world();
+    run(1800, 2);
+    run(300, 20);
+    expect(rate.normal()).toBeLessThan(4);
+    expect(rate.ratio()).toBeGreaterThan(5);
+  });
+
+  it('returns to normal when the surge ends', () => {
+    const { rate, run } = world();
+    run(1800, 2);
+    run(60, 20);
+    run(WINDOW, 2);
+    expect(rate.ratio()).toBeLessThan(1.5);
+  });
+
+  it('floors the normal rate, so a few queries on a quiet domain are no surge', () => {
+    const { rate, run, wait } = world();
+    run(LEARN_AFTER, 0);
+    expect(rate.normal()).toBe(MIN_NORMAL);
+    run(1, 2);
+    expect(rate.ratio()).toBeLessThan(3);
+    // A long quiet spell (hours without a query) decays the normal rate without counting each second.
+    wait(6 * 3600_000);
+    expect(rate.current()).toBe(0);
+    expect(rate.normal()).toBe(MIN_NORMAL);
+  });
+});

@@ -1,0 +1,87 @@
+/*
+ * The MX query rate against its normal level: how the DNS responder notices a surge (the paper's
+ * trigger for high-load mode) and what it gives the pressure signals as `mxQueryRatio()`.
+ *
+ * Takes: one `hit()` per MX question answered for a hosted domain, and the clock (injectable).
+ * Gives: `ratio()`: queries per second over the last WINDOW seconds divided by the normal rate, an
+ * exponentially weighted mean of the per-second counts with a time constant of NORMAL_TAU seconds
+ * (the plain mean while less history exists); null until LEARN_AFTER seconds of history exist. Compared with admission.pressure.mxQueries.
+ *
+ * The normal rate is floored at MIN_NORMAL queries per second, so that on a quiet domain a couple
+ * of queries in a row are no surge. While the short-window rate is past SURGE_RATIO times the normal
+ * one, the normal rate learns ten times slower: a flood does not become normal within minutes,
+ * while a lasting change of traffic still does, in an hour or so.
+ */
+
+/** Seconds of the short window the current rate is measured over. */
+export const WINDOW = 10;
+/** Seconds: the normal rate's time constant. */
+export const NORMAL_TAU = 600;
+/** Seconds of history before a ratio is given. */
+export const LEARN_AFTER = 300;
+/** Queries per second the normal rate is never taken to be below. */
+export const MIN_NORMAL = 0.1;
+/** Past this many times the normal rate, the normal rate learns ten times slower. */
+export const SURGE_RATIO = 2;
+
+export class MxQueryRate {
+  readonly #counts = new Array<number>(WINDOW).fill(0);
+  /** The second (since the epoch) the last slot of `#counts` belongs to. */
+  #second: number;
+  readonly #start: number;
+  #normal = 0;
+
+  constructor(private readonly now: () => number = Date.now) {
+    this.#second = Math.floor(now() / 1000);
+    this.#start = this.#second;
+  }
+
+  hit(): void {
+    this.#advance();
+    this.#counts[this.#second % WINDOW]++;
+  }
+
+  /** Queries per second over the last WINDOW seconds (the current, partial second included). */
+  current(): number {
+    this.#advance();
+    const seconds = Math.min(WINDOW, this.#second - this.#start + 1);
+    return this.#counts.reduce((a, b) => a + b, 0) / seconds;
+  }
+
+  /** The learned normal rate (queries per second), or null while too little history exists. */
+  normal(): number | null {
+    this.#advance();
+    return this.#second - this.#start >= LEARN_AFTER ? Math.max(this.#normal, MIN_NORMAL) : null;
+  }
+
+  ratio(): number | null {
+    const normal = this.normal();
+    return normal === null ? null : this.current() / normal;
+  }
+
+  /** Closes every whole second up to now: each one's count feeds the normal rate, its slot is cleared for reuse. */
+  #advance(): void {
+    const second = Math.floor(this.now() / 1000);
+    const alpha = 1 - Math.exp(-1 / NORMAL_TAU);
+    for (let s = this.#second; s < second; s++) {
+      const slot = (s + 1) % WINDOW;
+      if (s - this.#second >= WINDOW) {
+        // A long quiet spell: every further second counted nothing; decay in one step.
+        this.#normal *= (1 - alpha) ** (second - s);
+        break;
+      }
+      const count = this.#counts[s % WINDOW];
+      const seen = s - this.#start + 1;
+      const windowRate = this.#counts.reduce((a, b) => a + b, 0) / Math.min(WINDOW, seen);
+      const surging = seen > LEARN_AFTER && windowRate > SURGE_RATIO * Math.max(this.#normal, MIN_NORMAL);
+      // The plain mean of the seconds seen until there are NORMAL_TAU of them, so the start is not biased to zero.
+      const weight = Math.max(alpha, 1 / seen);
+      this.#normal += (surging ? weight / 10 : weight) * (count - this.#normal);
+      this.#counts[slot] = 0;
+    }
+    if (second > this.#second) {
+      if (second - this.#second >= WINDOW) this.#counts.fill(0);
+      this.#second = second;
+    }
+  }
+}
