@@ -1,0 +1,118 @@
+/*
+ * The receiving systems of the admission benchmark, behind one shape: Ichidan with
+ * `admission.mode` off or on, and a private Postfix with its defaults. Each accepts mail for
+ * bench.test into its queue and delivers nowhere: Ichidan holds it (a `hold` route), Postfix puts
+ * it on its hold queue (an access action at RCPT), so what is measured is admission and intake.
+ *
+ * Takes: which system, the scanning engine Ichidan runs on every message before its 250
+ * (`engineConfig`: rspamd, clamd or none, from the running engines' file), and the learning
+ * settings the benchmark shortens (`senders.flushEvery`).
+ * Gives: a System: the address to send to, the root pid of its process tree (Ichidan's process,
+ * Postfix's master), the lines of its log that name an admission level, `assertRunning()` and
+ * `stop()`. `machineCpu()` and `enginePid()` help say what bounds the capacity.
+ * Network: 127.0.0.1 only; Ichidan has no resolver configured, Postfix's DNS is off.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startIchidan } from './bench-ichidan.js';
+import { startPostfix } from './bench-postfix.js';
+import type { Target } from './bench-admission-load.js';
+
+export type SystemName = 'off' | 'on' | 'postfix';
+export type EngineChoice = 'rspamd' | 'clamd' | 'none';
+
+export const DOMAIN = 'bench.test';
+
+export interface System {
+  name: SystemName;
+  target: Target;
+  rootPid: number;
+  logFile: string;
+  assertRunning(): void;
+  stop(): Promise<void>;
+}
+
+interface EngineEntry { host: string; port: number; pidFile?: string }
+
+function enginesFile(): string {
+  return process.env.ICHIDAN_ENGINES_FILE ?? join(import.meta.dirname, '..', '..', 'var', 'engines', 'daemons.json');
+}
+
+function engineEntry(engine: Exclude<EngineChoice, 'none'>): EngineEntry {
+  const file = enginesFile();
+  if (!existsSync(file)) throw new Error(`${file} not found: run scripts/engines.sh start (or set ICHIDAN_ENGINES_FILE), or BENCH_ENGINE=none`);
+  const entry = (JSON.parse(readFileSync(file, 'utf8')) as Record<string, EngineEntry>)[engine];
+  if (!entry) throw new Error(`${file} has no ${engine} entry`);
+  return entry;
+}
+
+/** Ichidan's `engines` list for the choice. */
+export function engineConfig(engine: EngineChoice): Array<Record<string, unknown>> {
+  if (engine === 'none') return [];
+  const e = engineEntry(engine);
+  return engine === 'rspamd'
+    ? [{ name: 'rspamd', type: 'rspamd', url: `http://${e.host}:${e.port}` }]
+    : [{ name: 'clamav', type: 'clamd', servers: [{ host: e.host, port: e.port }] }];
+}
+
+/** The engine daemon's main pid (its workers are its children), or null when it has no pid file. */
+export function enginePid(engine: EngineChoice): number | null {
+  if (engine === 'none') return null;
+  const pidFile = engineEntry(engine).pidFile;
+  return pidFile && existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : null;
+}
+
+/** Busy CPU seconds of the whole machine so far, all cores (/proc/stat). */
+export function machineCpu(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return (f.reduce((a, b) => a + b, 0) - f[3] - f[4]) / 100;
+}
+
+export async function startSystem(name: SystemName, engine: EngineChoice, flushEvery: string): Promise<System> {
+  if (name === 'postfix') {
+    const pf = await startPostfix('admission', '127.0.0.1', {
+      // Every message goes to the hold queue: accepted and kept, never delivered.
+      smtpd_recipient_restrictions: 'check_client_access static:HOLD',
+    });
+    return {
+      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog,
+      assertRunning: () => {
+        try { process.kill(pf.masterPid, 0); } catch { throw new Error('the Postfix master has exited'); }
+      },
+      stop: () => pf.stop(),
+    };
+  }
+  const ich = await startIchidan({
+    hostname: 'mx.ichidan.bench.test',
+    log: { level: 'info' },
+    tenants: { bench: { domains: [DOMAIN] } },
+    routes: { [DOMAIN]: { hold: true } },
+    engines: engineConfig(engine),
+    admission: { mode: name, senders: { flushEvery } },
+  });
+  return {
+    name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,
+    assertRunning: () => ich.assertRunning(), stop: () => ich.stop(),
+  };
+}
+
+/**
+ * What the system's log says about admission levels: the lines naming a change of level, as
+ * `{ at (ms since the Unix epoch), level, previous?, why? }` in order. Postfix has none.
+ */
+export function levelChanges(system: System): Array<{ at: number; level: string; previous?: string; why?: string }> {
+  if (system.name === 'postfix' || !existsSync(system.logFile)) return [];
+  const out: Array<{ at: number; level: string; previous?: string; why?: string }> = [];
+  for (const line of readFileSync(system.logFile, 'utf8').split('\n')) {
+    if (!line.includes('"previous"')) continue;
+    try {
+      const rec = JSON.parse(line) as Record<string, unknown>;
+      const level = rec.pressure ?? rec.to ?? rec.newLevel ?? rec.admissionLevel;
+      if (typeof level !== 'string') continue;
+      out.push({ at: Date.parse(String(rec.time)), level, previous: rec.previous as string | undefined, why: rec.why as string | undefined });
+    } catch {
+      // not a JSON line
+    }
+  }
+  return out;
+}
