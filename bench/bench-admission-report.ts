@@ -39,6 +39,8 @@ export interface SystemFigures {
     skipped: number;
   };
   rssMb: number;
+  /** Shared pages split among the processes sharing them (Postfix's many smtpd share most of theirs). */
+  pssMb: number;
   cpu: { server: number; engine: number | null; generator: number; machine: number };
   levels: string;
 }
@@ -49,7 +51,7 @@ const latency = (attempts: Attempt[]): Latency => {
 };
 
 export function summarize(system: string, known: Attempt[], flood: Attempt[], floodSkipped: number, phases: Phases,
-  readings: { rssMb: number; cpu: SystemFigures['cpu']; levels: string }): SystemFigures {
+  readings: Pick<SystemFigures, 'rssMb' | 'pssMb' | 'cpu' | 'levels'>): SystemFigures {
   const inFlood = (a: Attempt) => a.at >= phases.floodStart && a.at < phases.floodEnd;
   const before = known.filter((a) => a.at >= phases.warmupEnd && a.at < phases.floodStart);
   const refused = known.filter((a) => a.outcome !== 'accepted');
@@ -90,7 +92,8 @@ export function table(rows: SystemFigures[]): string {
     ['unknown rejected (5xx)', ...rows.map((r) => String(r.unknown.rejected))],
     ['unknown failed (conn. / timeout)', ...rows.map((r) => String(r.unknown.failed))],
     ['unknown not sent (generator cap)', ...rows.map((r) => String(r.unknown.skipped))],
-    ['RSS peak', ...rows.map((r) => `${r.rssMb.toFixed(0)} MB`)],
+    ['RSS peak (sum over processes)', ...rows.map((r) => `${r.rssMb.toFixed(0)} MB`)],
+    ['PSS peak (shared pages split)', ...rows.map((r) => `${r.pssMb.toFixed(0)} MB`)],
     ['CPU: server (of a core)', ...rows.map((r) => pct(r.cpu.server))],
     ['CPU: scanning engine', ...rows.map((r) => pct(r.cpu.engine))],
     ['CPU: generator', ...rows.map((r) => pct(r.cpu.generator))],
@@ -123,7 +126,7 @@ export function plot(series: Array<{ system: string; values: Array<number | null
   const min = Math.floor(Math.min(...all) * 2) / 2, max = Math.max(Math.ceil(Math.max(...all) * 2) / 2, min + 1);
   const format = (x: number) => {
     const v = 10 ** x;
-    return `${v >= 1000 ? `${(v / 1000).toPrecision(2)} s` : `${v.toPrecision(2)} ms`}`.padStart(9);
+    return (v >= 1000 ? `${Number((v / 1000).toPrecision(2))} s` : `${Number(v.toPrecision(2))} ms`).padStart(9);
   };
   const width = Math.max(...series.map((s) => s.values.length));
   const axis = Array.from({ length: width }, (_, s) => (s === floodStartS ? '^' : s === floodEndS ? '^' : s % 10 === 0 ? '|' : '-')).join('');

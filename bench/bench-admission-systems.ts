@@ -71,8 +71,10 @@ export function machineCpu(): number {
 export async function startSystem(name: SystemName, engine: EngineChoice, flushEvery: string): Promise<System> {
   if (name === 'postfix') {
     const pf = await startPostfix('admission', '127.0.0.1', {
-      // Every message goes to the hold queue: accepted and kept, never delivered.
+      // Every message goes to the hold queue: accepted and kept, never delivered. The domain needs
+      // a transport all the same (smtpd refuses recipients whose transport is the error one).
       smtpd_recipient_restrictions: 'check_client_access static:HOLD',
+      transport_maps: `inline:{ ${DOMAIN}=discard: }`,
     });
     return {
       name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog,

@@ -157,13 +157,14 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   await Promise.all([known.stop(S.drainS * 1000), flood.stop(S.drainS * 1000)]);
   system.assertRunning();
   const cpu = meter();
-  const rssMb = memory.stop().rss / 2 ** 20;
+  const peak = memory.stop();
+  const rssMb = peak.rss / 2 ** 20, pssMb = peak.pss / 2 ** 20;
   const changes = levelChanges(system);
   await system.stop();
   const levels = name === 'postfix' ? '-' : changes.length === 0 ? 'none logged'
     : changes.map((c) => `${c.level}@${((c.at - wallStart) / 1000).toFixed(0)}s`).join(' ');
   const phases: Phases = { warmupEnd: S.warmupS * 1000, floodStart, floodEnd };
-  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flood.attempts, flood.skipped, phases, { rssMb, cpu, levels });
+  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flood.attempts, flood.skipped, phases, { rssMb, pssMb, cpu, levels });
   const k = figures.knownFlood, u = figures.unknown;
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
