@@ -46,6 +46,15 @@ export const REPLIES = {
   transferRefused: reply(555, '5.5.4', 'parameter not recognized'),
   scanTempfail: reply(451, '4.7.1', 'message could not be scanned now, try again later'),
   spam: reply(550, '5.7.1', 'message refused as spam'),
+  /** Admission (mta/admission/): what an unknown sender gets while the node is under pressure. */
+  overloaded: reply(421, '4.7.0', 'server busy with other mail, try again later'),
+  overloadedRcpt: reply(451, '4.7.1', 'server busy with other mail, try again later'),
+  reserveFull: reply(421, '4.7.0', 'too many connections, try again later'),
+  busyConnections: reply(421, '4.7.0', 'too many connections from your network while the server is busy, try again later'),
+  busyRate: reply(450, '4.7.1', 'too much mail from your network while the server is busy, try again later'),
+  blockedSender: reply(554, '5.7.1', 'access denied: your network is blocked by this server\'s operator'),
+  intakePaused: reply(452, '4.3.1', 'queue intake paused: insufficient system resources, try again later'),
+  scanBusy: reply(451, '4.3.2', 'too much mail being scanned, try again later'),
   proxyLoop: reply(554, '5.4.6', 'routing loop: this connection comes from the proxy itself'),
   notRedirected: reply(554, '5.4.6', 'no original destination: this connection was not redirected to the proxy'),
 } as const;

@@ -45,6 +45,7 @@ import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
+import { Admission } from './admission/admission.js';
 
 export interface BoundListener {
   name: string;
@@ -94,6 +95,8 @@ export class Ichidan {
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
   readonly drain: Drain;
+  /** Known senders first under pressure (admission/admission.ts). */
+  readonly admission: Admission;
   readonly #clusterDeps: ClusterDeps;
   /** The file `reload()` reads by default (the one the process started from). */
   configFile: string | null = null;
@@ -113,6 +116,12 @@ export class Ichidan {
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.admission = new Admission(config, {
+      senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
+      pressure: { level: 'normal', intake: () => 'open' },
+      count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
+      log,
+    });
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {
@@ -174,7 +183,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -240,6 +249,7 @@ export class Ichidan {
     this.#snapshot = snapshot;
     previous.release();
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    this.admission.apply(config);
     this.queue.reconfigure(config, egress);
     return snap.generation;
   }

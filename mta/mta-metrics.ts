@@ -11,6 +11,7 @@
  *   ichidan_deliveries_in_flight, ichidan_deliveries_waiting
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
+ *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -38,6 +39,7 @@ export interface ProcessMetrics {
   readonly registry: Registry;
   engineEvent(e: EngineEvent): void;
   egressEvent(e: { kind: string; actor: string }): void;
+  admissionDecision(point: string, action: string, reason: string): void;
 }
 
 export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
@@ -84,6 +86,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
   });
+  const admissionDecisions = new Counter({
+    name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
+  });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
     sharedStateMetrics(registers, shared);
@@ -92,6 +97,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     registry,
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
+    admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
   };
 }
 

@@ -33,6 +33,8 @@ describe('edge limits: connections per client', () => {
       listeners: [{ name: 'mx', role: 'mx', port: 0, maxClients: 60 }],
       tenants: { alpha: { domains: ['alpha.test'] } },
       routes: { 'alpha.test': { hold: true } },
+      // The per-address limit alone: no sessions set aside for known senders (test/admission-door.test.ts).
+      admission: { reserve: { sessions: 0 } },
     }));
     const greetings: string[] = [];
     for (let i = 0; i < 70; i++) {

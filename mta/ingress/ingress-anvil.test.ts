@@ -21,6 +21,15 @@ describe('clientKey', () => {
     expect(clientKey('2001:db8:1:2::1', 48)).toBe(clientKey('2001:db8:1:ffff::9', 48));
     expect(clientKey('64:ff9b::192.0.2.1', 128)).toBe('64:ff9b:0:0:0:0:c000:201/128');
   });
+
+  it('keys IPv4 by a network when asked for fewer than 32 bits', () => {
+    expect(clientKey('192.0.2.7', 64, 24)).toBe('192.0.2.0/24');
+    expect(clientKey('::ffff:192.0.2.200', 64, 24)).toBe('192.0.2.0/24');
+    expect(clientKey('198.51.100.130', 64, 25)).toBe('198.51.100.128/25');
+    expect(clientKey('10.1.2.3', 64, 8)).toBe('10.0.0.0/8');
+    expect(clientKey('192.0.2.7', 64, 32)).toBe('192.0.2.7');
+    expect(clientKey('2001:db8:1:2::1', 64, 24)).toBe('2001:db8:1:2:0:0:0:0/64');
+  });
 });
 
 describe('Anvil', () => {

@@ -75,14 +75,24 @@ export class RecentEvents {
 }
 
 /**
- * The key a client is counted under: an IPv4 address (IPv4-mapped IPv6 included) as itself, an
- * IPv6 address as its first `ipv6Prefix` bits ("2001:db8:0:0:0:0:0:0/64"), since one host or site
- * is given a whole /64 and picks a new address from it at will.
+ * The key a client is counted under: an IPv4 address (IPv4-mapped IPv6 included) as itself, or
+ * as its first `ipv4Prefix` bits ("192.0.2.0/24") when that is under 32; an IPv6 address as its
+ * first `ipv6Prefix` bits ("2001:db8:0:0:0:0:0:0/64"), since one host or site is given a whole
+ * /64 and picks a new address from it at will.
  */
-export function clientKey(address: string, ipv6Prefix = 64): string {
+export function clientKey(address: string, ipv6Prefix = 64, ipv4Prefix = 32): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return mapped[1];
-  if (!address.includes(':')) return address;
+  if (mapped || !address.includes(':')) {
+    const v4 = mapped ? mapped[1] : address;
+    if (ipv4Prefix >= 32) return v4;
+    const bytes = v4.split('.').map(Number);
+    if (bytes.length !== 4 || bytes.some((b) => !(b >= 0 && b <= 255))) return v4;
+    const masked = bytes.map((b, i) => {
+      const keep = Math.max(0, Math.min(8, ipv4Prefix - i * 8));
+      return b & (0xff << (8 - keep)) & 0xff;
+    });
+    return `${masked.join('.')}/${ipv4Prefix}`;
+  }
   const groups = ipv6Groups(address);
   if (!groups) return address.toLowerCase();
   const masked = groups.map((g, i) => {

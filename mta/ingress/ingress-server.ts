@@ -28,6 +28,7 @@ import { acceptMessage, type AcceptInput } from '../../queue/accept/accept-step.
 import type { ListenerConfig, Config } from '../mta-config-schema.js';
 import type { Snapshot } from '../mta-snapshot.js';
 import type { AuthGuard } from './ingress-auth.js';
+import type { Admission, DoorDecision } from '../admission/admission.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
 import { buildReceived } from './ingress-received.js';
@@ -52,6 +53,8 @@ export interface ListenerDeps {
   auth: AuthGuard;
   /** True while the node is drained: new connections get 421 4.3.2, new transactions 451 4.3.2. */
   draining: () => boolean;
+  /** Known senders first under pressure (mta/admission/): the door, MAIL FROM, RCPT, scan priority. */
+  admission: Admission;
 }
 
 export class Listener {
@@ -59,13 +62,15 @@ export class Listener {
   readonly #tx = new WeakMap<SMTPServerSession, Transaction>();
   readonly #connections: ConnectionTable;
   readonly #inFlight = new Set<Promise<unknown>>();
+  /** The admission's decision for each connection, from its arrival to its greeting (or refusal). */
+  readonly #door = new Map<string, DoorDecision>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.snapshot();
     const cfg = rt.config;
     const submission = spec.role === 'submission';
     this.#connections = new ConnectionTable(spec.name, deps.snapshot, deps.log);
-    const options: SMTPServerOptions & { greetingDelay: number } = {
+    const options: SMTPServerOptions & { greetingDelay: (c: { id: string; remoteAddress: string }) => number } = {
       name: cfg.hostname,
       banner: 'Ichidan',
       secure: spec.tls === 'implicit',
@@ -84,11 +89,20 @@ export class Listener {
       socketTimeout: cfg.limits.commandTimeout,
       closeTimeout: 30_000,
       maxClients: spec.maxClients,
-      greetingDelay: spec.greetingDelay,
+      // The admission decides as the connection arrives: its wait before the greeting (an unknown
+      // sender's, while busy), or none before a refusal, which onConnect then gives.
+      greetingDelay: (c) => {
+        const decision = deps.admission.connect(c.id, c.remoteAddress, spec, this.server.connections.size - 1);
+        this.#door.set(c.id, decision);
+        return decision.action === 'refuse' ? 0 : Math.max(spec.greetingDelay, decision.delayMs);
+      },
       logger: false,
       // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
       onConnect: (session, cb) => {
         if (deps.draining()) return cb(toSmtpError(REPLIES.draining));
+        const door = this.#door.get(session.id);
+        this.#door.delete(session.id);
+        if (door?.action === 'refuse') return cb(toSmtpError(door.reply));
         const refusal = this.#connections.admit(session);
         if (refusal) return cb(toSmtpError(refusal));
         if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
@@ -153,6 +167,7 @@ export class Listener {
     }, config).then((outcome) => {
       if (outcome.ok) {
         this.deps.log.info(where, 'authenticated');
+        this.deps.admission.authenticated(session.id, outcome.user);
         return this.#connections.answerLater(session.id, outcome.delayMs, () => cb(null, { user: outcome.user }));
       }
       if (outcome.why === 'invalid' || outcome.why === 'blocked') this.#connections.authFailed(session.id);
@@ -166,6 +181,8 @@ export class Listener {
 
   #closed(session: SMTPServerSession): void {
     this.#endTransaction(session);
+    this.#door.delete(session.id);
+    this.deps.admission.closed(session.id);
     this.#connections.closed(session.id);
   }
 
@@ -177,6 +194,8 @@ export class Listener {
     }
     const refusal = (this.deps.draining() ? REPLIES.drainingMail : null)
       ?? this.#connections.mail(session)
+      // Unknown networks' MAIL FROM rate while busy; the queue's intake paused for everyone.
+      ?? this.deps.admission.mail(session.id)
       ?? badAddress
       ?? (transfer.kind === 'refused' ? REPLIES.transferRefused : null)
       // A transfer's sender was judged where the message was first accepted.
@@ -217,6 +236,8 @@ export class Listener {
       return cb();
     }
     if (strayRecipientParameter(args)) return cb(toSmtpError(REPLIES.transferRefused));
+    const deferred = this.deps.admission.rcpt(session.id);
+    if (deferred) return cb(toSmtpError(deferred));
     const decision = tx.snapshot.policy.checkRecipient(address, this.#client(session));
     if (!decision.ok) {
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
@@ -276,6 +297,7 @@ export class Listener {
       },
       clientName: session.clientHostname && !session.clientHostname.startsWith('[') ? session.clientHostname : null,
       snapshot: tx.snapshot,
+      scanSlot: { slots: this.deps.admission.slots, priority: this.deps.admission.priority(session.id) },
       limits: config.limits,
       hostname: config.hostname,
       trace: (queueId) => buildReceived({

@@ -6,7 +6,9 @@
  *             too big (552 5.3.4), a bare CR or LF (550 5.6.0), NUL unless limits.allowNul
  *             (550 5.6.0), a spool write that failed (452 4.3.1 when storage is short, else 451
  *             4.3.0); the structure check runs on the same bytes (accept-structure.ts);
- *   scan      the engines of the transaction's snapshot, with the structure finding (accept-scan.ts);
+ *   scan      the engines of the transaction's snapshot, with the structure finding (accept-scan.ts),
+ *             once a scan slot is free when the caller gives slots (accept-slots.ts; none in time:
+ *             451 4.3.2);
  *   verdict   reject / tempfail: the engines' reply (550 5.7.1, 451 4.7.1; 550 5.6.0 structure);
  *             quarantine: queued and held; accept / tag: queued, or handed back to be relayed;
  *   headers   the verdict's fields in front of the message (accept-headers.ts), after the caller's
@@ -39,6 +41,7 @@ import { receiveInto, type ReceiveResult } from './accept-receive.js';
 import type { AcceptLimits } from './accept-config.js';
 import { verdictFields, verdictStripRule } from './accept-headers.js';
 import { scanSpooled, type ScanSnapshot } from './accept-scan.js';
+import type { ScanPriority, ScanSlots } from './accept-slots.js';
 
 export type { ScanSnapshot } from './accept-scan.js';
 
@@ -63,6 +66,11 @@ export interface AcceptInput {
    * `queueId` (a new one when not given), and not scanned again (it was where it was first accepted).
    */
   transfer?: { queueId?: string };
+  /**
+   * The scan slots this message waits for before its scan (admission: known senders first); its
+   * wait is bounded by limits.dataTimeout, past which the client gets 451 4.3.2 and nothing is kept.
+   */
+  scanSlot?: { slots: ScanSlots; priority: ScanPriority };
 }
 
 /** The message handed back to be relayed: the verdict's fields, then the spool file (or the bytes kept in memory). */
@@ -152,6 +160,15 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
   }
 }
 
+/** A scan slot within `timeoutMs` (its release), or null when none came free in time. */
+async function takeSlot({ slots, priority }: { slots: ScanSlots; priority: ScanPriority }, timeoutMs: number): Promise<(() => void) | null> {
+  try {
+    return await slots.take(priority, AbortSignal.timeout(timeoutMs));
+  } catch {
+    return null;
+  }
+}
+
 /** The refusal the received bytes earn before any engine sees them (null: none). */
 function guardRefusal(received: ReceiveResult, nulAllowed: boolean): { reply: SmtpReply; why: string } | null {
   if (received.oversized) return { reply: REPLIES.tooBig, why: 'message too big' };
@@ -176,7 +193,18 @@ async function judgeAndQueue(input: AcceptInput, writer: SpoolWriter, received: 
         recipients: envelope.recipients.map((r) => r.address), authUser: envelope.authUser,
         tenants: [...new Set(envelope.recipients.map((r) => r.tenant))],
       };
-      const scanned = await scanSpooled(writer, bytes, context, snapshot, input.limits.dataTimeout, structure, (r, runs) => queue.recordLateRuns(r, runs), log);
+      const slot = input.scanSlot ? await takeSlot(input.scanSlot, input.limits.dataTimeout) : () => undefined;
+      if (!slot) {
+        await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a message left unscanned'));
+        log.info({ qid: writer.id, listener: envelope.listener, client: envelope.client, priority: input.scanSlot!.priority }, 'no scan slot in time');
+        return { kind: 'refused', reply: REPLIES.scanBusy };
+      }
+      let scanned;
+      try {
+        scanned = await scanSpooled(writer, bytes, context, snapshot, input.limits.dataTimeout, structure, (r, runs) => queue.recordLateRuns(r, runs), log);
+      } finally {
+        slot();
+      }
       ({ record, written } = scanned);
       const { verdict, reply } = scanned.decision;
       log.info({

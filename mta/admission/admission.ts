@@ -1,0 +1,182 @@
+/*
+ * The admission of one node: the listeners ask it at each connection, MAIL FROM and RCPT; it
+ * answers from the known senders, the pressure level and what it counts itself, and it counts
+ * every decision by reason.
+ *
+ * Takes: the config's `admission` section (and the listeners, for which ones it guards: the
+ *   admission listeners, default every mx listener), the known senders (a client address's and an
+ *   AUTH user's standing), the pressure (level, intake) and a counter of decisions.
+ * Gives: the door's decision at connect (greeting delay or refusal), the refusals at MAIL FROM and
+ *   RCPT (admission-decide.ts says which), each session's scan priority (known senders' messages
+ *   take the scan slots reserved for them), and the scan slots themselves. Submission and proxy
+ *   listeners are not guarded at the door (their senders authenticate), but their sessions still
+ *   get their scan priority and the intake pause.
+ * Memory: one entry per open session, one count per network with open sessions, and one list of
+ *   MAIL FROM times per network seen in the last minute (RecentEvents: bounded, swept).
+ * Settings: admission.* (reloaded with the config).
+ */
+import type { Logger } from 'pino';
+import type { SmtpReply } from '../../base/base-reply.js';
+import { ScanSlots, type ScanPriority, type SlotObserver } from '../../queue/accept/accept-slots.js';
+import type { Config, ListenerConfig } from '../mta-config-schema.js';
+import { clientKey, RecentEvents } from '../ingress/ingress-anvil.js';
+import { decideDoor, decideMail, decideRcpt, isKnown, type DoorDecision, type Level, type Standing } from './admission-decide.js';
+
+export type { DoorDecision } from './admission-decide.js';
+
+export type { Level, Standing } from './admission-decide.js';
+
+/** Where a decision was made. */
+export type DecisionPoint = 'connect' | 'mail' | 'rcpt' | 'auth';
+
+/** The known senders, as the door asks them. */
+export interface SenderStandings {
+  standing(address: string): Standing;
+  standingOf(kind: 'user', key: string): Standing;
+}
+
+/** The pressure, as the door reads it. */
+export interface PressureReading {
+  readonly level: Level;
+  intake(): 'open' | 'paused';
+}
+
+export interface AdmissionDeps {
+  senders: SenderStandings;
+  pressure: PressureReading;
+  /** Counts one decision (the metrics). */
+  count(point: DecisionPoint, action: 'greet' | 'delay' | 'refuse' | 'go', reason: string): void;
+  /** Hears each scan slot wait and scan (the pressure's scan signals). */
+  slots?: SlotObserver;
+  log: Logger;
+}
+
+interface SessionEntry {
+  listener: string;
+  address: string;
+  network: string;
+  standing: Standing;
+  deferRcpt: boolean;
+  guarded: boolean;
+}
+
+const MINUTE = 60_000;
+
+export class Admission {
+  readonly slots: ScanSlots;
+  #config: Config;
+  #guarded = new Set<string>();
+  readonly #sessions = new Map<string, SessionEntry>();
+  readonly #networkOpen = new Map<string, number>();
+  readonly #mails = new RecentEvents();
+
+  constructor(config: Config, private readonly deps: AdmissionDeps) {
+    this.#config = config;
+    this.slots = new ScanSlots(config.admission.scans, config.admission.reserve.scans, deps.slots);
+    this.apply(config);
+  }
+
+  apply(config: Config): void {
+    this.#config = config;
+    const named = config.admission.listeners;
+    this.#guarded = new Set(config.listeners.filter((l) => (named ? named.includes(l.name) : l.role === 'mx')).map((l) => l.name));
+    this.slots.resize(config.admission.scans, config.admission.reserve.scans);
+  }
+
+  /** Whether the door decides on this listener's connections. */
+  guards(listener: ListenerConfig): boolean {
+    return this.#guarded.has(listener.name);
+  }
+
+  #network(address: string): string {
+    const s = this.#config.admission.senders;
+    return clientKey(address, s.ipv6Prefix, s.ipv4Prefix);
+  }
+
+  /**
+   * A new connection, before its greeting: the decision for it (a guarded listener) or a plain
+   * greeting. `open` counts the listener's sessions without this one. The session is followed
+   * until `closed`, whatever the decision.
+   */
+  connect(id: string, address: string, listener: ListenerConfig, open: number): DoorDecision {
+    const network = this.#network(address);
+    const standing = this.deps.senders.standing(address);
+    const guarded = this.guards(listener);
+    const entry: SessionEntry = { listener: listener.name, address, network, standing, deferRcpt: false, guarded };
+    this.#sessions.set(id, entry);
+    this.#networkOpen.set(network, (this.#networkOpen.get(network) ?? 0) + 1);
+    if (!guarded) return { action: 'greet', delayMs: 0, reason: 'not_guarded', deferRcpt: false };
+    const decision = decideDoor({
+      level: this.deps.pressure.level, standing, open, limit: listener.maxClients,
+      networkOpen: (this.#networkOpen.get(network) ?? 1) - 1,
+    }, this.#config.admission);
+    if (decision.action === 'greet') entry.deferRcpt = decision.deferRcpt;
+    const action = decision.action === 'refuse' ? 'refuse' : decision.delayMs > 0 ? 'delay' : 'greet';
+    this.deps.count('connect', action, decision.reason);
+    if (decision.action === 'refuse') {
+      this.deps.log.info({ listener: listener.name, client: address, standing, level: this.deps.pressure.level, reason: decision.reason }, 'connection refused by admission');
+    }
+    return decision;
+  }
+
+  /** The session authenticated: a known user's session is a known sender from now on. */
+  authenticated(id: string, user: string): void {
+    const entry = this.#sessions.get(id);
+    if (!entry || isKnown(entry.standing)) return;
+    const byUser = this.deps.senders.standingOf('user', user);
+    if (isKnown(byUser)) {
+      entry.standing = byUser;
+      entry.deferRcpt = false;
+      this.deps.count('auth', 'go', 'known_user');
+    }
+  }
+
+  /** At MAIL FROM: null to go on, else the refusal (the intake pause applies on every listener). */
+  mail(id: string): SmtpReply | null {
+    const entry = this.#sessions.get(id);
+    if (!entry) return null;
+    const level = this.deps.pressure.level;
+    const networkMails = entry.guarded && !isKnown(entry.standing) ? this.#mails.add(entry.network, MINUTE) : 0;
+    const d = decideMail({ level: entry.guarded ? level : 'normal', standing: entry.standing, intake: this.deps.pressure.intake(), networkMails }, this.#config.admission);
+    if (!d) return null;
+    this.deps.count('mail', d.reply ? 'refuse' : 'go', d.reason);
+    if (d.reply) this.deps.log.info({ listener: entry.listener, client: entry.address, standing: entry.standing, level, reason: d.reason }, 'transaction deferred by admission');
+    return d.reply;
+  }
+
+  /** At RCPT: null to go on, else the 451. */
+  rcpt(id: string): SmtpReply | null {
+    const entry = this.#sessions.get(id);
+    if (!entry?.guarded) return null;
+    const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing, deferRcpt: entry.deferRcpt }, this.#config.admission);
+    if (!d) return null;
+    this.deps.count('rcpt', d.reply ? 'refuse' : 'go', d.reason);
+    return d.reply;
+  }
+
+  /** The scan priority of this session's messages. */
+  priority(id: string): ScanPriority {
+    const entry = this.#sessions.get(id);
+    return entry && isKnown(entry.standing) ? 'known' : 'unknown';
+  }
+
+  /** What the admission knows of a session, for the learning that follows its messages. */
+  session(id: string): { address: string; standing: Standing } | null {
+    const entry = this.#sessions.get(id);
+    return entry ? { address: entry.address, standing: entry.standing } : null;
+  }
+
+  closed(id: string): void {
+    const entry = this.#sessions.get(id);
+    if (!entry) return;
+    this.#sessions.delete(id);
+    const open = (this.#networkOpen.get(entry.network) ?? 1) - 1;
+    if (open > 0) this.#networkOpen.set(entry.network, open);
+    else this.#networkOpen.delete(entry.network);
+  }
+
+  /** Sessions followed now (tests, status). */
+  get sessions(): number {
+    return this.#sessions.size;
+  }
+}
