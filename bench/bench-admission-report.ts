@@ -41,7 +41,8 @@ export interface SystemFigures {
   rssMb: number;
   /** Shared pages split among the processes sharing them (Postfix's many smtpd share most of theirs). */
   pssMb: number;
-  cpu: { server: number; engine: number | null; generator: number; machine: number };
+  /** Shares of a core over the system's run (server, engine, generator, others); machine: of all cores. */
+  cpu: { server: number; engine: number | null; generator: number; others: number; machine: number };
   levels: string;
 }
 
@@ -97,6 +98,7 @@ export function table(rows: SystemFigures[]): string {
     ['CPU: server (of a core)', ...rows.map((r) => pct(r.cpu.server))],
     ['CPU: scanning engine', ...rows.map((r) => pct(r.cpu.engine))],
     ['CPU: generator', ...rows.map((r) => pct(r.cpu.generator))],
+    ['CPU: other processes', ...rows.map((r) => pct(r.cpu.others))],
     ['CPU: whole machine (of all cores)', ...rows.map((r) => pct(r.cpu.machine))],
     ['admission levels', ...rows.map((r) => r.levels)],
   ];

@@ -13,6 +13,7 @@
  * Network: 127.0.0.1 only; Ichidan has no resolver configured, Postfix's DNS is off.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { startIchidan } from './bench-ichidan.js';
 import { startPostfix } from './bench-postfix.js';
@@ -28,6 +29,8 @@ export interface System {
   target: Target;
   rootPid: number;
   logFile: string;
+  /** The admission metrics (`ichidan_admission_*` lines of GET /metrics on the admin socket); none for Postfix. */
+  admissionMetrics(): Promise<string[]>;
   assertRunning(): void;
   stop(): Promise<void>;
 }
@@ -77,7 +80,7 @@ export async function startSystem(name: SystemName, engine: EngineChoice, flushE
       transport_maps: `inline:{ ${DOMAIN}=discard: }`,
     });
     return {
-      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog,
+      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog, admissionMetrics: async () => [],
       assertRunning: () => {
         try { process.kill(pf.masterPid, 0); } catch { throw new Error('the Postfix master has exited'); }
       },
@@ -94,8 +97,22 @@ export async function startSystem(name: SystemName, engine: EngineChoice, flushE
   });
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,
+    admissionMetrics: async () => (await getText(join(ich.dir, 'admin.sock'), '/metrics')).split('\n').filter((l) => l.startsWith('ichidan_admission_')),
     assertRunning: () => ich.assertRunning(), stop: () => ich.stop(),
   };
+}
+
+/** A GET over a unix socket (the admin API), its body as text. */
+function getText(socketPath: string, path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path, method: 'GET' }, (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (c: Buffer) => parts.push(c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(parts).toString()) : reject(new Error(`GET ${path}: ${res.statusCode}`))));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /**

@@ -28,7 +28,7 @@
  *   BENCH_POSTFIX=0 leaves Postfix out. About 4-5 minutes with the defaults.
  * Network: everything on 127.0.0.0/8; no DNS is configured anywhere.
  */
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Clock, floodAddress, knownAddress, messageBody, network24, Pacer, saturate, type Attempt, type SenderPlan, type Target } from './bench-admission-load.js';
@@ -82,10 +82,9 @@ function cpuMeter(rootPid: number, engine: number | null) {
     const end = read();
     const s = (end.at - start.at) / 1000;
     const share = (a: number, b: number) => (100 * (a - b)) / s;
-    return {
-      server: share(end.server, start.server), engine: end.engine === null ? null : share(end.engine, start.engine!),
-      generator: share(end.generator, start.generator), machine: share(end.machine, start.machine) / cpus().length,
-    };
+    const server = share(end.server, start.server), engine = end.engine === null ? null : share(end.engine, start.engine!);
+    const generator = share(end.generator, start.generator), machine = share(end.machine, start.machine);
+    return { server, engine, generator, others: Math.max(0, machine - server - (engine ?? 0) - generator), machine: machine / cpus().length };
   };
 }
 
@@ -129,14 +128,23 @@ async function probes(): Promise<{ generator: Probe; ichidan: Probe; postfix: Pr
 }
 
 function describeBound(p: Probe): string {
-  const others = Math.max(0, p.cpu.machine * cpus().length - p.cpu.server - (p.cpu.engine ?? 0) - p.cpu.generator);
   const parts = [`Ichidan ${p.cpu.server.toFixed(0)} % of a core (busiest thread: ${p.busiestThread ?? '?'})`,
     ...(p.cpu.engine === null ? [] : [`${ENGINE} ${p.cpu.engine.toFixed(0)} %`]), `generator ${p.cpu.generator.toFixed(0)} %`,
-    `other processes ${others.toFixed(0)} %`, `machine ${p.cpu.machine.toFixed(0)} % busy of ${cpus().length} cores`];
+    `other processes ${p.cpu.others.toFixed(0)} %`, `machine ${p.cpu.machine.toFixed(0)} % busy of ${cpus().length} cores`];
   const bound = p.cpu.machine >= 90 ? 'the machine\'s CPU (every core busy)'
     : /ichidan|node|main/i.test(p.busiestThread ?? '') && Number(/(\d+) %/.exec(p.busiestThread ?? '')?.[1]) >= 90 ? 'Ichidan\'s main thread'
       : `waiting on ${ENGINE === 'none' ? 'the spool (fsync)' : ENGINE} (neither Ichidan's thread nor the machine saturated)`;
   return `${parts.join(', ')}; bound by ${bound}`;
+}
+
+/** `point/action/reason n` of every admission decision counted, most first. */
+function decisionCounts(lines: string[]): string {
+  return lines.map((l) => /^ichidan_admission_decisions_total\{(.*)\} (\d+)/.exec(l)).filter((m) => m !== null)
+    .map((m) => {
+      const label = (k: string) => new RegExp(`${k}="([^"]*)"`).exec(m[1])?.[1] ?? '?';
+      return { name: `${label('point')}/${label('action')}/${label('reason')}`, n: Number(m[2]) };
+    })
+    .sort((a, b) => b.n - a.n).map((d) => `${d.name} ${d.n}`).join(', ');
 }
 
 interface SystemRun { figures: SystemFigures; known: Attempt[] }
@@ -160,6 +168,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const peak = memory.stop();
   const rssMb = peak.rss / 2 ** 20, pssMb = peak.pss / 2 ** 20;
   const changes = levelChanges(system);
+  const decisions = decisionCounts(await system.admissionMetrics());
   await system.stop();
   const levels = name === 'postfix' ? '-' : changes.length === 0 ? 'none logged'
     : changes.map((c) => `${c.level}@${((c.at - wallStart) / 1000).toFixed(0)}s`).join(' ');
@@ -168,12 +177,14 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const k = figures.knownFlood, u = figures.unknown;
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
+  if (decisions) console.log(`    admission decisions: ${decisions}`);
   return { figures, known: known.attempts };
 }
 
 async function main(): Promise<void> {
   cleanUpOnSignals();
-  console.log(`admission benchmark: ${cpus().length} cores, Node ${process.version}, engine ${ENGINE}, ${S.size}-byte messages, one per connection`);
+  console.log(`admission benchmark: ${cpus().length} cores (load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}), Node ${process.version}, `
+    + `engine ${ENGINE}, ${S.size}-byte messages, one per connection`);
   console.log('step 1: what each can take (closed loop, '
     + `${S.probeSessions} senders for ${S.probeS} s)`);
   const p = await probes();

@@ -123,7 +123,7 @@ describe('the figures', () => {
   const known = [at(0, 500), at(2, 10), at(2, 20), at(3, 30), at(6, 100), at(7, 400), at(7, 0, 'deferred', 'connect'), at(9, 5, 'failed', 'connect')];
   const flood = [at(5, 50), at(6, 3, 'deferred', 'connect'), at(6, 4, 'deferred', 'rcpt'), at(7, 1, 'rejected', 'rcpt'), at(8, 9, 'failed')];
   const f = summarize('ichidan on', known, flood, 7, { warmupEnd: 1000, floodStart: 5000, floodEnd: 9000 }, {
-    rssMb: 123, pssMb: 100, cpu: { server: 50, engine: null, generator: 5, machine: 60 }, levels: 'overload@6s',
+    rssMb: 123, pssMb: 100, cpu: { server: 50, engine: null, generator: 5, others: 65, machine: 60 }, levels: 'overload@6s',
   });
 
   it('splits known senders before and during the flood, warm-up left out, and counts what was not accepted', () => {
