@@ -121,8 +121,16 @@ export function perSecond(known: Attempt[], seconds: number): Array<number | nul
   return worst.map((v) => (last = v ?? last));
 }
 
-/** One panel per system, every panel on the same log10 scale, and a time axis marking the flood. */
-export function plot(series: Array<{ system: string; values: Array<number | null> }>, floodStartS: number, floodEndS: number): string {
+const LEVEL_MARK: Record<string, string> = { normal: 'n', busy: 'b', overload: 'O' };
+
+/** A second's admission level as one character: n normal, b busy, O overload, ? not read. */
+export const levelStrip = (levels: Array<string | null>) => levels.map((l) => (l === null ? '?' : LEVEL_MARK[l] ?? '?')).join('');
+
+/**
+ * One panel per system, every panel on the same log10 scale, and a time axis marking the flood;
+ * under a panel with `levels`, the admission level of each second (levelStrip).
+ */
+export function plot(series: Array<{ system: string; values: Array<number | null>; levels?: Array<string | null> }>, floodStartS: number, floodEndS: number): string {
   const logs = series.map((s) => s.values.map((v) => Math.log10(Math.max(1, v ?? 1))));
   const all = logs.flat();
   const min = Math.floor(Math.min(...all) * 2) / 2, max = Math.max(Math.ceil(Math.max(...all) * 2) / 2, min + 1);
@@ -139,7 +147,9 @@ export function plot(series: Array<{ system: string; values: Array<number | null
     out.push(`${s.system}: known senders, slowest accepted message per second (log scale)`);
     out.push(asciichart.plot(logs[i], { min, max, height: 8, format }));
     out.push(`${' '.repeat(11)}${axis}`);
+    if (s.levels) out.push(`${'level'.padStart(9)}  ${levelStrip(s.levels)}`);
   });
-  out.push(`${' '.repeat(11)}${labels.join('')} s   (^ flood from ${floodStartS} s to ${floodEndS} s)`);
+  out.push(`${' '.repeat(11)}${labels.join('')} s   (^ flood from ${floodStartS} s to ${floodEndS} s`
+    + `${series.some((s) => s.levels) ? '; level: n normal, b busy, O overload, ? not read' : ''})`);
   return out.join('\n');
 }

@@ -29,6 +29,8 @@ export interface System {
   target: Target;
   rootPid: number;
   logFile: string;
+  /** GET /v1/admission: the level now and whether pressure is measured; null for Postfix, or when it does not answer within 800 ms. */
+  admissionLevel(): Promise<{ level: string; measuring: boolean } | null>;
   /** The admission metrics (`ichidan_admission_*` lines of GET /metrics on the admin socket); none for Postfix. */
   admissionMetrics(): Promise<string[]>;
   assertRunning(): void;
@@ -80,7 +82,7 @@ export async function startSystem(name: SystemName, engine: EngineChoice, flushE
       transport_maps: `inline:{ ${DOMAIN}=discard: }`,
     });
     return {
-      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog, admissionMetrics: async () => [],
+      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog, admissionMetrics: async () => [], admissionLevel: async () => null,
       assertRunning: () => {
         try { process.kill(pf.masterPid, 0); } catch { throw new Error('the Postfix master has exited'); }
       },
@@ -98,37 +100,45 @@ export async function startSystem(name: SystemName, engine: EngineChoice, flushE
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,
     admissionMetrics: async () => (await getText(join(ich.dir, 'admin.sock'), '/metrics')).split('\n').filter((l) => l.startsWith('ichidan_admission_')),
+    admissionLevel: async () => {
+      try {
+        const status = JSON.parse(await getText(join(ich.dir, 'admin.sock'), '/v1/admission', 800)) as { level?: unknown; measuring?: unknown };
+        return typeof status.level === 'string' ? { level: status.level, measuring: status.measuring !== false } : null;
+      } catch {
+        return null; // no such route in this build, or too slow to answer under the load
+      }
+    },
     assertRunning: () => ich.assertRunning(), stop: () => ich.stop(),
   };
 }
 
 /** A GET over a unix socket (the admin API), its body as text. */
-function getText(socketPath: string, path: string): Promise<string> {
+function getText(socketPath: string, path: string, timeoutMs = 10_000): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path, method: 'GET' }, (res) => {
+    const req = request({ socketPath, path, method: 'GET', timeout: timeoutMs }, (res) => {
       const parts: Buffer[] = [];
       res.on('data', (c: Buffer) => parts.push(c));
       res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(parts).toString()) : reject(new Error(`GET ${path}: ${res.statusCode}`))));
     });
     req.on('error', reject);
+    req.on('timeout', () => req.destroy(new Error(`GET ${path}: no answer within ${timeoutMs} ms`)));
     req.end();
   });
 }
 
 /**
- * What the system's log says about admission levels: the lines naming a change of level, as
- * `{ at (ms since the Unix epoch), level, previous?, why? }` in order. Postfix has none.
+ * The changes of admission level the system's log names (`pressure normal → busy: why`), in
+ * order, each with its time (ms since the Unix epoch). Postfix has none.
  */
-export function levelChanges(system: System): Array<{ at: number; level: string; previous?: string; why?: string }> {
+export function levelChanges(system: System): Array<{ at: number; level: string; previous: string; why: string }> {
   if (system.name === 'postfix' || !existsSync(system.logFile)) return [];
-  const out: Array<{ at: number; level: string; previous?: string; why?: string }> = [];
+  const out: Array<{ at: number; level: string; previous: string; why: string }> = [];
   for (const line of readFileSync(system.logFile, 'utf8').split('\n')) {
-    if (!line.includes('"previous"')) continue;
+    if (!line.includes('"pressure ')) continue;
     try {
-      const rec = JSON.parse(line) as Record<string, unknown>;
-      const level = rec.pressure ?? rec.to ?? rec.newLevel ?? rec.admissionLevel;
-      if (typeof level !== 'string') continue;
-      out.push({ at: Date.parse(String(rec.time)), level, previous: rec.previous as string | undefined, why: rec.why as string | undefined });
+      const rec = JSON.parse(line) as { time?: unknown; msg?: unknown };
+      const m = /^pressure (\w+) → (\w+): (.*)$/s.exec(String(rec.msg));
+      if (m) out.push({ at: typeof rec.time === 'number' ? rec.time : Date.parse(String(rec.time)), previous: m[1], level: m[2], why: m[3] });
     } catch {
       // not a JSON line
     }

@@ -147,7 +147,21 @@ function decisionCounts(lines: string[]): string {
     .sort((a, b) => b.n - a.n).map((d) => `${d.name} ${d.n}`).join(', ');
 }
 
-interface SystemRun { figures: SystemFigures; known: Attempt[] }
+interface SystemRun { figures: SystemFigures; known: Attempt[]; levels: Array<string | null> | null }
+
+/** The admission level once a second (GET /v1/admission), by second of the run, until stopped. */
+function sampleLevels(system: System, clock: Clock): { stop(): Array<string | null> | null } {
+  const levels: Array<string | null> = [];
+  let measured = false;
+  const timer = setInterval(() => {
+    const s = Math.floor(clock.now() / 1000);
+    system.admissionLevel().then((r) => {
+      if (r?.measuring) measured = true;
+      levels[s] = r?.level ?? null;
+    }, () => undefined);
+  }, 1000);
+  return { stop: () => { clearInterval(timer); return measured ? Array.from(levels, (l) => l ?? null) : null; } };
+}
 
 async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun> {
   const system: System = await startSystem(name, ENGINE, FLUSH_EVERY);
@@ -155,6 +169,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const meter = cpuMeter(system.rootPid, name === 'postfix' ? null : enginePid(ENGINE));
   const clock = new Clock();
   const wallStart = Date.now();
+  const levelSampler = sampleLevels(system, clock);
   const known = new Pacer(knownPlan(system.target), clock, S.knownRate);
   await sleep(S.normalS * 1000 - clock.now());
   system.assertRunning();
@@ -165,20 +180,22 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   await Promise.all([known.stop(S.drainS * 1000), flood.stop(S.drainS * 1000)]);
   system.assertRunning();
   const cpu = meter();
+  const levels = levelSampler.stop();
   const peak = memory.stop();
   const rssMb = peak.rss / 2 ** 20, pssMb = peak.pss / 2 ** 20;
   const changes = levelChanges(system);
   const decisions = decisionCounts(await system.admissionMetrics());
   await system.stop();
-  const levels = name === 'postfix' ? '-' : changes.length === 0 ? 'none logged'
+  const levelText = name === 'postfix' ? '-' : changes.length === 0 ? 'no change logged'
     : changes.map((c) => `${c.level}@${((c.at - wallStart) / 1000).toFixed(0)}s`).join(' ');
   const phases: Phases = { warmupEnd: S.warmupS * 1000, floodStart, floodEnd };
-  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flood.attempts, flood.skipped, phases, { rssMb, pssMb, cpu, levels });
+  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flood.attempts, flood.skipped, phases, { rssMb, pssMb, cpu, levels: levelText });
   const k = figures.knownFlood, u = figures.unknown;
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
   if (decisions) console.log(`    admission decisions: ${decisions}`);
-  return { figures, known: known.attempts };
+  for (const c of changes) console.log(`    ${((c.at - wallStart) / 1000).toFixed(1).padStart(5)} s  ${c.previous} → ${c.level}: ${c.why}`);
+  return { figures, known: known.attempts, levels };
 }
 
 async function main(): Promise<void> {
@@ -201,7 +218,7 @@ async function main(): Promise<void> {
   const rows = SYSTEMS.map((n) => runs[n]!.figures);
   console.log(`\n${table(rows)}\n`);
   const seconds = S.normalS + S.floodS + S.drainS;
-  console.log(plot(SYSTEMS.map((n) => ({ system: runs[n]!.figures.system, values: perSecond(runs[n]!.known, seconds) })), S.normalS, S.normalS + S.floodS));
+  console.log(plot(SYSTEMS.map((n) => ({ system: runs[n]!.figures.system, values: perSecond(runs[n]!.known, seconds), levels: runs[n]!.levels ?? undefined })), S.normalS, S.normalS + S.floodS));
   const on = runs.on?.figures;
   if (on) {
     const ratio = on.knownFlood.p99 / on.knownBefore.p99;

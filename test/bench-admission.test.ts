@@ -6,7 +6,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Clock, floodAddress, knownAddress, messageBody, network24, Pacer, sendOne, type Attempt, type Envelope } from '../bench/bench-admission-load.js';
-import { perSecond, plot, summarize, table } from '../bench/bench-admission-report.js';
+import { levelStrip, perSecond, plot, summarize, table } from '../bench/bench-admission-report.js';
 
 type Script = (socket: Socket, line: string, n: number) => void;
 
@@ -139,9 +139,11 @@ describe('the figures', () => {
     const t = table([f, { ...f, system: 'postfix' }]);
     expect(t).toMatch(/known p99 during \/ before\s+13\.33x\s+13\.33x/);
     expect(t).toContain('2 (1 at connect)');
-    const p = plot([{ system: 'ichidan on', values: perSecond(known, 9) }, { system: 'postfix', values: [null, null, 5, 5, 5, 5, 5, 5, 5] }], 5, 9);
+    expect(levelStrip(['normal', 'busy', 'overload', null])).toBe('nbO?');
+    const p = plot([{ system: 'ichidan on', values: perSecond(known, 9), levels: ['normal', 'busy', 'overload', 'overload', null] }, { system: 'postfix', values: [null, null, 5, 5, 5, 5, 5, 5, 5] }], 5, 9);
     expect(p).toContain('ichidan on: known senders');
     expect(p).toContain('postfix: known senders');
     expect(p).toContain('flood from 5 s to 9 s');
+    expect(p).toMatch(/level {2}nbOO\?/);
   });
 });
