@@ -23,6 +23,8 @@ export interface ClusterDeps {
   /** Where this node takes mail from peers (its first MX listener), once bound. */
   smtp: () => { address: string; port: number } | undefined;
   draining: () => boolean;
+  /** This node's pressure level (admission/admission-pressure.ts), which peers and the DNS responder read. */
+  level?: () => 'normal' | 'busy' | 'overload';
 }
 
 const COUNT_EVERY_MS = 10_000;
@@ -65,7 +67,7 @@ export function localStatus(config: Config, deps: ClusterDeps): ClusterStatus {
     node,
     local: {
       node, host: hostname(), pid: process.pid, smtp: deps.smtp(), startedAt: 0, active: q?.scheduler.active ?? 0, waiting: q?.scheduler.waiting ?? 0,
-      queue, draining: deps.draining(), loopDelayMs: null, rssMb: Math.round(process.memoryUsage.rss() / 1048576), leases: 0,
+      queue, draining: deps.draining(), level: deps.level?.(), loopDelayMs: null, rssMb: Math.round(process.memoryUsage.rss() / 1048576), leases: 0,
     },
     redis: null,
     nodes: null,
@@ -162,6 +164,7 @@ export class Cluster {
       waiting: queue?.scheduler.waiting ?? 0,
       queue: this.#counts.value,
       draining: this.deps.draining(),
+      level: this.deps.level?.(),
       leases: queue?.gate?.holdings().reduce((n, h) => n + h.held, 0) ?? 0,
       loopDelayMs: Math.round(delay * 10) / 10,
       rssMb: Math.round(process.memoryUsage.rss() / 1048576),

@@ -8,7 +8,8 @@
  *   (mta-reload.ts), the SMTP listeners (ingress/, mail accepted into `queue/` after
  *   `engines/` had their say) and the transparent proxy listeners (proxy/); `reconfigure`, which
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
- *   close the queue. Metrics are registered in mta-metrics.ts.
+ *   close the queue. Metrics are registered in mta-metrics.ts. `pressure` (admission/admission-pressure.ts)
+ *   measures this node's load once the listeners are up, unless admission.mode is off.
  * Reads: the config file (reload), the TLS key and certificate, the data folder.
  * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
  *   submission and proxy, on loopback in the default), the admin
@@ -45,6 +46,7 @@ import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
+import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admission-pressure.js';
 import { Admission } from './admission/admission.js';
 
 export interface BoundListener {
@@ -95,6 +97,8 @@ export class Ichidan {
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
   readonly drain: Drain;
+  /** This node's pressure level and signals (admission/admission-pressure.ts); read only while admission.mode is not off. */
+  readonly pressure: Pressure;
   /** Known senders first under pressure (admission/admission.ts). */
   readonly admission: Admission;
   readonly #clusterDeps: ClusterDeps;
@@ -106,7 +110,10 @@ export class Ichidan {
   private constructor(config: Config, readonly queue: Queue, readonly log: Logger, private readonly sessions: SmtpPool, clusterDeps: ClusterDeps) {
     this.#handle = new ConfigHandle(config);
     this.#clusterDeps = clusterDeps;
-    const metrics = processMetrics({ engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null });
+    const metrics = processMetrics({
+      engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
+      pressure: () => this.pressure,
+    });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);
@@ -115,10 +122,21 @@ export class Ichidan {
       queue.records.recordEngineEvent(e);
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
+    queue.spool.fsyncs.onSample = (ms) => metrics.fsync(ms);
+    const scanTimes = new ScanTimings();
+    this.pressure = new Pressure(config.admission.pressure, {
+      sessions: () => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec))),
+      scans: () => scanTimes.p90(this.config.admission.pressure.interval),
+    }, {
+      fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),
+      diskFree: () => queue.diskFree(),
+    }, log);
+    this.pressure.on('level', (to) => metrics.levelChange(to));
     this.#snapshot = buildSnapshot(1, config, this.engines, log);
     this.admission = new Admission(config, {
       senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
-      pressure: { level: 'normal', intake: () => 'open' },
+      pressure: this.pressure,
+      slots: scanTimes,
       count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
       log,
     });
@@ -130,6 +148,11 @@ export class Ichidan {
         void this.cluster?.nodes.beat();
       },
     });
+  }
+
+  /** `ichidan admission status` (admin/admin-admission.ts). */
+  admissionStatus(): AdmissionStatus {
+    return { mode: this.config.admission.mode, measuring: this.pressure.running, ...this.pressure.status() };
   }
 
   /** `ichidan cluster status` (mta-cluster.ts). */
@@ -162,6 +185,7 @@ export class Ichidan {
         return mx && { address: mx.address, port: mx.port };
       },
       draining: () => app?.draining ?? false,
+      level: () => app?.pressure.level ?? 'normal',
     };
     const cluster = await Cluster.join(config, clusterDeps, log);
     const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log, cluster?.shared);
@@ -189,6 +213,7 @@ export class Ichidan {
       app.bound.push({ name: spec.name, role: spec.role, ...where });
       log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
     }
+    if (config.admission.mode !== 'off') app.pressure.start();
     return app;
   }
 
@@ -251,6 +276,9 @@ export class Ichidan {
     for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
     this.admission.apply(config);
     this.queue.reconfigure(config, egress);
+    this.pressure.apply(config.admission.pressure);
+    if (config.admission.mode === 'off') this.pressure.stop();
+    else this.pressure.start();
     return snap.generation;
   }
 
@@ -263,6 +291,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
+    this.pressure.stop();
     await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();
@@ -275,3 +304,16 @@ export class Ichidan {
   }
 }
 
+/**
+ * Admission's sessions signal: connections open on the admission listeners (those the door guards:
+ * admission.listeners, or every mx listener) against the sum of their maxClients.
+ */
+function admissionSessions(listeners: readonly Listener[]): { open: number; limit: number } {
+  let open = 0;
+  let limit = 0;
+  for (const l of listeners) {
+    open += (l.server as unknown as { connections: { size: number } }).connections.size;
+    limit += l.spec.maxClients;
+  }
+  return { open, limit };
+}

@@ -11,6 +11,12 @@
  *   ichidan_deliveries_in_flight, ichidan_deliveries_waiting
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
+ *   ichidan_spool_fsync_seconds                     histogram of each spool fsync (file or folder)
+ *   with admission's pressure (admission/admission-pressure.ts):
+ *   ichidan_admission_level                         0 normal, 1 busy, 2 overload
+ *   ichidan_admission_signal{signal}                each signal's last value (ms, a share or a multiple)
+ *   ichidan_admission_signal_level{signal}          each signal's own level (0, 1, 2)
+ *   ichidan_admission_level_changes_total{to}       changes of level, by the level entered
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
@@ -21,11 +27,13 @@
  *   ichidan_cluster_state_changes_total{direction}  shared state (mta-shared.ts): changes published, applied from other nodes
  *   ichidan_cluster_state_reloads_total, ichidan_cluster_state_unpublished, ichidan_cluster_state_synced
  */
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EngineEvent, EngineInfo } from '../engines/index.js';
 import type { Queue } from '../queue/index.js';
 import type { ClusterState } from '../queue/cluster/cluster-state.js';
 import type { Cluster } from './mta-cluster.js';
+import { rank, type Level } from './admission/admission-levels.js';
+import type { Pressure } from './admission/admission-pressure.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
@@ -33,16 +41,22 @@ export interface MetricSources {
   cluster?: () => Cluster | null;
   /** The shared state, in a cluster. */
   shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
+  /** Admission's pressure, once started (null while admission.mode is off). */
+  pressure?: () => Pick<Pressure, 'level' | 'signals'> | null;
 }
 
 export interface ProcessMetrics {
   readonly registry: Registry;
   engineEvent(e: EngineEvent): void;
   egressEvent(e: { kind: string; actor: string }): void;
+  /** A spool fsync took this long. */
+  fsync(ms: number): void;
+  /** The pressure level changed to `to`. */
+  levelChange(to: Level): void;
   admissionDecision(point: string, action: string, reason: string): void;
 }
 
-export function processMetrics({ engines, queue, cluster, shared = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -86,6 +100,11 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
   });
+  const fsyncs = new Histogram({
+    name: 'ichidan_spool_fsync_seconds', help: 'Time of each spool fsync (a message file\'s, or the spool folder\'s shared one)', registers,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+  });
+  const levelChanges = pressureMetrics(registers, pressure);
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
@@ -97,8 +116,33 @@ export function processMetrics({ engines, queue, cluster, shared = () => null }:
     registry,
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
+    fsync: (ms) => fsyncs.observe(ms / 1000),
+    levelChange: (to) => levelChanges.inc({ to }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
   };
+}
+
+/** The pressure level and its signals (read when collected), and the changes of level (counted as they happen). */
+function pressureMetrics(registers: Registry[], pressure: NonNullable<MetricSources['pressure']>): Counter<'to'> {
+  new Gauge({
+    name: 'ichidan_admission_level', help: 'The pressure level: 0 normal, 1 busy, 2 overload', registers,
+    collect() { const p = pressure(); if (p) this.set(rank(p.level)); },
+  });
+  new Gauge({
+    name: 'ichidan_admission_signal', help: 'Each pressure signal\'s last value (ms for times, a share for sessions and free space, a multiple of the normal rate for MX queries)', labelNames: ['signal'], registers,
+    collect() {
+      this.reset();
+      for (const [signal, r] of Object.entries(pressure()?.signals() ?? {})) if (r.value !== null) this.set({ signal }, r.value);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_admission_signal_level', help: 'Each pressure signal\'s own level by its thresholds: 0 normal, 1 busy, 2 overload', labelNames: ['signal'], registers,
+    collect() {
+      this.reset();
+      for (const [signal, r] of Object.entries(pressure()?.signals() ?? {})) this.set({ signal }, rank(r.level));
+    },
+  });
+  return new Counter({ name: 'ichidan_admission_level_changes_total', help: 'Changes of the pressure level, by the level entered', labelNames: ['to'], registers });
 }
 
 /** The cluster's gauges and counters (read from the link, the gate and the registry when collected). */

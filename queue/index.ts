@@ -136,6 +136,19 @@ export class Queue {
       (domain) => Promise.resolve(this.#egress.site(domain)).then((s) => s.key, () => null));
   }
 
+  /**
+   * The spool's fsync time, ms: the 99th percentile of those that ended within the last
+   * `windowMs`, or the age of one still running when that is longer; null when there was none.
+   */
+  fsyncP99Ms(windowMs = 1000): number | null {
+    return this.spool.fsyncs.worst(99, windowMs);
+  }
+
+  /** The least free share (0–1) of the spool's and the queue database's file systems; null when unknown. */
+  diskFree(): number | null {
+    return this.space.freeShare;
+  }
+
   /** Opens spool and database, reconciles them, and schedules every open recipient. */
   static async open(config: QueueConfig, egress: Egress, log: Logger, shared?: SharedLimits): Promise<{ queue: Queue; report: ReconcileReport }> {
     const queue = new Queue(config, egress, log, shared);

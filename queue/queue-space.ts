@@ -17,6 +17,8 @@
  *   dataDir/reserve, written in full with random bytes (not sparse, and not compressible: a
  *   compressing or deduplicating filesystem would keep zeros in no blocks) so its blocks are
  *   really held, and made again once free space is back above the threshold plus its size.
+ * Also gives `freeShare`: the least free share (available blocks over all blocks) among the
+ *   folders' file systems at the last look, which the admission's diskFree signal reads.
  * Settings: queue.minFree (default the larger of 64MB and 1.5 × limits.maxMessageSize, as Postfix
  *   advises for queue_minfree), queue.reserve, limits.maxMessageSize.
  */
@@ -45,6 +47,8 @@ export function minFreeBytes(config: QueueConfig): number {
 export class SpaceGuard {
   /** Least free space among the folders at the last look, in bytes (Infinity before the first). */
   #free = Infinity;
+  /** Least free share of the folders' file systems at the last look (null before the first, or when none could be read). */
+  #freeShare: number | null = null;
   #timer: NodeJS.Timeout | null = null;
   #refreshing: Promise<void> | null = null;
   #reserveHeld = false;
@@ -77,6 +81,11 @@ export class SpaceGuard {
 
   get free(): number {
     return this.#free;
+  }
+
+  /** The least free share (0–1) of the folders' file systems at the last look; null when unknown. */
+  get freeShare(): number | null {
+    return this.#freeShare;
   }
 
   get reserveHeld(): boolean {
@@ -129,16 +138,19 @@ export class SpaceGuard {
     // too, and stay counted until the next look (erring on the side of less room).
     const counted = this.#written;
     let free = Infinity;
+    let share: number | null = null;
     for (const dir of this.dirs) {
       try {
         const s = await statfs(dir);
         free = Math.min(free, s.bavail * s.bsize);
+        if (s.blocks > 0) share = Math.min(share ?? 1, s.bavail / s.blocks);
       } catch (err) {
         this.log.warn({ err, dir }, 'cannot read the free space of a queue folder');
       }
     }
     const wasLow = this.low();
     this.#free = free;
+    this.#freeShare = share;
     this.#written -= counted;
     if (!wasLow && this.low()) this.log.error({ free, minFree: minFreeBytes(this.config) }, 'free space below queue.minFree: new mail is refused with 452 4.3.1');
     if (wasLow && !this.low()) this.log.info({ free }, 'free space back above queue.minFree: new mail is accepted again');

@@ -9,18 +9,21 @@
  * deletes its file; at startup, a file without a queue record is moved to `<dir>/corrupt/`, where
  * it stays until an operator deletes it or, never acknowledged, queue.leftoverRetention has passed
  * (queue-corrupt.ts). Files are made 0600 and folders 0700, whatever the umask.
+ * Every fsync (a file's fdatasync, a folder's shared sync) is timed into `fsyncs`
+ * (base/base-latency-window.ts): the pressure signal and the fsync histogram read it.
  */
 import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { LatencyWindow } from '../base/base-latency-window.js';
 
 /** Runs `fsync` on a folder, sharing one sync among all callers that arrive while one is running. */
 class GroupedDirSync {
   #running: Promise<void> | null = null;
   #next: Promise<void> | null = null;
   #handle: Promise<FileHandle> | null = null;
-  constructor(private readonly dir: string) {}
+  constructor(private readonly dir: string, private readonly timing: LatencyWindow) {}
 
   sync(): Promise<void> {
     if (!this.#running) {
@@ -41,7 +44,8 @@ class GroupedDirSync {
     // One handle on the folder, kept open: no open/close per sync.
     this.#handle ??= open(this.dir, 'r');
     try {
-      await (await this.#handle).sync();
+      const handle = await this.#handle;
+      await this.timing.time(() => handle.sync());
     } catch (err) {
       this.#handle = null;
       throw err;
@@ -121,7 +125,7 @@ export class SpoolWriter extends Writable {
    */
   async commit(expectedBytes?: number): Promise<void> {
     await this.flush(expectedBytes);
-    if (this.spool.fsync) await this.#fh.datasync();
+    if (this.spool.fsync) await this.spool.fsyncs.time(() => this.#fh.datasync());
     await this.#close();
     if (this.spool.fsync) await this.spool.dirSync.sync();
   }
@@ -143,9 +147,11 @@ export class SpoolWriter extends Writable {
 export class Spool {
   readonly dirSync: GroupedDirSync;
   readonly corruptDir: string;
+  /** How long each fsync took (files and the folder alike). */
+  readonly fsyncs = new LatencyWindow();
 
   constructor(readonly dir: string, readonly fsync: boolean) {
-    this.dirSync = new GroupedDirSync(dir);
+    this.dirSync = new GroupedDirSync(dir, this.fsyncs);
     this.corruptDir = join(dir, 'corrupt');
   }
 

@@ -288,12 +288,14 @@ describe.skipIf(!support.ok)('draining a node (real Redis, node 1 a real process
     expect(status.nodes.map((n: { node: string }) => n.node)).toEqual(['n1', 'n2', 'n3']);
     expect(status.nodes.every((n: { alive: boolean }) => n.alive)).toBe(true);
     expect(status.nodes.find((n: { node: string }) => n.node === 'n1').draining).toBe(true);
+    // Each node reports its pressure level (the DNS responder steers by the others').
+    for (const n of status.nodes as Array<{ level: string }>) expect(['normal', 'busy', 'overload']).toContain(n.level);
     expect(status.redis).toMatchObject({ connected: true, version: expect.stringMatching(/^\d+\.\d+/) });
     expect(status.redis.rttMs).toBeGreaterThanOrEqual(0);
     expect(status.redis.usedMemoryBytes).toBeGreaterThan(0);
     const human = await runCli(['cluster', 'status', '-c', files.n2]);
     expect(human.code).toBe(0);
-    expect(human.stdout).toMatch(/^n1\talive\t.*\tyes\t127\.0\.0\.1:\d+$/m);
+    expect(human.stdout).toMatch(/^n1\talive\t.*\tyes\t(normal|busy|overload)\t127\.0\.0\.1:\d+$/m);
     expect(human.stdout).toMatch(/^redis redis:\/\/.*: connected, rtt [\d.]+ ms, version \d/m);
 
     n1.proc.kill('SIGKILL');

@@ -16,6 +16,7 @@
  *   /v1/egress…                              admin-egress.ts
  *   /v1/tenants/…                            admin-tenants.ts
  *   /v1/cluster, /v1/node/drain, /undrain    admin-cluster.ts (cluster status, drain)
+ *   /v1/admission                            admin-admission.ts (pressure level and signals)
  *   /metrics                                 admin-metrics.ts
  *   a body of at most 16 KB that must be a JSON object; 400 for a bad field, 404 for no route.
  * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
@@ -27,6 +28,7 @@ import { chmod, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Config } from '../mta-config-schema.js';
+import { admissionRoute, type AdmissionTarget } from './admin-admission.js';
 import { clusterRoute, type ClusterTarget } from './admin-cluster.js';
 import { corruptRoute, type CorruptTarget } from './admin-corrupt.js';
 import { egressRoute, type EgressTarget } from './admin-egress.js';
@@ -39,11 +41,11 @@ import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.j
 import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & MetricsTarget & ClusterTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & MetricsTarget & ClusterTarget & AdmissionTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, metricsRoute, clusterRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, metricsRoute, clusterRoute, admissionRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {

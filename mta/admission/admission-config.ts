@@ -13,10 +13,13 @@ import { duration, hostname, ipAddress, domain } from '../../base/base-config.js
 
 const fraction = z.number().min(0).max(1);
 
-/** A signal's thresholds: at or past `busy` the node is busy, at or past `overload` overloaded. */
+/**
+ * A signal's thresholds: at or past `busy` the node is busy, at or past `overload` overloaded.
+ * The defaults are parsed like given values (prefault), so "150ms" becomes 150.
+ */
 const thresholds = <T extends z.ZodTypeAny>(value: T, busy: z.input<T>, overload: z.input<T>) => z.strictObject({
-  busy: value.default(busy as never),
-  overload: value.default(overload as never),
+  busy: value.prefault(busy as never),
+  overload: value.prefault(overload as never),
 }).prefault({});
 
 /** A signal where less is worse (free disk, free memory): at or below `busy` the node is busy. */

@@ -3,7 +3,8 @@
  *
  *   ichidan cluster status [--json]    every node the registry knows (alive or gone, in flight,
  *                                      waiting, loop delay, memory, connection leases held,
- *                                      queued and held recipients, draining) and Redis's health;
+ *                                      queued and held recipients, draining, pressure level)
+ *                                      and Redis's health;
  *                                      exit 1 with a one-line reason when the node is not
  *                                      clustered or Redis is away (what is known locally is
  *                                      still shown)
@@ -23,17 +24,17 @@ export const CLUSTER_USAGE = `  ichidan cluster status [--json] [-c FILE]
 
 const FLAGS = { json: { type: 'boolean' }, status: { type: 'boolean' } } as never;
 
-type Row = Pick<NodeView, 'node' | 'active' | 'waiting' | 'rssMb' | 'leases' | 'queue' | 'draining' | 'smtp'> & { alive: boolean | null; loopDelayMs: number | null };
+type Row = Pick<NodeView, 'node' | 'active' | 'waiting' | 'rssMb' | 'leases' | 'queue' | 'draining' | 'smtp' | 'level'> & { alive: boolean | null; loopDelayMs: number | null };
 
 function nodeLine(n: Row): string {
   const alive = n.alive === null ? 'local' : n.alive ? 'alive' : 'gone';
   const smtp = n.smtp ? `${n.smtp.address}:${n.smtp.port}` : '-';
   const delay = n.loopDelayMs === null ? '-' : String(n.loopDelayMs);
-  return [safe(n.node), alive, n.active, n.waiting, delay, n.rssMb, n.leases ?? 0, n.queue.queued ?? 0, n.queue.held ?? 0, n.draining ? 'yes' : 'no', smtp].join('\t');
+  return [safe(n.node), alive, n.active, n.waiting, delay, n.rssMb, n.leases ?? 0, n.queue.queued ?? 0, n.queue.held ?? 0, n.draining ? 'yes' : 'no', safe(n.level ?? '-'), smtp].join('\t');
 }
 
 function printStatus(s: ClusterStatus): void {
-  process.stdout.write('node\tstate\tactive\twaiting\tloop_ms\trss_mb\tleases\tqueued\theld\tdraining\tsmtp\n');
+  process.stdout.write('node\tstate\tactive\twaiting\tloop_ms\trss_mb\tleases\tqueued\theld\tdraining\tlevel\tsmtp\n');
   const rows: Row[] = s.nodes ?? [{ ...s.local, alive: null }];
   for (const n of rows) process.stdout.write(nodeLine(n) + '\n');
   if (s.redis) {

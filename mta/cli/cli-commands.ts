@@ -13,10 +13,12 @@
  *   sessions (list, show)               cli-sessions.ts
  *   workers                             cli-workers.ts
  *   cluster status, node (drain, undrain)   cli-cluster.ts
+ *   admission status                    cli-admission.ts
  * Every command talks to the running process's admin API (admin/admin-client.ts), reads the
  * workers' status file (mta-workers-status.ts) or reads the
  * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
  */
+import { ADMISSION_USAGE, admission } from './cli-admission.js';
 import { CLUSTER_USAGE, cluster, node } from './cli-cluster.js';
 import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
 import { EGRESS_USAGE, egress } from './cli-egress.js';
@@ -41,7 +43,8 @@ ${ENGINES_USAGE}
 ${RELOAD_USAGE}
 ${SESSIONS_USAGE}
 ${WORKERS_USAGE}
-${CLUSTER_USAGE}`;
+${CLUSTER_USAGE}
+${ADMISSION_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'check-config': checkConfig,
@@ -57,6 +60,7 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   workers,
   cluster,
   node,
+  admission,
 };
 
 export async function runCommand(command: string | undefined, args: string[]): Promise<void> {

@@ -22,6 +22,8 @@ export interface NodeReport {
   /** Messages in the queue by state. */
   queue: Record<string, number>;
   draining: boolean;
+  /** The node's pressure level (absent from nodes that do not measure it). */
+  level?: 'normal' | 'busy' | 'overload';
   /** Connection leases this node holds at destination sites. */
   leases: number;
   /** Event-loop delay p99, ms (how busy the process is). */
