@@ -31,6 +31,8 @@ export interface System {
   logFile: string;
   /** GET /v1/admission: the level now and whether pressure is measured; null for Postfix, or when it does not answer within 800 ms. */
   admissionLevel(): Promise<{ level: string; measuring: boolean } | null>;
+  /** The client networks Ichidan holds as known now (GET /v1/senders); null for Postfix, or when it keeps none. */
+  knownNetworks(): Promise<string[] | null>;
   /** The admission metrics (`ichidan_admission_*` lines of GET /metrics on the admin socket); none for Postfix. */
   admissionMetrics(): Promise<string[]>;
   assertRunning(): void;
@@ -82,7 +84,7 @@ export async function startSystem(name: SystemName, engine: EngineChoice, flushE
       transport_maps: `inline:{ ${DOMAIN}=discard: }`,
     });
     return {
-      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog, admissionMetrics: async () => [], admissionLevel: async () => null,
+      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog, admissionMetrics: async () => [], admissionLevel: async () => null, knownNetworks: async () => null,
       assertRunning: () => {
         try { process.kill(pf.masterPid, 0); } catch { throw new Error('the Postfix master has exited'); }
       },
@@ -100,6 +102,15 @@ export async function startSystem(name: SystemName, engine: EngineChoice, flushE
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,
     admissionMetrics: async () => (await getText(join(ich.dir, 'admin.sock'), '/metrics')).split('\n').filter((l) => l.startsWith('ichidan_admission_')),
+    knownNetworks: async () => {
+      try {
+        const answer = JSON.parse(await getText(join(ich.dir, 'admin.sock'), '/v1/senders?kind=network&standing=known&limit=10000')) as unknown;
+        const list = Array.isArray(answer) ? answer : Object.values(answer as object).find(Array.isArray) ?? [];
+        return (list as Array<{ key?: unknown }>).map((e) => String(e.key));
+      } catch {
+        return null; // no known senders in this build, or off
+      }
+    },
     admissionLevel: async () => {
       try {
         const status = JSON.parse(await getText(join(ich.dir, 'admin.sock'), '/v1/admission', 800)) as { level?: unknown; measuring?: unknown };

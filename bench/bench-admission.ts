@@ -173,6 +173,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const known = new Pacer(knownPlan(system.target), clock, S.knownRate);
   await sleep(S.normalS * 1000 - clock.now());
   system.assertRunning();
+  const knownAtFlood = await system.knownNetworks();
   const floodStart = clock.now();
   const flood = new Pacer(floodPlan(system.target), clock, floodRate, S.floodInFlight);
   await sleep(floodStart + S.floodS * 1000 - clock.now());
@@ -185,6 +186,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const rssMb = peak.rss / 2 ** 20, pssMb = peak.pss / 2 ** 20;
   const changes = levelChanges(system);
   const decisions = decisionCounts(await system.admissionMetrics());
+  const knownAtEnd = await system.knownNetworks();
   await system.stop();
   const levelText = name === 'postfix' ? '-' : changes.length === 0 ? 'no change logged'
     : changes.map((c) => `${c.level}@${((c.at - wallStart) / 1000).toFixed(0)}s`).join(' ');
@@ -194,6 +196,11 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
   if (decisions) console.log(`    admission decisions: ${decisions}`);
+  if (knownAtFlood && knownAtEnd) {
+    const ours = (keys: string[]) => keys.filter((k) => k.startsWith('127.10.')).length;
+    console.log(`    known networks: ${ours(knownAtFlood)} of the ${S.knownNets} known senders' at the flood's start (${knownAtFlood.length - ours(knownAtFlood)} others); `
+      + `at the end ${ours(knownAtEnd)} of them, and ${knownAtEnd.length - ours(knownAtEnd)} flood networks learned as known`);
+  }
   for (const c of changes) console.log(`    ${((c.at - wallStart) / 1000).toFixed(1).padStart(5)} s  ${c.previous} → ${c.level}: ${c.why}`);
   return { figures, known: known.attempts, levels };
 }
