@@ -55,6 +55,7 @@ export const REPLIES = {
   blockedSender: reply(554, '5.7.1', 'access denied: your network is blocked by this server\'s operator'),
   intakePaused: reply(452, '4.3.1', 'queue intake paused: insufficient system resources, try again later'),
   scanBusy: reply(451, '4.3.2', 'too much mail being scanned, try again later'),
+  signingFailed: reply(451, '4.7.5', 'message could not be DKIM-signed now, try again later'),
   proxyLoop: reply(554, '5.4.6', 'routing loop: this connection comes from the proxy itself'),
   notRedirected: reply(554, '5.4.6', 'no original destination: this connection was not redirected to the proxy'),
 } as const;

@@ -18,6 +18,7 @@ import { engineSchema, scanningSchema, tenantScanningSchema } from '../engines/e
 import { cidr, domain, duration, hostname, size } from '../base/base-config.js';
 import { deliverySchema, dnsSchema, routesSchema } from '../delivery/delivery-config.js';
 import { queueSchema, tenantEgressSchema } from '../queue/queue-config.js';
+import { tenantDkimSchema } from '../queue/accept/accept-dkim-config.js';
 import { proxySchema } from './proxy/proxy-config.js';
 import { adminSchema } from './admin/admin-config.js';
 import { clusterSchema } from '../queue/cluster/cluster-config.js';
@@ -35,6 +36,8 @@ const tenant = z.strictObject({
   scanning: tenantScanningSchema.optional(),
   /** How this tenant's outbound mail is scheduled: its share, its caps, its source addresses. */
   egress: tenantEgressSchema,
+  /** The keys that DKIM-sign the mail this tenant sends, by From: domain (queue/accept/accept-dkim-config.ts). */
+  dkim: tenantDkimSchema,
 });
 
 export const configSchema = z.strictObject({
@@ -88,6 +91,18 @@ export const configSchema = z.strictObject({
       const prev = owner.get(d);
       if (prev !== undefined) ctx.addIssue({ code: 'custom', path: ['tenants', name, 'domains', i], message: `domain "${d}" is already hosted by tenant "${prev}"` });
       owner.set(d, name);
+    });
+  }
+  const signer = new Map<string, string>();
+  for (const [name, t] of Object.entries(cfg.tenants)) {
+    const selectors = new Set<string>();
+    t.dkim.forEach((k, i) => {
+      const id = `${k.selector}._domainkey.${k.domain}`;
+      if (selectors.has(id)) ctx.addIssue({ code: 'custom', path: ['tenants', name, 'dkim', i, 'selector'], message: `${id} is already configured above` });
+      selectors.add(id);
+      const prev = signer.get(k.domain);
+      if (prev !== undefined && prev !== name) ctx.addIssue({ code: 'custom', path: ['tenants', name, 'dkim', i, 'domain'], message: `domain "${k.domain}" is already signed for by tenant "${prev}"` });
+      signer.set(k.domain, name);
     });
   }
   for (const [name, t] of Object.entries(cfg.tenants)) {

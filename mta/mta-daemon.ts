@@ -48,6 +48,10 @@ import { SharedState } from './mta-shared.js';
 import { Drain } from './mta-drain.js';
 import { Pressure, ScanTimings, type AdmissionStatus } from './admission/admission-pressure.js';
 import { Admission } from './admission/admission.js';
+import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
+import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
+import { KnownSenders } from './admission/admission-senders.js';
+import { learnedFrom } from './admission/admission-learn.js';
 
 export interface BoundListener {
   name: string;
@@ -56,11 +60,13 @@ export interface BoundListener {
   port: number;
 }
 
-function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger): Snapshot {
+function buildSnapshot(generation: number, config: Config, host: EngineHost, log: Logger, dkimCount: DkimCount): Snapshot {
   const resolver = createResolver(config);
   const engines = buildEngineSet(config, host, { hostname: config.hostname, resolver, log });
   // At start and at every reload: mail between an engine's maxSize and the largest accepted is not checked by it.
   for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) log.warn({ setting: 'engines[].maxSize' }, warning);
+  for (const warning of dkimWarnings(config.tenants)) log.warn({ setting: 'tenants.<name>.dkim[].key' }, warning);
+  const dkim = new DkimKeys(config.tenants, dkimCount);
   // One use belongs to Ichidan while this is the current snapshot; each transaction takes another.
   let uses = 1;
   return {
@@ -69,6 +75,7 @@ function buildSnapshot(generation: number, config: Config, host: EngineHost, log
     policy: new Policy(config),
     engines,
     reverse: resolver && config.dns.reverseLookup ? reverseLookup(resolver) : null,
+    dkim,
     retain: () => { uses++; },
     release: () => {
       if (--uses === 0) engines.release();
@@ -86,6 +93,7 @@ export class Ichidan {
   #watcher: FSWatcher | null = null;
   #passwords: PasswordVerifier | null = null;
   #policies = new StsPolicyCache();
+  readonly #dkimCount: DkimCount;
   readonly engines: EngineHost;
   readonly metrics: Registry;
   bound: BoundListener[] = [];
@@ -93,6 +101,8 @@ export class Ichidan {
   cluster: Cluster | null = null;
   /** The holds, suspensions, pauses, engine switches and releases shared with the cluster (mta-shared.ts); null without one. */
   shared: SharedState | null = null;
+  /** The known senders (admission/admission-senders.ts): learned from every message, shared in a cluster. */
+  senders: KnownSenders | null = null;
   /** Set by a drain: the listeners refuse new mail and the queue is handed to peers. */
   draining = false;
   /** `ichidan node drain` / `undrain` (mta-drain.ts). */
@@ -112,7 +122,7 @@ export class Ichidan {
     this.#clusterDeps = clusterDeps;
     const metrics = processMetrics({
       engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
-      pressure: () => this.pressure,
+      pressure: () => this.pressure, senders: () => this.senders,
     });
     this.metrics = metrics.registry;
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
@@ -132,9 +142,14 @@ export class Ichidan {
       diskFree: () => queue.diskFree(),
     }, log);
     this.pressure.on('level', (to) => metrics.levelChange(to));
-    this.#snapshot = buildSnapshot(1, config, this.engines, log);
+    this.#dkimCount = (key, result) => metrics.dkimSignature(key, result);
+    this.#snapshot = buildSnapshot(1, config, this.engines, log, this.#dkimCount);
     this.admission = new Admission(config, {
-      senders: { standing: (address) => (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'), standingOf: () => 'unknown' },
+      // The known senders once open (Ichidan.start); before that, trusted networks only.
+      senders: {
+        standing: (address) => this.senders?.standing(address) ?? (this.#snapshot.policy.isTrusted(address) ? 'pinned' : 'unknown'),
+        standingOf: (kind, key) => this.senders?.standingOf(kind, key) ?? 'unknown',
+      },
       pressure: this.pressure,
       slots: scanTimes,
       count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
@@ -196,6 +211,15 @@ export class Ichidan {
     app.#load = opts.load;
     log.info({ active: report.active, cleaned: report.cleaned, corrupt: report.corrupt.length }, 'queue reconciled');
     app.shared = cluster && SharedState.start(cluster, queue, app.engines, log);
+    // Known senders: trusted networks and tenants' networks stand pinned without being learned.
+    app.senders = KnownSenders.open({
+      dataDir: config.dataDir, config: config.admission.senders, link: cluster?.link ?? null, log,
+      trusted: (address) => {
+        const policy = app!.#snapshot.policy;
+        return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
+      },
+    });
+    const learning = learningQueue(queue, app.senders, () => app!.config.admission.mode !== 'off');
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
     if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
@@ -207,7 +231,7 @@ export class Ichidan {
         await app.#startProxy(spec, tls, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls, log, auth, draining: () => app.draining, admission: app.admission });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue: learning, tls, log, auth, draining: () => app.draining, admission: app.admission });
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -268,7 +292,7 @@ export class Ichidan {
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
-    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log);
+    const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;
@@ -279,6 +303,7 @@ export class Ichidan {
     this.pressure.apply(config.admission.pressure);
     if (config.admission.mode === 'off') this.pressure.stop();
     else this.pressure.start();
+    this.senders?.apply(config.admission.senders);
     return snap.generation;
   }
 
@@ -299,6 +324,7 @@ export class Ichidan {
     this.#snapshot.release();
     await this.shared?.close();
     await this.queue.close();
+    await this.senders?.close();
     this.sessions.closeAll();
     await this.cluster?.close();
   }
@@ -316,4 +342,28 @@ function admissionSessions(listeners: readonly Listener[]): { open: number; limi
     limit += l.spec.maxClients;
   }
   return { open, limit };
+}
+
+/**
+ * Until the ingress records each accept step's result itself (`senders.record(learnedFrom(…))`):
+ * the known senders learn from every message an MX or submission listener queues, as the accept
+ * step hands it to the queue (not with admission.mode off). Refusals are not seen here.
+ */
+function learningQueue(queue: Queue, senders: KnownSenders, learning: () => boolean): Queue {
+  return new Proxy(queue, {
+    get(target, prop) {
+      if (prop === 'accept') {
+        return async (...args: Parameters<Queue['accept']>) => {
+          const id = await target.accept(...args);
+          if (!learning()) return id;
+          const [, env, , record] = args;
+          const result = { kind: 'queued' as const, reply: { code: 250, enhanced: '2.0.0', text: '' }, queueId: id, quarantined: env.quarantine !== null, ...(record ? { scan: { record, spamScore: null } } : {}) };
+          senders.record(learnedFrom({ address: env.client, authUser: env.authUser, result }));
+          return id;
+        };
+      }
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
 }

@@ -18,6 +18,9 @@
  *   ichidan_admission_signal_level{signal}          each signal's own level (0, 1, 2)
  *   ichidan_admission_level_changes_total{to}       changes of level, by the level entered
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
+ *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
+ *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
+ *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
  *   ichidan_cluster_redis_up                         1 while the cluster's Redis answers
  *   ichidan_cluster_redis_commands_total             Redis commands this node sent
@@ -34,6 +37,7 @@ import type { ClusterState } from '../queue/cluster/cluster-state.js';
 import type { Cluster } from './mta-cluster.js';
 import { rank, type Level } from './admission/admission-levels.js';
 import type { Pressure } from './admission/admission-pressure.js';
+import type { KnownSenders } from './admission/admission-senders.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
@@ -43,6 +47,8 @@ export interface MetricSources {
   shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
   /** Admission's pressure, once started (null while admission.mode is off). */
   pressure?: () => Pick<Pressure, 'level' | 'signals'> | null;
+  /** The known senders, once open. */
+  senders?: () => Pick<KnownSenders, 'counts'> | null;
 }
 
 export interface ProcessMetrics {
@@ -54,9 +60,10 @@ export interface ProcessMetrics {
   /** The pressure level changed to `to`. */
   levelChange(to: Level): void;
   admissionDecision(point: string, action: string, reason: string): void;
+  dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
-export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null, senders = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   const transitions = new Counter({
@@ -100,6 +107,14 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     name: 'ichidan_egress_blocks', help: 'Holds, suspensions and pauses in force', registers,
     collect() { this.set(scheduler.blocks().length); },
   });
+  new Gauge({
+    name: 'ichidan_admission_senders', help: 'Known-sender entries by kind (network, user, domain, resolver) and standing', labelNames: ['kind', 'standing'], registers,
+    collect() {
+      const known = senders();
+      if (!known) return;
+      for (const c of known.counts()) this.set({ kind: c.kind, standing: c.standing }, c.n);
+    },
+  });
   const fsyncs = new Histogram({
     name: 'ichidan_spool_fsync_seconds', help: 'Time of each spool fsync (a message file\'s, or the spool folder\'s shared one)', registers,
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
@@ -107,6 +122,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   const levelChanges = pressureMetrics(registers, pressure);
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
+  });
+  const dkimSignatures = new Counter({
+    name: 'ichidan_dkim_signatures_total', help: 'DKIM signatures made, and keys that failed to sign, per key', labelNames: ['tenant', 'domain', 'selector', 'result'], registers,
   });
   if (cluster) {
     clusterMetrics(registers, cluster, queue);
@@ -119,6 +137,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     fsync: (ms) => fsyncs.observe(ms / 1000),
     levelChange: (to) => levelChanges.inc({ to }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };
 }
 

@@ -15,7 +15,7 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 
-const HEADER_LIMIT = 1024 * 1024;
+export const HEADER_LIMIT = 1024 * 1024;
 
 export interface StripRule {
   names: Set<string>;

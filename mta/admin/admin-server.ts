@@ -17,6 +17,7 @@
  *   /v1/tenants/…                            admin-tenants.ts
  *   /v1/cluster, /v1/node/drain, /undrain    admin-cluster.ts (cluster status, drain)
  *   /v1/admission                            admin-admission.ts (pressure level and signals)
+ *   /v1/senders…                             admin-senders.ts (known senders: list, pin, block, forget)
  *   /metrics                                 admin-metrics.ts
  *   a body of at most 16 KB that must be a JSON object; 400 for a bad field, 404 for no route.
  * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
@@ -38,14 +39,15 @@ import { metricsRoute, type MetricsTarget } from './admin-metrics.js';
 import { queueRoute, type QueueTarget } from './admin-queue.js';
 import { reloadRoute, type ReloadTarget } from './admin-reload.js';
 import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.js';
+import { sendersRoute, type SendersTarget } from './admin-senders.js';
 import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & MetricsTarget & ClusterTarget & AdmissionTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, metricsRoute, clusterRoute, admissionRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {

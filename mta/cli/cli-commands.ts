@@ -14,6 +14,8 @@
  *   workers                             cli-workers.ts
  *   cluster status, node (drain, undrain)   cli-cluster.ts
  *   admission status                    cli-admission.ts
+ *   dkim record                         cli-dkim.ts
+ *   senders (list, show, pin, block, forget)   cli-senders.ts
  * Every command talks to the running process's admin API (admin/admin-client.ts), reads the
  * workers' status file (mta-workers-status.ts) or reads the
  * queue database; none loads the daemon. `-c FILE` names the config (default config/default.yaml).
@@ -21,12 +23,14 @@
 import { ADMISSION_USAGE, admission } from './cli-admission.js';
 import { CLUSTER_USAGE, cluster, node } from './cli-cluster.js';
 import { CONFIG_USAGE, checkConfig, hashPassword } from './cli-config.js';
+import { DKIM_USAGE, dkim } from './cli-dkim.js';
 import { EGRESS_USAGE, egress } from './cli-egress.js';
 import { ENGINES_USAGE, engines } from './cli-engines.js';
 import { QUARANTINE_USAGE, quarantine } from './cli-quarantine.js';
 import { QUEUE_USAGE, queueCommand } from './cli-queue.js';
 import { RELOAD_USAGE, reload } from './cli-reload.js';
 import { SCANS_USAGE, scans } from './cli-scans.js';
+import { SENDERS_USAGE, senders } from './cli-senders.js';
 import { SESSIONS_USAGE, sessions } from './cli-sessions.js';
 import { TENANTS_USAGE, tenants } from './cli-tenants.js';
 import { WORKERS_USAGE, workers } from './cli-workers.js';
@@ -44,7 +48,9 @@ ${RELOAD_USAGE}
 ${SESSIONS_USAGE}
 ${WORKERS_USAGE}
 ${CLUSTER_USAGE}
-${ADMISSION_USAGE}`;
+${ADMISSION_USAGE}
+${DKIM_USAGE}
+${SENDERS_USAGE}`;
 
 const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'check-config': checkConfig,
@@ -61,6 +67,8 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   cluster,
   node,
   admission,
+  dkim,
+  senders,
 };
 
 export async function runCommand(command: string | undefined, args: string[]): Promise<void> {

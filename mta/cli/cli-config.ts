@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { oversizeWarnings } from '../../engines/index.js';
+import { dkimWarnings } from '../../queue/accept/accept-dkim-config.js';
 import { loadOrExit, usage } from './cli-common.js';
 
 export const CONFIG_USAGE = `  ichidan check-config FILE
@@ -17,6 +18,7 @@ export function checkConfig(args: string[]): void {
   if (!file) usage(CONFIG_USAGE);
   const config = loadOrExit(file);
   for (const warning of oversizeWarnings(config.engines, config.limits.maxMessageSize)) process.stderr.write(`${file}: warning: ${warning}\n`);
+  for (const warning of dkimWarnings(config.tenants)) process.stderr.write(`${file}: warning: ${warning}\n`);
   const tenants = Object.keys(config.tenants).length;
   process.stdout.write(`${file}: ok (${config.listeners.length} listeners, ${tenants} tenants, ${Object.keys(config.routes).length} routes)\n`);
 }

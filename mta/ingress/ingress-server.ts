@@ -11,7 +11,8 @@
  * Per transaction: the config snapshot (config, policy, engines) current at MAIL FROM is kept to
  * the end of that transaction; its DATA goes through the accept step (queue/accept/accept-step.ts),
  * which this adapter gives the envelope, the Received field (ingress-received.ts) and the DATA
- * deadline (limits.dataTimeout: 421 4.4.2 and the connection closed).
+ * deadline (limits.dataTimeout: 421 4.4.2 and the connection closed), and for outbound mail the
+ * DKIM keys it is signed with (ingress-dkim.ts).
  * Cluster: while the node is drained, new connections get 421 4.3.2 and new transactions 451
  * 4.3.2 (those under way finish); a transaction a peer signed as a transfer takes its tenants and
  * DSN parameters from the signature, keeps the original queue id and skips the scan
@@ -32,6 +33,7 @@ import type { Admission, DoorDecision } from '../admission/admission.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
 import { buildReceived } from './ingress-received.js';
+import { dkimSigningFor } from './ingress-dkim.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
 
@@ -300,6 +302,8 @@ export class Listener {
       scanSlot: { slots: this.deps.admission.slots, priority: this.deps.admission.priority(session.id) },
       limits: config.limits,
       hostname: config.hostname,
+      // Outbound mail of a tenant with DKIM keys (ingress-dkim.ts); a transfer was signed where first accepted.
+      dkim: tx.transfer ? undefined : dkimSigningFor(tx.snapshot, this.#client(session)),
       trace: (queueId) => buildReceived({
         session, hostname: config.hostname, queueId, listener: this.spec.name,
         recipient: recipients.length === 1 ? recipients[0].address : null, now: new Date(),

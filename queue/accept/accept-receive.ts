@@ -9,7 +9,8 @@
  * end, so the session stays in step with the client. The same bytes go through the structure
  * check (accept-structure.ts: header block, header fields, MIME depth and parts against `limits`)
  * as they arrive, so it costs no second read. NUL bytes are noted (`nul`): the caller refuses
- * them unless limits.allowNul says otherwise.
+ * them unless limits.allowNul says otherwise. `tap` sees the same chunks the spool file gets (DKIM
+ * signing's body hash, accept-dkim.ts), so nothing reads the message twice.
  */
 import type { Readable } from 'node:stream';
 import type { SpoolWriter } from '../queue-spool.js';
@@ -59,7 +60,7 @@ export interface ReceiveResult {
   structure: string | null;
 }
 
-export async function receiveInto(stream: Readable, writer: SpoolWriter, limits: StructureLimits & { maxMessageSize: number }): Promise<ReceiveResult> {
+export async function receiveInto(stream: Readable, writer: SpoolWriter, limits: StructureLimits & { maxMessageSize: number }, tap?: (chunk: Buffer) => void): Promise<ReceiveResult> {
   const maxSize = limits.maxMessageSize;
   const guard = new LineEndingGuard();
   const check = new StructureCheck(limits);
@@ -86,6 +87,7 @@ export async function receiveInto(stream: Readable, writer: SpoolWriter, limits:
       nul ||= chunk.includes(0);
       if (writeError || guard.bare || bytes > maxSize) continue;
       const checked = check.write(chunk);
+      tap?.(chunk);
       if (!writer.write(chunk)) {
         await new Promise<void>((resolve) => {
           const done = () => { writer.off('drain', done); writer.off('error', done); writer.off('close', done); resolve(); };

@@ -1,6 +1,7 @@
 // The accept step on its own: each verdict in each mode gives one result, refused mail leaves
 // nothing in the spool, every scan is recorded, and the snapshot's uses are given back.
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -14,6 +15,7 @@ import { reply, type SmtpReply } from '../../base/base-reply.js';
 import type { AcceptedEnvelope } from '../index.js';
 import { Spool, type SpoolWriter } from '../queue-spool.js';
 import { acceptMessage, type AcceptInput, type AcceptResult } from './accept-step.js';
+import type { DkimKey, DkimSigning } from './accept-dkim-keys.js';
 
 const log = pino({ level: 'silent' });
 const MESSAGE = 'Subject: hello\r\n\r\nbody\r\n';
@@ -130,6 +132,16 @@ describe('the verdict, in each mode', () => {
     }
   });
 
+  it('hands back what the engines made of the message, for the known senders to learn from', async () => {
+    const scored = (action: VerdictAction): ScanDecision => ({ ...decision(action), verdict: { ...decision(action).verdict, spamScore: 0.7 } });
+    const queued = await acceptMessage(input('queue', engines(() => scored('tag'))), queue, log);
+    expect(queued).toMatchObject({ kind: 'queued', scan: { spamScore: 0.7, record: { action: 'tag', queueId: (queued as { queueId: string }).queueId } } });
+    const refused = await acceptMessage(input('queue', engines(() => scored('reject'))), queue, log);
+    expect(refused).toMatchObject({ kind: 'refused', scan: { spamScore: 0.7, record: { action: 'reject' } } });
+    const unscanned = await acceptMessage(input('queue', engines(() => { throw new Error('not scanned'); }, 0)), queue, log);
+    expect(unscanned).not.toHaveProperty('scan');
+  });
+
   it('queues without a scan when there are no engines and the structure is within the limits', async () => {
     const result = await acceptMessage(input('queue', engines(() => { throw new Error('not scanned'); }, 0)), queue, log);
     expect(result).toMatchObject({ kind: 'queued', quarantined: false });
@@ -188,5 +200,60 @@ describe('the guards, before any engine', () => {
     expect(result).toMatchObject({ kind: 'incomplete', reply: { code: 421, enhanced: '4.4.2' }, error: { message: 'client gone' } });
     expect(ended).toBe(true);
     expect(await spooled()).toEqual([]);
+  });
+});
+
+describe('DKIM signing at the end of DATA', () => {
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const key = (over: Partial<DkimKey> = {}): DkimKey => ({
+    tenant: 't', domain: 'x.test', selector: 's1', algorithm: 'ed25519-sha256', headers: ['From', 'Subject'], oversign: [], expireMs: null, privateKey, ...over,
+  });
+  const SIGNED = 'From: s@x.test\r\nSubject: hello\r\n\r\nbody\r\n';
+  function signing(keys: DkimKey[]) {
+    const counted: string[] = [];
+    const dkim: DkimSigning = { keys: (d) => (d === 'x.test' ? keys : []), count: (k, result) => { counted.push(`${k?.selector ?? '-'}:${result}`); } };
+    return { dkim, counted };
+  }
+
+  it('puts the signature in front of the trace fields and leaves the spool file as received', async () => {
+    const { dkim, counted } = signing([key()]);
+    const result = await acceptMessage({ ...input('queue', engines(() => decision('accept'), 0), SIGNED), dkim }, queue, log);
+    expect(result.kind).toBe('queued');
+    if (result.kind !== 'queued') return;
+    expect(accepted[0].env.trace).toMatch(/^DKIM-Signature: .*\r\nReceived: /s);
+    expect(await readFile(spool.path(result.queueId), 'utf8')).toBe(SIGNED);
+    expect(counted).toEqual(['s1:signed']);
+  });
+
+  it('refuses with 451 4.7.5 and keeps nothing when no key can sign; counts the failure', async () => {
+    const { dkim, counted } = signing([key({ privateKey: createPublicKey(privateKey) })]);
+    const result = await acceptMessage({ ...input('queue', engines(() => decision('accept'), 0), SIGNED), dkim }, queue, log);
+    expect(result).toMatchObject({ kind: 'refused', reply: { code: 451, enhanced: '4.7.5' } });
+    expect(accepted).toEqual([]);
+    expect(await spooled()).toEqual([]);
+    expect(counted).toEqual(['s1:failed']);
+  });
+
+  it('queues with the signatures that could be made when one key of a rotation fails', async () => {
+    const { dkim, counted } = signing([key({ privateKey: createPublicKey(privateKey) }), key({ selector: 's2' })]);
+    const result = await acceptMessage({ ...input('queue', engines(() => decision('accept'), 0), SIGNED), dkim }, queue, log);
+    expect(result.kind).toBe('queued');
+    expect(accepted[0].env.trace.match(/^DKIM-Signature:/gm)).toHaveLength(1);
+    expect(accepted[0].env.trace).toContain('s=s2');
+    expect(counted).toEqual(['s1:failed', 's2:signed']);
+  });
+
+  it('does not sign a cluster transfer (signed where first accepted) nor relay-mode mail, nor mail From: a domain without keys', async () => {
+    const { dkim, counted } = signing([key()]);
+    await acceptMessage({ ...input('queue', engines(() => decision('accept'), 0), SIGNED), dkim, transfer: {} }, queue, log);
+    await acceptMessage({ ...input('queue', engines(() => decision('accept'), 0), SIGNED.replace('s@x.test', 's@y.test')), dkim }, queue, log);
+    expect(accepted.map((a) => a.env.trace.startsWith('DKIM-Signature'))).toEqual([false, false]);
+    const relayed = await acceptMessage({ ...input('relay', engines(() => decision('accept')), SIGNED), dkim }, queue, log);
+    expect(relayed.kind).toBe('relay');
+    if (relayed.kind === 'relay') {
+      expect(relayed.message.headers).not.toContain('DKIM-Signature');
+      await relayed.message.done();
+    }
+    expect(counted).toEqual([]);
   });
 });

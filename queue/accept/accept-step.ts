@@ -13,6 +13,9 @@
  *             quarantine: queued and held; accept / tag: queued, or handed back to be relayed;
  *   headers   the verdict's fields in front of the message (accept-headers.ts), after the caller's
  *             Received field, and the strip rule for the sender's own copies of them;
+ *   sign      outbound mail the caller marks for signing (`dkim`): the DKIM-Signature fields go in
+ *             front of those, made from what was gathered while the data streamed in
+ *             (accept-dkim.ts); the spool file is still written once and never rewritten;
  *   queue     `queue.accept` resolves when the message is durable: only then the 250.
  * A message a cluster peer transferred keeps its queue id and skips the scan (it was scanned
  * where it was first accepted); the receive guards still apply.
@@ -40,6 +43,8 @@ import type { SpoolWriter } from '../queue-spool.js';
 import { receiveInto, type ReceiveResult } from './accept-receive.js';
 import type { AcceptLimits } from './accept-config.js';
 import { verdictFields, verdictStripRule } from './accept-headers.js';
+import { DkimCollector, signatures, type DkimSigning } from './accept-dkim.js';
+import { parseStripRule, HEADER_LIMIT } from '../queue-headers.js';
 import { scanSpooled, type ScanSnapshot } from './accept-scan.js';
 import type { ScanPriority, ScanSlots } from './accept-slots.js';
 
@@ -71,6 +76,8 @@ export interface AcceptInput {
    * wait is bounded by limits.dataTimeout, past which the client gets 451 4.3.2 and nothing is kept.
    */
   scanSlot?: { slots: ScanSlots; priority: ScanPriority };
+  /** Outbound mail that is DKIM-signed when its From: domain has keys (`queue` mode; not for transfers). */
+  dkim?: DkimSigning;
 }
 
 /** The message handed back to be relayed: the verdict's fields, then the spool file (or the bytes kept in memory). */
@@ -83,13 +90,20 @@ export interface RelayedMessage {
   done(): Promise<void>;
 }
 
+/** What the engines made of a message they scanned (the known senders learn from it). */
+export interface ScanOutcome {
+  record: ScanRecord;
+  /** The combined spam level in normalised units (1: the engines' threshold), when a spam engine answered. */
+  spamScore: number | null;
+}
+
 export type AcceptResult =
-  /** Refused: nothing of the message is kept. */
-  | { kind: 'refused'; reply: SmtpReply }
+  /** Refused: nothing of the message is kept (`scan`: when the engines' verdict refused it). */
+  | { kind: 'refused'; reply: SmtpReply; scan?: ScanOutcome }
   /** The data broke off before its end (a deadline, the client gone): nothing is kept. */
   | { kind: 'incomplete'; reply: SmtpReply; error: Error }
   /** Durable in the queue (quarantined: held until an operator releases it). */
-  | { kind: 'queued'; reply: SmtpReply; queueId: string; quarantined: boolean }
+  | { kind: 'queued'; reply: SmtpReply; queueId: string; quarantined: boolean; scan?: ScanOutcome }
   /** `relay` mode, accepted or tagged: the caller relays it; its destination gives the reply. */
   | { kind: 'relay'; message: RelayedMessage };
 
@@ -132,9 +146,12 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
   const discard = (why: string) => writer.discard().catch((err) => log.error({ err, qid: writer.id }, why));
 
   const ended = input.receiving?.();
+  const signing = input.mode === 'queue' && !input.transfer && input.dkim ? input.dkim : null;
+  const collector = signing ? new DkimCollector((domain) => signing.keys(domain), Math.min(input.limits.maxHeaderSize, HEADER_LIMIT)) : null;
   let received: ReceiveResult;
   try {
-    received = await receiveInto(stream, writer, input.limits);
+    received = await receiveInto(stream, writer, input.limits, collector ? (chunk) => collector.feed(chunk) : undefined);
+    collector?.finish();
   } catch (err) {
     await discard('could not remove an incomplete message');
     log.info({ ...where, err: (err as Error).message }, 'DATA not completed');
@@ -151,7 +168,7 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
   }
 
   try {
-    return await judgeAndQueue(input, writer, received, queue, log);
+    return await judgeAndQueue(input, writer, received, queue, log, collector && signing ? { collector, signing } : null);
   } catch (err) {
     // Anything unexpected after the data arrived: the client still gets an answer, nothing is kept.
     log.error({ err, qid: writer.id }, 'could not process the message');
@@ -178,13 +195,17 @@ function guardRefusal(received: ReceiveResult, nulAllowed: boolean): { reply: Sm
   return null;
 }
 
-async function judgeAndQueue(input: AcceptInput, writer: SpoolWriter, received: ReceiveResult, queue: AcceptQueue, log: Logger): Promise<AcceptResult> {
+async function judgeAndQueue(
+  input: AcceptInput, writer: SpoolWriter, received: ReceiveResult, queue: AcceptQueue, log: Logger,
+  dkim: { collector: DkimCollector; signing: DkimSigning } | null,
+): Promise<AcceptResult> {
   const { envelope, snapshot } = input;
   const { bytes, structure } = received;
   let fields = '';
   let quarantine: string | null = null;
   let strip: string | null = null;
   let record: ScanRecord | undefined;
+  let spamScore: number | null = null;
   let written = () => undefined as void;
   try {
     if (!input.transfer && (snapshot.engines.size > 0 || structure !== null)) {
@@ -214,8 +235,9 @@ async function judgeAndQueue(input: AcceptInput, writer: SpoolWriter, received: 
       if (reply) {
         await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a refused message'));
         queue.recordScan(record);
-        return { kind: 'refused', reply };
+        return { kind: 'refused', reply, scan: { record, spamScore: verdict.spamScore } };
       }
+      spamScore = verdict.spamScore;
       if (verdict.action === 'quarantine') quarantine = verdict.reason;
       fields = verdictFields(verdict);
       if (input.mode === 'queue') strip = verdictStripRule(verdict, input.hostname);
@@ -225,13 +247,23 @@ async function judgeAndQueue(input: AcceptInput, writer: SpoolWriter, received: 
       const kept = writer.kept ? Buffer.concat(writer.kept) : null;
       return { kind: 'relay', message: { headers: fields, path: writer.path, bytes, kept, done: () => writer.discard() } };
     }
-    const id = await queue.accept(writer, { ...envelope, trace: input.trace(writer.id) + fields, quarantine, strip }, bytes, record);
+    let trace = input.trace(writer.id) + fields;
+    if (dkim) {
+      const signed = signatures(dkim.collector, dkim.signing, trace, parseStripRule(strip), writer.id, log);
+      if ('reply' in signed) {
+        await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove an unsigned message'));
+        if (record) queue.recordScan(record);
+        return { kind: 'refused', reply: signed.reply };
+      }
+      trace = signed.fields + trace;
+    }
+    const id = await queue.accept(writer, { ...envelope, trace, quarantine, strip }, bytes, record);
     log.info({
       qid: id, listener: envelope.listener, client: envelope.client, sender: envelope.sender, recipients: envelope.recipients.length, size: bytes,
       ...(quarantine ? { quarantine } : {}),
     }, quarantine ? 'quarantined' : 'queued');
     const reply = quarantine && input.mode === 'relay' ? heldInQuarantine(id) : queued(id);
-    return { kind: 'queued', reply, queueId: id, quarantined: quarantine !== null };
+    return { kind: 'queued', reply, queueId: id, quarantined: quarantine !== null, ...(record ? { scan: { record, spamScore } } : {}) };
   } finally {
     written();
   }
