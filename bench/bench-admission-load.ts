@@ -26,6 +26,10 @@ export interface Attempt {
   outcome: Outcome;
   stage: Stage;
   code: number | null;
+  /** Start of connect to the greeting (when one came). */
+  greetMs?: number;
+  /** The body's final dot sent to the reply after it (when it was sent): the server's scan and commit. */
+  dotMs?: number;
 }
 
 export interface Envelope { from: string; to: string; body: string }
@@ -61,13 +65,15 @@ export function sendOne(target: Target, localAddress: string, env: Envelope, clo
     let buffer = '';
     let expected: Stage[] = ['connect'];
     let done = false;
+    let greetMs: number | undefined, dotSent: number | undefined;
     const socket: Socket = connect({ host: target.host, port: target.port, localAddress });
     const finish = (outcome: Outcome, code: number | null) => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       cut?.removeEventListener('abort', onCut);
-      resolve({ at, ms: clock.now() - at, outcome, stage, code });
+      const now = clock.now();
+      resolve({ at, ms: now - at, outcome, stage, code, greetMs, dotMs: dotSent === undefined ? undefined : now - dotSent });
       if (outcome === 'accepted' || code !== null) {
         socket.end('QUIT\r\n');
         setTimeout(() => socket.destroy(), 1000).unref();
@@ -93,6 +99,7 @@ export function sendOne(target: Target, localAddress: string, env: Envelope, clo
         const ok = stage === 'data' ? code === 354 : code >= 200 && code < 300;
         if (!ok) return finish(code >= 400 && code < 500 ? 'deferred' : code >= 500 && code < 600 ? 'rejected' : 'failed', code);
         if (stage === 'connect') {
+          greetMs = clock.now() - at;
           expected = ['ehlo'];
           socket.write('EHLO sender.bench.test\r\n');
         } else if (stage === 'ehlo') {
@@ -101,6 +108,7 @@ export function sendOne(target: Target, localAddress: string, env: Envelope, clo
         } else if (stage === 'data') {
           expected = ['dot'];
           socket.write(env.body + '.\r\n');
+          dotSent = clock.now();
         } else if (stage === 'dot') {
           return finish('accepted', code);
         }

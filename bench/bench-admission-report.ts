@@ -20,10 +20,14 @@ export interface Phases {
 
 export interface Latency { n: number; p50: number; p99: number }
 
+/** Where an accepted message's time went: to the greeting, and from the final dot to the reply (scan, commit). */
+export interface Parts { greetP50: number; greetP99: number; dotP50: number; dotP99: number }
+
 export interface SystemFigures {
   system: string;
   knownBefore: Latency;
   knownFlood: Latency;
+  knownFloodParts: Parts;
   /** Known messages not accepted (any 4xx or 5xx, a connection that failed or timed out), whole run. */
   knownRefused: number;
   knownRefusedFlood: number;
@@ -46,6 +50,13 @@ export interface SystemFigures {
   levels: string;
 }
 
+const parts = (attempts: Attempt[]): Parts => {
+  const ok = attempts.filter((a) => a.outcome === 'accepted');
+  const greet = ok.map((a) => a.greetMs ?? NaN).filter(Number.isFinite).sort((a, b) => a - b);
+  const dot = ok.map((a) => a.dotMs ?? NaN).filter(Number.isFinite).sort((a, b) => a - b);
+  return { greetP50: percentile(greet, 0.5), greetP99: percentile(greet, 0.99), dotP50: percentile(dot, 0.5), dotP99: percentile(dot, 0.99) };
+};
+
 const latency = (attempts: Attempt[]): Latency => {
   const ms = attempts.filter((a) => a.outcome === 'accepted').map((a) => a.ms).sort((a, b) => a - b);
   return { n: ms.length, p50: percentile(ms, 0.5), p99: percentile(ms, 0.99) };
@@ -61,6 +72,7 @@ export function summarize(system: string, known: Attempt[], flood: Attempt[], fl
     system,
     knownBefore: latency(before),
     knownFlood: latency(known.filter(inFlood)),
+    knownFloodParts: parts(known.filter(inFlood)),
     knownRefused: refused.length,
     knownRefusedFlood: refused.filter(inFlood).length,
     unknown: {
@@ -85,6 +97,8 @@ export function table(rows: SystemFigures[]): string {
     ['known p99 before the flood', ...rows.map((r) => ms(r.knownBefore.p99))],
     ['known p50 during the flood', ...rows.map((r) => ms(r.knownFlood.p50))],
     ['known p99 during the flood', ...rows.map((r) => ms(r.knownFlood.p99))],
+    ['  of it: to the greeting p50 / p99', ...rows.map((r) => `${ms(r.knownFloodParts.greetP50)} / ${ms(r.knownFloodParts.greetP99)}`)],
+    ['  of it: final dot to 250 p50 / p99', ...rows.map((r) => `${ms(r.knownFloodParts.dotP50)} / ${ms(r.knownFloodParts.dotP99)}`)],
     ['known p99 during / before', ...rows.map((r) => (Number.isFinite(r.knownFlood.p99 / r.knownBefore.p99) ? `${(r.knownFlood.p99 / r.knownBefore.p99).toFixed(2)}x` : '-'))],
     ['known refused (4xx, 5xx, failed)', ...rows.map((r) => `${r.knownRefused} (${r.knownRefusedFlood} in the flood)`)],
     ['unknown offered', ...rows.map((r) => String(r.unknown.offered))],

@@ -61,6 +61,9 @@ describe('the sender', () => {
     const a = await sendOne(target, '127.10.3.2', env, new Clock(), 5000);
     expect(a).toMatchObject({ outcome: 'accepted', stage: 'dot', code: 250 });
     expect(a.ms).toBeGreaterThan(0);
+    expect(a.greetMs).toBeGreaterThan(0);
+    expect(a.dotMs).toBeGreaterThan(0);
+    expect(a.greetMs! + a.dotMs!).toBeLessThanOrEqual(a.ms);
     expect(peer).toBe('127.10.3.2');
   });
 
@@ -120,7 +123,7 @@ describe('addresses', () => {
 describe('the figures', () => {
   const at = (s: number, ms: number, outcome: Attempt['outcome'] = 'accepted', stage: Attempt['stage'] = 'dot'): Attempt =>
     ({ at: s * 1000, ms, outcome, stage, code: outcome === 'accepted' ? 250 : outcome === 'deferred' ? 421 : null });
-  const known = [at(0, 500), at(2, 10), at(2, 20), at(3, 30), at(6, 100), at(7, 400), at(7, 0, 'deferred', 'connect'), at(9, 5, 'failed', 'connect')];
+  const known = [at(0, 500), at(2, 10), at(2, 20), at(3, 30), { ...at(6, 100), greetMs: 2, dotMs: 90 }, { ...at(7, 400), greetMs: 300, dotMs: 50 }, at(7, 0, 'deferred', 'connect'), at(9, 5, 'failed', 'connect')];
   const flood = [at(5, 50), at(6, 3, 'deferred', 'connect'), at(6, 4, 'deferred', 'rcpt'), at(7, 1, 'rejected', 'rcpt'), at(8, 9, 'failed')];
   const f = summarize('ichidan on', known, flood, 7, { warmupEnd: 1000, floodStart: 5000, floodEnd: 9000 }, {
     rssMb: 123, pssMb: 100, cpu: { server: 50, engine: null, generator: 5, others: 65, machine: 60 }, levels: 'overload@6s',
@@ -129,6 +132,7 @@ describe('the figures', () => {
   it('splits known senders before and during the flood, warm-up left out, and counts what was not accepted', () => {
     expect(f.knownBefore).toEqual({ n: 3, p50: 20, p99: 30 });
     expect(f.knownFlood).toEqual({ n: 2, p50: 400, p99: 400 });
+    expect(f.knownFloodParts).toEqual({ greetP50: 300, greetP99: 300, dotP50: 90, dotP99: 90 });
     expect(f.knownRefused).toBe(2);
     expect(f.knownRefusedFlood).toBe(1);
     expect(f.unknown).toEqual({ offered: 12, accepted: 1, deferred: 2, deferredAtConnect: 1, rejected: 1, failed: 1, skipped: 7 });
