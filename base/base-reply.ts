@@ -87,7 +87,16 @@ export const contentRefused = (why: string): SmtpReply => reply(550, '5.7.1', `m
 /** An engine could not judge the message (a limit of its own, MIME it cannot parse): a security refusal. */
 export const notFullyScanned = (why: string): SmtpReply => reply(550, '5.7.1', `message refused: content could not be fully scanned (${why})`);
 
+/** A tenant's recipient on its suppression list (queue/queue-suppression.ts says why and since when). */
+export const recipientSuppressed = (address: string, why: string): SmtpReply => reply(550, '5.1.1', `<${address}>: recipient suppressed ${why}`);
+
 /** A reply as smtp-server's DATA callback takes a success message: the text after the code. */
+/** A load balancer's connection whose PROXY protocol header is missing, late or malformed (the connection is closed). */
+export const proxyHeaderRefused = (): SmtpReply => reply(421, '4.7.0', 'invalid or missing PROXY protocol header, closing connection');
+
+/** A PROXY header from a client that may not send one (listeners[].proxyProtocol.from). */
+export const proxyHeaderNotAllowed = (client: string): SmtpReply => reply(554, '5.7.1', `PROXY protocol header not accepted from ${client}`);
+
 export const replyText = (r: SmtpReply): string => `${r.enhanced} ${r.text}`;
 
 export type SmtpError = Error & { responseCode: number };

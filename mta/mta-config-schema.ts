@@ -18,6 +18,7 @@ import { engineSchema, scanningSchema, tenantScanningSchema } from '../engines/e
 import { cidr, domain, duration, hostname, size } from '../base/base-config.js';
 import { deliverySchema, dnsSchema, routesSchema } from '../delivery/delivery-config.js';
 import { queueSchema, tenantEgressSchema } from '../queue/queue-config.js';
+import { suppressionSchema, tenantSuppressionSchema } from '../queue/queue-suppression-config.js';
 import { tenantDkimSchema } from '../queue/accept/accept-dkim-config.js';
 import { proxySchema } from './proxy/proxy-config.js';
 import { adminSchema } from './admin/admin-config.js';
@@ -36,6 +37,8 @@ const tenant = z.strictObject({
   scanning: tenantScanningSchema.optional(),
   /** How this tenant's outbound mail is scheduled: its share, its caps, its source addresses. */
   egress: tenantEgressSchema,
+  /** This tenant's own suppression settings, over the global `suppression` (any of its keys). */
+  suppression: tenantSuppressionSchema,
   /** The keys that DKIM-sign the mail this tenant sends, by From: domain (queue/accept/accept-dkim-config.ts). */
   dkim: tenantDkimSchema,
 });
@@ -59,6 +62,8 @@ export const configSchema = z.strictObject({
   users: usersSchema,
   tenants: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'a tenant name of letters, digits, "-" and "_"'), tenant).default({}),
   queue: queueSchema,
+  /** Per-tenant suppression of hard-bounced recipients: the defaults each tenant's `suppression` overrides. */
+  suppression: suppressionSchema,
   delivery: deliverySchema,
   routes: routesSchema,
   admin: adminSchema,

@@ -10,7 +10,8 @@
  *   publishes a new snapshot to all of them; `stop`: stop accepting, finish the open transactions,
  *   close the queue. Metrics are registered in mta-metrics.ts. `pressure` (admission/admission-pressure.ts)
  *   measures this node's load once the listeners are up, unless admission.mode is off.
- * Reads: the config file (reload), the TLS key and certificate, the data folder.
+ * Reads: the config file (reload), the TLS keys and certificates (at start and at every reload:
+ *   ingress/ingress-certificates.ts), the data folder.
  * Network: the cluster's Redis when cluster.redis is set (mta-cluster.ts), the listeners (MX,
  *   submission and proxy, on loopback in the default), the admin
  *   socket and optional loopback port, DNS only to `dns.servers`.
@@ -32,8 +33,9 @@ import { AdminServer } from './admin/admin-server.js';
 import { AuthGuard } from './ingress/ingress-auth.js';
 import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { processMetrics } from './mta-metrics.js';
-import { reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
+import { FileWatch, reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
+import { suppressedLive } from './ingress/ingress-suppression.js';
 import type { Snapshot } from './mta-snapshot.js';
 import { ProxyListener } from './proxy/proxy-listener.js';
 import { loadOriginalDst, type OriginalDstReader } from './proxy/proxy-origdst.js';
@@ -41,7 +43,8 @@ import { proxySessionDeps } from './proxy/proxy-deps.js';
 import { RELAY_TENANT } from './ingress/ingress-policy.js';
 import { proxyScans, scanProxied } from './proxy/proxy-scan.js';
 import { LineEndingGuard } from '../queue/accept/accept-receive.js';
-import { loadTlsMaterial } from './ingress/ingress-tls.js';
+import { ensureSelfSigned, type TlsMaterial } from './ingress/ingress-tls.js';
+import { certificateFiles, loadCertificates, offerCertificates, type Certificates } from './ingress/ingress-certificates.js';
 import { secureDataDir } from './mta-datadir.js';
 import { Cluster, localStatus, type ClusterDeps, type ClusterStatus } from './mta-cluster.js';
 import { SharedState } from './mta-shared.js';
@@ -51,7 +54,7 @@ import { Admission } from './admission/admission.js';
 import { DkimKeys, type DkimCount } from '../queue/accept/accept-dkim-keys.js';
 import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 import { KnownSenders } from './admission/admission-senders.js';
-import { learnedFrom } from './admission/admission-learn.js';
+import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 
 export interface BoundListener {
   name: string;
@@ -91,6 +94,8 @@ export class Ichidan {
   readonly #proxyOutbound = new Set<string>();
   #admin: AdminServer | null = null;
   #watcher: FSWatcher | null = null;
+  /** The certificate files, reloaded when renewed (admin.watchConfig). */
+  #certificateWatch: FileWatch | null = null;
   #passwords: PasswordVerifier | null = null;
   #policies = new StsPolicyCache();
   readonly #dkimCount: DkimCount;
@@ -132,6 +137,8 @@ export class Ichidan {
       queue.records.recordEngineEvent(e);
     });
     queue.control.onEvent = (e) => metrics.egressEvent(e);
+    // The tenant label stays bounded: tenants no longer configured count as one.
+    queue.suppressions.onBounce = (tenant, cls) => metrics.bounce(tenant in this.config.tenants || tenant === RELAY_TENANT ? tenant : '_other', cls);
     queue.spool.fsyncs.onSample = (ms) => metrics.fsync(ms);
     const scanTimes = new ScanTimings();
     this.pressure = new Pressure(config.admission.pressure, {
@@ -189,6 +196,10 @@ export class Ichidan {
    */
   static async start(config: Config, log: Logger, opts: { configFile?: string; load?: (file: string) => Config; originalDst?: OriginalDstReader } = {}): Promise<Ichidan> {
     await secureDataDir(config.dataDir, log);
+    // Before anything opens: a certificate that cannot be offered stops the start, naming its key.
+    if (config.tls.cert === undefined) await ensureSelfSigned(config);
+    const certs = loadCertificates(config);
+    for (const warning of certs.warnings) log.warn(warning);
     const sessions = new SmtpPool();
     // One MTA-STS policy cache for the life of the process: a reload keeps the policies learnt.
     const policies = new StsPolicyCache();
@@ -219,19 +230,29 @@ export class Ichidan {
         return policy.isTrusted(address) || policy.tenantOfClient(address) !== undefined;
       },
     });
-    const learning = learningQueue(queue, app.senders, () => app!.config.admission.mode !== 'off');
+    // The known senders learn from each message's outcome (not with admission.mode off).
+    const learn = (input: LearnInput) => {
+      if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom(input));
+    };
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
     const file = app.configFile;
-    if (config.admin.watchConfig && file) app.#watcher = watchConfig(file, () => app.reload(file), log);
-    const tls = await loadTlsMaterial(config);
+    if (config.admin.watchConfig && file) {
+      app.#watcher = watchConfig(file, () => app.reload(file), log);
+      app.#certificateWatch = new FileWatch(() => {
+        log.info('a certificate file changed: reloading');
+        app.reload(file);
+      });
+      app.#certificateWatch.set(certificateFiles(config));
+    }
     const passwords = app.#passwords = new PasswordVerifier(config.auth);
     const auth = new AuthGuard(passwords);
     for (const spec of config.listeners) {
       if (spec.role === 'proxy') {
-        await app.#startProxy(spec, tls, opts.originalDst);
+        await app.#startProxy(spec, certs, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue: learning, tls, log, auth, draining: () => app.draining, admission: app.admission });
+      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn });
+      offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
       app.#listeners.push(listener);
       app.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -242,7 +263,8 @@ export class Ichidan {
   }
 
   /** A proxy listener, when the kernel can say where its connections were going; else reported, and everything else runs. */
-  async #startProxy(spec: Config['listeners'][number], tls: { key: string | Buffer; cert: string | Buffer }, given?: OriginalDstReader): Promise<void> {
+  async #startProxy(spec: Config['listeners'][number], certs: Certificates, given?: OriginalDstReader): Promise<void> {
+    const tls: TlsMaterial = certs.of(spec.name).pair;
     const reader = given ?? loadOriginalDst();
     if ('error' in reader) {
       this.log.error({ listener: spec.name, reason: reader.error }, 'proxy listener not started: the original destination of redirected connections cannot be read');
@@ -256,6 +278,7 @@ export class Ichidan {
         return policy.tenantOfClient(address) ?? (policy.isTrusted(address) ? RELAY_TENANT : undefined);
       },
       session: (config) => proxySessionDeps(config, this.queue, this.sessions, this.#proxyOutbound),
+      suppressed: (tenant, address) => suppressedLive(this.queue, { tenant, address }, 'proxy', this.log),
       scanner: (tenant) => {
         const snapshot = this.#snapshot;
         if (!proxyScans(snapshot.config.proxy.scan, tenant) || snapshot.engines.size === 0) return null;
@@ -268,6 +291,7 @@ export class Ichidan {
       tls: { key: tls.key, cert: tls.cert },
       log: this.log,
     });
+    offerCertificates(proxy.server, certs.of(spec.name));
     const where = await proxy.listen();
     this.#proxies.push(proxy);
     this.bound.push({ name: spec.name, role: spec.role, ...where });
@@ -291,19 +315,26 @@ export class Ichidan {
    */
   reconfigure(config: Config): number {
     // Everything that can fail is built before anything is published: a failure changes nothing.
+    // The certificate files are read again, so a renewed pair is offered to new connections.
+    const certs = loadCertificates(config);
+    for (const warning of certs.warnings) this.log.warn(warning);
     const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
     const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;
     this.#snapshot = snapshot;
     previous.release();
-    for (const l of [...this.#listeners, ...this.#proxies]) l.apply(config);
+    for (const l of [...this.#listeners, ...this.#proxies]) {
+      l.apply(config);
+      offerCertificates(l.server, certs.of(l.spec.name));
+    }
     this.admission.apply(config);
     this.queue.reconfigure(config, egress);
     this.pressure.apply(config.admission.pressure);
     if (config.admission.mode === 'off') this.pressure.stop();
     else this.pressure.start();
     this.senders?.apply(config.admission.senders);
+    this.#certificateWatch?.set(certificateFiles(config));
     return snap.generation;
   }
 
@@ -316,6 +347,7 @@ export class Ichidan {
   /** Graceful stop: stop accepting, let open transactions finish, close the queue. */
   async stop(): Promise<void> {
     this.#watcher?.close();
+    this.#certificateWatch?.close();
     this.pressure.stop();
     await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
@@ -342,28 +374,4 @@ function admissionSessions(listeners: readonly Listener[]): { open: number; limi
     limit += l.spec.maxClients;
   }
   return { open, limit };
-}
-
-/**
- * Until the ingress records each accept step's result itself (`senders.record(learnedFrom(…))`):
- * the known senders learn from every message an MX or submission listener queues, as the accept
- * step hands it to the queue (not with admission.mode off). Refusals are not seen here.
- */
-function learningQueue(queue: Queue, senders: KnownSenders, learning: () => boolean): Queue {
-  return new Proxy(queue, {
-    get(target, prop) {
-      if (prop === 'accept') {
-        return async (...args: Parameters<Queue['accept']>) => {
-          const id = await target.accept(...args);
-          if (!learning()) return id;
-          const [, env, , record] = args;
-          const result = { kind: 'queued' as const, reply: { code: 250, enhanced: '2.0.0', text: '' }, queueId: id, quarantined: env.quarantine !== null, ...(record ? { scan: { record, spamScore: null } } : {}) };
-          senders.record(learnedFrom({ address: env.client, authUser: env.authUser, result }));
-          return id;
-        };
-      }
-      const value = Reflect.get(target, prop, target) as unknown;
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  });
 }

@@ -48,7 +48,12 @@ async function start(args: string[]): Promise<void> {
   }
   const log = index === null ? root : root.child({ worker: index });
   const { Ichidan } = await import('./mta-daemon.js');
-  const app = await Ichidan.start(config, log, { configFile: file, load });
+  const app = await Ichidan.start(config, log, { configFile: file, load }).catch((err: Error & { problems?: string[] }) => {
+    // A certificate file the config names that cannot be offered (ingress/ingress-certificates.ts).
+    if (!err.problems) throw err;
+    process.stderr.write(`${file}: invalid configuration\n${err.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+    process.exit(1);
+  });
   process.on('SIGHUP', () => { app.reload(); });
   let stopping = false;
   const stop = (signal: string) => {

@@ -18,6 +18,9 @@
  *   ichidan_admission_signal_level{signal}          each signal's own level (0, 1, 2)
  *   ichidan_admission_level_changes_total{to}       changes of level, by the level entered
  *   ichidan_admission_decisions_total{point,action,reason}  the admission's decisions (mta/admission/)
+ *   ichidan_bounces_total{tenant,class}              bounces by class (queue/queue-classify.ts; 'suppressed':
+ *                                                    stopped by the suppression list); tenant: a configured
+ *                                                    one, `_relay`, or `_other` (the caller bounds it)
  *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
  *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
  *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
@@ -60,6 +63,7 @@ export interface ProcessMetrics {
   /** The pressure level changed to `to`. */
   levelChange(to: Level): void;
   admissionDecision(point: string, action: string, reason: string): void;
+  bounce(tenant: string, cls: string): void;
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
@@ -123,6 +127,9 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   const admissionDecisions = new Counter({
     name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
+  const bounces = new Counter({
+    name: 'ichidan_bounces_total', help: 'Recipients bounced, by tenant and bounce class (suppressed: stopped by the tenant\'s suppression list)', labelNames: ['tenant', 'class'], registers,
+  });
   const dkimSignatures = new Counter({
     name: 'ichidan_dkim_signatures_total', help: 'DKIM signatures made, and keys that failed to sign, per key', labelNames: ['tenant', 'domain', 'selector', 'result'], registers,
   });
@@ -137,6 +144,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
     fsync: (ms) => fsyncs.observe(ms / 1000),
     levelChange: (to) => levelChanges.inc({ to }),
     admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    bounce: (tenant, cls) => bounces.inc({ tenant, class: cls }),
     dkimSignature: (key, result) => dkimSignatures.inc({ tenant: key?.tenant ?? '', domain: key?.domain ?? '', selector: key?.selector ?? '', result }),
   };
 }

@@ -8,11 +8,12 @@
  * Gives: `reloadConfig`, which reads and validates the file and publishes it, or changes nothing
  *   and names the problems; `needsRestart`, the changed settings a running process cannot apply
  *   (`RESTART_ONLY`, one typed accessor per documented key); `watchConfig`, which reloads when
- *   the file changes (admin.watchConfig).
- * Touches: the config file and the folder it sits in (watched).
+ *   the file changes (admin.watchConfig); `FileWatch`, which reloads when a certificate or key
+ *   file the config names changes (admin.watchConfig too: a renewal needs no command).
+ * Touches: the config file and the folder it sits in (watched); the certificate files (polled).
  * Settings: admin.watchConfig; every other setting is read through mta-config.ts.
  */
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, unwatchFile, watch, watchFile, type FSWatcher, type Stats } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from './mta-config-schema.js';
@@ -21,8 +22,8 @@ import { ConfigError, loadConfig } from './mta-config.js';
 /** Settings a reload cannot apply to a running process, each by its key in the config file. */
 export const RESTART_ONLY = {
   dataDir: (c) => c.dataDir,
-  listeners: (c) => c.listeners,
-  tls: (c) => c.tls,
+  // A listener's certificate and PROXY settings are applied live (as `tls` is); the rest needs new sockets.
+  listeners: (c) => c.listeners.map(({ cert: _c, key: _k, proxyProtocol: _p, ...rest }) => rest),
   admin: (c) => c.admin,
   'queue.fsync': (c) => c.queue.fsync,
   'proxy.eventsFile': (c) => c.proxy.eventsFile,
@@ -56,7 +57,8 @@ export function reloadConfig(file: string, current: Config, publish: (config: Co
   try {
     generation = publish(config);
   } catch (err) {
-    const problems = [(err as Error).message];
+    // A certificate that cannot be offered (ingress-certificates.ts) names its key in each problem.
+    const problems = (err as { problems?: string[] }).problems ?? [(err as Error).message];
     log.error({ file, problems }, 'reload failed: the running configuration stays');
     return { ok: false, problems };
   }
@@ -95,4 +97,43 @@ export function watchConfig(file: string, reload: () => void, log: Logger): FSWa
   watcher.on('error', (err) => log.warn({ err, file }, 'cannot watch the config file any more; reload with SIGHUP or ichidan reload'));
   watcher.on('close', () => { if (timer) clearTimeout(timer); });
   return watcher;
+}
+
+/**
+ * Calls `changed` when one of the files it is given changes (a new inode, size or modification
+ * time, seen through symlinks: certbot renews by pointing live/ at new files). Polled, a few stat
+ * calls every `intervalMs`: certificate folders are often not watchable (symlinks, other mounts).
+ * A renewal writes a certificate and a key one after the other: the call waits for `quietMs` of quiet.
+ */
+export class FileWatch {
+  readonly #files = new Map<string, (cur: Stats, prev: Stats) => void>();
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly changed: () => void, private readonly intervalMs = 2000, private readonly quietMs = 1000) {}
+
+  /** Watches exactly `files` from now on. */
+  set(files: readonly string[]): void {
+    const wanted = new Set(files);
+    for (const [file, listener] of this.#files) {
+      if (wanted.has(file)) continue;
+      unwatchFile(file, listener);
+      this.#files.delete(file);
+    }
+    for (const file of wanted) {
+      if (this.#files.has(file)) continue;
+      const listener = (cur: Stats, prev: Stats) => {
+        if (cur.ino === prev.ino && cur.size === prev.size && cur.mtimeMs === prev.mtimeMs) return;
+        if (this.#timer) clearTimeout(this.#timer);
+        this.#timer = setTimeout(() => { this.#timer = null; this.changed(); }, this.quietMs);
+        this.#timer.unref();
+      };
+      watchFile(file, { interval: this.intervalMs, persistent: false }, listener);
+      this.#files.set(file, listener);
+    }
+  }
+
+  close(): void {
+    this.set([]);
+    if (this.#timer) clearTimeout(this.#timer);
+  }
 }

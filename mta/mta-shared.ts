@@ -2,7 +2,8 @@
  * The operator and control state this node shares with the cluster, wired to what enforces it:
  * the egress control's events (queue/cluster/cluster-egress.ts), the engine host's switches (here:
  * engines/ cannot import queue/), quarantine releases (queue/cluster/cluster-release.ts), and the
- * throttle evidence attribution counts (queue/cluster/cluster-signals.ts).
+ * throttle evidence attribution counts (queue/cluster/cluster-signals.ts), the tenants' suppression
+ * entries (queue/cluster/cluster-suppression.ts).
  *
  * Takes: the node's cluster part (mta-cluster.ts), the queue, the engine host.
  * Gives: `SharedState.start(...)`; `release(id, by)` for the admin API; `close()`.
@@ -18,6 +19,7 @@ import { SharedRelease, type ReleaseAnswer } from '../queue/cluster/cluster-rele
 import { ClusterSignals } from '../queue/cluster/cluster-signals.js';
 import { SqliteStateCopy } from '../queue/cluster/cluster-state-sql.js';
 import { ClusterState, type StateApplier, type StateChange } from '../queue/cluster/cluster-state.js';
+import { SuppressionShare } from '../queue/cluster/cluster-suppression.js';
 import type { Cluster } from './mta-cluster.js';
 
 /** Engine switches: an operator's here are published, the other nodes' applied. */
@@ -46,6 +48,7 @@ export class SharedState {
   readonly state: ClusterState;
   readonly signals: ClusterSignals;
   readonly #release: SharedRelease;
+  readonly #suppression: SuppressionShare;
 
   private constructor(cluster: Cluster, private readonly queue: Queue, engines: EngineHost, log: Logger) {
     this.state = new ClusterState(cluster.link, new SqliteStateCopy(queue.store), log);
@@ -54,6 +57,8 @@ export class SharedState {
     this.state.use(egress);
     this.state.use(new EngineSwitchShare(this.state, engines));
     this.state.use(this.#release);
+    this.#suppression = new SuppressionShare(this.state, queue.suppressions);
+    this.state.use(this.#suppression);
     this.signals = new ClusterSignals(cluster.link, () => queue.control.throttleWindow);
     queue.control.sharing = egress;
     queue.control.evidence = this.signals;
@@ -76,6 +81,7 @@ export class SharedState {
     await this.signals.flush().catch(() => undefined);
     this.queue.control.sharing = null;
     this.queue.control.evidence = null;
+    this.#suppression.stop();
     await this.state.close();
   }
 }

@@ -16,13 +16,16 @@
  *   `queue.maxAge`, notices — is decided by queue-attempt.ts, and applied here: notices written
  *   (queue-notices.ts) and committed with the outcomes, outcomes the database cannot take kept
  *   (queue-pending.ts). A sweep removes finished messages, expires leftovers and ticks the records.
+ *   Bounces carry their class; hard ones go on their tenant's suppression list, whose recipients
+ *   are bounced before delivery without contacting the destination (queue-suppression.ts).
  * Reads: the queue database (queue-store.ts, one writer thread shared with the records), the
  *   spool and recently accepted bodies (queue-bodies.ts), free space (queue-space.ts), entries set
  *   aside at startup (queue-reconcile.ts, queue-corrupt-entries.ts).
  * Network: none itself (delivery/ does the talking).
  * RFCs: 3464 (delivery status notifications), 3461 (NOTIFY, RET, ENVID, ORCPT).
  * Settings: dataDir, hostname, queue.*, tenants.*.egress, delivery.sourcePools,
- *   delivery.throttle.*, delivery.transcripts.retention, scanning.recordRetention.
+ *   delivery.throttle.*, delivery.transcripts.retention, scanning.recordRetention, suppression.*,
+ *   tenants.*.suppression.
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -45,6 +48,7 @@ import { SpaceGuard } from './queue-space.js';
 import { ClusterGate } from './cluster/cluster-gate.js';
 import type { ClusterLink } from './cluster/cluster-link.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
+import { Suppressions } from './queue-suppression.js';
 import { transferPass, type TransferTally } from './queue-transfer.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientSelector, type WriteOp } from './queue-store.js';
 
@@ -85,6 +89,8 @@ export class Queue {
   readonly corrupt: CorruptEntries;
   /** Session transcripts from delivery/ (and the proxy): stored without holding delivery up; a failed write is logged. */
   readonly recordTranscript: QueueRecords['recordTranscript'];
+  /** Each tenant's suppressed recipients (queue-suppression.ts): looked up at RCPT and before every delivery. */
+  readonly suppressions: Suppressions;
   readonly #bodies: MessageBodies;
   readonly #operator: QueueOperator;
   #policies = new Map<string, TenantPolicy>();
@@ -132,6 +138,7 @@ export class Queue {
       const ids = new Set(recipientIds);
       this.#scheduleRows(this.store.recipientsOf(id).filter((r) => ids.has(r.id) && r.state === 'queued'));
     });
+    this.suppressions = new Suppressions(this.store, () => this.config, log);
     this.#operator = new QueueOperator(this.store, log, (rows) => this.#scheduleRows(rows),
       (domain) => Promise.resolve(this.#egress.site(domain)).then((s) => s.key, () => null));
   }
@@ -350,8 +357,9 @@ export class Queue {
 
   /** One attempt for some recipients of one message; returns those to retry, each with its own retry time. */
   async #deliverRows(job: Job, msg: MessageRow, rows: RecipientRow[], via: Via): Promise<Due> {
-    // Recipients already refused for good whose bounce is still owed are not sent again.
-    const toSend = rows.filter((r) => r.owed !== 'failed');
+    // Recipients already refused for good whose bounce is still owed are not sent again, nor those on their tenant's suppression list.
+    const stopped = this.suppressions.stop(job.tenant, rows.filter((r) => r.owed !== 'failed'), Date.now());
+    const toSend = rows.filter((r) => r.owed !== 'failed' && !stopped.has(r.id));
     const outbound: OutboundMessage = {
       queueId: msg.id,
       tenant: job.tenant,
@@ -363,7 +371,8 @@ export class Queue {
       body8bit: msg.body8bit === 1,
       open: () => this.#bodies.open(msg),
     };
-    const result: DeliveryResult = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound, this.recordTranscript, via) : { kind: 'outcomes', outcomes: [] };
+    let result: DeliveryResult = toSend.length > 0 ? await this.#egress.deliver(job.domain, outbound, this.recordTranscript, via) : { kind: 'outcomes', outcomes: [] };
+    if (result.kind === 'outcomes' && stopped.size > 0) result = { ...result, outcomes: [...result.outcomes, ...stopped.values()] };
     const now = Date.now();
     if (result.kind === 'outcomes' && result.signal) this.control.onSignal(via.site, via.source.address, job.tenant, result.signal, now);
     // An operator may have held or purged some of these recipients while the attempt ran: their
@@ -372,6 +381,7 @@ export class Queue {
     const stillQueued = new Set(this.store.recipientsOf(msg.id).filter((r) => r.state === 'queued').map((r) => r.id));
     const plan = attemptOutcome({
       message: msg, recipients: rows.filter((r) => stillQueued.has(r.id)), result, domain: job.domain, config: this.config.queue, now, random: Math.random,
+      suppression: this.suppressions.rule(job.tenant), stopped: new Set(stopped.keys()),
     });
     const lane = (u: { id: number; due: number }) => ({ ...u, tenant: job.tenant, domain: job.domain });
     if (plan.kind === 'capped') {
@@ -389,6 +399,7 @@ export class Queue {
 
     const notices = { spool: this.spool, hostname: this.config.hostname, maxAge: this.config.queue.maxAge, open: (m: MessageRow) => this.#bodies.open(m) };
     const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices }, msg, plan, now);
+    this.suppressions.report(msg.id, job.tenant, rows, committed.updates, now);
     for (const n of committed.notices) this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: n.recipientIds[j], due: now })));
     return committed.updates.filter((u) => u.state === 'queued').map((u) => lane({ id: u.id, due: u.nextAttempt }));
   }
@@ -400,6 +411,7 @@ export class Queue {
     try {
       const now = Date.now();
       await this.records.tick(now);
+      await this.suppressions.tick(now);
       if (now - this.#leftoversAt >= Math.min(LEFTOVERS_INTERVAL_MS, this.config.queue.leftoverRetention)) {
         this.#leftoversAt = now;
         await this.corrupt.removeLeftovers(now);

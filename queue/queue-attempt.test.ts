@@ -22,7 +22,7 @@ function rcpt(id: number, over: Partial<RecipientRow> = {}): RecipientRow {
   return {
     id, message_id: 'Q1', tenant: 't', address: `r${id}@dst.test`, domain: 'dst.test', orcpt: null, notify: null, state: 'queued',
     attempts: 0, next_attempt: RECEIVED, first_attempt: null, last_code: null, last_status: null, last_reply: null, last_host: null,
-    warned: 0, owed: null, updated_at: RECEIVED, ...over,
+    warned: 0, owed: null, bounce_class: null, updated_at: RECEIVED, ...over,
   };
 }
 
@@ -243,5 +243,51 @@ describe('attempt outcomes', () => {
     expect(notice.action).toBe('delayed');
     expect(notice.unwritten).toEqual([expect.objectContaining({ id: 0, state: 'queued', warned: false, nextAttempt: RECEIVED + 4 * HOUR + 300_000 })]);
     expect(notice.uncommitted).toEqual(notice.unwritten);
+  });
+});
+
+describe('bounce classes and suppression marks', () => {
+  const DAY = 86_400_000;
+  const rule = { classes: ['bad-mailbox', 'bad-domain'] as const, expire: 90 * DAY };
+  const plan = (over: { rcpts?: RecipientRow[]; result: DeliveryResult; now?: number; stopped?: number[]; expire?: number }) => {
+    const p = attemptOutcome({
+      message: message(), recipients: over.rcpts ?? [rcpt(0)], result: over.result, domain: 'dst.test', config: q, now: over.now ?? NOW,
+      random: () => 0.5, suppression: { classes: [...rule.classes], expire: over.expire ?? rule.expire }, stopped: new Set(over.stopped ?? []),
+    });
+    if (p.kind !== 'recorded') throw new Error(`expected recorded, got ${p.kind}`);
+    return p;
+  };
+
+  it('marks a 5.1.1 bad-mailbox to be suppressed until now + expire, with the remote reply as the reason', () => {
+    const p = plan({ result: outcomes(said(0, 550, '5.1.1', 'no such user')) });
+    expect(p.updates[0]).toMatchObject({ state: 'bounced', bounceClass: 'bad-mailbox', suppress: { reason: '550 5.1.1 no such user', expiresAt: NOW + 90 * DAY } });
+    // The notice's fallbacks keep the class, so an owed bounce is classified alike.
+    expect(p.notices[0].unwritten[0]).toMatchObject({ state: 'queued', owed: 'failed', bounceClass: 'bad-mailbox' });
+  });
+
+  it('expire 0 suppresses until removed', () => {
+    expect(plan({ result: outcomes(said(0, 550, '5.1.2', 'domain not found')), expire: 0 }).updates[0]).toMatchObject({ bounceClass: 'bad-domain', suppress: { expiresAt: null } });
+  });
+
+  it('classifies but does not suppress a class the rule leaves out (quota, policy)', () => {
+    const p = plan({ rcpts: [rcpt(0), rcpt(1)], result: outcomes(said(0, 552, '5.2.2', 'mailbox full'), said(1, 550, '5.7.26', 'unauthenticated')) });
+    expect(p.updates).toMatchObject([{ bounceClass: 'quota', suppress: null }, { bounceClass: 'policy', suppress: null }]);
+  });
+
+  it('does not suppress a recipient given up after temporary failures, whatever their class', () => {
+    const p = plan({ now: RECEIVED + 2 * DAY, result: outcomes(said(0, 450, '4.1.1', 'user unknown, try later')) });
+    expect(p.updates[0]).toMatchObject({ state: 'bounced', bounceClass: 'bad-mailbox', suppress: null });
+  });
+
+  it('gives a recipient the list stopped the class "suppressed": not attempted, not suppressed again', () => {
+    const p = plan({ result: outcomes(said(0, 550, '5.1.1', '<r0@dst.test>: recipient suppressed after a hard bounce on 2027-01-15 (bad-mailbox)')), stopped: [0] });
+    expect(p.updates[0]).toMatchObject({ state: 'bounced', bounceClass: 'suppressed', suppress: null, attempted: false });
+    expect(p.attempted).toEqual([]);
+    expect(p.notices[0].action).toBe('failed');
+  });
+
+  it('an owed bounce keeps the class it was recorded with', () => {
+    const owed = rcpt(0, { owed: 'failed', attempts: 1, last_code: 550, last_status: '5.1.1', last_reply: '550 5.1.1 <r0@dst.test>: recipient suppressed', bounce_class: 'suppressed' });
+    expect(plan({ rcpts: [owed], result: outcomes() }).updates[0]).toMatchObject({ state: 'bounced', bounceClass: 'suppressed', suppress: null });
   });
 });

@@ -21,18 +21,25 @@
  *             each only as NOTIFY wants (RFC 3461, queue-bounce.ts `wantsNotice`).
  * A recipient refused for good whose bounce could not be written before (`owed = 'failed'`) is
  *   not sent again: it is bounced anew with its recorded reply, and only its notice is retried.
+ * Every bounce carries its class (queue-classify.ts; 'suppressed' for the recipients the
+ *   suppression list stopped, whose outcome was made here without contacting the destination);
+ *   a permanent (5xx) one of a class the tenant's rule names is marked to be suppressed until
+ *   now + `expire` (0: until removed): the writer adds the entry with the outcome.
  * For each notice it also gives the updates that stand should the notice not be written (a
  *   bounce becomes owed, retried without contacting the destination; a delay warning waits for
  *   the next deferral) and should it be written but the outcomes not committed (the bounce is
  *   owed again, now; the delay warning is not counted as sent).
  * RFCs: 3461 (NOTIFY), 3464 (what the notices report).
- * Settings: queue.retryInitial, retryMax, retryFactor, retryJitter, maxAge, delayWarning.
+ * Settings: queue.retryInitial, retryMax, retryFactor, retryJitter, maxAge, delayWarning;
+ *   suppression.classes and .expire (the tenant's, queue-suppression-config.ts).
  */
 import type { DeliveryResult, RecipientOutcome } from '../delivery/index.js';
 import { wantsNotice, type NoticeAction } from './queue-bounce.js';
 import type { QueueConfig } from './queue-config.js';
 import type { MessageRow, RecipientRow, RecipientUpdate } from './queue-store.js';
 import { deferReply, STATUS } from '../base/base-outcome.js';
+import { classifyBounce } from './queue-classify.js';
+import type { SuppressionRule } from './queue-suppression-config.js';
 
 export type QueueSettings = QueueConfig['queue'];
 
@@ -53,6 +60,10 @@ export interface AttemptInput {
   config: QueueSettings;
   now: number;
   random: () => number;
+  /** The lane's tenant's rule: which classes of a permanent failure are suppressed, and for how long. */
+  suppression?: Pick<SuppressionRule, 'classes' | 'expire'>;
+  /** Recipients the suppression list stopped: their outcomes were made here, not by a destination. */
+  stopped?: ReadonlySet<number>;
 }
 
 export interface NoticePlan {
@@ -102,14 +113,19 @@ export function attemptOutcome(input: AttemptInput): AttemptPlan {
 
   for (const r of rows) {
     const o = byId.get(r.id) ?? { id: r.id, verdict: 'deferred', code: 451, status: STATUS.badConnection, reply: deferReply(STATUS.badConnection, 'no outcome reported'), host: domain };
-    const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: r.owed !== 'failed' };
+    const stopped = input.stopped?.has(r.id) ?? false;
+    const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: r.owed !== 'failed' && !stopped };
     const after: RecipientRow = { ...r, attempts: r.attempts + 1, last_code: o.code, last_status: o.status, last_reply: o.reply, last_host: o.host, updated_at: now };
     let update: RecipientUpdate;
     if (o.verdict === 'delivered') {
       update = { ...base, state: 'delivered', nextAttempt: now };
     } else if (o.verdict === 'bounced' || now >= expiresAt) {
       const reply = o.verdict === 'bounced' || r.owed === 'failed' ? o.reply : `${o.reply} (gave up: in the queue longer than queue.maxAge)`;
-      update = { ...base, reply, state: 'bounced', nextAttempt: now };
+      const bounceClass = stopped ? 'suppressed' : (r.owed === 'failed' && r.bounce_class) || classifyBounce({ code: o.code, status: o.status, text: reply });
+      const rule = input.suppression;
+      const suppress = !stopped && o.code >= 500 && rule?.classes.some((c) => c === bounceClass)
+        ? { reason: reply, expiresAt: rule.expire > 0 ? now + rule.expire : null } : null;
+      update = { ...base, reply, state: 'bounced', nextAttempt: now, bounceClass, suppress };
       if (wantsNotice(msg, r, 'failed')) failed.push({ row: { ...after, last_reply: reply }, update });
     } else {
       const warn = q.delayWarning > 0 && r.warned === 0 && now - msg.received_at >= q.delayWarning && wantsNotice(msg, r, 'delayed');
@@ -117,7 +133,7 @@ export function attemptOutcome(input: AttemptInput): AttemptPlan {
       if (warn) delayed.push({ row: after, update });
     }
     updates.push(update);
-    if (r.owed !== 'failed') attempted.push({ recipient: r, outcome: o });
+    if (base.attempted) attempted.push({ recipient: r, outcome: o });
   }
 
   const notices: NoticePlan[] = [];

@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { duration, size } from '../base/base-config.js';
 import type { EgressConfig } from '../delivery/delivery-config.js';
 import type { Source, TenantPolicy } from './queue-scheduler.js';
+import type { SuppressionConfig, SuppressionRule } from './queue-suppression-config.js';
 
 export const queueSchema = z.strictObject({
   /** fsync spool files and the queue database before 250 (turn off only for throwaway tests). */
@@ -62,10 +63,10 @@ export type QueueSection = z.output<typeof queueSchema>;
 export type TenantEgress = z.output<typeof tenantEgressSchema>;
 
 /** What queue/ reads of the whole configuration. */
-export interface QueueConfig extends EgressConfig {
+export interface QueueConfig extends EgressConfig, SuppressionConfig {
   dataDir: string;
   queue: QueueSection;
-  tenants: Record<string, { egress: TenantEgress }>;
+  tenants: Record<string, { egress: TenantEgress; suppression?: Partial<SuppressionRule> }>;
   limits: { maxMessageSize: number };
   scanning: { recordRetention: number };
 }

@@ -12,6 +12,7 @@ import type Database from 'better-sqlite3';
 import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWriteOp } from './queue-corrupt.js';
 import { createRecordsWriter, migrateRecords, RECORDS_SCHEMA, type RecordsWriteOp } from './queue-records-sql.js';
 import { CLUSTER_STATE_SCHEMA, createClusterStateWriter, type ClusterStateWriteOp } from './cluster/cluster-state-sql.js';
+import { createSuppressionWriter, migrateSuppression, prepareBounceSuppression, SUPPRESSION_SCHEMA, type SuppressionWriteOp } from './queue-suppression-sql.js';
 
 /** purged: removed by an operator, no notice sent; transferred: handed to a cluster peer by a drain (the peer's now, no notice). */
 export type RecipientState = 'queued' | 'held' | 'delivered' | 'bounced' | 'purged' | 'transferred';
@@ -91,6 +92,8 @@ export interface RecipientRow {
   warned: number;
   /** 'failed' when the recipient was refused for good but its bounce could not be written yet. */
   owed: string | null;
+  /** Set when bounced: what kind of failure (queue-classify.ts), or 'suppressed' (stopped by the suppression list). */
+  bounce_class: string | null;
   updated_at: number;
 }
 
@@ -107,6 +110,10 @@ export interface RecipientUpdate {
   warned?: boolean;
   /** Set: the outcome is final but the notice is still owed (retried without contacting the destination). */
   owed?: 'failed' | null;
+  /** The bounce's class (queue-classify.ts), kept with the outcome. */
+  bounceClass?: string | null;
+  /** Set on a hard bounce to suppress: the tenant's entry for the address is written with the outcome. */
+  suppress?: { reason: string; expiresAt: number | null } | null;
 }
 
 /** Which recipients an operator command applies to: one message, a tenant's, some domains' (all given ones must match). */
@@ -128,9 +135,10 @@ export type WriteOp =
   | { op: 'transferRecipients'; messageId: string; ids: number[]; host: string; reply: string; now: number }
   | RecordsWriteOp
   | CorruptWriteOp
-  | ClusterStateWriteOp;
+  | ClusterStateWriteOp
+  | SuppressionWriteOp;
 
-export const SCHEMA = RECORDS_SCHEMA + CLUSTER_STATE_SCHEMA + `
+export const SCHEMA = RECORDS_SCHEMA + CLUSTER_STATE_SCHEMA + SUPPRESSION_SCHEMA + `
 CREATE TABLE IF NOT EXISTS messages (
   id TEXT PRIMARY KEY,
   size INTEGER NOT NULL,
@@ -171,6 +179,7 @@ CREATE TABLE IF NOT EXISTS recipients (
   last_host TEXT,
   warned INTEGER NOT NULL DEFAULT 0,
   owed TEXT,
+  bounce_class TEXT,
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (message_id, id)
 ) WITHOUT ROWID;
@@ -183,6 +192,7 @@ export function migrate(db: Database.Database): void {
   if (!columns.includes('strip')) db.exec(`ALTER TABLE messages ADD COLUMN strip TEXT`);
   migrateCorrupt(db, columns);
   migrateRecords(db);
+  migrateSuppression(db);
 }
 
 function where(select: RecipientSelector): { sql: string; params: unknown[] } {
@@ -208,7 +218,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       attempts = attempts + @attempted, first_attempt = COALESCE(first_attempt, CASE WHEN @attempted = 1 THEN @now END),
       last_code = COALESCE(@code, last_code), last_status = COALESCE(@status, last_status),
       last_reply = COALESCE(@reply, last_reply), last_host = COALESCE(@host, last_host),
-      warned = MAX(warned, @warned), owed = @owed, updated_at = @now WHERE message_id = @messageId AND id = @id AND state = 'queued'`),
+      warned = MAX(warned, @warned), owed = @owed, bounce_class = COALESCE(@bounceClass, bounce_class), updated_at = @now WHERE message_id = @messageId AND id = @id AND state = 'queued'`),
     openCount: db.prepare(`SELECT COUNT(*) AS n FROM recipients WHERE message_id = ? AND state IN ('queued', 'held')`),
     markDone: db.prepare(`UPDATE messages SET state = 'done' WHERE id = ? AND state = 'active'`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
@@ -225,6 +235,8 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
   const records = createRecordsWriter(db);
   const corrupt = createCorruptWriter(db);
   const clusterState = createClusterStateWriter(db);
+  const suppression = createSuppressionWriter(db);
+  const suppressBounce = prepareBounceSuppression(db);
   return (op: WriteOp): unknown => {
     switch (op.op) {
       case 'clusterPosition':
@@ -242,6 +254,10 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'undoEgressEvent':
       case 'undoEgressEventByUid':
         return records(op);
+      case 'suppressionAdd':
+      case 'suppressionRemove':
+      case 'suppressionPrune':
+        return suppression(op);
       case 'setCorrupt':
       case 'insertCorrupt':
       case 'requeueCorrupt':
@@ -258,10 +274,15 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       }
       case 'updateRecipients': {
         for (const u of op.updates) {
-          s.updateRecipient.run({
+          const { changes } = s.updateRecipient.run({
             messageId: op.messageId, id: u.id, state: u.state, nextAttempt: u.nextAttempt, attempted: u.attempted ? 1 : 0, now: op.now,
             code: u.code, status: u.status, reply: u.reply, host: u.host, warned: u.warned ? 1 : 0, owed: u.owed ?? null,
+            bounceClass: u.bounceClass ?? null,
           });
+          // With the outcome, in its transaction: a hard bounce is never recorded without its suppression.
+          if (changes > 0 && u.state === 'bounced' && u.suppress && u.bounceClass) {
+            suppressBounce(op.messageId, u.id, u.bounceClass, u.suppress.reason, op.now, u.suppress.expiresAt);
+          }
         }
         const { n } = s.openCount.get(op.messageId) as { n: number };
         if (n === 0) s.markDone.run(op.messageId);
@@ -339,14 +360,22 @@ export function configure(db: Database.Database, fsync: boolean): void {
   db.pragma('busy_timeout = 5000');
 }
 
-/** What `ichidan queue` shows: open recipients per tenant and state, and the entries set aside as corrupt. */
+/**
+ * What `ichidan queue` shows: recipients of messages still in the queue per tenant and state, the
+ * bounced ones per class (none in a database made before bounces were classified), and the
+ * entries set aside as corrupt.
+ */
 export function queueStatus(db: Database.Database): {
   counts: Array<{ tenant: string; state: RecipientState; n: number }>;
+  bounced: Array<{ tenant: string; class: string; n: number }>;
   corrupt: Array<{ id: string; note: string | null }>;
 } {
+  const hasClass = (db.prepare(`PRAGMA table_info(recipients)`).all() as Array<{ name: string }>).some((c) => c.name === 'bounce_class');
   return {
     counts: db.prepare(`SELECT r.tenant, r.state, COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id
       WHERE m.state = 'active' GROUP BY r.tenant, r.state ORDER BY r.tenant, r.state`).all() as Array<{ tenant: string; state: RecipientState; n: number }>,
+    bounced: hasClass ? db.prepare(`SELECT r.tenant, COALESCE(r.bounce_class, 'other') AS class, COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id
+      WHERE m.state = 'active' AND r.state = 'bounced' GROUP BY r.tenant, class ORDER BY r.tenant, class`).all() as Array<{ tenant: string; class: string; n: number }> : [],
     corrupt: db.prepare(`SELECT id, note FROM messages WHERE state = 'corrupt' ORDER BY id`).all() as Array<{ id: string; note: string | null }>,
   };
 }

@@ -24,11 +24,12 @@ import Database from 'better-sqlite3';
 import { configure, createReader, migrate, SCHEMA, type MessageRow, type QueueReader, type RecipientRow, type WriteOp } from './queue-store-sql.js';
 import { isSpaceError } from './queue-space.js';
 import type { UnitResult } from './queue-store-worker.js';
+import { createSuppressionReader, type SuppressionEntry } from './queue-suppression-sql.js';
 
 export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientSelector, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
 
 /** The files the writer thread runs: the queue's operations and the records' (and the corrupt entries'). */
-const WRITER_SOURCES = ['queue-store-worker', 'queue-store-sql', 'queue-records-sql', 'queue-records-egress', 'queue-records-transcripts', 'queue-corrupt'];
+const WRITER_SOURCES = ['queue-store-worker', 'queue-store-sql', 'queue-records-sql', 'queue-records-egress', 'queue-records-transcripts', 'queue-corrupt', 'queue-suppression-sql'];
 
 /** The writer thread's code: beside this file once built; from dist/ when running the TypeScript sources. */
 function workerUrl(): URL {
@@ -67,6 +68,8 @@ export class QueueStore {
   /** Set when the writer thread died: every write from then on fails at once (and DATA gets a 4xx). */
   #dead: Error | null = null;
   readonly #read: QueueReader;
+  /** The tenant's suppression entry for an address, in force at `now` (queue-suppression-sql.ts). */
+  readonly suppressed: (tenant: string, address: string, now: number) => SuppressionEntry | undefined;
   /**
    * Called when an essential unit failed for want of space: true when room was made (the space
    * reserve given back), and the unit is then tried once more.
@@ -117,6 +120,7 @@ export class QueueStore {
     this.#worker.on('messageerror', die);
     this.#worker.on('exit', (code) => { if (!this.#closed) die(new Error(`exited with code ${code}`)); });
     this.#read = createReader(this.db);
+    this.suppressed = createSuppressionReader(this.db);
   }
 
   /**

@@ -15,6 +15,7 @@
  *   /v1/queue/corrupt…                       admin-corrupt.ts
  *   /v1/egress…                              admin-egress.ts
  *   /v1/tenants/…                            admin-tenants.ts
+ *   /v1/suppression…                         admin-suppression.ts (list, add, import, remove)
  *   /v1/cluster, /v1/node/drain, /undrain    admin-cluster.ts (cluster status, drain)
  *   /v1/admission                            admin-admission.ts (pressure level and signals)
  *   /v1/senders…                             admin-senders.ts (known senders: list, pin, block, forget)
@@ -41,13 +42,14 @@ import { reloadRoute, type ReloadTarget } from './admin-reload.js';
 import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.js';
 import { sendersRoute, type SendersTarget } from './admin-senders.js';
 import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
+import { suppressionRoute, type SuppressionTarget } from './admin-suppression.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {

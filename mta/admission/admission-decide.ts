@@ -18,9 +18,10 @@
  */
 import { REPLIES, type SmtpReply } from '../../base/base-reply.js';
 import type { AdmissionConfig } from './admission-config.js';
+import type { Standing } from './admission-senders-tally.js';
 
 export type Level = 'normal' | 'busy' | 'overload';
-export type Standing = 'pinned' | 'known' | 'unknown' | 'blocked';
+export type { Standing } from './admission-senders-tally.js';
 export type Mode = AdmissionConfig['mode'];
 
 export type DoorDecision =

@@ -5,6 +5,7 @@
  *   check-config, hash-password         cli-config.ts
  *   queue (hold, release, purge)        cli-queue.ts; queue corrupt: cli-corrupt.ts
  *   tenants (suspend, resume)           cli-tenants.ts
+ *   suppression (list, add, remove, import)   cli-suppression.ts
  *   egress (status, events, undo)       cli-egress.ts
  *   quarantine (list, release)          cli-quarantine.ts
  *   scans show                          cli-scans.ts
@@ -33,6 +34,7 @@ import { SCANS_USAGE, scans } from './cli-scans.js';
 import { SENDERS_USAGE, senders } from './cli-senders.js';
 import { SESSIONS_USAGE, sessions } from './cli-sessions.js';
 import { TENANTS_USAGE, tenants } from './cli-tenants.js';
+import { SUPPRESSION_USAGE, suppression } from './cli-suppression.js';
 import { WORKERS_USAGE, workers } from './cli-workers.js';
 
 export const USAGE = `usage:
@@ -40,6 +42,7 @@ export const USAGE = `usage:
 ${CONFIG_USAGE}
 ${QUEUE_USAGE}
 ${TENANTS_USAGE}
+${SUPPRESSION_USAGE}
 ${EGRESS_USAGE}
 ${QUARANTINE_USAGE}
 ${SCANS_USAGE}
@@ -57,6 +60,7 @@ const COMMANDS: Record<string, (args: string[]) => void | Promise<void>> = {
   'hash-password': hashPassword,
   queue: queueCommand,
   tenants,
+  suppression,
   egress,
   quarantine,
   scans,

@@ -1,7 +1,7 @@
 /*
  * `ichidan queue`: what is queued, and holding, releasing or purging it.
  *
- *   ichidan queue [-c FILE]                       recipients per tenant and state; entries set aside as corrupt
+ *   ichidan queue [-c FILE]                       recipients per tenant and state, bounced ones per class; entries set aside as corrupt
  *   ichidan queue hold (--message ID | --tenant T | --site S) [--for D] [--reason R]
  *   ichidan queue release (--message ID | --tenant T | --site S)
  *   ichidan queue purge (--message ID | --tenant T | --site S) [--reason R]
@@ -10,7 +10,7 @@
  * to the running process (admin/admin-queue.ts). Sites are named as `ichidan egress` lists them.
  */
 import { queueStatus } from '../../queue/queue-store-sql.js';
-import { admin, openDb, options, SCOPE_OPTIONS, usage } from './cli-common.js';
+import { admin, openDb, options, safe, SCOPE_OPTIONS, usage } from './cli-common.js';
 import { CORRUPT_USAGE, corruptCommand } from './cli-corrupt.js';
 
 export const QUEUE_USAGE = `  ichidan queue [-c FILE]
@@ -24,8 +24,9 @@ export async function queueCommand(args: string[]): Promise<void> {
   const [action] = positionals;
   if (action === undefined) {
     const db = openDb(config.dataDir);
-    const { counts, corrupt } = queueStatus(db);
+    const { counts, bounced, corrupt } = queueStatus(db);
     for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
+    for (const b of bounced) process.stdout.write(`bounced\t${b.tenant}\t${safe(b.class)}\t${b.n}\n`);
     for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
     db.close();
     return;

@@ -25,6 +25,30 @@ const listener = z.strictObject({
   greetingDelay: duration.default(0),
   /** Most simultaneous connections on this listener; extra clients get 421. */
   maxClients: z.number().int().positive().default(1000),
+  /** This listener's own certificate and key (PEM files), offered instead of `tls.cert`/`tls.key`; reloaded live. */
+  cert: z.string().min(1).optional(),
+  key: z.string().min(1).optional(),
+  /**
+   * Behind a TCP load balancer: connections from `from` begin with a PROXY protocol header giving
+   * the client's own address, which then counts everywhere (policy, tenants, limits, SPF, Received,
+   * logs); from them a connection without one is refused, and a header from anyone else is too.
+   */
+  proxyProtocol: z.strictObject({
+    /** The load balancers' addresses or networks. */
+    from: z.array(cidr).min(1, 'at least one load balancer address'),
+    /** v1 (text), v2 (binary) or any. */
+    version: z.enum(['v1', 'v2', 'any']).default('any'),
+    /** The whole header must arrive within this (Postfix's smtpd_upstream_proxy_timeout); else 421 and closed. */
+    timeout: duration.refine((ms) => ms > 0, 'a duration above 0, such as "5s"').prefault('5s'),
+  }).optional(),
+}).superRefine((l, ctx) => {
+  if ((l.cert === undefined) !== (l.key === undefined)) {
+    ctx.addIssue({ code: 'custom', path: [l.cert === undefined ? 'cert' : 'key'], message: 'a listener\'s cert and key go together' });
+  }
+  if (l.cert !== undefined && l.tls === 'none') ctx.addIssue({ code: 'custom', path: ['cert'], message: 'this listener has tls: none and offers no certificate' });
+  if (l.proxyProtocol && l.role === 'proxy') {
+    ctx.addIssue({ code: 'custom', path: ['proxyProtocol'], message: 'a proxy listener learns where connections go from the kernel; PROXY headers are for mx and submission listeners' });
+  }
 });
 
 export const listenersSchema = z.array(listener).min(1).default([
@@ -32,11 +56,28 @@ export const listenersSchema = z.array(listener).min(1).default([
   { name: 'submission', role: 'submission', port: 2587 },
 ] as never);
 
+/** A certificate name a client may ask for by SNI: a host name, or "*.example.com" for the names one level below. */
+const sniName = z.string().regex(/^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?$/i);
+
+const certificatePair = z.strictObject({ cert: z.string().min(1), key: z.string().min(1) });
+
 export const tlsSchema = z.strictObject({
-  /** PEM certificate and key files; when both are absent a self-signed pair is made in dataDir/tls. */
-  cert: z.string().optional(),
-  key: z.string().optional(),
-}).refine((t) => (t.cert === undefined) === (t.key === undefined), 'tls.cert and tls.key go together').prefault({});
+  /**
+   * PEM certificate and key files, offered by every listener without its own; when both are absent
+   * a self-signed pair is made in dataDir/tls. Re-read at every reload: a renewed pair needs no restart.
+   */
+  cert: z.string().min(1).optional(),
+  key: z.string().min(1).optional(),
+  /** Pairs picked by the name a client asks for (SNI), on every listener: { "mx.example.com": { cert, key } }. */
+  sni: z.record(z.string(), certificatePair).default({}),
+}).superRefine((t, ctx) => {
+  if ((t.cert === undefined) !== (t.key === undefined)) {
+    ctx.addIssue({ code: 'custom', path: [], message: 'tls.cert and tls.key go together' });
+  }
+  for (const name of Object.keys(t.sni)) {
+    if (!sniName.safeParse(name).success) ctx.addIssue({ code: 'custom', path: ['sni', name], message: 'a host name such as "mx.example.com" or "*.example.com"' });
+  }
+}).prefault({});
 
 export const limitsSchema = z.strictObject({
   ...messageLimitFields,

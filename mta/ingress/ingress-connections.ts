@@ -3,7 +3,8 @@
  * counts (ingress-anvil.ts), the deadlines bytes do not reset (ingress-deadline.ts) and the AUTH failures
  * of each session.
  *
- * Takes: smtp-server's connection objects and sockets (through `WatchedServer`), session ids from
+ * Takes: smtp-server's connection objects and sockets (through `WatchedServer`, which also lets a
+ * listener's PROXY door read the header of a load balancer's connections), session ids from
  * the listener's callbacks, the current snapshot's config and policy. Gives: the refusals at connect
  * (421 4.7.0) and MAIL FROM (450 4.7.1), and ends a connection past a deadline with 421 4.4.2 (the
  * DATA stream being read is destroyed first, so the transaction ends too). Every entry is removed
@@ -18,6 +19,7 @@ import { Anvil, clientKey, isExempt } from './ingress-anvil.js';
 import type { Config } from '../mta-config-schema.js';
 import { SlowClientGuard, type DeadlineBreach } from './ingress-deadline.js';
 import type { Policy } from './ingress-policy.js';
+import type { ProxyDoor } from './ingress-proxy-door.js';
 import { REPLIES, replyText, type SmtpReply } from '../../base/base-reply.js';
 
 /** What smtp-server's connection object offers that the guards need. */
@@ -27,15 +29,31 @@ export interface Connection {
   close(): void;
 }
 
-/** smtp-server, telling its owner about each connection it creates, with the socket it reads. */
+/**
+ * smtp-server, telling its owner about each connection it creates, with the socket it reads; with a
+ * `door`, connections from a load balancer begin with a PROXY header (ingress-proxy-door.ts).
+ */
 export class WatchedServer extends SMTPServer {
   onConnection: (connection: Connection, socket: Socket) => void = () => undefined;
+  door: ProxyDoor | null = null;
 
   override connect(...args: Parameters<SMTPServer['connect']>): void {
     super.connect(...args);
     let created: Connection | undefined;
     for (const c of this.connections as unknown as Set<Connection>) created = c;
-    if (created) this.onConnection(created, args[0]);
+    if (!created) return;
+    this.door?.guard(created as Connection & { remoteAddress: string }, args[0]);
+    this.onConnection(created, args[0]);
+  }
+
+  override _expectsProxyHeader(socket: Socket): boolean {
+    return this.door ? this.door.expects(socket.remoteAddress) : super._expectsProxyHeader(socket);
+  }
+
+  override _handleProxy(...args: Parameters<SMTPServer['_handleProxy']>): void {
+    const [socket, done] = args;
+    if (this.door?.expects(socket.remoteAddress)) return this.door.read(socket, done);
+    super._handleProxy(...args);
   }
 }
 

@@ -2,7 +2,8 @@
  * The SMTP listeners, on smtp-server: this file is the one adapter between smtp-server's
  * callbacks and Ichidan's policy, queue and engines.
  *
- * Per listener: TLS mode (STARTTLS, implicit, none), AUTH PLAIN/LOGIN only on submission and only
+ * Per listener: TLS mode (STARTTLS, implicit, none; certificates from ingress-certificates.ts), a
+ * PROXY protocol header from a load balancer (ingress-proxy-door.ts), AUTH PLAIN/LOGIN only on submission and only
  * once TLS is up, SIZE / PIPELINING / 8BITMIME / SMTPUTF8 / ENHANCEDSTATUSCODES / DSN advertised,
  * no reverse lookup unless a resolver is configured for it, the greeting delay, the client limit.
  * Per connection (ingress-connections.ts): the per-address limits at connect and MAIL FROM, the
@@ -30,12 +31,15 @@ import type { ListenerConfig, Config } from '../mta-config-schema.js';
 import type { Snapshot } from '../mta-snapshot.js';
 import type { AuthGuard } from './ingress-auth.js';
 import type { Admission, DoorDecision } from '../admission/admission.js';
+import type { LearnInput } from '../admission/admission-learn.js';
 import { ConnectionTable, WatchedServer } from './ingress-connections.js';
 import { clearMailParameters, mailFromRefusal, rcptToRefusal } from './ingress-envelope.js';
 import { buildReceived } from './ingress-received.js';
+import { suppressedAtRcpt } from './ingress-suppression.js';
 import { dkimSigningFor } from './ingress-dkim.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
+import { ProxyDoor } from './ingress-proxy-door.js';
 
 /** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
 interface Transaction {
@@ -57,6 +61,8 @@ export interface ListenerDeps {
   draining: () => boolean;
   /** Known senders first under pressure (mta/admission/): the door, MAIL FROM, RCPT, scan priority. */
   admission: Admission;
+  /** Each message's outcome, for the known senders to learn from (not a transfer's). */
+  learn: (input: LearnInput) => void;
 }
 
 export class Listener {
@@ -66,6 +72,8 @@ export class Listener {
   readonly #inFlight = new Set<Promise<unknown>>();
   /** The admission's decision for each connection, from its arrival to its greeting (or refusal). */
   readonly #door = new Map<string, DoorDecision>();
+  /** Behind a load balancer: the PROXY protocol settings in force (ingress-proxy-door.ts). */
+  #proxyProtocol: ListenerConfig['proxyProtocol'];
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.snapshot();
@@ -124,6 +132,8 @@ export class Listener {
     this.server = new WatchedServer(options);
     this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
+    this.#proxyProtocol = spec.proxyProtocol;
+    this.server.door = new ProxyDoor(spec.name, () => deps.snapshot().config.hostname, () => this.#proxyProtocol, deps.log);
   }
 
   listen(): Promise<{ address: string; port: number }> {
@@ -137,8 +147,9 @@ export class Listener {
     });
   }
 
-  /** A reloaded config: the SIZE limit, the idle timeout and the greeting name apply to new commands and connections. */
+  /** A reloaded config: the SIZE limit, the idle timeout, the greeting name and the PROXY settings apply to new commands and connections. */
   apply(config: Config): void {
+    this.#proxyProtocol = config.listeners.find((l) => l.name === this.spec.name)?.proxyProtocol;
     const options = this.server.options as SMTPServerOptions;
     options.size = config.limits.maxMessageSize;
     options.socketTimeout = config.limits.commandTimeout;
@@ -245,6 +256,8 @@ export class Listener {
       this.deps.log.info({ listener: this.spec.name, client: session.remoteAddress, rcpt: address, reply: decision.reply.text }, 'recipient refused');
       return cb(toSmtpError(decision.reply));
     }
+    const suppressed = suppressedAtRcpt(this.deps.queue, tx.snapshot.policy, decision, this.#client(session), this.deps.log);
+    if (suppressed) return cb(toSmtpError(suppressed));
     // Local parts are case-sensitive (RFC 5321 2.4): only the domain is normalised in the key.
     tx.recipients.set(decision.address, {
       tenant: decision.tenant, address: decision.address, domain: decision.domain,
@@ -274,7 +287,9 @@ export class Listener {
         input.transfer = { queueId: place.queueId };
         if (!place.queueId) this.deps.log.warn({ qid: tx.transfer.id, peer: tx.transfer.from }, 'cluster transfer: its id is already queued here with other recipients; these go under a new id');
       }
-      const { reply } = await acceptMessage(input, this.deps.queue, this.deps.log);
+      const result = await acceptMessage(input, this.deps.queue, this.deps.log);
+      const { reply } = result;
+      if (!tx.transfer) this.deps.learn({ address: session.remoteAddress, authUser: this.#client(session).authUser, result });
       if (reply.code < 400) cb(null, replyText(reply));
       else cb(toSmtpError(reply));
     } finally {

@@ -1,10 +1,12 @@
 /*
- * The certificate the listeners offer for STARTTLS and implicit TLS.
+ * The self-signed certificate the listeners offer when none is configured.
  *
- * Configured files (`tls.cert`, `tls.key`) are used as they are. Without them a self-signed
- * certificate for `hostname` is made on first start and kept in dataDir/tls, so every later start
- * (and every client that pinned it) sees the same one.
+ * Without `tls.cert` and `tls.key` a self-signed certificate for `hostname` is made on first start
+ * and kept in dataDir/tls, so every later start (and every client that pinned it) sees the same
+ * one. `ensureSelfSigned` makes it at start; `readSelfSigned` reads it back (a reload that drops
+ * `tls.cert` goes back to it). Configured certificates are read by ingress-certificates.ts.
  */
+import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
@@ -17,13 +19,23 @@ export interface TlsMaterial {
   source: string;
 }
 
-export async function loadTlsMaterial(config: Config): Promise<TlsMaterial> {
-  if (config.tls.cert && config.tls.key) {
-    return { cert: await readFile(config.tls.cert, 'utf8'), key: await readFile(config.tls.key, 'utf8'), source: config.tls.cert };
-  }
+const files = (config: Config) => {
   const dir = join(config.dataDir, 'tls');
-  const certFile = join(dir, 'self-signed.crt');
-  const keyFile = join(dir, 'self-signed.key');
+  return { dir, certFile: join(dir, 'self-signed.crt'), keyFile: join(dir, 'self-signed.key') };
+};
+
+/** The self-signed pair made at an earlier start; null if there is none yet. */
+export function readSelfSigned(config: Config): TlsMaterial | null {
+  const { certFile, keyFile } = files(config);
+  try {
+    return { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8'), source: certFile };
+  } catch {
+    return null;
+  }
+}
+
+export async function ensureSelfSigned(config: Config): Promise<TlsMaterial> {
+  const { dir, certFile, keyFile } = files(config);
   try {
     return { cert: await readFile(certFile, 'utf8'), key: await readFile(keyFile, 'utf8'), source: certFile };
   } catch {

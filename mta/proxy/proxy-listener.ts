@@ -65,6 +65,8 @@ export interface ProxyListenerDeps {
   policy: () => Policy;
   /** The tenant of a client allowed to use the proxy; undefined: not allowed. */
   tenantOf: (address: string) => string | undefined;
+  /** A recipient on the tenant's suppression list: its refusal (ingress/ingress-suppression.ts), or null. */
+  suppressed?: (tenant: string, address: string) => SmtpReply | null;
   session: (config: Config) => ProxyDeps;
   /** Addresses and ports Ichidan listens on: a destination among them is a loop. */
   ownEndpoints: () => Array<{ address: string; port: number }>;
@@ -148,7 +150,7 @@ export class ProxyListener {
         this.#report(session, s);
         return s.mail(address.address, paramWords(address.args).join(' '));
       }),
-      onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session), cb) || this.#run(session, cb, (s) => s.rcpt(address.address, paramWords(address.args).join(' '))),
+      onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => s.rcpt(address.address, paramWords(address.args).join(' '))),
       onData: (stream, session, cb) => this.#guard(session, cb, () => this.#onData(stream, session, cb), stream),
       onClose: (session) => this.#guard(session, null, () => this.#onClose(session)),
     };
@@ -214,6 +216,12 @@ export class ProxyListener {
     this.#sessions.set(session.id, new ProxySession(session.id, dst, tenant, this.deps.session(this.deps.config())));
     this.deps.log.info({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
     cb();
+  }
+
+  /** A recipient the session's tenant has suppressed is refused here, never asked of the destination. */
+  #suppressed(session: SMTPServerSession, address: string): SmtpReply | null {
+    const s = this.#sessions.get(session.id);
+    return s ? this.deps.suppressed?.(s.tenant, address) ?? null : null;
   }
 
   /** An address that is not valid UTF-8, or 8-bit without SMTPUTF8, is refused here, never passed on. */

@@ -1,11 +1,13 @@
 /*
  * The operator and control state the nodes share: holds, suspensions, throttle pauses and their
- * undos, engine switches, and quarantine releases asked on one node for a message another holds.
+ * undos, engine switches, quarantine releases asked on one node for a message another holds, and
+ * the tenants' suppression entries (cluster-suppression.ts).
  *
  * Redis keys (one hash tag, so Redis Cluster keeps them in one slot and the publishing script may
  * touch them all):
  *   <prefix>:{state}:items    hash: the desired state — every item in force, by name
- *                             (`event:<uid>`, `engine:<name>`, `release:<queue id>`) → its change, JSON
+ *                             (`event:<uid>`, `engine:<name>`, `release:<queue id>`,
+ *                             `suppress:<tenant>:<address>`) → its change, JSON
  *   <prefix>:{state}:version  counter: one more for every change
  *   <prefix>:{state}:changes  stream of changes (fields v, node, change), trimmed to about STREAM_LENGTH
  *   <prefix>:{state}:epoch    which incarnation of Redis this is ("<ms>-<random>", set by the first node to see it empty)
@@ -31,6 +33,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { NewEgressEvent } from '../queue-records-egress.js';
+import type { SuppressionEntry } from '../queue-suppression-sql.js';
 import type { ClusterLink } from './cluster-link.js';
 
 /** An egress event as it travels: everything but this node's row number. */
@@ -41,7 +44,9 @@ export type StateChange =
   | { type: 'undo'; uid: string; at: number; by: string }
   | { type: 'engine'; engine: string; off: { reason: string; at: number } | null }
   | { type: 'release'; message: string; at: number; by: string }
-  | { type: 'released'; message: string; node: string; recipients: number };
+  | { type: 'released'; message: string; node: string; recipients: number }
+  /** A tenant's suppression entry for an address (null: removed). */
+  | { type: 'suppress'; tenant: string; address: string; entry: SuppressionEntry | null };
 
 /** Where a node is in the stream, and which Redis incarnation that refers to. */
 export interface Position {
@@ -94,6 +99,7 @@ export function itemOf(change: StateChange): { field: string; op: 'set' | 'del' 
     case 'engine': return { field: `engine:${change.engine}`, op: change.off ? 'set' : 'del' };
     case 'release': return { field: `release:${change.message}`, op: 'set' };
     case 'released': return { field: `release:${change.message}`, op: 'del' };
+    case 'suppress': return { field: `suppress:${change.tenant}:${change.address}`, op: change.entry ? 'set' : 'del' };
   }
 }
 
@@ -101,6 +107,7 @@ export function itemOf(change: StateChange): { field: string; op: 'set' | 'del' 
 export function expiresAt(change: StateChange): number | null {
   if (change.type === 'event') return change.event.until;
   if (change.type === 'release') return change.at + RELEASE_TTL_MS;
+  if (change.type === 'suppress') return change.entry?.expires_at ?? null;
   return null;
 }
 

@@ -1,0 +1,189 @@
+// Admission at the door against a running Ichidan, driven by a real signal: sessions held open by a
+// known (trusted) client push the session share past the configured thresholds. Unknown senders
+// come from their own 127.x.y.0/24 networks, known ones were learned in a normal phase first.
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { baseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
+import { fakeClamd } from './helpers/fake-clamd.js';
+import { RawSmtp } from './helpers/raw-smtp.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Levels that follow the sessions open on mx (maxClients 20): 6 busy, 10 overload. */
+const pressure = { interval: '50ms', rise: '100ms', fall: '300ms', hysteresis: 0, sessions: { busy: 0.3, overload: 0.5 } };
+
+function config(dir: string, admission: Record<string, unknown> = {}, extra: Partial<ConfigInput> = {}): ConfigInput {
+  return baseConfig(dir, {
+    listeners: [{ name: 'mx', role: 'mx', port: 0, maxClients: 20 }, { name: 'submission', role: 'submission', port: 0 }],
+    trustedNetworks: ['127.0.0.1'],
+    tenants: { alpha: { domains: ['alpha.test'] } },
+    routes: { 'alpha.test': { hold: true } },
+    limits: { client: { exceptions: [] } },
+    admission: { pressure, busy: { greetingDelay: '800ms' }, senders: { minClean: 2, flushEvery: '50ms' }, ...admission } as never,
+    ...extra,
+  });
+}
+
+describe('admission at the door', () => {
+  let t: TestApp | undefined;
+  const open: RawSmtp[] = [];
+  const servers: Server[] = [];
+  afterEach(async () => {
+    for (const c of open.splice(0)) c.close();
+    await t?.stop();
+    t = undefined;
+    for (const s of servers.splice(0)) s.close();
+  });
+
+  const connect = async (from: string) => {
+    const c = await RawSmtp.open(t!.port('mx'), '127.0.0.1', from);
+    open.push(c);
+    return { c, greeting: (await c.reply()).join('\n') };
+  };
+  /** `n` idle sessions from the trusted (pinned) client. */
+  const hold = async (n: number) => {
+    const held: RawSmtp[] = [];
+    for (let i = 0; i < n; i++) {
+      const { c, greeting } = await connect('127.0.0.1');
+      expect(greeting).toMatch(/^220 /);
+      held.push(c);
+    }
+    return held;
+  };
+  const level = async () => /ichidan_admission_level (\d)/.exec(await t!.app.metrics.metrics())?.[1];
+  const reachLevel = (want: 0 | 1 | 2) => waitUntil(async () => (await level()) === String(want), 10_000, `admission level ${want}`);
+  /** One whole message from `from`; the reply to its final dot (or the first refusal on the way). */
+  const send = async (from: string, rcpt = 'ann@alpha.test') => {
+    const { c, greeting } = await connect(from);
+    if (!greeting.startsWith('220')) return greeting;
+    for (const line of ['EHLO client.test', 'MAIL FROM:<x@sender.test>', `RCPT TO:<${rcpt}>`, 'DATA']) {
+      const reply = await c.command(line);
+      if (!/^[23]/.test(reply)) return reply;
+    }
+    c.send('Subject: admission\r\n\r\nhello\r\n.\r\n');
+    const reply = (await c.reply()).join('\n');
+    c.close();
+    return reply;
+  };
+  const decisions = async (point: string, action: string, reason: string) => {
+    const m = new RegExp(`ichidan_admission_decisions_total\\{point="${point}",action="${action}",reason="${reason}"\\} (\\d+)`).exec(await t!.app.metrics.metrics());
+    return m ? Number(m[1]) : 0;
+  };
+
+  it('under overload refuses unknown senders at connect with 421 4.7.0, serves known ones, and lets everyone in again once the level falls', async () => {
+    t = await startApp((dir) => config(dir));
+    const held = await hold(10);
+    await reachLevel(2);
+    const refused = await connect('127.1.1.1');
+    expect(refused.greeting).toMatch(/^421 4\.7\.0 /);
+    await waitUntil(() => refused.c.closed, 2000, 'the refused connection to close');
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
+    expect(await decisions('connect', 'refuse', 'overload')).toBe(1);
+    for (const c of held) c.close();
+    await reachLevel(0);
+    expect(await send('127.1.1.1')).toMatch(/^250 /);
+  });
+
+  it('learns senders in normal times: under overload a learned network is greeted and served, an unknown one deferred', async () => {
+    t = await startApp((dir) => config(dir));
+    // Normal phase: two clean messages from 127.2.1.0/24 make it known (senders.minClean 2).
+    expect(await send('127.2.1.1')).toMatch(/^250 /);
+    expect(await send('127.2.1.2')).toMatch(/^250 /);
+    await sleep(300);
+    await hold(10);
+    await reachLevel(2);
+    // A flood of unknown senders from many networks: every one deferred, none let in.
+    for (let i = 0; i < 12; i++) expect((await connect(`127.3.${i}.9`)).greeting).toMatch(/^421 4\.7\.0 /);
+    // Another address of the learned network is known too, and its mail is taken.
+    expect(await send('127.2.1.200')).toMatch(/^250 /);
+  });
+
+  it('while busy delays unknown senders\' greeting, refuses one that talks first, and limits each unknown network', async () => {
+    t = await startApp((dir) => config(dir, { busy: { greetingDelay: '800ms', maxConnections: 2 } }));
+    await hold(7);
+    await reachLevel(1);
+    const started = Date.now();
+    const slow = await connect('127.4.1.1');
+    expect(slow.greeting).toMatch(/^220 /);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(700);
+    // Known senders are greeted at once.
+    const t0 = Date.now();
+    const known = await connect('127.0.0.1');
+    expect(known.greeting).toMatch(/^220 /);
+    expect(Date.now() - t0).toBeLessThan(700);
+    // (Closed again: the sessions stay below the overload threshold of 10.)
+    known.c.close();
+    // A client that sends before the greeting (pregreet) is refused.
+    const eager = await RawSmtp.open(t.port('mx'), '127.0.0.1', '127.4.2.1');
+    open.push(eager);
+    eager.send('EHLO eager.test\r\n');
+    expect((await eager.reply()).join('\n')).toMatch(/^421 .*talk too soon/);
+    await waitUntil(() => eager.closed && known.c.closed, 2000, 'the eager and known clients to be gone');
+    await sleep(100);
+    // 127.4.1.0/24 has one session open: one more is allowed, a third is not.
+    expect((await connect('127.4.1.2')).greeting).toMatch(/^220 /);
+    expect((await connect('127.4.1.3')).greeting).toMatch(/^421 4\.7\.0 .*busy/);
+    expect(await decisions('connect', 'refuse', 'busy_connections')).toBe(1);
+  });
+
+  it('with overload.refuse: rcpt greets unknown senders and defers them at RCPT with 451 4.7.1', async () => {
+    t = await startApp((dir) => config(dir, { overload: { refuse: 'rcpt' } }));
+    await hold(10);
+    await reachLevel(2);
+    expect(await send('127.5.1.1')).toMatch(/^451 4\.7\.1 /);
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
+    expect(await decisions('rcpt', 'refuse', 'overload')).toBe(1);
+  });
+
+  it('never gives unknown senders the sessions reserved for known ones', async () => {
+    // No level change here: the reserve holds at every level (thresholds out of reach).
+    t = await startApp((dir) => config(dir, { pressure: { ...pressure, sessions: { busy: 1, overload: 1 } }, reserve: { sessions: 0.25 } }));
+    for (let i = 0; i < 15; i++) expect((await connect(`127.6.${i}.1`)).greeting).toMatch(/^220 /);
+    expect((await connect('127.6.99.1')).greeting).toMatch(/^421 4\.7\.0 /);
+    // The last five of twenty are the known senders'.
+    await hold(5);
+    expect(await decisions('connect', 'refuse', 'reserve')).toBe(1);
+  });
+
+  it('observe mode counts what it would do and refuses nobody', async () => {
+    t = await startApp((dir) => config(dir, { mode: 'observe' }));
+    await hold(10);
+    await reachLevel(2);
+    expect(await send('127.7.1.1')).toMatch(/^250 /);
+    expect(await decisions('connect', 'greet', 'would_overload')).toBe(1);
+  });
+
+  it('pauses the queue\'s intake for everyone while memory is short, and takes mail again after', async () => {
+    // Memory available is always under 99.9% of the total: the floor is at overload from the start.
+    t = await startApp((dir) => config(dir, { pressure: { ...pressure, memoryFree: { busy: 0.999, overload: 0.999 } } }));
+    await reachLevel(2);
+    expect(await send('127.0.0.1')).toMatch(/^452 4\.3\.1 /);
+    expect(await decisions('mail', 'refuse', 'intake_paused')).toBe(1);
+  });
+
+  it('keeps scan slots for known senders: their message is scanned while unknown ones wait for theirs', async () => {
+    // A clamd that takes 1 s per message; two slots, one of them reserved.
+    const slow = createServer((s: Socket) => {
+      const end = s.end.bind(s) as (...a: unknown[]) => Socket;
+      (s as unknown as { end: (...a: unknown[]) => Socket }).end = (...a: unknown[]) => {
+        setTimeout(() => end(...a), 1000);
+        return s;
+      };
+      fakeClamd(s, 'clean');
+    });
+    servers.push(slow);
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
+    const port = (slow.address() as { port: number }).port;
+    t = await startApp((dir) => config(dir, { scans: 2, reserve: { scans: 0.5 }, pressure: { ...pressure, sessions: { busy: 1, overload: 1 } } }, {
+      engines: [{ name: 'clamav', type: 'clamd', servers: [{ host: '127.0.0.1', port }], timeout: '10s' }],
+    }));
+    const done: string[] = [];
+    const unknown = [1, 2, 3].map((i) => send(`127.8.${i}.1`).then((r) => { done.push(`unknown${i}`); return r; }));
+    await sleep(300);
+    const known = send('127.0.0.1').then((r) => { done.push('known'); return r; });
+    expect(await known).toMatch(/^250 /);
+    for (const r of await Promise.all(unknown)) expect(r).toMatch(/^250 /);
+    // The known message (sent last) finished second: only the first unknown one was scanned before it.
+    expect(done.indexOf('known')).toBeLessThanOrEqual(1);
+  });
+});
