@@ -42,6 +42,8 @@ export interface SystemFigures {
     /** Not started: the generator's cap on attempts in flight was full. */
     skipped: number;
   };
+  /** Connections dropped with the accept queue full during the run (machine-wide; see listenDrops). */
+  listenDrops: number;
   rssMb: number;
   /** Shared pages split among the processes sharing them (Postfix's many smtpd share most of theirs). */
   pssMb: number;
@@ -63,7 +65,7 @@ const latency = (attempts: Attempt[]): Latency => {
 };
 
 export function summarize(system: string, known: Attempt[], flood: Attempt[], floodSkipped: number, phases: Phases,
-  readings: Pick<SystemFigures, 'rssMb' | 'pssMb' | 'cpu' | 'levels'>): SystemFigures {
+  readings: Pick<SystemFigures, 'listenDrops' | 'rssMb' | 'pssMb' | 'cpu' | 'levels'>): SystemFigures {
   const inFlood = (a: Attempt) => a.at >= phases.floodStart && a.at < phases.floodEnd;
   const before = known.filter((a) => a.at >= phases.warmupEnd && a.at < phases.floodStart);
   const refused = known.filter((a) => a.outcome !== 'accepted');
@@ -107,6 +109,7 @@ export function table(rows: SystemFigures[]): string {
     ['unknown rejected (5xx)', ...rows.map((r) => String(r.unknown.rejected))],
     ['unknown failed (conn. / timeout)', ...rows.map((r) => String(r.unknown.failed))],
     ['unknown not sent (generator cap)', ...rows.map((r) => String(r.unknown.skipped))],
+    ['SYNs dropped, accept queue full', ...rows.map((r) => String(r.listenDrops))],
     ['RSS peak (sum over processes)', ...rows.map((r) => `${r.rssMb.toFixed(0)} MB`)],
     ['PSS peak (shared pages split)', ...rows.map((r) => `${r.pssMb.toFixed(0)} MB`)],
     ['CPU: server (of a core)', ...rows.map((r) => pct(r.cpu.server))],

@@ -69,6 +69,17 @@ export function enginePid(engine: EngineChoice): number | null {
   return pidFile && existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : null;
 }
 
+/**
+ * The kernel's count of connections dropped because a listener's accept queue was full
+ * (TcpExt ListenDrops, /proc/net/netstat), machine-wide: a dropped SYN is sent again by the client
+ * after 1 s, then 3 s, 7 s ... after its first try.
+ */
+export function listenDrops(): number {
+  const rows = readFileSync('/proc/net/netstat', 'utf8').split('\n').filter((l) => l.startsWith('TcpExt:')).map((l) => l.trim().split(/\s+/));
+  const i = rows[0]?.indexOf('ListenDrops') ?? -1;
+  return i > 0 && rows[1] ? Number(rows[1][i]) : NaN;
+}
+
 /** Busy CPU seconds of the whole machine so far, all cores (/proc/stat). */
 export function machineCpu(): number {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);

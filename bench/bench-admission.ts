@@ -33,7 +33,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Clock, floodAddress, knownAddress, messageBody, network24, Pacer, saturate, type Attempt, type SenderPlan, type Target } from './bench-admission-load.js';
 import { perSecond, plot, summarize, table, type Phases, type SystemFigures } from './bench-admission-report.js';
-import { DOMAIN, enginePid, levelChanges, machineCpu, startSystem, type EngineChoice, type System, type SystemName } from './bench-admission-systems.js';
+import { DOMAIN, enginePid, levelChanges, listenDrops, machineCpu, startSystem, type EngineChoice, type System, type SystemName } from './bench-admission-systems.js';
 import { startSmtpSink } from './bench-compare-batch.js';
 import { cleanUp, cleanUpOnSignals, sleep } from './bench-cleanup.js';
 import { cpuSeconds, processTree, sampleMemory, threadCpu } from './bench-proc.js';
@@ -167,6 +167,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const system: System = await startSystem(name, ENGINE, FLUSH_EVERY);
   const memory = sampleMemory(system.rootPid);
   const meter = cpuMeter(system.rootPid, name === 'postfix' ? null : enginePid(ENGINE));
+  const drops0 = listenDrops();
   const clock = new Clock();
   const wallStart = Date.now();
   const levelSampler = sampleLevels(system, clock);
@@ -181,6 +182,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   await Promise.all([known.stop(S.drainS * 1000), flood.stop(S.drainS * 1000)]);
   system.assertRunning();
   const cpu = meter();
+  const drops = listenDrops() - drops0;
   const levels = levelSampler.stop();
   const peak = memory.stop();
   const rssMb = peak.rss / 2 ** 20, pssMb = peak.pss / 2 ** 20;
@@ -191,7 +193,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const levelText = name === 'postfix' ? '-' : changes.length === 0 ? 'no change logged'
     : changes.map((c) => `${c.level}@${((c.at - wallStart) / 1000).toFixed(0)}s`).join(' ');
   const phases: Phases = { warmupEnd: S.warmupS * 1000, floodStart, floodEnd };
-  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flood.attempts, flood.skipped, phases, { rssMb, pssMb, cpu, levels: levelText });
+  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flood.attempts, flood.skipped, phases, { listenDrops: drops, rssMb, pssMb, cpu, levels: levelText });
   const k = figures.knownFlood, u = figures.unknown;
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);

@@ -7,6 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Clock, floodAddress, knownAddress, messageBody, network24, Pacer, sendOne, type Attempt, type Envelope } from '../bench/bench-admission-load.js';
 import { levelStrip, perSecond, plot, summarize, table } from '../bench/bench-admission-report.js';
+import { listenDrops } from '../bench/bench-admission-systems.js';
 
 type Script = (socket: Socket, line: string, n: number) => void;
 
@@ -104,6 +105,14 @@ describe('the pacer', () => {
   });
 });
 
+describe('the kernel\'s counter', () => {
+  it('reads the listen drops from /proc/net/netstat as a count', () => {
+    const n = listenDrops();
+    expect(Number.isInteger(n)).toBe(true);
+    expect(n).toBeGreaterThanOrEqual(0);
+  });
+});
+
 describe('addresses', () => {
   it('gives known senders their /24s in turn and the flood the 127.64.0.0/10 range', () => {
     const known = knownAddress(3);
@@ -126,7 +135,7 @@ describe('the figures', () => {
   const known = [at(0, 500), at(2, 10), at(2, 20), at(3, 30), { ...at(6, 100), greetMs: 2, dotMs: 90 }, { ...at(7, 400), greetMs: 300, dotMs: 50 }, at(7, 0, 'deferred', 'connect'), at(9, 5, 'failed', 'connect')];
   const flood = [at(5, 50), at(6, 3, 'deferred', 'connect'), at(6, 4, 'deferred', 'rcpt'), at(7, 1, 'rejected', 'rcpt'), at(8, 9, 'failed')];
   const f = summarize('ichidan on', known, flood, 7, { warmupEnd: 1000, floodStart: 5000, floodEnd: 9000 }, {
-    rssMb: 123, pssMb: 100, cpu: { server: 50, engine: null, generator: 5, others: 65, machine: 60 }, levels: 'overload@6s',
+    listenDrops: 0, rssMb: 123, pssMb: 100, cpu: { server: 50, engine: null, generator: 5, others: 65, machine: 60 }, levels: 'overload@6s',
   });
 
   it('splits known senders before and during the flood, warm-up left out, and counts what was not accepted', () => {
