@@ -87,6 +87,8 @@ export class Cluster {
   readonly #delay = monitorEventLoopDelay({ resolution: 20 });
   readonly #startedAt = Date.now();
   #counts: { at: number; value: Record<string, number> } = { at: 0, value: {} };
+  /** The registry as last read for `liveNodes()`, and whether a read is under way. */
+  #seen: { at: number; nodes: NodeView[]; reading: boolean } = { at: 0, nodes: [], reading: false };
 
   private constructor(config: Config & { cluster: { redis: string } }, private readonly deps: ClusterDeps, log: Logger) {
     this.link = new ClusterLink(config.cluster, nodeName(config.cluster, config.dataDir), log);
@@ -110,6 +112,21 @@ export class Cluster {
 
   get node(): string {
     return this.link.node;
+  }
+
+  /**
+   * The live nodes as last read from the registry, at once (the DNS responder answers from it);
+   * read again in the background once older than a heartbeat. Empty until the first read ends.
+   */
+  liveNodes(): NodeView[] {
+    const seen = this.#seen;
+    if (!seen.reading && Date.now() - seen.at > this.link.config.heartbeat) {
+      seen.reading = true;
+      void this.nodes.list().then((nodes) => {
+        if (nodes) this.#seen = { at: Date.now(), nodes, reading: false };
+      }, () => undefined).finally(() => { this.#seen.reading = false; });
+    }
+    return this.#seen.nodes.filter((n) => n.alive);
   }
 
   async close(): Promise<void> {

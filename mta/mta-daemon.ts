@@ -60,12 +60,15 @@ import { dkimWarnings } from '../queue/accept/accept-dkim-config.js';
 import { KnownSenders } from './admission/admission-senders.js';
 import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 import { DnsResponder, type ResolverStandings } from './admission/admission-dns.js';
+import type { NodeInfo } from './admission/admission-steer.js';
 import type { Level } from './admission/admission-decide.js';
 
 /** What the DNS responder is started with: by default the known senders and the measured level (tests give their own). */
 export interface DnsInputs {
   senders: ResolverStandings;
   level: () => Level;
+  /** In a cluster: its live nodes, which the responder hands out as primary hosts by load. */
+  nodes?: () => NodeInfo[];
 }
 
 export interface BoundListener {
@@ -267,10 +270,10 @@ export class Ichidan {
     });
     // The known senders learn from each message's outcome (not with admission.mode off).
     const learn = (input: LearnInput) => {
-      if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom(input));
+      if (app!.config.admission.mode !== 'off') app!.senders?.record(learnedFrom({ ...input, level: app!.pressure.level }));
     };
     app.#admin = await AdminServer.listen(adminSocket(config), app, log);
-    app.#dnsInputs = opts.dns ?? { senders: app.senders, level: () => app.pressure.level };
+    app.#dnsInputs = opts.dns ?? { senders: app.senders, level: () => app.pressure.level, ...(cluster ? { nodes: () => dnsNodes(cluster) } : {}) };
     app.#pairingTaken = config.admission.dns.enabled ? config.admission.dns.pairingAddresses : [];
     await app.#applyDns(config);
     const file = app.configFile;
@@ -437,4 +440,14 @@ function admissionSessions(listeners: readonly Listener[]): { open: number; limi
     limit += l.spec.maxClients;
   }
   return { open, limit };
+}
+
+/**
+ * The cluster's nodes as the DNS responder hands them out: the live ones that take mail (not
+ * draining) at a reachable MX listener, least loaded first by their event-loop delay.
+ */
+function dnsNodes(cluster: Cluster): NodeInfo[] {
+  return cluster.liveNodes()
+    .filter((n) => n.smtp && !n.draining && n.smtp.address !== '0.0.0.0' && n.smtp.address !== '::')
+    .map((n) => ({ name: n.node, address: n.smtp!.address, load: n.loopDelayMs, level: n.level ?? 'normal' }));
 }

@@ -18,8 +18,10 @@ import { createLogger } from '../mta/mta-log.js';
 import type { DnsInputs } from '../mta/mta-daemon.js';
 import { baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { dig, dnsPeersSupport } from './helpers/dns-peers.js';
+import { redisSupport, startRedis } from './helpers/redis.js';
 
 const support = dnsPeersSupport(['dig']);
+const redisSupportForDns = redisSupport();
 const PAIRING = ['127.0.0.41', '127.0.0.42'];
 
 function dnsConfig(dns: Record<string, unknown>): (dir: string) => ConfigInput {
@@ -156,5 +158,33 @@ describe('DNS responder settings that cannot be met', () => {
     const dns = inputs();
     running = await startApp(dnsConfig({}), { dns });
     await expect(start({ port: running.app.dns!.address.port })).rejects.toThrow(/^admission\.dns: cannot listen on (TCP|UDP) 127\.0\.0\.1:/);
+  });
+});
+
+describe.skipIf(!support.ok || !redisSupportForDns.ok)(`DNS responder in a cluster${support.ok && redisSupportForDns.ok ? '' : ' (skipped: dig or redis-server missing)'}`, () => {
+  it('hands out the live nodes of the cluster, not the draining one, with no primary hosts configured', async () => {
+    const redis = await startRedis();
+    const apps: TestApp[] = [];
+    try {
+      for (const [node, address] of [['mx-a.example.test', '127.0.0.51'], ['mx-b.example.test', '127.0.0.52']] as const) {
+        apps.push(await startApp((dir) => baseConfig(dir, {
+          listeners: [{ name: 'mx', role: 'mx', address, port: 0 }],
+          tenants: { demo: { domains: ['example.test'] } },
+          cluster: { redis: redis.url, node, heartbeat: '200ms', leaseTtl: '1s' },
+          admission: { dns: { enabled: node === 'mx-a.example.test', address: '127.0.0.1', port: 0 } },
+        } as Partial<ConfigInput>)));
+      }
+      const port = apps[0].app.dns!.address.port;
+      const hosts = async () => (await dig('127.0.0.1', port, ['example.test', 'MX'])).answers.map((a) => a[3].split(' ')[1]).sort();
+      await waitUntil(async () => (await hosts()).length === 2, 10_000, 'both nodes in the MX answer');
+      expect(await hosts()).toEqual(['mx-a.example.test.', 'mx-b.example.test.']);
+      const a = await dig('127.0.0.1', port, ['mx-b.example.test', 'A']);
+      expect(a.answers[0][3]).toBe('127.0.0.52');
+      apps[1].app.draining = true;
+      await waitUntil(async () => (await hosts()).join() === 'mx-a.example.test.', 10_000, 'the draining node left out');
+    } finally {
+      for (const t of apps) await t.stop();
+      await redis.stop();
+    }
   });
 });

@@ -60,8 +60,11 @@ const pressureSchema = z.strictObject({
   hysteresis: fraction.default(0.2),
   /** The event loop's delay (p99 over the last interval). */
   eventLoopDelay: thresholds(duration, '150ms', '500ms'),
-  /** Sessions open on the admission listeners, as a share of their maxClients. */
-  sessions: thresholds(fraction, 0.7, 0.9),
+  /**
+   * Sessions open on the admission listeners, as a share of their maxClients. The overload
+   * threshold sits below 1 - reserve.sessions, so unknown senders alone can bring it about.
+   */
+  sessions: thresholds(fraction, 0.5, 0.7),
   /** How long scans waited for a slot (p90 over the last interval). */
   scanWait: thresholds(duration, '500ms', '3s'),
   /** How long scans took (p90 over the last interval). */

@@ -24,6 +24,17 @@ const queued = (action: VerdictAction, spamScore: number | null = null, runs: Ru
 const dmarc = (from: string) => ({ domain: from });
 
 describe('learnedFrom', () => {
+  it('learns clean mail in normal times only; refusals and spam count at every level', () => {
+    const spam = queued('tag', 3);
+    const refused: AcceptResult = { kind: 'refused', reply: no, scan: { record: record('reject'), spamScore: 9 } };
+    for (const level of ['busy', 'overload'] as const) {
+      expect(learnedFrom({ address: '192.0.2.7', authUser: null, result: queued('accept', 0.1), level })).toBeNull();
+      expect(learnedFrom({ address: '192.0.2.7', authUser: null, result: spam, level })?.outcome).toBe('spam');
+      expect(learnedFrom({ address: '192.0.2.7', authUser: null, result: refused, level })?.outcome).toBe('refused');
+    }
+    expect(learnedFrom({ address: '192.0.2.7', authUser: null, result: queued('accept', 0.1), level: 'normal' })?.outcome).toBe('clean');
+  });
+
   const cases: Array<[string, AcceptResult, ReturnType<typeof learnedFrom>]> = [
     ['queued, no engines', { kind: 'queued', reply: ok, queueId: 'Q', quarantined: false },
       { address: '192.0.2.7', authUser: null, domain: null, outcome: 'clean', score: null }],

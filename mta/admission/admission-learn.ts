@@ -15,8 +15,12 @@
  *     a DKIM signature of it passed and is aligned with it, or SPF passed for the envelope domain
  *     and that domain is the From domain or below it (relaxed alignment, RFC 7489 §3.1);
  *   - the score: the combined spam level, when a spam engine gave one.
+ * Senders are learned in normal times (seed 003): while the node is busy or overloaded a clean
+ * message teaches nothing (else a flood of clean-looking mail spread thinly over many networks
+ * would teach itself in), while refusals and spam still count against their sender.
  */
 import type { AcceptResult } from '../../queue/accept/accept-step.js';
+import type { Level } from './admission-decide.js';
 import type { RunRecord } from '../../engines/engines-records.js';
 import { domainKey } from './admission-senders-key.js';
 import type { SenderEvent } from './admission-senders.js';
@@ -26,12 +30,14 @@ export interface LearnInput {
   address: string;
   authUser: string | null;
   result: AcceptResult;
+  /** The node's pressure level when the message was judged (normal when not given). */
+  level?: Level;
 }
 
 /** The combined spam level at which a message counts as spam (the engines' own threshold). */
 const SPAM_LEVEL = 1;
 
-export function learnedFrom({ address, authUser, result }: LearnInput): SenderEvent | null {
+export function learnedFrom({ address, authUser, result, level = 'normal' }: LearnInput): SenderEvent | null {
   if (result.kind === 'incomplete' || result.kind === 'relay') return null;
   const scan = result.scan;
   if (result.kind === 'refused' && !scan) return null;
@@ -39,6 +45,7 @@ export function learnedFrom({ address, authUser, result }: LearnInput): SenderEv
   let outcome: SenderEvent['outcome'] = 'clean';
   if (result.kind === 'refused') outcome = 'refused';
   else if (scan && (scan.record.action === 'tag' || scan.record.action === 'quarantine' || (score !== null && score >= SPAM_LEVEL))) outcome = 'spam';
+  if (outcome === 'clean' && level !== 'normal') return null;
   return { address, authUser: authUser || null, domain: scan ? alignedDomain(scan.record.runs) : null, outcome, score };
 }
 

@@ -25,7 +25,7 @@ const repeat = <T>(n: number, v: T): T[] => Array.from({ length: n }, () => v);
 describe('a signal\'s own level', () => {
   it.each([
     ['eventLoopDelay', 149, 'normal'], ['eventLoopDelay', 150, 'busy'], ['eventLoopDelay', 499, 'busy'], ['eventLoopDelay', 500, 'overload'],
-    ['sessions', 0.69, 'normal'], ['sessions', 0.7, 'busy'], ['sessions', 0.95, 'overload'],
+    ['sessions', 0.49, 'normal'], ['sessions', 0.5, 'busy'], ['sessions', 0.95, 'overload'],
     ['diskFree', 0.5, 'normal'], ['diskFree', 0.1, 'busy'], ['diskFree', 0.06, 'busy'], ['diskFree', 0.05, 'overload'], ['diskFree', 0, 'overload'],
     ['memoryFree', 0.11, 'normal'], ['memoryFree', 0.02, 'overload'],
     ['fsync', null, 'normal'], ['mxQueries', undefined, 'normal'], ['scanWait', Number.NaN, 'normal'],
@@ -114,7 +114,7 @@ describe('the level over time', () => {
 
   it('names every signal that drove a rise, and the same ones when the level falls', () => {
     const { changes } = run([...repeat(3, { eventLoopDelay: 600, sessions: 0.95, diskFree: 0.5 }), ...repeat(11, { eventLoopDelay: 5, sessions: 0.1, diskFree: 0.5 })]);
-    expect(changes[0].why).toBe('eventLoopDelay=600 ≥ 500, sessions=0.95 ≥ 0.9');
+    expect(changes[0].why).toBe('eventLoopDelay=600 ≥ 500, sessions=0.95 ≥ 0.7');
     expect(changes[1].why).toBe('eventLoopDelay=5, sessions=0.1 below overload for 10000ms');
   });
 

@@ -26,28 +26,28 @@ function world() {
 describe('Pressure', () => {
   it('reads every source into its signal, emits each change with the signals that drove it, and logs it', () => {
     const { p, v, logs, events, tick } = world();
-    v.open = 8; v.wait = 1000; v.fsync = 20; v.mx = 1;
+    v.open = 6; v.wait = 1000; v.fsync = 20; v.mx = 1;
     tick(2);
     expect(p.level).toBe('busy');
     expect(p.signals()).toMatchObject({
-      sessions: { value: 0.8, level: 'busy' }, scanWait: { value: 1000, level: 'busy' }, fsync: { value: 20, level: 'normal' },
+      sessions: { value: 0.6, level: 'busy' }, scanWait: { value: 1000, level: 'busy' }, fsync: { value: 20, level: 'normal' },
       mxQueries: { value: 1, level: 'normal' }, diskFree: { value: 0.5, level: 'normal' }, memoryFree: { value: 0.5, level: 'normal' }, eventLoopDelay: { value: null, level: 'normal' },
     });
-    expect(events).toEqual([['busy', 'normal', 'sessions=0.8 ≥ 0.7, scanWait=1000 ≥ 500']]);
+    expect(events).toEqual([['busy', 'normal', 'sessions=0.6 ≥ 0.5, scanWait=1000 ≥ 500']]);
     v.wait = 4000;
     tick(1);
     expect(p.level).toBe('busy');
     tick(1);
     expect(events.at(-1)).toEqual(['overload', 'busy', 'scanWait=4000 ≥ 3000']);
     const up = logs.find((l) => l.level === 'overload');
-    expect(up).toMatchObject({ previous: 'busy', why: 'scanWait=4000 ≥ 3000', signals: { scanWait: 4000, sessions: 0.8 } });
+    expect(up).toMatchObject({ previous: 'busy', why: 'scanWait=4000 ≥ 3000', signals: { scanWait: 4000, sessions: 0.6 } });
     v.open = 1; v.wait = 10;
     tick(3);
     expect(events.at(-1)).toEqual(['busy', 'overload', 'scanWait=10 below overload for 2000ms']);
     tick(3);
     expect(p.level).toBe('normal');
     expect(logs.filter((l) => typeof l.msg === 'string' && (l.msg as string).startsWith('pressure ')).map((l) => l.msg)).toEqual([
-      'pressure normal → busy: sessions=0.8 ≥ 0.7, scanWait=1000 ≥ 500',
+      'pressure normal → busy: sessions=0.6 ≥ 0.5, scanWait=1000 ≥ 500',
       'pressure busy → overload: scanWait=4000 ≥ 3000',
       'pressure overload → busy: scanWait=10 below overload for 2000ms',
       'pressure busy → normal: scanWait=10 below busy for 2000ms',
