@@ -175,7 +175,7 @@ export class Ichidan {
     queue.spool.fsyncs.onSample = (ms) => metrics.fsync(ms);
     const scanTimes = new ScanTimings();
     this.pressure = new Pressure(config.admission.pressure, {
-      sessions: () => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec))),
+      sessions: () => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec)), this.admission.takeTurnedAway()),
       scans: () => scanTimes.p90(this.config.admission.pressure.interval),
       mxQueryRatio: () => this.dns?.mxQueryRatio() ?? null,
     }, {
@@ -429,11 +429,13 @@ export class Ichidan {
 }
 
 /**
- * Admission's sessions signal: connections open on the admission listeners (those the door guards:
- * admission.listeners, or every mx listener) against the sum of their maxClients.
+ * Admission's sessions signal: the sessions wanted on the admission listeners (those the door
+ * guards: admission.listeners, or every mx listener) — the connections open, and those the door
+ * turned away since the last reading (else refusing a flood would look like quiet, and the level
+ * would fall while the flood goes on) — against the sum of their maxClients.
  */
-function admissionSessions(listeners: readonly Listener[]): { open: number; limit: number } {
-  let open = 0;
+function admissionSessions(listeners: readonly Listener[], turnedAway: number): { open: number; limit: number } {
+  let open = turnedAway;
   let limit = 0;
   for (const l of listeners) {
     open += (l.server as unknown as { connections: { size: number } }).connections.size;

@@ -39,6 +39,9 @@ describe('the admission of one node', () => {
     w.admission.closed('a');
     expect(w.admission.connect('e', '192.0.2.4', w.mx, 2)).toMatchObject({ action: 'greet', reason: 'busy_delay' });
     for (const id of ['b', 'd', 'e']) w.admission.closed(id);
+    // The one turned away is part of the demand the sessions signal reads, once.
+    expect(w.admission.takeTurnedAway()).toBe(1);
+    expect(w.admission.takeTurnedAway()).toBe(0);
     expect(w.admission.sessions).toBe(0);
     expect(w.counted).toContain('connect:delay:busy_delay');
     expect(w.counted).toContain('connect:refuse:busy_connections');

@@ -69,6 +69,8 @@ export class Admission {
   readonly #sessions = new Map<string, SessionEntry>();
   readonly #networkOpen = new Map<string, number>();
   readonly #mails = new RecentEvents();
+  /** Connections the door refused for pressure or the reserve since `takeTurnedAway` was last called. */
+  #turnedAway = 0;
 
   constructor(config: Config, private readonly deps: AdmissionDeps) {
     this.#config = config;
@@ -114,7 +116,9 @@ export class Admission {
     const action = decision.action === 'refuse' ? 'refuse' : decision.delayMs > 0 ? 'delay' : 'greet';
     this.deps.count('connect', action, decision.reason);
     if (decision.action === 'refuse') {
-      this.deps.log.info({ listener: listener.name, client: address, standing, level: this.deps.pressure.level, reason: decision.reason }, 'connection refused by admission');
+      if (decision.reason !== 'blocked') this.#turnedAway++;
+      // A flood's refusals are counted (ichidan_admission_decisions_total), and logged at debug only.
+      this.deps.log[decision.reason === 'blocked' ? 'info' : 'debug']({ listener: listener.name, client: address, standing, level: this.deps.pressure.level, reason: decision.reason }, 'connection refused by admission');
     }
     return decision;
   }
@@ -173,6 +177,13 @@ export class Admission {
     const open = (this.#networkOpen.get(entry.network) ?? 1) - 1;
     if (open > 0) this.#networkOpen.set(entry.network, open);
     else this.#networkOpen.delete(entry.network);
+  }
+
+  /** How many connections the door turned away (pressure, reserve) since the last call: part of the demand the sessions signal reads. */
+  takeTurnedAway(): number {
+    const n = this.#turnedAway;
+    this.#turnedAway = 0;
+    return n;
   }
 
   /** Sessions followed now (tests, status). */

@@ -25,6 +25,12 @@ const listener = z.strictObject({
   greetingDelay: duration.default(0),
   /** Most simultaneous connections on this listener; extra clients get 421. */
   maxClients: z.number().int().positive().default(1000),
+  /**
+   * Connections the kernel queues before Ichidan accepts them (listen backlog; Linux caps it at
+   * net.core.somaxconn). A full queue drops new connections' SYNs, and their clients, known
+   * senders too, wait a second or more to try again: a flood needs room here.
+   */
+  backlog: z.number().int().min(1).max(65535).default(4096),
   /** This listener's own certificate and key (PEM files), offered instead of `tls.cert`/`tls.key`; reloaded live. */
   cert: z.string().min(1).optional(),
   key: z.string().min(1).optional(),

@@ -156,7 +156,7 @@ export class Listener {
   async listen(): Promise<{ address: string; port: number }> {
     const where = await new Promise<{ address: string; port: number }>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(this.spec.port, this.spec.address, () => {
+      this.server.listen(this.spec.port, this.spec.address, this.spec.backlog, () => {
         this.server.removeListener('error', reject);
         const a = this.server.server.address();
         resolve(typeof a === 'object' && a ? { address: a.address, port: a.port } : { address: this.spec.address, port: this.spec.port });
@@ -178,7 +178,7 @@ export class Listener {
       try {
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
-          server.listen(port, address, () => { server.off('error', reject); resolve(); });
+          server.listen(port, address, this.spec.backlog, () => { server.off('error', reject); resolve(); });
         });
       } catch (err) {
         throw new Error(`admission.dns.pairingAddresses: listener ${this.spec.name} cannot listen on ${address}:${port}`, { cause: err });

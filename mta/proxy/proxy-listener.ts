@@ -185,7 +185,7 @@ export class ProxyListener {
   listen(): Promise<{ address: string; port: number }> {
     return new Promise((resolve, reject) => {
       this.server.server.once('error', reject);
-      this.server.listen(this.spec.port, this.spec.address, () => {
+      this.server.listen(this.spec.port, this.spec.address, this.spec.backlog, () => {
         this.server.server.off('error', reject);
         const a = this.server.server.address() as { address: string; port: number };
         resolve({ address: a.address, port: a.port });
