@@ -176,7 +176,10 @@ export class Ichidan {
     const scanTimes = new ScanTimings();
     this.pressure = new Pressure(config.admission.pressure, {
       sessions: () => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec)), this.admission.takeTurnedAway()),
-      scans: () => scanTimes.p90(this.config.admission.pressure.interval),
+      scans: () => {
+        const { known, unknown } = this.admission.slots.waiting;
+        return { ...scanTimes.p90(this.config.admission.pressure.interval), queued: (known + unknown) / this.config.admission.scans };
+      },
       mxQueryRatio: () => this.dns?.mxQueryRatio() ?? null,
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),

@@ -51,9 +51,9 @@ const sendersSchema = z.strictObject({
 
 const pressureSchema = z.strictObject({
   /** How often the signals are read. */
-  interval: duration.prefault('1s'),
+  interval: duration.prefault('500ms'),
   /** A level is entered once the signals have stayed at or past its threshold this long. */
-  rise: duration.prefault('2s'),
+  rise: duration.prefault('1s'),
   /** A level is left once the signals have stayed below its threshold (less `hysteresis`) this long. */
   fall: duration.prefault('15s'),
   /** How far below a threshold a signal must fall (as a share of the threshold) to count as below it. */
@@ -67,6 +67,11 @@ const pressureSchema = z.strictObject({
   sessions: thresholds(fraction, 0.5, 0.7),
   /** How long scans waited for a slot (p90 over the last interval). */
   scanWait: thresholds(duration, '500ms', '3s'),
+  /**
+   * Messages waiting for a scan slot, as a multiple of `admission.scans`: the first sign of a flood,
+   * before any wait has ended to be timed.
+   */
+  scanQueue: thresholds(ratio, 1, 3),
   /** How long scans took (p90 over the last interval). */
   scanLatency: thresholds(duration, '5s', '20s'),
   /** Spool fsync time (p99 over the last interval). */

@@ -39,7 +39,7 @@ export interface PressureSources {
   /** Sessions open on the admission listeners, and the sum of their maxClients. */
   sessions(): { open: number; limit: number };
   /** Scans' wait for a slot and their latency, p90 over the last interval. */
-  scans(): { waitP90Ms: number | null; latencyP90Ms: number | null };
+  scans(): { waitP90Ms: number | null; latencyP90Ms: number | null; queued?: number | null };
   /** MX queries per second against their normal rate; null until a normal rate is known. */
   mxQueryRatio?(): number | null;
 }
@@ -212,6 +212,7 @@ export class Pressure extends EventEmitter {
     return {
       eventLoopDelay: this.#safely('eventLoopDelay', () => this.#probes.loopDelayP99Ms()),
       sessions: sessions && sessions.limit > 0 ? sessions.open / sessions.limit : null,
+      scanQueue: scans?.queued ?? null,
       scanWait: scans?.waitP90Ms ?? null,
       scanLatency: scans?.latencyP90Ms ?? null,
       fsync: this.#safely('fsync', () => this.spool.fsyncP99Ms()),
