@@ -61,6 +61,7 @@ import { KnownSenders } from './admission/admission-senders.js';
 import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 import { DnsResponder, type ResolverStandings } from './admission/admission-dns.js';
 import type { NodeInfo } from './admission/admission-steer.js';
+import { acceptQueue } from './admission/admission-backlog.js';
 import type { Level } from './admission/admission-decide.js';
 
 /** What the DNS responder is started with: by default the known senders and the measured level (tests give their own). */
@@ -181,6 +182,7 @@ export class Ichidan {
         return { ...scanTimes.p90(this.config.admission.pressure.interval), queued: (known + unknown) / this.config.admission.scans };
       },
       mxQueryRatio: () => this.dns?.mxQueryRatio() ?? null,
+      acceptQueue: () => acceptQueue(this.#listeners.filter((l) => this.admission.guards(l.spec)).flatMap((l) => this.bound.filter((b) => b.name === l.spec.name))),
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),
       diskFree: () => queue.diskFree(),

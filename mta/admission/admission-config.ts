@@ -68,6 +68,11 @@ const pressureSchema = z.strictObject({
   /** How long scans waited for a slot (p90 over the last interval). */
   scanWait: thresholds(duration, '500ms', '3s'),
   /**
+   * Connections the kernel holds for the admission listeners that are not accepted yet (Linux):
+   * while it grows everyone waits in it, known senders among the flood, before anyone is judged.
+   */
+  acceptQueue: thresholds(z.number().int().positive(), 50, 200),
+  /**
    * Messages waiting for a scan slot, as a multiple of `admission.scans`: the first sign of a flood,
    * before any wait has ended to be timed.
    */

@@ -40,6 +40,8 @@ export interface PressureSources {
   sessions(): { open: number; limit: number };
   /** Scans' wait for a slot and their latency, p90 over the last interval. */
   scans(): { waitP90Ms: number | null; latencyP90Ms: number | null; queued?: number | null };
+  /** Connections waiting in the kernel's accept queue of the admission listeners (null: not known). */
+  acceptQueue?(): number | null;
   /** MX queries per second against their normal rate; null until a normal rate is known. */
   mxQueryRatio?(): number | null;
 }
@@ -211,6 +213,7 @@ export class Pressure extends EventEmitter {
     const scans = this.#safely('scans', () => this.sources.scans());
     return {
       eventLoopDelay: this.#safely('eventLoopDelay', () => this.#probes.loopDelayP99Ms()),
+      acceptQueue: this.#safely('acceptQueue', () => this.sources.acceptQueue?.() ?? null),
       sessions: sessions && sessions.limit > 0 ? sessions.open / sessions.limit : null,
       scanQueue: scans?.queued ?? null,
       scanWait: scans?.waitP90Ms ?? null,

@@ -1,0 +1,44 @@
+import { spawn } from 'node:child_process';
+import { connect, type Socket } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { acceptQueue, listeningQueues } from './admission-backlog.js';
+
+const TABLE = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:09C5 00000000:0000 0A 00000000:00000007 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 00000000:0019 00000000:0000 0A 00000000:00000002 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+   2: 0100007F:09C5 0100007F:D431 01 00000000:00000040 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+`;
+
+describe('the accept queue', () => {
+  it('reads listening sockets\' queues from the kernel\'s table, not established ones', () => {
+    const q = listeningQueues(TABLE, false);
+    expect(q.get('127.0.0.1 2501')).toBe(7);
+    expect(q.get('0.0.0.0 25')).toBe(2);
+    expect(q.size).toBe(2);
+    const read = (f: string) => (f.endsWith('6') ? '' : TABLE);
+    expect(acceptQueue([{ address: '127.0.0.1', port: 2501 }], read)).toBe(7);
+    expect(acceptQueue([{ address: '0.0.0.0', port: 25 }], read)).toBe(2);
+    expect(acceptQueue([{ address: '127.0.0.2', port: 2501 }], read)).toBe(0);
+    expect(acceptQueue([{ address: '127.0.0.1', port: 2501 }], () => { throw new Error('no /proc'); })).toBeNull();
+  });
+
+  it('counts connections a real listener has not accepted yet', async () => {
+    // A listener that never accepts (Node's always do): Python's, on a free loopback port.
+    const py = spawn('python3', ['-c', 'import socket,sys,time\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(64)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(30)'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const sockets: Socket[] = [];
+    try {
+      const port = Number(await new Promise<string>((resolve) => py.stdout.once('data', (d) => resolve(String(d).trim()))));
+      expect(acceptQueue([{ address: '127.0.0.1', port }])).toBe(0);
+      for (let i = 0; i < 5; i++) {
+        const s = connect({ host: '127.0.0.1', port });
+        s.on('error', () => undefined);
+        sockets.push(s);
+        await new Promise((r) => s.once('connect', r));
+      }
+      expect(acceptQueue([{ address: '127.0.0.1', port }])).toBe(5);
+    } finally {
+      for (const s of sockets) s.destroy();
+      py.kill();
+    }
+  });
+});

@@ -1,0 +1,65 @@
+/*
+ * Connections the kernel holds for the admission listeners that Ichidan has not accepted yet: the
+ * accept queue, the first place a flood shows. While it grows, every client waits in it in arrival
+ * order, known senders among the flood's, before Ichidan can tell who they are; a session count
+ * sees them only once accepted.
+ *
+ * Takes: the listening endpoints (address and port, as bound) and the kernel's socket tables
+ *   (Linux: /proc/net/tcp and /proc/net/tcp6, where a listening socket's rx_queue is its accept
+ *   queue's length).
+ * Gives: the connections waiting, summed over the endpoints; null where the tables cannot be read
+ *   (another system), and the signal then counts as normal.
+ */
+import { readFileSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
+
+const LISTEN = '0A';
+
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+/** "0100007F" (as /proc/net/tcp writes 127.0.0.1, little-endian) → "127.0.0.1". */
+function ipv4FromHex(hex: string): string {
+  const n = Number.parseInt(hex, 16);
+  return [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff].join('.');
+}
+
+/** The accept-queue lengths of the listening sockets in one table's text, keyed "address port" (IPv6 addresses as "*"). */
+export function listeningQueues(table: string, v6: boolean): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of table.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 5 || f[3] !== LISTEN) continue;
+    const [addr, port] = f[1].split(':');
+    const queue = Number.parseInt(f[4].split(':')[1] ?? '', 16);
+    if (!port || !Number.isFinite(queue)) continue;
+    const key = `${v6 ? '*' : ipv4FromHex(addr)} ${Number.parseInt(port, 16)}`;
+    out.set(key, (out.get(key) ?? 0) + queue);
+  }
+  return out;
+}
+
+/** Connections waiting to be accepted on `endpoints`, or null when the kernel's tables cannot be read. */
+export function acceptQueue(endpoints: readonly Endpoint[], read = (f: string) => readFileSync(f, 'utf8')): number | null {
+  let v4: Map<string, number>;
+  let v6: Map<string, number> = new Map();
+  try {
+    v4 = listeningQueues(read('/proc/net/tcp'), false);
+  } catch {
+    return null;
+  }
+  try {
+    v6 = listeningQueues(read('/proc/net/tcp6'), true);
+  } catch {
+    // No IPv6 on this system: the IPv4 table answers alone.
+  }
+  let waiting = 0;
+  for (const e of endpoints) {
+    const wildcard = e.address === '0.0.0.0' || e.address === '::';
+    if (isIPv4(e.address) && !wildcard) waiting += v4.get(`${e.address} ${e.port}`) ?? 0;
+    else waiting += (v6.get(`* ${e.port}`) ?? 0) + (wildcard ? v4.get(`0.0.0.0 ${e.port}`) ?? 0 : 0);
+  }
+  return waiting;
+}
