@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { acceptQueue, listeningQueues } from './admission-backlog.js';
+import { acceptQueue, listeningQueues, readListening } from './admission-backlog.js';
 
 const TABLE = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:09C5 00000000:0000 0A 00000000:00000007 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
@@ -20,6 +20,13 @@ describe('the accept queue', () => {
     expect(acceptQueue([{ address: '0.0.0.0', port: 25 }], read)).toBe(2);
     expect(acceptQueue([{ address: '127.0.0.2', port: 2501 }], read)).toBe(0);
     expect(acceptQueue([{ address: '127.0.0.1', port: 2501 }], () => { throw new Error('no /proc'); })).toBeNull();
+  });
+
+  it('reads the kernel\'s table only as far as its listening sockets, which come first', () => {
+    const text = readListening('/proc/net/tcp');
+    const states = text.split('\n').slice(1).map((l) => l.trim().split(/\s+/)[3]);
+    expect(states.length).toBeGreaterThan(0);
+    expect(states.every((s) => s === '0A')).toBe(true);
   });
 
   it('counts connections a real listener has not accepted yet', async () => {
