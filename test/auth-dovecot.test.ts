@@ -5,20 +5,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { baseConfig, startApp, type TestApp } from './helpers/app.js';
 import { dovecotSupport, startDovecot, type TestDovecot } from './helpers/dovecot.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
+import { authPlain, submissionSession } from './helpers/submission.js';
 
 const support = dovecotSupport();
 const b64 = (s: string) => Buffer.from(s).toString('base64');
-const plain = (user: string, password: string) => `AUTH PLAIN ${b64(`\0${user}\0${password}`)}`;
-
-async function submission(t: TestApp): Promise<RawSmtp> {
-  const c = await RawSmtp.open(t.port('submission'));
-  expect((await c.reply())[0]).toMatch(/^220 /);
-  expect(await c.command('EHLO client.test')).toMatch(/^250/);
-  expect(await c.command('STARTTLS')).toMatch(/^220 /);
-  await c.startTls();
-  expect(await c.command('EHLO client.test')).toMatch(/^250/);
-  return c;
-}
+const plain = authPlain;
+const submission = submissionSession;
 
 /** MAIL, RCPT, DATA on an authenticated session: the queue id. */
 async function send(c: RawSmtp, from: string): Promise<string> {

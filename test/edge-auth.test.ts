@@ -4,18 +4,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { baseConfig, startApp, TEST_HASH, TEST_PASSWORD, waitUntil, type TestApp } from './helpers/app.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
+import { authPlain, submissionSession } from './helpers/submission.js';
 
-const plain = (user: string, password: string) => 'AUTH PLAIN ' + Buffer.from(`\0${user}\0${password}`).toString('base64');
-
-async function submission(t: TestApp, from = '127.0.0.1'): Promise<RawSmtp> {
-  const c = await RawSmtp.open(t.port('submission'), '127.0.0.1', from);
-  expect((await c.reply())[0]).toMatch(/^220 /);
-  expect(await c.command('EHLO client.test')).toMatch(/^250/);
-  expect(await c.command('STARTTLS')).toMatch(/^220 /);
-  await c.startTls();
-  expect(await c.command('EHLO client.test')).toMatch(/^250/);
-  return c;
-}
+const plain = authPlain;
+const submission = submissionSession;
 
 async function timed(c: RawSmtp, line: string): Promise<{ reply: string; ms: number }> {
   const start = performance.now();

@@ -41,7 +41,9 @@ describe('admission at the door', () => {
     const d = decideDoor(door({ level: 'overload' }), c);
     expect(d).toMatchObject({ action: 'greet', reason: 'overload_rcpt', deferRcpt: true });
     expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: true }, c)?.reply?.code).toBe(451);
-    expect(decideRcpt({ level: 'normal', standing: 'unknown', deferRcpt: true }, c)?.reply?.enhanced).toBe('4.7.1');
+    expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: true }, c)?.reply?.enhanced).toBe('4.7.1');
+    // Once the level falls, a session greeted under overload is let through.
+    expect(decideRcpt({ level: 'normal', standing: 'unknown', deferRcpt: true }, c)).toBeNull();
     expect(decideRcpt({ level: 'overload', standing: 'known', deferRcpt: false }, c)).toBeNull();
     // A session greeted before the overload began meets it at its next RCPT.
     expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: false }, c)?.reason).toBe('overload');

@@ -93,7 +93,8 @@ export function decideMail(input: MailInput, config: AdmissionConfig): { reply: 
 /** At RCPT: an unknown sender greeted under overload with overload.refuse = rcpt (or finding the node overloaded now). */
 export function decideRcpt(input: { level: Level; standing: Standing; deferRcpt: boolean }, config: AdmissionConfig): { reply: SmtpReply | null; reason: string } | null {
   if (config.mode === 'off' || isKnown(input.standing)) return null;
-  const defer = input.deferRcpt || (input.level === 'overload' && config.overload.refuse === 'rcpt');
+  // Only while the node is overloaded: a session greeted under overload goes on once the level falls.
+  const defer = input.level === 'overload' && (input.deferRcpt || config.overload.refuse === 'rcpt');
   if (!defer) return null;
   return config.mode === 'on' ? { reply: REPLIES.overloadedRcpt, reason: 'overload' } : { reply: null, reason: 'would_overload' };
 }

@@ -47,6 +47,17 @@ describe('the admission of one node', () => {
     expect(w.counted).toContain('connect:refuse:busy_connections');
   });
 
+  it('counts one network\'s turned-away connections up to busy.maxConnections a reading', () => {
+    const w = world();
+    w.state.level = 'overload';
+    for (let i = 0; i < 50; i++) {
+      expect(w.admission.connect(`x${i}`, '192.0.2.1', w.mx, 0)).toMatchObject({ action: 'refuse' });
+      w.admission.closed(`x${i}`);
+    }
+    expect(w.admission.connect('y', '198.51.100.1', w.mx, 0)).toMatchObject({ action: 'refuse' });
+    expect(w.admission.takeTurnedAway()).toBe(3);
+  });
+
   it('leaves listeners it does not guard alone at the door, but pauses their intake too', () => {
     const w = world();
     w.state.level = 'overload';

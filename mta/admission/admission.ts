@@ -69,8 +69,12 @@ export class Admission {
   readonly #sessions = new Map<string, SessionEntry>();
   readonly #networkOpen = new Map<string, number>();
   readonly #mails = new RecentEvents();
-  /** Connections the door refused for pressure or the reserve since `takeTurnedAway` was last called. */
-  #turnedAway = 0;
+  /**
+   * Connections the door refused for pressure or the reserve since `takeTurnedAway` was last
+   * called, per network, each network counted up to busy.maxConnections: one client reconnecting
+   * in a loop cannot hold the level up by itself.
+   */
+  readonly #turnedAway = new Map<string, number>();
 
   constructor(config: Config, private readonly deps: AdmissionDeps) {
     this.#config = config;
@@ -116,7 +120,7 @@ export class Admission {
     const action = decision.action === 'refuse' ? 'refuse' : decision.delayMs > 0 ? 'delay' : 'greet';
     this.deps.count('connect', action, decision.reason);
     if (decision.action === 'refuse') {
-      if (decision.reason !== 'blocked') this.#turnedAway++;
+      if (decision.reason !== 'blocked') this.#turnedAway.set(network, (this.#turnedAway.get(network) ?? 0) + 1);
       // A flood's refusals are counted (ichidan_admission_decisions_total), and logged at debug only.
       this.deps.log[decision.reason === 'blocked' ? 'info' : 'debug']({ listener: listener.name, client: address, standing, level: this.deps.pressure.level, reason: decision.reason }, 'connection refused by admission');
     }
@@ -181,8 +185,10 @@ export class Admission {
 
   /** How many connections the door turned away (pressure, reserve) since the last call: part of the demand the sessions signal reads. */
   takeTurnedAway(): number {
-    const n = this.#turnedAway;
-    this.#turnedAway = 0;
+    const cap = this.#config.admission.busy.maxConnections;
+    let n = 0;
+    for (const count of this.#turnedAway.values()) n += Math.min(count, cap);
+    this.#turnedAway.clear();
     return n;
   }
 

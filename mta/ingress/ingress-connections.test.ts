@@ -59,3 +59,41 @@ describe('ConnectionTable', () => {
     expect(t.admit(session('s4', '2001:db8::4'))).toBeNull();
   });
 });
+
+describe('WatchedServer', () => {
+  it('tells its owner of each connection with its own socket, never another session\'s', async () => {
+    const { WatchedServer } = await import('./ingress-connections.js');
+    const { connect } = await import('node:net');
+    let n = 0;
+    const server = new WatchedServer({
+      logger: false, disabledCommands: ['STARTTLS', 'AUTH'], greetingDelay: 0, disableReverseLookup: true,
+      // The second client is refused in onConnect, which runs before connect() returns (no delay, no reverse lookup).
+      onConnect: (_s, cb) => (++n === 2 ? cb(Object.assign(new Error('go away'), { responseCode: 421 })) : cb()),
+    } as never);
+    const told: Array<{ id: string; socket: Socket }> = [];
+    server.onConnection = (c, socket) => told.push({ id: c.id, socket });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.server.address() as { port: number }).port;
+    const client = () => new Promise<{ s: Socket; greeting: string }>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.once('data', (d) => resolve({ s, greeting: String(d) }));
+    });
+    const clients: Socket[] = [];
+    try {
+      const a = await client();
+      clients.push(a.s);
+      expect(a.greeting).toMatch(/^220 /);
+      const b = await client();
+      clients.push(b.s);
+      expect(b.greeting).toMatch(/^421 /);
+      // Each connection told of (the refused one may be, while it closes) comes with its own socket.
+      expect(told.length).toBeGreaterThanOrEqual(1);
+      expect(told[0].socket.remotePort).toBe(a.s.localPort);
+      if (told.length > 1) expect(told[1].socket.remotePort).toBe(b.s.localPort);
+      expect(new Set(told.map((t) => t.id)).size).toBe(told.length);
+    } finally {
+      for (const c of clients) c.destroy();
+      await new Promise((r) => server.close(r));
+    }
+  });
+});

@@ -39,8 +39,10 @@ export class WatchedServer extends SMTPServer {
 
   override connect(...args: Parameters<SMTPServer['connect']>): void {
     super.connect(...args);
+    // The connection made for this socket; none when it was refused and closed at once (onConnect
+    // may answer before connect returns), and then no other session may be taken for it.
     let created: Connection | undefined;
-    for (const c of this.connections as unknown as Set<Connection>) created = c;
+    for (const c of this.connections as unknown as Set<Connection & { _socket?: Socket }>) if (c._socket === args[0]) created = c;
     if (!created) return;
     this.door?.guard(created as Connection & { remoteAddress: string }, args[0]);
     this.onConnection(created, args[0]);

@@ -84,6 +84,8 @@ export class Listener {
   readonly #inFlight = new Set<Promise<unknown>>();
   /** The admission's decision for each connection, from its arrival to its greeting (or refusal). */
   readonly #door = new Map<string, DoorDecision>();
+  /** Aborted when a session closes: a message still waiting for a scan slot stops waiting. */
+  readonly #gone = new Map<string, AbortController>();
   /** Behind a load balancer: the PROXY protocol settings in force (ingress-proxy-door.ts). */
   #proxyProtocol: ListenerConfig['proxyProtocol'];
   /** The DNS responder's pairing addresses, taken by an mx listener besides its own. */
@@ -247,6 +249,8 @@ export class Listener {
   #closed(session: SMTPServerSession): void {
     this.#endTransaction(session);
     this.#door.delete(session.id);
+    this.#gone.get(session.id)?.abort(new Error('client gone'));
+    this.#gone.delete(session.id);
     this.deps.admission.closed(session.id);
     this.#connections.closed(session.id);
   }
@@ -389,7 +393,7 @@ export class Listener {
       },
       clientName: session.clientHostname && !session.clientHostname.startsWith('[') ? session.clientHostname : null,
       snapshot: tx.snapshot,
-      scanSlot: { slots: this.deps.admission.slots, priority: this.deps.admission.priority(session.id) },
+      scanSlot: { slots: this.deps.admission.slots, priority: this.deps.admission.priority(session.id), gone: this.#goneSignal(session.id) },
       limits: config.limits,
       hostname: config.hostname,
       // Outbound mail of a tenant with DKIM keys (ingress-dkim.ts); a transfer was signed where first accepted.
@@ -410,6 +414,13 @@ export class Listener {
         };
       },
     };
+  }
+
+  /** The signal aborted when the session closes. */
+  #goneSignal(sessionId: string): AbortSignal {
+    let c = this.#gone.get(sessionId);
+    if (!c) this.#gone.set(sessionId, c = new AbortController());
+    return c.signal;
   }
 
   /** Ends a session whose DATA phase ran past limits.dataTimeout. */

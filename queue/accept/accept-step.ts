@@ -7,8 +7,8 @@
  *             (550 5.6.0), a spool write that failed (452 4.3.1 when storage is short, else 451
  *             4.3.0); the structure check runs on the same bytes (accept-structure.ts);
  *   scan      the engines of the transaction's snapshot, with the structure finding (accept-scan.ts),
- *             once a scan slot is free when the caller gives slots (accept-slots.ts; none in time:
- *             451 4.3.2);
+ *             once a scan slot is free when the caller gives slots (accept-slots.ts; none within half
+ *             the DATA deadline: 451 4.3.2; the client gone meanwhile: nothing is kept);
  *   verdict   reject / tempfail: the engines' reply (550 5.7.1, 451 4.7.1; 550 5.6.0 structure);
  *             quarantine: queued and held; accept / tag: queued, or handed back to be relayed;
  *   headers   the verdict's fields in front of the message (accept-headers.ts), after the caller's
@@ -75,7 +75,7 @@ export interface AcceptInput {
    * The scan slots this message waits for before its scan (admission: known senders first); its
    * wait is bounded by limits.dataTimeout, past which the client gets 451 4.3.2 and nothing is kept.
    */
-  scanSlot?: { slots: ScanSlots; priority: ScanPriority };
+  scanSlot?: { slots: ScanSlots; priority: ScanPriority; gone?: AbortSignal };
   /** Outbound mail that is DKIM-signed when its From: domain has keys (`queue` mode; not for transfers). */
   dkim?: DkimSigning;
 }
@@ -177,10 +177,14 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
   }
 }
 
-/** A scan slot within `timeoutMs` (its release), or null when none came free in time. */
-async function takeSlot({ slots, priority }: { slots: ScanSlots; priority: ScanPriority }, timeoutMs: number): Promise<(() => void) | null> {
+/**
+ * A scan slot within `timeoutMs` (half the DATA deadline, so the scan still has time before the
+ * sender's own wait for the reply runs out) and while the client is there; null when none came.
+ */
+async function takeSlot({ slots, priority, gone }: { slots: ScanSlots; priority: ScanPriority; gone?: AbortSignal }, timeoutMs: number): Promise<(() => void) | null> {
+  const deadline = AbortSignal.timeout(timeoutMs);
   try {
-    return await slots.take(priority, AbortSignal.timeout(timeoutMs));
+    return await slots.take(priority, gone ? AbortSignal.any([deadline, gone]) : deadline);
   } catch {
     return null;
   }
@@ -214,7 +218,7 @@ async function judgeAndQueue(
         recipients: envelope.recipients.map((r) => r.address), authUser: envelope.authUser,
         tenants: [...new Set(envelope.recipients.map((r) => r.tenant))],
       };
-      const slot = input.scanSlot ? await takeSlot(input.scanSlot, input.limits.dataTimeout) : () => undefined;
+      const slot = input.scanSlot ? await takeSlot(input.scanSlot, input.limits.dataTimeout / 2) : () => undefined;
       if (!slot) {
         await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a message left unscanned'));
         log.info({ qid: writer.id, listener: envelope.listener, client: envelope.client, priority: input.scanSlot!.priority }, 'no scan slot in time');
