@@ -68,7 +68,7 @@ describe('WatchedServer', () => {
     const server = new WatchedServer({
       logger: false, disabledCommands: ['STARTTLS', 'AUTH'], greetingDelay: 0, disableReverseLookup: true,
       // The second client is refused in onConnect, which runs before connect() returns (no delay, no reverse lookup).
-      onConnect: (_s, cb) => (++n === 2 ? cb(Object.assign(new Error('go away'), { responseCode: 421 })) : cb()),
+      onConnect: (_s: unknown, cb: (err?: Error) => void) => (++n === 2 ? cb(Object.assign(new Error('go away'), { responseCode: 421 })) : cb()),
     } as never);
     const told: Array<{ id: string; socket: Socket }> = [];
     server.onConnection = (c, socket) => told.push({ id: c.id, socket });
@@ -93,7 +93,7 @@ describe('WatchedServer', () => {
       expect(new Set(told.map((t) => t.id)).size).toBe(told.length);
     } finally {
       for (const c of clients) c.destroy();
-      await new Promise((r) => server.close(r));
+      await new Promise<void>((r) => server.close(() => r()));
     }
   });
 });
