@@ -23,6 +23,8 @@
  * --report bench/results/compare-<date>.json` writes the report and plots again from saved figures.
  * Network: everything on 127.0.0.x; Postfix routes by transport map to bracketed addresses with DNS
  * off, Ichidan by static routes with no resolver configured.
+ * Last line: `RESULT {json}` (bench-result.ts), every figure of the run by its path (isolation,
+ *   resources, fairness, throughput).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';

@@ -26,6 +26,8 @@
  * Gives: the figures on stdout; the per-second series of experiment 1 and every figure in
  * bench/results/egress-<date>.json; per run of experiment 1 two SVG plots in bench/results/
  * (cumulative messages per MX; mean latency per tenant, log scale).
+ * Last line: `RESULT {json}` (bench-result.ts): p99_ratio_a, p99_ratio_b, jain, refused, peak, then
+ *   every other figure by its path.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, readFileSync } from 'node:fs';

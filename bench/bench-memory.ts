@@ -3,6 +3,8 @@
  * after a 40 MB message it accepts, and after a 200 MB message over its 50 MB limit (refused with
  * 552 at the end of DATA). The message bytes are streamed to the spool as they arrive, so the peak
  * should not grow with the message size. Prints the figures and writes bench/results/memory-<date>.json.
+ * Last line: `RESULT {json}` (bench-result.ts): peak_rss_mb_1mb, peak_rss_mb_40mb, peak_rss_mb_200mb, then
+ *   every row by its path.
  */
 import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';

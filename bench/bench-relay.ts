@@ -10,6 +10,8 @@
  * to bench/results/relay-<date>.json.
  *
  * Everything binds to loopback; no DNS is configured, so no lookup can leave the machine.
+ * Last line: `RESULT {json}` (bench-result.ts): msgs, postfix_msgs, disk_kb_per_msg_2k,
+ *   postfix_disk_kb_per_msg_2k, disk_ratio_64k … per workload, then every figure by its path.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, existsSync, statSync } from 'node:fs';

@@ -12,6 +12,8 @@
  *
  * Results go to stdout and bench/results/scan-<date>.json. Everything is on loopback; no DNS is
  * configured.
+ * Last line: `RESULT {json}` (bench-result.ts): scanned_msgs, unscanned_msgs, ratio_to_slowest_engine,
+ *   scanned_cpu_ms, then every figure by its path.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createReadStream, existsSync, openSync, readFileSync } from 'node:fs';
