@@ -20,7 +20,7 @@
  *           suggests naming a host that does not exist; a sender may take that as permanent and
  *           bounce, and a null MX (RFC 7505) is permanent by definition, so neither is used.)
  */
-import type { Level, Standing } from './admission-decide.js';
+import { isKnown, type Level, type Standing } from './admission-decide.js';
 
 export type { Level, Standing };
 
@@ -103,7 +103,7 @@ export function steer(input: SteerInput, standing: Standing): Steering {
   const { high, why } = highLoad(input);
   const primary = byLoad(primaryHosts(input));
   if (!high) return primary.length > 0 ? { mode: 'normal', why, mechanism: 'primary', hosts: primary } : servfail('normal', why);
-  if (standing === 'known' || standing === 'pinned') {
+  if (isKnown(standing)) {
     return primary.length > 0 ? { mode: 'high', why, mechanism: 'known', hosts: primary } : servfail('high', why);
   }
   const overflow = byLoad(input.overflow.map((h) => withState(h, input.nodes)).filter((h) => h.level !== 'overload'));
