@@ -9,8 +9,10 @@
  *   session transcripts (records, queue-records.ts); operator commands (queue-operator.ts,
  *   queue-egress-control.ts); turns asked for by the proxy (queue-live.ts); a drain's passes,
  *   which hand queued recipients to cluster peers (queue-transfer.ts).
- * Gives: `accept()` resolves only when the spool file and the queue record are durable (fsync;
- *   concurrent transactions share one commit), which is when the 250 may be sent. Then each
+ * Gives: `accept()` resolves only when the message and its queue record are durable, which is
+ *   when the 250 may be sent: in the spool journal, many messages per fdatasync, for messages up
+ *   to JOURNAL_BODY_MAX (queue-journal.ts; replayed at startup, queue-journal-replay.ts), else with
+ *   the spool file's fsync and a synced commit (concurrent transactions share one). Then each
  *   (tenant × destination domain) lane hands jobs to `delivery/` through the egress of the current
  *   config snapshot; what an attempt means — updates, retry times with jitter, bounce at
  *   `queue.maxAge`, notices — is decided by queue-attempt.ts, and applied here: notices written
@@ -48,6 +50,9 @@ import { SpaceGuard } from './queue-space.js';
 import { ClusterGate } from './cluster/cluster-gate.js';
 import type { ClusterLink } from './cluster/cluster-link.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
+import { JOURNAL_BODY_MAX, SpoolJournal } from './queue-journal.js';
+import { replayJournal } from './queue-journal-replay.js';
+import { readFile } from 'node:fs/promises';
 import { Suppressions } from './queue-suppression.js';
 import { transferPass, type TransferTally } from './queue-transfer.js';
 import { QueueStore, type MessageRow, type NewMessage, type RecipientRow, type RecipientSelector, type WriteOp } from './queue-store.js';
@@ -77,6 +82,8 @@ type Due = Array<{ id: number; tenant: string; domain: string; due: number }>;
 
 export class Queue {
   readonly spool: Spool;
+  /** Where new messages are made durable, many per fdatasync (queue-journal.ts); null when queue.fsync is off. */
+  readonly journal: SpoolJournal | null;
   readonly store: QueueStore;
   /** Scan records, engine statistics and events, transcripts, egress events: through the store's writer thread. */
   readonly records: QueueRecords;
@@ -107,6 +114,8 @@ export class Queue {
   private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger, shared?: SharedLimits) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
+    this.journal = config.queue.fsync ? new SpoolJournal(join(this.spool.dir, 'journal'), this.spool.fsyncs) : null;
+    if (this.journal) this.journal.settle = (ids) => this.#settle(ids);
     this.records = new QueueRecords(this.store, log, () => ({ scans: this.config.scanning.recordRetention, transcripts: this.config.delivery.transcripts.retention }));
     this.recordTranscript = this.records.recordTranscript;
     this.#bodies = new MessageBodies(this.spool);
@@ -162,6 +171,10 @@ export class Queue {
     queue.gate?.start();
     await queue.spool.init();
     await queue.space.start();
+    if (queue.journal) {
+      const replay = await replayJournal(queue.journal, queue.spool, queue.store);
+      if (replay.rewritten + replay.reinserted > 0) log.warn({ ...replay }, 'spool journal replayed after an unclean stop');
+    }
     const report = await reconcile(queue.spool, queue.store);
     for (const c of report.corrupt) log.warn({ qid: c.id, kind: c.kind, reason: c.reason }, 'queue entry set aside as corrupt');
     if (report.deferred > 0) log.error({ entries: report.deferred }, 'no room to record what reconciliation found: those entries are left as they are until the next start');
@@ -246,12 +259,32 @@ export class Queue {
    */
   async accept(writer: SpoolWriter, env: AcceptedEnvelope, expectedBytes: number, scan?: ScanRecord): Promise<string> {
     const receivedAt = Date.now();
+    const message: NewMessage = { ...env, id: writer.id, size: expectedBytes, receivedAt, kind: 'mail' };
     let ids: number[] = [];
+    let body: Buffer | null = null;
     try {
-      await writer.commit(expectedBytes);
-      const unit: WriteOp[] = [{ op: 'insertMessage', message: { ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' } }];
+      const unit: WriteOp[] = [{ op: 'insertMessage', message }];
       if (scan) unit.push({ op: 'recordScans', records: [scan] });
-      [ids] = await this.store.write(unit) as [number[]];
+      if (this.journal && expectedBytes <= JOURNAL_BODY_MAX) {
+        // The journal makes it durable (one fdatasync shared with every message that ended meanwhile);
+        // the file and the record are written without a sync of their own.
+        await writer.finishUnsynced(expectedBytes);
+        // A copy, not the received chunks: those may be views into much larger socket buffers.
+        body = writer.kept ? Buffer.concat(writer.kept) : await readFile(writer.path);
+        if (body.length !== expectedBytes) throw Object.assign(new Error(`spool file ${writer.id} holds ${body.length} of ${expectedBytes} bytes`), { code: 'EIO' });
+        await this.journal.append(writer.id, message, body);
+        try {
+          [ids] = await this.store.write(unit, { durable: false }) as [number[]];
+        } catch (err) {
+          // No 250 goes out: the journal must not bring the message back after a crash.
+          await this.journal.drop([writer.id]).catch((e) => this.log.error({ err: e, qid: writer.id }, 'could not journal a message that was not queued'));
+          throw err;
+        }
+        this.journal.stored(writer.id);
+      } else {
+        await writer.commit(expectedBytes);
+        [ids] = await this.store.write(unit) as [number[]];
+      }
     } catch (err) {
       await writer.discard();
       throw err;
@@ -259,10 +292,20 @@ export class Queue {
     if (scan) this.records.countScan(scan);
     // Quarantined: stored durably, held until an operator releases it.
     if (env.quarantine) return writer.id;
-    // A copy, not the received chunks: those may be views into much larger socket buffers.
-    if (writer.kept) this.#bodies.remember(writer.id, Buffer.concat(writer.kept));
+    if (writer.kept) this.#bodies.remember(writer.id, body ?? Buffer.concat(writer.kept));
     this.#schedule(writer.id, env.recipients.map((r, i) => ({ ...r, id: ids[i], due: receivedAt })));
     return writer.id;
+  }
+
+  /**
+   * The spool journal's oldest segment has to go while these messages are still queued: their files
+   * and every queue record written so far are made durable in place (the records with one synced commit).
+   */
+  async #settle(ids: string[]): Promise<void> {
+    for (const id of ids) await this.spool.syncFile(id);
+    await this.spool.dirSync.sync();
+    await this.store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true });
+    if (ids.length > 0) this.log.info({ messages: ids.length, total: this.journal!.settled + ids.length }, 'spool journal: queued messages settled in place');
   }
 
   /** Records the scan of a message that was refused (accepted ones are recorded by `accept`). */
@@ -287,7 +330,10 @@ export class Queue {
     await this.records.close();
     await this.pendingOutcomes.close();
     this.space.stop();
+    // Settled in place while the database is still open: the next start needs no replay.
+    await this.journal?.retireAll().catch((err) => this.log.error({ err }, 'could not settle the spool journal: the next start replays it'));
     await this.store.close();
+    await this.journal?.close();
     await this.spool.close();
   }
 
@@ -419,6 +465,8 @@ export class Queue {
       const ids = this.store.doneMessages(2000);
       if (ids.length === 0) return;
       for (const id of ids) this.#bodies.forget(id);
+      // Dropped from the journal first: once the record is gone, a replay must not bring the message back.
+      await this.journal?.drop(ids);
       await Promise.all(ids.map((id) => this.spool.remove(id)));
       await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })), { essential: true });
     } catch (err) {

@@ -8,7 +8,10 @@
  * shared by every writer that committed meanwhile (group commit). A writer whose message is refused
  * deletes its file; at startup, a file without a queue record is moved to `<dir>/corrupt/`, where
  * it stays until an operator deletes it or, never acknowledged, queue.leftoverRetention has passed
- * (queue-corrupt.ts). Files are made 0600 and folders 0700, whatever the umask.
+ * (queue-corrupt.ts). Files are made 0600 and folders 0700, whatever the umask. A message small
+ * enough for the spool journal (queue-journal.ts) is made durable there instead: its file is then
+ * closed without a sync (`finishUnsynced`), and synced later only if its journal segment has to go
+ * while it is still queued, or at a start after a crash (`syncFile`).
  * Every fsync (a file's fdatasync, a folder's shared sync) is timed into `fsyncs`
  * (base/base-latency-window.ts): the pressure signal and the fsync histogram read it.
  */
@@ -130,6 +133,16 @@ export class SpoolWriter extends Writable {
     if (this.spool.fsync) await this.spool.dirSync.sync();
   }
 
+  /**
+   * Waits for every queued write, checks that all `expectedBytes` reached the file, and closes it
+   * without syncing: the message is made durable elsewhere (queue-journal.ts), this file is the
+   * working copy.
+   */
+  async finishUnsynced(expectedBytes?: number): Promise<void> {
+    await this.flush(expectedBytes);
+    await this.#close();
+  }
+
   /** Drops the file: the message was refused or could not be stored. */
   async discard(): Promise<void> {
     this.destroy();
@@ -178,6 +191,37 @@ export class Spool {
       return (await stat(this.path(id))).size;
     } catch {
       return null;
+    }
+  }
+
+  /**
+   * Makes a file written without a sync durable (fdatasync; the folder's entry with `dirSync`).
+   * False when the file is gone (its message was swept meanwhile).
+   */
+  async syncFile(id: string): Promise<boolean> {
+    let fh: FileHandle;
+    try {
+      fh = await open(this.path(id), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+    try {
+      await this.fsyncs.time(() => fh.datasync());
+    } finally {
+      await fh.close();
+    }
+    return true;
+  }
+
+  /** Writes a message's file anew from its journal copy (it was lost or cut short by a crash) and syncs it. */
+  async rewriteFromJournal(id: string, body: Buffer): Promise<void> {
+    const fh = await open(this.path(id), 'w', 0o600);
+    try {
+      await fh.writeFile(body);
+      await fh.datasync();
+    } finally {
+      await fh.close();
     }
   }
 

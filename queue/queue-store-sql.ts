@@ -133,6 +133,8 @@ export type WriteOp =
   | { op: 'releaseMessage'; id: string; now: number }
   /** Recipients a peer took (its 250): final, only those still queued; `reply` names the peer and its reply. */
   | { op: 'transferRecipients'; messageId: string; ids: number[]; host: string; reply: string; now: number }
+  /** Written in a durable batch so that every earlier commit is on the device (the spool journal's segments may then go). */
+  | { op: 'journalSettled'; at: number }
   | RecordsWriteOp
   | CorruptWriteOp
   | ClusterStateWriteOp
@@ -183,6 +185,7 @@ CREATE TABLE IF NOT EXISTS recipients (
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (message_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal_settled (k INTEGER PRIMARY KEY CHECK (k = 1), at INTEGER NOT NULL);
 `;
 
 /** Brings a queue database made by an earlier version up to this schema. */
@@ -230,6 +233,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       WHERE message_id = ? AND state = 'held' RETURNING *`),
     transfer: db.prepare(`UPDATE recipients SET state = 'transferred', last_code = 250, last_status = '2.0.0', last_reply = ?, last_host = ?, updated_at = ?
       WHERE message_id = ? AND id = ? AND state = 'queued'`),
+    journalSettled: db.prepare(`INSERT INTO journal_settled (k, at) VALUES (1, ?) ON CONFLICT (k) DO UPDATE SET at = excluded.at`),
     clearQuarantine: db.prepare(`UPDATE messages SET quarantine = NULL, note = 'released from quarantine: ' || quarantine WHERE id = ? AND quarantine IS NOT NULL`),
   };
   const records = createRecordsWriter(db);
@@ -312,6 +316,9 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         if ((s.openCount.get(op.messageId) as { n: number }).n === 0) s.markDone.run(op.messageId);
         return n;
       }
+      case 'journalSettled':
+        s.journalSettled.run(op.at);
+        return null;
       case 'release':
         return s.release.all(op.now, op.now, op.tenant, op.tenant, op.domain, op.domain);
       case 'releaseMessage':

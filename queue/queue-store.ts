@@ -1,5 +1,6 @@
 /*
- * The queue database (SQLite through better-sqlite3, WAL, synchronous=FULL).
+ * The queue database (SQLite through better-sqlite3, WAL, synchronous=FULL; NORMAL for a batch of
+ * new messages whose records are already durable in the spool journal).
  *
  * One row per accepted message (envelope, trace headers, DSN parameters) and one per recipient
  * (tenant, state, attempts, next attempt, the reply that decided its last attempt). The message
@@ -49,6 +50,8 @@ interface Pending {
   reject: (err: Error) => void;
   /** An outcome or a removal: may use the space reserve (see `onFull`). */
   essential: boolean;
+  /** Must be on the device when it resolves (false: its content is durable elsewhere, queue-journal.ts). */
+  durable: boolean;
   /** Already tried again once room was made: a second failure is final. */
   retried?: boolean;
 }
@@ -128,14 +131,16 @@ export class QueueStore {
    * Units queued while a batch is committing go together in the next one. An `essential` unit (a
    * delivery outcome, a removal) that fails for want of space is tried again once `onFull` made
    * room; new mail is not essential, so it can never use up the reserve, and it is refused while
-   * `refuseNewMail` says so.
+   * `refuseNewMail` says so. A unit that is not `durable` (a new message already durable in the
+   * spool journal) is committed without an fsync of its own (synchronous=NORMAL: the WAL is synced
+   * at the next durable batch or checkpoint); a batch holding any durable unit is synced as before.
    */
-  write(unit: WriteOp[], opts: { essential?: boolean } = {}): Promise<unknown[]> {
+  write(unit: WriteOp[], opts: { essential?: boolean; durable?: boolean } = {}): Promise<unknown[]> {
     if (this.#dead) return Promise.reject(this.#dead);
     if (this.#closed) return Promise.reject(new Error('queue database is closed'));
     this.#worker.ref();
     return new Promise((resolve, reject) => {
-      this.#pending.push({ unit, resolve, reject, essential: opts.essential ?? false });
+      this.#pending.push({ unit, resolve, reject, essential: opts.essential ?? false, durable: opts.durable ?? true });
       this.#pump();
     });
   }
@@ -161,7 +166,7 @@ export class QueueStore {
     const seq = ++this.#seq;
     this.#inFlight.set(seq, batch);
     this.#lastStart = performance.now();
-    this.#worker.postMessage({ seq, units: batch.map((p) => p.unit) });
+    this.#worker.postMessage({ seq, units: batch.map((p) => p.unit), durable: batch.some((p) => p.durable) });
   }
 
   #failAll(err: Error): void {

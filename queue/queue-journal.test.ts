@@ -1,0 +1,126 @@
+// The spool journal: records read back whole or not at all, dropped messages stay dropped,
+// concurrent appends share one fdatasync, segments are recycled once done with, and the oldest one
+// is settled in place when too many are open.
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LatencyWindow } from '../base/base-latency-window.js';
+import { decodeSegment, SpoolJournal } from './queue-journal.js';
+
+let dir: string;
+beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'ichidan-journal-')); });
+afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
+
+const body = (n: number, fill = 'x') => Buffer.from(fill.repeat(n));
+const segments = async () => (await readdir(dir)).filter((n) => /^\d+\.seg$/.test(n)).sort();
+
+describe('spool journal', () => {
+  it('reads back what was appended and not dropped, after the process is gone', async () => {
+    const fsyncs = new LatencyWindow();
+    const j = new SpoolJournal(dir, fsyncs);
+    expect(await j.load()).toEqual([]);
+    // Appended together: one batch, one fdatasync for the first and one for the rest at most.
+    await Promise.all([1, 2, 3, 4, 5].map((i) => j.append(`m${i}`, { id: `m${i}`, n: i }, body(100 * i, String(i)))));
+    expect(fsyncs.percentile(50, 60_000)).not.toBeNull();
+    await j.drop(['m2', 'unknown']);
+    expect(j.holds('m2')).toBe(false);
+    expect(j.holds('m3')).toBe(true);
+    await j.close();
+
+    const again = new SpoolJournal(dir, new LatencyWindow());
+    const got = await again.load();
+    expect(got.map((m) => m.id).sort()).toEqual(['m1', 'm3', 'm4', 'm5']);
+    const m4 = got.find((m) => m.id === 'm4')!;
+    expect(m4.record).toEqual({ id: 'm4', n: 4 });
+    expect(m4.body.equals(body(400, '4'))).toBe(true);
+    await again.recycleAll();
+    await again.close();
+    // Recycled: the next start finds nothing to replay, and writes a new generation.
+    const third = new SpoolJournal(dir, new LatencyWindow());
+    expect(await third.load()).toEqual([]);
+    await third.append('n1', {}, body(10));
+    await third.close();
+    const fourth = new SpoolJournal(dir, new LatencyWindow());
+    expect((await fourth.load()).map((m) => m.id)).toEqual(['n1']);
+    await fourth.close();
+  });
+
+  it('stops at a torn record, a bad checksum or another generation', async () => {
+    const j = new SpoolJournal(dir, new LatencyWindow());
+    await j.load();
+    await j.append('a', { a: 1 }, body(50));
+    await j.append('b', { b: 1 }, body(60));
+    await j.close();
+    const [name] = await segments();
+    const data = await readFile(join(dir, name));
+    const generation = Number(name.slice(0, 10));
+    expect(decodeSegment(data, generation).map((r) => r.id)).toEqual(['a', 'b']);
+    expect(decodeSegment(data.subarray(0, data.length - 1), generation).map((r) => r.id)).toEqual(['a']);
+    const flipped = Buffer.from(data);
+    flipped[data.length - 5] ^= 1;
+    expect(decodeSegment(flipped, generation).map((r) => r.id)).toEqual(['a']);
+    expect(decodeSegment(data, generation + 1)).toEqual([]);
+    // A recycled segment's older records (another generation) are not read as this one's.
+    await writeFile(join(dir, name), data.subarray(0, data.length - 1));
+    const again = new SpoolJournal(dir, new LatencyWindow());
+    expect((await again.load()).map((m) => m.id)).toEqual(['a']);
+    await again.close();
+  });
+
+  it('recycles segments whose messages are all dropped, and settles the oldest when too many are open', async () => {
+    const j = new SpoolJournal(dir, new LatencyWindow(), 1000);
+    await j.load();
+    const settled: string[][] = [];
+    j.settle = async (ids) => { settled.push(ids); };
+    // Each append fills a segment (1000 bytes): the next one starts a new segment.
+    for (let i = 0; i < 3; i++) {
+      await j.append(`d${i}`, {}, body(1000));
+      j.stored(`d${i}`);
+    }
+    await j.drop(['d0', 'd1']);
+    await j.append('x', {}, body(10));
+    j.stored('x');
+    for (let i = 0; i < 100 && j.retired < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    // d0's and d1's segments went (one kept as a spare, reused by the next segment).
+    expect(j.retired).toBe(2);
+    expect(settled).toEqual([]);
+    // d2 stays queued while more segments fill: past four open, its segment is settled and goes.
+    for (let i = 0; i < 4; i++) {
+      await j.append(`k${i}`, {}, body(1000));
+      j.stored(`k${i}`);
+    }
+    // Retiring runs after the batch's waiters are answered.
+    for (let i = 0; i < 100 && ((await segments()).length > 4 || settled.length === 0); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(settled[0]).toEqual(['d2']);
+    expect(j.settled).toBe(1);
+    expect(j.holds('d2')).toBe(false);
+    expect((await segments()).length).toBeLessThanOrEqual(4);
+    await j.close();
+    // What was settled is not in the journal any more; what was not, is.
+    const again = new SpoolJournal(dir, new LatencyWindow(), 1000);
+    const ids = (await again.load()).map((m) => m.id).sort();
+    expect(ids).not.toContain('d2');
+    expect(ids).toContain('k3');
+  });
+
+  it('does not settle a segment whose message has no queue record yet, and a clean stop settles everything', async () => {
+    const j = new SpoolJournal(dir, new LatencyWindow(), 1000);
+    await j.load();
+    const settled: string[][] = [];
+    j.settle = async (ids) => { settled.push([...ids].sort()); };
+    await j.append('pending', {}, body(1000));
+    for (let i = 0; i < 5; i++) {
+      await j.append(`k${i}`, {}, body(1000));
+      j.stored(`k${i}`);
+    }
+    expect(settled).toEqual([]);
+    expect(j.holds('pending')).toBe(true);
+    j.stored('pending');
+    await j.retireAll();
+    expect(settled).toEqual([['k0', 'k1', 'k2', 'k3', 'k4', 'pending']]);
+    await j.close();
+    expect(await segments()).toEqual([]);
+    expect(await new SpoolJournal(dir, new LatencyWindow()).load()).toEqual([]);
+  });
+});

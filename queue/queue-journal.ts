@@ -1,0 +1,317 @@
+/*
+ * The spool journal: where an accepted message is made durable before its 250, many messages per
+ * fdatasync.
+ *
+ * A spool file (queue-spool.ts) is one file per message: making it durable costs an fdatasync of
+ * the file and an fsync of its folder, each a filesystem-journal commit of several 4 KB metadata
+ * blocks, for every message. Instead, messages up to JOURNAL_BODY_MAX are appended here — one
+ * record holding the queue record and the body — and every message that reached its end of data
+ * while the previous append was being synced goes in the next one: one write and one fdatasync for
+ * the batch (group commit). The spool file stays the working copy the rest of the queue reads; it
+ * is written once and not synced, and is usually gone (delivered, removed) before the kernel would
+ * write it back, so the device sees the message about once. The queue database then needs no
+ * fsync for a new message either (queue-store.ts `durable: false`).
+ *
+ * Segments: `<dir>/<generation>.seg`, appended to until SEGMENT_BYTES, then a new one is started.
+ * A record: a 24-byte header (magic, the segment's generation, kind, lengths, CRC-32 of the rest)
+ * then the id, the record as JSON and the body. Kinds: `message`, and `dropped` (a message swept
+ * from the queue, or one whose queue record could not be written: no 250 was sent). Reading stops
+ * at the first record that is torn, fails its CRC or carries another generation (a recycled
+ * segment's older contents): no record after it was ever synced on its own. A write that fails
+ * leaves its segment as it is and the next batch starts a new one.
+ * A segment whose messages are all dropped is recycled (kept for reuse: overwriting blocks already
+ * written costs no filesystem-journal commit, growing a file does) or deleted, oldest first. When
+ * more than MAX_SEGMENTS are open, the oldest one's remaining messages are settled in place (their
+ * spool files fdatasync'ed and the queue database synced, by `settle`) so that it can go; `settled`
+ * counts them.
+ * At startup (queue-journal-replay.ts) whatever the segments hold is made durable in the spool and
+ * the database, then they are all recycled: a new start writes into a new generation. A clean stop
+ * does the same (`retireAll`), so the journal only ever matters after an unclean one.
+ */
+import { crc32 } from 'node:zlib';
+import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { LatencyWindow } from '../base/base-latency-window.js';
+
+/** Bodies up to this size go into the journal; larger ones are synced in their spool file. */
+export const JOURNAL_BODY_MAX = 1024 * 1024;
+const SEGMENT_BYTES = 32 * 1024 * 1024;
+const MAX_SEGMENTS = 4;
+/** Recycled segments kept for reuse. */
+const SPARES = 2;
+const MAGIC = 0x314a4349; // "ICJ1"
+const HEADER = 24;
+const KIND = { message: 1, dropped: 2 } as const;
+
+/** A message as read back: its queue record (JSON as given to `append`) and body. */
+export interface JournaledMessage { id: string; record: unknown; body: Buffer }
+
+interface Segment { generation: number; path: string; fh: FileHandle; size: number; live: Set<string>; broken: boolean }
+interface Entry { kind: keyof typeof KIND; id: string; record?: Buffer; body?: Buffer }
+interface Waiter { entries: Entry[]; resolve: () => void; reject: (err: Error) => void }
+
+const segmentName = (generation: number) => `${String(generation).padStart(10, '0')}.seg`;
+const generationOf = (name: string): number | null => (/^\d{10}\.seg$/.test(name) ? Number(name.slice(0, 10)) : null);
+
+function encode(generation: number, e: Entry): Buffer[] {
+  const id = Buffer.from(e.id, 'utf8');
+  const record = e.record ?? Buffer.alloc(0);
+  const body = e.body ?? Buffer.alloc(0);
+  const header = Buffer.alloc(HEADER);
+  header.writeUInt32LE(MAGIC, 0);
+  header.writeUInt32LE(generation, 4);
+  header.writeUInt8(KIND[e.kind], 8);
+  header.writeUInt16LE(id.length, 10);
+  header.writeUInt32LE(record.length, 12);
+  header.writeUInt32LE(body.length, 16);
+  let crc = crc32(header.subarray(4, 20));
+  crc = crc32(id, crc);
+  crc = crc32(record, crc);
+  crc = crc32(body, crc);
+  header.writeUInt32LE(crc, 20);
+  return [header, id, record, body];
+}
+
+/** The records of one segment's generation, up to the first that is not whole and valid. */
+export function decodeSegment(data: Buffer, generation: number): Array<{ kind: keyof typeof KIND; id: string; record: Buffer; body: Buffer }> {
+  const out: Array<{ kind: keyof typeof KIND; id: string; record: Buffer; body: Buffer }> = [];
+  let at = 0;
+  while (at + HEADER <= data.length) {
+    const h = data.subarray(at, at + HEADER);
+    if (h.readUInt32LE(0) !== MAGIC || h.readUInt32LE(4) !== generation) break;
+    const kind = h.readUInt8(8) === KIND.message ? 'message' : h.readUInt8(8) === KIND.dropped ? 'dropped' : null;
+    const idLen = h.readUInt16LE(10), recLen = h.readUInt32LE(12), bodyLen = h.readUInt32LE(16);
+    const end = at + HEADER + idLen + recLen + bodyLen;
+    if (!kind || end > data.length) break;
+    const rest = data.subarray(at + HEADER, end);
+    if (crc32(rest, crc32(h.subarray(4, 20))) !== h.readUInt32LE(20)) break;
+    out.push({ kind, id: rest.subarray(0, idLen).toString('utf8'), record: rest.subarray(idLen, idLen + recLen), body: rest.subarray(idLen + recLen) });
+    at = end;
+  }
+  return out;
+}
+
+export class SpoolJournal {
+  /** Messages settled in place so that their segment could go (see the header). */
+  settled = 0;
+  /** Segments recycled or deleted. */
+  retired = 0;
+  /** Made durable in the spool and the database, so that the oldest segment can go: set by the queue. */
+  settle: (ids: string[]) => Promise<void> = () => Promise.reject(new Error('no settle function'));
+  readonly #segments: Segment[] = [];
+  readonly #spares: string[] = [];
+  /** Message id → the segment holding its record, while it is in the queue. */
+  readonly #where = new Map<string, Segment>();
+  /** Appended, but the queue record not written yet: its segment cannot be settled meanwhile. */
+  readonly #unstored = new Set<string>();
+  #waiting: Waiter[] = [];
+  #flushing: Promise<void> | null = null;
+  #generation = 0;
+  #dirHandle: FileHandle | null = null;
+  /** The last run's segments, read by `load`. */
+  readonly #leftover: string[] = [];
+
+  constructor(readonly dir: string, private readonly fsyncs: LatencyWindow, private readonly segmentBytes = SEGMENT_BYTES) {}
+
+  /**
+   * Reads every segment left by the last run (its messages minus those dropped) and remembers the
+   * segments, to be recycled by `recycleAll` once their messages are durable elsewhere.
+   */
+  async load(): Promise<JournaledMessage[]> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const messages = new Map<string, JournaledMessage>();
+    const dropped = new Set<string>();
+    for (const name of (await readdir(this.dir)).sort()) {
+      const generation = generationOf(name);
+      if (generation === null) {
+        const spare = /^spare-(\d{10})\.seg$/.exec(name);
+        if (spare) {
+          // Its older records carry generations up to its own: every new one must be above them.
+          this.#generation = Math.max(this.#generation, Number(spare[1]));
+          this.#spares.push(join(this.dir, name));
+        }
+        continue;
+      }
+      this.#generation = Math.max(this.#generation, generation);
+      for (const r of decodeSegment(await readFile(join(this.dir, name)), generation)) {
+        if (r.kind === 'dropped') { dropped.add(r.id); messages.delete(r.id); continue; }
+        if (!dropped.has(r.id)) messages.set(r.id, { id: r.id, record: JSON.parse(r.record.toString('utf8')), body: Buffer.from(r.body) });
+      }
+      this.#leftover.push(join(this.dir, name));
+    }
+    return [...messages.values()];
+  }
+
+  /** The last run's segments are no longer needed (their messages are durable elsewhere): recycled. */
+  async recycleAll(): Promise<void> {
+    for (const path of this.#leftover.splice(0)) await this.#recycle(path);
+    await this.#syncDir();
+  }
+
+  /** Whether a message's record is in a segment still in use. */
+  holds(id: string): boolean {
+    return this.#where.has(id);
+  }
+
+  /** Appends a message; resolves once it is durable (with every other record of its batch). */
+  append(id: string, record: unknown, body: Buffer): Promise<void> {
+    this.#unstored.add(id);
+    return this.#enqueue([{ kind: 'message', id, record: Buffer.from(JSON.stringify(record), 'utf8'), body }])
+      .catch((err: Error) => { this.#unstored.delete(id); throw err; });
+  }
+
+  /** The message's queue record is written: its segment may now be settled if it has to go. */
+  stored(id: string): void {
+    this.#unstored.delete(id);
+  }
+
+  /**
+   * Records that these messages are no longer in the queue (swept, or never acknowledged);
+   * resolves once that is durable. Ids not held here are ignored.
+   */
+  drop(ids: string[]): Promise<void> {
+    const held = ids.filter((id) => this.#where.has(id));
+    for (const id of held) this.#unstored.delete(id);
+    if (held.length === 0) return Promise.resolve();
+    return this.#enqueue(held.map((id) => ({ kind: 'dropped' as const, id })));
+  }
+
+  #enqueue(entries: Entry[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#waiting.push({ entries, resolve, reject });
+      this.#kick();
+    });
+  }
+
+  /** Starts the writing loop unless it runs; one that has just ended is started again for what came meanwhile. */
+  #kick(): void {
+    if (this.#flushing || this.#waiting.length === 0) return;
+    this.#flushing = this.#flushLoop().finally(() => {
+      this.#flushing = null;
+      this.#kick();
+    });
+  }
+
+  async #flushLoop(): Promise<void> {
+    while (this.#waiting.length > 0) {
+      const batch = this.#waiting.splice(0);
+      try {
+        await this.#writeBatch(batch.flatMap((w) => w.entries));
+        for (const w of batch) w.resolve();
+      } catch (err) {
+        for (const w of batch) w.reject(err as Error);
+      }
+      await this.#retire().catch(() => undefined);
+    }
+  }
+
+  async #writeBatch(entries: Entry[]): Promise<void> {
+    let seg = this.#segments.at(-1);
+    if (!seg || seg.broken || seg.size >= this.segmentBytes) seg = await this.#startSegment();
+    const buffers = entries.flatMap((e) => encode(seg.generation, e));
+    const total = buffers.reduce((n, b) => n + b.length, 0);
+    try {
+      let written = 0;
+      while (written < total) {
+        const rest = written === 0 ? buffers : [Buffer.concat(buffers).subarray(written)];
+        const { bytesWritten } = await seg.fh.writev(rest, seg.size + written);
+        written += bytesWritten;
+      }
+      await this.fsyncs.time(() => seg.fh.datasync());
+    } catch (err) {
+      // What was written may be torn: nothing more goes after it, the next batch starts a new segment.
+      seg.broken = true;
+      throw err;
+    }
+    seg.size += total;
+    for (const e of entries) {
+      if (e.kind === 'message') {
+        seg.live.add(e.id);
+        this.#where.set(e.id, seg);
+      } else {
+        this.#where.get(e.id)?.live.delete(e.id);
+        this.#where.delete(e.id);
+      }
+    }
+  }
+
+  async #startSegment(): Promise<Segment> {
+    const generation = ++this.#generation;
+    const path = join(this.dir, segmentName(generation));
+    const spare = this.#spares.shift();
+    let fh: FileHandle;
+    if (spare) {
+      await rename(spare, path);
+      fh = await open(path, 'r+');
+    } else {
+      fh = await open(path, 'wx', 0o600);
+    }
+    // The name must be durable before records of this generation are: a reader checks the generation against it.
+    await this.#syncDir();
+    const seg: Segment = { generation, path, fh, size: 0, live: new Set(), broken: false };
+    this.#segments.push(seg);
+    return seg;
+  }
+
+  /** Retires segments from the oldest while they are done with (or too many are open and the oldest can be settled). */
+  async #retire(): Promise<void> {
+    while (this.#segments.length > 1) {
+      const oldest = this.#segments[0];
+      if (oldest.live.size > 0) {
+        if (this.#segments.length <= MAX_SEGMENTS || [...oldest.live].some((id) => this.#unstored.has(id))) return;
+        const ids = [...oldest.live];
+        await this.settle(ids);
+        this.settled += ids.length;
+        for (const id of ids) this.#where.delete(id);
+        oldest.live.clear();
+      }
+      this.#segments.shift();
+      await oldest.fh.close().catch(() => undefined);
+      await this.#recycle(oldest.path);
+      // Gone for good before anything relies on it being gone.
+      await this.#syncDir();
+    }
+  }
+
+  async #recycle(path: string): Promise<void> {
+    this.retired++;
+    if (this.#spares.length >= SPARES) {
+      await rm(path, { force: true });
+      return;
+    }
+    const spare = join(this.dir, `spare-${basename(path)}`);
+    await rename(path, spare);
+    this.#spares.push(spare);
+  }
+
+  async #syncDir(): Promise<void> {
+    this.#dirHandle ??= await open(this.dir, 'r');
+    await this.#dirHandle.sync();
+  }
+
+  /**
+   * A clean stop: the messages still held are settled in place and every segment recycled, so the
+   * next start finds the spool and the database as the only copies (reconciliation judges them
+   * alone). Nothing may be appended meanwhile (the listeners are closed). A failure leaves the
+   * segments for the next start's replay.
+   */
+  async retireAll(): Promise<void> {
+    while (this.#flushing) await this.#flushing;
+    await this.settle([...this.#where.keys()].filter((id) => !this.#unstored.has(id)));
+    if (this.#unstored.size > 0) return;
+    this.#where.clear();
+    for (const seg of this.#segments.splice(0)) {
+      await seg.fh.close().catch(() => undefined);
+      await this.#recycle(seg.path);
+    }
+    await this.#syncDir();
+  }
+
+  /** Waits for the batch being written, then closes the segments (their records stay for the next start). */
+  async close(): Promise<void> {
+    while (this.#flushing) await this.#flushing;
+    for (const seg of this.#segments.splice(0)) await seg.fh.close().catch(() => undefined);
+    await this.#dirHandle?.close().catch(() => undefined);
+    this.#dirHandle = null;
+  }
+}
