@@ -114,7 +114,7 @@ export class Queue {
   private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger, shared?: SharedLimits) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
-    this.journal = config.queue.fsync ? new SpoolJournal(join(this.spool.dir, 'journal'), this.spool.fsyncs) : null;
+    this.journal = config.queue.fsync ? new SpoolJournal(join(this.spool.dir, 'journal'), this.spool.fsyncs, undefined, config.queue.commitWindow) : null;
     if (this.journal) this.journal.settle = (ids) => this.#settle(ids);
     this.records = new QueueRecords(this.store, log, () => ({ scans: this.config.scanning.recordRetention, transcripts: this.config.delivery.transcripts.retention }));
     this.recordTranscript = this.records.recordTranscript;
@@ -444,7 +444,7 @@ export class Queue {
     }
 
     const notices = { spool: this.spool, hostname: this.config.hostname, maxAge: this.config.queue.maxAge, open: (m: MessageRow) => this.#bodies.open(m) };
-    const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices }, msg, plan, now);
+    const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices, journal: this.journal }, msg, plan, now);
     this.suppressions.report(msg.id, job.tenant, rows, committed.updates, now);
     for (const n of committed.notices) this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: n.recipientIds[j], due: now })));
     return committed.updates.filter((u) => u.state === 'queued').map((u) => lane({ id: u.id, due: u.nextAttempt }));
@@ -468,7 +468,9 @@ export class Queue {
       // Dropped from the journal first: once the record is gone, a replay must not bring the message back.
       await this.journal?.drop(ids);
       await Promise.all(ids.map((id) => this.spool.remove(id)));
-      await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })), { essential: true });
+      // Unsynced with the journal on: rows that come back after a crash are of messages already done (or
+      // their final outcomes are in the journal), and are swept again.
+      await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })), { essential: true, durable: !this.journal });
     } catch (err) {
       this.log.error({ err }, 'queue sweep failed');
     } finally {

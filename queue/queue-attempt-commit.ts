@@ -21,6 +21,7 @@ import type { Logger } from 'pino';
 import type { AttemptPlan } from './queue-attempt.js';
 import { writeNotice, type NoticeContext, type WrittenNotice } from './queue-notices.js';
 import type { PendingOutcomes } from './queue-pending.js';
+import type { SpoolJournal } from './queue-journal.js';
 import type { MessageRow, NewMessage, QueueStore, RecipientUpdate } from './queue-store.js';
 
 export interface CommitContext {
@@ -28,6 +29,8 @@ export interface CommitContext {
   pending: PendingOutcomes;
   notices: NoticeContext;
   log: Logger;
+  /** Set (queue.fsync on): an attempt without notices is committed unsynced and its final outcomes journaled. */
+  journal?: SpoolJournal | null;
 }
 
 export interface CommittedAttempt {
@@ -47,11 +50,14 @@ export async function commitAttempt(ctx: CommitContext, msg: MessageRow, plan: E
     }
   }
   let noticeIds: number[][];
+  // Without notices (the common case) the outcome is made durable in the spool journal, many per
+  // fdatasync, after an unsynced commit; a notice's new message is committed synced, as before.
+  const journal = written.length === 0 ? ctx.journal ?? null : null;
   try {
     const results = await ctx.store.write([
       { op: 'updateRecipients', messageId: msg.id, updates: [...updates.values()], now },
       ...written.map((w) => ({ op: 'insertMessage' as const, message: w.notice.message })),
-    ], { essential: true });
+    ], { essential: true, durable: journal === null });
     noticeIds = results.slice(1) as number[][];
   } catch (err) {
     const discard = () => Promise.all(written.map((w) => w.notice.writer.discard()
@@ -64,6 +70,14 @@ export async function commitAttempt(ctx: CommitContext, msg: MessageRow, plan: E
     ctx.pending.keep(msg.id, [...updates.values()], now, err);
     await discard();
     return { updates: [], notices: [] };
+  }
+  const finals = [...updates.values()].filter((u) => u.state !== 'queued' || u.owed);
+  if (journal && finals.length > 0) {
+    await journal.outcome(msg.id, { updates: finals, now }).catch(async (err: unknown) => {
+      ctx.log.error({ err, qid: msg.id }, 'could not journal an outcome: the queue database is synced instead');
+      await ctx.store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true })
+        .catch((e: unknown) => ctx.log.error({ err: e, qid: msg.id }, 'could not sync the queue database: the outcome may be lost in a crash of the machine'));
+    });
   }
   return {
     updates: [...updates.values()],

@@ -11,13 +11,15 @@
  *     copy (the bytes the client sent, as they were first written);
  *   - a queue record that is missing is inserted from the journal's copy, its recipients queued
  *     (outcomes the database lost are attempted again: a copy may be delivered twice, none is lost);
+ *   - the final outcomes the journal holds are applied again (only recipients still queued change:
+ *     a delivery the database lost is not attempted again);
  *   - the spool file is fdatasync'ed, the folder synced, and the database synced with a durable
  *     commit: only then are the segments recycled.
  * Takes: the journal, the spool, the store. Gives: how many messages were kept, rewritten, reinserted.
  */
 import type { SpoolJournal } from './queue-journal.js';
 import type { Spool } from './queue-spool.js';
-import type { NewMessage, QueueStore } from './queue-store.js';
+import type { NewMessage, QueueStore, RecipientUpdate } from './queue-store.js';
 
 export interface JournalReplay {
   /** Messages the journal still held (not swept). */
@@ -26,12 +28,15 @@ export interface JournalReplay {
   rewritten: number;
   /** Queue records inserted from the journal's copy. */
   reinserted: number;
+  /** Journaled outcomes applied again to messages still active. */
+  outcomes: number;
 }
 
 export async function replayJournal(journal: SpoolJournal, spool: Spool, store: QueueStore): Promise<JournalReplay> {
-  const report: JournalReplay = { kept: 0, rewritten: 0, reinserted: 0 };
+  const report: JournalReplay = { kept: 0, rewritten: 0, reinserted: 0, outcomes: 0 };
   const live: string[] = [];
-  for (const m of await journal.load()) {
+  const { messages, outcomes } = await journal.load();
+  for (const m of messages) {
     const row = store.message(m.id);
     // Done (its cleanup interrupted) or set aside: the reconciliation's, as any other entry.
     if (row && row.state !== 'active') continue;
@@ -45,6 +50,13 @@ export async function replayJournal(journal: SpoolJournal, spool: Spool, store: 
       report.reinserted++;
     }
     live.push(m.id);
+  }
+  // Final outcomes the database may have lost: applied again (only recipients still queued change).
+  for (const o of outcomes) {
+    if (store.message(o.id)?.state !== 'active') continue;
+    const { updates, now } = o.record as { updates: RecipientUpdate[]; now: number };
+    await store.write([{ op: 'updateRecipients', messageId: o.id, updates, now }], { essential: true });
+    report.outcomes++;
   }
   for (const id of live) await spool.syncFile(id);
   if (live.length > 0) await spool.dirSync.sync();

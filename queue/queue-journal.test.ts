@@ -19,17 +19,22 @@ describe('spool journal', () => {
   it('reads back what was appended and not dropped, after the process is gone', async () => {
     const fsyncs = new LatencyWindow();
     const j = new SpoolJournal(dir, fsyncs);
-    expect(await j.load()).toEqual([]);
+    expect((await j.load()).messages).toEqual([]);
     // Appended together: one batch, one fdatasync for the first and one for the rest at most.
     await Promise.all([1, 2, 3, 4, 5].map((i) => j.append(`m${i}`, { id: `m${i}`, n: i }, body(100 * i, String(i)))));
     expect(fsyncs.percentile(50, 60_000)).not.toBeNull();
+    await j.outcome('m3', { updates: [{ id: 0, state: 'delivered' }], now: 1 });
+    await j.outcome('m2', { updates: [{ id: 0, state: 'bounced' }], now: 2 });
     await j.drop(['m2', 'unknown']);
     expect(j.holds('m2')).toBe(false);
     expect(j.holds('m3')).toBe(true);
     await j.close();
 
     const again = new SpoolJournal(dir, new LatencyWindow());
-    const got = await again.load();
+    const contents = await again.load();
+    const got = contents.messages;
+    // The outcomes of messages not dropped, in order.
+    expect(contents.outcomes).toEqual([{ id: 'm3', record: { updates: [{ id: 0, state: 'delivered' }], now: 1 } }]);
     expect(got.map((m) => m.id).sort()).toEqual(['m1', 'm3', 'm4', 'm5']);
     const m4 = got.find((m) => m.id === 'm4')!;
     expect(m4.record).toEqual({ id: 'm4', n: 4 });
@@ -38,11 +43,11 @@ describe('spool journal', () => {
     await again.close();
     // Recycled: the next start finds nothing to replay, and writes a new generation.
     const third = new SpoolJournal(dir, new LatencyWindow());
-    expect(await third.load()).toEqual([]);
+    expect((await third.load()).messages).toEqual([]);
     await third.append('n1', {}, body(10));
     await third.close();
     const fourth = new SpoolJournal(dir, new LatencyWindow());
-    expect((await fourth.load()).map((m) => m.id)).toEqual(['n1']);
+    expect((await fourth.load()).messages.map((m) => m.id)).toEqual(['n1']);
     await fourth.close();
   });
 
@@ -64,7 +69,7 @@ describe('spool journal', () => {
     // A recycled segment's older records (another generation) are not read as this one's.
     await writeFile(join(dir, name), data.subarray(0, data.length - 1));
     const again = new SpoolJournal(dir, new LatencyWindow());
-    expect((await again.load()).map((m) => m.id)).toEqual(['a']);
+    expect((await again.load()).messages.map((m) => m.id)).toEqual(['a']);
     await again.close();
   });
 
@@ -72,7 +77,9 @@ describe('spool journal', () => {
     const j = new SpoolJournal(dir, new LatencyWindow(), 1000);
     await j.load();
     const settled: string[][] = [];
-    j.settle = async (ids) => { settled.push(ids); };
+    let syncs = 0;
+    // Every segment that goes is preceded by a synced commit of the database; only queued messages are settled.
+    j.settle = async (ids) => { syncs++; if (ids.length > 0) settled.push(ids); };
     // Each append fills a segment (1000 bytes): the next one starts a new segment.
     for (let i = 0; i < 3; i++) {
       await j.append(`d${i}`, {}, body(1000));
@@ -84,6 +91,7 @@ describe('spool journal', () => {
     for (let i = 0; i < 100 && j.retired < 2; i++) await new Promise((r) => setTimeout(r, 10));
     // d0's and d1's segments went (one kept as a spare, reused by the next segment).
     expect(j.retired).toBe(2);
+    expect(syncs).toBe(2);
     expect(settled).toEqual([]);
     // d2 stays queued while more segments fill: past four open, its segment is settled and goes.
     for (let i = 0; i < 4; i++) {
@@ -99,7 +107,7 @@ describe('spool journal', () => {
     await j.close();
     // What was settled is not in the journal any more; what was not, is.
     const again = new SpoolJournal(dir, new LatencyWindow(), 1000);
-    const ids = (await again.load()).map((m) => m.id).sort();
+    const ids = (await again.load()).messages.map((m) => m.id).sort();
     expect(ids).not.toContain('d2');
     expect(ids).toContain('k3');
   });
@@ -121,6 +129,6 @@ describe('spool journal', () => {
     expect(settled).toEqual([['k0', 'k1', 'k2', 'k3', 'k4', 'pending']]);
     await j.close();
     expect(await segments()).toEqual([]);
-    expect(await new SpoolJournal(dir, new LatencyWindow()).load()).toEqual([]);
+    expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages).toEqual([]);
   });
 });

@@ -14,13 +14,15 @@
  *
  * Segments: `<dir>/<generation>.seg`, appended to until SEGMENT_BYTES, then a new one is started.
  * A record: a 24-byte header (magic, the segment's generation, kind, lengths, CRC-32 of the rest)
- * then the id, the record as JSON and the body. Kinds: `message`, and `dropped` (a message swept
+ * then the id, the record as JSON and the body. Kinds: `message`; `outcome` (final recipient
+ * states of an attempt, committed to the database without a sync); and `dropped` (a message swept
  * from the queue, or one whose queue record could not be written: no 250 was sent). Reading stops
  * at the first record that is torn, fails its CRC or carries another generation (a recycled
  * segment's older contents): no record after it was ever synced on its own. A write that fails
  * leaves its segment as it is and the next batch starts a new one.
  * A segment whose messages are all dropped is recycled (kept for reuse: overwriting blocks already
- * written costs no filesystem-journal commit, growing a file does) or deleted, oldest first. When
+ * written costs no filesystem-journal commit, growing a file does) or deleted, oldest first, after
+ * one synced commit of the database (its outcomes are then there for good). When
  * more than MAX_SEGMENTS are open, the oldest one's remaining messages are settled in place (their
  * spool files fdatasync'ed and the queue database synced, by `settle`) so that it can go; `settled`
  * counts them.
@@ -35,16 +37,19 @@ import type { LatencyWindow } from '../base/base-latency-window.js';
 
 /** Bodies up to this size go into the journal; larger ones are synced in their spool file. */
 export const JOURNAL_BODY_MAX = 1024 * 1024;
-const SEGMENT_BYTES = 32 * 1024 * 1024;
+const SEGMENT_BYTES = 8 * 1024 * 1024;
 const MAX_SEGMENTS = 4;
 /** Recycled segments kept for reuse. */
 const SPARES = 2;
 const MAGIC = 0x314a4349; // "ICJ1"
 const HEADER = 24;
-const KIND = { message: 1, dropped: 2 } as const;
+const KIND = { message: 1, dropped: 2, outcome: 3 } as const;
+const KIND_NAMES = ['', 'message', 'dropped', 'outcome'] as const;
 
 /** A message as read back: its queue record (JSON as given to `append`) and body. */
 export interface JournaledMessage { id: string; record: unknown; body: Buffer }
+/** What `load` reads back: the messages not dropped, and the outcomes recorded for messages not dropped, in order. */
+export interface JournalContents { messages: JournaledMessage[]; outcomes: Array<{ id: string; record: unknown }> }
 
 interface Segment { generation: number; path: string; fh: FileHandle; size: number; live: Set<string>; broken: boolean }
 interface Entry { kind: keyof typeof KIND; id: string; record?: Buffer; body?: Buffer }
@@ -79,7 +84,7 @@ export function decodeSegment(data: Buffer, generation: number): Array<{ kind: k
   while (at + HEADER <= data.length) {
     const h = data.subarray(at, at + HEADER);
     if (h.readUInt32LE(0) !== MAGIC || h.readUInt32LE(4) !== generation) break;
-    const kind = h.readUInt8(8) === KIND.message ? 'message' : h.readUInt8(8) === KIND.dropped ? 'dropped' : null;
+    const kind = KIND_NAMES[h.readUInt8(8)] || null;
     const idLen = h.readUInt16LE(10), recLen = h.readUInt32LE(12), bodyLen = h.readUInt32LE(16);
     const end = at + HEADER + idLen + recLen + bodyLen;
     if (!kind || end > data.length) break;
@@ -111,15 +116,19 @@ export class SpoolJournal {
   /** The last run's segments, read by `load`. */
   readonly #leftover: string[] = [];
 
-  constructor(readonly dir: string, private readonly fsyncs: LatencyWindow, private readonly segmentBytes = SEGMENT_BYTES) {}
+  #lastStart = -Infinity;
+
+  /** `windowMs`: batches start at most this often (queue.commitWindow), so that more messages share each fdatasync. */
+  constructor(readonly dir: string, private readonly fsyncs: LatencyWindow, private readonly segmentBytes = SEGMENT_BYTES, private readonly windowMs = 0) {}
 
   /**
    * Reads every segment left by the last run (its messages minus those dropped) and remembers the
    * segments, to be recycled by `recycleAll` once their messages are durable elsewhere.
    */
-  async load(): Promise<JournaledMessage[]> {
+  async load(): Promise<JournalContents> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const messages = new Map<string, JournaledMessage>();
+    const outcomes: Array<{ id: string; record: unknown }> = [];
     const dropped = new Set<string>();
     for (const name of (await readdir(this.dir)).sort()) {
       const generation = generationOf(name);
@@ -135,11 +144,13 @@ export class SpoolJournal {
       this.#generation = Math.max(this.#generation, generation);
       for (const r of decodeSegment(await readFile(join(this.dir, name)), generation)) {
         if (r.kind === 'dropped') { dropped.add(r.id); messages.delete(r.id); continue; }
-        if (!dropped.has(r.id)) messages.set(r.id, { id: r.id, record: JSON.parse(r.record.toString('utf8')), body: Buffer.from(r.body) });
+        const record: unknown = JSON.parse(r.record.toString('utf8'));
+        if (r.kind === 'outcome') outcomes.push({ id: r.id, record });
+        else if (!dropped.has(r.id)) messages.set(r.id, { id: r.id, record, body: Buffer.from(r.body) });
       }
       this.#leftover.push(join(this.dir, name));
     }
-    return [...messages.values()];
+    return { messages: [...messages.values()], outcomes: outcomes.filter((o) => !dropped.has(o.id)) };
   }
 
   /** The last run's segments are no longer needed (their messages are durable elsewhere): recycled. */
@@ -158,6 +169,15 @@ export class SpoolJournal {
     this.#unstored.add(id);
     return this.#enqueue([{ kind: 'message', id, record: Buffer.from(JSON.stringify(record), 'utf8'), body }])
       .catch((err: Error) => { this.#unstored.delete(id); throw err; });
+  }
+
+  /**
+   * Appends a delivery outcome already committed to the queue database without a sync (final
+   * recipient states); resolves once durable. A segment holding one is only recycled after a
+   * synced commit of the database.
+   */
+  outcome(id: string, record: unknown): Promise<void> {
+    return this.#enqueue([{ kind: 'outcome', id, record: Buffer.from(JSON.stringify(record), 'utf8') }]);
   }
 
   /** The message's queue record is written: its segment may now be settled if it has to go. */
@@ -194,6 +214,9 @@ export class SpoolJournal {
 
   async #flushLoop(): Promise<void> {
     while (this.#waiting.length > 0) {
+      const wait = this.windowMs - (performance.now() - this.#lastStart);
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      this.#lastStart = performance.now();
       const batch = this.#waiting.splice(0);
       try {
         await this.#writeBatch(batch.flatMap((w) => w.entries));
@@ -228,7 +251,7 @@ export class SpoolJournal {
       if (e.kind === 'message') {
         seg.live.add(e.id);
         this.#where.set(e.id, seg);
-      } else {
+      } else if (e.kind === 'dropped') {
         this.#where.get(e.id)?.live.delete(e.id);
         this.#where.delete(e.id);
       }
@@ -257,14 +280,13 @@ export class SpoolJournal {
   async #retire(): Promise<void> {
     while (this.#segments.length > 1) {
       const oldest = this.#segments[0];
-      if (oldest.live.size > 0) {
-        if (this.#segments.length <= MAX_SEGMENTS || [...oldest.live].some((id) => this.#unstored.has(id))) return;
-        const ids = [...oldest.live];
-        await this.settle(ids);
-        this.settled += ids.length;
-        for (const id of ids) this.#where.delete(id);
-        oldest.live.clear();
-      }
+      if (oldest.live.size > 0 && (this.#segments.length <= MAX_SEGMENTS || [...oldest.live].some((id) => this.#unstored.has(id)))) return;
+      // Its messages still queued settled in place, and the database synced (its outcomes are then on the device).
+      const ids = [...oldest.live];
+      await this.settle(ids);
+      this.settled += ids.length;
+      for (const id of ids) this.#where.delete(id);
+      oldest.live.clear();
       this.#segments.shift();
       await oldest.fh.close().catch(() => undefined);
       await this.#recycle(oldest.path);

@@ -149,7 +149,8 @@ export class QueueRecords {
     this.#transcriptTimer = null;
     const chunks = this.#transcripts.splice(0);
     if (chunks.length === 0) return Promise.resolve();
-    return this.store.write(chunks.map((chunk) => ({ op: 'recordTranscript' as const, chunk })))
+    // A record, not mail: committed without a sync of its own (the next synced commit or checkpoint takes it).
+    return this.store.write(chunks.map((chunk) => ({ op: 'recordTranscript' as const, chunk })), { durable: false })
       .then(() => undefined, (err) => this.log.error({ err, sessions: chunks.length }, 'could not record session transcripts'));
   }
 

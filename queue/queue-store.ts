@@ -44,6 +44,9 @@ function workerUrl(): URL {
   return built[0];
 }
 
+/** How often at most a batch of units that need no sync is committed (the durable ones use queue.commitWindow). */
+const UNSYNCED_WINDOW_MS = 10;
+
 interface Pending {
   unit: WriteOp[];
   resolve: (results: unknown[]) => void;
@@ -148,7 +151,9 @@ export class QueueStore {
   #pump(): void {
     if (this.#inFlight.size === 0 && this.#pending.length === 0 && !this.#closing) this.#worker.unref();
     if (this.#inFlight.size > 0 || this.#pending.length === 0 || this.#timer) return;
-    const wait = this.#lastStart === -Infinity ? 0 : this.commitWindowMs - (performance.now() - this.#lastStart);
+    // Units that need no sync of their own wait longer, so that more of them share each commit's pages.
+    const window = this.#pending.some((p) => p.durable) ? this.commitWindowMs : Math.max(this.commitWindowMs, UNSYNCED_WINDOW_MS);
+    const wait = this.#lastStart === -Infinity ? 0 : window - (performance.now() - this.#lastStart);
     if (wait > 0) {
       this.#timer = setTimeout(() => { this.#timer = null; this.#pump(); }, wait);
       return;
