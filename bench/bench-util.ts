@@ -13,9 +13,9 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
-/** Waits up to 10 s for something to accept connections on host:port. */
+/** Waits up to 30 s for something to accept connections on host:port (a start on a busy shared machine can be slow). */
 export async function waitForPort(host: string, port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 600; i++) {
     const ok = await new Promise<boolean>((r) => { const s = connect(port, host, () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
     if (ok) return;
     await new Promise((r) => setTimeout(r, 50));

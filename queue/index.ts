@@ -114,7 +114,7 @@ export class Queue {
   private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger, shared?: SharedLimits) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
-    this.journal = config.queue.fsync ? new SpoolJournal(join(this.spool.dir, 'journal'), this.spool.fsyncs, undefined, config.queue.commitWindow) : null;
+    this.journal = config.queue.fsync ? new SpoolJournal(join(config.dataDir, 'journal'), this.spool.fsyncs, undefined, config.queue.commitWindow) : null;
     if (this.journal) this.journal.settle = (ids) => this.#settle(ids);
     this.records = new QueueRecords(this.store, log, () => ({ scans: this.config.scanning.recordRetention, transcripts: this.config.delivery.transcripts.retention }));
     this.recordTranscript = this.records.recordTranscript;

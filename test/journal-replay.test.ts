@@ -73,7 +73,7 @@ describe('spool journal replay', () => {
     await new Promise((r) => setTimeout(r, 500));
     child.proc.kill('SIGKILL');
     await child.exited;
-    expect((await readdir(join(dataDir, 'spool', 'journal'))).some((n) => /^\d+\.seg$/.test(n))).toBe(true);
+    expect((await readdir(join(dataDir, 'journal'))).some((n) => /^\d+\.seg$/.test(n))).toBe(true);
 
     // What a power cut could take: unsynced rows and files.
     const db = new Database(join(dataDir, 'queue.db'));
@@ -103,6 +103,6 @@ describe('spool journal replay', () => {
     child.proc.kill('SIGTERM');
     expect(await child.exited).toBe(0);
     // A clean stop settles the journal: no segment is left to replay.
-    expect((await readdir(join(dataDir, 'spool', 'journal'))).filter((n) => /^\d+\.seg$/.test(n))).toEqual([]);
+    expect((await readdir(join(dataDir, 'journal'))).filter((n) => /^\d+\.seg$/.test(n))).toEqual([]);
   }, 90_000);
 });
