@@ -128,6 +128,11 @@ export class Transcript {
     };
   }
 
+  /** The session's id, as its stored row and the log name it. */
+  get id(): string {
+    return this.#row.id;
+  }
+
   /** Follows the connection to its end, and reads the TLS parameters from its socket after STARTTLS. */
   watch(conn: SmtpConnection): void {
     this.#socketOf = () => {
