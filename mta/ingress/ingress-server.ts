@@ -22,8 +22,9 @@
  * addresses on its port, and tells the responder each connection's local and remote address
  * (admission/admission-dns.ts pairs resolvers with the MTAs that connect).
  * Metrics and log: each connection, refusal, MAIL FROM and message is told to `events`
- * (mta-metrics-traffic.ts); the log has a line at connect, at TLS (protocol and cipher) and at
- * disconnect, each with the session id (smtp-server's), which the accept step's lines carry too.
+ * (mta-metrics-traffic.ts); the log has a line at connect (once let in; a refusal is at debug
+ * level), at TLS (protocol and cipher) and at disconnect, each with the session id (smtp-server's),
+ * which the accept step's lines carry too.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -96,6 +97,8 @@ export class Listener {
   #proxyProtocol: ListenerConfig['proxyProtocol'];
   /** The DNS responder's pairing addresses, taken by an mx listener besides its own. */
   readonly #pairing: Server[] = [];
+  /** Sessions let in at connect (their disconnect is logged; a refused one's is not). */
+  readonly #greeted = new Set<string>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.snapshot();
@@ -132,9 +135,10 @@ export class Listener {
       // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
       onConnect: (session, cb) => {
         deps.events?.connection(spec.name);
-        deps.log.info({ listener: spec.name, session: session.id, client: session.remoteAddress }, 'connect');
+        // Refused connections log at debug only: a flood turned away must not flood the log.
         const refuse = (r: SmtpReply) => {
           deps.events?.connectionRefused(spec.name, r);
+          deps.log.debug({ listener: spec.name, session: session.id, client: session.remoteAddress, reply: `${r.code} ${r.enhanced}` }, 'connection refused');
           cb(toSmtpError(r));
         };
         if (deps.draining()) return refuse(REPLIES.draining);
@@ -144,6 +148,8 @@ export class Listener {
         const refusal = this.#connections.admit(session);
         if (refusal) return refuse(refusal);
         if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
+        this.#greeted.add(session.id);
+        deps.log.info({ listener: spec.name, session: session.id, client: session.remoteAddress }, 'connect');
         cb();
       },
       onSecure: (socket, session, cb) => {
@@ -261,7 +267,7 @@ export class Listener {
   }
 
   #closed(session: SMTPServerSession): void {
-    this.deps.log.info({ listener: this.spec.name, session: session.id, client: session.remoteAddress }, 'disconnect');
+    if (this.#greeted.delete(session.id)) this.deps.log.info({ listener: this.spec.name, session: session.id, client: session.remoteAddress }, 'disconnect');
     this.#endTransaction(session);
     this.#door.delete(session.id);
     this.#gone.get(session.id)?.abort(new Error('client gone'));
