@@ -6,7 +6,7 @@
  *   connections, transactions and messages (ingress/ingress-server.ts), each delivery attempt's
  *   outcome per recipient (queue/index.ts `onAttempt`), each scan (the accept step, `onScan`),
  *   each outbound session opened (delivery/ `onSession`); the queue's depth per tenant and state
- *   (queue/queue-depth.ts, read when collected and cached there).
+ *   (queue/queue-depth.ts: an indexed read when collected, cached there).
  * Gives (every label set bounded: mta-metrics-labels.ts):
  *   ichidan_connections_total{listener}                         connections received
  *   ichidan_connections_refused_total{listener,reason}          refused before the greeting

@@ -3,10 +3,15 @@
  * oldest of their messages arrived.
  *
  * Takes: the queue database's read connection (queue-store.ts `db`).
- * Gives: `depthReader`, a function that answers from one GROUP BY over the recipients of active
- *   messages (the messages joined by their primary key; finished recipients are swept away, so the
- *   table holds what is still owed), asked again only once `cacheMs` has passed: however often
+ * Gives: `depthReader`, a function that answers from one GROUP BY over the index
+ *   `recipients_by_state` (state, tenant; the table's key message_id rides along in it, so the
+ *   count and the smallest queue id per group are read from the index alone), then the arrival
+ *   time of each group's first message by its key: queue ids sort by arrival (base-queue-id.ts),
+ *   so the smallest id is the oldest. Asked again only once `cacheMs` has passed: however often
  *   /metrics is scraped, the database is read at most once per `cacheMs`.
+ *   `DEPTH_INDEX`, which migrate (queue-store-sql.ts) creates in every queue database.
+ * Counts recipients of every stored message (an entry set aside as corrupt keeps its rows until
+ * an operator acts on it, and counts too).
  */
 import type Database from 'better-sqlite3';
 
@@ -20,16 +25,18 @@ export interface DepthRow {
 
 export const DEPTH_CACHE_MS = 5000;
 
+export const DEPTH_INDEX = `CREATE INDEX IF NOT EXISTS recipients_by_state ON recipients (state, tenant)`;
+
 export function depthReader(db: Database.Database, cacheMs = DEPTH_CACHE_MS, clock: () => number = Date.now): () => DepthRow[] {
-  const query = db.prepare(`SELECT r.tenant AS tenant, r.state AS state, count(*) AS recipients, min(m.received_at) AS oldest
-    FROM recipients r JOIN messages m ON m.id = r.message_id
-    WHERE m.state = 'active' AND r.state IN ('queued', 'held') GROUP BY r.tenant, r.state`);
+  const groups = db.prepare(`SELECT tenant, state, count(*) AS recipients, min(message_id) AS first
+    FROM recipients INDEXED BY recipients_by_state WHERE state IN ('queued', 'held') GROUP BY state, tenant`);
+  const arrived = db.prepare(`SELECT received_at FROM messages WHERE id = ?`).pluck();
   let readAt = -Infinity;
   let rows: DepthRow[] = [];
   return () => {
     const now = clock();
     if (now - readAt >= cacheMs) {
-      rows = query.all() as DepthRow[];
+      rows = (groups.all() as Array<Omit<DepthRow, 'oldest'> & { first: string }>).map(({ first, ...g }) => ({ ...g, oldest: (arrived.get(first) as number | undefined) ?? now }));
       readAt = now;
     }
     return rows;
