@@ -1,13 +1,18 @@
 // What an operator watches: /metrics after real traffic (accepted, refused, delivered, deferred,
-// bounced, scanned by the real clamd) with the right labels, the Grafana dashboard's expressions
+// bounced, scanned by the real clamd) with the right labels, label sets bounded with 1,000 random
+// recipient domains, the Grafana dashboard's expressions
 // against what the process exports, the log lines a message and a session are followed by, and
 // /healthz and /readyz (no token; not ready while drained or when the spool cannot be written).
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
+import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { demoConfig, startApp, TEST_HASH, TEST_PASSWORD, waitUntil, type TestApp } from './helpers/app.js';
+import { SITE_LABELS_MAX } from '../mta/mta-metrics-labels.js';
+import { baseConfig, demoConfig, startApp, TEST_HASH, TEST_PASSWORD, waitUntil, type TestApp } from './helpers/app.js';
+import { startDns } from './helpers/dns-server.js';
 import { realDaemon } from './helpers/daemons.js';
 import { eicarMail, message } from './helpers/engine-contract.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
@@ -250,5 +255,44 @@ describe('health and readiness', () => {
       await rename(`${spool}.away`, spool);
     }
     expect((await ready()).status).toBe(200);
+  });
+});
+
+describe('label cardinality', () => {
+  it('stays bounded with 1,000 random recipient domains', { timeout: 180_000 }, async () => {
+    // Every name is NXDOMAIN here: each domain is a site of its own ("domain:NAME"), answered without a connection.
+    const dns = await startDns({});
+    const box = await startSink({ host: '127.0.0.2' });
+    const t = await startApp((dir) => baseConfig(dir, {
+      listeners: [{ name: 'mx', role: 'mx', port: 0, tls: 'none' }],
+      admin: { port: 0, token: TOKEN },
+      dns: { servers: [dns.server] },
+      tenants: { shop: { networks: ['127.0.0.1/32'] } },
+      routes: { 'shop.test': { host: '127.0.0.2', port: box.port } },
+      delivery: { mtaSts: { enabled: false } },
+    }));
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.port('mx'), ignoreTLS: true });
+    try {
+      for (let m = 0; m < 10; m++) {
+        const to = Array.from({ length: 100 }, () => `user@${randomBytes(5).toString('hex')}.example`);
+        await transport.sendMail({ envelope: { from: 'sender@shop.test', to }, raw: 'Subject: many\r\n\r\nhello\r\n' });
+      }
+      const series = (text: string) => text.split('\n').filter((l) => l.startsWith('ichidan_deliveries_total{'));
+      let text = '';
+      await waitUntil(async () => {
+        text = await scrape(t);
+        return series(text).filter((l) => !l.includes('site="route:')).reduce((n, l) => n + Number(l.split(' ').pop()), 0) >= 1000;
+      }, 150_000, 'an outcome for each of the 1,000 recipients');
+      // Named sites (none here) as they are, 50 others, then _other; the DSNs' route to shop.test besides.
+      expect(series(text).length).toBeLessThanOrEqual(3 * (SITE_LABELS_MAX + 2));
+      expect(new Set(series(text).map((l) => /site="([^"]+)"/.exec(l)![1])).size).toBeLessThanOrEqual(SITE_LABELS_MAX + 2);
+      expect(text).toMatch(/ichidan_deliveries_total\{tenant="shop",site="_other",outcome="(bounced|deferred)"\} \d{3}/);
+      expect(text.split('\n').filter((l) => l.startsWith('ichidan_messages_total{')).length).toBe(1);
+    } finally {
+      transport.close();
+      await t.stop();
+      await box.close();
+      await dns.close();
+    }
   });
 });
