@@ -11,8 +11,8 @@
  *   disconnect         listener, session, client
  *   outbound session   qid, tenant, site, host, address (the IP connected to), protocol, cipher,
  *                      session (the stored transcript's id, when transcripts are on)
- *   delivery attempt   qid, rcpt, verdict, reply, host ("name[IP]:port" of the MX), next (a
- *                      deferral's next attempt, ISO 8601)
+ *   delivery attempt   qid, rcpt, verdict, reply, host ("name[IP]:port" of the MX), session (the
+ *                      transcript's id), next (a deferral's next attempt, ISO 8601)
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';

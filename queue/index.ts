@@ -447,7 +447,7 @@ export class Queue {
       const u = after.get(r.id);
       // A deferral's next attempt; a recipient still deferred at queue.maxAge is bounced instead.
       const next = u?.state === 'queued' ? { next: new Date(u.nextAttempt).toISOString() } : {};
-      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at, ...next }, 'delivery attempt');
+      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at, ...(o.session ? { session: o.session } : {}), ...next }, 'delivery attempt');
       const outcome = u?.state === 'delivered' ? 'delivered' : u?.state === 'bounced' ? 'bounced' : 'deferred';
       this.onAttempt?.({
         tenant: r.tenant, site: via.site, outcome,

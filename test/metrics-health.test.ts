@@ -179,6 +179,7 @@ describe('metrics and logs after real traffic', () => {
     expect(outbound).toMatchObject({ tenant: 'demo', address: '127.0.0.2', protocol: 'TLSv1.3' });
     expect(outbound.cipher).toMatch(/^TLS_/);
     expect(outbound.session).toMatch(/\S+/);
+    expect(t.logs.find((l) => l.msg === 'delivery attempt' && l.session === outbound.session)).toBeDefined();
 
     const c = await submissionSession(t);
     try {
