@@ -90,17 +90,20 @@ describe('spool journal replay', () => {
 
     accepting = true;
     child = await startChild(configFile, logFile);
-    await sink.waitFor(5, 20_000);
-    await new Promise((r) => setTimeout(r, 1000));
-    const tokens = sink.messages.map((m) => /X-Token: ([\w-]+)/.exec(m.data.toString())?.[1]).sort();
-    // Each once: the delivered one is not sent again (its outcome was in the journal).
-    expect(tokens).toEqual(['delivered', 'lost-all', 'lost-file', 'lost-record', 'short-file']);
-    for (const m of sink.messages) expect(m.data.toString()).toContain('journal line\r\n'.repeat(40));
-    expect(logs.join('')).toMatch(/spool journal replayed after an unclean stop/);
-    // Nothing set aside: the journal had every acknowledged message.
-    expect(logs.join('')).not.toMatch(/set aside as corrupt/);
-    await waitUntil(async () => (await readdir(join(dataDir, 'spool'), { withFileTypes: true })).filter((e) => e.isFile()).length === 0, 10_000, 'the spool to be swept');
-    child.proc.kill('SIGTERM');
+    try {
+      await sink.waitFor(5, 20_000);
+      await new Promise((r) => setTimeout(r, 1000));
+      const tokens = sink.messages.map((m) => /X-Token: ([\w-]+)/.exec(m.data.toString())?.[1]).sort();
+      // Each once: the delivered one is not sent again (its outcome was in the journal).
+      expect(tokens).toEqual(['delivered', 'lost-all', 'lost-file', 'lost-record', 'short-file']);
+      for (const m of sink.messages) expect(m.data.toString()).toContain('journal line\r\n'.repeat(40));
+      expect(logs.join('')).toMatch(/spool journal replayed after an unclean stop/);
+      // Nothing set aside: the journal had every acknowledged message.
+      expect(logs.join('')).not.toMatch(/set aside as corrupt/);
+      await waitUntil(async () => (await readdir(join(dataDir, 'spool'), { withFileTypes: true })).filter((e) => e.isFile()).length === 0, 10_000, 'the spool to be swept');
+    } finally {
+      child.proc.kill('SIGTERM');
+    }
     expect(await child.exited).toBe(0);
     // A clean stop settles the journal: no segment is left to replay.
     expect((await readdir(join(dataDir, 'journal'))).filter((n) => /^\d+\.seg$/.test(n))).toEqual([]);
