@@ -1,40 +1,54 @@
 /*
  * `ichidan queue`: what is queued, and holding, releasing or purging it.
  *
- *   ichidan queue [-c FILE]                       recipients per tenant and state, bounced ones per class; entries set aside as corrupt
- *   ichidan queue hold (--message ID | --tenant T | --site S) [--for D] [--reason R]
- *   ichidan queue release (--message ID | --tenant T | --site S)
- *   ichidan queue purge (--message ID | --tenant T | --site S) [--reason R]
+ *   ichidan queue [status] [--json]               recipients per tenant and state, bounced ones per class; entries set aside as corrupt
+ *   ichidan queue hold (--message ID | --tenant T | --site S) [--for D] [--reason R] [--json]
+ *   ichidan queue release (--message ID | --tenant T | --site S) [--json]
+ *   ichidan queue purge (--message ID | --tenant T | --site S) [--reason R] [--json]
  *   ichidan queue corrupt [list] | show|requeue|delete ID   entries set aside as corrupt (cli-corrupt.ts)
  * The counts are read from the queue database (no process needed); holds, releases and purges go
  * to the running process (admin/admin-queue.ts). Sites are named as `ichidan egress` lists them.
+ * `addQueueCommands` gives the `queue` command, so a further subcommand is one `.command()` on it.
  */
+import type { Command } from 'commander';
 import { queueStatus } from '../../queue/queue-store-sql.js';
-import { admin, openDb, options, safe, SCOPE_OPTIONS, usage } from './cli-common.js';
-import { CORRUPT_USAGE, corruptCommand } from './cli-corrupt.js';
+import { admin, commandConfig, openDb, printJson, safe, usage } from './cli-common.js';
+import { addCorruptCommands } from './cli-corrupt.js';
 
-export const QUEUE_USAGE = `  ichidan queue [-c FILE]
-  ichidan queue hold (--message ID | --tenant T | --site S) [--for DURATION] [--reason TEXT] [-c FILE]
-  ichidan queue release (--message ID | --tenant T | --site S) [-c FILE]
-  ichidan queue purge (--message ID | --tenant T | --site S) [--reason TEXT] [-c FILE]
-${CORRUPT_USAGE}`;
+interface ScopeOptions {
+  message?: string;
+  tenant?: string;
+  site?: string;
+  for?: string;
+  reason?: string;
+  json?: boolean;
+}
 
-export async function queueCommand(args: string[]): Promise<void> {
-  const { config, values, positionals } = options(args, SCOPE_OPTIONS);
-  const [action] = positionals;
-  if (action === undefined) {
-    const db = openDb(config.dataDir);
-    const { counts, bounced, corrupt } = queueStatus(db);
-    for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
-    for (const b of bounced) process.stdout.write(`bounced\t${b.tenant}\t${safe(b.class)}\t${b.n}\n`);
-    for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
-    db.close();
-    return;
-  }
-  if (action === 'corrupt') return corruptCommand(config, positionals.slice(1));
-  if (!['hold', 'release', 'purge'].includes(action)) usage(QUEUE_USAGE);
-  const { message, tenant, site, reason } = values;
-  const body = await admin(config, 'POST', `/v1/queue/${action}`, { message, tenant, site, reason, for: values.for });
+/** What a hold, release or purge applies to: one message, or a tenant, a site or a tenant at a site. */
+function scoped(cmd: Command, reason: boolean, hold = false): Command {
+  cmd.option('--message <id>', 'one message (its queue id)')
+    .option('--tenant <name>', 'every message of a tenant')
+    .option('--site <site>', 'every message for a site (as ichidan egress lists them)');
+  if (hold) cmd.option('--for <duration>', 'lifted by itself after this long (e.g. 2h)');
+  if (reason) cmd.option('--reason <text>', 'why, kept with the event');
+  return cmd.option('--json', 'print the answer as JSON');
+}
+
+function status(cmd: Command, opts: { json?: boolean }): void {
+  const db = openDb(commandConfig(cmd).dataDir);
+  const { counts, bounced, corrupt } = queueStatus(db);
+  db.close();
+  if (opts.json) return printJson({ counts, bounced, corrupt });
+  for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
+  for (const b of bounced) process.stdout.write(`bounced\t${b.tenant}\t${safe(b.class)}\t${b.n}\n`);
+  for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
+}
+
+async function act(action: 'hold' | 'release' | 'purge', cmd: Command, opts: ScopeOptions): Promise<void> {
+  const { message, tenant, site, reason } = opts;
+  if (!message && !tenant && !site) usage(`queue ${action}: name what it applies to: --message ID, --tenant T or --site S`);
+  const body = await admin(commandConfig(cmd), 'POST', `/v1/queue/${action}`, { message, tenant, site, reason, for: opts.for });
+  if (opts.json) return printJson(body);
   const what = message ? `message ${message}` : [tenant && `tenant ${tenant}`, site && `site ${site}`].filter(Boolean).join(' at ');
   if (action === 'hold') {
     process.stdout.write(body.held !== undefined ? `${what}: ${String(body.held)} recipients held\n` : `${what}: held (event ${String(body.event)})\n`);
@@ -45,4 +59,20 @@ export async function queueCommand(args: string[]): Promise<void> {
   } else {
     process.stdout.write(`${what}: ${String(body.purged)} recipients purged\n`);
   }
+}
+
+export function addQueueCommands(program: Command): Command {
+  const queue = program.command('queue').description('what is queued; holding, releasing, purging it; entries set aside as corrupt');
+  queue.command('status', { isDefault: true })
+    .description('recipients per tenant and state, bounced ones per class, entries set aside as corrupt (read from the queue database)')
+    .option('--json', 'print as JSON')
+    .action((opts: { json?: boolean }, cmd: Command) => status(cmd, opts));
+  scoped(queue.command('hold').description('hold queued mail (the running process)'), true, true)
+    .action((opts: ScopeOptions, cmd: Command) => act('hold', cmd, opts));
+  scoped(queue.command('release').description('release held mail and lift holds (the running process)'), false)
+    .action((opts: ScopeOptions, cmd: Command) => act('release', cmd, opts));
+  scoped(queue.command('purge').description('drop queued mail without a notice (the running process)'), true)
+    .action((opts: ScopeOptions, cmd: Command) => act('purge', cmd, opts));
+  addCorruptCommands(queue);
+  return queue;
 }
