@@ -15,9 +15,7 @@
  */
 import { loadCliConfig } from './cli/cli-common.js';
 import { runCli, type StartOptions } from './cli/cli-commands.js';
-import { loadConfig, type Config } from './mta-config.js';
-import { createLogger } from './mta-log.js';
-import { announceReady, workerConfig, workerCount, workerIndex } from './mta-workers.js';
+import type { Config } from './mta-config.js';
 
 /** `--workers N|auto` stands for cluster.workers, and is validated as that key. */
 function workersFlag(value: string | undefined) {
@@ -27,6 +25,10 @@ function workersFlag(value: string | undefined) {
 }
 
 async function start(options: StartOptions): Promise<void> {
+  // Loaded here, not above: the other commands start without them.
+  const { loadConfig } = await import('./mta-config.js');
+  const { createLogger } = await import('./mta-log.js');
+  const { announceReady, workerConfig, workerCount, workerIndex } = await import('./mta-workers.js');
   const override = workersFlag(options.workers);
   const index = workerIndex();
   // A worker derives its own config from the file at start and at every reload.
@@ -34,7 +36,7 @@ async function start(options: StartOptions): Promise<void> {
     const config = loadConfig(f, override);
     return index === null ? config : workerConfig(config, index);
   };
-  const { file, config } = loadCliConfig(options.config, load);
+  const { file, config } = await loadCliConfig(options.config, load);
   const root = createLogger(config.log.level);
   if (index === null && workerCount(config) > 1) {
     const { runPrimary } = await import('./mta-workers.js');

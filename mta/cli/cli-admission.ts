@@ -35,7 +35,7 @@ function printStatus(s: AdmissionStatus): void {
 }
 
 async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
-  const status = await admin(commandConfig(cmd), 'GET', '/v1/admission') as unknown as AdmissionStatus;
+  const status = await admin(await commandConfig(cmd), 'GET', '/v1/admission') as unknown as AdmissionStatus;
   if (opts.json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
   else printStatus(status);
 }

@@ -51,7 +51,7 @@ function printDrain(d: DrainStatus): void {
 }
 
 async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
-  const status = await admin(commandConfig(cmd), 'GET', '/v1/cluster') as unknown as ClusterStatus;
+  const status = await admin(await commandConfig(cmd), 'GET', '/v1/cluster') as unknown as ClusterStatus;
   if (opts.json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
   else printStatus(status);
   if (status.problem) {
@@ -61,7 +61,7 @@ async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
 }
 
 async function drain(action: 'drain' | 'undrain', cmd: Command, opts: { status?: boolean; json?: boolean }): Promise<void> {
-  const config = commandConfig(cmd);
+  const config = await commandConfig(cmd);
   const status = action === 'drain'
     ? await admin(config, opts.status ? 'GET' : 'POST', '/v1/node/drain') as unknown as DrainStatus
     : await admin(config, 'POST', '/v1/node/undrain') as unknown as DrainStatus;

@@ -164,11 +164,14 @@ export function buildProgram(start: (options: StartOptions) => Promise<void>): C
 
 /** Runs one command line (without "node ichidan") and ends the process when it fails. */
 export async function runCli(argv: string[], start: (options: StartOptions) => Promise<void>): Promise<void> {
-  // `ichidan ... | head`: a reader that stops early is not an error.
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE') process.exit(0);
-  });
   const program = buildProgram(start);
+  program.hook('preAction', (_program, action) => {
+    if (action.name() === 'start') return;
+    // `ichidan ... | head`: a reader that stops early is not an error (the daemon's output is its own affair).
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(0);
+    });
+  });
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {

@@ -9,18 +9,18 @@
  *   `commandConfig` (the config a command's global options name); `fail` and `usage` (exit 1 and 2,
  *   the line starting "ichidan: "); `openDb`, `admin`, `printJson`, `safe`, `iso`.
  * Touches: the config file, the queue database in dataDir, the admin socket (mta-config.ts
- *   `adminSocket`). Nothing here loads the daemon.
+ *   `adminSocket`). Nothing here loads the daemon; the config schema and the database driver are
+ *   loaded when a command needs them, so `--help` and `completion` start quickly.
  * Exit status: 0 done; 1 the command failed or was refused (the reason on stderr: the running
  * process's own words as it gives them, else a line "ichidan: ..."); 2 a usage error.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { InvalidArgumentError, type Command } from 'commander';
 import type { Config } from '../mta-config-schema.js';
 import { adminRequest } from '../admin/admin-client.js';
-import { adminSocket, ConfigError, loadConfig } from '../mta-config.js';
-import { workerConfig, workerDataDir } from '../mta-workers.js';
+import type { ConfigError } from '../mta-config.js';
 
 /** The config file used when neither `-c` nor anything else names one. */
 const DEFAULT_CONFIG = 'config/default.yaml';
@@ -54,10 +54,11 @@ function configFailure(err: ConfigError): never {
  * is invalid ends the command (exit 1) naming the file and each key. `load` is how the file is read
  * (`start` passes its own, for `--workers`).
  */
-export function loadCliConfig(path?: string, load: (file: string) => Config = loadConfig): { file: string; config: Config } {
+export async function loadCliConfig(path?: string, load?: (file: string) => Config): Promise<{ file: string; config: Config }> {
   const file = path ?? DEFAULT_CONFIG;
+  const { ConfigError, loadConfig } = await import('../mta-config.js');
   try {
-    return { file, config: load(file) };
+    return { file, config: (load ?? loadConfig)(file) };
   } catch (err) {
     if (err instanceof ConfigError) configFailure(err);
     throw err;
@@ -69,10 +70,11 @@ export function loadCliConfig(path?: string, load: (file: string) => Config = lo
  * command is about worker I of a primary started with `start --workers N`, so its data folder and
  * admin socket are that worker's: mta-workers.ts `workerConfig`).
  */
-export function commandConfig(cmd: Command): Config {
+export async function commandConfig(cmd: Command): Promise<Config> {
   const globals = cmd.optsWithGlobals<GlobalOptions>();
-  const { config } = loadCliConfig(globals.config);
+  const { config } = await loadCliConfig(globals.config);
   if (globals.worker === undefined) return config;
+  const { workerConfig, workerDataDir } = await import('../mta-workers.js');
   const worker = Number(globals.worker);
   if (!(Number.isInteger(worker) && worker >= 1 && existsSync(workerDataDir(config.dataDir, worker)))) {
     usage(`--worker ${globals.worker}: no such worker (no folder ${workerDataDir(config.dataDir, worker || 0)}; see ichidan workers)`);
@@ -81,9 +83,10 @@ export function commandConfig(cmd: Command): Config {
 }
 
 /** The queue database, read-only unless asked; a missing one ends the command naming where it looked. */
-export function openDb(dataDir: string, readonly = true): Database.Database {
+export async function openDb(dataDir: string, readonly = true): Promise<Database.Database> {
   const file = join(dataDir, 'queue.db');
   if (!existsSync(file)) fail(`no queue database at ${file} (dataDir ${dataDir}: has Ichidan run with this config?)`);
+  const { default: Database } = await import('better-sqlite3');
   try {
     return new Database(file, { readonly, fileMustExist: true });
   } catch (err) {
@@ -119,6 +122,7 @@ export function notRunning(err: unknown): boolean {
 
 /** A request to the running process; exits 1 with a clear message when none runs or it refuses. */
 export async function admin(config: Config, method: string, url: string, body?: unknown): Promise<Record<string, unknown>> {
+  const { adminSocket } = await import('../mta-config.js');
   const socket = adminSocket(config);
   let res: Awaited<ReturnType<typeof adminRequest>>;
   try {
@@ -137,6 +141,7 @@ export async function admin(config: Config, method: string, url: string, body?: 
 
 /** The admin request for callers that handle "not running" themselves (quarantine release). */
 export async function adminOrNull(config: Config, method: string, url: string): Promise<{ status: number; body: Record<string, unknown> } | null> {
+  const { adminSocket } = await import('../mta-config.js');
   const socket = adminSocket(config);
   try {
     return await adminRequest(socket, method, url);

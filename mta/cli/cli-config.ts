@@ -9,13 +9,13 @@
 import { readFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import type { Command } from 'commander';
-import { oversizeWarnings } from '../../engines/index.js';
-import { checkCertificates } from '../ingress/ingress-certificates.js';
-import { dkimWarnings } from '../../queue/accept/accept-dkim-config.js';
 import { fail, loadCliConfig, type GlobalOptions } from './cli-common.js';
 
-function checkConfig(given: string | undefined, cmd: Command): void {
-  const { file, config } = loadCliConfig(given ?? cmd.optsWithGlobals<GlobalOptions>().config);
+async function checkConfig(given: string | undefined, cmd: Command): Promise<void> {
+  const { file, config } = await loadCliConfig(given ?? cmd.optsWithGlobals<GlobalOptions>().config);
+  const { oversizeWarnings } = await import('../../engines/index.js');
+  const { checkCertificates } = await import('../ingress/ingress-certificates.js');
+  const { dkimWarnings } = await import('../../queue/accept/accept-dkim-config.js');
   // The files the config names must hold what it says: a certificate, its key (as a reload would find them).
   const { problems, warnings } = checkCertificates(config);
   if (problems.length > 0) {

@@ -19,8 +19,8 @@ const line = (e: CorruptEntry) =>
 
 const path = (id: string) => `/v1/queue/corrupt/${encodeURIComponent(id)}`;
 
-function list(cmd: Command, opts: { json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function list(cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const entries = readCorrupt(db);
   db.close();
   if (opts.json) return printJson(entries);
@@ -29,7 +29,7 @@ function list(cmd: Command, opts: { json?: boolean }): void {
 }
 
 async function show(id: string, cmd: Command, opts: { json?: boolean }): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'GET', path(id)) as { entry: CorruptEntry; file: { where: string; size: number } | null; head: string };
+  const body = await admin(await commandConfig(cmd), 'GET', path(id)) as { entry: CorruptEntry; file: { where: string; size: number } | null; head: string };
   if (opts.json) return printJson(body);
   const file = body.file ? `${body.file.where === 'spool' ? 'spool' : 'spool/corrupt'}/${id}, ${body.file.size} bytes` : 'none';
   const out = [line(body.entry).trimEnd(), `received ${iso(body.entry.received_at)}; file: ${file}`];
@@ -38,7 +38,7 @@ async function show(id: string, cmd: Command, opts: { json?: boolean }): Promise
 }
 
 async function change(action: 'requeue' | 'delete', id: string, cmd: Command): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'POST', `${path(id)}/${action}`);
+  const body = await admin(await commandConfig(cmd), 'POST', `${path(id)}/${action}`);
   process.stdout.write(action === 'delete' ? `${id}: deleted\n` : `${id}: requeued, ${String(body.recipients)} recipients queued or held\n`);
 }
 

@@ -7,7 +7,6 @@
  * RFC 6376 section 3.6.2.2), ready to publish before the key signs any mail. Needs no running
  * process.
  */
-import { dkimTxtRecord, readSigningKey } from '../../queue/accept/accept-dkim-config.js';
 import type { Command } from 'commander';
 import { commandConfig, fail, printJson } from './cli-common.js';
 
@@ -25,8 +24,8 @@ interface RecordOptions {
   json?: boolean;
 }
 
-function record(cmd: Command, opts: RecordOptions): void {
-  const config = commandConfig(cmd);
+async function record(cmd: Command, opts: RecordOptions): Promise<void> {
+  const config = await commandConfig(cmd);
   const tenant = config.tenants[opts.tenant];
   if (!tenant) fail(`no tenant "${opts.tenant}" (tenants: ${Object.keys(config.tenants).join(', ') || 'none'})`);
   const domain = opts.domain.toLowerCase().replace(/\.$/, '');
@@ -35,6 +34,7 @@ function record(cmd: Command, opts: RecordOptions): void {
     const known = tenant.dkim.map((k) => `${k.selector}._domainkey.${k.domain}`).join(', ') || 'none';
     fail(`tenants.${opts.tenant}.dkim has no key for ${opts.selector}._domainkey.${domain} (keys: ${known})`);
   }
+  const { dkimTxtRecord, readSigningKey } = await import('../../queue/accept/accept-dkim-config.js');
   const loaded = readSigningKey(entry.key, entry.algorithm);
   if ('problem' in loaded) fail(loaded.problem);
   const name = `${entry.selector}._domainkey.${entry.domain}.`;

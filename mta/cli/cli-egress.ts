@@ -21,7 +21,7 @@ function eventLine(e: EgressEvent): string {
 }
 
 async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'GET', '/v1/egress');
+  const body = await admin(await commandConfig(cmd), 'GET', '/v1/egress');
   if (opts.json) return printJson(body);
   process.stdout.write(`in flight ${String(body.active)}, waiting ${String(body.waiting)}\n`);
   process.stdout.write('site\tsource\twindow\tmax\tin_flight\n');
@@ -36,8 +36,8 @@ async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
   }
 }
 
-function events(cmd: Command, opts: { last: number; open?: boolean; json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function events(cmd: Command, opts: { last: number; open?: boolean; json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const hasTable = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'egress_events'`).get() !== undefined;
   const rows = hasTable ? readEgressEvents(db, { limit: opts.last, open: opts.open === true }) : [];
   db.close();
@@ -48,7 +48,7 @@ function events(cmd: Command, opts: { last: number; open?: boolean; json?: boole
 
 async function undo(id: string, cmd: Command, opts: { json?: boolean }): Promise<void> {
   if (!/^\d+$/.test(id)) usage(`egress undo: "${id}" is not an event id (a number, as ichidan egress events lists them)`);
-  const body = await admin(commandConfig(cmd), 'POST', `/v1/egress/events/${id}/undo`, { by: process.env.USER ?? 'operator' });
+  const body = await admin(await commandConfig(cmd), 'POST', `/v1/egress/events/${id}/undo`, { by: process.env.USER ?? 'operator' });
   if (opts.json) return printJson(body);
   process.stdout.write(`undone: ${eventLine(body.undone as EgressEvent)}\n`);
 }

@@ -16,7 +16,7 @@ import { readEngineEvents, readEngineStats } from '../../queue/queue-records-sql
 import { admin, commandConfig, iso, openDb, positiveInt, printJson, safe } from './cli-common.js';
 
 async function list(cmd: Command, opts: { json?: boolean }): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'GET', '/v1/engines');
+  const body = await admin(await commandConfig(cmd), 'GET', '/v1/engines');
   if (opts.json) return printJson(body);
   process.stdout.write(`generation ${String(body.generation)}\n`);
   process.stdout.write('name\ttype\tkind\tstate\tbreaker\tscans\tfailures\tskipped\tversion\tlast error / reason\n');
@@ -27,13 +27,13 @@ async function list(cmd: Command, opts: { json?: boolean }): Promise<void> {
 }
 
 async function change(action: 'disable' | 'enable', name: string, cmd: Command, opts: { reason?: string; json?: boolean }): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'POST', `/v1/engines/${encodeURIComponent(name)}/${action}`, action === 'disable' ? { reason: opts.reason } : undefined);
+  const body = await admin(await commandConfig(cmd), 'POST', `/v1/engines/${encodeURIComponent(name)}/${action}`, action === 'disable' ? { reason: opts.reason } : undefined);
   if (opts.json) return printJson(body);
   process.stdout.write(`${String(body.engine)}: ${String(body.state)}\n`);
 }
 
-function events(cmd: Command, opts: { last: number; json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function events(cmd: Command, opts: { last: number; json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const rows = readEngineEvents(db, opts.last);
   db.close();
   if (opts.json) return printJson(rows);
@@ -42,9 +42,9 @@ function events(cmd: Command, opts: { last: number; json?: boolean }): void {
   }
 }
 
-function stats(cmd: Command, opts: { days: number; json?: boolean }): void {
+async function stats(cmd: Command, opts: { days: number; json?: boolean }): Promise<void> {
   const since = new Date(Date.now() - (opts.days - 1) * 86_400_000).toISOString().slice(0, 10);
-  const db = openDb(commandConfig(cmd).dataDir);
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const rows = readEngineStats(db, since);
   db.close();
   const p = (r: (typeof rows)[number], q: number) => percentile(r.histogram, q);

@@ -12,8 +12,8 @@ import type { Command } from 'commander';
 import { createWriter, migrate, readQuarantine, SCHEMA } from '../../queue/queue-store-sql.js';
 import { adminOrNull, commandConfig, iso, openDb, printJson, safe } from './cli-common.js';
 
-function list(cmd: Command, opts: { json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function list(cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const rows = readQuarantine(db);
   db.close();
   if (opts.json) return printJson(rows);
@@ -22,7 +22,7 @@ function list(cmd: Command, opts: { json?: boolean }): void {
 }
 
 async function release(id: string, cmd: Command): Promise<void> {
-  const config = commandConfig(cmd);
+  const config = await commandConfig(cmd);
   const answer = await adminOrNull(config, 'POST', `/v1/messages/${encodeURIComponent(id)}/release`);
   if (answer) {
     const { status, body } = answer;
@@ -38,7 +38,7 @@ async function release(id: string, cmd: Command): Promise<void> {
     return;
   }
   // Not running: mark the recipients queued; the next start delivers them.
-  const db = openDb(config.dataDir, false);
+  const db = await openDb(config.dataDir, false);
   db.exec(SCHEMA);
   migrate(db);
   // The same write the running queue makes (queue-store-sql.ts).

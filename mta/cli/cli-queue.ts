@@ -34,8 +34,8 @@ function scoped(cmd: Command, reason: boolean, hold = false): Command {
   return cmd.option('--json', 'print the answer as JSON');
 }
 
-function status(cmd: Command, opts: { json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const { counts, bounced, corrupt } = queueStatus(db);
   db.close();
   if (opts.json) return printJson({ counts, bounced, corrupt });
@@ -47,7 +47,7 @@ function status(cmd: Command, opts: { json?: boolean }): void {
 async function act(action: 'hold' | 'release' | 'purge', cmd: Command, opts: ScopeOptions): Promise<void> {
   const { message, tenant, site, reason } = opts;
   if (!message && !tenant && !site) usage(`queue ${action}: name what it applies to: --message ID, --tenant T or --site S`);
-  const body = await admin(commandConfig(cmd), 'POST', `/v1/queue/${action}`, { message, tenant, site, reason, for: opts.for });
+  const body = await admin(await commandConfig(cmd), 'POST', `/v1/queue/${action}`, { message, tenant, site, reason, for: opts.for });
   if (opts.json) return printJson(body);
   const what = message ? `message ${message}` : [tenant && `tenant ${tenant}`, site && `site ${site}`].filter(Boolean).join(' at ');
   if (action === 'hold') {

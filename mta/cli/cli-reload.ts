@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { admin, commandConfig, printJson } from './cli-common.js';
 
 async function reload(cmd: Command, opts: { json?: boolean }): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'POST', '/v1/reload');
+  const body = await admin(await commandConfig(cmd), 'POST', '/v1/reload');
   if (opts.json) return printJson(body);
   const restart = body.needsRestart as string[];
   process.stdout.write(`reloaded: generation ${String(body.generation)}${restart.length ? `; needs a restart to apply: ${restart.join(', ')}` : ''}\n`);

@@ -6,8 +6,8 @@ import type { Command } from 'commander';
 import { readScan } from '../../queue/queue-records-sql.js';
 import { commandConfig, iso, openDb, printJson, safe } from './cli-common.js';
 
-function show(id: string, cmd: Command, opts: { json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function show(id: string, cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const row = readScan(db, id);
   db.close();
   if (!row) {

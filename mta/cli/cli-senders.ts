@@ -34,7 +34,7 @@ async function list(cmd: Command, opts: ListOptions): Promise<void> {
   const query = new URLSearchParams();
   // Passed as given: the running process checks them and says what is allowed.
   for (const name of ['kind', 'standing', 'limit'] as const) if (opts[name] !== undefined) query.set(name, opts[name]);
-  const body = await admin(commandConfig(cmd), 'GET', `/v1/senders${query.size > 0 ? `?${query}` : ''}`);
+  const body = await admin(await commandConfig(cmd), 'GET', `/v1/senders${query.size > 0 ? `?${query}` : ''}`);
   if (opts.json) return void process.stdout.write(JSON.stringify(body) + '\n');
   process.stdout.write(HEADER + '\n');
   for (const v of body.senders as SenderView[]) process.stdout.write(line(v) + '\n');
@@ -43,7 +43,7 @@ async function list(cmd: Command, opts: ListOptions): Promise<void> {
 }
 
 async function show(key: string, cmd: Command, opts: { json?: boolean }): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'GET', `/v1/senders/entry?key=${encodeURIComponent(key)}`);
+  const body = await admin(await commandConfig(cmd), 'GET', `/v1/senders/entry?key=${encodeURIComponent(key)}`);
   const v = body.sender as SenderView;
   if (opts.json) return void process.stdout.write(JSON.stringify(v) + '\n');
   process.stdout.write(`${HEADER}\n${line(v)}\n`);
@@ -51,7 +51,7 @@ async function show(key: string, cmd: Command, opts: { json?: boolean }): Promis
 }
 
 async function mark(action: 'pin' | 'block' | 'forget', key: string, cmd: Command, opts: { note?: string; json?: boolean }): Promise<void> {
-  const config = commandConfig(cmd);
+  const config = await commandConfig(cmd);
   const by = process.env.USER ?? 'operator';
   const body = await admin(config, 'POST', `/v1/senders/${action}`, { key, by, ...(action !== 'forget' && opts.note ? { note: opts.note } : {}) });
   if (opts.json) return void process.stdout.write(JSON.stringify(body) + '\n');

@@ -12,8 +12,8 @@ import { commandConfig, iso, openDb, positiveInt, printJson, safe } from './cli-
 
 const isoMs = (ms: number) => new Date(ms).toISOString();
 
-function list(cmd: Command, opts: { last: number; host?: string; json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function list(cmd: Command, opts: { last: number; host?: string; json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const rows = hasTranscripts(db) ? readConnections(db, { last: opts.last, host: opts.host }) : [];
   db.close();
   if (opts.json) return printJson(rows);
@@ -25,8 +25,8 @@ function list(cmd: Command, opts: { last: number; host?: string; json?: boolean 
   }
 }
 
-function show(id: string, cmd: Command, opts: { json?: boolean }): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function show(id: string, cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const session = hasTranscripts(db) ? readConnection(db, id) : undefined;
   db.close();
   if (!session) {

@@ -45,8 +45,8 @@ export function importAddresses(text: string): string[] {
   return [...out];
 }
 
-function list(cmd: Command, opts: SuppressionOptions): void {
-  const db = openDb(commandConfig(cmd).dataDir);
+async function list(cmd: Command, opts: SuppressionOptions): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const entries = readSuppressions(db, { tenant: opts.tenant, class: opts.class, match: opts.match, expired: opts.expired === true }, Date.now());
   db.close();
   if (opts.json) {
@@ -59,21 +59,21 @@ function list(cmd: Command, opts: SuppressionOptions): void {
 
 async function add(address: string, cmd: Command, opts: SuppressionOptions): Promise<void> {
   const tenant = opts.tenant!;
-  const body = await admin(commandConfig(cmd), 'POST', '/v1/suppression/add', { tenant, address, class: opts.class, expire: opts.expire, reason: opts.reason });
+  const body = await admin(await commandConfig(cmd), 'POST', '/v1/suppression/add', { tenant, address, class: opts.class, expire: opts.expire, reason: opts.reason });
   if (opts.json) return printJson(body);
   process.stdout.write(`${tenant}: ${address} suppressed${body.expiresAt === null ? '' : ` until ${iso(body.expiresAt as number)}`}\n`);
 }
 
 async function remove(address: string, cmd: Command, opts: SuppressionOptions): Promise<void> {
   const tenant = opts.tenant!;
-  const body = await admin(commandConfig(cmd), 'POST', '/v1/suppression/remove', { tenant, address });
+  const body = await admin(await commandConfig(cmd), 'POST', '/v1/suppression/remove', { tenant, address });
   if (opts.json) return printJson(body);
   process.stdout.write(`${tenant}: ${address} no longer suppressed\n`);
 }
 
 async function importFile(file: string, cmd: Command, opts: SuppressionOptions): Promise<void> {
   const tenant = opts.tenant!;
-  const config = commandConfig(cmd);
+  const config = await commandConfig(cmd);
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

@@ -17,7 +17,7 @@ interface TenantOptions {
 }
 
 async function change(action: 'suspend' | 'resume', name: string, cmd: Command, opts: TenantOptions): Promise<void> {
-  const body = await admin(commandConfig(cmd), 'POST', `/v1/tenants/${encodeURIComponent(name)}/${action}`, { site: opts.site, for: opts.for, reason: opts.reason });
+  const body = await admin(await commandConfig(cmd), 'POST', `/v1/tenants/${encodeURIComponent(name)}/${action}`, { site: opts.site, for: opts.for, reason: opts.reason });
   if (opts.json) return printJson(body);
   const where = opts.site ? ` at ${opts.site}` : '';
   process.stdout.write(action === 'suspend' ? `${name}${where}: suspended (event ${String(body.event)})\n` : `${name}${where}: resumed (${String(body.lifted)} lifted)\n`);

@@ -8,8 +8,8 @@ import type { Command } from 'commander';
 import { readWorkersStatus } from '../mta-workers-status.js';
 import { commandConfig, iso, printJson } from './cli-common.js';
 
-function workers(cmd: Command, opts: { json?: boolean }): void {
-  const config = commandConfig(cmd);
+async function workers(cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const config = await commandConfig(cmd);
   const status = readWorkersStatus(config.dataDir);
   if (!status) {
     process.stderr.write(`no workers are running for ${config.dataDir} (ichidan start --workers N)\n`);
