@@ -110,6 +110,8 @@ function finish(cmd: Command): void {
   cmd.configureOutput({ outputError: (message, write) => write(errorLine(message, cmd)) });
   // A group is listed as "name <command>", not with the argument that catches unknown commands.
   cmd.configureHelp({ subcommandTerm: (sub) => (sub.commands.length > 0 ? `${sub.name()} <command>` : Help.prototype.subcommandTerm.call(new Help(), sub)) });
+  // `help [command]` on every group, also those whose action below would otherwise hide it.
+  if (cmd.commands.length > 0) cmd.helpCommand('help [command]', 'help for a command');
   if (cmd.commands.length > 0 && defaultCommand(cmd) === null) {
     cmd.usage('[options] <command>').argument('[command]').allowExcessArguments().action((name: string | undefined) => {
       if (name === undefined && cmd.parent === null) {
@@ -130,7 +132,6 @@ export function buildProgram(start: (options: StartOptions) => Promise<void>): C
     .version(packageVersion(), '-V, --version', 'print the version')
     .option('-c, --config <file>', 'the config file (default: config/default.yaml)')
     .option('--worker <i>', 'about worker I of a primary started with --workers N (its data folder and admin socket)')
-    .helpCommand('help [command]', 'help for a command')
     .addHelpText('after', AFTER_HELP)
     .showSuggestionAfterError();
   program.command('start').description('run the MTA until SIGTERM or SIGINT (graceful stop); SIGHUP reloads the config file')
