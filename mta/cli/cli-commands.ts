@@ -4,7 +4,8 @@
  *
  *   start                               mta-main.ts (handed in: the CLI never loads the daemon)
  *   check-config, hash-password         cli-config.ts
- *   queue (status, hold, release, purge)   cli-queue.ts; queue corrupt: cli-corrupt.ts
+ *   queue (status, hold, release, purge)   cli-queue.ts; queue corrupt: cli-corrupt.ts;
+ *     queue list, show, why, flush, bounce, delete: cli-queue-inspect.ts (wired in cli-queue.ts)
  *   tenants (suspend, resume)           cli-tenants.ts
  *   suppression (list, add, remove, import)   cli-suppression.ts
  *   egress (status, events, undo)       cli-egress.ts
@@ -12,7 +13,7 @@
  *   scans show                          cli-scans.ts
  *   engines (list, disable, enable, events, stats)   cli-engines.ts
  *   reload                              cli-reload.ts
- *   sessions (list, show)               cli-sessions.ts
+ *   sessions (list, show)               cli-sessions.ts (list --message: cli-queue-inspect.ts)
  *   workers                             cli-workers.ts
  *   cluster status, node (drain, undrain)   cli-cluster.ts
  *   admission status                    cli-admission.ts

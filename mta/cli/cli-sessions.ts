@@ -2,6 +2,7 @@
  * `ichidan sessions`: outbound SMTP sessions and their transcripts (delivery.transcripts).
  *
  *   ichidan sessions [list] [--last N] [--host H] [--json]   newest first
+ *   ichidan sessions list --message ID [--json]   one message's sessions (cli-queue-inspect.ts)
  *   ichidan sessions show ID [--json]     one session: the messages it carried and its transcript
  * Read from the queue database (no process needed); an unknown id is exit 1.
  */
@@ -12,7 +13,11 @@ import { commandConfig, iso, openDb, positiveInt, printJson, safe } from './cli-
 
 const isoMs = (ms: number) => new Date(ms).toISOString();
 
-async function list(cmd: Command, opts: { last: number; host?: string; json?: boolean }): Promise<void> {
+async function list(cmd: Command, opts: { last: number; host?: string; message?: string; json?: boolean }): Promise<void> {
+  if (opts.message !== undefined) {
+    const { sessionsForMessage } = await import('./cli-queue-inspect.js');
+    return sessionsForMessage(await commandConfig(cmd), opts.message, { json: opts.json });
+  }
   const db = await openDb((await commandConfig(cmd)).dataDir);
   const rows = hasTranscripts(db) ? readConnections(db, { last: opts.last, host: opts.host }) : [];
   db.close();
@@ -53,8 +58,9 @@ async function show(id: string, cmd: Command, opts: { json?: boolean }): Promise
 export function addSessionsCommands(program: Command): Command {
   const sessions = program.command('sessions').description('outbound SMTP sessions and their transcripts (read from the queue database)');
   sessions.command('list', { isDefault: true }).description('the sessions, newest first')
-    .option('--last <n>', 'how many', positiveInt, 20).option('--host <host>', 'only to this host').option('--json', 'print as JSON')
-    .action((opts: { last: number; host?: string; json?: boolean }, cmd: Command) => list(cmd, opts));
+    .option('--last <n>', 'how many', positiveInt, 20).option('--host <host>', 'only to this host')
+    .option('--message <id>', 'only those of one message, failed connections included').option('--json', 'print as JSON')
+    .action((opts: { last: number; host?: string; message?: string; json?: boolean }, cmd: Command) => list(cmd, opts));
   sessions.command('show').description('one session: the messages it carried and its transcript')
     .argument('<id>', 'the session id').option('--json', 'print as JSON')
     .action((id: string, opts: { json?: boolean }, cmd: Command) => show(id, cmd, opts));
