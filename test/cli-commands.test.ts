@@ -180,6 +180,10 @@ describe('the ichidan command line', () => {
     await writeFile(socket, '');
     await one(['reload', '-c', good], `ichidan: cannot reach the running process at ${socket}: connection refused (is Ichidan running with this config?)`);
     await rm(socket);
+    // A queue database that is not one: the driver's error, as one line (no stack trace escapes).
+    await writeFile(join(dataDir, 'queue.db'), 'this is not a database, but long enough to look like a header of one\n'.repeat(20));
+    await one(['queue', '-c', good], /^ichidan: [^\n]*not a database[^\n]*\n$/);
+    await rm(join(dataDir, 'queue.db'));
     // A process on the socket that answers something other than JSON.
     const server: Server = createServer((_req, res) => res.end('<html>not the admin API</html>'));
     await new Promise<void>((resolve) => server.listen(socket, resolve));
