@@ -81,6 +81,27 @@ export interface ProxyListenerDeps {
 
 type Callback = (err?: Error | null, message?: string) => void;
 
+/**
+ * What the listener watches of one client connection: the last chunk it sent (only a reference:
+ * whether DATA came right after a RCPT is read off its end), and the replies held back (the
+ * socket corked) while a command waits for the destination, so that the replies to a pipelined
+ * group leave in one write (RFC 2920 lets a server send them as it likes).
+ */
+interface ClientTap {
+  last: Buffer | null;
+  waiting: number;
+  corked: (Socket & { cork(): void; uncork(): void }) | null;
+  socket: Socket;
+}
+
+/** Does `chunk` end with the command line `raw`, then DATA? */
+export function dataFollows(chunk: Buffer | null, raw: Buffer | undefined): boolean {
+  if (!chunk || !raw) return false;
+  const tail = chunk.toString('latin1', Math.max(0, chunk.length - raw.length - 8));
+  const data = /\r?\nDATA\r?\n$/i.exec(tail);
+  return data !== null && tail.slice(0, data.index).endsWith(raw.toString('latin1'));
+}
+
 /** The destination's own reply (or the session's in its stead), passed to smtp-server as it came. */
 function relayedError(reply: Reply): Error {
   return Object.assign(new Error(reply.lines.join(' ')), { responseCode: reply.code });
@@ -114,6 +135,8 @@ export class ProxyListener {
   /** The clients' TCP sockets by "address|port", to close a session that failed. */
   readonly #sockets = new Map<string, Socket>();
   readonly #events: ProxyEvents;
+  /** Per client connection ("address|port"): the last chunk it sent, and its replies held back while a command waits. */
+  readonly #taps = new Map<string, ClientTap>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ProxyListenerDeps) {
     const config = deps.config();
@@ -143,6 +166,12 @@ export class ProxyListener {
       onConnect: (session, cb) => this.#guard(session, cb, () => this.#onConnect(session, cb)),
       onSecure: (socket, session, cb) => this.#guard(session, cb, () => {
         this.#connections.secured(session.id, socket as Socket);
+        const tap = this.#tapOf(session);
+        if (tap) {
+          tap.socket = socket as Socket;
+          tap.last = null;
+          (socket as Socket).prependListener('data', (d: Buffer) => { tap.last = d; });
+        }
         cb();
       }),
       onMailFrom: (address, session, cb) => this.#refused(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
@@ -150,7 +179,11 @@ export class ProxyListener {
         this.#report(session, s);
         return s.mail(address.address, paramWords(address.args).join(' '));
       }),
-      onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => s.rcpt(address.address, paramWords(address.args).join(' '))),
+      onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => {
+        // DATA sent along with this RCPT goes to the destination in its group, unless the message is scanned first.
+        const early = this.deps.scanner(s.tenant) === null && dataFollows(this.#tapOf(session)?.last ?? null, (address as { rawCommand?: Buffer }).rawCommand);
+        return s.rcpt(address.address, paramWords(address.args).join(' '), early);
+      }),
       onData: (stream, session, cb) => this.#guard(session, cb, () => this.#onData(stream, session, cb), stream),
       onClose: (session) => this.#guard(session, null, () => this.#onClose(session)),
     };
@@ -167,9 +200,14 @@ export class ProxyListener {
         this.#destinations.set(key, null);
       }
       this.#sockets.set(key, socket);
+      const tap: ClientTap = { last: null, waiting: 0, corked: null, socket };
+      this.#taps.set(key, tap);
+      // Before smtp-server's own reader: when it hands over a command, the chunk it came in is known.
+      socket.prependListener('data', (d: Buffer) => { tap.last = d; });
       socket.once('close', () => {
         this.#destinations.delete(key);
         this.#sockets.delete(key);
+        this.#taps.delete(key);
       });
     });
   }
@@ -265,6 +303,34 @@ export class ProxyListener {
     }
   }
 
+  #tapOf(session: SMTPServerSession): ClientTap | undefined {
+    return this.#taps.get(`${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`);
+  }
+
+  /** A command starts waiting: the client's replies are held back until none does. */
+  #hold(tap: ClientTap | undefined): void {
+    if (!tap) return;
+    tap.waiting++;
+    if (tap.corked || tap.socket.destroyed) return;
+    tap.corked = tap.socket as ClientTap['corked'];
+    tap.corked!.cork();
+  }
+
+  /**
+   * A command was answered. The replies go out once nothing waits any more, after this turn: what
+   * smtp-server says next in it (the next pipelined command's reply, DATA's 354) goes in the same write.
+   */
+  #release(tap: ClientTap | undefined): void {
+    if (!tap) return;
+    tap.waiting--;
+    setImmediate(() => {
+      if (tap.waiting > 0 || !tap.corked) return;
+      const socket = tap.corked;
+      tap.corked = null;
+      socket.uncork();
+    });
+  }
+
   #run(session: SMTPServerSession, cb: Callback, step: (s: ProxySession) => Promise<Reply>): void {
     const s = this.#sessions.get(session.id);
     // A handler for a session never opened: internal inconsistency, a bland reply to the client.
@@ -275,11 +341,13 @@ export class ProxyListener {
     } catch (err) {
       return this.#fail(session, err, cb);
     }
+    const tap = this.#tapOf(session);
+    this.#hold(tap);
     pending.then((reply) => {
       // The destination's own text goes back with its 250 (smtp-server patched to take it).
       if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
       else cb(relayedError(reply));
-    }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null));
+    }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null)).finally(() => this.#release(tap));
   }
 
   #onData(stream: NodeJS.ReadableStream, session: SMTPServerSession, cb: Callback): void {
