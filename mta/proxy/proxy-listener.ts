@@ -79,7 +79,8 @@ export interface ProxyListenerDeps {
   log: Logger;
 }
 
-type Callback = (err?: Error | null, message?: string) => void;
+/** smtp-server's callback; a Reply (or an error's `relayed`) goes to the client as it came (its patch). */
+type Callback = (err?: Error | null, message?: string | Reply) => void;
 
 /**
  * What the listener watches of one client connection: the last chunk it sent (only a reference:
@@ -102,9 +103,9 @@ export function dataFollows(chunk: Buffer | null, raw: Buffer | undefined): bool
   return data !== null && tail.slice(0, data.index).endsWith(raw.toString('latin1'));
 }
 
-/** The destination's own reply (or the session's in its stead), passed to smtp-server as it came. */
+/** The destination's own reply (or the session's in its stead), passed to smtp-server to say as it came. */
 function relayedError(reply: Reply): Error {
-  return Object.assign(new Error(reply.lines.join(' ')), { responseCode: reply.code });
+  return Object.assign(new Error(reply.lines.join(' ')), { responseCode: reply.code, relayed: reply });
 }
 
 /** smtp-server's parsed ESMTP parameters back into "KEY=VALUE" words. */
@@ -184,7 +185,7 @@ export class ProxyListener {
         const early = this.deps.scanner(s.tenant) === null && dataFollows(this.#tapOf(session)?.last ?? null, (address as { rawCommand?: Buffer }).rawCommand);
         return s.rcpt(address.address, paramWords(address.args).join(' '), early);
       }),
-      onData: (stream, session, cb) => this.#guard(session, cb, () => this.#onData(stream, session, cb), stream),
+      onData: (stream, session, cb) => this.#guard(session, cb as Callback, () => this.#onData(stream, session, cb as Callback), stream),
       onClose: (session) => this.#guard(session, null, () => this.#onClose(session)),
     };
     this.server = new WatchedServer(options);
@@ -344,8 +345,8 @@ export class ProxyListener {
     const tap = this.#tapOf(session);
     this.#hold(tap);
     pending.then((reply) => {
-      // The destination's own text goes back with its 250 (smtp-server patched to take it).
-      if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
+      // The destination's own reply goes back as it came, multi-line, 251 and 252 too (smtp-server patched to take it).
+      if (reply.code >= 200 && reply.code < 300) cb(null, reply);
       else cb(relayedError(reply));
     }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null)).finally(() => this.#release(tap));
   }
@@ -396,7 +397,7 @@ export class ProxyListener {
     };
     relay().finally(() => stream.resume()).then((reply) => {
       this.#report(session, s);
-      if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
+      if (reply.code >= 200 && reply.code < 300) cb(null, reply);
       else cb(relayedError(reply));
     }, (err) => {
       stream.resume();
