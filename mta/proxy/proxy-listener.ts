@@ -36,6 +36,7 @@ import { mailFromRefusal, rcptToRefusal } from '../ingress/ingress-envelope.js';
 import { destinationIsSelf, proxyNotAllowed, REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
+import { ClientTaps } from './proxy-client-tap.js';
 import { ProxySession, REFUSED_BY_PROXY, type Destination, type ProxyDeps } from './proxy-session.js';
 import { toReply, xtext, type Reply } from '../../delivery/smtp/smtp-wire.js';
 
@@ -82,27 +83,6 @@ export interface ProxyListenerDeps {
 /** smtp-server's callback; a Reply (or an error's `relayed`) goes to the client as it came (its patch). */
 type Callback = (err?: Error | null, message?: string | Reply) => void;
 
-/**
- * What the listener watches of one client connection: the last chunk it sent (only a reference:
- * whether DATA came right after a RCPT is read off its end), and the replies held back (the
- * socket corked) while a command waits for the destination, so that the replies to a pipelined
- * group leave in one write (RFC 2920 lets a server send them as it likes).
- */
-interface ClientTap {
-  last: Buffer | null;
-  waiting: number;
-  corked: (Socket & { cork(): void; uncork(): void }) | null;
-  socket: Socket;
-}
-
-/** Does `chunk` end with the command line `raw`, then DATA? */
-export function dataFollows(chunk: Buffer | null, raw: Buffer | undefined): boolean {
-  if (!chunk || !raw) return false;
-  const tail = chunk.toString('latin1', Math.max(0, chunk.length - raw.length - 8));
-  const data = /\r?\nDATA\r?\n$/i.exec(tail);
-  return data !== null && tail.slice(0, data.index).endsWith(raw.toString('latin1'));
-}
-
 /** The destination's own reply (or the session's in its stead), passed to smtp-server to say as it came. */
 function relayedError(reply: Reply): Error {
   return Object.assign(new Error(reply.lines.join(' ')), { responseCode: reply.code, relayed: reply });
@@ -115,6 +95,8 @@ function paramWords(args: unknown): string[] {
 }
 
 const unmapped = (a: string) => a.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1');
+/** A client connection's key ("address|port"), as its socket gave it at accept. */
+const connectionKey = (session: SMTPServerSession) => `${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`;
 const isWildcard = (a: string) => a === '0.0.0.0' || a === '::';
 
 /** An address of this host: a listener bound to every address listens on it. */
@@ -136,8 +118,8 @@ export class ProxyListener {
   /** The clients' TCP sockets by "address|port", to close a session that failed. */
   readonly #sockets = new Map<string, Socket>();
   readonly #events: ProxyEvents;
-  /** Per client connection ("address|port"): the last chunk it sent, and its replies held back while a command waits. */
-  readonly #taps = new Map<string, ClientTap>();
+  /** Per client connection: the last chunk it sent, its replies held back while a command waits. */
+  readonly #taps = new ClientTaps();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ProxyListenerDeps) {
     const config = deps.config();
@@ -167,12 +149,7 @@ export class ProxyListener {
       onConnect: (session, cb) => this.#guard(session, cb, () => this.#onConnect(session, cb)),
       onSecure: (socket, session, cb) => this.#guard(session, cb, () => {
         this.#connections.secured(session.id, socket as Socket);
-        const tap = this.#tapOf(session);
-        if (tap) {
-          tap.socket = socket as Socket;
-          tap.last = null;
-          (socket as Socket).prependListener('data', (d: Buffer) => { tap.last = d; });
-        }
+        this.#taps.secured(connectionKey(session), socket as Socket);
         cb();
       }),
       onMailFrom: (address, session, cb) => this.#refused(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
@@ -182,7 +159,7 @@ export class ProxyListener {
       }),
       onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => {
         // DATA sent along with this RCPT goes to the destination in its group, unless the message is scanned first.
-        const early = this.deps.scanner(s.tenant) === null && dataFollows(this.#tapOf(session)?.last ?? null, (address as { rawCommand?: Buffer }).rawCommand);
+        const early = this.deps.scanner(s.tenant) === null && this.#taps.dataFollows(connectionKey(session), (address as { rawCommand?: Buffer }).rawCommand);
         return s.rcpt(address.address, paramWords(address.args).join(' '), early);
       }),
       onData: (stream, session, cb) => this.#guard(session, cb as Callback, () => this.#onData(stream, session, cb as Callback), stream),
@@ -201,14 +178,10 @@ export class ProxyListener {
         this.#destinations.set(key, null);
       }
       this.#sockets.set(key, socket);
-      const tap: ClientTap = { last: null, waiting: 0, corked: null, socket };
-      this.#taps.set(key, tap);
-      // Before smtp-server's own reader: when it hands over a command, the chunk it came in is known.
-      socket.prependListener('data', (d: Buffer) => { tap.last = d; });
+      this.#taps.watch(key, socket);
       socket.once('close', () => {
         this.#destinations.delete(key);
         this.#sockets.delete(key);
-        this.#taps.delete(key);
       });
     });
   }
@@ -290,7 +263,7 @@ export class ProxyListener {
   #fail(session: SMTPServerSession, err: unknown, cb: Callback | null): void {
     this.deps.log.error({ err, session: session.id, client: unmapped(session.remoteAddress ?? '') }, 'proxy session failed; closing it');
     this.#sessions.get(session.id)?.abandon();
-    const socket = this.#sockets.get(`${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`);
+    const socket = this.#sockets.get(connectionKey(session));
     if (cb) {
       try {
         cb(toSmtpError(REPLIES.sessionFailed));
@@ -304,34 +277,6 @@ export class ProxyListener {
     }
   }
 
-  #tapOf(session: SMTPServerSession): ClientTap | undefined {
-    return this.#taps.get(`${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`);
-  }
-
-  /** A command starts waiting: the client's replies are held back until none does. */
-  #hold(tap: ClientTap | undefined): void {
-    if (!tap) return;
-    tap.waiting++;
-    if (tap.corked || tap.socket.destroyed) return;
-    tap.corked = tap.socket as ClientTap['corked'];
-    tap.corked!.cork();
-  }
-
-  /**
-   * A command was answered. The replies go out once nothing waits any more, after this turn: what
-   * smtp-server says next in it (the next pipelined command's reply, DATA's 354) goes in the same write.
-   */
-  #release(tap: ClientTap | undefined): void {
-    if (!tap) return;
-    tap.waiting--;
-    setImmediate(() => {
-      if (tap.waiting > 0 || !tap.corked) return;
-      const socket = tap.corked;
-      tap.corked = null;
-      socket.uncork();
-    });
-  }
-
   #run(session: SMTPServerSession, cb: Callback, step: (s: ProxySession) => Promise<Reply>): void {
     const s = this.#sessions.get(session.id);
     // A handler for a session never opened: internal inconsistency, a bland reply to the client.
@@ -342,13 +287,13 @@ export class ProxyListener {
     } catch (err) {
       return this.#fail(session, err, cb);
     }
-    const tap = this.#tapOf(session);
-    this.#hold(tap);
+    const key = connectionKey(session);
+    this.#taps.hold(key);
     pending.then((reply) => {
       // The destination's own reply goes back as it came, multi-line, 251 and 252 too (smtp-server patched to take it).
       if (reply.code >= 200 && reply.code < 300) cb(null, reply);
       else cb(relayedError(reply));
-    }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null)).finally(() => this.#release(tap));
+    }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null)).finally(() => this.#taps.release(key));
   }
 
   #onData(stream: NodeJS.ReadableStream, session: SMTPServerSession, cb: Callback): void {
