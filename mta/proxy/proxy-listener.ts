@@ -226,7 +226,8 @@ export class ProxyListener {
     const own = this.deps.ownEndpoints().some((e) => e.port === dst.port && (unmapped(e.address) === dst.address || (isWildcard(e.address) && isLocalAddress(dst.address))));
     if (own) return refuse(destinationIsSelf(`${dst.address}:${dst.port}`));
     this.#sessions.set(session.id, new ProxySession(session.id, dst, tenant, this.deps.session(this.deps.config())));
-    this.deps.log.info({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
+    // Each transaction is logged at info ('proxied', with the same fields): the session's start only at debug.
+    this.deps.log.debug({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
     cb();
   }
 
@@ -407,7 +408,7 @@ export class ProxyListener {
       destination: `${s.destination.address}:${s.destination.port}`, site: s.site, source: s.source,
       sender: summary.sender, recipients: summary.recipients, msTo354: summary.msTo354, final: summary.final, bytes: summary.bytes,
     });
-    this.deps.log.info({ listener: this.spec.name, tenant: s.tenant, destination: `${s.destination.address}:${s.destination.port}`, outcome, final: summary.final }, 'proxied');
+    this.deps.log.info({ listener: this.spec.name, client: unmapped(session.remoteAddress), tenant: s.tenant, destination: `${s.destination.address}:${s.destination.port}`, outcome, final: summary.final }, 'proxied');
   }
 
   #onClose(session: SMTPServerSession): void {
