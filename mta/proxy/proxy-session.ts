@@ -97,6 +97,9 @@ export function keepParams(params: string, extensions: Map<string, string>): str
   }).join(' ');
 }
 
+/** Why a session's waits end when its client leaves (given, so that no DOMException is made per session). */
+const CLIENT_LEFT = 'the client left';
+
 /** #relay's answer when a pooled destination session turned out gone: the caller opens another. */
 const RETRY = Symbol('retry');
 
@@ -324,7 +327,7 @@ export class ProxySession {
    */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#leave.abort();
+    this.#leave.abort(CLIENT_LEFT);
     await this.#opening?.catch(() => undefined);
     // A command still waiting for the destination's reply (the client left after its final dot)
     // gets it first: a connection is pooled only between commands, never with a reply owed.
@@ -605,7 +608,7 @@ export class ProxySession {
    */
   abandon(): void {
     this.#closed = true;
-    this.#leave.abort();
+    this.#leave.abort(CLIENT_LEFT);
     this.#client?.close();
     this.#client = null;
     this.#slot?.release();
