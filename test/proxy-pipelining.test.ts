@@ -23,6 +23,8 @@ interface PeerOptions {
   final?: string;
   /** A command chunk matching this closes the connection before any reply. */
   dropOn?: RegExp;
+  /** The raw reply to DATA when there are recipients; undefined: 354. */
+  data?: string;
 }
 
 /**
@@ -33,6 +35,8 @@ interface PeerOptions {
 async function peer(opts: PeerOptions) {
   const state = {
     chunks: [] as string[],
+    /** Connections closed by the proxy while in DATA (after a 354, before any final dot). */
+    closedInData: 0,
     messages: [] as Array<{ rcpt: string[]; body: string }>,
     overlap: false,
     endpoint: null as unknown as OriginalDst,
@@ -40,7 +44,10 @@ async function peer(opts: PeerOptions) {
   const sockets = new Set<Socket>();
   const server = createServer((s) => {
     sockets.add(s);
-    s.on('close', () => sockets.delete(s));
+    s.on('close', () => {
+      sockets.delete(s);
+      if (inData) state.closedInData++;
+    });
     s.on('error', () => undefined);
     let buffer = '';
     let inData = false;
@@ -85,6 +92,7 @@ async function peer(opts: PeerOptions) {
           say(reply);
         } else if (verb === 'DATA') {
           if (rcpt.length === 0) { say('554 5.5.1 no valid recipients\r\n'); continue; }
+          if (opts.data) { say(opts.data); continue; }
           inData = true;
           say('354 go ahead\r\n');
         } else if (verb === 'QUIT') { say('221 bye\r\n'); s.end(); return; }
@@ -212,6 +220,32 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     expect(got[2]).toMatch(/^503 /);
     expect(dest.messages).toEqual([]);
     c.socket.destroy();
+  });
+
+  it('passes the destination\'s refusal of a DATA relayed in the group back as the final reply, and nothing is delivered', async () => {
+    const dest = await peer({ host: '127.0.0.87', pipelining: true, data: '451-4.3.0 not now\r\n451 4.3.0 try again later\r\n' });
+    const t = await proxy(() => dest.endpoint);
+    const c = await client(t.port('proxy'));
+    c.send('MAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@dest.test>\r\nDATA\r\n');
+    expect((await rawReplies(c, 3)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '354']);
+    c.send(`${BODY}.\r\n`);
+    expect((await rawReplies(c, 1))[0]).toBe('451-4.3.0 not now\r\n451 4.3.0 try again later\r\n');
+    expect(transactionChunks(dest.chunks)).toEqual(['MAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@dest.test>\r\nDATA\r\n']);
+    expect(dest.messages).toEqual([]);
+    c.socket.destroy();
+  });
+
+  it('closes the destination without a final dot when the client leaves after a group whose DATA went ahead', async () => {
+    const dest = await peer({ host: '127.0.0.88', pipelining: true });
+    const t = await proxy(() => dest.endpoint);
+    const c = await client(t.port('proxy'));
+    c.send('MAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@dest.test>\r\nDATA\r\n');
+    expect((await rawReplies(c, 3)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '354']);
+    c.send('Subject: half\r\n\r\nthe client goes before the end');
+    c.socket.destroy();
+    for (const until = Date.now() + 10_000; dest.closedInData === 0 && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
+    expect(dest.closedInData).toBe(1);
+    expect(dest.messages).toEqual([]);
   });
 
   it('records the pipelined group whole in the transcript, in order, tied to its transaction', async () => {

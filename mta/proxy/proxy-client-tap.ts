@@ -21,9 +21,16 @@ interface Tap {
 /** Does `chunk` end with the command line `raw` (as received, without its line end), then DATA? */
 export function dataFollows(chunk: Buffer | null, raw: Buffer | undefined): boolean {
   if (!chunk || !raw) return false;
-  const tail = chunk.toString('latin1', Math.max(0, chunk.length - raw.length - 8));
+  const start = Math.max(0, chunk.length - raw.length - 8);
+  const tail = chunk.toString('latin1', start);
   const data = /\r?\nDATA\r?\n$/i.exec(tail);
-  return data !== null && tail.slice(0, data.index).endsWith(raw.toString('latin1'));
+  if (!data) return false;
+  const line = tail.slice(0, data.index);
+  const text = raw.toString('latin1');
+  if (!line.endsWith(text)) return false;
+  // The whole line, not one that merely ends like it.
+  const at = start + line.length - text.length;
+  return at === 0 || chunk[at - 1] === 0x0a;
 }
 
 export class ClientTaps {
