@@ -162,6 +162,8 @@ describe('relay through real clients and sinks', () => {
     const qid = info.response.split(' ').pop()!;
     await waitUntil(() => t.logs.filter((l) => l.qid === qid && l.verdict === 'delivered').length === 2, 10_000, 'both deliveries');
     await waitUntil(async () => (await readdir(join(t.dataDir, 'spool'))).filter((f) => f !== 'corrupt').length === 0, 10_000, 'spool to empty');
+    // The rows go in the sweep's next commit after the files (an unsynced one: up to 10 ms later).
+    await waitUntil(() => t.app.queue.store.allMessages().length === 0, 2_000, 'records to be removed');
     expect(t.app.queue.store.allMessages()).toEqual([]);
   });
 });
