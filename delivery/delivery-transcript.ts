@@ -263,7 +263,8 @@ const NETWORK_FAILURES: Record<string, string> = {
  */
 export function failureReason(err: Error): string {
   const e = err as Error & { code?: string; duringTls?: boolean };
-  if (e.duringTls) return e.code === 'ETIMEDOUT' ? `TLS handshake timed out: ${e.message}` : `TLS handshake failed: ${e.message}`;
+  if (e.duringTls && e.code === 'ETIMEDOUT') return /timed out/.test(e.message) ? e.message : `TLS handshake timed out: ${e.message}`;
+  if (e.duringTls) return `TLS handshake failed: ${e.message}`;
   const words = e.code === undefined ? undefined : NETWORK_FAILURES[e.code];
   return words ? `${words} (${e.code})` : e.message;
 }

@@ -35,7 +35,7 @@ function tlsBreaker(): Server {
 
 interface SessionRow { id: string; host: string; address: string; port: number; ended: string | null; messages: number }
 
-describe('failed connections leave session rows', () => {
+describe('failed connections leave session rows', { timeout: 120_000 }, () => {
   let t: TestApp;
   let cliConfig: string;
   const servers: Server[] = [];
