@@ -228,6 +228,7 @@ export class Queue {
       store: this.store, log: this.log, notices: this.#notices(),
       claim: (id, r) => !this.#inFlight.has(key(id, r)) && !!this.#inFlight.add(key(id, r)),
       release: (id, r) => this.#inFlight.delete(key(id, r)),
+      reschedule: (rows) => this.#scheduleRows(rows),
       schedule: (n, ids) => this.#schedule(n.id, n.recipients.map((r, j) => ({ ...r, id: ids[j], due: Date.now() }))),
     }, select, reason, Date.now());
   }
