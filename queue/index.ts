@@ -104,6 +104,9 @@ export class Queue {
   /** The limits shared with the cluster's other nodes (cluster/cluster-gate.ts); null when alone. */
   readonly gate: ClusterGate | null;
 
+  /** Messages accepted, and recipients' committed attempt outcomes, since the process started (the dashboard's history samples them). */
+  readonly flow = { accepted: 0, delivered: 0, deferred: 0, bounced: 0 };
+
   private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger, shared?: SharedLimits) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
@@ -257,6 +260,7 @@ export class Queue {
       throw err;
     }
     if (scan) this.records.countScan(scan);
+    this.flow.accepted++;
     // Quarantined: stored durably, held until an operator releases it.
     if (env.quarantine) return writer.id;
     // A copy, not the received chunks: those may be views into much larger socket buffers.
@@ -400,6 +404,10 @@ export class Queue {
     const notices = { spool: this.spool, hostname: this.config.hostname, maxAge: this.config.queue.maxAge, open: (m: MessageRow) => this.#bodies.open(m) };
     const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices }, msg, plan, now);
     this.suppressions.report(msg.id, job.tenant, rows, committed.updates, now);
+    for (const u of committed.updates) {
+      if (u.state === 'delivered' || u.state === 'bounced') this.flow[u.state]++;
+      else if (u.state === 'queued' && u.attempted) this.flow.deferred++;
+    }
     for (const n of committed.notices) this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: n.recipientIds[j], due: now })));
     return committed.updates.filter((u) => u.state === 'queued').map((u) => lane({ id: u.id, due: u.nextAttempt }));
   }
