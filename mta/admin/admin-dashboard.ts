@@ -7,7 +7,8 @@
  *   POST /dashboard/login       {token}: admin.token → 200 {csrf} and the session cookie
  *                               (admin-session.ts); 401 wrong token, 429 too many failures,
  *                               409 without admin.token (the dashboard needs one)
- *   GET  /dashboard/session     the session's CSRF token and expiry (a reloaded page), or 401
+ *   GET  /dashboard/session     the session's CSRF token and expiry (a reloaded page); {csrf: null}
+ *                               when not logged in
  *   POST /dashboard/logout      ends the session (needs its CSRF token)
  * Everything else the pages show comes from the admin API's /v1 routes, which take the session
  * cookie in place of the bearer token (admin-server.ts); changes need the CSRF token too.
@@ -107,7 +108,7 @@ export class Dashboard {
     }
     if (path === '/dashboard/session' && method === 'GET') {
       const session = this.session(req);
-      return session ? send(res, 200, { csrf: session.csrf, expires: session.expires }) : send(res, 401, { error: 'not logged in' });
+      return send(res, 200, session ? { csrf: session.csrf, expires: session.expires } : { csrf: null });
     }
     if (path === '/dashboard/logout' && method === 'POST') {
       const session = this.session(req);

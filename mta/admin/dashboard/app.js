@@ -1,5 +1,5 @@
 // The dashboard's shell: login, the pages by the URL's #fragment, logout.
-import { api, ApiError, el, setCsrf } from './common.js';
+import { api, ApiError, el, setCsrf, takeCarry } from './common.js';
 import { overview } from './page-overview.js';
 import { queuePage, messagePage, transcriptPage } from './page-queue.js';
 import { enginesPage } from './page-engines.js';
@@ -25,23 +25,27 @@ function showLogin(on) {
   $('login').hidden = !on;
   $('nav').hidden = on;
   $('logout').hidden = on;
-  if (on) $('page').replaceChildren();
+  if (on) {
+    $('page').replaceChildren();
+    $('status').textContent = '';
+  }
 }
 
 async function render() {
   const hash = location.hash && location.hash !== '#/' ? location.hash : '#/overview';
   const page = $('page');
+  delete page.dataset.ready;
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', hash.startsWith(a.getAttribute('href')));
   const route = ROUTES.map(([re, fn]) => [re.exec(hash), fn]).find(([m]) => m);
   const content = el('div', { id: 'content' });
-  page.replaceChildren(el('p', { id: 'status', role: 'status' }), content);
+  page.replaceChildren(content);
   if (!route) {
     content.append(el('p', { className: 'error' }, 'no such page'));
     return;
   }
   const [match, fn] = route;
   try {
-    await fn(content, ...match.slice(1), render);
+    await fn(content, match[1], render);
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return;
     content.append(el('p', { className: 'error' }, err.message));
@@ -78,11 +82,12 @@ $('logout').addEventListener('click', async () => {
 });
 
 window.addEventListener('logged-out', () => showLogin(true));
-window.addEventListener('hashchange', () => { if ($('login').hidden) void render(); });
+window.addEventListener('hashchange', () => {
+  // An action's outcome stays shown while its page is drawn again, or when it led here.
+  if (!takeCarry()) $('status').textContent = '';
+  if ($('login').hidden) void render();
+});
 
-try {
-  const { csrf } = await api('GET', '/dashboard/session');
-  await enter(csrf);
-} catch {
-  showLogin(true);
-}
+const { csrf } = await api('GET', '/dashboard/session').catch(() => ({ csrf: null }));
+if (csrf) await enter(csrf);
+else showLogin(true);

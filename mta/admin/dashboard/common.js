@@ -79,7 +79,7 @@ export function chart(title, times, series, opts = {}) {
   const width = () => Math.max(300, (box.clientWidth || 600) - 16);
   const plot = new uPlot({
     width: width(), height: opts.height ?? 200,
-    scales: { x: { time: opts.time !== false }, y: opts.y ?? {} },
+    scales: { x: { time: opts.time !== false, ...(opts.x ?? {}) }, y: opts.y ?? {} },
     series: [{}, ...series.map((s, i) => ({
       label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5,
       fill: opts.bars ? PALETTE[i % PALETTE.length] + '55' : undefined,
@@ -97,11 +97,24 @@ export function seriesOf(points, field) {
   return keys.map((k) => ({ label: k, values: points.map((p) => p[field][k] ?? 0) }));
 }
 
-/** Runs an action, then shows its outcome and redraws the page. */
-export async function act(label, run, redraw) {
+let carry = false;
+/** Goes to another page keeping the outcome shown (app.js clears it on any other change of page). */
+export function navigate(hash) {
+  carry = true;
+  location.hash = hash;
+}
+export function takeCarry() {
+  const c = carry;
+  carry = false;
+  return c;
+}
+
+/** Runs an action and shows its outcome; then the page is drawn again, or `then` goes elsewhere on success. */
+export async function act(label, run, redraw, then) {
   try {
     const answer = await run();
     status(`${label}: ${summary(answer)}`);
+    if (then) return navigate(then);
   } catch (err) {
     status(`${label}: ${err.message}`, true);
   }

@@ -33,11 +33,13 @@ export async function enginesPage(root, _unused, redraw) {
   const engines = [...new Set(stats.rows.map((r) => r.engine))].sort();
   const per = (field) => engines.map((name) => ({ label: name, values: days.map((d) => stats.rows.find((r) => r.day === d && r.engine === name)?.[field] ?? 0) }));
   const times = days.map((d) => Date.parse(`${d}T12:00:00Z`));
+  // Half a day either side, so a single day is a bar of its own, not the whole axis.
+  const x = times.length ? { range: [times[0] / 1000 - 43_200, times[times.length - 1] / 1000 + 43_200] } : {};
   root.append(el('h2', {}, `The last ${stats.days} days`));
   if (days.length > 0) {
     root.append(el('div', { className: 'charts' },
-      chart('Detections per engine per day', times, per('detected'), { bars: true }),
-      chart('Unique catches (only this engine found it)', times, per('detectedAlone'), { bars: true })));
+      chart('Detections per engine per day', times, per('detected'), { bars: true, x }),
+      chart('Unique catches (only this engine found it)', times, per('detectedAlone'), { bars: true, x })));
   }
   root.append(table([
     { label: 'day', value: (r) => r.day },

@@ -25,10 +25,10 @@ export async function quarantinedPage(root, id, redraw) {
   root.append(
     el('h1', {}, `Quarantined ${m.id}`),
     el('div', { className: 'actions' },
-      el('button', { type: 'button', 'data-action': 'release', onclick: () => void act('release', () => api('POST', `/v1/messages/${encodeURIComponent(id)}/release`), redraw) }, 'Release (deliver)'),
+      el('button', { type: 'button', 'data-action': 'release', onclick: () => void act('release', () => api('POST', `/v1/messages/${encodeURIComponent(id)}/release`), redraw, '#/quarantine') }, 'Release (deliver)'),
       el('button', {
         type: 'button', className: 'danger', 'data-action': 'delete',
-        onclick: () => { if (window.confirm(`Delete quarantined message ${id}?`)) void act('delete', () => api('POST', '/v1/queue/purge', { message: id, reason: 'deleted from quarantine' }), redraw); },
+        onclick: () => { if (window.confirm(`Delete quarantined message ${id}?`)) void act('delete', () => api('POST', '/v1/queue/purge', { message: id, reason: 'deleted from quarantine' }), redraw, '#/quarantine'); },
       }, 'Delete')),
     kv([['why', m.quarantine], ['sender', m.sender || '<>'], ['received', when(m.receivedAt)], ['client', `${m.client} (${m.helo})`], ['size', `${m.size} bytes`],
       ['recipients', m.recipients.map((r) => `${r.address} (${r.state})`).join(', ')]]),

@@ -66,7 +66,7 @@ export async function messagePage(root, id, redraw) {
     type: 'button', 'data-action': name, className: confirmText ? 'danger' : '',
     onclick: () => {
       if (confirmText && !window.confirm(confirmText)) return;
-      void act(label, () => api('POST', `/v1/queue/${name}`, { message: id }), redraw);
+      void act(label, () => api('POST', `/v1/queue/${name}`, { message: id }), redraw, name === 'delete' ? '#/queue' : undefined);
     },
   }, label);
   const env = m.envelope ?? {};
