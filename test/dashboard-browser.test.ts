@@ -11,8 +11,9 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { demoConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
+import { baseConfig, demoConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { browserSupport, openBrowser, watch, type TestBrowser } from './helpers/browser.js';
+import { redisSupport, startRedis, type TestRedis } from './helpers/redis.js';
 import { qidOf, sendRaw } from './helpers/send-raw.js';
 import { startSink, type Sink } from './helpers/sink.js';
 
@@ -209,5 +210,44 @@ describe.skipIf(!support.ok)(`the dashboard in chromium${support.ok ? '' : ` (sk
 
   it('no page logged a console error or a CSP violation; the only refusal was the wrong token', () => {
     expect(problems).toEqual(['HTTP 401 POST /dashboard/login']);
+  });
+});
+
+describe.skipIf(!support.ok || !redisSupport().ok)('the dashboard of a clustered node', () => {
+  let redis: TestRedis;
+  let t: TestApp;
+  let browser: TestBrowser;
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    t = await startApp((dir) => baseConfig(dir, {
+      cluster: { redis: redis.url, node: 'dash-n1', heartbeat: '200ms' },
+      admin: { port: 0, token: TOKEN, dashboard: { sample: '1s' } },
+    }));
+    browser = await openBrowser();
+  }, 60_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await t?.stop();
+    await redis?.stop();
+  });
+
+  it('shows the cluster page with the nodes the registry knows and Redis\'s health', async () => {
+    const page = await browser.context.newPage();
+    const problems = watch(page);
+    await page.goto(`http://127.0.0.1:${t.app.adminPort}/dashboard/#/cluster`);
+    await page.fill('#token', TOKEN);
+    await page.click('#login button[type=submit]');
+    await page.waitForSelector('#nav-cluster', { state: 'visible' });
+    await page.waitForFunction(() => document.getElementById('page')?.dataset.ready === '#/cluster');
+    await expect.poll(async () => {
+      await page.evaluate(() => window.dispatchEvent(new HashChangeEvent('hashchange')));
+      await page.waitForFunction(() => document.getElementById('page')?.dataset.ready === '#/cluster');
+      return page.textContent('#nodes');
+    }, { timeout: 10_000 }).toContain('dash-n1 (this one)');
+    expect(await page.textContent('#content')).toContain(redis.url.replace(/^redis:\/\//, '').split('/')[0]);
+    await page.screenshot({ path: join(SHOTS, 'cluster.png'), type: 'png' });
+    expect(problems).toEqual([]);
   });
 });
