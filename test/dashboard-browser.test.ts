@@ -83,6 +83,7 @@ describe.skipIf(!support.ok)(`the dashboard in chromium${support.ok ? '' : ` (sk
     await waitUntil(async () => (await api('GET', '/v1/engines/stats')).body.rows.length > 0, 20_000, 'engine statistics');
     browser = await openBrowser();
     page = await browser.context.newPage();
+    page.on('dialog', (d) => void d.accept());
     problems = watch(page);
   }, 120_000);
 
@@ -121,6 +122,46 @@ describe.skipIf(!support.ok)(`the dashboard in chromium${support.ok ? '' : ` (sk
     for (const c of charts) expect(c.points, c.title!).toBeGreaterThan(0);
     expect(charts.every((c) => c.canvas)).toBe(true);
     await shot('overview');
+  });
+
+  it('queue: a filter finds the deferred message; flush, hold, release, bounce and delete each change it', async () => {
+    const message = async (id: string) => api('GET', `/v1/queue/messages/${id}`);
+    const states = async (id: string) => ((await message(id)).body.recipients as Array<{ state: string }>).map((r) => r.state);
+    await open('#/queue');
+    await page.fill('#queue-filters input[name=recipient]', 'defer1@example.test');
+    await page.fill('#queue-filters input[name=tenant]', 'demo');
+    await page.click('#queue-filters button[type=submit]');
+    await page.waitForFunction(() => (document.getElementById('page')?.dataset.ready ?? '').includes('recipient='));
+    const listed = await page.$$eval('#queue-table tbody tr', (rows) => rows.map((r) => r.textContent ?? ''));
+    expect(listed).toHaveLength(1);
+    expect(listed[0]).toContain(ids.deferred);
+    expect(listed[0]).toContain('451');
+    await shot('queue');
+    await page.click(`a[href="#/message/${ids.deferred}"]`);
+    await page.waitForFunction((h) => document.getElementById('page')?.dataset.ready === h, `#/message/${ids.deferred}`);
+    expect(await page.textContent('#attempts')).toContain('451');
+    expect(await page.textContent('#headers')).toContain('Message-ID');
+    await shot('message');
+    const click = async (action: string) => {
+      const before = await page.textContent('#status');
+      await page.click(`button[data-action=${action}]`);
+      await expect.poll(() => page.textContent('#status')).not.toBe(before);
+      expect(await page.getAttribute('#status', 'class')).toBe('ok');
+    };
+    const tried = sink.rcptAttempts.get('defer1@example.test')!;
+    await click('flush');
+    await waitUntil(() => sink.rcptAttempts.get('defer1@example.test')! > tried, 10_000, 'the flushed attempt');
+    await click('hold');
+    expect(await states(ids.deferred)).toEqual(['held']);
+    await click('release');
+    expect(await states(ids.deferred)).toEqual(['queued']);
+    await click('bounce');
+    await waitUntil(async () => (await message(ids.deferred)).status === 404 || (await states(ids.deferred))[0] === 'bounced', 10_000, 'the bounce');
+    await open(`#/message/${ids.deferred2}`);
+    await click('delete');
+    await page.waitForFunction(() => document.getElementById('page')?.dataset.ready === '#/queue');
+    expect(await page.textContent('#status')).toContain('delete');
+    await waitUntil(async () => (await message(ids.deferred2)).status === 404 || (await states(ids.deferred2)).every((s) => s === 'purged'), 10_000, 'the deletion');
   });
 
   it('engines: state, statistics with the quarantine counted, breaker history', async () => {

@@ -13,7 +13,7 @@ export async function queuePage(root) {
   const current = query();
   const form = el('form', { className: 'filters', id: 'queue-filters' },
     FILTERS.map((f) => el('label', {}, f, f === 'state'
-      ? el('select', { name: f }, ['', 'queued', 'held', 'deferred', 'bounced', 'delivered'].map((s) => el('option', { value: s }, s || 'any')))
+      ? el('select', { name: f }, ['', 'queued', 'deferred', 'held', 'quarantined', 'done', 'corrupt'].map((s) => el('option', { value: s }, s || 'any')))
       : el('input', { name: f, value: current[f], size: 14 }))),
     el('button', { type: 'submit' }, 'Filter'));
   form.elements.state.value = current.state;
@@ -60,6 +60,12 @@ function scanRecord(scan) {
     ], runs) : null);
 }
 
+function envelopeValue(key, v) {
+  if (key === 'recipients' && Array.isArray(v)) return v.map((r) => r.address ?? JSON.stringify(r)).join(', ');
+  if (key === 'receivedAt') return when(v);
+  return typeof v === 'object' && v !== null ? JSON.stringify(v) : v;
+}
+
 export async function messagePage(root, id, redraw) {
   const m = await api('GET', `/v1/queue/messages/${encodeURIComponent(id)}`);
   const action = (name, label, confirmText) => el('button', {
@@ -78,7 +84,7 @@ export async function messagePage(root, id, redraw) {
       action('delete', 'Delete', `Delete message ${id} without a notice?`)),
     el('p', { id: 'message-state' }, 'state: ', el('strong', { className: `state-${m.state}` }, m.state)),
     m.why ? el('p', { id: 'why' }, m.why) : null,
-    el('h2', {}, 'Envelope'), kv(Object.entries(env).map(([k, v]) => [k, typeof v === 'object' && v !== null ? JSON.stringify(v) : v])),
+    el('h2', {}, 'Envelope'), kv(Object.entries(env).map(([k, v]) => [k, envelopeValue(k, v)])),
     el('h2', {}, 'Recipients'),
     table([
       { label: 'address', value: (r) => r.address },
@@ -94,6 +100,14 @@ export async function messagePage(root, id, redraw) {
       { label: 'reply', value: (a) => a.reply },
       { label: 'transcript', value: (a) => (a.session ? el('a', { href: `#/transcript/${a.session}` }, 'session') : '–') },
     ], m.attempts ?? [], { attrs: { id: 'attempts' }, empty: 'no attempts yet' }),
+    el('h2', {}, 'Sessions'),
+    table([
+      { label: 'session', value: (x) => el('a', { href: `#/transcript/${x.id}` }, x.id) },
+      { label: 'started', value: (x) => when(x.startedAt) },
+      { label: 'host', value: (x) => `${x.host} ${x.address}:${x.port}` },
+      { label: 'TLS', value: (x) => x.tls },
+      { label: 'ended', value: (x) => x.ended },
+    ], m.sessions ?? [], { attrs: { id: 'sessions' }, empty: 'no sessions stored' }),
     el('h2', {}, 'Header fields'), fields(m.headers),
     el('h2', {}, 'Scan record'), scanRecord(m.scan),
   );
