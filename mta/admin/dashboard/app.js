@@ -9,7 +9,7 @@ import { clusterPage } from './page-cluster.js';
 
 const ROUTES = [
   [/^#\/overview$/, overview],
-  [/^#\/queue$/, queuePage],
+  [/^#\/queue(?:\?.*)?$/, queuePage],
   [/^#\/message\/([0-9A-Za-z]+)$/, messagePage],
   [/^#\/transcript\/([0-9A-Za-z_.:-]+)$/, transcriptPage],
   [/^#\/engines$/, enginesPage],

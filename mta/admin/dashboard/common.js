@@ -37,11 +37,14 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** What a cell shows of a value: yes/no for a flag, a dash for nothing. */
+const shown = (v) => (typeof v === 'boolean' ? (v ? 'yes' : 'no') : (v ?? '–'));
+
 export function table(columns, rows, opts = {}) {
   const head = el('tr', {}, columns.map((c) => el('th', { className: c.num ? 'num' : '' }, c.label)));
   const body = rows.map((r) => el('tr', opts.rowAttrs ? opts.rowAttrs(r) : {}, columns.map((c) => {
     const v = c.value(r);
-    return el('td', { className: c.num ? 'num' : c.cls?.(r) ?? '' }, v instanceof Node ? v : (v ?? '–'));
+    return el('td', { className: c.num ? 'num' : c.cls?.(r) ?? '' }, v instanceof Node ? v : shown(v));
   })));
   if (rows.length === 0) body.push(el('tr', {}, el('td', { colspan: columns.length, className: 'muted' }, opts.empty ?? 'nothing')));
   return el('table', opts.attrs ?? {}, el('thead', {}, head), el('tbody', {}, body));
@@ -57,7 +60,7 @@ export function age(seconds) {
 }
 
 export function kv(pairs) {
-  return el('dl', { className: 'kv' }, pairs.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v instanceof Node ? v : (v ?? '–'))]));
+  return el('dl', { className: 'kv' }, pairs.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v instanceof Node ? v : shown(v))]));
 }
 
 /** A message shown at the top of a page (the outcome of an action). */
