@@ -63,7 +63,9 @@ export class AdminServer {
 
   static async listen(path: string, target: AdminTarget, log: Logger): Promise<AdminServer> {
     const { token, address, port } = target.config.admin;
-    const dashboard = new Dashboard(() => target.config);
+    // admin.* needs a restart (mta-reload.ts): the dashboard keeps the settings the server started with, as the bearer check does.
+    const started = { admin: target.config.admin };
+    const dashboard = new Dashboard(() => started);
     const history = new History(target);
     const routes = [...ROUTES, historyRoute(history)];
     const failed = (res: ServerResponse) => (err: unknown) => {
