@@ -118,7 +118,7 @@ export class Egress {
     if (plan.kind === 'defer') {
       return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, deferReply(plan.status, plan.reason), domain) };
     }
-    let last: { reason: string; code: number; status: string; signal: Signal } | null = null;
+    let last: { reason: string; code: number; status: string; signal: Signal; session?: string | null } | null = null;
     for (const { hop, tls } of plan.hops) {
       const result = await deliverToHop(hop, msg, opts, this.pool, tls);
       if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes, signal: result.signal };
@@ -126,7 +126,7 @@ export class Egress {
       last = !last || rank(result.signal) >= rank(last.signal) ? result : { ...result, signal: last.signal };
     }
     const reply = deferReply(last?.status ?? STATUS.noAnswer, last?.reason ?? 'no next hop');
-    return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain), signal: last?.signal };
+    return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain, last?.session), signal: last?.signal };
   }
 
   /**

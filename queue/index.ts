@@ -40,6 +40,8 @@ import { CorruptEntries } from './queue-corrupt-entries.js';
 import { EgressControl } from './queue-egress-control.js';
 import { acquireLiveTurn, type LiveTurn } from './queue-live.js';
 import { QueueOperator } from './queue-operator.js';
+import { bounceNow } from './queue-operator-bounce.js';
+import type { NoticeContext } from './queue-notices.js';
 import { PendingOutcomes } from './queue-pending.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { QueueRecords } from './queue-records.js';
@@ -212,6 +214,30 @@ export class Queue {
   /** Removes recipients from the queue without a notice; resolves with how many (queue-operator.ts). */
   purge(select: RecipientSelector, reason: string): Promise<number> {
     return this.#operator.purge(select, reason);
+  }
+
+  /** Queued recipients tried now (the wait for their next attempt cleared); resolves with how many. */
+  flush(select: RecipientSelector): Promise<number> {
+    return this.#operator.flush(select);
+  }
+
+  /**
+   * Recipients failed now with a notice to their sender (queue-operator-bounce.ts); those with an
+   * attempt under way are left (`busy`).
+   */
+  bounce(select: RecipientSelector, reason?: string): Promise<{ bounced: number; busy: number }> {
+    const key = (id: string, r: number) => `${id}/${r}`;
+    return bounceNow({
+      store: this.store, log: this.log, notices: this.#notices(),
+      claim: (id, r) => !this.#inFlight.has(key(id, r)) && !!this.#inFlight.add(key(id, r)),
+      release: (id, r) => this.#inFlight.delete(key(id, r)),
+      schedule: (n, ids) => this.#schedule(n.id, n.recipients.map((r, j) => ({ ...r, id: ids[j], due: Date.now() }))),
+    }, select, reason, Date.now());
+  }
+
+  /** Recipients with a delivery attempt under way now, of one message (a delete reports them). */
+  inFlightOf(messageId: string): number {
+    return [...this.#inFlight].filter((k) => k.startsWith(`${messageId}/`)).length;
   }
 
   /** Held recipients back into the queue (by tenant and/or domain); resolves with how many. */
@@ -401,8 +427,7 @@ export class Queue {
       this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at }, 'delivery attempt');
     }
 
-    const notices = { spool: this.spool, hostname: this.config.hostname, maxAge: this.config.queue.maxAge, open: (m: MessageRow) => this.#bodies.open(m) };
-    const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices }, msg, plan, now);
+    const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices: this.#notices() }, msg, plan, now);
     this.suppressions.report(msg.id, job.tenant, rows, committed.updates, now);
     for (const u of committed.updates) {
       if (u.state === 'delivered' || u.state === 'bounced') this.flow[u.state]++;
@@ -410,6 +435,11 @@ export class Queue {
     }
     for (const n of committed.notices) this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: n.recipientIds[j], due: now })));
     return committed.updates.filter((u) => u.state === 'queued').map((u) => lane({ id: u.id, due: u.nextAttempt }));
+  }
+
+  /** Where notices are written, and what they say (queue-notices.ts). */
+  #notices(): NoticeContext {
+    return { spool: this.spool, hostname: this.config.hostname, maxAge: this.config.queue.maxAge, open: (m: MessageRow) => this.#bodies.open(m) };
   }
 
   /** Removes finished messages (spool files first, then their rows); expires leftovers; ticks the records (statistics, pruning). */

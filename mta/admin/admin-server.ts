@@ -12,6 +12,7 @@
  *   /v1/reload                               admin-reload.ts
  *   /v1/engines…                             admin-engines.ts
  *   /v1/messages/ID/release, /v1/queue/…     admin-queue.ts (hold, release, purge)
+ *   /v1/queue/messages…, flush|bounce|delete admin-queue-inspect.ts (per message: list, show, why; actions)
  *   /v1/queue/corrupt…                       admin-corrupt.ts
  *   /v1/egress…                              admin-egress.ts
  *   /v1/tenants/…                            admin-tenants.ts
@@ -42,6 +43,7 @@ import { refuseRequest, tcpHost } from './admin-guard.js';
 import { History, historyRoute, type HistoryTarget } from './admin-history.js';
 import { metricsRoute, type MetricsTarget } from './admin-metrics.js';
 import { queueRoute, type QueueTarget } from './admin-queue.js';
+import { queueInspectRoute, type QueueInspectTarget } from './admin-queue-inspect.js';
 import { recordsRoute, type RecordsTarget } from './admin-records.js';
 import { reloadRoute, type ReloadTarget } from './admin-reload.js';
 import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.js';
@@ -51,11 +53,11 @@ import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 import { suppressionRoute, type SuppressionTarget } from './admin-suppression.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & HistoryTarget & RecordsTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & QueueInspectTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & HistoryTarget & RecordsTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute, recordsRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, queueInspectRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute, recordsRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {
