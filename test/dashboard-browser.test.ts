@@ -142,6 +142,11 @@ describe.skipIf(!support.ok)(`the dashboard in chromium${support.ok ? '' : ` (sk
     expect(await page.textContent('#attempts')).toContain('451');
     expect(await page.textContent('#headers')).toContain('Message-ID');
     await shot('message');
+    // The attempt's session: its stored transcript, the destination's 451 in it.
+    await page.click('#sessions a');
+    await page.waitForFunction(() => (document.getElementById('page')?.dataset.ready ?? '').startsWith('#/transcript/'));
+    expect(await page.textContent('#transcript')).toMatch(/S: 451 4\.2\.0 mailbox busy/);
+    await open(`#/message/${ids.deferred}`);
     const click = async (action: string) => {
       const before = await page.textContent('#status');
       await page.click(`button[data-action=${action}]`);

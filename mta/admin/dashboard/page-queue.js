@@ -122,6 +122,6 @@ export async function transcriptPage(root, id) {
     el('h2', {}, 'Messages'),
     table([{ label: 'n', value: (m) => m.n }, { label: 'message', value: (m) => el('a', { href: `#/message/${m.queue_id}` }, m.queue_id) }, { label: 'recipients', value: (m) => m.recipients }], t.messages),
     el('h2', {}, 'Transcript'),
-    el('pre', { className: 'preview' }, t.commands.map((l) => `${l.dir === 'client' ? 'C:' : 'S:'} ${l.text}`).join('\n')),
+    el('pre', { className: 'preview', id: 'transcript' }, t.commands.map((l) => `${l.dir === 'client' ? 'C:' : 'S:'} ${l.text}`).join('\n')),
   );
 }
