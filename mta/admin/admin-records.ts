@@ -10,11 +10,13 @@
  *   GET /v1/engines/stats?days=N           per engine and day (as `ichidan engines stats`), p50/p99 in ms
  *   GET /v1/transcripts/ID                 one stored session: its row, messages and lines
  * Takes: the queue's database (its main-thread read connection), its spool, and the readers the
- * CLI uses (queue/queue-store-sql.ts, queue/queue-records-sql.ts, queue/queue-records-transcripts.ts).
+ * CLI uses (queue/queue-store-sql.ts, queue/queue-records-sql.ts, queue/queue-records-transcripts.ts),
+ * and the header parsing of `ichidan queue show` (queue/queue-inspect.ts).
  */
 import type { Queue } from '../../queue/index.js';
 import { readEngineEvents, readEngineStats } from '../../queue/queue-records-sql.js';
 import { readConnection } from '../../queue/queue-records-transcripts.js';
+import { parseHeaders } from '../../queue/queue-inspect.js';
 import { readQuarantine } from '../../queue/queue-store-sql.js';
 import { percentile } from '../../engines/engines-records.js';
 import { BadRequest, type AdminRoute } from './admin-request.js';
@@ -45,19 +47,10 @@ async function head(stream: AsyncIterable<Buffer>, max: number): Promise<{ bytes
   return { bytes: all.subarray(0, max), more: all.length > max };
 }
 
-/** Header fields of a message's text (unfolded), up to the first empty line. */
-export function headerFields(text: string): Array<{ name: string; value: string }> {
+/** The header section of a message's text: up to the first empty line. */
+function headerSection(text: string): string {
   const end = text.search(/\r?\n\r?\n/);
-  const lines = (end < 0 ? text : text.slice(0, end)).split(/\r?\n/);
-  const fields: Array<{ name: string; value: string }> = [];
-  for (const line of lines) {
-    if (/^[ \t]/.test(line) && fields.length > 0) fields[fields.length - 1].value += ' ' + line.trim();
-    else {
-      const colon = line.indexOf(':');
-      if (colon > 0) fields.push({ name: line.slice(0, colon), value: line.slice(colon + 1).trim() });
-    }
-  }
-  return fields;
+  return end < 0 ? text : text.slice(0, end);
 }
 
 async function quarantined(id: string, { queue }: RecordsTarget): Promise<[number, unknown]> {
@@ -76,7 +69,7 @@ async function quarantined(id: string, { queue }: RecordsTarget): Promise<[numbe
   const text = (msg.trace + bytes.toString('utf8')).replace(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g, '?');
   return [200, {
     id, sender: msg.sender, receivedAt: msg.received_at, size: msg.size, quarantine: msg.quarantine, client: msg.client, helo: msg.helo,
-    recipients, headers: headerFields(text), preview: text, truncated: more,
+    recipients, headers: parseHeaders(headerSection(text)), preview: text, truncated: more,
   }];
 }
 
