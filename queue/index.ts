@@ -281,12 +281,12 @@ export class Queue {
       const unit: WriteOp[] = [{ op: 'insertMessage', message: { ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' } }];
       if (scan) unit.push({ op: 'recordScans', records: [scan] });
       [ids] = await this.store.write(unit) as [number[]];
+      this.flow.accepted++;
     } catch (err) {
       await writer.discard();
       throw err;
     }
     if (scan) this.records.countScan(scan);
-    this.flow.accepted++;
     // Quarantined: stored durably, held until an operator releases it.
     if (env.quarantine) return writer.id;
     // A copy, not the received chunks: those may be views into much larger socket buffers.

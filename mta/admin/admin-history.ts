@@ -2,7 +2,7 @@
  * What the dashboard's overview charts: the process's counters sampled into bounded rings.
  *
  * Takes: the queue's flow counters (messages accepted, recipients delivered, deferred, bounced:
- *   queue/index.ts `flow`), its depth per tenant and destination domain (queue/queue-depth.ts),
+ *   queue/index.ts `flow`), its depth per tenant and destination domain (queue/queue-depth-domains.ts),
  *   each domain's site (the egress), and the pressure level (admission). Every `admin.dashboard.sample`
  *   (default 10 s) one point; every minute one more into the day's ring.
  * Gives: `GET /v1/history?range=hour|day` → {step (s), points: [{t, accepted, delivered,
@@ -13,7 +13,7 @@
  * Nothing is stored: a restart begins a new history.
  */
 import type { Queue } from '../../queue/index.js';
-import { queueDepth } from '../../queue/queue-depth.js';
+import { queueDepth } from '../../queue/queue-depth-domains.js';
 import { rank } from '../admission/admission-levels.js';
 import type { AdmissionStatus } from '../admission/admission-pressure.js';
 import type { Config } from '../mta-config-schema.js';
