@@ -67,6 +67,17 @@ export interface SessionOptions {
   pool: PoolLimits;
   /** A reply slower than this is a `slow` signal. */
   slowReply: number;
+  /** Told of each new session once its TLS (if any) is judged acceptable, before the first message. */
+  opened?: (s: OpenedSession) => void;
+}
+
+/** A new outbound session: where it went, its TLS parameters, and its transcript's id (null: not recorded). */
+export interface OpenedSession {
+  host: string;
+  address: string;
+  port: number;
+  tls: { protocol: string; cipher: string } | null;
+  session: string | null;
 }
 
 export type Verdict = 'delivered' | 'deferred' | 'bounced';
@@ -197,12 +208,18 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
       lastFailure = tlsFailure(tls, where, problem, session);
       continue;
     }
+    opts.opened?.({ host: hop.name, address, port: hop.port, tls: tlsOf(conn.socket), session: transcript?.id ?? null });
     const lease: Lease = { conn, uses: 1, reused: false, transcript, clock, pair: opts.pair };
     carry(lease, msg, false);
     const result = await transact(conn, msg, where, false, lmtp, session);
     return finish(pool, key, lease, result as Transacted, opts);
   }
   return lastFailure;
+}
+
+function tlsOf(socket: SmtpConnection['socket']): OpenedSession['tls'] {
+  if (!socket || !('encrypted' in socket) || !socket.encrypted) return null;
+  return { protocol: socket.getProtocol() ?? 'unknown', cipher: socket.getCipher()?.name ?? 'unknown' };
 }
 
 /** A greeting or hello that refused the session: unreachable, with the reply's class kept temporary. */

@@ -33,6 +33,8 @@ import type { DeliveryResult, Egress, OutboundMessage, PeerAddress, Via } from '
 import type { RunRecord, ScanRecord } from '../engines/engines-records.js';
 import { newQueueId } from '../base/base-queue-id.js';
 import { attemptOutcome, retryDelay } from './queue-attempt.js';
+import { classifyBounce } from './queue-classify.js';
+import { depthReader, type DepthRow } from './queue-depth.js';
 import { commitAttempt } from './queue-attempt-commit.js';
 import { MessageBodies } from './queue-bodies.js';
 import { DEFAULT_TENANT_POLICY, tenantPolicies, type QueueConfig } from './queue-config.js';
@@ -60,6 +62,16 @@ export type { HoldRequest } from './queue-egress-control.js';
 export type { PairView } from './queue-scheduler.js';
 export type { SpoolWriter } from './queue-spool.js';
 export type { NewRecipient } from './queue-store.js';
+export type { DepthRow } from './queue-depth.js';
+
+/** One recipient's outcome of one delivery attempt, for the metrics (`Queue.onAttempt`). */
+export interface AttemptEvent {
+  tenant: string;
+  site: string;
+  outcome: 'delivered' | 'deferred' | 'bounced';
+  /** The reply's class (queue-classify.ts `BOUNCE_CLASSES`) for a deferral or a bounce; null when delivered. */
+  class: string | null;
+}
 
 const SWEEP_INTERVAL_MS = 250;
 /** Never-acknowledged leftovers are looked for at most this often (or at queue.leftoverRetention if shorter). */
@@ -105,6 +117,12 @@ export class Queue {
 
   /** The limits shared with the cluster's other nodes (cluster/cluster-gate.ts); null when alone. */
   readonly gate: ClusterGate | null;
+  /** Recipients queued and held per tenant and state, read at most every few seconds (queue-depth.ts). */
+  readonly depth: () => DepthRow[];
+  /** Told each recipient's outcome of each attempt (the metrics). */
+  onAttempt: ((e: AttemptEvent) => void) | null = null;
+  /** Told each scan recorded, of accepted and refused messages alike (the metrics). */
+  onScan: ((scan: ScanRecord) => void) | null = null;
 
   /** Messages accepted, and recipients' committed attempt outcomes, since the process started (the dashboard's history samples them). */
   readonly flow = { accepted: 0, delivered: 0, deferred: 0, bounced: 0 };
@@ -114,6 +132,7 @@ export class Queue {
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
     this.records = new QueueRecords(this.store, log, () => ({ scans: this.config.scanning.recordRetention, transcripts: this.config.delivery.transcripts.retention }));
     this.recordTranscript = this.records.recordTranscript;
+    this.depth = depthReader(this.store.db);
     this.#bodies = new MessageBodies(this.spool);
     this.#egress = egress;
     this.gate = shared ? new ClusterGate(shared.link, {
@@ -286,7 +305,10 @@ export class Queue {
       await writer.discard();
       throw err;
     }
-    if (scan) this.records.countScan(scan);
+    if (scan) {
+      this.records.countScan(scan);
+      this.onScan?.(scan);
+    }
     // Quarantined: stored durably, held until an operator releases it.
     if (env.quarantine) return writer.id;
     // A copy, not the received chunks: those may be views into much larger socket buffers.
@@ -298,6 +320,7 @@ export class Queue {
   /** Records the scan of a message that was refused (accepted ones are recorded by `accept`). */
   recordScan(scan: ScanRecord): void {
     this.records.recordScan(scan);
+    this.onScan?.(scan);
   }
 
   /** Runs of shadow engines that ended after the verdict: added to the message's record and the statistics. */
@@ -423,8 +446,17 @@ export class Queue {
       this.log.info({ qid: msg.id, tenant: job.tenant, domain: job.domain, recipients: plan.updates.length }, 'held');
       return [];
     }
+    const after = new Map(plan.updates.map((u) => [u.id, u]));
     for (const { recipient: r, outcome: o } of plan.attempted) {
-      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at }, 'delivery attempt');
+      const u = after.get(r.id);
+      // A deferral's next attempt; a recipient still deferred at queue.maxAge is bounced instead.
+      const next = u?.state === 'queued' ? { next: new Date(u.nextAttempt).toISOString() } : {};
+      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at, ...(o.session ? { session: o.session } : {}), ...next }, 'delivery attempt');
+      const outcome = u?.state === 'delivered' ? 'delivered' : u?.state === 'bounced' ? 'bounced' : 'deferred';
+      this.onAttempt?.({
+        tenant: r.tenant, site: via.site, outcome,
+        class: outcome === 'delivered' ? null : u?.bounceClass ?? classifyBounce({ code: o.code, status: o.status, text: o.reply }),
+      });
     }
 
     const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices: this.#notices() }, msg, plan, now);

@@ -11,6 +11,7 @@
  */
 import type Database from 'better-sqlite3';
 import { ATTEMPTS_SCHEMA, prepareAttempts } from './queue-attempts-sql.js';
+import { DEPTH_INDEX } from './queue-depth.js';
 import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWriteOp } from './queue-corrupt.js';
 import { createRecordsWriter, migrateRecords, RECORDS_SCHEMA, type RecordsWriteOp } from './queue-records-sql.js';
 import { CLUSTER_STATE_SCHEMA, createClusterStateWriter, type ClusterStateWriteOp } from './cluster/cluster-state-sql.js';
@@ -200,6 +201,7 @@ export function migrate(db: Database.Database): void {
   migrateCorrupt(db, columns);
   migrateRecords(db);
   migrateSuppression(db);
+  db.exec(DEPTH_INDEX);
 }
 
 function where(select: RecipientSelector): { sql: string; params: unknown[] } {

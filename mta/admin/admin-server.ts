@@ -21,6 +21,8 @@
  *   /v1/admission                            admin-admission.ts (pressure level and signals)
  *   /v1/senders…                             admin-senders.ts (known senders: list, pin, block, forget)
  *   /metrics                                 admin-metrics.ts
+ *   /healthz, /readyz                        admin-health.ts (GET only; no token, any Host: they
+ *                                            change nothing and tell only whether mail is taken)
  *   /v1/history                              admin-history.ts (the dashboard's sampled counters)
  *   /v1/quarantine…, /v1/engines/events|stats, /v1/transcripts/ID   admin-records.ts (read-only)
  *   /, /dashboard/…                          admin-dashboard.ts (the web dashboard and its login)
@@ -42,6 +44,7 @@ import { enginesRoute, type EnginesTarget } from './admin-engines.js';
 import { refuseRequest, tcpHost } from './admin-guard.js';
 import { History, historyRoute, type HistoryTarget } from './admin-history.js';
 import { metricsRoute, type MetricsTarget } from './admin-metrics.js';
+import { healthRoute, OPEN_PATHS, type HealthTarget } from './admin-health.js';
 import { queueRoute, type QueueTarget } from './admin-queue.js';
 import { queueInspectRoute, type QueueInspectTarget } from './admin-queue-inspect.js';
 import { recordsRoute, type RecordsTarget } from './admin-records.js';
@@ -53,11 +56,11 @@ import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 import { suppressionRoute, type SuppressionTarget } from './admin-suppression.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & QueueInspectTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & HistoryTarget & RecordsTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & QueueInspectTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & HealthTarget & HistoryTarget & RecordsTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, queueInspectRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute, recordsRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [healthRoute, reloadRoute, enginesRoute, queueRoute, queueInspectRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute, recordsRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {
@@ -78,6 +81,7 @@ export class AdminServer {
     const handler = (hosts: () => string[]) => (req: IncomingMessage, res: ServerResponse) => {
       const method = req.method ?? 'GET';
       const path = (req.url ?? '').split('?')[0];
+      if (method === 'GET' && OPEN_PATHS.has(path)) return void answer(req, res);
       const refusal = () => {
         const r = refuseRequest(method, req.headers, hosts());
         if (r) {
@@ -102,8 +106,9 @@ export class AdminServer {
         }
       }
       if (refusal()) return;
-      handle(req, res, target, routes).catch(failed(res));
+      answer(req, res);
     };
+    const answer = (req: IncomingMessage, res: ServerResponse) => handle(req, res, target, routes).catch(failed(res));
     await rm(path, { force: true });
     const servers = [createServer(handler(() => ['localhost']))];
     // exclusive: in a worker (mta-workers.ts) the socket is its own, not held by the primary.
