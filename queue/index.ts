@@ -124,9 +124,6 @@ export class Queue {
   /** Told each scan recorded, of accepted and refused messages alike (the metrics). */
   onScan: ((scan: ScanRecord) => void) | null = null;
 
-  /** Messages accepted, and recipients' committed attempt outcomes, since the process started (the dashboard's history samples them). */
-  readonly flow = { accepted: 0, delivered: 0, deferred: 0, bounced: 0 };
-
   private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger, shared?: SharedLimits) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
@@ -300,7 +297,6 @@ export class Queue {
       const unit: WriteOp[] = [{ op: 'insertMessage', message: { ...env, id: writer.id, size: writer.bytes, receivedAt, kind: 'mail' } }];
       if (scan) unit.push({ op: 'recordScans', records: [scan] });
       [ids] = await this.store.write(unit) as [number[]];
-      this.flow.accepted++;
     } catch (err) {
       await writer.discard();
       throw err;
@@ -461,10 +457,6 @@ export class Queue {
 
     const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices: this.#notices() }, msg, plan, now);
     this.suppressions.report(msg.id, job.tenant, rows, committed.updates, now);
-    for (const u of committed.updates) {
-      if (u.state === 'delivered' || u.state === 'bounced') this.flow[u.state]++;
-      else if (u.state === 'queued' && u.attempted) this.flow.deferred++;
-    }
     for (const n of committed.notices) this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: n.recipientIds[j], due: now })));
     return committed.updates.filter((u) => u.state === 'queued').map((u) => lane({ id: u.id, due: u.nextAttempt }));
   }

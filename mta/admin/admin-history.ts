@@ -1,10 +1,12 @@
 /*
  * What the dashboard's overview charts: the process's counters sampled into bounded rings.
  *
- * Takes: the queue's flow counters (messages accepted, recipients delivered, deferred, bounced:
- *   queue/index.ts `flow`), its depth per tenant and destination domain (queue/queue-depth-domains.ts),
- *   each domain's site (the egress), and the pressure level (admission). Every `admin.dashboard.sample`
- *   (default 10 s) one point; every minute one more into the day's ring.
+ * Takes: the process's counters as the metrics count them (mta/mta-metrics-traffic.ts: messages
+ *   accepted or quarantined, `ichidan_messages_total`; recipients delivered, deferred, bounced,
+ *   `ichidan_deliveries_total`), the queue's depth per tenant and destination domain
+ *   (queue/queue-depth-domains.ts), each domain's site (the egress), and the pressure level
+ *   (admission). Every `admin.dashboard.sample` (default 10 s) one point; every minute one more
+ *   into the day's ring; the first point counts what happened since the start.
  * Gives: `GET /v1/history?range=hour|day` → {step (s), points: [{t, accepted, delivered,
  *   deferred, bounced (counts within the step), level (0 normal, 1 busy, 2 overload; the worst
  *   seen in the step), tenants {name: depth}, sites {key: depth}}]}, oldest first. The hour's
@@ -12,6 +14,7 @@
  * Sites are at most MAX_SITES, the deepest; the rest count together as "other".
  * Nothing is stored: a restart begins a new history.
  */
+import type { Registry } from 'prom-client';
 import type { Queue } from '../../queue/index.js';
 import { queueDepth } from '../../queue/queue-depth-domains.js';
 import { rank } from '../admission/admission-levels.js';
@@ -35,11 +38,13 @@ export interface HistoryPoint {
 
 export interface HistoryTarget {
   readonly config: Pick<Config, 'admin'>;
-  readonly queue: Pick<Queue, 'flow' | 'store' | 'egress'>;
+  readonly queue: Pick<Queue, 'store' | 'egress'>;
+  readonly metrics: Pick<Registry, 'getSingleMetric'>;
   admissionStatus(): AdmissionStatus;
 }
 
-type Flow = Queue['flow'];
+type Flow = Record<(typeof FLOWS)[number], number>;
+const NOTHING: Flow = { accepted: 0, delivered: 0, deferred: 0, bounced: 0 };
 const FLOWS = ['accepted', 'delivered', 'deferred', 'bounced'] as const;
 
 /** A ring of at most `size` points, oldest first when read. */
@@ -65,8 +70,8 @@ export class History {
   #dayLevel = 0;
 
   constructor(private readonly target: HistoryTarget) {
-    this.#last = { ...target.queue.flow };
-    this.#dayFrom = { ...target.queue.flow };
+    this.#last = NOTHING;
+    this.#dayFrom = NOTHING;
     this.#hour = this.#hourRing();
   }
 
@@ -78,7 +83,8 @@ export class History {
   start(): void {
     this.stop();
     if (this.#hour.stepMs !== this.target.config.admin.dashboard.sample) this.#hour = this.#hourRing();
-    this.#timer = setInterval(() => this.sample(), this.#hour.stepMs);
+    // A point that could not be taken is left out: the counters are totals, the next point counts what it missed.
+    this.#timer = setInterval(() => void this.sample().catch(() => undefined), this.#hour.stepMs);
     this.#timer.unref();
   }
 
@@ -88,8 +94,8 @@ export class History {
   }
 
   /** Takes one point now (the timer's work; a test may call it). */
-  sample(now = Date.now()): void {
-    const flow = { ...this.target.queue.flow };
+  async sample(now = Date.now()): Promise<void> {
+    const flow = await this.#flow();
     const depth = this.#depth();
     const level = this.#level();
     this.#hour.push({ t: now, ...since(this.#last, flow), level, ...depth });
@@ -101,6 +107,19 @@ export class History {
       this.#dayAt = now;
       this.#dayLevel = 0;
     }
+  }
+
+  async #flow(): Promise<Flow> {
+    const [messages, deliveries] = await Promise.all([
+      byLabel(this.target.metrics, 'ichidan_messages_total', 'outcome'),
+      byLabel(this.target.metrics, 'ichidan_deliveries_total', 'outcome'),
+    ]);
+    return {
+      accepted: (messages.accepted ?? 0) + (messages.quarantined ?? 0),
+      delivered: deliveries.delivered ?? 0,
+      deferred: deliveries.deferred ?? 0,
+      bounced: deliveries.bounced ?? 0,
+    };
   }
 
   #level(): number {
@@ -128,6 +147,18 @@ export class History {
     const ring = range === 'hour' ? this.#hour : this.#day;
     return { step: ring.stepMs / 1000, points: ring.points };
   }
+}
+
+/** A counter's values summed by one label (nothing when it is not registered). */
+async function byLabel(registry: HistoryTarget['metrics'], name: string, label: string): Promise<Record<string, number>> {
+  const metric = registry.getSingleMetric(name);
+  if (!metric) return {};
+  const sums: Record<string, number> = {};
+  for (const v of (await metric.get()).values) {
+    const key = String(v.labels[label] ?? '');
+    sums[key] = (sums[key] ?? 0) + v.value;
+  }
+  return sums;
 }
 
 function since(from: Flow, to: Flow): Pick<HistoryPoint, (typeof FLOWS)[number]> {
