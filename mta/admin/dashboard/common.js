@@ -88,7 +88,7 @@ export function chart(title, times, series, opts = {}) {
       fill: opts.bars ? PALETTE[i % PALETTE.length] + '55' : undefined,
       paths: opts.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : (opts.stepped ? uPlot.paths.stepped({ align: 1 }) : undefined),
     }))],
-    axes: [{}, { values: opts.yValues }],
+    axes: [{}, opts.yValues ? { values: opts.yValues, size: 72 } : {}],
   }, [times.map((t) => t / 1000), ...series.map((s) => s.values)], box);
   requestAnimationFrame(() => plot.setSize({ width: width(), height: opts.height ?? 200 }));
   return box;
