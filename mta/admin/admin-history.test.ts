@@ -70,4 +70,11 @@ describe('the dashboard\'s history', () => {
     expect(sites.other).toBe(1 + 2 + 3 + 4);
     expect(sites['mx:mx.d11.test']).toBe(12);
   });
+
+  it('counts nothing, and still samples the depth, where the counters are not registered', async () => {
+    const { t } = target([{ tenant: 'a', domain: 'x.test', n: 2 }]);
+    const h = new History({ ...t, metrics: { getSingleMetric: () => undefined } } as HistoryTarget);
+    await h.sample(1);
+    expect(h.points('hour').points[0]).toMatchObject({ accepted: 0, delivered: 0, deferred: 0, bounced: 0, tenants: { a: 2 } });
+  });
 });
