@@ -19,11 +19,12 @@ const fraction = z.number().min(0).max(1);
  * past the overload threshold is no blip. The defaults are parsed like given values (prefault), so
  * "150ms" becomes 150.
  */
-const thresholds = <T extends z.ZodTypeAny>(value: T, busy: z.input<T>, overload: z.input<T>, surge?: z.input<T>) => z.strictObject({
+const thresholds = <T extends z.ZodTypeAny>(value: T, busy: z.input<T>, overload: z.input<T>, surge?: (overload: number) => number) => z.strictObject({
   busy: value.prefault(busy as never),
   overload: value.prefault(overload as never),
-  surge: (surge === undefined ? value.optional() : value.prefault(surge as never)) as z.ZodOptional<T>,
-}).refine((t) => t.surge === undefined || (t.surge as number) >= (t.overload as number), { message: 'surge must be at or past overload', path: ['surge'] }).prefault({});
+  surge: value.optional() as z.ZodOptional<T>,
+}).refine((t) => t.surge === undefined || (t.surge as number) >= (t.overload as number), { message: 'surge must be at or past overload', path: ['surge'] })
+  .transform((t): { busy: z.output<T>; overload: z.output<T>; surge?: z.output<T> } => ({ ...t, surge: (t.surge ?? surge?.(t.overload as number)) as z.output<T> | undefined })).prefault({});
 
 /** A signal where less is worse (free disk, free memory): at or below `busy` the node is busy. */
 const floor = (busy: number, overload: number) => z.strictObject({
@@ -75,16 +76,16 @@ const pressureSchema = z.strictObject({
    * threshold sits below 1 - reserve.sessions, so unknown senders alone can bring it about; the
    * surge (1) is every session wanted at once, those turned away counted.
    */
-  sessions: thresholds(fraction, 0.5, 0.7, 1),
+  sessions: thresholds(fraction, 0.5, 0.7, () => 1),
   /** How long scans waited for a slot (p90 over the last interval). */
   scanWait: thresholds(duration, '500ms', '3s'),
   /**
    * Connections the kernel holds for the admission listeners that are not accepted yet (Linux):
    * while it grows everyone waits in it, known senders among the flood, before anyone is judged.
-   * Idle, it stays near 0 (Node accepts every waiting connection at each turn of its loop), so 400
-   * waiting is a surge.
+   * Idle, it stays near 0 (Node accepts every waiting connection at each turn of its loop), so
+   * twice the overload threshold (400 by default) waiting is a surge.
    */
-  acceptQueue: thresholds(z.number().int().positive(), 50, 200, 400),
+  acceptQueue: thresholds(z.number().int().positive(), 50, 200, (overload) => 2 * overload),
   /**
    * Messages waiting for a scan slot, as a multiple of `admission.scans`: the first sign of a flood,
    * before any wait has ended to be timed.

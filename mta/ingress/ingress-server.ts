@@ -200,6 +200,11 @@ export class Listener {
     }
   }
 
+  /** Where the pairing addresses this listener took are bound (the admission's accept-queue signal counts them too). */
+  pairingEndpoints(): Array<{ address: string; port: number }> {
+    return this.#pairing.map((p) => p.address()).filter((a) => typeof a === 'object' && a !== null).map((a) => ({ address: a.address, port: a.port }));
+  }
+
   /**
    * The DNS responder learns each connection's local and remote address (resolver pairing); the
    * remote one as smtp-server gives the session, i.e. the client's behind a PROXY protocol balancer.
