@@ -97,7 +97,7 @@ const pressureSchema = z.strictObject({
   fsync: thresholds(duration, '100ms', '500ms'),
   /** Free space on the spool's file system, as a share of its size. */
   diskFree: floor(0.1, 0.05),
-  /** Memory the system has available, as a share of all of it. */
+  /** Memory free, as a share of all this node may use: its cgroup's limit where one is set (a container, MemoryMax), else the system's. */
   memoryFree: floor(0.1, 0.05),
   /** MX queries to the DNS responder per second, as a multiple of their normal rate. */
   mxQueries: thresholds(ratio, 3, 6),

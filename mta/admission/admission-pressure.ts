@@ -21,17 +21,17 @@
  *   the interval, or how late the next one is already, when that is more: a loop held for the
  *   whole interval fires no timer at all). perf_hooks' monitorEventLoopDelay is not used: after
  *   each reset its first tick only primes it, so a loop held between every two reads showed no
- *   delay at all. And the memory the system has available (os.freemem, which is MemAvailable on
- *   Linux, over os.totalmem). Timers are unref'd; `stop()` ends them and drops the level back to
+ *   delay at all. And the memory free (admission-memory.ts: the cgroup's limit where one is set,
+ *   else the host's available memory). Timers are unref'd; `stop()` ends them and drops the level back to
  *   normal.
  * Settings: admission.pressure.*
  */
 import { EventEmitter } from 'node:events';
-import { freemem, totalmem } from 'node:os';
 import type { Logger } from 'pino';
 import { LatencyWindow } from '../../base/base-latency-window.js';
 import type { SlotObserver } from '../../queue/accept/accept-slots.js';
 import type { PressureConfig } from './admission-config.js';
+import { memoryFree } from './admission-memory.js';
 import {
   clearOf, initialLevels, isFloor, readings, signalLevel, SIGNALS, stepLevels, surgeLevels,
   type Level, type LevelChange, type LevelState, type SignalName, type SignalReading, type SignalValues,
@@ -125,10 +125,7 @@ export class Pressure extends EventEmitter {
     this.#config = config;
     this.#probes = {
       now: probes.now ?? Date.now,
-      memoryFree: probes.memoryFree ?? (() => {
-        const total = totalmem();
-        return total > 0 ? freemem() / total : null;
-      }),
+      memoryFree: probes.memoryFree ?? (() => memoryFree()),
       loopDelayP99Ms: probes.loopDelayP99Ms ?? (() => this.#loopDelay()),
     };
     this.#state = initialLevels(this.#probes.now());
