@@ -74,9 +74,10 @@ const pressureSchema = z.strictObject({
   /**
    * Sessions open on the admission listeners, as a share of their maxClients. The overload
    * threshold sits below 1 - reserve.sessions, so unknown senders alone can bring it about; the
-   * surge (1) is every session wanted at once, those turned away counted.
+   * surge (0.9, or overload if higher) is past what the reserve leaves unknown senders: they hold
+   * all they may and more are being turned away.
    */
-  sessions: thresholds(fraction, 0.5, 0.7, () => 1),
+  sessions: thresholds(fraction, 0.5, 0.7, (overload) => Math.max(0.9, overload)),
   /** How long scans waited for a slot (p90 over the last interval). */
   scanWait: thresholds(duration, '500ms', '3s'),
   /**

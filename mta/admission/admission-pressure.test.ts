@@ -144,7 +144,7 @@ describe('Pressure', () => {
 
   it('reads the accept queue and sessions between full reads and enters overload at once on a surge, logged as one', () => {
     const { p, v, logs, events } = world();
-    v.queue = 399; v.open = 9;
+    v.queue = 399; v.open = 8;
     p.readSurge();
     expect(p.level).toBe('normal');
     v.queue = 1500; v.now += 100;
@@ -153,7 +153,7 @@ describe('Pressure', () => {
     expect(p.since).toBe(100);
     expect(v.peeks).toBe(2); // sessions were only peeked: the turned-away count stays for the full read
     expect(events).toEqual([['overload', 'normal', 'acceptQueue=1500 ≥ 400 (surge)']]);
-    expect(logs.find((l) => l.level === 'overload')).toMatchObject({ previous: 'normal', signals: { acceptQueue: 1500, sessions: 0.9 } });
+    expect(logs.find((l) => l.level === 'overload')).toMatchObject({ previous: 'normal', signals: { acceptQueue: 1500, sessions: 0.8 } });
     expect(p.signals().acceptQueue).toEqual({ value: 1500, level: 'overload' });
     p.readSurge();
     expect(events).toHaveLength(1);
