@@ -161,7 +161,8 @@ export class Transcript {
   /** The message is done with: hands over what was recorded; later lines (RSET, QUIT) belong to no message. */
   release(): void {
     this.#queueId = null;
-    this.#flush();
+    // Nothing new since the last chunk (a session handed back twice): no chunk, no rewrite of its row.
+    if (this.#lines.length > 0 || this.#messages.length > 0) this.#flush();
   }
 
   /** The session is over (the connection's 'end'); idempotent. */

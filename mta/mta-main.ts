@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 /*
- * The `ichidan` executable.
+ * The `ichidan` executable: the command line (cli/cli-commands.ts) with `start` run here.
  *
  *   ichidan start [-c FILE] [--workers N|auto]
- *                             run the MTA (default config: config/default.yaml) until SIGTERM or
+ *                             run the MTA (the config: cli/cli-common.ts `loadCliConfig`) until SIGTERM or
  *                             SIGINT (graceful stop); SIGHUP reloads the config file. With more
  *                             than one worker (--workers, else cluster.workers) this process is
  *                             the primary of that many nodes sharing the ports (mta-workers.ts).
@@ -13,12 +13,9 @@
  * listens), for supervisors and tests.
  * The daemon is loaded only for `start`, so the CLI's commands never load it.
  */
-import { parseArgs } from 'node:util';
-import { loadOrExit } from './cli/cli-common.js';
-import { runCommand } from './cli/cli-commands.js';
-import { loadConfig, type Config } from './mta-config.js';
-import { createLogger } from './mta-log.js';
-import { announceReady, workerConfig, workerCount, workerIndex } from './mta-workers.js';
+import { loadCliConfig } from './cli/cli-common.js';
+import { runCli, type StartOptions } from './cli/cli-commands.js';
+import type { Config } from './mta-config.js';
 
 /** `--workers N|auto` stands for cluster.workers, and is validated as that key. */
 function workersFlag(value: string | undefined) {
@@ -27,17 +24,19 @@ function workersFlag(value: string | undefined) {
   return (input: Record<string, unknown>) => ({ ...input, cluster: { ...(input.cluster as object | undefined), workers } });
 }
 
-async function start(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string' } }, allowPositionals: false });
-  const file = values.config ?? 'config/default.yaml';
-  const override = workersFlag(values.workers);
+async function start(options: StartOptions): Promise<void> {
+  // Loaded here, not above: the other commands start without them.
+  const { loadConfig } = await import('./mta-config.js');
+  const { createLogger } = await import('./mta-log.js');
+  const { announceReady, workerConfig, workerCount, workerIndex } = await import('./mta-workers.js');
+  const override = workersFlag(options.workers);
   const index = workerIndex();
   // A worker derives its own config from the file at start and at every reload.
   const load = (f: string): Config => {
     const config = loadConfig(f, override);
     return index === null ? config : workerConfig(config, index);
   };
-  const config = loadOrExit(file, load);
+  const { file, config } = await loadCliConfig(options.config, load);
   const root = createLogger(config.log.level);
   if (index === null && workerCount(config) > 1) {
     const { runPrimary } = await import('./mta-workers.js');
@@ -74,6 +73,4 @@ async function start(args: string[]): Promise<void> {
   announceReady(app.bound);
 }
 
-const [command, ...rest] = process.argv.slice(2);
-if (command === 'start') await start(rest);
-else await runCommand(command, rest);
+await runCli(process.argv.slice(2), start);

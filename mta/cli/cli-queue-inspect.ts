@@ -97,7 +97,7 @@ export async function queueList(config: Config, opts: QueueListOptions): Promise
   if (!Number.isInteger(limit) || limit < 1) fail('--limit takes a positive whole number', 2);
   const olderThan = durationOption('older-than', opts.olderThan);
   const newerThan = durationOption('newer-than', opts.newerThan);
-  const db = openDb(config.dataDir);
+  const db = await openDb(config.dataDir);
   let domains: string[] | undefined;
   if (opts.site !== undefined) {
     const siteOf = siteLookup(config);
@@ -118,7 +118,7 @@ export async function queueList(config: Config, opts: QueueListOptions): Promise
 }
 
 export async function queueShow(config: Config, id: string, opts: JsonOption = {}): Promise<void> {
-  const db = openDb(config.dataDir);
+  const db = await openDb(config.dataDir);
   const m = await queueMessage(db, id, inspectContext(config));
   db.close();
   if (!m) fail(`no message ${id} in the queue`);
@@ -143,7 +143,7 @@ export async function queueShow(config: Config, id: string, opts: JsonOption = {
 }
 
 export async function queueWhy(config: Config, id: string, opts: JsonOption = {}): Promise<void> {
-  const db = openDb(config.dataDir);
+  const db = await openDb(config.dataDir);
   const why = await whyParagraph(db, id, inspectContext(config));
   db.close();
   if (why === undefined) fail(`no message ${id} in the queue`);
@@ -152,8 +152,8 @@ export async function queueWhy(config: Config, id: string, opts: JsonOption = {}
 }
 
 /** The outbound sessions of one message (those that carried it, and those opened for it that failed). */
-export function sessionsForMessage(config: Config, id: string, opts: JsonOption = {}): void {
-  const db = openDb(config.dataDir);
+export async function sessionsForMessage(config: Config, id: string, opts: JsonOption = {}): Promise<void> {
+  const db = await openDb(config.dataDir);
   const known = db.prepare(`SELECT 1 FROM messages WHERE id = ?`).get(id) !== undefined;
   const sessions = messageSessions(db, id);
   db.close();
