@@ -19,7 +19,7 @@
  */
 import { join } from 'node:path';
 import { duration } from '../../base/base-config.js';
-import { Egress } from '../../delivery/index.js';
+import type { Egress } from '../../delivery/index.js';
 import { MESSAGE_STATES, queueMessage, queueMessages, queueWhy as whyParagraph, type InspectContext, type MessageStateFilter } from '../../queue/queue-inspect.js';
 import { messageSessions } from '../../queue/queue-inspect-sql.js';
 import { openDomains } from '../../queue/queue-store-sql.js';
@@ -78,7 +78,8 @@ function durationOption(name: string, value: string | undefined): number | undef
 function siteLookup(config: Config): (domain: string) => Promise<string | null> {
   let egress: Egress | null = null;
   return async (domain) => {
-    egress ??= new Egress(config);
+    // Loaded only when a site is asked about: the other commands start without delivery's modules.
+    egress ??= new (await import('../../delivery/index.js')).Egress(config);
     try {
       return (await egress.site(domain)).key;
     } catch {
