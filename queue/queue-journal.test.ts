@@ -1,10 +1,11 @@
-// The spool journal: records read back whole or not at all, dropped messages stay dropped,
+// The spool journal: records read back whole or not at all, dropped messages stay dropped (their outcomes kept),
 // concurrent appends share one fdatasync, segments are recycled once done with, and the oldest one
 // is settled in place when too many are open.
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { open } from 'node:fs/promises';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { LatencyWindow } from '../base/base-latency-window.js';
 import { decodeSegment, SpoolJournal } from './queue-journal.js';
 
@@ -33,8 +34,12 @@ describe('spool journal', () => {
     const again = new SpoolJournal(dir, new LatencyWindow());
     const contents = await again.load();
     const got = contents.messages;
-    // The outcomes of messages not dropped, in order.
-    expect(contents.outcomes).toEqual([{ id: 'm3', record: { updates: [{ id: 0, state: 'delivered' }], now: 1 } }]);
+    // Every outcome, in order, a dropped message's too: its done state may not have reached the
+    // device before the drop did, and then only the outcome keeps it from being delivered again.
+    expect(contents.outcomes).toEqual([
+      { id: 'm3', record: { updates: [{ id: 0, state: 'delivered' }], now: 1 } },
+      { id: 'm2', record: { updates: [{ id: 0, state: 'bounced' }], now: 2 } },
+    ]);
     expect(got.map((m) => m.id).sort()).toEqual(['m1', 'm3', 'm4', 'm5']);
     const m4 = got.find((m) => m.id === 'm4')!;
     expect(m4.record).toEqual({ id: 'm4', n: 4 });
@@ -130,5 +135,53 @@ describe('spool journal', () => {
     await j.close();
     expect(await segments()).toEqual([]);
     expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages).toEqual([]);
+  });
+
+  /** Fails the next batch's fdatasync once asked (its records are written and whole by then). */
+  class FailingSync extends LatencyWindow {
+    failNext = false;
+    override async time<T>(operation: () => Promise<T>): Promise<T> {
+      const result = await operation();
+      if (this.failNext) { this.failNext = false; throw Object.assign(new Error('injected EIO'), { code: 'EIO' }); }
+      return result;
+    }
+  }
+
+  it('leaves nothing of a batch that failed to be read back: its records are cut off', async () => {
+    const fsyncs = new FailingSync();
+    const j = new SpoolJournal(dir, fsyncs);
+    await j.load();
+    await j.append('a', {}, body(50));
+    fsyncs.failNext = true;
+    await expect(j.append('b', {}, body(60))).rejects.toThrow('injected EIO');
+    await j.append('c', {}, body(70));
+    await j.close();
+    // `b` got an error (its client a 4xx): read back, it would be delivered as a second copy.
+    expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages.map((m) => m.id)).toEqual(['a', 'c']);
+  });
+
+  it('journals a failed batch\'s messages as dropped when its records cannot be cut off', async () => {
+    const fsyncs = new FailingSync();
+    const j = new SpoolJournal(dir, fsyncs);
+    await j.load();
+    await j.append('a', {}, body(50));
+    const probe = await open(join(dir, 'probe'), 'w');
+    const truncate = vi.spyOn(Object.getPrototypeOf(probe) as { truncate: () => Promise<void> }, 'truncate')
+      .mockRejectedValueOnce(Object.assign(new Error('injected EIO'), { code: 'EIO' }));
+    await probe.close();
+    try {
+      fsyncs.failNext = true;
+      await expect(j.append('b', {}, body(60))).rejects.toThrow('injected EIO');
+      expect(truncate).toHaveBeenCalledTimes(1);
+    } finally {
+      truncate.mockRestore();
+    }
+    await rm(join(dir, 'probe'));
+    // Still whole in its segment: the next batch (in a new one) says it is dropped.
+    const [first] = await segments();
+    expect(decodeSegment(await readFile(join(dir, first)), Number(first.slice(0, 10))).map((r) => r.id)).toEqual(['a', 'b']);
+    await j.append('c', {}, body(70));
+    await j.close();
+    expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages.map((m) => m.id)).toEqual(['a', 'c']);
   });
 });

@@ -18,8 +18,11 @@
  * states of an attempt, committed to the database without a sync); and `dropped` (a message swept
  * from the queue, or one whose queue record could not be written: no 250 was sent). Reading stops
  * at the first record that is torn, fails its CRC or carries another generation (a recycled
- * segment's older contents): no record after it was ever synced on its own. A write that fails
- * leaves its segment as it is and the next batch starts a new one.
+ * segment's older contents): no record after it was ever synced on its own. A batch that fails
+ * (write or fdatasync) was answered with an error, yet what it wrote may be whole and valid: the
+ * segment is cut back to its last synced size and synced, so that no record of it can be read
+ * back; should that fail too, the batch's messages are journaled `dropped` at the head of the next
+ * batch (in a new segment, read after this one). The next batch starts a new segment either way.
  * A segment whose messages are all dropped is recycled (kept for reuse: overwriting blocks already
  * written costs no filesystem-journal commit, growing a file does) or deleted, oldest first, after
  * one synced commit of the database (its outcomes are then there for good). When
@@ -48,7 +51,12 @@ const KIND_NAMES = ['', 'message', 'dropped', 'outcome'] as const;
 
 /** A message as read back: its queue record (JSON as given to `append`) and body. */
 export interface JournaledMessage { id: string; record: unknown; body: Buffer }
-/** What `load` reads back: the messages not dropped, and the outcomes recorded for messages not dropped, in order. */
+/**
+ * What `load` reads back: the messages not dropped, and every outcome recorded, in order — those of
+ * dropped messages too: the sweep journals a drop while the message's done state in the database
+ * may still be unsynced, so after a power cut its row can be active again and only its outcome
+ * keeps it from being delivered again (replay applies outcomes to active rows only).
+ */
 export interface JournalContents { messages: JournaledMessage[]; outcomes: Array<{ id: string; record: unknown }> }
 
 interface Segment { generation: number; path: string; fh: FileHandle; size: number; live: Set<string>; broken: boolean }
@@ -117,6 +125,8 @@ export class SpoolJournal {
   readonly #leftover: string[] = [];
 
   #lastStart = -Infinity;
+  /** Messages of a failed batch whose records could not be cut off: journaled `dropped` with the next batch. */
+  #undo: string[] = [];
 
   /** `windowMs`: batches start at most this often (queue.commitWindow), so that more messages share each fdatasync. */
   constructor(readonly dir: string, private readonly fsyncs: LatencyWindow, private readonly segmentBytes = SEGMENT_BYTES, private readonly windowMs = 0) {}
@@ -150,7 +160,7 @@ export class SpoolJournal {
       }
       this.#leftover.push(join(this.dir, name));
     }
-    return { messages: [...messages.values()], outcomes: outcomes.filter((o) => !dropped.has(o.id)) };
+    return { messages: [...messages.values()], outcomes };
   }
 
   /** The last run's segments are no longer needed (their messages are durable elsewhere): recycled. */
@@ -228,9 +238,21 @@ export class SpoolJournal {
     }
   }
 
-  async #writeBatch(entries: Entry[]): Promise<void> {
-    let seg = this.#segments.at(-1);
-    if (!seg || seg.broken || seg.size >= this.segmentBytes) seg = await this.#startSegment();
+  async #writeBatch(given: Entry[]): Promise<void> {
+    const undo = this.#undo.splice(0);
+    const entries: Entry[] = [...undo.map((id) => ({ kind: 'dropped' as const, id })), ...given];
+    let seg: Segment | undefined;
+    try {
+      seg = this.#segments.at(-1);
+      if (!seg || seg.broken || seg.size >= this.segmentBytes) seg = await this.#startSegment();
+    } catch (err) {
+      this.#undo.unshift(...undo);
+      throw err;
+    }
+    await this.#writeTo(seg, entries, undo);
+  }
+
+  async #writeTo(seg: Segment, entries: Entry[], undo: string[]): Promise<void> {
     const buffers = entries.flatMap((e) => encode(seg.generation, e));
     const total = buffers.reduce((n, b) => n + b.length, 0);
     try {
@@ -242,8 +264,13 @@ export class SpoolJournal {
       }
       await this.fsyncs.time(() => seg.fh.datasync());
     } catch (err) {
-      // What was written may be torn: nothing more goes after it, the next batch starts a new segment.
+      // Its waiters get an error (a 4xx), so none of its records may be read back: cut off and
+      // synced, or else its messages journaled `dropped` with the next batch. Nothing more goes
+      // after it either way: the next batch starts a new segment.
       seg.broken = true;
+      const cut = await seg.fh.truncate(seg.size).then(() => seg.fh.datasync()).then(() => true, () => false);
+      this.#undo.push(...undo);
+      if (!cut) this.#undo.push(...entries.filter((e) => e.kind === 'message').map((e) => e.id));
       throw err;
     }
     seg.size += total;
