@@ -7,8 +7,9 @@
  * kernel still had them); after a crash of the machine either may be missing or cut short. So for
  * every message the journal holds and the queue has not swept (no `dropped` record, and no queue
  * record other than an active one):
- *   - a spool file that is missing or not the journal's size is written anew from the journal's
- *     copy (the bytes the client sent, as they were first written);
+ *   - a spool file that is missing or does not hold the journal's bytes (cut short; or of the right
+ *     size with zeroed pages, its size written back and its data not) is written anew from the
+ *     journal's copy (the bytes the client sent, as they were first written);
  *   - a queue record that is missing is inserted from the journal's copy, its recipients queued
  *     (outcomes the database lost are attempted again: a copy may be delivered twice, none is lost);
  *   - the final outcomes the journal holds are applied again (only recipients still queued change:
@@ -40,7 +41,7 @@ export async function replayJournal(journal: SpoolJournal, spool: Spool, store: 
     const row = store.message(m.id);
     // Done (its cleanup interrupted) or set aside: the reconciliation's, as any other entry.
     if (row && row.state !== 'active') continue;
-    if ((await spool.size(m.id)) !== m.body.length) {
+    if (!(await spool.holdsBytes(m.id, m.body))) {
       await spool.rewriteFromJournal(m.id, m.body);
       report.rewritten++;
     }

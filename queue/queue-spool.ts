@@ -16,7 +16,7 @@
  * (base/base-latency-window.ts): the pressure signal and the fsync histogram read it.
  */
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { LatencyWindow } from '../base/base-latency-window.js';
@@ -212,6 +212,16 @@ export class Spool {
       await fh.close();
     }
     return true;
+  }
+
+  /** Whether a message's file holds exactly these bytes (false when it is missing). */
+  async holdsBytes(id: string, bytes: Buffer): Promise<boolean> {
+    if ((await this.size(id)) !== bytes.length) return false;
+    try {
+      return (await readFile(this.path(id))).equals(bytes);
+    } catch {
+      return false;
+    }
   }
 
   /** Writes a message's file anew from its journal copy (it was lost or cut short by a crash) and syncs it. */

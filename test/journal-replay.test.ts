@@ -1,10 +1,10 @@
 // The spool journal after a crash of the machine: the spool file and the queue record of an
 // acknowledged message are written without a sync of their own, so a power cut may lose them. The
 // real process is killed with SIGKILL (the journal is not settled), then what such a cut could lose
-// is removed by hand — a record, a file, a file cut short, a delivery outcome — and the next start
+// is removed by hand — a record, a file, a file cut short or zeroed, a delivery outcome — and the next start
 // must bring every acknowledged message back from the journal, byte for byte, deliver each, and not
 // deliver again what was delivered.
-import { mkdtemp, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -64,6 +64,7 @@ describe('spool journal replay', () => {
     const lostFile = await send(child.ports.mx, 'later2@far.test', 'lost-file');
     const shortFile = await send(child.ports.mx, 'later3@far.test', 'short-file');
     const lostAll = await send(child.ports.mx, 'later4@far.test', 'lost-all');
+    const zeroedFile = await send(child.ports.mx, 'later5@far.test', 'zeroed-file');
     const delivered = await send(child.ports.mx, 'now@far.test', 'delivered');
     await sink.waitFor(1, 10_000);
     // Its outcome committed (then journaled, a moment later) before the kill.
@@ -87,15 +88,18 @@ describe('spool journal replay', () => {
     await rm(join(dataDir, 'spool', lostFile));
     await rm(join(dataDir, 'spool', lostAll));
     await truncate(join(dataDir, 'spool', shortFile), 10);
+    // Its size written back, its pages not: zeroes where the message was.
+    const zeroedPath = join(dataDir, 'spool', zeroedFile);
+    await writeFile(zeroedPath, Buffer.alloc((await stat(zeroedPath)).size));
 
     accepting = true;
     child = await startChild(configFile, logFile);
     try {
-      await sink.waitFor(5, 20_000);
+      await sink.waitFor(6, 20_000);
       await new Promise((r) => setTimeout(r, 1000));
       const tokens = sink.messages.map((m) => /X-Token: ([\w-]+)/.exec(m.data.toString())?.[1]).sort();
       // Each once: the delivered one is not sent again (its outcome was in the journal).
-      expect(tokens).toEqual(['delivered', 'lost-all', 'lost-file', 'lost-record', 'short-file']);
+      expect(tokens).toEqual(['delivered', 'lost-all', 'lost-file', 'lost-record', 'short-file', 'zeroed-file']);
       for (const m of sink.messages) expect(m.data.toString()).toContain('journal line\r\n'.repeat(40));
       expect(logs.join('')).toMatch(/spool journal replayed after an unclean stop/);
       // Nothing set aside: the journal had every acknowledged message.
