@@ -44,9 +44,6 @@ function workerUrl(): URL {
   return built[0];
 }
 
-/** How often at most a batch of units that need no sync is committed (the durable ones use queue.commitWindow). */
-const UNSYNCED_WINDOW_MS = 10;
-
 interface Pending {
   unit: WriteOp[];
   resolve: (results: unknown[]) => void;
@@ -151,8 +148,10 @@ export class QueueStore {
   #pump(): void {
     if (this.#inFlight.size === 0 && this.#pending.length === 0 && !this.#closing) this.#worker.unref();
     if (this.#inFlight.size > 0 || this.#pending.length === 0 || this.#timer) return;
-    // Units that need no sync of their own wait longer, so that more of them share each commit's pages.
-    const window = this.#pending.some((p) => p.durable) ? this.commitWindowMs : Math.max(this.commitWindowMs, UNSYNCED_WINDOW_MS);
+    // Units that need no sync (new messages already durable in the journal, each waited on by a 250)
+    // do not wait for a window: they go as soon as the previous commit is done, together with
+    // whatever came meanwhile (group commit without a floor). Durable ones use queue.commitWindow.
+    const window = this.#pending.some((p) => p.durable) ? this.commitWindowMs : 0;
     const wait = this.#lastStart === -Infinity ? 0 : window - (performance.now() - this.#lastStart);
     if (wait > 0) {
       this.#timer = setTimeout(() => { this.#timer = null; this.#pump(); }, wait);
