@@ -184,4 +184,26 @@ describe('spool journal', () => {
     await j.close();
     expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages.map((m) => m.id)).toEqual(['a', 'c']);
   });
+
+  it('goes on appending while the oldest segment is being settled', async () => {
+    const j = new SpoolJournal(dir, new LatencyWindow(), 1000);
+    await j.load();
+    let release!: () => void;
+    const blocked = new Promise<void>((r) => { release = r; });
+    let settling = 0;
+    j.settle = async () => { settling++; await blocked; };
+    // Past four open segments the oldest is settled: that settle does not end until released.
+    for (let i = 0; i < 5; i++) {
+      await j.append(`k${i}`, {}, body(1000));
+      j.stored(`k${i}`);
+    }
+    for (let i = 0; i < 100 && settling === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(settling).toBe(1);
+    // A 250 waits on this append: it must not wait for the settling's fdatasyncs.
+    const appended = await Promise.race([j.append('next', {}, body(10)).then(() => 'appended'), new Promise((r) => setTimeout(() => r('waited'), 1000))]);
+    expect(appended).toBe('appended');
+    release();
+    await j.close();
+    expect(j.settled).toBeGreaterThanOrEqual(1);
+  });
 });

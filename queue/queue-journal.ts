@@ -28,7 +28,7 @@
  * one synced commit of the database (its outcomes are then there for good). When
  * more than MAX_SEGMENTS are open, the oldest one's remaining messages are settled in place (their
  * spool files fdatasync'ed and the queue database synced, by `settle`) so that it can go; `settled`
- * counts them.
+ * counts them. Retiring runs beside the writing loop, never in it: no append waits on a settle.
  * At startup (queue-journal-replay.ts) whatever the segments hold is made durable in the spool and
  * the database, then they are all recycled: a new start writes into a new generation. A clean stop
  * does the same (`retireAll`), so the journal only ever matters after an unclean one.
@@ -119,6 +119,9 @@ export class SpoolJournal {
   readonly #unstored = new Set<string>();
   #waiting: Waiter[] = [];
   #flushing: Promise<void> | null = null;
+  /** Retiring runs beside the writing loop: settling fdatasyncs files one by one, and no 250 may wait on that. */
+  #retiring: Promise<void> | null = null;
+  #retireAgain = false;
   #generation = 0;
   #dirHandle: FileHandle | null = null;
   /** The last run's segments, read by `load`. */
@@ -234,8 +237,27 @@ export class SpoolJournal {
       } catch (err) {
         for (const w of batch) w.reject(err as Error);
       }
-      await this.#retire().catch(() => undefined);
+      this.#retireSoon();
     }
+  }
+
+  /** Starts retiring unless it runs; if it does, it looks again once done (a batch may have emptied a segment). */
+  #retireSoon(): void {
+    if (this.#retiring) {
+      this.#retireAgain = true;
+      return;
+    }
+    this.#retiring = this.#retire().catch(() => undefined).finally(() => {
+      this.#retiring = null;
+      if (!this.#retireAgain) return;
+      this.#retireAgain = false;
+      this.#retireSoon();
+    });
+  }
+
+  /** Until neither a batch nor retiring is under way. */
+  async #idle(): Promise<void> {
+    while (this.#flushing || this.#retiring) await (this.#flushing ?? this.#retiring);
   }
 
   async #writeBatch(given: Entry[]): Promise<void> {
@@ -334,7 +356,12 @@ export class SpoolJournal {
   }
 
   async #syncDir(): Promise<void> {
-    this.#dirHandle ??= await open(this.dir, 'r');
+    if (!this.#dirHandle) {
+      // Writing and retiring may both get here first: one handle is kept.
+      const fh = await open(this.dir, 'r');
+      if (this.#dirHandle) await fh.close();
+      else this.#dirHandle = fh;
+    }
     await this.#dirHandle.sync();
   }
 
@@ -345,7 +372,7 @@ export class SpoolJournal {
    * segments for the next start's replay.
    */
   async retireAll(): Promise<void> {
-    while (this.#flushing) await this.#flushing;
+    await this.#idle();
     await this.settle([...this.#where.keys()].filter((id) => !this.#unstored.has(id)));
     if (this.#unstored.size > 0) return;
     this.#where.clear();
@@ -358,7 +385,7 @@ export class SpoolJournal {
 
   /** Waits for the batch being written, then closes the segments (their records stay for the next start). */
   async close(): Promise<void> {
-    while (this.#flushing) await this.#flushing;
+    await this.#idle();
     for (const seg of this.#segments.splice(0)) await seg.fh.close().catch(() => undefined);
     await this.#dirHandle?.close().catch(() => undefined);
     this.#dirHandle = null;
