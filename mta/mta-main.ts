@@ -3,10 +3,12 @@
  * The `ichidan` executable.
  *
  *   ichidan start [-c FILE] [--workers N|auto]
- *                             run the MTA (default config: config/default.yaml) until SIGTERM or
+ *                             run the MTA (the config file: mta-config-path.ts `configPath`) until SIGTERM or
  *                             SIGINT (graceful stop); SIGHUP reloads the config file. With more
  *                             than one worker (--workers, else cluster.workers) this process is
  *                             the primary of that many nodes sharing the ports (mta-workers.ts).
+ *                             SIGUSR2 reopens log.file (logrotate); under systemd, readiness
+ *                             and stopping are notified (mta-notify.ts).
  *   ichidan COMMAND ...       every other command is the CLI (cli/cli-commands.ts lists them)
  * With ICHIDAN_READY_FD=3, `start` writes one JSON line to fd 3 once every listener is bound
  * (`{"ready":true,"listeners":[...]}`; a primary adds `"workers":[{index,pid}]` once every worker
@@ -17,7 +19,9 @@ import { parseArgs } from 'node:util';
 import { loadOrExit } from './cli/cli-common.js';
 import { runCommand } from './cli/cli-commands.js';
 import { loadConfig, type Config } from './mta-config.js';
-import { createLogger } from './mta-log.js';
+import { configPath } from './mta-config-path.js';
+import { createProcessLogger } from './mta-log.js';
+import { createNotifier } from './mta-notify.js';
 import { announceReady, workerConfig, workerCount, workerIndex } from './mta-workers.js';
 
 /** `--workers N|auto` stands for cluster.workers, and is validated as that key. */
@@ -29,7 +33,7 @@ function workersFlag(value: string | undefined) {
 
 async function start(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string' } }, allowPositionals: false });
-  const file = values.config ?? 'config/default.yaml';
+  const file = configPath(values.config);
   const override = workersFlag(values.workers);
   const index = workerIndex();
   // A worker derives its own config from the file at start and at every reload.
@@ -38,10 +42,13 @@ async function start(args: string[]): Promise<void> {
     return index === null ? config : workerConfig(config, index);
   };
   const config = loadOrExit(file, load);
-  const root = createLogger(config.log.level);
+  const { log: root, reopen } = openLog(file, config);
+  // logrotate's postrotate signal: the log file is opened again under its name (a worker's primary passes it on).
+  process.on('SIGUSR2', () => { reopen(); });
+  const notifier = index === null ? createNotifier(root) : null;
   if (index === null && workerCount(config) > 1) {
     const { runPrimary } = await import('./mta-workers.js');
-    await runPrimary(config, workerCount(config), root);
+    await runPrimary(config, workerCount(config), root, notifier!);
     root.flush?.();
     setTimeout(() => process.exit(), 50).unref();
     return;
@@ -54,11 +61,16 @@ async function start(args: string[]): Promise<void> {
     process.stderr.write(`${file}: invalid configuration\n${err.problems.map((p) => `  - ${p}`).join('\n')}\n`);
     process.exit(1);
   });
-  process.on('SIGHUP', () => { app.reload(); });
+  process.on('SIGHUP', () => {
+    notifier?.reloading();
+    app.reload();
+    notifier?.ready();
+  });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    notifier?.stopping();
     log.info({ signal }, 'stopping: no new connections, finishing open transactions');
     app.stop().then(() => {
       log.info('stopped');
@@ -72,6 +84,17 @@ async function start(args: string[]): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   announceReady(app.bound);
+  notifier?.ready();
+}
+
+/** The process's log (mta-log.ts); a log.file that cannot be opened is a config error. */
+function openLog(file: string, config: Config): ReturnType<typeof createProcessLogger> {
+  try {
+    return createProcessLogger(config.log);
+  } catch (err) {
+    process.stderr.write(`${file}: invalid configuration\n  - log.file: cannot open ${config.log.file}: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
 }
 
 const [command, ...rest] = process.argv.slice(2);

@@ -13,6 +13,7 @@ import Database from 'better-sqlite3';
 import type { Config } from '../mta-config-schema.js';
 import { adminRequest } from '../admin/admin-client.js';
 import { adminSocket, ConfigError, loadConfig } from '../mta-config.js';
+import { configPath } from '../mta-config-path.js';
 import { workerConfig, workerDataDir } from '../mta-workers.js';
 
 export function loadOrExit(file: string, load: (file: string) => Config = loadConfig): Config {
@@ -28,12 +29,12 @@ export function loadOrExit(file: string, load: (file: string) => Config = loadCo
 }
 
 /**
- * `-c FILE`, and `--worker I`: the command is about worker I of a primary (start --workers N), so
+ * `-c FILE` (else ICHIDAN_CONFIG, /etc/ichidan/ichidan.yaml, the embedded default: `configPath`), and `--worker I`: the command is about worker I of a primary (start --workers N), so
  * its data folder and admin socket are that worker's (mta-workers.ts `workerConfig`).
  */
 export function options(args: string[], extra: Record<string, { type: 'string' }> = {}) {
   const { values, positionals } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, worker: { type: 'string' }, ...extra }, allowPositionals: true });
-  const config = loadOrExit(values.config ?? 'config/default.yaml');
+  const config = loadOrExit(configPath(values.config));
   const worker = values.worker === undefined ? null : Number(values.worker);
   if (worker !== null && !(Number.isInteger(worker) && worker >= 1 && existsSync(workerDataDir(config.dataDir, worker)))) {
     process.stderr.write(`--worker ${values.worker}: no such worker (no folder ${workerDataDir(config.dataDir, Number(values.worker) || 0)}; see ichidan workers)\n`);
