@@ -1,9 +1,11 @@
-// Checks the two ways Ichidan is installed without its dev dependencies, for real, offline (npm's
-// cache is warm after the full `npm ci` of .ci/run):
-//   pack   `npm pack` (prepack builds dist/), then `npm install --omit=dev --offline` of the
-//          tarball into an empty folder, as a dependency (npm hoists smtp-server beside it);
-//   clone  `git clone` of this checkout's HEAD, then `npm ci --omit=dev --offline` in it (dist/ is
-//          built at install from the sources, with TypeScript from the dependencies).
+// Checks the two ways Ichidan is installed without its dev dependencies, for real, from npm's
+// cache where it can (--prefer-offline: after .ci/run's full `npm ci` the cache holds every
+// tarball, though not always every package's metadata, which installing a tarball asks for):
+//   pack   `npm pack` (prepack builds dist/ and locks the dependencies in npm-shrinkwrap.json),
+//          then `npm install --omit=dev` of the tarball into an empty folder, as a dependency (npm
+//          hoists smtp-server beside it);
+//   clone  `git clone` of this checkout's HEAD, then `npm ci --omit=dev` in it (dist/ is built at
+//          install from the sources, with TypeScript from the dependencies).
 // Each install must have applied patches/ to the smtp-server it runs, run `ichidan help` and
 // `check-config`, and start once on a loopback port: the greeting answers, SIGTERM stops it.
 // Run by .ci/run (too slow for the test suite: each install compiles); `node scripts/check-install.mjs [pack|clone]`.
@@ -79,7 +81,7 @@ async function checkPack() {
   const tarball = join(work, out.trim().split('\n').at(-1));
   const app = join(work, 'app');
   mkdirSync(app);
-  run('pack: npm install --omit=dev --offline', 'npm', ['install', '--omit=dev', '--offline', tarball], app);
+  run('pack: npm install --omit=dev --prefer-offline', 'npm', ['install', '--omit=dev', '--prefer-offline', tarball], app);
   const pkg = join(app, 'node_modules', 'ichidan');
   if (existsSync(join(pkg, 'mta'))) fail('pack: the package holds the TypeScript sources; it should hold dist/ only');
   if (existsSync(join(app, 'node_modules', 'vitest'))) fail('pack: a dev dependency (vitest) was installed');
@@ -90,7 +92,7 @@ async function checkPack() {
 async function checkClone() {
   const clone = join(work, 'clone');
   run('git clone', 'git', ['clone', '--quiet', '--no-hardlinks', repo, clone], work);
-  run('clone: npm ci --omit=dev --offline', 'npm', ['ci', '--omit=dev', '--offline'], clone);
+  run('clone: npm ci --omit=dev --prefer-offline', 'npm', ['ci', '--omit=dev', '--prefer-offline'], clone);
   if (existsSync(join(clone, 'node_modules', 'vitest'))) fail('clone: a dev dependency (vitest) was installed');
   if (!existsSync(join(clone, 'dist', 'mta', 'mta-main.js'))) fail('clone: dist/ was not built at install');
   checkPatched('clone', join(clone, 'node_modules', 'smtp-server'));

@@ -36,7 +36,12 @@ while (!(basename(smtpServer) === 'smtp-server' && basename(dirname(smtpServer))
   smtpServer = dirname(smtpServer);
 }
 const appRoot = dirname(dirname(smtpServer));
-step('applying patches/ with patch-package', [require.resolve('patch-package/index.js'), '--patch-dir', relative(appRoot, join(root, 'patches')), '--error-on-fail'], appRoot);
+// Through patch-package's own function rather than its command, which wants a package.json where
+// it runs: npm writes the application's only after every install script has run.
+const apply = `require(${JSON.stringify(require.resolve('patch-package/dist/applyPatches.js'))}).applyPatchesForApp(${JSON.stringify({
+  appPath: appRoot, patchDir: relative(appRoot, join(root, 'patches')), reverse: false, shouldExitWithError: true, shouldExitWithWarning: false, bestEffort: false,
+})})`;
+step('applying patches/ with patch-package', ['-e', apply], appRoot);
 
 if (existsSync(join(root, 'tsconfig.build.json'))) {
   step('building dist/ (tsc -p tsconfig.build.json)', [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], root);
