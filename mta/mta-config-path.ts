@@ -20,15 +20,14 @@ import { packageRoot } from './mta-package.js';
 export const SYSTEM_CONFIG = '/etc/ichidan/ichidan.yaml';
 
 /**
- * The keys whose values are paths; "*" stands for any array index or record key.
- * auth.backend.socket may also be "host:port", which is left as it is.
+ * The keys whose values are paths; "*" stands for any array index or record key. Not
+ * auth.backend.socket: its schema takes an absolute path or "host:port" only (ABSOLUTE_PATH_KEYS).
  */
 export const CONFIG_PATH_KEYS = [
   'dataDir',
   'log.file',
   'tls.cert', 'tls.key', 'tls.sni.*.cert', 'tls.sni.*.key',
   'listeners.*.cert', 'listeners.*.key',
-  'auth.backend.socket',
   'admin.socket',
   'proxy.eventsFile',
   'delivery.tls.caFile',
@@ -52,11 +51,10 @@ export function configPath(flag: string | undefined, env: NodeJS.ProcessEnv = pr
   return embeddedConfig();
 }
 
-/** Keys that may hold "host:port" instead of a path. */
-const HOST_PORT_KEYS = new Set<string>(['auth.backend.socket']);
-const HOST_PORT = /^(?:\[[^\]]+\]|[^:/]+):\d{1,5}$/;
+/** Path-valued keys whose schema refuses a relative path, so nothing here reads them. */
+export const ABSOLUTE_PATH_KEYS = ['auth.backend.socket'] as const;
 
-function resolveAt(node: unknown, keys: readonly string[], dir: string, hostPort: boolean): void {
+function resolveAt(node: unknown, keys: readonly string[], dir: string): void {
   if (node === null || typeof node !== 'object') return;
   const [key, ...rest] = keys;
   const record = node as Record<string, unknown>;
@@ -64,8 +62,8 @@ function resolveAt(node: unknown, keys: readonly string[], dir: string, hostPort
   for (const name of names) {
     if (!Object.hasOwn(record, name)) continue;
     const value = record[name];
-    if (rest.length > 0) resolveAt(value, rest, dir, hostPort);
-    else if (typeof value === 'string' && value !== '' && !isAbsolute(value) && !(hostPort && HOST_PORT.test(value))) record[name] = resolve(dir, value);
+    if (rest.length > 0) resolveAt(value, rest, dir);
+    else if (typeof value === 'string' && value !== '' && !isAbsolute(value)) record[name] = resolve(dir, value);
   }
 }
 
@@ -76,6 +74,6 @@ function resolveAt(node: unknown, keys: readonly string[], dir: string, hostPort
  */
 export function resolveConfigPaths(input: Record<string, unknown>, dir: string): Record<string, unknown> {
   if (!Object.hasOwn(input, 'dataDir')) input.dataDir = './var';
-  for (const key of CONFIG_PATH_KEYS) resolveAt(input, key.split('.'), dir, HOST_PORT_KEYS.has(key));
+  for (const key of CONFIG_PATH_KEYS) resolveAt(input, key.split('.'), dir);
   return input;
 }
