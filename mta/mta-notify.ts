@@ -22,9 +22,10 @@ export interface Notifier {
   stopping(): void;
 }
 
-type Send = (socket: string, message: string) => void;
+export type Send = (socket: string, message: string) => void;
 
-function addonSender(): Send | null {
+/** The addon's `notify`, or null when it is not built or does not load. */
+export function addonSender(): Send | null {
   const root = packageRoot();
   const file = root && join(root, 'native', 'sd-notify', 'build', 'Release', 'sd_notify.node');
   if (!file || !existsSync(file)) return null;
@@ -36,9 +37,10 @@ function addonSender(): Send | null {
   }
 }
 
-export function createNotifier(log: Logger, env: NodeJS.ProcessEnv = process.env): Notifier {
+/** `sender` stands for the addon in tests: null makes it missing. */
+export function createNotifier(log: Logger, env: NodeJS.ProcessEnv = process.env, sender?: Send | null): Notifier {
   const socket = env.NOTIFY_SOCKET;
-  const addon = socket ? addonSender() : null;
+  const addon = socket ? (sender === undefined ? addonSender() : sender) : null;
   if (socket && !addon) log.warn({ notifySocket: socket }, 'the sd_notify addon is not built (node scripts/build-addon.mjs): readiness goes through systemd-notify');
   const send = (message: string) => {
     if (!socket) return;
@@ -50,7 +52,7 @@ export function createNotifier(log: Logger, env: NodeJS.ProcessEnv = process.env
       }
       return;
     }
-    const child = spawn('systemd-notify', [`--pid=${process.pid}`, ...message.split('\n')], { stdio: 'ignore' });
+    const child = spawn('systemd-notify', [`--pid=${process.pid}`, ...message.split('\n')], { stdio: 'ignore', env: { ...process.env, NOTIFY_SOCKET: socket } });
     child.on('error', (err) => log.error({ err, notifySocket: socket, message }, 'cannot notify systemd'));
     child.on('exit', (code) => { if (code !== 0) log.error({ code, message }, 'systemd-notify failed'); });
   };

@@ -83,6 +83,18 @@ describe('deploy/ichidan.production.yaml', () => {
   });
 });
 
+describe('log.file', () => {
+  it('a file that cannot be opened stops the start with exit 1, naming the key', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ichidan-logfile-'));
+    writeFileSync(join(dir, 'not-a-folder'), '');
+    writeFileSync(join(dir, 'ichidan.yaml'), 'dataDir: data\nlog: { file: not-a-folder/ichidan.log }\nlisteners:\n  - { name: mx, role: mx, address: 127.0.0.1, port: 0 }\n');
+    const err = await run(process.execPath, [CLI, 'start', '-c', join(dir, 'ichidan.yaml')]).catch((e) => e);
+    expect(err.code).toBe(1);
+    expect(err.stderr).toContain(`log.file: cannot open ${join(dir, 'not-a-folder', 'ichidan.log')}`);
+    expect(existsSync(join(dir, 'data'))).toBe(false);
+  });
+});
+
 /** Prints each datagram received on `socket` as one JSON line (a list of its lines). */
 const LISTENER = `
 import json, os, socket, sys
