@@ -168,7 +168,10 @@ export interface CappedClusterRun {
  * mail waiting from the first moment.
  */
 export async function runCappedCluster(perNodePerTenant: number, boundMs: number): Promise<CappedClusterRun> {
-  const world = await startClusterWorld({ nodes: 3, suspended: true });
+  // The production lease time: this run is about sharing the cap among live nodes. With a short
+  // lease, a node the loaded machine leaves unscheduled for most of it loses its leases in Redis
+  // while its connections stay open; lapsed leases are cluster-failures.test.ts's subject.
+  const world = await startClusterWorld({ nodes: 3, suspended: true, leaseTtl: '10s' });
   try {
     const nodes = await Promise.all([0, 1, 2].map((i) => world.node(i)));
     const submitters: Submitter[] = [];
