@@ -125,6 +125,9 @@ describe.skipIf(!byHand.ok)(`the unit's steps by hand: user ichidan, CAP_NET_BIN
     if (!has('getent', ['passwd', USER])) {
       await run('useradd', ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', USER]);
     }
+    // The unit's user runs the checkout's build: it must be able to read it (a checkout under /root cannot be).
+    const readable = spawnSync('setpriv', ['--reuid', USER, '--regid', USER, '--init-groups', '--', process.execPath, '-e', `require('fs').accessSync(${JSON.stringify(CLI)})`]);
+    expect(readable.status, `user ${USER} cannot read ${CLI}: the checkout must be readable by other users for this test`).toBe(0);
     const uid = Number((await run('id', ['-u', USER])).stdout);
     const gid = Number((await run('id', ['-g', USER])).stdout);
     const dir = mkdtempSync(join(tmpdir(), 'ichidan-unit-run-'));
