@@ -6,7 +6,7 @@
 //          hoists smtp-server beside it);
 //   clone  `git clone` of this checkout's HEAD, then `npm ci --omit=dev` in it (dist/ is built at
 //          install from the sources, with TypeScript from the dependencies).
-// Each install must have applied patches/ to the smtp-server it runs, run `ichidan help` and
+// Each install must have applied patches/ to the smtp-server it runs, built the native addons, run `ichidan help` and
 // `check-config`, and start once on a loopback port: the greeting answers, SIGTERM stops it.
 // Run by .ci/run (too slow for the test suite: each install compiles); `node scripts/check-install.mjs [pack|clone]`.
 import { spawn, spawnSync } from 'node:child_process';
@@ -70,6 +70,14 @@ async function startOnce(what, main, dir) {
   console.log(`check-install: ${what}: started, greeted (${line.trim()}), stopped`);
 }
 
+/** Both native addons built at install from the C sources the package ships (python3, make and g++ are in .ci/run). */
+function checkAddons(what, pkg) {
+  for (const addon of ['original-dst/build/Release/original_dst.node', 'sd-notify/build/Release/sd_notify.node']) {
+    if (!existsSync(join(pkg, 'native', addon))) fail(`${what}: native/${addon} was not built at install`);
+  }
+  console.log(`check-install: ${what}: native addons built`);
+}
+
 function checkPatched(what, smtpServer) {
   const file = join(smtpServer, 'dist', 'cjs', 'smtp-connection.js');
   if (!readFileSync(file, 'utf8').includes(PATCH_MARK)) fail(`${what}: ${file} is not patched (patches/ was not applied)`);
@@ -86,6 +94,7 @@ async function checkPack() {
   if (existsSync(join(pkg, 'mta'))) fail('pack: the package holds the TypeScript sources; it should hold dist/ only');
   if (existsSync(join(app, 'node_modules', 'vitest'))) fail('pack: a dev dependency (vitest) was installed');
   checkPatched('pack', join(app, 'node_modules', 'smtp-server'));
+  checkAddons('pack', pkg);
   await startOnce('pack', join(pkg, 'dist', 'mta', 'mta-main.js'), mkdtempSync(join(work, 'run-')));
 }
 
@@ -96,6 +105,7 @@ async function checkClone() {
   if (existsSync(join(clone, 'node_modules', 'vitest'))) fail('clone: a dev dependency (vitest) was installed');
   if (!existsSync(join(clone, 'dist', 'mta', 'mta-main.js'))) fail('clone: dist/ was not built at install');
   checkPatched('clone', join(clone, 'node_modules', 'smtp-server'));
+  checkAddons('clone', clone);
   await startOnce('clone', join(clone, 'dist', 'mta', 'mta-main.js'), mkdtempSync(join(work, 'run-')));
 }
 
