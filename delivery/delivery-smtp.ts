@@ -23,7 +23,7 @@ import type { Readable } from 'node:stream';
 import type { NextHop } from './delivery-route.js';
 import { bannerCapSignal, errorSignal, ReplyClock, worse, type Signal } from './delivery-throttle.js';
 import { checkHopTls, sniName, starttlsOptions, tlsRefusal, type HopTls, type TlsLevel } from './delivery-tls.js';
-import { Transcript, type TranscriptSink } from './delivery-transcript.js';
+import { failureReason, Transcript, type TranscriptSink } from './delivery-transcript.js';
 import { replyString, SmtpConnection, type ConnectionError, type HandshakeRefusal, type Reply, type StartTls } from './smtp/smtp-connection.js';
 import { isPositive, sendEnvelope } from './smtp/smtp-envelope.js';
 import type { Lease, PoolLimits, SmtpPool } from './smtp/smtp-pool.js';
@@ -67,6 +67,17 @@ export interface SessionOptions {
   pool: PoolLimits;
   /** A reply slower than this is a `slow` signal. */
   slowReply: number;
+  /** Told of each new session once its TLS (if any) is judged acceptable, before the first message. */
+  opened?: (s: OpenedSession) => void;
+}
+
+/** A new outbound session: where it went, its TLS parameters, and its transcript's id (null: not recorded). */
+export interface OpenedSession {
+  host: string;
+  address: string;
+  port: number;
+  tls: { protocol: string; cipher: string } | null;
+  session: string | null;
 }
 
 export type Verdict = 'delivered' | 'deferred' | 'bounced';
@@ -78,12 +89,14 @@ export interface RecipientOutcome {
   status: string;
   reply: string;
   host: string;
+  /** The outbound session that gave the reply (its transcript id); absent when none was recorded. */
+  session?: string | null;
 }
 
 /** `signal`: what the attempt showed of the destination's attitude (delivery-throttle.ts). */
 export type HopResult =
   | { kind: 'done'; outcomes: RecipientOutcome[]; signal: Signal }
-  | { kind: 'unreachable'; reason: string; code: number; status: string; signal: Signal };
+  | { kind: 'unreachable'; reason: string; code: number; status: string; signal: Signal; session?: string | null };
 
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}/;
 /** How long an RSET between transactions may take before the session is given up. */
@@ -109,9 +122,10 @@ function verdictOf(code: number): Verdict {
 const STARTTLS_OF: Record<TlsLevel, StartTls> = { none: 'never', opportunistic: 'offered', require: 'always', 'require-verified': 'always' };
 
 /** A new connection toward the hop's address, its transcript and reply clock listening. */
-function newConnection(hop: NextHop, address: string, opts: SessionOptions): { create: () => SmtpConnection; transcript: Transcript | null; clock: ReplyClock } {
+function newConnection(hop: NextHop, address: string, opts: SessionOptions, msg: OutboundMessage): { create: () => SmtpConnection; transcript: Transcript | null; clock: ReplyClock } {
+  const openedFor = { queueId: msg.queueId, tenant: msg.tenant, recipients: msg.recipients.map((r) => r.address) };
   const transcript = opts.transcripts
-    ? new Transcript({ host: hop.name, protocol: hop.protocol, address, port: hop.port, helo: opts.heloName, maxBytes: opts.transcripts.maxBytes }, opts.transcripts.sink)
+    ? new Transcript({ host: hop.name, protocol: hop.protocol, address, port: hop.port, helo: opts.heloName, maxBytes: opts.transcripts.maxBytes, openedFor }, opts.transcripts.sink)
     : null;
   const clock = new ReplyClock(transcript?.logger ?? null);
   const create = () => {
@@ -150,13 +164,14 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
     if (cached) {
       if (checkHopTls(tls, cached.conn.socket, certName) === null) {
         carry(cached, msg);
-        const result = await transact(cached.conn, msg, where, true, lmtp);
+        const result = await transact(cached.conn, msg, where, true, lmtp, cached.transcript?.id);
         // A cached session the peer had already dropped says nothing about the destination: open a fresh one.
         if (result !== 'stale') return finish(pool, key, { ...cached, uses: cached.uses + 1 }, result, opts);
       }
       cached.conn.close();
     }
-    const { create, transcript, clock } = newConnection(hop, address, opts);
+    const { create, transcript, clock } = newConnection(hop, address, opts, msg);
+    const session = transcript?.id;
     let conn: SmtpConnection | null = null;
     let refusal: HandshakeRefusal | null;
     let openWithThis = 0;
@@ -170,35 +185,41 @@ export async function deliverToHop(hop: NextHop, msg: OutboundMessage, opts: Ses
       conn?.close();
       // A failed handshake (a broken TLS negotiation) on a hop that requires TLS is a TLS failure.
       if (required && e.duringTls) {
-        lastFailure = tlsFailure(tls, where, e.message);
+        lastFailure = tlsFailure(tls, where, e.message, session);
         continue;
       }
       signal = worse(signal, errorSignal(e.code, e.message));
-      lastFailure = { kind: 'unreachable', reason: `${where}: ${e.code ?? e.message}`, code: 451, status: STATUS.noAnswer, signal };
+      lastFailure = { kind: 'unreachable', reason: `${where}: ${failureReason(e)}`, code: 451, status: STATUS.noAnswer, signal, session };
       continue;
     }
     if (refusal) {
       conn.close();
       if (refusal.step === 'starttls') {
-        lastFailure = tlsFailure(tls, where, `STARTTLS refused: ${replyString(refusal.reply).trim()}`);
+        lastFailure = tlsFailure(tls, where, `STARTTLS refused: ${replyString(refusal.reply).trim()}`, session);
         continue;
       }
-      lastFailure = refusedFailure(refusal, where, clock, openWithThis, opts.slowReply, signal);
+      lastFailure = { ...refusedFailure(refusal, where, clock, openWithThis, opts.slowReply, signal), session };
       signal = lastFailure.signal;
       continue;
     }
     const problem = checkHopTls(tls, conn.socket, certName);
     if (problem) {
       void conn.quit();
-      lastFailure = tlsFailure(tls, where, problem);
+      lastFailure = tlsFailure(tls, where, problem, session);
       continue;
     }
+    opts.opened?.({ host: hop.name, address, port: hop.port, tls: tlsOf(conn.socket), session: transcript?.id ?? null });
     const lease: Lease = { conn, uses: 1, reused: false, transcript, clock, pair: opts.pair };
     carry(lease, msg, false);
-    const result = await transact(conn, msg, where, false, lmtp);
+    const result = await transact(conn, msg, where, false, lmtp, session);
     return finish(pool, key, lease, result as Transacted, opts);
   }
   return lastFailure;
+}
+
+function tlsOf(socket: SmtpConnection['socket']): OpenedSession['tls'] {
+  if (!socket || !('encrypted' in socket) || !socket.encrypted) return null;
+  return { protocol: socket.getProtocol() ?? 'unknown', cipher: socket.getCipher()?.name ?? 'unknown' };
 }
 
 /** A greeting or hello that refused the session: unreachable, with the reply's class kept temporary. */
@@ -223,9 +244,9 @@ function replySignal(clock: ReplyClock, code: number, text: string, slowReply: n
   return { kind: 'failed', detail: `${code} ${text.trim()}` };
 }
 
-function tlsFailure(tls: HopTls, where: string, problem: string): HopResult {
+function tlsFailure(tls: HopTls, where: string, problem: string, session: string | undefined): HopResult {
   const reason = `${tlsRefusal(tls, `${where}: ${problem}`)}; not sent`;
-  return { kind: 'unreachable', reason, code: 451, status: STATUS.tlsRequired, signal: { kind: 'failed', detail: reason } };
+  return { kind: 'unreachable', reason, code: 451, status: STATUS.tlsRequired, signal: { kind: 'failed', detail: reason }, session };
 }
 
 /** `error`: how the connection broke, when it did without a reply. */
@@ -267,9 +288,9 @@ function dsnGroups(recipients: OutboundRecipient[]): OutboundRecipient[][] {
 }
 
 /** Every recipient given the same reply (a failed lookup, an unreachable hop, a lost session). */
-export function sameOutcome(recipients: OutboundRecipient[], reply: string, host: string): RecipientOutcome[] {
+export function sameOutcome(recipients: OutboundRecipient[], reply: string, host: string, session?: string | null): RecipientOutcome[] {
   const { code, status, text } = parseReply(reply);
-  return recipients.map((r) => ({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host }));
+  return recipients.map((r) => ({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host, session }));
 }
 
 /** How one group's transaction went: `clean` when the session is left outside a transaction. */
@@ -313,7 +334,7 @@ async function transactGroup(conn: SmtpConnection, msg: OutboundMessage, group: 
   return { clean: isPositive(finals[0]) };
 }
 
-async function transact(conn: SmtpConnection, msg: OutboundMessage, where: string, reused: boolean, lmtp: boolean): Promise<Transacted | 'stale'> {
+async function transact(conn: SmtpConnection, msg: OutboundMessage, where: string, reused: boolean, lmtp: boolean, session: string | undefined): Promise<Transacted | 'stale'> {
   const outcomes: RecipientOutcome[] = [];
   let clean = true;
   let broken = false;
@@ -331,7 +352,7 @@ async function transact(conn: SmtpConnection, msg: OutboundMessage, where: strin
     const decided = new Set<number>();
     const record = (r: OutboundRecipient, reply: Reply | string) => {
       const { code, status, text } = parseReply(typeof reply === 'string' ? reply : replyString(reply));
-      outcomes.push({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host: where });
+      outcomes.push({ id: r.id, verdict: verdictOf(code), code, status, reply: text, host: where, session });
       decided.add(r.id);
     };
     const body = msg.open();
@@ -358,6 +379,6 @@ async function transact(conn: SmtpConnection, msg: OutboundMessage, where: strin
   // Recipients of groups never tried because the connection broke are deferred.
   const done = new Set(outcomes.map((o) => o.id));
   const untried = msg.recipients.filter((r) => !done.has(r.id));
-  outcomes.push(...sameOutcome(untried, deferReply(STATUS.badConnection, 'connection lost before this recipient was tried'), where));
+  outcomes.push(...sameOutcome(untried, deferReply(STATUS.badConnection, 'connection lost before this recipient was tried'), where, session));
   return { outcomes, clean, broken, error };
 }

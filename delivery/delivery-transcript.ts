@@ -89,6 +89,12 @@ export interface TranscriptInit {
   port: number;
   helo: string;
   maxBytes: number;
+  /**
+   * The message the session is opened for: should the session end before it carried any (a
+   * refused connection, a timeout, a failed TLS handshake, a refused greeting), it is tied to
+   * this one, so the message's sessions show why it did not go.
+   */
+  openedFor?: { queueId: string; tenant: string; recipients: string[] };
 }
 
 const MASK = '****';
@@ -108,9 +114,11 @@ export class Transcript {
   #error: string | null = null;
   #peerClosedIdle = false;
   #socketOf: () => TLSSocket | null = () => null;
+  readonly #openedFor: TranscriptInit['openedFor'];
 
   constructor(init: TranscriptInit, private readonly sink: TranscriptSink, private readonly clock: () => number = Date.now) {
     this.#maxBytes = init.maxBytes;
+    this.#openedFor = init.openedFor;
     const now = this.#now();
     this.#row = {
       id: newQueueId(now), startedAt: now, endedAt: null, host: init.host, protocol: init.protocol, address: init.address, port: init.port,
@@ -126,6 +134,11 @@ export class Transcript {
       info: (entry, message, ...args) => this.#onInfo(entry, message, args),
       debug: (entry, message) => this.#onDebug(entry, message),
     };
+  }
+
+  /** The session's id (the transcript's, and the attempts' `session`). */
+  get id(): string {
+    return this.#row.id;
   }
 
   /** Follows the connection to its end, and reads the TLS parameters from its socket after STARTTLS. */
@@ -156,12 +169,17 @@ export class Transcript {
     if (this.#row.endedAt !== null) return;
     this.#row.endedAt = this.#now();
     this.#row.ended = this.#error ?? (this.#quitSent ? 'quit' : this.#peerClosedIdle ? 'closed by the peer while idle' : 'closed');
-    // A connection never established has nothing to show; the delivery log says why it failed.
-    if (this.#connected) this.#flush();
+    if (this.#row.messages === 0 && this.#openedFor) {
+      const { queueId, tenant, recipients } = this.#openedFor;
+      this.carry(queueId, tenant, recipients);
+      this.#queueId = null;
+    }
+    // A connection never established is kept only when it was opened for a message: its row says why it failed.
+    if (this.#connected || this.#openedFor) this.#flush(true);
   }
 
-  #flush(): void {
-    if (!this.#connected) return;
+  #flush(ended = false): void {
+    if (!this.#connected && !ended) return;
     const chunk = { connection: { ...this.#row }, lines: this.#lines, messages: this.#messages };
     this.#lines = [];
     this.#messages = [];
@@ -226,6 +244,26 @@ export class Transcript {
 
   /** Only errors that end the session carry `err`; other warnings are not about the session. */
   #onError(entry: Record<string, unknown>): void {
-    if (entry.err instanceof Error) this.#error = entry.err.message;
+    if (entry.err instanceof Error) this.#error = failureReason(entry.err);
   }
+}
+
+const NETWORK_FAILURES: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  EHOSTUNREACH: 'host unreachable',
+  ENETUNREACH: 'network unreachable',
+  ECONNRESET: 'connection reset',
+  EADDRNOTAVAIL: 'local address not available',
+  EPIPE: 'connection broken',
+};
+
+/**
+ * What ended a session (or a connection attempt), in words: "connection refused (ECONNREFUSED)",
+ * "TLS handshake failed: …", "connection to 192.0.2.1:25 timed out", not a bare socket error code.
+ */
+export function failureReason(err: Error): string {
+  const e = err as Error & { code?: string; duringTls?: boolean };
+  if (e.duringTls) return e.code === 'ETIMEDOUT' ? `TLS handshake timed out: ${e.message}` : `TLS handshake failed: ${e.message}`;
+  const words = e.code === undefined ? undefined : NETWORK_FAILURES[e.code];
+  return words ? `${words} (${e.code})` : e.message;
 }

@@ -29,13 +29,13 @@ import { SmtpPool } from './smtp/smtp-pool.js';
 import { SiteDirectory, type DeliverySite } from './delivery-sites.js';
 import type { Signal } from './delivery-throttle.js';
 import { StsPolicyCache } from './delivery-mtasts.js';
-import { deliverToHop, sameOutcome, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
+import { deliverToHop, sameOutcome, type OpenedSession, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
 import { loadCa, TlsPlanner, type TlsPlan } from './delivery-tls.js';
 import type { NextHop } from './delivery-route.js';
 import type { TranscriptSink } from './delivery-transcript.js';
 import { deferReply, STATUS } from '../base/base-outcome.js';
 
-export type { OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
+export type { OpenedSession, OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
 export type { TranscriptChunk, TranscriptConnection, TranscriptLine, TranscriptMessage, TranscriptSink } from './delivery-transcript.js';
 
 /** `signal` is absent when nothing was attempted on the network. */
@@ -72,10 +72,20 @@ export interface EgressShared {
   policies?: StsPolicyCache;
   /** Where MTA-STS `testing` findings are logged (warn); null: not logged. */
   log?: Logger | null;
+  /** Told of each outbound session opened for a delivery (the log and the metrics). */
+  onSession?: (s: OutboundSession) => void;
+}
+
+/** A session opened to deliver a tenant's mail: its site, and what delivery-smtp.ts saw of it. */
+export interface OutboundSession extends OpenedSession {
+  site: string;
+  tenant: string;
+  queueId: string;
 }
 
 export class Egress {
   readonly #tls: TlsPlanner;
+  readonly #onSession: EgressShared['onSession'] | null;
   readonly sites: SiteDirectory;
   /** CA certificates for verified outbound TLS (undefined: Node's store). */
   readonly ca: string[] | undefined;
@@ -85,6 +95,7 @@ export class Egress {
     this.sites = new SiteDirectory(config, new Router(config, resolver));
     this.ca = loadCa(config.delivery.tls.caFile);
     this.#tls = new TlsPlanner(config, resolver, shared.policies ?? new StsPolicyCache(), shared.log ?? null);
+    this.#onSession = shared.onSession ?? null;
   }
 
   /**
@@ -113,12 +124,13 @@ export class Egress {
       transcripts: transcripts && this.config.delivery.transcripts.enabled
         ? { sink: transcripts, maxBytes: this.config.delivery.transcripts.maxBytesPerSession }
         : null,
+      opened: this.#onSession ? (s: OpenedSession) => this.#onSession!({ ...s, site: site.key, tenant: msg.tenant, queueId: msg.queueId }) : undefined,
     };
     const plan = await this.#tls.plan(domain, decision.via, decision.hops);
     if (plan.kind === 'defer') {
       return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, deferReply(plan.status, plan.reason), domain) };
     }
-    let last: { reason: string; code: number; status: string; signal: Signal } | null = null;
+    let last: { reason: string; code: number; status: string; signal: Signal; session?: string | null } | null = null;
     for (const { hop, tls } of plan.hops) {
       const result = await deliverToHop(hop, msg, opts, this.pool, tls);
       if (result.kind === 'done') return { kind: 'outcomes', outcomes: result.outcomes, signal: result.signal };
@@ -126,7 +138,7 @@ export class Egress {
       last = !last || rank(result.signal) >= rank(last.signal) ? result : { ...result, signal: last.signal };
     }
     const reply = deferReply(last?.status ?? STATUS.noAnswer, last?.reason ?? 'no next hop');
-    return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain), signal: last?.signal };
+    return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain, last?.session), signal: last?.signal };
   }
 
   /**

@@ -25,7 +25,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { buildEngineSet, EngineHost, oversizeWarnings } from '../engines/index.js';
 import { createResolver, reverseLookup } from '../delivery/delivery-route.js';
-import { Egress, SmtpPool, StsPolicyCache } from '../delivery/index.js';
+import { Egress, SmtpPool, StsPolicyCache, type OutboundSession } from '../delivery/index.js';
 import { Queue } from '../queue/index.js';
 import type { Config } from './mta-config-schema.js';
 import { adminSocket, ConfigHandle } from './mta-config.js';
@@ -35,6 +35,8 @@ import { AuthGuard } from './ingress/ingress-auth.js';
 import { PasswordVerifier } from './ingress/ingress-auth-hash.js';
 import { DovecotClients } from './ingress/ingress-auth-dovecot.js';
 import { processMetrics } from './mta-metrics.js';
+import type { TrafficHooks } from './mta-metrics-traffic.js';
+import { packageVersion } from './mta-log.js';
 import { FileWatch, reloadConfig, watchConfig, type ReloadResult } from './mta-reload.js';
 import { Listener } from './ingress/ingress-server.js';
 import { suppressedLive } from './ingress/ingress-suppression.js';
@@ -125,6 +127,8 @@ export class Ichidan {
   #policies = new StsPolicyCache();
   readonly #recipients: RecipientDeps;
   readonly #dkimCount: DkimCount;
+  /** Mail in and out, told to the metrics (mta-metrics-traffic.ts). */
+  readonly #traffic: TrafficHooks;
   readonly engines: EngineHost;
   readonly metrics: Registry;
   bound: BoundListener[] = [];
@@ -162,8 +166,12 @@ export class Ichidan {
     const metrics = processMetrics({
       engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
       pressure: () => this.pressure, senders: () => this.senders, dns: () => this.dns,
+      tenants: () => this.config.tenants, volumes: () => ({ spool: queue.spool.dir, database: this.config.dataDir }),
     });
     this.metrics = metrics.registry;
+    this.#traffic = metrics.traffic;
+    queue.onAttempt = (e) => metrics.traffic.attempt(e);
+    queue.onScan = (record) => metrics.traffic.scan(record);
     this.engines = new EngineHost(queue.records.engineSwitches(), (e) => {
       metrics.engineEvent(e);
       const level = e.event === 'breaker' && e.to === 'open' ? 'warn' : 'info';
@@ -257,7 +265,8 @@ export class Ichidan {
       level: () => app?.pressure.level ?? 'normal',
     };
     const cluster = await Cluster.join(config, clusterDeps, log);
-    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log }), log, cluster?.shared);
+    const onSession = (s: OutboundSession) => { if (app) app.#outboundSession(s); };
+    const { queue, report } = await Queue.open(config, new Egress(config, sessions, { policies, log, onSession }), log, cluster?.shared);
     app = new Ichidan(config, queue, log, sessions, clusterDeps);
     app.cluster = cluster;
     app.#policies = policies;
@@ -297,7 +306,10 @@ export class Ichidan {
         await app.#startProxy(spec, certs, opts.originalDst);
         continue;
       }
-      const listener = new Listener(spec, { snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn, dns: () => app.dns });
+      const listener = new Listener(spec, {
+        snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn, dns: () => app.dns,
+        events: app.#traffic.ingress,
+      });
       offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
       app.#listeners.push(listener);
@@ -305,7 +317,17 @@ export class Ichidan {
       log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
     }
     if (config.admission.mode !== 'off') app.pressure.start();
+    log.info({ version: packageVersion(), config: app.configFile, generation: app.generation, listeners: app.bound.length }, 'started');
     return app;
+  }
+
+  /** An outbound session opened: logged with its TLS parameters and the address connected to, and counted. */
+  #outboundSession(s: OutboundSession): void {
+    this.#traffic.session(s);
+    this.log.info({
+      qid: s.queueId, tenant: s.tenant, site: s.site, host: s.host, address: s.address, port: s.port,
+      protocol: s.tls?.protocol ?? null, cipher: s.tls?.cipher ?? null, session: s.session,
+    }, 'outbound session');
   }
 
   /** A proxy listener, when the kernel can say where its connections were going; else reported, and everything else runs. */
@@ -344,6 +366,12 @@ export class Ichidan {
     this.log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
   }
 
+  /** Each configured listener and whether it listens now (admin/admin-health.ts). */
+  listening(): Array<{ name: string; listening: boolean }> {
+    const servers = [...this.#listeners, ...this.#proxies];
+    return this.config.listeners.map((l) => ({ name: l.name, listening: servers.some((s) => s.spec.name === l.name && s.server.server.listening) }));
+  }
+
   /** The admin API's TCP port, when admin.port is set. */
   get adminPort(): number | null {
     return this.#admin?.port ?? null;
@@ -364,7 +392,7 @@ export class Ichidan {
     // The certificate files are read again, so a renewed pair is offered to new connections.
     const certs = loadCertificates(config);
     for (const warning of certs.warnings) this.log.warn(warning);
-    const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log });
+    const egress = new Egress(config, this.sessions, { policies: this.#policies, log: this.log, onSession: (s) => this.#outboundSession(s) });
     const snapshot = buildSnapshot(this.#handle.current.generation + 1, config, this.engines, this.log, this.#dkimCount, this.#recipients);
     const snap = this.#handle.publish(config);
     const previous = this.#snapshot;

@@ -2,14 +2,27 @@
  * Structured JSON logs (pino) on stdout, one line per event, with the queue id (`qid`) wherever a
  * message is concerned so a message's whole story can be found with one grep.
  *
+ * The lines an operator follows a message or a session by (the fields named):
+ *   started            version, config (the file), generation (of the config snapshot)
+ *   connect            listener, session, client: a client connected (smtp-server's session id)
+ *   tls                listener, session, protocol, cipher: STARTTLS or implicit TLS is up
+ *   authenticated      listener, session, client, user
+ *   queued             qid, session, messageId (the Message-ID header field), sender, size …
+ *   disconnect         listener, session, client
+ *   outbound session   qid, tenant, site, host, address (the IP connected to), protocol, cipher,
+ *                      session (the stored transcript's id, when transcripts are on)
+ *   delivery attempt   qid, rcpt, verdict, reply, host ("name[IP]:port" of the MX), session (the
+ *                      transcript's id), next (a deferral's next attempt, ISO 8601)
+ *
  * stdout suits journald (a systemd unit's default). With `log.file` the lines are appended to that
  * file instead, and `reopen` (the process calls it on SIGUSR2) opens the file again under its name:
  * logrotate renames the file, then signals, and no line is lost or copied (no copytruncate).
  * Settings: log.level, log.file.
  */
-import { closeSync, mkdirSync, openSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import pino, { type DestinationStream, type Logger } from 'pino';
+import { packageRoot } from './mta-package.js';
 
 export function createLogger(level: string, destination?: DestinationStream | NodeJS.WritableStream): Logger {
   return pino({ level, base: { service: 'ichidan' }, timestamp: pino.stdTimeFunctions.isoTime }, destination ?? pino.destination({ sync: false }));
@@ -25,6 +38,13 @@ export function createProcessLogger(settings: { level: string; file?: string }):
   closeSync(openSync(settings.file, 'a', 0o640));
   const destination = pino.destination({ dest: settings.file, append: true, mkdir: true, sync: false });
   return { log: createLogger(settings.level, destination), reopen: () => destination.reopen() };
+}
+
+/** The version in the package's package.json (mta-package.ts finds it, from dist/ too). */
+export function packageVersion(): string {
+  const root = packageRoot();
+  if (root === null) return 'unknown';
+  return (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version?: string }).version ?? 'unknown';
 }
 
 export type { Logger };

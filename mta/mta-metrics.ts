@@ -36,6 +36,9 @@
  *   ichidan_cluster_state_reloads_total, ichidan_cluster_state_unpublished, ichidan_cluster_state_synced
  *   with the DNS responder (admission/admission-dns.ts):
  *   ichidan_dns_answers_total{mode,mechanism}       answers by mode (normal, high) and what chose them
+ *   the traffic (connections, transactions, messages, deliveries, deferrals, queue depth, scans,
+ *   outbound sessions): mta-metrics-traffic.ts; Node's process metrics and the disks' free space:
+ *   mta-metrics-process.ts.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EngineEvent, EngineInfo } from '../engines/index.js';
@@ -46,10 +49,16 @@ import type { DnsResponder } from './admission/admission-dns.js';
 import { rank, type Level } from './admission/admission-levels.js';
 import type { Pressure } from './admission/admission-pressure.js';
 import type { KnownSenders } from './admission/admission-senders.js';
+import { processHealthMetrics, type Volumes } from './mta-metrics-process.js';
+import { trafficMetrics, type TrafficHooks } from './mta-metrics-traffic.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
-  queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes' | 'gate'>;
+  queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes' | 'gate' | 'depth'>;
+  /** The configured tenants: the tenant labels' bound. */
+  tenants: () => Readonly<Record<string, unknown>>;
+  /** The spool's and the queue database's folders (their free space). */
+  volumes?: () => Volumes | null;
   cluster?: () => Cluster | null;
   /** The shared state, in a cluster. */
   shared?: () => Pick<ClusterState, 'published' | 'applied' | 'reloads' | 'outboxed' | 'synced'> | null;
@@ -63,6 +72,8 @@ export interface MetricSources {
 
 export interface ProcessMetrics {
   readonly registry: Registry;
+  /** Mail in and out, the scans, the outbound sessions (mta-metrics-traffic.ts). */
+  readonly traffic: TrafficHooks;
   engineEvent(e: EngineEvent): void;
   egressEvent(e: { kind: string; actor: string }): void;
   /** A spool fsync took this long. */
@@ -76,9 +87,11 @@ export interface ProcessMetrics {
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
-export function processMetrics({ engines, queue, cluster, shared = () => null, pressure = () => null, senders = () => null, dns = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, tenants, volumes = () => null, cluster, shared = () => null, pressure = () => null, senders = () => null, dns = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
+  processHealthMetrics(registry, volumes);
+  const traffic = trafficMetrics(registers, { tenants, depth: () => queue.depth() });
   const transitions = new Counter({
     name: 'ichidan_engine_events_total', help: 'Engine breaker transitions and operator switches', labelNames: ['engine', 'event', 'to'], registers,
   });
@@ -155,6 +168,7 @@ export function processMetrics({ engines, queue, cluster, shared = () => null, p
   dnsMetrics(registers, dns);
   return {
     registry,
+    traffic,
     engineEvent: (e) => transitions.inc({ engine: e.engine, event: e.event, to: e.to ?? '' }),
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
     fsync: (ms) => fsyncs.observe(ms / 1000),

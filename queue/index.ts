@@ -33,6 +33,8 @@ import type { DeliveryResult, Egress, OutboundMessage, PeerAddress, Via } from '
 import type { RunRecord, ScanRecord } from '../engines/engines-records.js';
 import { newQueueId } from '../base/base-queue-id.js';
 import { attemptOutcome, retryDelay } from './queue-attempt.js';
+import { classifyBounce } from './queue-classify.js';
+import { depthReader, type DepthRow } from './queue-depth.js';
 import { commitAttempt } from './queue-attempt-commit.js';
 import { MessageBodies } from './queue-bodies.js';
 import { DEFAULT_TENANT_POLICY, tenantPolicies, type QueueConfig } from './queue-config.js';
@@ -40,6 +42,8 @@ import { CorruptEntries } from './queue-corrupt-entries.js';
 import { EgressControl } from './queue-egress-control.js';
 import { acquireLiveTurn, type LiveTurn } from './queue-live.js';
 import { QueueOperator } from './queue-operator.js';
+import { bounceNow } from './queue-operator-bounce.js';
+import type { NoticeContext } from './queue-notices.js';
 import { PendingOutcomes } from './queue-pending.js';
 import { reconcile, type ReconcileReport } from './queue-reconcile.js';
 import { QueueRecords } from './queue-records.js';
@@ -58,6 +62,16 @@ export type { HoldRequest } from './queue-egress-control.js';
 export type { PairView } from './queue-scheduler.js';
 export type { SpoolWriter } from './queue-spool.js';
 export type { NewRecipient } from './queue-store.js';
+export type { DepthRow } from './queue-depth.js';
+
+/** One recipient's outcome of one delivery attempt, for the metrics (`Queue.onAttempt`). */
+export interface AttemptEvent {
+  tenant: string;
+  site: string;
+  outcome: 'delivered' | 'deferred' | 'bounced';
+  /** The reply's class (queue-classify.ts `BOUNCE_CLASSES`) for a deferral or a bounce; null when delivered. */
+  class: string | null;
+}
 
 const SWEEP_INTERVAL_MS = 250;
 /** Never-acknowledged leftovers are looked for at most this often (or at queue.leftoverRetention if shorter). */
@@ -103,12 +117,19 @@ export class Queue {
 
   /** The limits shared with the cluster's other nodes (cluster/cluster-gate.ts); null when alone. */
   readonly gate: ClusterGate | null;
+  /** Recipients queued and held per tenant and state, read at most every few seconds (queue-depth.ts). */
+  readonly depth: () => DepthRow[];
+  /** Told each recipient's outcome of each attempt (the metrics). */
+  onAttempt: ((e: AttemptEvent) => void) | null = null;
+  /** Told each scan recorded, of accepted and refused messages alike (the metrics). */
+  onScan: ((scan: ScanRecord) => void) | null = null;
 
   private constructor(private config: QueueConfig, egress: Egress, private readonly log: Logger, shared?: SharedLimits) {
     this.spool = new Spool(join(config.dataDir, 'spool'), config.queue.fsync);
     this.store = new QueueStore(join(config.dataDir, 'queue.db'), config.queue.fsync, config.queue.commitWindow);
     this.records = new QueueRecords(this.store, log, () => ({ scans: this.config.scanning.recordRetention, transcripts: this.config.delivery.transcripts.retention }));
     this.recordTranscript = this.records.recordTranscript;
+    this.depth = depthReader(this.store.db);
     this.#bodies = new MessageBodies(this.spool);
     this.#egress = egress;
     this.gate = shared ? new ClusterGate(shared.link, {
@@ -211,6 +232,30 @@ export class Queue {
     return this.#operator.purge(select, reason);
   }
 
+  /** Queued recipients tried now (the wait for their next attempt cleared); resolves with how many. */
+  flush(select: RecipientSelector): Promise<number> {
+    return this.#operator.flush(select);
+  }
+
+  /**
+   * Recipients failed now with a notice to their sender (queue-operator-bounce.ts); those with an
+   * attempt under way are left (`busy`).
+   */
+  bounce(select: RecipientSelector, reason?: string): Promise<{ bounced: number; busy: number }> {
+    const key = (id: string, r: number) => `${id}/${r}`;
+    return bounceNow({
+      store: this.store, log: this.log, notices: this.#notices(),
+      claim: (id, r) => !this.#inFlight.has(key(id, r)) && !!this.#inFlight.add(key(id, r)),
+      release: (id, r) => this.#inFlight.delete(key(id, r)),
+      schedule: (n, ids) => this.#schedule(n.id, n.recipients.map((r, j) => ({ ...r, id: ids[j], due: Date.now() }))),
+    }, select, reason, Date.now());
+  }
+
+  /** Recipients with a delivery attempt under way now, of one message (a delete reports them). */
+  inFlightOf(messageId: string): number {
+    return [...this.#inFlight].filter((k) => k.startsWith(`${messageId}/`)).length;
+  }
+
   /** Held recipients back into the queue (by tenant and/or domain); resolves with how many. */
   release(tenant: string | null, domain: string | null): Promise<number> {
     return this.#operator.release(tenant, domain);
@@ -256,7 +301,10 @@ export class Queue {
       await writer.discard();
       throw err;
     }
-    if (scan) this.records.countScan(scan);
+    if (scan) {
+      this.records.countScan(scan);
+      this.onScan?.(scan);
+    }
     // Quarantined: stored durably, held until an operator releases it.
     if (env.quarantine) return writer.id;
     // A copy, not the received chunks: those may be views into much larger socket buffers.
@@ -268,6 +316,7 @@ export class Queue {
   /** Records the scan of a message that was refused (accepted ones are recorded by `accept`). */
   recordScan(scan: ScanRecord): void {
     this.records.recordScan(scan);
+    this.onScan?.(scan);
   }
 
   /** Runs of shadow engines that ended after the verdict: added to the message's record and the statistics. */
@@ -393,15 +442,28 @@ export class Queue {
       this.log.info({ qid: msg.id, tenant: job.tenant, domain: job.domain, recipients: plan.updates.length }, 'held');
       return [];
     }
+    const after = new Map(plan.updates.map((u) => [u.id, u]));
     for (const { recipient: r, outcome: o } of plan.attempted) {
-      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at }, 'delivery attempt');
+      const u = after.get(r.id);
+      // A deferral's next attempt; a recipient still deferred at queue.maxAge is bounced instead.
+      const next = u?.state === 'queued' ? { next: new Date(u.nextAttempt).toISOString() } : {};
+      this.log.info({ qid: msg.id, tenant: r.tenant, rcpt: r.address, verdict: o.verdict, status: o.status, reply: o.reply, host: o.host, attempt: r.attempts + 1, delay: now - msg.received_at, ...(o.session ? { session: o.session } : {}), ...next }, 'delivery attempt');
+      const outcome = u?.state === 'delivered' ? 'delivered' : u?.state === 'bounced' ? 'bounced' : 'deferred';
+      this.onAttempt?.({
+        tenant: r.tenant, site: via.site, outcome,
+        class: outcome === 'delivered' ? null : u?.bounceClass ?? classifyBounce({ code: o.code, status: o.status, text: o.reply }),
+      });
     }
 
-    const notices = { spool: this.spool, hostname: this.config.hostname, maxAge: this.config.queue.maxAge, open: (m: MessageRow) => this.#bodies.open(m) };
-    const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices }, msg, plan, now);
+    const committed = await commitAttempt({ store: this.store, pending: this.pendingOutcomes, log: this.log, notices: this.#notices() }, msg, plan, now);
     this.suppressions.report(msg.id, job.tenant, rows, committed.updates, now);
     for (const n of committed.notices) this.#schedule(n.message.id, n.message.recipients.map((r, j) => ({ ...r, id: n.recipientIds[j], due: now })));
     return committed.updates.filter((u) => u.state === 'queued').map((u) => lane({ id: u.id, due: u.nextAttempt }));
+  }
+
+  /** Where notices are written, and what they say (queue-notices.ts). */
+  #notices(): NoticeContext {
+    return { spool: this.spool, hostname: this.config.hostname, maxAge: this.config.queue.maxAge, open: (m: MessageRow) => this.#bodies.open(m) };
   }
 
   /** Removes finished messages (spool files first, then their rows); expires leftovers; ticks the records (statistics, pruning). */

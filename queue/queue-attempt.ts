@@ -114,7 +114,7 @@ export function attemptOutcome(input: AttemptInput): AttemptPlan {
   for (const r of rows) {
     const o = byId.get(r.id) ?? { id: r.id, verdict: 'deferred', code: 451, status: STATUS.badConnection, reply: deferReply(STATUS.badConnection, 'no outcome reported'), host: domain };
     const stopped = input.stopped?.has(r.id) ?? false;
-    const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: r.owed !== 'failed' && !stopped };
+    const base = { id: r.id, code: o.code, status: o.status, reply: o.reply, host: o.host, attempted: r.owed !== 'failed' && !stopped, session: o.session };
     const after: RecipientRow = { ...r, attempts: r.attempts + 1, last_code: o.code, last_status: o.status, last_reply: o.reply, last_host: o.host, updated_at: now };
     let update: RecipientUpdate;
     if (o.verdict === 'delivered') {

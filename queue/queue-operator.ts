@@ -1,12 +1,13 @@
 /*
  * The operator's commands on queued recipients (the admin API, mta/admin/admin-queue.ts):
- * hold, purge, release, release one message (quarantine included), and which destination
- * domains belong to a site.
+ * hold, purge, release, release one message (quarantine included), flush (retry now), and which
+ * destination domains belong to a site. (A bounce now, with its notice: queue-operator-bounce.ts.)
  *
  * Takes: a recipient selection (one message, a tenant's, some domains'; entries set aside as
  *   corrupt are never selected), or a tenant and/or domain to release.
  * Gives: how many recipients changed. Held recipients stay queued until released; released ones
- *   are scheduled at once (`schedule`); purged ones are removed without a notice (as postsuper -d
+ *   are scheduled at once (`schedule`), and so are flushed ones (queued recipients due now, the
+ *   wait for their next attempt cleared: a job due now wakes the scheduler); purged ones are removed without a notice (as postsuper -d
  *   does) and their message is swept when nothing of it is left open. A purge may use the space
  *   reserve: it is how an operator makes room on a full disk.
  * An attempt under way for a recipient held or purged meanwhile leaves it as the operator set it
@@ -37,6 +38,14 @@ export class QueueOperator {
     const [n] = await this.store.write([{ op: 'purgeRecipients', select, now: Date.now(), reason }], { essential: true }) as [number];
     if (n > 0) this.log.warn({ ...select, recipients: n, reason }, 'purged');
     return n;
+  }
+
+  /** Queued recipients due now, the wait for their next attempt cleared; resolves with how many. */
+  async flush(select: RecipientSelector): Promise<number> {
+    const [rows] = await this.store.write([{ op: 'flushRecipients', select, now: Date.now() }]) as [RecipientRow[]];
+    this.schedule(rows);
+    if (rows.length > 0) this.log.info({ ...select, recipients: rows.length }, 'flushed');
+    return rows.length;
   }
 
   /** Held recipients back into the queue, by tenant and/or domain (quarantined messages excepted). */

@@ -1,7 +1,8 @@
 /*
  * The queue database's schema, row types and write operations: messages and their recipients,
  * the operator's recipient commands (hold, purge, release), and — composed from their own files —
- * the entries set aside as corrupt (queue-corrupt.ts) and the records (queue-records-sql.ts).
+ * the entries set aside as corrupt (queue-corrupt.ts), the records (queue-records-sql.ts) and
+ * every attempt of every recipient (queue-attempts-sql.ts).
  *
  * Writes are data (`WriteOp`), applied by `createWriter` on the connection that owns writing (in
  * the store's worker thread, queue-store-worker.ts), so the main thread never waits for a WAL
@@ -9,6 +10,8 @@
  * the database read-only.
  */
 import type Database from 'better-sqlite3';
+import { ATTEMPTS_SCHEMA, prepareAttempts } from './queue-attempts-sql.js';
+import { DEPTH_INDEX } from './queue-depth.js';
 import { createCorruptWriter, migrateCorrupt, type CorruptKind, type CorruptWriteOp } from './queue-corrupt.js';
 import { createRecordsWriter, migrateRecords, RECORDS_SCHEMA, type RecordsWriteOp } from './queue-records-sql.js';
 import { CLUSTER_STATE_SCHEMA, createClusterStateWriter, type ClusterStateWriteOp } from './cluster/cluster-state-sql.js';
@@ -114,6 +117,8 @@ export interface RecipientUpdate {
   bounceClass?: string | null;
   /** Set on a hard bounce to suppress: the tenant's entry for the address is written with the outcome. */
   suppress?: { reason: string; expiresAt: number | null } | null;
+  /** The outbound session the attempt went over (its transcript id), kept with the attempt's row. */
+  session?: string | null;
 }
 
 /** Which recipients an operator command applies to: one message, a tenant's, some domains' (all given ones must match). */
@@ -125,7 +130,10 @@ export interface RecipientSelector {
 
 export type WriteOp =
   | { op: 'insertMessage'; message: NewMessage }
-  | { op: 'updateRecipients'; messageId: string; updates: RecipientUpdate[]; now: number }
+  /** `fromHeld`: held recipients take the update too (an operator's bounce); else only queued ones do. */
+  | { op: 'updateRecipients'; messageId: string; updates: RecipientUpdate[]; now: number; fromHeld?: boolean }
+  /** Queued recipients due now (an operator's flush); gives their rows, to be scheduled. */
+  | { op: 'flushRecipients'; select: RecipientSelector; now: number }
   | { op: 'deleteMessage'; id: string }
   | { op: 'holdRecipients'; select: RecipientSelector; now: number }
   | { op: 'purgeRecipients'; select: RecipientSelector; now: number; reason: string }
@@ -138,7 +146,7 @@ export type WriteOp =
   | ClusterStateWriteOp
   | SuppressionWriteOp;
 
-export const SCHEMA = RECORDS_SCHEMA + CLUSTER_STATE_SCHEMA + SUPPRESSION_SCHEMA + `
+export const SCHEMA = RECORDS_SCHEMA + CLUSTER_STATE_SCHEMA + SUPPRESSION_SCHEMA + ATTEMPTS_SCHEMA + `
 CREATE TABLE IF NOT EXISTS messages (
   id TEXT PRIMARY KEY,
   size INTEGER NOT NULL,
@@ -193,6 +201,7 @@ export function migrate(db: Database.Database): void {
   migrateCorrupt(db, columns);
   migrateRecords(db);
   migrateSuppression(db);
+  db.exec(DEPTH_INDEX);
 }
 
 function where(select: RecipientSelector): { sql: string; params: unknown[] } {
@@ -218,7 +227,8 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       attempts = attempts + @attempted, first_attempt = COALESCE(first_attempt, CASE WHEN @attempted = 1 THEN @now END),
       last_code = COALESCE(@code, last_code), last_status = COALESCE(@status, last_status),
       last_reply = COALESCE(@reply, last_reply), last_host = COALESCE(@host, last_host),
-      warned = MAX(warned, @warned), owed = @owed, bounce_class = COALESCE(@bounceClass, bounce_class), updated_at = @now WHERE message_id = @messageId AND id = @id AND state = 'queued'`),
+      warned = MAX(warned, @warned), owed = @owed, bounce_class = COALESCE(@bounceClass, bounce_class), updated_at = @now
+      WHERE message_id = @messageId AND id = @id AND (state = 'queued' OR (@fromHeld = 1 AND state = 'held'))`),
     openCount: db.prepare(`SELECT COUNT(*) AS n FROM recipients WHERE message_id = ? AND state IN ('queued', 'held')`),
     markDone: db.prepare(`UPDATE messages SET state = 'done' WHERE id = ? AND state = 'active'`),
     deleteRecipients: db.prepare(`DELETE FROM recipients WHERE message_id = ?`),
@@ -237,6 +247,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
   const clusterState = createClusterStateWriter(db);
   const suppression = createSuppressionWriter(db);
   const suppressBounce = prepareBounceSuppression(db);
+  const attempts = prepareAttempts(db);
   return (op: WriteOp): unknown => {
     switch (op.op) {
       case 'clusterPosition':
@@ -277,8 +288,11 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
           const { changes } = s.updateRecipient.run({
             messageId: op.messageId, id: u.id, state: u.state, nextAttempt: u.nextAttempt, attempted: u.attempted ? 1 : 0, now: op.now,
             code: u.code, status: u.status, reply: u.reply, host: u.host, warned: u.warned ? 1 : 0, owed: u.owed ?? null,
-            bounceClass: u.bounceClass ?? null,
+            bounceClass: u.bounceClass ?? null, fromHeld: op.fromHeld ? 1 : 0,
           });
+          if (changes > 0 && u.attempted) {
+            attempts.add({ message_id: op.messageId, recipient: u.id, at: op.now, code: u.code, status: u.status, reply: u.reply, host: u.host, session: u.session ?? null });
+          }
           // With the outcome, in its transaction: a hard bounce is never recorded without its suppression.
           if (changes > 0 && u.state === 'bounced' && u.suppress && u.bounceClass) {
             suppressBounce(op.messageId, u.id, u.bounceClass, u.suppress.reason, op.now, u.suppress.expiresAt);
@@ -289,6 +303,7 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         return n === 0;
       }
       case 'deleteMessage':
+        attempts.remove(op.id);
         s.deleteRecipients.run(op.id);
         s.deleteMessage.run(op.id);
         return null;
@@ -296,6 +311,10 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
         const w = where(op.select);
         return db.prepare(`UPDATE recipients SET state = 'held', last_reply = 'held by an operator', updated_at = ?
           WHERE state = 'queued' AND ${w.sql} RETURNING message_id, id`).all(op.now, ...w.params).length;
+      }
+      case 'flushRecipients': {
+        const w = where(op.select);
+        return db.prepare(`UPDATE recipients SET next_attempt = ?, updated_at = ? WHERE state = 'queued' AND ${w.sql} RETURNING *`).all(op.now, op.now, ...w.params);
       }
       case 'purgeRecipients': {
         const w = where(op.select);
@@ -395,6 +414,12 @@ export function readQuarantine(db: Database.Database): QuarantinedRow[] {
     FROM messages m JOIN recipients r ON r.message_id = m.id
     WHERE m.quarantine IS NOT NULL AND m.state = 'active' AND r.state = 'held'
     GROUP BY m.id ORDER BY m.id`).all() as QuarantinedRow[];
+}
+
+/** The queued and held recipients an operator command selects (messages set aside as corrupt excepted). */
+export function selectOpenRecipients(db: Database.Database, select: RecipientSelector): RecipientRow[] {
+  const w = where(select);
+  return db.prepare(`SELECT * FROM recipients WHERE state IN ('queued', 'held') AND ${w.sql} ORDER BY message_id, id`).all(...w.params) as RecipientRow[];
 }
 
 /** Destination domains with recipients still queued or held (for commands by site). */

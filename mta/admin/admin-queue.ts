@@ -15,7 +15,7 @@
 import type { Queue } from '../../queue/index.js';
 import type { Config } from '../mta-config-schema.js';
 import type { SharedState } from '../mta-shared.js';
-import { BadRequest, checkScope, forMs, text, type AdminAnswer, type AdminRoute } from './admin-request.js';
+import { actionScope, BadRequest, forMs, text, type AdminAnswer, type AdminRoute } from './admin-request.js';
 
 export interface QueueTarget {
   readonly config: Pick<Config, 'tenants'>;
@@ -44,13 +44,8 @@ export const queueRoute: AdminRoute<QueueTarget> = async ({ method, path, body }
   const release = RELEASE.exec(path);
   if (release) return releaseMessage(release[1], target);
   if (!ACTIONS.includes(path)) return null;
-  const message = text(body, 'message', 64);
-  const tenant = text(body, 'tenant', 64);
-  const site = text(body, 'site');
-  if (message !== undefined && (tenant !== undefined || site !== undefined)) throw new BadRequest('give a message, or a tenant and/or a site, not both');
-  if (message === undefined && tenant === undefined && site === undefined) throw new BadRequest('give a message, a tenant or a site');
+  const { message, tenant, site } = actionScope(config, body);
   if (message !== undefined && body.for !== undefined) throw new BadRequest('"for" applies to a tenant or a site; a held message waits until released');
-  checkScope(config, tenant, site);
   // A corrupt entry is not in the queue: hold, release and purge would report recipients and leave it.
   const entry = message === undefined ? undefined : queue.store.message(message);
   if (entry?.state === 'corrupt') {

@@ -48,3 +48,17 @@ export function checkScope(config: Pick<Config, 'tenants'>, tenant: string | und
   }
   if (site !== undefined && !SITE_KEY.test(site)) throw new BadRequest(`"${site}" is not a site: sites look like "mx:mx1.example.net", "site:NAME", "route:host:port" (see ichidan egress)`);
 }
+
+/**
+ * What a queue action applies to ({message} | {tenant?, site?}), checked: one message, or a
+ * tenant and/or a site the config knows.
+ */
+export function actionScope(config: Pick<Config, 'tenants'>, body: Record<string, unknown>): { message?: string; tenant?: string; site?: string } {
+  const message = text(body, 'message', 64);
+  const tenant = text(body, 'tenant', 64);
+  const site = text(body, 'site');
+  if (message !== undefined && (tenant !== undefined || site !== undefined)) throw new BadRequest('give a message, or a tenant and/or a site, not both');
+  if (message === undefined && tenant === undefined && site === undefined) throw new BadRequest('give a message, a tenant or a site');
+  checkScope(config, tenant, site);
+  return { message, tenant, site };
+}

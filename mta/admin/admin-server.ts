@@ -12,6 +12,7 @@
  *   /v1/reload                               admin-reload.ts
  *   /v1/engines…                             admin-engines.ts
  *   /v1/messages/ID/release, /v1/queue/…     admin-queue.ts (hold, release, purge)
+ *   /v1/queue/messages…, flush|bounce|delete admin-queue-inspect.ts (per message: list, show, why; actions)
  *   /v1/queue/corrupt…                       admin-corrupt.ts
  *   /v1/egress…                              admin-egress.ts
  *   /v1/tenants/…                            admin-tenants.ts
@@ -20,6 +21,8 @@
  *   /v1/admission                            admin-admission.ts (pressure level and signals)
  *   /v1/senders…                             admin-senders.ts (known senders: list, pin, block, forget)
  *   /metrics                                 admin-metrics.ts
+ *   /healthz, /readyz                        admin-health.ts (GET only; no token, any Host: they
+ *                                            change nothing and tell only whether mail is taken)
  *   a body of at most 16 KB that must be a JSON object; 400 for a bad field, 404 for no route.
  * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
  * reads the queue database directly.
@@ -37,7 +40,9 @@ import { egressRoute, type EgressTarget } from './admin-egress.js';
 import { enginesRoute, type EnginesTarget } from './admin-engines.js';
 import { refuseRequest, tcpHost } from './admin-guard.js';
 import { metricsRoute, type MetricsTarget } from './admin-metrics.js';
+import { healthRoute, OPEN_PATHS, type HealthTarget } from './admin-health.js';
 import { queueRoute, type QueueTarget } from './admin-queue.js';
+import { queueInspectRoute, type QueueInspectTarget } from './admin-queue-inspect.js';
 import { reloadRoute, type ReloadTarget } from './admin-reload.js';
 import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.js';
 import { sendersRoute, type SendersTarget } from './admin-senders.js';
@@ -45,11 +50,11 @@ import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 import { suppressionRoute, type SuppressionTarget } from './admin-suppression.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & QueueInspectTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & HealthTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [reloadRoute, enginesRoute, queueRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [healthRoute, reloadRoute, enginesRoute, queueRoute, queueInspectRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {
@@ -58,18 +63,20 @@ export class AdminServer {
   static async listen(path: string, target: AdminTarget, log: Logger): Promise<AdminServer> {
     const { token, address, port } = target.config.admin;
     const handler = (hosts: () => string[]) => (req: IncomingMessage, res: ServerResponse) => {
+      if (req.method === 'GET' && OPEN_PATHS.has((req.url ?? '').split('?')[0])) return void answer(req, res);
       if (token !== undefined && !authorized(req, token)) return reply(res, 401, { error: 'a valid bearer token is required' });
       const refusal = refuseRequest(req.method ?? 'GET', req.headers, hosts());
       if (refusal) {
         req.resume();
         return reply(res, refusal.status, { error: refusal.error });
       }
-      handle(req, res, target).catch((err) => {
-        log.error({ err }, 'admin request failed');
-        if (res.headersSent) res.destroy();
-        else reply(res, 500, { error: 'internal error' });
-      });
+      answer(req, res);
     };
+    const answer = (req: IncomingMessage, res: ServerResponse) => handle(req, res, target).catch((err) => {
+      log.error({ err }, 'admin request failed');
+      if (res.headersSent) res.destroy();
+      else reply(res, 500, { error: 'internal error' });
+    });
     await rm(path, { force: true });
     const servers = [createServer(handler(() => ['localhost']))];
     // exclusive: in a worker (mta-workers.ts) the socket is its own, not held by the primary.

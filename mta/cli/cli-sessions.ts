@@ -2,21 +2,26 @@
  * `ichidan sessions`: outbound SMTP sessions and their transcripts (delivery.transcripts).
  *
  *   ichidan sessions list [-c FILE] [--last N] [--host H]   newest first
+ *   ichidan sessions list --message ID [--json]   one message's sessions (cli-queue-inspect.ts)
  *   ichidan sessions show ID [-c FILE]    one session: the messages it carried and its transcript
  * Read from the queue database (no process needed).
  */
 import type Database from 'better-sqlite3';
 import { readConnection, readConnections } from '../../queue/queue-records-transcripts.js';
 import { iso, openDb, options, safe, usage } from './cli-common.js';
+import { sessionsForMessage } from './cli-queue-inspect.js';
 
 export const SESSIONS_USAGE = `  ichidan sessions list [-c FILE] [--last N] [--host H]
+  ichidan sessions list --message ID [-c FILE] [--json]
   ichidan sessions show ID [-c FILE]`;
 
 const isoMs = (ms: number) => new Date(ms).toISOString();
 
 export function sessions(args: string[]): void {
-  const { config, values, positionals } = options(args, { last: { type: 'string' }, host: { type: 'string' } });
+  const json = args.includes('--json');
+  const { config, values, positionals } = options(args.filter((a) => a !== '--json'), { last: { type: 'string' }, host: { type: 'string' }, message: { type: 'string' } });
   const [action = 'list', id] = positionals;
+  if (action === 'list' && values.message !== undefined) return sessionsForMessage(config, values.message, { json });
   if (action === 'list') {
     const last = Number(values.last ?? 20);
     if (!Number.isInteger(last) || last < 1) {

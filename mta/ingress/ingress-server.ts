@@ -21,6 +21,10 @@
  * Steering by DNS (admission.dns.enabled): an mx listener also takes the responder's pairing
  * addresses on its port, and tells the responder each connection's local and remote address
  * (admission/admission-dns.ts pairs resolvers with the MTAs that connect).
+ * Metrics and log: each connection, refusal, MAIL FROM and message is told to `events`
+ * (mta-metrics-traffic.ts); the log has a line at connect (once let in; a refusal is at debug
+ * level), at TLS (protocol and cipher) and at disconnect, each with the session id (smtp-server's),
+ * which the accept step's lines carry too.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -43,6 +47,7 @@ import { dkimSigningFor } from './ingress-dkim.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
 import { ProxyDoor } from './ingress-proxy-door.js';
+import type { IngressEvents } from '../mta-metrics-traffic.js';
 
 /** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
 interface Transaction {
@@ -68,6 +73,8 @@ export interface ListenerDeps {
   learn: (input: LearnInput) => void;
   /** The DNS responder (admission.dns.enabled): its pairing addresses, and each connection told to it. */
   dns?: () => PairingListener | null;
+  /** Told of connections, transactions and messages (the metrics). */
+  events?: IngressEvents;
 }
 
 /** What an mx listener does for the DNS responder's resolver pairing (admission/admission-dns.ts). */
@@ -90,6 +97,8 @@ export class Listener {
   #proxyProtocol: ListenerConfig['proxyProtocol'];
   /** The DNS responder's pairing addresses, taken by an mx listener besides its own. */
   readonly #pairing: Server[] = [];
+  /** Sessions let in at connect (their disconnect is logged; a refused one's is not). */
+  readonly #greeted = new Set<string>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.snapshot();
@@ -125,16 +134,27 @@ export class Listener {
       logger: false,
       // AUTH is neither advertised nor accepted until the session is encrypted (RFC 4954 section 4).
       onConnect: (session, cb) => {
-        if (deps.draining()) return cb(toSmtpError(REPLIES.draining));
+        deps.events?.connection(spec.name);
+        // Refused connections log at debug only: a flood turned away must not flood the log.
+        const refuse = (r: SmtpReply) => {
+          deps.events?.connectionRefused(spec.name, r);
+          deps.log.debug({ listener: spec.name, session: session.id, client: session.remoteAddress, reply: `${r.code} ${r.enhanced}` }, 'connection refused');
+          cb(toSmtpError(r));
+        };
+        if (deps.draining()) return refuse(REPLIES.draining);
         const door = this.#door.get(session.id);
         this.#door.delete(session.id);
-        if (door?.action === 'refuse') return cb(toSmtpError(door.reply));
+        if (door?.action === 'refuse') return refuse(door.reply);
         const refusal = this.#connections.admit(session);
-        if (refusal) return cb(toSmtpError(refusal));
+        if (refusal) return refuse(refusal);
         if (submission && !session.secure) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = ['AUTH'];
+        this.#greeted.add(session.id);
+        deps.log.info({ listener: spec.name, session: session.id, client: session.remoteAddress }, 'connect');
         cb();
       },
       onSecure: (socket, session, cb) => {
+        const tls = socket as Socket & { getProtocol?: () => string | null; getCipher?: () => { name: string } | undefined };
+        deps.log.info({ listener: spec.name, session: session.id, protocol: tls.getProtocol?.() ?? null, cipher: tls.getCipher?.()?.name ?? null }, 'tls');
         this.#connections.secured(session.id, socket as Socket);
         if (submission) (session as SMTPServerSession & { disabledCommands?: string[] }).disabledCommands = [];
         cb();
@@ -227,7 +247,7 @@ export class Listener {
 
   #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null, res?: { user: string }) => void): void {
     const { config } = this.deps.snapshot();
-    const where = { listener: this.spec.name, client: session.remoteAddress, user: auth.username };
+    const where = { listener: this.spec.name, session: session.id, client: session.remoteAddress, user: auth.username };
     this.deps.auth.authenticate({
       username: auth.username ?? '', password: auth.password ?? '', address: session.remoteAddress,
       sessionFailures: this.#connections.authFailures(session.id), exempt: this.#connections.exempt(session.remoteAddress),
@@ -247,6 +267,7 @@ export class Listener {
   }
 
   #closed(session: SMTPServerSession): void {
+    if (this.#greeted.delete(session.id)) this.deps.log.info({ listener: this.spec.name, session: session.id, client: session.remoteAddress }, 'disconnect');
     this.#endTransaction(session);
     this.#door.delete(session.id);
     this.#gone.get(session.id)?.abort(new Error('client gone'));
@@ -271,7 +292,9 @@ export class Listener {
       ?? (transfer.kind === 'transfer' ? null : snapshot.policy.checkSender(this.#client(session)))
       // Below queue.minFree new mail waits (RFC 5321 4.2.2: 452), so the queue keeps room for outcomes.
       ?? (this.deps.queue.lowOnSpace(declaredSize) ? REPLIES.storageFull : null);
+    this.deps.events?.transaction(this.spec.name);
     if (refusal) {
+      this.deps.events?.transactionRefused(this.spec.name, refusal);
       clearMailParameters(session.envelope);
       return cb(toSmtpError(refusal));
     }
@@ -366,8 +389,10 @@ export class Listener {
         input.transfer = { queueId: place.queueId };
         if (!place.queueId) this.deps.log.warn({ qid: tx.transfer.id, peer: tx.transfer.from }, 'cluster transfer: its id is already queued here with other recipients; these go under a new id');
       }
-      const result = await acceptMessage(input, this.deps.queue, this.deps.log);
+      const result = await acceptMessage(input, this.deps.queue, this.deps.log.child({ session: session.id }));
       const { reply } = result;
+      const outcome = result.kind === 'queued' ? (result.quarantined ? 'quarantined' : 'accepted') : result.kind;
+      this.deps.events?.message(this.spec.name, input.envelope.recipients[0]?.tenant ?? null, outcome, result.kind === 'queued' ? null : reply, 'scan' in result && !!result.scan);
       if (!tx.transfer) this.deps.learn({ address: session.remoteAddress, authUser: this.#client(session).authUser, result });
       if (reply.code < 400) cb(null, replyText(reply));
       else cb(toSmtpError(reply));

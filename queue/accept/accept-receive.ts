@@ -58,6 +58,8 @@ export interface ReceiveResult {
   writeError: NodeJS.ErrnoException | null;
   /** The first structure limit the message passes (null: within them, or refused for another reason). */
   structure: string | null;
+  /** The message's Message-ID header field (for the log), when it has one. */
+  messageId: string | null;
 }
 
 export async function receiveInto(stream: Readable, writer: SpoolWriter, limits: StructureLimits & { maxMessageSize: number }, tap?: (chunk: Buffer) => void): Promise<ReceiveResult> {
@@ -78,7 +80,7 @@ export async function receiveInto(stream: Readable, writer: SpoolWriter, limits:
   const refused = writeError !== null || guard.bare || bytes > maxSize;
   if (refused) check.abandon();
   const structure = refused ? null : await check.finish();
-  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, nul, writeError, structure };
+  return { bytes, bareLineEnding: guard.bare, oversized: bytes > maxSize, nul, writeError, structure, messageId: check.messageId };
 
   async function receiveChunks(): Promise<void> {
     for await (const chunk of stream as AsyncIterable<Buffer>) {

@@ -264,6 +264,7 @@ async function judgeAndQueue(
     const id = await queue.accept(writer, { ...envelope, trace, quarantine, strip }, bytes, record);
     log.info({
       qid: id, listener: envelope.listener, client: envelope.client, sender: envelope.sender, recipients: envelope.recipients.length, size: bytes,
+      messageId: received.messageId,
       ...(quarantine ? { quarantine } : {}),
     }, quarantine ? 'quarantined' : 'queued');
     const reply = quarantine && input.mode === 'relay' ? heldInQuarantine(id) : queued(id);

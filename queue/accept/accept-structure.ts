@@ -14,7 +14,8 @@
  *   (an attachment, or base64), since scanners and mail clients open those as well. Memory: one
  *   header block per level at most (maxHeaderSize).
  * Gives: null, or the first limit passed in words ("MIME nesting deeper than 16 levels"), which
- *   the verdict turns into `scanning.unscannable` (default: 550 5.6.0).
+ *   the verdict turns into `scanning.unscannable` (default: 550 5.6.0). Also `messageId`: the
+ *   top header block's Message-ID field (for the log; at most 200 characters), null when absent.
  * Counts: the header block of the message and of every part (bytes as mailsplit counts them,
  *   each line at least 64; fields), the depth of every part (its ancestors, an attached message's
  *   own top included), and the parts of the whole message (every node, containers included).
@@ -49,6 +50,8 @@ interface Attached {
 
 export class StructureCheck {
   #problem: string | null = null;
+  /** The message's own Message-ID (the first header block of the top level). */
+  messageId: string | null = null;
   readonly #splitter: Splitter;
   readonly #ended: Promise<void>;
   #attached: Attached | null = null;
@@ -83,6 +86,7 @@ export class StructureCheck {
   #node(node: PartNode): void {
     if (this.#problem) return;
     this.parts.count++;
+    if (this.depth === 0 && this.parts.count === 1) this.messageId = node.headers ? node.headers.getFirst('message-id').trim().slice(0, 200) || null : null;
     const fields = node.headers ? node.headers.getList().length : 0;
     const depth = this.depth + depthOf(node);
     if (fields > this.limits.maxHeaderFields) this.#fail(`more than ${this.limits.maxHeaderFields} header fields in one header block`);
