@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { SMTPServer } from 'smtp-server';
 import { describe, expect, it } from 'vitest';
-import { Transcript, type TranscriptChunk, type TranscriptLine } from './delivery-transcript.js';
+import { failureReason, Transcript, type TranscriptChunk, type TranscriptLine } from './delivery-transcript.js';
 import { SmtpConnection } from './smtp/smtp-connection.js';
 import { sendEnvelope } from './smtp/smtp-envelope.js';
 
@@ -94,6 +94,24 @@ describe('transcript recorder, fed as the connection feeds it', () => {
     expect(lines.map((l) => l.at)).toEqual([1005, 1005, 1005, 1010, 1010]);
     expect(out.chunks.at(-1)!.connection.endedAt).toBe(1020);
     for (let k = 1; k < lines.length; k++) expect(lines[k].seq).toBeGreaterThan(lines[k - 1].seq);
+  });
+
+  it('records a session opened for a message that never connected, tied to it, with the reason in words', () => {
+    const out = collect();
+    const t = new Transcript({ ...INIT, openedFor: { queueId: 'Q1', tenant: 'acme', recipients: ['a@remote.test'] } }, out.sink);
+    t.logger.error({ tnx: 'network', err: Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:25'), { code: 'ECONNREFUSED' }) }, 'refused');
+    t.end();
+    expect(out.chunks).toHaveLength(1);
+    expect(out.chunks[0].connection).toMatchObject({ id: t.id, address: '127.0.0.1', port: 25, ended: 'connection refused (ECONNREFUSED)', messages: 1, localAddress: null });
+    expect(out.chunks[0].messages).toMatchObject([{ n: 1, queueId: 'Q1', tenant: 'acme', recipients: ['a@remote.test'] }]);
+    expect(out.chunks[0].lines).toEqual([]);
+  });
+
+  it('names a broken TLS handshake and a timeout as such', () => {
+    expect(failureReason(Object.assign(new Error('wrong version number'), { code: 'ETLS', duringTls: true }))).toBe('TLS handshake failed: wrong version number');
+    expect(failureReason(Object.assign(new Error('TLS handshake timed out'), { code: 'ETIMEDOUT', duringTls: true }))).toBe('TLS handshake timed out');
+    expect(failureReason(Object.assign(new Error('connection to 192.0.2.1:25 timed out'), { code: 'ETIMEDOUT' }))).toBe('connection to 192.0.2.1:25 timed out');
+    expect(failureReason(Object.assign(new Error('connect EHOSTUNREACH'), { code: 'EHOSTUNREACH' }))).toBe('host unreachable (EHOSTUNREACH)');
   });
 
   it('records nothing for a session that never connected', () => {

@@ -161,7 +161,8 @@ export class Transcript {
   /** The message is done with: hands over what was recorded; later lines (RSET, QUIT) belong to no message. */
   release(): void {
     this.#queueId = null;
-    this.#flush();
+    // Nothing new since the last chunk (a session handed back twice): no chunk, no rewrite of its row.
+    if (this.#lines.length > 0 || this.#messages.length > 0) this.#flush();
   }
 
   /** The session is over (the connection's 'end'); idempotent. */
@@ -248,6 +249,18 @@ export class Transcript {
   }
 }
 
+/**
+ * A session for `msg` that could not be opened at all (its next hop could not be looked up): one
+ * row with no address (port 0), tied to the message, ended by `reason`. Gives its id.
+ */
+export function unopenedSession(init: Pick<TranscriptInit, 'host' | 'protocol' | 'helo'>, msg: { queueId: string; tenant: string; recipients: Array<{ address: string }> }, reason: string, sink: TranscriptSink): string {
+  const openedFor = { queueId: msg.queueId, tenant: msg.tenant, recipients: msg.recipients.map((r) => r.address) };
+  const t = new Transcript({ ...init, address: '', port: 0, maxBytes: 0, openedFor }, sink);
+  t.logger.error({ err: new Error(reason) });
+  t.end();
+  return t.id;
+}
+
 const NETWORK_FAILURES: Record<string, string> = {
   ECONNREFUSED: 'connection refused',
   EHOSTUNREACH: 'host unreachable',
@@ -263,7 +276,8 @@ const NETWORK_FAILURES: Record<string, string> = {
  */
 export function failureReason(err: Error): string {
   const e = err as Error & { code?: string; duringTls?: boolean };
-  if (e.duringTls) return e.code === 'ETIMEDOUT' ? `TLS handshake timed out: ${e.message}` : `TLS handshake failed: ${e.message}`;
+  if (e.duringTls && e.code === 'ETIMEDOUT') return /timed out/.test(e.message) ? e.message : `TLS handshake timed out: ${e.message}`;
+  if (e.duringTls) return `TLS handshake failed: ${e.message}`;
   const words = e.code === undefined ? undefined : NETWORK_FAILURES[e.code];
   return words ? `${words} (${e.code})` : e.message;
 }

@@ -32,7 +32,7 @@ import { StsPolicyCache } from './delivery-mtasts.js';
 import { deliverToHop, sameOutcome, type OpenedSession, type OutboundMessage, type RecipientOutcome } from './delivery-smtp.js';
 import { loadCa, TlsPlanner, type TlsPlan } from './delivery-tls.js';
 import type { NextHop } from './delivery-route.js';
-import type { TranscriptSink } from './delivery-transcript.js';
+import { unopenedSession, type TranscriptSink } from './delivery-transcript.js';
 import { deferReply, STATUS } from '../base/base-outcome.js';
 
 export type { OpenedSession, OutboundMessage, OutboundRecipient, RecipientOutcome, Verdict } from './delivery-smtp.js';
@@ -107,7 +107,11 @@ export class Egress {
     if (decision.kind === 'hold') return { kind: 'hold' };
     if (decision.kind === 'fail') {
       const reply = `${decision.permanent ? 550 : 451} ${decision.status} ${decision.reason}`;
-      return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain) };
+      // A lookup that failed for now (not an answer such as NXDOMAIN or null MX) is a session that could not be opened: its row says why.
+      const session = !decision.permanent && transcripts && this.config.delivery.transcripts.enabled
+        ? unopenedSession({ host: domain, protocol: 'smtp', helo: via?.source.helo ?? this.config.delivery.heloName ?? this.config.hostname }, msg, decision.reason, transcripts)
+        : null;
+      return { kind: 'outcomes', outcomes: sameOutcome(msg.recipients, reply, domain, session) };
     }
     // The site the scheduler counted the delivery against, even should the route have moved since.
     const site: DeliverySite = via && via.site !== routed.key ? this.sites.limits(via.site) : routed;

@@ -1,28 +1,23 @@
 #!/usr/bin/env node
 /*
- * The `ichidan` executable.
+ * The `ichidan` executable: the command line (cli/cli-commands.ts) with `start` run here.
  *
  *   ichidan start [-c FILE] [--workers N|auto]
- *                             run the MTA (the config file: mta-config-path.ts `configPath`) until SIGTERM or
+ *                             run the MTA (the config: cli/cli-common.ts `loadCliConfig`) until SIGTERM or
  *                             SIGINT (graceful stop); SIGHUP reloads the config file. With more
  *                             than one worker (--workers, else cluster.workers) this process is
  *                             the primary of that many nodes sharing the ports (mta-workers.ts).
- *                             SIGUSR2 reopens log.file (logrotate); under systemd, readiness
- *                             and stopping are notified (mta-notify.ts).
+ *                             SIGUSR2 reopens log.file (logrotate); under systemd, readiness,
+ *                             reloading and stopping are notified (mta-notify.ts).
  *   ichidan COMMAND ...       every other command is the CLI (cli/cli-commands.ts lists them)
  * With ICHIDAN_READY_FD=3, `start` writes one JSON line to fd 3 once every listener is bound
  * (`{"ready":true,"listeners":[...]}`; a primary adds `"workers":[{index,pid}]` once every worker
  * listens), for supervisors and tests.
  * The daemon is loaded only for `start`, so the CLI's commands never load it.
  */
-import { parseArgs } from 'node:util';
-import { loadOrExit } from './cli/cli-common.js';
-import { runCommand } from './cli/cli-commands.js';
-import { loadConfig, type Config } from './mta-config.js';
-import { configPath } from './mta-config-path.js';
-import { createProcessLogger } from './mta-log.js';
-import { createNotifier } from './mta-notify.js';
-import { announceReady, workerConfig, workerCount, workerIndex } from './mta-workers.js';
+import { loadCliConfig } from './cli/cli-common.js';
+import { runCli, type StartOptions } from './cli/cli-commands.js';
+import type { Config } from './mta-config.js';
 
 /** `--workers N|auto` stands for cluster.workers, and is validated as that key. */
 function workersFlag(value: string | undefined) {
@@ -31,18 +26,21 @@ function workersFlag(value: string | undefined) {
   return (input: Record<string, unknown>) => ({ ...input, cluster: { ...(input.cluster as object | undefined), workers } });
 }
 
-async function start(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, workers: { type: 'string' } }, allowPositionals: false });
-  const file = configPath(values.config);
-  const override = workersFlag(values.workers);
+async function start(options: StartOptions): Promise<void> {
+  // Loaded here, not above: the other commands start without them.
+  const { loadConfig } = await import('./mta-config.js');
+  const { createProcessLogger } = await import('./mta-log.js');
+  const { createNotifier } = await import('./mta-notify.js');
+  const { announceReady, workerConfig, workerCount, workerIndex } = await import('./mta-workers.js');
+  const override = workersFlag(options.workers);
   const index = workerIndex();
   // A worker derives its own config from the file at start and at every reload.
   const load = (f: string): Config => {
     const config = loadConfig(f, override);
     return index === null ? config : workerConfig(config, index);
   };
-  const config = loadOrExit(file, load);
-  const { log: root, reopen } = openLog(file, config);
+  const { file, config } = await loadCliConfig(options.config, load);
+  const { log: root, reopen } = openLog(createProcessLogger, file, config);
   // logrotate's postrotate signal: the log file is opened again under its name (a worker's primary passes it on).
   process.on('SIGUSR2', () => { reopen(); });
   const notifier = index === null ? createNotifier(root) : null;
@@ -87,16 +85,16 @@ async function start(args: string[]): Promise<void> {
   notifier?.ready();
 }
 
+type ProcessLogger = typeof import('./mta-log.js').createProcessLogger;
+
 /** The process's log (mta-log.ts); a log.file that cannot be opened is a config error. */
-function openLog(file: string, config: Config): ReturnType<typeof createProcessLogger> {
+function openLog(create: ProcessLogger, file: string, config: Config): ReturnType<ProcessLogger> {
   try {
-    return createProcessLogger(config.log);
+    return create(config.log);
   } catch (err) {
     process.stderr.write(`${file}: invalid configuration\n  - log.file: cannot open ${config.log.file}: ${(err as Error).message}\n`);
     process.exit(1);
   }
 }
 
-const [command, ...rest] = process.argv.slice(2);
-if (command === 'start') await start(rest);
-else await runCommand(command, rest);
+await runCli(process.argv.slice(2), start);

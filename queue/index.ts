@@ -7,7 +7,7 @@
  *   parameters, the trace headers Ichidan adds, a quarantine or strip rule) and its scan record;
  *   the scan records of refused messages, shadow engines' late runs, engine events and delivery's
  *   session transcripts (records, queue-records.ts); operator commands (queue-operator.ts,
- *   queue-egress-control.ts); turns asked for by the proxy (queue-live.ts); a drain's passes,
+ *   queue-operator-bounce.ts, queue-egress-control.ts); turns asked for by the proxy (queue-live.ts); a drain's passes,
  *   which hand queued recipients to cluster peers (queue-transfer.ts).
  * Gives: `accept()` resolves only when the spool file and the queue record are durable (fsync;
  *   concurrent transactions share one commit), which is when the 250 may be sent. Then each
@@ -247,6 +247,7 @@ export class Queue {
       store: this.store, log: this.log, notices: this.#notices(),
       claim: (id, r) => !this.#inFlight.has(key(id, r)) && !!this.#inFlight.add(key(id, r)),
       release: (id, r) => this.#inFlight.delete(key(id, r)),
+      reschedule: (rows) => this.#scheduleRows(rows),
       schedule: (n, ids) => this.#schedule(n.id, n.recipients.map((r, j) => ({ ...r, id: ids[j], due: Date.now() }))),
     }, select, reason, Date.now());
   }

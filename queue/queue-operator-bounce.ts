@@ -31,6 +31,8 @@ export interface BounceContext {
    */
   claim: (messageId: string, recipient: number) => boolean;
   release: (messageId: string, recipient: number) => void;
+  /** Rows whose bounce failed, back to the scheduler (a due attempt skipped them while they were claimed). */
+  reschedule: (rows: RecipientRow[]) => void;
   /** A notice committed: its recipients to schedule, due now. */
   schedule: (notice: NewMessage, recipientIds: number[]) => void;
 }
@@ -50,10 +52,16 @@ export async function bounceNow(ctx: BounceContext, select: RecipientSelector, r
     if (list) list.push(r); else byMessage.set(r.message_id, [r]);
   }
   let bounced = 0;
+  const settled = new Set<string>();
   try {
-    for (const [id, rows] of byMessage) bounced += await bounceMessage(ctx, id, rows, reply, now);
+    for (const [id, rows] of byMessage) {
+      bounced += await bounceMessage(ctx, id, rows, reply, now);
+      settled.add(id);
+    }
   } finally {
     for (const rows of byMessage.values()) for (const r of rows) ctx.release(r.message_id, r.id);
+    // A failure leaves the rest queued: an attempt that came due meanwhile skipped them, so they are scheduled again.
+    for (const [id, rows] of byMessage) if (!settled.has(id)) ctx.reschedule(rows);
   }
   return { bounced, busy };
 }

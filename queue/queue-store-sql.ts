@@ -269,10 +269,12 @@ export function createWriter(db: Database.Database): (op: WriteOp) => unknown {
       case 'suppressionRemove':
       case 'suppressionPrune':
         return suppression(op);
+      case 'deleteCorrupt':
+        attempts.remove(op.id);
+        return corrupt(op);
       case 'setCorrupt':
       case 'insertCorrupt':
       case 'requeueCorrupt':
-      case 'deleteCorrupt':
         return corrupt(op);
       case 'insertMessage': {
         const { recipients, ...row } = op.message;

@@ -49,7 +49,7 @@ function blocksOf(r: RecipientRow, ctx: WhyContext): string[] {
     if (e.site !== null && e.site !== site) continue;
     if (e.tenant === null && e.site === null) continue;
     const until = e.until === null ? 'until released' : `until ${at(e.until, ctx.now)}`;
-    const where = [e.tenant && `tenant ${e.tenant}`, e.site && `site ${e.site}`, e.source && `from ${e.source}`].filter(Boolean).join(' at ');
+    const where = [e.tenant && `tenant ${e.tenant}`, e.site && `site ${e.site}`].filter(Boolean).join(' at ') + (e.source ? ` (from ${e.source})` : '');
     const what = e.kind === 'hold' ? `held by ${e.actor === 'operator' ? 'an operator' : e.actor}`
       : e.kind === 'suspended' ? 'suspended by the throttle control (its share of the throttle replies)'
         : 'paused by the throttle control (the destination pushed back)';

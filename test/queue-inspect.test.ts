@@ -20,7 +20,8 @@ const exec = promisify(execFile);
 
 interface Listed { id: string; state: string; tenant: string; sender: string; ageSeconds: number; size: number; nextAttempt: string | null; lastReply: string | null; recipients: Array<{ address: string; state: string; nextAttempt: string | null; lastReply: string | null }> }
 
-describe('queue tools per message', () => {
+// Each CLI run is a process of its own: slow on a loaded machine.
+describe('queue tools per message', { timeout: 180_000 }, () => {
   let t: TestApp;
   let remote: Sink;
   let slow: Sink;
@@ -260,9 +261,9 @@ describe('queue tools per message', () => {
   });
 
   it('an unknown id is exit 1 with one line, for reads and actions; 404 from the API', async () => {
-    for (const args of [['queue', 'show', 'NOSUCHMESSAGE'], ['queue', 'why', 'NOSUCHMESSAGE'], ['queue', 'flush', 'NOSUCHMESSAGE'], ['queue', 'bounce', 'NOSUCHMESSAGE'], ['queue', 'delete', 'NOSUCHMESSAGE']]) {
-      expect(await failing(...args), args.join(' ')).toMatchObject({ code: 1, stderr: 'ichidan: no message NOSUCHMESSAGE in the queue\n' });
-    }
+    const commands = ['show', 'why', 'flush', 'bounce', 'delete'];
+    const results = await Promise.all(commands.map((c) => failing('queue', c, 'NOSUCHMESSAGE')));
+    results.forEach((r, i) => expect(r, commands[i]).toMatchObject({ code: 1, stderr: 'ichidan: no message NOSUCHMESSAGE in the queue\n' }));
     expect(await api('GET', '/v1/queue/messages/NOSUCHMESSAGE')).toEqual({ status: 404, body: { error: 'no message NOSUCHMESSAGE in the queue' } });
     expect((await api('POST', '/v1/queue/bounce', { message: 'NOSUCHMESSAGE' })).status).toBe(404);
   });

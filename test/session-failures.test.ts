@@ -1,5 +1,6 @@
 // A delivery whose connection fails still leaves a session row, tied to its message, with the real
-// reason: a refused port, a TLS handshake a peer breaks after STARTTLS, a peer that never greets;
+// reason: a refused port, a TLS handshake a peer breaks after STARTTLS, a peer that never greets, an MX
+// lookup that fails (SERVFAIL from a DNS server on loopback);
 // `ichidan sessions list --message ID` lists them and the attempt names its session.
 import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
@@ -10,6 +11,7 @@ import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminRequest, adminSocket, baseConfig, startApp, waitUntil, type TestApp } from './helpers/app.js';
 import { CLI } from './helpers/child.js';
+import { startDns, type TestDns } from './helpers/dns-server.js';
 
 const exec = promisify(execFile);
 
@@ -35,12 +37,13 @@ function tlsBreaker(): Server {
 
 interface SessionRow { id: string; host: string; address: string; port: number; ended: string | null; messages: number }
 
-describe('failed connections leave session rows', () => {
+describe('failed connections leave session rows', { timeout: 120_000 }, () => {
   let t: TestApp;
   let cliConfig: string;
   const servers: Server[] = [];
   const ports = { refused: 0, tls: 0, silent: 0 };
   let refusedQid = '';
+  let dns: TestDns;
 
   beforeAll(async () => {
     const closed = createServer();
@@ -52,8 +55,10 @@ describe('failed connections leave session rows', () => {
     const silent = createServer((s) => s.on('error', () => undefined));
     servers.push(silent);
     ports.silent = await listen(silent, '127.0.0.7');
+    dns = await startDns({ 'broken.test': { servfail: true } });
     t = await startApp((dir) => baseConfig(dir, {
       trustedNetworks: ['127.0.0.1/32'],
+      dns: { servers: [dns.server] },
       queue: { retryInitial: '1h', retryMax: '2h', retryJitter: 0 },
       delivery: { greetingTimeout: '500ms' },
       routes: {
@@ -68,6 +73,7 @@ describe('failed connections leave session rows', () => {
   afterAll(async () => {
     await t?.stop();
     for (const s of servers) await new Promise((r) => s.close(r));
+    await dns?.close();
   });
 
   async function deferred(to: string): Promise<{ qid: string; sessions: SessionRow[]; attempt: { session: string | null; reply: string } }> {
@@ -109,6 +115,15 @@ describe('failed connections leave session rows', () => {
     expect(sessions).toHaveLength(1);
     expect(sessions[0]).toMatchObject({ address: '127.0.0.7', port: ports.silent, ended: 'no reply within 500 ms', messages: 1 });
     expect(attempt.session).toBe(sessions[0].id);
+  });
+
+  it('an MX lookup that fails: a session row with no address, saying so', async () => {
+    const { sessions, attempt } = await deferred('e@broken.test');
+    expect(sessions).toHaveLength(1);
+    expect(sessions[0]).toMatchObject({ host: 'broken.test', address: '', port: 0, messages: 1 });
+    expect(sessions[0].ended).toMatch(/^MX lookup for broken\.test failed: ESERVFAIL/);
+    expect(attempt.session).toBe(sessions[0].id);
+    expect(dns.queries.some((q) => q.name === 'broken.test')).toBe(true);
   });
 
   // (A second message to the refused port would wait: the refusal paused the site, delivery.throttle.)

@@ -205,12 +205,16 @@ export class SmtpConnection extends EventEmitter {
   /**
    * Sends command lines in one write and reads their replies, in order (RFC 2920: only where the
    * server offered PIPELINING, for more than one line). Replies pair with commands by order
-   * alone, so a call while another still waits is refused.
+   * alone, so a call while another still waits is refused. `before(i)` runs just before line i
+   * is logged (a transcript ties the lines from there on to another message).
    */
-  async pipeline(lines: string[]): Promise<Reply[]> {
+  async pipeline(lines: string[], before?: (i: number) => void): Promise<Reply[]> {
     this.#check();
     if (this.#waiters.length > 0) throw connectionError('a command is still waiting for its reply', 'EBUSY');
-    for (const line of lines) this.opts.logger.debug({ tnx: 'client' }, line);
+    lines.forEach((line, i) => {
+      before?.(i);
+      this.opts.logger.debug({ tnx: 'client' }, line);
+    });
     const replies = lines.map(() => this.#read(this.opts.replyTimeout));
     this.#socket!.write(lines.map((l) => l + '\r\n').join(''));
     return Promise.all(replies);
@@ -233,12 +237,22 @@ export class SmtpConnection extends EventEmitter {
    */
   async body(body: Readable, replies: number, onProgress?: (bytes: number) => void): Promise<Reply[]> {
     let bytes = 0;
+    let corked = false;
     try {
       const socket = this.#socket!;
       for await (const chunk of dotStuffed(body)) {
         this.#check();
         bytes += chunk.length;
         onProgress?.(bytes);
+        // Chunks that come in the same turn (the last one and the final dot, most often) leave in one write.
+        if (!corked) {
+          corked = true;
+          socket.cork();
+          process.nextTick(() => {
+            corked = false;
+            socket.uncork();
+          });
+        }
         if (socket.write(chunk)) continue;
         // A destination that goes away while its buffers are full never drains: the close ends the wait too.
         await new Promise<void>((resolve) => {

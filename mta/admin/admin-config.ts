@@ -3,7 +3,7 @@
  * (mta/mta-config-schema.ts) assembles them and checks that a TCP port comes with a token.
  */
 import { z } from 'zod';
-import { ipAddress } from '../../base/base-config.js';
+import { duration, ipAddress } from '../../base/base-config.js';
 
 export const adminSchema = z.strictObject({
   /** The admin API's unix socket (mode 0600); default dataDir/admin.sock. */
@@ -15,4 +15,12 @@ export const adminSchema = z.strictObject({
   watchConfig: z.boolean().default(false),
   /** When set, every admin request must carry `Authorization: Bearer <token>` (the CLI reads ICHIDAN_ADMIN_TOKEN). */
   token: z.string().min(16, 'at least 16 characters').optional(),
+  /** The web dashboard at /dashboard/ (admin-dashboard.ts); its login is admin.token. */
+  dashboard: z.strictObject({
+    enabled: z.boolean().default(true),
+    /** How long a login lasts. */
+    session: duration.refine((ms) => ms >= 60_000, 'at least "1m"').prefault('8h'),
+    /** How often the history the overview charts is sampled (admin-history.ts): the last hour at this step, 24 h at one a minute. */
+    sample: duration.refine((ms) => ms >= 1000 && ms <= 60_000, 'from "1s" to "1m"').prefault('10s'),
+  }).prefault({}),
 }).prefault({});

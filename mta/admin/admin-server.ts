@@ -23,12 +23,14 @@
  *   /metrics                                 admin-metrics.ts
  *   /healthz, /readyz                        admin-health.ts (GET only; no token, any Host: they
  *                                            change nothing and tell only whether mail is taken)
+ *   /v1/history                              admin-history.ts (the dashboard's sampled counters)
+ *   /v1/quarantine…, /v1/engines/events|stats, /v1/transcripts/ID   admin-records.ts (read-only)
+ *   /, /dashboard/…                          admin-dashboard.ts (the web dashboard and its login)
  *   a body of at most 16 KB that must be a JSON object; 400 for a bad field, 404 for no route.
  * Reading the queue, quarantine, scan records and statistics needs no running process: the CLI
  * reads the queue database directly.
  * Network: the unix socket; the optional TCP port binds to a loopback address only.
  */
-import { timingSafeEqual } from 'node:crypto';
 import { chmod, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
@@ -36,47 +38,77 @@ import type { Config } from '../mta-config-schema.js';
 import { admissionRoute, type AdmissionTarget } from './admin-admission.js';
 import { clusterRoute, type ClusterTarget } from './admin-cluster.js';
 import { corruptRoute, type CorruptTarget } from './admin-corrupt.js';
+import { Dashboard } from './admin-dashboard.js';
 import { egressRoute, type EgressTarget } from './admin-egress.js';
 import { enginesRoute, type EnginesTarget } from './admin-engines.js';
 import { refuseRequest, tcpHost } from './admin-guard.js';
+import { History, historyRoute, type HistoryTarget } from './admin-history.js';
 import { metricsRoute, type MetricsTarget } from './admin-metrics.js';
 import { healthRoute, OPEN_PATHS, type HealthTarget } from './admin-health.js';
 import { queueRoute, type QueueTarget } from './admin-queue.js';
 import { queueInspectRoute, type QueueInspectTarget } from './admin-queue-inspect.js';
+import { recordsRoute, type RecordsTarget } from './admin-records.js';
 import { reloadRoute, type ReloadTarget } from './admin-reload.js';
 import { BadRequest, type AdminAnswer, type AdminRoute } from './admin-request.js';
 import { sendersRoute, type SendersTarget } from './admin-senders.js';
+import { sameSecret } from './admin-session.js';
 import { tenantsRoute, type TenantsTarget } from './admin-tenants.js';
 import { suppressionRoute, type SuppressionTarget } from './admin-suppression.js';
 
 /** What the admin API needs of the running process. */
-export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & QueueInspectTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & HealthTarget & {
+export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & QueueInspectTarget & CorruptTarget & EgressTarget & TenantsTarget & SuppressionTarget & MetricsTarget & ClusterTarget & AdmissionTarget & SendersTarget & HealthTarget & HistoryTarget & RecordsTarget & {
   readonly config: Pick<Config, 'admin'>;
 };
 
-const ROUTES: AdminRoute<AdminTarget>[] = [healthRoute, reloadRoute, enginesRoute, queueRoute, queueInspectRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute];
+const ROUTES: AdminRoute<AdminTarget>[] = [healthRoute, reloadRoute, enginesRoute, queueRoute, queueInspectRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute, recordsRoute];
 const MAX_BODY = 16 * 1024;
 
 export class AdminServer {
-  private constructor(private readonly servers: Server[], readonly path: string) {}
+  private constructor(private readonly servers: Server[], readonly path: string, readonly history: History) {}
 
   static async listen(path: string, target: AdminTarget, log: Logger): Promise<AdminServer> {
     const { token, address, port } = target.config.admin;
-    const handler = (hosts: () => string[]) => (req: IncomingMessage, res: ServerResponse) => {
-      if (req.method === 'GET' && OPEN_PATHS.has((req.url ?? '').split('?')[0])) return void answer(req, res);
-      if (token !== undefined && !authorized(req, token)) return reply(res, 401, { error: 'a valid bearer token is required' });
-      const refusal = refuseRequest(req.method ?? 'GET', req.headers, hosts());
-      if (refusal) {
-        req.resume();
-        return reply(res, refusal.status, { error: refusal.error });
-      }
-      answer(req, res);
-    };
-    const answer = (req: IncomingMessage, res: ServerResponse) => handle(req, res, target).catch((err) => {
+    // admin.* needs a restart (mta-reload.ts): the dashboard keeps the settings the server started with, as the bearer check does.
+    const started = { admin: target.config.admin };
+    const dashboard = new Dashboard(() => started);
+    const history = new History(target);
+    const routes = [...ROUTES, historyRoute(history)];
+    const failed = (res: ServerResponse) => (err: unknown) => {
       log.error({ err }, 'admin request failed');
       if (res.headersSent) res.destroy();
       else reply(res, 500, { error: 'internal error' });
-    });
+    };
+    const handler = (hosts: () => string[]) => (req: IncomingMessage, res: ServerResponse) => {
+      const method = req.method ?? 'GET';
+      const path = (req.url ?? '').split('?')[0];
+      if (method === 'GET' && OPEN_PATHS.has(path)) return void answer(req, res);
+      const refusal = () => {
+        const r = refuseRequest(method, req.headers, hosts());
+        if (r) {
+          req.resume();
+          reply(res, r.status, { error: r.error });
+        }
+        return r !== null;
+      };
+      if (Dashboard.serves(path)) {
+        if (refusal()) return;
+        (method === 'POST' ? readJson(req) : (req.resume(), Promise.resolve({})))
+          .then((body) => dashboard.handle(req, res, path, body), (err: Error & { status?: number }) => reply(res, err.status ?? 400, { error: err.message }))
+          .catch(failed(res));
+        return;
+      }
+      if (token !== undefined && !authorized(req, token)) {
+        const session = dashboard.session(req);
+        if (!session) return reply(res, 401, { error: 'a valid bearer token is required' });
+        if (method !== 'GET' && method !== 'HEAD' && !dashboard.sessions.csrfValid(req.headers, session)) {
+          req.resume();
+          return reply(res, 403, { error: 'a change made from the dashboard needs its CSRF token (X-CSRF-Token)' });
+        }
+      }
+      if (refusal()) return;
+      answer(req, res);
+    };
+    const answer = (req: IncomingMessage, res: ServerResponse) => handle(req, res, target, routes).catch(failed(res));
     await rm(path, { force: true });
     const servers = [createServer(handler(() => ['localhost']))];
     // exclusive: in a worker (mta-workers.ts) the socket is its own, not held by the primary.
@@ -90,7 +122,8 @@ export class AdminServer {
       servers.push(tcp);
       await listenOn(servers[1], (s, cb) => s.listen(port, address, cb));
     }
-    return new AdminServer(servers, path);
+    if (target.config.admin.dashboard.enabled) history.start();
+    return new AdminServer(servers, path, history);
   }
 
   /** The TCP port, when one is configured (0 in the config picks a free one). */
@@ -100,6 +133,7 @@ export class AdminServer {
   }
 
   async close(): Promise<void> {
+    this.history.stop();
     await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await rm(this.path, { force: true });
   }
@@ -116,13 +150,11 @@ function listenOn(server: Server, start: (s: Server, cb: () => void) => void): P
 }
 
 function authorized(req: IncomingMessage, token: string): boolean {
-  const given = Buffer.from(/^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '');
-  const wanted = Buffer.from(token);
-  return given.length === wanted.length && timingSafeEqual(given, wanted);
+  return sameSecret(/^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '', token);
 }
 
 function reply(res: ServerResponse, status: number, body: unknown): void {
-  res.writeHead(status, { 'content-type': 'application/json' });
+  res.writeHead(status, { 'content-type': 'application/json', 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' });
   res.end(JSON.stringify(body) + '\n');
 }
 
@@ -145,7 +177,7 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   throw Object.assign(new Error('the body must be a JSON object'), { status: 400 });
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, target: AdminTarget): Promise<void> {
+async function handle(req: IncomingMessage, res: ServerResponse, target: AdminTarget, routes: AdminRoute<AdminTarget>[]): Promise<void> {
   const url = req.url ?? '';
   const method = req.method ?? 'GET';
   let body: Record<string, unknown> = {};
@@ -162,7 +194,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, target: AdminTa
   const request = { method, path, query: new URLSearchParams(query), body };
   let answer: AdminAnswer | null = null;
   try {
-    for (const route of ROUTES) {
+    for (const route of routes) {
       answer = await route(request, target);
       if (answer) break;
     }

@@ -20,6 +20,8 @@ describe('the accept queue', () => {
     expect(acceptQueue([{ address: '0.0.0.0', port: 25 }], read)).toBe(2);
     expect(acceptQueue([{ address: '127.0.0.2', port: 2501 }], read)).toBe(0);
     expect(acceptQueue([{ address: '127.0.0.1', port: 2501 }], () => { throw new Error('no /proc'); })).toBeNull();
+    // No listener under admission: nothing to read, nothing waits.
+    expect(acceptQueue([], () => { throw new Error('read'); })).toBe(0);
   });
 
   it('reads the kernel\'s table only as far as its listening sockets, which come first', () => {

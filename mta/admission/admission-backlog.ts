@@ -67,6 +67,9 @@ export function readListening(file: string): string {
 
 /** Connections waiting to be accepted on `endpoints`, or null when the kernel's tables cannot be read. */
 export function acceptQueue(endpoints: readonly Endpoint[], read = readListening): number | null {
+  // No listener under admission (a proxy-only node, say): the tables are not read at all. Even their
+  // listening part costs the kernel a walk of its whole connection hash on every read.
+  if (endpoints.length === 0) return 0;
   let v4: Map<string, number>;
   let v6: Map<string, number> = new Map();
   try {

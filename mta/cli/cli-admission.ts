@@ -8,12 +8,9 @@
  *                                       own level; "-" for a signal not measured
  * Goes to the running process (admin/admin-admission.ts).
  */
+import type { Command } from 'commander';
 import type { AdmissionStatus } from '../admission/admission-pressure.js';
-import { admin, iso, options, safe, usage } from './cli-common.js';
-
-export const ADMISSION_USAGE = `  ichidan admission status [--json] [-c FILE]`;
-
-const FLAGS = { json: { type: 'boolean' } } as never;
+import { admin, commandConfig, iso, safe } from './cli-common.js';
 
 /** Times in ms, shares as percentages, multiples as they are. */
 const UNITS: Record<string, 'ms' | '%' | 'x'> = {
@@ -37,10 +34,17 @@ function printStatus(s: AdmissionStatus): void {
   }
 }
 
-export async function admission(args: string[]): Promise<void> {
-  const { config, values, positionals } = options(args, FLAGS);
-  if ((positionals[0] ?? 'status') !== 'status' || positionals.length > 1) usage(ADMISSION_USAGE);
-  const status = await admin(config, 'GET', '/v1/admission') as unknown as AdmissionStatus;
-  if ((values as Record<string, unknown>).json === true) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
+async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const status = await admin(await commandConfig(cmd), 'GET', '/v1/admission') as unknown as AdmissionStatus;
+  if (opts.json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
   else printStatus(status);
+}
+
+export function addAdmissionCommands(program: Command): Command {
+  const admission = program.command('admission').description('how loaded this node is, as admission measures it');
+  admission.command('status', { isDefault: true })
+    .description('the mode, the pressure level and since when, queue intake, and each signal with its thresholds (the running process)')
+    .option('--json', 'print as JSON')
+    .action((opts: { json?: boolean }, cmd: Command) => status(cmd, opts));
+  return admission;
 }

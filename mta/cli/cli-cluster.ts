@@ -10,19 +10,14 @@
  *                                      still shown)
  *   ichidan node drain [--json]        stop taking mail and hand the queue to the peers
  *   ichidan node drain --status [--json]   the drain's progress
- *   ichidan node undrain               take mail again
+ *   ichidan node undrain [--json]      take mail again
  * All go to the running process (admin/admin-cluster.ts).
  */
+import type { Command } from 'commander';
 import type { NodeView } from '../../queue/cluster/cluster-nodes.js';
 import type { ClusterStatus } from '../mta-cluster.js';
 import type { DrainStatus } from '../mta-drain.js';
-import { admin, iso, options, safe, usage } from './cli-common.js';
-
-export const CLUSTER_USAGE = `  ichidan cluster status [--json] [-c FILE]
-  ichidan node drain [--status] [--json] [-c FILE]
-  ichidan node undrain [-c FILE]`;
-
-const FLAGS = { json: { type: 'boolean' }, status: { type: 'boolean' } } as never;
+import { admin, commandConfig, iso, safe } from './cli-common.js';
 
 type Row = Pick<NodeView, 'node' | 'active' | 'waiting' | 'rssMb' | 'leases' | 'queue' | 'draining' | 'smtp' | 'level'> & { alive: boolean | null; loopDelayMs: number | null };
 
@@ -55,12 +50,9 @@ function printDrain(d: DrainStatus): void {
   if (d.problem) process.stdout.write(`problem: ${safe(d.problem)}\n`);
 }
 
-export async function cluster(args: string[]): Promise<void> {
-  const { config, values, positionals } = options(args, FLAGS);
-  const json = (values as Record<string, unknown>).json === true;
-  if ((positionals[0] ?? 'status') !== 'status' || positionals.length > 1) usage(CLUSTER_USAGE);
-  const status = await admin(config, 'GET', '/v1/cluster') as unknown as ClusterStatus;
-  if (json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
+async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const status = await admin(await commandConfig(cmd), 'GET', '/v1/cluster') as unknown as ClusterStatus;
+  if (opts.json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
   else printStatus(status);
   if (status.problem) {
     process.stderr.write(status.problem + '\n');
@@ -68,18 +60,31 @@ export async function cluster(args: string[]): Promise<void> {
   }
 }
 
-export async function node(args: string[]): Promise<void> {
-  const { config, values, positionals } = options(args, FLAGS);
-  const flags = values as Record<string, unknown>;
-  const [action] = positionals;
-  let status: DrainStatus;
-  if (action === 'drain' && positionals.length === 1) {
-    status = await admin(config, flags.status === true ? 'GET' : 'POST', '/v1/node/drain') as unknown as DrainStatus;
-  } else if (action === 'undrain' && positionals.length === 1 && flags.status !== true) {
-    status = await admin(config, 'POST', '/v1/node/undrain') as unknown as DrainStatus;
-  } else {
-    usage(CLUSTER_USAGE);
-  }
-  if (flags.json === true) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
+async function drain(action: 'drain' | 'undrain', cmd: Command, opts: { status?: boolean; json?: boolean }): Promise<void> {
+  const config = await commandConfig(cmd);
+  const status = action === 'drain'
+    ? await admin(config, opts.status ? 'GET' : 'POST', '/v1/node/drain') as unknown as DrainStatus
+    : await admin(config, 'POST', '/v1/node/undrain') as unknown as DrainStatus;
+  if (opts.json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
   else printDrain(status);
+}
+
+export function addClusterCommands(program: Command): Command {
+  const cluster = program.command('cluster').description('the cluster, seen from this node');
+  cluster.command('status', { isDefault: true })
+    .description('every node the registry knows and Redis\'s health; exit 1 with the reason when not clustered or Redis is away (what is known locally is still shown)')
+    .option('--json', 'print as JSON')
+    .action((opts: { json?: boolean }, cmd: Command) => status(cmd, opts));
+  return cluster;
+}
+
+export function addNodeCommands(program: Command): Command {
+  const node = program.command('node').description('this node in its cluster: draining it and taking it back');
+  node.command('drain').description('stop taking mail and hand the queue to the peers; with --status, the drain\'s progress')
+    .option('--status', 'only show the progress').option('--json', 'print as JSON')
+    .action((opts: { status?: boolean; json?: boolean }, cmd: Command) => drain('drain', cmd, opts));
+  node.command('undrain').description('take mail again')
+    .option('--json', 'print as JSON')
+    .action((opts: { json?: boolean }, cmd: Command) => drain('undrain', cmd, opts));
+  return node;
 }

@@ -19,7 +19,7 @@
  */
 import { join } from 'node:path';
 import { duration } from '../../base/base-config.js';
-import { Egress } from '../../delivery/index.js';
+import type { Egress } from '../../delivery/index.js';
 import { MESSAGE_STATES, queueMessage, queueMessages, queueWhy as whyParagraph, type InspectContext, type MessageStateFilter } from '../../queue/queue-inspect.js';
 import { messageSessions } from '../../queue/queue-inspect-sql.js';
 import { openDomains } from '../../queue/queue-store-sql.js';
@@ -78,7 +78,8 @@ function durationOption(name: string, value: string | undefined): number | undef
 function siteLookup(config: Config): (domain: string) => Promise<string | null> {
   let egress: Egress | null = null;
   return async (domain) => {
-    egress ??= new Egress(config);
+    // Loaded only when a site is asked about: the other commands start without delivery's modules.
+    egress ??= new (await import('../../delivery/index.js')).Egress(config);
     try {
       return (await egress.site(domain)).key;
     } catch {
@@ -97,7 +98,7 @@ export async function queueList(config: Config, opts: QueueListOptions): Promise
   if (!Number.isInteger(limit) || limit < 1) fail('--limit takes a positive whole number', 2);
   const olderThan = durationOption('older-than', opts.olderThan);
   const newerThan = durationOption('newer-than', opts.newerThan);
-  const db = openDb(config.dataDir);
+  const db = await openDb(config.dataDir);
   let domains: string[] | undefined;
   if (opts.site !== undefined) {
     const siteOf = siteLookup(config);
@@ -118,7 +119,7 @@ export async function queueList(config: Config, opts: QueueListOptions): Promise
 }
 
 export async function queueShow(config: Config, id: string, opts: JsonOption = {}): Promise<void> {
-  const db = openDb(config.dataDir);
+  const db = await openDb(config.dataDir);
   const m = await queueMessage(db, id, inspectContext(config));
   db.close();
   if (!m) fail(`no message ${id} in the queue`);
@@ -143,7 +144,7 @@ export async function queueShow(config: Config, id: string, opts: JsonOption = {
 }
 
 export async function queueWhy(config: Config, id: string, opts: JsonOption = {}): Promise<void> {
-  const db = openDb(config.dataDir);
+  const db = await openDb(config.dataDir);
   const why = await whyParagraph(db, id, inspectContext(config));
   db.close();
   if (why === undefined) fail(`no message ${id} in the queue`);
@@ -152,8 +153,8 @@ export async function queueWhy(config: Config, id: string, opts: JsonOption = {}
 }
 
 /** The outbound sessions of one message (those that carried it, and those opened for it that failed). */
-export function sessionsForMessage(config: Config, id: string, opts: JsonOption = {}): void {
-  const db = openDb(config.dataDir);
+export async function sessionsForMessage(config: Config, id: string, opts: JsonOption = {}): Promise<void> {
+  const db = await openDb(config.dataDir);
   const known = db.prepare(`SELECT 1 FROM messages WHERE id = ?`).get(id) !== undefined;
   const sessions = messageSessions(db, id);
   db.close();

@@ -1,68 +1,57 @@
 /*
  * `ichidan queue`: what is queued, and holding, releasing or purging it.
  *
- *   ichidan queue [-c FILE]                       recipients per tenant and state, bounced ones per class; entries set aside as corrupt
- *   ichidan queue hold (--message ID | --tenant T | --site S) [--for D] [--reason R]
- *   ichidan queue release (--message ID | --tenant T | --site S)
- *   ichidan queue purge (--message ID | --tenant T | --site S) [--reason R]
+ *   ichidan queue [status] [--json]               recipients per tenant and state, bounced ones per class; entries set aside as corrupt
+ *   ichidan queue hold (--message ID | --tenant T | --site S) [--for D] [--reason R] [--json]
+ *   ichidan queue release (--message ID | --tenant T | --site S) [--json]
+ *   ichidan queue purge (--message ID | --tenant T | --site S) [--reason R] [--json]
  *   ichidan queue corrupt [list] | show|requeue|delete ID   entries set aside as corrupt (cli-corrupt.ts)
- *   ichidan queue list|show|why|flush|bounce|delete ...      message by message (cli-queue-inspect.ts)
+ *   ichidan queue list|show|why|flush|bounce|delete ...      message by message (cli-queue-inspect.ts,
+ *                                                 loaded when one of them runs)
  * The counts are read from the queue database (no process needed); holds, releases and purges go
  * to the running process (admin/admin-queue.ts). Sites are named as `ichidan egress` lists them.
+ * `addQueueCommands` gives the `queue` command, so a further subcommand is one `.command()` on it.
  */
+import type { Command } from 'commander';
 import { queueStatus } from '../../queue/queue-store-sql.js';
-import { admin, openDb, options, safe, SCOPE_OPTIONS, usage } from './cli-common.js';
-import { CORRUPT_USAGE, corruptCommand } from './cli-corrupt.js';
-import { queueBounce, queueDelete, queueFlush, queueList, queueShow, queueWhy } from './cli-queue-inspect.js';
+import { admin, commandConfig, openDb, printJson, safe, usage } from './cli-common.js';
+import { addCorruptCommands } from './cli-corrupt.js';
+import type { JsonOption, QueueActionOptions, QueueListOptions } from './cli-queue-inspect.js';
 
-export const QUEUE_USAGE = `  ichidan queue [-c FILE]
-  ichidan queue hold (--message ID | --tenant T | --site S) [--for DURATION] [--reason TEXT] [-c FILE]
-  ichidan queue release (--message ID | --tenant T | --site S) [-c FILE]
-  ichidan queue purge (--message ID | --tenant T | --site S) [--reason TEXT] [-c FILE]
-${CORRUPT_USAGE}
-  ichidan queue list [--tenant T] [--site S] [--state ST] [--sender TEXT] [--recipient TEXT] [--older-than D] [--newer-than D] [--limit N] [--json]
-  ichidan queue show|why ID [--json]
-  ichidan queue flush (ID | --tenant T | --site S) [--json]
-  ichidan queue bounce|delete (ID | --tenant T | --site S) [--reason TEXT] [--json]`;
-
-const INSPECT_OPTIONS = {
-  ...SCOPE_OPTIONS, state: { type: 'string' }, sender: { type: 'string' }, recipient: { type: 'string' },
-  'older-than': { type: 'string' }, 'newer-than': { type: 'string' }, limit: { type: 'string' },
-} as const;
-
-/** The per-message commands (cli-queue-inspect.ts); false when `action` is none of them. */
-async function inspectCommand(action: string | undefined, args: string[]): Promise<boolean> {
-  if (!['list', 'show', 'why', 'flush', 'bounce', 'delete'].includes(action ?? '')) return false;
-  const json = args.includes('--json');
-  const { config, values: v, positionals } = options(args.filter((a) => a !== '--json'), INSPECT_OPTIONS);
-  const id = positionals[1] ?? v.message;
-  if ((action === 'show' || action === 'why') && !id) usage(QUEUE_USAGE);
-  if (action === 'list') await queueList(config, { tenant: v.tenant, site: v.site, state: v.state, sender: v.sender, recipient: v.recipient, olderThan: v['older-than'], newerThan: v['newer-than'], limit: v.limit, json });
-  else if (action === 'show') await queueShow(config, id!, { json });
-  else if (action === 'why') await queueWhy(config, id!, { json });
-  else if (action === 'flush') await queueFlush(config, { id, tenant: v.tenant, site: v.site, json });
-  else if (action === 'bounce') await queueBounce(config, { id, tenant: v.tenant, site: v.site, reason: v.reason, json });
-  else await queueDelete(config, { id, tenant: v.tenant, site: v.site, reason: v.reason, json });
-  return true;
+interface ScopeOptions {
+  message?: string;
+  tenant?: string;
+  site?: string;
+  for?: string;
+  reason?: string;
+  json?: boolean;
 }
 
-export async function queueCommand(args: string[]): Promise<void> {
-  if (await inspectCommand(args.find((a) => !a.startsWith('-')), args)) return;
-  const { config, values, positionals } = options(args, SCOPE_OPTIONS);
-  const [action] = positionals;
-  if (action === undefined) {
-    const db = openDb(config.dataDir);
-    const { counts, bounced, corrupt } = queueStatus(db);
-    for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
-    for (const b of bounced) process.stdout.write(`bounced\t${b.tenant}\t${safe(b.class)}\t${b.n}\n`);
-    for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
-    db.close();
-    return;
-  }
-  if (action === 'corrupt') return corruptCommand(config, positionals.slice(1));
-  if (!['hold', 'release', 'purge'].includes(action)) usage(QUEUE_USAGE);
-  const { message, tenant, site, reason } = values;
-  const body = await admin(config, 'POST', `/v1/queue/${action}`, { message, tenant, site, reason, for: values.for });
+/** What a hold, release or purge applies to: one message, or a tenant, a site or a tenant at a site. */
+function scoped(cmd: Command, reason: boolean, hold = false): Command {
+  cmd.option('--message <id>', 'one message (its queue id)')
+    .option('--tenant <name>', 'every message of a tenant')
+    .option('--site <site>', 'every message for a site (as ichidan egress lists them)');
+  if (hold) cmd.option('--for <duration>', 'lifted by itself after this long (e.g. 2h)');
+  if (reason) cmd.option('--reason <text>', 'why, kept with the event');
+  return cmd.option('--json', 'print the answer as JSON');
+}
+
+async function status(cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
+  const { counts, bounced, corrupt } = queueStatus(db);
+  db.close();
+  if (opts.json) return printJson({ counts, bounced, corrupt });
+  for (const c of counts) process.stdout.write(`${c.tenant}\t${c.state}\t${c.n}\n`);
+  for (const b of bounced) process.stdout.write(`bounced\t${b.tenant}\t${safe(b.class)}\t${b.n}\n`);
+  for (const c of corrupt) process.stdout.write(`corrupt\t${c.id}\t${c.note}\n`);
+}
+
+async function act(action: 'hold' | 'release' | 'purge', cmd: Command, opts: ScopeOptions): Promise<void> {
+  const { message, tenant, site, reason } = opts;
+  if (!message && !tenant && !site) usage(`queue ${action}: name what it applies to: --message ID, --tenant T or --site S`);
+  const body = await admin(await commandConfig(cmd), 'POST', `/v1/queue/${action}`, { message, tenant, site, reason, for: opts.for });
+  if (opts.json) return printJson(body);
   const what = message ? `message ${message}` : [tenant && `tenant ${tenant}`, site && `site ${site}`].filter(Boolean).join(' at ');
   if (action === 'hold') {
     process.stdout.write(body.held !== undefined ? `${what}: ${String(body.held)} recipients held\n` : `${what}: held (event ${String(body.event)})\n`);
@@ -73,4 +62,49 @@ export async function queueCommand(args: string[]): Promise<void> {
   } else {
     process.stdout.write(`${what}: ${String(body.purged)} recipients purged\n`);
   }
+}
+
+export function addQueueCommands(program: Command): Command {
+  const queue = program.command('queue').description('what is queued; holding, releasing, purging it; entries set aside as corrupt');
+  queue.command('status', { isDefault: true })
+    .description('recipients per tenant and state, bounced ones per class, entries set aside as corrupt (read from the queue database)')
+    .option('--json', 'print as JSON')
+    .action((opts: { json?: boolean }, cmd: Command) => status(cmd, opts));
+  scoped(queue.command('hold').description('hold queued mail (the running process)'), true, true)
+    .action((opts: ScopeOptions, cmd: Command) => act('hold', cmd, opts));
+  scoped(queue.command('release').description('release held mail and lift holds (the running process)'), false)
+    .action((opts: ScopeOptions, cmd: Command) => act('release', cmd, opts));
+  scoped(queue.command('purge').description('drop queued mail without a notice (the running process)'), true)
+    .action((opts: ScopeOptions, cmd: Command) => act('purge', cmd, opts));
+  addCorruptCommands(queue);
+  addInspectCommands(queue);
+  return queue;
+}
+
+/** The per-message commands (cli-queue-inspect.ts, which checks their values and says what is wrong). */
+function addInspectCommands(queue: Command): void {
+  const inspect = () => import('./cli-queue-inspect.js');
+  queue.command('list').description('message by message: id, age, tenant, sender, recipients, size, state, next attempt, last reply (read from the queue database)')
+    .option('--tenant <name>', 'one tenant\'s').option('--site <site>', 'for one site (as ichidan egress names them)')
+    .option('--state <state>', 'in one state').option('--sender <text>', 'the sender contains this').option('--recipient <text>', 'a recipient contains this')
+    .option('--older-than <duration>', 'received longer ago than this (e.g. 2h)').option('--newer-than <duration>', 'received more recently than this')
+    .option('--limit <n>', 'how many (default 100)').option('--json', 'print as JSON')
+    .action(async (opts: QueueListOptions, cmd: Command) => (await inspect()).queueList(await commandConfig(cmd), opts));
+  queue.command('show').description('one message: envelope, stored headers, every attempt with its reply, sessions, scan record, why (read from the queue database)')
+    .argument('<id>', 'queue id').option('--json', 'print as JSON')
+    .action(async (id: string, opts: JsonOption, cmd: Command) => (await inspect()).queueShow(await commandConfig(cmd), id, opts));
+  queue.command('why').description('one paragraph: why the message is where it is (read from the queue database)')
+    .argument('<id>', 'queue id').option('--json', 'print as JSON')
+    .action(async (id: string, opts: JsonOption, cmd: Command) => (await inspect()).queueWhy(await commandConfig(cmd), id, opts));
+  const scope = (cmd: Command, reason: boolean) => {
+    cmd.argument('[id]', 'one message (its queue id)').option('--tenant <name>', 'every message of a tenant').option('--site <site>', 'every message for a site');
+    if (reason) cmd.option('--reason <text>', 'said in the log (and, for bounce, in the notice)');
+    return cmd.option('--json', 'print the answer as JSON');
+  };
+  scope(queue.command('flush').description('retry now (the running process)'), false)
+    .action(async (id: string | undefined, opts: QueueActionOptions, cmd: Command) => (await inspect()).queueFlush(await commandConfig(cmd), { ...opts, id }));
+  scope(queue.command('bounce').description('fail now, with a delivery status notice to the sender (the running process)'), true)
+    .action(async (id: string | undefined, opts: QueueActionOptions, cmd: Command) => (await inspect()).queueBounce(await commandConfig(cmd), { ...opts, id }));
+  scope(queue.command('delete').description('remove without a notice, as postsuper -d (the running process)'), true)
+    .action(async (id: string | undefined, opts: QueueActionOptions, cmd: Command) => (await inspect()).queueDelete(await commandConfig(cmd), { ...opts, id }));
 }

@@ -1,52 +1,44 @@
 /*
  * `ichidan sessions`: outbound SMTP sessions and their transcripts (delivery.transcripts).
  *
- *   ichidan sessions list [-c FILE] [--last N] [--host H]   newest first
+ *   ichidan sessions [list] [--last N] [--host H] [--json]   newest first
  *   ichidan sessions list --message ID [--json]   one message's sessions (cli-queue-inspect.ts)
- *   ichidan sessions show ID [-c FILE]    one session: the messages it carried and its transcript
- * Read from the queue database (no process needed).
+ *   ichidan sessions show ID [--json]     one session: the messages it carried and its transcript
+ * Read from the queue database (no process needed); an unknown id is exit 1.
  */
 import type Database from 'better-sqlite3';
+import type { Command } from 'commander';
 import { readConnection, readConnections } from '../../queue/queue-records-transcripts.js';
-import { iso, openDb, options, safe, usage } from './cli-common.js';
-import { sessionsForMessage } from './cli-queue-inspect.js';
-
-export const SESSIONS_USAGE = `  ichidan sessions list [-c FILE] [--last N] [--host H]
-  ichidan sessions list --message ID [-c FILE] [--json]
-  ichidan sessions show ID [-c FILE]`;
+import { commandConfig, iso, openDb, positiveInt, printJson, safe } from './cli-common.js';
 
 const isoMs = (ms: number) => new Date(ms).toISOString();
 
-export function sessions(args: string[]): void {
-  const json = args.includes('--json');
-  const { config, values, positionals } = options(args.filter((a) => a !== '--json'), { last: { type: 'string' }, host: { type: 'string' }, message: { type: 'string' } });
-  const [action = 'list', id] = positionals;
-  if (action === 'list' && values.message !== undefined) return sessionsForMessage(config, values.message, { json });
-  if (action === 'list') {
-    const last = Number(values.last ?? 20);
-    if (!Number.isInteger(last) || last < 1) {
-      process.stderr.write('--last takes a positive number\n');
-      process.exit(2);
-    }
-    const db = openDb(config.dataDir);
-    const rows = hasTranscripts(db) ? readConnections(db, { last, host: values.host }) : [];
-    db.close();
-    process.stdout.write('id\tstarted\tduration_ms\thost\taddress\ttls\tmessages\tcommands\tstored\tended\n');
-    for (const c of rows) {
-      const ms = c.ended_at === null ? '-' : `${c.ended_at - c.started_at}`;
-      const stored = `${c.bytes_stored} B${c.truncated ? ' (truncated)' : ''}`;
-      process.stdout.write(`${c.id}\t${iso(c.started_at)}\t${ms}\t${safe(c.host)}\t${c.address}:${c.port}\t${c.tls ?? 'none'}\t${c.messages}\t${c.commands}\t${stored}\t${safe(c.ended ?? 'open')}\n`);
-    }
-    return;
+async function list(cmd: Command, opts: { last: number; host?: string; message?: string; json?: boolean }): Promise<void> {
+  if (opts.message !== undefined) {
+    const { sessionsForMessage } = await import('./cli-queue-inspect.js');
+    return sessionsForMessage(await commandConfig(cmd), opts.message, { json: opts.json });
   }
-  if (action !== 'show' || !id) usage(SESSIONS_USAGE);
-  const db = openDb(config.dataDir);
+  const db = await openDb((await commandConfig(cmd)).dataDir);
+  const rows = hasTranscripts(db) ? readConnections(db, { last: opts.last, host: opts.host }) : [];
+  db.close();
+  if (opts.json) return printJson(rows);
+  process.stdout.write('id\tstarted\tduration_ms\thost\taddress\ttls\tmessages\tcommands\tstored\tended\n');
+  for (const c of rows) {
+    const ms = c.ended_at === null ? '-' : `${c.ended_at - c.started_at}`;
+    const stored = `${c.bytes_stored} B${c.truncated ? ' (truncated)' : ''}`;
+    process.stdout.write(`${c.id}\t${iso(c.started_at)}\t${ms}\t${safe(c.host)}\t${c.address}:${c.port}\t${c.tls ?? 'none'}\t${c.messages}\t${c.commands}\t${stored}\t${safe(c.ended ?? 'open')}\n`);
+  }
+}
+
+async function show(id: string, cmd: Command, opts: { json?: boolean }): Promise<void> {
+  const db = await openDb((await commandConfig(cmd)).dataDir);
   const session = hasTranscripts(db) ? readConnection(db, id) : undefined;
   db.close();
   if (!session) {
     process.stderr.write(`no session ${id}\n`);
     process.exit(1);
   }
+  if (opts.json) return printJson(session);
   const { connection: c, messages, commands } = session;
   const out = [
     `session ${c.id} (${c.protocol}) to ${safe(c.host)} [${c.address}]:${c.port} from ${c.local_address ?? '?'}:${c.local_port ?? '?'} as ${safe(c.helo)}`,
@@ -61,6 +53,18 @@ export function sessions(args: string[]): void {
   const unstored = c.lines - commands.length;
   if (unstored > 0) out.push(`... ${unstored} more lines counted but not stored`);
   process.stdout.write(out.join('\n') + '\n');
+}
+
+export function addSessionsCommands(program: Command): Command {
+  const sessions = program.command('sessions').description('outbound SMTP sessions and their transcripts (read from the queue database)');
+  sessions.command('list', { isDefault: true }).description('the sessions, newest first')
+    .option('--last <n>', 'how many', positiveInt, 20).option('--host <host>', 'only to this host')
+    .option('--message <id>', 'only those of one message, failed connections included').option('--json', 'print as JSON')
+    .action((opts: { last: number; host?: string; message?: string; json?: boolean }, cmd: Command) => list(cmd, opts));
+  sessions.command('show').description('one session: the messages it carried and its transcript')
+    .argument('<id>', 'the session id').option('--json', 'print as JSON')
+    .action((id: string, opts: { json?: boolean }, cmd: Command) => show(id, cmd, opts));
+  return sessions;
 }
 
 /** A database last written by a version without transcripts has no such tables. */

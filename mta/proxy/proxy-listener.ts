@@ -36,6 +36,7 @@ import { mailFromRefusal, rcptToRefusal } from '../ingress/ingress-envelope.js';
 import { destinationIsSelf, proxyNotAllowed, REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
+import { ClientTaps } from './proxy-client-tap.js';
 import { ProxySession, REFUSED_BY_PROXY, type Destination, type ProxyDeps } from './proxy-session.js';
 import { toReply, xtext, type Reply } from '../../delivery/smtp/smtp-wire.js';
 
@@ -79,11 +80,12 @@ export interface ProxyListenerDeps {
   log: Logger;
 }
 
-type Callback = (err?: Error | null, message?: string) => void;
+/** smtp-server's callback; a Reply (or an error's `relayed`) goes to the client as it came (its patch). */
+type Callback = (err?: Error | null, message?: string | Reply) => void;
 
-/** The destination's own reply (or the session's in its stead), passed to smtp-server as it came. */
+/** The destination's own reply (or the session's in its stead), passed to smtp-server to say as it came. */
 function relayedError(reply: Reply): Error {
-  return Object.assign(new Error(reply.lines.join(' ')), { responseCode: reply.code });
+  return Object.assign(new Error(reply.lines.join(' ')), { responseCode: reply.code, relayed: reply });
 }
 
 /** smtp-server's parsed ESMTP parameters back into "KEY=VALUE" words. */
@@ -93,6 +95,8 @@ function paramWords(args: unknown): string[] {
 }
 
 const unmapped = (a: string) => a.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1');
+/** A client connection's key ("address|port"), as its socket gave it at accept. */
+const connectionKey = (session: SMTPServerSession) => `${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`;
 const isWildcard = (a: string) => a === '0.0.0.0' || a === '::';
 
 /** An address of this host: a listener bound to every address listens on it. */
@@ -114,6 +118,8 @@ export class ProxyListener {
   /** The clients' TCP sockets by "address|port", to close a session that failed. */
   readonly #sockets = new Map<string, Socket>();
   readonly #events: ProxyEvents;
+  /** Per client connection: the last chunk it sent, its replies held back while a command waits. */
+  readonly #taps = new ClientTaps();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ProxyListenerDeps) {
     const config = deps.config();
@@ -143,6 +149,7 @@ export class ProxyListener {
       onConnect: (session, cb) => this.#guard(session, cb, () => this.#onConnect(session, cb)),
       onSecure: (socket, session, cb) => this.#guard(session, cb, () => {
         this.#connections.secured(session.id, socket as Socket);
+        this.#taps.secured(connectionKey(session), socket as Socket);
         cb();
       }),
       onMailFrom: (address, session, cb) => this.#refused(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
@@ -150,8 +157,12 @@ export class ProxyListener {
         this.#report(session, s);
         return s.mail(address.address, paramWords(address.args).join(' '));
       }),
-      onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => s.rcpt(address.address, paramWords(address.args).join(' '))),
-      onData: (stream, session, cb) => this.#guard(session, cb, () => this.#onData(stream, session, cb), stream),
+      onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => {
+        // DATA sent along with this RCPT goes to the destination in its group, unless the message is scanned first.
+        const early = this.deps.scanner(s.tenant) === null && this.#taps.dataFollows(connectionKey(session), (address as { rawCommand?: Buffer }).rawCommand);
+        return s.rcpt(address.address, paramWords(address.args).join(' '), early);
+      }),
+      onData: (stream, session, cb) => this.#guard(session, cb as Callback, () => this.#onData(stream, session, cb as Callback), stream),
       onClose: (session) => this.#guard(session, null, () => this.#onClose(session)),
     };
     this.server = new WatchedServer(options);
@@ -167,6 +178,7 @@ export class ProxyListener {
         this.#destinations.set(key, null);
       }
       this.#sockets.set(key, socket);
+      this.#taps.watch(key, socket);
       socket.once('close', () => {
         this.#destinations.delete(key);
         this.#sockets.delete(key);
@@ -214,7 +226,8 @@ export class ProxyListener {
     const own = this.deps.ownEndpoints().some((e) => e.port === dst.port && (unmapped(e.address) === dst.address || (isWildcard(e.address) && isLocalAddress(dst.address))));
     if (own) return refuse(destinationIsSelf(`${dst.address}:${dst.port}`));
     this.#sessions.set(session.id, new ProxySession(session.id, dst, tenant, this.deps.session(this.deps.config())));
-    this.deps.log.info({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
+    // Each transaction is logged at info ('proxied', with the same fields): the session's start only at debug.
+    this.deps.log.debug({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
     cb();
   }
 
@@ -251,7 +264,7 @@ export class ProxyListener {
   #fail(session: SMTPServerSession, err: unknown, cb: Callback | null): void {
     this.deps.log.error({ err, session: session.id, client: unmapped(session.remoteAddress ?? '') }, 'proxy session failed; closing it');
     this.#sessions.get(session.id)?.abandon();
-    const socket = this.#sockets.get(`${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`);
+    const socket = this.#sockets.get(connectionKey(session));
     if (cb) {
       try {
         cb(toSmtpError(REPLIES.sessionFailed));
@@ -275,11 +288,13 @@ export class ProxyListener {
     } catch (err) {
       return this.#fail(session, err, cb);
     }
+    const key = connectionKey(session);
+    this.#taps.hold(key);
     pending.then((reply) => {
-      // The destination's own text goes back with its 250 (smtp-server patched to take it).
-      if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
+      // The destination's own reply goes back as it came, multi-line, 251 and 252 too (smtp-server patched to take it).
+      if (reply.code >= 200 && reply.code < 300) cb(null, reply);
       else cb(relayedError(reply));
-    }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null));
+    }, (err) => this.#fail(session, err, cb)).catch((err) => this.#fail(session, err, null)).finally(() => this.#taps.release(key));
   }
 
   #onData(stream: NodeJS.ReadableStream, session: SMTPServerSession, cb: Callback): void {
@@ -328,7 +343,7 @@ export class ProxyListener {
     };
     relay().finally(() => stream.resume()).then((reply) => {
       this.#report(session, s);
-      if (reply.code >= 200 && reply.code < 300) cb(null, reply.lines.join(' '));
+      if (reply.code >= 200 && reply.code < 300) cb(null, reply);
       else cb(relayedError(reply));
     }, (err) => {
       stream.resume();
@@ -393,7 +408,7 @@ export class ProxyListener {
       destination: `${s.destination.address}:${s.destination.port}`, site: s.site, source: s.source,
       sender: summary.sender, recipients: summary.recipients, msTo354: summary.msTo354, final: summary.final, bytes: summary.bytes,
     });
-    this.deps.log.info({ listener: this.spec.name, tenant: s.tenant, destination: `${s.destination.address}:${s.destination.port}`, outcome, final: summary.final }, 'proxied');
+    this.deps.log.info({ listener: this.spec.name, client: unmapped(session.remoteAddress), tenant: s.tenant, destination: `${s.destination.address}:${s.destination.port}`, outcome, final: summary.final }, 'proxied');
   }
 
   #onClose(session: SMTPServerSession): void {

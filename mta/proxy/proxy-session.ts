@@ -97,6 +97,30 @@ export function keepParams(params: string, extensions: Map<string, string>): str
   }).join(' ');
 }
 
+/** Why a session's waits end when its client leaves (given, so that no DOMException is made per session). */
+const CLIENT_LEFT = 'the client left';
+
+/** #relay's answer when a pooled destination session turned out gone: the caller opens another. */
+const RETRY = Symbol('retry');
+
+/**
+ * Command lines one at a time (a destination without PIPELINING, or a client that did not group
+ * them), up to the first that is refused. With PIPELINING, a leading RSET of ours goes with the first.
+ */
+async function oneByOne(client: SmtpConnection, lines: string[], before: (i: number) => void, pipelining: boolean): Promise<Reply[]> {
+  const replies: Reply[] = [];
+  let i = 0;
+  while (i < lines.length) {
+    const n = pipelining && i === 0 && lines[0] === 'RSET' && lines.length > 1 ? 2 : 1;
+    const from = i;
+    const got = await client.pipeline(lines.slice(i, i + n), (k) => before(from + k));
+    replies.push(...got);
+    i += n;
+    if (got.some((r) => r.code >= 400)) break;
+  }
+  return replies;
+}
+
 /** The error code the listener's guard gives the client's data it refused on the way. */
 export const REFUSED_BY_PROXY = 'EREFUSED';
 
@@ -118,6 +142,14 @@ export class ProxySession {
   #mail: { from: string; params: string } | null = null;
   #mailReply: Reply | null = null;
   #inTransaction = false;
+  /** A pooled destination session not yet shown alive: its first group starts with RSET. */
+  #unverified = false;
+  /** The client pipelined this transaction's commands (its RCPT came in the same turn as its MAIL): so are they relayed. */
+  #pipelined = false;
+  /** Whether the RCPT being relayed came in the same turn as its MAIL. */
+  #grouped = false;
+  /** The destination's reply to a DATA relayed in one group with the last RCPT, until the client's data uses it. */
+  #dataReply: Reply | null = null;
   #failed: Reply | null = null;
   #startedAt = 0;
   #summary: TransactionSummary | null = null;
@@ -153,6 +185,7 @@ export class ProxySession {
   }
 
   async #mailNow(from: string, params: string): Promise<Reply> {
+    this.#settleData();
     if (this.#failed) {
       // An earlier transaction failed toward the destination (or found no turn): this one starts
       // afresh, on a new turn and a pooled or new connection.
@@ -170,41 +203,60 @@ export class ProxySession {
     const source = this.#slot ? this.#slot.source.address : this.#lastSource;
     const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
     if (refusal) return toReply(reply(451, STATUS.notAllowedNow, `${refusal}; try again later`));
-    if (!this.#client) return toReply(reply(250, '2.1.0', 'Ok'));
-    return this.#relayMail();
+    if (!this.#client) {
+      // What the client sends in this same turn (its RCPTs, DATA) it sent in one group: relayed as one.
+      this.#pipelined = true;
+      setImmediate(() => { this.#pipelined = false; });
+      return toReply(reply(250, '2.1.0', 'Ok'));
+    }
+    const relayed = await this.#relay(null);
+    // A pooled session found gone: this MAIL goes with the first RCPT, on another.
+    return relayed === RETRY ? toReply(reply(250, '2.1.0', 'Ok')) : relayed.mail;
   }
 
-  rcpt(to: string, params: string): Promise<Reply> {
-    return this.#track(this.#rcptNow(to, params));
+  /**
+   * RCPT TO: relayed (with the MAIL FROM kept for it), its reply passed back. `dataFollows`: the
+   * client has already sent DATA right after this RCPT and its message is not scanned, so DATA
+   * goes to the destination in the same group; the client's data then uses its reply.
+   */
+  rcpt(to: string, params: string, dataFollows = false): Promise<Reply> {
+    // Read now: the turn the RCPT came in is over by the time the destination is open.
+    this.#grouped = this.#pipelined;
+    return this.#track(this.#rcptNow(to, params, dataFollows));
   }
 
-  async #rcptNow(to: string, params: string): Promise<Reply> {
+  async #rcptNow(to: string, params: string, dataFollows: boolean): Promise<Reply> {
     const domain = to.slice(to.lastIndexOf('@') + 1).toLowerCase();
-    const reply = await this.#rcpt(to, domain, params);
+    const reply = await this.#rcpt(to, domain, params, dataFollows);
     this.#summary?.recipients.push({ address: to, reply: reply.raw });
     return reply;
   }
 
-  async #rcpt(to: string, domain: string, params: string): Promise<Reply> {
-    if (!this.#client && !this.#failed) {
-      this.#opening = this.#open(domain);
-      const opened = await this.#opening;
-      this.#opening = null;
-      if (opened) return (this.#failed = opened);
+  async #rcpt(to: string, domain: string, params: string, dataFollows: boolean): Promise<Reply> {
+    // A DATA relayed early that the client did not follow with its data: that transaction is broken off.
+    if (this.#settleData()) this.#failed = tempfail(STATUS.badConnection, 'the client sent another RCPT after its DATA');
+    for (;;) {
+      if (!this.#client && !this.#failed) {
+        this.#opening = this.#open(domain);
+        const opened = await this.#opening;
+        this.#opening = null;
+        if (opened) return (this.#failed = opened);
+      }
+      if (this.#failed || !this.#client) return this.#failed ?? tempfail(STATUS.noAnswer, 'not connected');
+      if (this.#mailReply && this.#mailReply.code !== 250) return this.#mailReply;
+      // A recipient the session is not fit for is refused before anything of it is said.
+      const refused = await this.#tlsRefusal(domain);
+      if (refused) return refused;
+      if (!this.#client) continue;
+      const kept = keepParams(params, this.#client.extensions);
+      const relayed = await this.#relay(`RCPT TO:<${to}>${kept ? ' ' + kept : ''}`, dataFollows);
+      // A pooled session found gone before its RSET was answered: another one, or a new one.
+      if (relayed === RETRY) continue;
+      if (relayed.mail.code !== 250) return relayed.mail;
+      const reply = relayed.last!;
+      if (reply.code >= 200 && reply.code < 300) this.#accepted.push(to);
+      return reply;
     }
-    if (this.#failed) return this.#failed;
-    if (!this.#mailReply) {
-      const mailReply = await this.#relayMail();
-      if (mailReply.code !== 250) return mailReply;
-    } else if (this.#mailReply.code !== 250) {
-      return this.#mailReply;
-    }
-    const refused = await this.#tlsRefusal(domain);
-    if (refused) return refused;
-    const kept = keepParams(params, this.#client!.extensions);
-    const reply = await this.#command(`RCPT TO:<${to}>${kept ? ' ' + kept : ''}`);
-    if (reply.code >= 200 && reply.code < 300) this.#accepted.push(to);
-    return reply;
   }
 
   /** Streams the message; resolves with the destination's final reply (or a 4xx when it failed). */
@@ -214,6 +266,8 @@ export class ProxySession {
 
   async #dataNow(body: Readable): Promise<Reply> {
     const client = this.#client;
+    const early = this.#dataReply;
+    this.#dataReply = null;
     if (!client || this.#failed) {
       body.resume();
       return this.#failed ?? tempfail(STATUS.noAnswer, 'not connected');
@@ -222,11 +276,17 @@ export class ProxySession {
     let reply: Reply;
     try {
       this.#uses++;
-      reply = await client.data(body, (bytes) => {
+      const progress = (bytes: number) => {
         if (!this.#summary) return;
         if (this.#summary.msTo354 === null) this.#summary.msTo354 = Date.now() - this.#startedAt;
         this.#summary.bytes = bytes;
-      });
+      };
+      if (early && early.code !== 354) {
+        body.resume();
+        reply = early;
+      } else {
+        reply = early ? (await client.body(body, 1, progress))[0] : await client.data(body, progress);
+      }
       this.#inTransaction = false;
     } catch (err) {
       reply = (err as NodeJS.ErrnoException).code === REFUSED_BY_PROXY ? this.#cutOff() : this.#broken(err);
@@ -244,6 +304,7 @@ export class ProxySession {
   }
 
   async #abortNow(reply: Reply): Promise<Reply> {
+    this.#settleData();
     if (this.#client && !this.#failed && this.#inTransaction) {
       const reset = await this.#command('RSET');
       if (reset.code === 250) this.#inTransaction = false;
@@ -266,7 +327,7 @@ export class ProxySession {
    */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#leave.abort();
+    this.#leave.abort(CLIENT_LEFT);
     await this.#opening?.catch(() => undefined);
     // A command still waiting for the destination's reply (the client left after its final dot)
     // gets it first: a connection is pooled only between commands, never with a reply owed.
@@ -300,29 +361,39 @@ export class ProxySession {
 
   /**
    * An idle destination session kept by an earlier client of the same destination, source and
-   * name: reused after an RSET shows it alive (saving the connect, greeting, EHLO and TLS).
+   * name, reused (saving the connect, greeting, EHLO and TLS): the RSET that shows it alive goes
+   * out in the same write as the transaction's first commands (#relay).
    */
-  async #reuse(): Promise<boolean> {
-    for (;;) {
-      const lease = this.deps.pool.take(this.#poolKey);
-      if (!lease) return false;
-      const client = lease.conn;
-      this.#transcript = lease.transcript;
-      this.#clock = lease.clock;
-      this.#client = client;
-      this.#uses = lease.uses;
-      try {
-        if ((await client.command('RSET')).code === 250) return true;
-      } catch {
-        // gone while idle: try the next one, or open a fresh connection
-      }
-      this.#client = null;
-      client.close();
-    }
+  #reuse(): boolean {
+    const lease = this.deps.pool.take(this.#poolKey);
+    if (!lease) return false;
+    this.#transcript = lease.transcript;
+    this.#clock = lease.clock;
+    this.#client = lease.conn;
+    this.#uses = lease.uses;
+    this.#unverified = true;
+    return true;
+  }
+
+  /**
+   * A DATA relayed early whose 354 no data followed (the client left, or sent something else): the
+   * destination waits for a message that will not come, and only closing the connection ends that
+   * without delivering anything. True when it was closed.
+   */
+  #settleData(): boolean {
+    const early = this.#dataReply;
+    this.#dataReply = null;
+    if (early?.code !== 354) return false;
+    this.#client?.close();
+    this.#client = null;
+    this.#inTransaction = false;
+    this.#mailReply = null;
+    return true;
   }
 
   /** Back to the pool when the destination is in a known state and has carried fewer than its share; else QUIT. */
   async #putBack(client: SmtpConnection): Promise<void> {
+    if (this.#settleData()) return;
     const site = this.#site;
     let usable = !this.#failed && !client.ended && site !== null;
     if (usable && this.#inTransaction) {
@@ -335,22 +406,78 @@ export class ProxySession {
     this.deps.pool.give(this.#poolKey, lease, { maxConnections: this.#maxConnections(), messagesPerConnection: site.messagesPerConnection, idleTimeout: site.idleTimeout });
   }
 
-  async #relayMail(): Promise<Reply> {
-    const m = this.#mail!;
-    if (this.#inTransaction) {
-      // The client started over (RSET or a new MAIL): so does the destination.
-      const reset = await this.#command('RSET');
-      if (reset.code !== 250) return reset;
+  /**
+   * Says to the destination what it must hear before `line` (a RCPT), then `line`: RSET when its
+   * state is not known to be clean (a pooled session not yet shown alive, or a transaction the
+   * client started over), the transaction's MAIL FROM when it has not gone yet. All in one write
+   * when the destination offers PIPELINING (RFC 2920: RSET, MAIL and RCPT may be grouped), else
+   * one by one, stopping at the first refusal. Resolves with the reply that stands for MAIL (the
+   * RSET's when that failed) and the reply to `line`; RETRY when the session was a pooled one
+   * found gone (its connection is dropped, nothing was done there).
+   */
+  async #relay(line: string | null, dataFollows = false): Promise<{ mail: Reply; last: Reply | null } | typeof RETRY> {
+    const client = this.#client!;
+    const reset = this.#unverified || (this.#inTransaction && !this.#mailReply);
+    const sendMail = !this.#mailReply;
+    const pipelining = client.extensions.has('PIPELINING');
+    // Only what the client itself grouped goes as one group (and our RSET with it): a client that
+    // waits for each reply gets its commands relayed one by one, as it sent them.
+    const grouped = pipelining && (this.#grouped || !sendMail);
+    const withData = grouped && dataFollows && line !== null;
+    const lines: string[] = [];
+    if (reset) lines.push('RSET');
+    if (sendMail) {
+      const m = this.#mail!;
+      const kept = keepParams(m.params, client.extensions);
+      lines.push(`MAIL FROM:<${m.from}>${kept ? ' ' + kept : ''}`);
     }
+    if (line !== null) lines.push(line);
+    if (withData) lines.push('DATA');
+    const mailAt = sendMail ? (reset ? 1 : 0) : -1;
     // The transaction's lines are tied to it in the transcript; its link lists the recipients the destination takes.
-    this.#transcript?.release();
-    this.#accepted = [];
-    this.#transcript?.carry(`${this.id}.${++this.#seq}`, this.tenant, this.#accepted);
-    const kept = keepParams(m.params, this.#client!.extensions);
-    const reply = await this.#command(`MAIL FROM:<${m.from}>${kept ? ' ' + kept : ''}`);
-    this.#mailReply = reply;
-    this.#inTransaction = reply.code === 250;
-    return reply;
+    const carry = (i: number) => {
+      if (i !== mailAt) return;
+      this.#transcript?.release();
+      this.#accepted = [];
+      this.#transcript?.carry(`${this.id}.${++this.#seq}`, this.tenant, this.#accepted);
+    };
+    let replies: Reply[];
+    try {
+      replies = pipelining && (grouped || lines.length === 1 || (reset && !sendMail)) ? await client.pipeline(lines, carry) : await oneByOne(client, lines, carry, pipelining);
+    } catch (err) {
+      if (this.#unverified) return this.#dropUnverified(client);
+      return { mail: this.#broken(err), last: null };
+    }
+    const closing = replies.find((r) => r.code === 421);
+    if (closing && !this.#unverified) {
+      this.#failed = closing;
+      this.#signal(closing);
+    }
+    let at = 0;
+    if (reset) {
+      const r = replies[at++];
+      if (this.#unverified && r?.code !== 250) return this.#dropUnverified(client);
+      this.#unverified = false;
+      if (r.code !== 250) return { mail: r, last: null };
+      this.#inTransaction = false;
+    }
+    if (sendMail) {
+      const r = replies[at++];
+      if (!r) return { mail: this.#mailReply ?? tempfail(STATUS.noAnswer, 'no reply'), last: null };
+      this.#mailReply = r;
+      this.#inTransaction = r.code === 250;
+    }
+    const last = line === null ? null : replies[at] ?? null;
+    if (withData) this.#dataReply = replies[at + 1] ?? null;
+    return { mail: this.#mailReply!, last };
+  }
+
+  /** The pooled session did not answer its RSET: closed, and the caller tries another. */
+  #dropUnverified(client: SmtpConnection): typeof RETRY {
+    this.#unverified = false;
+    if (this.#client === client) this.#client = null;
+    client.close();
+    return RETRY;
   }
 
   /** Takes a slot and opens the destination session; resolves with a reply to refuse with, or null when open. */
@@ -384,7 +511,7 @@ export class ProxySession {
     const helo = source.helo ?? this.deps.heloName;
     this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;
     this.#poolKey = `proxy|${address}|${port}|${source.address ?? ''}|${helo}|${hostName ?? ''}`;
-    if (await this.#reuse()) return null;
+    if (this.#reuse()) return null;
     const transcript = this.deps.transcripts
       ? new Transcript({ host: hostName ?? address, protocol: 'smtp', address, port, helo, maxBytes: this.deps.transcripts.maxBytes }, this.deps.transcripts.sink)
       : null;
@@ -481,7 +608,7 @@ export class ProxySession {
    */
   abandon(): void {
     this.#closed = true;
-    this.#leave.abort();
+    this.#leave.abort(CLIENT_LEFT);
     this.#client?.close();
     this.#client = null;
     this.#slot?.release();
