@@ -6,7 +6,7 @@
 //          hoists smtp-server beside it);
 //   clone  `git clone` of this checkout's HEAD, then `npm ci --omit=dev` in it (dist/ is built at
 //          install from the sources, with TypeScript from the dependencies).
-// Each install must have applied patches/ to the smtp-server it runs, built the native addons, run `ichidan help` and
+// Each install must have applied patches/ to the smtp-server it runs, built the native addons, run `ichidan --version` and
 // `check-config`, and start once on a loopback port: the greeting answers, SIGTERM stops it.
 // Run by .ci/run (too slow for the test suite: each install compiles); `node scripts/check-install.mjs [pack|clone]`.
 import { spawn, spawnSync } from 'node:child_process';
@@ -49,7 +49,9 @@ function greeting(port) {
 async function startOnce(what, main, dir) {
   const config = join(dir, 'ichidan.yaml');
   writeFileSync(config, 'hostname: mx.example.test\ndataDir: data\nlisteners:\n  - { name: mx, role: mx, address: 127.0.0.1, port: 0 }\n');
-  run(`${what}: ichidan help`, process.execPath, [main, 'help'], dir);
+  const version = run(`${what}: ichidan --version`, process.execPath, [main, '--version'], dir).trim();
+  const expected = JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')).version;
+  if (version !== expected) fail(`${what}: ichidan --version printed "${version}", not ${expected}`);
   run(`${what}: ichidan check-config`, process.execPath, [main, 'check-config', config], dir);
   const child = spawn(process.execPath, [main, 'start', '-c', config], { cwd: dir, env: { ...process.env, ICHIDAN_READY_FD: '3' }, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
   let stderr = '';
