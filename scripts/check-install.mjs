@@ -93,7 +93,7 @@ async function checkPack() {
   mkdirSync(app);
   run('pack: npm install --omit=dev --prefer-offline', 'npm', ['install', '--omit=dev', '--prefer-offline', tarball], app);
   const pkg = join(app, 'node_modules', 'ichidan');
-  if (existsSync(join(pkg, 'mta'))) fail('pack: the package holds the TypeScript sources; it should hold dist/ only');
+  if (existsSync(join(pkg, 'mta', 'mta-main.ts'))) fail('pack: the package holds the TypeScript sources; it should hold dist/ only');
   if (existsSync(join(app, 'node_modules', 'vitest'))) fail('pack: a dev dependency (vitest) was installed');
   checkPatched('pack', join(app, 'node_modules', 'smtp-server'));
   checkAddons('pack', pkg);
