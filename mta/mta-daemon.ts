@@ -184,13 +184,13 @@ export class Ichidan {
     queue.spool.fsyncs.onSample = (ms) => metrics.fsync(ms);
     const scanTimes = new ScanTimings();
     this.pressure = new Pressure(config.admission.pressure, {
-      sessions: () => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec)), this.admission.takeTurnedAway()),
+      sessions: (peek) => admissionSessions(this.#listeners.filter((l) => this.admission.guards(l.spec)), this.admission.takeTurnedAway(peek)),
       scans: () => {
         const { known, unknown } = this.admission.slots.waiting;
         return { ...scanTimes.p90(this.config.admission.pressure.interval), queued: (known + unknown) / this.config.admission.scans };
       },
       mxQueryRatio: () => this.dns?.mxQueryRatio() ?? null,
-      acceptQueue: () => acceptQueue(this.#listeners.filter((l) => this.admission.guards(l.spec)).flatMap((l) => this.bound.filter((b) => b.name === l.spec.name))),
+      acceptQueue: () => acceptQueue(this.#listeners.filter((l) => this.admission.guards(l.spec)).flatMap((l) => [...this.bound.filter((b) => b.name === l.spec.name), ...l.pairingEndpoints()])),
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),
       diskFree: () => queue.diskFree(),

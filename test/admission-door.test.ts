@@ -4,6 +4,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { baseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
+import { startDns } from './helpers/dns-server.js';
 import { fakeClamd } from './helpers/fake-clamd.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
 
@@ -82,6 +83,30 @@ describe('admission at the door', () => {
     for (const c of held) c.close();
     await reachLevel(0);
     expect(await send('127.1.1.1')).toMatch(/^250 /);
+  });
+
+  it('refuses at the socket, before any per-connection work: no reverse lookup for a refused client, and its 421 comes at once', async () => {
+    const dns = await startDns({ '1.0.0.127.in-addr.arpa': { ptr: ['held.ptr.test'] } });
+    try {
+      t = await startApp((dir) => config(dir, {}, { dns: { servers: [dns.server], reverseLookup: true } } as Partial<ConfigInput>));
+      await hold(10);
+      await reachLevel(2);
+      expect(dns.queries.some((q) => q.name === '1.0.0.127.in-addr.arpa')).toBe(true); // the lookup is on for those greeted
+      const t0 = Date.now();
+      const refused = await connect('127.1.1.9');
+      expect(refused.greeting).toBe('421 4.7.0 server busy with other mail, try again later');
+      expect(Date.now() - t0).toBeLessThan(1000);
+      await waitUntil(() => refused.c.closed, 2000, 'the refused connection to close');
+      expect(dns.queries.filter((q) => q.name === '9.1.1.127.in-addr.arpa')).toEqual([]);
+      expect(await decisions('connect', 'refuse', 'overload')).toBe(1);
+      // The known client is still greeted on the same listener after the refusal.
+      expect((await connect('127.0.0.1')).greeting).toMatch(/^220 /);
+    } finally {
+      for (const c of open.splice(0)) c.close();
+      await t?.stop();
+      t = undefined;
+      await dns.close();
+    }
   });
 
   it('learns senders in normal times: under overload a learned network is greeted and served, an unknown one deferred', async () => {

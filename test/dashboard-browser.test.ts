@@ -4,10 +4,12 @@
 // strict CSP with no console error; the overview charts the sampler's points; queue actions,
 // an egress undo and a quarantine release change what the API reports; quarantined text containing
 // <script> is shown as text; a cross-site change without the CSRF token is refused.
-// Screenshots of each page go to docs/dashboard/ (the README shows them).
+// Every page is screenshotted (rendering is part of the test); with ICHIDAN_SCREENSHOTS=1 the
+// pictures replace docs/dashboard/ (the README shows them), else they go to a temporary folder.
 import { mkdir } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,7 +21,9 @@ import { startSink, type Sink } from './helpers/sink.js';
 
 const support = browserSupport();
 const TOKEN = 'dashboard-test-token-0123456789';
-const SHOTS = join(import.meta.dirname, '..', 'docs', 'dashboard');
+const SHOTS = process.env.ICHIDAN_SCREENSHOTS === '1'
+  ? join(import.meta.dirname, '..', 'docs', 'dashboard')
+  : join(tmpdir(), `ichidan-dashboard-shots-${process.pid}`);
 
 const plain = (to: string, subject: string) => `From: alice@sender.test\r\nTo: ${to}\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W/g, '')}@sender.test>\r\n\r\nHello ${to}\r\n`;
 const SCRIPTED = '<script>window.pwned = 1</script><b>not bold</b>';

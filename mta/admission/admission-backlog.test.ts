@@ -9,7 +9,26 @@ const TABLE = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->whe
    2: 0100007F:09C5 0100007F:D431 01 00000000:00000040 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
 `;
 
+const TABLE6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:09C5 00000000000000000000000000000000:0000 0A 00000000:00000003 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0
+   1: B80D0120000000000000000001000000:09C5 00000000000000000000000000000000:0000 0A 00000000:00000005 00:00000000 00000000     0        0 5 1 0 100 0 0 10 0
+   2: 00000000000000000000000000000000:0019 00000000000000000000000000000000:0000 0A 00000000:00000004 00:00000000 00000000     0        0 6 1 0 100 0 0 10 0
+`;
+
 describe('the accept queue', () => {
+  it('tells IPv6 listeners apart by address, not by port alone, and adds wildcard sockets of both tables once', () => {
+    const q = listeningQueues(TABLE6, true);
+    expect([...q]).toEqual([['::1 2501', 3], ['2001:db8::1 2501', 5], [':: 25', 4]]);
+    const read = (f: string) => (f.endsWith('6') ? TABLE6 : TABLE);
+    expect(acceptQueue([{ address: '::1', port: 2501 }], read)).toBe(3);
+    expect(acceptQueue([{ address: '2001:0db8:0:0::1', port: 2501 }], read)).toBe(5);
+    expect(acceptQueue([{ address: '::2', port: 2501 }], read)).toBe(0);
+    expect(acceptQueue([{ address: '::', port: 25 }], read)).toBe(6); // :: 4 and 0.0.0.0 2
+    expect(acceptQueue([{ address: '::', port: 25 }, { address: '0.0.0.0', port: 25 }], read)).toBe(6);
+    // A listener and its pairing addresses: every endpoint counts.
+    expect(acceptQueue([{ address: '127.0.0.1', port: 2501 }, { address: '::1', port: 2501 }, { address: '2001:db8::1', port: 2501 }], read)).toBe(15);
+  });
+
   it('reads listening sockets\' queues from the kernel\'s table, not established ones', () => {
     const q = listeningQueues(TABLE, false);
     expect(q.get('127.0.0.1 2501')).toBe(7);

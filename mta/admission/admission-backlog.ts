@@ -4,9 +4,11 @@
  * order, known senders among the flood's, before Ichidan can tell who they are; a session count
  * sees them only once accepted.
  *
- * Takes: the listening endpoints (address and port, as bound) and the kernel's socket tables
- *   (Linux: /proc/net/tcp and /proc/net/tcp6, where a listening socket's rx_queue is its accept
- *   queue's length).
+ * Takes: the listening endpoints (address and port, as bound: the admission listeners' own and
+ *   the DNS responder's pairing addresses they also take) and the kernel's socket tables (Linux:
+ *   /proc/net/tcp and /proc/net/tcp6, where a listening socket's rx_queue is its accept queue's
+ *   length). An endpoint is matched by its address and port (IPv6 ones too, in their canonical
+ *   form); a wildcard one (0.0.0.0 or ::) takes both tables' wildcard sockets on its port.
  * Gives: the connections waiting, summed over the endpoints; null where the tables cannot be read
  *   (another system), and the signal then counts as normal.
  * Cost: the kernel lists listening sockets before all others, so a table is read only up to its
@@ -14,7 +16,7 @@
  *   read (reading them all twice a second would itself stall the event loop).
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import { isIPv4 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 
 const LISTEN = '0A';
 
@@ -29,7 +31,22 @@ function ipv4FromHex(hex: string): string {
   return [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff].join('.');
 }
 
-/** The accept-queue lengths of the listening sockets in one table's text, keyed "address port" (IPv6 addresses as "*"). */
+/** An IPv6 address in its canonical (compressed, lower-case) form. */
+function canonicalIPv6(address: string): string {
+  return new URL(`http://[${address}]`).hostname.slice(1, -1);
+}
+
+/** "00000000000000000000000001000000" (as /proc/net/tcp6 writes ::1: four 32-bit words, each little-endian) → "::1". */
+function ipv6FromHex(hex: string): string {
+  const groups: string[] = [];
+  for (let w = 0; w < 4; w++) {
+    const word = hex.slice(w * 8, w * 8 + 8).match(/../g)!.reverse().join('');
+    groups.push(word.slice(0, 4), word.slice(4, 8));
+  }
+  return canonicalIPv6(groups.join(':'));
+}
+
+/** The accept-queue lengths of the listening sockets in one table's text, keyed "address port" (IPv6 addresses canonical). */
 export function listeningQueues(table: string, v6: boolean): Map<string, number> {
   const out = new Map<string, number>();
   for (const line of table.split('\n').slice(1)) {
@@ -38,7 +55,7 @@ export function listeningQueues(table: string, v6: boolean): Map<string, number>
     const [addr, port] = f[1].split(':');
     const queue = Number.parseInt(f[4].split(':')[1] ?? '', 16);
     if (!port || !Number.isFinite(queue)) continue;
-    const key = `${v6 ? '*' : ipv4FromHex(addr)} ${Number.parseInt(port, 16)}`;
+    const key = `${v6 ? ipv6FromHex(addr) : ipv4FromHex(addr)} ${Number.parseInt(port, 16)}`;
     out.set(key, (out.get(key) ?? 0) + queue);
   }
   return out;
@@ -83,10 +100,18 @@ export function acceptQueue(endpoints: readonly Endpoint[], read = readListening
     // No IPv6 on this system: the IPv4 table answers alone.
   }
   let waiting = 0;
+  const seen = new Set<string>();
+  const add = (table: Map<string, number>, key: string) => {
+    if (seen.has(key)) return;
+    seen.add(key);
+    waiting += table.get(key) ?? 0;
+  };
   for (const e of endpoints) {
-    const wildcard = e.address === '0.0.0.0' || e.address === '::';
-    if (isIPv4(e.address) && !wildcard) waiting += v4.get(`${e.address} ${e.port}`) ?? 0;
-    else waiting += (v6.get(`* ${e.port}`) ?? 0) + (wildcard ? v4.get(`0.0.0.0 ${e.port}`) ?? 0 : 0);
+    if (e.address === '0.0.0.0' || e.address === '::') {
+      add(v4, `0.0.0.0 ${e.port}`);
+      add(v6, `:: ${e.port}`);
+    } else if (isIPv4(e.address)) add(v4, `${e.address} ${e.port}`);
+    else if (isIPv6(e.address)) add(v6, `${canonicalIPv6(e.address)} ${e.port}`);
   }
   return waiting;
 }

@@ -14,13 +14,17 @@ import { duration, hostname, ipAddress, domain } from '../../base/base-config.js
 const fraction = z.number().min(0).max(1);
 
 /**
- * A signal's thresholds: at or past `busy` the node is busy, at or past `overload` overloaded.
- * The defaults are parsed like given values (prefault), so "150ms" becomes 150.
+ * A signal's thresholds: at or past `busy` the node is busy, at or past `overload` overloaded, and
+ * at or past `surge` (optional) overloaded at once, without waiting for `rise`: a reading that far
+ * past the overload threshold is no blip. The defaults are parsed like given values (prefault), so
+ * "150ms" becomes 150.
  */
-const thresholds = <T extends z.ZodTypeAny>(value: T, busy: z.input<T>, overload: z.input<T>) => z.strictObject({
+const thresholds = <T extends z.ZodTypeAny>(value: T, busy: z.input<T>, overload: z.input<T>, surge?: (overload: number) => number) => z.strictObject({
   busy: value.prefault(busy as never),
   overload: value.prefault(overload as never),
-}).prefault({});
+  surge: value.optional() as z.ZodOptional<T>,
+}).refine((t) => t.surge === undefined || (t.surge as number) >= (t.overload as number), { message: 'surge must be at or past overload', path: ['surge'] })
+  .transform((t): { busy: z.output<T>; overload: z.output<T>; surge?: z.output<T> } => ({ ...t, surge: (t.surge ?? surge?.(t.overload as number)) as z.output<T> | undefined })).prefault({});
 
 /** A signal where less is worse (free disk, free memory): at or below `busy` the node is busy. */
 const floor = (busy: number, overload: number) => z.strictObject({
@@ -52,6 +56,13 @@ const sendersSchema = z.strictObject({
 const pressureSchema = z.strictObject({
   /** How often the signals are read. */
   interval: duration.prefault('500ms'),
+  /**
+   * How often the cheap signals that count waiting clients (acceptQueue, sessions) are read besides,
+   * for a reading at or past their `surge` threshold: a flood is met within this time, not `rise`
+   * later, while its connections are still few in the queue ahead of known senders'. 0: surges
+   * are looked for at each full read only.
+   */
+  surgeInterval: duration.prefault('100ms'),
   /** A level is entered once the signals have stayed at or past its threshold this long. */
   rise: duration.prefault('1s'),
   /** A level is left once the signals have stayed below its threshold (less `hysteresis`) this long. */
@@ -62,16 +73,20 @@ const pressureSchema = z.strictObject({
   eventLoopDelay: thresholds(duration, '150ms', '500ms'),
   /**
    * Sessions open on the admission listeners, as a share of their maxClients. The overload
-   * threshold sits below 1 - reserve.sessions, so unknown senders alone can bring it about.
+   * threshold sits below 1 - reserve.sessions, so unknown senders alone can bring it about; the
+   * surge (0.9, or overload if higher) is past what the reserve leaves unknown senders: they hold
+   * all they may and more are being turned away.
    */
-  sessions: thresholds(fraction, 0.5, 0.7),
+  sessions: thresholds(fraction, 0.5, 0.7, (overload) => Math.max(0.9, overload)),
   /** How long scans waited for a slot (p90 over the last interval). */
   scanWait: thresholds(duration, '500ms', '3s'),
   /**
    * Connections the kernel holds for the admission listeners that are not accepted yet (Linux):
    * while it grows everyone waits in it, known senders among the flood, before anyone is judged.
+   * Idle, it stays near 0 (Node accepts every waiting connection at each turn of its loop), so
+   * twice the overload threshold (400 by default) waiting is a surge.
    */
-  acceptQueue: thresholds(z.number().int().positive(), 50, 200),
+  acceptQueue: thresholds(z.number().int().positive(), 50, 200, (overload) => 2 * overload),
   /**
    * Messages waiting for a scan slot, as a multiple of `admission.scans`: the first sign of a flood,
    * before any wait has ended to be timed.
@@ -83,7 +98,7 @@ const pressureSchema = z.strictObject({
   fsync: thresholds(duration, '100ms', '500ms'),
   /** Free space on the spool's file system, as a share of its size. */
   diskFree: floor(0.1, 0.05),
-  /** Memory the system has available, as a share of all of it. */
+  /** Memory free, as a share of all this node may use: its cgroup's limit where one is set (a container, MemoryMax), else the system's. */
   memoryFree: floor(0.1, 0.05),
   /** MX queries to the DNS responder per second, as a multiple of their normal rate. */
   mxQueries: thresholds(ratio, 3, 6),

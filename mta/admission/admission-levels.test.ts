@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { admissionSchema } from './admission-config.js';
-import { clearOf, initialLevels, signalLevel, stepLevels, type Level, type SignalValues } from './admission-levels.js';
+import { clearOf, initialLevels, signalLevel, stepLevels, surgeLevels, type Level, type SignalValues } from './admission-levels.js';
 
 /** rise 2s, fall 10s, hysteresis 0.2; eventLoopDelay busy 150 / overload 500; diskFree floors 0.1 / 0.05. */
 const config = admissionSchema.parse({ pressure: { rise: '2s', fall: '10s', hysteresis: 0.2 } }).pressure;
@@ -113,13 +113,40 @@ describe('the level over time', () => {
   });
 
   it('names every signal that drove a rise, and the same ones when the level falls', () => {
-    const { changes } = run([...repeat(3, { eventLoopDelay: 600, sessions: 0.95, diskFree: 0.5 }), ...repeat(11, { eventLoopDelay: 5, sessions: 0.1, diskFree: 0.5 })]);
-    expect(changes[0].why).toBe('eventLoopDelay=600 ≥ 500, sessions=0.95 ≥ 0.7');
+    const { changes } = run([...repeat(3, { eventLoopDelay: 600, sessions: 0.85, diskFree: 0.5 }), ...repeat(11, { eventLoopDelay: 5, sessions: 0.1, diskFree: 0.5 })]);
+    expect(changes[0].why).toBe('eventLoopDelay=600 ≥ 500, sessions=0.85 ≥ 0.7');
     expect(changes[1].why).toBe('eventLoopDelay=5, sessions=0.1 below overload for 10000ms');
   });
 
   it('uses the settings it is given (zero rise and fall: every reading counts at once)', () => {
     const quick = admissionSchema.parse({ pressure: { rise: 0, fall: 0, hysteresis: 0 } }).pressure;
     expect(run([loop(200), loop(600), loop(10), loop(10), loop(10)], quick).levels).toEqual(['busy', 'overload', 'busy', 'normal', 'normal']);
+  });
+
+  it('enters overload at once on a reading at or past a signal\'s surge, from normal or busy, and comes down as usual', () => {
+    // acceptQueue: overload 200, surge 400 (the defaults); rise 2s.
+    const { levels, changes } = run([{ acceptQueue: 399 }, { acceptQueue: 400 }, ...repeat(11, { acceptQueue: 0 })]);
+    expect(levels.slice(0, 2)).toEqual(['normal', 'overload']);
+    expect(changes[0]).toMatchObject({ at: 1, previous: 'normal', level: 'overload', why: 'acceptQueue=400 ≥ 400 (surge)' });
+    expect(changes[1]).toMatchObject({ at: 12, previous: 'overload', level: 'busy', why: 'acceptQueue=0 below overload for 10000ms' });
+    const fromBusy = run([...repeat(3, loop(200)), { eventLoopDelay: 200, sessions: 1.2 }]);
+    expect(fromBusy.changes.map((c) => [c.at, c.previous, c.level])).toEqual([[2, 'normal', 'busy'], [3, 'busy', 'overload']]);
+    expect(fromBusy.changes[1].why).toBe('sessions=1.2 ≥ 0.9 (surge)');
+  });
+
+  it('has no surge where none is set: a signal far past overload still waits for rise, unless its surge is configured', () => {
+    expect(run([loop(60_000), loop(60_000)]).levels).toEqual(['normal', 'normal']);
+    const withSurge = admissionSchema.parse({ pressure: { rise: '2s', eventLoopDelay: { surge: '2s' } } }).pressure;
+    expect(run([loop(1999), loop(2000)], withSurge).levels).toEqual(['normal', 'overload']);
+    expect(() => admissionSchema.parse({ pressure: { acceptQueue: { surge: 100 } } })).toThrow(/surge must be at or past overload/);
+  });
+
+  it('judges only the signals it is given for a surge, and does nothing once overloaded', () => {
+    const state = initialLevels(0);
+    expect(surgeLevels(state, { acceptQueue: 50, sessions: 0.89 }, config, 5)).toBeNull();
+    const up = surgeLevels(state, { acceptQueue: 1500 }, config, 5)!;
+    expect(up.change).toEqual({ level: 'overload', previous: 'normal', why: 'acceptQueue=1500 ≥ 400 (surge)' });
+    expect(up.state).toMatchObject({ level: 'overload', since: 5, drivers: ['acceptQueue'] });
+    expect(surgeLevels(up.state, { acceptQueue: 5000 }, config, 6)).toBeNull();
   });
 });

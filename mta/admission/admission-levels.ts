@@ -10,7 +10,9 @@
  *   stayed at or past its threshold for `rise` (overload may be entered straight from normal); it
  *   is left once every signal has stayed below it for `fall`, one level at a time, where below
  *   means below threshold × (1 − hysteresis) (above floor × (1 + hysteresis) for floors), so a
- *   signal hovering at a threshold does not make the level flap.
+ *   signal hovering at a threshold does not make the level flap. A signal at or past its `surge`
+ *   threshold (where one is set) enters overload at once, without `rise`: `surgeLevels()` is that
+ *   rule alone, for the readings of the cheap signals taken between two full reads.
  * Settings: admission.pressure.* (rise, fall, hysteresis, and the thresholds per signal).
  */
 import type { PressureConfig } from './admission-config.js';
@@ -100,6 +102,30 @@ export function readings(values: SignalValues, thresholds: LevelThresholds): Rec
   return out;
 }
 
+/** A signal's surge threshold, where one is set (none for floors). */
+function surgeOf(signal: SignalName, config: LevelThresholds): number | undefined {
+  const t = config[signal];
+  return 'surge' in t ? t.surge : undefined;
+}
+
+/**
+ * The surge rule alone: overload at once when any signal given is at or past its surge threshold
+ * (null when none is, or the level is overload already). Signals not given are not looked at.
+ */
+export function surgeLevels(state: LevelState, values: SignalValues, config: LevelThresholds, now: number): { state: LevelState; change: LevelChange } | null {
+  if (state.level === 'overload') return null;
+  const drivers = SIGNALS.filter((s) => {
+    const surge = surgeOf(s, config), v = values[s];
+    return surge !== undefined && v !== null && v !== undefined && v >= surge;
+  });
+  if (drivers.length === 0) return null;
+  const why = drivers.map((s) => `${s}=${Math.round(values[s]! * 1000) / 1000} ≥ ${surgeOf(s, config)} (surge)`).join(', ');
+  return {
+    state: { ...state, level: 'overload', since: now, falling: null, drivers, rising: { busy: state.rising.busy ?? now, overload: state.rising.overload ?? now } },
+    change: { level: 'overload', previous: state.level, why },
+  };
+}
+
 /**
  * One look at the signals at time `now`: the new state, and the change of level if there is one.
  * A rise wins over a fall; a rise goes to the highest level held for `rise`; a fall goes down one
@@ -114,6 +140,9 @@ export function stepLevels(state: LevelState, values: SignalValues, config: Pres
     overload: rank(worst) >= 2 ? state.rising.overload ?? now : null,
   };
   const next: LevelState = { ...state, rising };
+
+  const surge = surgeLevels(next, values, config, now);
+  if (surge) return { ...surge, signals };
 
   // Up: the highest level above the current one that has been reached for `rise`.
   for (const target of ['overload', 'busy'] as const) {

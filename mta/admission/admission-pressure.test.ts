@@ -9,9 +9,10 @@ const config = admissionSchema.parse({ pressure: { interval: '100ms', rise: '1s'
 function world() {
   const logs: Array<Record<string, unknown>> = [];
   const log = createLogger('info', new Writable({ write(c, _e, cb) { for (const l of String(c).split('\n')) if (l) logs.push(JSON.parse(l)); cb(); } }));
-  const v = { now: 0, loop: null as number | null, memory: 0.5 as number | null, disk: 0.5 as number | null, fsync: null as number | null, open: 0, limit: 10, wait: null as number | null, latency: null as number | null, mx: null as number | null };
+  const v = { now: 0, queue: null as number | null, peeks: 0, loop: null as number | null, memory: 0.5 as number | null, disk: 0.5 as number | null, fsync: null as number | null, open: 0, limit: 10, wait: null as number | null, latency: null as number | null, mx: null as number | null };
   const sources: PressureSources = {
-    sessions: () => ({ open: v.open, limit: v.limit }),
+    sessions: (peek) => { if (peek) v.peeks++; return { open: v.open, limit: v.limit }; },
+    acceptQueue: () => v.queue,
     scans: () => ({ waitP90Ms: v.wait, latencyP90Ms: v.latency }),
     mxQueryRatio: () => v.mx,
   };
@@ -139,5 +140,41 @@ describe('Pressure', () => {
     expect(t.p90(1000)).toEqual({ waitP90Ms: null, latencyP90Ms: null });
     for (let i = 1; i <= 10; i++) { t.waited(i * 100); t.scanned(i); }
     expect(t.p90(1000)).toEqual({ waitP90Ms: 900, latencyP90Ms: 9 });
+  });
+
+  it('reads the accept queue and sessions between full reads and enters overload at once on a surge, logged as one', () => {
+    const { p, v, logs, events } = world();
+    v.queue = 399; v.open = 8;
+    p.readSurge();
+    expect(p.level).toBe('normal');
+    v.queue = 1500; v.now += 100;
+    p.readSurge();
+    expect(p.level).toBe('overload');
+    expect(p.since).toBe(100);
+    expect(v.peeks).toBe(2); // sessions were only peeked: the turned-away count stays for the full read
+    expect(events).toEqual([['overload', 'normal', 'acceptQueue=1500 ≥ 400 (surge)']]);
+    expect(logs.find((l) => l.level === 'overload')).toMatchObject({ previous: 'normal', signals: { acceptQueue: 1500, sessions: 0.8 } });
+    expect(p.signals().acceptQueue).toEqual({ value: 1500, level: 'overload' });
+    p.readSurge();
+    expect(events).toHaveLength(1);
+  });
+
+  it('runs the surge timer every surgeInterval: a flood is met within it, long before the next full read', async () => {
+    const log = createLogger('silent');
+    let queue = 0;
+    const slow = { ...config, interval: 60_000, surgeInterval: 20 };
+    const p = new Pressure(slow, { sessions: () => ({ open: 0, limit: 1 }), scans: () => ({ waitP90Ms: null, latencyP90Ms: null }), acceptQueue: () => queue }, { fsyncP99Ms: () => null, diskFree: () => null }, log);
+    p.start();
+    try {
+      await new Promise((r) => setTimeout(r, 60));
+      expect(p.level).toBe('normal');
+      queue = 800;
+      const t0 = Date.now();
+      while (p.level === 'normal' && Date.now() - t0 < 1000) await new Promise((r) => setTimeout(r, 5));
+      expect(p.level).toBe('overload');
+      expect(Date.now() - t0).toBeLessThan(500);
+    } finally {
+      p.stop();
+    }
   });
 });

@@ -12,32 +12,40 @@
  *   its overload floor (entered at once, left once above the floor plus hysteresis), so the queue
  *   stops taking new mail before the spool runs out (KumoMTA's load shedding; MAIL FROM answers
  *   452 4.3.1 meanwhile), with an 'intake' event (state, why) at each change.
+ * Surges: between two full reads, the cheap signals that count waiting clients (acceptQueue,
+ *   sessions) are read every admission.pressure.surgeInterval, and a reading at or past its `surge`
+ *   threshold enters overload at once (admission-levels.ts `surgeLevels`): a connection flood fills
+ *   the accept queue within a fraction of a second, and every connection in it, known senders'
+ *   among them, waits there before Ichidan can tell who it is.
  * Reads itself: the event loop's delay — a timer every 20 ms records how late it fired (p99 over
  *   the interval, or how late the next one is already, when that is more: a loop held for the
  *   whole interval fires no timer at all). perf_hooks' monitorEventLoopDelay is not used: after
  *   each reset its first tick only primes it, so a loop held between every two reads showed no
- *   delay at all. And the memory the system has available (os.freemem, which is MemAvailable on
- *   Linux, over os.totalmem). Timers are unref'd; `stop()` ends them and drops the level back to
+ *   delay at all. And the memory free (admission-memory.ts: the cgroup's limit where one is set,
+ *   else the host's available memory). Timers are unref'd; `stop()` ends them and drops the level back to
  *   normal.
  * Settings: admission.pressure.*
  */
 import { EventEmitter } from 'node:events';
-import { freemem, totalmem } from 'node:os';
 import type { Logger } from 'pino';
 import { LatencyWindow } from '../../base/base-latency-window.js';
 import type { SlotObserver } from '../../queue/accept/accept-slots.js';
 import type { PressureConfig } from './admission-config.js';
+import { memoryFree } from './admission-memory.js';
 import {
-  clearOf, initialLevels, isFloor, readings, SIGNALS, stepLevels,
-  type Level, type LevelState, type SignalName, type SignalReading, type SignalValues,
+  clearOf, initialLevels, isFloor, readings, signalLevel, SIGNALS, stepLevels, surgeLevels,
+  type Level, type LevelChange, type LevelState, type SignalName, type SignalReading, type SignalValues,
 } from './admission-levels.js';
 
 export type { Level, SignalName } from './admission-levels.js';
 export type { PressureConfig } from './admission-config.js';
 
 export interface PressureSources {
-  /** Sessions open on the admission listeners, and the sum of their maxClients. */
-  sessions(): { open: number; limit: number };
+  /**
+   * Sessions wanted on the admission listeners, and the sum of their maxClients. `peek`: a reading
+   * between two full reads (the surge check), which must leave the source's counts as they are.
+   */
+  sessions(peek?: boolean): { open: number; limit: number };
   /** Scans' wait for a slot and their latency, p90 over the last interval. */
   scans(): { waitP90Ms: number | null; latencyP90Ms: number | null; queued?: number | null };
   /** Connections waiting in the kernel's accept queue of the admission listeners (null: not known). */
@@ -103,6 +111,7 @@ export class Pressure extends EventEmitter {
   #signals: Record<SignalName, SignalReading>;
   #intake: Intake = 'open';
   #timer: NodeJS.Timeout | null = null;
+  #surgeTimer: NodeJS.Timeout | null = null;
   #sampler: NodeJS.Timeout | null = null;
   /** When the sampler last fired (performance.now()). */
   #lastSample = 0;
@@ -116,10 +125,7 @@ export class Pressure extends EventEmitter {
     this.#config = config;
     this.#probes = {
       now: probes.now ?? Date.now,
-      memoryFree: probes.memoryFree ?? (() => {
-        const total = totalmem();
-        return total > 0 ? freemem() / total : null;
-      }),
+      memoryFree: probes.memoryFree ?? (() => memoryFree()),
       loopDelayP99Ms: probes.loopDelayP99Ms ?? (() => this.#loopDelay()),
     };
     this.#state = initialLevels(this.#probes.now());
@@ -166,6 +172,8 @@ export class Pressure extends EventEmitter {
   stop(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
+    if (this.#surgeTimer) clearInterval(this.#surgeTimer);
+    this.#surgeTimer = null;
     if (this.#sampler) clearInterval(this.#sampler);
     this.#sampler = null;
     this.#state = initialLevels(this.#probes.now());
@@ -180,10 +188,11 @@ export class Pressure extends EventEmitter {
 
   /** A reloaded config: new thresholds at the next read, a new interval from now. */
   apply(config: PressureConfig): void {
-    const interval = config.interval !== this.#config.interval;
+    const interval = config.interval !== this.#config.interval || config.surgeInterval !== this.#config.surgeInterval;
     this.#config = config;
     if (interval && this.#timer) {
       clearInterval(this.#timer);
+      if (this.#surgeTimer) clearInterval(this.#surgeTimer);
       this.#schedule();
     }
   }
@@ -196,16 +205,42 @@ export class Pressure extends EventEmitter {
     this.#state = state;
     this.#signals = signals;
     this.#updateIntake(values);
-    if (change) {
-      const shown = Object.fromEntries(SIGNALS.filter((s) => values[s] !== null && values[s] !== undefined).map((s) => [s, values[s]]));
-      this.log.info({ level: change.level, previous: change.previous, why: change.why, signals: shown }, `pressure ${change.previous} → ${change.level}: ${change.why}`);
-      this.emit('level', change.level, change.previous, change.why);
-    }
+    if (change) this.#changed(change, values);
+  }
+
+  /**
+   * Reads the cheap signals that count waiting clients (the surge timer calls it; tests may too):
+   * overload at once when one is at or past its surge threshold. Their full readings, and every
+   * other rule, wait for the next read().
+   */
+  readSurge(): void {
+    if (this.#state.level === 'overload') return;
+    const sessions = this.#safely('sessions', () => this.sources.sessions(true));
+    const values: SignalValues = {
+      acceptQueue: this.#safely('acceptQueue', () => this.sources.acceptQueue?.() ?? null),
+      sessions: sessions && sessions.limit > 0 ? sessions.open / sessions.limit : null,
+    };
+    const surge = surgeLevels(this.#state, values, this.#config, this.#probes.now());
+    if (!surge) return;
+    this.#state = surge.state;
+    for (const s of ['acceptQueue', 'sessions'] as const) this.#signals[s] = { value: values[s] ?? null, level: signalLevel(s, values[s], this.#config) };
+    this.#changed(surge.change, values);
+  }
+
+  #changed(change: LevelChange, values: SignalValues): void {
+    const shown = Object.fromEntries(SIGNALS.filter((s) => values[s] !== null && values[s] !== undefined).map((s) => [s, values[s]]));
+    this.log.info({ level: change.level, previous: change.previous, why: change.why, signals: shown }, `pressure ${change.previous} → ${change.level}: ${change.why}`);
+    this.emit('level', change.level, change.previous, change.why);
   }
 
   #schedule(): void {
     this.#timer = setInterval(() => this.read(), this.#config.interval);
     this.#timer.unref();
+    this.#surgeTimer = null;
+    if (this.#config.surgeInterval > 0 && this.#config.surgeInterval < this.#config.interval) {
+      this.#surgeTimer = setInterval(() => this.readSurge(), this.#config.surgeInterval);
+      this.#surgeTimer.unref();
+    }
   }
 
   #measure(): SignalValues {

@@ -183,12 +183,15 @@ export class Admission {
     else this.#networkOpen.delete(entry.network);
   }
 
-  /** How many connections the door turned away (pressure, reserve) since the last call: part of the demand the sessions signal reads. */
-  takeTurnedAway(): number {
+  /**
+   * How many connections the door turned away (pressure, reserve) since the last call: part of the
+   * demand the sessions signal reads. `peek`: counted, not cleared (a reading between two full ones).
+   */
+  takeTurnedAway(peek = false): number {
     const cap = this.#config.admission.busy.maxConnections;
     let n = 0;
     for (const count of this.#turnedAway.values()) n += Math.min(count, cap);
-    this.#turnedAway.clear();
+    if (!peek) this.#turnedAway.clear();
     return n;
   }
 

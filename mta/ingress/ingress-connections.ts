@@ -11,6 +11,7 @@
  * when smtp-server reports the session closed, and an AUTH answer still held back is dropped.
  * Settings: limits.client.*, limits.commandDeadline, limits.minDataRate.
  */
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -29,15 +30,39 @@ export interface Connection {
   close(): void;
 }
 
+/** A session id as smtp-server makes them (80 random bits, base 32). */
+function sessionId(): string {
+  return BigInt(`0x${randomBytes(10).toString('hex')}`).toString(32).padStart(16, '0');
+}
+
 /**
  * smtp-server, telling its owner about each connection it creates, with the socket it reads; with a
- * `door`, connections from a load balancer begin with a PROXY header (ingress-proxy-door.ts).
+ * `door`, connections from a load balancer begin with a PROXY header (ingress-proxy-door.ts). With
+ * `early`, each connection is judged before smtp-server builds anything for it (its session id is
+ * made here and kept): one refused there gets its reply line and is closed at once — no session
+ * object, no reverse lookup, no greeting timer — so a flood refused at the door costs little and the
+ * kernel's accept queue drains fast.
  */
 export class WatchedServer extends SMTPServer {
   onConnection: (connection: Connection, socket: Socket) => void = () => undefined;
   door: ProxyDoor | null = null;
+  /** The decision before anything is built: a reply refuses the connection (`id` is its session id, if it goes on). */
+  early: ((id: string, remoteAddress: string) => SmtpReply | null) | null = null;
+  /** A connection `early` refused, once its reply is on its way. */
+  refusedEarly: (id: string) => void = () => undefined;
 
   override connect(...args: Parameters<SMTPServer['connect']>): void {
+    if (this.early) {
+      const [socket, options] = args as unknown as [Socket, { id?: string; remoteAddress?: string } | undefined];
+      const id = options?.id ?? sessionId();
+      const refusal = this.early(id, plainAddress(options?.remoteAddress || socket.remoteAddress || ''));
+      if (refusal) {
+        refuseAtSocket(socket, `${refusal.code} ${replyText(refusal)}`);
+        this.refusedEarly(id);
+        return;
+      }
+      (args as unknown[])[1] = { ...options, id };
+    }
     super.connect(...args);
     // The connection made for this socket; none when it was refused and closed at once (onConnect
     // may answer before connect returns), and then no other session may be taken for it.
@@ -57,6 +82,22 @@ export class WatchedServer extends SMTPServer {
     if (this.door?.expects(socket.remoteAddress)) return this.door.read(socket, done);
     super._handleProxy(...args);
   }
+}
+
+/** A client address as smtp-server gives it to the session: IPv4-mapped IPv6 as plain IPv4, lower case. */
+function plainAddress(address: string): string {
+  return address.trim().replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '').toLowerCase();
+}
+
+/**
+ * One reply line and the connection closed: what the client sends meanwhile is read and dropped, and a
+ * client that does not close its side within 10 s is cut off.
+ */
+function refuseAtSocket(socket: Socket, line: string): void {
+  socket.on('error', () => undefined);
+  socket.setTimeout(10_000, () => socket.destroy());
+  socket.resume();
+  socket.end(`${line}\r\n`);
 }
 
 interface ConnectionState {

@@ -124,11 +124,10 @@ export class Listener {
       socketTimeout: cfg.limits.commandTimeout,
       closeTimeout: 30_000,
       maxClients: spec.maxClients,
-      // The admission decides as the connection arrives: its wait before the greeting (an unknown
-      // sender's, while busy), or none before a refusal, which onConnect then gives.
+      // The admission decided as the connection arrived (server.early, below): its wait before the
+      // greeting (an unknown sender's, while busy).
       greetingDelay: (c) => {
-        const decision = deps.admission.connect(c.id, c.remoteAddress, spec, this.server.connections.size - 1);
-        this.#door.set(c.id, decision);
+        const decision = this.#door.get(c.id) ?? this.#decide(c.id, c.remoteAddress, this.server.connections.size - 1);
         return decision.action === 'refuse' ? 0 : Math.max(spec.greetingDelay, decision.delayMs);
       },
       logger: false,
@@ -170,6 +169,17 @@ export class Listener {
       this.#connections.watch(connection, socket);
       this.#toldToDns(connection, socket);
     };
+    // The admission's refusals are given before smtp-server builds a session (or looks up the
+    // client's name): under a flood the door must cost next to nothing.
+    this.server.early = (id, address) => {
+      if (deps.draining()) return null;
+      const decision = this.#decide(id, address, this.server.connections.size);
+      return decision.action === 'refuse' ? decision.reply : null;
+    };
+    this.server.refusedEarly = (id) => {
+      this.#door.delete(id);
+      deps.admission.closed(id);
+    };
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'listener error'));
     this.#proxyProtocol = spec.proxyProtocol;
     this.server.door = new ProxyDoor(spec.name, () => deps.snapshot().config.hostname, () => this.#proxyProtocol, deps.log);
@@ -210,6 +220,11 @@ export class Listener {
     }
   }
 
+  /** Where the pairing addresses this listener took are bound (the admission's accept-queue signal counts them too). */
+  pairingEndpoints(): Array<{ address: string; port: number }> {
+    return this.#pairing.map((p) => p.address()).filter((a) => typeof a === 'object' && a !== null).map((a) => ({ address: a.address, port: a.port }));
+  }
+
   /**
    * The DNS responder learns each connection's local and remote address (resolver pairing); the
    * remote one as smtp-server gives the session, i.e. the client's behind a PROXY protocol balancer.
@@ -239,6 +254,13 @@ export class Listener {
   #track<T>(p: Promise<T>): void {
     this.#inFlight.add(p);
     p.finally(() => this.#inFlight.delete(p)).catch(() => undefined);
+  }
+
+  /** The admission's decision for a new connection (`open`: the listener's sessions without it), kept until its greeting. */
+  #decide(id: string, address: string, open: number): DoorDecision {
+    const decision = this.deps.admission.connect(id, address, this.spec, open);
+    this.#door.set(id, decision);
+    return decision;
   }
 
   #client(session: SMTPServerSession) {
