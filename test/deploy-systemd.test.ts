@@ -13,7 +13,7 @@ import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_proces
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -29,7 +29,7 @@ function has(command: string, args: string[]): boolean {
 }
 
 function byHandSupport(): { ok: true } | { ok: false; reason: string } {
-  const missing = [['python3', '--version'], ['setpriv', '--version'], ['useradd', '--help']].filter(([c, a]) => !has(c, [a])).map(([c]) => c);
+  const missing = [['python3', '--version'], ['setpriv', '--version'], ['unshare', '--version'], ['useradd', '--help']].filter(([c, a]) => !has(c, [a])).map(([c]) => c);
   const reason = process.getuid?.() !== 0 ? 'needs root (to run as another user and bind port 25)' : missing.length > 0 ? `${missing.join(', ')} missing` : null;
   if (reason === null) return { ok: true };
   if (process.env.CI) throw new Error(`the systemd unit's steps by hand: ${reason}: CI runs as root and installs python3 (.ci/run)`);
@@ -125,9 +125,18 @@ describe.skipIf(!byHand.ok)(`the unit's steps by hand: user ichidan, CAP_NET_BIN
     if (!has('getent', ['passwd', USER])) {
       await run('useradd', ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', USER]);
     }
-    // The unit's user runs the checkout's build: it must be able to read it (a checkout under /root cannot be).
-    const readable = spawnSync('setpriv', ['--reuid', USER, '--regid', USER, '--init-groups', '--', process.execPath, '-e', `require('fs').accessSync(${JSON.stringify(CLI)})`]);
-    expect(readable.status, `user ${USER} cannot read ${CLI}: the checkout must be readable by other users for this test`).toBe(0);
+    // The unit's user runs the checkout's build, which may sit where that user cannot reach it (a
+    // checkout under /root): in a mount namespace of its own, the checkout is bound onto a folder
+    // anyone may enter, and the process runs it from there (the binding ends with the process).
+    const seat = mkdtempSync(join(tmpdir(), 'ichidan-unit-pkg-'));
+    chmodSync(seat, 0o755);
+    const cli = join(seat, relative(ROOT, CLI));
+    const asUnitUser = (setpriv: string[], command: string[]): [string, string[]] => ['unshare', [
+      '--mount', '--propagation', 'private', '--', 'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'sh', ROOT, seat,
+      'setpriv', '--reuid', USER, '--regid', USER, '--init-groups', ...setpriv, '--', ...command,
+    ]];
+    const readable = spawnSync(...asUnitUser([], [process.execPath, '-e', `require('fs').accessSync(${JSON.stringify(cli)})`]));
+    expect(readable.status, `user ${USER} cannot read ${cli}: ${String(readable.stderr)}`).toBe(0);
     const uid = Number((await run('id', ['-u', USER])).stdout);
     const gid = Number((await run('id', ['-g', USER])).stdout);
     const dir = mkdtempSync(join(tmpdir(), 'ichidan-unit-run-'));
@@ -159,11 +168,10 @@ describe.skipIf(!byHand.ok)(`the unit's steps by hand: user ichidan, CAP_NET_BIN
     });
     await next('LISTENING', 0);
 
-    const ichidan = spawn('setpriv', [
-      '--reuid', USER, '--regid', USER, '--init-groups',
-      '--inh-caps', '-all,+net_bind_service', '--ambient-caps', '+net_bind_service', '--bounding-set', '-all,+net_bind_service', '--no-new-privs',
-      '--', process.execPath, CLI, 'start', '-c', config,
-    ], { cwd: '/', env: { PATH: process.env.PATH, NOTIFY_SOCKET: notifySocket }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const ichidan = spawn(...asUnitUser(
+      ['--inh-caps', '-all,+net_bind_service', '--ambient-caps', '+net_bind_service', '--bounding-set', '-all,+net_bind_service', '--no-new-privs'],
+      [process.execPath, cli, 'start', '-c', config],
+    ), { cwd: '/', env: { PATH: process.env.PATH, NOTIFY_SOCKET: notifySocket }, stdio: ['ignore', 'ignore', 'pipe'] });
     started.push(ichidan);
     let stderr = '';
     ichidan.stderr!.on('data', (d) => { stderr += d; });
