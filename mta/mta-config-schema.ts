@@ -52,10 +52,12 @@ export const configSchema = z.strictObject({
   hostname: hostname.default('localhost'),
   /** Where mail for the bare `<postmaster>` recipient goes (RFC 5321 4.5.1); default postmaster@hostname. */
   postmaster: z.email('an address such as "postmaster@example.com"').optional(),
-  /** Spool, queue database and generated certificate live under this folder. */
+  /** Spool, queue database and generated certificate live under this folder (relative: to the config file's folder). */
   dataDir: z.string().min(1).default('./var'),
   log: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    /** Append the log to this file instead of writing it on stdout (journald's way); reopened on SIGUSR2, for logrotate. */
+    file: z.string().min(1).optional(),
   }).prefault({}),
   dns: dnsSchema,
   tls: tlsSchema,

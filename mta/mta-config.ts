@@ -1,18 +1,19 @@
 /*
  * Loading and holding the configuration.
  *
- * `loadConfig` reads one YAML file, validates it against `configSchema` and returns a frozen
- * snapshot, or throws a `ConfigError` whose lines each name a key path and what is allowed there.
+ * `loadConfig` reads one YAML file, makes the relative paths in it relative to the file's folder
+ * (mta-config-path.ts), validates it against `configSchema` and returns a frozen snapshot, or throws a `ConfigError` whose lines each name a key path and what is allowed there.
  * `ConfigHandle` holds the snapshot in force with a generation number; an SMTP transaction borrows
  * the snapshot current when it starts and keeps it to its end, so a reload is "publish a new
  * snapshot", never "change flags in place".
  * `adminSocket` says where the admin API listens, for the process and the CLI alike.
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { configSchema, type Config, type ConfigInput } from './mta-config-schema.js';
+import { resolveConfigPaths } from './mta-config-path.js';
 
 export class ConfigError extends Error {
   readonly code = 'ICHIDAN_ERR_CONFIG';
@@ -73,7 +74,9 @@ export function loadConfig(file: string, override?: (input: Record<string, unkno
   }
   const input: unknown = doc.toJS();
   const isObject = input !== null && typeof input === 'object' && !Array.isArray(input);
-  return parseConfig(override && (isObject || input == null) ? override((input ?? {}) as Record<string, unknown>) : input, file);
+  if (!(isObject || input == null)) return parseConfig(input, file);
+  const resolved = resolveConfigPaths((input ?? {}) as Record<string, unknown>, dirname(resolve(file)));
+  return parseConfig(override ? override(resolved) : resolved, file);
 }
 
 export interface ConfigSnapshot {

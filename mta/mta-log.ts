@@ -13,25 +13,38 @@
  *                      session (the stored transcript's id, when transcripts are on)
  *   delivery attempt   qid, rcpt, verdict, reply, host ("name[IP]:port" of the MX), session (the
  *                      transcript's id), next (a deferral's next attempt, ISO 8601)
+ *
+ * stdout suits journald (a systemd unit's default). With `log.file` the lines are appended to that
+ * file instead, and `reopen` (the process calls it on SIGUSR2) opens the file again under its name:
+ * logrotate renames the file, then signals, and no line is lost or copied (no copytruncate).
+ * Settings: log.level, log.file.
  */
-import { readFileSync, existsSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import pino, { type Logger } from 'pino';
+import pino, { type DestinationStream, type Logger } from 'pino';
+import { packageRoot } from './mta-package.js';
 
-export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
+export function createLogger(level: string, destination?: DestinationStream | NodeJS.WritableStream): Logger {
   return pino({ level, base: { service: 'ichidan' }, timestamp: pino.stdTimeFunctions.isoTime }, destination ?? pino.destination({ sync: false }));
 }
 
-/** The version in the package's package.json (the nearest one above this file, from dist/ too). */
+/**
+ * The process's logger, on `file` when given (created if missing, appended to), else on stdout.
+ * A file that cannot be opened throws here, at start, rather than later in the background.
+ */
+export function createProcessLogger(settings: { level: string; file?: string }): { log: Logger; reopen: () => void } {
+  if (settings.file === undefined) return { log: createLogger(settings.level), reopen: () => {} };
+  mkdirSync(dirname(settings.file), { recursive: true });
+  closeSync(openSync(settings.file, 'a', 0o640));
+  const destination = pino.destination({ dest: settings.file, append: true, mkdir: true, sync: false });
+  return { log: createLogger(settings.level, destination), reopen: () => destination.reopen() };
+}
+
+/** The version in the package's package.json (mta-package.ts finds it, from dist/ too). */
 export function packageVersion(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir);
-    if (parent === dir) return 'unknown';
-    dir = parent;
-  }
-  return (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version?: string }).version ?? 'unknown';
+  const root = packageRoot();
+  if (root === null) return 'unknown';
+  return (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version?: string }).version ?? 'unknown';
 }
 
 export type { Logger };

@@ -7,6 +7,8 @@
  *                             SIGINT (graceful stop); SIGHUP reloads the config file. With more
  *                             than one worker (--workers, else cluster.workers) this process is
  *                             the primary of that many nodes sharing the ports (mta-workers.ts).
+ *                             SIGUSR2 reopens log.file (logrotate); under systemd, readiness,
+ *                             reloading and stopping are notified (mta-notify.ts).
  *   ichidan COMMAND ...       every other command is the CLI (cli/cli-commands.ts lists them)
  * With ICHIDAN_READY_FD=3, `start` writes one JSON line to fd 3 once every listener is bound
  * (`{"ready":true,"listeners":[...]}`; a primary adds `"workers":[{index,pid}]` once every worker
@@ -27,7 +29,8 @@ function workersFlag(value: string | undefined) {
 async function start(options: StartOptions): Promise<void> {
   // Loaded here, not above: the other commands start without them.
   const { loadConfig } = await import('./mta-config.js');
-  const { createLogger } = await import('./mta-log.js');
+  const { createProcessLogger } = await import('./mta-log.js');
+  const { createNotifier } = await import('./mta-notify.js');
   const { announceReady, workerConfig, workerCount, workerIndex } = await import('./mta-workers.js');
   const override = workersFlag(options.workers);
   const index = workerIndex();
@@ -37,10 +40,13 @@ async function start(options: StartOptions): Promise<void> {
     return index === null ? config : workerConfig(config, index);
   };
   const { file, config } = await loadCliConfig(options.config, load);
-  const root = createLogger(config.log.level);
+  const { log: root, reopen } = openLog(createProcessLogger, file, config);
+  // logrotate's postrotate signal: the log file is opened again under its name (a worker's primary passes it on).
+  process.on('SIGUSR2', () => { reopen(); });
+  const notifier = index === null ? createNotifier(root) : null;
   if (index === null && workerCount(config) > 1) {
     const { runPrimary } = await import('./mta-workers.js');
-    await runPrimary(config, workerCount(config), root);
+    await runPrimary(config, workerCount(config), root, notifier!);
     root.flush?.();
     setTimeout(() => process.exit(), 50).unref();
     return;
@@ -53,11 +59,16 @@ async function start(options: StartOptions): Promise<void> {
     process.stderr.write(`${file}: invalid configuration\n${err.problems.map((p) => `  - ${p}`).join('\n')}\n`);
     process.exit(1);
   });
-  process.on('SIGHUP', () => { app.reload(); });
+  process.on('SIGHUP', () => {
+    notifier?.reloading();
+    app.reload();
+    notifier?.ready();
+  });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    notifier?.stopping();
     log.info({ signal }, 'stopping: no new connections, finishing open transactions');
     app.stop().then(() => {
       log.info('stopped');
@@ -71,6 +82,19 @@ async function start(options: StartOptions): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   announceReady(app.bound);
+  notifier?.ready();
+}
+
+type ProcessLogger = typeof import('./mta-log.js').createProcessLogger;
+
+/** The process's log (mta-log.ts); a log.file that cannot be opened is a config error. */
+function openLog(create: ProcessLogger, file: string, config: Config): ReturnType<ProcessLogger> {
+  try {
+    return create(config.log);
+  } catch (err) {
+    process.stderr.write(`${file}: invalid configuration\n  - log.file: cannot open ${config.log.file}: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
 }
 
 await runCli(process.argv.slice(2), start);

@@ -7,7 +7,7 @@
  * Gives: `runPrimary` — forks workers 1..N (each re-runs `ichidan start` with ICHIDAN_WORKER=i);
  *   reports ready once every worker listens, with the shared ports; restarts a worker that dies
  *   (same index, so the same data folder: its queue is reconciled and delivered) after a backoff
- *   that doubles while it keeps dying young; passes SIGHUP to every worker (each reloads its
+ *   that doubles while it keeps dying young; passes SIGHUP (and SIGUSR2, log reopening) to every worker (each reloads its
  *   config file); on SIGTERM/SIGINT stops every worker gracefully, then exits; keeps
  *   dataDir/workers.json (mta-workers-status.ts) and logs every start, exit and restart.
  *   For the worker side: `workerIndex`, `workerConfig` (its own data folder
@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { nodeName } from '../queue/cluster/cluster-link.js';
 import type { Config } from './mta-config-schema.js';
+import type { Notifier } from './mta-notify.js';
 import { secureDataDir } from './mta-datadir.js';
 import { removeWorkersStatus, writeWorkersStatus, type WorkerStatus } from './mta-workers-status.js';
 
@@ -102,7 +103,7 @@ interface Slot extends WorkerStatus {
  * Runs the primary until SIGTERM or SIGINT has stopped every worker; exits 1 when a worker dies
  * before all were first ready (a node that cannot start would only crash again).
  */
-export async function runPrimary(config: Config, count: number, log: Logger): Promise<void> {
+export async function runPrimary(config: Config, count: number, log: Logger, notifier?: Notifier): Promise<void> {
   await secureDataDir(config.dataDir, log);
   // Round-robin in the primary (SCHED_RR), chosen by measuring it against the kernel's choice
   // (SCHED_NONE): 2 workers, 3,000 messages of 2 KB from 20 smtp-source sessions, reused and one
@@ -165,6 +166,7 @@ export async function runPrimary(config: Config, count: number, log: Logger): Pr
         allReady = true;
         log.info({ workers: count, listeners: msg.listeners }, 'every worker is listening');
         announceReady(msg.listeners, { workers: slots.map((s) => ({ index: s.index, pid: s.pid })) });
+        notifier?.ready();
       }
     });
     worker.on('exit', (code, signal) => {
@@ -199,10 +201,16 @@ export async function runPrimary(config: Config, count: number, log: Logger): Pr
   process.on('SIGHUP', () => {
     const live = slots.filter((s) => s.worker && s.state === 'running');
     log.info({ workers: live.map((s) => s.index) }, 'reload: passing SIGHUP to every worker');
+    notifier?.reloading();
     for (const slot of live) slot.worker!.process.kill('SIGHUP');
+    notifier?.ready();
   });
-  process.on('SIGTERM', () => stopAll('SIGTERM'));
-  process.on('SIGINT', () => stopAll('SIGINT'));
+  // log.file reopened by every worker too (logrotate's signal).
+  process.on('SIGUSR2', () => {
+    for (const slot of slots) if (slot.worker && slot.state === 'running') slot.worker.process.kill('SIGUSR2');
+  });
+  process.on('SIGTERM', () => { notifier?.stopping(); stopAll('SIGTERM'); });
+  process.on('SIGINT', () => { notifier?.stopping(); stopAll('SIGINT'); });
   log.info({ workers: count, dataDir: config.dataDir, scheduling: cluster.schedulingPolicy === cluster.SCHED_RR ? 'round-robin' : 'kernel' }, 'primary: starting workers');
   if (config.admin.port !== undefined) log.warn({ setting: 'admin.port' }, 'workers serve the admin API on their own sockets only (dataDir/worker-<i>/admin.sock), not on admin.port');
   for (const slot of slots) fork(slot);

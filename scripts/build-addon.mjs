@@ -1,21 +1,29 @@
-// Builds native/original-dst (the SO_ORIGINAL_DST addon of the transparent proxy) with the node-gyp
-// that ships with npm, against the Node headers already on the machine: npm's nodedir when set,
-// else the prefix the running node was installed under, so nothing is downloaded.
+// Builds the native addons with the node-gyp that ships with npm, against the Node headers already
+// on the machine: npm's nodedir when set, else the prefix the running node was installed under, so
+// nothing is downloaded.
+//   native/original-dst  SO_ORIGINAL_DST, for the transparent proxy (mta/proxy/proxy-origdst.ts)
+//   native/sd-notify     systemd's readiness notifications (mta/mta-notify.ts)
 //
 // Takes: npm's lifecycle environment (npm_config_node_gyp, npm_config_nodedir) when run by
 // `npm install`; works without it too (`node scripts/build-addon.mjs`).
-// Gives: native/original-dst/build/Release/original_dst.node. A machine that cannot build it
-// loses only proxy mode, so every failure prints one line saying why and exits 0: the install
-// goes on and the rest of Ichidan runs.
+// Gives: native/<addon>/build/Release/<addon>.node. A machine that cannot build an addon loses
+// only what it is for (proxy mode; readiness is then sent through the systemd-notify program), so
+// every failure prints one line saying why and exits 0: the install goes on and the rest of
+// Ichidan runs.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const addonDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'native', 'original-dst');
+const nativeDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'native');
+
+const ADDONS = [
+  { dir: 'original-dst', built: 'transparent proxy mode', lost: 'transparent proxy mode will be unavailable' },
+  { dir: 'sd-notify', built: "systemd's readiness notifications", lost: 'systemd readiness will be sent through the systemd-notify program' },
+];
 
 function unavailable(why) {
-  console.log(`ichidan: transparent proxy mode will be unavailable: ${why}`);
+  for (const addon of ADDONS) console.log(`ichidan: ${addon.lost}: ${why}`);
   process.exit(0);
 }
 
@@ -40,7 +48,7 @@ function firstError(output) {
   return lines.find((line) => /\berror\b/i.test(line) && !line.startsWith('gyp ERR! stack')) ?? lines.filter(Boolean).at(-1) ?? 'no output';
 }
 
-if (process.platform !== 'linux') unavailable(`SO_ORIGINAL_DST exists only on Linux (this is ${process.platform})`);
+if (process.platform !== 'linux') unavailable(`the addons are for Linux only (this is ${process.platform})`);
 
 const nodeGyp = findNodeGyp();
 if (!nodeGyp) unavailable("npm's node-gyp was not found (run this script through npm, or set npm_config_node_gyp)");
@@ -51,11 +59,12 @@ if (!existsSync(join(nodedir, 'include', 'node', 'node_api.h'))) {
 }
 
 const missing = missingTool();
-if (missing) unavailable(`cannot compile the SO_ORIGINAL_DST addon: ${missing} missing (install python3, make and g++)`);
+if (missing) unavailable(`cannot compile the native addons: ${missing} missing (install python3, make and g++)`);
 
-const build = spawnSync(process.execPath, [nodeGyp, 'rebuild', `--nodedir=${nodedir}`], { cwd: addonDir, encoding: 'utf8' });
-if (build.error) unavailable(`node-gyp could not start: ${build.error.message}`);
-if (build.status !== 0) {
-  unavailable(`node-gyp failed to build native/original-dst: ${firstError(`${build.stdout}\n${build.stderr}`)} (whole output: cd native/original-dst && node ${nodeGyp} rebuild --nodedir=${nodedir})`);
+for (const addon of ADDONS) {
+  const build = spawnSync(process.execPath, [nodeGyp, 'rebuild', `--nodedir=${nodedir}`], { cwd: join(nativeDir, addon.dir), encoding: 'utf8' });
+  if (build.error) console.log(`ichidan: ${addon.lost}: node-gyp could not start: ${build.error.message}`);
+  else if (build.status !== 0) {
+    console.log(`ichidan: ${addon.lost}: node-gyp failed to build native/${addon.dir}: ${firstError(`${build.stdout}\n${build.stderr}`)} (whole output: cd native/${addon.dir} && node ${nodeGyp} rebuild --nodedir=${nodedir})`);
+  } else console.log(`ichidan: built native/${addon.dir} (${addon.built})`);
 }
-console.log('ichidan: built native/original-dst (transparent proxy mode)');

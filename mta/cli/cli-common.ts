@@ -21,9 +21,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import type { Config } from '../mta-config-schema.js';
 import { adminRequest } from '../admin/admin-client.js';
 import type { ConfigError } from '../mta-config.js';
-
-/** The config file used when neither `-c` nor anything else names one. */
-const DEFAULT_CONFIG = 'config/default.yaml';
+import { configPath } from '../mta-config-path.js';
 
 /** The options every command takes (cli-commands.ts). */
 export interface GlobalOptions {
@@ -50,12 +48,13 @@ function configFailure(err: ConfigError): never {
 
 /**
  * The config a command runs with, and its file: the one function every command loads it through.
- * `path` is `-c FILE` when given; without it, config/default.yaml. A config that cannot be read or
+ * `path` is `-c FILE` when given; without it, $ICHIDAN_CONFIG, else /etc/ichidan/ichidan.yaml
+ * when it exists, else the embedded config/default.yaml (mta-config-path.ts `configPath`). A config that cannot be read or
  * is invalid ends the command (exit 1) naming the file and each key. `load` is how the file is read
  * (`start` passes its own, for `--workers`).
  */
 export async function loadCliConfig(path?: string, load?: (file: string) => Config): Promise<{ file: string; config: Config }> {
-  const file = path ?? DEFAULT_CONFIG;
+  const file = configPath(path);
   const { ConfigError, loadConfig } = await import('../mta-config.js');
   try {
     return { file, config: (load ?? loadConfig)(file) };

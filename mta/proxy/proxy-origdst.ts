@@ -17,8 +17,8 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../mta-package.js';
 
 export interface OriginalDst {
   address: string;
@@ -30,17 +30,6 @@ export type OriginalDstReader = (socket: Socket) => OriginalDst | null;
 
 interface Addon {
   originalDst(fd: number): OriginalDst | null;
-}
-
-/** The package root: the nearest folder above this file holding package.json (from dist/ too). */
-function packageRoot(): string | null {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir);
-    if (parent === dir) return null;
-    dir = parent;
-  }
-  return dir;
 }
 
 /** Reaches into Node's internals because no public API exposes a TCP socket's descriptor. */
