@@ -3,6 +3,7 @@ import type { DeliveryResult, RecipientOutcome } from '../delivery/index.js';
 import { attemptOutcome, retryDelay, type AttemptPlan } from './queue-attempt.js';
 import { queueSchema } from './queue-config.js';
 import type { MessageRow, RecipientRow } from './queue-store.js';
+import { messageRow, recipientRow } from './queue-rows.fixture.js';
 
 const q = queueSchema.parse({ retryInitial: '5m', retryMax: '1h', retryFactor: 2, retryJitter: 0.2, maxAge: '1d', delayWarning: '4h' });
 const HOUR = 3_600_000;
@@ -11,19 +12,11 @@ const RECEIVED = 1_800_000_000_000;
 const NOW = RECEIVED + HOUR;
 
 function message(over: Partial<MessageRow> = {}): MessageRow {
-  return {
-    id: 'Q1', size: 100, sender: 'alice@src.test', received_at: RECEIVED, trace: '', ret: null, envid: null, smtputf8: 0, body8bit: 0,
-    client: '', helo: '', auth_user: null, listener: 'mx', kind: 'mail', state: 'active', note: null, corrupt_kind: null,
-    set_aside_at: null, quarantine: null, strip: null, ...over,
-  };
+  return messageRow(RECEIVED, over);
 }
 
 function rcpt(id: number, over: Partial<RecipientRow> = {}): RecipientRow {
-  return {
-    id, message_id: 'Q1', tenant: 't', address: `r${id}@dst.test`, domain: 'dst.test', orcpt: null, notify: null, state: 'queued',
-    attempts: 0, next_attempt: RECEIVED, first_attempt: null, last_code: null, last_status: null, last_reply: null, last_host: null,
-    warned: 0, owed: null, bounce_class: null, updated_at: RECEIVED, ...over,
-  };
+  return recipientRow(id, RECEIVED, over);
 }
 
 const said = (id: number, code: number, status: string, text: string): RecipientOutcome => ({

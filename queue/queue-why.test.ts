@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { EgressEvent } from './queue-records-egress.js';
 import type { MessageRow, RecipientRow } from './queue-store-sql.js';
+import { messageRow, recipientRow } from './queue-rows.fixture.js';
 import { relative, whyMessage, type WhyContext } from './queue-why.js';
 
 const MIN = 60_000;
@@ -8,19 +9,11 @@ const RECEIVED = Date.UTC(2026, 11, 7, 3, 0, 0);
 const NOW = RECEIVED + 10 * MIN;
 
 function message(over: Partial<MessageRow> = {}): MessageRow {
-  return {
-    id: 'Q1', size: 100, sender: 'alice@src.test', received_at: RECEIVED, trace: '', ret: null, envid: null, smtputf8: 0, body8bit: 0,
-    client: '', helo: '', auth_user: null, listener: 'mx', kind: 'mail', state: 'active', note: null, corrupt_kind: null,
-    set_aside_at: null, quarantine: null, strip: null, ...over,
-  };
+  return messageRow(RECEIVED, over);
 }
 
 function rcpt(id: number, over: Partial<RecipientRow> = {}): RecipientRow {
-  return {
-    id, message_id: 'Q1', tenant: 'acme', address: `r${id}@dst.test`, domain: 'dst.test', orcpt: null, notify: null, state: 'queued',
-    attempts: 0, next_attempt: RECEIVED, first_attempt: null, last_code: null, last_status: null, last_reply: null, last_host: null,
-    warned: 0, owed: null, bounce_class: null, updated_at: RECEIVED, ...over,
-  };
+  return recipientRow(id, RECEIVED, over);
 }
 
 function event(over: Partial<EgressEvent>): EgressEvent {
