@@ -250,6 +250,8 @@ describe('health and readiness', () => {
       expect(r.status).toBe(503);
       expect(r.body.checks.spool.ok).toBe(false);
       expect(r.body.checks.spool.detail).toMatch(/ENOTDIR/);
+      // The route needs no token: it names no path.
+      expect(JSON.stringify(r.body)).not.toContain(t.dataDir);
       expect(r.body.checks.database.ok).toBe(true);
     } finally {
       await rm(spool);

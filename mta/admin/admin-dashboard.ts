@@ -107,8 +107,12 @@ export class Dashboard {
       return send(res, 200, { csrf: session.csrf, expires: session.expires }, { 'set-cookie': this.sessions.cookie(session) });
     }
     if (path === '/dashboard/session' && method === 'GET') {
+      // Never hands out the CSRF token: a browser sends the cookie to every port of this address,
+      // so a page served from another port can make it send the cookie; only a page of this
+      // origin holds the token (kept by the page since its login) and so proves the session live.
       const session = this.session(req);
-      return send(res, 200, session ? { csrf: session.csrf, expires: session.expires } : { csrf: null });
+      const live = session !== null && this.sessions.csrfValid(req.headers, session);
+      return send(res, 200, live ? { live: true, expires: session.expires } : { live: false });
     }
     if (path === '/dashboard/logout' && method === 'POST') {
       const session = this.session(req);

@@ -66,7 +66,7 @@ async function databaseCheck(queue: HealthTarget['queue']): Promise<Check> {
   try {
     await access(queue.store.db.name, constants.W_OK);
   } catch (err) {
-    return { ok: false, detail: (err as Error).message };
+    return { ok: false, detail: `not writable (${errorCode(err)})` };
   }
   const held = queue.pendingOutcomes.size;
   return held === 0 ? { ok: true } : { ok: false, detail: `${held} delivery outcomes wait for the database` };
@@ -80,7 +80,12 @@ async function spoolCheck(dir: string): Promise<Check> {
     return { ok: true };
   } catch (err) {
     // A probe left by an earlier look that failed half-way is no failure of the spool.
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return rmdir(probe).then(() => ({ ok: true }), (e: Error) => ({ ok: false, detail: e.message }));
-    return { ok: false, detail: (err as Error).message };
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return rmdir(probe).then(() => ({ ok: true }), (e: unknown) => ({ ok: false, detail: `not writable (${errorCode(e)})` }));
+    return { ok: false, detail: `not writable (${errorCode(err)})` };
   }
+}
+
+/** The error's code only: the route is open to anyone (and to pages rebound to this address), so it names no path. */
+function errorCode(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? 'error';
 }

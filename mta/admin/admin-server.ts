@@ -100,9 +100,11 @@ export class AdminServer {
       if (token !== undefined && !authorized(req, token)) {
         const session = dashboard.session(req);
         if (!session) return reply(res, 401, { error: 'a valid bearer token is required' });
-        if (method !== 'GET' && method !== 'HEAD' && !dashboard.sessions.csrfValid(req.headers, session)) {
+        // Reads too: the cookie reaches this port from pages of any port of the address (cookies are
+        // per host), so the cookie alone must not open the API; the token is held by this origin only.
+        if (!dashboard.sessions.csrfValid(req.headers, session)) {
           req.resume();
-          return reply(res, 403, { error: 'a change made from the dashboard needs its CSRF token (X-CSRF-Token)' });
+          return reply(res, 403, { error: 'a request made with the dashboard\'s session needs its CSRF token (X-CSRF-Token)' });
         }
       }
       if (refusal()) return;

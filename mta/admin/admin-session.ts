@@ -45,11 +45,16 @@ export class DashboardSessions {
 
   constructor(private readonly ttlMs: () => number) {}
 
-  /** A session for a login that gave `token`, or why not: 'refused' (wrong token) or 'limited' (too many failures lately). */
+  /**
+   * A session for a login that gave `token`, or why not: 'refused' (wrong token) or 'limited' (a
+   * wrong token after too many failures lately: answered later, not compared). The right token
+   * always logs in, so another local user failing on purpose cannot lock the operator out; what
+   * keeps guessing hopeless is the token's length (admin.token), not this count.
+   */
   login(given: string, token: string, now = Date.now()): DashboardSession | 'refused' | 'limited' {
     this.#failures = this.#failures.filter((at) => now - at < 60_000);
-    if (this.#failures.length >= LOGIN_FAILURES) return 'limited';
     if (!sameSecret(given, token)) {
+      if (this.#failures.length >= LOGIN_FAILURES) return 'limited';
       this.#failures.push(now);
       return 'refused';
     }

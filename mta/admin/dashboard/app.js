@@ -1,5 +1,5 @@
 // The dashboard's shell: login, the pages by the URL's #fragment, logout.
-import { api, ApiError, el, setCsrf, takeCarry } from './common.js';
+import { api, ApiError, el, keptCsrf, setCsrf, takeCarry } from './common.js';
 import { overview } from './page-overview.js';
 import { queuePage, messagePage, transcriptPage } from './page-queue.js';
 import { enginesPage } from './page-engines.js';
@@ -88,6 +88,9 @@ window.addEventListener('hashchange', () => {
   if ($('login').hidden) void render();
 });
 
-const { csrf } = await api('GET', '/dashboard/session').catch(() => ({ csrf: null }));
-if (csrf) await enter(csrf);
-else showLogin(true);
+const { live } = await api('GET', '/dashboard/session').catch(() => ({ live: false }));
+if (live) await enter(keptCsrf());
+else {
+  setCsrf(null);
+  showLogin(true);
+}

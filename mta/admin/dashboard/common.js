@@ -2,20 +2,26 @@
 // elements built from text only (nothing is ever parsed as HTML), and charts (uPlot).
 import uPlot from './vendor/uPlot.esm.js';
 
-let csrf = null;
-export function setCsrf(token) { csrf = token; }
+// The session's CSRF token, kept by this origin (scheme, host and port) since the login: the cookie
+// alone opens nothing, as a browser also sends it to pages of other ports on the same address.
+const KEPT = 'ichidan-csrf';
+let csrf = localStorage.getItem(KEPT);
+export function keptCsrf() { return csrf; }
+export function setCsrf(token) {
+  csrf = token;
+  if (token) localStorage.setItem(KEPT, token);
+  else localStorage.removeItem(KEPT);
+}
 
 export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-/** A request to the admin API; changes are JSON and carry the session's CSRF token. */
+/** A request to the admin API; every one carries the session's CSRF token, changes are JSON. */
 export async function api(method, url, body) {
   const headers = { accept: 'application/json' };
-  if (method !== 'GET') {
-    headers['content-type'] = 'application/json';
-    if (csrf) headers['x-csrf-token'] = csrf;
-  }
+  if (csrf) headers['x-csrf-token'] = csrf;
+  if (method !== 'GET') headers['content-type'] = 'application/json';
   const res = await fetch(url, { method, headers, credentials: 'same-origin', body: method === 'GET' ? undefined : JSON.stringify(body ?? {}) });
   let data = {};
   try { data = await res.json(); } catch { /* an empty or non-JSON answer */ }
