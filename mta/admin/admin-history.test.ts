@@ -71,6 +71,16 @@ describe('the dashboard\'s history', () => {
     expect(sites['mx:mx.d11.test']).toBe(12);
   });
 
+  it('shows the deepest eight tenants and counts the rest as other', async () => {
+    const depth = Array.from({ length: 12 }, (_, i) => ({ tenant: `t${i}`, domain: 'x.test', n: i + 1 }));
+    const h = new History(target(depth).t);
+    await h.sample(1);
+    const { tenants } = h.points('hour').points[0];
+    expect(Object.keys(tenants)).toHaveLength(9);
+    expect(tenants.other).toBe(1 + 2 + 3 + 4);
+    expect(tenants.t11).toBe(12);
+  });
+
   it('counts nothing, and still samples the depth, where the counters are not registered', async () => {
     const { t } = target([{ tenant: 'a', domain: 'x.test', n: 2 }]);
     const h = new History({ ...t, metrics: { getSingleMetric: () => undefined } } as HistoryTarget);

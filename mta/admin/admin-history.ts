@@ -11,7 +11,7 @@
  *   deferred, bounced (counts within the step), level (0 normal, 1 busy, 2 overload; the worst
  *   seen in the step), tenants {name: depth}, sites {key: depth}}]}, oldest first. The hour's
  *   ring keeps 1 h at the sample step, the day's 24 h at one a minute; nothing else grows.
- * Sites are at most MAX_SITES, the deepest; the rest count together as "other".
+ * Tenants and sites are at most MAX_SERIES each, the deepest; the rest count together as "other".
  * Nothing is stored: a restart begins a new history.
  */
 import type { Registry } from 'prom-client';
@@ -22,7 +22,8 @@ import type { AdmissionStatus } from '../admission/admission-pressure.js';
 import type { Config } from '../mta-config-schema.js';
 import { BadRequest, type AdminRoute } from './admin-request.js';
 
-const MAX_SITES = 8;
+/** Series kept per point for tenants and for sites, the deepest first. */
+const MAX_SERIES = 8;
 const DAY_STEP_MS = 60_000;
 
 export interface HistoryPoint {
@@ -136,17 +137,22 @@ export class History {
       const key = site instanceof Promise ? `domain:${domain}` : site.key;
       bySite.set(key, (bySite.get(key) ?? 0) + n);
     }
-    const ranked = [...bySite].sort((a, b) => b[1] - a[1]);
-    const sites: Record<string, number> = Object.fromEntries(ranked.slice(0, MAX_SITES));
-    const rest = ranked.slice(MAX_SITES).reduce((sum, [, n]) => sum + n, 0);
-    if (rest > 0) sites.other = rest;
-    return { tenants, sites };
+    return { tenants: deepest(Object.entries(tenants), MAX_SERIES), sites: deepest([...bySite], MAX_SERIES) };
   }
 
   points(range: 'hour' | 'day'): { step: number; points: HistoryPoint[] } {
     const ring = range === 'hour' ? this.#hour : this.#day;
     return { step: ring.stepMs / 1000, points: ring.points };
   }
+}
+
+/** The `max` deepest entries, the rest summed as `other`: a point's size does not grow with the tenants or sites. */
+function deepest(entries: Array<[string, number]>, max: number): Record<string, number> {
+  const ranked = entries.sort((a, b) => b[1] - a[1]);
+  const kept: Record<string, number> = Object.fromEntries(ranked.slice(0, max));
+  const rest = ranked.slice(max).reduce((sum, [, n]) => sum + n, 0);
+  if (rest > 0) kept.other = rest;
+  return kept;
 }
 
 /** A counter's values summed by one label (nothing when it is not registered). */
