@@ -77,6 +77,18 @@ describe('admin API request guard', () => {
     expect((await call(unix, 'GET', '/v1/engines', { ...auth, host: 'attacker.example' })).status).toBe(421);
   });
 
+  it('answers a body over 16 KB with 413 (not a reset connection), and stops reading one far over it', async () => {
+    const headers = { ...auth, host, 'content-type': 'application/json' };
+    const big = JSON.stringify({ reason: 'x'.repeat(64 * 1024) });
+    const res = await call(tcp, 'POST', '/v1/engines/ghost/disable', headers, big);
+    expect(res.status).toBe(413);
+    expect(res.body).toContain('too large');
+    const far = await call(tcp, 'POST', '/v1/engines/ghost/disable', headers, 'x'.repeat(4 * 1024 * 1024)).then((r) => r.status, () => 'closed');
+    expect([413, 'closed']).toContain(far);
+    // The server goes on.
+    expect((await call(tcp, 'GET', '/v1/engines', { ...auth, host })).status).toBe(200);
+  });
+
   it('still serves the CLI, with and without a body', async () => {
     process.env.ICHIDAN_ADMIN_TOKEN = TOKEN;
     try {

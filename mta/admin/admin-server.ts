@@ -62,6 +62,8 @@ export type AdminTarget = ReloadTarget & EnginesTarget & QueueTarget & QueueInsp
 
 const ROUTES: AdminRoute<AdminTarget>[] = [healthRoute, reloadRoute, enginesRoute, queueRoute, queueInspectRoute, corruptRoute, egressRoute, tenantsRoute, suppressionRoute, metricsRoute, clusterRoute, admissionRoute, sendersRoute, recordsRoute];
 const MAX_BODY = 16 * 1024;
+/** How much of an oversized body is read (and dropped) so its 413 can be answered. */
+const DRAIN_LIMIT = 1024 * 1024;
 
 export class AdminServer {
   private constructor(private readonly servers: Server[], readonly path: string, readonly history: History) {}
@@ -165,9 +167,12 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw Object.assign(new Error('request body too large'), { status: 413 });
-    parts.push(chunk as Buffer);
+    // Past the limit the rest is read and dropped, so the 413 reaches the client (leaving the loop
+    // early would destroy the socket under it); far past it the connection is cut.
+    if (size > DRAIN_LIMIT) throw Object.assign(new Error('request body too large'), { status: 413 });
+    if (size <= MAX_BODY) parts.push(chunk as Buffer);
   }
+  if (size > MAX_BODY) throw Object.assign(new Error(`request body too large (at most ${MAX_BODY} bytes)`), { status: 413 });
   const text = Buffer.concat(parts).toString('utf8').trim();
   if (!text) return {};
   try {
