@@ -358,6 +358,7 @@ export class Ichidan {
       lineGuard: () => new LineEndingGuard(),
       tls: { key: tls.key, cert: tls.cert },
       log: this.log,
+      events: this.#traffic.ingress,
     });
     offerCertificates(proxy.server, certs.of(spec.name));
     const where = await proxy.listen();

@@ -52,6 +52,26 @@ describe('transparent proxy (loopback): refusals', () => {
     expect(mx.messages).toHaveLength(0);
   });
 
+  it('counts its connections, transactions and messages in the same metrics as the other listeners', async () => {
+    const mx = await sink({ host: '127.0.0.47' });
+    let dst: OriginalDst | null = to(mx);
+    const t = await proxy(() => dst);
+    const count = async (name: string, labels: Record<string, string>) => {
+      const metric = (await t.app.metrics.getMetricsAsJSON()).find((m) => m.name === name);
+      const values = (metric?.values ?? []) as Array<{ labels: Record<string, string | number>; value: number }>;
+      return values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x)).reduce((n, v) => n + v.value, 0);
+    };
+    expect(await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@dest.test'])).toMatch(/<- {2}250 /);
+    expect(await swaks(t.port('proxy'), ['--from', 'b@legacy.test', '--to', 'y@dest.test'])).toMatch(/<- {2}250 /);
+    dst = null;
+    expect(await swaks(t.port('proxy'), ['--from', 'a@legacy.test', '--to', 'x@dest.test'])).toMatch(/<\*\* 554 5\.4\.6 no original destination/);
+    expect(await count('ichidan_connections_total', { listener: 'proxy' })).toBe(3);
+    expect(await count('ichidan_connections_refused_total', { listener: 'proxy' })).toBe(1);
+    expect(await count('ichidan_transactions_total', { listener: 'proxy' })).toBe(2);
+    expect(await count('ichidan_messages_total', { listener: 'proxy', outcome: 'accepted' })).toBe(2);
+    expect(mx.messages).toHaveLength(2);
+  });
+
   it('defers (4xx) when the destination refuses the connection at its banner with a 5xx', async () => {
     const mx = await sink({ host: '127.0.0.48', connect: () => ({ code: 554, text: '5.7.1 your address is listed' }) });
     const t = await proxy(() => to(mx));

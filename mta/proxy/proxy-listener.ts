@@ -30,6 +30,7 @@ import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from '../mta-config-schema.js';
+import type { IngressEvents } from '../mta-metrics-traffic.js';
 import { ConnectionTable, WatchedServer } from '../ingress/ingress-connections.js';
 import type { Policy } from '../ingress/ingress-policy.js';
 import { mailFromRefusal, rcptToRefusal } from '../ingress/ingress-envelope.js';
@@ -78,6 +79,8 @@ export interface ProxyListenerDeps {
   lineGuard: () => { feed(chunk: Buffer): void; finish(): void; bare: boolean };
   tls: { key: string | Buffer; cert: string | Buffer };
   log: Logger;
+  /** Connections, transactions and messages, told to the metrics as the other listeners' are (mta-metrics-traffic.ts). */
+  events?: IngressEvents;
 }
 
 /** smtp-server's callback; a Reply (or an error's `relayed`) goes to the client as it came (its patch). */
@@ -98,6 +101,12 @@ const unmapped = (a: string) => a.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1'
 /** A client connection's key ("address|port"), as its socket gave it at accept. */
 const connectionKey = (session: SMTPServerSession) => `${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`;
 const isWildcard = (a: string) => a === '0.0.0.0' || a === '::';
+
+/** A reply line as said ("550 5.7.1 text"), back into its parts (the metrics name it by the catalogue). */
+function replyFromLine(line: string): SmtpReply {
+  const m = /^(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3}) )?(.*)$/s.exec(line.trim());
+  return m ? { code: Number(m[1]), enhanced: m[2] ?? '', text: m[3] } : { code: 0, enhanced: '', text: line };
+}
 
 /** An address of this host: a listener bound to every address listens on it. */
 function isLocalAddress(address: string): boolean {
@@ -152,7 +161,7 @@ export class ProxyListener {
         this.#taps.secured(connectionKey(session), socket as Socket);
         cb();
       }),
-      onMailFrom: (address, session, cb) => this.#refused(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
+      onMailFrom: (address, session, cb) => this.#refusedMail(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
         // A transaction that ended without data (every recipient refused, or RSET) is reported now.
         this.#report(session, s);
         return s.mail(address.address, paramWords(address.args).join(' '));
@@ -212,11 +221,15 @@ export class ProxyListener {
   }
 
   #onConnect(session: SMTPServerSession, cb: Callback): void {
+    this.deps.events?.connection(this.spec.name);
+    const refuse = (r: SmtpReply) => {
+      this.deps.events?.connectionRefused(this.spec.name, r);
+      cb(toSmtpError(r));
+    };
     // Past the per-address limits a client is refused before anything else costs a lookup.
     const limited = this.#connections.admit(session);
-    if (limited) return cb(toSmtpError(limited));
+    if (limited) return refuse(limited);
     const client = unmapped(session.remoteAddress);
-    const refuse = (r: SmtpReply) => cb(toSmtpError(r));
     if (this.deps.outbound.has(`${client}|${session.remotePort}`)) return refuse(REPLIES.proxyLoop);
     const tenant = this.deps.tenantOf(client);
     if (tenant === undefined) return refuse(proxyNotAllowed(client));
@@ -241,6 +254,13 @@ export class ProxyListener {
   #refused(refusal: SmtpReply | null, cb: Callback): boolean {
     if (refusal) cb(toSmtpError(refusal));
     return refusal !== null;
+  }
+
+  /** A MAIL FROM, counted as a transaction (and as refused when it is). */
+  #refusedMail(refusal: SmtpReply | null, cb: Callback): boolean {
+    this.deps.events?.transaction(this.spec.name);
+    if (refusal) this.deps.events?.transactionRefused(this.spec.name, refusal);
+    return this.#refused(refusal, cb);
   }
 
   /**
@@ -409,6 +429,12 @@ export class ProxyListener {
       sender: summary.sender, recipients: summary.recipients, msTo354: summary.msTo354, final: summary.final, bytes: summary.bytes,
     });
     this.deps.log.info({ listener: this.spec.name, client: unmapped(session.remoteAddress), tenant: s.tenant, destination: `${s.destination.address}:${s.destination.port}`, outcome, final: summary.final }, 'proxied');
+    // A message is counted at the end of its data, as on the other listeners: the destination's (or
+    // the scan's) final reply; a destination that broke leaves it incomplete.
+    if (summary.final !== null) {
+      const counted = outcome === 'delivered' ? 'accepted' : outcome === 'failed' ? 'incomplete' : 'refused';
+      this.deps.events?.message(this.spec.name, s.tenant, counted, counted === 'accepted' ? null : replyFromLine(summary.final), false);
+    }
   }
 
   #onClose(session: SMTPServerSession): void {
