@@ -85,7 +85,11 @@ describe.skipIf(!available)(`behind HAProxy (skipped when ${HAPROXY_SKIP})`, () 
     await waitUntil(() => second.c.closed, 5000, 'the refused connection to close');
     const other = await through(frontend, '127.0.0.21');
     expect(other.greeting).toMatch(/^220 /);
+    const ended = (client: string) => t.logs.filter((l) => l.msg === 'disconnect' && l.client === client).length;
+    const before = [ended('127.0.0.20'), ended('127.0.0.21')];
     for (const c of [first.c, other.c]) await c.command('QUIT');
+    // Ended at the server before the next case opens from the same client address (it counts until then).
+    await waitUntil(() => ended('127.0.0.20') > before[0] && ended('127.0.0.21') > before[1], 5000, 'the sessions to end at the server');
     await waitUntil(() => t.logs.some((l) => l.msg === 'connection refused: per-client limit' && l.client === '127.0.0.20'), 5000, 'the refusal logged with the client address');
   });
 
