@@ -11,7 +11,7 @@
  *   ichidan_deliveries_in_flight, ichidan_deliveries_waiting
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
- *   ichidan_spool_fsync_seconds                     histogram of each spool fsync (file or folder)
+ *   ichidan_spool_fsync_seconds                     histogram of each spool sync (the journal's, a large message's file or the folder)
  *   with admission's pressure (admission/admission-pressure.ts):
  *   ichidan_admission_level                         0 normal, 1 busy, 2 overload
  *   ichidan_admission_signal{signal}                each signal's last value (ms, a share or a multiple)
@@ -142,7 +142,7 @@ export function processMetrics({ engines, queue, tenants, volumes = () => null, 
     },
   });
   const fsyncs = new Histogram({
-    name: 'ichidan_spool_fsync_seconds', help: 'Time of each spool fsync (a message file\'s, or the spool folder\'s shared one)', registers,
+    name: 'ichidan_spool_fsync_seconds', help: 'Time of each spool sync (the spool journal\'s, a large message file\'s, or the spool folder\'s shared one)', registers,
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
   });
   const levelChanges = pressureMetrics(registers, pressure);

@@ -144,12 +144,13 @@ describe('pressure in a running Ichidan', () => {
     t.app.reconfigure(parseConfig(build(t.dataDir, quiet()), 'test'));
     await waitUntil(() => t!.app.pressure.intake() === 'open', 5000, 'intake to open after the reload');
     expect(t.logs.find((l) => l.intake === 'open')?.msg).toMatch(/^queue intake open again: diskFree=[\d.]+, memoryFree=[\d.]+$/);
-    // Open again: the same session's next transaction is taken, and its spool fsyncs (the file's and the folder's) are timed.
+    // Open again: the same session's next transaction is taken, and the sync that makes it durable
+    // before its 250 (the spool journal's fdatasync, queue/queue-journal.ts) is timed.
     expect(await known.command('MAIL FROM:<x@remote.test>')).toMatch(/^250 /);
     expect(await known.command('RCPT TO:<ann@alpha.test>')).toMatch(/^250 /);
     expect(await known.command('DATA')).toMatch(/^354 /);
     expect(await known.finishData('Subject: intake\r\n\r\nhello\r\n')).toMatch(/^\w+$/);
-    expect(await metric('ichidan_spool_fsync_seconds_count')).toBeGreaterThanOrEqual(2);
+    expect(await metric('ichidan_spool_fsync_seconds_count')).toBeGreaterThanOrEqual(1);
     expect((await status()).signals.diskFree).toMatchObject({ level: 'normal', busy: 0, overload: 0 });
   });
 
