@@ -12,6 +12,9 @@
  *   ichidan_egress_pair_window{site,source}        the slow-start window per pair
  *   ichidan_queue_free_bytes, ichidan_queue_outcomes_uncommitted, ichidan_egress_blocks
  *   ichidan_spool_fsync_seconds                     histogram of each spool sync (the journal's, a large message's file or the folder)
+ *   ichidan_queue_db_sync_points_total              queue database commits that synced it (queue-store-worker.ts)
+ *   ichidan_spool_journal_segments_retired_total, ichidan_spool_journal_settled_total  journal segments
+ *                                                    retired, and queued messages settled in place for one to go
  *   with admission's pressure (admission/admission-pressure.ts):
  *   ichidan_admission_level                         0 normal, 1 busy, 2 overload
  *   ichidan_admission_signal{signal}                each signal's last value (ms, a share or a multiple)
@@ -54,7 +57,7 @@ import { trafficMetrics, type TrafficHooks } from './mta-metrics-traffic.js';
 
 export interface MetricSources {
   engines(): EngineInfo[];
-  queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes' | 'gate' | 'depth'>;
+  queue: Pick<Queue, 'scheduler' | 'space' | 'pendingOutcomes' | 'gate' | 'depth' | 'store' | 'journal'>;
   /** The configured tenants: the tenant labels' bound. */
   tenants: () => Readonly<Record<string, unknown>>;
   /** The spool's and the queue database's folders (their free space). */
@@ -140,6 +143,18 @@ export function processMetrics({ engines, queue, tenants, volumes = () => null, 
       if (!known) return;
       for (const c of known.counts()) this.set({ kind: c.kind, standing: c.standing }, c.n);
     },
+  });
+  new Counter({
+    name: 'ichidan_queue_db_sync_points_total', help: 'Queue database commits that synced it (every earlier unsynced commit went to the device with them)', registers,
+    collect() { this.reset(); this.inc(queue.store.syncPoints); },
+  });
+  new Counter({
+    name: 'ichidan_spool_journal_segments_retired_total', help: 'Spool journal segments retired (recycled or deleted)', registers,
+    collect() { if (queue.journal) { this.reset(); this.inc(queue.journal.retired); } },
+  });
+  new Counter({
+    name: 'ichidan_spool_journal_settled_total', help: 'Queued messages synced in place so that their journal segment could be retired (copied forward)', registers,
+    collect() { if (queue.journal) { this.reset(); this.inc(queue.journal.settled); } },
   });
   const fsyncs = new Histogram({
     name: 'ichidan_spool_fsync_seconds', help: 'Time of each spool sync (the spool journal\'s, a large message file\'s, or the spool folder\'s shared one)', registers,

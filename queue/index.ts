@@ -56,6 +56,7 @@ import type { ClusterLink } from './cluster/cluster-link.js';
 import { Spool, type SpoolWriter } from './queue-spool.js';
 import { JOURNAL_BODY_MAX, SpoolJournal } from './queue-journal.js';
 import { replayJournal } from './queue-journal-replay.js';
+import { beginRun, type RunMarker } from './queue-run-marker.js';
 import { readFile } from 'node:fs/promises';
 import { Suppressions } from './queue-suppression.js';
 import { transferPass, type TransferTally } from './queue-transfer.js';
@@ -119,6 +120,8 @@ export class Queue {
   #sweeping = false;
   #egress: Egress;
   #leftoversAt = Date.now();
+  /** This run's marker in the data folder (queue-run-marker.ts). */
+  #marker: RunMarker | null = null;
   /** Recipients ("message id/recipient number") with an attempt running now. */
   readonly #inFlight = new Set<string>();
 
@@ -188,7 +191,9 @@ export class Queue {
 
   /** Opens spool and database, reconciles them, and schedules every open recipient. */
   static async open(config: QueueConfig, egress: Egress, log: Logger, shared?: SharedLimits): Promise<{ queue: Queue; report: ReconcileReport }> {
+    const marker = await beginRun(config.dataDir, log);
     const queue = new Queue(config, egress, log, shared);
+    queue.#marker = marker;
     queue.gate?.start();
     await queue.spool.init();
     await queue.space.start();
@@ -382,9 +387,11 @@ export class Queue {
     this.space.stop();
     // Settled in place while the database is still open: the next start needs no replay.
     await this.journal?.retireAll().catch((err) => this.log.error({ err }, 'could not settle the spool journal: the next start replays it'));
-    await this.store.close();
+    const synced = await this.store.close();
     await this.journal?.close();
     await this.spool.close();
+    // Only a database left complete and synced spares the next start its check.
+    if (synced) await this.#marker?.end().catch((err) => this.log.error({ err }, 'could not remove the run marker: the next start checks the queue database'));
   }
 
   /** One job per lane (tenant × domain) and due time for these recipients of one message. */
@@ -541,3 +548,4 @@ export class Queue {
     }
   }
 }
+

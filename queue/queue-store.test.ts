@@ -1,8 +1,11 @@
-// The queue database's batching against the space reserve: while the reserve is released, new
-// mail's records are refused however long ago they were queued, and everything else goes on.
-import { mkdtemp, rm } from 'node:fs/promises';
+// The queue database's batching against the space reserve (while the reserve is released, new
+// mail's records are refused however long ago they were queued, and everything else goes on),
+// commits without a sync, and the sync points that make them durable.
+import { statSync } from 'node:fs';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { newQueueId } from '../base/base-queue-id.js';
 import { QueueStore, type NewMessage } from './queue-store.js';
@@ -73,4 +76,80 @@ describe('commits that need no sync', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('sync points', () => {
+  /** The messages a copy of the database file alone holds (without its WAL: what a sync point put there). */
+  const inFileAlone = async (dir: string): Promise<number> => {
+    const copy = join(dir, 'copy.db');
+    await copyFile(join(dir, 'queue.db'), copy);
+    const db = new Database(copy, { readonly: true });
+    try {
+      // The schema itself may still be in the WAL only.
+      if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'messages'`).get()) return 0;
+      return (db.prepare('SELECT COUNT(*) AS n FROM messages').get() as { n: number }).n;
+    } finally {
+      db.close();
+      await rm(copy, { force: true });
+    }
+  };
+
+  it('put every earlier unsynced commit into the database file; a clean close empties the WAL', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
+    const store = new QueueStore(join(dir, 'queue.db'), true);
+    try {
+      for (let i = 0; i < 5; i++) await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+      expect(store.syncPoints).toBe(0);
+      expect(await inFileAlone(dir)).toBe(0);
+      expect(statSync(join(dir, 'queue.db-wal')).size).toBeGreaterThan(0);
+
+      await store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true });
+      expect(store.syncPoints).toBe(1);
+      expect(await inFileAlone(dir)).toBe(5);
+
+      await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+      expect(await store.close()).toBe(true);
+      expect(statSync(join(dir, 'queue.db-wal'), { throwIfNoEntry: false })?.size ?? 0).toBe(0);
+      expect(await inFileAlone(dir)).toBe(6);
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('are not made with queue.fsync off, and its close does not claim to have synced', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
+    const store = new QueueStore(join(dir, 'queue.db'), false);
+    try {
+      await store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true });
+      expect(store.syncPoints).toBe(0);
+      expect(await store.close()).toBe(false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('fail the durable units of their batch when the checkpoint cannot finish, and count none', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
+    const store = new QueueStore(join(dir, 'queue.db'), true);
+    const reader = new Database(join(dir, 'queue.db'));
+    try {
+      await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+      // A reader holding an old snapshot keeps a full checkpoint from finishing (after the busy timeout).
+      reader.pragma('busy_timeout = 0');
+      const read = reader.prepare('SELECT id FROM messages');
+      const it = read.iterate();
+      it.next();
+      await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+      await expect(store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true })).rejects.toMatchObject({ code: 'SQLITE_BUSY' });
+      expect(store.syncPoints).toBe(0);
+      it.return?.();
+      await store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true });
+      expect(store.syncPoints).toBe(1);
+    } finally {
+      reader.close();
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 20_000);
 });

@@ -1,6 +1,6 @@
 /*
- * The queue database (SQLite through better-sqlite3, WAL, synchronous=FULL; NORMAL for a batch of
- * new messages whose records are already durable in the spool journal).
+ * The queue database (SQLite through better-sqlite3, WAL; a batch with a durable unit is a sync
+ * point, the others are not synced at all: queue-store-worker.ts).
  *
  * One row per accepted message (envelope, trace headers, DSN parameters) and one per recipient
  * (tenant, state, attempts, next attempt, the reply that decided its last attempt). The message
@@ -67,7 +67,9 @@ export class QueueStore {
   #lastStart = 0;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
-  #closing: Promise<void> | null = null;
+  #closing: Promise<boolean> | null = null;
+  /** Batches committed as sync points: every commit before each was then on the device. */
+  syncPoints = 0;
   /** Set when the writer thread died: every write from then on fails at once (and DATA gets a 4xx). */
   #dead: Error | null = null;
   readonly #read: QueueReader;
@@ -97,8 +99,9 @@ export class QueueStore {
     this.#worker = new Worker(workerUrl(), { workerData: { file, fsync } });
     // Referenced only while it has work: an idle writer must not keep the process alive, a busy one must.
     this.#worker.unref();
-    this.#worker.on('message', (msg: { seq: number; results: UnitResult[] } | { closed: true }) => {
+    this.#worker.on('message', (msg: { seq: number; results: UnitResult[]; synced: boolean } | { closed: true; synced: boolean }) => {
       if ('closed' in msg) return;
+      if (msg.synced) this.syncPoints++;
       const batch = this.#inFlight.get(msg.seq)!;
       this.#inFlight.delete(msg.seq);
       const errors = msg.results.map((r) => (r.ok ? null : Object.assign(new Error(r.error.message), { code: r.error.code, name: r.error.name ?? 'Error' })));
@@ -132,8 +135,8 @@ export class QueueStore {
    * delivery outcome, a removal) that fails for want of space is tried again once `onFull` made
    * room; new mail is not essential, so it can never use up the reserve, and it is refused while
    * `refuseNewMail` says so. A unit that is not `durable` (a new message already durable in the
-   * spool journal) is committed without an fsync of its own (synchronous=NORMAL: the WAL is synced
-   * at the next durable batch or checkpoint); a batch holding any durable unit is synced as before.
+   * spool journal, or a record nobody waits on) is committed without a sync (synchronous=OFF); a
+   * batch holding any durable unit is a sync point, which makes every earlier commit durable too.
    */
   write(unit: WriteOp[], opts: { essential?: boolean; durable?: boolean } = {}): Promise<unknown[]> {
     if (this.#dead) return Promise.reject(this.#dead);
@@ -205,13 +208,16 @@ export class QueueStore {
     return this.#read.openCounts();
   }
 
-  /** Commits what is queued, stops the writer thread, closes both connections. */
-  close(): Promise<void> {
+  /**
+   * Commits what is queued, stops the writer thread, closes both connections. Resolves true when
+   * the database file was left complete and synced (the WAL checkpointed and emptied).
+   */
+  close(): Promise<boolean> {
     this.#closing ??= this.#close();
     return this.#closing;
   }
 
-  async #close(): Promise<void> {
+  async #close(): Promise<boolean> {
     this.#worker.ref();
     if (this.#timer) {
       clearTimeout(this.#timer);
@@ -223,14 +229,16 @@ export class QueueStore {
       await new Promise((r) => setTimeout(r, 2));
     }
     this.#closed = true;
+    let synced = false;
     if (!this.#dead) {
-      await new Promise<void>((resolve) => {
-        this.#worker.once('message', () => resolve());
-        this.#worker.once('exit', () => resolve());
+      synced = await new Promise<boolean>((resolve) => {
+        this.#worker.once('message', (msg: { synced?: boolean }) => resolve(msg.synced === true));
+        this.#worker.once('exit', () => resolve(false));
         this.#worker.postMessage({ close: true });
       });
     }
     await this.#worker.terminate();
     this.db.close();
+    return synced && this.fsync;
   }
 }
