@@ -73,7 +73,9 @@ export async function commitAttempt(ctx: CommitContext, msg: MessageRow, plan: E
   }
   const finals = [...updates.values()].filter((u) => u.state !== 'queued' || u.owed);
   if (journal && finals.length > 0) {
-    await journal.outcome(msg.id, { updates: finals, now }).catch(async (err: unknown) => {
+    // Not waited on: it goes with the next batch of new mail (or on its own within LAZY_MS). Lost to
+    // a crash of the machine before then, the recipient is tried again: delivered twice, never lost.
+    void journal.outcome(msg.id, { updates: finals, now }, { lazy: true }).catch(async (err: unknown) => {
       ctx.log.error({ err, qid: msg.id }, 'could not journal an outcome: the queue database is synced instead');
       await ctx.store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true })
         .catch((e: unknown) => ctx.log.error({ err: e, qid: msg.id }, 'could not sync the queue database: the outcome may be lost in a crash of the machine'));

@@ -14,6 +14,8 @@ beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), 'ichidan-journal-'))
 afterEach(async () => { await rm(dir, { recursive: true, force: true }); });
 
 const body = (n: number, fill = 'x') => Buffer.from(fill.repeat(n));
+/** Four segments open at most and two spares: small enough to reach in a test. */
+const SMALL = { maxSegments: 4, spares: 2 };
 const segments = async () => (await readdir(dir)).filter((n) => /^\d+\.seg$/.test(n)).sort();
 
 describe('spool journal', () => {
@@ -63,7 +65,12 @@ describe('spool journal', () => {
     await j.append('b', { b: 1 }, body(60));
     await j.close();
     const [name] = await segments();
-    const data = await readFile(join(dir, name));
+    const file = await readFile(join(dir, name));
+    // The segment was zeroed ahead of its records: they end at its last byte that is not zero.
+    let end = file.length;
+    while (end > 0 && file[end - 1] === 0) end--;
+    expect(file.length).toBeGreaterThan(end);
+    const data = file.subarray(0, end);
     const generation = Number(name.slice(0, 10));
     expect(decodeSegment(data, generation).map((r) => r.id)).toEqual(['a', 'b']);
     expect(decodeSegment(data.subarray(0, data.length - 1), generation).map((r) => r.id)).toEqual(['a']);
@@ -79,7 +86,7 @@ describe('spool journal', () => {
   });
 
   it('recycles segments whose messages are all dropped, and settles the oldest when too many are open', async () => {
-    const j = new SpoolJournal(dir, new LatencyWindow(), 1000);
+    const j = new SpoolJournal(dir, new LatencyWindow(), 1000, 0, SMALL);
     await j.load();
     const settled: string[][] = [];
     let syncs = 0;
@@ -186,7 +193,7 @@ describe('spool journal', () => {
   });
 
   it('goes on appending while the oldest segment is being settled', async () => {
-    const j = new SpoolJournal(dir, new LatencyWindow(), 1000);
+    const j = new SpoolJournal(dir, new LatencyWindow(), 1000, 0, SMALL);
     await j.load();
     let release!: () => void;
     const blocked = new Promise<void>((r) => { release = r; });
@@ -205,5 +212,47 @@ describe('spool journal', () => {
     release();
     await j.close();
     expect(j.settled).toBeGreaterThanOrEqual(1);
+  });
+
+  it('writes a lazy outcome with the next batch, or on its own a moment later, and before a close', async () => {
+    let count = 0;
+    const fsyncs = new (class extends LatencyWindow {
+      override time<T>(operation: () => Promise<T>): Promise<T> { count++; return super.time(operation); }
+    })();
+    const j = new SpoolJournal(dir, fsyncs);
+    await j.load();
+    await j.append('m1', {}, body(10));
+    const syncs = () => count;
+    const before = syncs();
+    let done = false;
+    const first = j.outcome('m1', { updates: [], now: 1 }, { lazy: true }).then(() => { done = true; });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(done).toBe(false);
+    // The next append takes it along: one sync for both.
+    await j.append('m2', {}, body(10));
+    await first;
+    expect(syncs() - before).toBe(1);
+    // Alone, it goes within a moment.
+    const started = performance.now();
+    await j.outcome('m2', { updates: [], now: 2 }, { lazy: true });
+    expect(performance.now() - started).toBeGreaterThanOrEqual(150);
+    // Waiting when the journal closes: written first.
+    void j.outcome('m1', { updates: [], now: 3 }, { lazy: true });
+    await j.close();
+    const { outcomes } = await new SpoolJournal(dir, new LatencyWindow()).load();
+    expect(outcomes.map((o) => (o.record as { now: number }).now)).toEqual([1, 2, 3]);
+  });
+
+  it('zeroes a growing segment ahead of its records and reads back only the records', async () => {
+    const j = new SpoolJournal(dir, new LatencyWindow());
+    await j.load();
+    for (let i = 0; i < 3; i++) await j.append(`z${i}`, { i }, body(100 * (i + 1)));
+    await j.close();
+    const [name] = await segments();
+    const file = await readFile(join(dir, name));
+    // Records take about 700 bytes; the file was zeroed well past them, in one step.
+    expect(file.length).toBeGreaterThanOrEqual(64 * 1024);
+    expect(file.subarray(2048).every((b) => b === 0)).toBe(true);
+    expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages.map((m) => m.id)).toEqual(['z0', 'z1', 'z2']);
   });
 });

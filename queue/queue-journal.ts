@@ -34,16 +34,27 @@
  * does the same (`retireAll`), so the journal only ever matters after an unclean one.
  */
 import { crc32 } from 'node:zlib';
-import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { LatencyWindow } from '../base/base-latency-window.js';
 
 /** Bodies up to this size go into the journal; larger ones are synced in their spool file. */
 export const JOURNAL_BODY_MAX = 1024 * 1024;
-const SEGMENT_BYTES = 8 * 1024 * 1024;
-const MAX_SEGMENTS = 4;
+const SEGMENT_BYTES = 4 * 1024 * 1024;
+const MAX_SEGMENTS = 16;
 /** Recycled segments kept for reuse. */
-const SPARES = 2;
+const SPARES = 10;
+/** A growing segment is zeroed this far ahead of its records, with one sync (see `#prepare`). */
+const PREPARE_BYTES = 1024 * 1024;
+/** Zeroing ahead, and spares made at start, use at most this share of the free space. */
+const PREPARE_SHARE = 0.25;
+/** An outcome appended lazily waits at most this long for a batch to go with. */
+const LAZY_MS = 200;
+const ZEROES = Buffer.alloc(256 * 1024);
+
+/** Tunable for tests: how many segments may be open, and how many spares are kept. */
+export interface JournalLimits { maxSegments: number; spares: number }
+const LIMITS: JournalLimits = { maxSegments: MAX_SEGMENTS, spares: SPARES };
 const MAGIC = 0x314a4349; // "ICJ1"
 const HEADER = 24;
 const KIND = { message: 1, dropped: 2, outcome: 3 } as const;
@@ -59,9 +70,10 @@ export interface JournaledMessage { id: string; record: unknown; body: Buffer }
  */
 export interface JournalContents { messages: JournaledMessage[]; outcomes: Array<{ id: string; record: unknown }> }
 
-interface Segment { generation: number; path: string; fh: FileHandle; size: number; live: Set<string>; broken: boolean }
+/** `prepared`: the file's size, records end at `size`; zeroes (or a recycled segment's older records) between. */
+interface Segment { generation: number; path: string; fh: FileHandle; size: number; prepared: number; live: Set<string>; broken: boolean }
 interface Entry { kind: keyof typeof KIND; id: string; record?: Buffer; body?: Buffer }
-interface Waiter { entries: Entry[]; resolve: () => void; reject: (err: Error) => void }
+interface Waiter { entries: Entry[]; resolve: () => void; reject: (err: Error) => void; lazy: boolean }
 
 const segmentName = (generation: number) => `${String(generation).padStart(10, '0')}.seg`;
 const generationOf = (name: string): number | null => (/^\d{10}\.seg$/.test(name) ? Number(name.slice(0, 10)) : null);
@@ -131,8 +143,11 @@ export class SpoolJournal {
   /** Messages of a failed batch whose records could not be cut off: journaled `dropped` with the next batch. */
   #undo: string[] = [];
 
+  #lazyTimer: NodeJS.Timeout | null = null;
+
   /** `windowMs`: batches start at most this often (queue.commitWindow), so that more messages share each fdatasync. */
-  constructor(readonly dir: string, private readonly fsyncs: LatencyWindow, private readonly segmentBytes = SEGMENT_BYTES, private readonly windowMs = 0) {}
+  constructor(readonly dir: string, private readonly fsyncs: LatencyWindow, private readonly segmentBytes = SEGMENT_BYTES, private readonly windowMs = 0,
+    private readonly limits: JournalLimits = LIMITS) {}
 
   /**
    * Reads every segment left by the last run (its messages minus those dropped) and remembers the
@@ -187,10 +202,12 @@ export class SpoolJournal {
   /**
    * Appends a delivery outcome already committed to the queue database without a sync (final
    * recipient states); resolves once durable. A segment holding one is only recycled after a
-   * synced commit of the database.
+   * synced commit of the database. A `lazy` one starts no batch of its own: it goes with the next
+   * one, or after LAZY_MS (losing it to a crash of the machine meanwhile means a second delivery,
+   * never a lost message).
    */
-  outcome(id: string, record: unknown): Promise<void> {
-    return this.#enqueue([{ kind: 'outcome', id, record: Buffer.from(JSON.stringify(record), 'utf8') }]);
+  outcome(id: string, record: unknown, opts: { lazy?: boolean } = {}): Promise<void> {
+    return this.#enqueue([{ kind: 'outcome', id, record: Buffer.from(JSON.stringify(record), 'utf8') }], opts.lazy ?? false);
   }
 
   /** The message's queue record is written: its segment may now be settled if it has to go. */
@@ -209,16 +226,25 @@ export class SpoolJournal {
     return this.#enqueue(held.map((id) => ({ kind: 'dropped' as const, id })));
   }
 
-  #enqueue(entries: Entry[]): Promise<void> {
+  #enqueue(entries: Entry[], lazy = false): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.#waiting.push({ entries, resolve, reject });
+      this.#waiting.push({ entries, resolve, reject, lazy });
       this.#kick();
     });
   }
 
-  /** Starts the writing loop unless it runs; one that has just ended is started again for what came meanwhile. */
-  #kick(): void {
+  /**
+   * Starts the writing loop unless it runs; one that has just ended is started again for what came
+   * meanwhile. Only lazy entries waiting: a timer starts it after LAZY_MS, unless a batch comes first.
+   */
+  #kick(force = false): void {
     if (this.#flushing || this.#waiting.length === 0) return;
+    if (!force && this.#waiting.every((w) => w.lazy)) {
+      this.#lazyTimer ??= setTimeout(() => { this.#lazyTimer = null; this.#kick(true); }, LAZY_MS);
+      return;
+    }
+    if (this.#lazyTimer) clearTimeout(this.#lazyTimer);
+    this.#lazyTimer = null;
     this.#flushing = this.#flushLoop().finally(() => {
       this.#flushing = null;
       this.#kick();
@@ -255,9 +281,13 @@ export class SpoolJournal {
     });
   }
 
-  /** Until neither a batch nor retiring is under way. */
+  /** Until nothing waits (lazy entries are written now) and neither a batch nor retiring is under way. */
   async #idle(): Promise<void> {
-    while (this.#flushing || this.#retiring) await (this.#flushing ?? this.#retiring);
+    this.#kick(true);
+    while (this.#flushing || this.#retiring) {
+      await (this.#flushing ?? this.#retiring);
+      this.#kick(true);
+    }
   }
 
   async #writeBatch(given: Entry[]): Promise<void> {
@@ -277,6 +307,7 @@ export class SpoolJournal {
   async #writeTo(seg: Segment, entries: Entry[], undo: string[]): Promise<void> {
     const buffers = entries.flatMap((e) => encode(seg.generation, e));
     const total = buffers.reduce((n, b) => n + b.length, 0);
+    if (seg.size + total > seg.prepared) await this.#prepare(seg, seg.size + total);
     try {
       let written = 0;
       while (written < total) {
@@ -307,6 +338,31 @@ export class SpoolJournal {
     }
   }
 
+  /**
+   * Zeroes a growing segment ahead of its records (to `need` at least, one more step at most:
+   * doubling up to PREPARE_BYTES), then syncs it once. A record written over blocks the file already
+   * has is made durable by its fdatasync alone; one that grows the file also commits the file
+   * system's journal (the new size and blocks), batch after batch. Best effort: with little free
+   * space (PREPARE_SHARE), or when it fails, the segment simply grows.
+   */
+  async #prepare(seg: Segment, need: number): Promise<void> {
+    const step = Math.min(PREPARE_BYTES, Math.max(64 * 1024, seg.prepared));
+    const target = Math.min(Math.max(this.segmentBytes, need), Math.ceil((need + step) / step) * step);
+    const want = Math.max(0, Math.ceil(target - seg.prepared));
+    try {
+      const fs = await statfs(this.dir);
+      if (want === 0 || want > fs.bavail * fs.bsize * PREPARE_SHARE) return;
+      for (let at = seg.prepared; at < seg.prepared + want; at += ZEROES.length) {
+        const n = Math.min(ZEROES.length, seg.prepared + want - at);
+        await seg.fh.write(ZEROES, 0, n, at);
+      }
+      await this.fsyncs.time(() => seg.fh.datasync());
+      seg.prepared += want;
+    } catch {
+      seg.prepared = await seg.fh.stat().then((st) => st.size, () => seg.prepared);
+    }
+  }
+
   async #startSegment(): Promise<Segment> {
     const generation = ++this.#generation;
     const path = join(this.dir, segmentName(generation));
@@ -320,7 +376,7 @@ export class SpoolJournal {
     }
     // The name must be durable before records of this generation are: a reader checks the generation against it.
     await this.#syncDir();
-    const seg: Segment = { generation, path, fh, size: 0, live: new Set(), broken: false };
+    const seg: Segment = { generation, path, fh, size: 0, prepared: spare ? (await fh.stat()).size : 0, live: new Set(), broken: false };
     this.#segments.push(seg);
     return seg;
   }
@@ -329,7 +385,7 @@ export class SpoolJournal {
   async #retire(): Promise<void> {
     while (this.#segments.length > 1) {
       const oldest = this.#segments[0];
-      if (oldest.live.size > 0 && (this.#segments.length <= MAX_SEGMENTS || [...oldest.live].some((id) => this.#unstored.has(id)))) return;
+      if (oldest.live.size > 0 && (this.#segments.length <= this.limits.maxSegments || [...oldest.live].some((id) => this.#unstored.has(id)))) return;
       // Its messages still queued settled in place, and the database synced (its outcomes are then on the device).
       const ids = [...oldest.live];
       await this.settle(ids);
@@ -346,7 +402,7 @@ export class SpoolJournal {
 
   async #recycle(path: string): Promise<void> {
     this.retired++;
-    if (this.#spares.length >= SPARES) {
+    if (this.#spares.length >= this.limits.spares) {
       await rm(path, { force: true });
       return;
     }
@@ -386,6 +442,8 @@ export class SpoolJournal {
   /** Waits for the batch being written, then closes the segments (their records stay for the next start). */
   async close(): Promise<void> {
     await this.#idle();
+    if (this.#lazyTimer) clearTimeout(this.#lazyTimer);
+    this.#lazyTimer = null;
     for (const seg of this.#segments.splice(0)) await seg.fh.close().catch(() => undefined);
     await this.#dirHandle?.close().catch(() => undefined);
     this.#dirHandle = null;

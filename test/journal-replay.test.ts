@@ -15,12 +15,12 @@ import { RawSmtp } from './helpers/raw-smtp.js';
 import { startSink, type Sink } from './helpers/sink.js';
 import { waitUntil } from './helpers/app.js';
 
-async function send(port: number, to: string, token: string): Promise<string> {
+async function send(port: number, to: string | string[], token: string): Promise<string> {
   const c = await RawSmtp.open(port);
   await c.reply();
   await c.command('EHLO client.test');
   await c.command('MAIL FROM:<x@remote.test>');
-  await c.command(`RCPT TO:<${to}>`);
+  for (const r of [to].flat()) await c.command(`RCPT TO:<${r}>`);
   await c.command('DATA');
   c.send(`Subject: ${token}\r\nX-Token: ${token}\r\n\r\n${'journal line\r\n'.repeat(40)}.\r\n`);
   const reply = (await c.reply()).join('\n');
@@ -65,13 +65,16 @@ describe('spool journal replay', () => {
     const shortFile = await send(child.ports.mx, 'later3@far.test', 'short-file');
     const lostAll = await send(child.ports.mx, 'later4@far.test', 'lost-all');
     const zeroedFile = await send(child.ports.mx, 'later5@far.test', 'zeroed-file');
-    const delivered = await send(child.ports.mx, 'now@far.test', 'delivered');
+    // One recipient delivered at once, the other deferred: the message stays in the queue.
+    const delivered = await send(child.ports.mx, ['now@far.test', 'later6@far.test'], 'delivered');
     await sink.waitFor(1, 10_000);
-    // Its outcome committed (then journaled, a moment later) before the kill.
+    // Its outcome committed (then journaled with the next batch, at most a moment later) before the kill.
     const reader = new Database(join(dataDir, 'queue.db'), { readonly: true });
-    await waitUntil(() => (reader.prepare('SELECT state FROM recipients WHERE message_id = ?').get(delivered) as { state: string } | undefined)?.state === 'delivered', 10_000, 'the outcome');
-    reader.close();
+    const stateOf = (address: string) => (reader.prepare('SELECT state FROM recipients WHERE message_id = ? AND address = ?').get(delivered, address) as { state: string } | undefined)?.state;
+    await waitUntil(() => stateOf('now@far.test') === 'delivered', 10_000, 'the outcome');
     await new Promise((r) => setTimeout(r, 500));
+    expect(stateOf('later6@far.test')).toBe('queued');
+    reader.close();
     child.proc.kill('SIGKILL');
     await child.exited;
     expect((await readdir(join(dataDir, 'journal'))).some((n) => /^\d+\.seg$/.test(n))).toBe(true);
@@ -81,9 +84,8 @@ describe('spool journal replay', () => {
     const forget = (id: string) => { db.prepare('DELETE FROM recipients WHERE message_id = ?').run(id); db.prepare('DELETE FROM messages WHERE id = ?').run(id); };
     forget(lostRecord);
     forget(lostAll);
-    // The delivered message's outcome lost: its recipient is queued again, as it was before the attempt.
-    db.prepare(`UPDATE recipients SET state = 'queued' WHERE message_id = ?`).run(delivered);
-    db.prepare(`UPDATE messages SET state = 'active' WHERE id = ?`).run(delivered);
+    // The delivered recipient's outcome lost: queued again, as it was before the attempt.
+    expect(db.prepare(`UPDATE recipients SET state = 'queued' WHERE message_id = ? AND address = 'now@far.test'`).run(delivered).changes).toBe(1);
     db.close();
     await rm(join(dataDir, 'spool', lostFile));
     await rm(join(dataDir, 'spool', lostAll));
@@ -95,11 +97,12 @@ describe('spool journal replay', () => {
     accepting = true;
     child = await startChild(configFile, logFile);
     try {
-      await sink.waitFor(6, 20_000);
+      await sink.waitFor(7, 20_000);
       await new Promise((r) => setTimeout(r, 1000));
-      const tokens = sink.messages.map((m) => /X-Token: ([\w-]+)/.exec(m.data.toString())?.[1]).sort();
-      // Each once: the delivered one is not sent again (its outcome was in the journal).
-      expect(tokens).toEqual(['delivered', 'lost-all', 'lost-file', 'lost-record', 'short-file', 'zeroed-file']);
+      const tokens = sink.messages.map((m) => `${/X-Token: ([\w-]+)/.exec(m.data.toString())?.[1]} ${m.rcptTo.join(',')}`).sort();
+      // Each once: the delivered recipient is not sent it again (its outcome was in the journal).
+      expect(tokens).toEqual(['delivered later6@far.test', 'delivered now@far.test', 'lost-all later4@far.test', 'lost-file later2@far.test',
+        'lost-record later1@far.test', 'short-file later3@far.test', 'zeroed-file later5@far.test']);
       for (const m of sink.messages) expect(m.data.toString()).toContain('journal line\r\n'.repeat(40));
       expect(logs.join('')).toMatch(/spool journal replayed after an unclean stop/);
       // Nothing set aside: the journal had every acknowledged message.
