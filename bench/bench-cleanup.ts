@@ -21,16 +21,25 @@ export function onCleanup(stop: Stop): () => Promise<void> {
   };
 }
 
-export async function cleanUp(): Promise<void> {
-  for (const stop of stops.splice(0).reverse()) await stop().catch((err: Error) => console.error(`cleanup: ${err.message}`));
+let running: Promise<void> | null = null;
+
+/** A call while one is under way (a signal during the cleanup after an error) waits for that one. */
+export function cleanUp(): Promise<void> {
+  running ??= (async () => {
+    for (const stop of stops.splice(0).reverse()) await stop().catch((err: Error) => console.error(`cleanup: ${err.message}`));
+  })().finally(() => { running = null; });
+  return running;
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 
-/** Stops everything on SIGINT / SIGTERM, then exits. */
+/**
+ * Stops everything on SIGINT / SIGTERM, then exits. A second signal does not cut the cleanup short
+ * (it may be unmounting a file system): it waits for the same one.
+ */
 export function cleanUpOnSignals(): void {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
+    process.on(signal, () => {
       cleanUp().finally(() => process.exit(130));
     });
   }

@@ -6,7 +6,8 @@
  * Takes: a name (used in the folder and host names), the loopback address to listen on, and
  * main.cf settings that add to or replace the base ones (e.g. transport_maps, relay limits).
  * Gives: the running instance (port, master pid, log file, folder) and `stop()`, which ends the
- * master, waits for its children, kills any left, and removes the folder; `transportMap(routes)`,
+ * master, waits for its children, kills any left (`stopPostfixMaster`, also for a master started
+ * elsewhere), and removes the folder; `transportMap(routes)`,
  * an inline transport map sending each domain to one loopback host and port.
  * Network: only the loopback address given. DNS is off for the SMTP client, smtpd does not look up
  * client names, and next hops are bracketed addresses, so no lookup leaves the machine.
@@ -106,6 +107,19 @@ function ownProcess(pid: number, etc: string): boolean {
 }
 
 /**
+ * Ends the master started with `-c etc` and every process of its tree: SIGTERM (which the master passes
+ * on to its children), up to 5 s for them to exit, then SIGKILL for any left.
+ */
+export async function stopPostfixMaster(masterPid: number, etc: string): Promise<void> {
+  const tree = processTree(masterPid);
+  try { process.kill(masterPid, 'SIGTERM'); } catch { return; }
+  for (let i = 0; i < 50 && tree.some((pid) => existsSync(`/proc/${pid}`)); i++) await sleep(100);
+  for (const pid of tree.filter((p) => ownProcess(p, etc))) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone meanwhile */ }
+  }
+}
+
+/**
  * `opts.netns`: the instance runs inside that network namespace (`ip netns exec`), where `address`
  * is one of the namespace's and the system resolver reads /etc/netns/<name>/resolv.conf (a test
  * that turns DNS on for the SMTP client points it at a resolver of its own there).
@@ -125,15 +139,7 @@ export async function startPostfix(name: string, address: string, extra: Record<
   if (opts.netns) execFileSync('ip', ['netns', 'exec', opts.netns, MASTER, '-c', etc, '-w']);
   else execFileSync(MASTER, ['-c', etc, '-w']);
   const masterPid = Number((await readFile(join(dir, 'queue', 'pid', 'master.pid'), 'utf8')).trim());
-  const stopMaster = onCleanup(async () => {
-    const tree = processTree(masterPid);
-    // The master passes SIGTERM on to its children and exits.
-    try { process.kill(masterPid, 'SIGTERM'); } catch { return; }
-    for (let i = 0; i < 50 && tree.some((pid) => existsSync(`/proc/${pid}`)); i++) await sleep(100);
-    for (const pid of tree.filter((p) => ownProcess(p, etc))) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone meanwhile */ }
-    }
-  });
+  const stopMaster = onCleanup(() => stopPostfixMaster(masterPid, etc));
   return {
     name, address, port, dir, masterPid, maillog: join(dir, 'maillog'),
     async stop() {
