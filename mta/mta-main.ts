@@ -53,7 +53,12 @@ async function start(options: StartOptions): Promise<void> {
   }
   const log = index === null ? root : root.child({ worker: index });
   const { Ichidan } = await import('./mta-daemon.js');
-  const app = await Ichidan.start(config, log, { configFile: file, load }).catch((err: Error & { problems?: string[] }) => {
+  const app = await Ichidan.start(config, log, { configFile: file, load }).catch((err: Error & { problems?: string[]; code?: string }) => {
+    // The data folder is another running Ichidan's (queue/queue-run-marker.ts).
+    if (err.code === 'EDATADIRINUSE') {
+      process.stderr.write(`ichidan: ${err.message}\n`);
+      process.exit(1);
+    }
     // A certificate file the config names that cannot be offered (ingress/ingress-certificates.ts).
     if (!err.problems) throw err;
     process.stderr.write(`${file}: invalid configuration\n${err.problems.map((p) => `  - ${p}`).join('\n')}\n`);
