@@ -255,4 +255,16 @@ describe('spool journal', () => {
     expect(file.subarray(2048).every((b) => b === 0)).toBe(true);
     expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages.map((m) => m.id)).toEqual(['z0', 'z1', 'z2']);
   });
+
+  it('lets a segment grow without zeroing it once batches are large', async () => {
+    const j = new SpoolJournal(dir, new LatencyWindow());
+    await j.load();
+    for (let i = 0; i < 12; i++) await j.append(`big${i}`, { i }, body(64 * 1024));
+    await j.close();
+    const [name] = await segments();
+    const file = await readFile(join(dir, name));
+    // The records end where the file does: nothing was zeroed ahead of the last ones.
+    expect(file.at(-1)).toBe('x'.charCodeAt(0));
+    expect((await new SpoolJournal(dir, new LatencyWindow()).load()).messages).toHaveLength(12);
+  });
 });

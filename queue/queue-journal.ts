@@ -46,8 +46,14 @@ const MAX_SEGMENTS = 16;
 const SPARES = 10;
 /** A growing segment is zeroed this far ahead of its records, with one sync (see `#prepare`). */
 const PREPARE_BYTES = 1024 * 1024;
-/** Zeroing ahead, and spares made at start, use at most this share of the free space. */
+/** Zeroing ahead uses at most this share of the free space. */
 const PREPARE_SHARE = 0.25;
+/**
+ * Zeroing ahead writes each byte of a segment twice; growing it costs a commit of the file
+ * system's journal (some 16 KB) per sync instead. So segments are zeroed ahead only while batches
+ * average less than this.
+ */
+const ZERO_BELOW = 16 * 1024;
 /** An outcome appended lazily waits at most this long for a batch to go with. */
 const LAZY_MS = 200;
 const ZEROES = Buffer.alloc(256 * 1024);
@@ -144,6 +150,8 @@ export class SpoolJournal {
   #undo: string[] = [];
 
   #lazyTimer: NodeJS.Timeout | null = null;
+  /** Bytes per batch, a moving average (see ZERO_BELOW). */
+  #batchBytes = 0;
 
   /** `windowMs`: batches start at most this often (queue.commitWindow), so that more messages share each fdatasync. */
   constructor(readonly dir: string, private readonly fsyncs: LatencyWindow, private readonly segmentBytes = SEGMENT_BYTES, private readonly windowMs = 0,
@@ -307,7 +315,8 @@ export class SpoolJournal {
   async #writeTo(seg: Segment, entries: Entry[], undo: string[]): Promise<void> {
     const buffers = entries.flatMap((e) => encode(seg.generation, e));
     const total = buffers.reduce((n, b) => n + b.length, 0);
-    if (seg.size + total > seg.prepared) await this.#prepare(seg, seg.size + total);
+    this.#batchBytes += (total - this.#batchBytes) / 8;
+    if (seg.size + total > seg.prepared && this.#batchBytes < ZERO_BELOW) await this.#prepare(seg, seg.size + total);
     try {
       let written = 0;
       while (written < total) {
@@ -342,8 +351,9 @@ export class SpoolJournal {
    * Zeroes a growing segment ahead of its records (to `need` at least, one more step at most:
    * doubling up to PREPARE_BYTES), then syncs it once. A record written over blocks the file already
    * has is made durable by its fdatasync alone; one that grows the file also commits the file
-   * system's journal (the new size and blocks), batch after batch. Best effort: with little free
-   * space (PREPARE_SHARE), or when it fails, the segment simply grows.
+   * system's journal (the new size and blocks), batch after batch: worth it for small batches only
+   * (ZERO_BELOW). Best effort: with little free space (PREPARE_SHARE), or when it fails, the
+   * segment simply grows.
    */
   async #prepare(seg: Segment, need: number): Promise<void> {
     const step = Math.min(PREPARE_BYTES, Math.max(64 * 1024, seg.prepared));
