@@ -4,7 +4,8 @@
 // is removed by hand — a record, a file, a file cut short or zeroed, a delivery outcome — and the next start
 // must bring every acknowledged message back from the journal, byte for byte, deliver each, and not
 // deliver again what was delivered.
-import { mkdtemp, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, open, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -45,10 +46,11 @@ describe('spool journal replay', () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
-  it('brings back lost records, lost or short files and lost outcomes after an unclean stop', async () => {
-    const configFile = join(dataDir, 'config.yaml');
+  /** A config in `dir` relaying everything to the sink; and a log collected in memory. */
+  async function setUp(dir: string): Promise<{ configFile: string; logs: string[]; logFile: Writable }> {
+    const configFile = join(dir, 'config.yaml');
     await writeFile(configFile, [
-      `dataDir: ${dataDir}`,
+      `dataDir: ${dir}`,
       'hostname: journal.ichidan.test',
       'log: { level: warn }',
       'listeners: [{ name: mx, role: mx, port: 0 }]',
@@ -58,7 +60,11 @@ describe('spool journal replay', () => {
       '',
     ].join('\n'));
     const logs: string[] = [];
-    const logFile = new Writable({ write(chunk: Buffer, _enc, cb) { logs.push(chunk.toString()); cb(); } });
+    return { configFile, logs, logFile: new Writable({ write(chunk: Buffer, _enc, cb) { logs.push(chunk.toString()); cb(); } }) };
+  }
+
+  it('brings back lost records, lost or short files and lost outcomes after an unclean stop', async () => {
+    const { configFile, logs, logFile } = await setUp(dataDir);
     let child = await startChild(configFile, logFile);
     const lostRecord = await send(child.ports.mx, 'later1@far.test', 'lost-record');
     const lostFile = await send(child.ports.mx, 'later2@far.test', 'lost-file');
@@ -114,5 +120,47 @@ describe('spool journal replay', () => {
     expect(await child.exited).toBe(0);
     // A clean stop settles the journal: no segment is left to replay.
     expect((await readdir(join(dataDir, 'journal'))).filter((n) => /^\d+\.seg$/.test(n))).toEqual([]);
+  }, 90_000);
+
+  it('after a stop of the machine, checks the database, sets a damaged one aside and brings the journal\'s mail back', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-machine-'));
+    try {
+      const { configFile, logs, logFile } = await setUp(dir);
+      accepting = false;
+      let child = await startChild(configFile, logFile);
+      await send(child.ports.mx, 'later7@far.test', 'machine-1');
+      await send(child.ports.mx, 'later8@far.test', 'machine-2');
+      child.proc.kill('SIGKILL');
+      await child.exited;
+      // The marker as another boot left it, and the database's pages overwritten as a torn checkpoint could.
+      const marker = join(dir, 'running');
+      await writeFile(marker, (await readFile(marker, 'utf8')).replace(/"bootId":"[^"]*"/, '"bootId":"another-boot"'));
+      const db = new Database(join(dir, 'queue.db'));
+      db.pragma('wal_checkpoint(TRUNCATE)');
+      db.close();
+      const fh = await open(join(dir, 'queue.db'), 'r+');
+      for (let page = 2; page <= 12; page++) await fh.write(Buffer.alloc(64, 0x5a), 0, 64, (page - 1) * 1024);
+      await fh.close();
+
+      accepting = true;
+      const before = sink.messages.length;
+      child = await startChild(configFile, logFile);
+      try {
+        await waitUntil(() => sink.messages.length >= before + 2, 20_000, 'the journaled messages to be delivered');
+        const text = logs.join('');
+        expect(text).toMatch(/the machine stopped while the queue was open: checking the queue database/);
+        expect(text).toMatch(/queue database damaged: set aside/);
+        expect((await readdir(dir)).some((n) => n.startsWith('queue.db.damaged-'))).toBe(true);
+        const tokens = sink.messages.slice(before).map((m) => /X-Token: ([\w-]+)/.exec(m.data.toString())?.[1]).sort();
+        expect(tokens).toEqual(['machine-1', 'machine-2']);
+      } finally {
+        child.proc.kill('SIGTERM');
+      }
+      expect(await child.exited).toBe(0);
+      // A clean stop removes the marker: the next start checks nothing.
+      expect(existsSync(join(dir, 'running'))).toBe(false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   }, 90_000);
 });
