@@ -11,6 +11,7 @@
  * the tools themselves, and every figure is also given as a ratio to it. Results go to stdout and
  * to bench/results/relay-<date>.json.
  *
+ * BENCH_TRANSCRIPTS=0 turns Ichidan's outbound session transcripts off (to see their share).
  * Everything binds to loopback; no DNS is configured, so no lookup can leave the machine.
  * Last line: `RESULT {json}` (bench-result.ts): msgs, postfix_msgs, disk_kb_per_msg_2k,
  *   postfix_disk_kb_per_msg_2k, disk_ratio_64k, log_kb_per_msg_2k … per workload, fs_loop (1 on the
@@ -153,6 +154,7 @@ async function ichidanIn(dir: string, fs: BenchFs, w: Workload, sinkPort: number
     'limits: { maxRecipients: 1000, maxMessageSize: 50MB }',
     `queue: { fsync: ${process.env.BENCH_FSYNC ?? 'true'}, concurrency: 100, laneConcurrency: 100${EXTRA_QUEUE} }`,
     `routes: { "*": { host: 127.0.0.2, port: ${sinkPort} } }`,
+    ...(process.env.BENCH_TRANSCRIPTS === '0' ? ['delivery: { transcripts: { enabled: false } }'] : []),
     '',
   ].join('\n'));
   const logFile = join(dir, 'ichidan.log');
