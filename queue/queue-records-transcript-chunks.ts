@@ -41,39 +41,44 @@ export function serializeLines(lines: readonly TranscriptLine[]): string {
   return JSON.stringify([queueIds, stored]);
 }
 
-const at0 = 1_765_000_000_000;
-const sample = (seq: number, dir: 'client' | 'server', text: string, queueId: string | null = null): TranscriptLine => ({ seq, at: at0 + seq * 7, dir, queueId, text });
-const Q = 'Ab3dE5gH7jK9mN';
-/** A session as most look: the handshake (its greeting, EHLO and STARTTLS), then one message and its replies; the most frequent last. */
-const DICTIONARY = Buffer.from(serializeLines([
-  sample(1, 'server', '220 mx.example.com ESMTP Postfix'),
-  sample(2, 'client', 'EHLO mail.example.org'),
-  sample(3, 'server', '250-mx.example.com\n250-PIPELINING\n250-SIZE 52428800\n250-VRFY\n250-ETRN\n250-STARTTLS\n250-AUTH PLAIN LOGIN\n250-ENHANCEDSTATUSCODES\n250-8BITMIME\n250-DSN\n250-SMTPUTF8\n250-CHUNKING\n250 SMTPUTF8'),
-  sample(4, 'client', 'STARTTLS'),
-  sample(5, 'server', '220 2.0.0 Ready to start TLS'),
-  sample(6, 'client', 'QUIT'),
-  sample(7, 'server', '221 2.0.0 Bye'),
-  sample(8, 'client', 'RSET'),
-  sample(9, 'server', '250 2.0.0 Ok'),
-  sample(10, 'server', '421 4.7.0 Try again later'),
-  sample(11, 'server', '450 4.2.0 <user@example.com>: Recipient address rejected: Greylisted'),
-  sample(12, 'server', '550 5.1.1 <user@example.com>: Recipient address rejected: User unknown in virtual mailbox table'),
-  sample(13, 'server', '452 4.5.3 Error: too many recipients'),
-  sample(14, 'server', '250 2.6.0 Message accepted'),
-  sample(15, 'server', '250 OK id=1abcde-000000-AB'),
-  sample(16, 'client', 'MAIL FROM:<bounces+user=example.com@mail.example.org> SIZE=2048 BODY=8BITMIME RET=HDRS ENVID=Ab3dE5gH7jK9mN', Q),
-  sample(17, 'client', 'RCPT TO:<user@example.com> NOTIFY=FAILURE,DELAY ORCPT=rfc822;user@example.com', Q),
-  sample(18, 'client', 'MAIL FROM:<newsletter@mail.example.org> SIZE=2048', Q),
-  sample(19, 'client', 'RCPT TO:<user@example.com>', Q),
-  sample(20, 'client', 'DATA', Q),
-  sample(21, 'server', '250 2.1.0 Sender OK', Q),
-  sample(22, 'server', '250 2.1.5 Recipient OK', Q),
-  sample(23, 'server', '354 End data with <CR><LF>.<CR><LF>', Q),
-  sample(24, 'client', '<2048 bytes>', Q),
-  sample(25, 'server', '250 2.0.0 Ok: queued as 4XyZ1a2B3c', Q),
-  sample(26, 'server', '250 2.1.0 Ok', Q),
-  sample(27, 'server', '250 2.1.5 Ok', Q),
-]));
+/**
+ * A session as most look: the handshake (greeting, EHLO, STARTTLS), common refusals, then one
+ * message and its replies, the most frequent last. A line each: its direction (C or S), whether it
+ * belongs to the message (M) or not (-), and its text ("\n" between the lines of a reply).
+ */
+const SAMPLE = String.raw`
+S - 220 mx.example.com ESMTP Postfix
+C - EHLO mail.example.org
+S - 250-mx.example.com\n250-PIPELINING\n250-SIZE 52428800\n250-VRFY\n250-ETRN\n250-STARTTLS\n250-AUTH PLAIN LOGIN\n250-ENHANCEDSTATUSCODES\n250-8BITMIME\n250-DSN\n250-SMTPUTF8\n250-CHUNKING\n250 SMTPUTF8
+C - STARTTLS
+S - 220 2.0.0 Ready to start TLS
+C - QUIT
+S - 221 2.0.0 Bye
+C - RSET
+S - 250 2.0.0 Ok
+S - 421 4.7.0 Try again later
+S - 450 4.2.0 <user@example.com>: Recipient address rejected: Greylisted
+S - 550 5.1.1 <user@example.com>: Recipient address rejected: User unknown in virtual mailbox table
+S - 452 4.5.3 Error: too many recipients
+S - 250 2.6.0 Message accepted
+S - 250 OK id=1abcde-000000-AB
+C M MAIL FROM:<bounces+user=example.com@mail.example.org> SIZE=2048 BODY=8BITMIME RET=HDRS ENVID=Ab3dE5gH7jK9mN
+C M RCPT TO:<user@example.com> NOTIFY=FAILURE,DELAY ORCPT=rfc822;user@example.com
+C M MAIL FROM:<newsletter@mail.example.org> SIZE=2048
+C M RCPT TO:<user@example.com>
+C M DATA
+S M 250 2.1.0 Sender OK
+S M 250 2.1.5 Recipient OK
+S M 354 End data with <CR><LF>.<CR><LF>
+C M <2048 bytes>
+S M 250 2.0.0 Ok: queued as 4XyZ1a2B3c
+S M 250 2.1.0 Ok
+S M 250 2.1.5 Ok`;
+
+const DICTIONARY = Buffer.from(serializeLines(SAMPLE.trim().split('\n').map((line, i): TranscriptLine => ({
+  seq: i + 1, at: 1_765_000_000_000 + i * 7, dir: line[0] === 'C' ? 'client' : 'server', queueId: line[2] === 'M' ? 'Ab3dE5gH7jK9mN' : null,
+  text: line.slice(4).replaceAll('\\n', '\n'),
+}))));
 
 /**
  * The output buffer zlib allocates per call (16 KB by default): a chunk compresses to a few hundred

@@ -1,6 +1,7 @@
 // `ichidan sessions show` over the two ways transcripts have been stored: a session written a row
-// per line (by earlier versions) and the same session written in compressed chunks print the same,
-// text and JSON; a damaged chunk leaves the rest of the session readable and its lines marked.
+// per line by an earlier version (its database has no chunks table, and the CLI opens it read-only)
+// and the same session written in compressed chunks print the same, text and JSON; a damaged chunk
+// leaves the rest of the session readable and its lines marked.
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -37,7 +38,7 @@ function chunk(part: TranscriptLine[], messages: TranscriptChunk['messages'] = [
 
 const link = [{ n: 1, at: T0 + 15, queueId: 'Q1', tenant: 'alpha', recipients: ['x@remote.test'] }];
 
-/** A data folder whose queue.db holds session S1: `asRows` writes its lines a row each, as earlier versions did. */
+/** A data folder whose queue.db holds session S1: `asRows` as an earlier version left it (a row a line, no chunks table). */
 async function dataDir(asRows: boolean, damage = false): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'ichidan-test-'));
   const db = new Database(join(dir, 'queue.db'));
@@ -48,6 +49,7 @@ async function dataDir(asRows: boolean, damage = false): Promise<string> {
     apply({ op: 'recordTranscript', chunk: chunk([], link) });
     const insert = db.prepare(`INSERT INTO commands (connection_id, seq, at, dir, queue_id, text) VALUES ('S1', ?, ?, ?, ?, ?)`);
     for (const l of lines) insert.run(l.seq, l.at, l.dir, l.queueId, l.text);
+    db.exec(`DROP TABLE transcript_chunks`);
   } else {
     apply({ op: 'recordTranscript', chunk: chunk(lines.slice(0, 11), link) });
     apply({ op: 'recordTranscript', chunk: chunk(lines.slice(11)) });
