@@ -5,13 +5,18 @@
  *
  * A session may carry many messages: `connection_messages` ties each (its queue id, tenant,
  * recipients) to the session, and each command line also names the queue id of the message it was
- * part of (NULL for greeting, EHLO, STARTTLS, RSET between messages, QUIT). `commands.seq` counts
+ * part of (NULL for greeting, EHLO, STARTTLS, RSET between messages, QUIT). A line's seq counts
  * every line of the session; lines past the size cap are counted, not stored.
+ * The lines of a chunk are one row of `transcript_chunks`, compressed together
+ * (queue-records-transcript-chunks.ts). Earlier versions wrote a row per line into `commands`:
+ * such rows are still read, merged with the chunks by seq, and pruned. A chunk that cannot be
+ * read is reported as a gap of its seq range (`unreadable`), never as an error of the session.
  * Takes: `TranscriptChunk`s from delivery/ (delivery-transcript.ts), batched by queue-records.ts.
  * Settings: delivery.transcripts.retention (the pruning's `before`).
  */
 import type Database from 'better-sqlite3';
 import type { TranscriptChunk } from '../delivery/index.js';
+import { decodeChunk, encodeChunk } from './queue-records-transcript-chunks.js';
 
 export const TRANSCRIPTS_SCHEMA = `
 CREATE TABLE IF NOT EXISTS connections (
@@ -55,6 +60,14 @@ CREATE TABLE IF NOT EXISTS commands (
   text TEXT NOT NULL,
   PRIMARY KEY (connection_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS transcript_chunks (
+  connection_id TEXT NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS transcript_chunks_connection ON transcript_chunks (connection_id, first_seq);
 `;
 
 export type TranscriptWriteOp =
@@ -72,7 +85,8 @@ export function createTranscriptWriter(db: Database.Database): (op: TranscriptWr
       tls = excluded.tls, tenant = excluded.tenant, messages = excluded.messages, commands = excluded.commands, lines = excluded.lines,
       bytes_stored = excluded.bytes_stored, truncated = excluded.truncated, ended = excluded.ended`),
     insertConnectionMessage: db.prepare(`INSERT OR REPLACE INTO connection_messages (connection_id, n, at, queue_id, tenant, recipients) VALUES (?, ?, ?, ?, ?, ?)`),
-    insertCommand: db.prepare(`INSERT OR REPLACE INTO commands (connection_id, seq, at, dir, queue_id, text) VALUES (?, ?, ?, ?, ?, ?)`),
+    insertChunk: db.prepare(`INSERT OR REPLACE INTO transcript_chunks (connection_id, first_seq, last_seq, at, data) VALUES (?, ?, ?, ?, ?)`),
+    pruneChunks: db.prepare(`DELETE FROM transcript_chunks WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
     pruneCommands: db.prepare(`DELETE FROM commands WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
     pruneConnectionMessages: db.prepare(`DELETE FROM connection_messages WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
     pruneConnections: db.prepare(`DELETE FROM connections WHERE COALESCE(ended_at, started_at) < ?`),
@@ -83,10 +97,14 @@ export function createTranscriptWriter(db: Database.Database): (op: TranscriptWr
         const { connection: c, lines, messages } = op.chunk;
         s.saveConnection.run({ ...c, truncated: c.truncated ? 1 : 0 });
         for (const m of messages) s.insertConnectionMessage.run(c.id, m.n, m.at, m.queueId, m.tenant, m.recipients.join(','));
-        for (const l of lines) s.insertCommand.run(c.id, l.seq, l.at, l.dir, l.queueId, l.text);
+        if (lines.length > 0) {
+          const chunk = encodeChunk(lines);
+          s.insertChunk.run(c.id, chunk.firstSeq, chunk.lastSeq, chunk.at, chunk.data);
+        }
         return null;
       }
       case 'pruneTranscripts':
+        s.pruneChunks.run(op.before);
         s.pruneCommands.run(op.before);
         s.pruneConnectionMessages.run(op.before);
         return s.pruneConnections.run(op.before).changes;
@@ -124,13 +142,40 @@ export function readConnections(db: Database.Database, opts: { last: number; hos
     ORDER BY started_at DESC, id DESC LIMIT @last`).all({ host: opts.host ?? null, last: opts.last }) as ConnectionRow[];
 }
 
+/** Lines of a session that were stored but cannot be read back: the seq range of a damaged chunk. */
+export interface UnreadableLines { first_seq: number; last_seq: number; at: number; error: string }
+
+export interface StoredSession {
+  connection: ConnectionRow;
+  messages: ConnectionMessageRow[];
+  /** The lines that could be read, in order. */
+  commands: CommandRow[];
+  /** Present only when some stored lines could not be read. */
+  unreadable?: UnreadableLines[];
+}
+
 /** One session: its row, the messages it carried, and its stored lines in order. */
-export function readConnection(db: Database.Database, id: string): { connection: ConnectionRow; messages: ConnectionMessageRow[]; commands: CommandRow[] } | undefined {
+export function readConnection(db: Database.Database, id: string): StoredSession | undefined {
   const connection = db.prepare(`SELECT * FROM connections WHERE id = ?`).get(id) as ConnectionRow | undefined;
   if (!connection) return undefined;
-  return {
-    connection,
-    messages: db.prepare(`SELECT n, at, queue_id, tenant, recipients FROM connection_messages WHERE connection_id = ? ORDER BY n`).all(id) as ConnectionMessageRow[],
-    commands: db.prepare(`SELECT seq, at, dir, queue_id, text FROM commands WHERE connection_id = ? ORDER BY seq`).all(id) as CommandRow[],
-  };
+  const messages = db.prepare(`SELECT n, at, queue_id, tenant, recipients FROM connection_messages WHERE connection_id = ? ORDER BY n`).all(id) as ConnectionMessageRow[];
+  const commands = db.prepare(`SELECT seq, at, dir, queue_id, text FROM commands WHERE connection_id = ? ORDER BY seq`).all(id) as CommandRow[];
+  const unreadable: UnreadableLines[] = [];
+  for (const row of readChunks(db, id)) {
+    try {
+      for (const l of decodeChunk(row)) commands.push({ seq: l.seq, at: l.at, dir: l.dir, queue_id: l.queueId, text: l.text });
+    } catch (err) {
+      unreadable.push({ first_seq: row.first_seq, last_seq: row.last_seq, at: row.at, error: (err as Error).message });
+    }
+  }
+  commands.sort((a, b) => a.seq - b.seq);
+  return unreadable.length > 0 ? { connection, messages, commands, unreadable } : { connection, messages, commands };
+}
+
+interface ChunkRow { first_seq: number; last_seq: number; at: number; data: Buffer }
+
+/** A database last written by a version that wrote a row per line has no chunks (read-only readers cannot add the table). */
+function readChunks(db: Database.Database, id: string): ChunkRow[] {
+  if (db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'transcript_chunks'`).get() === undefined) return [];
+  return db.prepare(`SELECT first_seq, last_seq, at, data FROM transcript_chunks WHERE connection_id = ? ORDER BY first_seq`).all(id) as ChunkRow[];
 }

@@ -182,7 +182,7 @@ describe('queue database statements', () => {
     expect(readScan(db, 'NEW')).toMatchObject({ queue_id: 'NEW', tenants: 'a' });
     expect(write({ op: 'pruneTranscripts', before: T0 })).toBe(1);
     expect(readConnections(db, { last: 10 }).map((c) => c.id)).toEqual(['C-NEW']);
-    expect(db.prepare(`SELECT COUNT(*) AS n FROM commands`).get()).toEqual({ n: 1 });
+    expect(db.prepare(`SELECT COUNT(*) AS n FROM transcript_chunks`).get()).toEqual({ n: 1 });
     expect(db.prepare(`SELECT COUNT(*) AS n FROM connection_messages`).get()).toEqual({ n: 1 });
   });
 

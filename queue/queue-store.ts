@@ -30,7 +30,7 @@ import { createSuppressionReader, type SuppressionEntry } from './queue-suppress
 export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientSelector, RecipientState, RecipientUpdate, WriteOp } from './queue-store-sql.js';
 
 /** The files the writer thread runs: the queue's operations and the records' (and the corrupt entries'). */
-const WRITER_SOURCES = ['queue-store-worker', 'queue-store-sql', 'queue-records-sql', 'queue-records-egress', 'queue-records-transcripts', 'queue-corrupt', 'queue-suppression-sql', 'queue-attempts-sql'];
+const WRITER_SOURCES = ['queue-store-worker', 'queue-store-sql', 'queue-records-sql', 'queue-records-egress', 'queue-records-transcripts', 'queue-records-transcript-chunks', 'queue-corrupt', 'queue-suppression-sql', 'queue-attempts-sql'];
 
 /** The writer thread's code: beside this file once built; from dist/ when running the TypeScript sources. */
 function workerUrl(): URL {

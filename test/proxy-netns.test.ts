@@ -21,9 +21,9 @@ import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canUseNetns, canUseOriginalDst, NetnsLab } from './helpers/netns.js';
+import { readTranscriptTables } from './helpers/records.js';
 
 const DIST = join(import.meta.dirname, '..', 'dist');
 const CLI = join(DIST, 'mta', 'mta-main.js');
@@ -247,17 +247,14 @@ describe.skipIf(!support.ok)(`transparent proxy against real netfilter${support.
    * of several client connections in turn.)
    */
   async function transcriptsOf(sender: string, count: number): Promise<Array<{ address: string; port: number; tenant: string }>> {
-    const query = `SELECT c.address, c.port, l.tenant FROM connection_messages l JOIN connections c ON c.id = l.connection_id
-      WHERE l.queue_id IN (SELECT queue_id FROM commands WHERE dir = 'client' AND queue_id IS NOT NULL AND text LIKE ?)`;
     const until = Date.now() + 10_000;
     for (;;) {
-      const db = new Database(join(dataDir, 'queue.db'), { readonly: true });
-      let rows: Array<{ address: string; port: number; tenant: string }>;
-      try {
-        rows = db.prepare(query).all(`MAIL FROM:<${sender}>%`) as typeof rows;
-      } finally {
-        db.close();
-      }
+      const { connections, links, commands } = readTranscriptTables(dataDir);
+      const sent = new Set(commands.filter((l) => l.dir === 'client' && l.queue_id !== null && l.text.startsWith(`MAIL FROM:<${sender}>`)).map((l) => l.queue_id));
+      const rows = links.filter((l) => sent.has(l.queue_id)).map((l) => {
+        const c = connections.find((s) => s.id === l.connection_id)!;
+        return { address: c.address, port: c.port, tenant: l.tenant };
+      });
       if (rows.length >= count || Date.now() > until) return rows;
       await new Promise((r) => setTimeout(r, 100));
     }

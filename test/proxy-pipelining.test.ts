@@ -6,11 +6,11 @@
 // transcript holds every line of the group, in order, tied to its transaction.
 import { join } from 'node:path';
 import { createServer, type Socket } from 'node:net';
-import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { adminRequest } from './helpers/app.js';
 import { cleanup, proxy, runCleanup, type OriginalDst } from './helpers/proxy-app.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
+import { readTranscriptTables } from './helpers/records.js';
 
 afterEach(runCleanup);
 
@@ -257,16 +257,11 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     c.send(`${BODY}.\r\n`);
     await rawReplies(c, 1);
     c.socket.destroy();
-    const query = `SELECT dir, text, queue_id FROM commands WHERE connection_id =
-      (SELECT connection_id FROM commands WHERE text = 'MAIL FROM:<tr@legacy.test>') ORDER BY seq`;
     let rows: Array<{ dir: string; text: string; queue_id: string | null }> = [];
     for (const until = Date.now() + 10_000; Date.now() < until; await new Promise((r) => setTimeout(r, 100))) {
-      const db = new Database(join(t.dataDir, 'queue.db'), { readonly: true });
-      try {
-        rows = db.prepare(query).all() as typeof rows;
-      } finally {
-        db.close();
-      }
+      const { commands } = readTranscriptTables(t.dataDir);
+      const session = commands.find((l) => l.text === 'MAIL FROM:<tr@legacy.test>')?.connection_id;
+      rows = commands.filter((l) => l.connection_id === session);
       if (rows.some((r) => r.text.startsWith('250 2.0.0 Ok: taken'))) break;
     }
     const tx = rows.filter((r) => r.queue_id !== null);

@@ -7,7 +7,7 @@ import { waitUntil } from './helpers/app.js';
 import { startDns } from './helpers/dns-server.js';
 import { startPolicyServer } from './helpers/policy-server.js';
 import { cleanup, proxy, runCleanup, sink, swaks, to } from './helpers/proxy-app.js';
-import { recordsDb } from './helpers/records.js';
+import { readTranscriptTables, recordsDb } from './helpers/records.js';
 import { makeTestCa } from './helpers/test-ca.js';
 
 afterEach(runCleanup);
@@ -46,10 +46,8 @@ describe('transparent proxy (loopback): outbound TLS policy', () => {
         return (db.prepare(`SELECT COUNT(*) AS n FROM connections WHERE ended IS NOT NULL`).get() as { n: number }).n === 2;
       } finally { db.close(); }
     }, 10_000, 'the transcripts');
-    const db = recordsDb(t.dataDir);
-    const rows = db.prepare(`SELECT host, tls, tenant FROM connections ORDER BY id`).all() as Array<{ host: string; tls: string; tenant: string }>;
-    const lines = db.prepare(`SELECT dir, text FROM commands ORDER BY connection_id, seq`).all() as Array<{ dir: string; text: string }>;
-    db.close();
+    const { connections, commands: lines } = readTranscriptTables(t.dataDir);
+    const rows = [...connections].sort((a, b) => a.id.localeCompare(b.id)) as Array<{ host: string; tls: string; tenant: string }>;
     expect(rows.map((r) => r.host)).toEqual(['mx.secure.test', 'mx.spoofed.test']);
     expect(rows.every((r) => /^TLSv1\.[23] /.test(r.tls))).toBe(true);
     expect(lines.map((l) => `${l.dir} ${l.text}`)).toContain('client RCPT TO:<x@secure.test>');

@@ -8,7 +8,7 @@
  */
 import type Database from 'better-sqlite3';
 import type { Command } from 'commander';
-import { readConnection, readConnections } from '../../queue/queue-records-transcripts.js';
+import { readConnection, readConnections, type UnreadableLines } from '../../queue/queue-records-transcripts.js';
 import { commandConfig, iso, openDb, positiveInt, printJson, safe } from './cli-common.js';
 
 const isoMs = (ms: number) => new Date(ms).toISOString();
@@ -39,18 +39,22 @@ async function show(id: string, cmd: Command, opts: { json?: boolean }): Promise
     process.exit(1);
   }
   if (opts.json) return printJson(session);
-  const { connection: c, messages, commands } = session;
+  const { connection: c, messages, commands, unreadable = [] } = session;
   const out = [
     `session ${c.id} (${c.protocol}) to ${safe(c.host)} [${c.address}]:${c.port} from ${c.local_address ?? '?'}:${c.local_port ?? '?'} as ${safe(c.helo)}`,
     `started ${isoMs(c.started_at)}, ${c.ended_at === null ? 'still open' : `ended ${isoMs(c.ended_at)}: ${safe(c.ended ?? '')}`}`,
     `tls ${c.tls ?? 'none'}; tenant ${c.tenant ?? '-'}; ${c.messages} messages, ${c.commands} commands, ${c.lines} lines, ${c.bytes_stored} bytes stored${c.truncated ? ' (truncated: maxBytesPerSession reached)' : ''}`,
   ];
   for (const m of messages) out.push(`message ${m.n}\t${m.queue_id}\t${m.tenant}\t${safe(m.recipients)}`);
+  const gaps = [...unreadable];
+  const gap = (g: UnreadableLines) => `${isoMs(g.at)}\t?\t!! lines ${g.first_seq}-${g.last_seq} were stored but cannot be read (${safe(g.error)})`;
   for (const l of commands) {
+    while (gaps.length > 0 && gaps[0].first_seq < l.seq) out.push(gap(gaps.shift()!));
     const who = l.dir === 'client' ? 'C:' : 'S:';
     for (const text of l.text.split('\n')) out.push(`${isoMs(l.at)}\t${l.queue_id ?? '-'}\t${who} ${safe(text)}`);
   }
-  const unstored = c.lines - commands.length;
+  out.push(...gaps.map(gap));
+  const unstored = c.lines - commands.length - unreadable.reduce((n, g) => n + g.last_seq - g.first_seq + 1, 0);
   if (unstored > 0) out.push(`... ${unstored} more lines counted but not stored`);
   process.stdout.write(out.join('\n') + '\n');
 }

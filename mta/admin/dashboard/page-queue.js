@@ -122,6 +122,13 @@ export async function transcriptPage(root, id) {
     el('h2', {}, 'Messages'),
     table([{ label: 'n', value: (m) => m.n }, { label: 'message', value: (m) => el('a', { href: `#/message/${m.queue_id}` }, m.queue_id) }, { label: 'recipients', value: (m) => m.recipients }], t.messages),
     el('h2', {}, 'Transcript'),
-    el('pre', { className: 'preview', id: 'transcript' }, t.commands.map((l) => `${l.dir === 'client' ? 'C:' : 'S:'} ${l.text}`).join('\n')),
+    el('pre', { className: 'preview', id: 'transcript' }, transcriptText(t)),
   );
+}
+
+/** The stored lines in order, with a marked gap where a stored chunk could not be read. */
+function transcriptText(t) {
+  const lines = t.commands.map((l) => [l.seq, `${l.dir === 'client' ? 'C:' : 'S:'} ${l.text}`]);
+  const gaps = (t.unreadable ?? []).map((g) => [g.first_seq, `!! lines ${g.first_seq}-${g.last_seq} were stored but cannot be read (${g.error})`]);
+  return [...lines, ...gaps].sort((a, b) => a[0] - b[0]).map(([, text]) => text).join('\n');
 }
