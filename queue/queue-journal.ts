@@ -230,7 +230,9 @@ export class SpoolJournal {
   drop(ids: string[]): Promise<void> {
     const held = ids.filter((id) => this.#where.has(id));
     for (const id of held) this.#unstored.delete(id);
-    if (held.length === 0) return Promise.resolve();
+    // Lazy outcomes waiting go first either way: the caller removes files next (a message too large
+    // for the journal has only its outcome here).
+    if (held.length === 0) return this.#waiting.length > 0 ? this.#enqueue([]) : Promise.resolve();
     return this.#enqueue(held.map((id) => ({ kind: 'dropped' as const, id })));
   }
 

@@ -35,6 +35,8 @@ describe('the run marker', () => {
     await mark({ bootId: 'another-boot', pid: process.pid, started: processStart(process.pid), startedAt: 3 });
     expect((await new RunMarker(dir).begin()).lastStop).toBe('machine');
     await writeFile(join(dir, 'running'), '{"bootId":"ab');
+    // A start stopped while it checks (its hook fails here) leaves the last run's marker as it was.
+    await expect(new RunMarker(dir).begin(async (lastStop) => { throw new Error(`stopped while handling ${lastStop}`); })).rejects.toThrow('stopped while handling machine');
     expect((await new RunMarker(dir).begin()).lastStop).toBe('machine');
     // Its own earlier marker (a queue opened again in the same process): not another Ichidan.
     expect((await new RunMarker(dir).begin()).lastStop).toBe('process');

@@ -52,8 +52,11 @@ export class RunMarker {
     this.path = join(dataDir, NAME);
   }
 
-  /** Reads how the last run ended and marks this one as running (durably). */
-  async begin(): Promise<{ lastStop: LastStop; since?: number }> {
+  /**
+   * Reads how the last run ended and marks this one as running (durably). `first` runs before the
+   * marker is replaced: a start stopped during it finds the last run's marker again, and does it again.
+   */
+  async begin(first?: (lastStop: LastStop, since?: number) => Promise<void>): Promise<{ lastStop: LastStop; since?: number }> {
     const last = await this.#read();
     let lastStop: LastStop = 'clean';
     if (last) {
@@ -63,6 +66,7 @@ export class RunMarker {
       }
       lastStop = sameBoot ? 'process' : 'machine';
     }
+    await first?.(lastStop, last?.startedAt);
     const marker: Marker = { bootId: this.boot, pid: process.pid, started: processStart(process.pid) ?? '', startedAt: Date.now() };
     const fh = await open(this.path, 'w', 0o600);
     try {
@@ -115,15 +119,16 @@ export class RunMarker {
 export async function beginRun(dataDir: string, log: Logger): Promise<RunMarker> {
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const marker = new RunMarker(dataDir);
-  const { lastStop, since } = await marker.begin();
-  if (lastStop === 'process') log.warn({ since }, 'the last run stopped without closing the queue: its journal is replayed');
-  if (lastStop !== 'machine') return marker;
-  const file = join(dataDir, 'queue.db');
-  log.warn({ since, file }, 'the machine stopped while the queue was open: checking the queue database');
-  const check = await checkAfterCrash(file);
-  if (!check.sound) {
-    log.error({ problems: check.problems, setAside: check.setAside },
-      'queue database damaged: set aside, and a new one started (journaled messages are inserted again, other spool files set aside as damaged)');
-  }
+  await marker.begin(async (lastStop, since) => {
+    if (lastStop === 'process') log.warn({ since }, 'the last run stopped without closing the queue: its journal is replayed');
+    if (lastStop !== 'machine') return;
+    const file = join(dataDir, 'queue.db');
+    log.warn({ since, file }, 'the machine stopped while the queue was open: checking the queue database');
+    const check = await checkAfterCrash(file);
+    if (!check.sound) {
+      log.error({ problems: check.problems, setAside: check.setAside },
+        'queue database damaged: set aside, and a new one started (journaled messages are inserted again, other spool files set aside as damaged)');
+    }
+  });
   return marker;
 }

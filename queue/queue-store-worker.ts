@@ -6,14 +6,19 @@
  *
  * Sync points (queue.fsync on): a batch none of whose units must be on the device when it resolves
  * (its contents are durable in the spool journal, or are records nobody waits on) is committed with
- * synchronous=OFF: nothing is synced, and the checkpoints it triggers copy pages into the database
- * file without a sync either, so the page cache absorbs most of the WAL's rewrites. A batch with a
- * durable unit is a sync point: committed with synchronous=FULL, then the WAL checkpointed in full
- * (which syncs the database file): every commit before it, unsynced ones included, is then on the
- * device. A busy checkpoint is that batch's error. Between sync points a crash of the machine may
- * leave the database damaged: the run marker (queue-run-marker.ts) notices and the store is checked
- * (queue-store-check.ts); what the journal still holds is replayed into it.
+ * synchronous=OFF: nothing is synced. The database file itself changes only at a sync point (no
+ * automatic checkpoints): a batch with a durable unit is committed with synchronous=FULL, then the
+ * WAL is checkpointed whole and emptied, the WAL synced before its pages are copied and the database
+ * file after: every commit before it, unsynced ones included, is then on the device. So a crash of
+ * the machine leaves the database file as of the last sync point, whole, and the WAL a valid prefix
+ * of the commits since (SQLite's frame checksums stop recovery at the first frame that did not
+ * reach the device): commits since the last sync point may be lost, and the spool journal holds
+ * what they were for. When the WAL grows past WAL_SYNC_BYTES without one, a sync point is made on
+ * the way. A checkpoint kept from finishing by a reader is tried again (BUSY_TRIES); should it
+ * still not finish, the batch's units fail. The run marker (queue-run-marker.ts) tells a start after
+ * a stop of the machine, which checks the database first (queue-store-check.ts).
  */
+import { statSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { configure, createWriter, type WriteOp } from './queue-store-sql.js';
@@ -24,9 +29,11 @@ export type UnitResult = { ok: true; results: unknown[] } | { ok: false; error: 
 const { file, fsync } = workerData as { file: string; fsync: boolean };
 const db = new Database(file);
 configure(db, fsync);
-// A small WAL is rewritten in place soon after it was written: between sync points the page cache
-// takes most of those writes, and each checkpoint at a sync point has little to copy.
-db.pragma('wal_autocheckpoint = 256');
+// Checkpoints only at sync points (see above): an unsynced one could leave the file half old, half new.
+db.pragma('wal_autocheckpoint = 0');
+/** A WAL this large is checkpointed (and synced) without waiting for a durable unit. */
+const WAL_SYNC_BYTES = 4 * 1024 * 1024;
+const BUSY_TRIES = 3;
 const apply = createWriter(db);
 const runUnit = db.transaction((unit: WriteOp[]) => unit.map(apply));
 /** The sync level set: FULL for a sync point, OFF between them (fsync on; always OFF when it is off). */
@@ -37,10 +44,20 @@ function syncFor(durable: boolean): void {
   full = durable;
 }
 
-/** Makes every commit so far durable: the WAL copied into the database file, both synced. */
+/** Makes every commit so far durable: the WAL synced, copied into the database file, that synced, the WAL emptied. */
 function syncPoint(): void {
-  const [r] = db.pragma('wal_checkpoint(FULL)') as Array<{ busy: number; log: number; checkpointed: number }>;
-  if (r.busy !== 0) throw Object.assign(new Error('the queue database could not be checkpointed (a reader held it): the commit is not synced'), { code: 'SQLITE_BUSY' });
+  syncFor(true);
+  for (let i = 1; ; i++) {
+    // Each try waits up to the busy timeout for readers of older snapshots.
+    const [r] = db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number; log: number; checkpointed: number }>;
+    if (r.busy === 0) return;
+    if (i >= BUSY_TRIES) throw Object.assign(new Error('the queue database could not be checkpointed (a reader held it): the commit is not synced'), { code: 'SQLITE_BUSY' });
+  }
+}
+
+/** Bytes in the WAL: everything since the last sync point (it is emptied at each). */
+function walBytes(): number {
+  return statSync(`${file}-wal`, { throwIfNoEntry: false })?.size ?? 0;
 }
 
 function describe(err: unknown): { message: string; code?: string; name?: string } {
@@ -90,6 +107,14 @@ parentPort!.on('message', (msg: Batch | { close: true }) => {
       // Committed, but not known to be on the device: no durable unit may resolve as if it were.
       const error = describe(err);
       results = results.map((r) => (r.ok ? { ok: false as const, error } : r));
+    }
+  } else if (fsync && walBytes() > WAL_SYNC_BYTES) {
+    // Nobody waits on it: a failure leaves it for the next sync point.
+    try {
+      syncPoint();
+      synced = true;
+    } catch {
+      synced = false;
     }
   }
   parentPort!.postMessage({ seq: msg.seq, results, synced });
