@@ -541,7 +541,7 @@ export class Queue {
       await Promise.all(ids.map((id) => this.spool.remove(id)));
       // Unsynced with the journal on: rows that come back after a crash are of messages already done (or
       // their final outcomes are in the journal), and are swept again.
-      await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })), { essential: true, durable: !this.journal });
+      await this.store.write(ids.map((id) => ({ op: 'deleteMessage' as const, id })), { essential: true, durable: !this.journal, lazy: true });
     } catch (err) {
       this.log.error({ err }, 'queue sweep failed');
     } finally {

@@ -57,7 +57,7 @@ export async function commitAttempt(ctx: CommitContext, msg: MessageRow, plan: E
     const results = await ctx.store.write([
       { op: 'updateRecipients', messageId: msg.id, updates: [...updates.values()], now },
       ...written.map((w) => ({ op: 'insertMessage' as const, message: w.notice.message })),
-    ], { essential: true, durable: journal === null });
+    ], { essential: true, durable: journal === null, lazy: true });
     noticeIds = results.slice(1) as number[][];
   } catch (err) {
     const discard = () => Promise.all(written.map((w) => w.notice.writer.discard()

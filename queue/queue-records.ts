@@ -62,13 +62,13 @@ export class QueueRecords {
   recordScan(scan: ScanRecord): void {
     this.#stats.add(scan);
     // Records, not mail: no sync of their own (the next sync point takes them), so a flood of refused mail costs no syncs.
-    this.store.write([{ op: 'recordScans', records: [scan] }], { durable: false }).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record a scan'));
+    this.store.write([{ op: 'recordScans', records: [scan] }], { durable: false, lazy: true }).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record a scan'));
   }
 
   /** Runs of shadow engines that ended after the verdict: added to the message's record and the statistics. */
   recordLateRuns(scan: ScanRecord, runs: RunRecord[]): void {
     this.#stats.addLate(scan, runs);
-    this.store.write([{ op: 'appendScanRuns', queueId: scan.queueId, runs }], { durable: false }).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record late scans'));
+    this.store.write([{ op: 'appendScanRuns', queueId: scan.queueId, runs }], { durable: false, lazy: true }).catch((err) => this.log.error({ err, qid: scan.queueId }, 'could not record late scans'));
   }
 
   /** An engine's breaker, health or operator switch changed (a disable or enable is kept across restarts). */
@@ -131,7 +131,7 @@ export class QueueRecords {
       await this.store.write([
         { op: 'pruneScans', before: now - keep.scans },
         { op: 'pruneTranscripts', before: now - keep.transcripts },
-      ], { durable: false });
+      ], { durable: false, lazy: true });
     }
   }
 
@@ -151,7 +151,7 @@ export class QueueRecords {
     const chunks = this.#transcripts.splice(0);
     if (chunks.length === 0) return Promise.resolve();
     // A record, not mail: committed without a sync of its own (the next sync point takes it).
-    return this.store.write(chunks.map((chunk) => ({ op: 'recordTranscript' as const, chunk })), { durable: false })
+    return this.store.write(chunks.map((chunk) => ({ op: 'recordTranscript' as const, chunk })), { durable: false, lazy: true })
       .then(() => undefined, (err) => this.log.error({ err, sessions: chunks.length }, 'could not record session transcripts'));
   }
 
@@ -160,7 +160,7 @@ export class QueueRecords {
     const rows = this.#stats.takeDirty();
     if (rows.length === 0) return;
     try {
-      await this.store.write([{ op: 'saveEngineStats', rows }], { durable: false });
+      await this.store.write([{ op: 'saveEngineStats', rows }], { durable: false, lazy: true });
     } catch (err) {
       this.#stats.restore(rows);
       throw err;

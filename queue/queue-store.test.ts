@@ -78,6 +78,30 @@ describe('commits that need no sync', () => {
   });
 });
 
+describe('lazy units', () => {
+  it('wait a moment for company, and go at once with a unit that is not lazy', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
+    const store = new QueueStore(join(dir, 'queue.db'), true);
+    try {
+      await store.write([{ op: 'pruneScans', before: 0 }], { durable: false });
+      let started = performance.now();
+      await store.write([{ op: 'pruneScans', before: 0 }], { durable: false, lazy: true });
+      expect(performance.now() - started).toBeGreaterThanOrEqual(40);
+      // Taken along by a unit a reply waits on: both done well before the lazy one's wait would end.
+      started = performance.now();
+      let lazyDone = 0;
+      const lazy = store.write([{ op: 'pruneScans', before: 0 }], { durable: false, lazy: true }).then(() => { lazyDone = performance.now() - started; });
+      await new Promise((r) => setTimeout(r, 5));
+      await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+      await lazy;
+      expect(lazyDone).toBeLessThan(40);
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('sync points', () => {
   /** The messages a copy of the database file alone holds (without its WAL: what a sync point put there). */
   const inFileAlone = async (dir: string): Promise<number> => {

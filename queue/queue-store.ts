@@ -54,7 +54,14 @@ interface Pending {
   durable: boolean;
   /** Already tried again once room was made: a second failure is final. */
   retried?: boolean;
+  /** Nobody waits on it for a reply: it may wait LAZY_MS for others to share its commit (see `write`). */
+  lazy: boolean;
+  /** When it was queued (performance.now()). */
+  at: number;
 }
+
+/** How long units nobody is waiting on for a reply may wait for company. */
+const LAZY_MS = 50;
 
 export class QueueStore {
   readonly db: Database.Database;
@@ -66,6 +73,7 @@ export class QueueStore {
   #seq = 0;
   #lastStart = 0;
   #timer: NodeJS.Timeout | null = null;
+  #lazyTimer: NodeJS.Timeout | null = null;
   #closed = false;
   #closing: Promise<boolean> | null = null;
   /** Batches committed as sync points: every commit before each was then on the device. */
@@ -137,13 +145,17 @@ export class QueueStore {
    * `refuseNewMail` says so. A unit that is not `durable` (a new message already durable in the
    * spool journal, or a record nobody waits on) is committed without a sync (synchronous=OFF); a
    * batch holding any durable unit is a sync point, which makes every earlier commit durable too.
+   * A `lazy` unit (no reply waits on it: a delivery outcome already journaled, a sweep, records)
+   * waits up to LAZY_MS for other units to share its commit: every page a commit changes goes into
+   * the WAL whole, so rows of several messages in one commit cost the device less.
    */
-  write(unit: WriteOp[], opts: { essential?: boolean; durable?: boolean } = {}): Promise<unknown[]> {
+  write(unit: WriteOp[], opts: { essential?: boolean; durable?: boolean; lazy?: boolean } = {}): Promise<unknown[]> {
     if (this.#dead) return Promise.reject(this.#dead);
     if (this.#closed) return Promise.reject(new Error('queue database is closed'));
     this.#worker.ref();
     return new Promise((resolve, reject) => {
-      this.#pending.push({ unit, resolve, reject, essential: opts.essential ?? false, durable: opts.durable ?? true });
+      const durable = opts.durable ?? true;
+      this.#pending.push({ unit, resolve, reject, essential: opts.essential ?? false, durable, lazy: !durable && (opts.lazy ?? false), at: performance.now() });
       this.#pump();
     });
   }
@@ -151,6 +163,15 @@ export class QueueStore {
   #pump(): void {
     if (this.#inFlight.size === 0 && this.#pending.length === 0 && !this.#closing) this.#worker.unref();
     if (this.#inFlight.size > 0 || this.#pending.length === 0 || this.#timer) return;
+    if (this.#pending.every((p) => p.lazy) && this.#lastStart !== -Infinity) {
+      const wait = this.#pending[0].at + LAZY_MS - performance.now();
+      if (wait > 0) {
+        this.#lazyTimer ??= setTimeout(() => { this.#lazyTimer = null; this.#pump(); }, wait);
+        return;
+      }
+    }
+    if (this.#lazyTimer) clearTimeout(this.#lazyTimer);
+    this.#lazyTimer = null;
     // Units that need no sync (new messages already durable in the journal, each waited on by a 250)
     // do not wait for a window: they go as soon as the previous commit is done, together with
     // whatever came meanwhile (group commit without a floor). Durable ones use queue.commitWindow.
@@ -223,6 +244,8 @@ export class QueueStore {
       clearTimeout(this.#timer);
       this.#timer = null;
     }
+    if (this.#lazyTimer) clearTimeout(this.#lazyTimer);
+    this.#lazyTimer = null;
     this.#lastStart = -Infinity;
     while (!this.#dead && (this.#pending.length > 0 || this.#inFlight.size > 0)) {
       this.#pump();
