@@ -61,29 +61,64 @@ export type TranscriptWriteOp =
   | { op: 'recordTranscript'; chunk: TranscriptChunk }
   | { op: 'pruneTranscripts'; before: number };
 
+/**
+ * Chunks of the same session merged into one (its row as the last chunk has it, every line and
+ * message in order), in the order the sessions first appear: a pooled session carries many
+ * messages between two writes, and its row need then be written once, not once a message.
+ */
+export function mergeChunks(chunks: TranscriptChunk[]): TranscriptChunk[] {
+  const byId = new Map<string, TranscriptChunk>();
+  for (const chunk of chunks) {
+    const merged = byId.get(chunk.connection.id);
+    if (!merged) {
+      byId.set(chunk.connection.id, { connection: chunk.connection, lines: [...chunk.lines], messages: [...chunk.messages] });
+      continue;
+    }
+    merged.connection = chunk.connection;
+    for (const line of chunk.lines) merged.lines.push(line);
+    for (const message of chunk.messages) merged.messages.push(message);
+  }
+  return [...byId.values()];
+}
+
+/** Command lines written by one statement: one INSERT of many rows costs about what one of a single row does. */
+const LINES_PER_INSERT = 32;
+
 /** Prepares the transcript statements on the writer's connection; returns the function that applies one operation. */
 export function createTranscriptWriter(db: Database.Database): (op: TranscriptWriteOp) => unknown {
   const s = {
     saveConnection: db.prepare(`INSERT INTO connections (id, started_at, ended_at, host, protocol, address, port, local_address, local_port, tls, helo, tenant,
       messages, commands, lines, bytes_stored, truncated, ended)
-      VALUES (@id, @startedAt, @endedAt, @host, @protocol, @address, @port, @localAddress, @localPort, @tls, @helo, @tenant,
-      @messages, @commands, @lines, @bytesStored, @truncated, @ended)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
       ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, local_address = excluded.local_address, local_port = excluded.local_port,
       tls = excluded.tls, tenant = excluded.tenant, messages = excluded.messages, commands = excluded.commands, lines = excluded.lines,
       bytes_stored = excluded.bytes_stored, truncated = excluded.truncated, ended = excluded.ended`),
     insertConnectionMessage: db.prepare(`INSERT OR REPLACE INTO connection_messages (connection_id, n, at, queue_id, tenant, recipients) VALUES (?, ?, ?, ?, ?, ?)`),
-    insertCommand: db.prepare(`INSERT OR REPLACE INTO commands (connection_id, seq, at, dir, queue_id, text) VALUES (?, ?, ?, ?, ?, ?)`),
     pruneCommands: db.prepare(`DELETE FROM commands WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
     pruneConnectionMessages: db.prepare(`DELETE FROM connection_messages WHERE connection_id IN (SELECT id FROM connections WHERE COALESCE(ended_at, started_at) < ?)`),
     pruneConnections: db.prepare(`DELETE FROM connections WHERE COALESCE(ended_at, started_at) < ?`),
   };
+  // INSERT statements by the number of rows they write, prepared when first needed.
+  const inserts: Database.Statement[] = [];
+  const insertCommands = (n: number): Database.Statement =>
+    (inserts[n] ??= db.prepare(`INSERT OR REPLACE INTO commands (connection_id, seq, at, dir, queue_id, text) VALUES ${Array(n).fill('(?, ?, ?, ?, ?, ?)').join(', ')}`));
+  const values: unknown[] = [];
   return (op) => {
     switch (op.op) {
       case 'recordTranscript': {
         const { connection: c, lines, messages } = op.chunk;
-        s.saveConnection.run({ ...c, truncated: c.truncated ? 1 : 0 });
+        s.saveConnection.run(c.id, c.startedAt, c.endedAt, c.host, c.protocol, c.address, c.port, c.localAddress, c.localPort, c.tls, c.helo, c.tenant,
+          c.messages, c.commands, c.lines, c.bytesStored, c.truncated ? 1 : 0, c.ended);
         for (const m of messages) s.insertConnectionMessage.run(c.id, m.n, m.at, m.queueId, m.tenant, m.recipients.join(','));
-        for (const l of lines) s.insertCommand.run(c.id, l.seq, l.at, l.dir, l.queueId, l.text);
+        for (let from = 0; from < lines.length; from += LINES_PER_INSERT) {
+          const to = Math.min(lines.length, from + LINES_PER_INSERT);
+          values.length = 0;
+          for (let i = from; i < to; i++) {
+            const l = lines[i];
+            values.push(c.id, l.seq, l.at, l.dir, l.queueId, l.text);
+          }
+          insertCommands(to - from).run(values);
+        }
         return null;
       }
       case 'pruneTranscripts':
