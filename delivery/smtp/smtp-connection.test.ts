@@ -66,6 +66,18 @@ function esmtp(extensions: string[]) {
   return { answer, bodies };
 }
 
+/** A connection to an ordinary ESMTP peer with MAIL and RCPT said: DATA is next. */
+async function inTransaction(): Promise<{ client: SmtpConnection; peerState: ReturnType<typeof esmtp> }> {
+  const peerState = esmtp([]);
+  const { port } = await peer('220 p.test\r\n', peerState.answer);
+  const client = open(port);
+  await client.connect();
+  await client.hello('me.test');
+  await client.command('MAIL FROM:<s@x.test>');
+  await client.command('RCPT TO:<r@x.test>');
+  return { client, peerState };
+}
+
 describe('SMTP connection', () => {
   it('ends QUIT at once when the destination closes without its 221, leaving no reply timer behind', async () => {
     const { port } = await peer('220 drop.test\r\n', (line, s) => (/^QUIT/.test(line) ? (s.destroy(), null) : '250 ok\r\n'));
@@ -149,13 +161,7 @@ describe('SMTP connection', () => {
   });
 
   it('dot-stuffs the body and ends it with CRLF "." CRLF even when the body has no final line break', async () => {
-    const peerState = esmtp([]);
-    const { port } = await peer('220 p.test\r\n', peerState.answer);
-    const client = open(port);
-    await client.connect();
-    await client.hello('me.test');
-    await client.command('MAIL FROM:<s@x.test>');
-    await client.command('RCPT TO:<r@x.test>');
+    const { client, peerState } = await inTransaction();
     // The dot begins a line in the middle of a chunk and at the start of the next chunk.
     const reply = await client.data(Readable.from([Buffer.from('a\r\n.one\r\n'), Buffer.from('.two\r\nlast')]));
     expect(reply.code).toBe(250);
@@ -164,13 +170,7 @@ describe('SMTP connection', () => {
   });
 
   it('sends a body that ends in the turn its last chunk came in, and the final dot, in one write', async () => {
-    const peerState = esmtp([]);
-    const { port } = await peer('220 p.test\r\n', peerState.answer);
-    const client = open(port);
-    await client.connect();
-    await client.hello('me.test');
-    await client.command('MAIL FROM:<s@x.test>');
-    await client.command('RCPT TO:<r@x.test>');
+    const { client, peerState } = await inTransaction();
     expect(await client.command('DATA')).toMatchObject({ code: 354 });
     // What the socket hands to the kernel, one call a write (writev included).
     const socket = client.socket as unknown as { _writeGeneric: (...args: unknown[]) => unknown };
