@@ -207,7 +207,7 @@ export class ProxySession {
     const source = this.#slot ? this.#slot.source.address : this.#lastSource;
     const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
     if (refusal) return toReply(reply(451, STATUS.notAllowedNow, `${refusal}; try again later`));
-    if (!this.#client && clientWaits && this.#site && !this.#failed) {
+    if (!this.#client && clientWaits && this.#site) {
       // Its turn and a pooled (or new) connection now, on the site the last transaction had.
       this.#opening = this.#reopen();
       const opened = await this.#opening;
