@@ -17,6 +17,9 @@
  * stdout suits journald (a systemd unit's default). With `log.file` the lines are appended to that
  * file instead, and `reopen` (the process calls it on SIGUSR2) opens the file again under its name:
  * logrotate renames the file, then signals, and no line is lost or copied (no copytruncate).
+ * Lines leave in batches (`BATCHED`): one write when 4 KB have gathered, or within 100 ms of the
+ * first, not one write per line (a busy proxy logs a line per transaction); what is waiting is
+ * written when the process exits.
  * Settings: log.level, log.file.
  */
 import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
@@ -24,8 +27,11 @@ import { dirname, join } from 'node:path';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import { packageRoot } from './mta-package.js';
 
+/** A write per 4 KB of lines, or 100 ms after a line at the latest. */
+const BATCHED = { minLength: 4096, periodicFlush: 100 } as const;
+
 export function createLogger(level: string, destination?: DestinationStream | NodeJS.WritableStream): Logger {
-  return pino({ level, base: { service: 'ichidan' }, timestamp: pino.stdTimeFunctions.isoTime }, destination ?? pino.destination({ sync: false }));
+  return pino({ level, base: { service: 'ichidan' }, timestamp: pino.stdTimeFunctions.isoTime }, destination ?? pino.destination({ sync: false, ...BATCHED }));
 }
 
 /**
@@ -36,7 +42,7 @@ export function createProcessLogger(settings: { level: string; file?: string }):
   if (settings.file === undefined) return { log: createLogger(settings.level), reopen: () => {} };
   mkdirSync(dirname(settings.file), { recursive: true });
   closeSync(openSync(settings.file, 'a', 0o640));
-  const destination = pino.destination({ dest: settings.file, append: true, mkdir: true, sync: false });
+  const destination = pino.destination({ dest: settings.file, append: true, mkdir: true, sync: false, ...BATCHED });
   return { log: createLogger(settings.level, destination), reopen: () => destination.reopen() };
 }
 

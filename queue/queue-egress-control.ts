@@ -37,12 +37,7 @@ import type { QueueConfig } from './queue-config.js';
 import type { Scheduler } from './queue-scheduler.js';
 import type { EgressEvent, EgressEventKind, NewEgressEvent } from './queue-records-egress.js';
 import type { QueueRecords } from './queue-records.js';
-
-interface Seen {
-  at: number;
-  tenant: string;
-  throttled: boolean;
-}
+import { SeenWindow, type Seen } from './queue-egress-seen.js';
 
 interface PairMemory {
   /** Pauses within the throttle window, for the doubling. */
@@ -86,7 +81,7 @@ const SLOW_EVENT_EVERY_MS = 60_000;
 const PRUNE_EVERY_MS = 60_000;
 
 export class EgressControl {
-  readonly #seen = new Map<string, Seen[]>();
+  readonly #seen = new Map<string, SeenWindow>();
   readonly #pairs = new Map<string, PairMemory>();
   /** (tenant, site) suspended by this control, until when. */
   readonly #suspended = new Map<string, number>();
@@ -304,7 +299,7 @@ export class EgressControl {
   /** Forgets what the window no longer needs: sites and pairs with nothing recent, suspensions that ended. */
   #prune(now: number, window: number): void {
     this.#prunedAt = now;
-    for (const [site, list] of this.#seen) if (list.length === 0 || list[list.length - 1].at < now - window) this.#seen.delete(site);
+    for (const [site, list] of this.#seen) if ((list.lastAt ?? -Infinity) < now - window) this.#seen.delete(site);
     for (const [key, mem] of this.#pairs) {
       if (mem.pausedUntil <= now && now - Math.max(mem.lastPauseAt, mem.lastSlowEventAt) > window) this.#pairs.delete(key);
     }
@@ -319,11 +314,8 @@ export class EgressControl {
 
   #remember(site: string, seen: Seen, since: number): void {
     let list = this.#seen.get(site);
-    if (!list) this.#seen.set(site, (list = []));
-    list.push(seen);
-    let drop = 0;
-    while (drop < list.length && (list[drop].at < since || list.length - drop > MAX_SEEN_PER_SITE)) drop++;
-    if (drop > 0) list.splice(0, drop);
+    if (!list) this.#seen.set(site, (list = new SeenWindow(MAX_SEEN_PER_SITE)));
+    list.add(seen, since);
   }
 
   /**

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { TranscriptChunk, TranscriptLine } from '../delivery/index.js';
-import { readConnection } from './queue-records-transcripts.js';
+import { mergeChunks, readConnection } from './queue-records-transcripts.js';
 import { createWriter, migrate, SCHEMA, type WriteOp } from './queue-store-sql.js';
 
 const T0 = 1_800_000_000_000;
@@ -96,5 +96,29 @@ describe('transcript storage', () => {
     const session = readConnection(db, 'C1')!;
     expect(session.commands).toEqual(rows([...lines.slice(0, 5), ...lines.slice(7)]));
     expect(session.unreadable).toEqual([{ first_seq: 6, last_seq: 7, at: lines[5].at, error: expect.any(String) }]);
+  });
+});
+
+describe('a batch\'s chunks merged per session', () => {
+  it('gives one chunk a session, its last row, every line and message in order, and stores the same as chunk by chunk', () => {
+    // Each message numbered in the session (M1 first, M2 second), as the client numbers them.
+    const chunks = [lines.slice(0, 5), lines.slice(5, 7), lines.slice(7)].map((part) => {
+      const c = chunk('S1', part);
+      return { ...c, messages: c.messages.map((m) => ({ ...m, n: Number(m.queueId.slice(1)) })) };
+    });
+    const merged = mergeChunks([chunks[0], chunk('S2', lines.slice(0, 3)), chunks[1], chunks[2]]);
+    expect(merged.map((c) => c.connection.id)).toEqual(['S1', 'S2']);
+    expect(merged[0].connection).toBe(chunks[2].connection);
+    expect(merged[0].lines.map((l) => l.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(merged[0].messages.map((m) => m.queueId)).toEqual(['M1', 'M2']);
+    // The chunks handed in are left as they were.
+    expect(chunks[0].lines).toHaveLength(5);
+
+    for (const c of chunks) write({ op: 'recordTranscript', chunk: c });
+    const oneByOne = readConnection(db, 'S1');
+    db.exec('DELETE FROM transcript_chunks; DELETE FROM connections; DELETE FROM connection_messages;');
+    write({ op: 'recordTranscript', chunk: merged[0] });
+    expect(count('transcript_chunks')).toBe(1);
+    expect(readConnection(db, 'S1')).toEqual(oneByOne);
   });
 });

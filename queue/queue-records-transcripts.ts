@@ -74,6 +74,26 @@ export type TranscriptWriteOp =
   | { op: 'recordTranscript'; chunk: TranscriptChunk }
   | { op: 'pruneTranscripts'; before: number };
 
+/**
+ * Chunks of the same session merged into one (its row as the last chunk has it, every line and
+ * message in order), in the order the sessions first appear: a pooled session carries many
+ * messages between two writes, and its row and its chunk need then be written once, not once a message.
+ */
+export function mergeChunks(chunks: TranscriptChunk[]): TranscriptChunk[] {
+  const byId = new Map<string, TranscriptChunk>();
+  for (const chunk of chunks) {
+    const merged = byId.get(chunk.connection.id);
+    if (!merged) {
+      byId.set(chunk.connection.id, { connection: chunk.connection, lines: [...chunk.lines], messages: [...chunk.messages] });
+      continue;
+    }
+    merged.connection = chunk.connection;
+    merged.lines.push(...chunk.lines);
+    merged.messages.push(...chunk.messages);
+  }
+  return [...byId.values()];
+}
+
 /** Prepares the transcript statements on the writer's connection; returns the function that applies one operation. */
 export function createTranscriptWriter(db: Database.Database): (op: TranscriptWriteOp) => unknown {
   const s = {

@@ -21,6 +21,7 @@ import type { EngineEvent, OperatorSwitch } from '../engines/engines-host.js';
 import { EngineStats, type RunRecord, type ScanRecord } from '../engines/engines-records.js';
 import { readEgressEvent, readEgressEventByUid, readEgressEvents, type EgressEvent, type NewEgressEvent } from './queue-records-egress.js';
 import { readEngineStats, readSwitches } from './queue-records-sql.js';
+import { mergeChunks } from './queue-records-transcripts.js';
 import type { QueueStore } from './queue-store.js';
 
 /** Engine statistics are written this often (and at close). */
@@ -143,12 +144,13 @@ export class QueueRecords {
 
   /**
    * Transcripts are written in batches: many sessions' lines share their database pages and one
-   * commit, instead of each message's few lines rewriting whole pages of their own.
+   * commit, instead of each message's few lines rewriting whole pages of their own; a session's
+   * chunks in one batch are one write of its row.
    */
   #flushTranscripts(): Promise<void> {
     if (this.#transcriptTimer) clearTimeout(this.#transcriptTimer);
     this.#transcriptTimer = null;
-    const chunks = this.#transcripts.splice(0);
+    const chunks = mergeChunks(this.#transcripts.splice(0));
     if (chunks.length === 0) return Promise.resolve();
     // A record, not mail: committed without a sync of its own (the next sync point takes it).
     return this.store.write(chunks.map((chunk) => ({ op: 'recordTranscript' as const, chunk })), { durable: false, lazy: true })

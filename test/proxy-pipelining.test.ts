@@ -17,6 +17,8 @@ afterEach(runCleanup);
 interface PeerOptions {
   host: string;
   pipelining: boolean;
+  /** The raw reply to MAIL FROM:<address> (CRLF-terminated lines); undefined: 250 2.1.0. */
+  mail?: (address: string) => string | undefined;
   /** The raw reply to RCPT TO:<address> (CRLF-terminated lines); undefined: 250 2.1.5. */
   rcpt?: (address: string) => string | undefined;
   /** The raw reply after the final dot. */
@@ -84,7 +86,7 @@ async function peer(opts: PeerOptions) {
         buffer = buffer.slice(nl + 2);
         const verb = line.slice(0, 4).toUpperCase();
         if (verb === 'EHLO') say(`250-peer.test\r\n${opts.pipelining ? '250-PIPELINING\r\n' : ''}250 8BITMIME\r\n`);
-        else if (verb === 'MAIL') say('250 2.1.0 sender ok\r\n');
+        else if (verb === 'MAIL') say(opts.mail?.(/<([^>]*)>/.exec(line)![1]) ?? '250 2.1.0 sender ok\r\n');
         else if (verb === 'RCPT') {
           const address = /<([^>]*)>/.exec(line)![1];
           const reply = opts.rcpt?.(address) ?? '250 2.1.5 recipient ok\r\n';
@@ -147,6 +149,7 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     expect((await rawReplies(c, 3)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '354']);
     c.send(`${BODY}.\r\n`);
     expect((await rawReplies(c, 1))[0]).toMatch(/^250 /);
+    console.log(JSON.stringify(transactionChunks(dest.chunks)));
     expect(transactionChunks(dest.chunks).slice(1)).toEqual(['RSET\r\nMAIL FROM:<b@legacy.test>\r\nRCPT TO:<y@dest.test>\r\nDATA\r\n']);
     c.socket.destroy();
   });
@@ -246,6 +249,34 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     for (const until = Date.now() + 10_000; dest.closedInData === 0 && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
     expect(dest.closedInData).toBe(1);
     expect(dest.messages).toEqual([]);
+  });
+
+  it('answers a later MAIL FROM of a client that waits for each reply with the destination\'s own reply, a refusal too', async () => {
+    const dest = await peer({ host: '127.0.0.89', pipelining: true, mail: (a) => (a === 'no@legacy.test' ? '550-5.7.1 not this sender\r\n550 5.7.1 see you\r\n' : undefined) });
+    const t = await proxy(() => dest.endpoint);
+    const c = await client(t.port('proxy'));
+    const transaction = async (from: string, to: string) => {
+      c.send(`MAIL FROM:<${from}>\r\n`);
+      const [mail] = await rawReplies(c, 1);
+      c.send(`RCPT TO:<${to}>\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
+      c.send('DATA\r\n');
+      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
+      c.send(`${BODY}.\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      return mail;
+    };
+    // The first: no destination site is known before a recipient names it, so the proxy answers.
+    expect(await transaction('a@legacy.test', 'x@dest.test')).toBe('250 2.1.0 Ok\r\n');
+    // Later ones: the destination's reply, its MAIL sent (after the pooled session's RSET) before any RCPT.
+    expect(await transaction('b@legacy.test', 'y@dest.test')).toBe('250 2.1.0 sender ok\r\n');
+    expect(transactionChunks(dest.chunks).slice(3)).toEqual(['RSET\r\nMAIL FROM:<b@legacy.test>\r\n', 'RCPT TO:<y@dest.test>\r\n', 'DATA\r\n']);
+    c.send('MAIL FROM:<no@legacy.test>\r\n');
+    expect(await rawReplies(c, 1)).toEqual(['550-5.7.1 not this sender\r\n550 5.7.1 see you\r\n']);
+    // The refused sender's transaction never began: the client's next one goes through.
+    expect(await transaction('c@legacy.test', 'z@dest.test')).toBe('250 2.1.0 sender ok\r\n');
+    expect(dest.messages.map((m) => m.rcpt)).toEqual([['x@dest.test'], ['y@dest.test'], ['z@dest.test']]);
+    c.socket.destroy();
   });
 
   it('records the pipelined group whole in the transcript, in order, tied to its transaction', async () => {

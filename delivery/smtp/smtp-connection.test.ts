@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { SMTPServer } from 'smtp-server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { tlsProblem } from '../delivery-tls.js';
@@ -64,6 +64,18 @@ function esmtp(extensions: string[]) {
     return '250 2.0.0 ok\r\n';
   };
   return { answer, bodies };
+}
+
+/** A connection to an ordinary ESMTP peer with MAIL and RCPT said: DATA is next. */
+async function inTransaction(): Promise<{ client: SmtpConnection; peerState: ReturnType<typeof esmtp> }> {
+  const peerState = esmtp([]);
+  const { port } = await peer('220 p.test\r\n', peerState.answer);
+  const client = open(port);
+  await client.connect();
+  await client.hello('me.test');
+  await client.command('MAIL FROM:<s@x.test>');
+  await client.command('RCPT TO:<r@x.test>');
+  return { client, peerState };
 }
 
 describe('SMTP connection', () => {
@@ -149,17 +161,32 @@ describe('SMTP connection', () => {
   });
 
   it('dot-stuffs the body and ends it with CRLF "." CRLF even when the body has no final line break', async () => {
-    const peerState = esmtp([]);
-    const { port } = await peer('220 p.test\r\n', peerState.answer);
-    const client = open(port);
-    await client.connect();
-    await client.hello('me.test');
-    await client.command('MAIL FROM:<s@x.test>');
-    await client.command('RCPT TO:<r@x.test>');
+    const { client, peerState } = await inTransaction();
     // The dot begins a line in the middle of a chunk and at the start of the next chunk.
     const reply = await client.data(Readable.from([Buffer.from('a\r\n.one\r\n'), Buffer.from('.two\r\nlast')]));
     expect(reply.code).toBe(250);
     expect(peerState.bodies).toEqual(['a\r\n..one\r\n..two\r\nlast']);
+    client.close();
+  });
+
+  it('sends a body that ends in the turn its last chunk came in, and the final dot, in one write', async () => {
+    const { client, peerState } = await inTransaction();
+    expect(await client.command('DATA')).toMatchObject({ code: 354 });
+    // What the socket hands to the kernel, one call a write (writev included).
+    const socket = client.socket as unknown as { _writeGeneric: (...args: unknown[]) => unknown };
+    const writeGeneric = socket._writeGeneric.bind(socket);
+    const writes: number[] = [];
+    socket._writeGeneric = (writev: unknown, data: unknown, ...rest: unknown[]) => {
+      writes.push(writev ? (data as Array<{ chunk: Buffer }>).reduce((n, c) => n + c.chunk.length, 0) : (data as Buffer).length);
+      return writeGeneric(writev, data, ...rest);
+    };
+    const body = new PassThrough();
+    const replies = client.body(body, 1);
+    body.write(Buffer.alloc(2048, 'a'));
+    body.end(Buffer.from('\r\nlast line\r\n'));
+    expect((await replies)[0].code).toBe(250);
+    expect(writes).toEqual([2048 + 13 + 3]);
+    expect(peerState.bodies).toEqual([`${'a'.repeat(2048)}\r\nlast line`]);
     client.close();
   });
 

@@ -244,11 +244,12 @@ export class SmtpConnection extends EventEmitter {
         this.#check();
         bytes += chunk.length;
         onProgress?.(bytes);
-        // Chunks that come in the same turn (the last one and the final dot, most often) leave in one write.
+        // Chunks that come in the same turn of the event loop (the last one and the final dot, most
+        // often, which the stream ends with a few ticks after its last chunk) leave in one write.
         if (!corked) {
           corked = true;
           socket.cork();
-          process.nextTick(() => {
+          setImmediate(() => {
             corked = false;
             socket.uncork();
           });

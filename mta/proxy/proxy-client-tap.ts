@@ -3,11 +3,12 @@
  * pipelined group as one (RFC 2920):
  *   - the last chunk the client sent, by reference (no copy, no per-chunk work but keeping it): when
  *     smtp-server hands over a RCPT, whether the client sent DATA right after it is read off the
- *     chunk's end, so that DATA goes to the destination in the RCPT's group;
+ *     chunk's end, so that DATA goes to the destination in the RCPT's group; when it hands over a
+ *     MAIL, whether the client sent nothing after it (it waits for the reply);
  *   - the replies held back while a command waits for the destination (the socket corked), so
  *     that the replies to a group (MAIL's, each RCPT's, DATA's 354) leave in one write.
  * Takes: the client's TCP socket at accept, its TLS socket after STARTTLS; gives `dataFollows`,
- * `hold` and `release` per connection key ("address|port").
+ * `endsWith`, `hold` and `release` per connection key ("address|port").
  */
 import type { Socket } from 'node:net';
 
@@ -30,6 +31,16 @@ export function dataFollows(chunk: Buffer | null, raw: Buffer | undefined): bool
   if (!line.endsWith(text)) return false;
   // The whole line, not one that merely ends like it.
   const at = start + line.length - text.length;
+  return at === 0 || chunk[at - 1] === 0x0a;
+}
+
+/** Does `chunk` end with the whole command line `raw` (as received, without its line end), nothing after it? */
+export function endsWithCommand(chunk: Buffer | null, raw: Buffer | undefined): boolean {
+  if (!chunk || !raw) return false;
+  const end = chunk.length >= 2 && chunk[chunk.length - 2] === 0x0d ? chunk.length - 2 : chunk.length - 1;
+  if (end < raw.length || chunk[chunk.length - 1] !== 0x0a) return false;
+  const at = end - raw.length;
+  if (!chunk.subarray(at, end).equals(raw)) return false;
   return at === 0 || chunk[at - 1] === 0x0a;
 }
 
@@ -57,6 +68,11 @@ export class ClientTaps {
   /** Did the client send DATA right after the command line `raw`, in the chunk it came in? */
   dataFollows(key: string, raw: Buffer | undefined): boolean {
     return dataFollows(this.#taps.get(key)?.last ?? null, raw);
+  }
+
+  /** Was the command line `raw` the last thing the client sent (in the chunk it came in)? */
+  endsWith(key: string, raw: Buffer | undefined): boolean {
+    return endsWithCommand(this.#taps.get(key)?.last ?? null, raw);
   }
 
   /** A command starts waiting: the client's replies are held back until none does. */

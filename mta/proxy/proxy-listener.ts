@@ -164,7 +164,9 @@ export class ProxyListener {
       onMailFrom: (address, session, cb) => this.#refusedMail(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
         // A transaction that ended without data (every recipient refused, or RSET) is reported now.
         this.#report(session, s);
-        return s.mail(address.address, paramWords(address.args).join(' '));
+        // A client that waits for this reply gets the destination's, when the session knows its site.
+        const waits = this.#taps.endsWith(connectionKey(session), (address as { rawCommand?: Buffer }).rawCommand);
+        return s.mail(address.address, paramWords(address.args).join(' '), waits);
       }),
       onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => {
         // DATA sent along with this RCPT goes to the destination in its group, unless the message is scanned first.

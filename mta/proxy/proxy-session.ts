@@ -179,12 +179,16 @@ export class ProxySession {
     return this.#slot?.source.address ?? null;
   }
 
-  /** MAIL FROM: relayed at once when the session is open, else kept for the first RCPT. */
-  mail(from: string, params: string): Promise<Reply> {
-    return this.#track(this.#mailNow(from, params));
+  /**
+   * MAIL FROM: relayed at once when the session is open, or when the client waits for its reply
+   * (`clientWaits`: nothing came after it) and an earlier transaction named the destination's site,
+   * so that the destination's own reply is the client's; else kept for the first RCPT.
+   */
+  mail(from: string, params: string, clientWaits = false): Promise<Reply> {
+    return this.#track(this.#mailNow(from, params, clientWaits));
   }
 
-  async #mailNow(from: string, params: string): Promise<Reply> {
+  async #mailNow(from: string, params: string, clientWaits: boolean): Promise<Reply> {
     this.#settleData();
     if (this.#failed) {
       // An earlier transaction failed toward the destination (or found no turn): this one starts
@@ -203,6 +207,13 @@ export class ProxySession {
     const source = this.#slot ? this.#slot.source.address : this.#lastSource;
     const refusal = this.#site && source !== undefined ? this.deps.admit(this.#site.key, source, this.tenant) : null;
     if (refusal) return toReply(reply(451, STATUS.notAllowedNow, `${refusal}; try again later`));
+    if (!this.#client && clientWaits && this.#site) {
+      // Its turn and a pooled (or new) connection now, on the site the last transaction had.
+      this.#opening = this.#reopen();
+      const opened = await this.#opening;
+      this.#opening = null;
+      if (opened) return opened;
+    }
     if (!this.#client) {
       // What the client sends in this same turn (its RCPTs, DATA) it sent in one group: relayed as one.
       this.#pipelined = true;
@@ -499,14 +510,36 @@ export class ProxySession {
     if (!this.#slot || !this.#site) {
       this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
       this.#hostName = hostName;
-      try {
-        this.#slot = await this.deps.acquire(this.tenant, this.#site, this.#leave.signal);
-        this.#lastSource = this.#slot.source.address;
-      } catch (err) {
-        return tempfail(STATUS.congestion, (err as Error).message);
-      }
+      const refused = await this.#takeTurn();
+      if (refused) return refused;
     }
-    if (this.#closed) return tempfail(STATUS.congestion, 'the client left');
+    return this.#connect(hostName);
+  }
+
+  /** A later transaction's turn and connection, at the site and host name the session had. */
+  async #reopen(): Promise<Reply | null> {
+    if (!this.#slot) {
+      const refused = await this.#takeTurn();
+      if (refused) return refused;
+    }
+    return this.#connect(this.#hostName);
+  }
+
+  /** Waits for a turn at the session's site; a reply to refuse with when none came. */
+  async #takeTurn(): Promise<Reply | null> {
+    try {
+      this.#slot = await this.deps.acquire(this.tenant, this.#site!, this.#leave.signal);
+      this.#lastSource = this.#slot.source.address;
+      return null;
+    } catch (err) {
+      return tempfail(STATUS.congestion, (err as Error).message);
+    }
+  }
+
+  /** On the turn held: a pooled destination session, else a new one (greeting, EHLO, STARTTLS); a reply to refuse with, or null. */
+  async #connect(hostName: string | null): Promise<Reply | null> {
+    const { address, port } = this.destination;
+    if (this.#closed || !this.#slot || !this.#site) return tempfail(STATUS.congestion, 'the client left');
     const source = this.#slot.source;
     const helo = source.helo ?? this.deps.heloName;
     this.#pair = `${this.#site.key}\u0000${source.address ?? ''}`;

@@ -1,0 +1,40 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createProcessLogger } from './mta-log.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function tempFile(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ichidan-log-'));
+  dirs.push(dir);
+  return join(dir, 'ichidan.log');
+}
+
+const lines = (file: string) => readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l).msg as string);
+
+describe('process log', () => {
+  it('writes a lone line within a fraction of a second, lines gathered meanwhile in order', async () => {
+    const file = tempFile();
+    const { log } = createProcessLogger({ level: 'info', file });
+    log.info('one');
+    log.info('two');
+    await new Promise((r) => setTimeout(r, 400));
+    expect(lines(file)).toEqual(['one', 'two']);
+  });
+
+  it('writes what is waiting when the process exits (once the file is open)', () => {
+    const file = tempFile();
+    const built = join(import.meta.dirname, '..', 'dist', 'mta', 'mta-log.js');
+    const script = `import(${JSON.stringify(built)})`
+      + `.then(({ createProcessLogger }) => { const { log } = createProcessLogger({ level: 'info', file: ${JSON.stringify(file)} }); setTimeout(() => { log.info('last words'); process.exit(3); }, 100); })`;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    expect(run.status).toBe(3);
+    expect(lines(file)).toEqual(['last words']);
+  });
+});
