@@ -46,7 +46,11 @@ async function start(options: StartOptions): Promise<void> {
   const notifier = index === null ? createNotifier(root) : null;
   if (index === null && workerCount(config) > 1) {
     const { runPrimary } = await import('./mta-workers.js');
-    await runPrimary(config, workerCount(config), root, notifier!);
+    await runPrimary(config, workerCount(config), root, notifier!).catch((err: Error & { code?: string }) => {
+      if (err.code !== 'EDATADIRINUSE') throw err;
+      process.stderr.write(`ichidan: ${err.message}\n`);
+      process.exit(1);
+    });
     root.flush?.();
     setTimeout(() => process.exit(), 50).unref();
     return;

@@ -27,6 +27,7 @@ import type { Config } from './mta-config-schema.js';
 import type { Notifier } from './mta-notify.js';
 import { secureDataDir } from './mta-datadir.js';
 import { removeWorkersStatus, writeWorkersStatus, type WorkerStatus } from './mta-workers-status.js';
+import { RunMarker } from '../queue/queue-run-marker.js';
 
 /** Set in a worker's environment: its index, 1..N. */
 export const WORKER_ENV = 'ICHIDAN_WORKER';
@@ -105,6 +106,10 @@ interface Slot extends WorkerStatus {
  */
 export async function runPrimary(config: Config, count: number, log: Logger, notifier?: Notifier): Promise<void> {
   await secureDataDir(config.dataDir, log);
+  // The data folder is this primary's: another one (or a single process) running on it is refused
+  // before anything in it is touched, its workers' status file first.
+  const marker = new RunMarker(config.dataDir);
+  await marker.begin();
   // Round-robin in the primary (SCHED_RR), chosen by measuring it against the kernel's choice
   // (SCHED_NONE): 2 workers, 3,000 messages of 2 KB from 20 smtp-source sessions, reused and one
   // per connection, twice each, on this 2-core machine. Throughput was the same within the noise
@@ -216,5 +221,6 @@ export async function runPrimary(config: Config, count: number, log: Logger, not
   for (const slot of slots) fork(slot);
   await finished;
   removeWorkersStatus(config.dataDir);
+  await marker.end().catch((err) => log.error({ err }, 'could not remove the run marker'));
   log.info('stopped');
 }

@@ -1,13 +1,15 @@
-// One data folder, one Ichidan: a second one started on it is refused (exit 1, a line naming the
+// One data folder, one Ichidan (or one primary of workers): a second one started on it is refused (exit 1, a line naming the
 // folder and the running process) and the first goes on; once that one is gone (even by SIGKILL,
 // leaving its run marker behind) the folder can be started again.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, startChild, type ChildIchidan } from './helpers/child.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
+import { startRedis, type TestRedis } from './helpers/redis.js';
 
 async function greeting(port: number): Promise<string> {
   const c = await RawSmtp.open(port);
@@ -53,4 +55,32 @@ describe('a data folder already in use', () => {
     expect(await first.exited).toBe(0);
     first = null;
   }, 60_000);
+
+  it('refuses a second primary of workers on the folder, and leaves the first one\'s status file alone', async () => {
+    const redis = await startRedis();
+    try {
+      await workers(redis);
+    } finally {
+      first?.proc.kill('SIGKILL');
+      await redis.stop();
+    }
+  }, 60_000);
+
+  async function workers(redis: TestRedis): Promise<void> {
+    const text = await readFile(configFile, 'utf8');
+    await writeFile(configFile, `${text}cluster: { redis: "${redis.url}" }\n`);
+    first = await startChild(configFile, undefined, ['--workers', '2']);
+    const status = join(dataDir, 'workers.json');
+    const before = await readFile(status, 'utf8');
+    const second = spawn(process.execPath, [CLI, 'start', '-c', configFile, '--workers', '2'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    second.stderr!.on('data', (d) => { stderr += d; });
+    expect(await new Promise<number | null>((r) => second.on('exit', r))).toBe(1);
+    expect(stderr).toContain(`is in use by another running Ichidan (pid ${first.proc.pid}`);
+    expect(JSON.parse(await readFile(status, 'utf8')).primary).toBe(JSON.parse(before).primary);
+    first.proc.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+    first = null;
+    expect(existsSync(join(dataDir, 'running'))).toBe(false);
+  }
 });
