@@ -16,6 +16,18 @@ const message = (id: string, kind: NewMessage['kind'] = 'mail'): NewMessage => (
   recipients: [{ tenant: 't', address: 'r@y.test', domain: 'y.test', orcpt: null, notify: null }],
 });
 
+/** A store (queue.fsync as given) in a folder of its own, closed and removed after `body`. */
+async function withStore(fsync: boolean, body: (store: QueueStore, dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
+  const store = new QueueStore(join(dir, 'queue.db'), fsync);
+  try {
+    await body(store, dir);
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 describe('new mail while the space reserve is released', () => {
   it('is refused with ENOSPC, also when queued before the release; outcomes, notices and the rest go on', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
@@ -79,27 +91,20 @@ describe('commits that need no sync', () => {
 });
 
 describe('lazy units', () => {
-  it('wait a moment for company, and go at once with a unit that is not lazy', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
-    const store = new QueueStore(join(dir, 'queue.db'), true);
-    try {
-      await store.write([{ op: 'pruneScans', before: 0 }], { durable: false });
-      let started = performance.now();
-      await store.write([{ op: 'pruneScans', before: 0 }], { durable: false, lazy: true });
-      expect(performance.now() - started).toBeGreaterThanOrEqual(40);
-      // Taken along by a unit a reply waits on: both done well before the lazy one's wait would end.
-      started = performance.now();
-      let lazyDone = 0;
-      const lazy = store.write([{ op: 'pruneScans', before: 0 }], { durable: false, lazy: true }).then(() => { lazyDone = performance.now() - started; });
-      await new Promise((r) => setTimeout(r, 5));
-      await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
-      await lazy;
-      expect(lazyDone).toBeLessThan(40);
-    } finally {
-      await store.close();
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+  it('wait a moment for company, and go at once with a unit that is not lazy', () => withStore(true, async (store, dir) => {
+    await store.write([{ op: 'pruneScans', before: 0 }], { durable: false });
+    let started = performance.now();
+    await store.write([{ op: 'pruneScans', before: 0 }], { durable: false, lazy: true });
+    expect(performance.now() - started).toBeGreaterThanOrEqual(40);
+    // Taken along by a unit a reply waits on: both done well before the lazy one's wait would end.
+    started = performance.now();
+    let lazyDone = 0;
+    const lazy = store.write([{ op: 'pruneScans', before: 0 }], { durable: false, lazy: true }).then(() => { lazyDone = performance.now() - started; });
+    await new Promise((r) => setTimeout(r, 5));
+    await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+    await lazy;
+    expect(lazyDone).toBeLessThan(40);
+  }));
 });
 
 describe('sync points', () => {
@@ -118,48 +123,34 @@ describe('sync points', () => {
     }
   };
 
-  it('put every earlier unsynced commit into the database file; a clean close empties the WAL', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
-    const store = new QueueStore(join(dir, 'queue.db'), true);
-    try {
-      // Enough for several hundred WAL pages: no checkpoint copies any of them into the file meanwhile
-      // (an unsynced one could leave it half old, half new after a power cut).
-      await Promise.all(Array.from({ length: 5 }, async (_, n) => {
-        for (let i = 0; i < 100; i++) await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
-      }));
-      expect(store.syncPoints).toBe(0);
-      expect(await inFileAlone(dir)).toBe(0);
-      expect(statSync(join(dir, 'queue.db-wal')).size).toBeGreaterThan(0);
+  it('put every earlier unsynced commit into the database file; a clean close empties the WAL', () => withStore(true, async (store, dir) => {
+    // Enough for several hundred WAL pages: no checkpoint copies any of them into the file meanwhile
+    // (an unsynced one could leave it half old, half new after a power cut).
+    await Promise.all(Array.from({ length: 5 }, async (_, n) => {
+      for (let i = 0; i < 100; i++) await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+    }));
+    expect(store.syncPoints).toBe(0);
+    expect(await inFileAlone(dir)).toBe(0);
+    expect(statSync(join(dir, 'queue.db-wal')).size).toBeGreaterThan(0);
 
-      await store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true });
-      expect(store.syncPoints).toBe(1);
-      expect(await inFileAlone(dir)).toBe(500);
-      expect(statSync(join(dir, 'queue.db-wal')).size).toBe(0);
+    await store.write([{ op: 'journalSettled', at: Date.now() }], { essential: true });
+    expect(store.syncPoints).toBe(1);
+    expect(await inFileAlone(dir)).toBe(500);
+    expect(statSync(join(dir, 'queue.db-wal')).size).toBe(0);
 
-      await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
-      expect(await store.close()).toBe(true);
-      expect(statSync(join(dir, 'queue.db-wal'), { throwIfNoEntry: false })?.size ?? 0).toBe(0);
-      expect(await inFileAlone(dir)).toBe(501);
-    } finally {
-      await store.close();
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+    await store.write([{ op: 'insertMessage', message: message(newQueueId()) }], { durable: false });
+    expect(await store.close()).toBe(true);
+    expect(statSync(join(dir, 'queue.db-wal'), { throwIfNoEntry: false })?.size ?? 0).toBe(0);
+    expect(await inFileAlone(dir)).toBe(501);
+  }));
 
-  it('are made on the way once the WAL passes its bound, with no durable unit', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
-    const store = new QueueStore(join(dir, 'queue.db'), true);
-    try {
-      const big = (id: string): NewMessage => ({ ...message(id), trace: 'x'.repeat(8000) });
-      for (let i = 0; i < 1000 && store.syncPoints === 0; i++) await store.write([{ op: 'insertMessage', message: big(newQueueId()) }], { durable: false });
-      expect(store.syncPoints).toBe(1);
-      expect(await inFileAlone(dir)).toBeGreaterThan(100);
-      expect(statSync(join(dir, 'queue.db-wal')).size).toBeLessThan(4 * 1024 * 1024);
-    } finally {
-      await store.close();
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+  it('are made on the way once the WAL passes its bound, with no durable unit', () => withStore(true, async (store, dir) => {
+    const big = (id: string): NewMessage => ({ ...message(id), trace: 'x'.repeat(8000) });
+    for (let i = 0; i < 1000 && store.syncPoints === 0; i++) await store.write([{ op: 'insertMessage', message: big(newQueueId()) }], { durable: false });
+    expect(store.syncPoints).toBe(1);
+    expect(await inFileAlone(dir)).toBeGreaterThan(100);
+    expect(statSync(join(dir, 'queue.db-wal')).size).toBeLessThan(4 * 1024 * 1024);
+  }));
 
   it('are not made with queue.fsync off, and its close does not claim to have synced', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ichidan-store-'));
