@@ -98,23 +98,18 @@ parentPort!.on('message', (msg: Batch | { close: true }) => {
       }
     });
   }
+  // A sync point when a durable unit committed, or on the way when the WAL has grown past its bound.
+  const owed = msg.durable && results.some((r) => r.ok);
   let synced = false;
-  if (fsync && msg.durable && results.some((r) => r.ok)) {
+  if (fsync && (owed || walBytes() > WAL_SYNC_BYTES)) {
     try {
       syncPoint();
       synced = true;
     } catch (err) {
-      // Committed, but not known to be on the device: no durable unit may resolve as if it were.
+      // Committed, but not known to be on the device: no durable unit may resolve as if it were (on
+      // the way, nobody waits: the next sync point takes it).
       const error = describe(err);
-      results = results.map((r) => (r.ok ? { ok: false as const, error } : r));
-    }
-  } else if (fsync && walBytes() > WAL_SYNC_BYTES) {
-    // Nobody waits on it: a failure leaves it for the next sync point.
-    try {
-      syncPoint();
-      synced = true;
-    } catch {
-      synced = false;
+      if (owed) results = results.map((r) => (r.ok ? { ok: false as const, error } : r));
     }
   }
   parentPort!.postMessage({ seq: msg.seq, results, synced });
