@@ -64,6 +64,7 @@ import { learnedFrom, type LearnInput } from './admission/admission-learn.js';
 import { DnsResponder, type ResolverStandings } from './admission/admission-dns.js';
 import type { NodeInfo } from './admission/admission-steer.js';
 import { acceptQueue } from './admission/admission-backlog.js';
+import { KnownQueueSteering } from './mta-known-queue.js';
 import type { Level } from './admission/admission-decide.js';
 
 /** What the DNS responder is started with: by default the known senders and the measured level (tests give their own). */
@@ -148,6 +149,8 @@ export class Ichidan {
   readonly admission: Admission;
   /** The DNS responder (admission-dns.ts), when admission.dns.enabled. */
   dns: DnsResponder | null = null;
+  /** Known senders' own accept queue on the admission listeners (mta-known-queue.ts). */
+  readonly #knownQueue: KnownQueueSteering;
   /** The known senders and the measured level (set in `start`, before the responder). */
   #dnsInputs!: DnsInputs;
   /** The pairing addresses the mx listener took at start (none when the responder was off then). */
@@ -166,6 +169,7 @@ export class Ichidan {
     const metrics = processMetrics({
       engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
       pressure: () => this.pressure, senders: () => this.senders, dns: () => this.dns,
+      knownQueues: () => this.#knownQueues(),
       tenants: () => this.config.tenants, volumes: () => ({ spool: queue.spool.dir, database: this.config.dataDir }),
     });
     this.metrics = metrics.registry;
@@ -213,6 +217,7 @@ export class Ichidan {
       count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
       log,
     });
+    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.#listeners, log);
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {
@@ -223,9 +228,16 @@ export class Ichidan {
     });
   }
 
+  #knownQueues(): AdmissionStatus['knownQueues'] {
+    return this.#listeners.flatMap((l) => {
+      const q = l.knownQueue();
+      return q ? [{ listener: l.spec.name, ...q }] : [];
+    });
+  }
+
   /** `ichidan admission status` (admin/admin-admission.ts). */
   admissionStatus(): AdmissionStatus {
-    return { mode: this.config.admission.mode, measuring: this.pressure.running, ...this.pressure.status() };
+    return { mode: this.config.admission.mode, measuring: this.pressure.running, ...this.pressure.status(), knownQueues: this.#knownQueues() };
   }
 
   /** `ichidan cluster status` (mta-cluster.ts). */
@@ -308,7 +320,7 @@ export class Ichidan {
       }
       const listener = new Listener(spec, {
         snapshot: () => app.#snapshot, queue, tls: certs.of(spec.name).pair, log, auth, draining: () => app.draining, admission: app.admission, learn, dns: () => app.dns,
-        events: app.#traffic.ingress,
+        events: app.#traffic.ingress, knownQueue: app.#knownQueue.forListener(spec),
       });
       offerCertificates(listener.server, certs.of(spec.name));
       const where = await listener.listen();
@@ -317,6 +329,7 @@ export class Ichidan {
       log.info({ listener: spec.name, role: spec.role, ...where, tls: spec.tls }, 'listening');
     }
     if (config.admission.mode !== 'off') app.pressure.start();
+    app.#knownQueue.start();
     log.info({ version: packageVersion(), config: app.configFile, generation: app.generation, listeners: app.bound.length }, 'started');
     return app;
   }
@@ -445,6 +458,7 @@ export class Ichidan {
     this.#watcher?.close();
     this.#certificateWatch?.close();
     this.pressure.stop();
+    this.#knownQueue.stop();
     await this.drain.close();
     await Promise.all([...this.#listeners.map((l) => l.close()), ...this.#proxies.map((p) => p.close())]);
     await this.#admin?.close();

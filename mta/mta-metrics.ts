@@ -27,6 +27,8 @@
  *                                                    stopped by the suppression list); tenant: a configured
  *                                                    one, `_relay`, or `_other` (the caller bounds it)
  *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
+ *   ichidan_admission_known_queue_networks{listener}  networks the kernel steers to known senders' own accept queue
+ *   ichidan_admission_known_queue_connections_total{listener}  connections that queue took (ingress/ingress-known-queue.ts)
  *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
  *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
@@ -71,6 +73,8 @@ export interface MetricSources {
   senders?: () => Pick<KnownSenders, 'counts'> | null;
   /** The DNS responder, when admission.dns.enabled. */
   dns?: () => Pick<DnsResponder, 'answers'> | null;
+  /** Known senders' own accept queue of each listener that has one. */
+  knownQueues?: () => Array<{ listener: string; networks: number; accepted: number }>;
 }
 
 export interface ProcessMetrics {
@@ -90,7 +94,7 @@ export interface ProcessMetrics {
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
-export function processMetrics({ engines, queue, tenants, volumes = () => null, cluster, shared = () => null, pressure = () => null, senders = () => null, dns = () => null }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, tenants, volumes = () => null, cluster, shared = () => null, pressure = () => null, senders = () => null, dns = () => null, knownQueues = () => [] }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   processHealthMetrics(registry, volumes);
@@ -142,6 +146,20 @@ export function processMetrics({ engines, queue, tenants, volumes = () => null, 
       const known = senders();
       if (!known) return;
       for (const c of known.counts()) this.set({ kind: c.kind, standing: c.standing }, c.n);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_admission_known_queue_networks', help: 'Networks the kernel steers to known senders\' own accept queue', labelNames: ['listener'], registers,
+    collect() {
+      this.reset();
+      for (const q of knownQueues()) this.set({ listener: q.listener }, q.networks);
+    },
+  });
+  new Counter({
+    name: 'ichidan_admission_known_queue_connections_total', help: 'Connections known senders\' own accept queue took', labelNames: ['listener'], registers,
+    collect() {
+      this.reset();
+      for (const q of knownQueues()) this.inc({ listener: q.listener }, q.accepted);
     },
   });
   new Counter({

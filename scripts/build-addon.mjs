@@ -3,13 +3,14 @@
 // nothing is downloaded.
 //   native/original-dst  SO_ORIGINAL_DST, for the transparent proxy (mta/proxy/proxy-origdst.ts)
 //   native/sd-notify     systemd's readiness notifications (mta/mta-notify.ts)
+//   native/reuseport     an accept queue of their own for known senders (mta/ingress/ingress-known-queue.ts)
 //
 // Takes: npm's lifecycle environment (npm_config_node_gyp, npm_config_nodedir) when run by
 // `npm install`; works without it too (`node scripts/build-addon.mjs`).
 // Gives: native/<addon>/build/Release/<addon>.node. A machine that cannot build an addon loses
-// only what it is for (proxy mode; readiness is then sent through the systemd-notify program), so
-// every failure prints one line saying why and exits 0: the install goes on and the rest of
-// Ichidan runs.
+// only what it is for (proxy mode; readiness is then sent through the systemd-notify program; known
+// senders share the accept queue with everyone), so every failure prints one line saying why and
+// exits 0: the install goes on and the rest of Ichidan runs.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -20,6 +21,7 @@ const nativeDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'native');
 const ADDONS = [
   { dir: 'original-dst', built: 'transparent proxy mode', lost: 'transparent proxy mode will be unavailable' },
   { dir: 'sd-notify', built: "systemd's readiness notifications", lost: 'systemd readiness will be sent through the systemd-notify program' },
+  { dir: 'reuseport', built: "known senders' own accept queue", lost: "known senders will share the listeners' accept queue with everyone" },
 ];
 
 function unavailable(why) {

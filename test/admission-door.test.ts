@@ -3,7 +3,7 @@
 // come from their own 127.x.y.0/24 networks, known ones were learned in a normal phase first.
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { baseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
+import { baseConfig, parseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
 import { startDns } from './helpers/dns-server.js';
 import { fakeClamd } from './helpers/fake-clamd.js';
 import { RawSmtp } from './helpers/raw-smtp.js';
@@ -210,5 +210,29 @@ describe('admission at the door', () => {
     for (const r of await Promise.all(unknown)) expect(r).toMatch(/^250 /);
     // The known message (sent last) finished second: only the first unknown one was scanned before it.
     expect(done.indexOf('known')).toBeLessThanOrEqual(1);
+  });
+  it('gives known senders an accept queue of their own: trusted and learned networks are steered to it, and a reload that turns it off steers none', async () => {
+    t = await startApp((dir) => config(dir));
+    const metric = async (name: string) => Number(new RegExp(`${name}\\{listener="mx"\\} (\\d+)`).exec(await t!.app.metrics.metrics())?.[1] ?? -1);
+    const taken = () => metric('ichidan_admission_known_queue_connections_total');
+    const networks = () => metric('ichidan_admission_known_queue_networks');
+    expect(await networks()).toBe(1); // trustedNetworks: 127.0.0.1
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
+    expect(await taken()).toBe(1);
+    // 127.3.1.0/24 sends clean mail (minClean 2) through the general queue until it is known.
+    expect(await send('127.3.1.1')).toMatch(/^250 /);
+    expect(await send('127.3.1.2')).toMatch(/^250 /);
+    expect(await taken()).toBe(1);
+    await waitUntil(async () => (await networks()) === 2, 5000, 'the learned network to be steered');
+    expect(await send('127.3.1.3')).toMatch(/^250 /);
+    expect(await send('127.4.1.1')).toMatch(/^250 /);
+    expect(await taken()).toBe(2);
+    expect(t.app.admissionStatus().knownQueues).toEqual([{ listener: 'mx', networks: 2, left: 0, accepted: 2 }]);
+    // The submission listener is no admission listener: it has none.
+    t.app.reconfigure(parseConfig(config(t.dataDir, { knownQueue: false }), 'test'));
+    await waitUntil(async () => (await networks()) === 0, 5000, 'no network steered');
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
+    expect(await send('127.3.1.4')).toMatch(/^250 /);
+    expect(await taken()).toBe(2);
   });
 });

@@ -152,6 +152,12 @@ export const admissionSchema = z.strictObject({
     /** Of `scans`. */
     scans: z.number().min(0).max(0.9).default(0.25),
   }).prefault({}),
+  /**
+   * Known senders' connections wait in an accept queue of their own, which the kernel picks by
+   * their source address (Linux; one process, not under --workers): a flood in the other queue
+   * does not hold them up.
+   */
+  knownQueue: z.boolean().default(true),
   /** Most messages scanned at once; more wait for a slot (known senders' first). */
   scans: z.number().int().positive().default(32),
   /** What unknown senders get while the node is busy. */

@@ -91,7 +91,12 @@ export interface PressureStatus {
 }
 
 /** What GET /v1/admission answers: the mode, and the pressure as measured (all normal while not measuring). */
-export type AdmissionStatus = PressureStatus & { mode: 'on' | 'observe' | 'off'; measuring: boolean };
+export type AdmissionStatus = PressureStatus & {
+  mode: 'on' | 'observe' | 'off';
+  measuring: boolean;
+  /** Known senders' own accept queue, per listener that has one (ingress/ingress-known-queue.ts). */
+  knownQueues: Array<{ listener: string; networks: number; left: number; accepted: number }>;
+};
 
 /** Clock and readers that tests replace; the defaults are the real ones. */
 export interface PressureProbes {

@@ -13,6 +13,7 @@
  * Settings: admission.senders.maxEntries, forgetAfter, halfLife.
  */
 import type { SendersConfig } from './admission-config.js';
+import { isKnown } from './admission-decide.js';
 import { SENDER_KINDS, type SenderKind, type SenderRef } from './admission-senders-key.js';
 import { OWN, type SendersBatch, type SendersDb } from './admission-senders-sql.js';
 import { decayFactor, merged, STANDINGS, type Mark, type Standing, type Tally } from './admission-senders-tally.js';
@@ -42,6 +43,7 @@ export class SenderEntries {
   readonly #dirtyPeers = new Map<string, Set<string>>();
   readonly #removed = new Map<string, SenderRef>();
   #slice: Iterator<Entry> | null = null;
+  #knownNetworksChanges = 0;
 
   /** `removed`: called for each entry dropped (evicted, forgotten, stale). */
   constructor(private readonly config: () => SendersConfig, private readonly removed: (entry: Entry) => void) {}
@@ -92,6 +94,7 @@ export class SenderEntries {
     if (this.#map.get(id) !== entry) return;
     this.#map.delete(id);
     this.#counts.get(entry.kind)![entry.standing]--;
+    if (entry.kind === 'network' && isKnown(entry.standing)) this.#knownNetworksChanges++;
     this.#dirty.delete(id);
     this.#dirtyPeers.delete(id);
     this.#removed.set(id, { kind: entry.kind, key: entry.key });
@@ -131,12 +134,18 @@ export class SenderEntries {
     return last;
   }
 
+  /** Changes each time a client network enters or leaves the standings that count as known (pinned, known). */
+  get knownNetworksChanges(): number {
+    return this.#knownNetworksChanges;
+  }
+
   /** Records the entry's standing; the counts follow (an entry no longer in the map counts nowhere). */
   setStanding(entry: Entry, standing: Standing): void {
     if (standing !== entry.standing && this.#map.get(idOf(entry)) === entry) {
       const counts = this.#counts.get(entry.kind)!;
       counts[entry.standing]--;
       counts[standing]++;
+      if (entry.kind === 'network' && isKnown(entry.standing) !== isKnown(standing)) this.#knownNetworksChanges++;
     }
     entry.standing = standing;
   }

@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ClusterLink } from '../../queue/cluster/cluster-link.js';
 import type { SendersConfig } from './admission-config.js';
+import { isKnown } from './admission-decide.js';
 import { idOf, SenderEntries, type Entry } from './admission-senders-entries.js';
 import { displayKey, networkKey, parseSenderKey, resolverKey, type SenderKind, type SenderRef } from './admission-senders-key.js';
 import { OWN, SendersDb } from './admission-senders-sql.js';
@@ -187,6 +188,22 @@ export class KnownSenders implements ShareHost {
     }
     found.sort((a, b) => b.at - a.at || (displayKey(a.entry) < displayKey(b.entry) ? -1 : 1));
     return { total: found.length, senders: found.slice(0, filter.limit ?? 100).map((f) => this.#view(f.entry, now)) };
+  }
+
+  /** Changes whenever a client network may have entered or left `knownNetworks`. */
+  get knownNetworksChanges(): number {
+    return this.#entries.knownNetworksChanges;
+  }
+
+  /** Client networks standing pinned or known as last judged: pinned first, then the most recently seen first. */
+  knownNetworks(): string[] {
+    const found: Array<{ key: string; pinned: boolean; at: number }> = [];
+    for (const entry of this.#entries.values()) {
+      if (entry.kind !== 'network' || !isKnown(entry.standing)) continue;
+      found.push({ key: entry.key, pinned: entry.standing === 'pinned', at: this.#entries.lastSeen(entry) });
+    }
+    found.sort((a, b) => Number(b.pinned) - Number(a.pinned) || b.at - a.at);
+    return found.map((f) => f.key);
   }
 
   /** Entries per kind and standing, as last judged. */

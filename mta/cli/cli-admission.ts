@@ -5,7 +5,9 @@
  *                                       intake (open, or paused while free disk or memory is at
  *                                       its overload floor), and each signal: its value, its busy
  *                                       and overload thresholds (floors: less is worse) and its
- *                                       own level; "-" for a signal not measured
+ *                                       own level; "-" for a signal not measured; each
+ *                                       listener's known queue (networks steered to it, those
+ *                                       left out, connections it took)
  * Goes to the running process (admin/admin-admission.ts).
  */
 import type { Command } from 'commander';
@@ -31,6 +33,10 @@ function printStatus(s: AdmissionStatus): void {
     const unit = UNITS[name] ?? 'x';
     const floor = r.floor ? '≤' : '≥';
     process.stdout.write([safe(name), shown(r.value, unit), floor + shown(r.busy, unit), floor + shown(r.overload, unit), safe(r.level)].join('\t') + '\n');
+  }
+  for (const q of s.knownQueues ?? []) {
+    const left = q.left > 0 ? ` (${q.left} more did not fit)` : '';
+    process.stdout.write(`known queue on ${safe(q.listener)}: ${q.networks} networks${left}, ${q.accepted} connections taken\n`);
   }
 }
 

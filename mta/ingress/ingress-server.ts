@@ -47,6 +47,7 @@ import { dkimSigningFor } from './ingress-dkim.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
 import { ProxyDoor } from './ingress-proxy-door.js';
+import { KnownQueue, type KnownQueueStatus, type ReuseportAddon } from './ingress-known-queue.js';
 import type { IngressEvents } from '../mta-metrics-traffic.js';
 
 /** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
@@ -75,6 +76,8 @@ export interface ListenerDeps {
   dns?: () => PairingListener | null;
   /** Told of connections, transactions and messages (the metrics). */
   events?: IngressEvents;
+  /** Known senders' own accept queue (ingress-known-queue.ts): the addon and the networks it steers, or why not. */
+  knownQueue?: { addon: ReuseportAddon; networks: () => string[] } | null;
 }
 
 /** What an mx listener does for the DNS responder's resolver pairing (admission/admission-dns.ts). */
@@ -99,6 +102,8 @@ export class Listener {
   readonly #pairing: Server[] = [];
   /** Sessions let in at connect (their disconnect is logged; a refused one's is not). */
   readonly #greeted = new Set<string>();
+  /** Known senders' own accept queue, when the kernel steers them to one. */
+  #known: KnownQueue | null = null;
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ListenerDeps) {
     const rt = deps.snapshot();
@@ -186,16 +191,47 @@ export class Listener {
   }
 
   async listen(): Promise<{ address: string; port: number }> {
+    const own = await this.#openKnownQueue();
     const where = await new Promise<{ address: string; port: number }>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(this.spec.port, this.spec.address, this.spec.backlog, () => {
+      const done = () => {
         this.server.removeListener('error', reject);
         const a = this.server.server.address();
         resolve(typeof a === 'object' && a ? { address: a.address, port: a.port } : { address: this.spec.address, port: this.spec.port });
-      });
+      };
+      if (own !== null) this.server.listen({ fd: own, backlog: this.spec.backlog }, done);
+      else this.server.listen(this.spec.port, this.spec.address, this.spec.backlog, done);
     });
     await this.#listenForPairing(where.port);
     return where;
+  }
+
+  /** Known senders' own accept queue: the general queue's descriptor for smtp-server, or null to listen the ordinary way (said why). */
+  async #openKnownQueue(): Promise<number | null> {
+    const known = this.deps.knownQueue;
+    if (!known) return null;
+    try {
+      const { queue, generalFd } = await KnownQueue.open(known.addon, this.spec, known.networks(), (socket) => this.server.server.emit('connection', socket));
+      queue.server.on('error', (err) => this.deps.log.warn({ err, listener: this.spec.name }, 'known queue error'));
+      this.#known = queue;
+      return generalFd;
+    } catch (err) {
+      this.deps.log.warn({ err, listener: this.spec.name }, 'known senders share the accept queue: the kernel refused their own');
+      return null;
+    }
+  }
+
+  /** The known queue's networks changed (the daemon's steering): the kernel gets the new program. */
+  steerKnown(networks: string[]): void {
+    try {
+      this.#known?.steer(networks);
+    } catch (err) {
+      this.deps.log.warn({ err, listener: this.spec.name }, 'known queue: the kernel refused the new networks (the last ones stay in force)');
+    }
+  }
+
+  knownQueue(): KnownQueueStatus | null {
+    return this.#known?.status() ?? null;
   }
 
   /**
@@ -247,6 +283,7 @@ export class Listener {
   /** Stops accepting, lets open transactions finish (up to closeTimeout), then resolves. */
   async close(): Promise<void> {
     for (const p of this.#pairing.splice(0)) p.close();
+    this.#known?.close();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     await Promise.allSettled([...this.#inFlight]);
   }
