@@ -187,7 +187,9 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const peak = memory.stop();
   const rssMb = peak.rss / 2 ** 20, pssMb = peak.pss / 2 ** 20;
   const changes = levelChanges(system);
-  const decisions = decisionCounts(await system.admissionMetrics());
+  const admissionLines = await system.admissionMetrics();
+  const decisions = decisionCounts(admissionLines);
+  const knownQueue = (metric: string) => admissionLines.filter((l) => l.startsWith(`ichidan_admission_known_queue_${metric}{`)).reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
   const knownAtEnd = await system.knownNetworks();
   await system.stop();
   const levelText = name === 'postfix' ? '-' : changes.length === 0 ? 'no change logged'
@@ -198,6 +200,9 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
   if (decisions) console.log(`    admission decisions: ${decisions}`);
+  if (admissionLines.some((l) => l.startsWith('ichidan_admission_known_queue_networks{'))) {
+    console.log(`    known senders' own accept queue: ${knownQueue('networks')} networks steered to it at the end, ${knownQueue('connections_total')} connections taken`);
+  }
   if (knownAtFlood && knownAtEnd) {
     const ours = (keys: string[]) => keys.filter((k) => k.startsWith('127.10.')).length;
     console.log(`    known networks: ${ours(knownAtFlood)} of the ${S.knownNets} known senders' at the flood's start (${knownAtFlood.length - ours(knownAtFlood)} others); `
