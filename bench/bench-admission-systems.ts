@@ -6,7 +6,7 @@
  *
  * Takes: which system, the scanning engine Ichidan runs on every message before its 250
  * (`engineConfig`: rspamd, clamd or none, from the running engines' file), and the learning
- * settings the benchmark shortens (`senders.flushEvery`).
+ * settings the benchmark shortens (`senders.flushEvery`, `pressure.learnAfter`).
  * Gives: a System: the address to send to, the root pid of its process tree (Ichidan's process,
  * Postfix's master), the lines of its log that name an admission level, `assertRunning()` and
  * `stop()`. `machineCpu()` and `enginePid()` help say what bounds the capacity.
@@ -86,7 +86,7 @@ export function machineCpu(): number {
   return (f.reduce((a, b) => a + b, 0) - f[3] - f[4]) / 100;
 }
 
-export async function startSystem(name: SystemName, engine: EngineChoice, flushEvery: string): Promise<System> {
+export async function startSystem(name: SystemName, engine: EngineChoice, learning: { flushEvery: string; learnAfter: string }): Promise<System> {
   if (name === 'postfix') {
     const pf = await startPostfix('admission', '127.0.0.1', {
       // Every message goes to the hold queue: accepted and kept, never delivered. The domain needs
@@ -108,7 +108,7 @@ export async function startSystem(name: SystemName, engine: EngineChoice, flushE
     tenants: { bench: { domains: [DOMAIN] } },
     routes: { [DOMAIN]: { hold: true } },
     engines: engineConfig(engine),
-    admission: { mode: name, senders: { flushEvery } },
+    admission: { mode: name, senders: { flushEvery: learning.flushEvery }, pressure: { learnAfter: learning.learnAfter } },
   });
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,

@@ -194,6 +194,7 @@ export class Ichidan {
         return { ...scanTimes.p90(this.config.admission.pressure.interval), queued: (known + unknown) / this.config.admission.scans };
       },
       mxQueryRatio: () => this.dns?.mxQueryRatio() ?? null,
+      connectionRatio: () => this.admission.connectionRatio(),
       acceptQueue: () => acceptQueue(this.#listeners.filter((l) => this.admission.guards(l.spec)).flatMap((l) => [...this.bound.filter((b) => b.name === l.spec.name), ...l.pairingEndpoints()])),
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),

@@ -102,6 +102,14 @@ const pressureSchema = z.strictObject({
   memoryFree: floor(0.1, 0.05),
   /** MX queries to the DNS responder per second, as a multiple of their normal rate. */
   mxQueries: thresholds(ratio, 3, 6),
+  /**
+   * Connections to the admission listeners per second, those the door refuses included, as a
+   * multiple of their normal rate: a flood keeps the level up while it lasts, even once the door
+   * turns it away so fast that nothing else shows it.
+   */
+  connections: thresholds(ratio, 3, 6),
+  /** How long the normal rates of connections and MX queries are learned before their signals count (taken at start). */
+  learnAfter: duration.prefault('5m'),
 }).prefault({});
 
 const dnsHost = z.strictObject({

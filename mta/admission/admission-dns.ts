@@ -9,7 +9,7 @@
  * this node's pressure level, in a cluster the live nodes (name, address, load, level); from the
  * SMTP listeners each connection's local and remote address (`connected`).
  * Gives: the answers (admission-dns-answer.ts), the MX query rate against its normal level
- * (`mxQueryRatio()`, admission-mx-rate.ts) for the pressure signals, the pairing addresses the
+ * (`mxQueryRatio()`, admission-rate.ts) for the pressure signals, the pairing addresses the
  * listener also takes (`pairingAddresses`: the first mx listener at a primary host's address, or
  * the first mx listener; that host's A/AAAA answers name them), and the answers counted by mode and mechanism
  * (`answers()`, exported as ichidan_dns_answers_total by mta-metrics.ts).
@@ -28,7 +28,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../mta-config-schema.js';
 import { answerQuery, truncatedReply, type DnsMechanism, type DnsZoneView } from './admission-dns-answer.js';
 import { UdpRateLimit } from './admission-dns-ratelimit.js';
-import { MxQueryRate } from './admission-mx-rate.js';
+import { NormalRate } from './admission-rate.js';
 import { plainAddress, ResolverPairing } from './admission-pairing.js';
 import { highLoad, primaryHosts, steer, type Level, type NodeInfo, type Standing, type SteerMode, type SteerInput } from './admission-steer.js';
 
@@ -59,7 +59,7 @@ export function dnsZones(config: Config): string[] {
 export class DnsResponder {
   #config: Config;
   #zones: string[] = [];
-  readonly #rate: MxQueryRate;
+  readonly #rate: NormalRate;
   readonly #pairing: ResolverPairing;
   readonly #counts = new Map<string, number>();
   readonly #limit: UdpRateLimit;
@@ -74,7 +74,7 @@ export class DnsResponder {
   private constructor(private readonly opts: DnsResponderOptions) {
     this.#config = opts.config;
     const now = opts.now ?? Date.now;
-    this.#rate = new MxQueryRate(now);
+    this.#rate = new NormalRate(now, opts.config.admission.pressure.learnAfter);
     this.#limit = new UdpRateLimit(now);
     this.#pairingAddresses = opts.config.admission.dns.pairingAddresses;
     this.#pairing = new ResolverPairing(opts.config.admission.dns, opts.senders, now);

@@ -22,7 +22,7 @@ export type { Level } from './admission-decide.js';
 export const LEVELS: readonly Level[] = ['normal', 'busy', 'overload'];
 
 /** Every signal, as named in admission.pressure, the metrics and the log. */
-export const SIGNALS = ['eventLoopDelay', 'acceptQueue', 'sessions', 'scanQueue', 'scanWait', 'scanLatency', 'fsync', 'diskFree', 'memoryFree', 'mxQueries'] as const;
+export const SIGNALS = ['eventLoopDelay', 'acceptQueue', 'sessions', 'scanQueue', 'scanWait', 'scanLatency', 'fsync', 'diskFree', 'memoryFree', 'mxQueries', 'connections'] as const;
 export type SignalName = typeof SIGNALS[number];
 export type SignalValues = Partial<Record<SignalName, number | null>>;
 

@@ -52,6 +52,8 @@ export interface PressureSources {
   acceptQueue?(): number | null;
   /** MX queries per second against their normal rate; null until a normal rate is known. */
   mxQueryRatio?(): number | null;
+  /** Connections per second to the admission listeners (refused ones too) against their normal rate; null until it is known. */
+  connectionRatio?(): number | null;
 }
 
 export interface SpoolSignals {
@@ -262,6 +264,7 @@ export class Pressure extends EventEmitter {
       diskFree: this.#safely('diskFree', () => this.spool.diskFree()),
       memoryFree: this.#safely('memoryFree', () => this.#probes.memoryFree()),
       mxQueries: this.#safely('mxQueries', () => this.sources.mxQueryRatio?.() ?? null),
+      connections: this.#safely('connections', () => this.sources.connectionRatio?.() ?? null),
     };
   }
 

@@ -4,7 +4,7 @@
  *
  * Takes: the configured `primary` and `overflow` hosts (admission.dns.*), in a cluster the live
  * nodes with their load and level, this node's level, the MX query rate against its normal level
- * (admission-mx-rate.ts) and its overload threshold (admission.pressure.mxQueries.overload), and
+ * (admission-rate.ts) and its overload threshold (admission.pressure.mxQueries.overload), and
  * the asking resolver's standing (KnownSenders.resolverStanding).
  * Gives: the mode (normal or high load, and why), the mechanism that chose the answer (counted
  * in ichidan_dns_answers_total) and the hosts with their MX preferences.

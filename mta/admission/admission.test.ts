@@ -15,7 +15,9 @@ function world(over: Record<string, unknown> = {}) {
   const users = new Map<string, Standing>();
   const state = { level: 'normal' as Level, intake: 'open' as 'open' | 'paused' };
   const counted: string[] = [];
+  const clock = { now: 1_000_000_000 };
   const admission = new Admission(config, {
+    now: () => clock.now,
     senders: { standing: (a) => standings.get(a) ?? 'unknown', standingOf: (_k, u) => users.get(u) ?? 'unknown' },
     pressure: { get level() { return state.level; }, intake: () => state.intake },
     count: (point, action, reason) => counted.push(`${point}:${action}:${reason}`),
@@ -23,10 +25,35 @@ function world(over: Record<string, unknown> = {}) {
   });
   const mx = config.listeners[0];
   const submission = config.listeners[1];
-  return { admission, standings, users, state, counted, mx, submission };
+  return { admission, standings, users, state, counted, mx, submission, clock };
 }
 
 describe('the admission of one node', () => {
+  it('measures connections to the guarded listeners, refused ones too, against their normal rate once learned', () => {
+    const w = world({ admission: { pressure: { learnAfter: '10s' } } });
+    let n = 0;
+    const second = (count: number, listener = w.mx) => {
+      for (let i = 0; i < count; i++) {
+        const id = `c${n++}`;
+        w.admission.connect(id, `192.0.2.${i % 250}`, listener, 0);
+        w.admission.closed(id);
+      }
+      w.clock.now += 1000;
+    };
+    for (let s = 0; s < 9; s++) second(4);
+    expect(w.admission.connectionRatio()).toBeNull();
+    second(4);
+    expect(w.admission.connectionRatio()).toBeCloseTo(1, 0);
+    // The submission listener is not guarded: its connections are no part of it.
+    for (let s = 0; s < 10; s++) second(200, w.submission);
+    expect(w.admission.connectionRatio()).toBeLessThan(1.5);
+    // A flood, turned away at the door, still counts: the level does not fall while it lasts.
+    w.state.level = 'overload';
+    for (let s = 0; s < 10; s++) second(200);
+    expect(w.counted.filter((c) => c === 'connect:refuse:overload').length).toBe(2000);
+    expect(w.admission.connectionRatio()).toBeGreaterThan(30);
+  });
+
   it('counts an unknown network\'s open sessions across its addresses while busy, and gives them back at close', () => {
     const w = world();
     w.state.level = 'busy';

@@ -20,6 +20,7 @@ import type { SmtpReply } from '../../base/base-reply.js';
 import { ScanSlots, type ScanPriority, type SlotObserver } from '../../queue/accept/accept-slots.js';
 import type { Config, ListenerConfig } from '../mta-config-schema.js';
 import { clientKey, RecentEvents } from '../ingress/ingress-anvil.js';
+import { NormalRate } from './admission-rate.js';
 import { decideDoor, decideMail, decideRcpt, isKnown, type DoorDecision, type Level, type Standing } from './admission-decide.js';
 
 export type { DoorDecision } from './admission-decide.js';
@@ -49,6 +50,8 @@ export interface AdmissionDeps {
   /** Hears each scan slot wait and scan (the pressure's scan signals). */
   slots?: SlotObserver;
   log: Logger;
+  /** The clock of the connection rate (tests replace it). */
+  now?: () => number;
 }
 
 interface SessionEntry {
@@ -75,9 +78,12 @@ export class Admission {
    * in a loop cannot hold the level up by itself.
    */
   readonly #turnedAway = new Map<string, number>();
+  /** Connections to the guarded listeners, refused ones too, against their normal rate (the connections signal). */
+  readonly #connections: NormalRate;
 
   constructor(config: Config, private readonly deps: AdmissionDeps) {
     this.#config = config;
+    this.#connections = new NormalRate(deps.now, config.admission.pressure.learnAfter);
     this.slots = new ScanSlots(config.admission.scans, config.admission.reserve.scans, deps.slots);
     this.apply(config);
   }
@@ -87,6 +93,11 @@ export class Admission {
     const named = config.admission.listeners;
     this.#guarded = new Set(config.listeners.filter((l) => (named ? named.includes(l.name) : l.role === 'mx')).map((l) => l.name));
     this.slots.resize(config.admission.scans, config.admission.reserve.scans);
+  }
+
+  /** Connections per second to the guarded listeners against their normal rate; null while it is still being learned. */
+  connectionRatio(): number | null {
+    return this.#connections.ratio();
   }
 
   /** Whether the door decides on this listener's connections. */
@@ -112,6 +123,7 @@ export class Admission {
     this.#sessions.set(id, entry);
     this.#networkOpen.set(network, (this.#networkOpen.get(network) ?? 0) + 1);
     if (!guarded) return { action: 'greet', delayMs: 0, reason: 'not_guarded', deferRcpt: false };
+    this.#connections.hit();
     const decision = decideDoor({
       level: this.deps.pressure.level, standing, open, limit: listener.maxClients,
       networkOpen: (this.#networkOpen.get(network) ?? 1) - 1,

@@ -16,7 +16,7 @@ import { admin, commandConfig, iso, safe } from './cli-common.js';
 
 /** Times in ms, shares as percentages, multiples as they are. */
 const UNITS: Record<string, 'ms' | '%' | 'x'> = {
-  eventLoopDelay: 'ms', scanWait: 'ms', scanLatency: 'ms', fsync: 'ms', sessions: '%', diskFree: '%', memoryFree: '%', mxQueries: 'x',
+  eventLoopDelay: 'ms', scanWait: 'ms', scanLatency: 'ms', fsync: 'ms', sessions: '%', diskFree: '%', memoryFree: '%', mxQueries: 'x', connections: 'x',
 };
 
 function shown(value: number | null, unit: 'ms' | '%' | 'x'): string {

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { LEARN_AFTER, MIN_NORMAL, MxQueryRate, WINDOW } from './admission-mx-rate.js';
+import { LEARN_AFTER, MIN_NORMAL, NormalRate, WINDOW } from './admission-rate.js';
 
 /** A clock the test moves, and a rate fed `perSecond` queries each second for `seconds`. */
-function world() {
+function world(learnAfterMs?: number) {
   let now = 1_000_000_000;
-  const rate = new MxQueryRate(() => now);
+  const rate = new NormalRate(() => now, learnAfterMs);
   const run = (seconds: number, perSecond: number) => {
     for (let s = 0; s < seconds; s++) {
       for (let i = 0; i < perSecond; i++) rate.hit();
@@ -14,7 +14,7 @@ function world() {
   return { rate, run, wait: (ms: number) => { now += ms; } };
 }
 
-describe('MX query rate', () => {
+describe('a rate against its normal level', () => {
   it('gives no ratio until enough history exists', () => {
     const { rate, run } = world();
     run(LEARN_AFTER - 1, 2);
@@ -60,5 +60,18 @@ describe('MX query rate', () => {
     wait(6 * 3600_000);
     expect(rate.current()).toBe(0);
     expect(rate.normal()).toBe(MIN_NORMAL);
+  });
+
+  it('learns for as long as it is told before giving a ratio', () => {
+    const { rate, run } = world(15_000);
+    run(14, 20);
+    expect(rate.ratio()).toBeNull();
+    run(1, 20);
+    expect(rate.normal()).toBeCloseTo(20, 0);
+    run(WINDOW, 400);
+    expect(rate.ratio()).toBeGreaterThan(15);
+    // Learned this briefly, the surge still counts as one: the normal rate moves ten times slower meanwhile.
+    run(40, 400);
+    expect(rate.ratio()).toBeGreaterThan(6);
   });
 });

@@ -1,13 +1,18 @@
 /*
- * The MX query rate against its normal level: how the DNS responder notices a surge (the paper's
- * trigger for high-load mode) and what it gives the pressure signals as `mxQueryRatio()`.
+ * A rate against its normal level: how a surge shows. Two of the pressure signals are one: MX
+ * queries to the DNS responder (the paper's trigger for high-load mode; `mxQueryRatio()`) and
+ * connections to the admission listeners, refused ones included (admission.ts `connectionRatio()`),
+ * which keep counting while the door turns a flood away, so the level does not fall while the
+ * flood goes on.
  *
- * Takes: one `hit()` per MX question answered for a hosted domain, and the clock (injectable).
- * Gives: `ratio()`: queries per second over the last WINDOW seconds divided by the normal rate, an
+ * Takes: one `hit()` per event (an MX question answered for a hosted domain, a connection), the
+ *   clock (injectable) and how long to learn before giving a ratio (admission.pressure.learnAfter).
+ * Gives: `ratio()`: events per second over the last WINDOW seconds divided by the normal rate, an
  * exponentially weighted mean of the per-second counts with a time constant of NORMAL_TAU seconds
- * (the plain mean while less history exists); null until LEARN_AFTER seconds of history exist. Compared with admission.pressure.mxQueries.
+ * (the plain mean while less history exists); null until `learnAfter` of history exists. Compared
+ * with admission.pressure.mxQueries and admission.pressure.connections.
  *
- * The normal rate is floored at MIN_NORMAL queries per second, so that on a quiet domain a couple
+ * The normal rate is floored at MIN_NORMAL events per second, so that on a quiet domain a couple
  * of queries in a row are no surge. While the short-window rate is past SURGE_RATIO times the normal
  * one, the normal rate learns ten times slower: a flood does not become normal within minutes,
  * while a lasting change of traffic still does, in an hour or so.
@@ -17,21 +22,25 @@
 export const WINDOW = 10;
 /** Seconds: the normal rate's time constant. */
 export const NORMAL_TAU = 600;
-/** Seconds of history before a ratio is given. */
+/** Seconds of history before a ratio is given, by default. */
 export const LEARN_AFTER = 300;
-/** Queries per second the normal rate is never taken to be below. */
+/** Events per second the normal rate is never taken to be below. */
 export const MIN_NORMAL = 0.1;
 /** Past this many times the normal rate, the normal rate learns ten times slower. */
 export const SURGE_RATIO = 2;
 
-export class MxQueryRate {
+export class NormalRate {
   readonly #counts = new Array<number>(WINDOW).fill(0);
   /** The second (since the epoch) the last slot of `#counts` belongs to. */
   #second: number;
   readonly #start: number;
   #normal = 0;
 
-  constructor(private readonly now: () => number = Date.now) {
+  /** Seconds of history before a ratio is given. */
+  readonly #learnAfter: number;
+
+  constructor(private readonly now: () => number = Date.now, learnAfterMs = LEARN_AFTER * 1000) {
+    this.#learnAfter = Math.max(1, Math.round(learnAfterMs / 1000));
     this.#second = Math.floor(now() / 1000);
     this.#start = this.#second;
   }
@@ -41,17 +50,17 @@ export class MxQueryRate {
     this.#counts[this.#second % WINDOW]++;
   }
 
-  /** Queries per second over the last WINDOW seconds (the current, partial second included). */
+  /** Events per second over the last WINDOW seconds (the current, partial second included). */
   current(): number {
     this.#advance();
     const seconds = Math.min(WINDOW, this.#second - this.#start + 1);
     return this.#counts.reduce((a, b) => a + b, 0) / seconds;
   }
 
-  /** The learned normal rate (queries per second), or null while too little history exists. */
+  /** The learned normal rate (events per second), or null while too little history exists. */
   normal(): number | null {
     this.#advance();
-    return this.#second - this.#start >= LEARN_AFTER ? Math.max(this.#normal, MIN_NORMAL) : null;
+    return this.#second - this.#start >= this.#learnAfter ? Math.max(this.#normal, MIN_NORMAL) : null;
   }
 
   ratio(): number | null {
@@ -73,10 +82,12 @@ export class MxQueryRate {
       const count = this.#counts[s % WINDOW];
       const seen = s - this.#start + 1;
       const windowRate = this.#counts.reduce((a, b) => a + b, 0) / Math.min(WINDOW, seen);
-      const surging = seen > LEARN_AFTER && windowRate > SURGE_RATIO * Math.max(this.#normal, MIN_NORMAL);
+      const surging = seen > this.#learnAfter && windowRate > SURGE_RATIO * Math.max(this.#normal, MIN_NORMAL);
       // The plain mean of the seconds seen until there are NORMAL_TAU of them, so the start is not biased to zero.
       const weight = Math.max(alpha, 1 / seen);
-      this.#normal += (surging ? weight / 10 : weight) * (count - this.#normal);
+      // A surge moves it at a tenth of the long-run pace however short the history: learned over a
+      // brief normal phase, the plain mean's large steps would soon take a flood for normal.
+      this.#normal += (surging ? alpha / 10 : weight) * (count - this.#normal);
       this.#counts[slot] = 0;
     }
     if (second > this.#second) {
