@@ -2,7 +2,7 @@
  * The connection pools: SMTP sessions (smtp-connection.ts) kept open for the next message to the
  * same next hop, per (site, source address) pair, as Postfix's connection cache does for a
  * destination. Queued delivery (delivery-smtp.ts) and the transparent proxy
- * (mta/proxy/proxy-session.ts) lease from the same pools: `open` a new connection (counted from
+ * (mta/proxy/proxy-destination.ts) lease from the same pools: `open` a new connection (counted from
  * here), `take` an idle one, `give` it back after a transaction.
  *
  * A session is reused only after a clean transaction (or a successful RSET), for at most the

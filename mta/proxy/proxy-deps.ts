@@ -1,15 +1,16 @@
 /*
  * What a proxy session is given from the rest of the process, built from one config snapshot:
  * the egress's routes, sites and TLS plan, the queue's turns, admission and throttle control,
- * the shared connection pools and the transcript sink. The session (proxy-session.ts) sees only
- * these functions, so it can be tested with fakes and never reaches into the queue itself.
+ * the shared connection pools and the transcript sink. The session's destination side
+ * (proxy-destination.ts) sees only these functions, so it can be tested with fakes and never
+ * reaches into the queue itself.
  * Settings: delivery.heloName, delivery.connectTimeout, delivery.replyTimeout,
  * delivery.transcripts.*, proxy.slotWait.
  */
 import type { SmtpPool } from '../../delivery/index.js';
 import type { Queue } from '../../queue/index.js';
 import type { Config } from '../mta-config-schema.js';
-import type { ProxyDeps } from './proxy-session.js';
+import type { ProxyDeps } from './proxy-destination.js';
 
 /** `outbound`: the local ends of the proxy's own connections (a redirected one of those is a loop). */
 export function proxySessionDeps(config: Config, queue: Queue, pool: SmtpPool, outbound: Set<string>): ProxyDeps {

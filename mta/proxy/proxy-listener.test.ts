@@ -6,7 +6,7 @@ import { RawSmtp } from '../../test/helpers/raw-smtp.js';
 import { SmtpPool } from '../../delivery/smtp/smtp-pool.js';
 import { Policy } from '../ingress/ingress-policy.js';
 import { ProxyListener } from './proxy-listener.js';
-import type { ProxyDeps } from './proxy-session.js';
+import type { ProxyDeps } from './proxy-destination.js';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {

@@ -38,7 +38,8 @@ import { destinationIsSelf, proxyNotAllowed, REPLIES, toSmtpError, type SmtpRepl
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ClientTaps } from './proxy-client-tap.js';
-import { ProxySession, REFUSED_BY_PROXY, type Destination, type ProxyDeps } from './proxy-session.js';
+import { ProxySession, REFUSED_BY_PROXY } from './proxy-session.js';
+import type { Destination, ProxyDeps } from './proxy-destination.js';
 import { toReply, xtext, type Reply } from '../../delivery/smtp/smtp-wire.js';
 
 /** ESMTP parameter values go back on as xtext (RFC 3461): what smtp-server decoded is encoded again. */
