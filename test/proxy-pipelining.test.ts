@@ -251,6 +251,18 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     expect(dest.messages).toEqual([]);
   });
 
+  it('closes the destination without a final dot when the client leaves at the 354 of a DATA that went ahead, before any byte of the message', async () => {
+    const dest = await peer({ host: '127.0.0.89', pipelining: true });
+    const t = await proxy(() => dest.endpoint);
+    const c = await client(t.port('proxy'));
+    c.send('MAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@dest.test>\r\nDATA\r\n');
+    expect((await rawReplies(c, 3)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '354']);
+    c.socket.destroy();
+    for (const until = Date.now() + 10_000; dest.closedInData === 0 && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
+    expect(dest.closedInData).toBe(1);
+    expect(dest.messages).toEqual([]);
+  });
+
   it('answers a later MAIL FROM of a client that waits for each reply with the destination\'s own reply, a refusal too', async () => {
     const dest = await peer({ host: '127.0.0.89', pipelining: true, mail: (a) => (a === 'no@legacy.test' ? '550-5.7.1 not this sender\r\n550 5.7.1 see you\r\n' : undefined) });
     const t = await proxy(() => dest.endpoint);

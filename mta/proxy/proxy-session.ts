@@ -281,8 +281,10 @@ export class ProxySession {
   /** The connection back to the pool (or QUIT), unless a DATA relayed early still waits for its message; the turn back to the scheduler. */
   async #handBack(): Promise<void> {
     const dest = this.#destination;
+    // Settled first: a connection still owed a message is closed where it is, never taken and left.
+    const closed = this.#settleData();
     const client = dest.take();
-    if (client && !this.#settleData()) await dest.putBack(client, this.#inTransaction);
+    if (client && !closed) await dest.putBack(client, this.#inTransaction);
     dest.releaseTurn();
   }
 
