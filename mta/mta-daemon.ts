@@ -215,10 +215,11 @@ export class Ichidan {
       },
       pressure: this.pressure,
       slots: scanTimes,
-      count: (point, action, reason) => metrics.admissionDecision(point, action, reason),
+      count: (point, action, reason, n) => metrics.admissionDecision(point, action, reason, n),
       log,
     });
-    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.#listeners, log);
+    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.pressure.level, () => this.#listeners, log);
+    this.pressure.on('level', () => this.#knownQueue.refresh());
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {

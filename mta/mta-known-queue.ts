@@ -6,19 +6,23 @@
  * Takes: the config in force (admission.mode and admission.knownQueue, trustedNetworks, the
  *   tenants' networks), the known senders, and the listeners that took a known queue.
  * Gives: `forListener(spec)` — what a listener needs to open one, or null: not an admission
- *   listener, admission.mode not `on` at start, admission.knownQueue false, a worker of
+ *   listener, admission.mode not `on` at start, admission.knownQueue false, a listener behind a
+ *   load balancer (proxyProtocol: every connection comes from the balancer), a worker of
  *   `ichidan start --workers` (its primary owns the listening sockets), or the addon unusable
- *   (said once at warn level); `refresh()`, which gives each listener the networks again when
- *   they may have changed, checked every second: trusted networks, tenants' networks, then
- *   pinned and known senders' networks (the most recently seen first, as many as the kernel's
- *   program holds). With admission.mode no longer `on` after a reload, or knownQueue turned off,
- *   the queue takes no network: everyone shares the general one.
+ *   (said once at warn level); `refresh()`, checked every second and at each change of level,
+ *   which gives each listener the steering again when it may have changed: trusted networks,
+ *   tenants' networks, then pinned and known senders' networks (the most recently seen first, as
+ *   many as the kernel's program holds) to the known queue, blocked networks to the general one,
+ *   and under overload (admission.overload.refuse: connect) everyone else to the refusing thread;
+ *   and tells the admission how many connections those threads answered (its decisions and its
+ *   connection rate count them). With admission.mode no longer `on` after a reload, or knownQueue
+ *   turned off, no network is steered and nobody refused: everyone shares the general queue.
  */
 import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 import type { KnownSenders } from './admission/admission-senders.js';
-import type { Admission } from './admission/admission.js';
-import { loadReuseport, type ReuseportAddon } from './ingress/ingress-known-queue.js';
+import type { Admission, Level } from './admission/admission.js';
+import { loadReuseport, type ReuseportAddon, type Steering } from './ingress/ingress-known-queue.js';
 import type { Listener, ListenerDeps } from './ingress/ingress-server.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 
@@ -27,34 +31,42 @@ const EVERY_MS = 1000;
 export class KnownQueueSteering {
   #addon: ReuseportAddon | { error: string } | null = null;
   #timer: NodeJS.Timeout | null = null;
-  #lastChanges = -1;
-  #lastConfig: Config | null = null;
+  #last = '';
+  /** Connections each listener's refusing thread had answered at the last look. */
+  readonly #refused = new Map<string, number>();
 
   constructor(
     private readonly config: () => Config,
     private readonly senders: () => KnownSenders | null,
     private readonly admission: Admission,
+    private readonly level: () => Level,
     private readonly listeners: () => readonly Listener[],
     private readonly log: Logger,
   ) {}
 
   forListener(spec: ListenerConfig): ListenerDeps['knownQueue'] {
     const config = this.config();
-    if (config.admission.mode !== 'on' || !config.admission.knownQueue || !this.admission.guards(spec) || cluster.isWorker) return null;
+    // Behind a load balancer every connection comes from its address: there is nothing to steer by.
+    if (config.admission.mode !== 'on' || !config.admission.knownQueue || !this.admission.guards(spec) || cluster.isWorker || spec.proxyProtocol) return null;
     if (this.#addon === null) {
       this.#addon = loadReuseport();
       if ('error' in this.#addon) this.log.warn({ reason: this.#addon.error }, 'known senders share the accept queue with everyone');
     }
     if ('error' in this.#addon) return null;
-    return { addon: this.#addon, networks: () => this.networks() };
+    return { addon: this.#addon, steering: () => this.steering() };
   }
 
-  /** The networks the known queue takes now, the ones that matter most first. */
-  networks(): string[] {
+  /** What the kernel is to do now: the known networks (the ones that matter most first), the blocked ones, whether to refuse everyone else. */
+  steering(): Steering {
     const config = this.config();
-    if (config.admission.mode !== 'on' || !config.admission.knownQueue) return [];
+    if (config.admission.mode !== 'on' || !config.admission.knownQueue) return { networks: [], blocked: [], refuseOthers: false };
     const tenants = Object.values(config.tenants).flatMap((t) => t.networks);
-    return [...config.trustedNetworks, ...tenants, ...(this.senders()?.knownNetworks() ?? [])];
+    const senders = this.senders();
+    return {
+      networks: [...config.trustedNetworks, ...tenants, ...(senders?.knownNetworks() ?? [])],
+      blocked: senders?.blockedNetworks() ?? [],
+      refuseOthers: this.level() === 'overload' && config.admission.overload.refuse === 'connect',
+    };
   }
 
   start(): void {
@@ -67,14 +79,31 @@ export class KnownQueueSteering {
     this.#timer = null;
   }
 
-  /** Gives the listeners the networks again if a known network or the config may have changed since the last time. */
+  /**
+   * Gives the listeners the steering again if a known or blocked network, the config or the level
+   * may have changed since the last time; and tells the admission what the refusing threads
+   * answered meanwhile.
+   */
   refresh(): void {
-    const changes = this.senders()?.knownNetworksChanges ?? 0;
+    this.#countRefused();
     const config = this.config();
-    if (changes === this.#lastChanges && config === this.#lastConfig) return;
-    this.#lastChanges = changes;
+    const key = `${this.senders()?.knownNetworksChanges ?? 0} ${this.level()} ${config.admission.mode} ${config.admission.knownQueue} ${config.admission.overload.refuse}`;
+    if (key === this.#last && config === this.#lastConfig) return;
+    this.#last = key;
     this.#lastConfig = config;
-    const networks = this.networks();
-    for (const l of this.listeners()) l.steerKnown(networks);
+    const steering = this.steering();
+    for (const l of this.listeners()) l.steerKnown(steering);
+  }
+
+  #lastConfig: Config | null = null;
+
+  #countRefused(): void {
+    for (const l of this.listeners()) {
+      const status = l.knownQueue();
+      if (!status) continue;
+      const before = this.#refused.get(l.spec.name) ?? 0;
+      this.#refused.set(l.spec.name, status.refused);
+      this.admission.refusedAtSocket(status.refused - before);
+    }
   }
 }

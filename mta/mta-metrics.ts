@@ -87,7 +87,7 @@ export interface ProcessMetrics {
   fsync(ms: number): void;
   /** The pressure level changed to `to`. */
   levelChange(to: Level): void;
-  admissionDecision(point: string, action: string, reason: string): void;
+  admissionDecision(point: string, action: string, reason: string, n?: number): void;
   recipientCheck(result: string, by: string): void;
   recipientProbe(answer: string): void;
   bounce(tenant: string, cls: string): void;
@@ -206,7 +206,7 @@ export function processMetrics({ engines, queue, tenants, volumes = () => null, 
     egressEvent: (e) => egressEvents.inc({ kind: e.kind, actor: e.actor }),
     fsync: (ms) => fsyncs.observe(ms / 1000),
     levelChange: (to) => levelChanges.inc({ to }),
-    admissionDecision: (point, action, reason) => admissionDecisions.inc({ point, action, reason }),
+    admissionDecision: (point, action, reason, n = 1) => admissionDecisions.inc({ point, action, reason }, n),
     recipientCheck: (result, by) => recipientChecks.inc({ result, by }),
     recipientProbe: (answer) => recipientProbes.inc({ answer }),
     bounce: (tenant, cls) => bounces.inc({ tenant, class: cls }),

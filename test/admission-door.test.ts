@@ -66,13 +66,15 @@ describe('admission at the door', () => {
     c.close();
     return reply;
   };
+  const refusedAtSocket = async () => t!.app.admissionStatus().knownQueues[0]?.refused ?? -1;
   const decisions = async (point: string, action: string, reason: string) => {
     const m = new RegExp(`ichidan_admission_decisions_total\\{point="${point}",action="${action}",reason="${reason}"\\} (\\d+)`).exec(await t!.app.metrics.metrics());
     return m ? Number(m[1]) : 0;
   };
 
+  // The door itself (known senders' own accept queue off: its refusing thread would answer first; that is tested below).
   it('under overload refuses unknown senders at connect with 421 4.7.0, serves known ones, and lets everyone in again once the level falls', async () => {
-    t = await startApp((dir) => config(dir));
+    t = await startApp((dir) => config(dir, { knownQueue: false }));
     const held = await hold(10);
     await reachLevel(2);
     const refused = await connect('127.1.1.1');
@@ -85,10 +87,32 @@ describe('admission at the door', () => {
     expect(await send('127.1.1.1')).toMatch(/^250 /);
   });
 
+  it('under overload has the addon\'s thread answer unknown senders, counts them as the door\'s refusals, still gives a blocked network its 554, and lets everyone in once the level falls', async () => {
+    t = await startApp((dir) => config(dir));
+    await t.app.senders!.mark({ kind: 'network', key: '127.5.1.0/24' }, 'blocked', 'a test', 'test');
+    const held = await hold(10);
+    await reachLevel(2);
+    await waitUntil(() => t!.app.admissionStatus().knownQueues[0]?.refusing === true, 3000, 'the refusing socket in the program');
+    const greetings = await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+      const { c, greeting } = await connect(`127.9.${i}.1`);
+      await waitUntil(() => c.closed, 5000, 'the refused connection to close');
+      return greeting;
+    }));
+    expect(new Set(greetings)).toEqual(new Set(['421 4.7.0 server busy with other mail, try again later']));
+    expect((await connect('127.5.1.9')).greeting).toMatch(/^554 5\.7\.1 /);
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
+    await waitUntil(async () => (await decisions('connect', 'refuse', 'overload')) === 20, 3000, 'the socket\'s refusals counted as the door\'s');
+    expect(await refusedAtSocket()).toBe(20);
+    for (const c of held) c.close();
+    await reachLevel(0);
+    expect(t.app.admissionStatus().knownQueues[0]?.refusing).toBe(false);
+    expect(await send('127.9.1.1')).toMatch(/^250 /);
+  });
+
   it('refuses at the socket, before any per-connection work: no reverse lookup for a refused client, and its 421 comes at once', async () => {
     const dns = await startDns({ '1.0.0.127.in-addr.arpa': { ptr: ['held.ptr.test'] } });
     try {
-      t = await startApp((dir) => config(dir, {}, { dns: { servers: [dns.server], reverseLookup: true } } as Partial<ConfigInput>));
+      t = await startApp((dir) => config(dir, { knownQueue: false }, { dns: { servers: [dns.server], reverseLookup: true } } as Partial<ConfigInput>));
       await hold(10);
       await reachLevel(2);
       expect(dns.queries.some((q) => q.name === '1.0.0.127.in-addr.arpa')).toBe(true); // the lookup is on for those greeted
@@ -227,7 +251,7 @@ describe('admission at the door', () => {
     expect(await send('127.3.1.3')).toMatch(/^250 /);
     expect(await send('127.4.1.1')).toMatch(/^250 /);
     expect(await taken()).toBe(2);
-    expect(t.app.admissionStatus().knownQueues).toEqual([{ listener: 'mx', networks: 2, left: 0, accepted: 2 }]);
+    expect(t.app.admissionStatus().knownQueues).toEqual([{ listener: 'mx', networks: 2, left: 0, accepted: 2, refusing: false, refused: 0 }]);
     // The submission listener is no admission listener: it has none.
     t.app.reconfigure(parseConfig(config(t.dataDir, { knownQueue: false }), 'test'));
     await waitUntil(async () => (await networks()) === 0, 5000, 'no network steered');

@@ -87,7 +87,7 @@ describe.skipIf(!support.ok)('operator state shared by three nodes (real Redis, 
     const { body } = await api(0, 'POST', '/v1/queue/hold', { site: 'mx:warm.up', for: '1m', reason: 'warm-up' });
     await inForce([1, 2], async (i) => (await blocks(i)).some((b) => b.site === 'mx:warm.up'), 15_000, 'the warm-up hold');
     await api(0, 'POST', `/v1/egress/events/${String(body.event)}/undo`, {});
-    await inForce([1, 2], async (i) => !(await blocks(i)).some((b) => b.site === 'mx:warm.up'), 5000, 'the warm-up undo');
+    await inForce([1, 2], async (i) => !(await blocks(i)).some((b) => b.site === 'mx:warm.up'), 15_000, 'the warm-up undo');
   });
   afterAll(async () => {
     for (let i = 0; i < 3; i++) if (nodes[i]) await kill(i, 'SIGTERM');

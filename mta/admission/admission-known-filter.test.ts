@@ -1,6 +1,6 @@
 import { BlockList, isIPv4 } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { GENERAL_QUEUE, KNOWN_QUEUE, knownFilter, MAX_INSTRUCTIONS, parseNetwork, type Instruction } from './admission-known-filter.js';
+import { GENERAL_QUEUE, KNOWN_QUEUE, knownFilter, MAX_INSTRUCTIONS, parseNetwork, REFUSE_QUEUE, type Instruction } from './admission-known-filter.js';
 
 const NET = -0x100000;
 
@@ -106,6 +106,21 @@ describe('knownFilter', () => {
     expect(six.networks).toBe(584);
     expect(run(six.instructions, header('2001:db8:247::1'))).toBe(KNOWN_QUEUE);
     expect(run(six.instructions, header('2001:db8:248::1'))).toBe(GENERAL_QUEUE);
+  });
+
+  it('under overload sends everyone else to the refusing queue, but blocked networks to the general one, even inside a known network', () => {
+    const f = knownFilter(['10.0.0.0/8', '2001:db8::/32'], { blocked: ['10.9.9.0/24', '198.51.100.0/24', '2001:db8:bad::/48'], others: REFUSE_QUEUE });
+    expect([f.networks, f.left, f.blocked, f.blockedLeft]).toEqual([2, 0, 3, 0]);
+    const cases: Array<[string, number]> = [
+      ['10.1.2.3', KNOWN_QUEUE], ['10.9.9.9', GENERAL_QUEUE], ['198.51.100.5', GENERAL_QUEUE], ['192.0.2.1', REFUSE_QUEUE],
+      ['2001:db8:1::1', KNOWN_QUEUE], ['2001:db8:bad:1::1', GENERAL_QUEUE], ['2001:db9::1', REFUSE_QUEUE],
+    ];
+    for (const [address, queue] of cases) expect([address, run(f.instructions, header(address))]).toEqual([address, queue]);
+    // In normal times the blocked inside the known still go to the general queue.
+    const normal = knownFilter(['10.0.0.0/8'], { blocked: ['10.9.9.0/24'] });
+    expect(run(normal.instructions, header('10.9.9.9'))).toBe(GENERAL_QUEUE);
+    expect(run(normal.instructions, header('10.9.8.9'))).toBe(KNOWN_QUEUE);
+    expect(run(normal.instructions, header('192.0.2.1'))).toBe(GENERAL_QUEUE);
   });
 
   it('counts a network given twice once', () => {

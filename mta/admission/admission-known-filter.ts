@@ -8,10 +8,12 @@
  *   senders most recently seen first), as addresses or CIDR ("192.0.2.0/24",
  *   "2001:db8:0:0:0:0:0:0/64"; an IPv4-mapped IPv6 network counts as its IPv4 one).
  * Gives: `knownFilter` — a classic BPF program (struct sock_filter, 8 bytes each, little-endian as
- *   on the machines Ichidan runs on) for SO_ATTACH_REUSEPORT_CBPF that answers KNOWN_QUEUE (1) for
- *   a source address in one of the networks and GENERAL_QUEUE (0) for any other; how many networks
- *   it holds and how many did not fit (the kernel takes at most 4,096 instructions: about 2,000
- *   IPv4 networks of one prefix length, 584 IPv6 /64s).
+ *   on the machines Ichidan runs on) for SO_ATTACH_REUSEPORT_CBPF that answers GENERAL_QUEUE (0)
+ *   for a source address in a blocked network (the door refuses those for good, and says so),
+ *   KNOWN_QUEUE (1) for one in a known network, and for any other GENERAL_QUEUE, or REFUSE_QUEUE
+ *   (2) while unknown senders are refused at connect; how many networks it holds and how many did
+ *   not fit (the kernel takes at most 4,096 instructions: about 2,000 IPv4 networks of one prefix
+ *   length, 584 IPv6 /64s; blocked ones go first).
  * The program reads the source address from the IP header (SKF_NET_OFF): IPv4 at byte 12, IPv6 at
  *   byte 8. IPv6 networks are matched on their first 64 bits at most: a longer prefix counts as
  *   its /64, which may steer a few more clients to the known queue; the door still decides on
@@ -21,6 +23,8 @@ import { isIP } from 'node:net';
 
 export const GENERAL_QUEUE = 0;
 export const KNOWN_QUEUE = 1;
+/** Under overload (admission.overload.refuse: connect): unknown senders' connections, answered 421 by a thread of their own. */
+export const REFUSE_QUEUE = 2;
 /** BPF_MAXINSNS: the kernel refuses a longer classic program. */
 export const MAX_INSTRUCTIONS = 4096;
 
@@ -112,16 +116,27 @@ function load(code: number, offset: number): Instruction {
   return { code, jt: 0, jf: 0, k: (SKF_NET_OFF + offset) >>> 0 };
 }
 
-/** IPv4 networks grouped by mask: one load and mask per group, then two instructions a network. */
-function ipv4Part(networks: Network4[]): Instruction[] {
-  const byMask = new Map<number, number[]>();
-  for (const n of networks) byMask.set(n.mask, [...(byMask.get(n.mask) ?? []), n.word]);
-  const out: Instruction[] = [];
-  for (const [mask, words] of byMask) {
-    out.push(load(LD_W_ABS, 12), { code: ALU_AND_K, jt: 0, jf: 0, k: mask });
-    for (const word of words) out.push({ code: JMP_JEQ_K, jt: 0, jf: 1, k: word }, ret(KNOWN_QUEUE));
+type Queued<T> = T & { queue: number };
+
+/**
+ * IPv4 networks grouped by mask within each queue's run (blocked ones first, so that a blocked
+ * network inside a known one is not taken for known): one load and mask per group, then two
+ * instructions a network; `others` for the rest.
+ */
+function ipv4Part(networks: Array<Queued<Network4>>, others: number): Instruction[] {
+  const groups = new Map<string, { queue: number; mask: number; words: number[] }>();
+  for (const n of networks) {
+    const key = `${n.queue} ${n.mask}`;
+    const group = groups.get(key) ?? { queue: n.queue, mask: n.mask, words: [] };
+    group.words.push(n.word);
+    groups.set(key, group);
   }
-  out.push(ret(GENERAL_QUEUE));
+  const out: Instruction[] = [];
+  for (const { queue, mask, words } of groups.values()) {
+    out.push(load(LD_W_ABS, 12), { code: ALU_AND_K, jt: 0, jf: 0, k: mask });
+    for (const word of words) out.push({ code: JMP_JEQ_K, jt: 0, jf: 1, k: word }, ret(queue));
+  }
+  out.push(ret(others));
   return out;
 }
 
@@ -129,62 +144,77 @@ function ipv6Cost(n: Network6): number {
   return n.masks[1] === 0 ? 4 : 7;
 }
 
-/** Each IPv6 network on its own: its first word, then (a prefix past 32 bits) its second. */
-function ipv6Part(networks: Network6[]): Instruction[] {
+/** Each IPv6 network on its own, in order: its first word, then (a prefix past 32 bits) its second; `others` for the rest. */
+function ipv6Part(networks: Array<Queued<Network6>>, others: number): Instruction[] {
   const out: Instruction[] = [];
   for (const n of networks) {
     out.push(load(LD_W_ABS, 8), { code: ALU_AND_K, jt: 0, jf: 0, k: n.masks[0] });
     if (n.masks[1] === 0) {
-      out.push({ code: JMP_JEQ_K, jt: 0, jf: 1, k: n.words[0] }, ret(KNOWN_QUEUE));
+      out.push({ code: JMP_JEQ_K, jt: 0, jf: 1, k: n.words[0] }, ret(n.queue));
     } else {
       out.push({ code: JMP_JEQ_K, jt: 0, jf: 4, k: n.words[0] }, load(LD_W_ABS, 12), { code: ALU_AND_K, jt: 0, jf: 0, k: n.masks[1] },
-        { code: JMP_JEQ_K, jt: 0, jf: 1, k: n.words[1] }, ret(KNOWN_QUEUE));
+        { code: JMP_JEQ_K, jt: 0, jf: 1, k: n.words[1] }, ret(n.queue));
     }
   }
-  out.push(ret(GENERAL_QUEUE));
+  out.push(ret(others));
   return out;
 }
 
 export interface KnownFilter {
   program: Buffer;
   instructions: Instruction[];
-  /** Networks in the program. */
+  /** Known networks in the program. */
   networks: number;
-  /** Networks given that did not fit (the last ones given), or that were no network. */
+  /** Known networks given that did not fit (the last ones given), or that were no network. */
   left: number;
+  /** Blocked networks in the program, and those that did not fit. */
+  blocked: number;
+  blockedLeft: number;
 }
 
-/** The program for `networks`, the first ones first when they do not all fit. */
-export function knownFilter(networks: readonly string[], maxInstructions = MAX_INSTRUCTIONS): KnownFilter {
+export interface FilterOptions {
+  /** Networks whose clients the door refuses for good: the general queue, where it can say so, even inside a known network. */
+  blocked?: readonly string[];
+  /** The queue of every other client: GENERAL_QUEUE, or REFUSE_QUEUE while unknown senders are refused at connect. */
+  others?: number;
+  maxInstructions?: number;
+}
+
+/** The program for `networks` (the known queue's), the first ones first when they do not all fit; blocked networks before them. */
+export function knownFilter(networks: readonly string[], options: FilterOptions = {}): KnownFilter {
+  const { blocked = [], others = GENERAL_QUEUE, maxInstructions = MAX_INSTRUCTIONS } = options;
   // The header (version check and the jump to the IPv6 part) and the two parts' final returns.
-  const fixed = 4 + 2;
-  let used = fixed;
-  const v4: Network4[] = [];
-  const v6: Network6[] = [];
-  const masks = new Set<number>();
+  let used = 4 + 2;
+  const v4: Array<Queued<Network4>> = [];
+  const v6: Array<Queued<Network6>> = [];
+  const groups = new Set<string>();
   const seen = new Set<string>();
-  let left = 0;
-  for (const text of networks) {
+  const count = { [GENERAL_QUEUE]: { in: 0, left: 0 }, [KNOWN_QUEUE]: { in: 0, left: 0 } } as Record<number, { in: number; left: number }>;
+  const add = (text: string, queue: number) => {
     const n = parseNetwork(text);
     if (!n) {
-      left++;
-      continue;
+      count[queue].left++;
+      return;
     }
     const id = n.family === 4 ? `4 ${n.word} ${n.mask}` : `6 ${n.words} ${n.masks}`;
-    if (seen.has(id)) continue;
-    const cost = n.family === 4 ? 2 + (masks.has(n.mask) ? 0 : 2) : ipv6Cost(n);
+    if (seen.has(id)) return;
+    const group = `${queue} ${n.family === 4 ? n.mask : ''}`;
+    const cost = n.family === 4 ? 2 + (groups.has(group) ? 0 : 2) : ipv6Cost(n);
     if (used + cost > maxInstructions) {
-      left++;
-      continue;
+      count[queue].left++;
+      return;
     }
     used += cost;
     seen.add(id);
+    count[queue].in++;
     if (n.family === 4) {
-      masks.add(n.mask);
-      v4.push(n);
-    } else v6.push(n);
-  }
-  const four = ipv4Part(v4);
+      groups.add(group);
+      v4.push({ ...n, queue });
+    } else v6.push({ ...n, queue });
+  };
+  for (const text of blocked) add(text, GENERAL_QUEUE);
+  for (const text of networks) add(text, KNOWN_QUEUE);
+  const four = ipv4Part(v4, others);
   const instructions: Instruction[] = [
     load(LD_B_ABS, 0),
     { code: ALU_RSH_K, jt: 0, jf: 0, k: 4 },
@@ -192,7 +222,7 @@ export function knownFilter(networks: readonly string[], maxInstructions = MAX_I
     // Not IPv4: past the IPv4 part (longer than a conditional jump's 255 can reach).
     { code: JMP_JA, jt: 0, jf: 0, k: four.length },
     ...four,
-    ...ipv6Part(v6),
+    ...ipv6Part(v6, others),
   ];
   const program = Buffer.alloc(instructions.length * 8);
   instructions.forEach((ins, i) => {
@@ -201,5 +231,9 @@ export function knownFilter(networks: readonly string[], maxInstructions = MAX_I
     program.writeUInt8(ins.jf, i * 8 + 3);
     program.writeUInt32LE(ins.k >>> 0, i * 8 + 4);
   });
-  return { program, instructions, networks: v4.length + v6.length, left };
+  return {
+    program, instructions,
+    networks: count[KNOWN_QUEUE].in, left: count[KNOWN_QUEUE].left,
+    blocked: count[GENERAL_QUEUE].in, blockedLeft: count[GENERAL_QUEUE].left,
+  };
 }

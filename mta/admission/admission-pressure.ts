@@ -97,7 +97,7 @@ export type AdmissionStatus = PressureStatus & {
   mode: 'on' | 'observe' | 'off';
   measuring: boolean;
   /** Known senders' own accept queue, per listener that has one (ingress/ingress-known-queue.ts). */
-  knownQueues: Array<{ listener: string; networks: number; left: number; accepted: number }>;
+  knownQueues: Array<{ listener: string; networks: number; left: number; accepted: number; refusing: boolean; refused: number }>;
 };
 
 /** Clock and readers that tests replace; the defaults are the real ones. */

@@ -45,9 +45,10 @@ export class NormalRate {
     this.#start = this.#second;
   }
 
-  hit(): void {
+  /** `n` events now (one by default). */
+  hit(n = 1): void {
     this.#advance();
-    this.#counts[this.#second % WINDOW]++;
+    this.#counts[this.#second % WINDOW] += n;
   }
 
   /** Events per second over the last WINDOW seconds (the current, partial second included). */

@@ -35,6 +35,9 @@ const WRITE_CHUNK = 2000;
 
 export const idOf = (ref: SenderRef) => `${ref.kind}|${ref.key}`;
 
+/** Standings the kernel's steering of connections names (mta/mta-known-queue.ts). */
+const steered = (s: Standing): boolean => isKnown(s) || s === 'blocked';
+
 export class SenderEntries {
   readonly #map = new Map<string, Entry>();
   readonly #counts = new Map<SenderKind, Record<Standing, number>>(SENDER_KINDS.map((k) => [k, { pinned: 0, known: 0, unknown: 0, blocked: 0 }]));
@@ -94,7 +97,7 @@ export class SenderEntries {
     if (this.#map.get(id) !== entry) return;
     this.#map.delete(id);
     this.#counts.get(entry.kind)![entry.standing]--;
-    if (entry.kind === 'network' && isKnown(entry.standing)) this.#knownNetworksChanges++;
+    if (entry.kind === 'network' && steered(entry.standing)) this.#knownNetworksChanges++;
     this.#dirty.delete(id);
     this.#dirtyPeers.delete(id);
     this.#removed.set(id, { kind: entry.kind, key: entry.key });
@@ -134,7 +137,7 @@ export class SenderEntries {
     return last;
   }
 
-  /** Changes each time a client network enters or leaves the standings that count as known (pinned, known). */
+  /** Changes each time a client network's standing changes to or from one the accept queues are steered by (pinned, known, blocked). */
   get knownNetworksChanges(): number {
     return this.#knownNetworksChanges;
   }
@@ -145,7 +148,7 @@ export class SenderEntries {
       const counts = this.#counts.get(entry.kind)!;
       counts[entry.standing]--;
       counts[standing]++;
-      if (entry.kind === 'network' && isKnown(entry.standing) !== isKnown(standing)) this.#knownNetworksChanges++;
+      if (entry.kind === 'network' && (steered(entry.standing) || steered(standing))) this.#knownNetworksChanges++;
     }
     entry.standing = standing;
   }

@@ -190,7 +190,7 @@ export class KnownSenders implements ShareHost {
     return { total: found.length, senders: found.slice(0, filter.limit ?? 100).map((f) => this.#view(f.entry, now)) };
   }
 
-  /** Changes whenever a client network may have entered or left `knownNetworks`. */
+  /** Changes whenever a client network may have entered or left `knownNetworks` or `blockedNetworks`. */
   get knownNetworksChanges(): number {
     return this.#entries.knownNetworksChanges;
   }
@@ -204,6 +204,13 @@ export class KnownSenders implements ShareHost {
     }
     found.sort((a, b) => Number(b.pinned) - Number(a.pinned) || b.at - a.at);
     return found.map((f) => f.key);
+  }
+
+  /** Client networks standing blocked as last judged (an operator's block). */
+  blockedNetworks(): string[] {
+    const found: string[] = [];
+    for (const entry of this.#entries.values()) if (entry.kind === 'network' && entry.standing === 'blocked') found.push(entry.key);
+    return found;
   }
 
   /** Entries per kind and standing, as last judged. */

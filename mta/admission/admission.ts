@@ -45,8 +45,8 @@ export interface PressureReading {
 export interface AdmissionDeps {
   senders: SenderStandings;
   pressure: PressureReading;
-  /** Counts one decision (the metrics). */
-  count(point: DecisionPoint, action: 'greet' | 'delay' | 'refuse' | 'go', reason: string): void;
+  /** Counts a decision (the metrics), `n` times when given. */
+  count(point: DecisionPoint, action: 'greet' | 'delay' | 'refuse' | 'go', reason: string, n?: number): void;
   /** Hears each scan slot wait and scan (the pressure's scan signals). */
   slots?: SlotObserver;
   log: Logger;
@@ -93,6 +93,17 @@ export class Admission {
     const named = config.admission.listeners;
     this.#guarded = new Set(config.listeners.filter((l) => (named ? named.includes(l.name) : l.role === 'mx')).map((l) => l.name));
     this.slots.resize(config.admission.scans, config.admission.reserve.scans);
+  }
+
+  /**
+   * Connections the door never saw: refused at the socket by the kernel's steering under overload
+   * (ingress/ingress-known-queue.ts). They count as the door's refusals would: in the decisions and
+   * in the connection rate, which holds the level up while the flood goes on.
+   */
+  refusedAtSocket(n: number): void {
+    if (n <= 0) return;
+    this.#connections.hit(n);
+    this.deps.count('connect', 'refuse', 'overload', n);
   }
 
   /** Connections per second to the guarded listeners against their normal rate; null while it is still being learned. */

@@ -7,7 +7,8 @@
  *                                       and overload thresholds (floors: less is worse) and its
  *                                       own level; "-" for a signal not measured; each
  *                                       listener's known queue (networks steered to it, those
- *                                       left out, connections it took)
+ *                                       left out, connections it took, those refused at the
+ *                                       socket under overload)
  * Goes to the running process (admin/admin-admission.ts).
  */
 import type { Command } from 'commander';
@@ -36,7 +37,8 @@ function printStatus(s: AdmissionStatus): void {
   }
   for (const q of s.knownQueues ?? []) {
     const left = q.left > 0 ? ` (${q.left} more did not fit)` : '';
-    process.stdout.write(`known queue on ${safe(q.listener)}: ${q.networks} networks${left}, ${q.accepted} connections taken\n`);
+    const refusing = q.refusing ? ', refusing everyone else at the socket' : '';
+    process.stdout.write(`known queue on ${safe(q.listener)}: ${q.networks} networks${left}, ${q.accepted} connections taken, ${q.refused} refused at the socket${refusing}\n`);
   }
 }
 

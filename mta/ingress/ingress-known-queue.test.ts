@@ -9,6 +9,9 @@ const loaded = loadReuseport();
 if ('error' in loaded) throw new Error(`the reuseport addon is needed here: ${loaded.error}`);
 const addon: ReuseportAddon = loaded;
 
+const REFUSAL = '421 4.7.0 server busy with other mail, try again later';
+const steer = (networks: string[], more: { blocked?: string[]; refuseOthers?: boolean } = {}) => ({ networks, blocked: more.blocked ?? [], refuseOthers: more.refuseOthers ?? false });
+
 interface Arrival {
   queue: 'known' | 'general';
   from: string;
@@ -27,7 +30,7 @@ describe('KnownQueue', () => {
       arrivals.push({ queue, from: socket.remoteAddress!.replace(/^::ffff:/, '') });
       socket.end('220 hi\r\n');
     };
-    const { queue, generalFd } = await KnownQueue.open(addon, { address, port: 0, backlog: 64 }, networks, note('known'));
+    const { queue, generalFd } = await KnownQueue.open(addon, { address, port: 0, backlog: 64 }, steer(networks), REFUSAL, note('known'));
     closers.push(() => queue.close());
     let general: Server | null = null;
     if (accept) {
@@ -57,16 +60,16 @@ describe('KnownQueue', () => {
       { queue: 'known', from: '127.10.1.5' }, { queue: 'general', from: '127.64.0.9' }, { queue: 'known', from: '127.10.1.200' },
       { queue: 'known', from: '127.20.0.5' }, { queue: 'general', from: '127.20.0.6' }, { queue: 'general', from: '127.0.0.1' },
     ]);
-    expect(queue.status()).toEqual({ networks: 2, left: 0, accepted: 3 });
-    queue.steer(['127.64.0.0/10']);
+    expect(queue.status()).toEqual({ networks: 2, left: 0, accepted: 3, refusing: false, refused: 0 });
+    queue.steer(steer(['127.64.0.0/10']));
     arrivals.length = 0;
     for (const from of ['127.10.1.5', '127.64.0.9', '127.100.3.3']) await dial(port, from);
     expect(arrivals.map((a) => a.queue)).toEqual(['general', 'known', 'known']);
-    queue.steer([]);
+    queue.steer(steer([]));
     arrivals.length = 0;
     await dial(port, '127.64.0.9');
     expect(arrivals).toEqual([{ queue: 'general', from: '127.64.0.9' }]);
-    expect(queue.status()).toEqual({ networks: 0, left: 0, accepted: 5 });
+    expect(queue.status()).toEqual({ networks: 0, left: 0, accepted: 5, refusing: false, refused: 0 });
   });
 
   it('serves a known sender at once while the general queue is full of connections nobody accepts', async () => {
@@ -78,6 +81,42 @@ describe('KnownQueue', () => {
     expect(await dial(port, '127.10.1.7')).toBe('220 hi');
     expect(Date.now() - t0).toBeLessThan(1000);
     expect(arrivals).toEqual([{ queue: 'known', from: '127.10.1.7' }]);
+  });
+
+  it('under overload answers everyone else 421 from its own thread, the known and the blocked still reaching Node, and counts them', async () => {
+    const { queue, arrivals, port } = await open('127.0.0.1', ['127.10.1.0/24'], true);
+    queue.steer(steer(['127.10.0.0/16'], { blocked: ['127.10.9.0/24'], refuseOthers: true }));
+    expect(queue.status()).toMatchObject({ refusing: true, refused: 0 });
+    const replies = await Promise.all(Array.from({ length: 30 }, (_, i) => dial(port, `127.64.${i}.1`)));
+    expect(replies.every((r) => r === REFUSAL)).toBe(true);
+    expect(await dial(port, '127.10.1.7')).toBe('220 hi');
+    expect(await dial(port, '127.10.9.7')).toBe('220 hi');
+    expect(arrivals).toEqual([{ queue: 'known', from: '127.10.1.7' }, { queue: 'general', from: '127.10.9.7' }]);
+    expect(queue.status()).toMatchObject({ refusing: true, refused: 30 });
+    // A client that says more after the 421 is read and let go; the thread goes on answering.
+    const talker = connect({ host: '127.0.0.1', port, localAddress: '127.65.0.1' });
+    closers.push(() => talker.destroy());
+    const ended = new Promise((resolve) => talker.on('end', resolve));
+    const first = await new Promise<string>((resolve) => talker.once('data', (d) => resolve(d.toString())));
+    expect(first).toBe(`${REFUSAL}\r\n`);
+    talker.write('EHLO talker.test\r\nQUIT\r\n');
+    await ended;
+    talker.end();
+    expect(await dial(port, '127.66.0.1')).toBe(REFUSAL);
+    // Out of overload: everyone reaches Node again.
+    queue.steer(steer(['127.10.0.0/16']));
+    expect(await dial(port, '127.64.0.1')).toBe('220 hi');
+    expect(queue.status()).toMatchObject({ refusing: false, refused: 32 });
+  });
+
+  it('does not refuse anyone at the socket when a known network does not fit in the program', async () => {
+    const { queue, port } = await open('127.0.0.1', []);
+    const many = Array.from({ length: 3000 }, (_, i) => `10.${i >> 8}.${i & 255}.0/24`);
+    queue.steer(steer([...many, '127.10.1.0/24'], { refuseOthers: true }));
+    expect(queue.status()).toMatchObject({ refusing: false, left: expect.any(Number) });
+    expect(queue.status().left).toBeGreaterThan(0);
+    expect(await dial(port, '127.10.1.7')).toBe('220 hi');
+    expect(await dial(port, '127.64.0.1')).toBe('220 hi');
   });
 
   it('steers IPv6 clients by their network', async () => {
@@ -94,9 +133,9 @@ describe('KnownQueue', () => {
     await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
     closers.push(() => taken.close());
     const port = (taken.address() as { port: number }).port;
-    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port, backlog: 8 }, [], () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port, backlog: 8 }, steer([]), REFUSAL, () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
     const mine = await open('127.0.0.1', []);
-    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port: mine.port, backlog: 8 }, [], () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port: mine.port, backlog: 8 }, steer([]), REFUSAL, () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
   });
 
   it('keeps the program in force when the kernel refuses a new one, and says why', async () => {

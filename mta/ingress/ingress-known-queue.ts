@@ -6,16 +6,20 @@
  * picks the queue of each new connection by its source address, with the program
  * admission/admission-known-filter.ts writes: known senders' to one, everyone else's to the other.
  * Both queues feed the same smtp-server, so a known sender's connection is met as soon as the
- * event loop turns, whatever the other queue holds.
+ * event loop turns, whatever the other queue holds. A third socket takes unknown senders'
+ * connections while they are refused at connect (overload): a thread of the addon answers each
+ * with the door's 421 and closes it, so a flood being refused costs the event loop nothing.
  *
  * Takes: the native addon in native/reuseport (built at install; a machine without it, or a kernel
  *   that refuses the program, listens the ordinary way and says why), the listener's address, port
  *   and backlog, and the networks to steer (trusted and tenants' networks, pinned and known
  *   senders' networks, in that order; the daemon gives them again as they change).
  * Gives: `KnownQueue.open` — the general queue's descriptor (for smtp-server's own listen) and a
- *   server for the known queue that hands each connection to `forward`; `steer(networks)`, which
- *   replaces the kernel's program when the networks changed; the networks steered, those left out
- *   (past the kernel's 4,096 instructions) and the connections the known queue took.
+ *   server for the known queue that hands each connection to `forward`; `steer(steering)`, which
+ *   replaces the kernel's program when the networks or the refusing changed (the refusing only
+ *   while every known network fits in the program: else a known sender left out would be refused);
+ *   the networks steered, those left out (past the kernel's 4,096 instructions), the connections
+ *   the known queue took and those the refusing thread answered.
  * Not in a worker of `ichidan start --workers`: there the primary owns the listening sockets.
  * Network: listens on the listener's address and port; nothing else.
  */
@@ -23,7 +27,7 @@ import { closeSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { knownFilter, KNOWN_QUEUE } from '../admission/admission-known-filter.js';
+import { GENERAL_QUEUE, knownFilter, KNOWN_QUEUE, REFUSE_QUEUE } from '../admission/admission-known-filter.js';
 import { packageRoot } from '../mta-package.js';
 
 export interface ReuseportAddon {
@@ -31,6 +35,12 @@ export interface ReuseportAddon {
   listenShared(address: string, port: number, backlog: number, count: number): number[];
   /** Replaces the program that picks a group member for each new connection. */
   steer(fd: number, program: Buffer): void;
+  /** A thread answers every connection of the listening socket `fd` with `line` and closes it; it owns `fd` from now on. */
+  refuse(fd: number, line: string): void;
+  /** Connections the thread on `fd` answered. */
+  refused(fd: number): number;
+  /** Ends the thread on `fd`, closing what it holds and `fd`. */
+  stopRefusing(fd: number): void;
 }
 
 /** The addon, or why it cannot be used (not Linux, not built, does not load). */
@@ -42,7 +52,7 @@ export function loadReuseport(): ReuseportAddon | { error: string } {
   if (!existsSync(file)) return { error: `the reuseport addon is not built (${file} is missing): run "node scripts/build-addon.mjs"` };
   try {
     const addon = createRequire(import.meta.url)(file) as Partial<ReuseportAddon>;
-    if (typeof addon.listenShared !== 'function' || typeof addon.steer !== 'function') return { error: `${file} lacks listenShared or steer; rebuild it` };
+    if (['listenShared', 'steer', 'refuse', 'refused', 'stopRefusing'].some((f) => typeof addon[f as keyof ReuseportAddon] !== 'function')) return { error: `${file} lacks a function this version needs; rebuild it` };
     return addon as ReuseportAddon;
   } catch (error) {
     return { error: `the reuseport addon ${file} does not load (${(error as Error).message}); rebuild it with "node scripts/build-addon.mjs"` };
@@ -56,6 +66,18 @@ export interface KnownQueueStatus {
   left: number;
   /** Connections the known queue took since the listener started. */
   accepted: number;
+  /** Whether unknown senders are answered 421 by the refusing thread now (overload). */
+  refusing: boolean;
+  /** Connections the refusing thread answered since the listener started. */
+  refused: number;
+}
+
+/** What the kernel is to do: the known queue's networks, the blocked ones, and whether everyone else is refused at once. */
+export interface Steering {
+  networks: readonly string[];
+  blocked: readonly string[];
+  /** Unknown senders to the refusing thread (overload, refused at connect); honoured only when every known network fits. */
+  refuseOthers: boolean;
 }
 
 export class KnownQueue {
@@ -63,26 +85,28 @@ export class KnownQueue {
   #networks = 0;
   #left = 0;
   #accepted = 0;
+  #refusing = false;
 
-  private constructor(private readonly addon: ReuseportAddon, private readonly fd: number, readonly server: Server) {}
+  private constructor(private readonly addon: ReuseportAddon, private readonly fd: number, private readonly refuseFd: number, readonly server: Server) {}
 
   /**
-   * Two sockets on `address`:`port`, the kernel's program in place before either listens in Node;
-   * `forward` gets each connection of the known queue. Throws (the errno's name as code) when the
-   * kernel refuses a step; nothing stays open then.
+   * Three sockets on `address`:`port` — the general queue (its descriptor for smtp-server), the
+   * known queue (`forward` gets each of its connections) and the refusing one (answered `refusal`
+   * by the addon's thread) — the kernel's program in place before any listens in Node. Throws (the
+   * errno's name as code) when the kernel refuses a step; nothing stays open then.
    */
-  static async open(addon: ReuseportAddon, where: { address: string; port: number; backlog: number }, networks: readonly string[], forward: (socket: Socket) => void): Promise<{ queue: KnownQueue; generalFd: number }> {
-    const fds = addon.listenShared(where.address, where.port, where.backlog, 2);
-    const general = fds[0];
-    const known = fds[KNOWN_QUEUE];
+  static async open(addon: ReuseportAddon, where: { address: string; port: number; backlog: number }, steering: Steering, refusal: string, forward: (socket: Socket) => void): Promise<{ queue: KnownQueue; generalFd: number }> {
+    const fds = addon.listenShared(where.address, where.port, where.backlog, 3);
+    const [general, known, refuse] = [fds[GENERAL_QUEUE], fds[KNOWN_QUEUE], fds[REFUSE_QUEUE]];
     let queue: KnownQueue | null = null;
     const server = createServer((socket) => {
       if (queue) queue.#accepted++;
       forward(socket);
     });
-    queue = new KnownQueue(addon, general, server);
+    queue = new KnownQueue(addon, general, refuse, server);
     try {
-      queue.steer(networks);
+      queue.steer(steering);
+      addon.refuse(refuse, `${refusal}\r\n`);
     } catch (err) {
       for (const fd of fds) closeSync(fd);
       throw err;
@@ -93,30 +117,35 @@ export class KnownQueue {
         server.listen({ fd: known, backlog: where.backlog }, () => { server.off('error', reject); resolve(); });
       });
     } catch (err) {
-      // The known queue's descriptor is the server's now, closed with it; the general one is still ours.
+      // The known queue's descriptor is the server's now, closed with it; the refusing one is the thread's.
       server.close();
+      addon.stopRefusing(refuse);
       closeSync(general);
       throw err;
     }
     return { queue, generalFd: general };
   }
 
-  /** Gives the kernel the program for `networks` unless they are the ones it has. */
-  steer(networks: readonly string[]): void {
-    const key = networks.join(',');
+  /** Gives the kernel the program for `steering` unless it is the one it has. */
+  steer(steering: Steering): void {
+    const key = JSON.stringify(steering);
     if (key === this.#steered) return;
-    const filter = knownFilter(networks);
+    let filter = knownFilter(steering.networks, { blocked: steering.blocked, others: steering.refuseOthers ? REFUSE_QUEUE : GENERAL_QUEUE });
+    // A known network left out of the program would be refused with everyone else: the door decides then.
+    if (steering.refuseOthers && filter.left > 0) filter = knownFilter(steering.networks, { blocked: steering.blocked });
     this.addon.steer(this.fd, filter.program);
     this.#steered = key;
     this.#networks = filter.networks;
     this.#left = filter.left;
+    this.#refusing = steering.refuseOthers && filter.left === 0;
   }
 
   status(): KnownQueueStatus {
-    return { networks: this.#networks, left: this.#left, accepted: this.#accepted };
+    return { networks: this.#networks, left: this.#left, accepted: this.#accepted, refusing: this.#refusing, refused: this.addon.refused(this.refuseFd) };
   }
 
   close(): void {
     this.server.close();
+    this.addon.stopRefusing(this.refuseFd);
   }
 }

@@ -47,7 +47,7 @@ import { dkimSigningFor } from './ingress-dkim.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
 import { ProxyDoor } from './ingress-proxy-door.js';
-import { KnownQueue, type KnownQueueStatus, type ReuseportAddon } from './ingress-known-queue.js';
+import { KnownQueue, type KnownQueueStatus, type ReuseportAddon, type Steering } from './ingress-known-queue.js';
 import type { IngressEvents } from '../mta-metrics-traffic.js';
 
 /** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
@@ -77,7 +77,7 @@ export interface ListenerDeps {
   /** Told of connections, transactions and messages (the metrics). */
   events?: IngressEvents;
   /** Known senders' own accept queue (ingress-known-queue.ts): the addon and the networks it steers, or why not. */
-  knownQueue?: { addon: ReuseportAddon; networks: () => string[] } | null;
+  knownQueue?: { addon: ReuseportAddon; steering: () => Steering } | null;
 }
 
 /** What an mx listener does for the DNS responder's resolver pairing (admission/admission-dns.ts). */
@@ -211,7 +211,8 @@ export class Listener {
     const known = this.deps.knownQueue;
     if (!known) return null;
     try {
-      const { queue, generalFd } = await KnownQueue.open(known.addon, this.spec, known.networks(), (socket) => this.server.server.emit('connection', socket));
+      const refusal = `${REPLIES.overloaded.code} ${replyText(REPLIES.overloaded)}`;
+      const { queue, generalFd } = await KnownQueue.open(known.addon, this.spec, known.steering(), refusal, (socket) => this.server.server.emit('connection', socket));
       queue.server.on('error', (err) => this.deps.log.warn({ err, listener: this.spec.name }, 'known queue error'));
       this.#known = queue;
       return generalFd;
@@ -221,10 +222,10 @@ export class Listener {
     }
   }
 
-  /** The known queue's networks changed (the daemon's steering): the kernel gets the new program. */
-  steerKnown(networks: string[]): void {
+  /** The known queue's networks or the refusing changed (the daemon's steering): the kernel gets the new program. */
+  steerKnown(steering: Steering): void {
     try {
-      this.#known?.steer(networks);
+      this.#known?.steer(steering);
     } catch (err) {
       this.deps.log.warn({ err, listener: this.spec.name }, 'known queue: the kernel refused the new networks (the last ones stay in force)');
     }

@@ -15,6 +15,7 @@
  *   sees the SYN with its data at the TCP header; the IP header is reached at SKF_NET_OFF. An
  *   answer past the group's size falls back to the kernel's hash.
  * Failures throw an Error whose code is the errno's name and whose message names the call.
+ * refuser.c adds refuse / refused / stopRefusing: a member of the group answered by a thread.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +28,7 @@
 #include <sys/socket.h>
 #include <linux/filter.h>
 #include <node_api.h>
+#include "refuser.h"
 
 #ifndef SO_ATTACH_REUSEPORT_CBPF
 #define SO_ATTACH_REUSEPORT_CBPF 51
@@ -165,5 +167,6 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "listenShared", function);
   napi_create_function(env, "steer", NAPI_AUTO_LENGTH, steer, NULL, &function);
   napi_set_named_property(env, exports, "steer", function);
+  refuser_register(env, exports);
   return exports;
 }

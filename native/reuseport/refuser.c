@@ -1,0 +1,246 @@
+/*
+ * A listening socket answered by a thread of its own, never by the event loop: each connection
+ * accepted gets one reply line (the admission's 421 under overload) and is closed, so that a flood
+ * the kernel steers here costs Node nothing.
+ *
+ * refuse(fd, line): starts a thread that owns the listening socket `fd` from now on. For each
+ *   connection: the line written, the sending side shut (the client reads the line and a clean
+ *   end), what the client sends meanwhile read and dropped, the socket closed when the client
+ *   closes its side or after LINGER_SECONDS; past MAX_TRACKED connections waiting so, a new one is
+ *   closed right after its line.
+ * refused(fd): connections answered so far (a number). stopRefusing(fd): ends the thread, closes
+ *   every connection it still holds and the listening socket. At most MAX_REFUSERS at once.
+ * Failures throw an Error whose code is the errno's name.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include "refuser.h"
+
+#define MAX_REFUSERS 16
+#define MAX_TRACKED 8192
+#define LINGER_SECONDS 10
+#define MAX_LINE 512
+#define WAKE_TAG UINT64_MAX
+#define LISTEN_TAG (UINT64_MAX - 1)
+
+typedef struct {
+  int fd;
+  time_t deadline;
+} tracked;
+
+typedef struct {
+  int listen_fd;
+  int epfd;
+  int wake_fd;
+  pthread_t thread;
+  char line[MAX_LINE];
+  size_t line_length;
+  _Atomic uint64_t refused;
+  /* Connections waiting for their client to close, oldest first (all linger as long). */
+  tracked ring[MAX_TRACKED];
+  size_t head, count;
+} refuser;
+
+static refuser *refusers[MAX_REFUSERS];
+static pthread_mutex_t table = PTHREAD_MUTEX_INITIALIZER;
+
+static void forget(refuser *r, size_t slot) {
+  if (r->ring[slot].fd < 0) return;
+  epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->ring[slot].fd, NULL);
+  close(r->ring[slot].fd);
+  r->ring[slot].fd = -1;
+}
+
+static void answer(refuser *r, int fd) {
+  ssize_t ignored = write(fd, r->line, r->line_length);
+  (void)ignored;
+  shutdown(fd, SHUT_WR);
+  atomic_fetch_add(&r->refused, 1);
+  if (r->count == MAX_TRACKED) {
+    close(fd);
+    return;
+  }
+  size_t slot = (r->head + r->count) % MAX_TRACKED;
+  struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.u64 = slot };
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    close(fd);
+    return;
+  }
+  r->ring[slot].fd = fd;
+  r->ring[slot].deadline = time(NULL) + LINGER_SECONDS;
+  r->count++;
+}
+
+static void drain(refuser *r, size_t slot) {
+  char sink[4096];
+  for (;;) {
+    ssize_t n = read(r->ring[slot].fd, sink, sizeof sink);
+    if (n > 0) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    forget(r, slot);
+    return;
+  }
+}
+
+static void expire(refuser *r) {
+  time_t now = time(NULL);
+  while (r->count > 0 && (r->ring[r->head].fd < 0 || r->ring[r->head].deadline <= now)) {
+    forget(r, r->head);
+    r->head = (r->head + 1) % MAX_TRACKED;
+    r->count--;
+  }
+}
+
+static void *run(void *arg) {
+  refuser *r = arg;
+  struct epoll_event events[64];
+  for (;;) {
+    int n = epoll_wait(r->epfd, events, 64, 1000);
+    for (int i = 0; i < n; i++) {
+      uint64_t tag = events[i].data.u64;
+      if (tag == WAKE_TAG) return NULL;
+      if (tag == LISTEN_TAG) {
+        for (;;) {
+          int fd = accept4(r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+          if (fd < 0) break;
+          answer(r, fd);
+        }
+      } else if (tag < MAX_TRACKED && r->ring[tag].fd >= 0) {
+        drain(r, (size_t)tag);
+      }
+    }
+    expire(r);
+  }
+}
+
+static napi_value throw_errno(napi_env env, const char *call, int err) {
+  const char *name = strerrorname_np(err);
+  char message[200];
+  snprintf(message, sizeof message, "refuser: %s failed: %s (%s)", call, name ? name : "unknown errno", strerror(err));
+  napi_throw_error(env, name, message);
+  return NULL;
+}
+
+static int fd_argument(napi_env env, napi_callback_info info, size_t want, napi_value *argv, int32_t *fd) {
+  size_t argc = want;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  return argc >= want && napi_get_value_int32(env, argv[0], fd) == napi_ok && *fd >= 0;
+}
+
+static napi_value refuse(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t fd;
+  size_t length = 0;
+  refuser *r = calloc(1, sizeof *r);
+  if (!r) return throw_errno(env, "calloc", ENOMEM);
+  if (!fd_argument(env, info, 2, argv, &fd) ||
+      napi_get_value_string_utf8(env, argv[1], r->line, sizeof r->line, &length) != napi_ok || length == 0 ||
+      length >= sizeof r->line - 1) {
+    free(r);
+    napi_throw_type_error(env, NULL, "refuse(fd, line): a listening socket's descriptor and a reply line of 1-510 bytes");
+    return NULL;
+  }
+  r->line_length = length;
+  r->listen_fd = fd;
+  for (size_t i = 0; i < MAX_TRACKED; i++) r->ring[i].fd = -1;
+  const char *call = "epoll_create1";
+  r->epfd = epoll_create1(EPOLL_CLOEXEC);
+  r->wake_fd = r->epfd < 0 ? -1 : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (r->epfd >= 0 && r->wake_fd < 0) call = "eventfd";
+  struct epoll_event listen_ev = { .events = EPOLLIN, .data.u64 = LISTEN_TAG };
+  struct epoll_event wake_ev = { .events = EPOLLIN, .data.u64 = WAKE_TAG };
+  int err = 0;
+  if (r->epfd < 0 || r->wake_fd < 0) err = errno;
+  else if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &listen_ev) != 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->wake_fd, &wake_ev) != 0) {
+    err = errno;
+    call = "epoll_ctl";
+  }
+  pthread_mutex_lock(&table);
+  int free_slot = -1;
+  for (int i = 0; i < MAX_REFUSERS; i++) {
+    if (refusers[i] && refusers[i]->listen_fd == fd && !err) { err = EEXIST; call = "refuse (the descriptor has a refuser)"; }
+    if (!refusers[i] && free_slot < 0) free_slot = i;
+  }
+  if (!err && free_slot < 0) { err = EMFILE; call = "refuse (too many refusers)"; }
+  if (!err) {
+    err = pthread_create(&r->thread, NULL, run, r);
+    if (err) call = "pthread_create";
+    else refusers[free_slot] = r;
+  }
+  pthread_mutex_unlock(&table);
+  if (err) {
+    if (r->epfd >= 0) close(r->epfd);
+    if (r->wake_fd >= 0) close(r->wake_fd);
+    free(r);
+    return throw_errno(env, call, err);
+  }
+  return NULL;
+}
+
+static refuser *find(int fd, int take) {
+  refuser *found = NULL;
+  pthread_mutex_lock(&table);
+  for (int i = 0; i < MAX_REFUSERS; i++) {
+    if (refusers[i] && refusers[i]->listen_fd == fd) {
+      found = refusers[i];
+      if (take) refusers[i] = NULL;
+    }
+  }
+  pthread_mutex_unlock(&table);
+  return found;
+}
+
+static napi_value refused(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  int32_t fd;
+  if (!fd_argument(env, info, 1, argv, &fd)) {
+    napi_throw_type_error(env, NULL, "refused(fd): a descriptor given to refuse()");
+    return NULL;
+  }
+  refuser *r = find(fd, 0);
+  if (!r) return throw_errno(env, "refused (no refuser on that descriptor)", ENOENT);
+  napi_create_double(env, (double)atomic_load(&r->refused), &result);
+  return result;
+}
+
+static napi_value stop_refusing(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!fd_argument(env, info, 1, argv, &fd)) {
+    napi_throw_type_error(env, NULL, "stopRefusing(fd): a descriptor given to refuse()");
+    return NULL;
+  }
+  refuser *r = find(fd, 1);
+  if (!r) return NULL;
+  uint64_t one = 1;
+  ssize_t ignored = write(r->wake_fd, &one, sizeof one);
+  (void)ignored;
+  pthread_join(r->thread, NULL);
+  for (size_t i = 0; i < r->count; i++) forget(r, (r->head + i) % MAX_TRACKED);
+  close(r->listen_fd);
+  close(r->epfd);
+  close(r->wake_fd);
+  free(r);
+  return NULL;
+}
+
+void refuser_register(napi_env env, napi_value exports) {
+  napi_value function;
+  napi_create_function(env, "refuse", NAPI_AUTO_LENGTH, refuse, NULL, &function);
+  napi_set_named_property(env, exports, "refuse", function);
+  napi_create_function(env, "refused", NAPI_AUTO_LENGTH, refused, NULL, &function);
+  napi_set_named_property(env, exports, "refused", function);
+  napi_create_function(env, "stopRefusing", NAPI_AUTO_LENGTH, stop_refusing, NULL, &function);
+  napi_set_named_property(env, exports, "stopRefusing", function);
+}
