@@ -62,8 +62,13 @@ class GroupedDirSync {
   }
 }
 
-/** Messages up to this size are also kept in memory for their first delivery attempt. */
-export const KEEP_IN_MEMORY_MAX = 64 * 1024;
+/**
+ * Messages up to this size are also kept in memory: the journal record, the scan and the first
+ * delivery attempt take the bytes from there instead of reading the file back. The writer's own
+ * buffer (its highWaterMark) may hold as much while the disk lags, so a session holds no more than
+ * it could already; a "64 KB" message with its header fields is just past 64 KB.
+ */
+export const KEEP_IN_MEMORY_MAX = 256 * 1024;
 
 export class SpoolWriter extends Writable {
   bytes = 0;
