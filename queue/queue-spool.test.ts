@@ -39,3 +39,54 @@ describe('a spool writer', () => {
     expect(past.file.length).toBe(KEEP_IN_MEMORY_MAX + 1);
   });
 });
+
+describe('a spool writer\'s file', () => {
+  let dir: string;
+  let spool: Spool;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ichidan-spool-'));
+    spool = new Spool(dir, false);
+    await spool.init();
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('gets every byte in order, of a message kept in memory and of one past the limit', async () => {
+    const small = await spool.createWriter('small');
+    small.write(Buffer.from('Subject: a\r\n\r\n'));
+    small.write(Buffer.from('body\r\n'));
+    await small.finishUnsynced(20);
+    expect((await readFile(small.path)).toString()).toBe('Subject: a\r\n\r\nbody\r\n');
+    expect(small.bytes).toBe(20);
+
+    const big = await spool.createWriter('big');
+    const parts = [Buffer.alloc(KEEP_IN_MEMORY_MAX - 10, 'a'), Buffer.alloc(20, 'b'), Buffer.alloc(30, 'c')];
+    for (const p of parts) big.write(p);
+    await big.finishUnsynced(KEEP_IN_MEMORY_MAX + 40);
+    expect((await readFile(big.path)).equals(Buffer.concat(parts))).toBe(true);
+    expect(big.kept).toBeNull();
+  });
+
+  it('refuses a write past the room it is given, held or not, and a wrong byte count at the end', async () => {
+    const writer = await spool.createWriter('m', (bytes) => bytes < 100);
+    const failed = new Promise<Error>((resolve) => writer.once('error', resolve));
+    writer.write(Buffer.alloc(50));
+    writer.write(Buffer.alloc(200));
+    expect(((await failed) as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    const short = await spool.createWriter('n');
+    short.write(Buffer.from('abc'));
+    await expect(short.finishUnsynced(4)).rejects.toMatchObject({ code: 'EIO' });
+    await writer.discard();
+    await short.discard();
+  });
+
+  it('is removed by discard, and removing one already gone is no error', async () => {
+    const writer = await spool.createWriter('gone');
+    writer.write(Buffer.from('x'));
+    await writer.discard();
+    await expect(readFile(writer.path)).rejects.toMatchObject({ code: 'ENOENT' });
+    await spool.remove('gone');
+    await spool.removeAside('gone');
+  });
+});
