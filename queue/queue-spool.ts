@@ -16,7 +16,7 @@
  * (base/base-latency-window.ts): the pressure signal and the fsync histogram read it.
  */
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { LatencyWindow } from '../base/base-latency-window.js';
@@ -62,8 +62,22 @@ class GroupedDirSync {
   }
 }
 
-/** Messages up to this size are also kept in memory for their first delivery attempt. */
-export const KEEP_IN_MEMORY_MAX = 64 * 1024;
+/**
+ * Messages up to this size are also kept in memory: the journal record, the scan and the first
+ * delivery attempt take the bytes from there instead of reading the file back. The writer's own
+ * buffer (its highWaterMark) may hold as much while the disk lags, so a session holds no more than
+ * it could already; a "64 KB" message with its header fields is just past 64 KB.
+ */
+export const KEEP_IN_MEMORY_MAX = 256 * 1024;
+
+/** Removes a file; one that is already gone counts as removed (one unlink, where rm would lstat it twice first). */
+async function removeFile(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
 
 export class SpoolWriter extends Writable {
   bytes = 0;
@@ -147,7 +161,7 @@ export class SpoolWriter extends Writable {
   async discard(): Promise<void> {
     this.destroy();
     await this.#close().catch(() => undefined);
-    await rm(this.path, { force: true });
+    await removeFile(this.path);
   }
 
   async #close(): Promise<void> {
@@ -236,7 +250,7 @@ export class Spool {
   }
 
   async remove(id: string): Promise<void> {
-    await rm(this.path(id), { force: true });
+    await removeFile(this.path(id));
   }
 
   /** Message files in the spool (the corrupt folder excluded). */
@@ -279,6 +293,6 @@ export class Spool {
   }
 
   async removeAside(id: string): Promise<void> {
-    await rm(this.asidePath(id), { force: true });
+    await removeFile(this.asidePath(id));
   }
 }

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { acceptQueue, listeningQueues, readListening } from './admission-backlog.js';
 
@@ -39,6 +39,18 @@ describe('the accept queue', () => {
     expect(acceptQueue([{ address: '0.0.0.0', port: 25 }], read)).toBe(2);
     expect(acceptQueue([{ address: '127.0.0.2', port: 2501 }], read)).toBe(0);
     expect(acceptQueue([{ address: '127.0.0.1', port: 2501 }], () => { throw new Error('no /proc'); })).toBeNull();
+    // A table no endpoint can be in is not read.
+    const tables: string[] = [];
+    const noting = (f: string) => { tables.push(f); return f.endsWith('6') ? TABLE6 : TABLE; };
+    expect(acceptQueue([{ address: '127.0.0.1', port: 2501 }], noting)).toBe(7);
+    expect(tables).toEqual(['/proc/net/tcp']);
+    tables.length = 0;
+    expect(acceptQueue([{ address: '::1', port: 2501 }], noting)).toBe(3);
+    expect(tables).toEqual(['/proc/net/tcp6']);
+    tables.length = 0;
+    expect(acceptQueue([{ address: '0.0.0.0', port: 25 }], noting)).toBe(6);
+    expect(tables).toEqual(['/proc/net/tcp', '/proc/net/tcp6']);
+    expect(acceptQueue([{ address: '::1', port: 2501 }], () => { throw new Error('no /proc'); })).toBeNull();
     // No listener under admission: nothing to read, nothing waits.
     expect(acceptQueue([], () => { throw new Error('read'); })).toBe(0);
   });
@@ -48,6 +60,22 @@ describe('the accept queue', () => {
     const states = text.split('\n').slice(1).map((l) => l.trim().split(/\s+/)[3]);
     expect(states.length).toBeGreaterThan(0);
     expect(states.every((s) => s === '0A')).toBe(true);
+  });
+
+  it('reads past its first page when the listening sockets fill more than one', async () => {
+    // 40 listeners: about 6 KB of table lines, more than one read's page.
+    const servers: Server[] = [];
+    try {
+      for (let i = 0; i < 40; i++) {
+        const server = createServer();
+        await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+        servers.push(server);
+      }
+      const listed = listeningQueues(readListening('/proc/net/tcp'), false);
+      for (const server of servers) expect(listed.has(`127.0.0.1 ${(server.address() as { port: number }).port}`)).toBe(true);
+    } finally {
+      for (const server of servers) server.close();
+    }
   });
 
   it('counts connections a real listener has not accepted yet', async () => {
