@@ -195,6 +195,7 @@ export class Ichidan {
       },
       mxQueryRatio: () => this.dns?.mxQueryRatio() ?? null,
       connectionRatio: () => this.admission.connectionRatio(),
+      connectionSurgeRatio: () => this.admission.connectionSurgeRatio(),
       acceptQueue: () => acceptQueue(this.#listeners.filter((l) => this.admission.guards(l.spec)).flatMap((l) => [...this.bound.filter((b) => b.name === l.spec.name), ...l.pairingEndpoints()])),
     }, {
       fsyncP99Ms: () => queue.fsyncP99Ms(this.config.admission.pressure.interval),

@@ -105,9 +105,12 @@ const pressureSchema = z.strictObject({
   /**
    * Connections to the admission listeners per second, those the door refuses included, as a
    * multiple of their normal rate: a flood keeps the level up while it lasts, even once the door
-   * turns it away so fast that nothing else shows it.
+   * turns it away so fast that nothing else shows it. Its surge (4 × overload, 24 by default) is
+   * looked for every surgeInterval over that span alone (the normal rate taken as at least 20 a
+   * second there): a flood shows within a tenth of a second, before its connections crowd the
+   * accept queue.
    */
-  connections: thresholds(ratio, 3, 6),
+  connections: thresholds(ratio, 3, 6, (overload) => 4 * overload),
   /** How long the normal rates of connections and MX queries are learned before their signals count (taken at start). */
   learnAfter: duration.prefault('5m'),
 }).prefault({});

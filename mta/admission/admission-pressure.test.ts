@@ -9,12 +9,13 @@ const config = admissionSchema.parse({ pressure: { interval: '100ms', rise: '1s'
 function world() {
   const logs: Array<Record<string, unknown>> = [];
   const log = createLogger('info', new Writable({ write(c, _e, cb) { for (const l of String(c).split('\n')) if (l) logs.push(JSON.parse(l)); cb(); } }));
-  const v = { now: 0, queue: null as number | null, peeks: 0, loop: null as number | null, memory: 0.5 as number | null, disk: 0.5 as number | null, fsync: null as number | null, open: 0, limit: 10, wait: null as number | null, latency: null as number | null, mx: null as number | null };
+  const v = { now: 0, queue: null as number | null, peeks: 0, loop: null as number | null, memory: 0.5 as number | null, disk: 0.5 as number | null, fsync: null as number | null, open: 0, limit: 10, wait: null as number | null, latency: null as number | null, mx: null as number | null, connSurge: null as number | null };
   const sources: PressureSources = {
     sessions: (peek) => { if (peek) v.peeks++; return { open: v.open, limit: v.limit }; },
     acceptQueue: () => v.queue,
     scans: () => ({ waitP90Ms: v.wait, latencyP90Ms: v.latency }),
     mxQueryRatio: () => v.mx,
+    connectionSurgeRatio: () => v.connSurge,
   };
   const p = new Pressure(config, sources, { fsyncP99Ms: () => v.fsync, diskFree: () => v.disk }, log, { now: () => v.now, memoryFree: () => v.memory, loopDelayP99Ms: () => v.loop });
   const events: Array<[string, string, string]> = [];
@@ -157,6 +158,18 @@ describe('Pressure', () => {
     expect(p.signals().acceptQueue).toEqual({ value: 1500, level: 'overload' });
     p.readSurge();
     expect(events).toHaveLength(1);
+  });
+
+  it('enters overload at once when the connections since the last surge reading come at 24 times their normal rate or more', () => {
+    const { p, v, events } = world();
+    v.connSurge = 23;
+    p.readSurge();
+    expect(p.level).toBe('normal');
+    v.connSurge = 30; v.now += 100;
+    p.readSurge();
+    expect(p.level).toBe('overload');
+    expect(events).toEqual([['overload', 'normal', 'connections=30 ≥ 24 (surge)']]);
+    expect(p.signals().connections).toEqual({ value: 30, level: 'overload' });
   });
 
   it('runs the surge timer every surgeInterval: a flood is met within it, long before the next full read', async () => {

@@ -13,7 +13,8 @@
  *   stops taking new mail before the spool runs out (KumoMTA's load shedding; MAIL FROM answers
  *   452 4.3.1 meanwhile), with an 'intake' event (state, why) at each change.
  * Surges: between two full reads, the cheap signals that count waiting clients (acceptQueue,
- *   sessions) are read every admission.pressure.surgeInterval, and a reading at or past its `surge`
+ *   sessions) and the connections' rate over the span since the last such reading are read every
+ *   admission.pressure.surgeInterval, and a reading at or past its `surge`
  *   threshold enters overload at once (admission-levels.ts `surgeLevels`): a connection flood fills
  *   the accept queue within a fraction of a second, and every connection in it, known senders'
  *   among them, waits there before Ichidan can tell who it is.
@@ -54,6 +55,8 @@ export interface PressureSources {
   mxQueryRatio?(): number | null;
   /** Connections per second to the admission listeners (refused ones too) against their normal rate; null until it is known. */
   connectionRatio?(): number | null;
+  /** The same over the span since its last reading (the surge check's). */
+  connectionSurgeRatio?(): number | null;
 }
 
 export interface SpoolSignals {
@@ -226,11 +229,12 @@ export class Pressure extends EventEmitter {
     const values: SignalValues = {
       acceptQueue: this.#safely('acceptQueue', () => this.sources.acceptQueue?.() ?? null),
       sessions: sessions && sessions.limit > 0 ? sessions.open / sessions.limit : null,
+      connections: this.#safely('connections', () => this.sources.connectionSurgeRatio?.() ?? null),
     };
     const surge = surgeLevels(this.#state, values, this.#config, this.#probes.now());
     if (!surge) return;
     this.#state = surge.state;
-    for (const s of ['acceptQueue', 'sessions'] as const) this.#signals[s] = { value: values[s] ?? null, level: signalLevel(s, values[s], this.#config) };
+    for (const s of ['acceptQueue', 'sessions', 'connections'] as const) this.#signals[s] = { value: values[s] ?? null, level: signalLevel(s, values[s], this.#config) };
     this.#changed(surge.change, values);
   }
 

@@ -74,4 +74,20 @@ describe('a rate against its normal level', () => {
     run(40, 400);
     expect(rate.ratio()).toBeGreaterThan(6);
   });
+
+  it('gives the rate since it was last asked against the normal one, floored, and starts the next span', () => {
+    let now = 1_000_000_000;
+    const rate = new NormalRate(() => now, 10_000);
+    for (let s = 0; s < 10; s++) { rate.hit(5); now += 1000; }
+    expect(rate.recentRatio()).toBeGreaterThan(0); // the learning span itself
+    expect(rate.normal()).toBeCloseTo(5, 0);
+    // A tenth of a second: 3 connections are no surge (the normal rate taken as 20 a second), 100 are.
+    rate.hit(3); now += 100;
+    expect(rate.recentRatio()).toBeCloseTo(30 / 20, 1);
+    rate.hit(100); now += 100;
+    expect(rate.recentRatio()).toBeCloseTo(1000 / 20, 0);
+    now += 100;
+    expect(rate.recentRatio()).toBe(0);
+    expect(new NormalRate(() => now).recentRatio()).toBeNull();
+  });
 });

@@ -28,12 +28,20 @@ export const LEARN_AFTER = 300;
 export const MIN_NORMAL = 0.1;
 /** Past this many times the normal rate, the normal rate learns ten times slower. */
 export const SURGE_RATIO = 2;
+/**
+ * Events per second the normal rate is taken to be at least when the rate since the last look is
+ * compared with it (`recentRatio`): over a tenth of a second a few events together are no surge.
+ */
+export const RECENT_MIN_NORMAL = 20;
 
 export class NormalRate {
   readonly #counts = new Array<number>(WINDOW).fill(0);
   /** The second (since the epoch) the last slot of `#counts` belongs to. */
   #second: number;
   readonly #start: number;
+  /** Events since `recentRatio` was last asked, and since when. */
+  #recent = 0;
+  #recentSince: number;
   #normal = 0;
 
   /** Seconds of history before a ratio is given. */
@@ -43,12 +51,29 @@ export class NormalRate {
     this.#learnAfter = Math.max(1, Math.round(learnAfterMs / 1000));
     this.#second = Math.floor(now() / 1000);
     this.#start = this.#second;
+    this.#recentSince = now();
   }
 
   /** `n` events now (one by default). */
   hit(n = 1): void {
     this.#advance();
     this.#counts[this.#second % WINDOW] += n;
+    this.#recent += n;
+  }
+
+  /**
+   * The rate since the last call (a flood's first tenth of a second, read every surgeInterval)
+   * against the normal rate, floored at RECENT_MIN_NORMAL; null while the normal rate is being
+   * learned. Starts the next span.
+   */
+  recentRatio(): number | null {
+    const now = this.now();
+    const seconds = Math.max(0.05, (now - this.#recentSince) / 1000);
+    const count = this.#recent;
+    this.#recent = 0;
+    this.#recentSince = now;
+    const normal = this.normal();
+    return normal === null ? null : count / seconds / Math.max(normal, RECENT_MIN_NORMAL);
   }
 
   /** Events per second over the last WINDOW seconds (the current, partial second included). */

@@ -106,6 +106,11 @@ export class Admission {
     this.deps.count('connect', 'refuse', 'overload', n);
   }
 
+  /** The same since the last call (the surge check's short span; rate.recentRatio). */
+  connectionSurgeRatio(): number | null {
+    return this.#connections.recentRatio();
+  }
+
   /** Connections per second to the guarded listeners against their normal rate; null while it is still being learned. */
   connectionRatio(): number | null {
     return this.#connections.ratio();
