@@ -25,6 +25,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include "addon-error.h"
 #include "refuser.h"
 
 #define MAX_REFUSERS 16
@@ -124,14 +125,6 @@ static void *run(void *arg) {
   }
 }
 
-static napi_value throw_errno(napi_env env, const char *call, int err) {
-  const char *name = strerrorname_np(err);
-  char message[200];
-  snprintf(message, sizeof message, "refuser: %s failed: %s (%s)", call, name ? name : "unknown errno", strerror(err));
-  napi_throw_error(env, name, message);
-  return NULL;
-}
-
 static int fd_argument(napi_env env, napi_callback_info info, size_t want, napi_value *argv, int32_t *fd) {
   size_t argc = want;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
@@ -143,7 +136,7 @@ static napi_value refuse(napi_env env, napi_callback_info info) {
   int32_t fd;
   size_t length = 0;
   refuser *r = calloc(1, sizeof *r);
-  if (!r) return throw_errno(env, "calloc", ENOMEM);
+  if (!r) return throw_errno(env, "refuser", "calloc", ENOMEM);
   if (!fd_argument(env, info, 2, argv, &fd) ||
       napi_get_value_string_utf8(env, argv[1], r->line, sizeof r->line, &length) != napi_ok || length == 0 ||
       length >= sizeof r->line - 1) {
@@ -183,7 +176,7 @@ static napi_value refuse(napi_env env, napi_callback_info info) {
     if (r->epfd >= 0) close(r->epfd);
     if (r->wake_fd >= 0) close(r->wake_fd);
     free(r);
-    return throw_errno(env, call, err);
+    return throw_errno(env, "refuser", call, err);
   }
   return NULL;
 }
@@ -209,7 +202,7 @@ static napi_value refused(napi_env env, napi_callback_info info) {
     return NULL;
   }
   refuser *r = find(fd, 0);
-  if (!r) return throw_errno(env, "refused (no refuser on that descriptor)", ENOENT);
+  if (!r) return throw_errno(env, "refuser", "refused (no refuser on that descriptor)", ENOENT);
   napi_create_double(env, (double)atomic_load(&r->refused), &result);
   return result;
 }

@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 #include <linux/filter.h>
 #include <node_api.h>
+#include "addon-error.h"
 #include "refuser.h"
 
 #ifndef SO_ATTACH_REUSEPORT_CBPF
@@ -35,14 +36,6 @@
 #endif
 
 #define MAX_GROUP 16
-
-static napi_value throw_errno(napi_env env, const char *call, int err) {
-  const char *name = strerrorname_np(err);
-  char message[200];
-  snprintf(message, sizeof message, "reuseport: %s failed: %s (%s)", call, name ? name : "unknown errno", strerror(err));
-  napi_throw_error(env, name, message);
-  return NULL;
-}
 
 static int open_one(const struct sockaddr_storage *where, socklen_t length, int backlog, const char **call) {
   int one = 1, zero = 0;
@@ -100,11 +93,11 @@ static napi_value listen_shared(napi_env env, napi_callback_info info) {
   if (port != 0) {
     int probe = socket(where.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
-    if (probe < 0) return throw_errno(env, "socket", errno);
+    if (probe < 0) return throw_errno(env, "reuseport", "socket", errno);
     if (setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 || bind(probe, (const struct sockaddr *)&where, length) != 0) {
       int err = errno;
       close(probe);
-      return throw_errno(env, "bind", err);
+      return throw_errno(env, "reuseport", "bind", err);
     }
     close(probe);
   }
@@ -115,7 +108,7 @@ static napi_value listen_shared(napi_env env, napi_callback_info info) {
     if (fds[i] < 0) {
       int err = errno;
       for (int j = 0; j < i; j++) close(fds[j]);
-      return throw_errno(env, call, err);
+      return throw_errno(env, "reuseport", call, err);
     }
     if (i == 0 && port == 0) {
       struct sockaddr_storage bound;
@@ -123,7 +116,7 @@ static napi_value listen_shared(napi_env env, napi_callback_info info) {
       if (getsockname(fds[0], (struct sockaddr *)&bound, &bound_length) != 0) {
         int err = errno;
         close(fds[0]);
-        return throw_errno(env, "getsockname", err);
+        return throw_errno(env, "reuseport", "getsockname", err);
       }
       if (where.ss_family == AF_INET) v4->sin_port = ((struct sockaddr_in *)&bound)->sin_port;
       else v6->sin6_port = ((struct sockaddr_in6 *)&bound)->sin6_port;
@@ -156,7 +149,7 @@ static napi_value steer(napi_env env, napi_callback_info info) {
   }
   struct sock_fprog program = { .len = (unsigned short)(bytes / sizeof(struct sock_filter)), .filter = data };
   if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof program) != 0) {
-    return throw_errno(env, "setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno);
+    return throw_errno(env, "reuseport", "setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno);
   }
   return NULL;
 }
