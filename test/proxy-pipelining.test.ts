@@ -3,7 +3,9 @@
 // time, each after the reply to the one before. Replies go back as the destination gave them
 // (multi-line, 251, 252); a recipient refused by the proxy in the middle of a group never reaches the
 // destination; a destination that drops mid-group gives the client 4xx and delivers nothing; the
-// transcript holds every line of the group, in order, tied to its transaction.
+// transcript holds every line of the group, in order, tied to its transaction. A client that waits for
+// each reply gets the destination's own reply to its MAIL FROM once the site can be named without a
+// recipient: in a later transaction, or in the first once a route has named the destination's address.
 import { join } from 'node:path';
 import { createServer, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -289,6 +291,102 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     expect(await transaction('c@legacy.test', 'z@dest.test')).toBe('250 2.1.0 sender ok\r\n');
     expect(dest.messages.map((m) => m.rcpt)).toEqual([['x@dest.test'], ['y@dest.test'], ['z@dest.test']]);
     c.socket.destroy();
+  });
+
+  describe('the first MAIL FROM of a connection, once the destination\'s address is known from a route', () => {
+    /** A proxy whose route for dest.test names the peer, and one transaction through it to teach the address's site. */
+    async function known(dest: Awaited<ReturnType<typeof peer>>) {
+      const t = await proxy(() => dest.endpoint, () => ({ routes: { 'dest.test': { host: dest.endpoint.address, port: dest.endpoint.port } } }));
+      const first = await client(t.port('proxy'));
+      // Nothing is known of the address before a recipient's route names it: the proxy answers.
+      first.send('MAIL FROM:<warm@legacy.test>\r\n');
+      expect(await rawReplies(first, 1)).toEqual(['250 2.1.0 Ok\r\n']);
+      first.send('RCPT TO:<w@dest.test>\r\n');
+      expect(await rawReplies(first, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
+      first.send('DATA\r\n');
+      expect((await rawReplies(first, 1))[0]).toMatch(/^354 /);
+      first.send(`${BODY}.\r\n`);
+      expect(await rawReplies(first, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      first.send('QUIT\r\n');
+      await rawReplies(first, 1);
+      first.socket.destroy();
+      dest.chunks.length = 0;
+      return t;
+    }
+
+    it('gives a client that waits for the reply the destination\'s own refusal of the sender, multi-line, as it came', async () => {
+      const refusal = '550-5.7.1 this sender is not welcome here\r\n550 5.7.1 see https://dest.test/policy\r\n';
+      const dest = await peer({ host: '127.0.0.91', pipelining: true, mail: (a) => (a === 'no@legacy.test' ? refusal : undefined) });
+      const t = await known(dest);
+      const c = await client(t.port('proxy'));
+      c.send('MAIL FROM:<no@legacy.test>\r\n');
+      expect(await rawReplies(c, 1)).toEqual([refusal]);
+      // The MAIL FROM went alone, on the pooled destination session shown alive by its RSET.
+      expect(transactionChunks(dest.chunks)).toEqual(['RSET\r\nMAIL FROM:<no@legacy.test>\r\n']);
+      // The refused sender's transaction never began: the client's next one goes through.
+      c.send('MAIL FROM:<yes@legacy.test>\r\n');
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.0 sender ok\r\n']);
+      c.send('RCPT TO:<x@dest.test>\r\n');
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
+      c.send('DATA\r\n');
+      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
+      c.send(`${BODY}.\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      expect(dest.messages.map((m) => m.rcpt)).toEqual([['w@dest.test'], ['x@dest.test']]);
+      c.socket.destroy();
+    });
+
+    it('gives a client that waits for the reply the destination\'s own 250, then relays its RCPT and DATA one by one', async () => {
+      const dest = await peer({ host: '127.0.0.92', pipelining: true, mail: () => '250 2.1.0 <a@legacy.test> sender looks fine\r\n' });
+      const t = await known(dest);
+      const c = await client(t.port('proxy'));
+      c.send('MAIL FROM:<a@legacy.test>\r\n');
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.0 <a@legacy.test> sender looks fine\r\n']);
+      c.send('RCPT TO:<x@dest.test>\r\n');
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
+      c.send('DATA\r\n');
+      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
+      c.send(`${BODY}.\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      expect(transactionChunks(dest.chunks)).toEqual(['RSET\r\nMAIL FROM:<a@legacy.test>\r\n', 'RCPT TO:<x@dest.test>\r\n', 'DATA\r\n']);
+      expect(dest.messages.map((m) => m.rcpt)).toEqual([['w@dest.test'], ['x@dest.test']]);
+      c.socket.destroy();
+    });
+
+    it('still answers a pipelining client\'s first MAIL FROM itself and relays its group in one write', async () => {
+      const dest = await peer({ host: '127.0.0.93', pipelining: true });
+      const t = await known(dest);
+      const c = await client(t.port('proxy'));
+      c.send('MAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@dest.test>\r\nDATA\r\n');
+      const [mail, rcpt, data] = await rawReplies(c, 3);
+      expect(mail).toBe('250 2.1.0 Ok\r\n');
+      expect(rcpt).toBe('250 2.1.5 recipient ok\r\n');
+      expect(data).toMatch(/^354 /);
+      c.send(`${BODY}.\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      expect(transactionChunks(dest.chunks)).toEqual(['RSET\r\nMAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@dest.test>\r\nDATA\r\n']);
+      c.socket.destroy();
+    });
+
+    it('leaves the site named from the address when the first recipient\'s route names another, and sends the MAIL FROM again there', async () => {
+      const dest = await peer({ host: '127.0.0.94', pipelining: true });
+      const t = await known(dest);
+      const c = await client(t.port('proxy'));
+      c.send('MAIL FROM:<a@legacy.test>\r\n');
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.0 sender ok\r\n']);
+      // other.test has no route: its site is the address's own, not the route's the MAIL FROM went on.
+      c.send('RCPT TO:<x@other.test>\r\n');
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
+      c.send('DATA\r\n');
+      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
+      c.send(`${BODY}.\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      // The first MAIL FROM was reset where it went; a connection of the recipient's site carried the message.
+      expect(transactionChunks(dest.chunks)).toEqual(['RSET\r\nMAIL FROM:<a@legacy.test>\r\n', 'RSET\r\n', 'MAIL FROM:<a@legacy.test>\r\n', 'RCPT TO:<x@other.test>\r\n', 'DATA\r\n']);
+      expect(dest.chunks.filter((ch) => ch.startsWith('EHLO'))).toHaveLength(1);
+      expect(dest.messages.map((m) => m.rcpt)).toEqual([['w@dest.test'], ['x@other.test']]);
+      c.socket.destroy();
+    });
   });
 
   it('records the pipelined group whole in the transcript, in order, tied to its transaction', async () => {

@@ -24,6 +24,7 @@ export function proxySessionDeps(config: Config, queue: Queue, pool: SmtpPool, o
     route: (domain) => egress.sites.route(domain),
     tlsPlan: (domain, via, hops) => egress.tlsPlan(domain, via, hops),
     siteLimits: (key) => egress.sites.limits(key),
+    known: (address, port) => egress.sites.byAddress(address, port),
     acquire: (tenant, site, leave) => queue.acquireLive(tenant, site, config.proxy.slotWait, leave),
     transcripts: transcripts.enabled ? { sink: queue.recordTranscript, maxBytes: transcripts.maxBytesPerSession } : null,
     signal: (site, source, tenant, signal) => queue.control.onSignal(site, source, tenant, signal),

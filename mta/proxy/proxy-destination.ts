@@ -4,7 +4,10 @@
  *
  * The first RCPT names a recipient domain, so the destination's site (the one the queued path
  * counts it under, when the address is one of the domain's mail hosts) and host name (for SNI and
- * the certificate check) are known; only then is a slot taken there for the tenant (the
+ * the certificate check) are known. Before it, the site and host name the address was last seen
+ * under in a route may stand for them (for a first MAIL FROM relayed at once); the first RCPT's
+ * route then confirms them, or the session gives back what it took there and starts again for the
+ * recipient. On that site a slot is taken for the tenant (the
  * scheduler's fairness and caps, waiting at most `proxy.slotWait`), and a connection had from the
  * slot's source address: an idle one from the pools queued delivery uses too (same destination,
  * source, EHLO name and host name; the session's first group shows it alive with RSET), else a new
@@ -56,6 +59,8 @@ export interface ProxyDeps {
   tlsPlan(domain: string, via: 'route' | 'mx', hops: Array<{ name: string; addresses: string[]; port: number; protocol: 'smtp' | 'lmtp' }>): Promise<TlsPlan>;
   /** The default limits of a site by key (for an address no route names). */
   siteLimits(key: string): DeliverySite;
+  /** The mail host name and site an address:port was last seen under in a route (the egress's cache), if any. */
+  known(address: string, port: number): { name: string; site: DeliverySite } | undefined;
   /** A turn at the site for the tenant: resolves when the scheduler gives one, rejects after the wait or when `leave` aborts. */
   acquire(tenant: string, site: DeliverySite, leave: AbortSignal): Promise<Slot>;
   transcripts: { sink: TranscriptSink; maxBytes: number } | null;
@@ -93,6 +98,8 @@ export class ProxyDestination {
   #lastSource: string | null | undefined = undefined;
   #site: DeliverySite | null = null;
   #hostName: string | null = null;
+  /** The site and host name were named from the address alone: the first recipient's route has yet to confirm them. */
+  #guessed = false;
   #clock: ReplyClock | null = null;
   #transcript: Transcript | null = null;
   /** The (site, source) pair and pool key of the connection; its messages so far. */
@@ -126,27 +133,46 @@ export class ProxyDestination {
 
   /** Takes a slot and opens the destination session; resolves with a reply to refuse with, or null when open. */
   async open(domain: string): Promise<Reply | null> {
-    const { address, port } = this.target;
-    let hostName: string | null = null;
-    let site: DeliverySite | null = null;
-    try {
-      const { decision, site: routed } = await this.deps.route(domain);
-      const hop = decision.kind === 'hops' ? decision.hops.find((h) => h.port === port && h.addresses.includes(address)) : undefined;
-      if (hop) {
-        hostName = hop.name;
-        site = routed;
-      }
-    } catch {
-      // no route knowledge: the address stands for itself
+    const place = await this.#placeOf(domain);
+    // A turn taken on a site named from the address alone is kept only when the recipient's route names it too.
+    if (this.#guessed) {
+      this.#guessed = false;
+      if (!this.#isPlace(place)) this.releaseTurn();
     }
     // A session whose data was cut off opens again on the turn it holds.
     if (!this.#slot || !this.#site) {
-      this.#site = site ?? this.deps.siteLimits(`addr:${address}:${port}`);
-      this.#hostName = hostName;
+      this.#site = place.site;
+      this.#hostName = place.hostName;
       const refused = await this.#takeTurn();
       if (refused) return refused;
     }
-    return this.#connect(hostName);
+    return this.#connect(place.hostName);
+  }
+
+  /**
+   * Can the session name the destination's site before any recipient does? Yes when an earlier
+   * transaction named it, or when the address was last seen under a site and host name in a route
+   * (taken as the session's, for the first recipient to confirm).
+   */
+  siteKnown(): boolean {
+    if (this.#site) return true;
+    const known = this.deps.known(this.target.address, this.target.port);
+    if (!known) return false;
+    this.#site = known.site;
+    this.#hostName = known.name;
+    this.#guessed = true;
+    return true;
+  }
+
+  /**
+   * Does the recipient domain's route name the site and host name the session took from the
+   * address alone (or did a recipient name them already)? False: the caller gives back the
+   * connection and the turn, and opens again for this recipient.
+   */
+  async confirm(domain: string): Promise<boolean> {
+    if (!this.#guessed) return true;
+    this.#guessed = false;
+    return this.#isPlace(await this.#placeOf(domain));
   }
 
   /** A later transaction's turn and connection, at the site and host name the session had. */
@@ -277,6 +303,23 @@ export class ProxyDestination {
   signal(reply: Reply): void {
     const seen = this.#clock?.signal(this.#site?.slowReply ?? Infinity) ?? { kind: 'ok' as const, detail: '' };
     this.#signalRaw(reply.code === 421 && seen.kind !== 'throttled' ? { kind: 'throttled', detail: replyText(reply) } : seen);
+  }
+
+  /** The site and host name a recipient domain's route gives the original destination (its own `addr:` site when no route names it). */
+  async #placeOf(domain: string): Promise<{ site: DeliverySite; hostName: string | null }> {
+    const { address, port } = this.target;
+    try {
+      const { decision, site } = await this.deps.route(domain);
+      const hop = decision.kind === 'hops' ? decision.hops.find((h) => h.port === port && h.addresses.includes(address)) : undefined;
+      if (hop) return { site, hostName: hop.name };
+    } catch {
+      // no route knowledge: the address stands for itself
+    }
+    return { site: this.deps.siteLimits(`addr:${address}:${port}`), hostName: null };
+  }
+
+  #isPlace(place: { site: DeliverySite; hostName: string | null }): boolean {
+    return place.site.key === this.#site?.key && place.hostName === this.#hostName;
   }
 
   /** Waits for a turn at the session's site; a reply to refuse with when none came. */

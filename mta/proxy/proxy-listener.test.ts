@@ -45,6 +45,7 @@ async function listener(destPort: number, badPort: { value: number }) {
       return { kind: 'hops', hops: [{ hop: { name: '127.0.0.1', addresses: ['127.0.0.1'], port: destPort, protocol: 'smtp' }, tls: { level: 'none', rule: 'none', audit: null } }] } as never;
     },
     siteLimits: () => site as never,
+    known: () => undefined,
     acquire: async () => ({ site: site.key, source: { address: null, helo: null }, release: () => undefined }),
     transcripts: null,
     signal: () => undefined,

@@ -165,7 +165,7 @@ export class ProxyListener {
       onMailFrom: (address, session, cb) => this.#refusedMail(this.#connections.mail(session) ?? mailFromRefusal(address), cb) || this.#run(session, cb, (s) => {
         // A transaction that ended without data (every recipient refused, or RSET) is reported now.
         this.#report(session, s);
-        // A client that waits for this reply gets the destination's, when the session knows its site.
+        // A client that waits for this reply gets the destination's, when the session can name its site.
         const waits = this.#taps.endsWith(connectionKey(session), (address as { rawCommand?: Buffer }).rawCommand);
         return s.mail(address.address, paramWords(address.args).join(' '), waits);
       }),

@@ -3,8 +3,12 @@
  * address and port a redirected legacy MTA dialled) on the connection and turn its
  * ProxyDestination holds (proxy-destination.ts):
  *   - MAIL FROM goes at once when the connection is open, or when the client waits for its reply
- *     and an earlier transaction named the site, so that the destination's own reply is the
- *     client's; else it is kept for the first RCPT, whose domain names the site;
+ *     and the site can be named without a recipient (an earlier transaction's, or the one the
+ *     address was last seen under in a route), so that the destination's own reply is the
+ *     client's; else it is kept for the first RCPT, whose domain names the site. A site named
+ *     from the address alone that the first RCPT's route does not name is left (the MAIL FROM
+ *     reset there, the connection and turn given back) and the MAIL FROM goes again with that
+ *     RCPT at the recipient's site;
  *   - each RCPT is relayed, once the connection is fit for its domain's TLS rule, and its reply
  *     passed back; what the client pipelined (RFC 2920) goes as one group, with the MAIL FROM kept
  *     for it, an RSET when the connection's state is not known to be clean, and DATA when the
@@ -96,8 +100,10 @@ export class ProxySession {
 
   /**
    * MAIL FROM: relayed at once when the session is open, or when the client waits for its reply
-   * (`clientWaits`: nothing came after it) and an earlier transaction named the destination's site,
-   * so that the destination's own reply is the client's; else kept for the first RCPT.
+   * (`clientWaits`: nothing came after it) and the destination's site can be named without a
+   * recipient (ProxyDestination.siteKnown), so that the destination's own reply is the client's;
+   * else kept for the first RCPT. A refused MAIL FROM ends the transaction: the connection and the
+   * turn go back.
    */
   mail(from: string, params: string, clientWaits = false): Promise<Reply> {
     return this.#track(this.#mailNow(from, params, clientWaits));
@@ -116,22 +122,32 @@ export class ProxySession {
     // Each further transaction is admitted as a delivery would be: holds, pauses and rates in force now.
     const refusal = dest.admission();
     if (refusal) return toReply(reply(451, STATUS.notAllowedNow, `${refusal}; try again later`));
-    if (!dest.conn && clientWaits && dest.site !== null) {
-      // Its turn and a pooled (or new) connection now, on the site the last transaction had.
-      this.#opening = dest.reopen();
-      const opened = await this.#opening;
-      this.#opening = null;
-      if (opened) return opened;
-    }
-    if (!dest.conn) {
+    const now = !dest.conn && clientWaits && dest.siteKnown();
+    if (!dest.conn && !now) {
       // What the client sends in this same turn (its RCPTs, DATA) it sent in one group: relayed as one.
       this.#pipelined = true;
       setImmediate(() => { this.#pipelined = false; });
       return toReply(reply(250, '2.1.0', 'Ok'));
     }
-    const relayed = await this.#relay(null);
-    // A pooled session found gone: this MAIL goes with the first RCPT, on another.
-    return relayed === RETRY ? toReply(reply(250, '2.1.0', 'Ok')) : relayed.mail;
+    for (;;) {
+      if (!dest.conn) {
+        // Its turn and a pooled (or new) connection now, on the site the session can name.
+        this.#opening = dest.reopen();
+        const opened = await this.#opening;
+        this.#opening = null;
+        if (opened) return opened;
+      }
+      const relayed = await this.#relay(null);
+      if (relayed === RETRY) {
+        // A pooled session found gone: another (or a new one) for a client that waits for this
+        // reply; else this MAIL goes with the first RCPT, on another.
+        if (now) continue;
+        return toReply(reply(250, '2.1.0', 'Ok'));
+      }
+      // The transaction ended at its MAIL FROM: no share of the site is held while the client decides.
+      if (relayed.mail.code !== 250) await this.#yieldTurn();
+      return relayed.mail;
+    }
   }
 
   /**
@@ -156,6 +172,7 @@ export class ProxySession {
     const dest = this.#destination;
     // A DATA relayed early that the client did not follow with its data: that transaction is broken off.
     if (this.#settleData()) dest.failed = tempfail(STATUS.badConnection, 'the client sent another RCPT after its DATA');
+    if (dest.conn && !dest.failed && !(await dest.confirm(domain))) await this.#leaveGuessedSite();
     for (;;) {
       if (!dest.conn && !dest.failed) {
         this.#opening = dest.open(domain);
@@ -359,6 +376,18 @@ export class ProxySession {
     const last = line === null ? null : replies[at] ?? null;
     if (withData) this.#dataReply = replies[at + 1] ?? null;
     return { mail: this.#mailReply!, last };
+  }
+
+  /**
+   * The first recipient's route names another site (or host name) than the one the MAIL FROM
+   * went to, named from the address alone: the MAIL FROM is reset there, the connection and the
+   * turn go back, and the MAIL FROM goes again with this RCPT on the recipient's site, as a first
+   * MAIL FROM kept for its RCPT does (the destination's reply to it then stands for the RCPT's).
+   */
+  async #leaveGuessedSite(): Promise<void> {
+    await this.#handBack();
+    this.#mailReply = null;
+    this.#inTransaction = false;
   }
 
   /** The pooled session did not answer its RSET: closed, and the caller tries another. */
