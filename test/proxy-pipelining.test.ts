@@ -151,7 +151,6 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     expect((await rawReplies(c, 3)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '354']);
     c.send(`${BODY}.\r\n`);
     expect((await rawReplies(c, 1))[0]).toMatch(/^250 /);
-    console.log(JSON.stringify(transactionChunks(dest.chunks)));
     expect(transactionChunks(dest.chunks).slice(1)).toEqual(['RSET\r\nMAIL FROM:<b@legacy.test>\r\nRCPT TO:<y@dest.test>\r\nDATA\r\n']);
     c.socket.destroy();
   });
