@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -36,5 +36,21 @@ describe('process log', () => {
     const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
     expect(run.status).toBe(3);
     expect(lines(file)).toEqual(['last words']);
+  });
+
+  it('on a reopen writes the lines still waiting to the renamed file, and the later ones to the new one', async () => {
+    const file = tempFile();
+    const { log, reopen } = createProcessLogger({ level: 'info', file });
+    log.info('opened');
+    await new Promise((r) => setTimeout(r, 300));
+    log.info('before the rotation');
+    // logrotate renames the file and signals at once, while that line still waits in its batch.
+    renameSync(file, `${file}.1`);
+    reopen();
+    await new Promise((r) => setTimeout(r, 50));
+    log.info('after the rotation');
+    await new Promise((r) => setTimeout(r, 400));
+    expect(lines(`${file}.1`)).toEqual(['opened', 'before the rotation']);
+    expect(lines(file)).toEqual(['after the rotation']);
   });
 });

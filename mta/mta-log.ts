@@ -19,7 +19,7 @@
  * logrotate renames the file, then signals, and no line is lost or copied (no copytruncate).
  * Lines leave in batches (`BATCHED`): one write when 4 KB have gathered, or within 100 ms of the
  * first, not one write per line (a busy proxy logs a line per transaction); what is waiting is
- * written when the process exits.
+ * written when the process exits, and to the old file before a reopen.
  * Settings: log.level, log.file.
  */
 import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
@@ -43,7 +43,8 @@ export function createProcessLogger(settings: { level: string; file?: string }):
   mkdirSync(dirname(settings.file), { recursive: true });
   closeSync(openSync(settings.file, 'a', 0o640));
   const destination = pino.destination({ dest: settings.file, append: true, mkdir: true, sync: false, ...BATCHED });
-  return { log: createLogger(settings.level, destination), reopen: () => destination.reopen() };
+  // The lines still waiting in the batch were logged before the rename: they go to the old file first.
+  return { log: createLogger(settings.level, destination), reopen: () => destination.flush(() => destination.reopen()) };
 }
 
 /** The version in the package's package.json (mta-package.ts finds it, from dist/ too). */
