@@ -1,6 +1,8 @@
 // Known senders' own accept queue against the real kernel: two sockets on one port, the program
 // choosing by the client's source address (loopback has all of 127.0.0.0/8 to connect from).
-import { closeSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { closeSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KnownQueue, loadReuseport, type ReuseportAddon } from './ingress-known-queue.js';
@@ -145,5 +147,31 @@ describe('KnownQueue', () => {
     await dial(port, '127.10.1.9');
     expect(arrivals).toEqual([{ queue: 'known', from: '127.10.1.9' }]);
     expect(() => addon.listenShared('not an address', 0, 8, 2)).toThrow(/IPv4 or IPv6/);
+  });
+
+  it('out of descriptors, the refusing thread leaves the connections queued without spinning, and answers them once it has some again', async () => {
+    // A process of its own with few descriptors, all taken once its sockets are open.
+    const built = join(import.meta.dirname, '..', '..', 'dist', 'mta', 'ingress', 'ingress-known-queue.js');
+    const script = `
+      const fs = require('node:fs');
+      import(${JSON.stringify(built)}).then(async ({ loadReuseport, KnownQueue }) => {
+        const { queue } = await KnownQueue.open(loadReuseport(), { address: '127.0.0.1', port: 0, backlog: 64 }, { networks: [], blocked: [], refuseOthers: true }, ${JSON.stringify(REFUSAL)}, () => {});
+        const held = [];
+        try { for (;;) held.push(fs.openSync('/dev/null', 'r')); } catch {}
+        process.stdout.write(String(queue.server.address().port) + '\\n');
+        process.stdin.once('data', () => { for (const fd of held) fs.closeSync(fd); });
+      });`;
+    const child = spawn('prlimit', ['--nofile=128', '--', process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+    closers.push(() => child.kill('SIGKILL'));
+    const port = Number(await new Promise<string>((resolve) => child.stdout!.once('data', (d) => resolve(String(d).trim()))));
+    const waiting = Array.from({ length: 5 }, (_, i) => dial(port, `127.70.${i}.1`, '127.0.0.1', 8000));
+    await new Promise((r) => setTimeout(r, 300));
+    const cpu = () => readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1].split(' ').slice(11, 13).reduce((a, b) => a + Number(b), 0);
+    const before = cpu();
+    await new Promise((r) => setTimeout(r, 1000));
+    // Clock ticks (100 a second): a thread spinning on accept would use about 100 of them here.
+    expect(cpu() - before).toBeLessThan(30);
+    child.stdin!.write('go\n');
+    expect(await Promise.all(waiting)).toEqual(Array(5).fill(REFUSAL));
   });
 });

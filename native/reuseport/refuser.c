@@ -7,7 +7,8 @@
  *   connection: the line written, the sending side shut (the client reads the line and a clean
  *   end), what the client sends meanwhile read and dropped, the socket closed when the client
  *   closes its side or after LINGER_SECONDS; past MAX_TRACKED connections waiting so, a new one is
- *   closed right after its line.
+ *   closed right after its line. Out of descriptors (or memory), it leaves the connections queued
+ *   and looks again 10 ms later rather than spinning on accept.
  * refused(fd): connections answered so far (a number). stopRefusing(fd): ends the thread, closes
  *   every connection it still holds and the listening socket. At most MAX_REFUSERS at once.
  * Failures throw an Error whose code is the errno's name.
@@ -114,8 +115,16 @@ static void *run(void *arg) {
       if (tag == LISTEN_TAG) {
         for (;;) {
           int fd = accept4(r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-          if (fd < 0) break;
-          answer(r, fd);
+          if (fd >= 0) {
+            answer(r, fd);
+            continue;
+          }
+          // Out of descriptors or memory: the connection stays queued; a pause, not a spin on it.
+          if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            struct timespec pause = { .tv_sec = 0, .tv_nsec = 10 * 1000 * 1000 };
+            nanosleep(&pause, NULL);
+          }
+          break;
         }
       } else if (tag < MAX_TRACKED && r->ring[tag].fd >= 0) {
         drain(r, (size_t)tag);
