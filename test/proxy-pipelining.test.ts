@@ -293,6 +293,16 @@ describe('transparent proxy (loopback): pipelined relay', () => {
   });
 
   describe('the first MAIL FROM of a connection, once the destination\'s address is known from a route', () => {
+    /** RCPT, DATA and the message, each sent after the reply to the one before, and the peer's replies to them. */
+    async function oneByOne(c: RawSmtp, rcpt: string): Promise<void> {
+      c.send(`RCPT TO:<${rcpt}>\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
+      c.send('DATA\r\n');
+      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
+      c.send(`${BODY}.\r\n`);
+      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+    }
+
     /** A proxy whose route for dest.test names the peer, and one transaction through it to teach the address's site. */
     async function known(dest: Awaited<ReturnType<typeof peer>>) {
       const t = await proxy(() => dest.endpoint, () => ({ routes: { 'dest.test': { host: dest.endpoint.address, port: dest.endpoint.port } } }));
@@ -300,12 +310,7 @@ describe('transparent proxy (loopback): pipelined relay', () => {
       // Nothing is known of the address before a recipient's route names it: the proxy answers.
       first.send('MAIL FROM:<warm@legacy.test>\r\n');
       expect(await rawReplies(first, 1)).toEqual(['250 2.1.0 Ok\r\n']);
-      first.send('RCPT TO:<w@dest.test>\r\n');
-      expect(await rawReplies(first, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
-      first.send('DATA\r\n');
-      expect((await rawReplies(first, 1))[0]).toMatch(/^354 /);
-      first.send(`${BODY}.\r\n`);
-      expect(await rawReplies(first, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      await oneByOne(first, 'w@dest.test');
       first.send('QUIT\r\n');
       await rawReplies(first, 1);
       first.socket.destroy();
@@ -325,12 +330,7 @@ describe('transparent proxy (loopback): pipelined relay', () => {
       // The refused sender's transaction never began: the client's next one goes through.
       c.send('MAIL FROM:<yes@legacy.test>\r\n');
       expect(await rawReplies(c, 1)).toEqual(['250 2.1.0 sender ok\r\n']);
-      c.send('RCPT TO:<x@dest.test>\r\n');
-      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
-      c.send('DATA\r\n');
-      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
-      c.send(`${BODY}.\r\n`);
-      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      await oneByOne(c, 'x@dest.test');
       expect(dest.messages.map((m) => m.rcpt)).toEqual([['w@dest.test'], ['x@dest.test']]);
       c.socket.destroy();
     });
@@ -341,12 +341,7 @@ describe('transparent proxy (loopback): pipelined relay', () => {
       const c = await client(t.port('proxy'));
       c.send('MAIL FROM:<a@legacy.test>\r\n');
       expect(await rawReplies(c, 1)).toEqual(['250 2.1.0 <a@legacy.test> sender looks fine\r\n']);
-      c.send('RCPT TO:<x@dest.test>\r\n');
-      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
-      c.send('DATA\r\n');
-      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
-      c.send(`${BODY}.\r\n`);
-      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      await oneByOne(c, 'x@dest.test');
       expect(transactionChunks(dest.chunks)).toEqual(['RSET\r\nMAIL FROM:<a@legacy.test>\r\n', 'RCPT TO:<x@dest.test>\r\n', 'DATA\r\n']);
       expect(dest.messages.map((m) => m.rcpt)).toEqual([['w@dest.test'], ['x@dest.test']]);
       c.socket.destroy();
@@ -374,12 +369,7 @@ describe('transparent proxy (loopback): pipelined relay', () => {
       c.send('MAIL FROM:<a@legacy.test>\r\n');
       expect(await rawReplies(c, 1)).toEqual(['250 2.1.0 sender ok\r\n']);
       // other.test has no route: its site is the address's own, not the route's the MAIL FROM went on.
-      c.send('RCPT TO:<x@other.test>\r\n');
-      expect(await rawReplies(c, 1)).toEqual(['250 2.1.5 recipient ok\r\n']);
-      c.send('DATA\r\n');
-      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
-      c.send(`${BODY}.\r\n`);
-      expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+      await oneByOne(c, 'x@other.test');
       // The first MAIL FROM was reset where it went; a connection of the recipient's site carried the message.
       expect(transactionChunks(dest.chunks)).toEqual(['RSET\r\nMAIL FROM:<a@legacy.test>\r\n', 'RSET\r\n', 'MAIL FROM:<a@legacy.test>\r\n', 'RCPT TO:<x@other.test>\r\n', 'DATA\r\n']);
       expect(dest.chunks.filter((ch) => ch.startsWith('EHLO'))).toHaveLength(1);
