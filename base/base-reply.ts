@@ -96,14 +96,17 @@ export const notFullyScanned = (why: string): SmtpReply => reply(550, '5.7.1', `
 /** A tenant's recipient on its suppression list (queue/queue-suppression.ts says why and since when). */
 export const recipientSuppressed = (address: string, why: string): SmtpReply => reply(550, '5.1.1', `<${address}>: recipient suppressed ${why}`);
 
-/** A reply as smtp-server's DATA callback takes a success message: the text after the code. */
 /** A load balancer's connection whose PROXY protocol header is missing, late or malformed (the connection is closed). */
 export const proxyHeaderRefused = (): SmtpReply => reply(421, '4.7.0', 'invalid or missing PROXY protocol header, closing connection');
 
 /** A PROXY header from a client that may not send one (listeners[].proxyProtocol.from). */
 export const proxyHeaderNotAllowed = (client: string): SmtpReply => reply(554, '5.7.1', `PROXY protocol header not accepted from ${client}`);
 
+/** A reply as smtp-server's DATA callback takes a success message: the text after the code. */
 export const replyText = (r: SmtpReply): string => `${r.enhanced} ${r.text}`;
+
+/** A reply as one line on the wire, without its CRLF (a refusal written at the socket, before smtp-server is involved). */
+export const replyLine = (r: SmtpReply): string => `${r.code} ${replyText(r)}`;
 
 export type SmtpError = Error & { responseCode: number };
 

@@ -31,7 +31,8 @@ const EVERY_MS = 1000;
 export class KnownQueueSteering {
   #addon: ReuseportAddon | { error: string } | null = null;
   #timer: NodeJS.Timeout | null = null;
-  #last = '';
+  /** What the listeners were last steered from. */
+  #last: { changes: number; level: Level; config: Config } | null = null;
   /** Connections each listener's refusing thread had answered at the last look. */
   readonly #refused = new Map<string, number>();
 
@@ -61,10 +62,10 @@ export class KnownQueueSteering {
     const config = this.config();
     if (config.admission.mode !== 'on' || !config.admission.knownQueue) return { networks: [], blocked: [], refuseOthers: false };
     const tenants = Object.values(config.tenants).flatMap((t) => t.networks);
-    const senders = this.senders();
+    const senders = this.senders()?.steeredNetworks() ?? { known: [], blocked: [] };
     return {
-      networks: [...config.trustedNetworks, ...tenants, ...(senders?.knownNetworks() ?? [])],
-      blocked: senders?.blockedNetworks() ?? [],
+      networks: [...config.trustedNetworks, ...tenants, ...senders.known],
+      blocked: senders.blocked,
       refuseOthers: this.level() === 'overload' && config.admission.overload.refuse === 'connect',
     };
   }
@@ -86,16 +87,15 @@ export class KnownQueueSteering {
    */
   refresh(): void {
     this.#countRefused();
-    const config = this.config();
-    const key = `${this.senders()?.knownNetworksChanges ?? 0} ${this.level()} ${config.admission.mode} ${config.admission.knownQueue} ${config.admission.overload.refuse}`;
-    if (key === this.#last && config === this.#lastConfig) return;
-    this.#last = key;
-    this.#lastConfig = config;
+    // What the steering is made from: the senders' steered networks, the level, the config (a
+    // reload gives a new object).
+    const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), config: this.config() };
+    const last = this.#last;
+    if (last && now.changes === last.changes && now.level === last.level && now.config === last.config) return;
+    this.#last = now;
     const steering = this.steering();
     for (const l of this.listeners()) l.steerKnown(steering);
   }
-
-  #lastConfig: Config | null = null;
 
   #countRefused(): void {
     for (const l of this.listeners()) {

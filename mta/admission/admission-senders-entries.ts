@@ -46,7 +46,7 @@ export class SenderEntries {
   readonly #dirtyPeers = new Map<string, Set<string>>();
   readonly #removed = new Map<string, SenderRef>();
   #slice: Iterator<Entry> | null = null;
-  #knownNetworksChanges = 0;
+  #steeredNetworksChanges = 0;
 
   /** `removed`: called for each entry dropped (evicted, forgotten, stale). */
   constructor(private readonly config: () => SendersConfig, private readonly removed: (entry: Entry) => void) {}
@@ -97,7 +97,7 @@ export class SenderEntries {
     if (this.#map.get(id) !== entry) return;
     this.#map.delete(id);
     this.#counts.get(entry.kind)![entry.standing]--;
-    if (entry.kind === 'network' && steered(entry.standing)) this.#knownNetworksChanges++;
+    if (entry.kind === 'network' && steered(entry.standing)) this.#steeredNetworksChanges++;
     this.#dirty.delete(id);
     this.#dirtyPeers.delete(id);
     this.#removed.set(id, { kind: entry.kind, key: entry.key });
@@ -138,8 +138,8 @@ export class SenderEntries {
   }
 
   /** Changes each time a client network's standing changes to or from one the accept queues are steered by (pinned, known, blocked). */
-  get knownNetworksChanges(): number {
-    return this.#knownNetworksChanges;
+  get steeredNetworksChanges(): number {
+    return this.#steeredNetworksChanges;
   }
 
   /** Records the entry's standing; the counts follow (an entry no longer in the map counts nowhere). */
@@ -148,7 +148,7 @@ export class SenderEntries {
       const counts = this.#counts.get(entry.kind)!;
       counts[entry.standing]--;
       counts[standing]++;
-      if (entry.kind === 'network' && (steered(entry.standing) || steered(standing))) this.#knownNetworksChanges++;
+      if (entry.kind === 'network' && (steered(entry.standing) || steered(standing))) this.#steeredNetworksChanges++;
     }
     entry.standing = standing;
   }

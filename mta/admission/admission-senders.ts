@@ -190,27 +190,26 @@ export class KnownSenders implements ShareHost {
     return { total: found.length, senders: found.slice(0, filter.limit ?? 100).map((f) => this.#view(f.entry, now)) };
   }
 
-  /** Changes whenever a client network may have entered or left `knownNetworks` or `blockedNetworks`. */
-  get knownNetworksChanges(): number {
-    return this.#entries.knownNetworksChanges;
+  /** Changes whenever a client network may have entered or left `steeredNetworks`. */
+  get steeredNetworksChanges(): number {
+    return this.#entries.steeredNetworksChanges;
   }
 
-  /** Client networks standing pinned or known as last judged: pinned first, then the most recently seen first. */
-  knownNetworks(): string[] {
+  /**
+   * In one pass over the entries, the client networks the accept queues are steered by, as last
+   * judged: those standing pinned or known (pinned first, then the most recently seen first) and
+   * those standing blocked (an operator's block).
+   */
+  steeredNetworks(): { known: string[]; blocked: string[] } {
     const found: Array<{ key: string; pinned: boolean; at: number }> = [];
+    const blocked: string[] = [];
     for (const entry of this.#entries.values()) {
-      if (entry.kind !== 'network' || !isKnown(entry.standing)) continue;
-      found.push({ key: entry.key, pinned: entry.standing === 'pinned', at: this.#entries.lastSeen(entry) });
+      if (entry.kind !== 'network') continue;
+      if (entry.standing === 'blocked') blocked.push(entry.key);
+      else if (isKnown(entry.standing)) found.push({ key: entry.key, pinned: entry.standing === 'pinned', at: this.#entries.lastSeen(entry) });
     }
     found.sort((a, b) => Number(b.pinned) - Number(a.pinned) || b.at - a.at);
-    return found.map((f) => f.key);
-  }
-
-  /** Client networks standing blocked as last judged (an operator's block). */
-  blockedNetworks(): string[] {
-    const found: string[] = [];
-    for (const entry of this.#entries.values()) if (entry.kind === 'network' && entry.standing === 'blocked') found.push(entry.key);
-    return found;
+    return { known: found.map((f) => f.key), blocked };
   }
 
   /** Entries per kind and standing, as last judged. */

@@ -21,7 +21,7 @@ import type { Config } from '../mta-config-schema.js';
 import { SlowClientGuard, type DeadlineBreach } from './ingress-deadline.js';
 import type { Policy } from './ingress-policy.js';
 import type { ProxyDoor } from './ingress-proxy-door.js';
-import { REPLIES, replyText, type SmtpReply } from '../../base/base-reply.js';
+import { REPLIES, replyLine, replyText, type SmtpReply } from '../../base/base-reply.js';
 
 /** What smtp-server's connection object offers that the guards need. */
 export interface Connection {
@@ -57,7 +57,7 @@ export class WatchedServer extends SMTPServer {
       const id = options?.id ?? sessionId();
       const refusal = this.early(id, plainAddress(options?.remoteAddress || socket.remoteAddress || ''));
       if (refusal) {
-        refuseAtSocket(socket, `${refusal.code} ${replyText(refusal)}`);
+        refuseAtSocket(socket, replyLine(refusal));
         this.refusedEarly(id);
         return;
       }

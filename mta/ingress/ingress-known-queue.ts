@@ -81,13 +81,19 @@ export interface Steering {
 }
 
 export class KnownQueue {
-  #steered = '';
+  /** The known queue's server: each connection it accepts goes to `forward`. */
+  readonly server: Server;
   #networks = 0;
   #left = 0;
   #accepted = 0;
   #refusing = false;
 
-  private constructor(private readonly addon: ReuseportAddon, private readonly fd: number, private readonly refuseFd: number, readonly server: Server) {}
+  private constructor(private readonly addon: ReuseportAddon, private readonly fd: number, private readonly refuseFd: number, forward: (socket: Socket) => void) {
+    this.server = createServer((socket) => {
+      this.#accepted++;
+      forward(socket);
+    });
+  }
 
   /**
    * Three sockets on `address`:`port` — the general queue (its descriptor for smtp-server), the
@@ -98,12 +104,7 @@ export class KnownQueue {
   static async open(addon: ReuseportAddon, where: { address: string; port: number; backlog: number }, steering: Steering, refusal: string, forward: (socket: Socket) => void): Promise<{ queue: KnownQueue; generalFd: number }> {
     const fds = addon.listenShared(where.address, where.port, where.backlog, 3);
     const [general, known, refuse] = [fds[GENERAL_QUEUE], fds[KNOWN_QUEUE], fds[REFUSE_QUEUE]];
-    let queue: KnownQueue | null = null;
-    const server = createServer((socket) => {
-      if (queue) queue.#accepted++;
-      forward(socket);
-    });
-    queue = new KnownQueue(addon, general, refuse, server);
+    const queue = new KnownQueue(addon, general, refuse, forward);
     try {
       queue.steer(steering);
       addon.refuse(refuse, `${refusal}\r\n`);
@@ -113,12 +114,12 @@ export class KnownQueue {
     }
     try {
       await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ fd: known, backlog: where.backlog }, () => { server.off('error', reject); resolve(); });
+        queue.server.once('error', reject);
+        queue.server.listen({ fd: known, backlog: where.backlog }, () => { queue.server.off('error', reject); resolve(); });
       });
     } catch (err) {
       // The known queue's descriptor is the server's now, closed with it; the refusing one is the thread's.
-      server.close();
+      queue.server.close();
       addon.stopRefusing(refuse);
       closeSync(general);
       throw err;
@@ -126,15 +127,12 @@ export class KnownQueue {
     return { queue, generalFd: general };
   }
 
-  /** Gives the kernel the program for `steering` unless it is the one it has. */
+  /** Gives the kernel the program for `steering` (the daemon's steering calls it when something it is made from changed). */
   steer(steering: Steering): void {
-    const key = JSON.stringify(steering);
-    if (key === this.#steered) return;
     let filter = knownFilter(steering.networks, { blocked: steering.blocked, others: steering.refuseOthers ? REFUSE_QUEUE : GENERAL_QUEUE });
     // A known network left out of the program would be refused with everyone else: the door decides then.
     if (steering.refuseOthers && filter.left > 0) filter = knownFilter(steering.networks, { blocked: steering.blocked });
     this.addon.steer(this.fd, filter.program);
-    this.#steered = key;
     this.#networks = filter.networks;
     this.#left = filter.left;
     this.#refusing = steering.refuseOthers && filter.left === 0;

@@ -30,7 +30,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
-import { alreadyQueued, REPLIES, replyText, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
+import { alreadyQueued, REPLIES, replyLine, replyText, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { TransferMessage } from '../../queue/cluster/cluster-transfer.js';
 import type { Queue, NewRecipient } from '../../queue/index.js';
 import { acceptMessage, type AcceptInput } from '../../queue/accept/accept-step.js';
@@ -211,8 +211,7 @@ export class Listener {
     const known = this.deps.knownQueue;
     if (!known) return null;
     try {
-      const refusal = `${REPLIES.overloaded.code} ${replyText(REPLIES.overloaded)}`;
-      const { queue, generalFd } = await KnownQueue.open(known.addon, this.spec, known.steering(), refusal, (socket) => this.server.server.emit('connection', socket));
+      const { queue, generalFd } = await KnownQueue.open(known.addon, this.spec, known.steering(), replyLine(REPLIES.overloaded), (socket) => this.server.server.emit('connection', socket));
       queue.server.on('error', (err) => this.deps.log.warn({ err, listener: this.spec.name }, 'known queue error'));
       this.#known = queue;
       return generalFd;

@@ -132,9 +132,7 @@ export class ProxySession {
     for (;;) {
       if (!dest.conn) {
         // Its turn and a pooled (or new) connection now, on the site the session can name.
-        this.#opening = dest.reopen();
-        const opened = await this.#opening;
-        this.#opening = null;
+        const opened = await this.#whileOpening(dest.reopen());
         if (opened) return opened;
       }
       const relayed = await this.#relay(null);
@@ -175,9 +173,7 @@ export class ProxySession {
     if (dest.conn && !dest.failed && !(await dest.confirm(domain))) await this.#leaveGuessedSite();
     for (;;) {
       if (!dest.conn && !dest.failed) {
-        this.#opening = dest.open(domain);
-        const opened = await this.#opening;
-        this.#opening = null;
+        const opened = await this.#whileOpening(dest.open(domain));
         if (opened) return (dest.failed = opened);
       }
       if (dest.failed || !dest.conn) return dest.failed ?? tempfail(STATUS.noAnswer, 'not connected');
@@ -276,6 +272,16 @@ export class ProxySession {
    */
   abandon(): void {
     this.#destination.abandon();
+  }
+
+  /** A turn and connection being had: `close()` lets it finish first. Resolves with its refusal, or null. */
+  async #whileOpening(opening: Promise<Reply | null>): Promise<Reply | null> {
+    this.#opening = opening;
+    try {
+      return await opening;
+    } finally {
+      this.#opening = null;
+    }
   }
 
   #track(step: Promise<Reply>): Promise<Reply> {
