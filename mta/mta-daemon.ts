@@ -219,7 +219,10 @@ export class Ichidan {
       count: (point, action, reason, n) => metrics.admissionDecision(point, action, reason, n),
       log,
     });
-    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.pressure.level, () => this.#listeners, log);
+    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.pressure.level, () => this.#listeners, log, (listener, waiting) => {
+      log.warn({ listener, waiting }, `the known queue's guard met a flood on ${listener} (${waiting} connections waiting): everyone else is refused at the socket`);
+      this.pressure.surged({ acceptQueue: waiting });
+    });
     this.pressure.on('level', () => this.#knownQueue.refresh());
     this.drain = new Drain({
       queue, log, cluster: () => this.cluster, config: () => this.config,

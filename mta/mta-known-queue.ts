@@ -13,9 +13,11 @@
  *   which gives each listener the steering again when it may have changed: trusted networks,
  *   tenants' networks, then pinned and known senders' networks (the most recently seen first, as
  *   many as the kernel's program holds) to the known queue, blocked networks to the general one,
- *   and under overload (admission.overload.refuse: connect) everyone else to the refusing thread;
- *   and tells the admission how many connections those threads answered (its decisions and its
- *   connection rate count them). With admission.mode no longer `on` after a reload, or knownQueue
+ *   and under overload (admission.overload.refuse: connect) everyone else to the refusing thread
+ *   — below overload, the thread's guard does that itself once the general queue holds the
+ *   acceptQueue signal's surge (admission.pressure.acceptQueue.surge); the refresh takes such a
+ *   surge in first, as the pressure's own (overload at once, `surged`); and tells the admission
+ *   how many connections those threads answered (its decisions and its connection rate count them). With admission.mode no longer `on` after a reload, or knownQueue
  *   turned off, no network is steered and nobody refused: everyone shares the general queue.
  */
 import cluster from 'node:cluster';
@@ -27,10 +29,13 @@ import type { Listener, ListenerDeps } from './ingress/ingress-server.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 
 const EVERY_MS = 1000;
+/** How often the guards' surges are looked for (a native counter each: cheap). */
+const SURGES_EVERY_MS = 100;
 
 export class KnownQueueSteering {
   #addon: ReuseportAddon | { error: string } | null = null;
   #timer: NodeJS.Timeout | null = null;
+  #surgeTimer: NodeJS.Timeout | null = null;
   /** What the listeners were last steered from. */
   #last: { changes: number; level: Level; config: Config } | null = null;
   /** Connections each listener's refusing thread had answered at the last look. */
@@ -43,6 +48,8 @@ export class KnownQueueSteering {
     private readonly level: () => Level,
     private readonly listeners: () => readonly Listener[],
     private readonly log: Logger,
+    /** A flood the guard met at a listener's socket, with the general queue's length then: the pressure's surge. */
+    private readonly surged: (listener: string, waiting: number) => void,
   ) {}
 
   forListener(spec: ListenerConfig): ListenerDeps['knownQueue'] {
@@ -60,24 +67,33 @@ export class KnownQueueSteering {
   /** What the kernel is to do now: the known networks (the ones that matter most first), the blocked ones, whether to refuse everyone else. */
   steering(): Steering {
     const config = this.config();
-    if (config.admission.mode !== 'on' || !config.admission.knownQueue) return { networks: [], blocked: [], refuseOthers: false };
+    if (config.admission.mode !== 'on' || !config.admission.knownQueue) return { networks: [], blocked: [], refuseOthers: false, surgeAt: null };
     const tenants = Object.values(config.tenants).flatMap((t) => t.networks);
     const senders = this.senders()?.steeredNetworks() ?? { known: [], blocked: [] };
+    const atConnect = config.admission.overload.refuse === 'connect';
+    const overload = this.level() === 'overload';
     return {
       networks: [...config.trustedNetworks, ...tenants, ...senders.known],
       blocked: senders.blocked,
-      refuseOthers: this.level() === 'overload' && config.admission.overload.refuse === 'connect',
+      refuseOthers: overload && atConnect,
+      surgeAt: !overload && atConnect ? config.admission.pressure.acceptQueue.surge ?? null : null,
     };
   }
 
   start(): void {
     this.#timer = setInterval(() => this.refresh(), EVERY_MS);
     this.#timer.unref();
+    // A surge the guard met is taken in well before the next refresh: the level, its log and metrics.
+    this.#surgeTimer = setInterval(() => {
+      if (this.listeners().some((l) => l.knownQueue()?.refusing)) this.refresh();
+    }, SURGES_EVERY_MS);
+    this.#surgeTimer.unref();
   }
 
   stop(): void {
     if (this.#timer) clearInterval(this.#timer);
-    this.#timer = null;
+    if (this.#surgeTimer) clearInterval(this.#surgeTimer);
+    this.#timer = this.#surgeTimer = null;
   }
 
   /**
@@ -87,6 +103,7 @@ export class KnownQueueSteering {
    */
   refresh(): void {
     this.#countRefused();
+    this.#takeSurges();
     // What the steering is made from: the senders' steered networks, the level, the config (a
     // reload gives a new object).
     const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), config: this.config() };
@@ -95,6 +112,14 @@ export class KnownQueueSteering {
     this.#last = now;
     const steering = this.steering();
     for (const l of this.listeners()) l.steerKnown(steering);
+  }
+
+  /** Surges the guards met since the last look, taken in before the next steering replaces their program. */
+  #takeSurges(): void {
+    for (const l of this.listeners()) {
+      const surge = l.takeSurge();
+      if (surge) this.surged(l.spec.name, surge.waiting);
+    }
   }
 
   #countRefused(): void {

@@ -29,6 +29,7 @@
  *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
  *   ichidan_admission_known_queue_networks{listener}  networks the kernel steers to known senders' own accept queue
  *   ichidan_admission_known_queue_connections_total{listener}  connections that queue took (ingress/ingress-known-queue.ts)
+ *   ichidan_admission_known_queue_surges_total{listener}  floods its guard met at the socket (the general queue at the acceptQueue surge)
  *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
  *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
@@ -74,7 +75,7 @@ export interface MetricSources {
   /** The DNS responder, when admission.dns.enabled. */
   dns?: () => Pick<DnsResponder, 'answers'> | null;
   /** Known senders' own accept queue of each listener that has one. */
-  knownQueues?: () => Array<{ listener: string; networks: number; accepted: number }>;
+  knownQueues?: () => Array<{ listener: string; networks: number; accepted: number; surges: number }>;
 }
 
 export interface ProcessMetrics {
@@ -160,6 +161,13 @@ export function processMetrics({ engines, queue, tenants, volumes = () => null, 
     collect() {
       this.reset();
       for (const q of knownQueues()) this.inc({ listener: q.listener }, q.accepted);
+    },
+  });
+  new Counter({
+    name: 'ichidan_admission_known_queue_surges_total', help: 'Floods the known queue\'s guard met at the socket and refused there before the event loop saw them', labelNames: ['listener'], registers,
+    collect() {
+      this.reset();
+      for (const q of knownQueues()) this.inc({ listener: q.listener }, q.surges);
     },
   });
   new Counter({

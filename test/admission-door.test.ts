@@ -1,6 +1,7 @@
 // Admission at the door against a running Ichidan, driven by a real signal: sessions held open by a
 // known (trusted) client push the session share past the configured thresholds. Unknown senders
 // come from their own 127.x.y.0/24 networks, known ones were learned in a normal phase first.
+import { spawn } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { baseConfig, parseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
@@ -107,6 +108,46 @@ describe('admission at the door', () => {
     await reachLevel(0);
     expect(t.app.admissionStatus().knownQueues[0]?.refusing).toBe(false);
     expect(await send('127.9.1.1')).toMatch(/^250 /);
+  });
+
+  it('meets a flood at the socket while the event loop is held: past the accept queue\'s surge the guard refuses everyone else from its thread, and the level follows', async () => {
+    t = await startApp((dir) => config(dir, { pressure: { ...pressure, acceptQueue: { busy: 4, overload: 6, surge: 8 } } }));
+    expect(await level()).toBe('0');
+    // A client process: 8 unknown senders' connections that wait in the general queue, then 5 more.
+    const flood = spawn(process.execPath, ['-e', `
+      const net = require('node:net');
+      const dial = (from, ms) => new Promise((resolve) => {
+        const c = net.connect({ host: '127.0.0.1', port: ${t.port('mx')}, localAddress: from });
+        const timer = setTimeout(() => { resolve(''); }, ms);
+        c.on('data', (d) => { clearTimeout(timer); resolve(d.toString().split('\\r\\n')[0]); c.destroy(); });
+        c.on('error', (e) => { clearTimeout(timer); resolve('error ' + e.code); });
+      });
+      process.stdin.once('data', async () => {
+        await Promise.all(Array.from({ length: 8 }, (_, i) => dial('127.20.' + i + '.1', 150)));
+        const later = await Promise.all(Array.from({ length: 5 }, (_, i) => dial('127.21.' + i + '.1', 800)));
+        process.stdout.write(JSON.stringify(later));
+        process.exit(0);
+      });
+      process.stdout.write('ready\\n');
+    `], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let out = '';
+    flood.stdout.on('data', (d) => { out += String(d); });
+    await new Promise<void>((resolve) => flood.stdout.once('data', () => resolve()));
+    const done = new Promise<void>((resolve) => flood.on('exit', () => resolve()));
+    flood.stdin.write('go\n');
+    // The event loop is held (a flood's first connections keep it so): nothing in Node accepts or reads a timer.
+    const until = Date.now() + 1800;
+    while (Date.now() < until) { /* held */ }
+    await done;
+    expect(JSON.parse(out.replace(/^ready\n/, ''))).toEqual(Array(5).fill('421 4.7.0 server busy with other mail, try again later'));
+    // Node takes the surge in as the pressure's own: overload, with the refusing thread kept on.
+    await reachLevel(2);
+    expect(t.app.admissionStatus().knownQueues[0]).toMatchObject({ refusing: true, surges: 1 });
+    expect(t.app.admissionStatus().signals.acceptQueue.value).toBeGreaterThanOrEqual(8);
+    expect(/ichidan_admission_known_queue_surges_total\{listener="mx"\} (\d+)/.exec(await t.app.metrics.metrics())?.[1]).toBe('1');
+    expect(t.logs.some((l) => l.listener === 'mx' && typeof l.msg === 'string' && l.msg.startsWith('the known queue\'s guard met a flood on mx'))).toBe(true);
+    // Known senders are still served.
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
   });
 
   it('refuses at the socket, before any per-connection work: no reverse lookup for a refused client, and its 421 comes at once', async () => {
@@ -251,7 +292,7 @@ describe('admission at the door', () => {
     expect(await send('127.3.1.3')).toMatch(/^250 /);
     expect(await send('127.4.1.1')).toMatch(/^250 /);
     expect(await taken()).toBe(2);
-    expect(t.app.admissionStatus().knownQueues).toEqual([{ listener: 'mx', networks: 2, left: 0, accepted: 2, refusing: false, refused: 0 }]);
+    expect(t.app.admissionStatus().knownQueues).toEqual([{ listener: 'mx', networks: 2, left: 0, accepted: 2, refusing: false, refused: 0, surges: 0 }]);
     // The submission listener is no admission listener: it has none.
     t.app.reconfigure(parseConfig(config(t.dataDir, { knownQueue: false }), 'test'));
     await waitUntil(async () => (await networks()) === 0, 5000, 'no network steered');

@@ -101,7 +101,7 @@ describe('pressure in a running Ichidan', () => {
     expect(human.stdout).toMatch(/^diskFree\t[\d.]+%\t≤0%\t≤0%\tnormal$/m);
     expect(human.stdout).toMatch(/^scanWait\t-\t≥500ms\t≥3000ms\tnormal$/m);
     // The mx listener's known queue; the submission listener has none.
-    expect(JSON.parse(json.stdout).knownQueues).toEqual([{ listener: 'mx', networks: expect.any(Number), left: 0, accepted: expect.any(Number), refusing: false, refused: 0 }]);
+    expect(JSON.parse(json.stdout).knownQueues).toEqual([{ listener: 'mx', networks: expect.any(Number), left: 0, accepted: expect.any(Number), refusing: false, refused: 0, surges: 0 }]);
     expect(human.stdout).toMatch(/^known queue on mx: \d+ networks, \d+ connections taken, 0 refused at the socket$/m);
     expect(pressureLogs()[0].msg).toBe('pressure normal → busy: sessions=0.6 ≥ 0.5');
     expect(await metric('ichidan_admission_signal{signal="sessions"}')).toBe(0.6);

@@ -84,7 +84,9 @@ const pressureSchema = z.strictObject({
    * Connections the kernel holds for the admission listeners that are not accepted yet (Linux):
    * while it grows everyone waits in it, known senders among the flood, before anyone is judged.
    * Idle, it stays near 0 (Node accepts every waiting connection at each turn of its loop), so
-   * twice the overload threshold (400 by default) waiting is a surge.
+   * twice the overload threshold (400 by default) waiting is a surge. A known queue's guard
+   * (ingress/ingress-known-queue.ts) refuses everyone else at the socket once its general queue
+   * alone holds the surge, without waiting for the event loop.
    */
   acceptQueue: thresholds(z.number().int().positive(), 50, 200, (overload) => 2 * overload),
   /**

@@ -160,6 +160,23 @@ describe('Pressure', () => {
     expect(events).toHaveLength(1);
   });
 
+  it('takes in a surge met elsewhere (the known queue\'s guard) as its own: overload at once at or past the surge, the other signals as they were', () => {
+    const { p, v, events } = world();
+    v.open = 8;
+    p.surged({ acceptQueue: 399 });
+    expect(p.level).toBe('normal');
+    v.now += 10;
+    p.surged({ acceptQueue: 412 });
+    expect(p.level).toBe('overload');
+    expect(p.since).toBe(10);
+    expect(events).toEqual([['overload', 'normal', 'acceptQueue=412 ≥ 400 (surge)']]);
+    expect(p.signals().acceptQueue).toEqual({ value: 412, level: 'overload' });
+    expect(p.signals().sessions).toEqual({ value: null, level: 'normal' });
+    expect(v.peeks).toBe(0);
+    p.surged({ acceptQueue: 900 });
+    expect(events).toHaveLength(1);
+  });
+
   it('enters overload at once when the connections since the last surge reading come at 24 times their normal rate or more', () => {
     const { p, v, events } = world();
     v.connSurge = 23;

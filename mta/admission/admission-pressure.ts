@@ -100,7 +100,7 @@ export type AdmissionStatus = PressureStatus & {
   mode: 'on' | 'observe' | 'off';
   measuring: boolean;
   /** Known senders' own accept queue, per listener that has one (ingress/ingress-known-queue.ts). */
-  knownQueues: Array<{ listener: string; networks: number; left: number; accepted: number; refusing: boolean; refused: number }>;
+  knownQueues: Array<{ listener: string; networks: number; left: number; accepted: number; refusing: boolean; refused: number; surges: number }>;
 };
 
 /** Clock and readers that tests replace; the defaults are the real ones. */
@@ -231,10 +231,19 @@ export class Pressure extends EventEmitter {
       sessions: sessions && sessions.limit > 0 ? sessions.open / sessions.limit : null,
       connections: this.#safely('connections', () => this.sources.connectionSurgeRatio?.() ?? null),
     };
+    this.surged(values);
+  }
+
+  /**
+   * Readings at a surge met elsewhere (the known queue's guard, which met a flood at the socket
+   * before the event loop could): overload at once where one is at or past its surge threshold,
+   * as readSurge would.
+   */
+  surged(values: SignalValues): void {
     const surge = surgeLevels(this.#state, values, this.#config, this.#probes.now());
     if (!surge) return;
     this.#state = surge.state;
-    for (const s of ['acceptQueue', 'sessions', 'connections'] as const) this.#signals[s] = { value: values[s] ?? null, level: signalLevel(s, values[s], this.#config) };
+    for (const s of SIGNALS) if (s in values) this.#signals[s] = { value: values[s] ?? null, level: signalLevel(s, values[s], this.#config) };
     this.#changed(surge.change, values);
   }
 

@@ -38,7 +38,8 @@ function printStatus(s: AdmissionStatus): void {
   for (const q of s.knownQueues ?? []) {
     const left = q.left > 0 ? ` (${q.left} more did not fit)` : '';
     const refusing = q.refusing ? ', refusing everyone else at the socket' : '';
-    process.stdout.write(`known queue on ${safe(q.listener)}: ${q.networks} networks${left}, ${q.accepted} connections taken, ${q.refused} refused at the socket${refusing}\n`);
+    const surges = q.surges > 0 ? `, ${q.surges} floods met by its guard` : '';
+    process.stdout.write(`known queue on ${safe(q.listener)}: ${q.networks} networks${left}, ${q.accepted} connections taken, ${q.refused} refused at the socket${surges}${refusing}\n`);
   }
 }
 

@@ -12,7 +12,7 @@ if ('error' in loaded) throw new Error(`the reuseport addon is needed here: ${lo
 const addon: ReuseportAddon = loaded;
 
 const REFUSAL = '421 4.7.0 server busy with other mail, try again later';
-const steer = (networks: string[], more: { blocked?: string[]; refuseOthers?: boolean } = {}) => ({ networks, blocked: more.blocked ?? [], refuseOthers: more.refuseOthers ?? false });
+const steer = (networks: string[], more: { blocked?: string[]; refuseOthers?: boolean; surgeAt?: number } = {}) => ({ networks, blocked: more.blocked ?? [], refuseOthers: more.refuseOthers ?? false, surgeAt: more.surgeAt ?? null });
 
 interface Arrival {
   queue: 'known' | 'general';
@@ -62,7 +62,7 @@ describe('KnownQueue', () => {
       { queue: 'known', from: '127.10.1.5' }, { queue: 'general', from: '127.64.0.9' }, { queue: 'known', from: '127.10.1.200' },
       { queue: 'known', from: '127.20.0.5' }, { queue: 'general', from: '127.20.0.6' }, { queue: 'general', from: '127.0.0.1' },
     ]);
-    expect(queue.status()).toEqual({ networks: 2, left: 0, accepted: 3, refusing: false, refused: 0 });
+    expect(queue.status()).toEqual({ networks: 2, left: 0, accepted: 3, refusing: false, refused: 0, surges: 0 });
     queue.steer(steer(['127.64.0.0/10']));
     arrivals.length = 0;
     for (const from of ['127.10.1.5', '127.64.0.9', '127.100.3.3']) await dial(port, from);
@@ -71,7 +71,7 @@ describe('KnownQueue', () => {
     arrivals.length = 0;
     await dial(port, '127.64.0.9');
     expect(arrivals).toEqual([{ queue: 'general', from: '127.64.0.9' }]);
-    expect(queue.status()).toEqual({ networks: 0, left: 0, accepted: 5, refusing: false, refused: 0 });
+    expect(queue.status()).toEqual({ networks: 0, left: 0, accepted: 5, refusing: false, refused: 0, surges: 0 });
   });
 
   it('serves a known sender at once while the general queue is full of connections nobody accepts', async () => {
@@ -109,6 +109,46 @@ describe('KnownQueue', () => {
     queue.steer(steer(['127.10.0.0/16']));
     expect(await dial(port, '127.64.0.1')).toBe('220 hi');
     expect(queue.status()).toMatchObject({ refusing: false, refused: 32 });
+  });
+
+  it('guards the general queue: once it holds surgeAt connections, everyone else is refused by the thread at once, the known still served, until the surge is taken in', async () => {
+    // Nobody accepts on the general queue: it fills as an event loop too busy to accept would leave it.
+    const { queue, arrivals, port } = await open('127.0.0.1', ['127.10.1.0/24'], false);
+    queue.steer(steer(['127.10.1.0/24'], { surgeAt: 8 }));
+    const waiting = await Promise.all(Array.from({ length: 7 }, (_, i) => dial(port, `127.64.${i}.1`, '127.0.0.1', 300)));
+    expect(waiting.every((line) => line === '')).toBe(true);
+    expect(queue.status()).toMatchObject({ refusing: false, surges: 0 });
+    // The eighth fills it to the surge: the thread sees it within milliseconds and refuses the rest.
+    expect(await dial(port, '127.64.7.1', '127.0.0.1', 300)).toBe('');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(queue.status()).toMatchObject({ refusing: true, surges: 1, refused: 0 });
+    const replies = await Promise.all(Array.from({ length: 10 }, (_, i) => dial(port, `127.65.${i}.1`)));
+    expect(replies).toEqual(Array(10).fill(REFUSAL));
+    expect(await dial(port, '127.10.1.7')).toBe('220 hi');
+    expect(arrivals).toEqual([{ queue: 'known', from: '127.10.1.7' }]);
+    // A steering from the daemon before it took the surge in leaves the guard's program in force.
+    queue.steer(steer(['127.10.1.0/24'], { surgeAt: 8 }));
+    expect(await dial(port, '127.66.0.1')).toBe(REFUSAL);
+    expect(queue.takeSurge()).toEqual({ waiting: 8 });
+    expect(queue.takeSurge()).toBeNull();
+    // Taken in: the next steering is the daemon's again (here, no longer refusing; the guard armed again).
+    queue.steer(steer(['127.10.1.0/24'], { surgeAt: 100 }));
+    expect(await dial(port, '127.67.0.1', '127.0.0.1', 300)).toBe('');
+    expect(queue.status()).toMatchObject({ refusing: false, surges: 1, refused: 11 });
+  });
+
+  it('arms no guard when a known network does not fit, or without a surgeAt (refusing at connect off, or overload already)', async () => {
+    const { queue, port } = await open('127.0.0.1', [], false);
+    const many = Array.from({ length: 3000 }, (_, i) => `10.${i >> 8}.${i & 255}.0/24`);
+    queue.steer(steer(many, { surgeAt: 3 }));
+    await Promise.all(Array.from({ length: 6 }, (_, i) => dial(port, `127.64.${i}.1`, '127.0.0.1', 200)));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(queue.status()).toMatchObject({ refusing: false, surges: 0 });
+    // surgeAt null (the daemon's steering under overload.refuse: rcpt): no guard either.
+    queue.steer(steer([]));
+    await Promise.all(Array.from({ length: 3 }, (_, i) => dial(port, `127.65.${i}.1`, '127.0.0.1', 200)));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(queue.status()).toMatchObject({ refusing: false, surges: 0, refused: 0 });
   });
 
   it('does not refuse anyone at the socket when a known network does not fit in the program', async () => {

@@ -8,7 +8,11 @@
  * Both queues feed the same smtp-server, so a known sender's connection is met as soon as the
  * event loop turns, whatever the other queue holds. A third socket takes unknown senders'
  * connections while they are refused at connect (overload): a thread of the addon answers each
- * with the door's 421 and closes it, so a flood being refused costs the event loop nothing.
+ * with the door's 421 and closes it, so a flood being refused costs the event loop nothing. Below
+ * overload the same thread guards the general queue: once as many connections wait in it as the
+ * acceptQueue signal's surge, it sends everyone else to itself at once, within milliseconds of the
+ * flood and without the event loop (which, busy with the flood's first connections, would see it
+ * late); the daemon takes the surge in as overload at its next look.
  *
  * Takes: the native addon in native/reuseport (built at install; a machine without it, or a kernel
  *   that refuses the program, listens the ordinary way and says why), the listener's address, port
@@ -41,6 +45,14 @@ export interface ReuseportAddon {
   refused(fd: number): number;
   /** Ends the thread on `fd`, closing what it holds and `fd`. */
   stopRefusing(fd: number): void;
+  /**
+   * Attaches `program` to the group and arms the thread on `fd` to attach `surgeProgram` once
+   * `surgeAt` connections wait in `generalFd`'s queue (null or 0: no guard); false, and nothing
+   * changed, when the guard fired since its count was `acknowledged`.
+   */
+  steerGuarded(fd: number, generalFd: number, program: Buffer, surgeProgram: Buffer | null, surgeAt: number, acknowledged: number): boolean;
+  /** How often the guard on `fd` fired, and the general queue's length the last time. */
+  surges(fd: number): { count: number; waiting: number };
 }
 
 /** The addon, or why it cannot be used (not Linux, not built, does not load). */
@@ -52,7 +64,7 @@ export function loadReuseport(): ReuseportAddon | { error: string } {
   if (!existsSync(file)) return { error: `the reuseport addon is not built (${file} is missing): run "node scripts/build-addon.mjs"` };
   try {
     const addon = createRequire(import.meta.url)(file) as Partial<ReuseportAddon>;
-    if (['listenShared', 'steer', 'refuse', 'refused', 'stopRefusing'].some((f) => typeof addon[f as keyof ReuseportAddon] !== 'function')) return { error: `${file} lacks a function this version needs; rebuild it` };
+    if (['listenShared', 'steer', 'refuse', 'refused', 'stopRefusing', 'steerGuarded', 'surges'].some((f) => typeof addon[f as keyof ReuseportAddon] !== 'function')) return { error: `${file} lacks a function this version needs; rebuild it` };
     return addon as ReuseportAddon;
   } catch (error) {
     return { error: `the reuseport addon ${file} does not load (${(error as Error).message}); rebuild it with "node scripts/build-addon.mjs"` };
@@ -70,6 +82,8 @@ export interface KnownQueueStatus {
   refusing: boolean;
   /** Connections the refusing thread answered since the listener started. */
   refused: number;
+  /** Floods the guard met at the socket (the general queue at the surge) since the listener started. */
+  surges: number;
 }
 
 /** What the kernel is to do: the known queue's networks, the blocked ones, and whether everyone else is refused at once. */
@@ -78,6 +92,13 @@ export interface Steering {
   blocked: readonly string[];
   /** Unknown senders to the refusing thread (overload, refused at connect); honoured only when every known network fits. */
   refuseOthers: boolean;
+  /** Below overload: the general queue's length at which the guard does so itself (null: no guard; also only when every known network fits). */
+  surgeAt: number | null;
+}
+
+/** A flood the guard met: the general queue's length then. */
+export interface Surge {
+  waiting: number;
 }
 
 export class KnownQueue {
@@ -87,6 +108,8 @@ export class KnownQueue {
   #left = 0;
   #accepted = 0;
   #refusing = false;
+  /** The guard's count of surges as last taken in (`takeSurge`). */
+  #acknowledged = 0;
 
   private constructor(private readonly addon: ReuseportAddon, private readonly fd: number, private readonly refuseFd: number, forward: (socket: Socket) => void) {
     this.server = createServer((socket) => {
@@ -106,10 +129,18 @@ export class KnownQueue {
     const [general, known, refuse] = [fds[GENERAL_QUEUE], fds[KNOWN_QUEUE], fds[REFUSE_QUEUE]];
     const queue = new KnownQueue(addon, general, refuse, forward);
     try {
-      queue.steer(steering);
       addon.refuse(refuse, `${refusal}\r\n`);
     } catch (err) {
       for (const fd of fds) closeSync(fd);
+      throw err;
+    }
+    try {
+      queue.steer(steering);
+    } catch (err) {
+      // The refusing descriptor is the thread's now, closed with it.
+      addon.stopRefusing(refuse);
+      closeSync(general);
+      closeSync(known);
       throw err;
     }
     try {
@@ -127,19 +158,40 @@ export class KnownQueue {
     return { queue, generalFd: general };
   }
 
-  /** Gives the kernel the program for `steering` (the daemon's steering calls it when something it is made from changed). */
+  /**
+   * Gives the kernel the program for `steering` (the daemon's steering calls it when something it
+   * is made from changed), and arms the guard below overload. While a surge the guard met is not
+   * taken in yet (`takeSurge`), the guard's program stays.
+   */
   steer(steering: Steering): void {
-    let filter = knownFilter(steering.networks, { blocked: steering.blocked, others: steering.refuseOthers ? REFUSE_QUEUE : GENERAL_QUEUE });
+    const normal = knownFilter(steering.networks, { blocked: steering.blocked });
     // A known network left out of the program would be refused with everyone else: the door decides then.
-    if (steering.refuseOthers && filter.left > 0) filter = knownFilter(steering.networks, { blocked: steering.blocked });
-    this.addon.steer(this.fd, filter.program);
-    this.#networks = filter.networks;
-    this.#left = filter.left;
-    this.#refusing = steering.refuseOthers && filter.left === 0;
+    const refusing = steering.refuseOthers || steering.surgeAt ? knownFilter(steering.networks, { blocked: steering.blocked, others: REFUSE_QUEUE }) : null;
+    const fits = refusing !== null && refusing.left === 0;
+    const now = steering.refuseOthers && fits ? refusing : normal;
+    const guard = !steering.refuseOthers && steering.surgeAt && fits ? refusing.program : null;
+    if (!this.addon.steerGuarded(this.refuseFd, this.fd, now.program, guard, guard ? steering.surgeAt! : 0, this.#acknowledged)) {
+      this.#refusing = true;
+      return;
+    }
+    this.#networks = now.networks;
+    this.#left = now.left;
+    this.#refusing = now === refusing;
+  }
+
+  /** A surge the guard met since the last call (now taken in: the next steering replaces its program), or null. */
+  takeSurge(): Surge | null {
+    const { count, waiting } = this.addon.surges(this.refuseFd);
+    if (count === this.#acknowledged) return null;
+    this.#acknowledged = count;
+    this.#refusing = true;
+    return { waiting };
   }
 
   status(): KnownQueueStatus {
-    return { networks: this.#networks, left: this.#left, accepted: this.#accepted, refusing: this.#refusing, refused: this.addon.refused(this.refuseFd) };
+    const surges = this.addon.surges(this.refuseFd).count;
+    // A surge not taken in yet: the guard's program is in force.
+    return { networks: this.#networks, left: this.#left, accepted: this.#accepted, refusing: this.#refusing || surges > this.#acknowledged, refused: this.addon.refused(this.refuseFd), surges };
   }
 
   close(): void {

@@ -47,7 +47,7 @@ import { dkimSigningFor } from './ingress-dkim.js';
 import { checkTransfer, strayRecipientParameter, transferPlacement, transferRecipient } from './ingress-transfer.js';
 import type { TlsMaterial } from './ingress-tls.js';
 import { ProxyDoor } from './ingress-proxy-door.js';
-import { KnownQueue, type KnownQueueStatus, type ReuseportAddon, type Steering } from './ingress-known-queue.js';
+import { KnownQueue, type KnownQueueStatus, type ReuseportAddon, type Steering, type Surge } from './ingress-known-queue.js';
 import type { IngressEvents } from '../mta-metrics-traffic.js';
 
 /** What a transaction borrows for its whole life: the snapshot current at its MAIL FROM. */
@@ -232,6 +232,11 @@ export class Listener {
 
   knownQueue(): KnownQueueStatus | null {
     return this.#known?.status() ?? null;
+  }
+
+  /** A flood the known queue's guard met at the socket since the last call (taken in now), or null. */
+  takeSurge(): Surge | null {
+    return this.#known?.takeSurge() ?? null;
   }
 
   /**

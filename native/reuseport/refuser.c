@@ -11,11 +11,27 @@
  *   and looks again 10 ms later rather than spinning on accept.
  * refused(fd): connections answered so far (a number). stopRefusing(fd): ends the thread, closes
  *   every connection it still holds and the listening socket. At most MAX_REFUSERS at once.
+ *
+ * The guard: a flood's first fraction of a second, before the event loop (busy with the flood's
+ * first connections, its timers firing late) can tell it is one. While armed, the same thread
+ * looks at the general queue's length every GUARD_MS (TCP_INFO on a listening socket gives its
+ * accept queue) and, once it is at `surgeAt` or past it, attaches the surge program (everyone but
+ * the known and blocked to this socket) itself, and disarms: the flood is answered here from then
+ * on, without waiting for Node.
+ * steerGuarded(fd, generalFd, program, surgeProgram, surgeAt, acknowledged): attaches `program` to
+ *   the group and arms the guard with `surgeProgram` (null or surgeAt 0: no guard), unless the
+ *   guard fired since the count `acknowledged`: its surge program then stays in force (false is
+ *   returned) until the caller has taken it in. Both under one lock, so a steering from Node and
+ *   the guard's never cross.
+ * surges(fd): { count, waiting } — how often the guard fired, and the general queue's length the
+ *   last time.
  * Failures throw an Error whose code is the errno's name.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -26,6 +42,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <linux/filter.h>
 #include "addon-error.h"
 #include "refuser.h"
 
@@ -35,6 +54,11 @@
 #define MAX_LINE 512
 #define WAKE_TAG UINT64_MAX
 #define LISTEN_TAG (UINT64_MAX - 1)
+#define GUARD_MS 5
+
+#ifndef SO_ATTACH_REUSEPORT_CBPF
+#define SO_ATTACH_REUSEPORT_CBPF 51
+#endif
 
 typedef struct {
   int fd;
@@ -49,6 +73,17 @@ typedef struct {
   char line[MAX_LINE];
   size_t line_length;
   _Atomic uint64_t refused;
+  /* The guard, under guard_lock: the general queue's socket (a duplicate, closed with the thread),
+   * the length that fires it (0: disarmed) and the program it then attaches. */
+  pthread_mutex_t guard_lock;
+  int guard_fd;
+  uint32_t guard_at;
+  struct sock_filter *guard_program;
+  unsigned short guard_length;
+  _Atomic int armed;
+  _Atomic int stopping;
+  _Atomic uint64_t surges;
+  _Atomic uint32_t surge_waiting;
   /* Connections waiting for their client to close, oldest first (all linger as long). */
   tracked ring[MAX_TRACKED];
   size_t head, count;
@@ -104,14 +139,44 @@ static void expire(refuser *r) {
   }
 }
 
+static int attach(int fd, struct sock_filter *program, unsigned short length) {
+  struct sock_fprog p = { .len = length, .filter = program };
+  return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &p, sizeof p);
+}
+
+/* The guard's look at the general queue: the surge program in force once it is long enough. */
+static void watch(refuser *r) {
+  if (!atomic_load(&r->armed)) return;
+  pthread_mutex_lock(&r->guard_lock);
+  struct tcp_info info;
+  socklen_t length = sizeof info;
+  if (r->guard_at > 0 && getsockopt(r->guard_fd, IPPROTO_TCP, TCP_INFO, &info, &length) == 0 && info.tcpi_unacked >= r->guard_at) {
+    if (attach(r->guard_fd, r->guard_program, r->guard_length) == 0) {
+      atomic_store(&r->surge_waiting, info.tcpi_unacked);
+      atomic_fetch_add(&r->surges, 1);
+    }
+    // Disarmed either way: a program the kernel refused is not tried again 200 times a second.
+    r->guard_at = 0;
+    atomic_store(&r->armed, 0);
+  }
+  pthread_mutex_unlock(&r->guard_lock);
+}
+
 static void *run(void *arg) {
   refuser *r = arg;
   struct epoll_event events[64];
   for (;;) {
-    int n = epoll_wait(r->epfd, events, 64, 1000);
+    int n = epoll_wait(r->epfd, events, 64, atomic_load(&r->armed) ? GUARD_MS : 1000);
     for (int i = 0; i < n; i++) {
       uint64_t tag = events[i].data.u64;
-      if (tag == WAKE_TAG) return NULL;
+      if (tag == WAKE_TAG) {
+        // Woken to stop, or to look at a guard just armed (its first look within GUARD_MS, not a second).
+        uint64_t ignored;
+        ssize_t n_read = read(r->wake_fd, &ignored, sizeof ignored);
+        (void)n_read;
+        if (atomic_load(&r->stopping)) return NULL;
+        continue;
+      }
       if (tag == LISTEN_TAG) {
         for (;;) {
           int fd = accept4(r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -130,6 +195,7 @@ static void *run(void *arg) {
         drain(r, (size_t)tag);
       }
     }
+    watch(r);
     expire(r);
   }
 }
@@ -155,6 +221,8 @@ static napi_value refuse(napi_env env, napi_callback_info info) {
   }
   r->line_length = length;
   r->listen_fd = fd;
+  r->guard_fd = -1;
+  pthread_mutex_init(&r->guard_lock, NULL);
   for (size_t i = 0; i < MAX_TRACKED; i++) r->ring[i].fd = -1;
   const char *call = "epoll_create1";
   r->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -184,6 +252,7 @@ static napi_value refuse(napi_env env, napi_callback_info info) {
   if (err) {
     if (r->epfd >= 0) close(r->epfd);
     if (r->wake_fd >= 0) close(r->wake_fd);
+    pthread_mutex_destroy(&r->guard_lock);
     free(r);
     return throw_errno(env, "refuser", call, err);
   }
@@ -225,6 +294,7 @@ static napi_value stop_refusing(napi_env env, napi_callback_info info) {
   }
   refuser *r = find(fd, 1);
   if (!r) return NULL;
+  atomic_store(&r->stopping, 1);
   uint64_t one = 1;
   ssize_t ignored = write(r->wake_fd, &one, sizeof one);
   (void)ignored;
@@ -233,8 +303,99 @@ static napi_value stop_refusing(napi_env env, napi_callback_info info) {
   close(r->listen_fd);
   close(r->epfd);
   close(r->wake_fd);
+  if (r->guard_fd >= 0) close(r->guard_fd);
+  free(r->guard_program);
+  pthread_mutex_destroy(&r->guard_lock);
   free(r);
   return NULL;
+}
+
+/* A Buffer of 1-BPF_MAXINSNS sock_filter instructions, or null (none). */
+static int program_argument(napi_env env, napi_value value, void **data, size_t *count) {
+  napi_valuetype type;
+  bool is_buffer = false;
+  size_t bytes = 0;
+  *data = NULL;
+  *count = 0;
+  if (napi_typeof(env, value, &type) != napi_ok) return 0;
+  if (type == napi_null) return 1;
+  if (napi_is_buffer(env, value, &is_buffer) != napi_ok || !is_buffer || napi_get_buffer_info(env, value, data, &bytes) != napi_ok) return 0;
+  if (bytes == 0 || bytes % sizeof(struct sock_filter) != 0 || bytes / sizeof(struct sock_filter) > BPF_MAXINSNS) return 0;
+  *count = bytes / sizeof(struct sock_filter);
+  return 1;
+}
+
+static napi_value steer_guarded(napi_env env, napi_callback_info info) {
+  napi_value argv[6], result;
+  int32_t fd, general_fd;
+  uint32_t surge_at;
+  double acknowledged;
+  void *program, *surge;
+  size_t program_count, surge_count;
+  if (!fd_argument(env, info, 6, argv, &fd) || napi_get_value_int32(env, argv[1], &general_fd) != napi_ok || general_fd < 0 ||
+      !program_argument(env, argv[2], &program, &program_count) || program == NULL ||
+      !program_argument(env, argv[3], &surge, &surge_count) || napi_get_value_uint32(env, argv[4], &surge_at) != napi_ok ||
+      napi_get_value_double(env, argv[5], &acknowledged) != napi_ok || acknowledged < 0) {
+    napi_throw_type_error(env, NULL, "steerGuarded(fd, generalFd, program, surgeProgram or null, surgeAt >= 0, acknowledged >= 0)");
+    return NULL;
+  }
+  refuser *r = find(fd, 0);
+  if (!r) return throw_errno(env, "refuser", "steerGuarded (no refuser on that descriptor)", ENOENT);
+  struct sock_filter *copy = NULL;
+  if (surge && surge_at > 0) {
+    copy = malloc(surge_count * sizeof *copy);
+    if (!copy) return throw_errno(env, "refuser", "malloc", ENOMEM);
+    memcpy(copy, surge, surge_count * sizeof *copy);
+  }
+  int err = 0;
+  const char *call = "";
+  bool steered = false, wake = false;
+  pthread_mutex_lock(&r->guard_lock);
+  if ((double)atomic_load(&r->surges) > acknowledged) {
+    free(copy);  // the guard's surge stands until it has been taken in
+  } else if (r->guard_fd < 0 && (r->guard_fd = fcntl(general_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    err = errno;
+    call = "fcntl(F_DUPFD_CLOEXEC)";
+    free(copy);
+  } else if (attach(r->guard_fd, program, (unsigned short)program_count) != 0) {
+    err = errno;
+    call = "setsockopt(SO_ATTACH_REUSEPORT_CBPF)";
+    free(copy);
+  } else {
+    free(r->guard_program);
+    r->guard_program = copy;
+    r->guard_length = (unsigned short)surge_count;
+    r->guard_at = copy ? surge_at : 0;
+    atomic_store(&r->armed, copy != NULL);
+    steered = true;
+    wake = copy != NULL;
+  }
+  pthread_mutex_unlock(&r->guard_lock);
+  if (wake) {
+    uint64_t one = 1;
+    ssize_t ignored = write(r->wake_fd, &one, sizeof one);
+    (void)ignored;
+  }
+  if (err) return throw_errno(env, "reuseport", call, err);
+  napi_get_boolean(env, steered, &result);
+  return result;
+}
+
+static napi_value surges(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result, count, waiting;
+  int32_t fd;
+  if (!fd_argument(env, info, 1, argv, &fd)) {
+    napi_throw_type_error(env, NULL, "surges(fd): a descriptor given to refuse()");
+    return NULL;
+  }
+  refuser *r = find(fd, 0);
+  if (!r) return throw_errno(env, "refuser", "surges (no refuser on that descriptor)", ENOENT);
+  napi_create_object(env, &result);
+  napi_create_double(env, (double)atomic_load(&r->surges), &count);
+  napi_create_uint32(env, atomic_load(&r->surge_waiting), &waiting);
+  napi_set_named_property(env, result, "count", count);
+  napi_set_named_property(env, result, "waiting", waiting);
+  return result;
 }
 
 void refuser_register(napi_env env, napi_value exports) {
@@ -245,4 +406,8 @@ void refuser_register(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "refused", function);
   napi_create_function(env, "stopRefusing", NAPI_AUTO_LENGTH, stop_refusing, NULL, &function);
   napi_set_named_property(env, exports, "stopRefusing", function);
+  napi_create_function(env, "steerGuarded", NAPI_AUTO_LENGTH, steer_guarded, NULL, &function);
+  napi_set_named_property(env, exports, "steerGuarded", function);
+  napi_create_function(env, "surges", NAPI_AUTO_LENGTH, surges, NULL, &function);
+  napi_set_named_property(env, exports, "surges", function);
 }
