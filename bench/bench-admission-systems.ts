@@ -42,7 +42,7 @@ export interface System {
 interface EngineEntry { host: string; port: number; pidFile?: string }
 
 function enginesFile(): string {
-  return process.env.ICHIDAN_ENGINES_FILE ?? join(import.meta.dirname, '..', '..', 'var', 'engines', 'daemons.json');
+  return process.env.ICHIDAN_ENGINES_FILE ?? join(import.meta.dirname, '..', '..', 'state', 'engines', 'daemons.json');
 }
 
 function engineEntry(engine: Exclude<EngineChoice, 'none'>): EngineEntry {

@@ -17,7 +17,7 @@
  *    Every message is timed from the start of connect to the reply after DATA.
  * Known senders' "before" leaves out the normal phase's first BENCH_WARMUP_S (process warm-up and
  * learning). Ichidan scans every message with BENCH_ENGINE (rspamd; clamd; none) from the running
- * engines (ICHIDAN_ENGINES_FILE, else var/engines/daemons.json); Postfix scans nothing. Ichidan's
+ * engines (ICHIDAN_ENGINES_FILE, else state/engines/daemons.json); Postfix scans nothing. Ichidan's
  * learning writes every second here (`admission.senders.flushEvery: 1s`, default 5s), and the normal
  * connection rate is learned over the normal phase after its warm-up (`admission.pressure.learnAfter`,
  * BENCH_NORMAL_S - BENCH_WARMUP_S, default 5m); `minClean` keeps its default. Deferred mail is not retried within the run: a real sender would retry it.

@@ -43,7 +43,7 @@ interface Daemons {
 }
 
 function daemons(): Daemons {
-  const file = process.env.ICHIDAN_ENGINES_FILE ?? join(ROOT, 'var', 'engines', 'daemons.json');
+  const file = process.env.ICHIDAN_ENGINES_FILE ?? join(ROOT, 'state', 'engines', 'daemons.json');
   if (!existsSync(file)) throw new Error(`${file} not found: run scripts/engines.sh start first`);
   return JSON.parse(readFileSync(file, 'utf8')) as Daemons;
 }

@@ -7,8 +7,8 @@
 #   scripts/engines.sh status   what runs, where, and how much memory it holds
 #
 # Takes: the Debian packages clamav-daemon, spamd, rspamd, c-icap, libc-icap-mod-virus-scan.
-# Gives: var/engines/daemons.json with each daemon's address (read by test/helpers/daemons.ts);
-#   config, data, logs and pid file of each daemon under var/engines/<daemon>/. clamd (and c-icap
+# Gives: state/engines/daemons.json with each daemon's address (read by test/helpers/daemons.ts);
+#   config, data, logs and pid file of each daemon under state/engines/<daemon>/. clamd (and c-icap
 #   through it) alerts when a scanning limit is reached: the limits are scripts/clamd-limits.conf.
 # Network: listens on 127.0.0.1 only and sends nothing off the machine: clamd loads only the test
 #   signatures written here (freshclam never runs), spamd runs local tests only, rspamd's resolver is
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VAR="$ROOT/var/engines"
+VAR="$ROOT/state/engines"
 HOST=127.0.0.1
 CLAMD_PORT=${ICHIDAN_CLAMD_PORT:-13310}
 SPAMD_PORT=${ICHIDAN_SPAMD_PORT:-17830}
@@ -414,6 +414,10 @@ case ${1:-} in
   start)
     lock
     install_missing
+    # As root the daemons run as their own users: every folder above theirs must let them through.
+    if $IS_ROOT && ! runuser -u clamav -- test -x "$VAR"; then
+      die "the clamav user cannot reach $VAR (a folder above it is closed to other users: ls -ld each one)"
+    fi
     t0=$(now_ms)
     # clamd first: c-icap's virus_scan needs it.
     for name in "${DAEMONS[@]}"; do start_one "$name"; done

@@ -1,7 +1,7 @@
 /*
  * Where the real scanning daemons listen, for tests that talk to them.
  *
- * Takes: var/engines/daemons.json as written by `scripts/engines.sh start` (another file with
+ * Takes: state/engines/daemons.json as written by `scripts/engines.sh start` (another file with
  * ICHIDAN_ENGINES_FILE), and each daemon's pid file named in it.
  * Gives: `realDaemon(name)`, the daemon's address, or null when it is not running; with CI set, a
  * missing daemon is an error instead, so a CI run can never pass by skipping the real engines.
@@ -44,7 +44,7 @@ function repoRoot(): string {
 }
 
 export function enginesFile(): string {
-  return process.env.ICHIDAN_ENGINES_FILE ?? join(repoRoot(), 'var', 'engines', 'daemons.json');
+  return process.env.ICHIDAN_ENGINES_FILE ?? join(repoRoot(), 'state', 'engines', 'daemons.json');
 }
 
 function alive(pidFile: string): boolean {
