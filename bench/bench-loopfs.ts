@@ -3,7 +3,7 @@
  * server's disk would: data, metadata and the filesystem journal.
  *
  * As root, and unless BENCH_FS=host: a fresh ext4 made by `mkfs.ext4 -q` with its defaults (a 64 MB
- * journal, data=ordered, a commit every 5 s) in a sparse 4 GiB image under var/, attached with
+ * journal, data=ordered, a commit every 5 s) in a sparse 4 GiB image under state/, attached with
  * `losetup --find --show` and mounted on a folder beside it. Nothing else on the machine writes to
  * that loop device, and its journal has its own counters in /proc/fs/jbd2/<device>-8/info.
  * With BENCH_FS=host (or without root): var/ as it is, on whatever the host's file system is; on a
@@ -36,7 +36,7 @@ export interface BenchFs {
 const onLoop = (): boolean => process.env.BENCH_FS !== 'host' && process.getuid?.() === 0;
 
 export function benchFsLabel(): string {
-  if (onLoop()) return `loop ext4 with journal (mkfs.ext4 defaults, data=ordered; a fresh ${IMAGE_SIZE} sparse image under var/ for each MTA run)`;
+  if (onLoop()) return `loop ext4 with journal (mkfs.ext4 defaults, data=ordered; a fresh ${IMAGE_SIZE} sparse image under state/ for each MTA run)`;
   const why = process.env.BENCH_FS === 'host' ? 'BENCH_FS=host' : 'not root';
   const var_ = join(ROOT, 'var');
   const mount = execFileSync('findmnt', ['-n', '-o', 'SOURCE,FSTYPE,OPTIONS', '-T', existsSync(var_) ? var_ : ROOT], { encoding: 'utf8' }).trim();
@@ -65,9 +65,11 @@ function unmount(dir: string): void {
 export async function mountBenchFs(): Promise<BenchFs> {
   const var_ = join(ROOT, 'var');
   if (!onLoop()) return { dir: var_, device: deviceOf(var_), cleanUp: async () => {} };
-  await mkdir(var_, { recursive: true });
-  const root = await mkdtemp(join(var_, 'bench-fs-'));
-  // Postfix's daemons run as its own user and must reach the queue below.
+  // Not under var/ (the default dataDir, closed to other users at Ichidan's start): Postfix's
+  // daemons run as its own user and must reach the queue below.
+  const state = join(ROOT, 'state');
+  await mkdir(state, { recursive: true, mode: 0o755 });
+  const root = await mkdtemp(join(state, 'bench-fs-'));
   await chmod(root, 0o755);
   const image = join(root, 'ext4.img'), dir = join(root, 'mnt');
   let loop: string | null = null, mounted = false, done = false;

@@ -125,9 +125,10 @@ export async function stopPostfixMaster(masterPid: number, etc: string): Promise
  * that turns DNS on for the SMTP client points it at a resolver of its own there).
  */
 export async function startPostfix(name: string, address: string, extra: Record<string, string>, opts: { netns?: string } = {}): Promise<PostfixInstance> {
-  await mkdir(join(ROOT, 'var'), { recursive: true });
-  const dir = await mkdtemp(join(ROOT, 'var', `bench-postfix-${name}-`));
+  // Not under var/: that is the default dataDir, which Ichidan closes to other users at start, and
   // Postfix's daemons run as its own user and must reach the queue below.
+  await mkdir(join(ROOT, 'state'), { recursive: true, mode: 0o755 });
+  const dir = await mkdtemp(join(ROOT, 'state', `bench-postfix-${name}-`));
   await chmod(dir, 0o755);
   const removeDir = onCleanup(() => rm(dir, { recursive: true, force: true }));
   const port = await freePort(address);
