@@ -88,6 +88,22 @@ describe('admission at the door', () => {
     expect(await send('127.1.1.1')).toMatch(/^250 /);
   });
 
+  it('under overload defers at its next RCPT an unknown sender greeted before the level rose, and lets it on once the level falls', async () => {
+    t = await startApp((dir) => config(dir, { knownQueue: false }));
+    const { c, greeting } = await connect('127.1.2.1');
+    expect(greeting).toMatch(/^220 /);
+    expect(await c.command('EHLO early.test')).toMatch(/^250/);
+    const held = await hold(10);
+    await reachLevel(2);
+    expect(await c.command('MAIL FROM:<x@early.test>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<ann@alpha.test>')).toMatch(/^451 4\.7\.1 /);
+    expect(await decisions('rcpt', 'refuse', 'overload')).toBe(1);
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
+    for (const h of held) h.close();
+    await reachLevel(0);
+    expect(await c.command('RCPT TO:<ann@alpha.test>')).toMatch(/^250 /);
+  });
+
   it('under overload has the addon\'s thread answer unknown senders, counts them as the door\'s refusals, still gives a blocked network its 554, and lets everyone in once the level falls', async () => {
     t = await startApp((dir) => config(dir));
     await t.app.senders!.mark({ kind: 'network', key: '127.5.1.0/24' }, 'blocked', 'a test', 'test');

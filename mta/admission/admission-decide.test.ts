@@ -40,14 +40,22 @@ describe('admission at the door', () => {
     const c = config({ overload: { refuse: 'rcpt' } });
     const d = decideDoor(door({ level: 'overload' }), c);
     expect(d).toMatchObject({ action: 'greet', reason: 'overload_rcpt', deferRcpt: true });
-    expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: true }, c)?.reply?.code).toBe(451);
-    expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: true }, c)?.reply?.enhanced).toBe('4.7.1');
+    expect(decideRcpt({ level: 'overload', standing: 'unknown' }, c)?.reply?.code).toBe(451);
+    expect(decideRcpt({ level: 'overload', standing: 'unknown' }, c)?.reply?.enhanced).toBe('4.7.1');
     // Once the level falls, a session greeted under overload is let through.
-    expect(decideRcpt({ level: 'normal', standing: 'unknown', deferRcpt: true }, c)).toBeNull();
-    expect(decideRcpt({ level: 'overload', standing: 'known', deferRcpt: false }, c)).toBeNull();
+    expect(decideRcpt({ level: 'normal', standing: 'unknown' }, c)).toBeNull();
+    expect(decideRcpt({ level: 'overload', standing: 'known' }, c)).toBeNull();
     // A session greeted before the overload began meets it at its next RCPT.
-    expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: false }, c)?.reason).toBe('overload');
-    expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: false }, config())).toBeNull();
+    expect(decideRcpt({ level: 'overload', standing: 'unknown' }, c)?.reason).toBe('overload');
+  });
+
+  it('overload with refuse: connect also defers, at their next RCPT, unknown senders greeted before it began (a flood\'s open connections send no more)', () => {
+    const c = config();
+    expect(decideDoor(door({ level: 'overload' }), c)).toMatchObject({ action: 'refuse', reason: 'overload' });
+    expect(decideRcpt({ level: 'overload', standing: 'unknown' }, c)).toMatchObject({ reply: { code: 451, enhanced: '4.7.1' }, reason: 'overload' });
+    expect(decideRcpt({ level: 'busy', standing: 'unknown' }, c)).toBeNull();
+    expect(decideRcpt({ level: 'overload', standing: 'pinned' }, c)).toBeNull();
+    expect(decideRcpt({ level: 'overload', standing: 'unknown' }, config({ mode: 'observe' }))).toEqual({ reply: null, reason: 'would_overload' });
   });
 
   it('observe: the decisions are counted as would_*, nobody is refused or delayed', () => {
@@ -63,7 +71,7 @@ describe('admission at the door', () => {
     const c = config({ mode: 'off' });
     expect(decideDoor(door({ level: 'overload', standing: 'blocked', open: 99 }), c)).toMatchObject({ action: 'greet', reason: 'off' });
     expect(decideMail({ level: 'overload', standing: 'unknown', intake: 'paused', networkMails: 999 }, c)).toBeNull();
-    expect(decideRcpt({ level: 'overload', standing: 'unknown', deferRcpt: true }, c)).toBeNull();
+    expect(decideRcpt({ level: 'overload', standing: 'unknown' }, c)).toBeNull();
   });
 
   it('the reserve never takes every session', () => {

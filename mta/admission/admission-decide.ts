@@ -11,7 +11,9 @@
  *   mail     the queue's intake paused (disk or memory at overload): 452 4.3.1 for everyone;
  *            busy or overload: no more than busy.messageRate MAIL FROM a minute from an unknown
  *            network (450 4.7.1).
- *   rcpt     overload with overload.refuse = rcpt: 451 4.7.1 for unknown senders.
+ *   rcpt     overload: 451 4.7.1 for unknown senders — those greeted under it (overload.refuse =
+ *            rcpt) and those greeted before it began alike, so a flood that opened its
+ *            connections before the level rose cannot go on sending through them.
  * mode observe: the same decisions are made and counted as `would_<reason>`, and nobody is
  * delayed or refused; mode off: everyone is greeted, counted as `off`.
  * Nothing here touches a transaction already accepted: a level applies to what comes next.
@@ -90,11 +92,13 @@ export function decideMail(input: MailInput, config: AdmissionConfig): { reply: 
   return config.mode === 'on' ? found : { reply: null, reason: `would_${found.reason}` };
 }
 
-/** At RCPT: an unknown sender greeted under overload with overload.refuse = rcpt (or finding the node overloaded now). */
-export function decideRcpt(input: { level: Level; standing: Standing; deferRcpt: boolean }, config: AdmissionConfig): { reply: SmtpReply | null; reason: string } | null {
+/**
+ * At RCPT: an unknown sender while the node is overloaded, whenever its session was greeted (under
+ * overload with overload.refuse = rcpt, or before the level rose).
+ */
+export function decideRcpt(input: { level: Level; standing: Standing }, config: AdmissionConfig): { reply: SmtpReply | null; reason: string } | null {
   if (config.mode === 'off' || isKnown(input.standing)) return null;
   // Only while the node is overloaded: a session greeted under overload goes on once the level falls.
-  const defer = input.level === 'overload' && (input.deferRcpt || config.overload.refuse === 'rcpt');
-  if (!defer) return null;
+  if (input.level !== 'overload') return null;
   return config.mode === 'on' ? { reply: REPLIES.overloadedRcpt, reason: 'overload' } : { reply: null, reason: 'would_overload' };
 }

@@ -59,7 +59,6 @@ interface SessionEntry {
   address: string;
   network: string;
   standing: Standing;
-  deferRcpt: boolean;
   guarded: boolean;
 }
 
@@ -135,7 +134,7 @@ export class Admission {
     const network = this.#network(address);
     const standing = this.deps.senders.standing(address);
     const guarded = this.guards(listener);
-    const entry: SessionEntry = { listener: listener.name, address, network, standing, deferRcpt: false, guarded };
+    const entry: SessionEntry = { listener: listener.name, address, network, standing, guarded };
     this.#sessions.set(id, entry);
     this.#networkOpen.set(network, (this.#networkOpen.get(network) ?? 0) + 1);
     if (!guarded) return { action: 'greet', delayMs: 0, reason: 'not_guarded', deferRcpt: false };
@@ -144,7 +143,6 @@ export class Admission {
       level: this.deps.pressure.level, standing, open, limit: listener.maxClients,
       networkOpen: (this.#networkOpen.get(network) ?? 1) - 1,
     }, this.#config.admission);
-    if (decision.action === 'greet') entry.deferRcpt = decision.deferRcpt;
     const action = decision.action === 'refuse' ? 'refuse' : decision.delayMs > 0 ? 'delay' : 'greet';
     this.deps.count('connect', action, decision.reason);
     if (decision.action === 'refuse') {
@@ -162,7 +160,6 @@ export class Admission {
     const byUser = this.deps.senders.standingOf('user', user);
     if (isKnown(byUser)) {
       entry.standing = byUser;
-      entry.deferRcpt = false;
       this.deps.count('auth', 'go', 'known_user');
     }
   }
@@ -184,7 +181,7 @@ export class Admission {
   rcpt(id: string): SmtpReply | null {
     const entry = this.#sessions.get(id);
     if (!entry?.guarded) return null;
-    const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing, deferRcpt: entry.deferRcpt }, this.#config.admission);
+    const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing }, this.#config.admission);
     if (!d) return null;
     this.deps.count('rcpt', d.reply ? 'refuse' : 'go', d.reason);
     return d.reply;
