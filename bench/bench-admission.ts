@@ -203,7 +203,8 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
   if (decisions) console.log(`    admission decisions: ${decisions}`);
   if (admissionLines.some((l) => l.startsWith('ichidan_admission_known_queue_networks{'))) {
-    console.log(`    known senders' own accept queue: ${knownQueue('networks')} networks steered to it at the end, ${knownQueue('connections_total')} connections taken`);
+    console.log(`    known senders' own accept queue: ${knownQueue('networks')} networks steered to it at the end, ${knownQueue('connections_total')} connections taken, `
+      + `${knownQueue('surges_total')} floods met by its guard`);
   }
   if (knownAtFlood && knownAtEnd) {
     const ours = (keys: string[]) => keys.filter((k) => k.startsWith('127.10.')).length;

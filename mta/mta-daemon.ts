@@ -219,9 +219,9 @@ export class Ichidan {
       count: (point, action, reason, n) => metrics.admissionDecision(point, action, reason, n),
       log,
     });
-    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.pressure.level, () => this.#listeners, log, (listener, waiting) => {
+    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.pressure.level, () => this.#listeners, log, (listener, waiting, at) => {
       log.warn({ listener, waiting }, `the known queue's guard met a flood on ${listener} (${waiting} connections waiting): everyone else is refused at the socket`);
-      this.pressure.surged({ acceptQueue: waiting });
+      this.pressure.guarded(listener, waiting, at);
     });
     this.pressure.on('level', () => this.#knownQueue.refresh());
     this.drain = new Drain({

@@ -14,9 +14,9 @@
  *   tenants' networks, then pinned and known senders' networks (the most recently seen first, as
  *   many as the kernel's program holds) to the known queue, blocked networks to the general one,
  *   and under overload (admission.overload.refuse: connect) everyone else to the refusing thread
- *   — below overload, the thread's guard does that itself once the general queue holds the
- *   acceptQueue signal's surge (admission.pressure.acceptQueue.surge); the refresh takes such a
- *   surge in first, as the pressure's own (overload at once, `surged`); and tells the admission
+ *   — below overload, the thread's guard does that itself once the general queue holds
+ *   admission.knownQueueGuard connections; the refresh takes such a surge in first, as the
+ *   pressure's own (overload at once); and tells the admission
  *   how many connections those threads answered (its decisions and its connection rate count them). With admission.mode no longer `on` after a reload, or knownQueue
  *   turned off, no network is steered and nobody refused: everyone shares the general queue.
  */
@@ -48,8 +48,8 @@ export class KnownQueueSteering {
     private readonly level: () => Level,
     private readonly listeners: () => readonly Listener[],
     private readonly log: Logger,
-    /** A flood the guard met at a listener's socket, with the general queue's length then: the pressure's surge. */
-    private readonly surged: (listener: string, waiting: number) => void,
+    /** A flood the guard met at a listener's socket, with the general queue's length then and the guard's threshold: the pressure's surge. */
+    private readonly surged: (listener: string, waiting: number, at: number) => void,
   ) {}
 
   forListener(spec: ListenerConfig): ListenerDeps['knownQueue'] {
@@ -76,7 +76,7 @@ export class KnownQueueSteering {
       networks: [...config.trustedNetworks, ...tenants, ...senders.known],
       blocked: senders.blocked,
       refuseOthers: overload && atConnect,
-      surgeAt: !overload && atConnect ? config.admission.pressure.acceptQueue.surge ?? null : null,
+      surgeAt: !overload && atConnect && config.admission.knownQueueGuard > 0 ? config.admission.knownQueueGuard : null,
     };
   }
 
@@ -118,7 +118,7 @@ export class KnownQueueSteering {
   #takeSurges(): void {
     for (const l of this.listeners()) {
       const surge = l.takeSurge();
-      if (surge) this.surged(l.spec.name, surge.waiting);
+      if (surge) this.surged(l.spec.name, surge.waiting, this.config().admission.knownQueueGuard);
     }
   }
 

@@ -126,8 +126,8 @@ describe('admission at the door', () => {
     expect(await send('127.9.1.1')).toMatch(/^250 /);
   });
 
-  it('meets a flood at the socket while the event loop is held: past the accept queue\'s surge the guard refuses everyone else from its thread, and the level follows', async () => {
-    t = await startApp((dir) => config(dir, { pressure: { ...pressure, acceptQueue: { busy: 4, overload: 6, surge: 8 } } }));
+  it('meets a flood at the socket while the event loop is held: past knownQueueGuard the guard refuses everyone else from its thread, and the level follows', async () => {
+    t = await startApp((dir) => config(dir, { knownQueueGuard: 8 }));
     expect(await level()).toBe('0');
     // A client process: 8 unknown senders' connections that wait in the general queue, then 5 more.
     const flood = spawn(process.execPath, ['-e', `
@@ -160,6 +160,7 @@ describe('admission at the door', () => {
     await reachLevel(2);
     expect(t.app.admissionStatus().knownQueues[0]).toMatchObject({ refusing: true, surges: 1 });
     expect(t.app.admissionStatus().signals.acceptQueue.value).toBeGreaterThanOrEqual(8);
+    expect(t.logs.find((l) => l.level === 'overload')?.why).toMatch(/^acceptQueue=\d+ ≥ 8 \(the known queue's guard on mx\)$/);
     expect(/ichidan_admission_known_queue_surges_total\{listener="mx"\} (\d+)/.exec(await t.app.metrics.metrics())?.[1]).toBe('1');
     expect(t.logs.some((l) => l.listener === 'mx' && typeof l.msg === 'string' && l.msg.startsWith('the known queue\'s guard met a flood on mx'))).toBe(true);
     // Known senders are still served.

@@ -84,9 +84,7 @@ const pressureSchema = z.strictObject({
    * Connections the kernel holds for the admission listeners that are not accepted yet (Linux):
    * while it grows everyone waits in it, known senders among the flood, before anyone is judged.
    * Idle, it stays near 0 (Node accepts every waiting connection at each turn of its loop), so
-   * twice the overload threshold (400 by default) waiting is a surge. A known queue's guard
-   * (ingress/ingress-known-queue.ts) refuses everyone else at the socket once its general queue
-   * alone holds the surge, without waiting for the event loop.
+   * twice the overload threshold (400 by default) waiting is a surge.
    */
   acceptQueue: thresholds(z.number().int().positive(), 50, 200, (overload) => 2 * overload),
   /**
@@ -171,6 +169,13 @@ export const admissionSchema = z.strictObject({
    * does not hold them up.
    */
   knownQueue: z.boolean().default(true),
+  /**
+   * Connections waiting in a known queue's general queue (unknown senders' only) at which its guard,
+   * a thread that looks every 5 ms, sends everyone neither known nor blocked to be refused at the
+   * socket and the level to overload, without waiting for the event loop (with overload.refuse:
+   * connect; 0: no guard). Idle, Node leaves that queue near empty at every turn of its loop.
+   */
+  knownQueueGuard: z.number().int().min(0).default(100),
   /** Most messages scanned at once; more wait for a slot (known senders' first). */
   scans: z.number().int().positive().default(32),
   /** What unknown senders get while the node is busy. */

@@ -113,13 +113,18 @@ function surgeOf(signal: SignalName, config: LevelThresholds): number | undefine
  * (null when none is, or the level is overload already). Signals not given are not looked at.
  */
 export function surgeLevels(state: LevelState, values: SignalValues, config: LevelThresholds, now: number): { state: LevelState; change: LevelChange } | null {
-  if (state.level === 'overload') return null;
   const drivers = SIGNALS.filter((s) => {
     const surge = surgeOf(s, config), v = values[s];
     return surge !== undefined && v !== null && v !== undefined && v >= surge;
   });
   if (drivers.length === 0) return null;
   const why = drivers.map((s) => `${s}=${Math.round(values[s]! * 1000) / 1000} ≥ ${surgeOf(s, config)} (surge)`).join(', ');
+  return enterOverload(state, drivers, why, now);
+}
+
+/** Overload at once, driven by `drivers` for `why` (null when the level is overload already). */
+export function enterOverload(state: LevelState, drivers: SignalName[], why: string, now: number): { state: LevelState; change: LevelChange } | null {
+  if (state.level === 'overload') return null;
   return {
     state: { ...state, level: 'overload', since: now, falling: null, drivers, rising: { busy: state.rising.busy ?? now, overload: state.rising.overload ?? now } },
     change: { level: 'overload', previous: state.level, why },

@@ -160,21 +160,23 @@ describe('Pressure', () => {
     expect(events).toHaveLength(1);
   });
 
-  it('takes in a surge met elsewhere (the known queue\'s guard) as its own: overload at once at or past the surge, the other signals as they were', () => {
-    const { p, v, events } = world();
-    v.open = 8;
-    p.surged({ acceptQueue: 399 });
-    expect(p.level).toBe('normal');
-    v.now += 10;
-    p.surged({ acceptQueue: 412 });
+  it('takes in a flood a known queue\'s guard met at the socket: overload at once, as a surge of the accept queue, logged with the listener', () => {
+    const { p, v, logs, events } = world();
+    v.open = 8; v.now = 10;
+    p.guarded('mx', 104, 100);
     expect(p.level).toBe('overload');
     expect(p.since).toBe(10);
-    expect(events).toEqual([['overload', 'normal', 'acceptQueue=412 ≥ 400 (surge)']]);
-    expect(p.signals().acceptQueue).toEqual({ value: 412, level: 'overload' });
+    expect(events).toEqual([['overload', 'normal', 'acceptQueue=104 ≥ 100 (the known queue\'s guard on mx)']]);
+    expect(logs.find((l) => l.level === 'overload')).toMatchObject({ previous: 'normal', signals: { acceptQueue: 104 } });
+    expect(p.signals().acceptQueue).toEqual({ value: 104, level: 'busy' });
     expect(p.signals().sessions).toEqual({ value: null, level: 'normal' });
     expect(v.peeks).toBe(0);
-    p.surged({ acceptQueue: 900 });
+    p.guarded('mx', 300, 100);
     expect(events).toHaveLength(1);
+    // It falls as any overload does: every signal below it for `fall` (2 s here), one level at a time.
+    v.queue = 0; v.open = 0;
+    for (let i = 0; i < 3; i++) { v.now += 1000; p.read(); }
+    expect(p.level).toBe('busy');
   });
 
   it('enters overload at once when the connections since the last surge reading come at 24 times their normal rate or more', () => {

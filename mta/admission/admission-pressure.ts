@@ -34,7 +34,7 @@ import type { SlotObserver } from '../../queue/accept/accept-slots.js';
 import type { PressureConfig } from './admission-config.js';
 import { memoryFree } from './admission-memory.js';
 import {
-  clearOf, initialLevels, isFloor, readings, signalLevel, SIGNALS, stepLevels, surgeLevels,
+  clearOf, enterOverload, initialLevels, isFloor, readings, signalLevel, SIGNALS, stepLevels, surgeLevels,
   type Level, type LevelChange, type LevelState, type SignalName, type SignalReading, type SignalValues,
 } from './admission-levels.js';
 
@@ -231,20 +231,29 @@ export class Pressure extends EventEmitter {
       sessions: sessions && sessions.limit > 0 ? sessions.open / sessions.limit : null,
       connections: this.#safely('connections', () => this.sources.connectionSurgeRatio?.() ?? null),
     };
-    this.surged(values);
+    this.#surged(values);
   }
 
-  /**
-   * Readings at a surge met elsewhere (the known queue's guard, which met a flood at the socket
-   * before the event loop could): overload at once where one is at or past its surge threshold,
-   * as readSurge would.
-   */
-  surged(values: SignalValues): void {
+  /** Readings of the surge check: overload at once where one is at or past its surge threshold. */
+  #surged(values: SignalValues): void {
     const surge = surgeLevels(this.#state, values, this.#config, this.#probes.now());
     if (!surge) return;
     this.#state = surge.state;
     for (const s of SIGNALS) if (s in values) this.#signals[s] = { value: values[s] ?? null, level: signalLevel(s, values[s], this.#config) };
     this.#changed(surge.change, values);
+  }
+
+  /**
+   * A flood a known queue's guard met at `listener`'s socket (its general queue held `waiting`,
+   * at or past `at`: admission.knownQueueGuard) before the event loop could: overload at once,
+   * as a surge of the accept queue.
+   */
+  guarded(listener: string, waiting: number, at: number): void {
+    const surge = enterOverload(this.#state, ['acceptQueue'], `acceptQueue=${waiting} ≥ ${at} (the known queue's guard on ${listener})`, this.#probes.now());
+    if (!surge) return;
+    this.#state = surge.state;
+    this.#signals.acceptQueue = { value: waiting, level: signalLevel('acceptQueue', waiting, this.#config) };
+    this.#changed(surge.change, { acceptQueue: waiting });
   }
 
   #changed(change: LevelChange, values: SignalValues): void {
