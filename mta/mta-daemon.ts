@@ -219,7 +219,7 @@ export class Ichidan {
       count: (point, action, reason, n) => metrics.admissionDecision(point, action, reason, n),
       log,
     });
-    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.pressure.level, () => this.#listeners, log, (listener, waiting, at) => {
+    this.#knownQueue = new KnownQueueSteering(() => this.config, () => this.senders, this.admission, () => this.pressure.level, () => this.draining, () => this.#listeners, log, (listener, waiting, at) => {
       log.warn({ listener, waiting }, `the known queue's guard met a flood on ${listener} (${waiting} connections waiting): everyone else is refused at the socket`);
       this.pressure.guarded(listener, waiting, at);
     });
@@ -228,6 +228,7 @@ export class Ichidan {
       queue, log, cluster: () => this.cluster, config: () => this.config,
       setDraining: (on) => {
         this.draining = on;
+        this.#knownQueue.refresh();
         // The peers learn it now, not at the next heartbeat: none should hand this node mail meanwhile.
         void this.cluster?.nodes.beat();
       },

@@ -14,6 +14,7 @@
  *   tenants' networks, then pinned and known senders' networks (the most recently seen first, as
  *   many as the kernel's program holds) to the known queue, blocked networks to the general one,
  *   and under overload (admission.overload.refuse: connect) everyone else to the refusing thread
+ *   (answered with the door's 421 4.7.0, or its 421 4.3.2 while the node drains)
  *   — below overload, the thread's guard does that itself once the general queue holds
  *   admission.knownQueueGuard connections; the refresh takes such a surge in first, as the
  *   pressure's own (overload at once); and tells the admission
@@ -22,6 +23,7 @@
  */
 import cluster from 'node:cluster';
 import type { Logger } from 'pino';
+import { REPLIES, replyLine } from '../base/base-reply.js';
 import type { KnownSenders } from './admission/admission-senders.js';
 import type { Admission, Level } from './admission/admission.js';
 import { loadReuseport, type ReuseportAddon, type Steering } from './ingress/ingress-known-queue.js';
@@ -37,7 +39,7 @@ export class KnownQueueSteering {
   #timer: NodeJS.Timeout | null = null;
   #surgeTimer: NodeJS.Timeout | null = null;
   /** What the listeners were last steered from. */
-  #last: { changes: number; level: Level; config: Config } | null = null;
+  #last: { changes: number; level: Level; draining: boolean; config: Config } | null = null;
   /** Connections each listener's refusing thread had answered at the last look. */
   readonly #refused = new Map<string, number>();
 
@@ -46,6 +48,7 @@ export class KnownQueueSteering {
     private readonly senders: () => KnownSenders | null,
     private readonly admission: Admission,
     private readonly level: () => Level,
+    private readonly draining: () => boolean,
     private readonly listeners: () => readonly Listener[],
     private readonly log: Logger,
     /** A flood the guard met at a listener's socket, with the general queue's length then and the guard's threshold: the pressure's surge. */
@@ -67,7 +70,9 @@ export class KnownQueueSteering {
   /** What the kernel is to do now: the known networks (the ones that matter most first), the blocked ones, whether to refuse everyone else. */
   steering(): Steering {
     const config = this.config();
-    if (config.admission.mode !== 'on' || !config.admission.knownQueue) return { networks: [], blocked: [], refuseOthers: false, surgeAt: null };
+    // The door's refusal: a draining node's (4.3.2) while it drains, else the overload's.
+    const refusal = replyLine(this.draining() ? REPLIES.draining : REPLIES.overloaded);
+    if (config.admission.mode !== 'on' || !config.admission.knownQueue) return { networks: [], blocked: [], refuseOthers: false, surgeAt: null, refusal };
     const tenants = Object.values(config.tenants).flatMap((t) => t.networks);
     const senders = this.senders()?.steeredNetworks() ?? { known: [], blocked: [] };
     const atConnect = config.admission.overload.refuse === 'connect';
@@ -77,6 +82,7 @@ export class KnownQueueSteering {
       blocked: senders.blocked,
       refuseOthers: overload && atConnect,
       surgeAt: !overload && atConnect && config.admission.knownQueueGuard > 0 ? config.admission.knownQueueGuard : null,
+      refusal,
     };
   }
 
@@ -104,11 +110,11 @@ export class KnownQueueSteering {
   refresh(): void {
     this.#countRefused();
     this.#takeSurges();
-    // What the steering is made from: the senders' steered networks, the level, the config (a
-    // reload gives a new object).
-    const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), config: this.config() };
+    // What the steering is made from: the senders' steered networks, the level, draining, the
+    // config (a reload gives a new object).
+    const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), draining: this.draining(), config: this.config() };
     const last = this.#last;
-    if (last && now.changes === last.changes && now.level === last.level && now.config === last.config) return;
+    if (last && now.changes === last.changes && now.level === last.level && now.draining === last.draining && now.config === last.config) return;
     this.#last = now;
     const steering = this.steering();
     for (const l of this.listeners()) l.steerKnown(steering);

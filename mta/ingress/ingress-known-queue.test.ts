@@ -12,7 +12,9 @@ if ('error' in loaded) throw new Error(`the reuseport addon is needed here: ${lo
 const addon: ReuseportAddon = loaded;
 
 const REFUSAL = '421 4.7.0 server busy with other mail, try again later';
-const steer = (networks: string[], more: { blocked?: string[]; refuseOthers?: boolean; surgeAt?: number } = {}) => ({ networks, blocked: more.blocked ?? [], refuseOthers: more.refuseOthers ?? false, surgeAt: more.surgeAt ?? null });
+const DRAINING = '421 4.3.2 this server is being drained and takes no new mail, try another';
+const steer = (networks: string[], more: { blocked?: string[]; refuseOthers?: boolean; surgeAt?: number; refusal?: string } = {}) =>
+  ({ networks, blocked: more.blocked ?? [], refuseOthers: more.refuseOthers ?? false, surgeAt: more.surgeAt ?? null, refusal: more.refusal ?? REFUSAL });
 
 interface Arrival {
   queue: 'known' | 'general';
@@ -32,7 +34,7 @@ describe('KnownQueue', () => {
       arrivals.push({ queue, from: socket.remoteAddress!.replace(/^::ffff:/, '') });
       socket.end('220 hi\r\n');
     };
-    const { queue, generalFd } = await KnownQueue.open(addon, { address, port: 0, backlog: 64 }, steer(networks), REFUSAL, note('known'));
+    const { queue, generalFd } = await KnownQueue.open(addon, { address, port: 0, backlog: 64 }, steer(networks), note('known'));
     closers.push(() => queue.close());
     let general: Server | null = null;
     if (accept) {
@@ -105,10 +107,13 @@ describe('KnownQueue', () => {
     await ended;
     talker.end();
     expect(await dial(port, '127.66.0.1')).toBe(REFUSAL);
+    // The node drains meanwhile: the thread answers with the door's draining reply from now on.
+    queue.steer(steer(['127.10.0.0/16'], { blocked: ['127.10.9.0/24'], refuseOthers: true, refusal: DRAINING }));
+    expect(await dial(port, '127.66.0.2')).toBe(DRAINING);
     // Out of overload: everyone reaches Node again.
     queue.steer(steer(['127.10.0.0/16']));
     expect(await dial(port, '127.64.0.1')).toBe('220 hi');
-    expect(queue.status()).toMatchObject({ refusing: false, refused: 32 });
+    expect(queue.status()).toMatchObject({ refusing: false, refused: 33 });
   });
 
   it('guards the general queue: once it holds surgeAt connections, everyone else is refused by the thread at once, the known still served, until the surge is taken in', async () => {
@@ -175,9 +180,9 @@ describe('KnownQueue', () => {
     await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
     closers.push(() => taken.close());
     const port = (taken.address() as { port: number }).port;
-    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port, backlog: 8 }, steer([]), REFUSAL, () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port, backlog: 8 }, steer([]), () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
     const mine = await open('127.0.0.1', []);
-    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port: mine.port, backlog: 8 }, steer([]), REFUSAL, () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(KnownQueue.open(addon, { address: '127.0.0.1', port: mine.port, backlog: 8 }, steer([]), () => undefined)).rejects.toMatchObject({ code: 'EADDRINUSE' });
   });
 
   it('keeps the program in force when the kernel refuses a new one, and says why', async () => {
@@ -195,7 +200,7 @@ describe('KnownQueue', () => {
     const script = `
       const fs = require('node:fs');
       import(${JSON.stringify(built)}).then(async ({ loadReuseport, KnownQueue }) => {
-        const { queue } = await KnownQueue.open(loadReuseport(), { address: '127.0.0.1', port: 0, backlog: 64 }, { networks: [], blocked: [], refuseOthers: true }, ${JSON.stringify(REFUSAL)}, () => {});
+        const { queue } = await KnownQueue.open(loadReuseport(), { address: '127.0.0.1', port: 0, backlog: 64 }, { networks: [], blocked: [], refuseOthers: true, surgeAt: null, refusal: ${JSON.stringify(REFUSAL)} }, () => {});
         const held = [];
         try { for (;;) held.push(fs.openSync('/dev/null', 'r')); } catch {}
         process.stdout.write(String(queue.server.address().port) + '\\n');

@@ -51,6 +51,8 @@ export interface ReuseportAddon {
    * changed, when the guard fired since its count was `acknowledged`.
    */
   steerGuarded(fd: number, generalFd: number, program: Buffer, surgeProgram: Buffer | null, surgeAt: number, acknowledged: number): boolean;
+  /** The line the thread on `fd` answers with from now on. */
+  setRefusal(fd: number, line: string): void;
   /** How often the guard on `fd` fired, and the general queue's length the last time. */
   surges(fd: number): { count: number; waiting: number };
 }
@@ -64,7 +66,7 @@ export function loadReuseport(): ReuseportAddon | { error: string } {
   if (!existsSync(file)) return { error: `the reuseport addon is not built (${file} is missing): run "node scripts/build-addon.mjs"` };
   try {
     const addon = createRequire(import.meta.url)(file) as Partial<ReuseportAddon>;
-    if (['listenShared', 'steer', 'refuse', 'refused', 'stopRefusing', 'steerGuarded', 'surges'].some((f) => typeof addon[f as keyof ReuseportAddon] !== 'function')) return { error: `${file} lacks a function this version needs; rebuild it` };
+    if (['listenShared', 'steer', 'refuse', 'refused', 'stopRefusing', 'steerGuarded', 'setRefusal', 'surges'].some((f) => typeof addon[f as keyof ReuseportAddon] !== 'function')) return { error: `${file} lacks a function this version needs; rebuild it` };
     return addon as ReuseportAddon;
   } catch (error) {
     return { error: `the reuseport addon ${file} does not load (${(error as Error).message}); rebuild it with "node scripts/build-addon.mjs"` };
@@ -94,6 +96,8 @@ export interface Steering {
   refuseOthers: boolean;
   /** Below overload: the general queue's length at which the guard does so itself (null: no guard; also only when every known network fits). */
   surgeAt: number | null;
+  /** The line the refusing thread answers with (the door's reply, without its CRLF). */
+  refusal: string;
 }
 
 /** A flood the guard met: the general queue's length then. */
@@ -108,6 +112,8 @@ export class KnownQueue {
   #left = 0;
   #accepted = 0;
   #refusing = false;
+  /** The line the refusing thread answers with now. */
+  #refusal = '';
   /** The guard's count of surges as last taken in (`takeSurge`). */
   #acknowledged = 0;
 
@@ -120,16 +126,17 @@ export class KnownQueue {
 
   /**
    * Three sockets on `address`:`port` — the general queue (its descriptor for smtp-server), the
-   * known queue (`forward` gets each of its connections) and the refusing one (answered `refusal`
-   * by the addon's thread) — the kernel's program in place before any listens in Node. Throws (the
-   * errno's name as code) when the kernel refuses a step; nothing stays open then.
+   * known queue (`forward` gets each of its connections) and the refusing one (answered the
+   * steering's `refusal` by the addon's thread) — the kernel's program in place before any listens
+   * in Node. Throws (the errno's name as code) when the kernel refuses a step; nothing stays open then.
    */
-  static async open(addon: ReuseportAddon, where: { address: string; port: number; backlog: number }, steering: Steering, refusal: string, forward: (socket: Socket) => void): Promise<{ queue: KnownQueue; generalFd: number }> {
+  static async open(addon: ReuseportAddon, where: { address: string; port: number; backlog: number }, steering: Steering, forward: (socket: Socket) => void): Promise<{ queue: KnownQueue; generalFd: number }> {
     const fds = addon.listenShared(where.address, where.port, where.backlog, 3);
     const [general, known, refuse] = [fds[GENERAL_QUEUE], fds[KNOWN_QUEUE], fds[REFUSE_QUEUE]];
     const queue = new KnownQueue(addon, general, refuse, forward);
     try {
-      addon.refuse(refuse, `${refusal}\r\n`);
+      addon.refuse(refuse, `${steering.refusal}\r\n`);
+      queue.#refusal = steering.refusal;
     } catch (err) {
       for (const fd of fds) closeSync(fd);
       throw err;
@@ -164,6 +171,10 @@ export class KnownQueue {
    * taken in yet (`takeSurge`), the guard's program stays.
    */
   steer(steering: Steering): void {
+    if (steering.refusal !== this.#refusal) {
+      this.addon.setRefusal(this.refuseFd, `${steering.refusal}\r\n`);
+      this.#refusal = steering.refusal;
+    }
     const normal = knownFilter(steering.networks, { blocked: steering.blocked });
     // A known network left out of the program would be refused with everyone else: the door decides then.
     const refusing = steering.refuseOthers || steering.surgeAt ? knownFilter(steering.networks, { blocked: steering.blocked, others: REFUSE_QUEUE }) : null;

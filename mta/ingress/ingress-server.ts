@@ -211,7 +211,7 @@ export class Listener {
     const known = this.deps.knownQueue;
     if (!known) return null;
     try {
-      const { queue, generalFd } = await KnownQueue.open(known.addon, this.spec, known.steering(), replyLine(REPLIES.overloaded), (socket) => this.server.server.emit('connection', socket));
+      const { queue, generalFd } = await KnownQueue.open(known.addon, this.spec, known.steering(), (socket) => this.server.server.emit('connection', socket));
       queue.server.on('error', (err) => this.deps.log.warn({ err, listener: this.spec.name }, 'known queue error'));
       this.#known = queue;
       return generalFd;

@@ -11,6 +11,7 @@
  *   and looks again 10 ms later rather than spinning on accept.
  * refused(fd): connections answered so far (a number). stopRefusing(fd): ends the thread, closes
  *   every connection it still holds and the listening socket. At most MAX_REFUSERS at once.
+ * setRefusal(fd, line): the line for the connections answered from now on.
  *
  * The guard: a flood's first fraction of a second, before the event loop (busy with the flood's
  * first connections, its timers firing late) can tell it is one. While armed, the same thread
@@ -73,9 +74,10 @@ typedef struct {
   char line[MAX_LINE];
   size_t line_length;
   _Atomic uint64_t refused;
-  /* The guard, under guard_lock: the general queue's socket (a duplicate, closed with the thread),
-   * the length that fires it (0: disarmed) and the program it then attaches. */
-  pthread_mutex_t guard_lock;
+  /* Under lock: the reply line (replaced by setRefusal while the thread runs); the guard's
+   * general queue socket (a duplicate, closed with the thread), the length that fires it (0:
+   * disarmed) and the program it then attaches. */
+  pthread_mutex_t lock;
   int guard_fd;
   uint32_t guard_at;
   struct sock_filter *guard_program;
@@ -100,7 +102,9 @@ static void forget(refuser *r, size_t slot) {
 }
 
 static void answer(refuser *r, int fd) {
+  pthread_mutex_lock(&r->lock);
   ssize_t ignored = write(fd, r->line, r->line_length);
+  pthread_mutex_unlock(&r->lock);
   (void)ignored;
   shutdown(fd, SHUT_WR);
   atomic_fetch_add(&r->refused, 1);
@@ -147,7 +151,7 @@ static int attach(int fd, struct sock_filter *program, unsigned short length) {
 /* The guard's look at the general queue: the surge program in force once it is long enough. */
 static void watch(refuser *r) {
   if (!atomic_load(&r->armed)) return;
-  pthread_mutex_lock(&r->guard_lock);
+  pthread_mutex_lock(&r->lock);
   struct tcp_info info;
   socklen_t length = sizeof info;
   if (r->guard_at > 0 && getsockopt(r->guard_fd, IPPROTO_TCP, TCP_INFO, &info, &length) == 0 && info.tcpi_unacked >= r->guard_at) {
@@ -159,7 +163,7 @@ static void watch(refuser *r) {
     r->guard_at = 0;
     atomic_store(&r->armed, 0);
   }
-  pthread_mutex_unlock(&r->guard_lock);
+  pthread_mutex_unlock(&r->lock);
 }
 
 static void *run(void *arg) {
@@ -222,7 +226,7 @@ static napi_value refuse(napi_env env, napi_callback_info info) {
   r->line_length = length;
   r->listen_fd = fd;
   r->guard_fd = -1;
-  pthread_mutex_init(&r->guard_lock, NULL);
+  pthread_mutex_init(&r->lock, NULL);
   for (size_t i = 0; i < MAX_TRACKED; i++) r->ring[i].fd = -1;
   const char *call = "epoll_create1";
   r->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -252,7 +256,7 @@ static napi_value refuse(napi_env env, napi_callback_info info) {
   if (err) {
     if (r->epfd >= 0) close(r->epfd);
     if (r->wake_fd >= 0) close(r->wake_fd);
-    pthread_mutex_destroy(&r->guard_lock);
+    pthread_mutex_destroy(&r->lock);
     free(r);
     return throw_errno(env, "refuser", call, err);
   }
@@ -305,7 +309,7 @@ static napi_value stop_refusing(napi_env env, napi_callback_info info) {
   close(r->wake_fd);
   if (r->guard_fd >= 0) close(r->guard_fd);
   free(r->guard_program);
-  pthread_mutex_destroy(&r->guard_lock);
+  pthread_mutex_destroy(&r->lock);
   free(r);
   return NULL;
 }
@@ -350,7 +354,7 @@ static napi_value steer_guarded(napi_env env, napi_callback_info info) {
   int err = 0;
   const char *call = "";
   bool steered = false, wake = false;
-  pthread_mutex_lock(&r->guard_lock);
+  pthread_mutex_lock(&r->lock);
   if ((double)atomic_load(&r->surges) > acknowledged) {
     free(copy);  // the guard's surge stands until it has been taken in
   } else if (r->guard_fd < 0 && (r->guard_fd = fcntl(general_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
@@ -370,7 +374,7 @@ static napi_value steer_guarded(napi_env env, napi_callback_info info) {
     steered = true;
     wake = copy != NULL;
   }
-  pthread_mutex_unlock(&r->guard_lock);
+  pthread_mutex_unlock(&r->lock);
   if (wake) {
     uint64_t one = 1;
     ssize_t ignored = write(r->wake_fd, &one, sizeof one);
@@ -379,6 +383,25 @@ static napi_value steer_guarded(napi_env env, napi_callback_info info) {
   if (err) return throw_errno(env, "reuseport", call, err);
   napi_get_boolean(env, steered, &result);
   return result;
+}
+
+static napi_value set_refusal(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t fd;
+  char line[MAX_LINE];
+  size_t length = 0;
+  if (!fd_argument(env, info, 2, argv, &fd) || napi_get_value_string_utf8(env, argv[1], line, sizeof line, &length) != napi_ok ||
+      length == 0 || length >= sizeof line - 1) {
+    napi_throw_type_error(env, NULL, "setRefusal(fd, line): a descriptor given to refuse() and a reply line of 1-510 bytes");
+    return NULL;
+  }
+  refuser *r = find(fd, 0);
+  if (!r) return throw_errno(env, "refuser", "setRefusal (no refuser on that descriptor)", ENOENT);
+  pthread_mutex_lock(&r->lock);
+  memcpy(r->line, line, length);
+  r->line_length = length;
+  pthread_mutex_unlock(&r->lock);
+  return NULL;
 }
 
 static napi_value surges(napi_env env, napi_callback_info info) {
@@ -408,6 +431,8 @@ void refuser_register(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "stopRefusing", function);
   napi_create_function(env, "steerGuarded", NAPI_AUTO_LENGTH, steer_guarded, NULL, &function);
   napi_set_named_property(env, exports, "steerGuarded", function);
+  napi_create_function(env, "setRefusal", NAPI_AUTO_LENGTH, set_refusal, NULL, &function);
+  napi_set_named_property(env, exports, "setRefusal", function);
   napi_create_function(env, "surges", NAPI_AUTO_LENGTH, surges, NULL, &function);
   napi_set_named_property(env, exports, "surges", function);
 }

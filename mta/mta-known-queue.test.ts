@@ -1,0 +1,74 @@
+// The daemon's steering of the known queues, with listeners and the admission replaced: what each
+// level, the drain and the settings make the kernel do, and a guard's surge taken in before a steering.
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import type { Admission, Level } from './admission/admission.js';
+import type { Steering, Surge } from './ingress/ingress-known-queue.js';
+import type { Listener } from './ingress/ingress-server.js';
+import { parseConfig } from './mta-config.js';
+import { KnownQueueSteering } from './mta-known-queue.js';
+import { createLogger } from './mta-log.js';
+
+const OVERLOADED = '421 4.7.0 server busy with other mail, try again later';
+const DRAINING = '421 4.3.2 this server is being drained and takes no new mail, try another';
+
+function world(admission: Record<string, unknown> = {}) {
+  const state = { level: 'normal' as Level, draining: false, config: parseConfig({ trustedNetworks: ['192.0.2.0/24'], admission }) };
+  const steered: Steering[] = [];
+  const surges: Surge[] = [];
+  const refusedAtSocket: number[] = [];
+  const listener = {
+    spec: { name: 'mx' },
+    steerKnown: (s: Steering) => steered.push(s),
+    takeSurge: () => surges.shift() ?? null,
+    knownQueue: () => ({ networks: 1, left: 0, accepted: 0, refusing: false, refused: 0, surges: 0 }),
+  } as unknown as Listener;
+  const surged: Array<[string, number, number]> = [];
+  const log = createLogger('silent', new Writable({ write: (_c, _e, cb) => cb() }));
+  const steering = new KnownQueueSteering(
+    () => state.config, () => null, { refusedAtSocket: (n: number) => refusedAtSocket.push(n) } as unknown as Admission,
+    () => state.level, () => state.draining, () => [listener], log, (l, waiting, at) => surged.push([l, waiting, at]),
+  );
+  return { state, steering, steered, surges, surged };
+}
+
+describe('KnownQueueSteering', () => {
+  it('arms the guard below overload, refuses everyone else at the socket under overload, and answers with the drain\'s reply while draining', () => {
+    const { state, steering } = world();
+    expect(steering.steering()).toEqual({ networks: ['192.0.2.0/24'], blocked: [], refuseOthers: false, surgeAt: 100, refusal: OVERLOADED });
+    state.level = 'busy';
+    expect(steering.steering()).toMatchObject({ refuseOthers: false, surgeAt: 100 });
+    state.level = 'overload';
+    expect(steering.steering()).toMatchObject({ refuseOthers: true, surgeAt: null, refusal: OVERLOADED });
+    state.draining = true;
+    expect(steering.steering()).toMatchObject({ refuseOthers: true, refusal: DRAINING });
+  });
+
+  it('arms no guard with knownQueueGuard 0 or overload.refuse: rcpt, and steers nothing with the known queue off', () => {
+    expect(world({ knownQueueGuard: 0 }).steering.steering()).toMatchObject({ refuseOthers: false, surgeAt: null });
+    const rcpt = world({ overload: { refuse: 'rcpt' } });
+    expect(rcpt.steering.steering()).toMatchObject({ surgeAt: null });
+    rcpt.state.level = 'overload';
+    expect(rcpt.steering.steering()).toMatchObject({ refuseOthers: false, surgeAt: null });
+    expect(world({ knownQueue: false }).steering.steering()).toMatchObject({ networks: [], refuseOthers: false, surgeAt: null });
+  });
+
+  it('takes a guard\'s surge in before it steers, and steers again when the level or the drain changes, not otherwise', () => {
+    const { state, steering, steered, surges, surged } = world();
+    steering.refresh();
+    expect(steered).toHaveLength(1);
+    steering.refresh();
+    expect(steered).toHaveLength(1);
+    surges.push({ waiting: 130 });
+    // The pressure takes the surge in (here by hand) before the steering is worked out again.
+    steering.refresh();
+    expect(surged).toEqual([['mx', 130, 100]]);
+    state.level = 'overload';
+    steering.refresh();
+    expect(steered.at(-1)).toMatchObject({ refuseOthers: true, surgeAt: null });
+    state.draining = true;
+    steering.refresh();
+    expect(steered).toHaveLength(3);
+    expect(steered.at(-1)).toMatchObject({ refusal: DRAINING });
+  });
+});
