@@ -202,6 +202,9 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
     + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
   if (decisions) console.log(`    admission decisions: ${decisions}`);
+  // Where the tail is: the flood's slowest known messages, when each started and which part took the time.
+  const slowest = known.attempts.filter((a) => a.outcome === 'accepted' && a.at >= floodStart && a.at < floodEnd).sort((a, b) => b.ms - a.ms).slice(0, 5);
+  console.log(`    slowest known during the flood: ${slowest.map((a) => `${(a.at / 1000).toFixed(1)} s ${a.ms.toFixed(0)} ms (greeting ${a.greetMs?.toFixed(0) ?? '-'}, dot ${a.dotMs?.toFixed(0) ?? '-'})`).join('; ')}`);
   if (admissionLines.some((l) => l.startsWith('ichidan_admission_known_queue_networks{'))) {
     console.log(`    known senders' own accept queue: ${knownQueue('networks')} networks steered to it at the end, ${knownQueue('connections_total')} connections taken, `
       + `${knownQueue('surges_total')} floods met by its guard`);
