@@ -1,7 +1,9 @@
 // Whether DATA came right after a RCPT, and whether a MAIL was the last thing sent, read off the end of
 // the chunk it came in (proxy-client-tap.ts).
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { dataFollows, endsWithCommand } from './proxy-client-tap.js';
+import { ClientTaps, dataFollows, endsWithCommand } from './proxy-client-tap.js';
 
 const b = (s: string) => Buffer.from(s, 'latin1');
 
@@ -48,3 +50,33 @@ table('endsWithCommand: did the client send nothing after this command line?', e
   ['MAIL FROM:<a@x>', 'MAIL FROM:<a@x>', false],
   ['\r\n', 'MAIL FROM:<a@x>', false],
 ]);
+
+describe('ClientTaps: the replies held back while commands wait', () => {
+  /** A socket that counts its corks and uncorks. */
+  function socket() {
+    const s = Object.assign(new EventEmitter(), { destroyed: false, corks: 0, uncorks: 0, cork() { s.corks++; }, uncork() { s.uncorks++; } });
+    return s;
+  }
+  const tick = () => new Promise<void>((r) => process.nextTick(r));
+
+  it('lets them go once no command waits, as soon as the callbacks under way are done, before the event loop\'s next turn', async () => {
+    const taps = new ClientTaps();
+    const s = socket();
+    taps.watch('c|1', s as unknown as Socket);
+    taps.hold('c|1');
+    taps.hold('c|1');
+    expect(s.corks).toBe(1);
+    taps.release('c|1');
+    await tick();
+    // One command still waits: what was said so far stays held.
+    expect(s.uncorks).toBe(0);
+    taps.release('c|1');
+    // Said in the same callbacks (the next pipelined command's reply, DATA's 354): still held with the rest.
+    expect(s.uncorks).toBe(0);
+    let turned = false;
+    setImmediate(() => { turned = true; });
+    await tick();
+    expect(s.uncorks).toBe(1);
+    expect(turned).toBe(false);
+  });
+});

@@ -86,14 +86,17 @@ export class ClientTaps {
   }
 
   /**
-   * A command was answered. The replies go out once nothing waits any more, after this turn: what
-   * smtp-server says next in it (the next pipelined command's reply, DATA's 354) goes in the same write.
+   * A command was answered. The replies go out once nothing waits any more, as soon as the
+   * callbacks under way are done: what smtp-server says next in them (the next pipelined command's
+   * reply, DATA's 354: it goes on with the client's next command within the answer's callback)
+   * goes in the same write, and nothing else the event loop has queued (other sessions' reads,
+   * under load) holds it back.
    */
   release(key: string): void {
     const tap = this.#taps.get(key);
     if (!tap) return;
     tap.waiting--;
-    setImmediate(() => {
+    process.nextTick(() => {
       if (tap.waiting > 0 || !tap.corked) return;
       const socket = tap.corked;
       tap.corked = null;
