@@ -1,7 +1,7 @@
 // The daemon's steering of the known queues, with listeners and the admission replaced: what each
 // level, the drain and the settings make the kernel do, and a guard's surge taken in before a steering.
 import { Writable } from 'node:stream';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { Admission, Level } from './admission/admission.js';
 import type { Steering, Surge } from './ingress/ingress-known-queue.js';
 import type { Listener } from './ingress/ingress-server.js';
@@ -21,18 +21,38 @@ function world(admission: Record<string, unknown> = {}) {
     spec: { name: 'mx' },
     steerKnown: (s: Steering) => steered.push(s),
     takeSurge: () => surges.shift() ?? null,
-    knownQueue: () => ({ networks: 1, left: 0, accepted: 0, refusing: false, refused: 0, surges: 0 }),
+    // A surge not taken in yet shows as refusing, as the real status does.
+    knownQueue: () => ({ networks: 1, left: 0, accepted: 0, refusing: surges.length > 0, refused: 0, surges: 0 }),
   } as unknown as Listener;
   const surged: Array<[string, number, number]> = [];
   const log = createLogger('silent', new Writable({ write: (_c, _e, cb) => cb() }));
   const steering = new KnownQueueSteering(
     () => state.config, () => null, { refusedAtSocket: (n: number) => refusedAtSocket.push(n) } as unknown as Admission,
-    () => state.level, () => state.draining, () => [listener], log, (l, waiting, at) => surged.push([l, waiting, at]),
+    () => state.level, () => state.draining, () => [listener], log, (l, waiting, at) => {
+      // As the pressure does: overload at once.
+      surged.push([l, waiting, at]);
+      state.level = 'overload';
+    },
   );
   return { state, steering, steered, surges, surged };
 }
 
 describe('KnownQueueSteering', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('looks for a guard\'s surge every 100 ms once started, not only at the second\'s refresh', () => {
+    vi.useFakeTimers();
+    const { steering, surges, surged } = world();
+    steering.start();
+    vi.advanceTimersByTime(1000);
+    surges.push({ waiting: 101 });
+    vi.advanceTimersByTime(100);
+    expect(surged).toEqual([['mx', 101, 100]]);
+    steering.stop();
+  });
+
   it('arms the guard below overload, refuses everyone else at the socket under overload, and answers with the drain\'s reply while draining', () => {
     const { state, steering } = world();
     expect(steering.steering()).toEqual({ networks: ['192.0.2.0/24'], blocked: [], refuseOthers: false, surgeAt: 100, refusal: OVERLOADED });
@@ -60,11 +80,10 @@ describe('KnownQueueSteering', () => {
     steering.refresh();
     expect(steered).toHaveLength(1);
     surges.push({ waiting: 130 });
-    // The pressure takes the surge in (here by hand) before the steering is worked out again.
+    // The surge is taken in (overload) before the steering is worked out in the same refresh.
     steering.refresh();
     expect(surged).toEqual([['mx', 130, 100]]);
-    state.level = 'overload';
-    steering.refresh();
+    expect(steered).toHaveLength(2);
     expect(steered.at(-1)).toMatchObject({ refuseOthers: true, surgeAt: null });
     state.draining = true;
     steering.refresh();

@@ -29,7 +29,7 @@
  *   ichidan_admission_senders{kind,standing}       known-sender entries (admission/admission-senders.ts; kept counts, no scan)
  *   ichidan_admission_known_queue_networks{listener}  networks the kernel steers to known senders' own accept queue
  *   ichidan_admission_known_queue_connections_total{listener}  connections that queue took (ingress/ingress-known-queue.ts)
- *   ichidan_admission_known_queue_surges_total{listener}  floods its guard met at the socket (the general queue at the acceptQueue surge)
+ *   ichidan_admission_known_queue_surges_total{listener}  floods its guard met at the socket (the general queue at admission.knownQueueGuard)
  *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
  *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):

@@ -1,7 +1,7 @@
 // Admission at the door against a running Ichidan, driven by a real signal: sessions held open by a
 // known (trusted) client push the session share past the configured thresholds. Unknown senders
 // come from their own 127.x.y.0/24 networks, known ones were learned in a normal phase first.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { baseConfig, parseConfig, startApp, waitUntil, type ConfigInput, type TestApp } from './helpers/app.js';
@@ -30,7 +30,9 @@ describe('admission at the door', () => {
   let t: TestApp | undefined;
   const open: RawSmtp[] = [];
   const servers: Server[] = [];
+  const children: ChildProcess[] = [];
   afterEach(async () => {
+    for (const c of children.splice(0)) c.kill('SIGKILL');
     for (const c of open.splice(0)) c.close();
     await t?.stop();
     t = undefined;
@@ -146,6 +148,7 @@ describe('admission at the door', () => {
       });
       process.stdout.write('ready\\n');
     `], { stdio: ['pipe', 'pipe', 'inherit'] });
+    children.push(flood);
     let out = '';
     flood.stdout.on('data', (d) => { out += String(d); });
     await new Promise<void>((resolve) => flood.stdout.once('data', () => resolve()));
@@ -159,8 +162,9 @@ describe('admission at the door', () => {
     // Node takes the surge in as the pressure's own: overload, with the refusing thread kept on.
     await reachLevel(2);
     expect(t.app.admissionStatus().knownQueues[0]).toMatchObject({ refusing: true, surges: 1 });
-    expect(t.app.admissionStatus().signals.acceptQueue.value).toBeGreaterThanOrEqual(8);
-    expect(t.logs.find((l) => l.level === 'overload')?.why).toMatch(/^acceptQueue=\d+ ≥ 8 \(the known queue's guard on mx\)$/);
+    const entered = t.logs.find((l) => l.level === 'overload');
+    expect(entered?.why).toMatch(/^acceptQueue=\d+ ≥ 8 \(the known queue's guard on mx\)$/);
+    expect((entered?.signals as { acceptQueue: number }).acceptQueue).toBeGreaterThanOrEqual(8);
     expect(/ichidan_admission_known_queue_surges_total\{listener="mx"\} (\d+)/.exec(await t.app.metrics.metrics())?.[1]).toBe('1');
     expect(t.logs.some((l) => l.listener === 'mx' && typeof l.msg === 'string' && l.msg.startsWith('the known queue\'s guard met a flood on mx'))).toBe(true);
     // Known senders are still served.

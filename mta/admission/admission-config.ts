@@ -188,7 +188,10 @@ export const admissionSchema = z.strictObject({
     messageRate: z.number().int().min(1).default(30),
   }).prefault({}),
   overload: z.strictObject({
-    /** connect: 421 4.7.0 before the greeting; rcpt: greeted, then 451 4.7.1 at each RCPT. */
+    /**
+     * connect: 421 4.7.0 before the greeting; rcpt: greeted, then 451 4.7.1 at each RCPT. Either
+     * way, sessions greeted before the level rose get 451 4.7.1 at their next RCPT.
+     */
     refuse: z.enum(['connect', 'rcpt']).default('connect'),
   }).prefault({}),
   dns: dnsSchema,

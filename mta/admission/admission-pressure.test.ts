@@ -163,6 +163,10 @@ describe('Pressure', () => {
   it('takes in a flood a known queue\'s guard met at the socket: overload at once, as a surge of the accept queue, logged with the listener', () => {
     const { p, v, logs, events } = world();
     v.open = 8; v.now = 10;
+    // Not measuring (admission.mode off, or stopped): nothing moves.
+    p.guarded('mx', 104, 100);
+    expect(p.level).toBe('normal');
+    p.start();
     p.guarded('mx', 104, 100);
     expect(p.level).toBe('overload');
     expect(p.since).toBe(10);
@@ -177,6 +181,7 @@ describe('Pressure', () => {
     v.queue = 0; v.open = 0;
     for (let i = 0; i < 3; i++) { v.now += 1000; p.read(); }
     expect(p.level).toBe('busy');
+    p.stop();
   });
 
   it('enters overload at once when the connections since the last surge reading come at 24 times their normal rate or more', () => {

@@ -249,6 +249,8 @@ export class Pressure extends EventEmitter {
    * as a surge of the accept queue.
    */
   guarded(listener: string, waiting: number, at: number): void {
+    // Not measuring (admission.mode no longer on, or stopped): no level to move.
+    if (!this.running) return;
     const surge = enterOverload(this.#state, ['acceptQueue'], `acceptQueue=${waiting} ≥ ${at} (the known queue's guard on ${listener})`, this.#probes.now());
     if (!surge) return;
     this.#state = surge.state;

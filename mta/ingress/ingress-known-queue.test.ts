@@ -142,18 +142,31 @@ describe('KnownQueue', () => {
     expect(queue.status()).toMatchObject({ refusing: false, surges: 1, refused: 11 });
   });
 
-  it('arms no guard when a known network does not fit, or without a surgeAt (refusing at connect off, or overload already)', async () => {
+  it('arms no guard when a known network does not fit, and disarms one when a steering comes without surgeAt (refusing at connect off, or overload already)', async () => {
     const { queue, port } = await open('127.0.0.1', [], false);
     const many = Array.from({ length: 3000 }, (_, i) => `10.${i >> 8}.${i & 255}.0/24`);
     queue.steer(steer(many, { surgeAt: 3 }));
     await Promise.all(Array.from({ length: 6 }, (_, i) => dial(port, `127.64.${i}.1`, '127.0.0.1', 200)));
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(queue.status()).toMatchObject({ refusing: false, surges: 0 });
-    // surgeAt null (the daemon's steering under overload.refuse: rcpt): no guard either.
-    queue.steer(steer([]));
-    await Promise.all(Array.from({ length: 3 }, (_, i) => dial(port, `127.65.${i}.1`, '127.0.0.1', 200)));
+    // Armed, then a steering without surgeAt (the daemon's under overload.refuse: rcpt): it never fires.
+    const other = await open('127.0.0.1', [], false);
+    other.queue.steer(steer([], { surgeAt: 8 }));
+    other.queue.steer(steer([]));
+    await Promise.all(Array.from({ length: 10 }, (_, i) => dial(other.port, `127.65.${i}.1`, '127.0.0.1', 200)));
     await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(queue.status()).toMatchObject({ refusing: false, surges: 0, refused: 0 });
+    expect(other.queue.status()).toMatchObject({ refusing: false, surges: 0, refused: 0 });
+  });
+
+  it('fires a guard past what the general queue can hold once it is full (the listener\'s backlog)', async () => {
+    const { queue, generalFd } = await KnownQueue.open(addon, { address: '127.0.0.1', port: 0, backlog: 4 }, steer([], { surgeAt: 1000 }), () => undefined);
+    closers.push(() => queue.close());
+    closers.push(() => closeSync(generalFd));
+    const port = (queue.server.address() as { port: number }).port;
+    await Promise.all(Array.from({ length: 5 }, (_, i) => dial(port, `127.64.${i}.1`, '127.0.0.1', 200)));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(queue.status()).toMatchObject({ refusing: true, surges: 1 });
+    expect(await dial(port, '127.65.0.1')).toBe(REFUSAL);
   });
 
   it('does not refuse anyone at the socket when a known network does not fit in the program', async () => {

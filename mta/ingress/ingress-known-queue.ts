@@ -9,10 +9,10 @@
  * event loop turns, whatever the other queue holds. A third socket takes unknown senders'
  * connections while they are refused at connect (overload): a thread of the addon answers each
  * with the door's 421 and closes it, so a flood being refused costs the event loop nothing. Below
- * overload the same thread guards the general queue: once as many connections wait in it as the
- * acceptQueue signal's surge, it sends everyone else to itself at once, within milliseconds of the
- * flood and without the event loop (which, busy with the flood's first connections, would see it
- * late); the daemon takes the surge in as overload at its next look.
+ * overload the same thread guards the general queue: once admission.knownQueueGuard connections
+ * wait in it, it sends everyone else to itself at once, within milliseconds of the flood and
+ * without the event loop (which, busy with the flood's first connections, would see it late); the
+ * daemon takes the surge in as overload at its next look.
  *
  * Takes: the native addon in native/reuseport (built at install; a machine without it, or a kernel
  *   that refuses the program, listens the ordinary way and says why), the listener's address, port
@@ -23,11 +23,13 @@
  *   replaces the kernel's program when the networks or the refusing changed (the refusing only
  *   while every known network fits in the program: else a known sender left out would be refused);
  *   the networks steered, those left out (past the kernel's 4,096 instructions), the connections
- *   the known queue took and those the refusing thread answered.
+ *   the known queue took and those the refusing thread answered; `takeSurge()`, a flood the guard
+ *   met since the last call. A guard past what the general queue can hold (the listener's backlog,
+ *   or the kernel's somaxconn if lower) fires when it is full.
  * Not in a worker of `ichidan start --workers`: there the primary owns the listening sockets.
  * Network: listens on the listener's address and port; nothing else.
  */
-import { closeSync, existsSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -73,6 +75,16 @@ export function loadReuseport(): ReuseportAddon | { error: string } {
   }
 }
 
+/** The kernel's cap on a listening socket's backlog (net.core.somaxconn; 4096 where it cannot be read). */
+function somaxconn(): number {
+  try {
+    const n = Number.parseInt(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'), 10);
+    return Number.isFinite(n) && n > 0 ? n : 4096;
+  } catch {
+    return 4096;
+  }
+}
+
 export interface KnownQueueStatus {
   /** Networks the kernel steers to the known queue now. */
   networks: number;
@@ -80,7 +92,7 @@ export interface KnownQueueStatus {
   left: number;
   /** Connections the known queue took since the listener started. */
   accepted: number;
-  /** Whether unknown senders are answered 421 by the refusing thread now (overload). */
+  /** Whether unknown senders are answered 421 by the refusing thread now (overload, or a surge its guard met). */
   refusing: boolean;
   /** Connections the refusing thread answered since the listener started. */
   refused: number;
@@ -117,7 +129,11 @@ export class KnownQueue {
   /** The guard's count of surges as last taken in (`takeSurge`). */
   #acknowledged = 0;
 
-  private constructor(private readonly addon: ReuseportAddon, private readonly fd: number, private readonly refuseFd: number, forward: (socket: Socket) => void) {
+  /** The most connections the general queue can hold: a guard past it fires when it is full. */
+  readonly #holds: number;
+
+  private constructor(private readonly addon: ReuseportAddon, private readonly fd: number, private readonly refuseFd: number, backlog: number, forward: (socket: Socket) => void) {
+    this.#holds = Math.min(backlog, somaxconn());
     this.server = createServer((socket) => {
       this.#accepted++;
       forward(socket);
@@ -133,7 +149,7 @@ export class KnownQueue {
   static async open(addon: ReuseportAddon, where: { address: string; port: number; backlog: number }, steering: Steering, forward: (socket: Socket) => void): Promise<{ queue: KnownQueue; generalFd: number }> {
     const fds = addon.listenShared(where.address, where.port, where.backlog, 3);
     const [general, known, refuse] = [fds[GENERAL_QUEUE], fds[KNOWN_QUEUE], fds[REFUSE_QUEUE]];
-    const queue = new KnownQueue(addon, general, refuse, forward);
+    const queue = new KnownQueue(addon, general, refuse, where.backlog, forward);
     try {
       addon.refuse(refuse, `${steering.refusal}\r\n`);
       queue.#refusal = steering.refusal;
@@ -181,7 +197,8 @@ export class KnownQueue {
     const fits = refusing !== null && refusing.left === 0;
     const now = steering.refuseOthers && fits ? refusing : normal;
     const guard = !steering.refuseOthers && steering.surgeAt && fits ? refusing.program : null;
-    if (!this.addon.steerGuarded(this.refuseFd, this.fd, now.program, guard, guard ? steering.surgeAt! : 0, this.#acknowledged)) {
+    const surgeAt = guard ? Math.min(steering.surgeAt!, this.#holds) : 0;
+    if (!this.addon.steerGuarded(this.refuseFd, this.fd, now.program, guard, surgeAt, this.#acknowledged)) {
       this.#refusing = true;
       return;
     }

@@ -10,7 +10,8 @@
  *   closed right after its line. Out of descriptors (or memory), it leaves the connections queued
  *   and looks again 10 ms later rather than spinning on accept.
  * refused(fd): connections answered so far (a number). stopRefusing(fd): ends the thread, closes
- *   every connection it still holds and the listening socket. At most MAX_REFUSERS at once.
+ *   every connection it still holds, the listening socket and the guard's duplicate of the general
+ *   one. At most MAX_REFUSERS at once.
  * setRefusal(fd, line): the line for the connections answered from now on.
  *
  * The guard: a flood's first fraction of a second, before the event loop (busy with the flood's
@@ -339,7 +340,7 @@ static napi_value steer_guarded(napi_env env, napi_callback_info info) {
   if (!fd_argument(env, info, 6, argv, &fd) || napi_get_value_int32(env, argv[1], &general_fd) != napi_ok || general_fd < 0 ||
       !program_argument(env, argv[2], &program, &program_count) || program == NULL ||
       !program_argument(env, argv[3], &surge, &surge_count) || napi_get_value_uint32(env, argv[4], &surge_at) != napi_ok ||
-      napi_get_value_double(env, argv[5], &acknowledged) != napi_ok || acknowledged < 0) {
+      napi_get_value_double(env, argv[5], &acknowledged) != napi_ok || !(acknowledged >= 0)) {
     napi_throw_type_error(env, NULL, "steerGuarded(fd, generalFd, program, surgeProgram or null, surgeAt >= 0, acknowledged >= 0)");
     return NULL;
   }
@@ -365,6 +366,9 @@ static napi_value steer_guarded(napi_env env, napi_callback_info info) {
     err = errno;
     call = "setsockopt(SO_ATTACH_REUSEPORT_CBPF)";
     free(copy);
+    // The program before stays in force, but not a guard the steering asked no longer for.
+    r->guard_at = 0;
+    atomic_store(&r->armed, 0);
   } else {
     free(r->guard_program);
     r->guard_program = copy;

@@ -15,7 +15,9 @@
  *   sees the SYN with its data at the TCP header; the IP header is reached at SKF_NET_OFF. An
  *   answer past the group's size falls back to the kernel's hash.
  * Failures throw an Error whose code is the errno's name and whose message names the call.
- * refuser.c adds refuse / refused / stopRefusing: a member of the group answered by a thread.
+ * refuser.c adds refuse / refused / stopRefusing / setRefusal: a member of the group answered by
+ *   a thread; and steerGuarded / surges: the steering under that thread's lock, with its guard.
+ *   The daemon steers through steerGuarded only; the plain steer here is for tests and tools.
  */
 #define _GNU_SOURCE
 #include <errno.h>
