@@ -171,7 +171,7 @@ export const admissionSchema = z.strictObject({
   knownQueue: z.boolean().default(true),
   /**
    * Connections waiting in a known queue's general queue (unknown senders' only) at which its guard,
-   * a thread that looks every 5 ms, sends everyone neither known nor blocked to be refused at the
+   * a thread that looks every 5 ms (20 ms while it finds the queue empty), sends everyone neither known nor blocked to be refused at the
    * socket and the level to overload, without waiting for the event loop (with overload.refuse:
    * connect; 0: no guard). Idle, Node leaves that queue near empty at every turn of its loop.
    */

@@ -16,8 +16,8 @@
  *
  * The guard: a flood's first fraction of a second, before the event loop (busy with the flood's
  * first connections, its timers firing late) can tell it is one. While armed, the same thread
- * looks at the general queue's length every GUARD_MS (TCP_INFO on a listening socket gives its
- * accept queue) and, once it is at `surgeAt` or past it, attaches the surge program (everyone but
+ * looks at the general queue's length every GUARD_MS, or GUARD_IDLE_MS after a look that found
+ * it empty (TCP_INFO on a listening socket gives its accept queue) and, once it is at `surgeAt` or past it, attaches the surge program (everyone but
  * the known and blocked to this socket) itself, and disarms: the flood is answered here from then
  * on, without waiting for Node.
  * steerGuarded(fd, generalFd, program, surgeProgram, surgeAt, acknowledged): attaches `program` to
@@ -57,6 +57,8 @@
 #define WAKE_TAG UINT64_MAX
 #define LISTEN_TAG (UINT64_MAX - 1)
 #define GUARD_MS 5
+/* While the general queue is empty at a look (Node keeps up): the next look comes later. */
+#define GUARD_IDLE_MS 20
 
 #ifndef SO_ATTACH_REUSEPORT_CBPF
 #define SO_ATTACH_REUSEPORT_CBPF 51
@@ -149,13 +151,16 @@ static int attach(int fd, struct sock_filter *program, unsigned short length) {
   return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &p, sizeof p);
 }
 
-/* The guard's look at the general queue: the surge program in force once it is long enough. */
-static void watch(refuser *r) {
-  if (!atomic_load(&r->armed)) return;
+/* The guard's look at the general queue: the surge program in force once it is long enough. Gives
+ * the queue's length (0 when not armed or unreadable), for the time of the next look. */
+static uint32_t watch(refuser *r) {
+  if (!atomic_load(&r->armed)) return 0;
+  uint32_t waiting = 0;
   pthread_mutex_lock(&r->lock);
   struct tcp_info info;
   socklen_t length = sizeof info;
-  if (r->guard_at > 0 && getsockopt(r->guard_fd, IPPROTO_TCP, TCP_INFO, &info, &length) == 0 && info.tcpi_unacked >= r->guard_at) {
+  if (r->guard_at > 0 && getsockopt(r->guard_fd, IPPROTO_TCP, TCP_INFO, &info, &length) == 0) waiting = info.tcpi_unacked;
+  if (r->guard_at > 0 && waiting >= r->guard_at) {
     if (attach(r->guard_fd, r->guard_program, r->guard_length) == 0) {
       atomic_store(&r->surge_waiting, info.tcpi_unacked);
       atomic_fetch_add(&r->surges, 1);
@@ -165,13 +170,15 @@ static void watch(refuser *r) {
     atomic_store(&r->armed, 0);
   }
   pthread_mutex_unlock(&r->lock);
+  return waiting;
 }
 
 static void *run(void *arg) {
   refuser *r = arg;
   struct epoll_event events[64];
+  uint32_t waiting = 0;
   for (;;) {
-    int n = epoll_wait(r->epfd, events, 64, atomic_load(&r->armed) ? GUARD_MS : 1000);
+    int n = epoll_wait(r->epfd, events, 64, !atomic_load(&r->armed) ? 1000 : waiting > 0 ? GUARD_MS : GUARD_IDLE_MS);
     for (int i = 0; i < n; i++) {
       uint64_t tag = events[i].data.u64;
       if (tag == WAKE_TAG) {
@@ -200,7 +207,7 @@ static void *run(void *arg) {
         drain(r, (size_t)tag);
       }
     }
-    watch(r);
+    waiting = watch(r);
     expire(r);
   }
 }
