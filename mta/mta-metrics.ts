@@ -188,7 +188,7 @@ export function processMetrics({ engines, queue, tenants, volumes = () => null, 
   });
   const levelChanges = pressureMetrics(registers, pressure);
   const admissionDecisions = new Counter({
-    name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
+    name: 'ichidan_admission_decisions_total', help: 'Admission decisions at connect, MAIL FROM, RCPT, the end of DATA and AUTH, by action (greet, delay, refuse, go) and reason', labelNames: ['point', 'action', 'reason'], registers,
   });
   const recipientChecks = new Counter({
     name: 'ichidan_recipient_checks_total', help: 'Recipients checked at RCPT, by result (accepted, unknown, unavailable) and what answered (list, file, catchall, postmaster, verify, cache, cluster)', labelNames: ['result', 'by'], registers,

@@ -106,6 +106,24 @@ describe('admission at the door', () => {
     expect(await c.command('RCPT TO:<ann@alpha.test>')).toMatch(/^250 /);
   });
 
+  it('under overload defers after its final dot, instead of scanning it, a message whose RCPT an unknown sender gave before the level rose', async () => {
+    t = await startApp((dir) => config(dir, { knownQueue: false }));
+    const { c } = await connect('127.1.3.1');
+    for (const line of ['EHLO early.test', 'MAIL FROM:<x@early.test>', 'RCPT TO:<ann@alpha.test>']) expect(await c.command(line)).toMatch(/^250/);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    const held = await hold(10);
+    await reachLevel(2);
+    c.send('Subject: admission\r\n\r\nhello\r\n.\r\n');
+    expect((await c.reply()).join('\n')).toMatch(/^451 4\.7\.1 /);
+    expect(await decisions('data', 'refuse', 'overload')).toBe(1);
+    expect(t.logs.some((l) => l.msg === 'deferred before its scan')).toBe(true);
+    // A known sender's message is scanned and taken meanwhile.
+    expect(await send('127.0.0.1')).toMatch(/^250 /);
+    for (const h of held) h.close();
+    await reachLevel(0);
+    expect(await send('127.1.3.1')).toMatch(/^250 /);
+  });
+
   it('under overload has the addon\'s thread answer unknown senders, counts them as the door\'s refusals, still gives a blocked network its 554, and lets everyone in once the level falls', async () => {
     t = await startApp((dir) => config(dir));
     await t.app.senders!.mark({ kind: 'network', key: '127.5.1.0/24' }, 'blocked', 'a test', 'test');

@@ -14,6 +14,8 @@
  *   rcpt     overload: 451 4.7.1 for unknown senders — those greeted under it (overload.refuse =
  *            rcpt) and those greeted before it began alike, so a flood that opened its
  *            connections before the level rose cannot go on sending through them.
+ *   data     the same rule once a message's body is in, before its scan (its RCPT came before
+ *            the level rose): the engines' time goes to known senders' mail.
  * mode observe: the same decisions are made and counted as `would_<reason>`, and nobody is
  * delayed or refused; mode off: everyone is greeted, counted as `off`.
  * Nothing here touches a transaction already accepted: a level applies to what comes next.

@@ -28,7 +28,7 @@ export type { DoorDecision } from './admission-decide.js';
 export type { Level, Standing } from './admission-decide.js';
 
 /** Where a decision was made. */
-export type DecisionPoint = 'connect' | 'mail' | 'rcpt' | 'auth';
+export type DecisionPoint = 'connect' | 'mail' | 'rcpt' | 'data' | 'auth';
 
 /** The known senders, as the door asks them. */
 export interface SenderStandings {
@@ -184,6 +184,20 @@ export class Admission {
     const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing }, this.#config.admission);
     if (!d) return null;
     this.deps.count('rcpt', d.reply ? 'refuse' : 'go', d.reason);
+    return d.reply;
+  }
+
+  /**
+   * A message's body is in, before its scan: null to go on, else the 451 — an unknown sender's
+   * message under overload (its RCPT came before the level rose), so that the engines' time goes
+   * to known senders' mail.
+   */
+  beforeScan(id: string): SmtpReply | null {
+    const entry = this.#sessions.get(id);
+    if (!entry?.guarded) return null;
+    const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing }, this.#config.admission);
+    if (!d) return null;
+    this.deps.count('data', d.reply ? 'refuse' : 'go', d.reason);
     return d.reply;
   }
 

@@ -482,7 +482,10 @@ export class Listener {
       },
       clientName: session.clientHostname && !session.clientHostname.startsWith('[') ? session.clientHostname : null,
       snapshot: tx.snapshot,
-      scanSlot: { slots: this.deps.admission.slots, priority: this.deps.admission.priority(session.id), gone: this.#goneSignal(session.id) },
+      scanSlot: {
+        slots: this.deps.admission.slots, priority: this.deps.admission.priority(session.id), gone: this.#goneSignal(session.id),
+        deferred: () => this.deps.admission.beforeScan(session.id),
+      },
       limits: config.limits,
       hostname: config.hostname,
       // Outbound mail of a tenant with DKIM keys (ingress-dkim.ts); a transfer was signed where first accepted.
