@@ -122,4 +122,10 @@ describe('the proxy benchmark load generator', () => {
       }
     }
   });
+
+  it('refuses a pipelining run against a server that does not offer PIPELINING, and exits', async () => {
+    const { report } = await run(false, '1', '1');
+    expect(report).toMatchObject({ accepted: 0, failed: 3 });
+    expect(report.failures[0]).toMatch(/does not offer PIPELINING/);
+  });
 });

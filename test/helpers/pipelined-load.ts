@@ -107,14 +107,20 @@ async function open(): Promise<Connection> {
   const socket = connect({ host, port });
   socket.setNoDelay(true);
   const replies = new Replies(socket);
-  const greeting = await replies.next();
-  // The greeting names whoever answered: the proxy or the destination itself.
-  greetings[greeting.text] = (greetings[greeting.text] ?? 0) + 1;
-  if (greeting.code !== 220) throw new Error(`greeting: ${greeting.code} ${greeting.text}`);
-  socket.write('EHLO legacy.test\r\n');
-  const ehlo = await replies.next();
-  if (ehlo.code !== 250) throw new Error(`EHLO: ${ehlo.code} ${ehlo.text}`);
-  if (pipelining && !/\bPIPELINING\b/i.test(ehlo.text)) throw new Error('the server does not offer PIPELINING');
+  try {
+    const greeting = await replies.next();
+    // The greeting names whoever answered: the proxy or the destination itself.
+    greetings[greeting.text] = (greetings[greeting.text] ?? 0) + 1;
+    if (greeting.code !== 220) throw new Error(`greeting: ${greeting.code} ${greeting.text}`);
+    socket.write('EHLO legacy.test\r\n');
+    const ehlo = await replies.next();
+    if (ehlo.code !== 250) throw new Error(`EHLO: ${ehlo.code} ${ehlo.text}`);
+    if (pipelining && !/\bPIPELINING\b/i.test(ehlo.text)) throw new Error('the server does not offer PIPELINING');
+  } catch (err) {
+    // A connection given up on while opening is closed: left open, it kept the generator from exiting.
+    socket.destroy();
+    throw err;
+  }
   return { socket, replies };
 }
 
