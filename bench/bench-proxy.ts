@@ -18,6 +18,10 @@
  * workload runs three times each way (through the proxy with transcripts, without, and straight),
  * the order rotating every repetition, after one uncounted warm-up through each proxy; every run
  * must have every message accepted, and every connection greeted by the side it was meant to reach.
+ * BENCH_PROXY_PIPELINING=0 makes the client wait for each reply instead (lockstep: MAIL FROM, RCPT TO
+ * and DATA each written once the previous reply is read, as a client that does not pipeline), the
+ * path on which the proxy lets the destination answer a connection's first MAIL FROM when the site is
+ * known; everything else alike, the results in bench/results/proxy-lockstep-<date>.json.
  * BENCH_PROXY_PROFILE=DIR runs Ichidan with --cpu-prof, its profiles written to DIR; ICHIDAN_CLI=path/to/mta-main.js
  * runs another build (for before / after comparisons).
  * Gives: per workload and way the median of the three runs' messages/s (first connection to the
@@ -30,7 +34,8 @@
  * Network: only inside its namespaces (192.0.2.0/24 on the veth, 203.0.113.25 in the server one).
  * Last line: `RESULT {json}` (bench-result.ts): proxy_msgs, straight_msgs, proxy_cpu_ms, added_p50_ms,
  *   added_p99_ms, and the same without transcripts (`_no_transcripts`), per workload by suffix
- *   (`_reused` for connections reused), then every figure by its path.
+ *   (`_reused` for connections reused), then every figure by its path; with BENCH_PROXY_PIPELINING=0
+ *   every name ends in `_lockstep` (`added_p50_ms_lockstep`, `proxy_msgs_reused_lockstep`).
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -44,6 +49,8 @@ const CLI = process.env.ICHIDAN_CLI ?? join(ROOT, 'dist', 'mta', 'mta-main.js');
 const LOAD = join(ROOT, 'dist', 'test', 'helpers', 'pipelined-load.js');
 const MESSAGES = Number(process.env.BENCH_PROXY_N ?? 2000);
 const SESSIONS = Number(process.env.BENCH_PROXY_SESSIONS ?? 10);
+/** The client pipelines (the default) or waits for each reply (BENCH_PROXY_PIPELINING=0). */
+const PIPELINING = process.env.BENCH_PROXY_PIPELINING !== '0';
 const MESSAGE_SIZE = 2048;
 const REPETITIONS = 3;
 const WARM_UP_MESSAGES = 200;
@@ -63,9 +70,10 @@ const WAYS: Way[] = ['proxy', 'proxy_nt', 'direct'];
 type Way = keyof typeof GREETING;
 
 interface Workload { name: string; reuse: boolean }
+/** In lockstep the workloads' names say so (and so do the RESULT line's paths through them). */
 const WORKLOADS: Workload[] = [
-  { name: 'one message per connection', reuse: false },
-  { name: 'connections reused', reuse: true },
+  { name: `one message per connection${PIPELINING ? '' : ', lockstep'}`, reuse: false },
+  { name: `connections reused${PIPELINING ? '' : ', lockstep'}`, reuse: true },
 ];
 
 /**
@@ -181,7 +189,7 @@ function redirect(server: string, way: ProxyWay | null): void {
 }
 
 async function load(client: string, way: Way, messages: number, reuse: boolean): Promise<LoadReport> {
-  const args = [LOAD, DESTINATION, '25', String(messages), String(SESSIONS), String(MESSAGE_SIZE), reuse ? '1' : '0'];
+  const args = [LOAD, DESTINATION, '25', String(messages), String(SESSIONS), String(MESSAGE_SIZE), reuse ? '1' : '0', PIPELINING ? '1' : '0'];
   const run = await lab.run(client, process.execPath, args, RUN_TIMEOUT_MS);
   if (run.code !== 0) throw new Error(`the load generator failed (${run.code ?? 'timed out'}): ${run.stderr.trim()}`);
   const report = JSON.parse(run.stdout) as LoadReport;
@@ -228,7 +236,7 @@ async function main(): Promise<void> {
   await listening(server, 25);
   const logFiles = [await startIchidan(server, dataDir, 'proxy'), await startIchidan(server, dataDir, 'proxy_nt')];
 
-  console.log(`${MESSAGES} messages of ${MESSAGE_SIZE} bytes, ${SESSIONS} sessions, pipelined, to ${DESTINATION}:25; median of ${REPETITIONS} runs each way`);
+  console.log(`${MESSAGES} messages of ${MESSAGE_SIZE} bytes, ${SESSIONS} sessions, ${PIPELINING ? 'pipelined' : 'lockstep (not pipelined: each command after the previous reply)'}, to ${DESTINATION}:25; median of ${REPETITIONS} runs each way`);
   for (const way of ['proxy', 'proxy_nt'] as const) {
     redirect(server, way);
     await load(client, way, WARM_UP_MESSAGES, true);
@@ -269,10 +277,10 @@ async function main(): Promise<void> {
   const when = new Date().toISOString();
   const dir = join(ROOT, 'bench', 'results');
   await mkdir(dir, { recursive: true });
-  const file = join(dir, `proxy-${when.slice(0, 10)}.json`);
+  const file = join(dir, `proxy-${PIPELINING ? '' : 'lockstep-'}${when.slice(0, 10)}.json`);
   await writeFile(file, JSON.stringify({
     when, node: process.version, cpus: (await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length,
-    settings: { messages: MESSAGES, sessions: SESSIONS, messageSize: MESSAGE_SIZE, repetitions: REPETITIONS, warmUpMessages: WARM_UP_MESSAGES },
+    settings: { messages: MESSAGES, sessions: SESSIONS, messageSize: MESSAGE_SIZE, repetitions: REPETITIONS, warmUpMessages: WARM_UP_MESSAGES, pipelining: PIPELINING },
     workloads: results, ichidanLog: problems,
   }, null, 2) + '\n');
   console.log(`\nresults written to ${file.slice(ROOT.length + 1)}`);
@@ -286,7 +294,8 @@ async function main(): Promise<void> {
       [`added_p50_ms_no_transcripts${suffix}`]: r.addedP50NoTranscripts,
     });
   }
-  printResult(results, named);
+  const mode = PIPELINING ? '' : '_lockstep';
+  printResult(results, Object.fromEntries(Object.entries(named).map(([name, value]) => [`${name}${mode}`, value])));
 }
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

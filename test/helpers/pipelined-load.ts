@@ -2,11 +2,14 @@
  * A pipelining SMTP load generator that times every transaction, run as a process of its own
  * inside a benchmark's client namespace (bench/bench-proxy.ts). It sends as a legacy MTA's client
  * does when PIPELINING is offered: MAIL FROM, RCPT TO and DATA in one write, the body after 354.
+ * Or, with pipelining 0, as a client that does not pipeline: each command written only once the
+ * previous one's reply has been read (lockstep), PIPELINING not required of the server.
  * smtp-source cannot stand in: it neither pipelines nor reports per-transaction times.
  *
- * Takes: argv `<host> <port> <messages> <sessions> <bytes> <reuse: 0|1>`: that many messages of about
- * that size, over that many sessions at once, each session carrying one message per connection
- * (reuse 0) or all its messages over one connection (reuse 1).
+ * Takes: argv `<host> <port> <messages> <sessions> <bytes> <reuse: 0|1> [pipelining: 1|0]`: that many
+ * messages of about that size, over that many sessions at once, each session carrying one message per
+ * connection (reuse 0) or all its messages over one connection (reuse 1); pipelining 1 (the default)
+ * or lockstep (0).
  * Gives: one JSON line on stdout when done: { accepted, failed, failures (the first few replies or
  * errors), greetings (connections per distinct greeting text: whom the client really talked to),
  * finals (replies per distinct final text), elapsedMs (first connection to last final reply),
@@ -71,14 +74,15 @@ class Replies {
 
 interface Connection { socket: Socket; replies: Replies }
 
-const [host, portArg, messagesArg, sessionsArg, bytesArg, reuseArg] = process.argv.slice(2);
-if (reuseArg === undefined) {
-  process.stderr.write('usage: pipelined-load <host> <port> <messages> <sessions> <bytes> <reuse 0|1>\n');
+const [host, portArg, messagesArg, sessionsArg, bytesArg, reuseArg, pipeliningArg = '1'] = process.argv.slice(2);
+if (reuseArg === undefined || !['0', '1'].includes(pipeliningArg)) {
+  process.stderr.write('usage: pipelined-load <host> <port> <messages> <sessions> <bytes> <reuse 0|1> [pipelining 1|0]\n');
   process.exit(1);
 }
 const port = Number(portArg);
 const messages = Number(messagesArg);
 const reuse = reuseArg === '1';
+const pipelining = pipeliningArg === '1';
 
 const filler = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n';
 function body(n: number): Buffer {
@@ -103,14 +107,20 @@ async function open(): Promise<Connection> {
   const socket = connect({ host, port });
   socket.setNoDelay(true);
   const replies = new Replies(socket);
-  const greeting = await replies.next();
-  // The greeting names whoever answered: the proxy or the destination itself.
-  greetings[greeting.text] = (greetings[greeting.text] ?? 0) + 1;
-  if (greeting.code !== 220) throw new Error(`greeting: ${greeting.code} ${greeting.text}`);
-  socket.write('EHLO legacy.test\r\n');
-  const ehlo = await replies.next();
-  if (ehlo.code !== 250) throw new Error(`EHLO: ${ehlo.code} ${ehlo.text}`);
-  if (!/\bPIPELINING\b/i.test(ehlo.text)) throw new Error('the server does not offer PIPELINING');
+  try {
+    const greeting = await replies.next();
+    // The greeting names whoever answered: the proxy or the destination itself.
+    greetings[greeting.text] = (greetings[greeting.text] ?? 0) + 1;
+    if (greeting.code !== 220) throw new Error(`greeting: ${greeting.code} ${greeting.text}`);
+    socket.write('EHLO legacy.test\r\n');
+    const ehlo = await replies.next();
+    if (ehlo.code !== 250) throw new Error(`EHLO: ${ehlo.code} ${ehlo.text}`);
+    if (pipelining && !/\bPIPELINING\b/i.test(ehlo.text)) throw new Error('the server does not offer PIPELINING');
+  } catch (err) {
+    // A connection given up on while opening is closed: left open, it kept the generator from exiting.
+    socket.destroy();
+    throw err;
+  }
   return { socket, replies };
 }
 
@@ -123,12 +133,24 @@ async function quit(c: Connection): Promise<void> {
 /** One transaction; true when it was accepted. */
 async function transaction(c: Connection, n: number): Promise<boolean> {
   const started = performance.now();
-  c.socket.write(`MAIL FROM:<load@legacy.test>\r\nRCPT TO:<sink${n}@dest.test>\r\nDATA\r\n`);
-  const mail = await c.replies.next();
-  const rcpt = await c.replies.next();
-  const data = await c.replies.next();
-  if (data.code !== 354) {
-    fail(`MAIL ${mail.code}, RCPT ${rcpt.code} ${rcpt.text}, DATA ${data.code} ${data.text}`);
+  const commands = ['MAIL FROM:<load@legacy.test>', `RCPT TO:<sink${n}@dest.test>`, 'DATA'];
+  const replies: Reply[] = [];
+  if (pipelining) {
+    c.socket.write(commands.map((line) => `${line}\r\n`).join(''));
+    for (let i = 0; i < commands.length; i++) replies.push(await c.replies.next());
+  } else {
+    // Lockstep: the next command only after this one's reply, and none after a refusal.
+    for (const [i, line] of commands.entries()) {
+      c.socket.write(`${line}\r\n`);
+      const reply = await c.replies.next();
+      replies.push(reply);
+      if (reply.code !== (i === commands.length - 1 ? 354 : 250)) break;
+    }
+  }
+  const [mail, rcpt, data] = replies;
+  if (data?.code !== 354) {
+    const said = (r: Reply | undefined) => (r ? `${r.code} ${r.text}` : 'not sent');
+    fail(`MAIL ${said(mail)}, RCPT ${said(rcpt)}, DATA ${said(data)}`);
     return false;
   }
   c.socket.write(body(n));
