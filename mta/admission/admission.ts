@@ -179,12 +179,7 @@ export class Admission {
 
   /** At RCPT: null to go on, else the 451. */
   rcpt(id: string): SmtpReply | null {
-    const entry = this.#sessions.get(id);
-    if (!entry?.guarded) return null;
-    const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing }, this.#config.admission);
-    if (!d) return null;
-    this.deps.count('rcpt', d.reply ? 'refuse' : 'go', d.reason);
-    return d.reply;
+    return this.#overloadDeferral(id, 'rcpt');
   }
 
   /**
@@ -193,11 +188,16 @@ export class Admission {
    * to known senders' mail.
    */
   beforeScan(id: string): SmtpReply | null {
+    return this.#overloadDeferral(id, 'data');
+  }
+
+  /** The overload's 451 for an unknown sender's session at `point`, counted there (null: go on). */
+  #overloadDeferral(id: string, point: 'rcpt' | 'data'): SmtpReply | null {
     const entry = this.#sessions.get(id);
     if (!entry?.guarded) return null;
     const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing }, this.#config.admission);
     if (!d) return null;
-    this.deps.count('data', d.reply ? 'refuse' : 'go', d.reason);
+    this.deps.count(point, d.reply ? 'refuse' : 'go', d.reason);
     return d.reply;
   }
 
