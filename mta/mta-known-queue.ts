@@ -90,8 +90,9 @@ export class KnownQueueSteering {
     this.#timer = setInterval(() => this.refresh(), EVERY_MS);
     this.#timer.unref();
     // A surge the guard met is taken in well before the next refresh: the level, its log and metrics.
+    // Only the guards' counters are read here; the steering follows when one was taken in.
     this.#surgeTimer = setInterval(() => {
-      if (this.listeners().some((l) => l.knownQueue()?.refusing)) this.refresh();
+      if (this.#takeSurges()) this.refresh();
     }, SURGES_EVERY_MS);
     this.#surgeTimer.unref();
   }
@@ -120,12 +121,16 @@ export class KnownQueueSteering {
     for (const l of this.listeners()) l.steerKnown(steering);
   }
 
-  /** Surges the guards met since the last look, taken in before the next steering replaces their program. */
-  #takeSurges(): void {
+  /** Surges the guards met since the last look, taken in before the next steering replaces their program; whether there was one. */
+  #takeSurges(): boolean {
+    let taken = false;
     for (const l of this.listeners()) {
       const surge = l.takeSurge();
-      if (surge) this.surged(l.spec.name, surge.waiting, this.config().admission.knownQueueGuard);
+      if (!surge) continue;
+      taken = true;
+      this.surged(l.spec.name, surge.waiting, this.config().admission.knownQueueGuard);
     }
+    return taken;
   }
 
   #countRefused(): void {
