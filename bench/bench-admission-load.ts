@@ -34,9 +34,18 @@ export interface Attempt {
 
 export interface Envelope { from: string; to: string; body: string }
 
-/** Milliseconds since the run's origin: every attempt of a run is timed against one. */
+/**
+ * Milliseconds since the run's origin: every attempt of a run is timed against one. `origin` (the
+ * high-resolution time since the epoch another thread's clock started at) shares a run's clock
+ * with a worker thread, whose performance.now() counts from its own start.
+ */
 export class Clock {
-  readonly #origin = performance.now();
+  readonly #origin: number;
+  constructor(origin?: number) {
+    this.#origin = origin === undefined ? performance.now() : origin - performance.timeOrigin;
+  }
+  /** This clock's origin as a time since the epoch, for `new Clock(origin)` in another thread. */
+  get origin(): number { return performance.timeOrigin + this.#origin; }
   now(): number { return performance.now() - this.#origin; }
 }
 

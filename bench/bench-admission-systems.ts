@@ -19,6 +19,9 @@ import { startIchidan } from './bench-ichidan.js';
 import { startPostfix } from './bench-postfix.js';
 import type { Target } from './bench-admission-load.js';
 
+/** More `admission:` settings for Ichidan's runs, as JSON (BENCH_ADMISSION='{"unknownScans":{"tolerance":0}}'). */
+const EXTRA_ADMISSION = JSON.parse(process.env.BENCH_ADMISSION ?? '{}') as Record<string, unknown>;
+
 export type SystemName = 'off' | 'on' | 'postfix';
 export type EngineChoice = 'rspamd' | 'clamd' | 'none';
 
@@ -108,7 +111,7 @@ export async function startSystem(name: SystemName, engine: EngineChoice, learni
     tenants: { bench: { domains: [DOMAIN] } },
     routes: { [DOMAIN]: { hold: true } },
     engines: engineConfig(engine),
-    admission: { mode: name, senders: { flushEvery: learning.flushEvery }, pressure: { learnAfter: learning.learnAfter } },
+    admission: { ...EXTRA_ADMISSION, mode: name, senders: { flushEvery: learning.flushEvery }, pressure: { learnAfter: learning.learnAfter } },
   });
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,

@@ -30,13 +30,15 @@
  * Network: everything on 127.0.0.0/8; no DNS is configured anywhere.
  */
 import { cpus, loadavg } from 'node:os';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Clock, floodAddress, knownAddress, messageBody, network24, Pacer, saturate, type Attempt, type SenderPlan, type Target } from './bench-admission-load.js';
+import { Clock, knownAddress, messageBody, network24, Pacer, saturate, type Attempt, type SenderPlan, type Target } from './bench-admission-load.js';
 import { perSecond, plot, summarize, table, type Phases, type SystemFigures } from './bench-admission-report.js';
 import { DOMAIN, enginePid, levelChanges, listenDrops, machineCpu, startSystem, type EngineChoice, type System, type SystemName } from './bench-admission-systems.js';
 import { startSmtpSink } from './bench-compare-batch.js';
 import { cleanUp, cleanUpOnSignals, sleep } from './bench-cleanup.js';
+import { floodPlan, prepareFlood } from './bench-admission-flood.js';
 import { cpuSeconds, processTree, sampleMemory, threadCpu } from './bench-proc.js';
 import { printResult } from './bench-result.js';
 
@@ -62,15 +64,10 @@ const SYSTEMS: SystemName[] = ['off', 'on', ...(process.env.BENCH_POSTFIX === '0
 const ROOT = join(import.meta.dirname, '..', '..');
 
 const knownBody = messageBody(S.size, 'news@known.bench.test', `staff@${DOMAIN}`);
-const floodBody = messageBody(S.size, 'offers@flood.bench.test', `staff@${DOMAIN}`);
 
 const knownPlan = (target: Target): SenderPlan => ({
   target, address: knownAddress(S.knownNets), timeoutMs: S.timeoutS * 1000,
   envelope: (n, address) => ({ from: `news@n${network24(address).split('.')[2]}.known.bench.test`, to: `staff${n % 50}@${DOMAIN}`, body: knownBody }),
-});
-const floodPlan = (target: Target): SenderPlan => ({
-  target, address: () => floodAddress(), timeoutMs: S.timeoutS * 1000,
-  envelope: (n) => ({ from: `offers${n}@flood.bench.test`, to: `staff${n % 50}@${DOMAIN}`, body: floodBody }),
 });
 
 /** CPU seconds of a process tree, the generator (this process) and the machine, read twice. */
@@ -95,7 +92,7 @@ interface Probe { rate: number; p50: number; p99: number; refused: number; cpu: 
 /** Closed loop against the target for BENCH_PROBE_S (after a second's warm-up): accepted messages per second. */
 async function probe(target: Target, rootPid: number | null): Promise<Probe> {
   const clock = new Clock();
-  const plan = floodPlan(target);
+  const plan = floodPlan(target, S.size, DOMAIN, S.timeoutS * 1000);
   await saturate(plan, clock, S.probeSessions, 1000);
   const threads0 = rootPid === null ? null : threadCpu(processTree(rootPid));
   const meter = cpuMeter(rootPid ?? process.pid, enginePid(ENGINE));
@@ -173,15 +170,24 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const clock = new Clock();
   const wallStart = Date.now();
   const levelSampler = sampleLevels(system, clock);
+  const flood = await prepareFlood({ target: system.target, rate: floodRate, maxInFlight: S.floodInFlight, size: S.size, timeoutMs: S.timeoutS * 1000, domain: DOMAIN }, clock);
   const known = new Pacer(knownPlan(system.target), clock, S.knownRate);
+  // The generator's own event loop delay, before the flood and during it: the known senders' timings include it.
+  await sleep(S.warmupS * 1000 - clock.now());
+  const loopBefore = monitorEventLoopDelay({ resolution: 1 });
+  loopBefore.enable();
   await sleep(S.normalS * 1000 - clock.now());
+  loopBefore.disable();
   system.assertRunning();
   const knownAtFlood = await system.knownNetworks();
   const floodStart = clock.now();
-  const flood = new Pacer(floodPlan(system.target), clock, floodRate, S.floodInFlight);
+  flood.start();
+  const loopFlood = monitorEventLoopDelay({ resolution: 1 });
+  loopFlood.enable();
   await sleep(floodStart + S.floodS * 1000 - clock.now());
+  loopFlood.disable();
   const floodEnd = clock.now();
-  await Promise.all([known.stop(S.drainS * 1000), flood.stop(S.drainS * 1000)]);
+  const [, flooded] = await Promise.all([known.stop(S.drainS * 1000), flood.stop(S.drainS * 1000)]);
   system.assertRunning();
   const cpu = meter();
   const drops = listenDrops() - drops0;
@@ -197,14 +203,20 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const levelText = name === 'postfix' ? '-' : changes.length === 0 ? 'no change logged'
     : changes.map((c) => `${c.level}@${((c.at - wallStart) / 1000).toFixed(0)}s`).join(' ');
   const phases: Phases = { warmupEnd: S.warmupS * 1000, floodStart, floodEnd };
-  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flood.attempts, flood.skipped, phases, { listenDrops: drops, rssMb, pssMb, cpu, levels: levelText });
+  const figures = summarize(name === 'postfix' ? 'postfix' : `ichidan ${name}`, known.attempts, flooded.attempts, flooded.skipped, phases, { listenDrops: drops, rssMb, pssMb, cpu, levels: levelText });
   const k = figures.knownFlood, u = figures.unknown;
   console.log(`  ${figures.system.padEnd(11)} known p99 ${figures.knownBefore.p99.toFixed(0)} → ${k.p99.toFixed(0)} ms, refused ${figures.knownRefused}; `
-    + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flood.cut} cut at the end`);
+    + `unknown ${u.accepted} accepted, ${u.deferred} deferred of ${u.offered}; RSS ${rssMb.toFixed(0)} MB; ${known.cut + flooded.cut} cut at the end`);
   if (decisions) console.log(`    admission decisions: ${decisions}`);
+  const p99 = (h: IntervalHistogram) => (h.percentile(99) / 1e6).toFixed(1);
+  console.log(`    the generator's event loop delay p99: ${p99(loopBefore)} ms before the flood, ${p99(loopFlood)} ms during it`);
   // Where the tail is: the flood's slowest known messages, when each started and which part took the time.
   const slowest = known.attempts.filter((a) => a.outcome === 'accepted' && a.at >= floodStart && a.at < floodEnd).sort((a, b) => b.ms - a.ms).slice(0, 5);
   console.log(`    slowest known during the flood: ${slowest.map((a) => `${(a.at / 1000).toFixed(1)} s ${a.ms.toFixed(0)} ms (greeting ${a.greetMs?.toFixed(0) ?? '-'}, dot ${a.dotMs?.toFixed(0) ?? '-'})`).join('; ')}`);
+  // What sets each p99: the ten slowest during the flood (its p99 is the 8th of 800), the five slowest before.
+  const ladder = (from: number, to: number, n: number) => known.attempts.filter((a) => a.outcome === 'accepted' && a.at >= from && a.at < to)
+    .map((a) => a.ms).sort((a, b) => b - a).slice(0, n).map((ms) => ms.toFixed(0)).join(' ');
+  console.log(`    known ms, slowest before the flood: ${ladder(S.warmupS * 1000, floodStart, 5)}; during it: ${ladder(floodStart, floodEnd, 10)}`);
   if (admissionLines.some((l) => l.startsWith('ichidan_admission_known_queue_networks{'))) {
     console.log(`    known senders' own accept queue: ${knownQueue('networks')} networks steered to it at the end, ${knownQueue('connections_total')} connections taken, `
       + `${knownQueue('surges_total')} floods met by its guard`);

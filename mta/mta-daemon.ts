@@ -169,7 +169,7 @@ export class Ichidan {
     const metrics = processMetrics({
       engines: () => this.engines.list(), queue, cluster: () => this.cluster, shared: () => this.shared?.state ?? null,
       pressure: () => this.pressure, senders: () => this.senders, dns: () => this.dns,
-      knownQueues: () => this.#knownQueues(),
+      knownQueues: () => this.#knownQueues(), scans: () => this.admission?.slots.status() ?? null,
       tenants: () => this.config.tenants, volumes: () => ({ spool: queue.spool.dir, database: this.config.dataDir }),
     });
     this.metrics = metrics.registry;
@@ -244,7 +244,7 @@ export class Ichidan {
 
   /** `ichidan admission status` (admin/admin-admission.ts). */
   admissionStatus(): AdmissionStatus {
-    return { mode: this.config.admission.mode, measuring: this.pressure.running, ...this.pressure.status(), knownQueues: this.#knownQueues() };
+    return { mode: this.config.admission.mode, measuring: this.pressure.running, ...this.pressure.status(), knownQueues: this.#knownQueues(), scans: this.admission.slots.status() };
   }
 
   /** `ichidan cluster status` (mta-cluster.ts). */

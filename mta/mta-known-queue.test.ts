@@ -13,7 +13,7 @@ const OVERLOADED = '421 4.7.0 server busy with other mail, try again later';
 const DRAINING = '421 4.3.2 this server is being drained and takes no new mail, try another';
 
 function world(admission: Record<string, unknown> = {}) {
-  const state = { level: 'normal' as Level, draining: false, config: parseConfig({ trustedNetworks: ['192.0.2.0/24'], admission }) };
+  const state = { level: 'normal' as Level, draining: false, config: parseConfig({ trustedNetworks: ['192.0.2.0/24'], admission }), rate: null as number | null };
   const steered: Steering[] = [];
   const surges: Surge[] = [];
   const refusedAtSocket: number[] = [];
@@ -27,7 +27,7 @@ function world(admission: Record<string, unknown> = {}) {
   const surged: Array<[string, number, number]> = [];
   const log = createLogger('silent', new Writable({ write: (_c, _e, cb) => cb() }));
   const steering = new KnownQueueSteering(
-    () => state.config, () => null, { refusedAtSocket: (n: number) => refusedAtSocket.push(n) } as unknown as Admission,
+    () => state.config, () => null, { refusedAtSocket: (n: number) => refusedAtSocket.push(n), normalConnectionRate: () => state.rate } as unknown as Admission,
     () => state.level, () => state.draining, () => [listener], log, (l, waiting, at) => {
       // As the pressure does: overload at once.
       surged.push([l, waiting, at]);
@@ -49,15 +49,15 @@ describe('KnownQueueSteering', () => {
     vi.advanceTimersByTime(1000);
     surges.push({ waiting: 101 });
     vi.advanceTimersByTime(100);
-    expect(surged).toEqual([['mx', 101, 100]]);
+    expect(surged).toEqual([['mx', 101, 32]]);
     steering.stop();
   });
 
   it('arms the guard below overload, refuses everyone else at the socket under overload, and answers with the drain\'s reply while draining', () => {
     const { state, steering } = world();
-    expect(steering.steering()).toEqual({ networks: ['192.0.2.0/24'], blocked: [], refuseOthers: false, surgeAt: 100, refusal: OVERLOADED });
+    expect(steering.steering()).toEqual({ networks: ['192.0.2.0/24'], blocked: [], refuseOthers: false, surgeAt: 32, refusal: OVERLOADED });
     state.level = 'busy';
-    expect(steering.steering()).toMatchObject({ refuseOthers: false, surgeAt: 100 });
+    expect(steering.steering()).toMatchObject({ refuseOthers: false, surgeAt: 32 });
     state.level = 'overload';
     expect(steering.steering()).toMatchObject({ refuseOthers: true, surgeAt: null, refusal: OVERLOADED });
     state.draining = true;
@@ -82,12 +82,34 @@ describe('KnownQueueSteering', () => {
     surges.push({ waiting: 130 });
     // The surge is taken in (overload) before the steering is worked out in the same refresh.
     steering.refresh();
-    expect(surged).toEqual([['mx', 130, 100]]);
+    expect(surged).toEqual([['mx', 130, 32]]);
     expect(steered).toHaveLength(2);
     expect(steered.at(-1)).toMatchObject({ refuseOthers: true, surgeAt: null });
     state.draining = true;
     steering.refresh();
     expect(steered).toHaveLength(3);
     expect(steered.at(-1)).toMatchObject({ refusal: DRAINING });
+  });
+
+  it('raises the guard\'s threshold to what the normal connection rate brings in a quarter second, in steps of 16, and steers again only when a step is crossed', () => {
+    const { state, steering, steered, surges, surged } = world({ knownQueueGuard: 20 });
+    // Still learning the rate: the setting.
+    expect(steering.steering().surgeAt).toBe(20);
+    state.rate = 60; // 15 in a quarter second: below the setting
+    expect(steering.steering().surgeAt).toBe(20);
+    state.rate = 400; // 100 → 112
+    steering.refresh();
+    expect(steered.at(-1)?.surgeAt).toBe(112);
+    state.rate = 420; // 105 → still 112: no new steering
+    steering.refresh();
+    expect(steered).toHaveLength(1);
+    state.rate = 460; // 115 → 128
+    steering.refresh();
+    expect(steered).toHaveLength(2);
+    expect(steered.at(-1)?.surgeAt).toBe(128);
+    // A surge is logged with the threshold that was in force.
+    surges.push({ waiting: 130 });
+    steering.refresh();
+    expect(surged).toEqual([['mx', 130, 128]]);
   });
 });

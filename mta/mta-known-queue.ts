@@ -16,7 +16,8 @@
  *   and under overload (admission.overload.refuse: connect) everyone else to the refusing thread
  *   (answered with the door's 421 4.7.0, or its 421 4.3.2 while the node drains)
  *   — below overload, the thread's guard does that itself once the general queue holds
- *   admission.knownQueueGuard connections; the refresh takes such a surge in first, as the
+ *   admission.knownQueueGuard connections (or what the normal connection rate brings in a quarter
+ *   of a second, where that is more); the refresh takes such a surge in first, as the
  *   pressure's own (overload at once); and tells the admission
  *   how many connections those threads answered (its decisions and its connection rate count them). With admission.mode no longer `on` after a reload, or knownQueue
  *   turned off, no network is steered and nobody refused: everyone shares the general queue.
@@ -31,6 +32,13 @@ import type { Listener, ListenerDeps } from './ingress/ingress-server.js';
 import type { Config, ListenerConfig } from './mta-config-schema.js';
 
 const EVERY_MS = 1000;
+/**
+ * The guard never fires on fewer connections than the normal rate brings in this long: a busy
+ * node's event loop may stall that long without a flood (its own threshold is the floor).
+ */
+const GUARD_NORMAL_S = 0.25;
+/** The threshold moves in steps of this many connections, so that a slowly learned rate does not re-steer every second. */
+const GUARD_STEP = 16;
 /** How often the guards' surges are looked for (a native counter each: cheap). */
 const SURGES_EVERY_MS = 100;
 
@@ -39,7 +47,7 @@ export class KnownQueueSteering {
   #timer: NodeJS.Timeout | null = null;
   #surgeTimer: NodeJS.Timeout | null = null;
   /** What the listeners were last steered from. */
-  #last: { changes: number; level: Level; draining: boolean; config: Config } | null = null;
+  #last: { changes: number; level: Level; draining: boolean; config: Config; guard: number } | null = null;
   /** Connections each listener's refusing thread had answered at the last look. */
   readonly #refused = new Map<string, number>();
 
@@ -81,9 +89,19 @@ export class KnownQueueSteering {
       networks: [...config.trustedNetworks, ...tenants, ...senders.known],
       blocked: senders.blocked,
       refuseOthers: overload && atConnect,
-      surgeAt: !overload && atConnect && config.admission.knownQueueGuard > 0 ? config.admission.knownQueueGuard : null,
+      surgeAt: !overload && atConnect && config.admission.knownQueueGuard > 0 ? this.guardThreshold() : null,
       refusal,
     };
+  }
+
+  /**
+   * Connections waiting in the general queue at which the guard fires: admission.knownQueueGuard,
+   * or what the normal connection rate brings in GUARD_NORMAL_S where that is more (in steps).
+   */
+  guardThreshold(): number {
+    const floor = this.config().admission.knownQueueGuard;
+    const normal = this.admission.normalConnectionRate() ?? 0;
+    return Math.max(floor, Math.ceil((normal * GUARD_NORMAL_S) / GUARD_STEP) * GUARD_STEP);
   }
 
   start(): void {
@@ -113,9 +131,9 @@ export class KnownQueueSteering {
     this.#takeSurges();
     // What the steering is made from: the senders' steered networks, the level, draining, the
     // config (a reload gives a new object).
-    const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), draining: this.draining(), config: this.config() };
+    const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), draining: this.draining(), config: this.config(), guard: this.guardThreshold() };
     const last = this.#last;
-    if (last && now.changes === last.changes && now.level === last.level && now.draining === last.draining && now.config === last.config) return;
+    if (last && now.changes === last.changes && now.level === last.level && now.draining === last.draining && now.config === last.config && now.guard === last.guard) return;
     this.#last = now;
     const steering = this.steering();
     for (const l of this.listeners()) l.steerKnown(steering);
@@ -128,7 +146,7 @@ export class KnownQueueSteering {
       const surge = l.takeSurge();
       if (!surge) continue;
       taken = true;
-      this.surged(l.spec.name, surge.waiting, this.config().admission.knownQueueGuard);
+      this.surged(l.spec.name, surge.waiting, this.#last?.guard ?? this.guardThreshold());
     }
     return taken;
   }

@@ -30,6 +30,9 @@
  *   ichidan_admission_known_queue_networks{listener}  networks the kernel steers to known senders' own accept queue
  *   ichidan_admission_known_queue_connections_total{listener}  connections that queue took (ingress/ingress-known-queue.ts)
  *   ichidan_admission_known_queue_surges_total{listener}  floods its guard met at the socket (the general queue at admission.knownQueueGuard)
+ *   ichidan_admission_scans{priority}               messages being scanned, known and unknown senders' (queue/accept/accept-slots.ts)
+ *   ichidan_admission_scans_waiting{priority}       messages waiting for a scan slot
+ *   ichidan_admission_unknown_scans_limit           unknown senders' scans allowed at once now (queue/accept/accept-slots-limit.ts)
  *   ichidan_dkim_signatures_total{tenant,domain,selector,result}  DKIM signatures made (signed) and
  *     keys that failed to sign (failed; tenant, domain and selector empty when no key was tried)
  *   with a cluster (mta-cluster.ts):
@@ -55,6 +58,7 @@ import type { DnsResponder } from './admission/admission-dns.js';
 import { rank, type Level } from './admission/admission-levels.js';
 import type { Pressure } from './admission/admission-pressure.js';
 import type { KnownSenders } from './admission/admission-senders.js';
+import type { ScanSlotsStatus } from '../queue/accept/accept-slots.js';
 import { processHealthMetrics, type Volumes } from './mta-metrics-process.js';
 import { trafficMetrics, type TrafficHooks } from './mta-metrics-traffic.js';
 
@@ -76,6 +80,8 @@ export interface MetricSources {
   dns?: () => Pick<DnsResponder, 'answers'> | null;
   /** Known senders' own accept queue of each listener that has one. */
   knownQueues?: () => Array<{ listener: string; networks: number; accepted: number; surges: number }>;
+  /** The scan slots, once admission is built. */
+  scans?: () => ScanSlotsStatus | null;
 }
 
 export interface ProcessMetrics {
@@ -95,7 +101,7 @@ export interface ProcessMetrics {
   dkimSignature(key: { tenant: string; domain: string; selector: string } | null, result: 'signed' | 'failed'): void;
 }
 
-export function processMetrics({ engines, queue, tenants, volumes = () => null, cluster, shared = () => null, pressure = () => null, senders = () => null, dns = () => null, knownQueues = () => [] }: MetricSources): ProcessMetrics {
+export function processMetrics({ engines, queue, tenants, volumes = () => null, cluster, shared = () => null, pressure = () => null, senders = () => null, dns = () => null, knownQueues = () => [], scans = () => null }: MetricSources): ProcessMetrics {
   const registry = new Registry();
   const registers = [registry];
   processHealthMetrics(registry, volumes);
@@ -168,6 +174,30 @@ export function processMetrics({ engines, queue, tenants, volumes = () => null, 
     collect() {
       this.reset();
       for (const q of knownQueues()) this.inc({ listener: q.listener }, q.surges);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_admission_scans', help: 'Messages being scanned, by the sender\'s priority (known, unknown)', labelNames: ['priority'], registers,
+    collect() {
+      const slots = scans();
+      if (!slots) return;
+      this.set({ priority: 'known' }, slots.inUse - slots.unknown.inUse);
+      this.set({ priority: 'unknown' }, slots.unknown.inUse);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_admission_scans_waiting', help: 'Messages waiting for a scan slot, by the sender\'s priority', labelNames: ['priority'], registers,
+    collect() {
+      const slots = scans();
+      if (!slots) return;
+      for (const priority of ['known', 'unknown'] as const) this.set({ priority }, slots.waiting[priority]);
+    },
+  });
+  new Gauge({
+    name: 'ichidan_admission_unknown_scans_limit', help: 'Unknown senders\' messages the engines may read at once now: as many as they take without queueing (admission.unknownScans)', registers,
+    collect() {
+      const slots = scans();
+      if (slots) this.set(slots.unknown.limit);
     },
   });
   new Counter({

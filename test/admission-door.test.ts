@@ -315,6 +315,55 @@ describe('admission at the door', () => {
     // The known message (sent last) finished second: only the first unknown one was scanned before it.
     expect(done.indexOf('known')).toBeLessThanOrEqual(1);
   });
+
+  it('hands an engine only as many unknown senders\' messages as it takes without a queue, so a known sender\'s does not wait inside it behind a flood\'s', async () => {
+    // A clamd with one worker: 150 ms a message, one after another, however many it is sent at once.
+    let turn = Promise.resolve();
+    let inEngine = 0;
+    let most = 0;
+    const oneWorker = createServer((s: Socket) => {
+      inEngine++;
+      most = Math.max(most, inEngine);
+      const end = s.end.bind(s) as (...a: unknown[]) => Socket;
+      (s as unknown as { end: (...a: unknown[]) => Socket }).end = (...a: unknown[]) => {
+        turn = turn.then(() => sleep(150)).then(() => { inEngine--; end(...a); });
+        return s;
+      };
+      fakeClamd(s, 'clean');
+    });
+    servers.push(oneWorker);
+    await new Promise<void>((r) => oneWorker.listen(0, '127.0.0.1', r));
+    const port = (oneWorker.address() as { port: number }).port;
+    const settings = (tolerance: number) => ({
+      unknownScans: { floor: 1, tolerance },
+      pressure: { ...pressure, sessions: { busy: 1, overload: 1 }, scanWait: { busy: '1m', overload: '2m' } },
+    });
+    const extra = { engines: [{ name: 'clamav', type: 'clamd' as const, servers: [{ host: '127.0.0.1', port }], timeout: '10s' }] };
+    t = await startApp((dir) => config(dir, settings(2), extra));
+    /** Six unknown senders' messages at once, then a known sender's: the order their replies came in. */
+    const round = async (net: number) => {
+      most = 0;
+      const done: string[] = [];
+      const unknown = [1, 2, 3, 4, 5, 6].map((i) => send(`127.9.${net + i}.1`).then((r) => { done.push(`unknown${i}`); return r; }));
+      await sleep(100);
+      const known = send('127.0.0.1').then((r) => { done.push('known'); return r; });
+      for (const r of [await known, ...await Promise.all(unknown)]) expect(r).toMatch(/^250 /);
+      return { known: done.indexOf('known'), most };
+    };
+    // The limit starts at its floor (1) and grows by one per scan within twice the quickest (150 ms,
+    // then 300 ms with two queued in the engine): the known message, sent while the first unknown one
+    // was in the engine, is among the first three answered, and the engine never holds more than four.
+    const limited = await round(0);
+    expect(limited.known).toBeLessThanOrEqual(2);
+    expect(limited.most).toBeLessThanOrEqual(4);
+    expect(t.app.admissionStatus().scans.unknown.quickestMs).toBeGreaterThanOrEqual(140);
+    // tolerance 0 (reloaded): every unreserved slot is theirs, the engine gets all six at once, and
+    // the known message, sent last, waits inside it behind them.
+    t.app.reconfigure(parseConfig(config(t.dataDir, settings(0), extra), 'test'));
+    const unlimited = await round(10);
+    expect(unlimited.most).toBe(7);
+    expect(unlimited.known).toBe(6);
+  });
   it('gives known senders an accept queue of their own: trusted and learned networks are steered to it, and a reload that turns it off steers none', async () => {
     t = await startApp((dir) => config(dir));
     const metric = async (name: string) => Number(new RegExp(`${name}\\{listener="mx"\\} (\\d+)`).exec(await t!.app.metrics.metrics())?.[1] ?? -1);

@@ -103,6 +103,11 @@ describe('pressure in a running Ichidan', () => {
     // The mx listener's known queue; the submission listener has none.
     expect(JSON.parse(json.stdout).knownQueues).toEqual([{ listener: 'mx', networks: expect.any(Number), left: 0, accepted: expect.any(Number), refusing: false, refused: 0, surges: 0 }]);
     expect(human.stdout).toMatch(/^known queue on mx: \d+ networks, \d+ connections taken, 0 refused at the socket$/m);
+    // The scan slots: none in use, the reserve, and unknown senders' limit at its floor before any scan.
+    expect(JSON.parse(json.stdout).scans).toEqual({ capacity: 32, reserved: 8, inUse: 0, waiting: { known: 0, unknown: 0 }, unknown: { inUse: 0, limit: 4, quickestMs: null } });
+    expect(human.stdout).toMatch(/^scans: 0 of 32 \(8 kept for known senders\), 0 known and 0 unknown waiting; unknown senders' 0 of at most 4 at once$/m);
+    expect(await metric('ichidan_admission_unknown_scans_limit')).toBe(4);
+    expect(await metric('ichidan_admission_scans{priority="unknown"}')).toBe(0);
     expect(pressureLogs()[0].msg).toBe('pressure normal → busy: sessions=0.6 ≥ 0.5');
     expect(await metric('ichidan_admission_signal{signal="sessions"}')).toBe(0.6);
     expect(await metric('ichidan_admission_signal_level{signal="sessions"}')).toBe(1);

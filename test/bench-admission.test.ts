@@ -1,9 +1,11 @@
 /*
  * The admission benchmark's harness, without timing anything: its SMTP sender against a scripted
- * server on loopback (every ending an attempt can have), the pacer's rate, cap and cut, and the
- * figures, table and plot made from attempts.
+ * server on loopback (every ending an attempt can have), the pacer's rate, cap and cut, the flood
+ * in its worker thread on the main thread's clock (run from dist/, as the benchmark runs it), and
+ * the figures, table and plot made from attempts.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Clock, floodAddress, knownAddress, messageBody, network24, Pacer, sendOne, type Attempt, type Envelope } from '../bench/bench-admission-load.js';
 import { levelStrip, perSecond, plot, summarize, table } from '../bench/bench-admission-report.js';
@@ -102,6 +104,36 @@ describe('the pacer', () => {
     expect(pacer.attempts.every((a) => a.outcome === 'failed')).toBe(true);
     expect(pacer.skipped).toBeGreaterThanOrEqual(15);
     expect(pacer.skipped + pacer.attempts.length).toBeLessThanOrEqual(35);
+  });
+});
+
+describe('the flood in a thread of its own', () => {
+  it('a clock made from another\'s origin reads the same time', async () => {
+    const clock = new Clock();
+    await new Promise((r) => setTimeout(r, 20));
+    const shared = new Clock(clock.origin);
+    expect(Math.abs(shared.now() - clock.now())).toBeLessThan(1);
+    expect(clock.now()).toBeGreaterThanOrEqual(19);
+  });
+
+  it('paces its attempts in a worker thread (as built in dist/) and hands them back timed against the main thread\'s clock', async () => {
+    const { prepareFlood } = await import(join(import.meta.dirname, '..', 'dist', 'bench', 'bench-admission-flood.js')) as typeof import('../bench/bench-admission-flood.js');
+    const target = await serve('220 hi', happy);
+    const clock = new Clock();
+    const flood = await prepareFlood({ target, rate: 100, maxInFlight: 50, size: 600, timeoutMs: 5000, domain: 'bench.test' }, clock);
+    await new Promise((r) => setTimeout(r, 200));
+    const startedAt = clock.now();
+    flood.start();
+    await new Promise((r) => setTimeout(r, 500));
+    const { attempts, skipped, cut } = await flood.stop(2000);
+    expect(attempts.length).toBeGreaterThanOrEqual(30);
+    expect(attempts.length).toBeLessThanOrEqual(70);
+    expect(attempts.every((a) => a.outcome === 'accepted')).toBe(true);
+    expect({ skipped, cut }).toEqual({ skipped: 0, cut: 0 });
+    // Started once told to, their times on the main thread's clock.
+    const first = Math.min(...attempts.map((a) => a.at));
+    expect(first).toBeGreaterThanOrEqual(startedAt);
+    expect(first).toBeLessThan(startedAt + 100);
   });
 });
 

@@ -173,11 +173,27 @@ export const admissionSchema = z.strictObject({
    * Connections waiting in a known queue's general queue (unknown senders' only) at which its guard,
    * a thread that looks every 5 ms (20 ms while it finds the queue empty), sends everyone neither known nor blocked to be refused at the
    * socket and the level to overload, without waiting for the event loop (with overload.refuse:
-   * connect; 0: no guard). Idle, Node leaves that queue near empty at every turn of its loop.
+   * connect; 0: no guard). Idle, Node leaves that queue near empty at every turn of its loop. Where
+   * the normal connection rate (once learned) brings more than this in a quarter of a second, the
+   * guard waits for that many instead (in steps of 16): a busy node's loop may stall that long.
    */
-  knownQueueGuard: z.number().int().min(0).default(100),
+  knownQueueGuard: z.number().int().min(0).default(32),
   /** Most messages scanned at once; more wait for a slot (known senders' first). */
   scans: z.number().int().positive().default(32),
+  /**
+   * How many unknown senders' messages the engines read at once: as many as they take without a
+   * queue of their own, found from the scans' lengths, so that a known sender's message never waits
+   * inside an engine behind a flood's (queue/accept/accept-slots-limit.ts).
+   */
+  unknownScans: z.strictObject({
+    /** Fewest at once, whatever the engines' latency; also where the limit starts. */
+    floor: z.number().int().min(1).default(4),
+    /**
+     * A scan longer than this multiple of the quickest of the last minute shows the engines
+     * queueing, and the limit shrinks; 0: no limit but the slots the reserve leaves.
+     */
+    tolerance: z.number().refine((n) => n === 0 || n >= 1.2, 'must be 0 (no limit) or at least 1.2').default(2),
+  }).prefault({}),
   /** What unknown senders get while the node is busy. */
   busy: z.strictObject({
     /** Wait before the greeting; a client that talks first is refused (pregreet). */

@@ -30,7 +30,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { LatencyWindow } from '../../base/base-latency-window.js';
-import type { SlotObserver } from '../../queue/accept/accept-slots.js';
+import type { ScanSlotsStatus, SlotObserver } from '../../queue/accept/accept-slots.js';
 import type { PressureConfig } from './admission-config.js';
 import { memoryFree } from './admission-memory.js';
 import {
@@ -101,6 +101,8 @@ export type AdmissionStatus = PressureStatus & {
   measuring: boolean;
   /** Known senders' own accept queue, per listener that has one (ingress/ingress-known-queue.ts). */
   knownQueues: Array<{ listener: string; networks: number; left: number; accepted: number; refusing: boolean; refused: number; surges: number }>;
+  /** The scan slots: in use, waiting, and the unknown senders' limit (queue/accept/accept-slots.ts). */
+  scans: ScanSlotsStatus;
 };
 
 /** Clock and readers that tests replace; the defaults are the real ones. */

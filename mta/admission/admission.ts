@@ -91,7 +91,9 @@ export class Admission {
     this.#config = config;
     const named = config.admission.listeners;
     this.#guarded = new Set(config.listeners.filter((l) => (named ? named.includes(l.name) : l.role === 'mx')).map((l) => l.name));
-    this.slots.resize(config.admission.scans, config.admission.reserve.scans);
+    // Only admission `on` treats unknown senders differently; observe and off leave every slot to everyone.
+    const on = config.admission.mode === 'on';
+    this.slots.resize(config.admission.scans, on ? config.admission.reserve.scans : 0, on ? config.admission.unknownScans : undefined);
   }
 
   /**
@@ -108,6 +110,11 @@ export class Admission {
   /** The same since the last call (the surge check's short span; rate.recentRatio). */
   connectionSurgeRatio(): number | null {
     return this.#connections.recentRatio();
+  }
+
+  /** The normal rate of connections to the guarded listeners, a second; null while it is still being learned. */
+  normalConnectionRate(): number | null {
+    return this.#connections.normal();
   }
 
   /** Connections per second to the guarded listeners against their normal rate; null while it is still being learned. */
@@ -183,22 +190,29 @@ export class Admission {
   }
 
   /**
-   * A message's body is in, before its scan: null to go on, else the 451 — an unknown sender's
-   * message under overload (its RCPT came before the level rose), so that the engines' time goes
-   * to known senders' mail.
+   * A message's body is in, before its scan (again after a wait for a scan slot): reply null to go
+   * on, else the 451 — an unknown sender's message under overload (its RCPT came before the level
+   * rose), so that the engines' time goes to known senders' mail. `counted`: a decision was already
+   * counted for this message at an earlier look, so a second `go` is not counted again.
    */
-  beforeScan(id: string): SmtpReply | null {
-    return this.#overloadDeferral(id, 'data');
+  beforeScan(id: string, counted = false): { reply: SmtpReply | null; counted: boolean } {
+    const d = this.#overloadDecision(id);
+    if (d && (d.reply || !counted)) this.deps.count('data', d.reply ? 'refuse' : 'go', d.reason);
+    return { reply: d?.reply ?? null, counted: counted || d !== null };
   }
 
-  /** The overload's 451 for an unknown sender's session at `point`, counted there (null: go on). */
-  #overloadDeferral(id: string, point: 'rcpt' | 'data'): SmtpReply | null {
-    const entry = this.#sessions.get(id);
-    if (!entry?.guarded) return null;
-    const d = decideRcpt({ level: this.deps.pressure.level, standing: entry.standing }, this.#config.admission);
+  /** The overload's 451 for an unknown sender's session at RCPT, counted there (null: go on). */
+  #overloadDeferral(id: string, point: 'rcpt'): SmtpReply | null {
+    const d = this.#overloadDecision(id);
     if (!d) return null;
     this.deps.count(point, d.reply ? 'refuse' : 'go', d.reason);
     return d.reply;
+  }
+
+  #overloadDecision(id: string): { reply: SmtpReply | null; reason: string } | null {
+    const entry = this.#sessions.get(id);
+    if (!entry?.guarded) return null;
+    return decideRcpt({ level: this.deps.pressure.level, standing: entry.standing }, this.#config.admission);
   }
 
   /** The scan priority of this session's messages. */

@@ -8,7 +8,9 @@
  *                                       own level; "-" for a signal not measured; each
  *                                       listener's known queue (networks steered to it, those
  *                                       left out, connections it took, those refused at the
- *                                       socket under overload)
+ *                                       socket under overload); the scan slots in use and
+ *                                       waiting, and how many unknown senders' scans may run
+ *                                       at once now
  * Goes to the running process (admin/admin-admission.ts).
  */
 import type { Command } from 'commander';
@@ -40,6 +42,12 @@ function printStatus(s: AdmissionStatus): void {
     const refusing = q.refusing ? ', refusing everyone else at the socket' : '';
     const surges = q.surges > 0 ? `, ${q.surges} floods met by its guard` : '';
     process.stdout.write(`known queue on ${safe(q.listener)}: ${q.networks} networks${left}, ${q.accepted} connections taken, ${q.refused} refused at the socket${surges}${refusing}\n`);
+  }
+  if (s.scans) {
+    const { capacity, reserved, inUse, waiting, unknown } = s.scans;
+    const quickest = unknown.quickestMs === null ? '' : ` (the engines' quickest scan of late: ${unknown.quickestMs} ms)`;
+    process.stdout.write(`scans: ${inUse} of ${capacity} (${reserved} kept for known senders), ${waiting.known} known and ${waiting.unknown} unknown waiting; `
+      + `unknown senders' ${unknown.inUse} of at most ${unknown.limit} at once${quickest}\n`);
   }
 }
 

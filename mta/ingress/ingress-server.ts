@@ -484,7 +484,7 @@ export class Listener {
       snapshot: tx.snapshot,
       scanSlot: {
         slots: this.deps.admission.slots, priority: this.deps.admission.priority(session.id), gone: this.#goneSignal(session.id),
-        deferred: () => this.deps.admission.beforeScan(session.id),
+        deferred: this.#beforeScan(session.id),
       },
       limits: config.limits,
       hostname: config.hostname,
@@ -505,6 +505,19 @@ export class Listener {
           this.#connections.dataEnded(session.id);
         };
       },
+    };
+  }
+
+  /**
+   * The admission's look at one message before its scan, asked again after a wait for a scan slot
+   * (the level may have risen meanwhile); its decision is counted once.
+   */
+  #beforeScan(sessionId: string): () => SmtpReply | null {
+    let counted = false;
+    return () => {
+      const d = this.deps.admission.beforeScan(sessionId, counted);
+      counted = d.counted;
+      return d.reply;
     };
   }
 

@@ -68,4 +68,30 @@ describe('scan slots', () => {
     expect(new ScanSlots(1, 0.9).reserved).toBe(0);
     expect(new ScanSlots(10, 0.9).reserved).toBe(9);
   });
+
+  it('holds unknown scans at the engines\' limit while known ones go on, and lets more in as scans end quickly', async () => {
+    const clock = { t: 1_000_000 };
+    const slots = new ScanSlots(32, 0.25, undefined, { floor: 2, tolerance: 2 }, () => clock.t);
+    expect(slots.status().unknown).toEqual({ inUse: 0, limit: 2, quickestMs: null });
+    const a = await slots.take('unknown');
+    const b = await slots.take('unknown');
+    let third = false;
+    const c = slots.take('unknown').then((r) => { third = true; return r; });
+    await tick();
+    expect(third).toBe(false);
+    // A known sender's message is not held by the unknown ones' limit.
+    const known = await slots.take('known');
+    expect(slots.inUse).toBe(3);
+    clock.t += 10;
+    a(); // quick, with one held: the limit grows to 3 and the waiter goes in
+    expect(slots.status().unknown).toEqual({ inUse: 2, limit: 3, quickestMs: 10 });
+    (await c)();
+    expect(third).toBe(true);
+    // A slow scan (10 × the quickest) halves it.
+    clock.t += 200;
+    b();
+    expect(slots.status().unknown.limit).toBe(2);
+    known();
+    expect(slots.inUse).toBe(0);
+  });
 });

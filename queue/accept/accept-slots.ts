@@ -2,16 +2,19 @@
  * Scan slots: how many messages the engines read at once, with a share kept for known senders.
  *
  * A message takes a slot before its scan and gives it back after. A known sender's message takes
- * any free slot; an unknown sender's only while more than the reserve stays free, so a flood of
- * unknown mail never leaves known senders waiting behind it. Waiting messages are served known
- * ones first, each group in arrival order; a wait ends with the caller's signal (the DATA
- * deadline), and then the message is not scanned at all.
+ * any free slot; an unknown sender's only while more than the reserve stays free and fewer unknown
+ * scans run than the engines take without queueing (accept-slots-limit.ts), so a flood of unknown
+ * mail never leaves known senders waiting behind it, here or inside the engines. Waiting messages
+ * are served known ones first, each group in arrival order; a wait ends with the caller's signal
+ * (the DATA deadline), and then the message is not scanned at all.
  *
- * Takes: the capacity and the reserved share (admission.scans, admission.reserve.scans), each
- *   scan's priority and abort signal.
+ * Takes: the capacity and the reserved share (admission.scans, admission.reserve.scans), the
+ *   unknown scans' limit settings (admission.unknownScans), each scan's priority and abort signal.
  * Gives: `take` (the slot's release), `waiting` counts, and each wait's and each scan's length to
  *   the observer (the pressure signals read them).
  */
+
+import { LatencyLimit, type LimitSettings } from './accept-slots-limit.js';
 
 export type ScanPriority = 'known' | 'unknown';
 
@@ -27,11 +30,30 @@ interface Waiter {
   grant: () => void;
 }
 
+export interface ScanSlotsStatus {
+  capacity: number;
+  reserved: number;
+  inUse: number;
+  waiting: { known: number; unknown: number };
+  /** Unknown senders' scans running, how many may run at once now, and the engines' speed it follows (null before any scan). */
+  unknown: { inUse: number; limit: number; quickestMs: number | null };
+}
+
+/** No limit on unknown scans but the unreserved slots. */
+const UNLIMITED: LimitSettings = { floor: 1, tolerance: 0 };
+
 export class ScanSlots {
   #inUse = 0;
+  #unknownInUse = 0;
   readonly #queues: Record<ScanPriority, Waiter[]> = { known: [], unknown: [] };
+  readonly #limit: LatencyLimit;
 
-  constructor(private capacity: number, private reserveShare: number, private readonly observer?: SlotObserver) {}
+  constructor(
+    private capacity: number, private reserveShare: number, private readonly observer?: SlotObserver,
+    limit: LimitSettings = UNLIMITED, private readonly now: () => number = Date.now,
+  ) {
+    this.#limit = new LatencyLimit(limit, capacity - this.reserved, now);
+  }
 
   /** Slots unknown senders may not take. */
   get reserved(): number {
@@ -42,14 +64,23 @@ export class ScanSlots {
     return this.#inUse;
   }
 
+  /** The slots as they stand: for `ichidan admission status` and the metrics. */
+  status(): ScanSlotsStatus {
+    return {
+      capacity: this.capacity, reserved: this.reserved, inUse: this.#inUse, waiting: this.waiting,
+      unknown: { inUse: this.#unknownInUse, limit: this.#limit.value, quickestMs: this.#limit.quickest },
+    };
+  }
+
   get waiting(): { known: number; unknown: number } {
     return { known: this.#queues.known.length, unknown: this.#queues.unknown.length };
   }
 
   /** A reloaded config: more slots are handed out at once, fewer as scans end. */
-  resize(capacity: number, reserveShare: number): void {
+  resize(capacity: number, reserveShare: number, limit: LimitSettings = UNLIMITED): void {
     this.capacity = capacity;
     this.reserveShare = reserveShare;
+    this.#limit.update(limit, capacity - this.reserved);
     this.#drain();
   }
 
@@ -58,11 +89,11 @@ export class ScanSlots {
    * reason if it aborts first (the message then goes unscanned and the caller refuses it).
    */
   take(priority: ScanPriority, signal?: AbortSignal): Promise<() => void> {
-    const since = Date.now();
+    const since = this.now();
     if (this.#free(priority) && this.#queues.known.length === 0 && (priority === 'known' || this.#queues.unknown.length === 0)) {
-      this.#inUse++;
+      this.#hold(priority);
       this.observer?.waited(0, priority);
-      return Promise.resolve(this.#release(since));
+      return Promise.resolve(this.#release(since, priority));
     }
     signal?.throwIfAborted();
     return new Promise((resolve, reject) => {
@@ -70,8 +101,8 @@ export class ScanSlots {
         priority, since,
         grant: () => {
           signal?.removeEventListener('abort', onAbort);
-          this.observer?.waited(Date.now() - since, priority);
-          resolve(this.#release(Date.now()));
+          this.observer?.waited(this.now() - since, priority);
+          resolve(this.#release(this.now(), priority));
         },
       };
       const onAbort = () => {
@@ -86,18 +117,26 @@ export class ScanSlots {
   }
 
   #free(priority: ScanPriority): boolean {
-    const limit = priority === 'known' ? this.capacity : this.capacity - this.reserved;
-    return this.#inUse < limit;
+    if (priority === 'known') return this.#inUse < this.capacity;
+    return this.#inUse < this.capacity - this.reserved && this.#unknownInUse < this.#limit.value;
+  }
+
+  #hold(priority: ScanPriority): void {
+    this.#inUse++;
+    if (priority === 'unknown') this.#unknownInUse++;
   }
 
   /** The function that gives a slot back (once), started at `start` for the scan's length. */
-  #release(start: number): () => void {
+  #release(start: number, priority: ScanPriority): () => void {
     let done = false;
     return () => {
       if (done) return;
       done = true;
       this.#inUse--;
-      this.observer?.scanned(Date.now() - start);
+      if (priority === 'unknown') this.#unknownInUse--;
+      const ms = this.now() - start;
+      this.observer?.scanned(ms);
+      this.#limit.scanned(start, ms, this.#queues.unknown.length > 0);
       this.#drain();
     };
   }
@@ -107,7 +146,7 @@ export class ScanSlots {
     for (const priority of ['known', 'unknown'] as const) {
       const queue = this.#queues[priority];
       while (queue.length > 0 && this.#free(priority)) {
-        this.#inUse++;
+        this.#hold(priority);
         queue.shift()!.grant();
       }
     }

@@ -15,6 +15,7 @@ import { reply, type SmtpReply } from '../../base/base-reply.js';
 import type { AcceptedEnvelope } from '../index.js';
 import { Spool, type SpoolWriter } from '../queue-spool.js';
 import { acceptMessage, type AcceptInput, type AcceptResult } from './accept-step.js';
+import { ScanSlots } from './accept-slots.js';
 import type { DkimKey, DkimSigning } from './accept-dkim-keys.js';
 
 const log = pino({ level: 'silent' });
@@ -159,6 +160,26 @@ describe('the verdict, in each mode', () => {
     await new Promise((r) => setTimeout(r, 10));
     expect(lateRuns).toEqual([[]]);
     expect(uses).toBe(0);
+  });
+
+  it('asks the admission again once a scan slot is free: a message the level rose over while it waited is deferred, not scanned', async () => {
+    const slots = new ScanSlots(1, 0);
+    const held = await slots.take('known');
+    let looks = 0;
+    let overloaded = false;
+    const deferral = reply(451, '4.7.1', 'busy, try again later');
+    const msg = input('queue', engines(() => { throw new Error('not scanned'); }));
+    msg.scanSlot = { slots, priority: 'unknown', deferred: () => { looks++; return overloaded ? deferral : null; } };
+    const result = acceptMessage(msg, queue, log);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(slots.waiting.unknown).toBe(1);
+    overloaded = true;
+    held();
+    expect(await result).toEqual({ kind: 'refused', reply: deferral });
+    expect(looks).toBe(2);
+    expect(slots.inUse).toBe(0);
+    expect(await spooled()).toEqual([]);
+    expect(accepted).toEqual([]);
   });
 
   it('answers 451 4.3.0 and keeps nothing when the engines fail unexpectedly', async () => {

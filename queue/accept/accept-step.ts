@@ -74,8 +74,9 @@ export interface AcceptInput {
   /**
    * The scan slots this message waits for before its scan (admission: known senders first); its
    * wait is bounded by limits.dataTimeout, past which the client gets 451 4.3.2 and nothing is kept.
-   * `deferred`, asked once the body is in, before any scan: a reply to give instead of scanning and
-   * queueing it (the admission's overload deferral of an unknown sender; nothing is kept).
+   * `deferred`, asked once the body is in, before any scan, and again once the slot is taken (the
+   * level may have risen during the wait): a reply to give instead of scanning and queueing it (the
+   * admission's overload deferral of an unknown sender; nothing is kept).
    */
   scanSlot?: { slots: ScanSlots; priority: ScanPriority; gone?: AbortSignal; deferred?: () => SmtpReply | null };
   /** Outbound mail that is DKIM-signed when its From: domain has keys (`queue` mode; not for transfers). */
@@ -214,12 +215,13 @@ async function judgeAndQueue(
   let spamScore: number | null = null;
   let written = () => undefined as void;
   try {
-    const deferral = input.transfer ? null : input.scanSlot?.deferred?.() ?? null;
-    if (deferral) {
+    const deferred = async (reply: SmtpReply): Promise<AcceptResult> => {
       await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a deferred message'));
-      log.info({ qid: writer.id, listener: envelope.listener, client: envelope.client, reply: `${deferral.code} ${deferral.enhanced}` }, 'deferred before its scan');
-      return { kind: 'refused', reply: deferral };
-    }
+      log.info({ qid: writer.id, listener: envelope.listener, client: envelope.client, reply: `${reply.code} ${reply.enhanced}` }, 'deferred before its scan');
+      return { kind: 'refused', reply };
+    };
+    const deferral = input.transfer ? null : input.scanSlot?.deferred?.() ?? null;
+    if (deferral) return await deferred(deferral);
     if (!input.transfer && (snapshot.engines.size > 0 || structure !== null)) {
       const context = {
         queueId: writer.id, client: envelope.client, clientName: input.clientName, helo: envelope.helo, sender: envelope.sender,
@@ -231,6 +233,11 @@ async function judgeAndQueue(
         await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a message left unscanned'));
         log.info({ qid: writer.id, listener: envelope.listener, client: envelope.client, priority: input.scanSlot!.priority }, 'no scan slot in time');
         return { kind: 'refused', reply: REPLIES.scanBusy };
+      }
+      const late = input.scanSlot?.deferred?.() ?? null;
+      if (late) {
+        slot();
+        return await deferred(late);
       }
       let scanned;
       try {
