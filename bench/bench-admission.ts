@@ -13,7 +13,8 @@
  * 2. Per system: BENCH_NORMAL_S of known senders (BENCH_KNOWN_NETS /24s at 127.10.N.0, four hosts
  *    each, BENCH_KNOWN_RATE messages a second in all, one per connection), then BENCH_FLOOD_S with
  *    the flood added (any of the 16 384 /24s in 127.64.0.0/10, at most BENCH_FLOOD_INFLIGHT attempts
- *    in flight), then BENCH_DRAIN_S for what is in flight; what is still open then counts as failed.
+ *    in flight; sent from a worker thread, bench-admission-flood.ts), then BENCH_DRAIN_S for what is
+ *    in flight; what is still open then counts as failed.
  *    Every message is timed from the start of connect to the reply after DATA.
  * Known senders' "before" leaves out the normal phase's first BENCH_WARMUP_S (process warm-up and
  * learning). Ichidan scans every message with BENCH_ENGINE (rspamd; clamd; none) from the running
@@ -26,7 +27,8 @@
  * known_p99_before_ms, known_p99_flood_ms, known_refused, unknown_deferred, rss_mb (admission on),
  * the same prefixed off_ and postfix_, then the rest.
  * Run (root, dist/ built, Debian's postfix, the engines running): npm run bench:admission
- *   BENCH_POSTFIX=0 leaves Postfix out. About 4-5 minutes with the defaults.
+ *   BENCH_POSTFIX=0 leaves Postfix out; BENCH_ADMISSION='{"knownQueueGuard":100}' adds admission
+ *   settings for both Ichidan runs. About 4-5 minutes with the defaults.
  * Network: everything on 127.0.0.0/8; no DNS is configured anywhere.
  */
 import { cpus, loadavg } from 'node:os';
