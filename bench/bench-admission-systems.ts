@@ -19,8 +19,17 @@ import { startIchidan } from './bench-ichidan.js';
 import { startPostfix } from './bench-postfix.js';
 import type { Target } from './bench-admission-load.js';
 
-/** More `admission:` settings for Ichidan's runs, as JSON (BENCH_ADMISSION='{"unknownScans":{"tolerance":0}}'). */
+/** More `admission:` settings for Ichidan's runs, as JSON (BENCH_ADMISSION='{"unknownScans":{"tolerance":0}}'), merged into the benchmark's own. */
 const EXTRA_ADMISSION = JSON.parse(process.env.BENCH_ADMISSION ?? '{}') as Record<string, unknown>;
+
+type Settings = Record<string, unknown>;
+const isObject = (v: unknown): v is Settings => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** `extra` over `base`, objects merged key by key. */
+function merged(base: Settings, extra: Settings): Settings {
+  const out: Settings = { ...base };
+  for (const [k, v] of Object.entries(extra)) out[k] = isObject(v) && isObject(out[k]) ? merged(out[k] as Settings, v) : v;
+  return out;
+}
 
 export type SystemName = 'off' | 'on' | 'postfix';
 export type EngineChoice = 'rspamd' | 'clamd' | 'none';
@@ -111,7 +120,7 @@ export async function startSystem(name: SystemName, engine: EngineChoice, learni
     tenants: { bench: { domains: [DOMAIN] } },
     routes: { [DOMAIN]: { hold: true } },
     engines: engineConfig(engine),
-    admission: { ...EXTRA_ADMISSION, mode: name, senders: { flushEvery: learning.flushEvery }, pressure: { learnAfter: learning.learnAfter } },
+    admission: { ...merged({ senders: { flushEvery: learning.flushEvery }, pressure: { learnAfter: learning.learnAfter } }, EXTRA_ADMISSION), mode: name },
   });
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,

@@ -91,7 +91,7 @@ describe('KnownQueueSteering', () => {
     expect(steered.at(-1)).toMatchObject({ refusal: DRAINING });
   });
 
-  it('raises the guard\'s threshold to what the normal connection rate brings in a quarter second, in steps of 16, and steers again only when a step is crossed', () => {
+  it('raises the guard\'s threshold to what the normal connection rate brings in a quarter second, in steps of 16, up to 8 × the setting, and steers again only when it moves more than a step', () => {
     const { state, steering, steered, surges, surged } = world({ knownQueueGuard: 20 });
     // Still learning the rate: the setting.
     expect(steering.steering().surgeAt).toBe(20);
@@ -100,16 +100,26 @@ describe('KnownQueueSteering', () => {
     state.rate = 400; // 100 → 112
     steering.refresh();
     expect(steered.at(-1)?.surgeAt).toBe(112);
-    state.rate = 420; // 105 → still 112: no new steering
+    state.rate = 460; // 115 → 128: one step from the one in force, no new steering
     steering.refresh();
     expect(steered).toHaveLength(1);
-    state.rate = 460; // 115 → 128
+    state.rate = 540; // 135 → 144: two steps
     steering.refresh();
     expect(steered).toHaveLength(2);
-    expect(steered.at(-1)?.surgeAt).toBe(128);
+    expect(steered.at(-1)?.surgeAt).toBe(144);
     // A surge is logged with the threshold that was in force.
-    surges.push({ waiting: 130 });
+    surges.push({ waiting: 150 });
     steering.refresh();
-    expect(surged).toEqual([['mx', 130, 128]]);
+    expect(surged).toEqual([['mx', 150, 144]]);
+    // Under overload no guard is armed: a change of the rate steers nothing new.
+    const steps = steered.length;
+    state.rate = 60;
+    steering.refresh();
+    expect(steered).toHaveLength(steps);
+    // However fast the normal rate: 8 × the setting at most.
+    const fast = world({ knownQueueGuard: 20 });
+    fast.state.rate = 5000;
+    fast.steering.refresh();
+    expect(fast.steered.at(-1)?.surgeAt).toBe(160);
   });
 });

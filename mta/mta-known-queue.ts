@@ -17,7 +17,7 @@
  *   (answered with the door's 421 4.7.0, or its 421 4.3.2 while the node drains)
  *   — below overload, the thread's guard does that itself once the general queue holds
  *   admission.knownQueueGuard connections (or what the normal connection rate brings in a quarter
- *   of a second, where that is more); the refresh takes such a surge in first, as the
+ *   of a second, where that is more, up to eight times the setting); the refresh takes such a surge in first, as the
  *   pressure's own (overload at once); and tells the admission
  *   how many connections those threads answered (its decisions and its connection rate count them). With admission.mode no longer `on` after a reload, or knownQueue
  *   turned off, no network is steered and nobody refused: everyone shares the general queue.
@@ -37,8 +37,13 @@ const EVERY_MS = 1000;
  * node's event loop may stall that long without a flood (its own threshold is the floor).
  */
 const GUARD_NORMAL_S = 0.25;
-/** The threshold moves in steps of this many connections, so that a slowly learned rate does not re-steer every second. */
+/**
+ * The threshold moves in steps of this many connections, and only when the rate asks for more than
+ * a step away from the one in force, so that a slowly learned rate does not re-steer every second.
+ */
 const GUARD_STEP = 16;
+/** Nor does it go past this multiple of the setting: a sender ramping up slowly cannot raise it without bound. */
+const GUARD_MAX_FACTOR = 8;
 /** How often the guards' surges are looked for (a native counter each: cheap). */
 const SURGES_EVERY_MS = 100;
 
@@ -48,6 +53,8 @@ export class KnownQueueSteering {
   #surgeTimer: NodeJS.Timeout | null = null;
   /** What the listeners were last steered from. */
   #last: { changes: number; level: Level; draining: boolean; config: Config; guard: number } | null = null;
+  /** The guard's threshold in the steering last given (null before any). */
+  #guard: number | null = null;
   /** Connections each listener's refusing thread had answered at the last look. */
   readonly #refused = new Map<string, number>();
 
@@ -89,19 +96,23 @@ export class KnownQueueSteering {
       networks: [...config.trustedNetworks, ...tenants, ...senders.known],
       blocked: senders.blocked,
       refuseOthers: overload && atConnect,
-      surgeAt: !overload && atConnect && config.admission.knownQueueGuard > 0 ? this.guardThreshold() : null,
+      surgeAt: !overload && atConnect && config.admission.knownQueueGuard > 0 ? this.#guard ?? this.guardThreshold() : null,
       refusal,
     };
   }
 
   /**
    * Connections waiting in the general queue at which the guard fires: admission.knownQueueGuard,
-   * or what the normal connection rate brings in GUARD_NORMAL_S where that is more (in steps).
+   * or what the normal connection rate brings in GUARD_NORMAL_S where that is more (in steps, up
+   * to GUARD_MAX_FACTOR times the setting); the one in force while the rate asks for less than
+   * two steps' change.
    */
   guardThreshold(): number {
     const floor = this.config().admission.knownQueueGuard;
     const normal = this.admission.normalConnectionRate() ?? 0;
-    return Math.max(floor, Math.ceil((normal * GUARD_NORMAL_S) / GUARD_STEP) * GUARD_STEP);
+    const wanted = Math.min(floor * GUARD_MAX_FACTOR, Math.max(floor, Math.ceil((normal * GUARD_NORMAL_S) / GUARD_STEP) * GUARD_STEP));
+    const inForce = this.#guard;
+    return inForce !== null && inForce >= floor && inForce <= floor * GUARD_MAX_FACTOR && Math.abs(wanted - inForce) <= GUARD_STEP ? inForce : wanted;
   }
 
   start(): void {
@@ -131,10 +142,15 @@ export class KnownQueueSteering {
     this.#takeSurges();
     // What the steering is made from: the senders' steered networks, the level, draining, the
     // config (a reload gives a new object).
-    const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), draining: this.draining(), config: this.config(), guard: this.guardThreshold() };
+    // The guard's threshold counts only while a guard is armed.
+    const guard = this.guardThreshold();
+    const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), draining: this.draining(), config: this.config(), guard };
     const last = this.#last;
-    if (last && now.changes === last.changes && now.level === last.level && now.draining === last.draining && now.config === last.config && now.guard === last.guard) return;
+    const guardArmed = now.level !== 'overload' && now.config.admission.knownQueueGuard > 0 && now.config.admission.overload.refuse === 'connect';
+    if (last && now.changes === last.changes && now.level === last.level && now.draining === last.draining && now.config === last.config
+      && (now.guard === last.guard || !guardArmed)) return;
     this.#last = now;
+    this.#guard = guard;
     const steering = this.steering();
     for (const l of this.listeners()) l.steerKnown(steering);
   }
@@ -146,7 +162,7 @@ export class KnownQueueSteering {
       const surge = l.takeSurge();
       if (!surge) continue;
       taken = true;
-      this.surged(l.spec.name, surge.waiting, this.#last?.guard ?? this.guardThreshold());
+      this.surged(l.spec.name, surge.waiting, this.#guard ?? this.guardThreshold());
     }
     return taken;
   }

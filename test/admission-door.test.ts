@@ -340,27 +340,30 @@ describe('admission at the door', () => {
     });
     const extra = { engines: [{ name: 'clamav', type: 'clamd' as const, servers: [{ host: '127.0.0.1', port }], timeout: '10s' }] };
     t = await startApp((dir) => config(dir, settings(2), extra));
-    /** Six unknown senders' messages at once, then a known sender's: the order their replies came in. */
-    const round = async (net: number) => {
+    /**
+     * Six unknown senders' messages at once, then, once `ahead` of them are in the engine, a known
+     * sender's: the order their replies came in, and the most the engine held at once.
+     */
+    const round = async (net: number, ahead: number) => {
       most = 0;
       const done: string[] = [];
       const unknown = [1, 2, 3, 4, 5, 6].map((i) => send(`127.9.${net + i}.1`).then((r) => { done.push(`unknown${i}`); return r; }));
-      await sleep(100);
+      await waitUntil(() => inEngine >= ahead, 10_000, `${ahead} unknown senders' messages in the engine`);
       const known = send('127.0.0.1').then((r) => { done.push('known'); return r; });
       for (const r of [await known, ...await Promise.all(unknown)]) expect(r).toMatch(/^250 /);
       return { known: done.indexOf('known'), most };
     };
-    // The limit starts at its floor (1) and grows by one per scan within twice the quickest (150 ms,
-    // then 300 ms with two queued in the engine): the known message, sent while the first unknown one
-    // was in the engine, is among the first three answered, and the engine never holds more than four.
-    const limited = await round(0);
+    // The limit starts at its floor (1); the first scan teaches the engine's speed (150 ms), and each
+    // later one within twice that raises it by one: the known message, sent while the first unknown
+    // one was in the engine, is among the first three answered, and the engine never holds more than four.
+    const limited = await round(0, 1);
     expect(limited.known).toBeLessThanOrEqual(2);
     expect(limited.most).toBeLessThanOrEqual(4);
     expect(t.app.admissionStatus().scans.unknown.quickestMs).toBeGreaterThanOrEqual(140);
     // tolerance 0 (reloaded): every unreserved slot is theirs, the engine gets all six at once, and
     // the known message, sent last, waits inside it behind them.
     t.app.reconfigure(parseConfig(config(t.dataDir, settings(0), extra), 'test'));
-    const unlimited = await round(10);
+    const unlimited = await round(10, 6);
     expect(unlimited.most).toBe(7);
     expect(unlimited.known).toBe(6);
   });

@@ -189,8 +189,8 @@ export const admissionSchema = z.strictObject({
     /** Fewest at once, whatever the engines' latency; also where the limit starts. */
     floor: z.number().int().min(1).default(4),
     /**
-     * A scan longer than this multiple of the quickest of the last minute shows the engines
-     * queueing, and the limit shrinks; 0: no limit but the slots the reserve leaves.
+     * A scan longer than this multiple of the quickest of its size in the last minute shows the
+     * engines queueing, and the limit shrinks; 0: no limit but the slots the reserve leaves.
      */
     tolerance: z.number().refine((n) => n === 0 || n >= 1.2, 'must be 0 (no limit) or at least 1.2').default(2),
   }).prefault({}),

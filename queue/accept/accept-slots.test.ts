@@ -69,28 +69,44 @@ describe('scan slots', () => {
     expect(new ScanSlots(10, 0.9).reserved).toBe(9);
   });
 
-  it('holds unknown scans at the engines\' limit while known ones go on, and lets more in as scans end quickly', async () => {
+  it('holds unknown scans at the engines\' limit while known ones go on, lets more in as scans end quickly, and learns nothing from a slot given back unscanned', async () => {
     const clock = { t: 1_000_000 };
-    const slots = new ScanSlots(32, 0.25, undefined, { floor: 2, tolerance: 2 }, () => clock.t);
+    const slots = new ScanSlots(32, 0.25, undefined, { floor: 2, tolerance: 4 }, () => clock.t);
     expect(slots.status().unknown).toEqual({ inUse: 0, limit: 2, quickestMs: null });
-    const a = await slots.take('unknown');
-    const b = await slots.take('unknown');
-    let third = false;
-    const c = slots.take('unknown').then((r) => { third = true; return r; });
-    await tick();
-    expect(third).toBe(false);
-    // A known sender's message is not held by the unknown ones' limit.
-    const known = await slots.take('known');
-    expect(slots.inUse).toBe(3);
+    // A first scan of this size teaches the engines' speed (10 ms).
+    const first = await slots.take('unknown', undefined, 2048);
     clock.t += 10;
-    a(); // quick, with one held: the limit grows to 3 and the waiter goes in
-    expect(slots.status().unknown).toEqual({ inUse: 2, limit: 3, quickestMs: 10 });
-    (await c)();
-    expect(third).toBe(true);
-    // A slow scan (10 × the quickest) halves it.
+    first();
+    const held = [await slots.take('unknown', undefined, 2048), await slots.take('unknown', undefined, 2048)];
+    let waiting = 0;
+    const waiters = Array.from({ length: 8 }, () => slots.take('unknown', undefined, 2048).then((r) => { waiting--; return r; }));
+    waiting = 8;
+    await tick();
+    expect(waiting).toBe(8);
+    // A known sender's message is not held by the unknown ones' limit.
+    const known = await slots.take('known', undefined, 2048);
+    expect(slots.inUse).toBe(3);
+    // Each quick scan that ends while the limit holds the others back raises it by one, and the
+    // waiters go in at once.
+    clock.t += 10;
+    held.shift()!();
+    expect(slots.status().unknown).toEqual({ inUse: 3, limit: 3, quickestMs: 10 });
+    const running = [held[0], ...await Promise.all(waiters.slice(0, 2))];
+    for (const r of running.splice(0)) {
+      clock.t += 10;
+      r(); // 20–30 ms: within 4 × 10
+    }
+    expect(slots.status().unknown.limit).toBe(6);
+    running.push(...await Promise.all(waiters.slice(2, 8)));
+    expect(slots.status().unknown).toMatchObject({ inUse: 6, limit: 6 });
+    // Given back without a scan (the message deferred): nothing learned, the limit as it was.
+    running.pop()!(false);
+    expect(slots.status().unknown).toEqual({ inUse: 5, limit: 6, quickestMs: 10 });
+    // A slow scan (20 × the quickest: 5 × the tolerance) halves it, not more, although others were in flight.
     clock.t += 200;
-    b();
-    expect(slots.status().unknown.limit).toBe(2);
+    running.pop()!();
+    expect(slots.status().unknown.limit).toBe(3);
+    for (const r of running) r();
     known();
     expect(slots.inUse).toBe(0);
   });

@@ -39,6 +39,9 @@ export interface ScanSlotsStatus {
   unknown: { inUse: number; limit: number; quickestMs: number | null };
 }
 
+/** Gives a slot back; `scanned: false` when no scan ran in it. */
+export type SlotRelease = (scanned?: boolean) => void;
+
 /** No limit on unknown scans but the unreserved slots. */
 const UNLIMITED: LimitSettings = { floor: 1, tolerance: 0 };
 
@@ -50,7 +53,7 @@ export class ScanSlots {
 
   constructor(
     private capacity: number, private reserveShare: number, private readonly observer?: SlotObserver,
-    limit: LimitSettings = UNLIMITED, private readonly now: () => number = Date.now,
+    limit: LimitSettings = UNLIMITED, private readonly now: () => number = () => performance.now(),
   ) {
     this.#limit = new LatencyLimit(limit, capacity - this.reserved, now);
   }
@@ -86,14 +89,16 @@ export class ScanSlots {
 
   /**
    * Resolves with the slot's release once one is free for `priority`; rejects with the signal's
-   * reason if it aborts first (the message then goes unscanned and the caller refuses it).
+   * reason if it aborts first (the message then goes unscanned and the caller refuses it). `bytes`
+   * is the message's size (the engines' speed is learned per size). The release is called with
+   * `false` when the slot is given back without a scan: nothing is learned from it.
    */
-  take(priority: ScanPriority, signal?: AbortSignal): Promise<() => void> {
+  take(priority: ScanPriority, signal?: AbortSignal, bytes = 0): Promise<SlotRelease> {
     const since = this.now();
     if (this.#free(priority) && this.#queues.known.length === 0 && (priority === 'known' || this.#queues.unknown.length === 0)) {
       this.#hold(priority);
       this.observer?.waited(0, priority);
-      return Promise.resolve(this.#release(since, priority));
+      return Promise.resolve(this.#release(since, priority, bytes));
     }
     signal?.throwIfAborted();
     return new Promise((resolve, reject) => {
@@ -102,7 +107,7 @@ export class ScanSlots {
         grant: () => {
           signal?.removeEventListener('abort', onAbort);
           this.observer?.waited(this.now() - since, priority);
-          resolve(this.#release(this.now(), priority));
+          resolve(this.#release(this.now(), priority, bytes));
         },
       };
       const onAbort = () => {
@@ -127,16 +132,22 @@ export class ScanSlots {
   }
 
   /** The function that gives a slot back (once), started at `start` for the scan's length. */
-  #release(start: number, priority: ScanPriority): () => void {
+  #release(start: number, priority: ScanPriority, bytes: number): SlotRelease {
     let done = false;
-    return () => {
+    return (scanned = true) => {
       if (done) return;
       done = true;
+      // Unknown messages held back by the limit itself: it was reached while they waited.
+      const held = this.#queues.unknown.length > 0 && this.#unknownInUse >= this.#limit.value;
       this.#inUse--;
       if (priority === 'unknown') this.#unknownInUse--;
-      const ms = this.now() - start;
-      this.observer?.scanned(ms);
-      this.#limit.scanned(start, ms, this.#queues.unknown.length > 0);
+      if (scanned) {
+        const ms = this.now() - start;
+        this.observer?.scanned(ms);
+        this.#limit.scanned({ start, ms, bytes, held, inFlight: this.#inUse });
+      } else {
+        this.#limit.unscanned(start);
+      }
       this.#drain();
     };
   }

@@ -46,7 +46,7 @@ import { verdictFields, verdictStripRule } from './accept-headers.js';
 import { DkimCollector, signatures, type DkimSigning } from './accept-dkim.js';
 import { parseStripRule, HEADER_LIMIT } from '../queue-headers.js';
 import { scanSpooled, type ScanSnapshot } from './accept-scan.js';
-import type { ScanPriority, ScanSlots } from './accept-slots.js';
+import type { ScanPriority, ScanSlots, SlotRelease } from './accept-slots.js';
 
 export type { ScanSnapshot } from './accept-scan.js';
 
@@ -184,10 +184,10 @@ async function receiveAndQueue(input: AcceptInput, queue: AcceptQueue, log: Logg
  * A scan slot within `timeoutMs` (half the DATA deadline, so the scan still has time before the
  * sender's own wait for the reply runs out) and while the client is there; null when none came.
  */
-async function takeSlot({ slots, priority, gone }: { slots: ScanSlots; priority: ScanPriority; gone?: AbortSignal }, timeoutMs: number): Promise<(() => void) | null> {
+async function takeSlot({ slots, priority, gone }: { slots: ScanSlots; priority: ScanPriority; gone?: AbortSignal }, timeoutMs: number, bytes: number): Promise<SlotRelease | null> {
   const deadline = AbortSignal.timeout(timeoutMs);
   try {
-    return await slots.take(priority, gone ? AbortSignal.any([deadline, gone]) : deadline);
+    return await slots.take(priority, gone ? AbortSignal.any([deadline, gone]) : deadline, bytes);
   } catch {
     return null;
   }
@@ -228,15 +228,21 @@ async function judgeAndQueue(
         recipients: envelope.recipients.map((r) => r.address), authUser: envelope.authUser,
         tenants: [...new Set(envelope.recipients.map((r) => r.tenant))],
       };
-      const slot = input.scanSlot ? await takeSlot(input.scanSlot, input.limits.dataTimeout / 2) : () => undefined;
+      const slot: SlotRelease | null = input.scanSlot ? await takeSlot(input.scanSlot, input.limits.dataTimeout / 2, bytes) : () => undefined;
       if (!slot) {
         await writer.discard().catch((err) => log.error({ err, qid: writer.id }, 'could not remove a message left unscanned'));
         log.info({ qid: writer.id, listener: envelope.listener, client: envelope.client, priority: input.scanSlot!.priority }, 'no scan slot in time');
         return { kind: 'refused', reply: REPLIES.scanBusy };
       }
-      const late = input.scanSlot?.deferred?.() ?? null;
+      let late: SmtpReply | null;
+      try {
+        late = input.scanSlot?.deferred?.() ?? null;
+      } catch (err) {
+        slot(false);
+        throw err;
+      }
       if (late) {
-        slot();
+        slot(false);
         return await deferred(late);
       }
       let scanned;
