@@ -37,7 +37,8 @@ export async function startIchidan(config: Record<string, unknown>, nodeArgs: st
   if (!existsSync(CLI)) throw new Error(`${CLI} not found: build first (npm run build)`);
   await mkdir(join(ROOT, 'var'), { recursive: true });
   const dir = await mkdtemp(join(ROOT, 'var', 'bench-ichidan-'));
-  const removeDir = onCleanup(() => rm(dir, { recursive: true, force: true }));
+  // BENCH_KEEP_DIRS=1 keeps each run's data folder (its log, its database) to look into afterwards.
+  const removeDir = onCleanup(() => (process.env.BENCH_KEEP_DIRS === '1' ? Promise.resolve(console.log(`kept ${dir}`)) : rm(dir, { recursive: true, force: true })));
   const port = await freePort('127.0.0.1');
   const configFile = join(dir, 'config.yaml');
   await writeFile(configFile, JSON.stringify({
