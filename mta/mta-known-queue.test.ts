@@ -13,7 +13,7 @@ const OVERLOADED = '421 4.7.0 server busy with other mail, try again later';
 const DRAINING = '421 4.3.2 this server is being drained and takes no new mail, try another';
 
 function world(admission: Record<string, unknown> = {}) {
-  const state = { level: 'normal' as Level, draining: false, config: parseConfig({ trustedNetworks: ['192.0.2.0/24'], admission }), rate: null as number | null };
+  const state = { level: 'normal' as Level, draining: false, config: parseConfig({ trustedNetworks: ['192.0.2.0/24'], admission }), rate: 0 };
   const steered: Steering[] = [];
   const surges: Surge[] = [];
   const refusedAtSocket: number[] = [];
@@ -49,15 +49,15 @@ describe('KnownQueueSteering', () => {
     vi.advanceTimersByTime(1000);
     surges.push({ waiting: 101 });
     vi.advanceTimersByTime(100);
-    expect(surged).toEqual([['mx', 101, 32]]);
+    expect(surged).toEqual([['mx', 101, 16]]);
     steering.stop();
   });
 
   it('arms the guard below overload, refuses everyone else at the socket under overload, and answers with the drain\'s reply while draining', () => {
     const { state, steering } = world();
-    expect(steering.steering()).toEqual({ networks: ['192.0.2.0/24'], blocked: [], refuseOthers: false, surgeAt: 32, refusal: OVERLOADED });
+    expect(steering.steering()).toEqual({ networks: ['192.0.2.0/24'], blocked: [], refuseOthers: false, surgeAt: 16, refusal: OVERLOADED });
     state.level = 'busy';
-    expect(steering.steering()).toMatchObject({ refuseOthers: false, surgeAt: 32 });
+    expect(steering.steering()).toMatchObject({ refuseOthers: false, surgeAt: 16 });
     state.level = 'overload';
     expect(steering.steering()).toMatchObject({ refuseOthers: true, surgeAt: null, refusal: OVERLOADED });
     state.draining = true;
@@ -82,7 +82,7 @@ describe('KnownQueueSteering', () => {
     surges.push({ waiting: 130 });
     // The surge is taken in (overload) before the steering is worked out in the same refresh.
     steering.refresh();
-    expect(surged).toEqual([['mx', 130, 32]]);
+    expect(surged).toEqual([['mx', 130, 16]]);
     expect(steered).toHaveLength(2);
     expect(steered.at(-1)).toMatchObject({ refuseOthers: true, surgeAt: null });
     state.draining = true;
@@ -93,7 +93,7 @@ describe('KnownQueueSteering', () => {
 
   it('raises the guard\'s threshold to what the normal connection rate brings in a quarter second, in steps of 16, up to 8 × the setting, and steers again only when it moves more than a step', () => {
     const { state, steering, steered, surges, surged } = world({ knownQueueGuard: 20 });
-    // Still learning the rate: the setting.
+    // No connections yet: the setting.
     expect(steering.steering().surgeAt).toBe(20);
     state.rate = 60; // 15 in a quarter second: below the setting
     expect(steering.steering().surgeAt).toBe(20);

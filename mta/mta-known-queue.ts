@@ -33,8 +33,9 @@ import type { Config, ListenerConfig } from './mta-config-schema.js';
 
 const EVERY_MS = 1000;
 /**
- * The guard never fires on fewer connections than the normal rate brings in this long: a busy
- * node's event loop may stall that long without a flood (its own threshold is the floor).
+ * The guard never fires on fewer connections than the normal rate (the last ten seconds' while it
+ * is being learned) brings in this long: a busy node's event loop may stall that long without a
+ * flood (its own threshold is the floor).
  */
 const GUARD_NORMAL_S = 0.25;
 /**
@@ -109,7 +110,7 @@ export class KnownQueueSteering {
    */
   guardThreshold(): number {
     const floor = this.config().admission.knownQueueGuard;
-    const normal = this.admission.normalConnectionRate() ?? 0;
+    const normal = this.admission.normalConnectionRate();
     const wanted = Math.min(floor * GUARD_MAX_FACTOR, Math.max(floor, Math.ceil((normal * GUARD_NORMAL_S) / GUARD_STEP) * GUARD_STEP));
     const inForce = this.#guard;
     return inForce !== null && inForce >= floor && inForce <= floor * GUARD_MAX_FACTOR && Math.abs(wanted - inForce) <= GUARD_STEP ? inForce : wanted;

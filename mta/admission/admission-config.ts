@@ -174,10 +174,11 @@ export const admissionSchema = z.strictObject({
    * a thread that looks every 5 ms (20 ms while it finds the queue empty), sends everyone neither known nor blocked to be refused at the
    * socket and the level to overload, without waiting for the event loop (with overload.refuse:
    * connect; 0: no guard). Idle, Node leaves that queue near empty at every turn of its loop. Where
-   * the normal connection rate (once learned) brings more than this in a quarter of a second, the
-   * guard waits for that many instead (in steps of 16): a busy node's loop may stall that long.
+   * the normal connection rate (the last ten seconds' while it is being learned) brings more than
+   * this in a quarter of a second, the guard waits for that many instead (in steps of 16, up to 8
+   * times this): a busy node's loop may stall that long.
    */
-  knownQueueGuard: z.number().int().min(0).default(32),
+  knownQueueGuard: z.number().int().min(0).default(16),
   /** Most messages scanned at once; more wait for a slot (known senders' first). */
   scans: z.number().int().positive().default(32),
   /**

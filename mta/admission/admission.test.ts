@@ -42,8 +42,11 @@ describe('the admission of one node', () => {
     };
     for (let s = 0; s < 9; s++) second(4);
     expect(w.admission.connectionRatio()).toBeNull();
+    // While the normal rate is learned, the last ten seconds' stands in for it (the guard's threshold).
+    expect(w.admission.normalConnectionRate()).toBeCloseTo(3.6, 1);
     second(4);
     expect(w.admission.connectionRatio()).toBeCloseTo(1, 0);
+    expect(w.admission.normalConnectionRate()).toBeCloseTo(4, 0);
     // The submission listener is not guarded: its connections are no part of it.
     for (let s = 0; s < 10; s++) second(200, w.submission);
     expect(w.admission.connectionRatio()).toBeLessThan(1.5);

@@ -112,9 +112,12 @@ export class Admission {
     return this.#connections.recentRatio();
   }
 
-  /** The normal rate of connections to the guarded listeners, a second; null while it is still being learned. */
-  normalConnectionRate(): number | null {
-    return this.#connections.normal();
+  /**
+   * The normal rate of connections to the guarded listeners, a second; while that is still being
+   * learned (after a start), their rate over the last ten seconds.
+   */
+  normalConnectionRate(): number {
+    return this.#connections.normal() ?? this.#connections.current();
   }
 
   /** Connections per second to the guarded listeners against their normal rate; null while it is still being learned. */
