@@ -326,13 +326,15 @@ export class EgressControl {
     const sharing = this.sharing;
     const row = sharing ? { ...event, origin: sharing.node } : event;
     this.onEvent(row);
+    // Shared before the row is written: from now on a reload of the cluster's state counts it as
+    // this node's own, not yet published, and does not lift it as gone elsewhere.
+    if (sharing && BLOCKING.has(event.kind)) sharing.recorded({ ...event, origin: sharing.node });
     let id = 0;
     try {
       id = await this.records.recordEgressEvent(row);
     } catch (err) {
       this.log.error({ err, event }, 'could not record an egress event');
     }
-    if (sharing && BLOCKING.has(event.kind)) sharing.recorded({ ...event, origin: sharing.node });
     return id;
   }
 }

@@ -19,7 +19,7 @@ import { clusterSchema } from './cluster-config.js';
 import { EgressShare } from './cluster-egress.js';
 import { ClusterLink } from './cluster-link.js';
 import { SqliteStateCopy } from './cluster-state-sql.js';
-import { ClusterState } from './cluster-state.js';
+import { ClusterState, type StateApplier } from './cluster-state.js';
 
 const log = pino({ level: 'silent' });
 const support = redisSupport();
@@ -51,8 +51,11 @@ describe.skipIf(!support.ok)('egress events shared between nodes (real Redis)', 
     await redis.client().flushall();
   });
 
-  /** A node's queue database and control; joined to the cluster unless `alone`. */
-  async function node(name: string, dataDir?: string, alone = false): Promise<Node> {
+  /**
+   * A node's queue database and control; joined to the cluster unless `alone`. `first` is an applier
+   * of the shared state that runs before the node's egress share (to act while it syncs).
+   */
+  async function node(name: string, dataDir?: string, alone = false, first?: (control: EgressControl) => StateApplier): Promise<Node> {
     const dir = dataDir ?? await mkdtemp(join(tmpdir(), `ichidan-share-${name}-`));
     if (!dataDir) dirs.push(dir);
     const config = parseConfig({ dataDir: dir, delivery: { throttle: { pause: '1m', maxPause: '10m', window: '10m' } } } as never, 'test');
@@ -72,6 +75,7 @@ describe.skipIf(!support.ok)('egress events shared between nodes (real Redis)', 
     await n.link.connect();
     n.state = new ClusterState(n.link, new SqliteStateCopy(store), log);
     const share = new EgressShare(n.state, control);
+    if (first) n.state.use(first(control));
     n.state.use(share);
     control.sharing = share;
     n.state.start();
@@ -126,6 +130,26 @@ describe.skipIf(!support.ok)('egress events shared between nodes (real Redis)', 
     expect(b.state!.reloads).toBe(1);
     expect(tenantBlocks(b)).toEqual(['*@mx:other.test', 't1@*']);
     expect(b.control.events({ limit: 10, open: true }).map((e) => e.reason).sort()).toEqual(['one', 'three']);
+  });
+
+  it('a hold made while the node loads the shared state is kept and shared, not lifted as gone elsewhere, and its undo reaches the others', async () => {
+    // The operator's hold lands while node a loads the whole state at its first sync, after the
+    // state was read from Redis and before a's egress share is brought in line with it.
+    let id = 0;
+    const a = await node('a', undefined, false, (control) => ({
+      apply: async () => undefined,
+      reload: async () => {
+        if (id === 0) id = await control.hold({ tenant: 't1', reason: 'made while syncing' });
+      },
+      inForce: () => [],
+    }));
+    expect(id).not.toBe(0);
+    expect(a.control.event(id)).toMatchObject({ undone_at: null });
+    expect(tenantBlocks(a)).toEqual(['t1@*']);
+    const b = await node('b');
+    await until(() => tenantBlocks(b).includes('t1@*'), 3000, 'the hold on b');
+    expect(await a.control.undo(id, 'ops')).not.toBeNull();
+    await until(() => tenantBlocks(b).length === 0, 3000, 'the undo on b');
   });
 
   it('a hold made outside a cluster stays the node\'s own when it joins one', async () => {

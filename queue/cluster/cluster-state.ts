@@ -19,7 +19,8 @@
  * and records the last entry applied (id and version) in its copy (cluster-state-sql.ts). After a
  * restart or a lost connection it replays from that entry; when the stream no longer reaches back
  * that far (the first entry's version is not the next one) it loads the whole desired state and
- * each applier lifts what is no longer in it.
+ * each applier lifts what is no longer in it — except this node's own changes not in Redis yet
+ * (made while it syncs), which count as part of it.
  *
  * Redis away: an action is applied locally at once and its change queued in the copy (the outbox);
  * when Redis returns, the outbox is published in order, then the node catches up. A Redis that
@@ -115,6 +116,8 @@ type Entry = [id: string, fields: string[]];
 
 export class ClusterState extends EventEmitter {
   readonly #reader: Redis;
+  /** Changes being published now, by item: neither in Redis nor in the outbox yet. */
+  readonly #publishing = new Map<string, StateChange>();
   readonly #appliers: StateApplier[] = [];
   #position: Position;
   /** The Redis incarnation publishes go to: the position's, or the new one while a sync moves to it. */
@@ -176,6 +179,17 @@ export class ClusterState extends EventEmitter {
    * when Redis is away: then it waits in the outbox and is published when Redis returns.
    */
   async publish(change: StateChange): Promise<boolean> {
+    // Until it is in Redis or in the outbox, a reload running meanwhile must still count it (#reload).
+    const { field } = itemOf(change);
+    this.#publishing.set(field, change);
+    try {
+      return await this.#publish(change);
+    } finally {
+      if (this.#publishing.get(field) === change) this.#publishing.delete(field);
+    }
+  }
+
+  async #publish(change: StateChange): Promise<boolean> {
     if (this.#outboxed === 0 && this.#synced && (await this.#send(change))) return true;
     try {
       await this.copy.queue(change);
@@ -316,11 +330,28 @@ export class ClusterState extends EventEmitter {
       .exec();
     const [[, items], [, version], [, last]] = res as [[null, Record<string, string>], [null, string | null], [null, Entry[]]];
     const changes = await this.#dropLapsed(items);
-    for (const a of this.#appliers) await a.reload(changes);
+    for (const a of this.#appliers) await a.reload(this.#withOwn(changes));
     this.#position = { lastId: last[0]?.[0] ?? '0-0', version: Number(version ?? 0), epoch: this.#epoch };
     await this.copy.savePosition(this.#position);
     this.reloads++;
     this.log.info({ items: changes.length, version: this.#position.version }, 'cluster: shared state loaded');
+  }
+
+  /**
+   * The desired state with this node's own changes that are not in Redis yet (an action taken while
+   * the node syncs: in the outbox, or on its way there) laid over it, worked out just before an
+   * applier's reload, so that the reload does not lift them as gone elsewhere.
+   */
+  #withOwn(changes: StateChange[]): StateChange[] {
+    const byField = new Map(changes.map((c) => [itemOf(c).field, c]));
+    const now = Date.now();
+    for (const change of [...this.copy.outbox().map((o) => o.change), ...this.#publishing.values()]) {
+      const { field, op } = itemOf(change);
+      const end = expiresAt(change);
+      if (op === 'set' && (end === null || end > now)) byField.set(field, change);
+      else byField.delete(field);
+    }
+    return [...byField.values()];
   }
 
   /** Removes the items that lapsed from the desired state (every node does it now and then; it is idempotent). */
