@@ -91,13 +91,12 @@ export class KnownQueueSteering {
     if (config.admission.mode !== 'on' || !config.admission.knownQueue) return { networks: [], blocked: [], refuseOthers: false, surgeAt: null, refusal };
     const tenants = Object.values(config.tenants).flatMap((t) => t.networks);
     const senders = this.senders()?.steeredNetworks() ?? { known: [], blocked: [] };
-    const atConnect = config.admission.overload.refuse === 'connect';
-    const overload = this.level() === 'overload';
+    const level = this.level();
     return {
       networks: [...config.trustedNetworks, ...tenants, ...senders.known],
       blocked: senders.blocked,
-      refuseOthers: overload && atConnect,
-      surgeAt: !overload && atConnect && config.admission.knownQueueGuard > 0 ? this.#guard ?? this.guardThreshold() : null,
+      refuseOthers: level === 'overload' && config.admission.overload.refuse === 'connect',
+      surgeAt: guardArmed(config, level) ? this.#guard ?? this.guardThreshold() : null,
       refusal,
     };
   }
@@ -111,9 +110,12 @@ export class KnownQueueSteering {
   guardThreshold(): number {
     const floor = this.config().admission.knownQueueGuard;
     const normal = this.admission.normalConnectionRate();
-    const wanted = Math.min(floor * GUARD_MAX_FACTOR, Math.max(floor, Math.ceil((normal * GUARD_NORMAL_S) / GUARD_STEP) * GUARD_STEP));
+    const ceiling = floor * GUARD_MAX_FACTOR;
+    const wanted = Math.min(ceiling, Math.max(floor, Math.ceil((normal * GUARD_NORMAL_S) / GUARD_STEP) * GUARD_STEP));
+    // The one in force stays while it is within the (possibly reloaded) bounds and a step of the wanted one.
     const inForce = this.#guard;
-    return inForce !== null && inForce >= floor && inForce <= floor * GUARD_MAX_FACTOR && Math.abs(wanted - inForce) <= GUARD_STEP ? inForce : wanted;
+    const keep = inForce !== null && inForce >= floor && inForce <= ceiling && Math.abs(wanted - inForce) <= GUARD_STEP;
+    return keep ? inForce : wanted;
   }
 
   start(): void {
@@ -147,9 +149,8 @@ export class KnownQueueSteering {
     const guard = this.guardThreshold();
     const now = { changes: this.senders()?.steeredNetworksChanges ?? 0, level: this.level(), draining: this.draining(), config: this.config(), guard };
     const last = this.#last;
-    const guardArmed = now.level !== 'overload' && now.config.admission.knownQueueGuard > 0 && now.config.admission.overload.refuse === 'connect';
     if (last && now.changes === last.changes && now.level === last.level && now.draining === last.draining && now.config === last.config
-      && (now.guard === last.guard || !guardArmed)) return;
+      && (now.guard === last.guard || !guardArmed(now.config, now.level))) return;
     this.#last = now;
     this.#guard = guard;
     const steering = this.steering();
@@ -177,4 +178,9 @@ export class KnownQueueSteering {
       this.admission.refusedAtSocket(status.refused - before);
     }
   }
+}
+
+/** Whether the guard is armed: below overload, refusing at connect, with a threshold set. */
+function guardArmed(config: Config, level: Level): boolean {
+  return level !== 'overload' && config.admission.overload.refuse === 'connect' && config.admission.knownQueueGuard > 0;
 }
