@@ -29,6 +29,8 @@ interface PeerOptions {
   dropOn?: RegExp;
   /** The raw reply to DATA when there are recipients; undefined: 354. */
   data?: string;
+  /** The reply to MAIL FROM comes this much later (every later reply after it, in order). */
+  mailDelayMs?: number;
 }
 
 /**
@@ -57,7 +59,12 @@ async function peer(opts: PeerOptions) {
     let inData = false;
     let owed = 0;
     let rcpt: string[] = [];
-    const say = (text: string) => {
+    let inOrder = Promise.resolve();
+    const say = (text: string, delayMs = 0) => {
+      if (opts.mailDelayMs !== undefined) {
+        inOrder = inOrder.then(() => new Promise((r) => setTimeout(r, delayMs))).then(() => { if (!s.destroyed) s.write(text); });
+        return;
+      }
       if (opts.pipelining) return void s.write(text);
       owed++;
       setTimeout(() => { owed--; if (!s.destroyed) s.write(text); }, 30);
@@ -88,7 +95,7 @@ async function peer(opts: PeerOptions) {
         buffer = buffer.slice(nl + 2);
         const verb = line.slice(0, 4).toUpperCase();
         if (verb === 'EHLO') say(`250-peer.test\r\n${opts.pipelining ? '250-PIPELINING\r\n' : ''}250 8BITMIME\r\n`);
-        else if (verb === 'MAIL') say(opts.mail?.(/<([^>]*)>/.exec(line)![1]) ?? '250 2.1.0 sender ok\r\n');
+        else if (verb === 'MAIL') say(opts.mail?.(/<([^>]*)>/.exec(line)![1]) ?? '250 2.1.0 sender ok\r\n', opts.mailDelayMs);
         else if (verb === 'RCPT') {
           const address = /<([^>]*)>/.exec(line)![1];
           const reply = opts.rcpt?.(address) ?? '250 2.1.5 recipient ok\r\n';
@@ -190,6 +197,45 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     c.socket.destroy();
   });
 
+  it('relays a pipelined group\'s recipients for one domain in its one write, and passes each reply back in order', async () => {
+    const refusal = '550-5.1.1 no such user\r\n550 5.1.1 here\r\n';
+    const dest = await peer({ host: '127.0.0.95', pipelining: true, rcpt: (a) => (a === '2@dest.test' ? refusal : undefined) });
+    const t = await proxy(() => dest.endpoint);
+    const c = await client(t.port('proxy'));
+    c.send('MAIL FROM:<a@legacy.test>\r\nRCPT TO:<1@dest.test>\r\nRCPT TO:<2@dest.test>\r\nRCPT TO:<3@dest.test> NOTIFY=FAILURE\r\nDATA\r\n');
+    const got = await rawReplies(c, 5);
+    expect(got.slice(1, 4)).toEqual(['250 2.1.5 recipient ok\r\n', refusal, '250 2.1.5 recipient ok\r\n']);
+    expect(got[4]).toMatch(/^354 /);
+    c.send(`${BODY}.\r\n`);
+    expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
+    expect(transactionChunks(dest.chunks)).toEqual(['MAIL FROM:<a@legacy.test>\r\nRCPT TO:<1@dest.test>\r\nRCPT TO:<2@dest.test>\r\nRCPT TO:<3@dest.test>\r\nDATA\r\n']);
+    expect(dest.messages).toEqual([{ rcpt: ['1@dest.test', '3@dest.test'], body: BODY }]);
+
+    // The next transaction on the same connection: the pooled session's RSET, then the group, in one write.
+    c.send('MAIL FROM:<b@legacy.test>\r\nRCPT TO:<4@dest.test>\r\nRCPT TO:<5@dest.test>\r\nDATA\r\n');
+    expect((await rawReplies(c, 4)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '250', '354']);
+    c.send(`${BODY}.\r\n`);
+    expect((await rawReplies(c, 1))[0]).toMatch(/^250 /);
+    expect(transactionChunks(dest.chunks).slice(1)).toEqual(['RSET\r\nMAIL FROM:<b@legacy.test>\r\nRCPT TO:<4@dest.test>\r\nRCPT TO:<5@dest.test>\r\nDATA\r\n']);
+    expect(dest.messages.at(-1)).toEqual({ rcpt: ['4@dest.test', '5@dest.test'], body: BODY });
+    c.socket.destroy();
+  });
+
+  it('relays a recipient of another domain in a step of its own, and those after it in the next', async () => {
+    const dest = await peer({ host: '127.0.0.96', pipelining: true });
+    const t = await proxy(() => dest.endpoint);
+    const c = await client(t.port('proxy'));
+    c.send('MAIL FROM:<a@legacy.test>\r\nRCPT TO:<1@dest.test>\r\nRCPT TO:<2@other.test>\r\nRCPT TO:<3@dest.test>\r\nRCPT TO:<4@dest.test>\r\nDATA\r\n');
+    expect((await rawReplies(c, 6)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '250', '250', '250', '354']);
+    c.send(`${BODY}.\r\n`);
+    expect((await rawReplies(c, 1))[0]).toMatch(/^250 /);
+    expect(transactionChunks(dest.chunks)).toEqual([
+      'MAIL FROM:<a@legacy.test>\r\nRCPT TO:<1@dest.test>\r\n', 'RCPT TO:<2@other.test>\r\n', 'RCPT TO:<3@dest.test>\r\nRCPT TO:<4@dest.test>\r\nDATA\r\n',
+    ]);
+    expect(dest.messages).toEqual([{ rcpt: ['1@dest.test', '2@other.test', '3@dest.test', '4@dest.test'], body: BODY }]);
+    c.socket.destroy();
+  });
+
   it('refuses a suppressed recipient in the middle of a pipelined group without asking the destination, and relays the rest', async () => {
     const dest = await peer({ host: '127.0.0.84', pipelining: true });
     const t = await proxy(() => dest.endpoint, () => ({
@@ -207,8 +253,8 @@ describe('transparent proxy (loopback): pipelined relay', () => {
     expect((await rawReplies(c, 1))[0]).toMatch(/^250 /);
     expect(dest.messages).toEqual([{ rcpt: ['one@dest.test', 'two@dest.test'], body: BODY }]);
     expect(dest.chunks.join('')).not.toMatch(/gone@/);
-    // The last RCPT went with DATA, as the client sent them.
-    expect(transactionChunks(dest.chunks).at(-1)).toBe('RCPT TO:<two@dest.test>\r\nDATA\r\n');
+    // The recipients before it went in the first group, those after it with DATA, as the client sent them.
+    expect(transactionChunks(dest.chunks)).toEqual(['MAIL FROM:<a@legacy.test>\r\nRCPT TO:<one@dest.test>\r\n', 'RCPT TO:<two@dest.test>\r\nDATA\r\n']);
     c.socket.destroy();
   });
 
@@ -359,6 +405,33 @@ describe('transparent proxy (loopback): pipelined relay', () => {
       c.send(`${BODY}.\r\n`);
       expect(await rawReplies(c, 1)).toEqual(['250 2.0.0 Ok: taken\r\n']);
       expect(transactionChunks(dest.chunks)).toEqual(['RSET\r\nMAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@dest.test>\r\nDATA\r\n']);
+      c.socket.destroy();
+    });
+
+    it('delivers nothing, and answers the data 451, when a recipient relayed ahead of its turn is not the one the client sent next', async () => {
+      const dest = await peer({ host: '127.0.0.97', pipelining: true, mailDelayMs: 400 });
+      const t = await known(dest);
+      const c = await client(t.port('proxy'));
+      c.send('MAIL FROM:<a@legacy.test>\r\n');
+      // While the destination takes its time over the MAIL FROM, the client's recipients come in two
+      // writes, the second holding a line of the first again: read off the last write, x seems followed by q.
+      await new Promise((r) => setTimeout(r, 100));
+      c.send('RCPT TO:<x@dest.test>\r\nRCPT TO:<y@dest.test>\r\n');
+      await new Promise((r) => setTimeout(r, 50));
+      c.send('RCPT TO:<x@dest.test>\r\nRCPT TO:<q@dest.test>\r\n');
+      expect((await rawReplies(c, 5)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '250', '250', '250']);
+      expect(transactionChunks(dest.chunks)).toContain('RCPT TO:<x@dest.test>\r\nRCPT TO:<q@dest.test>\r\n');
+      c.send('DATA\r\n');
+      expect((await rawReplies(c, 1))[0]).toMatch(/^354 /);
+      c.send(`${BODY}.\r\n`);
+      expect((await rawReplies(c, 1))[0]).toMatch(/^451 4\.\d\.\d destination failed: a recipient relayed ahead of its turn was not the client's/);
+      expect(dest.messages.map((m) => m.rcpt)).toEqual([['w@dest.test']]);
+      // The client's next transaction starts afresh and goes through.
+      c.send('MAIL FROM:<b@legacy.test>\r\nRCPT TO:<z@dest.test>\r\nDATA\r\n');
+      expect((await rawReplies(c, 3)).map((r) => r.slice(0, 3))).toEqual(['250', '250', '354']);
+      c.send(`${BODY}.\r\n`);
+      expect((await rawReplies(c, 1))[0]).toMatch(/^250 /);
+      expect(dest.messages.map((m) => m.rcpt)).toEqual([['w@dest.test'], ['z@dest.test']]);
       c.socket.destroy();
     });
 

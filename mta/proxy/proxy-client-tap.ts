@@ -8,9 +8,10 @@
  *   - the replies held back while a command waits for the destination (the socket corked), so
  *     that the replies to a group (MAIL's, each RCPT's, DATA's 354) leave in one write.
  * Takes: the client's TCP socket at accept, its TLS socket after STARTTLS; gives `dataFollows`,
- * `endsWith`, `hold` and `release` per connection key ("address|port").
+ * `rcptsAfter`, `endsWith`, `hold` and `release` per connection key ("address|port").
  */
 import type { Socket } from 'node:net';
+import { rcptLinesAfter, type FollowingLines } from './proxy-lookahead.js';
 
 interface Tap {
   last: Buffer | null;
@@ -68,6 +69,11 @@ export class ClientTaps {
   /** Did the client send DATA right after the command line `raw`, in the chunk it came in? */
   dataFollows(key: string, raw: Buffer | undefined): boolean {
     return dataFollows(this.#taps.get(key)?.last ?? null, raw);
+  }
+
+  /** The RCPT lines the client sent right after the command line `raw`, in the chunk it came in. */
+  rcptsAfter(key: string, raw: Buffer | undefined): FollowingLines {
+    return rcptLinesAfter(this.#taps.get(key)?.last ?? null, raw);
   }
 
   /** Was the command line `raw` the last thing the client sent (in the chunk it came in)? */

@@ -38,7 +38,8 @@ import { destinationIsSelf, proxyNotAllowed, REPLIES, toSmtpError, type SmtpRepl
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ClientTaps } from './proxy-client-tap.js';
-import { ProxySession, REFUSED_BY_PROXY } from './proxy-session.js';
+import { ProxySession, REFUSED_BY_PROXY, type Recipient } from './proxy-session.js';
+import { handedOver, type AddressParse } from './proxy-lookahead.js';
 import type { Destination, ProxyDeps } from './proxy-destination.js';
 import { toReply, xtext, type Reply } from '../../delivery/smtp/smtp-wire.js';
 
@@ -102,6 +103,8 @@ const unmapped = (a: string) => a.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1'
 /** A client connection's key ("address|port"), as its socket gave it at accept. */
 const connectionKey = (session: SMTPServerSession) => `${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`;
 const isWildcard = (a: string) => a === '0.0.0.0' || a === '::';
+/** An address's domain, as the session names a recipient's site by it. */
+const domainOf = (address: string) => address.slice(address.lastIndexOf('@') + 1).toLowerCase();
 
 /** A reply line as said ("550 5.7.1 text"), back into its parts (the metrics name it by the catalogue). */
 function replyFromLine(line: string): SmtpReply {
@@ -130,6 +133,8 @@ export class ProxyListener {
   readonly #events: ProxyEvents;
   /** Per client connection: the last chunk it sent, its replies held back while a command waits. */
   readonly #taps = new ClientTaps();
+  /** Per session: its smtp-server connection's own RCPT TO parser, for the RCPTs read ahead. */
+  readonly #parsers = new Map<string, (line: Buffer) => AddressParse>();
 
   constructor(readonly spec: ListenerConfig, private readonly deps: ProxyListenerDeps) {
     const config = deps.config();
@@ -170,15 +175,23 @@ export class ProxyListener {
         return s.mail(address.address, paramWords(address.args).join(' '), waits);
       }),
       onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => {
-        // DATA sent along with this RCPT goes to the destination in its group, unless the message is scanned first.
-        const early = this.deps.scanner(s.tenant) === null && this.#taps.dataFollows(connectionKey(session), (address as { rawCommand?: Buffer }).rawCommand);
-        return s.rcpt(address.address, paramWords(address.args).join(' '), early);
+        const raw = (address as { rawCommand?: Buffer }).rawCommand;
+        // The RCPTs the client sent right after this one go to the destination in its group.
+        const after = s.aheadWaiting ? null : this.#following(session, address.address, raw);
+        // DATA sent along with the last of them goes too, unless the message is scanned first.
+        const early = this.deps.scanner(s.tenant) === null
+          && (after && after.recipients.length > 0 ? after.data : this.#taps.dataFollows(connectionKey(session), raw));
+        return s.rcpt(address.address, paramWords(address.args).join(' '), early, after?.recipients ?? []);
       }),
       onData: (stream, session, cb) => this.#guard(session, cb as Callback, () => this.#onData(stream, session, cb as Callback), stream),
       onClose: (session) => this.#guard(session, null, () => this.#onClose(session)),
     };
     this.server = new WatchedServer(options);
-    this.server.onConnection = (connection, socket) => this.#connections.watch(connection, socket);
+    this.server.onConnection = (connection, socket) => {
+      this.#connections.watch(connection, socket);
+      const parser = connection as unknown as { _parseAddressCommand(name: string, line: Buffer): AddressParse };
+      this.#parsers.set(connection.id, (line) => parser._parseAddressCommand('rcpt to', line));
+    };
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'proxy client connection error'));
     // Read before smtp-server wraps the socket: the descriptor is only on the plain TCP socket.
     this.server.server.on('connection', (socket: Socket) => {
@@ -245,6 +258,27 @@ export class ProxyListener {
     // Each transaction is logged at info ('proxied', with the same fields): the session's start only at debug.
     this.deps.log.debug({ listener: this.spec.name, client, tenant, destination: `${dst.address}:${dst.port}` }, 'proxy session');
     cb();
+  }
+
+  /**
+   * The RCPTs the client sent right after the one handed over (for `to`), in the same chunk, that
+   * smtp-server will hand over next and this listener will not refuse itself, for the same domain
+   * (so the same site and TLS rule), up to the first that is not; and whether DATA came right
+   * after the last of them (proxy-lookahead.ts).
+   */
+  #following(session: SMTPServerSession, to: string, raw: Buffer | undefined): { recipients: Recipient[]; data: boolean } | null {
+    const parse = this.#parsers.get(session.id);
+    if (!parse) return null;
+    const { lines, data } = this.#taps.rcptsAfter(connectionKey(session), raw);
+    const domain = domainOf(to);
+    const recipients: Recipient[] = [];
+    for (const line of lines) {
+      const parsed = parse(line);
+      if (!handedOver(parsed) || domainOf(parsed.address) !== domain) break;
+      if (rcptToRefusal(parsed, session) ?? this.#suppressed(session, parsed.address)) break;
+      recipients.push({ to: parsed.address, params: paramWords(parsed.args || undefined).join(' ') });
+    }
+    return { recipients, data: data && recipients.length === lines.length };
   }
 
   /** A recipient the session's tenant has suppressed is refused here, never asked of the destination. */
@@ -442,6 +476,7 @@ export class ProxyListener {
 
   #onClose(session: SMTPServerSession): void {
     this.#connections.closed(session.id);
+    this.#parsers.delete(session.id);
     const s = this.#sessions.get(session.id);
     this.#sessions.delete(session.id);
     if (!s) return;

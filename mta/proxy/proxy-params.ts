@@ -30,6 +30,8 @@ export interface RelayStep {
   reset: boolean;
   mail: string | null;
   line: string | null;
+  /** RCPTs the client sent right after `line`, relayed in its group. */
+  ahead?: string[];
   data: boolean;
 }
 
@@ -39,7 +41,7 @@ export function relayLines(step: RelayStep): { lines: string[]; mailAt: number }
   if (step.reset) lines.push('RSET');
   const mailAt = step.mail === null ? -1 : lines.length;
   if (step.mail !== null) lines.push(step.mail);
-  if (step.line !== null) lines.push(step.line);
+  if (step.line !== null) lines.push(step.line, ...(step.ahead ?? []));
   if (step.data) lines.push('DATA');
   return { lines, mailAt };
 }

@@ -11,8 +11,10 @@
  *     RCPT at the recipient's site;
  *   - each RCPT is relayed, once the connection is fit for its domain's TLS rule, and its reply
  *     passed back; what the client pipelined (RFC 2920) goes as one group, with the MAIL FROM kept
- *     for it, an RSET when the connection's state is not known to be clean, and DATA when the
- *     client sent it right after; what it did not, one by one, up to the first refusal;
+ *     for it, an RSET when the connection's state is not known to be clean, the RCPTs for the same
+ *     domain the client sent right after it (their replies kept until smtp-server hands them over;
+ *     a transaction where one never is gets no data relayed), and DATA when the client sent it
+ *     right after; what it did not, one by one, up to the first refusal;
  *   - DATA streams through (bounded memory), the destination's final reply goes back; a
  *     destination that fails or stays silent gives the client a 4xx, never a silent loss.
  * The turn is held for one transaction: after its final reply the connection goes back to the pool
@@ -30,6 +32,12 @@ import type { SmtpConnection, Reply } from '../../delivery/smtp/smtp-connection.
 import { toReply } from '../../delivery/smtp/smtp-wire.js';
 import { ProxyDestination, tempfail, type Destination, type ProxyDeps } from './proxy-destination.js';
 import { commandLine, relayLines } from './proxy-params.js';
+
+/** A recipient the client sent after the one handed over, read ahead (proxy-lookahead.ts). */
+export interface Recipient {
+  to: string;
+  params: string;
+}
 
 export interface TransactionSummary {
   sender: string;
@@ -75,6 +83,10 @@ export class ProxySession {
   #grouped = false;
   /** The destination's reply to a DATA relayed in one group with the last RCPT, until the client's data uses it. */
   #dataReply: Reply | null = null;
+  /** RCPTs relayed ahead of their turn, with the destination's replies, until smtp-server hands them over. */
+  #ahead: Array<Recipient & { reply: Reply }> = [];
+  /** A RCPT relayed ahead that the destination took was never handed over: this transaction's data must not go. */
+  #strayAhead = false;
   #startedAt = 0;
   #summary: TransactionSummary | null = null;
   #seq = 0;
@@ -112,6 +124,8 @@ export class ProxySession {
   async #mailNow(from: string, params: string, clientWaits: boolean): Promise<Reply> {
     const dest = this.#destination;
     this.#settleData();
+    this.#ahead = [];
+    this.#strayAhead = false;
     // An earlier transaction failed toward the destination (or found no turn): this one starts
     // afresh, on a new turn and a pooled or new connection.
     if (dest.failed) dest.startAfresh();
@@ -149,24 +163,62 @@ export class ProxySession {
   }
 
   /**
-   * RCPT TO: relayed (with the MAIL FROM kept for it), its reply passed back. `dataFollows`: the
-   * client has already sent DATA right after this RCPT and its message is not scanned, so DATA
-   * goes to the destination in the same group; the client's data then uses its reply.
+   * RCPT TO: relayed (with the MAIL FROM kept for it), its reply passed back. `following`: the
+   * RCPTs for the same domain the client sent right after this one, which smtp-server will hand
+   * over next; where this one goes in a group they go in it too, and their replies wait for them.
+   * `dataFollows`: the client has already sent DATA right after this RCPT (after the last of
+   * `following`) and its message is not scanned, so DATA goes to the destination in the same
+   * group; the client's data then uses its reply.
    */
-  rcpt(to: string, params: string, dataFollows = false): Promise<Reply> {
+  rcpt(to: string, params: string, dataFollows = false, following: Recipient[] = []): Promise<Reply> {
+    const kept = this.#claim(to, params);
+    if (kept) return this.#track(Promise.resolve(this.#recorded(to, kept)));
     // Read now: the turn the RCPT came in is over by the time the destination is open.
     this.#grouped = this.#pipelined;
-    return this.#track(this.#rcptNow(to, params, dataFollows));
+    return this.#track(this.#rcptNow(to, params, dataFollows, following));
   }
 
-  async #rcptNow(to: string, params: string, dataFollows: boolean): Promise<Reply> {
-    const domain = to.slice(to.lastIndexOf('@') + 1).toLowerCase();
-    const reply = await this.#rcpt(to, domain, params, dataFollows);
+  /** Are replies to RCPTs relayed ahead waiting for them (so that none are read ahead again)? */
+  get aheadWaiting(): boolean {
+    return this.#ahead.length > 0;
+  }
+
+  /**
+   * The reply kept for a RCPT relayed ahead of its turn, when this is that RCPT. Those before it
+   * that were never handed over (smtp-server refused them after all, or the client's lines were
+   * not what they seemed) are given up: one the destination took leaves this transaction's
+   * envelope there other than the client's, so its data will not go.
+   */
+  #claim(to: string, params: string): Reply | null {
+    const at = this.#ahead.findIndex((r) => r.to === to && r.params === params);
+    if (at < 0) {
+      this.#giveUpAhead(this.#ahead.length);
+      return null;
+    }
+    this.#giveUpAhead(at);
+    return this.#ahead.shift()!.reply;
+  }
+
+  /** The first `n` RCPTs relayed ahead will not be handed over: one the destination took makes the transaction stray. */
+  #giveUpAhead(n: number): void {
+    const gone = this.#ahead.splice(0, n);
+    if (gone.some((r) => r.reply.code >= 200 && r.reply.code < 300)) this.#strayAhead = true;
+  }
+
+  #recorded(to: string, reply: Reply): Reply {
+    if (reply.code >= 200 && reply.code < 300) this.#accepted.push(to);
     this.#summary?.recipients.push({ address: to, reply: reply.raw });
     return reply;
   }
 
-  async #rcpt(to: string, domain: string, params: string, dataFollows: boolean): Promise<Reply> {
+  async #rcptNow(to: string, params: string, dataFollows: boolean, following: Recipient[]): Promise<Reply> {
+    const domain = to.slice(to.lastIndexOf('@') + 1).toLowerCase();
+    const reply = await this.#rcpt(to, domain, params, dataFollows, following);
+    this.#summary?.recipients.push({ address: to, reply: reply.raw });
+    return reply;
+  }
+
+  async #rcpt(to: string, domain: string, params: string, dataFollows: boolean, following: Recipient[]): Promise<Reply> {
     const dest = this.#destination;
     // A DATA relayed early that the client did not follow with its data: that transaction is broken off.
     if (this.#settleData()) dest.failed = tempfail(STATUS.badConnection, 'the client sent another RCPT after its DATA');
@@ -182,10 +234,11 @@ export class ProxySession {
       const refused = await dest.tlsRefusal(domain);
       if (refused) return refused;
       if (!dest.conn) continue;
-      const relayed = await this.#relay(commandLine(`RCPT TO:<${to}>`, params, dest.conn.extensions), dataFollows);
+      const relayed = await this.#relay(commandLine(`RCPT TO:<${to}>`, params, dest.conn.extensions), dataFollows, following);
       // A pooled session found gone before its RSET was answered: another one, or a new one.
       if (relayed === RETRY) continue;
       if (relayed.mail.code !== 250) return relayed.mail;
+      this.#ahead = relayed.ahead.map((reply, i) => ({ ...following[i], reply }));
       const reply = relayed.last!;
       if (reply.code >= 200 && reply.code < 300) this.#accepted.push(to);
       return reply;
@@ -199,6 +252,18 @@ export class ProxySession {
 
   async #dataNow(body: Readable): Promise<Reply> {
     const dest = this.#destination;
+    // Smtp-server hands a transaction's RCPTs over before its DATA: any relayed ahead still waiting never will be.
+    this.#giveUpAhead(this.#ahead.length);
+    if (this.#strayAhead && dest.conn && !dest.failed) {
+      // The destination took a recipient the client was never answered for: this transaction there
+      // is not the client's, and only closing the connection ends it without delivering anything.
+      body.resume();
+      this.#dataReply = null;
+      dest.drop();
+      this.#inTransaction = false;
+      this.#mailReply = null;
+      return (dest.failed = tempfail(STATUS.badConnection, 'a recipient relayed ahead of its turn was not the client\'s'));
+    }
     const client = dest.conn;
     const early = this.#dataReply;
     this.#dataReply = null;
@@ -335,7 +400,7 @@ export class ProxySession {
    * RSET's when that failed) and the reply to `line`; RETRY when the session was a pooled one
    * found gone (its connection is dropped, nothing was done there).
    */
-  async #relay(line: string | null, dataFollows = false): Promise<{ mail: Reply; last: Reply | null } | typeof RETRY> {
+  async #relay(line: string | null, dataFollows = false, following: Recipient[] = []): Promise<{ mail: Reply; last: Reply | null; ahead: Reply[] } | typeof RETRY> {
     const dest = this.#destination;
     const client = dest.conn!;
     const reset = dest.unverified || (this.#inTransaction && !this.#mailReply);
@@ -346,7 +411,9 @@ export class ProxySession {
     const grouped = pipelining && (this.#grouped || !sendMail);
     const withData = grouped && dataFollows && line !== null;
     const mail = sendMail ? commandLine(`MAIL FROM:<${this.#mail!.from}>`, this.#mail!.params, client.extensions) : null;
-    const { lines, mailAt } = relayLines({ reset, mail, line, data: withData });
+    // The RCPTs sent after this one go in its group only where the group is one.
+    const ahead = grouped && line !== null ? following.map((r) => commandLine(`RCPT TO:<${r.to}>`, r.params, client.extensions)) : [];
+    const { lines, mailAt } = relayLines({ reset, mail, line, ahead, data: withData });
     // The transaction's lines are tied to it in the transcript; its link lists the recipients the destination takes.
     const carry = (i: number) => {
       if (i !== mailAt) return;
@@ -358,7 +425,7 @@ export class ProxySession {
       replies = pipelining && (grouped || lines.length === 1 || (reset && !sendMail)) ? await client.pipeline(lines, carry) : await oneByOne(client, lines, carry, pipelining);
     } catch (err) {
       if (dest.unverified) return this.#dropUnverified(client);
-      return { mail: dest.broken(err), last: null };
+      return { mail: dest.broken(err), last: null, ahead: [] };
     }
     const closing = replies.find((r) => r.code === 421);
     if (closing && !dest.unverified) {
@@ -370,18 +437,20 @@ export class ProxySession {
       const r = replies[at++];
       if (dest.unverified && r?.code !== 250) return this.#dropUnverified(client);
       dest.unverified = false;
-      if (r.code !== 250) return { mail: r, last: null };
+      if (r.code !== 250) return { mail: r, last: null, ahead: [] };
       this.#inTransaction = false;
     }
     if (sendMail) {
       const r = replies[at++];
-      if (!r) return { mail: this.#mailReply ?? tempfail(STATUS.noAnswer, 'no reply'), last: null };
+      if (!r) return { mail: this.#mailReply ?? tempfail(STATUS.noAnswer, 'no reply'), last: null, ahead: [] };
       this.#mailReply = r;
       this.#inTransaction = r.code === 250;
     }
     const last = line === null ? null : replies[at] ?? null;
-    if (withData) this.#dataReply = replies[at + 1] ?? null;
-    return { mail: this.#mailReply!, last };
+    // A reply missing (the destination closed with 421 part way) leaves its RCPT to be handed over as any other.
+    const aheadReplies = replies.slice(at + 1, at + 1 + ahead.length);
+    if (withData) this.#dataReply = replies[at + 1 + ahead.length] ?? null;
+    return { mail: this.#mailReply!, last, ahead: aheadReplies };
   }
 
   /**
