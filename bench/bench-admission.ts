@@ -13,7 +13,7 @@
  * 2. Per system: BENCH_NORMAL_S of known senders (BENCH_KNOWN_NETS /24s at 127.10.N.0, four hosts
  *    each, BENCH_KNOWN_RATE messages a second in all, one per connection), then BENCH_FLOOD_S with
  *    the flood added (any of the 16 384 /24s in 127.64.0.0/10, at most BENCH_FLOOD_INFLIGHT attempts
- *    in flight; sent from a worker thread, bench-admission-flood.ts), then BENCH_DRAIN_S for what is
+ *    in flight; sent from a worker thread at nice BENCH_FLOOD_NICE, 19, bench-admission-flood.ts), then BENCH_DRAIN_S for what is
  *    in flight; what is still open then counts as failed.
  *    Every message is timed from the start of connect to the reply after DATA.
  * Known senders' "before" leaves out the normal phase's first BENCH_WARMUP_S (process warm-up and
@@ -58,6 +58,8 @@ const S = {
   probeSessions: env('BENCH_PROBE_SESSIONS', 40),
   timeoutS: env('BENCH_TIMEOUT_S', 30),
   size: env('BENCH_SIZE', 2048),
+  /** The flood's thread's nice value (0: the same priority as everything else). */
+  floodNice: env('BENCH_FLOOD_NICE', 19),
 };
 const ENGINE = (process.env.BENCH_ENGINE ?? 'rspamd') as EngineChoice;
 /** The learning the benchmark shortens: known senders written every second, the normal connection rate learned over the normal phase after its warm-up. */
@@ -172,7 +174,7 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const clock = new Clock();
   const wallStart = Date.now();
   const levelSampler = sampleLevels(system, clock);
-  const flood = await prepareFlood({ target: system.target, rate: floodRate, maxInFlight: S.floodInFlight, size: S.size, timeoutMs: S.timeoutS * 1000, domain: DOMAIN }, clock);
+  const flood = await prepareFlood({ target: system.target, rate: floodRate, maxInFlight: S.floodInFlight, size: S.size, timeoutMs: S.timeoutS * 1000, domain: DOMAIN, nice: S.floodNice }, clock);
   const known = new Pacer(knownPlan(system.target), clock, S.knownRate);
   // The generator's own event loop delay, before the flood and during it: the known senders' timings include it.
   await sleep(S.warmupS * 1000 - clock.now());
@@ -245,7 +247,7 @@ async function main(): Promise<void> {
   if (p.postfix) console.log(`  Postfix (no scanning): ${fmt(p.postfix)}, Postfix CPU ${p.postfix.cpu.server.toFixed(0)} %`);
   const floodRate = Math.round(p.ichidan.rate * S.floodFactor);
   console.log(`step 2: known senders ${S.knownRate} msg/s from ${S.knownNets} /24s for ${S.normalS} s, then for ${S.floodS} s a flood of `
-    + `${floodRate} msg/s (${S.floodFactor}x Ichidan's ${p.ichidan.rate.toFixed(0)}) from 127.64.0.0/10, at most ${S.floodInFlight} in flight; `
+    + `${floodRate} msg/s (${S.floodFactor}x Ichidan's ${p.ichidan.rate.toFixed(0)}) from 127.64.0.0/10, at most ${S.floodInFlight} in flight, sent at nice ${S.floodNice}; `
     + `timeout ${S.timeoutS} s a message; learning: admission.senders.flushEvery ${LEARNING.flushEvery}, minClean default, admission.pressure.learnAfter ${LEARNING.learnAfter}`);
   const runs: Partial<Record<SystemName, SystemRun>> = {};
   for (const name of SYSTEMS) runs[name] = await runSystem(name, floodRate);

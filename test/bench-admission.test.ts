@@ -4,6 +4,7 @@
  * in its worker thread on the main thread's clock (run from dist/, as the benchmark runs it), and
  * the figures, table and plot made from attempts.
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -107,6 +108,17 @@ describe('the pacer', () => {
   });
 });
 
+/** Each thread of this process and its nice value (/proc/self/task/<tid>/stat, the 19th field). */
+function threadNices(): Map<number, number> {
+  const nices = new Map<number, number>();
+  for (const tid of readdirSync('/proc/self/task')) {
+    let stat: string;
+    try { stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8'); } catch { continue; }
+    nices.set(Number(tid), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
+  }
+  return nices;
+}
+
 describe('the flood in a thread of its own', () => {
   it('a clock made from another\'s origin reads the same time', async () => {
     const clock = new Clock();
@@ -120,8 +132,14 @@ describe('the flood in a thread of its own', () => {
     const { prepareFlood } = await import(join(import.meta.dirname, '..', 'dist', 'bench', 'bench-admission-flood.js')) as typeof import('../bench/bench-admission-flood.js');
     const target = await serve('220 hi', happy);
     const clock = new Clock();
-    const flood = await prepareFlood({ target, rate: 100, maxInFlight: 50, size: 600, timeoutMs: 5000, domain: 'bench.test' }, clock);
+    const before = threadNices();
+    const flood = await prepareFlood({ target, rate: 100, maxInFlight: 50, size: 600, timeoutMs: 5000, domain: 'bench.test', nice: 10 }, clock);
     await new Promise((r) => setTimeout(r, 200));
+    // The flood's thread alone runs at the lower priority: the process's other threads keep theirs.
+    const during = threadNices();
+    const lowered = [...during].filter(([tid, nice]) => nice === 10 && before.get(tid) !== 10);
+    expect(lowered).toHaveLength(1);
+    expect(during.get(process.pid)).toBe(before.get(process.pid));
     const startedAt = clock.now();
     flood.start();
     await new Promise((r) => setTimeout(r, 500));
