@@ -47,6 +47,8 @@ export interface System {
   knownNetworks(): Promise<string[] | null>;
   /** The admission metrics (`ichidan_admission_*` lines of GET /metrics on the admin socket); none for Postfix. */
   admissionMetrics(): Promise<string[]>;
+  /** The buckets of the scan and spool sync histograms (`ichidan_scan_seconds`, `ichidan_spool_fsync_seconds`) now; none for Postfix, or when it does not answer within 800 ms. */
+  timingMetrics(): Promise<string[]>;
   assertRunning(): void;
   stop(): Promise<void>;
 }
@@ -107,7 +109,7 @@ export async function startSystem(name: SystemName, engine: EngineChoice, learni
       transport_maps: `inline:{ ${DOMAIN}=discard: }`,
     });
     return {
-      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog, admissionMetrics: async () => [], admissionLevel: async () => null, knownNetworks: async () => null,
+      name, target: { host: '127.0.0.1', port: pf.port }, rootPid: pf.masterPid, logFile: pf.maillog, admissionMetrics: async () => [], timingMetrics: async () => [], admissionLevel: async () => null, knownNetworks: async () => null,
       assertRunning: () => {
         try { process.kill(pf.masterPid, 0); } catch { throw new Error('the Postfix master has exited'); }
       },
@@ -125,6 +127,14 @@ export async function startSystem(name: SystemName, engine: EngineChoice, learni
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,
     admissionMetrics: async () => (await getText(join(ich.dir, 'admin.sock'), '/metrics')).split('\n').filter((l) => l.startsWith('ichidan_admission_')),
+    timingMetrics: async () => {
+      try {
+        return (await getText(join(ich.dir, 'admin.sock'), '/metrics', 800)).split('\n')
+          .filter((l) => l.startsWith('ichidan_scan_seconds_bucket') || l.startsWith('ichidan_spool_fsync_seconds_bucket'));
+      } catch {
+        return [];
+      }
+    },
     knownNetworks: async () => {
       try {
         const answer = JSON.parse(await getText(join(ich.dir, 'admin.sock'), '/v1/senders?kind=network&standing=known&limit=10000')) as unknown;
@@ -178,4 +188,13 @@ export function levelChanges(system: System): Array<{ at: number; level: string;
     }
   }
   return out;
+}
+
+/** Of a histogram's observations between two readings of its buckets (summed over labels): how many, and how many took longer than each bound. */
+export function slowerThan(before: string[], after: string[], name: string, bounds: number[]): { n: number; over: number[] } {
+  const at = (lines: string[], le: string) => lines.filter((l) => l.startsWith(`${name}_bucket{`) && l.includes(`le="${le}"`))
+    .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
+  const between = (le: string) => at(after, le) - at(before, le);
+  const n = between('+Inf');
+  return { n, over: bounds.map((b) => n - between(String(b))) };
 }

@@ -37,7 +37,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Clock, knownAddress, messageBody, network24, Pacer, saturate, type Attempt, type SenderPlan, type Target } from './bench-admission-load.js';
 import { perSecond, plot, summarize, table, type Phases, type SystemFigures } from './bench-admission-report.js';
-import { DOMAIN, enginePid, levelChanges, listenDrops, machineCpu, startSystem, type EngineChoice, type System, type SystemName } from './bench-admission-systems.js';
+import { DOMAIN, enginePid, levelChanges, listenDrops, machineCpu, slowerThan, startSystem, type EngineChoice, type System, type SystemName } from './bench-admission-systems.js';
 import { startSmtpSink } from './bench-compare-batch.js';
 import { cleanUp, cleanUpOnSignals, sleep } from './bench-cleanup.js';
 import { floodPlan, prepareFlood } from './bench-admission-flood.js';
@@ -180,10 +180,12 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   await sleep(S.warmupS * 1000 - clock.now());
   const loopBefore = monitorEventLoopDelay({ resolution: 1 });
   loopBefore.enable();
+  const timingAtWarm = await system.timingMetrics();
   await sleep(S.normalS * 1000 - clock.now());
   loopBefore.disable();
   system.assertRunning();
   const knownAtFlood = await system.knownNetworks();
+  const timingAtFlood = await system.timingMetrics();
   const floodStart = clock.now();
   flood.start();
   const loopFlood = monitorEventLoopDelay({ resolution: 1 });
@@ -191,7 +193,11 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   await sleep(floodStart + S.floodS * 1000 - clock.now());
   loopFlood.disable();
   const floodEnd = clock.now();
-  const [, flooded] = await Promise.all([known.stop(S.drainS * 1000), flood.stop(S.drainS * 1000)]);
+  const timingAtEnd = await system.timingMetrics();
+  // The known senders' last messages end first, while the flood still runs: the flood's attempts,
+  // handed over from its thread in one message at its stop, take this thread a while to take in.
+  await known.stop(S.drainS * 1000);
+  const flooded = await flood.stop(S.drainS * 1000);
   system.assertRunning();
   const cpu = meter();
   const drops = listenDrops() - drops0;
@@ -221,6 +227,14 @@ async function runSystem(name: SystemName, floodRate: number): Promise<SystemRun
   const ladder = (from: number, to: number, n: number) => known.attempts.filter((a) => a.outcome === 'accepted' && a.at >= from && a.at < to)
     .map((a) => a.ms).sort((a, b) => b - a).slice(0, n).map((ms) => ms.toFixed(0)).join(' ');
   console.log(`    known ms, slowest before the flood: ${ladder(S.warmupS * 1000, floodStart, 5)}; during it: ${ladder(floodStart, floodEnd, 10)}`);
+  if (timingAtEnd.length > 0) {
+    // Inside Ichidan, where a message's time after its final dot goes: its scans and the spool's syncs, slower than 10 and 25 ms.
+    const slow = (name: string) => {
+      const [before, during] = [slowerThan(timingAtWarm, timingAtFlood, name, [0.01, 0.025]), slowerThan(timingAtFlood, timingAtEnd, name, [0.01, 0.025])];
+      return `before ${before.over.join(' / ')} of ${before.n}, during ${during.over.join(' / ')} of ${during.n}`;
+    };
+    console.log(`    over 10 / 25 ms inside Ichidan: scans ${slow('ichidan_scan_seconds')}; spool syncs ${slow('ichidan_spool_fsync_seconds')}`);
+  }
   if (admissionLines.some((l) => l.startsWith('ichidan_admission_known_queue_networks{'))) {
     console.log(`    known senders' own accept queue: ${knownQueue('networks')} networks steered to it at the end, ${knownQueue('connections_total')} connections taken, `
       + `${knownQueue('surges_total')} floods met by its guard`);

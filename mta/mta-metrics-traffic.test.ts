@@ -45,7 +45,7 @@ describe('traffic metrics', () => {
     const registry = new Registry();
     const tenants = { shop: {} };
     const depth: DepthRow[] = [];
-    const hooks = trafficMetrics([registry], { tenants: () => tenants, depth: () => depth });
+    const hooks = trafficMetrics([registry], { tenants: () => tenants, depth: async () => depth });
     for (let i = 0; i < 1000; i++) {
       const tenant = random();
       hooks.ingress.message('mx', tenant, 'refused', reply(550, '5.7.1', `refused ${random()}`), false);
@@ -70,7 +70,7 @@ describe('traffic metrics', () => {
 
   it('counts each engine run by verdict and times those that ran', async () => {
     const registry = new Registry();
-    const hooks = trafficMetrics([registry], { tenants: () => ({}), depth: () => [] });
+    const hooks = trafficMetrics([registry], { tenants: () => ({}), depth: async () => [] });
     const run = (engine: string, status: 'clean' | 'skipped', ms: number) => ({ engine, kind: 'av' as const, shadow: false, version: null, ms, status });
     hooks.scan({ queueId: 'q', at: 0, generation: 1, action: 'accept', reason: '', tenants: [], ms: 30, overheadMs: 1, runs: [run('clamav', 'clean', 20), run('rspamd', 'skipped', 0)] });
     const text = await registry.metrics();

@@ -6,7 +6,7 @@
  *   connections, transactions and messages (ingress/ingress-server.ts), each delivery attempt's
  *   outcome per recipient (queue/index.ts `onAttempt`), each scan (the accept step, `onScan`),
  *   each outbound session opened (delivery/ `onSession`); the queue's depth per tenant and state
- *   (queue/queue-depth.ts: an indexed read when collected, cached there).
+ *   (queue/queue-depth.ts: an indexed read in a thread of its own when collected, cached there).
  * Gives (every label set bounded: mta-metrics-labels.ts):
  *   ichidan_connections_total{listener}                         connections received
  *   ichidan_connections_refused_total{listener,reason}          refused before the greeting
@@ -49,8 +49,8 @@ export interface TrafficHooks {
 export interface TrafficSources {
   /** The configured tenants (a reload changes them). */
   tenants(): Readonly<Record<string, unknown>>;
-  /** The queue's depth per tenant and state (cached by the reader). */
-  depth(): DepthRow[];
+  /** The queue's depth per tenant and state (read off the main thread, cached there). */
+  depth(): Promise<DepthRow[]>;
 }
 
 const SCAN_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -77,17 +77,19 @@ export function trafficMetrics(registers: Registry[], sources: TrafficSources): 
   });
   new Gauge({
     name: 'ichidan_queue_recipients', help: 'Recipients in the queue, by tenant and state (queued, held)', labelNames: ['tenant', 'state'], registers,
-    collect() {
+    async collect() {
+      const rows = await sources.depth().catch(() => []);
       this.reset();
-      for (const [key, row] of depthByLabel(sources.depth(), tenant)) this.set(key, row.recipients);
+      for (const [key, row] of depthByLabel(rows, tenant)) this.set(key, row.recipients);
     },
   });
   new Gauge({
     name: 'ichidan_queue_oldest_seconds', help: 'Age of the oldest message in the queue, by tenant and state', labelNames: ['tenant', 'state'], registers,
-    collect() {
+    async collect() {
+      const rows = await sources.depth().catch(() => []);
       this.reset();
       const now = Date.now();
-      for (const [key, row] of depthByLabel(sources.depth(), tenant)) this.set(key, Math.max(0, (now - row.oldest) / 1000));
+      for (const [key, row] of depthByLabel(rows, tenant)) this.set(key, Math.max(0, (now - row.oldest) / 1000));
     },
   });
   const scanTimes = new Histogram({ name: 'ichidan_scan_seconds', help: 'Time each engine took for one message', labelNames: ['engine'], buckets: SCAN_BUCKETS, registers });

@@ -36,7 +36,9 @@ import type { RunRecord, ScanRecord } from '../engines/engines-records.js';
 import { newQueueId } from '../base/base-queue-id.js';
 import { attemptOutcome, retryDelay } from './queue-attempt.js';
 import { classifyBounce } from './queue-classify.js';
-import { depthReader, type DepthRow } from './queue-depth.js';
+import type { DepthRow } from './queue-depth.js';
+import type { QueueDepth } from './queue-depth-domains.js';
+import { DepthThread } from './queue-depth-thread.js';
 import { commitAttempt } from './queue-attempt-commit.js';
 import { MessageBodies } from './queue-bodies.js';
 import { DEFAULT_TENANT_POLICY, tenantPolicies, type QueueConfig } from './queue-config.js';
@@ -127,8 +129,11 @@ export class Queue {
 
   /** The limits shared with the cluster's other nodes (cluster/cluster-gate.ts); null when alone. */
   readonly gate: ClusterGate | null;
-  /** Recipients queued and held per tenant and state, read at most every few seconds (queue-depth.ts). */
-  readonly depth: () => DepthRow[];
+  /** Recipients queued and held per tenant and state (the metrics), read off the main thread at most every few seconds (queue-depth-thread.ts). */
+  readonly depth: () => Promise<DepthRow[]>;
+  /** Recipients queued and held per tenant and domain (the dashboard's history), read off the main thread. */
+  readonly depthByDomain: () => Promise<QueueDepth>;
+  readonly #depthThread: DepthThread;
   /** Told each recipient's outcome of each attempt (the metrics). */
   onAttempt: ((e: AttemptEvent) => void) | null = null;
   /** Told each scan recorded, of accepted and refused messages alike (the metrics). */
@@ -141,7 +146,9 @@ export class Queue {
     if (this.journal) this.journal.settle = (ids) => this.#settle(ids);
     this.records = new QueueRecords(this.store, log, () => ({ scans: this.config.scanning.recordRetention, transcripts: this.config.delivery.transcripts.retention }));
     this.recordTranscript = this.records.recordTranscript;
-    this.depth = depthReader(this.store.db);
+    this.#depthThread = new DepthThread(join(config.dataDir, 'queue.db'));
+    this.depth = () => this.#depthThread.rows();
+    this.depthByDomain = () => this.#depthThread.domains();
     this.#bodies = new MessageBodies(this.spool);
     this.#egress = egress;
     this.gate = shared ? new ClusterGate(shared.link, {
@@ -387,6 +394,7 @@ export class Queue {
     this.space.stop();
     // Settled in place while the database is still open: the next start needs no replay.
     await this.journal?.retireAll().catch((err) => this.log.error({ err }, 'could not settle the spool journal: the next start replays it'));
+    await this.#depthThread.close();
     const synced = await this.store.close();
     await this.journal?.close();
     await this.spool.close();

@@ -19,9 +19,9 @@
  * marked done and swept: its spool file is removed, then its rows.
  */
 import { closeSync, existsSync, openSync, statSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
+import { workerUrl } from '../base/base-worker-url.js';
 import { configure, createReader, migrate, SCHEMA, type MessageRow, type QueueReader, type RecipientRow, type WriteOp } from './queue-store-sql.js';
 import { isSpaceError } from './queue-space.js';
 import type { UnitResult } from './queue-store-worker.js';
@@ -32,17 +32,6 @@ export type { MessageRow, NewMessage, NewRecipient, RecipientRow, RecipientSelec
 /** The files the writer thread runs: the queue's operations and the records' (and the corrupt entries'). */
 const WRITER_SOURCES = ['queue-store-worker', 'queue-store-sql', 'queue-records-sql', 'queue-records-egress', 'queue-records-transcripts', 'queue-records-transcript-chunks', 'queue-corrupt', 'queue-suppression-sql', 'queue-attempts-sql'];
 
-/** The writer thread's code: beside this file once built; from dist/ when running the TypeScript sources. */
-function workerUrl(): URL {
-  const here = new URL(import.meta.url);
-  if (!here.pathname.endsWith('.ts')) return new URL('./queue-store-worker.js', here);
-  const built = WRITER_SOURCES.map((f) => new URL(`../dist/queue/${f}.js`, here));
-  const newestSource = Math.max(...WRITER_SOURCES.map((f) => statSync(fileURLToPath(new URL(`./${f}.ts`, here))).mtimeMs));
-  if (built.some((u) => !existsSync(u)) || newestSource > Math.min(...built.map((u) => statSync(u).mtimeMs))) {
-    throw new Error('the queue writer thread runs from dist/: run `npm run build` first (npm test does)');
-  }
-  return built[0];
-}
 
 interface Pending {
   unit: WriteOp[];
@@ -104,7 +93,7 @@ export class QueueStore {
     configure(this.db, fsync);
     this.db.exec(SCHEMA);
     migrate(this.db);
-    this.#worker = new Worker(workerUrl(), { workerData: { file, fsync } });
+    this.#worker = new Worker(workerUrl(import.meta.url, 'queue', WRITER_SOURCES, 'the queue writer thread'), { workerData: { file, fsync } });
     // Referenced only while it has work: an idle writer must not keep the process alive, a busy one must.
     this.#worker.unref();
     this.#worker.on('message', (msg: { seq: number; results: UnitResult[]; synced: boolean } | { closed: true; synced: boolean }) => {

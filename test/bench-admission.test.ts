@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Clock, floodAddress, knownAddress, messageBody, network24, Pacer, sendOne, type Attempt, type Envelope } from '../bench/bench-admission-load.js';
 import { levelStrip, perSecond, plot, summarize, table } from '../bench/bench-admission-report.js';
-import { listenDrops } from '../bench/bench-admission-systems.js';
+import { listenDrops, slowerThan } from '../bench/bench-admission-systems.js';
 
 type Script = (socket: Socket, line: string, n: number) => void;
 
@@ -152,6 +152,20 @@ describe('the flood in a thread of its own', () => {
     const first = Math.min(...attempts.map((a) => a.at));
     expect(first).toBeGreaterThanOrEqual(startedAt);
     expect(first).toBeLessThan(startedAt + 100);
+  });
+});
+
+describe('a histogram between two readings', () => {
+  it('counts the observations between them, and those above each bound, summed over labels', () => {
+    const reading = (a: number[], b: number[]) => [
+      ...['0.01', '0.025', '+Inf'].map((le, i) => `ichidan_scan_seconds_bucket{le="${le}",engine="rspamd"} ${a[i]}`),
+      ...['0.01', '0.025', '+Inf'].map((le, i) => `ichidan_scan_seconds_bucket{le="${le}",engine="clamav"} ${b[i]}`),
+      'ichidan_spool_fsync_seconds_bucket{le="+Inf"} 99',
+    ];
+    const got = slowerThan(reading([10, 12, 13], [5, 5, 5]), reading([50, 55, 60], [6, 7, 9]), 'ichidan_scan_seconds', [0.01, 0.025]);
+    // rspamd 47 new (40 within 10 ms, 43 within 25), clamav 4 new (1 within 10, 2 within 25).
+    expect(got).toEqual({ n: 51, over: [51 - 41, 51 - 45] });
+    expect(slowerThan([], [], 'ichidan_scan_seconds', [0.01])).toEqual({ n: 0, over: [0] });
   });
 });
 

@@ -17,7 +17,15 @@ function target(depth: Array<{ tenant: string; domain: string; n: number }>, sam
     config: { admin: { dashboard: { enabled: true, session: 3_600_000, sample } } },
     metrics: { getSingleMetric: (name: string) => metrics.get(name) },
     queue: {
-      store: { db: { prepare: () => ({ all: () => depth }) } },
+      // As the depth thread sums the rows of its query (queue-depth-domains.ts).
+      depthByDomain: async () => {
+        const sum = { tenants: {} as Record<string, number>, domains: {} as Record<string, number> };
+        for (const r of depth) {
+          sum.tenants[r.tenant] = (sum.tenants[r.tenant] ?? 0) + r.n;
+          sum.domains[r.domain] = (sum.domains[r.domain] ?? 0) + r.n;
+        }
+        return sum;
+      },
       egress: { site: (domain: string) => (domain.startsWith('slow') ? new Promise(() => {}) : { key: `mx:mx.${domain}` }) },
     },
     admissionStatus: () => ({ mode: 'on', measuring: true, level }),

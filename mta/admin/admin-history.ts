@@ -4,7 +4,7 @@
  * Takes: the process's counters as the metrics count them (mta/mta-metrics-traffic.ts: messages
  *   accepted or quarantined, `ichidan_messages_total`; recipients delivered, deferred, bounced,
  *   `ichidan_deliveries_total`), the queue's depth per tenant and destination domain
- *   (queue/queue-depth-domains.ts), each domain's site (the egress), and the pressure level
+ *   (queue/queue-depth-domains.ts, read in a thread of its own), each domain's site (the egress), and the pressure level
  *   (admission). Every `admin.dashboard.sample` (default 10 s) one point; every minute one more
  *   into the day's ring; the first point counts what happened since the start.
  * Gives: `GET /v1/history?range=hour|day` → {step (s), points: [{t, accepted, delivered,
@@ -16,7 +16,6 @@
  */
 import type { Registry } from 'prom-client';
 import type { Queue } from '../../queue/index.js';
-import { queueDepth } from '../../queue/queue-depth-domains.js';
 import { rank } from '../admission/admission-levels.js';
 import type { AdmissionStatus } from '../admission/admission-pressure.js';
 import type { Config } from '../mta-config-schema.js';
@@ -39,7 +38,7 @@ export interface HistoryPoint {
 
 export interface HistoryTarget {
   readonly config: Pick<Config, 'admin'>;
-  readonly queue: Pick<Queue, 'store' | 'egress'>;
+  readonly queue: Pick<Queue, 'depthByDomain' | 'egress'>;
   readonly metrics: Pick<Registry, 'getSingleMetric'>;
   admissionStatus(): AdmissionStatus;
 }
@@ -97,7 +96,7 @@ export class History {
   /** Takes one point now (the timer's work; a test may call it). */
   async sample(now = Date.now()): Promise<void> {
     const flow = await this.#flow();
-    const depth = this.#depth();
+    const depth = await this.#depth();
     const level = this.#level();
     this.#hour.push({ t: now, ...since(this.#last, flow), level, ...depth });
     this.#last = flow;
@@ -128,8 +127,8 @@ export class History {
     return status.measuring ? rank(status.level) : 0;
   }
 
-  #depth(): Pick<HistoryPoint, 'tenants' | 'sites'> {
-    const { tenants, domains } = queueDepth(this.target.queue.store.db);
+  async #depth(): Promise<Pick<HistoryPoint, 'tenants' | 'sites'>> {
+    const { tenants, domains } = await this.target.queue.depthByDomain();
     const bySite = new Map<string, number>();
     for (const [domain, n] of Object.entries(domains)) {
       const site = this.target.queue.egress.site(domain);
