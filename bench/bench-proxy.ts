@@ -36,6 +36,8 @@
  *   added_p99_ms, and the same without transcripts (`_no_transcripts`), per workload by suffix
  *   (`_reused` for connections reused), then every figure by its path; with BENCH_PROXY_PIPELINING=0
  *   every name ends in `_lockstep` (`added_p50_ms_lockstep`, `proxy_msgs_reused_lockstep`).
+ * BENCH_PROXY_RCPTS=N gives each message N recipients of the destination's domain (default 1); the
+ *   workloads say so, every name ends in `_rcptsN` and the results go to proxy-rcptsN-<date>.json.
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -51,6 +53,10 @@ const MESSAGES = Number(process.env.BENCH_PROXY_N ?? 2000);
 const SESSIONS = Number(process.env.BENCH_PROXY_SESSIONS ?? 10);
 /** The client pipelines (the default) or waits for each reply (BENCH_PROXY_PIPELINING=0). */
 const PIPELINING = process.env.BENCH_PROXY_PIPELINING !== '0';
+/** Recipients per message, all of the destination's domain (BENCH_PROXY_RCPTS, default 1). */
+const RCPTS = Math.max(1, Math.floor(Number(process.env.BENCH_PROXY_RCPTS ?? 1)));
+/** What the workloads' names, the RESULT line's names and the results file add for the mode and the recipients. */
+const MODE = { label: `${PIPELINING ? '' : ', lockstep'}${RCPTS > 1 ? `, ${RCPTS} recipients` : ''}`, name: `${PIPELINING ? '' : '_lockstep'}${RCPTS > 1 ? `_rcpts${RCPTS}` : ''}`, file: `${PIPELINING ? '' : 'lockstep-'}${RCPTS > 1 ? `rcpts${RCPTS}-` : ''}` };
 const MESSAGE_SIZE = 2048;
 const REPETITIONS = 3;
 const WARM_UP_MESSAGES = 200;
@@ -70,10 +76,10 @@ const WAYS: Way[] = ['proxy', 'proxy_nt', 'direct'];
 type Way = keyof typeof GREETING;
 
 interface Workload { name: string; reuse: boolean }
-/** In lockstep the workloads' names say so (and so do the RESULT line's paths through them). */
+/** In lockstep, or with several recipients, the workloads' names say so (and so do the RESULT line's paths through them). */
 const WORKLOADS: Workload[] = [
-  { name: `one message per connection${PIPELINING ? '' : ', lockstep'}`, reuse: false },
-  { name: `connections reused${PIPELINING ? '' : ', lockstep'}`, reuse: true },
+  { name: `one message per connection${MODE.label}`, reuse: false },
+  { name: `connections reused${MODE.label}`, reuse: true },
 ];
 
 /**
@@ -189,7 +195,7 @@ function redirect(server: string, way: ProxyWay | null): void {
 }
 
 async function load(client: string, way: Way, messages: number, reuse: boolean): Promise<LoadReport> {
-  const args = [LOAD, DESTINATION, '25', String(messages), String(SESSIONS), String(MESSAGE_SIZE), reuse ? '1' : '0', PIPELINING ? '1' : '0'];
+  const args = [LOAD, DESTINATION, '25', String(messages), String(SESSIONS), String(MESSAGE_SIZE), reuse ? '1' : '0', PIPELINING ? '1' : '0', String(RCPTS)];
   const run = await lab.run(client, process.execPath, args, RUN_TIMEOUT_MS);
   if (run.code !== 0) throw new Error(`the load generator failed (${run.code ?? 'timed out'}): ${run.stderr.trim()}`);
   const report = JSON.parse(run.stdout) as LoadReport;
@@ -277,10 +283,10 @@ async function main(): Promise<void> {
   const when = new Date().toISOString();
   const dir = join(ROOT, 'bench', 'results');
   await mkdir(dir, { recursive: true });
-  const file = join(dir, `proxy-${PIPELINING ? '' : 'lockstep-'}${when.slice(0, 10)}.json`);
+  const file = join(dir, `proxy-${MODE.file}${when.slice(0, 10)}.json`);
   await writeFile(file, JSON.stringify({
     when, node: process.version, cpus: (await readFile('/proc/cpuinfo', 'utf8')).match(/^processor/gm)?.length,
-    settings: { messages: MESSAGES, sessions: SESSIONS, messageSize: MESSAGE_SIZE, repetitions: REPETITIONS, warmUpMessages: WARM_UP_MESSAGES, pipelining: PIPELINING },
+    settings: { messages: MESSAGES, sessions: SESSIONS, messageSize: MESSAGE_SIZE, repetitions: REPETITIONS, warmUpMessages: WARM_UP_MESSAGES, pipelining: PIPELINING, recipients: RCPTS },
     workloads: results, ichidanLog: problems,
   }, null, 2) + '\n');
   console.log(`\nresults written to ${file.slice(ROOT.length + 1)}`);
@@ -294,8 +300,7 @@ async function main(): Promise<void> {
       [`added_p50_ms_no_transcripts${suffix}`]: r.addedP50NoTranscripts,
     });
   }
-  const mode = PIPELINING ? '' : '_lockstep';
-  printResult(results, Object.fromEntries(Object.entries(named).map(([name, value]) => [`${name}${mode}`, value])));
+  printResult(results, Object.fromEntries(Object.entries(named).map(([name, value]) => [`${name}${MODE.name}`, value])));
 }
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

@@ -86,12 +86,12 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function run(offerPipelining: boolean, pipelining: '0' | '1' | undefined, reuse: '0' | '1'): Promise<{ report: { accepted: number; failed: number; failures: string[] }; answered: Answered[] }> {
+async function run(offerPipelining: boolean, pipelining: '0' | '1' | undefined, reuse: '0' | '1', recipients?: number): Promise<{ report: { accepted: number; failed: number; failures: string[] }; answered: Answered[] }> {
   const world = recordingServer(offerPipelining);
   server = world.server;
   await new Promise<void>((resolve) => world.server.listen(0, '127.0.0.1', resolve));
   const port = (world.server.address() as AddressInfo).port;
-  const args = [LOAD, '127.0.0.1', String(port), '3', '1', '300', reuse, ...(pipelining === undefined ? [] : [pipelining])];
+  const args = [LOAD, '127.0.0.1', String(port), '3', '1', '300', reuse, ...(pipelining === undefined ? [] : [pipelining]), ...(recipients === undefined ? [] : [String(recipients)])];
   const { stdout } = await promisify(execFile)(process.execPath, args, { timeout: 30_000 });
   return { report: JSON.parse(stdout), answered: world.answered };
 }
@@ -103,6 +103,16 @@ describe('the proxy benchmark load generator', () => {
     const mails = answered.filter((a) => a.command === 'MAIL');
     expect(mails).toHaveLength(3);
     for (const mail of mails) expect(mail.waiting).toBe(3);
+  });
+
+  it('sends every recipient of a message in the same write when asked for several', async () => {
+    const { report, answered } = await run(true, '1', '1', 4);
+    expect(report).toMatchObject({ accepted: 3, failed: 0 });
+    const mails = answered.filter((a) => a.command === 'MAIL');
+    expect(mails).toHaveLength(3);
+    // MAIL, four RCPTs and DATA, all in before MAIL FROM is answered.
+    for (const mail of mails) expect(mail.waiting).toBe(6);
+    expect(answered.filter((a) => a.command === 'RCPT')).toHaveLength(12);
   });
 
   it('in lockstep (pipelining 0) sends one command per reply, whether or not the server offers PIPELINING', async () => {

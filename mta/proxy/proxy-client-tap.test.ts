@@ -51,6 +51,40 @@ table('endsWithCommand: did the client send nothing after this command line?', e
   ['\r\n', 'MAIL FROM:<a@x>', false],
 ]);
 
+describe('ClientTaps: the chunk smtp-server\'s parser works on', () => {
+  /** A parser that notes the chunks it is given, as smtp-server's SMTPStream takes them from the socket. */
+  function parser() {
+    const seen: Buffer[] = [];
+    return { seen, _write(chunk: Buffer, _encoding: string, done: () => void) { seen.push(chunk); done(); } };
+  }
+  const b = (s: string) => Buffer.from(s, 'latin1');
+
+  it('reads what follows a command off the chunk the parser took last, not the socket\'s newest', () => {
+    const taps = new ClientTaps();
+    const first = parser();
+    const made: Array<ReturnType<typeof parser>> = [];
+    const connection = { _parser: first as ReturnType<typeof parser> | false, _createParser: () => { const p = parser(); made.push(p); return p; } };
+    const socket = Object.assign(new EventEmitter(), { destroyed: false, cork() {}, uncork() {} });
+    taps.watch('c|1', socket as unknown as Socket, connection);
+    first._write(b('RCPT TO:<x@d.test>\r\nRCPT TO:<y@d.test>\r\n'), 'buffer', () => undefined);
+    // A later chunk the socket has read while a command waits: not the parser's yet.
+    socket.emit('data', b('RCPT TO:<x@d.test>\r\nRCPT TO:<q@d.test>\r\nDATA\r\n'));
+    expect(first.seen).toHaveLength(1);
+    expect(taps.rcptsAfter('c|1', b('RCPT TO:<x@d.test>')).lines.map((l) => l.toString())).toEqual(['RCPT TO:<y@d.test>']);
+    // Once the parser takes it, that chunk is the one.
+    first._write(b('RCPT TO:<x@d.test>\r\nRCPT TO:<q@d.test>\r\nDATA\r\n'), 'buffer', () => undefined);
+    expect(taps.rcptsAfter('c|1', b('RCPT TO:<x@d.test>'))).toMatchObject({ data: true });
+    expect(taps.dataFollows('c|1', b('RCPT TO:<q@d.test>'))).toBe(true);
+    // After STARTTLS smtp-server reads with a parser it makes anew: followed as well, nothing carried over.
+    taps.secured('c|1', socket as unknown as Socket);
+    expect(taps.rcptsAfter('c|1', b('RCPT TO:<x@d.test>')).lines).toEqual([]);
+    const next = (connection as { _createParser(): ReturnType<typeof parser> })._createParser();
+    next._write(b('MAIL FROM:<a@x.test>\r\n'), 'buffer', () => undefined);
+    expect(made).toEqual([next]);
+    expect(taps.endsWith('c|1', b('MAIL FROM:<a@x.test>'))).toBe(true);
+  });
+});
+
 describe('ClientTaps: the replies held back while commands wait', () => {
   /** A socket that counts its corks and uncorks. */
   function socket() {
@@ -62,7 +96,7 @@ describe('ClientTaps: the replies held back while commands wait', () => {
   it('lets them go once no command waits, as soon as the callbacks under way are done, before the event loop\'s next turn', async () => {
     const taps = new ClientTaps();
     const s = socket();
-    taps.watch('c|1', s as unknown as Socket);
+    taps.watch('c|1', s as unknown as Socket, { _parser: false, _createParser: () => ({ _write: () => undefined }) });
     taps.hold('c|1');
     taps.hold('c|1');
     expect(s.corks).toBe(1);

@@ -1,19 +1,33 @@
 /*
  * What the proxy listener watches of each client connection, beside smtp-server, to relay a
  * pipelined group as one (RFC 2920):
- *   - the last chunk the client sent, by reference (no copy, no per-chunk work but keeping it): when
- *     smtp-server hands over a RCPT, whether the client sent DATA right after it is read off the
- *     chunk's end, so that DATA goes to the destination in the RCPT's group; when it hands over a
- *     MAIL, whether the client sent nothing after it (it waits for the reply);
+ *   - the chunk of the client's bytes smtp-server's command parser works on, by reference (no copy,
+ *     no per-chunk work but keeping it; not the socket's newest chunk: while a command waits for the
+ *     destination, later ones wait behind it): when smtp-server hands over a RCPT, the RCPTs the
+ *     client sent right after it and whether DATA followed are read off that chunk, so that they go
+ *     to the destination in the RCPT's group; when it hands over a MAIL, whether the client sent
+ *     nothing after it (it waits for the reply);
  *   - the replies held back while a command waits for the destination (the socket corked), so
  *     that the replies to a group (MAIL's, each RCPT's, DATA's 354) leave in one write.
- * Takes: the client's TCP socket at accept, its TLS socket after STARTTLS; gives `dataFollows`,
+ * Takes: the client's TCP socket and smtp-server's connection for it at accept, its TLS socket after
+ *   STARTTLS (smtp-server then reads with a parser it makes anew, followed the same way); gives `dataFollows`,
  * `rcptsAfter`, `endsWith`, `hold` and `release` per connection key ("address|port").
  */
 import type { Socket } from 'node:net';
 import { rcptLinesAfter, type FollowingLines } from './proxy-lookahead.js';
 
+/** What smtp-server's connection offers of its command parser: the one it reads with, and the making of the next (after STARTTLS). */
+export interface ParserOwner {
+  _parser: ChunkParser | false;
+  _createParser(): ChunkParser;
+}
+
+interface ChunkParser {
+  _write(chunk: Buffer, encoding: string, done: (err?: Error | null) => void): void;
+}
+
 interface Tap {
+  /** The chunk the command parser works on now. */
   last: Buffer | null;
   waiting: number;
   corked: Socket | null;
@@ -49,21 +63,35 @@ export class ClientTaps {
   readonly #taps = new Map<string, Tap>();
 
   /** A client connection accepted: watched until it closes. */
-  watch(key: string, socket: Socket): void {
+  watch(key: string, socket: Socket, connection: ParserOwner): void {
     const tap: Tap = { last: null, waiting: 0, corked: null, socket };
     this.#taps.set(key, tap);
-    // Before smtp-server's own reader: when it hands over a command, the chunk it came in is known.
-    socket.prependListener('data', (d: Buffer) => { tap.last = d; });
+    // Each chunk the parser takes is noted before it reads a line of it: when smtp-server hands over
+    // a command, it came in that chunk, and the lines after it there are what the parser reads next.
+    const follow = (parser: ChunkParser | false) => {
+      if (!parser) return;
+      const write = parser._write;
+      parser._write = function (chunk, encoding, done) {
+        tap.last = chunk;
+        return write.call(this, chunk, encoding, done);
+      };
+    };
+    follow(connection._parser);
+    const create = connection._createParser;
+    connection._createParser = function () {
+      const parser = create.call(this);
+      follow(parser);
+      return parser;
+    };
     socket.once('close', () => this.#taps.delete(key));
   }
 
-  /** After STARTTLS the TLS socket carries the commands and the replies. */
+  /** After STARTTLS the TLS socket carries the replies (and a new parser, followed too, the commands). */
   secured(key: string, socket: Socket): void {
     const tap = this.#taps.get(key);
     if (!tap) return;
     tap.socket = socket;
     tap.last = null;
-    socket.prependListener('data', (d: Buffer) => { tap.last = d; });
   }
 
   /** Did the client send DATA right after the command line `raw`, in the chunk it came in? */

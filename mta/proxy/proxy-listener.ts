@@ -37,7 +37,7 @@ import { mailFromRefusal, rcptToRefusal } from '../ingress/ingress-envelope.js';
 import { destinationIsSelf, proxyNotAllowed, REPLIES, toSmtpError, type SmtpReply } from '../../base/base-reply.js';
 import type { OriginalDstReader } from './proxy-origdst.js';
 import { outcomeOf, ProxyEvents } from './proxy-events.js';
-import { ClientTaps } from './proxy-client-tap.js';
+import { ClientTaps, type ParserOwner } from './proxy-client-tap.js';
 import { ProxySession, REFUSED_BY_PROXY, type Recipient } from './proxy-session.js';
 import { handedOver, type AddressParse } from './proxy-lookahead.js';
 import type { Destination, ProxyDeps } from './proxy-destination.js';
@@ -177,7 +177,7 @@ export class ProxyListener {
       onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => {
         const raw = (address as { rawCommand?: Buffer }).rawCommand;
         // The RCPTs the client sent right after this one go to the destination in its group.
-        const after = s.aheadWaiting ? null : this.#following(session, address.address, raw);
+        const after = s.aheadWaiting || !s.groupsRecipients ? null : this.#following(session, address.address, raw);
         // DATA sent along with the last of them goes too, unless the message is scanned first.
         const early = this.deps.scanner(s.tenant) === null
           && (after && after.recipients.length > 0 ? after.data : this.#taps.dataFollows(connectionKey(session), raw));
@@ -189,6 +189,7 @@ export class ProxyListener {
     this.server = new WatchedServer(options);
     this.server.onConnection = (connection, socket) => {
       this.#connections.watch(connection, socket);
+      this.#taps.watch(`${unmapped(socket.remoteAddress ?? '')}|${socket.remotePort}`, socket, connection as unknown as ParserOwner);
       const parser = connection as unknown as { _parseAddressCommand(name: string, line: Buffer): AddressParse };
       this.#parsers.set(connection.id, (line) => parser._parseAddressCommand('rcpt to', line));
     };
@@ -203,7 +204,6 @@ export class ProxyListener {
         this.#destinations.set(key, null);
       }
       this.#sockets.set(key, socket);
-      this.#taps.watch(key, socket);
       socket.once('close', () => {
         this.#destinations.delete(key);
         this.#sockets.delete(key);

@@ -178,6 +178,12 @@ export class ProxySession {
     return this.#track(this.#rcptNow(to, params, dataFollows, following));
   }
 
+  /** Could RCPTs go in one group (the destination offers PIPELINING, or is not connected yet)? Else none are read ahead. */
+  get groupsRecipients(): boolean {
+    const conn = this.#destination.conn;
+    return !conn || conn.extensions.has('PIPELINING');
+  }
+
   /** Are replies to RCPTs relayed ahead waiting for them (so that none are read ahead again)? */
   get aheadWaiting(): boolean {
     return this.#ahead.length > 0;
@@ -262,7 +268,9 @@ export class ProxySession {
       dest.drop();
       this.#inTransaction = false;
       this.#mailReply = null;
-      return (dest.failed = tempfail(STATUS.badConnection, 'a recipient relayed ahead of its turn was not the client\'s'));
+      const refused = tempfail(STATUS.badConnection, 'a recipient relayed ahead of its turn was not the client\'s');
+      if (this.#summary) this.#summary.final = refused.raw;
+      return (dest.failed = refused);
     }
     const client = dest.conn;
     const early = this.#dataReply;

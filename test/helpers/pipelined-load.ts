@@ -6,10 +6,11 @@
  * previous one's reply has been read (lockstep), PIPELINING not required of the server.
  * smtp-source cannot stand in: it neither pipelines nor reports per-transaction times.
  *
- * Takes: argv `<host> <port> <messages> <sessions> <bytes> <reuse: 0|1> [pipelining: 1|0]`: that many
- * messages of about that size, over that many sessions at once, each session carrying one message per
- * connection (reuse 0) or all its messages over one connection (reuse 1); pipelining 1 (the default)
- * or lockstep (0).
+ * Takes: argv `<host> <port> <messages> <sessions> <bytes> <reuse: 0|1> [pipelining: 1|0] [recipients]`:
+ * that many messages of about that size, over that many sessions at once, each session carrying one
+ * message per connection (reuse 0) or all its messages over one connection (reuse 1); pipelining 1
+ * (the default) or lockstep (0); each message to `recipients` recipients of dest.test (default 1),
+ * every one of which must be taken (250).
  * Gives: one JSON line on stdout when done: { accepted, failed, failures (the first few replies or
  * errors), greetings (connections per distinct greeting text: whom the client really talked to),
  * finals (replies per distinct final text), elapsedMs (first connection to last final reply),
@@ -74,7 +75,7 @@ class Replies {
 
 interface Connection { socket: Socket; replies: Replies }
 
-const [host, portArg, messagesArg, sessionsArg, bytesArg, reuseArg, pipeliningArg = '1'] = process.argv.slice(2);
+const [host, portArg, messagesArg, sessionsArg, bytesArg, reuseArg, pipeliningArg = '1', recipientsArg = '1'] = process.argv.slice(2);
 if (reuseArg === undefined || !['0', '1'].includes(pipeliningArg)) {
   process.stderr.write('usage: pipelined-load <host> <port> <messages> <sessions> <bytes> <reuse 0|1> [pipelining 1|0]\n');
   process.exit(1);
@@ -83,6 +84,7 @@ const port = Number(portArg);
 const messages = Number(messagesArg);
 const reuse = reuseArg === '1';
 const pipelining = pipeliningArg === '1';
+const recipients = Math.max(1, Number(recipientsArg) || 1);
 
 const filler = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n';
 function body(n: number): Buffer {
@@ -133,7 +135,8 @@ async function quit(c: Connection): Promise<void> {
 /** One transaction; true when it was accepted. */
 async function transaction(c: Connection, n: number): Promise<boolean> {
   const started = performance.now();
-  const commands = ['MAIL FROM:<load@legacy.test>', `RCPT TO:<sink${n}@dest.test>`, 'DATA'];
+  const rcpts = Array.from({ length: recipients }, (_, i) => `RCPT TO:<sink${n}${i === 0 ? '' : `.${i}`}@dest.test>`);
+  const commands = ['MAIL FROM:<load@legacy.test>', ...rcpts, 'DATA'];
   const replies: Reply[] = [];
   if (pipelining) {
     c.socket.write(commands.map((line) => `${line}\r\n`).join(''));
@@ -147,10 +150,12 @@ async function transaction(c: Connection, n: number): Promise<boolean> {
       if (reply.code !== (i === commands.length - 1 ? 354 : 250)) break;
     }
   }
-  const [mail, rcpt, data] = replies;
-  if (data?.code !== 354) {
+  const [mail, ...rest] = replies;
+  const data = replies.length === commands.length ? replies.at(-1) : undefined;
+  const refused = rest.slice(0, recipients).find((r) => r.code !== 250);
+  if (data?.code !== 354 || refused) {
     const said = (r: Reply | undefined) => (r ? `${r.code} ${r.text}` : 'not sent');
-    fail(`MAIL ${said(mail)}, RCPT ${said(rcpt)}, DATA ${said(data)}`);
+    fail(`MAIL ${said(mail)}, RCPT ${said(refused ?? rest[0])}, DATA ${said(data)}`);
     return false;
   }
   c.socket.write(body(n));
