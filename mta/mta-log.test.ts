@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createProcessLogger } from './mta-log.js';
+import { createProcessLogger, reopenAfterFlush, type Reopenable } from './mta-log.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -52,5 +52,27 @@ describe('process log', () => {
     await new Promise((r) => setTimeout(r, 400));
     expect(lines(`${file}.1`)).toEqual(['opened', 'before the rotation']);
     expect(lines(file)).toEqual(['after the rotation']);
+  });
+
+  it('reopens only once nothing is being written and what is gathered has gone to the old file', () => {
+    const calls: string[] = [];
+    let drains: Array<() => void> = [];
+    // A destination whose first drain comes while a periodic write has begun, lines still gathered.
+    const destination: Reopenable = {
+      _writing: true,
+      flush: (cb) => { calls.push('flush'); drains.push(() => cb()); },
+      flushSync: () => { calls.push(destination._writing ? 'flushSync while writing' : 'flushSync'); },
+      reopen: () => { calls.push('reopen'); },
+    };
+    reopenAfterFlush(destination);
+    expect(calls).toEqual(['flush']);
+    const first = drains;
+    drains = [];
+    first.forEach((d) => d());
+    // Still writing: it waits for the next drain, neither writing nor reopening meanwhile.
+    expect(calls).toEqual(['flush', 'flush']);
+    destination._writing = false;
+    drains.forEach((d) => d());
+    expect(calls).toEqual(['flush', 'flush', 'flushSync', 'reopen']);
   });
 });

@@ -43,8 +43,33 @@ export function createProcessLogger(settings: { level: string; file?: string }):
   mkdirSync(dirname(settings.file), { recursive: true });
   closeSync(openSync(settings.file, 'a', 0o640));
   const destination = pino.destination({ dest: settings.file, append: true, mkdir: true, sync: false, ...BATCHED });
-  // The lines still waiting in the batch were logged before the rename: they go to the old file first.
-  return { log: createLogger(settings.level, destination), reopen: () => destination.flush(() => destination.reopen()) };
+  return { log: createLogger(settings.level, destination), reopen: () => reopenAfterFlush(destination as unknown as Reopenable) };
+}
+
+/** What `reopenAfterFlush` uses of pino's file destination (sonic-boom): `_writing` is its own flag for a write under way. */
+export interface Reopenable {
+  _writing: boolean;
+  flush(cb: (err?: Error) => void): void;
+  flushSync(): void;
+  reopen(): void;
+}
+
+/**
+ * The lines still waiting in the batch were logged before the rename: they go to the old file
+ * first, then the file is opened anew under its name. A flush ends at a drain, which may leave
+ * lines gathered (fewer than a batch), and a periodic write may have begun before its callback:
+ * once nothing is being written, what is gathered is written at once, then the file reopened.
+ */
+export function reopenAfterFlush(destination: Reopenable): void {
+  destination.flush(() => {
+    if (destination._writing) return reopenAfterFlush(destination);
+    try {
+      destination.flushSync();
+    } catch {
+      // Not open yet (or the write failed, which the destination reports itself): nothing is lost by reopening.
+    }
+    destination.reopen();
+  });
 }
 
 /** The version in the package's package.json (mta-package.ts finds it, from dist/ too). */
