@@ -124,17 +124,13 @@ export async function startSystem(name: SystemName, engine: EngineChoice, learni
     engines: engineConfig(engine),
     admission: { ...merged({ senders: { flushEvery: learning.flushEvery }, pressure: { learnAfter: learning.learnAfter } }, EXTRA_ADMISSION), mode: name },
   });
+  /** The lines of GET /metrics on the admin socket that start with one of `prefixes`. */
+  const metricLines = async (prefixes: string[], timeoutMs?: number) => (await getText(join(ich.dir, 'admin.sock'), '/metrics', timeoutMs)).split('\n')
+    .filter((l) => prefixes.some((p) => l.startsWith(p)));
   return {
     name, target: { host: '127.0.0.1', port: ich.port }, rootPid: ich.pid, logFile: ich.logFile,
-    admissionMetrics: async () => (await getText(join(ich.dir, 'admin.sock'), '/metrics')).split('\n').filter((l) => l.startsWith('ichidan_admission_')),
-    timingMetrics: async () => {
-      try {
-        return (await getText(join(ich.dir, 'admin.sock'), '/metrics', 800)).split('\n')
-          .filter((l) => l.startsWith('ichidan_scan_seconds_bucket') || l.startsWith('ichidan_spool_fsync_seconds_bucket'));
-      } catch {
-        return [];
-      }
-    },
+    admissionMetrics: () => metricLines(['ichidan_admission_']),
+    timingMetrics: () => metricLines(['ichidan_scan_seconds_bucket', 'ichidan_spool_fsync_seconds_bucket'], 800).catch(() => []),
     knownNetworks: async () => {
       try {
         const answer = JSON.parse(await getText(join(ich.dir, 'admin.sock'), '/v1/senders?kind=network&standing=known&limit=10000')) as unknown;

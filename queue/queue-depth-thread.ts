@@ -26,11 +26,13 @@ export class DepthThread {
   #seq = 0;
   readonly #waiting = new Map<number, Waiting>();
   #closed = false;
+  /** A per-tenant read under way: the metrics' two gauges, collected together, share it. */
+  #rows: Promise<DepthRow[]> | null = null;
 
   constructor(private readonly file: string) {}
 
   rows(): Promise<DepthRow[]> {
-    return this.#ask('rows') as Promise<DepthRow[]>;
+    return (this.#rows ??= (this.#ask('rows') as Promise<DepthRow[]>).finally(() => { this.#rows = null; }));
   }
 
   domains(): Promise<QueueDepth> {

@@ -324,11 +324,12 @@ export class EgressControl {
    */
   async #record(event: NewEgressEvent & { kind: EgressEventKind; uid: string }): Promise<number> {
     const sharing = this.sharing;
-    const row = sharing ? { ...event, origin: sharing.node } : event;
+    const shared = sharing ? { ...event, origin: sharing.node } : null;
+    const row = shared ?? event;
     this.onEvent(row);
     // Shared before the row is written: from now on a reload of the cluster's state counts it as
     // this node's own, not yet published, and does not lift it as gone elsewhere.
-    if (sharing && BLOCKING.has(event.kind)) sharing.recorded({ ...event, origin: sharing.node });
+    if (sharing && shared && BLOCKING.has(event.kind)) sharing.recorded(shared);
     let id = 0;
     try {
       id = await this.records.recordEgressEvent(row);

@@ -40,6 +40,7 @@ import { outcomeOf, ProxyEvents } from './proxy-events.js';
 import { ClientTaps, type ParserOwner } from './proxy-client-tap.js';
 import { ProxySession, REFUSED_BY_PROXY, type Recipient } from './proxy-session.js';
 import { handedOver, type AddressParse } from './proxy-lookahead.js';
+import { domainOf } from './proxy-params.js';
 import type { Destination, ProxyDeps } from './proxy-destination.js';
 import { toReply, xtext, type Reply } from '../../delivery/smtp/smtp-wire.js';
 
@@ -102,9 +103,9 @@ function paramWords(args: unknown): string[] {
 const unmapped = (a: string) => a.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1');
 /** A client connection's key ("address|port"), as its socket gave it at accept. */
 const connectionKey = (session: SMTPServerSession) => `${unmapped(session.remoteAddress ?? '')}|${session.remotePort}`;
+/** The same key, from the accepted socket itself. */
+const socketKey = (socket: Socket) => `${unmapped(socket.remoteAddress ?? '')}|${socket.remotePort}`;
 const isWildcard = (a: string) => a === '0.0.0.0' || a === '::';
-/** An address's domain, as the session names a recipient's site by it. */
-const domainOf = (address: string) => address.slice(address.lastIndexOf('@') + 1).toLowerCase();
 
 /** A reply line as said ("550 5.7.1 text"), back into its parts (the metrics name it by the catalogue). */
 function replyFromLine(line: string): SmtpReply {
@@ -177,7 +178,7 @@ export class ProxyListener {
       onRcptTo: (address, session, cb) => this.#refused(rcptToRefusal(address, session) ?? this.#suppressed(session, address.address), cb) || this.#run(session, cb, (s) => {
         const raw = (address as { rawCommand?: Buffer }).rawCommand;
         // The RCPTs the client sent right after this one go to the destination in its group.
-        const after = s.aheadWaiting || !s.groupsRecipients ? null : this.#following(session, address.address, raw);
+        const after = s.readsAhead ? this.#following(session, address.address, raw) : null;
         // DATA sent along with the last of them goes too, unless the message is scanned first.
         const early = this.deps.scanner(s.tenant) === null
           && (after && after.recipients.length > 0 ? after.data : this.#taps.dataFollows(connectionKey(session), raw));
@@ -189,14 +190,14 @@ export class ProxyListener {
     this.server = new WatchedServer(options);
     this.server.onConnection = (connection, socket) => {
       this.#connections.watch(connection, socket);
-      this.#taps.watch(`${unmapped(socket.remoteAddress ?? '')}|${socket.remotePort}`, socket, connection as unknown as ParserOwner);
+      this.#taps.watch(socketKey(socket), socket, connection as unknown as ParserOwner);
       const parser = connection as unknown as { _parseAddressCommand(name: string, line: Buffer): AddressParse };
       this.#parsers.set(connection.id, (line) => parser._parseAddressCommand('rcpt to', line));
     };
     this.server.on('error', (err) => deps.log.warn({ err, listener: spec.name }, 'proxy client connection error'));
     // Read before smtp-server wraps the socket: the descriptor is only on the plain TCP socket.
     this.server.server.on('connection', (socket: Socket) => {
-      const key = `${unmapped(socket.remoteAddress ?? '')}|${socket.remotePort}`;
+      const key = socketKey(socket);
       try {
         this.#destinations.set(key, this.deps.reader(socket));
       } catch (err) {
@@ -276,7 +277,7 @@ export class ProxyListener {
       const parsed = parse(line);
       if (!handedOver(parsed) || domainOf(parsed.address) !== domain) break;
       if (rcptToRefusal(parsed, session) ?? this.#suppressed(session, parsed.address)) break;
-      recipients.push({ to: parsed.address, params: paramWords(parsed.args || undefined).join(' ') });
+      recipients.push({ to: parsed.address, params: paramWords(parsed.args).join(' ') });
     }
     return { recipients, data: data && recipients.length === lines.length };
   }

@@ -5,7 +5,8 @@
  * the others are dropped, not refused, so that the client's mail still goes. A step's lines go in
  * the order RFC 2920 lets a client group them: RSET, MAIL FROM, RCPT TO, DATA.
  * Takes: the client's parameter words as one string, the destination's EHLO extensions, what a
- * step must say. Gives: the parameters kept, the command lines. Pure: no network, no state.
+ * step must say. Gives: the parameters kept, the command lines, an address's domain. Pure: no
+ * network, no state.
  */
 
 /** Which extension each parameter the proxy passes on needs the destination to have offered. */
@@ -17,6 +18,11 @@ export function keepParams(params: string, extensions: Map<string, string>): str
     const key = w.split('=')[0].toUpperCase();
     return w !== '' && NEEDS[key] !== undefined && extensions.has(NEEDS[key]);
   }).join(' ');
+}
+
+/** An address's domain, lower-cased: what names a recipient's site and TLS rule. */
+export function domainOf(address: string): string {
+  return address.slice(address.lastIndexOf('@') + 1).toLowerCase();
 }
 
 /** `command` (say `RCPT TO:<a@b>`) with the parameters the destination understands after it. */

@@ -31,7 +31,7 @@ import type { Dispatch } from '../../queue/queue-scheduler.js';
 import type { SmtpConnection, Reply } from '../../delivery/smtp/smtp-connection.js';
 import { toReply } from '../../delivery/smtp/smtp-wire.js';
 import { ProxyDestination, tempfail, type Destination, type ProxyDeps } from './proxy-destination.js';
-import { commandLine, relayLines } from './proxy-params.js';
+import { commandLine, domainOf, relayLines } from './proxy-params.js';
 
 /** A recipient the client sent after the one handed over, read ahead (proxy-lookahead.ts). */
 export interface Recipient {
@@ -178,15 +178,14 @@ export class ProxySession {
     return this.#track(this.#rcptNow(to, params, dataFollows, following));
   }
 
-  /** Could RCPTs go in one group (the destination offers PIPELINING, or is not connected yet)? Else none are read ahead. */
-  get groupsRecipients(): boolean {
+  /**
+   * Are the RCPTs after the one handed over worth reading ahead: no replies to RCPTs relayed ahead
+   * wait for theirs (those are not read again), and RCPTs could go in one group (the destination
+   * offers PIPELINING, or is not connected yet)?
+   */
+  get readsAhead(): boolean {
     const conn = this.#destination.conn;
-    return !conn || conn.extensions.has('PIPELINING');
-  }
-
-  /** Are replies to RCPTs relayed ahead waiting for them (so that none are read ahead again)? */
-  get aheadWaiting(): boolean {
-    return this.#ahead.length > 0;
+    return this.#ahead.length === 0 && (!conn || conn.extensions.has('PIPELINING'));
   }
 
   /**
@@ -218,8 +217,7 @@ export class ProxySession {
   }
 
   async #rcptNow(to: string, params: string, dataFollows: boolean, following: Recipient[]): Promise<Reply> {
-    const domain = to.slice(to.lastIndexOf('@') + 1).toLowerCase();
-    const reply = await this.#rcpt(to, domain, params, dataFollows, following);
+    const reply = await this.#rcpt(to, domainOf(to), params, dataFollows, following);
     this.#summary?.recipients.push({ address: to, reply: reply.raw });
     return reply;
   }
@@ -265,9 +263,7 @@ export class ProxySession {
       // is not the client's, and only closing the connection ends it without delivering anything.
       body.resume();
       this.#dataReply = null;
-      dest.drop();
-      this.#inTransaction = false;
-      this.#mailReply = null;
+      this.#breakOff();
       const refused = tempfail(STATUS.badConnection, 'a recipient relayed ahead of its turn was not the client\'s');
       if (this.#summary) this.#summary.final = refused.raw;
       return (dest.failed = refused);
@@ -393,10 +389,15 @@ export class ProxySession {
     const early = this.#dataReply;
     this.#dataReply = null;
     if (early?.code !== 354) return false;
+    this.#breakOff();
+    return true;
+  }
+
+  /** The destination's connection closed where it is (mid-transaction, maybe in its data): nothing of this transaction there is delivered. */
+  #breakOff(): void {
     this.#destination.drop();
     this.#inTransaction = false;
     this.#mailReply = null;
-    return true;
   }
 
   /**
